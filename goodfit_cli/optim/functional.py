@@ -1,0 +1,166 @@
+"""GoodFit's tensor arithmetic, in two twins that must agree.
+
+``_multi_tensor_*``: the fast path. ``torch._foreach_*`` kernels over tensors grouped by device and
+dtype, no temporaries the size of the model, and no host-device synchronisation: the conflict test
+⟨Δ, g⟩ < 0 is a ``torch.where`` on device tensors.
+
+``_single_tensor_*``: the reference twin. One parameter at a time, written to be obviously the rule
+of ``docs/goodfit-method.md``; slow, allocates freely and branches in Python. Tests run both on the
+same gradients and assert they agree.
+
+Notation (the method's): θ parameters, θ_ref the anchor saved at the start of a cycle, Δ = θ − θ_ref
+the displacement of the reference steps, g the gradient at the displaced point θ'.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+Projection = str  # "global" | "tensor"
+
+
+class ProjectionStats(NamedTuple):
+    """What the last main phase saw, as device tensors (read them only when you log)."""
+
+    dot: Tensor  # ⟨g, Δ⟩ before projection (global) or the sum of per-tensor dots
+    delta_norm: Tensor  # ‖Δ‖
+    grad_norm: Tensor  # ‖g‖ before projection
+    fired: Tensor  # fraction of projections applied: 0/1 for "global", share of tensors for "tensor"
+
+
+def _grouped(*tensor_lists: list[Tensor]) -> dict[tuple, tuple[list[Tensor], ...]]:
+    """Group parallel lists of tensors by (device, dtype) of the first list."""
+    groups: dict[tuple, tuple[list[Tensor], ...]] = defaultdict(
+        lambda: tuple([] for _ in tensor_lists)
+    )
+    for items in zip(*tensor_lists):
+        key = (items[0].device, items[0].dtype)
+        for bucket, t in zip(groups[key], items):
+            bucket.append(t)
+    return groups
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulate dot products in at least float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------
+# fast path
+
+
+def _multi_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> None:
+    """θ_ref ← θ (an exact copy)."""
+    for ps, anc in _grouped(params, anchors).values():
+        torch._foreach_copy_(anc, ps)
+
+
+def _multi_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
+    """θ ← θ − λ_ref·g, plain SGD with no state."""
+    for ps, gs in _grouped(params, grads).values():
+        if isinstance(lr, Tensor):
+            torch._foreach_sub_(ps, torch._foreach_mul(gs, lr.to(ps[0].device)))
+        else:
+            torch._foreach_add_(ps, gs, alpha=-lr)
+
+
+def _multi_tensor_project_restore(
+    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection
+) -> ProjectionStats:
+    """Project g off Δ where ⟨g, Δ⟩ < 0, then restore θ ← θ_ref exactly.
+
+    Δ is computed into the parameters' own storage (θ' is no longer needed once g is known), so
+    the only buffer the size of the model is the anchor.
+    """
+    groups = _grouped(params, grads, anchors)
+    for ps, _, anc in groups.values():
+        torch._foreach_sub_(ps, anc)  # ps now hold Δ = θ' − θ_ref
+
+    dots, dsq, gsq, sizes = [], [], [], []
+    for ps, gs, _ in groups.values():
+        acc = _acc_dtype(ps[0].dtype)
+        dots.append(torch.stack([torch.dot(g.reshape(-1).to(acc), d.reshape(-1).to(acc))
+                                 for g, d in zip(gs, ps)]))
+        dsq.append(torch.stack(torch._foreach_norm(ps)).to(acc).square())
+        gsq.append(torch.stack(torch._foreach_norm(gs)).to(acc).square())
+        sizes.append(len(ps))
+    home = dots[0].device
+    dot_t = torch.cat([d.to(home, torch.float64) for d in dots])  # (T,) one entry per tensor
+    dsq_t = torch.cat([d.to(home, torch.float64) for d in dsq])
+    gsq_t = torch.cat([d.to(home, torch.float64) for d in gsq])
+
+    if projection == "global":
+        dot, sq = dot_t.sum(), dsq_t.sum()
+        conflict = dot < 0
+        # g ← g − (⟨g, Δ⟩ / ‖Δ‖²) Δ when ⟨g, Δ⟩ < 0; coef = 0 otherwise (and when Δ = 0)
+        neg_coef = torch.where(conflict, -dot / sq, torch.zeros_like(dot))
+        coefs = None
+        fired = conflict.to(torch.float32)
+    else:
+        conflict_t = dot_t < 0
+        neg_coef_t = torch.where(conflict_t, -dot_t / dsq_t, torch.zeros_like(dot_t))
+        coefs = neg_coef_t.split(sizes)
+        fired = conflict_t.to(torch.float32).mean()
+
+    for i, (ps, gs, anc) in enumerate(groups.values()):
+        dev, dt = ps[0].device, ps[0].dtype
+        if coefs is None:
+            torch._foreach_mul_(ps, neg_coef.to(dev, dt))  # ps hold −coef·Δ
+        else:
+            torch._foreach_mul_(ps, list(coefs[i].to(dev, dt).unbind(0)))
+        torch._foreach_add_(gs, ps)  # g ← g − coef·Δ
+        torch._foreach_copy_(ps, anc)  # θ ← θ_ref, bit-exact
+
+    return ProjectionStats(dot_t.sum(), dsq_t.sum().sqrt(), gsq_t.sum().sqrt(), fired)
+
+
+# --------------------------------------------------------------------------------------------
+# reference twin
+
+
+def _single_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> None:
+    for p, a in zip(params, anchors):
+        a.copy_(p)
+
+
+def _single_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
+    for p, g in zip(params, grads):
+        p.sub_(lr * g)
+
+
+def _single_tensor_project_restore(
+    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection
+) -> ProjectionStats:
+    deltas = [p.double() - a.double() for p, a in zip(params, anchors)]  # Δ = θ' − θ_ref
+    dots = [float((g.double() * d).sum()) for g, d in zip(grads, deltas)]
+    sqs = [float((d * d).sum()) for d in deltas]
+    gsq = sum(float((g.double() ** 2).sum()) for g in grads)
+
+    if projection == "global":
+        dot, sq = sum(dots), sum(sqs)
+        fired = 1.0 if dot < 0 else 0.0
+        if dot < 0:  # the new-task gradient conflicts with Δ: remove its component along Δ
+            for g, d in zip(grads, deltas):
+                g.sub_((dot / sq * d).to(g.dtype))
+    else:
+        hits = 0
+        for g, d, dot, sq in zip(grads, deltas, dots, sqs):
+            if dot < 0:
+                hits += 1
+                g.sub_((dot / sq * d).to(g.dtype))
+        fired = hits / max(len(grads), 1)
+
+    for p, a in zip(params, anchors):
+        p.copy_(a)  # restore: the reference steps are discarded
+
+    dev = params[0].device
+    return ProjectionStats(
+        torch.tensor(sum(dots), dtype=torch.float64, device=dev),
+        torch.tensor(sum(sqs), dtype=torch.float64, device=dev).sqrt(),
+        torch.tensor(gsq, dtype=torch.float64, device=dev).sqrt(),
+        torch.tensor(fired, dtype=torch.float32, device=dev),
+    )

@@ -1,0 +1,414 @@
+"""GoodFit: the stated properties, the fast path against its reference twin, and the optimizer contract."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from goodfit_cli.optim import GoodFit
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def flat(ts) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1).double() for t in ts])
+
+
+# ------------------------------------------------------------------------------------------
+# the stated properties
+
+
+class Params(nn.Module):
+    """A bare parameter vector θ, so that losses can be written in closed form."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.a = nn.Parameter(theta[:6].clone().reshape(2, 3))
+        self.b = nn.Parameter(theta[6:].clone())
+
+    def theta(self) -> torch.Tensor:
+        return torch.cat([self.a.reshape(-1), self.b])
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_property1_cycle_does_not_climb_the_old_loss_from_the_displaced_point(seed):
+    """Property 1: converged on a quadratic old loss, the cycle's update does not raise the old loss at θ'.
+
+    Old loss L_old(θ) = h/2·‖θ − θ*‖² (isotropic PD Hessian), the model sits at θ* (converged), so
+    ∇L_old(θ') = h·Δ. After one cycle (SGD main) the applied gradient is g_p = (θ_ref − θ_new)/λ.
+    Stepping from θ' along −g_p changes L_old by at most its second-order term (first order ≤ 0),
+    while the raw gradient g would have climbed it at first order whenever the projection fired;
+    and the cycle ends with L_old no higher than plain SGD with the same g.
+    """
+    torch.manual_seed(seed)
+    n = 10
+    theta_star = torch.randn(n, dtype=torch.float64)
+    h = 2.0
+    A = torch.randn(n, n, dtype=torch.float64)
+    H_new = A @ A.T / n + torch.eye(n, dtype=torch.float64)
+    c_new = torch.randn(n, dtype=torch.float64) * 3
+
+    def new_loss(t):  # a curved new task, far from its own minimum
+        d = t - c_new
+        return 0.5 * d @ H_new @ d + (t ** 3).sum() / 3
+
+    def old_loss(t):
+        return 0.5 * h * ((t - theta_star) ** 2).sum()
+
+    model = Params(theta_star).double()
+    lr = 1e-3
+    opt = GoodFit(torch.optim.SGD(model.parameters(), lr=lr), ref_ratio=10.0)
+    theta_ref = model.theta().detach().clone()
+    opt.zero_grad(); new_loss(model.theta()).backward(); opt.step()  # reference step
+    theta_disp = model.theta().detach().clone()
+    opt.zero_grad(); new_loss(model.theta()).backward()
+    g_raw = flat([model.a.grad, model.b.grad])
+    opt.step()  # main step
+    theta_new = model.theta().detach().clone()
+    assert bool(opt.last_stats.fired)  # a mildly curved loss: g ≈ g_ref, so they conflict
+
+    g_p = (theta_ref - theta_new) / lr
+    grad_old = h * (theta_disp - theta_star)  # ∇L_old(θ')
+    assert grad_old @ -g_raw > 0  # plain fine-tuning climbs the old loss at first order...
+    assert grad_old @ -g_p <= 1e-9 * grad_old.norm() * g_p.norm()  # ...GoodFit does not
+    for eps in (1e-5, 1e-4, 1e-3):
+        second_order = 0.5 * h * eps ** 2 * (g_p @ g_p)
+        rounding = 1e-12 * old_loss(theta_disp)  # θ − θ* is formed from O(1) numbers
+        assert old_loss(theta_disp - eps * g_p) <= old_loss(theta_disp) + second_order + rounding
+    assert old_loss(theta_new) <= old_loss(theta_ref - lr * g_raw)
+    delta = theta_disp - theta_ref  # and g_p is exactly g minus its component along Δ
+    torch.testing.assert_close(g_p, g_raw - (g_raw @ delta) / (delta @ delta) * delta,
+                               rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("main", ["sgd", "adam"])
+def test_property2_linear_loss_cycle_changes_nothing(seed, main):
+    """Property 2: on a loss linear in θ, with SGD reference, a cycle leaves the weights unchanged."""
+    torch.manual_seed(seed)
+    model = Params(torch.randn(10, dtype=torch.float64))
+    c = torch.randn(10, dtype=torch.float64)
+    before = model.theta().detach().clone()
+    inner = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if main == "sgd"
+             else torch.optim.Adam(model.parameters(), lr=0.1, eps=1e-6))
+    opt = GoodFit(inner, ref_ratio=10.0)
+    for _ in range(3):  # three cycles
+        for _ in range(2):
+            opt.zero_grad(); (model.theta() @ c).backward(); opt.step()
+    assert opt.main_steps == 3 and bool(opt.last_stats.fired)
+    # g_p = c − c = 0 up to rounding; Adam divides that residual by √v + ε, hence its looser bound
+    atol = 1e-12 if main == "sgd" else 1e-8
+    torch.testing.assert_close(model.theta().detach(), before, rtol=0, atol=atol)
+
+
+def _cycle_with_delta(opt, model, loss_fn, n_ref):
+    """Run one phase-mode cycle; return (Δ, projected g) as flat vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    anchor = flat(params)
+    for _ in range(n_ref):
+        opt.zero_grad(); loss_fn().backward(); opt.step()
+    delta = flat(params) - anchor
+    opt.zero_grad(); loss_fn().backward(); opt.step()
+    return delta, flat([p.grad for p in params]), [p.grad.double() for p in params]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("n_ref", [1, 3])
+def test_property3_projected_gradient_never_conflicts_with_delta(seed, n_ref):
+    """Property 3: after the projection ⟨g, Δ⟩ ≥ −1e-6·‖g‖‖Δ‖ (‖g‖ before projection: the scale of
+    float32 rounding), and it fires on some cycles."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=n_ref, ref_ratio=1.0)
+    fired = 0
+    for _ in range(20):
+        x, y = torch.randn(32, 3), torch.randn(32, 1)
+        delta, g, _ = _cycle_with_delta(opt, model, lambda: ((model(x) - y) ** 2).mean(), n_ref)
+        assert g @ delta >= -1e-6 * opt.last_stats.grad_norm * delta.norm()
+        assert opt.last_stats.delta_norm.item() == pytest.approx(delta.norm().item(), rel=1e-4)
+        fired += int(opt.last_stats.fired)
+    assert fired > 0  # the test exercised the projection (same batch → g ≈ g_ref → conflict)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:3])
+def test_property3_per_tensor_projection(seed):
+    """The opt-in per-tensor variant: every tensor's ⟨g_i, Δ_i⟩ ≥ −1e-6·‖g_i‖‖Δ_i‖ (raw ‖g_i‖)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 1))
+    opt = GoodFit(torch.optim.SGD(model.parameters(), lr=1e-2), ref_ratio=1.0, projection="tensor")
+    params = list(model.parameters())
+    for _ in range(10):
+        x, y = torch.randn(32, 3), torch.randn(32, 1)
+        anchors = [p.detach().double().clone() for p in params]
+        opt.zero_grad(); ((model(x) - y) ** 2).mean().backward(); opt.step()
+        deltas = [p.detach().double() - a for p, a in zip(params, anchors)]
+        opt.zero_grad(); ((model(x) - y) ** 2).mean().backward()
+        raw = [p.grad.double().clone() for p in params]
+        opt.step()
+        for p, d, r in zip(params, deltas, raw):
+            g = p.grad.double()
+            assert (g * d).sum() >= -1e-6 * r.norm() * d.norm()
+
+
+# ------------------------------------------------------------------------------------------
+# fast path ≡ reference twin
+
+
+class WithSometimesUnused(nn.Module):
+    """A backbone + head, a frozen parameter, and a branch used only on some batches."""
+
+    def __init__(self, backbone: nn.Module, feat: int, out: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(feat, out)
+        self.extra = nn.Linear(feat, out)  # no gradient on odd batches
+        self.frozen = nn.Parameter(torch.randn(out), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, use_extra: bool) -> torch.Tensor:
+        f = self.backbone(x)
+        y = self.head(f) + self.frozen
+        return y + self.extra(f) if use_extra else y
+
+
+def _mlp_case():
+    backbone = nn.Sequential(nn.Linear(6, 32), nn.LayerNorm(32), nn.ReLU(), nn.Linear(32, 16))
+    return WithSometimesUnused(backbone, 16, 3), (6,)
+
+
+def _timm_case():
+    timm = pytest.importorskip("timm")
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    return WithSometimesUnused(backbone, backbone.num_features, 3), (3, 32, 32)
+
+
+def _opt(model, foreach, n_ref=1, ratio=3.0, projection="global"):
+    groups = [
+        {"params": list(model.backbone.parameters()), "lr": 1e-3},
+        {"params": [*model.head.parameters(), *model.extra.parameters(), model.frozen],
+         "lr": 5e-3},
+    ]
+    return GoodFit(torch.optim.AdamW(groups, weight_decay=1e-2), n_ref=n_ref, ref_ratio=ratio,
+                   projection=projection, foreach=foreach)
+
+
+@pytest.mark.parametrize("case", [_mlp_case, _timm_case])
+@pytest.mark.parametrize("projection", ["global", "tensor"])
+def test_foreach_matches_reference_twin_for_50_cycles(case, projection):
+    """The foreach fast path and the per-parameter twin agree to 1e-6 relative after every cycle."""
+    torch.manual_seed(0)
+    fast_model, in_shape = case()
+    twin_model = copy.deepcopy(fast_model)
+    fast, twin = _opt(fast_model, True, projection=projection), _opt(twin_model, False,
+                                                                     projection=projection)
+    frozen_before = fast_model.frozen.detach().clone()
+    gen = torch.Generator().manual_seed(1)
+    n_cycles = 50 if case is _mlp_case else 12
+    for b in range(2 * n_cycles):
+        x = torch.randn(8, *in_shape, generator=gen)
+        y = torch.randn(8, 3, generator=gen)
+        for m, o in ((fast_model, fast), (twin_model, twin)):
+            o.zero_grad()
+            ((m(x, use_extra=b % 4 == 0) - y) ** 2).mean().backward()
+            o.step()
+        if b % 2 == 1:  # end of a cycle
+            a, t = flat(fast_model.parameters()), flat(twin_model.parameters())
+            assert (a - t).norm() <= 1e-6 * t.norm(), f"cycle {b // 2}"
+    assert torch.equal(fast_model.frozen, frozen_before)
+    assert fast.main_steps == twin.main_steps == n_cycles
+
+
+def test_phase_mode_equals_closure_mode():
+    """step(closure) runs a whole cycle and gives the same weights as n_ref+1 phase-mode steps."""
+    torch.manual_seed(0)
+    a, _ = _mlp_case()
+    b = copy.deepcopy(a)
+    oa, ob = _opt(a, True, n_ref=2), _opt(b, True, n_ref=2)
+    data = [(torch.randn(8, 6), torch.randn(8, 3)) for _ in range(12)]
+    for x, y in data:
+        oa.zero_grad(); ((a(x, True) - y) ** 2).mean().backward(); oa.step()
+    it = iter(data)
+    seen = []
+
+    def closure():
+        x, y = next(it)
+        ob.zero_grad()
+        loss = ((b(x, True) - y) ** 2).mean()
+        loss.backward()
+        seen.append(loss)
+        return loss
+
+    returned = [ob.step(closure) for _ in range(4)]
+    assert ob.main_steps == 4 and ob.phase == 0 and len(seen) == 12
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))
+    assert all(r is seen[3 * i + 2] for i, r in enumerate(returned))  # the main batch's loss
+
+
+# ------------------------------------------------------------------------------------------
+# contract
+
+
+@pytest.mark.parametrize("stop_phase", [0, 1, 2, 3])
+@pytest.mark.parametrize("reference", ["sgd", "momentum"])
+def test_state_dict_at_any_phase_continues_bit_identically(stop_phase, reference):
+    """Saved at any phase and loaded into a fresh optimizer, a run continues bit for bit."""
+    torch.manual_seed(0)
+    model, _ = _mlp_case()
+    ref = "sgd" if reference == "sgd" else (lambda ps: torch.optim.SGD(ps, lr=0.0, momentum=0.9))
+    mk = lambda m: GoodFit(torch.optim.AdamW(m.parameters(), lr=1e-2), n_ref=3, reference=ref)
+    opt = mk(model)
+    data = [(torch.randn(8, 6), torch.randn(8, 3)) for _ in range(4 * 5 + stop_phase + 9)]
+
+    def run(m, o, batches):
+        for i, (x, y) in batches:
+            o.zero_grad(); ((m(x, i % 3 == 0) - y) ** 2).mean().backward(); o.step()
+
+    run(model, opt, list(enumerate(data))[: 4 * 5 + stop_phase])
+    assert opt.phase == stop_phase
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+
+    fresh, _ = _mlp_case()
+    fresh.load_state_dict(saved_model)
+    fresh_opt = mk(fresh)
+    fresh_opt.load_state_dict(saved_opt)
+    assert fresh_opt.phase == stop_phase and fresh_opt.main_steps == opt.main_steps
+    rest = list(enumerate(data))[4 * 5 + stop_phase:]
+    run(model, opt, rest)
+    run(fresh, fresh_opt, rest)
+    for p, q in zip(model.parameters(), fresh.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_param_groups_is_main_list_and_scheduler_moves_both_rates():
+    """param_groups is the main optimizer's list; a scheduler changes λ and λ_ref together."""
+    torch.manual_seed(0)
+    model = Params(torch.randn(10))
+    main = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = GoodFit(main, ref_ratio=4.0)
+    assert opt.param_groups is main.param_groups
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    c = torch.randn(10)
+    for cycle in range(3):
+        lr = opt.param_groups[0]["lr"]
+        assert lr == pytest.approx(0.1 * 0.5 ** cycle)
+        before = model.theta().detach().clone()
+        opt.zero_grad(); (model.theta() @ c).backward(); opt.step()  # reference: −λ/ratio·c
+        torch.testing.assert_close(model.theta().detach() - before, -lr / 4.0 * c)
+        sq = lambda t: ((t - 1) ** 2).sum() / 2
+        opt.zero_grad(); sq(model.theta()).backward()
+        g = flat([model.a.grad, model.b.grad]).float()
+        delta = -lr / 4.0 * c
+        if g @ delta < 0:
+            g = g - (g @ delta) / (delta @ delta) * delta
+        opt.step()  # main: θ_ref − λ·g_p
+        torch.testing.assert_close(model.theta().detach(), before - lr * g, rtol=1e-5, atol=1e-6)
+        sched.step()
+
+
+def test_lr_zero_group_does_not_move():
+    """A group with lr 0 keeps its weights exactly; the other group moves."""
+    torch.manual_seed(0)
+    model, _ = _mlp_case()
+    groups = [{"params": list(model.backbone.parameters()), "lr": 0.0},
+              {"params": [*model.head.parameters(), *model.extra.parameters()], "lr": 1e-2}]
+    opt = GoodFit(torch.optim.AdamW(groups, weight_decay=0.1), ref_ratio=10)
+    bb = flat(model.backbone.parameters())
+    head = flat(model.head.parameters())
+    for _ in range(6):
+        opt.zero_grad(); (model(torch.randn(4, 6), True) ** 2).mean().backward(); opt.step()
+    assert torch.equal(flat(model.backbone.parameters()), bb)
+    assert not torch.equal(flat(model.head.parameters()), head)
+
+
+def test_grad_scaler_skipped_step_does_not_advance_phase():
+    """Under GradScaler an inf gradient skips the step and leaves the phase where it was."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    x = torch.randn(8, 4)
+    for _ in range(1):
+        opt.zero_grad(); scaler.scale((model(x) ** 2).mean()).backward()
+        scaler.step(opt); scaler.update()
+    assert opt.phase == 1
+    w = model.weight.detach().clone()
+    opt.zero_grad(); scaler.scale((model(x) ** 2).mean()).backward()
+    model.weight.grad[0, 0] = float("inf")
+    scaler.step(opt); scaler.update()
+    assert opt.phase == 1 and opt.main_steps == 0
+    assert torch.equal(model.weight, w)
+    opt.zero_grad(); scaler.scale((model(x) ** 2).mean()).backward()
+    scaler.step(opt); scaler.update()
+    assert opt.phase == 0 and opt.main_steps == 1
+
+
+def test_extra_state_is_one_copy_of_trainable_params():
+    """GoodFit's own state is exactly one buffer per trainable parameter, of its size and dtype."""
+    model, _ = _mlp_case()
+    opt = _opt(model, True)
+    for b in range(2):
+        opt.zero_grad(); (model(torch.randn(4, 6), True) ** 2).mean().backward(); opt.step()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    extra = sum(s["anchor"].numel() * s["anchor"].element_size() for s in opt.state.values())
+    assert extra == sum(p.numel() * p.element_size() for p in trainable)
+    assert model.frozen not in opt.state
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_ref": 0}, "n_ref: 0"), ({"n_ref": 1.5}, "n_ref: 1.5"), ({"ref_ratio": 0}, "ref_ratio: 0"),
+    ({"ref_ratio": -3.0}, "ref_ratio: -3.0"), ({"projection": "layer"}, "projection: 'layer'"),
+    ({"reference": "adam"}, "reference: 'adam'"),
+])
+def test_bad_arguments_raise_value_error_naming_the_value(kwargs, match):
+    """Bad arguments raise ValueError whose message contains the offending value."""
+    with pytest.raises(ValueError, match=match):
+        GoodFit(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), **kwargs)
+
+
+def test_sparse_gradients_are_refused():
+    """A sparse gradient raises ValueError."""
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = GoodFit(torch.optim.SGD(emb.parameters(), lr=0.1))
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(ValueError, match="sparse"):
+        opt.step()
+
+
+def test_restore_is_exact_in_low_precision():
+    """In bfloat16 the restore to θ_ref is bit-exact: with main lr 0 the weights never change."""
+    torch.manual_seed(0)
+    model = nn.Linear(16, 4).to(torch.bfloat16)
+    opt = GoodFit(torch.optim.SGD(model.parameters(), lr=0.0))
+    before = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        opt.zero_grad(); (model(torch.randn(2, 16, dtype=torch.bfloat16)) ** 2).sum().backward()
+        opt.step()  # reference step
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 1e-2)  # a displacement, rounded in bf16
+        opt.zero_grad(); (model(torch.randn(2, 16, dtype=torch.bfloat16)) ** 2).sum().backward()
+        opt.step()  # main: restore, then SGD with lr 0
+    for p, b in zip(model.parameters(), before):
+        assert torch.equal(p, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_has_no_host_sync():
+    """On CUDA a GoodFit step (both phases) makes no host-device synchronisation."""
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 4)).cuda()
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True,
+                                    capturable=True))
+    x = torch.randn(16, 32, device="cuda")
+    for _ in range(2):  # warm-up: lazy state allocation
+        opt.zero_grad(); model(x).square().mean().backward(); opt.step()
+    torch.cuda.synchronize()
+    for _ in range(2):
+        opt.zero_grad(); model(x).square().mean().backward()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")

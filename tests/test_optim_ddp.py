@@ -1,0 +1,60 @@
+"""GoodFit under DistributedDataParallel (2 CPU processes, gloo): identical weights on every rank,
+equal to one process that sees the same global batch."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from goodfit_cli.optim import GoodFit
+
+GLOBAL_BATCH, CYCLES, N_REF = 16, 6, 2
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 32), nn.LayerNorm(32), nn.Tanh(), nn.Linear(32, 2))
+
+
+def _batches():
+    g = torch.Generator().manual_seed(7)
+    return [(torch.randn(GLOBAL_BATCH, 5, generator=g), torch.randn(GLOBAL_BATCH, 2, generator=g))
+            for _ in range(CYCLES * (N_REF + 1))]
+
+
+def _train(model: nn.Module, batches, rank: int = 0, world: int = 1) -> torch.Tensor:
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=N_REF, ref_ratio=2.0)
+    shard = GLOBAL_BATCH // world
+    for x, y in batches:
+        x, y = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()  # DDP all-reduces (averages) the gradients
+        opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = nn.parallel.DistributedDataParallel(_model())
+        weights = _train(model, _batches(), rank, world)
+        torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))  # test-only, own temp dir
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
+    """Both ranks end bit-identical, and equal (1e-5) to a single process with the global batch."""
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torch.equal(w0, w1)
+    single = _train(_model(), _batches())
+    torch.testing.assert_close(w0, single, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(single, torch.cat([p.reshape(-1) for p in _model().parameters()]))
