@@ -1,0 +1,43 @@
+"""Dataset builders behind a registry; each returns {"old": Task, "new": Task} on the CPU.
+
+A builder is `fn(ctx, **args)` where ctx carries the run's `seed` and `data_dir`; `args` come
+from the recipe and are checked against the builder's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from goodfit_cli.data.base import Split, Task, to_model_input
+from goodfit_cli.data.npz import npz
+from goodfit_cli.data.toy import toy_sin
+from goodfit_cli.errors import UserError
+from goodfit_cli.models.bind import call_with_args, loc
+from goodfit_cli.registry import Registry
+
+
+@dataclass(frozen=True)
+class DataContext:
+    seed: int  # every random draw derives from it
+    data_dir: str | None  # relative paths in args resolve against it
+
+
+DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset")
+DATASETS.register("toy_sin", "sin(freq·‖x‖) on R²: old region [-1,1]², new [0.8,1.5]² (the seed's toy)")(toy_sin)
+DATASETS.register("npz", "classification sets from .npz files with arrays x (uint8 NHWC or float) and y")(npz)
+
+
+def build_data(
+    name: str, args: Mapping[str, Any] | None, *, seed: int, data_dir: str | None, where: str = ""
+) -> dict[str, Task]:
+    """{"old": Task, "new": Task}, deterministic in `seed`; `where` as in build_model ("f.yaml: data")."""
+    builder = DATASETS.get(name, loc(where, "name") + ": ")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise UserError(f"{loc(where, 'seed')}: expected a non-negative integer, got {seed!r}")
+    tasks = call_with_args(builder, args, where, DataContext(seed, data_dir))
+    assert set(tasks) == {"old", "new"}, f"dataset {name!r} must return old and new tasks"
+    return tasks
+
+
+__all__ = ["DATASETS", "DataContext", "Split", "Task", "build_data", "to_model_input"]

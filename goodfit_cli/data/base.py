@@ -1,0 +1,56 @@
+"""What every dataset builder returns: an old and a new Task, each with train and test Splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # (N, ...) inputs: float32, or uint8 (N, H, W, C) images as stored
+    y: torch.Tensor  # (N,) int64 class labels, or (N, D) float32 regression targets
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass
+class Task:
+    name: str  # "old" / "new"
+    kind: str  # "regression" | "classification"
+    train: Split
+    test: Split
+    num_classes: int | None = None  # classification: size of the label space (labels are global ids)
+    classes: list[int] | None = None  # the label ids present in this task
+
+    def summary(self) -> dict:
+        """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}}; classes is a count."""
+
+        def split(s: Split) -> dict:
+            n_cls = int(torch.unique(s.y).numel()) if self.kind == "classification" else None
+            return {"samples": len(s), "classes": n_cls}
+
+        return {"kind": self.kind, "num_classes": self.num_classes, "train": split(self.train), "test": split(self.test)}
+
+
+def to_model_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], normalised by mean = std = 0.5; floats pass."""
+    if x.dtype != torch.uint8:
+        return x
+    if x.ndim != 4:
+        raise ValueError(f"uint8 images must be (N, H, W, C), got shape {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+    return x.sub_(0.5).div_(0.5)  # (N, C, H, W) in [-1, 1]
+
+
+def generator(seed: int, *stream: int) -> torch.Generator:
+    """A torch.Generator for one named stream of `seed`, independent of the other streams."""
+    state = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)  # 62 bits
