@@ -1,10 +1,26 @@
-"""The `goodfit` command line: Typer wiring only. Rich output lives here and nowhere else."""
+"""The `goodfit` command line: Typer wiring only. Rich output lives here and nowhere else.
+
+Exit codes: 0 success, 2 user error (one line; `--debug` for the traceback), 3 a regression gate
+failed, 130/143 interrupted by SIGINT/SIGTERM (a resumable state was saved), 1 a bug.
+"""
 
 from __future__ import annotations
 
+import functools
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
 import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 
 from goodfit_cli import __version__
+from goodfit_cli.errors import GateFailure, UserError
 
 app = typer.Typer(
     name="goodfit",
@@ -13,6 +29,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def _version(value: bool) -> None:
@@ -25,9 +48,358 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for every error."),
 ) -> None:
     """Fine-tune a converged model on new data without breaking what it already does."""
+    STATE["debug"] = debug
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to exit codes: UserError 2, GateFailure 3, interruption 130/143, bug 1."""
+    from goodfit_cli.runner import Interrupted
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as e:
+            if STATE["debug"]:
+                traceback.print_exc()
+            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(2)
+        except GateFailure as e:
+            err.print(f"[bold red]gate failed:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(3)
+        except Interrupted as e:
+            err.print(f"[yellow]interrupted[/]: state saved in {e.run_dir}. Resume with the same "
+                      f"command plus --resume", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+        except Exception as e:  # a bug: say so, and show the traceback on request
+            if STATE["debug"]:
+                traceback.print_exc()
+            else:
+                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+                          "(run with --debug for the traceback and report it)",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# progress
+
+
+class RichEvents:
+    """Draws the engine's events: a progress bar on a terminal, eval lines otherwise."""
+
+    def __init__(self, label: str, primary: dict[str, str]) -> None:
+        self.label, self.primary = label, primary
+        self.live = out.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_start(self, total_batches: int, done: int) -> None:
+        if self.live:
+            self.progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeRemainingColumn(), console=out, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total_batches, completed=done,
+                                               info="")
+
+    def on_batch(self, batch: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=batch)
+
+    def on_eval(self, rec: dict[str, Any]) -> None:
+        info = "  ".join(f"{t} {m} {rec[t][m]:.4g}" for t, m in self.primary.items()
+                         if m in rec.get(t, {}))
+        if self.progress is not None:
+            self.progress.update(self.task, info=info)
+        else:
+            out.print(f"{self.label}: batch {rec['batch']}  {info}", highlight=False)
+
+    def on_end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def log(msg: str) -> None:
+    out.print(msg, highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def find_recipe(recipe: str) -> Path:
+    """A path, or the name of a shipped recipe ('toy' → recipes/toy.yaml)."""
+    p = Path(recipe)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    shipped = RECIPES_DIR / f"{recipe}.yaml"
+    return shipped if shipped.exists() else p
+
+
+def load(recipe: str, overrides: list[str] | None):
+    from goodfit_cli.recipe import load_recipe
+
+    return load_recipe(find_recipe(recipe), overrides or [])
+
+
+def primary_metrics(r) -> dict[str, str]:
+    return {"old": r.old_task.metrics[0], "new": r.new_task.metrics[0]}
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
+    t = Table(title=title)
+    t.add_column("model")
+    for task in ("old", "new"):
+        t.add_column(f"{task} {primary[task]}", justify="right")
+    for name, m in rows:
+        t.add_row(name, *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
+    return t
+
+
+def default_out(recipe_name: str, kind: str) -> Path:
+    return Path("runs") / f"{recipe_name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+@app.command()
+@handled
+def pretrain(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
+    from goodfit_cli import runner
+
+    r = load(recipe, overrides)
+    dest = out_dir or default_out(r.name, "base")
+    res = runner.pretrain(r, dest, device=device, seed=seed, data_dir=data_dir,
+                          events=RichEvents("pretrain", primary_metrics(r)), log=log,
+                          overwrite=overwrite)
+    out.print(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], primary_metrics(r)))
+    log(f"checkpoint: {dest / 'model.safetensors'}")
+
+
+@app.command()
+@handled
+def finetune(
+    base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
+    from goodfit_cli import runner
+
+    if resume is not None:
+        run = resume / "run.json"
+        if not run.exists():
+            raise UserError(f"--resume {resume}: no run.json there; not a goodfit run directory")
+        saved = json.loads(run.read_text())
+        r = load(str(resume / "recipe.yaml"), overrides)
+        dest, optimizer = resume, optimizer or saved["arms"]
+        seed = saved["seed"] if seed is None else seed
+        data_dir = data_dir or saved.get("data_dir")
+    else:
+        if recipe is None:
+            raise UserError("--recipe is required (or --resume DIR)")
+        r = load(recipe, overrides)
+        dest = out_dir or default_out(r.name, "finetune")
+    report = runner.finetune(
+        r, base, dest, arms=optimizer or None, device=device, seed=seed, data_dir=data_dir,
+        events_for=lambda arm: RichEvents(arm, primary_metrics(r)), log=log,
+        resume=resume is not None, overwrite=overwrite, wise=not no_wise)
+    print_report(report, dest)
+
+
+def print_report(report: dict[str, Any], dest: Path) -> None:
+    out.print(summary_table(report))
+    log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
+    primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
+    t = Table(title="regression report")
+    t.add_column("model")
+    for task in ("old", "new"):
+        t.add_column(f"{task} {primary[task]}", justify="right")
+        t.add_column("Δ vs base", justify="right")
+    t.add_column("old NFR", justify="right")
+    t.add_column("gate")
+    base = report["base_metrics"]
+    t.add_row("base", f"{base['old'].get(primary['old'], float('nan')):.4g}", "",
+              f"{base['new'].get(primary['new'], float('nan')):.4g}", "", "", "")
+    for arm in report["arms"]:
+        cells = []
+        for task in ("old", "new"):
+            m = primary[task]
+            cells.append(f"{arm['metrics'][task].get(m, float('nan')):.4g}")
+            d = (arm.get("delta") or {}).get(task, {}).get(m)
+            if d is None:
+                cells.append("")
+            else:
+                colour = "green" if d.get("better") else "red"
+                cells.append(f"[{colour}]{d['value']:+.4g}[/]")
+        flips = (arm.get("flips") or {}).get("old")
+        nfr = f"{flips['nfr']:.2%}" if flips else "-"
+        gate = arm.get("gate")
+        g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
+        t.add_row(arm["name"], *cells, nfr, g)
+    return t
+
+
+@app.command("eval")
+@handled
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here."),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Evaluate a checkpoint on the recipe's old and new tasks; print (and write) JSON."""
+    from goodfit_cli import checkpoint as ckpt
+    from goodfit_cli import runner
+
+    r = load(recipe, overrides)
+    res = runner.evaluate_checkpoint(r, checkpoint, device=device, data_dir=data_dir,
+                                     log=lambda m: err.print(m, highlight=False))
+    text = json.dumps(res, indent=2)
+    if json_out is not None:
+        ckpt.atomic_write_bytes(json_out, (text + "\n").encode())
+    typer.echo(text)
+
+
+@app.command()
+@handled
+def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to check.")) -> None:
+    """Check recipes without running them: schema, registry names, model arguments."""
+    from goodfit_cli.data import DATASETS
+    from goodfit_cli.models import build_model
+    from goodfit_cli.registry import suggest
+
+    failed = 0
+    for path in recipes:
+        try:
+            r = load(str(path), None)
+            if r.data.name not in DATASETS:
+                raise UserError(f"{path}: data.name: unknown dataset {r.data.name!r}"
+                                f"{suggest(r.data.name, DATASETS.names())}")
+            build_model(r.model.name, r.model.args, where=f"{path}: model")
+            out.print(f"[green]ok[/]  {path}  ({r.name})", highlight=False)
+        except UserError as e:
+            failed += 1
+            err.print(f"[red]bad[/] {e}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command("recipes")
+@handled
+def list_recipes() -> None:
+    """List the shipped recipes."""
+    from goodfit_cli.recipe import load_recipe
+
+    t = Table(title=f"recipes in {RECIPES_DIR}")
+    t.add_column("name")
+    t.add_column("file")
+    t.add_column("description")
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        try:
+            r = load_recipe(p)
+            t.add_row(r.name, p.name, r.description)
+        except UserError as e:
+            t.add_row(p.stem, p.name, f"[red]invalid: {e}")
+    out.print(t)
+
+
+@data_app.command("summary")
+@handled
+def data_summary(
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    as_json: bool = typer.Option(False, "--json"),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Samples and classes per task and split: what a recipe will train and evaluate on."""
+    from goodfit_cli.data import build_data
+
+    r = load(recipe, overrides)
+    tasks = build_data(r.data.name, r.data.args, seed=r.seed, data_dir=data_dir or r.data_dir,
+                       where=f"{r.source}: data")
+    summary = {name: t.summary() for name, t in tasks.items()}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    t = Table(title=f"{r.name}: data")
+    for c in ("task", "kind", "split", "samples", "classes"):
+        t.add_column(c)
+    for name, s in summary.items():
+        for split in ("train", "test"):
+            t.add_row(name, s["kind"], split, str(s[split]["samples"]), str(s[split]["classes"] or "-"))
+    out.print(t)
+
+
+@app.command()
+@handled
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="A shortened run (well under a minute)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
+    from goodfit_cli import runner
+    from goodfit_cli.recipe import load_recipe
+
+    over = QUICK_OVERRIDES if quick else []
+    r = load_recipe(RECIPES_DIR / "toy.yaml", over)
+    dest = out_dir or default_out("demo", "quick" if quick else "full")
+    log(f"[bold]goodfit demo[/]: {r.description}")
+    log(f"step 1/2: pretrain the base on the old task -> {dest / 'base'}")
+    runner.pretrain(r, dest / "base", device=device, events=RichEvents("pretrain", primary_metrics(r)),
+                    log=log)
+    log(f"step 2/2: fine-tune on the new task with {', '.join(r.finetune.arms)}")
+    report = runner.finetune(r, dest / "base" / "model.safetensors", dest / "finetune",
+                             device=device, log=log,
+                             events_for=lambda arm: RichEvents(arm, primary_metrics(r)))
+    print_report(report, dest / "finetune")
+
+
+QUICK_OVERRIDES = ["data.args.n_train=4000", "data.args.n_test=1000", "pretrain.steps=300",
+                   "pretrain.scheduler.args.step_size=100", "finetune.steps=60",
+                   "finetune.scheduler.args.step_size=20", "eval.every=20",
+                   "model.args.hidden=[128, 128]"]
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The training loop: one batch per `optimizer.step()`, periodic evaluation, exact resume.
+
+The loop knows nothing of Rich, YAML or files: it emits events (`Events`) and asks a callback to
+persist its state. Data lives on the device as tensors; each epoch is a permutation drawn from a
+seeded generator, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from goodfit_cli.data.base import Split
+
+
+class Events(Protocol):
+    """What the loop reports; the CLI draws it, tests may record it."""
+
+    def on_start(self, total_batches: int, done: int) -> None: ...
+    def on_batch(self, batch: int) -> None: ...
+    def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_end(self) -> None: ...
+
+
+class NoEvents:
+    def on_start(self, total_batches: int, done: int) -> None: pass
+    def on_batch(self, batch: int) -> None: pass
+    def on_eval(self, record: dict[str, Any]) -> None: pass
+    def on_end(self) -> None: pass
+
+
+@dataclass
+class LoopConfig:
+    total_batches: int
+    batch_size: int
+    eval_every: int
+    seed: int
+    checkpoint_every: int = 0  # batches; 0 = only at the end / on interruption
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; enough to continue bit for bit (with model/optimizer/RNG states)."""
+
+    batch: int = 0  # batches done
+    epoch: int = 0  # epochs started
+    pos: int = 0  # next index into `perm`
+    perm: Tensor | None = None  # (N,) this epoch's sample order
+    gen_state: Tensor | None = None  # data-order generator state after drawing `perm`
+    loss_sum: float = 0.0  # training loss summed since the last evaluation
+    loss_count: int = 0
+    wall_s: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch": self.batch, "epoch": self.epoch, "pos": self.pos, "perm": self.perm,
+                "gen_state": self.gen_state, "loss_sum": self.loss_sum,
+                "loss_count": self.loss_count, "wall_s": self.wall_s}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoopState":
+        return cls(**{k: d[k] for k in ("batch", "epoch", "pos", "perm", "gen_state", "loss_sum",
+                                        "loss_count", "wall_s")})
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
+def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:
+    """Main-optimizer updates: GoodFit counts its own; any other optimizer updates every batch."""
+    return int(getattr(optimizer, "main_steps", batch))
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    data: Split,
+    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
+    evaluate: Callable[[], dict[str, Any]],
+    cfg: LoopConfig,
+    *,
+    events: Events | None = None,
+    state: LoopState | None = None,
+    train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
+    save_state: Callable[[LoopState], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_loss: Callable[[Tensor, int], None] | None = None,
+) -> LoopState:
+    """Train until `cfg.total_batches` batches are done, or `should_stop()` turns true.
+
+    `data` is on the training device. `evaluate()` returns {"old": {...}, "new": {...}} and is
+    called every `cfg.eval_every` batches and at the end. The returned state has `records`: the
+    evaluations made by this call. `save_state(state)` is called every `cfg.checkpoint_every`
+    batches and when the loop stops early.
+    """
+    events = events or NoEvents()
+    st = state or LoopState()
+    n = len(data)
+    gen = torch.Generator()
+    if st.gen_state is not None:
+        gen.set_state(st.gen_state)
+    else:
+        gen.manual_seed(cfg.seed)
+    device = data.x.device
+    loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed without host syncs
+    events.on_start(cfg.total_batches, st.batch)
+    train_mode(model)
+    t0 = time.perf_counter() - st.wall_s
+
+    def record() -> None:
+        nonlocal loss_acc
+        st.loss_sum += float(loss_acc)
+        loss_acc.zero_()
+        rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
+               "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
+               **evaluate(),
+               "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
+               "lr": float(optimizer.param_groups[0]["lr"]),
+               "wall_s": round(time.perf_counter() - t0, 3)}
+        st.loss_sum, st.loss_count = 0.0, 0
+        st.records.append(rec)
+        events.on_eval(rec)
+        train_mode(model)
+
+    while st.batch < cfg.total_batches:
+        if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
+            st.perm = torch.randperm(n, generator=gen)
+            st.gen_state = gen.get_state()
+            st.pos = 0
+            st.epoch += 1
+        idx = st.perm[st.pos:st.pos + cfg.batch_size].to(device, non_blocking=True)
+        st.pos += cfg.batch_size
+        x, y = data.x[idx], data.y[idx]
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model, x, y)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        loss_acc += loss.detach()
+        if on_loss is not None:
+            on_loss(loss, st.batch)
+        st.batch += 1
+        st.loss_count += 1
+        events.on_batch(st.batch)
+        st.wall_s = time.perf_counter() - t0
+        if st.batch % cfg.eval_every == 0 or st.batch == cfg.total_batches:
+            record()
+        if save_state is not None and (
+            (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0)
+            or (st.batch < cfg.total_batches and should_stop())
+        ):
+            st.loss_sum += float(loss_acc)
+            loss_acc.zero_()
+            save_state(st)
+        if st.batch < cfg.total_batches and should_stop():
+            break
+    st.loss_sum += float(loss_acc)
+    st.wall_s = time.perf_counter() - t0
+    events.on_end()
+    return st

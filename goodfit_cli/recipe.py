@@ -1,0 +1,412 @@
+"""Recipes: YAML → validated dataclasses, `key.sub=value` overrides, errors with file:line.
+
+A recipe names registered components (models, data, optimizers, schedulers); it never imports
+code. Every key is checked against the schema below: an unknown key, a wrong type or a bad value is
+one UserError naming the file, the line and the key, with "did you mean" where it helps.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from goodfit_cli.errors import UserError
+from goodfit_cli.registry import suggest
+
+OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")
+SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
+LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
+METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the validated recipe
+
+
+@dataclass
+class Component:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSpec:
+    loss: str
+    metrics: list[str]
+
+
+@dataclass
+class OptimizerSpec:
+    name: str
+    lr: float
+    kwargs: dict[str, Any] = field(default_factory=dict)  # momentum, weight_decay, betas, ...
+
+
+@dataclass
+class SchedulerSpec:
+    name: str = "none"
+    args: dict[str, Any] = field(default_factory=dict)  # counted in batches
+
+
+@dataclass
+class GoodFitSpec:
+    main: str | None = None  # main optimizer name; default: the stage's optimizer
+    n_ref: int = 1
+    ref_ratio: float = 10.0
+    projection: str = "global"
+
+
+@dataclass
+class StageSpec:
+    optimizer: OptimizerSpec
+    batch_size: int
+    steps: int | None = None  # batches
+    epochs: int | None = None  # passes over the training split
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    goodfit: GoodFitSpec = field(default_factory=GoodFitSpec)
+    arms: list[str] = field(default_factory=list)
+    arm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    model: Component
+    data: Component
+    old_task: TaskSpec
+    new_task: TaskSpec
+    pretrain: StageSpec
+    finetune: StageSpec
+    eval_every: int = 100
+    eval_batch_size: int = 1024
+    readout: dict[str, Any] | None = None
+    checkpoint_every: int = 0
+    checkpoint_keep: int = 2
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    data_dir: str | None = None
+    source: str = "<recipe>"  # the file it came from
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
+
+    @property
+    def sha256(self) -> str:
+        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# schema: key → (checker, default); a default of REQUIRED means the key must be present
+
+REQUIRED = object()
+Checker = Callable[[Any, "Ctx"], Any]
+
+
+class Ctx:
+    """Where a value sits: file, key path, and its line (from the YAML node marks)."""
+
+    def __init__(self, source: str, marks: dict[tuple, tuple[int, int]], path: tuple = (),
+                 overridden: frozenset = frozenset()):
+        self.source, self.marks, self.path, self.overridden = source, marks, path, overridden
+
+    def child(self, key: Any) -> "Ctx":
+        return Ctx(self.source, self.marks, self.path + (key,), self.overridden)
+
+    def where(self) -> str:
+        key = ".".join(str(k) for k in self.path) or "(top level)"
+        for n in range(len(self.path), 0, -1):
+            if self.path[:n] in self.overridden:
+                return f"{self.source}: override {key}"
+            if self.path[:n] in self.marks:
+                line, col = self.marks[self.path[:n]]
+                return f"{self.source}:{line}:{col}: {key}"
+        return f"{self.source}: {key}"
+
+    def fail(self, message: str) -> UserError:
+        return UserError(f"{self.where()}: {message}")
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
+            int: "an integer", float: "a number", type(None): "empty"}.get(type(v), type(v).__name__)
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def integer(minimum: int | None = None) -> Checker:
+    def check(v: Any, ctx: Ctx) -> int:
+        if not is_int(v):
+            raise ctx.fail(f"expected an integer, got {_type_name(v)} {v!r}")
+        if minimum is not None and v < minimum:
+            raise ctx.fail(f"must be at least {minimum}, got {v}")
+        return v
+    return check
+
+
+def number(minimum: float | None = None, positive: bool = False) -> Checker:
+    def check(v: Any, ctx: Ctx) -> float:
+        if isinstance(v, str):  # YAML 1.1 reads 1e-3 as a string; accept plain numerals
+            try:
+                v = float(v)
+            except ValueError:
+                pass
+        if not is_num(v) or v != v:
+            raise ctx.fail(f"expected a number, got {_type_name(v)} {v!r}")
+        if positive and not v > 0:
+            raise ctx.fail(f"must be greater than 0, got {v}")
+        if minimum is not None and v < minimum:
+            raise ctx.fail(f"must be at least {minimum}, got {v}")
+        return float(v)
+    return check
+
+
+def string(choices: tuple[str, ...] | None = None) -> Checker:
+    def check(v: Any, ctx: Ctx) -> str:
+        if not isinstance(v, str):
+            raise ctx.fail(f"expected a string, got {_type_name(v)} {v!r}")
+        if choices is not None and v not in choices:
+            raise ctx.fail(f"unknown value {v!r}{suggest(v, list(choices))}")
+        return v
+    return check
+
+
+def boolean(v: Any, ctx: Ctx) -> bool:
+    if not isinstance(v, bool):
+        raise ctx.fail(f"expected true/false, got {_type_name(v)} {v!r}")
+    return v
+
+
+def optional(inner: Checker) -> Checker:
+    return lambda v, ctx: None if v is None else inner(v, ctx)
+
+
+def mapping_any(v: Any, ctx: Ctx) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ctx.fail(f"expected a mapping, got {_type_name(v)}")
+    return dict(v)
+
+
+def list_of(inner: Checker) -> Checker:
+    def check(v: Any, ctx: Ctx) -> list:
+        if not isinstance(v, list):
+            raise ctx.fail(f"expected a list, got {_type_name(v)}")
+        return [inner(x, ctx.child(i)) for i, x in enumerate(v)]
+    return check
+
+
+def section(schema: dict[str, tuple[Checker, Any]]) -> Checker:
+    """A mapping with a fixed set of keys: unknown keys fail with "did you mean"."""
+    def check(v: Any, ctx: Ctx) -> dict:
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise ctx.fail(f"expected a mapping, got {_type_name(v)}")
+        for key in v:
+            if key not in schema:
+                raise ctx.child(key).fail(f"unknown key{suggest(str(key), list(schema))}")
+        out = {}
+        for key, (checker, default) in schema.items():
+            if key in v:
+                out[key] = checker(v[key], ctx.child(key))
+            elif default is REQUIRED:
+                raise ctx.child(key).fail("missing required key")
+            else:  # defaults go through the checker too, so nested sections fill theirs
+                out[key] = None if default is None else checker(copy.deepcopy(default),
+                                                                ctx.child(key))
+        return out
+    return check
+
+
+def arm_name(v: Any, ctx: Ctx) -> str:
+    s = string()(v, ctx)
+    kind, _, base = s.partition(":")
+    if kind in ("goodfit", "head_only"):
+        if base and base not in OPTIMIZERS:
+            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{suggest(base, list(OPTIMIZERS))}")
+    elif base or kind not in OPTIMIZERS:
+        names = [*OPTIMIZERS, "head_only", "goodfit"]
+        raise ctx.fail(f"unknown arm {s!r}{suggest(s, names)} "
+                       "(an optimizer, head_only[:opt] or goodfit[:opt])")
+    return s
+
+
+OPTIMIZER = section({"name": (string(OPTIMIZERS), REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
+                     "momentum": (number(minimum=0.0), None), "weight_decay": (number(0.0), None),
+                     "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
+                     "alpha": (number(0.0), None), "nesterov": (optional(boolean), None)})
+SCHEDULER = section({"name": (string(SCHEDULERS), "none"), "args": (mapping_any, {})})
+GOODFIT = section({"main": (optional(string(OPTIMIZERS)), None), "n_ref": (integer(1), 1),
+                   "ref_ratio": (number(positive=True), 10.0),
+                   "projection": (string(("global", "tensor")), "global")})
+STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
+              "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
+              "scheduler": (SCHEDULER, {"name": "none", "args": {}})}
+FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
+                 "arm_overrides": (mapping_any, {})}
+COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
+TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED)})
+TOP = section({
+    "name": (string(), REQUIRED), "description": (string(), ""),
+    "model": (COMPONENT, REQUIRED), "data": (COMPONENT, REQUIRED),
+    "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
+    "pretrain": (section(STAGE_KEYS), REQUIRED), "finetune": (section(FINETUNE_KEYS), REQUIRED),
+    "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
+    "report": (section({"readout": (optional(mapping_any), None)}), {}),
+    "checkpoint": (section({"every": (integer(0), 0), "keep": (integer(1), 2)}), {}),
+    "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
+    "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _marks(node: yaml.Node, path: tuple, out: dict) -> None:
+    """Record (line, column) of every key path; a key's own line wins over its value's."""
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            out[path + (k.value,)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+            _marks(v, path + (k.value,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _marks(v, path + (i,), out)
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict]:
+    try:
+        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{pos}: YAML syntax error: {problem}") from None
+    marks: dict = {}
+    if node is not None:
+        _marks(node, (), marks)
+    return data, marks
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'finetune.optimizer.lr=1e-3' → (['finetune', 'optimizer', 'lr'], 0.001)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {item!r}: expected key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if parsed.lower() not in ("nan", "inf", "-inf") else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            nxt = node.get(k) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"override {item!r}: {k!r} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    p = Path(path)
+    source = str(path)
+    if not p.exists():
+        raise UserError(f"recipe not found: {source}")
+    if p.is_dir():
+        raise UserError(f"{source}: is a directory, expected a recipe YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{source}: cannot read the recipe: {e}") from None
+    return parse_recipe(text, source, overrides or [], base_dir=p.parent)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | None = None,
+                 base_dir: Path | None = None) -> Recipe:
+    data, marks = _parse_yaml(text, source)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe is a YAML mapping, got {_type_name(data)}")
+    raw = apply_overrides(data, overrides or [])
+    # overridden keys are reported as overrides, not by a line of the file
+    overridden = frozenset(tuple(parse_override(item)[0]) for item in overrides or [])
+    ctx = Ctx(source, marks, (), overridden)
+    v = TOP(raw, ctx)
+    for stage in ("pretrain", "finetune"):
+        st = v[stage]
+        if (st["steps"] is None) == (st["epochs"] is None):
+            raise ctx.child(stage).fail("give exactly one of steps or epochs")
+    ft = v["finetune"]
+    for arm, over in ft["arm_overrides"].items():
+        arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))
+        allowed = {"steps", "epochs", "batch_size", "lr"}
+        for key in (over or {}):
+            if key not in allowed:
+                raise ctx.child("finetune").child("arm_overrides").child(arm).child(key).fail(
+                    f"unknown key{suggest(str(key), sorted(allowed))}")
+    if not ft["arms"]:
+        ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
+    data_dir = v["data_dir"]
+    if data_dir is not None and base_dir is not None and not Path(data_dir).is_absolute():
+        data_dir = str((base_dir / data_dir).resolve())  # paths resolve relative to the recipe
+
+    def stage_spec(st: dict) -> StageSpec:
+        o = st["optimizer"]
+        kwargs = {k: (tuple(x) if k == "betas" else x) for k, x in o.items()
+                  if k not in ("name", "lr") and x is not None}
+        return StageSpec(
+            optimizer=OptimizerSpec(o["name"], o["lr"], kwargs), batch_size=st["batch_size"],
+            steps=st["steps"], epochs=st["epochs"],
+            scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
+            goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
+            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})))
+
+    return Recipe(
+        name=v["name"], description=v["description"],
+        model=Component(v["model"]["name"], v["model"]["args"]),
+        data=Component(v["data"]["name"], v["data"]["args"]),
+        old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
+        pretrain=stage_spec(v["pretrain"]), finetune=stage_spec(ft),
+        eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
+        readout=v["report"]["readout"], checkpoint_every=v["checkpoint"]["every"],
+        checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
+        precision=v["precision"], data_dir=data_dir, source=source, raw=raw)
+
+
+def recipe_dict(r: Recipe) -> dict[str, Any]:
+    """The validated recipe as plain data (for JSON provenance)."""
+    d = asdict(r)
+    d.pop("raw", None)
+    return d

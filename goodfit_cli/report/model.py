@@ -1,0 +1,27 @@
+"""The report's input: one RunSide for the base model and one per fine-tuning arm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RunSide:
+    """The base model or one arm, as measured on the old and the new task.
+
+    predictions, per task, may hold:
+      "pred", "target": class ids (N,) int64 (classification) or float (N,) / (N, D) (regression);
+      "per_sample": {metric: (N,) float}, per-sample values whose mean is that metric
+          (e.g. "ade@3s", "miss@8s"), used for paired bootstrap CIs of the metric's delta.
+    Base and arm must be evaluated on the same samples in the same order.
+    """
+
+    name: str                                                # "base" or the arm name
+    checkpoint: str                                          # path
+    metrics: dict[str, dict[str, float]]                     # {"old": {"accuracy": .9}, "new": {..}}
+    predictions: dict[str, dict[str, torch.Tensor]] | None = None
+    curve: list[dict] = field(default_factory=list)          # metrics.jsonl records
+    wise: list[dict] | None = None                           # [{"alpha", "old", "new"}, ...]
+    provenance: dict = field(default_factory=dict)           # optimizer, batches, seed, device...

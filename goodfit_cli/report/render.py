@@ -1,0 +1,272 @@
+"""Report dict → Markdown (a pull-request comment) and one self-contained HTML page.
+
+The HTML has inline CSS and inline SVG only: no script, no stylesheet link, no external URL.
+Rates (accuracy, flip and miss rates) print in % and their deltas in percentage points (pts).
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+
+from goodfit_cli import metrics as M
+from goodfit_cli.report.svg import line_plot
+
+_DASH = "—"
+
+
+# ---------------------------------------------------------------- formatting shared by both
+def fmt_value(metric: str, v: float | None) -> str:
+    if v is None:
+        return _DASH
+    return f"{v * 100:.2f} %" if M.is_rate(metric) else f"{v:.4g}"
+
+
+def fmt_delta(metric: str, d: float) -> str:
+    return f"{d * 100:+.2f} pts" if M.is_rate(metric) else f"{d:+.4g}"
+
+
+def fmt_ci(metric: str, ci: list | None) -> str:
+    if not ci:
+        return ""
+    scale, f = (100, ".2f") if M.is_rate(metric) else (1, ".3g")
+    return f"[{ci[0] * scale:{f}}, {ci[1] * scale:{f}}]"
+
+
+def _marker(entry: dict) -> str:
+    """'▲ (better)', '▼ (worse)', '= (same)': the arrow is the sign, the word the direction."""
+    if entry["value"] == 0:
+        return "= (same)"
+    arrow = "▲" if entry["value"] > 0 else "▼"
+    return arrow if entry["better"] is None else f"{arrow} ({'better' if entry['better'] else 'worse'})"
+
+
+def _delta_text(metric: str, entry: dict | None) -> str:
+    if entry is None:
+        return _DASH
+    ci = fmt_ci(metric, entry["ci"])
+    return f"{fmt_delta(metric, entry['value'])} {_marker(entry)}" + (f" {ci}" if ci else "")
+
+
+def _tone(entry: dict | None) -> str:
+    if entry is None or entry["value"] == 0 or entry["better"] is None:
+        return ""
+    return "better" if entry["better"] else "worse"
+
+
+def verdict(report: dict) -> str:
+    """One line: all arms passed / which failed the gate / no gate."""
+    arms = report["arms"]
+    gated = [a for a in arms if a.get("gate")]
+    if not gated:
+        return f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
+    failed = [a["name"] for a in gated if not a["gate"]["passed"]]
+    if failed:
+        return f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
+    return f"all {len(gated)} arms passed the gate"
+
+
+def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    """Header and rows of (text, tone) cells for the base-vs-arms table on primary metrics."""
+    po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
+    has_flips = any("old" in a["flips"] for a in report["arms"])
+    has_gate = any(a.get("gate") for a in report["arms"])
+    head = ["model", f"old {po}", "Δ old", f"new {pn}", "Δ new"]
+    head += ["NFR (old)", "PFR (old)"] * has_flips + ["gate"] * has_gate
+    base = report["base_metrics"]
+    rows = [[("base", ""), (fmt_value(po, base["old"].get(po)), ""), ("", ""),
+             (fmt_value(pn, base["new"].get(pn)), ""), ("", "")]
+            + [("", "")] * (2 * has_flips + has_gate)]
+    for a in report["arms"]:
+        do, dn = a["delta"]["old"].get(po), a["delta"]["new"].get(pn)
+        row = [(a["name"], ""), (fmt_value(po, a["metrics"]["old"].get(po)), ""),
+               (_delta_text(po, do), _tone(do)), (fmt_value(pn, a["metrics"]["new"].get(pn)), ""),
+               (_delta_text(pn, dn), _tone(dn))]
+        if has_flips:
+            f = a["flips"].get("old")
+            row += [(f"{fmt_value('nfr', f['nfr'])} {fmt_ci('nfr', f['nfr_ci'])}".strip(), ""),
+                    (f"{fmt_value('pfr', f['pfr'])} {fmt_ci('pfr', f['pfr_ci'])}".strip(), "")
+                    ] if f else [(_DASH, ""), (_DASH, "")]
+        if has_gate:
+            g = a.get("gate")
+            row.append(("", "") if g is None else
+                       ("passed", "better") if g["passed"] else ("FAILED", "worse"))
+        rows.append(row)
+    return head, rows
+
+
+def _all_metric_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
+    head = ["task", "metric", "base"] + [a["name"] for a in report["arms"]]
+    rows = []
+    for task in ("old", "new"):
+        names = list(report["base_metrics"][task])
+        for a in report["arms"]:
+            names += [m for m in a["metrics"][task] if m not in names]
+        for m in names:
+            row = [(task, ""), (m, ""), (fmt_value(m, report["base_metrics"][task].get(m)), "")]
+            for a in report["arms"]:
+                d = a["delta"][task].get(m)
+                text = fmt_value(m, a["metrics"][task].get(m))
+                row.append((text + (f" ({_delta_text(m, d)})" if d else ""), _tone(d)))
+            rows.append(row)
+    return head, rows
+
+
+def _per_class_rows(report: dict, top: int = 5) -> list[list[tuple[str, str]]]:
+    rows = []
+    for a in report["arms"]:
+        for r in [r for r in a["per_class"].get("old", []) if r["delta"] < 0][:top]:
+            rows.append([(a["name"], ""), (str(r["class"]), ""), (fmt_value("accuracy", r["base"]), ""),
+                         (fmt_value("accuracy", r["arm"]), ""),
+                         (fmt_delta("accuracy", r["delta"]), "worse"), (str(r["count"]), "")])
+    return rows
+
+
+def _readout_table(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
+    arms = [a for a in report["arms"] if a.get("readout")]
+    if not arms:
+        return None
+    ro = arms[0]["readout"]
+    mn, mo = ro["metric_new"], ro["metric_old"]
+    head = ["arm"] + [f"old {mo} at new {mn} = {fmt_value(mn, v['new'])}" for v in ro["values"]]
+    rows = [[(a["name"], "")] + [(fmt_value(mo, v["old"]), "") for v in a["readout"]["values"]]
+            for a in arms]
+    return head, rows
+
+
+def _violations(report: dict) -> list[tuple[str, str]]:
+    return [(a["name"], v) for a in report["arms"] if a.get("gate") for v in a["gate"]["violations"]]
+
+
+def _flat(d: dict) -> list[tuple[str, str]]:
+    return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
+
+
+# ---------------------------------------------------------------- Markdown
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(head: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
+    lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(_md(c) for c, _ in row) + " |" for row in rows]
+
+
+def render_markdown(report: dict) -> str:
+    """A pull-request comment: verdict, base-vs-arms table, regressions, read-out, violations."""
+    out = [f"### goodfit: {verdict(report)}", ""]
+    out += _md_table(*_main_rows(report))
+    out += ["", "Δ = arm − base; ▲/▼ is the sign of the change, (better)/(worse) its effect; "
+            "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task samples "
+            "the arm broke/fixed."]
+    per_class = _per_class_rows(report)
+    if per_class:
+        out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]
+        out += _md_table(["arm", "class", "base", "arm acc.", "Δ", "n"], per_class)
+    readout = _readout_table(report)
+    if readout:
+        out += ["", "#### Trade-off read-out (fit along each arm's path; — = outside the path)", ""]
+        out += _md_table(*readout)
+    violations = _violations(report)
+    if violations:
+        out += ["", "#### Gate violations", ""] + [f"- **{_md(n)}**: {_md(v)}" for n, v in violations]
+    out += ["", "<details><summary>All metrics</summary>", ""] + _md_table(*_all_metric_rows(report))
+    out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
+    out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])
+    for a in report["arms"]:
+        out += ["", f"**{_md(a['name'])}** (`{_md(a['checkpoint'])}`)", ""]
+        out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(a["provenance"])])
+    out += ["", f"Report schema `{report['schema']}`, created {report['created']}.", "",
+            "</details>", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- HTML
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1f2328;
+max-width:1100px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #d0d7de;padding:4px 8px;
+text-align:left;font-variant-numeric:tabular-nums}th{background:#f6f8fa}
+td.better{color:#1a7f37;background:#dafbe1}td.worse{color:#cf222e;background:#ffebe9}
+.verdict{font-weight:bold;padding:8px;border-radius:6px;display:inline-block}
+.pass{background:#dafbe1}.fail{background:#ffebe9}.none{background:#f6f8fa}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.note{color:#57606a;font-size:12px}
+"""
+
+
+def _h(text) -> str:
+    """HTML-escaped text; '://' is written as an entity so no URL appears verbatim in the file."""
+    return escape(str(text)).replace("://", "&#58;//")
+
+
+def _html_table(head: list[str], rows: list[list[tuple[str, str]]]) -> str:
+    th = "".join(f"<th>{_h(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f'<td class="{t}">{_h(c)}</td>' if t else f"<td>{_h(c)}</td>"
+                                    for c, t in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _plots(report: dict) -> list[str]:
+    po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
+    base = report["base_metrics"]
+    bo, bn = base["old"].get(po), base["new"].get(pn)
+    plots = []
+    for task, metric, ref in (("old", po, bo), ("new", pn, bn)):
+        series = [(a["name"], [r.get("batch", i) for i, r in enumerate(a["curve"])],
+                   [r.get(task, {}).get(metric) for r in a["curve"]]) for a in report["arms"]]
+        if any(s[1] for s in series):
+            plots.append(line_plot(series, f"{task} task {metric} vs batches", "batches",
+                                   f"{task} {metric}", points=[("base", 0, ref)] if ref is not None else None))
+    base_pt = [("base", bn, bo)] if bn is not None and bo is not None else None
+    paths = [(a["name"], [bn] + [r.get("new", {}).get(pn) for r in a["curve"]],
+              [bo] + [r.get("old", {}).get(po) for r in a["curve"]]) for a in report["arms"]]
+    if any(a["curve"] for a in report["arms"]):
+        plots.append(line_plot(paths, "trade-off path (base → arm)", f"new {pn}", f"old {po}",
+                               points=base_pt))
+    wise = [(a["name"], [w.get("new", {}).get(pn) for w in a["wise"]],
+             [w.get("old", {}).get(po) for w in a["wise"]])
+            for a in report["arms"] if a.get("wise")]
+    if wise:
+        plots.append(line_plot(wise, "WiSE-FT interpolation (α from base to arm)", f"new {pn}",
+                               f"old {po}", points=base_pt))
+    return plots
+
+
+def render_html(report: dict) -> str:
+    """One self-contained HTML page: tables with direction-aware colours and inline SVG plots."""
+    v = verdict(report)
+    tone = "fail" if "FAILED" in v else "none" if "no gate" in v else "pass"
+    parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+             f"<title>goodfit report: {_h(v)}</title><style>{_CSS}</style></head><body>",
+             f'<h1>goodfit report</h1><p class="verdict {tone}">{_h(v)}</p>',
+             "<h2>Base vs arms (primary metrics)</h2>", _html_table(*_main_rows(report)),
+             '<p class="note">Δ = arm − base; green better, red worse (by the metric\'s direction); '
+             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task "
+             "samples the arm broke/fixed.</p>"]
+    violations = _violations(report)
+    if violations:
+        parts.append("<h2>Gate violations</h2><ul>" + "".join(
+            f"<li><b>{_h(n)}</b>: {_h(m)}</li>" for n, m in violations) + "</ul>")
+    plots = _plots(report)
+    if plots:
+        parts.append('<h2>Curves</h2><div class="plots">' + "".join(plots) + "</div>")
+    per_class = _per_class_rows(report)
+    if per_class:
+        parts += ["<h2>Largest per-class regressions (old task, top 5 per arm)</h2>",
+                  _html_table(["arm", "class", "base", "arm acc.", "Δ", "n"], per_class)]
+    readout = _readout_table(report)
+    if readout:
+        parts += ["<h2>Trade-off read-out</h2>", _html_table(*readout),
+                  '<p class="note">Old-task metric from a least-squares fit along each arm\'s '
+                  "path, read at fixed new-task values; — = outside the path (not extrapolated)."
+                  "</p>"]
+    parts += ["<h2>All metrics</h2>", _html_table(*_all_metric_rows(report)),
+              "<details><summary>Provenance</summary>",
+              _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])]
+    for a in report["arms"]:
+        parts += [f"<h3>{_h(a['name'])} <code>{_h(a['checkpoint'])}</code></h3>",
+                  _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(a["provenance"])])]
+    parts.append(f'<p class="note">schema {_h(report["schema"])}, created {_h(report["created"])}'
+                 "</p></details></body></html>")
+    return "\n".join(parts)

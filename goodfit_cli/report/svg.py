@@ -1,0 +1,112 @@
+"""Inline SVG line plots for the HTML report: axes, 1-2-5 ticks, a legend, colour-blind-safe colours.
+
+The SVG is meant to sit inside an HTML5 page, so it carries no xmlns (a URL) and no script.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from html import escape
+
+COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+_W, _H = 640, 340                          # whole figure
+_L, _R, _T, _B = 64, 170, 30, 46           # margins; the legend lives in the right margin
+_FONT = "system-ui, -apple-system, Segoe UI, Roboto, DejaVu Sans, sans-serif"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _domain(values: list[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.05 if hi > lo else (abs(lo) * 0.05 or 1.0)
+    return lo - pad, hi + pad
+
+
+def _ticks(lo: float, hi: float, n: int = 5) -> tuple[list[float], int]:
+    """About n round ticks (1, 2, 5 × 10^k) in [lo, hi], and the decimals to print them with."""
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    ticks = [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+    return ticks, max(0, -math.floor(math.log10(step)))
+
+
+def _fmt(v: float, decimals: int) -> str:
+    return f"{v:.3g}" if abs(v) >= 1e6 else f"{v:.{decimals}f}"
+
+
+def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlabel: str,
+              ylabel: str, points: Sequence[tuple[str, float, float]] | None = None) -> str:
+    """An SVG line plot: one line per (label, xs, ys), plus labelled markers `points`.
+
+    Missing (None / NaN) values break a line instead of joining across the gap. Lines with few
+    points also get a dot per point.
+    """
+    points = [p for p in (points or []) if _finite(p[1]) and _finite(p[2])]
+    xs_all = [x for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
+    ys_all = [y for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
+    xs_all += [p[1] for p in points]
+    ys_all += [p[2] for p in points]
+    out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+           f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>',
+           f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    if not xs_all:
+        out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">no data</text>')
+        return "".join(out) + "</svg>"
+    (x0, x1), (y0, y1) = _domain(xs_all), _domain(ys_all)
+    pw, ph = _W - _L - _R, _H - _T - _B
+
+    def px(x: float) -> float:
+        return _L + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return _T + ph - (y - y0) / (y1 - y0) * ph
+
+    out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    ticks, dec = _ticks(x0, x1)
+    for t in ticks:
+        out.append(f'<line x1="{px(t):.1f}" y1="{_T + ph}" x2="{px(t):.1f}" y2="{_T + ph + 4}" '
+                   f'stroke="#999"/><text x="{px(t):.1f}" y="{_T + ph + 16}" font-size="11" '
+                   f'text-anchor="middle">{_fmt(t, dec)}</text>')
+    ticks, dec = _ticks(y0, y1)
+    for t in ticks:
+        out.append(f'<line x1="{_L}" y1="{py(t):.1f}" x2="{_L + pw}" y2="{py(t):.1f}" '
+                   f'stroke="#eee"/><text x="{_L - 6}" y="{py(t) + 4:.1f}" font-size="11" '
+                   f'text-anchor="end">{_fmt(t, dec)}</text>')
+    out.append(f'<text x="{_L + pw / 2}" y="{_H - 8}" font-size="12" text-anchor="middle">'
+               f'{escape(xlabel)}</text><text transform="translate(14 {_T + ph / 2}) rotate(-90)" '
+               f'font-size="12" text-anchor="middle">{escape(ylabel)}</text>')
+    legend_y = _T + 8
+    for i, (label, xs, ys) in enumerate(series):
+        colour = COLOURS[i % len(COLOURS)]
+        segments, seg = [], []
+        for x, y in zip(xs, ys):
+            if _finite(x) and _finite(y):
+                seg.append((px(x), py(y)))
+            elif seg:
+                segments, seg = segments + [seg], []
+        segments += [seg] if seg else []
+        for seg in segments:
+            coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in seg)
+            out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" '
+                       f'stroke-width="2"><title>{escape(label)}</title></polyline>')
+            if sum(len(s) for s in segments) <= 40:
+                out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in seg]
+        out.append(_legend(legend_y, label, f'<line x1="0" y1="0" x2="18" y2="0" '
+                                            f'stroke="{colour}" stroke-width="3"/>'))
+        legend_y += 18
+    for label, x, y in points:
+        out.append(f'<path d="M{px(x):.1f},{py(y) - 6:.1f} l6,6 l-6,6 l-6,-6 z" fill="#000">'
+                   f'<title>{escape(label)}</title></path>')
+        out.append(_legend(legend_y, label, '<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" fill="#000"/>'))
+        legend_y += 18
+    return "".join(out) + "</svg>"
+
+
+def _legend(y: float, label: str, glyph: str) -> str:
+    short = label if len(label) <= 20 else label[:19] + "…"
+    return (f'<g transform="translate({_W - _R + 12} {y})">{glyph}<text x="24" y="4" '
+            f'font-size="12">{escape(short)}<title>{escape(label)}</title></text></g>')

@@ -1,0 +1,408 @@
+"""Setup → train → write: pretrain a base, fine-tune arms from it, evaluate a checkpoint.
+
+This module owns the run directory layout (see `docs/run-dir.md`) and checkpoint metadata; the
+loop itself is `engine.train`, the terminal is the CLI's.
+
+    RUN/recipe.yaml  run.json  report.{json,md,html}
+    RUN/base/metrics.json  predictions.safetensors
+    RUN/<arm>/model.safetensors  metrics.jsonl  predictions.safetensors  summary.json
+             state.safetensors   (resumable state while the arm is unfinished)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from goodfit_cli import __version__
+from goodfit_cli import checkpoint as ckpt
+from goodfit_cli.arms import Arm, build_optimizer, build_scheduler, parse_arm, stage_for_arm, train_mode
+from goodfit_cli.data import build_data
+from goodfit_cli.data.base import Split, Task
+from goodfit_cli.engine import Events, LoopConfig, LoopState, batches_per_epoch, main_steps, train
+from goodfit_cli.errors import UserError
+from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.recipe import Recipe, StageSpec
+from goodfit_cli.tasks import TaskRunner
+
+Log = Callable[[str], None]
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving a resumable state."""
+
+    def __init__(self, signum: int, run_dir: Path) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum, self.run_dir = signum, run_dir
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+# ---------------------------------------------------------------------------------------------
+# setup
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    return torch.device(name)
+
+
+@dataclass
+class Setup:
+    recipe: Recipe
+    device: torch.device
+    tasks: dict[str, Task]  # splits already on the device
+    runners: dict[str, TaskRunner]
+    seed: int
+
+    def model(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        m = build_model(self.recipe.model.name, self.recipe.model.args,
+                        where=f"{self.recipe.source}: model")
+        return m.to(self.device)
+
+    def evaluate(self, model: nn.Module, with_predictions: bool = False):
+        out, preds = {}, {}
+        for name in ("old", "new"):
+            m, p = self.runners[name].evaluate(model, self.tasks[name].test,
+                                               self.recipe.eval_batch_size)
+            out[name] = m
+            preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu()}
+        return (out, preds) if with_predictions else out
+
+
+def setup(recipe: Recipe, *, device: str | None = None, seed: int | None = None,
+          data_dir: str | None = None) -> Setup:
+    dev = resolve_device(device or recipe.device)
+    tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
+                       data_dir=data_dir or recipe.data_dir, where=f"{recipe.source}: data")
+    moved = {k: Task(t.name, t.kind, Split(t.train.x.to(dev), t.train.y.to(dev)),
+                     Split(t.test.x.to(dev), t.test.y.to(dev)), t.num_classes, t.classes)
+             for k, t in tasks.items()}
+    runners = {"old": TaskRunner("old", recipe.old_task, moved["old"].kind, dev, recipe.precision),
+               "new": TaskRunner("new", recipe.new_task, moved["new"].kind, dev, recipe.precision)}
+    return Setup(recipe, dev, moved, runners, recipe.seed if seed is None else seed)
+
+
+def total_batches(budget: dict[str, Any], n: int) -> int:
+    if budget.get("steps"):
+        return int(budget["steps"])
+    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"])
+
+
+# ---------------------------------------------------------------------------------------------
+# signals: finish the batch, save, exit 130 / 143
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+
+    def handler(signum, _frame):
+        if flag.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            try:
+                signal.signal(s, h)
+            except ValueError:
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# one training run (a pretrain, or one fine-tuning arm)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    ckpt.atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class RunResult:
+    name: str
+    dir: Path
+    metrics: dict[str, dict[str, float]]
+    predictions: dict[str, dict[str, torch.Tensor]]
+    curve: list[dict] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def run_stage(
+    s: Setup, model: nn.Module, arm: Arm, stage: StageSpec, task: str, out: Path, *,
+    metadata: dict[str, Any], events: Events | None = None, stop: StopFlag | None = None,
+    stop_after: int | None = None, log: Log = lambda _m: None,
+) -> RunResult:
+    """Train `model` on `task`'s training split with the arm's optimizer; write `out/`."""
+    out.mkdir(parents=True, exist_ok=True)
+    budget = stage_for_arm(stage, arm)
+    data = s.tasks[task].train
+    total = total_batches(budget, len(data))
+    optimizer = build_optimizer(arm, model, stage, lr=budget["lr"])
+    scheduler = build_scheduler(stage.scheduler, optimizer, total)
+    cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
+                     s.recipe.checkpoint_every)
+    state_path = out / "state.safetensors"
+    loop_state = None
+    records: list[dict] = []
+    if state_path.exists():  # resume exactly where the saved state left off
+        saved = ckpt.load_state(state_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        loop_state = LoopState.from_dict(saved["loop"])
+        records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
+        log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
+
+    def save(st: LoopState) -> None:
+        ckpt.save_state(state_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": None if scheduler is None else scheduler.state_dict(),
+            "rng": torch.get_rng_state(), "loop": st.to_dict()})
+
+    def on_eval(rec: dict) -> None:
+        records.append(rec)
+        _write_jsonl(out / "metrics.jsonl", records)
+
+    class _Tee:  # write metrics.jsonl at every evaluation, and pass events on
+        def on_start(self, total_batches: int, done: int) -> None:
+            if events is not None:
+                events.on_start(total_batches, done)
+
+        def on_batch(self, batch: int) -> None:
+            if events is not None:
+                events.on_batch(batch)
+
+        def on_eval(self, rec: dict) -> None:
+            on_eval(rec)
+            if events is not None:
+                events.on_eval(rec)
+
+        def on_end(self) -> None:
+            if events is not None:
+                events.on_end()
+
+    test_stop = {"hit": False}  # `stop_after`: tests interrupt a run after that many batches
+
+    def on_loss(_loss, batch: int) -> None:
+        if stop_after is not None and batch + 1 >= stop_after:
+            test_stop["hit"] = True
+
+    def should_stop() -> bool:
+        return (stop is not None and stop()) or test_stop["hit"]
+
+    st = train(model, optimizer, scheduler, data, s.runners[task].loss,
+               lambda: s.evaluate(model), cfg, events=_Tee(), state=loop_state,
+               train_mode=train_mode(arm), save_state=save, should_stop=should_stop,
+               on_loss=on_loss)
+    if st.batch < total:  # stopped early: the state is saved, nothing else is written
+        raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGINT, out)
+
+    final, preds = s.evaluate(model, with_predictions=True)
+    summary = {"name": arm.name, "kind": arm.kind, "optimizer": describe_optimizer(optimizer),
+               "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
+               "epochs": round(st.batch / batches_per_epoch(len(data), budget["batch_size"]), 4),
+               "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
+               "metrics": final}
+    meta = {**metadata, "arm": arm.name, "optimizer": summary["optimizer"],
+            "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
+    ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
+    ckpt.save_model(out / "predictions.safetensors",
+                    {f"{t}.{k}": v for t, d in preds.items() for k, v in d.items()}, {})
+    summary["checkpoint"] = str(out / "model.safetensors")
+    summary["sha256"] = ckpt.sha256_file(out / "model.safetensors")
+    _write_json(out / "summary.json", summary)
+    state_path.unlink(missing_ok=True)
+    return RunResult(arm.name, out, final, preds, records, summary)
+
+
+def describe_optimizer(opt: torch.optim.Optimizer) -> dict[str, Any]:
+    main = getattr(opt, "main", opt)
+    d = {"class": type(main).__name__, "lr": main.defaults.get("lr")}
+    if main is not opt:
+        d.update(goodfit={"n_ref": opt.n_ref, "ref_ratio": opt.ref_ratio,
+                          "projection": opt.projection})
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points used by the CLI
+
+
+def provenance(recipe: Recipe, s: Setup, base_sha: str | None = None) -> dict[str, Any]:
+    return {"goodfit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "recipe": recipe.name, "recipe_source": recipe.source, "recipe_sha256": recipe.sha256,
+            "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
+            "device": str(s.device), "precision": recipe.precision}
+
+
+def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a directory: {out}")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        raise UserError(f"output directory {out} already exists and is not empty "
+                        "(pass --overwrite to write into it, or --resume to continue it)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".goodfit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
+
+
+def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int | None = None,
+             data_dir: str | None = None, events: Events | None = None, log: Log = print,
+             stop_after: int | None = None, overwrite: bool = False) -> RunResult:
+    resume = (out / "state.safetensors").exists()
+    prepare_out(out, overwrite=overwrite, resume=resume)
+    s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
+    ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
+    model = s.model()
+    arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
+    meta = {"goodfit_version": __version__, "recipe": recipe.name,
+            "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
+    with stop_on_signals() as stop:
+        return run_stage(s, model, arm, recipe.pretrain, "old", out, metadata=meta,
+                         events=events, stop=stop, stop_after=stop_after, log=log)
+
+
+def load_base(s: Setup, model: nn.Module, base: Path) -> list[str]:
+    tensors, _meta = ckpt.load_model(base)
+    ckpt.check_finite(tensors, base)
+    return ckpt.load_into_model(model, tensors, base, head_prefixes(model))
+
+
+def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = None,
+             device: str | None = None, seed: int | None = None, data_dir: str | None = None,
+             events_for: Callable[[str], Events] | None = None, log: Log = print,
+             resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+             wise: bool = True) -> dict[str, Any]:
+    """Fine-tune every arm from `base` on the new task; write checkpoints and the report."""
+    from goodfit_cli.reporting import make_report  # the report layer sits above the runner
+
+    prepare_out(out, overwrite=overwrite, resume=resume)
+    s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
+    arm_names = arms or recipe.finetune.arms
+    parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
+    base_sha = ckpt.sha256_file(base) if base.exists() else None
+    model = s.model()
+    for msg in load_base(s, model, base):
+        log(msg)
+    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    _write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
+                                   "device": str(s.device), "data_dir": data_dir})
+    ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
+    base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+    (out / "base").mkdir(exist_ok=True)
+    _write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
+                                                "metrics": base_metrics})
+    ckpt.save_model(out / "base" / "predictions.safetensors",
+                    {f"{t}.{k}": v for t, d in base_preds.items() for k, v in d.items()}, {})
+    log(f"base: old {base_metrics['old']}  new {base_metrics['new']}")
+    meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
+            "base_sha256": base_sha, "stage": "finetune"}
+    results: list[RunResult] = []
+    t_start = time.perf_counter()
+    with stop_on_signals() as stop:
+        for arm in parsed:
+            arm_dir = out / arm.dirname
+            if (arm_dir / "summary.json").exists() and (arm_dir / "model.safetensors").exists():
+                results.append(load_result(arm_dir))
+                log(f"{arm.name}: already finished, reusing {arm_dir}")
+                continue
+            model.load_state_dict(base_state)
+            for p in model.parameters():
+                p.requires_grad_(True)
+            torch.manual_seed(s.seed)
+            ev = events_for(arm.name) if events_for else None
+            results.append(run_stage(s, model, arm, recipe.finetune, "new", arm_dir,
+                                     metadata=meta, events=ev, stop=stop,
+                                     stop_after=stop_after, log=log))
+    model.load_state_dict(base_state)
+    wise_curves = {r.name: wise_curve(s, model, base_state, r.dir) for r in results} if wise else {}
+    model.load_state_dict(base_state)
+    return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves,
+                       provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)})
+
+
+def load_result(arm_dir: Path) -> RunResult:
+    summary = json.loads((arm_dir / "summary.json").read_text())
+    preds = {}
+    p = arm_dir / "predictions.safetensors"
+    if p.exists():
+        tensors, _ = ckpt.load_model(p)
+        for key, v in tensors.items():
+            task, _, k = key.partition(".")
+            preds.setdefault(task, {})[k] = v
+    return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
+                     read_jsonl(arm_dir / "metrics.jsonl"), summary)
+
+
+@torch.no_grad()
+def wise_curve(s: Setup, model: nn.Module, base_state: dict, arm_dir: Path,
+               alphas: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> list[dict]:
+    """WiSE-FT: evaluate (1−α)·base + α·arm for each α on both tasks (no training)."""
+    arm_tensors, _ = ckpt.load_model(arm_dir / "model.safetensors")
+    curve = []
+    for a in alphas:
+        mixed = {}
+        for k, b in base_state.items():
+            t = arm_tensors[k].to(b.device)
+            mixed[k] = (b + a * (t.to(b.dtype) - b)) if b.is_floating_point() else (t if a >= 0.5 else b)
+        model.load_state_dict(mixed)
+        curve.append({"alpha": a, **s.evaluate(model)})
+    return curve
+
+
+def evaluate_checkpoint(recipe: Recipe, checkpoint: Path, *, device: str | None = None,
+                        data_dir: str | None = None, log: Log = print) -> dict[str, Any]:
+    s = setup(recipe, device=device, data_dir=data_dir)
+    model = s.model()
+    for msg in load_base(s, model, checkpoint):
+        log(msg)
+    return {"checkpoint": str(checkpoint), "sha256": ckpt.sha256_file(checkpoint),
+            "recipe": recipe.name, "metrics": s.evaluate(model)}

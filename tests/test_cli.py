@@ -1,0 +1,190 @@
+"""The CLI end to end on the toy recipe (tiny sizes): every command, exit codes, resume, head re-init."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from goodfit_cli import checkpoint as ckpt
+from goodfit_cli import runner
+from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.recipe import load_recipe
+from goodfit_cli.runner import Interrupted
+
+TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
+        "pretrain.steps=40", "finetune.steps=12", "eval.every=4", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu"]
+
+cli = CliRunner()
+
+
+def invoke(*args: str):
+    return cli.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "base"
+    res = invoke("pretrain", "--recipe", "toy", "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    return out / "model.safetensors"
+
+
+def test_version_and_help():
+    """--version prints the package version; --help lists every command."""
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.output.strip() == "goodfit 0.1.0"
+    res = invoke("--help")
+    for cmd in ("pretrain", "finetune", "eval", "validate", "recipes", "data", "demo"):
+        assert cmd in res.output
+
+
+def test_every_shipped_recipe_validates():
+    """`goodfit validate recipes/*.yaml` accepts every shipped recipe."""
+    files = sorted(RECIPES_DIR.glob("*.yaml"))
+    assert files
+    res = invoke("validate", *files)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("ok") == len(files)
+
+
+def test_recipes_lists_toy():
+    """`goodfit recipes` lists the shipped toy recipe with its description."""
+    res = invoke("recipes")
+    assert res.exit_code == 0 and "toy" in res.output and "sin" in res.output
+
+
+def test_data_summary_json_counts():
+    """`goodfit data summary --json` reports the samples per task and split after overrides."""
+    res = invoke("data", "summary", "--recipe", "toy", "--json", "data.args.n_train=300",
+                 "data.args.n_test=70")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.output)
+    assert s["old"]["train"]["samples"] == 300 and s["new"]["test"]["samples"] == 70
+    assert s["old"]["kind"] == "regression"
+
+
+def test_pretrain_writes_checkpoint_with_metadata(base_ckpt):
+    """pretrain writes a safetensors checkpoint whose metadata names the recipe and its hash."""
+    tensors, meta = ckpt.load_model(base_ckpt)
+    assert meta["recipe"] == "toy" and meta["stage"] == "pretrain" and meta["batches"] == 40
+    assert len(meta["recipe_sha256"]) == 64
+    assert "head.weight" in tensors
+    records = [json.loads(x) for x in (base_ckpt.parent / "metrics.jsonl").read_text().splitlines()]
+    assert [r["batch"] for r in records] == list(range(4, 41, 4))
+
+
+def test_finetune_eval_and_report(base_ckpt, tmp_path):
+    """finetune writes per-arm checkpoints, metrics and a report; eval reproduces the arm's metrics."""
+    out = tmp_path / "ft"
+    res = invoke("finetune", "--base", base_ckpt, "--recipe", "toy", "--out", out,
+                 "--optimizer", "rmsprop", "--optimizer", "goodfit", "--optimizer", "head_only",
+                 *TINY)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["schema"] == "goodfit.report/1"
+    assert [a["name"] for a in report["arms"]] == ["rmsprop", "goodfit", "head_only"]
+    for arm in ("rmsprop", "goodfit", "head_only"):
+        assert (out / arm / "model.safetensors").exists()
+        assert (out / arm / "metrics.jsonl").exists()
+    summary = json.loads((out / "goodfit" / "summary.json").read_text())
+    assert summary["batches"] == 12 and summary["main_updates"] == 6  # n_ref 1: 2 batches/update
+    assert (out / "report.md").read_text().count("goodfit") >= 1
+    res = invoke("eval", "--checkpoint", out / "goodfit" / "model.safetensors", "--recipe",
+                 "toy", *TINY)
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.output[res.output.index("{"):])
+    assert ev["metrics"]["old"]["mse"] == pytest.approx(summary["metrics"]["old"]["mse"], rel=1e-6)
+    # head_only: the body is bit-identical to the base
+    base_t, _ = ckpt.load_model(base_ckpt)
+    head_t, _ = ckpt.load_model(out / "head_only" / "model.safetensors")
+    assert all(torch.equal(base_t[k], head_t[k]) for k in base_t if not k.startswith("head."))
+    assert not torch.equal(base_t["head.weight"], head_t["head.weight"])
+
+
+@pytest.mark.parametrize("arm, stop_at", [("goodfit", 5), ("rmsprop", 6)])
+def test_resume_is_bit_identical(base_ckpt, tmp_path, arm, stop_at):
+    """Interrupted after k batches (mid-cycle for GoodFit) and resumed, a run ends bit-identical."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    kw = dict(arms=[arm], device="cpu", log=lambda m: None, wise=False)
+    runner.finetune(recipe, base_ckpt, tmp_path / "full", **kw)
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base_ckpt, tmp_path / "cut", stop_after=stop_at, **kw)
+    assert (tmp_path / "cut" / arm / "state.safetensors").exists()
+    assert not (tmp_path / "cut" / arm / "model.safetensors").exists()
+    runner.finetune(recipe, base_ckpt, tmp_path / "cut", resume=True, **kw)
+    full, _ = ckpt.load_model(tmp_path / "full" / arm / "model.safetensors")
+    cut, _ = ckpt.load_model(tmp_path / "cut" / arm / "model.safetensors")
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    assert not (tmp_path / "cut" / arm / "state.safetensors").exists()
+    a = [json.loads(x)["batch"] for x in (tmp_path / "cut" / arm / "metrics.jsonl").read_text().splitlines()]
+    assert a == [4, 8, 12]
+
+
+def test_head_reinitialised_when_output_size_changes(base_ckpt):
+    """A base whose head does not fit the recipe's model gets a fresh head, and says so."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["model.args.out_features=3"])
+    s = runner.setup(recipe, device="cpu")
+    model = s.model()
+    fresh_head = model.head.weight.detach().clone()
+    msgs = runner.load_base(s, model, base_ckpt)
+    assert any("head.weight" in m and "re-initialised" in m for m in msgs)
+    assert torch.equal(model.head.weight, fresh_head)
+    base_t, _ = ckpt.load_model(base_ckpt)
+    assert torch.equal(model.body[0].weight, base_t["body.0.weight"])
+
+
+def test_golden_loss_tiny_recipe(base_ckpt, tmp_path):
+    """Golden values: the tiny toy fine-tune reproduces its recorded metrics (regenerate on purpose)."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    rep = runner.finetune(recipe, base_ckpt, tmp_path / "g", arms=["goodfit"], device="cpu",
+                          log=lambda m: None, wise=False)
+    arm = rep["arms"][0]
+    base = rep["base_metrics"]
+    # the base after 40 RMSprop batches on 512 noisy points, and GoodFit's 6 updates from it
+    assert base["old"]["mse"] == pytest.approx(GOLDEN["base_old"], rel=1e-4)
+    assert arm["metrics"]["new"]["mse"] == pytest.approx(GOLDEN["goodfit_new"], rel=1e-4)
+
+
+# recorded with torch 2.14.1 on CPU; change only when the recipe, data or loop changes on purpose
+GOLDEN = {"base_old": 0.50791564495447, "goodfit_new": 0.6053172915334261}
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["finetune", "--base", "missing.safetensors", "--recipe", "toy"], "checkpoint not found"),
+    (["pretrain", "--recipe", "nope.yaml"], "recipe not found"),
+    (["pretrain", "--recipe", "toy", "finetune.optimizer.lr=-1"], "finetune.optimizer.lr"),
+    (["pretrain", "--recipe", "toy", "model.name=mpl"], "did you mean 'mlp'"),
+    (["pretrain", "--recipe", "toy", "finetune.goodfit.n_ref=0"], "n_ref"),
+])
+def test_user_errors_exit_2_with_one_line(args, needle, tmp_path):
+    """A user's mistake: exit code 2 and one line naming the file or key; no traceback."""
+    res = cli.invoke(app, [*args, "--out", str(tmp_path / "o")] if args[0] == "pretrain" else
+                     [*args, "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2, res.output
+    text = res.output + (res.stderr if hasattr(res, "stderr") else "")
+    assert needle in text and "Traceback" not in text
+
+
+def test_existing_output_dir_refused_and_untouched(base_ckpt, tmp_path):
+    """An existing non-empty --out is refused (exit 2) and its files are left byte-identical."""
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    res = invoke("finetune", "--base", base_ckpt, "--recipe", "toy", "--out", out, *TINY)
+    assert res.exit_code == 2
+    assert (out / "keep.txt").read_text() == "precious" and len(list(out.iterdir())) == 1
+
+
+def test_demo_quick(tmp_path):
+    """`goodfit demo --quick` runs pretrain, three arms and the report end to end."""
+    res = invoke("demo", "--quick", "--out", tmp_path / "demo", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "demo" / "finetune" / "report.json").read_text())
+    assert {a["name"] for a in report["arms"]} == {"rmsprop", "head_only", "goodfit"}
+    assert (tmp_path / "demo" / "finetune" / "report.html").exists()
