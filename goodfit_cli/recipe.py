@@ -37,8 +37,9 @@ class Component:
 
 @dataclass
 class TaskSpec:
-    loss: str
+    loss: str  # a registered objective (goodfit_cli.objectives)
     metrics: list[str]
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -262,7 +263,8 @@ STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQ
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
                  "arm_overrides": (mapping_any, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
-TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED)})
+TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
+                "args": (mapping_any, {})})
 TOP = section({
     "name": (string(), REQUIRED), "description": (string(), ""),
     "model": (COMPONENT, REQUIRED), "data": (COMPONENT, REQUIRED),

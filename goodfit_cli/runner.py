@@ -78,10 +78,11 @@ class Setup:
     def evaluate(self, model: nn.Module, with_predictions: bool = False):
         out, preds = {}, {}
         for name in ("old", "new"):
-            m, p = self.runners[name].evaluate(model, self.tasks[name].test,
-                                               self.recipe.eval_batch_size)
+            m, p, per = self.runners[name].evaluate(model, self.tasks[name].test,
+                                                    self.recipe.eval_batch_size)
             out[name] = m
-            preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu()}
+            preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu(),
+                           "per_sample": {k: v.cpu() for k, v in per.items()}}
         return (out, preds) if with_predictions else out
 
 
@@ -93,8 +94,8 @@ def setup(recipe: Recipe, *, device: str | None = None, seed: int | None = None,
     moved = {k: Task(t.name, t.kind, Split(t.train.x.to(dev), t.train.y.to(dev)),
                      Split(t.test.x.to(dev), t.test.y.to(dev)), t.num_classes, t.classes)
              for k, t in tasks.items()}
-    runners = {"old": TaskRunner("old", recipe.old_task, moved["old"].kind, dev, recipe.precision),
-               "new": TaskRunner("new", recipe.new_task, moved["new"].kind, dev, recipe.precision)}
+    runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
+               for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
     return Setup(recipe, dev, moved, runners, recipe.seed if seed is None else seed)
 
 
@@ -250,8 +251,7 @@ def run_stage(
     meta = {**metadata, "arm": arm.name, "optimizer": summary["optimizer"],
             "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
-    ckpt.save_model(out / "predictions.safetensors",
-                    {f"{t}.{k}": v for t, d in preds.items() for k, v in d.items()}, {})
+    save_predictions(out / "predictions.safetensors", preds)
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = ckpt.sha256_file(out / "model.safetensors")
     _write_json(out / "summary.json", summary)
@@ -340,8 +340,7 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     (out / "base").mkdir(exist_ok=True)
     _write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
                                                 "metrics": base_metrics})
-    ckpt.save_model(out / "base" / "predictions.safetensors",
-                    {f"{t}.{k}": v for t, d in base_preds.items() for k, v in d.items()}, {})
+    save_predictions(out / "base" / "predictions.safetensors", base_preds)
     log(f"base: old {base_metrics['old']}  new {base_metrics['new']}")
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "stage": "finetune"}
@@ -365,19 +364,40 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     model.load_state_dict(base_state)
     wise_curves = {r.name: wise_curve(s, model, base_state, r.dir) for r in results} if wise else {}
     model.load_state_dict(base_state)
-    return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves,
+    kinds = {t: s.runners[t].kind for t in ("old", "new")}
+    return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves, kinds,
                        provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)})
+
+
+def save_predictions(path: Path, preds: dict[str, dict]) -> None:
+    """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors."""
+    flat = {}
+    for task, d in preds.items():
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flat.update({f"{task}.{k}.{m}": t for m, t in v.items()})
+            else:
+                flat[f"{task}.{k}"] = v
+    ckpt.save_model(path, flat, {"content": "per-sample predictions on the test splits"})
+
+
+def load_predictions(path: Path) -> dict[str, dict]:
+    preds: dict[str, dict] = {}
+    if not path.exists():
+        return preds
+    tensors, _ = ckpt.load_model(path)
+    for key, v in tensors.items():
+        task, _, rest = key.partition(".")
+        if rest.startswith("per_sample."):
+            preds.setdefault(task, {}).setdefault("per_sample", {})[rest[len("per_sample."):]] = v
+        else:
+            preds.setdefault(task, {})[rest] = v
+    return preds
 
 
 def load_result(arm_dir: Path) -> RunResult:
     summary = json.loads((arm_dir / "summary.json").read_text())
-    preds = {}
-    p = arm_dir / "predictions.safetensors"
-    if p.exists():
-        tensors, _ = ckpt.load_model(p)
-        for key, v in tensors.items():
-            task, _, k = key.partition(".")
-            preds.setdefault(task, {})[k] = v
+    preds = load_predictions(arm_dir / "predictions.safetensors")
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary)
 
