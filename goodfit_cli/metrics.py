@@ -1,4 +1,4 @@
-"""Task metrics, metric directions, negative/positive flips, paired bootstrap CIs, trade-off read-out.
+"""Task metrics, metric directions, negative/positive flips, paired bootstrap CIs, read-outs.
 
 Classification predictions are int64 class ids (N,); regression predictions are float (N,) or
 (N, D) next to a target of the same shape. Every metric's direction (+1 higher is better, -1
@@ -24,7 +24,7 @@ _RATE_PREFIXES = ("accuracy", "balanced_accuracy", "top1", "top5", "nfr", "pfr",
 
 
 def direction(metric: str) -> int:
-    """+1 if higher is better, -1 if lower is better; UserError for a metric of unknown direction."""
+    """+1 if higher is better, -1 if lower is better; UserError for an unknown direction."""
     if metric in METRIC_DIRECTIONS:
         return METRIC_DIRECTIONS[metric]
     if metric.lower().startswith(_LOWER_PREFIXES):   # ade@3s, fde@8s, miss@8s, mse_old, loss/ce

@@ -113,8 +113,16 @@ def _task_metrics(side: RunSide, task: str, kind: str) -> dict[str, float]:
             out["mse"] = M.mse(p["pred"], p["target"])
     for metric, values in p.get("per_sample", {}).items():
         out[metric] = values.double().mean().item()
-    out.update(side.metrics.get(task, {}))
+    out.update({k: _number(v) for k, v in (side.metrics.get(task) or {}).items()})
     return out
+
+
+def _number(v: Any) -> float | None:
+    """A metric value as a float (tensors and numpy scalars included); None if it is not one."""
+    try:
+        return float(v)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _same_samples(base_target: torch.Tensor, arm_target: torch.Tensor, arm: str, task: str) -> None:
@@ -135,7 +143,7 @@ def _readout(base_metrics: dict, curve: list[dict], spec: dict) -> dict:
     """Old-task metric read off the arm's path (base point + curve) at given new-task values."""
     mn, mo = spec["metric_new"], spec["metric_old"]
     points = [(base_metrics["new"].get(mn), base_metrics["old"].get(mo))]
-    points += [(r.get("new", {}).get(mn), r.get("old", {}).get(mo)) for r in curve]
+    points += [((r.get("new") or {}).get(mn), (r.get("old") or {}).get(mo)) for r in curve]
     points = [(x, y) for x, y in points if _finite(x) and _finite(y)]
     at = [float(v) for v in spec["at"]]
     read = M.fit_tradeoff_curve([x for x, _ in points], [y for _, y in points], at,

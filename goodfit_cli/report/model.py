@@ -20,7 +20,7 @@ class RunSide:
 
     name: str                                                # "base" or the arm name
     checkpoint: str                                          # path
-    metrics: dict[str, dict[str, float]]                     # {"old": {"accuracy": .9}, "new": {..}}
+    metrics: dict[str, dict[str, float]]                     # {"old": {"accuracy": .9}, ...}
     predictions: dict[str, dict[str, torch.Tensor]] | None = None
     curve: list[dict] = field(default_factory=list)          # metrics.jsonl records
     wise: list[dict] | None = None                           # [{"alpha", "old", "new"}, ...]

@@ -38,7 +38,9 @@ def _marker(entry: dict) -> str:
     if entry["value"] == 0:
         return "= (same)"
     arrow = "▲" if entry["value"] > 0 else "▼"
-    return arrow if entry["better"] is None else f"{arrow} ({'better' if entry['better'] else 'worse'})"
+    if entry["better"] is None:
+        return arrow
+    return f"{arrow} ({'better' if entry['better'] else 'worse'})"
 
 
 def _delta_text(metric: str, entry: dict | None) -> str:
@@ -56,14 +58,19 @@ def _tone(entry: dict | None) -> str:
 
 def verdict(report: dict) -> str:
     """One line: all arms passed / which failed the gate / no gate."""
+    return _verdict(report)[1]
+
+
+def _verdict(report: dict) -> tuple[str, str]:
+    """("pass" | "fail" | "none", the verdict line)."""
     arms = report["arms"]
     gated = [a for a in arms if a.get("gate")]
     if not gated:
-        return f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
+        return "none", f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
     failed = [a["name"] for a in gated if not a["gate"]["passed"]]
     if failed:
-        return f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
-    return f"all {len(gated)} arms passed the gate"
+        return "fail", f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
+    return "pass", f"all {len(gated)} arms passed the gate"
 
 
 def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
@@ -116,7 +123,8 @@ def _per_class_rows(report: dict, top: int = 5) -> list[list[tuple[str, str]]]:
     rows = []
     for a in report["arms"]:
         for r in [r for r in a["per_class"].get("old", []) if r["delta"] < 0][:top]:
-            rows.append([(a["name"], ""), (str(r["class"]), ""), (fmt_value("accuracy", r["base"]), ""),
+            rows.append([(a["name"], ""), (str(r["class"]), ""),
+                         (fmt_value("accuracy", r["base"]), ""),
                          (fmt_value("accuracy", r["arm"]), ""),
                          (fmt_delta("accuracy", r["delta"]), "worse"), (str(r["count"]), "")])
     return rows
@@ -135,7 +143,8 @@ def _readout_table(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]
 
 
 def _violations(report: dict) -> list[tuple[str, str]]:
-    return [(a["name"], v) for a in report["arms"] if a.get("gate") for v in a["gate"]["violations"]]
+    return [(a["name"], v) for a in report["arms"] if a.get("gate")
+            for v in a["gate"]["violations"]]
 
 
 def _flat(d: dict) -> list[tuple[str, str]]:
@@ -169,8 +178,10 @@ def render_markdown(report: dict) -> str:
         out += _md_table(*readout)
     violations = _violations(report)
     if violations:
-        out += ["", "#### Gate violations", ""] + [f"- **{_md(n)}**: {_md(v)}" for n, v in violations]
-    out += ["", "<details><summary>All metrics</summary>", ""] + _md_table(*_all_metric_rows(report))
+        out += ["", "#### Gate violations", ""]
+        out += [f"- **{_md(n)}**: {_md(v)}" for n, v in violations]
+    out += ["", "<details><summary>All metrics</summary>", ""]
+    out += _md_table(*_all_metric_rows(report))
     out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
     out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])
     for a in report["arms"]:
@@ -207,6 +218,10 @@ def _html_table(head: list[str], rows: list[list[tuple[str, str]]]) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _kv_table(d: dict) -> str:
+    return _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(d)])
+
+
 def _plots(report: dict) -> list[str]:
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
     base = report["base_metrics"]
@@ -214,18 +229,20 @@ def _plots(report: dict) -> list[str]:
     plots = []
     for task, metric, ref in (("old", po, bo), ("new", pn, bn)):
         series = [(a["name"], [r.get("batch", i) for i, r in enumerate(a["curve"])],
-                   [r.get(task, {}).get(metric) for r in a["curve"]]) for a in report["arms"]]
+                   [(r.get(task) or {}).get(metric) for r in a["curve"]])
+                  for a in report["arms"]]
         if any(s[1] for s in series):
+            base_pt = [("base", 0, ref)] if ref is not None else None
             plots.append(line_plot(series, f"{task} task {metric} vs batches", "batches",
-                                   f"{task} {metric}", points=[("base", 0, ref)] if ref is not None else None))
+                                   f"{task} {metric}", points=base_pt))
     base_pt = [("base", bn, bo)] if bn is not None and bo is not None else None
-    paths = [(a["name"], [bn] + [r.get("new", {}).get(pn) for r in a["curve"]],
-              [bo] + [r.get("old", {}).get(po) for r in a["curve"]]) for a in report["arms"]]
+    paths = [(a["name"], [bn] + [(r.get("new") or {}).get(pn) for r in a["curve"]],
+              [bo] + [(r.get("old") or {}).get(po) for r in a["curve"]]) for a in report["arms"]]
     if any(a["curve"] for a in report["arms"]):
         plots.append(line_plot(paths, "trade-off path (base → arm)", f"new {pn}", f"old {po}",
                                points=base_pt))
-    wise = [(a["name"], [w.get("new", {}).get(pn) for w in a["wise"]],
-             [w.get("old", {}).get(po) for w in a["wise"]])
+    wise = [(a["name"], [(w.get("new") or {}).get(pn) for w in a["wise"]],
+             [(w.get("old") or {}).get(po) for w in a["wise"]])
             for a in report["arms"] if a.get("wise")]
     if wise:
         plots.append(line_plot(wise, "WiSE-FT interpolation (α from base to arm)", f"new {pn}",
@@ -235,15 +252,14 @@ def _plots(report: dict) -> list[str]:
 
 def render_html(report: dict) -> str:
     """One self-contained HTML page: tables with direction-aware colours and inline SVG plots."""
-    v = verdict(report)
-    tone = "fail" if "FAILED" in v else "none" if "no gate" in v else "pass"
+    tone, v = _verdict(report)
     parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
              f"<title>goodfit report: {_h(v)}</title><style>{_CSS}</style></head><body>",
              f'<h1>goodfit report</h1><p class="verdict {tone}">{_h(v)}</p>',
              "<h2>Base vs arms (primary metrics)</h2>", _html_table(*_main_rows(report)),
-             '<p class="note">Δ = arm − base; green better, red worse (by the metric\'s direction); '
-             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task "
-             "samples the arm broke/fixed.</p>"]
+             '<p class="note">Δ = arm − base; green better, red worse (by the metric\'s '
+             "direction); [lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all "
+             "old-task samples the arm broke/fixed.</p>"]
     violations = _violations(report)
     if violations:
         parts.append("<h2>Gate violations</h2><ul>" + "".join(
@@ -263,10 +279,10 @@ def render_html(report: dict) -> str:
                   "</p>"]
     parts += ["<h2>All metrics</h2>", _html_table(*_all_metric_rows(report)),
               "<details><summary>Provenance</summary>",
-              _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])]
+              _kv_table(report["provenance"])]
     for a in report["arms"]:
         parts += [f"<h3>{_h(a['name'])} <code>{_h(a['checkpoint'])}</code></h3>",
-                  _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(a["provenance"])])]
+                  _kv_table(a["provenance"])]
     parts.append(f'<p class="note">schema {_h(report["schema"])}, created {_h(report["created"])}'
                  "</p></details></body></html>")
     return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""Inline SVG line plots for the HTML report: axes, 1-2-5 ticks, a legend, colour-blind-safe colours.
+"""Inline SVG line plots for the HTML report: axes, 1-2-5 ticks, legend, colour-blind-safe colours.
 
 The SVG is meant to sit inside an HTML5 page, so it carries no xmlns (a URL) and no script.
 """
@@ -25,7 +25,7 @@ def _domain(values: list[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _ticks(lo: float, hi: float, n: int = 5) -> tuple[list[float], int]:
+def _ticks(lo: float, hi: float, n: int = 6) -> tuple[list[float], int]:
     """About n round ticks (1, 2, 5 × 10^k) in [lo, hi], and the decimals to print them with."""
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
@@ -54,7 +54,8 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
            f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>',
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not xs_all:
-        out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">no data</text>')
+        out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">'
+                   'no data</text>')
         return "".join(out) + "</svg>"
     (x0, x1), (y0, y1) = _domain(xs_all), _domain(ys_all)
     pw, ph = _W - _L - _R, _H - _T - _B
@@ -94,7 +95,8 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
             out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" '
                        f'stroke-width="2"><title>{escape(label)}</title></polyline>')
             if sum(len(s) for s in segments) <= 40:
-                out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in seg]
+                out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
+                        for x, y in seg]
         out.append(_legend(legend_y, label, f'<line x1="0" y1="0" x2="18" y2="0" '
                                             f'stroke="{colour}" stroke-width="3"/>'))
         legend_y += 18

@@ -1,0 +1,191 @@
+"""Tests for goodfit_cli.gate: gate files, flag gates, direction-aware checks, JUnit XML."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from goodfit_cli.errors import UserError
+from goodfit_cli.gate import (Gate, Limit, evaluate_gate, gate_from_flags, load_gate,
+                              write_junit)
+
+
+def _arm(old_acc=0.88, base_old=0.90, ci=None, nfr=0.03, new_acc=0.40, base_new=0.30,
+         old_mse=None) -> dict:
+    """A report arm as build_report makes it (only the keys the gate reads)."""
+    arm = {"name": "sgd",
+           "metrics": {"old": {"accuracy": old_acc}, "new": {"accuracy": new_acc}},
+           "delta": {"old": {"accuracy": {"value": old_acc - base_old, "ci": ci,
+                                          "better": old_acc > base_old}},
+                     "new": {"accuracy": {"value": new_acc - base_new, "ci": None,
+                                          "better": new_acc > base_new}}},
+           "flips": {"old": {"nfr": nfr, "pfr": 0.01, "n_neg": 30, "n_pos": 10, "n": 1000,
+                             "nfr_ci": [nfr - 0.01, nfr + 0.01], "pfr_ci": [0.0, 0.02]}}}
+    if old_mse is not None:
+        arm["metrics"]["old"]["mse"] = old_mse[1]
+        arm["delta"]["old"]["mse"] = {"value": old_mse[1] - old_mse[0], "ci": None,
+                                      "better": old_mse[1] < old_mse[0]}
+    return arm
+
+
+def _gate(*limits) -> Gate:
+    return Gate(tuple(Limit(*lim) for lim in limits))
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "gate.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_load_gate_reads_every_bound(tmp_path):
+    """a gate file with all bound kinds loads into one Limit per bound."""
+    path = _write(tmp_path, """
+limits:
+  - {task: old, metric: accuracy, max_drop: 0.01, max_drop_rel: 0.02}
+  - {task: old, metric: nfr, max: 0.05}
+  - {task: new, metric: accuracy, min_gain: 0.0, require_significant: true}
+  - {task: old, metric: ade@3s, max_drop: 0.1}
+""")
+    gate = load_gate(path)
+    assert gate.source == str(path)
+    assert gate.limits == (Limit("old", "accuracy", "max_drop", 0.01),
+                           Limit("old", "accuracy", "max_drop_rel", 0.02),
+                           Limit("old", "nfr", "max", 0.05),
+                           Limit("new", "accuracy", "min_gain", 0.0, True),
+                           Limit("old", "ade@3s", "max_drop", 0.1))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("limits:\n  - {task: old, metric: accuracy, max_dorp: 0.01}",
+     r"limits\[0\]: unknown key 'max_dorp'; did you mean 'max_drop'\?"),
+    ("limit:\n  - {task: old, metric: accuracy, max_drop: 0.01}",
+     r"unknown key 'limit'; did you mean 'limits'\?"),
+    ("limits:\n  - {task: older, metric: accuracy, max_drop: 0.01}",
+     r"limits\[0\]\.task: must be 'old' or 'new', got 'older'"),
+    ("limits:\n  - {task: old, metric: acuracy, max_drop: 0.01}",
+     r"limits\[0\]\.metric: unknown metric 'acuracy'; did you mean 'accuracy'\?"),
+    ("limits:\n  - {task: old, metric: accuracy, max_drop: lots}",
+     r"limits\[0\]\.max_drop: must be a number, got 'lots'"),
+    ("limits:\n  - {task: old, metric: accuracy, max_drop: -0.1}", r"must be >= 0"),
+    ("limits:\n  - {task: old, metric: accuracy}", r"limits\[0\]: give a bound"),
+    ("limits:\n  - {task: old, metric: nfr, max_drop: 0.1}", r"takes only 'max' or 'min'"),
+    ("limits:\n  - {task: old, metric: accuracy, max_drop: 0.1, require_significant: 1}",
+     r"require_significant: must be true or false"),
+    ("limits: []", r"'limits' must be a non-empty list"),
+    ("limits: [unclosed", r"not valid YAML at line"),
+])
+def test_load_gate_errors_name_file_and_key(tmp_path, text, match):
+    """each mistake in a gate file is one UserError line naming the file and the key."""
+    path = _write(tmp_path, text)
+    with pytest.raises(UserError, match=match) as err:
+        load_gate(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_load_gate_missing_file(tmp_path):
+    """a missing gate file is a UserError naming it."""
+    with pytest.raises(UserError, match="nope.yaml: cannot read"):
+        load_gate(tmp_path / "nope.yaml")
+
+
+def test_gate_passes_within_limits():
+    """a 2-pt drop under a 3-pt limit and an nfr under its ceiling pass, with no violations."""
+    res = evaluate_gate(gate_from_flags(0.03, 0.05, "accuracy"), _arm())
+    assert res["passed"] is True and res["violations"] == []
+    assert [c["passed"] for c in res["checks"]] == [True, True]
+    assert res["checks"][0]["value"] == pytest.approx(0.02)
+    assert res["checks"][0]["message"] == "old accuracy dropped 2.00 pts (limit 3.00 pts)"
+
+
+def test_gate_fails_on_absolute_drop():
+    """a 3.1-pt drop against a 1-pt limit fails with a message giving both."""
+    res = evaluate_gate(gate_from_flags(0.01, None, "accuracy"), _arm(old_acc=0.869))
+    assert res["passed"] is False
+    assert res["violations"] == ["old accuracy dropped 3.10 pts (limit 1.00 pts)"]
+    assert res["checks"][0]["threshold"] == 0.01
+
+
+def test_gate_fails_on_relative_drop():
+    """a 2-pt drop from 0.90 is 2.22 % of the base: over a 2 % limit, under a 3 % one."""
+    arm = _arm(old_acc=0.88)
+    res = evaluate_gate(_gate(("old", "accuracy", "max_drop_rel", 0.02)), arm)
+    assert res["passed"] is False and res["checks"][0]["value"] == pytest.approx(0.02 / 0.9)
+    assert "= 2.22 % of the base (limit 2.00 %)" in res["violations"][0]
+    assert evaluate_gate(_gate(("old", "accuracy", "max_drop_rel", 0.03)), arm)["passed"]
+
+
+def test_gate_fails_on_nfr_ceiling():
+    """an nfr of 7 % breaks a 5 % ceiling."""
+    res = evaluate_gate(gate_from_flags(None, 0.05, "accuracy"), _arm(nfr=0.07))
+    assert res["passed"] is False
+    assert res["violations"] == ["old nfr is 7.00 % (limit 5.00 %)"]
+
+
+def test_gate_min_gain_on_new_task():
+    """the new task must not get worse than the base: a gain passes, a loss fails."""
+    gate = _gate(("new", "accuracy", "min_gain", 0.0))
+    assert evaluate_gate(gate, _arm(new_acc=0.35))["passed"] is True
+    res = evaluate_gate(gate, _arm(new_acc=0.25))
+    assert res["passed"] is False and res["checks"][0]["value"] == pytest.approx(-0.05)
+    assert res["violations"][0].startswith("new accuracy dropped 5.00 pts")
+
+
+def test_gate_drop_is_direction_aware_for_mse():
+    """for mse a rise is the drop: +0.02 mse breaks a 0.01 limit; -0.02 passes."""
+    gate = _gate(("old", "mse", "max_drop", 0.01))
+    res = evaluate_gate(gate, _arm(old_mse=(0.10, 0.12)))
+    assert res["passed"] is False and res["violations"] == ["old mse rose 0.02 (limit 0.01)"]
+    res = evaluate_gate(gate, _arm(old_mse=(0.10, 0.08)))
+    assert res["passed"] is True
+    assert res["checks"][0]["message"] == "old mse improved by 0.02 (limit 0.01)"
+
+
+def test_gate_require_significant():
+    """with require_significant a failing drop counts only when its CI excludes zero."""
+    gate = _gate(("old", "accuracy", "max_drop", 0.01, True))
+    noisy = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.06, 0.01]))
+    assert noisy["passed"] is True and "not significant" in noisy["checks"][0]["message"]
+    real = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.05, -0.01]))
+    assert real["passed"] is False
+    no_ci = evaluate_gate(gate, _arm(old_acc=0.87, ci=None))
+    assert no_ci["passed"] is False and "no CI to test significance" in no_ci["violations"][0]
+
+
+def test_gate_missing_metric_is_a_failed_check():
+    """a limit on a metric the report lacks fails with a message that names it."""
+    arm = _arm()
+    del arm["flips"]["old"]
+    res = evaluate_gate(_gate(("old", "ade@3s", "max_drop", 0.1), ("old", "nfr", "max", 0.05)), arm)
+    assert res["passed"] is False and [c["value"] for c in res["checks"]] == [None, None]
+    assert res["violations"][0] == "old ade@3s: not in the report for arm 'sgd' or the base"
+    assert res["violations"][1].startswith("old nfr: no flip rates for arm 'sgd'")
+
+
+def test_gate_from_flags_validates():
+    """flag gates reject negative drops and flip rates outside [0, 1]; no flags, no limits."""
+    assert gate_from_flags(None, None, "accuracy").limits == ()
+    with pytest.raises(UserError, match="--max-old-drop"):
+        gate_from_flags(-0.1, None, "accuracy")
+    with pytest.raises(UserError, match="--max-nfr"):
+        gate_from_flags(None, 1.5, "accuracy")
+
+
+def test_write_junit(tmp_path):
+    """one testcase per arm and limit, one failure per violation, named by arm and limit."""
+    gate = gate_from_flags(0.01, 0.05, "accuracy")
+    results = {"sgd": evaluate_gate(gate, _arm(old_acc=0.85, nfr=0.08)),
+               "goodfit": evaluate_gate(gate, {**_arm(old_acc=0.895), "name": "goodfit"})}
+    path = tmp_path / "ci" / "junit.xml"
+    write_junit(path, results)
+    root = ET.parse(path).getroot()
+    suites = root.findall("testsuite")
+    assert len(suites) == 1 and suites[0].get("name") == "goodfit.gate"
+    cases = suites[0].findall("testcase")
+    assert len(cases) == 4 and suites[0].get("tests") == "4" and suites[0].get("failures") == "2"
+    failed = [(c.get("classname"), c.get("name")) for c in cases if c.find("failure") is not None]
+    assert failed == [("goodfit.sgd", "old accuracy max_drop 0.01"),
+                      ("goodfit.sgd", "old nfr max 0.05")]
+    message = cases[0].find("failure").get("message")
+    assert message == "old accuracy dropped 5.00 pts (limit 1.00 pts)"
