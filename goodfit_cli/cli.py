@@ -210,10 +210,15 @@ def finetune(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
     from goodfit_cli import runner
+    from goodfit_cli.reporting import raise_on_gate_failure
 
     if resume is not None:
         run = resume / "run.json"
@@ -232,8 +237,56 @@ def finetune(
     report = runner.finetune(
         r, base, dest, arms=optimizer or None, device=device, seed=seed, data_dir=data_dir,
         events_for=lambda arm: RichEvents(arm, primary_metrics(r)), log=log,
-        resume=resume is not None, overwrite=overwrite, wise=not no_wise)
+        resume=resume is not None, overwrite=overwrite, wise=not no_wise,
+        gate=make_gate(r, gate, max_old_drop, max_nfr), junit=junit)
     print_report(report, dest)
+    raise_on_gate_failure(report)
+
+
+def make_gate(r, gate: Path | None, max_old_drop: float | None, max_nfr: float | None):
+    from goodfit_cli.gate import gate_from_flags, load_gate
+    from goodfit_cli.objectives import OBJECTIVES
+
+    if gate is not None:
+        if max_old_drop is not None or max_nfr is not None:
+            raise UserError("give either --gate or --max-old-drop/--max-nfr, not both")
+        return load_gate(gate)
+    if max_old_drop is None and max_nfr is None:
+        return None
+    if max_nfr is not None and OBJECTIVES.get(r.old_task.loss).kind != "classification":
+        raise UserError(f"--max-nfr needs a classification old task; {r.source} has "
+                        f"old_task.loss {r.old_task.loss!r}")
+    return gate_from_flags(max_old_drop, max_nfr, r.old_task.metrics[0])
+
+
+@app.command()
+@handled
+def compare(
+    base: Path = typer.Argument(..., help="Base checkpoint or run directory."),
+    candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Regression report of candidates against a base; exit 3 when a gate is violated."""
+    from goodfit_cli.compare import compare as run_compare
+    from goodfit_cli.reporting import raise_on_gate_failure
+    from goodfit_cli.runner import prepare_out
+
+    r = load(recipe, None)
+    g = make_gate(r, gate, max_old_drop, max_nfr)
+    dest = out_dir or default_out(r.name, "compare")
+    prepare_out(dest, overwrite=overwrite, resume=False)
+    report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit, device=device,
+                         data_dir=data_dir, log=log)
+    print_report(report, dest)
+    raise_on_gate_failure(report)
 
 
 def print_report(report: dict[str, Any], dest: Path) -> None:

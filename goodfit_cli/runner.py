@@ -320,7 +320,7 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
              device: str | None = None, seed: int | None = None, data_dir: str | None = None,
              events_for: Callable[[str], Events] | None = None, log: Log = print,
              resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
-             wise: bool = True) -> dict[str, Any]:
+             wise: bool = True, gate: Any = None, junit: Path | None = None) -> dict[str, Any]:
     """Fine-tune every arm from `base` on the new task; write checkpoints and the report."""
     from goodfit_cli.reporting import make_report  # the report layer sits above the runner
 
@@ -365,8 +365,9 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     wise_curves = {r.name: wise_curve(s, model, base_state, r.dir) for r in results} if wise else {}
     model.load_state_dict(base_state)
     kinds = {t: s.runners[t].kind for t in ("old", "new")}
+    prov = provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves, kinds,
-                       provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)})
+                       prov, gate=gate, junit=junit)
 
 
 def save_predictions(path: Path, preds: dict[str, dict]) -> None:
