@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
 import sys
 import time
 import traceback
@@ -183,16 +185,20 @@ def pretrain(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
     from goodfit_cli import runner
 
+    launch_if_asked(nproc)
     r = load(recipe, overrides)
     dest = out_dir or default_out(r.name, "base")
     res = runner.pretrain(r, dest, device=device, seed=seed, data_dir=data_dir,
                           events=RichEvents("pretrain", primary_metrics(r)), log=log,
                           overwrite=overwrite)
+    if not runner.is_main():
+        return
     out.print(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], primary_metrics(r)))
     log(f"checkpoint: {dest / 'model.safetensors'}")
 
@@ -214,12 +220,14 @@ def finetune(
     max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
     max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
     from goodfit_cli import runner
     from goodfit_cli.reporting import raise_on_gate_failure
 
+    launch_if_asked(nproc)
     if resume is not None:
         run = resume / "run.json"
         if not run.exists():
@@ -239,8 +247,28 @@ def finetune(
         events_for=lambda arm: RichEvents(arm, primary_metrics(r)), log=log,
         resume=resume is not None, overwrite=overwrite, wise=not no_wise,
         gate=make_gate(r, gate, max_old_drop, max_nfr), junit=junit)
-    print_report(report, dest)
-    raise_on_gate_failure(report)
+    if report:  # rank 0
+        print_report(report, dest)
+        raise_on_gate_failure(report)
+
+
+def launch_if_asked(nproc: int) -> None:
+    """`--nproc N` (N > 1): re-run this very command under torchrun with N processes."""
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "goodfit_cli", *argv]
+    log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} "
+        f"-m goodfit_cli {' '.join(argv)}")
+    raise typer.Exit(subprocess.call(cmd))
 
 
 def make_gate(r, gate: Path | None, max_old_drop: float | None, max_nfr: float | None):

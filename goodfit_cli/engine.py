@@ -41,6 +41,8 @@ class LoopConfig:
     eval_every: int
     seed: int
     checkpoint_every: int = 0  # batches; 0 = only at the end / on interruption
+    rank: int = 0  # data-parallel: this process reads its contiguous share of every batch
+    world: int = 1
 
 
 @dataclass
@@ -92,11 +94,14 @@ def train(
     save_state: Callable[[LoopState], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     on_loss: Callable[[Tensor, int], None] | None = None,
+    all_reduce_mean: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> LoopState:
     """Train until `cfg.total_batches` batches are done, or `should_stop()` turns true.
 
     `data` is on the training device. `evaluate()` returns {"old": {...}, "new": {...}} and is
-    called every `cfg.eval_every` batches and at the end. The returned state has `records`: the
+    called every `cfg.eval_every` batches and at the end. Under data parallelism every rank
+    draws the same global batch and keeps its `cfg.rank`-th share; `all_reduce_mean` averages
+    the logged training loss over ranks (gradients are the model wrapper's business). The returned state has `records`: the
     evaluations made by this call. `save_state(state)` is called every `cfg.checkpoint_every`
     batches and when the loop stops early.
     """
@@ -116,7 +121,7 @@ def train(
 
     def record() -> None:
         nonlocal loss_acc
-        st.loss_sum += float(loss_acc)
+        st.loss_sum += float(all_reduce_mean(loss_acc))
         loss_acc.zero_()
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
                "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
@@ -135,7 +140,10 @@ def train(
             st.gen_state = gen.get_state()
             st.pos = 0
             st.epoch += 1
-        idx = st.perm[st.pos:st.pos + cfg.batch_size].to(device, non_blocking=True)
+        idx = st.perm[st.pos:st.pos + cfg.batch_size]  # the global batch
+        if cfg.world > 1:
+            idx = idx.tensor_split(cfg.world)[cfg.rank]
+        idx = idx.to(device, non_blocking=True)
         st.pos += cfg.batch_size
         x, y = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
@@ -157,12 +165,12 @@ def train(
             (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0)
             or (st.batch < cfg.total_batches and should_stop())
         ):
-            st.loss_sum += float(loss_acc)
+            st.loss_sum += float(all_reduce_mean(loss_acc))
             loss_acc.zero_()
             save_state(st)
         if st.batch < cfg.total_batches and should_stop():
             break
-    st.loss_sum += float(loss_acc)
+    st.loss_sum += float(all_reduce_mean(loss_acc))
     st.wall_s = time.perf_counter() - t0
     events.on_end()
     return st

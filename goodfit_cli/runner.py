@@ -12,6 +12,7 @@ loop itself is `engine.train`, the terminal is the CLI's.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import signal
 import time
@@ -53,12 +54,56 @@ class Interrupted(Exception):
 # setup
 
 
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
 def resolve_device(name: str) -> torch.device:
+    _, world, local = dist_info()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    if name == "cuda" and world > 1:
+        return torch.device("cuda", local)
     return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) once."""
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says so (signals reach ranks at different batches)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 @dataclass
@@ -89,6 +134,7 @@ class Setup:
 def setup(recipe: Recipe, *, device: str | None = None, seed: int | None = None,
           data_dir: str | None = None) -> Setup:
     dev = resolve_device(device or recipe.device)
+    init_distributed(dev)
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=f"{recipe.source}: data")
     moved = {k: Task(t.name, t.kind, Split(t.train.x.to(dev), t.train.y.to(dev)),
@@ -175,15 +221,29 @@ def run_stage(
     metadata: dict[str, Any], events: Events | None = None, stop: StopFlag | None = None,
     stop_after: int | None = None, log: Log = lambda _m: None,
 ) -> RunResult:
-    """Train `model` on `task`'s training split with the arm's optimizer; write `out/`."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Train `model` on `task`'s training split with the arm's optimizer; write `out/`.
+
+    Under torchrun the model trains wrapped in DistributedDataParallel (gradients of every
+    batch, GoodFit's reference batches included, are all-reduced in backward); only rank 0
+    writes files and reports progress.
+    """
+    rank, world, _ = dist_info()
+    main_rank = rank == 0
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        events, log = None, (lambda _m: None)
     budget = stage_for_arm(stage, arm)
     data = s.tasks[task].train
     total = total_batches(budget, len(data))
-    optimizer = build_optimizer(arm, model, stage, lr=budget["lr"])
+    optimizer = build_optimizer(arm, model, stage, lr=budget["lr"])  # freezes before DDP wraps
     scheduler = build_scheduler(stage.scheduler, optimizer, total)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
-                     s.recipe.checkpoint_every)
+                     s.recipe.checkpoint_every, rank, world)
+    trained = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
     state_path = out / "state.safetensors"
     loop_state = None
     records: list[dict] = []
@@ -199,6 +259,8 @@ def run_stage(
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
     def save(st: LoopState) -> None:
+        if not main_rank:
+            return
         ckpt.save_state(state_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
@@ -206,7 +268,8 @@ def run_stage(
 
     def on_eval(rec: dict) -> None:
         records.append(rec)
-        _write_jsonl(out / "metrics.jsonl", records)
+        if main_rank:
+            _write_jsonl(out / "metrics.jsonl", records)
 
     class _Tee:  # write metrics.jsonl at every evaluation, and pass events on
         def on_start(self, total_batches: int, done: int) -> None:
@@ -233,12 +296,12 @@ def run_stage(
             test_stop["hit"] = True
 
     def should_stop() -> bool:
-        return (stop is not None and stop()) or test_stop["hit"]
+        return _any_rank((stop is not None and stop()) or test_stop["hit"], s.device)
 
-    st = train(model, optimizer, scheduler, data, s.runners[task].loss,
+    st = train(trained, optimizer, scheduler, data, s.runners[task].loss,
                lambda: s.evaluate(model), cfg, events=_Tee(), state=loop_state,
                train_mode=train_mode(arm), save_state=save, should_stop=should_stop,
-               on_loss=on_loss)
+               on_loss=on_loss, all_reduce_mean=_mean_over_ranks)
     if st.batch < total:  # stopped early: the state is saved, nothing else is written
         raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGINT, out)
 
@@ -248,6 +311,11 @@ def run_stage(
                "epochs": round(st.batch / batches_per_epoch(len(data), budget["batch_size"]), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final}
+    if world > 1:
+        summary["world_size"] = world
+    result = RunResult(arm.name, out, final, preds, records, summary)
+    if not main_rank:
+        return result
     meta = {**metadata, "arm": arm.name, "optimizer": summary["optimizer"],
             "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
@@ -256,7 +324,7 @@ def run_stage(
     summary["sha256"] = ckpt.sha256_file(out / "model.safetensors")
     _write_json(out / "summary.json", summary)
     state_path.unlink(missing_ok=True)
-    return RunResult(arm.name, out, final, preds, records, summary)
+    return result
 
 
 def describe_optimizer(opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -298,9 +366,11 @@ def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int 
              data_dir: str | None = None, events: Events | None = None, log: Log = print,
              stop_after: int | None = None, overwrite: bool = False) -> RunResult:
     resume = (out / "state.safetensors").exists()
-    prepare_out(out, overwrite=overwrite, resume=resume)
+    if is_main():
+        prepare_out(out, overwrite=overwrite, resume=resume)
     s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
-    ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
+    if is_main():
+        ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
     model = s.model()
     arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
@@ -324,7 +394,11 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     """Fine-tune every arm from `base` on the new task; write checkpoints and the report."""
     from goodfit_cli.reporting import make_report  # the report layer sits above the runner
 
-    prepare_out(out, overwrite=overwrite, resume=resume)
+    main_rank = is_main()
+    if main_rank:
+        prepare_out(out, overwrite=overwrite, resume=resume)
+    else:
+        log = lambda _m: None  # noqa: E731 - only rank 0 speaks
     s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
     arm_names = arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
@@ -333,14 +407,15 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     for msg in load_base(s, model, base):
         log(msg)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    _write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
-                                   "device": str(s.device), "data_dir": data_dir})
-    ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
     base_metrics, base_preds = s.evaluate(model, with_predictions=True)
-    (out / "base").mkdir(exist_ok=True)
-    _write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
-                                                "metrics": base_metrics})
-    save_predictions(out / "base" / "predictions.safetensors", base_preds)
+    if main_rank:
+        _write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
+                                       "device": str(s.device), "data_dir": data_dir})
+        ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
+        (out / "base").mkdir(exist_ok=True)
+        _write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
+                                                    "metrics": base_metrics})
+        save_predictions(out / "base" / "predictions.safetensors", base_preds)
     log(f"base: old {base_metrics['old']}  new {base_metrics['new']}")
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "stage": "finetune"}
@@ -357,10 +432,12 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
             for p in model.parameters():
                 p.requires_grad_(True)
             torch.manual_seed(s.seed)
-            ev = events_for(arm.name) if events_for else None
+            ev = events_for(arm.name) if events_for and main_rank else None
             results.append(run_stage(s, model, arm, recipe.finetune, "new", arm_dir,
                                      metadata=meta, events=ev, stop=stop,
                                      stop_after=stop_after, log=log))
+    if not main_rank:
+        return {}
     model.load_state_dict(base_state)
     wise_curves = {r.name: wise_curve(s, model, base_state, r.dir) for r in results} if wise else {}
     model.load_state_dict(base_state)

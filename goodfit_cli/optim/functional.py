@@ -15,7 +15,7 @@ the displacement of the reference steps, g the gradient at the displaced point �
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,14 +68,41 @@ def _multi_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Ten
             torch._foreach_add_(ps, gs, alpha=-lr)
 
 
+def _local(t: Tensor) -> Tensor:
+    """The shard this process holds: a DTensor's local tensor (FSDP2), or the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _sum_over(group: Any, t: Tensor) -> Tensor:
+    """All-reduce partial sums over the ranks that hold parts of the parameters (FSDP2)."""
+    if group is None:
+        return t
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+    return t
+
+
+def shard_group(params: list[Tensor]) -> Any:
+    """The process group over which the parameters are sharded (DTensor), or None if replicated."""
+    for p in params:
+        mesh = getattr(p, "device_mesh", None)
+        if mesh is not None and any(pl.is_shard() for pl in p.placements):
+            return mesh.get_group()
+    return None
+
+
 def _multi_tensor_project_restore(
-    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection
+    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection,
+    group: Any = None,
 ) -> ProjectionStats:
     """Project g off Δ where ⟨g, Δ⟩ < 0, then restore θ ← θ_ref exactly.
 
     Δ is computed into the parameters' own storage (θ' is no longer needed once g is known), so
-    the only buffer the size of the model is the anchor.
+    the only buffer the size of the model is the anchor. With sharded parameters (FSDP2) the dot
+    products and norms are partial sums, all-reduced over `group` before the conflict test.
     """
+    params, grads, anchors = ([_local(t) for t in ts] for ts in (params, grads, anchors))
     groups = _grouped(params, grads, anchors)
     for ps, _, anc in groups.values():
         torch._foreach_sub_(ps, anc)  # ps now hold Δ = θ' − θ_ref
@@ -89,9 +116,10 @@ def _multi_tensor_project_restore(
         gsq.append(torch.stack(torch._foreach_norm(gs)).to(acc).square())
         sizes.append(len(ps))
     home = dots[0].device
-    dot_t = torch.cat([d.to(home, torch.float64) for d in dots])  # (T,) one entry per tensor
-    dsq_t = torch.cat([d.to(home, torch.float64) for d in dsq])
-    gsq_t = torch.cat([d.to(home, torch.float64) for d in gsq])
+    # (3, T): per-tensor ⟨g, Δ⟩, ‖Δ‖², ‖g‖², summed over shards when sharded
+    stats = _sum_over(group, torch.stack([torch.cat([d.to(home, torch.float64) for d in col])
+                                          for col in (dots, dsq, gsq)]))
+    dot_t, dsq_t, gsq_t = stats[0], stats[1], stats[2]
 
     if projection == "global":
         dot, sq = dot_t.sum(), dsq_t.sum()
@@ -133,12 +161,18 @@ def _single_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Te
 
 
 def _single_tensor_project_restore(
-    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection
+    params: list[Tensor], grads: list[Tensor], anchors: list[Tensor], projection: Projection,
+    group: Any = None,
 ) -> ProjectionStats:
+    params, grads, anchors = ([_local(t) for t in ts] for ts in (params, grads, anchors))
     deltas = [p.double() - a.double() for p, a in zip(params, anchors)]  # Δ = θ' − θ_ref
-    dots = [float((g.double() * d).sum()) for g, d in zip(grads, deltas)]
-    sqs = [float((d * d).sum()) for d in deltas]
-    gsq = sum(float((g.double() ** 2).sum()) for g in grads)
+    sums = torch.tensor([[float((g.double() * d).sum()) for g, d in zip(grads, deltas)],
+                         [float((d * d).sum()) for d in deltas],
+                         [float((g.double() ** 2).sum()) for g in grads]], dtype=torch.float64,
+                        device=params[0].device)
+    sums = _sum_over(group, sums)  # whole-tensor sums when the parameters are sharded
+    dots, sqs = sums[0].tolist(), sums[1].tolist()
+    gsq = float(sums[2].sum())
 
     if projection == "global":
         dot, sq = sum(dots), sum(sqs)

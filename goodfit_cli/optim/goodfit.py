@@ -38,6 +38,9 @@ class GoodFit(torch.optim.Optimizer):
         projection: ``"global"`` (⟨g, Δ⟩ and ‖Δ‖ over all trainable parameters: the paper's rule)
             or ``"tensor"`` (per parameter tensor; an opt-in variant).
         foreach: use the ``torch._foreach_*`` fast path (default) or the per-parameter twin.
+        process_group: the group over which parameters are sharded (FSDP2): ⟨g, Δ⟩ and ‖Δ‖ are
+            all-reduced over it. Default: detected from DTensor parameters; None when every
+            rank holds whole parameters (single process, DDP), where no reduction is needed.
 
     Phase mode: call ``step()`` once per batch after ``backward()``. Closure mode:
     ``step(closure)`` runs the rest of the cycle (n_ref + 1 calls of the closure from phase 0) and
@@ -55,6 +58,7 @@ class GoodFit(torch.optim.Optimizer):
         reference: str | ReferenceFactory = "sgd",
         projection: str = "global",
         foreach: bool = True,
+        process_group: Any = "auto",
     ) -> None:
         if not isinstance(main, torch.optim.Optimizer):
             raise ValueError(f"main must be a torch.optim.Optimizer, got {type(main).__name__}")
@@ -76,6 +80,7 @@ class GoodFit(torch.optim.Optimizer):
         self.ref_ratio = float(ref_ratio)
         self.projection = projection
         self.foreach = bool(foreach)
+        self.process_group = process_group
         self.reference = reference
         self._ref_opt: torch.optim.Optimizer | None = None
         if callable(reference):
@@ -207,8 +212,9 @@ class GoodFit(torch.optim.Optimizer):
         ps = [p for _, p in trainable if p.grad is not None]
         if ps:
             fn = F._multi_tensor_project_restore if self.foreach else F._single_tensor_project_restore
+            group = F.shard_group(ps) if self.process_group == "auto" else self.process_group
             self.last_stats = fn(ps, [p.grad for p in ps], [self._anchor(p) for p in ps],
-                                 self.projection)
+                                 self.projection, group)
         # parameters with no gradient in the whole cycle never moved; restore the rest exactly
         for i, p in trainable:
             if p.grad is None and "anchor" in self.state[p]:
