@@ -58,3 +58,49 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
     single = _train(_model(), _batches())
     torch.testing.assert_close(w0, single, rtol=1e-5, atol=1e-5)
     assert not torch.equal(single, torch.cat([p.reshape(-1) for p in _model().parameters()]))
+
+
+# ------------------------------------------------------------------------------------------
+# FSDP2: parameters are DTensor shards; ⟨g, Δ⟩ and ‖Δ‖ must be summed over the shards
+
+
+def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = _model()
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                fully_shard(layer)
+        fully_shard(model)
+        opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=N_REF, ref_ratio=2.0)
+        shard = GLOBAL_BATCH // world
+        for x, y in _batches():
+            x, y = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            opt.step()
+        full = torch.cat([v.full_tensor().reshape(-1) for v in model.state_dict().values()])
+        stats = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
+        torch.save({"w": full, "stats": stats}, os.path.join(out_dir, f"fsdp{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_fsdp2_sharded_params_match_single_process(tmp_path):
+    """Under FSDP2 (gloo) GoodFit's global dot/norm are reduced over shards: weights and
+    projection statistics equal the single-process run's (1e-5)."""
+    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "fsdp0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "fsdp1.pt", weights_only=True)
+    model = _model()
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=N_REF, ref_ratio=2.0)
+    for x, y in _batches():
+        opt.zero_grad(); ((model(x) - y) ** 2).mean().backward(); opt.step()
+    single = torch.cat([v.reshape(-1) for v in model.state_dict().values()])
+    torch.testing.assert_close(r0["w"], single, rtol=1e-5, atol=1e-5)
+    expected = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
+    for r in (r0, r1):  # every rank saw the whole-model ⟨g, Δ⟩ and ‖Δ‖, not its shard's
+        torch.testing.assert_close(r["stats"], expected, rtol=1e-5, atol=1e-9)

@@ -49,25 +49,6 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# --------------------------------------------------------------------------------------------
-# fast path
-
-
-def _multi_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> None:
-    """θ_ref ← θ (an exact copy)."""
-    for ps, anc in _grouped(params, anchors).values():
-        torch._foreach_copy_(anc, ps)
-
-
-def _multi_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
-    """θ ← θ − λ_ref·g, plain SGD with no state."""
-    for ps, gs in _grouped(params, grads).values():
-        if isinstance(lr, Tensor):
-            torch._foreach_sub_(ps, torch._foreach_mul(gs, lr.to(ps[0].device)))
-        else:
-            torch._foreach_add_(ps, gs, alpha=-lr)
-
-
 def _local(t: Tensor) -> Tensor:
     """The shard this process holds: a DTensor's local tensor (FSDP2), or the tensor itself."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -90,6 +71,25 @@ def shard_group(params: list[Tensor]) -> Any:
         if mesh is not None and any(pl.is_shard() for pl in p.placements):
             return mesh.get_group()
     return None
+
+
+# --------------------------------------------------------------------------------------------
+# fast path
+
+
+def _multi_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> None:
+    """θ_ref ← θ (an exact copy; of this rank's shard when the parameters are sharded)."""
+    for ps, anc in _grouped([_local(p) for p in params], anchors).values():
+        torch._foreach_copy_(anc, ps)
+
+
+def _multi_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
+    """θ ← θ − λ_ref·g, plain SGD with no state."""
+    for ps, gs in _grouped([_local(p) for p in params], [_local(g) for g in grads]).values():
+        if isinstance(lr, Tensor):
+            torch._foreach_sub_(ps, torch._foreach_mul(gs, lr.to(ps[0].device)))
+        else:
+            torch._foreach_add_(ps, gs, alpha=-lr)
 
 
 def _multi_tensor_project_restore(
@@ -152,12 +152,12 @@ def _multi_tensor_project_restore(
 
 def _single_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> None:
     for p, a in zip(params, anchors):
-        a.copy_(p)
+        a.copy_(_local(p))
 
 
 def _single_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
     for p, g in zip(params, grads):
-        p.sub_(lr * g)
+        _local(p).sub_(lr * _local(g))
 
 
 def _single_tensor_project_restore(

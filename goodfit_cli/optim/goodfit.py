@@ -162,8 +162,8 @@ class GoodFit(torch.optim.Optimizer):
 
     def _anchor(self, p: Tensor) -> Tensor:
         st = self.state[p]
-        if "anchor" not in st:
-            st["anchor"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        if "anchor" not in st:  # of the local shard when p is a DTensor (FSDP2)
+            st["anchor"] = torch.empty_like(F._local(p), memory_format=torch.preserve_format)
         return st["anchor"]
 
     @staticmethod
@@ -218,7 +218,7 @@ class GoodFit(torch.optim.Optimizer):
         # parameters with no gradient in the whole cycle never moved; restore the rest exactly
         for i, p in trainable:
             if p.grad is None and "anchor" in self.state[p]:
-                p.copy_(self.state[p]["anchor"])
+                F._local(p).copy_(self.state[p]["anchor"])
         self._touched = set()
         self.main.step()
 
@@ -259,4 +259,4 @@ class GoodFit(torch.optim.Optimizer):
             for i, p in self._trainable():
                 if i not in anchors:
                     raise ValueError(f"state_dict is mid-cycle but has no anchor for parameter {i}")
-                self._anchor(p).copy_(anchors[i])
+                self._anchor(p).copy_(F._local(anchors[i]))
