@@ -93,6 +93,7 @@ class Recipe:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the model for training
     data_dir: str | None = None
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
@@ -275,6 +276,7 @@ TOP = section({
     "checkpoint": (section({"every": (integer(0), 0), "keep": (integer(1), 2)}), {}),
     "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
+    "compile": (boolean, False),
 })
 
 
@@ -404,7 +406,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
         readout=v["report"]["readout"], checkpoint_every=v["checkpoint"]["every"],
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
-        precision=v["precision"], data_dir=data_dir, source=source, raw=raw)
+        precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
+        raw=raw)
 
 
 def recipe_dict(r: Recipe) -> dict[str, Any]:

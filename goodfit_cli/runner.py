@@ -118,7 +118,10 @@ class Setup:
         torch.manual_seed(self.seed)
         m = build_model(self.recipe.model.name, self.recipe.model.args,
                         where=f"{self.recipe.source}: model")
-        return m.to(self.device)
+        m = m.to(self.device)
+        if self.device.type == "cuda" and any(isinstance(x, nn.Conv2d) for x in m.modules()):
+            m = m.to(memory_format=torch.channels_last)  # NHWC kernels; inputs arrive NHWC
+        return m
 
     def evaluate(self, model: nn.Module, with_predictions: bool = False):
         out, preds = {}, {}
@@ -137,8 +140,13 @@ def setup(recipe: Recipe, *, device: str | None = None, seed: int | None = None,
     init_distributed(dev)
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=f"{recipe.source}: data")
-    moved = {k: Task(t.name, t.kind, Split(t.train.x.to(dev), t.train.y.to(dev)),
-                     Split(t.test.x.to(dev), t.test.y.to(dev)), t.num_classes, t.classes)
+    def to_dev(t: torch.Tensor) -> torch.Tensor:  # once per run: pinned, asynchronous copies
+        if dev.type == "cuda":
+            return t.pin_memory().to(dev, non_blocking=True)
+        return t.to(dev)
+
+    moved = {k: Task(t.name, t.kind, Split(to_dev(t.train.x), to_dev(t.train.y)),
+                     Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes)
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
@@ -241,9 +249,11 @@ def run_stage(
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world)
     trained = model
+    if s.recipe.compile:
+        trained = torch.compile(model)
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
-            model, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+            trained, device_ids=[s.device.index] if s.device.type == "cuda" else None)
     state_path = out / "state.safetensors"
     loop_state = None
     records: list[dict] = []
