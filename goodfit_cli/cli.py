@@ -1,7 +1,8 @@
 """The `goodfit` command line: Typer wiring only. Rich output lives here and nowhere else.
 
 Exit codes: 0 success, 2 user error (one line; `--debug` for the traceback), 3 a regression gate
-failed, 130/143 interrupted by SIGINT/SIGTERM (a resumable state was saved), 1 a bug.
+failed, 4 training diverged (NaN/Inf loss; the last good state is kept), 130/143 interrupted by
+SIGINT/SIGTERM (a resumable state was saved), 1 a bug.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from goodfit_cli import __version__
-from goodfit_cli.errors import GateFailure, UserError
+from goodfit_cli.errors import Diverged, GateFailure, UserError
 
 app = typer.Typer(
     name="goodfit",
@@ -71,6 +72,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                 traceback.print_exc()
             err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2)
+        except Diverged as e:
+            err.print(f"[bold red]training diverged:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
         except GateFailure as e:
             err.print(f"[bold red]gate failed:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(3)
@@ -445,6 +449,37 @@ def data_summary(
         for split in ("train", "test"):
             t.add_row(name, s["kind"], split, str(s[split]["samples"]), str(s[split]["classes"] or "-"))
     out.print(t)
+
+
+@data_app.command("motion-synth")
+@handled
+def data_motion_synth(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Directory; train/ and test/ shards go inside."),
+    agents: str = typer.Option("car", "--agents", help="Target agents: car | pedestrian."),
+    scenes: int = typer.Option(1000, "--scenes", help="Training scenes."),
+    test_scenes: Optional[int] = typer.Option(None, "--test-scenes", help="Test scenes [default: scenes/10]."),
+    seed: int = typer.Option(0, "--seed"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Scenes per shard file."),
+    max_agents: int = typer.Option(16, "--max-agents", help="Nearby agents kept per scene."),
+    polylines: int = typer.Option(64, "--polylines", help="Map polylines kept per scene."),
+    points: int = typer.Option(10, "--points", help="Points per map polyline (2 m apart)."),
+    lights: int = typer.Option(4, "--lights", help="Traffic lights kept per scene."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in --out."),
+) -> None:
+    """Synthetic driving scenarios (10 Hz, 1.1 s history, 8 s future) as safetensors shards."""
+    from goodfit_cli.data.motion import MotionLayout
+    from goodfit_cli.data.motion_synth import write_synthetic
+
+    for name, value in (("--max-agents", max_agents), ("--lights", lights)):
+        if value < 0:
+            raise UserError(f"{name} must be at least 0, got {value}")
+    for name, value in (("--polylines", polylines), ("--points", points)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    counts = write_synthetic(out_dir, agents, scenes, test_scenes, seed,
+                             MotionLayout(max_agents, polylines, points, lights), shard_size,
+                             overwrite, log)
+    log(f"wrote {counts['train']} train and {counts['test']} test {agents} scenarios to {out_dir}")
 
 
 @app.command()

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from goodfit_cli.data.base import Split
+from goodfit_cli.errors import Diverged
 
 
 class Events(Protocol):
@@ -43,6 +44,7 @@ class LoopConfig:
     checkpoint_every: int = 0  # batches; 0 = only at the end / on interruption
     rank: int = 0  # data-parallel: this process reads its contiguous share of every batch
     world: int = 1
+    nonfinite: str = "stop"  # a NaN/Inf loss: "stop" (raise Diverged) or "skip" the batch
 
 
 @dataclass
@@ -56,18 +58,19 @@ class LoopState:
     gen_state: Tensor | None = None  # data-order generator state after drawing `perm`
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
+    skipped: int = 0  # batches skipped for a non-finite loss (nonfinite: skip)
     wall_s: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "epoch": self.epoch, "pos": self.pos, "perm": self.perm,
                 "gen_state": self.gen_state, "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count, "wall_s": self.wall_s}
+                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopState":
         return cls(**{k: d[k] for k in ("batch", "epoch", "pos", "perm", "gen_state", "loss_sum",
-                                        "loss_count", "wall_s")})
+                                        "loss_count", "wall_s", "skipped") if k in d})
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -115,12 +118,20 @@ def train(
         gen.manual_seed(cfg.seed)
     device = data.x.device
     loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed without host syncs
+    # first batch whose loss was not finite (-1: none); checked lazily, before anything is kept
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def check_finite() -> None:
+        bad = int(first_bad)
+        if bad >= 0:
+            raise Diverged(bad + 1)
     events.on_start(cfg.total_batches, st.batch)
     train_mode(model)
     t0 = time.perf_counter() - st.wall_s
 
     def record() -> None:
         nonlocal loss_acc
+        check_finite()
         st.loss_sum += float(all_reduce_mean(loss_acc))
         loss_acc.zero_()
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
@@ -148,28 +159,36 @@ def train(
         x, y = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, x, y)
-        loss.backward()
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        loss_acc += loss.detach()
+        finite = torch.isfinite(loss.detach())
+        if cfg.nonfinite == "skip" and not bool(finite):  # a host sync, only with "skip"
+            st.skipped += 1  # no backward, no step: GoodFit's phase does not advance
+        else:
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            first_bad = torch.where(~finite & (first_bad < 0), st.batch, first_bad)
+            loss_acc += loss.detach()
+            st.loss_count += 1
         if on_loss is not None:
             on_loss(loss, st.batch)
         st.batch += 1
-        st.loss_count += 1
         events.on_batch(st.batch)
         st.wall_s = time.perf_counter() - t0
         if st.batch % cfg.eval_every == 0 or st.batch == cfg.total_batches:
             record()
+        stopping = st.batch < cfg.total_batches and should_stop()
         if save_state is not None and (
-            (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0)
-            or (st.batch < cfg.total_batches and should_stop())
+            stopping or (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0
+                         and st.batch < cfg.total_batches)
         ):
+            check_finite()  # never save a state reached through a NaN
             st.loss_sum += float(all_reduce_mean(loss_acc))
             loss_acc.zero_()
             save_state(st)
-        if st.batch < cfg.total_batches and should_stop():
+        if stopping:
             break
+    check_finite()
     st.loss_sum += float(all_reduce_mean(loss_acc))
     st.wall_s = time.perf_counter() - t0
     events.on_end()

@@ -12,8 +12,22 @@ class UserError(Exception):
 
     exit_code = 2
 
+    def __init__(self, message: str = "") -> None:
+        # one line, whatever a file or key name smuggles in (a fuzzer found tensor names with \n)
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class GateFailure(Exception):
     """A candidate violated a regression gate (exit code 3)."""
 
     exit_code = 3
+
+
+class Diverged(Exception):
+    """The training loss became NaN or Inf (exit code 4); the last good state is kept."""
+
+    exit_code = 4
+
+    def __init__(self, batch: int, where: str = "") -> None:
+        super().__init__(f"loss is NaN or Inf at batch {batch}{where}")
+        self.batch = batch

@@ -88,8 +88,9 @@ class Recipe:
     eval_every: int = 100
     eval_batch_size: int = 1024
     readout: dict[str, Any] | None = None
-    checkpoint_every: int = 0
+    checkpoint_every: int = 0  # batches between resumable states (0: only on interruption)
     checkpoint_keep: int = 2
+    nonfinite: str = "stop"  # a NaN/Inf training loss: stop (exit 4) or skip the batch
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -273,7 +274,8 @@ TOP = section({
     "pretrain": (section(STAGE_KEYS), REQUIRED), "finetune": (section(FINETUNE_KEYS), REQUIRED),
     "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
-    "checkpoint": (section({"every": (integer(0), 0), "keep": (integer(1), 2)}), {}),
+    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2)}), {}),
+    "nonfinite": (string(("stop", "skip")), "stop"),
     "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
@@ -404,7 +406,9 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
         pretrain=stage_spec(v["pretrain"]), finetune=stage_spec(ft),
         eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
-        readout=v["report"]["readout"], checkpoint_every=v["checkpoint"]["every"],
+        readout=v["report"]["readout"], nonfinite=v["nonfinite"],
+        checkpoint_every=(v["eval"]["every"] if v["checkpoint"]["every"] is None
+                          else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
         raw=raw)

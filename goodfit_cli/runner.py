@@ -6,7 +6,7 @@ loop itself is `engine.train`, the terminal is the CLI's.
     RUN/recipe.yaml  run.json  report.{json,md,html}
     RUN/base/metrics.json  predictions.safetensors
     RUN/<arm>/model.safetensors  metrics.jsonl  predictions.safetensors  summary.json
-             state.safetensors   (resumable state while the arm is unfinished)
+             state-<batch>.safetensors   (the last K resumable states while unfinished)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from goodfit_cli.arms import Arm, build_optimizer, build_scheduler, parse_arm, s
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.engine import Events, LoopConfig, LoopState, batches_per_epoch, main_steps, train
-from goodfit_cli.errors import UserError
+from goodfit_cli.errors import Diverged, UserError
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.recipe import Recipe, StageSpec
 from goodfit_cli.tasks import TaskRunner
@@ -247,18 +247,17 @@ def run_stage(
     optimizer = build_optimizer(arm, model, stage, lr=budget["lr"])  # freezes before DDP wraps
     scheduler = build_scheduler(stage.scheduler, optimizer, total)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
-                     s.recipe.checkpoint_every, rank, world)
+                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
     trained = model
     if s.recipe.compile:
         trained = torch.compile(model)
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
             trained, device_ids=[s.device.index] if s.device.type == "cuda" else None)
-    state_path = out / "state.safetensors"
     loop_state = None
     records: list[dict] = []
-    if state_path.exists():  # resume exactly where the saved state left off
-        saved = ckpt.load_state(state_path)
+    saved = newest_state(out, log)
+    if saved is not None:  # resume exactly where the saved state left off
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
@@ -271,10 +270,12 @@ def run_stage(
     def save(st: LoopState) -> None:
         if not main_rank:
             return
-        ckpt.save_state(state_path, {
+        ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "rng": torch.get_rng_state(), "loop": st.to_dict()})
+        for old in state_files(out)[:-s.recipe.checkpoint_keep]:  # keep the newest K
+            old.unlink(missing_ok=True)
 
     def on_eval(rec: dict) -> None:
         records.append(rec)
@@ -308,10 +309,16 @@ def run_stage(
     def should_stop() -> bool:
         return _any_rank((stop is not None and stop()) or test_stop["hit"], s.device)
 
-    st = train(trained, optimizer, scheduler, data, s.runners[task].loss,
-               lambda: s.evaluate(model), cfg, events=_Tee(), state=loop_state,
-               train_mode=train_mode(arm), save_state=save, should_stop=should_stop,
-               on_loss=on_loss, all_reduce_mean=_mean_over_ranks)
+    try:
+        st = train(trained, optimizer, scheduler, data, s.runners[task].loss,
+                   lambda: s.evaluate(model), cfg, events=_Tee(), state=loop_state,
+                   train_mode=train_mode(arm), save_state=save, should_stop=should_stop,
+                   on_loss=on_loss, all_reduce_mean=_mean_over_ranks)
+    except Diverged as e:
+        kept = state_files(out)
+        where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
+        raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
+                                "nonfinite: skip in the recipe)") from None
     if st.batch < total:  # stopped early: the state is saved, nothing else is written
         raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGINT, out)
 
@@ -323,18 +330,48 @@ def run_stage(
                "metrics": final}
     if world > 1:
         summary["world_size"] = world
+    if st.skipped:
+        summary["skipped_nonfinite"] = st.skipped
     result = RunResult(arm.name, out, final, preds, records, summary)
     if not main_rank:
         return result
     meta = {**metadata, "arm": arm.name, "optimizer": summary["optimizer"],
             "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
+    keep_previous(out / "model.safetensors")
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = ckpt.sha256_file(out / "model.safetensors")
     _write_json(out / "summary.json", summary)
-    state_path.unlink(missing_ok=True)
+    for f in state_files(out):
+        f.unlink(missing_ok=True)
     return result
+
+
+def keep_previous(path: Path) -> None:
+    """A checkpoint is never clobbered: an existing one is renamed aside (`.prev-<time>`)."""
+    if path.exists():
+        aside = path.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}{path.suffix}")
+            n += 1
+        path.rename(aside)
+
+
+def state_files(out: Path) -> list[Path]:
+    """Resumable states of a stage, oldest first."""
+    return sorted(out.glob("state-*.safetensors")) if out.is_dir() else []
+
+
+def newest_state(out: Path, log: Log) -> dict[str, Any] | None:
+    """The newest state that loads; a damaged newer one (e.g. from a crash) is skipped."""
+    for path in reversed(state_files(out)):
+        try:
+            return ckpt.load_state(path)
+        except UserError as e:
+            log(f"skipping damaged state {path.name}: {e}")
+    return None
 
 
 def describe_optimizer(opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -357,12 +394,13 @@ def provenance(recipe: Recipe, s: Setup, base_sha: str | None = None) -> dict[st
             "device": str(s.device), "precision": recipe.precision}
 
 
-def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
+def prepare_out(out: Path, *, overwrite: bool, resume: bool,
+                resume_hint: str = ", or --resume to continue it") -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output path exists and is not a directory: {out}")
     if out.exists() and any(out.iterdir()) and not (overwrite or resume):
         raise UserError(f"output directory {out} already exists and is not empty "
-                        "(pass --overwrite to write into it, or --resume to continue it)")
+                        f"(pass --overwrite to write into it{resume_hint})")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".goodfit-write-test"
@@ -375,9 +413,9 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> None:
 def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int | None = None,
              data_dir: str | None = None, events: Events | None = None, log: Log = print,
              stop_after: int | None = None, overwrite: bool = False) -> RunResult:
-    resume = (out / "state.safetensors").exists()
+    resume = bool(state_files(out))  # an interrupted pretrain continues from its newest state
     if is_main():
-        prepare_out(out, overwrite=overwrite, resume=resume)
+        prepare_out(out, overwrite=overwrite, resume=resume, resume_hint="")
     s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
     if is_main():
         ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
