@@ -157,7 +157,7 @@ def _single_tensor_save_anchor(params: list[Tensor], anchors: list[Tensor]) -> N
 
 def _single_tensor_sgd(params: list[Tensor], grads: list[Tensor], lr: float | Tensor) -> None:
     for p, g in zip(params, grads):
-        _local(p).sub_(lr * _local(g))
+        _local(p).add_(_local(g), alpha=-lr)
 
 
 def _single_tensor_project_restore(
