@@ -467,18 +467,10 @@ def data_motion_synth(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in --out."),
 ) -> None:
     """Synthetic driving scenarios (10 Hz, 1.1 s history, 8 s future) as safetensors shards."""
-    from goodfit_cli.data.motion import MotionLayout
     from goodfit_cli.data.motion_synth import write_synthetic
 
-    for name, value in (("--max-agents", max_agents), ("--lights", lights)):
-        if value < 0:
-            raise UserError(f"{name} must be at least 0, got {value}")
-    for name, value in (("--polylines", polylines), ("--points", points)):
-        if value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
     counts = write_synthetic(out_dir, agents, scenes, test_scenes, seed,
-                             MotionLayout(max_agents, polylines, points, lights), shard_size,
-                             overwrite, log)
+                             (max_agents, polylines, points, lights), shard_size, overwrite, log)
     log(f"wrote {counts['train']} train and {counts['test']} test {agents} scenarios to {out_dir}")
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from goodfit_cli import metrics as M
+from goodfit_cli.data.augment import random_crop_flip
 from goodfit_cli.data.base import Task, to_model_input
 from goodfit_cli.registry import Registry
 
@@ -58,11 +59,16 @@ class MSE(Objective):
 
 
 class CrossEntropy(Objective):
-    """Classification with cross-entropy: metrics `accuracy`, `loss`."""
+    """Classification with cross-entropy: metrics `accuracy`, `loss`.
+
+    `augment: true`: uint8 images get a random 4-px-padded crop and flip on the device first.
+    """
 
     kind = "classification"
 
     def loss(self, model, x, y):
+        if self.args.get("augment") and x.dtype == torch.uint8:
+            x = random_crop_flip(x, channels_last=True)  # (B, H, W, C) uint8, batched
         return F.cross_entropy(model(to_model_input(x)).float(), y)
 
     def predictions(self, outputs):
@@ -76,6 +82,10 @@ class CrossEntropy(Objective):
 OBJECTIVES: Registry[Callable[..., Objective]] = Registry("loss")
 OBJECTIVES.register("mse", "regression, mean squared error")(MSE)
 OBJECTIVES.register("cross_entropy", "classification, cross-entropy; metric accuracy")(CrossEntropy)
+
+
+import goodfit_cli.gmlc  # noqa: E402,F401  registers "gmlc" (it subclasses CrossEntropy)
+import goodfit_cli.motion_objective  # noqa: E402,F401  registers "motion"
 
 
 def build_objective(name: str, task: Task, metrics: list[str], args: dict[str, Any],

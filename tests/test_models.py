@@ -56,8 +56,8 @@ def test_missing_kwarg_and_bad_value():
 
 
 def test_registry_lists_builders():
-    """The three builders are registered."""
-    assert MODELS.names() == ["cifar_resnet32", "mlp", "timm"]
+    """The registered builders, by name."""
+    assert MODELS.names() == ["cifar_resnet32", "gmlc_net", "mlp", "motion_transformer", "timm"]
 
 
 def test_timm_resnet18_cifar_stem():

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from goodfit_cli.data.base import Split, Task, to_model_input
+from goodfit_cli.data.cifar import cifar100_lt
+from goodfit_cli.data.motion import motion
 from goodfit_cli.data.npz import npz
 from goodfit_cli.data.toy import toy_sin
 from goodfit_cli.errors import UserError
@@ -25,6 +27,8 @@ class DataContext:
 
 DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset")
 DATASETS.register("toy_sin", "sin(freq·‖x‖) on R²: old region [-1,1]², new [0.8,1.5]² (the seed's toy)")(toy_sin)
+DATASETS.register("cifar100_lt", "CIFAR-100-LT from a local copy: old classes 0-89, new 90-99, imbalance β (the seed's)")(cifar100_lt)
+DATASETS.register("motion", "motion-prediction scenarios (cars, pedestrians): shard directories or generated in memory")(motion)
 DATASETS.register("npz", "classification sets from .npz files with arrays x (uint8 NHWC or float) and y")(npz)
 
 

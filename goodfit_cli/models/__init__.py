@@ -15,13 +15,17 @@ from torch import nn
 from goodfit_cli.errors import UserError
 from goodfit_cli.models.bind import call_with_args, loc
 from goodfit_cli.models.cifar_resnet import cifar_resnet32
+from goodfit_cli.models.gmlc_net import gmlc_net
 from goodfit_cli.models.mlp import mlp
+from goodfit_cli.models.motion import motion_transformer
 from goodfit_cli.models.timm_models import _qualified_name, timm_model
 from goodfit_cli.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.register("mlp", "fully connected net, LayerNorm after each hidden layer (the toy's model)")(mlp)
 MODELS.register("timm", "any timm architecture from scratch (pretrained=False); cifar_stem for 32×32 ResNets")(timm_model)
+MODELS.register("gmlc_net", "GMLC's network: a backbone spec, classifier fc + projection/prediction heads")(gmlc_net)
+MODELS.register("motion_transformer", "Wayformer-style motion predictor: modality MLPs, 2-layer encoder, 8-layer decoder, 6 modes")(motion_transformer)
 MODELS.register("cifar_resnet32", "classic CIFAR ResNet-32 (He et al. 2016), option-A shortcuts")(cifar_resnet32)
 
 

@@ -1,0 +1,268 @@
+"""Motion prediction: format, model masks, loss, metrics by hand, generator physics, shards, arms."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from goodfit_cli import checkpoint as ckpt
+from goodfit_cli import runner
+from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.data import build_data
+from goodfit_cli.data.motion import FUTURE, MotionLayout, read_shards
+from goodfit_cli.data.motion_synth import (CAR_A_LAT, CAR_ACCEL, CAR_BRAKE, CAR_V_MAX, DT,
+                                           PED_V_MAX, generate, make_scene, simulate)
+from goodfit_cli.errors import UserError
+from goodfit_cli.models import build_model
+from goodfit_cli.motion_objective import Motion, motion_metrics, per_sample_loss
+from goodfit_cli.recipe import load_recipe
+
+SIZES = {"agents": 4, "polylines": 8, "points": 4, "lights": 2}
+TINY_MODEL = {**SIZES, "token_dim": 16, "width": 32, "heads": 2, "ffn": 64, "enc_layers": 1,
+              "dec_layers": 1, "head_hidden": 32, "dropout": 0.0}
+TINY = ([f"{sec}.args.{k}={v}" for sec in ("model", "data") for k, v in SIZES.items()]
+        + [f"model.args.{k}={v}" for k, v in TINY_MODEL.items() if k not in SIZES]
+        + ["data.args.synthetic.scenes=32", "data.args.synthetic.test_scenes=16",
+           "pretrain.steps=16", "pretrain.batch_size=16", "finetune.steps=8",
+           "finetune.batch_size=16", "eval.every=4", "eval.batch_size=64", "device=cpu"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread, and the test machines are shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    args = {"old": "car", "new": "pedestrian", "synthetic": {"scenes": 32, "test_scenes": 8, "seed": 0}}
+    return build_data("motion", {**args, **SIZES}, seed=0, data_dir=None)
+
+
+def tiny_model(seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("motion_transformer", TINY_MODEL).eval()
+
+
+def test_shapes_and_packing(tasks):
+    """Packed rows unpack to the documented field shapes; outputs, predictions and metrics line up."""
+    lay = MotionLayout(**SIZES)
+    x, y = tasks["old"].train.x, tasks["old"].train.y
+    assert x.shape == (32, lay.size) and y.shape == (32, FUTURE, 3) and x.dtype == torch.float32
+    assert MotionLayout().size == 7384  # the default sizes, as docs/motion-data.md states
+    fields = lay.unpack(x)
+    assert fields["agents_history"].shape == (32, 4, 11, 6) and fields["map_points"].shape == (32, 8, 4, 8)
+    assert fields["lights_state"].shape == (32, 2, 11, 5)
+    names = list(lay.input_fields())
+    offset = sum(int(np.prod(lay.input_fields()[k])) for k in names[:names.index("map_points")])
+    assert fields["map_points"].data_ptr() == x[:, offset:].data_ptr()  # a view into the row
+    assert torch.all(fields["target_valid"] == 1) and torch.all(fields["target_type"][:, 0] == 1)
+    assert torch.allclose(fields["target_history"][:, -1, :2], torch.zeros(32, 2))  # origin at t=0
+    assert torch.allclose(fields["target_history"][:, -1, 4], torch.ones(32))  # heading along +x
+    model = tiny_model()
+    out = model(x[:5])
+    assert out.shape == (5, 6, FUTURE * 2 + 1)
+    obj = Motion(tasks["old"], ["ade@8s"])
+    assert obj.predictions(out).shape == (5, FUTURE, 3)
+    per = obj.per_sample(out, y[:5])
+    assert set(per) == {"ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s", "mse", "loss"}
+    assert all(v.shape == (5,) for v in per.values())
+    with pytest.raises(UserError, match="agents/polylines/points/lights must match"):
+        model(torch.zeros(2, lay.size + 1))
+
+
+def test_masked_values_do_not_change_the_output(tasks):
+    """Junk under a False mask (an agent, a map point, a light) leaves the output bit-identical."""
+    lay = MotionLayout(**SIZES)
+    model = tiny_model()
+    x = tasks["old"].train.x[:6].clone()
+    f = lay.unpack(x)
+    f["agents_valid"][:, 1] = 0  # agent slot 1 missing, slot 0 partly seen
+    f["agents_valid"][:, 0, :3] = 0
+    f["map_valid"][:, 2, 1:] = 0  # points 1.. of polyline 2 missing
+    f["lights_valid"][:, 1] = 0
+    with torch.no_grad():
+        ref = model(x)
+        junk = x.clone()
+        g = lay.unpack(junk)
+        g["agents_history"][:, 1] = torch.randn_like(g["agents_history"][:, 1]) * 50
+        g["agents_type"][:, 1] = 5.0  # a token with no valid step is left out of attention
+        g["agents_history"][:, 0, :3] = 99.0
+        g["map_points"][:, 2, 1:] = -7.0
+        g["lights_state"][:, 1] = 3.0
+        assert torch.equal(model(junk), ref)
+        seen = x.clone()
+        lay.unpack(seen)["agents_valid"][:, 0] = 1  # un-masking changes the prediction
+        assert not torch.equal(model(seen), ref)
+
+
+def test_loss_decreases_on_a_tiny_model(tasks):
+    """Thirty AdamW steps on one batch of 32 car scenes cut the motion loss by more than half."""
+    model = tiny_model().train()
+    obj = Motion(tasks["old"], ["ade@8s"])
+    x, y = tasks["old"].train.x, tasks["old"].train.y
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = obj.loss(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_metrics_on_hand_made_trajectories():
+    """minADE / minFDE / miss / mse / loss on two hand-made samples, computed by hand."""
+    t = torch.arange(1, FUTURE + 1, dtype=torch.float64)
+    truth = torch.stack([t, torch.zeros_like(t)], -1)  # 1 m per step along x
+    y = torch.cat([truth, torch.ones(FUTURE, 1, dtype=torch.float64)], -1).repeat(2, 1, 1)
+    y[1, 50:, 2] = 0  # sample 2: steps 51..80 unobserved
+    y[1, 50:, :2] = 0
+
+    def mode(lateral: float, stretch: float) -> torch.Tensor:
+        return torch.stack([stretch * t, torch.full_like(t, lateral)], -1).reshape(-1)
+
+    a1, b = mode(1.0, 1.0), mode(0.0, 1.1)  # A: 1 m to the side; B: 10 % too fast (0.1·t m)
+    a2 = mode(3.0, 1.0)
+    out = torch.stack([torch.stack([torch.cat([a1, torch.tensor([2.0])]), torch.cat([b, torch.tensor([0.0])])]),
+                       torch.stack([torch.cat([a2, torch.tensor([0.0])]), torch.cat([b, torch.tensor([2.0])])])])
+    m = motion_metrics(out, y)
+    # sample 1: A is 1 m off everywhere; B is off by 0.1·t: ADE@3s 1.55, @8s 4.05; FDE 3, 8
+    # sample 2: A is 3 m off; B over the 50 observed steps: ADE@8s 2.55, FDE@8s (step 50) 5
+    assert m["ade@3s"].tolist() == pytest.approx([1.0, 1.55])
+    assert m["fde@3s"].tolist() == pytest.approx([1.0, 3.0])
+    assert m["ade@8s"].tolist() == pytest.approx([1.0, 2.55])
+    assert m["fde@8s"].tolist() == pytest.approx([1.0, 3.0])
+    assert m["miss@8s"].tolist() == [0.0, 1.0]
+    # most likely mode: A for sample 1 (dy = 1: mse 1/2), B for sample 2 (mean of (0.1 t)²/2, t ≤ 50)
+    assert m["mse"].tolist() == pytest.approx([0.5, 0.005 * sum(k * k for k in range(1, 51)) / 50])
+    # loss of sample 1: smooth-L1 of dy = 1 is 0.5 per step, / 2 coordinates; CE of logits [2, 0]
+    loss = per_sample_loss(out.float(), y.float())
+    assert loss[0].item() == pytest.approx(0.25 + math.log(1 + math.exp(-2)), rel=1e-5)
+    pred = Motion(None, []).predictions(out)
+    assert torch.equal(pred[0, :, :2], a1.reshape(FUTURE, 2)) and torch.all(pred[..., 2] == 1)
+
+
+def test_generator_is_deterministic_per_seed():
+    """Same seed → identical scenarios, whatever the batch; another seed → other scenarios."""
+    a = generate("car", 6, seed=3, layout=MotionLayout(**SIZES))
+    b = generate("car", 6, seed=3, layout=MotionLayout(**SIZES), batch=4)
+    tail = generate("car", 2, seed=3, layout=MotionLayout(**SIZES), start=4)
+    c = generate("car", 6, seed=4, layout=MotionLayout(**SIZES))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert all(np.array_equal(a[k][4:], tail[k]) for k in a)
+    assert not np.array_equal(a["target_future"], c["target_future"])
+    assert not np.array_equal(a["map_points"], generate("pedestrian", 6, seed=3, layout=MotionLayout(**SIZES))["map_points"])
+
+
+def test_generator_physics():
+    """Speed, acceleration and lateral limits per agent type; nobody crosses a stop line at red."""
+    scenes = [make_scene(np.random.default_rng(np.random.SeedSequence([11, i]))) for i in range(40)]
+    sim = simulate(scenes)
+    car, ped = sim.kind == 0, sim.kind == 1
+    v = np.linalg.norm(np.diff(sim.pos, axis=2), axis=-1) / DT  # (S, n, T-1) from positions
+    acc = np.diff(v, axis=2) / DT
+    assert v[car].max() <= CAR_V_MAX + 1e-6 and v[ped].max() <= PED_V_MAX + 1e-6
+    assert v[ped].mean() < 0.3 * v[car].mean() and v[ped].max() > 1.0
+    assert acc[car].max() <= CAR_ACCEL + 0.1 and acc[car].min() >= -CAR_BRAKE - 0.2
+    assert np.abs(acc[ped]).max() <= 2.0
+    # lateral acceleration v²κ, κ from the circle through positions 0.5 s apart
+    p0, p1, p2 = sim.pos[:, :, :-10], sim.pos[:, :, 5:-5], sim.pos[:, :, 10:]
+    a, b, c = (np.linalg.norm(u, axis=-1) for u in (p1 - p0, p2 - p1, p2 - p0))
+    cross = np.abs((p1 - p0)[..., 0] * (p2 - p0)[..., 1] - (p1 - p0)[..., 1] * (p2 - p0)[..., 0])
+    moving = car[..., None] & (a > 0.5) & (b > 0.5)
+    lat = sim.speed[:, :, 5:-5] ** 2 * 2 * cross / np.maximum(a * b * c, 1e-9)
+    assert lat[moving].max() <= CAR_A_LAT * 1.2
+    crossings = waits = 0
+    for i, j in zip(*np.nonzero(car & np.isfinite(sim.stop_s))):
+        state = sim.light_state[i, sim.light[i, j]]
+        s, stop = sim.s[i, j], sim.stop_s[i, j]
+        cross_now = (s[:-1] < stop) & (s[1:] >= stop)
+        assert not np.any(cross_now & (state[:-1] == 0)), f"scene {i} car {j} ran a red light"
+        crossings += cross_now.sum()
+        waits += np.any((sim.speed[i, j] < 0.1) & (state == 0) & (s < stop))
+    assert crossings > 20 and waits > 5  # cars do drive through, and do wait at red
+
+
+def test_shard_round_trip_through_the_cli(tmp_path):
+    """`goodfit data motion-synth` shards read back by the dataset equal in-memory generation."""
+    cli = CliRunner()
+    out = tmp_path / "ped"
+    sizes = ["--max-agents", "4", "--polylines", "8", "--points", "4", "--lights", "2"]
+    args = ["data", "motion-synth", "--out", str(out), "--agents", "pedestrian", "--scenes", "12",
+            "--test-scenes", "4", "--seed", "5", "--shard-size", "5", *sizes]
+    res = cli.invoke(app, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in sorted((out / "train").iterdir())] == [
+        "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"]
+    _, meta = ckpt.load_model(out / "train" / "shard-00001.safetensors")
+    assert meta["motion_format"] == "goodfit-motion/1" and meta["first_scene"] == 5 and meta["scenes"] == 5
+    assert len(read_shards(out / "test")["target_future"]) == 4
+    from_dir = build_data("motion", {"old": "ped", "new": "ped", **SIZES}, seed=0, data_dir=str(tmp_path))
+    synth = build_data("motion", {"old": "pedestrian", "new": "car", **SIZES,
+                                  "synthetic": {"scenes": 12, "test_scenes": 4, "seed": 5}},
+                       seed=0, data_dir=None)
+    for split in ("train", "test"):
+        a, b = getattr(from_dir["old"], split), getattr(synth["old"], split)
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    res = cli.invoke(app, args)  # the shards are there: refused without --overwrite
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    with pytest.raises(UserError, match="directory not found"):
+        build_data("motion", {"old": "nope", "new": "ped", **SIZES}, seed=0, data_dir=str(tmp_path))
+
+
+def test_shipped_recipes_share_the_base_and_follow_the_seed():
+    """motion_base/car2car/car2ped: one model, old data and pretrain; the seed's settings."""
+    raw = {n: yaml.safe_load((RECIPES_DIR / f"motion_{n}.yaml").read_text()) for n in ("base", "car2car", "car2ped")}
+    for n in ("car2car", "car2ped"):
+        assert raw[n]["model"] == raw["base"]["model"] and raw[n]["pretrain"] == raw["base"]["pretrain"]
+        assert raw[n]["data"]["args"]["old"] == "car"
+        assert {k: v for k, v in raw[n]["data"]["args"].items() if k != "new"} == \
+            {k: v for k, v in raw["base"]["data"]["args"].items() if k != "new"}
+    r = {n: load_recipe(RECIPES_DIR / f"motion_{n}.yaml") for n in raw}
+    base = r["base"].pretrain
+    assert (base.optimizer.name, base.optimizer.lr, base.batch_size) == ("adamw", 1e-3, 256)
+    assert base.optimizer.kwargs == {"betas": (0.9, 0.999), "weight_decay": 1e-2}
+    assert r["car2car"].data.args["new"] == "car" and r["car2ped"].data.args["new"] == "pedestrian"
+    assert r["car2car"].finetune.steps == 1500 and r["car2ped"].finetune.steps == base.steps
+    for n in ("car2car", "car2ped"):
+        ft = r[n].finetune
+        assert ft.optimizer.lr == pytest.approx(base.optimizer.lr / 100)
+        assert (ft.goodfit.n_ref, ft.goodfit.ref_ratio) == (3, 10.0)
+        assert ft.arms == ["adamw", "head_only", "goodfit"]
+
+
+def test_car_to_pedestrian_finetune_every_arm(tmp_path):
+    """A tiny car→ped run: every arm reports ade/fde on both tasks; head_only moves only the head."""
+    recipe = load_recipe(RECIPES_DIR / "motion_car2ped.yaml", TINY)
+    base = runner.pretrain(recipe, tmp_path / "base", log=lambda m: None)
+    assert base.metrics["old"]["ade@8s"] > 0
+    report = runner.finetune(recipe, tmp_path / "base" / "model.safetensors", tmp_path / "ft",
+                             log=lambda m: None, wise=False)
+    assert [a["name"] for a in report["arms"]] == ["adamw", "head_only", "goodfit"]
+    for arm in report["arms"]:
+        for task in ("old", "new"):
+            for metric in ("ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s"):
+                assert math.isfinite(arm["metrics"][task][metric])
+            assert arm["delta"][task]["ade@8s"]["ci"] is not None
+    assert report["tasks"]["new"] == {"kind": "regression", "primary": "ade@8s"}
+    summary = json.loads((tmp_path / "ft" / "goodfit" / "summary.json").read_text())
+    assert summary["main_updates"] == 2  # n_ref 3: four batches per main update
+    base_t, _ = ckpt.load_model(tmp_path / "base" / "model.safetensors")
+    head_t, _ = ckpt.load_model(tmp_path / "ft" / "head_only" / "model.safetensors")
+    body = [k for k in base_t if not k.startswith("head.")]
+    assert body and all(torch.equal(base_t[k], head_t[k]) for k in body)
+    assert not torch.equal(base_t["head.2.weight"], head_t["head.2.weight"])
+    full_t, _ = ckpt.load_model(tmp_path / "ft" / "adamw" / "model.safetensors")
+    assert not torch.equal(base_t["encoder.0.linear1.weight"], full_t["encoder.0.linear1.weight"])
