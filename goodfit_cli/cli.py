@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from goodfit_cli import __version__
+from goodfit_cli.console import RichEvents, err, log, metrics_table, out, summary_table
 from goodfit_cli.errors import Diverged, GateFailure, UserError
 
 app = typer.Typer(
@@ -35,8 +34,6 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-out = Console()
-err = Console(stderr=True)
 STATE = {"debug": False}
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -97,49 +94,6 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# progress
-
-
-class RichEvents:
-    """Draws the engine's events: a progress bar on a terminal, eval lines otherwise."""
-
-    def __init__(self, label: str, primary: dict[str, str]) -> None:
-        self.label, self.primary = label, primary
-        self.live = out.is_terminal
-        self.progress: Progress | None = None
-        self.task = None
-
-    def on_start(self, total_batches: int, done: int) -> None:
-        if self.live:
-            self.progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                     TimeRemainingColumn(), console=out, transient=False)
-            self.progress.start()
-            self.task = self.progress.add_task(self.label, total=total_batches, completed=done,
-                                               info="")
-
-    def on_batch(self, batch: int) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=batch)
-
-    def on_eval(self, rec: dict[str, Any]) -> None:
-        info = "  ".join(f"{t} {m} {rec[t][m]:.4g}" for t, m in self.primary.items()
-                         if m in rec.get(t, {}))
-        if self.progress is not None:
-            self.progress.update(self.task, info=info)
-        else:
-            out.print(f"{self.label}: batch {rec['batch']}  {info}", highlight=False)
-
-    def on_end(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-
-def log(msg: str) -> None:
-    out.print(msg, highlight=False, soft_wrap=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # helpers
 
 
@@ -160,16 +114,6 @@ def load(recipe: str, overrides: list[str] | None):
 
 def primary_metrics(r) -> dict[str, str]:
     return {"old": r.old_task.metrics[0], "new": r.new_task.metrics[0]}
-
-
-def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
-    t = Table(title=title)
-    t.add_column("model")
-    for task in ("old", "new"):
-        t.add_column(f"{task} {primary[task]}", justify="right")
-    for name, m in rows:
-        t.add_row(name, *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
-    return t
 
 
 def default_out(recipe_name: str, kind: str) -> Path:
@@ -201,7 +145,9 @@ def pretrain(
     res = runner.pretrain(r, dest, device=device, seed=seed, data_dir=data_dir,
                           events=RichEvents("pretrain", primary_metrics(r)), log=log,
                           overwrite=overwrite)
-    if not runner.is_main():
+    from goodfit_cli.distributed import is_main
+
+    if not is_main():
         return
     out.print(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], primary_metrics(r)))
     log(f"checkpoint: {dest / 'model.safetensors'}")
@@ -309,7 +255,7 @@ def compare(
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
     from goodfit_cli.compare import compare as run_compare
     from goodfit_cli.reporting import raise_on_gate_failure
-    from goodfit_cli.runner import prepare_out
+    from goodfit_cli.rundir import prepare_out
 
     r = load(recipe, None)
     g = make_gate(r, gate, max_old_drop, max_nfr)
@@ -324,38 +270,6 @@ def compare(
 def print_report(report: dict[str, Any], dest: Path) -> None:
     out.print(summary_table(report))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
-
-
-def summary_table(report: dict[str, Any]) -> Table:
-    """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
-    primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
-    t = Table(title="regression report")
-    t.add_column("model")
-    for task in ("old", "new"):
-        t.add_column(f"{task} {primary[task]}", justify="right")
-        t.add_column("Δ vs base", justify="right")
-    t.add_column("old NFR", justify="right")
-    t.add_column("gate")
-    base = report["base_metrics"]
-    t.add_row("base", f"{base['old'].get(primary['old'], float('nan')):.4g}", "",
-              f"{base['new'].get(primary['new'], float('nan')):.4g}", "", "", "")
-    for arm in report["arms"]:
-        cells = []
-        for task in ("old", "new"):
-            m = primary[task]
-            cells.append(f"{arm['metrics'][task].get(m, float('nan')):.4g}")
-            d = (arm.get("delta") or {}).get(task, {}).get(m)
-            if d is None:
-                cells.append("")
-            else:
-                colour = "green" if d.get("better") else "red"
-                cells.append(f"[{colour}]{d['value']:+.4g}[/]")
-        flips = (arm.get("flips") or {}).get("old")
-        nfr = f"{flips['nfr']:.2%}" if flips else "-"
-        gate = arm.get("gate")
-        g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
-        t.add_row(arm["name"], *cells, nfr, g)
-    return t
 
 
 @app.command("eval")

@@ -24,6 +24,7 @@ from goodfit_cli.objectives import OBJECTIVES
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.reporting import finish_report
+from goodfit_cli.rundir import load_predictions, read_jsonl
 
 
 @dataclass
@@ -60,7 +61,7 @@ def _reuse(side: Side) -> tuple[dict, dict] | None:
     if side.stored is None or not side.stored.exists() or not side.checkpoint.exists():
         return None
     meta = json.loads(side.stored.read_text())
-    preds = runner.load_predictions(side.stored.parent / "predictions.safetensors")
+    preds = load_predictions(side.stored.parent / "predictions.safetensors")
     if meta.get("sha256") != ckpt.sha256_file(side.checkpoint) or not preds:
         return None
     return meta["metrics"], preds
@@ -106,7 +107,7 @@ def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
     arms = []
     for c in cands:
         m, p = measure(c)
-        curve = runner.read_jsonl(c.checkpoint.parent / "metrics.jsonl") if c.stored else []
+        curve = read_jsonl(c.checkpoint.parent / "metrics.jsonl") if c.stored else []
         arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve))
     kinds = {t: OBJECTIVES.get(spec.loss).kind
              for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}

@@ -1,41 +1,68 @@
 """Setup → train → write: pretrain a base, fine-tune arms from it, evaluate a checkpoint.
 
-This module owns the run directory layout (see `docs/run-dir.md`) and checkpoint metadata; the
-loop itself is `engine.train`, the terminal is the CLI's.
-
-    RUN/recipe.yaml  run.json  report.{json,md,html}
-    RUN/base/metrics.json  predictions.safetensors
-    RUN/<arm>/model.safetensors  metrics.jsonl  predictions.safetensors  summary.json
-             state-<batch>.safetensors   (the last K resumable states while unfinished)
+The loop itself is `engine.train`; the files are `rundir`'s; processes and signals are
+`distributed`'s; the terminal is the CLI's.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import platform
 import signal
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from goodfit_cli import __version__
 from goodfit_cli import checkpoint as ckpt
-from goodfit_cli.arms import Arm, build_optimizer, build_scheduler, parse_arm, stage_for_arm, train_mode
+from goodfit_cli.arms import (
+    Arm,
+    build_optimizer,
+    build_scheduler,
+    parse_arm,
+    stage_for_arm,
+    train_mode,
+)
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
-from goodfit_cli.engine import Events, LoopConfig, LoopState, batches_per_epoch, main_steps, train
-from goodfit_cli.errors import Diverged, UserError
+from goodfit_cli.distributed import (
+    StopFlag,
+    any_rank,
+    dist_info,
+    init_distributed,
+    is_main,
+    mean_over_ranks,
+    resolve_device,
+    stop_on_signals,
+)
+from goodfit_cli.engine import (
+    Events,
+    LoopConfig,
+    LoopState,
+    batches_per_epoch,
+    main_steps,
+    train,
+)
+from goodfit_cli.errors import Diverged
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.recipe import Recipe, StageSpec
+from goodfit_cli.rundir import (
+    Log,
+    RunResult,
+    keep_previous,
+    load_result,
+    newest_state,
+    prepare_out,
+    read_jsonl,
+    save_predictions,
+    state_files,
+    write_json,
+    write_jsonl,
+)
 from goodfit_cli.tasks import TaskRunner
-
-Log = Callable[[str], None]
 
 
 class Interrupted(Exception):
@@ -52,58 +79,6 @@ class Interrupted(Exception):
 
 # ---------------------------------------------------------------------------------------------
 # setup
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
-    env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-
-
-def is_main() -> bool:
-    return dist_info()[0] == 0
-
-
-def resolve_device(name: str) -> torch.device:
-    _, world, local = dist_info()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
-    if name == "cuda" and world > 1:
-        return torch.device("cuda", local)
-    return torch.device(name)
-
-
-def init_distributed(device: torch.device) -> None:
-    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) once."""
-    import torch.distributed as dist
-
-    if dist_info()[1] > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-
-
-def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / dist.get_world_size()
-
-
-def _any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank when any rank says so (signals reach ranks at different batches)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 @dataclass
@@ -160,68 +135,7 @@ def total_batches(budget: dict[str, Any], n: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# signals: finish the batch, save, exit 130 / 143
-
-
-class StopFlag:
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[StopFlag]:
-    flag = StopFlag()
-
-    def handler(signum, _frame):
-        if flag.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
-        flag.signum = signum
-
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for s in old:
-            signal.signal(s, handler)
-    except ValueError:  # not the main thread (e.g. some test runners): no handlers
-        pass
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            try:
-                signal.signal(s, h)
-            except ValueError:
-                pass
-
-
-# ---------------------------------------------------------------------------------------------
 # one training run (a pretrain, or one fine-tuning arm)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    ckpt.atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode())
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    ckpt.atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-@dataclass
-class RunResult:
-    name: str
-    dir: Path
-    metrics: dict[str, dict[str, float]]
-    predictions: dict[str, dict[str, torch.Tensor]]
-    curve: list[dict] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def run_stage(
@@ -280,7 +194,7 @@ def run_stage(
     def on_eval(rec: dict) -> None:
         records.append(rec)
         if main_rank:
-            _write_jsonl(out / "metrics.jsonl", records)
+            write_jsonl(out / "metrics.jsonl", records)
 
     class _Tee:  # write metrics.jsonl at every evaluation, and pass events on
         def on_start(self, total_batches: int, done: int) -> None:
@@ -307,13 +221,13 @@ def run_stage(
             test_stop["hit"] = True
 
     def should_stop() -> bool:
-        return _any_rank((stop is not None and stop()) or test_stop["hit"], s.device)
+        return any_rank((stop is not None and stop()) or test_stop["hit"], s.device)
 
     try:
         st = train(trained, optimizer, scheduler, data, s.runners[task].loss,
                    lambda: s.evaluate(model), cfg, events=_Tee(), state=loop_state,
                    train_mode=train_mode(arm), save_state=save, should_stop=should_stop,
-                   on_loss=on_loss, all_reduce_mean=_mean_over_ranks)
+                   on_loss=on_loss, all_reduce_mean=mean_over_ranks)
     except Diverged as e:
         kept = state_files(out)
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
@@ -342,36 +256,10 @@ def run_stage(
     save_predictions(out / "predictions.safetensors", preds)
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = ckpt.sha256_file(out / "model.safetensors")
-    _write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     for f in state_files(out):
         f.unlink(missing_ok=True)
     return result
-
-
-def keep_previous(path: Path) -> None:
-    """A checkpoint is never clobbered: an existing one is renamed aside (`.prev-<time>`)."""
-    if path.exists():
-        aside = path.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
-        n = 1
-        while aside.exists():
-            aside = aside.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}{path.suffix}")
-            n += 1
-        path.rename(aside)
-
-
-def state_files(out: Path) -> list[Path]:
-    """Resumable states of a stage, oldest first."""
-    return sorted(out.glob("state-*.safetensors")) if out.is_dir() else []
-
-
-def newest_state(out: Path, log: Log) -> dict[str, Any] | None:
-    """The newest state that loads; a damaged newer one (e.g. from a crash) is skipped."""
-    for path in reversed(state_files(out)):
-        try:
-            return ckpt.load_state(path)
-        except UserError as e:
-            log(f"skipping damaged state {path.name}: {e}")
-    return None
 
 
 def describe_optimizer(opt: torch.optim.Optimizer) -> dict[str, Any]:
@@ -392,22 +280,6 @@ def provenance(recipe: Recipe, s: Setup, base_sha: str | None = None) -> dict[st
             "recipe": recipe.name, "recipe_source": recipe.source, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
             "device": str(s.device), "precision": recipe.precision}
-
-
-def prepare_out(out: Path, *, overwrite: bool, resume: bool,
-                resume_hint: str = ", or --resume to continue it") -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path exists and is not a directory: {out}")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
-        raise UserError(f"output directory {out} already exists and is not empty "
-                        f"(pass --overwrite to write into it{resume_hint})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".goodfit-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
 def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int | None = None,
@@ -440,7 +312,9 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
              resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
              wise: bool = True, gate: Any = None, junit: Path | None = None) -> dict[str, Any]:
     """Fine-tune every arm from `base` on the new task; write checkpoints and the report."""
-    from goodfit_cli.reporting import make_report  # the report layer sits above the runner
+    from goodfit_cli.reporting import (
+        make_report,  # the report layer sits above the runner
+    )
 
     main_rank = is_main()
     if main_rank:
@@ -457,11 +331,11 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     if main_rank:
-        _write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
+        write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device), "data_dir": data_dir})
         ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
         (out / "base").mkdir(exist_ok=True)
-        _write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
+        write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
                                                     "metrics": base_metrics})
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
     log(f"base: old {base_metrics['old']}  new {base_metrics['new']}")
@@ -493,39 +367,6 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     prov = provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves, kinds,
                        prov, gate=gate, junit=junit)
-
-
-def save_predictions(path: Path, preds: dict[str, dict]) -> None:
-    """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors."""
-    flat = {}
-    for task, d in preds.items():
-        for k, v in d.items():
-            if isinstance(v, dict):
-                flat.update({f"{task}.{k}.{m}": t for m, t in v.items()})
-            else:
-                flat[f"{task}.{k}"] = v
-    ckpt.save_model(path, flat, {"content": "per-sample predictions on the test splits"})
-
-
-def load_predictions(path: Path) -> dict[str, dict]:
-    preds: dict[str, dict] = {}
-    if not path.exists():
-        return preds
-    tensors, _ = ckpt.load_model(path)
-    for key, v in tensors.items():
-        task, _, rest = key.partition(".")
-        if rest.startswith("per_sample."):
-            preds.setdefault(task, {}).setdefault("per_sample", {})[rest[len("per_sample."):]] = v
-        else:
-            preds.setdefault(task, {})[rest] = v
-    return preds
-
-
-def load_result(arm_dir: Path) -> RunResult:
-    summary = json.loads((arm_dir / "summary.json").read_text())
-    preds = load_predictions(arm_dir / "predictions.safetensors")
-    return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
-                     read_jsonl(arm_dir / "metrics.jsonl"), summary)
 
 
 @torch.no_grad()

@@ -16,8 +16,9 @@ from goodfit_cli import runner
 from goodfit_cli.cli import RECIPES_DIR, app
 from goodfit_cli.data import build_data
 from goodfit_cli.data.motion import FUTURE, MotionLayout, read_shards
-from goodfit_cli.data.motion_synth import (CAR_A_LAT, CAR_ACCEL, CAR_BRAKE, CAR_V_MAX, DT,
-                                           PED_V_MAX, generate, make_scene, simulate)
+from goodfit_cli.data.motion_scenes import DT, make_scene
+from goodfit_cli.data.motion_synth import (CAR_A_LAT, CAR_ACCEL, CAR_BRAKE, CAR_V_MAX, PED_V_MAX,
+                                           generate, simulate)
 from goodfit_cli.errors import UserError
 from goodfit_cli.models import build_model
 from goodfit_cli.motion_objective import Motion, motion_metrics, per_sample_loss

@@ -1,0 +1,102 @@
+"""The terminal: Rich consoles, progress bars for the engine's events, and summary tables.
+
+Only the CLI layer draws; the engine emits events and the report layer returns data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+class RichEvents:
+    """Draws the engine's events: a progress bar on a terminal, eval lines otherwise."""
+
+    def __init__(self, label: str, primary: dict[str, str]) -> None:
+        self.label, self.primary = label, primary
+        self.live = out.is_terminal
+        self.progress: Progress | None = None
+        self.task = None
+
+    def on_start(self, total_batches: int, done: int) -> None:
+        if self.live:
+            self.progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeRemainingColumn(), console=out, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=total_batches, completed=done,
+                                               info="")
+
+    def on_batch(self, batch: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=batch)
+
+    def on_eval(self, rec: dict[str, Any]) -> None:
+        info = "  ".join(f"{t} {m} {rec[t][m]:.4g}" for t, m in self.primary.items()
+                         if m in rec.get(t, {}))
+        if self.progress is not None:
+            self.progress.update(self.task, info=info)
+        else:
+            out.print(f"{self.label}: batch {rec['batch']}  {info}", highlight=False)
+
+    def on_end(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def log(msg: str) -> None:
+    out.print(msg, highlight=False, soft_wrap=True)
+
+
+def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
+    t = Table(title=title)
+    t.add_column("model")
+    for task in ("old", "new"):
+        t.add_column(f"{task} {primary[task]}", justify="right")
+    for name, m in rows:
+        t.add_row(name, *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
+    return t
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
+    primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
+    t = Table(title="regression report")
+    t.add_column("model")
+    for task in ("old", "new"):
+        t.add_column(f"{task} {primary[task]}", justify="right")
+        t.add_column("Δ vs base", justify="right")
+    t.add_column("old NFR", justify="right")
+    t.add_column("gate")
+    base = report["base_metrics"]
+    t.add_row("base", f"{base['old'].get(primary['old'], float('nan')):.4g}", "",
+              f"{base['new'].get(primary['new'], float('nan')):.4g}", "", "", "")
+    for arm in report["arms"]:
+        cells = []
+        for task in ("old", "new"):
+            m = primary[task]
+            cells.append(f"{arm['metrics'][task].get(m, float('nan')):.4g}")
+            d = (arm.get("delta") or {}).get(task, {}).get(m)
+            if d is None:
+                cells.append("")
+            else:
+                colour = "green" if d.get("better") else "red"
+                cells.append(f"[{colour}]{d['value']:+.4g}[/]")
+        flips = (arm.get("flips") or {}).get("old")
+        nfr = f"{flips['nfr']:.2%}" if flips else "-"
+        gate = arm.get("gate")
+        g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
+        t.add_row(arm["name"], *cells, nfr, g)
+    return t

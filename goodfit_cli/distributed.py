@@ -1,0 +1,102 @@
+"""Processes: torchrun's ranks, the device each uses, and stopping together on a signal.
+
+Under torchrun every rank runs the same program; only rank 0 writes files and speaks. A SIGINT
+or SIGTERM sets a flag that the training loop reads between batches (the batch in flight
+finishes, a resumable state is saved, the process exits 130 / 143); the ranks agree on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from goodfit_cli.errors import UserError
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    _, world, local = dist_info()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    if name == "cuda" and world > 1:
+        return torch.device("cuda", local)
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) once."""
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says so (signals reach ranks at different batches)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+
+    def handler(signum, _frame):
+        if flag.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            try:
+                signal.signal(s, h)
+            except ValueError:
+                pass
