@@ -104,8 +104,8 @@ def train(
     `data` is on the training device. `evaluate()` returns {"old": {...}, "new": {...}} and is
     called every `cfg.eval_every` batches and at the end. Under data parallelism every rank
     draws the same global batch and keeps its `cfg.rank`-th share; `all_reduce_mean` averages
-    the logged training loss over ranks (gradients are the model wrapper's business). The returned state has `records`: the
-    evaluations made by this call. `save_state(state)` is called every `cfg.checkpoint_every`
+    the logged training loss over ranks (gradients are the model wrapper's business). The
+    returned state has `records`: the evaluations made by this call. `save_state(state)` is called every `cfg.checkpoint_every`
     batches and when the loop stops early.
     """
     events = events or NoEvents()
@@ -117,23 +117,28 @@ def train(
     else:
         gen.manual_seed(cfg.seed)
     device = data.x.device
-    loss_acc = torch.zeros((), dtype=torch.float64, device=device)  # summed without host syncs
-    # first batch whose loss was not finite (-1: none); checked lazily, before anything is kept
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+    # the losses since the last flush stay on the device (one copy per batch, no host sync);
+    # a flush checks them for NaN/Inf before anything is logged or saved, naming the batch
+    losses = torch.empty(cfg.eval_every, dtype=torch.float32, device=device)
+    pending: list[int] = []  # the batch number of each buffered loss
 
-    def check_finite() -> None:
-        bad = int(first_bad)
-        if bad >= 0:
-            raise Diverged(bad + 1)
+    def flush() -> None:
+        if not pending:
+            return
+        vals = losses[:len(pending)]
+        finite = torch.isfinite(vals)
+        if not bool(finite.all()):
+            raise Diverged(pending[int((~finite).nonzero()[0])] + 1)
+        st.loss_sum += float(all_reduce_mean(vals.double().sum()))
+        st.loss_count += len(pending)
+        pending.clear()
+
     events.on_start(cfg.total_batches, st.batch)
     train_mode(model)
     t0 = time.perf_counter() - st.wall_s
 
     def record() -> None:
-        nonlocal loss_acc
-        check_finite()
-        st.loss_sum += float(all_reduce_mean(loss_acc))
-        loss_acc.zero_()
+        flush()
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
                "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
                **evaluate(),
@@ -159,17 +164,17 @@ def train(
         x, y = data.x[idx], data.y[idx]
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, x, y)
-        finite = torch.isfinite(loss.detach())
-        if cfg.nonfinite == "skip" and not bool(finite):  # a host sync, only with "skip"
+        if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip
             st.skipped += 1  # no backward, no step: GoodFit's phase does not advance
         else:
             loss.backward()
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            first_bad = torch.where(~finite & (first_bad < 0), st.batch, first_bad)
-            loss_acc += loss.detach()
-            st.loss_count += 1
+            if len(pending) == len(losses):
+                flush()
+            losses[len(pending)].copy_(loss.detach(), non_blocking=True)
+            pending.append(st.batch)
         if on_loss is not None:
             on_loss(loss, st.batch)
         st.batch += 1
@@ -182,14 +187,11 @@ def train(
             stopping or (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0
                          and st.batch < cfg.total_batches)
         ):
-            check_finite()  # never save a state reached through a NaN
-            st.loss_sum += float(all_reduce_mean(loss_acc))
-            loss_acc.zero_()
+            flush()  # never save a state reached through a NaN
             save_state(st)
         if stopping:
             break
-    check_finite()
-    st.loss_sum += float(all_reduce_mean(loss_acc))
+    flush()
     st.wall_s = time.perf_counter() - t0
     events.on_end()
     return st

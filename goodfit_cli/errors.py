@@ -13,8 +13,10 @@ class UserError(Exception):
     exit_code = 2
 
     def __init__(self, message: str = "") -> None:
-        # one line, whatever a file or key name smuggles in (a fuzzer found tensor names with \n)
-        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+        # one line, whatever a file or key name smuggles in (a fuzzer found tensor names with \n),
+        # and printable: a lone surrogate (a non-UTF-8 file name, a YAML "\ud83d") is escaped
+        message = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
 
 class GateFailure(Exception):
@@ -28,6 +30,6 @@ class Diverged(Exception):
 
     exit_code = 4
 
-    def __init__(self, batch: int, where: str = "") -> None:
-        super().__init__(f"loss is NaN or Inf at batch {batch}{where}")
+    def __init__(self, batch: int, where: str = "", what: str = "loss is NaN or Inf") -> None:
+        super().__init__(f"{what} at batch {batch}{where}")
         self.batch = batch

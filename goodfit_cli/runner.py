@@ -71,6 +71,8 @@ class Interrupted(Exception):
     def __init__(self, signum: int, run_dir: Path) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum, self.run_dir = signum, run_dir
+        # how to continue; a pretrain resumes by itself from the states in its --out
+        self.resume = "the same command again"
 
     @property
     def exit_code(self) -> int:
@@ -236,7 +238,19 @@ def run_stage(
     if st.batch < total:  # stopped early: the state is saved, nothing else is written
         raise Interrupted(stop.signum if stop is not None and stop.signum else signal.SIGINT, out)
 
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # e.g. nonfinite: skip could not save a run whose weights already blew up
+        raise Diverged(st.batch, f" of {arm.name}: weights {bad[0]!r} (and {len(bad) - 1} more) "
+                                 "are not finite; no checkpoint was written",
+                       what="training ended with a non-finite model")
     final, preds = s.evaluate(model, with_predictions=True)
+    nan_metrics = [f"{t} {m}" for t, d in final.items() for m, v in d.items() if v != v or
+                   v in (float("inf"), float("-inf"))]
+    if nan_metrics:
+        raise Diverged(st.batch, f" of {arm.name}: {nan_metrics[0]} is not finite; "
+                                 "no checkpoint was written",
+                       what="training ended with a non-finite model")
     summary = {"name": arm.name, "kind": arm.kind, "optimizer": describe_optimizer(optimizer),
                "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
                "epochs": round(st.batch / batches_per_epoch(len(data), budget["batch_size"]), 4),
@@ -324,15 +338,18 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
     arm_names = arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
-    base_sha = ckpt.sha256_file(base) if base.exists() else None
+    base_sha = ckpt.sha256_file(base) if base.is_file() else None  # else load_base says why
     model = s.model()
     for msg in load_base(s, model, base):
         log(msg)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     if main_rank:
+        # the recipe's own data_dir is resolved against its file; --resume reads the copy in
+        # `out`, so record the resolved one
         write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
-                                       "device": str(s.device), "data_dir": data_dir})
+                                       "device": str(s.device),
+                                       "data_dir": data_dir or recipe.data_dir})
         ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
         (out / "base").mkdir(exist_ok=True)
         write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
@@ -355,9 +372,13 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
                 p.requires_grad_(True)
             torch.manual_seed(s.seed)
             ev = events_for(arm.name) if events_for and main_rank else None
-            results.append(run_stage(s, model, arm, recipe.finetune, "new", arm_dir,
-                                     metadata=meta, events=ev, stop=stop,
-                                     stop_after=stop_after, log=log))
+            try:
+                results.append(run_stage(s, model, arm, recipe.finetune, "new", arm_dir,
+                                         metadata=meta, events=ev, stop=stop,
+                                         stop_after=stop_after, log=log))
+            except Interrupted as e:
+                e.resume = f"the same command plus --resume {out}"
+                raise
     if not main_rank:
         return {}
     model.load_state_dict(base_state)
