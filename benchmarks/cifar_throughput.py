@@ -35,7 +35,6 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +51,7 @@ from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import TaskSpec, load_recipe
 from goodfit_cli.tasks import TaskRunner
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "cifar_lt.yaml")
 BACKBONES = {
@@ -144,15 +144,6 @@ def run_engine(loop: Loop, data: Split, runner: TaskRunner, batch: int, batches:
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -35,7 +35,6 @@ import copy
 import datetime
 import gc
 import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.models import build_model
 from goodfit_cli.optim import GoodFit
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 N_REF = 1
 REF_RATIO = 10.0
@@ -248,15 +248,6 @@ def profile_goodfit(case: Case) -> str:
 # report
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine_line() -> str:
@@ -356,10 +347,10 @@ def main() -> None:
     print(table)
     print()
     print("\n".join(notes))
-    print(f"- step and e2e: median over cycles of the mean per batch; ratio = GoodFit / AdamW. "
-          f"extra state: (GoodFit anchors + GoodFit's AdamW state − AdamW state) / trainable "
-          f"parameter bytes. twin: GoodFit(foreach=False) over AdamW(foreach=True). "
-          f"peak Δ: CUDA only.")
+    print("- step and e2e: median over cycles of the mean per batch; ratio = GoodFit / AdamW. "
+          "extra state: (GoodFit anchors + GoodFit's AdamW state − AdamW state) / trainable "
+          "parameter bytes. twin: GoodFit(foreach=False) over AdamW(foreach=True). "
+          "peak Δ: CUDA only.")
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}; "
           f"total {time.perf_counter() - t0:.0f} s")
     for p in profiles:
