@@ -94,6 +94,14 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     summary = json.loads((out / "goodfit" / "summary.json").read_text())
     assert summary["batches"] == 12 and summary["main_updates"] == 6  # n_ref 1: 2 batches/update
     assert (out / "report.md").read_text().count("goodfit") >= 1
+    for arm in report["arms"]:  # WiSE-FT: α = 0 is the base, α = 1 the arm
+        wise = arm["wise"]
+        assert [w["alpha"] for w in wise] == pytest.approx([i / 10 for i in range(11)])
+        assert wise[0]["old"]["mse"] == pytest.approx(report["base_metrics"]["old"]["mse"], rel=1e-6)
+        assert wise[0]["new"]["mse"] == pytest.approx(report["base_metrics"]["new"]["mse"], rel=1e-6)
+        assert wise[-1]["old"]["mse"] == pytest.approx(arm["metrics"]["old"]["mse"], rel=1e-5)
+        assert wise[-1]["new"]["mse"] == pytest.approx(arm["metrics"]["new"]["mse"], rel=1e-5)
+        assert wise[5]["new"]["mse"] != wise[0]["new"]["mse"]  # the midpoint is a third model
     res = invoke("eval", "--checkpoint", out / "goodfit" / "model.safetensors", "--recipe",
                  "toy", *TINY)
     assert res.exit_code == 0, res.output
