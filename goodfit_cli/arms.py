@@ -18,6 +18,7 @@ from goodfit_cli.errors import UserError
 from goodfit_cli.models import head_prefixes, set_head_only
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import OptimizerSpec, SchedulerSpec, StageSpec
+from goodfit_cli.registry import suggest
 
 OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
@@ -39,10 +40,16 @@ class Arm:
 def parse_arm(name: str, stage: StageSpec) -> Arm:
     kind, _, opt = name.partition(":")
     if kind == "goodfit":
-        return Arm(name, "goodfit", opt or stage.goodfit.main or stage.optimizer.name)
-    if kind == "head_only":
-        return Arm(name, "head_only", opt or stage.optimizer.name)
-    return Arm(name, "plain", kind)
+        arm = Arm(name, "goodfit", opt or stage.goodfit.main or stage.optimizer.name)
+    elif kind == "head_only":
+        arm = Arm(name, "head_only", opt or stage.optimizer.name)
+    else:
+        arm = Arm(name, "plain", name)
+    if arm.optimizer not in OPTIMIZER_CLASSES:  # e.g. a typo in --optimizer
+        names = [*OPTIMIZER_CLASSES, "head_only", "goodfit"]
+        raise UserError(f"unknown arm {name!r}{suggest(name, names)} (an optimizer, "
+                        "head_only[:opt] or goodfit[:opt])")
+    return arm
 
 
 def _optimizer(name: str, spec: OptimizerSpec, params: Any, lr: float) -> torch.optim.Optimizer:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from goodfit_cli import __version__
@@ -67,17 +68,20 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except UserError as e:
             if STATE["debug"]:
                 traceback.print_exc()
-            err.print(f"[bold red]error:[/] {e}", highlight=False, markup=True, soft_wrap=True)
+            # messages quote the user's text (paths, recipe values): never read it as markup
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except Diverged as e:
-            err.print(f"[bold red]training diverged:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]training diverged:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except GateFailure as e:
-            err.print(f"[bold red]gate failed:[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]gate failed:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(3)
         except Interrupted as e:
-            err.print(f"[yellow]interrupted[/]: state saved in {e.run_dir}. Resume with the same "
-                      f"command plus --resume", highlight=False, soft_wrap=True)
+            err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. To "
+                      f"resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -86,7 +90,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             if STATE["debug"]:
                 traceback.print_exc()
             else:
-                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
                           "(run with --debug for the traceback and report it)",
                           highlight=False, soft_wrap=True)
             raise typer.Exit(1)
@@ -299,6 +303,8 @@ def eval_(
 @handled
 def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to check.")) -> None:
     """Check recipes without running them: schema, registry names, model arguments."""
+    import torch
+
     from goodfit_cli.data import DATASETS
     from goodfit_cli.models import build_model
     from goodfit_cli.registry import suggest
@@ -310,11 +316,13 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to che
             if r.data.name not in DATASETS:
                 raise UserError(f"{path}: data.name: unknown dataset {r.data.name!r}"
                                 f"{suggest(r.data.name, DATASETS.names())}")
-            build_model(r.model.name, r.model.args, where=f"{path}: model")
-            out.print(f"[green]ok[/]  {path}  ({r.name})", highlight=False)
+            with torch.device("meta"):  # shapes only: a huge model allocates nothing
+                build_model(r.model.name, r.model.args, where=f"{path}: model")
+            out.print(f"[green]ok[/]  {escape(str(path))}  ({escape(r.name)})", highlight=False,
+                      soft_wrap=True)
         except UserError as e:
             failed += 1
-            err.print(f"[red]bad[/] {e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]bad[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(2)
 

@@ -70,6 +70,11 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, s
     return t
 
 
+def _num(value: float | None, spec: str = ".4g") -> str:
+    """A metric cell; the report stores a NaN metric (a diverged arm) as null."""
+    return "nan" if value is None else format(value, spec)
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
     primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
@@ -81,19 +86,19 @@ def summary_table(report: dict[str, Any]) -> Table:
     t.add_column("old NFR", justify="right")
     t.add_column("gate")
     base = report["base_metrics"]
-    t.add_row("base", f"{base['old'].get(primary['old'], float('nan')):.4g}", "",
-              f"{base['new'].get(primary['new'], float('nan')):.4g}", "", "", "")
+    t.add_row("base", _num(base["old"].get(primary["old"])), "",
+              _num(base["new"].get(primary["new"])), "", "", "")
     for arm in report["arms"]:
         cells = []
         for task in ("old", "new"):
             m = primary[task]
-            cells.append(f"{arm['metrics'][task].get(m, float('nan')):.4g}")
+            cells.append(_num(arm["metrics"][task].get(m)))
             d = (arm.get("delta") or {}).get(task, {}).get(m)
             if d is None:
                 cells.append("")
             else:
                 colour = "green" if d.get("better") else "red"
-                cells.append(f"[{colour}]{d['value']:+.4g}[/]")
+                cells.append(f"[{colour}]{_num(d['value'], '+.4g')}[/]")
         flips = (arm.get("flips") or {}).get("old")
         nfr = f"{flips['nfr']:.2%}" if flips else "-"
         gate = arm.get("gate")

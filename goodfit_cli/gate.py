@@ -70,6 +70,8 @@ def load_gate(path: str | os.PathLike) -> Gate:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})")
+    except (RecursionError, ValueError, OverflowError) as e:  # too deep; a date like 2020-13-45
+        raise UserError(f"{path}: not valid YAML ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping with a 'limits' list")
     for key in data:

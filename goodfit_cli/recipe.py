@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -298,15 +299,51 @@ def _marks(node: yaml.Node, path: tuple, out: dict) -> None:
             _marks(v, path + (i,), out)
 
 
+_MAX_VALUES = 100_000  # values in a recipe with its YAML aliases expanded ("billion laughs")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int | None], source: str) -> int:
+    """How many values `node` stands for once aliases are expanded (memoised: linear time).
+
+    The same walk refuses a cycle of aliases and a string no file or terminal can hold.
+    """
+    if id(node) in sizes:
+        if sizes[id(node)] is None:
+            mark = node.start_mark
+            raise UserError(f"{source}:{mark.line + 1}:{mark.column + 1}: a YAML alias refers "
+                            "to a node that contains it")
+        return sizes[id(node)]
+    sizes[id(node)] = None  # in progress
+    if isinstance(node, yaml.ScalarNode) and _SURROGATE.search(node.value):
+        mark = node.start_mark  # PyYAML decodes "\ud83d\ude00" to two lone surrogates
+        raise UserError(f"{source}:{mark.line + 1}:{mark.column + 1}: a \\u escape gives a lone "
+                        "UTF-16 surrogate; write the character itself, or \\U0001F600 style")
+    children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    total = 1 + sum(_expanded_size(child, sizes, source) for child in children)
+    if total > _MAX_VALUES:
+        raise UserError(f"{source}: the YAML aliases expand to more than {_MAX_VALUES} values; "
+                        "a recipe needs far fewer")
+    sizes[id(node)] = total
+    return total
+
+
 def _parse_yaml(text: str, source: str) -> tuple[Any, dict]:
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _expanded_size(node, {}, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UserError(f"{pos}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{source}: YAML nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # a value its tag cannot hold: 2020-13-45, !!int x
+        raise UserError(f"{source}: YAML value error: {e}") from None
     marks: dict = {}
     if node is not None:
         _marks(node, (), marks)

@@ -12,6 +12,8 @@ checkpoint: an existing one is renamed aside.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,14 +52,21 @@ class RunResult:
 
 
 def keep_previous(path: Path) -> None:
-    """A checkpoint is never clobbered: an existing one is renamed aside (`.prev-<time>`)."""
+    """A checkpoint is never clobbered: an existing one is kept aside (`.prev-<time>`).
+
+    It is linked (copied where links are impossible), not renamed: until the new file replaces
+    it, `path` still holds the old one, so a failed write (disk full) leaves it where it was.
+    """
     if path.exists():
         aside = path.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
         n = 1
         while aside.exists():
             aside = aside.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}{path.suffix}")
             n += 1
-        path.rename(aside)
+        try:
+            os.link(path, aside)
+        except OSError:
+            shutil.copy2(path, aside)
 
 
 def state_files(out: Path) -> list[Path]:
@@ -65,8 +74,17 @@ def state_files(out: Path) -> list[Path]:
     return sorted(out.glob("state-*.safetensors")) if out.is_dir() else []
 
 
+def remove_stale_temps(out: Path) -> None:
+    """Temp files of atomic writes whose process died (SIGKILL, power loss) before the rename."""
+    for tmp in out.glob(".*.tmp-*") if out.is_dir() else []:
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
 def newest_state(out: Path, log: Log) -> dict[str, Any] | None:
     """The newest state that loads; a damaged newer one (e.g. from a crash) is skipped."""
+    remove_stale_temps(out)
     for path in reversed(state_files(out)):
         try:
             return ckpt.load_state(path)

@@ -345,12 +345,13 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     if main_rank:
-        # the recipe's own data_dir is resolved against its file; --resume reads the copy in
-        # `out`, so record the resolved one
+        # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
+        # it, even after a crash between the two. The recipe's own data_dir is resolved against
+        # its file, and --resume reads the copy in `out`: record the resolved one.
+        ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
         write_json(out / "run.json", {"base": str(base), "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
                                        "data_dir": data_dir or recipe.data_dir})
-        ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
         (out / "base").mkdir(exist_ok=True)
         write_json(out / "base" / "metrics.json", {"checkpoint": str(base), "sha256": base_sha,
                                                     "metrics": base_metrics})
