@@ -43,7 +43,7 @@ class RichEvents:
         if self.progress is not None:
             self.progress.update(self.task, completed=batch)
 
-    def on_eval(self, rec: dict[str, Any]) -> None:
+    def on_evaluation(self, rec: dict[str, Any]) -> None:
         info = "  ".join(f"{t} {m} {rec[t][m]:.4g}" for t, m in self.primary.items()
                          if m in rec.get(t, {}))
         if self.progress is not None:

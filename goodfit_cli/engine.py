@@ -24,14 +24,14 @@ class Events(Protocol):
 
     def on_start(self, total_batches: int, done: int) -> None: ...
     def on_batch(self, batch: int) -> None: ...
-    def on_eval(self, record: dict[str, Any]) -> None: ...
+    def on_evaluation(self, record: dict[str, Any]) -> None: ...
     def on_end(self) -> None: ...
 
 
 class NoEvents:
     def on_start(self, total_batches: int, done: int) -> None: pass
     def on_batch(self, batch: int) -> None: pass
-    def on_eval(self, record: dict[str, Any]) -> None: pass
+    def on_evaluation(self, record: dict[str, Any]) -> None: pass
     def on_end(self) -> None: pass
 
 
@@ -147,7 +147,7 @@ def train(
                "wall_s": round(time.perf_counter() - t0, 3)}
         st.loss_sum, st.loss_count = 0.0, 0
         st.records.append(rec)
-        events.on_eval(rec)
+        events.on_evaluation(rec)
         train_mode(model)
 
     while st.batch < cfg.total_batches:

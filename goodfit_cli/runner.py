@@ -193,7 +193,7 @@ def run_stage(
         for old in state_files(out)[:-s.recipe.checkpoint_keep]:  # keep the newest K
             old.unlink(missing_ok=True)
 
-    def on_eval(rec: dict) -> None:
+    def on_evaluation(rec: dict) -> None:
         records.append(rec)
         if main_rank:
             write_jsonl(out / "metrics.jsonl", records)
@@ -207,10 +207,10 @@ def run_stage(
             if events is not None:
                 events.on_batch(batch)
 
-        def on_eval(self, rec: dict) -> None:
-            on_eval(rec)
+        def on_evaluation(self, rec: dict) -> None:
+            on_evaluation(rec)
             if events is not None:
-                events.on_eval(rec)
+                events.on_evaluation(rec)
 
         def on_end(self) -> None:
             if events is not None:
