@@ -83,11 +83,12 @@ def summary_table(report: dict[str, Any]) -> Table:
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right")
         t.add_column("Δ vs base", justify="right")
+    t.add_column("batches / updates", justify="right")
     t.add_column("old NFR", justify="right")
     t.add_column("gate")
     base = report["base_metrics"]
     t.add_row("base", _num(base["old"].get(primary["old"])), "",
-              _num(base["new"].get(primary["new"])), "", "", "")
+              _num(base["new"].get(primary["new"])), "", "", "", "")
     for arm in report["arms"]:
         cells = []
         for task in ("old", "new"):
@@ -103,5 +104,7 @@ def summary_table(report: dict[str, Any]) -> Table:
         nfr = f"{flips['nfr']:.2%}" if flips else "-"
         gate = arm.get("gate")
         g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
-        t.add_row(arm["name"], *cells, nfr, g)
+        p = arm.get("provenance") or {}
+        compute = f"{p['batches']} / {p['main_updates']}" if "batches" in p else "-"
+        t.add_row(arm["name"], *cells, compute, nfr, g)
     return t

@@ -78,17 +78,23 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
     has_flips = any("old" in a["flips"] for a in report["arms"])
     has_gate = any(a.get("gate") for a in report["arms"])
+    # compute per arm: GoodFit spends n_ref + 1 batches per update, so both are shown
+    has_compute = any("batches" in a.get("provenance", {}) for a in report["arms"])
     head = ["model", f"old {po}", "Δ old", f"new {pn}", "Δ new"]
+    head += ["batches / updates"] * has_compute
     head += ["NFR (old)", "PFR (old)"] * has_flips + ["gate"] * has_gate
     base = report["base_metrics"]
     rows = [[("base", ""), (fmt_value(po, base["old"].get(po)), ""), ("", ""),
              (fmt_value(pn, base["new"].get(pn)), ""), ("", "")]
-            + [("", "")] * (2 * has_flips + has_gate)]
+            + [("", "")] * (has_compute + 2 * has_flips + has_gate)]
     for a in report["arms"]:
         do, dn = a["delta"]["old"].get(po), a["delta"]["new"].get(pn)
         row = [(a["name"], ""), (fmt_value(po, a["metrics"]["old"].get(po)), ""),
                (_delta_text(po, do), _tone(do)), (fmt_value(pn, a["metrics"]["new"].get(pn)), ""),
                (_delta_text(pn, dn), _tone(dn))]
+        if has_compute:
+            p = a.get("provenance", {})
+            row.append((f"{p.get('batches', _DASH)} / {p.get('main_updates', _DASH)}", ""))
         if has_flips:
             f = a["flips"].get("old")
             row += [(f"{fmt_value('nfr', f['nfr'])} {fmt_ci('nfr', f['nfr_ci'])}".strip(), ""),
