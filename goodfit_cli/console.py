@@ -79,11 +79,11 @@ def summary_table(report: dict[str, Any]) -> Table:
     """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
     primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
     t = Table(title="regression report")
-    t.add_column("model")
+    t.add_column("model", no_wrap=True)
     for task in ("old", "new"):
-        t.add_column(f"{task} {primary[task]}", justify="right")
-        t.add_column("Δ vs base", justify="right")
-    t.add_column("batches / updates", justify="right")
+        t.add_column(f"{task} {primary[task]}", justify="right", no_wrap=True)
+        t.add_column("Δ", justify="right", no_wrap=True)
+    t.add_column("batches/updates", justify="right", no_wrap=True)
     t.add_column("old NFR", justify="right")
     t.add_column("gate")
     base = report["base_metrics"]
@@ -105,6 +105,6 @@ def summary_table(report: dict[str, Any]) -> Table:
         gate = arm.get("gate")
         g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
         p = arm.get("provenance") or {}
-        compute = f"{p['batches']} / {p['main_updates']}" if "batches" in p else "-"
+        compute = f"{p['batches']}/{p['main_updates']}" if "batches" in p else "-"
         t.add_row(arm["name"], *cells, compute, nfr, g)
     return t
