@@ -78,18 +78,23 @@ def _num(value: float | None, spec: str = ".4g") -> str:
 def summary_table(report: dict[str, Any]) -> Table:
     """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
     primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
+    arms = report["arms"]
+    has_flips = any((a.get("flips") or {}).get("old") for a in arms)
+    has_gate = any(a.get("gate") for a in arms)
     t = Table(title="regression report")
     t.add_column("model", no_wrap=True)
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right", no_wrap=True)
         t.add_column("Δ", justify="right", no_wrap=True)
-    t.add_column("batches/updates", justify="right", no_wrap=True)
-    t.add_column("old NFR", justify="right")
-    t.add_column("gate")
+    t.add_column("batches/upd", justify="right", no_wrap=True)
+    if has_flips:
+        t.add_column("old NFR", justify="right", no_wrap=True)
+    if has_gate:
+        t.add_column("gate", no_wrap=True)
     base = report["base_metrics"]
     t.add_row("base", _num(base["old"].get(primary["old"])), "",
-              _num(base["new"].get(primary["new"])), "", "", "", "")
-    for arm in report["arms"]:
+              _num(base["new"].get(primary["new"])), "", "", *[""] * (has_flips + has_gate))
+    for arm in arms:
         cells = []
         for task in ("old", "new"):
             m = primary[task]
@@ -100,11 +105,13 @@ def summary_table(report: dict[str, Any]) -> Table:
             else:
                 colour = "green" if d.get("better") else "red"
                 cells.append(f"[{colour}]{_num(d['value'], '+.4g')}[/]")
-        flips = (arm.get("flips") or {}).get("old")
-        nfr = f"{flips['nfr']:.2%}" if flips else "-"
-        gate = arm.get("gate")
-        g = "-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]")
         p = arm.get("provenance") or {}
-        compute = f"{p['batches']}/{p['main_updates']}" if "batches" in p else "-"
-        t.add_row(arm["name"], *cells, compute, nfr, g)
+        cells.append(f"{p['batches']}/{p['main_updates']}" if "batches" in p else "-")
+        if has_flips:
+            flips = (arm.get("flips") or {}).get("old")
+            cells.append(f"{flips['nfr']:.2%}" if flips else "-")
+        if has_gate:
+            gate = arm.get("gate")
+            cells.append("-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"))
+        t.add_row(arm["name"], *cells)
     return t
