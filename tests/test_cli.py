@@ -196,3 +196,17 @@ def test_demo_quick(tmp_path):
     report = json.loads((tmp_path / "demo" / "finetune" / "report.json").read_text())
     assert {a["name"] for a in report["arms"]} == {"rmsprop", "head_only", "goodfit"}
     assert (tmp_path / "demo" / "finetune" / "report.html").exists()
+
+
+def test_compile_true_matches_eager(tmp_path):
+    """`compile: true` (torch.compile, CPU inductor) trains to the eager run's metrics and saves
+    plain parameter names."""
+    over = ["data.args.n_train=256", "data.args.n_test=128", "model.args.hidden=[16]",
+            "pretrain.steps=12", "eval.every=6", "device=cpu"]
+    eager = runner.pretrain(load_recipe(RECIPES_DIR / "toy.yaml", over), tmp_path / "e",
+                            log=lambda m: None)
+    compiled = runner.pretrain(load_recipe(RECIPES_DIR / "toy.yaml", over + ["compile=true"]),
+                               tmp_path / "c", log=lambda m: None)
+    tensors, _ = ckpt.load_model(tmp_path / "c" / "model.safetensors")
+    assert not any(k.startswith("_orig_mod") for k in tensors)
+    assert compiled.metrics["old"]["mse"] == pytest.approx(eager.metrics["old"]["mse"], rel=1e-3)
