@@ -410,7 +410,7 @@ def demo(
     over = QUICK_OVERRIDES if quick else DEMO_OVERRIDES
     r = load_recipe(RECIPES_DIR / "toy.yaml", over)
     dest = out_dir or default_out("demo", "quick" if quick else "full")
-    log(f"[bold]goodfit demo[/]: {r.description}")
+    log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)
     log(f"step 1/2: pretrain the base on the old task -> {dest / 'base'}")
     runner.pretrain(r, dest / "base", device=device, events=RichEvents("pretrain", primary_metrics(r)),
                     log=log)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -56,8 +57,9 @@ class RichEvents:
             self.progress.stop()
 
 
-def log(msg: str) -> None:
-    out.print(msg, highlight=False, soft_wrap=True)
+def log(msg: str, markup: bool = False) -> None:
+    """One line of progress; the text (paths, recipe values) is never read as Rich markup."""
+    out.print(msg if markup else escape(msg), highlight=False, soft_wrap=True)
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:

@@ -303,9 +303,9 @@ def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int 
     if is_main():
         prepare_out(out, overwrite=overwrite, resume=resume, resume_hint="")
     s = setup(recipe, device=device, seed=seed, data_dir=data_dir)
+    model = s.model()  # before any file is written: a bad model spec leaves --out empty
     if is_main():
         ckpt.atomic_write_bytes(out / "recipe.yaml", recipe.to_yaml().encode())
-    model = s.model()
     arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
