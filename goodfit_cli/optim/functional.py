@@ -5,7 +5,7 @@ dtype, no temporaries the size of the model, and no host-device synchronisation:
 ⟨Δ, g⟩ < 0 is a ``torch.where`` on device tensors.
 
 ``_single_tensor_*``: the reference twin. One parameter at a time, written to be obviously the rule
-of ``docs/goodfit-method.md``; slow, allocates freely and branches in Python. Tests run both on the
+of ``docs/method.md``; slow, allocates freely and branches in Python. Tests run both on the
 same gradients and assert they agree.
 
 Notation (the method's): θ parameters, θ_ref the anchor saved at the start of a cycle, Δ = θ − θ_ref

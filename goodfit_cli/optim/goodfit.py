@@ -4,7 +4,7 @@ One cycle = n_ref + 1 batches. Calls 1..n_ref of ``step()`` are reference steps 
 λ_ref = group lr / ref_ratio by default; the first call also saves the anchor θ_ref). Call n_ref+1
 computes Δ = θ' − θ_ref, removes the gradient's component along Δ when ⟨Δ, g⟩ < 0, restores
 θ ← θ_ref exactly and takes ONE step of the main optimizer. The rule is specified in
-``docs/goodfit-method.md``; this module keeps the state and the phases, ``functional`` holds the
+``docs/method.md``; this module keeps the state and the phases, ``functional`` holds the
 arithmetic.
 
 Design (after timm's Lookahead and schedule_free): ``param_groups`` IS the main optimizer's list,
