@@ -133,9 +133,9 @@ def default_out(recipe_name: str, kind: str) -> Path:
 def pretrain(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
@@ -160,13 +160,13 @@ def pretrain(
 @app.command()
 @handled
 def finetune(
-    base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
+    base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
@@ -191,9 +191,10 @@ def finetune(
         dest, optimizer = resume, optimizer or saved["arms"]
         seed = saved["seed"] if seed is None else seed
         data_dir = data_dir or saved.get("data_dir")
+        base = base or Path(saved["base"])
     else:
-        if recipe is None:
-            raise UserError("--recipe is required (or --resume DIR)")
+        if recipe is None or base is None:
+            raise UserError("--base and --recipe are required (or --resume DIR)")
         r = load(recipe, overrides)
         dest = out_dir or default_out(r.name, "finetune")
     report = runner.finetune(
@@ -253,7 +254,7 @@ def compare(
     junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
     device: Optional[str] = typer.Option(None, "--device"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     overwrite: bool = typer.Option(False, "--overwrite"),
 ) -> None:
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
@@ -282,7 +283,7 @@ def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
     recipe: str = typer.Option(..., "--recipe", "-r"),
     device: Optional[str] = typer.Option(None, "--device"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here."),
     overrides: Optional[list[str]] = typer.Argument(None),
 ) -> None:
@@ -350,7 +351,7 @@ def list_recipes() -> None:
 @handled
 def data_summary(
     recipe: str = typer.Option(..., "--recipe", "-r"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     as_json: bool = typer.Option(False, "--json"),
     overrides: Optional[list[str]] = typer.Argument(None),
 ) -> None:

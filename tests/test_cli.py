@@ -210,3 +210,16 @@ def test_compile_true_matches_eager(tmp_path):
     tensors, _ = ckpt.load_model(tmp_path / "c" / "model.safetensors")
     assert not any(k.startswith("_orig_mod") for k in tensors)
     assert compiled.metrics["old"]["mse"] == pytest.approx(eager.metrics["old"]["mse"], rel=1e-3)
+
+
+def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
+    """`goodfit finetune --resume RUN` finds the base, arms, seed and recipe in RUN itself."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base_ckpt, tmp_path / "run", arms=["goodfit"], device="cpu",
+                        log=lambda m: None, wise=False, stop_after=5)
+    res = invoke("finetune", "--resume", tmp_path / "run", "--no-wise")
+    assert res.exit_code == 0, res.output
+    assert "resuming at batch 5/12" in res.output
+    summary = json.loads((tmp_path / "run" / "goodfit" / "summary.json").read_text())
+    assert summary["batches"] == 12
