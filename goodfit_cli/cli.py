@@ -284,10 +284,10 @@ def eval_(
     recipe: str = typer.Option(..., "--recipe", "-r"),
     device: Optional[str] = typer.Option(None, "--device"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
-    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here."),
+    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
     overrides: Optional[list[str]] = typer.Argument(None),
 ) -> None:
-    """Evaluate a checkpoint on the recipe's old and new tasks; print (and write) JSON."""
+    """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
     from goodfit_cli import checkpoint as ckpt
     from goodfit_cli import runner
 
@@ -295,9 +295,10 @@ def eval_(
     res = runner.evaluate_checkpoint(r, checkpoint, device=device, data_dir=data_dir,
                                      log=lambda m: err.print(m, highlight=False))
     text = json.dumps(res, indent=2)
-    if json_out is not None:
-        ckpt.atomic_write_bytes(json_out, (text + "\n").encode())
-    typer.echo(text)
+    dest = json_out or checkpoint.parent / f"eval-{r.name}.json"
+    ckpt.atomic_write_bytes(dest, (text + "\n").encode())
+    typer.echo(text)  # stdout stays pure JSON; where it went is said on stderr
+    err.print(f"written to {escape(str(dest))}", highlight=False, soft_wrap=True)
 
 
 @app.command()

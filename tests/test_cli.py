@@ -105,7 +105,8 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     res = invoke("eval", "--checkpoint", out / "goodfit" / "model.safetensors", "--recipe",
                  "toy", *TINY)
     assert res.exit_code == 0, res.output
-    ev = json.loads(res.output[res.output.index("{"):])
+    ev = json.loads(res.stdout)
+    assert json.loads((out / "goodfit" / "eval-toy.json").read_text()) == ev
     assert ev["metrics"]["old"]["mse"] == pytest.approx(summary["metrics"]["old"]["mse"], rel=1e-6)
     # head_only: the body is bit-identical to the base
     base_t, _ = ckpt.load_model(base_ckpt)
