@@ -48,6 +48,16 @@ def init_distributed(device: torch.device) -> None:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
+def finish() -> None:
+    """Leave the process group cleanly (all ranks): a rank that exits with gloo's threads still
+    up can abort with "terminate called without an active exception"."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     import torch.distributed as dist
 

@@ -32,6 +32,7 @@ from goodfit_cli.distributed import (
     StopFlag,
     any_rank,
     dist_info,
+    finish,
     init_distributed,
     is_main,
     mean_over_ranks,
@@ -310,8 +311,10 @@ def pretrain(recipe: Recipe, out: Path, *, device: str | None = None, seed: int 
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
     with stop_on_signals() as stop:
-        return run_stage(s, model, arm, recipe.pretrain, "old", out, metadata=meta,
-                         events=events, stop=stop, stop_after=stop_after, log=log)
+        result = run_stage(s, model, arm, recipe.pretrain, "old", out, metadata=meta,
+                           events=events, stop=stop, stop_after=stop_after, log=log)
+    finish()
+    return result
 
 
 def load_base(s: Setup, model: nn.Module, base: Path) -> list[str]:
@@ -381,14 +384,18 @@ def finetune(recipe: Recipe, base: Path, out: Path, *, arms: list[str] | None = 
                 e.resume = f"the same command plus --resume {out}"
                 raise
     if not main_rank:
+        finish()  # waits for rank 0's report, then leaves the group
         return {}
     model.load_state_dict(base_state)
     wise_curves = {r.name: wise_curve(s, model, base_state, r.dir) for r in results} if wise else {}
     model.load_state_dict(base_state)
     kinds = {t: s.runners[t].kind for t in ("old", "new")}
     prov = provenance(recipe, s, base_sha) | {"wall_s": round(time.perf_counter() - t_start, 3)}
-    return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves, kinds,
-                       prov, gate=gate, junit=junit)
+    try:
+        return make_report(recipe, out, base, base_metrics, base_preds, results, wise_curves,
+                           kinds, prov, gate=gate, junit=junit)
+    finally:
+        finish()
 
 
 @torch.no_grad()
