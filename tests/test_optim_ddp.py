@@ -44,7 +44,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         model = nn.parallel.DistributedDataParallel(_model())
         weights = _train(model, _batches(), rank, world)
         torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))  # test-only, own temp dir
-    finally:
+    finally:  # a rank that leaves while the other still talks to it can abort (gloo)
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -84,7 +85,8 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         full = torch.cat([v.full_tensor().reshape(-1) for v in model.state_dict().values()])
         stats = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
         torch.save({"w": full, "stats": stats}, os.path.join(out_dir, f"fsdp{rank}.pt"))
-    finally:
+    finally:  # a rank that leaves while the other still talks to it can abort (gloo)
+        dist.barrier()
         dist.destroy_process_group()
 
 
