@@ -47,6 +47,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     finally:  # a rank that leaves while the other still talks to it can abort (gloo)
         dist.barrier()
         dist.destroy_process_group()
+    # skip interpreter teardown: gloo's threads can abort it ("terminate called without an
+    # active exception", SIGABRT) after the results above are safely written
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
@@ -88,6 +91,9 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     finally:  # a rank that leaves while the other still talks to it can abort (gloo)
         dist.barrier()
         dist.destroy_process_group()
+    # skip interpreter teardown: gloo's threads can abort it ("terminate called without an
+    # active exception", SIGABRT) after the results above are safely written
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
