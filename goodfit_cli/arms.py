@@ -83,7 +83,7 @@ def train_mode(arm: Arm):
         return lambda model: model.train()
 
     def mode(model: nn.Module) -> None:
-        model.eval()
+        model.train(False)  # eval mode for the frozen body
         prefixes = tuple(p.rstrip(".") for p in head_prefixes(model))
         for name, module in model.named_modules():
             if name and name.startswith(prefixes):

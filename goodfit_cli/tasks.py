@@ -44,7 +44,7 @@ class TaskRunner:
                  batch_size: int) -> tuple[dict, Tensor, dict[str, Tensor]]:
         """(metrics, predictions, per-sample values) of `model` on `split`, in eval mode."""
         was_training = model.training
-        model.eval()
+        model.train(False)  # eval mode
         try:
             outputs = self.outputs(model, split, batch_size)
         finally:

@@ -38,18 +38,23 @@ def _train(model: nn.Module, batches, rank: int = 0, world: int = 1) -> torch.Te
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
+def _leave() -> None:
+    """Leave the group together, then skip interpreter teardown: a rank that leaves while the
+    other still talks to it, or gloo's threads at exit, can abort the worker ("terminate called
+    without an active exception", SIGABRT) after its results are safely written."""
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         model = nn.parallel.DistributedDataParallel(_model())
         weights = _train(model, _batches(), rank, world)
         torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))  # test-only, own temp dir
-    finally:  # a rank that leaves while the other still talks to it can abort (gloo)
-        dist.barrier()
-        dist.destroy_process_group()
-    # skip interpreter teardown: gloo's threads can abort it ("terminate called without an
-    # active exception", SIGABRT) after the results above are safely written
-    os._exit(0)
+    finally:
+        _leave()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
@@ -88,12 +93,8 @@ def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         full = torch.cat([v.full_tensor().reshape(-1) for v in model.state_dict().values()])
         stats = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
         torch.save({"w": full, "stats": stats}, os.path.join(out_dir, f"fsdp{rank}.pt"))
-    finally:  # a rank that leaves while the other still talks to it can abort (gloo)
-        dist.barrier()
-        dist.destroy_process_group()
-    # skip interpreter teardown: gloo's threads can abort it ("terminate called without an
-    # active exception", SIGABRT) after the results above are safely written
-    os._exit(0)
+    finally:
+        _leave()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")

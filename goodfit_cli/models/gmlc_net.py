@@ -96,7 +96,7 @@ def gmlc_net(backbone: Mapping[str, Any], num_classes: int = 100, proj_dim: int 
         raise ArgError("backbone.name", f"{backbone['name']!r} does not expose a pooled embedding "
                        "(num_features, forward_features, forward_head)")
     _strip_head(encoder)
-    encoder.eval()  # probe the embedding size without touching BatchNorm statistics
+    encoder.train(False)  # (= eval mode) probe the embedding size without touching BatchNorm statistics
     with torch.no_grad():
         probe = encoder.forward_head(encoder.forward_features(torch.zeros(2, 3, 32, 32)), pre_logits=True)
     encoder.train()
