@@ -43,15 +43,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torch import nn
 
-from goodfit_cli.arms import Arm, build_optimizer
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
+from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.recipe import TaskSpec, load_recipe
-from goodfit_cli.tasks import TaskRunner
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from goodfit_cli.training.arms import Arm, build_optimizer
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "cifar_lt.yaml")
 BACKBONES = {
@@ -137,8 +137,7 @@ def run_bare(loop: Loop, data: Split, batch: int, batches: int, seed: int,
 
 def run_engine(loop: Loop, data: Split, runner: TaskRunner, batch: int, batches: int, seed: int) -> None:
     cfg = LoopConfig(total_batches=batches, batch_size=batch, eval_every=batches, seed=seed)
-    train(loop.model, loop.opt, None, data, runner.loss, lambda: {}, cfg,
-          should_stop=lambda: False, on_loss=lambda _loss, _batch: None)
+    train(loop.model, loop.opt, None, data, runner.loss, cfg)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,16 +52,16 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torch import nn
 
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
+from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import TaskSpec
-from goodfit_cli.tasks import TaskRunner
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 LR, ALPHA, EPS = 5e-4, 0.99, 1e-8  # recipes/toy.yaml, finetune
 STEP_SIZE, GAMMA = 100, 0.95
@@ -97,8 +97,7 @@ def sync(device: torch.device) -> None:
 
 def run_engine(loop: Loop, data: Split, loss_fn: Callable, batches: int, seed: int) -> None:
     cfg = LoopConfig(total_batches=batches, batch_size=BATCH, eval_every=batches, seed=seed)
-    train(loop.model, loop.opt, loop.sched, data, loss_fn, dict, cfg,
-          should_stop=lambda: False, on_loss=lambda _loss, _batch: None)
+    train(loop.model, loop.opt, loop.sched, data, loss_fn, cfg)
 
 
 def run_bare(loop: Loop, data: Split, batches: int, seed: int) -> None:

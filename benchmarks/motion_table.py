@@ -2,7 +2,7 @@
 
 Everything runs through the library, exactly as `goodfit pretrain` / `goodfit finetune` do:
 `recipe.load_recipe("recipes/motion_car2ped.yaml" | "motion_car2car.yaml", overrides)`,
-`runner.pretrain(...)`, `runner.finetune(...)` on the CPU. The overrides (SCALE below) shrink
+`workflows.pretrain.pretrain(...)`, `workflows.finetune.finetune(...)` on the CPU. The overrides (SCALE below) shrink
 the model, the number of generated scenes and the step counts; every other setting is the
 recipes' (AdamW lr 1e-3 pretraining, fine-tuning at lr / 100, GoodFit n_ref 3, ratio 10, SGD
 reference). Per seed k (the recipe override `seed=k`, which draws the initial weights and the
@@ -45,9 +45,11 @@ from typing import Any
 import torch
 from _machine import cpu_model
 
-from goodfit_cli import runner
-from goodfit_cli.errors import Diverged
+from goodfit_cli.core.errors import Diverged
 from goodfit_cli.recipe import load_recipe
+from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+from goodfit_cli.workflows.pretrain import pretrain
+from goodfit_cli.workflows.session import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"car2ped": ROOT / "recipes" / "motion_car2ped.yaml",
@@ -132,8 +134,8 @@ def run_seed(job: tuple[dict, int, str]) -> dict[str, Any]:
     base = d / "base"
     if not (base / "summary.json").exists():
         t = time.perf_counter()
-        runner.pretrain(load_recipe(RECIPES["car2ped"], extra("car2ped")), base, device="cpu",
-                        log=lambda m: None, overwrite=True)
+        pretrain(load_recipe(RECIPES["car2ped"], extra("car2ped")), base, Place(device="cpu"),
+                 overwrite=True)
         say(f"pretrain {time.perf_counter() - t:.0f} s")
     res["pretrain"] = summary_metrics(base / "summary.json")
     for exp in experiments(args):
@@ -141,9 +143,9 @@ def run_seed(job: tuple[dict, int, str]) -> dict[str, Any]:
         if not all((out / a / "summary.json").exists() for a in ARMS):
             t = time.perf_counter()
             try:
-                runner.finetune(load_recipe(RECIPES[exp], extra(exp)), base / "model.safetensors",
-                                out, arms=ARMS, device="cpu", log=lambda m: None, wise=False,
-                                overwrite=True)
+                finetune(FinetuneJob(load_recipe(RECIPES[exp], extra(exp)),
+                                     base / "model.safetensors", out, ARMS, overwrite=True,
+                                     wise=False), Place(device="cpu"))
             except Diverged as e:  # a NaN/Inf loss: the run counts, as "diverged"
                 say(f"{exp} diverged at batch {e.batch}")
             say(f"{exp} fine-tunes {time.perf_counter() - t:.0f} s")

@@ -42,11 +42,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as nnF
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torch import Tensor, nn
 
 from goodfit_cli.models import build_model
 from goodfit_cli.optim import GoodFit
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 N_REF = 1
 REF_RATIO = 10.0

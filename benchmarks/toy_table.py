@@ -1,7 +1,7 @@
 """The seed's toy (section 3.1) through the product: Table 1 beside the paper's, and a sweep.
 
 Everything runs through the library, exactly as `goodfit pretrain` / `goodfit finetune` do:
-`recipe.load_recipe("recipes/toy.yaml", overrides)`, `runner.pretrain(...)`, `runner.finetune(...)`
+`recipe.load_recipe("recipes/toy.yaml", overrides)`, `workflows.pretrain.pretrain(...)`, `workflows.finetune.finetune(...)`
 on the CPU. Per seed k (the recipe override `seed=k`, which draws the data AND the initial weights
 AND the batch order from k; the `seed=` argument of the runner, which would change only the
 weights and the order, is never passed):
@@ -40,12 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-from goodfit_cli import runner
-from goodfit_cli.errors import Diverged
+from goodfit_cli.core.errors import Diverged
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report.svg import line_plot
-from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+from goodfit_cli.workflows.pretrain import pretrain
+from goodfit_cli.workflows.session import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "toy.yaml"
@@ -121,8 +123,7 @@ class Runs:
         out = self.base.parent
         if not (out / "summary.json").exists():
             recipe = load_recipe(RECIPE, self.over)
-            _, dt = timed(runner.pretrain, recipe, out, device="cpu", log=lambda m: None,
-                          overwrite=True)
+            _, dt = timed(pretrain, recipe, out, Place(device="cpu"), overwrite=True)
             self.say(f"seed {self.seed}: pretrain {dt:.0f} s")
         return read_metrics(out)
 
@@ -135,8 +136,8 @@ class Runs:
         if not (arm_dir / "summary.json").exists():
             recipe = load_recipe(RECIPE, self.over + extra)
             try:
-                _, dt = timed(runner.finetune, recipe, self.base, out, arms=[arm], device="cpu",
-                              log=lambda m: None, wise=False, overwrite=True)
+                job = FinetuneJob(recipe, self.base, out, [arm], overwrite=True, wise=False)
+                _, dt = timed(finetune, job, Place(device="cpu"))
             except Diverged as e:  # a NaN/Inf loss: the run counts, as "diverged"
                 rec = {"old": math.nan, "new": math.nan, "diverged_at": e.batch}
                 diverged.write_text(json.dumps(rec) + "\n")

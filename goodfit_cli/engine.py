@@ -1,7 +1,8 @@
 """The training loop: one batch per `optimizer.step()`, periodic evaluation, exact resume.
 
-The loop knows nothing of Rich, YAML or files: it emits events (`Events`) and asks a callback to
-persist its state. Data lives on the device as tensors; each epoch is a permutation drawn from a
+The loop knows nothing of Rich, YAML or files. It talks to two small protocols: `Events` (what
+it reports: the terminal draws them) and `Hooks` (what it asks of the run: evaluate, put the
+model in training mode, persist a state, whether to stop). Data lives on the device as tensors; each epoch is a permutation drawn from a
 seeded generator, so a resumed run sees exactly the batches an uninterrupted one would.
 """
 
@@ -15,8 +16,9 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import Tensor, nn
 
+from goodfit_cli.core.distributed import mean_over_ranks
+from goodfit_cli.core.errors import Diverged
 from goodfit_cli.data.base import Split
-from goodfit_cli.errors import Diverged
 
 
 class Events(Protocol):
@@ -33,6 +35,29 @@ class NoEvents:
     def on_batch(self, batch: int) -> None: pass
     def on_evaluation(self, record: dict[str, Any]) -> None: pass
     def on_end(self) -> None: pass
+
+
+class Hooks:
+    """What the loop asks of the run that drives it; override what you need.
+
+    evaluate(): {"old": {...}, "new": {...}}, called every `eval_every` batches and at the end.
+    train_mode(model): put the model in training mode (head_only keeps a frozen body in eval).
+    save_state(state): persist a resumable state (every `checkpoint_every` batches, and when the
+        loop stops early).
+    should_stop(batch): checked after each batch; True ends the loop with the state saved.
+    """
+
+    def evaluate(self) -> dict[str, Any]:
+        return {}
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
+    def save_state(self, state: "LoopState") -> None:
+        pass
+
+    def should_stop(self, batch: int) -> bool:
+        return False
 
 
 @dataclass
@@ -88,26 +113,20 @@ def train(
     scheduler: Any,
     data: Split,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
-    evaluate: Callable[[], dict[str, Any]],
     cfg: LoopConfig,
+    hooks: Hooks | None = None,
     *,
     events: Events | None = None,
     state: LoopState | None = None,
-    train_mode: Callable[[nn.Module], None] = lambda m: m.train(),
-    save_state: Callable[[LoopState], None] | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    on_loss: Callable[[Tensor, int], None] | None = None,
-    all_reduce_mean: Callable[[Tensor], Tensor] = lambda t: t,
 ) -> LoopState:
-    """Train until `cfg.total_batches` batches are done, or `should_stop()` turns true.
+    """Train until `cfg.total_batches` batches are done, or `hooks.should_stop()` turns true.
 
-    `data` is on the training device. `evaluate()` returns {"old": {...}, "new": {...}} and is
-    called every `cfg.eval_every` batches and at the end. Under data parallelism every rank
-    draws the same global batch and keeps its `cfg.rank`-th share; `all_reduce_mean` averages
-    the logged training loss over ranks (gradients are the model wrapper's business). The
-    returned state has `records`: the evaluations made by this call. `save_state(state)` is called every `cfg.checkpoint_every`
-    batches and when the loop stops early.
+    `data` is on the training device. Under data parallelism every rank draws the same global
+    batch and keeps its `cfg.rank`-th share; the logged training loss is averaged over ranks
+    (gradients are the model wrapper's business). The returned state has `records`: the
+    evaluations made by this call.
     """
+    hooks = hooks or Hooks()
     events = events or NoEvents()
     st = state or LoopState()
     n = len(data)
@@ -129,26 +148,26 @@ def train(
         finite = torch.isfinite(vals)
         if not bool(finite.all()):
             raise Diverged(pending[int((~finite).nonzero()[0])] + 1)
-        st.loss_sum += float(all_reduce_mean(vals.double().sum()))
+        st.loss_sum += float(mean_over_ranks(vals.double().sum()))
         st.loss_count += len(pending)
         pending.clear()
 
     events.on_start(cfg.total_batches, st.batch)
-    train_mode(model)
+    hooks.train_mode(model)
     t0 = time.perf_counter() - st.wall_s
 
     def record() -> None:
         flush()
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
                "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
-               **evaluate(),
+               **hooks.evaluate(),
                "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
                "lr": float(optimizer.param_groups[0]["lr"]),
                "wall_s": round(time.perf_counter() - t0, 3)}
         st.loss_sum, st.loss_count = 0.0, 0
         st.records.append(rec)
         events.on_evaluation(rec)
-        train_mode(model)
+        hooks.train_mode(model)
 
     while st.batch < cfg.total_batches:
         if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
@@ -175,20 +194,16 @@ def train(
                 flush()
             losses[len(pending)].copy_(loss.detach(), non_blocking=True)
             pending.append(st.batch)
-        if on_loss is not None:
-            on_loss(loss, st.batch)
         st.batch += 1
         events.on_batch(st.batch)
         st.wall_s = time.perf_counter() - t0
         if st.batch % cfg.eval_every == 0 or st.batch == cfg.total_batches:
             record()
-        stopping = st.batch < cfg.total_batches and should_stop()
-        if save_state is not None and (
-            stopping or (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0
-                         and st.batch < cfg.total_batches)
-        ):
+        stopping = st.batch < cfg.total_batches and hooks.should_stop(st.batch)
+        if stopping or (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0
+                        and st.batch < cfg.total_batches):
             flush()  # never save a state reached through a NaN
-            save_state(st)
+            hooks.save_state(st)
         if stopping:
             break
     flush()

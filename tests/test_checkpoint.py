@@ -1,4 +1,4 @@
-"""Tests for goodfit_cli.checkpoint: safetensors I/O, atomic writes, validation, resume state."""
+"""Tests for goodfit_cli.io.checkpoint: safetensors I/O, atomic writes, validation, resume state."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from safetensors.torch import save as st_save
 from torch import nn
 
-from goodfit_cli import checkpoint as ck
-from goodfit_cli.errors import UserError
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import atomic
+from goodfit_cli.io import checkpoint as ck
 
 
 def _assert_clean(err: UserError, path) -> None:
@@ -47,7 +48,7 @@ def test_sha256_file_matches_hashlib(tmp_path):
     p = tmp_path / "blob"
     data = os.urandom(3 << 20)
     p.write_bytes(data)
-    assert ck.sha256_file(p) == hashlib.sha256(data).hexdigest()
+    assert atomic.sha256_file(p) == hashlib.sha256(data).hexdigest()
 
 
 def test_round_trip_with_metadata(tmp_path):
@@ -122,10 +123,10 @@ def test_enospc_becomes_user_error(tmp_path, monkeypatch):
     assert p.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.safetensors"]
 
 
-def test_atomic_write_bytes_enospc_on_fsync(tmp_path, monkeypatch):
-    """atomic_write_bytes writes normally, and an fsync ENOSPC becomes a UserError."""
+def test_atomic_write_enospc_on_fsync(tmp_path, monkeypatch):
+    """atomic_write writes normally, and an fsync ENOSPC becomes a UserError."""
     p = tmp_path / "out.bin"
-    ck.atomic_write_bytes(p, b"first")
+    atomic.atomic_write(p, b"first")
     assert p.read_bytes() == b"first"
 
     def no_space(fd):
@@ -133,13 +134,13 @@ def test_atomic_write_bytes_enospc_on_fsync(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(UserError, match="No space left on device"):
-        ck.atomic_write_bytes(p, b"second")
+        atomic.atomic_write(p, b"second")
     assert p.read_bytes() == b"first" and os.listdir(tmp_path) == ["out.bin"]
 
 
 def test_atomic_path_temp_name(tmp_path):
     """atomic_path yields a hidden temp file in the target's directory."""
-    with ck.atomic_path(tmp_path / "x.json") as tmp:
+    with atomic.atomic_path(tmp_path / "x.json") as tmp:
         assert tmp.parent == tmp_path and tmp.name.startswith(f".x.json.tmp-{os.getpid()}-")
         tmp.write_text("{}")
     assert (tmp_path / "x.json").read_text() == "{}"

@@ -10,25 +10,39 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import runs as runner
 import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from goodfit_cli import checkpoint as ckpt
-from goodfit_cli import runner
-from goodfit_cli.arms import parse_arm, stage_for_arm
-from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.cli.app import app
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.training.arms import parse_arm, stage_for_arm
+from goodfit_cli.workflows.recipes import shipped_dir
+
+RECIPES_DIR = shipped_dir()
+from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.data import DataContext, build_data
-from goodfit_cli.data.augment import crop_flip, cutmix, cutmix_box, draw_mix, mixup, random_crop_flip
+from goodfit_cli.data.augment import (
+    crop_flip,
+    cutmix,
+    cutmix_box,
+    draw_mix,
+    mixup,
+    random_crop_flip,
+)
 from goodfit_cli.data.base import to_model_input
-from goodfit_cli.data.cifar import (cifar100_lt, longtail_counts, longtail_indices, read_binary,
-                                    read_python)
+from goodfit_cli.data.cifar import (
+    cifar100_lt,
+    longtail_counts,
+    longtail_indices,
+    read_binary,
+    read_python,
+)
 from goodfit_cli.data.safe_pickle import safe_loads
-from goodfit_cli.errors import UserError
-from goodfit_cli.gmlc import GMLC, gmlc_views, soft_cross_entropy
 from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.objectives.gmlc import GMLC, gmlc_views, soft_cross_entropy
 from goodfit_cli.recipe import load_recipe
-from goodfit_cli.runner import Interrupted
 
 SEED_TOTALS = {10: (19_021, 552), 5: (23_784, 1_072), 2: (33_453, 2_576)}
 RECIPE = RECIPES_DIR / "cifar_lt.yaml"
@@ -402,7 +416,7 @@ def test_gmlc_resume_is_bit_identical(small, tmp_path):
 
 def test_cross_entropy_augment_flag():
     """cross_entropy with augment: true crops and flips uint8 batches; without it, it does not."""
-    from goodfit_cli.objectives import CrossEntropy
+    from goodfit_cli.objectives.standard import CrossEntropy
 
     model = build_model("cifar_resnet32", {"depth": 8, "num_classes": 10})
     x = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8)

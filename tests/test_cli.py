@@ -6,14 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+import runs as runner
 import torch
 from typer.testing import CliRunner
 
-from goodfit_cli import checkpoint as ckpt
-from goodfit_cli import runner
-from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.cli.app import app
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.workflows.recipes import shipped_dir
+from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
+
+RECIPES_DIR = shipped_dir()
+from goodfit_cli.core.errors import Interrupted
 from goodfit_cli.recipe import load_recipe
-from goodfit_cli.runner import Interrupted
 
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
         "pretrain.steps=40", "finetune.steps=12", "eval.every=4", "pretrain.batch_size=64",
@@ -138,10 +142,10 @@ def test_resume_is_bit_identical(base_ckpt, tmp_path, arm, stop_at):
 def test_head_reinitialised_when_output_size_changes(base_ckpt):
     """A base whose head does not fit the recipe's model gets a fresh head, and says so."""
     recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["model.args.out_features=3"])
-    s = runner.setup(recipe, device="cpu")
+    s = open_session(recipe, Place(device="cpu"))
     model = s.model()
     fresh_head = model.head.weight.detach().clone()
-    msgs = runner.load_base(s, model, base_ckpt)
+    msgs = load_checkpoint(model, base_ckpt).messages
     assert any("head.weight" in m and "re-initialised" in m for m in msgs)
     assert torch.equal(model.head.weight, fresh_head)
     base_t, _ = ckpt.load_model(base_ckpt)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from goodfit_cli.cli import app
+from goodfit_cli.cli.app import app
 
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
         "pretrain.steps=40", "finetune.steps=12", "eval.every=4", "pretrain.batch_size=64",

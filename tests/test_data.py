@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import DATASETS, build_data, to_model_input
-from goodfit_cli.errors import UserError
 
 
 def toy(seed: int = 0, **args):

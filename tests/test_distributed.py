@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from goodfit_cli import checkpoint as ckpt
+from goodfit_cli.io import checkpoint as ckpt
 
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
         "pretrain.steps=24", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",

@@ -17,11 +17,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 
 import goodfit_cli
 

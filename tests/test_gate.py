@@ -1,4 +1,4 @@
-"""Tests for goodfit_cli.gate: gate files, flag gates, direction-aware checks, JUnit XML."""
+"""Tests for goodfit_cli.report.gate: gate files, flag gates, direction-aware checks, JUnit XML."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from goodfit_cli.errors import UserError
-from goodfit_cli.gate import (Gate, Limit, evaluate_gate, gate_from_flags, load_gate,
-                              write_junit)
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.report.gate import Gate, Limit, evaluate_gate, gate_from_flags, load_gate
+from goodfit_cli.report.junit import write_junit
 
 
 def _arm(old_acc=0.88, base_old=0.90, ci=None, nfr=0.03, new_acc=0.40, base_new=0.30,

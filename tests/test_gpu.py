@@ -84,8 +84,11 @@ def test_bf16_autocast_and_bf16_params():
 
 def test_tiny_finetune_on_cuda(tmp_path):
     """pretrain + finetune of the tiny toy recipe with --device cuda and precision bf16."""
-    from goodfit_cli import runner
-    from goodfit_cli.cli import RECIPES_DIR
+    import runs as runner
+
+    from goodfit_cli.workflows.recipes import shipped_dir
+
+    RECIPES_DIR = shipped_dir()
     from goodfit_cli.recipe import load_recipe
 
     r = load_recipe(RECIPES_DIR / "toy.yaml", [

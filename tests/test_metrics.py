@@ -1,12 +1,12 @@
-"""Tests for goodfit_cli.metrics: task metrics, directions, flips, paired bootstrap, read-out."""
+"""Tests for goodfit_cli.core.metrics: task metrics, directions, flips, paired bootstrap, read-out."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from goodfit_cli import metrics as M
-from goodfit_cli.errors import UserError
+from goodfit_cli.core import metrics as M
+from goodfit_cli.core.errors import UserError
 
 
 def test_accuracy_and_per_class_by_hand():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from goodfit_cli.errors import UserError
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.models import MODELS, build_model, embed, head_prefixes, set_head_only
 
 

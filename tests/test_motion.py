@@ -7,21 +7,31 @@ import math
 
 import numpy as np
 import pytest
+import runs as runner
 import torch
 import yaml
 from typer.testing import CliRunner
 
-from goodfit_cli import checkpoint as ckpt
-from goodfit_cli import runner
-from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.cli.app import app
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.workflows.recipes import shipped_dir
+
+RECIPES_DIR = shipped_dir()
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
-from goodfit_cli.data.motion import FUTURE, MotionLayout, read_shards
-from goodfit_cli.data.motion_scenes import DT, make_scene
-from goodfit_cli.data.motion_synth import (CAR_A_LAT, CAR_ACCEL, CAR_BRAKE, CAR_V_MAX, PED_V_MAX,
-                                           generate, simulate)
-from goodfit_cli.errors import UserError
+from goodfit_cli.data.motion.format import FUTURE, MotionLayout, read_shards
+from goodfit_cli.data.motion.scenes import DT, make_scene
+from goodfit_cli.data.motion.synth import (
+    CAR_A_LAT,
+    CAR_ACCEL,
+    CAR_BRAKE,
+    CAR_V_MAX,
+    PED_V_MAX,
+    generate,
+    simulate,
+)
 from goodfit_cli.models import build_model
-from goodfit_cli.motion_objective import Motion, motion_metrics, per_sample_loss
+from goodfit_cli.objectives.motion import Motion, motion_metrics, per_sample_loss
 from goodfit_cli.recipe import load_recipe
 
 SIZES = {"agents": 4, "polylines": 8, "points": 4, "lights": 2}

@@ -23,8 +23,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from goodfit_cli import checkpoint as ckpt
-from goodfit_cli.cli import RECIPES_DIR, app
+from goodfit_cli.cli.app import app
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.workflows.recipes import shipped_dir
+
+RECIPES_DIR = shipped_dir()
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import load_recipe
 
@@ -539,11 +542,13 @@ def test_relative_paths_resolve_against_the_recipe_file(npz_run, tmp_path, monke
 def test_resume_finds_the_recipe_data_dir(npz_run):
     """A fine-tune resumed with --resume reads RUN/recipe.yaml, a copy in another directory; the
     recipe's relative data_dir still means the directory beside the original recipe."""
-    from goodfit_cli import runner
+    import runs as runner
+
+    from goodfit_cli.core.errors import Interrupted
 
     recipe = load_recipe(npz_run["recipe"], ["nonfinite=skip"])
     out = npz_run["dir"] / "cut"
-    with pytest.raises(runner.Interrupted):
+    with pytest.raises(Interrupted):
         runner.finetune(recipe, npz_run["base"], out, device="cpu", log=lambda m: None,
                         wise=False, stop_after=5)
     res = invoke("finetune", "--resume", out, "--base", npz_run["base"], "--no-wise")

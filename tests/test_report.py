@@ -9,9 +9,16 @@ import re
 import pytest
 import torch
 
-from goodfit_cli.gate import apply_gate, gate_from_flags
-from goodfit_cli.report import (REPORT_SCHEMA, RunSide, build_report, render_html, render_markdown,
-                                validate_report, write_report)
+from goodfit_cli.report import (
+    REPORT_SCHEMA,
+    RunSide,
+    build_report,
+    render_html,
+    render_markdown,
+    validate_report,
+    write_report,
+)
+from goodfit_cli.report.gate import apply_gate, gate_from_flags
 from goodfit_cli.report.svg import line_plot
 
 CLS = {"old": "classification", "new": "classification"}

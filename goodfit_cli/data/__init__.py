@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from goodfit_cli.core.args import call_with_args
+from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Split, Task, to_model_input
 from goodfit_cli.data.cifar import cifar100_lt
-from goodfit_cli.data.motion import motion
+from goodfit_cli.data.motion.dataset import motion
 from goodfit_cli.data.npz import npz
 from goodfit_cli.data.toy import toy_sin
-from goodfit_cli.errors import UserError
-from goodfit_cli.models.bind import call_with_args, loc
-from goodfit_cli.registry import Registry
 
 
 @dataclass(frozen=True)

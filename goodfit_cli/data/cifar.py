@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from goodfit_cli.core.args import ArgError, check_choice, check_float, check_int
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Split, Task, generator
 from goodfit_cli.data.safe_pickle import safe_load
-from goodfit_cli.errors import UserError
-from goodfit_cli.models.bind import ArgError, check_choice, check_float, check_int
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 NUM_CLASSES = 100

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from goodfit_cli.core.args import ArgError, check_int
 from goodfit_cli.data.base import Split, Task
-from goodfit_cli.models.bind import ArgError, check_int
 
 _TASK_KEYS = ("train", "test", "classes")
 

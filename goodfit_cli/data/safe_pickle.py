@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from goodfit_cli.errors import UserError
+from goodfit_cli.core.errors import UserError
 
 
 def _reconstruct() -> Any:

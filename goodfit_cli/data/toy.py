@@ -6,8 +6,8 @@ from typing import Any, Sequence
 
 import torch
 
+from goodfit_cli.core.args import ArgError, check_float, check_int
 from goodfit_cli.data.base import Split, Task, generator
-from goodfit_cli.models.bind import ArgError, check_float, check_int
 
 _STREAMS = {("old", "train"): (0, 0), ("old", "test"): (0, 1), ("new", "train"): (1, 0), ("new", "test"): (1, 1)}
 

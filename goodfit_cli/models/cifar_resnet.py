@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goodfit_cli.models.bind import ArgError, check_int
+from goodfit_cli.core.args import ArgError, check_int
 
 
 class BasicBlock(nn.Module):

@@ -17,8 +17,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from goodfit_cli.errors import UserError
-from goodfit_cli.models.bind import ArgError, check_int
+from goodfit_cli.core.args import ArgError, check_int
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.models.base import MODELS, build_model
+from goodfit_cli.models.heads import head_prefixes
 
 
 class GMLCNet(nn.Module):
@@ -55,8 +57,6 @@ class GMLCNet(nn.Module):
 
 def _strip_head(encoder: nn.Module) -> None:
     """Remove the backbone's own classifier: forward_head(pre_logits=True) is all we use."""
-    from goodfit_cli.models import head_prefixes
-
     if hasattr(encoder, "reset_classifier"):  # timm models
         encoder.reset_classifier(0)
         return
@@ -68,8 +68,6 @@ def _strip_head(encoder: nn.Module) -> None:
 
 def gmlc_net(backbone: Mapping[str, Any], num_classes: int = 100, proj_dim: int = 128) -> GMLCNet:
     """GMLC network over `backbone`, a model spec {name, args} (e.g. {name: cifar_resnet32})."""
-    from goodfit_cli.models import MODELS, build_model  # the registry imports this module
-
     check_int("num_classes", num_classes, 1)
     check_int("proj_dim", proj_dim, 1)
     if not isinstance(backbone, Mapping) or not isinstance(backbone.get("name"), str):

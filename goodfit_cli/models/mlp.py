@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from goodfit_cli.models.bind import ArgError, check_choice, check_int
+from goodfit_cli.core.args import ArgError, check_choice, check_int
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 NORMS = ["layernorm", "none"]

@@ -20,9 +20,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from goodfit_cli.data.motion import (AGENT_FEATURES, AGENT_TYPES, FUTURE, HISTORY, LIGHT_FEATURES,
-                                     MAP_FEATURES, MotionLayout, zero_masked)
-from goodfit_cli.models.bind import ArgError, check_float, check_int
+from goodfit_cli.core.args import ArgError, check_float, check_int
+from goodfit_cli.data.motion.format import (
+    AGENT_FEATURES,
+    AGENT_TYPES,
+    FUTURE,
+    HISTORY,
+    LIGHT_FEATURES,
+    MAP_FEATURES,
+    MotionLayout,
+    zero_masked,
+)
 
 POSITION_SCALE = 0.1  # metres and m/s enter the MLPs divided by 10
 

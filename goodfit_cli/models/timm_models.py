@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from goodfit_cli.models.bind import ArgError, check_int
+from goodfit_cli.core.args import ArgError, check_int
 
 
 def _cifar_stem(model: nn.Module, name: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from goodfit_cli.optim import functional as F
+from goodfit_cli.optim import functional as kernels
 
 ReferenceFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -91,7 +91,7 @@ class GoodFit(torch.optim.Optimizer):
         self._phase = 0
         self._main_steps = 0
         self._touched: set[int] = set()  # indices of params with a gradient this cycle
-        self.last_stats: F.ProjectionStats | None = None
+        self.last_stats: kernels.ProjectionStats | None = None
         # what torch.optim.Optimizer.__init__ would set, minus param_groups (shared with main)
         for name in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                      "load_state_dict_pre", "load_state_dict_post"):
@@ -163,7 +163,7 @@ class GoodFit(torch.optim.Optimizer):
     def _anchor(self, p: Tensor) -> Tensor:
         st = self.state[p]
         if "anchor" not in st:  # of the local shard when p is a DTensor (FSDP2)
-            st["anchor"] = torch.empty_like(F._local(p), memory_format=torch.preserve_format)
+            st["anchor"] = torch.empty_like(kernels._local(p), memory_format=torch.preserve_format)
         return st["anchor"]
 
     @staticmethod
@@ -190,7 +190,7 @@ class GoodFit(torch.optim.Optimizer):
             ps = [p for _, p in trainable]
             anchors = [self._anchor(p) for p in ps]
             if ps:
-                (F._multi_tensor_save_anchor if self.foreach else F._single_tensor_save_anchor)(
+                (kernels._multi_tensor_save_anchor if self.foreach else kernels._single_tensor_save_anchor)(
                     ps, anchors)
         self._touched.update(i for i, p in trainable if p.grad is not None)
         if self._ref_opt is not None:
@@ -198,7 +198,7 @@ class GoodFit(torch.optim.Optimizer):
                 rg["lr"] = mg["lr"] / self.ref_ratio
             self._ref_opt.step()
             return
-        sgd = F._multi_tensor_sgd if self.foreach else F._single_tensor_sgd
+        sgd = kernels._multi_tensor_sgd if self.foreach else kernels._single_tensor_sgd
         for group in self.main.param_groups:
             ps = [p for p in group["params"] if p.requires_grad and p.grad is not None]
             if ps:
@@ -211,14 +211,14 @@ class GoodFit(torch.optim.Optimizer):
                 p.grad = torch.zeros_like(p)
         ps = [p for _, p in trainable if p.grad is not None]
         if ps:
-            fn = F._multi_tensor_project_restore if self.foreach else F._single_tensor_project_restore
-            group = F.shard_group(ps) if self.process_group == "auto" else self.process_group
+            fn = kernels._multi_tensor_project_restore if self.foreach else kernels._single_tensor_project_restore
+            group = kernels.shard_group(ps) if self.process_group == "auto" else self.process_group
             self.last_stats = fn(ps, [p.grad for p in ps], [self._anchor(p) for p in ps],
                                  self.projection, group)
         # parameters with no gradient in the whole cycle never moved; restore the rest exactly
         for i, p in trainable:
             if p.grad is None and "anchor" in self.state[p]:
-                F._local(p).copy_(self.state[p]["anchor"])
+                kernels._local(p).copy_(self.state[p]["anchor"])
         self._touched = set()
         self.main.step()
 
@@ -259,4 +259,4 @@ class GoodFit(torch.optim.Optimizer):
             for i, p in self._trainable():
                 if i not in anchors:
                     raise ValueError(f"state_dict is mid-cycle but has no anchor for parameter {i}")
-                self._anchor(p).copy_(F._local(anchors[i]))
+                self._anchor(p).copy_(kernels._local(anchors[i]))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.build import build_report
 from goodfit_cli.report.model import RunSide
 from goodfit_cli.report.render import render_html, render_markdown, verdict
@@ -19,8 +19,8 @@ __all__ = ["RunSide", "build_report", "render_markdown", "render_html", "validat
 def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Validate `report` and write report.json, report.md and report.html into out_dir.
 
-    Each file is written to a temp file in out_dir and renamed over its target, so a reader
-    never sees a half-written file. Returns {"json": path, "md": path, "html": path}.
+    Each file goes through the one atomic writer (goodfit_cli.io.atomic), so a reader never sees
+    a half-written file and a full disk is one UserError line. Returns {"json": path, "md": path, "html": path}.
     """
     errors = validate_report(report)
     if errors:
@@ -31,16 +31,6 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
              "md": render_markdown(report), "html": render_html(report)}
     paths = {}
     for kind, text in texts.items():
-        path = out / f"report.{kind}"
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".report.{kind}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        paths[kind] = path
+        paths[kind] = out / f"report.{kind}"
+        atomic_write(paths[kind], text)
     return paths

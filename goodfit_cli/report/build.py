@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from goodfit_cli import __version__
-from goodfit_cli import metrics as M
+from goodfit_cli.core import metrics as M
 from goodfit_cli.report.model import RunSide
 
 SCHEMA_ID = "goodfit.report/1"

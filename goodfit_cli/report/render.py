@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from html import escape
 
-from goodfit_cli import metrics as M
+from goodfit_cli.core import metrics as M
 from goodfit_cli.report.svg import line_plot
 
 _DASH = "—"

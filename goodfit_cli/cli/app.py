@@ -1,0 +1,389 @@
+"""The `goodfit` command line: Typer wiring only. Rich output lives here and nowhere else.
+
+Exit codes: 0 success, 2 user error (one line; `--debug` for the traceback), 3 a regression gate
+failed, 4 training diverged (NaN/Inf loss; the last good state is kept), 130/143 interrupted by
+SIGINT/SIGTERM (a resumable state was saved), 1 a bug.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from goodfit_cli import __version__
+from goodfit_cli.cli.console import RichEvents, err, log, metrics_table, out, summary_table
+from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
+
+# Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
+# and `goodfit --version` start fast.
+
+app = typer.Typer(
+    name="goodfit",
+    help="Fine-tune a converged model on new data without breaking what it already does.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"goodfit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for every error."),
+) -> None:
+    """Fine-tune a converged model on new data without breaking what it already does."""
+    STATE["debug"] = debug
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to exit codes: UserError 2, GateFailure 3, interruption 130/143, bug 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as e:
+            if STATE["debug"]:
+                traceback.print_exc()
+            # messages quote the user's text (paths, recipe values): never read it as markup
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except Diverged as e:
+            err.print(f"[bold red]training diverged:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except GateFailure as e:
+            err.print(f"[bold red]gate failed:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(3)
+        except Interrupted as e:
+            err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. To "
+                      f"resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+        except Exception as e:  # a bug: say so, and show the traceback on request
+            if STATE["debug"]:
+                traceback.print_exc()
+            else:
+                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                          "(run with --debug for the traceback and report it)",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def load(recipe: str, overrides: list[str] | None):
+    from goodfit_cli.workflows.recipes import load as load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
+    """Log lines and a progress display per run, drawn by Rich."""
+    from goodfit_cli.workflows.stage import Ui
+
+    return Ui(log_fn, lambda label: RichEvents(label, primary))
+
+
+def default_out(recipe_name: str, kind: str) -> Path:
+    return Path("runs") / f"{recipe_name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+@app.command()
+@handled
+def pretrain(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
+    from goodfit_cli.core.distributed import is_main
+    from goodfit_cli.workflows.pretrain import pretrain as run_pretrain
+    from goodfit_cli.workflows.session import Place
+
+    launch_if_asked(nproc)
+    r = load(recipe, overrides)
+    dest = out_dir or default_out(r.name, "base")
+    res = run_pretrain(r, dest, Place(device, seed, data_dir), ui_for(r.primary),
+                       overwrite=overwrite)
+    if not is_main():
+        return
+    out.print(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], r.primary))
+    log(f"checkpoint: {dest / 'model.safetensors'}")
+
+@app.command()
+@handled
+def finetune(
+    base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
+    from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
+    from goodfit_cli.workflows.finetune import finetune as run_finetune
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.session import Place
+
+    launch_if_asked(nproc)
+    place = Place(device, seed, data_dir)
+    if resume is not None:
+        job, place = resume_job(resume, overrides, place, arms=optimizer or None, base=base)
+    else:
+        if recipe is None or base is None:
+            raise UserError("--base and --recipe are required (or --resume DIR)")
+        r = load(recipe, overrides)
+        job = FinetuneJob(r, base, out_dir or default_out(r.name, "finetune"), optimizer or None,
+                          overwrite=overwrite)
+    job.wise = not no_wise
+    job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr)
+    job.junit = junit
+    report = run_finetune(job, place, ui_for(job.recipe.primary))
+    if report:  # rank 0
+        print_report(report, job.out)
+        raise_on_gate_failure(report)
+
+def launch_if_asked(nproc: int) -> None:
+    """`--nproc N` (N > 1): re-run this very command under torchrun with N processes."""
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "goodfit_cli", *argv]
+    log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} "
+        f"-m goodfit_cli {' '.join(argv)}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command()
+@handled
+def compare(
+    base: Path = typer.Argument(..., help="Base checkpoint or run directory."),
+    candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Regression report of candidates against a base; exit 3 when a gate is violated."""
+    from goodfit_cli.workflows.compare import compare as run_compare
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.session import Place
+
+    r = load(recipe, None)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    dest = out_dir or default_out(r.name, "compare")
+    report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,
+                         place=Place(device, None, data_dir), ui=ui_for(r.primary),
+                         overwrite=overwrite)
+    print_report(report, dest)
+    raise_on_gate_failure(report)
+
+def print_report(report: dict[str, Any], dest: Path) -> None:
+    out.print(summary_table(report))
+    log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
+
+
+@app.command("eval")
+@handled
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
+    from goodfit_cli.workflows.evaluate import evaluate
+    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.workflows.stage import Ui
+
+    r = load(recipe, overrides)
+    res, dest = evaluate(r, checkpoint, Place(device, None, data_dir),
+                         Ui(lambda m: err.print(escape(m), highlight=False)), out=json_out)
+    typer.echo(json.dumps(res, indent=2))  # stdout stays pure JSON; where it went is said on stderr
+    err.print(f"written to {escape(str(dest))}", highlight=False, soft_wrap=True)
+
+@app.command()
+@handled
+def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to check.")) -> None:
+    """Check recipes without running them: schema, registry names, model arguments."""
+    from goodfit_cli.workflows.validate import validate as check
+
+    failed = 0
+    for path in recipes:
+        try:
+            r = check(path)
+            out.print(f"[green]ok[/]  {escape(str(path))}  ({escape(r.name)})", highlight=False,
+                      soft_wrap=True)
+        except UserError as e:
+            failed += 1
+            err.print(f"[red]bad[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
+
+@app.command("recipes")
+@handled
+def list_recipes() -> None:
+    """List the shipped recipes."""
+    from goodfit_cli.workflows.recipes import shipped, shipped_dir
+
+    t = Table(title=f"recipes in {escape(str(shipped_dir()))}")
+    t.add_column("name")
+    t.add_column("file")
+    t.add_column("description")
+    for p, r in shipped():
+        if isinstance(r, UserError):
+            t.add_row(escape(p.stem), escape(p.name), f"[red]invalid: {escape(str(r))}")
+        else:
+            t.add_row(escape(r.name), escape(p.name), escape(r.description))
+    out.print(t)
+
+@data_app.command("summary")
+@handled
+def data_summary(
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    as_json: bool = typer.Option(False, "--json"),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Samples and classes per task and split: what a recipe will train and evaluate on."""
+    from goodfit_cli.workflows.datasets import summary as data_of
+
+    r = load(recipe, overrides)
+    summary = data_of(r, data_dir)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    t = Table(title=f"{r.name}: data")
+    for c in ("task", "kind", "split", "samples", "classes"):
+        t.add_column(c)
+    for name, s in summary.items():
+        for split in ("train", "test"):
+            t.add_row(name, s["kind"], split, str(s[split]["samples"]), str(s[split]["classes"] or "-"))
+    out.print(t)
+
+@data_app.command("motion-synth")
+@handled
+def data_motion_synth(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Directory; train/ and test/ shards go inside."),
+    agents: str = typer.Option("car", "--agents", help="Target agents: car | pedestrian."),
+    scenes: int = typer.Option(1000, "--scenes", help="Training scenes."),
+    test_scenes: Optional[int] = typer.Option(None, "--test-scenes", help="Test scenes [default: scenes/10]."),
+    seed: int = typer.Option(0, "--seed"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Scenes per shard file."),
+    max_agents: int = typer.Option(16, "--max-agents", help="Nearby agents kept per scene."),
+    polylines: int = typer.Option(64, "--polylines", help="Map polylines kept per scene."),
+    points: int = typer.Option(10, "--points", help="Points per map polyline (2 m apart)."),
+    lights: int = typer.Option(4, "--lights", help="Traffic lights kept per scene."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace shards already in --out."),
+) -> None:
+    """Synthetic driving scenarios (10 Hz, 1.1 s history, 8 s future) as safetensors shards."""
+    from goodfit_cli.workflows.datasets import write_synthetic
+
+    counts = write_synthetic(out_dir, agents, scenes, test_scenes, seed,
+                             (max_agents, polylines, points, lights), shard_size, overwrite, log)
+    log(f"wrote {counts['train']} train and {counts['test']} test {agents} scenarios to {out_dir}")
+
+
+@app.command()
+@handled
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="A shortened run (well under a minute)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
+    from goodfit_cli.workflows.demo import demo as run_demo
+    from goodfit_cli.workflows.demo import demo_recipe
+    from goodfit_cli.workflows.session import Place
+
+    r = demo_recipe(quick)
+    dest = out_dir or default_out("demo", "quick" if quick else "full")
+    log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)
+    report = run_demo(r, dest, Place(device), ui_for(r.primary))
+    print_report(report, dest / "finetune")
+
+
+def main() -> None:
+    """The console entry point. Under torchrun a rank leaves with os._exit once its output is
+    flushed: the run has already left the process group, and interpreter teardown with the
+    collective library's threads still alive can abort a finished run ("terminate called
+    without an active exception")."""
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

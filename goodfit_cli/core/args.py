@@ -1,0 +1,77 @@
+"""Check recipe `args` against a builder's signature and turn mistakes into one-line UserErrors.
+
+Shared by the model and data registries (and any plugin's builders). `where` names the recipe section ("recipes/toy.yaml:
+model"); errors read "recipes/toy.yaml: model.args: unexpected argument 'hiden'; did you mean
+'hidden'?". A `where` that already ends in ":" is followed by a space instead of a dot.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.core.registry import suggest
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+class ArgError(UserError):
+    """A bad argument value found inside a builder; `key` is its path below `args` ("norm")."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.message = message
+
+
+
+def call_with_args(
+    fn: Callable[..., Any], args: Mapping[str, Any] | None, where: str, *leading: Any
+) -> Any:
+    """Call fn(*leading, **args), reporting unknown/missing args and ArgErrors against `where`."""
+    here = loc(where, "args")
+    if args is None:
+        args = {}
+    if not isinstance(args, Mapping):
+        raise UserError(f"{here}: expected a mapping of argument names to values, got {type(args).__name__}")
+    params = list(inspect.signature(fn).parameters.values())[len(leading) :]
+    named = [p.name for p in params if p.kind in _NAMED]
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    for key in args:
+        if not isinstance(key, str):
+            raise UserError(f"{here}: argument names must be strings, got {key!r}")
+        if key not in named and not var_kw:
+            raise UserError(f"{here}: unexpected argument {key!r}{suggest(key, named)}")
+    for p in params:
+        if p.kind in _NAMED and p.default is inspect.Parameter.empty and p.name not in args:
+            raise UserError(f"{here}: missing required argument {p.name!r}")
+    try:
+        return fn(*leading, **args)
+    except ArgError as e:
+        raise UserError(f"{loc(here, e.key) if e.key else here}: {e.message}") from e
+
+
+def check_int(key: str, value: Any, minimum: int | None = None) -> int:
+    """An int (bools refused), optionally at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgError(key, f"expected an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ArgError(key, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def check_float(key: str, value: Any, minimum: float | None = None) -> float:
+    """A real number (ints accepted, bools refused), optionally at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArgError(key, f"expected a number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ArgError(key, f"must be at least {minimum}, got {value}")
+    return float(value)
+
+
+def check_choice(key: str, value: Any, choices: list[str]) -> str:
+    """One of `choices`, with a did-you-mean otherwise."""
+    if value not in choices:
+        raise ArgError(key, f"unknown value {value!r}{suggest(str(value), choices)}")
+    return value

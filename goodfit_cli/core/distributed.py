@@ -1,0 +1,146 @@
+"""Processes: torchrun's ranks, the device each uses, and stopping together on a signal.
+
+Under torchrun every rank runs the same program; only rank 0 writes files and speaks. A SIGINT
+or SIGTERM sets a flag that the training loop reads between batches (the batch in flight
+finishes, a resumable state is saved, the process exits 130 / 143); the ranks agree on it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+from goodfit_cli.core.errors import UserError
+
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    return dist_info()[0] == 0
+
+
+def resolve_device(name: str) -> torch.device:
+    _, world, local = dist_info()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    if name == "cuda" and world > 1:
+        return torch.device("cuda", local)
+    return torch.device(name)
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join torchrun's process group (NCCL on CUDA, gloo on CPU) once."""
+    import torch.distributed as dist
+
+    if dist_info()[1] > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def finish() -> None:
+    """Leave the process group cleanly (all ranks): a rank that exits with gloo's threads still
+    up can abort with "terminate called without an active exception"."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when any rank says so (signals reach ranks at different batches)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+STOP_CHECK_EVERY = 8  # batches between the ranks' agreement on a stop request (several processes)
+HOLD_ENV = "GOODFIT_HOLD_AT_BATCH"  # see StopFlag.hold_if_asked
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; read by the training loop between batches."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def requested(self, batch: int, device: torch.device) -> bool:
+        """Whether to stop after `batch`.
+
+        One process reads its own flag after every batch (no synchronisation). Several processes
+        agree every STOP_CHECK_EVERY batches, all at the same batches, with one small all-reduce,
+        so a stop costs at most that many extra batches and no batch waits on the host.
+        """
+        self.hold_if_asked(batch)
+        if dist_info()[1] == 1:
+            return self()
+        if batch % STOP_CHECK_EVERY:
+            return False
+        return any_rank(self(), device)
+
+    def hold_if_asked(self, batch: int, timeout_s: float = 600.0) -> None:
+        """With GOODFIT_HOLD_AT_BATCH=N, after batch N say "goodfit: holding at batch N" on
+        stderr and wait (up to 10 minutes) until a signal arrives. For operators and tests that
+        must interrupt a run at a known batch, whatever the machine's speed."""
+        want = os.environ.get(HOLD_ENV)
+        if want is None or not want.isdigit() or int(want) != batch or self():
+            return
+        print(f"goodfit: holding at batch {batch}", file=sys.stderr, flush=True)
+        deadline = time.monotonic() + timeout_s
+        while not self() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+
+    def handler(signum, _frame):
+        if flag.signum is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        flag.signum = signum
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (e.g. some test runners): no handlers
+        pass
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            try:
+                signal.signal(s, h)
+            except ValueError:
+                pass

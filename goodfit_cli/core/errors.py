@@ -1,0 +1,64 @@
+"""What can end a command, each with its exit code: a user's mistake (2), a violated gate (3),
+divergence (4), an interruption (128 + signal). The CLI maps these to exit codes; nothing here
+imports torch, so `goodfit --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class UserError(Exception):
+    """A mistake in the user's input (file, key, tensor, argument): one clear line, exit code 2.
+
+    The message must name what is wrong (the file, the key, the tensor) and, where it helps,
+    what to do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str = "") -> None:
+        # one line, whatever a file or key name smuggles in (a fuzzer found tensor names with \n),
+        # and printable: a lone surrogate (a non-UTF-8 file name, a YAML "\ud83d") is escaped
+        message = str(message).replace("\r", "\\r").replace("\n", "\\n")
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
+
+
+class GateFailure(Exception):
+    """A candidate violated a regression gate (exit code 3)."""
+
+    exit_code = 3
+
+
+class Diverged(Exception):
+    """The training loss became NaN or Inf (exit code 4); the last good state is kept."""
+
+    exit_code = 4
+
+    def __init__(self, batch: int, where: str = "", what: str = "loss is NaN or Inf") -> None:
+        super().__init__(f"{what} at batch {batch}{where}")
+        self.batch = batch
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT/SIGTERM after saving a resumable state (exit 128 + signal)."""
+
+    def __init__(self, signum: int, run_dir: Path, resume: str = "the same command again") -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum, self.run_dir = signum, run_dir
+        self.resume = resume  # how to continue; a pretrain resumes by itself from its --out
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def loc(where: str, key: str) -> str:
+    """Join an error location and a key: ('f.yaml: model', 'args') -> 'f.yaml: model.args'.
+
+    The one place that spells locations: a `where` ending in ':' (a file) is followed by a
+    space, anything else (a section) by a dot.
+    """
+    w = where.rstrip()
+    if not w:
+        return key
+    return f"{w} {key}" if w.endswith(":") else f"{w}.{key}"

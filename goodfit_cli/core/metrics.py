@@ -1,0 +1,172 @@
+"""Task metrics, metric directions, negative/positive flips, paired bootstrap CIs, read-outs.
+
+Classification predictions are int64 class ids (N,); regression predictions are float (N,) or
+(N, D) next to a target of the same shape. Every metric's direction (+1 higher is better, -1
+lower is better) comes from METRIC_DIRECTIONS, or from the prefix rule in `direction`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from goodfit_cli.core.errors import UserError
+
+METRIC_DIRECTIONS: dict[str, int] = {
+    "accuracy": +1, "balanced_accuracy": +1, "top1": +1, "top5": +1, "f1": +1, "auc": +1,
+    "pfr": +1,                                   # positive flip rate: more fixes is better
+    "mse": -1, "rmse": -1, "mae": -1, "loss": -1, "nfr": -1, "error": -1,
+}
+_LOWER_PREFIXES = ("ade", "fde", "miss", "mse", "rmse", "mae", "loss", "error")
+_RATE_PREFIXES = ("accuracy", "balanced_accuracy", "top1", "top5", "nfr", "pfr", "miss")
+
+
+def direction(metric: str) -> int:
+    """+1 if higher is better, -1 if lower is better; UserError for an unknown direction."""
+    if metric in METRIC_DIRECTIONS:
+        return METRIC_DIRECTIONS[metric]
+    if metric.lower().startswith(_LOWER_PREFIXES):   # ade@3s, fde@8s, miss@8s, mse_old, loss/ce
+        return -1
+    known = ", ".join(sorted(METRIC_DIRECTIONS))
+    raise UserError(f"metric {metric!r} has no known direction (known: {known}; names starting "
+                    f"with {'/'.join(_LOWER_PREFIXES)} are lower-is-better)")
+
+
+def is_known(metric: str) -> bool:
+    """True when `direction(metric)` would succeed."""
+    return metric in METRIC_DIRECTIONS or metric.lower().startswith(_LOWER_PREFIXES)
+
+
+def is_rate(metric: str) -> bool:
+    """True for metrics that are shares in [0, 1] (accuracy, flip and miss rates): shown in %."""
+    return metric.lower().startswith(_RATE_PREFIXES)
+
+
+# ---------------------------------------------------------------- point metrics
+def _check_pair(pred: torch.Tensor, target: torch.Tensor) -> None:
+    if pred.shape[0] != target.shape[0]:
+        raise ValueError(f"pred has {pred.shape[0]} samples but target has {target.shape[0]}")
+    if pred.shape[0] == 0:
+        raise ValueError("no samples to evaluate")
+
+
+def correct(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: class id `pred` equals `target`."""
+    _check_pair(pred, target)
+    return pred.reshape(-1) == target.reshape(-1)
+
+
+def accuracy(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of samples whose predicted class id equals the target."""
+    return correct(pred, target).double().mean().item()
+
+
+def per_class_accuracy(pred: torch.Tensor, target: torch.Tensor) -> dict[int, tuple[float, int]]:
+    """{class id: (accuracy on that class's samples, number of samples)} for classes in target."""
+    hit = correct(pred, target).double()
+    target = target.reshape(-1).long()
+    classes, inverse, counts = torch.unique(target, return_inverse=True, return_counts=True)
+    hits = torch.zeros(len(classes), dtype=torch.float64).index_add_(0, inverse, hit)
+    return {int(c): (float(h / n), int(n)) for c, h, n in zip(classes, hits, counts)}
+
+
+def per_sample_sq_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N,) float64: squared error of each sample, averaged over its D outputs."""
+    _check_pair(pred, target)
+    diff = pred.double().reshape(pred.shape[0], -1) - target.double().reshape(target.shape[0], -1)
+    return diff.pow(2).mean(dim=1)
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean squared error over all samples and outputs (= mean of per_sample_sq_error)."""
+    return per_sample_sq_error(pred, target).mean().item()
+
+
+def flips(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Tensor) -> dict:
+    """Negative/positive flips of an arm against the base on the same samples (Yan et al. 2021).
+
+    nfr = #(base right, arm wrong) / N and pfr = #(base wrong, arm right) / N, where N counts
+    ALL evaluated samples (not only those the base got right).
+    """
+    base_ok, arm_ok = correct(base_pred, target), correct(arm_pred, target)
+    n = base_ok.numel()
+    n_neg = int((base_ok & ~arm_ok).sum())
+    n_pos = int((~base_ok & arm_ok).sum())
+    return {"nfr": n_neg / n, "pfr": n_pos / n, "n_neg": n_neg, "n_pos": n_pos, "n": n}
+
+
+# ---------------------------------------------------------------- bootstrap
+def bootstrap_ci(stat_fn: Callable[..., torch.Tensor], *arrays: torch.Tensor, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Paired percentile bootstrap CI of `stat_fn` over samples.
+
+    One index matrix (n_boot, N) is drawn and applied to every array, so paired statistics (arm
+    minus base on the same samples) keep their pairing. `stat_fn` is vectorised: it receives
+    each array resampled to shape (b, N, ...) and returns (b,) statistics, e.g.
+    `lambda d: d.mean(dim=1)`. Deterministic for a given seed and N.
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array")
+    n = arrays[0].shape[0]
+    if n == 0 or any(a.shape[0] != n for a in arrays):
+        raise ValueError(f"bootstrap_ci needs non-empty arrays of equal length, got "
+                         f"{[a.shape[0] for a in arrays]}")
+    if not 0 < alpha < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={alpha}, n_boot={n_boot}")
+    gen = torch.Generator().manual_seed(seed)
+    chunk = max(1, min(n_boot, (1 << 24) // n))   # bound memory at ~16M indices per chunk
+    stats = []
+    for start in range(0, n_boot, chunk):
+        idx = torch.randint(0, n, (min(chunk, n_boot - start), n), generator=gen)  # (b, N)
+        stats.append(stat_fn(*(a[idx] for a in arrays)).double().reshape(-1))
+    stats = torch.cat(stats)                                                        # (n_boot,)
+    q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(stats, q).tolist()
+    return lo, hi
+
+
+def _mean(x: torch.Tensor) -> torch.Tensor:
+    return x.double().mean(dim=1)
+
+
+def delta_ci_classification(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Tensor,
+                            **boot) -> dict:
+    """Accuracy delta (arm - base), nfr and pfr, each with a paired bootstrap CI, plus counts."""
+    base_ok, arm_ok = correct(base_pred, target), correct(arm_pred, target)
+    d = arm_ok.double() - base_ok.double()                   # (N,) +1 fixed, -1 broken, 0 same
+    out = flips(base_pred, arm_pred, target)
+    out["delta"] = d.mean().item()
+    out["ci"] = bootstrap_ci(_mean, d, **boot)
+    out["nfr_ci"] = bootstrap_ci(_mean, (d < 0).double(), **boot)
+    out["pfr_ci"] = bootstrap_ci(_mean, (d > 0).double(), **boot)
+    return out
+
+
+def delta_ci_regression(base_err: torch.Tensor, arm_err: torch.Tensor, **boot) -> dict:
+    """Delta of the mean per-sample error (arm - base) with a paired bootstrap CI."""
+    d = arm_err.double().reshape(-1) - base_err.double().reshape(-1)   # (N,)
+    return {"delta": d.mean().item(), "ci": bootstrap_ci(_mean, d, **boot)}
+
+
+# ---------------------------------------------------------------- trade-off read-out
+def fit_tradeoff_curve(new_vals: Sequence[float], old_vals: Sequence[float],
+                       read_at: Sequence[float], degree: int = 2) -> dict[float, float | None]:
+    """Fit old = poly(new) by least squares over an arm's path and read it at `read_at`.
+
+    The degree is min(degree, distinct new values - 1). Values outside the range of the path's
+    new-task values read as None: the fit is never extrapolated. Non-finite points are dropped.
+    """
+    x = np.asarray(new_vals, dtype=np.float64)
+    y = np.asarray(old_vals, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"{x.size} new values but {y.size} old values")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if x.size == 0:
+        return {float(v): None for v in read_at}
+    deg = max(0, min(degree, np.unique(x).size - 1))
+    coef = np.polyfit(x, y, deg)
+    lo, hi = x.min(), x.max()
+    return {float(v): (float(np.polyval(coef, v)) if lo <= v <= hi else None) for v in read_at}

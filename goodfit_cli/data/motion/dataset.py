@@ -1,0 +1,84 @@
+"""The `motion` dataset: old and new motion tasks from shard directories, or generated in memory."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from goodfit_cli.core.args import ArgError, check_int
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.motion.format import SPLITS, MotionLayout, fit_layout, read_shards
+
+
+def _split(fields: Mapping[str, Tensor], layout: MotionLayout) -> Split:
+    f = fit_layout(fields, layout)
+    return Split(layout.pack(f), layout.target(f))
+
+
+def _synthetic_args(synthetic: Any, ctx: Any) -> tuple[int, int, int]:
+    if not isinstance(synthetic, Mapping):
+        raise ArgError("synthetic", f"expected a mapping {{scenes, test_scenes, seed}}, got {synthetic!r}")
+    for k in synthetic:
+        if k not in ("scenes", "test_scenes", "seed"):
+            raise ArgError(f"synthetic.{k}", "unexpected key; expected scenes, test_scenes, seed")
+    scenes = check_int("synthetic.scenes", synthetic.get("scenes", 1000), 1)
+    test = check_int("synthetic.test_scenes", synthetic.get("test_scenes", max(1, scenes // 10)), 1)
+    seed = check_int("synthetic.seed", synthetic.get("seed", ctx.seed), 0)
+    return scenes, test, seed
+
+
+def motion(
+    ctx: Any,
+    old: str = "car",
+    new: str = "pedestrian",
+    synthetic: Mapping[str, Any] | None = None,
+    agents: int = 16,
+    polylines: int = 64,
+    points: int = 10,
+    lights: int = 4,
+) -> dict[str, Task]:
+    """Old and new motion tasks, from shard directories or generated in memory.
+
+    Without `synthetic`, `old` and `new` are directories (relative to the data dir) each holding
+    `train/` and `test/` shards. With `synthetic: {scenes, test_scenes, seed}` they are agent
+    types (car | pedestrian) and the scenes are generated here, exactly as
+    `goodfit data motion-synth --agents TYPE --seed S` would write them: the old task with seed
+    S, the new task with seed S + 1 (so car→car fine-tunes on other scenes).
+    """
+    layout = MotionLayout(check_int("agents", agents, 0), check_int("polylines", polylines, 1),
+                          check_int("points", points, 1), check_int("lights", lights, 0))
+    tasks = {}
+    if synthetic is not None:
+        from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
+
+        scenes, test_scenes, seed = _synthetic_args(synthetic, ctx)
+        for offset, (name, kind) in enumerate((("old", old), ("new", new))):
+            if kind not in AGENT_KINDS:
+                raise ArgError(name, f"with synthetic data, expected an agent type "
+                                     f"({' | '.join(AGENT_KINDS)}), got {kind!r}")
+            splits = [_split({k: torch.from_numpy(v) for k, v in
+                              generate(kind, n, seed + offset, split, layout).items()}, layout)
+                      for split, n in (("train", scenes), ("test", test_scenes))]
+            tasks[name] = Task(name, "regression", *splits)
+        return tasks
+    for name, path in (("old", old), ("new", new)):
+        if not isinstance(path, str) or not path:
+            raise ArgError(name, f"expected a directory with train/ and test/ shards, got {path!r}")
+        root = os.path.expanduser(path)
+        if ctx.data_dir is not None and not os.path.isabs(root):
+            root = os.path.join(ctx.data_dir, root)
+        if not os.path.isdir(root):
+            raise ArgError(name, f"directory not found: {root} (write one with `goodfit data "
+                                 f"motion-synth --out DIR`, or give synthetic: {{scenes: N}})")
+        splits = []
+        for split in SPLITS:
+            try:
+                splits.append(_split(read_shards(os.path.join(root, split)), layout))
+            except UserError as e:
+                raise ArgError(name, str(e)) from None
+        tasks[name] = Task(name, "regression", *splits)
+    return tasks

@@ -1,0 +1,254 @@
+"""Motion-prediction scenarios: the tensor format and sharded safetensors I/O.
+
+One scenario = one target agent at its current time, everything in the target-centric,
+heading-aligned frame (docs/motion-data.md lists every field, its shape and unit). Scenarios are
+stored as shards `DIR/{train,test}/shard-NNNNN.safetensors`, one tensor per field with the scene
+axis first. A Split packs a scenario's input fields into ONE float row (`MotionLayout.pack`) and
+its target into `y` (N, 80, 3) = (x, y, valid) per future step; the model unpacks with views.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import checkpoint as ckpt
+
+HZ = 10
+HISTORY = 11  # 1.1 s: steps t = -1.0 … 0.0 s; index 10 is the current step
+FUTURE = 80  # 8 s: steps t = 0.1 … 8.0 s
+AGENT_FEATURES = ("x", "y", "vx", "vy", "cos_heading", "sin_heading")  # m, m/s, unit vector
+AGENT_TYPES = ("car", "pedestrian", "cyclist")
+MAP_TYPES = ("lane", "sidewalk", "crosswalk", "stop_line")
+MAP_FEATURES = ("x", "y", "dir_x", "dir_y", *(f"is_{t}" for t in MAP_TYPES))
+LIGHT_STATES = ("red", "yellow", "green")
+LIGHT_FEATURES = ("stop_x", "stop_y", *LIGHT_STATES)
+SHARD_FORMAT = "goodfit-motion/1"  # metadata["motion_format"] of every shard
+TARGET_FIELDS = {"target_future": (FUTURE, 2), "target_future_valid": (FUTURE,)}
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class MotionLayout:
+    """How many nearby agents, map polylines (of `points` points) and traffic lights a scenario holds."""
+
+    agents: int = 16
+    polylines: int = 64
+    points: int = 10
+    lights: int = 4
+
+    def input_fields(self) -> dict[str, tuple[int, ...]]:
+        """Input fields in packing order, each with its per-scenario shape."""
+        h, a, p, l, k = HISTORY, self.agents, self.polylines, self.points, self.lights
+        return {
+            "target_history": (h, len(AGENT_FEATURES)), "target_valid": (h,),
+            "target_type": (len(AGENT_TYPES),),
+            "agents_history": (a, h, len(AGENT_FEATURES)), "agents_valid": (a, h),
+            "agents_type": (a, len(AGENT_TYPES)),
+            "map_points": (p, l, len(MAP_FEATURES)), "map_valid": (p, l),
+            "lights_state": (k, h, len(LIGHT_FEATURES)), "lights_valid": (k, h),
+        }
+
+    def fields(self) -> dict[str, tuple[int, ...]]:
+        """Every stored field (inputs, then the target's future)."""
+        return {**self.input_fields(), **TARGET_FIELDS}
+
+    @property
+    def size(self) -> int:
+        """Floats per packed input row."""
+        return sum(int(np.prod(s)) for s in self.input_fields().values())
+
+    def pack(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """Input fields (N, *shape) → (N, size) float32; masked-out values are zeroed first."""
+        f = zero_masked(fields)
+        n = len(f["target_history"])
+        return torch.cat([f[k].reshape(n, -1).float() for k in self.input_fields()], dim=1)
+
+    def unpack(self, x: Tensor) -> dict[str, Tensor]:
+        """(B, size) → {field: (B, *shape)} views into x (masks as 0/1 floats)."""
+        if x.ndim != 2 or x.shape[1] != self.size:
+            raise UserError(f"motion input has shape {tuple(x.shape)}, expected (B, {self.size}) for "
+                            f"{self}; the model's and the data's agents/polylines/points/lights must match")
+        out, i = {}, 0
+        for name, shape in self.input_fields().items():
+            n = int(np.prod(shape))
+            out[name] = x[:, i:i + n].view(x.shape[0], *shape)
+            i += n
+        return out
+
+    def target(self, fields: Mapping[str, Tensor]) -> Tensor:
+        """(N, 80, 3): future (x, y) of the target and its validity (0/1), invalid steps zeroed."""
+        valid = fields["target_future_valid"].float()
+        return torch.cat([fields["target_future"].float() * valid[..., None], valid[..., None]], dim=-1)
+
+
+def zero_masked(fields: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A copy with every value under a False mask set to 0 (masks become 0/1 floats)."""
+    f = dict(fields)
+    for feat, mask in (("target_history", "target_valid"), ("agents_history", "agents_valid"),
+                       ("map_points", "map_valid"), ("lights_state", "lights_valid"),
+                       ("target_future", "target_future_valid")):
+        if feat in f:
+            m = f[mask].float()
+            f[mask] = m
+            f[feat] = f[feat].float() * m[..., None]
+    return f
+
+
+def layout_of(fields: Mapping[str, Any]) -> MotionLayout:
+    """The layout a set of stored fields was written with (from the field shapes)."""
+    mp = fields["map_points"]
+    return MotionLayout(agents=fields["agents_history"].shape[1], polylines=mp.shape[1],
+                        points=mp.shape[2], lights=fields["lights_state"].shape[1])
+
+
+def fit_layout(fields: Mapping[str, Tensor], layout: MotionLayout) -> dict[str, Tensor]:
+    """Crop or zero-pad stored fields (N, …) to `layout`: the first agents / polylines / points /
+    lights are kept (writers store them nearest to the target first); padding is masked out."""
+    want = layout.fields()
+    out = {}
+    for name, shape in want.items():
+        t = fields[name]
+        n = len(t)
+        for axis, size in enumerate(shape, start=1):
+            have = t.shape[axis]
+            if have > size:
+                t = t.narrow(axis, 0, size)
+            elif have < size:
+                pad_shape = list(t.shape)
+                pad_shape[axis] = size - have
+                t = torch.cat([t, torch.zeros(pad_shape, dtype=t.dtype)], dim=axis)
+        assert t.shape == (n, *shape), (name, t.shape, shape)
+        out[name] = t
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# shards: the converter interface
+
+
+def check_fields(fields: Mapping[str, Any], where: str) -> int:
+    """Validate a batch of scenario fields (N, …): names, shapes and dtypes; return N."""
+    missing = [k for k in MotionLayout().fields() if k not in fields]
+    if missing:
+        raise UserError(f"{where}: missing field {missing[0]!r} (see docs/motion-data.md)")
+    layout = layout_of(fields)
+    n = len(fields["target_history"])
+    for name, shape in layout.fields().items():
+        t = fields[name]
+        if tuple(t.shape) != (n, *shape):
+            raise UserError(f"{where}: field {name!r} has shape {tuple(t.shape)}, expected "
+                            f"{(n, *shape)} (N scenes first; see docs/motion-data.md)")
+        is_mask = name.endswith("_valid")
+        dt = str(t.dtype)
+        if is_mask and "bool" not in dt:
+            raise UserError(f"{where}: mask {name!r} must be bool, got {dt}")
+        if not is_mask and "float" not in dt:
+            raise UserError(f"{where}: field {name!r} must be floating point, got {dt}")
+    return n
+
+
+class ShardWriter:
+    """Write scenarios as `OUT/<split>/shard-00000.safetensors`, … atomically, `shard_size` each.
+
+    The converter interface: turn each scene of your logs into the documented fields (numpy
+    arrays without the scene axis), then
+
+        with ShardWriter("data/motion/mycity", "train", metadata={"source": "my logs"}) as w:
+            for scene in my_scenes():
+                w.add(scene_fields(scene))
+
+    `add_batch` takes fields that already have the scene axis first.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, split: str, shard_size: int = 1000,
+                 metadata: Mapping[str, Any] | None = None) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+        self.dir = Path(out_dir) / split
+        self.split, self.shard_size, self.metadata = split, shard_size, dict(metadata or {})
+        self.buffer: list[dict[str, np.ndarray]] = []
+        self.pending = 0
+        self.written: list[Path] = []
+        self.scenes = 0
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {self.dir}: {e.strerror or e}") from None
+
+    def add(self, scene: Mapping[str, Any]) -> None:
+        self.add_batch({k: np.asarray(v)[None] for k, v in scene.items()})
+
+    def add_batch(self, fields: Mapping[str, Any]) -> None:
+        batch = {k: np.asarray(v) for k, v in fields.items()}
+        n = check_fields(batch, f"{self.dir}: scenes {self.scenes + self.pending}+")
+        self.buffer.append(batch)
+        self.pending += n
+        while self.pending >= self.shard_size:
+            self._flush(self.shard_size)
+
+    def _flush(self, n: int) -> None:
+        merged = {k: np.concatenate([b[k] for b in self.buffer]) for k in self.buffer[0]}
+        shard = {k: torch.from_numpy(np.ascontiguousarray(v[:n])) for k, v in merged.items()}
+        rest = {k: v[n:] for k, v in merged.items()}
+        self.buffer = [rest] if len(rest["target_history"]) else []
+        self.pending -= n
+        path = self.dir / f"shard-{len(self.written):05d}.safetensors"
+        meta = {**self.metadata, "motion_format": SHARD_FORMAT, "split": self.split,
+                "first_scene": self.scenes, "scenes": n}
+        ckpt.save_model(path, shard, meta)
+        self.written.append(path)
+        self.scenes += n
+
+    def close(self) -> list[Path]:
+        if self.pending:
+            self._flush(self.pending)
+        return self.written
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def shard_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("shard-*.safetensors"))
+
+
+def read_shards(directory: str | os.PathLike) -> dict[str, Tensor]:
+    """All shards of one split directory, concatenated in file-name order."""
+    d = Path(directory)
+    files = shard_files(d) if d.is_dir() else []
+    if not files:
+        raise UserError(f"{d}: no shard-*.safetensors files; write some with "
+                        f"`goodfit data motion-synth --out DIR` or a ShardWriter")
+    parts, layout = [], None
+    for f in files:
+        tensors, meta = ckpt.load_model(f)
+        if meta.get("motion_format") != SHARD_FORMAT:
+            raise UserError(f"{f}: not a motion shard (metadata motion_format is "
+                            f"{meta.get('motion_format')!r}, expected {SHARD_FORMAT!r})")
+        check_fields(tensors, str(f))
+        if layout is None:
+            layout = layout_of(tensors)
+        elif layout_of(tensors) != layout:
+            raise UserError(f"{f}: sizes {layout_of(tensors)} differ from the first shard's {layout}")
+        parts.append(tensors)
+    return {k: torch.cat([p[k] for p in parts]) for k in layout.fields()}
+
+
+def iter_scenes(fields: Mapping[str, Tensor]) -> Iterator[dict[str, Tensor]]:
+    """One dict per scene (for inspection and converters' tests)."""
+    for i in range(len(fields["target_history"])):
+        yield {k: v[i] for k, v in fields.items()}

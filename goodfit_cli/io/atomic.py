@@ -1,0 +1,121 @@
+"""The one atomic writer: every file goodfit writes goes through `atomic_path` or `atomic_write`.
+
+The guarantees, the same for a checkpoint, a report, a JUnit file or a line of JSON:
+- a reader never sees a half-written file: the data goes to a temp file beside the target,
+  is fsynced, renamed over the target, and the folder is fsynced (the rename survives a crash);
+- an existing file is replaced only once the new one is complete: on any failure (disk full,
+  an interrupt) the temp file is removed and the target is untouched;
+- nothing follows a link it did not make: the temp file is created exclusively with an
+  unpredictable name (O_CREAT | O_EXCL | O_NOFOLLOW), and a target that is a symbolic link is
+  refused;
+- files are created with the process umask (0666 & ~umask), so a teammate or a CI runner with
+  another uid can read what a container wrote;
+- an OSError becomes one UserError line naming the file ("nothing was overwritten").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.core.errors import UserError
+
+_NAME_MAX = 255  # bytes in one file name on the usual Linux file systems
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _temp_name(target: Path) -> Path:
+    """`.NAME.tmp-PID-RANDOM` beside the target; NAME shortened so the whole stays legal."""
+    suffix = f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
+    stem = target.name
+    room = _NAME_MAX - len(suffix.encode()) - 1
+    while len(stem.encode("utf-8", "surrogateescape")) > room:
+        stem = stem[:-1]
+    return target.with_name(f".{stem}{suffix}")
+
+
+def refuse_symlink(target: Path) -> None:
+    """A final name that is a symbolic link is a user error: replacing it would write elsewhere."""
+    if target.is_symlink():
+        raise UserError(f"refusing to write {target}: it is a symbolic link (remove it, or "
+                        "choose another output path)")
+
+
+def create_exclusive(path: Path) -> None:
+    """Create an empty regular file that did not exist, never through a link; umask applies."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temp file next to `path`; on success fsync it and rename it onto `path`.
+
+    The caller writes the temp file by name (a library's own writer may reopen it). On any
+    exception (KeyboardInterrupt included) the temp file is removed and the exception re-raised,
+    so `path` is never half-written and an existing file is left untouched.
+    """
+    target = Path(path)
+    refuse_symlink(target)
+    tmp = _temp_name(target)
+    try:
+        create_exclusive(tmp)
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError):
+            reason = e.strerror or str(e)
+            raise UserError(f"cannot write {target}: {reason} (nothing was overwritten)") from e
+        raise
+    fsync_dir(target.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename durable; some platforms and filesystems cannot fsync a directory."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write `data` (text is UTF-8) to `path` atomically (see atomic_path)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with atomic_path(path) as tmp, open(tmp, "r+b") as f:
+        f.write(data)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def probe_writable(directory: Path) -> None:
+    """Check that files can be created in `directory` (exclusively, with a random name)."""
+    probe = directory / f".goodfit-write-test-{secrets.token_hex(8)}"
+    create_exclusive(probe)
+    probe.unlink()

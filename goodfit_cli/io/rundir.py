@@ -1,0 +1,133 @@
+"""The run directory: its layout, and reading and writing its files atomically.
+
+    RUN/recipe.yaml  run.json  report.{json,md,html}
+    RUN/base/metrics.json  predictions.safetensors
+    RUN/<arm>/model.safetensors  metrics.jsonl  predictions.safetensors  summary.json
+             state-<batch>.safetensors   (the last K resumable states while unfinished)
+
+A pretrain writes the same files as one arm, in its own directory. Nothing here overwrites a
+checkpoint: an existing one is renamed aside.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import probe_writable
+
+Log = Callable[[str], None]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class RunResult:
+    name: str
+    dir: Path
+    metrics: dict[str, dict[str, float]]
+    predictions: dict[str, dict[str, torch.Tensor]]
+    curve: list[dict] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def keep_previous(path: Path) -> None:
+    """A checkpoint is never clobbered: an existing one is kept aside (`.prev-<time>`).
+
+    It is linked (copied where links are impossible), not renamed: until the new file replaces
+    it, `path` still holds the old one, so a failed write (disk full) leaves it where it was.
+    """
+    if path.exists():
+        aside = path.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}{path.suffix}")
+        n = 1
+        while aside.exists():
+            aside = aside.with_name(f"{path.stem}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}{path.suffix}")
+            n += 1
+        try:
+            os.link(path, aside)
+        except OSError:
+            shutil.copy2(path, aside)
+
+
+def state_files(out: Path) -> list[Path]:
+    """Resumable states of a stage, oldest first."""
+    return sorted(out.glob("state-*.safetensors")) if out.is_dir() else []
+
+
+def remove_stale_temps(out: Path) -> None:
+    """Temp files of atomic writes whose process died (SIGKILL, power loss) before the rename."""
+    for tmp in out.glob(".*.tmp-*") if out.is_dir() else []:
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            tmp.unlink(missing_ok=True)
+
+
+def newest_state(out: Path, log: Log) -> dict[str, Any] | None:
+    """The newest state that loads; a damaged newer one (e.g. from a crash) is skipped."""
+    remove_stale_temps(out)
+    for path in reversed(state_files(out)):
+        try:
+            return ckpt.load_state(path)
+        except UserError as e:
+            log(f"skipping damaged state {path.name}: {e}")
+    return None
+
+
+def prepare_out(out: Path, *, overwrite: bool, resume: bool,
+                resume_hint: str = ", or --resume to continue it") -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path exists and is not a directory: {out}")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        raise UserError(f"output directory {out} already exists and is not empty "
+                        f"(pass --overwrite to write into it{resume_hint})")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_writable(out)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
+
+
+def save_predictions(path: Path, preds: dict[str, dict]) -> None:
+    """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors."""
+    flat = {}
+    for task, d in preds.items():
+        for k, v in d.items():
+            if isinstance(v, dict):
+                flat.update({f"{task}.{k}.{m}": t for m, t in v.items()})
+            else:
+                flat[f"{task}.{k}"] = v
+    ckpt.save_model(path, flat, {"content": "per-sample predictions on the test splits"})
+
+
+def load_predictions(path: Path) -> dict[str, dict]:
+    preds: dict[str, dict] = {}
+    if not path.exists():
+        return preds
+    tensors, _ = ckpt.load_model(path)
+    for key, v in tensors.items():
+        task, _, rest = key.partition(".")
+        if rest.startswith("per_sample."):
+            preds.setdefault(task, {}).setdefault("per_sample", {})[rest[len("per_sample."):]] = v
+        else:
+            preds.setdefault(task, {})[rest] = v
+    return preds
+
+
+def load_result(arm_dir: Path) -> RunResult:
+    summary = json.loads((arm_dir / "summary.json").read_text())
+    preds = load_predictions(arm_dir / "predictions.safetensors")
+    return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
+                     read_jsonl(arm_dir / "metrics.jsonl"), summary)

@@ -1,0 +1,27 @@
+"""Recipes: YAML -> validated dataclasses (schema.py), with located, typed checks (yamlcheck.py).
+
+`load_recipe(path, overrides)` is the entry point; errors name the file, line and key.
+"""
+
+from goodfit_cli.recipe.schema import (
+    LOSSES,
+    METRICS,
+    OPTIMIZERS,
+    SCHEDULERS,
+    Component,
+    GoodFitSpec,
+    OptimizerSpec,
+    Recipe,
+    SchedulerSpec,
+    StageSpec,
+    TaskSpec,
+    apply_overrides,
+    load_recipe,
+    parse_override,
+    parse_recipe,
+    recipe_dict,
+)
+
+__all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
+           "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",
+           "load_recipe", "parse_override", "parse_recipe", "recipe_dict"]

@@ -1,0 +1,290 @@
+"""Recipes: YAML → validated dataclasses, `key.sub=value` overrides, errors with file:line.
+
+A recipe names registered components (models, data, optimizers, schedulers); it never imports
+code. Every key is checked against the schema below: an unknown key, a wrong type or a bad value is
+one UserError naming the file, the line and the key, with "did you mean" where it helps.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.core.registry import suggest
+from goodfit_cli.recipe.yamlcheck import (
+    REQUIRED,
+    Ctx,
+    boolean,
+    integer,
+    list_of,
+    mapping_any,
+    number,
+    optional,
+    parse_yaml,
+    section,
+    string,
+    type_name,
+)
+
+OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")
+SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
+LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
+METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
+
+
+# ---------------------------------------------------------------------------------------------
+# the validated recipe
+
+
+@dataclass
+class Component:
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSpec:
+    loss: str  # a registered objective (goodfit_cli.objectives)
+    metrics: list[str]
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerSpec:
+    name: str
+    lr: float
+    kwargs: dict[str, Any] = field(default_factory=dict)  # momentum, weight_decay, betas, ...
+
+
+@dataclass
+class SchedulerSpec:
+    name: str = "none"
+    args: dict[str, Any] = field(default_factory=dict)  # counted in batches
+
+
+@dataclass
+class GoodFitSpec:
+    main: str | None = None  # main optimizer name; default: the stage's optimizer
+    n_ref: int = 1
+    ref_ratio: float = 10.0
+    projection: str = "global"
+
+
+@dataclass
+class StageSpec:
+    optimizer: OptimizerSpec
+    batch_size: int
+    steps: int | None = None  # batches
+    epochs: int | None = None  # passes over the training split
+    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
+    goodfit: GoodFitSpec = field(default_factory=GoodFitSpec)
+    arms: list[str] = field(default_factory=list)
+    arm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    name: str
+    description: str
+    model: Component
+    data: Component
+    old_task: TaskSpec
+    new_task: TaskSpec
+    pretrain: StageSpec
+    finetune: StageSpec
+    eval_every: int = 100
+    eval_batch_size: int = 1024
+    readout: dict[str, Any] | None = None
+    checkpoint_every: int = 0  # batches between resumable states (0: only on interruption)
+    checkpoint_keep: int = 2
+    nonfinite: str = "stop"  # a NaN/Inf training loss: stop (exit 4) or skip the batch
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile the model for training
+    data_dir: str | None = None
+    source: str = "<recipe>"  # the file it came from
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
+
+    @property
+    def sha256(self) -> str:
+        blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+    @property
+    def primary(self) -> dict[str, str]:
+        """Each task's primary metric (its first listed): what tables, gates and plots lead with."""
+        return {"old": self.old_task.metrics[0], "new": self.new_task.metrics[0]}
+
+    def at(self, section: str) -> str:
+        """The error location of a section of this recipe: 'recipes/toy.yaml: model'."""
+        return loc(f"{self.source}:", section)
+
+
+# ---------------------------------------------------------------------------------------------
+# schema: key → (checker, default); a default of REQUIRED means the key must be present
+
+def arm_name(v: Any, ctx: Ctx) -> str:
+    s = string()(v, ctx)
+    kind, _, base = s.partition(":")
+    if kind in ("goodfit", "head_only"):
+        if base and base not in OPTIMIZERS:
+            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{suggest(base, list(OPTIMIZERS))}")
+    elif base or kind not in OPTIMIZERS:
+        names = [*OPTIMIZERS, "head_only", "goodfit"]
+        raise ctx.fail(f"unknown arm {s!r}{suggest(s, names)} "
+                       "(an optimizer, head_only[:opt] or goodfit[:opt])")
+    return s
+
+
+OPTIMIZER = section({"name": (string(OPTIMIZERS), REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
+                     "momentum": (number(minimum=0.0), None), "weight_decay": (number(0.0), None),
+                     "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
+                     "alpha": (number(0.0), None), "nesterov": (optional(boolean), None)})
+SCHEDULER = section({"name": (string(SCHEDULERS), "none"), "args": (mapping_any, {})})
+GOODFIT = section({"main": (optional(string(OPTIMIZERS)), None), "n_ref": (integer(1), 1),
+                   "ref_ratio": (number(positive=True), 10.0),
+                   "projection": (string(("global", "tensor")), "global")})
+STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
+              "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
+              "scheduler": (SCHEDULER, {"name": "none", "args": {}})}
+FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
+                 "arm_overrides": (mapping_any, {})}
+COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
+TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
+                "args": (mapping_any, {})})
+TOP = section({
+    "name": (string(), REQUIRED), "description": (string(), ""),
+    "model": (COMPONENT, REQUIRED), "data": (COMPONENT, REQUIRED),
+    "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
+    "pretrain": (section(STAGE_KEYS), REQUIRED), "finetune": (section(FINETUNE_KEYS), REQUIRED),
+    "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
+    "report": (section({"readout": (optional(mapping_any), None)}), {}),
+    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2)}), {}),
+    "nonfinite": (string(("stop", "skip")), "stop"),
+    "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
+    "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
+    "compile": (boolean, False),
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'finetune.optimizer.lr=1e-3' → (['finetune', 'optimizer', 'lr'], 0.001)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"override {item!r}: expected key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if parsed.lower() not in ("nan", "inf", "-inf") else parsed
+        except ValueError:
+            pass
+    return key.strip().split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        keys, value = parse_override(item)
+        node = raw
+        for k in keys[:-1]:
+            nxt = node.get(k) if isinstance(node, dict) else None
+            if nxt is None:
+                nxt = node[k] = {}
+            if not isinstance(nxt, dict):
+                raise UserError(f"override {item!r}: {k!r} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    p = Path(path)
+    source = str(path)
+    if not p.exists():
+        raise UserError(f"recipe not found: {source}")
+    if p.is_dir():
+        raise UserError(f"{source}: is a directory, expected a recipe YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{source}: cannot read the recipe: {e}") from None
+    return parse_recipe(text, source, overrides or [], base_dir=p.parent)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | None = None,
+                 base_dir: Path | None = None) -> Recipe:
+    data, marks = parse_yaml(text, source)
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: a recipe is a YAML mapping, got {type_name(data)}")
+    raw = apply_overrides(data, overrides or [])
+    # overridden keys are reported as overrides, not by a line of the file
+    overridden = frozenset(tuple(parse_override(item)[0]) for item in overrides or [])
+    ctx = Ctx(source, marks, (), overridden)
+    v = TOP(raw, ctx)
+    for stage in ("pretrain", "finetune"):
+        st = v[stage]
+        if (st["steps"] is None) == (st["epochs"] is None):
+            raise ctx.child(stage).fail("give exactly one of steps or epochs")
+    ft = v["finetune"]
+    for arm, over in ft["arm_overrides"].items():
+        arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))
+        allowed = {"steps", "epochs", "batch_size", "lr"}
+        for key in (over or {}):
+            if key not in allowed:
+                raise ctx.child("finetune").child("arm_overrides").child(arm).child(key).fail(
+                    f"unknown key{suggest(str(key), sorted(allowed))}")
+    if not ft["arms"]:
+        ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
+    data_dir = v["data_dir"]
+    if data_dir is not None and base_dir is not None and not Path(data_dir).is_absolute():
+        data_dir = str((base_dir / data_dir).resolve())  # paths resolve relative to the recipe
+
+    def stage_spec(st: dict) -> StageSpec:
+        o = st["optimizer"]
+        kwargs = {k: (tuple(x) if k == "betas" else x) for k, x in o.items()
+                  if k not in ("name", "lr") and x is not None}
+        return StageSpec(
+            optimizer=OptimizerSpec(o["name"], o["lr"], kwargs), batch_size=st["batch_size"],
+            steps=st["steps"], epochs=st["epochs"],
+            scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
+            goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
+            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})))
+
+    return Recipe(
+        name=v["name"], description=v["description"],
+        model=Component(v["model"]["name"], v["model"]["args"]),
+        data=Component(v["data"]["name"], v["data"]["args"]),
+        old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
+        pretrain=stage_spec(v["pretrain"]), finetune=stage_spec(ft),
+        eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
+        readout=v["report"]["readout"], nonfinite=v["nonfinite"],
+        checkpoint_every=(v["eval"]["every"] if v["checkpoint"]["every"] is None
+                          else v["checkpoint"]["every"]),
+        checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
+        precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
+        raw=raw)
+
+
+def recipe_dict(r: Recipe) -> dict[str, Any]:
+    """The validated recipe as plain data (for JSON provenance)."""
+    d = asdict(r)
+    d.pop("raw", None)
+    return d

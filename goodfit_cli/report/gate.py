@@ -1,0 +1,217 @@
+"""Regression gates: limits on what an arm may break, from YAML or CLI flags; JUnit XML out.
+
+A gate file:
+
+    limits:
+      - {task: old, metric: accuracy, max_drop: 0.01}      # absolute drop, in the bad direction
+      - {task: old, metric: accuracy, max_drop_rel: 0.02}  # drop / |base value|
+      - {task: old, metric: nfr, max: 0.05}                # ceiling on a value (min: a floor)
+      - {task: new, metric: accuracy, min_gain: 0.0,       # gain in the good direction
+         require_significant: true}
+
+Drops and gains are direction-aware (for mse a rise is a drop). With require_significant, a
+failing delta check (max_drop, max_drop_rel, min_gain) counts as a violation only when the
+delta's 95 % CI excludes zero; a failing max/min check only when the value's CI lies wholly
+beyond the bound. A failing check with no CI to test (no predictions) stays a violation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from goodfit_cli.core import metrics as M
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.registry import suggest
+
+TASKS = ("old", "new")
+DELTA_BOUNDS = ("max_drop", "max_drop_rel", "min_gain")
+VALUE_BOUNDS = ("max", "min")
+LIMIT_KEYS = ("task", "metric", *DELTA_BOUNDS, *VALUE_BOUNDS, "require_significant")
+FLIP_METRICS = ("nfr", "pfr")
+
+
+@dataclass(frozen=True)
+class Limit:
+    task: str                       # "old" or "new"
+    metric: str                     # a report metric, or nfr / pfr
+    bound: str                      # one of DELTA_BOUNDS + VALUE_BOUNDS
+    threshold: float
+    require_significant: bool = False
+
+    @property
+    def name(self) -> str:
+        sig = " (significant)" if self.require_significant else ""
+        return f"{self.task} {self.metric} {self.bound} {self.threshold:g}{sig}"
+
+
+@dataclass(frozen=True)
+class Gate:
+    limits: tuple[Limit, ...]
+    source: str = "flags"           # the gate file, or "flags"
+
+
+# ---------------------------------------------------------------- loading
+def load_gate(path: str | os.PathLike) -> Gate:
+    """Read and validate a gate YAML file; every mistake is one UserError naming file and key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the gate file ({getattr(e, 'strerror', None) or e})")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})")
+    except (RecursionError, ValueError, OverflowError) as e:  # too deep; a date like 2020-13-45
+        raise UserError(f"{path}: not valid YAML ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with a 'limits' list")
+    for key in data:
+        if key != "limits":
+            raise UserError(f"{path}: unknown key {key!r}{suggest(str(key), ['limits'])}")
+    entries = data.get("limits")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: 'limits' must be a non-empty list of limits")
+    limits = []
+    for i, entry in enumerate(entries):
+        limits += _parse_limit(entry, f"{path}: limits[{i}]")
+    return Gate(tuple(limits), source=str(path))
+
+
+def _parse_limit(entry, where: str) -> list[Limit]:
+    if not isinstance(entry, dict):
+        raise UserError(f"{where}: expected a mapping like {{task: old, metric: accuracy, "
+                        f"max_drop: 0.01}}, got {entry!r}")
+    for key in entry:
+        if key not in LIMIT_KEYS:
+            raise UserError(f"{where}: unknown key {key!r}{suggest(str(key), list(LIMIT_KEYS))}")
+    task, metric = entry.get("task"), entry.get("metric")
+    if task not in TASKS:
+        raise UserError(f"{where}.task: must be 'old' or 'new', got {task!r}")
+    if not isinstance(metric, str) or not (metric in FLIP_METRICS or M.is_known(metric)):
+        known = sorted({*M.METRIC_DIRECTIONS, *FLIP_METRICS})
+        raise UserError(f"{where}.metric: unknown metric {metric!r}{suggest(str(metric), known)}")
+    sig = entry.get("require_significant", False)
+    if not isinstance(sig, bool):
+        raise UserError(f"{where}.require_significant: must be true or false, got {sig!r}")
+    bounds = [b for b in (*DELTA_BOUNDS, *VALUE_BOUNDS) if b in entry]
+    if not bounds:
+        raise UserError(f"{where}: give a bound: one of {', '.join(DELTA_BOUNDS + VALUE_BOUNDS)}")
+    limits = []
+    for b in bounds:
+        v = entry[b]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UserError(f"{where}.{b}: must be a number, got {v!r}")
+        if b in ("max_drop", "max_drop_rel") and v < 0:
+            raise UserError(f"{where}.{b}: must be >= 0, got {v!r}")
+        if metric in FLIP_METRICS and b not in VALUE_BOUNDS:
+            raise UserError(f"{where}.{b}: flip rate {metric!r} takes only 'max' or 'min' bounds")
+        limits.append(Limit(task, metric, b, float(v), sig))
+    return limits
+
+
+def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_old: str) -> Gate:
+    """A gate from --max-old-drop (absolute, in old-task primary-metric units) and --max-nfr."""
+    limits = []
+    if max_old_drop is not None:
+        if not math.isfinite(max_old_drop) or max_old_drop < 0:
+            raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
+                            f"{primary_old}, e.g. 0.01 = 1 pt), got {max_old_drop}")
+        M.direction(primary_old)                       # UserError when its direction is unknown
+        limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
+    if max_nfr is not None:
+        if not math.isfinite(max_nfr) or not 0 <= max_nfr <= 1:
+            raise UserError(f"--max-nfr must be a share in [0, 1] (0.05 = 5 % of old-task "
+                            f"samples flipped to wrong), got {max_nfr}")
+        limits.append(Limit("old", "nfr", "max", float(max_nfr)))
+    return Gate(tuple(limits), source="flags")
+
+
+# ---------------------------------------------------------------- evaluation
+def _amount(metric: str, x: float) -> str:
+    return f"{abs(x) * 100:.2f} pts" if M.is_rate(metric) else f"{abs(x):.4g}"
+
+
+def _ci_text(metric: str, ci) -> str:
+    scale, unit = (100, " pts") if M.is_rate(metric) else (1, "")
+    return f"95 % CI [{ci[0] * scale:.3g}, {ci[1] * scale:.3g}]{unit}"
+
+
+def _check(limit: Limit, arm: dict) -> dict:
+    task, metric, thr = limit.task, limit.metric, limit.threshold
+    label = f"{task} {metric}"
+
+    def result(value, passed, message, ci=None, significant=None) -> dict:
+        if not passed and limit.require_significant:
+            if ci is None:
+                message += "; no CI to test significance (no predictions), counted as a violation"
+            elif not significant:
+                passed, message = True, message + f"; not significant ({_ci_text(metric, ci)})"
+        return {"limit": limit.name, "value": value, "threshold": thr, "passed": passed,
+                "message": message}
+
+    if limit.bound in VALUE_BOUNDS:
+        if metric in FLIP_METRICS:
+            flips = arm.get("flips", {}).get(task)
+            if flips is None:
+                return result(None, False, f"{label}: no flip rates for arm {arm['name']!r} (they "
+                              f"need classification predictions of base and arm)")
+            value, ci = flips[metric], flips.get(f"{metric}_ci")
+        else:
+            value, ci = arm.get("metrics", {}).get(task, {}).get(metric), None
+            if value is None:
+                return result(None, False, f"{label}: not in the report for arm {arm['name']!r}")
+        shown, thr_shown = (f"{value * 100:.2f} %", f"{thr * 100:.2f} %") if M.is_rate(metric) \
+            else (f"{value:.4g}", f"{thr:.4g}")
+        if limit.bound == "max":
+            return result(value, value <= thr, f"{label} is {shown} (limit {thr_shown})",
+                          ci, ci is not None and ci[0] > thr)
+        return result(value, value >= thr, f"{label} is {shown} (at least {thr_shown})",
+                      ci, ci is not None and ci[1] < thr)
+
+    entry = arm.get("delta", {}).get(task, {}).get(metric)
+    if entry is None:
+        return result(None, False,
+                      f"{label}: not in the report for arm {arm['name']!r} or the base")
+    sign = M.direction(metric)
+    d, ci = entry["value"], entry["ci"]
+    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    drop = -sign * d                                      # > 0: moved in the bad direction
+    if drop > 0:
+        change = f"{'dropped' if sign > 0 else 'rose'} {_amount(metric, d)}"
+    else:
+        change = f"improved by {_amount(metric, d)}" if drop < 0 else "did not change"
+    if limit.bound == "min_gain":
+        need = f"{'-' if thr < 0 else ''}{_amount(metric, thr)}"
+        return result(-drop, -drop >= thr - 1e-12,
+                      f"{label} {change} (needs a gain of at least {need})", ci, significant)
+    if limit.bound == "max_drop":
+        return result(drop, drop <= thr + 1e-12,
+                      f"{label} {change} (limit {_amount(metric, thr)})", ci, significant)
+    base = arm["metrics"][task][metric] - d
+    if base == 0:
+        return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
+    rel = drop / abs(base)
+    return result(rel, rel <= thr + 1e-12, f"{label} {change} = {rel * 100:.2f} % of the base "
+                  f"(limit {thr * 100:.2f} %)", ci, significant)
+
+
+def evaluate_gate(gate: Gate, report_arm: dict) -> dict:
+    """Check one report arm against every limit: {"passed", "checks", "violations"}."""
+    checks = [_check(limit, report_arm) for limit in gate.limits]
+    return {"passed": all(c["passed"] for c in checks), "checks": checks,
+            "violations": [c["message"] for c in checks if not c["passed"]]}
+
+
+def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
+    """Evaluate every arm of a built report, store each result as arm["gate"], return them."""
+    results = {}
+    for arm in report["arms"]:
+        arm["gate"] = results[arm["name"]] = evaluate_gate(gate, arm)
+    return results

@@ -1,0 +1,16 @@
+"""What trains and how: arms (which parameters, which optimizer), optimizers and schedulers."""
+
+from goodfit_cli.training.arms import (
+    OPTIMIZER_CLASSES,
+    Arm,
+    arm_dirname,
+    build_optimizer,
+    build_scheduler,
+    describe_optimizer,
+    parse_arm,
+    stage_for_arm,
+    train_mode,
+)
+
+__all__ = ["OPTIMIZER_CLASSES", "Arm", "arm_dirname", "build_optimizer", "build_scheduler",
+           "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode"]

@@ -1,0 +1,43 @@
+"""The shipped recipes: in the installed package (a wheel ships recipes/*.yaml as
+`goodfit_cli/recipes/`), or in the source tree's top-level `recipes/` folder (an editable install
+or a checkout on the path): one copy in git."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.recipe import Recipe, load_recipe
+
+_PACKAGE = Path(__file__).resolve().parents[1]  # goodfit_cli/
+
+
+def shipped_dir() -> Path:
+    """The folder holding the shipped recipe files."""
+    installed = _PACKAGE / "recipes"
+    return installed if installed.is_dir() else _PACKAGE.parent / "recipes"
+
+
+def find_recipe(recipe: str) -> Path:
+    """A path, or the name of a shipped recipe ('toy' -> .../recipes/toy.yaml)."""
+    p = Path(recipe)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    shipped = shipped_dir() / f"{recipe}.yaml"
+    return shipped if shipped.exists() else p
+
+
+def load(recipe: str, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by path or shipped name, with `key.sub=value` overrides."""
+    return load_recipe(find_recipe(recipe), overrides or [])
+
+
+def shipped() -> list[tuple[Path, Recipe | UserError]]:
+    """Every shipped recipe file with its loaded recipe, or the error that stops it loading."""
+    out: list[tuple[Path, Recipe | UserError]] = []
+    for p in sorted(shipped_dir().glob("*.yaml")):
+        try:
+            out.append((p, load_recipe(p)))
+        except UserError as e:
+            out.append((p, e))
+    return out

@@ -1,0 +1,74 @@
+"""Glue between runs and reports: run results -> RunSide -> gate -> report.{json,md,html} (+ JUnit)."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from goodfit_cli import __version__
+from goodfit_cli.core.errors import GateFailure, UserError
+from goodfit_cli.io.rundir import RunResult
+from goodfit_cli.recipe import Recipe
+from goodfit_cli.report import RunSide, build_report, write_report
+from goodfit_cli.report.gate import Gate, apply_gate, gate_from_flags, load_gate
+from goodfit_cli.report.junit import write_junit
+from goodfit_cli.workflows.session import Session, task_kinds
+
+Predictions = dict[str, dict[str, torch.Tensor]]
+
+
+def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[str, Any]:
+    """What ran: code and library versions, recipe and its hash, base hash, seeds, device."""
+    return {"goodfit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "recipe": recipe.name, "recipe_source": recipe.source, "recipe_sha256": recipe.sha256,
+            "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
+            "device": str(s.device), "precision": recipe.precision}
+
+
+def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
+                  kinds: dict[str, str], provenance: dict[str, Any], gate: Gate | None = None,
+                  junit: Path | None = None) -> dict[str, Any]:
+    """Build, gate and write the report; return it (the caller decides on the exit code)."""
+    report = build_report(base, arms, kinds=kinds, primary=recipe.primary,
+                          provenance=provenance, readout=recipe.readout)
+    results = apply_gate(gate, report) if gate is not None else {}
+    write_report(report, out)
+    if junit is not None and gate is not None:
+        write_junit(junit, results)
+    return report
+
+
+def make_report(recipe: Recipe, out: Path, base: Path, measured: tuple[dict, Predictions],
+                results: list[RunResult], wise: dict[str, list[dict]], kinds: dict[str, str],
+                provenance: dict[str, Any], gate: Gate | None = None,
+                junit: Path | None = None) -> dict[str, Any]:
+    """The report of a fine-tuning run, written next to its arms."""
+    base_side = RunSide("base", str(base), *measured)
+    arms = [RunSide(r.name, str(r.dir / "model.safetensors"), r.metrics, r.predictions,
+                    r.curve, wise.get(r.name), r.summary) for r in results]
+    return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit)
+
+
+def raise_on_gate_failure(report: dict[str, Any]) -> None:
+    failed = [a for a in report["arms"] if a.get("gate") and not a["gate"]["passed"]]
+    if failed:
+        lines = [f"{a['name']}: {'; '.join(a['gate']['violations'])}" for a in failed]
+        raise GateFailure(" | ".join(lines))
+
+
+def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
+             max_nfr: float | None) -> Gate | None:
+    """The gate a command asked for: a gate file, or limits from flags, or none."""
+    if gate_file is not None:
+        if max_old_drop is not None or max_nfr is not None:
+            raise UserError("give either --gate or --max-old-drop/--max-nfr, not both")
+        return load_gate(gate_file)
+    if max_old_drop is None and max_nfr is None:
+        return None
+    if max_nfr is not None and task_kinds(recipe)["old"] != "classification":
+        raise UserError(f"--max-nfr needs a classification old task; {recipe.source} has "
+                        f"old_task.loss {recipe.old_task.loss!r}")
+    return gate_from_flags(max_old_drop, max_nfr, recipe.primary["old"])

@@ -1,0 +1,110 @@
+"""What every workflow sets up first: the device, the recipe's data on it, its tasks' objectives,
+and a way to build the recipe's model and load a checkpoint into it.
+
+A Session is the one place that turns a recipe into tensors and modules; pretrain, finetune,
+evaluate and compare all start from one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from goodfit_cli.core.distributed import init_distributed, resolve_device
+from goodfit_cli.data import build_data
+from goodfit_cli.data.base import Split, Task
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.objectives import task_kind
+from goodfit_cli.objectives.runtime import TaskRunner
+from goodfit_cli.recipe import Recipe
+
+
+@dataclass
+class Place:
+    """Where and how a workflow runs; None means the recipe's own choice."""
+
+    device: str | None = None  # auto | cpu | cuda
+    seed: int | None = None  # initial weights and batch order
+    data_dir: str | None = None  # where the recipe's data lives
+
+
+def task_kinds(recipe: Recipe) -> dict[str, str]:
+    """{"old": kind, "new": kind}: each task's kind, decided by its objective."""
+    return {"old": task_kind(recipe.old_task.loss), "new": task_kind(recipe.new_task.loss)}
+
+
+@dataclass
+class Session:
+    recipe: Recipe
+    device: torch.device
+    tasks: dict[str, Task]  # splits already on the device
+    runners: dict[str, TaskRunner]
+    seed: int
+
+    def model(self) -> nn.Module:
+        """The recipe's model, initialised from the session's seed, on the device."""
+        torch.manual_seed(self.seed)
+        m = build_model(self.recipe.model.name, self.recipe.model.args,
+                        where=self.recipe.at("model"))
+        m = m.to(self.device)
+        if self.device.type == "cuda" and any(isinstance(x, nn.Conv2d) for x in m.modules()):
+            m = m.to(memory_format=torch.channels_last)  # NHWC kernels; inputs arrive NHWC
+        return m
+
+    def evaluate(self, model: nn.Module, with_predictions: bool = False):
+        """{"old": metrics, "new": metrics}, and the per-sample predictions when asked."""
+        out, preds = {}, {}
+        for name in ("old", "new"):
+            m, p, per = self.runners[name].evaluate(model, self.tasks[name].test,
+                                                    self.recipe.eval_batch_size)
+            out[name] = m
+            preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu(),
+                           "per_sample": {k: v.cpu() for k, v in per.items()}}
+        return (out, preds) if with_predictions else out
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {t: self.runners[t].kind for t in ("old", "new")}
+
+
+def open_session(recipe: Recipe, place: Place | None = None) -> Session:
+    """Resolve the device, join the process group under torchrun, and put the data on the device."""
+    place = place or Place()
+    dev = resolve_device(place.device or recipe.device)
+    init_distributed(dev)
+    tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
+                       data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"))
+
+    def to_dev(t: torch.Tensor) -> torch.Tensor:  # once per run: pinned, asynchronous copies
+        if dev.type == "cuda":
+            return t.pin_memory().to(dev, non_blocking=True)
+        return t.to(dev)
+
+    moved = {k: Task(t.name, t.kind, Split(to_dev(t.train.x), to_dev(t.train.y)),
+                     Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes)
+             for k, t in tasks.items()}
+    runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
+               for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
+    return Session(recipe, dev, moved, runners, recipe.seed if place.seed is None else place.seed)
+
+
+@dataclass
+class Loaded:
+    """A checkpoint loaded into a model: what was read, once (hash included)."""
+
+    path: Path
+    sha256: str
+    messages: list[str]  # e.g. "head re-initialised: ..." lines for the log
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> Loaded:
+    """Read a safetensors checkpoint once, check it, load it into `model`, hash it."""
+    tensors, _meta = ckpt.load_model(path)
+    ckpt.check_finite(tensors, path)
+    msgs = ckpt.load_into_model(model, tensors, path, head_prefixes(model))
+    return Loaded(path, sha256_file(path), msgs)

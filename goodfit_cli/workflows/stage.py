@@ -1,0 +1,234 @@
+"""One training run (a pretrain, or one fine-tuning arm): model + arm + stage -> an arm folder.
+
+Builds the arm's optimizer and scheduler, resumes from the newest resumable state, drives the
+engine through `StageHooks` (evaluation, states, stop requests), checks the result is finite,
+and writes the arm's files (model, predictions, metrics, summary). Under torchrun the model
+trains wrapped in DistributedDataParallel; only rank 0 writes and speaks.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from goodfit_cli.core.distributed import StopFlag, dist_info
+from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.engine import (
+    Events,
+    Hooks,
+    LoopConfig,
+    LoopState,
+    batches_per_epoch,
+    main_steps,
+    train,
+)
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import sha256_file, write_json, write_jsonl
+from goodfit_cli.io.rundir import (
+    RunResult,
+    keep_previous,
+    newest_state,
+    read_jsonl,
+    save_predictions,
+    state_files,
+)
+from goodfit_cli.recipe import StageSpec
+from goodfit_cli.training import (
+    Arm,
+    build_optimizer,
+    build_scheduler,
+    describe_optimizer,
+    stage_for_arm,
+    train_mode,
+)
+from goodfit_cli.workflows.session import Session
+
+Log = Callable[[str], None]
+
+
+def quiet(_msg: str) -> None:
+    """A log that says nothing (ranks other than 0, tests)."""
+
+
+@dataclass
+class Ui:
+    """What a workflow tells the person running it: log lines, and each run's progress events."""
+
+    log: Log = quiet
+    events_for: Callable[[str], Events] | None = None  # a run's label -> its progress events
+
+    def events(self, label: str) -> Events | None:
+        return self.events_for(label) if self.events_for is not None else None
+
+
+@dataclass
+class StageJob:
+    """What one training run is: the arm, its stage settings, the task it trains on, its folder."""
+
+    arm: Arm
+    stage: StageSpec
+    task: str  # "old" (pretrain) or "new" (fine-tune)
+    out: Path
+    metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
+
+
+def total_batches(budget: dict[str, Any], n: int) -> int:
+    if budget.get("steps"):
+        return int(budget["steps"])
+    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"])
+
+
+class StageHooks(Hooks):
+    """The engine's hooks for one run: evaluate on both tasks, write metrics.jsonl at every
+    evaluation and resumable states on schedule (rank 0), and stop on a signal."""
+
+    def __init__(self, s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
+                 stop: StopFlag, records: list[dict]) -> None:
+        self.s, self.model, self.optimizer, self.scheduler = s, model, optimizer, scheduler
+        self.job, self.stop, self.records = job, stop, records
+        self.main_rank = dist_info()[0] == 0
+        self._train_mode = train_mode(job.arm)
+
+    def evaluate(self) -> dict[str, Any]:
+        return self.s.evaluate(self.model)
+
+    def train_mode(self, model: nn.Module) -> None:
+        self._train_mode(model)
+
+    def should_stop(self, batch: int) -> bool:
+        return self.stop.requested(batch, self.s.device)
+
+    def save_state(self, st: LoopState) -> None:
+        if not self.main_rank:
+            return
+        out = self.job.out
+        ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "rng": torch.get_rng_state(), "loop": st.to_dict()})
+        for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
+            old.unlink(missing_ok=True)
+
+    def record(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self.main_rank:
+            write_jsonl(self.job.out / "metrics.jsonl", self.records)
+
+
+class _Recording:
+    """Events that write metrics.jsonl at every evaluation, then pass everything on."""
+
+    def __init__(self, hooks: StageHooks, events: Events | None) -> None:
+        self.hooks, self.events = hooks, events
+
+    def on_start(self, total_batches: int, done: int) -> None:
+        if self.events is not None:
+            self.events.on_start(total_batches, done)
+
+    def on_batch(self, batch: int) -> None:
+        if self.events is not None:
+            self.events.on_batch(batch)
+
+    def on_evaluation(self, rec: dict) -> None:
+        self.hooks.record(rec)
+        if self.events is not None:
+            self.events.on_evaluation(rec)
+
+    def on_end(self) -> None:
+        if self.events is not None:
+            self.events.on_end()
+
+
+def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: Ui) -> RunResult:
+    """Train `model` on the job's task with the arm's optimizer; write the job's folder."""
+    rank, world, _ = dist_info()
+    main_rank = rank == 0
+    arm, out = job.arm, job.out
+    log = ui.log if main_rank else quiet
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+    budget = stage_for_arm(job.stage, arm)
+    data = s.tasks[job.task].train
+    total = total_batches(budget, len(data))
+    optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
+    scheduler = build_scheduler(job.stage.scheduler, optimizer, total)
+    cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
+                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
+    trained = torch.compile(model) if s.recipe.compile else model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(
+            trained, device_ids=[s.device.index] if s.device.type == "cuda" else None)
+    loop_state = None
+    records: list[dict] = []
+    saved = newest_state(out, log)
+    if saved is not None:  # resume exactly where the saved state left off
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and saved.get("scheduler") is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        loop_state = LoopState.from_dict(saved["loop"])
+        records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
+        log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
+
+    hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
+    events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
+    try:
+        st = train(trained, optimizer, scheduler, data, s.runners[job.task].loss, cfg, hooks,
+                   events=events, state=loop_state)
+    except Diverged as e:
+        kept = state_files(out)
+        where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
+        raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
+                                "nonfinite: skip in the recipe)") from None
+    if st.batch < total:  # stopped early: the state is saved, nothing else is written
+        raise Interrupted(stop.signum or signal.SIGINT, out)
+    return _finish(s, model, optimizer, job, st, records, len(data), budget["batch_size"])
+
+
+def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
+            records: list[dict], n_train: int, batch_size: int) -> RunResult:
+    """Check the trained model is finite, evaluate it, and write the arm's files (rank 0)."""
+    arm, out = job.arm, job.out
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # e.g. nonfinite: skip could not save a run whose weights already blew up
+        raise Diverged(st.batch, f" of {arm.name}: weights {bad[0]!r} (and {len(bad) - 1} more) "
+                                 "are not finite; no checkpoint was written",
+                       what="training ended with a non-finite model")
+    final, preds = s.evaluate(model, with_predictions=True)
+    nan_metrics = [f"{t} {m}" for t, d in final.items() for m, v in d.items() if v != v or
+                   v in (float("inf"), float("-inf"))]
+    if nan_metrics:
+        raise Diverged(st.batch, f" of {arm.name}: {nan_metrics[0]} is not finite; "
+                                 "no checkpoint was written",
+                       what="training ended with a non-finite model")
+    _, world, _ = dist_info()
+    summary = {"name": arm.name, "kind": arm.kind, "optimizer": describe_optimizer(optimizer),
+               "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
+               "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
+               "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
+               "metrics": final}
+    if world > 1:
+        summary["world_size"] = world
+    if st.skipped:
+        summary["skipped_nonfinite"] = st.skipped
+    result = RunResult(arm.name, out, final, preds, records, summary)
+    if dist_info()[0] != 0:
+        return result
+    meta = {**job.metadata, "arm": arm.name, "optimizer": summary["optimizer"],
+            "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
+    keep_previous(out / "model.safetensors")
+    ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
+    save_predictions(out / "predictions.safetensors", preds)
+    summary["checkpoint"] = str(out / "model.safetensors")
+    summary["sha256"] = sha256_file(out / "model.safetensors")
+    write_json(out / "summary.json", summary)
+    for f in state_files(out):
+        f.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,25 @@
+"""`goodfit validate`: check recipes without running them (schema, registry names, model shapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.registry import suggest
+from goodfit_cli.data import DATASETS
+from goodfit_cli.models import build_model
+from goodfit_cli.recipe import Recipe
+from goodfit_cli.workflows.recipes import load
+
+
+def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
+    """The recipe at `path` if everything the recipe alone decides is right; else a UserError."""
+    r = load(str(path), overrides)
+    if r.data.name not in DATASETS:
+        raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
+                        f"{suggest(r.data.name, DATASETS.names())}")
+    with torch.device("meta"):  # shapes only: a huge model allocates nothing
+        build_model(r.model.name, r.model.args, where=r.at("model"))
+    return r
