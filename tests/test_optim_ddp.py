@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from spawn import spawn
 from torch import nn
 
 from goodfit_cli.optim import GoodFit
@@ -38,29 +38,16 @@ def _train(model: nn.Module, batches, rank: int = 0, world: int = 1) -> torch.Te
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def _leave() -> None:
-    """Leave the group together, then skip interpreter teardown: a rank that leaves while the
-    other still talks to it, or gloo's threads at exit, can abort the worker ("terminate called
-    without an active exception", SIGABRT) after its results are safely written."""
-    dist.barrier()
-    dist.destroy_process_group()
-    os._exit(0)
-
-
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = nn.parallel.DistributedDataParallel(_model())
-        weights = _train(model, _batches(), rank, world)
-        torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))  # test-only, own temp dir
-    finally:
-        _leave()
+def _worker(rank: int, world: int, out_dir: str) -> None:
+    model = nn.parallel.DistributedDataParallel(_model())
+    weights = _train(model, _batches(), rank, world)
+    torch.save(weights, os.path.join(out_dir, f"rank{rank}.pt"))  # test-only, own temp dir
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
     """Both ranks end bit-identical, and equal (1e-5) to a single process with the global batch."""
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, tmp_path)
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert torch.equal(w0, w1)
@@ -73,35 +60,31 @@ def test_ddp_two_ranks_match_each_other_and_single_process(tmp_path):
 # FSDP2: parameters are DTensor shards; ⟨g, Δ⟩ and ‖Δ‖ must be summed over the shards
 
 
-def _fsdp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def _fsdp_worker(rank: int, world: int, out_dir: str) -> None:
     from torch.distributed.fsdp import fully_shard
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = _model()
-        for layer in model:
-            if isinstance(layer, nn.Linear):
-                fully_shard(layer)
-        fully_shard(model)
-        opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=N_REF, ref_ratio=2.0)
-        shard = GLOBAL_BATCH // world
-        for x, y in _batches():
-            x, y = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
-            opt.zero_grad()
-            ((model(x) - y) ** 2).mean().backward()
-            opt.step()
-        full = torch.cat([v.full_tensor().reshape(-1) for v in model.state_dict().values()])
-        stats = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
-        torch.save({"w": full, "stats": stats}, os.path.join(out_dir, f"fsdp{rank}.pt"))
-    finally:
-        _leave()
+    model = _model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=N_REF, ref_ratio=2.0)
+    shard = GLOBAL_BATCH // world
+    for x, y in _batches():
+        x, y = x[rank * shard:(rank + 1) * shard], y[rank * shard:(rank + 1) * shard]
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        opt.step()
+    full = torch.cat([v.full_tensor().reshape(-1) for v in model.state_dict().values()])
+    stats = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
+    torch.save({"w": full, "stats": stats}, os.path.join(out_dir, f"fsdp{rank}.pt"))
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_fsdp2_sharded_params_match_single_process(tmp_path):
     """Under FSDP2 (gloo) GoodFit's global dot/norm are reduced over shards: weights and
     projection statistics equal the single-process run's (1e-5)."""
-    mp.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn(_fsdp_worker, 2, tmp_path)
     r0 = torch.load(tmp_path / "fsdp0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "fsdp1.pt", weights_only=True)
     model = _model()
@@ -113,3 +96,16 @@ def test_fsdp2_sharded_params_match_single_process(tmp_path):
     expected = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
     for r in (r0, r1):  # every rank saw the whole-model ⟨g, Δ⟩ and ‖Δ‖, not its shard's
         torch.testing.assert_close(r["stats"], expected, rtol=1e-5, atol=1e-9)
+
+
+def _failing_worker(rank: int, world: int, out_dir: str) -> None:
+    if rank == 1:
+        raise ValueError("boom on rank 1")
+    dist.barrier()  # rank 0 waits for a peer that will never come
+
+
+def test_a_worker_exception_reaches_the_parent(tmp_path):
+    """A worker that raises is not lost: the parent fails with its traceback, at once, and the
+    rank left waiting for it is ended rather than left to hang."""
+    with pytest.raises(pytest.fail.Exception, match="ValueError: boom on rank 1"):
+        spawn(_failing_worker, 2, tmp_path, timeout=120)
