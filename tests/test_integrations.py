@@ -126,6 +126,31 @@ def test_lightning_automatic_matches_phase_loop(tmp_path, accumulate, clip):
     assert not torch.equal(expected_anchor, expected_displaced)
 
 
+def test_lightning_checkpoint_saved_mid_cycle_resumes_identically(tmp_path):
+    """A Lightning checkpoint written mid-cycle (model = anchor, θ′ in the optimizer state) and
+    resumed with ckpt_path ends where the uninterrupted two-epoch run ends (1e-6)."""
+    from goodfit_cli.integrations.lightning import GoodFitCallback
+
+    ns = {"net": None, "loader": None}
+    exec(snippet("lightning").split("trainer = ")[0], ns)
+    loader = DataLoader(TensorDataset(*data()), batch_size=BATCH)
+    kw = lightning_kwargs(tmp_path)
+    del kw["max_epochs"]
+    whole = ns["Regressor"](make_net())
+    pl.Trainer(max_epochs=2, callbacks=[GoodFitCallback()], **kw).fit(whole, loader)
+
+    first = ns["Regressor"](make_net())
+    trainer = pl.Trainer(max_epochs=1, callbacks=[GoodFitCallback()], **kw)
+    trainer.fit(first, loader)
+    assert trainer.optimizers[0].parked and trainer.optimizers[0].phase == 2  # 8 = 3 + 3 + 2
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    resumed = ns["Regressor"](make_net())
+    again = pl.Trainer(max_epochs=2, callbacks=[GoodFitCallback()], **kw)
+    again.fit(resumed, loader, ckpt_path=tmp_path / "mid.ckpt")
+    assert again.optimizers[0].main_steps == 5 and again.optimizers[0].phase == 1
+    torch.testing.assert_close(flat(resumed), flat(whole), rtol=0, atol=1e-6)
+
+
 class ManualRegressor(pl.LightningModule):
     def __init__(self, net, clip):
         super().__init__()

@@ -22,14 +22,13 @@ between batches (what ``goodfit_cli.integrations`` use for frameworks that call 
 from __future__ import annotations
 
 import contextlib
-import functools
-import warnings
 from collections import OrderedDict, defaultdict
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from goodfit_cli.optim import closures as C
 from goodfit_cli.optim import functional as F
 from goodfit_cli.optim import state as S
 
@@ -194,31 +193,18 @@ class GoodFit(torch.optim.Optimizer):
                 loss = closure()
             self._advance()
             return loss
-        _refuse_framework_closure(closure)
+        C.refuse_framework_closure(closure)
         loss = None
         for call in range(self.n_ref + 1 - self._phase):
-            before = self._grad_versions()
+            before = C.grad_versions(p for _, p in self._trainable())
             with torch.enable_grad():
                 loss = closure()
-            if call > 0 and self._grad_versions() == before:
-                self._warn_stale_closure()
+            if call > 0 and not self._warned_stale_closure and before == C.grad_versions(
+                    p for _, p in self._trainable()):
+                self._warned_stale_closure = True
+                C.warn_stale_closure()
             self._advance()
         return loss
-
-    def _grad_versions(self) -> list[tuple[int, int] | None]:
-        """Which gradient tensors the parameters hold, and their in-place version counters."""
-        return [None if p.grad is None else (id(p.grad), p.grad._version)
-                for _, p in self._trainable()]
-
-    def _warn_stale_closure(self) -> None:
-        if not self._warned_stale_closure:
-            self._warned_stale_closure = True
-            warnings.warn("GoodFit.step(closure): successive calls of the closure left every "
-                          "gradient untouched, so the reference and main phases used one gradient. "
-                          "In closure_mode='cycle' the closure must draw a fresh batch, zero the "
-                          "gradients and call backward(); otherwise call step() once per batch "
-                          "(phase mode) or use closure_mode='batch'.", RuntimeWarning,
-                          stacklevel=3)
 
     def _trainable(self) -> list[tuple[int, Tensor]]:
         """(index in the main optimizer's order, parameter) of every trainable parameter."""
@@ -237,7 +223,7 @@ class GoodFit(torch.optim.Optimizer):
             if self._phase > 0 and a is not None:  # the model was moved mid-cycle: keep θ_ref
                 st["anchor"] = a.to(local.device, local.dtype)
             else:
-                st["anchor"] = torch.empty_like(local, memory_format=torch.preserve_format)
+                st["anchor"] = torch.zeros_like(local, memory_format=torch.preserve_format)
         return st["anchor"]
 
     @staticmethod
@@ -360,28 +346,18 @@ class GoodFit(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """torch's layout, ``{"state": ..., "param_groups": ...}``, with GoodFit's anchor,
         phase and counters inside (see ``goodfit_cli/optim/state.py``)."""
-        main = self.main.state_dict()
-        ref = None if self._ref_opt is None else self._ref_opt.state_dict()
         scalars = {"format": S.FORMAT, "n_ref": self.n_ref, "ref_ratio": self.ref_ratio,
                    "projection": self.projection, "phase": self._phase,
                    "main_steps": self._main_steps, "parked": self.parked}
-        state: dict[int, dict[str, Any]] = {i: dict(v) for i, v in main["state"].items()}
+        # the same keys at every phase, so one state_dict serves as another's template
+        # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
+        own = {}
         for i, p in self._trainable():
-            entry = state.setdefault(i, {})  # every trainable parameter has an entry (DCP)
-            if self._phase > 0:  # mid-cycle: the anchor is needed to finish the cycle
-                entry[S.PREFIX + "anchor"] = S.like_param(self._anchor(p), p)
-                if i in self._touched:
-                    entry[S.PREFIX + "touched"] = True
+            own[i] = {"anchor": S.like_param(self._anchor(p), p), "touched": i in self._touched}
             if self._displaced is not None:
-                entry[S.PREFIX + "displaced"] = S.like_param(self._displaced[i], p)
-            for k, v in ({} if ref is None else ref["state"].get(i, {})).items():
-                entry[S.REF + k] = v
-        groups = []
-        for j, g in enumerate(main["param_groups"]):
-            extra = None if ref is None else {k: v for k, v in ref["param_groups"][j].items()
-                                              if k != "params"}
-            groups.append({**g, "goodfit": dict(scalars), "goodfit_reference": extra})
-        return {"state": state, "param_groups": groups}
+                own[i]["displaced"] = S.like_param(self._displaced[i], p)
+        return S.merge(self.main.state_dict(),
+                       None if self._ref_opt is None else self._ref_opt.state_dict(), scalars, own)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Load what ``state_dict()`` returns (format 2) or the format-1 dicts of earlier versions
@@ -420,14 +396,3 @@ class GoodFit(torch.optim.Optimizer):
             for i, p in trainable:
                 self._anchor(p).copy_(F._local(extras[i]["anchor"]))
 
-
-def _refuse_framework_closure(closure: Callable[[], Any]) -> None:
-    """Lightning's closure re-runs the CURRENT batch; cycle mode would take the reference and the
-    main gradient on one batch (and run training_step twice). Say what to use instead."""
-    fn = closure.func if isinstance(closure, functools.partial) else closure
-    module = getattr(fn, "__module__", None) or type(fn).__module__
-    if module.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric.")):
-        raise RuntimeError("GoodFit got a Lightning closure in closure_mode='cycle': Lightning's "
-                           "closure recomputes the same batch, so every phase would see one "
-                           "batch. Add goodfit_cli.integrations.lightning.GoodFitCallback() to "
-                           "the Trainer's callbacks (see docs/integrations.md)")

@@ -5,8 +5,8 @@ Format 2 (written since issue 13) is what every torch optimizer returns, so
 (FSDP2), Lightning and accelerate handle it like any other::
 
     {"state": {i: {<main optimizer's state of parameter i>,
-                   "goodfit_anchor": θ_ref          (mid-cycle only),
-                   "goodfit_touched": True          (mid-cycle, moved by this cycle's reference steps),
+                   "goodfit_anchor": θ_ref          (meaningful mid-cycle; stale at phase 0),
+                   "goodfit_touched": bool          (moved by this cycle's reference steps),
                    "goodfit_displaced": θ′          (only while the weights are parked at the anchor),
                    "goodfit_ref_<key>": ...         (a custom reference optimizer's state)}},
      "param_groups": [{<main optimizer's group>, "params": [...],
@@ -45,6 +45,23 @@ def like_param(local: Tensor, p: Tensor) -> Tensor:
 
     return DTensor.from_local(local, p.device_mesh, p.placements, run_check=False,
                               shape=p.shape, stride=p.stride())
+
+
+def merge(main: dict, ref: dict | None, scalars: dict[str, Any],
+          own: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The format-2 state_dict from the main and reference optimizers' state_dicts, GoodFit's
+    scalars and its per-parameter entries (`own`, by index; keys without the prefix)."""
+    state: dict[Any, dict[str, Any]] = {i: dict(v) for i, v in main["state"].items()}
+    for i, entry in own.items():  # every trainable parameter has an entry (DCP's strict load)
+        st = state.setdefault(i, {})
+        st.update({PREFIX + k: v for k, v in entry.items()})
+        st.update({REF + k: v for k, v in ({} if ref is None else ref["state"].get(i, {})).items()})
+    groups = []
+    for j, g in enumerate(main["param_groups"]):
+        extra = None if ref is None else {k: v for k, v in ref["param_groups"][j].items()
+                                          if k != "params"}
+        groups.append({**g, "goodfit": dict(scalars), "goodfit_reference": extra})
+    return {"state": state, "param_groups": groups}
 
 
 def split(sd: dict[str, Any]) -> tuple[dict, dict | None, dict[str, Any], dict[int, dict]]:
