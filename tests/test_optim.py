@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from itertools import chain
 
 import pytest
 import torch
@@ -372,7 +373,7 @@ def test_extra_state_is_one_copy_of_trainable_params():
 @pytest.mark.parametrize("kwargs, match", [
     ({"n_ref": 0}, "n_ref: 0"), ({"n_ref": 1.5}, "n_ref: 1.5"), ({"ref_ratio": 0}, "ref_ratio: 0"),
     ({"ref_ratio": -3.0}, "ref_ratio: -3.0"), ({"projection": "layer"}, "projection: 'layer'"),
-    ({"reference": "adam"}, "reference: 'adam'"),
+    ({"reference": "adam"}, "reference: 'adam'"), ({"closure_mode": "epoch"}, "closure_mode: 'epoch'"),
 ])
 def test_bad_arguments_raise_value_error_naming_the_value(kwargs, match):
     """Bad arguments raise ValueError whose message contains the offending value."""
@@ -405,3 +406,227 @@ def test_restore_is_exact_in_low_precision():
         opt.step()  # main: restore, then SGD with lr 0
     for p, b in zip(model.parameters(), before):
         assert torch.equal(p, b)
+
+
+# ------------------------------------------------------------------------------------------
+# the anchor seen from outside step(): at_anchor, finish_cycle, park / unpark
+
+
+def _mse_batches(n, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return [(torch.randn(8, 6, generator=gen), torch.randn(8, 3, generator=gen)) for _ in range(n)]
+
+
+def _phase_step(model, opt, x, y):
+    opt.zero_grad(); ((model(x, True) - y) ** 2).mean().backward(); opt.step()
+
+
+def test_at_anchor_shows_the_anchor_and_gives_theta_prime_back():
+    """Mid-cycle, at_anchor() holds θ_ref exactly, gives θ′ back exactly, and the run continues
+    bit for bit as if it had not been used; at phase 0 it changes nothing."""
+    torch.manual_seed(0)
+    a, _ = _mlp_case()
+    b = copy.deepcopy(a)
+    oa, ob = _opt(a, True, n_ref=2), _opt(b, True, n_ref=2)
+    for i, (x, y) in enumerate(_mse_batches(9)):
+        if i % 3 == 0:
+            anchor = flat(a.parameters())  # θ at the start of this cycle
+        _phase_step(a, oa, x, y)
+        _phase_step(b, ob, x, y)
+        displaced = flat(a.parameters())
+        with oa.at_anchor():
+            inside = flat(a.parameters())
+            if oa.phase == 0:
+                assert torch.equal(inside, displaced)  # a main step just ended: θ is the anchor
+            else:
+                assert torch.equal(inside, anchor) and not torch.equal(inside, displaced)
+                assert oa.parked
+        assert not oa.parked and torch.equal(flat(a.parameters()), displaced)
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))
+
+
+def test_finish_cycle_restores_the_anchor_and_drops_the_partial_cycle():
+    """finish_cycle() mid-cycle restores θ_ref bit-exactly, returns the dropped reference steps,
+    keeps main_steps, and the next cycle equals one that never saw the dropped batches."""
+    torch.manual_seed(0)
+    a, _ = _mlp_case()
+    b = copy.deepcopy(a)
+    oa, ob = _opt(a, True, n_ref=2), _opt(b, True, n_ref=2)
+    data = _mse_batches(3 + 2 + 3)
+    for x, y in data[:3]:
+        _phase_step(a, oa, x, y); _phase_step(b, ob, x, y)
+    anchor = flat(a.parameters())
+    for x, y in data[3:5]:  # two reference steps, then drop them
+        _phase_step(a, oa, x, y)
+    assert oa.phase == 2 and not torch.equal(flat(a.parameters()), anchor)
+    assert oa.finish_cycle() == 2
+    assert oa.phase == 0 and oa.main_steps == 1 and torch.equal(flat(a.parameters()), anchor)
+    assert oa.finish_cycle() == 0  # at phase 0 nothing happens
+    for x, y in data[5:]:
+        _phase_step(a, oa, x, y); _phase_step(b, ob, x, y)
+    assert oa.main_steps == ob.main_steps == 2
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))
+
+
+def test_rest_at_anchor_parks_between_steps_and_resumes_bit_identically():
+    """rest_at_anchor: after a reference step the model holds θ_ref; step() while parked raises;
+    unpark() before each forward gives the plain run's weights bit for bit; a state saved while
+    parked (model at the anchor) resumes in a fresh optimizer identically."""
+    torch.manual_seed(0)
+    a, _ = _mlp_case()
+    b = copy.deepcopy(a)
+    oa = GoodFit(torch.optim.AdamW(a.parameters(), lr=1e-2), n_ref=1, rest_at_anchor=True)
+    ob = GoodFit(torch.optim.AdamW(b.parameters(), lr=1e-2), n_ref=1)
+    data = _mse_batches(9)
+    for x, y in data[:5]:
+        anchor = flat(a.parameters()) if oa.phase == 0 else anchor
+        oa.unpark(); _phase_step(a, oa, x, y)
+        _phase_step(b, ob, x, y)
+    assert oa.phase == 1 and oa.parked and torch.equal(flat(a.parameters()), anchor)
+    with pytest.raises(RuntimeError, match="parked"):
+        oa.step()
+    saved_model, saved_opt = copy.deepcopy(a.state_dict()), copy.deepcopy(oa.state_dict())
+    c, _ = _mlp_case()
+    c.load_state_dict(saved_model)
+    oc = GoodFit(torch.optim.AdamW(c.parameters(), lr=1e-2), n_ref=1, rest_at_anchor=True)
+    oc.load_state_dict(saved_opt)
+    assert oc.parked and oc.phase == 1
+    for x, y in data[5:]:
+        for m, o in ((a, oa), (c, oc)):
+            o.unpark(); _phase_step(m, o, x, y)
+        _phase_step(b, ob, x, y)
+    oa.unpark(); oc.unpark()
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))
+    assert torch.equal(flat(c.parameters()), flat(b.parameters()))
+
+
+# ------------------------------------------------------------------------------------------
+# state_dict: torch's layout, and the format of earlier versions
+
+
+def test_state_dict_has_torch_layout_with_anchor_and_phase_inside():
+    """state_dict() is {"state", "param_groups"}: the main optimizer's state and GoodFit's anchor
+    per parameter, the phase and counters in every group, lr where schedulers expect it."""
+    torch.manual_seed(0)
+    model, _ = _mlp_case()
+    opt = _opt(model, True, n_ref=2)
+    data = _mse_batches(4)
+    for x, y in data:
+        _phase_step(model, opt, x, y)
+    sd = opt.state_dict()
+    assert set(sd) == {"state", "param_groups"}
+    trainable = [i for i, p in enumerate(chain(model.backbone.parameters(), model.head.parameters(),
+                                                model.extra.parameters(), [model.frozen]))
+                 if p.requires_grad]
+    assert sorted(sd["state"]) == trainable
+    assert [g["lr"] for g in sd["param_groups"]] == [1e-3, 5e-3]
+    for g in sd["param_groups"]:
+        assert g["goodfit"] == {"format": 2, "n_ref": 2, "ref_ratio": 3.0, "projection": "global",
+                                "phase": 1, "main_steps": 1, "parked": False}
+    head_w = sd["state"][len(list(model.backbone.parameters()))]
+    assert set(head_w) >= {"step", "exp_avg", "exp_avg_sq", "goodfit_anchor"}
+    assert torch.equal(head_w["exp_avg"], opt.main.state[model.head.weight]["exp_avg"])
+    assert not torch.equal(head_w["goodfit_anchor"], model.head.weight)  # θ_ref, not θ′
+    _phase_step(model, opt, *data[0]); _phase_step(model, opt, *data[1])
+    assert opt.phase == 0  # the same keys at every phase: one state_dict is another's template
+    keys = lambda d: {i: set(v) for i, v in d["state"].items()}
+    assert keys(opt.state_dict()) == keys(sd)
+
+
+def _format1(opt: GoodFit) -> dict:
+    """The state_dict layout GoodFit wrote before format 2, built from the optimizer's parts."""
+    gf = {"n_ref": opt.n_ref, "ref_ratio": opt.ref_ratio, "projection": opt.projection,
+          "phase": opt.phase, "main_steps": opt.main_steps, "touched": sorted(opt._touched),
+          "anchor": {}}
+    if opt.phase > 0:
+        gf["anchor"] = {i: opt.state[p]["anchor"] for i, p in opt._trainable()}
+    ref = None if opt._ref_opt is None else opt._ref_opt.state_dict()
+    return {"main": opt.main.state_dict(), "reference": ref, "goodfit": gf}
+
+
+@pytest.mark.parametrize("reference", ["sgd", "momentum"])
+def test_format1_state_dict_still_loads_and_continues_bit_identically(reference):
+    """A mid-cycle state_dict in the earlier {"main", "reference", "goodfit"} layout loads into a
+    fresh optimizer, which then continues bit for bit."""
+    torch.manual_seed(0)
+    model, _ = _mlp_case()
+    ref = "sgd" if reference == "sgd" else (lambda ps: torch.optim.SGD(ps, lr=0.0, momentum=0.9))
+    mk = lambda m: GoodFit(torch.optim.AdamW(m.parameters(), lr=1e-2), n_ref=3, reference=ref)
+    opt = mk(model)
+    data = _mse_batches(4 * 2 + 2 + 6)
+    for i, (x, y) in enumerate(data[:10]):
+        opt.zero_grad(); ((model(x, i % 3 == 0) - y) ** 2).mean().backward(); opt.step()
+    assert opt.phase == 2
+    fresh, _ = _mlp_case()
+    fresh.load_state_dict(model.state_dict())
+    fresh_opt = mk(fresh)
+    fresh_opt.load_state_dict(copy.deepcopy(_format1(opt)))
+    assert (fresh_opt.phase, fresh_opt.main_steps) == (2, 2)
+    for i, (x, y) in enumerate(data[10:], start=10):
+        for m, o in ((model, opt), (fresh, fresh_opt)):
+            o.zero_grad(); ((m(x, i % 3 == 0) - y) ** 2).mean().backward(); o.step()
+    assert torch.equal(flat(model.parameters()), flat(fresh.parameters()))
+
+
+def test_state_dict_from_another_optimizer_is_refused():
+    """A plain torch optimizer's state_dict is not silently taken for GoodFit's."""
+    model = nn.Linear(2, 2)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="goodfit"):
+        GoodFit(torch.optim.SGD(model.parameters(), lr=0.1)).load_state_dict(plain.state_dict())
+
+
+# ------------------------------------------------------------------------------------------
+# closures, and torch.compile
+
+
+def test_closure_that_leaves_gradients_untouched_warns_once():
+    """In cycle mode a closure that does not recompute the gradients (Lightning's manual-mode
+    closure, a cached loss) makes both phases use one gradient: a RuntimeWarning, once."""
+    model = nn.Linear(3, 1)
+    opt = GoodFit(torch.optim.SGD(model.parameters(), lr=0.1))
+    loss = (model(torch.randn(4, 3)) ** 2).mean()
+    loss.backward()
+    with pytest.warns(RuntimeWarning, match="untouched") as record:
+        opt.step(lambda: loss)
+        opt.step(lambda: loss)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_closure_mode_batch_calls_the_closure_once_per_step():
+    """closure_mode='batch': step(closure) calls the closure once and advances one phase, the
+    same weights as phase mode."""
+    torch.manual_seed(0)
+    a, _ = _mlp_case()
+    b = copy.deepcopy(a)
+    oa = _opt(a, True, n_ref=2)
+    ob = GoodFit(_opt(b, True).main, n_ref=2, ref_ratio=3.0, closure_mode="batch")
+    calls = []
+    for x, y in _mse_batches(7):
+        _phase_step(a, oa, x, y)
+
+        def closure():
+            calls.append(1); ob.zero_grad()
+            loss = ((b(x, True) - y) ** 2).mean(); loss.backward()
+            return loss
+        ob.step(closure)
+    assert len(calls) == 7 and ob.phase == oa.phase == 1 and ob.main_steps == 2
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))
+
+
+def test_compiled_step_matches_eager():
+    """torch.compile(opt.step) advances the cycle and gives the eager run's weights bit for bit
+    (GoodFit's step runs eagerly under dynamo; before, the phase never advanced)."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    b = copy.deepcopy(a)
+    oa = GoodFit(torch.optim.AdamW(a.parameters(), lr=1e-2), n_ref=2)
+    ob = GoodFit(torch.optim.AdamW(b.parameters(), lr=1e-2), n_ref=2)
+    compiled = torch.compile(ob.step)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        x = torch.randn(8, 4, generator=gen)
+        oa.zero_grad(); (a(x) ** 2).mean().backward(); oa.step()
+        ob.zero_grad(); (b(x) ** 2).mean().backward(); compiled()
+    assert (ob.phase, ob.main_steps) == (0, 2)
+    assert torch.equal(flat(a.parameters()), flat(b.parameters()))

@@ -9,18 +9,28 @@ arithmetic.
 
 Design (after timm's Lookahead and schedule_free): ``param_groups`` IS the main optimizer's list,
 so LR schedulers drive both λ and λ_ref; GoodFit's own per-parameter buffer (the anchor) lives in
-``self.state``, apart from the main optimizer's state so its lazy initialisation is untouched.
+``self.state``, apart from the main optimizer's state so its lazy initialisation is untouched;
+``state_dict()`` merges both into torch's standard layout (``state.py``).
+
+Between the calls of a cycle the model holds the displaced weights θ′ (the next gradient must be
+taken there). Anything that looks at the model from outside ``step()`` (evaluation, a saved
+checkpoint, an EMA) should see the anchor θ_ref: ``with opt.at_anchor(): ...`` shows it,
+``finish_cycle()`` drops a partial cycle, ``park()`` / ``unpark()`` keep the model at the anchor
+between batches (what ``goodfit_cli.integrations`` use for frameworks that call back between steps).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict, defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
 
+from goodfit_cli.optim import closures as C
 from goodfit_cli.optim import functional as kernels
+from goodfit_cli.optim import state as S
 
 ReferenceFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
 
@@ -41,10 +51,19 @@ class GoodFit(torch.optim.Optimizer):
         process_group: the group over which parameters are sharded (FSDP2): ⟨g, Δ⟩ and ‖Δ‖ are
             all-reduced over it. Default: detected from DTensor parameters; None when every
             rank holds whole parameters (single process, DDP), where no reduction is needed.
+        closure_mode: what ``step(closure)`` does. ``"cycle"`` (default): it runs the rest of the
+            cycle, calling the closure once per batch, so the closure must draw a FRESH batch each
+            call. ``"batch"``: it calls the closure once and advances one phase, as torch's own
+            optimizers do; for frameworks whose closure recomputes the current batch (Lightning).
+        rest_at_anchor: after each reference step put θ_ref back into the model and keep θ′ aside
+            (``park()``), so that whatever runs between steps sees the anchor; the caller must
+            ``unpark()`` before the next forward pass. Off by default (it costs one more copy of
+            the trainable weights while parked); the integrations turn it on.
 
     Phase mode: call ``step()`` once per batch after ``backward()``. Closure mode:
     ``step(closure)`` runs the rest of the cycle (n_ref + 1 calls of the closure from phase 0) and
-    returns the main batch's loss.
+    returns the main batch's loss. ``step`` always runs eagerly, also inside ``torch.compile``
+    (it is ``torch.compiler.disable``-d: dynamo loses the phase counter's updates otherwise).
 
     Note: in the main phase the projected gradient is written into ``p.grad`` before the main step.
     """
@@ -59,6 +78,8 @@ class GoodFit(torch.optim.Optimizer):
         projection: str = "global",
         foreach: bool = True,
         process_group: Any = "auto",
+        closure_mode: str = "cycle",
+        rest_at_anchor: bool = False,
     ) -> None:
         if not isinstance(main, torch.optim.Optimizer):
             raise ValueError(f"main must be a torch.optim.Optimizer, got {type(main).__name__}")
@@ -74,6 +95,8 @@ class GoodFit(torch.optim.Optimizer):
             raise ValueError(f"Invalid projection: {projection!r} (choose 'global' or 'tensor')")
         if not (reference == "sgd" or callable(reference)):
             raise ValueError(f"Invalid reference: {reference!r} (use 'sgd' or a callable)")
+        if closure_mode not in ("cycle", "batch"):
+            raise ValueError(f"Invalid closure_mode: {closure_mode!r} (choose 'cycle' or 'batch')")
 
         self.main = main
         self.n_ref = n_ref
@@ -92,11 +115,17 @@ class GoodFit(torch.optim.Optimizer):
         self._main_steps = 0
         self._touched: set[int] = set()  # indices of params with a gradient this cycle
         self.last_stats: kernels.ProjectionStats | None = None
+        self.closure_mode = closure_mode
+        self.rest_at_anchor = bool(rest_at_anchor)
+        self._displaced: dict[int, Tensor] | None = None  # θ′ while parked at the anchor
+        self._warned_stale_closure = False
         # what torch.optim.Optimizer.__init__ would set, minus param_groups (shared with main)
         for name in ("step_pre", "step_post", "state_dict_pre", "state_dict_post",
                      "load_state_dict_pre", "load_state_dict_post"):
             setattr(self, f"_optimizer_{name}_hooks", OrderedDict())
         self._patch_step_function()
+        for _, p in self._trainable():  # allocated now, so `state` is never empty: torch's
+            self._anchor(p)  # distributed checkpoint then takes no initialising step()
 
     # -- the main optimizer's groups are ours -------------------------------------------------
     @property
@@ -125,8 +154,19 @@ class GoodFit(torch.optim.Optimizer):
         """Main-optimizer updates taken so far."""
         return self._main_steps
 
+    @property
+    def parked(self) -> bool:
+        """True while the model holds the anchor θ_ref and θ′ is kept aside (see ``park``)."""
+        return self._displaced is not None
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self._phase > 0:
+            raise RuntimeError(f"add_param_group in the middle of a cycle (phase {self._phase}); "
+                               "call finish_cycle() first")
         self.main.add_param_group(param_group)
+        for p in self.main.param_groups[-1]["params"]:
+            if p.requires_grad:
+                self._anchor(p)
         if self._ref_opt is not None:
             self._ref_opt.add_param_group({"params": list(self.main.param_groups[-1]["params"])})
 
@@ -138,15 +178,31 @@ class GoodFit(torch.optim.Optimizer):
                 f"projection={self.projection!r}, main={self.main!r})")
 
     # -- the cycle ----------------------------------------------------------------------------
+    @torch.compiler.disable
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        if self.parked:
+            raise RuntimeError("GoodFit.step() while the weights are parked at the anchor: the "
+                               "gradient was taken at θ_ref, not at θ′; call unpark() before the "
+                               "forward pass")
         if closure is None:
             self._advance()
             return None
-        loss = None
-        for _ in range(self.n_ref + 1 - self._phase):
+        if self.closure_mode == "batch":
             with torch.enable_grad():
                 loss = closure()
+            self._advance()
+            return loss
+        C.refuse_framework_closure(closure)
+        loss = None
+        for call in range(self.n_ref + 1 - self._phase):
+            before = C.grad_versions(p for _, p in self._trainable())
+            with torch.enable_grad():
+                loss = closure()
+            if call > 0 and not self._warned_stale_closure and before == C.grad_versions(
+                    p for _, p in self._trainable()):
+                self._warned_stale_closure = True
+                C.warn_stale_closure()
             self._advance()
         return loss
 
@@ -161,9 +217,13 @@ class GoodFit(torch.optim.Optimizer):
         return out
 
     def _anchor(self, p: Tensor) -> Tensor:
-        st = self.state[p]
-        if "anchor" not in st:  # of the local shard when p is a DTensor (FSDP2)
-            st["anchor"] = torch.empty_like(kernels._local(p), memory_format=torch.preserve_format)
+        st, local = self.state[p], kernels._local(p)  # of the local shard when p is a DTensor (FSDP2)
+        a = st.get("anchor")
+        if a is None or a.shape != local.shape or a.device != local.device or a.dtype != local.dtype:
+            if self._phase > 0 and a is not None:  # the model was moved mid-cycle: keep θ_ref
+                st["anchor"] = a.to(local.device, local.dtype)
+            else:
+                st["anchor"] = torch.zeros_like(local, memory_format=torch.preserve_format)
         return st["anchor"]
 
     @staticmethod
@@ -179,6 +239,8 @@ class GoodFit(torch.optim.Optimizer):
         if self._phase < self.n_ref:
             self._reference_step(trainable)
             self._phase += 1
+            if self.rest_at_anchor:
+                self.park()
         else:
             self._main_step(trainable)
             self._phase = 0
@@ -222,41 +284,115 @@ class GoodFit(torch.optim.Optimizer):
         self._touched = set()
         self.main.step()
 
+    # -- the anchor, seen from outside step() ---------------------------------------------------
+    @torch.no_grad()
+    def park(self) -> None:
+        """Mid-cycle: keep θ′ aside and put the anchor θ_ref into the model (no-op at phase 0 or
+        when already parked). Costs one copy of the trainable weights until ``unpark()``."""
+        if self._phase == 0 or self.parked:
+            return
+        trainable = self._trainable()
+        self._displaced = {i: kernels._local(p).clone() for i, p in trainable}
+        for _, p in trainable:
+            kernels._local(p).copy_(self._anchor(p))
+
+    @torch.no_grad()
+    def unpark(self) -> None:
+        """Put θ′ back into the model (no-op when not parked): call it before the next forward."""
+        if self._displaced is None:
+            return
+        for i, p in self._trainable():
+            kernels._local(p).copy_(self._displaced[i])
+        self._displaced = None
+
+    @contextlib.contextmanager
+    def at_anchor(self) -> Iterator[None]:
+        """Inside the block the model holds the anchor θ_ref: the weights as of the last main
+        step, which are what GoodFit has learned so far. Evaluate, save (copy the tensors: the
+        block gives them back afterwards) or update an EMA here. On exit θ′ is back and the
+        cycle continues bit for bit; writes to the weights inside the block are discarded.
+        At phase 0 (and when already parked) the model holds the anchor and nothing is copied."""
+        was_parked = self.parked
+        self.park()
+        try:
+            yield
+        finally:
+            if not was_parked:
+                self.unpark()
+
+    @torch.no_grad()
+    def finish_cycle(self) -> int:
+        """End the current cycle now: restore θ ← θ_ref and drop its reference steps.
+
+        Returns how many reference steps were dropped (0 at phase 0, where nothing changes).
+        Dropping, not completing: completing needs another batch, which only the caller has.
+        The main optimizer's state and ``main_steps`` are untouched (no main step is taken); a
+        custom reference optimizer keeps whatever state its dropped steps gave it (plain SGD has
+        none). Use it before a final evaluation or save, so the result is the anchor.
+        """
+        dropped = self._phase
+        if dropped == 0:
+            return 0
+        if self.parked:
+            self._displaced = None  # the model already holds θ_ref
+        else:
+            for _, p in self._trainable():
+                kernels._local(p).copy_(self._anchor(p))
+        self._phase = 0
+        self._touched = set()
+        return dropped
+
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
-        gf: dict[str, Any] = {
-            "n_ref": self.n_ref, "ref_ratio": self.ref_ratio, "projection": self.projection,
-            "phase": self._phase, "main_steps": self._main_steps,
-            "touched": sorted(self._touched), "anchor": {},
-        }
-        if self._phase > 0:  # mid-cycle: the anchor is needed to finish the cycle
-            gf["anchor"] = {i: self.state[p]["anchor"] for i, p in self._trainable()}
-        return {
-            "main": self.main.state_dict(),
-            "reference": None if self._ref_opt is None else self._ref_opt.state_dict(),
-            "goodfit": gf,
-        }
+        """torch's layout, ``{"state": ..., "param_groups": ...}``, with GoodFit's anchor,
+        phase and counters inside (see ``goodfit_cli/optim/state.py``)."""
+        scalars = {"format": S.FORMAT, "n_ref": self.n_ref, "ref_ratio": self.ref_ratio,
+                   "projection": self.projection, "phase": self._phase,
+                   "main_steps": self._main_steps, "parked": self.parked}
+        # the same keys at every phase, so one state_dict serves as another's template
+        # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
+        own = {}
+        for i, p in self._trainable():
+            own[i] = {"anchor": S.like_param(self._anchor(p), p), "touched": i in self._touched}
+            if self._displaced is not None:
+                own[i]["displaced"] = S.like_param(self._displaced[i], p)
+        return S.merge(self.main.state_dict(),
+                       None if self._ref_opt is None else self._ref_opt.state_dict(), scalars, own)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
-        try:
-            gf = state_dict["goodfit"]
-            main_sd, ref_sd = state_dict["main"], state_dict["reference"]
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"not a GoodFit state_dict (missing {e})") from None
-        if int(gf["n_ref"]) != self.n_ref:
-            raise ValueError(f"state_dict has n_ref={gf['n_ref']} but this optimizer has "
+        """Load what ``state_dict()`` returns (format 2) or the format-1 dicts of earlier versions
+        (``{"main", "reference", "goodfit"}``)."""
+        if isinstance(state_dict, dict) and "param_groups" in state_dict and "state" in state_dict:
+            main_sd, ref_sd, scalars, extras = S.split(state_dict)
+        else:
+            main_sd, ref_sd, scalars, extras = S.from_format1(state_dict)
+        if int(scalars["n_ref"]) != self.n_ref:
+            raise ValueError(f"state_dict has n_ref={scalars['n_ref']} but this optimizer has "
                              f"n_ref={self.n_ref}")
         if (ref_sd is None) != (self._ref_opt is None):
             raise ValueError("state_dict and optimizer disagree on the reference optimizer")
         self.main.load_state_dict(main_sd)
         if self._ref_opt is not None:
             self._ref_opt.load_state_dict(ref_sd)
-        self._phase = int(gf["phase"])
-        self._main_steps = int(gf["main_steps"])
-        self._touched = {int(i) for i in gf.get("touched", [])}
-        anchors = {int(k): v for k, v in gf.get("anchor", {}).items()}
-        if self._phase > 0:
-            for i, p in self._trainable():
-                if i not in anchors:
-                    raise ValueError(f"state_dict is mid-cycle but has no anchor for parameter {i}")
-                self._anchor(p).copy_(kernels._local(anchors[i]))
+        phase = int(scalars["phase"])
+        trainable = self._trainable()
+        if phase > 0:
+            missing = [i for i, _ in trainable if "anchor" not in extras.get(i, {})]
+            if missing:
+                raise ValueError(f"state_dict is mid-cycle but has no anchor for parameter "
+                                 f"{missing[0]}")
+        displaced = None
+        if scalars.get("parked"):
+            missing = [i for i, _ in trainable if "displaced" not in extras.get(i, {})]
+            if missing:
+                raise ValueError(f"state_dict is parked but has no displaced weights for "
+                                 f"parameter {missing[0]}")
+            displaced = {i: kernels._local(extras[i]["displaced"]).clone() for i, _ in trainable}
+        self._phase = phase
+        self._main_steps = int(scalars["main_steps"])
+        self._touched = {i for i, e in extras.items() if e.get("touched")}
+        self._displaced = displaced
+        if phase > 0:
+            for i, p in trainable:
+                self._anchor(p).copy_(kernels._local(extras[i]["anchor"]))
+

@@ -1,0 +1,37 @@
+"""Checks on what ``GoodFit.step(closure)`` is given, in cycle mode (the closure must draw a fresh
+batch on every call). Misuse that can be detected is loud: a framework closure that recomputes
+the current batch raises, a closure that leaves every gradient untouched warns once."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable, Iterable
+
+from torch import Tensor
+
+
+def grad_versions(params: Iterable[Tensor]) -> list[tuple[int, int] | None]:
+    """Which gradient tensors the parameters hold, and their in-place version counters: equal
+    before and after a closure call iff the call wrote no gradient."""
+    return [None if p.grad is None else (id(p.grad), p.grad._version) for p in params]
+
+
+def warn_stale_closure() -> None:
+    warnings.warn("GoodFit.step(closure): successive calls of the closure left every gradient "
+                  "untouched, so the reference and main phases used one gradient. In "
+                  "closure_mode='cycle' the closure must draw a fresh batch, zero the gradients "
+                  "and call backward(); otherwise call step() once per batch (phase mode) or use "
+                  "closure_mode='batch'.", RuntimeWarning, stacklevel=4)
+
+
+def refuse_framework_closure(closure: Callable[[], Any]) -> None:
+    """Lightning's closure re-runs the CURRENT batch; cycle mode would take the reference and the
+    main gradient on one batch (and run training_step twice). Say what to use instead."""
+    fn = closure.func if isinstance(closure, functools.partial) else closure
+    module = getattr(fn, "__module__", None) or type(fn).__module__
+    if module.startswith(("lightning.", "pytorch_lightning.", "lightning_fabric.")):
+        raise RuntimeError("GoodFit got a Lightning closure in closure_mode='cycle': Lightning's "
+                           "closure recomputes the same batch, so every phase would see one "
+                           "batch. Add goodfit_cli.integrations.lightning.GoodFitCallback() to "
+                           "the Trainer's callbacks (see docs/integrations.md)")
