@@ -228,3 +228,30 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     assert "resuming at batch 5/12" in res.output
     summary = json.loads((tmp_path / "run" / "goodfit" / "summary.json").read_text())
     assert summary["batches"] == 12
+
+
+def test_goodfit_arm_evaluates_and_saves_only_anchor_weights(base_ckpt, tmp_path):
+    """GoodFit (n_ref 1) evaluated after every batch: a mid-cycle evaluation (odd batch) equals
+    the one before it (the anchor), never the displaced weights; an odd budget is rounded up to
+    whole cycles, said in the summary, and gives the same model as the even budget."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["eval.every=1", "finetune.steps=13"])
+    runner.finetune(recipe, base_ckpt, tmp_path / "odd", arms=["goodfit"], device="cpu",
+                    wise=False)
+    recs = [json.loads(x) for x in (tmp_path / "odd" / "goodfit" / "metrics.jsonl").read_text()
+            .splitlines()]
+    assert [r["batch"] for r in recs] == list(range(1, 15))
+    by_batch = {r["batch"]: r for r in recs}
+    for b in (3, 5, 13):  # mid-cycle: the anchor is the weights after main step b - 1
+        assert by_batch[b]["old"] == by_batch[b - 1]["old"]
+        assert by_batch[b]["new"] == by_batch[b - 1]["new"]
+    assert by_batch[4]["new"] != by_batch[2]["new"]  # and main steps do move the model
+    summary = json.loads((tmp_path / "odd" / "goodfit" / "summary.json").read_text())
+    assert summary["cycles"] == {"batches_per_cycle": 2, "budget_asked": 13, "budget_ran": 14,
+                                 "partial_cycle_dropped": 0}
+    assert summary["batches"] == 14 and summary["main_updates"] == 7
+    even = load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["eval.every=1", "finetune.steps=14"])
+    runner.finetune(even, base_ckpt, tmp_path / "even", arms=["goodfit"], device="cpu",
+                    wise=False)
+    odd_w, _ = ckpt.load_model(tmp_path / "odd" / "goodfit" / "model.safetensors")
+    even_w, _ = ckpt.load_model(tmp_path / "even" / "goodfit" / "model.safetensors")
+    assert all(torch.equal(odd_w[k], even_w[k]) for k in odd_w)

@@ -11,6 +11,8 @@ from goodfit_cli.training.arms import (
     stage_for_arm,
     train_mode,
 )
+from goodfit_cli.training.cycles import at_anchor, cycle_length, finish_cycle, whole_cycles
 
 __all__ = ["OPTIMIZER_CLASSES", "Arm", "arm_dirname", "build_optimizer", "build_scheduler",
-           "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode"]
+           "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode", "at_anchor",
+           "cycle_length", "finish_cycle", "whole_cycles"]

@@ -40,11 +40,15 @@ from goodfit_cli.io.rundir import (
 from goodfit_cli.recipe import StageSpec
 from goodfit_cli.training import (
     Arm,
+    at_anchor,
     build_optimizer,
     build_scheduler,
+    cycle_length,
     describe_optimizer,
+    finish_cycle,
     stage_for_arm,
     train_mode,
+    whole_cycles,
 )
 from goodfit_cli.workflows.session import Session
 
@@ -95,7 +99,8 @@ class StageHooks(Hooks):
         self._train_mode = train_mode(job.arm)
 
     def evaluate(self) -> dict[str, Any]:
-        return self.s.evaluate(self.model)
+        with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
+            return self.s.evaluate(self.model)
 
     def train_mode(self, model: nn.Module) -> None:
         self._train_mode(model)
@@ -154,8 +159,12 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    total = total_batches(budget, len(data))
+    asked = total_batches(budget, len(data))
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
+    total = whole_cycles(optimizer, asked)
+    if total != asked:
+        log(f"{arm.name}: {asked} batches rounded up to {total}, whole cycles of "
+            f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
@@ -188,12 +197,17 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
                                 "nonfinite: skip in the recipe)") from None
     if st.batch < total:  # stopped early: the state is saved, nothing else is written
         raise Interrupted(stop.signum or signal.SIGINT, out)
-    return _finish(s, model, optimizer, job, st, records, len(data), budget["batch_size"])
+    cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
+              "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
+    return _finish(s, model, optimizer, job, st, records, (len(data), budget["batch_size"]),
+                   cycles)
 
 
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
-            records: list[dict], n_train: int, batch_size: int) -> RunResult:
-    """Check the trained model is finite, evaluate it, and write the arm's files (rank 0)."""
+            records: list[dict], sizes: tuple[int, int], cycles: dict[str, int]) -> RunResult:
+    """Check the trained model is finite, evaluate it, and write the arm's files (rank 0).
+    `sizes` = (training samples, batch size); `cycles` goes into the summary for GoodFit."""
+    n_train, batch_size = sizes
     arm, out = job.arm, job.out
     bad = [k for k, v in model.state_dict().items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -214,6 +228,8 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final}
+    if cycles["batches_per_cycle"] > 1:
+        summary["cycles"] = cycles
     if world > 1:
         summary["world_size"] = world
     if st.skipped:
