@@ -239,6 +239,8 @@ def compare(
     report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,
                          place=Place(device, None, data_dir), ui=ui_for(r.primary),
                          overwrite=overwrite)
+    if not report:  # a rank other than 0 under torchrun
+        return
     print_report(report, dest)
     raise_on_gate_failure(report)
 
@@ -263,8 +265,11 @@ def eval_(
     from goodfit_cli.workflows.stage import Ui
 
     r = load(recipe, overrides)
-    res, dest = evaluate(r, checkpoint, Place(device, None, data_dir),
-                         Ui(lambda m: err.print(escape(m), highlight=False)), out=json_out)
+    done = evaluate(r, checkpoint, Place(device, None, data_dir),
+                    Ui(lambda m: err.print(escape(m), highlight=False)), out=json_out)
+    if done is None:  # a rank other than 0 under torchrun
+        return
+    res, dest = done
     typer.echo(json.dumps(res, indent=2))  # stdout stays pure JSON; where it went is said on stderr
     err.print(f"written to {escape(str(dest))}", highlight=False, soft_wrap=True)
 

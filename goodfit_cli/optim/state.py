@@ -27,10 +27,7 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any
 
-import torch
 from torch import Tensor
-
-from goodfit_cli.optim.functional import _local
 
 FORMAT = 2
 PREFIX = "goodfit_"  # every key GoodFit adds to torch's layout starts with this

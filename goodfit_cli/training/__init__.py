@@ -4,6 +4,7 @@ from goodfit_cli.training.arms import (
     OPTIMIZER_CLASSES,
     Arm,
     arm_dirname,
+    arm_names,
     build_optimizer,
     build_scheduler,
     describe_optimizer,
@@ -13,6 +14,6 @@ from goodfit_cli.training.arms import (
 )
 from goodfit_cli.training.cycles import at_anchor, cycle_length, finish_cycle, whole_cycles
 
-__all__ = ["OPTIMIZER_CLASSES", "Arm", "arm_dirname", "build_optimizer", "build_scheduler",
+__all__ = ["OPTIMIZER_CLASSES", "Arm", "arm_dirname", "arm_names", "build_optimizer", "build_scheduler",
            "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode", "at_anchor",
            "cycle_length", "finish_cycle", "whole_cycles"]

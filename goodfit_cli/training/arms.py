@@ -42,6 +42,12 @@ def arm_dirname(name: str) -> str:
     return name.replace(":", "-")
 
 
+def arm_names() -> list[str]:
+    """Every arm name the registry accepts: each optimizer, head_only:<opt> and goodfit:<opt>."""
+    opts = sorted(OPTIMIZER_CLASSES)
+    return [*opts, *(f"head_only:{o}" for o in opts), *(f"goodfit:{o}" for o in opts)]
+
+
 def parse_arm(name: str, stage: StageSpec) -> Arm:
     kind, _, opt = name.partition(":")
     if kind == "goodfit":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.rundir import load_predictions, prepare_out, read_jsonl
 from goodfit_cli.models import build_model
@@ -72,8 +73,11 @@ def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
             gate: Gate | None = None, junit: Path | None = None, place: Place | None = None,
             ui: Ui | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Measure the base and every candidate (each checkpoint read and hashed once), then build,
-    gate and write the report into `out`."""
+    gate and write the report into `out`. Under torchrun rank 0 does all of it, without a
+    process group; the other ranks return an empty report at once."""
     ui = ui or Ui()
+    if not is_main():
+        return {}
     t0 = time.perf_counter()
     prepare_out(out, overwrite=overwrite, resume=False)
     base_side = _sides(base, as_base=True)[0]
@@ -100,7 +104,7 @@ def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
             ui.log(f"{side.name}: reusing stored metrics and predictions")
             return stored
         if session is None:
-            session = open_session(recipe, place)
+            session = open_session(recipe, place, join=False)
         evaluated = session.model()
         evaluated.load_state_dict(model.state_dict())
         ui.log(f"{side.name}: evaluating {side.checkpoint}")

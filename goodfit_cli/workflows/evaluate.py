@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.distributed import is_main
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
@@ -13,11 +14,14 @@ from goodfit_cli.workflows.stage import Ui
 
 
 def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
-             ui: Ui | None = None, *, out: Path | None = None) -> tuple[dict[str, Any], Path]:
+             ui: Ui | None = None, *, out: Path | None = None) -> tuple[dict[str, Any], Path] | None:
     """Evaluate `checkpoint`; write the JSON to `out` (default: eval-<recipe>.json beside the
-    checkpoint). Returns the result and where it went."""
+    checkpoint). Returns the result and where it went. Under torchrun rank 0 evaluates the
+    whole test sets alone, without a process group; the other ranks return None at once."""
     ui = ui or Ui()
-    s = open_session(recipe, place)
+    if not is_main():
+        return None
+    s = open_session(recipe, place, join=False)
     model = s.model()
     loaded = load_checkpoint(model, checkpoint)
     for msg in loaded.messages:

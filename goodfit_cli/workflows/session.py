@@ -72,11 +72,13 @@ class Session:
         return {t: self.runners[t].kind for t in ("old", "new")}
 
 
-def open_session(recipe: Recipe, place: Place | None = None) -> Session:
-    """Resolve the device, join the process group under torchrun, and put the data on the device."""
+def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = True) -> Session:
+    """Resolve the device, join the process group under torchrun (unless `join` is False: a
+    command that rank 0 runs alone), and put the data on the device."""
     place = place or Place()
     dev = resolve_device(place.device or recipe.device)
-    init_distributed(dev)
+    if join:
+        init_distributed(dev)
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"))
 
@@ -108,3 +110,4 @@ def load_checkpoint(model: nn.Module, path: Path) -> Loaded:
     ckpt.check_finite(tensors, path)
     msgs = ckpt.load_into_model(model, tensors, path, head_prefixes(model))
     return Loaded(path, sha256_file(path), msgs)
+
