@@ -140,7 +140,7 @@ record() {  # record NAME OK DETAIL
 rc_of() { local rc=0; "$@" >>"$WORK/checks.log" 2>&1 || rc=$?; echo "$rc"; }
 : >"$WORK/checks.log"
 
-out=$("${run[@]}" "$IMAGE" --version 2>&1 || true)
+out=$("${run[@]}" "$IMAGE" --version 2>>"$WORK/checks.log" || true)
 record "--version" "$([[ $out == "goodfit "* ]] && echo 1)" "$out"
 
 rc=$(rc_of "${run[@]}" "$IMAGE" demo --quick --out runs/demo)
@@ -158,7 +158,7 @@ for file in junit.xml runs/compare/report.html runs/demo/base/model.safetensors;
   record "$file readable by uid 10002" "$([[ $rc == 0 ]] && echo 1)" "mode $mode"
 done
 
-out=$("${run[@]}" --entrypoint id "$IMAGE" -u 2>&1 || true)
+out=$("${run[@]}" --entrypoint id "$IMAGE" -u 2>>"$WORK/checks.log" || true)
 record "id -u" "$([[ $out =~ ^[0-9]+$ && $out != 0 ]] && echo 1)" "$out"
 
 # ----------------------------------------------------------------------------------- the figures
