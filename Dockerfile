@@ -3,23 +3,35 @@
 #   CPU (default):  docker build -t goodfit:0.1.0 .
 #   CUDA:           docker build --build-arg BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime \
 #                                -t goodfit:0.1.0-cuda .
+#   pip elsewhere:  docker build --build-arg PIP_INDEX_URL=https://mirror.example/simple ...
 #
 # Both stages start from BASE, so the venv built in the first one runs in the second unchanged
 # (same interpreter at the same path). The venv sees BASE's own packages: the CUDA base already
 # has torch and torchvision, and they are used as they are; the slim base has none, so the
-# builder installs the CPU wheels first. Checked without a Docker engine by tests/test_docker.py
-# (hadolint, structure, and this file's install and entrypoint commands in a fresh venv).
+# builder installs the CPU wheels first. The builder builds goodfit's wheel from the sources and
+# installs it; the runtime stage receives only the venv: no sources, no wheel, no build tools.
+# Checked without an engine by tests/test_docker.py (hadolint, structure, and the builder's
+# commands in a fresh venv); built and run for real by docker/build-local.sh (docs/ci.md).
 
 ARG BASE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------- builder
 FROM ${BASE} AS builder
 
-# Used only where BASE has no torch (the slim CPU image). PyTorch's CPU index is reachable where
-# images are built; our test machines reach only PyPI, so the tests never run this line.
+# Used only where BASE has no torch (the slim CPU image). The version is the one the tests run
+# on; tests/test_docker.py fails when the two part.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_VERSION=2.5.1
-ARG TORCHVISION_VERSION=0.20.1
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+
+# Where pip looks for everything else (air-gapped or proxied builds). Unset, pip uses PyPI. A
+# build argument reaches the RUN lines below as an environment variable, which pip reads; it is
+# not kept in the image's environment, but `docker history` shows it: put credentials in a
+# secret instead (docs/ci.md).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -31,13 +43,14 @@ RUN python -c "import torch" 2>/dev/null \
     || pip install --no-cache-dir --index-url "${TORCH_INDEX}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# The package is installed editable, as the README installs it, so the source tree stays at
-# /app and the shipped recipes resolve to /app/recipes.
-WORKDIR /app
+# The wheel carries the package and its shipped recipes; it is built in isolation (the build
+# requirements live in a temporary environment) and installed with its dependencies.
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY goodfit_cli ./goodfit_cli
 COPY recipes ./recipes
-RUN pip install --no-cache-dir -e .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
+    && pip install --no-cache-dir /dist/goodfit-*.whl
 
 # ---------------------------------------------------------------------------------- runtime
 FROM ${BASE} AS runtime
@@ -54,9 +67,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 
-# Root owns the venv and the source tree; the user owns only its home and the workspace.
+# Root owns the venv; the user owns only its home and the workspace.
 COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /app /app
 
 RUN groupadd --gid 10001 goodfit \
     && useradd --no-log-init --create-home --uid 10001 --gid goodfit goodfit \

