@@ -366,7 +366,7 @@ def test_nan_loss_stops_with_batch_and_keeps_last_good_state(tmp_path, base_byte
     out = tmp_path / "out"
     line = assert_one_error_line(invoke(
         "finetune", "--base", base, "--recipe", "toy", "--out", out, "--optimizer", "rmsprop",
-        "--no-wise", *TINY, "finetune.scheduler.args.step_size=6",
+        "--no-wise", *TINY, "finetune.scheduler.args.decay_epochs=6",
         "finetune.scheduler.args.gamma=1e30", "checkpoint.every=2"), code=4)
     state = out / "rmsprop" / "state-00000006.safetensors"
     assert line == (f"training diverged: loss is NaN or Inf at batch 8 of rmsprop; the last good "

@@ -18,6 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.core.metrics import direction
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -81,10 +82,11 @@ class StageJob:
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
 
 
-def total_batches(budget: dict[str, Any], n: int) -> int:
+def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
+    """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate)."""
     if budget.get("steps"):
         return int(budget["steps"])
-    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"])
+    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"] * accumulate)
 
 
 class StageHooks(Hooks):
@@ -100,7 +102,11 @@ class StageHooks(Hooks):
 
     def evaluate(self) -> dict[str, Any]:
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
-            return self.s.evaluate(self.model)
+            res = self.s.evaluate(self.model)
+        if self.scheduler is not None:  # plateau watches the trained task's primary metric
+            task = self.job.task
+            self.scheduler.observe(res.get(task, {}).get(self.s.recipe.primary[task]))
+        return res
 
     def train_mode(self, model: nn.Module) -> None:
         self._train_mode(model)
@@ -159,15 +165,17 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    asked = total_batches(budget, len(data))
+    asked = total_batches(budget, len(data), job.stage.accumulate)
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
     total = whole_cycles(optimizer, asked)
     if total != asked:
         log(f"{arm.name}: {asked} batches rounded up to {total}, whole cycles of "
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
-    scheduler = build_scheduler(job.stage.scheduler, optimizer, total)
+    mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
+    scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
-                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
+                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
+                     job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
     trained = torch.compile(model) if s.recipe.compile else model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
@@ -199,8 +207,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Interrupted(stop.signum or signal.SIGINT, out)
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
-    return _finish(s, model, optimizer, job, st, records, (len(data), budget["batch_size"]),
-                   cycles)
+    return _finish(s, model, optimizer, job, st, records, (len(data), cfg.step_size), cycles)
 
 
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
