@@ -114,6 +114,7 @@ class Recipe:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model for training
+    tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
@@ -196,6 +197,9 @@ TOP = section({
     "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
+    "tracking": (section({"tensorboard": (boolean, False), "mlflow": (boolean, False),
+                          "mlflow_uri": (optional(string()), None),
+                          "mlflow_experiment": (optional(string()), None)}), {}),
 })
 
 
@@ -305,6 +309,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                           else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
+        tracking=v["tracking"],
         raw=raw)
 
 

@@ -89,7 +89,7 @@ def stage_for_arm(stage: StageSpec, arm: Arm) -> dict[str, Any]:
     """The per-arm budget: steps / epochs / batch_size / lr after `arm_overrides`."""
     over = stage.arm_overrides.get(arm.name) or stage.arm_overrides.get(arm.kind) or {}
     out = {"steps": stage.steps, "epochs": stage.epochs, "batch_size": stage.batch_size,
-           "lr": stage.optimizer.lr}
+           "lr": stage.optimizer.lr, "ema": over.get("ema", stage.ema)}
     if "steps" in over or "epochs" in over:
         out["steps"], out["epochs"] = over.get("steps"), over.get("epochs")
     for k in ("batch_size", "lr"):
