@@ -62,7 +62,7 @@ PROTOTYPE = {"base": (0.011, 5.50), "full": (0.697, 0.014), "head_only": (0.272,
 
 QUICK = ["data.args.n_train=2000", "data.args.n_test=500", "model.args.hidden=[64, 64]",
          "pretrain.steps=300", "finetune.steps=60", "eval.every=30",
-         "finetune.scheduler.args.step_size=10", "pretrain.scheduler.args.step_size=50"]
+         "finetune.scheduler.args.decay_epochs=10", "pretrain.scheduler.args.decay_epochs=50"]
 
 
 # ------------------------------------------------------------------------------------------
@@ -159,11 +159,11 @@ def run_seed(runs: Runs, args: argparse.Namespace, sweep: bool) -> dict[str, dic
     res["base"] = runs.base_metrics()  # the base as `finetune` measured it before training
     res["head_only"] = runs.finetune("head_only", "head_only", [])
     res["goodfit"] = runs.finetune("goodfit", "goodfit", [])
-    step = r.finetune.scheduler.args.get("step_size")
+    step = r.finetune.scheduler.args.get("decay_epochs")
     res["goodfit_equal_updates"] = runs.finetune(
         "goodfit-equal-updates", "goodfit",
         [f"finetune.steps={2 * r.finetune.steps}"]
-        + ([f"finetune.scheduler.args.step_size={2 * step}"] if step else []))
+        + ([f"finetune.scheduler.args.decay_epochs={2 * step}"] if step else []))
     if sweep:
         for ratio in RATIOS:
             if ratio == r.finetune.goodfit.ref_ratio:

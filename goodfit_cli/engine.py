@@ -4,10 +4,17 @@ The loop knows nothing of Rich, YAML or files. It talks to two small protocols: 
 it reports: the terminal draws them) and `Hooks` (what it asks of the run: evaluate, put the
 model in training mode, persist a state, whether to stop). Data lives on the device as tensors; each epoch is a permutation drawn from a
 seeded generator, so a resumed run sees exactly the batches an uninterrupted one would.
+
+One "batch" of the loop is one optimizer step: `accumulate` micro-batches of `batch_size`
+samples, each loss weighted by its share of the step's samples, so k accumulated micro-batches
+give the gradient of one batch k times larger. Clipping (by value, then by norm) applies to that
+gradient just before `optimizer.step()`; with GoodFit each step is one phase, so each phase's
+gradient is accumulated and clipped on its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +52,11 @@ class Hooks:
     save_state(state): persist a resumable state (every `checkpoint_every` batches, and when the
         loop stops early).
     should_stop(batch): checked after each batch; True ends the loop with the state saved.
+    after_step(batch): after each optimizer step (EMA updates, per-cycle statistics).
     """
+
+    def after_step(self, batch: int) -> None:
+        pass
 
     def evaluate(self) -> dict[str, Any]:
         return {}
@@ -70,6 +81,14 @@ class LoopConfig:
     rank: int = 0  # data-parallel: this process reads its contiguous share of every batch
     world: int = 1
     nonfinite: str = "stop"  # a NaN/Inf loss: "stop" (raise Diverged) or "skip" the batch
+    accumulate: int = 1  # micro-batches of batch_size per optimizer step
+    clip_norm: float | None = None  # clip the step's gradient to this total 2-norm
+    clip_value: float | None = None  # clamp each gradient element to [-v, v]
+
+    @property
+    def step_size(self) -> int:
+        """Samples per optimizer step (all ranks, all micro-batches)."""
+        return self.batch_size * self.accumulate
 
 
 @dataclass
@@ -105,6 +124,39 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:
     """Main-optimizer updates: GoodFit counts its own; any other optimizer updates every batch."""
     return int(getattr(optimizer, "main_steps", batch))
+
+
+def backward(model: nn.Module, data: Split, idx: Tensor, loss_fn: Callable, cfg: LoopConfig
+             ) -> Tensor | None:
+    """Gradients of the step's mean loss over `idx`, accumulated over `cfg.accumulate`
+    micro-batches; the loss (detached), or None for a non-finite one under nonfinite: skip."""
+    parts = [p for p in idx.tensor_split(cfg.accumulate) if len(p)] if cfg.accumulate > 1 else [idx]
+    total = None
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:  # DDP: one all-reduce per step, on the last micro-batch
+            loss = loss_fn(model, data.x[part], data.y[part])
+            if len(parts) > 1:
+                loss = loss * (len(part) / len(idx))
+            if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip
+                return None
+            loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def clip(optimizer: torch.optim.Optimizer, cfg: LoopConfig, norm: bool) -> Tensor | None:
+    """Clip the gradients the next step will use; their total 2-norm before clipping when
+    `norm` or clipping by norm (a device tensor), else None."""
+    if not (cfg.clip_value or cfg.clip_norm or norm):
+        return None
+    grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if cfg.clip_value:
+        torch.nn.utils.clip_grad_value_(grads, cfg.clip_value)
+    if cfg.clip_norm:
+        return torch.nn.utils.clip_grad_norm_(grads, cfg.clip_norm)
+    return torch.nn.utils.get_total_norm([p.grad for p in grads]) if grads else None
 
 
 def train(
@@ -155,19 +207,26 @@ def train(
     events.on_start(cfg.total_batches, st.batch)
     hooks.train_mode(model)
     t0 = time.perf_counter() - st.wall_s
+    grad_norm: Tensor | None = None  # the last recorded step's gradient norm (before clipping)
+    since = [st.batch, time.perf_counter()]  # throughput: batches and time at the last record
 
     def record() -> None:
         flush()
+        now = time.perf_counter()
+        rate = (st.batch - since[0]) * cfg.step_size / max(now - since[1], 1e-9)
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
-               "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
+               "epoch": round(st.batch / batches_per_epoch(n, cfg.step_size), 4),
                **hooks.evaluate(),
                "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
                "lr": float(optimizer.param_groups[0]["lr"]),
-               "wall_s": round(time.perf_counter() - t0, 3)}
+               "grad_norm": None if grad_norm is None else float(grad_norm),
+               "samples_per_s": round(rate, 1),
+               "wall_s": round(now - t0, 3)}
         st.loss_sum, st.loss_count = 0.0, 0
         st.records.append(rec)
         events.on_evaluation(rec)
         hooks.train_mode(model)
+        since[:] = [st.batch, time.perf_counter()]  # evaluation time is not training time
 
     while st.batch < cfg.total_batches:
         if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
@@ -175,21 +234,23 @@ def train(
             st.gen_state = gen.get_state()
             st.pos = 0
             st.epoch += 1
-        idx = st.perm[st.pos:st.pos + cfg.batch_size]  # the global batch
+        idx = st.perm[st.pos:st.pos + cfg.step_size]  # the global batch
         if cfg.world > 1:
             idx = idx.tensor_split(cfg.world)[cfg.rank]
         idx = idx.to(device, non_blocking=True)
-        st.pos += cfg.batch_size
-        x, y = data.x[idx], data.y[idx]
+        st.pos += cfg.step_size
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model, x, y)
-        if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip
-            st.skipped += 1  # no backward, no step: GoodFit's phase does not advance
+        loss = backward(model, data, idx, loss_fn, cfg)
+        if loss is None:
+            st.skipped += 1  # no step: GoodFit's phase does not advance
         else:
-            loss.backward()
+            recording = (st.batch + 1) % cfg.eval_every == 0 or st.batch + 1 == cfg.total_batches
+            norm = clip(optimizer, cfg, recording)
+            grad_norm = norm if norm is not None and recording else grad_norm
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
+            hooks.after_step(st.batch + 1)
             if len(pending) == len(losses):
                 flush()
             losses[len(pending)].copy_(loss.detach(), non_blocking=True)

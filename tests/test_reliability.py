@@ -245,7 +245,7 @@ CASES = [
     Case("unknown-dataset", lambda t, b: _pretrain(t, "data.name=toy_sn"),
          ("toy.yaml: data.name: unknown dataset 'toy_sn'; did you mean 'toy_sin'?",)),
     Case("unknown-optimizer", lambda t, b: _pretrain(t, "pretrain.optimizer.name=adamx"),
-         ("override pretrain.optimizer.name: unknown value 'adamx'; did you mean 'adam'?",)),
+         ("override pretrain.optimizer.name: unknown optimizer 'adamx'; did you mean 'adamax'?",)),
     Case("unknown-arm", lambda t, b: _finetune(_write(t / "b.safetensors", b), t,
                                                "--optimizer", "goodfti"),
          ("unknown arm 'goodfti'; did you mean 'goodfit'?",)),
@@ -366,8 +366,8 @@ def test_nan_loss_stops_with_batch_and_keeps_last_good_state(tmp_path, base_byte
     out = tmp_path / "out"
     line = assert_one_error_line(invoke(
         "finetune", "--base", base, "--recipe", "toy", "--out", out, "--optimizer", "rmsprop",
-        "--no-wise", *TINY, "finetune.scheduler.args.step_size=6",
-        "finetune.scheduler.args.gamma=1e30", "checkpoint.every=2"), code=4)
+        "--no-wise", *TINY, "finetune.scheduler.args.decay_epochs=6",
+        "finetune.scheduler.args.decay_rate=1e30", "checkpoint.every=2"), code=4)
     state = out / "rmsprop" / "state-00000006.safetensors"
     assert line == (f"training diverged: loss is NaN or Inf at batch 8 of rmsprop; the last good "
                     f"state is {state} (lower the learning rate, or set nonfinite: skip in the "

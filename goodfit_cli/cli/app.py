@@ -275,14 +275,21 @@ def eval_(
 
 @app.command()
 @handled
-def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to check.")) -> None:
-    """Check recipes without running them: schema, registry names, model arguments."""
+def validate(recipes: list[str] = typer.Argument(
+        ..., help="Recipe files to check, then key.sub=value overrides applied to each.")) -> None:
+    """Check recipes without running them: schema, registry names, model arguments, each arm's
+    optimizer and schedule (everything that would fail at run time before training).
+
+    Examples: goodfit validate recipes/*.yaml;
+    goodfit validate recipes/toy.yaml finetune.optimizer.name=adan finetune.accumulate=4
+    """
     from goodfit_cli.workflows.validate import validate as check
 
+    overrides = [a for a in recipes if "=" in a]
     failed = 0
-    for path in recipes:
+    for path in (Path(a) for a in recipes if "=" not in a):
         try:
-            r = check(path)
+            r = check(path, overrides)
             out.print(f"[green]ok[/]  {escape(str(path))}  ({escape(r.name)})", highlight=False,
                       soft_wrap=True)
         except UserError as e:
@@ -290,6 +297,23 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe files to che
             err.print(f"[red]bad[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     if failed:
         raise typer.Exit(2)
+
+@app.command("optimizers")
+@handled
+def list_optimizers() -> None:
+    """List the optimizers an arm may name (timm's registry).
+
+    Each NAME is an arm (`--optimizer NAME`), `lookahead_NAME` is timm's Lookahead over it, and
+    `goodfit:NAME` is GoodFit over it. Example: goodfit optimizers
+    """
+    from goodfit_cli.workflows.validate import optimizers
+
+    t = Table(title="optimizers (also lookahead_<name>, goodfit:<name>)")
+    t.add_column("name", no_wrap=True)
+    t.add_column("description")
+    for name, desc in optimizers():
+        t.add_row(escape(name), escape(desc))
+    out.print(t)
 
 @app.command("recipes")
 @handled

@@ -7,7 +7,6 @@ from goodfit_cli.recipe.schema import (
     LOSSES,
     METRICS,
     OPTIMIZERS,
-    SCHEDULERS,
     Component,
     GoodFitSpec,
     OptimizerSpec,
@@ -21,7 +20,8 @@ from goodfit_cli.recipe.schema import (
     parse_recipe,
     recipe_dict,
 )
+from goodfit_cli.recipe.components import SCHEDULERS, optimizer_names
 
 __all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
            "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",
-           "load_recipe", "parse_override", "parse_recipe", "recipe_dict"]
+           "load_recipe", "optimizer_names", "parse_override", "parse_recipe", "recipe_dict"]

@@ -18,6 +18,7 @@ import yaml
 
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.yamlcheck import (
     REQUIRED,
     Ctx,
@@ -33,8 +34,7 @@ from goodfit_cli.recipe.yamlcheck import (
     type_name,
 )
 
-OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")
-SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
+OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")  # the classic four; any timm name works too
 LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
 METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
 
@@ -61,12 +61,13 @@ class OptimizerSpec:
     name: str
     lr: float
     kwargs: dict[str, Any] = field(default_factory=dict)  # momentum, weight_decay, betas, ...
+    no_decay_norm_bias: bool = False  # timm's groups: no weight decay on norms and biases
 
 
 @dataclass
 class SchedulerSpec:
     name: str = "none"
-    args: dict[str, Any] = field(default_factory=dict)  # counted in batches
+    args: dict[str, Any] = field(default_factory=dict)  # timm's; *_epochs count batches
 
 
 @dataclass
@@ -87,6 +88,10 @@ class StageSpec:
     goodfit: GoodFitSpec = field(default_factory=GoodFitSpec)
     arms: list[str] = field(default_factory=list)
     arm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    accumulate: int = 1  # micro-batches of batch_size per optimizer step
+    clip: dict[str, float] = field(default_factory=dict)  # {"norm": x} and/or {"value": y}
+    ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
+    early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Recipe:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model for training
+    tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
@@ -138,28 +144,44 @@ def arm_name(v: Any, ctx: Ctx) -> str:
     s = string()(v, ctx)
     kind, _, base = s.partition(":")
     if kind in ("goodfit", "head_only"):
-        if base and base not in OPTIMIZERS:
-            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{suggest(base, list(OPTIMIZERS))}")
-    elif base or kind not in OPTIMIZERS:
-        names = [*OPTIMIZERS, "head_only", "goodfit"]
-        raise ctx.fail(f"unknown arm {s!r}{suggest(s, names)} "
+        bad = unknown_optimizer(base) if base else None
+        if bad:
+            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{bad}")
+    elif base or unknown_optimizer(kind):
+        bad = suggest(s, ["head_only", "goodfit"]) if base else unknown_optimizer(kind)
+        raise ctx.fail(f"unknown arm {s!r}{bad} "
                        "(an optimizer, head_only[:opt] or goodfit[:opt])")
     return s
 
 
-OPTIMIZER = section({"name": (string(OPTIMIZERS), REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
+def optimizer_name(v: Any, ctx: Ctx) -> str:
+    s = string()(v, ctx)
+    bad = unknown_optimizer(s)
+    if bad:
+        raise ctx.fail(f"unknown optimizer {s!r}{bad}")
+    return s
+
+
+OPTIMIZER = section({"name": (optimizer_name, REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
                      "momentum": (number(minimum=0.0), None), "weight_decay": (number(0.0), None),
                      "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
-                     "alpha": (number(0.0), None), "nesterov": (optional(boolean), None)})
+                     "alpha": (number(0.0), None), "nesterov": (optional(boolean), None),
+                     "no_decay_norm_bias": (boolean, False), "args": (mapping_any, {})})
 SCHEDULER = section({"name": (string(SCHEDULERS), "none"), "args": (mapping_any, {})})
-GOODFIT = section({"main": (optional(string(OPTIMIZERS)), None), "n_ref": (integer(1), 1),
+CLIP = section({"norm": (optional(number(positive=True)), None),
+                "value": (optional(number(positive=True)), None)})
+EARLY_STOP = section({"patience": (optional(integer(1)), None), "min_delta": (number(0.0), 0.0),
+                      "gate": (boolean, False)})
+GOODFIT = section({"main": (optional(optimizer_name), None), "n_ref": (integer(1), 1),
                    "ref_ratio": (number(positive=True), 10.0),
                    "projection": (string(("global", "tensor")), "global")})
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
-              "scheduler": (SCHEDULER, {"name": "none", "args": {}})}
+              "scheduler": (SCHEDULER, {"name": "none", "args": {}}),
+              "accumulate": (integer(1), 1), "clip": (CLIP, {})}
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
-                 "arm_overrides": (mapping_any, {})}
+                 "arm_overrides": (mapping_any, {}),
+                 "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
 TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
@@ -175,6 +197,9 @@ TOP = section({
     "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
+    "tracking": (section({"tensorboard": (boolean, False), "mlflow": (boolean, False),
+                          "mlflow_uri": (optional(string()), None),
+                          "mlflow_experiment": (optional(string()), None)}), {}),
 })
 
 
@@ -246,7 +271,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
         arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))
-        allowed = {"steps", "epochs", "batch_size", "lr"}
+        allowed = {"steps", "epochs", "batch_size", "lr", "ema"}
         for key in (over or {}):
             if key not in allowed:
                 raise ctx.child("finetune").child("arm_overrides").child(arm).child(key).fail(
@@ -260,13 +285,17 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     def stage_spec(st: dict) -> StageSpec:
         o = st["optimizer"]
         kwargs = {k: (tuple(x) if k == "betas" else x) for k, x in o.items()
-                  if k not in ("name", "lr") and x is not None}
+                  if k not in ("name", "lr", "args", "no_decay_norm_bias") and x is not None}
+        kwargs.update(o["args"])
         return StageSpec(
-            optimizer=OptimizerSpec(o["name"], o["lr"], kwargs), batch_size=st["batch_size"],
+            optimizer=OptimizerSpec(o["name"], o["lr"], kwargs, o["no_decay_norm_bias"]),
+            batch_size=st["batch_size"],
             steps=st["steps"], epochs=st["epochs"],
             scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
             goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
-            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})))
+            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
+            accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
+            ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}))
 
     return Recipe(
         name=v["name"], description=v["description"],
@@ -280,6 +309,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                           else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
+        tracking=v["tracking"],
         raw=raw)
 
 

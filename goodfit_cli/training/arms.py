@@ -1,13 +1,14 @@
 """Arms: which parameters train and with which optimizer, by name.
 
-An arm is `<opt>` (sgd, adamw, adam, rmsprop: every parameter), `head_only[:<opt>]` (only the
-model's head trains; the body is frozen and kept in eval mode) or `goodfit[:<opt>]` (GoodFit over
-that main optimizer). Without `:<opt>` the stage's optimizer (or `goodfit.main`) is used.
+An arm is `<opt>` (any timm optimizer name: sgd, adamw, adan, lion, lookahead_adamw, ...;
+every parameter), `head_only[:<opt>]` (only the model's head trains; the body is frozen and kept
+in eval mode) or `goodfit[:<opt>]` (GoodFit over that main optimizer). Without `:<opt>` the
+stage's optimizer (or `goodfit.main`) is used. Optimizers and schedules come from timm's
+factories (training/optimizers.py, training/schedules.py).
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,9 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.models import head_prefixes, set_head_only, unwrap
 from goodfit_cli.optim import GoodFit
-from goodfit_cli.recipe import OptimizerSpec, SchedulerSpec, StageSpec
-
-OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam,
-    "rmsprop": torch.optim.RMSprop,
-}
+from goodfit_cli.recipe import StageSpec
+from goodfit_cli.recipe.components import unknown_optimizer
+from goodfit_cli.training.optimizers import create_main
 
 
 @dataclass
@@ -42,10 +40,16 @@ def arm_dirname(name: str) -> str:
     return name.replace(":", "-")
 
 
+# The seed's comparison (SGD, Adam, Lookahead, Adan) and the project's classic names: the
+# optimizers every arm kind is exercised with (any timm optimizer name is accepted as well).
+BASELINES = ("sgd", "adam", "adamw", "rmsprop", "adan", "lookahead_adamw")
+ARM_KINDS = ("plain", "head_only", "goodfit")
+
+
 def arm_names() -> list[str]:
-    """Every arm name the registry accepts: each optimizer, head_only:<opt> and goodfit:<opt>."""
-    opts = sorted(OPTIMIZER_CLASSES)
-    return [*opts, *(f"head_only:{o}" for o in opts), *(f"goodfit:{o}" for o in opts)]
+    """The arm matrix: every arm kind over every baseline optimizer ('adamw', 'head_only:adamw',
+    'goodfit:adamw', ...). A new arm kind belongs in ARM_KINDS, and so in every test matrix."""
+    return [o if kind == "plain" else f"{kind}:{o}" for kind in ARM_KINDS for o in BASELINES]
 
 
 def parse_arm(name: str, stage: StageSpec) -> Arm:
@@ -56,22 +60,13 @@ def parse_arm(name: str, stage: StageSpec) -> Arm:
         arm = Arm(name, "head_only", opt or stage.optimizer.name)
     else:
         arm = Arm(name, "plain", name)
-    if arm.optimizer not in OPTIMIZER_CLASSES:  # e.g. a typo in --optimizer
-        names = [*OPTIMIZER_CLASSES, "head_only", "goodfit"]
-        raise UserError(f"unknown arm {name!r}{suggest(name, names)} (an optimizer, "
-                        "head_only[:opt] or goodfit[:opt])")
+    bad = unknown_optimizer(arm.optimizer)
+    if bad:  # e.g. a typo in --optimizer
+        if arm.kind == "plain" and suggest(name, ["head_only", "goodfit"]).startswith(";"):
+            bad = suggest(name, ["head_only", "goodfit"])
+        raise UserError(f"unknown arm {name!r}{bad} (an optimizer, head_only[:opt] or "
+                        "goodfit[:opt]; `goodfit optimizers` lists the optimizers)")
     return arm
-
-
-def _optimizer(name: str, spec: OptimizerSpec, params: Any, lr: float) -> torch.optim.Optimizer:
-    cls = OPTIMIZER_CLASSES[name]
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = dict(spec.kwargs) if name == spec.name else {
-        k: v for k, v in spec.kwargs.items() if k == "weight_decay" and k in accepted}
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        raise UserError(f"optimizer {name!r} does not take {unknown[0]!r}")
-    return cls(params, lr=lr, **kwargs)
 
 
 def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
@@ -80,8 +75,7 @@ def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
     lr = stage.optimizer.lr if lr is None else lr
     if arm.kind == "head_only":
         set_head_only(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    main = _optimizer(arm.optimizer, stage.optimizer, params, lr)
+    main = create_main(arm.optimizer, stage.optimizer, unwrap(model), lr)
     if arm.kind != "goodfit":
         return main
     gf = stage.goodfit
@@ -103,32 +97,11 @@ def train_mode(arm: Arm):
     return mode
 
 
-def build_scheduler(spec: SchedulerSpec, optimizer: torch.optim.Optimizer, total_batches: int):
-    """A torch.optim.lr_scheduler over the optimizer; stepped once per batch."""
-    a = dict(spec.args)
-    sched = torch.optim.lr_scheduler
-    try:
-        if spec.name == "none":
-            return None
-        if spec.name == "step":
-            return sched.StepLR(optimizer, **a)
-        if spec.name == "multistep":
-            return sched.MultiStepLR(optimizer, **a)
-        if spec.name == "exponential":
-            return sched.ExponentialLR(optimizer, **a)
-        if spec.name == "cosine":
-            a.setdefault("T_max", total_batches)
-            return sched.CosineAnnealingLR(optimizer, **a)
-    except TypeError as e:
-        raise UserError(f"scheduler {spec.name!r}: bad args {spec.args}: {e}") from None
-    raise UserError(f"unknown scheduler {spec.name!r}")
-
-
 def stage_for_arm(stage: StageSpec, arm: Arm) -> dict[str, Any]:
     """The per-arm budget: steps / epochs / batch_size / lr after `arm_overrides`."""
     over = stage.arm_overrides.get(arm.name) or stage.arm_overrides.get(arm.kind) or {}
     out = {"steps": stage.steps, "epochs": stage.epochs, "batch_size": stage.batch_size,
-           "lr": stage.optimizer.lr}
+           "lr": stage.optimizer.lr, "ema": over.get("ema", stage.ema)}
     if "steps" in over or "epochs" in over:
         out["steps"], out["epochs"] = over.get("steps"), over.get("epochs")
     for k in ("batch_size", "lr"):

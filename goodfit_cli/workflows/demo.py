@@ -14,10 +14,10 @@ from goodfit_cli.workflows.stage import Ui
 
 # the demo shortens only the base's pretraining (10 000 -> 3 000 batches, same decay per run);
 # the fine-tuning stage is the seed's: 1 500 batches at lr 5e-4, x0.95 every 100
-DEMO_OVERRIDES = ["pretrain.steps=3000", "pretrain.scheduler.args.step_size=150"]
+DEMO_OVERRIDES = ["pretrain.steps=3000", "pretrain.scheduler.args.decay_epochs=150"]
 QUICK_OVERRIDES = ["data.args.n_train=4000", "data.args.n_test=1000", "pretrain.steps=300",
-                   "pretrain.scheduler.args.step_size=100", "finetune.steps=60",
-                   "finetune.scheduler.args.step_size=20", "eval.every=20",
+                   "pretrain.scheduler.args.decay_epochs=100", "finetune.steps=60",
+                   "finetune.scheduler.args.decay_epochs=20", "eval.every=20",
                    "model.args.hidden=[128, 128]"]
 
 

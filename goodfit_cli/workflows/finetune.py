@@ -106,8 +106,11 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     with stop_on_signals() as stop:
         for arm in parsed:
             arm_dir = out / arm.dirname
+            ema_dir = out / f"{arm.dirname}+ema"  # training.arm_dirname of '<arm>+ema'
             if (arm_dir / "summary.json").exists() and (arm_dir / "model.safetensors").exists():
                 results.append(load_result(arm_dir))
+                if (ema_dir / "summary.json").exists():
+                    results.append(load_result(ema_dir))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
                 continue
             model.load_state_dict(base_state)
@@ -117,6 +120,8 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
             try:
                 results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
                                                             meta), stop, ui))
+                if (ema_dir / "summary.json").exists():
+                    results.append(load_result(ema_dir))
             except Interrupted as e:
                 e.resume = f"the same command plus --resume {out}"
                 raise

@@ -18,6 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.core.metrics import direction
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -50,7 +51,9 @@ from goodfit_cli.training import (
     train_mode,
     whole_cycles,
 )
+from goodfit_cli.training.averaging import AnchorEma, CycleStats
 from goodfit_cli.workflows.session import Session
+from goodfit_cli.workflows.tracking import Tracker
 
 Log = Callable[[str], None]
 
@@ -79,12 +82,14 @@ class StageJob:
     task: str  # "old" (pretrain) or "new" (fine-tune)
     out: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
+    ema: float | None = None  # EMA decay: also write the averaged weights as '<arm>+ema'
 
 
-def total_batches(budget: dict[str, Any], n: int) -> int:
+def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
+    """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate)."""
     if budget.get("steps"):
         return int(budget["steps"])
-    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"])
+    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"] * accumulate)
 
 
 class StageHooks(Hooks):
@@ -97,10 +102,30 @@ class StageHooks(Hooks):
         self.job, self.stop, self.records = job, stop, records
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
+        self.ema = AnchorEma(model, job.ema) if job.ema else None
+        self.stats = CycleStats()
+        self.tracker = Tracker(job.out, s.recipe.tracking, job.arm.name) if self.main_rank else None
+
+    def after_step(self, batch: int) -> None:
+        if self.ema is not None:
+            self.ema.update(self.model, self.optimizer)
+        self.stats.update(self.optimizer)
 
     def evaluate(self) -> dict[str, Any]:
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
-            return self.s.evaluate(self.model)
+            res = self.s.evaluate(self.model)
+        if self.scheduler is not None:  # plateau watches the trained task's primary metric
+            task = self.job.task
+            self.scheduler.observe(res.get(task, {}).get(self.s.recipe.primary[task]))
+        ref_ratio = getattr(self.optimizer, "ref_ratio", None)
+        if ref_ratio:
+            res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
+        stats = self.stats.read()
+        if stats:
+            res["goodfit"] = stats
+        if self.ema is not None:
+            res["ema"] = self.s.evaluate(self.ema.module)
+        return res
 
     def train_mode(self, model: nn.Module) -> None:
         self._train_mode(model)
@@ -115,6 +140,7 @@ class StageHooks(Hooks):
         ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "rng": torch.get_rng_state(), "loop": st.to_dict()})
         for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
             old.unlink(missing_ok=True)
@@ -123,6 +149,7 @@ class StageHooks(Hooks):
         self.records.append(rec)
         if self.main_rank:
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
+            self.tracker.log(rec, self.records)
 
 
 class _Recording:
@@ -159,15 +186,17 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    asked = total_batches(budget, len(data))
+    asked = total_batches(budget, len(data), job.stage.accumulate)
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
     total = whole_cycles(optimizer, asked)
     if total != asked:
         log(f"{arm.name}: {asked} batches rounded up to {total}, whole cycles of "
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
-    scheduler = build_scheduler(job.stage.scheduler, optimizer, total)
+    mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
+    scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
-                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
+                     s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
+                     job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
     trained = torch.compile(model) if s.recipe.compile else model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
@@ -185,7 +214,10 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
+    job.ema = budget.get("ema")
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
+    if saved is not None and hooks.ema is not None and saved.get("ema") is not None:
+        hooks.ema.load_state_dict(saved["ema"])
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
         st = train(trained, optimizer, scheduler, data, s.runners[job.task].loss, cfg, hooks,
@@ -199,8 +231,30 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Interrupted(stop.signum or signal.SIGINT, out)
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
-    return _finish(s, model, optimizer, job, st, records, (len(data), budget["batch_size"]),
-                   cycles)
+    if hooks.tracker is not None:
+        hooks.tracker.close()
+    sizes = (len(data), cfg.step_size)
+    if hooks.ema is not None:  # the averaged weights: a candidate of their own, written first
+        _finish(s, hooks.ema.module, optimizer, ema_job(job, records), st,
+                ema_records(records), sizes, cycles)
+    return _finish(s, model, optimizer, job, st, records, sizes, cycles)
+
+
+def ema_job(job: StageJob, records: list[dict]) -> StageJob:
+    """The '<arm>+ema' candidate's job: its own folder beside the arm's, with its curve."""
+    arm = Arm(f"{job.arm.name}+ema", job.arm.kind, job.arm.optimizer)
+    out = job.out.parent / arm.dirname
+    if dist_info()[0] == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "metrics.jsonl", ema_records(records))
+    return StageJob(arm, job.stage, job.task, out, {**job.metadata, "ema_decay": job.ema,
+                                                     "ema_of": job.arm.name})
+
+
+def ema_records(records: list[dict]) -> list[dict]:
+    """The arm's records with the EMA's metrics in place of the arm's."""
+    return [{**{k: v for k, v in r.items() if k != "ema"}, **r["ema"]} for r in records
+            if "ema" in r]
 
 
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,

@@ -1,0 +1,87 @@
+"""Experiment tracking for one run: metrics.csv always, TensorBoard and MLflow when asked.
+
+Each evaluation record (train loss, main and reference lr, main updates, gradient norm,
+samples/s, both tasks' metrics, GoodFit's conflict rate and projection size, EMA metrics) is
+flattened to `name -> number` ("old/accuracy", "goodfit/conflict_rate") and logged at the
+record's batch. The CSV is rewritten whole through io.atomic at every record; TensorBoard
+(`torch.utils.tensorboard`, extra `goodfit[tensorboard]`) writes events under
+`<arm>/tensorboard/`; MLflow (extra `goodfit[mlflow]`) logs to a file store under the run
+folder (SQLite, `<run>/mlflow.db`: MLflow 3 retired its plain-file store) unless the recipe
+gives a tracking URI. Those two files are the
+libraries' own append-only logs, written by their writers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import atomic_write
+
+
+def flatten(rec: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """{"old": {"mse": 1.0}, "lr": 0.1} -> {"old/mse": 1.0, "lr": 0.1}; non-numbers dropped."""
+    out: dict[str, float] = {}
+    for k, v in rec.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[name] = float(v)
+    return out
+
+
+class Tracker:
+    """Where one run's records go. `spec`: the recipe's `tracking` section."""
+
+    def __init__(self, out: Path, spec: dict[str, Any], run_name: str) -> None:
+        self.out = out
+        self.tb = self.mlflow = None
+        if spec.get("tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("tracking.tensorboard: TensorBoard is not installed; "
+                                "pip install 'goodfit[tensorboard]'") from None
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+        if spec.get("mlflow"):
+            try:
+                import mlflow
+            except ImportError:
+                raise UserError("tracking.mlflow: MLflow is not installed; "
+                                "pip install 'goodfit[mlflow]'") from None
+            uri = spec.get("mlflow_uri") or f"sqlite:///{(out.parent / 'mlflow.db').resolve()}"
+            self.mlflow = mlflow.MlflowClient(tracking_uri=uri)
+            name = spec.get("mlflow_experiment") or "goodfit"
+            exp = self.mlflow.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else self.mlflow.create_experiment(name)
+            self.run_id = self.mlflow.create_run(exp_id, run_name=run_name).info.run_id
+
+    def log(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Log `rec`; the CSV is rewritten from `history` (every record so far, `rec` last)."""
+        step = int(rec["batch"])
+        values = flatten({k: v for k, v in rec.items() if k != "batch"})
+        rows = [{"batch": int(r["batch"]), **flatten({k: v for k, v in r.items() if k != "batch"})}
+                for r in history]
+        cols = ["batch", *sorted({k for r in rows for k in r} - {"batch"})]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.out / "metrics.csv", buf.getvalue())
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+        if self.mlflow is not None:
+            for k, v in values.items():
+                self.mlflow.log_metric(self.run_id, k.replace("@", "_at_"), v, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.mlflow is not None:
+            self.mlflow.set_terminated(self.run_id)
