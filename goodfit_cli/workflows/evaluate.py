@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import atomic_write, probe_writable
+from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
 from goodfit_cli.workflows.stage import Ui
@@ -17,6 +19,13 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     """Evaluate `checkpoint`; write the JSON to `out` (default: eval-<recipe>.json beside the
     checkpoint). Returns the result and where it went."""
     ui = ui or Ui()
+    dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
+    check_outputs({"--out": dest}, {}, {"--checkpoint": checkpoint})
+    if checkpoint.is_file():  # say it now, not after the evaluation
+        try:
+            probe_writable(dest.parent)
+        except OSError as e:
+            raise UserError(f"cannot write {dest}: {e.strerror} (pass --out elsewhere)") from None
     s = open_session(recipe, place)
     model = s.model()
     loaded = load_checkpoint(model, checkpoint)
@@ -24,6 +33,5 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         ui.log(msg)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,
               "metrics": s.evaluate(model)}
-    dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     return result, dest

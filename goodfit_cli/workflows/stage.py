@@ -50,6 +50,7 @@ from goodfit_cli.training import (
     train_mode,
     whole_cycles,
 )
+from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
 
 Log = Callable[[str], None]
@@ -174,6 +175,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             trained, device_ids=[s.device.index] if s.device.type == "cuda" else None)
     loop_state = None
     records: list[dict] = []
+    if main_rank:  # only this run's own states are resumed
+        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log)
     saved = newest_state(out, log)
     if saved is not None:  # resume exactly where the saved state left off
         model.load_state_dict(saved["model"])
@@ -244,6 +247,9 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
     save_predictions(out / "predictions.safetensors", preds)
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = sha256_file(out / "model.safetensors")
+    summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first
+                               for f in ("predictions.safetensors", "metrics.jsonl")
+                               if (out / f).exists()}
     write_json(out / "summary.json", summary)
     for f in state_files(out):
         f.unlink(missing_ok=True)
