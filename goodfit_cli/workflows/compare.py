@@ -18,8 +18,8 @@ from typing import Any
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import sha256_file
-from goodfit_cli.io.rundir import load_predictions, read_jsonl
 from goodfit_cli.io.outputs import check_outputs
+from goodfit_cli.io.rundir import load_predictions, read_json, read_jsonl
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import Recipe
@@ -50,9 +50,11 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
         return [Side(path.stem if path.stem != "model" else d.name, path)]
     if (path / "run.json").exists():  # a fine-tuning run directory
         if as_base:
-            base = json.loads((path / "base" / "metrics.json").read_text())
-            return [Side("base", Path(base["checkpoint"]), path / "base" / "metrics.json")]
-        arms = json.loads((path / "run.json").read_text())["arms"]
+            base = read_json(path / "base" / "metrics.json")
+            return [Side("base", Path(str(base.get("checkpoint", ""))), path / "base" / "metrics.json")]
+        arms = read_json(path / "run.json").get("arms")
+        if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
+            raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
         return [Side(a, path / arm_dirname(a) / "model.safetensors",
                      path / arm_dirname(a) / "summary.json") for a in arms]
     if (path / "model.safetensors").exists():

@@ -27,6 +27,7 @@ from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm
+from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.reporting import make_report, provenance
 from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session
@@ -73,6 +74,7 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     Holds the run folder's lock throughout (rank 0); `--overwrite` moves the old content aside.
     Returns the report (an empty dict on ranks other than 0)."""
     ui = ui or Ui()
+    check_stages(job.recipe, job.arms)  # a bad optimizer or schedule: before anything is written
     check_outputs({"--junit": job.junit}, {"--out": None if job.resume else job.out},
                   {"--base": job.base})
     lock = None

@@ -15,6 +15,7 @@ from goodfit_cli.io.rundir import RunResult, state_files
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.training import Arm
+from goodfit_cli.training.checks import check_arm
 from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Place, open_session
 from goodfit_cli.workflows.stage import StageJob, Ui, run_stage
@@ -24,6 +25,8 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
              overwrite: bool = False) -> RunResult:
     ui = ui or Ui()
     resume = bool(state_files(out))  # an interrupted pretrain continues from its newest state
+    arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
+    check_arm(recipe.pretrain, arm, recipe.at("pretrain"))  # before anything is written
     lock = None
     if is_main():
         lock, moved = open_run(out, overwrite=overwrite, resume=resume, resume_hint="")
@@ -34,8 +37,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         model = s.model()  # before any file is written: a bad model spec leaves --out empty
         meta = {"goodfit_version": __version__, "recipe": recipe.name,
                 "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
-        job = StageJob(Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
-                       recipe.pretrain, "old", out, meta)
+        job = StageJob(arm, recipe.pretrain, "old", out, meta)
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
             atomic_write(out / "recipe.yaml", recipe.to_yaml())

@@ -177,13 +177,17 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     records: list[dict] = []
     if main_rank:  # only this run's own states are resumed
         claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log)
-    saved = newest_state(out, log)
-    if saved is not None:  # resume exactly where the saved state left off
+
+    def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
             scheduler.load_state_dict(saved["scheduler"])
+        LoopState.from_dict(saved["loop"])
         torch.set_rng_state(saved["rng"])
+
+    saved = newest_state(out, log, restore)
+    if saved is not None:  # resume exactly where the saved state left off
         loop_state = LoopState.from_dict(saved["loop"])
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")

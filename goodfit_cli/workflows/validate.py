@@ -11,6 +11,7 @@ from goodfit_cli.core.registry import suggest
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
 
 
@@ -22,4 +23,5 @@ def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
                         f"{suggest(r.data.name, DATASETS.names())}")
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
+    check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
     return r
