@@ -74,7 +74,7 @@ limits:
     ("limits:\n  - {task: old, metric: accuracy, max_drop: 0.1, require_significant: 1}",
      r"require_significant: must be true or false"),
     ("limits: []", r"'limits' must be a non-empty list"),
-    ("limits: [unclosed", r"not valid YAML at line"),
+    ("limits: [unclosed", r"gate.yaml:1:\d+: YAML syntax error"),
 ])
 def test_load_gate_errors_name_file_and_key(tmp_path, text, match):
     """each mistake in a gate file is one UserError line naming the file and the key."""

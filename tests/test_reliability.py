@@ -271,7 +271,7 @@ CASES = [
     Case("gate-file-bad-yaml",
          lambda t, b: _finetune(_write(t / "b.safetensors", b), t, "--gate",
                                 _write(t / "gate.yaml", "limits: 2020-13-45")),
-         ("{t}/gate.yaml: not valid YAML (ValueError: month must be in 1..12)",)),
+         ("{t}/gate.yaml: YAML value error: month must be in 1..12",)),
     Case("compare-architectures", _compare_architectures,
          (("{t}/wide.safetensors: tensor 'body.0.weight' has shape (48, 2) in the checkpoint but "
           "(32, 2) in the recipe's model"),)),
@@ -296,14 +296,15 @@ def test_bad_input_exit_2_one_line_nothing_lost(case, tmp_path, base_bytes, monk
 
 
 def test_overwrite_never_clobbers_a_checkpoint(tmp_path, base_bytes):
-    """--overwrite into a run dir writes the new model.safetensors and keeps the old one, byte for
-    byte, as model.prev-<time>.safetensors."""
+    """--overwrite into a run dir starts in an empty folder and keeps the old content, byte for
+    byte, moved whole to run.prev-<time>/."""
     out = tmp_path / "run"
     _write(out / "model.safetensors", base_bytes)
     res = invoke("pretrain", "--recipe", "toy", "--out", out, "--overwrite", "--seed", "1", *TINY)
     assert res.exit_code == 0, res.output
-    (prev,) = out.glob("model.prev-*.safetensors")
-    assert prev.read_bytes() == base_bytes
+    (prev,) = tmp_path.glob("run.prev-*")
+    assert (prev / "model.safetensors").read_bytes() == base_bytes
+    assert f"moved to {prev} (kept)" in res.output
     assert (out / "model.safetensors").read_bytes() != base_bytes
     ckpt.load_model(out / "model.safetensors")
 
@@ -344,15 +345,17 @@ def test_disk_full_during_write_then_resume(tmp_path, base_bytes, monkeypatch):
 
 
 def test_disk_full_with_overwrite_keeps_the_old_checkpoint(tmp_path, base_bytes, monkeypatch):
-    """ENOSPC while --overwrite replaces a checkpoint: exit 2, and model.safetensors still holds
-    the old model, byte for byte, at its own path."""
+    """ENOSPC while --overwrite replaces a checkpoint: exit 2, and the old model is kept, byte for
+    byte, in the folder the old content was moved to."""
     out = tmp_path / "run"
     _write(out / "model.safetensors", base_bytes)
     _disk_full_on_model_write(monkeypatch)
     line = assert_one_error_line(invoke("pretrain", "--recipe", "toy", "--out", out,
                                         "--overwrite", *TINY))
     assert line.startswith(f"error: cannot write {out}/model.safetensors: No space left on device")
-    assert (out / "model.safetensors").read_bytes() == base_bytes
+    (prev,) = tmp_path.glob("run.prev-*")
+    assert (prev / "model.safetensors").read_bytes() == base_bytes
+    assert not (out / "model.safetensors").exists()
 
 
 # ---------------------------------------------------------------------------------------------

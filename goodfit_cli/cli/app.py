@@ -407,7 +407,7 @@ def main() -> None:
         app()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):  # never raises
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

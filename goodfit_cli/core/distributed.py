@@ -7,6 +7,7 @@ finishes, a resumable state is saved, the process exits 130 / 143); the ranks ag
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import sys
@@ -18,11 +19,38 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TIMEOUT_ENV = "GOODFIT_DIST_TIMEOUT"  # seconds to wait for the other processes (default 300)
+
 
 def dist_info() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) when none is set.
+
+    A launcher's variables are accepted only as a complete, consistent set: a stray `RANK=1`
+    would otherwise make this process skip every write (the gate included) and exit 0."""
     env = os.environ
-    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
+    given = [k for k in LAUNCH_VARS if k in env]
+    if not given:
+        return 0, 1, 0
+    where = " ".join(f"{k}={env[k]!r}" for k in given)
+    missing = [k for k in ("RANK", "WORLD_SIZE") if k not in env]
+    if missing:
+        raise UserError(f"environment: {where} without {' and '.join(missing)}; set all of "
+                        "RANK, WORLD_SIZE (and LOCAL_RANK) as torchrun does, or none")
+    values = {}
+    for k in given:
+        v = env[k].strip()
+        if not v.isascii() or not v.isdigit():
+            raise UserError(f"environment: {k}={env[k]!r} is not a non-negative integer")
+        values[k] = int(v)
+    rank, world, local = values["RANK"], values["WORLD_SIZE"], values.get("LOCAL_RANK", 0)
+    if world < 1 or rank >= world or local > rank:
+        raise UserError(f"environment: {where} is inconsistent (need 0 <= LOCAL_RANK <= RANK < "
+                        "WORLD_SIZE)")
+    if world > 1 and not all(env.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")):
+        raise UserError(f"environment: {where} without MASTER_ADDR and MASTER_PORT; launch "
+                        "several processes with torchrun or --nproc")
+    return rank, world, local
 
 
 def is_main() -> bool:
@@ -44,10 +72,26 @@ def init_distributed(device: torch.device) -> None:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) once."""
     import torch.distributed as dist
 
-    if dist_info()[1] > 1 and not dist.is_initialized():
+    rank, world, _ = dist_info()
+    if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        raw = os.environ.get(TIMEOUT_ENV, "300")
+        try:
+            seconds = float(raw)
+            assert 0 < seconds < 1e6
+        except (ValueError, AssertionError):
+            raise UserError(f"environment: {TIMEOUT_ENV}={raw!r} is not a number of seconds "
+                            "between 0 and 1e6") from None
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(seconds=seconds))
+        except (RuntimeError, TimeoutError) as e:  # DistStoreError and friends
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"process {rank} of {world} could not meet the others at "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
+                            f"within {seconds:g} s ({first}); start every process, or set "
+                            f"{TIMEOUT_ENV} to wait longer") from None
 
 
 def finish() -> None:

@@ -51,6 +51,8 @@ def _read(path: str, key: str) -> tuple[np.ndarray, np.ndarray]:
         raise ArgError(key, f"{path}: y must be a 1-D integer array, got {y.dtype} {y.shape}")
     if len(y) and y.min() < 0:
         raise ArgError(key, f"{path}: y has negative label {int(y.min())}")
+    if len(y) and int(y.max()) > 2**31:  # uint64 ids above 2**63 would wrap negative as int64
+        raise ArgError(key, f"{path}: y has label {int(y.max())}; class ids must be below 2**31")
     if x.dtype == np.uint8:
         if x.ndim == 3:
             x = x[..., None]  # (N, H, W) grey → (N, H, W, 1)

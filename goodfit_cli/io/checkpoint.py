@@ -141,6 +141,9 @@ def _parse_header(name: str, raw: bytes, data_len: int) -> dict[str, str]:
             raise UserError(f"{where} has unsupported dtype {dtype!r}; {damaged}")
         if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < 2**63 for d in shape):
             raise UserError(f"{where} has an invalid shape {shape!r}; {damaged}")
+        if math.prod(max(d, 1) for d in shape) * _DTYPE_BYTES[dtype] >= 2**62:  # strides overflow
+            raise UserError(f"{where} has shape {shape!r}, too large to address even when "
+                            f"empty; {damaged}")
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_int, offsets))
                 or not 0 <= offsets[0] <= offsets[1]):
             raise UserError(f"{where} has invalid data_offsets {offsets!r}; {damaged}")

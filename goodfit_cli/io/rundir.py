@@ -31,7 +31,11 @@ Log = Callable[[str], None]
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}); the run folder is damaged "
+                        "(start afresh with --overwrite)") from None
 
 
 @dataclass
@@ -75,14 +79,21 @@ def remove_stale_temps(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def newest_state(out: Path, log: Log) -> dict[str, Any] | None:
-    """The newest state that loads; a damaged newer one (e.g. from a crash) is skipped."""
+def newest_state(out: Path, log: Log,
+                 accept: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """The newest state that loads and that `accept` takes (it restores the state, raising on
+    one that does not fit: missing keys, wrong shapes); a damaged newer one (a crash, a bad
+    write) is skipped with a warning in favour of the one before it."""
     remove_stale_temps(out)
     for path in reversed(state_files(out)):
         try:
-            return ckpt.load_state(path)
-        except UserError as e:
-            log(f"skipping damaged state {path.name}: {e}")
+            state = ckpt.load_state(path)
+            if accept is not None:
+                accept(state)
+            return state
+        except (UserError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as e:
+            reason = f"{type(e).__name__}: {e}" if not isinstance(e, UserError) else str(e)
+            log(f"skipping damaged state {path.name}: {reason[:200]}")
     return None
 
 
@@ -126,8 +137,27 @@ def load_predictions(path: Path) -> dict[str, dict]:
     return preds
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object goodfit wrote; a missing or damaged one is one UserError line."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; the run folder is incomplete (run it again, or "
+                        "start afresh with --overwrite)") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:80]}); the run "
+                        "folder is damaged (run it again, or start afresh with --overwrite)"
+                        ) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object; the run folder is damaged")
+    return data
+
+
 def load_result(arm_dir: Path) -> RunResult:
-    summary = json.loads((arm_dir / "summary.json").read_text())
+    summary = read_json(arm_dir / "summary.json")
+    if not isinstance(summary.get("metrics"), dict) or "name" not in summary:
+        raise UserError(f"{arm_dir / 'summary.json'}: no name or metrics; the run folder is "
+                        "damaged (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary)

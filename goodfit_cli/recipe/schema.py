@@ -35,6 +35,7 @@ from goodfit_cli.recipe.yamlcheck import (
 )
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")  # the classic four; any timm name works too
+SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
 LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
 METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
 
@@ -194,7 +195,7 @@ TOP = section({
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
     "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2)}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
-    "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
+    "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
     "tracking": (section({"tensorboard": (boolean, False), "mlflow": (boolean, False),
@@ -271,11 +272,19 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
         arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))
-        allowed = {"steps", "epochs", "batch_size", "lr", "ema"}
-        for key in (over or {}):
+        allowed = {"steps": integer(1), "epochs": integer(1), "batch_size": integer(1),
+                   "lr": number(minimum=0.0),
+                   "ema": number(positive=True)}
+        if over is None:
+            continue
+        if not isinstance(over, dict):
+            raise ctx.child("finetune").child("arm_overrides").child(arm).fail(
+                f"expected a mapping of {', '.join(allowed)}, got {over!r}")
+        for key in over:
+            at = ctx.child("finetune").child("arm_overrides").child(arm).child(key)
             if key not in allowed:
-                raise ctx.child("finetune").child("arm_overrides").child(arm).child(key).fail(
-                    f"unknown key{suggest(str(key), sorted(allowed))}")
+                raise at.fail(f"unknown key{suggest(str(key), sorted(allowed))}")
+            over[key] = allowed[key](over[key], at)
     if not ft["arms"]:
         ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
     data_dir = v["data_dir"]

@@ -58,12 +58,14 @@ def is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def integer(minimum: int | None = None) -> Checker:
+def integer(minimum: int | None = None, maximum: int | None = None) -> Checker:
     def check(v: Any, ctx: Ctx) -> int:
         if not is_int(v):
             raise ctx.fail(f"expected an integer, got {type_name(v)} {v!r}")
         if minimum is not None and v < minimum:
             raise ctx.fail(f"must be at least {minimum}, got {v}")
+        if maximum is not None and v > maximum:
+            raise ctx.fail(f"must be at most {maximum}, got {v}")
         return v
     return check
 
@@ -77,6 +79,8 @@ def number(minimum: float | None = None, positive: bool = False) -> Checker:
                 pass
         if not is_num(v) or v != v:
             raise ctx.fail(f"expected a number, got {type_name(v)} {v!r}")
+        if v in (float("inf"), float("-inf")):
+            raise ctx.fail(f"must be a finite number, got {v}")
         if positive and not v > 0:
             raise ctx.fail(f"must be greater than 0, got {v}")
         if minimum is not None and v < minimum:
@@ -176,6 +180,8 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int | None], source: str) -
         mark = node.start_mark  # PyYAML decodes "\ud83d\ude00" to two lone surrogates
         raise UserError(f"{source}:{mark.line + 1}:{mark.column + 1}: a \\u escape gives a lone "
                         "UTF-16 surrogate; write the character itself, or \\U0001F600 style")
+    if isinstance(node, yaml.MappingNode):
+        _no_duplicate_keys(node, source)
     children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
                 else node.value if isinstance(node, yaml.SequenceNode) else [])
     total = 1 + sum(_expanded_size(child, sizes, source) for child in children)
@@ -186,12 +192,28 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int | None], source: str) -
     return total
 
 
+def _no_duplicate_keys(node: yaml.MappingNode, source: str) -> None:
+    """A key given twice in one mapping: YAML would silently keep the second."""
+    first: dict[str, int] = {}
+    for k, _v in node.value:
+        if not isinstance(k, yaml.ScalarNode) or k.value == "<<":
+            continue
+        if k.value in first:
+            shown = k.value if len(k.value) <= 40 else k.value[:37] + "..."
+            raise UserError(f"{source}:{k.start_mark.line + 1}:{k.start_mark.column + 1}: "
+                            f"duplicate key {shown!r} (first at line {first[k.value]}); "
+                            "merge the two")
+        first[k.value] = k.start_mark.line + 1
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
+    """(data, key marks) of YAML text: sizes, cycles and duplicate keys are checked on the
+    composed nodes before any value is built."""
     try:
-        data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is not None:
             _expanded_size(node, {}, source)
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source

@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import math
 import os
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from goodfit_cli.core import metrics as M
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.recipe.yamlcheck import parse_yaml
 
 TASKS = ("old", "new")
 DELTA_BOUNDS = ("max_drop", "max_drop_rel", "min_gain")
@@ -62,19 +62,12 @@ def load_gate(path: str | os.PathLike) -> Gate:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the gate file ({getattr(e, 'strerror', None) or e})")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where} ({getattr(e, 'problem', None) or e})")
-    except (RecursionError, ValueError, OverflowError) as e:  # too deep; a date like 2020-13-45
-        raise UserError(f"{path}: not valid YAML ({type(e).__name__}: {e})") from None
+    data, _ = parse_yaml(text, str(path))  # the recipe loader's limits: no alias bombs
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping with a 'limits' list")
     for key in data:
         if key != "limits":
-            raise UserError(f"{path}: unknown key {key!r}{suggest(str(key), ['limits'])}")
+            raise UserError(f"{path}: unknown key {_short(key)}{suggest(str(key), ['limits'])}")
     entries = data.get("limits")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: 'limits' must be a non-empty list of limits")
@@ -84,22 +77,30 @@ def load_gate(path: str | os.PathLike) -> Gate:
     return Gate(tuple(limits), source=str(path))
 
 
+def _short(value) -> str:
+    """A value as the user wrote it, cut short: an alias can stand for gigabytes of repr."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 40, 40
+    text = short.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _parse_limit(entry, where: str) -> list[Limit]:
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected a mapping like {{task: old, metric: accuracy, "
-                        f"max_drop: 0.01}}, got {entry!r}")
+                        f"max_drop: 0.01}}, got {_short(entry)}")
     for key in entry:
         if key not in LIMIT_KEYS:
-            raise UserError(f"{where}: unknown key {key!r}{suggest(str(key), list(LIMIT_KEYS))}")
+            raise UserError(f"{where}: unknown key {_short(key)}{suggest(str(key), list(LIMIT_KEYS))}")
     task, metric = entry.get("task"), entry.get("metric")
     if task not in TASKS:
-        raise UserError(f"{where}.task: must be 'old' or 'new', got {task!r}")
+        raise UserError(f"{where}.task: must be 'old' or 'new', got {_short(task)}")
     if not isinstance(metric, str) or not (metric in FLIP_METRICS or M.is_known(metric)):
         known = sorted({*M.METRIC_DIRECTIONS, *FLIP_METRICS})
-        raise UserError(f"{where}.metric: unknown metric {metric!r}{suggest(str(metric), known)}")
+        raise UserError(f"{where}.metric: unknown metric {_short(metric)}{suggest(str(metric), known)}")
     sig = entry.get("require_significant", False)
     if not isinstance(sig, bool):
-        raise UserError(f"{where}.require_significant: must be true or false, got {sig!r}")
+        raise UserError(f"{where}.require_significant: must be true or false, got {_short(sig)}")
     bounds = [b for b in (*DELTA_BOUNDS, *VALUE_BOUNDS) if b in entry]
     if not bounds:
         raise UserError(f"{where}: give a bound: one of {', '.join(DELTA_BOUNDS + VALUE_BOUNDS)}")
@@ -107,11 +108,11 @@ def _parse_limit(entry, where: str) -> list[Limit]:
     for b in bounds:
         v = entry[b]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise UserError(f"{where}.{b}: must be a number, got {v!r}")
+            raise UserError(f"{where}.{b}: must be a number, got {_short(v)}")
         if b in ("max_drop", "max_drop_rel") and v < 0:
-            raise UserError(f"{where}.{b}: must be >= 0, got {v!r}")
+            raise UserError(f"{where}.{b}: must be >= 0, got {_short(v)}")
         if metric in FLIP_METRICS and b not in VALUE_BOUNDS:
-            raise UserError(f"{where}.{b}: flip rate {metric!r} takes only 'max' or 'min' bounds")
+            raise UserError(f"{where}.{b}: flip rate {_short(metric)} takes only 'max' or 'min' bounds")
         limits.append(Limit(task, metric, b, float(v), sig))
     return limits
 

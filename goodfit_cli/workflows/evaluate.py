@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.distributed import is_main
-from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import atomic_write, probe_writable
+from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
 from goodfit_cli.workflows.stage import Ui
@@ -21,6 +23,13 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     ui = ui or Ui()
     if not is_main():
         return None
+    dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
+    check_outputs({"--out": dest}, {}, {"--checkpoint": checkpoint})
+    if checkpoint.is_file():  # say it now, not after the evaluation
+        try:
+            probe_writable(dest.parent)
+        except OSError as e:
+            raise UserError(f"cannot write {dest}: {e.strerror} (pass --out elsewhere)") from None
     s = open_session(recipe, place, join=False)
     model = s.model()
     loaded = load_checkpoint(model, checkpoint)
@@ -28,6 +37,5 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         ui.log(msg)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,
               "metrics": s.evaluate(model)}
-    dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     return result, dest

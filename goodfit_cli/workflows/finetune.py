@@ -20,12 +20,16 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import atomic_write, write_json
-from goodfit_cli.io.rundir import RunResult, load_result, prepare_out, save_predictions
+from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
+from goodfit_cli.io.outputs import check_outputs
+from goodfit_cli.io.rundir import RunResult, load_result, save_predictions
+from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm
+from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.reporting import make_report, provenance
+from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session
 from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
 
@@ -67,13 +71,25 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
 def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
     """Fine-tune every arm from the base on the new task; write checkpoints and the report.
 
+    Holds the run folder's lock throughout (rank 0); `--overwrite` moves the old content aside.
     Returns the report (an empty dict on ranks other than 0)."""
     ui = ui or Ui()
+    check_stages(job.recipe, job.arms)  # a bad optimizer or schedule: before anything is written
+    check_outputs({"--junit": job.junit}, {"--out": None if job.resume else job.out},
+                  {"--base": job.base})
+    lock = None
+    if is_main():
+        lock, moved = open_run(job.out, overwrite=job.overwrite, resume=job.resume)
+        if moved is not None:
+            ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
+    with held(lock):
+        return _finetune(job, place, ui)
+
+
+def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     recipe, out = job.recipe, job.out
     main_rank = is_main()
-    if main_rank:
-        prepare_out(out, overwrite=job.overwrite, resume=job.resume)
-    else:
+    if not main_rank:
         ui = Ui(quiet)  # only rank 0 speaks
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
@@ -82,6 +98,9 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     loaded = load_checkpoint(model, job.base)
     for msg in loaded.messages:
         ui.log(msg)
+    identity = run_identity(recipe, s.seed, loaded.sha256, __version__)
+    if main_rank and job.resume:  # before anything in the run is rewritten
+        check_resumed_run(out, identity, ui.log)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     if main_rank:
@@ -91,12 +110,14 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
         atomic_write(out / "recipe.yaml", recipe.to_yaml())
         write_json(out / "run.json", {"base": str(job.base), "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
-                                       "data_dir": (place or Place()).data_dir or recipe.data_dir})
+                                       "data_dir": (place or Place()).data_dir or recipe.data_dir,
+                                       "identity": identity})
         (out / "base").mkdir(exist_ok=True)
-        write_json(out / "base" / "metrics.json", {"checkpoint": str(job.base),
-                                                    "sha256": loaded.sha256,
-                                                    "metrics": base_metrics})
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
+        write_json(out / "base" / "metrics.json", {
+            "checkpoint": str(job.base), "sha256": loaded.sha256, "metrics": base_metrics,
+            "files_sha256": {"predictions.safetensors":
+                             sha256_file(out / "base" / "predictions.safetensors")}})
     ui.log("base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
                                 for t, d in base_metrics.items()))
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
@@ -108,6 +129,8 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
             arm_dir = out / arm.dirname
             ema_dir = out / f"{arm.dirname}+ema"  # training.arm_dirname of '<arm>+ema'
             if (arm_dir / "summary.json").exists() and (arm_dir / "model.safetensors").exists():
+                if main_rank:  # reused only if this very run made it
+                    claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
                 results.append(load_result(arm_dir))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir))

@@ -11,9 +11,12 @@ from pathlib import Path
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.io.rundir import RunResult, prepare_out, state_files
+from goodfit_cli.io.rundir import RunResult, state_files
+from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.training import Arm
+from goodfit_cli.training.checks import check_arm
+from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Place, open_session
 from goodfit_cli.workflows.stage import StageJob, Ui, run_stage
 
@@ -22,17 +25,23 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
              overwrite: bool = False) -> RunResult:
     ui = ui or Ui()
     resume = bool(state_files(out))  # an interrupted pretrain continues from its newest state
+    arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
+    check_arm(recipe.pretrain, arm, recipe.at("pretrain"))  # before anything is written
+    lock = None
     if is_main():
-        prepare_out(out, overwrite=overwrite, resume=resume, resume_hint="")
-    s = open_session(recipe, place)
-    model = s.model()  # before any file is written: a bad model spec leaves --out empty
-    if is_main():
-        atomic_write(out / "recipe.yaml", recipe.to_yaml())
-    meta = {"goodfit_version": __version__, "recipe": recipe.name,
-            "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
-    job = StageJob(Arm("pretrain", "plain", recipe.pretrain.optimizer.name), recipe.pretrain,
-                   "old", out, meta)
-    with stop_on_signals() as stop:
-        result = run_stage(s, model, job, stop, ui)
-    finish()
-    return result
+        lock, moved = open_run(out, overwrite=overwrite, resume=resume, resume_hint="")
+        if moved is not None:
+            ui.log(f"--overwrite: the previous content of {out} was moved to {moved} (kept)")
+    with held(lock):
+        s = open_session(recipe, place)
+        model = s.model()  # before any file is written: a bad model spec leaves --out empty
+        meta = {"goodfit_version": __version__, "recipe": recipe.name,
+                "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
+        job = StageJob(arm, recipe.pretrain, "old", out, meta)
+        if is_main():  # before recipe.yaml is replaced: states of another run are refused
+            claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
+            atomic_write(out / "recipe.yaml", recipe.to_yaml())
+        with stop_on_signals() as stop:
+            result = run_stage(s, model, job, stop, ui)
+        finish()
+        return result

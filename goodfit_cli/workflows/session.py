@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.core.distributed import init_distributed, resolve_device
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.io import checkpoint as ckpt
@@ -22,6 +23,8 @@ from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.objectives import task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.recipe.schema import SEED_MAX
+from goodfit_cli.workflows.fit import check_fits
 
 
 @dataclass
@@ -31,6 +34,11 @@ class Place:
     device: str | None = None  # auto | cpu | cuda
     seed: int | None = None  # initial weights and batch order
     data_dir: str | None = None  # where the recipe's data lives
+
+    def __post_init__(self) -> None:
+        if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
+            raise UserError(f"--seed must be between 0 and {SEED_MAX} (what torch.manual_seed "
+                            f"takes), got {self.seed}")
 
 
 def task_kinds(recipe: Recipe) -> dict[str, str]:
@@ -54,6 +62,7 @@ class Session:
         m = m.to(self.device)
         if self.device.type == "cuda" and any(isinstance(x, nn.Conv2d) for x in m.modules()):
             m = m.to(memory_format=torch.channels_last)  # NHWC kernels; inputs arrive NHWC
+        check_fits(m, self)  # labels, widths and dtypes the model cannot take: exit 2 now
         return m
 
     def evaluate(self, model: nn.Module, with_predictions: bool = False):

@@ -52,6 +52,7 @@ from goodfit_cli.training import (
     whole_cycles,
 )
 from goodfit_cli.training.averaging import AnchorEma, CycleStats
+from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
 from goodfit_cli.workflows.tracking import Tracker
 
@@ -203,13 +204,19 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             trained, device_ids=[s.device.index] if s.device.type == "cuda" else None)
     loop_state = None
     records: list[dict] = []
-    saved = newest_state(out, log)
-    if saved is not None:  # resume exactly where the saved state left off
+    if main_rank:  # only this run's own states are resumed
+        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log)
+
+    def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
             scheduler.load_state_dict(saved["scheduler"])
+        LoopState.from_dict(saved["loop"])
         torch.set_rng_state(saved["rng"])
+
+    saved = newest_state(out, log, restore)
+    if saved is not None:  # resume exactly where the saved state left off
         loop_state = LoopState.from_dict(saved["loop"])
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
@@ -298,6 +305,9 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
     save_predictions(out / "predictions.safetensors", preds)
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = sha256_file(out / "model.safetensors")
+    summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first
+                               for f in ("predictions.safetensors", "metrics.jsonl")
+                               if (out / f).exists()}
     write_json(out / "summary.json", summary)
     for f in state_files(out):
         f.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from goodfit_cli.core.registry import suggest
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.training import build_optimizer, build_scheduler, parse_arm
+from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
 
 
@@ -24,16 +24,7 @@ def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
                         f"{suggest(r.data.name, DATASETS.names())}")
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
-        for section, stage in (("pretrain", r.pretrain), ("finetune", r.finetune)):
-            arms = stage.arms if section == "finetune" else [stage.optimizer.name]
-            for name in arms:  # what run_stage builds, so its errors surface here
-                try:
-                    model = build_model(r.model.name, r.model.args, where=r.at("model"))
-                    arm = parse_arm(name, stage)
-                    opt = build_optimizer(arm, model, stage)
-                    build_scheduler(stage.scheduler, opt, 100)
-                except UserError as e:
-                    raise UserError(f"{r.at(section)}: {e}") from None
+    check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
     return r
 
 

@@ -41,6 +41,7 @@ from goodfit_cli.data.motion.scenes import (
     make_scene,
     resample,
 )
+from goodfit_cli.io.staging import staged
 
 AGENT_KINDS = ("car", "pedestrian")
 MAP_SPACING = 2.0  # map polyline points (m)
@@ -341,14 +342,16 @@ def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | 
     existing = [f for split in SPLITS for f in shard_files(out / split)]
     if existing and not overwrite:
         raise UserError(f"{out} already holds shards ({existing[0]}); pass --overwrite to replace them")
-    for f in existing:
-        f.unlink()
     counts = {}
-    for split, n in (("train", scenes), ("test", test_scenes)):
-        meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
-        with ShardWriter(out, split, shard_size, meta) as w:
-            for start in range(0, n, shard_size):
-                w.add_batch(generate(agent_type, min(shard_size, n - start), seed, split, layout, start))
-                log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
-        counts[split] = n
+    # the new shards are written beside the old ones and swapped in only once all are complete
+    old = lambda: [f for split in SPLITS for f in shard_files(out / split)]
+    with staged(out, old) as stage:
+        for split, n in (("train", scenes), ("test", test_scenes)):
+            meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
+            with ShardWriter(stage, split, shard_size, meta) as w:
+                for start in range(0, n, shard_size):
+                    w.add_batch(generate(agent_type, min(shard_size, n - start), seed, split,
+                                         layout, start))
+                    log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
+            counts[split] = n
     return counts

@@ -1,0 +1,100 @@
+"""What a run is, so that only the same run is ever resumed or reused.
+
+A run's identity is the base checkpoint's sha256, the recipe after overrides, the seed, the arm,
+the number of processes and goodfit's version. Each arm folder (and a pretrain's folder) records
+it in `identity.json` before its first state; a resumable state or a finished arm is reused only
+when the identity recorded beside it equals the current one, and otherwise the run stops with one
+line naming what differs ("RUN was started from base e731… but --base is fa0c…"). The torch
+thread count is recorded too, but only warned about: it changes rounding, not what the run is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import write_json
+
+IDENTITY = "identity.json"
+CHECKED = ("base_sha256", "recipe", "seed", "arm", "world_size", "goodfit_version")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:  # a sha256
+        return value[:4] + "…"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "…"
+
+
+def _first_difference(old: Any, new: Any, key: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key whose value differs between two JSON-like trees."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if k not in old or k not in new:
+                return f"{key}{k}", old.get(k, "<absent>"), new.get(k, "<absent>")
+            found = _first_difference(old[k], new[k], f"{key}{k}.")
+            if found:
+                return found
+        return None
+    return None if old == new else (key.rstrip("."), old, new)
+
+
+def describe_difference(where: Path, old: dict, new: dict) -> str | None:
+    """One clause naming the first part of the identity that differs, or None."""
+    for key in CHECKED:
+        if old.get(key) == new.get(key):
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "base_sha256":
+            return f"{where} was started from base {_short(a)} but --base is {_short(b)}"
+        if key == "recipe":
+            k, x, y = _first_difference(a, b) or ("recipe", a, b)
+            return (f"{where} was started with recipe key {k} = {_short(x)} but it is now "
+                    f"{_short(y)}")
+        label = {"seed": "seed", "arm": "arm", "world_size": "process count",
+                 "goodfit_version": "goodfit version"}[key]
+        return f"{where} was started with {label} {_short(a)} but it is now {_short(b)}"
+    return None
+
+
+def read_identity(folder: Path) -> dict | None:
+    path = folder / IDENTITY
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read the run's identity ({e}); the folder is damaged, "
+                        "start afresh with --overwrite") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path}: not a run identity (a JSON object); the folder is damaged, "
+                        "start afresh with --overwrite")
+    return saved
+
+
+def check_identity(where: Path, saved: dict, current: dict, warn: Callable[[str], None]) -> None:
+    """Refuse to continue `where` unless its recorded identity is the current one."""
+    diff = describe_difference(where, saved, current)
+    if diff:
+        raise UserError(f"{diff}; resume only with the same base, recipe and seed, or start "
+                        "afresh with --overwrite")
+    if saved.get("torch_threads") != current.get("torch_threads"):
+        warn(f"{where}: started with {saved.get('torch_threads')} torch threads, now "
+             f"{current.get('torch_threads')}: the result will not be bit-identical to an "
+             "uninterrupted run")
+
+
+def claim(folder: Path, current: dict, has_work: bool, warn: Callable[[str], None]) -> None:
+    """Record `current` in a fresh folder, or check it against the folder's record.
+
+    `has_work`: the folder holds states or results that would be reused."""
+    saved = read_identity(folder)
+    if saved is None:
+        if has_work:
+            raise UserError(f"{folder} holds states or results but no {IDENTITY}, so what made "
+                            "them cannot be checked; start afresh with --overwrite")
+        write_json(folder / IDENTITY, current)
+        return
+    check_identity(folder, saved, current, warn)

@@ -1,0 +1,114 @@
+"""A run folder belongs to one process at a time, and `--overwrite` never reads what was there.
+
+`open_run(out, ...)` is how pretrain, finetune and compare take their `--out`:
+- an exclusive `fcntl.flock` on `OUT/.goodfit.lock` (the kernel drops it when the process ends,
+  even on SIGKILL), holding the owner's pid; a second run gets "OUT is in use by process N";
+- with `--overwrite`, a folder that holds anything is renamed aside, whole and atomically, to
+  `OUT.prev-<time>` and kept there (never deleted; remove it yourself once the new run is
+  good), and the run starts in a fresh, empty `OUT`;
+- otherwise the folder must be empty, or be resumed (the caller checks what it resumes).
+
+The lock file is the one file goodfit writes in place rather than through io.atomic: a lock
+lives on its inode, so replacing it would break the lock. It is opened with O_NOFOLLOW, so a
+planted symbolic link is refused rather than followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import fsync_dir, probe_writable
+
+LOCK = ".goodfit.lock"
+
+
+def has_content(out: Path) -> bool:
+    """Whether a run folder holds anything besides its lock file."""
+    return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
+
+
+class RunLock:
+    """An exclusive lock on one run folder; `release()` (or process exit) lets it go."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        path = folder / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as e:
+            raise UserError(f"cannot lock {folder}: {e.strerror} ({path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UserError(f"{folder} is in use by process {owner} (another goodfit run writes "
+                            "there; wait for it to end or choose another --out)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
+def _aside(out: Path) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = out.with_name(f"{out.name}.prev-{stamp}"), 1
+    while aside.exists() or aside.is_symlink():
+        aside, n = out.with_name(f"{out.name}.prev-{stamp}-{n}"), n + 1
+    return aside
+
+
+def _make(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_writable(out)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
+
+
+def open_run(out: Path, *, overwrite: bool, resume: bool,
+             resume_hint: str = ", or --resume to continue it") -> tuple[RunLock, Path | None]:
+    """Check, lock and (with `overwrite`) empty `out` by moving its content aside.
+
+    Returns the held lock and the folder the old content went to (None when nothing moved)."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserError(f"output path exists and is not a directory: {out}")
+    if has_content(out) and not (overwrite or resume):
+        raise UserError(f"output directory {out} already exists and is not empty "
+                        f"(pass --overwrite to start afresh{resume_hint})")
+    _make(out)
+    lock = RunLock(out)
+    moved = None
+    if overwrite and has_content(out):
+        moved = _aside(out)
+        try:
+            os.rename(out, moved)  # one atomic step: OUT is whole, or whole aside
+        except OSError as e:
+            lock.release()
+            raise UserError(f"cannot move {out} aside to {moved}: {e.strerror} "
+                            "(nothing was changed)") from None
+        fsync_dir(out.parent)
+        lock.release()
+        _make(out)
+        lock = RunLock(out)
+    return lock, moved
+
+
+@contextlib.contextmanager
+def held(lock: RunLock | None) -> Iterator[None]:
+    """Release `lock` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

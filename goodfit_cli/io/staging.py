@@ -1,0 +1,56 @@
+"""Replace a set of files in a folder by a complete new set, never leaving neither.
+
+`staged(out)` yields a hidden folder beside the files (`OUT/.staging-<pid>-<random>`) for the new
+files; only once the caller's block has finished do they replace the old ones: the old files
+are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
+back for those few renames, and the staging folder (now holding the old files) is removed. If
+the block fails or is interrupted, the staging folder goes and the old files stay as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import fsync_dir
+
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def staged(out: Path, old_files: Callable[[], list[Path]]) -> Iterator[Path]:
+    """Yield a staging folder mirroring `out`; on success, every file under it replaces the file
+    at the same place under `out`, and the files `old_files()` lists (under `out`) that the new
+    set does not replace are removed."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = out / f".staging-{os.getpid()}-{secrets.token_hex(8)}"
+        stage.mkdir()
+    except OSError as e:
+        raise UserError(f"cannot write to {out}: {e.strerror or e}") from None
+    try:
+        yield stage
+        new = sorted(p for p in stage.rglob("*") if p.is_file())
+        old = old_files()
+        trash = stage / ".old"
+        trash.mkdir()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:  # only renames in here: nothing slow, nothing that can be half done
+            for i, f in enumerate(old):
+                os.replace(f, trash / f"{i}")
+            for f in new:
+                dest = out / f.relative_to(stage)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, dest)
+            for d in {(out / f.relative_to(stage)).parent for f in new}:
+                fsync_dir(d)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

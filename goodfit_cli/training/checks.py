@@ -1,0 +1,79 @@
+"""Everything a recipe's stages decide, checked before a run writes anything.
+
+`check_stages(recipe)` builds each arm's optimizer and scheduler exactly as a run does
+(`build_optimizer`, `build_scheduler`, `stage_for_arm`), over a two-parameter stand-in model,
+and steps the scheduler through the stage's batches (at most STEPS of them): an argument the
+optimizer or scheduler rejects (`step_size: 0`, `T_max: 0`, `gamma: abc`, an unknown key) is
+one UserError naming the recipe's key, said by `goodfit validate` and by a run before its first
+write, instead of an internal error after the base's evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+from torch import nn
+
+from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.recipe import Recipe, StageSpec
+from goodfit_cli.training.arms import Arm, build_optimizer, parse_arm, stage_for_arm
+from goodfit_cli.training.schedules import build_scheduler
+
+STEPS = 2000  # scheduler steps simulated per arm (cheap: a one-element optimizer)
+
+
+class _StandIn(nn.Module):
+    """The smallest model with a body and a head, for building optimizers."""
+
+    goodfit_head_prefixes = ("head.",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.head = nn.Linear(1, 1), nn.Linear(1, 1)
+
+
+def _numbers_only(args: dict[str, Any], where: str) -> None:
+    for k, v in args.items():
+        values = v if isinstance(v, (list, tuple)) else [v]
+        for x in values:
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+                raise UserError(f"{loc(where, str(k))}: expected a finite number, got {v!r}")
+
+
+def check_arm(stage: StageSpec, arm: Arm, where: str) -> None:
+    """Build `arm`'s optimizer and scheduler for `stage` and run the schedule on a stand-in."""
+    budget = stage_for_arm(stage, arm)
+    total = int(budget.get("steps") or budget.get("epochs") or 1)
+    try:
+        optimizer = build_optimizer(arm, _StandIn(), stage, lr=budget["lr"])
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{loc(where, 'optimizer')}: {e}") from None
+    except UserError as e:
+        raise UserError(f"{loc(where, 'optimizer')}: {e}") from None
+    at = loc(where, "scheduler.args")
+    _numbers_only(dict(stage.scheduler.args), at)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+            scheduler = build_scheduler(stage.scheduler, optimizer, total)
+            for _ in range(min(total, STEPS) if scheduler is not None else 0):
+                scheduler.after_step()
+    except UserError as e:
+        raise UserError(f"{at}: {e}") from None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
+        raise UserError(f"{at}: scheduler {stage.scheduler.name!r} rejects "
+                        f"{dict(stage.scheduler.args)} ({type(e).__name__}: {e})") from None
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    if not all(math.isfinite(x) for x in lrs):
+        raise UserError(f"{at}: the learning rate becomes {lrs[0]} within {min(total, STEPS)} "
+                        "batches")
+
+
+def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
+    """Every arm of the fine-tune (`arms`, default the recipe's) and the pretrain."""
+    check_arm(recipe.pretrain, Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
+              recipe.at("pretrain"))
+    for name in arms or recipe.finetune.arms:
+        check_arm(recipe.finetune, parse_arm(name, recipe.finetune), recipe.at("finetune"))

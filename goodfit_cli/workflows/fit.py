@@ -1,0 +1,55 @@
+"""Do the recipe's data and model fit together? Checked once per built model, before training.
+
+Each task's train and test splits must be non-empty, and the model must take their inputs and
+its loss their targets: one training loss is computed (no gradient, eval mode) on the first
+sample and on the sample with the largest target of each split, so a label at or above the
+model's outputs, a feature width the model does not take, or uint8 images fed to an MLP is one
+UserError naming the recipe's data and model, instead of an internal error or a "diverged" run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.base import Split
+
+
+def _probe(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first sample and the one with the largest target (labels: the highest class id)."""
+    y = split.y
+    flat = y.reshape(len(y), -1)
+    top = int(flat.float().amax(dim=1).argmax()) if flat.numel() else 0
+    idx = torch.tensor([0, top], device=y.device)
+    return split.x[idx], y[idx]
+
+
+def check_fits(model: nn.Module, session) -> None:
+    """Raise one UserError line when the session's data and `model` do not fit."""
+    recipe = session.recipe
+    where = f"{recipe.at('data')} and {recipe.at('model')}"
+    was_training = model.training
+    model.train(False)
+    try:
+        for name, task in session.tasks.items():
+            for split_name in ("train", "test"):
+                split = getattr(task, split_name)
+                if len(split) == 0:
+                    raise UserError(f"{recipe.at('data')}: the {name} task's {split_name} split "
+                                    "is empty")
+                x, y = _probe(split)
+                try:
+                    with torch.no_grad():
+                        loss = session.runners[name].loss(model, x, y)
+                except (RuntimeError, IndexError, ValueError, TypeError) as e:
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    raise UserError(
+                        f"{where}: the {name} task's {split_name} data (inputs "
+                        f"{tuple(split.x.shape[1:])} {str(split.x.dtype).removeprefix('torch.')}, "
+                        f"targets up to {y.max().item()}) does not fit the model "
+                        f"{recipe.model.name!r} ({type(e).__name__}: {first})") from None
+                if loss.dim() != 0:
+                    raise UserError(f"{where}: the {name} task's loss is not a scalar")
+    finally:
+        model.train(was_training)

@@ -1,0 +1,52 @@
+"""Which run this is: the identity a pretrain, a fine-tuning run and each of its arms record,
+and the checks that refuse to resume or reuse anything recorded by a different run.
+
+See goodfit_cli.io.identity for what an identity holds and how a difference is worded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from goodfit_cli.core.distributed import dist_info
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.identity import check_identity, claim
+from goodfit_cli.io.rundir import state_files
+from goodfit_cli.recipe import Recipe
+
+
+def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
+                 version: str) -> dict[str, Any]:
+    """The identity shared by every arm of one run (the recipe after overrides, as JSON)."""
+    return {"goodfit_version": version, "base_sha256": base_sha256,
+            "recipe": json.loads(json.dumps(recipe.raw, default=str)), "seed": seed,
+            "world_size": dist_info()[1], "torch_threads": torch.get_num_threads()}
+
+
+def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
+                log: Callable[[str], None]) -> None:
+    """Record this stage's identity in `folder`, or refuse if its states or results are another's.
+    `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256)."""
+    ident = run_identity(recipe, seed, meta.get("base_sha256"), meta.get("goodfit_version", ""))
+    ident["arm"] = arm
+    has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
+        or (folder / "model.safetensors").exists()
+    claim(folder, ident, has_work, log)
+
+
+def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None]) -> None:
+    """`--resume RUN`: RUN's recorded identity (run.json) must be the current one."""
+    try:
+        saved = json.loads((run / "run.json").read_text()).get("identity")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{run / 'run.json'}: cannot read the run's record ({e}); the run folder "
+                        "is damaged, start a new run with --out") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{run / 'run.json'} records no identity (written by an older goodfit?), "
+                        "so the run cannot be checked before resuming; start afresh with "
+                        "--overwrite")
+    check_identity(run, saved, current, log)
