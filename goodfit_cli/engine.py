@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from goodfit_cli.core.distributed import mean_over_ranks
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.replay import Mixed
 
 
 class Events(Protocol):
@@ -85,17 +86,23 @@ class LoopState:
     loss_count: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (nonfinite: skip)
     wall_s: float = 0.0
+    replay_pos: int = 0  # replay (data is Mixed): next index into `replay_perm`
+    replay_perm: Tensor | None = None  # (M,) this pass's order over the replay pool
+    replay_gen_state: Tensor | None = None  # replay-order generator state after drawing it
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "epoch": self.epoch, "pos": self.pos, "perm": self.perm,
                 "gen_state": self.gen_state, "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped}
+                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped,
+                "replay_pos": self.replay_pos, "replay_perm": self.replay_perm,
+                "replay_gen_state": self.replay_gen_state}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopState":
         return cls(**{k: d[k] for k in ("batch", "epoch", "pos", "perm", "gen_state", "loss_sum",
-                                        "loss_count", "wall_s", "skipped") if k in d})
+                                        "loss_count", "wall_s", "skipped", "replay_pos",
+                                        "replay_perm", "replay_gen_state") if k in d})
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -107,11 +114,32 @@ def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:
     return int(getattr(optimizer, "main_steps", batch))
 
 
+def _with_replay(mixed: Mixed, st: LoopState, gen: torch.Generator, cfg: LoopConfig,
+                 batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The batch plus its replayed old-task samples, drawn in the pool's own seeded order."""
+    m, k = len(mixed.old), mixed.old_per_batch
+    parts = []
+    while k > 0:
+        if st.replay_perm is None or st.replay_pos >= m:  # a new pass over the pool
+            st.replay_perm = torch.randperm(m, generator=gen)
+            st.replay_gen_state = gen.get_state()
+            st.replay_pos = 0
+        take = st.replay_perm[st.replay_pos:st.replay_pos + k]
+        st.replay_pos += len(take)
+        parts.append(take)
+        k -= len(take)
+    idx = torch.cat(parts)
+    if cfg.world > 1:
+        idx = idx.tensor_split(cfg.world)[cfg.rank]
+    idx = idx.to(mixed.old.x.device, non_blocking=True)
+    return torch.cat([batch[0], mixed.old.x[idx]]), torch.cat([batch[1], mixed.old.y[idx]])
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: Split,
+    data: Split | Mixed,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
     cfg: LoopConfig,
     hooks: Hooks | None = None,
@@ -121,7 +149,8 @@ def train(
 ) -> LoopState:
     """Train until `cfg.total_batches` batches are done, or `hooks.should_stop()` turns true.
 
-    `data` is on the training device. Under data parallelism every rank draws the same global
+    `data` is on the training device; a `Mixed` adds replayed old-task samples to every batch
+    (`cfg.batch_size` counts both parts). Under data parallelism every rank draws the same global
     batch and keeps its `cfg.rank`-th share; the logged training loss is averaged over ranks
     (gradients are the model wrapper's business). The returned state has `records`: the
     evaluations made by this call.
@@ -135,6 +164,14 @@ def train(
         gen.set_state(st.gen_state)
     else:
         gen.manual_seed(cfg.seed)
+    mixed = data if isinstance(data, Mixed) else None
+    data = mixed.new if mixed is not None else data
+    step = cfg.batch_size - (mixed.old_per_batch if mixed is not None else 0)  # new samples/batch
+    rgen = torch.Generator()
+    if st.replay_gen_state is not None:
+        rgen.set_state(st.replay_gen_state)
+    else:
+        rgen.manual_seed(cfg.seed + 1)
     device = data.x.device
     # the losses since the last flush stay on the device (one copy per batch, no host sync);
     # a flush checks them for NaN/Inf before anything is logged or saved, naming the batch
@@ -159,7 +196,7 @@ def train(
     def record() -> None:
         flush()
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
-               "epoch": round(st.batch / batches_per_epoch(n, cfg.batch_size), 4),
+               "epoch": round(st.batch / batches_per_epoch(n, step), 4),
                **hooks.evaluate(),
                "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
                "lr": float(optimizer.param_groups[0]["lr"]),
@@ -175,12 +212,14 @@ def train(
             st.gen_state = gen.get_state()
             st.pos = 0
             st.epoch += 1
-        idx = st.perm[st.pos:st.pos + cfg.batch_size]  # the global batch
+        idx = st.perm[st.pos:st.pos + step]  # the global batch
         if cfg.world > 1:
             idx = idx.tensor_split(cfg.world)[cfg.rank]
         idx = idx.to(device, non_blocking=True)
-        st.pos += cfg.batch_size
+        st.pos += step
         x, y = data.x[idx], data.y[idx]
+        if mixed is not None:
+            x, y = _with_replay(mixed, st, rgen, cfg, (x, y))
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, x, y)
         if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip

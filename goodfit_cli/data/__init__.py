@@ -25,7 +25,7 @@ class DataContext:
     data_dir: str | None  # relative paths in args resolve against it
 
 
-DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset")
+DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset", "goodfit.datasets")
 DATASETS.register("toy_sin", "sin(freq·‖x‖) on R²: old region [-1,1]², new [0.8,1.5]² (the seed's toy)")(toy_sin)
 DATASETS.register("cifar100_lt", "CIFAR-100-LT from a local copy: old classes 0-89, new 90-99, imbalance β (the seed's)")(cifar100_lt)
 DATASETS.register("motion", "motion-prediction scenarios (cars, pedestrians): shard directories or generated in memory")(motion)

@@ -32,6 +32,7 @@ from goodfit_cli.recipe.yamlcheck import (
     string,
     type_name,
 )
+from goodfit_cli.recipe.sections import REPLAY, ReplaySpec, key_map, loss_name, replay_spec
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")
@@ -87,23 +88,25 @@ class StageSpec:
     goodfit: GoodFitSpec = field(default_factory=GoodFitSpec)
     arms: list[str] = field(default_factory=list)
     arm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
 
 
 @dataclass
 class Recipe:
     name: str
     description: str
-    model: Component
+    model: Component | None  # None: taken from the base folder's config.json (finetune --base DIR)
     data: Component
     old_task: TaskSpec
     new_task: TaskSpec
-    pretrain: StageSpec
+    pretrain: StageSpec | None  # None: the base comes from elsewhere (finetune --base)
     finetune: StageSpec
     eval_every: int = 100
     eval_batch_size: int = 1024
     readout: dict[str, Any] | None = None
     checkpoint_every: int = 0  # batches between resumable states (0: only on interruption)
     checkpoint_keep: int = 2
+    key_map: list[tuple[str, str]] = field(default_factory=list)  # checkpoint key renames, in order
     nonfinite: str = "stop"  # a NaN/Inf training loss: stop (exit 4) or skip the batch
     seed: int = 0
     device: str = "auto"
@@ -159,18 +162,19 @@ STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQ
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
               "scheduler": (SCHEDULER, {"name": "none", "args": {}})}
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
-                 "arm_overrides": (mapping_any, {})}
+                 "arm_overrides": (mapping_any, {}), "replay": (REPLAY, None)}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
-TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
+TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
     "name": (string(), REQUIRED), "description": (string(), ""),
-    "model": (COMPONENT, REQUIRED), "data": (COMPONENT, REQUIRED),
+    "model": (optional(COMPONENT), None), "data": (COMPONENT, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
-    "pretrain": (section(STAGE_KEYS), REQUIRED), "finetune": (section(FINETUNE_KEYS), REQUIRED),
+    "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
     "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
-    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2)}), {}),
+    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
+                            "key_map": (key_map, [])}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
     "seed": (integer(0), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
@@ -241,7 +245,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     v = TOP(raw, ctx)
     for stage in ("pretrain", "finetune"):
         st = v[stage]
-        if (st["steps"] is None) == (st["epochs"] is None):
+        if st is not None and (st["steps"] is None) == (st["epochs"] is None):
             raise ctx.child(stage).fail("give exactly one of steps or epochs")
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
@@ -266,14 +270,16 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             steps=st["steps"], epochs=st["epochs"],
             scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
             goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
-            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})))
+            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
+            replay=replay_spec(st.get("replay")))
 
     return Recipe(
         name=v["name"], description=v["description"],
-        model=Component(v["model"]["name"], v["model"]["args"]),
+        model=None if v["model"] is None else Component(v["model"]["name"], v["model"]["args"]),
         data=Component(v["data"]["name"], v["data"]["args"]),
         old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
-        pretrain=stage_spec(v["pretrain"]), finetune=stage_spec(ft),
+        pretrain=None if v["pretrain"] is None else stage_spec(v["pretrain"]),
+        finetune=stage_spec(ft), key_map=v["checkpoint"]["key_map"],
         eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
         readout=v["report"]["readout"], nonfinite=v["nonfinite"],
         checkpoint_every=(v["eval"]["every"] if v["checkpoint"]["every"] is None

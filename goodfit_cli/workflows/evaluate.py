@@ -8,7 +8,7 @@ from typing import Any
 
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
+from goodfit_cli.workflows.session import Place, adopt_base_model, load_checkpoint, open_session
 from goodfit_cli.workflows.stage import Ui
 
 
@@ -18,8 +18,9 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     checkpoint). Returns the result and where it went."""
     ui = ui or Ui()
     s = open_session(recipe, place)
+    adopt_base_model(recipe, checkpoint, s.tasks)
     model = s.model()
-    loaded = load_checkpoint(model, checkpoint)
+    loaded = load_checkpoint(model, checkpoint, recipe.key_map, where=recipe.at("checkpoint.key_map"))
     for msg in loaded.messages:
         ui.log(msg)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,

@@ -20,13 +20,20 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.models import own_head
 from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, load_result, prepare_out, save_predictions
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm
-from goodfit_cli.workflows.reporting import make_report, provenance
-from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session
+from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
+from goodfit_cli.workflows.session import (
+    Place,
+    Session,
+    adopt_base_model,
+    load_checkpoint,
+    open_session,
+)
 from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
 
 
@@ -78,12 +85,20 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
+    adopted = adopt_base_model(recipe, job.base, s.tasks)
+    if adopted:
+        ui.log(adopted)
     model = s.model()
-    loaded = load_checkpoint(model, job.base)
+    loaded = load_checkpoint(model, job.base, recipe.key_map, where=recipe.at("checkpoint.key_map"),
+                             grow_rows=s.kinds["new"] == "classification")
     for msg in loaded.messages:
         ui.log(msg)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+    with own_head(model, loaded.head_changes) as base_head:
+        base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+    head_record = base_head_record(loaded.head_changes, base_head)
+    if head_record and base_head != "exact":
+        ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
@@ -91,7 +106,8 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
         atomic_write(out / "recipe.yaml", recipe.to_yaml())
         write_json(out / "run.json", {"base": str(job.base), "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
-                                       "data_dir": (place or Place()).data_dir or recipe.data_dir})
+                                       "data_dir": (place or Place()).data_dir or recipe.data_dir,
+                                       **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
         write_json(out / "base" / "metrics.json", {"checkpoint": str(job.base),
                                                     "sha256": loaded.sha256,
@@ -128,6 +144,11 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
                    if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
+    if head_record:
+        prov["base_head"] = head_record
+    if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
+        prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
+                          "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
     try:
         return make_report(recipe, out, job.base, (base_metrics, base_preds), results,
                            wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit)

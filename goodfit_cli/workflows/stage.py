@@ -27,6 +27,7 @@ from goodfit_cli.engine import (
     main_steps,
     train,
 )
+from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json, write_jsonl
 from goodfit_cli.io.rundir import (
@@ -159,7 +160,13 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    asked = total_batches(budget, len(data))
+    source, replayed = data, None
+    if job.stage.replay is not None and job.task == "new":  # old-task samples in every batch
+        source = mix(data, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
+                     s.recipe.at("finetune.replay"))
+        replayed = describe(source, job.stage.replay, s.seed)
+    new_per_batch = budget["batch_size"] - (replayed["old_per_batch"] if replayed else 0)
+    asked = total_batches({**budget, "batch_size": new_per_batch}, len(data))
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
     total = whole_cycles(optimizer, asked)
     if total != asked:
@@ -188,7 +195,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, data, s.runners[job.task].loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, source, s.runners[job.task].loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
@@ -199,14 +206,16 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Interrupted(stop.signum or signal.SIGINT, out)
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
-    return _finish(s, model, optimizer, job, st, records, (len(data), budget["batch_size"]),
-                   cycles)
+    if replayed:
+        cycles["replay"] = replayed
+    return _finish(s, model, optimizer, job, st, records, (len(data), new_per_batch), cycles)
 
 
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
             records: list[dict], sizes: tuple[int, int], cycles: dict[str, int]) -> RunResult:
     """Check the trained model is finite, evaluate it, and write the arm's files (rank 0).
-    `sizes` = (training samples, batch size); `cycles` goes into the summary for GoodFit."""
+    `sizes` = (training samples, new-task samples per batch); `cycles` goes into the summary
+    for GoodFit, its "replay" entry (what replay did) as the summary's own "replay"."""
     n_train, batch_size = sizes
     arm, out = job.arm, job.out
     bad = [k for k, v in model.state_dict().items()
@@ -228,6 +237,8 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final}
+    if "replay" in cycles:
+        summary["replay"] = cycles.pop("replay")
     if cycles["batches_per_cycle"] > 1:
         summary["cycles"] = cycles
     if world > 1:
