@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_path

@@ -10,7 +10,13 @@ from __future__ import annotations
 from goodfit_cli.models.base import MODELS, build_model
 from goodfit_cli.models.cifar_resnet import cifar_resnet32
 from goodfit_cli.models.gmlc_net import gmlc_net
-from goodfit_cli.models.heads import embed, head_prefixes, own_head, set_head_only, unwrap
+from goodfit_cli.models.heads import (
+    embed,
+    head_prefixes,
+    own_head,
+    set_head_only,
+    unwrap,
+)
 from goodfit_cli.models.mlp import mlp
 from goodfit_cli.models.motion import motion_transformer
 from goodfit_cli.models.timm_models import timm_model

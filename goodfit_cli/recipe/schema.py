@@ -18,6 +18,13 @@ import yaml
 
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.recipe.sections import (
+    REPLAY,
+    ReplaySpec,
+    key_map,
+    loss_name,
+    replay_spec,
+)
 from goodfit_cli.recipe.yamlcheck import (
     REQUIRED,
     Ctx,
@@ -32,7 +39,6 @@ from goodfit_cli.recipe.yamlcheck import (
     string,
     type_name,
 )
-from goodfit_cli.recipe.sections import REPLAY, ReplaySpec, key_map, loss_name, replay_spec
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")
 SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine")

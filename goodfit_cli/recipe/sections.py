@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodfit_cli.core.registry import plugin_names
-from goodfit_cli.recipe.yamlcheck import Ctx, integer, number, optional, section, string, type_name
+from goodfit_cli.recipe.yamlcheck import (
+    Ctx,
+    integer,
+    number,
+    optional,
+    section,
+    string,
+    type_name,
+)
 
 
 @dataclass

@@ -8,7 +8,12 @@ from typing import Any
 
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.workflows.session import Place, adopt_base_model, load_checkpoint, open_session
+from goodfit_cli.workflows.session import (
+    Place,
+    adopt_base_model,
+    load_checkpoint,
+    open_session,
+)
 from goodfit_cli.workflows.stage import Ui
 
 

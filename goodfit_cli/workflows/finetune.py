@@ -20,9 +20,9 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.models import own_head
 from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, load_result, prepare_out, save_predictions
+from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm

@@ -15,13 +15,13 @@ import torch
 from torch import nn
 
 from goodfit_cli.core.distributed import init_distributed, resolve_device
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
-from goodfit_cli.core.errors import UserError
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import task_kind

@@ -18,6 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -27,7 +28,6 @@ from goodfit_cli.engine import (
     main_steps,
     train,
 )
-from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json, write_jsonl
 from goodfit_cli.io.rundir import (
