@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from goodfit_cli.core.distributed import mean_over_ranks
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.replay import Mixed
 
 
 class Events(Protocol):
@@ -104,17 +105,23 @@ class LoopState:
     loss_count: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (nonfinite: skip)
     wall_s: float = 0.0
+    replay_pos: int = 0  # replay (data is Mixed): next index into `replay_perm`
+    replay_perm: Tensor | None = None  # (M,) this pass's order over the replay pool
+    replay_gen_state: Tensor | None = None  # replay-order generator state after drawing it
     records: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch, "epoch": self.epoch, "pos": self.pos, "perm": self.perm,
                 "gen_state": self.gen_state, "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped}
+                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped,
+                "replay_pos": self.replay_pos, "replay_perm": self.replay_perm,
+                "replay_gen_state": self.replay_gen_state}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopState":
         return cls(**{k: d[k] for k in ("batch", "epoch", "pos", "perm", "gen_state", "loss_sum",
-                                        "loss_count", "wall_s", "skipped") if k in d})
+                                        "loss_count", "wall_s", "skipped", "replay_pos",
+                                        "replay_perm", "replay_gen_state") if k in d})
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -126,19 +133,22 @@ def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:
     return int(getattr(optimizer, "main_steps", batch))
 
 
-def backward(model: nn.Module, data: Split, idx: Tensor, loss_fn: Callable, cfg: LoopConfig
+def backward(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, cfg: LoopConfig
              ) -> Tensor | None:
-    """Gradients of the step's mean loss over `idx`, accumulated over `cfg.accumulate`
-    micro-batches; the loss (detached), or None for a non-finite one under nonfinite: skip."""
-    parts = [p for p in idx.tensor_split(cfg.accumulate) if len(p)] if cfg.accumulate > 1 else [idx]
+    """Gradients of the step's mean loss over the batch (x, y), accumulated over
+    `cfg.accumulate` micro-batches; the loss (detached), or None for a non-finite one under
+    nonfinite: skip."""
+    k = cfg.accumulate
+    parts = [(a, b) for a, b in zip(x.tensor_split(k), y.tensor_split(k)) if len(a)] \
+        if k > 1 else [(x, y)]
     total = None
-    for i, part in enumerate(parts):
+    for i, (xa, ya) in enumerate(parts):
         last = i == len(parts) - 1
         sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
         with sync:  # DDP: one all-reduce per step, on the last micro-batch
-            loss = loss_fn(model, data.x[part], data.y[part])
+            loss = loss_fn(model, xa, ya)
             if len(parts) > 1:
-                loss = loss * (len(part) / len(idx))
+                loss = loss * (len(xa) / len(x))
             if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip
                 return None
             loss.backward()
@@ -159,11 +169,33 @@ def clip(optimizer: torch.optim.Optimizer, cfg: LoopConfig, norm: bool) -> Tenso
     return torch.nn.utils.get_total_norm([p.grad for p in grads]) if grads else None
 
 
+def _with_replay(mixed: Mixed, st: LoopState, gen: torch.Generator, cfg: LoopConfig,
+                 batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """The batch plus its replayed old-task samples (old_per_batch per accumulated micro-batch),
+    drawn in the pool's own seeded order."""
+    m, k = len(mixed.old), mixed.old_per_batch * cfg.accumulate
+    parts = []
+    while k > 0:
+        if st.replay_perm is None or st.replay_pos >= m:  # a new pass over the pool
+            st.replay_perm = torch.randperm(m, generator=gen)
+            st.replay_gen_state = gen.get_state()
+            st.replay_pos = 0
+        take = st.replay_perm[st.replay_pos:st.replay_pos + k]
+        st.replay_pos += len(take)
+        parts.append(take)
+        k -= len(take)
+    idx = torch.cat(parts)
+    if cfg.world > 1:
+        idx = idx.tensor_split(cfg.world)[cfg.rank]
+    idx = idx.to(mixed.old.x.device, non_blocking=True)
+    return torch.cat([batch[0], mixed.old.x[idx]]), torch.cat([batch[1], mixed.old.y[idx]])
+
+
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: Split,
+    data: Split | Mixed,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
     cfg: LoopConfig,
     hooks: Hooks | None = None,
@@ -173,7 +205,8 @@ def train(
 ) -> LoopState:
     """Train until `cfg.total_batches` batches are done, or `hooks.should_stop()` turns true.
 
-    `data` is on the training device. Under data parallelism every rank draws the same global
+    `data` is on the training device; a `Mixed` adds replayed old-task samples to every batch
+    (`cfg.batch_size` counts both parts). Under data parallelism every rank draws the same global
     batch and keeps its `cfg.rank`-th share; the logged training loss is averaged over ranks
     (gradients are the model wrapper's business). The returned state has `records`: the
     evaluations made by this call.
@@ -181,12 +214,21 @@ def train(
     hooks = hooks or Hooks()
     events = events or NoEvents()
     st = state or LoopState()
-    n = len(data)
     gen = torch.Generator()
     if st.gen_state is not None:
         gen.set_state(st.gen_state)
     else:
         gen.manual_seed(cfg.seed)
+    mixed = data if isinstance(data, Mixed) else None
+    data = mixed.new if mixed is not None else data
+    n = len(data)
+    # new-task samples per optimizer step (a step is `accumulate` micro-batches)
+    step = cfg.step_size - (mixed.old_per_batch * cfg.accumulate if mixed is not None else 0)
+    rgen = torch.Generator()
+    if st.replay_gen_state is not None:
+        rgen.set_state(st.replay_gen_state)
+    else:
+        rgen.manual_seed(cfg.seed + 1)
     device = data.x.device
     # the losses since the last flush stay on the device (one copy per batch, no host sync);
     # a flush checks them for NaN/Inf before anything is logged or saved, naming the batch
@@ -215,7 +257,7 @@ def train(
         now = time.perf_counter()
         rate = (st.batch - since[0]) * cfg.step_size / max(now - since[1], 1e-9)
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
-               "epoch": round(st.batch / batches_per_epoch(n, cfg.step_size), 4),
+               "epoch": round(st.batch / batches_per_epoch(n, step), 4),
                **hooks.evaluate(),
                "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
                "lr": float(optimizer.param_groups[0]["lr"]),
@@ -234,13 +276,16 @@ def train(
             st.gen_state = gen.get_state()
             st.pos = 0
             st.epoch += 1
-        idx = st.perm[st.pos:st.pos + cfg.step_size]  # the global batch
+        idx = st.perm[st.pos:st.pos + step]  # the global batch
         if cfg.world > 1:
             idx = idx.tensor_split(cfg.world)[cfg.rank]
         idx = idx.to(device, non_blocking=True)
-        st.pos += cfg.step_size
+        st.pos += step
+        x, y = data.x[idx], data.y[idx]
+        if mixed is not None:
+            x, y = _with_replay(mixed, st, rgen, cfg, (x, y))
         optimizer.zero_grad(set_to_none=True)
-        loss = backward(model, data, idx, loss_fn, cfg)
+        loss = backward(model, x, y, loss_fn, cfg)
         if loss is None:
             st.skipped += 1  # no step: GoodFit's phase does not advance
         else:

@@ -14,8 +14,8 @@ import json
 import os
 import re
 import shlex
-import site
 import shutil
+import site
 import subprocess
 import sys
 import sysconfig

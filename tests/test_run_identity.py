@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import runs as runner
 from test_reliability import TINY, assert_nothing_lost, assert_one_error_line, invoke, snapshot
 
-import runs as runner
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.runlock import LOCK, RunLock

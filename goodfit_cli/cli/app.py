@@ -332,6 +332,23 @@ def list_recipes() -> None:
             t.add_row(escape(r.name), escape(p.name), escape(r.description))
     out.print(t)
 
+@app.command("list")
+@handled
+def list_registries(
+    kind: Optional[str] = typer.Argument(None, help="models, datasets, objectives, optimizers or schedulers (default: all)."),
+) -> None:
+    """List what a recipe can name, with one-line descriptions; installed plugins included."""
+    from goodfit_cli.workflows.registries import registry_rows
+
+    for name, rows in registry_rows(kind).items():
+        t = Table(title=name)
+        for col in ("name", "description", "from"):
+            t.add_column(col)
+        for row in rows:
+            t.add_row(*(escape(c) for c in row))
+        out.print(t)
+
+
 @data_app.command("summary")
 @handled
 def data_summary(

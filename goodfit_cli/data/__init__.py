@@ -14,8 +14,10 @@ from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Split, Task, to_model_input
 from goodfit_cli.data.cifar import cifar100_lt
+from goodfit_cli.data.imagefolder import imagefolder
 from goodfit_cli.data.motion.dataset import motion
 from goodfit_cli.data.npz import npz
+from goodfit_cli.data.table import table
 from goodfit_cli.data.toy import toy_sin
 
 
@@ -25,11 +27,13 @@ class DataContext:
     data_dir: str | None  # relative paths in args resolve against it
 
 
-DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset")
+DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset", "goodfit.datasets")
 DATASETS.register("toy_sin", "sin(freq·‖x‖) on R²: old region [-1,1]², new [0.8,1.5]² (the seed's toy)")(toy_sin)
 DATASETS.register("cifar100_lt", "CIFAR-100-LT from a local copy: old classes 0-89, new 90-99, imbalance β (the seed's)")(cifar100_lt)
 DATASETS.register("motion", "motion-prediction scenarios (cars, pedestrians): shard directories or generated in memory")(motion)
 DATASETS.register("npz", "classification sets from .npz files with arrays x (uint8 NHWC or float) and y")(npz)
+DATASETS.register("imagefolder", "class-per-folder image trees or .tar shards, read and resized with timm")(imagefolder)
+DATASETS.register("table", "CSV or Parquet files: numeric feature columns and a label column")(table)
 
 
 def build_data(

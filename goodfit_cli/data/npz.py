@@ -16,8 +16,7 @@ import torch
 
 from goodfit_cli.core.args import ArgError, check_int
 from goodfit_cli.data.base import Split, Task
-
-_TASK_KEYS = ("train", "test", "classes")
+from goodfit_cli.data.paths import task_paths
 
 
 def _why(e: Exception) -> str:
@@ -64,20 +63,8 @@ def _read(path: str, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _task(name: str, spec: Any, ctx: Any) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[int] | None]:
-    if not isinstance(spec, Mapping):
-        raise ArgError(name, "expected a mapping with keys train, test (and optionally classes)")
-    for k in spec:
-        if k not in _TASK_KEYS:
-            raise ArgError(f"{name}.{k}", f"unexpected key; expected one of {', '.join(_TASK_KEYS)}")
-    arrays = {}
-    for split in ("train", "test"):
-        path = spec.get(split)
-        if not isinstance(path, str) or not path:
-            raise ArgError(f"{name}.{split}", "expected the path of an .npz file")
-        path = os.path.expanduser(path)
-        if ctx.data_dir is not None and not os.path.isabs(path):
-            path = os.path.join(ctx.data_dir, path)
-        arrays[split] = _read(path, f"{name}.{split}")
+    paths = task_paths(name, spec, ctx, "an .npz file")
+    arrays = {split: _read(path, f"{name}.{split}") for split, path in paths.items()}
     classes = spec.get("classes")
     if classes is not None:
         if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)):

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_path
+from goodfit_cli.io.into_model import HeadChange, load_into_model  # noqa: F401  (re-exported)
 
 FORMAT = "goodfit/1"  # metadata["format"] of model files written by save_model
 STATE_FORMAT = "goodfit-state/1"  # metadata["format"] of training-state files (save_state)
@@ -240,60 +240,6 @@ def check_finite(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -
         if bad:
             raise UserError(f"{path}: tensor '{name}' has {bad} NaN/Inf values out of "
                             f"{t.numel()}; the run that wrote it diverged, use an earlier checkpoint")
-
-
-# ---------------------------------------------------------------- into a model
-def _names(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def load_into_model(model: nn.Module, tensors: Mapping[str, torch.Tensor],
-                    path: str | os.PathLike, head_prefixes: list[str]) -> list[str]:
-    """Load `tensors` into `model`'s state dict (parameters and buffers), strictly.
-
-    Tensors whose name starts with one of `head_prefixes` may be missing from the file, differ
-    in shape, or be absent from the model: they keep the model's fresh values (or are ignored)
-    and a message is returned for each. Any other mismatch is a UserError naming the file and
-    the tensor. Values are cast to the model's dtype and copied onto its device.
-    """
-    expected = model.state_dict()
-
-    def is_head(name: str) -> bool:
-        return any(name.startswith(prefix) for prefix in head_prefixes)
-
-    messages: list[str] = []
-    loaded: dict[str, torch.Tensor] = {}
-    missing: list[str] = []
-    for name, ref in expected.items():
-        t = tensors.get(name)
-        if t is None:
-            if not is_head(name):
-                missing.append(name)
-                continue
-            messages.append(f"head tensor {name} re-initialised: not in the checkpoint")
-        elif tuple(t.shape) != tuple(ref.shape):
-            if not is_head(name):
-                raise UserError(f"{path}: tensor '{name}' has shape {tuple(t.shape)} in the "
-                                f"checkpoint but {tuple(ref.shape)} in the recipe's model")
-            messages.append(f"head tensor {name} re-initialised: checkpoint {tuple(t.shape)} "
-                            f"vs model {tuple(ref.shape)}")
-        else:
-            loaded[name] = t.to(dtype=ref.dtype)
-            continue
-        loaded[name] = ref  # keeps its fresh initialisation
-    unexpected = [name for name in tensors if name not in expected and not is_head(name)]
-    messages += [f"head tensor {name} in the checkpoint ignored: not in the model"
-                 for name in tensors if name not in expected and is_head(name)]
-    if missing:
-        extra = f"; it has instead: {_names(unexpected)}" if unexpected else ""
-        raise UserError(f"{path}: {len(missing)} tensors of the recipe's model are missing from "
-                        f"the checkpoint: {_names(missing)}{extra}")
-    if unexpected:
-        raise UserError(f"{path}: {len(unexpected)} tensors in the checkpoint are not in the "
-                        f"recipe's model: {_names(unexpected)}; check the recipe's model")
-    model.load_state_dict(loaded, strict=True)
-    return messages
 
 
 # ---------------------------------------------------------------- training state

@@ -10,7 +10,13 @@ from __future__ import annotations
 from goodfit_cli.models.base import MODELS, build_model
 from goodfit_cli.models.cifar_resnet import cifar_resnet32
 from goodfit_cli.models.gmlc_net import gmlc_net
-from goodfit_cli.models.heads import embed, head_prefixes, set_head_only, unwrap
+from goodfit_cli.models.heads import (
+    embed,
+    head_prefixes,
+    own_head,
+    set_head_only,
+    unwrap,
+)
 from goodfit_cli.models.mlp import mlp
 from goodfit_cli.models.motion import motion_transformer
 from goodfit_cli.models.timm_models import timm_model
@@ -21,4 +27,4 @@ MODELS.register("gmlc_net", "GMLC's network: a backbone spec, classifier fc + pr
 MODELS.register("motion_transformer", "Wayformer-style motion predictor: modality MLPs, 2-layer encoder, 8-layer decoder, 6 modes")(motion_transformer)
 MODELS.register("cifar_resnet32", "classic CIFAR ResNet-32 (He et al. 2016), option-A shortcuts")(cifar_resnet32)
 
-__all__ = ["MODELS", "build_model", "embed", "head_prefixes", "set_head_only", "unwrap"]
+__all__ = ["MODELS", "build_model", "embed", "head_prefixes", "own_head", "set_head_only", "unwrap"]

@@ -10,7 +10,7 @@ from goodfit_cli.core.args import call_with_args
 from goodfit_cli.core.errors import loc
 from goodfit_cli.core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "goodfit.models")
 
 
 def build_model(name: str, args: Mapping[str, Any] | None, where: str = "") -> nn.Module:

@@ -6,6 +6,8 @@ Whatever wraps a model (DistributedDataParallel, FSDP, torch.compile) is looked 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -55,3 +57,38 @@ def embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Pooled embedding before the head, (B, D) with D = model.num_features."""
     return model.forward_head(model.forward_features(x), pre_logits=True)
 
+
+
+@contextmanager
+def own_head(model: nn.Module, head_changes: list[dict]):
+    """Within the block the model scores as the base did with its OWN head; yields how exactly.
+
+    After loading, a grown classification head holds the base's rows for the old classes plus
+    freshly initialised rows for the new ones. Inside the block the new rows' weights are zero
+    and their biases -1e4, so no input is predicted as a new class and the old classes'
+    probabilities are the base's own (exp(-1e4) is 0 in float32); the rows are restored after.
+    Yields "exact" (nothing changed, or grown rows masked), "rows_dropped" (the new head has
+    fewer rows than the base's: measured on the rows kept), or "reinitialised" (the head did
+    not fit and the base is measured with a fresh head; the report says so).
+    """
+    actions = {c["action"] for c in head_changes}
+    if "reinitialised" in actions:
+        yield "reinitialised"
+        return
+    grown = [c for c in head_changes if c["action"] == "kept_rows" and c["model_shape"][0] > c["kept_rows"]]
+    if any(c["model_shape"][0] < c["checkpoint_shape"][0] for c in head_changes if c["action"] == "kept_rows"):
+        yield "rows_dropped"
+        return
+    state = unwrap(model).state_dict()
+    has_bias = any(len(c["model_shape"]) == 1 for c in grown)
+    saved = {c["tensor"]: state[c["tensor"]].detach().clone() for c in grown}
+    with torch.no_grad():
+        for c in grown:
+            t, k = state[c["tensor"]], c["kept_rows"]
+            t[k:] = -1e4 if t.ndim == 1 else 0.0
+    try:
+        yield "exact" if (has_bias or not grown) else "new_rows_unmasked"
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                state[name].copy_(value)

@@ -43,4 +43,4 @@ class Objective:
         return {m: float(per[m].double().mean()) for m in self.metric_names if m in per}
 
 
-OBJECTIVES: Registry[Callable[..., Objective]] = Registry("loss")
+OBJECTIVES: Registry[Callable[..., Objective]] = Registry("loss", "goodfit.objectives")

@@ -3,6 +3,7 @@
 `load_recipe(path, overrides)` is the entry point; errors name the file, line and key.
 """
 
+from goodfit_cli.recipe.components import SCHEDULERS, optimizer_names
 from goodfit_cli.recipe.schema import (
     LOSSES,
     METRICS,
@@ -20,7 +21,6 @@ from goodfit_cli.recipe.schema import (
     parse_recipe,
     recipe_dict,
 )
-from goodfit_cli.recipe.components import SCHEDULERS, optimizer_names
 
 __all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
            "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",

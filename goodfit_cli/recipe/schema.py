@@ -19,6 +19,13 @@ import yaml
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
+from goodfit_cli.recipe.sections import (
+    REPLAY,
+    ReplaySpec,
+    key_map,
+    loss_name,
+    replay_spec,
+)
 from goodfit_cli.recipe.yamlcheck import (
     REQUIRED,
     Ctx,
@@ -93,23 +100,25 @@ class StageSpec:
     clip: dict[str, float] = field(default_factory=dict)  # {"norm": x} and/or {"value": y}
     ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
     early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
+    replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
 
 
 @dataclass
 class Recipe:
     name: str
     description: str
-    model: Component
+    model: Component | None  # None: taken from the base folder's config.json (finetune --base DIR)
     data: Component
     old_task: TaskSpec
     new_task: TaskSpec
-    pretrain: StageSpec
+    pretrain: StageSpec | None  # None: the base comes from elsewhere (finetune --base)
     finetune: StageSpec
     eval_every: int = 100
     eval_batch_size: int = 1024
     readout: dict[str, Any] | None = None
     checkpoint_every: int = 0  # batches between resumable states (0: only on interruption)
     checkpoint_keep: int = 2
+    key_map: list[tuple[str, str]] = field(default_factory=list)  # checkpoint key renames, in order
     nonfinite: str = "stop"  # a NaN/Inf training loss: stop (exit 4) or skip the batch
     seed: int = 0
     device: str = "auto"
@@ -182,18 +191,20 @@ STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQ
               "accumulate": (integer(1), 1), "clip": (CLIP, {})}
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
                  "arm_overrides": (mapping_any, {}),
-                 "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {})}
+                 "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
+                 "replay": (REPLAY, None)}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
-TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
+TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
     "name": (string(), REQUIRED), "description": (string(), ""),
-    "model": (COMPONENT, REQUIRED), "data": (COMPONENT, REQUIRED),
+    "model": (optional(COMPONENT), None), "data": (COMPONENT, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
-    "pretrain": (section(STAGE_KEYS), REQUIRED), "finetune": (section(FINETUNE_KEYS), REQUIRED),
+    "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
     "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
-    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2)}), {}),
+    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
+                            "key_map": (key_map, [])}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
     "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
@@ -267,7 +278,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     v = TOP(raw, ctx)
     for stage in ("pretrain", "finetune"):
         st = v[stage]
-        if (st["steps"] is None) == (st["epochs"] is None):
+        if st is not None and (st["steps"] is None) == (st["epochs"] is None):
             raise ctx.child(stage).fail("give exactly one of steps or epochs")
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
@@ -304,14 +315,16 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
             arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
             accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
-            ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}))
+            ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}),
+            replay=replay_spec(st.get("replay")))
 
     return Recipe(
         name=v["name"], description=v["description"],
-        model=Component(v["model"]["name"], v["model"]["args"]),
+        model=None if v["model"] is None else Component(v["model"]["name"], v["model"]["args"]),
         data=Component(v["data"]["name"], v["data"]["args"]),
         old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
-        pretrain=stage_spec(v["pretrain"]), finetune=stage_spec(ft),
+        pretrain=None if v["pretrain"] is None else stage_spec(v["pretrain"]),
+        finetune=stage_spec(ft), key_map=v["checkpoint"]["key_map"],
         eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
         readout=v["report"]["readout"], nonfinite=v["nonfinite"],
         checkpoint_every=(v["eval"]["every"] if v["checkpoint"]["every"] is None

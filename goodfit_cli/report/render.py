@@ -153,6 +153,15 @@ def _violations(report: dict) -> list[tuple[str, str]]:
             for v in a["gate"]["violations"]]
 
 
+def _head_notes(report: dict) -> list[str]:
+    """The base's head, when loading changed it (grown, cut or re-initialised): one line each."""
+    head = report["provenance"].get("base_head")
+    if not head:
+        return []
+    return [f"Base head: {c['message']}." for c in head["changes"]] + [
+        f"The base is measured with {head['measured_with']}."]
+
+
 def _flat(d: dict) -> list[tuple[str, str]]:
     return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
 
@@ -174,6 +183,7 @@ def render_markdown(report: dict) -> str:
     out += ["", "Δ = arm − base; ▲/▼ is the sign of the change, (better)/(worse) its effect; "
             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task samples "
             "the arm broke/fixed."]
+    out += [line for note in _head_notes(report) for line in ("", f"**{_md(note)}**")]
     per_class = _per_class_rows(report)
     if per_class:
         out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]
@@ -266,6 +276,7 @@ def render_html(report: dict) -> str:
              '<p class="note">Δ = arm − base; green better, red worse (by the metric\'s '
              "direction); [lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all "
              "old-task samples the arm broke/fixed.</p>"]
+    parts += [f'<p class="note"><b>{_h(note)}</b></p>' for note in _head_notes(report)]
     violations = _violations(report)
     if violations:
         parts.append("<h2>Gate violations</h2><ul>" + "".join(

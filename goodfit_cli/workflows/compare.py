@@ -125,6 +125,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if names.count(c.name) > 1:
             c.name = f"{c.name}#{i + 1}"
     session: Session | None = None  # the recipe's data, built only if something must be evaluated
+    if recipe.model is None:
+        raise UserError(f"{recipe.at('model')}: compare needs the recipe to name its model; use "
+                        "the recipe.yaml of a run (it names the model it built)")
     model = build_model(recipe.model.name, recipe.model.args, where=recipe.at("model"))
 
     def measure(side: Side) -> tuple[dict, dict]:

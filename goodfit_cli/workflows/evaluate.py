@@ -11,7 +11,12 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
+from goodfit_cli.workflows.session import (
+    Place,
+    adopt_base_model,
+    load_checkpoint,
+    open_session,
+)
 from goodfit_cli.workflows.stage import Ui
 
 
@@ -31,8 +36,9 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         except OSError as e:
             raise UserError(f"cannot write {dest}: {e.strerror} (pass --out elsewhere)") from None
     s = open_session(recipe, place, join=False)
+    adopt_base_model(recipe, checkpoint, s.tasks)
     model = s.model()
-    loaded = load_checkpoint(model, checkpoint)
+    loaded = load_checkpoint(model, checkpoint, recipe.key_map, where=recipe.at("checkpoint.key_map"))
     for msg in loaded.messages:
         ui.log(msg)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,

@@ -24,13 +24,20 @@ from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, save_predictions
 from goodfit_cli.io.runlock import held, open_run
+from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm
 from goodfit_cli.training.checks import check_stages
-from goodfit_cli.workflows.reporting import make_report, provenance
+from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
 from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
-from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session
+from goodfit_cli.workflows.session import (
+    Place,
+    Session,
+    adopt_base_model,
+    load_checkpoint,
+    open_session,
+)
 from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
 
 
@@ -94,15 +101,23 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
+    adopted = adopt_base_model(recipe, job.base, s.tasks)
+    if adopted:
+        ui.log(adopted)
     model = s.model()
-    loaded = load_checkpoint(model, job.base)
+    loaded = load_checkpoint(model, job.base, recipe.key_map, where=recipe.at("checkpoint.key_map"),
+                             grow_rows=s.kinds["new"] == "classification")
     for msg in loaded.messages:
         ui.log(msg)
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__)
     if main_rank and job.resume:  # before anything in the run is rewritten
         check_resumed_run(out, identity, ui.log)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+    with own_head(model, loaded.head_changes) as base_head:
+        base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+    head_record = base_head_record(loaded.head_changes, base_head)
+    if head_record and base_head != "exact":
+        ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
@@ -111,7 +126,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         write_json(out / "run.json", {"base": str(job.base), "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
-                                       "identity": identity})
+                                       "identity": identity,
+                                       **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
         write_json(out / "base" / "metrics.json", {
@@ -156,6 +172,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                    if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
+    if head_record:
+        prov["base_head"] = head_record
+    if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
+        prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
+                          "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
     try:
         return make_report(recipe, out, job.base, (base_metrics, base_preds), results,
                            wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.io.rundir import RunResult, state_files
 from goodfit_cli.io.runlock import held, open_run
@@ -24,6 +25,9 @@ from goodfit_cli.workflows.stage import StageJob, Ui, run_stage
 def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | None = None, *,
              overwrite: bool = False) -> RunResult:
     ui = ui or Ui()
+    if recipe.pretrain is None:
+        raise UserError(f"{recipe.at('pretrain')}: the recipe has no pretrain section; it "
+                        "fine-tunes a base from elsewhere (goodfit finetune --base ...)")
     resume = bool(state_files(out))  # an interrupted pretrain continues from its newest state
     arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
     check_arm(recipe.pretrain, arm, recipe.at("pretrain"))  # before anything is written

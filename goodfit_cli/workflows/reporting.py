@@ -28,6 +28,21 @@ def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[
             "device": str(s.device), "precision": recipe.precision}
 
 
+_MEASURED_WITH = {
+    "exact": "its own head (the new rows masked out)",
+    "rows_dropped": "the rows of its head the new task keeps",
+    "new_rows_unmasked": "its old rows plus the new rows (a head without bias cannot mask them)",
+    "reinitialised": "a RE-INITIALISED head: the base's metrics are not its own",
+}
+
+
+def base_head_record(changes: list[dict], measured: str) -> dict[str, Any] | None:
+    """What happened to the base's head when it was loaded, for run.json and the report."""
+    if not changes:
+        return None
+    return {"changes": changes, "measured": measured, "measured_with": _MEASURED_WITH[measured]}
+
+
 def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
                   kinds: dict[str, str], provenance: dict[str, Any], gate: Gate | None = None,
                   junit: Path | None = None) -> dict[str, Any]:

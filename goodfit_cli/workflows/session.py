@@ -7,7 +7,8 @@ evaluate and compare all start from one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,10 +20,13 @@ from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.io.hubdir import resolve_base
+from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
 from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
-from goodfit_cli.recipe import Recipe
+from goodfit_cli.recipe import Component, Recipe
 from goodfit_cli.recipe.schema import SEED_MAX
 from goodfit_cli.workflows.fit import check_fits
 
@@ -56,6 +60,9 @@ class Session:
 
     def model(self) -> nn.Module:
         """The recipe's model, initialised from the session's seed, on the device."""
+        if self.recipe.model is None:
+            raise UserError(f"{self.recipe.at('model')}: the recipe names no model; name one, or "
+                            "fine-tune a base folder whose config.json names its architecture")
         torch.manual_seed(self.seed)
         m = build_model(self.recipe.model.name, self.recipe.model.args,
                         where=self.recipe.at("model"))
@@ -104,6 +111,22 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     return Session(recipe, dev, moved, runners, recipe.seed if place.seed is None else place.seed)
 
 
+def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str | None:
+    """A recipe without a model takes the architecture of the base folder's config.json (the
+    new task's class count); the recipe as run (recipe.yaml of the run) then names it. Returns
+    a log line, or None when the recipe names its model."""
+    if recipe.model is not None:
+        return None
+    files = resolve_base(Path(base))
+    if files.config is None:
+        raise UserError(f"{recipe.at('model')}: the recipe names no model and {base} has no "
+                        "config.json to take it from; name the model in the recipe")
+    name, args = spec_from_config(files.config, files.config_path, tasks["new"].num_classes)
+    recipe.model = Component(name, args)
+    recipe.raw["model"] = {"name": name, "args": args}
+    return f"model: {name} {args.get('name', '')} from {files.config_path}"
+
+
 @dataclass
 class Loaded:
     """A checkpoint loaded into a model: what was read, once (hash included)."""
@@ -111,12 +134,29 @@ class Loaded:
     path: Path
     sha256: str
     messages: list[str]  # e.g. "head re-initialised: ..." lines for the log
+    head_changes: list[dict] = field(default_factory=list)  # HeadChange.to_dict() of each
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> Loaded:
-    """Read a safetensors checkpoint once, check it, load it into `model`, hash it."""
-    tensors, _meta = ckpt.load_model(path)
-    ckpt.check_finite(tensors, path)
-    msgs = ckpt.load_into_model(model, tensors, path, head_prefixes(model))
-    return Loaded(path, sha256_file(path), msgs)
-
+def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *,
+                    grow_rows: bool = False, where: str = "checkpoint") -> Loaded:
+    """Read a checkpoint (a .safetensors file or a hub-layout folder) once, check it, rename its
+    keys (wrapper prefixes, then the recipe's `key_map`), load it into `model`, hash it."""
+    files = resolve_base(Path(path))
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files.weights:
+        part, _meta = ckpt.load_model(f)
+        ckpt.check_finite(part, f)
+        tensors.update(part)
+    messages = []
+    tensors, stripped = strip_wrappers(tensors, model.state_dict().keys())
+    if stripped:
+        messages.append(f"{path}: stripped the wrapper prefix {''.join(stripped)!r} from every "
+                        "checkpoint key")
+    tensors = apply_key_map(tensors, compile_key_map(key_map or [], where), str(path))
+    changes = ckpt.load_into_model(model, tensors, path, head_prefixes(model), grow_rows=grow_rows)
+    messages += [str(c) for c in changes]
+    if len(files.weights) == 1:
+        digest = sha256_file(files.weights[0])
+    else:  # shards: the hash of their hashes, in order
+        digest = hashlib.sha256("".join(sha256_file(f) for f in files.weights).encode()).hexdigest()
+    return Loaded(Path(path), digest, messages, [c.to_dict() for c in changes])

@@ -19,6 +19,7 @@ from torch import nn
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
 from goodfit_cli.core.metrics import direction
+from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -187,7 +188,14 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    asked = total_batches(budget, len(data), job.stage.accumulate)
+    source, replayed = data, None
+    if job.stage.replay is not None and job.task == "new":  # old-task samples in every batch
+        source = mix(data, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
+                     s.recipe.at("finetune.replay"))
+        replayed = describe(source, job.stage.replay, s.seed)
+    new_per_batch = budget["batch_size"] - (replayed["old_per_batch"] if replayed else 0)
+    asked = total_batches({**budget, "batch_size": new_per_batch}, len(data),
+                          job.stage.accumulate)
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
     total = whole_cycles(optimizer, asked)
     if total != asked:
@@ -227,7 +235,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         hooks.ema.load_state_dict(saved["ema"])
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, data, s.runners[job.task].loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, source, s.runners[job.task].loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
@@ -238,9 +246,11 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Interrupted(stop.signum or signal.SIGINT, out)
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
+    if replayed:
+        cycles["replay"] = replayed
     if hooks.tracker is not None:
         hooks.tracker.close()
-    sizes = (len(data), cfg.step_size)
+    sizes = (len(data), new_per_batch * job.stage.accumulate)  # new samples per step
     if hooks.ema is not None:  # the averaged weights: a candidate of their own, written first
         _finish(s, hooks.ema.module, optimizer, ema_job(job, records), st,
                 ema_records(records), sizes, cycles)
@@ -267,7 +277,8 @@ def ema_records(records: list[dict]) -> list[dict]:
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
             records: list[dict], sizes: tuple[int, int], cycles: dict[str, int]) -> RunResult:
     """Check the trained model is finite, evaluate it, and write the arm's files (rank 0).
-    `sizes` = (training samples, batch size); `cycles` goes into the summary for GoodFit."""
+    `sizes` = (training samples, new-task samples per batch); `cycles` goes into the summary
+    for GoodFit, its "replay" entry (what replay did) as the summary's own "replay"."""
     n_train, batch_size = sizes
     arm, out = job.arm, job.out
     bad = [k for k, v in model.state_dict().items()
@@ -289,6 +300,8 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final}
+    if "replay" in cycles:
+        summary["replay"] = cycles.pop("replay")
     if cycles["batches_per_cycle"] > 1:
         summary["cycles"] = cycles
     if world > 1:

@@ -22,6 +22,8 @@ def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
     if r.data.name not in DATASETS:
         raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
                         f"{suggest(r.data.name, DATASETS.names())}")
+    if r.model is None:  # taken from the base folder's config.json at fine-tuning time
+        return r
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them

@@ -1,0 +1,135 @@
+"""Image classification sets from class-per-folder trees or image tar shards, read with timm.
+
+Each split is a folder `<split>/<class name>/<image>` (any depth below the class folder) or a
+`.tar` of such paths, read by `timm.data.create_dataset` and resized/cropped by
+`timm.data.create_transform` (eval mode: resize the short side, centre crop to `size`). Images
+are kept as uint8 (N, H, W, C), so the set lives in memory and on the device (the fast path);
+the loop normalises them with `to_model_input`.
+
+Class ids are global: the old task's classes first (its `classes` list, else its train split's
+folder names in natural order), then the new task's classes that are not old ones. A task's
+`classes` list selects folders by name (or by their position as integer ids).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from goodfit_cli.core.args import ArgError
+from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.paths import task_paths
+
+
+def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str):
+    """timm's dataset over `path`, the empty class folders checked, with the eval transform."""
+    from timm.data import (  # deferred: timm imports slowly
+        create_dataset,
+        create_transform,
+    )
+
+    if not os.path.exists(path):
+        raise ArgError(key, f"not found: {path}")
+
+    ds = create_dataset("", root=path, split="train", search_split=False)
+    classes = _class_to_idx(ds)
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            if os.path.isdir(os.path.join(path, name)) and name not in classes:
+                raise ArgError(key, f"class folder {os.path.join(path, name)} holds no images")
+    if not len(ds):
+        raise ArgError(key, f"{path} holds no images (class-per-folder: {path}/<class>/<image>)")
+    if size is not None:
+        ds.transform = create_transform((3, *size), is_training=False, crop_pct=1.0,
+                                        interpolation=interpolation, normalize=False)
+    return ds
+
+
+def _class_to_idx(ds) -> dict[str, int]:
+    """Class name -> timm's index, for a folder reader or a tar reader."""
+    reader = ds.reader
+    return dict(getattr(reader, "class_to_idx", None) or reader.class_name_to_idx)
+
+
+def _load(ds, key: str, remap: dict[int, int], size: tuple[int, int] | None) -> Split:
+    """Every image as uint8 (H, W, 3), every label as its global id."""
+    xs, ys, first = [], [], None
+    for i in range(len(ds)):
+        try:  # through the reader: timm's dataset would skip an unreadable image silently
+            raw, target = ds.reader[i]
+            img = Image.open(raw).convert("RGB")
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise ArgError(key, f"cannot read image {ds.filename(i, absolute=True)}: "
+                           f"{type(e).__name__}") from None
+        if ds.transform is not None:
+            img = ds.transform(img)
+        if target not in remap:
+            continue
+        arr = img.permute(1, 2, 0).numpy() if isinstance(img, torch.Tensor) else np.asarray(img)  # (H, W, 3)
+        if first is None:
+            first = (arr.shape, ds.filename(i, absolute=True))
+        elif arr.shape != first[0]:
+            raise ArgError(key, f"{ds.filename(i, absolute=True)} is {arr.shape[1]}×{arr.shape[0]} "
+                           f"but {first[1]} is {first[0][1]}×{first[0][0]}; set data.args.size to "
+                           "resize them")
+        xs.append(arr)
+        ys.append(remap[target])
+    if not xs:
+        raise ArgError(key, "no image of the selected classes")
+    return Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64))
+
+
+def _size(size: Any) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return (size, size)
+    if (isinstance(size, Sequence) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+        return (size[0], size[1])
+    raise ArgError("size", f"expected a positive integer or [height, width], got {size!r}")
+
+
+def _selected(name: str, spec: Mapping[str, Any], found: list[str]) -> list[str]:
+    """The task's class names: its `classes` (names, or integer positions in `found`), or all."""
+    chosen = spec.get("classes")
+    if chosen is None:
+        return found
+    if isinstance(chosen, (str, bytes)) or not isinstance(chosen, Sequence):
+        raise ArgError(f"{name}.classes", f"expected a list of folder names or ids, got {chosen!r}")
+    out = []
+    for i, c in enumerate(chosen):
+        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(found):
+            c = found[c]
+        if c not in found:
+            raise ArgError(f"{name}.classes[{i}]", f"no class folder {c!r} (found: {', '.join(found)})")
+        out.append(c)
+    return out
+
+
+def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: Any = None,
+                interpolation: str = "bilinear") -> dict[str, Task]:
+    """Old and new tasks from image folders or tar shards; `size` resizes and centre-crops."""
+    hw = _size(size)
+    opened: dict[str, dict[str, Any]] = {}
+    for name, spec in (("old", old), ("new", new)):
+        paths = task_paths(name, spec, ctx, "a class-per-folder directory or a .tar shard")
+        opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation)
+                        for split, path in paths.items()}
+    names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])))
+             for t, spec in (("old", old), ("new", new))}
+    order = names["old"] + [c for c in names["new"] if c not in names["old"]]
+    ids = {c: i for i, c in enumerate(order)}
+    tasks = {}
+    for t in ("old", "new"):
+        splits = {}
+        for split, ds in opened[t].items():
+            remap = {local: ids[c] for c, local in _class_to_idx(ds).items() if c in names[t]}
+            splits[split] = _load(ds, f"{t}.{split}", remap, hw)
+        tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
+                        [ids[c] for c in names[t]])
+    return tasks

@@ -1,0 +1,30 @@
+"""A file-backed task's spec: {train: path, test: path, classes: [...]}, checked, paths resolved."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from goodfit_cli.core.args import ArgError
+
+TASK_KEYS = ("train", "test", "classes")
+
+
+def task_paths(name: str, spec: Any, ctx: Any, what: str) -> dict[str, str]:
+    """{"train": path, "test": path} of task `name`; relative paths resolve against ctx.data_dir.
+    `what` says what a path must be ("an .npz file") in the error for a missing one."""
+    if not isinstance(spec, Mapping):
+        raise ArgError(name, "expected a mapping with keys train, test (and optionally classes)")
+    for k in spec:
+        if k not in TASK_KEYS:
+            raise ArgError(f"{name}.{k}", f"unexpected key; expected one of {', '.join(TASK_KEYS)}")
+    paths = {}
+    for split in ("train", "test"):
+        path = spec.get(split)
+        if not isinstance(path, str) or not path:
+            raise ArgError(f"{name}.{split}", f"expected the path of {what}")
+        path = os.path.expanduser(path)
+        if ctx.data_dir is not None and not os.path.isabs(path):
+            path = os.path.join(ctx.data_dir, path)
+        paths[split] = path
+    return paths

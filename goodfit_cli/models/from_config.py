@@ -1,0 +1,34 @@
+"""A model spec from a hub folder's config.json, for recipes that name no model.
+
+timm's `save_for_hf` writes {"architecture": "resnet18", "num_classes": ..., "model_args": {...}}:
+that becomes the registered `timm` model with those arguments. The number of classes is the
+recipe's task's when it has one (the head then keeps the base's rows for the classes both
+have), else the config's. Hugging Face transformers configs ("architectures": [...]) are not
+built here: name the model in the recipe instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.core.errors import UserError
+
+
+def spec_from_config(config: dict[str, Any], path: Path, num_classes: int | None) -> tuple[str, dict[str, Any]]:
+    """(registered model name, its args) described by a hub folder's `config`."""
+    arch = config.get("architecture")
+    if not isinstance(arch, str):
+        what = (f"a transformers config ({config['architectures']})" if "architectures" in config
+                else "no 'architecture' key")
+        raise UserError(f"{path}: {what}; name the model in the recipe's model section")
+    args = dict(config.get("model_args") or {})
+    if not isinstance(config.get("model_args", {}), dict):
+        raise UserError(f"{path}: 'model_args' must be a JSON object")
+    args.pop("pretrained", None)
+    args["name"] = arch
+    classes = num_classes if num_classes is not None else config.get("num_classes", args.get("num_classes"))
+    if classes is None:
+        raise UserError(f"{path}: no num_classes; name the model in the recipe's model section")
+    args["num_classes"] = classes
+    return "timm", args

@@ -1,0 +1,88 @@
+"""Recipe sections for bringing one's own base and data: `checkpoint.key_map` and `finetune.replay`.
+
+key_map: how checkpoint keys are renamed before loading, an ordered list of regex → replacement,
+written as a YAML mapping (kept in file order) or a list of [pattern, replacement] pairs:
+
+    checkpoint:
+      key_map:
+        "^backbone\\.": ""            # backbone.conv1.weight -> conv1.weight
+        "^classifier\\.": "fc."
+
+replay: a fraction of every fine-tuning batch drawn from the OLD task's training samples (a fixed,
+seeded subset of at most `max_samples` of them), with any arm:
+
+    finetune:
+      replay: {fraction: 0.1, max_samples: 120}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from goodfit_cli.core.registry import plugin_names
+from goodfit_cli.recipe.yamlcheck import (
+    Ctx,
+    integer,
+    number,
+    optional,
+    section,
+    string,
+    type_name,
+)
+
+
+@dataclass
+class ReplaySpec:
+    fraction: float  # of each batch's samples, drawn from the old task (0 <= fraction < 1)
+    max_samples: int | None = None  # size of the old-task pool; None: every old training sample
+
+
+def key_map(v: Any, ctx: Ctx) -> list[tuple[str, str]]:
+    """[(pattern, replacement), ...] in order; every pattern must compile."""
+    if v is None:
+        return []
+    if isinstance(v, dict):
+        pairs = list(v.items())
+        where = [ctx.child(k) for k, _ in pairs]
+    elif isinstance(v, list):
+        pairs, where = [], []
+        for i, item in enumerate(v):
+            if not (isinstance(item, list) and len(item) == 2):
+                raise ctx.child(i).fail(f"expected a [pattern, replacement] pair, got {type_name(item)}")
+            pairs.append(tuple(item))
+            where.append(ctx.child(i))
+    else:
+        raise ctx.fail(f"expected a mapping of regex: replacement, got {type_name(v)}")
+    out = []
+    for (pattern, replacement), c in zip(pairs, where):
+        if not isinstance(pattern, str) or not isinstance(replacement, str):
+            raise c.fail("a key_map pattern and its replacement must both be strings")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise c.fail(f"{pattern!r} is not a regular expression ({e})") from None
+        out.append((pattern, replacement))
+    return out
+
+
+def _fraction(v: Any, ctx: Ctx) -> float:
+    f = number(minimum=0.0)(v, ctx)
+    if f >= 1:
+        raise ctx.fail(f"must be below 1 (the rest of each batch is new-task data), got {f}")
+    return f
+
+
+REPLAY = optional(section({"fraction": (_fraction, 0.1), "max_samples": (optional(integer(1)), None)}))
+
+
+def replay_spec(v: dict | None) -> ReplaySpec | None:
+    return None if v is None else ReplaySpec(v["fraction"], v["max_samples"])
+
+
+def loss_name(builtin: tuple[str, ...]):
+    """A task's loss: a built-in objective, or one an installed plugin offers (goodfit.objectives)."""
+    def check(v: Any, ctx: Ctx) -> str:
+        return string((*builtin, *plugin_names("goodfit.objectives")))(v, ctx)
+    return check

@@ -1,0 +1,134 @@
+"""Data formats: class-per-folder images and tar shards (through timm), CSV and Parquet tables;
+and each bad input (unreadable image, mixed sizes without a resize, an empty class folder, a
+non-numeric feature, no label column) as one UserError naming the file or key."""
+
+from __future__ import annotations
+
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data import build_data
+
+
+def png(path, size=(6, 4), value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).save(path)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """old: cat, dog (train 2 each, test 1 each); new: cat, fox (fox is a new class)."""
+    for split, n in (("train", 2), ("test", 1)):
+        for cls, value in (("cat", 10), ("dog", 20)):
+            for i in range(n):
+                png(tmp_path / "old" / split / cls / f"{i}.png", value=value)
+        for cls, value in (("cat", 10), ("fox", 30)):
+            for i in range(n):
+                png(tmp_path / "new" / split / cls / f"{i}.png", value=value)
+    return tmp_path
+
+
+def args(**extra):
+    return {"old": {"train": "old/train", "test": "old/test"},
+            "new": {"train": "new/train", "test": "new/test"}, **extra}
+
+
+def test_imagefolder_global_class_ids(tree):
+    """Old classes first (cat 0, dog 1), then the new task's new ones (fox 2); uint8 NHWC."""
+    t = build_data("imagefolder", args(), seed=0, data_dir=str(tree))
+    assert t["old"].train.x.shape == (4, 4, 6, 3) and t["old"].train.x.dtype == torch.uint8
+    assert t["old"].train.y.tolist() == [0, 0, 1, 1] and t["old"].classes == [0, 1]
+    assert t["new"].train.y.tolist() == [0, 0, 2, 2] and t["new"].classes == [0, 2]
+    assert t["new"].num_classes == 3
+    assert int(t["new"].train.x[2, 0, 0, 0]) == 30  # the fox pixels, unchanged
+
+
+def test_imagefolder_classes_by_name_and_resize(tree):
+    """`classes` picks folders by name; `size` resizes (timm's transform) to 8×8."""
+    a = args(size=8)
+    a["new"]["classes"] = ["fox"]
+    t = build_data("imagefolder", a, seed=0, data_dir=str(tree))
+    assert t["new"].train.y.tolist() == [2, 2] and t["new"].classes == [2]
+    assert t["old"].train.x.shape == (4, 8, 8, 3)
+
+
+def test_imagefolder_tar_shard(tree):
+    """A .tar of class/image paths reads like the folder."""
+    with tarfile.open(tree / "old_train.tar", "w") as tar:
+        tar.add(tree / "old" / "train", arcname=".")
+    a = args()
+    a["old"]["train"] = "old_train.tar"
+    t = build_data("imagefolder", a, seed=0, data_dir=str(tree))
+    assert sorted(t["old"].train.y.tolist()) == [0, 0, 1, 1]
+
+
+def test_imagefolder_bad_inputs(tree):
+    """Mixed sizes without size, an empty class folder, an unreadable image: one line each."""
+    png(tree / "old" / "train" / "cat" / "big.png", size=(9, 9))
+    with pytest.raises(UserError, match=r"^r.yaml: data.args.old.train: .*big.png is 9×9 but .* is 6×4; set data.args.size"):
+        build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
+    (tree / "old" / "train" / "cat" / "big.png").unlink()
+    (tree / "old" / "train" / "owl").mkdir()
+    with pytest.raises(UserError, match=r"data.args.old.train: class folder .*owl holds no images"):
+        build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
+    (tree / "old" / "train" / "owl").rmdir()
+    (tree / "new" / "test" / "fox" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"data.args.new.test: cannot read image .*fox/0.png"):
+        build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
+
+
+def write_csv(path, rows, header=("a", "b", "label")):
+    path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
+
+
+@pytest.fixture
+def tables(tmp_path):
+    write_csv(tmp_path / "old.csv", [(0.5, 1, "cat"), (1.5, 2, "dog"), (2.5, 3, "cat")])
+    write_csv(tmp_path / "new.csv", [(3.5, 4, "fox"), (4.5, 5, "cat")])
+    return tmp_path
+
+
+def targs(old="old.csv", new="new.csv", **extra):
+    return {"old": {"train": old, "test": old}, "new": {"train": new, "test": new}, **extra}
+
+
+def test_table_csv_names_become_ids(tables):
+    """Feature columns -> float32 (N, F); label names numbered old first: cat 0, dog 1, fox 2."""
+    t = build_data("table", targs(), seed=0, data_dir=str(tables))
+    assert t["old"].train.x.tolist() == [[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]
+    assert t["old"].train.y.tolist() == [0, 1, 0] and t["new"].train.y.tolist() == [2, 0]
+    assert t["new"].num_classes == 3
+    a = targs()
+    a["new"]["classes"] = ["fox"]
+    assert build_data("table", a, seed=0, data_dir=str(tables))["new"].train.y.tolist() == [2]
+
+
+def test_table_parquet_matches_csv(tables):
+    """The same table as Parquet (pyarrow) gives the same tensors as the CSV."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    for name, rows in (("old", [(0.5, 1, "cat"), (1.5, 2, "dog"), (2.5, 3, "cat")]),
+                       ("new", [(3.5, 4, "fox"), (4.5, 5, "cat")])):
+        cols = list(zip(*rows))
+        pq.write_table(pa.table({"a": list(cols[0]), "b": list(cols[1]), "label": list(cols[2])}),
+                       tables / f"{name}.parquet")
+    p = build_data("table", targs("old.parquet", "new.parquet"), seed=0, data_dir=str(tables))
+    c = build_data("table", targs(), seed=0, data_dir=str(tables))
+    for t in ("old", "new"):
+        assert torch.equal(p[t].train.x, c[t].train.x) and torch.equal(p[t].train.y, c[t].train.y)
+
+
+def test_table_bad_inputs(tables):
+    """A non-numeric feature names file, row and column; a missing label column lists columns."""
+    write_csv(tables / "bad.csv", [(0.5, "x1", "cat")])
+    with pytest.raises(UserError, match=r"^r.yaml: data.args.old.train: .*bad.csv: row 2, column 'b': 'x1' is not a number$"):
+        build_data("table", targs("bad.csv"), seed=0, data_dir=str(tables), where="r.yaml: data")
+    write_csv(tables / "nolabel.csv", [(0.5, 1, 2)], header=("a", "b", "c"))
+    with pytest.raises(UserError, match=r"nolabel.csv has no label column 'label' \(columns: a, b, c\); set data.args.label"):
+        build_data("table", targs("nolabel.csv"), seed=0, data_dir=str(tables), where="r.yaml: data")
