@@ -2,7 +2,8 @@
 
 models, datasets and objectives include installed plugins (entry points; loading them is how a
 broken plugin shows up, as one UserError). Optimizers and schedulers are the names a recipe's
-`optimizer.name` / `scheduler.name` accept, described by their torch classes.
+`optimizer.name` / `scheduler.name` accept: timm's optimizers (training/optimizers.py) and
+timm's schedules plus torch's one-cycle and plateau (training/schedules.py).
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ from goodfit_cli.data import DATASETS
 from goodfit_cli.models import MODELS
 from goodfit_cli.objectives import OBJECTIVES
 from goodfit_cli.recipe import SCHEDULERS
-from goodfit_cli.training.arms import OPTIMIZER_CLASSES
+from goodfit_cli.training.optimizers import optimizer_table
 
 KINDS = ("models", "datasets", "objectives", "optimizers", "schedulers")
 _SCHEDULER_DOCS = {"none": "constant learning rate",
-                   "step": "StepLR: × gamma every step_size batches",
-                   "multistep": "MultiStepLR: × gamma at each of milestones (batches)",
-                   "exponential": "ExponentialLR: × gamma every batch",
-                   "cosine": "CosineAnnealingLR over the run's batches (T_max defaults to them)"}
+                   "cosine": "cosine decay over the run's batches (timm; warmup_epochs, min_lr, cycles)",
+                   "tanh": "tanh decay over the run's batches (timm)",
+                   "step": "x decay_rate every decay_epochs batches (timm)",
+                   "multistep": "x decay_rate at each of decay_milestones (batches; timm)",
+                   "plateau": "x decay_rate when the trained task's primary metric stalls (evaluations)",
+                   "poly": "polynomial decay over the run's batches (timm)",
+                   "wsd": "warm-up, stable, decay (timm)",
+                   "rsqrt": "inverse square-root decay (timm)",
+                   "constant": "constant after an optional warm-up (timm)",
+                   "onecycle": "torch OneCycleLR over the run's batches"}
 
 
 def _first_line(obj: object) -> str:
@@ -38,8 +45,8 @@ def registry_rows(kind: str | None = None) -> dict[str, list[tuple[str, str, str
             reg = {"models": MODELS, "datasets": DATASETS, "objectives": OBJECTIVES}[k]
             out[k] = [(e.name, e.description or _first_line(e.fn), e.origin) for e in reg]
         elif k == "optimizers":
-            out[k] = [(n, _first_line(c), f"torch.optim.{c.__name__}")
-                      for n, c in sorted(OPTIMIZER_CLASSES.items())]
+            out[k] = [(n, d, "timm.optim") for n, d in optimizer_table()]
         else:
-            out[k] = [(n, _SCHEDULER_DOCS.get(n, ""), "torch.optim.lr_scheduler") for n in SCHEDULERS]
+            out[k] = [(n, _SCHEDULER_DOCS.get(n, ""), "torch" if n == "onecycle" else "timm.scheduler")
+                      for n in SCHEDULERS]
     return out
