@@ -11,6 +11,7 @@ from goodfit_cli.recipe.schema import (
     Component,
     GoodFitSpec,
     OptimizerSpec,
+    PenaltySpec,
     Recipe,
     SchedulerSpec,
     StageSpec,
@@ -23,5 +24,5 @@ from goodfit_cli.recipe.schema import (
 )
 
 __all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
-           "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",
+           "OptimizerSpec", "PenaltySpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",
            "load_recipe", "parse_override", "parse_recipe", "recipe_dict"]

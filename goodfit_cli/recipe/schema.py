@@ -78,6 +78,21 @@ class GoodFitSpec:
 
 
 @dataclass
+class PenaltySpec:
+    """The anti-forgetting arms' knobs (docs/method.md): strengths, temperature, LP-FT split."""
+
+    l2sp: float = 0.01  # L2-SP: alpha/2 * ||theta - theta_base||^2 over the body
+    lwf: float = 1.0  # LwF: weight of the distillation toward the base's outputs
+    focal: float = 1.0  # focal distillation: weight of the per-sample-weighted distillation
+    focal_alpha: float = 1.0  # every sample's distillation weight
+    focal_beta: float = 5.0  # extra weight where the base was right (against negative flips)
+    ewc: float = 1.0  # EWC: lambda/2 * sum F (theta - theta_base)^2, F scaled to mean 1
+    fisher_batches: int = 16  # old-task batches that estimate the diagonal Fisher
+    temperature: float = 2.0  # distillation temperature (classification)
+    lp_fraction: float = 0.5  # LP-FT: share of the budget spent training the head only
+
+
+@dataclass
 class StageSpec:
     optimizer: OptimizerSpec
     batch_size: int
@@ -87,6 +102,7 @@ class StageSpec:
     goodfit: GoodFitSpec = field(default_factory=GoodFitSpec)
     arms: list[str] = field(default_factory=list)
     arm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    penalty: PenaltySpec = field(default_factory=PenaltySpec)
 
 
 @dataclass
@@ -134,16 +150,19 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------
 # schema: key → (checker, default); a default of REQUIRED means the key must be present
 
+WRAPPING_ARMS = ("goodfit", "head_only", "lp_ft", "l2sp", "lwf", "focal", "ewc")  # <kind>[:opt]
+
+
 def arm_name(v: Any, ctx: Ctx) -> str:
     s = string()(v, ctx)
     kind, _, base = s.partition(":")
-    if kind in ("goodfit", "head_only"):
+    if kind in WRAPPING_ARMS:
         if base and base not in OPTIMIZERS:
             raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{suggest(base, list(OPTIMIZERS))}")
     elif base or kind not in OPTIMIZERS:
-        names = [*OPTIMIZERS, "head_only", "goodfit"]
-        raise ctx.fail(f"unknown arm {s!r}{suggest(s, names)} "
-                       "(an optimizer, head_only[:opt] or goodfit[:opt])")
+        names = [*OPTIMIZERS, *WRAPPING_ARMS]
+        raise ctx.fail(f"unknown arm {s!r}{suggest(s, names)} (an optimizer, or "
+                       f"{'/'.join(WRAPPING_ARMS)} with an optional :opt)")
     return s
 
 
@@ -158,8 +177,12 @@ GOODFIT = section({"main": (optional(string(OPTIMIZERS)), None), "n_ref": (integ
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
               "scheduler": (SCHEDULER, {"name": "none", "args": {}})}
+PENALTY = section({**{k: (number(minimum=0.0), v) for k, v in (
+    ("l2sp", 0.01), ("lwf", 1.0), ("focal", 1.0), ("focal_alpha", 1.0), ("focal_beta", 5.0),
+    ("ewc", 1.0))}, "fisher_batches": (integer(1), 16),
+    "temperature": (number(positive=True), 2.0), "lp_fraction": (number(minimum=0.0), 0.5)})
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
-                 "arm_overrides": (mapping_any, {})}
+                 "arm_overrides": (mapping_any, {}), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
 TASK = section({"loss": (string(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
@@ -251,6 +274,9 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             if key not in allowed:
                 raise ctx.child("finetune").child("arm_overrides").child(arm).child(key).fail(
                     f"unknown key{suggest(str(key), sorted(allowed))}")
+    if ft["penalty"]["lp_fraction"] > 1:
+        raise ctx.child("finetune").child("penalty").child("lp_fraction").fail(
+            f"must be at most 1, got {ft['penalty']['lp_fraction']}")
     if not ft["arms"]:
         ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
     data_dir = v["data_dir"]
@@ -266,7 +292,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             steps=st["steps"], epochs=st["epochs"],
             scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
             goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
-            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})))
+            arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
+            penalty=PenaltySpec(**st["penalty"]) if "penalty" in st else PenaltySpec())
 
     return Recipe(
         name=v["name"], description=v["description"],

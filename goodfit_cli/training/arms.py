@@ -3,6 +3,8 @@
 An arm is `<opt>` (sgd, adamw, adam, rmsprop: every parameter), `head_only[:<opt>]` (only the
 model's head trains; the body is frozen and kept in eval mode) or `goodfit[:<opt>]` (GoodFit over
 that main optimizer). Without `:<opt>` the stage's optimizer (or `goodfit.main`) is used.
+The anti-forgetting arms `lp_ft`, `l2sp`, `lwf`, `focal` and `ewc` (`<kind>[:<opt>]`) train
+every parameter with `<opt>`; what they add lives in training/penalties.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ OPTIMIZER_CLASSES: dict[str, type[torch.optim.Optimizer]] = {
 @dataclass
 class Arm:
     name: str
-    kind: str  # "plain" | "head_only" | "goodfit"
+    kind: str  # "plain" | "head_only" | "goodfit" | one of PENALTY_KINDS
     optimizer: str  # the (main) optimizer's name
 
     @property
@@ -42,24 +44,28 @@ def arm_dirname(name: str) -> str:
     return name.replace(":", "-")
 
 
+PENALTY_KINDS = ("lp_ft", "l2sp", "lwf", "focal", "ewc")  # anti-forgetting (training/penalties.py)
+
+
 def arm_names() -> list[str]:
-    """Every arm name the registry accepts: each optimizer, head_only:<opt> and goodfit:<opt>."""
+    """Every arm name the registry accepts: each optimizer, and <kind>:<opt> for head_only,
+    goodfit and each anti-forgetting kind."""
     opts = sorted(OPTIMIZER_CLASSES)
-    return [*opts, *(f"head_only:{o}" for o in opts), *(f"goodfit:{o}" for o in opts)]
+    return [*opts, *(f"{k}:{o}" for k in ("head_only", "goodfit", *PENALTY_KINDS) for o in opts)]
 
 
 def parse_arm(name: str, stage: StageSpec) -> Arm:
     kind, _, opt = name.partition(":")
     if kind == "goodfit":
         arm = Arm(name, "goodfit", opt or stage.goodfit.main or stage.optimizer.name)
-    elif kind == "head_only":
-        arm = Arm(name, "head_only", opt or stage.optimizer.name)
+    elif kind == "head_only" or kind in PENALTY_KINDS:
+        arm = Arm(name, kind, opt or stage.optimizer.name)
     else:
         arm = Arm(name, "plain", name)
     if arm.optimizer not in OPTIMIZER_CLASSES:  # e.g. a typo in --optimizer
-        names = [*OPTIMIZER_CLASSES, "head_only", "goodfit"]
-        raise UserError(f"unknown arm {name!r}{suggest(name, names)} (an optimizer, "
-                        "head_only[:opt] or goodfit[:opt])")
+        names = [*OPTIMIZER_CLASSES, "head_only", "goodfit", *PENALTY_KINDS]
+        raise UserError(f"unknown arm {name!r}{suggest(name, names)} (an optimizer, or "
+                        f"{'/'.join(names[len(OPTIMIZER_CLASSES):])} with an optional :opt)")
     return arm
 
 

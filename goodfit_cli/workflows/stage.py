@@ -50,6 +50,7 @@ from goodfit_cli.training import (
     train_mode,
     whole_cycles,
 )
+from goodfit_cli.workflows.forgetting import anti_forgetting
 from goodfit_cli.workflows.session import Session
 
 Log = Callable[[str], None]
@@ -166,6 +167,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         log(f"{arm.name}: {asked} batches rounded up to {total}, whole cycles of "
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total)
+    trained_on = anti_forgetting(s, arm.kind, job.task, model, optimizer, total)  # at the base
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite)
     trained = torch.compile(model) if s.recipe.compile else model
@@ -182,13 +184,14 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["rng"])
         loop_state = LoopState.from_dict(saved["loop"])
+        trained_on.resumed(loop_state.batch - loop_state.skipped)
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, data, s.runners[job.task].loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, data, trained_on.loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
