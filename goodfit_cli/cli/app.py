@@ -244,6 +244,35 @@ def compare(
     print_report(report, dest)
     raise_on_gate_failure(report)
 
+@app.command()
+@handled
+def wise(
+    arm_dir: Path = typer.Argument(..., help="A finished arm of a fine-tuning run: RUN/<arm>."),
+    alpha: float = typer.Option(..., "--alpha", help="Weight of the arm: (1-α)·base + α·arm."),
+    out_dir: Path = typer.Option(..., "--out", "-o"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    junit: Optional[Path] = typer.Option(None, "--junit"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.workflows.wise import WiseJob, wise as run_wise
+
+    r = load(str(arm_dir.parent / "recipe.yaml"), None)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite),
+                      Place(device, None, data_dir), ui_for(r.primary))
+    if not report:  # a rank other than 0 under torchrun
+        return
+    print_report(report, out_dir)
+    raise_on_gate_failure(report)
+
+
 def print_report(report: dict[str, Any], dest: Path) -> None:
     out.print(summary_table(report))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
