@@ -97,7 +97,8 @@ def test_focal_weights_follow_where_the_base_was_right():
     logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])
     assert base_was_right(ce, logits, torch.tensor([0, 0, 1])).tolist() == [True, False, False]
     errs = torch.tensor([[0.0], [1.0], [3.0], [0.5]])
-    assert base_was_right(_mse(), errs, torch.zeros(4, 1)).tolist() == [True, False, False, True]
+    assert base_was_right(_mse(), errs, torch.zeros(4, 1), 0.5).tolist() == [True, False, False,
+                                                                             True]
 
 
 def test_lwf_is_zero_at_the_base_and_grows_as_the_model_moves():

@@ -6,7 +6,8 @@
 - `lwf`   (Li and Hoiem 2017): loss + w · D(base(x), model(x)) on the new-task batch x;
           D = T²·KL of the tempered softmaxes (classification) or the squared difference.
 - `focal` (Yan et al. 2021, positive-congruent training): the same distillation, each sample
-          weighted α + β·[the base was right on it] (regression: its error ≤ the batch median).
+          weighted α + β·[the base was right on it] (regression: its error ≤ the base's median
+          error over the new task's training split).
 - `lp_ft` (Kumar et al. 2022): the first `lp_fraction` of the batches update the head only
           (the body's gradients are dropped before each step), then every parameter trains.
 
@@ -79,7 +80,8 @@ class Penalty:
     """A task's loss plus one anti-forgetting term (l2sp, ewc, lwf or focal)."""
 
     def __init__(self, kind: str, spec: PenaltySpec, model: nn.Module, loss: LossFn,
-                 objective: Any, old: OldTask | None = None) -> None:
+                 objective: Any, old: OldTask | None = None,
+                 new: tuple[Tensor, Tensor] | None = None) -> None:
         self.kind, self.spec, self.task_loss, self.objective = kind, spec, loss, objective
         body = body_parameters(model)
         self.anchor = [p.detach().clone() for _, p in body]  # θ_base of the body
@@ -90,8 +92,13 @@ class Penalty:
             if old is None:
                 raise ValueError("ewc needs the old task's data")
             self.fisher = diagonal_fisher(model, old, spec.fisher_batches)
+        self.threshold: float | None = None  # focal, regression: the base's median error
         if kind in ("lwf", "focal"):
             self.teacher = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+        if kind == "focal" and objective.kind != "classification":
+            if new is None:
+                raise ValueError("focal on a regression task needs the new task's data")
+            self.threshold = base_median_error(self.teacher, objective, *new)
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         loss = self.task_loss(model, x, y)
@@ -121,7 +128,7 @@ class Penalty:
         if self.kind == "lwf":
             return self.spec.lwf * per.mean()
         w = self.spec.focal_alpha + self.spec.focal_beta * base_was_right(
-            self.objective, target, y).float()
+            self.objective, target, y, self.threshold).float()
         return self.spec.focal * (w * per).mean()
 
 
@@ -137,14 +144,26 @@ def per_sample_distance(student: Tensor, target: Tensor, kind: str, temperature:
     return (student - target).square().reshape(len(student), -1).mean(dim=1)
 
 
-def base_was_right(objective: Any, outputs: Tensor, y: Tensor) -> Tensor:
+def base_was_right(objective: Any, outputs: Tensor, y: Tensor,
+                   threshold: float | None = None) -> Tensor:
     """(B,) bool: the base's prediction was correct (classification), or its error on the
-    sample is at most the batch median (regression, lower is better)."""
+    sample is at most `threshold` (regression, lower is better: the base's median error over
+    the new task's training split, the same on every rank and every batch)."""
     name = objective.metric_names[0]
     value = objective.per_sample(outputs, y)[name].reshape(len(outputs))
     if objective.kind == "classification":
         return value > 0.5
-    return value <= value.median()
+    return value <= threshold
+
+
+@torch.no_grad()
+def base_median_error(teacher: nn.Module, objective: Any, x: Tensor, y: Tensor,
+                      chunk: int = 4096) -> float:
+    """The median over (x, y) of the base's per-sample primary error."""
+    name = objective.metric_names[0]
+    errs = [objective.per_sample(objective.outputs(teacher, x[i:i + chunk]).float(),
+                                 y[i:i + chunk])[name].reshape(-1) for i in range(0, len(x), chunk)]
+    return float(torch.cat(errs).median())
 
 
 class LinearProbeFirst:

@@ -46,7 +46,9 @@ def anti_forgetting(s: Session, arm_kind: str, task: str, model: nn.Module,
         old = OldTask(s.runners["old"].loss, old_train.x, old_train.y,
                       s.recipe.finetune.batch_size, s.seed)
     try:
-        penalty = Penalty(arm_kind, spec, model, loss, s.runners[task].objective, old)
+        train = s.tasks[task].train
+        penalty = Penalty(arm_kind, spec, model, loss, s.runners[task].objective, old,
+                          (train.x, train.y))
     except ValueError as e:
         raise UserError(f"{s.recipe.source}: arm {arm_kind}: {e}") from None
     return Trained(penalty, lambda _steps: None)

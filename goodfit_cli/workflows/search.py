@@ -106,9 +106,21 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
     return study
 
 
+def _states() -> tuple:
+    """The trial states that count toward --trials: finished, or running now."""
+    import optuna
+
+    return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+
+
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str) -> tuple:
     import optuna
 
+    done = trial.study.get_trials(deepcopy=False, states=_states())
+    if sum(t.number < trial.number for t in done) >= job.trials:  # others reached the target
+        trial.set_user_attr("surplus", True)
+        trial.study.stop()
+        raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
     p = propose(trial, recipe)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
@@ -176,7 +188,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     study = _open_study(job, dirs, identity)
     notes = [] if has_replay(recipe.finetune) else [
         "replay fraction not searched: this recipe schema has no finetune.replay"]
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+    states = _states()
     left = job.trials - len(study.get_trials(deepcopy=False, states=states))
     t0 = time.perf_counter()
     if left > 0:
@@ -205,6 +217,8 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
     prim = recipe.primary
     trials = []
     for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
+            continue
         vals = t.values if t.values is not None else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
