@@ -244,6 +244,71 @@ def compare(
     print_report(report, dest)
     raise_on_gate_failure(report)
 
+@app.command()
+@handled
+def wise(
+    arm_dir: Path = typer.Argument(..., help="A finished arm of a fine-tuning run: RUN/<arm>."),
+    alpha: float = typer.Option(..., "--alpha", help="Weight of the arm: (1-α)·base + α·arm."),
+    out_dir: Path = typer.Option(..., "--out", "-o"),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    junit: Optional[Path] = typer.Option(None, "--junit"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.workflows.wise import WiseJob
+    from goodfit_cli.workflows.wise import wise as run_wise
+
+    r = load(str(arm_dir.parent / "recipe.yaml"), None)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite),
+                      Place(device, None, data_dir), ui_for(r.primary))
+    if not report:  # a rank other than 0 under torchrun
+        return
+    print_report(report, out_dir)
+    raise_on_gate_failure(report)
+
+
+@app.command()
+@handled
+def search(
+    base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
+    recipe: str = typer.Option(..., "--recipe", "-r"),
+    trials: int = typer.Option(..., "--trials", "-n", help="The study's target number of trials."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (trials, report, study.db)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL shared by workers (postgresql://...); default sqlite in --out."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default goodfit-<recipe>)."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: the search's constraint."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    overrides: Optional[list[str]] = typer.Argument(None),
+) -> None:
+    """Search arms and knobs for the best update the gate allows (Optuna, multi-objective)."""
+    from goodfit_cli.workflows.reporting import gate_for
+    from goodfit_cli.workflows.search import SearchJob
+    from goodfit_cli.workflows.search import search as run_search
+    from goodfit_cli.workflows.session import Place
+
+    r = load(recipe, overrides)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
+                               study, seed, g, defaults), Place(device, None, data_dir),
+                     ui_for(r.primary))
+    rec = rep["recommendation"]
+    log(f"{rep['complete']} trials complete; recommendation: " + (
+        "none passes the gate" if rec is None else
+        f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}"))
+
+
 def print_report(report: dict[str, Any], dest: Path) -> None:
     out.print(summary_table(report))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

@@ -11,6 +11,7 @@ from goodfit_cli.recipe.schema import (
     Component,
     GoodFitSpec,
     OptimizerSpec,
+    PenaltySpec,
     Recipe,
     SchedulerSpec,
     StageSpec,
@@ -23,5 +24,6 @@ from goodfit_cli.recipe.schema import (
 )
 
 __all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
-           "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec", "apply_overrides",
-           "load_recipe", "optimizer_names", "parse_override", "parse_recipe", "recipe_dict"]
+           "OptimizerSpec", "PenaltySpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",
+           "apply_overrides", "load_recipe", "optimizer_names", "parse_override", "parse_recipe",
+           "recipe_dict"]

@@ -87,6 +87,21 @@ class GoodFitSpec:
 
 
 @dataclass
+class PenaltySpec:
+    """The anti-forgetting arms' knobs (docs/method.md): strengths, temperature, LP-FT split."""
+
+    l2sp: float = 0.01  # L2-SP: alpha/2 * ||theta - theta_base||^2 over the body
+    lwf: float = 1.0  # LwF: weight of the distillation toward the base's outputs
+    focal: float = 1.0  # focal distillation: weight of the per-sample-weighted distillation
+    focal_alpha: float = 1.0  # every sample's distillation weight
+    focal_beta: float = 5.0  # extra weight where the base was right (against negative flips)
+    ewc: float = 1.0  # EWC: lambda/2 * sum F (theta - theta_base)^2, F scaled to mean 1
+    fisher_batches: int = 16  # old-task batches that estimate the diagonal Fisher
+    temperature: float = 2.0  # distillation temperature (classification)
+    lp_fraction: float = 0.5  # LP-FT: share of the budget spent training the head only
+
+
+@dataclass
 class StageSpec:
     optimizer: OptimizerSpec
     batch_size: int
@@ -101,6 +116,7 @@ class StageSpec:
     ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
     early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
     replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
+    penalty: PenaltySpec = field(default_factory=PenaltySpec)
 
 
 @dataclass
@@ -150,17 +166,20 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------
 # schema: key → (checker, default); a default of REQUIRED means the key must be present
 
+WRAPPING_ARMS = ("goodfit", "head_only", "lp_ft", "l2sp", "lwf", "focal", "ewc")  # <kind>[:opt]
+
+
 def arm_name(v: Any, ctx: Ctx) -> str:
     s = string()(v, ctx)
     kind, _, base = s.partition(":")
-    if kind in ("goodfit", "head_only"):
+    if kind in WRAPPING_ARMS:
         bad = unknown_optimizer(base) if base else None
         if bad:
             raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{bad}")
     elif base or unknown_optimizer(kind):
-        bad = suggest(s, ["head_only", "goodfit"]) if base else unknown_optimizer(kind)
-        raise ctx.fail(f"unknown arm {s!r}{bad} "
-                       "(an optimizer, head_only[:opt] or goodfit[:opt])")
+        bad = suggest(s, list(WRAPPING_ARMS)) if base else unknown_optimizer(kind)
+        raise ctx.fail(f"unknown arm {s!r}{bad} (an optimizer, or {'/'.join(WRAPPING_ARMS)} "
+                       "with an optional :opt)")
     return s
 
 
@@ -189,10 +208,14 @@ STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQ
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
               "scheduler": (SCHEDULER, {"name": "none", "args": {}}),
               "accumulate": (integer(1), 1), "clip": (CLIP, {})}
+PENALTY = section({**{k: (number(minimum=0.0), v) for k, v in (
+    ("l2sp", 0.01), ("lwf", 1.0), ("focal", 1.0), ("focal_alpha", 1.0), ("focal_beta", 5.0),
+    ("ewc", 1.0))}, "fisher_batches": (integer(1), 16),
+    "temperature": (number(positive=True), 2.0), "lp_fraction": (number(minimum=0.0), 0.5)})
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
                  "arm_overrides": (mapping_any, {}),
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
-                 "replay": (REPLAY, None)}
+                 "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
 TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
@@ -296,6 +319,9 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             if key not in allowed:
                 raise at.fail(f"unknown key{suggest(str(key), sorted(allowed))}")
             over[key] = allowed[key](over[key], at)
+    if ft["penalty"]["lp_fraction"] > 1:
+        raise ctx.child("finetune").child("penalty").child("lp_fraction").fail(
+            f"must be at most 1, got {ft['penalty']['lp_fraction']}")
     if not ft["arms"]:
         ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
     data_dir = v["data_dir"]
@@ -316,7 +342,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
             accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
             ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}),
-            replay=replay_spec(st.get("replay")))
+            replay=replay_spec(st.get("replay")),
+            penalty=PenaltySpec(**st["penalty"]) if "penalty" in st else PenaltySpec())
 
     return Recipe(
         name=v["name"], description=v["description"],

@@ -38,6 +38,14 @@ def _fmt(v: float, decimals: int) -> str:
     return f"{v:.3g}" if abs(v) >= 1e6 else f"{v:.{decimals}f}"
 
 
+def scales(xd: tuple[float, float], yd: tuple[float, float],
+           box: tuple[float, float, float, float]):
+    """Data -> pixel maps for the plot area box = (left, top, width, height); y grows upward."""
+    (x0, x1), (y0, y1), (left, top, pw, ph) = xd, yd, box
+    return (lambda x: left + (x - x0) / (x1 - x0) * pw,
+            lambda y: top + ph - (y - y0) / (y1 - y0) * ph)
+
+
 def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlabel: str,
               ylabel: str, points: Sequence[tuple[str, float, float]] | None = None) -> str:
     """An SVG line plot: one line per (label, xs, ys), plus labelled markers `points`.
@@ -59,13 +67,7 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         return "".join(out) + "</svg>"
     (x0, x1), (y0, y1) = _domain(xs_all), _domain(ys_all)
     pw, ph = _W - _L - _R, _H - _T - _B
-
-    def px(x: float) -> float:
-        return _L + (x - x0) / (x1 - x0) * pw
-
-    def py(y: float) -> float:
-        return _T + ph - (y - y0) / (y1 - y0) * ph
-
+    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
     for t in ticks:

@@ -5,6 +5,8 @@ every parameter), `head_only[:<opt>]` (only the model's head trains; the body is
 in eval mode) or `goodfit[:<opt>]` (GoodFit over that main optimizer). Without `:<opt>` the
 stage's optimizer (or `goodfit.main`) is used. Optimizers and schedules come from timm's
 factories (training/optimizers.py, training/schedules.py).
+The anti-forgetting arms `lp_ft`, `l2sp`, `lwf`, `focal` and `ewc` (`<kind>[:<opt>]`) train
+every parameter with `<opt>`; what they add lives in training/penalties.py.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from goodfit_cli.training.optimizers import create_main
 @dataclass
 class Arm:
     name: str
-    kind: str  # "plain" | "head_only" | "goodfit"
+    kind: str  # "plain" | "head_only" | "goodfit" | one of PENALTY_KINDS
     optimizer: str  # the (main) optimizer's name
 
     @property
@@ -40,32 +42,33 @@ def arm_dirname(name: str) -> str:
     return name.replace(":", "-")
 
 
-# The seed's comparison (SGD, Adam, Lookahead, Adan) and the project's classic names: the
-# optimizers every arm kind is exercised with (any timm optimizer name is accepted as well).
+PENALTY_KINDS = ("lp_ft", "l2sp", "lwf", "focal", "ewc")  # anti-forgetting (training/penalties.py)
+WRAPPING_KINDS = ("head_only", "goodfit", *PENALTY_KINDS)  # <kind>[:<opt>]
+# The seed's comparison (SGD, Adam, Lookahead, Adan) and the project's classic names.
 BASELINES = ("sgd", "adam", "adamw", "rmsprop", "adan", "lookahead_adamw")
-ARM_KINDS = ("plain", "head_only", "goodfit")
 
 
 def arm_names() -> list[str]:
-    """The arm matrix: every arm kind over every baseline optimizer ('adamw', 'head_only:adamw',
-    'goodfit:adamw', ...). A new arm kind belongs in ARM_KINDS, and so in every test matrix."""
-    return [o if kind == "plain" else f"{kind}:{o}" for kind in ARM_KINDS for o in BASELINES]
+    """The arm matrix the tests run (under one and two processes): each baseline optimizer, and
+    every wrapping kind over adamw. Any timm optimizer name is accepted too; a new arm kind
+    belongs in WRAPPING_KINDS, and so in every test matrix."""
+    return [*BASELINES, *(f"{k}:adamw" for k in WRAPPING_KINDS)]
 
 
 def parse_arm(name: str, stage: StageSpec) -> Arm:
     kind, _, opt = name.partition(":")
     if kind == "goodfit":
         arm = Arm(name, "goodfit", opt or stage.goodfit.main or stage.optimizer.name)
-    elif kind == "head_only":
-        arm = Arm(name, "head_only", opt or stage.optimizer.name)
+    elif kind == "head_only" or kind in PENALTY_KINDS:
+        arm = Arm(name, kind, opt or stage.optimizer.name)
     else:
         arm = Arm(name, "plain", name)
     bad = unknown_optimizer(arm.optimizer)
     if bad:  # e.g. a typo in --optimizer
-        if arm.kind == "plain" and suggest(name, ["head_only", "goodfit"]).startswith(";"):
-            bad = suggest(name, ["head_only", "goodfit"])
-        raise UserError(f"unknown arm {name!r}{bad} (an optimizer, head_only[:opt] or "
-                        "goodfit[:opt]; `goodfit optimizers` lists the optimizers)")
+        if arm.kind == "plain" and suggest(name, list(WRAPPING_KINDS)).startswith(";"):
+            bad = suggest(name, list(WRAPPING_KINDS))
+        raise UserError(f"unknown arm {name!r}{bad} (an optimizer, or {'/'.join(WRAPPING_KINDS)} "
+                        "with an optional :opt; `goodfit optimizers` lists the optimizers)")
     return arm
 
 

@@ -39,6 +39,7 @@ from goodfit_cli.workflows.session import (
     open_session,
 )
 from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
+from goodfit_cli.workflows.wise import mix
 
 
 @dataclass
@@ -191,10 +192,6 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm_dir: Path,
     arm_tensors, _ = ckpt.load_model(arm_dir / "model.safetensors")
     curve = []
     for a in alphas:
-        mixed = {}
-        for k, b in base_state.items():
-            t = arm_tensors[k].to(b.device)
-            mixed[k] = (b + a * (t.to(b.dtype) - b)) if b.is_floating_point() else (t if a >= 0.5 else b)
-        model.load_state_dict(mixed)
+        model.load_state_dict(mix(base_state, arm_tensors, a))
         curve.append({"alpha": a, **s.evaluate(model)})
     return curve

@@ -53,6 +53,7 @@ from goodfit_cli.training import (
     whole_cycles,
 )
 from goodfit_cli.training.averaging import AnchorEma, CycleStats
+from goodfit_cli.workflows.forgetting import anti_forgetting
 from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
 from goodfit_cli.workflows.tracking import Tracker
@@ -203,6 +204,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
+    trained_on = anti_forgetting(s, arm.kind, job.task, model, optimizer, total)  # at the base
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
@@ -226,6 +228,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     saved = newest_state(out, log, restore)
     if saved is not None:  # resume exactly where the saved state left off
         loop_state = LoopState.from_dict(saved["loop"])
+        trained_on.resumed(loop_state.batch - loop_state.skipped)
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
@@ -235,7 +238,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         hooks.ema.load_state_dict(saved["ema"])
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, source, s.runners[job.task].loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, source, trained_on.loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)

@@ -1,0 +1,70 @@
+"""The search's recommendation against the recipe's default arms, over seeds: mean ± s.e.
+
+For each seed: pretrain a base, run `goodfit search` (a fixed trial budget, a gate on the old
+task) and read its report: the recommendation's old/new primary metric, each default arm's, and
+whether the recommendation dominates each default arm. Prints one Markdown table.
+
+    python benchmarks/search_table.py --recipe toy --seeds 0 1 2 --trials 8 --max-old-drop 0.05 \\
+        --out runs/search-table -- model.args.hidden=[64,64] pretrain.steps=2000 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+
+def goodfit(*args: object) -> None:
+    subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def mean_se(xs: list[float]) -> str:
+    m = sum(xs) / len(xs)
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else 0
+    return f"{m:.4f} ± {se:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipe", default="toy")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--max-old-drop", type=float, default=0.05)
+    ap.add_argument("--out", type=Path, default=Path("runs/search-table"))
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    rows: dict[str, dict[str, list]] = {}
+    for seed in a.seeds:
+        d = a.out / f"seed{seed}"
+        over = [*a.overrides, f"seed={seed}"]
+        if not (d / "base" / "model.safetensors").exists():
+            goodfit("pretrain", "--recipe", a.recipe, "--out", d / "base", "--seed", seed, *over)
+        goodfit("search", "--base", d / "base" / "model.safetensors", "--recipe", a.recipe,
+                "--trials", a.trials, "--out", d / "search", "--seed", seed,
+                "--max-old-drop", a.max_old_drop, *over)
+        rep = json.loads((d / "search" / "report.json").read_text())
+        rec = rep["recommendation"]
+        entries = [("recommendation", rec)] + [(r["name"], r) for r in rep["defaults"]]
+        for name, e in entries:
+            row = rows.setdefault(name, {"old": [], "new": [], "arm": []})
+            if e is not None:
+                row["old"].append(e["old"])
+                row["new"].append(e["new"])
+                row["arm"].append(e.get("arm", name))
+        for name, verdict in rep["against_defaults"].items():
+            rows[name].setdefault("verdict", []).append(verdict)
+    m_old, m_new = rep["metrics"]
+    print(f"| candidate | old {m_old} | new {m_new} | recommendation vs it (per seed) |")
+    print("|---|---|---|---|")
+    for name, r in rows.items():
+        extra = ", ".join(r["arm"]) if name == "recommendation" else ", ".join(r.get("verdict", []))
+        print(f"| {name} (n={len(r['old'])}) | {mean_se(r['old'])} | {mean_se(r['new'])} | {extra} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The report of a `goodfit search`: the Pareto front, the recommendation, JSON / Markdown / HTML.
+
+Inputs are plain data: every trial (`{"number", "state", "arm", "params", "old", "new",
+"feasible", "dir", "checkpoint"}`, old/new = each task's primary metric), the recipe's default
+arms as points, and WiSE-FT curves as lines. Both axes are oriented by the metric's direction
+(`core.metrics.direction`): one point dominates another when it is at least as good on both
+tasks and better on one.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.core.metrics import direction
+from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.report.svg import COLOURS, _domain, _fmt, _legend, _ticks, scales
+
+_W, _H, _L, _R, _T, _B = 720, 400, 64, 200, 30, 46
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:
+    """a is at least as good as b on both tasks and better on one (dirs: +1 higher is better)."""
+    ge = all(d * x >= d * y for x, y, d in zip(a, b, dirs))
+    return ge and any(d * x > d * y for x, y, d in zip(a, b, dirs))
+
+
+def pareto_front(points: list[dict], dirs: tuple[int, int]) -> list[dict]:
+    """The points (dicts with "old", "new") no other point dominates, sorted by the old task."""
+    pts = [p for p in points if p.get("old") is not None and p.get("new") is not None]
+    front = [p for p in pts if not any(dominates((q["old"], q["new"]), (p["old"], p["new"]), dirs)
+                                       for q in pts if q is not p)]
+    return sorted(front, key=lambda p: p["old"])
+
+
+def recommend(trials: list[dict], dirs: tuple[int, int]) -> dict | None:
+    """The best new-task candidate among finished trials that pass the gate (old task breaks
+    ties); None when no trial passes."""
+    ok = [t for t in trials if t["state"] == "COMPLETE" and t["feasible"]]
+    if not ok:
+        return None
+    return max(ok, key=lambda t: (dirs[1] * t["new"], dirs[0] * t["old"], -t["number"]))
+
+
+def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
+    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off'."""
+    out = {}
+    for r in refs:
+        a, b = (point["old"], point["new"]), (r["old"], r["new"])
+        out[r["name"]] = ("dominates" if dominates(a, b, dirs) else
+                          "dominated" if dominates(b, a, dirs) else "trade-off")
+    return out
+
+
+def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
+               labels: tuple[str, str], dirs: tuple[int, int]) -> str:
+    """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
+    default arms as diamonds and their WiSE-FT curves; x = old task, y = new task."""
+    done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
+    xs = [t["old"] for t in done] + [r["old"] for r in refs] + [p[0] for _, c in curves for p in c]
+    ys = [t["new"] for t in done] + [r["new"] for r in refs] + [p[1] for _, c in curves for p in c]
+    title = "search: every trial, the Pareto front, the default arms and WiSE-FT curves"
+    out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+           f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
+           f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    if not xs:
+        return "".join(out) + '<text x="300" y="200">no finished trial</text></svg>'
+    (x0, x1), (y0, y1) = _domain(xs), _domain(ys)
+    pw, ph = _W - _L - _R, _H - _T - _B
+    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
+    out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    ticks, dec = _ticks(x0, x1)
+    out += [f'<text x="{px(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">'
+            f'{_fmt(t, dec)}</text>' for t in ticks]
+    ticks, dec = _ticks(y0, y1)
+    out += [f'<line x1="{_L}" y1="{py(t):.1f}" x2="{_L + pw}" y2="{py(t):.1f}" stroke="#eee"/>'
+            f'<text x="{_L - 6}" y="{py(t) + 4:.1f}" font-size="11" text-anchor="end">'
+            f'{_fmt(t, dec)}</text>' for t in ticks]
+    better = lambda d: "higher is better" if d > 0 else "lower is better"  # noqa: E731
+    out.append(f'<text x="{_L + pw / 2}" y="{_H - 8}" font-size="12" text-anchor="middle">'
+               f'{escape(labels[0])} ({better(dirs[0])})</text>'
+               f'<text transform="translate(14 {_T + ph / 2}) rotate(-90)" font-size="12" '
+               f'text-anchor="middle">{escape(labels[1])} ({better(dirs[1])})</text>')
+    legend_y = _T + 8
+    lines = [("Pareto front", [(p["old"], p["new"]) for p in pareto_front(
+        [t for t in done if t["feasible"]], dirs)])] + [(f"WiSE {n}", c) for n, c in curves]
+    for i, (label, pts) in enumerate(lines):
+        colour = COLOURS[i % len(COLOURS)]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        dash = "" if i == 0 else ' stroke-dasharray="4 3"'
+        out.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"'
+                   f'{dash}><title>{escape(label)}</title></polyline>')
+        out.append(_legend(legend_y, label, f'<line x1="0" y1="0" x2="18" y2="0" '
+                                            f'stroke="{colour}" stroke-width="3"{dash}/>'))
+        legend_y += 18
+    for t in done:
+        fill = "#555" if t["feasible"] else "none"
+        out.append(f'<circle cx="{px(t["old"]):.1f}" cy="{py(t["new"]):.1f}" r="4" '
+                   f'fill="{fill}" stroke="#555"><title>trial {t["number"]}: {escape(t["arm"])}'
+                   f'</title></circle>')
+    out.append(_legend(legend_y, "trial (hollow: fails gate)",
+                       '<circle cx="9" cy="0" r="4" fill="#555"/>'))
+    legend_y += 18
+    for r in refs:
+        out.append(f'<path d="M{px(r["old"]):.1f},{py(r["new"]) - 6:.1f} l6,6 l-6,6 l-6,-6 z" '
+                   f'fill="#000"><title>{escape(r["name"])}</title></path>'
+                   f'<text x="{px(r["old"]) + 8:.1f}" y="{py(r["new"]) - 6:.1f}" '
+                   f'font-size="11">{escape(r["name"])}</text>')
+    if refs:
+        out.append(_legend(legend_y, "recipe default arm",
+                           '<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" fill="#000"/>'))
+    return "".join(out) + "</svg>"
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    m_old, m_new = rep["metrics"]
+    lines = [f"# goodfit search: {rep['study']}", "",
+             f"Recipe {rep['recipe']}, base {rep['base']}, storage `{rep['storage']}`; "
+             f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
+             f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.", ""]
+    lines += [f"- {n}" for n in rep["notes"]]
+    rec = rep["recommendation"]
+    lines += ["", "## Recommendation", ""]
+    if rec is None:
+        lines.append("No finished trial passes the gate: nothing is recommended.")
+    else:
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in rec["params"].items())
+        lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
+                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
+                     f"`{rep.get('exported') or 'not exported (' + rep.get('export_note', '') + ')'}`.")
+        for name, verdict in rep["against_defaults"].items():
+            lines.append(f"- against {name}: {verdict}")
+    lines += ["", "## Trials", "", f"| trial | state | arm | knobs | old {m_old} | new {m_new} "
+              "| gate | front |", "|---|---|---|---|---|---|---|---|"]
+    front = {p["number"] for p in rep["front"]}
+    for t in rep["trials"]:
+        knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in t["params"].items() if k != "arm")
+        val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines.append(f"| {t['number']} | {t['state']} | {t['arm']} | {knobs} | {val(t['old'])} "
+                     f"| {val(t['new'])} | {'pass' if t['feasible'] else 'FAIL'} | "
+                     f"{'*' if t['number'] in front else ''} |")
+    if rep["defaults"]:
+        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} | new {m_new} |",
+                  "|---|---|---|"]
+        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} |" for r in rep["defaults"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
+    """report.json, report.md and report.html (with the Pareto plot) into `out`, atomically."""
+    atomic_write(out / "report.json", json.dumps(rep, indent=2, default=str))
+    md = render_markdown(rep)
+    atomic_write(out / "report.md", md)
+    dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
+    svg = pareto_svg(rep["trials"], rep["defaults"], curves,
+                     (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs)
+    html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>goodfit search "
+            f"{escape(rep['study'])}</title><body style=\"font-family:system-ui;max-width:60em;"
+            f"margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
+    atomic_write(out / "report.html", html)

@@ -1,0 +1,63 @@
+"""What `goodfit search` varies: an arm and its knobs, drawn by an Optuna trial, as recipe overrides.
+
+Every knob is centred on the recipe's own value: lr in [lr/10, 10·lr] (log), GoodFit's ratio in
+[1, 1000] and n_ref in {1, 2}, each penalty's strength over three decades around its default,
+the distillation temperature in [1, 4], LP-FT's probe share in [0.1, 0.9], the replay fraction
+(only when the recipe schema has `finetune.replay`), and the WiSE-FT α in {0.2, 0.3, ..., 1.0}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from goodfit_cli.recipe import PenaltySpec, Recipe, StageSpec
+
+KINDS = ("plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal", "ewc")
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(2, 11))
+
+
+@dataclass
+class Proposal:
+    """One trial's choice: the arm to run, its recipe overrides, and WiSE-FT's α."""
+
+    arm: str
+    overrides: list[str]
+    alpha: float
+    params: dict[str, Any]
+
+
+def has_replay(stage: StageSpec) -> bool:
+    """Whether this recipe schema knows `finetune.replay` (the data issue adds it)."""
+    return hasattr(stage, "replay")
+
+
+def propose(trial: Any, recipe: Recipe) -> Proposal:
+    """Draw an arm and its knobs from `trial` (an optuna.Trial)."""
+    ft = recipe.finetune
+    opt = ft.optimizer.name
+    kind = trial.suggest_categorical("arm", list(KINDS))
+    lr = trial.suggest_float("lr", ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)
+    over = [f"finetune.optimizer.lr={lr!r}"]
+    arm = opt if kind == "plain" else f"{kind}:{opt}"
+    if kind == "goodfit":
+        arm = f"goodfit:{ft.goodfit.main or opt}"
+        ratio = trial.suggest_float("ref_ratio", 1.0, 1000.0, log=True)
+        n_ref = trial.suggest_int("n_ref", 1, 2)
+        over += [f"finetune.goodfit.ref_ratio={ratio!r}", f"finetune.goodfit.n_ref={n_ref}"]
+    default = PenaltySpec()
+    if kind in ("l2sp", "lwf", "focal", "ewc"):
+        d = getattr(default, kind)
+        strength = trial.suggest_float(f"{kind}_strength", d / 10, d * 100, log=True)
+        over.append(f"finetune.penalty.{kind}={strength!r}")
+    if kind in ("lwf", "focal"):
+        t = trial.suggest_float("temperature", 1.0, 4.0)
+        over.append(f"finetune.penalty.temperature={t!r}")
+    if kind == "lp_ft":
+        f = trial.suggest_float("lp_fraction", 0.1, 0.9)
+        over.append(f"finetune.penalty.lp_fraction={f!r}")
+    if has_replay(ft):
+        r = trial.suggest_float("replay_fraction", 0.0, 0.5)
+        over.append(f"finetune.replay.fraction={r!r}")
+    alpha = trial.suggest_categorical("wise_alpha", list(ALPHAS))
+    return Proposal(arm, over, float(alpha), dict(trial.params))

@@ -1,0 +1,109 @@
+"""`goodfit wise RUN/ARM --alpha A --out DIR`: a point of WiSE-FT's curve as a candidate.
+
+WiSE-FT (Wortsman et al. 2022) interpolates the weights, (1 − α)·base + α·arm. The report of a
+fine-tuning run draws that curve; this workflow turns one α into a checkpoint with provenance
+(the arm, α, both hashes), evaluates it on both tasks and writes a report gated like an arm's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from goodfit_cli import __version__
+from goodfit_cli.core.distributed import is_main
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import sha256_file, write_json
+from goodfit_cli.io.rundir import prepare_out, save_predictions
+from goodfit_cli.recipe import load_recipe
+from goodfit_cli.report import RunSide
+from goodfit_cli.report.gate import Gate
+from goodfit_cli.workflows.reporting import finish_report, provenance
+from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
+from goodfit_cli.workflows.stage import Ui
+
+
+def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
+        alpha: float) -> dict[str, torch.Tensor]:
+    """(1 − α)·base + α·arm for floating tensors; integer ones (counters) from the nearer end."""
+    mixed = {}
+    for k, b in base.items():
+        t = arm[k].to(b.device)
+        mixed[k] = (b + alpha * (t.to(b.dtype) - b)) if b.is_floating_point() else (
+            t if alpha >= 0.5 else b)
+    return mixed
+
+
+@dataclass
+class WiseJob:
+    """One `goodfit wise`: which arm of which run, which α, where to write."""
+
+    arm_dir: Path  # RUN/<arm>, a finished arm of a fine-tuning run
+    alpha: float
+    out: Path
+    overrides: list[str] | None = None  # applied to the run's recipe.yaml
+    gate: Gate | None = None
+    junit: Path | None = None
+    overwrite: bool = False
+
+
+def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
+    """Write DIR/model.safetensors (the α-mix), its predictions, summary and gated report.
+    Rank 0 only (under torchrun the other ranks return {} at once)."""
+    ui = ui or Ui()
+    if not is_main():
+        return {}
+    t0 = time.perf_counter()
+    arm_dir, run = job.arm_dir, job.arm_dir.parent
+    if not 0.0 <= job.alpha <= 1.0:
+        raise UserError(f"--alpha {job.alpha}: must be between 0 (the base) and 1 (the arm)")
+    if not (run / "run.json").exists() or not (arm_dir / "summary.json").exists():
+        raise UserError(f"{arm_dir}: not a finished arm of a goodfit fine-tuning run "
+                        "(expected RUN/<arm>/summary.json and RUN/run.json)")
+    recipe = load_recipe(run / "recipe.yaml", job.overrides or [])
+    saved = json.loads((run / "run.json").read_text())
+    place = place or Place()
+    place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
+                  place.data_dir or saved.get("data_dir"))
+    prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+    s = open_session(recipe, place, join=False)
+    model = s.model()
+    base = Path(saved["base"])
+    loaded = load_checkpoint(model, base)
+    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    base_measured = s.evaluate(model, with_predictions=True)
+    arm_ckpt = arm_dir / "model.safetensors"
+    arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
+    ckpt.check_finite(arm_tensors, arm_ckpt)
+    missing = [k for k in base_state if k not in arm_tensors]
+    if missing:
+        raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
+    model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
+    ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
+    metrics, preds = s.evaluate(model, with_predictions=True)
+    name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
+    meta = {"goodfit_version": __version__, "recipe": recipe.name,
+            "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
+            "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
+            "wise_of": str(arm_ckpt), "wise_of_sha256": sha256_file(arm_ckpt),
+            "metrics": metrics}
+    out = job.out
+    ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
+    save_predictions(out / "predictions.safetensors", preds)
+    summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
+               "wise_of": meta["wise_of"], "metrics": metrics, "seed": s.seed,
+               "checkpoint": str(out / "model.safetensors"),
+               "sha256": sha256_file(out / "model.safetensors")}
+    write_json(out / "summary.json", summary)
+    prov = provenance(recipe, s, loaded.sha256) | {
+        "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
+        "wall_s": round(time.perf_counter() - t0, 3)}
+    return finish_report(recipe, out, RunSide("base", str(base), *base_measured),
+                         [RunSide(name, summary["checkpoint"], metrics, preds, [], None,
+                                  summary)], s.kinds, prov, job.gate, job.junit)

@@ -1,0 +1,131 @@
+"""`goodfit search`: the Pareto front and recommendation rules; two worker processes sharing one
+SQLite study (every trial a complete run, the recommendation exported with its provenance, a
+re-run continuing the study); and a study on a real PostgreSQL server that the test starts and
+stops (skipped where the server is not installed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.report.search import dominates, pareto_front, recommend
+
+optuna = pytest.importorskip("optuna")
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
+        "pretrain.steps=24", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "goodfit_cli", *map(str, args)]
+
+
+def test_front_and_recommendation_follow_each_metrics_direction():
+    dirs = (-1, +1)  # old: mse (lower is better); new: accuracy (higher is better)
+    assert dominates((0.1, 0.9), (0.2, 0.9), dirs) and not dominates((0.1, 0.9), (0.1, 0.9), dirs)
+    pts = [{"number": i, "old": o, "new": n, "state": "COMPLETE", "feasible": f}
+           for i, (o, n, f) in enumerate([(0.1, 0.5, True), (0.2, 0.8, True), (0.3, 0.7, True),
+                                          (0.5, 0.95, False)])]
+    assert [p["number"] for p in pareto_front(pts[:3], dirs)] == [0, 1]
+    assert recommend(pts, dirs)["number"] == 1  # trial 3 is better on new but fails the gate
+    assert recommend([pts[3]], dirs) is None
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("search")
+    subprocess.run(cmd("pretrain", "--recipe", "toy", "--out", d / "base", *TINY), cwd=ROOT,
+                   env=ENV, check=True, capture_output=True, timeout=300)
+    return d / "base" / "model.safetensors"
+
+
+def two_workers(base: Path, out: Path, storage: str, trials: int) -> None:
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", trials, "--out", out,
+               "--storage", storage, "--max-old-drop", "0.02", "--no-defaults", *TINY)
+    procs = [subprocess.Popen(args + ["--seed", str(i)], cwd=ROOT, env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+    assert all("trial " in o for o in outs), "\n".join(outs)  # each worker ran trials
+
+
+def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path):
+    out = tmp_path / "run"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    two_workers(base, out, storage, trials=4)
+    study = optuna.load_study(study_name="goodfit-toy", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4 and len({t.number for t in done}) == 4
+    for t in done:  # every trial's folder is a complete fine-tuning run with a report
+        d = Path(t.user_attrs["dir"])
+        assert (d / "run.json").exists() and (d / "report.json").exists()
+        assert Path(t.user_attrs["checkpoint"]).exists()
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["complete"] == 4 and "search: every trial" in (out / "report.html").read_text()
+    rec = rep["recommendation"]
+    feasible = [t for t in done if t.user_attrs["constraint"][0] <= 0]
+    if feasible:
+        assert rec["new"] == min(t.values[1] for t in feasible)  # mse: lower is better
+        got, meta = ckpt.load_model(out / "recommended" / "model.safetensors")
+        want, _ = ckpt.load_model(Path(rec["checkpoint"]))
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert meta["search"]["trial"] == rec["number"] and meta["search"]["arm"] == rec["arm"]
+    one = cmd("search", "--base", base, "--recipe", "toy", "--trials", 5, "--out", out,
+              "--storage", storage, "--no-defaults", *TINY)
+    res = subprocess.run(one, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "4 trials so far, 1 to go" in res.stderr + res.stdout
+    study = optuna.load_study(study_name="goodfit-toy", storage=storage)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server (initdb in a temp dir, run as the postgres user)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server not installed ({PG_BIN / 'initdb'} not found)")
+    pytest.importorskip("psycopg2")
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="goodfit-pg-"))
+    if as_pg:
+        shutil.chown(data, "postgres", "postgres")
+    data.chmod(0o700)
+    port = _free_port()
+    run = lambda *a: subprocess.run([*as_pg, *map(str, a)], check=True, capture_output=True,  # noqa: E731
+                                    timeout=120)
+    try:
+        run(PG_BIN / "initdb", "-D", data / "db", "-U", "postgres", "--auth=trust")
+        run(PG_BIN / "pg_ctl", "-D", data / "db", "-l", data / "log", "-w", "-o",
+            f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start")
+        run(PG_BIN / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "goodfit")
+        yield f"postgresql://postgres@127.0.0.1:{port}/goodfit"
+    finally:
+        subprocess.run([*as_pg, str(PG_BIN / "pg_ctl"), "-D", str(data / "db"), "-m", "fast",
+                        "-w", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_two_workers_on_a_postgresql_study(base, tmp_path, postgres):
+    two_workers(base, tmp_path / "run", postgres, trials=3)
+    study = optuna.load_study(study_name="goodfit-toy", storage=postgres)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["complete"] == 3

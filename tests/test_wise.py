@@ -1,0 +1,64 @@
+"""`goodfit wise`: the candidate is exactly (1 − α)·base + α·arm, its metrics are the report's
+WiSE-FT curve at that α, its header records the arm and α, and a violated gate exits 3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from goodfit_cli.io import checkpoint as ckpt
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
+        "pretrain.steps=24", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu"]
+
+
+def goodfit(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("wise")
+    assert goodfit("pretrain", "--recipe", "toy", "--out", d / "base", *TINY).returncode == 0
+    res = goodfit("finetune", "--base", d / "base" / "model.safetensors", "--recipe", "toy",
+                  "--out", d / "ft", "--optimizer", "rmsprop", *TINY)
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def test_wise_candidate_is_the_mix_with_the_curves_metrics(run):
+    res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "0.3", "--out", run / "w")
+    assert res.returncode == 0, res.stderr
+    base, _ = ckpt.load_model(run / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(run / "ft" / "rmsprop" / "model.safetensors")
+    got, meta = ckpt.load_model(run / "w" / "model.safetensors")
+    for k in base:
+        torch.testing.assert_close(got[k], base[k] + 0.3 * (arm[k] - base[k]))
+    assert meta["arm"] == "rmsprop" and meta["wise_alpha"] == 0.3 and meta["stage"] == "wise"
+    curve = json.loads((run / "ft" / "report.json").read_text())["arms"][0]["wise"]
+    point = next(p for p in curve if abs(p["alpha"] - 0.3) < 1e-9)
+    report = json.loads((run / "w" / "report.json").read_text())
+    for task in ("old", "new"):
+        assert report["arms"][0]["metrics"][task]["mse"] == pytest.approx(point[task]["mse"],
+                                                                            rel=1e-6)
+
+
+def test_wise_gate_violation_exits_3_and_bad_alpha_exits_2(run):
+    res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "1", "--out", run / "g",
+                  "--max-old-drop", "0")
+    report = json.loads((run / "g" / "report.json").read_text())
+    drop = report["arms"][0]["metrics"]["old"]["mse"] - report["base_metrics"]["old"]["mse"]
+    assert (res.returncode == 3) == (drop > 0)
+    res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "1.5", "--out", run / "b")
+    assert res.returncode == 2 and "--alpha 1.5" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
