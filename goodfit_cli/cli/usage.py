@@ -52,7 +52,7 @@ class Group(TyperGroup):
         except Exception as e:
             kinds = _kinds(e)
             if "NoArgsIsHelpError" in kinds:  # `goodfit` or `goodfit data` alone: the help
-                e.show()
+                print(e.ctx.get_help())
                 sys.exit(e.exit_code)
             if "ClickException" in kinds:
                 where = getattr(getattr(e, "ctx", None), "command_path", None)
