@@ -50,3 +50,22 @@ def finetune(recipe, base: Path, out: Path, *, arms=None, device=None, seed=None
              junit=None) -> dict:
     job = FinetuneJob(recipe, Path(base), Path(out), arms, resume, overwrite, wise, gate, junit)
     return _finetune(job, Place(device, seed, data_dir), ui(log, stop_after))
+
+
+def full_and_resumed(recipe, base: Path, tmp: Path, arm: str, stop_after: int) -> tuple[dict, dict]:
+    """The arm's checkpoint tensors from an uninterrupted run, and from one interrupted after
+    `stop_after` batches (it must raise Interrupted) then resumed."""
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.io import checkpoint as ckpt
+
+    kw = dict(arms=[arm], wise=False)
+    finetune(recipe, base, tmp / "full", **kw)
+    try:
+        finetune(recipe, base, tmp / "cut", stop_after=stop_after, **kw)
+    except Interrupted:
+        pass
+    else:
+        raise AssertionError(f"the run was not interrupted after batch {stop_after}")
+    finetune(recipe, base, tmp / "cut", resume=True, **kw)
+    return (ckpt.load_model(tmp / "full" / arm / "model.safetensors")[0],
+            ckpt.load_model(tmp / "cut" / arm / "model.safetensors")[0])

@@ -15,14 +15,24 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from goodfit_cli import __version__
-from goodfit_cli.cli.console import RichEvents, err, log, metrics_table, out, summary_table
+from goodfit_cli.cli.console import (
+    DISPLAY,
+    RichEvents,
+    err,
+    log,
+    metrics_table,
+    out,
+    show,
+    summary_table,
+)
+from goodfit_cli.cli.usage import EXAMPLES, Group
 from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
 
 # Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
@@ -34,8 +44,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
+    epilog=EXAMPLES["goodfit"],
 )
-data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True, cls=Group,
+                       epilog=EXAMPLES["data"])
 app.add_typer(data_app, name="data")
 
 STATE = {"debug": False}
@@ -55,6 +68,7 @@ def _root(
 ) -> None:
     """Fine-tune a converged model on new data without breaking what it already does."""
     STATE["debug"] = debug
+    display("text", 30.0)  # the training commands' --log-format / --progress-every change it
 
 
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,6 +129,20 @@ def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
     return Ui(log_fn, lambda label: RichEvents(label, primary))
 
 
+LogFormat = Literal["text", "json"]
+LOG_FORMAT = typer.Option("text", "--log-format",
+                          help="text: a progress bar on a terminal, else a plain line every "
+                               "--progress-every seconds; json: one JSON object per line.")
+PROGRESS_EVERY = typer.Option(30.0, "--progress-every", min=0.0,
+                              help="Seconds between progress lines when there is no terminal "
+                                   "(and in json).")
+
+
+def display(log_format: str, every_s: float) -> None:
+    """Set how this command shows its runs (console.DISPLAY)."""
+    DISPLAY.format, DISPLAY.every_s = log_format, every_s
+
+
 def default_out(recipe_name: str, kind: str) -> Path:
     return Path("runs") / f"{recipe_name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -123,7 +151,7 @@ def default_out(recipe_name: str, kind: str) -> Path:
 # commands
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["pretrain"])
 @handled
 def pretrain(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
@@ -133,6 +161,8 @@ def pretrain(
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
@@ -141,16 +171,17 @@ def pretrain(
     from goodfit_cli.workflows.session import Place
 
     launch_if_asked(nproc)
+    display(log_format, progress_every)
     r = load(recipe, overrides)
     dest = out_dir or default_out(r.name, "base")
     res = run_pretrain(r, dest, Place(device, seed, data_dir), ui_for(r.primary),
                        overwrite=overwrite)
     if not is_main():
         return
-    out.print(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], r.primary))
+    show(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], r.primary))
     log(f"checkpoint: {dest / 'model.safetensors'}")
 
-@app.command()
+@app.command(epilog=EXAMPLES["finetune"])
 @handled
 def finetune(
     base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
@@ -168,6 +199,8 @@ def finetune(
     max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
@@ -177,6 +210,7 @@ def finetune(
     from goodfit_cli.workflows.session import Place
 
     launch_if_asked(nproc)
+    display(log_format, progress_every)
     place = Place(device, seed, data_dir)
     if resume is not None:
         job, place = resume_job(resume, overrides, place, arms=optimizer or None, base=base)
@@ -213,20 +247,20 @@ def launch_if_asked(nproc: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["compare"])
 @handled
 def compare(
     base: Path = typer.Argument(..., help="Base checkpoint or run directory."),
     candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
-    recipe: str = typer.Option(..., "--recipe", "-r"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
-    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
-    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
     from goodfit_cli.workflows.compare import compare as run_compare
@@ -244,19 +278,19 @@ def compare(
     print_report(report, dest)
     raise_on_gate_failure(report)
 
-@app.command()
+@app.command(epilog=EXAMPLES["wise"])
 @handled
 def wise(
     arm_dir: Path = typer.Argument(..., help="A finished arm of a fine-tuning run: RUN/<arm>."),
     alpha: float = typer.Option(..., "--alpha", help="Weight of the arm: (1-α)·base + α·arm."),
-    out_dir: Path = typer.Option(..., "--out", "-o"),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the candidate checkpoint and its report."),
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
-    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
-    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
-    junit: Optional[Path] = typer.Option(None, "--junit"),
-    device: Optional[str] = typer.Option(None, "--device"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (the old content is moved aside)."),
 ) -> None:
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
@@ -274,23 +308,23 @@ def wise(
     raise_on_gate_failure(report)
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["search"])
 @handled
 def search(
     base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
-    recipe: str = typer.Option(..., "--recipe", "-r"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     trials: int = typer.Option(..., "--trials", "-n", help="The study's target number of trials."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (trials, report, study.db)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL shared by workers (postgresql://...); default sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default goodfit-<recipe>)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed."),
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: the search's constraint."),
-    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop"),
-    max_nfr: Optional[float] = typer.Option(None, "--max-nfr"),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
 ) -> None:
     """Search arms and knobs for the best update the gate allows (Optuna, multi-objective)."""
     from goodfit_cli.workflows.reporting import gate_for
@@ -310,19 +344,19 @@ def search(
 
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
-    out.print(summary_table(report))
+    show(summary_table(report))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
 
 
-@app.command("eval")
+@app.command("eval", epilog=EXAMPLES["eval"])
 @handled
 def eval_(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
-    recipe: str = typer.Option(..., "--recipe", "-r"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
     json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
     from goodfit_cli.workflows.evaluate import evaluate
@@ -338,15 +372,12 @@ def eval_(
     typer.echo(json.dumps(res, indent=2))  # stdout stays pure JSON; where it went is said on stderr
     err.print(f"written to {escape(str(dest))}", highlight=False, soft_wrap=True)
 
-@app.command()
+@app.command(epilog=EXAMPLES["validate"])
 @handled
 def validate(recipes: list[str] = typer.Argument(
         ..., help="Recipe files to check, then key.sub=value overrides applied to each.")) -> None:
     """Check recipes without running them: schema, registry names, model arguments, each arm's
     optimizer and schedule (everything that would fail at run time before training).
-
-    Examples: goodfit validate recipes/*.yaml;
-    goodfit validate recipes/toy.yaml finetune.optimizer.name=adan finetune.accumulate=4
     """
     from goodfit_cli.workflows.validate import validate as check
 
@@ -363,13 +394,13 @@ def validate(recipes: list[str] = typer.Argument(
     if failed:
         raise typer.Exit(2)
 
-@app.command("optimizers")
+@app.command("optimizers", epilog=EXAMPLES["optimizers"])
 @handled
 def list_optimizers() -> None:
     """List the optimizers an arm may name (timm's registry).
 
     Each NAME is an arm (`--optimizer NAME`), `lookahead_NAME` is timm's Lookahead over it, and
-    `goodfit:NAME` is GoodFit over it. Example: goodfit optimizers
+    `goodfit:NAME` is GoodFit over it.
     """
     from goodfit_cli.workflows.validate import optimizers
 
@@ -378,9 +409,9 @@ def list_optimizers() -> None:
     t.add_column("description")
     for name, desc in optimizers():
         t.add_row(escape(name), escape(desc))
-    out.print(t)
+    show(t)
 
-@app.command("recipes")
+@app.command("recipes", epilog=EXAMPLES["recipes"])
 @handled
 def list_recipes() -> None:
     """List the shipped recipes."""
@@ -395,9 +426,9 @@ def list_recipes() -> None:
             t.add_row(escape(p.stem), escape(p.name), f"[red]invalid: {escape(str(r))}")
         else:
             t.add_row(escape(r.name), escape(p.name), escape(r.description))
-    out.print(t)
+    show(t)
 
-@app.command("list")
+@app.command("list", epilog=EXAMPLES["list"])
 @handled
 def list_registries(
     kind: Optional[str] = typer.Argument(None, help="models, datasets, objectives, optimizers or schedulers (default: all)."),
@@ -414,13 +445,13 @@ def list_registries(
         out.print(t)
 
 
-@data_app.command("summary")
+@data_app.command("summary", epilog=EXAMPLES["data summary"])
 @handled
 def data_summary(
-    recipe: str = typer.Option(..., "--recipe", "-r"),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
-    as_json: bool = typer.Option(False, "--json"),
-    overrides: Optional[list[str]] = typer.Argument(None),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
     """Samples and classes per task and split: what a recipe will train and evaluate on."""
     from goodfit_cli.workflows.datasets import summary as data_of
@@ -436,16 +467,16 @@ def data_summary(
     for name, s in summary.items():
         for split in ("train", "test"):
             t.add_row(name, s["kind"], split, str(s[split]["samples"]), str(s[split]["classes"] or "-"))
-    out.print(t)
+    show(t)
 
-@data_app.command("motion-synth")
+@data_app.command("motion-synth", epilog=EXAMPLES["data motion-synth"])
 @handled
 def data_motion_synth(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Directory; train/ and test/ shards go inside."),
     agents: str = typer.Option("car", "--agents", help="Target agents: car | pedestrian."),
     scenes: int = typer.Option(1000, "--scenes", help="Training scenes."),
     test_scenes: Optional[int] = typer.Option(None, "--test-scenes", help="Test scenes [default: scenes/10]."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Random seed of the scenes."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Scenes per shard file."),
     max_agents: int = typer.Option(16, "--max-agents", help="Nearby agents kept per scene."),
     polylines: int = typer.Option(64, "--polylines", help="Map polylines kept per scene."),
@@ -461,18 +492,21 @@ def data_motion_synth(
     log(f"wrote {counts['train']} train and {counts['test']} test {agents} scenarios to {out_dir}")
 
 
-@app.command()
+@app.command(epilog=EXAMPLES["demo"])
 @handled
 def demo(
     quick: bool = typer.Option(False, "--quick", help="A shortened run (well under a minute)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o"),
-    device: Optional[str] = typer.Option(None, "--device"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
 ) -> None:
     """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
     from goodfit_cli.workflows.demo import demo as run_demo
     from goodfit_cli.workflows.demo import demo_recipe
     from goodfit_cli.workflows.session import Place
 
+    display(log_format, progress_every)
     r = demo_recipe(quick)
     dest = out_dir or default_out("demo", "quick" if quick else "full")
     log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)

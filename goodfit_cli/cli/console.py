@@ -1,14 +1,22 @@
-"""The terminal: Rich consoles, progress bars for the engine's events, and summary tables.
+"""The terminal: Rich consoles, progress for the engine's events, and summary tables.
 
-Only the CLI layer draws; the engine emits events and the report layer returns data.
+Only the CLI layer draws; the engine emits events and the report layer returns data. Three
+ways to show a run (`Display`): a progress bar with train loss, lr, samples/s and ETA on a
+terminal; one plain line every `every_s` seconds without one (CI logs); and `--log-format json`,
+one JSON object per line. A table that does not fit the width is printed one record per line,
+so no cell (no number) is ever cut.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,23 +25,60 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 out = Console()
 err = Console(stderr=True)
 
 
-class RichEvents:
-    """Draws the engine's events: a progress bar on a terminal, eval lines otherwise."""
+@dataclass
+class Display:
+    """How runs are shown: `format` text or json; without a terminal (or in json) a progress
+    line every `every_s` seconds of `clock`."""
 
-    def __init__(self, label: str, primary: dict[str, str]) -> None:
+    format: str = "text"
+    every_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
+
+
+DISPLAY = Display()
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON object on one line of stdout (--log-format json)."""
+    out.file.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+    out.file.flush()
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class RichEvents:
+    """Draws the engine's events: a progress bar on a terminal; otherwise one line (text or
+    JSON) every `display.every_s` seconds and one at the end."""
+
+    def __init__(self, label: str, primary: dict[str, str], display: Display | None = None,
+                 live: bool | None = None) -> None:
         self.label, self.primary = label, primary
-        self.live = out.is_terminal
+        self.display = display or DISPLAY
+        self.json = self.display.format == "json"
+        self.live = (out.is_terminal if live is None else live) and not self.json
         self.progress: Progress | None = None
         self.task = None
+        self.total = self.batch = self.first = 0
+        self.shown = -1  # the batch of the last progress line
+        self.t0 = self.last = 0.0
+        self.info: dict[str, Any] = {}  # the last record's train loss, lr, samples/s, metrics
 
     def on_start(self, total_batches: int, done: int) -> None:
+        self.total, self.batch, self.first = total_batches, done, done
+        self.t0 = self.last = self.display.clock()
+        if self.json:
+            emit("start", run=self.label, total=total_batches, done=done)
         if self.live:
-            self.progress = Progress(TextColumn(f"[bold]{self.label}"), BarColumn(),
+            self.progress = Progress(TextColumn(f"[bold]{escape(self.label)}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                      TimeRemainingColumn(), console=out, transient=False)
             self.progress.start()
@@ -41,25 +86,94 @@ class RichEvents:
                                                info="")
 
     def on_batch(self, batch: int) -> None:
+        self.batch = batch
         if self.progress is not None:
             self.progress.update(self.task, completed=batch)
+            return
+        now = self.display.clock()
+        if now - self.last >= self.display.every_s:
+            self.last = now
+            self._line(now)
 
     def on_evaluation(self, rec: dict[str, Any]) -> None:
-        info = "  ".join(f"{t} {m} {rec[t][m]:.4g}" for t, m in self.primary.items()
-                         if m in rec.get(t, {}))
+        self.info = {"loss": rec.get("train_loss"), "lr": rec.get("lr"),
+                     "samples/s": rec.get("samples_per_s"),
+                     **{f"{t} {m}": rec[t][m] for t, m in self.primary.items()
+                        if m in (rec.get(t) or {})}}
+        if self.json:
+            emit("evaluation", run=self.label, **rec)
         if self.progress is not None:
-            self.progress.update(self.task, info=info)
-        else:
-            out.print(f"{self.label}: batch {rec['batch']}  {info}", highlight=False)
+            self.progress.update(self.task, info=escape(self._info()))
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds left at the pace since the start (None before a batch is done)."""
+        done = self.batch - self.first
+        return (now - self.t0) / done * (self.total - self.batch) if done > 0 else None
+
+    def _info(self) -> str:
+        parts = []
+        for k, v in self.info.items():
+            if v is None:
+                continue
+            if k == "samples/s":
+                parts.append(f"{v:,.0f} samples/s")
+            else:
+                parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4g}")
+        return "  ".join(parts)
+
+    def _line(self, now: float) -> None:
+        eta, self.shown = self.eta_s(now), self.batch
+        if self.json:
+            emit("progress", run=self.label, batch=self.batch, total=self.total,
+                 eta_s=None if eta is None else round(eta, 1),
+                 **{k.replace(" ", "_").replace("/", "_per_"): v for k, v in self.info.items()})
+            return
+        text = f"{self.label}: batch {self.batch}/{self.total}"
+        text += f"  {self._info()}" if self.info else ""
+        text += f"  eta {_duration(eta)}" if eta is not None and self.batch < self.total else ""
+        out.print(escape(text), highlight=False, soft_wrap=True)
 
     def on_end(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            return
+        now = self.display.clock()
+        if self.json:
+            emit("end", run=self.label, batch=self.batch, total=self.total,
+                 wall_s=round(now - self.t0, 3))
+        elif self.shown != self.batch:  # where the run ended, unless just said
+            self._line(now)
 
 
 def log(msg: str, markup: bool = False) -> None:
     """One line of progress; the text (paths, recipe values) is never read as Rich markup."""
+    if DISPLAY.format == "json":
+        emit("log", message=Text.from_markup(msg).plain if markup else msg)
+        return
     out.print(msg if markup else escape(msg), highlight=False, soft_wrap=True)
+
+
+def show(table: Table, console: Console | None = None) -> None:
+    """Print a table whole: as a table when it fits the console's width, else one record per
+    line (`title`, then `first cell: header value, ...`); in json mode one 'table' event."""
+    console = console or out
+    heads = [Text.from_markup(str(c.header)).plain for c in table.columns]
+    rows = list(zip(*(list(c.cells) for c in table.columns)))
+    title = Text.from_markup(str(table.title or "")).plain
+    if DISPLAY.format == "json" and console is out:
+        emit("table", title=title, rows=[{h: Text.from_markup(str(c)).plain for h, c in
+                                          zip(heads, row)} for row in rows])
+        return
+    wide = console.options.update_width(10 ** 5)
+    if Measurement.get(console, wide, table).minimum <= console.width:
+        console.print(table)
+        return
+    if title:
+        console.print(escape(title), highlight=False, soft_wrap=True)
+    for row in rows:  # cells are markup (colours); headers are plain text
+        rest = ", ".join(f"{escape(h)} {c}" for h, c in zip(heads[1:], row[1:]) if str(c))
+        console.print(f"{row[0]}: {rest}" if rest else str(row[0]), highlight=False,
+                      soft_wrap=True)
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:

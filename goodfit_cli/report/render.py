@@ -162,6 +162,18 @@ def _head_notes(report: dict) -> list[str]:
         f"The base is measured with {head['measured_with']}."]
 
 
+def _early_stops(report: dict) -> list[tuple[str, str]]:
+    """(arm, why it stopped and where its checkpoint is from) for arms with early stopping."""
+    rows = []
+    for a in report["arms"]:
+        e = (a.get("provenance") or {}).get("early_stop")
+        if e:
+            where = (f"stopped at batch {e['stopped_at']} of {e['budget']}: "
+                     if e.get("stopped_at") is not None else "")
+            rows.append((a["name"], f"{where}{e['reason']}; checkpoint: {e['checkpoint']}"))
+    return rows
+
+
 def _flat(d: dict) -> list[tuple[str, str]]:
     return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
 
@@ -184,6 +196,9 @@ def render_markdown(report: dict) -> str:
             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task samples "
             "the arm broke/fixed."]
     out += [line for note in _head_notes(report) for line in ("", f"**{_md(note)}**")]
+    stops = _early_stops(report)
+    if stops:
+        out += ["", "#### Early stopping", ""] + [f"- **{_md(n)}**: {_md(t)}" for n, t in stops]
     per_class = _per_class_rows(report)
     if per_class:
         out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]
@@ -281,6 +296,10 @@ def render_html(report: dict) -> str:
     if violations:
         parts.append("<h2>Gate violations</h2><ul>" + "".join(
             f"<li><b>{_h(n)}</b>: {_h(m)}</li>" for n, m in violations) + "</ul>")
+    stops = _early_stops(report)
+    if stops:
+        parts.append("<h2>Early stopping</h2><ul>" + "".join(
+            f"<li><b>{_h(n)}</b>: {_h(t)}</li>" for n, t in stops) + "</ul>")
     plots = _plots(report)
     if plots:
         parts.append('<h2>Curves</h2><div class="plots">' + "".join(plots) + "</div>")

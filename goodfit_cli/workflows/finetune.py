@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import parse_arm
 from goodfit_cli.training.checks import check_stages
+from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
 from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.workflows.session import (
@@ -96,6 +97,8 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
 
 def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     recipe, out = job.recipe, job.out
+    rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
+                     recipe.at("finetune.early_stop"))
     main_rank = is_main()
     if not main_rank:
         ui = Ui(quiet)  # only rank 0 speaks
@@ -139,6 +142,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                 for t, d in base_metrics.items()))
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": loaded.sha256, "stage": "finetune"}
+    if rule is not None:  # the gate's limits are watched against the base
+        rule = replace(rule, base=base_metrics, base_old=base_preds["old"])
     results: list[RunResult] = []
     t_start = time.perf_counter()
     with stop_on_signals() as stop:
@@ -159,7 +164,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             torch.manual_seed(s.seed)
             try:
                 results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
-                                                            meta), stop, ui))
+                                                            meta, stop_rule=rule), stop, ui))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir))
             except Interrupted as e:

@@ -53,6 +53,7 @@ from goodfit_cli.training import (
     whole_cycles,
 )
 from goodfit_cli.training.averaging import AnchorEma, CycleStats
+from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of
 from goodfit_cli.workflows.forgetting import anti_forgetting
 from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
@@ -86,6 +87,8 @@ class StageJob:
     out: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
     ema: float | None = None  # EMA decay: also write the averaged weights as '<arm>+ema'
+    stop_rule: StopRule | None = None  # early stopping (fine-tuning arms)
+    summary: dict[str, Any] = field(default_factory=dict)  # more entries for summary.json
 
 
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
@@ -108,6 +111,8 @@ class StageHooks(Hooks):
         self.ema = AnchorEma(model, job.ema) if job.ema else None
         self.stats = CycleStats()
         self.tracker = Tracker(job.out, s.recipe.tracking, job.arm.name) if self.main_rank else None
+        self.early = EarlyStop(job.stop_rule) if job.stop_rule else None
+        self.best_state: dict[str, torch.Tensor] | None = None  # the best evaluation's weights
 
     def after_step(self, batch: int) -> None:
         if self.ema is not None:
@@ -115,8 +120,12 @@ class StageHooks(Hooks):
         self.stats.update(self.optimizer)
 
     def evaluate(self) -> dict[str, Any]:
+        flips = self.early is not None and self.early.rule.needs_predictions
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
-            res = self.s.evaluate(self.model)
+            res = self.s.evaluate(self.model, with_predictions=flips)
+        if flips:  # old-task flip rates against the base, for the early-stop gate
+            res, preds = res
+            res["flips"] = flips_of(self.early.rule, preds)
         if self.scheduler is not None:  # plateau watches the trained task's primary metric
             task = self.job.task
             self.scheduler.observe(res.get(task, {}).get(self.s.recipe.primary[task]))
@@ -134,7 +143,8 @@ class StageHooks(Hooks):
         self._train_mode(model)
 
     def should_stop(self, batch: int) -> bool:
-        return self.stop.requested(batch, self.s.device)
+        signalled = self.stop.requested(batch, self.s.device)  # every rank, every batch
+        return signalled or (self.early is not None and self.early.stopped)
 
     def save_state(self, st: LoopState) -> None:
         if not self.main_rank:
@@ -144,11 +154,17 @@ class StageHooks(Hooks):
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"early_stop": {"state": self.early.state_dict(), "best": self.best_state}}
+               if self.early is not None else {}),
             "rng": torch.get_rng_state(), "loop": st.to_dict()})
         for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
             old.unlink(missing_ok=True)
 
     def record(self, rec: dict) -> None:
+        if self.early is not None and self.early.observe(rec):
+            with at_anchor(self.optimizer):  # keep the weights this evaluation saw
+                self.best_state = {k: v.detach().clone()
+                                   for k, v in self.model.state_dict().items()}
         self.records.append(rec)
         if self.main_rank:
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
@@ -236,6 +252,9 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
     if saved is not None and hooks.ema is not None and saved.get("ema") is not None:
         hooks.ema.load_state_dict(saved["ema"])
+    if saved is not None and hooks.early is not None and saved.get("early_stop") is not None:
+        hooks.early.load_state_dict(saved["early_stop"]["state"])
+        hooks.best_state = saved["early_stop"]["best"]
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
         st = train(trained, optimizer, scheduler, source, trained_on.loss, cfg, hooks,
@@ -245,12 +264,19 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
         raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
                                 "nonfinite: skip in the recipe)") from None
-    if st.batch < total:  # stopped early: the state is saved, nothing else is written
-        raise Interrupted(stop.signum or signal.SIGINT, out)
+    early = hooks.early
+    if st.batch < total and not (early is not None and early.stopped):
+        raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
     if replayed:
         cycles["replay"] = replayed
+    if early is not None:  # the arm's checkpoint: its best evaluation's (anchor) weights
+        if early.stopped:
+            log(f"{arm.name}: stopped at batch {early.stopped_at}: {early.reason}")
+        if hooks.best_state is not None:
+            model.load_state_dict(hooks.best_state)
+        job.summary["early_stop"] = early.summary(total)
     if hooks.tracker is not None:
         hooks.tracker.close()
     sizes = (len(data), new_per_batch * job.stage.accumulate)  # new samples per step
@@ -311,6 +337,7 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
         summary["world_size"] = world
     if st.skipped:
         summary["skipped_nonfinite"] = st.skipped
+    summary.update(job.summary)
     result = RunResult(arm.name, out, final, preds, records, summary)
     if dist_info()[0] != 0:
         return result

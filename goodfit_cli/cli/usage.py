@@ -1,0 +1,115 @@
+"""How the command line answers before a command runs: usage errors and help.
+
+A usage error (an unknown option, a missing one, a bad value) is one line on stderr,
+`error: ... (see 'goodfit finetune --help')`, exit 2, instead of click's usage block and boxed
+message. Flags (`--overwrite`, `--help`) show no `<bool>` type tag in the help.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from goodfit_cli.cli.console import err
+
+# Typer >= 0.20 carries its own copy of click (typer._click), older ones use click itself: the
+# parameter and error classes are recognised by what they are, not by which module holds them.
+
+
+def _kinds(e: BaseException) -> set[str]:
+    return {c.__name__ for c in type(e).__mro__}
+
+
+def _quiet_flags(params: list[Any]) -> list[Any]:
+    """Flags take no value: show no type tag for them in the help."""
+    for p in params:
+        if getattr(p, "param_type_name", "") == "option" and getattr(p, "is_flag", False) \
+                and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class Group(TyperGroup):
+    """The `goodfit` group (and its sub-groups): one-line usage errors, flags without tags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _quiet_flags(super().get_params(ctx))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None and not isinstance(cmd, Group):
+            _quiet_flags(cmd.get_params(ctx))
+        return cmd
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as e:
+            kinds = _kinds(e)
+            if "NoArgsIsHelpError" in kinds:  # `goodfit` or `goodfit data` alone: the help
+                print(e.ctx.get_help())
+                sys.exit(e.exit_code)
+            if "ClickException" in kinds:
+                where = getattr(getattr(e, "ctx", None), "command_path", None)
+                see = f" (see '{where} --help')" if "UsageError" in kinds and where else ""
+                err.print(f"[bold red]error:[/] {escape(e.format_message() + see)}",
+                          highlight=False, soft_wrap=True)
+                sys.exit(2 if "UsageError" in kinds else e.exit_code)
+            if "Abort" in kinds:
+                err.print("[yellow]aborted[/]", highlight=False)
+                sys.exit(1)
+            raise
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _examples(*lines: str) -> str:
+    """A command's epilog: 'Examples:' then one command per paragraph (help keeps them apart)."""
+    return "\n\n".join(["Examples:", *lines])
+
+
+EXAMPLES = {
+    "goodfit": _examples("goodfit demo --quick", "goodfit finetune --help"),
+    "pretrain": _examples(
+        "goodfit pretrain --recipe toy --out runs/toy-base",
+        "goodfit pretrain -r toy -o runs/toy-base pretrain.steps=2000 --log-format json"),
+    "finetune": _examples(
+        "goodfit finetune --base runs/toy-base/model.safetensors --recipe toy --out runs/toy-ft "
+        "--optimizer rmsprop --optimizer goodfit",
+        "goodfit finetune -b base.safetensors -r toy --max-old-drop 0.05 "
+        "finetune.early_stop.patience=3",
+        "goodfit finetune --resume runs/toy-ft"),
+    "compare": _examples(
+        "goodfit compare runs/toy-base/model.safetensors runs/toy-ft --recipe toy",
+        "goodfit compare base.safetensors ft/goodfit/model.safetensors -r toy --gate gate.yaml "
+        "--junit gate.xml"),
+    "eval": _examples(
+        "goodfit eval --checkpoint runs/toy-ft/goodfit/model.safetensors --recipe toy",
+        "goodfit eval -c model.safetensors -r toy -o metrics.json eval.batch_size=256"),
+    "validate": _examples(
+        "goodfit validate recipes/*.yaml",
+        "goodfit validate recipes/toy.yaml finetune.optimizer.name=adan finetune.accumulate=4"),
+    "wise": _examples(
+        "goodfit wise runs/toy-ft/goodfit --alpha 0.3 --out runs/toy-wise",
+        "goodfit wise runs/toy-ft/rmsprop --alpha 0.5 --out runs/w --max-old-drop 0.05"),
+    "search": _examples(
+        "goodfit search --base runs/toy-base/model.safetensors --recipe toy --trials 24 "
+        "--out runs/toy-search --max-old-drop 0.05",
+        "goodfit search -b base.safetensors -r toy --trials 100 --out runs/s "
+        "--storage postgresql://user@db/goodfit"),
+    "list": _examples("goodfit list", "goodfit list optimizers"),
+    "optimizers": _examples("goodfit optimizers"),
+    "recipes": _examples("goodfit recipes"),
+    "data": _examples("goodfit data summary --recipe toy",
+                      "goodfit data motion-synth --out data/motion --scenes 200"),
+    "data summary": _examples("goodfit data summary --recipe toy",
+                              "goodfit data summary -r toy --json data.args.n_train=1000"),
+    "data motion-synth": _examples(
+        "goodfit data motion-synth --out data/motion --scenes 200",
+        "goodfit data motion-synth -o data/peds --agents pedestrian --scenes 1000 --seed 1"),
+    "demo": _examples("goodfit demo --quick", "goodfit demo --out runs/demo --device cpu"),
+}

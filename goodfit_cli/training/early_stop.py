@@ -1,0 +1,136 @@
+"""Early stopping of one fine-tuning arm, decided at its evaluations (`finetune.early_stop`).
+
+An arm stops when the NEW task's primary metric has not improved by more than `min_delta` (in
+the metric's good direction) for `patience` evaluations in a row, or, with `gate: true`, as soon
+as an evaluation crosses one of the run's OLD-task gate limits (`--gate`, `--max-old-drop`,
+`--max-nfr`). The best evaluation is the one with the best new-task metric among those that
+kept the gate; the run keeps its weights (the anchor weights it was evaluated at) as the arm's
+checkpoint, and `summary()` says why the arm stopped and which batch the checkpoint is from.
+
+An evaluation has no bootstrap interval, so a limit with `require_significant` is watched
+without it here (stricter than the final gate); flip-rate limits (nfr, pfr) compare the
+evaluation's old-task predictions with the base's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from goodfit_cli.core import metrics as M
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
+
+
+@dataclass
+class StopRule:
+    """What ends an arm early. `base`: the base's metrics {"old": {...}, "new": {...}};
+    `base_old`: the base's old-task predictions {"pred", "target"} (for flip-rate limits)."""
+
+    metric: str  # the new task's primary metric
+    patience: int | None = None  # evaluations without improvement; None: no plateau stop
+    min_delta: float = 0.0
+    gate: Gate | None = None  # its old-task limits are watched at every evaluation
+    base: dict[str, dict[str, float]] = field(default_factory=dict)
+    base_old: dict[str, torch.Tensor] | None = None
+
+    @property
+    def needs_predictions(self) -> bool:
+        return self.gate is not None and any(l.metric in FLIP_METRICS for l in self.gate.limits)
+
+
+def stop_rule(spec: dict[str, Any], metric: str, gate: Gate | None, where: str
+              ) -> StopRule | None:
+    """The rule a recipe's `finetune.early_stop` section asks for (None when it asks nothing),
+    still without the base's metrics. `where` names the section in errors."""
+    if not spec or (spec.get("patience") is None and not spec.get("gate")):
+        return None
+    watched = None
+    if spec.get("gate"):
+        limits = tuple(dataclasses.replace(l, require_significant=False)
+                       for l in (gate.limits if gate is not None else ()) if l.task == "old")
+        if not limits:
+            raise UserError(f"{where}.gate: true needs an old-task gate limit (--gate FILE, "
+                            "--max-old-drop or --max-nfr)")
+        watched = Gate(limits, gate.source)
+    return StopRule(metric, spec.get("patience"), float(spec.get("min_delta") or 0.0), watched)
+
+
+def flips_of(rule: StopRule, preds: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """{"old": {"nfr", "pfr"}} of an evaluation's predictions against the base's."""
+    f = M.flips(rule.base_old["pred"], preds["old"]["pred"], rule.base_old["target"])
+    return {"old": {"nfr": f["nfr"], "pfr": f["pfr"]}}
+
+
+class EarlyStop:
+    """Follows one arm's evaluations; `observe()` says whether the latest is the new best."""
+
+    def __init__(self, rule: StopRule) -> None:
+        self.rule = rule
+        self.sign = M.direction(rule.metric)
+        self.best: float | None = None
+        self.best_batch: int | None = None
+        self.bad = 0  # evaluations since the last improvement
+        self.reason: str | None = None  # why it stopped; None while it runs
+        self.stopped_at: int | None = None
+
+    def observe(self, rec: dict[str, Any]) -> bool:
+        """Take one evaluation record (batch, old, new, flips); True if its weights are the
+        best so far (the caller keeps them)."""
+        if self.reason is not None:
+            return False
+        batch, value = int(rec["batch"]), (rec.get("new") or {}).get(self.rule.metric)
+        violations = self._violations(rec)
+        if violations:
+            self._stop(batch, f"old-task gate limit crossed at batch {batch}: {violations[0]}")
+            return False
+        if value is None or value != value:
+            return False
+        if self.best is None or (value - self.best) * self.sign > self.rule.min_delta:
+            self.best, self.best_batch, self.bad = float(value), batch, 0
+            return True
+        self.bad += 1
+        if self.rule.patience is not None and self.bad >= self.rule.patience:
+            self._stop(batch, f"new {self.rule.metric} did not improve by more than "
+                              f"{self.rule.min_delta:g} for {self.bad} evaluation"
+                              f"{'s' * (self.bad != 1)} (best {self.best:.4g} at batch "
+                              f"{self.best_batch})")
+        return False
+
+    def _stop(self, batch: int, reason: str) -> None:
+        self.reason, self.stopped_at = reason, batch
+
+    def _violations(self, rec: dict[str, Any]) -> list[str]:
+        gate = self.rule.gate
+        if gate is None:
+            return []
+        metrics = {t: dict(rec.get(t) or {}) for t in ("old", "new")}
+        delta = {t: {m: {"value": v - self.rule.base[t][m], "ci": None, "better": None}
+                     for m, v in metrics[t].items() if m in self.rule.base.get(t, {})}
+                 for t in metrics}
+        arm = {"name": "this arm", "metrics": metrics, "delta": delta,
+               "flips": rec.get("flips") or {}}
+        return evaluate_gate(gate, arm)["violations"]
+
+    @property
+    def stopped(self) -> bool:
+        return self.reason is not None
+
+    def summary(self, total: int) -> dict[str, Any]:
+        """For summary.json and the report: why the arm stopped, where its checkpoint is from."""
+        return {"stopped_at": self.stopped_at, "budget": total,
+                "reason": self.reason or "ran its whole budget",
+                "best_batch": self.best_batch,
+                "best": None if self.best is None else {self.rule.metric: self.best},
+                "checkpoint": (f"weights of the best evaluation (batch {self.best_batch})"
+                               if self.best_batch is not None else
+                               "weights where it stopped (no evaluation kept the gate)")}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_batch": self.best_batch, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_batch, self.bad = state["best"], state["best_batch"], state["bad"]

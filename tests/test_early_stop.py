@@ -1,0 +1,163 @@
+"""Early stopping per arm (`finetune.early_stop`): the plateau and gate rules on given records,
+and end to end on the tiny toy recipe: the arm stops, keeps its best evaluation's (anchor)
+weights, says why in summary.json and the report, and resumes to the same result."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import runs as runner
+import torch
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.recipe import load_recipe
+from goodfit_cli.report.gate import Gate, Limit, gate_from_flags
+from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of, stop_rule
+from goodfit_cli.workflows.recipes import shipped_dir
+
+TOY = shipped_dir() / "toy.yaml"
+TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
+        "pretrain.steps=40", "finetune.steps=12", "eval.every=3", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu"]
+
+
+def rec(batch: int, new: float, old: float = 0.5) -> dict:
+    return {"batch": batch, "old": {"mse": old}, "new": {"mse": new}}
+
+
+def test_plateau_counts_evaluations_without_an_improvement_beyond_min_delta():
+    """mse (lower is better), min_delta 0.05, patience 2: 0.8 improves on 1.0, 0.79 and 0.85
+    do not improve by more than 0.05, so the arm stops at the 4th evaluation; best = batch 20."""
+    es = EarlyStop(StopRule("mse", patience=2, min_delta=0.05))
+    seen = [es.observe(rec(b, v)) for b, v in ((10, 1.0), (20, 0.8), (30, 0.79), (40, 0.85))]
+    assert seen == [True, True, False, False]
+    assert es.stopped and es.stopped_at == 40 and es.best_batch == 20 and es.best == 0.8
+    assert es.reason == ("new mse did not improve by more than 0.05 for 2 evaluations "
+                         "(best 0.8 at batch 20)")
+    assert es.observe(rec(50, 0.1)) is False  # stopped: nothing more is taken
+    s = es.summary(100)
+    assert s["stopped_at"] == 40 and s["budget"] == 100 and s["best"] == {"mse": 0.8}
+    assert s["checkpoint"] == "weights of the best evaluation (batch 20)"
+
+
+def test_plateau_on_a_higher_is_better_metric_and_without_patience():
+    """accuracy rises; with no patience the rule never stops on a plateau."""
+    es = EarlyStop(StopRule("accuracy", patience=1))
+    assert es.observe({"batch": 1, "new": {"accuracy": 0.5}})
+    assert not es.observe({"batch": 2, "new": {"accuracy": 0.4}})
+    assert es.stopped and es.best == 0.5 and es.stopped_at == 2
+    never = EarlyStop(StopRule("accuracy"))
+    for b in range(1, 20):
+        never.observe({"batch": b, "new": {"accuracy": 0.5}})
+    assert not never.stopped and never.best_batch == 1
+
+
+def test_gate_stops_when_an_old_limit_is_crossed_and_best_keeps_the_gate():
+    """Base old mse 0.5, limit max_drop 0.1: 0.55 keeps it, 0.65 (a rise of 0.15) crosses it.
+    The best is the best new mse among evaluations that kept the gate."""
+    gate = gate_from_flags(0.1, None, "mse")
+    rule = StopRule("mse", gate=gate, base={"old": {"mse": 0.5}, "new": {"mse": 2.0}})
+    es = EarlyStop(rule)
+    assert es.observe(rec(5, 1.5, old=0.55))
+    assert not es.observe(rec(10, 1.0, old=0.65))  # better on new, but it broke the old task
+    assert es.stopped_at == 10 and es.best_batch == 5 and es.best == 1.5
+    assert es.reason == "old-task gate limit crossed at batch 10: old mse rose 0.15 (limit 0.1)"
+
+
+def test_gate_watches_the_negative_flip_rate_against_the_base_predictions():
+    """--max-nfr 0.25: the base gets samples 0-3 right; an evaluation that breaks 2 of 4 (nfr 0.5)
+    crosses it, one that breaks 1 of 4 (0.25) does not."""
+    target = torch.tensor([0, 1, 2, 3])
+    rule = StopRule("accuracy", gate=Gate((Limit("old", "nfr", "max", 0.25),)),
+                    base={"old": {"accuracy": 1.0}, "new": {"accuracy": 0.0}},
+                    base_old={"pred": target.clone(), "target": target})
+    assert rule.needs_predictions
+    one = flips_of(rule, {"old": {"pred": torch.tensor([0, 1, 2, 0])}})
+    two = flips_of(rule, {"old": {"pred": torch.tensor([0, 1, 0, 0])}})
+    assert one == {"old": {"nfr": 0.25, "pfr": 0.0}} and two["old"]["nfr"] == 0.5
+    es = EarlyStop(rule)
+    assert es.observe({"batch": 1, "old": {"accuracy": 0.75}, "new": {"accuracy": 0.3},
+                       "flips": one})
+    es.observe({"batch": 2, "old": {"accuracy": 0.5}, "new": {"accuracy": 0.6}, "flips": two})
+    assert es.stopped_at == 2 and es.best_batch == 1 and "old nfr is 50.00 %" in es.reason
+
+
+def test_gate_true_without_an_old_limit_is_a_user_error():
+    with pytest.raises(UserError, match=r"toy.yaml: finetune.early_stop.gate: true needs"):
+        stop_rule({"gate": True}, "mse", None, "toy.yaml: finetune.early_stop")
+    assert stop_rule({"min_delta": 0.1}, "mse", None, "x") is None  # asks nothing
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "base"
+    runner.pretrain(load_recipe(TOY, TINY), out)
+    return out / "model.safetensors"
+
+
+def records(arm_dir: Path) -> dict[int, dict]:
+    return {r["batch"]: r for r in map(json.loads, (arm_dir / "metrics.jsonl").read_text()
+                                       .splitlines())}
+
+
+@pytest.mark.parametrize("arm", ["rmsprop", "goodfit"])
+def test_arm_stops_and_keeps_its_best_evaluations_anchor_weights(base_ckpt, tmp_path, arm):
+    """min_delta 1e9: nothing after the first evaluation (batch 3) counts as an improvement, so
+    with patience 1 the arm stops at batch 6 of 12 and its checkpoint is batch 3's weights. For
+    GoodFit (n_ref 1) batch 3 is mid-cycle: the weights kept are the anchor after batch 2, the
+    very checkpoint a 2-batch run writes."""
+    over = TINY + ["finetune.early_stop.patience=1", "finetune.early_stop.min_delta=1e9"]
+    rep = runner.finetune(load_recipe(TOY, over), base_ckpt, tmp_path / "es", arms=[arm],
+                          wise=False)
+    out = tmp_path / "es" / arm
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["batches"] == 6
+    assert summary["early_stop"] == {
+        "stopped_at": 6, "budget": 12, "best_batch": 3,
+        "best": {"mse": records(out)[3]["new"]["mse"]},
+        "reason": f"new mse did not improve by more than 1e+09 for 1 evaluation (best "
+                  f"{records(out)[3]['new']['mse']:.4g} at batch 3)",
+        "checkpoint": "weights of the best evaluation (batch 3)"}
+    assert sorted(records(out)) == [3, 6]
+    assert summary["metrics"] == {t: records(out)[3][t] for t in ("old", "new")}
+    assert summary["metrics"]["new"] != records(out)[6]["new"]
+    assert not list(out.glob("state-*.safetensors"))
+    md = (tmp_path / "es" / "report.md").read_text()
+    assert "#### Early stopping" in md and f"**{arm}**: stopped at batch 6 of 12" in md
+    assert rep["arms"][0]["provenance"]["early_stop"]["best_batch"] == 3
+    if arm == "goodfit":
+        short = load_recipe(TOY, TINY + ["finetune.steps=2"])
+        runner.finetune(short, base_ckpt, tmp_path / "two", arms=[arm], wise=False)
+        kept, _ = ckpt.load_model(out / "model.safetensors")
+        two, _ = ckpt.load_model(tmp_path / "two" / arm / "model.safetensors")
+        assert all(torch.equal(kept[k], two[k]) for k in two)
+
+
+def test_gate_crossing_stops_the_arm(base_ckpt, tmp_path):
+    """--max-old-drop 0 with early_stop.gate: the first evaluation whose old mse rose stops the
+    arm there, and the reason names the limit."""
+    over = TINY + ["finetune.early_stop.gate=true"]
+    runner.finetune(load_recipe(TOY, over), base_ckpt, tmp_path / "g", arms=["rmsprop"],
+                    wise=False, gate=gate_from_flags(0.0, None, "mse"))
+    out = tmp_path / "g" / "rmsprop"
+    base_old = json.loads((tmp_path / "g" / "base" / "metrics.json").read_text())
+    first_rise = min(b for b, r in records(out).items()
+                     if r["old"]["mse"] > base_old["metrics"]["old"]["mse"])
+    e = json.loads((out / "summary.json").read_text())["early_stop"]
+    assert e["stopped_at"] == first_rise < 12
+    assert e["reason"].startswith(f"old-task gate limit crossed at batch {first_rise}: old mse "
+                                  "rose")
+
+
+def test_resumed_early_stopping_run_ends_identical(base_ckpt, tmp_path):
+    """Interrupted at batch 4 (after the best evaluation at 3) and resumed, the arm still stops
+    at 6 with batch 3's weights, bit for bit those of the uninterrupted run."""
+    recipe = load_recipe(TOY, TINY + ["finetune.early_stop.patience=1",
+                                      "finetune.early_stop.min_delta=1e9", "checkpoint.every=4"])
+    full, cut = runner.full_and_resumed(recipe, base_ckpt, tmp_path, "goodfit", stop_after=4)
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+    es = json.loads((tmp_path / "cut" / "goodfit" / "summary.json").read_text())["early_stop"]
+    assert es["stopped_at"] == 6 and es["best_batch"] == 3
