@@ -59,7 +59,7 @@ def check_arm(stage: StageSpec, arm: Arm, where: str) -> None:
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
             scheduler = build_scheduler(stage.scheduler, optimizer, total)
             for _ in range(min(total, STEPS) if scheduler is not None else 0):
-                scheduler.after_step()
+                scheduler.step()
     except UserError as e:
         raise UserError(f"{at}: {e}") from None
     except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
