@@ -39,11 +39,13 @@ def base(tmp_path_factory):
 
 
 RECIPE_CASES = [
-    ("finetune.scheduler.args.step_size=0", "finetune.scheduler.args: scheduler 'step' rejects"),
-    ("finetune.scheduler={name: cosine, args: {T_max: 0}}", "scheduler 'cosine' rejects"),
+    ("finetune.scheduler.args.decay_epochs=0", "finetune.scheduler.args: scheduler 'step' rejects"),
+    ("finetune.scheduler={name: cosine, args: {T_max: 0}}", "scheduler 'cosine' does not take "
+                                                            "'T_max'"),
+    ("finetune.scheduler={name: cosine, args: {cycle_mul: -1}}", "scheduler 'cosine' rejects"),
     ("finetune.scheduler.args.gamma=abc", "finetune.scheduler.args.gamma: expected a finite "
                                           "number, got 'abc'"),
-    ("finetune.scheduler.args.warmup=3", "unexpected keyword argument 'warmup'"),
+    ("finetune.scheduler.args.warmup=3", "scheduler 'step' does not take 'warmup'"),
     ("finetune.arm_overrides={rmsprop: {lr: -1}}", "finetune.arm_overrides.rmsprop.lr: must be "
                                                    "at least 0.0, got -1"),
     ("finetune.arm_overrides={rmsprop: {steps: 0}}", "arm_overrides.rmsprop.steps: must be at "
@@ -71,8 +73,8 @@ def test_recipe_mistakes_are_caught_by_validate_and_before_a_run_writes(tmp_path
 
 def test_validate_catches_a_bad_schedule_in_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(TOY.read_text().replace("step_size: 100", "step_size: 0"))
-    assert "step_size: 0" in bad.read_text()
+    bad.write_text(TOY.read_text().replace("decay_epochs: 100", "decay_epochs: 0"))
+    assert "decay_epochs: 0" in bad.read_text()
     res = invoke("validate", bad)
     assert res.exit_code == 2 and "bad " in res.output and "scheduler 'step' rejects" in res.output
 
