@@ -202,7 +202,7 @@ CASES = [
          ("{t}/off.safetensors: tensor", "but the file holds only")),
     Case("pickle-pt-zip", lambda t, b: _pickle(t, b, "model.pt", True),
          ("{t}/model.pt is a pickle/torch file; goodfit loads only safetensors",
-          "torch.load('{t}/model.pt', weights_only=True)")),
+          "sys.argv[2])' {t}/model.pt model.safetensors")),
     Case("pickle-pth-legacy", lambda t, b: _pickle(t, b, "model.pth", False),
          ("{t}/model.pth is a pickle/torch file", "save_file(")),
     Case("tensors-missing",

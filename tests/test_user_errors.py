@@ -40,11 +40,12 @@ def base(tmp_path_factory):
 
 RECIPE_CASES = [
     ("finetune.scheduler.args.decay_epochs=0", "finetune.scheduler.args: scheduler 'step' rejects"),
-    ("finetune.scheduler={name: cosine, args: {T_max: 0}}",
-     "scheduler 'cosine' does not take 'T_max'"),
+    ("finetune.scheduler={name: cosine, args: {T_max: 0}}", "scheduler 'cosine' does not take "
+                                                            "'T_max'"),
+    ("finetune.scheduler={name: cosine, args: {cycle_mul: -1}}", "scheduler 'cosine' rejects"),
     ("finetune.scheduler.args.gamma=abc", "finetune.scheduler.args.gamma: expected a finite "
                                           "number, got 'abc'"),
-    ("finetune.scheduler.args.warmup=3", "does not take 'warmup'; did you mean 'warmup_lr'?"),
+    ("finetune.scheduler.args.warmup=3", "scheduler 'step' does not take 'warmup'"),
     ("finetune.arm_overrides={rmsprop: {lr: -1}}", "finetune.arm_overrides.rmsprop.lr: must be "
                                                    "at least 0.0, got -1"),
     ("finetune.arm_overrides={rmsprop: {steps: 0}}", "arm_overrides.rmsprop.steps: must be at "

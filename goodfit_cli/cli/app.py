@@ -207,6 +207,7 @@ def finetune(
     from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
     from goodfit_cli.workflows.finetune import finetune as run_finetune
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.runcheck import check_resume_args
     from goodfit_cli.workflows.session import Place
 
     launch_if_asked(nproc)
@@ -214,6 +215,7 @@ def finetune(
     place = Place(device, seed, data_dir)
     if resume is not None:
         job, place = resume_job(resume, overrides, place, arms=optimizer or None, base=base)
+        check_resume_args(resume, job.recipe, recipe, out_dir, overwrite, overrides)
     else:
         if recipe is None or base is None:
             raise UserError("--base and --recipe are required (or --resume DIR)")
@@ -500,6 +502,7 @@ def demo(
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out (the old base/ and finetune/ are kept aside)."),
 ) -> None:
     """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
     from goodfit_cli.workflows.demo import demo as run_demo
@@ -510,7 +513,7 @@ def demo(
     r = demo_recipe(quick)
     dest = out_dir or default_out("demo", "quick" if quick else "full")
     log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)
-    report = run_demo(r, dest, Place(device), ui_for(r.primary))
+    report = run_demo(r, dest, Place(device), ui_for(r.primary), overwrite=overwrite)
     print_report(report, dest / "finetune")
 
 

@@ -8,6 +8,8 @@ model"); errors read "recipes/toy.yaml: model.args: unexpected argument 'hiden';
 from __future__ import annotations
 
 import inspect
+import re
+import reprlib
 from typing import Any, Callable, Mapping
 
 from goodfit_cli.core.errors import UserError, loc
@@ -50,6 +52,27 @@ def call_with_args(
         return fn(*leading, **args)
     except ArgError as e:
         raise UserError(f"{loc(here, e.key) if e.key else here}: {e.message}") from e
+    except (MemoryError, RuntimeError) as e:  # torch's OutOfMemoryError is a RuntimeError
+        if not out_of_memory(e):
+            raise
+        raise UserError(f"{here}: out of memory while building it with "
+                        f"{reprlib.repr(dict(args))} ({_allocation(e)}); make it smaller, or give "
+                        "the process more memory") from None
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """A failed allocation: Python's or numpy's MemoryError, torch's CPU allocator (a
+    RuntimeError "can't allocate memory") or CUDA's OutOfMemoryError."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "allocate memory" in text
+
+
+def _allocation(e: BaseException) -> str:
+    tried = re.search(r"allocate (\d+) bytes", str(e))
+    if tried:
+        return f"an allocation of {int(tried.group(1)) / 1e9:.3g} GB failed"
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:160]}" if lines else type(e).__name__
 
 
 def check_int(key: str, value: Any, minimum: int | None = None) -> int:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from goodfit_cli.core.text import printable
+
 
 class UserError(Exception):
     """A mistake in the user's input (file, key, tensor, argument): one clear line, exit code 2.
@@ -18,15 +20,17 @@ class UserError(Exception):
 
     def __init__(self, message: str = "") -> None:
         # one line, whatever a file or key name smuggles in (a fuzzer found tensor names with \n),
-        # and printable: a lone surrogate (a non-UTF-8 file name, a YAML "\ud83d") is escaped
-        message = str(message).replace("\r", "\\r").replace("\n", "\\n")
-        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
+        # and printable: ESC, bidi controls and lone surrogates are escaped (core.text)
+        super().__init__(printable(message))
 
 
 class GateFailure(Exception):
     """A candidate violated a regression gate (exit code 3)."""
 
     exit_code = 3
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(printable(message))  # names candidates (folder names): escaped
 
 
 class Diverged(Exception):
@@ -35,7 +39,7 @@ class Diverged(Exception):
     exit_code = 4
 
     def __init__(self, batch: int, where: str = "", what: str = "loss is NaN or Inf") -> None:
-        super().__init__(f"{what} at batch {batch}{where}")
+        super().__init__(printable(f"{what} at batch {batch}{where}"))
         self.batch = batch
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,10 +102,13 @@ def _is_int(x: Any) -> bool:
 
 
 def _pickle_hint(name: str) -> str:
+    """The refusal and a command that converts the file; the name is a shell-quoted argument
+    (never code, never unquoted), so pasting the command cannot run what a name smuggles in."""
+    script = ("import sys, torch; from safetensors.torch import save_file; "
+              "save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])")
     return (f"{name} is a pickle/torch file; goodfit loads only safetensors. Convert it once in "
-            f"a trusted environment: python -c \"import torch; from safetensors.torch import "
-            f"save_file; save_file(torch.load('{name}', weights_only=True), "
-            f"'model.safetensors')\"")
+            f"a trusted environment: python -c {shlex.quote(script)} {shlex.quote(name)} "
+            "model.safetensors")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

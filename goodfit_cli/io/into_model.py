@@ -61,6 +61,22 @@ class HeadChange:
                 "kept_rows": self.kept_rows, "message": str(self)}
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "complex" if dtype.is_complex else "floating" if dtype.is_floating_point else "integer"
+
+
+def _check_dtype(path: str | os.PathLike, name: str, t: torch.Tensor, ref: torch.Tensor) -> None:
+    """Floating widths convert (float16 -> float32); integer, bool and complex values never
+    become floating weights (or the reverse) silently."""
+    if _kind(t.dtype) != _kind(ref.dtype):
+        have, want = (str(d).removeprefix("torch.") for d in (t.dtype, ref.dtype))
+        raise UserError(f"{path}: tensor '{name}' is {have} in the checkpoint but {want} in the "
+                        f"recipe's model; {_kind(t.dtype)} values are not converted to "
+                        f"{_kind(ref.dtype)} ones: save the checkpoint with {want} weights")
+
+
 def _rows_fit(t: torch.Tensor, ref: torch.Tensor) -> bool:
     """Same rank and same sizes after dim 0: the rows (one per output/class) can be carried over."""
     return t.ndim == ref.ndim >= 1 and tuple(t.shape[1:]) == tuple(ref.shape[1:])
@@ -78,7 +94,8 @@ def load_into_model(model: nn.Module, tensors: Mapping[str, torch.Tensor],
     class i) and the model's fresh initialisation for the others; otherwise it keeps the fresh
     values. Any other mismatch is a UserError naming the file and the tensor (mismatched names
     end with the closest model/checkpoint key pairs). Values are cast to the model's dtype and copied
-    onto its device.
+    onto its device, between floating widths only: an integer, bool or complex tensor where the
+    model has a floating one (or the reverse) is a UserError naming the tensor and both dtypes.
     """
     expected = model.state_dict()
 
@@ -95,7 +112,10 @@ def load_into_model(model: nn.Module, tensors: Mapping[str, torch.Tensor],
                 missing.append(name)
                 continue
             changes.append(HeadChange(name, "reinitialised", None, tuple(ref.shape)))
-        elif tuple(t.shape) != tuple(ref.shape):
+            loaded[name] = ref  # keeps its fresh initialisation
+            continue
+        _check_dtype(path, name, t, ref)
+        if tuple(t.shape) != tuple(ref.shape):
             if not is_head(name):
                 raise UserError(f"{path}: tensor '{name}' has shape {tuple(t.shape)} in the "
                                 f"checkpoint but {tuple(ref.shape)} in the recipe's model")

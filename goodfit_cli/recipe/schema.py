@@ -135,6 +135,7 @@ class Recipe:
     checkpoint_every: int = 0  # batches between resumable states (0: only on interruption)
     checkpoint_keep: int = 2
     key_map: list[tuple[str, str]] = field(default_factory=list)  # checkpoint key renames, in order
+    new_head: bool = False  # eval: the head may differ from the checkpoint's (re-initialised)
     nonfinite: str = "stop"  # a NaN/Inf training loss: stop (exit 4) or skip the batch
     seed: int = 0
     device: str = "auto"
@@ -183,6 +184,17 @@ def arm_name(v: Any, ctx: Ctx) -> str:
     return s
 
 
+def run_name(v: Any, ctx: Ctx) -> str:
+    """A recipe's name becomes part of file and folder names (runs/<name>-base-<time>,
+    eval-<name>.json): no path separator, no leading dot, nothing unprintable, not too long."""
+    s = string()(v, ctx)
+    if (not s or s.startswith(".") or "/" in s or "\\" in s or not s.isprintable()
+            or len(s.encode("utf-8", "surrogateescape")) > 100):
+        raise ctx.fail(f"must be a plain name for files and folders (no '/' or '\\', no "
+                       f"leading '.', printable, at most 100 bytes), got {s!r}")
+    return s
+
+
 def optimizer_name(v: Any, ctx: Ctx) -> str:
     s = string()(v, ctx)
     bad = unknown_optimizer(s)
@@ -220,14 +232,14 @@ COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
 TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
-    "name": (string(), REQUIRED), "description": (string(), ""),
+    "name": (run_name, REQUIRED), "description": (string(), ""),
     "model": (optional(COMPONENT), None), "data": (COMPONENT, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
     "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
     "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
     "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
-                            "key_map": (key_map, [])}), {}),
+                            "key_map": (key_map, []), "new_head": (boolean, False)}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
     "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
@@ -352,6 +364,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         old_task=TaskSpec(**v["old_task"]), new_task=TaskSpec(**v["new_task"]),
         pretrain=None if v["pretrain"] is None else stage_spec(v["pretrain"]),
         finetune=stage_spec(ft), key_map=v["checkpoint"]["key_map"],
+        new_head=v["checkpoint"]["new_head"],
         eval_every=v["eval"]["every"], eval_batch_size=v["eval"]["batch_size"],
         readout=v["report"]["readout"], nonfinite=v["nonfinite"],
         checkpoint_every=(v["eval"]["every"] if v["checkpoint"]["every"] is None

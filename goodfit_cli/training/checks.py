@@ -73,7 +73,7 @@ def check_arm(stage: StageSpec, arm: Arm, where: str) -> None:
 
 def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
     """Every arm of the fine-tune (`arms`, default the recipe's) and the pretrain, if any."""
-    if recipe.pretrain is not None:
+    if recipe.pretrain is not None:  # a recipe may fine-tune a base from elsewhere
         check_arm(recipe.pretrain, Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
                   recipe.at("pretrain"))
     for name in arms or recipe.finetune.arms:

@@ -26,11 +26,12 @@ def demo_recipe(quick: bool) -> Recipe:
 
 
 def demo(recipe: Recipe, out: Path, place: Place | None = None,
-         ui: Ui | None = None) -> dict[str, Any]:
-    """Pretrain into out/base, fine-tune with the recipe's arms into out/finetune; the report."""
+         ui: Ui | None = None, *, overwrite: bool = False) -> dict[str, Any]:
+    """Pretrain into out/base, fine-tune with the recipe's arms into out/finetune; the report.
+    With `overwrite`, each of the two folders that holds anything is moved aside and kept."""
     ui = ui or Ui()
     ui.log(f"step 1/2: pretrain the base on the old task -> {out / 'base'}")
-    pretrain(recipe, out / "base", place, ui)
+    pretrain(recipe, out / "base", place, ui, overwrite=overwrite)
     ui.log(f"step 2/2: fine-tune on the new task with {', '.join(recipe.finetune.arms)}")
-    return finetune(FinetuneJob(recipe, out / "base" / "model.safetensors", out / "finetune"),
-                    place, ui)
+    return finetune(FinetuneJob(recipe, out / "base" / "model.safetensors", out / "finetune",
+                                overwrite=overwrite), place, ui)

@@ -30,7 +30,7 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         return None
     dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
     check_outputs({"--out": dest}, {}, {"--checkpoint": checkpoint})
-    if checkpoint.is_file():  # say it now, not after the evaluation
+    if checkpoint.exists():  # say it now, not after the evaluation
         try:
             probe_writable(dest.parent)
         except OSError as e:
@@ -39,9 +39,22 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     adopt_base_model(recipe, checkpoint, s.tasks)
     model = s.model()
     loaded = load_checkpoint(model, checkpoint, recipe.key_map, where=recipe.at("checkpoint.key_map"))
+    refuse_another_head(recipe, checkpoint, loaded.head_changes)
     for msg in loaded.messages:
         ui.log(msg)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,
               "metrics": s.evaluate(model)}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     return result, dest
+
+
+def refuse_another_head(recipe: Recipe, checkpoint: Path, head_changes: list[dict]) -> None:
+    """Metrics of a head the checkpoint does not hold (re-initialised, or grown with fresh rows)
+    describe a random head, not the checkpoint: refused unless the recipe declares a new head
+    (`checkpoint.new_head: true`)."""
+    changed = [c for c in head_changes if c["action"] != "ignored"]
+    if changed and not recipe.new_head:
+        raise UserError(f"{checkpoint}: {changed[0]['message']}, so eval would measure a head "
+                        "the checkpoint does not hold; evaluate with the recipe it was trained "
+                        f"with, or set {recipe.at('checkpoint.new_head')} to true to measure "
+                        "the new head anyway")

@@ -19,6 +19,7 @@ from torch import nn
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
 from goodfit_cli.core.metrics import direction
+from goodfit_cli.core.text import printable
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.engine import (
     Events,
@@ -72,6 +73,10 @@ class Ui:
 
     log: Log = quiet
     events_for: Callable[[str], Events] | None = None  # a run's label -> its progress events
+
+    def __post_init__(self) -> None:
+        said = self.log  # lines quote names read from files: never their ESC or bidi characters
+        self.log = lambda msg: said(printable(msg))
 
     def events(self, label: str) -> Events | None:
         return self.events_for(label) if self.events_for is not None else None
