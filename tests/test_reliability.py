@@ -182,9 +182,10 @@ WRONG_TYPE = TOY.replace("batch_size: 256", "batch_size: lots", 1)
 CASES = [
     Case("missing-checkpoint", lambda t, b: _finetune(t / "nope.safetensors", t),
          ("error: checkpoint not found: {t}/nope.safetensors",)),
-    Case("checkpoint-is-a-directory",
-         lambda t, b: _finetune(_write(t / "run" / "model.safetensors", b).parent, t),
-         ("{t}/run is a directory; pass the .safetensors file inside it",)),
+    Case("checkpoint-is-a-directory",  # a folder is a hub-style base only with model.safetensors
+         lambda t, b: _finetune(_write(t / "run" / "weights.safetensors", b).parent, t),
+         ("{t}/run: no model.safetensors (or model.safetensors.index.json) in the folder; it "
+          "has weights.safetensors: pass that file",)),
     Case("empty-safetensors", lambda t, b: _finetune(_write(t / "e.safetensors", b""), t),
          ("{t}/e.safetensors is empty (0 bytes)",)),
     Case("truncated-safetensors", lambda t, b: _finetune(_write(t / "tr.safetensors", b[:-100]), t),

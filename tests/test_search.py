@@ -26,7 +26,9 @@ TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32,
         "pretrain.steps=24", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",
         "finetune.batch_size=64", "device=cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# the newest installed Debian PostgreSQL server (.ci/run installs the package where it is missing)
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name)
+             if p.parent.name.isdigit() else 0, default=Path("/usr/lib/postgresql/15/bin"))
 
 
 def cmd(*args) -> list[str]:
@@ -103,7 +105,7 @@ def postgres():
     """A throwaway PostgreSQL server (initdb in a temp dir, run as the postgres user)."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server not installed ({PG_BIN / 'initdb'} not found)")
-    pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg")  # the driver SQLAlchemy uses for postgresql:// URLs
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     data = Path(tempfile.mkdtemp(prefix="goodfit-pg-"))
     if as_pg:
