@@ -1,0 +1,167 @@
+"""What every command shares: the Typer apps, the exit-code mapping, recipe loading, the
+terminal UI for a workflow, output locations, and torchrun relaunching."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import typer
+from rich.markup import escape
+
+from goodfit_cli import __version__
+from goodfit_cli.cli.console import (
+    DISPLAY,
+    RichEvents,
+    err,
+    log,
+    show,
+    summary_table,
+)
+from goodfit_cli.cli.usage import EXAMPLES, Group
+from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
+
+# Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
+# and `goodfit --version` start fast.
+
+app = typer.Typer(
+    name="goodfit",
+    help="Fine-tune a converged model on new data without breaking what it already does.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    cls=Group,
+    epilog=EXAMPLES["goodfit"],
+)
+data_app = typer.Typer(help="Inspect and generate data.", no_args_is_help=True, cls=Group,
+                       epilog=EXAMPLES["data"])
+app.add_typer(data_app, name="data")
+
+STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"goodfit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for every error."),
+) -> None:
+    """Fine-tune a converged model on new data without breaking what it already does."""
+    STATE["debug"] = debug
+    display("text", 30.0)  # the training commands' --log-format / --progress-every change it
+
+
+def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Map exceptions to exit codes: UserError 2, GateFailure 3, interruption 130/143, bug 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as e:
+            if STATE["debug"]:
+                traceback.print_exc()
+            # messages quote the user's text (paths, recipe values): never read it as markup
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except Diverged as e:
+            err.print(f"[bold red]training diverged:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except GateFailure as e:
+            err.print(f"[bold red]gate failed:[/] {escape(str(e))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(3)
+        except Interrupted as e:
+            err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. To "
+                      f"resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(e.exit_code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+        except Exception as e:  # a bug: say so, and show the traceback on request
+            if STATE["debug"]:
+                traceback.print_exc()
+            else:
+                err.print(f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+                          "(run with --debug for the traceback and report it)",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def load(recipe: str, overrides: list[str] | None):
+    from goodfit_cli.workflows.recipes import load as load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
+    """Log lines and a progress display per run, drawn by Rich."""
+    from goodfit_cli.workflows.stage import Ui
+
+    return Ui(log_fn, lambda label: RichEvents(label, primary))
+
+
+LogFormat = Literal["text", "json"]
+LOG_FORMAT = typer.Option("text", "--log-format",
+                          help="text: a progress bar on a terminal, else a plain line every "
+                               "--progress-every seconds; json: one JSON object per line.")
+PROGRESS_EVERY = typer.Option(30.0, "--progress-every", min=0.0,
+                              help="Seconds between progress lines when there is no terminal "
+                                   "(and in json).")
+
+
+def display(log_format: str, every_s: float) -> None:
+    """Set how this command shows its runs (console.DISPLAY)."""
+    DISPLAY.format, DISPLAY.every_s = log_format, every_s
+
+
+def default_out(recipe_name: str, kind: str) -> Path:
+    return Path("runs") / f"{recipe_name}-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def launch_if_asked(nproc: int) -> None:
+    """`--nproc N` (N > 1): re-run this very command under torchrun with N processes."""
+    if nproc <= 1 or "WORLD_SIZE" in os.environ:
+        return
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", "-m", "goodfit_cli", *argv]
+    log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} "
+        f"-m goodfit_cli {' '.join(argv)}")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def print_report(report: dict[str, Any], dest: Path) -> None:
+    show(summary_table(report))
+    log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

@@ -1,0 +1,197 @@
+"""The commands that train (fit a model): pretrain, finetune, wise, search, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from goodfit_cli.cli.base import (
+    EXAMPLES,
+    LOG_FORMAT,
+    PROGRESS_EVERY,
+    LogFormat,
+    UserError,
+    app,
+    default_out,
+    display,
+    handled,
+    launch_if_asked,
+    load,
+    log,
+    print_report,
+    show,
+    ui_for,
+)
+from goodfit_cli.cli.console import metrics_table
+
+
+@app.command(epilog=EXAMPLES["pretrain"])
+@handled
+def pretrain(
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
+    from goodfit_cli.core.distributed import is_main
+    from goodfit_cli.workflows.pretrain import pretrain as run_pretrain
+    from goodfit_cli.workflows.session import Place
+
+    launch_if_asked(nproc)
+    display(log_format, progress_every)
+    r = load(recipe, overrides)
+    dest = out_dir or default_out(r.name, "base")
+    res = run_pretrain(r, dest, Place(device, seed, data_dir), ui_for(r.primary),
+                       overwrite=overwrite)
+    if not is_main():
+        return
+    show(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], r.primary))
+    log(f"checkpoint: {dest / 'model.safetensors'}")
+
+
+@app.command(epilog=EXAMPLES["finetune"])
+@handled
+def finetune(
+    base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed)."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel)."),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+) -> None:
+    """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
+    from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
+    from goodfit_cli.workflows.finetune import finetune as run_finetune
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.runcheck import check_resume_args
+    from goodfit_cli.workflows.session import Place
+
+    launch_if_asked(nproc)
+    display(log_format, progress_every)
+    place = Place(device, seed, data_dir)
+    if resume is not None:
+        job, place = resume_job(resume, overrides, place, arms=optimizer or None, base=base)
+        check_resume_args(resume, job.recipe, recipe, out_dir, overwrite, overrides)
+    else:
+        if recipe is None or base is None:
+            raise UserError("--base and --recipe are required (or --resume DIR)")
+        r = load(recipe, overrides)
+        job = FinetuneJob(r, base, out_dir or default_out(r.name, "finetune"), optimizer or None,
+                          overwrite=overwrite)
+    job.wise = not no_wise
+    job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr)
+    job.junit = junit
+    report = run_finetune(job, place, ui_for(job.recipe.primary))
+    if report:  # rank 0
+        print_report(report, job.out)
+        raise_on_gate_failure(report)
+
+
+@app.command(epilog=EXAMPLES["wise"])
+@handled
+def wise(
+    arm_dir: Path = typer.Argument(..., help="A finished arm of a fine-tuning run: RUN/<arm>."),
+    alpha: float = typer.Option(..., "--alpha", help="Weight of the arm: (1-α)·base + α·arm."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the candidate checkpoint and its report."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (the old content is moved aside)."),
+) -> None:
+    """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
+    from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
+    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.workflows.wise import WiseJob
+    from goodfit_cli.workflows.wise import wise as run_wise
+
+    r = load(str(arm_dir.parent / "recipe.yaml"), None)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite),
+                      Place(device, None, data_dir), ui_for(r.primary))
+    if not report:  # a rank other than 0 under torchrun
+        return
+    print_report(report, out_dir)
+    raise_on_gate_failure(report)
+
+
+@app.command(epilog=EXAMPLES["search"])
+@handled
+def search(
+    base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
+    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    trials: int = typer.Option(..., "--trials", "-n", help="The study's target number of trials."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (trials, report, study.db)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL shared by workers (postgresql://...); default sqlite in --out."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default goodfit-<recipe>)."),
+    seed: int = typer.Option(0, "--seed", help="Sampler seed."),
+    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: the search's constraint."),
+    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
+    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
+) -> None:
+    """Search arms and knobs for the best update the gate allows (Optuna, multi-objective)."""
+    from goodfit_cli.workflows.reporting import gate_for
+    from goodfit_cli.workflows.search import SearchJob
+    from goodfit_cli.workflows.search import search as run_search
+    from goodfit_cli.workflows.session import Place
+
+    r = load(recipe, overrides)
+    g = gate_for(r, gate, max_old_drop, max_nfr)
+    rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
+                               study, seed, g, defaults), Place(device, None, data_dir),
+                     ui_for(r.primary))
+    rec = rep["recommendation"]
+    log(f"{rep['complete']} trials complete; recommendation: " + (
+        "none passes the gate" if rec is None else
+        f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}"))
+
+
+@app.command(epilog=EXAMPLES["demo"])
+@handled
+def demo(
+    quick: bool = typer.Option(False, "--quick", help="A shortened run (well under a minute)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
+    log_format: LogFormat = LOG_FORMAT,
+    progress_every: float = PROGRESS_EVERY,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out (the old base/ and finetune/ are kept aside)."),
+) -> None:
+    """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
+    from goodfit_cli.workflows.demo import demo as run_demo
+    from goodfit_cli.workflows.demo import demo_recipe
+    from goodfit_cli.workflows.session import Place
+
+    display(log_format, progress_every)
+    r = demo_recipe(quick)
+    dest = out_dir or default_out("demo", "quick" if quick else "full")
+    log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)
+    report = run_demo(r, dest, Place(device), ui_for(r.primary), overwrite=overwrite)
+    print_report(report, dest / "finetune")
