@@ -73,7 +73,8 @@ def check_arm(stage: StageSpec, arm: Arm, where: str) -> None:
 
 def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
     """Every arm of the fine-tune (`arms`, default the recipe's) and the pretrain."""
-    check_arm(recipe.pretrain, Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
-              recipe.at("pretrain"))
+    if recipe.pretrain is not None:  # optional when the base comes from elsewhere
+        check_arm(recipe.pretrain, Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
+                  recipe.at("pretrain"))
     for name in arms or recipe.finetune.arms:
         check_arm(recipe.finetune, parse_arm(name, recipe.finetune), recipe.at("finetune"))
