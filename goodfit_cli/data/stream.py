@@ -172,21 +172,31 @@ class Failed:
     message: str
 
 
+def _seed_globals(seed: int, epoch: int, index: int) -> None:
+    a, b = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+    random.seed(int(a))
+    np.random.seed(int(b))
+    torch.default_generator.manual_seed(int(a) << 32 | int(b))  # the CPU's (torch.manual_seed
+    # would also queue CUDA's, at 100x the cost)
+
+
 @contextlib.contextmanager
 def sample_rng(seed: int, epoch: int, index: int):
-    """Python's, numpy's and torch's global generators seeded by (seed, epoch, index) for one
-    sample's augmentation (what timm's transforms draw from), restored afterwards."""
-    a, b = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
-    saved = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(int(a))
-        np.random.seed(int(b))
-        torch.manual_seed(int(a) << 32 | int(b))
-        try:
-            yield
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
+    """Python's, numpy's and torch's global CPU generators seeded by (seed, epoch, index) for
+    one sample's augmentation (what timm's transforms draw from). In the training process
+    (workers: 0) they are restored afterwards; a worker's own generators serve nothing else."""
+    if torch.utils.data.get_worker_info() is not None:
+        _seed_globals(seed, epoch, index)
+        yield
+        return
+    saved = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+    _seed_globals(seed, epoch, index)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.default_generator.set_state(saved[2])
 
 
 class _Reading(Dataset):
