@@ -27,6 +27,7 @@ from goodfit_cli.core.distributed import mean_over_ranks
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.data.base import Split
 from goodfit_cli.data.replay import Mixed
+from goodfit_cli.data.stream import Position, Start, Streamed, advance
 
 
 class Events(Protocol):
@@ -195,7 +196,7 @@ def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: Split | Mixed,
+    data: Split | Mixed | Streamed,
     loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
     cfg: LoopConfig,
     hooks: Hooks | None = None,
@@ -205,7 +206,7 @@ def train(
 ) -> LoopState:
     """Train until `cfg.total_batches` batches are done, or `hooks.should_stop()` turns true.
 
-    `data` is on the training device; a `Mixed` adds replayed old-task samples to every batch
+    `data` is on the training device, or `Streamed` to it; a `Mixed` adds replayed old-task samples to every batch
     (`cfg.batch_size` counts both parts). Under data parallelism every rank draws the same global
     batch and keeps its `cfg.rank`-th share; the logged training loss is averaged over ranks
     (gradients are the model wrapper's business). The returned state has `records`: the
@@ -270,18 +271,19 @@ def train(
         hooks.train_mode(model)
         since[:] = [st.batch, time.perf_counter()]  # evaluation time is not training time
 
+    stream = data if isinstance(data, Streamed) else None
+    if stream is not None:  # its sampler replays this loop's order from here on
+        stream.start(Start(Position(st.perm, st.pos, st.epoch, st.gen_state), cfg.seed, step,
+                           cfg.total_batches - st.batch, cfg.rank, cfg.world))
     while st.batch < cfg.total_batches:
-        if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
-            st.perm = torch.randperm(n, generator=gen)
-            st.gen_state = gen.get_state()
-            st.pos = 0
-            st.epoch += 1
-        idx = st.perm[st.pos:st.pos + step]  # the global batch
+        idx = advance(st, gen, n, step)  # the global batch
         if cfg.world > 1:
             idx = idx.tensor_split(cfg.world)[cfg.rank]
-        idx = idx.to(device, non_blocking=True)
-        st.pos += step
-        x, y = data.x[idx], data.y[idx]
+        if stream is None:
+            idx = idx.to(device, non_blocking=True)
+            x, y = data.x[idx], data.y[idx]
+        else:
+            x, y = stream.take(idx)
         if mixed is not None:
             x, y = _with_replay(mixed, st, rgen, cfg, (x, y))
         optimizer.zero_grad(set_to_none=True)
@@ -313,6 +315,8 @@ def train(
         if stopping:
             break
     flush()
+    if stream is not None:
+        stream.stop(finished=st.batch >= cfg.total_batches)
     st.wall_s = time.perf_counter() - t0
     events.on_end()
     return st

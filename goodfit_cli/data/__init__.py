@@ -25,6 +25,7 @@ from goodfit_cli.data.toy import toy_sin
 class DataContext:
     seed: int  # every random draw derives from it
     data_dir: str | None  # relative paths in args resolve against it
+    lazy: bool = False  # the caller may stream: a builder may return unread train splits
 
 
 DATASETS: Registry[Callable[..., dict[str, Task]]] = Registry("dataset", "goodfit.datasets")
@@ -37,13 +38,15 @@ DATASETS.register("table", "CSV or Parquet files: numeric feature columns and a 
 
 
 def build_data(
-    name: str, args: Mapping[str, Any] | None, *, seed: int, data_dir: str | None, where: str = ""
+    name: str, args: Mapping[str, Any] | None, *, seed: int, data_dir: str | None, where: str = "",
+    lazy: bool = False,
 ) -> dict[str, Task]:
-    """{"old": Task, "new": Task}, deterministic in `seed`; `where` as in build_model ("f.yaml: data")."""
+    """{"old": Task, "new": Task}, deterministic in `seed`; `where` as in build_model ("f.yaml: data").
+    `lazy`: a train split may be a data.stream.Samples, read later (imagefolder's are)."""
     builder = DATASETS.get(name, loc(where, "name") + ": ")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"{loc(where, 'seed')}: expected a non-negative integer, got {seed!r}")
-    tasks = call_with_args(builder, args, where, DataContext(seed, data_dir))
+    tasks = call_with_args(builder, args, where, DataContext(seed, data_dir, lazy))
     assert set(tasks) == {"old", "new"}, f"dataset {name!r} must return old and new tasks"
     return tasks
 

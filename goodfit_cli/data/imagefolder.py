@@ -3,8 +3,9 @@
 Each split is a folder `<split>/<class name>/<image>` (any depth below the class folder) or a
 `.tar` of such paths, read by `timm.data.create_dataset` and resized/cropped by
 `timm.data.create_transform` (eval mode: resize the short side, centre crop to `size`). Images
-are kept as uint8 (N, H, W, C), so the set lives in memory and on the device (the fast path);
-the loop normalises them with `to_model_input`.
+are kept as uint8 (N, H, W, C): in memory and on the device (the fast path), or, for a training
+split the session streams (data/stream.py), read image by image (data/imagestream.py), where
+`augment` applies timm's training transform; the loop normalises them with `to_model_input`.
 
 Class ids are global: the old task's classes first (its `classes` list, else its train split's
 folder names in natural order), then the new task's classes that are not old ones. A task's
@@ -16,12 +17,9 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import torch
-from PIL import Image
-
 from goodfit_cli.core.args import ArgError
-from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.base import Task
+from goodfit_cli.data.imagestream import ImageSamples, train_transform
 from goodfit_cli.data.paths import task_paths
 
 
@@ -55,34 +53,6 @@ def _class_to_idx(ds) -> dict[str, int]:
     return dict(getattr(reader, "class_to_idx", None) or reader.class_name_to_idx)
 
 
-def _load(ds, key: str, remap: dict[int, int], size: tuple[int, int] | None) -> Split:
-    """Every image as uint8 (H, W, 3), every label as its global id."""
-    xs, ys, first = [], [], None
-    for i in range(len(ds)):
-        try:  # through the reader: timm's dataset would skip an unreadable image silently
-            raw, target = ds.reader[i]
-            img = Image.open(raw).convert("RGB")
-        except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ArgError(key, f"cannot read image {ds.filename(i, absolute=True)}: "
-                           f"{type(e).__name__}") from None
-        if ds.transform is not None:
-            img = ds.transform(img)
-        if target not in remap:
-            continue
-        arr = img.permute(1, 2, 0).numpy() if isinstance(img, torch.Tensor) else np.asarray(img)  # (H, W, 3)
-        if first is None:
-            first = (arr.shape, ds.filename(i, absolute=True))
-        elif arr.shape != first[0]:
-            raise ArgError(key, f"{ds.filename(i, absolute=True)} is {arr.shape[1]}×{arr.shape[0]} "
-                           f"but {first[1]} is {first[0][1]}×{first[0][0]}; set data.args.size to "
-                           "resize them")
-        xs.append(arr)
-        ys.append(remap[target])
-    if not xs:
-        raise ArgError(key, "no image of the selected classes")
-    return Split(torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64))
-
-
 def _size(size: Any) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -112,9 +82,11 @@ def _selected(name: str, spec: Mapping[str, Any], found: list[str]) -> list[str]
 
 
 def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: Any = None,
-                interpolation: str = "bilinear") -> dict[str, Task]:
-    """Old and new tasks from image folders or tar shards; `size` resizes and centre-crops."""
+                interpolation: str = "bilinear", augment: Any = None) -> dict[str, Task]:
+    """Old and new tasks from image folders or tar shards; `size` resizes and centre-crops;
+    `augment` (timm's training transform) applies to training splits in the streaming loader."""
     hw = _size(size)
+    augmenting = train_transform(augment, hw, interpolation)
     opened: dict[str, dict[str, Any]] = {}
     for name, spec in (("old", old), ("new", new)):
         paths = task_paths(name, spec, ctx, "a class-per-folder directory or a .tar shard")
@@ -129,7 +101,10 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
         splits = {}
         for split, ds in opened[t].items():
             remap = {local: ids[c] for c, local in _class_to_idx(ds).items() if c in names[t]}
-            splits[split] = _load(ds, f"{t}.{split}", remap, hw)
+            samples = ImageSamples(ds, remap, f"{t}.{split}", hw,
+                                   augmenting if split == "train" else None)
+            # a caller that can stream (a training session) decides when to read a train split
+            splits[split] = samples if split == "train" and ctx.lazy else samples.load()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
                         [ids[c] for c in names[t]])
     return tasks

@@ -18,7 +18,9 @@ import yaml
 
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
+from goodfit_cli.recipe.loader import LOADER, loader_settings
 from goodfit_cli.recipe.sections import (
     REPLAY,
     ReplaySpec,
@@ -143,6 +145,7 @@ class Recipe:
     compile: bool = False  # torch.compile the model for training
     tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
+    loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
 
@@ -229,11 +232,12 @@ FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_na
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
+DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {})})
 TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
     "name": (run_name, REQUIRED), "description": (string(), ""),
-    "model": (optional(COMPONENT), None), "data": (COMPONENT, REQUIRED),
+    "model": (optional(COMPONENT), None), "data": (DATA, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
     "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
     "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
@@ -371,7 +375,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                           else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
-        tracking=v["tracking"],
+        tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
         raw=raw)
 
 

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from goodfit_cli.core.distributed import init_distributed, resolve_device
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.stream import Streamed, as_samples, streams
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base
@@ -96,19 +97,29 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     if join:
         init_distributed(dev)
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
-                       data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"))
+                       data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"),
+                       lazy=True)
+    seed = recipe.seed if place.seed is None else place.seed
 
     def to_dev(t: torch.Tensor) -> torch.Tensor:  # once per run: pinned, asynchronous copies
         if dev.type == "cuda":
             return t.pin_memory().to(dev, non_blocking=True)
         return t.to(dev)
 
-    moved = {k: Task(t.name, t.kind, Split(to_dev(t.train.x), to_dev(t.train.y)),
+    def train_split(split) -> Split | Streamed:  # small: on the device; big or augmented: streamed
+        samples = as_samples(split)
+        samples.where = loc(recipe.at("data"), "args")  # a worker's error names the recipe key
+        if streams(samples, recipe.loader, recipe.at("data.loader")):
+            return Streamed(samples, dev, recipe.loader, seed)
+        split = samples.load()
+        return Split(to_dev(split.x), to_dev(split.y))
+
+    moved = {k: Task(t.name, t.kind, train_split(t.train),
                      Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes)
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
-    return Session(recipe, dev, moved, runners, recipe.seed if place.seed is None else place.seed)
+    return Session(recipe, dev, moved, runners, seed)
 
 
 def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str | None:

@@ -1,0 +1,152 @@
+"""An image-folder split read one image at a time, with timm's training-time augmentation.
+
+`ImageSamples` is what `imagefolder` builds for every split: the labels are known from the
+folder names without reading an image; `load()` reads them all (the device path, and every
+test split), `read(i, epoch)` reads one (the streaming path's workers). With an `augment`
+mapping, a training read goes through `timm.data.create_transform(is_training=True)`: random
+resized crop to `size`, flips, colour jitter, RandAugment (`auto_augment: rand-m9-mstd0.5`),
+its random numbers seeded per sample by the loader (data/stream.py); every other read goes
+through the eval transform (resize, centre crop). Images come out uint8 (H, W, 3).
+
+A bad image is an ArgError naming the task's split (`new.train`) inside the data builder, and
+a UserError naming the recipe's `data.args.new.train` once the session has set `where`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from goodfit_cli.core.args import ArgError
+from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.data.base import Split
+
+AUGMENT = {"scale": None, "ratio": None, "hflip": 0.5, "vflip": 0.0, "color_jitter": None,
+           "auto_augment": None}  # timm's create_transform arguments, goodfit's defaults
+
+
+def read_image(ds, i: int, key: str) -> tuple[Image.Image, int]:
+    """Sample i of timm's dataset as an RGB image, and its timm class index."""
+    try:  # through the reader: timm's dataset would skip an unreadable image silently
+        raw, target = ds.reader[i]
+        return Image.open(raw).convert("RGB"), target
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ArgError(key, f"cannot read image {ds.filename(i, absolute=True)}: "
+                       f"{type(e).__name__}") from None
+
+
+def mixed_sizes(name: str, shape: tuple, first_name: str, first_shape: tuple) -> str:
+    return (f"{name} is {shape[1]}×{shape[0]} but {first_name} is {first_shape[1]}×"
+            f"{first_shape[0]}; set data.args.size to resize them")
+
+
+def _pair(key: str, v: Any) -> tuple[float, float]:
+    if (isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2
+            and all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in v)):
+        return (float(v[0]), float(v[1]))
+    raise ArgError(key, f"expected [low, high] of positive numbers, got {v!r}")
+
+
+def train_transform(augment: Any, size: tuple[int, int] | None, interpolation: str):
+    """timm's training transform for the recipe's `augment` mapping (None: no augmentation)."""
+    if augment is None:
+        return None
+    if not isinstance(augment, Mapping):
+        raise ArgError("augment", f"expected a mapping of {', '.join(AUGMENT)}, got {augment!r}")
+    if size is None:
+        raise ArgError("augment", "needs size (the random resized crop's output)")
+    kw = dict(AUGMENT)
+    for k, v in augment.items():
+        if k not in AUGMENT:
+            raise ArgError(f"augment.{k}", f"unknown key; expected one of {', '.join(AUGMENT)}")
+        if k in ("scale", "ratio"):
+            v = _pair(f"augment.{k}", v)
+        elif k in ("hflip", "vflip") and not (isinstance(v, (int, float)) and 0 <= v <= 1):
+            raise ArgError(f"augment.{k}", f"expected a probability in [0, 1], got {v!r}")
+        elif k == "auto_augment" and not (v is None or isinstance(v, str)):
+            raise ArgError("augment.auto_augment", f"expected a timm policy string such as "
+                           f"'rand-m9-mstd0.5', got {v!r}")
+        kw[k] = v
+    from timm.data import create_transform  # deferred: timm imports slowly
+
+    try:
+        return create_transform((3, *size), is_training=True, interpolation=interpolation,
+                                normalize=False, **kw)
+    except (ValueError, AssertionError, KeyError, TypeError) as e:
+        raise ArgError("augment", f"timm's create_transform refused it: {e!r}") from None
+
+
+def _targets(reader) -> list[int]:
+    """Every sample's class index, for timm's folder and tar readers."""
+    if getattr(reader, "targets", None) is not None:  # a tar of images (ReaderImageInTar)
+        return list(reader.targets)
+    return [t for _, t in reader.samples]  # a folder: (path, class index)
+
+
+def _forget_open_tars(reader) -> None:
+    """Drop the tar files a forked process inherited open (their offsets are shared): timm's
+    reader reopens them on the next read."""
+    state = getattr(reader, "tar_state", None)
+    states = list(state.values()) if isinstance(state, dict) else [state] if state else []
+    while states:
+        st = states.pop()
+        st.tf = None
+        states.extend(st.children.values())
+
+
+class ImageSamples:
+    """The selected classes' images of one split, read on demand."""
+
+    dtype = torch.uint8
+
+    def __init__(self, ds, remap: dict[int, int], key: str, size: tuple[int, int] | None,
+                 augment=None) -> None:
+        self.ds, self.key, self.train_tf = ds, key, augment
+        self.augments = augment is not None
+        self.where = ""  # the recipe's data.args location, set by the session (errors name it)
+        targets = _targets(ds.reader)  # timm's class index of each sample: no image read
+        self.rows = [j for j, t in enumerate(targets) if t in remap]
+        if not self.rows:
+            raise ArgError(key, "no image of the selected classes")
+        self.y = torch.tensor([remap[targets[j]] for j in self.rows], dtype=torch.int64)
+        self.first = ds.filename(self.rows[0], absolute=True)
+        if size is not None:
+            self.shape = (size[0], size[1], 3)
+        else:  # every image must have the first one's size
+            img, _ = read_image(ds, self.rows[0], key)
+            self.shape = (img.height, img.width, 3)
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def nbytes(self) -> int:
+        return len(self.rows) * int(np.prod(self.shape))
+
+    def read(self, i: int, epoch: int | None) -> torch.Tensor:
+        """Image i as uint8 (H, W, 3): augmented when `epoch` is given and the split augments."""
+        if self._pid != os.getpid():  # a worker: tar shards are reopened in each process
+            self._pid = os.getpid()
+            _forget_open_tars(self.ds.reader)
+        j = self.rows[i]
+        try:
+            img, _ = read_image(self.ds, j, self.key)
+            tf = self.train_tf if epoch is not None and self.train_tf is not None else self.ds.transform
+            img = tf(img) if tf is not None else img
+            x = img.permute(1, 2, 0) if isinstance(img, torch.Tensor) else torch.from_numpy(np.array(img))
+            if tuple(x.shape) != self.shape:
+                raise ArgError(self.key, mixed_sizes(self.ds.filename(j, absolute=True),
+                                                     tuple(x.shape), self.first, self.shape))
+        except ArgError as e:
+            if not self.where:
+                raise
+            raise UserError(f"{loc(self.where, e.key)}: {e.message}") from None
+        return x.contiguous()
+
+    def load(self) -> Split:
+        """Every selected image, un-augmented, in memory: (N, H, W, 3) uint8 and (N,) labels."""
+        return Split(torch.stack([self.read(i, None) for i in range(len(self))]), self.y)
