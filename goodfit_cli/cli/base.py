@@ -122,6 +122,13 @@ def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
 
 
 LogFormat = Literal["text", "json"]
+# Options several commands share: one definition each (Typer accepts a shared default object).
+DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda")
+DATA_DIR = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA).")
+SEED = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed).")
+NPROC = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel).")
+MAX_OLD_DROP = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute).")
+MAX_NFR = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task.")
 LOG_FORMAT = typer.Option("text", "--log-format",
                           help="text: a progress bar on a terminal, else a plain line every "
                                "--progress-every seconds; json: one JSON object per line.")

@@ -12,7 +12,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from goodfit_cli.cli.base import (
+    DATA_DIR,
+    DEVICE,
     EXAMPLES,
+    MAX_NFR,
+    MAX_OLD_DROP,
     UserError,
     app,
     data_app,
@@ -35,12 +39,12 @@ def compare(
     candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
-    max_old_drop: Optional[float] = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute)."),
-    max_nfr: Optional[float] = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task."),
+    max_old_drop: Optional[float] = MAX_OLD_DROP,
+    max_nfr: Optional[float] = MAX_NFR,
     junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    device: Optional[str] = DEVICE,
+    data_dir: Optional[str] = DATA_DIR,
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
 ) -> None:
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
@@ -65,8 +69,8 @@ def compare(
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate."),
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda"),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    device: Optional[str] = DEVICE,
+    data_dir: Optional[str] = DATA_DIR,
     json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
@@ -165,7 +169,7 @@ def list_registries(
 @handled
 def data_summary(
     recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA)."),
+    data_dir: Optional[str] = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
 ) -> None:
