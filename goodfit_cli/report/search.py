@@ -16,7 +16,7 @@ from typing import Any
 
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.report.svg import COLOURS, _domain, _fmt, _legend, _ticks, scales
+from goodfit_cli.report.svg import COLOURS, _fmt, _legend, _ticks, plot_area
 
 _W, _H, _L, _R, _T, _B = 720, 400, 64, 200, 30, 46
 
@@ -67,9 +67,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not xs:
         return "".join(out) + '<text x="300" y="200">no finished trial</text></svg>'
-    (x0, x1), (y0, y1) = _domain(xs), _domain(ys)
-    pw, ph = _W - _L - _R, _H - _T - _B
-    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
+    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs, ys)
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
     out += [f'<text x="{px(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">'

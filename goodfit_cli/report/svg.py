@@ -46,6 +46,15 @@ def scales(xd: tuple[float, float], yd: tuple[float, float],
             lambda y: top + ph - (y - y0) / (y1 - y0) * ph)
 
 
+def plot_area(xs: Sequence[float], ys: Sequence[float]):
+    """The plotting box for these values: x and y domains, width, height, and the two value ->
+    pixel maps, ((x0, x1), (y0, y1), pw, ph, px, py). Shared by every plot of the report."""
+    (x0, x1), (y0, y1) = _domain(xs), _domain(ys)
+    pw, ph = _W - _L - _R, _H - _T - _B
+    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
+    return (x0, x1), (y0, y1), pw, ph, px, py
+
+
 def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlabel: str,
               ylabel: str, points: Sequence[tuple[str, float, float]] | None = None) -> str:
     """An SVG line plot: one line per (label, xs, ys), plus labelled markers `points`.
@@ -65,9 +74,7 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">'
                    'no data</text>')
         return "".join(out) + "</svg>"
-    (x0, x1), (y0, y1) = _domain(xs_all), _domain(ys_all)
-    pw, ph = _W - _L - _R, _H - _T - _B
-    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
+    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all)
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
     for t in ticks:
