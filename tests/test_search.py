@@ -19,6 +19,7 @@ import torch
 
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.report.search import dominates, pareto_front, recommend
+from goodfit_cli.training import arm_dirname
 
 optuna = pytest.importorskip("optuna")
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +76,12 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         d = Path(t.user_attrs["dir"])
         assert (d / "run.json").exists() and (d / "report.json").exists()
         assert Path(t.user_attrs["checkpoint"]).exists()
+        # the searched replay fraction is what the trial's fine-tune mixed into its batches of 64
+        arm_dir = d / arm_dirname(t.user_attrs["arm"])
+        replay = json.loads((arm_dir / "summary.json").read_text())["replay"]
+        f = t.params["replay_fraction"]
+        assert replay["fraction"] == f and replay["pool"] == 512
+        assert replay["old_per_batch"] == (max(1, round(64 * f)) if f > 0 else 0)
     rep = json.loads((out / "report.json").read_text())
     assert rep["complete"] == 4 and "search: every trial" in (out / "report.html").read_text()
     rec = rep["recommendation"]

@@ -37,7 +37,7 @@ from goodfit_cli.report.search import (
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.search_space import has_replay, propose
+from goodfit_cli.workflows.search_space import propose
 from goodfit_cli.workflows.session import Place
 from goodfit_cli.workflows.stage import Ui
 from goodfit_cli.workflows.wise import WiseJob, wise
@@ -191,8 +191,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "base_sha256": sha256_file(job.base)}
     study = _open_study(job, dirs, identity)
-    notes = [] if has_replay(recipe.finetune) else [
-        "replay fraction not searched: this recipe schema has no finetune.replay"]
+    notes: list[str] = []
     states = _states()
     left = job.trials - len(study.get_trials(deepcopy=False, states=states))
     t0 = time.perf_counter()

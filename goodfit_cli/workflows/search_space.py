@@ -3,7 +3,8 @@
 Every knob is centred on the recipe's own value: lr in [lr/10, 10·lr] (log), GoodFit's ratio in
 [1, 1000] and n_ref in {1, 2}, each penalty's strength over three decades around its default,
 the distillation temperature in [1, 4], LP-FT's probe share in [0.1, 0.9], the replay fraction
-(only when the recipe schema has `finetune.replay`), and the WiSE-FT α in {0.2, 0.3, ..., 1.0}.
+in [0, 0.5] with every arm (`finetune.replay.fraction`; a recipe's own `max_samples` is kept),
+and the WiSE-FT α in {0.2, 0.3, ..., 1.0}.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from goodfit_cli.recipe import PenaltySpec, Recipe, StageSpec
+from goodfit_cli.recipe import PenaltySpec, Recipe
 
 KINDS = ("plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal", "ewc")
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(2, 11))
@@ -25,11 +26,6 @@ class Proposal:
     overrides: list[str]
     alpha: float
     params: dict[str, Any]
-
-
-def has_replay(stage: StageSpec) -> bool:
-    """Whether this recipe schema knows `finetune.replay` (the data issue adds it)."""
-    return hasattr(stage, "replay")
 
 
 def propose(trial: Any, recipe: Recipe) -> Proposal:
@@ -56,8 +52,7 @@ def propose(trial: Any, recipe: Recipe) -> Proposal:
     if kind == "lp_ft":
         f = trial.suggest_float("lp_fraction", 0.1, 0.9)
         over.append(f"finetune.penalty.lp_fraction={f!r}")
-    if has_replay(ft):
-        r = trial.suggest_float("replay_fraction", 0.0, 0.5)
-        over.append(f"finetune.replay.fraction={r!r}")
+    r = trial.suggest_float("replay_fraction", 0.0, 0.5)
+    over.append(f"finetune.replay.fraction={r!r}")
     alpha = trial.suggest_categorical("wise_alpha", list(ALPHAS))
     return Proposal(arm, over, float(alpha), dict(trial.params))
