@@ -4,8 +4,14 @@ For each seed: pretrain a base, run `goodfit search` (a fixed trial budget, a ga
 task) and read its report: the recommendation's old/new primary metric, each default arm's, and
 whether the recommendation dominates each default arm. Prints one Markdown table.
 
-    python benchmarks/search_table.py --recipe toy --seeds 0 1 2 --trials 8 --max-old-drop 0.05 \\
-        --out runs/search-table -- model.args.hidden=[64,64] pretrain.steps=2000 ...
+    python benchmarks/search_table.py --recipe toy --seeds 0 1 2 --trials 24 --max-old-drop 0.05 \\
+        --out runs/search-toy -- device=cpu checkpoint.every=0
+
+Finished seeds are reused: the base when its checkpoint exists, the study when it has its trials
+(a rerun with the same settings only rewrites the reports and the table), so seeds can run as
+separate processes (one per core, OMP_NUM_THREADS=1) and a last call with every seed prints the
+table. --data-seed-key KEY adds the override KEY=2*seed (motion: data.args.synthetic.seed, as
+benchmarks/motion_table.py does, so each seed has its own generated scenes).
 """
 
 from __future__ import annotations
@@ -36,12 +42,16 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--max-old-drop", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=Path("runs/search-table"))
+    ap.add_argument("--data-seed-key", default=None)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     rows: dict[str, dict[str, list]] = {}
+    per_seed: list[str] = []
     for seed in a.seeds:
         d = a.out / f"seed{seed}"
         over = [*a.overrides, f"seed={seed}"]
+        if a.data_seed_key:
+            over.append(f"{a.data_seed_key}={2 * seed}")
         if not (d / "base" / "model.safetensors").exists():
             goodfit("pretrain", "--recipe", a.recipe, "--out", d / "base", "--seed", seed, *over)
         goodfit("search", "--base", d / "base" / "model.safetensors", "--recipe", a.recipe,
@@ -49,21 +59,34 @@ def main() -> None:
                 "--max-old-drop", a.max_old_drop, *over)
         rep = json.loads((d / "search" / "report.json").read_text())
         rec = rep["recommendation"]
-        entries = [("recommendation", rec)] + [(r["name"], r) for r in rep["defaults"]]
+        base = rep.get("base_point")
+        entries = ([("base (no fine-tune)", base)] if base else []) + [("recommendation", rec)]
+        entries += [(r["name"], r) for r in rep["defaults"]]
         for name, e in entries:
-            row = rows.setdefault(name, {"old": [], "new": [], "arm": []})
+            row = rows.setdefault(name, {"old": [], "new": [], "arm": [], "gate": []})
             if e is not None:
                 row["old"].append(e["old"])
                 row["new"].append(e["new"])
                 row["arm"].append(e.get("arm", name))
+                row["gate"].append(e.get("gate", True if name == "recommendation" else None))
         for name, verdict in rep["against_defaults"].items():
             rows[name].setdefault("verdict", []).append(verdict)
+        cells = [f"{n} {e['old']:.4g} / {e['new']:.4g}" + (" (fails gate)" if e.get("gate") is
+                                                             False else "")
+                 for n, e in entries if e is not None]
+        per_seed.append(f"| {seed} | " + "; ".join(cells) + " |")
     m_old, m_new = rep["metrics"]
-    print(f"| candidate | old {m_old} | new {m_new} | recommendation vs it (per seed) |")
-    print("|---|---|---|---|")
+    print(f"| candidate | old {m_old} | new {m_new} | passes the gate | recommendation vs it "
+          "(per seed) |")
+    print("|---|---|---|---|---|")
     for name, r in rows.items():
         extra = ", ".join(r["arm"]) if name == "recommendation" else ", ".join(r.get("verdict", []))
-        print(f"| {name} (n={len(r['old'])}) | {mean_se(r['old'])} | {mean_se(r['new'])} | {extra} |")
+        passed = [g for g in r["gate"] if g is not None]
+        gate = f"{sum(passed)} of {len(passed)} seeds" if passed else "-"
+        print(f"| {name} (n={len(r['old'])}) | {mean_se(r['old'])} | {mean_se(r['new'])} | {gate} "
+              f"| {extra} |")
+    print(f"\n| seed | old {m_old} / new {m_new} |\n|---|---|")
+    print("\n".join(per_seed))
 
 
 if __name__ == "__main__":

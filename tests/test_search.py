@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,13 @@ import pytest
 import torch
 
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.report.search import dominates, pareto_front, recommend
+from goodfit_cli.report.search import (
+    dominance_against,
+    dominates,
+    pareto_front,
+    recommend,
+    write_search_report,
+)
 from goodfit_cli.training import arm_dirname
 
 optuna = pytest.importorskip("optuna")
@@ -45,6 +52,40 @@ def test_front_and_recommendation_follow_each_metrics_direction():
     assert [p["number"] for p in pareto_front(pts[:3], dirs)] == [0, 1]
     assert recommend(pts, dirs)["number"] == 1  # trial 3 is better on new but fails the gate
     assert recommend([pts[3]], dirs) is None
+
+
+def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
+    """report.md gives each default arm's gate result and the base; the plot rings the
+    recommended trial, draws a default arm that fails the gate hollow and the base as a square."""
+    dirs = (-1, -1)  # mse on both tasks
+    trials = [{"number": i, "state": "COMPLETE", "arm": a, "params": {"arm": a, "lr": 1e-3},
+               "old": o, "new": n, "feasible": f, "dir": None, "seed": 0, "checkpoint": None}
+              for i, (a, o, n, f) in enumerate([("rmsprop", 0.50, 0.40, False),
+                                                 ("ewc:rmsprop", 0.46, 0.55, True),
+                                                 ("head_only", 0.45, 0.80, True)])]
+    refs = [{"name": "rmsprop", "old": 0.52, "new": 0.38, "gate": False},
+            {"name": "goodfit", "old": 0.47, "new": 0.60, "gate": True}]
+    rec = recommend(trials, dirs)
+    assert rec["number"] == 1  # trial 0 learns more but fails the gate
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "toy", "base": "b",
+           "metrics": ["mse", "mse"], "gate": "flags", "notes": [], "trials": trials,
+           "complete": 3, "front": pareto_front([t for t in trials if t["feasible"]], dirs),
+           "defaults": refs, "base_point": {"old": 0.44, "new": 0.98}, "recommendation": rec,
+           "against_defaults": dominance_against(rec, refs, dirs)}
+    write_search_report(rep, tmp_path, [])
+    md = (tmp_path / "report.md").read_text()
+    assert "- against rmsprop: trade-off (rmsprop fails the gate)" in md
+    assert "- against goodfit: dominates" in md  # 0.46 < 0.47 and 0.55 < 0.60
+    assert "| base (no fine-tune) | 0.44 | 0.98 | - |" in md
+    assert "| rmsprop | 0.52 | 0.38 | FAIL |" in md and "| goodfit | 0.47 | 0.6 | pass |" in md
+    html = (tmp_path / "report.html").read_text()
+    dots = re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="4"', html)
+    ring = re.search(r'<circle cx="([\d.]+)" cy="([\d.]+)" r="9"[^>]*><title>recommendation: '
+                     r'trial 1 \(ewc:rmsprop\)', html)
+    assert ring and ring.groups() == dots[1]  # the ring sits on trial 1's dot
+    diamonds = re.findall(r'fill="(none|#000)" stroke="#000"><title>(\w+)</title></path>', html)
+    assert diamonds == [("none", "rmsprop"), ("#000", "goodfit")]
+    assert "<title>base (no fine-tune)</title></rect>" in html
 
 
 @pytest.fixture(scope="module")

@@ -55,12 +55,15 @@ def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> d
 
 
 def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
-               labels: tuple[str, str], dirs: tuple[int, int]) -> str:
+               labels: tuple[str, str], dirs: tuple[int, int], base: dict | None = None,
+               rec: dict | None = None) -> str:
     """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
-    default arms as diamonds and their WiSE-FT curves; x = old task, y = new task."""
+    default arms as diamonds (hollow: fails the gate) and their WiSE-FT curves, the base as a
+    square and the recommendation ringed; x = old task, y = new task."""
     done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
-    xs = [t["old"] for t in done] + [r["old"] for r in refs] + [p[0] for _, c in curves for p in c]
-    ys = [t["new"] for t in done] + [r["new"] for r in refs] + [p[1] for _, c in curves for p in c]
+    marks = refs + ([base] if base else [])
+    xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
+    ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
     title = "search: every trial, the Pareto front, the default arms and WiSE-FT curves"
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
            f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
@@ -101,14 +104,30 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     out.append(_legend(legend_y, "trial (hollow: fails gate)",
                        '<circle cx="9" cy="0" r="4" fill="#555"/>'))
     legend_y += 18
+    if rec is not None and rec.get("old") is not None:
+        out.append(f'<circle cx="{px(rec["old"]):.1f}" cy="{py(rec["new"]):.1f}" r="9" '
+                   f'fill="none" stroke="#d62728" stroke-width="2"><title>recommendation: trial '
+                   f'{rec["number"]} ({escape(rec["arm"])})</title></circle>')
+        out.append(_legend(legend_y, "recommendation",
+                           '<circle cx="9" cy="0" r="7" fill="none" stroke="#d62728" '
+                           'stroke-width="2"/>'))
+        legend_y += 18
     for r in refs:
+        fill = "none" if r.get("gate") is False else "#000"
         out.append(f'<path d="M{px(r["old"]):.1f},{py(r["new"]) - 6:.1f} l6,6 l-6,6 l-6,-6 z" '
-                   f'fill="#000"><title>{escape(r["name"])}</title></path>'
+                   f'fill="{fill}" stroke="#000"><title>{escape(r["name"])}</title></path>'
                    f'<text x="{px(r["old"]) + 8:.1f}" y="{py(r["new"]) - 6:.1f}" '
                    f'font-size="11">{escape(r["name"])}</text>')
     if refs:
-        out.append(_legend(legend_y, "recipe default arm",
+        out.append(_legend(legend_y, "default arm (hollow: fails)",
                            '<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" fill="#000"/>'))
+        legend_y += 18
+    if base:
+        out.append(f'<rect x="{px(base["old"]) - 5:.1f}" y="{py(base["new"]) - 5:.1f}" width="10" '
+                   f'height="10" fill="#fff" stroke="#000" stroke-width="2"><title>base (no '
+                   f'fine-tune)</title></rect>')
+        out.append(_legend(legend_y, "base (no fine-tune)", '<rect x="4" y="-5" width="10" '
+                           'height="10" fill="#fff" stroke="#000" stroke-width="2"/>'))
     return "".join(out) + "</svg>"
 
 
@@ -129,8 +148,10 @@ def render_markdown(rep: dict[str, Any]) -> str:
         lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
                      f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
                      f"`{rep.get('exported') or 'not exported (' + rep.get('export_note', '') + ')'}`.")
+        failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         for name, verdict in rep["against_defaults"].items():
-            lines.append(f"- against {name}: {verdict}")
+            lines.append(f"- against {name}: {verdict}"
+                         + (f" ({name} fails the gate)" if name in failed else ""))
     lines += ["", "## Trials", "", f"| trial | state | arm | knobs | old {m_old} | new {m_new} "
               "| gate | front |", "|---|---|---|---|---|---|---|---|"]
     front = {p["number"] for p in rep["front"]}
@@ -142,9 +163,14 @@ def render_markdown(rep: dict[str, Any]) -> str:
                      f"| {val(t['new'])} | {'pass' if t['feasible'] else 'FAIL'} | "
                      f"{'*' if t['number'] in front else ''} |")
     if rep["defaults"]:
-        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} | new {m_new} |",
-                  "|---|---|---|"]
-        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} |" for r in rep["defaults"]]
+        gate = {True: "pass", False: "FAIL", None: "-"}
+        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} | new {m_new} "
+                  "| gate |", "|---|---|---|---|"]
+        if rep.get("base_point"):
+            b = rep["base_point"]
+            lines.append(f"| base (no fine-tune) | {b['old']:.4g} | {b['new']:.4g} | - |")
+        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} | {gate[r.get('gate')]} |"
+                  for r in rep["defaults"]]
     return "\n".join(lines) + "\n"
 
 
@@ -155,7 +181,8 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     atomic_write(out / "report.md", md)
     dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
     svg = pareto_svg(rep["trials"], rep["defaults"], curves,
-                     (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs)
+                     (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
+                     rep.get("base_point"), rep["recommendation"])
     html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>goodfit search "
             f"{escape(rep['study'])}</title><body style=\"font-family:system-ui;max-width:60em;"
             f"margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")

@@ -204,16 +204,16 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     rep = _report(job, study, recipe, dirs, notes)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
     curves = [(a["name"], [(p["old"][prim["old"]], p["new"][prim["new"]]) for p in a["wise"]])
-              for a in _default_arms(job) if a.get("wise")]
+              for a in (_defaults_report(job) or {"arms": []})["arms"] if a.get("wise")]
     write_search_report(rep, job.out, curves)
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
 
 
-def _default_arms(job: SearchJob) -> list[dict]:
-    """The default arms' entries of RUN/defaults/report.json (none until they have run)."""
+def _defaults_report(job: SearchJob) -> dict | None:
+    """RUN/defaults/report.json (the recipe's default arms and the base), None until it ran."""
     path = job.out / "defaults" / "report.json"
-    return json.loads(path.read_text())["arms"] if path.exists() else []
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
@@ -231,14 +231,18 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
                        "checkpoint": t.user_attrs.get("checkpoint")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
+    defaults = _defaults_report(job) or {"arms": []}
     refs = [{"name": a["name"], "old": a["metrics"]["old"][prim["old"]],
-             "new": a["metrics"]["new"][prim["new"]]} for a in _default_arms(job)]
+             "new": a["metrics"]["new"][prim["new"]], "gate": (a.get("gate") or {}).get("passed")}
+            for a in defaults["arms"]]
+    b = defaults.get("base_metrics")  # the base itself, measured by the default arms' run
+    base = {"old": b["old"][prim["old"]], "new": b["new"][prim["new"]]} if b else None
     rec = recommend(done, dirs)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
            "gate": job.gate.source if job.gate else None, "notes": notes, "trials": trials,
            "complete": len(done), "front": pareto_front([t for t in done if t["feasible"]], dirs),
-           "defaults": refs, "recommendation": rec,
+           "defaults": refs, "base_point": base, "recommendation": rec,
            "against_defaults": dominance_against(rec, refs, dirs) if rec else {}}
     if job.gate is None:
         notes.append("no gate: the recommendation is the best new-task trial, whatever it broke")
