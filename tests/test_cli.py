@@ -56,6 +56,33 @@ def test_every_shipped_recipe_validates():
     assert res.output.count("ok") == len(files)
 
 
+def test_validate_data_catches_labels_the_model_cannot_take(tmp_path):
+    """`validate --data` reads a CSV task and checks it against the model: labels 0..4 against
+    3 outputs is one `bad` line naming the recipe's data and model (exit 2), which plain
+    `validate` cannot see; with 5 outputs the same data is ok."""
+    for name, labels in (("old", "012"), ("new", "34")):
+        for split in ("train", "test"):
+            rows = [f"{i / 10},{1 - i / 10},{labels[i % len(labels)]}" for i in range(10)]
+            (tmp_path / f"{name}_{split}.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: csv3\ndata_dir: .\n"
+        "model: {name: mlp, args: {in_features: 2, out_features: 3, hidden: [8]}}\n"
+        "data: {name: table, args: {old: {train: old_train.csv, test: old_test.csv},\n"
+        "                           new: {train: new_train.csv, test: new_test.csv}}}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "pretrain: {optimizer: {name: sgd, lr: 0.1}, steps: 2, batch_size: 4}\n"
+        "finetune: {optimizer: {name: sgd, lr: 0.1}, steps: 2, batch_size: 4, arms: [sgd]}\n")
+    assert invoke("validate", recipe).exit_code == 0  # the recipe alone is fine
+    res = invoke("validate", recipe, "--data")
+    assert res.exit_code == 2
+    assert (f"bad {recipe}: data and {recipe}: model: the new task's train data (inputs (2,) "
+            "float32, targets up to 4) does not fit the model 'mlp'") in res.output
+    res = invoke("validate", recipe, "--data", "model.args.out_features=5")
+    assert res.exit_code == 0 and res.output.startswith("ok"), res.output
+
+
 def test_recipes_lists_toy():
     """`goodfit recipes` lists the shipped toy recipe with its description."""
     res = invoke("recipes")

@@ -92,9 +92,13 @@ def eval_(
 @app.command(epilog=EXAMPLES["validate"])
 @handled
 def validate(recipes: list[str] = typer.Argument(
-        ..., help="Recipe files to check, then key.sub=value overrides applied to each.")) -> None:
+        ..., help="Recipe files to check, then key.sub=value overrides applied to each."),
+        data: bool = typer.Option(False, "--data", help="Also read the data and check that the "
+                                  "model takes it (widths, label ids, dtypes)."),
+        data_dir: Optional[str] = DATA_DIR) -> None:
     """Check recipes without running them: schema, registry names, model arguments, each arm's
-    optimizer and schedule (everything that would fail at run time before training).
+    optimizer and schedule; with --data also the data against the model (everything that would
+    fail at run time before training).
     """
     from goodfit_cli.workflows.validate import validate as check
 
@@ -102,7 +106,7 @@ def validate(recipes: list[str] = typer.Argument(
     failed = 0
     for path in (Path(a) for a in recipes if "=" not in a):
         try:
-            r = check(path, overrides)
+            r = check(path, overrides, data=data, data_dir=data_dir)
             out.print(f"[green]ok[/]  {escape(str(path))}  ({escape(r.name)})", highlight=False,
                       soft_wrap=True)
         except UserError as e:

@@ -1,5 +1,7 @@
 """`goodfit validate`: check recipes without running them (schema, registry names, model shapes,
-and every stage's arms, optimizers and schedules built on the shapes-only model)."""
+and every stage's arms, optimizers and schedules built on the shapes-only model); with `--data`,
+also read the data and check that the model takes it (the check every training run makes first:
+feature widths, label ids below the model's outputs, dtypes, non-empty splits)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
 
 
-def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
-    """The recipe at `path` if everything the recipe alone decides is right; else a UserError."""
+def validate(path: Path, overrides: list[str] | None = None, *, data: bool = False,
+             data_dir: str | None = None) -> Recipe:
+    """The recipe at `path` if everything the recipe alone decides is right (and, with `data`,
+    its data fits its model); else a UserError."""
     r = load(str(path), overrides)
     if r.data.name not in DATASETS:
         raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
@@ -27,6 +31,10 @@ def validate(path: Path, overrides: list[str] | None = None) -> Recipe:
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
+    if data:  # the data on the CPU and the model at its seed: the check a run makes before training
+        from goodfit_cli.workflows.session import Place, open_session
+
+        open_session(r, Place(device="cpu", data_dir=data_dir), join=False).model()
     return r
 
 
