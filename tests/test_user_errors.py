@@ -235,3 +235,30 @@ def test_fuzz_gate_files_give_a_gate_or_one_user_error_line(tmp_path, text):
     except UserError as e:
         msg = str(e)
         assert msg.startswith(str(path)) and "\n" not in msg and len(msg) < 2000, msg
+
+
+def _overcommit_refuses_huge_allocations() -> bool:
+    """Linux's heuristic overcommit (mode 0) refuses at once an allocation larger than RAM +
+    swap; in mode 1 it would succeed and the pages would be touched (the OOM killer)."""
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() in ("0", "2")
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_refuses_huge_allocations(),
+                    reason="needs vm.overcommit_memory 0 or 2 to refuse a 256 GiB allocation")
+def test_out_of_memory_at_training_time_is_one_line_with_what_to_lower(tmp_path):
+    """A real allocation failure in the first training batch (16 384 samples x 4 Mi hidden
+    units: 256 GiB of activations; the model itself is 80 MB and builds) is one `out of memory`
+    line naming the settings to lower, exit 2, not an "internal error ... report it"."""
+    out = tmp_path / "run"
+    res = invoke("pretrain", "--recipe", "toy", "--out", out, "model.args.hidden=[4194304]",
+                 "pretrain.batch_size=16384", "eval.batch_size=16", "data.args.n_train=20000",
+                 "data.args.n_test=64", "device=cpu")
+    line = assert_one_error_line(res)
+    assert line.startswith("out of memory: ") and "can't allocate memory" in line, line
+    assert line.endswith("Lower the stage's batch_size (its accumulate: K keeps the effective "
+                         "batch), eval.batch_size, or the model's size")
+    assert not (out / "model.safetensors").exists()

@@ -63,8 +63,16 @@ def _root(
     display("text", 30.0)  # the training commands' --log-format / --progress-every change it
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (a GPU), MemoryError, or the CPU allocator's refusal (a
+    RuntimeError "can't allocate memory"); told by name, so the CLI imports no torch."""
+    return (type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError)
+            or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)))
+
+
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Map exceptions to exit codes: UserError 2, GateFailure 3, interruption 130/143, bug 1."""
+    """Map exceptions to exit codes: UserError 2, out of memory 2, GateFailure 3, interruption
+    130/143, bug 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -94,6 +102,14 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130)
         except Exception as e:  # a bug: say so, and show the traceback on request
+            if out_of_memory(e):  # not a bug: a setting this machine cannot hold
+                if STATE["debug"]:
+                    traceback.print_exc()
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:240]
+                err.print(f"[bold red]out of memory:[/] {escape(first)}. Lower the stage's "
+                          "batch_size (its accumulate: K keeps the effective batch), "
+                          "eval.batch_size, or the model's size", highlight=False, soft_wrap=True)
+                raise typer.Exit(2)
             if STATE["debug"]:
                 traceback.print_exc()
             else:
