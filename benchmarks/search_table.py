@@ -23,6 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from goodfit_cli.core.metrics import direction
+from goodfit_cli.report.search import dominates
+
 
 def goodfit(*args: object) -> None:
     subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=True,
@@ -43,6 +46,8 @@ def main() -> None:
     ap.add_argument("--max-old-drop", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=Path("runs/search-table"))
     ap.add_argument("--data-seed-key", default=None)
+    ap.add_argument("--svg", type=Path, default=None,
+                    help="also write the first seed's search plot (from its report.html) here")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     rows: dict[str, dict[str, list]] = {}
@@ -71,20 +76,29 @@ def main() -> None:
                 row["gate"].append(e.get("gate", True if name == "recommendation" else None))
         for name, verdict in rep["against_defaults"].items():
             rows[name].setdefault("verdict", []).append(verdict)
+        dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
+        done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
+        for r in rep["defaults"]:  # any of the study's trials, gated or not, that dominates it
+            beat = [t for t in done if dominates((t["old"], t["new"]), (r["old"], r["new"]), dirs)]
+            ok = [t for t in beat if t["feasible"]]
+            rows[r["name"]].setdefault("beaten", []).append(f"{len(beat)} ({len(ok)} gated)")
         cells = [f"{n} {e['old']:.4g} / {e['new']:.4g}" + (" (fails gate)" if e.get("gate") is
                                                              False else "")
                  for n, e in entries if e is not None]
         per_seed.append(f"| {seed} | " + "; ".join(cells) + " |")
     m_old, m_new = rep["metrics"]
     print(f"| candidate | old {m_old} | new {m_new} | passes the gate | recommendation vs it "
-          "(per seed) |")
-    print("|---|---|---|---|---|")
+          "(per seed) | trials that dominate it (of them passing the gate), per seed |")
+    print("|---|---|---|---|---|---|")
     for name, r in rows.items():
         extra = ", ".join(r["arm"]) if name == "recommendation" else ", ".join(r.get("verdict", []))
         passed = [g for g in r["gate"] if g is not None]
         gate = f"{sum(passed)} of {len(passed)} seeds" if passed else "-"
         print(f"| {name} (n={len(r['old'])}) | {mean_se(r['old'])} | {mean_se(r['new'])} | {gate} "
-              f"| {extra} |")
+              f"| {extra} | {', '.join(r.get('beaten', [])) or '-'} |")
+    if a.svg:
+        html = (a.out / f"seed{a.seeds[0]}" / "search" / "report.html").read_text()
+        a.svg.write_text(html[html.index("<svg"):html.index("</svg>") + 6] + "\n")
     print(f"\n| seed | old {m_old} / new {m_new} |\n|---|---|")
     print("\n".join(per_seed))
 
