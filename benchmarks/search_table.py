@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--max-old-drop", type=float, default=0.05)
     ap.add_argument("--out", type=Path, default=Path("runs/search-table"))
     ap.add_argument("--data-seed-key", default=None)
+    ap.add_argument("--no-replay", action="store_true", help="pass --no-replay to the search")
     ap.add_argument("--svg", type=Path, default=None,
                     help="also write the first seed's search plot (from its report.html) here")
     ap.add_argument("overrides", nargs="*")
@@ -61,7 +62,7 @@ def main() -> None:
             goodfit("pretrain", "--recipe", a.recipe, "--out", d / "base", "--seed", seed, *over)
         goodfit("search", "--base", d / "base" / "model.safetensors", "--recipe", a.recipe,
                 "--trials", a.trials, "--out", d / "search", "--seed", seed,
-                "--max-old-drop", a.max_old_drop, *over)
+                "--max-old-drop", a.max_old_drop, *(["--no-replay"] if a.no_replay else []), *over)
         rep = json.loads((d / "search" / "report.json").read_text())
         rec = rep["recommendation"]
         base = rep.get("base_point")

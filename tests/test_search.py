@@ -142,6 +142,29 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5
 
 
+def test_no_replay_search_never_replays_and_keeps_its_study_apart(base, tmp_path):
+    """--no-replay: no trial draws a replay fraction or mixes old samples; the same study run
+    with replay searched is refused (one search space per study), exit 2, one line."""
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 2, "--out", out,
+               "--no-defaults", "--no-replay", *TINY)
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:
+        assert "replay_fraction" not in t.params
+        arm_dir = Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"])
+        assert "replay" not in json.loads((arm_dir / "summary.json").read_text())
+    rep = json.loads((out / "report.json").read_text())
+    assert "--no-replay: no trial replays old-task samples" in rep["notes"]
+    args.remove("--no-replay")
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert "was made with another replay (off != searched)" in res.stderr, res.stderr
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

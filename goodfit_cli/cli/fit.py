@@ -159,6 +159,7 @@ def search(
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
+    replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
@@ -172,7 +173,7 @@ def search(
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr)
     rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
-                               study, seed, g, defaults), Place(device, None, data_dir),
+                               study, seed, g, defaults, replay), Place(device, None, data_dir),
                      ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete; recommendation: " + (

@@ -57,6 +57,7 @@ class SearchJob:
     seed: int = 0  # the sampler's seed (plus the number of trials already in the study)
     gate: Gate | None = None
     defaults: bool = True  # also run the recipe's default arms (the reference points)
+    replay: bool = True  # search the replay fraction; False: no trial replays old-task data
 
 
 def _storage(job: SearchJob) -> Any:
@@ -127,7 +128,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
-    p = propose(trial, recipe)
+    p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
     trecipe = load(job.recipe, [*job.overrides, *p.overrides])
     ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides) + f" wise α {p.alpha:g}")
@@ -189,9 +190,10 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
-                "base_sha256": sha256_file(job.base)}
+                "base_sha256": sha256_file(job.base),
+                "replay": "searched" if job.replay else "off"}  # one search space per study
     study = _open_study(job, dirs, identity)
-    notes: list[str] = []
+    notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
     states = _states()
     left = job.trials - len(study.get_trials(deepcopy=False, states=states))
     t0 = time.perf_counter()

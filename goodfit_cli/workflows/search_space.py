@@ -3,7 +3,8 @@
 Every knob is centred on the recipe's own value: lr in [lr/10, 10·lr] (log), GoodFit's ratio in
 [1, 1000] and n_ref in {1, 2}, each penalty's strength over three decades around its default,
 the distillation temperature in [1, 4], LP-FT's probe share in [0.1, 0.9], the replay fraction
-in [0, 0.5] with every arm (`finetune.replay.fraction`; a recipe's own `max_samples` is kept),
+in [0, 0.5] with every arm (`finetune.replay.fraction`; a recipe's own `max_samples` is kept;
+`--no-replay`: none),
 and the WiSE-FT α in {0.2, 0.3, ..., 1.0}.
 """
 
@@ -28,8 +29,9 @@ class Proposal:
     params: dict[str, Any]
 
 
-def propose(trial: Any, recipe: Recipe) -> Proposal:
-    """Draw an arm and its knobs from `trial` (an optuna.Trial)."""
+def propose(trial: Any, recipe: Recipe, replay: bool = True) -> Proposal:
+    """Draw an arm and its knobs from `trial` (an optuna.Trial); without `replay`, the trial
+    replays no old-task samples (a recipe's own `finetune.replay` is turned off)."""
     ft = recipe.finetune
     opt = ft.optimizer.name
     kind = trial.suggest_categorical("arm", list(KINDS))
@@ -52,7 +54,10 @@ def propose(trial: Any, recipe: Recipe) -> Proposal:
     if kind == "lp_ft":
         f = trial.suggest_float("lp_fraction", 0.1, 0.9)
         over.append(f"finetune.penalty.lp_fraction={f!r}")
-    r = trial.suggest_float("replay_fraction", 0.0, 0.5)
-    over.append(f"finetune.replay.fraction={r!r}")
+    if replay:
+        r = trial.suggest_float("replay_fraction", 0.0, 0.5)
+        over.append(f"finetune.replay.fraction={r!r}")
+    elif ft.replay is not None:
+        over.append("finetune.replay.fraction=0.0")
     alpha = trial.suggest_categorical("wise_alpha", list(ALPHAS))
     return Proposal(arm, over, float(alpha), dict(trial.params))
