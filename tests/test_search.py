@@ -86,6 +86,14 @@ def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
     diamonds = re.findall(r'fill="(none|#000)" stroke="#000"><title>(\w+)</title></path>', html)
     assert diamonds == [("none", "rmsprop"), ("#000", "goodfit")]
     assert "<title>base (no fine-tune)</title></rect>" in html
+    # old mse spans 0.44-0.52 (linear axis); new mse 0.38-0.98 (linear too: under 30x)
+    assert "old mse (lower is better)</text>" in html and "log scale" not in html
+    rep["base_point"] = {"old": 0.004, "new": 0.98}  # now old spans 0.004-0.52: a log axis
+    write_search_report(rep, tmp_path, [])
+    html = (tmp_path / "report.html").read_text()
+    assert "old mse (lower is better, log scale)</text>" in html
+    ticks = re.findall(r'<text x="[\d.]+" y="\d+" font-size="11" text-anchor="middle">([^<]+)<', html)
+    assert ticks[:3] == ["0.005", "0.01", "0.02"] and "0.5" in ticks
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +132,7 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         assert replay["fraction"] == f and replay["pool"] == 512
         assert replay["old_per_batch"] == (max(1, round(64 * f)) if f > 0 else 0)
     rep = json.loads((out / "report.json").read_text())
-    assert rep["complete"] == 4 and "search: every trial" in (out / "report.html").read_text()
+    assert rep["complete"] == 4 and "search: trials, Pareto front" in (out / "report.html").read_text()
     rec = rep["recommendation"]
     feasible = [t for t in done if t.user_attrs["constraint"][0] <= 0]
     if feasible:

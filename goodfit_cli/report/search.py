@@ -10,15 +10,14 @@ tasks and better on one.
 from __future__ import annotations
 
 import json
+import math
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.report.svg import COLOURS, _fmt, _legend, _ticks, plot_area
-
-_W, _H, _L, _R, _T, _B = 720, 400, 64, 200, 30, 46
+from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:
@@ -54,36 +53,61 @@ def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> d
     return out
 
 
+def _log_axis(values: list[float]) -> bool:
+    """Plot on log10 when every value is positive and they span 30x or more (errors that
+    range from a base's 0.008 to a fine-tune's 3.7 otherwise crowd into one corner)."""
+    return bool(values) and min(values) > 0 and max(values) / min(values) >= 30
+
+
+def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
+    """(position, label) ticks over [lo, hi]; on a log axis lo/hi are log10 values and the
+    ticks are 1, 2, 5 x 10^k (only the powers of ten when those are enough)."""
+    if not log:
+        ticks, dec = _ticks(lo, hi)
+        return [(t, _fmt(t, dec)) for t in ticks]
+    ks = range(math.floor(lo), math.ceil(hi) + 1)
+    tens = [(float(k), f"{10.0 ** k:g}") for k in ks if lo <= k <= hi]
+    if len(tens) >= 3:
+        return tens
+    return [(math.log10(m * 10.0 ** k), f"{m * 10.0 ** k:g}") for k in ks for m in (1, 2, 5)
+            if lo <= math.log10(m * 10.0 ** k) <= hi]
+
+
 def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
                labels: tuple[str, str], dirs: tuple[int, int], base: dict | None = None,
                rec: dict | None = None) -> str:
     """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
     default arms as diamonds (hollow: fails the gate) and their WiSE-FT curves, the base as a
-    square and the recommendation ringed; x = old task, y = new task."""
+    square and the recommendation ringed; x = old task, y = new task, each on a log scale when
+    its values span 30x or more."""
     done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
-    title = "search: every trial, the Pareto front, the default arms and WiSE-FT curves"
+    title = "search: trials, Pareto front, default arms, WiSE-FT curves"
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
-           f'aria-label="{escape(title)}"><title>{escape(title)}</title>'
+           f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not xs:
-        return "".join(out) + '<text x="300" y="200">no finished trial</text></svg>'
-    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs, ys)
+        return "".join(out) + f'<text x="{_W / 2}" y="{_H / 2}">no finished trial</text></svg>'
+    logx, logy = _log_axis(xs), _log_axis(ys)
+    fx = math.log10 if logx else float
+    fy = math.log10 if logy else float
+    (x0, x1), (y0, y1), pw, ph, px0, py0 = plot_area([fx(x) for x in xs], [fy(y) for y in ys])
+    px = lambda x: px0(fx(x))  # noqa: E731
+    py = lambda y: py0(fy(y))  # noqa: E731
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    ticks, dec = _ticks(x0, x1)
-    out += [f'<text x="{px(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">'
-            f'{_fmt(t, dec)}</text>' for t in ticks]
-    ticks, dec = _ticks(y0, y1)
-    out += [f'<line x1="{_L}" y1="{py(t):.1f}" x2="{_L + pw}" y2="{py(t):.1f}" stroke="#eee"/>'
-            f'<text x="{_L - 6}" y="{py(t) + 4:.1f}" font-size="11" text-anchor="end">'
-            f'{_fmt(t, dec)}</text>' for t in ticks]
+    out += [f'<text x="{px0(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">'
+            f'{lab}</text>' for t, lab in _axis_ticks(x0, x1, logx)]
+    out += [f'<line x1="{_L}" y1="{py0(t):.1f}" x2="{_L + pw}" y2="{py0(t):.1f}" stroke="#eee"/>'
+            f'<text x="{_L - 6}" y="{py0(t) + 4:.1f}" font-size="11" text-anchor="end">'
+            f'{lab}</text>' for t, lab in _axis_ticks(y0, y1, logy)]
     better = lambda d: "higher is better" if d > 0 else "lower is better"  # noqa: E731
+    scale = lambda log: ", log scale" if log else ""  # noqa: E731
     out.append(f'<text x="{_L + pw / 2}" y="{_H - 8}" font-size="12" text-anchor="middle">'
-               f'{escape(labels[0])} ({better(dirs[0])})</text>'
+               f'{escape(labels[0])} ({better(dirs[0])}{scale(logx)})</text>'
                f'<text transform="translate(14 {_T + ph / 2}) rotate(-90)" font-size="12" '
-               f'text-anchor="middle">{escape(labels[1])} ({better(dirs[1])})</text>')
+               f'text-anchor="middle">{escape(labels[1])} ({better(dirs[1])}{scale(logy)})</text>')
     legend_y = _T + 8
     lines = [("Pareto front", [(p["old"], p["new"]) for p in pareto_front(
         [t for t in done if t["feasible"]], dirs)])] + [(f"WiSE {n}", c) for n, c in curves]
@@ -101,9 +125,10 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
         out.append(f'<circle cx="{px(t["old"]):.1f}" cy="{py(t["new"]):.1f}" r="4" '
                    f'fill="{fill}" stroke="#555"><title>trial {t["number"]}: {escape(t["arm"])}'
                    f'</title></circle>')
-    out.append(_legend(legend_y, "trial (hollow: fails gate)",
-                       '<circle cx="9" cy="0" r="4" fill="#555"/>'))
-    legend_y += 18
+    for label, fill in (("trial: passes gate", "#555"), ("trial: fails gate", "none")):
+        out.append(_legend(legend_y, label, f'<circle cx="9" cy="0" r="4" fill="{fill}" '
+                                            'stroke="#555"/>'))
+        legend_y += 18
     if rec is not None and rec.get("old") is not None:
         out.append(f'<circle cx="{px(rec["old"]):.1f}" cy="{py(rec["new"]):.1f}" r="9" '
                    f'fill="none" stroke="#d62728" stroke-width="2"><title>recommendation: trial '
@@ -119,9 +144,10 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
                    f'<text x="{px(r["old"]) + 8:.1f}" y="{py(r["new"]) - 6:.1f}" '
                    f'font-size="11">{escape(r["name"])}</text>')
     if refs:
-        out.append(_legend(legend_y, "default arm (hollow: fails)",
-                           '<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" fill="#000"/>'))
-        legend_y += 18
+        for label, fill in (("default arm: passes", "#000"), ("default arm: fails", "none")):
+            out.append(_legend(legend_y, label, f'<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" '
+                                                f'fill="{fill}" stroke="#000"/>'))
+            legend_y += 18
     if base:
         out.append(f'<rect x="{px(base["old"]) - 5:.1f}" y="{py(base["new"]) - 5:.1f}" width="10" '
                    f'height="10" fill="#fff" stroke="#000" stroke-width="2"><title>base (no '
