@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
 from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.models import build_model
 from goodfit_cli.workflows.recipes import shipped_dir
-from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
+from goodfit_cli.workflows.session import load_checkpoint
 
 RECIPES_DIR = shipped_dir()
 from goodfit_cli.core.errors import Interrupted
@@ -169,14 +170,24 @@ def test_resume_is_bit_identical(base_ckpt, tmp_path, arm, stop_at):
 def test_head_reinitialised_when_output_size_changes(base_ckpt):
     """A base whose head does not fit the recipe's model gets a fresh head, and says so."""
     recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["model.args.out_features=3"])
-    s = open_session(recipe, Place(device="cpu"))
-    model = s.model()
+    torch.manual_seed(0)  # built directly: 3 outputs do not fit the toy's targets (a run refuses)
+    model = build_model(recipe.model.name, recipe.model.args)
     fresh_head = model.head.weight.detach().clone()
     msgs = load_checkpoint(model, base_ckpt).messages
     assert any("head.weight" in m and "re-initialised" in m for m in msgs)
     assert torch.equal(model.head.weight, fresh_head)
     base_t, _ = ckpt.load_model(base_ckpt)
     assert torch.equal(model.body[0].weight, base_t["body.0.weight"])
+
+
+def test_regression_outputs_must_match_the_targets(tmp_path):
+    """A regression model with 3 outputs for 1-d targets is refused before training, in one
+    line (F.mse_loss would broadcast (N, 3) against (N, 1) and train on a wrong loss)."""
+    res = cli.invoke(app, ["pretrain", "--recipe", "toy", "--out", str(tmp_path / "p"), *TINY,
+                           "model.args.out_features=3"])
+    assert res.exit_code == 2
+    assert "does not fit the model 'mlp' (ValueError: the model gives (3,) outputs per sample, " \
+           "the targets are (1,))" in res.output
 
 
 def test_golden_loss_tiny_recipe(base_ckpt, tmp_path):

@@ -132,14 +132,20 @@ def test_pickle_advice_quotes_the_file_name(tmp_path, base):
 def test_eval_refuses_a_head_the_checkpoint_does_not_hold(tmp_path, base):
     """Before: the head was re-initialised and eval reported a random head's metrics, exit 0."""
     out = tmp_path / "e.json"
-    line = assert_one_error_line(invoke("eval", "--checkpoint", base, "--recipe", "toy", *TINY,
-                                        "model.args.out_features=2", "--out", out))
-    assert line.startswith(f"error: {base}: head tensor head.weight re-initialised: checkpoint "
-                           "(1, 32) vs model (2, 32), so eval would measure a head the "
+    tensors, meta = ckpt.load_model(base)  # a checkpoint whose head has 2 outputs (the toy: 1)
+    tensors["head.weight"] = torch.cat([tensors["head.weight"]] * 2)
+    tensors["head.bias"] = torch.cat([tensors["head.bias"]] * 2)
+    meta.pop("format", None)
+    two = tmp_path / "two-head.safetensors"
+    ckpt.save_model(two, tensors, meta)
+    line = assert_one_error_line(invoke("eval", "--checkpoint", two, "--recipe", "toy", *TINY,
+                                        "--out", out))
+    assert line.startswith(f"error: {two}: head tensor head.weight re-initialised: checkpoint "
+                           "(2, 32) vs model (1, 32), so eval would measure a head the "
                            "checkpoint does not hold"), line
     assert "checkpoint.new_head to true" in line and not out.exists()
-    res = invoke("eval", "--checkpoint", base, "--recipe", "toy", *TINY,
-                 "model.args.out_features=2", "checkpoint.new_head=true", "--out", out)
+    res = invoke("eval", "--checkpoint", two, "--recipe", "toy", *TINY,
+                 "checkpoint.new_head=true", "--out", out)
     assert res.exit_code == 0, res.output
     assert "head tensor head.weight re-initialised" in res.stderr and out.exists()
 

@@ -15,7 +15,11 @@ class MSE(Objective):
     """Regression with mean squared error: metrics `mse`, `loss`."""
 
     def loss(self, model, x, y):
-        return F.mse_loss(model(to_model_input(x)).float(), y)
+        out = model(to_model_input(x)).float()
+        if out.shape != y.shape:  # F.mse_loss would broadcast (N, k) against (N, 1): wrong, silently
+            raise ValueError(f"the model gives {tuple(out.shape[1:])} outputs per sample, the "
+                             f"targets are {tuple(y.shape[1:])}")
+        return F.mse_loss(out, y)
 
     def per_sample(self, outputs, y):
         se = M.per_sample_sq_error(outputs.float(), y)  # (N,) mean over output dims
