@@ -148,6 +148,10 @@ MAX_NFR = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative f
 LOG_FORMAT = typer.Option("text", "--log-format",
                           help="text: a progress bar on a terminal, else a plain line every "
                                "--progress-every seconds; json: one JSON object per line.")
+RECIPE = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name).")
+RUN_DIR = typer.Option(None, "--out", "-o", help="Run directory.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")
+OVERRIDES = typer.Argument(None, help="key.sub=value overrides")
 PROGRESS_EVERY = typer.Option(30.0, "--progress-every", min=0.0,
                               help="Seconds between progress lines when there is no terminal "
                                    "(and in json).")

@@ -16,7 +16,11 @@ from goodfit_cli.cli.base import (
     MAX_NFR,
     MAX_OLD_DROP,
     NPROC,
+    OVERRIDES,
+    OVERWRITE,
     PROGRESS_EVERY,
+    RECIPE,
+    RUN_DIR,
     SEED,
     LogFormat,
     UserError,
@@ -37,16 +41,16 @@ from goodfit_cli.cli.console import metrics_table
 @app.command(epilog=EXAMPLES["pretrain"])
 @handled
 def pretrain(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    recipe: str = RECIPE,
+    out_dir: Optional[Path] = RUN_DIR,
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    overwrite: bool = OVERWRITE,
     nproc: int = NPROC,
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
     from goodfit_cli.core.distributed import is_main
@@ -71,12 +75,12 @@ def finetune(
     base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
     recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
     optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    out_dir: Optional[Path] = RUN_DIR,
     seed: Optional[int] = SEED,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    overwrite: bool = OVERWRITE,
     no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
@@ -85,7 +89,7 @@ def finetune(
     nproc: int = NPROC,
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
     from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
@@ -149,7 +153,7 @@ def wise(
 @handled
 def search(
     base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    recipe: str = RECIPE,
     trials: int = typer.Option(..., "--trials", "-n", help="The study's target number of trials."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (trials, report, study.db)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL shared by workers (postgresql://...); default sqlite in --out."),
@@ -185,7 +189,7 @@ def search(
 @handled
 def demo(
     quick: bool = typer.Option(False, "--quick", help="A shortened run (well under a minute)."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory."),
+    out_dir: Optional[Path] = RUN_DIR,
     device: Optional[str] = DEVICE,
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,

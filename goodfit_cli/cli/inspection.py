@@ -17,6 +17,9 @@ from goodfit_cli.cli.base import (
     EXAMPLES,
     MAX_NFR,
     MAX_OLD_DROP,
+    OVERRIDES,
+    OVERWRITE,
+    RECIPE,
     UserError,
     app,
     data_app,
@@ -37,7 +40,7 @@ from goodfit_cli.cli.console import out
 def compare(
     base: Path = typer.Argument(..., help="Base checkpoint or run directory."),
     candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    recipe: str = RECIPE,
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
@@ -45,7 +48,7 @@ def compare(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
     from goodfit_cli.workflows.compare import compare as run_compare
@@ -68,11 +71,11 @@ def compare(
 @handled
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (.safetensors) to evaluate."),
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    recipe: str = RECIPE,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
     from goodfit_cli.workflows.evaluate import evaluate
@@ -172,10 +175,10 @@ def list_registries(
 @data_app.command("summary", epilog=EXAMPLES["data summary"])
 @handled
 def data_summary(
-    recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    recipe: str = RECIPE,
     data_dir: Optional[str] = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides"),
+    overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Samples and classes per task and split: what a recipe will train and evaluate on."""
     from goodfit_cli.workflows.datasets import summary as data_of
