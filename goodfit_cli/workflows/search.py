@@ -203,10 +203,11 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                        callbacks=[optuna.study.MaxTrialsCallback(job.trials, states=states)])
     if job.defaults:
         notes += _defaults(job, place, ui)
-    rep = _report(job, study, recipe, dirs, notes)
+    defaults = _defaults_report(job) or {"arms": []}
+    rep = _report(job, study, recipe, dirs, notes, defaults)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
     curves = [(a["name"], [(p["old"][prim["old"]], p["new"][prim["new"]]) for p in a["wise"]])
-              for a in (_defaults_report(job) or {"arms": []})["arms"] if a.get("wise")]
+              for a in defaults["arms"] if a.get("wise")]
     write_search_report(rep, job.out, curves)
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
@@ -219,7 +220,8 @@ def _defaults_report(job: SearchJob) -> dict | None:
 
 
 def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
-            notes: list[str]) -> dict[str, Any]:
+            notes: list[str], defaults: dict) -> dict[str, Any]:
+    """The study's report; `defaults`: RUN/defaults/report.json ({"arms": []} before it ran)."""
     prim = recipe.primary
     trials = []
     for t in study.get_trials(deepcopy=False):
@@ -233,7 +235,6 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
                        "checkpoint": t.user_attrs.get("checkpoint")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    defaults = _defaults_report(job) or {"arms": []}
     refs = [{"name": a["name"], "old": a["metrics"]["old"][prim["old"]],
              "new": a["metrics"]["new"][prim["new"]], "gate": (a.get("gate") or {}).get("passed")}
             for a in defaults["arms"]]
