@@ -215,7 +215,7 @@ def test_pickle_files_refused(tmp_path, monkeypatch, name, zipped):
         ck.load_model(p)
     message = str(info.value)
     assert message.startswith(f"{p} is a pickle/torch file; goodfit loads only safetensors.")
-    assert message.endswith(f"sys.argv[2])' {p} model.safetensors")  # the name: an argument
+    assert message.endswith(f"goodfit convert {p} model.safetensors")  # the name: an argument
     _assert_clean(info.value, p)
 
 

@@ -114,10 +114,19 @@ def test_pickle_advice_quotes_the_file_name(tmp_path, base):
     name = tmp_path / "$(touch pwned) 'x'.pt"
     torch.save(tensors, name)
     line = assert_one_error_line(invoke("eval", "--checkpoint", name, "--recipe", "toy", *TINY))
-    advice = line.split("Convert it once in a trusted environment: ", 1)[1]
+    advice = line.split("Convert it once (weights only, nothing unpickled): ", 1)[1]
+    assert shlex.split(advice)[:2] == ["goodfit", "convert"]
     assert shlex.split(advice)[-2:] == [str(name), "model.safetensors"]
+    # pasted into a shell where `goodfit` is this checkout's command line
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "goodfit").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m goodfit_cli "
+                                  '"$@"\n')
+    (shim / "goodfit").chmod(0o755)
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(REPO)}
     done = subprocess.run(["bash", "-c", advice], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, env=env)
     assert done.returncode == 0, done.stderr
     assert not (tmp_path / "pwned").exists()
     converted = load_file(tmp_path / "model.safetensors")

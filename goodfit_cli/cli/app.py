@@ -2,7 +2,8 @@
 
 base.py holds the apps, the exit-code mapping and shared helpers; fit.py the commands that
 train (pretrain, finetune, wise, search, demo); inspection.py those that measure and inspect
-(compare, eval, validate, optimizers, recipes, list, data). Each command calls one workflow.
+(compare, eval, validate, optimizers, recipes, list, data); convert.py `convert`. Each command
+calls one workflow.
 
 Exit codes: 0 success, 2 user error (one line; `--debug` for the traceback), 3 a regression gate
 failed, 4 training diverged (NaN/Inf loss; the last good state is kept), 130/143 interrupted by
@@ -14,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from goodfit_cli.cli import fit, inspection  # noqa: F401  (each module registers its commands)
+from goodfit_cli.cli import convert, fit, inspection  # noqa: F401  (each module registers its commands)
 from goodfit_cli.cli.base import app, data_app
 
 __all__ = ["app", "data_app", "main"]

@@ -112,5 +112,9 @@ EXAMPLES = {
     "data motion-synth": _examples(
         "goodfit data motion-synth --out data/motion --scenes 200",
         "goodfit data motion-synth -o data/peds --agents pedestrian --scenes 1000 --seed 1"),
+    "convert": _examples(
+        "goodfit convert model.pth model.safetensors",
+        "goodfit convert last.ckpt base.safetensors --key state_dict",
+        "goodfit convert pytorch_model.bin bases/resnet18 --arch resnet18   # a folder for --base"),
     "demo": _examples("goodfit demo --quick", "goodfit demo --out runs/demo --device cpu"),
 }

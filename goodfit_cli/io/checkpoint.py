@@ -102,12 +102,10 @@ def _is_int(x: Any) -> bool:
 
 
 def _pickle_hint(name: str) -> str:
-    """The refusal and a command that converts the file; the name is a shell-quoted argument
+    """The refusal and the command that converts the file; the name is a shell-quoted argument
     (never code, never unquoted), so pasting the command cannot run what a name smuggles in."""
-    script = ("import sys, torch; from safetensors.torch import save_file; "
-              "save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])")
-    return (f"{name} is a pickle/torch file; goodfit loads only safetensors. Convert it once in "
-            f"a trusted environment: python -c {shlex.quote(script)} {shlex.quote(name)} "
+    return (f"{name} is a pickle/torch file; goodfit loads only safetensors. Convert it once "
+            f"(weights only, nothing unpickled): goodfit convert {shlex.quote(name)} "
             "model.safetensors")
 
 

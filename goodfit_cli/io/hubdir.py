@@ -10,6 +10,7 @@ snapshot. Nothing is downloaded; pickled weights (`pytorch_model.bin`) are refus
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def resolve_base(path: Path) -> BaseFiles:
         found = sorted(p.name for p in folder.glob("*.safetensors"))
         pickled = [n for n in ("pytorch_model.bin", "model.pt", "model.pth") if (folder / n).exists()]
         hint = (f"; it has {', '.join(found)}: pass that file" if found else
-                f"; it has {pickled[0]}, a pickle: convert it to safetensors" if pickled else "")
+                f"; it has {pickled[0]}, a pickle: goodfit convert "
+                f"{shlex.quote(str(folder / pickled[0]))} {shlex.quote(str(folder / WEIGHTS))}"
+                if pickled else "")
         raise UserError(f"{path}: no {WEIGHTS} (or {INDEX}) in the folder{hint}")
     config_path = folder / CONFIG
     config = _read_json(config_path) if config_path.is_file() else None
