@@ -130,6 +130,8 @@ def test_mismatched_keys_show_closest_pairs(data_dir, tmp_path):
     assert "missing from the checkpoint: body.0.weight, body.0.bias" in msg
     assert "closest (model <- checkpoint): 'body.0.weight' <- 'encoder.layers.0.weight'" in msg
     assert "checkpoint.key_map" in msg
+    # the head's tensors are named in the same message: one round trip fixes the whole map
+    assert "the head's head.weight, head.bias are missing too" in msg
 
 
 def test_pretrain_without_section_is_one_line(data_dir, tmp_path):

@@ -134,11 +134,15 @@ def load_into_model(model: nn.Module, tensors: Mapping[str, torch.Tensor],
     unexpected = [name for name in tensors if name not in expected and not is_head(name)]
     changes += [HeadChange(name, "ignored", tuple(tensors[name].shape), None)
                 for name in tensors if name not in expected and is_head(name)]
-    hint = closest_pairs(missing, unexpected)
+    # the head's own missing tensors belong in the same message: a key map must cover them too
+    head_missing = [c.tensor for c in changes
+                    if c.action == "reinitialised" and c.checkpoint_shape is None]
+    hint = closest_pairs(missing + head_missing if missing else missing, unexpected)
     if missing:
+        head = (f"; the head's {_names(head_missing)} are missing too" if head_missing else "")
         extra = f"; it has instead: {_names(unexpected)}" if unexpected else ""
         raise UserError(f"{path}: {len(missing)} tensors of the recipe's model are missing from "
-                        f"the checkpoint: {_names(missing)}{extra}{hint}")
+                        f"the checkpoint: {_names(missing)}{head}{extra}{hint}")
     if unexpected:
         raise UserError(f"{path}: {len(unexpected)} tensors in the checkpoint are not in the "
                         f"recipe's model: {_names(unexpected)}; check the recipe's model{hint}")
