@@ -13,6 +13,7 @@ from goodfit_cli.core.args import call_with_args
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Split, Task, to_model_input
+from goodfit_cli.data.inputs import IMAGE, TABLE, InputSpec, table_statistics
 from goodfit_cli.data.cifar import cifar100_lt
 from goodfit_cli.data.imagefolder import imagefolder
 from goodfit_cli.data.motion.dataset import motion
@@ -46,9 +47,43 @@ def build_data(
     builder = DATASETS.get(name, loc(where, "name") + ": ")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserError(f"{loc(where, 'seed')}: expected a non-negative integer, got {seed!r}")
+    args = dict(args or {}) if isinstance(args, Mapping) else args
+    normalize = args.pop("normalize", None) if isinstance(args, dict) else None
+    standardize = args.pop("standardize", False) if isinstance(args, dict) else False
     tasks = call_with_args(builder, args, where, DataContext(seed, data_dir, lazy))
     assert set(tasks) == {"old", "new"}, f"dataset {name!r} must return old and new tasks"
+    spec = input_statistics(tasks, normalize, standardize, loc(where, "args"))
+    for task in tasks.values():
+        task.input = spec
     return tasks
+
+
+def input_statistics(tasks: dict[str, Task], normalize: Any, standardize: Any,
+                     where: str) -> InputSpec | None:
+    """The inputs the recipe asks for, for any dataset: `normalize: {mean: [...], std: [...]}`
+    (per image channel, or per table feature), or `standardize: true` (a table's features by
+    the statistics of the OLD task's training split)."""
+    train = tasks["old"].train
+    x = getattr(train, "x", None)  # None: an unread (streamed) image split
+    if standardize not in (True, False):
+        raise UserError(f"{where}.standardize: expected true or false, got {standardize!r}")
+    if normalize is not None and standardize:
+        raise UserError(f"{where}: give normalize or standardize, not both")
+    if normalize is not None:
+        if not isinstance(normalize, Mapping) or set(normalize) != {"mean", "std"}:
+            raise UserError(f"{where}.normalize: expected {{mean: [...], std: [...]}}, got "
+                            f"{normalize!r}")
+        kind = TABLE if x is not None and x.is_floating_point() else IMAGE
+        try:
+            return InputSpec(kind, tuple(normalize["mean"]), tuple(normalize["std"]), "recipe")
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{where}.normalize: {e}") from None
+    if standardize:
+        if x is None or not x.is_floating_point() or x.ndim != 2:
+            raise UserError(f"{where}.standardize: only for tables of float features "
+                            "(images: use normalize: {mean: [...], std: [...]})")
+        return table_statistics(x)
+    return None
 
 
 __all__ = ["DATASETS", "DataContext", "Split", "Task", "build_data", "to_model_input"]

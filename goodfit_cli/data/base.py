@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from goodfit_cli.data.inputs import IMAGE, TABLE, InputSpec
+
 
 @dataclass
 class Split:
@@ -29,6 +31,7 @@ class Task:
     test: Split
     num_classes: int | None = None  # classification: size of the label space (labels are global ids)
     classes: list[int] | None = None  # the label ids present in this task
+    input: InputSpec | None = None  # statistics the data asks for (recipe normalize, standardize)
 
     def summary(self) -> dict:
         """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}}; classes is a count."""
@@ -40,14 +43,20 @@ class Task:
         return {"kind": self.kind, "num_classes": self.num_classes, "train": split(self.train), "test": split(self.test)}
 
 
-def to_model_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], normalised by mean = std = 0.5; floats pass."""
+def to_model_input(x: torch.Tensor, spec: InputSpec | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], then normalised by the model's
+    InputSpec (default: mean = std = 0.5, i.e. [-1, 1]); float features are standardised when
+    the spec is a table's, else they pass unchanged."""
     if x.dtype != torch.uint8:
+        if spec is not None and spec.kind == TABLE and x.is_floating_point():
+            return spec.standardise(x)
         return x
     if x.ndim != 4:
         raise ValueError(f"uint8 images must be (N, H, W, C), got shape {tuple(x.shape)}")
     x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W) in [0, 1]
-    return x.sub_(0.5).div_(0.5)  # (N, C, H, W) in [-1, 1]
+    if spec is None or spec.kind != IMAGE:
+        return x.sub_(0.5).div_(0.5)  # (N, C, H, W) in [-1, 1]
+    return spec.normalise_images(x)
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:

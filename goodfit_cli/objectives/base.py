@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Task, to_model_input
+from goodfit_cli.data.inputs import spec_of
 
 
 class Objective:
@@ -28,7 +29,7 @@ class Objective:
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
         """Evaluation outputs for a batch, (B, ...)."""
-        return model(to_model_input(x))
+        return model(to_model_input(x, spec_of(model)))
 
     def predictions(self, outputs: Tensor) -> Tensor:
         """What flips and per-sample errors come from: the outputs, or class ids."""

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.augment import cutmix_, draw_mix, mixup_, random_crop_flip
 from goodfit_cli.data.base import Task, to_model_input
+from goodfit_cli.data.inputs import InputSpec, spec_of
 from goodfit_cli.objectives.base import OBJECTIVES
 from goodfit_cli.objectives.standard import CrossEntropy
 
@@ -61,12 +62,13 @@ def soft_cross_entropy(logits: Tensor, y: Tensor, y2: Tensor, lam: float) -> Ten
     return nll.mean()
 
 
-def gmlc_views(x: Tensor, alpha: float = 1.0, padding: int = 4, flip: bool = True):
+def gmlc_views(x: Tensor, alpha: float = 1.0, padding: int = 4, flip: bool = True,
+               spec: InputSpec | None = None):
     """(views (2B, C, H, W) float: MixUp rows then CutMix rows, MixParams with perm on x's device)
     of uint8 (B, H, W, C) images x."""
     B, H, W, _ = x.shape
     crops = random_crop_flip(torch.cat([x, x]), padding, flip, channels_last=True)  # (2B, H, W, C)
-    views = to_model_input(crops)  # (2B, C, H, W) float, channels-last strides
+    views = to_model_input(crops, spec)  # (2B, C, H, W) float, channels-last strides
     mix = draw_mix(B, H, W, alpha)
     mix.perm = mix.perm.to(x.device, non_blocking=True)  # (B,) moved once
     mixup_(views[:B], mix.lam, mix.perm)  # global view
@@ -104,7 +106,7 @@ class GMLC(CrossEntropy):
         if x.dtype != torch.uint8 or x.ndim != 4:
             raise UserError(f"loss gmlc needs uint8 images (N, H, W, C), got {x.dtype} {tuple(x.shape)}")
         B = len(x)
-        views, mix = gmlc_views(x, self.alpha, self.padding, self.flip)
+        views, mix = gmlc_views(x, self.alpha, self.padding, self.flip, spec_of(model))
         logits, z, p = model.heads(model.embed(views))  # (2B, K), (2B, P), (2B, P)
         y2 = y[mix.perm]
         ce = (soft_cross_entropy(logits[:B], y, y2, mix.lam)

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import to_model_input
+from goodfit_cli.data.inputs import spec_of
 from goodfit_cli.objectives.base import OBJECTIVES, Objective
 
 HORIZONS = {"3s": 30, "8s": 80}
@@ -102,7 +103,8 @@ class Motion(Objective):
         self.ce_weight, self.beta, self.miss_threshold = float(ce_weight), float(beta), float(miss_threshold)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return per_sample_loss(model(to_model_input(x)), y, self.ce_weight, self.beta).mean()
+        return per_sample_loss(model(to_model_input(x, spec_of(model))), y, self.ce_weight,
+                               self.beta).mean()
 
     def predictions(self, outputs: Tensor) -> Tensor:
         traj, logits = split_outputs(outputs)

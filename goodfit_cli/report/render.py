@@ -155,11 +155,21 @@ def _violations(report: dict) -> list[tuple[str, str]]:
 
 def _head_notes(report: dict) -> list[str]:
     """The base's head, when loading changed it (grown, cut or re-initialised): one line each."""
-    head = report["provenance"].get("base_head")
+    prov = report["provenance"]
+    head = prov.get("base_head")
+    fed = prov.get("input")
+    notes = ([f"Inputs: {fed['kind']}s normalised with mean {_stats(fed['mean'])}, std "
+              f"{_stats(fed['std'])} ({fed['source']})."] if fed and "mean" in fed else [])
+    notes += [prov["input_warning"]] if prov.get("input_warning") else []
     if not head:
-        return []
-    return [f"Base head: {c['message']}." for c in head["changes"]] + [
+        return notes
+    return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [
         f"The base is measured with {head['measured_with']}."]
+
+
+def _stats(values: list[float]) -> str:
+    shown = ", ".join(f"{v:.4g}" for v in values[:6])
+    return f"[{shown}{', ...' if len(values) > 6 else ''}]"
 
 
 def _early_stops(report: dict) -> list[tuple[str, str]]:

@@ -36,6 +36,7 @@ from goodfit_cli.workflows.session import (
     Place,
     Session,
     adopt_base_model,
+    base_mismatch,
     load_checkpoint,
     open_session,
 )
@@ -120,6 +121,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     with own_head(model, loaded.head_changes) as base_head:
         base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     head_record = base_head_record(loaded.head_changes, base_head)
+    mismatch = base_mismatch(loaded.recorded_metrics, base_metrics["old"], recipe.primary["old"],
+                             loaded.input)
+    if mismatch:
+        ui.log(mismatch)
     if head_record and base_head != "exact":
         ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
@@ -131,6 +136,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity,
+                                       "input": loaded.input or {"source": "as stored"},
+                                       **({"input_warning": mismatch} if mismatch else {}),
                                        **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
@@ -180,6 +187,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     if head_record:
         prov["base_head"] = head_record
+    prov["input"] = loaded.input or {"source": "as stored"}
+    if mismatch:
+        prov["input_warning"] = mismatch
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}

@@ -16,8 +16,10 @@ from torch import nn
 
 from goodfit_cli.core.distributed import init_distributed, resolve_device
 from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.core.metrics import direction
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Streamed, as_samples, streams
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
@@ -68,6 +70,11 @@ class Session:
         m = build_model(self.recipe.model.name, self.recipe.model.args,
                         where=self.recipe.at("model"))
         m = m.to(self.device)
+        spec = self.tasks["old"].input
+        if spec is None and self.tasks["old"].test.x.dtype == torch.uint8:
+            spec = DEFAULT_IMAGE  # what every goodfit model was fed: [-1, 1]
+        if spec is not None:
+            setattr(m, ATTR, spec)  # a checkpoint loaded later may replace it (load_checkpoint)
         if self.device.type == "cuda" and any(isinstance(x, nn.Conv2d) for x in m.modules()):
             m = m.to(memory_format=torch.channels_last)  # NHWC kernels; inputs arrive NHWC
         check_fits(m, self)  # labels, widths and dtypes the model cannot take: exit 2 now
@@ -115,7 +122,8 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
         return Split(to_dev(split.x), to_dev(split.y))
 
     moved = {k: Task(t.name, t.kind, train_split(t.train),
-                     Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes)
+                     Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes,
+                     t.input)
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
@@ -146,6 +154,8 @@ class Loaded:
     sha256: str
     messages: list[str]  # e.g. "head re-initialised: ..." lines for the log
     head_changes: list[dict] = field(default_factory=list)  # HeadChange.to_dict() of each
+    input: dict | None = None  # the inputs the model is fed from now on (InputSpec.to_dict())
+    recorded_metrics: dict | None = None  # what the checkpoint says it measured (goodfit's own)
 
 
 def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *,
@@ -154,10 +164,12 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
     keys (wrapper prefixes, then the recipe's `key_map`), load it into `model`, hash it."""
     files = resolve_base(Path(path))
     tensors: dict[str, torch.Tensor] = {}
+    meta: dict = {}
     for f in files.weights:
-        part, _meta = ckpt.load_model(f)
+        part, part_meta = ckpt.load_model(f)
         ckpt.check_finite(part, f)
         tensors.update(part)
+        meta = meta or part_meta
     messages = []
     tensors, stripped = strip_wrappers(tensors, model.state_dict().keys())
     if stripped:
@@ -166,8 +178,41 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
     tensors = apply_key_map(tensors, compile_key_map(key_map or [], where), str(path))
     changes = ckpt.load_into_model(model, tensors, path, head_prefixes(model), grow_rows=grow_rows)
     messages += [str(c) for c in changes]
+    # fed as it was trained: the statistics the checkpoint records, unless the recipe sets them
+    own = InputSpec.from_dict(meta.get("input"), "checkpoint") or from_config(files.config)
+    current = spec_of(model)
+    if own is not None and (current is None or current.source != "recipe"):
+        if current is not None and current.kind != own.kind:
+            messages.append(f"{path}: its input statistics are for {own.kind}s, the data is "
+                            f"{current.kind}s: kept {current.source}'s")
+        else:
+            setattr(model, ATTR, own)
+    metrics = meta.get("metrics")
     if len(files.weights) == 1:
         digest = sha256_file(files.weights[0])
     else:  # shards: the hash of their hashes, in order
         digest = hashlib.sha256("".join(sha256_file(f) for f in files.weights).encode()).hexdigest()
-    return Loaded(Path(path), digest, messages, [c.to_dict() for c in changes])
+    return Loaded(Path(path), digest, messages, [c.to_dict() for c in changes], recorded(model),
+                  metrics if isinstance(metrics, dict) else None)
+
+
+def base_mismatch(recorded: dict | None, measured: dict[str, float], metric: str,
+                  inputs: dict | None) -> str | None:
+    """A loud line when the base measures far below what its own checkpoint recorded on the old
+    task (a rate 0.1 lower, an error twice as high): its inputs probably differ from training."""
+    old = (recorded or {}).get("old")
+    then, now = (old.get(metric) if isinstance(old, dict) else None), measured.get(metric)
+    if not isinstance(then, (int, float)) or not isinstance(now, (int, float)):
+        return None
+    try:
+        up = direction(metric) > 0
+    except UserError:
+        return None
+    worse = (now < then - 0.1) if up else (now > 2 * then + 1e-12)
+    if not worse and now == now:
+        return None
+    fed = (f"{inputs['source']} mean {inputs['mean']} std {inputs['std']}" if inputs else
+           "as stored")
+    return (f"warning: the base measures old {metric} {now:.4g} here but its checkpoint recorded "
+            f"{then:.4g}: its inputs probably differ from its training (fed: {fed}); set "
+            "data.args.normalize or check the data before trusting this run")

@@ -20,6 +20,7 @@ from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.core.text import printable
+from goodfit_cli.data.inputs import recorded
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.data.stream import release
 from goodfit_cli.engine import (
@@ -351,6 +352,8 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
         return result
     meta = {**job.metadata, "arm": arm.name, "optimizer": summary["optimizer"],
             "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
+    if recorded(model) is not None:
+        meta["input"] = recorded(model)  # what eval, compare and a later fine-tune feed it
     keep_previous(out / "model.safetensors")
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)

@@ -18,6 +18,7 @@ import torch
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.inputs import recorded
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.rundir import prepare_out, save_predictions
@@ -93,6 +94,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
             "wise_of": str(arm_ckpt), "wise_of_sha256": sha256_file(arm_ckpt),
             "metrics": metrics}
+    if recorded(model) is not None:
+        meta["input"] = recorded(model)
     out = job.out
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)

@@ -1,0 +1,142 @@
+"""How a model's inputs are normalised: the statistics it was trained with, and where they came from.
+
+A model is fed its inputs as it was trained. Images are stored as uint8 (N, H, W, C) and become
+float (N, C, H, W) in [0, 1], then `(x - mean) / std` per channel; table features (float) become
+`(x - mean) / std` per column when the model was trained on standardised features.
+
+The statistics travel with the model: `InputSpec` is set on the model object (`goodfit_input`),
+written into every checkpoint goodfit saves (metadata "input") and into run.json, and read back
+when a checkpoint is loaded, so eval, compare and a later fine-tune feed each model what it saw.
+Where they come from, first match wins:
+
+1. the recipe (`data.args.normalize: {mean, std}`): source "recipe";
+2. the checkpoint being loaded: goodfit's own metadata ("checkpoint"), else the `mean`/`std` of
+   a model folder's config.json `pretrained_cfg` (timm) or image processor (transformers)
+   ("config.json");
+3. the data (a table's `standardize: true`: statistics of the OLD task's training split,
+   "old training split");
+4. the default every goodfit model had before: images to [-1, 1] (mean = std = 0.5), tables as
+   they are ("default").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+IMAGE, TABLE = "image", "table"
+ATTR = "goodfit_input"  # the model attribute that holds its InputSpec
+
+
+@dataclass
+class InputSpec:
+    kind: str  # "image" (uint8 NHWC in) or "table" (float features)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str = "default"
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if self.kind not in (IMAGE, TABLE):
+            raise ValueError(f"input kind must be {IMAGE!r} or {TABLE!r}, got {self.kind!r}")
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise ValueError(f"mean and std must have one value per channel/feature, got "
+                             f"{len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in self.mean + self.std) or min(self.std) <= 0:
+            raise ValueError("mean must be finite and std finite and positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std),
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | None = None) -> InputSpec | None:
+        """The spec a checkpoint's metadata or run.json holds; None when it holds none or a bad one."""
+        if not isinstance(d, dict):
+            return None
+        try:
+            return cls(d.get("kind", IMAGE), tuple(d["mean"]), tuple(d["std"]),
+                       source or str(d.get("source", "checkpoint")))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def with_source(self, source: str) -> InputSpec:
+        return InputSpec(self.kind, self.mean, self.std, source)
+
+    def _stats(self, x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (x.device, x.dtype, shape)
+        if key not in self._cache:  # once per device/dtype: no host-to-device copy per batch
+            self._cache[key] = (torch.tensor(self.mean, dtype=x.dtype).view(shape).to(x.device),
+                                torch.tensor(self.std, dtype=x.dtype).view(shape).to(x.device))
+        return self._cache[key]
+
+    def normalise_images(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, C, H, W) in [0, 1] (owned by the caller) → normalised in place."""
+        if len(set(self.mean)) == 1 and len(set(self.std)) == 1:  # one scalar: the fast path
+            return x.sub_(self.mean[0]).div_(self.std[0])
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"images have {x.shape[1]} channels but the input statistics "
+                             f"have {len(self.mean)} ({self.source})")
+        mean, std = self._stats(x, (1, -1, 1, 1))
+        return x.sub_(mean).div_(std)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """float (N, F) features → (x - mean) / std per column (a new tensor)."""
+        if x.shape[-1] != len(self.mean):
+            raise ValueError(f"the table has {x.shape[-1]} features but the input statistics "
+                             f"have {len(self.mean)} ({self.source})")
+        mean, std = self._stats(x, (-1,))
+        return (x - mean) / std
+
+
+DEFAULT_IMAGE = InputSpec(IMAGE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "default")
+
+
+def spec_of(model: Any) -> InputSpec | None:
+    """The InputSpec set on `model` (through DDP's `module` and torch.compile's `_orig_mod`)."""
+    for _ in range(4):
+        spec = getattr(model, ATTR, None) if isinstance(model, torch.nn.Module) else None
+        if spec is not None:
+            return spec
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return None
+        model = inner
+    return None
+
+
+def from_config(config: dict[str, Any] | None) -> InputSpec | None:
+    """mean/std of a model folder's config.json: timm's `pretrained_cfg`, or a transformers
+    image processor's `image_mean`/`image_std` (preprocessor_config.json merged in by the caller)."""
+    if not isinstance(config, dict):
+        return None
+    cfg = config.get("pretrained_cfg")
+    pairs = [(cfg.get("mean"), cfg.get("std"))] if isinstance(cfg, dict) else []
+    pairs.append((config.get("image_mean"), config.get("image_std")))
+    for mean, std in pairs:
+        if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)):
+            try:
+                return InputSpec(IMAGE, tuple(mean), tuple(std), "config.json")
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def table_statistics(x: torch.Tensor, source: str = "old training split") -> InputSpec:
+    """Per-column mean and std of float features (a constant column gets std 1: left centred)."""
+    x = x.double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-12, std, torch.ones_like(std))
+    return InputSpec(TABLE, tuple(mean.tolist()), tuple(std.tolist()), source)
+
+
+def recorded(model: Any) -> dict[str, Any] | None:
+    """What a checkpoint's metadata and run.json record of `model`'s inputs."""
+    spec = spec_of(model)
+    return spec.to_dict() if spec is not None else None

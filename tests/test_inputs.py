@@ -1,0 +1,148 @@
+"""Inputs as the model was trained (issue 29 item 1), through the command line.
+
+A table base trained on standardised features keeps being fed standardised features by the
+statistics it recorded (its checkpoint's metadata, run.json, the report); the same base stripped
+of that record measures far below what it recorded, and the run says so loudly before training.
+Images: a model folder's config.json `pretrained_cfg` mean/std feed the model (numerically the
+same as normalising by hand), are recorded with every arm, and the recipe can override them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_reliability import invoke
+
+from goodfit_cli.data.inputs import InputSpec, spec_of
+from goodfit_cli.io import checkpoint as ckpt
+
+RECIPE = """name: scaled
+data_dir: .
+model: {{name: mlp, args: {{in_features: 2, out_features: 4, hidden: [16]}}}}
+data: {{name: table, args: {{old: {{train: old_train.csv, test: old_test.csv}},
+                           new: {{train: new_train.csv, test: new_test.csv}}{extra}}}}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adamw, lr: 0.02}}, steps: 150, batch_size: 32}}
+finetune: {{optimizer: {{name: adamw, lr: 0.002}}, steps: 4, batch_size: 32, arms: [adamw]}}
+eval: {{every: 4}}
+"""
+
+
+def _tables(folder: Path) -> None:
+    """Features around 1000 (sd 10), far from what an unnormalised net expects; old classes 0/1
+    by the first feature, new classes 2/3 by the second."""
+    rng = np.random.default_rng(0)
+    for task, offset in (("old", 0), ("new", 2)):
+        for split, n in (("train", 256), ("test", 128)):
+            x = rng.normal(1000.0, 10.0, size=(n, 2))
+            y = (x[:, 0 if task == "old" else 1] > 1000.0).astype(int) + offset
+            rows = [f"{a:.4f},{b:.4f},{c}" for (a, b), c in zip(x, y)]
+            (folder / f"{task}_{split}.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def table_base(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("scaled")
+    _tables(folder)
+    (folder / "std.yaml").write_text(RECIPE.format(extra=", standardize: true"))
+    (folder / "raw.yaml").write_text(RECIPE.format(extra=""))
+    res = invoke("pretrain", "--recipe", folder / "std.yaml", "--out", folder / "base",
+                 "device=cpu")
+    assert res.exit_code == 0, res.output
+    return folder, folder / "base" / "model.safetensors"
+
+
+def test_table_statistics_travel_with_the_checkpoint(table_base, tmp_path):
+    folder, base = table_base
+    _, meta = ckpt.load_model(base)
+    spec = InputSpec.from_dict(meta["input"])
+    assert meta["input"]["source"] == "old training split" and spec.kind == "table"
+    x = np.loadtxt(folder / "old_train.csv", delimiter=",", skiprows=1)[:, :2]
+    assert spec.mean == pytest.approx(tuple(x.mean(0)), rel=1e-6)  # the table is read as float32
+    assert spec.std == pytest.approx(tuple(x.std(0)), rel=1e-6)  # the table is read as float32
+    assert meta["metrics"]["old"]["accuracy"] > 0.9  # trained on standardised features
+
+    # a recipe WITHOUT standardize: the base is still fed what it was trained on
+    res = invoke("finetune", "--base", base, "--recipe", folder / "raw.yaml",
+                 "--out", tmp_path / "ft", "device=cpu")
+    assert res.exit_code == 0, res.output
+    assert "warning: the base measures" not in res.output
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["input"]["source"] == "checkpoint" and run["input"]["mean"] == list(spec.mean)
+    base_metrics = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["metrics"]
+    assert base_metrics["old"]["accuracy"] == pytest.approx(meta["metrics"]["old"]["accuracy"])
+    _, arm_meta = ckpt.load_model(tmp_path / "ft" / "adamw" / "model.safetensors")
+    assert arm_meta["input"]["mean"] == list(spec.mean)
+    assert "Inputs: tables normalised with mean [" in (tmp_path / "ft" / "report.md").read_text()
+
+    # eval of the arm reads the same statistics from the arm's own checkpoint
+    res = invoke("eval", "--checkpoint", tmp_path / "ft" / "adamw" / "model.safetensors",
+                 "--recipe", folder / "raw.yaml", "--out", tmp_path / "e.json", "device=cpu")
+    assert res.exit_code == 0, res.output
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    summary = json.loads((tmp_path / "ft" / "adamw" / "summary.json").read_text())
+    assert evaluated["metrics"]["old"]["accuracy"] == pytest.approx(
+        summary["metrics"]["old"]["accuracy"])
+
+
+def test_a_base_fed_other_inputs_is_flagged_before_training(table_base, tmp_path):
+    folder, base = table_base
+    tensors, meta = ckpt.load_model(base)
+    meta.pop("input")
+    meta.pop("format")
+    stripped = tmp_path / "stripped.safetensors"
+    ckpt.save_model(stripped, tensors, meta)  # the same weights, the statistics forgotten
+    res = invoke("finetune", "--base", stripped, "--recipe", folder / "raw.yaml",
+                 "--out", tmp_path / "ft", "device=cpu")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "warning: the base measures old accuracy" in text
+    assert "its inputs probably differ from its training" in text
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["input"] == {"source": "as stored"} and "input_warning" in run
+
+
+def test_config_statistics_feed_an_image_model(tmp_path):
+    """timm's save_for_hf folder: pretrained_cfg's ImageNet mean/std are what the model sees."""
+    import timm
+
+    from goodfit_cli.objectives.standard import CrossEntropy
+    from goodfit_cli.workflows.session import load_checkpoint
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=3)
+    timm.models.save_for_hf(model, str(tmp_path / "hub"), safe_serialization=True)
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    config["pretrained_cfg"].update(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))  # as an ImageNet model's
+    fresh = timm.create_model("test_resnet", num_classes=3).eval()
+    fresh.goodfit_head_prefixes = ["fc."]
+    loaded = load_checkpoint(fresh, tmp_path / "hub")
+    assert loaded.input["source"] == "config.json"
+    assert loaded.input["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    x = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8)
+    by_hand = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor([0.485, 0.456, 0.406])
+               .view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = CrossEntropy.outputs(None, fresh, x)
+        want = model.eval()(by_hand)
+    assert torch.allclose(got, want, atol=1e-5)
+
+    # the recipe's own statistics win over the folder's
+    fresh.goodfit_input = InputSpec("image", (0.5,) * 3, (0.25,) * 3, "recipe")
+    assert load_checkpoint(fresh, tmp_path / "hub").input["source"] == "recipe"
+    assert spec_of(fresh).std == (0.25, 0.25, 0.25)
+
+
+def test_normalize_in_the_recipe_is_checked(tmp_path):
+    _tables(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(extra=", normalize: {mean: [0], std: [1, 1]}"))
+    res = invoke("pretrain", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "b",
+                 "device=cpu")
+    assert res.exit_code == 2
+    assert "data.args.normalize: mean and std must have one value per channel/feature" in res.output
