@@ -146,3 +146,72 @@ def test_normalize_in_the_recipe_is_checked(tmp_path):
                  "device=cpu")
     assert res.exit_code == 2
     assert "data.args.normalize: mean and std must have one value per channel/feature" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# the report a reviewer asks for (issue 29 item 4)
+
+
+def test_report_has_confusion_flips_with_rows_and_candidate_paths(table_base, tmp_path):
+    folder, base = table_base
+    res = invoke("finetune", "--base", base, "--recipe", folder / "raw.yaml", "--out",
+                 tmp_path / "ft", "device=cpu", "finetune.steps=40",
+                 "finetune.optimizer.lr=0.05", "old_task.metrics=[accuracy, loss]",
+                 "new_task.metrics=[accuracy, loss]")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "ft" / "report.json").read_text())
+    arm = report["arms"][0]
+    lines = (folder / "old_test.csv").read_text().splitlines()
+    for task in ("old", "new"):
+        conf = arm["confusion"][task]
+        assert sum(map(sum, conf["matrix"])) == 128  # every test sample once
+    conf = arm["confusion"]["old"]
+    correct = sum(conf["matrix"][i][i] for i in range(len(conf["labels"])))
+    assert correct / 128 == pytest.approx(arm["metrics"]["old"]["accuracy"])
+    base_conf = report["base_confusion"]["old"]
+    assert sum(base_conf["matrix"][i][i] for i in range(len(base_conf["labels"]))) / 128 == \
+        pytest.approx(report["base_metrics"]["old"]["accuracy"])
+    flipped = arm["flipped"]["old"]
+    assert flipped["n_negative"] == arm["flips"]["old"]["n_neg"] > 0  # the lr breaks some
+    for e in flipped["negative"]:
+        path, line = e["id"].rsplit(":", 1)
+        assert path == str(folder / "old_test.csv")
+        assert int(lines[int(line) - 1].split(",")[2]) == e["target"] == e["base"] != e["arm"]
+    html = (tmp_path / "ft" / "report.html").read_text()
+    assert "Confusion matrices" in html and "old_test.csv:" in html
+    md = (tmp_path / "ft" / "report.md").read_text()
+    assert f"**adamw**: `{tmp_path / 'ft' / 'adamw' / 'model.safetensors'}`" in md
+
+    # compare labels two candidates from one run apart and names both files
+    res = invoke("compare", base, tmp_path / "ft" / "adamw" / "model.safetensors",
+                 tmp_path / "ft" / "adamw" / "model.safetensors", "--recipe",
+                 tmp_path / "ft" / "recipe.yaml", "--out", tmp_path / "cmp")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert md.count(f"`{tmp_path / 'ft' / 'adamw' / 'model.safetensors'}`") >= 2
+
+
+def test_a_masked_base_loss_is_not_a_number_to_compare(tmp_path):
+    """A class-adding run measures the base with its own head (new rows masked): its new-task
+    accuracy is 0, its new-task loss (about 1e4) is shown as n/a, not as a -1e4 improvement."""
+    _tables(tmp_path)
+    text = RECIPE.format(extra="").replace("out_features: 4", "out_features: 2")
+    text = text.replace("metrics: [accuracy]", "metrics: [accuracy, loss]")
+    (tmp_path / "two.yaml").write_text(text)
+    # the production base knows the old classes only (its "new" task: the old data again)
+    (tmp_path / "old.yaml").write_text(text.replace("new: {train: new_train.csv, test: new_test.csv}",
+                                                    "new: {train: old_train.csv, test: old_test.csv}"))
+    res = invoke("pretrain", "--recipe", tmp_path / "old.yaml", "--out", tmp_path / "b",
+                 "device=cpu", "pretrain.steps=20", "data.args.standardize=true")
+    assert res.exit_code == 0, res.output
+    res = invoke("finetune", "--base", tmp_path / "b" / "model.safetensors", "--recipe",
+                 tmp_path / "two.yaml", "--out", tmp_path / "ft", "device=cpu",
+                 "model.args.out_features=4")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "ft" / "report.json").read_text())
+    assert report["base_masked"] == ["loss"]
+    assert report["base_metrics"]["new"]["loss"] is None
+    assert report["base_metrics"]["new"]["accuracy"] == 0.0
+    assert "loss" not in report["arms"][0]["delta"]["new"]  # no Δ against a masked loss
+    md = (tmp_path / "ft" / "report.md").read_text()
+    assert "n/a (masked head)" in md and "1e+04" not in md

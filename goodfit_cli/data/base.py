@@ -32,6 +32,7 @@ class Task:
     num_classes: int | None = None  # classification: size of the label space (labels are global ids)
     classes: list[int] | None = None  # the label ids present in this task
     input: InputSpec | None = None  # statistics the data asks for (recipe normalize, standardize)
+    test_ids: list[str] | None = None  # a name per test sample (file path, table row), if any
 
     def summary(self) -> dict:
         """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}}; classes is a count."""

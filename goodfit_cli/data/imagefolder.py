@@ -98,13 +98,15 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
     ids = {c: i for i, c in enumerate(order)}
     tasks = {}
     for t in ("old", "new"):
-        splits = {}
+        splits, test_ids = {}, None
         for split, ds in opened[t].items():
             remap = {local: ids[c] for c, local in _class_to_idx(ds).items() if c in names[t]}
             samples = ImageSamples(ds, remap, f"{t}.{split}", hw,
                                    augmenting if split == "train" else None)
             # a caller that can stream (a training session) decides when to read a train split
             splits[split] = samples if split == "train" and ctx.lazy else samples.load()
+            if split == "test":
+                test_ids = samples.ids()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
-                        [ids[c] for c in names[t]])
+                        [ids[c] for c in names[t]], test_ids=test_ids)
     return tasks

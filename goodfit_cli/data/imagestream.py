@@ -124,6 +124,10 @@ class ImageSamples:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def ids(self) -> list[str]:
+        """Each sample's file (a path in a folder, or a member of a tar shard)."""
+        return [str(self.ds.filename(j, absolute=True)) for j in self.rows]
+
     def nbytes(self) -> int:
         return len(self.rows) * int(np.prod(self.shape))
 

@@ -108,8 +108,9 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
     if features is not None and (isinstance(features, str) or not isinstance(features, Sequence)):
         raise ArgError("features", f"expected a list of column names, got {features!r}")
     read: dict[str, dict[str, tuple[np.ndarray, list[Any]]]] = {}
+    files: dict[str, dict[str, str]] = {}
     for name, spec in (("old", old), ("new", new)):
-        paths = task_paths(name, spec, ctx, "a .csv or .parquet file")
+        paths = files[name] = task_paths(name, spec, ctx, "a .csv or .parquet file")
         read[name] = {split: _read(path, f"{name}.{split}", label, features)
                       for split, path in paths.items()}
     ys, names = _label_ids({t: {s: lab for s, (_, lab) in sp.items()} for t, sp in read.items()})
@@ -121,7 +122,7 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
             if isinstance(wanted, (str, bytes)) or not isinstance(wanted, Sequence):
                 raise ArgError(f"{t}.classes", f"expected a list of labels, got {wanted!r}")
             wanted = [names.get(str(c), c) if names else c for c in wanted]
-        splits = {}
+        splits, kept = {}, {}
         for s, (x, _) in read[t].items():
             y = np.asarray(ys[t][s], dtype=np.int64)
             if len(y) and y.min() < 0:
@@ -129,7 +130,16 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
             keep = np.isin(y, wanted) if wanted is not None else np.ones(len(y), bool)
             if not keep.any():
                 raise ArgError(f"{t}.{s}", "no row has a label of the task's classes")
+            kept[s] = np.flatnonzero(keep)
             splits[s] = Split(torch.from_numpy(x[keep]), torch.from_numpy(y[keep]))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
-        tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present)
+        tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
+                        test_ids=_row_names(files[t]["test"], kept["test"]))
     return tasks
+
+
+def _row_names(path: str, rows: np.ndarray) -> list[str]:
+    """Each kept row as `file:line` (CSV, the header is line 1) or `file#row` (Parquet, 0-based)."""
+    if path.lower().endswith((".parquet", ".pq")):
+        return [f"{path}#{int(i)}" for i in rows]
+    return [f"{path}:{int(i) + 2}" for i in rows]

@@ -23,12 +23,13 @@ KINDS = ("classification", "regression")
 def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
                  primary: dict[str, str], provenance: dict, readout: dict | None = None,
                  gate_results: dict[str, dict] | None = None, n_boot: int = 1000,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, sample_ids: dict[str, list[str] | None] | None = None) -> dict:
     """The report: base metrics, and per arm its metrics, deltas (arm - base) with bootstrap CIs,
     flips and per-class deltas (classification), curves, WiSE-FT points, read-out and gate result.
 
     kinds/primary: {"old": ..., "new": ...}. readout: {"metric_new", "metric_old", "at": [...]}.
     gate_results: {arm name: evaluate_gate(...) result}; or call gate.apply_gate afterwards.
+    sample_ids: {task: a name per test sample (file path, table row)} for the flipped examples.
     """
     for task in TASKS:
         if kinds.get(task) not in KINDS:
@@ -38,6 +39,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
     boot = {"n_boot": n_boot, "seed": seed}
     base_metrics = {t: _task_metrics(base, t, kinds[t]) for t in TASKS}
     prov = dict(provenance)
+    masked = _masked_losses(base_metrics["new"], prov)
     prov.setdefault("versions", {"goodfit": __version__, "torch": torch.__version__,
                                  "numpy": np.__version__, "python": platform.python_version()})
     prov.setdefault("bootstrap", {"n_boot": n_boot, "seed": seed, "alpha": 0.05,
@@ -48,17 +50,33 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         "provenance": prov,
         "tasks": {t: {"kind": kinds[t], "primary": primary[t]} for t in TASKS},
         "base_metrics": base_metrics,
-        "arms": [_arm(base, base_metrics, arm, kinds, readout, boot) for arm in arms],
+        "base_masked": masked,
+        "base_confusion": {t: confusion(_preds(base, t)) for t in TASKS
+                           if kinds[t] == "classification" and "pred" in _preds(base, t)},
+        "arms": [_arm(base, base_metrics, arm, kinds, readout, boot, sample_ids or {})
+                 for arm in arms],
     }
     for entry in report["arms"]:
         entry["gate"] = (gate_results or {}).get(entry["name"])
     return jsonable(report)
 
 
+def _masked_losses(new: dict[str, float], prov: dict) -> list[str]:
+    """A base measured with its own head on a task that adds classes cannot predict the new
+    classes: its new-task accuracy (0) is a fact, its losses (logits of -1e4) are not a number
+    to compare with. They become None (shown as n/a) and are listed."""
+    if (prov.get("base_head") or {}).get("measured") != "exact":
+        return []
+    masked = sorted(m for m in new if not M.is_rate(m))
+    for m in masked:
+        new[m] = None
+    return masked
+
+
 def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: dict | None,
-         boot: dict) -> dict:
+         boot: dict, sample_ids: dict[str, list[str] | None]) -> dict:
     metrics = {t: _task_metrics(arm, t, kinds[t]) for t in TASKS}
-    delta, flips, per_class = {}, {}, {}
+    delta, flips, per_class, confusions, flipped = {}, {}, {}, {}, {}
     for task in TASKS:
         cis = {}
         b, a = _preds(base, task), _preds(arm, task)
@@ -70,6 +88,9 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
                 flips[task] = {k: res[k] for k in ("nfr", "pfr", "n_neg", "n_pos", "n",
                                                    "nfr_ci", "pfr_ci")}
                 per_class[task] = _per_class(b["pred"], a["pred"], b["target"])
+                confusions[task] = confusion(a)
+                flipped[task] = flipped_examples(b["pred"], a["pred"], b["target"],
+                                                 sample_ids.get(task))
             else:
                 res = M.delta_ci_regression(M.per_sample_sq_error(b["pred"], b["target"]),
                                             M.per_sample_sq_error(a["pred"], a["target"]), **boot)
@@ -92,6 +113,8 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
         "delta": delta,
         "flips": flips,
         "per_class": per_class,
+        "confusion": confusions,
+        "flipped": flipped,
         "curve": list(arm.curve),
         "wise": list(arm.wise) if arm.wise is not None else None,
         "readout": _readout(base_metrics, arm.curve, readout) if readout else None,
@@ -137,6 +160,34 @@ def _per_class(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Te
     rows = [{"class": c, "base": b[c][0], "arm": a[c][0], "delta": a[c][0] - b[c][0],
              "count": b[c][1]} for c in b]
     return sorted(rows, key=lambda r: (r["delta"], -r["count"], r["class"]))
+
+
+MAX_FLIPPED = 100  # examples listed per task and direction (the counts are complete)
+
+
+def confusion(preds: dict) -> dict[str, Any]:
+    """{"labels": classes seen as target or prediction, "matrix": counts[target][predicted]}."""
+    target, pred = preds["target"].long().cpu(), preds["pred"].long().cpu()
+    labels = torch.unique(torch.cat([target, pred]))  # sorted
+    k = len(labels)
+    cell = torch.searchsorted(labels, target) * k + torch.searchsorted(labels, pred)
+    matrix = torch.bincount(cell, minlength=k * k).view(k, k)
+    return {"labels": labels.tolist(), "matrix": matrix.tolist()}
+
+
+def flipped_examples(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Tensor,
+                     ids: list[str] | None) -> dict[str, Any]:
+    """The samples the arm broke (negative flips: the base right, the arm wrong) and fixed
+    (positive), by test-split index, with their file path or table row where the data has one."""
+    b, a, t = base_pred.cpu(), arm_pred.cpu(), target.cpu()
+    out: dict[str, Any] = {}
+    for kind, mask in (("negative", (b == t) & (a != t)), ("positive", (b != t) & (a == t))):
+        where = torch.nonzero(mask).flatten().tolist()
+        out[f"n_{kind}"] = len(where)
+        out[kind] = [{"index": i, "id": ids[i] if ids is not None and i < len(ids) else None,
+                      "target": int(t[i]), "base": int(b[i]), "arm": int(a[i])}
+                     for i in where[:MAX_FLIPPED]]
+    return out
 
 
 def _readout(base_metrics: dict, curve: list[dict], spec: dict) -> dict:

@@ -85,7 +85,7 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
     head += ["NFR (old)", "PFR (old)"] * has_flips + ["gate"] * has_gate
     base = report["base_metrics"]
     rows = [[("base", ""), (fmt_value(po, base["old"].get(po)), ""), ("", ""),
-             (fmt_value(pn, base["new"].get(pn)), ""), ("", "")]
+             (_base_new(report, pn), ""), ("", "")]
             + [("", "")] * (has_compute + 2 * has_flips + has_gate)]
     for a in report["arms"]:
         do, dn = a["delta"]["old"].get(po), a["delta"]["new"].get(pn)
@@ -108,6 +108,48 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
     return head, rows
 
 
+def _base_new(report: dict, metric: str) -> str:
+    """The base's new-task value; n/a for a loss measured through a masked head."""
+    if metric in report.get("base_masked", []):
+        return "n/a (masked head)"
+    return fmt_value(metric, report["base_metrics"]["new"].get(metric))
+
+
+def _candidates(report: dict) -> list[tuple[str, str]]:
+    """(label, checkpoint) of every candidate: labels like adamw#2 name a file."""
+    return [(a["name"], a["checkpoint"]) for a in report["arms"]]
+
+
+def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
+    """The first old-task samples each arm broke: index, file or row, label, base -> arm."""
+    rows = []
+    for a in report["arms"]:
+        f = (a.get("flipped") or {}).get("old")
+        for e in (f or {}).get("negative", [])[:top]:
+            rows.append([(a["name"], ""), (str(e["index"]), ""), (e.get("id") or _DASH, ""),
+                         (str(e["target"]), ""), (f"{e['base']} -> {e['arm']}", "worse")])
+    return rows
+
+
+def _confusion_html(title: str, conf: dict, limit: int = 30) -> str:
+    """A confusion matrix (rows: true class, columns: predicted) as a table; big ones as their
+    largest off-diagonal cells."""
+    labels, matrix = conf["labels"], conf["matrix"]
+    if len(labels) > limit:
+        cells = sorted(((matrix[i][j], labels[i], labels[j]) for i in range(len(labels))
+                        for j in range(len(labels)) if i != j and matrix[i][j]), reverse=True)
+        items = "".join(f"<li>{_h(t)} predicted as {_h(p)}: {n}</li>" for n, t, p in cells[:10])
+        return f"<h3>{_h(title)}</h3><p class=\"note\">{len(labels)} classes; the largest " \
+               f"confusions:</p><ul>{items}</ul>"
+    head = "".join(f"<th>{_h(c)}</th>" for c in labels)
+    body = "".join(
+        f"<tr><th>{_h(labels[i])}</th>" + "".join(
+            f'<td class="{"diag" if i == j else "off" if n else ""}">{n}</td>'
+            for j, n in enumerate(row)) + "</tr>" for i, row in enumerate(matrix))
+    return (f"<h3>{_h(title)}</h3><table class=\"confusion\"><tr><th>true \\ predicted</th>"
+            f"{head}</tr>{body}</table>")
+
+
 def _all_metric_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
     head = ["task", "metric", "base"] + [a["name"] for a in report["arms"]]
     rows = []
@@ -116,7 +158,9 @@ def _all_metric_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]
         for a in report["arms"]:
             names += [m for m in a["metrics"][task] if m not in names]
         for m in names:
-            row = [(task, ""), (m, ""), (fmt_value(m, report["base_metrics"][task].get(m)), "")]
+            value = (_base_new(report, m) if task == "new" else
+                     fmt_value(m, report["base_metrics"][task].get(m)))
+            row = [(task, ""), (m, ""), (value, "")]
             for a in report["arms"]:
                 d = a["delta"][task].get(m)
                 text = fmt_value(m, a["metrics"][task].get(m))
@@ -213,6 +257,10 @@ def render_markdown(report: dict) -> str:
     if per_class:
         out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]
         out += _md_table(["arm", "class", "base", "arm acc.", "Δ", "n"], per_class)
+    flipped = _flipped_rows(report, top=5)
+    if flipped:
+        out += ["", "#### Old-task samples each arm broke (first 5; all in report.json)", ""]
+        out += _md_table(["arm", "index", "sample", "label", "base -> arm"], flipped)
     readout = _readout_table(report)
     if readout:
         out += ["", "#### Trade-off read-out (fit along each arm's path; — = outside the path)", ""]
@@ -221,6 +269,8 @@ def render_markdown(report: dict) -> str:
     if violations:
         out += ["", "#### Gate violations", ""]
         out += [f"- **{_md(n)}**: {_md(v)}" for n, v in violations]
+    out += ["", "#### Candidates", ""] + [f"- **{_md(n)}**: `{_md(c)}`"
+                                          for n, c in _candidates(report)]
     out += ["", "<details><summary>All metrics</summary>", ""]
     out += _md_table(*_all_metric_rows(report))
     out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
@@ -244,6 +294,7 @@ td.better{color:#1a7f37;background:#dafbe1}td.worse{color:#cf222e;background:#ff
 .verdict{font-weight:bold;padding:8px;border-radius:6px;display:inline-block}
 .pass{background:#dafbe1}.fail{background:#ffebe9}.none{background:#f6f8fa}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.note{color:#57606a;font-size:12px}
+table.confusion td{text-align:right}td.diag{background:#dafbe1}td.off{background:#ffebe9}
 """
 
 
@@ -313,10 +364,24 @@ def render_html(report: dict) -> str:
     plots = _plots(report)
     if plots:
         parts.append('<h2>Curves</h2><div class="plots">' + "".join(plots) + "</div>")
+    parts += ["<h2>Candidates</h2>", _html_table(["label", "checkpoint"], [
+        [(n, ""), (c, "")] for n, c in _candidates(report)])]
     per_class = _per_class_rows(report)
     if per_class:
         parts += ["<h2>Largest per-class regressions (old task, top 5 per arm)</h2>",
                   _html_table(["arm", "class", "base", "arm acc.", "Δ", "n"], per_class)]
+    flipped = _flipped_rows(report)
+    if flipped:
+        parts += ["<h2>Old-task samples each arm broke (first 10 per arm; all counts and the "
+                  "first 100 in report.json)</h2>",
+                  _html_table(["arm", "index", "sample", "label", "base -> arm"], flipped)]
+    confusions = [_confusion_html(f"base, {t} task", c)
+                  for t, c in report.get("base_confusion", {}).items()]
+    confusions += [_confusion_html(f"{a['name']}, {t} task", c)
+                   for a in report["arms"] for t, c in (a.get("confusion") or {}).items()]
+    if confusions:
+        parts += ["<h2>Confusion matrices (rows: true class, columns: predicted)</h2>",
+                  *confusions]
     readout = _readout_table(report)
     if readout:
         parts += ["<h2>Trade-off read-out</h2>", _html_table(*readout),

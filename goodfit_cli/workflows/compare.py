@@ -18,6 +18,7 @@ from typing import Any
 
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.inputs import ATTR, spec_of
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import load_predictions, read_json, read_jsonl
@@ -134,6 +135,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         nonlocal session
         if not side.checkpoint.exists():
             raise UserError(f"checkpoint not found: {side.checkpoint}")
+        if hasattr(model, ATTR):  # each checkpoint brings its own input statistics (or none)
+            delattr(model, ATTR)
         loaded = load_checkpoint(model, side.checkpoint)  # the recipe's architecture, or exit 2
         if loaded.messages:
             raise UserError(f"{side.checkpoint}: does not fit the recipe's model "
@@ -148,6 +151,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             session = open_session(recipe, place, join=False)
         evaluated = session.model()
         evaluated.load_state_dict(model.state_dict())
+        own = spec_of(model)  # fed as it was trained, unless the recipe sets the statistics
+        if own is not None and getattr(spec_of(evaluated), "source", None) != "recipe":
+            setattr(evaluated, ATTR, own)
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
         return session.evaluate(evaluated, with_predictions=True)
 
@@ -162,7 +168,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     prov = {"command": "compare", "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
     try:
-        return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit)
+        return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
+                             session.sample_ids if session is not None else None)
     except ValueError as e:  # stored predictions from runs on different test data
         raise UserError(f"cannot compare: {e} (were the runs made with another recipe or data? "
                         "pass checkpoints to evaluate them on this recipe)") from None

@@ -195,7 +195,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
     try:
         return make_report(recipe, out, job.base, (base_metrics, base_preds), results,
-                           wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit)
+                           wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
+                           sample_ids=s.sample_ids)
     finally:
         finish()
 

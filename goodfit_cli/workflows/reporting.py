@@ -45,10 +45,11 @@ def base_head_record(changes: list[dict], measured: str) -> dict[str, Any] | Non
 
 def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
                   kinds: dict[str, str], provenance: dict[str, Any], gate: Gate | None = None,
-                  junit: Path | None = None) -> dict[str, Any]:
+                  junit: Path | None = None,
+                  sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
     """Build, gate and write the report; return it (the caller decides on the exit code)."""
     report = build_report(base, arms, kinds=kinds, primary=recipe.primary,
-                          provenance=provenance, readout=recipe.readout)
+                          provenance=provenance, readout=recipe.readout, sample_ids=sample_ids)
     results = apply_gate(gate, report) if gate is not None else {}
     write_report(report, out)
     if junit is not None and gate is not None:
@@ -59,12 +60,14 @@ def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
 def make_report(recipe: Recipe, out: Path, base: Path, measured: tuple[dict, Predictions],
                 results: list[RunResult], wise: dict[str, list[dict]], kinds: dict[str, str],
                 provenance: dict[str, Any], gate: Gate | None = None,
-                junit: Path | None = None) -> dict[str, Any]:
+                junit: Path | None = None,
+                sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
     """The report of a fine-tuning run, written next to its arms."""
     base_side = RunSide("base", str(base), *measured)
     arms = [RunSide(r.name, str(r.dir / "model.safetensors"), r.metrics, r.predictions,
                     r.curve, wise.get(r.name), r.summary) for r in results]
-    return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit)
+    return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit,
+                         sample_ids)
 
 
 def raise_on_gate_failure(report: dict[str, Any]) -> None:

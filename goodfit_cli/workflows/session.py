@@ -92,6 +92,11 @@ class Session:
         return (out, preds) if with_predictions else out
 
     @property
+    def sample_ids(self) -> dict[str, list[str] | None]:
+        """{task: a name per test sample (file path, table row), or None} for the report."""
+        return {t: self.tasks[t].test_ids for t in ("old", "new")}
+
+    @property
     def kinds(self) -> dict[str, str]:
         return {t: self.runners[t].kind for t in ("old", "new")}
 
@@ -123,7 +128,7 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
 
     moved = {k: Task(t.name, t.kind, train_split(t.train),
                      Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes,
-                     t.input)
+                     t.input, t.test_ids)
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}

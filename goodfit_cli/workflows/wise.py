@@ -109,4 +109,4 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         "wall_s": round(time.perf_counter() - t0, 3)}
     return finish_report(recipe, out, RunSide("base", str(base), *base_measured),
                          [RunSide(name, summary["checkpoint"], metrics, preds, [], None,
-                                  summary)], s.kinds, prov, job.gate, job.junit)
+                                  summary)], s.kinds, prov, job.gate, job.junit, s.sample_ids)
