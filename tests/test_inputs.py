@@ -215,3 +215,23 @@ def test_a_masked_base_loss_is_not_a_number_to_compare(tmp_path):
     assert "loss" not in report["arms"][0]["delta"]["new"]  # no Δ against a masked loss
     md = (tmp_path / "ft" / "report.md").read_text()
     assert "n/a (masked head)" in md and "1e+04" not in md
+
+
+def test_a_run_says_where_its_time_went(table_base, tmp_path):
+    """timings.json and the report: load, base evaluation, training, evaluations, WiSE and
+    report phases that add up (with the rest) to the command's wall time, and the ratio
+    command / training (issue 28 item 1). No wall time is asserted, only the bookkeeping."""
+    folder, base = table_base
+    res = invoke("finetune", "--base", base, "--recipe", folder / "raw.yaml", "--out",
+                 tmp_path / "ft", "device=cpu", "--optimizer", "adamw", "--optimizer", "sgd")
+    assert res.exit_code == 0, res.output
+    t = json.loads((tmp_path / "ft" / "timings.json").read_text())
+    phases = t["phases_s"]
+    assert set(phases) == {"load", "base_evaluation", "training", "evaluations", "wise", "report"}
+    assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
+    assert sum(phases.values()) + t["other_s"] == pytest.approx(t["total_s"], abs=0.01)
+    assert t["command_over_training"] == pytest.approx(t["total_s"] / phases["training"],
+                                                       rel=1e-2)
+    report = json.loads((tmp_path / "ft" / "report.json").read_text())
+    assert "report" not in report["provenance"]["timings"]["phases_s"]  # written before it
+    assert "x the training)" in " ".join(res.output.split())

@@ -19,6 +19,7 @@ from torch import nn
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
+from goodfit_cli.core.timing import TRAINING, Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
@@ -103,6 +104,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     main_rank = is_main()
     if not main_rank:
         ui = Ui(quiet)  # only rank 0 speaks
+    phases = Phases()  # where the command's time goes (run's timings.json, the report)
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
@@ -118,7 +120,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     if main_rank and job.resume:  # before anything in the run is rewritten
         check_resumed_run(out, identity, ui.log)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with own_head(model, loaded.head_changes) as base_head:
+    phases.add("load", time.perf_counter() - phases.start)
+    with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
         base_metrics, base_preds = s.evaluate(model, with_predictions=True)
     head_record = base_head_record(loaded.head_changes, base_head)
     mismatch = base_mismatch(loaded.recorded_metrics, base_metrics["old"], recipe.primary["old"],
@@ -169,6 +172,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             for p in model.parameters():
                 p.requires_grad_(True)
             torch.manual_seed(s.seed)
+            t_arm, eval_before = time.perf_counter(), s.eval_s
             try:
                 results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
                                                             meta, stop_rule=rule), stop, ui))
@@ -177,12 +181,16 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             except Interrupted as e:
                 e.resume = f"the same command plus --resume {out}"
                 raise
+            evaluations = s.eval_s - eval_before  # periodic and final evaluations of the arm
+            phases.add("evaluations", evaluations)
+            phases.add(TRAINING, time.perf_counter() - t_arm - evaluations)
     if not main_rank:
         finish()  # waits for rank 0's report, then leaves the group
         return {}
     model.load_state_dict(base_state)
-    wise_curves = ({r.name: wise_curve(s, model, base_state, r.dir) for r in results}
-                   if job.wise else {})
+    with phases.phase("wise"):
+        wise_curves = ({r.name: wise_curve(s, model, base_state, r.dir) for r in results}
+                       if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     if head_record:
@@ -193,12 +201,17 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
+    prov["timings"] = phases.record()  # the report's own time is in RUN/timings.json
     try:
-        return make_report(recipe, out, job.base, (base_metrics, base_preds), results,
-                           wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
-                           sample_ids=s.sample_ids)
+        with phases.phase("report"):
+            report = make_report(recipe, out, job.base, (base_metrics, base_preds), results,
+                                 wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
+                                 sample_ids=s.sample_ids)
     finally:
         finish()
+    write_json(out / "timings.json", phases.record())
+    ui.log(phases.line())
+    return report
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ evaluate and compare all start from one.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ class Session:
     tasks: dict[str, Task]  # splits already on the device
     runners: dict[str, TaskRunner]
     seed: int
+    eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
 
     def model(self) -> nn.Module:
         """The recipe's model, initialised from the session's seed, on the device."""
@@ -82,6 +84,7 @@ class Session:
 
     def evaluate(self, model: nn.Module, with_predictions: bool = False):
         """{"old": metrics, "new": metrics}, and the per-sample predictions when asked."""
+        t0 = time.perf_counter()
         out, preds = {}, {}
         for name in ("old", "new"):
             m, p, per = self.runners[name].evaluate(model, self.tasks[name].test,
@@ -89,6 +92,7 @@ class Session:
             out[name] = m
             preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu(),
                            "per_sample": {k: v.cpu() for k, v in per.items()}}
+        self.eval_s += time.perf_counter() - t0  # the .cpu() copies above synchronised
         return (out, preds) if with_predictions else out
 
     @property

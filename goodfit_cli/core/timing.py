@@ -1,0 +1,48 @@
+"""Where a command's time goes: named phases, and the share that is training.
+
+A command is more than its training loop: loading the data and the base, evaluating the base,
+the periodic evaluations, the WiSE curve, the bootstrap and the report. `Phases` adds up wall
+time per phase (perf_counter; results that reach the host, as evaluations do, have synchronised
+the device) so a run can say `command / training` about itself.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+TRAINING = "training"
+
+
+class Phases:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - t0)
+
+    def record(self) -> dict[str, float | dict[str, float] | None]:
+        """{"phases_s": {phase: s}, "total_s": s since the start, "command_over_training"}."""
+        total = time.perf_counter() - self.start
+        training = self.seconds.get(TRAINING, 0.0)
+        return {"phases_s": {k: round(v, 3) for k, v in self.seconds.items()},
+                "other_s": round(max(0.0, total - sum(self.seconds.values())), 3),
+                "total_s": round(total, 3),
+                "command_over_training": round(total / training, 3) if training > 0 else None}
+
+    def line(self) -> str:
+        rec = self.record()
+        parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["phases_s"].items())
+        ratio = rec["command_over_training"]
+        return (f"time: {parts}; total {rec['total_s']:.1f} s"
+                + (f" ({ratio:.2f}x the training)" if ratio else ""))
