@@ -1,0 +1,227 @@
+"""Trustworthy verdicts (issue 24): a verdict is about the files the run recorded, checked
+against the identity it recorded; stored numbers are the ones the hashed predictions give;
+table labels keep their class ids; every bad input is one line and exit 2.
+
+Every case goes through the real command line. docs/reliability.md lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from test_reliability import TINY, assert_nothing_lost, assert_one_error_line, invoke, snapshot
+
+FT = ["--recipe", "toy", "--optimizer", "rmsprop", "--no-wise", *TINY]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> dict[str, Path]:
+    """A base pretrained in a project folder and a run made there with the relative
+    `--base base/model.safetensors`; a copy of the run to tamper with per test."""
+    proj = tmp_path_factory.mktemp("proj")
+    cwd = os.getcwd()
+    os.chdir(proj)
+    try:
+        assert invoke("pretrain", "--recipe", "toy", "--out", "base", *TINY).exit_code == 0
+        res = invoke("finetune", "--base", "base/model.safetensors", "--out", "run", *FT)
+        assert res.exit_code == 0, res.output
+    finally:
+        os.chdir(cwd)
+    return {"proj": proj, "base": proj / "base" / "model.safetensors", "run": proj / "run"}
+
+
+@pytest.fixture
+def run(made, tmp_path) -> Path:
+    """A copy of the finished run (its recorded base path is absolute: the project's base)."""
+    shutil.copytree(made["run"], tmp_path / "run")
+    return tmp_path / "run"
+
+
+def compare(run: Path, out: Path, *extra):
+    return invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", out, *extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. paths a run records resolve against the run folder, never the current directory
+
+
+def test_recorded_base_is_absolute_and_the_cwd_does_not_matter(made, tmp_path, monkeypatch):
+    """From the project folder and from another folder holding a different
+    `base/model.safetensors` (here: the arm itself, which would make every arm pass), compare
+    gives the same verdict: exit 3 (before: 3 and 0)."""
+    run = made["run"]
+    assert Path(json.loads((run / "run.json").read_text())["base"]).is_absolute()
+    assert Path(json.loads((run / "base" / "metrics.json").read_text())["checkpoint"]) \
+        == made["base"].resolve()
+    monkeypatch.chdir(made["proj"])
+    here = compare(run, tmp_path / "a", "--max-old-drop", "0")
+    other = tmp_path / "elsewhere"
+    (other / "base").mkdir(parents=True)
+    shutil.copy(run / "rmsprop" / "model.safetensors", other / "base" / "model.safetensors")
+    monkeypatch.chdir(other)
+    there = compare(run, tmp_path / "b", "--max-old-drop", "0")
+    assert here.exit_code == there.exit_code == 3, (here.output, there.output)
+
+
+def test_a_relative_recorded_base_resolves_against_the_run_folder(run, made, tmp_path,
+                                                                   monkeypatch):
+    """An older run recorded `base/model.safetensors` as given: it is taken relative to the run
+    folder. Not there: one line (exit 2). Another file there: its sha256 is not the run's base,
+    one line naming both (exit 2). The cwd's `base/model.safetensors` is never used."""
+    rec = json.loads((run / "base" / "metrics.json").read_text())
+    rec["checkpoint"] = "base/model.safetensors"
+    (run / "base" / "metrics.json").write_text(json.dumps(rec))
+    monkeypatch.chdir(made["proj"])  # holds base/model.safetensors: the old code used it
+    line = assert_one_error_line(compare(run, tmp_path / "a"))
+    assert f"the base it names, {run / 'base' / 'model.safetensors'}, is not found" in line
+    shutil.copy(run / "rmsprop" / "model.safetensors", run / "base" / "model.safetensors")
+    line = assert_one_error_line(compare(run, tmp_path / "b"))
+    assert "but the run recorded base" in line and "model.safetensors" in line
+    shutil.copy(made["base"], run / "base" / "model.safetensors")  # the right file: accepted
+    assert compare(run, tmp_path / "c").exit_code == 0
+
+
+def test_resume_takes_a_relative_base_from_the_run_folder(run, tmp_path, made, monkeypatch):
+    """`--resume RUN` with a relative base in run.json: relative to RUN, and checked."""
+    meta = json.loads((run / "run.json").read_text())
+    meta["base"] = "../proj-base.safetensors"
+    (run / "run.json").write_text(json.dumps(meta))
+    shutil.copy(made["base"], tmp_path / "proj-base.safetensors")
+    monkeypatch.chdir(made["proj"])
+    res = invoke("finetune", "--resume", run)
+    assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. the base's identity is checked at every reuse
+
+
+def test_base_path_edited_to_an_arm_is_refused(run, tmp_path):
+    """base/metrics.json edited to name the arm's checkpoint (every arm would pass): exit 2,
+    naming the file it names and both hashes; nothing written."""
+    rec = json.loads((run / "base" / "metrics.json").read_text())
+    want = json.loads((run / "run.json").read_text())["identity"]["base_sha256"]
+    rec["checkpoint"] = str(run / "rmsprop" / "model.safetensors")
+    (run / "base" / "metrics.json").write_text(json.dumps(rec))
+    before = snapshot(run)
+    line = assert_one_error_line(compare(run, tmp_path / "c", "--max-old-drop", "0"))
+    assert str(run / "rmsprop" / "model.safetensors") in line and want[:12] in line, line
+    assert_nothing_lost(before, run)
+    assert not (tmp_path / "c" / "report.json").exists()
+
+
+def test_wise_checks_the_recorded_base(run, tmp_path):
+    meta = json.loads((run / "run.json").read_text())
+    meta["base"] = str(run / "rmsprop" / "model.safetensors")
+    (run / "run.json").write_text(json.dumps(meta))
+    line = assert_one_error_line(invoke("wise", run / "rmsprop", "--alpha", "0.5",
+                                        "--out", tmp_path / "w"))
+    assert "but the run recorded base" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. stored metrics are the ones the hashed predictions give
+
+
+def test_an_edited_stored_metric_is_refused(run, tmp_path):
+    """The arm's old mse in summary.json set to the base's (predictions left alone, so their
+    hash matches): compare and a resume both refuse it, naming both numbers."""
+    honest = compare(run, tmp_path / "h", "--max-old-drop", "0")
+    assert honest.exit_code == 3, honest.output
+    base_mse = json.loads((run / "base" / "metrics.json").read_text())["metrics"]["old"]["mse"]
+    s = json.loads((run / "rmsprop" / "summary.json").read_text())
+    s["metrics"]["old"]["mse"] = base_mse
+    (run / "rmsprop" / "summary.json").write_text(json.dumps(s))
+    line = assert_one_error_line(compare(run, tmp_path / "f", "--max-old-drop", "0"))
+    assert "summary.json: old mse is recorded as" in line and "predictions give" in line, line
+    line = assert_one_error_line(invoke("finetune", "--resume", run))
+    assert "summary.json: old mse is recorded as" in line, line
+
+
+def test_an_edited_base_metric_is_refused(run, tmp_path):
+    rec = json.loads((run / "base" / "metrics.json").read_text())
+    rec["metrics"]["old"]["mse"] = 1e9  # a base this bad makes every arm look fine
+    (run / "base" / "metrics.json").write_text(json.dumps(rec))
+    line = assert_one_error_line(compare(run, tmp_path / "f", "--max-old-drop", "0"))
+    assert "metrics.json: old mse is recorded as 1000000000.0" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. table labels keep their class ids
+
+TAB = """name: tab
+data_dir: .
+seed: 0
+device: cpu
+model: {name: mlp, args: {in_features: 2, out_features: 3, hidden: [16]}}
+data: {name: table, args: {old: {train: old.csv, test: old.csv}, new: {train: new.csv, test: new.csv}}}
+old_task: {loss: cross_entropy, metrics: [accuracy]}
+new_task: {loss: cross_entropy, metrics: [accuracy]}
+pretrain: {optimizer: {name: adam, lr: 0.01}, steps: 60, batch_size: 32}
+finetune: {optimizer: {name: adam, lr: 0.001}, steps: 4, batch_size: 32, arms: [adam]}
+eval: {every: 4, batch_size: 256}
+"""
+
+
+def write_table(path: Path, labels: list) -> None:
+    rows = [f"{(-2 if i % 2 == 0 else 2) + 0.01 * (i % 7)},{0.02 * (i % 5)},{lab}"
+            for i, lab in enumerate(labels)]
+    path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+
+
+@pytest.fixture(scope="module")
+def tab(tmp_path_factory) -> Path:
+    """Old task: 64 rows, labels 0/1 by the sign of a; new task: label 2. A base that is
+    exact on the old task."""
+    d = tmp_path_factory.mktemp("tab")
+    (d / "tab.yaml").write_text(TAB)
+    write_table(d / "old.csv", [i % 2 for i in range(64)])
+    write_table(d / "new.csv", [2] * 32)
+    res = invoke("pretrain", "--recipe", d / "tab.yaml", "--out", d / "base")
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def test_2_and_2_0_are_one_class(tab, tmp_path):
+    """One `2.0` in the new task's file (pandas' integer column with a missing value): the base
+    still scores 1.000 on the unchanged old files (before: every label became a name, old
+    class 1 became id 0, accuracy 0.000, exit 0)."""
+    d = tmp_path / "d"
+    shutil.copytree(tab, d, ignore=shutil.ignore_patterns("base"))
+    write_table(d / "new.csv", [2] * 16 + ["2.0"] + [2] * 15)
+    res = invoke("finetune", "--recipe", d / "tab.yaml", "--base", tab / "base" / "model.safetensors",
+                 "--out", d / "ft", "--no-wise")
+    assert res.exit_code == 0, res.output
+    base = json.loads((d / "ft" / "base" / "metrics.json").read_text())["metrics"]
+    assert base["old"]["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("label, needle", [
+    ("cat", "new.csv: row 5: label 'cat' is a name but {d}/old.csv: row 2 has the number '0'"),
+    ("²", "new.csv: row 5: label '²' is a name but"),  # str.isdigit() is true, int() fails
+    ("99999999999999999999", "new.csv: row 5: label '99999999999999999999' is beyond int64"),
+    ("2.5", "new.csv: row 5: label '2.5' is not an integer class id"),
+    ("", "new.csv: row 5: the label is missing ('')"),
+])
+def test_bad_table_labels_are_one_line(tab, tmp_path, label, needle):
+    d = tmp_path / "d"
+    shutil.copytree(tab, d, ignore=shutil.ignore_patterns("base"))
+    write_table(d / "new.csv", [2] * 3 + [label] + [2] * 28)
+    line = assert_one_error_line(invoke("pretrain", "--recipe", d / "tab.yaml", "--out", d / "b"))
+    assert needle.format(d=d) in line, line
+
+
+def test_declared_names_take_numbers_as_names(tab, tmp_path):
+    """`label_names: true`: every label is a name as written (here 0, 1 and 'fox')."""
+    d = tmp_path / "d"
+    shutil.copytree(tab, d, ignore=shutil.ignore_patterns("base"))
+    write_table(d / "new.csv", ["fox"] * 32)
+    (d / "tab.yaml").write_text(TAB.replace("new: {train: new.csv, test: new.csv}}",
+                                            "new: {train: new.csv, test: new.csv}, "
+                                            "label_names: true}"))
+    res = invoke("pretrain", "--recipe", d / "tab.yaml", "--out", d / "b")
+    assert res.exit_code == 0, res.output
