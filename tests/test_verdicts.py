@@ -225,3 +225,137 @@ def test_declared_names_take_numbers_as_names(tab, tmp_path):
                                             "label_names: true}"))
     res = invoke("pretrain", "--recipe", d / "tab.yaml", "--out", d / "b")
     assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. no argument lets timm read weights or configs from elsewhere (a pickle through torch.load)
+# 7. every bad image input is one line naming the file
+
+IMG = """name: img
+seed: 0
+device: cpu
+data_dir: .
+{model}data: {{name: imagefolder, args: {{old: {{train: old/train, test: {old_test}}}, new: {{train: new/train, test: new/test}}}}}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adam, lr: 0.01}}, steps: 2, batch_size: 4}}
+finetune: {{optimizer: {{name: adam, lr: 0.001}}, steps: 2, batch_size: 4, arms: [adam]}}
+eval: {{every: 2, batch_size: 16}}
+"""
+MODEL = "model: {name: timm, args: {name: test_resnet, num_classes: 3}}\n"
+
+
+def image_tree(root: Path, old_test: str = "old/test", model: str = MODEL) -> Path:
+    from PIL import Image
+
+    for task, classes in (("old", ["a", "b"]), ("new", ["c"])):
+        for split in ("train", "test"):
+            for c in classes:
+                (root / task / split / c).mkdir(parents=True)
+                for i in range(2):
+                    Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / task / split / c / f"{i}.png")
+    (root / "img.yaml").write_text(IMG.format(model=model, old_test=old_test))
+    return root / "img.yaml"
+
+
+def png_header(path: Path, width: int, height: int) -> None:
+    """A PNG whose header declares width × height, with a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                      8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b""))
+
+
+def _tar_without_images(root: Path) -> None:
+    import tarfile
+
+    (root / "notes.txt").write_text("x")
+    with tarfile.open(root / "old.tar", "w") as tf:
+        tf.add(root / "notes.txt", arcname="a/notes.txt")
+
+
+def _tar_member_8gib(root: Path) -> None:
+    import tarfile
+
+    member = tarfile.TarInfo("a/0.png")
+    member.size = 8 << 30
+    (root / "old.tar").write_bytes(member.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1536)
+
+
+def _only_non_images(root: Path) -> None:
+    for c in ("a", "b"):
+        for p in (root / "old" / "test" / c).iterdir():
+            p.unlink()
+        (root / "old" / "test" / c / "README.txt").write_text("no image here")
+
+
+IMAGE_CASES = {
+    "bomb-30000x30000": (lambda r: png_header(r / "old/test/a/0.png", 30000, 30000), "old/test",
+                         "old/test/a/0.png declares 900000000 pixels, over PIL's safe limit"),
+    "bomb-10000x10000": (lambda r: png_header(r / "old/test/a/0.png", 10000, 10000), "old/test",
+                         "old/test/a/0.png declares 100000000 pixels"),
+    "class-folders-of-non-images": (_only_non_images, "old/test", "old/test holds no images"),
+    "tar-without-an-image": (_tar_without_images, "old.tar", "old.tar holds no image member"),
+    "tar-member-declares-8GiB": (_tar_member_8gib, "old.tar",
+                                 "old.tar: member 'a/0.png' declares 8589934592 bytes but the "
+                                 "file ends 1536 bytes after its header"),
+    "not-a-tar": (lambda r: (r / "old.tar").write_bytes(b"not a tar " * 100), "old.tar",
+                  "old.tar is not a readable tar file"),
+    "empty-tar": (lambda r: (r / "old.tar").write_bytes(b""), "old.tar",
+                  "old.tar is empty (0 bytes)"),
+}
+
+
+@pytest.mark.parametrize("case", list(IMAGE_CASES))
+def test_bad_image_inputs_are_one_line(tmp_path, case):
+    """Each was an internal error (exit 1) or PIL's warning on stderr; now exit 2, one line
+    naming the file, no warning, and `--out` holds nothing but its lock."""
+    damage, old_test, needle = IMAGE_CASES[case]
+    recipe = image_tree(tmp_path, old_test)
+    damage(tmp_path)
+    before = snapshot(tmp_path)
+    line = assert_one_error_line(invoke("pretrain", "--recipe", recipe, "--out", tmp_path / "o"))
+    assert needle in line and "data.args.old.test" in line, line
+    assert_nothing_lost(before, tmp_path)
+
+
+@pytest.mark.parametrize("arg", ["checkpoint_path: evil.pth", "pretrained: true",
+                                 "pretrained_cfg_overlay: {file: evil.pth}",
+                                 "pretrained_cfg: {file: evil.pth}", "cache_dir: ."])
+def test_model_args_that_load_weights_are_refused(tmp_path, monkeypatch, arg):
+    """A recipe's model.args that would make timm torch.load a file (a pickle: it runs code) or
+    fetch weights: one line naming the key; torch.load and pickle are never called."""
+    import torch
+    from test_reliability import forbid_unpickling
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "evil.pth")
+    model = MODEL.replace("num_classes: 3}", f"num_classes: 3, {arg}}}")
+    recipe = image_tree(tmp_path, model=model)
+    forbid_unpickling(monkeypatch)
+    line = assert_one_error_line(invoke("pretrain", "--recipe", recipe, "--out", tmp_path / "o"))
+    key = arg.split(":")[0]
+    assert f"model.args.{key}: goodfit never lets timm load weights" in line, line
+
+
+def test_hub_config_model_args_that_load_weights_are_refused(tmp_path, monkeypatch):
+    """A hub folder's config.json with model_args.checkpoint_path: one line naming the file."""
+    import timm
+    import torch
+    from test_reliability import forbid_unpickling
+
+    recipe = image_tree(tmp_path, model="")
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=3), str(tmp_path / "hub"),
+                            safe_serialization=True)
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    config.setdefault("model_args", {})["checkpoint_path"] = str(tmp_path / "evil.pth")
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "evil.pth")
+    forbid_unpickling(monkeypatch)
+    line = assert_one_error_line(invoke("finetune", "--recipe", recipe, "--base", tmp_path / "hub",
+                                        "--out", tmp_path / "o", "--no-wise"))
+    assert "hub/config.json: model_args.checkpoint_path: goodfit never lets timm" in line, line
