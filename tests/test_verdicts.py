@@ -359,3 +359,98 @@ def test_hub_config_model_args_that_load_weights_are_refused(tmp_path, monkeypat
     line = assert_one_error_line(invoke("finetune", "--recipe", recipe, "--base", tmp_path / "hub",
                                         "--out", tmp_path / "o", "--no-wise"))
     assert "hub/config.json: model_args.checkpoint_path: goodfit never lets timm" in line, line
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. secrets; 11. search: a hub folder as --base, checks before --out exists, no retry on a bad URL
+
+
+def test_storage_password_never_printed_and_a_bad_url_is_not_retried(tab, tmp_path, monkeypatch):
+    """A database that refuses the connection: one line, at once (no retry: before, every
+    failure was retried for ~50 s), the password shown as ***, and --out never created."""
+    import time
+
+    def no_sleep(s):
+        raise AssertionError(f"a bad --storage URL was retried (sleep {s})")
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    res = invoke("search", "--base", tab / "base" / "model.safetensors", "--recipe", tab / "tab.yaml",
+                 "--trials", "1", "--out", tmp_path / "s", "--storage",
+                 "postgresql://user:PASSWORD@127.0.0.1:1/db")
+    line = assert_one_error_line(res)
+    assert "PASSWORD" not in res.output and "postgresql://user:***@127.0.0.1:1/db" in line, line
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("where", ["link", "holds-the-base"])
+def test_search_checks_out_before_creating_it(tab, tmp_path, where):
+    """--out a symbolic link, or a folder that holds the base: one line, nothing created."""
+    base = tmp_path / "b" / "model.safetensors"
+    base.parent.mkdir()
+    shutil.copy(tab / "base" / "model.safetensors", base)
+    if where == "link":
+        (tmp_path / "target").mkdir()
+        (tmp_path / "s").symlink_to(tmp_path / "target")
+        out = tmp_path / "s"
+    else:
+        out = tmp_path / "b"
+    before = snapshot(tmp_path)
+    line = assert_one_error_line(invoke("search", "--base", base, "--recipe", tab / "tab.yaml",
+                                        "--trials", "1", "--out", out))
+    assert str(out) in line, line
+    assert_nothing_lost(before, tmp_path)
+    assert not any((tmp_path / "target").iterdir()) if where == "link" else True
+    assert set(snapshot(tmp_path)) == set(before)
+
+
+def test_search_with_a_hub_folder_base(tab, tmp_path):
+    """`search --base DIR` (a model folder): the study's identity is the weights' sha256, the
+    trial runs and the recommendation is exported (before: IsADirectoryError, exit 1)."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    shutil.copy(tab / "base" / "model.safetensors", hub / "model.safetensors")
+    res = invoke("search", "--base", hub, "--recipe", tab / "tab.yaml", "--trials", "1",
+                 "--no-defaults", "--out", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "s" / "recommended" / "model.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# 9. names escaped in the terminal, report.md and report.html
+
+
+def test_candidate_and_recipe_names_are_escaped_everywhere(run, tmp_path):
+    """Candidates named with ESC + U+202E and with `<img onerror>`, a recipe named with HTML:
+    no raw control character in the terminal or the reports, no HTML tag in report.md/html."""
+    evil = ["\x1b[2J\u202egpj.safetensors", "<img src=x onerror=alert(1)>.safetensors"]
+    for name in evil:
+        shutil.copy(run / "rmsprop" / "model.safetensors", tmp_path / name)
+    recipe = tmp_path / "r.yaml"
+    lines = (run / "recipe.yaml").read_text().splitlines()
+    recipe.write_text("\n".join("name: '<b onmouseover=alert(2)>x'" if ln.startswith("name:")
+                                 else ln for ln in lines) + "\n")
+    res = invoke("compare", run, *(tmp_path / n for n in evil), "--recipe", recipe,
+                 "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\u202e" not in res.output
+    assert "\\x1b" in res.output and "\\u202e" in res.output
+    for f in ("report.md", "report.html"):
+        out = (tmp_path / "c" / f).read_text()
+        assert "\x1b" not in out and "\u202e" not in out, f
+        assert "<img" not in out and "<b " not in out, f
+        assert "&lt;img src=x onerror=alert(1)&gt;" in out, f
+
+
+# ---------------------------------------------------------------------------------------------
+# 10. files a teammate or CI runner can read
+
+
+def test_checkpoints_and_predictions_are_0644_under_umask_022(tmp_path):
+    old = os.umask(0o022)
+    try:
+        res = invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "b", *TINY,
+                     "checkpoint.every=4")
+    finally:
+        os.umask(old)
+    assert res.exit_code == 0, res.output
+    for f in ("model.safetensors", "predictions.safetensors", "summary.json"):
+        assert (tmp_path / "b" / f).stat().st_mode & 0o777 == 0o644, f
