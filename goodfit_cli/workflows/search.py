@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.errors import Diverged, UserError
+from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.core.text import redact
@@ -134,7 +134,8 @@ def _states() -> tuple:
     return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
 
 
-def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str) -> tuple:
+def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
+               stopped: list[Interrupted]) -> tuple:
     import optuna
 
     done = trial.study.get_trials(deepcopy=False, states=_states())
@@ -160,6 +161,13 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
+    except Interrupted as e:  # SIGINT/SIGTERM: this trial does not count, the study stops
+        trial.set_user_attr("interrupted", str(e))
+        e.resume = ("the same command again (the interrupted trial is not counted; a new trial "
+                    "replaces it)")
+        stopped.append(e)
+        trial.study.stop()
+        raise optuna.TrialPruned("interrupted") from None
     arm = rep["arms"][0]
     gate = arm.get("gate")
     constraint = [float(len(gate["violations"]))] if gate else [0.0]  # <= 0: passes the gate
@@ -220,8 +228,12 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     t0 = time.perf_counter()
     if left > 0:
         ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
-        study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name), n_trials=left,
+        stopped: list[Interrupted] = []
+        study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
+                       n_trials=left,
                        callbacks=[optuna.study.MaxTrialsCallback(job.trials, states=states)])
+        if stopped:  # no report from a study cut short; the same command continues it
+            raise stopped[0]
     if job.defaults:
         notes += _defaults(job, place, ui)
     defaults = _defaults_report(job) or {"arms": []}
