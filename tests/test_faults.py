@@ -140,11 +140,9 @@ def mounted(where: Path, options: str):
 def fill(folder: Path) -> Path:
     """Write a filler file until the file system is full."""
     filler = folder / "filler"
-    with open(filler, "wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
     return filler
 
 
