@@ -159,6 +159,7 @@ def test_disk_full_mid_run_then_resume(base, tmp_path):
         assert p.wait(timeout=120) == 2, log.read_text()
         errors = [ln for ln in log.read_text().splitlines() if ln.startswith("error:")]
         assert len(errors) == 1 and "No space left on device" in errors[0], log.read_text()
+        assert "rmsprop/state-00000003.safetensors" in errors[0], errors[0]
         assert "Traceback" not in log.read_text()
         arm = out / "rmsprop"
         assert ckpt.load_state(arm / "state-00000002.safetensors")["loop"]["batch"] == 2

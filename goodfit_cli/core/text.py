@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):[^\s/]*@")
-_QUERY = re.compile(r"([?&;](?:password|passwd|pwd|secret|token|access_token|api_key|key)=)[^&;\s]+",
-                    re.IGNORECASE)
+_QUERY = re.compile(
+    r"([?&;](?:password|passwd|pwd|secret|token|access_token|api_key|key)=)[^&;\s]+", re.IGNORECASE)
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]

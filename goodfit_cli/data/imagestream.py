@@ -45,7 +45,8 @@ def read_image(ds, i: int, key: str) -> tuple[Image.Image, int]:
                        f"{n.group(1) if n else 'more'} pixels, over PIL's safe limit of "
                        f"{Image.MAX_IMAGE_PIXELS}; it is damaged or a decompression bomb "
                        "(resize or remove it)") from None
-    except (OSError, ValueError, SyntaxError, tarfile.TarError) as e:  # UnidentifiedImageError: OSError
+    except (OSError, ValueError, SyntaxError, tarfile.TarError) as e:  # PIL's UnidentifiedImageError
+        # is an OSError
         raise ArgError(key, f"cannot read image {ds.filename(i, absolute=True)}: "
                        f"{type(e).__name__}") from None
 

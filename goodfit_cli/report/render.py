@@ -187,7 +187,8 @@ _MD_SPECIAL = re.compile(r"([\\`*|]|(?<=\])[(\[])")  # `](` / `][`: a link
 def md_escape(text) -> str:
     """Text for report.md (posted as a PR comment): credentials redacted, control and bidi
     characters escaped (core.text.printable), HTML escaped (`<img onerror=...>` stays text),
-    Markdown's emphasis, code and table characters and link brackets backslashed, no URL verbatim."""
+    Markdown's emphasis, code and table characters and link brackets backslashed, no URL
+    verbatim."""
     text = html.escape(printable(text), quote=False).replace("://", "&#58;//")
     return _MD_SPECIAL.sub(r"\\\1", text)
 
@@ -207,7 +208,8 @@ def render_markdown(report: dict) -> str:
     out += [line for note in _head_notes(report) for line in ("", f"**{md_escape(note)}**")]
     stops = _early_stops(report)
     if stops:
-        out += ["", "#### Early stopping", ""] + [f"- **{md_escape(n)}**: {md_escape(t)}" for n, t in stops]
+        out += ["", "#### Early stopping", ""] + [f"- **{md_escape(n)}**: {md_escape(t)}"
+                                                  for n, t in stops]
     per_class = _per_class_rows(report)
     if per_class:
         out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]

@@ -176,7 +176,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
                           for k, v in rec["params"].items())
         lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
                      f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
-                     f"{e(rep.get('exported') or 'not exported (' + rep.get('export_note', '') + ')')}.")
+                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
+                     + ".")
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         for name, verdict in rep["against_defaults"].items():
             lines.append(f"- against {name}: {verdict}"
@@ -213,6 +214,6 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
                      (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
                      rep.get("base_point"), rep["recommendation"])
     html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>goodfit search "
-            f"{escape(printable(rep['study']))}</title><body style=\"font-family:system-ui;max-width:60em;"
-            f"margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
+            f"{escape(printable(rep['study']))}</title><body style=\"font-family:system-ui;"
+            f"max-width:60em;margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
     atomic_write(out / "report.html", html)

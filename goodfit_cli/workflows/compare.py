@@ -157,8 +157,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                             "architecture")
         side.sha256 = loaded.sha256
         if side.expect and side.expect != loaded.sha256:
-            raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 is "
-                            f"{loaded.sha256[:12]}…, but the run recorded base {side.expect[:12]}…; "
+            raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 "
+                            f"is {loaded.sha256[:12]}…, but the run recorded base "
+                            f"{side.expect[:12]}…; "
                             "the run folder was changed or the base was replaced (pass the base "
                             "checkpoint itself as BASE)")
         stored = _reuse(side, loaded.sha256, ui.log)
