@@ -179,7 +179,7 @@ def show(table: Table, console: Console | None = None) -> None:
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
-    t = Table(title=title)
+    t = Table(title=escape(printable(title)))  # it holds the recipe's name
     t.add_column("model")
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right")

@@ -63,23 +63,20 @@ class SearchJob:
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
 
 
-def _storage(job: SearchJob) -> Any:
+def _storage(url: str) -> Any:
+    """Optuna's storage at `url`; its errors (a bad URL, an unreachable server, a missing driver,
+    two workers creating the tables at once) go to the caller."""
     import optuna
 
-    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     st = optuna.storages  # a worker that died mid-trial: its trial is retried once, by anyone
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
-            stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-                     {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
-            return url, st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                                      grace_period=300, **stale)
-    except Exception as e:  # a bad URL, an unreachable server, a missing driver
-        raise UserError(f"--storage {url}: cannot open the study's database "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
+        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
+                 {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
+        return st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
+                             grace_period=300, **stale)
 
 
 def _a_race(e: Exception) -> bool:
@@ -98,16 +95,16 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = job.study or f"goodfit-{identity['recipe']}"
-    url, storage = _storage(job)  # a bad URL, a missing driver: one line at once, no retry
+    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
     for attempt in range(5):  # workers starting together race to create the tables and study
         try:
             study = optuna.create_study(
-                storage=storage, study_name=name, load_if_exists=True,
+                storage=_storage(url), study_name=name, load_if_exists=True,
                 directions=["maximize" if d > 0 else "minimize" for d in dirs])
             break
-        except Exception as e:
+        except Exception as e:  # a bad URL, a missing driver: one line at once, no retry
             if attempt == 4 or not _a_race(e):
-                raise UserError(f"--storage {url}: cannot open study {name!r} "
+                raise UserError(f"--storage {url}: cannot open the study's database "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
             time.sleep(1 + attempt)
     for k, v in identity.items():  # one study = one recipe and one base
