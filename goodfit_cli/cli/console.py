@@ -27,6 +27,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from goodfit_cli.core.text import printable
+
 out = Console()
 err = Console(stderr=True)
 
@@ -177,12 +179,12 @@ def show(table: Table, console: Console | None = None) -> None:
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
-    t = Table(title=title)
+    t = Table(title=escape(printable(title)))  # it holds the recipe's name
     t.add_column("model")
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right")
     for name, m in rows:
-        t.add_row(name, *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
+        t.add_row(escape(printable(name)), *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
     return t
 
 
@@ -229,5 +231,5 @@ def summary_table(report: dict[str, Any]) -> Table:
         if has_gate:
             gate = arm.get("gate")
             cells.append("-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"))
-        t.add_row(arm["name"], *cells)
+        t.add_row(escape(printable(arm["name"])), *cells)  # a file name: no markup, no ESC
     return t

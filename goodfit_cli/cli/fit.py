@@ -57,9 +57,9 @@ def pretrain(
     from goodfit_cli.workflows.pretrain import pretrain as run_pretrain
     from goodfit_cli.workflows.session import Place
 
-    launch_if_asked(nproc)
     display(log_format, progress_every)
-    r = load(recipe, overrides)
+    r = load(recipe, overrides)  # a bad recipe: one line here, before any process starts
+    launch_if_asked(nproc)
     dest = out_dir or default_out(r.name, "base")
     res = run_pretrain(r, dest, Place(device, seed, data_dir), ui_for(r.primary),
                        overwrite=overwrite)
@@ -92,13 +92,13 @@ def finetune(
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
+    from goodfit_cli.training.checks import check_stages
     from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
     from goodfit_cli.workflows.finetune import finetune as run_finetune
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
     from goodfit_cli.workflows.runcheck import check_resume_args
     from goodfit_cli.workflows.session import Place
 
-    launch_if_asked(nproc)
     display(log_format, progress_every)
     place = Place(device, seed, data_dir)
     if resume is not None:
@@ -113,6 +113,9 @@ def finetune(
     job.wise = not no_wise
     job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr)
     job.junit = junit
+    if nproc > 1:  # a bad recipe, arm or gate: one line here, before any process starts
+        check_stages(job.recipe, job.arms)
+    launch_if_asked(nproc)
     report = run_finetune(job, place, ui_for(job.recipe.primary))
     if report:  # rank 0
         print_report(report, job.out)

@@ -15,6 +15,7 @@ folder names in natural order), then the new task's classes that are not old one
 from __future__ import annotations
 
 import os
+import tarfile
 from typing import Any, Mapping, Sequence
 
 from goodfit_cli.core.args import ArgError
@@ -32,8 +33,16 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str)
 
     if not os.path.exists(path):
         raise ArgError(key, f"not found: {path}")
-
-    ds = create_dataset("", root=path, split="train", search_split=False)
+    if os.path.isfile(path):
+        _check_tar(path, key)
+    try:
+        ds = create_dataset("", root=path, split="train", search_split=False)
+    except RuntimeError as e:  # timm: "Found 0 images in subfolders of ..."
+        raise ArgError(key, f"{path} holds no images ({str(e).splitlines()[0]}); expected "
+                       f"{path}/<class>/<image>") from None
+    except (tarfile.TarError, ValueError, OSError) as e:
+        raise ArgError(key, f"cannot read {path} ({type(e).__name__}: {e}); expected a folder "
+                       "or a .tar of <class>/<image> files") from None
     classes = _class_to_idx(ds)
     if os.path.isdir(path):
         for name in sorted(os.listdir(path)):
@@ -45,6 +54,33 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str)
         ds.transform = create_transform((3, *size), is_training=False, crop_pct=1.0,
                                         interpolation=interpolation, normalize=False)
     return ds
+
+
+def _check_tar(path: str, key: str) -> None:
+    """A tar shard's headers, before timm reads it: a tar (not empty, not another format),
+    every member inside the file (a header can declare 8 GiB in a 2 kB file), an image in it."""
+    from timm.data.readers.img_extensions import get_img_extensions
+
+    size = os.path.getsize(path)
+    if size == 0:
+        raise ArgError(key, f"{path} is empty (0 bytes); expected a .tar of <class>/<image> files")
+    wanted = tuple(get_img_extensions(as_set=True)) + (".tar",)  # timm reads tars of tars too
+    images = 0
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:  # headers only; nothing is extracted
+                if m.isfile() and m.offset_data + m.size > size:
+                    raise ArgError(key, f"{path}: member {m.name!r} declares {m.size} bytes but "
+                                   f"the file ends {size - m.offset_data} bytes after its header; "
+                                   "the tar is truncated or damaged")
+                images += m.isfile() and m.name.lower().endswith(wanted)
+    except tarfile.TarError as e:
+        why = str(e).splitlines()[-1].strip(" -)")  # the plain tar reader's reason
+        raise ArgError(key, f"{path} is not a readable tar file ({why}); expected a .tar of "
+                       "<class>/<image> files") from None
+    if not images:
+        raise ArgError(key, f"{path} holds no image member (.png, .jpg, .jpeg); expected "
+                       "<class>/<image> files in it")
 
 
 def _class_to_idx(ds) -> dict[str, int]:

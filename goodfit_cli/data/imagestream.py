@@ -15,6 +15,9 @@ a UserError naming the recipe's `data.args.new.train` once the session has set `
 from __future__ import annotations
 
 import os
+import re
+import tarfile
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -33,8 +36,17 @@ def read_image(ds, i: int, key: str) -> tuple[Image.Image, int]:
     """Sample i of timm's dataset as an RGB image, and its timm class index."""
     try:  # through the reader: timm's dataset would skip an unreadable image silently
         raw, target = ds.reader[i]
-        return Image.open(raw).convert("RGB"), target
-    except (OSError, ValueError, SyntaxError) as e:  # PIL's UnidentifiedImageError is an OSError
+        with warnings.catch_warnings():  # over PIL's pixel limit: refused, never a stray warning
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(raw).convert("RGB"), target
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        n = re.search(r"\((\d+) pixels\)", str(e))
+        raise ArgError(key, f"image {ds.filename(i, absolute=True)} declares "
+                       f"{n.group(1) if n else 'more'} pixels, over PIL's safe limit of "
+                       f"{Image.MAX_IMAGE_PIXELS}; it is damaged or a decompression bomb "
+                       "(resize or remove it)") from None
+    except (OSError, ValueError, SyntaxError, tarfile.TarError) as e:  # PIL's UnidentifiedImageError
+        # is an OSError
         raise ArgError(key, f"cannot read image {ds.filename(i, absolute=True)}: "
                        f"{type(e).__name__}") from None
 

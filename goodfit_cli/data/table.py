@@ -3,8 +3,9 @@
 CSV is read with the standard library's csv module (no dependency; every feature cell must
 parse as a number). Parquet is read with pyarrow (the optional extra `goodfit[parquet]`): the
 reference Parquet implementation, which a hand-written reader could not match. Features become
-float32 (N, F); labels are integer class ids, or class names mapped to ids (old task's first,
-in order of appearance). `classes` keeps only the rows with those labels.
+float32 (N, F); labels are integer class ids (2, "2" and 2.0 are one class), or, when no label
+is a number or the recipe sets `label_names: true`, class names mapped to ids (old task's
+first, in order of appearance); a mix is refused. `classes` keeps only the rows with those labels.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -82,38 +84,97 @@ def _read(path: str, key: str, label: str, features: Sequence[str] | None) -> tu
     return x, cols[label]
 
 
-def _as_int(v: Any) -> int | None:
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+_INT64 = 2**63
+
+
+def _label_number(v: Any) -> int | float | None:
+    """A label as a number (an int when it is integer-valued: 2, "2", 2.0 and "2.0" alike), or
+    None when it is a name. Only ASCII digits count: "²" is a name, not 2."""
+    if isinstance(v, (bool, np.bool_)):
+        return None
+    if isinstance(v, (int, np.integer)):
         return int(v)
-    return None
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+    elif isinstance(v, str) and _INT.fullmatch(v.strip()):
+        return int(v.strip())
+    elif isinstance(v, str) and _FLOAT.fullmatch(v.strip()):
+        f = float(v.strip())
+    else:
+        return None
+    return int(f) if math.isfinite(f) and f.is_integer() else f
 
 
-def _label_ids(labels: dict[str, dict[str, list[Any]]]) -> tuple[dict[str, dict[str, list[int]]], dict[str, int]]:
-    """Integer labels stay when every label is an integer; else every label is a name,
-    numbered in order of first appearance (old task first). Returns (ids, name -> id)."""
-    every = [v for splits in labels.values() for lab in splits.values() for v in lab]
-    if all(_as_int(v) is not None for v in every):
-        return {t: {s: [_as_int(v) for v in lab] for s, lab in sp.items()} for t, sp in labels.items()}, {}
+def _label_ids(labels: dict[str, dict[str, tuple[str, bool, list[Any]]]],
+               as_names: bool = False) -> tuple[dict[str, dict[str, list[int]]], dict[str, int]]:
+    """Class ids of every split's labels, and {name: id} when the labels are names.
+
+    Numeric labels are class ids, and an integer-valued one is the same class however it is
+    written (2, "2", 2.0 — pandas writes an integer column with a missing value as floats).
+    Names are numbered in order of first appearance (old task first), and only when no label
+    is numeric, or when the recipe declares `label_names: true` (then every label is a name, as
+    written). A mix of names and numbers, a missing label, a fraction or a number beyond int64
+    is an ArgError naming the file, the row and the value. `labels`: task → split →
+    (path, is_parquet, labels)."""
+    def at(path: str, parquet: bool, i: int) -> str:
+        return f"{path}: row {i if parquet else i + 2}"
+
+    numbers: dict[str, dict[str, list[int]]] = {}
+    first_name = first_number = None
+    for t, splits in labels.items():
+        for s, (path, parquet, lab) in splits.items():
+            ids = numbers.setdefault(t, {}).setdefault(s, [])
+            for i, v in enumerate(lab):
+                if v is None or (isinstance(v, str) and not v.strip()) or (
+                        isinstance(v, (float, np.floating)) and math.isnan(v)):
+                    raise ArgError(f"{t}.{s}", f"{at(path, parquet, i)}: the label is missing "
+                                   f"({v!r}); give every row a label, or drop the row")
+                if as_names:
+                    continue
+                n = _label_number(v)
+                if n is None:
+                    first_name = first_name or (at(path, parquet, i), v)
+                    continue
+                first_number = first_number or (at(path, parquet, i), v)
+                if isinstance(n, float) or not -_INT64 <= n < _INT64:
+                    what = "not an integer class id" if isinstance(n, float) else \
+                        "beyond int64, too large for a class id"
+                    raise ArgError(f"{t}.{s}", f"{at(path, parquet, i)}: label {v!r} is {what} "
+                                   "(or set data.args.label_names: true to treat labels as names)")
+                ids.append(n)
+    if first_name and first_number:
+        raise ArgError("label", f"{first_name[0]}: label {first_name[1]!r} is a name but "
+                       f"{first_number[0]} has the number {first_number[1]!r}; make every label "
+                       "a class id or every one a name (data.args.label_names: true)")
+    if first_name is None and not as_names:
+        return numbers, {}
     names: dict[str, int] = {}
-    for v in every:
-        names.setdefault(str(v), len(names))
-    return {t: {s: [names[str(v)] for v in lab] for s, lab in sp.items()} for t, sp in labels.items()}, names
+    for splits in labels.values():
+        for _, _, lab in splits.values():
+            for v in lab:
+                names.setdefault(str(v), len(names))
+    return {t: {s: [names[str(v)] for v in lab] for s, (_, _, lab) in sp.items()}
+            for t, sp in labels.items()}, names
 
 
 def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str = "label",
-          features: Sequence[str] | None = None) -> dict[str, Task]:
+          features: Sequence[str] | None = None, label_names: bool = False) -> dict[str, Task]:
     """Old and new tasks from CSV/Parquet files: `features` columns (default: all but `label`)."""
     if features is not None and (isinstance(features, str) or not isinstance(features, Sequence)):
         raise ArgError("features", f"expected a list of column names, got {features!r}")
     read: dict[str, dict[str, tuple[np.ndarray, list[Any]]]] = {}
-    files: dict[str, dict[str, str]] = {}
+    where: dict[str, dict[str, str]] = {}
     for name, spec in (("old", old), ("new", new)):
-        paths = files[name] = task_paths(name, spec, ctx, "a .csv or .parquet file")
+        paths = where[name] = task_paths(name, spec, ctx, "a .csv or .parquet file")
         read[name] = {split: _read(path, f"{name}.{split}", label, features)
                       for split, path in paths.items()}
-    ys, names = _label_ids({t: {s: lab for s, (_, lab) in sp.items()} for t, sp in read.items()})
+    if not isinstance(label_names, bool):
+        raise ArgError("label_names", f"expected true or false, got {label_names!r}")
+    ys, names = _label_ids({t: {s: (where[t][s], where[t][s].lower().endswith((".parquet", ".pq")),
+                                    lab) for s, (_, lab) in sp.items()}
+                            for t, sp in read.items()}, label_names)
     top = max(max(y, default=-1) for t in ys.values() for y in t.values()) + 1
     tasks = {}
     for t, spec in (("old", old), ("new", new)):
@@ -121,7 +182,7 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
         if wanted is not None:
             if isinstance(wanted, (str, bytes)) or not isinstance(wanted, Sequence):
                 raise ArgError(f"{t}.classes", f"expected a list of labels, got {wanted!r}")
-            wanted = [names.get(str(c), c) if names else c for c in wanted]
+            wanted = [names.get(str(c), c) if names else _label_number(c) for c in wanted]
         splits, kept = {}, {}
         for s, (x, _) in read[t].items():
             y = np.asarray(ys[t][s], dtype=np.int64)
@@ -134,7 +195,7 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
             splits[s] = Split(torch.from_numpy(x[keep]), torch.from_numpy(y[keep]))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
-                        test_ids=_row_names(files[t]["test"], kept["test"]))
+                        test_ids=_row_names(where[t]["test"], kept["test"]))
     return tasks
 
 

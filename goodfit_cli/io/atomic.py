@@ -9,7 +9,8 @@ The guarantees, the same for a checkpoint, a report, a JUnit file or a line of J
   unpredictable name (O_CREAT | O_EXCL | O_NOFOLLOW), and a target that is a symbolic link is
   refused;
 - files are created with the process umask (0666 & ~umask), so a teammate or a CI runner with
-  another uid can read what a container wrote;
+  another uid can read what a container wrote; a library writer that replaces the temp file
+  with its own (safetensors writes 0600) gets that mode back before the rename;
 - an OSError becomes one UserError line naming the file ("nothing was overwritten").
 """
 
@@ -74,8 +75,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temp_name(target)
     try:
         create_exclusive(tmp)
+        mode = os.stat(tmp).st_mode & 0o777  # 0666 & ~umask
         yield tmp
         with open(tmp, "rb+") as f:
+            if os.fstat(f.fileno()).st_mode & 0o777 != mode:  # a library's writer replaced the
+                os.fchmod(f.fileno(), mode)  # file with its own 0600 temp file (safetensors)
             os.fsync(f.fileno())
         os.replace(tmp, target)
     except BaseException as e:

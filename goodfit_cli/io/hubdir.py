@@ -9,6 +9,7 @@ snapshot. Nothing is downloaded; pickled weights (`pytorch_model.bin`) are refus
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.atomic import sha256_file
 
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -30,6 +32,14 @@ class BaseFiles:
     weights: list[Path]
     config: dict[str, Any] | None = None  # config.json of a model folder
     config_path: Path | None = None
+
+
+def weights_sha256(files: BaseFiles) -> str:
+    """The base's identity: the sha256 of its one weights file, or, for shards, the sha256 of
+    their sha256s in order (never of the folder's path)."""
+    if len(files.weights) == 1:
+        return sha256_file(files.weights[0])
+    return hashlib.sha256("".join(sha256_file(f) for f in files.weights).encode()).hexdigest()
 
 
 def _read_json(path: Path) -> Any:

@@ -12,6 +12,7 @@ checkpoint: an existing one is renamed aside.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import probe_writable
+from goodfit_cli.io.atomic import probe_writable, sha256_file
 
 Log = Callable[[str], None]
 
@@ -153,11 +154,51 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def recorded_path(folder: Path, value: Any) -> Path:
+    """A path a run recorded: absolute as written; a relative one (older runs) is taken
+    relative to the run folder that recorded it, never to the current directory."""
+    path = Path(str(value or ""))
+    return path if path.is_absolute() else folder / path
+
+
+def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict]) -> None:
+    """Refuse a record whose metrics are not what its predictions give.
+
+    Every metric of an objective is the mean of its per-sample values, which the predictions
+    file holds (and whose sha256 the record holds): a metric edited in the record after the run
+    is one UserError line naming both numbers, never a verdict."""
+    if not isinstance(metrics, dict):
+        raise UserError(f"{record}: no metrics; the run folder is damaged")
+    for task, values in metrics.items():
+        per = (preds.get(task) or {}).get("per_sample") or {}
+        if not isinstance(values, dict):
+            raise UserError(f"{record}: metrics.{task} is not a table of metrics; the run folder "
+                            "is damaged")
+        for name, stored in values.items():
+            if name not in per:
+                continue
+            again = float(per[name].double().mean())
+            same = (stored is None and not math.isfinite(again)) or (
+                isinstance(stored, (int, float)) and not isinstance(stored, bool)
+                and math.isclose(float(stored), again, rel_tol=1e-9, abs_tol=1e-12))
+            if not same:
+                raise UserError(f"{record}: {task} {name} is recorded as {stored!r} but its "
+                                f"predictions give {again:.6g}; the record was edited or damaged "
+                                "(pass the checkpoint file itself to evaluate it again)")
+
+
 def load_result(arm_dir: Path) -> RunResult:
     summary = read_json(arm_dir / "summary.json")
     if not isinstance(summary.get("metrics"), dict) or "name" not in summary:
         raise UserError(f"{arm_dir / 'summary.json'}: no name or metrics; the run folder is "
                         "damaged (start afresh with --overwrite)")
+    for name, want in (summary.get("files_sha256") or {}).items():
+        path = arm_dir / str(name)
+        if path.is_file() and sha256_file(path) != want:
+            raise UserError(f"{path}: does not match the sha256 recorded in "
+                            f"{arm_dir / 'summary.json'}; the run folder was changed after the "
+                            "run (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
+    check_stored_metrics(arm_dir / "summary.json", summary["metrics"], preds)
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.models.timm_models import weight_source
 
 
 def spec_from_config(config: dict[str, Any], path: Path, num_classes: int | None) -> tuple[str, dict[str, Any]]:
@@ -25,6 +26,11 @@ def spec_from_config(config: dict[str, Any], path: Path, num_classes: int | None
     args = dict(config.get("model_args") or {})
     if not isinstance(config.get("model_args", {}), dict):
         raise UserError(f"{path}: 'model_args' must be a JSON object")
+    bad = weight_source(args)
+    if bad is not None:
+        raise UserError(f"{path}: model_args.{bad}: goodfit never lets timm load weights or "
+                        "configs (pretrained weights, torch.load of a checkpoint_path); remove it, "
+                        "the folder's model.safetensors holds the weights")
     args.pop("pretrained", None)
     args["name"] = arch
     classes = num_classes if num_classes is not None else config.get("num_classes", args.get("num_classes"))

@@ -35,6 +35,19 @@ def _qualified_name(model: nn.Module, module: nn.Module) -> str:
     raise ValueError(f"classifier of {type(model).__name__} is not one of its submodules")
 
 
+# timm.create_model arguments that read weights or configs from a file, a cache or the network
+# (checkpoint_path is read with torch.load: a pickle). Weights come only from safetensors.
+WEIGHT_SOURCES = ("checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir",
+                  "pretrained_strict", "pretrained_filter_fn", "pretrained_model_args")
+
+
+def weight_source(args: dict[str, Any]) -> str | None:
+    """The first argument in `args` that would make timm load weights or configs from elsewhere."""
+    if args.get("pretrained"):
+        return "pretrained"
+    return next((k for k in WEIGHT_SOURCES if k in args), None)
+
+
 def timm_model(name: str, num_classes: int, cifar_stem: bool = False, **kwargs: Any) -> nn.Module:
     """timm.create_model(name, pretrained=False, num_classes=..., **kwargs); head = get_classifier()."""
     import timm  # deferred: importing timm costs more than a second
@@ -44,8 +57,12 @@ def timm_model(name: str, num_classes: int, cifar_stem: bool = False, **kwargs: 
         hint = f"; did you mean {close[0]!r}?" if close else " (see `timm.list_models()`)"
         raise ArgError("name", f"unknown timm model {name!r}{hint}")
     check_int("num_classes", num_classes, 0)
-    if kwargs.pop("pretrained", False):
-        raise ArgError("pretrained", "pretrained weights are never downloaded; load a checkpoint instead")
+    bad = weight_source(kwargs)
+    if bad is not None:
+        raise ArgError(bad, "goodfit never lets timm load weights or configs (pretrained "
+                       "weights, torch.load of a checkpoint_path); remove it and pass the weights "
+                       "as a safetensors --base")
+    kwargs.pop("pretrained", None)
     try:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as e:

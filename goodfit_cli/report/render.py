@@ -6,10 +6,12 @@ Rates (accuracy, flip and miss rates) print in % and their deltas in percentage 
 
 from __future__ import annotations
 
+import html
 import json
-from html import escape
+import re
 
 from goodfit_cli.core import metrics as M
+from goodfit_cli.core.text import printable
 from goodfit_cli.report.svg import line_plot
 
 _DASH = "—"
@@ -233,13 +235,21 @@ def _flat(d: dict) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- Markdown
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+_MD_SPECIAL = re.compile(r"([\\`*|]|(?<=\])[(\[])")  # `](` / `][`: a link
+
+
+def md_escape(text) -> str:
+    """Text for report.md (posted as a PR comment): credentials redacted, control and bidi
+    characters escaped (core.text.printable), HTML escaped (`<img onerror=...>` stays text),
+    Markdown's emphasis, code and table characters and link brackets backslashed, no URL
+    verbatim."""
+    text = html.escape(printable(text), quote=False).replace("://", "&#58;//")
+    return _MD_SPECIAL.sub(r"\\\1", text)
 
 
 def _md_table(head: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
-    lines = ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
-    return lines + ["| " + " | ".join(_md(c) for c, _ in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(md_escape(c) for c, _ in row) + " |" for row in rows]
 
 
 def render_markdown(report: dict) -> str:
@@ -249,10 +259,11 @@ def render_markdown(report: dict) -> str:
     out += ["", "Δ = arm − base; ▲/▼ is the sign of the change, (better)/(worse) its effect; "
             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task samples "
             "the arm broke/fixed."]
-    out += [line for note in _head_notes(report) for line in ("", f"**{_md(note)}**")]
+    out += [line for note in _head_notes(report) for line in ("", f"**{md_escape(note)}**")]
     stops = _early_stops(report)
     if stops:
-        out += ["", "#### Early stopping", ""] + [f"- **{_md(n)}**: {_md(t)}" for n, t in stops]
+        out += ["", "#### Early stopping", ""] + [f"- **{md_escape(n)}**: {md_escape(t)}"
+                                                  for n, t in stops]
     per_class = _per_class_rows(report)
     if per_class:
         out += ["", "#### Largest per-class regressions (old task, top 5 per arm)", ""]
@@ -268,15 +279,15 @@ def render_markdown(report: dict) -> str:
     violations = _violations(report)
     if violations:
         out += ["", "#### Gate violations", ""]
-        out += [f"- **{_md(n)}**: {_md(v)}" for n, v in violations]
-    out += ["", "#### Candidates", ""] + [f"- **{_md(n)}**: `{_md(c)}`"
+        out += [f"- **{md_escape(n)}**: {md_escape(v)}" for n, v in violations]
+    out += ["", "#### Candidates", ""] + [f"- **{md_escape(n)}**: `{md_escape(c)}`"
                                           for n, c in _candidates(report)]
     out += ["", "<details><summary>All metrics</summary>", ""]
     out += _md_table(*_all_metric_rows(report))
     out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
     out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])
     for a in report["arms"]:
-        out += ["", f"**{_md(a['name'])}** (`{_md(a['checkpoint'])}`)", ""]
+        out += ["", f"**{md_escape(a['name'])}** ({md_escape(a['checkpoint'])})", ""]
         out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(a["provenance"])])
     out += ["", f"Report schema `{report['schema']}`, created {report['created']}.", "",
             "</details>", ""]
@@ -300,7 +311,7 @@ table.confusion td{text-align:right}td.diag{background:#dafbe1}td.off{background
 
 def _h(text) -> str:
     """HTML-escaped text; '://' is written as an entity so no URL appears verbatim in the file."""
-    return escape(str(text)).replace("://", "&#58;//")
+    return html.escape(printable(text)).replace("://", "&#58;//")
 
 
 def _html_table(head: list[str], rows: list[list[tuple[str, str]]]) -> str:

@@ -15,8 +15,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.text import printable
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.report.render import md_escape
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -159,11 +161,12 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
 
 def render_markdown(rep: dict[str, Any]) -> str:
     m_old, m_new = rep["metrics"]
-    lines = [f"# goodfit search: {rep['study']}", "",
-             f"Recipe {rep['recipe']}, base {rep['base']}, storage `{rep['storage']}`; "
+    e = md_escape  # names and paths the user chose: no HTML, links or secrets reach a PR
+    lines = [f"# goodfit search: {e(rep['study'])}", "",
+             f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
              f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
              f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.", ""]
-    lines += [f"- {n}" for n in rep["notes"]]
+    lines += [f"- {e(n)}" for n in rep["notes"]]
     rec = rep["recommendation"]
     lines += ["", "## Recommendation", ""]
     if rec is None:
@@ -173,7 +176,8 @@ def render_markdown(rep: dict[str, Any]) -> str:
                           for k, v in rec["params"].items())
         lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
                      f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
-                     f"`{rep.get('exported') or 'not exported (' + rep.get('export_note', '') + ')'}`.")
+                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
+                     + ".")
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         for name, verdict in rep["against_defaults"].items():
             lines.append(f"- against {name}: {verdict}"
@@ -210,6 +214,6 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
                      (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
                      rep.get("base_point"), rep["recommendation"])
     html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>goodfit search "
-            f"{escape(rep['study'])}</title><body style=\"font-family:system-ui;max-width:60em;"
-            f"margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
+            f"{escape(printable(rep['study']))}</title><body style=\"font-family:system-ui;"
+            f"max-width:60em;margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
     atomic_write(out / "report.html", html)

@@ -21,7 +21,13 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.inputs import ATTR, spec_of
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import load_predictions, read_json, read_jsonl
+from goodfit_cli.io.rundir import (
+    check_stored_metrics,
+    load_predictions,
+    read_json,
+    read_jsonl,
+    recorded_path,
+)
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import Recipe
@@ -39,6 +45,7 @@ class Side:
     checkpoint: Path
     stored: Path | None = None  # a JSON file with "sha256" and "metrics", beside predictions
     sha256: str | None = None  # of the checkpoint, once read
+    expect: str | None = None  # the sha256 the run recorded for it (a run's base)
 
 
 def _sides(path: Path, as_base: bool) -> list[Side]:
@@ -52,8 +59,12 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
         return [Side(path.stem if path.stem != "model" else d.name, path)]
     if (path / "run.json").exists():  # a fine-tuning run directory
         if as_base:
-            base = read_json(path / "base" / "metrics.json")
-            return [Side("base", Path(str(base.get("checkpoint", ""))), path / "base" / "metrics.json")]
+            record = path / "base" / "metrics.json"
+            base, ident = read_json(record), read_json(path / "run.json").get("identity")
+            expect = (ident.get("base_sha256") if isinstance(ident, dict) else None) \
+                or base.get("sha256")
+            return [Side("base", recorded_path(path, base.get("checkpoint")), record,
+                         expect=expect if isinstance(expect, str) else None)]
         arms = read_json(path / "run.json").get("arms")
         if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
             raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
@@ -93,6 +104,7 @@ def _reuse(side: Side, sha256: str, log) -> tuple[dict, dict] | None:
             "evaluating again")
         return None
     preds = load_predictions(side.stored.parent / "predictions.safetensors")
+    check_stored_metrics(side.stored, meta["metrics"], preds)
     return (meta["metrics"], preds) if preds else None
 
 
@@ -134,6 +146,10 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     def measure(side: Side) -> tuple[dict, dict]:
         nonlocal session
         if not side.checkpoint.exists():
+            if side.expect:  # a run's base, by the path the run recorded
+                raise UserError(f"{side.stored}: the base it names, {side.checkpoint}, is not "
+                                "found (a relative path is taken relative to the run folder); "
+                                "pass the base checkpoint itself as BASE")
             raise UserError(f"checkpoint not found: {side.checkpoint}")
         if hasattr(model, ATTR):  # each checkpoint brings its own input statistics (or none)
             delattr(model, ATTR)
@@ -143,6 +159,12 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                             f"({loaded.messages[0]}); compare needs checkpoints of the recipe's "
                             "architecture")
         side.sha256 = loaded.sha256
+        if side.expect and side.expect != loaded.sha256:
+            raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 "
+                            f"is {loaded.sha256[:12]}…, but the run recorded base "
+                            f"{side.expect[:12]}…; "
+                            "the run folder was changed or the base was replaced (pass the base "
+                            "checkpoint itself as BASE)")
         stored = _reuse(side, loaded.sha256, ui.log)
         if stored is not None:
             ui.log(f"{side.name}: reusing stored metrics and predictions")

@@ -23,7 +23,7 @@ from goodfit_cli.core.timing import TRAINING, Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import RunResult, load_result, save_predictions
+from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
@@ -74,7 +74,7 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
     recipe = load_recipe(run / "recipe.yaml", overrides or [])
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
-    job = FinetuneJob(recipe, base or Path(saved["base"]), run, arms or saved["arms"],
+    job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
                       resume=True)
     return job, place
 
@@ -135,7 +135,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
         atomic_write(out / "recipe.yaml", recipe.to_yaml())
-        write_json(out / "run.json", {"base": str(job.base), "arms": arm_names, "seed": s.seed,
+        where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
+        write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity,
@@ -145,7 +146,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
         write_json(out / "base" / "metrics.json", {
-            "checkpoint": str(job.base), "sha256": loaded.sha256, "metrics": base_metrics,
+            "checkpoint": where, "sha256": loaded.sha256, "metrics": base_metrics,
             "files_sha256": {"predictions.safetensors":
                              sha256_file(out / "base" / "predictions.safetensors")}})
     ui.log("base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.errors import Diverged, UserError
+from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.core.text import redact
+from goodfit_cli.io.atomic import probe_writable, sha256_file
+from goodfit_cli.io.hubdir import resolve_base, weights_sha256
+from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.search import (
@@ -60,23 +63,31 @@ class SearchJob:
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
 
 
-def _storage(job: SearchJob) -> Any:
+def _storage(url: str) -> Any:
+    """Optuna's storage at `url`; its errors (a bad URL, an unreachable server, a missing driver,
+    two workers creating the tables at once) go to the caller."""
     import optuna
 
-    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     st = optuna.storages  # a worker that died mid-trial: its trial is retried once, by anyone
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
-            stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-                     {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
-            return url, st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                                      grace_period=300, **stale)
-    except Exception as e:  # a bad URL, an unreachable server, a missing driver
-        raise UserError(f"--storage {url}: cannot open the study's database "
-                        f"({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
+        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
+                 {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
+        return st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
+                             grace_period=300, **stale)
+
+
+def _a_race(e: Exception) -> bool:
+    """Whether creating a study failed because another worker was creating it at the same
+    moment (retried), not because the database cannot be used (reported at once)."""
+    import optuna
+
+    text = str(e).lower()
+    return isinstance(e, optuna.exceptions.DuplicatedStudyError) or (
+        type(e).__name__ in ("IntegrityError", "OperationalError")
+        and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text))
 
 
 def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str]) -> Any:
@@ -84,16 +95,17 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = job.study or f"goodfit-{identity['recipe']}"
+    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
     for attempt in range(5):  # workers starting together race to create the tables and study
         try:
-            url, storage = _storage(job)
             study = optuna.create_study(
-                storage=storage, study_name=name, load_if_exists=True,
+                storage=_storage(url), study_name=name, load_if_exists=True,
                 directions=["maximize" if d > 0 else "minimize" for d in dirs])
             break
-        except Exception:
-            if attempt == 4:
-                raise
+        except Exception as e:  # a bad URL, a missing driver: one line at once, no retry
+            if attempt == 4 or not _a_race(e):
+                raise UserError(f"--storage {url}: cannot open the study's database "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
             time.sleep(1 + attempt)
     for k, v in identity.items():  # one study = one recipe and one base
         have = study.user_attrs.get(k)
@@ -108,7 +120,7 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.TPESampler(  # a worker joining later draws afresh
             seed=job.seed * 100_003 + len(study.trials), multivariate=True, group=True, **legacy)
-    study.set_user_attr("storage", url.split("@")[-1])  # never the password
+    study.set_user_attr("storage", redact(url))  # never the password
     return study
 
 
@@ -119,7 +131,8 @@ def _states() -> tuple:
     return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
 
 
-def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str) -> tuple:
+def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
+               stopped: list[Interrupted]) -> tuple:
     import optuna
 
     done = trial.study.get_trials(deepcopy=False, states=_states())
@@ -145,6 +158,13 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
+    except Interrupted as e:  # SIGINT/SIGTERM: this trial does not count, the study stops
+        trial.set_user_attr("interrupted", str(e))
+        e.resume = ("the same command again (the interrupted trial is not counted; a new trial "
+                    "replaces it)")
+        stopped.append(e)
+        trial.study.stop()
+        raise optuna.TrialPruned("interrupted") from None
     arm = rep["arms"][0]
     gate = arm.get("gate")
     constraint = [float(len(gate["violations"]))] if gate else [0.0]  # <= 0: passes the gate
@@ -186,21 +206,31 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if not job.base.exists():
         raise UserError(f"--base {job.base}: not found")
     recipe = load(job.recipe, job.overrides)
-    job.out.mkdir(parents=True, exist_ok=True)
+    # every check before --out is created: a link or a file there, --out holding the base
+    if job.out.is_symlink() or (job.out.exists() and not job.out.is_dir()):
+        raise UserError(f"output path exists and is not a directory: {job.out}")
+    check_outputs({}, {"--out": job.out}, {"--base": job.base})
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
-                "base_sha256": sha256_file(job.base),
+                "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
                 "replay": "searched" if job.replay else "off"}  # one search space per study
+    if job.storage is None:  # the default study.db lives in --out
+        _make_out(job.out)
     study = _open_study(job, dirs, identity)
+    _make_out(job.out)
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
     states = _states()
     left = job.trials - len(study.get_trials(deepcopy=False, states=states))
     t0 = time.perf_counter()
     if left > 0:
         ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
-        study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name), n_trials=left,
+        stopped: list[Interrupted] = []
+        study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
+                       n_trials=left,
                        callbacks=[optuna.study.MaxTrialsCallback(job.trials, states=states)])
+        if stopped:  # no report from a study cut short; the same command continues it
+            raise stopped[0]
     if job.defaults:
         notes += _defaults(job, place, ui)
     defaults = _defaults_report(job) or {"arms": []}
@@ -211,6 +241,14 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     write_search_report(rep, job.out, curves)
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
+
+
+def _make_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_writable(out)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
 def _defaults_report(job: SearchJob) -> dict | None:

@@ -7,7 +7,6 @@ evaluate and compare all start from one.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,7 @@ from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Streamed, as_samples, streams
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import sha256_file
-from goodfit_cli.io.hubdir import resolve_base
+from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.from_config import spec_from_config
@@ -197,11 +195,7 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
         else:
             setattr(model, ATTR, own)
     metrics = meta.get("metrics")
-    if len(files.weights) == 1:
-        digest = sha256_file(files.weights[0])
-    else:  # shards: the hash of their hashes, in order
-        digest = hashlib.sha256("".join(sha256_file(f) for f in files.weights).encode()).hexdigest()
-    return Loaded(Path(path), digest, messages, [c.to_dict() for c in changes], recorded(model),
+    return Loaded(Path(path), weights_sha256(files), messages, [c.to_dict() for c in changes], recorded(model),
                   metrics if isinstance(metrics, dict) else None)
 
 

@@ -7,7 +7,6 @@ fine-tuning run draws that curve; this workflow turns one α into a checkpoint w
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
-from goodfit_cli.io.rundir import prepare_out, save_predictions
+from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_predictions
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
@@ -68,15 +67,20 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         raise UserError(f"{arm_dir}: not a finished arm of a goodfit fine-tuning run "
                         "(expected RUN/<arm>/summary.json and RUN/run.json)")
     recipe = load_recipe(run / "recipe.yaml", job.overrides or [])
-    saved = json.loads((run / "run.json").read_text())
+    saved = read_json(run / "run.json")
     place = place or Place()
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
     prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
     s = open_session(recipe, place, join=False)
     model = s.model()
-    base = Path(saved["base"])
+    base = recorded_path(run, saved.get("base"))
     loaded = load_checkpoint(model, base)
+    want = (saved.get("identity") or {}).get("base_sha256")
+    if want and want != loaded.sha256:
+        raise UserError(f"{run / 'run.json'}: names {base} as the base, whose sha256 is "
+                        f"{loaded.sha256[:12]}…, but the run recorded base {str(want)[:12]}…; "
+                        "the run folder was changed or the base was replaced")
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     base_measured = s.evaluate(model, with_predictions=True)
     arm_ckpt = arm_dir / "model.safetensors"
