@@ -106,5 +106,5 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
             # a caller that can stream (a training session) decides when to read a train split
             splits[split] = samples if split == "train" and ctx.lazy else samples.load()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
-                        [ids[c] for c in names[t]])
+                        [ids[c] for c in names[t]], splits.get("val"))
     return tasks

@@ -131,5 +131,6 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
                 raise ArgError(f"{t}.{s}", "no row has a label of the task's classes")
             splits[s] = Split(torch.from_numpy(x[keep]), torch.from_numpy(y[keep]))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
-        tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present)
+        tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
+                        splits.get("val"))
     return tasks

@@ -19,10 +19,12 @@ import yaml
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data.stream import LoaderSettings
+from goodfit_cli.data.validation import Carving
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.loader import LOADER, loader_settings
 from goodfit_cli.recipe.sections import (
     REPLAY,
+    VALIDATION,
     ReplaySpec,
     key_map,
     loss_name,
@@ -146,6 +148,7 @@ class Recipe:
     tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
+    validation: Carving = field(default_factory=Carving)  # data.validation (when none is given)
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
 
@@ -232,7 +235,8 @@ FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_na
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
-DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {})})
+DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {}),
+                "validation": (VALIDATION, {})})
 TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
@@ -376,6 +380,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
         tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
+        validation=Carving(**v["data"]["validation"]),
         raw=raw)
 
 
