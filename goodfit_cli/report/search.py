@@ -44,12 +44,19 @@ def recommend(trials: list[dict], dirs: tuple[int, int]) -> dict | None:
 
 
 def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
-    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off'."""
+    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off' on the
+    points' "old"/"new" (validation), then "; on test: ..." when both carry test_old/test_new."""
+    def word(a: tuple, b: tuple) -> str:
+        return ("dominates" if dominates(a, b, dirs) else
+                "dominated" if dominates(b, a, dirs) else "trade-off")
+
     out = {}
     for r in refs:
-        a, b = (point["old"], point["new"]), (r["old"], r["new"])
-        out[r["name"]] = ("dominates" if dominates(a, b, dirs) else
-                          "dominated" if dominates(b, a, dirs) else "trade-off")
+        out[r["name"]] = word((point["old"], point["new"]), (r["old"], r["new"]))
+        tests = [point.get("test_old"), point.get("test_new"), r.get("test_old"),
+                 r.get("test_new")]
+        if all(v is not None for v in tests):
+            out[r["name"]] += f"; on test: {word(tuple(tests[:2]), tuple(tests[2:]))}"
     return out
 
 
@@ -84,7 +91,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
-    title = "search: trials, Pareto front, default arms, WiSE-FT curves"
+    title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)"
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
            f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
@@ -162,7 +169,9 @@ def render_markdown(rep: dict[str, Any]) -> str:
     lines = [f"# goodfit search: {rep['study']}", "",
              f"Recipe {rep['recipe']}, base {rep['base']}, storage `{rep['storage']}`; "
              f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
-             f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.", ""]
+             f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.", "",
+             "Every choice (objectives, gate, front, recommendation) is made on the validation "
+             "splits; the test numbers beside them are for the report only.", ""]
     lines += [f"- {n}" for n in rep["notes"]]
     rec = rep["recommendation"]
     lines += ["", "## Recommendation", ""]
@@ -171,15 +180,21 @@ def render_markdown(rep: dict[str, Any]) -> str:
     else:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in rec["params"].items())
-        lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
-                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
+        test = ""
+        if rec.get("test_old") is not None:
+            gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
+            test = (f"; on test: old {m_old} {rec['test_old']:.4g}, new {m_new} "
+                    f"{rec['test_new']:.4g} (gate on test: {gate})")
+        lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): on validation old {m_old} "
+                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                      f"`{rep.get('exported') or 'not exported (' + rep.get('export_note', '') + ')'}`.")
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         for name, verdict in rep["against_defaults"].items():
             lines.append(f"- against {name}: {verdict}"
                          + (f" ({name} fails the gate)" if name in failed else ""))
-    lines += ["", "## Trials", "", f"| trial | state | arm | knobs | old {m_old} | new {m_new} "
-              "| gate | front |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Trials", "", f"| trial | state | arm | knobs | old {m_old} (val) | new {m_new} "
+              f"(val) | gate (val) | front | old {m_old} (test) | new {m_new} (test) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     front = {p["number"] for p in rep["front"]}
     for t in rep["trials"]:
         knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -187,15 +202,18 @@ def render_markdown(rep: dict[str, Any]) -> str:
         val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
         lines.append(f"| {t['number']} | {t['state']} | {t['arm']} | {knobs} | {val(t['old'])} "
                      f"| {val(t['new'])} | {'pass' if t['feasible'] else 'FAIL'} | "
-                     f"{'*' if t['number'] in front else ''} |")
+                     f"{'*' if t['number'] in front else ''} | {val(t.get('test_old'))} | "
+                     f"{val(t.get('test_new'))} |")
     if rep["defaults"]:
         gate = {True: "pass", False: "FAIL", None: "-"}
-        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} | new {m_new} "
-                  "| gate |", "|---|---|---|---|"]
+        val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
+        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} (val) | new {m_new} "
+                  f"(val) | gate (val) | old {m_old} (test) | new {m_new} (test) |", "|---|---|---|---|---|---|"]
         if rep.get("base_point"):
             b = rep["base_point"]
-            lines.append(f"| base (no fine-tune) | {b['old']:.4g} | {b['new']:.4g} | - |")
-        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} | {gate[r.get('gate')]} |"
+            lines.append(f"| base (no fine-tune) | {b['old']:.4g} | {b['new']:.4g} | - | - | - |")
+        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} | {gate[r.get('gate')]} | "
+                  f"{val(r.get('test_old'))} | {val(r.get('test_new'))} |"
                   for r in rep["defaults"]]
     return "\n".join(lines) + "\n"
 

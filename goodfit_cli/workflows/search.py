@@ -9,6 +9,13 @@ any machines, run the same command with the same storage and share one study; a 
 continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
 and exports the recommendation (the best new-task trial that passes the gate) to
 RUN/recommended/model.safetensors with its provenance.
+
+Every choice is made on the VALIDATION splits: a trial's objectives are its validation
+metrics, its feasibility the gate judged on validation, and the recommendation is chosen among
+them; each trial's test numbers are stored beside them and reported, never used to choose.
+Each trial keeps its validation and test views (metrics, changes, flips) in the study, so the
+report judges every finished trial with the gate of THIS command: a re-run with another gate
+re-judges all of them and the recommendation from the stored results (and says so).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from goodfit_cli.core.metrics import direction
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.rundir import keep_previous
-from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.gate import Gate, describe, evaluate_gate
 from goodfit_cli.report.search import (
     dominance_against,
     pareto_front,
@@ -146,8 +153,11 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
     arm = rep["arms"][0]
-    gate = arm.get("gate")
-    constraint = [float(len(gate["violations"]))] if gate else [0.0]  # <= 0: passes the gate
+    views = {"val": {k: arm["validation"][k] for k in ("metrics", "delta", "flips")},
+             "test": {k: arm[k] for k in ("metrics", "delta", "flips")}}
+    trial.set_user_attr("views", views)  # what any later gate is judged on
+    judged = judge(job.gate, views["val"], f"trial {trial.number}")
+    constraint = [float(len(judged["violations"]))]  # <= 0: passes the gate on validation
     trial.set_user_attr("constraint", constraint)
     if hasattr(trial, "set_constraint"):
         trial.set_constraint("gate_violations", constraint[0])
@@ -156,7 +166,15 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("seed", place.seed if place.seed is not None else recipe.seed)
     prim = recipe.primary
     trial.set_user_attr("metrics", arm["metrics"])
-    return arm["metrics"]["old"][prim["old"]], arm["metrics"]["new"][prim["new"]]
+    val = views["val"]["metrics"]  # the objectives: validation, never test
+    return val["old"][prim["old"]], val["new"][prim["new"]]
+
+
+def judge(gate: Gate | None, view: dict, name: str) -> dict:
+    """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes."""
+    if gate is None:
+        return {"passed": True, "violations": [], "checks": []}
+    return evaluate_gate(gate, {"name": name, **view})
 
 
 def _defaults(job: SearchJob, place: Place, ui: Ui) -> list[str]:
@@ -206,7 +224,8 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     defaults = _defaults_report(job) or {"arms": []}
     rep = _report(job, study, recipe, dirs, notes, defaults)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
-    curves = [(a["name"], [(p["old"][prim["old"]], p["new"][prim["new"]]) for p in a["wise"]])
+    curves = [(a["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
+                           for p in a["wise"] if "val" in p])  # validation, like the trials
               for a in defaults["arms"] if a.get("wise")]
     write_search_report(rep, job.out, curves)
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
@@ -223,27 +242,49 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
             notes: list[str], defaults: dict) -> dict[str, Any]:
     """The study's report; `defaults`: RUN/defaults/report.json ({"arms": []} before it ran)."""
     prim = recipe.primary
+    gate_now = describe(job.gate)
+    judged_with = study.user_attrs.get("gate")
+    if judged_with is not None and judged_with != gate_now:
+        notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
+                     "recommendation are re-judged from the stored validation results; the "
+                     "sampler's constraint for trials run before keeps the old gate")
+    study.set_user_attr("gate", gate_now)
+    pick = lambda m: (m["old"][prim["old"]], m["new"][prim["new"]])  # noqa: E731
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
             continue
+        views = t.user_attrs.get("views")
+        if t.state.name == "COMPLETE" and views is None:
+            raise UserError(f"study {study.study_name!r}: trial {t.number} has no stored "
+                            "validation results (made by an older goodfit); it cannot be judged: "
+                            "use a new --out or --study")
         vals = t.values if t.values is not None else (None, None)
+        test = pick(views["test"]["metrics"]) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
                        "params": dict(t.params), "old": vals[0], "new": vals[1],
-                       "feasible": t.user_attrs.get("constraint", [0.0])[0] <= 0,
+                       "test_old": test[0], "test_new": test[1],
+                       "feasible": bool(views) and judge(job.gate, views["val"],
+                                                         f"trial {t.number}")["passed"],
+                       "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
+                                            ["passed"] if views else None),
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
                        "checkpoint": t.user_attrs.get("checkpoint")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    refs = [{"name": a["name"], "old": a["metrics"]["old"][prim["old"]],
-             "new": a["metrics"]["new"][prim["new"]], "gate": (a.get("gate") or {}).get("passed")}
-            for a in defaults["arms"]]
-    b = defaults.get("base_metrics")  # the base itself, measured by the default arms' run
-    base = {"old": b["old"][prim["old"]], "new": b["new"][prim["new"]]} if b else None
+    refs = []
+    for a in defaults["arms"]:  # judged like the trials: on validation, with this gate
+        v = a.get("validation") or {"metrics": a["metrics"], "delta": a["delta"],
+                                    "flips": a["flips"]}
+        refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"]))),
+                     **dict(zip(("test_old", "test_new"), pick(a["metrics"]))),
+                     "gate": judge(job.gate, v, a["name"])["passed"] if job.gate else None})
+    b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
+    base = dict(zip(("old", "new"), pick(b))) if b else None
     rec = recommend(done, dirs)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
-           "gate": job.gate.source if job.gate else None, "notes": notes, "trials": trials,
+           "gate": gate_now, "split": "val", "notes": notes, "trials": trials,
            "complete": len(done), "front": pareto_front([t for t in done if t["feasible"]], dirs),
            "defaults": refs, "base_point": base, "recommendation": rec,
            "against_defaults": dominance_against(rec, refs, dirs) if rec else {}}
