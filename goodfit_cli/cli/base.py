@@ -202,4 +202,11 @@ def launch_if_asked(nproc: int) -> None:
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
     show(summary_table(report))
+    log(f"gate: {report.get('gate_limits') or 'no gate'}")
+    chosen = report.get("verdict")
+    if chosen:  # chosen on validation (the report says which split and both numbers)
+        ship = chosen["ship"]
+        log("verdict (chosen on validation): " + (
+            "ship nothing, no candidate passes the gate; keep the base" if ship is None else
+            f"ship {ship['name']}"))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

@@ -208,8 +208,10 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
     rows = []
     for a in v["arms"]:
         val, test = a["val"] or {}, a["test"] or {}
-        by = ", ".join(d["name"] + (" ✓" if d["confirmed_on_test"] else "")
-                       for d in a["dominated_by"]) or _DASH
+        names = [d["name"] + (" ✓" if d["confirmed_on_test"] else "")
+                 for d in sorted(a["dominated_by"], key=lambda d: not d["confirmed_on_test"])]
+        by = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") \
+            if names else _DASH
         tone = "worse" if a["dominated_by"] else "better"
         rows.append([(a["name"], ""), (fmt_value(po, val.get("old")), ""),
                      (fmt_value(pn, val.get("new")), ""), (fmt_value(po, test.get("old")), ""),
