@@ -191,15 +191,16 @@ def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
                   what: str) -> None:
     """A UserError (exit 2) when a limit names a metric the run does not measure: `have` =
     {"old": {metric, ...}, "new": {...}}, `kinds` each task's kind; `what` names the run."""
+    src = "gate flags" if gate.source == "flags" else gate.source
     for limit in gate.limits:
         if limit.metric in FLIP_METRICS:
             if kinds.get(limit.task) == "classification" and limit.task == "old":
                 continue
-            raise UserError(f"gate {gate.source}: {limit.name}: flip rates exist only for a "
+            raise UserError(f"{src}: {limit.name}: flip rates exist only for a "
                             f"classification old task; {what} has none")
         if limit.metric not in have.get(limit.task, set()):
             known = ", ".join(sorted(have.get(limit.task, set()))) or "none"
-            raise UserError(f"gate {gate.source}: {limit.name}: {what} does not measure "
+            raise UserError(f"{src}: {limit.name}: {what} does not measure "
                             f"{limit.task} {limit.metric} (it measures: {known})")
 
 
