@@ -210,3 +210,45 @@ def test_two_workers_on_a_postgresql_study(base, tmp_path, postgres):
     study = optuna.load_study(study_name="goodfit-toy", storage=postgres)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
     assert json.loads((tmp_path / "run" / "report.json").read_text())["complete"] == 3
+
+
+def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path):
+    """Trials are chosen on validation (their objectives are the trial's validation metrics;
+    the test ones are stored beside them). The same study re-run with another gate and no
+    trials left re-judges every finished trial and the recommendation from the stored results,
+    and says the gate changed: a ceiling no trial keeps recommends nothing; one between the
+    trials' old-task values keeps exactly those at or under it."""
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", out,
+               "--no-defaults", *TINY)
+
+    def search(*gate) -> dict:
+        res = subprocess.run(args + list(gate), cwd=ROOT, env=ENV, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return json.loads((out / "report.json").read_text())
+
+    first = search("--max-old", "mse=100")
+    assert first["gate"] == "old mse max 100 (from command-line flags)"
+    assert all(t["feasible"] for t in first["trials"]) and first["recommendation"] is not None
+    for t in first["trials"]:  # old/new: validation; test_old/test_new: test
+        wise = Path(t["checkpoint"]).parent / "report.json"  # a WiSE point's own report
+        report = wise if wise.exists() else Path(t["dir"]) / "report.json"
+        arm = json.loads(report.read_text())["arms"][0]
+        assert (t["old"], t["new"]) == (arm["validation"]["metrics"]["old"]["mse"],
+                                        arm["validation"]["metrics"]["new"]["mse"])
+        assert (t["test_old"], t["test_new"]) == (arm["metrics"]["old"]["mse"],
+                                                  arm["metrics"]["new"]["mse"])
+    assert first["recommendation"]["new"] == min(t["new"] for t in first["trials"])
+    none = search("--max-old", "mse=0")
+    assert [t["old"] for t in none["trials"]] == [t["old"] for t in first["trials"]]  # stored
+    assert not any(t["feasible"] for t in none["trials"]) and none["recommendation"] is None
+    assert ("the gate changed (was: old mse max 100 (from command-line flags)): every finished "
+            "trial and the recommendation are re-judged") in " ".join(none["notes"])
+    cut = sorted(t["old"] for t in first["trials"])[1]
+    some = search("--max-old", f"mse={cut!r}")
+    kept = [t["number"] for t in some["trials"] if t["feasible"]]
+    assert kept == [t["number"] for t in first["trials"] if t["old"] <= cut] and len(kept) >= 2
+    best = min((t for t in some["trials"] if t["feasible"]), key=lambda t: t["new"])
+    assert some["recommendation"]["number"] == best["number"]
+    assert "gate (val)" in (out / "report.md").read_text()
