@@ -254,3 +254,31 @@ def test_a_gate_on_a_metric_the_run_does_not_measure_is_exit_2(tmp_path):
     assert res.returncode == 2 and f"{path}: new fde@3s max 1: recipe " in res.stderr
     assert "does not measure new fde@3s (it measures: mse)" in res.stderr, res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp_path):
+    """`gate: {limits: [...]}` in a recipe reads like a gate file; flags replace it; a mistake
+    in it names the recipe key, and a metric the recipe does not measure is exit 2 through the
+    CLI before anything runs."""
+    import subprocess
+    import sys
+
+    from goodfit_cli.workflows.recipes import load
+    from goodfit_cli.workflows.reporting import gate_for
+
+    own = "gate={limits: [{task: old, metric: mse, max: 0.5}, {task: new, metric: mse, max_drop: 0}]}"
+    r = load("toy", [own])
+    gate = gate_for(r, None, None, None)
+    assert [l.name for l in gate.limits] == ["old mse max 0.5", "new mse max_drop 0"]
+    assert gate.source.endswith("toy.yaml (its gate section)")
+    flags = gate_for(r, None, None, None, {"max_old": ["mse=0.7"]})
+    assert [l.name for l in flags.limits] == ["old mse max 0.7"] and flags.source == "flags"
+    with pytest.raises(UserError, match=r"toy.yaml: gate.limits\[0\].metric: unknown metric "
+                                         r"'msx'; did you mean 'mse'"):
+        gate_for(load("toy", [own.replace("metric: mse", "metric: msx", 1)]), None, None, None)
+    res = subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
+                          "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
+                          "gate={limits: [{task: old, metric: accuracy, min: 0.9}]}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "does not measure old accuracy (it measures: mse)" in res.stderr

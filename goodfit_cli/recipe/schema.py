@@ -147,6 +147,7 @@ class Recipe:
     compile: bool = False  # torch.compile the model for training
     tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
+    gate: dict[str, Any] | None = None  # the recipe's own gate ({limits: [...]}); flags replace it
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
     validation: Carving = field(default_factory=Carving)  # data.validation (when none is given)
     source: str = "<recipe>"  # the file it came from
@@ -249,6 +250,7 @@ TOP = section({
     "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
                             "key_map": (key_map, []), "new_head": (boolean, False)}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
+    "gate": (optional(mapping_any), None),  # {limits: [...]} as in a gate file (report/gate.py)
     "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
@@ -380,7 +382,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
         tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
-        validation=Carving(**v["data"]["validation"]),
+        validation=Carving(**v["data"]["validation"]), gate=v["gate"],
         raw=raw)
 
 

@@ -71,18 +71,25 @@ def load_gate(path: str | os.PathLike) -> Gate:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the gate file ({getattr(e, 'strerror', None) or e})")
     data, _ = parse_yaml(text, str(path))  # the recipe loader's limits: no alias bombs
+    return parse_gate(data, str(path), f"{path}: ")
+
+
+def parse_gate(data, source: str, where: str) -> Gate:
+    """A gate from its mapping {"limits": [...]} (a gate file's content, or a recipe's `gate`
+    section); `where` starts every error's key ("gate.yaml: " or "r.yaml: gate.")."""
+    head = where.rstrip(". :")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with a 'limits' list")
+        raise UserError(f"{head}: expected a mapping with a 'limits' list")
     for key in data:
         if key != "limits":
-            raise UserError(f"{path}: unknown key {_short(key)}{suggest(str(key), ['limits'])}")
+            raise UserError(f"{head}: unknown key {_short(key)}{suggest(str(key), ['limits'])}")
     entries = data.get("limits")
     if not isinstance(entries, list) or not entries:
-        raise UserError(f"{path}: 'limits' must be a non-empty list of limits")
+        raise UserError(f"{head}: 'limits' must be a non-empty list of limits")
     limits = []
     for i, entry in enumerate(entries):
-        limits += _parse_limit(entry, f"{path}: limits[{i}]")
-    return Gate(tuple(limits), source=str(path))
+        limits += _parse_limit(entry, f"{where}limits[{i}]")
+    return Gate(tuple(limits), source=source)
 
 
 def _short(value) -> str:

@@ -21,6 +21,7 @@ from goodfit_cli.report.gate import (
     describe,
     gate_from_flags,
     load_gate,
+    parse_gate,
 )
 from goodfit_cli.report.verdict import verdict
 from goodfit_cli.report.junit import write_junit
@@ -96,14 +97,18 @@ def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
              max_nfr: float | None, bounds: dict[str, list[str] | None] | None = None
              ) -> Gate | None:
     """The gate a command asked for: a gate file, or limits from flags (--max-old-drop,
-    --max-nfr and the absolute `bounds` {"min_old": ["accuracy=0.9"], ...}), or none. A limit on
-    a metric the recipe's tasks do not measure is a UserError here, before anything runs."""
+    --max-nfr and the absolute `bounds` {"min_old": ["accuracy=0.9"], ...}), or else the
+    recipe's `gate` section, or none. A limit on a metric the recipe's tasks do not measure is
+    a UserError here, before anything runs."""
     flagged = max_old_drop is not None or max_nfr is not None or any((bounds or {}).values())
     if gate_file is not None:
         if flagged:
             raise UserError("give either --gate or the gate flags (--max-old-drop, --max-nfr, "
                             "--min-old, --max-old, --min-new, --max-new), not both")
         gate = load_gate(gate_file)
+    elif not flagged and recipe.gate is not None:  # the recipe's own gate, when none is given
+        gate = parse_gate(recipe.gate, f"{recipe.source} (its gate section)",
+                          f"{recipe.at('gate')}.")
     elif not flagged:
         return None
     else:
