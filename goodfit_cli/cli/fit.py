@@ -41,6 +41,7 @@ from goodfit_cli.cli.base import (
     ui_for,
 )
 from goodfit_cli.cli.console import metrics_table
+from goodfit_cli.cli.usage import SEARCH_HELP
 
 
 @app.command(epilog=EXAMPLES["pretrain"])
@@ -164,7 +165,7 @@ def wise(
     raise_on_gate_failure(report)
 
 
-@app.command(epilog=EXAMPLES["search"])
+@app.command(help=SEARCH_HELP, epilog=EXAMPLES["search"])
 @handled
 def search(
     base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
@@ -187,7 +188,7 @@ def search(
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
 ) -> None:
-    """Search arms and knobs for the best update the gate allows (Optuna, multi-objective)."""
+    """Search arms and knobs for the best update the gate allows (see SEARCH_HELP)."""
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
