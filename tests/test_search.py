@@ -252,3 +252,27 @@ def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path
     best = min((t for t in some["trials"] if t["feasible"]), key=lambda t: t["new"])
     assert some["recommendation"]["number"] == best["number"]
     assert "gate (val)" in (out / "report.md").read_text()
+
+
+def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
+    """α is not drawn: along the arm's curve (validation numbers) the best new-task point within
+    the gate wins, the old task breaking ties; never the base's own point (α = 0); the arm
+    itself (α = 1) when no point passes."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.search import best_alpha
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    # old falls 0.15 per unit of α; new rises to 0.9 at α = 0.5 and stays there
+    curve = [{"alpha": a / 10, "val": m(0.95 - 0.015 * a, 0.9 * min(1, a / 5))}
+             for a in range(11)]
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.95, 0.0),
+           "arms": [{"validation": {"metrics": m(0.80, 0.9), "delta": {}, "flips": {}},
+                     "wise": curve}]}
+    assert best_alpha(None, rep, (1, 1)) == 0.5  # new 0.9 from α 0.5 on; old best at 0.5
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.90),)), rep, (1, 1)) == 0.3
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.99),)), rep, (1, 1)) == 1.0
+    curve[0]["val"] = m(0.95, 5.0)  # the base's own point is never a candidate
+    assert best_alpha(None, rep, (1, 1)) == 0.5

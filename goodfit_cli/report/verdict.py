@@ -50,12 +50,17 @@ def _pair(metrics: dict | None, po: str, pn: str) -> tuple[float, float] | None:
     return pt if _finite(*pt) else None
 
 
-def _point_view(name: str, metrics: dict, base: dict) -> dict:
-    """A WiSE point as the gate reads an arm: metrics and deltas against the base, no CIs."""
+def point_view(metrics: dict, base: dict) -> dict:
+    """A WiSE point as the gate reads an arm: metrics and changes against the base's (no CIs,
+    no flips: a point has no stored predictions)."""
     delta = {t: {m: {"value": v - base[t][m], "ci": None, "better": None}
                  for m, v in (metrics.get(t) or {}).items()
                  if _finite(v) and _finite((base.get(t) or {}).get(m))} for t in ("old", "new")}
-    return {"name": name, "metrics": metrics, "delta": delta, "flips": {}}
+    return {"metrics": metrics, "delta": delta, "flips": {}}
+
+
+def _point_view(name: str, metrics: dict, base: dict) -> dict:
+    return {"name": name, **point_view(metrics, base)}
 
 
 def _candidates(report: dict, po: str, pn: str) -> list[dict]:

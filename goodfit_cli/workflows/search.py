@@ -3,8 +3,9 @@
 A multi-objective study (old task's and new task's primary metrics, each in its own direction)
 over arms and their knobs (workflows/search_space.py), with the gate as a constraint (a trial's
 number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
-RUN/trials/trial-NNNN (plus RUN/trials/trial-NNNN/wise when its WiSE α < 1). The study lives
-in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
+RUN/trials/trial-NNNN with its arm's WiSE-FT curve; the best α the gate allows on validation
+is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The
+study lives in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
 any machines, run the same command with the same storage and share one study; a re-run
 continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
 and exports the recommendation (the best new-task trial that passes the gate) to
@@ -35,6 +36,7 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.report.gate import Gate, describe, evaluate_gate
+from goodfit_cli.report.verdict import point_view
 from goodfit_cli.report.search import (
     dominance_against,
     pareto_front,
@@ -135,19 +137,23 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
+    prim = recipe.primary
     p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
     trecipe = load(job.recipe, [*job.overrides, *p.overrides])
-    ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides) + f" wise α {p.alpha:g}")
+    ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides))
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     trial.set_user_attr("host", socket.gethostname())
-    try:
-        rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=False,
+    try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
+        rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, ui)
+        alpha = best_alpha(job.gate, rep, (direction(prim["old"]), direction(prim["new"])))
+        trial.set_user_attr("wise_alpha", alpha)
+        ui.log(f"trial {trial.number}: WiSE-FT α {alpha:g} (best on validation within the gate)")
         cand_dir = trial_dir / arm_dirname(p.arm)
-        if p.alpha < 1.0:
+        if alpha < 1.0:
             cand_dir = trial_dir / "wise"
-            rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), p.alpha, cand_dir, None,
+            rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), alpha, cand_dir, None,
                                job.gate), place, ui)
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
@@ -164,10 +170,29 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("arm", p.arm)
     trial.set_user_attr("checkpoint", str((cand_dir / "model.safetensors").resolve()))
     trial.set_user_attr("seed", place.seed if place.seed is not None else recipe.seed)
-    prim = recipe.primary
     trial.set_user_attr("metrics", arm["metrics"])
     val = views["val"]["metrics"]  # the objectives: validation, never test
     return val["old"][prim["old"]], val["new"][prim["new"]]
+
+
+def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
+    """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
+    a candidate) with the best new-task primary metric on validation among the points that
+    pass the gate on validation (old task breaks ties, then the larger α); 1.0 (the arm) when
+    none passes. A point α < 1 has no predictions: a flip-rate limit counts it as failing."""
+    arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
+    ok = []
+    for w in arm.get("wise") or []:
+        val = w.get("val") or {}
+        pt = ((val.get("old") or {}).get(po), (val.get("new") or {}).get(pn))
+        if not 0 < w["alpha"] <= 1 or any(v is None for v in pt):
+            continue
+        view = ({"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
+                 "flips": arm["validation"]["flips"]} if w["alpha"] == 1 else
+                point_view(val, rep["base_val_metrics"]))
+        if judge(gate, view, f"WiSE α {w['alpha']:g}")["passed"]:
+            ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
+    return max(ok)[2] if ok else 1.0
 
 
 def judge(gate: Gate | None, view: dict, name: str) -> dict:
@@ -263,7 +288,9 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
         test = pick(views["test"]["metrics"]) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
-                       "params": dict(t.params), "old": vals[0], "new": vals[1],
+                       "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
+                                                 if "wise_alpha" in t.user_attrs else {})},
+                       "old": vals[0], "new": vals[1],
                        "test_old": test[0], "test_new": test[1],
                        "feasible": bool(views) and judge(job.gate, views["val"],
                                                          f"trial {t.number}")["passed"],
