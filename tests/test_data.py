@@ -29,14 +29,17 @@ def test_toy_shapes_and_regions():
     for split in (new.train, new.test):
         assert split.x.min() >= 0.8 and split.x.max() <= 1.5
     assert old.summary() == {"kind": "regression", "num_classes": None,
-                             "train": {"samples": 2000, "classes": None}, "test": {"samples": 300, "classes": None}}
+                             "train": {"samples": 2000, "classes": None}, "test": {"samples": 300, "classes": None},
+                             "val": {"samples": 300, "classes": None}}  # generated like test (n_val = n_test)
 
 
 def test_toy_test_targets_are_noise_free():
-    """Test targets equal sin(10‖x‖) exactly."""
+    """Test and validation targets equal sin(10‖x‖) exactly; validation is not the test set."""
     for task in toy().values():
-        x = task.test.x
-        assert torch.equal(task.test.y, torch.sin(10.0 * torch.linalg.vector_norm(x, dim=1, keepdim=True)))
+        for split in (task.test, task.val):
+            x = split.x
+            assert torch.equal(split.y, torch.sin(10.0 * torch.linalg.vector_norm(x, dim=1, keepdim=True)))
+        assert not torch.equal(task.val.x, task.test.x)
 
 
 def test_toy_train_noise_std():

@@ -25,7 +25,14 @@ TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32,
 
 
 def rec(batch: int, new: float, old: float = 0.5) -> dict:
-    return {"batch": batch, "old": {"mse": old}, "new": {"mse": new}}
+    """An evaluation whose VALIDATION metrics are old/new; its test metrics (99, which would
+    neither improve nor keep any gate) must be ignored by every decision."""
+    return {"batch": batch, "old": {"mse": 99.0}, "new": {"mse": 99.0},
+            "val": {"old": {"mse": old}, "new": {"mse": new}}}
+
+
+def val_rec(batch: int, **val) -> dict:
+    return {"batch": batch, "val": val}
 
 
 def test_plateau_counts_evaluations_without_an_improvement_beyond_min_delta():
@@ -46,12 +53,12 @@ def test_plateau_counts_evaluations_without_an_improvement_beyond_min_delta():
 def test_plateau_on_a_higher_is_better_metric_and_without_patience():
     """accuracy rises; with no patience the rule never stops on a plateau."""
     es = EarlyStop(StopRule("accuracy", patience=1))
-    assert es.observe({"batch": 1, "new": {"accuracy": 0.5}})
-    assert not es.observe({"batch": 2, "new": {"accuracy": 0.4}})
+    assert es.observe(val_rec(1, new={"accuracy": 0.5}))
+    assert not es.observe(val_rec(2, new={"accuracy": 0.4}))
     assert es.stopped and es.best == 0.5 and es.stopped_at == 2
     never = EarlyStop(StopRule("accuracy"))
     for b in range(1, 20):
-        never.observe({"batch": b, "new": {"accuracy": 0.5}})
+        never.observe(val_rec(b, new={"accuracy": 0.5}))
     assert not never.stopped and never.best_batch == 1
 
 
@@ -79,9 +86,8 @@ def test_gate_watches_the_negative_flip_rate_against_the_base_predictions():
     two = flips_of(rule, {"old": {"pred": torch.tensor([0, 1, 0, 0])}})
     assert one == {"old": {"nfr": 0.25, "pfr": 0.0}} and two["old"]["nfr"] == 0.5
     es = EarlyStop(rule)
-    assert es.observe({"batch": 1, "old": {"accuracy": 0.75}, "new": {"accuracy": 0.3},
-                       "flips": one})
-    es.observe({"batch": 2, "old": {"accuracy": 0.5}, "new": {"accuracy": 0.6}, "flips": two})
+    assert es.observe(val_rec(1, old={"accuracy": 0.75}, new={"accuracy": 0.3}, flips=one))
+    es.observe(val_rec(2, old={"accuracy": 0.5}, new={"accuracy": 0.6}, flips=two))
     assert es.stopped_at == 2 and es.best_batch == 1 and "old nfr is 50.00 %" in es.reason
 
 
@@ -116,10 +122,10 @@ def test_arm_stops_and_keeps_its_best_evaluations_anchor_weights(base_ckpt, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["batches"] == 6
     assert summary["early_stop"] == {
-        "stopped_at": 6, "budget": 12, "best_batch": 3,
-        "best": {"mse": records(out)[3]["new"]["mse"]},
+        "stopped_at": 6, "budget": 12, "best_batch": 3, "split": "val",
+        "best": {"mse": records(out)[3]["val"]["new"]["mse"]},
         "reason": f"new mse did not improve by more than 1e+09 for 1 evaluation (best "
-                  f"{records(out)[3]['new']['mse']:.4g} at batch 3)",
+                  f"{records(out)[3]['val']['new']['mse']:.4g} at batch 3)",
         "checkpoint": "weights of the best evaluation (batch 3)"}
     assert sorted(records(out)) == [3, 6]
     assert summary["metrics"] == {t: records(out)[3][t] for t in ("old", "new")}
@@ -144,8 +150,8 @@ def test_gate_crossing_stops_the_arm(base_ckpt, tmp_path):
                     wise=False, gate=gate_from_flags(0.0, None, "mse"))
     out = tmp_path / "g" / "rmsprop"
     base_old = json.loads((tmp_path / "g" / "base" / "metrics.json").read_text())
-    first_rise = min(b for b, r in records(out).items()
-                     if r["old"]["mse"] > base_old["metrics"]["old"]["mse"])
+    first_rise = min(b for b, r in records(out).items()  # on validation, the base's too
+                     if r["val"]["old"]["mse"] > base_old["val_metrics"]["old"]["mse"])
     e = json.loads((out / "summary.json").read_text())["early_stop"]
     assert e["stopped_at"] == first_rise < 12
     assert e["reason"].startswith(f"old-task gate limit crossed at batch {first_rise}: old mse "

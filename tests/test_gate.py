@@ -189,3 +189,96 @@ def test_write_junit(tmp_path):
                       ("goodfit.sgd", "old nfr max 0.05")]
     message = cases[0].find("failure").get("message")
     assert message == "old accuracy dropped 5.00 pts (limit 1.00 pts)"
+
+
+def test_floor_and_ceiling_flags_and_a_value_exactly_at_a_bound_passes():
+    """--min-old accuracy=0.9 and --max-new mse=0.15: a value at the bound passes even when
+    floating point lands a hair beyond it (0.1 * 9 summed is 0.8999999999999999, 0.1 + 0.05 is
+    0.15000000000000002): the tolerance is 1e-12 relative; one step beyond it fails."""
+    gate = gate_from_flags(None, None, "accuracy", {"min_old": ["accuracy=0.9"],
+                                                    "max_new": ["mse=0.15"]})
+    assert [l.name for l in gate.limits] == ["old accuracy min 0.9", "new mse max 0.15"]
+    at = sum([0.1] * 9)
+    assert at < 0.9
+    arm = _arm(old_acc=at)
+    arm["metrics"]["new"]["mse"] = 0.1 + 0.05
+    assert arm["metrics"]["new"]["mse"] > 0.15
+    assert evaluate_gate(gate, arm)["passed"]
+    arm = _arm(old_acc=0.9 - 1e-9)
+    arm["metrics"]["new"]["mse"] = 0.15 + 1e-9
+    res = evaluate_gate(gate, arm)
+    assert res["violations"] == ["old accuracy is 90.00 % (at least 90.00 %)",
+                                 "new mse is 0.15 (limit 0.15)"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])
+def test_a_non_finite_metric_never_passes(bad):
+    """NaN, inf, or the null a report stores for them: fails a floor, a ceiling and a drop."""
+    gate = _gate(("old", "accuracy", "min", 0.0), ("old", "accuracy", "max", 1.0),
+                 ("old", "accuracy", "max_drop", 1.0))
+    arm = _arm()
+    arm["metrics"]["old"]["accuracy"] = bad
+    arm["delta"]["old"]["accuracy"]["value"] = float("nan") if bad is not None else 0.0
+    res = evaluate_gate(gate, arm)
+    assert not res["passed"] and len(res["violations"]) == 3
+    assert all("not a finite number for arm 'sgd'" in v for v in res["violations"])
+
+
+@pytest.mark.parametrize("item, match", [
+    ("accuracy", r"--min-old 'accuracy': expected METRIC=VALUE"),
+    ("acuracy=0.9", r"--min-old 'acuracy=0.9': unknown metric 'acuracy'.*accuracy"),
+    ("accuracy=nan", r"--min-old 'accuracy=nan': the bound must be a finite number"),
+])
+def test_bad_bound_flags_are_one_line(item, match):
+    with pytest.raises(UserError, match=match):
+        gate_from_flags(None, None, "accuracy", {"min_old": [item]})
+
+
+def test_a_gate_on_a_metric_the_run_does_not_measure_is_exit_2(tmp_path):
+    """Through the CLI, before anything runs: the toy (regression) has no accuracy and no flip
+    rates; a gate file naming one is refused the same way."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
+                               "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
+                               *map(str, args)], capture_output=True, text=True, timeout=120)
+
+    res = run("--max-old", "accuracy=0.9")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert res.stderr.startswith("error: gate flags: old accuracy max 0.9: recipe ")
+    assert "toy.yaml does not measure old accuracy (it measures: mse)" in res.stderr
+    path = _write(tmp_path, "limits:\n  - {task: new, metric: fde@3s, max: 1.0}\n")
+    res = run("--gate", path)
+    assert res.returncode == 2 and f"{path}: new fde@3s max 1: recipe " in res.stderr
+    assert "does not measure new fde@3s (it measures: mse)" in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp_path):
+    """`gate: {limits: [...]}` in a recipe reads like a gate file; flags replace it; a mistake
+    in it names the recipe key, and a metric the recipe does not measure is exit 2 through the
+    CLI before anything runs."""
+    import subprocess
+    import sys
+
+    from goodfit_cli.workflows.recipes import load
+    from goodfit_cli.workflows.reporting import gate_for
+
+    own = "gate={limits: [{task: old, metric: mse, max: 0.5}, {task: new, metric: mse, max_drop: 0}]}"
+    r = load("toy", [own])
+    gate = gate_for(r, None, None, None)
+    assert [l.name for l in gate.limits] == ["old mse max 0.5", "new mse max_drop 0"]
+    assert gate.source.endswith("toy.yaml (its gate section)")
+    flags = gate_for(r, None, None, None, {"max_old": ["mse=0.7"]})
+    assert [l.name for l in flags.limits] == ["old mse max 0.7"] and flags.source == "flags"
+    with pytest.raises(UserError, match=r"toy.yaml: gate.limits\[0\].metric: unknown metric "
+                                         r"'msx'; did you mean 'mse'"):
+        gate_for(load("toy", [own.replace("metric: mse", "metric: msx", 1)]), None, None, None)
+    res = subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
+                          "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
+                          "gate={limits: [{task: old, metric: accuracy, min: 0.9}]}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "does not measure old accuracy (it measures: mse)" in res.stderr

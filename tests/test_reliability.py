@@ -24,6 +24,7 @@ import torch
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
+from goodfit_cli.data.validation import Carving, carve_rows
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.workflows.recipes import shipped_dir
 
@@ -423,8 +424,14 @@ def npz_run(tmp_path) -> dict[str, Path]:
 def test_nonfinite_batch_stop_and_skip(npz_run):
     """An Inf input sample: `stop` exits 4 naming its batch of the first epoch; `skip` completes
     (exit 0), skipping exactly that sample's batch in each of the 3 epochs, with finite weights."""
-    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))  # the engine's epoch 1
-    batch = int((perm == BAD_SAMPLE).nonzero()) // 16 + 1
+    # 6 of the 64 samples are carved off for validation (not the bad one): it is row
+    # BAD_SAMPLE - (carved rows before it) of the 58 trained on
+    y = torch.from_numpy(np.load(npz_run["dir"] / "recipe" / "data" / "new_train.npz")["y"])
+    carved = carve_rows(y, "classification", Carving(), 0, "new").tolist()
+    assert len(carved) == 6 and BAD_SAMPLE not in carved
+    row = BAD_SAMPLE - sum(r < BAD_SAMPLE for r in carved)
+    perm = torch.randperm(58, generator=torch.Generator().manual_seed(0))  # the engine's epoch 1
+    batch = int((perm == row).nonzero()) // 16 + 1
     args = ["finetune", "--base", npz_run["base"], "--recipe", npz_run["recipe"], "--no-wise"]
     line = assert_one_error_line(invoke(*args, "--out", npz_run["dir"] / "stop"), code=4)
     assert line.startswith(f"training diverged: loss is NaN or Inf at batch {batch} of sgd; "

@@ -210,3 +210,69 @@ def test_two_workers_on_a_postgresql_study(base, tmp_path, postgres):
     study = optuna.load_study(study_name="goodfit-toy", storage=postgres)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
     assert json.loads((tmp_path / "run" / "report.json").read_text())["complete"] == 3
+
+
+def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path):
+    """Trials are chosen on validation (their objectives are the trial's validation metrics;
+    the test ones are stored beside them). The same study re-run with another gate and no
+    trials left re-judges every finished trial and the recommendation from the stored results,
+    and says the gate changed: a ceiling no trial keeps recommends nothing; one between the
+    trials' old-task values keeps exactly those at or under it."""
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", out,
+               "--no-defaults", *TINY)
+
+    def search(*gate) -> dict:
+        res = subprocess.run(args + list(gate), cwd=ROOT, env=ENV, capture_output=True,
+                             text=True, timeout=600)
+        assert res.returncode == 0, res.stderr
+        return json.loads((out / "report.json").read_text())
+
+    first = search("--max-old", "mse=100")
+    assert first["gate"] == "old mse max 100 (from command-line flags)"
+    assert all(t["feasible"] for t in first["trials"]) and first["recommendation"] is not None
+    for t in first["trials"]:  # old/new: validation; test_old/test_new: test
+        wise = Path(t["checkpoint"]).parent / "report.json"  # a WiSE point's own report
+        report = wise if wise.exists() else Path(t["dir"]) / "report.json"
+        arm = json.loads(report.read_text())["arms"][0]
+        assert (t["old"], t["new"]) == (arm["validation"]["metrics"]["old"]["mse"],
+                                        arm["validation"]["metrics"]["new"]["mse"])
+        assert (t["test_old"], t["test_new"]) == (arm["metrics"]["old"]["mse"],
+                                                  arm["metrics"]["new"]["mse"])
+    assert first["recommendation"]["new"] == min(t["new"] for t in first["trials"])
+    none = search("--max-old", "mse=0")
+    assert [t["old"] for t in none["trials"]] == [t["old"] for t in first["trials"]]  # stored
+    assert not any(t["feasible"] for t in none["trials"]) and none["recommendation"] is None
+    assert ("the gate changed (was: old mse max 100 (from command-line flags)): every finished "
+            "trial and the recommendation are re-judged") in " ".join(none["notes"])
+    cut = sorted(t["old"] for t in first["trials"])[1]
+    some = search("--max-old", f"mse={cut!r}")
+    kept = [t["number"] for t in some["trials"] if t["feasible"]]
+    assert kept == [t["number"] for t in first["trials"] if t["old"] <= cut] and len(kept) >= 2
+    best = min((t for t in some["trials"] if t["feasible"]), key=lambda t: t["new"])
+    assert some["recommendation"]["number"] == best["number"]
+    assert "gate (val)" in (out / "report.md").read_text()
+
+
+def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
+    """α is not drawn: along the arm's curve (validation numbers) the best new-task point within
+    the gate wins, the old task breaking ties; never the base's own point (α = 0); the arm
+    itself (α = 1) when no point passes."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.search import best_alpha
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    # old falls 0.15 per unit of α; new rises to 0.9 at α = 0.5 and stays there
+    curve = [{"alpha": a / 10, "val": m(0.95 - 0.015 * a, 0.9 * min(1, a / 5))}
+             for a in range(11)]
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.95, 0.0),
+           "arms": [{"validation": {"metrics": m(0.80, 0.9), "delta": {}, "flips": {}},
+                     "wise": curve}]}
+    assert best_alpha(None, rep, (1, 1)) == 0.5  # new 0.9 from α 0.5 on; old best at 0.5
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.90),)), rep, (1, 1)) == 0.3
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.99),)), rep, (1, 1)) == 1.0
+    curve[0]["val"] = m(0.95, 5.0)  # the base's own point is never a candidate
+    assert best_alpha(None, rep, (1, 1)) == 0.5

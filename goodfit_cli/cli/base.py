@@ -145,6 +145,17 @@ SEED = typer.Option(None, "--seed", help="Initial weights and batch order (defau
 NPROC = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel).")
 MAX_OLD_DROP = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute).")
 MAX_NFR = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task.")
+MIN_OLD = typer.Option(None, "--min-old", metavar="METRIC=V", help="Gate: floor on an old-task metric, e.g. accuracy=0.9 (a value exactly at it passes); repeatable.")
+MAX_OLD = typer.Option(None, "--max-old", metavar="METRIC=V", help="Gate: ceiling on an old-task metric, e.g. mse=0.05; repeatable.")
+MIN_NEW = typer.Option(None, "--min-new", metavar="METRIC=V", help="Gate: floor on a new-task metric; repeatable.")
+MAX_NEW = typer.Option(None, "--max-new", metavar="METRIC=V", help="Gate: ceiling on a new-task metric; repeatable.")
+
+
+def bounds(min_old, max_old, min_new, max_new) -> dict[str, list[str] | None]:
+    """The absolute gate flags as reporting.gate_for takes them."""
+    return {"min_old": min_old, "max_old": max_old, "min_new": min_new, "max_new": max_new}
+
+
 LOG_FORMAT = typer.Option("text", "--log-format",
                           help="text: a progress bar on a terminal, else a plain line every "
                                "--progress-every seconds; json: one JSON object per line.")
@@ -191,4 +202,11 @@ def launch_if_asked(nproc: int) -> None:
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
     show(summary_table(report))
+    log(f"gate: {report.get('gate_limits') or 'no gate'}")
+    chosen = report.get("verdict")
+    if chosen:  # chosen on validation (the report says which split and both numbers)
+        ship = chosen["ship"]
+        log("verdict (chosen on validation): " + (
+            "ship nothing, no candidate passes the gate; keep the base" if ship is None else
+            f"ship {ship['name']}"))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

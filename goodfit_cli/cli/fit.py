@@ -13,8 +13,12 @@ from goodfit_cli.cli.base import (
     DEVICE,
     EXAMPLES,
     LOG_FORMAT,
+    MAX_NEW,
     MAX_NFR,
+    MAX_OLD,
     MAX_OLD_DROP,
+    MIN_NEW,
+    MIN_OLD,
     NPROC,
     OVERRIDES,
     OVERWRITE,
@@ -29,6 +33,7 @@ from goodfit_cli.cli.base import (
     display,
     handled,
     launch_if_asked,
+    bounds,
     load,
     log,
     print_report,
@@ -36,6 +41,7 @@ from goodfit_cli.cli.base import (
     ui_for,
 )
 from goodfit_cli.cli.console import metrics_table
+from goodfit_cli.cli.usage import SEARCH_HELP
 
 
 @app.command(epilog=EXAMPLES["pretrain"])
@@ -85,6 +91,10 @@ def finetune(
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
+    min_old: Optional[list[str]] = MIN_OLD,
+    max_old: Optional[list[str]] = MAX_OLD,
+    min_new: Optional[list[str]] = MIN_NEW,
+    max_new: Optional[list[str]] = MAX_NEW,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
     nproc: int = NPROC,
     log_format: LogFormat = LOG_FORMAT,
@@ -111,7 +121,8 @@ def finetune(
         job = FinetuneJob(r, base, out_dir or default_out(r.name, "finetune"), optimizer or None,
                           overwrite=overwrite)
     job.wise = not no_wise
-    job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr)
+    job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr, bounds(
+        min_old, max_old, min_new, max_new))
     job.junit = junit
     if nproc > 1:  # a bad recipe, arm or gate: one line here, before any process starts
         check_stages(job.recipe, job.arms)
@@ -131,6 +142,10 @@ def wise(
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
+    min_old: Optional[list[str]] = MIN_OLD,
+    max_old: Optional[list[str]] = MAX_OLD,
+    min_new: Optional[list[str]] = MIN_NEW,
+    max_new: Optional[list[str]] = MAX_NEW,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
@@ -143,7 +158,8 @@ def wise(
     from goodfit_cli.workflows.wise import wise as run_wise
 
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
-    g = gate_for(r, gate, max_old_drop, max_nfr)
+    g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
+        min_old, max_old, min_new, max_new))
     report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite),
                       Place(device, None, data_dir), ui_for(r.primary))
     if not report:  # a rank other than 0 under torchrun
@@ -152,7 +168,7 @@ def wise(
     raise_on_gate_failure(report)
 
 
-@app.command(epilog=EXAMPLES["search"])
+@app.command(help=SEARCH_HELP, epilog=EXAMPLES["search"])
 @handled
 def search(
     base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
@@ -165,20 +181,25 @@ def search(
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: the search's constraint."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
+    min_old: Optional[list[str]] = MIN_OLD,
+    max_old: Optional[list[str]] = MAX_OLD,
+    min_new: Optional[list[str]] = MIN_NEW,
+    max_new: Optional[list[str]] = MAX_NEW,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
 ) -> None:
-    """Search arms and knobs for the best update the gate allows (Optuna, multi-objective)."""
+    """Search arms and knobs for the best update the gate allows (see SEARCH_HELP)."""
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
     from goodfit_cli.workflows.session import Place
 
     r = load(recipe, overrides)
-    g = gate_for(r, gate, max_old_drop, max_nfr)
+    g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
+        min_old, max_old, min_new, max_new))
     rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
                                study, seed, g, defaults, replay), Place(device, None, data_dir),
                      ui_for(r.primary))

@@ -15,13 +15,18 @@ from goodfit_cli.cli.base import (
     DATA_DIR,
     DEVICE,
     EXAMPLES,
+    MAX_NEW,
     MAX_NFR,
+    MAX_OLD,
     MAX_OLD_DROP,
+    MIN_NEW,
+    MIN_OLD,
     OVERRIDES,
     OVERWRITE,
     RECIPE,
     UserError,
     app,
+    bounds,
     data_app,
     default_out,
     err,
@@ -44,6 +49,10 @@ def compare(
     gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
+    min_old: Optional[list[str]] = MIN_OLD,
+    max_old: Optional[list[str]] = MAX_OLD,
+    min_new: Optional[list[str]] = MIN_NEW,
+    max_new: Optional[list[str]] = MAX_NEW,
     junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory."),
     device: Optional[str] = DEVICE,
@@ -56,7 +65,8 @@ def compare(
     from goodfit_cli.workflows.session import Place
 
     r = load(recipe, None)
-    g = gate_for(r, gate, max_old_drop, max_nfr)
+    g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
+        min_old, max_old, min_new, max_new))
     dest = out_dir or default_out(r.name, "compare")
     report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,
                          place=Place(device, None, data_dir), ui=ui_for(r.primary),

@@ -72,6 +72,18 @@ def _examples(*lines: str) -> str:
     return "\n\n".join(["Examples:", *lines])
 
 
+SEARCH_HELP = (
+    "Search arms and knobs for the best update the gate allows (Optuna, multi-objective).\n\n"
+    "Space: the arm (plain, head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc), lr from lr/10 "
+    "to 10 lr, each arm's knobs around the recipe's values, the replay fraction from 0 to 0.5 "
+    "(--no-replay: none). Each trial then evaluates its arm's WiSE-FT curve (alpha 0.1 to 1.0) "
+    "on validation and keeps the best alpha the gate allows.\n\n"
+    "Rule: every choice is made on the validation splits. The recommendation is the finished "
+    "trial with the best new-task primary metric on validation among those that pass the gate "
+    "on validation (the old task breaks ties; without a gate: the best new-task trial). Test "
+    "numbers are reported beside it, never used to choose. A re-run with another gate "
+    "re-judges every finished trial from the stored results.")
+
 EXAMPLES = {
     "goodfit": _examples("goodfit demo --quick", "goodfit finetune --help"),
     "pretrain": _examples(

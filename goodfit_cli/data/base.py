@@ -1,4 +1,5 @@
-"""What every dataset builder returns: an old and a new Task, each with train and test Splits."""
+"""What every dataset builder returns: an old and a new Task, each with train and test Splits
+(and a validation Split when the data gives one; otherwise data.validation carves it)."""
 
 from __future__ import annotations
 
@@ -31,17 +32,23 @@ class Task:
     test: Split
     num_classes: int | None = None  # classification: size of the label space (labels are global ids)
     classes: list[int] | None = None  # the label ids present in this task
+    val: Split | None = None  # given by the data (`val:` beside train/test); None: carved later
     input: InputSpec | None = None  # statistics the data asks for (recipe normalize, standardize)
     test_ids: list[str] | None = None  # a name per test sample (file path, table row), if any
 
     def summary(self) -> dict:
-        """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}}; classes is a count."""
+        """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}} (and "val"
+        when the data gives one); classes is a count."""
 
         def split(s: Split) -> dict:
             n_cls = int(torch.unique(s.y).numel()) if self.kind == "classification" else None
             return {"samples": len(s), "classes": n_cls}
 
-        return {"kind": self.kind, "num_classes": self.num_classes, "train": split(self.train), "test": split(self.test)}
+        out = {"kind": self.kind, "num_classes": self.num_classes, "train": split(self.train),
+               "test": split(self.test)}
+        if self.val is not None:
+            out["val"] = split(self.val)
+        return out
 
 
 def to_model_input(x: torch.Tensor, spec: InputSpec | None = None) -> torch.Tensor:

@@ -144,5 +144,5 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
             if split == "test":
                 test_ids = samples.ids()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
-                        [ids[c] for c in names[t]], test_ids=test_ids)
+                        [ids[c] for c in names[t]], splits.get("val"), test_ids=test_ids)
     return tasks

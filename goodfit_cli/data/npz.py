@@ -93,5 +93,6 @@ def npz(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], num_classes: i
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))
             splits[split] = Split(xt, torch.from_numpy(y.astype(np.int64)))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
-        tasks[name] = Task(name, "classification", splits["train"], splits["test"], num_classes, present)
+        tasks[name] = Task(name, "classification", splits["train"], splits["test"], num_classes, present,
+                           splits.get("val"))
     return tasks

@@ -1,4 +1,5 @@
-"""A file-backed task's spec: {train: path, test: path, classes: [...]}, checked, paths resolved."""
+"""A file-backed task's spec: {train: path, test: path, val: path (optional), classes: [...]},
+checked, paths resolved."""
 
 from __future__ import annotations
 
@@ -7,20 +8,23 @@ from typing import Any, Mapping
 
 from goodfit_cli.core.args import ArgError
 
-TASK_KEYS = ("train", "test", "classes")
+TASK_KEYS = ("train", "val", "test", "classes")
 
 
 def task_paths(name: str, spec: Any, ctx: Any, what: str) -> dict[str, str]:
-    """{"train": path, "test": path} of task `name`; relative paths resolve against ctx.data_dir.
+    """{"train": path, "test": path} (plus "val" when given) of task `name`; relative paths
+    resolve against ctx.data_dir.
     `what` says what a path must be ("an .npz file") in the error for a missing one."""
     if not isinstance(spec, Mapping):
-        raise ArgError(name, "expected a mapping with keys train, test (and optionally classes)")
+        raise ArgError(name, "expected a mapping with keys train, test (and optionally val, classes)")
     for k in spec:
         if k not in TASK_KEYS:
             raise ArgError(f"{name}.{k}", f"unexpected key; expected one of {', '.join(TASK_KEYS)}")
     paths = {}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         path = spec.get(split)
+        if split == "val" and path is None:  # optional: carved from train when absent
+            continue
         if not isinstance(path, str) or not path:
             raise ArgError(f"{name}.{split}", f"expected the path of {what}")
         path = os.path.expanduser(path)

@@ -195,7 +195,7 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
             splits[s] = Split(torch.from_numpy(x[keep]), torch.from_numpy(y[keep]))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
-                        test_ids=_row_names(where[t]["test"], kept["test"]))
+                        splits.get("val"), test_ids=_row_names(where[t]["test"], kept["test"]))
     return tasks
 
 

@@ -9,7 +9,8 @@ import torch
 from goodfit_cli.core.args import ArgError, check_float, check_int
 from goodfit_cli.data.base import Split, Task, generator
 
-_STREAMS = {("old", "train"): (0, 0), ("old", "test"): (0, 1), ("new", "train"): (1, 0), ("new", "test"): (1, 1)}
+_STREAMS = {("old", "train"): (0, 0), ("old", "test"): (0, 1), ("new", "train"): (1, 0), ("new", "test"): (1, 1),
+            ("old", "val"): (0, 2), ("new", "val"): (1, 2)}
 
 
 def _region(key: str, value: Any) -> tuple[float, float]:
@@ -39,13 +40,16 @@ def toy_sin(
     freq: float = 10.0,
     old_region: Sequence[float] = (-1.0, 1.0),
     new_region: Sequence[float] = (0.8, 1.5),
+    n_val: int | None = None,
 ) -> dict[str, Task]:
-    """Old task on old_region², new on new_region²; noisy training targets, noise-free test targets.
+    """Old task on old_region², new on new_region²; noisy training targets, noise-free test
+    and validation targets (n_val points, default n_test; 0: carve validation from training).
 
     Each (task, split) has its own random stream, so e.g. n_train changes no test set.
     """
     check_int("n_train", n_train, 1)
     check_int("n_test", n_test, 1)
+    n_val = n_test if n_val is None else check_int("n_val", n_val, 0)
     noise = check_float("noise", noise, 0.0)
     freq = check_float("freq", freq)
     regions = {"old": _region("old_region", old_region), "new": _region("new_region", new_region)}
@@ -53,5 +57,7 @@ def toy_sin(
     for name, region in regions.items():
         train = sample(n_train, region, freq, noise, generator(ctx.seed, *_STREAMS[name, "train"]))
         test = sample(n_test, region, freq, 0.0, generator(ctx.seed, *_STREAMS[name, "test"]))
-        tasks[name] = Task(name, "regression", train, test)
+        val = (sample(n_val, region, freq, 0.0, generator(ctx.seed, *_STREAMS[name, "val"]))
+               if n_val else None)
+        tasks[name] = Task(name, "regression", train, test, val=val)
     return tasks

@@ -46,7 +46,8 @@ class RunResult:
     metrics: dict[str, dict[str, float]]
     predictions: dict[str, dict[str, torch.Tensor]]
     curve: list[dict] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)  # "val_metrics": on the val splits
+    val_predictions: dict[str, dict[str, torch.Tensor]] | None = None
 
 
 def keep_previous(path: Path) -> None:
@@ -112,8 +113,9 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool,
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
-def save_predictions(path: Path, preds: dict[str, dict]) -> None:
-    """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors."""
+def save_predictions(path: Path, preds: dict[str, dict], split: str = "test") -> None:
+    """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors
+    (`split`: which splits they are of, "test" or "validation")."""
     flat = {}
     for task, d in preds.items():
         for k, v in d.items():
@@ -121,7 +123,7 @@ def save_predictions(path: Path, preds: dict[str, dict]) -> None:
                 flat.update({f"{task}.{k}.{m}": t for m, t in v.items()})
             else:
                 flat[f"{task}.{k}"] = v
-    ckpt.save_model(path, flat, {"content": "per-sample predictions on the test splits"})
+    ckpt.save_model(path, flat, {"content": f"per-sample predictions on the {split} splits"})
 
 
 def load_predictions(path: Path) -> dict[str, dict]:
@@ -201,4 +203,5 @@ def load_result(arm_dir: Path) -> RunResult:
     preds = load_predictions(arm_dir / "predictions.safetensors")
     check_stored_metrics(arm_dir / "summary.json", summary["metrics"], preds)
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
-                     read_jsonl(arm_dir / "metrics.jsonl"), summary)
+                     read_jsonl(arm_dir / "metrics.jsonl"), summary,
+                     load_predictions(arm_dir / "val_predictions.safetensors") or None)

@@ -19,10 +19,12 @@ import yaml
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data.stream import LoaderSettings
+from goodfit_cli.data.validation import Carving
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.loader import LOADER, loader_settings
 from goodfit_cli.recipe.sections import (
     REPLAY,
+    VALIDATION,
     ReplaySpec,
     key_map,
     loss_name,
@@ -145,7 +147,9 @@ class Recipe:
     compile: bool = False  # torch.compile the model for training
     tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
     data_dir: str | None = None
+    gate: dict[str, Any] | None = None  # the recipe's own gate ({limits: [...]}); flags replace it
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
+    validation: Carving = field(default_factory=Carving)  # data.validation (when none is given)
     source: str = "<recipe>"  # the file it came from
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # resolved YAML mapping
 
@@ -232,7 +236,8 @@ FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_na
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
-DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {})})
+DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {}),
+                "validation": (VALIDATION, {})})
 TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
@@ -245,6 +250,7 @@ TOP = section({
     "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
                             "key_map": (key_map, []), "new_head": (boolean, False)}), {}),
     "nonfinite": (string(("stop", "skip")), "stop"),
+    "gate": (optional(mapping_any), None),  # {limits: [...]} as in a gate file (report/gate.py)
     "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
@@ -376,6 +382,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
         tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
+        validation=Carving(**v["data"]["validation"]), gate=v["gate"],
         raw=raw)
 
 

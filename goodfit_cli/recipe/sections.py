@@ -13,6 +13,13 @@ seeded subset of at most `max_samples` of them), with any arm:
 
     finetune:
       replay: {fraction: 0.1, max_samples: 120}
+
+validation: how a task's validation split is carved from its training split when the data
+gives none (`val:` beside train/test); every choice (early stopping, plateau, WiSE alpha, the
+search) is made on it, the test split is for the report only (goodfit_cli.data.validation):
+
+    data:
+      validation: {fraction: 0.1, min_per_class: 1}
 """
 
 from __future__ import annotations
@@ -75,6 +82,16 @@ def _fraction(v: Any, ctx: Ctx) -> float:
 
 
 REPLAY = optional(section({"fraction": (_fraction, 0.1), "max_samples": (optional(integer(1)), None)}))
+
+
+def _share(v: Any, ctx: Ctx) -> float:
+    f = number(minimum=0.0)(v, ctx)
+    if not 0 < f < 1:
+        raise ctx.fail(f"must be between 0 and 1 (a share of the training split), got {f}")
+    return f
+
+
+VALIDATION = section({"fraction": (_share, 0.1), "min_per_class": (integer(1), 1)})
 
 
 def replay_spec(v: dict | None) -> ReplaySpec | None:

@@ -56,6 +56,14 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         "arms": [_arm(base, base_metrics, arm, kinds, readout, boot, sample_ids or {})
                  for arm in arms],
     }
+    val_base = _on_val(base)
+    if val_base is not None:  # every choice is made on these; the numbers above are test's
+        report["base_val_metrics"] = {t: _task_metrics(val_base, t, kinds[t]) for t in TASKS}
+        for entry, arm in zip(report["arms"], arms):
+            val_arm = _on_val(arm)
+            if val_arm is not None:
+                view = _arm(val_base, report["base_val_metrics"], val_arm, kinds, None, boot)
+                entry["validation"] = {k: view[k] for k in ("metrics", "delta", "flips")}
     for entry in report["arms"]:
         entry["gate"] = (gate_results or {}).get(entry["name"])
     return jsonable(report)
@@ -71,6 +79,13 @@ def _masked_losses(new: dict[str, float], prov: dict) -> list[str]:
     for m in masked:
         new[m] = None
     return masked
+
+
+def _on_val(side: RunSide) -> RunSide | None:
+    """The side as measured on the validation splits (None when it was not)."""
+    if not side.val_metrics:
+        return None
+    return RunSide(side.name, side.checkpoint, side.val_metrics, side.val_predictions)
 
 
 def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: dict | None,

@@ -13,6 +13,14 @@ Drops and gains are direction-aware (for mse a rise is a drop). With require_sig
 failing delta check (max_drop, max_drop_rel, min_gain) counts as a violation only when the
 delta's 95 % CI excludes zero; a failing max/min check only when the value's CI lies wholly
 beyond the bound. A failing check with no CI to test (no predictions) stays a violation.
+
+Flags give the same limits: --max-old-drop D (the old primary metric's max_drop), --max-nfr R,
+and absolute floors and ceilings --min-old METRIC=V, --max-old METRIC=V, --min-new METRIC=V,
+--max-new METRIC=V (repeatable). Boundaries: a value exactly at a bound passes; every
+comparison allows a tolerance of 1e-12 x max(1, |bound|) (`within`), so 0.9 typed on the
+command line passes an accuracy computed as 0.9000000000000001 or 0.8999999999999999. A
+non-finite value (NaN, inf; stored as null in a report) never passes, and a limit on a metric
+the run does not measure is a UserError (exit 2), never a silent pass or fail.
 """
 
 from __future__ import annotations
@@ -63,18 +71,25 @@ def load_gate(path: str | os.PathLike) -> Gate:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the gate file ({getattr(e, 'strerror', None) or e})")
     data, _ = parse_yaml(text, str(path))  # the recipe loader's limits: no alias bombs
+    return parse_gate(data, str(path), f"{path}: ")
+
+
+def parse_gate(data, source: str, where: str) -> Gate:
+    """A gate from its mapping {"limits": [...]} (a gate file's content, or a recipe's `gate`
+    section); `where` starts every error's key ("gate.yaml: " or "r.yaml: gate.")."""
+    head = where.rstrip(". :")
     if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping with a 'limits' list")
+        raise UserError(f"{head}: expected a mapping with a 'limits' list")
     for key in data:
         if key != "limits":
-            raise UserError(f"{path}: unknown key {_short(key)}{suggest(str(key), ['limits'])}")
+            raise UserError(f"{head}: unknown key {_short(key)}{suggest(str(key), ['limits'])}")
     entries = data.get("limits")
     if not isinstance(entries, list) or not entries:
-        raise UserError(f"{path}: 'limits' must be a non-empty list of limits")
+        raise UserError(f"{head}: 'limits' must be a non-empty list of limits")
     limits = []
     for i, entry in enumerate(entries):
-        limits += _parse_limit(entry, f"{path}: limits[{i}]")
-    return Gate(tuple(limits), source=str(path))
+        limits += _parse_limit(entry, f"{where}limits[{i}]")
+    return Gate(tuple(limits), source=source)
 
 
 def _short(value) -> str:
@@ -117,8 +132,34 @@ def _parse_limit(entry, where: str) -> list[Limit]:
     return limits
 
 
-def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_old: str) -> Gate:
-    """A gate from --max-old-drop (absolute, in old-task primary-metric units) and --max-nfr."""
+BOUND_FLAGS = {"min_old": ("old", "min"), "max_old": ("old", "max"), "min_new": ("new", "min"),
+               "max_new": ("new", "max")}
+
+
+def parse_bound(flag: str, item: str) -> Limit:
+    """'accuracy=0.90' given to --min-old (flag "min_old") -> Limit(old, accuracy, min, 0.9)."""
+    task, bound = BOUND_FLAGS[flag]
+    name = "--" + flag.replace("_", "-")
+    metric, sep, value = str(item).partition("=")
+    metric = metric.strip()
+    if not sep or not metric:
+        raise UserError(f"{name} {item!r}: expected METRIC=VALUE, e.g. {name} accuracy=0.9")
+    if not (metric in FLIP_METRICS or M.is_known(metric)):
+        known = sorted({*M.METRIC_DIRECTIONS, *FLIP_METRICS})
+        raise UserError(f"{name} {item!r}: unknown metric {metric!r}{suggest(metric, known)}")
+    try:
+        v = float(value)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v):
+        raise UserError(f"{name} {item!r}: the bound must be a finite number, got {value!r}")
+    return Limit(task, metric, bound, v)
+
+
+def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_old: str,
+                    bounds: dict[str, list[str] | None] | None = None) -> Gate:
+    """A gate from --max-old-drop (absolute, in old-task primary-metric units), --max-nfr and the
+    absolute bounds {"min_old": ["accuracy=0.9", ...], "max_old": [...], "min_new", "max_new"}."""
     limits = []
     if max_old_drop is not None:
         if not math.isfinite(max_old_drop) or max_old_drop < 0:
@@ -131,7 +172,43 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
             raise UserError(f"--max-nfr must be a share in [0, 1] (0.05 = 5 % of old-task "
                             f"samples flipped to wrong), got {max_nfr}")
         limits.append(Limit("old", "nfr", "max", float(max_nfr)))
+    for flag, items in (bounds or {}).items():
+        limits += [parse_bound(flag, item) for item in items or []]
     return Gate(tuple(limits), source="flags")
+
+
+def describe(gate: Gate | None) -> str:
+    """The gate in words for the top of a report: its limits and where they came from."""
+    if gate is None or not gate.limits:
+        return "no gate"
+    src = "command-line flags" if gate.source == "flags" else gate.source
+    return "; ".join(l.name for l in gate.limits) + f" (from {src})"
+
+
+def within(value: float, bound: float, side: str) -> bool:
+    """value <= bound (side "max") or value >= bound ("min"), up to 1e-12 x max(1, |bound|);
+    False for a non-finite value."""
+    if not math.isfinite(value):
+        return False
+    tol = 1e-12 * max(1.0, abs(bound))
+    return value <= bound + tol if side == "max" else value >= bound - tol
+
+
+def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
+                  what: str) -> None:
+    """A UserError (exit 2) when a limit names a metric the run does not measure: `have` =
+    {"old": {metric, ...}, "new": {...}}, `kinds` each task's kind; `what` names the run."""
+    src = "gate flags" if gate.source == "flags" else gate.source
+    for limit in gate.limits:
+        if limit.metric in FLIP_METRICS:
+            if kinds.get(limit.task) == "classification" and limit.task == "old":
+                continue
+            raise UserError(f"{src}: {limit.name}: flip rates exist only for a "
+                            f"classification old task; {what} has none")
+        if limit.metric not in have.get(limit.task, set()):
+            known = ", ".join(sorted(have.get(limit.task, set()))) or "none"
+            raise UserError(f"{src}: {limit.name}: {what} does not measure "
+                            f"{limit.task} {limit.metric} (it measures: {known})")
 
 
 # ---------------------------------------------------------------- evaluation
@@ -165,18 +242,32 @@ def _check(limit: Limit, arm: dict) -> dict:
                               f"need classification predictions of base and arm)")
             value, ci = flips[metric], flips.get(f"{metric}_ci")
         else:
-            value, ci = arm.get("metrics", {}).get(task, {}).get(metric), None
+            measured = arm.get("metrics", {}).get(task, {})
+            value, ci = measured.get(metric), None
+            if metric in measured and not _finite(value):
+                return result(None, False, f"{label} is not a finite number for arm "
+                              f"{arm['name']!r}: it never passes a gate")
             if value is None:
                 return result(None, False, f"{label}: not in the report for arm {arm['name']!r}")
         shown, thr_shown = (f"{value * 100:.2f} %", f"{thr * 100:.2f} %") if M.is_rate(metric) \
             else (f"{value:.4g}", f"{thr:.4g}")
+        if not _finite(value):
+            return result(None, False, f"{label} is not a finite number for arm "
+                          f"{arm['name']!r}: it never passes a gate")
         if limit.bound == "max":
-            return result(value, value <= thr, f"{label} is {shown} (limit {thr_shown})",
-                          ci, ci is not None and ci[0] > thr)
-        return result(value, value >= thr, f"{label} is {shown} (at least {thr_shown})",
-                      ci, ci is not None and ci[1] < thr)
+            return result(value, within(value, thr, "max"), f"{label} is {shown} (limit "
+                          f"{thr_shown})", ci, ci is not None and ci[0] > thr)
+        return result(value, within(value, thr, "min"), f"{label} is {shown} (at least "
+                      f"{thr_shown})", ci, ci is not None and ci[1] < thr)
 
     entry = arm.get("delta", {}).get(task, {}).get(metric)
+    measured = arm.get("metrics", {}).get(task, {})
+    if metric in measured and not _finite(measured[metric]):
+        return result(None, False, f"{label} is not a finite number for arm "
+                      f"{arm['name']!r}: it never passes a gate")
+    if entry is not None and not _finite(entry.get("value")):
+        return result(None, False, f"{label}: its change is not finite for arm "
+                      f"{arm['name']!r}: it never passes a gate")
     if entry is None:
         return result(None, False,
                       f"{label}: not in the report for arm {arm['name']!r} or the base")
@@ -190,17 +281,21 @@ def _check(limit: Limit, arm: dict) -> dict:
         change = f"improved by {_amount(metric, d)}" if drop < 0 else "did not change"
     if limit.bound == "min_gain":
         need = f"{'-' if thr < 0 else ''}{_amount(metric, thr)}"
-        return result(-drop, -drop >= thr - 1e-12,
+        return result(-drop, within(-drop, thr, "min"),
                       f"{label} {change} (needs a gain of at least {need})", ci, significant)
     if limit.bound == "max_drop":
-        return result(drop, drop <= thr + 1e-12,
+        return result(drop, within(drop, thr, "max"),
                       f"{label} {change} (limit {_amount(metric, thr)})", ci, significant)
     base = arm["metrics"][task][metric] - d
     if base == 0:
         return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
     rel = drop / abs(base)
-    return result(rel, rel <= thr + 1e-12, f"{label} {change} = {rel * 100:.2f} % of the base "
+    return result(rel, within(rel, thr, "max"), f"{label} {change} = {rel * 100:.2f} % of the base "
                   f"(limit {thr * 100:.2f} %)", ci, significant)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def evaluate_gate(gate: Gate, report_arm: dict) -> dict:
@@ -211,7 +306,10 @@ def evaluate_gate(gate: Gate, report_arm: dict) -> dict:
 
 
 def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
-    """Evaluate every arm of a built report, store each result as arm["gate"], return them."""
+    """Evaluate every arm of a built report, store each result as arm["gate"], return them.
+    A limit on a metric the report's base does not have is a UserError (exit 2)."""
+    kinds = {t: report["tasks"][t]["kind"] for t in TASKS}
+    check_metrics(gate, {t: set(report["base_metrics"][t]) for t in TASKS}, kinds, "the run")
     results = {}
     for arm in report["arms"]:
         arm["gate"] = results[arm["name"]] = evaluate_gate(gate, arm)

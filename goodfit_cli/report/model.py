@@ -9,7 +9,9 @@ import torch
 
 @dataclass
 class RunSide:
-    """The base model or one arm, as measured on the old and the new task.
+    """The base model or one arm, as measured on the old and the new task: metrics and
+    predictions on the test splits (the report's numbers), val_* on the validation splits
+    (what every choice, the verdict included, is made on).
 
     predictions, per task, may hold:
       "pred", "target": class ids (N,) int64 (classification) or float (N,) / (N, D) (regression);
@@ -25,3 +27,5 @@ class RunSide:
     curve: list[dict] = field(default_factory=list)          # metrics.jsonl records
     wise: list[dict] | None = None                           # [{"alpha", "old", "new"}, ...]
     provenance: dict = field(default_factory=dict)           # optimizer, batches, seed, device...
+    val_metrics: dict[str, dict[str, float]] | None = None   # the same on the validation splits
+    val_predictions: dict[str, dict[str, torch.Tensor]] | None = None

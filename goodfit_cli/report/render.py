@@ -230,6 +230,71 @@ def _early_stops(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def _header_lines(report: dict) -> list[str]:
+    """The gate's limits and the split choices are made on: the top of every report."""
+    lines = [f"Gate: {report.get('gate_limits') or 'no gate'}."]
+    sel = (report.get("provenance") or {}).get("validation")
+    if sel:
+        lines.append("Choices (early stopping, plateau, WiSE α, the verdict) are made on "
+                     "validation: " + "; ".join(f"{t} {_split_text(v)}" for t, v in sel.items())
+                     + ". Test is measured for the report only.")
+    elif "base_val_metrics" in report:
+        lines.append("Choices (the verdict) are made on validation; test is measured for the "
+                     "report only.")
+    return lines
+
+
+def _split_text(v: dict) -> str:
+    sizes = f"{v.get('train')} train / {v.get('val')} val / {v.get('test')} test"
+    if v.get("source") == "carved":
+        how = "stratified by class" if v.get("stratified") else "random"
+        return (f"carved from training ({v['fraction'] * 100:g} %, {how}, seed {v['seed']}; "
+                f"{sizes})")
+    return f"given by the data ({sizes})"
+
+
+def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
+    """Per arm: validation and test primaries, the gate on validation, what dominates it."""
+    v = report.get("verdict")
+    if not v:
+        return None
+    po, pn = v["metrics"]
+    head = ["arm", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
+            "gate (val)", "dominated by (val; ✓ = also on test)", "verdict"]
+    rows = []
+    for a in v["arms"]:
+        val, test = a["val"] or {}, a["test"] or {}
+        names = [d["name"] + (" ✓" if d["confirmed_on_test"] else "")
+                 for d in sorted(a["dominated_by"], key=lambda d: not d["confirmed_on_test"])]
+        by = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") \
+            if names else _DASH
+        tone = "worse" if a["dominated_by"] else "better"
+        rows.append([(a["name"], ""), (fmt_value(po, val.get("old")), ""),
+                     (fmt_value(pn, val.get("new")), ""), (fmt_value(po, test.get("old")), ""),
+                     (fmt_value(pn, test.get("new")), ""),
+                     ("passes" if a["passes_gate_val"] else "FAILS", ""), (by, ""),
+                     (a["status"], tone)])
+    return head, rows
+
+
+def _ship_line(report: dict) -> str | None:
+    v = report.get("verdict")
+    if not v:
+        return None
+    po, pn = v["metrics"]
+    ship = v["ship"]
+    if ship is None:
+        return ("Ship nothing: no candidate passes the gate on validation; keep the base "
+                f"({v['candidates']} candidates).")
+    what = ship["name"] + (f" (`goodfit wise RUN/{ship['arm']} --alpha {ship['alpha']:g}`)"
+                           if ship["kind"] == "wise" else "")
+    gate = {True: "passes", False: "FAILS", None: "no gate"}[ship["passes_gate_test"]]
+    val, test = ship["val"], ship["test"] or {}
+    return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'])}, new {pn} "
+            f"{fmt_value(pn, val['new'])}; test old {fmt_value(po, test.get('old'))}, new "
+            f"{fmt_value(pn, test.get('new'))} (test gate: {gate}).")
+
+
 def _flat(d: dict) -> list[tuple[str, str]]:
     return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
 
@@ -255,11 +320,20 @@ def _md_table(head: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
 def render_markdown(report: dict) -> str:
     """A pull-request comment: verdict, base-vs-arms table, regressions, read-out, violations."""
     out = [f"### goodfit: {verdict(report)}", ""]
+    out += [line for text in _header_lines(report) for line in (md_escape(text), "")]
     out += _md_table(*_main_rows(report))
     out += ["", "Δ = arm − base; ▲/▼ is the sign of the change, (better)/(worse) its effect; "
             "[lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all old-task samples "
             "the arm broke/fixed."]
     out += [line for note in _head_notes(report) for line in ("", f"**{md_escape(note)}**")]
+    chosen = _verdict_rows(report)
+    if chosen:
+        v = report["verdict"]
+        out += ["", "#### Verdict (chosen on validation, confirmed on test)", "",
+                f"**{md_escape(_ship_line(report))}**", ""]
+        out += _md_table(*chosen)
+        out += ["", f"Rule: {md_escape(v['rule'])}"] + ([f"Note: {md_escape(v['note'])}."] if v["note"]
+                                                    else [])
     stops = _early_stops(report)
     if stops:
         out += ["", "#### Early stopping", ""] + [f"- **{md_escape(n)}**: {md_escape(t)}"
@@ -359,11 +433,19 @@ def render_html(report: dict) -> str:
     parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
              f"<title>goodfit report: {_h(v)}</title><style>{_CSS}</style></head><body>",
              f'<h1>goodfit report</h1><p class="verdict {tone}">{_h(v)}</p>',
+             *[f"<p>{_h(text)}</p>" for text in _header_lines(report)],
              "<h2>Base vs arms (primary metrics)</h2>", _html_table(*_main_rows(report)),
              '<p class="note">Δ = arm − base; green better, red worse (by the metric\'s '
              "direction); [lo, hi] is a 95 % paired bootstrap interval. NFR/PFR: share of all "
              "old-task samples the arm broke/fixed.</p>"]
     parts += [f'<p class="note"><b>{_h(note)}</b></p>' for note in _head_notes(report)]
+    chosen = _verdict_rows(report)
+    if chosen:
+        note = report["verdict"]["note"]
+        parts += ["<h2>Verdict (chosen on validation, confirmed on test)</h2>",
+                  f"<p><b>{_h(_ship_line(report))}</b></p>", _html_table(*chosen),
+                  f'<p class="note">Rule: {_h(report["verdict"]["rule"])}'
+                  + (f" Note: {_h(note)}." if note else "") + "</p>"]
     violations = _violations(report)
     if violations:
         parts.append("<h2>Gate violations</h2><ul>" + "".join(

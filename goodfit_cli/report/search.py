@@ -15,10 +15,9 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.text import printable
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.report.render import md_escape
+from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -46,12 +45,19 @@ def recommend(trials: list[dict], dirs: tuple[int, int]) -> dict | None:
 
 
 def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
-    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off'."""
+    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off' on the
+    points' "old"/"new" (validation), then "; on test: ..." when both carry test_old/test_new."""
+    def word(a: tuple, b: tuple) -> str:
+        return ("dominates" if dominates(a, b, dirs) else
+                "dominated" if dominates(b, a, dirs) else "trade-off")
+
     out = {}
     for r in refs:
-        a, b = (point["old"], point["new"]), (r["old"], r["new"])
-        out[r["name"]] = ("dominates" if dominates(a, b, dirs) else
-                          "dominated" if dominates(b, a, dirs) else "trade-off")
+        out[r["name"]] = word((point["old"], point["new"]), (r["old"], r["new"]))
+        tests = [point.get("test_old"), point.get("test_new"), r.get("test_old"),
+                 r.get("test_new")]
+        if all(v is not None for v in tests):
+            out[r["name"]] += f"; on test: {word(tuple(tests[:2]), tuple(tests[2:]))}"
     return out
 
 
@@ -86,7 +92,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
-    title = "search: trials, Pareto front, default arms, WiSE-FT curves"
+    title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)"
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
            f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
@@ -159,49 +165,91 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     return "".join(out) + "</svg>"
 
 
-def render_markdown(rep: dict[str, Any]) -> str:
+def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], list[tuple]]:
+    """(title, the header's paragraphs, the recommendation's lines, [(title, head, rows)]):
+    what report.md and report.html both show. `e` escapes the names and paths the user chose
+    (Markdown: md_escape, so no HTML, link or secret reaches a PR; HTML escapes later)."""
     m_old, m_new = rep["metrics"]
-    e = md_escape  # names and paths the user chose: no HTML, links or secrets reach a PR
-    lines = [f"# goodfit search: {e(rep['study'])}", "",
-             f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
-             f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
-             f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.", ""]
-    lines += [f"- {e(n)}" for n in rep["notes"]]
-    rec = rep["recommendation"]
-    lines += ["", "## Recommendation", ""]
+    title = f"goodfit search: {e(rep['study'])}"
+    header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
+              f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
+              f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.",
+              "Every choice (objectives, gate, front, recommendation) is made on the validation "
+              "splits; the test numbers beside them are for the report only."]
+    rec, said = rep["recommendation"], []
     if rec is None:
-        lines.append("No finished trial passes the gate: nothing is recommended.")
+        said.append("No finished trial passes the gate: nothing is recommended.")
     else:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in rec["params"].items())
-        lines.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): old {m_old} "
-                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}; exported to "
-                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
-                     + ".")
+        test = ""
+        if rec.get("test_old") is not None:
+            gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
+            test = (f"; on test: old {m_old} {rec['test_old']:.4g}, new {m_new} "
+                    f"{rec['test_new']:.4g} (gate on test: {gate})")
+        said.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): on validation old {m_old} "
+                    f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
+                    + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
+                    + ".")
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
-        for name, verdict in rep["against_defaults"].items():
-            lines.append(f"- against {name}: {verdict}"
-                         + (f" ({name} fails the gate)" if name in failed else ""))
-    lines += ["", "## Trials", "", f"| trial | state | arm | knobs | old {m_old} | new {m_new} "
-              "| gate | front |", "|---|---|---|---|---|---|---|---|"]
+        said += [f"against {name}: {verdict}" + (f" ({name} fails the gate)" if name in failed
+                                                 else "")
+                 for name, verdict in rep["against_defaults"].items()]
+    val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     front = {p["number"] for p in rep["front"]}
-    for t in rep["trials"]:
-        knobs = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in t["params"].items() if k != "arm")
-        val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
-        lines.append(f"| {t['number']} | {t['state']} | {t['arm']} | {knobs} | {val(t['old'])} "
-                     f"| {val(t['new'])} | {'pass' if t['feasible'] else 'FAIL'} | "
-                     f"{'*' if t['number'] in front else ''} |")
+    tables = [("Trials", ["trial", "state", "arm", "knobs", f"old {m_old} (val)",
+                          f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
+                          f"new {m_new} (test)"],
+               [[str(t["number"]), t["state"], t["arm"],
+                 ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in t["params"].items() if k != "arm"),
+                 val(t["old"]), val(t["new"]), "pass" if t["feasible"] else "FAIL",
+                 "*" if t["number"] in front else "", val(t.get("test_old")),
+                 val(t.get("test_new"))] for t in rep["trials"]])]
     if rep["defaults"]:
         gate = {True: "pass", False: "FAIL", None: "-"}
-        lines += ["", "## The recipe's default arms", "", f"| arm | old {m_old} | new {m_new} "
-                  "| gate |", "|---|---|---|---|"]
+        rows = []
         if rep.get("base_point"):
             b = rep["base_point"]
-            lines.append(f"| base (no fine-tune) | {b['old']:.4g} | {b['new']:.4g} | - |")
-        lines += [f"| {r['name']} | {r['old']:.4g} | {r['new']:.4g} | {gate[r.get('gate')]} |"
-                  for r in rep["defaults"]]
+            rows.append(["base (no fine-tune)", val(b["old"]), val(b["new"]), "-", "-", "-"])
+        rows += [[r["name"], val(r["old"]), val(r["new"]), gate[r.get("gate")],
+                  val(r.get("test_old")), val(r.get("test_new"))] for r in rep["defaults"]]
+        tables.append(("The recipe's default arms", ["arm", f"old {m_old} (val)",
+                                                     f"new {m_new} (val)", "gate (val)",
+                                                     f"old {m_old} (test)",
+                                                     f"new {m_new} (test)"], rows))
+    return title, header + [f"- {e(n)}" for n in rep["notes"]], said, tables
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    title, header, said, tables = _sections(rep, md_escape)
+    lines = [f"# {title}", "", header[0], "", header[1], ""] + header[2:]
+    lines += ["", "## Recommendation", "", said[0]] + [f"- {x}" for x in said[1:]]
+    for name, head, rows in tables:
+        lines += ["", f"## {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def render_html(rep: dict[str, Any], svg: str) -> str:
+    """One self-contained page like the finetune report's: header, recommendation, the plot,
+    the tables (no script, no external URL)."""
+    title, header, said, tables = _sections(rep)
+    notes = [h[2:] for h in header[2:]]
+    parts = [f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_h(title)}'
+             f"</title><style>{_CSS}</style></head><body><h1>{_h(title)}</h1>",
+             *[f"<p>{_h(p)}</p>" for p in header[:2]]]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{_h(n)}</li>" for n in notes) + "</ul>")
+    parts += ["<h2>Recommendation</h2>", f"<p><b>{_h(said[0])}</b></p>"]
+    if said[1:]:
+        parts.append("<ul>" + "".join(f"<li>{_h(x)}</li>" for x in said[1:]) + "</ul>")
+    parts.append(f'<h2>Trials, front and default arms (validation)</h2><div class="plots">{svg}'
+                 "</div>")
+    for name, head, rows in tables:
+        parts += [f"<h2>{_h(name)}</h2>",
+                  _html_table(head, [[(c, "") for c in row] for row in rows])]
+    return "\n".join(parts) + "\n</body></html>\n"
 
 
 def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
@@ -213,7 +261,5 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     svg = pareto_svg(rep["trials"], rep["defaults"], curves,
                      (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
                      rep.get("base_point"), rep["recommendation"])
-    html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>goodfit search "
-            f"{escape(printable(rep['study']))}</title><body style=\"font-family:system-ui;"
-            f"max-width:60em;margin:2em auto\">{svg}<pre>{escape(md)}</pre></body></html>\n")
+    html = render_html(rep, svg)
     atomic_write(out / "report.html", html)

@@ -7,6 +7,10 @@ as an evaluation crosses one of the run's OLD-task gate limits (`--gate`, `--max
 kept the gate; the run keeps its weights (the anchor weights it was evaluated at) as the arm's
 checkpoint, and `summary()` says why the arm stopped and which batch the checkpoint is from.
 
+Every decision reads the evaluation's VALIDATION metrics (the record's "val" entry; the base's
+metrics and predictions in the rule are the base's on the validation splits too): the test
+split is measured for the report only.
+
 An evaluation has no bootstrap interval, so a limit with `require_significant` is watched
 without it here (stricter than the final gate); flip-rate limits (nfr, pfr) compare the
 evaluation's old-task predictions with the base's.
@@ -15,6 +19,7 @@ evaluation's old-task predictions with the base's.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +32,8 @@ from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 
 @dataclass
 class StopRule:
-    """What ends an arm early. `base`: the base's metrics {"old": {...}, "new": {...}};
-    `base_old`: the base's old-task predictions {"pred", "target"} (for flip-rate limits)."""
+    """What ends an arm early. `base`: the base's validation metrics {"old": {...}, "new":
+    {...}}; `base_old`: its old-task validation predictions {"pred", "target"} (flip rates)."""
 
     metric: str  # the new task's primary metric
     patience: int | None = None  # evaluations without improvement; None: no plateau stop
@@ -78,16 +83,17 @@ class EarlyStop:
         self.stopped_at: int | None = None
 
     def observe(self, rec: dict[str, Any]) -> bool:
-        """Take one evaluation record (batch, old, new, flips); True if its weights are the
-        best so far (the caller keeps them)."""
+        """Take one evaluation record (batch, and "val": {old, new, flips}, the validation
+        metrics it decides on); True if its weights are the best so far (the caller keeps them)."""
         if self.reason is not None:
             return False
-        batch, value = int(rec["batch"]), (rec.get("new") or {}).get(self.rule.metric)
-        violations = self._violations(rec)
+        val = rec.get("val") or {}
+        batch, value = int(rec["batch"]), (val.get("new") or {}).get(self.rule.metric)
+        violations = self._violations(val)
         if violations:
             self._stop(batch, f"old-task gate limit crossed at batch {batch}: {violations[0]}")
             return False
-        if value is None or value != value:
+        if value is None or not math.isfinite(value):
             return False
         if self.best is None or (value - self.best) * self.sign > self.rule.min_delta:
             self.best, self.best_batch, self.bad = float(value), batch, 0
@@ -103,16 +109,16 @@ class EarlyStop:
     def _stop(self, batch: int, reason: str) -> None:
         self.reason, self.stopped_at = reason, batch
 
-    def _violations(self, rec: dict[str, Any]) -> list[str]:
+    def _violations(self, val: dict[str, Any]) -> list[str]:
         gate = self.rule.gate
         if gate is None:
             return []
-        metrics = {t: dict(rec.get(t) or {}) for t in ("old", "new")}
+        metrics = {t: dict(val.get(t) or {}) for t in ("old", "new")}
         delta = {t: {m: {"value": v - self.rule.base[t][m], "ci": None, "better": None}
                      for m, v in metrics[t].items() if m in self.rule.base.get(t, {})}
                  for t in metrics}
         arm = {"name": "this arm", "metrics": metrics, "delta": delta,
-               "flips": rec.get("flips") or {}}
+               "flips": val.get("flips") or {}}
         return evaluate_gate(gate, arm)["violations"]
 
     @property
@@ -123,7 +129,7 @@ class EarlyStop:
         """For summary.json and the report: why the arm stopped, where its checkpoint is from."""
         return {"stopped_at": self.stopped_at, "budget": total,
                 "reason": self.reason or "ran its whole budget",
-                "best_batch": self.best_batch,
+                "best_batch": self.best_batch, "split": "val",
                 "best": None if self.best is None else {self.rule.metric: self.best},
                 "checkpoint": (f"weights of the best evaluation (batch {self.best_batch})"
                                if self.best_batch is not None else

@@ -93,8 +93,8 @@ def _unchanged(side: Side, name: str) -> bool:
 
 
 def _reuse(side: Side, sha256: str, log) -> tuple[dict, dict] | None:
-    """Stored (metrics, predictions) when they belong to exactly this checkpoint and the
-    predictions file is the one recorded with them."""
+    """Stored (metrics, predictions, val metrics, val predictions) when they belong to exactly
+    this checkpoint and the predictions files are the ones recorded with them."""
     meta = _recorded(side)
     if meta.get("sha256") != sha256 or not isinstance(meta.get("metrics"), dict):
         return None
@@ -104,8 +104,16 @@ def _reuse(side: Side, sha256: str, log) -> tuple[dict, dict] | None:
             "evaluating again")
         return None
     preds = load_predictions(side.stored.parent / "predictions.safetensors")
+    if not preds:
+        return None
     check_stored_metrics(side.stored, meta["metrics"], preds)
-    return (meta["metrics"], preds) if preds else None
+    if not isinstance(meta.get("val_metrics"), dict) or not _unchanged(
+            side, "val_predictions.safetensors"):
+        log(f"{side.name}: no validation measurements recorded with it (or their predictions "
+            "changed); evaluating again")
+        return None
+    val_preds = load_predictions(side.stored.parent / "val_predictions.safetensors")
+    return meta["metrics"], preds, meta["val_metrics"], val_preds
 
 
 def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
@@ -143,7 +151,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                         "the recipe.yaml of a run (it names the model it built)")
     model = build_model(recipe.model.name, recipe.model.args, where=recipe.at("model"))
 
-    def measure(side: Side) -> tuple[dict, dict]:
+    def measure(side: Side) -> tuple[dict, dict, dict, dict]:
         nonlocal session
         if not side.checkpoint.exists():
             if side.expect:  # a run's base, by the path the run recorded
@@ -177,18 +185,25 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if own is not None and getattr(spec_of(evaluated), "source", None) != "recipe":
             setattr(evaluated, ATTR, own)
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
-        return session.evaluate(evaluated, with_predictions=True)
+        return session.measure(evaluated)  # test (the report's) and validation (the verdict's)
 
-    bm, bp = measure(base_side)
-    base_run = RunSide("base", str(base_side.checkpoint), bm, bp)
+    bm, bp, bv, bvp = measure(base_side)
+    base_run = RunSide("base", str(base_side.checkpoint), bm, bp, val_metrics=bv,
+                       val_predictions=bvp)
     arms = []
     for c in cands:
-        m, p = measure(c)
+        m, p, v, vp = measure(c)
         curve = read_jsonl(c.checkpoint.parent / "metrics.jsonl") \
             if c.stored and _unchanged(c, "metrics.jsonl") else []
-        arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve))
+        arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve, val_metrics=v,
+                            val_predictions=vp))
     prov = {"command": "compare", "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
+    if session is not None:
+        prov["validation"] = session.validation
+    elif base_side.stored is not None and (base_side.stored.parent.parent / "run.json").is_file():
+        prov["validation"] = read_json(base_side.stored.parent.parent / "run.json").get(
+            "validation")  # every side was reused from that run: its splits
     try:
         return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
                              session.sample_ids if session is not None else None)

@@ -122,7 +122,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
-        base_metrics, base_preds = s.evaluate(model, with_predictions=True)
+        base_metrics, base_preds, base_val, base_val_preds = s.measure(model)
     head_record = base_head_record(loaded.head_changes, base_head)
     mismatch = base_mismatch(loaded.recorded_metrics, base_metrics["old"], recipe.primary["old"],
                              loaded.input)
@@ -139,22 +139,25 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
-                                       "identity": identity,
+                                       "identity": identity, "validation": s.validation,
                                        "input": loaded.input or {"source": "as stored"},
                                        **({"input_warning": mismatch} if mismatch else {}),
                                        **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
+        save_predictions(out / "base" / "val_predictions.safetensors", base_val_preds,
+                         "validation")
         write_json(out / "base" / "metrics.json", {
             "checkpoint": where, "sha256": loaded.sha256, "metrics": base_metrics,
-            "files_sha256": {"predictions.safetensors":
-                             sha256_file(out / "base" / "predictions.safetensors")}})
+            "val_metrics": base_val,
+            "files_sha256": {f: sha256_file(out / "base" / f) for f in
+                             ("predictions.safetensors", "val_predictions.safetensors")}})
     ui.log("base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
                                 for t, d in base_metrics.items()))
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": loaded.sha256, "stage": "finetune"}
-    if rule is not None:  # the gate's limits are watched against the base
-        rule = replace(rule, base=base_metrics, base_old=base_preds["old"])
+    if rule is not None:  # the gate's limits are watched against the base, on validation
+        rule = replace(rule, base=base_val, base_old=base_val_preds["old"])
     results: list[RunResult] = []
     t_start = time.perf_counter()
     with stop_on_signals() as stop:
@@ -194,6 +197,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                        if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
+    prov["validation"] = s.validation
     if head_record:
         prov["base_head"] = head_record
     prov["input"] = loaded.input or {"source": "as stored"}
@@ -205,7 +209,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     prov["timings"] = phases.record()  # the report's own time is in RUN/timings.json
     try:
         with phases.phase("report"):
-            report = make_report(recipe, out, job.base, (base_metrics, base_preds), results,
+            report = make_report(recipe, out, job.base,
+                                 (base_metrics, base_preds, base_val, base_val_preds), results,
                                  wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
                                  sample_ids=s.sample_ids)
     finally:
@@ -218,10 +223,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
 @torch.no_grad()
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm_dir: Path,
                alphas: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> list[dict]:
-    """WiSE-FT: evaluate (1−α)·base + α·arm for each α on both tasks (no training)."""
+    """WiSE-FT: evaluate (1−α)·base + α·arm for each α on both tasks (no training), on the
+    test splits (the report's) and the validation splits ("val": what a choice of α reads)."""
     arm_tensors, _ = ckpt.load_model(arm_dir / "model.safetensors")
     curve = []
     for a in alphas:
         model.load_state_dict(mix(base_state, arm_tensors, a))
-        curve.append({"alpha": a, **s.evaluate(model)})
+        curve.append({"alpha": a, **s.evaluate(model), "val": s.evaluate(model, split="val")})
     return curve

@@ -41,7 +41,8 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         model = s.model()  # before any file is written: a bad model spec leaves --out empty
         meta = {"goodfit_version": __version__, "recipe": recipe.name,
                 "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
-        job = StageJob(arm, recipe.pretrain, "old", out, meta)
+        job = StageJob(arm, recipe.pretrain, "old", out, meta,  # how its val split was made
+                       summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
             atomic_write(out / "recipe.yaml", recipe.to_yaml())

@@ -13,7 +13,17 @@ from goodfit_cli.core.errors import GateFailure, UserError
 from goodfit_cli.io.rundir import RunResult
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide, build_report, write_report
-from goodfit_cli.report.gate import Gate, apply_gate, gate_from_flags, load_gate
+from goodfit_cli.report.build import jsonable
+from goodfit_cli.report.gate import (
+    Gate,
+    apply_gate,
+    check_metrics,
+    describe,
+    gate_from_flags,
+    load_gate,
+    parse_gate,
+)
+from goodfit_cli.report.verdict import verdict
 from goodfit_cli.report.junit import write_junit
 from goodfit_cli.workflows.session import Session, task_kinds
 
@@ -49,23 +59,33 @@ def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
                   sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
     """Build, gate and write the report; return it (the caller decides on the exit code)."""
     report = build_report(base, arms, kinds=kinds, primary=recipe.primary,
-                          provenance=provenance, readout=recipe.readout, sample_ids=sample_ids)
+                          provenance=provenance, readout=recipe.readout,
+                          sample_ids=sample_ids)
+    report["gate_limits"] = describe(gate)  # stated at the top of every report
     results = apply_gate(gate, report) if gate is not None else {}
+    chosen = verdict(report, gate)  # chosen on validation, confirmed on test
+    if chosen is not None:
+        report["verdict"] = jsonable(chosen)
     write_report(report, out)
     if junit is not None and gate is not None:
         write_junit(junit, results)
     return report
 
 
-def make_report(recipe: Recipe, out: Path, base: Path, measured: tuple[dict, Predictions],
+def make_report(recipe: Recipe, out: Path, base: Path,
+                measured: tuple[dict, Predictions, dict, Predictions],
                 results: list[RunResult], wise: dict[str, list[dict]], kinds: dict[str, str],
                 provenance: dict[str, Any], gate: Gate | None = None,
                 junit: Path | None = None,
                 sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
-    """The report of a fine-tuning run, written next to its arms."""
-    base_side = RunSide("base", str(base), *measured)
+    """The report of a fine-tuning run, written next to its arms. `measured`: the base's
+    (test metrics, test predictions, val metrics, val predictions)."""
+    metrics, preds, val, val_preds = measured
+    base_side = RunSide("base", str(base), metrics, preds, val_metrics=val,
+                        val_predictions=val_preds)
     arms = [RunSide(r.name, str(r.dir / "model.safetensors"), r.metrics, r.predictions,
-                    r.curve, wise.get(r.name), r.summary) for r in results]
+                    r.curve, wise.get(r.name), r.summary, r.summary.get("val_metrics"),
+                    r.val_predictions) for r in results]
     return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit,
                          sample_ids)
 
@@ -78,15 +98,36 @@ def raise_on_gate_failure(report: dict[str, Any]) -> None:
 
 
 def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
-             max_nfr: float | None) -> Gate | None:
-    """The gate a command asked for: a gate file, or limits from flags, or none."""
+             max_nfr: float | None, bounds: dict[str, list[str] | None] | None = None
+             ) -> Gate | None:
+    """The gate a command asked for: a gate file, or limits from flags (--max-old-drop,
+    --max-nfr and the absolute `bounds` {"min_old": ["accuracy=0.9"], ...}), or else the
+    recipe's `gate` section, or none. A limit on a metric the recipe's tasks do not measure is
+    a UserError here, before anything runs."""
+    flagged = max_old_drop is not None or max_nfr is not None or any((bounds or {}).values())
     if gate_file is not None:
-        if max_old_drop is not None or max_nfr is not None:
-            raise UserError("give either --gate or --max-old-drop/--max-nfr, not both")
-        return load_gate(gate_file)
-    if max_old_drop is None and max_nfr is None:
+        if flagged:
+            raise UserError("give either --gate or the gate flags (--max-old-drop, --max-nfr, "
+                            "--min-old, --max-old, --min-new, --max-new), not both")
+        gate = load_gate(gate_file)
+    elif not flagged and recipe.gate is not None:  # the recipe's own gate, when none is given
+        gate = parse_gate(recipe.gate, f"{recipe.source} (its gate section)",
+                          f"{recipe.at('gate')}.")
+    elif not flagged:
         return None
-    if max_nfr is not None and task_kinds(recipe)["old"] != "classification":
-        raise UserError(f"--max-nfr needs a classification old task; {recipe.source} has "
-                        f"old_task.loss {recipe.old_task.loss!r}")
-    return gate_from_flags(max_old_drop, max_nfr, recipe.primary["old"])
+    else:
+        if max_nfr is not None and task_kinds(recipe)["old"] != "classification":
+            raise UserError(f"--max-nfr needs a classification old task; {recipe.source} has "
+                            f"old_task.loss {recipe.old_task.loss!r}")
+        gate = gate_from_flags(max_old_drop, max_nfr, recipe.primary["old"], bounds)
+    kinds = task_kinds(recipe)
+    check_metrics(gate, {t: measured_metrics(recipe, t, kinds[t]) for t in kinds}, kinds,
+                  f"recipe {recipe.source}")
+    return gate
+
+
+def measured_metrics(recipe: Recipe, task: str, kind: str) -> set[str]:
+    """The metrics a run of `recipe` reports for `task`: the listed ones, and accuracy (a
+    classification task) or mse (a regression task), which the report derives from predictions."""
+    spec = recipe.old_task if task == "old" else recipe.new_task
+    return {*spec.metrics, "accuracy" if kind == "classification" else "mse"}

@@ -3,12 +3,20 @@
 A multi-objective study (old task's and new task's primary metrics, each in its own direction)
 over arms and their knobs (workflows/search_space.py), with the gate as a constraint (a trial's
 number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
-RUN/trials/trial-NNNN (plus RUN/trials/trial-NNNN/wise when its WiSE α < 1). The study lives
-in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
+RUN/trials/trial-NNNN with its arm's WiSE-FT curve; the best α the gate allows on validation
+is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The
+study lives in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
 any machines, run the same command with the same storage and share one study; a re-run
 continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
 and exports the recommendation (the best new-task trial that passes the gate) to
 RUN/recommended/model.safetensors with its provenance.
+
+Every choice is made on the VALIDATION splits: a trial's objectives are its validation
+metrics, its feasibility the gate judged on validation, and the recommendation is chosen among
+them; each trial's test numbers are stored beside them and reported, never used to choose.
+Each trial keeps its validation and test views (metrics, changes, flips) in the study, so the
+report judges every finished trial with the gate of THIS command: a re-run with another gate
+re-judges all of them and the recommendation from the stored results (and says so).
 """
 
 from __future__ import annotations
@@ -30,7 +38,8 @@ from goodfit_cli.io.atomic import probe_writable, sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import keep_previous
-from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.gate import Gate, describe, evaluate_gate
+from goodfit_cli.report.verdict import point_view
 from goodfit_cli.report.search import (
     dominance_against,
     pareto_front,
@@ -141,19 +150,23 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
+    prim = recipe.primary
     p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
     trecipe = load(job.recipe, [*job.overrides, *p.overrides])
-    ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides) + f" wise α {p.alpha:g}")
+    ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides))
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     trial.set_user_attr("host", socket.gethostname())
-    try:
-        rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=False,
+    try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
+        rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, ui)
+        alpha = best_alpha(job.gate, rep, (direction(prim["old"]), direction(prim["new"])))
+        trial.set_user_attr("wise_alpha", alpha)
+        ui.log(f"trial {trial.number}: WiSE-FT α {alpha:g} (best on validation within the gate)")
         cand_dir = trial_dir / arm_dirname(p.arm)
-        if p.alpha < 1.0:
+        if alpha < 1.0:
             cand_dir = trial_dir / "wise"
-            rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), p.alpha, cand_dir, None,
+            rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), alpha, cand_dir, None,
                                job.gate), place, ui)
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
@@ -166,17 +179,47 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.study.stop()
         raise optuna.TrialPruned("interrupted") from None
     arm = rep["arms"][0]
-    gate = arm.get("gate")
-    constraint = [float(len(gate["violations"]))] if gate else [0.0]  # <= 0: passes the gate
+    views = {"val": {k: arm["validation"][k] for k in ("metrics", "delta", "flips")},
+             "test": {k: arm[k] for k in ("metrics", "delta", "flips")}}
+    trial.set_user_attr("views", views)  # what any later gate is judged on
+    judged = judge(job.gate, views["val"], f"trial {trial.number}")
+    constraint = [float(len(judged["violations"]))]  # <= 0: passes the gate on validation
     trial.set_user_attr("constraint", constraint)
     if hasattr(trial, "set_constraint"):
         trial.set_constraint("gate_violations", constraint[0])
     trial.set_user_attr("arm", p.arm)
     trial.set_user_attr("checkpoint", str((cand_dir / "model.safetensors").resolve()))
     trial.set_user_attr("seed", place.seed if place.seed is not None else recipe.seed)
-    prim = recipe.primary
     trial.set_user_attr("metrics", arm["metrics"])
-    return arm["metrics"]["old"][prim["old"]], arm["metrics"]["new"][prim["new"]]
+    val = views["val"]["metrics"]  # the objectives: validation, never test
+    return val["old"][prim["old"]], val["new"][prim["new"]]
+
+
+def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
+    """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
+    a candidate) with the best new-task primary metric on validation among the points that
+    pass the gate on validation (old task breaks ties, then the larger α); 1.0 (the arm) when
+    none passes. A point α < 1 has no predictions: a flip-rate limit counts it as failing."""
+    arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
+    ok = []
+    for w in arm.get("wise") or []:
+        val = w.get("val") or {}
+        pt = ((val.get("old") or {}).get(po), (val.get("new") or {}).get(pn))
+        if not 0 < w["alpha"] <= 1 or any(v is None for v in pt):
+            continue
+        view = ({"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
+                 "flips": arm["validation"]["flips"]} if w["alpha"] == 1 else
+                point_view(val, rep["base_val_metrics"]))
+        if judge(gate, view, f"WiSE α {w['alpha']:g}")["passed"]:
+            ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
+    return max(ok)[2] if ok else 1.0
+
+
+def judge(gate: Gate | None, view: dict, name: str) -> dict:
+    """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes."""
+    if gate is None:
+        return {"passed": True, "violations": [], "checks": []}
+    return evaluate_gate(gate, {"name": name, **view})
 
 
 def _defaults(job: SearchJob, place: Place, ui: Ui) -> list[str]:
@@ -236,7 +279,8 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     defaults = _defaults_report(job) or {"arms": []}
     rep = _report(job, study, recipe, dirs, notes, defaults)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
-    curves = [(a["name"], [(p["old"][prim["old"]], p["new"][prim["new"]]) for p in a["wise"]])
+    curves = [(a["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
+                           for p in a["wise"] if "val" in p])  # validation, like the trials
               for a in defaults["arms"] if a.get("wise")]
     write_search_report(rep, job.out, curves)
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
@@ -261,27 +305,51 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
             notes: list[str], defaults: dict) -> dict[str, Any]:
     """The study's report; `defaults`: RUN/defaults/report.json ({"arms": []} before it ran)."""
     prim = recipe.primary
+    gate_now = describe(job.gate)
+    judged_with = study.user_attrs.get("gate")
+    if judged_with is not None and judged_with != gate_now:
+        notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
+                     "recommendation are re-judged from the stored validation results; the "
+                     "sampler's constraint for trials run before keeps the old gate")
+    study.set_user_attr("gate", gate_now)
+    pick = lambda m: (m["old"][prim["old"]], m["new"][prim["new"]])  # noqa: E731
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
             continue
+        views = t.user_attrs.get("views")
+        if t.state.name == "COMPLETE" and views is None:
+            raise UserError(f"study {study.study_name!r}: trial {t.number} has no stored "
+                            "validation results (made by an older goodfit); it cannot be judged: "
+                            "use a new --out or --study")
         vals = t.values if t.values is not None else (None, None)
+        test = pick(views["test"]["metrics"]) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
-                       "params": dict(t.params), "old": vals[0], "new": vals[1],
-                       "feasible": t.user_attrs.get("constraint", [0.0])[0] <= 0,
+                       "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
+                                                 if "wise_alpha" in t.user_attrs else {})},
+                       "old": vals[0], "new": vals[1],
+                       "test_old": test[0], "test_new": test[1],
+                       "feasible": bool(views) and judge(job.gate, views["val"],
+                                                         f"trial {t.number}")["passed"],
+                       "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
+                                            ["passed"] if views else None),
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
                        "checkpoint": t.user_attrs.get("checkpoint")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    refs = [{"name": a["name"], "old": a["metrics"]["old"][prim["old"]],
-             "new": a["metrics"]["new"][prim["new"]], "gate": (a.get("gate") or {}).get("passed")}
-            for a in defaults["arms"]]
-    b = defaults.get("base_metrics")  # the base itself, measured by the default arms' run
-    base = {"old": b["old"][prim["old"]], "new": b["new"][prim["new"]]} if b else None
+    refs = []
+    for a in defaults["arms"]:  # judged like the trials: on validation, with this gate
+        v = a.get("validation") or {"metrics": a["metrics"], "delta": a["delta"],
+                                    "flips": a["flips"]}
+        refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"]))),
+                     **dict(zip(("test_old", "test_new"), pick(a["metrics"]))),
+                     "gate": judge(job.gate, v, a["name"])["passed"] if job.gate else None})
+    b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
+    base = dict(zip(("old", "new"), pick(b))) if b else None
     rec = recommend(done, dirs)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
-           "gate": job.gate.source if job.gate else None, "notes": notes, "trials": trials,
+           "gate": gate_now, "split": "val", "notes": notes, "trials": trials,
            "complete": len(done), "front": pareto_front([t for t in done if t["feasible"]], dirs),
            "defaults": refs, "base_point": base, "recommendation": rec,
            "against_defaults": dominance_against(rec, refs, dirs) if rec else {}}

@@ -4,8 +4,9 @@ Every knob is centred on the recipe's own value: lr in [lr/10, 10·lr] (log), Go
 [1, 1000] and n_ref in {1, 2}, each penalty's strength over three decades around its default,
 the distillation temperature in [1, 4], LP-FT's probe share in [0.1, 0.9], the replay fraction
 in [0, 0.5] with every arm (`finetune.replay.fraction`; a recipe's own `max_samples` is kept;
-`--no-replay`: none),
-and the WiSE-FT α in {0.2, 0.3, ..., 1.0}.
+`--no-replay`: none).
+WiSE-FT's α is not drawn: each trial evaluates its arm's interpolation curve on validation
+(evaluations only) and keeps the best α the gate allows (workflows/search.py `best_alpha`).
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from typing import Any
 from goodfit_cli.recipe import PenaltySpec, Recipe
 
 KINDS = ("plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal", "ewc")
-ALPHAS = tuple(round(0.1 * i, 1) for i in range(2, 11))
 
 
 @dataclass
 class Proposal:
-    """One trial's choice: the arm to run, its recipe overrides, and WiSE-FT's α."""
+    """One trial's choice: the arm to run and its recipe overrides."""
 
     arm: str
     overrides: list[str]
-    alpha: float
     params: dict[str, Any]
 
 
@@ -59,5 +58,4 @@ def propose(trial: Any, recipe: Recipe, replay: bool = True) -> Proposal:
         over.append(f"finetune.replay.fraction={r!r}")
     elif ft.replay is not None:
         over.append("finetune.replay.fraction=0.0")
-    alpha = trial.suggest_categorical("wise_alpha", list(ALPHAS))
-    return Proposal(arm, over, float(alpha), dict(trial.params))
+    return Proposal(arm, over, dict(trial.params))

@@ -2,7 +2,9 @@
 and a way to build the recipe's model and load a checkpoint into it.
 
 A Session is the one place that turns a recipe into tensors and modules; pretrain, finetune,
-evaluate and compare all start from one.
+evaluate and compare all start from one. Each task has a validation split (the data's own, or
+carved from training: data.validation) that every choice is made on; `s.validation` records
+how it was made (run.json and the report carry it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Streamed, as_samples, streams
+from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
@@ -59,6 +62,7 @@ class Session:
     tasks: dict[str, Task]  # splits already on the device
     runners: dict[str, TaskRunner]
     seed: int
+    validation: dict[str, dict] = field(default_factory=dict)  # per task: how val was made
     eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
 
     def model(self) -> nn.Module:
@@ -80,18 +84,23 @@ class Session:
         check_fits(m, self)  # labels, widths and dtypes the model cannot take: exit 2 now
         return m
 
-    def evaluate(self, model: nn.Module, with_predictions: bool = False):
-        """{"old": metrics, "new": metrics}, and the per-sample predictions when asked."""
+    def evaluate(self, model: nn.Module, with_predictions: bool = False, split: str = "test"):
+        """{"old": metrics, "new": metrics} on each task's `split` ("test", the report's, or
+        "val", the one choices are made on), and the per-sample predictions when asked."""
         t0 = time.perf_counter()
         out, preds = {}, {}
         for name in ("old", "new"):
-            m, p, per = self.runners[name].evaluate(model, self.tasks[name].test,
-                                                    self.recipe.eval_batch_size)
+            data = getattr(self.tasks[name], split)
+            m, p, per = self.runners[name].evaluate(model, data, self.recipe.eval_batch_size)
             out[name] = m
-            preds[name] = {"pred": p.cpu(), "target": self.tasks[name].test.y.cpu(),
+            preds[name] = {"pred": p.cpu(), "target": data.y.cpu(),
                            "per_sample": {k: v.cpu() for k, v in per.items()}}
         self.eval_s += time.perf_counter() - t0  # the .cpu() copies above synchronised
         return (out, preds) if with_predictions else out
+
+    def measure(self, model: nn.Module) -> tuple[dict, dict, dict, dict]:
+        """(test metrics, test predictions, val metrics, val predictions): a finished model."""
+        return (*self.evaluate(model, True), *self.evaluate(model, True, split="val"))
 
     @property
     def sample_ids(self) -> dict[str, list[str] | None]:
@@ -114,6 +123,10 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
                        data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"),
                        lazy=True)
     seed = recipe.seed if place.seed is None else place.seed
+    validation = {}
+    for k, t in tasks.items():  # seeded by the data's seed: every command carves the same rows
+        tasks[k], validation[k] = with_validation(t, recipe.validation, recipe.seed,
+                                                  loc(recipe.at("data"), "validation"))
 
     def to_dev(t: torch.Tensor) -> torch.Tensor:  # once per run: pinned, asynchronous copies
         if dev.type == "cuda":
@@ -130,11 +143,11 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
 
     moved = {k: Task(t.name, t.kind, train_split(t.train),
                      Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes,
-                     t.input, t.test_ids)
+                     Split(to_dev(t.val.x), to_dev(t.val.y)), t.input, t.test_ids)
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
-    return Session(recipe, dev, moved, runners, seed)
+    return Session(recipe, dev, moved, runners, seed, validation)
 
 
 def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str | None:

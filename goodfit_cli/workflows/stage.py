@@ -129,13 +129,15 @@ class StageHooks(Hooks):
     def evaluate(self) -> dict[str, Any]:
         flips = self.early is not None and self.early.rule.needs_predictions
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
-            res = self.s.evaluate(self.model, with_predictions=flips)
-        if flips:  # old-task flip rates against the base, for the early-stop gate
-            res, preds = res
-            res["flips"] = flips_of(self.early.rule, preds)
+            res = self.s.evaluate(self.model)  # test: the report's curves
+            val = self.s.evaluate(self.model, with_predictions=flips, split="val")
+        if flips:  # old-task flip rates against the base's, for the early-stop gate
+            val, preds = val
+            val["flips"] = flips_of(self.early.rule, preds)
+        res["val"] = val  # what early stopping and the plateau schedule read
         if self.scheduler is not None:  # plateau watches the trained task's primary metric
             task = self.job.task
-            self.scheduler.observe(res.get(task, {}).get(self.s.recipe.primary[task]))
+            self.scheduler.observe(val.get(task, {}).get(self.s.recipe.primary[task]))
         ref_ratio = getattr(self.optimizer, "ref_ratio", None)
         if ref_ratio:
             res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
@@ -308,8 +310,8 @@ def ema_job(job: StageJob, records: list[dict]) -> StageJob:
 
 def ema_records(records: list[dict]) -> list[dict]:
     """The arm's records with the EMA's metrics in place of the arm's."""
-    return [{**{k: v for k, v in r.items() if k != "ema"}, **r["ema"]} for r in records
-            if "ema" in r]
+    return [{**{k: v for k, v in r.items() if k not in ("ema", "val")}, **r["ema"]}
+            for r in records if "ema" in r]
 
 
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
@@ -325,7 +327,7 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
         raise Diverged(st.batch, f" of {arm.name}: weights {bad[0]!r} (and {len(bad) - 1} more) "
                                  "are not finite; no checkpoint was written",
                        what="training ended with a non-finite model")
-    final, preds = s.evaluate(model, with_predictions=True)
+    final, preds, val, val_preds = s.measure(model)
     nan_metrics = [f"{t} {m}" for t, d in final.items() for m, v in d.items() if v != v or
                    v in (float("inf"), float("-inf"))]
     if nan_metrics:
@@ -337,7 +339,7 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
                "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
-               "metrics": final}
+               "metrics": final, "val_metrics": val}
     if "replay" in cycles:
         summary["replay"] = cycles.pop("replay")
     if cycles["batches_per_cycle"] > 1:
@@ -347,7 +349,7 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
     if st.skipped:
         summary["skipped_nonfinite"] = st.skipped
     summary.update(job.summary)
-    result = RunResult(arm.name, out, final, preds, records, summary)
+    result = RunResult(arm.name, out, final, preds, records, summary, val_preds)
     if dist_info()[0] != 0:
         return result
     meta = {**job.metadata, "arm": arm.name, "optimizer": summary["optimizer"],
@@ -357,10 +359,12 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
     keep_previous(out / "model.safetensors")
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
+    save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = sha256_file(out / "model.safetensors")
     summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first
-                               for f in ("predictions.safetensors", "metrics.jsonl")
+                               for f in ("predictions.safetensors", "val_predictions.safetensors",
+                                         "metrics.jsonl")
                                if (out / f).exists()}
     write_json(out / "summary.json", summary)
     for f in state_files(out):

@@ -82,7 +82,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                         f"{loaded.sha256[:12]}…, but the run recorded base {str(want)[:12]}…; "
                         "the run folder was changed or the base was replaced")
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    base_measured = s.evaluate(model, with_predictions=True)
+    base_measured = s.measure(model)  # test (the report's) and validation (the verdict's)
     arm_ckpt = arm_dir / "model.safetensors"
     arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
     ckpt.check_finite(arm_tensors, arm_ckpt)
@@ -91,7 +91,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
-    metrics, preds = s.evaluate(model, with_predictions=True)
+    metrics, preds, val, val_preds = s.measure(model)
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
@@ -103,14 +103,19 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     out = job.out
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
+    save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
-               "wise_of": meta["wise_of"], "metrics": metrics, "seed": s.seed,
+               "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
+               "seed": s.seed,
                "checkpoint": str(out / "model.safetensors"),
                "sha256": sha256_file(out / "model.safetensors")}
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
-        "wall_s": round(time.perf_counter() - t0, 3)}
-    return finish_report(recipe, out, RunSide("base", str(base), *base_measured),
+        "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation}
+    bm, bp, bv, bvp = base_measured
+    return finish_report(recipe, out, RunSide("base", str(base), bm, bp, val_metrics=bv,
+                                              val_predictions=bvp),
                          [RunSide(name, summary["checkpoint"], metrics, preds, [], None,
-                                  summary)], s.kinds, prov, job.gate, job.junit, s.sample_ids)
+                                  summary, val, val_preds)], s.kinds, prov, job.gate, job.junit,
+                         s.sample_ids)

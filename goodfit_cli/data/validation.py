@@ -1,0 +1,111 @@
+"""The validation split every choice is made on: given by the data, or carved from training.
+
+A task whose data gives no `val:` split gets one carved from its training split: a seeded
+share `fraction` of it (the recipe's `data.validation`, default 10 %), stratified by class for
+classification (each class gives round(fraction x its count) samples, at least `min_per_class`,
+and always leaves one in training; a class with a single training sample gives none), a plain
+random draw for regression. The draw depends only on the data seed and the task, so pretrain,
+finetune, compare and eval carve the same samples. The carved samples are no longer trained on.
+The test split is measured for the report only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.base import Split, Task, generator
+
+_STREAM = {"old": 9001, "new": 9002}  # the carving's random streams, apart from the builders'
+
+
+@dataclass(frozen=True)
+class Carving:
+    """A recipe's `data.validation`: how a validation split is carved when the data gives none."""
+
+    fraction: float = 0.1  # of each class's (regression: of all) training samples
+    min_per_class: int = 1  # classification: at least this many of each class (if it has more)
+
+
+class SubsetSamples:
+    """Some rows of a streamed training split (data.stream.Samples), served by index."""
+
+    def __init__(self, samples: Any, rows: Tensor) -> None:
+        self.samples, self.rows = samples, rows
+        self.y = samples.y[rows]
+        self.shape, self.dtype, self.augments = samples.shape, samples.dtype, samples.augments
+
+    @property
+    def where(self) -> str:  # the recipe key a worker's error names: the whole split's
+        return getattr(self.samples, "where", "")
+
+    @where.setter
+    def where(self, value: str) -> None:
+        self.samples.where = value
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, i: int, epoch: int | None) -> Tensor:
+        return self.samples.read(int(self.rows[i]), epoch)
+
+    def nbytes(self) -> int:
+        return self.samples.nbytes() * len(self.rows) // max(1, len(self.samples))
+
+    def load(self) -> Split:
+        return Split(torch.stack([self.read(i, None) for i in range(len(self))]), self.y)
+
+
+def _take(train: Any, rows: Tensor) -> Any:
+    """The rows of a training split: a Split stays a Split, a streamed one a SubsetSamples."""
+    if isinstance(train, Split):
+        return Split(train.x[rows], train.y[rows])
+    return SubsetSamples(train, rows)
+
+
+def carve_rows(y: Tensor, kind: str, carving: Carving, seed: int, task: str) -> Tensor:
+    """(K,) sorted indices of the validation rows among len(y) training samples."""
+    n = len(y)
+    g = generator(seed, _STREAM.get(task, 9000))
+    if kind != "classification":
+        k = min(n - 1, max(1, round(carving.fraction * n))) if carving.fraction > 0 else 0
+        return torch.randperm(n, generator=g)[:k].sort().values
+    labels = y.reshape(-1).long().cpu()
+    picked = []
+    for c in torch.unique(labels).tolist():
+        members = (labels == c).nonzero().reshape(-1)
+        nc = len(members)
+        k = max(carving.min_per_class, round(carving.fraction * nc)) if carving.fraction > 0 else 0
+        k = min(k, nc - 1)  # a class keeps at least one training sample
+        picked.append(members[torch.randperm(nc, generator=g)[:k]])
+    return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
+
+
+def with_validation(task: Task, carving: Carving, seed: int, where: str) -> tuple[Task, dict]:
+    """The task with a validation split (its own, or carved from train), and the record of how
+    it was made: {"source": "given"|"carved", "fraction", "min_per_class", "seed", "train",
+    "val", "test"} (sizes in samples). `where` names the recipe key in the one-line error."""
+    if task.val is not None:
+        if len(task.val) == 0:
+            raise UserError(f"{where}: the {task.name} task's val split has no sample")
+        return task, {"source": "given", "train": len(task.train), "val": len(task.val),
+                      "test": len(task.test)}
+    rows = carve_rows(task.train.y, task.kind, carving, seed, task.name)
+    if len(rows) == 0:
+        raise UserError(f"{where}: cannot carve a validation split from the {task.name} task's "
+                        f"{len(task.train)} training samples (fraction {carving.fraction:g}); "
+                        "give the task a val: split or more training data")
+    keep = torch.ones(len(task.train), dtype=torch.bool)
+    keep[rows] = False
+    train, val = _take(task.train, keep.nonzero().reshape(-1)), _take(task.train, rows)
+    if not isinstance(val, Split):
+        val = val.load()  # evaluated in memory, un-augmented, like the test split
+    carved = Task(task.name, task.kind, train, task.test, task.num_classes, task.classes, val)
+    return carved, {"source": "carved", "fraction": carving.fraction,
+                    "min_per_class": carving.min_per_class if task.kind == "classification"
+                    else None, "stratified": task.kind == "classification", "seed": seed,
+                    "train": len(train), "val": len(val), "test": len(task.test)}

@@ -1,0 +1,136 @@
+"""The verdict of a finetune or compare report: which candidate is dominated, which one to ship.
+
+Chosen on VALIDATION, confirmed on TEST. The candidates are the report's arms and, for each arm
+with a WiSE-FT curve, its interior points (0 < α < 1: α = 0 is the base, α = 1 the arm). On the
+two primary metrics (old task, new task; each in its own direction), a point dominates another
+when it is at least as good on both and better on one.
+
+- For each arm: the arms, WiSE points and the base that dominate it on validation, and whether
+  each of them also dominates it on test ("confirmed").
+- What to ship (the rule, the same as the search's): among the candidates that pass the gate on
+  validation (every candidate when there is no gate), the best new-task primary metric on
+  validation, the old task's breaking ties; when none passes, ship nothing (keep the base). The
+  test numbers and the test gate of the choice are shown beside it; they do not choose.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from goodfit_cli.core import metrics as M
+from goodfit_cli.report.gate import Gate, evaluate_gate
+
+RULE = ("ship the candidate (an arm, or an interior WiSE-FT point of one) with the best new-task "
+        "{pn} on validation among those that pass the gate on validation (every candidate when "
+        "there is no gate; old-task {po} breaks ties); if none passes, ship nothing and keep the "
+        "base. Test numbers confirm the choice, they never make it.")
+
+
+def directions(report: dict) -> tuple[int, int]:
+    """(old, new) primary metrics' directions: +1 higher is better, -1 lower is better."""
+    return (M.direction(report["tasks"]["old"]["primary"]),
+            M.direction(report["tasks"]["new"]["primary"]))
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:
+    """a is at least as good as b on both tasks and better on one."""
+    ge = all(d * x >= d * y for x, y, d in zip(a, b, dirs))
+    return ge and any(d * x > d * y for x, y, d in zip(a, b, dirs))
+
+
+def _finite(*xs: Any) -> bool:
+    return all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+               for x in xs)
+
+
+def _pair(metrics: dict | None, po: str, pn: str) -> tuple[float, float] | None:
+    m = metrics or {}
+    pt = ((m.get("old") or {}).get(po), (m.get("new") or {}).get(pn))
+    return pt if _finite(*pt) else None
+
+
+def point_view(metrics: dict, base: dict) -> dict:
+    """A WiSE point as the gate reads an arm: metrics and changes against the base's (no CIs,
+    no flips: a point has no stored predictions)."""
+    delta = {t: {m: {"value": v - base[t][m], "ci": None, "better": None}
+                 for m, v in (metrics.get(t) or {}).items()
+                 if _finite(v) and _finite((base.get(t) or {}).get(m))} for t in ("old", "new")}
+    return {"metrics": metrics, "delta": delta, "flips": {}}
+
+
+def _point_view(name: str, metrics: dict, base: dict) -> dict:
+    return {"name": name, **point_view(metrics, base)}
+
+
+def _candidates(report: dict, po: str, pn: str) -> list[dict]:
+    """Arms and interior WiSE points with their validation and test views."""
+    out = []
+    for a in report["arms"]:
+        v = a.get("validation")
+        if v is None:
+            continue
+        out.append({"name": a["name"], "kind": "arm", "arm": a["name"],
+                    "val": _pair(v["metrics"], po, pn), "test": _pair(a["metrics"], po, pn),
+                    "val_view": {"name": a["name"], **v}, "test_view": a})
+        for w in a.get("wise") or []:
+            if not 0 < w["alpha"] < 1 or "val" not in w:
+                continue
+            name = f"{a['name']}@wise{w['alpha']:g}"
+            test = {"old": w.get("old") or {}, "new": w.get("new") or {}}
+            out.append({"name": name, "kind": "wise", "arm": a["name"], "alpha": w["alpha"],
+                        "val": _pair(w["val"], po, pn), "test": _pair(test, po, pn),
+                        "val_view": _point_view(name, w["val"], report["base_val_metrics"]),
+                        "test_view": _point_view(name, test, report["base_metrics"])})
+    return out
+
+
+def verdict(report: dict, gate: Gate | None) -> dict | None:
+    """{"split", "rule", "gate", "arms": [...], "ship": {...} | None, "note"}; None when the
+    report has no validation measurements (nothing to choose on)."""
+    if "base_val_metrics" not in report:
+        return None
+    po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
+    dirs = directions(report)
+    cands = _candidates(report, po, pn)
+    base = {"name": "base", "kind": "base", "val": _pair(report["base_val_metrics"], po, pn),
+            "test": _pair(report["base_metrics"], po, pn)}
+    for c in cands:
+        c["passes_val"] = c["val"] is not None and (
+            gate is None or evaluate_gate(gate, c["val_view"])["passed"])
+    arms = []
+    for c in [c for c in cands if c["kind"] == "arm"]:
+        by = []
+        for o in [*cands, base]:
+            if o is c:
+                continue
+            if c["val"] is not None and o["val"] is not None and dominates(o["val"], c["val"],
+                                                                           dirs):
+                by.append({"name": o["name"], "confirmed_on_test": bool(
+                    c["test"] is not None and o["test"] is not None
+                    and dominates(o["test"], c["test"], dirs))})
+        confirmed = [d["name"] for d in by if d["confirmed_on_test"]]
+        status = ("dominated, confirmed on test" if confirmed else
+                  "dominated on validation only" if by else "not dominated")
+        arms.append({"name": c["name"], "val": _point(c["val"]), "test": _point(c["test"]),
+                     "passes_gate_val": c["passes_val"], "dominated_by": by, "status": status})
+    ok = [c for c in cands if c["passes_val"]]
+    ship = None
+    if ok:
+        best = max(ok, key=lambda c: (dirs[1] * c["val"][1], dirs[0] * c["val"][0]))
+        test_gate = (None if gate is None else
+                     evaluate_gate(gate, best["test_view"])["passed"] if best["kind"] == "wise"
+                     else (best["test_view"].get("gate") or {}).get("passed"))
+        ship = {"name": best["name"], "kind": best["kind"], "arm": best["arm"],
+                "alpha": best.get("alpha"), "val": _point(best["val"]),
+                "test": _point(best["test"]), "passes_gate_test": test_gate}
+    note = None
+    if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
+        note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
+    return {"split": "val", "confirmed_on": "test", "metrics": [po, pn],
+            "rule": RULE.format(po=po, pn=pn), "arms": arms, "ship": ship,
+            "candidates": len(cands), "note": note}
+
+
+def _point(p: tuple[float, float] | None) -> dict | None:
+    return None if p is None else {"old": p[0], "new": p[1]}

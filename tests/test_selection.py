@@ -1,0 +1,205 @@
+"""Honest selection: the validation split every choice is made on (given by the data, or carved
+from training: stratified, seeded, recorded), both numbers in every report, and the verdict
+(which arm is dominated, on validation and confirmed on test; what the tool would ship)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.validation import Carving, with_validation
+from goodfit_cli.report.gate import Gate, Limit
+from goodfit_cli.report.verdict import verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
+        "pretrain.steps=40", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu"]
+
+
+def cli(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def labelled(counts: dict[int, int]) -> Task:
+    y = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in counts.items()])
+    x = torch.arange(len(y), dtype=torch.float32)[:, None]  # x = the row's index
+    return Task("new", "classification", Split(x, y), Split(x[:3], y[:3]), 3, list(counts))
+
+
+def test_carving_is_stratified_with_a_floor_per_class_seeded_and_recorded():
+    """fraction 0.1, min_per_class 2: class 0 (50 samples) gives 5, class 1 (9) gives
+    max(2, round(0.9)) = 2, class 2 (a single sample) gives none and keeps it for training.
+    Train and val are disjoint and together the whole training split; the same seed carves
+    the same rows, another seed other rows."""
+    task = labelled({0: 50, 1: 9, 2: 1})
+    carved, rec = with_validation(task, Carving(0.1, 2), seed=0, where="r.yaml: data.validation")
+    val_y, train_y = carved.val.y.tolist(), carved.train.y.tolist()
+    assert [val_y.count(c) for c in (0, 1, 2)] == [5, 2, 0]
+    assert [train_y.count(c) for c in (0, 1, 2)] == [45, 7, 1]
+    rows = set(carved.val.x[:, 0].long().tolist())
+    assert rows.isdisjoint(carved.train.x[:, 0].long().tolist())
+    assert rows | set(carved.train.x[:, 0].long().tolist()) == set(range(60))
+    assert rec == {"source": "carved", "fraction": 0.1, "min_per_class": 2, "stratified": True,
+                   "seed": 0, "train": 53, "val": 7, "test": 3}
+    again, _ = with_validation(task, Carving(0.1, 2), seed=0, where="w")
+    other, _ = with_validation(task, Carving(0.1, 2), seed=1, where="w")
+    assert torch.equal(again.val.x, carved.val.x) and not torch.equal(other.val.x, carved.val.x)
+
+
+def test_regression_carves_a_random_share_and_a_given_val_is_kept():
+    x = torch.randn(200, 2)
+    task = Task("old", "regression", Split(x, x[:, :1]), Split(x[:5], x[:5, :1]))
+    carved, rec = with_validation(task, Carving(0.25, 1), seed=3, where="w")
+    assert (rec["source"], rec["stratified"], rec["train"], rec["val"]) == ("carved", False,
+                                                                             150, 50)
+    given = Task("old", "regression", task.train, task.test, val=Split(x[:7], x[:7, :1]))
+    kept, rec = with_validation(given, Carving(), seed=3, where="w")
+    assert kept.train is task.train and len(kept.val) == 7
+    assert rec == {"source": "given", "train": 200, "val": 7, "test": 5}
+
+
+def test_a_training_split_too_small_to_carve_is_one_line():
+    x = torch.zeros(1, 2)
+    task = Task("old", "regression", Split(x, x[:, :1]), Split(x, x[:, :1]))
+    with pytest.raises(UserError, match=r"^r.yaml: data.validation: cannot carve a validation "
+                                         r"split from the old task's 1 training samples"):
+        with_validation(task, Carving(), seed=0, where="r.yaml: data.validation")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("sel")
+    res = cli("pretrain", "--recipe", "toy", "--out", d / "base", *TINY)
+    assert res.returncode == 0, res.stderr
+    return d / "base" / "model.safetensors"
+
+
+def test_finetune_carves_records_and_reports_both_splits_and_a_verdict(base, tmp_path):
+    """The toy without its generated val (n_val=0): 10 % of 512 training samples carved (51
+    val, 461 train), recorded in run.json and the report; early stopping reads the records'
+    validation entries; each arm's summary and the report carry validation and test metrics;
+    the report states the gate's limits at the top and ships what the rule picks on
+    validation."""
+    out = tmp_path / "ft"
+    res = cli("finetune", "--recipe", "toy", "--base", base, "--out", out, "--optimizer",
+              "rmsprop", "--optimizer", "goodfit", "--max-old", "mse=100", *TINY,
+              "data.args.n_val=0")
+    assert res.returncode == 0, res.stderr
+    carved = {"source": "carved", "fraction": 0.1, "min_per_class": None, "stratified": False,
+              "seed": 0, "train": 461, "val": 51, "test": 256}
+    run = json.loads((out / "run.json").read_text())
+    assert run["validation"] == {"old": carved, "new": carved}
+    summary = json.loads((out / "rmsprop" / "summary.json").read_text())
+    curve = [json.loads(line) for line in (out / "rmsprop" / "metrics.jsonl").read_text()
+             .splitlines()]
+    assert set(curve[-1]["val"]) == {"old", "new"}  # every evaluation measured val too
+    assert summary["val_metrics"]["new"]["mse"] != summary["metrics"]["new"]["mse"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["provenance"]["validation"] == {"old": carved, "new": carved}
+    assert rep["gate_limits"] == "old mse max 100 (from command-line flags)"
+    arms = {a["name"]: a for a in rep["arms"]}
+    assert all(arms["rmsprop"]["validation"]["metrics"][t]["mse"] == summary["val_metrics"][t]["mse"]
+               for t in ("old", "new"))
+    v = rep["verdict"]
+    assert v["split"] == "val" and [a["name"] for a in v["arms"]] == ["rmsprop", "goodfit"]
+    # the rule, recomputed from the report: best new mse on validation among arms and WiSE
+    # points (all pass a ceiling of 100)
+    points = {n: a["validation"]["metrics"]["new"]["mse"] for n, a in arms.items()}
+    points.update({f"{n}@wise{w['alpha']:g}": w["val"]["new"]["mse"] for n, a in arms.items()
+                   for w in a["wise"] if 0 < w["alpha"] < 1})
+    assert v["ship"]["name"] == min(points, key=points.get)
+    md = (out / "report.md").read_text()
+    assert "Gate: old mse max 100 (from command-line flags)." in md
+    assert ("old carved from training (10 %, random, seed 0; 461 train / 51 val / 256 test)"
+            in md)
+    assert "#### Verdict (chosen on validation, confirmed on test)" in md
+    assert f"**Ship {v['ship']['name']}" in md
+    html = (out / "report.html").read_text()
+    assert "<h2>Verdict (chosen on validation, confirmed on test)</h2>" in html
+    assert "Gate: old mse max 100 (from command-line flags)." in html
+
+
+def test_a_val_split_given_by_the_data_is_used_as_is(tmp_path):
+    """An npz task with `val:` beside train and test: validated, not carved, the sizes are the
+    files'; the training split keeps every one of its samples."""
+    rng = np.random.default_rng(0)
+    for name, n, cls in (("tr", 48, [0, 1]), ("va", 10, [0, 1]), ("te", 12, [0, 1]),
+                         ("ntr", 32, [2]), ("nva", 6, [2]), ("nte", 8, [2])):
+        y = np.resize(np.asarray(cls), n).astype(np.int64)
+        np.savez(tmp_path / f"{name}.npz", x=rng.normal(size=(n, 2)).astype(np.float32), y=y)
+    (tmp_path / "r.yaml").write_text(
+        "name: v\ndevice: cpu\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 2, out_features: 3, "
+        "hidden: [8], norm: none}}\ndata:\n  name: npz\n  args:\n    old: {train: tr.npz, "
+        "val: va.npz, test: te.npz}\n    new: {train: ntr.npz, val: nva.npz, test: nte.npz}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "pretrain: {optimizer: {name: adamw, lr: 0.01}, steps: 4, batch_size: 16}\n"
+        "finetune: {optimizer: {name: adamw, lr: 0.01}, steps: 4, batch_size: 16, arms: [adamw]}\n"
+        "eval: {every: 2}\n")
+    assert cli("pretrain", "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "b").returncode == 0
+    res = cli("finetune", "--recipe", tmp_path / "r.yaml", "--base",
+              tmp_path / "b" / "model.safetensors", "--out", tmp_path / "ft", "--no-wise")
+    assert res.returncode == 0, res.stderr
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["validation"] == {"old": {"source": "given", "train": 48, "val": 10, "test": 12},
+                                 "new": {"source": "given", "train": 32, "val": 6, "test": 8}}
+    summary = json.loads((tmp_path / "ft" / "adamw" / "summary.json").read_text())
+    assert summary["epochs"] == round(4 / (32 / 16), 4)  # an epoch is all 32 training samples
+
+
+def _report(arms: dict, base_val=(0.90, 0.10), base_test=(0.91, 0.12)) -> dict:
+    """A report on accuracy (old, new) with arms {name: (val (old, new), test (old, new), wise
+    [(alpha, val, test)])}."""
+    def m(p):
+        return {"old": {"accuracy": p[0]}, "new": {"accuracy": p[1]}}
+
+    def delta(p, b):
+        return {t: {"accuracy": {"value": p[i] - b[i], "ci": None, "better": None}}
+                for i, t in enumerate(("old", "new"))}
+
+    return {"tasks": {"old": {"kind": "classification", "primary": "accuracy"},
+                      "new": {"kind": "classification", "primary": "accuracy"}},
+            "base_metrics": m(base_test), "base_val_metrics": m(base_val),
+            "arms": [{"name": n, "metrics": m(test), "delta": delta(test, base_test), "flips": {},
+                      "gate": None,
+                      "validation": {"metrics": m(val), "delta": delta(val, base_val),
+                                     "flips": {}},
+                      "wise": [{"alpha": a, **m(wt), "val": m(wv)} for a, wv, wt in wise]}
+                     for n, (val, test, wise) in arms.items()]}
+
+
+def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
+    """plain learns most but breaks the old task; wise0.5 of plain dominates careful on
+    validation (and on test); the floor old >= 0.85 on validation rules plain out, so the rule
+    ships the best new-task candidate that keeps it: plain@wise0.5. A floor no candidate keeps
+    ships nothing."""
+    rep = _report({
+        "plain": ((0.70, 0.80), (0.72, 0.78), [(0.5, (0.86, 0.60), (0.87, 0.58)),
+                                               (1.0, (0.70, 0.80), (0.72, 0.78))]),
+        "careful": ((0.85, 0.50), (0.86, 0.52), []),
+    })
+    floor = Gate((Limit("old", "accuracy", "min", 0.85),))
+    v = verdict(rep, floor)
+    by = {a["name"]: a for a in v["arms"]}
+    assert by["careful"]["dominated_by"] == [{"name": "plain@wise0.5", "confirmed_on_test": True}]
+    assert by["careful"]["status"] == "dominated, confirmed on test"
+    assert by["plain"]["dominated_by"] == [] and not by["plain"]["passes_gate_val"]
+    assert v["ship"] == {"name": "plain@wise0.5", "kind": "wise", "arm": "plain", "alpha": 0.5,
+                         "val": {"old": 0.86, "new": 0.60}, "test": {"old": 0.87, "new": 0.58},
+                         "passes_gate_test": True}
+    assert verdict(rep, None)["ship"]["name"] == "plain"  # no gate: most new-task gain
+    none = verdict(rep, Gate((Limit("old", "accuracy", "min", 0.95),)))
+    assert none["ship"] is None
+    # dominated on validation but not on test: said so
+    rep = _report({"a": ((0.90, 0.50), (0.90, 0.50), []), "b": ((0.91, 0.55), (0.89, 0.55), [])})
+    assert verdict(rep, None)["arms"][0]["status"] == "dominated on validation only"
