@@ -11,6 +11,8 @@ The test split is measured for the report only.
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,7 +106,7 @@ def with_validation(task: Task, carving: Carving, seed: int, where: str) -> tupl
     train, val = _take(task.train, keep.nonzero().reshape(-1)), _take(task.train, rows)
     if not isinstance(val, Split):
         val = val.load()  # evaluated in memory, un-augmented, like the test split
-    carved = Task(task.name, task.kind, train, task.test, task.num_classes, task.classes, val)
+    carved = dataclasses.replace(task, train=train, val=val)  # inputs, ids and the rest kept
     return carved, {"source": "carved", "fraction": carving.fraction,
                     "min_per_class": carving.min_per_class if task.kind == "classification"
                     else None, "stratified": task.kind == "classification", "seed": seed,
