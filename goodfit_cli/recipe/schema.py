@@ -19,6 +19,7 @@ import yaml
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data.stream import LoaderSettings
+from goodfit_cli.objectives import produced
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.loader import LOADER, loader_settings
 from goodfit_cli.recipe.sections import (
@@ -46,7 +47,6 @@ from goodfit_cli.recipe.yamlcheck import (
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")  # the classic four; any timm name works too
 SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
 LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
-METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +187,17 @@ def arm_name(v: Any, ctx: Ctx) -> str:
     return s
 
 
+def produced_metrics(task: dict, ctx: Ctx) -> None:
+    """Every metric a task asks for is one its objective declares it produces."""
+    declared = produced(task["loss"], f"{ctx.child('loss').where()}: ")
+    for i, m in enumerate(task["metrics"]):
+        if m not in declared:
+            offer = (suggest(m, list(declared)) if declared else
+                     " (it declares none: set its class's `produces`)")
+            raise ctx.child("metrics").child(i).fail(
+                f"loss {task['loss']!r} does not produce metric {m!r}{offer}")
+
+
 def run_name(v: Any, ctx: Ctx) -> str:
     """A recipe's name becomes part of file and folder names (runs/<name>-base-<time>,
     eval-<name>.json): no path separator, no leading dot, nothing unprintable, not too long."""
@@ -233,7 +244,7 @@ FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_na
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
 DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {})})
-TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
+TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string()), REQUIRED),
                 "args": (mapping_any, {})})
 TOP = section({
     "name": (run_name, REQUIRED), "description": (string(), ""),
@@ -319,6 +330,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         st = v[stage]
         if st is not None and (st["steps"] is None) == (st["epochs"] is None):
             raise ctx.child(stage).fail("give exactly one of steps or epochs")
+    for task in ("old_task", "new_task"):
+        produced_metrics(v[task], ctx.child(task))
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
         arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))

@@ -13,6 +13,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core import metrics as M
+from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.report.model import RunSide
 
 SCHEMA_ID = "goodfit.report/1"
@@ -83,8 +84,11 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
             if not _finite(value) or not _finite(ref):
                 continue
             d = value - ref
-            better = d * M.direction(metric) > 0 if M.is_known(metric) else None
+            declared = declaration(metric)
+            better = d * declared.direction > 0 if declared is not None else None
             delta[task][metric] = {"value": d, "ci": cis.get(metric), "better": better}
+            if declared is not None and not declared.per_sample_mean:
+                delta[task][metric]["no_ci"] = "not a per-sample mean"
     return {
         "name": arm.name,
         "checkpoint": str(arm.checkpoint),

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import Diverged, UserError
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.rundir import keep_previous

@@ -18,7 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.core.text import printable
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.data.stream import release
