@@ -10,7 +10,6 @@ from goodfit_cli.recipe.schema import (
     Component,
     GoodFitSpec,
     OptimizerSpec,
-    PenaltySpec,
     Recipe,
     SchedulerSpec,
     StageSpec,
@@ -23,6 +22,6 @@ from goodfit_cli.recipe.schema import (
 )
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
-           "OptimizerSpec", "PenaltySpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",
+           "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",
            "apply_overrides", "load_recipe", "optimizer_names", "parse_override", "parse_recipe",
            "recipe_dict"]

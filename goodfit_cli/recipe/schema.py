@@ -16,6 +16,9 @@ from typing import Any
 
 import yaml
 
+from goodfit_cli import arms
+from goodfit_cli.arms import ARMS
+from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data.stream import LoaderSettings
@@ -80,27 +83,18 @@ class SchedulerSpec:
     args: dict[str, Any] = field(default_factory=dict)  # timm's; *_epochs count batches
 
 
+def _goodfit_default(knob: str) -> Any:
+    return next(k.default for k in ARMS.get("goodfit").knobs if k.name == knob)
+
+
 @dataclass
 class GoodFitSpec:
+    """The goodfit arm's knobs as the stage resolves them (declared in arms/goodfit.py)."""
+
     main: str | None = None  # main optimizer name; default: the stage's optimizer
-    n_ref: int = 1
-    ref_ratio: float = 10.0
-    projection: str = "global"
-
-
-@dataclass
-class PenaltySpec:
-    """The anti-forgetting arms' knobs (docs/method.md): strengths, temperature, LP-FT split."""
-
-    l2sp: float = 0.01  # L2-SP: alpha/2 * ||theta - theta_base||^2 over the body
-    lwf: float = 1.0  # LwF: weight of the distillation toward the base's outputs
-    focal: float = 1.0  # focal distillation: weight of the per-sample-weighted distillation
-    focal_alpha: float = 1.0  # every sample's distillation weight
-    focal_beta: float = 5.0  # extra weight where the base was right (against negative flips)
-    ewc: float = 1.0  # EWC: lambda/2 * sum F (theta - theta_base)^2, F scaled to mean 1
-    fisher_batches: int = 16  # old-task batches that estimate the diagonal Fisher
-    temperature: float = 2.0  # distillation temperature (classification)
-    lp_fraction: float = 0.5  # LP-FT: share of the budget spent training the head only
+    n_ref: int = field(default_factory=lambda: _goodfit_default("n_ref"))
+    ref_ratio: float = field(default_factory=lambda: _goodfit_default("ref_ratio"))
+    projection: str = field(default_factory=lambda: _goodfit_default("projection"))
 
 
 @dataclass
@@ -118,7 +112,9 @@ class StageSpec:
     ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
     early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
     replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
-    penalty: PenaltySpec = field(default_factory=PenaltySpec)
+    # each arm's args by arm name or kind (finetune.arm_args; the older finetune.penalty and
+    # finetune.goodfit keys land here under their arm's kind); defaults are the arms' own
+    arm_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -170,21 +166,73 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------
 # schema: key → (checker, default); a default of REQUIRED means the key must be present
 
-WRAPPING_ARMS = ("goodfit", "head_only", "lp_ft", "l2sp", "lwf", "focal", "ewc")  # <kind>[:opt]
-
-
 def arm_name(v: Any, ctx: Ctx) -> str:
+    """An arm: a registered arm's name with an optional :opt, or an optimizer's name."""
     s = string()(v, ctx)
-    kind, _, base = s.partition(":")
-    if kind in WRAPPING_ARMS:
-        bad = unknown_optimizer(base) if base else None
+    kind, opt = arms.split(s)
+    if kind != "plain":
+        bad = unknown_optimizer(opt) if opt else None
         if bad:
-            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{bad}")
-    elif base or unknown_optimizer(kind):
-        bad = suggest(s, list(WRAPPING_ARMS)) if base else unknown_optimizer(kind)
-        raise ctx.fail(f"unknown arm {s!r}{bad} (an optimizer, or {'/'.join(WRAPPING_ARMS)} "
+            raise ctx.fail(f"unknown optimizer {opt!r} in arm {s!r}{bad}")
+    elif unknown_optimizer(s):
+        wrapping = arms.wrapping()
+        bad = suggest(s, wrapping) if ":" in s else unknown_optimizer(s)
+        raise ctx.fail(f"unknown arm {s!r}{bad} (an optimizer, or {'/'.join(wrapping)} "
                        "with an optional :opt)")
     return s
+
+
+def knob_checker(knob: arms.Knob):
+    """A recipe checker from an arm's knob declaration (arms/*.py)."""
+    def check(v: Any, ctx: Ctx) -> Any:
+        try:
+            return knob.check(v)
+        except ArgError as e:
+            raise ctx.fail(e.message) from None
+    return check
+
+
+def legacy_section(section_name: str) -> dict[str, tuple[Any, Any]]:
+    """The keys of `finetune.<section_name>` that built-in arms' knobs declare as their older
+    home (`Knob.legacy`): checked by the knob, None when not given (the arm's default)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for kind in arms.BUILTIN:
+        for k in ARMS.get(kind).knobs:
+            where, _, key = (k.legacy or "").partition(".")
+            if where == section_name:
+                out.setdefault(key, (knob_checker(k), None))
+    return out
+
+
+def arm_args(v: Any, ctx: Ctx) -> dict[str, dict[str, Any]]:
+    """finetune.arm_args: {<arm name or kind>: {knob: value}}, each knob checked by its arm."""
+    v = mapping_any(v, ctx)
+    out = {}
+    for key, args in v.items():
+        at = ctx.child(key)
+        kind, _ = arms.split(arm_name(key, at))
+        knobs = {k.name: k for k in ARMS.get(kind, f"{at.where()}: ").knobs}
+        args = mapping_any(args, at)
+        for name in args:
+            if name not in knobs:
+                raise at.child(name).fail(f"unknown key{suggest(str(name), list(knobs))}")
+        out[key] = {n: knob_checker(knobs[n])(x, at.child(n)) for n, x in args.items()}
+    return out
+
+
+def resolved_arm_args(st: dict) -> dict[str, dict[str, Any]]:
+    """Each arm's args by name or kind: the older `penalty.*` / `goodfit.*` keys under their
+    arm's kind, then `arm_args` (which wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in arms.BUILTIN:
+        for k in ARMS.get(kind).knobs:
+            where, _, key = (k.legacy or "").partition(".")
+            value = (st.get(where) or {}).get(key) if where else None
+            if value is not None:
+                out.setdefault(kind, {})[k.name] = value
+    for key, args in (st.get("arm_args") or {}).items():
+        out.setdefault(key, {}).update(args)
+    return out
 
 
 def produced_metrics(task: dict, ctx: Ctx) -> None:
@@ -227,19 +275,14 @@ CLIP = section({"norm": (optional(number(positive=True)), None),
                 "value": (optional(number(positive=True)), None)})
 EARLY_STOP = section({"patience": (optional(integer(1)), None), "min_delta": (number(0.0), 0.0),
                       "gate": (boolean, False)})
-GOODFIT = section({"main": (optional(optimizer_name), None), "n_ref": (integer(1), 1),
-                   "ref_ratio": (number(positive=True), 10.0),
-                   "projection": (string(("global", "tensor")), "global")})
+GOODFIT = section({"main": (optional(optimizer_name), None), **legacy_section("goodfit")})
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
               "scheduler": (SCHEDULER, {"name": "none", "args": {}}),
               "accumulate": (integer(1), 1), "clip": (CLIP, {})}
-PENALTY = section({**{k: (number(minimum=0.0), v) for k, v in (
-    ("l2sp", 0.01), ("lwf", 1.0), ("focal", 1.0), ("focal_alpha", 1.0), ("focal_beta", 5.0),
-    ("ewc", 1.0))}, "fisher_batches": (integer(1), 16),
-    "temperature": (number(positive=True), 2.0), "lp_fraction": (number(minimum=0.0), 0.5)})
+PENALTY = section(legacy_section("penalty"))  # the anti-forgetting arms' older home
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
-                 "arm_overrides": (mapping_any, {}),
+                 "arm_overrides": (mapping_any, {}), "arm_args": (arm_args, {}),
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
 COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
@@ -348,9 +391,6 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             if key not in allowed:
                 raise at.fail(f"unknown key{suggest(str(key), sorted(allowed))}")
             over[key] = allowed[key](over[key], at)
-    if ft["penalty"]["lp_fraction"] > 1:
-        raise ctx.child("finetune").child("penalty").child("lp_fraction").fail(
-            f"must be at most 1, got {ft['penalty']['lp_fraction']}")
     if not ft["arms"]:
         ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
     data_dir = v["data_dir"]
@@ -367,12 +407,16 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             batch_size=st["batch_size"],
             steps=st["steps"], epochs=st["epochs"],
             scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
-            goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
+            goodfit=goodfit_spec(st),
             arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
             accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
             ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}),
-            replay=replay_spec(st.get("replay")),
-            penalty=PenaltySpec(**st["penalty"]) if "penalty" in st else PenaltySpec())
+            replay=replay_spec(st.get("replay")), arm_args=resolved_arm_args(st))
+
+    def goodfit_spec(st: dict) -> GoodFitSpec:
+        main = (st.get("goodfit") or {}).get("main")
+        args = ARMS.get("goodfit")(**resolved_arm_args(st).get("goodfit", {})).args
+        return GoodFitSpec(main, **args)
 
     return Recipe(
         name=v["name"], description=v["description"],

@@ -1,7 +1,7 @@
 """`goodfit search`: find the update that breaks the least, with Optuna.
 
 A multi-objective study (old task's and new task's primary metrics, each in its own direction)
-over arms and their knobs (workflows/search_space.py), with the gate as a constraint (a trial's
+over arms and their knobs (arms/search.py, from each arm's declaration), with the gate as a constraint (a trial's
 number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
 RUN/trials/trial-NNNN (plus RUN/trials/trial-NNNN/wise when its WiSE α < 1). The study lives
 in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
@@ -34,10 +34,10 @@ from goodfit_cli.report.search import (
     recommend,
     write_search_report,
 )
+from goodfit_cli.arms.search import propose
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.search_space import propose
 from goodfit_cli.workflows.session import Place
 from goodfit_cli.workflows.stage import Ui
 from goodfit_cli.workflows.wise import WiseJob, wise
