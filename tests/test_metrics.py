@@ -136,3 +136,15 @@ def test_tradeoff_readout_lowers_degree_for_few_points():
     assert M.fit_tradeoff_curve([0.0, 1.0], [1.0, 0.0], [0.25])[0.25] == pytest.approx(0.75)
     assert M.fit_tradeoff_curve([0.4], [0.8], [0.4, 0.5]) == {0.4: pytest.approx(0.8), 0.5: None}
     assert M.fit_tradeoff_curve([], [], [0.4]) == {0.4: None}
+
+
+def test_list_metrics_reads_the_declarations():
+    """`goodfit list metrics`: every declared metric with its direction, whether it gets a
+    CI, and the objectives that produce it."""
+    from goodfit_cli.workflows.registries import registry_rows
+
+    rows = {name: (text, origin) for name, text, origin in registry_rows("metrics")["metrics"]}
+    assert rows["balanced_accuracy"][0].startswith("higher is better; no CI (not a per-sample mean)")
+    assert rows["balanced_accuracy"][1] == "cross_entropy, gmlc"
+    assert rows["ade@3s"][0].startswith("lower is better; paired bootstrap CI")
+    assert rows["mae"][1] == "mse" and rows["nfr"][1] == "the report (flips)"

@@ -98,8 +98,8 @@ class Motion(Objective):
                                                     ("fde", "final displacement error"))),
                 Metric("miss@8s", False, rate=True, description="share of samples whose best "
                        "final displacement at 8s exceeds miss_threshold"),
-                Metric("mse", False, description="squared error of the most likely mode"),
-                Metric("loss", False, description="smooth-L1 best mode + CE"))
+                Metric("mse", False, description="mean squared error (motion: of the most likely mode)"),
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics, ce_weight: float = 1.0, beta: float = 1.0,
                  miss_threshold: float = 2.0, **args: Any) -> None:

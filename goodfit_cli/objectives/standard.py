@@ -16,7 +16,7 @@ class MSE(Objective):
     """Regression with mean squared error: metrics `mse`, `loss`."""
 
     produces = (Metric("mse", False, description="mean squared error over the outputs"),
-                Metric("loss", False, description="the training loss (= mse)"))
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
         out = model(to_model_input(x)).float()
@@ -38,7 +38,7 @@ class CrossEntropy(Objective):
 
     kind = "classification"
     produces = (Metric("accuracy", True, rate=True, description="share of samples classified right"),
-                Metric("loss", False, description="cross-entropy"))
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
         if self.args.get("augment") and x.dtype == torch.uint8:

@@ -40,9 +40,12 @@ from goodfit_cli.recipe.yamlcheck import (
     list_of,
     mapping_any,
     number,
+    Section,
+    key,
     optional,
     parse_yaml,
     section,
+    section_of,
     string,
     type_name,
 )
@@ -56,17 +59,21 @@ LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
 # the validated recipe
 
 
+# Each section below is declared once: a dataclass whose fields are recipe keys (`key`: the
+# check and the default), from which the section's checks derive (`section_of`).
+
+
 @dataclass
 class Component:
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    name: str = key(string())
+    args: dict[str, Any] = key(mapping_any, {})
 
 
 @dataclass
 class TaskSpec:
-    loss: str  # a registered objective (goodfit_cli.objectives)
-    metrics: list[str]
-    args: dict[str, Any] = field(default_factory=dict)
+    loss: str = key(loss_name(LOSSES))  # a registered objective (goodfit_cli.objectives)
+    metrics: list[str] = key(list_of(string()))  # each one the objective produces (checked below)
+    args: dict[str, Any] = key(mapping_any, {})
 
 
 @dataclass
@@ -79,8 +86,27 @@ class OptimizerSpec:
 
 @dataclass
 class SchedulerSpec:
-    name: str = "none"
-    args: dict[str, Any] = field(default_factory=dict)  # timm's; *_epochs count batches
+    name: str = key(string(SCHEDULERS), "none")
+    args: dict[str, Any] = key(mapping_any, {})  # timm's; *_epochs count batches
+
+
+@dataclass
+class EarlyStopSpec(Section):
+    """finetune.early_stop: stop an arm when its new-task metric stalls or the gate breaks."""
+
+    patience: int | None = key(optional(integer(1)), None)  # evaluations without improvement
+    min_delta: float = key(number(0.0), 0.0)
+    gate: bool = key(boolean, False)  # stop at the first evaluation that breaks the gate
+
+
+@dataclass
+class TrackingSpec(Section):
+    """tracking: where a run's records go besides metrics.csv."""
+
+    tensorboard: bool = key(boolean, False)
+    mlflow: bool = key(boolean, False)
+    mlflow_uri: str | None = key(optional(string()), None)
+    mlflow_experiment: str | None = key(optional(string()), None)
 
 
 def _goodfit_default(knob: str) -> Any:
@@ -110,7 +136,7 @@ class StageSpec:
     accumulate: int = 1  # micro-batches of batch_size per optimizer step
     clip: dict[str, float] = field(default_factory=dict)  # {"norm": x} and/or {"value": y}
     ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
-    early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
+    early_stop: EarlyStopSpec = field(default_factory=EarlyStopSpec)
     replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
     # each arm's args by arm name or kind (finetune.arm_args; the older finetune.penalty and
     # finetune.goodfit keys land here under their arm's kind); defaults are the arms' own
@@ -139,7 +165,7 @@ class Recipe:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model for training
-    tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     data_dir: str | None = None
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
     source: str = "<recipe>"  # the file it came from
@@ -270,25 +296,23 @@ OPTIMIZER = section({"name": (optimizer_name, REQUIRED), "lr": (number(minimum=0
                      "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
                      "alpha": (number(0.0), None), "nesterov": (optional(boolean), None),
                      "no_decay_norm_bias": (boolean, False), "args": (mapping_any, {})})
-SCHEDULER = section({"name": (string(SCHEDULERS), "none"), "args": (mapping_any, {})})
+SCHEDULER = section_of(SchedulerSpec)
 CLIP = section({"norm": (optional(number(positive=True)), None),
                 "value": (optional(number(positive=True)), None)})
-EARLY_STOP = section({"patience": (optional(integer(1)), None), "min_delta": (number(0.0), 0.0),
-                      "gate": (boolean, False)})
+EARLY_STOP = section_of(EarlyStopSpec)
 GOODFIT = section({"main": (optional(optimizer_name), None), **legacy_section("goodfit")})
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
-              "scheduler": (SCHEDULER, {"name": "none", "args": {}}),
+              "scheduler": (SCHEDULER, {}),
               "accumulate": (integer(1), 1), "clip": (CLIP, {})}
 PENALTY = section(legacy_section("penalty"))  # the anti-forgetting arms' older home
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
                  "arm_overrides": (mapping_any, {}), "arm_args": (arm_args, {}),
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
-COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
+COMPONENT = section_of(Component)
 DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {})})
-TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string()), REQUIRED),
-                "args": (mapping_any, {})})
+TASK = section_of(TaskSpec)
 TOP = section({
     "name": (run_name, REQUIRED), "description": (string(), ""),
     "model": (optional(COMPONENT), None), "data": (DATA, REQUIRED),
@@ -302,9 +326,7 @@ TOP = section({
     "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
     "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
     "compile": (boolean, False),
-    "tracking": (section({"tensorboard": (boolean, False), "mlflow": (boolean, False),
-                          "mlflow_uri": (optional(string()), None),
-                          "mlflow_experiment": (optional(string()), None)}), {}),
+    "tracking": (section_of(TrackingSpec), {}),
 })
 
 
@@ -406,11 +428,12 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             optimizer=OptimizerSpec(o["name"], o["lr"], kwargs, o["no_decay_norm_bias"]),
             batch_size=st["batch_size"],
             steps=st["steps"], epochs=st["epochs"],
-            scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
+            scheduler=SchedulerSpec(**st["scheduler"]),
             goodfit=goodfit_spec(st),
             arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
             accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
-            ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}),
+            ema=st.get("ema"),
+            early_stop=EarlyStopSpec(**st["early_stop"]) if "early_stop" in st else EarlyStopSpec(),
             replay=replay_spec(st.get("replay")), arm_args=resolved_arm_args(st))
 
     def goodfit_spec(st: dict) -> GoodFitSpec:
@@ -432,7 +455,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                           else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
-        tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
+        tracking=TrackingSpec(**v["tracking"]), loader=loader_settings(v["data"]["loader"]),
         raw=raw)
 
 

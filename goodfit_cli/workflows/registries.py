@@ -1,6 +1,6 @@
 """`goodfit list`: what a recipe can name, per registry, with one-line descriptions.
 
-models, datasets, objectives and arms include installed plugins (entry points; loading them is how a
+models, datasets, objectives, metrics and arms include installed plugins (entry points; loading them is how a
 broken plugin shows up, as one UserError). Optimizers and schedulers are the names a recipe's
 `optimizer.name` / `scheduler.name` accept: timm's optimizers (training/optimizers.py) and
 timm's schedules plus torch's one-cycle and plateau (training/schedules.py).
@@ -13,11 +13,11 @@ from goodfit_cli.core.registry import suggest
 from goodfit_cli.arms import ARMS, ArmType, kinds
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import MODELS
-from goodfit_cli.objectives import OBJECTIVES
+from goodfit_cli.objectives import OBJECTIVES, declared, metric, produced
 from goodfit_cli.recipe import SCHEDULERS
 from goodfit_cli.training.optimizers import optimizer_table
 
-KINDS = ("models", "datasets", "objectives", "arms", "optimizers", "schedulers")
+KINDS = ("models", "datasets", "objectives", "metrics", "arms", "optimizers", "schedulers")
 _SCHEDULER_DOCS = {"none": "constant learning rate",
                    "cosine": "cosine decay over the run's batches (timm; warmup_epochs, min_lr, cycles)",
                    "tanh": "tanh decay over the run's batches (timm)",
@@ -34,6 +34,17 @@ _SCHEDULER_DOCS = {"none": "constant learning rate",
 def _first_line(obj: object) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
     return doc[0].strip() if doc else ""
+
+
+def metric_row(name: str) -> tuple[str, str, str]:
+    """A declared metric: direction, CI or not, what it is; and the objectives producing it."""
+    m = metric(name)
+    assert m is not None
+    losses = [e.name for e in OBJECTIVES if name in produced(e.name)]
+    text = (f"{'higher' if m.higher_is_better else 'lower'} is better; "
+            f"{'paired bootstrap CI' if m.per_sample_mean else 'no CI (not a per-sample mean)'}"
+            + (f"; {m.description}" if m.description else ""))
+    return name, text, ", ".join(losses) if losses else "the report (flips)"
 
 
 def arm_description(arm: type[ArmType]) -> str:
@@ -75,6 +86,8 @@ def registry_rows(kind: str | None = None) -> dict[str, list[tuple[str, str, str
         if k in ("models", "datasets", "objectives"):
             reg = {"models": MODELS, "datasets": DATASETS, "objectives": OBJECTIVES}[k]
             out[k] = [(e.name, e.description or _first_line(e.fn), e.origin) for e in reg]
+        elif k == "metrics":
+            out[k] = [metric_row(name) for name in declared()]
         elif k == "arms":
             out[k] = [(e.name, arm_description(e.fn), e.origin)
                       for e in sorted(ARMS, key=lambda e: kinds().index(e.name))]
