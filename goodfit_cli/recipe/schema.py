@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -291,11 +291,20 @@ def optimizer_name(v: Any, ctx: Ctx) -> str:
     return s
 
 
+def default(cls: type, name: str) -> Any:
+    """A field's default in the validated recipe's dataclass: THE default of its recipe key."""
+    d = next(f.default for f in fields(cls) if f.name == name)
+    assert d is not MISSING, f"{cls.__name__}.{name} has no default"
+    return d
+
+
+_R, _S = Recipe, StageSpec  # the keys below whose shape differs from the dataclass's
 OPTIMIZER = section({"name": (optimizer_name, REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
                      "momentum": (number(minimum=0.0), None), "weight_decay": (number(0.0), None),
                      "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
                      "alpha": (number(0.0), None), "nesterov": (optional(boolean), None),
-                     "no_decay_norm_bias": (boolean, False), "args": (mapping_any, {})})
+                     "no_decay_norm_bias": (boolean, default(OptimizerSpec, "no_decay_norm_bias")),
+                     "args": (mapping_any, {})})
 SCHEDULER = section_of(SchedulerSpec)
 CLIP = section({"norm": (optional(number(positive=True)), None),
                 "value": (optional(number(positive=True)), None)})
@@ -304,7 +313,7 @@ GOODFIT = section({"main": (optional(optimizer_name), None), **legacy_section("g
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
               "scheduler": (SCHEDULER, {}),
-              "accumulate": (integer(1), 1), "clip": (CLIP, {})}
+              "accumulate": (integer(1), default(_S, "accumulate")), "clip": (CLIP, {})}
 PENALTY = section(legacy_section("penalty"))  # the anti-forgetting arms' older home
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
                  "arm_overrides": (mapping_any, {}), "arm_args": (arm_args, {}),
@@ -318,14 +327,19 @@ TOP = section({
     "model": (optional(COMPONENT), None), "data": (DATA, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
     "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
-    "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
+    "eval": (section({"every": (integer(1), default(_R, "eval_every")),
+                      "batch_size": (integer(1), default(_R, "eval_batch_size"))}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
-    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
-                            "key_map": (key_map, []), "new_head": (boolean, False)}), {}),
-    "nonfinite": (string(("stop", "skip")), "stop"),
-    "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
-    "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
-    "compile": (boolean, False),
+    "checkpoint": (section({"every": (optional(integer(0)), None),
+                            "keep": (integer(1), default(_R, "checkpoint_keep")),
+                            "key_map": (key_map, []),
+                            "new_head": (boolean, default(_R, "new_head"))}), {}),
+    "nonfinite": (string(("stop", "skip")), default(_R, "nonfinite")),
+    "seed": (integer(0, SEED_MAX), default(_R, "seed")),
+    "device": (string(("auto", "cpu", "cuda")), default(_R, "device")),
+    "precision": (string(("fp32", "bf16", "fp16")), default(_R, "precision")),
+    "data_dir": (optional(string()), default(_R, "data_dir")),
+    "compile": (boolean, default(_R, "compile")),
     "tracking": (section_of(TrackingSpec), {}),
 })
 
