@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.report.search import dominates
 
 

@@ -24,7 +24,7 @@ PKG = ROOT / "goodfit_cli"
 LAYERS = {
     "cli": 7,
     "workflows": 6,
-    "integrations": 5, "engine": 5, "training": 5, "objectives": 5, "report": 5, "recipe": 5,
+    "integrations": 5, "engine": 5, "training": 5, "arms": 5, "objectives": 5, "report": 5, "recipe": 5,
     "models": 4,
     "data": 3,
     "io": 2,

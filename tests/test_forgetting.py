@@ -1,4 +1,4 @@
-"""The anti-forgetting arms (training/penalties.py): each term has the value of its formula, the
+"""The anti-forgetting arms (goodfit_cli/arms, built through the arm registry): each term has the value of its formula, the
 Fisher is a mean of squared gradients scaled to mean 1, focal weights follow the base's
 correctness, LP-FT leaves the body untouched during the probe, and a resumed LP-FT run is bit
 for bit the uninterrupted one."""
@@ -16,16 +16,15 @@ from goodfit_cli.core.errors import Interrupted
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.models import build_model
 from goodfit_cli.objectives import build_objective
-from goodfit_cli.recipe import PenaltySpec, load_recipe
-from goodfit_cli.training.penalties import (
+from goodfit_cli.arms import ARMS, Context, OldTask
+from goodfit_cli.arms.terms import (
     LinearProbeFirst,
-    OldTask,
-    Penalty,
     base_was_right,
     body_parameters,
     diagonal_fisher,
     per_sample_distance,
 )
+from goodfit_cli.recipe import load_recipe
 from goodfit_cli.workflows.recipes import shipped_dir
 from tests import runs
 
@@ -49,9 +48,15 @@ def _zero_loss(model, x, y):
     return model(x).sum() * 0.0
 
 
+def _arm_loss(kind: str, model, old=None, **args):
+    """The loss the registered arm `kind` trains on, with `args`, around a zero task loss."""
+    ctx = Context(model, None, 0, _zero_loss, _mse(), lambda: (None, None), old)
+    return ARMS.get(kind)(**args).build(ctx).loss
+
+
 def test_l2sp_is_half_alpha_squared_distance_of_the_body():
     model = _mlp()
-    pen = Penalty("l2sp", PenaltySpec(l2sp=0.3), model, _zero_loss, _mse())
+    pen = _arm_loss("l2sp", model, strength=0.3)
     with torch.no_grad():
         for _, p in body_parameters(model):
             p.add_(0.1)
@@ -73,7 +78,7 @@ def test_fisher_is_mean_squared_gradient_scaled_to_mean_one_and_weights_ewc():
     for f, r in zip(fisher, raw):
         torch.testing.assert_close(f, r * scale)
     assert float(sum(f.sum() for f in fisher)) / sum(f.numel() for f in fisher) == pytest.approx(1)
-    pen = Penalty("ewc", PenaltySpec(ewc=2.0), model, _zero_loss, _mse(), old)
+    pen = _arm_loss("ewc", model, old, strength=2.0)
     with torch.no_grad():
         for p in params:
             p.add_(0.1)
@@ -103,7 +108,7 @@ def test_focal_weights_follow_where_the_base_was_right():
 
 def test_lwf_is_zero_at_the_base_and_grows_as_the_model_moves():
     model = _mlp()
-    pen = Penalty("lwf", PenaltySpec(lwf=1.0), model, _zero_loss, _mse())
+    pen = _arm_loss("lwf", model, strength=1.0)
     x = torch.randn(16, 2)
     assert float(pen(model, x, torch.zeros(16, 1)).detach()) == 0.0
     with torch.no_grad():

@@ -27,13 +27,44 @@ def test_mse_and_per_sample_error():
 
 
 def test_metric_directions():
-    """accuracy is higher-better; mse, loss and trajectory errors lower-better; unknown raises."""
-    assert M.direction("accuracy") == 1 and M.direction("pfr") == 1
-    for name in ("mse", "loss", "nfr", "ade@3s", "fde@8s", "miss@8s", "mae_pos"):
-        assert M.direction(name) == -1
+    """Directions come from the objectives' declarations: accuracy is higher-better; mse, loss
+    and trajectory errors lower-better; a name nothing declares raises."""
+    from goodfit_cli.objectives import direction, is_rate
+
+    assert direction("accuracy") == 1 and direction("pfr") == 1
+    for name in ("mse", "loss", "nfr", "ade@3s", "fde@8s", "miss@8s", "mae"):
+        assert direction(name) == -1
     with pytest.raises(UserError, match="'bleu'"):
-        M.direction("bleu")
-    assert M.is_rate("accuracy") and M.is_rate("miss@8s") and not M.is_rate("ade@3s")
+        direction("bleu")
+    assert is_rate("accuracy") and is_rate("miss@8s") and not is_rate("ade@3s")
+
+
+def test_each_objective_declares_what_it_produces():
+    """An objective's `produces` is exactly what its per_sample gives; a metric declared by
+    two objectives has one direction; the registered extras apply by name or task kind."""
+    from goodfit_cli.objectives import OBJECTIVES, metric, produced
+
+    seen: dict[str, int] = {}
+    for entry in OBJECTIVES:
+        for m in entry.fn.produces:
+            assert seen.setdefault(m.name, m.direction) == m.direction, m.name
+    assert list(produced("mse")) == ["mse", "loss", "mae"]
+    assert set(produced("cross_entropy")) == {"accuracy", "loss", "balanced_accuracy", "f1"}
+    assert set(produced("gmlc")) == {"accuracy", "loss", "balanced_accuracy", "f1"}
+    assert "mae" not in produced("motion") and "ade@3s" in produced("motion")
+    assert not metric("balanced_accuracy").per_sample_mean and metric("mae").per_sample_mean
+
+
+def test_registered_metrics_by_hand():
+    """mae per sample; balanced accuracy and macro F1 over the whole set."""
+    from goodfit_cli.objectives import metric
+
+    pred, y = torch.tensor([[1.0, 3.0], [0.0, 0.0]]), torch.tensor([[0.0, 1.0], [0.0, -1.0]])
+    assert metric("mae")(pred, y).tolist() == [1.5, 0.5]
+    cls_pred, cls_y = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 1])
+    assert float(metric("balanced_accuracy")(cls_pred, cls_y)) == pytest.approx((1.0 + 0.5) / 2)
+    # class 0: tp 2, predicted 3, true 2 -> 0.8; class 1: tp 1, predicted 1, true 2 -> 2/3
+    assert float(metric("f1")(cls_pred, cls_y)) == pytest.approx((0.8 + 2 / 3) / 2)
 
 
 def test_flips_counts_and_rates_by_hand():
@@ -105,3 +136,15 @@ def test_tradeoff_readout_lowers_degree_for_few_points():
     assert M.fit_tradeoff_curve([0.0, 1.0], [1.0, 0.0], [0.25])[0.25] == pytest.approx(0.75)
     assert M.fit_tradeoff_curve([0.4], [0.8], [0.4, 0.5]) == {0.4: pytest.approx(0.8), 0.5: None}
     assert M.fit_tradeoff_curve([], [], [0.4]) == {0.4: None}
+
+
+def test_list_metrics_reads_the_declarations():
+    """`goodfit list metrics`: every declared metric with its direction, whether it gets a
+    CI, and the objectives that produce it."""
+    from goodfit_cli.workflows.registries import registry_rows
+
+    rows = {name: (text, origin) for name, text, origin in registry_rows("metrics")["metrics"]}
+    assert rows["balanced_accuracy"][0].startswith("higher is better; no CI (not a per-sample mean)")
+    assert rows["balanced_accuracy"][1] == "cross_entropy, gmlc"
+    assert rows["ade@3s"][0].startswith("lower is better; paired bootstrap CI")
+    assert rows["mae"][1] == "mse" and rows["nfr"][1] == "the report (flips)"

@@ -255,3 +255,19 @@ def test_metric_values_may_be_tensors_and_unknown_metrics_have_no_direction():
     assert delta["accuracy"]["value"] == pytest.approx(-0.1)
     assert delta["bleu"] == {"value": 5.0, "ci": None, "better": None}
     assert "| old | bleu | 20 | 25 (+5 ▲) |" in render_markdown(rep)
+
+
+def test_a_metric_that_is_not_a_per_sample_mean_says_it_has_no_ci():
+    """balanced_accuracy is declared as no per-sample mean: its delta has no CI, and the
+    report says why instead of leaving the CI out silently."""
+    base = RunSide("base", "b", {"old": {"accuracy": 0.9, "balanced_accuracy": 0.8},
+                                 "new": {"accuracy": 0.3}})
+    arm = RunSide("a", "a", {"old": {"accuracy": 0.8, "balanced_accuracy": 0.7},
+                             "new": {"accuracy": 0.5}})
+    rep = build_report(base, [arm], kinds=CLS, primary=ACC, provenance={})
+    assert validate_report(rep) == []
+    entry = rep["arms"][0]["delta"]["old"]["balanced_accuracy"]
+    assert entry["ci"] is None and entry["no_ci"] == "not a per-sample mean"
+    assert entry["better"] is False
+    assert "(no CI: not a per-sample mean)" in render_markdown(rep)
+    assert "no_ci" not in rep["arms"][0]["delta"]["old"]["accuracy"]

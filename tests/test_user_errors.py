@@ -79,6 +79,23 @@ def test_validate_catches_a_bad_schedule_in_the_file(tmp_path):
     assert res.exit_code == 2 and "bad " in res.output and "scheduler 'step' rejects" in res.output
 
 
+def test_a_metric_the_objective_does_not_produce_is_refused_at_validate(tmp_path):
+    """Before: a pretrain of the toy with old_task.metrics=[ade@3s] passed `validate --data`,
+    printed `old ade@3s nan` and exited 0 (mse produces no ade@3s). Now: exit 2, one line
+    naming the file, the line and the key, and what the objective produces."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TOY.read_text().replace("old_task: {loss: mse, metrics: [mse]}",
+                                           "old_task: {loss: mse, metrics: [ade@3s]}"))
+    res = invoke("validate", bad, "--data")
+    assert res.exit_code == 2, res.output
+    assert ("bad.yaml:18:33: old_task.metrics.0: loss 'mse' does not produce metric 'ade@3s' "
+            "(choose from: mse, loss, mae)") in res.output
+    line = assert_one_error_line(invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "p",
+                                        *TINY, "new_task.metrics=[mse, acuracy]"))
+    assert "override new_task.metrics.1: loss 'mse' does not produce metric 'acuracy'" in line
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_huge_seed_on_the_command_line(tmp_path, base):
     line = assert_one_error_line(invoke("finetune", "--base", base, "--recipe", "toy", "--out",
                                         tmp_path / "o", "--seed", str(2**64), *TINY))

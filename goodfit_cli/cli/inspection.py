@@ -168,7 +168,7 @@ def list_recipes() -> None:
 @app.command("list", epilog=EXAMPLES["list"])
 @handled
 def list_registries(
-    kind: Optional[str] = typer.Argument(None, help="models, datasets, objectives, optimizers or schedulers (default: all)."),
+    kind: Optional[str] = typer.Argument(None, help="models, datasets, objectives, metrics, arms, optimizers or schedulers (default: all)."),
 ) -> None:
     """List what a recipe can name, with one-line descriptions; installed plugins included."""
     from goodfit_cli.workflows.registries import registry_rows

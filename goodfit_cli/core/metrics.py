@@ -1,47 +1,53 @@
 """Task metrics, metric directions, negative/positive flips, paired bootstrap CIs, read-outs.
 
 Classification predictions are int64 class ids (N,); regression predictions are float (N,) or
-(N, D) next to a target of the same shape. Every metric's direction (+1 higher is better, -1
-lower is better) comes from METRIC_DIRECTIONS, or from the prefix rule in `direction`.
+(N, D) next to a target of the same shape. `Metric` is how an objective declares a metric it
+produces (direction, per-sample mean, rate); the declarations themselves live with the
+objectives (`goodfit_cli.objectives.metric`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from goodfit_cli.core.errors import UserError
 
-METRIC_DIRECTIONS: dict[str, int] = {
-    "accuracy": +1, "balanced_accuracy": +1, "top1": +1, "top5": +1, "f1": +1, "auc": +1,
-    "pfr": +1,                                   # positive flip rate: more fixes is better
-    "mse": -1, "rmse": -1, "mae": -1, "loss": -1, "nfr": -1, "error": -1,
-}
-_LOWER_PREFIXES = ("ade", "fde", "miss", "mse", "rmse", "mae", "loss", "error")
-_RATE_PREFIXES = ("accuracy", "balanced_accuracy", "top1", "top5", "nfr", "pfr", "miss")
+@dataclass(frozen=True)
+class Metric:
+    """A metric as the objective that produces it declares it (objectives/): its name, whether
+    higher is better, whether it is the mean of per-sample values (then the report's paired
+    bootstrap gives its delta a CI), and whether it is a share in [0, 1] (shown in %)."""
+
+    name: str
+    higher_is_better: bool
+    per_sample_mean: bool = True
+    rate: bool = False
+    description: str = ""
+    # a registered metric (beyond what an objective's per_sample gives): compute(predictions,
+    # targets) -> (N,) per-sample values, or the value itself when not a per-sample mean; and
+    # the objectives (loss names) or task kinds it applies to
+    compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    applies_to: tuple[str, ...] = ()
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.compute is None:
+            raise TypeError(f"metric {self.name!r} is computed by its objective")
+        return self.compute(pred, target)
+
+    @property
+    def direction(self) -> int:
+        """+1 if higher is better, -1 if lower is better."""
+        return 1 if self.higher_is_better else -1
 
 
-def direction(metric: str) -> int:
-    """+1 if higher is better, -1 if lower is better; UserError for an unknown direction."""
-    if metric in METRIC_DIRECTIONS:
-        return METRIC_DIRECTIONS[metric]
-    if metric.lower().startswith(_LOWER_PREFIXES):   # ade@3s, fde@8s, miss@8s, mse_old, loss/ce
-        return -1
-    known = ", ".join(sorted(METRIC_DIRECTIONS))
-    raise UserError(f"metric {metric!r} has no known direction (known: {known}; names starting "
-                    f"with {'/'.join(_LOWER_PREFIXES)} are lower-is-better)")
-
-
-def is_known(metric: str) -> bool:
-    """True when `direction(metric)` would succeed."""
-    return metric in METRIC_DIRECTIONS or metric.lower().startswith(_LOWER_PREFIXES)
-
-
-def is_rate(metric: str) -> bool:
-    """True for metrics that are shares in [0, 1] (accuracy, flip and miss rates): shown in %."""
-    return metric.lower().startswith(_RATE_PREFIXES)
+# The report's own metrics (classification): negative and positive flip rates against the base.
+FLIPS = (Metric("nfr", False, rate=True, description="share of samples the base got right and "
+                "the arm wrong"),
+         Metric("pfr", True, rate=True, description="share of samples the base got wrong and "
+                "the arm right"))
 
 
 # ---------------------------------------------------------------- point metrics

@@ -1,7 +1,7 @@
 """Small named registries: recipes name registered components, they never import code.
 
 A registry may also take builders from installed packages: Python entry points in its group
-(`goodfit.models`, `goodfit.datasets`, `goodfit.objectives`), each `name = "pkg.module:builder"`
+(`goodfit.models`, `goodfit.datasets`, `goodfit.objectives`, `goodfit.metrics`, `goodfit.arms`), each `name = "pkg.module:builder"`
 in the plugin's pyproject (`[project.entry-points."goodfit.models"]`). A recipe still names a
 component; the plugin's module is imported only when that name is asked for (or the registry is
 listed), and a plugin that fails to import is one UserError naming it. Built-in names win over
@@ -84,7 +84,8 @@ class Registry(Generic[T]):
         if not callable(fn):
             raise UserError(f"{self.group} entry point {ep.name!r} = {ep.value!r} ({dist}) is "
                             f"not callable; it must name a builder")
-        doc = (getattr(fn, "__doc__", None) or "").strip().splitlines()
+        doc = (getattr(fn, "description", None) or getattr(fn, "__doc__", None) or "")
+        doc = doc.strip().splitlines() if isinstance(doc, str) else []
         self._entries[ep.name] = Entry(ep.name, fn, doc[0] if doc else "(no description)", dist)
         return self._entries[ep.name]
 

@@ -4,8 +4,8 @@ An objective turns a batch into a training loss, a model into evaluation outputs
 metrics and per-sample values (the paired bootstrap of the report resamples those). Regression
 objectives report lower-is-better errors; classification objectives report accuracy.
 
-Modules: base (the interface and the registry), standard (mse, cross_entropy), gmlc, motion;
-runtime (a task's objective on a device: autocast, batched evaluation). A new objective is a
+Modules: base (the interface, the registries, the metric declarations), standard (mse,
+cross_entropy), gmlc, motion, more_metrics (mae, balanced_accuracy, f1); runtime (a task's objective on a device: autocast, batched evaluation). A new objective is a
 module here that registers itself, imported below.
 """
 
@@ -14,14 +14,26 @@ from __future__ import annotations
 from typing import Any
 
 from goodfit_cli.data.base import Task
-from goodfit_cli.objectives import gmlc, motion, standard  # noqa: F401  (each registers itself)
-from goodfit_cli.objectives.base import OBJECTIVES, Objective
+from goodfit_cli.objectives import gmlc, more_metrics, motion, standard  # noqa: F401  (each registers itself)
+from goodfit_cli.objectives.base import (
+    METRICS,
+    OBJECTIVES,
+    Objective,
+    declared,
+    direction,
+    is_rate,
+    metric,
+    produced,
+)
 
 
 def build_objective(name: str, task: Task, metrics: list[str], args: dict[str, Any],
                     where: str = "") -> Objective:
     cls = OBJECTIVES.get(name, where)
-    return cls(task, metrics, **args)
+    obj = cls(task, metrics, **args)
+    declared = produced(name, where)
+    obj.extras = {m: declared[m] for m in metrics if m in declared and declared[m].compute}
+    return obj
 
 
 def task_kind(loss: str) -> str:
@@ -29,4 +41,5 @@ def task_kind(loss: str) -> str:
     return OBJECTIVES.get(loss).kind
 
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "task_kind"]
+__all__ = ["METRICS", "OBJECTIVES", "Objective", "build_objective", "declared", "direction", "is_rate",
+           "metric", "produced", "task_kind"]

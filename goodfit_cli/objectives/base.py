@@ -3,6 +3,13 @@
 An objective turns a batch into a training loss, a model into evaluation outputs, and outputs into
 metrics and per-sample values (the paired bootstrap of the report resamples those). Regression
 objectives report lower-is-better errors; classification objectives report accuracy.
+
+Every objective declares the metrics it produces (`produces`: `core.metrics.Metric`, with the
+direction, whether it is a per-sample mean, whether it is a rate). A metric more is one module
+that registers a `Metric` with a `compute` function in METRICS (or an installed package's entry
+point in `goodfit.metrics`), naming the objectives or task kinds it `applies_to`; it is
+computed only when a recipe asks for it. Recipe validation, the report, the gate and the search
+read these declarations (`produced`, `metric`) and nothing else.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.metrics import FLIPS, Metric
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Task, to_model_input
 from goodfit_cli.data.inputs import spec_of
@@ -20,9 +29,11 @@ class Objective:
     """Base: a model mapping inputs to one output tensor."""
 
     kind = "regression"
+    produces: tuple[Metric, ...] = ()  # the metrics `per_sample` gives
 
     def __init__(self, task: Task, metrics: list[str], **args: Any) -> None:
         self.task, self.metric_names, self.args = task, metrics, args
+        self.extras: dict[str, Metric] = {}  # registered metrics the recipe asks for (build_objective)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -36,12 +47,79 @@ class Objective:
         return outputs
 
     def per_sample(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """metric → (N,) values whose mean is the metric."""
+        """metric → (N,) values whose mean is the metric (the metrics of `produces`)."""
         raise NotImplementedError
 
-    def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, float]:
+    def measure(self, outputs: Tensor, y: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """(the recipe's metrics, every per-sample value): `per_sample` plus the registered
+        metrics asked for; one that is not a per-sample mean has a value and no per-sample."""
         per = self.per_sample(outputs, y)
-        return {m: float(per[m].double().mean()) for m in self.metric_names if m in per}
+        whole: dict[str, float] = {}
+        if self.extras:
+            pred = self.predictions(outputs)
+            for name, m in self.extras.items():
+                value = m.compute(pred, y)
+                if m.per_sample_mean:
+                    per[name] = value.reshape(len(y))
+                else:
+                    whole[name] = float(value)
+        values = {m: float(per[m].double().mean()) if m in per else whole[m]
+                  for m in self.metric_names if m in per or m in whole}
+        return values, per
+
+    def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, float]:
+        return self.measure(outputs, y)[0]
+
+    def per_sample_values(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return self.measure(outputs, y)[1]
 
 
 OBJECTIVES: Registry[Callable[..., Objective]] = Registry("loss", "goodfit.objectives")
+METRICS: Registry[Metric] = Registry("metric", "goodfit.metrics")  # metrics beyond `produces`
+
+
+def produced(loss: str, where: str = "") -> dict[str, Metric]:
+    """name -> Metric: what the objective `loss` produces, and the registered metrics that
+    apply to it (by its name or its task kind)."""
+    cls = OBJECTIVES.get(loss, where)
+    out = {m.name: m for m in getattr(cls, "produces", ())}
+    kind = getattr(cls, "kind", None)
+    for m in (e.fn for e in METRICS):
+        if m.name not in out and (loss in m.applies_to or kind in m.applies_to):
+            out[m.name] = m
+    return out
+
+
+def metric(name: str) -> Metric | None:
+    """The declaration of a metric by name (any objective's, a registered one, or the report's
+    flip rates); None when nothing declares it."""
+    for m in FLIPS:
+        if m.name == name:
+            return m
+    for entry in OBJECTIVES:
+        for m in getattr(entry.fn, "produces", ()):
+            if m.name == name:
+                return m
+    return METRICS.get(name) if name in METRICS else None
+
+
+def declared() -> list[str]:
+    """Every metric name some objective, registered metric or the report declares."""
+    return sorted({m.name for e in OBJECTIVES for m in getattr(e.fn, "produces", ())}
+                  | {e.name for e in METRICS} | {m.name for m in FLIPS})
+
+
+def direction(name: str) -> int:
+    """+1 if higher is better, -1 if lower is better; UserError when nothing declares `name`."""
+    m = metric(name)
+    if m is None:
+        raise UserError(f"metric {name!r} has no known direction: no objective declares it "
+                        f"(declared: {', '.join(declared())})")
+    return m.direction
+
+
+def is_rate(name: str) -> bool:
+    """True for a declared share in [0, 1] (accuracy, flip and miss rates): shown in %."""
+    m = metric(name)
+    return m is not None and m.rate
+

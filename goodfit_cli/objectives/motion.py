@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.metrics import Metric
 from goodfit_cli.data.base import to_model_input
 from goodfit_cli.data.inputs import spec_of
 from goodfit_cli.objectives.base import OBJECTIVES, Objective
@@ -93,6 +94,13 @@ class Motion(Objective):
     """Multi-modal trajectory prediction: metrics ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse, loss."""
 
     kind = "regression"
+    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h} (best of the modes)")
+                  for h in HORIZONS for m, what in (("ade", "mean displacement error"),
+                                                    ("fde", "final displacement error"))),
+                Metric("miss@8s", False, rate=True, description="share of samples whose best "
+                       "final displacement at 8s exceeds miss_threshold"),
+                Metric("mse", False, description="mean squared error (motion: of the most likely mode)"),
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics, ce_weight: float = 1.0, beta: float = 1.0,
                  miss_threshold: float = 2.0, **args: Any) -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.objectives import build_objective
-from goodfit_cli.recipe import TaskSpec
 
 
 class TaskRunner:
-    """Loss, predictions and metrics of one task (old or new) on one device."""
+    """Loss, predictions and metrics of one task (old or new) on one device; `spec` is the
+    recipe's task (loss, metrics, args)."""
 
-    def __init__(self, name: str, spec: TaskSpec, task: Task, device: torch.device,
+    def __init__(self, name: str, spec: Any, task: Task, device: torch.device,
                  precision: str = "fp32", where: str = "") -> None:
         self.name, self.spec, self.device = name, spec, device
         self.objective = build_objective(spec.loss, task, spec.metrics, spec.args,
@@ -50,4 +51,5 @@ class TaskRunner:
         finally:
             model.train(was_training)
         obj = self.objective
-        return obj.metrics(outputs, split.y), obj.predictions(outputs), obj.per_sample(outputs, split.y)
+        metrics, per_sample = obj.measure(outputs, split.y)
+        return metrics, obj.predictions(outputs), per_sample

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from goodfit_cli.core import metrics as M
+from goodfit_cli.core.metrics import Metric
 from goodfit_cli.data.augment import random_crop_flip
 from goodfit_cli.data.base import to_model_input
 from goodfit_cli.data.inputs import spec_of
@@ -14,6 +15,9 @@ from goodfit_cli.objectives.base import OBJECTIVES, Objective
 
 class MSE(Objective):
     """Regression with mean squared error: metrics `mse`, `loss`."""
+
+    produces = (Metric("mse", False, description="mean squared error over the outputs"),
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
         out = model(to_model_input(x, spec_of(model))).float()
@@ -34,6 +38,8 @@ class CrossEntropy(Objective):
     """
 
     kind = "classification"
+    produces = (Metric("accuracy", True, rate=True, description="share of samples classified right"),
+                Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
         if self.args.get("augment") and x.dtype == torch.uint8:

@@ -6,12 +6,10 @@
 from goodfit_cli.recipe.components import SCHEDULERS, optimizer_names
 from goodfit_cli.recipe.schema import (
     LOSSES,
-    METRICS,
     OPTIMIZERS,
     Component,
     GoodFitSpec,
     OptimizerSpec,
-    PenaltySpec,
     Recipe,
     SchedulerSpec,
     StageSpec,
@@ -23,7 +21,7 @@ from goodfit_cli.recipe.schema import (
     recipe_dict,
 )
 
-__all__ = ["LOSSES", "METRICS", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
-           "OptimizerSpec", "PenaltySpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",
+__all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
+           "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",
            "apply_overrides", "load_recipe", "optimizer_names", "parse_override", "parse_recipe",
            "recipe_dict"]

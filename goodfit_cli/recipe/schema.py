@@ -10,16 +10,20 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from goodfit_cli import arms
+from goodfit_cli.arms import ARMS
+from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.data.validation import Carving
+from goodfit_cli.objectives import produced
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.loader import LOADER, loader_settings
 from goodfit_cli.recipe.sections import (
@@ -38,9 +42,12 @@ from goodfit_cli.recipe.yamlcheck import (
     list_of,
     mapping_any,
     number,
+    Section,
+    key,
     optional,
     parse_yaml,
     section,
+    section_of,
     string,
     type_name,
 )
@@ -48,24 +55,27 @@ from goodfit_cli.recipe.yamlcheck import (
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")  # the classic four; any timm name works too
 SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes
 LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
-METRICS = ("mse", "accuracy", "loss", "ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s")
 
 
 # ---------------------------------------------------------------------------------------------
 # the validated recipe
 
 
+# Each section below is declared once: a dataclass whose fields are recipe keys (`key`: the
+# check and the default), from which the section's checks derive (`section_of`).
+
+
 @dataclass
 class Component:
-    name: str
-    args: dict[str, Any] = field(default_factory=dict)
+    name: str = key(string())
+    args: dict[str, Any] = key(mapping_any, {})
 
 
 @dataclass
 class TaskSpec:
-    loss: str  # a registered objective (goodfit_cli.objectives)
-    metrics: list[str]
-    args: dict[str, Any] = field(default_factory=dict)
+    loss: str = key(loss_name(LOSSES))  # a registered objective (goodfit_cli.objectives)
+    metrics: list[str] = key(list_of(string()))  # each one the objective produces (checked below)
+    args: dict[str, Any] = key(mapping_any, {})
 
 
 @dataclass
@@ -78,31 +88,41 @@ class OptimizerSpec:
 
 @dataclass
 class SchedulerSpec:
-    name: str = "none"
-    args: dict[str, Any] = field(default_factory=dict)  # timm's; *_epochs count batches
+    name: str = key(string(SCHEDULERS), "none")
+    args: dict[str, Any] = key(mapping_any, {})  # timm's; *_epochs count batches
+
+
+@dataclass
+class EarlyStopSpec(Section):
+    """finetune.early_stop: stop an arm when its new-task metric stalls or the gate breaks."""
+
+    patience: int | None = key(optional(integer(1)), None)  # evaluations without improvement
+    min_delta: float = key(number(0.0), 0.0)
+    gate: bool = key(boolean, False)  # stop at the first evaluation that breaks the gate
+
+
+@dataclass
+class TrackingSpec(Section):
+    """tracking: where a run's records go besides metrics.csv."""
+
+    tensorboard: bool = key(boolean, False)
+    mlflow: bool = key(boolean, False)
+    mlflow_uri: str | None = key(optional(string()), None)
+    mlflow_experiment: str | None = key(optional(string()), None)
+
+
+def _goodfit_default(knob: str) -> Any:
+    return next(k.default for k in ARMS.get("goodfit").knobs if k.name == knob)
 
 
 @dataclass
 class GoodFitSpec:
+    """The goodfit arm's knobs as the stage resolves them (declared in arms/goodfit.py)."""
+
     main: str | None = None  # main optimizer name; default: the stage's optimizer
-    n_ref: int = 1
-    ref_ratio: float = 10.0
-    projection: str = "global"
-
-
-@dataclass
-class PenaltySpec:
-    """The anti-forgetting arms' knobs (docs/method.md): strengths, temperature, LP-FT split."""
-
-    l2sp: float = 0.01  # L2-SP: alpha/2 * ||theta - theta_base||^2 over the body
-    lwf: float = 1.0  # LwF: weight of the distillation toward the base's outputs
-    focal: float = 1.0  # focal distillation: weight of the per-sample-weighted distillation
-    focal_alpha: float = 1.0  # every sample's distillation weight
-    focal_beta: float = 5.0  # extra weight where the base was right (against negative flips)
-    ewc: float = 1.0  # EWC: lambda/2 * sum F (theta - theta_base)^2, F scaled to mean 1
-    fisher_batches: int = 16  # old-task batches that estimate the diagonal Fisher
-    temperature: float = 2.0  # distillation temperature (classification)
-    lp_fraction: float = 0.5  # LP-FT: share of the budget spent training the head only
+    n_ref: int = field(default_factory=lambda: _goodfit_default("n_ref"))
+    ref_ratio: float = field(default_factory=lambda: _goodfit_default("ref_ratio"))
+    projection: str = field(default_factory=lambda: _goodfit_default("projection"))
 
 
 @dataclass
@@ -118,9 +138,11 @@ class StageSpec:
     accumulate: int = 1  # micro-batches of batch_size per optimizer step
     clip: dict[str, float] = field(default_factory=dict)  # {"norm": x} and/or {"value": y}
     ema: float | None = None  # EMA decay (fine-tuning arms): a candidate '<arm>+ema' of its own
-    early_stop: dict[str, Any] = field(default_factory=dict)  # patience, min_delta, gate
+    early_stop: EarlyStopSpec = field(default_factory=EarlyStopSpec)
     replay: ReplaySpec | None = None  # finetune only: old-task samples mixed into every batch
-    penalty: PenaltySpec = field(default_factory=PenaltySpec)
+    # each arm's args by arm name or kind (finetune.arm_args; the older finetune.penalty and
+    # finetune.goodfit keys land here under their arm's kind); defaults are the arms' own
+    arm_args: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -145,7 +167,7 @@ class Recipe:
     device: str = "auto"
     precision: str = "fp32"
     compile: bool = False  # torch.compile the model for training
-    tracking: dict[str, Any] = field(default_factory=dict)  # tensorboard, mlflow, mlflow_uri
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
     data_dir: str | None = None
     gate: dict[str, Any] | None = None  # the recipe's own gate ({limits: [...]}); flags replace it
     loader: LoaderSettings = field(default_factory=LoaderSettings)  # data.loader
@@ -174,21 +196,84 @@ class Recipe:
 # ---------------------------------------------------------------------------------------------
 # schema: key → (checker, default); a default of REQUIRED means the key must be present
 
-WRAPPING_ARMS = ("goodfit", "head_only", "lp_ft", "l2sp", "lwf", "focal", "ewc")  # <kind>[:opt]
-
-
 def arm_name(v: Any, ctx: Ctx) -> str:
+    """An arm: a registered arm's name with an optional :opt, or an optimizer's name."""
     s = string()(v, ctx)
-    kind, _, base = s.partition(":")
-    if kind in WRAPPING_ARMS:
-        bad = unknown_optimizer(base) if base else None
+    kind, opt = arms.split(s)
+    if kind != "plain":
+        bad = unknown_optimizer(opt) if opt else None
         if bad:
-            raise ctx.fail(f"unknown optimizer {base!r} in arm {s!r}{bad}")
-    elif base or unknown_optimizer(kind):
-        bad = suggest(s, list(WRAPPING_ARMS)) if base else unknown_optimizer(kind)
-        raise ctx.fail(f"unknown arm {s!r}{bad} (an optimizer, or {'/'.join(WRAPPING_ARMS)} "
+            raise ctx.fail(f"unknown optimizer {opt!r} in arm {s!r}{bad}")
+    elif unknown_optimizer(s):
+        wrapping = arms.wrapping()
+        bad = suggest(s, wrapping) if ":" in s else unknown_optimizer(s)
+        raise ctx.fail(f"unknown arm {s!r}{bad} (an optimizer, or {'/'.join(wrapping)} "
                        "with an optional :opt)")
     return s
+
+
+def knob_checker(knob: arms.Knob):
+    """A recipe checker from an arm's knob declaration (arms/*.py)."""
+    def check(v: Any, ctx: Ctx) -> Any:
+        try:
+            return knob.check(v)
+        except ArgError as e:
+            raise ctx.fail(e.message) from None
+    return check
+
+
+def legacy_section(section_name: str) -> dict[str, tuple[Any, Any]]:
+    """The keys of `finetune.<section_name>` that built-in arms' knobs declare as their older
+    home (`Knob.legacy`): checked by the knob, None when not given (the arm's default)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for kind in arms.BUILTIN:
+        for k in ARMS.get(kind).knobs:
+            where, _, key = (k.legacy or "").partition(".")
+            if where == section_name:
+                out.setdefault(key, (knob_checker(k), None))
+    return out
+
+
+def arm_args(v: Any, ctx: Ctx) -> dict[str, dict[str, Any]]:
+    """finetune.arm_args: {<arm name or kind>: {knob: value}}, each knob checked by its arm."""
+    v = mapping_any(v, ctx)
+    out = {}
+    for key, args in v.items():
+        at = ctx.child(key)
+        kind, _ = arms.split(arm_name(key, at))
+        knobs = {k.name: k for k in ARMS.get(kind, f"{at.where()}: ").knobs}
+        args = mapping_any(args, at)
+        for name in args:
+            if name not in knobs:
+                raise at.child(name).fail(f"unknown key{suggest(str(name), list(knobs))}")
+        out[key] = {n: knob_checker(knobs[n])(x, at.child(n)) for n, x in args.items()}
+    return out
+
+
+def resolved_arm_args(st: dict) -> dict[str, dict[str, Any]]:
+    """Each arm's args by name or kind: the older `penalty.*` / `goodfit.*` keys under their
+    arm's kind, then `arm_args` (which wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for kind in arms.BUILTIN:
+        for k in ARMS.get(kind).knobs:
+            where, _, key = (k.legacy or "").partition(".")
+            value = (st.get(where) or {}).get(key) if where else None
+            if value is not None:
+                out.setdefault(kind, {})[k.name] = value
+    for key, args in (st.get("arm_args") or {}).items():
+        out.setdefault(key, {}).update(args)
+    return out
+
+
+def produced_metrics(task: dict, ctx: Ctx) -> None:
+    """Every metric a task asks for is one its objective declares it produces."""
+    declared = produced(task["loss"], f"{ctx.child('loss').where()}: ")
+    for i, m in enumerate(task["metrics"]):
+        if m not in declared:
+            offer = (suggest(m, list(declared)) if declared else
+                     " (it declares none: set its class's `produces`)")
+            raise ctx.child("metrics").child(i).fail(
+                f"loss {task['loss']!r} does not produce metric {m!r}{offer}")
 
 
 def run_name(v: Any, ctx: Ctx) -> str:
@@ -210,53 +295,58 @@ def optimizer_name(v: Any, ctx: Ctx) -> str:
     return s
 
 
+def default(cls: type, name: str) -> Any:
+    """A field's default in the validated recipe's dataclass: THE default of its recipe key."""
+    d = next(f.default for f in fields(cls) if f.name == name)
+    assert d is not MISSING, f"{cls.__name__}.{name} has no default"
+    return d
+
+
+_R, _S = Recipe, StageSpec  # the keys below whose shape differs from the dataclass's
 OPTIMIZER = section({"name": (optimizer_name, REQUIRED), "lr": (number(minimum=0.0), REQUIRED),
                      "momentum": (number(minimum=0.0), None), "weight_decay": (number(0.0), None),
                      "betas": (list_of(number(0.0)), None), "eps": (number(0.0), None),
                      "alpha": (number(0.0), None), "nesterov": (optional(boolean), None),
-                     "no_decay_norm_bias": (boolean, False), "args": (mapping_any, {})})
-SCHEDULER = section({"name": (string(SCHEDULERS), "none"), "args": (mapping_any, {})})
+                     "no_decay_norm_bias": (boolean, default(OptimizerSpec, "no_decay_norm_bias")),
+                     "args": (mapping_any, {})})
+SCHEDULER = section_of(SchedulerSpec)
 CLIP = section({"norm": (optional(number(positive=True)), None),
                 "value": (optional(number(positive=True)), None)})
-EARLY_STOP = section({"patience": (optional(integer(1)), None), "min_delta": (number(0.0), 0.0),
-                      "gate": (boolean, False)})
-GOODFIT = section({"main": (optional(optimizer_name), None), "n_ref": (integer(1), 1),
-                   "ref_ratio": (number(positive=True), 10.0),
-                   "projection": (string(("global", "tensor")), "global")})
+EARLY_STOP = section_of(EarlyStopSpec)
+GOODFIT = section({"main": (optional(optimizer_name), None), **legacy_section("goodfit")})
 STAGE_KEYS = {"optimizer": (OPTIMIZER, REQUIRED), "batch_size": (integer(1), REQUIRED),
               "steps": (optional(integer(1)), None), "epochs": (optional(integer(1)), None),
-              "scheduler": (SCHEDULER, {"name": "none", "args": {}}),
-              "accumulate": (integer(1), 1), "clip": (CLIP, {})}
-PENALTY = section({**{k: (number(minimum=0.0), v) for k, v in (
-    ("l2sp", 0.01), ("lwf", 1.0), ("focal", 1.0), ("focal_alpha", 1.0), ("focal_beta", 5.0),
-    ("ewc", 1.0))}, "fisher_batches": (integer(1), 16),
-    "temperature": (number(positive=True), 2.0), "lp_fraction": (number(minimum=0.0), 0.5)})
+              "scheduler": (SCHEDULER, {}),
+              "accumulate": (integer(1), default(_S, "accumulate")), "clip": (CLIP, {})}
+PENALTY = section(legacy_section("penalty"))  # the anti-forgetting arms' older home
 FINETUNE_KEYS = {**STAGE_KEYS, "goodfit": (GOODFIT, {}), "arms": (list_of(arm_name), []),
-                 "arm_overrides": (mapping_any, {}),
+                 "arm_overrides": (mapping_any, {}), "arm_args": (arm_args, {}),
                  "ema": (optional(number(positive=True)), None), "early_stop": (EARLY_STOP, {}),
                  "replay": (REPLAY, None), "penalty": (PENALTY, {})}
-COMPONENT = section({"name": (string(), REQUIRED), "args": (mapping_any, {})})
+COMPONENT = section_of(Component)
 DATA = section({"name": (string(), REQUIRED), "args": (mapping_any, {}), "loader": (LOADER, {}),
                 "validation": (VALIDATION, {})})
-TASK = section({"loss": (loss_name(LOSSES), REQUIRED), "metrics": (list_of(string(METRICS)), REQUIRED),
-                "args": (mapping_any, {})})
+TASK = section_of(TaskSpec)
 TOP = section({
     "name": (run_name, REQUIRED), "description": (string(), ""),
     "model": (optional(COMPONENT), None), "data": (DATA, REQUIRED),
     "old_task": (TASK, REQUIRED), "new_task": (TASK, REQUIRED),
     "pretrain": (optional(section(STAGE_KEYS)), None), "finetune": (section(FINETUNE_KEYS), REQUIRED),
-    "eval": (section({"every": (integer(1), 100), "batch_size": (integer(1), 1024)}), {}),
+    "eval": (section({"every": (integer(1), default(_R, "eval_every")),
+                      "batch_size": (integer(1), default(_R, "eval_batch_size"))}), {}),
     "report": (section({"readout": (optional(mapping_any), None)}), {}),
-    "checkpoint": (section({"every": (optional(integer(0)), None), "keep": (integer(1), 2),
-                            "key_map": (key_map, []), "new_head": (boolean, False)}), {}),
-    "nonfinite": (string(("stop", "skip")), "stop"),
+    "checkpoint": (section({"every": (optional(integer(0)), None),
+                            "keep": (integer(1), default(_R, "checkpoint_keep")),
+                            "key_map": (key_map, []),
+                            "new_head": (boolean, default(_R, "new_head"))}), {}),
+    "nonfinite": (string(("stop", "skip")), default(_R, "nonfinite")),
     "gate": (optional(mapping_any), None),  # {limits: [...]} as in a gate file (report/gate.py)
-    "seed": (integer(0, SEED_MAX), 0), "device": (string(("auto", "cpu", "cuda")), "auto"),
-    "precision": (string(("fp32", "bf16", "fp16")), "fp32"), "data_dir": (optional(string()), None),
-    "compile": (boolean, False),
-    "tracking": (section({"tensorboard": (boolean, False), "mlflow": (boolean, False),
-                          "mlflow_uri": (optional(string()), None),
-                          "mlflow_experiment": (optional(string()), None)}), {}),
+    "seed": (integer(0, SEED_MAX), default(_R, "seed")),
+    "device": (string(("auto", "cpu", "cuda")), default(_R, "device")),
+    "precision": (string(("fp32", "bf16", "fp16")), default(_R, "precision")),
+    "data_dir": (optional(string()), default(_R, "data_dir")),
+    "compile": (boolean, default(_R, "compile")),
+    "tracking": (section_of(TrackingSpec), {}),
 })
 
 
@@ -325,6 +415,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
         st = v[stage]
         if st is not None and (st["steps"] is None) == (st["epochs"] is None):
             raise ctx.child(stage).fail("give exactly one of steps or epochs")
+    for task in ("old_task", "new_task"):
+        produced_metrics(v[task], ctx.child(task))
     ft = v["finetune"]
     for arm, over in ft["arm_overrides"].items():
         arm_name(arm, ctx.child("finetune").child("arm_overrides").child(arm))
@@ -341,9 +433,6 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             if key not in allowed:
                 raise at.fail(f"unknown key{suggest(str(key), sorted(allowed))}")
             over[key] = allowed[key](over[key], at)
-    if ft["penalty"]["lp_fraction"] > 1:
-        raise ctx.child("finetune").child("penalty").child("lp_fraction").fail(
-            f"must be at most 1, got {ft['penalty']['lp_fraction']}")
     if not ft["arms"]:
         ft["arms"] = [ft["optimizer"]["name"], "goodfit"]
     data_dir = v["data_dir"]
@@ -359,13 +448,18 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             optimizer=OptimizerSpec(o["name"], o["lr"], kwargs, o["no_decay_norm_bias"]),
             batch_size=st["batch_size"],
             steps=st["steps"], epochs=st["epochs"],
-            scheduler=SchedulerSpec(st["scheduler"]["name"], st["scheduler"]["args"]),
-            goodfit=GoodFitSpec(**st["goodfit"]) if "goodfit" in st else GoodFitSpec(),
+            scheduler=SchedulerSpec(**st["scheduler"]),
+            goodfit=goodfit_spec(st),
             arms=list(st.get("arms", [])), arm_overrides=dict(st.get("arm_overrides", {})),
             accumulate=st["accumulate"], clip={k: x for k, x in st["clip"].items() if x is not None},
-            ema=st.get("ema"), early_stop=dict(st.get("early_stop") or {}),
-            replay=replay_spec(st.get("replay")),
-            penalty=PenaltySpec(**st["penalty"]) if "penalty" in st else PenaltySpec())
+            ema=st.get("ema"),
+            early_stop=EarlyStopSpec(**st["early_stop"]) if "early_stop" in st else EarlyStopSpec(),
+            replay=replay_spec(st.get("replay")), arm_args=resolved_arm_args(st))
+
+    def goodfit_spec(st: dict) -> GoodFitSpec:
+        main = (st.get("goodfit") or {}).get("main")
+        args = ARMS.get("goodfit")(**resolved_arm_args(st).get("goodfit", {})).args
+        return GoodFitSpec(main, **args)
 
     return Recipe(
         name=v["name"], description=v["description"],
@@ -381,7 +475,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
                           else v["checkpoint"]["every"]),
         checkpoint_keep=v["checkpoint"]["keep"], seed=v["seed"], device=v["device"],
         precision=v["precision"], compile=v["compile"], data_dir=data_dir, source=source,
-        tracking=v["tracking"], loader=loader_settings(v["data"]["loader"]),
+        tracking=TrackingSpec(**v["tracking"]), loader=loader_settings(v["data"]["loader"]),
         validation=Carving(**v["data"]["validation"]), gate=v["gate"],
         raw=raw)
 

@@ -33,17 +33,13 @@ from goodfit_cli.recipe.yamlcheck import (
     Ctx,
     integer,
     number,
+    key,
     optional,
     section,
+    section_of,
     string,
     type_name,
 )
-
-
-@dataclass
-class ReplaySpec:
-    fraction: float  # of each batch's samples, drawn from the old task (0 <= fraction < 1)
-    max_samples: int | None = None  # size of the old-task pool; None: every old training sample
 
 
 def key_map(v: Any, ctx: Ctx) -> list[tuple[str, str]]:
@@ -81,7 +77,15 @@ def _fraction(v: Any, ctx: Ctx) -> float:
     return f
 
 
-REPLAY = optional(section({"fraction": (_fraction, 0.1), "max_samples": (optional(integer(1)), None)}))
+@dataclass
+class ReplaySpec:
+    # of each batch's samples, drawn from the old task (0 <= fraction < 1)
+    fraction: float = key(_fraction, 0.1)
+    # size of the old-task pool; None: every old training sample
+    max_samples: int | None = key(optional(integer(1)), None)
+
+
+REPLAY = optional(section_of(ReplaySpec))
 
 
 def _share(v: Any, ctx: Ctx) -> float:
@@ -95,7 +99,7 @@ VALIDATION = section({"fraction": (_share, 0.1), "min_per_class": (integer(1), 1
 
 
 def replay_spec(v: dict | None) -> ReplaySpec | None:
-    return None if v is None else ReplaySpec(v["fraction"], v["max_samples"])
+    return None if v is None else ReplaySpec(**v)
 
 
 def loss_name(builtin: tuple[str, ...]):

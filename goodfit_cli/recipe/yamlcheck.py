@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import MISSING, field, fields
 from typing import Any, Callable
 
 import yaml
@@ -146,6 +147,39 @@ def section(schema: dict[str, tuple[Checker, Any]]) -> Checker:
                                                                 ctx.child(key))
         return out
     return check
+
+
+def key(checker: Checker, default: Any = REQUIRED) -> Any:
+    """A dataclass field that is also a recipe key: its checker and its default, declared once
+    (`section_of` derives the section's checks from the fields; REQUIRED: the key must be given)."""
+    meta = {"check": checker}
+    if default is REQUIRED:
+        return field(metadata=meta)
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def section_of(cls: type) -> Checker:
+    """The checker of a section declared as a dataclass of `key` fields: its keys, their
+    checks and defaults; the checked mapping builds the dataclass (`cls(**checked)`)."""
+    schema: dict[str, tuple[Checker, Any]] = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            default = f.default
+        elif f.default_factory is not MISSING:
+            default = f.default_factory()
+        else:
+            default = REQUIRED
+        schema[f.name] = (f.metadata["check"], default)
+    return section(schema)
+
+
+class Section:
+    """A typed recipe section that code written for the older dict form can still read."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
 
 
 def _marks(node: yaml.Node, path: tuple, out: dict) -> None:

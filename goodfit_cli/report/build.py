@@ -13,6 +13,8 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core import metrics as M
+from goodfit_cli.objectives import is_rate
+from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.report.model import RunSide
 
 SCHEMA_ID = "goodfit.report/1"
@@ -75,7 +77,7 @@ def _masked_losses(new: dict[str, float], prov: dict) -> list[str]:
     to compare with. They become None (shown as n/a) and are listed."""
     if (prov.get("base_head") or {}).get("measured") != "exact":
         return []
-    masked = sorted(m for m in new if not M.is_rate(m))
+    masked = sorted(m for m in new if not is_rate(m))
     for m in masked:
         new[m] = None
     return masked
@@ -119,8 +121,11 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
             if not _finite(value) or not _finite(ref):
                 continue
             d = value - ref
-            better = d * M.direction(metric) > 0 if M.is_known(metric) else None
+            declared = declaration(metric)
+            better = d * declared.direction > 0 if declared is not None else None
             delta[task][metric] = {"value": d, "ci": cis.get(metric), "better": better}
+            if declared is not None and not declared.per_sample_mean:
+                delta[task][metric]["no_ci"] = "not a per-sample mean"
     return {
         "name": arm.name,
         "checkpoint": str(arm.checkpoint),

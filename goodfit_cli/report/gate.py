@@ -31,8 +31,10 @@ import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from goodfit_cli.core import metrics as M
+from goodfit_cli.objectives import declared, direction, is_rate
+from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.metrics import FLIPS
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.recipe.yamlcheck import parse_yaml
 
@@ -40,7 +42,7 @@ TASKS = ("old", "new")
 DELTA_BOUNDS = ("max_drop", "max_drop_rel", "min_gain")
 VALUE_BOUNDS = ("max", "min")
 LIMIT_KEYS = ("task", "metric", *DELTA_BOUNDS, *VALUE_BOUNDS, "require_significant")
-FLIP_METRICS = ("nfr", "pfr")
+FLIP_METRICS = tuple(m.name for m in FLIPS)  # the report's own (core.metrics.FLIPS)
 
 
 @dataclass(frozen=True)
@@ -110,9 +112,9 @@ def _parse_limit(entry, where: str) -> list[Limit]:
     task, metric = entry.get("task"), entry.get("metric")
     if task not in TASKS:
         raise UserError(f"{where}.task: must be 'old' or 'new', got {_short(task)}")
-    if not isinstance(metric, str) or not (metric in FLIP_METRICS or M.is_known(metric)):
-        known = sorted({*M.METRIC_DIRECTIONS, *FLIP_METRICS})
-        raise UserError(f"{where}.metric: unknown metric {_short(metric)}{suggest(str(metric), known)}")
+    if not isinstance(metric, str) or declaration(metric) is None:
+        raise UserError(f"{where}.metric: unknown metric {_short(metric)}"
+                        f"{suggest(str(metric), declared())}")
     sig = entry.get("require_significant", False)
     if not isinstance(sig, bool):
         raise UserError(f"{where}.require_significant: must be true or false, got {_short(sig)}")
@@ -144,8 +146,8 @@ def parse_bound(flag: str, item: str) -> Limit:
     metric = metric.strip()
     if not sep or not metric:
         raise UserError(f"{name} {item!r}: expected METRIC=VALUE, e.g. {name} accuracy=0.9")
-    if not (metric in FLIP_METRICS or M.is_known(metric)):
-        known = sorted({*M.METRIC_DIRECTIONS, *FLIP_METRICS})
+    if not (metric in FLIP_METRICS or declaration(metric) is not None):
+        known = sorted({*declared(), *FLIP_METRICS})
         raise UserError(f"{name} {item!r}: unknown metric {metric!r}{suggest(metric, known)}")
     try:
         v = float(value)
@@ -165,7 +167,7 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
         if not math.isfinite(max_old_drop) or max_old_drop < 0:
             raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
                             f"{primary_old}, e.g. 0.01 = 1 pt), got {max_old_drop}")
-        M.direction(primary_old)                       # UserError when its direction is unknown
+        direction(primary_old)                       # UserError when its direction is unknown
         limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
     if max_nfr is not None:
         if not math.isfinite(max_nfr) or not 0 <= max_nfr <= 1:
@@ -213,11 +215,11 @@ def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
 
 # ---------------------------------------------------------------- evaluation
 def _amount(metric: str, x: float) -> str:
-    return f"{abs(x) * 100:.2f} pts" if M.is_rate(metric) else f"{abs(x):.4g}"
+    return f"{abs(x) * 100:.2f} pts" if is_rate(metric) else f"{abs(x):.4g}"
 
 
 def _ci_text(metric: str, ci) -> str:
-    scale, unit = (100, " pts") if M.is_rate(metric) else (1, "")
+    scale, unit = (100, " pts") if is_rate(metric) else (1, "")
     return f"95 % CI [{ci[0] * scale:.3g}, {ci[1] * scale:.3g}]{unit}"
 
 
@@ -249,7 +251,7 @@ def _check(limit: Limit, arm: dict) -> dict:
                               f"{arm['name']!r}: it never passes a gate")
             if value is None:
                 return result(None, False, f"{label}: not in the report for arm {arm['name']!r}")
-        shown, thr_shown = (f"{value * 100:.2f} %", f"{thr * 100:.2f} %") if M.is_rate(metric) \
+        shown, thr_shown = (f"{value * 100:.2f} %", f"{thr * 100:.2f} %") if is_rate(metric) \
             else (f"{value:.4g}", f"{thr:.4g}")
         if not _finite(value):
             return result(None, False, f"{label} is not a finite number for arm "
@@ -271,7 +273,7 @@ def _check(limit: Limit, arm: dict) -> dict:
     if entry is None:
         return result(None, False,
                       f"{label}: not in the report for arm {arm['name']!r} or the base")
-    sign = M.direction(metric)
+    sign = direction(metric)
     d, ci = entry["value"], entry["ci"]
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
     drop = -sign * d                                      # > 0: moved in the bad direction

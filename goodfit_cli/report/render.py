@@ -10,8 +10,8 @@ import html
 import json
 import re
 
-from goodfit_cli.core import metrics as M
 from goodfit_cli.core.text import printable
+from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.svg import line_plot
 
 _DASH = "—"
@@ -21,17 +21,17 @@ _DASH = "—"
 def fmt_value(metric: str, v: float | None) -> str:
     if v is None:
         return _DASH
-    return f"{v * 100:.2f} %" if M.is_rate(metric) else f"{v:.4g}"
+    return f"{v * 100:.2f} %" if is_rate(metric) else f"{v:.4g}"
 
 
 def fmt_delta(metric: str, d: float) -> str:
-    return f"{d * 100:+.2f} pts" if M.is_rate(metric) else f"{d:+.4g}"
+    return f"{d * 100:+.2f} pts" if is_rate(metric) else f"{d:+.4g}"
 
 
 def fmt_ci(metric: str, ci: list | None) -> str:
     if not ci:
         return ""
-    scale, f = (100, ".2f") if M.is_rate(metric) else (1, ".3g")
+    scale, f = (100, ".2f") if is_rate(metric) else (1, ".3g")
     return f"[{ci[0] * scale:{f}}, {ci[1] * scale:{f}}]"
 
 
@@ -49,6 +49,8 @@ def _delta_text(metric: str, entry: dict | None) -> str:
     if entry is None:
         return _DASH
     ci = fmt_ci(metric, entry["ci"])
+    if not ci and entry.get("no_ci"):  # e.g. balanced_accuracy: no paired bootstrap applies
+        ci = f"(no CI: {entry['no_ci']})"
     return f"{fmt_delta(metric, entry['value'])} {_marker(entry)}" + (f" {ci}" if ci else "")
 
 

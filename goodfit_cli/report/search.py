@@ -15,7 +15,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area

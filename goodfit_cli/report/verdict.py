@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from goodfit_cli.core import metrics as M
+from goodfit_cli.objectives import direction
 from goodfit_cli.report.gate import Gate, evaluate_gate
 
 RULE = ("ship the candidate (an arm, or an interior WiSE-FT point of one) with the best new-task "
@@ -29,8 +29,8 @@ RULE = ("ship the candidate (an arm, or an interior WiSE-FT point of one) with t
 
 def directions(report: dict) -> tuple[int, int]:
     """(old, new) primary metrics' directions: +1 higher is better, -1 lower is better."""
-    return (M.direction(report["tasks"]["old"]["primary"]),
-            M.direction(report["tasks"]["new"]["primary"]))
+    return (direction(report["tasks"]["old"]["primary"]),
+            direction(report["tasks"]["new"]["primary"]))
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:

@@ -1,10 +1,10 @@
 """What trains and how: arms (which parameters, which optimizer), optimizers and schedulers."""
 
 from goodfit_cli.training.arms import (
-    PENALTY_KINDS,
     Arm,
     arm_dirname,
     arm_names,
+    arm_training,
     build_optimizer,
     describe_optimizer,
     parse_arm,
@@ -14,7 +14,7 @@ from goodfit_cli.training.arms import (
 from goodfit_cli.training.cycles import at_anchor, cycle_length, finish_cycle, whole_cycles
 from goodfit_cli.training.schedules import Schedule, build_scheduler
 
-__all__ = ["PENALTY_KINDS", "Schedule", "Arm", "arm_dirname", "arm_names", "build_optimizer",
+__all__ = ["Schedule", "Arm", "arm_dirname", "arm_names", "arm_training", "build_optimizer",
            "build_scheduler",
            "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode", "at_anchor",
            "cycle_length", "finish_cycle", "whole_cycles"]

@@ -1,26 +1,26 @@
-"""Arms: which parameters train and with which optimizer, by name.
+"""Arms in a run: a name from the recipe -> the registered arm (goodfit_cli/arms) with its
+args, its optimizer, its training mode and what it trains on.
 
-An arm is `<opt>` (any timm optimizer name: sgd, adamw, adan, lion, lookahead_adamw, ...;
-every parameter), `head_only[:<opt>]` (only the model's head trains; the body is frozen and kept
-in eval mode) or `goodfit[:<opt>]` (GoodFit over that main optimizer). Without `:<opt>` the
-stage's optimizer (or `goodfit.main`) is used. Optimizers and schedules come from timm's
-factories (training/optimizers.py, training/schedules.py).
-The anti-forgetting arms `lp_ft`, `l2sp`, `lwf`, `focal` and `ewc` (`<kind>[:<opt>]`) train
-every parameter with `<opt>`; what they add lives in training/penalties.py.
+An arm is `<opt>` (the plain arm: any timm optimizer name, every parameter) or
+`<name>[:<opt>]` for a registered arm (head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc, and
+plugins'); without `:<opt>` the stage's optimizer (or `goodfit.main`) is used. Optimizers and
+schedules come from timm's factories (training/optimizers.py, training/schedules.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from goodfit_cli.core.errors import UserError
+from goodfit_cli import arms as registry
+from goodfit_cli.arms import ARMS, ArmType, Built, Context, OldTask
+from goodfit_cli.core.args import ArgError
+from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
-from goodfit_cli.models import head_prefixes, set_head_only, unwrap
-from goodfit_cli.optim import GoodFit
+from goodfit_cli.models import unwrap
 from goodfit_cli.recipe import StageSpec
 from goodfit_cli.recipe.components import unknown_optimizer
 from goodfit_cli.training.optimizers import create_main
@@ -29,7 +29,7 @@ from goodfit_cli.training.optimizers import create_main
 @dataclass
 class Arm:
     name: str
-    kind: str  # "plain" | "head_only" | "goodfit" | one of PENALTY_KINDS
+    kind: str  # a registered arm's name ("plain" for an optimizer's own name)
     optimizer: str  # the (main) optimizer's name
 
     @property
@@ -42,62 +42,74 @@ def arm_dirname(name: str) -> str:
     return name.replace(":", "-")
 
 
-PENALTY_KINDS = ("lp_ft", "l2sp", "lwf", "focal", "ewc")  # anti-forgetting (training/penalties.py)
-WRAPPING_KINDS = ("head_only", "goodfit", *PENALTY_KINDS)  # <kind>[:<opt>]
 # The seed's comparison (SGD, Adam, Lookahead, Adan) and the project's classic names.
 BASELINES = ("sgd", "adam", "adamw", "rmsprop", "adan", "lookahead_adamw")
 
 
 def arm_names() -> list[str]:
     """The arm matrix the tests run (under one and two processes): each baseline optimizer, and
-    every wrapping kind over adamw. Any timm optimizer name is accepted too; a new arm kind
-    belongs in WRAPPING_KINDS, and so in every test matrix."""
-    return [*BASELINES, *(f"{k}:adamw" for k in WRAPPING_KINDS)]
+    every built-in registered arm over adamw (a new arm is in every test matrix)."""
+    return [*BASELINES, *(f"{k}:adamw" for k in registry.BUILTIN if not ARMS.get(k).plain)]
 
 
 def parse_arm(name: str, stage: StageSpec) -> Arm:
-    kind, _, opt = name.partition(":")
+    kind, opt = registry.split(name)
     if kind == "goodfit":
-        arm = Arm(name, "goodfit", opt or stage.goodfit.main or stage.optimizer.name)
-    elif kind == "head_only" or kind in PENALTY_KINDS:
-        arm = Arm(name, kind, opt or stage.optimizer.name)
+        arm = Arm(name, kind, opt or stage.goodfit.main or stage.optimizer.name)
     else:
-        arm = Arm(name, "plain", name)
+        arm = Arm(name, kind, opt or stage.optimizer.name)
     bad = unknown_optimizer(arm.optimizer)
     if bad:  # e.g. a typo in --optimizer
-        if arm.kind == "plain" and suggest(name, list(WRAPPING_KINDS)).startswith(";"):
-            bad = suggest(name, list(WRAPPING_KINDS))
-        raise UserError(f"unknown arm {name!r}{bad} (an optimizer, or {'/'.join(WRAPPING_KINDS)} "
+        wrapping = registry.wrapping()
+        if arm.kind == "plain" and suggest(name, wrapping).startswith(";"):
+            bad = suggest(name, wrapping)
+        raise UserError(f"unknown arm {name!r}{bad} (an optimizer, or {'/'.join(wrapping)} "
                         "with an optional :opt; `goodfit optimizers` lists the optimizers)")
+    arm_type(arm, stage)  # its args fit its knobs
     return arm
+
+
+def arm_type(arm: Arm, stage: StageSpec, where: str = "") -> ArmType:
+    """The registered arm with its args: the arm's defaults, then the stage's args for its
+    kind, then for its exact name."""
+    args = {**stage.arm_args.get(arm.kind, {}), **stage.arm_args.get(arm.name, {})}
+    try:
+        return ARMS.get(arm.kind, where)(**args)
+    except ArgError as e:
+        raise UserError(f"{loc(where or 'finetune', f'arm_args.{arm.name}')}: {e}") from None
 
 
 def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
                     lr: float | None = None) -> torch.optim.Optimizer:
-    """The arm's optimizer over the model's trainable parameters (head_only freezes the body)."""
+    """The arm's optimizer over the model's trainable parameters (the arm decides which)."""
     lr = stage.optimizer.lr if lr is None else lr
-    if arm.kind == "head_only":
-        set_head_only(model)
-    main = create_main(arm.optimizer, stage.optimizer, unwrap(model), lr)
-    if arm.kind != "goodfit":
-        return main
-    gf = stage.goodfit
-    return GoodFit(main, n_ref=gf.n_ref, ref_ratio=gf.ref_ratio, projection=gf.projection)
+    kind = arm_type(arm, stage)
+    kind.trainable(model)
+    return kind.wrap(create_main(arm.optimizer, stage.optimizer, unwrap(model), lr))
 
 
-def train_mode(arm: Arm):
-    """How to put the model in training mode: head_only keeps the frozen body in eval mode."""
-    if arm.kind != "head_only":
-        return lambda model: model.train()
+def train_mode(arm: Arm, stage: StageSpec | None = None) -> Callable[[nn.Module], None]:
+    """How to put the model in training mode (head_only keeps the frozen body in eval mode)."""
+    return ARMS.get(arm.kind)().train_mode if stage is None else arm_type(arm, stage).train_mode
 
-    def mode(model: nn.Module) -> None:
-        model.train(False)  # eval mode for the frozen body
-        inner = unwrap(model)
-        prefixes = tuple(p.rstrip(".") for p in head_prefixes(inner))
-        for name, module in inner.named_modules():
-            if name and name.startswith(prefixes):
-                module.train()
-    return mode
+
+def arm_training(arm: Arm, stage: StageSpec, task: str, ctx: Context,
+                 old: Callable[[], OldTask | None], where: str) -> Built:
+    """What the run of `arm` on `task` trains on: the arm's loss and hooks on the new task,
+    the task's own loss otherwise. `old()` gives the old task's training data (asked only
+    when the arm needs it). Call before resuming: anchors come from the model's weights."""
+    if task != "new":
+        return Built(ctx.loss)
+    kind = arm_type(arm, stage)
+    if kind.needs_old:
+        ctx.old = old()
+        if ctx.old is None:
+            raise UserError(f"{where}: arm {arm.kind} needs old-task training data; the "
+                            "recipe's data has none")
+    try:
+        return kind.build(ctx)
+    except ValueError as e:
+        raise UserError(f"{where}: arm {arm.kind}: {e}") from None
 
 
 def stage_for_arm(stage: StageSpec, arm: Arm) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from goodfit_cli.core import metrics as M
+from goodfit_cli.objectives import direction
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 
@@ -75,7 +76,7 @@ class EarlyStop:
 
     def __init__(self, rule: StopRule) -> None:
         self.rule = rule
-        self.sign = M.direction(rule.metric)
+        self.sign = direction(rule.metric)
         self.best: float | None = None
         self.best_batch: int | None = None
         self.bad = 0  # evaluations since the last improvement

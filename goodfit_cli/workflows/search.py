@@ -1,7 +1,7 @@
 """`goodfit search`: find the update that breaks the least, with Optuna.
 
 A multi-objective study (old task's and new task's primary metrics, each in its own direction)
-over arms and their knobs (workflows/search_space.py), with the gate as a constraint (a trial's
+over arms and their knobs (arms/search.py, from each arm's declaration), with the gate as a constraint (a trial's
 number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
 RUN/trials/trial-NNNN with its arm's WiSE-FT curve; the best α the gate allows on validation
 is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import probe_writable, sha256_file
@@ -46,10 +46,10 @@ from goodfit_cli.report.search import (
     recommend,
     write_search_report,
 )
+from goodfit_cli.arms.search import propose
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.search_space import propose
 from goodfit_cli.workflows.session import Place
 from goodfit_cli.workflows.stage import Ui
 from goodfit_cli.workflows.wise import WiseJob, wise

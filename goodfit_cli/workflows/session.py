@@ -18,7 +18,6 @@ from torch import nn
 
 from goodfit_cli.core.distributed import init_distributed, resolve_device
 from goodfit_cli.core.errors import UserError, loc
-from goodfit_cli.core.metrics import direction
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
@@ -29,7 +28,7 @@ from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.from_config import spec_from_config
-from goodfit_cli.objectives import task_kind
+from goodfit_cli.objectives import direction, task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.recipe import Component, Recipe
 from goodfit_cli.recipe.schema import SEED_MAX

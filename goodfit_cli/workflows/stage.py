@@ -18,7 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
-from goodfit_cli.core.metrics import direction
+from goodfit_cli.objectives import direction
 from goodfit_cli.core.text import printable
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.data.replay import describe, mix
@@ -45,6 +45,7 @@ from goodfit_cli.io.rundir import (
 from goodfit_cli.recipe import StageSpec
 from goodfit_cli.training import (
     Arm,
+    arm_training,
     at_anchor,
     build_optimizer,
     build_scheduler,
@@ -55,9 +56,9 @@ from goodfit_cli.training import (
     train_mode,
     whole_cycles,
 )
+from goodfit_cli.arms import Context, OldTask
 from goodfit_cli.training.averaging import AnchorEma, CycleStats
 from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of
-from goodfit_cli.workflows.forgetting import anti_forgetting
 from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
 from goodfit_cli.workflows.tracking import Tracker
@@ -229,7 +230,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
-    trained_on = anti_forgetting(s, arm.kind, job.task, model, optimizer, total)  # at the base
+    trained_on = arm_training(arm, job.stage, job.task, arm_context(s, job, model, optimizer, total),
+                              lambda: old_task(s), s.recipe.source)  # at the base
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
@@ -295,6 +297,22 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         _finish(s, hooks.ema.module, optimizer, ema_job(job, records), st,
                 ema_records(records), sizes, cycles)
     return _finish(s, model, optimizer, job, st, records, sizes, cycles)
+
+
+def arm_context(s: Session, job: StageJob, model: nn.Module, optimizer, total: int) -> Context:
+    """What an arm builds its loss and hooks from, for the job's task."""
+    runner, train = s.runners[job.task], s.tasks[job.task].train
+    return Context(model, optimizer, total, runner.loss, runner.objective,
+                   lambda: (train.x, train.y))
+
+
+def old_task(s: Session) -> OldTask | None:
+    """The old task's loss and training data, for an arm that needs them (None: no data)."""
+    old_train = s.tasks["old"].train
+    if len(old_train) == 0:
+        return None
+    return OldTask(s.runners["old"].loss, old_train.x, old_train.y, s.recipe.finetune.batch_size,
+                   s.seed)
 
 
 def ema_job(job: StageJob, records: list[dict]) -> StageJob:

@@ -1,45 +1,22 @@
-"""Anti-forgetting arms: what each adds to a fine-tuning run (rules and references: docs/method.md).
+"""What the anti-forgetting arms share (rules and references: docs/method.md): the body's
+parameters, the diagonal Fisher, the pull toward the base (l2sp, ewc), the distillation toward
+the base's outputs (lwf, focal), and LP-FT's step pre-hook.
 
-- `l2sp`  (Li et al. 2018): loss + α/2 · Σ_body ‖θ − θ_base‖².
-- `ewc`   (Kirkpatrick et al. 2017): loss + λ/2 · Σ_body F ⊙ (θ − θ_base)², F the diagonal
-          empirical Fisher of the base on old-task batches, scaled to mean 1.
-- `lwf`   (Li and Hoiem 2017): loss + w · D(base(x), model(x)) on the new-task batch x;
-          D = T²·KL of the tempered softmaxes (classification) or the squared difference.
-- `focal` (Yan et al. 2021, positive-congruent training): the same distillation, each sample
-          weighted α + β·[the base was right on it] (regression: its error ≤ the base's median
-          error over the new task's training split).
-- `lp_ft` (Kumar et al. 2022): the first `lp_fraction` of the batches update the head only
-          (the body's gradients are dropped before each step), then every parameter trains.
-
-`Penalty` wraps a task's loss function `(model, x, y) -> loss`; `LinearProbeFirst` is an
-optimizer step pre-hook. Both work under DistributedDataParallel: the base's terms are computed
-identically on every rank, and the student's extra forward runs on the unwrapped module.
+`Pull` and `Distill` wrap a task's loss function `(model, x, y) -> loss`; `LinearProbeFirst`
+is an optimizer step pre-hook. All work under DistributedDataParallel: the base's terms are
+computed identically on every rank, and the student's extra forward runs on the unwrapped module.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from goodfit_cli.arms.base import LossFn
 from goodfit_cli.models import head_prefixes, unwrap
-from goodfit_cli.recipe import PenaltySpec
-
-LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
-
-
-@dataclass
-class OldTask:
-    """What EWC's Fisher needs: the old task's loss and training data (on the device)."""
-
-    loss: LossFn
-    x: Tensor
-    y: Tensor
-    batch_size: int
-    seed: int
 
 
 def body_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -50,7 +27,7 @@ def body_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             if p.requires_grad and not n.startswith(prefixes)]
 
 
-def diagonal_fisher(model: nn.Module, old: OldTask, batches: int) -> list[Tensor]:
+def diagonal_fisher(model: nn.Module, old: Any, batches: int) -> list[Tensor]:
     """Mean of the squared old-task batch gradients of the body, at the model's current
     weights (the base), over `batches` seeded batches; scaled to mean 1 over all elements."""
     inner = unwrap(model)
@@ -76,60 +53,55 @@ def diagonal_fisher(model: nn.Module, old: OldTask, batches: int) -> list[Tensor
     return [f.mul_(scale) for f in fisher]
 
 
-class Penalty:
-    """A task's loss plus one anti-forgetting term (l2sp, ewc, lwf or focal)."""
+class Pull:
+    """loss + w/2 · Σ_body ‖θ − θ_base‖² (l2sp), or with each element weighted by the Fisher
+    F (ewc): loss + w/2 · Σ_body F ⊙ (θ − θ_base)²."""
 
-    def __init__(self, kind: str, spec: PenaltySpec, model: nn.Module, loss: LossFn,
-                 objective: Any, old: OldTask | None = None,
-                 new: tuple[Tensor, Tensor] | None = None) -> None:
-        self.kind, self.spec, self.task_loss, self.objective = kind, spec, loss, objective
+    def __init__(self, model: nn.Module, loss: LossFn, weight: float,
+                 fisher: list[Tensor] | None = None) -> None:
         body = body_parameters(model)
         self.anchor = [p.detach().clone() for _, p in body]  # θ_base of the body
         self.names = [n for n, _ in body]
-        self.fisher: list[Tensor] | None = None
-        self.teacher: nn.Module | None = None
-        if kind == "ewc":
-            if old is None:
-                raise ValueError("ewc needs the old task's data")
-            self.fisher = diagonal_fisher(model, old, spec.fisher_batches)
-        self.threshold: float | None = None  # focal, regression: the base's median error
-        if kind in ("lwf", "focal"):
-            self.teacher = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
-        if kind == "focal" and objective.kind != "classification":
-            if new is None:
-                raise ValueError("focal on a regression task needs the new task's data")
-            self.threshold = base_median_error(self.teacher, objective, *new)
+        self.task_loss, self.weight, self.fisher = loss, weight, fisher
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        loss = self.task_loss(model, x, y)
-        if self.kind in ("l2sp", "ewc"):
-            return loss + self.pull(model)
-        return loss + self.distill(model, x, y)
+        return self.task_loss(model, x, y) + self.pull(model)
 
     def pull(self, model: nn.Module) -> Tensor:
-        """α/2 Σ ‖θ − θ_base‖² (l2sp) or λ/2 Σ F (θ − θ_base)² (ewc) over the body."""
         params = [p for _, p in body_parameters(model)]
         diffs = [(p - a).square() for p, a in zip(params, self.anchor)]
         if self.fisher is not None:
-            total = sum((f * d).sum() for f, d in zip(self.fisher, diffs))
-            return 0.5 * self.spec.ewc * total
-        return 0.5 * self.spec.l2sp * sum(d.sum() for d in diffs)
+            return 0.5 * self.weight * sum((f * d).sum() for f, d in zip(self.fisher, diffs))
+        return 0.5 * self.weight * sum(d.sum() for d in diffs)
+
+
+class Distill:
+    """loss + w · mean D(base(x), model(x)) over the new-task batch (lwf); with `focal`
+    = (α, β, threshold), each sample weighted α + β·[the base was right on it]."""
+
+    def __init__(self, name: str, model: nn.Module, loss: LossFn, objective: Any, weight: float,
+                 temperature: float, focal: tuple[float, float, float | None] | None = None) -> None:
+        self.name, self.task_loss, self.objective = name, loss, objective
+        self.weight, self.temperature, self.focal = weight, temperature, focal
+        self.teacher = copy.deepcopy(unwrap(model)).eval().requires_grad_(False)
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        return self.task_loss(model, x, y) + self.distill(model, x, y)
 
     def distill(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         """The base's outputs on the new-task batch, distilled into the model."""
-        assert self.teacher is not None
         with torch.no_grad():
             target = self.objective.outputs(self.teacher, x).float()  # (B, ...)
         student = self.objective.outputs(unwrap(model), x).float()
         if student.shape != target.shape:
-            raise ValueError(f"{self.kind}: the model's outputs {tuple(student.shape)} do not "
+            raise ValueError(f"{self.name}: the model's outputs {tuple(student.shape)} do not "
                              f"match the base's {tuple(target.shape)}")
-        per = per_sample_distance(student, target, self.objective.kind, self.spec.temperature)
-        if self.kind == "lwf":
-            return self.spec.lwf * per.mean()
-        w = self.spec.focal_alpha + self.spec.focal_beta * base_was_right(
-            self.objective, target, y, self.threshold).float()
-        return self.spec.focal * (w * per).mean()
+        per = per_sample_distance(student, target, self.objective.kind, self.temperature)
+        if self.focal is None:
+            return self.weight * per.mean()
+        alpha, beta, threshold = self.focal
+        w = alpha + beta * base_was_right(self.objective, target, y, threshold).float()
+        return self.weight * (w * per).mean()
 
 
 def per_sample_distance(student: Tensor, target: Tensor, kind: str, temperature: float) -> Tensor:
@@ -150,7 +122,7 @@ def base_was_right(objective: Any, outputs: Tensor, y: Tensor,
     sample is at most `threshold` (regression, lower is better: the base's median error over
     the new task's training split, the same on every rank and every batch)."""
     name = objective.metric_names[0]
-    value = objective.per_sample(outputs, y)[name].reshape(len(outputs))
+    value = objective.per_sample_values(outputs, y)[name].reshape(len(outputs))
     if objective.kind == "classification":
         return value > 0.5
     return value <= threshold
@@ -161,7 +133,7 @@ def base_median_error(teacher: nn.Module, objective: Any, x: Tensor, y: Tensor,
                       chunk: int = 4096) -> float:
     """The median over (x, y) of the base's per-sample primary error."""
     name = objective.metric_names[0]
-    errs = [objective.per_sample(objective.outputs(teacher, x[i:i + chunk]).float(),
+    errs = [objective.per_sample_values(objective.outputs(teacher, x[i:i + chunk]).float(),
                                  y[i:i + chunk])[name].reshape(-1) for i in range(0, len(x), chunk)]
     return float(torch.cat(errs).median())
 

@@ -1,0 +1,56 @@
+"""What `goodfit search` varies: an arm and its knobs, drawn by an Optuna trial, as recipe overrides.
+
+The arm is drawn from every registered arm (arms.kinds(): the built-ins, then plugins); its
+knobs are those its declaration gives a `Search` range (arms/*.py), written where the recipe
+keeps them (the knob's older `finetune.penalty` / `finetune.goodfit` key, else
+`finetune.arm_args.<arm>.<knob>`). Every arm also draws lr in [lr/10, 10·lr] (log, centred on
+the recipe's), the replay fraction in [0, 0.5] (`finetune.replay.fraction`; a recipe's own
+`max_samples` is kept; `--no-replay`: none). WiSE-FT's α is not drawn: each trial evaluates its
+arm's interpolation curve on validation (evaluations only) and keeps the best α the gate allows
+(workflows/search.py `best_alpha`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from goodfit_cli.arms import ARMS, Knob, kinds
+
+@dataclass
+class Proposal:
+    """One trial's choice: the arm to run and its recipe overrides."""
+
+    arm: str
+    overrides: list[str]
+    params: dict[str, Any]
+
+
+def knob_key(kind: str, knob: Knob) -> str:
+    """Where a recipe override sets `knob` of arm `kind`."""
+    return f"finetune.{knob.legacy}" if knob.legacy else f"finetune.arm_args.{kind}.{knob.name}"
+
+
+def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
+    """Draw an arm and its knobs from `trial` (an optuna.Trial) for `recipe` (a Recipe); without
+    `replay`, the trial replays no old-task samples (a recipe's own `finetune.replay` is off)."""
+    ft = recipe.finetune
+    opt = ft.optimizer.name
+    kind = trial.suggest_categorical("arm", kinds())
+    lr = trial.suggest_float("lr", ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)
+    over = [f"finetune.optimizer.lr={lr!r}"]
+    decl = ARMS.get(kind)
+    arm = decl.arm_name(opt, ft.goodfit.main)
+    for knob in decl.knobs:
+        r = knob.search
+        if r is None:
+            continue
+        value = (trial.suggest_int(r.param, int(r.low), int(r.high), log=r.log) if knob.type is int
+                 else trial.suggest_float(r.param, r.low, r.high, log=r.log))
+        over.append(f"{knob_key(kind, knob)}={value!r}")
+    if replay:
+        r = trial.suggest_float("replay_fraction", 0.0, 0.5)
+        over.append(f"finetune.replay.fraction={r!r}")
+    elif ft.replay is not None:
+        over.append("finetune.replay.fraction=0.0")
+    return Proposal(arm, over, dict(trial.params))
