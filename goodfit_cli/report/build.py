@@ -64,7 +64,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         for entry, arm in zip(report["arms"], arms):
             val_arm = _on_val(arm)
             if val_arm is not None:
-                view = _arm(val_base, report["base_val_metrics"], val_arm, kinds, None, boot)
+                view = _arm(val_base, report["base_val_metrics"], val_arm, kinds, None, boot, {})
                 entry["validation"] = {k: view[k] for k in ("metrics", "delta", "flips")}
     for entry in report["arms"]:
         entry["gate"] = (gate_results or {}).get(entry["name"])
