@@ -7,11 +7,12 @@
 # One Dockerfile, two images that differ only in the torch build. Both pin the same torch and
 # torchvision release: the cpu target installs that release's CPU builds (`+cpu`, from PyTorch's
 # CPU index), the cuda target the PyPI builds, which carry their CUDA libraries as wheels (the
-# driver comes from the host), plus the C compiler triton needs for compiled steps. Each
-# builder ends with docker/check-stack.py, which imports torchvision's compiled ops (nms on
-# three boxes), timm, optuna and goodfit and fails the build otherwise: a torchvision built for
-# another torch cannot become an image. The builders build goodfit's wheel from the sources
-# and install it with the `search` extra into a venv; the runtime stages receive only the venv.
+# driver comes from the host), plus the C compiler triton needs for compiled steps. Each image's
+# last step runs docker/check-stack.py as the image's user, which imports torchvision's compiled
+# ops (nms on three boxes), timm, optuna and goodfit and fails the build otherwise: a
+# torchvision built for another torch cannot become an image. The builders install goodfit's
+# wheel, built from the sources, with the `search` extra into a venv; the images receive only
+# the venv.
 # Checked without an engine by tests/test_docker.py; built and run for real by
 # docker/build-local.sh (docs/ci.md).
 
@@ -32,6 +33,7 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -51,9 +53,15 @@ RUN pip wheel --no-deps --wheel-dir /dist .
 
 # ---------------------------------------------------------------------------------- builders
 # torch and torchvision first, from the pinned release; then goodfit's wheel and its
-# dependencies with the pair held (a dependency cannot swap it); then the proof, which stays in
-# the image (/opt/venv/check-stack.py: rerun it with --gpu on a GPU runner).
+# dependencies with the pair held (a dependency cannot swap it). The proof is run in the images
+# below, on exactly what they hold. A stage sees only the build arguments it declares, hence
+# pip's again.
 FROM wheel AS builder-cpu
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ARG TORCH_VERSION
 ARG TORCHVISION_VERSION
 ARG VERSION
@@ -64,10 +72,14 @@ RUN printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION}${CPU_LOCAL}" \
         "${TORCHVISION_VERSION}${CPU_LOCAL}" > /opt/venv/torch-pins.txt \
     && pip install --index-url "${TORCH_CPU_INDEX}" -r /opt/venv/torch-pins.txt \
     && pip install -c /opt/venv/torch-pins.txt "/dist/goodfit-${VERSION}-py3-none-any.whl[search]" \
-    && cp /src/docker/check-stack.py /opt/venv/check-stack.py \
-    && python /opt/venv/check-stack.py cpu "${TORCH_VERSION}" "${TORCHVISION_VERSION}"
+    && cp /src/docker/check-stack.py /opt/venv/check-stack.py
 
 FROM wheel AS builder-cuda
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_TRUSTED_HOST
+ARG PIP_CERT
 ARG TORCH_VERSION
 ARG TORCHVISION_VERSION
 ARG VERSION
@@ -75,8 +87,7 @@ RUN printf 'torch==%s\ntorchvision==%s\n' "${TORCH_VERSION}" "${TORCHVISION_VERS
         > /opt/venv/torch-pins.txt \
     && pip install -r /opt/venv/torch-pins.txt \
     && pip install -c /opt/venv/torch-pins.txt "/dist/goodfit-${VERSION}-py3-none-any.whl[search]" \
-    && cp /src/docker/check-stack.py /opt/venv/check-stack.py \
-    && python /opt/venv/check-stack.py cuda "${TORCH_VERSION}" "${TORCHVISION_VERSION}"
+    && cp /src/docker/check-stack.py /opt/venv/check-stack.py
 
 # ---------------------------------------------------------------------------------- runtime
 FROM ${BASE} AS runtime
@@ -126,9 +137,17 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 LABEL dev.goodfit.torch-build="cuda"
 USER 10001:10001
+# The proof, as the image's user: the build fails unless torchvision's compiled ops, timm,
+# optuna, goodfit and triton's C compiler work here (docker/check-stack.py; --gpu on a GPU).
+ARG TORCH_VERSION
+ARG TORCHVISION_VERSION
+RUN python /opt/venv/check-stack.py cuda "${TORCH_VERSION}" "${TORCHVISION_VERSION}"
 
 # ---------------------------------------------------------------------------------- cpu
 # The last stage, so a plain `docker build .` makes the CPU image.
 FROM runtime AS cpu
 COPY --from=builder-cpu /opt/venv /opt/venv
 LABEL dev.goodfit.torch-build="cpu"
+ARG TORCH_VERSION
+ARG TORCHVISION_VERSION
+RUN python /opt/venv/check-stack.py cpu "${TORCH_VERSION}" "${TORCHVISION_VERSION}"

@@ -8,7 +8,8 @@
 # 1. The base: Debian bookworm with Python 3.11, made by debootstrap from the mirror apt already
 #    uses and imported into podman as $BASE_IMAGE (skipped when that image exists).
 # 2. Each image: `podman build --target cpu|cuda` of the Dockerfile, with pip pointed only at the
-#    wheel folders and indexes this machine's pip configuration names (mounted read-only). The
+#    wheel folders and indexes this machine's pip configuration names (mounted read-only; PyPI
+#    too where no index-url is configured, unless OFFLINE=1), with pip's CA bundle. The
 #    Dockerfile's last builder step (docker/check-stack.py) fails the build when torch,
 #    torchvision's compiled ops, timm, optuna or goodfit do not work together. The cpu target
 #    needs the CPU builds of the pinned pair (torchvision ${TORCHVISION_VERSION}+cpu): when the
@@ -33,7 +34,8 @@
 #   MIRROR (the Debian mirror in apt's sources)   STORAGE (overlay; vfs where overlay fails)
 #   TORCH_VERSION (2.14.1) TORCHVISION_VERSION (0.29.1): the pair both images pin
 #   TORCH_CPU_INDEX (the first local index): where the +cpu builds are;  CPU_LOCAL (+cpu)
-#   PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS (from `pip config`)
+#   PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT (from `pip config`)
+#   OFFLINE=1: no PyPI, only the local sources (the first local index replaces it)
 #   CACHE=1 reuses cached layers (the build time printed is then not a clean build's)
 #   KEEP=1 keeps the images (default: kept; KEEP=0 removes them after the checks)
 #   WORK (/var/tmp/goodfit-image): the base's root file system while it is made, the workspaces
@@ -94,12 +96,16 @@ pip_config() { pip config get "$1" 2>/dev/null | tr '\n' ' ' || true; }
 index=${PIP_INDEX_URL:-$(pip_config global.index-url)}
 extra=${PIP_EXTRA_INDEX_URL:-$(pip_config global.extra-index-url)}
 links=${PIP_FIND_LINKS:-$(pip_config global.find-links)}
-# With no index-url configured, pip would also ask PyPI; the build is to read only what lies on
-# this machine (as an air-gapped build would), so the first local index takes PyPI's place.
+cert=${PIP_CERT:-$(pip_config global.cert)}
+first_local=""
+for src in $index $extra; do
+  if [[ -z $first_local && $src == file://* ]]; then first_local=$src; fi
+done
+# With no index-url configured, pip asks PyPI as well as the local sources, as it does on this
+# machine (the CUDA stack needs packages no local source has). OFFLINE=1 reads only what lies
+# here, as an air-gapped build would: the first local index takes PyPI's place.
 if [[ -z $index ]]; then
-  for src in $extra; do
-    if [[ -z $index && $src == file://* ]]; then index=$src; fi
-  done
+  if [[ ${OFFLINE:-0} == 1 ]]; then index=$first_local; else index=https://pypi.org/simple; fi
 fi
 
 # Each local source is mounted at the same path, read-only: a find-links folder as it is, a
@@ -114,18 +120,20 @@ for src in $links; do
 done
 mounts=()
 for dir in "${!dirs[@]}"; do mounts+=(-v "$dir:$dir:ro"); done
+# pip's CA bundle (a proxy's own CA, say), mounted read-only where only pip looks.
+if [[ -f ${cert% } ]]; then mounts+=(-v "${cert% }:/run/goodfit-pip-cert.pem:ro"); fi
 
 # The cpu target reads torch and torchvision from TORCH_CPU_INDEX (plus the find-links
 # folders). Unset, it is the local index, and the +cpu torchvision must lie in a local source.
 cpu_skip=""
 if [[ -z ${TORCH_CPU_INDEX:-} ]]; then
-  TORCH_CPU_INDEX=${index% }
+  TORCH_CPU_INDEX=${first_local:-${index% }}
   want="torchvision-${TORCHVISION_VERSION}${CPU_LOCAL}-"
   found=$(find "${!dirs[@]}" -maxdepth 2 \( -name "${want}*.whl" -o -name "${want//+/%2B}*.whl" \) \
             2>/dev/null | head -n 1)
   if [[ -z $found ]]; then
     have=$(find "${!dirs[@]}" -maxdepth 2 -name 'torchvision-*.whl' -printf '%f\n' 2>/dev/null \
-             | sed -E 's/^torchvision-([^-]+)-.*/\1/' | sort -u | tr '\n' ' ')
+             | sed -E 's/^torchvision-([^-]+)-.*/\1/' | sort -u | paste -sd ' ')
     cpu_skip="no ${want%-}*.whl in this machine's pip sources (torchvision there: ${have:-none});"
     cpu_skip+=" set TORCH_CPU_INDEX to an index with the CPU builds"
   fi
@@ -136,6 +144,7 @@ common_args=(--build-arg "BASE=$BASE_IMAGE" --build-arg "TORCH_VERSION=$TORCH_VE
 [[ -z $index ]] || common_args+=(--build-arg "PIP_INDEX_URL=${index% }")
 [[ -z $extra ]] || common_args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra% }")
 [[ -z $links ]] || common_args+=(--build-arg "PIP_FIND_LINKS=${links% }")
+[[ ! -f ${cert% } ]] || common_args+=(--build-arg "PIP_CERT=/run/goodfit-pip-cert.pem")
 cache=(--no-cache)
 [[ ${CACHE:-0} == 1 ]] && cache=()
 
@@ -271,7 +280,7 @@ for target in $TARGETS; do
     "$CONTEXT" || rc=$?
   build_s=$((SECONDS - start))
   if [[ $rc != 0 ]]; then
-    record "$target build" 0 "podman build exit $rc after ${build_s} s (see the check-stack lines above)"
+    record "$target build" 0 "podman build exit $rc after ${build_s} s (the build output above says why)"
     continue
   fi
   size=$("${podman[@]}" image inspect --format '{{.Size}}' "$image")

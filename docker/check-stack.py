@@ -1,21 +1,23 @@
-"""Proof, while the image builds, that its torch stack belongs together; exit 1 otherwise.
+"""Proof, while an image builds, that its torch stack belongs together; exit 1 otherwise.
 
     python docker/check-stack.py VARIANT TORCH TORCHVISION    (VARIANT: cpu or cuda)
 
-Run by the Dockerfile's builder after installing everything, so a torchvision built for another
+Run as the last step of each image the Dockerfile builds, so a torchvision built for another
 torch (its compiled ops do not load: "operator torchvision::nms does not exist") fails the build
 instead of becoming an image. Checked: torch and torchvision have the pinned public versions;
 torchvision's compiled ops run (`torchvision.ops.nms` on three boxes keeps boxes 0 and 2); torch
-is the variant's build (cpu: no CUDA; cuda: a CUDA build, with triton and a C compiler for
-compiled steps); timm builds and runs a ResNet-18; optuna (goodfit search) and goodfit import.
-It needs no GPU and no network. With --gpu it also runs one compiled bf16 channels_last training
+is the variant's build (cpu: no CUDA; cuda: a CUDA build, with triton, a C compiler and
+Python's headers for compiled steps); timm builds and runs a ResNet-18; optuna (goodfit search)
+and goodfit import. It needs no GPU and no network. With --gpu it also runs one compiled bf16 channels_last training
 step on the GPU (docker/build-local.sh runs that where a GPU is present).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
+import sysconfig
 
 
 def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False) -> list[str]:
@@ -49,6 +51,9 @@ def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False) ->
             problems.append(f"cuda image: triton does not import ({e})")
         if not any(shutil.which(c) for c in ("cc", "gcc")):
             problems.append("cuda image: no C compiler (triton builds its launcher with one)")
+        include = sysconfig.get_paths()["include"]
+        if not os.path.exists(os.path.join(include, "Python.h")):
+            problems.append(f"cuda image: no Python.h in {include} (triton's launcher needs it)")
     try:
         import timm
         model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
