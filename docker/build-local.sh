@@ -37,6 +37,7 @@
 #   PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT (from `pip config`)
 #   OFFLINE=1: no PyPI, only the local sources (the first local index replaces it)
 #   CACHE=1 reuses cached layers (the build time printed is then not a clean build's)
+#   BUILD=0 checks the images already built, without building
 #   KEEP=1 keeps the images (default: kept; KEEP=0 removes them after the checks)
 #   WORK (/var/tmp/goodfit-image): the base's root file system while it is made, the workspaces
 set -euo pipefail
@@ -270,22 +271,32 @@ for target in $TARGETS; do
     continue
   fi
   args=("${common_args[@]}")
-  [[ $target == cpu ]] && args+=(--build-arg "TORCH_CPU_INDEX=$TORCH_CPU_INDEX"
-                                 --build-arg "CPU_LOCAL=$CPU_LOCAL")
-  echo "build-local: building $image (target $target, torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION)"
-  start=$SECONDS
-  rc=0
-  "${podman[@]}" build --format docker --isolation chroot --network host "${limits[@]}" \
-    "${cache[@]}" "${mounts[@]}" "${args[@]}" --target "$target" -f "$DOCKERFILE" -t "$image" \
-    "$CONTEXT" || rc=$?
-  build_s=$((SECONDS - start))
-  if [[ $rc != 0 ]]; then
-    record "$target build" 0 "podman build exit $rc after ${build_s} s (the build output above says why)"
-    continue
+  if [[ $target == cpu ]]; then
+    args+=(--build-arg "TORCH_CPU_INDEX=$TORCH_CPU_INDEX" --build-arg "CPU_LOCAL=$CPU_LOCAL")
+  fi
+  how="clean build"
+  [[ ${CACHE:-0} == 1 ]] && how="build with cached layers"
+  if [[ ${BUILD:-1} == 1 ]]; then
+    echo "build-local: building $image (target $target, torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION)"
+    start=$SECONDS
+    rc=0
+    "${podman[@]}" build --format docker --isolation chroot --network host "${limits[@]}" \
+      "${cache[@]}" "${mounts[@]}" "${args[@]}" --target "$target" -f "$DOCKERFILE" -t "$image" \
+      "$CONTEXT" || rc=$?
+    build_s=$((SECONDS - start))
+    if [[ $rc != 0 ]]; then
+      record "$target build" 0 "podman build exit $rc after ${build_s} s (the build output above says why)"
+      continue
+    fi
+  else
+    how="not rebuilt (BUILD=0)"
+    build_s="-"
+    "${podman[@]}" image exists "$image" || die "BUILD=0: no image $image to check"
   fi
   size=$("${podman[@]}" image inspect --format '{{.Size}}' "$image")
-  figures+=("$target image  $image ($("${podman[@]}" image inspect --format '{{.Id}}' "$image" | cut -c1-12)): clean build ${build_s} s$([[ ${CACHE:-0} == 1 ]] && echo ' (cached layers reused)'), size $((size / 1000000)) MB ($size bytes)")
-  record "$target build" 1 "${build_s} s, $((size / 1000000)) MB"
+  id=$("${podman[@]}" image inspect --format '{{.Id}}' "$image" | cut -c1-12)
+  figures+=("$target image  $image ($id): $how ${build_s} s, size $((size / 1000000)) MB ($size bytes)")
+  record "$target build" 1 "$how ${build_s} s, $((size / 1000000)) MB"
   check_image "$target" "$image"
   [[ ${KEEP:-1} == 1 ]] || "${podman[@]}" rmi "$image" >/dev/null
 done

@@ -292,6 +292,29 @@ def test_image_pins_the_torch_the_tests_run_on():
     assert vision == (0, pinned[1] + 15), ARGS["TORCHVISION_VERSION"]
 
 
+# ------------------------------------------------------------------------------------ outputs
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoints_and_reports_follow_the_umask(tmp_path, umask, mode):
+    """What a container writes is readable by another uid under the usual umask (the image
+    check's "readable by uid 10002"): a checkpoint (safetensors' own writer, which makes a
+    0600 file in 0.8), predictions and a report get 0666 & ~umask, as a new file would."""
+    import torch
+
+    from goodfit_cli.io import checkpoint as ckpt
+    from goodfit_cli.io.atomic import atomic_write
+    from goodfit_cli.io.rundir import save_predictions
+
+    old = os.umask(umask)
+    try:
+        ckpt.save_model(tmp_path / "model.safetensors", {"w": torch.ones(2)}, {})
+        save_predictions(tmp_path / "predictions.safetensors", {"old": {"pred": torch.zeros(3)}})
+        atomic_write(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "predictions.safetensors", "report.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
 # ------------------------------------------------------------------------------------ check-stack
 CHECK = ROOT / "docker" / "check-stack.py"
 

@@ -61,6 +61,18 @@ def create_exclusive(path: Path) -> None:
     os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp file next to `path`; on success fsync it and rename it onto `path`.
@@ -75,6 +87,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         create_exclusive(tmp)
         yield tmp
+        # a library's writer may have replaced the file with its own mode (safetensors 0.8
+        # writes a new 0600 file): the umask decides, as for every other file
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
