@@ -103,3 +103,123 @@ def test_compare_different_architecture_is_a_user_error(toy_run, tmp_path):
               toy_run["recipe"], "--out", tmp_path / "o")
     assert res.exit_code == 2, res.output
     assert "body.0.weight" in res.output and "(48, 2)" in res.output
+
+
+# ------------------------------------------------------------------ the update that adds classes
+# Old task: classes 0-2; new task: classes 3-4. The base knows only the old classes (a 3-row
+# head); the fine-tune grows it to 5. compare with the base as the baseline must measure it as
+# finetune does (its own rows, the new ones masked out) and gate, not refuse the base.
+CLASSES = """name: classes
+seed: 0
+device: cpu
+data_dir: .
+model: {{name: {model}, args: {args}}}
+data:
+  name: {data}
+  args:
+{data_args}
+    old: {{train: old_train{ext}, test: old_test{ext}}}
+    new: {{train: {new}_train{ext}, test: {new}_test{ext}}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adamw, lr: 1.0e-2}}, steps: {steps}, batch_size: 16}}
+finetune: {{optimizer: {{name: adamw, lr: 1.0e-2}}, steps: 6, batch_size: 16, arms: [adamw]}}
+eval: {{every: 3, batch_size: 64}}
+"""
+
+
+def blob_rows(n: int, classes: list[int], seed: int):
+    """n 2-D points around one centre per class (class c at angle c·72°)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.resize(np.asarray(classes), n)
+    centres = np.stack([np.cos(y * 2 * np.pi / 5), np.sin(y * 2 * np.pi / 5)], 1) * 3
+    return centres + rng.normal(size=(n, 2)), y
+
+
+def table_update(d: Path) -> tuple[Path, Path]:
+    """CSV splits and two recipes: base (3 outputs; its 'new' task is the old data) and update (5)."""
+    for name, n, cls, seed in (("old_train", 96, [0, 1, 2], 0), ("old_test", 60, [0, 1, 2], 1),
+                               ("new_train", 64, [3, 4], 2), ("new_test", 40, [3, 4], 3)):
+        x, y = blob_rows(n, cls, seed)
+        rows = ["a,b,label"] + [f"{p:.5f},{q:.5f},{c}" for (p, q), c in zip(x, y)]
+        (d / f"{name}.csv").write_text("\n".join(rows) + "\n")
+    recipes = []
+    for name, out, new in (("base", 3, "old"), ("update", 5, "new")):
+        text = CLASSES.format(model="mlp", args=f"{{in_features: 2, out_features: {out}, "
+                              "hidden: [16], norm: none}", data="table",
+                              data_args="    label: label", ext=".csv", new=new, steps=60)
+        (d / f"{name}.yaml").write_text(text)
+        recipes.append(d / f"{name}.yaml")
+    return recipes[0], recipes[1]
+
+
+def folder_update(d: Path) -> tuple[Path, Path]:
+    """PNG class folders (old: a, b, c; new: d, e) and two timm test_resnet recipes (3 / 5 classes)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        for task, names in (("old", "abc"), ("new", "de")):
+            for k, cls in enumerate(names):
+                folder = d / f"{task}_{split}" / cls
+                folder.mkdir(parents=True)
+                for i in range(n):  # one colour per class, plus noise
+                    img = np.full((16, 16, 3), 40 * ("abcde".index(cls) + 1), np.int64)
+                    img = np.clip(img + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
+                    Image.fromarray(img).save(folder / f"{k}_{i}.png")
+    recipes = []
+    for name, out, new in (("base", 3, "old"), ("update", 5, "new")):
+        text = CLASSES.format(model="timm", args=f"{{name: test_resnet, num_classes: {out}}}",
+                              data="imagefolder", data_args="    size: 16", ext="", new=new,
+                              steps=4)
+        (d / f"{name}.yaml").write_text(text)
+        recipes.append(d / f"{name}.yaml")
+    return recipes[0], recipes[1]
+
+
+@pytest.mark.parametrize("make", [table_update, folder_update], ids=["table", "imagefolder"])
+def test_compare_gates_the_update_that_adds_classes(make, tmp_path):
+    """A 3-class base against its 5-class fine-tune (table and image folders): compare measures
+    the base with its own head (as finetune did: the same old-task metrics), says so in the
+    report and its provenance, and gates: a loose limit exits 0, a strict one 3 with its JUnit
+    file. A 3-row candidate is still refused (exit 2), named as a shape mismatch."""
+    base_recipe, update_recipe = make(tmp_path)
+    res = run("pretrain", "--recipe", base_recipe, "--out", tmp_path / "base")
+    assert res.exit_code == 0, res.output
+    res = run("finetune", "--recipe", update_recipe, "--base", tmp_path / "base" / "model.safetensors",
+              "--out", tmp_path / "ft", "--no-wise")
+    assert res.exit_code == 0, res.output
+    ft = json.loads((tmp_path / "ft" / "report.json").read_text())
+
+    loose = run("compare", tmp_path / "base", tmp_path / "ft", "--recipe", update_recipe,
+                "--max-old-drop", "1", "--out", tmp_path / "loose")
+    assert loose.exit_code == 0, loose.output
+    assert "measured with its own head (the new rows masked out)" in loose.output
+    rep = json.loads((tmp_path / "loose" / "report.json").read_text())
+    head = rep["provenance"]["base_head"]
+    assert head["measured"] == "exact"
+    assert [c["kept_rows"] for c in head["changes"]] == [3, 3]
+    assert [c["model_shape"][0] for c in head["changes"]] == [5, 5]
+    # the base's own-head metrics: those finetune measured for it, and its pretrain's own
+    assert rep["base_metrics"]["old"] == pytest.approx(ft["base_metrics"]["old"])
+    pre = json.loads((tmp_path / "base" / "summary.json").read_text())
+    assert rep["base_metrics"]["old"]["accuracy"] == pytest.approx(pre["metrics"]["old"]["accuracy"])
+    md = (tmp_path / "loose" / "report.md").read_text()
+    assert "The base is measured with its own head (the new rows masked out)." in md
+    assert "re-initialised" not in md + loose.output
+
+    strict = run("compare", tmp_path / "base", tmp_path / "ft", "--recipe", update_recipe,
+                 "--max-old-drop", "0", "--max-nfr", "0", "--out", tmp_path / "strict",
+                 "--junit", tmp_path / "strict.xml")
+    assert ft["arms"][0]["delta"]["old"]["accuracy"]["value"] < 0  # so a zero-drop limit fails
+    assert strict.exit_code == 3, strict.output
+    cases = list(ET.parse(tmp_path / "strict.xml").getroot().iter("testcase"))
+    assert len(cases) == 2 and any(c.find("failure") is not None for c in cases)
+
+    wrong = run("compare", tmp_path / "ft", tmp_path / "base" / "model.safetensors", "--recipe",
+                update_recipe, "--out", tmp_path / "wrong")
+    assert wrong.exit_code == 2, wrong.output
+    assert "in the checkpoint but" in wrong.output and "re-initialised" not in wrong.output

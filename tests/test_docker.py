@@ -1,11 +1,16 @@
 """The Dockerfile and the scripts around it, without a container engine.
 
-No engine runs in the tests (docker/build-local.sh builds and runs the image; docs/ci.md has its
-figures). What is checked instead: the Dockerfile lints clean; it is multi-stage, builds a wheel
-in the builder and hands the runtime stage only the venv, runs as a non-root user, has the labels
-and `ENTRYPOINT ["goodfit"]`, and pins the torch the tests run on; `.dockerignore` keeps run
-outputs, git and caches out; the builder's COPY, wheel build and install, then the entrypoint,
-work in a fresh virtual environment; and the shell scripts pass `bash -n` and shellcheck.
+No engine runs in the tests (docker/build-local.sh builds and runs both images; docs/ci.md and
+docs/benchmarks.md have its figures). What is checked instead: the Dockerfile lints clean; one
+Dockerfile has a cpu and a cuda target (the cpu one last, the default), each a runtime stage that
+receives only its builder's venv and runs as a non-root user, with the labels and
+`ENTRYPOINT ["goodfit"]`; both pin the torch the tests run on, with its torchvision, inside what
+pyproject.toml accepts and as docker/build-local.sh builds them; each builder installs the
+`search` extra and ends with docker/check-stack.py, which passes on this machine's real stack
+and fails on a torchvision whose compiled ops do not load; `.dockerignore` keeps run outputs, git
+and caches out; the wheel stage's COPY and wheel build, the builders' install of that wheel, then
+the entrypoint, work in a fresh virtual environment; and the shell scripts pass `bash -n` and
+shellcheck.
 """
 
 from __future__ import annotations
@@ -49,19 +54,21 @@ def instructions(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def stages(instrs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
-    """The instructions of each build stage, each list starting at its FROM."""
-    result: list[list[tuple[str, str]]] = []
+def stages(instrs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each named build stage (`FROM x AS name`), each list from its FROM."""
+    result: dict[str, list[tuple[str, str]]] = {}
+    name = None
     for ins in instrs:
         if ins[0] == "FROM":
-            result.append([])
-        if result:
-            result[-1].append(ins)
+            name = ins[1].split()[-1]
+            result[name] = []
+        if name is not None:
+            result[name].append(ins)
     return result
 
 
 def arg_defaults(instrs: list[tuple[str, str]]) -> dict[str, str]:
-    """ARG NAME=default, from every stage (names are unique in our Dockerfile)."""
+    """ARG NAME=default, from every stage (a name has at most one default in our Dockerfile)."""
     return dict(a.split("=", 1) for ins, a in instrs if ins == "ARG" and "=" in a)
 
 
@@ -105,17 +112,39 @@ def ignored(path: str, patterns: list[str]) -> bool:
 INSTRS = instructions(DOCKERFILE.read_text(encoding="utf-8"))
 STAGES = stages(INSTRS)
 ARGS = arg_defaults(INSTRS)
-BUILDER, RUNTIME = STAGES[0], STAGES[-1]
+TARGETS = ("cpu", "cuda")  # the images; each FROM runtime, with its builder-<target>
+WHEEL, RUNTIME = STAGES["wheel"], STAGES["runtime"]
+SCRIPT = ROOT / "docker" / "build-local.sh"
 
 
-def wheel_run() -> list[list[str]]:
-    """The builder's RUN line that builds goodfit's wheel and installs it, as argv per command."""
-    for ins, a in BUILDER:
+def image(target: str) -> list[tuple[str, str]]:
+    """What a target's image is made of: the runtime stage's instructions, then its own."""
+    return RUNTIME + STAGES[target][1:]
+
+
+def builder_commands(target: str) -> list[list[str]]:
+    """The builder's RUN line, as argv per `&&` command, with the stage's ARG defaults resolved."""
+    runs = [a for ins, a in STAGES[f"builder-{target}"] if ins == "RUN"]
+    assert len(runs) == 1, f"builder-{target}: one RUN line expected, found {len(runs)}"
+    return [[resolve(t, ARGS) for t in cmd] for cmd in commands(runs[0])]
+
+
+def wheel_build() -> list[str]:
+    """The wheel stage's `pip wheel` command, as argv."""
+    for ins, a in WHEEL:
         if ins == "RUN":
-            cmds = commands(a)
-            if any(cmd[:2] == ["pip", "wheel"] for cmd in cmds):
-                return cmds
-    raise AssertionError("Dockerfile: no `pip wheel` RUN line in the builder stage")
+            for cmd in commands(a):
+                if cmd[:2] == ["pip", "wheel"]:
+                    return cmd
+    raise AssertionError("Dockerfile: no `pip wheel` RUN line in the wheel stage")
+
+
+def wheel_install(target: str) -> list[str]:
+    """The builder's `pip install` of goodfit's wheel (the one whose last argument is the wheel)."""
+    for cmd in builder_commands(target):
+        if cmd[:2] == ["pip", "install"] and cmd[-1].startswith("/dist/goodfit-"):
+            return cmd
+    raise AssertionError(f"builder-{target}: no `pip install /dist/goodfit-...whl` command")
 
 
 # ------------------------------------------------------------------------------------ hadolint
@@ -137,45 +166,119 @@ def test_hadolint_passes():
 
 
 # ------------------------------------------------------------------------------------ structure
-def test_two_stages_from_one_pinned_base():
-    """Builder and runtime both start FROM ${BASE}; BASE defaults to a pinned Python slim tag."""
-    assert len(STAGES) >= 2
-    assert [s[0][1].split()[0] for s in STAGES] == ["${BASE}"] * len(STAGES)
-    base = ARGS["BASE"]
-    assert re.fullmatch(r"python:3\.\d+-slim[\w.-]*", base), base
-    copies = [a for ins, a in RUNTIME if ins == "COPY" and a.startswith("--from=")]
-    assert any(c.startswith("--from=builder /opt/venv") for c in copies), copies
+def test_cpu_and_cuda_targets_from_one_pinned_base():
+    """wheel and runtime start FROM ${BASE} (a pinned Python slim tag); builder-cpu/-cuda FROM
+    wheel; cpu and cuda FROM runtime, cpu last so a plain `docker build .` makes the CPU image;
+    each image copies exactly its own builder's venv."""
+    base_of = {name: ins[0][1].split()[0] for name, ins in STAGES.items()}
+    assert base_of == {"wheel": "${BASE}", "builder-cpu": "wheel", "builder-cuda": "wheel",
+                       "runtime": "${BASE}", "cuda": "runtime", "cpu": "runtime"}, base_of
+    assert list(STAGES)[-1] == "cpu"
+    assert re.fullmatch(r"python:3\.\d+-slim[\w.-]*", ARGS["BASE"]), ARGS["BASE"]
+    for target in TARGETS:
+        copies = [a for ins, a in image(target) if ins == "COPY"]
+        assert copies == [f"--from=builder-{target} /opt/venv /opt/venv"], copies
 
 
-def test_cuda_variant_documented_with_official_pytorch_base():
-    """The header shows the CUDA build: --build-arg BASE=pytorch/pytorch:<version>-cuda...-runtime."""
+def test_header_and_ci_doc_show_both_targets():
+    """The Dockerfile's header and docs/ci.md build both images with --target, and the CI doc's
+    GitHub Actions and GitLab jobs run the cuda one with the GPUs passed in."""
     text = DOCKERFILE.read_text(encoding="utf-8")
-    assert re.search(r"--build-arg BASE=pytorch/pytorch:[\d.]+-cuda[\d.]+-cudnn\d+-runtime", text)
+    ci = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
+    for target in TARGETS:
+        assert f"docker build --target {target} " in text
+        assert f"docker build --target {target} " in ci
+    for needle in ("gpus: --gpus all", "docker run --rm $GPUS", "image: ghcr.io/<org>/goodfit:0.1.0-cuda",
+                   "goodfit-gate-gpu:", 'gpus = "all"'):
+        assert needle in ci, needle
 
 
-def test_runtime_runs_goodfit_as_non_root():
-    """The last stage sets a non-root USER before `ENTRYPOINT ["goodfit"]`, and a WORKDIR."""
-    names = [ins for ins, _ in RUNTIME]
+@pytest.mark.parametrize("target", TARGETS)
+def test_image_runs_goodfit_as_non_root(target):
+    """Each image's last USER is numeric and not root, set before `ENTRYPOINT ["goodfit"]`; it
+    has a WORKDIR. (The cuda stage switches to root only to install the C compiler.)"""
+    ins = image(target)
+    names = [i for i, _ in ins]
     assert "USER" in names and "ENTRYPOINT" in names and "WORKDIR" in names
-    user = [a for ins, a in RUNTIME if ins == "USER"][-1]
-    assert user.split(":")[0] not in ("root", "0"), user
+    user = [a for i, a in ins if i == "USER"][-1]
+    assert re.fullmatch(r"[1-9]\d*:\d+", user), user
     assert names.index("USER") < names.index("ENTRYPOINT")
-    entry = [a for ins, a in RUNTIME if ins == "ENTRYPOINT"][-1]
-    assert json.loads(entry) == ["goodfit"]
+    assert json.loads([a for i, a in ins if i == "ENTRYPOINT"][-1]) == ["goodfit"]
 
 
-def test_builder_builds_the_wheel_and_runtime_gets_only_the_venv():
-    """The builder builds goodfit's wheel (no deps) and installs that wheel; the runtime stage
-    copies only the builder's venv: no sources, no wheel, no pip or apt run of its own."""
-    build, install = wheel_run()
-    assert build[:2] == ["pip", "wheel"] and "--no-deps" in build and build[-1] == "."
-    out = build[build.index("--wheel-dir") + 1]
-    assert install[:2] == ["pip", "install"]
-    assert install[-1].startswith(f"{out}/goodfit-") and install[-1].endswith(".whl"), install
-    assert [a for ins, a in RUNTIME if ins == "COPY"] == ["--from=builder /opt/venv /opt/venv"]
-    runs = " ".join(a for ins, a in RUNTIME if ins == "RUN")
-    for word in ("pip", "apt-get", "/src", out):
-        assert word not in runs.split(), f"the runtime stage runs {word}"
+@pytest.mark.parametrize("target", TARGETS)
+def test_builder_installs_the_wheel_with_search_and_the_image_proves_the_stack(target):
+    """The wheel stage builds goodfit's wheel (no deps); each builder installs torch and
+    torchvision from its pins file, then that wheel with the `search` extra (optuna) under the
+    same pins as constraints, and puts docker/check-stack.py in the venv. Each image's last
+    instruction runs that check for its variant with the pinned versions, as the non-root user,
+    after the venv arrived: a failing check fails the build. The images run no pip and see no
+    sources or wheel."""
+    build = wheel_build()
+    assert "--no-deps" in build and build[-1] == "." and build[build.index("--wheel-dir") + 1] == "/dist"
+    cmds = builder_commands(target)
+    pins = "/opt/venv/torch-pins.txt"
+    torch_install = [c for c in cmds if c[:2] == ["pip", "install"] and c[-2:] == ["-r", pins]]
+    assert len(torch_install) == 1, cmds
+    install = wheel_install(target)
+    assert install[-1] == f"/dist/goodfit-{goodfit_cli.__version__}-py3-none-any.whl[search]"
+    assert install[install.index("-c") + 1] == pins
+    assert cmds.index(torch_install[0]) < cmds.index(install)
+    assert ["cp", "/src/docker/check-stack.py", "/opt/venv/check-stack.py"] in cmds
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert any(r.startswith("optuna") for r in pyproject["project"]["optional-dependencies"]["search"])
+
+    ins = image(target)
+    last, arg = ins[-1]
+    assert last == "RUN" and [resolve(t, ARGS) for t in shlex.split(arg)] == [
+        "python", "/opt/venv/check-stack.py", target, ARGS["TORCH_VERSION"], ARGS["TORCHVISION_VERSION"]]
+    assert "COPY" in [i for i, _ in ins[:-1]], "the check runs after the venv arrives"
+    user = [a for i, a in ins[:-1] if i == "USER"][-1]
+    assert re.fullmatch(r"[1-9]\d*:\d+", user), f"the check runs as {user}"
+    for i, a in ins:
+        if i == "RUN":
+            for word in ("pip", "/src", "/dist"):
+                assert word not in a.split(), f"the {target} image runs {word}"
+
+
+def test_cpu_builder_pins_the_cpu_builds_of_the_same_release():
+    """builder-cpu installs `+cpu` builds from PyTorch's CPU index; builder-cuda the plain
+    (PyPI, CUDA) builds; both write the same release into their pins file."""
+    assert ARGS["TORCH_CPU_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert ARGS["CPU_LOCAL"] == "+cpu"
+    for target, local in (("cpu", "+cpu"), ("cuda", "")):
+        printf = builder_commands(target)[0]
+        assert printf[:2] == ["printf", "torch==%s\\ntorchvision==%s\\n"], printf
+        assert printf[2:4] == [f"{ARGS['TORCH_VERSION']}{local}", f"{ARGS['TORCHVISION_VERSION']}{local}"]
+    cpu_torch = [c for c in builder_commands("cpu") if c[:2] == ["pip", "install"] and "-r" in c][0]
+    assert cpu_torch[cpu_torch.index("--index-url") + 1] == ARGS["TORCH_CPU_INDEX"]
+
+
+def test_pins_are_what_pyproject_accepts_and_what_the_script_builds():
+    """The pinned torch satisfies pyproject.toml's torch requirement; the pinned torchvision is
+    its pair (0.N+15 with 2.N), and where this machine has that torchvision, its own requirement
+    accepts the pinned torch; docker/build-local.sh defaults to the same pair and installs the
+    `search` extra's optuna nowhere else (the Dockerfile does)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    reqs = {Requirement(r).name: Requirement(r) for r in pyproject["project"]["dependencies"]}
+    torch_pin, vision_pin = Version(ARGS["TORCH_VERSION"]), Version(ARGS["TORCHVISION_VERSION"])
+    assert torch_pin in reqs["torch"].specifier, (
+        f"Dockerfile pins torch {torch_pin}, pyproject.toml accepts torch{reqs['torch'].specifier}")
+    if "torchvision" in reqs:
+        assert vision_pin in reqs["torchvision"].specifier
+    assert (vision_pin.major, vision_pin.minor) == (0, torch_pin.minor + 15), vision_pin
+    if Version(metadata.version("torchvision")).public == vision_pin.public:
+        needs = [Requirement(r) for r in metadata.requires("torchvision") or []]
+        torch_req = [r for r in needs if r.name == "torch" and not r.marker]
+        assert all(torch_pin in r.specifier for r in torch_req), torch_req
+    script = SCRIPT.read_text(encoding="utf-8")
+    for name in ("TORCH_VERSION", "TORCHVISION_VERSION"):
+        m = re.search(rf"^{name}=\$\{{{name}:-([^}}]+)\}}$", script, re.M)
+        assert m, f"{SCRIPT.name}: no default for {name}"
+        assert m[1] == ARGS[name], f"{SCRIPT.name} builds {name}={m[1]}, the Dockerfile pins {ARGS[name]}"
 
 
 def test_image_pins_the_torch_the_tests_run_on():
@@ -187,6 +290,83 @@ def test_image_pins_the_torch_the_tests_run_on():
                               f"{metadata.version('torch')}: update ARG TORCH_VERSION")
     vision = tuple(int(x) for x in ARGS["TORCHVISION_VERSION"].split(".")[:2])
     assert vision == (0, pinned[1] + 15), ARGS["TORCHVISION_VERSION"]
+
+
+# ------------------------------------------------------------------------------------ outputs
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_checkpoints_and_reports_follow_the_umask(tmp_path, umask, mode):
+    """What a container writes is readable by another uid under the usual umask (the image
+    check's "readable by uid 10002"): a checkpoint (safetensors' own writer, which makes a
+    0600 file in 0.8), predictions and a report get 0666 & ~umask, as a new file would."""
+    import torch
+
+    from goodfit_cli.io import checkpoint as ckpt
+    from goodfit_cli.io.atomic import atomic_write
+    from goodfit_cli.io.rundir import save_predictions
+
+    old = os.umask(umask)
+    try:
+        ckpt.save_model(tmp_path / "model.safetensors", {"w": torch.ones(2)}, {})
+        save_predictions(tmp_path / "predictions.safetensors", {"old": {"pred": torch.zeros(3)}})
+        atomic_write(tmp_path / "report.json", "{}")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "predictions.safetensors", "report.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+# ------------------------------------------------------------------------------------ check-stack
+CHECK = ROOT / "docker" / "check-stack.py"
+
+
+def check_stack(*args: str, path: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (path, ROOT) if p)
+    return subprocess.run([sys.executable, str(CHECK), *args], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+
+
+def this_variant() -> str:
+    import torch
+    return "cpu" if torch.version.cuda is None else "cuda"
+
+
+def versions() -> tuple[str, str]:
+    """torch's and torchvision's __version__ (with the local part, e.g. +cu130)."""
+    import torch
+    import torchvision
+    return torch.__version__, torchvision.__version__
+
+
+def test_check_stack_passes_on_this_machines_stack():
+    """The build's proof, on this machine's torch, torchvision (nms really runs) and timm."""
+    if this_variant() == "cuda" and not shutil.which("cc") and not shutil.which("gcc"):
+        pytest.skip("a CUDA torch here but no C compiler: the cuda check would rightly fail")
+    torch_v, vision_v = versions()
+    res = check_stack(this_variant(), torch_v, vision_v)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"ok: {this_variant()} image, torch {torch_v}" in res.stdout and "nms ran" in res.stdout
+
+
+def test_check_stack_fails_on_wrong_pins_variant_and_a_broken_torchvision(tmp_path):
+    """Exit 1 with one line per problem: a pin this stack does not have; the other variant's
+    build; and a torchvision whose compiled ops do not load (the old image's failure, stood in
+    for by a torchvision that raises it at import)."""
+    torch_v, vision_v = versions()
+    other = "cpu" if this_variant() == "cuda" else "cuda"
+    res = check_stack(other, "2.0.0", vision_v)
+    assert res.returncode == 1
+    assert f"check-stack: torch {torch_v} installed, 2.0.0 pinned" in res.stderr
+    assert f"{other} image: torch {torch_v}" in res.stderr
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n')
+    res = check_stack(this_variant(), torch_v, vision_v, path=tmp_path)
+    assert res.returncode == 1
+    assert res.stderr.strip() == ("check-stack: torch/torchvision do not import together: "
+                                  "RuntimeError: operator torchvision::nms does not exist")
+    assert check_stack("gpu", torch_v, vision_v).returncode == 2
 
 
 def test_labels_carry_title_version_and_source():
@@ -207,9 +387,10 @@ def test_dockerignore_keeps_out_runs_git_and_caches_but_not_the_sources():
     for path in ("runs/pr/report.html", ".git/HEAD", "__pycache__/x.pyc",
                  "goodfit_cli/__pycache__/cli.cpython-311.pyc", "goodfit.egg-info/PKG-INFO"):
         assert ignored(path, patterns), f"{path} is sent to the builder"
-    sources = [src for ins, a in BUILDER if ins == "COPY" and not a.startswith("--")
+    sources = [src for ins, a in WHEEL if ins == "COPY" and not a.startswith("--")
                for src in shlex.split(a)[:-1]]
-    assert set(sources) >= {"pyproject.toml", "README.md", "goodfit_cli", "recipes"}
+    assert set(sources) >= {"pyproject.toml", "README.md", "goodfit_cli", "recipes",
+                            "docker/check-stack.py"}
     for src in sources:
         assert not ignored(src, patterns), f".dockerignore excludes {src}, which the builder COPYs"
         assert not ignored(f"{src}/x.py", patterns) or not (ROOT / src).is_dir()
@@ -254,11 +435,13 @@ def fresh_venv(venv: Path) -> Path:
 
 
 def test_image_build_and_entrypoint_work_in_a_fresh_venv(tmp_path):
-    """The builder's COPY lines, wheel build and install, then the ENTRYPOINT, in a fresh venv.
+    """The wheel stage's COPY lines and wheel build, the builders' install, then the ENTRYPOINT,
+    in a fresh venv.
 
     Covered: the COPY'd files are enough to build the wheel (pyproject, README, package,
-    recipes); the builder's `pip wheel` and `pip install` of that wheel, run in a new venv that
-    sees this interpreter's packages as the image's venv sees BASE's; the package then imports
+    recipes); the wheel stage's `pip wheel`, and `pip install` of the wheel the builders name
+    (its file name must be the one built), run in a new venv that sees this interpreter's
+    packages; the package then imports
     from the venv; `goodfit --version`, the default CMD (`--help`), and `validate` on the shipped
     toy recipe from an empty WORKDIR (the wheel must carry the recipes) and by path, run as the
     ENTRYPOINT runs them. Not covered: the base images, the torch wheels and the dependency
@@ -286,28 +469,32 @@ def test_image_build_and_entrypoint_work_in_a_fresh_venv(tmp_path):
         pytest.skip(f"building a wheel without isolation needs {res.stdout.strip()} "
                     f"in the environment that runs it ({python})")
 
-    for ins, a in BUILDER:                              # COPY src... dest, dest relative to WORKDIR
+    for ins, a in WHEEL:                                # COPY src... dest, dest relative to WORKDIR
         if ins == "COPY" and not a.startswith("--"):
             *srcs, dest = shlex.split(a)
             for src in srcs:
                 target = app / dest / Path(src).name if dest.endswith("/") else app / dest
+                target.parent.mkdir(parents=True, exist_ok=True)
                 if (ROOT / src).is_dir():
                     shutil.copytree(ROOT / src, target,
                                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
                 else:
                     shutil.copy2(ROOT / src, target)
 
-    # the builder's RUN line with the venv's python, the wheel folder in tmp_path, and nothing
-    # downloaded; --ignore-installed: a goodfit this interpreter has is not the venv's to remove
-    build, install = wheel_run()
+    # the wheel stage's `pip wheel` with the venv's python, the wheel folder in tmp_path, and
+    # nothing downloaded; then the builders' install of exactly the wheel it names (its extras
+    # and torch pins need downloads: --no-deps); --ignore-installed: a goodfit this interpreter
+    # has is not the venv's to remove
+    build = wheel_build()
     out = build[build.index("--wheel-dir") + 1]
     res = run([str(python), "-m", *build[:2], "--no-build-isolation",
                *[str(dist) if t == out else t for t in build[2:]]], cwd=app)
     assert res.returncode == 0, res.stdout + res.stderr
-    wheels = sorted(dist.glob(Path(install[-1]).name))
-    assert len(wheels) == 1, (install[-1], sorted(dist.iterdir()))
-    res = run([str(python), "-m", *install[:2], "--no-deps", "--ignore-installed",
-               *install[2:-1], str(wheels[0])], cwd=app)
+    for target in TARGETS:
+        named = Path(wheel_install(target)[-1].split("[", 1)[0])
+        assert named.parent == Path(out) and (dist / named.name).is_file(), (named, sorted(dist.iterdir()))
+    res = run([str(python), "-m", "pip", "install", "--no-deps", "--ignore-installed",
+               str(dist / named.name)], cwd=app)
     assert res.returncode == 0, res.stdout + res.stderr
 
     res = run([str(python), "-c", "import goodfit_cli; print(goodfit_cli.__file__)"],
@@ -339,7 +526,7 @@ def test_image_build_and_entrypoint_work_in_a_fresh_venv(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ scripts
-SCRIPTS = [ROOT / "docker" / "build-local.sh", ROOT / ".ci" / "run"]
+SCRIPTS = [SCRIPT, ROOT / ".ci" / "run"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -6,6 +6,10 @@ A side (the base or a candidate) is a `.safetensors` checkpoint, an arm or pretr
 metrics and predictions are reused when the checkpoint's sha256 matches the one recorded beside
 them and the predictions (and training curve) match the sha256 recorded with them; otherwise the
 checkpoint is evaluated on the recipe's test splits, and the log says why.
+
+A base with fewer head rows than the recipe's model (the update adds classes) is measured as
+`finetune` measures it: its rows loaded into the grown head, the new rows masked out, so it is
+scored with its own head; the report and its provenance (`base_head`) say so.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from goodfit_cli.io.rundir import (
     recorded_path,
 )
 from goodfit_cli.io.runlock import held, open_run
-from goodfit_cli.models import build_model
+from goodfit_cli.models import build_model, own_head
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.training import arm_dirname
-from goodfit_cli.workflows.reporting import finish_report
+from goodfit_cli.workflows.reporting import base_head_record, finish_report
 from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session, task_kinds
 from goodfit_cli.workflows.stage import Ui
 
@@ -116,6 +120,36 @@ def _reuse(side: Side, sha256: str, log) -> tuple[dict, dict] | None:
     return meta["metrics"], preds, meta["val_metrics"], val_preds
 
 
+def _misfit(side: Side, changes: list[dict], messages: list[str], grown_ok: bool) -> str | None:
+    """Why a checkpoint does not fit the recipe's model for compare (one line); None if it does.
+
+    Only the base may have a head with other row counts (`grown_ok`, a classification update):
+    it is then measured with its own rows, as finetune does. Anything else is refused, named as
+    a mismatch (compare re-initialises nothing)."""
+    head = {c["message"] for c in changes}
+    for c in changes:
+        if grown_ok and c["action"] == "kept_rows":
+            continue
+        have, want = c["checkpoint_shape"], c["model_shape"]
+        if c["action"] == "ignored":
+            why = f"head tensor {c['tensor']} is in the checkpoint but not in the recipe's model"
+        elif have is None:
+            why = f"head tensor {c['tensor']} is not in the checkpoint"
+        else:
+            why = (f"head tensor {c['tensor']} has shape {tuple(have)} in the checkpoint but "
+                   f"{tuple(want)} in the recipe's model")
+            if c["action"] == "kept_rows":
+                why += "; only the base may have another number of classes"
+        break
+    else:
+        other = [m for m in messages if m not in head]
+        if not other:
+            return None
+        why = other[0]
+    return (f"{side.checkpoint}: does not fit the recipe's model ({why}); compare needs checkpoints "
+            "of the recipe's architecture")
+
+
 def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
             gate: Gate | None = None, junit: Path | None = None, place: Place | None = None,
             ui: Ui | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -150,8 +184,10 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         raise UserError(f"{recipe.at('model')}: compare needs the recipe to name its model; use "
                         "the recipe.yaml of a run (it names the model it built)")
     model = build_model(recipe.model.name, recipe.model.args, where=recipe.at("model"))
+    grows = task_kinds(recipe).get("new") == "classification"  # as finetune loads its base
+    head: dict[str, Any] = {}  # the base's head record, when loading changed it
 
-    def measure(side: Side) -> tuple[dict, dict, dict, dict]:
+    def measure(side: Side, as_base: bool = False) -> tuple[dict, dict, dict, dict]:
         nonlocal session
         if not side.checkpoint.exists():
             if side.expect:  # a run's base, by the path the run recorded
@@ -161,11 +197,10 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             raise UserError(f"checkpoint not found: {side.checkpoint}")
         if hasattr(model, ATTR):  # each checkpoint brings its own input statistics (or none)
             delattr(model, ATTR)
-        loaded = load_checkpoint(model, side.checkpoint)  # the recipe's architecture, or exit 2
-        if loaded.messages:
-            raise UserError(f"{side.checkpoint}: does not fit the recipe's model "
-                            f"({loaded.messages[0]}); compare needs checkpoints of the recipe's "
-                            "architecture")
+        loaded = load_checkpoint(model, side.checkpoint, grow_rows=as_base and grows)
+        misfit = _misfit(side, loaded.head_changes, loaded.messages, as_base and grows)
+        if misfit:  # the recipe's architecture, or exit 2
+            raise UserError(misfit)
         side.sha256 = loaded.sha256
         if side.expect and side.expect != loaded.sha256:
             raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 "
@@ -173,7 +208,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                             f"{side.expect[:12]}…; "
                             "the run folder was changed or the base was replaced (pass the base "
                             "checkpoint itself as BASE)")
-        stored = _reuse(side, loaded.sha256, ui.log)
+        # a changed head: stored results are the base's own-task ones, not measured this way
+        stored = None if loaded.head_changes else _reuse(side, loaded.sha256, ui.log)
         if stored is not None:
             ui.log(f"{side.name}: reusing stored metrics and predictions")
             return stored
@@ -185,9 +221,16 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if own is not None and getattr(spec_of(evaluated), "source", None) != "recipe":
             setattr(evaluated, ATTR, own)
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
-        return session.measure(evaluated)  # test (the report's) and validation (the verdict's)
+        with own_head(evaluated, loaded.head_changes) as measured:
+            result = session.measure(evaluated)  # test (the report's), validation (the verdict's)
+        if loaded.head_changes:
+            head.update(base_head_record(loaded.head_changes, measured))
+            for msg in loaded.messages:
+                ui.log(msg)
+            ui.log(f"{side.name} measured with {head['measured_with']}")
+        return result
 
-    bm, bp, bv, bvp = measure(base_side)
+    bm, bp, bv, bvp = measure(base_side, as_base=True)
     base_run = RunSide("base", str(base_side.checkpoint), bm, bp, val_metrics=bv,
                        val_predictions=bvp)
     arms = []
@@ -204,6 +247,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     elif base_side.stored is not None and (base_side.stored.parent.parent / "run.json").is_file():
         prov["validation"] = read_json(base_side.stored.parent.parent / "run.json").get(
             "validation")  # every side was reused from that run: its splits
+    if head:
+        prov["base_head"] = head
     try:
         return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
                              session.sample_ids if session is not None else None)
