@@ -7,18 +7,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from goodfit_cli.data.batch import Inputs, size, to_model_input
+
+__all__ = ["Split", "Task", "generator", "to_model_input"]
+
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, ...) inputs: float32, or uint8 (N, H, W, C) images as stored
+    x: Inputs  # (N, ...) inputs: float32, or uint8 (N, H, W, C) images as stored; or a dict of them
     y: torch.Tensor  # (N,) int64 class labels, or (N, D) float32 regression targets
 
     def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets")
+        if size(self.x) != len(self.y):
+            raise ValueError(f"Split has {size(self.x)} inputs but {len(self.y)} targets")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
 
 @dataclass
@@ -38,16 +42,6 @@ class Task:
             return {"samples": len(s), "classes": n_cls}
 
         return {"kind": self.kind, "num_classes": self.num_classes, "train": split(self.train), "test": split(self.test)}
-
-
-def to_model_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], normalised by mean = std = 0.5; floats pass."""
-    if x.dtype != torch.uint8:
-        return x
-    if x.ndim != 4:
-        raise ValueError(f"uint8 images must be (N, H, W, C), got shape {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W) in [0, 1]
-    return x.sub_(0.5).div_(0.5)  # (N, C, H, W) in [-1, 1]
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:

@@ -12,7 +12,8 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from goodfit_cli.core.registry import Registry
-from goodfit_cli.data.base import Task, to_model_input
+from goodfit_cli.data.base import Task
+from goodfit_cli.data.batch import forward
 
 
 class Objective:
@@ -27,8 +28,8 @@ class Objective:
         raise NotImplementedError
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Evaluation outputs for a batch, (B, ...)."""
-        return model(to_model_input(x))
+        """Evaluation outputs for a batch, (B, ...) (a dict batch reaches the model as keywords)."""
+        return forward(model, x)
 
     def predictions(self, outputs: Tensor) -> Tensor:
         """What flips and per-sample errors come from: the outputs, or class ids."""

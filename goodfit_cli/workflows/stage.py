@@ -21,7 +21,7 @@ from goodfit_cli.core.errors import Diverged, Interrupted
 from goodfit_cli.core.metrics import direction
 from goodfit_cli.core.text import printable
 from goodfit_cli.data.replay import describe, mix
-from goodfit_cli.data.stream import release
+from goodfit_cli.data.sources import source_of
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -211,7 +211,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    source, replayed = data, None
+    source, replayed = source_of(data), None
     if job.stage.replay is not None and job.task == "new":  # old-task samples in every batch
         source = mix(data, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
                      s.recipe.at("finetune.replay"))
@@ -270,8 +270,6 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
         raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
                                 "nonfinite: skip in the recipe)") from None
-    finally:
-        release(data)  # a streamed split's workers, when the run raised
     early = hooks.early
     if st.batch < total and not (early is not None and early.stopped):
         raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
