@@ -12,7 +12,7 @@
           (the body's gradients are dropped before each step), then every parameter trains.
 
 `Penalty` wraps a task's loss function `(model, x, y) -> loss`; `LinearProbeFirst` is an
-optimizer step pre-hook. Both work under DistributedDataParallel: the base's terms are computed
+optimizer step pre-hook and a training callback (its state: the steps taken). Both work under DistributedDataParallel: the base's terms are computed
 identically on every rank, and the student's extra forward runs on the unwrapped module.
 """
 
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.models import head_prefixes, unwrap
 from goodfit_cli.recipe import PenaltySpec
+from goodfit_cli.training.callbacks import Callback
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
@@ -166,9 +167,12 @@ def base_median_error(teacher: nn.Module, objective: Any, x: Tensor, y: Tensor,
     return float(torch.cat(errs).median())
 
 
-class LinearProbeFirst:
+class LinearProbeFirst(Callback):
     """LP-FT as an optimizer step pre-hook: for the first `lp_batches` steps the body's
-    gradients are dropped, so only the head moves; afterwards every parameter trains."""
+    gradients are dropped, so only the head moves; afterwards every parameter trains. A
+    training callback whose state is the steps taken."""
+
+    name = "lp_ft"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lp_batches: int) -> None:
         self.body = [p for _, p in body_parameters(model)]
@@ -181,5 +185,8 @@ class LinearProbeFirst:
                 p.grad = None  # torch optimizers skip a parameter without a gradient
         self.steps += 1
 
-    def resume(self, steps_done: int) -> None:
-        self.steps = steps_done
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])

@@ -1,29 +1,29 @@
 """The anti-forgetting arms inside one training run: the loss to train on, and the LP-FT hook.
 
 `anti_forgetting(...)` is the one place that turns an arm of kind l2sp / ewc / lwf / focal /
-lp_ft (training/penalties.py) into what the engine sees: a wrapped loss function, and a
-callback that tells LP-FT how many steps a resumed run has already taken.
+lp_ft (training/penalties.py) into what the engine sees: a wrapped loss function, and the
+arm's training callbacks (LP-FT's linear probe, whose state is the steps taken).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.training.callbacks import Callback
 from goodfit_cli.training.penalties import LinearProbeFirst, LossFn, OldTask, Penalty
 from goodfit_cli.workflows.session import Session
 
 
 @dataclass
 class Trained:
-    """What the engine trains on: the loss, and `resumed(steps)` for a resumed run."""
+    """What the engine trains on: the loss, and the arm's training callbacks."""
 
     loss: LossFn
-    resumed: Callable[[int], None]
+    callbacks: list[Callback] = field(default_factory=list)
 
 
 def anti_forgetting(s: Session, arm_kind: str, task: str, model: nn.Module,
@@ -33,10 +33,9 @@ def anti_forgetting(s: Session, arm_kind: str, task: str, model: nn.Module,
     loss = s.runners[task].loss
     spec = s.recipe.finetune.penalty
     if task != "new" or arm_kind not in ("l2sp", "ewc", "lwf", "focal", "lp_ft"):
-        return Trained(loss, lambda _steps: None)
+        return Trained(loss)
     if arm_kind == "lp_ft":
-        hook = LinearProbeFirst(model, optimizer, round(spec.lp_fraction * total))
-        return Trained(loss, hook.resume)
+        return Trained(loss, [LinearProbeFirst(model, optimizer, round(spec.lp_fraction * total))])
     old = None
     if arm_kind == "ewc":
         old_train = s.tasks["old"].train
@@ -51,4 +50,4 @@ def anti_forgetting(s: Session, arm_kind: str, task: str, model: nn.Module,
                           (train.x, train.y))
     except ValueError as e:
         raise UserError(f"{s.recipe.source}: arm {arm_kind}: {e}") from None
-    return Trained(penalty, lambda _steps: None)
+    return Trained(penalty)
