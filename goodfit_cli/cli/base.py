@@ -148,9 +148,19 @@ MAX_NFR = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative f
 LOG_FORMAT = typer.Option("text", "--log-format",
                           help="text: a progress bar on a terminal, else a plain line every "
                                "--progress-every seconds; json: one JSON object per line.")
-RECIPE = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name).")
+RECIPE_HELP = "Recipe YAML (or a shipped name)."
+RECIPE = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP)
+RECIPE_OR_RUNS = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)  # finetune: --resume has one
+BASE = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors).")
+BASE_OR_RUNS = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with "
+                            "--resume, the run's own by default.")
 RUN_DIR = typer.Option(None, "--out", "-o", help="Run directory.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out (its old "
+                         "content is moved aside and kept).")
+GATE = typer.Option(None, "--gate", help="gate.yaml with limits: exit 3 if one is violated "
+                    "(search: the trials' constraint).")
+JUNIT = typer.Option(None, "--junit", help="Write the gate as JUnit XML: one case per "
+                     "candidate and limit.")
 OVERRIDES = typer.Argument(None, help="key.sub=value overrides")
 PROGRESS_EVERY = typer.Option(30.0, "--progress-every", min=0.0,
                               help="Seconds between progress lines when there is no terminal "
