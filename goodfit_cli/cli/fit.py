@@ -97,10 +97,9 @@ def finetune(
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
-    from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
+    from goodfit_cli.workflows.finetune import FinetuneJob, check_resume_args, resume_job
     from goodfit_cli.workflows.finetune import finetune as run_finetune
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.runcheck import check_resume_args
     from goodfit_cli.workflows.session import Place
 
     launch_if_asked(nproc)

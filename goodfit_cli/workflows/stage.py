@@ -65,7 +65,6 @@ from goodfit_cli.training.callbacks import (
     states,
 )
 from goodfit_cli.training.early_stop import StopRule
-from goodfit_cli.workflows.forgetting import anti_forgetting
 from goodfit_cli.workflows.runcheck import claim_stage
 from goodfit_cli.workflows.session import Session
 from goodfit_cli.workflows.tracking import Tracking
@@ -102,6 +101,9 @@ class StageJob:
     out: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
     stop_rule: StopRule | None = None  # early stopping (fine-tuning arms)
+    # what the arm adds to the task's loss, and its callbacks: (session, arm kind, task, model,
+    # optimizer, total batches) -> .loss, .callbacks; None: the task's loss alone
+    arm_terms: Callable[..., Any] | None = None
     summary: dict[str, Any] = field(default_factory=dict)  # more entries for summary.json
 
 
@@ -260,7 +262,10 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
-    trained_on = anti_forgetting(s, arm.kind, job.task, model, optimizer, total)  # at the base
+    loss, arm_callbacks = s.runners[job.task].loss, []
+    if job.arm_terms is not None:  # built at the base's weights, before resuming
+        terms = job.arm_terms(s, arm.kind, job.task, model, optimizer, total)
+        loss, arm_callbacks = terms.loss, terms.callbacks
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
@@ -288,14 +293,14 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
     decay = budget.get("ema")
-    callbacks = trained_on.callbacks + callbacks_for(s, model, optimizer, scheduler, job, total,
+    callbacks = arm_callbacks + callbacks_for(s, model, optimizer, scheduler, job, total,
                                                      decay, log)
     if saved is not None:
         load_states(callbacks, saved_callbacks(saved))
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks)
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, source, trained_on.loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, source, loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
