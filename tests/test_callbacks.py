@@ -18,9 +18,9 @@ from torch import nn
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import load_recipe
+from goodfit_cli.trainer.stage import saved_callbacks
 from goodfit_cli.training.callbacks import GoodFitCycles, load_states, states
 from goodfit_cli.workflows.recipes import shipped_dir
-from goodfit_cli.workflows.stage import saved_callbacks
 
 TOY = shipped_dir() / "toy.yaml"
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",

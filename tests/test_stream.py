@@ -27,7 +27,7 @@ from goodfit_cli.data.stream import (
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.recipe import parse_recipe
-from goodfit_cli.workflows.session import open_session
+from goodfit_cli.trainer.session import open_session
 from tests import runs as runner
 
 CPU = torch.device("cpu")

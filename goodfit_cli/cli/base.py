@@ -132,7 +132,7 @@ def load(recipe: str, overrides: list[str] | None):
 
 def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
     """Log lines and a progress display per run, drawn by Rich."""
-    from goodfit_cli.workflows.stage import Ui
+    from goodfit_cli.trainer.stage import Ui
 
     return Ui(log_fn, lambda label: RichEvents(label, primary))
 

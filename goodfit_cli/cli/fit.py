@@ -60,7 +60,7 @@ def pretrain(
     """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
     from goodfit_cli.core.distributed import is_main
     from goodfit_cli.workflows.pretrain import pretrain as run_pretrain
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     launch_if_asked(nproc)
     display(log_format, progress_every)
@@ -100,7 +100,7 @@ def finetune(
     from goodfit_cli.workflows.finetune import FinetuneJob, check_resume_args, resume_job
     from goodfit_cli.workflows.finetune import finetune as run_finetune
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     launch_if_asked(nproc)
     display(log_format, progress_every)
@@ -139,7 +139,7 @@ def wise(
 ) -> None:
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.wise import WiseJob
     from goodfit_cli.workflows.wise import wise as run_wise
 
@@ -176,7 +176,7 @@ def search(
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr)
@@ -202,7 +202,7 @@ def demo(
     """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
     from goodfit_cli.workflows.demo import demo as run_demo
     from goodfit_cli.workflows.demo import demo_recipe
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     display(log_format, progress_every)
     r = demo_recipe(quick)

@@ -55,7 +55,7 @@ def compare(
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
     from goodfit_cli.workflows.compare import compare as run_compare
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     r = load(recipe, None)
     g = gate_for(r, gate, max_old_drop, max_nfr)
@@ -81,8 +81,8 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
     from goodfit_cli.workflows.evaluate import evaluate
-    from goodfit_cli.workflows.session import Place
-    from goodfit_cli.workflows.stage import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.trainer.stage import Ui
 
     r = load(recipe, overrides)
     done = evaluate(r, checkpoint, Place(device, None, data_dir),

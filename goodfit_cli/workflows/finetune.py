@@ -28,21 +28,21 @@ from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.training import parse_arm
-from goodfit_cli.training.checks import check_stages
-from goodfit_cli.training.early_stop import stop_rule
-from goodfit_cli.workflows.forgetting import anti_forgetting
-from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
-from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
-from goodfit_cli.workflows.session import (
+from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
+from goodfit_cli.trainer.session import (
     Place,
     Session,
     adopt_base_model,
     load_checkpoint,
     open_session,
 )
-from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
+from goodfit_cli.trainer.stage import StageJob, Ui, quiet, run_stage
+from goodfit_cli.training import parse_arm
+from goodfit_cli.training.checks import check_stages
+from goodfit_cli.training.early_stop import stop_rule
+from goodfit_cli.workflows.forgetting import anti_forgetting
+from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
 from goodfit_cli.workflows.wise import mix
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.training.callbacks import Callback
 from goodfit_cli.training.penalties import LinearProbeFirst, LossFn, OldTask, Penalty
-from goodfit_cli.workflows.session import Session
+from goodfit_cli.trainer.session import Session
 
 
 @dataclass

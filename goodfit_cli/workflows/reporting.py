@@ -15,7 +15,7 @@ from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide, build_report, write_report
 from goodfit_cli.report.gate import Gate, apply_gate, gate_from_flags, load_gate
 from goodfit_cli.report.junit import write_junit
-from goodfit_cli.workflows.session import Session, task_kinds
+from goodfit_cli.trainer.session import Session, task_kinds
 
 Predictions = dict[str, dict[str, torch.Tensor]]
 

@@ -43,6 +43,9 @@ from goodfit_cli.io.rundir import (
     state_files,
 )
 from goodfit_cli.recipe import StageSpec
+from goodfit_cli.trainer.runcheck import claim_stage
+from goodfit_cli.trainer.session import Session
+from goodfit_cli.trainer.tracking import Tracking
 from goodfit_cli.training import (
     Arm,
     at_anchor,
@@ -65,9 +68,6 @@ from goodfit_cli.training.callbacks import (
     states,
 )
 from goodfit_cli.training.early_stop import StopRule
-from goodfit_cli.workflows.runcheck import claim_stage
-from goodfit_cli.workflows.session import Session
-from goodfit_cli.workflows.tracking import Tracking
 
 Log = Callable[[str], None]
 
