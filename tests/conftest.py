@@ -21,6 +21,7 @@ import pytest
 END_TO_END = re.compile(
     r"(?<![.\w])(runner|runs)\.\w+\("  # tests/runs.py: pretrain, finetune, full_and_resumed
     r"|subprocess\.|sys\.executable|(?<![.\w])(spawn|torchrun|goodfit)\("  # processes
+    r"|multiprocessing|(?<![\w])mp\.(spawn|start_processes)\("
     r"|invoke\([^)]*[\"'](pretrain|finetune|eval|demo|search|compare)[\"']"  # a training command
     r"|(?<![.\w])_?(pretrain|finetune|run_search|run_compare|evaluate_checkpoint)\(")  # workflows
 
