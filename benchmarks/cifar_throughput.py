@@ -47,6 +47,7 @@ from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when r
 from torch import nn
 
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.sources import DeviceSource
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
 from goodfit_cli.objectives.runtime import TaskRunner
@@ -137,7 +138,7 @@ def run_bare(loop: Loop, data: Split, batch: int, batches: int, seed: int,
 
 def run_engine(loop: Loop, data: Split, runner: TaskRunner, batch: int, batches: int, seed: int) -> None:
     cfg = LoopConfig(total_batches=batches, batch_size=batch, eval_every=batches, seed=seed)
-    train(loop.model, loop.opt, None, data, runner.loss, cfg)
+    train(loop.model, loop.opt, None, DeviceSource(data), runner.loss, cfg)
 
 
 # ---------------------------------------------------------------------------------------------

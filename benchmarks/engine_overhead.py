@@ -57,6 +57,7 @@ from torch import nn
 
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.sources import DeviceSource
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
 from goodfit_cli.objectives.runtime import TaskRunner
@@ -97,7 +98,7 @@ def sync(device: torch.device) -> None:
 
 def run_engine(loop: Loop, data: Split, loss_fn: Callable, batches: int, seed: int) -> None:
     cfg = LoopConfig(total_batches=batches, batch_size=BATCH, eval_every=batches, seed=seed)
-    train(loop.model, loop.opt, loop.sched, data, loss_fn, cfg)
+    train(loop.model, loop.opt, loop.sched, DeviceSource(data), loss_fn, cfg)
 
 
 def run_bare(loop: Loop, data: Split, batches: int, seed: int) -> None:

@@ -47,9 +47,9 @@ from _machine import cpu_model
 
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.recipe import load_recipe
+from goodfit_cli.trainer.session import Place
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pretrain import pretrain
-from goodfit_cli.workflows.session import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = {"car2ped": ROOT / "recipes" / "motion_car2ped.yaml",

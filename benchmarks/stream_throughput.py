@@ -9,7 +9,7 @@ to 32×32 + horizontal flip, `create_transform(is_training=True, normalize=False
 batch size and the same number of workers:
 
     goodfit  data.stream.Streamed over data.imagestream.ImageSamples, driven exactly as the
-             engine drives it: `advance()` draws the loop's batch, `take()` returns it (the
+             engine drives it: `start()` at the loop's plan, `next()` returns each batch (the
              sampler replaying the order, per-sample seeded augmentation, the batch check)
     bare     torch.utils.data.DataLoader over timm's ImageDataset with that transform, a seeded
              RandomSampler, default collate
@@ -49,7 +49,8 @@ from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when r
 from PIL import Image
 
 from goodfit_cli.data.imagestream import ImageSamples, train_transform
-from goodfit_cli.data.stream import LoaderSettings, Position, Start, Streamed, advance
+from goodfit_cli.data.sources import Plan
+from goodfit_cli.data.stream import LoaderSettings, Streamed
 
 SIZE = (32, 32)
 AUGMENT = {"scale": [0.08, 1.0], "hflip": 0.5}  # timm's random resized crop + flip
@@ -93,11 +94,10 @@ def goodfit_source(tree: Path, workers: int) -> Streamed:
 def goodfit_block(src: Streamed, batch: int, batches: int, seed: int) -> float:
     """images/s of `batches` batches drawn as the engine draws them."""
     t0 = time.perf_counter()
-    at, gen = Position(), torch.Generator().manual_seed(seed)
-    src.start(Start(Position(), seed, batch, batches))
+    src.start(Plan(seed, batch, batches), None)
     for _ in range(batches):
-        x, y = src.take(advance(at, gen, len(src), batch))
-    src.stop()
+        x, y = src.next()
+    src.stop(finished=True)
     return batches * batch / (time.perf_counter() - t0)
 
 

@@ -45,9 +45,9 @@ from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when r
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report.svg import line_plot
+from goodfit_cli.trainer.session import Place
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pretrain import pretrain
-from goodfit_cli.workflows.session import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "toy.yaml"

@@ -47,6 +47,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.sources import DeviceSource
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.models import build_model
 from goodfit_cli.objectives.runtime import TaskRunner
@@ -92,7 +93,7 @@ class Clock:
 
 def run_engine(model, opt, data: Split, runner: TaskRunner, batches: int, seed: int, clk: Clock):
     clk.start()
-    train(model, opt, None, data, runner.loss, LoopConfig(batches, BATCH, batches, seed))
+    train(model, opt, None, DeviceSource(data), runner.loss, LoopConfig(batches, BATCH, batches, seed))
     clk.stop()
 
 

@@ -1,9 +1,12 @@
 """The training loop: one batch per `optimizer.step()`, periodic evaluation, exact resume.
 
-The loop knows nothing of Rich, YAML or files. It talks to two small protocols: `Events` (what
-it reports: the terminal draws them) and `Hooks` (what it asks of the run: evaluate, put the
-model in training mode, persist a state, whether to stop). Data lives on the device as tensors; each epoch is a permutation drawn from a
-seeded generator, so a resumed run sees exactly the batches an uninterrupted one would.
+The loop knows nothing of Rich, YAML, files, replay or streaming. It talks to three small
+protocols: a `BatchSource` (data/sources.py: start at a position, the next step's batch, its
+state; on the device, streamed or mixed with replay, the loop cannot tell), `Events` (what it
+reports: the terminal draws them) and `Hooks` (what it asks of the run: evaluate, put the model
+in training mode, persist a state, whether to stop). A batch's inputs are a tensor or a dict of
+tensors (data/batch.py). The source's position is part of the loop's state, so a resumed run
+sees exactly the batches an uninterrupted one would.
 
 One "batch" of the loop is one optimizer step: `accumulate` micro-batches of `batch_size`
 samples, each loss weighted by its share of the step's samples, so k accumulated micro-batches
@@ -25,9 +28,8 @@ from torch import Tensor, nn
 
 from goodfit_cli.core.distributed import mean_over_ranks
 from goodfit_cli.core.errors import Diverged
-from goodfit_cli.data.base import Split
-from goodfit_cli.data.replay import Mixed
-from goodfit_cli.data.stream import Position, Start, Streamed, advance
+from goodfit_cli.data import batch as B
+from goodfit_cli.data.sources import BatchSource, Plan
 
 
 class Events(Protocol):
@@ -98,31 +100,24 @@ class LoopState:
     """Where the loop is; enough to continue bit for bit (with model/optimizer/RNG states)."""
 
     batch: int = 0  # batches done
-    epoch: int = 0  # epochs started
-    pos: int = 0  # next index into `perm`
-    perm: Tensor | None = None  # (N,) this epoch's sample order
-    gen_state: Tensor | None = None  # data-order generator state after drawing `perm`
     loss_sum: float = 0.0  # training loss summed since the last evaluation
     loss_count: int = 0
     skipped: int = 0  # batches skipped for a non-finite loss (nonfinite: skip)
     wall_s: float = 0.0
-    replay_pos: int = 0  # replay (data is Mixed): next index into `replay_perm`
-    replay_perm: Tensor | None = None  # (M,) this pass's order over the replay pool
-    replay_gen_state: Tensor | None = None  # replay-order generator state after drawing it
+    source: dict[str, Any] | None = None  # the batch source's position (its state_dict())
     records: list[dict[str, Any]] = field(default_factory=list)
 
+    KEYS = ("batch", "loss_sum", "loss_count", "wall_s", "skipped")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "epoch": self.epoch, "pos": self.pos, "perm": self.perm,
-                "gen_state": self.gen_state, "loss_sum": self.loss_sum,
-                "loss_count": self.loss_count, "wall_s": self.wall_s, "skipped": self.skipped,
-                "replay_pos": self.replay_pos, "replay_perm": self.replay_perm,
-                "replay_gen_state": self.replay_gen_state}
+        return {**{k: getattr(self, k) for k in self.KEYS}, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopState":
-        return cls(**{k: d[k] for k in ("batch", "epoch", "pos", "perm", "gen_state", "loss_sum",
-                                        "loss_count", "wall_s", "skipped", "replay_pos",
-                                        "replay_perm", "replay_gen_state") if k in d})
+        # states written before sources owned their position kept it beside the loop's keys
+        source = d["source"] if "source" in d else {k: v for k, v in d.items()
+                                                     if k not in cls.KEYS}
+        return cls(**{k: d[k] for k in cls.KEYS if k in d}, source=source)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -134,13 +129,13 @@ def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:
     return int(getattr(optimizer, "main_steps", batch))
 
 
-def backward(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, cfg: LoopConfig
+def backward(model: nn.Module, x: B.Inputs, y: Tensor, loss_fn: Callable, cfg: LoopConfig
              ) -> Tensor | None:
     """Gradients of the step's mean loss over the batch (x, y), accumulated over
     `cfg.accumulate` micro-batches; the loss (detached), or None for a non-finite one under
     nonfinite: skip."""
     k = cfg.accumulate
-    parts = [(a, b) for a, b in zip(x.tensor_split(k), y.tensor_split(k)) if len(a)] \
+    parts = [(a, b) for a, b in zip(B.chunks(x, k), y.tensor_split(k)) if len(b)] \
         if k > 1 else [(x, y)]
     total = None
     for i, (xa, ya) in enumerate(parts):
@@ -149,7 +144,7 @@ def backward(model: nn.Module, x: Tensor, y: Tensor, loss_fn: Callable, cfg: Loo
         with sync:  # DDP: one all-reduce per step, on the last micro-batch
             loss = loss_fn(model, xa, ya)
             if len(parts) > 1:
-                loss = loss * (len(xa) / len(x))
+                loss = loss * (len(ya) / len(y))
             if cfg.nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync, only with skip
                 return None
             loss.backward()
@@ -170,34 +165,12 @@ def clip(optimizer: torch.optim.Optimizer, cfg: LoopConfig, norm: bool) -> Tenso
     return torch.nn.utils.get_total_norm([p.grad for p in grads]) if grads else None
 
 
-def _with_replay(mixed: Mixed, st: LoopState, gen: torch.Generator, cfg: LoopConfig,
-                 batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
-    """The batch plus its replayed old-task samples (old_per_batch per accumulated micro-batch),
-    drawn in the pool's own seeded order."""
-    m, k = len(mixed.old), mixed.old_per_batch * cfg.accumulate
-    parts = []
-    while k > 0:
-        if st.replay_perm is None or st.replay_pos >= m:  # a new pass over the pool
-            st.replay_perm = torch.randperm(m, generator=gen)
-            st.replay_gen_state = gen.get_state()
-            st.replay_pos = 0
-        take = st.replay_perm[st.replay_pos:st.replay_pos + k]
-        st.replay_pos += len(take)
-        parts.append(take)
-        k -= len(take)
-    idx = torch.cat(parts)
-    if cfg.world > 1:
-        idx = idx.tensor_split(cfg.world)[cfg.rank]
-    idx = idx.to(mixed.old.x.device, non_blocking=True)
-    return torch.cat([batch[0], mixed.old.x[idx]]), torch.cat([batch[1], mixed.old.y[idx]])
-
-
 def train(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    data: Split | Mixed | Streamed,
-    loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor],
+    source: BatchSource,
+    loss_fn: Callable[[nn.Module, B.Inputs, Tensor], Tensor],
     cfg: LoopConfig,
     hooks: Hooks | None = None,
     *,
@@ -206,31 +179,28 @@ def train(
 ) -> LoopState:
     """Train until `cfg.total_batches` batches are done, or `hooks.should_stop()` turns true.
 
-    `data` is on the training device, or `Streamed` to it; a `Mixed` adds replayed old-task samples to every batch
-    (`cfg.batch_size` counts both parts). Under data parallelism every rank draws the same global
-    batch and keeps its `cfg.rank`-th share; the logged training loss is averaged over ranks
-    (gradients are the model wrapper's business). The returned state has `records`: the
-    evaluations made by this call.
+    `source` gives each step's batch on the training device (`cfg.batch_size` samples per
+    micro-batch over all ranks; under data parallelism each rank gets its share of the same
+    global batch). The logged training loss is averaged over ranks (gradients are the model
+    wrapper's business). The returned state has `records`: the evaluations made by this call.
     """
     hooks = hooks or Hooks()
     events = events or NoEvents()
     st = state or LoopState()
-    gen = torch.Generator()
-    if st.gen_state is not None:
-        gen.set_state(st.gen_state)
-    else:
-        gen.manual_seed(cfg.seed)
-    mixed = data if isinstance(data, Mixed) else None
-    data = mixed.new if mixed is not None else data
-    n = len(data)
-    # new-task samples per optimizer step (a step is `accumulate` micro-batches)
-    step = cfg.step_size - (mixed.old_per_batch * cfg.accumulate if mixed is not None else 0)
-    rgen = torch.Generator()
-    if st.replay_gen_state is not None:
-        rgen.set_state(st.replay_gen_state)
-    else:
-        rgen.manual_seed(cfg.seed + 1)
-    device = data.x.device
+    source.start(Plan(cfg.seed, cfg.step_size, cfg.total_batches - st.batch, cfg.rank, cfg.world,
+                      cfg.accumulate), st.source)
+    finished = False
+    try:
+        _run(model, optimizer, scheduler, source, loss_fn, cfg, hooks, events, st)
+        finished = st.batch >= cfg.total_batches
+    finally:  # a streamed source's workers end here when the run stopped early or raised
+        source.stop(finished)
+    return st
+
+
+def _run(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, source: BatchSource,
+         loss_fn: Callable, cfg: LoopConfig, hooks: Hooks, events: Events, st: LoopState) -> None:
+    device = source.device
     # the losses since the last flush stay on the device (one copy per batch, no host sync);
     # a flush checks them for NaN/Inf before anything is logged or saved, naming the batch
     losses = torch.empty(cfg.eval_every, dtype=torch.float32, device=device)
@@ -258,7 +228,7 @@ def train(
         now = time.perf_counter()
         rate = (st.batch - since[0]) * cfg.step_size / max(now - since[1], 1e-9)
         rec = {"batch": st.batch, "main_steps": main_steps(optimizer, st.batch),
-               "epoch": round(st.batch / batches_per_epoch(n, step), 4),
+               "epoch": round(st.batch / source.steps_per_epoch(), 4),
                **hooks.evaluate(),
                "train_loss": st.loss_sum / st.loss_count if st.loss_count else None,
                "lr": float(optimizer.param_groups[0]["lr"]),
@@ -271,21 +241,8 @@ def train(
         hooks.train_mode(model)
         since[:] = [st.batch, time.perf_counter()]  # evaluation time is not training time
 
-    stream = data if isinstance(data, Streamed) else None
-    if stream is not None:  # its sampler replays this loop's order from here on
-        stream.start(Start(Position(st.perm, st.pos, st.epoch, st.gen_state), cfg.seed, step,
-                           cfg.total_batches - st.batch, cfg.rank, cfg.world))
     while st.batch < cfg.total_batches:
-        idx = advance(st, gen, n, step)  # the global batch
-        if cfg.world > 1:
-            idx = idx.tensor_split(cfg.world)[cfg.rank]
-        if stream is None:
-            idx = idx.to(device, non_blocking=True)
-            x, y = data.x[idx], data.y[idx]
-        else:
-            x, y = stream.take(idx)
-        if mixed is not None:
-            x, y = _with_replay(mixed, st, rgen, cfg, (x, y))
+        x, y = source.next()
         optimizer.zero_grad(set_to_none=True)
         loss = backward(model, x, y, loss_fn, cfg)
         if loss is None:
@@ -311,12 +268,11 @@ def train(
         if stopping or (cfg.checkpoint_every and st.batch % cfg.checkpoint_every == 0
                         and st.batch < cfg.total_batches):
             flush()  # never save a state reached through a NaN
+            st.source = source.state_dict()
             hooks.save_state(st)
         if stopping:
             break
     flush()
-    if stream is not None:
-        stream.stop(finished=st.batch >= cfg.total_batches)
+    st.source = source.state_dict()
     st.wall_s = time.perf_counter() - t0
     events.on_end()
-    return st

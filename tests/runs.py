@@ -8,11 +8,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.trainer.session import Place
+from goodfit_cli.trainer.stage import Ui, quiet
 from goodfit_cli.workflows.finetune import FinetuneJob
 from goodfit_cli.workflows.finetune import finetune as _finetune
 from goodfit_cli.workflows.pretrain import pretrain as _pretrain
-from goodfit_cli.workflows.session import Place
-from goodfit_cli.workflows.stage import Ui, quiet
 
 
 class StopAfter:

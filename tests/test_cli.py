@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from goodfit_cli.cli.app import app
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.models import build_model
+from goodfit_cli.trainer.session import load_checkpoint
 from goodfit_cli.workflows.recipes import shipped_dir
-from goodfit_cli.workflows.session import load_checkpoint
 
 RECIPES_DIR = shipped_dir()
 from goodfit_cli.core.errors import Interrupted

@@ -112,7 +112,7 @@ def test_config_statistics_feed_an_image_model(tmp_path):
     import timm
 
     from goodfit_cli.objectives.standard import CrossEntropy
-    from goodfit_cli.workflows.session import load_checkpoint
+    from goodfit_cli.trainer.session import load_checkpoint
 
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3)

@@ -15,6 +15,7 @@ from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split
 from goodfit_cli.data.replay import Mixed
+from goodfit_cli.data.sources import source_of
 from goodfit_cli.data.stream import (
     LoaderSettings,
     Position,
@@ -26,7 +27,7 @@ from goodfit_cli.data.stream import (
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.recipe import parse_recipe
-from goodfit_cli.workflows.session import open_session
+from goodfit_cli.trainer.session import open_session
 from tests import runs as runner
 
 CPU = torch.device("cpu")
@@ -40,7 +41,8 @@ def _train(data, steps=13, accumulate=1):
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.2), nn.Linear(8, 4))  # dropout: global RNG
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train(model, opt, None, data, _ce, LoopConfig(steps, 8, 5, seed=3, accumulate=accumulate))
+    train(model, opt, None, source_of(data), _ce,
+          LoopConfig(steps, 8, 5, seed=3, accumulate=accumulate))
     return model.state_dict()
 
 

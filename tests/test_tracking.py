@@ -11,7 +11,7 @@ from torch import nn
 
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.training.averaging import AnchorEma, CycleStats
-from goodfit_cli.workflows.tracking import Tracker
+from goodfit_cli.trainer.tracking import Tracker
 
 RECORDS = [{"batch": b, "old": {"mse": 1.0 / b}, "new": {"ade@3s": 2.0 * b}, "lr": 0.1 * b,
             "lr_ref": 0.01 * b, "train_loss": 3.0 + b, "grad_norm": 0.5, "samples_per_s": 100.0,

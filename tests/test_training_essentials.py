@@ -13,6 +13,7 @@ from torch import nn
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.sources import DeviceSource
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import OptimizerSpec, SchedulerSpec, StageSpec, parse_recipe
@@ -25,10 +26,10 @@ def net() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 16), nn.LayerNorm(16), nn.Tanh(), nn.Linear(16, 2))
 
 
-def data(n: int = 100) -> Split:
+def data(n: int = 100) -> DeviceSource:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, 3, generator=g)
-    return Split(x, torch.stack([x.sum(1).sin(), x[:, 0] * x[:, 1]], 1))
+    return DeviceSource(Split(x, torch.stack([x.sum(1).sin(), x[:, 0] * x[:, 1]], 1)))
 
 
 def mse(model, x, y):

@@ -102,10 +102,11 @@ class Context:
 
 @dataclass
 class Built:
-    """What the engine trains on: the loss, and `resumed(steps)` for a resumed run."""
+    """What the engine trains on: the loss, and the arm's own training callbacks
+    (core/callbacks.py; their states are saved and resumed with the run's)."""
 
     loss: LossFn
-    resumed: Callable[[int], None] = field(default=lambda _steps: None)
+    callbacks: list = field(default_factory=list)
 
 
 class ArmType:

@@ -17,4 +17,4 @@ class LpFt(ArmType):
 
     def build(self, ctx: Context) -> Built:
         hook = LinearProbeFirst(ctx.model, ctx.optimizer, round(self.args["fraction"] * ctx.total))
-        return Built(ctx.loss, hook.resume)
+        return Built(ctx.loss, [hook])

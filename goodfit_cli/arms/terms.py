@@ -3,8 +3,9 @@ parameters, the diagonal Fisher, the pull toward the base (l2sp, ewc), the disti
 the base's outputs (lwf, focal), and LP-FT's step pre-hook.
 
 `Pull` and `Distill` wrap a task's loss function `(model, x, y) -> loss`; `LinearProbeFirst`
-is an optimizer step pre-hook. All work under DistributedDataParallel: the base's terms are
-computed identically on every rank, and the student's extra forward runs on the unwrapped module.
+is an optimizer step pre-hook and a training callback (core/callbacks.py; its state: the steps
+taken). All work under DistributedDataParallel: the base's terms are computed identically on
+every rank, and the student's extra forward runs on the unwrapped module.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.arms.base import LossFn
 from goodfit_cli.models import head_prefixes, unwrap
+from goodfit_cli.core.callbacks import Callback
 
 
 def body_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -138,9 +140,12 @@ def base_median_error(teacher: nn.Module, objective: Any, x: Tensor, y: Tensor,
     return float(torch.cat(errs).median())
 
 
-class LinearProbeFirst:
+class LinearProbeFirst(Callback):
     """LP-FT as an optimizer step pre-hook: for the first `lp_batches` steps the body's
-    gradients are dropped, so only the head moves; afterwards every parameter trains."""
+    gradients are dropped, so only the head moves; afterwards every parameter trains. A
+    training callback whose state is the steps taken."""
+
+    name = "lp_ft"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, lp_batches: int) -> None:
         self.body = [p for _, p in body_parameters(model)]
@@ -153,5 +158,8 @@ class LinearProbeFirst:
                 p.grad = None  # torch optimizers skip a parameter without a gradient
         self.steps += 1
 
-    def resume(self, steps_done: int) -> None:
-        self.steps = steps_done
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = int(state["steps"])

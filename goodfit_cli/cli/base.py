@@ -132,7 +132,7 @@ def load(recipe: str, overrides: list[str] | None):
 
 def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
     """Log lines and a progress display per run, drawn by Rich."""
-    from goodfit_cli.workflows.stage import Ui
+    from goodfit_cli.trainer.stage import Ui
 
     return Ui(log_fn, lambda label: RichEvents(label, primary))
 
@@ -159,9 +159,19 @@ def bounds(min_old, max_old, min_new, max_new) -> dict[str, list[str] | None]:
 LOG_FORMAT = typer.Option("text", "--log-format",
                           help="text: a progress bar on a terminal, else a plain line every "
                                "--progress-every seconds; json: one JSON object per line.")
-RECIPE = typer.Option(..., "--recipe", "-r", help="Recipe YAML (or a shipped name).")
+RECIPE_HELP = "Recipe YAML (or a shipped name)."
+RECIPE = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP)
+RECIPE_OR_RUNS = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)  # finetune: --resume has one
+BASE = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors).")
+BASE_OR_RUNS = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with "
+                            "--resume, the run's own by default.")
 RUN_DIR = typer.Option(None, "--out", "-o", help="Run directory.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out (its old "
+                         "content is moved aside and kept).")
+GATE = typer.Option(None, "--gate", help="gate.yaml with limits: exit 3 if one is violated "
+                    "(search: the trials' constraint).")
+JUNIT = typer.Option(None, "--junit", help="Write the gate as JUnit XML: one case per "
+                     "candidate and limit.")
 OVERRIDES = typer.Argument(None, help="key.sub=value overrides")
 PROGRESS_EVERY = typer.Option(30.0, "--progress-every", min=0.0,
                               help="Seconds between progress lines when there is no terminal "

@@ -9,9 +9,13 @@ import typer
 from rich.markup import escape
 
 from goodfit_cli.cli.base import (
+    BASE,
+    BASE_OR_RUNS,
     DATA_DIR,
     DEVICE,
     EXAMPLES,
+    GATE,
+    JUNIT,
     LOG_FORMAT,
     MAX_NEW,
     MAX_NFR,
@@ -24,6 +28,7 @@ from goodfit_cli.cli.base import (
     OVERWRITE,
     PROGRESS_EVERY,
     RECIPE,
+    RECIPE_OR_RUNS,
     RUN_DIR,
     SEED,
     LogFormat,
@@ -61,7 +66,7 @@ def pretrain(
     """Train the base model on the recipe's OLD task; writes OUT/model.safetensors."""
     from goodfit_cli.core.distributed import is_main
     from goodfit_cli.workflows.pretrain import pretrain as run_pretrain
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     display(log_format, progress_every)
     r = load(recipe, overrides)  # a bad recipe: one line here, before any process starts
@@ -78,8 +83,8 @@ def pretrain(
 @app.command(epilog=EXAMPLES["finetune"])
 @handled
 def finetune(
-    base: Optional[Path] = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with --resume, the run's own by default."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe YAML (or a shipped name)."),
+    base: Optional[Path] = BASE_OR_RUNS,
+    recipe: Optional[str] = RECIPE_OR_RUNS,
     optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
     out_dir: Optional[Path] = RUN_DIR,
     seed: Optional[int] = SEED,
@@ -88,14 +93,14 @@ def finetune(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run dir."),
     overwrite: bool = OVERWRITE,
     no_wise: bool = typer.Option(False, "--no-wise", help="Skip the WiSE-FT interpolation curve."),
-    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: limits; exit 3 if violated."),
+    gate: Optional[Path] = GATE,
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
     min_old: Optional[list[str]] = MIN_OLD,
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    junit: Optional[Path] = JUNIT,
     nproc: int = NPROC,
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,
@@ -103,11 +108,10 @@ def finetune(
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
     from goodfit_cli.training.checks import check_stages
-    from goodfit_cli.workflows.finetune import FinetuneJob, resume_job
+    from goodfit_cli.workflows.finetune import FinetuneJob, check_resume_args, resume_job
     from goodfit_cli.workflows.finetune import finetune as run_finetune
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.runcheck import check_resume_args
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     display(log_format, progress_every)
     place = Place(device, seed, data_dir)
@@ -139,21 +143,21 @@ def wise(
     arm_dir: Path = typer.Argument(..., help="A finished arm of a fine-tuning run: RUN/<arm>."),
     alpha: float = typer.Option(..., "--alpha", help="Weight of the arm: (1-α)·base + α·arm."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for the candidate checkpoint and its report."),
-    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    gate: Optional[Path] = GATE,
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
     min_old: Optional[list[str]] = MIN_OLD,
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write the gate as JUnit XML."),
+    junit: Optional[Path] = JUNIT,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out (the old content is moved aside)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.wise import WiseJob
     from goodfit_cli.workflows.wise import wise as run_wise
 
@@ -171,14 +175,14 @@ def wise(
 @app.command(help=SEARCH_HELP, epilog=EXAMPLES["search"])
 @handled
 def search(
-    base: Path = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors)."),
+    base: Path = BASE,
     recipe: str = RECIPE,
     trials: int = typer.Option(..., "--trials", "-n", help="The study's target number of trials."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (trials, report, study.db)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL shared by workers (postgresql://...); default sqlite in --out."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default goodfit-<recipe>)."),
     seed: int = typer.Option(0, "--seed", help="Sampler seed."),
-    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml: the search's constraint."),
+    gate: Optional[Path] = GATE,
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
     min_old: Optional[list[str]] = MIN_OLD,
@@ -195,7 +199,7 @@ def search(
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
@@ -217,12 +221,12 @@ def demo(
     device: Optional[str] = DEVICE,
     log_format: LogFormat = LOG_FORMAT,
     progress_every: float = PROGRESS_EVERY,
-    overwrite: bool = typer.Option(False, "--overwrite", help="Start afresh in a non-empty --out (the old base/ and finetune/ are kept aside)."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
     from goodfit_cli.workflows.demo import demo as run_demo
     from goodfit_cli.workflows.demo import demo_recipe
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     display(log_format, progress_every)
     r = demo_recipe(quick)

@@ -15,6 +15,8 @@ from goodfit_cli.cli.base import (
     DATA_DIR,
     DEVICE,
     EXAMPLES,
+    GATE,
+    JUNIT,
     MAX_NEW,
     MAX_NFR,
     MAX_OLD,
@@ -46,14 +48,14 @@ def compare(
     base: Path = typer.Argument(..., help="Base checkpoint or run directory."),
     candidates: list[Path] = typer.Argument(..., help="Candidate checkpoints or run directories."),
     recipe: str = RECIPE,
-    gate: Optional[Path] = typer.Option(None, "--gate", help="gate.yaml with limits."),
+    gate: Optional[Path] = GATE,
     max_old_drop: Optional[float] = MAX_OLD_DROP,
     max_nfr: Optional[float] = MAX_NFR,
     min_old: Optional[list[str]] = MIN_OLD,
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
-    junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML: one case per candidate and limit."),
+    junit: Optional[Path] = JUNIT,
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
@@ -62,7 +64,7 @@ def compare(
     """Regression report of candidates against a base; exit 3 when a gate is violated."""
     from goodfit_cli.workflows.compare import compare as run_compare
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
-    from goodfit_cli.workflows.session import Place
+    from goodfit_cli.trainer.session import Place
 
     r = load(recipe, None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
@@ -89,8 +91,8 @@ def eval_(
 ) -> None:
     """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""
     from goodfit_cli.workflows.evaluate import evaluate
-    from goodfit_cli.workflows.session import Place
-    from goodfit_cli.workflows.stage import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.trainer.stage import Ui
 
     r = load(recipe, overrides)
     done = evaluate(r, checkpoint, Place(device, None, data_dir),

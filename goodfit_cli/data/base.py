@@ -8,20 +8,23 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from goodfit_cli.data.inputs import IMAGE, TABLE, InputSpec
+from goodfit_cli.data.batch import Inputs, size, to_model_input
+from goodfit_cli.data.inputs import InputSpec
+
+__all__ = ["Split", "Task", "generator", "to_model_input"]
 
 
 @dataclass
 class Split:
-    x: torch.Tensor  # (N, ...) inputs: float32, or uint8 (N, H, W, C) images as stored
+    x: Inputs  # (N, ...) inputs: float32, or uint8 (N, H, W, C) images as stored; or a dict of them
     y: torch.Tensor  # (N,) int64 class labels, or (N, D) float32 regression targets
 
     def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"Split has {len(self.x)} inputs but {len(self.y)} targets")
+        if size(self.x) != len(self.y):
+            raise ValueError(f"Split has {size(self.x)} inputs but {len(self.y)} targets")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
 
 
 @dataclass
@@ -49,22 +52,6 @@ class Task:
         if self.val is not None:
             out["val"] = split(self.val)
         return out
-
-
-def to_model_input(x: torch.Tensor, spec: InputSpec | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float32 (N, C, H, W) in [0, 1], then normalised by the model's
-    InputSpec (default: mean = std = 0.5, i.e. [-1, 1]); float features are standardised when
-    the spec is a table's, else they pass unchanged."""
-    if x.dtype != torch.uint8:
-        if spec is not None and spec.kind == TABLE and x.is_floating_point():
-            return spec.standardise(x)
-        return x
-    if x.ndim != 4:
-        raise ValueError(f"uint8 images must be (N, H, W, C), got shape {tuple(x.shape)}")
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, C, H, W) in [0, 1]
-    if spec is None or spec.kind != IMAGE:
-        return x.sub_(0.5).div_(0.5)  # (N, C, H, W) in [-1, 1]
-    return spec.normalise_images(x)
 
 
 def generator(seed: int, *stream: int) -> torch.Generator:

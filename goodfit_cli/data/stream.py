@@ -1,10 +1,10 @@
 """Training data streamed through torch's DataLoader, in exactly the device path's batch order.
 
 Small sets live on the device and the loop indexes them with a seeded permutation per epoch
-(the fast path). A set too big for that, or one augmented per sample, is a `Streamed` source:
-a DataLoader whose batch sampler replays the loop's own order (`advance`, the one definition
-of batch order for both paths) on a copy of the loop's position, so workers read ahead while
-the loop's state (`perm`, `pos`, `gen_state`, `epoch`) stays the resumable one. Each rank's
+(the fast path, data/sources.py). A set too big for that, or one augmented per sample, is a
+`Streamed` source: a DataLoader whose batch sampler replays the source's own order (`Order`,
+the one definition of batch order for both paths) on a copy of its position, so workers read
+ahead while the source's position (`perm`, `pos`, `gen_state`, `epoch`) stays the resumable one. Each rank's
 sampler yields only its share of every global batch (what a DistributedSampler does), and a
 resumed run restarts the sampler at the saved position: the batches are those of an
 uninterrupted run, bit for bit.
@@ -33,6 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Split
+from goodfit_cli.data.batch import Inputs
+from goodfit_cli.data.sources import Order, Plan, Position, advance
+
+__all__ = ["LoaderSettings", "Position", "Start", "Streamed", "TensorSamples", "advance",
+           "as_samples", "streams"]
 
 MODES = ("auto", "device", "stream")
 
@@ -104,29 +109,6 @@ def streams(split: Any, settings: LoaderSettings, where: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # the batch order
-
-
-@dataclass
-class Position:
-    """Where the epoch order is (the loop's LoopState has the same fields)."""
-
-    perm: Tensor | None = None  # (N,) this epoch's sample order
-    pos: int = 0  # next index into perm
-    epoch: int = 0  # epochs started
-    gen_state: Tensor | None = None  # the order generator's state after drawing perm
-
-
-def advance(st: Any, gen: torch.Generator, n: int, step: int) -> Tensor:
-    """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends;
-    moves `st` (a Position or the loop's LoopState) past it."""
-    if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
-        st.perm = torch.randperm(n, generator=gen)
-        st.gen_state = gen.get_state()
-        st.pos = 0
-        st.epoch += 1
-    idx = st.perm[st.pos:st.pos + step]
-    st.pos += step
-    return idx
 
 
 @dataclass
@@ -253,7 +235,8 @@ class _Rows:
 
 
 class Streamed:
-    """A training split the loop reads through a DataLoader; len, x and y as a Split's."""
+    """A training split the loop reads through a DataLoader (a data.sources.BatchSource); len,
+    x and y as a Split's."""
 
     def __init__(self, samples: Samples, device: torch.device, settings: LoaderSettings,
                  seed: int) -> None:
@@ -264,6 +247,7 @@ class Streamed:
         self._order = _Order(len(samples))
         self.loader = self._new_loader()
         self._it: Iterator | None = None
+        self.order: Order | None = None
 
     def _new_loader(self) -> DataLoader:
         w, settings, device = self.settings.workers, self.settings, self.device
@@ -279,23 +263,33 @@ class Streamed:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def start(self, start: Start) -> None:
-        """Read from `start` on (call before each training run)."""
-        self._order.start = start
+    def start(self, plan: Plan, state: dict[str, Any] | None) -> None:
+        """Read from `state` (a state_dict(); None: the beginning) on; call before each run."""
+        self.order = Order(len(self.samples), plan, state)
+        self._order.start = Start(replace(self.order.at), plan.seed, plan.step, plan.batches,
+                                  plan.rank, plan.world)
         self._it = iter(self.loader)
 
-    def take(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        """The next batch, which must be `idx` (this rank's indices), on the device."""
+    def next(self) -> tuple[Inputs, Tensor]:
+        """The next batch (this rank's share), on the device; the loader's batch must be the
+        order's next one."""
+        idx = self.order.next()
         batch = next(self._it)
         if isinstance(batch, Failed):
             raise UserError(batch.message)
         ids, x = batch
-        if not torch.equal(ids, idx.cpu()):
+        if not torch.equal(ids, idx):
             raise RuntimeError("the streaming loader's batch is not the loop's next batch")
         idx = idx.to(self.device, non_blocking=True)
         return x.to(self.device, non_blocking=True), self.y[idx]
 
-    def stop(self, finished: bool = True) -> None:
+    def steps_per_epoch(self) -> int:
+        return self.order.steps_per_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.order.at.state_dict()
+
+    def stop(self, finished: bool) -> None:
         """Done with this run: the workers end, or persistent ones wait for the next run of
         this process (unless the run stopped early: they end then too)."""
         self._it = None  # a non-persistent loader's workers end with its iterator
@@ -306,10 +300,3 @@ class Streamed:
         """End the workers, persistent ones included (the next run starts new ones)."""
         self._it = None
         self.loader = self._new_loader()  # the old loader, its iterator and workers go
-
-
-def release(data: Any) -> None:
-    """After a training run that raised: end the workers of a Streamed split still mid-run
-    (forked workers hold the parent's open files, the run folder's lock among them)."""
-    if isinstance(data, Streamed) and data._it is not None:
-        data.close()

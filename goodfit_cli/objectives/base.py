@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import FLIPS, Metric
 from goodfit_cli.core.registry import Registry
-from goodfit_cli.data.base import Task, to_model_input
-from goodfit_cli.data.inputs import spec_of
+from goodfit_cli.data.base import Task
+from goodfit_cli.data.batch import forward
 
 
 class Objective:
@@ -39,8 +39,8 @@ class Objective:
         raise NotImplementedError
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Evaluation outputs for a batch, (B, ...)."""
-        return model(to_model_input(x, spec_of(model)))
+        """Evaluation outputs for a batch, (B, ...) (a dict batch reaches the model as keywords)."""
+        return forward(model, x)
 
     def predictions(self, outputs: Tensor) -> Tensor:
         """What flips and per-sample errors come from: the outputs, or class ids."""

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.batch import rows
 from goodfit_cli.objectives import build_objective
 
 
@@ -38,7 +39,8 @@ class TaskRunner:
         outs = []
         for i in range(0, len(split), batch_size):
             with self.autocast():
-                outs.append(self.objective.outputs(model, split.x[i:i + batch_size]).float())
+                outs.append(self.objective.outputs(model, rows(split.x, slice(i, i + batch_size)))
+                            .float())
         return torch.cat(outs)
 
     def evaluate(self, model: nn.Module, split: Split,

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from goodfit_cli.core import metrics as M
 from goodfit_cli.core.metrics import Metric
 from goodfit_cli.data.augment import random_crop_flip
-from goodfit_cli.data.base import to_model_input
-from goodfit_cli.data.inputs import spec_of
+from goodfit_cli.data.batch import forward
 from goodfit_cli.objectives.base import OBJECTIVES, Objective
 
 
@@ -20,7 +19,7 @@ class MSE(Objective):
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
-        out = model(to_model_input(x, spec_of(model))).float()
+        out = forward(model, x).float()
         if out.shape != y.shape:  # F.mse_loss would broadcast (N, k) against (N, 1): wrong, silently
             raise ValueError(f"the model gives {tuple(out.shape[1:])} outputs per sample, the "
                              f"targets are {tuple(y.shape[1:])}")
@@ -42,9 +41,9 @@ class CrossEntropy(Objective):
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def loss(self, model, x, y):
-        if self.args.get("augment") and x.dtype == torch.uint8:
+        if self.args.get("augment") and isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
             x = random_crop_flip(x, channels_last=True)  # (B, H, W, C) uint8, batched
-        return F.cross_entropy(model(to_model_input(x, spec_of(model))).float(), y)
+        return F.cross_entropy(forward(model, x).float(), y)
 
     def predictions(self, outputs):
         return outputs.argmax(1)

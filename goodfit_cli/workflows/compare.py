@@ -37,10 +37,10 @@ from goodfit_cli.models import build_model, own_head
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
+from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.reporting import base_head_record, finish_report
-from goodfit_cli.workflows.session import Place, Session, load_checkpoint, open_session, task_kinds
-from goodfit_cli.workflows.stage import Ui
 
 
 @dataclass

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.trainer.session import Place
+from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pretrain import pretrain
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.session import Place
-from goodfit_cli.workflows.stage import Ui
 
 # the demo shortens only the base's pretraining (10 000 -> 3 000 batches, same decay per run);
 # the fine-tuning stage is the seed's: 1 500 batches at lr 5e-4, x0.95 every 100

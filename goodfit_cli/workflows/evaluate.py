@@ -11,13 +11,13 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.workflows.session import (
+from goodfit_cli.trainer.session import (
     Place,
     adopt_base_model,
     load_checkpoint,
     open_session,
 )
-from goodfit_cli.workflows.stage import Ui
+from goodfit_cli.trainer.stage import Ui
 
 
 def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,

@@ -22,18 +22,15 @@ from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
+from goodfit_cli.io.identity import describe_difference
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.training import parse_arm
-from goodfit_cli.training.checks import check_stages
-from goodfit_cli.training.early_stop import stop_rule
-from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
-from goodfit_cli.workflows.runcheck import check_resumed_run, claim_stage, run_identity
-from goodfit_cli.workflows.session import (
+from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
+from goodfit_cli.trainer.session import (
     Place,
     Session,
     adopt_base_model,
@@ -41,7 +38,12 @@ from goodfit_cli.workflows.session import (
     load_checkpoint,
     open_session,
 )
-from goodfit_cli.workflows.stage import StageJob, Ui, quiet, run_stage
+from goodfit_cli.trainer.stage import StageJob, Ui, quiet, run_stage
+from goodfit_cli.training import parse_arm
+from goodfit_cli.training.checks import check_stages
+from goodfit_cli.training.early_stop import stop_rule
+from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
 from goodfit_cli.workflows.wise import mix
 
 
@@ -77,6 +79,29 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
     job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
                       resume=True)
     return job, place
+
+
+def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path | None,
+                      overwrite: bool, overrides: list[str] | None) -> None:
+    """`--resume RUN` continues RUN in RUN with RUN/recipe.yaml: a `--out` elsewhere, an
+    `--overwrite`, or a `--recipe` that is not that recipe (after the same overrides) would be
+    silently ignored, so each is refused. The same command plus `--resume RUN` passes."""
+    if out is not None and out.resolve() != run.resolve():
+        raise UserError(f"--out {out} conflicts with --resume {run}: a resumed run writes into "
+                        "its own folder; drop --out")
+    if overwrite:
+        raise UserError(f"--overwrite conflicts with --resume {run}: --resume continues the run, "
+                        "--overwrite starts it afresh; pass one of them")
+    if recipe is None:
+        return
+    given = json.loads(json.dumps(load(recipe, overrides).raw, default=str))
+    saved = json.loads(json.dumps(resumed.raw, default=str))
+    if "model" not in given:  # the run took its model from the base folder's config.json
+        saved.pop("model", None)
+    diff = describe_difference(run, {"recipe": saved}, {"recipe": given})
+    if diff:
+        raise UserError(f"--recipe {recipe} is not the recipe of --resume {run}: {diff}; drop "
+                        f"--recipe (a resumed run uses {run / 'recipe.yaml'})")
 
 
 def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.io.rundir import RunResult, state_files
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.trainer.runcheck import claim_stage
+from goodfit_cli.trainer.session import Place, open_session
+from goodfit_cli.trainer.stage import StageJob, Ui, run_stage
 from goodfit_cli.training import Arm
 from goodfit_cli.training.checks import check_arm
-from goodfit_cli.workflows.runcheck import claim_stage
-from goodfit_cli.workflows.session import Place, open_session
-from goodfit_cli.workflows.stage import StageJob, Ui, run_stage
 
 
 def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | None = None, *,

@@ -25,7 +25,7 @@ from goodfit_cli.report.gate import (
 )
 from goodfit_cli.report.verdict import verdict
 from goodfit_cli.report.junit import write_junit
-from goodfit_cli.workflows.session import Session, task_kinds
+from goodfit_cli.trainer.session import Session, task_kinds
 
 Predictions = dict[str, dict[str, torch.Tensor]]
 

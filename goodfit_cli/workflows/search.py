@@ -47,11 +47,11 @@ from goodfit_cli.report.search import (
     write_search_report,
 )
 from goodfit_cli.arms.search import propose
+from goodfit_cli.trainer.session import Place
+from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.session import Place
-from goodfit_cli.workflows.stage import Ui
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 

@@ -32,7 +32,7 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
         build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
     if data:  # the data on the CPU and the model at its seed: the check a run makes before training
-        from goodfit_cli.workflows.session import Place, open_session
+        from goodfit_cli.trainer.session import Place, open_session
 
         open_session(r, Place(device="cpu", data_dir=data_dir), join=False).model()
     return r

@@ -24,9 +24,9 @@ from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_pr
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
+from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.reporting import finish_report, provenance
-from goodfit_cli.workflows.session import Place, load_checkpoint, open_session
-from goodfit_cli.workflows.stage import Ui
 
 
 def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],

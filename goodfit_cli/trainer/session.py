@@ -32,7 +32,7 @@ from goodfit_cli.objectives import direction, task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.recipe import Component, Recipe
 from goodfit_cli.recipe.schema import SEED_MAX
-from goodfit_cli.workflows.fit import check_fits
+from goodfit_cli.trainer.fit import check_fits
 
 
 @dataclass

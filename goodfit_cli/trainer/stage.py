@@ -1,8 +1,9 @@
 """One training run (a pretrain, or one fine-tuning arm): model + arm + stage -> an arm folder.
 
-Builds the arm's optimizer and scheduler, resumes from the newest resumable state, drives the
-engine through `StageHooks` (evaluation, states, stop requests), checks the result is finite,
-and writes the arm's files (model, predictions, metrics, summary). Under torchrun the model
+Builds the arm's batch source, optimizer, scheduler and callbacks (its training features:
+training/callbacks.py), resumes from the newest resumable state, drives the engine through
+`StageHooks` (evaluation, states, stop requests), checks the result is finite, and writes the
+arm's files (model, predictions, metrics, summary). Under torchrun the model
 trains wrapped in DistributedDataParallel; only rank 0 writes and speaks.
 """
 
@@ -18,11 +19,10 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
-from goodfit_cli.objectives import direction
 from goodfit_cli.core.text import printable
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.data.replay import describe, mix
-from goodfit_cli.data.stream import release
+from goodfit_cli.data.sources import source_of
 from goodfit_cli.engine import (
     Events,
     Hooks,
@@ -42,7 +42,12 @@ from goodfit_cli.io.rundir import (
     save_predictions,
     state_files,
 )
+from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import StageSpec
+from goodfit_cli.trainer.runcheck import claim_stage
+from goodfit_cli.trainer.session import Session
+from goodfit_cli.trainer.tracking import Tracking
+from goodfit_cli.arms import Context, OldTask
 from goodfit_cli.training import (
     Arm,
     arm_training,
@@ -56,12 +61,16 @@ from goodfit_cli.training import (
     train_mode,
     whole_cycles,
 )
-from goodfit_cli.arms import Context, OldTask
-from goodfit_cli.training.averaging import AnchorEma, CycleStats
-from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of
-from goodfit_cli.workflows.runcheck import claim_stage
-from goodfit_cli.workflows.session import Session
-from goodfit_cli.workflows.tracking import Tracker
+from goodfit_cli.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    Ema,
+    GoodFitCycles,
+    PlateauWatch,
+    load_states,
+    states,
+)
+from goodfit_cli.training.early_stop import StopRule
 
 Log = Callable[[str], None]
 
@@ -94,7 +103,6 @@ class StageJob:
     task: str  # "old" (pretrain) or "new" (fine-tune)
     out: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
-    ema: float | None = None  # EMA decay: also write the averaged weights as '<arm>+ema'
     stop_rule: StopRule | None = None  # early stopping (fine-tuning arms)
     summary: dict[str, Any] = field(default_factory=dict)  # more entries for summary.json
 
@@ -108,45 +116,34 @@ def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
 
 class StageHooks(Hooks):
     """The engine's hooks for one run: evaluate on both tasks, write metrics.jsonl at every
-    evaluation and resumable states on schedule (rank 0), and stop on a signal."""
+    evaluation and resumable states on schedule (rank 0), stop on a signal; every other
+    feature is one of `callbacks` (training/callbacks.py), whose states it saves by name."""
 
     def __init__(self, s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
-                 stop: StopFlag, records: list[dict]) -> None:
+                 stop: StopFlag, records: list[dict], callbacks: list[Callback]) -> None:
         self.s, self.model, self.optimizer, self.scheduler = s, model, optimizer, scheduler
-        self.job, self.stop, self.records = job, stop, records
+        self.job, self.stop, self.records, self.callbacks = job, stop, records, callbacks
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
-        self.ema = AnchorEma(model, job.ema) if job.ema else None
-        self.stats = CycleStats()
-        self.tracker = Tracker(job.out, s.recipe.tracking, job.arm.name) if self.main_rank else None
-        self.early = EarlyStop(job.stop_rule) if job.stop_rule else None
-        self.best_state: dict[str, torch.Tensor] | None = None  # the best evaluation's weights
 
     def after_step(self, batch: int) -> None:
-        if self.ema is not None:
-            self.ema.update(self.model, self.optimizer)
-        self.stats.update(self.optimizer)
+        for c in self.callbacks:
+            c.on_step(batch)
 
     def evaluate(self) -> dict[str, Any]:
-        flips = self.early is not None and self.early.rule.needs_predictions
+        preds = None
+        wanted = any(c.wants_predictions for c in self.callbacks)
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
             res = self.s.evaluate(self.model)  # test: the report's curves
-            val = self.s.evaluate(self.model, with_predictions=flips, split="val")
-        if flips:  # old-task flip rates against the base's, for the early-stop gate
+            val = self.s.evaluate(self.model, with_predictions=wanted, split="val")
+        if wanted:
             val, preds = val
-            val["flips"] = flips_of(self.early.rule, preds)
-        res["val"] = val  # what early stopping and the plateau schedule read
-        if self.scheduler is not None:  # plateau watches the trained task's primary metric
-            task = self.job.task
-            self.scheduler.observe(val.get(task, {}).get(self.s.recipe.primary[task]))
+        res["val"] = val  # what early stopping and the plateau schedule read (choices: on val)
+        for c in self.callbacks:
+            c.on_evaluate(res, preds)
         ref_ratio = getattr(self.optimizer, "ref_ratio", None)
         if ref_ratio:
             res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
-        stats = self.stats.read()
-        if stats:
-            res["goodfit"] = stats
-        if self.ema is not None:
-            res["ema"] = self.s.evaluate(self.ema.module)
         return res
 
     def train_mode(self, model: nn.Module) -> None:
@@ -154,7 +151,7 @@ class StageHooks(Hooks):
 
     def should_stop(self, batch: int) -> bool:
         signalled = self.stop.requested(batch, self.s.device)  # every rank, every batch
-        return signalled or (self.early is not None and self.early.stopped)
+        return signalled or any(c.should_stop() for c in self.callbacks)
 
     def save_state(self, st: LoopState) -> None:
         if not self.main_rank:
@@ -163,22 +160,29 @@ class StageHooks(Hooks):
         ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
-            **({"early_stop": {"state": self.early.state_dict(), "best": self.best_state}}
-               if self.early is not None else {}),
-            "rng": torch.get_rng_state(), "loop": st.to_dict()})
+            "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
+            "loop": st.to_dict()})
         for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
             old.unlink(missing_ok=True)
 
     def record(self, rec: dict) -> None:
-        if self.early is not None and self.early.observe(rec):
-            with at_anchor(self.optimizer):  # keep the weights this evaluation saw
-                self.best_state = {k: v.detach().clone()
-                                   for k, v in self.model.state_dict().items()}
         self.records.append(rec)
         if self.main_rank:
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
-            self.tracker.log(rec, self.records)
+        for c in self.callbacks:
+            c.on_record(rec, self.records)
+
+
+def saved_callbacks(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The callbacks' states in a resumable state. States written before callbacks owned
+    theirs kept the EMA's and early stopping's at the top, and LP-FT's step count was the
+    loop's optimizer steps."""
+    if "callbacks" in saved:
+        return saved["callbacks"]
+    loop = saved["loop"]
+    legacy = {k: saved[k] for k in ("ema", "early_stop") if saved.get(k) is not None}
+    legacy["lp_ft"] = {"steps": loop["batch"] - loop.get("skipped", 0)}
+    return legacy
 
 
 class _Recording:
@@ -205,6 +209,36 @@ class _Recording:
             self.events.on_end()
 
 
+@dataclass
+class Ran:
+    """What one run's loop did, for its files: the loop's end state and records, the
+    training samples and new-task samples per step, and the summary's further entries."""
+
+    st: LoopState
+    records: list[dict]
+    sizes: tuple[int, int]
+    summary: dict[str, Any]  # replay, cycles (GoodFit), the callbacks' entries, the job's own
+
+
+def callbacks_for(s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
+                  total: int, decay: float | None, log: Log) -> list[Callback]:
+    """The run's features, in the order their hooks run: early stopping (its flip rates and
+    the plateau watch come before anything reads the learning rate), the schedule's watch,
+    GoodFit's cycle statistics, the EMA, tracking (rank 0)."""
+    out: list[Callback] = []
+    if job.stop_rule is not None:
+        out.append(EarlyStopping(job.stop_rule, model, optimizer, total,
+                                 lambda m: log(f"{job.arm.name}: {m}")))
+    if scheduler is not None:  # plateau watches the trained task's primary metric
+        out.append(PlateauWatch(scheduler, job.task, s.recipe.primary[job.task]))
+    out.append(GoodFitCycles(optimizer))
+    if decay:
+        out.append(Ema(model, optimizer, decay, s.evaluate))
+    if dist_info()[0] == 0:
+        out.append(Tracking(job.out, s.recipe.tracking, job.arm.name))
+    return out
+
+
 def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: Ui) -> RunResult:
     """Train `model` on the job's task with the arm's optimizer; write the job's folder."""
     rank, world, _ = dist_info()
@@ -215,7 +249,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    source, replayed = data, None
+    source, replayed = source_of(data), None
     if job.stage.replay is not None and job.task == "new":  # old-task samples in every batch
         source = mix(data, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
                      s.recipe.at("finetune.replay"))
@@ -230,8 +264,9 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
             f"{cycle_length(optimizer)} (n_ref reference batches + 1 main batch)")
     mode = "max" if direction(s.recipe.primary[job.task]) > 0 else "min"
     scheduler = build_scheduler(job.stage.scheduler, optimizer, total, mode)
-    trained_on = arm_training(arm, job.stage, job.task, arm_context(s, job, model, optimizer, total),
-                              lambda: old_task(s), s.recipe.source)  # at the base
+    built = arm_training(arm, job.stage, job.task, arm_context(s, job, model, optimizer, total),
+                         lambda: old_task(s), s.recipe.source)  # at the base, before resuming
+    loss, arm_callbacks = built.loss, list(built.callbacks)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
@@ -255,48 +290,53 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     saved = newest_state(out, log, restore)
     if saved is not None:  # resume exactly where the saved state left off
         loop_state = LoopState.from_dict(saved["loop"])
-        trained_on.resumed(loop_state.batch - loop_state.skipped)
         records = [r for r in read_jsonl(out / "metrics.jsonl") if r["batch"] <= loop_state.batch]
         log(f"{arm.name}: resuming at batch {loop_state.batch}/{total}")
 
-    job.ema = budget.get("ema")
-    hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records)
-    if saved is not None and hooks.ema is not None and saved.get("ema") is not None:
-        hooks.ema.load_state_dict(saved["ema"])
-    if saved is not None and hooks.early is not None and saved.get("early_stop") is not None:
-        hooks.early.load_state_dict(saved["early_stop"]["state"])
-        hooks.best_state = saved["early_stop"]["best"]
+    decay = budget.get("ema")
+    callbacks = arm_callbacks + callbacks_for(s, model, optimizer, scheduler, job, total,
+                                                     decay, log)
+    if saved is not None:
+        load_states(callbacks, saved_callbacks(saved))
+    hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks)
     events = _Recording(hooks, ui.events(arm.name) if main_rank else None)
     try:
-        st = train(trained, optimizer, scheduler, source, trained_on.loss, cfg, hooks,
+        st = train(trained, optimizer, scheduler, source, loss, cfg, hooks,
                    events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
         raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
                                 "nonfinite: skip in the recipe)") from None
-    finally:
-        release(data)  # a streamed split's workers, when the run raised
-    early = hooks.early
-    if st.batch < total and not (early is not None and early.stopped):
+    if st.batch < total and not any(c.should_stop() for c in callbacks):
         raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
+    summary: dict[str, Any] = {}
+    if replayed:
+        summary["replay"] = replayed
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
-    if replayed:
-        cycles["replay"] = replayed
-    if early is not None:  # the arm's checkpoint: its best evaluation's (anchor) weights
-        if early.stopped:
-            log(f"{arm.name}: stopped at batch {early.stopped_at}: {early.reason}")
-        if hooks.best_state is not None:
-            model.load_state_dict(hooks.best_state)
-        job.summary["early_stop"] = early.summary(total)
-    if hooks.tracker is not None:
-        hooks.tracker.close()
+    if cycles["batches_per_cycle"] > 1:
+        summary["cycles"] = cycles
+    for c in callbacks:  # early stopping puts its best evaluation's weights in the model
+        summary.update(c.on_end(model))
     sizes = (len(data), new_per_batch * job.stage.accumulate)  # new samples per step
-    if hooks.ema is not None:  # the averaged weights: a candidate of their own, written first
-        _finish(s, hooks.ema.module, optimizer, ema_job(job, records), st,
-                ema_records(records), sizes, cycles)
-    return _finish(s, model, optimizer, job, st, records, sizes, cycles)
+    ema = next((c for c in callbacks if isinstance(c, Ema)), None)
+    if ema is not None:  # the averaged weights: a candidate of their own, written first
+        _finish(s, ema.module, optimizer, ema_job(job, records, decay),
+                Ran(st, ema_records(records), sizes, {k: v for k, v in summary.items()
+                                                       if k != "early_stop"}))
+    return _finish(s, model, optimizer, job, Ran(st, records, sizes, {**summary, **job.summary}))
+
+
+def ema_job(job: StageJob, records: list[dict], decay: float) -> StageJob:
+    """The '<arm>+ema' candidate's job: its own folder beside the arm's, with its curve."""
+    arm = Arm(f"{job.arm.name}+ema", job.arm.kind, job.arm.optimizer)
+    out = job.out.parent / arm.dirname
+    if dist_info()[0] == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        write_jsonl(out / "metrics.jsonl", ema_records(records))
+    return StageJob(arm, job.stage, job.task, out, {**job.metadata, "ema_decay": decay,
+                                                     "ema_of": job.arm.name})
 
 
 def arm_context(s: Session, job: StageJob, model: nn.Module, optimizer, total: int) -> Context:
@@ -315,29 +355,15 @@ def old_task(s: Session) -> OldTask | None:
                    s.seed)
 
 
-def ema_job(job: StageJob, records: list[dict]) -> StageJob:
-    """The '<arm>+ema' candidate's job: its own folder beside the arm's, with its curve."""
-    arm = Arm(f"{job.arm.name}+ema", job.arm.kind, job.arm.optimizer)
-    out = job.out.parent / arm.dirname
-    if dist_info()[0] == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_jsonl(out / "metrics.jsonl", ema_records(records))
-    return StageJob(arm, job.stage, job.task, out, {**job.metadata, "ema_decay": job.ema,
-                                                     "ema_of": job.arm.name})
-
-
 def ema_records(records: list[dict]) -> list[dict]:
     """The arm's records with the EMA's metrics in place of the arm's."""
-    return [{**{k: v for k, v in r.items() if k not in ("ema", "val")}, **r["ema"]}
-            for r in records if "ema" in r]
+    return [{**{k: v for k, v in r.items() if k not in ("ema", "val")}, **r["ema"]} for r in records
+            if "ema" in r]
 
 
-def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopState,
-            records: list[dict], sizes: tuple[int, int], cycles: dict[str, int]) -> RunResult:
-    """Check the trained model is finite, evaluate it, and write the arm's files (rank 0).
-    `sizes` = (training samples, new-task samples per batch); `cycles` goes into the summary
-    for GoodFit, its "replay" entry (what replay did) as the summary's own "replay"."""
-    n_train, batch_size = sizes
+def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> RunResult:
+    """Check the trained model is finite, evaluate it, and write the arm's files (rank 0)."""
+    st, records, (n_train, batch_size) = ran.st, ran.records, ran.sizes
     arm, out = job.arm, job.out
     bad = [k for k, v in model.state_dict().items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -358,15 +384,13 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, st: LoopStat
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final, "val_metrics": val}
-    if "replay" in cycles:
-        summary["replay"] = cycles.pop("replay")
-    if cycles["batches_per_cycle"] > 1:
-        summary["cycles"] = cycles
+    extra = dict(ran.summary)
+    summary.update({k: extra.pop(k) for k in ("replay", "cycles") if k in extra})
     if world > 1:
         summary["world_size"] = world
     if st.skipped:
         summary["skipped_nonfinite"] = st.skipped
-    summary.update(job.summary)
+    summary.update(extra)
     result = RunResult(arm.name, out, final, preds, records, summary, val_preds)
     if dist_info()[0] != 0:
         return result

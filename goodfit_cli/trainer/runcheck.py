@@ -17,7 +17,6 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.identity import check_identity, claim, describe_difference
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.workflows.recipes import load
 
 
 def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
@@ -51,26 +50,3 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
                         "so the run cannot be checked before resuming; start afresh with "
                         "--overwrite")
     check_identity(run, saved, current, log)
-
-
-def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path | None,
-                      overwrite: bool, overrides: list[str] | None) -> None:
-    """`--resume RUN` continues RUN in RUN with RUN/recipe.yaml: a `--out` elsewhere, an
-    `--overwrite`, or a `--recipe` that is not that recipe (after the same overrides) would be
-    silently ignored, so each is refused. The same command plus `--resume RUN` passes."""
-    if out is not None and out.resolve() != run.resolve():
-        raise UserError(f"--out {out} conflicts with --resume {run}: a resumed run writes into "
-                        "its own folder; drop --out")
-    if overwrite:
-        raise UserError(f"--overwrite conflicts with --resume {run}: --resume continues the run, "
-                        "--overwrite starts it afresh; pass one of them")
-    if recipe is None:
-        return
-    given = json.loads(json.dumps(load(recipe, overrides).raw, default=str))
-    saved = json.loads(json.dumps(resumed.raw, default=str))
-    if "model" not in given:  # the run took its model from the base folder's config.json
-        saved.pop("model", None)
-    diff = describe_difference(run, {"recipe": saved}, {"recipe": given})
-    if diff:
-        raise UserError(f"--recipe {recipe} is not the recipe of --resume {run}: {diff}; drop "
-                        f"--recipe (a resumed run uses {run / 'recipe.yaml'})")

@@ -20,6 +20,7 @@ from typing import Any
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.training.callbacks import Callback
 
 
 def flatten(rec: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -85,3 +86,20 @@ class Tracker:
             self.tb.close()
         if self.mlflow is not None:
             self.mlflow.set_terminated(self.run_id)
+
+
+class Tracking(Callback):
+    """The tracker as a training callback: logs every record, closes at the end (its files
+    are rewritten from the records, so it has no state of its own to resume)."""
+
+    name = "tracking"
+
+    def __init__(self, out: Path, spec: dict[str, Any], run_name: str) -> None:
+        self.tracker = Tracker(out, spec, run_name)
+
+    def on_record(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        self.tracker.log(record, history)
+
+    def on_end(self, model: Any) -> dict[str, Any]:
+        self.tracker.close()
+        return {}
