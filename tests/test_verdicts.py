@@ -365,6 +365,22 @@ def test_hub_config_model_args_that_load_weights_are_refused(tmp_path, monkeypat
 # 8. secrets; 11. search: a hub folder as --base, checks before --out exists, no retry on a bad URL
 
 
+def test_a_tracking_uri_with_a_password_is_refused_before_a_run_copies_it(tmp_path):
+    """A run copies its recipe into recipe.yaml and run.json: an mlflow_uri with a password is
+    refused at validate and at finetune (one line, the password never printed, nothing
+    written); the same URI without it is accepted."""
+    secret = "tracking.mlflow_uri=postgresql://user:hunter2@127.0.0.1:1/mlflow"
+    for args in (["validate", "toy", secret],
+                 ["pretrain", "--recipe", "toy", "--out", tmp_path / "run", secret]):
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert "hunter2" not in res.output
+        assert "tracking.mlflow_uri: holds a password or token" in " ".join(res.output.split())
+    assert not (tmp_path / "run").exists()
+    res = invoke("validate", "toy", "tracking.mlflow_uri=postgresql://user@127.0.0.1:1/mlflow")
+    assert res.exit_code == 0, res.output
+
+
 def test_storage_password_never_printed_and_a_bad_url_is_not_retried(tab, tmp_path, monkeypatch):
     """A database that refuses the connection: one line, at once (no retry: before, every
     failure was retried for ~50 s), the password shown as ***, and --out never created."""

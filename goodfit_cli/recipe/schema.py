@@ -21,6 +21,7 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.core.text import redact
 from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.data.validation import Carving
 from goodfit_cli.objectives import produced
@@ -101,13 +102,27 @@ class EarlyStopSpec(Section):
     gate: bool = key(boolean, False)  # stop at the first evaluation that breaks the gate
 
 
+def uri_without_secrets(v: Any, ctx: Any) -> str | None:
+    """A tracking URI with no password or token in it: a run copies its recipe into the run
+    folder (recipe.yaml, run.json), which is no place for a secret."""
+    if v is None:
+        return None
+    uri = string()(v, ctx)
+    if redact(uri) != uri:
+        raise ctx.fail("holds a password or token, which every run would copy into its "
+                       "recipe.yaml and run.json; give the URI without it and put the "
+                       "credentials in MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or "
+                       "MLFLOW_TRACKING_TOKEN), which MLflow reads")
+    return uri
+
+
 @dataclass
 class TrackingSpec(Section):
     """tracking: where a run's records go besides metrics.csv."""
 
     tensorboard: bool = key(boolean, False)
     mlflow: bool = key(boolean, False)
-    mlflow_uri: str | None = key(optional(string()), None)
+    mlflow_uri: str | None = key(uri_without_secrets, None)
     mlflow_experiment: str | None = key(optional(string()), None)
 
 
