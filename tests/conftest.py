@@ -3,7 +3,8 @@ trains, a subprocess, a torchrun or multi-process group) are marked `e2e`; the r
 fast tier, run while working with `python -m pytest -m "not e2e"`. `python -m pytest` (and
 CI) runs both.
 
-A test is end to end when it carries `@pytest.mark.e2e`, or when its own code, a function of its
+A test is end to end when it carries `@pytest.mark.e2e` (or `slow`: the fast tier leaves it
+out too), or when its own code, a function of its
 module that it calls (followed through the module's functions), a parameter it is given, or a
 fixture it uses runs a workflow or starts a process (`END_TO_END` below). The rule reads the
 source, so a new test that trains a whole run lands in the right tier without a marker.
@@ -56,8 +57,8 @@ def _runs_workflow(obj, module) -> bool:
 
 
 def _end_to_end(item) -> bool:
-    if item.get_closest_marker("e2e"):
-        return True
+    if item.get_closest_marker("e2e") or item.get_closest_marker("slow"):
+        return True  # slow: e.g. the recipe fuzzers' hundreds of examples
     module = item.module
     if _runs_workflow(item.function, module):
         return True

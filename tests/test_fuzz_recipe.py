@@ -127,6 +127,7 @@ def test_random_text_gives_user_error(text):
     _check_parse(text)
 
 
+@pytest.mark.slow  # 500 examples: the full tier only
 @settings(FAST, max_examples=500)
 @given(data=st.data())
 def test_mutated_toy_recipe_gives_recipe_or_user_error(data):
@@ -140,6 +141,7 @@ def test_mutated_toy_recipe_gives_recipe_or_user_error(data):
 cli = CliRunner()
 
 
+@pytest.mark.slow  # 150 recipe files through `goodfit validate`: the full tier only
 @settings(FAST, max_examples=150,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
