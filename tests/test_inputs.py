@@ -235,3 +235,61 @@ def test_a_run_says_where_its_time_went(table_base, tmp_path):
     report = json.loads((tmp_path / "ft" / "report.json").read_text())
     assert "report" not in report["provenance"]["timings"]["phases_s"]  # written before it
     assert "x the training)" in " ".join(res.output.split())
+
+
+def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):
+    """A timm folder whose pretrained_cfg says 16x16, bicubic, crop 0.875: an image-folder
+    recipe that leaves those unset reads its images that way, run.json and the run's
+    recipe.yaml say so, and the same recipe given them keeps its own."""
+    import timm
+    from PIL import Image
+
+    from goodfit_cli.data import build_data
+    from goodfit_cli.recipe import load_recipe
+
+    rng = np.random.default_rng(0)
+    for task, classes in (("old", ["a", "b"]), ("new", ["c"])):
+        for split in ("train", "test"):
+            for c in classes:
+                (tmp_path / task / split / c).mkdir(parents=True)
+                for i in range(4):
+                    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                        tmp_path / task / split / c / f"{i}.png")
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=2),
+                            str(tmp_path / "hub"), safe_serialization=True)
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    config["pretrained_cfg"].update(input_size=[3, 16, 16], interpolation="bicubic",
+                                    crop_pct=0.875)
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    recipe = tmp_path / "img.yaml"
+    recipe.write_text(
+        "name: img\ndata_dir: .\ndevice: cpu\n"
+        "data: {name: imagefolder, args: {old: {train: old/train, test: old/test},\n"
+        "                                 new: {train: new/train, test: new/test}}}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "finetune: {optimizer: {name: sgd, lr: 0.01}, steps: 2, batch_size: 4, arms: [sgd]}\n"
+        "eval: {every: 2}\n")
+    res = invoke("finetune", "--base", tmp_path / "hub", "--recipe", recipe, "--out",
+                 tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    assert "inputs: size [16, 16], interpolation bicubic, crop_pct 0.875" in \
+        " ".join(res.output.split())
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["input"]["from_config"] == {"size": [16, 16], "interpolation": "bicubic",
+                                           "crop_pct": 0.875}
+    ran = load_recipe(tmp_path / "ft" / "recipe.yaml")
+    assert ran.data.args["size"] == [16, 16] and ran.data.args["crop_pct"] == 0.875
+    tasks = build_data(ran.data.name, ran.data.args, seed=0, data_dir=str(tmp_path))
+    assert tuple(tasks["old"].test.x.shape[1:]) == (16, 16, 3)  # what the model was fed
+
+    # the recipe's own size wins; the folder fills in only what is unset
+    recipe.write_text(recipe.read_text().replace("new: {train: new/train, test: new/test}}}",
+                                                 "new: {train: new/train, test: new/test},"
+                                                 " size: 12}}"))
+    res = invoke("finetune", "--base", tmp_path / "hub", "--recipe", recipe, "--out",
+                 tmp_path / "ft2")
+    assert res.exit_code == 0, res.output
+    run = json.loads((tmp_path / "ft2" / "run.json").read_text())
+    assert run["input"]["from_config"] == {"interpolation": "bicubic", "crop_pct": 0.875}

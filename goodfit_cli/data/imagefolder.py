@@ -24,7 +24,8 @@ from goodfit_cli.data.imagestream import ImageSamples, train_transform
 from goodfit_cli.data.paths import task_paths
 
 
-def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str):
+def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
+          crop_pct: float = 1.0):
     """timm's dataset over `path`, the empty class folders checked, with the eval transform."""
     from timm.data import (  # deferred: timm imports slowly
         create_dataset,
@@ -51,7 +52,7 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str)
     if not len(ds):
         raise ArgError(key, f"{path} holds no images (class-per-folder: {path}/<class>/<image>)")
     if size is not None:
-        ds.transform = create_transform((3, *size), is_training=False, crop_pct=1.0,
+        ds.transform = create_transform((3, *size), is_training=False, crop_pct=crop_pct,
                                         interpolation=interpolation, normalize=False)
     return ds
 
@@ -118,15 +119,20 @@ def _selected(name: str, spec: Mapping[str, Any], found: list[str]) -> list[str]
 
 
 def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: Any = None,
-                interpolation: str = "bilinear", augment: Any = None) -> dict[str, Task]:
-    """Old and new tasks from image folders or tar shards; `size` resizes and centre-crops;
-    `augment` (timm's training transform) applies to training splits in the streaming loader."""
+                interpolation: str = "bilinear", augment: Any = None,
+                crop_pct: float = 1.0) -> dict[str, Task]:
+    """Old and new tasks from image folders or tar shards; `size` resizes (the short side to
+    size / crop_pct) and centre-crops; `augment` (timm's training transform) applies to
+    training splits in the streaming loader."""
     hw = _size(size)
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
+            not 0 < crop_pct <= 1:
+        raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")
     augmenting = train_transform(augment, hw, interpolation)
     opened: dict[str, dict[str, Any]] = {}
     for name, spec in (("old", old), ("new", new)):
         paths = task_paths(name, spec, ctx, "a class-per-folder directory or a .tar shard")
-        opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation)
+        opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation, crop_pct)
                         for split, path in paths.items()}
     names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])))
              for t, spec in (("old", old), ("new", new))}

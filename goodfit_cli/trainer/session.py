@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -147,6 +148,40 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
     return Session(recipe, dev, moved, runners, seed, validation)
+
+
+GEOMETRY_DATASETS = ("imagefolder",)  # datasets whose args take size / interpolation / crop_pct
+
+
+def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
+    """The input size, interpolation and crop a base folder's config.json (`pretrained_cfg`)
+    declares, written into the recipe's image-folder data args that the recipe leaves unset
+    (the recipe as run, recipe.yaml, then says them). Returns {arg: value} taken, or None."""
+    if recipe.data.name not in GEOMETRY_DATASETS:
+        return None
+    files = resolve_base(Path(base))
+    cfg = (files.config or {}).get("pretrained_cfg")
+    if not isinstance(cfg, dict):
+        return None
+    found: dict[str, Any] = {}
+    size = cfg.get("input_size")
+    if isinstance(size, (list, tuple)) and len(size) == 3 and all(
+            isinstance(v, int) and v > 0 for v in size):
+        found["size"] = [int(size[1]), int(size[2])]
+    if isinstance(cfg.get("interpolation"), str):
+        found["interpolation"] = cfg["interpolation"]
+    pct = cfg.get("crop_pct")
+    if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
+        found["crop_pct"] = float(pct)
+    args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
+    taken = {k: v for k, v in found.items() if k not in args}
+    if not taken:
+        return None
+    args.update(taken)
+    recipe.data.args = args
+    raw = recipe.raw.setdefault("data", {})
+    raw.setdefault("args", {}).update(taken)
+    return taken
 
 
 def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str | None:

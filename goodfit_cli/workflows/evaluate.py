@@ -13,6 +13,7 @@ from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.session import (
     Place,
+    adopt_base_inputs,
     adopt_base_model,
     load_checkpoint,
     open_session,
@@ -35,6 +36,11 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
             probe_writable(dest.parent)
         except OSError as e:
             raise UserError(f"cannot write {dest}: {e.strerror} (pass --out elsewhere)") from None
+    if checkpoint.exists():  # a folder's pretrained_cfg: its input size, interpolation, crop
+        geometry = adopt_base_inputs(recipe, checkpoint)
+        if geometry:
+            ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
+                   + f" from {checkpoint}'s config.json (pretrained_cfg)")
     s = open_session(recipe, place, join=False)
     adopt_base_model(recipe, checkpoint, s.tasks)
     model = s.model()

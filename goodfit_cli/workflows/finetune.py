@@ -33,6 +33,7 @@ from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_ide
 from goodfit_cli.trainer.session import (
     Place,
     Session,
+    adopt_base_inputs,
     adopt_base_model,
     base_mismatch,
     load_checkpoint,
@@ -130,6 +131,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     if not main_rank:
         ui = Ui(quiet)  # only rank 0 speaks
     phases = Phases()  # where the command's time goes (run's timings.json, the report)
+    geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
+    if geometry:
+        ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
+               + f" from {job.base}'s config.json (pretrained_cfg)")
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
@@ -165,7 +170,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity, "validation": s.validation,
-                                       "input": loaded.input or {"source": "as stored"},
+                                       "input": {**(loaded.input or {"source": "as stored"}),
+                                                 **({"from_config": geometry} if geometry
+                                                    else {})},
                                        **({"input_warning": mismatch} if mismatch else {}),
                                        **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
