@@ -283,6 +283,12 @@ def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):
     assert ran.data.args["size"] == [16, 16] and ran.data.args["crop_pct"] == 0.875
     tasks = build_data(ran.data.name, ran.data.args, seed=0, data_dir=str(tmp_path))
     assert tuple(tasks["old"].test.x.shape[1:]) == (16, 16, 3)  # what the model was fed
+    assert run["input"]["source"] == "config.json"  # its mean/std too
+    ids = tasks["old"].test_ids  # the flipped examples' names: the image files, in test order
+    assert len(ids) == len(tasks["old"].test.y) == 8
+    assert ids[0] == str(tmp_path / "old" / "test" / "a" / "0.png")
+    report = json.loads((tmp_path / "ft" / "report.json").read_text())
+    assert sum(map(sum, report["arms"][0]["confusion"]["old"]["matrix"])) == 8
 
     # the recipe's own size wins; the folder fills in only what is unset
     recipe.write_text(recipe.read_text().replace("new: {train: new/train, test: new/test}}}",
