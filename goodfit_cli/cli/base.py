@@ -26,6 +26,7 @@ from goodfit_cli.cli.console import (
 )
 from goodfit_cli.cli.usage import EXAMPLES, Group
 from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
+from goodfit_cli.core.text import printable
 
 # Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
 # and `goodfit --version` start fast.
@@ -212,11 +213,11 @@ def launch_if_asked(nproc: int) -> None:
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
     show(summary_table(report))
-    log(f"gate: {report.get('gate_limits') or 'no gate'}")
+    log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
     chosen = report.get("verdict")
     if chosen:  # chosen on validation (the report says which split and both numbers)
         ship = chosen["ship"]
         log("verdict (chosen on validation): " + (
             "ship nothing, no candidate passes the gate; keep the base" if ship is None else
-            f"ship {ship['name']}"))
+            f"ship {printable(ship['name'])}"))  # a file name: no raw control characters
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
