@@ -7,299 +7,27 @@ Rates (accuracy, flip and miss rates) print in % and their deltas in percentage 
 from __future__ import annotations
 
 import html
-import json
 import re
 
 from goodfit_cli.core.text import printable
-from goodfit_cli.objectives import is_rate
+from goodfit_cli.report.sections import (  # verdict: re-exported by the package
+    _all_metric_rows,
+    _candidates,
+    _early_stops,
+    _flat,
+    _flipped_rows,
+    _head_notes,
+    _header_lines,
+    _main_rows,
+    _per_class_rows,
+    _readout_table,
+    _ship_line,
+    _verdict,
+    _verdict_rows,
+    _violations,
+    verdict,
+)
 from goodfit_cli.report.svg import line_plot
-
-_DASH = "—"
-
-
-# ---------------------------------------------------------------- formatting shared by both
-def fmt_value(metric: str, v: float | None) -> str:
-    if v is None:
-        return _DASH
-    return f"{v * 100:.2f} %" if is_rate(metric) else f"{v:.4g}"
-
-
-def fmt_delta(metric: str, d: float) -> str:
-    return f"{d * 100:+.2f} pts" if is_rate(metric) else f"{d:+.4g}"
-
-
-def fmt_ci(metric: str, ci: list | None) -> str:
-    if not ci:
-        return ""
-    scale, f = (100, ".2f") if is_rate(metric) else (1, ".3g")
-    return f"[{ci[0] * scale:{f}}, {ci[1] * scale:{f}}]"
-
-
-def _marker(entry: dict) -> str:
-    """'▲ (better)', '▼ (worse)', '= (same)': the arrow is the sign, the word the direction."""
-    if entry["value"] == 0:
-        return "= (same)"
-    arrow = "▲" if entry["value"] > 0 else "▼"
-    if entry["better"] is None:
-        return arrow
-    return f"{arrow} ({'better' if entry['better'] else 'worse'})"
-
-
-def _delta_text(metric: str, entry: dict | None) -> str:
-    if entry is None:
-        return _DASH
-    ci = fmt_ci(metric, entry["ci"])
-    if not ci and entry.get("no_ci"):  # e.g. balanced_accuracy: no paired bootstrap applies
-        ci = f"(no CI: {entry['no_ci']})"
-    return f"{fmt_delta(metric, entry['value'])} {_marker(entry)}" + (f" {ci}" if ci else "")
-
-
-def _tone(entry: dict | None) -> str:
-    if entry is None or entry["value"] == 0 or entry["better"] is None:
-        return ""
-    return "better" if entry["better"] else "worse"
-
-
-def verdict(report: dict) -> str:
-    """One line: all arms passed / which failed the gate / no gate."""
-    return _verdict(report)[1]
-
-
-def _verdict(report: dict) -> tuple[str, str]:
-    """("pass" | "fail" | "none", the verdict line)."""
-    arms = report["arms"]
-    gated = [a for a in arms if a.get("gate")]
-    if not gated:
-        return "none", f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
-    failed = [a["name"] for a in gated if not a["gate"]["passed"]]
-    if failed:
-        return "fail", f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
-    return "pass", f"all {len(gated)} arms passed the gate"
-
-
-def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
-    """Header and rows of (text, tone) cells for the base-vs-arms table on primary metrics."""
-    po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
-    has_flips = any("old" in a["flips"] for a in report["arms"])
-    has_gate = any(a.get("gate") for a in report["arms"])
-    # compute per arm: GoodFit spends n_ref + 1 batches per update, so both are shown
-    has_compute = any("batches" in a.get("provenance", {}) for a in report["arms"])
-    head = ["model", f"old {po}", "Δ old", f"new {pn}", "Δ new"]
-    head += ["batches / updates"] * has_compute
-    head += ["NFR (old)", "PFR (old)"] * has_flips + ["gate"] * has_gate
-    base = report["base_metrics"]
-    rows = [[("base", ""), (fmt_value(po, base["old"].get(po)), ""), ("", ""),
-             (_base_new(report, pn), ""), ("", "")]
-            + [("", "")] * (has_compute + 2 * has_flips + has_gate)]
-    for a in report["arms"]:
-        do, dn = a["delta"]["old"].get(po), a["delta"]["new"].get(pn)
-        row = [(a["name"], ""), (fmt_value(po, a["metrics"]["old"].get(po)), ""),
-               (_delta_text(po, do), _tone(do)), (fmt_value(pn, a["metrics"]["new"].get(pn)), ""),
-               (_delta_text(pn, dn), _tone(dn))]
-        if has_compute:
-            p = a.get("provenance", {})
-            row.append((f"{p.get('batches', _DASH)} / {p.get('main_updates', _DASH)}", ""))
-        if has_flips:
-            f = a["flips"].get("old")
-            row += [(f"{fmt_value('nfr', f['nfr'])} {fmt_ci('nfr', f['nfr_ci'])}".strip(), ""),
-                    (f"{fmt_value('pfr', f['pfr'])} {fmt_ci('pfr', f['pfr_ci'])}".strip(), "")
-                    ] if f else [(_DASH, ""), (_DASH, "")]
-        if has_gate:
-            g = a.get("gate")
-            row.append(("", "") if g is None else
-                       ("passed", "better") if g["passed"] else ("FAILED", "worse"))
-        rows.append(row)
-    return head, rows
-
-
-def _base_new(report: dict, metric: str) -> str:
-    """The base's new-task value; n/a for a loss measured through a masked head."""
-    if metric in report.get("base_masked", []):
-        return "n/a (masked head)"
-    return fmt_value(metric, report["base_metrics"]["new"].get(metric))
-
-
-def _candidates(report: dict) -> list[tuple[str, str]]:
-    """(label, checkpoint) of every candidate: labels like adamw#2 name a file."""
-    return [(a["name"], a["checkpoint"]) for a in report["arms"]]
-
-
-def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
-    """The first old-task samples each arm broke: index, file or row, label, base -> arm."""
-    rows = []
-    for a in report["arms"]:
-        f = (a.get("flipped") or {}).get("old")
-        for e in (f or {}).get("negative", [])[:top]:
-            rows.append([(a["name"], ""), (str(e["index"]), ""), (e.get("id") or _DASH, ""),
-                         (str(e["target"]), ""), (f"{e['base']} -> {e['arm']}", "worse")])
-    return rows
-
-
-def _confusion_html(title: str, conf: dict, limit: int = 30) -> str:
-    """A confusion matrix (rows: true class, columns: predicted) as a table; big ones as their
-    largest off-diagonal cells."""
-    labels, matrix = conf["labels"], conf["matrix"]
-    if len(labels) > limit:
-        cells = sorted(((matrix[i][j], labels[i], labels[j]) for i in range(len(labels))
-                        for j in range(len(labels)) if i != j and matrix[i][j]), reverse=True)
-        items = "".join(f"<li>{_h(t)} predicted as {_h(p)}: {n}</li>" for n, t, p in cells[:10])
-        return f"<h3>{_h(title)}</h3><p class=\"note\">{len(labels)} classes; the largest " \
-               f"confusions:</p><ul>{items}</ul>"
-    head = "".join(f"<th>{_h(c)}</th>" for c in labels)
-    body = "".join(
-        f"<tr><th>{_h(labels[i])}</th>" + "".join(
-            f'<td class="{"diag" if i == j else "off" if n else ""}">{n}</td>'
-            for j, n in enumerate(row)) + "</tr>" for i, row in enumerate(matrix))
-    return (f"<h3>{_h(title)}</h3><table class=\"confusion\"><tr><th>true \\ predicted</th>"
-            f"{head}</tr>{body}</table>")
-
-
-def _all_metric_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
-    head = ["task", "metric", "base"] + [a["name"] for a in report["arms"]]
-    rows = []
-    for task in ("old", "new"):
-        names = list(report["base_metrics"][task])
-        for a in report["arms"]:
-            names += [m for m in a["metrics"][task] if m not in names]
-        for m in names:
-            value = (_base_new(report, m) if task == "new" else
-                     fmt_value(m, report["base_metrics"][task].get(m)))
-            row = [(task, ""), (m, ""), (value, "")]
-            for a in report["arms"]:
-                d = a["delta"][task].get(m)
-                text = fmt_value(m, a["metrics"][task].get(m))
-                row.append((text + (f" ({_delta_text(m, d)})" if d else ""), _tone(d)))
-            rows.append(row)
-    return head, rows
-
-
-def _per_class_rows(report: dict, top: int = 5) -> list[list[tuple[str, str]]]:
-    rows = []
-    for a in report["arms"]:
-        for r in [r for r in a["per_class"].get("old", []) if r["delta"] < 0][:top]:
-            rows.append([(a["name"], ""), (str(r["class"]), ""),
-                         (fmt_value("accuracy", r["base"]), ""),
-                         (fmt_value("accuracy", r["arm"]), ""),
-                         (fmt_delta("accuracy", r["delta"]), "worse"), (str(r["count"]), "")])
-    return rows
-
-
-def _readout_table(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
-    arms = [a for a in report["arms"] if a.get("readout")]
-    if not arms:
-        return None
-    ro = arms[0]["readout"]
-    mn, mo = ro["metric_new"], ro["metric_old"]
-    head = ["arm"] + [f"old {mo} at new {mn} = {fmt_value(mn, v['new'])}" for v in ro["values"]]
-    rows = [[(a["name"], "")] + [(fmt_value(mo, v["old"]), "") for v in a["readout"]["values"]]
-            for a in arms]
-    return head, rows
-
-
-def _violations(report: dict) -> list[tuple[str, str]]:
-    return [(a["name"], v) for a in report["arms"] if a.get("gate")
-            for v in a["gate"]["violations"]]
-
-
-def _head_notes(report: dict) -> list[str]:
-    """The base's head, when loading changed it (grown, cut or re-initialised): one line each."""
-    prov = report["provenance"]
-    head = prov.get("base_head")
-    fed = prov.get("input")
-    notes = ([f"Inputs: {fed['kind']}s normalised with mean {_stats(fed['mean'])}, std "
-              f"{_stats(fed['std'])} ({fed['source']})."] if fed and "mean" in fed else [])
-    notes += [prov["input_warning"]] if prov.get("input_warning") else []
-    if not head:
-        return notes
-    return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [
-        f"The base is measured with {head['measured_with']}."]
-
-
-def _stats(values: list[float]) -> str:
-    shown = ", ".join(f"{v:.4g}" for v in values[:6])
-    return f"[{shown}{', ...' if len(values) > 6 else ''}]"
-
-
-def _early_stops(report: dict) -> list[tuple[str, str]]:
-    """(arm, why it stopped and where its checkpoint is from) for arms with early stopping."""
-    rows = []
-    for a in report["arms"]:
-        e = (a.get("provenance") or {}).get("early_stop")
-        if e:
-            where = (f"stopped at batch {e['stopped_at']} of {e['budget']}: "
-                     if e.get("stopped_at") is not None else "")
-            rows.append((a["name"], f"{where}{e['reason']}; checkpoint: {e['checkpoint']}"))
-    return rows
-
-
-def _header_lines(report: dict) -> list[str]:
-    """The gate's limits and the split choices are made on: the top of every report."""
-    lines = [f"Gate: {report.get('gate_limits') or 'no gate'}."]
-    sel = (report.get("provenance") or {}).get("validation")
-    if sel:
-        lines.append("Choices (early stopping, plateau, WiSE α, the verdict) are made on "
-                     "validation: " + "; ".join(f"{t} {_split_text(v)}" for t, v in sel.items())
-                     + ". Test is measured for the report only.")
-    elif "base_val_metrics" in report:
-        lines.append("Choices (the verdict) are made on validation; test is measured for the "
-                     "report only.")
-    return lines
-
-
-def _split_text(v: dict) -> str:
-    sizes = f"{v.get('train')} train / {v.get('val')} val / {v.get('test')} test"
-    if v.get("source") == "carved":
-        how = "stratified by class" if v.get("stratified") else "random"
-        return (f"carved from training ({v['fraction'] * 100:g} %, {how}, seed {v['seed']}; "
-                f"{sizes})")
-    return f"given by the data ({sizes})"
-
-
-def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
-    """Per arm: validation and test primaries, the gate on validation, what dominates it."""
-    v = report.get("verdict")
-    if not v:
-        return None
-    po, pn = v["metrics"]
-    head = ["arm", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
-            "gate (val)", "dominated by (val; ✓ = also on test)", "verdict"]
-    rows = []
-    for a in v["arms"]:
-        val, test = a["val"] or {}, a["test"] or {}
-        names = [d["name"] + (" ✓" if d["confirmed_on_test"] else "")
-                 for d in sorted(a["dominated_by"], key=lambda d: not d["confirmed_on_test"])]
-        by = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") \
-            if names else _DASH
-        tone = "worse" if a["dominated_by"] else "better"
-        rows.append([(a["name"], ""), (fmt_value(po, val.get("old")), ""),
-                     (fmt_value(pn, val.get("new")), ""), (fmt_value(po, test.get("old")), ""),
-                     (fmt_value(pn, test.get("new")), ""),
-                     ("passes" if a["passes_gate_val"] else "FAILS", ""), (by, ""),
-                     (a["status"], tone)])
-    return head, rows
-
-
-def _ship_line(report: dict) -> str | None:
-    v = report.get("verdict")
-    if not v:
-        return None
-    po, pn = v["metrics"]
-    ship = v["ship"]
-    if ship is None:
-        return ("Ship nothing: no candidate passes the gate on validation; keep the base "
-                f"({v['candidates']} candidates).")
-    what = ship["name"] + (f" (`goodfit wise RUN/{ship['arm']} --alpha {ship['alpha']:g}`)"
-                           if ship["kind"] == "wise" else "")
-    gate = {True: "passes", False: "FAILS", None: "no gate"}[ship["passes_gate_test"]]
-    val, test = ship["val"], ship["test"] or {}
-    return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'])}, new {pn} "
-            f"{fmt_value(pn, val['new'])}; test old {fmt_value(po, test.get('old'))}, new "
-            f"{fmt_value(pn, test.get('new'))} (test gate: {gate}).")
-
-
-def _flat(d: dict) -> list[tuple[str, str]]:
-    return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
-
 
 # ---------------------------------------------------------------- Markdown
 _MD_SPECIAL = re.compile(r"([\\`*|]|(?<=\])[(\[])")  # `](` / `][`: a link
@@ -427,6 +155,25 @@ def _plots(report: dict) -> list[str]:
         plots.append(line_plot(wise, "WiSE-FT interpolation (α from base to arm)", f"new {pn}",
                                f"old {po}", points=base_pt))
     return plots
+
+
+def _confusion_html(title: str, conf: dict, limit: int = 30) -> str:
+    """A confusion matrix (rows: true class, columns: predicted) as a table; big ones as their
+    largest off-diagonal cells."""
+    labels, matrix = conf["labels"], conf["matrix"]
+    if len(labels) > limit:
+        cells = sorted(((matrix[i][j], labels[i], labels[j]) for i in range(len(labels))
+                        for j in range(len(labels)) if i != j and matrix[i][j]), reverse=True)
+        items = "".join(f"<li>{_h(t)} predicted as {_h(p)}: {n}</li>" for n, t, p in cells[:10])
+        return f"<h3>{_h(title)}</h3><p class=\"note\">{len(labels)} classes; the largest " \
+               f"confusions:</p><ul>{items}</ul>"
+    head = "".join(f"<th>{_h(c)}</th>" for c in labels)
+    body = "".join(
+        f"<tr><th>{_h(labels[i])}</th>" + "".join(
+            f'<td class="{"diag" if i == j else "off" if n else ""}">{n}</td>'
+            for j, n in enumerate(row)) + "</tr>" for i, row in enumerate(matrix))
+    return (f"<h3>{_h(title)}</h3><table class=\"confusion\"><tr><th>true \\ predicted</th>"
+            f"{head}</tr>{body}</table>")
 
 
 def render_html(report: dict) -> str:
