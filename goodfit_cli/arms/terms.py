@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from goodfit_cli.arms.base import LossFn
+from goodfit_cli.data import batch as B
 from goodfit_cli.models import head_prefixes, unwrap
 from goodfit_cli.core.callbacks import Callback
 
@@ -36,13 +37,13 @@ def diagonal_fisher(model: nn.Module, old: Any, batches: int) -> list[Tensor]:
     params = [p for _, p in body_parameters(model)]
     fisher = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(old.seed)
-    order = torch.randperm(len(old.x), generator=gen)
+    order = torch.randperm(len(old.y), generator=gen)
     was_training = inner.training
     inner.train(False)  # the base as it is evaluated: no dropout, frozen batch statistics
     try:
         for b in range(batches):
-            idx = order[(b * old.batch_size) % len(order):][:old.batch_size].to(old.x.device)
-            grads = torch.autograd.grad(old.loss(inner, old.x[idx], old.y[idx]), params,
+            idx = order[(b * old.batch_size) % len(order):][:old.batch_size].to(old.y.device)
+            grads = torch.autograd.grad(old.loss(inner, B.rows(old.x, idx), old.y[idx]), params,
                                         allow_unused=True)
             for f, g in zip(fisher, grads):
                 if g is not None:

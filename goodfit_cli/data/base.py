@@ -38,6 +38,8 @@ class Task:
     val: Split | None = None  # given by the data (`val:` beside train/test); None: carved later
     input: InputSpec | None = None  # statistics the data asks for (recipe normalize, standardize)
     test_ids: list[str] | None = None  # a name per test sample (file path, table row), if any
+    label_names: list[str] | None = None  # a name per class id, when the data names its classes
+    preprocessing: dict | None = None  # what the data did to its inputs (tokenisation), for run.json
 
     def summary(self) -> dict:
         """{"kind", "num_classes", "train": {"samples", "classes"}, "test": {...}} (and "val"

@@ -55,6 +55,28 @@ def cat(parts: list[Inputs]) -> Inputs:
     return torch.cat(parts)
 
 
+def stack(parts: list[Inputs]) -> Inputs:
+    """Single samples (a tensor or a dict of tensors each) stacked into a batch."""
+    if isinstance(parts[0], dict):
+        return {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
+    return torch.stack(parts)
+
+
+def nbytes(x: Inputs) -> int:
+    """Bytes the inputs take."""
+    values = x.values() if isinstance(x, dict) else (x,)
+    return sum(v.numel() * v.element_size() for v in values)
+
+
+def describe(x: Inputs) -> str:
+    """One sample's shape and dtype, e.g. "(3, 32, 32) uint8" or "input_ids (16,) int64, ..."."""
+    def one(v: Tensor) -> str:
+        return f"{tuple(v.shape[1:])} {str(v.dtype).removeprefix('torch.')}"
+    if isinstance(x, dict):
+        return ", ".join(f"{k} {one(v)}" for k, v in x.items())
+    return one(x)
+
+
 def forward(model: nn.Module, x: Inputs) -> Any:
     """The model's outputs: `model(**x)` for a dict (each input as its keyword), else
     `model(x)` with stored uint8 images made float and every input normalised as the model

@@ -11,8 +11,8 @@ Where they come from, first match wins:
 
 1. the recipe (`data.args.normalize: {mean, std}`): source "recipe";
 2. the checkpoint being loaded: goodfit's own metadata ("checkpoint"), else the `mean`/`std` of
-   a model folder's config.json `pretrained_cfg` (timm) or image processor (transformers)
-   ("config.json");
+   a model folder's config.json `pretrained_cfg` (timm, "config.json") or its image processor
+   (transformers' preprocessor_config.json, "preprocessor_config.json");
 3. the data (a table's `standardize: true`: statistics of the OLD task's training split,
    "old training split");
 4. the default every goodfit model had before: images to [-1, 1] (mean = std = 0.5), tables as
@@ -110,18 +110,26 @@ def spec_of(model: Any) -> InputSpec | None:
     return None
 
 
-def from_config(config: dict[str, Any] | None) -> InputSpec | None:
-    """mean/std of a model folder's config.json: timm's `pretrained_cfg`, or a transformers
-    image processor's `image_mean`/`image_std` (preprocessor_config.json merged in by the caller)."""
-    if not isinstance(config, dict):
-        return None
-    cfg = config.get("pretrained_cfg")
-    pairs = [(cfg.get("mean"), cfg.get("std"))] if isinstance(cfg, dict) else []
-    pairs.append((config.get("image_mean"), config.get("image_std")))
-    for mean, std in pairs:
+def from_config(config: dict[str, Any] | None,
+                processor: dict[str, Any] | None = None) -> InputSpec | None:
+    """mean/std of a model folder: timm's `pretrained_cfg` in config.json, or a transformers
+    image processor's `image_mean`/`image_std` (preprocessor_config.json; `do_normalize: false`
+    is mean 0, std 1: the pixels in [0, 1] as they are)."""
+    pairs = []
+    if isinstance(config, dict):
+        cfg = config.get("pretrained_cfg")
+        if isinstance(cfg, dict):
+            pairs.append((cfg.get("mean"), cfg.get("std"), "config.json"))
+        pairs.append((config.get("image_mean"), config.get("image_std"), "config.json"))
+    if isinstance(processor, dict):
+        if processor.get("do_normalize") is False:
+            return InputSpec(IMAGE, (0.0,) * 3, (1.0,) * 3, "preprocessor_config.json")
+        pairs.append((processor.get("image_mean"), processor.get("image_std"),
+                      "preprocessor_config.json"))
+    for mean, std, source in pairs:
         if isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)):
             try:
-                return InputSpec(IMAGE, tuple(mean), tuple(std), "config.json")
+                return InputSpec(IMAGE, tuple(mean), tuple(std), source)
             except (TypeError, ValueError):
                 return None
     return None

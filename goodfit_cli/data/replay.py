@@ -102,8 +102,8 @@ def replay_pool(old: Split, max_samples: int | None, seed: int) -> Split:
     if max_samples is None or max_samples >= len(old):
         return old
     idx = torch.randperm(len(old), generator=generator(seed, REPLAY_STREAM))[:max_samples]
-    idx = idx.to(old.x.device)
-    return Split(old.x[idx], old.y[idx])
+    idx = idx.to(old.y.device)
+    return Split(B.rows(old.x, idx), old.y[idx])
 
 
 def mix(new: Any, old: Split, spec, batch_size: int, seed: int, where: str) -> Mixed:

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Split
+from goodfit_cli.data import batch as B
 from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.sources import Order, Plan, Position, advance
 
@@ -75,16 +76,17 @@ class TensorSamples:
 
     def __init__(self, split: Split) -> None:
         self.split, self.y = split, split.y
-        self.shape, self.dtype = tuple(split.x.shape[1:]), split.x.dtype
+        first = next(iter(split.x.values())) if isinstance(split.x, dict) else split.x
+        self.shape, self.dtype = tuple(first.shape[1:]), first.dtype  # a dict's: its first input
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def read(self, i: int, epoch: int | None) -> Tensor:
-        return self.split.x[i]
+    def read(self, i: int, epoch: int | None) -> Inputs:
+        return B.rows(self.split.x, i)
 
     def nbytes(self) -> int:
-        return self.split.x.numel() * self.split.x.element_size()
+        return B.nbytes(self.split.x)
 
     def load(self) -> Split:
         return self.split
@@ -206,7 +208,7 @@ def _collate(items: list) -> tuple[Tensor, Tensor] | Failed:
     for item in items:
         if isinstance(item, Failed):
             return item
-    return torch.tensor([i for i, _ in items]), torch.stack([x for _, x in items])
+    return torch.tensor([i for i, _ in items]), B.stack([x for _, x in items])
 
 
 def _quiet_worker(_worker_id: int) -> None:
@@ -231,7 +233,7 @@ class _Rows:
 
     def __getitem__(self, idx: Tensor) -> Tensor:
         rows = [self.s.samples.read(int(i), None) for i in torch.as_tensor(idx).flatten()]
-        return torch.stack(rows).to(self.s.device)
+        return B.to(B.stack(rows), self.s.device)
 
 
 class Streamed:
@@ -281,7 +283,7 @@ class Streamed:
         if not torch.equal(ids, idx):
             raise RuntimeError("the streaming loader's batch is not the loop's next batch")
         idx = idx.to(self.device, non_blocking=True)
-        return x.to(self.device, non_blocking=True), self.y[idx]
+        return B.to(x, self.device), self.y[idx]
 
     def steps_per_epoch(self) -> int:
         return self.order.steps_per_epoch()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.data import batch as B
 from goodfit_cli.data.base import Split, Task, generator
 
 _STREAM = {"old": 9001, "new": 9002}  # the carving's random streams, apart from the builders'
@@ -59,13 +60,13 @@ class SubsetSamples:
         return self.samples.nbytes() * len(self.rows) // max(1, len(self.samples))
 
     def load(self) -> Split:
-        return Split(torch.stack([self.read(i, None) for i in range(len(self))]), self.y)
+        return Split(B.stack([self.read(i, None) for i in range(len(self))]), self.y)
 
 
 def _take(train: Any, rows: Tensor) -> Any:
     """The rows of a training split: a Split stays a Split, a streamed one a SubsetSamples."""
     if isinstance(train, Split):
-        return Split(train.x[rows], train.y[rows])
+        return Split(B.rows(train.x, rows), train.y[rows])
     return SubsetSamples(train, rows)
 
 

@@ -22,6 +22,7 @@ from goodfit_cli.io.atomic import sha256_file
 WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 CONFIG = "config.json"
+PROCESSOR = "preprocessor_config.json"  # a transformers image processor's settings
 
 
 @dataclass
@@ -32,6 +33,8 @@ class BaseFiles:
     weights: list[Path]
     config: dict[str, Any] | None = None  # config.json of a model folder
     config_path: Path | None = None
+    folder: Path | None = None  # the model folder (a hub-cache repository's snapshot)
+    processor: dict[str, Any] | None = None  # preprocessor_config.json of a transformers folder
 
 
 def weights_sha256(files: BaseFiles) -> str:
@@ -100,4 +103,8 @@ def resolve_base(path: Path) -> BaseFiles:
     config = _read_json(config_path) if config_path.is_file() else None
     if config is not None and not isinstance(config, dict):
         raise UserError(f"{config_path}: expected a JSON object")
-    return BaseFiles(path, weights, config, config_path if config is not None else None)
+    processor = _read_json(folder / PROCESSOR) if (folder / PROCESSOR).is_file() else None
+    if processor is not None and not isinstance(processor, dict):
+        raise UserError(f"{folder / PROCESSOR}: expected a JSON object")
+    return BaseFiles(path, weights, config, config_path if config is not None else None, folder,
+                     processor)

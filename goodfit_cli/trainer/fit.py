@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.data import batch as B
 from goodfit_cli.data.base import Split
 
 
@@ -22,7 +23,7 @@ def _probe(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     flat = y.reshape(len(y), -1)
     top = int(flat.float().amax(dim=1).argmax()) if flat.numel() else 0
     idx = torch.tensor([0, top], device=y.device)
-    return split.x[idx], y[idx]
+    return B.rows(split.x, idx), y[idx]
 
 
 def check_fits(model: nn.Module, session) -> None:
@@ -46,7 +47,7 @@ def check_fits(model: nn.Module, session) -> None:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
                     raise UserError(
                         f"{where}: the {name} task's {split_name} data (inputs "
-                        f"{tuple(split.x.shape[1:])} {str(split.x.dtype).removeprefix('torch.')}, "
+                        f"{B.describe(split.x)}, "
                         f"targets up to {y.max().item()}) does not fit the model "
                         f"{recipe.model.name!r} ({type(e).__name__}: {first})") from None
                 if loss.dim() != 0:

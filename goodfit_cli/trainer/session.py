@@ -10,7 +10,7 @@ how it was made (run.json and the report carry it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from pathlib import Path
 
@@ -21,13 +21,16 @@ from goodfit_cli.core.distributed import init_distributed, resolve_device
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Streamed, as_samples, streams
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
+from goodfit_cli.io.hf import is_transformers_config
 from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.models.hf import folder_state, is_transformers
 from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import direction, task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
@@ -75,7 +78,8 @@ class Session:
                         where=self.recipe.at("model"))
         m = m.to(self.device)
         spec = self.tasks["old"].input
-        if spec is None and self.tasks["old"].test.x.dtype == torch.uint8:
+        test_x = self.tasks["old"].test.x
+        if spec is None and not isinstance(test_x, dict) and test_x.dtype == torch.uint8:
             spec = DEFAULT_IMAGE  # what every goodfit model was fed: [-1, 1]
         if spec is not None:
             setattr(m, ATTR, spec)  # a checkpoint loaded later may replace it (load_checkpoint)
@@ -128,7 +132,9 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
         tasks[k], validation[k] = with_validation(t, recipe.validation, recipe.seed,
                                                   loc(recipe.at("data"), "validation"))
 
-    def to_dev(t: torch.Tensor) -> torch.Tensor:  # once per run: pinned, asynchronous copies
+    def to_dev(t: Inputs) -> Inputs:  # once per run: pinned, asynchronous copies
+        if isinstance(t, dict):
+            return {k: to_dev(v) for k, v in t.items()}
         if dev.type == "cuda":
             return t.pin_memory().to(dev, non_blocking=True)
         return t.to(dev)
@@ -141,38 +147,62 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
         split = samples.load()
         return Split(to_dev(split.x), to_dev(split.y))
 
-    moved = {k: Task(t.name, t.kind, train_split(t.train),
-                     Split(to_dev(t.test.x), to_dev(t.test.y)), t.num_classes, t.classes,
-                     Split(to_dev(t.val.x), to_dev(t.val.y)), t.input, t.test_ids)
+    moved = {k: replace(t, train=train_split(t.train),  # names, inputs, ids kept
+                        test=Split(to_dev(t.test.x), to_dev(t.test.y)),
+                        val=Split(to_dev(t.val.x), to_dev(t.val.y)))
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
     return Session(recipe, dev, moved, runners, seed, validation)
 
 
-GEOMETRY_DATASETS = ("imagefolder",)  # datasets whose args take size / interpolation / crop_pct
+# what a base folder may set in a dataset's args the recipe leaves unset
+GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct"),
+                     "hf_disk": ("size", "interpolation")}
+TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's
+
+
+def _geometry(files) -> dict[str, Any]:
+    """Input size, interpolation and crop of a model folder: timm's `pretrained_cfg` in
+    config.json, else a transformers image processor (preprocessor_config.json)."""
+    found: dict[str, Any] = {}
+    cfg = (files.config or {}).get("pretrained_cfg")
+    proc = files.processor
+    if isinstance(cfg, dict):
+        size = cfg.get("input_size")
+        if isinstance(size, (list, tuple)) and len(size) == 3 and all(
+                isinstance(v, int) and v > 0 for v in size):
+            found["size"] = [int(size[1]), int(size[2])]
+        if isinstance(cfg.get("interpolation"), str):
+            found["interpolation"] = cfg["interpolation"]
+        pct = cfg.get("crop_pct")
+        if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
+            found["crop_pct"] = float(pct)
+    elif isinstance(proc, dict):
+        size = proc.get("size")
+        if isinstance(size, dict) and all(isinstance(size.get(k), int) and size[k] > 0
+                                          for k in ("height", "width")):
+            found["size"] = [size["height"], size["width"]]
+        if proc.get("resample") in RESAMPLE:
+            found["interpolation"] = RESAMPLE[proc["resample"]]
+    return found
 
 
 def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
-    """The input size, interpolation and crop a base folder's config.json (`pretrained_cfg`)
-    declares, written into the recipe's image-folder data args that the recipe leaves unset
-    (the recipe as run, recipe.yaml, then says them). Returns {arg: value} taken, or None."""
-    if recipe.data.name not in GEOMETRY_DATASETS:
+    """What a base folder says of its inputs, written into the recipe's data args that the
+    recipe leaves unset (the recipe as run, recipe.yaml, then says them): an image dataset's
+    size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
+    text dataset's tokenizer (the folder itself). Returns {arg: value} taken, or None."""
+    keys = GEOMETRY_DATASETS.get(recipe.data.name, ())
+    if not keys and recipe.data.name not in TOKENIZED_DATASETS:
         return None
     files = resolve_base(Path(base))
-    cfg = (files.config or {}).get("pretrained_cfg")
-    if not isinstance(cfg, dict):
-        return None
-    found: dict[str, Any] = {}
-    size = cfg.get("input_size")
-    if isinstance(size, (list, tuple)) and len(size) == 3 and all(
-            isinstance(v, int) and v > 0 for v in size):
-        found["size"] = [int(size[1]), int(size[2])]
-    if isinstance(cfg.get("interpolation"), str):
-        found["interpolation"] = cfg["interpolation"]
-    pct = cfg.get("crop_pct")
-    if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
-        found["crop_pct"] = float(pct)
+    found = {k: v for k, v in _geometry(files).items() if k in keys}
+    if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
+            and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
+        found["tokenizer"] = str(files.folder.resolve())
     args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
     taken = {k: v for k, v in found.items() if k not in args}
     if not taken:
@@ -194,10 +224,12 @@ def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str 
     if files.config is None:
         raise UserError(f"{recipe.at('model')}: the recipe names no model and {base} has no "
                         "config.json to take it from; name the model in the recipe")
-    name, args = spec_from_config(files.config, files.config_path, tasks["new"].num_classes)
+    name, args = spec_from_config(files.config, files.config_path, tasks["new"].num_classes,
+                                  tasks["new"].label_names)
     recipe.model = Component(name, args)
     recipe.raw["model"] = {"name": name, "args": args}
-    return f"model: {name} {args.get('name', '')} from {files.config_path}"
+    what = args.get("name") or ", ".join(files.config.get("architectures") or [])
+    return f"model: {name} {what} from {files.config_path}"
 
 
 @dataclass
@@ -219,7 +251,10 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
     files = resolve_base(Path(path))
     tensors: dict[str, torch.Tensor] = {}
     meta: dict = {}
-    for f in files.weights:
+    if is_transformers(model) and is_transformers_config(files.config):
+        tensors = folder_state(files.folder)  # read by transformers: its names are the model's
+        ckpt.check_finite(tensors, path)
+    for f in files.weights if not tensors else ():
         part, part_meta = ckpt.load_model(f)
         ckpt.check_finite(part, f)
         tensors.update(part)
@@ -233,7 +268,8 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
     changes = ckpt.load_into_model(model, tensors, path, head_prefixes(model), grow_rows=grow_rows)
     messages += [str(c) for c in changes]
     # fed as it was trained: the statistics the checkpoint records, unless the recipe sets them
-    own = InputSpec.from_dict(meta.get("input"), "checkpoint") or from_config(files.config)
+    own = (InputSpec.from_dict(meta.get("input"), "checkpoint")
+           or from_config(files.config, files.processor))
     current = spec_of(model)
     if own is not None and (current is None or current.source != "recipe"):
         if current is not None and current.kind != own.kind:

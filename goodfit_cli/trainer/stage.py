@@ -42,6 +42,8 @@ from goodfit_cli.io.rundir import (
     save_predictions,
     state_files,
 )
+from goodfit_cli.models import unwrap
+from goodfit_cli.models.hf import is_transformers, save_folder
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import StageSpec
 from goodfit_cli.trainer.runcheck import claim_stage
@@ -361,6 +363,9 @@ def ema_records(records: list[dict]) -> list[dict]:
             if "ema" in r]
 
 
+PRETRAINED_DIR = "hf"  # <arm>/hf: config.json + model.safetensors (+ tokenizer, processor)
+
+
 def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> RunResult:
     """Check the trained model is finite, evaluate it, and write the arm's files (rank 0)."""
     st, records, (n_train, batch_size) = ran.st, ran.records, ran.sizes
@@ -404,6 +409,9 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) ->
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = sha256_file(out / "model.safetensors")
+    if is_transformers(unwrap(model)):  # also a folder transformers' from_pretrained loads
+        save_folder(unwrap(model), out / PRETRAINED_DIR)
+        summary["pretrained_folder"] = str(out / PRETRAINED_DIR)
     summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first
                                for f in ("predictions.safetensors", "val_predictions.safetensors",
                                          "metrics.jsonl")

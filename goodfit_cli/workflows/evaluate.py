@@ -40,7 +40,7 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         geometry = adopt_base_inputs(recipe, checkpoint)
         if geometry:
             ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
-                   + f" from {checkpoint}'s config.json (pretrained_cfg)")
+                   + f" from the model folder {checkpoint}")
     s = open_session(recipe, place, join=False)
     adopt_base_model(recipe, checkpoint, s.tasks)
     model = s.model()

@@ -134,7 +134,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
     if geometry:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
-               + f" from {job.base}'s config.json (pretrained_cfg)")
+               + f" from the model folder {job.base}")
     s = open_session(recipe, place)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
