@@ -19,6 +19,7 @@ from goodfit_cli.data.imagefolder import imagefolder
 from goodfit_cli.data.motion.dataset import motion
 from goodfit_cli.data.npz import npz
 from goodfit_cli.data.table import table
+from goodfit_cli.data.text import text
 from goodfit_cli.data.toy import toy_sin
 
 
@@ -36,6 +37,7 @@ DATASETS.register("motion", "motion-prediction scenarios (cars, pedestrians): sh
 DATASETS.register("npz", "classification sets from .npz files with arrays x (uint8 NHWC or float) and y")(npz)
 DATASETS.register("imagefolder", "class-per-folder image trees or .tar shards, read and resized with timm")(imagefolder)
 DATASETS.register("table", "CSV or Parquet files: numeric feature columns and a label column")(table)
+DATASETS.register("text", "CSV, Parquet or JSONL files: a text column tokenised by a transformers folder's tokenizer, a label column")(text)
 
 
 def build_data(

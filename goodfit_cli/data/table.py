@@ -21,6 +21,8 @@ import torch
 
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data import batch as B
+from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.paths import task_paths
 
 
@@ -107,41 +109,50 @@ def _label_number(v: Any) -> int | float | None:
     return int(f) if math.isfinite(f) and f.is_integer() else f
 
 
-def _label_ids(labels: dict[str, dict[str, tuple[str, bool, list[Any]]]],
-               as_names: bool = False) -> tuple[dict[str, dict[str, list[int]]], dict[str, int]]:
+def first_row(path: str) -> int:
+    """The row number a file's first record has in messages: a CSV's is 2 (the header is 1),
+    a JSONL file's 1 (its line), a Parquet file's 0 (its index)."""
+    low = path.lower()
+    return 0 if low.endswith((".parquet", ".pq")) else 1 if low.endswith((".jsonl", ".json")) else 2
+
+
+def _label_ids(labels: dict[str, dict[str, tuple[str, int, list[Any]]]],
+               as_names: bool = False, known: Mapping[str, int] | None = None,
+               ) -> tuple[dict[str, dict[str, list[int]]], dict[str, int]]:
     """Class ids of every split's labels, and {name: id} when the labels are names.
 
     Numeric labels are class ids, and an integer-valued one is the same class however it is
     written (2, "2", 2.0 — pandas writes an integer column with a missing value as floats).
     Names are numbered in order of first appearance (old task first), and only when no label
     is numeric, or when the recipe declares `label_names: true` (then every label is a name, as
-    written). A mix of names and numbers, a missing label, a fraction or a number beyond int64
+    written); `known` names (a base model's label2id) keep their ids, the others follow. A mix
+    of names and numbers, a missing label, a fraction or a number beyond int64
     is an ArgError naming the file, the row and the value. `labels`: task → split →
-    (path, is_parquet, labels)."""
-    def at(path: str, parquet: bool, i: int) -> str:
-        return f"{path}: row {i if parquet else i + 2}"
+    (path, first_row(path), labels)."""
+    def at(path: str, first: int, i: int) -> str:
+        return f"{path}: row {i + first}"
 
     numbers: dict[str, dict[str, list[int]]] = {}
     first_name = first_number = None
     for t, splits in labels.items():
-        for s, (path, parquet, lab) in splits.items():
+        for s, (path, first, lab) in splits.items():
             ids = numbers.setdefault(t, {}).setdefault(s, [])
             for i, v in enumerate(lab):
                 if v is None or (isinstance(v, str) and not v.strip()) or (
                         isinstance(v, (float, np.floating)) and math.isnan(v)):
-                    raise ArgError(f"{t}.{s}", f"{at(path, parquet, i)}: the label is missing "
+                    raise ArgError(f"{t}.{s}", f"{at(path, first, i)}: the label is missing "
                                    f"({v!r}); give every row a label, or drop the row")
                 if as_names:
                     continue
                 n = _label_number(v)
                 if n is None:
-                    first_name = first_name or (at(path, parquet, i), v)
+                    first_name = first_name or (at(path, first, i), v)
                     continue
-                first_number = first_number or (at(path, parquet, i), v)
+                first_number = first_number or (at(path, first, i), v)
                 if isinstance(n, float) or not -_INT64 <= n < _INT64:
                     what = "not an integer class id" if isinstance(n, float) else \
                         "beyond int64, too large for a class id"
-                    raise ArgError(f"{t}.{s}", f"{at(path, parquet, i)}: label {v!r} is {what} "
+                    raise ArgError(f"{t}.{s}", f"{at(path, first, i)}: label {v!r} is {what} "
                                    "(or set data.args.label_names: true to treat labels as names)")
                 ids.append(n)
     if first_name and first_number:
@@ -150,11 +161,12 @@ def _label_ids(labels: dict[str, dict[str, tuple[str, bool, list[Any]]]],
                        "a class id or every one a name (data.args.label_names: true)")
     if first_name is None and not as_names:
         return numbers, {}
-    names: dict[str, int] = {}
+    names: dict[str, int] = dict(known or {})
     for splits in labels.values():
         for _, _, lab in splits.values():
             for v in lab:
-                names.setdefault(str(v), len(names))
+                if str(v) not in names:
+                    names[str(v)] = max(names.values(), default=-1) + 1
     return {t: {s: [names[str(v)] for v in lab] for s, (_, _, lab) in sp.items()}
             for t, sp in labels.items()}, names
 
@@ -170,14 +182,25 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
         paths = where[name] = task_paths(name, spec, ctx, "a .csv or .parquet file")
         read[name] = {split: _read(path, f"{name}.{split}", label, features)
                       for split, path in paths.items()}
+    return labelled_tasks({t: {s: (torch.from_numpy(x), lab) for s, (x, lab) in sp.items()}
+                           for t, sp in read.items()}, where, (old, new), label_names)
+
+
+def labelled_tasks(read: dict[str, dict[str, tuple[Inputs, list[Any]]]],
+                   where: dict[str, dict[str, str]], specs: tuple[Mapping, Mapping],
+                   label_names: bool, known: Mapping[str, int] | None = None) -> dict[str, Task]:
+    """Old and new classification tasks from each split's inputs and raw labels (`read`: task
+    -> split -> (inputs, labels), read from the files `where` names): labels become class ids
+    (names numbered after the `known` ones), each task keeps the rows of its `classes`."""
     if not isinstance(label_names, bool):
         raise ArgError("label_names", f"expected true or false, got {label_names!r}")
-    ys, names = _label_ids({t: {s: (where[t][s], where[t][s].lower().endswith((".parquet", ".pq")),
-                                    lab) for s, (_, lab) in sp.items()}
-                            for t, sp in read.items()}, label_names)
+    ys, names = _label_ids({t: {s: (where[t][s], first_row(where[t][s]), lab)
+                                for s, (_, lab) in sp.items()}
+                            for t, sp in read.items()}, label_names, known)
     top = max(max(y, default=-1) for t in ys.values() for y in t.values()) + 1
+    named = [n for n, _ in sorted(names.items(), key=lambda kv: kv[1])] if names else None
     tasks = {}
-    for t, spec in (("old", old), ("new", new)):
+    for t, spec in zip(("old", "new"), specs):
         wanted = spec.get("classes")
         if wanted is not None:
             if isinstance(wanted, (str, bytes)) or not isinstance(wanted, Sequence):
@@ -192,15 +215,18 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
             if not keep.any():
                 raise ArgError(f"{t}.{s}", "no row has a label of the task's classes")
             kept[s] = np.flatnonzero(keep)
-            splits[s] = Split(torch.from_numpy(x[keep]), torch.from_numpy(y[keep]))
+            splits[s] = Split(B.rows(x, torch.from_numpy(kept[s])), torch.from_numpy(y[keep]))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
-                        splits.get("val"), test_ids=_row_names(where[t]["test"], kept["test"]))
+                        splits.get("val"), test_ids=_row_names(where[t]["test"], kept["test"]),
+                        label_names=named if named and len(named) == top else None)
     return tasks
 
 
 def _row_names(path: str, rows: np.ndarray) -> list[str]:
-    """Each kept row as `file:line` (CSV, the header is line 1) or `file#row` (Parquet, 0-based)."""
-    if path.lower().endswith((".parquet", ".pq")):
+    """Each kept row as `file:line` (CSV, the header is line 1; JSONL) or `file#row` (Parquet,
+    0-based)."""
+    first = first_row(path)
+    if first == 0:
         return [f"{path}#{int(i)}" for i in rows]
-    return [f"{path}:{int(i) + 2}" for i in rows]
+    return [f"{path}:{int(i) + first}" for i in rows]

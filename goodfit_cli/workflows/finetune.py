@@ -174,6 +174,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                                  **({"from_config": geometry} if geometry
                                                     else {})},
                                        **({"input_warning": mismatch} if mismatch else {}),
+                                       **({"preprocessing": s.tasks["old"].preprocessing}
+                                          if s.tasks["old"].preprocessing else {}),
                                        **({"base_head": head_record} if head_record else {})})
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)

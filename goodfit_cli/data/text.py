@@ -1,0 +1,160 @@
+"""Text classification sets: a text column and a label column in CSV, Parquet or JSONL files,
+tokenised by a transformers model folder's own tokenizer.
+
+Each split becomes a dict of (N, L) int64 tensors (`input_ids`, `attention_mask`, and whatever
+else the tokenizer returns), which reaches the model as keywords (data/batch.py). Every split of
+both tasks has the same length L, so batches mix (replay) and any split can be stacked: L is
+`max_length` (`padding: max_length`) or the longest tokenised text capped at `max_length`
+(`padding: longest`). A text longer than `max_length` is cut with `truncation: true` (counted
+in the record), refused otherwise. The tokenizer folder is the recipe's `tokenizer:`, or the
+--base folder when the recipe leaves it unset (trainer/session.adopt_base_inputs).
+
+Labels are read as the table dataset reads them (data/table.py); names keep the ids the
+folder's config.json gives them (`label2id`), so a base's classes stay its classes, and new
+names follow. What was done (tokenizer, max_length, padding, truncation, length, truncated
+texts) is the task's `preprocessing`, recorded in run.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from goodfit_cli.core.args import ArgError, check_int
+from goodfit_cli.data.base import Task
+from goodfit_cli.data.paths import task_paths
+from goodfit_cli.data.table import _columns_csv, _columns_parquet, labelled_tasks
+from goodfit_cli.io import hf
+from goodfit_cli.io.hubdir import resolve_base
+
+PADDING = ("max_length", "longest")
+_DEFAULT_LABEL = re.compile(r"LABEL_[0-9]+")  # transformers' names for unnamed classes
+
+
+def _columns_jsonl(path: str, key: str) -> dict[str, list[Any]]:
+    """One JSON object per line (blank lines skipped) -> {column: values}."""
+    cols: dict[str, list[Any]] = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            records = [(i, line) for i, line in enumerate(f, 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArgError(key, f"cannot read {path}: {e}") from None
+    for n, (i, line) in enumerate(records):
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise ArgError(key, f"{path}: line {i} is not JSON ({e})") from None
+        if not isinstance(rec, dict):
+            raise ArgError(key, f"{path}: line {i} is not a JSON object")
+        for k in set(cols) | set(rec):
+            cols.setdefault(k, [None] * n).append(rec.get(k))
+    return cols
+
+
+def read_columns(path: str, key: str) -> dict[str, list[Any]]:
+    """{column: values} of a CSV, Parquet or JSONL file."""
+    if not os.path.isfile(path):
+        raise ArgError(key, f"file not found: {path}")
+    low = path.lower()
+    if low.endswith((".parquet", ".pq")):
+        return _columns_parquet(path, key)
+    if low.endswith((".jsonl", ".json")):
+        return _columns_jsonl(path, key)
+    return _columns_csv(path, key)
+
+
+def known_labels(folder: Path) -> dict[str, int]:
+    """The class names a model folder's config.json gives (label2id), unless they are
+    transformers' placeholders (LABEL_0, ...)."""
+    config = resolve_base(folder).config or {}
+    label2id = config.get("label2id")
+    if not isinstance(label2id, dict) or not all(isinstance(v, int) for v in label2id.values()):
+        return {}
+    if all(_DEFAULT_LABEL.fullmatch(str(k)) for k in label2id):
+        return {}
+    return {str(k): v for k, v in label2id.items()}
+
+
+class Tokenising:
+    """A tokenizer folder and how its texts become fixed-length tensors."""
+
+    def __init__(self, tokenizer: Any, max_length: Any, padding: Any, truncation: Any) -> None:
+        if not isinstance(tokenizer, str) or not tokenizer:
+            raise ArgError("tokenizer", "name the transformers model folder whose tokenizer reads "
+                           "the text (finetune --base DIR sets it when the recipe does not)")
+        if not Path(tokenizer).is_dir():
+            raise ArgError("tokenizer", f"{tokenizer} is not a folder")
+        check_int("max_length", max_length, 1)
+        if padding not in PADDING:
+            raise ArgError("padding", f"expected one of {', '.join(PADDING)}, got {padding!r}")
+        if not isinstance(truncation, bool):
+            raise ArgError("truncation", f"expected true or false, got {truncation!r}")
+        self.folder, self.max_length = Path(tokenizer), max_length
+        self.padding, self.truncation = padding, truncation
+        self.tok = hf.tokenizer(self.folder, "data.args.tokenizer")
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.tok(texts, truncation=False, padding=False)["input_ids"]]
+
+    def __call__(self, splits: dict[tuple[str, str], list[str]]) -> tuple[dict, dict]:
+        """{(task, split): texts} -> ({(task, split): {name: (N, L) int64}}, the record)."""
+        lengths = {k: self.lengths(v) for k, v in splits.items()}
+        longest = max((n for ls in lengths.values() for n in ls), default=1)
+        if not self.truncation and longest > self.max_length:
+            (t, s), i = next((k, i) for k, ls in lengths.items() for i, n in enumerate(ls)
+                             if n > self.max_length)
+            raise ArgError(f"{t}.{s}", f"text {i} is {lengths[(t, s)][i]} tokens, more than "
+                           f"max_length {self.max_length}; set truncation: true or raise max_length")
+        size = self.max_length if self.padding == "max_length" else min(longest, self.max_length)
+        out = {}
+        for k, texts in splits.items():
+            enc = self.tok(texts, max_length=size, padding="max_length", truncation=True,
+                           return_tensors="pt")
+            out[k] = {name: v.to(torch.int64) for name, v in enc.items()}
+        cut = sum(n > size for ls in lengths.values() for n in ls)
+        return out, {"tokenizer": str(self.folder), "max_length": self.max_length,
+                     "padding": self.padding, "truncation": self.truncation, "length": size,
+                     "truncated": int(cut)}
+
+
+def texts_of(values: Sequence[Any], path: str, key: str, column: str) -> list[str]:
+    """The column's values as strings; a missing one is an error naming the row."""
+    out = []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise ArgError(key, f"{path}: record {i}, column {column!r}: expected text, got {v!r}")
+        out.append(v)
+    return out
+
+
+def text(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], text: str = "text",
+         label: str = "label", tokenizer: str | None = None, max_length: int = 128,
+         padding: str = "max_length", truncation: bool = True,
+         label_names: bool = False) -> dict[str, Task]:
+    """Old and new tasks from text files, tokenised by the `tokenizer` folder's tokenizer."""
+    tokenising = Tokenising(tokenizer, max_length, padding, truncation)
+    where: dict[str, dict[str, str]] = {}
+    texts: dict[tuple[str, str], list[str]] = {}
+    labels: dict[tuple[str, str], list[Any]] = {}
+    for name, spec in (("old", old), ("new", new)):
+        where[name] = task_paths(name, spec, ctx, "a .csv, .parquet or .jsonl file")
+        for split, path in where[name].items():
+            key = f"{name}.{split}"
+            cols = read_columns(path, key)
+            for col, arg in ((text, "text"), (label, "label")):
+                if col not in cols:
+                    raise ArgError(key, f"{path} has no column {col!r} (columns: "
+                                   f"{', '.join(cols)}); set data.args.{arg}")
+            texts[(name, split)] = texts_of(cols[text], path, key, text)
+            labels[(name, split)] = cols[label]
+    encoded, record = tokenising(texts)
+    read = {t: {s: (encoded[(t, s)], labels[(t, s)]) for s in where[t]} for t in where}
+    tasks = labelled_tasks(read, where, (old, new), label_names, known_labels(tokenising.folder))
+    for task in tasks.values():
+        task.preprocessing = {**record, "text": text}
+    return tasks
