@@ -15,6 +15,7 @@ from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Split, Task, to_model_input
 from goodfit_cli.data.inputs import IMAGE, TABLE, InputSpec, table_statistics
 from goodfit_cli.data.cifar import cifar100_lt
+from goodfit_cli.data.hfdisk import hf_disk
 from goodfit_cli.data.imagefolder import imagefolder
 from goodfit_cli.data.motion.dataset import motion
 from goodfit_cli.data.npz import npz
@@ -37,6 +38,7 @@ DATASETS.register("motion", "motion-prediction scenarios (cars, pedestrians): sh
 DATASETS.register("npz", "classification sets from .npz files with arrays x (uint8 NHWC or float) and y")(npz)
 DATASETS.register("imagefolder", "class-per-folder image trees or .tar shards, read and resized with timm")(imagefolder)
 DATASETS.register("table", "CSV or Parquet files: numeric feature columns and a label column")(table)
+DATASETS.register("hf_disk", "Hugging Face datasets folders (save_to_disk), one per split: an image or text column and a label")(hf_disk)
 DATASETS.register("text", "CSV, Parquet or JSONL files: a text column tokenised by a transformers folder's tokenizer, a label column")(text)
 
 

@@ -111,9 +111,11 @@ def _label_number(v: Any) -> int | float | None:
 
 def first_row(path: str) -> int:
     """The row number a file's first record has in messages: a CSV's is 2 (the header is 1),
-    a JSONL file's 1 (its line), a Parquet file's 0 (its index)."""
+    a JSONL file's 1 (its line), a Parquet file's or a datasets folder's 0 (its index)."""
     low = path.lower()
-    return 0 if low.endswith((".parquet", ".pq")) else 1 if low.endswith((".jsonl", ".json")) else 2
+    if low.endswith((".parquet", ".pq")) or os.path.isdir(path):  # a datasets folder: its index
+        return 0
+    return 1 if low.endswith((".jsonl", ".json")) else 2
 
 
 def _label_ids(labels: dict[str, dict[str, tuple[str, int, list[Any]]]],

@@ -1,0 +1,118 @@
+"""Hugging Face `datasets` folders written by `save_to_disk`, one per split: an image or a text
+column and a label column (`pip install 'goodfit[hf]'`).
+
+`load_from_disk` reads the folder's Arrow files (no code, nothing downloaded). An image column
+(PIL images, as the `Image` feature decodes them) becomes uint8 (N, H, W, C) RGB, resized to
+`size` with `interpolation` when given (a transformers --base's image processor sets both when
+the recipe does not); a text column is tokenised as the text dataset does (data/text.py). A
+`ClassLabel` label column keeps its names; a base folder's label2id, when it names its classes,
+decides the ids first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from goodfit_cli.core.args import ArgError
+from goodfit_cli.data.base import Task
+from goodfit_cli.data.imagefolder import _size
+from goodfit_cli.data.paths import task_paths
+from goodfit_cli.data.table import labelled_tasks
+from goodfit_cli.data.text import Tokenising, known_labels, texts_of
+from goodfit_cli.io import hf
+
+RESAMPLING = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _load(path: str, key: str) -> Any:
+    datasets = hf.library("datasets", f"data.args.{key}: a save_to_disk folder")
+    if not Path(path).is_dir():
+        raise ArgError(key, f"{path} is not a folder written by save_to_disk")
+    try:
+        ds = datasets.load_from_disk(path)
+    except (OSError, ValueError, FileNotFoundError) as e:
+        raise ArgError(key, f"cannot read {path} with datasets.load_from_disk "
+                       f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})") from None
+    if isinstance(ds, datasets.DatasetDict):
+        raise ArgError(key, f"{path} holds the splits {', '.join(ds)}; give one split's folder "
+                       f"({path}/{next(iter(ds), 'train')})")
+    return ds
+
+
+def _images(values: list[Any], path: str, key: str, size: tuple[int, int] | None,
+            interpolation: str) -> torch.Tensor:
+    """PIL images (or arrays) -> uint8 (N, H, W, 3), resized to `size` (H, W) when given."""
+    from PIL import Image
+
+    resample = getattr(Image.Resampling, interpolation.upper())
+    out = []
+    for i, v in enumerate(values):
+        img = v if isinstance(v, Image.Image) else Image.fromarray(np.asarray(v, dtype=np.uint8))
+        img = img.convert("RGB")
+        if size is not None and img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), resample)
+        arr = np.asarray(img, dtype=np.uint8)
+        if out and arr.shape != out[0].shape:
+            raise ArgError(key, f"{path}: image {i} is {arr.shape[1]}x{arr.shape[0]}, image 0 "
+                           f"{out[0].shape[1]}x{out[0].shape[0]}; set data.args.size")
+        out.append(arr)
+    return torch.from_numpy(np.stack(out))
+
+
+def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str | None = None,
+            text: str | None = None, label: str = "label", size: Any = None,
+            interpolation: str = "bilinear", tokenizer: str | None = None, max_length: int = 128,
+            padding: str = "max_length", truncation: bool = True) -> dict[str, Task]:
+    """Old and new tasks from save_to_disk folders (one per split)."""
+    if image is not None and text is not None:
+        raise ArgError("image", "give image or text, not both")
+    if interpolation not in RESAMPLING:
+        raise ArgError("interpolation", f"expected one of {', '.join(RESAMPLING)}, got "
+                       f"{interpolation!r}")
+    hw = _size(size)
+    where, loaded = {}, {}
+    for name, spec in (("old", old), ("new", new)):
+        where[name] = task_paths(name, spec, ctx, "a folder written by save_to_disk")
+        for split, path in where[name].items():
+            loaded[(name, split)] = _load(path, f"{name}.{split}")
+    first = next(iter(loaded.values()))
+    column = image or text or next((c for c in ("image", "text") if c in first.column_names), None)
+    if column is None:
+        raise ArgError("image", f"{where['old']['train']} has no 'image' or 'text' column "
+                       f"(columns: {', '.join(first.column_names)}); set data.args.image or text")
+    is_text = text is not None or (image is None and column == "text")
+    names: list[str] | None = None
+    for (t, s), ds in loaded.items():
+        for col, arg in ((column, "text" if is_text else "image"), (label, "label")):
+            if col not in ds.column_names:
+                raise ArgError(f"{t}.{s}", f"{where[t][s]} has no column {col!r} (columns: "
+                               f"{', '.join(ds.column_names)}); set data.args.{arg}")
+        names = names or getattr(ds.features[label], "names", None)  # a ClassLabel's
+
+    def labels(ds: Any) -> list[Any]:
+        values = ds[label]
+        return [names[v] for v in values] if names else list(values)
+
+    raw = {k: labels(ds) for k, ds in loaded.items()}
+    if is_text:
+        tokenising = Tokenising(tokenizer, max_length, padding, truncation)
+        inputs, record = tokenising({k: texts_of(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}",
+                                                 column) for k, ds in loaded.items()})
+        record = {**record, "text": column}
+        known = known_labels(tokenising.folder)
+    else:
+        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation)
+                  for k, ds in loaded.items()}
+        record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
+        known = known_labels(Path(tokenizer)) if tokenizer else {}
+    if names and not known:
+        known = {n: i for i, n in enumerate(names)}  # the ClassLabel's own ids
+    read = {t: {s: (inputs[(t, s)], raw[(t, s)]) for s in where[t]} for t in where}
+    tasks = labelled_tasks(read, where, (old, new), bool(names), known)
+    for task in tasks.values():
+        task.preprocessing = record
+    return tasks
