@@ -1,0 +1,338 @@
+"""transformers model folders as bases, text data and datasets folders (goodfit[hf]).
+
+What is checked, on tiny models built here from configs (hidden 32, 2 layers; nothing is
+downloaded): a ViT image classifier's and a BERT-style text classifier's save_pretrained
+folders build as the registered `transformers` model from their config.json, load their
+weights (renamed by transformers itself) with the head grown for new classes (the base's rows
+kept, the logits on the old classes the base's own), keep id2label true, and are fed as their
+image processor says (mean, std, size, resample); text is tokenised by the folder's own
+tokenizer with the lengths recorded; save_to_disk folders are data; a missing library is one
+line naming the extra. Through the CLI: a ViT folder with an old and a new task and a gate,
+and a BERT folder on text with replay, streaming and --nproc 2; each arm also writes a folder
+that from_pretrained loads and that computes what goodfit's checkpoint computes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data import build_data
+from goodfit_cli.data.inputs import from_config
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.models import build_model, head_prefixes
+from goodfit_cli.models.from_config import spec_from_config
+from goodfit_cli.recipe import parse_recipe
+from goodfit_cli.trainer.session import adopt_base_inputs, load_checkpoint
+
+transformers = pytest.importorskip("transformers")
+datasets = pytest.importorskip("datasets")
+
+ROOT = Path(__file__).resolve().parent.parent
+MEAN, STD = [0.4, 0.45, 0.5], [0.2, 0.25, 0.3]
+WORDS = "the a movie plot good great fine bad awful poor game team match news report".split()
+TOPICS = {"neg": ["bad", "awful", "poor"], "pos": ["good", "great", "fine"],
+          "sport": ["game", "team", "match"], "news": ["news", "report"]}
+
+
+def vit_folder(path: Path) -> Path:
+    """A 3-class ViT (32x32 images, patches of 8) and its image processor, saved as a user would."""
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64, num_labels=3,
+                                 id2label={0: "cat", 1: "dog", 2: "bird"},
+                                 label2id={"cat": 0, "dog": 1, "bird": 2})
+    transformers.ViTForImageClassification(cfg).save_pretrained(path)
+    transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=MEAN,
+                                   image_std=STD, resample=3).save_pretrained(path)
+    return path
+
+
+def bert_folder(path: Path) -> Path:
+    """A 2-class BERT-style classifier (neg, pos) with a word-level tokenizer built here."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                                                unk_token="[UNK]")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=32, id2label={0: "neg", 1: "pos"},
+                                  label2id={"neg": 0, "pos": 1})
+    transformers.BertForSequenceClassification(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
+
+
+def image_npz(folder: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, n, cls in (("old_train", 24, [0, 1, 2]), ("old_test", 12, [0, 1, 2]),
+                         ("new_train", 24, [3, 4]), ("new_test", 12, [3, 4])):
+        np.savez(folder / f"{name}.npz", x=rng.integers(0, 255, (n, 32, 32, 3), dtype=np.uint8),
+                 y=np.resize(np.asarray(cls), n))
+
+
+def text_jsonl(folder: Path) -> None:
+    """Old task: neg/pos reviews (pos listed first); new task: sport/news."""
+    rng = np.random.default_rng(0)
+    for name, n, labels in (("old_train", 32, ["pos", "neg"]), ("old_test", 16, ["pos", "neg"]),
+                            ("new_train", 32, ["sport", "news"]), ("new_test", 16, ["sport", "news"])):
+        with open(folder / f"{name}.jsonl", "w") as f:
+            for i in range(n):
+                lab = labels[i % 2]
+                words = rng.choice(TOPICS[lab] + ["the", "movie"], size=int(rng.integers(3, 10)))
+                f.write(json.dumps({"text": " ".join(words), "label": lab}) + "\n")
+
+
+@pytest.fixture(scope="module")
+def vit(tmp_path_factory) -> Path:
+    return vit_folder(tmp_path_factory.mktemp("vit") / "vit")
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    return bert_folder(tmp_path_factory.mktemp("bert") / "bert")
+
+
+def text_args(folder: Path, **extra) -> dict:
+    return {"old": {"train": "old_train.jsonl", "test": "old_test.jsonl"},
+            "new": {"train": "new_train.jsonl", "test": "new_test.jsonl"}, **extra}
+
+
+# ------------------------------------------------------------------ models
+
+
+def test_a_transformers_config_names_the_transformers_model(vit):
+    """config.json with `architectures` -> the registered transformers model on that folder,
+    the data's class count and names; timm configs are unchanged."""
+    config = json.loads((vit / "config.json").read_text())
+    assert spec_from_config(config, vit / "config.json", 5) == (
+        "transformers", {"path": str(vit.resolve()), "num_classes": 5})
+    assert spec_from_config(config, vit / "config.json", None)[1]["num_classes"] == 3
+    assert spec_from_config(config, vit / "config.json", 2, ["a", "b"])[1]["labels"] == ["a", "b"]
+
+
+def test_a_vit_folder_loads_with_its_head_grown_and_its_own_logits(vit):
+    """The folder's weights (renamed by transformers 5: encoder.layer.*.query -> layers.*.q_proj)
+    load into the 5-class model: rows 0-2 are the base's, the logits on classes 0-2 equal
+    from_pretrained's, and id2label keeps cat/dog/bird."""
+    model = build_model("transformers", {"path": str(vit), "num_classes": 5})
+    assert head_prefixes(model) == ["classifier."]
+    loaded = load_checkpoint(model, vit, grow_rows=True)
+    assert [c["kept_rows"] for c in loaded.head_changes] == [3, 3]
+    assert loaded.input == {"kind": "image", "mean": MEAN, "std": STD,
+                            "source": "preprocessor_config.json"}
+    ref = transformers.AutoModelForImageClassification.from_pretrained(vit).eval()
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ours, theirs = model(x), ref(pixel_values=x).logits
+    assert isinstance(ours, torch.Tensor) and ours.shape == (4, 5)
+    assert torch.allclose(ours[:, :3], theirs, atol=1e-6)
+    assert model.config.id2label == {0: "cat", 1: "dog", 2: "bird", 3: "LABEL_3", 4: "LABEL_4"}
+    assert model.config.label2id["bird"] == 2
+
+
+def test_a_folder_that_is_not_a_classifier_is_one_line(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=8, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, intermediate_size=32)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "m")
+    with pytest.raises(UserError, match=r"architecture 'BertModel' is not a classifier"):
+        build_model("transformers", {"path": str(tmp_path / "m"), "num_classes": 2})
+
+
+def test_a_missing_library_names_the_extra(monkeypatch):
+    """Without transformers installed, one line says which extra to install."""
+    import importlib
+
+    from goodfit_cli.io import hf
+
+    real = importlib.import_module
+
+    def fake(name, *a, **k):
+        if name == "transformers":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+    with pytest.raises(UserError, match=r"needs the transformers library: pip install 'goodfit\[hf\]'"):
+        hf.library("transformers", "x")
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def test_the_image_processor_sets_mean_std_size_and_interpolation(vit, tmp_path):
+    """preprocessor_config.json: mean/std feed the model (do_normalize false: [0, 1] as is);
+    size and resample (3: bicubic) fill an image dataset's unset args."""
+    proc = json.loads((vit / "preprocessor_config.json").read_text())
+    spec = from_config(None, proc)
+    assert (spec.mean, spec.std, spec.source) == (tuple(MEAN), tuple(STD), "preprocessor_config.json")
+    assert from_config(None, {**proc, "do_normalize": False}).std == (1.0, 1.0, 1.0)
+    recipe = parse_recipe(RECIPE.format(name="r", data="hf_disk", ext="x"), str(tmp_path / "r.yaml"))
+    assert adopt_base_inputs(recipe, vit) == {"size": [32, 32], "interpolation": "bicubic"}
+    assert recipe.data.args["size"] == [32, 32]
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_text_is_tokenised_by_the_folders_tokenizer_with_its_label_ids(bert, tmp_path):
+    """input_ids are the tokenizer's own; the base's label2id decides neg=0, pos=1 although the
+    file lists pos first, new names follow; padding longest pads every split to one length;
+    what was done is the task's preprocessing record."""
+    text_jsonl(tmp_path)
+    tasks = build_data("text", text_args(tmp_path, tokenizer=str(bert), max_length=12,
+                                         padding="longest"), seed=0, data_dir=str(tmp_path))
+    old, new = tasks["old"], tasks["new"]
+    first = json.loads((tmp_path / "old_train.jsonl").read_text().splitlines()[0])
+    tok = transformers.AutoTokenizer.from_pretrained(bert)
+    ids = tok(first["text"])["input_ids"]
+    assert old.train.x["input_ids"][0, :len(ids)].tolist() == ids
+    assert old.train.x["attention_mask"][0].sum() == len(ids)
+    assert first["label"] == "pos" and old.train.y[0] == 1
+    assert sorted(set(new.train.y.tolist())) == [2, 3]
+    assert new.label_names == ["neg", "pos", "sport", "news"]
+    widths = {t.x["input_ids"].shape[1] for task in tasks.values() for t in (task.train, task.test)}
+    assert widths == {9}  # the longest text: 9 words, one token each
+    assert old.preprocessing == {"tokenizer": str(bert), "max_length": 12, "padding": "longest",
+                                 "truncation": True, "length": 9, "truncated": 0, "text": "text"}
+    cut = build_data("text", text_args(tmp_path, tokenizer=str(bert), max_length=4),
+                     seed=0, data_dir=str(tmp_path))
+    assert cut["old"].train.x["input_ids"].shape[1] == 4 and cut["old"].preprocessing["truncated"] > 0
+    with pytest.raises(UserError, match=r"tokens, more than max_length 4; set truncation: true"):
+        build_data("text", text_args(tmp_path, tokenizer=str(bert), max_length=4,
+                                     truncation=False), seed=0, data_dir=str(tmp_path))
+
+
+def test_a_save_to_disk_folder_is_data(tmp_path):
+    """Images of two sizes resized to `size`; a ClassLabel's names and ids kept; text columns
+    need a tokenizer."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["cat", "dog", "fox"])})
+    for name, cls in (("old_train", [0, 1]), ("old_test", [0, 1]), ("new_train", [2]),
+                      ("new_test", [2])):
+        imgs = [Image.fromarray(rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8))
+                for i in range(4)]
+        datasets.Dataset.from_dict({"image": imgs, "label": list(np.resize(cls, 4))},
+                                   features=feats).save_to_disk(tmp_path / name)
+    args = {"old": {"train": "old_train", "test": "old_test"},
+            "new": {"train": "new_train", "test": "new_test"}, "size": [16, 16]}
+    tasks = build_data("hf_disk", args, seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].train.x.shape == (4, 16, 16, 3) and tasks["old"].train.x.dtype == torch.uint8
+    assert tasks["old"].train.y.tolist() == [0, 1, 0, 1] and tasks["new"].train.y.tolist() == [2] * 4
+    assert tasks["new"].label_names == ["cat", "dog", "fox"]
+    assert tasks["old"].test_ids[1] == f"{tmp_path / 'old_test'}#1"
+    with pytest.raises(UserError, match=r"image 1 is 24x21, image 0 24x20; set data.args.size"):
+        build_data("hf_disk", {**args, "size": None}, seed=0, data_dir=str(tmp_path))
+
+
+# ------------------------------------------------------------------ through the CLI
+
+
+def goodfit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "goodfit_cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+RECIPE = """name: {name}
+seed: 0
+device: cpu
+data:
+  name: {data}
+  args:
+    old: {{train: old_train.{ext}, test: old_test.{ext}}}
+    new: {{train: new_train.{ext}, test: new_test.{ext}}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+finetune:
+  optimizer: {{name: adamw, lr: 1.0e-3}}
+  steps: 2
+  batch_size: 8
+  arms: [adamw]
+eval: {{every: 2, batch_size: 64}}
+"""
+
+
+def same_logits(run_arm: Path, base: Path, auto, batch: dict) -> None:
+    """The arm's hf/ folder (from_pretrained) computes what its goodfit checkpoint computes."""
+    exported = auto.from_pretrained(run_arm / "hf").eval()
+    model = build_model("transformers", {"path": str(base), "num_classes":
+                                         exported.config.num_labels})
+    model.load_state_dict(ckpt.load_model(run_arm / "model.safetensors")[0])
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(**batch), exported(**batch).logits, atol=1e-5)
+
+
+def test_cli_finetunes_a_vit_folder_with_a_grown_head_and_a_gate(vit, tmp_path):
+    """No model section: the ViT comes from the folder, grows 3 -> 5 classes, is measured with
+    its own rows (the old accuracy by hand, fed with the processor's mean/std), the gate is
+    applied (an impossible new-task floor: exit 3, files written), and adamw/hf loads with
+    from_pretrained, id2label true, the processor's statistics beside it."""
+    image_npz(tmp_path)
+    (tmp_path / "vit.yaml").write_text(RECIPE.format(name="vit", data="npz", ext="npz"))
+    res = goodfit("finetune", "--base", str(vit), "--recipe", "vit.yaml", "--out", "run",
+                  "--no-wise", "--max-old-drop", "1.0", "--min-new", "accuracy=1.01", cwd=tmp_path)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert "model: transformers ViTForImageClassification from" in res.stdout + res.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["input"]["source"] == "preprocessor_config.json" and run["input"]["mean"] == MEAN
+    assert run["base_head"]["measured"] == "exact"
+    ref = transformers.AutoModelForImageClassification.from_pretrained(vit).eval()
+    f = np.load(tmp_path / "old_test.npz")
+    x = (torch.from_numpy(f["x"]).permute(0, 3, 1, 2).float() / 255
+         - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        by_hand = (ref(pixel_values=x).logits.argmax(1).numpy() == f["y"]).mean()
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["base_metrics"]["old"]["accuracy"] == pytest.approx(by_hand, abs=1e-9)
+    assert report["arms"][0]["gate"]["passed"] is False
+    hf_dir = tmp_path / "run" / "adamw" / "hf"
+    config = json.loads((hf_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "bird", "3": "LABEL_3", "4": "LABEL_4"}
+    assert json.loads((hf_dir / "preprocessor_config.json").read_text())["image_std"] == STD
+    same_logits(tmp_path / "run" / "adamw", vit, transformers.AutoModelForImageClassification,
+                {"pixel_values": x[:4]})
+
+
+def test_cli_finetunes_a_bert_folder_on_text_with_replay_streaming_on_two_processes(bert, tmp_path):
+    """Text through the CLI on 2 processes, the batches streamed and old samples replayed: the
+    tokenizer comes from --base, run.json records the tokenisation, and adamw/hf (model and
+    tokenizer) loads with from_pretrained with id2label neg, pos, sport, news."""
+    text_jsonl(tmp_path)
+    (tmp_path / "text.yaml").write_text(RECIPE.format(name="text", data="text", ext="jsonl"))
+    res = goodfit("finetune", "--base", str(bert), "--recipe", "text.yaml", "--out", "run",
+                  "--no-wise", "--nproc", "2", "--max-old-drop", "1.0", "data.args.max_length=12",
+                  "data.loader.mode=stream", "finetune.replay.fraction=0.25", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["preprocessing"] == {"tokenizer": str(bert.resolve()), "max_length": 12,
+                                    "padding": "max_length", "truncation": True, "length": 12,
+                                    "truncated": 0, "text": "text"}
+    summary = json.loads((tmp_path / "run" / "adamw" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["replay"]["old_per_batch"] == 2
+    hf_dir = tmp_path / "run" / "adamw" / "hf"
+    assert json.loads((hf_dir / "config.json").read_text())["id2label"] == {
+        "0": "neg", "1": "pos", "2": "sport", "3": "news"}
+    tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    batch = dict(tok(["the good game", "awful news report"], return_tensors="pt"))
+    same_logits(tmp_path / "run" / "adamw", bert, transformers.AutoModelForSequenceClassification,
+                batch)
