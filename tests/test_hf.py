@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 import torch
 
+from typer.testing import CliRunner
+
+from goodfit_cli.cli.app import app
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
 from goodfit_cli.data.inputs import from_config
@@ -282,17 +285,19 @@ def same_logits(run_arm: Path, base: Path, auto, batch: dict) -> None:
         assert torch.allclose(model(**batch), exported(**batch).logits, atol=1e-5)
 
 
-def test_cli_finetunes_a_vit_folder_with_a_grown_head_and_a_gate(vit, tmp_path):
+def test_cli_finetunes_a_vit_folder_with_a_grown_head_and_a_gate(vit, tmp_path, monkeypatch):
     """No model section: the ViT comes from the folder, grows 3 -> 5 classes, is measured with
     its own rows (the old accuracy by hand, fed with the processor's mean/std), the gate is
     applied (an impossible new-task floor: exit 3, files written), and adamw/hf loads with
     from_pretrained, id2label true, the processor's statistics beside it."""
     image_npz(tmp_path)
     (tmp_path / "vit.yaml").write_text(RECIPE.format(name="vit", data="npz", ext="npz"))
-    res = goodfit("finetune", "--base", str(vit), "--recipe", "vit.yaml", "--out", "run",
-                  "--no-wise", "--max-old-drop", "1.0", "--min-new", "accuracy=1.01", cwd=tmp_path)
-    assert res.returncode == 3, res.stdout + res.stderr
-    assert "model: transformers ViTForImageClassification from" in res.stdout + res.stderr
+    monkeypatch.chdir(tmp_path)  # in this process: the CLI as a user types it, without a start-up
+    res = CliRunner().invoke(app, ["finetune", "--base", str(vit), "--recipe", "vit.yaml", "--out",
+                                   "run", "--no-wise", "--max-old-drop", "1.0", "--min-new",
+                                   "accuracy=1.01"], catch_exceptions=False)
+    assert res.exit_code == 3, res.output
+    assert "model: transformers ViTForImageClassification from" in res.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["input"]["source"] == "preprocessor_config.json" and run["input"]["mean"] == MEAN
     assert run["base_head"]["measured"] == "exact"
