@@ -19,7 +19,7 @@ def toy(seed: int = 0, **args):
 def test_toy_shapes_and_regions():
     """Shapes (N, 2) → (N, 1); old x in [-1, 1]², new x in [0.8, 1.5]²."""
     tasks = toy()
-    assert set(tasks) == {"old", "new"} and DATASETS.names() == ["cifar100_lt", "imagefolder", "motion", "npz", "table", "toy_sin"]
+    assert set(tasks) == {"old", "new"} and DATASETS.names() == ["cifar100_lt", "hf_disk", "imagefolder", "motion", "npz", "table", "text", "toy_sin"]
     old, new = tasks["old"], tasks["new"]
     assert old.kind == "regression" and old.num_classes is None
     assert old.train.x.shape == (2000, 2) and old.train.y.shape == (2000, 1) and old.test.x.shape == (300, 2)

@@ -57,7 +57,7 @@ def test_missing_kwarg_and_bad_value():
 
 def test_registry_lists_builders():
     """The registered builders, by name."""
-    assert MODELS.names() == ["cifar_resnet32", "gmlc_net", "mlp", "motion_transformer", "timm"]
+    assert MODELS.names() == ["cifar_resnet32", "gmlc_net", "mlp", "motion_transformer", "timm", "transformers"]
 
 
 def test_timm_resnet18_cifar_stem():

@@ -73,6 +73,9 @@ def input_statistics(tasks: dict[str, Task], normalize: Any, standardize: Any,
         raise UserError(f"{where}.standardize: expected true or false, got {standardize!r}")
     if normalize is not None and standardize:
         raise UserError(f"{where}: give normalize or standardize, not both")
+    if isinstance(x, dict) and (normalize is not None or standardize):
+        raise UserError(f"{where}.{'normalize' if normalize is not None else 'standardize'}: "
+                        f"the inputs are {', '.join(x)} (tokens), which are not normalised")
     if normalize is not None:
         if not isinstance(normalize, Mapping) or set(normalize) != {"mean", "std"}:
             raise UserError(f"{where}.normalize: expected {{mean: [...], std: [...]}}, got "
