@@ -226,7 +226,7 @@ def test_cli_lora_beside_adamw_with_replay_ema_and_a_gate(tmp_path):
     run = tmp_path / "ft"
     res = invoke("finetune", "--base", base, "--recipe", "toy", "--out", run,
                  "--optimizer", "lora:adamw", "--optimizer", "adamw", "--max-old-drop", "1e6",
-                 "--junit", tmp_path / "junit.xml", "finetune.replay.fraction=0.25",
+                 "--junit", tmp_path / "junit.xml", "--no-wise", "finetune.replay.fraction=0.25",
                  "finetune.ema=0.9", "finetune.arm_args.lora.rank=2", *TINY)
     assert res.exit_code == 0, res.output
     base_tensors, _ = ckpt.load_model(base)

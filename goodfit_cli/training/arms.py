@@ -2,7 +2,7 @@
 args, its optimizer, its training mode and what it trains on.
 
 An arm is `<opt>` (the plain arm: any timm optimizer name, every parameter) or
-`<name>[:<opt>]` for a registered arm (head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc, and
+`<name>[:<opt>]` for a registered arm (head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc, lora, and
 plugins'); without `:<opt>` the stage's optimizer (or `goodfit.main`) is used. Optimizers and
 schedules come from timm's factories (training/optimizers.py, training/schedules.py).
 """
