@@ -17,10 +17,11 @@ from goodfit_cli.arms import (  # noqa: F401  (each registers itself; this order
     lwf,
     focal,
     ewc,
+    lora,
 )
 from goodfit_cli.arms.base import ARMS, ArmType, Built, Context, Knob, OldTask, Search, register
 
-BUILTIN = ("plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal", "ewc")
+BUILTIN = ("plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal", "ewc", "lora")
 
 
 def kinds() -> list[str]:

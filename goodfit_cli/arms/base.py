@@ -23,12 +23,14 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Search:
-    """How `goodfit search` draws a knob: an Optuna parameter `param` in [low, high]."""
+    """How `goodfit search` draws a knob: an Optuna parameter `param` in [low, high], or, for
+    a string knob, one of `choices`."""
 
     param: str  # the study's parameter name (stable: a study continues across versions)
-    low: float
-    high: float
+    low: float = 0.0
+    high: float = 0.0
     log: bool = False
+    choices: tuple[str, ...] = ()  # a categorical draw (low and high unused)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class Built:
 
 class ArmType:
     """Base of every arm. A subclass sets `name`, `description`, `knobs` (and `needs_old`),
-    and overrides what it changes: `trainable`, `train_mode`, `wrap`, `build`."""
+    and overrides what it changes: `trainable`, `train_mode`, `wrap`, `build`, `finish`."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -147,6 +149,12 @@ class ArmType:
     def build(self, ctx: Context) -> Built:
         """The loss the run trains on and its hooks (default: the task's loss, no hook)."""
         return Built(ctx.loss)
+
+    def finish(self, model: nn.Module) -> dict[str, Any]:
+        """After training (the weights to ship in place, EMA copies alike), before the model is
+        measured and written: make it the model to ship, e.g. merge adapters (LoRA). Returns
+        entries for the arm's summary (default: nothing changes, nothing to say)."""
+        return {}
 
 
 ARMS: Registry[type[ArmType]] = Registry("arm", "goodfit.arms")

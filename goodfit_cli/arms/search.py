@@ -45,8 +45,12 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
         r = knob.search
         if r is None:
             continue
-        value = (trial.suggest_int(r.param, int(r.low), int(r.high), log=r.log) if knob.type is int
-                 else trial.suggest_float(r.param, r.low, r.high, log=r.log))
+        if r.choices:
+            value = trial.suggest_categorical(r.param, list(r.choices))
+        elif knob.type is int:
+            value = trial.suggest_int(r.param, int(r.low), int(r.high), log=r.log)
+        else:
+            value = trial.suggest_float(r.param, r.low, r.high, log=r.log)
         over.append(f"{knob_key(kind, knob)}={value!r}")
     if replay:
         r = trial.suggest_float("replay_fraction", 0.0, 0.5)

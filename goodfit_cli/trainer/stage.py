@@ -58,6 +58,7 @@ from goodfit_cli.training import (
     build_scheduler,
     cycle_length,
     describe_optimizer,
+    finish_arm,
     finish_cycle,
     stage_for_arm,
     train_mode,
@@ -323,6 +324,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         summary.update(c.on_end(model))
     sizes = (len(data), new_per_batch * job.stage.accumulate)  # new samples per step
     ema = next((c for c in callbacks if isinstance(c, Ema)), None)
+    # the models to ship, as the arm makes them (LoRA: adapters merged, the base's layers back)
+    summary.update(finish_arm(arm, job.stage, *([ema.module] if ema else []), model))
     if ema is not None:  # the averaged weights: a candidate of their own, written first
         _finish(s, ema.module, optimizer, ema_job(job, records, decay),
                 Ran(st, ema_records(records), sizes, {k: v for k, v in summary.items()

@@ -7,6 +7,7 @@ from goodfit_cli.training.arms import (
     arm_training,
     build_optimizer,
     describe_optimizer,
+    finish_arm,
     parse_arm,
     stage_for_arm,
     train_mode,
@@ -16,5 +17,5 @@ from goodfit_cli.training.schedules import Schedule, build_scheduler
 
 __all__ = ["Schedule", "Arm", "arm_dirname", "arm_names", "arm_training", "build_optimizer",
            "build_scheduler",
-           "describe_optimizer", "parse_arm", "stage_for_arm", "train_mode", "at_anchor",
+           "describe_optimizer", "finish_arm", "parse_arm", "stage_for_arm", "train_mode", "at_anchor",
            "cycle_length", "finish_cycle", "whole_cycles"]

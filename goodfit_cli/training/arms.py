@@ -2,7 +2,7 @@
 args, its optimizer, its training mode and what it trains on.
 
 An arm is `<opt>` (the plain arm: any timm optimizer name, every parameter) or
-`<name>[:<opt>]` for a registered arm (head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc, and
+`<name>[:<opt>]` for a registered arm (head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc, lora, and
 plugins'); without `:<opt>` the stage's optimizer (or `goodfit.main`) is used. Optimizers and
 schedules come from timm's factories (training/optimizers.py, training/schedules.py).
 """
@@ -81,11 +81,30 @@ def arm_type(arm: Arm, stage: StageSpec, where: str = "") -> ArmType:
 
 def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
                     lr: float | None = None) -> torch.optim.Optimizer:
-    """The arm's optimizer over the model's trainable parameters (the arm decides which)."""
+    """The arm's optimizer over the model's trainable parameters (the arm decides which, and
+    may change the model first: LoRA puts its adapters in)."""
+    try:
+        arm_type(arm, stage).trainable(model)
+    except ArgError as e:  # e.g. LoRA's targets name no layer of this model
+        raise UserError(f"{loc('finetune', f'arm_args.{arm.name}')}.{e}") from None
+    return main_optimizer(arm, model, stage, lr)
+
+
+def main_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
+                   lr: float | None = None) -> torch.optim.Optimizer:
+    """The arm's optimizer over the parameters of `model` that train now, as they are."""
     lr = stage.optimizer.lr if lr is None else lr
-    kind = arm_type(arm, stage)
-    kind.trainable(model)
-    return kind.wrap(create_main(arm.optimizer, stage.optimizer, unwrap(model), lr))
+    return arm_type(arm, stage).wrap(create_main(arm.optimizer, stage.optimizer, unwrap(model),
+                                                 lr))
+
+
+def finish_arm(arm: Arm, stage: StageSpec, *models: nn.Module) -> dict[str, Any]:
+    """After training: each of `models` (the arm's, its EMA copy) made the model to ship (LoRA
+    merges its adapters); the arm's entries for its summary."""
+    kind, said = arm_type(arm, stage), {}
+    for m in models:
+        said = kind.finish(m) or said  # the arm's own model says last
+    return said
 
 
 def train_mode(arm: Arm, stage: StageSpec | None = None) -> Callable[[nn.Module], None]:

@@ -1,7 +1,7 @@
 """Everything a recipe's stages decide, checked before a run writes anything.
 
-`check_stages(recipe)` builds each arm's optimizer and scheduler exactly as a run does
-(`build_optimizer`, `build_scheduler`, `stage_for_arm`), over a two-parameter stand-in model,
+`check_stages(recipe)` builds each arm's optimizer and scheduler as a run does
+(`main_optimizer`, `build_scheduler`, `stage_for_arm`), over a two-parameter stand-in model,
 and steps the scheduler through the stage's batches (at most STEPS of them): an argument the
 optimizer or scheduler rejects (`step_size: 0`, `T_max: 0`, `gamma: abc`, an unknown key) is
 one UserError naming the recipe's key, said by `goodfit validate` and by a run before its first
@@ -18,7 +18,7 @@ from torch import nn
 
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.recipe import Recipe, StageSpec
-from goodfit_cli.training.arms import Arm, build_optimizer, parse_arm, stage_for_arm
+from goodfit_cli.training.arms import Arm, main_optimizer, parse_arm, stage_for_arm
 from goodfit_cli.training.schedules import build_scheduler
 
 STEPS = 2000  # scheduler steps simulated per arm (cheap: a one-element optimizer)
@@ -47,7 +47,8 @@ def check_arm(stage: StageSpec, arm: Arm, where: str) -> None:
     budget = stage_for_arm(stage, arm)
     total = int(budget.get("steps") or budget.get("epochs") or 1)
     try:
-        optimizer = build_optimizer(arm, _StandIn(), stage, lr=budget["lr"])
+        # the arm's `trainable` is not run: what it changes (LoRA's targets) is the real model's
+        optimizer = main_optimizer(arm, _StandIn(), stage, lr=budget["lr"])
     except (TypeError, ValueError) as e:
         raise UserError(f"{loc(where, 'optimizer')}: {e}") from None
     except UserError as e:

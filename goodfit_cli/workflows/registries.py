@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
-from goodfit_cli.arms import ARMS, ArmType, kinds
+from goodfit_cli.arms import ARMS, ArmType, Knob, kinds
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import MODELS
 from goodfit_cli.objectives import OBJECTIVES, declared, metric, produced
@@ -55,6 +55,14 @@ def arm_description(arm: type[ArmType]) -> str:
             + ("; needs old-task data" if arm.needs_old else ""))
 
 
+def _searched(k: Knob) -> str:
+    """How the search draws knob `k`: '`rank` in [2, 64] (log)', '`targets` in {auto, all}'."""
+    r = k.search
+    if r.choices:
+        return f"`{k.name}` in {{{', '.join(r.choices)}}}"
+    return f"`{k.name}` in [{r.low:g}, {r.high:g}]{' (log)' if r.log else ''}"
+
+
 def arms_markdown() -> str:
     """docs/method.md's table of the built-in arms, from their declarations (a test keeps the
     page equal to it): how each is written, its args with defaults, where the older recipe
@@ -69,9 +77,7 @@ def arms_markdown() -> str:
         written = "`<optimizer>`" if arm.plain else f"`{name}[:<optimizer>]`"
         args = ", ".join(f"`{k.name}: {k.default}`" for k in arm.knobs) or "—"
         keys = ", ".join(f"`{knob_key(name, k)}`" for k in arm.knobs) or "—"
-        searched = ", ".join(
-            f"`{k.name}` in [{k.search.low:g}, {k.search.high:g}]{' (log)' if k.search.log else ''}"
-            for k in arm.knobs if k.search) or "—"
+        searched = ", ".join(_searched(k) for k in arm.knobs if k.search) or "—"
         rows.append(f"| `{name}` | {written} | {args} | {keys} | {searched} | "
                     f"{'needed' if arm.needs_old else '—'} |")
     return "\n".join(rows) + "\n"

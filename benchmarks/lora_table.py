@@ -1,0 +1,221 @@
+"""LoRA against full fine-tuning, GoodFit and head-only on the toy recipe: old-task loss at equal
+new-task gain, over seeds.
+
+Everything runs through the library, exactly as `goodfit pretrain` / `goodfit finetune` do
+(`workflows.pretrain.pretrain`, `workflows.finetune.finetune`, one arm per run, on the CPU),
+from `recipes/toy.yaml` with the overrides below. Per seed k (`seed=k`: the data, the initial
+weights and the batch order):
+
+    pretrain one base on the old task
+    fine-tune from it on the new task, every row with the same budget of new-task batches:
+      full fine-tune, RMSprop at the recipe's lr (the recipe's own arm)
+      full fine-tune, AdamW at the lrs in FULL_LRS (the trade-off curve LoRA is read against)
+      head_only (RMSprop), goodfit (RMSprop main, the recipe's ratio)
+      lora:adamw (rank 8, alpha 16, targets auto = both hidden Linear layers) at the lrs in LORA_LRS
+
+For each row and seed, "full FT at equal gain" is the old-task MSE the full AdamW fine-tune
+curve has at that row's new-task MSE (piecewise linear in log10 new / log10 old between the
+curve's points, sorted by new-task MSE; none when the row's new-task MSE lies outside the
+curve). A row below the curve forgets less than a full fine-tune that learned the new task as
+well. Outputs in --out: results.json (every run, the settings, the machine) and table.md.
+
+Run from the repository root (finished runs are kept under --work and reused):
+    nice python benchmarks/lora_table.py --seeds 3 --out /tmp/lora-table
+    python benchmarks/lora_table.py --quick              # smoke run (1 seed, tiny)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from toy_table import dominates, fmt, fmt_lr, machine, mean_se, timed  # noqa: E402
+
+from goodfit_cli.recipe import load_recipe
+from goodfit_cli.trainer.session import Place
+from goodfit_cli.training import arm_dirname
+from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+from goodfit_cli.workflows.pretrain import pretrain
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "toy.yaml"
+FULL_LRS = (5e-5, 1.5e-4, 5e-4, 1.5e-3, 5e-3)
+LORA_LRS = (5e-4, 1.5e-3, 5e-3)
+# The reduced toy this machine can run 3 seeds of in ~25 min (docs/results.md says so): a
+# 2-128-128-1 MLP, 10 000 training points per task, 2 000 pretraining and 500 fine-tuning batches.
+REDUCED = ["data.args.n_train=10000", "data.args.n_test=2000", "model.args.hidden=[128, 128]",
+           "pretrain.steps=2000", "finetune.steps=500", "eval.every=100"]
+QUICK = ["data.args.n_train=2000", "data.args.n_test=500", "model.args.hidden=[64, 64]",
+         "pretrain.steps=300", "finetune.steps=60", "eval.every=30",
+         "finetune.scheduler.args.decay_epochs=10", "pretrain.scheduler.args.decay_epochs=50"]
+
+
+def rows(recipe_lr: float) -> list[tuple[str, str, list[str]]]:
+    """(row key, arm, overrides) of every fine-tune of one seed."""
+    out = [("full_rmsprop", "rmsprop", []),
+           *((f"full_adamw_lr{lr:g}", "adamw", [f"finetune.optimizer.lr={lr}"]) for lr in FULL_LRS),
+           ("head_only", "head_only", []), ("goodfit", "goodfit", []),
+           *((f"lora_adamw_lr{lr:g}", "lora:adamw", [f"finetune.optimizer.lr={lr}"])
+             for lr in LORA_LRS)]
+    return out
+
+
+def label(key: str, recipe_lr: float, ratio: float) -> str:
+    if key == "base":
+        return "base model (no fine-tune)"
+    if key == "full_rmsprop":
+        return f"full fine-tune, RMSprop lr {fmt_lr(recipe_lr)} (the recipe's arm)"
+    if key == "head_only":
+        return f"head only, RMSprop lr {fmt_lr(recipe_lr)}"
+    if key == "goodfit":
+        return f"GoodFit, RMSprop main lr {fmt_lr(recipe_lr)}, ratio {ratio:g}"
+    lr = float(key.rpartition("_lr")[2])
+    if key.startswith("full_adamw"):
+        return f"full fine-tune, AdamW lr {fmt_lr(lr)}"
+    return f"lora:adamw (rank 8, alpha 16), lr {fmt_lr(lr)}"
+
+
+class Runs:
+    """The pretrain and fine-tunes of one seed under `work/seed<k>`, reused when finished."""
+
+    def __init__(self, work: Path, overrides: list[str], seed: int, say) -> None:
+        self.dir, self.seed, self.say = work / f"seed{seed}", seed, say
+        self.over = overrides + [f"seed={seed}"]
+        self.base = self.dir / "base" / "model.safetensors"
+
+    def pretrain(self) -> None:
+        if not (self.base.parent / "summary.json").exists():
+            _, dt = timed(pretrain, load_recipe(RECIPE, self.over), self.base.parent,
+                          Place(device="cpu"), overwrite=True)
+            self.say(f"seed {self.seed}: pretrain {dt:.0f} s")
+
+    def finetune(self, key: str, arm: str, extra: list[str]) -> dict[str, Any]:
+        out = self.dir / key
+        arm_dir = out / arm_dirname(arm)
+        if not (arm_dir / "summary.json").exists():
+            job = FinetuneJob(load_recipe(RECIPE, self.over + extra), self.base, out, [arm],
+                              overwrite=True, wise=False)
+            _, dt = timed(finetune, job, Place(device="cpu"))
+            self.say(f"seed {self.seed}: {key} {dt:.0f} s")
+        s = json.loads((arm_dir / "summary.json").read_text())
+        rec = {"old": s["metrics"]["old"]["mse"], "new": s["metrics"]["new"]["mse"],
+               "batches": s["batches"], "wall_s": s["wall_s"]}
+        if "lora" in s:
+            rec["adapter_parameters"] = s["lora"]["adapter_parameters"]
+        return rec
+
+    def base_metrics(self) -> dict[str, float]:
+        m = json.loads((self.dir / "full_rmsprop" / "base" / "metrics.json").read_text())["metrics"]
+        return {"old": m["old"]["mse"], "new": m["new"]["mse"]}
+
+
+def curve_old_at(curve: list[tuple[float, float]], new: float) -> float | None:
+    """The old-task MSE of the (new, old) curve at new-task MSE `new` (log-log linear), or None
+    outside the curve's range of new-task MSE."""
+    pts = sorted((math.log10(n), math.log10(o)) for n, o in curve)
+    x = math.log10(new)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            t = 0.0 if x1 == x0 else (x - x0) / (x1 - x0)
+            return 10 ** (y0 + t * (y1 - y0))
+    return None
+
+
+def table(per_seed: dict[int, dict], settings: dict) -> str:
+    seeds = sorted(per_seed)
+    keys = ["base", *(k for k, _, _ in rows(settings["lr"]))]
+    lines = ["| row | old MSE | new MSE | full AdamW at equal new MSE: old MSE | below the "
+             "full-FT curve (seeds) | on the front (seeds) |", "|---|---:|---:|---:|---:|---:|"]
+    for key in keys:
+        old = [per_seed[s][key]["old"] for s in seeds]
+        new = [per_seed[s][key]["new"] for s in seeds]
+        at, below, inside = [], 0, 0
+        for s in seeds:
+            curve = [(per_seed[s][f"full_adamw_lr{lr:g}"]["new"],
+                      per_seed[s][f"full_adamw_lr{lr:g}"]["old"]) for lr in FULL_LRS]
+            c = curve_old_at(curve, per_seed[s][key]["new"])
+            if c is not None and not key.startswith("full_adamw"):
+                at.append(c)
+                inside += 1
+                below += per_seed[s][key]["old"] < c
+        front = sum(not any(dominates((per_seed[s][k]["old"], per_seed[s][k]["new"]),
+                                      (per_seed[s][key]["old"], per_seed[s][key]["new"]))
+                            for k in keys if k != key) for s in seeds)
+        m_at = mean_se(at) if at else None
+        at_txt = ("–" if m_at is None else
+                  f"{fmt(m_at[0])}{'' if m_at[1] is None else ' ± ' + fmt(m_at[1])}"
+                  + (f" ({inside} of {len(seeds)} seeds inside the curve)"
+                     if inside < len(seeds) else ""))
+        below_txt = "–" if key.startswith("full_adamw") or key == "base" or not inside else (
+            f"{below} of {inside}")
+        lines.append(f"| {label(key, settings['lr'], settings['ratio'])} | {fmt_ms(old)} "
+                     f"| {fmt_ms(new)} | {at_txt} | {below_txt} | {front} of {len(seeds)} |")
+    return "\n".join(lines) + (
+        f"\n\nTest MSE (noise-free targets), mean ± standard error over {len(seeds)} seed(s); "
+        f"every fine-tune sees {settings['steps']} batches of {settings['batch_size']} new-task "
+        "samples. \"Full AdamW at equal new MSE\": the full AdamW fine-tunes' old-task MSE at "
+        "this row's new-task MSE, per seed (log-log interpolation along their lr curve). "
+        "\"Below the curve\": on how many of those seeds this row's old-task MSE is lower "
+        "(forgets less at the same gain). \"On the front\": on how many seeds no other row is "
+        "at least as good on both tasks and better on one.")
+
+
+def fmt_ms(values: list[float]) -> str:
+    m, se = mean_se(values)
+    return fmt(m) if se is None else f"{fmt(m)} ± {fmt(se)}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny model and data, 1 seed")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--out", type=Path, default=Path("lora-table"))
+    ap.add_argument("--work", type=Path, help="run folders (default /tmp/goodfit-lora-table/<hash>)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    over = ["device=cpu", "checkpoint.every=0", *(QUICK if args.quick else REDUCED)]
+    seeds = 1 if args.quick else args.seeds
+    r = load_recipe(RECIPE, over)
+    settings = {"recipe": str(RECIPE.relative_to(ROOT)), "recipe_sha256": r.sha256,
+                "overrides": over, "lr": r.finetune.optimizer.lr, "steps": r.finetune.steps,
+                "batch_size": r.finetune.batch_size, "ratio": r.finetune.goodfit.ref_ratio,
+                "full_lrs": list(FULL_LRS), "lora_lrs": list(LORA_LRS), "threads": args.threads}
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    work = args.work or Path("/tmp/goodfit-lora-table") / tag
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0, load0 = time.perf_counter(), os.getloadavg()
+
+    def say(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    say(f"settings {tag}: {json.dumps(settings)}")
+    per_seed: dict[int, dict] = {}
+    for seed in range(seeds):
+        runs = Runs(work, over, seed, say)
+        runs.pretrain()
+        res = {key: runs.finetune(key, arm, extra) for key, arm, extra in rows(settings["lr"])}
+        res["base"] = runs.base_metrics()
+        per_seed[seed] = res
+        say(f"seed {seed} done: " + ", ".join(f"{k} {v['old']:.3g}/{v['new']:.3g}"
+                                              for k, v in res.items()))
+    text = table(per_seed, settings)
+    (args.out / "table.md").write_text(text + "\n")
+    result = {"settings": settings, "settings_tag": tag, "machine": machine(),
+              "load_avg_before": load0, "load_avg_after": os.getloadavg(),
+              "wall_s": round(time.perf_counter() - t0, 1), "seeds": seeds,
+              "runs": {str(s): r for s, r in per_seed.items()}}
+    (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(text)
+    say(f"wrote {args.out}/results.json, table.md")
+
+
+if __name__ == "__main__":
+    main()
