@@ -91,9 +91,13 @@ def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
     rep["base_point"] = {"old": 0.004, "new": 0.98}  # now old spans 0.004-0.52: a log axis
     write_search_report(rep, tmp_path, [])
     html = (tmp_path / "report.html").read_text()
-    assert "old mse (lower is better, log scale)</text>" in html
-    ticks = re.findall(r'<text x="[\d.]+" y="\d+" font-size="11" text-anchor="middle">([^<]+)<', html)
+    # the page draws it twice: on linear axes, then on the log axis (readable either way)
+    linear, log = re.findall(r"<svg .*?</svg>", html)
+    assert "log scale" not in linear and "old mse (lower is better, log scale)</text>" in log
+    tick = r'<text x="[\d.]+" y="\d+" font-size="11" text-anchor="middle">([^<]+)<'
+    ticks = re.findall(tick, log)
     assert ticks[:3] == ["0.005", "0.01", "0.02"] and "0.5" in ticks
+    assert re.findall(tick, linear)[:3] == ["0.0", "0.1", "0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -276,3 +280,91 @@ def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
     assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.99),)), rep, (1, 1)) == 1.0
     curve[0]["val"] = m(0.95, 5.0)  # the base's own point is never a candidate
     assert best_alpha(None, rep, (1, 1)) == 0.5
+
+
+def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
+    """Candidates: complete, feasible, and better than the base on the new task. new: the
+    most new-task gain; knee: the front's point farthest from the line between its ends;
+    weight=W: the most W x new + (1 - W) x old, scaled to the candidates' range."""
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.report.search import Rule, candidates, parse_rule
+
+    dirs = (1, 1)  # accuracy on both tasks
+    pts = [(0.95, 0.30), (0.93, 0.70), (0.80, 0.78), (0.60, 0.80), (0.90, 0.20)]
+    trials = [{"number": i, "state": "COMPLETE", "feasible": True, "gains": True,
+               "old": o, "new": n} for i, (o, n) in enumerate(pts)]
+    trials[4]["gains"] = False  # on the base's own new-task value: never a candidate
+    trials.append({"number": 5, "state": "COMPLETE", "feasible": True, "gains": False,
+                   "old": 0.99, "new": 0.0})
+    assert [t["number"] for t in candidates(trials)] == [0, 1, 2, 3]
+    assert recommend(trials, dirs)["number"] == 3  # the most new-task gain
+    # front 0..3 scaled: old (1, .94, .57, 0), new (0, .8, .96, 1); x + y - 1 is largest at 1
+    assert recommend(trials, dirs, parse_rule("knee"))["number"] == 1
+    assert recommend(trials, dirs, parse_rule("weight=0"))["number"] == 0  # the best old
+    assert recommend(trials, dirs, parse_rule("weight=1"))["number"] == 3
+    assert recommend(trials, dirs, parse_rule("Weight=0.3"))["number"] == 1
+    assert str(parse_rule("weight=0.3")) == "weight=0.3" and parse_rule("new") == Rule()
+    for bad in ("best", "weight=2", "weight=x"):
+        with pytest.raises(UserError, match=rf"^--rule {bad}: expected new, knee or weight=W"):
+            parse_rule(bad)
+    assert recommend([trials[4], trials[5]], dirs) is None
+
+
+def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():
+    """A long-tailed new task the base scores 0 on: the gate keeps only α <= 0.2, where the
+    new task is still at the base's 0; those are not candidates, so the trial is the arm
+    (which fails the gate) instead of a 'feasible' copy of the base."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.search import best_alpha
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    curve = [{"alpha": a / 10, "val": m(0.95 - 0.05 * a, 0.0 if a <= 2 else 0.1 * a)}
+             for a in range(11)]
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.95, 0.0),
+           "arms": [{"validation": {"metrics": m(0.45, 1.0), "delta": {}, "flips": {}},
+                     "wise": curve}]}
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.85),)), rep, (1, 1)) == 1.0
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.80),)), rep, (1, 1)) == 0.3
+
+
+def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_path):
+    """Rungs at total/9 and total/3 (first evaluation at or after); at a rung a trial goes on
+    only among the best 1/3 of those that reached it (a new best while fewer than 3 have);
+    fewer gate violations rank first. The values live in the study (user attributes)."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
+
+    h = Halving()
+    assert h.rung_batches(90) == [10, 30] and Halving(rungs=0).rung_batches(90) == []
+    assert h.keeps((0, 0.5), []) and not h.keeps((0, 0.4), [(0, 0.5)])
+    assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
+    assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps(
+        {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
+    gate = Gate((Limit("old", "accuracy", "min", 0.85),))
+    study = optuna.create_study(directions=["maximize", "maximize"])
+
+    def run(evals: list[tuple[int, float, float]]) -> int | None:
+        trial = study.ask()
+        watch = PruneWatch(trial, h, tmp_path, gate, {"old": "accuracy", "new": "accuracy"}, 1)
+        watch.on_start(90, 0)
+        try:
+            for batch, old, new in evals:
+                watch.on_evaluation({"batch": batch, "val": {"old": {"accuracy": old},
+                                                              "new": {"accuracy": new}}})
+        except Pruned as e:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            assert study.trials[trial.number].user_attrs["batches"] == e.batch
+            return e.rung
+        study.tell(trial, [0.0, 0.0])
+        return None
+
+    assert run([(5, 0.9, 0.1), (10, 0.9, 0.4), (30, 0.9, 0.6), (90, 0.9, 0.7)]) is None
+    assert run([(10, 0.9, 0.3)]) == 0  # worse than the only other one at rung 0
+    assert run([(10, 0.8, 0.9)]) == 0  # learns more, but crosses the gate (0.8 < 0.85)
+    assert run([(12, 0.9, 0.5), (30, 0.9, 0.5)]) == 1  # rung 0 reached at batch 12; 2nd at 1
+    assert study.trials[3].user_attrs["rungs"] == {"0": [0.0, 0.5], "1": [0.0, 0.5]}
