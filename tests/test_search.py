@@ -110,7 +110,8 @@ def base(tmp_path_factory) -> Path:
 
 def two_workers(base: Path, out: Path, storage: str, trials: int) -> None:
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", trials, "--out", out,
-               "--storage", storage, "--max-old-drop", "0.02", "--no-defaults", *TINY)
+               "--storage", storage, "--max-old-drop", "0.02", "--no-defaults", "--rungs", 0,
+               *TINY)
     procs = [subprocess.Popen(args + ["--seed", str(i)], cwd=ROOT, env=ENV, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -132,7 +133,7 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         # the searched replay fraction is what the trial's fine-tune mixed into its batches of 64
         arm_dir = d / arm_dirname(t.user_attrs["arm"])
         replay = json.loads((arm_dir / "summary.json").read_text())["replay"]
-        f = t.params["replay_fraction"]
+        f = t.params["finetune.replay.fraction"]  # the trial recipe's own key
         assert replay["fraction"] == f and replay["pool"] == 512
         assert replay["old_per_batch"] == (max(1, round(64 * f)) if f > 0 else 0)
     rep = json.loads((out / "report.json").read_text())
@@ -146,7 +147,7 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         assert all(torch.equal(got[k], want[k]) for k in want)
         assert meta["search"]["trial"] == rec["number"] and meta["search"]["arm"] == rec["arm"]
     one = cmd("search", "--base", base, "--recipe", "toy", "--trials", 5, "--out", out,
-              "--storage", storage, "--no-defaults", *TINY)
+              "--storage", storage, "--no-defaults", "--rungs", 0, *TINY)
     res = subprocess.run(one, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "4 trials so far, 1 to go" in res.stderr + res.stdout
@@ -159,14 +160,14 @@ def test_no_replay_search_never_replays_and_keeps_its_study_apart(base, tmp_path
     with replay searched is refused (one search space per study), exit 2, one line."""
     out = tmp_path / "run"
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 2, "--out", out,
-               "--no-defaults", "--no-replay", *TINY)
+               "--no-defaults", "--no-replay", "--rungs", 0, *TINY)
     res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 2
     for t in done:
-        assert "replay_fraction" not in t.params
+        assert "finetune.replay.fraction" not in t.params
         arm_dir = Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"])
         assert "replay" not in json.loads((arm_dir / "summary.json").read_text())
     rep = json.loads((out / "report.json").read_text())
@@ -224,7 +225,7 @@ def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path
     trials' old-task values keeps exactly those at or under it."""
     out = tmp_path / "run"
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", out,
-               "--no-defaults", *TINY)
+               "--no-defaults", "--rungs", 0, *TINY)
 
     def search(*gate) -> dict:
         res = subprocess.run(args + list(gate), cwd=ROOT, env=ENV, capture_output=True,
@@ -368,3 +369,43 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
     assert run([(10, 0.8, 0.9)]) == 0  # learns more, but crosses the gate (0.8 < 0.85)
     assert run([(12, 0.9, 0.5), (30, 0.9, 0.5)]) == 1  # rung 0 reached at batch 12; 2nd at 1
     assert study.trials[3].user_attrs["rungs"] == {"0": [0.0, 0.5], "1": [0.0, 0.5]}
+
+
+@pytest.mark.e2e
+def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, tmp_path):
+    """Evaluations every 2 of 12 batches: rungs at batches 2 and 4. A pruned trial stops
+    there (its metrics.jsonl ends at that batch), counts toward --trials, and its batches are
+    in the report's compute; the log, the study, the report and each trial's recipe.yaml name
+    every knob by its recipe key."""
+    import yaml
+
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 5, "--out", out,
+               "--no-defaults", "--rule", "knee", *TINY, "eval.every=2")
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rule"] == "knee" and rep["pruned"] == states.count("PRUNED")
+    for t in study.trials:
+        batches = [json.loads(line)["batch"] for line in
+                   (Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"]) /
+                    "metrics.jsonl").read_text().splitlines()]
+        assert t.user_attrs["batches"] == batches[-1]
+        if t.state.name == "PRUNED":
+            assert batches[-1] in (2, 4) and "pruned at batch" in t.user_attrs["pruned"]
+        else:
+            assert batches[-1] == 12
+        recipe = yaml.safe_load((Path(t.user_attrs["dir"]) / "recipe.yaml").read_text())
+        for key, value in t.params.items():  # the study's name is the trial recipe's key
+            if key != "arm":
+                node = recipe
+                for part in key.split("."):
+                    node = node[part]
+                assert node == pytest.approx(value)
+                assert f" {key}={value!r}" in res.stderr + res.stdout  # the trial log
+    assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
+    md = (out / "report.md").read_text()
+    assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md

@@ -5,7 +5,9 @@ knobs are those its declaration gives a `Search` range (arms/*.py), written wher
 keeps them (the knob's older `finetune.penalty` / `finetune.goodfit` key, else
 `finetune.arm_args.<arm>.<knob>`). Every arm also draws lr in [lr/10, 10·lr] (log, centred on
 the recipe's; never 0), the replay fraction in [0, 0.5] (`finetune.replay.fraction`; a
-recipe's own `max_samples` is kept; `--no-replay`: none). WiSE-FT's α is not drawn: each trial
+recipe's own `max_samples` is kept; `--no-replay`: none) and, when the new task's loss is
+cross_entropy, its class balance for a long-tailed new task (`new_task.args.balance`: none,
+reweight or logit_adjust; objectives/standard.py). WiSE-FT's α is not drawn: each trial
 evaluates its arm's interpolation curve on validation (evaluations only) and keeps the best α
 the gate allows (workflows/search.py `best_alpha`).
 
@@ -20,8 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodfit_cli.arms import ARMS, Knob, kinds
+from goodfit_cli.objectives.standard import BALANCE
 
-LR, REPLAY = "finetune.optimizer.lr", "finetune.replay.fraction"  # knobs of every arm
+# knobs of every arm
+LR, REPLAY, BALANCED = "finetune.optimizer.lr", "finetune.replay.fraction", "new_task.args.balance"
 
 
 @dataclass
@@ -53,6 +57,8 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
             continue
         knobs[key] = (trial.suggest_int(key, int(r.low), int(r.high), log=r.log)
                       if knob.type is int else trial.suggest_float(key, r.low, r.high, log=r.log))
+    if recipe.new_task.loss == "cross_entropy":  # class balance, for a long-tailed new task
+        knobs[BALANCED] = trial.suggest_categorical(BALANCED, BALANCE)
     if replay:
         knobs[REPLAY] = trial.suggest_float(REPLAY, 0.0, 0.5)
     elif ft.replay is not None:
