@@ -409,3 +409,19 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
     assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
     md = (out / "report.md").read_text()
     assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md
+
+
+def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path):
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.workflows.search import SearchJob, _open_study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    old = optuna.create_study(storage=url, study_name="goodfit-toy",
+                              directions=["minimize", "minimize"])
+    trial = old.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2)
+    old.tell(trial, [1.0, 1.0])
+    job = SearchJob("toy", tmp_path / "b", tmp_path / "run", 4, storage=url)
+    with pytest.raises(UserError, match=r"study 'goodfit-toy' names its knobs as an older "
+                                        r"goodfit did \(lr, not finetune.optimizer.lr\)"):
+        _open_study(job, (-1, -1), {"recipe": "toy"})

@@ -134,6 +134,9 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
         elif have != v:
             raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
                             f"({have[:16]} != {v[:16]}); use a new --study or --out")
+    if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
+        raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
+                        "did (lr, not finetune.optimizer.lr); use a new --study or --out")
     legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {  # optuna < 5
         "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
     with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
