@@ -338,7 +338,7 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
     from goodfit_cli.report.gate import Gate, Limit
     from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
 
-    h = Halving()
+    h = Halving(startup=1)  # trial 0 is never pruned
     assert h.rung_batches(90) == [10, 30] and Halving(rungs=0).rung_batches(90) == []
     assert h.keeps((0, 0.5), []) and not h.keeps((0, 0.4), [(0, 0.5)])
     assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
@@ -349,9 +349,10 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
     gate = Gate((Limit("old", "accuracy", "min", 0.85),))
     study = optuna.create_study(directions=["maximize", "maximize"])
 
-    def run(evals: list[tuple[int, float, float]]) -> int | None:
+    def run(evals: list[tuple[int, float, float]], halving: Halving = h) -> int | None:
         trial = study.ask()
-        watch = PruneWatch(trial, h, tmp_path, gate, {"old": "accuracy", "new": "accuracy"}, 1)
+        watch = PruneWatch(trial, halving, tmp_path, gate, {"old": "accuracy",
+                                                            "new": "accuracy"}, 1)
         watch.on_start(90, 0)
         try:
             for batch, old, new in evals:
@@ -365,10 +366,12 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
         return None
 
     assert run([(5, 0.9, 0.1), (10, 0.9, 0.4), (30, 0.9, 0.6), (90, 0.9, 0.7)]) is None
+    assert Halving().startup == 3
     assert run([(10, 0.9, 0.3)]) == 0  # worse than the only other one at rung 0
     assert run([(10, 0.8, 0.9)]) == 0  # learns more, but crosses the gate (0.8 < 0.85)
     assert run([(12, 0.9, 0.5), (30, 0.9, 0.5)]) == 1  # rung 0 reached at batch 12; 2nd at 1
     assert study.trials[3].user_attrs["rungs"] == {"0": [0.0, 0.5], "1": [0.0, 0.5]}
+    assert run([(10, 0.9, 0.0), (90, 0.9, 0.0)], Halving(startup=5)) is None  # trial 4 < 5
 
 
 @pytest.mark.e2e

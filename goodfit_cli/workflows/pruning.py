@@ -7,7 +7,8 @@ there is among the best 1/eta of the values every trial of the study reached tha
 (itself included; while fewer than eta have, only a new best goes on). Optuna's own pruners
 read `trial.report`, which multi-objective studies do not have, so the values live in each
 trial's user attributes (`rungs`: {rung: value}) in the study's storage, shared by every
-worker.
+worker. The study's first `startup` trials are never pruned (they set the rungs' first values
+and give the front complete trials to start from).
 
 A trial's value is gate-aware: (minus the number of gate limits its evaluation violates on
 validation, its new-task primary metric oriented so higher is better), compared as a pair;
@@ -39,11 +40,12 @@ class Pruned(Exception):
 
 @dataclass(frozen=True)
 class Halving:
-    """The pruner: `eta` (keep the best 1/eta at each rung) and `rungs` (how many rungs before
-    the end; 0: no pruning)."""
+    """The pruner: `eta` (keep the best 1/eta at each rung), `rungs` (how many rungs before
+    the end; 0: no pruning) and `startup` (the study's first trials, never pruned)."""
 
     eta: int = 3
     rungs: int = 2
+    startup: int = 3
 
     def rung_batches(self, total: int) -> list[int]:
         """The batch each rung starts at, for a trial of `total` batches (ascending)."""
@@ -113,7 +115,8 @@ class PruneWatch:
                       if t.number != self.trial.number and str(k) in t.user_attrs.get("rungs", {})]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
-            if not self.halving.keeps(value, others):
+            if self.trial.number >= self.halving.startup and not self.halving.keeps(value,
+                                                                                  others):
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): not among the best "
                                        f"1/{self.halving.eta} of the {len(others) + 1} trials "
                                        "that reached it")

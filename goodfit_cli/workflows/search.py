@@ -162,7 +162,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
-    if sum(t.number < trial.number for t in _counted(trial.study)) >= job.trials:  # others reached the target
+    if sum(t.number < trial.number for t in _counted(trial.study)) >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
