@@ -239,7 +239,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     "recommended.")
     else:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in rec["params"].items())
+                          for k, v in rec["params"].items() if k != "arm")
         test = ""
         if rec.get("test_old") is not None:
             gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
