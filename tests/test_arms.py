@@ -92,7 +92,7 @@ def test_the_search_space_is_the_declarations():
     gives a range, written where the recipe keeps them."""
     import optuna
 
-    from goodfit_cli.arms.search import propose
+    from goodfit_cli.arms.search import knob_key, propose
 
     recipe = load_recipe(TOY)
     seen = {}
@@ -102,8 +102,11 @@ def test_the_search_space_is_the_declarations():
         trial = study.ask()
         p = propose(trial, recipe)
         kind = trial.params["arm"]
-        searched = {k.search.param for k in ARMS.get(kind).knobs if k.search}
-        assert set(trial.params) == {"arm", "lr", "replay_fraction", *searched}  # α: not drawn
+        searched = {knob_key(kind, k) for k in ARMS.get(kind).knobs if k.search}
+        # one name per knob: the study's parameter is the override's recipe key; α: not drawn
+        assert set(trial.params) == {"arm", "finetune.optimizer.lr", "finetune.replay.fraction",
+                                     *searched}
+        assert p.overrides == [f"{k}={v!r}" for k, v in trial.params.items() if k != "arm"]
         seen[kind] = p
         study.tell(trial, [0.0, 0.0])
     assert set(seen) == set(BUILTIN)

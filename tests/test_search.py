@@ -91,9 +91,13 @@ def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
     rep["base_point"] = {"old": 0.004, "new": 0.98}  # now old spans 0.004-0.52: a log axis
     write_search_report(rep, tmp_path, [])
     html = (tmp_path / "report.html").read_text()
-    assert "old mse (lower is better, log scale)</text>" in html
-    ticks = re.findall(r'<text x="[\d.]+" y="\d+" font-size="11" text-anchor="middle">([^<]+)<', html)
+    # the page draws it twice: on linear axes, then on the log axis (readable either way)
+    linear, log = re.findall(r"<svg .*?</svg>", html)
+    assert "log scale" not in linear and "old mse (lower is better, log scale)</text>" in log
+    tick = r'<text x="[\d.]+" y="\d+" font-size="11" text-anchor="middle">([^<]+)<'
+    ticks = re.findall(tick, log)
     assert ticks[:3] == ["0.005", "0.01", "0.02"] and "0.5" in ticks
+    assert re.findall(tick, linear)[:3] == ["0.0", "0.1", "0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +110,8 @@ def base(tmp_path_factory) -> Path:
 
 def two_workers(base: Path, out: Path, storage: str, trials: int) -> None:
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", trials, "--out", out,
-               "--storage", storage, "--max-old-drop", "0.02", "--no-defaults", *TINY)
+               "--storage", storage, "--max-old-drop", "0.02", "--no-defaults", "--rungs", 0,
+               *TINY)
     procs = [subprocess.Popen(args + ["--seed", str(i)], cwd=ROOT, env=ENV, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
@@ -128,7 +133,7 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         # the searched replay fraction is what the trial's fine-tune mixed into its batches of 64
         arm_dir = d / arm_dirname(t.user_attrs["arm"])
         replay = json.loads((arm_dir / "summary.json").read_text())["replay"]
-        f = t.params["replay_fraction"]
+        f = t.params["finetune.replay.fraction"]  # the trial recipe's own key
         assert replay["fraction"] == f and replay["pool"] == 512
         assert replay["old_per_batch"] == (max(1, round(64 * f)) if f > 0 else 0)
     rep = json.loads((out / "report.json").read_text())
@@ -142,7 +147,7 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
         assert all(torch.equal(got[k], want[k]) for k in want)
         assert meta["search"]["trial"] == rec["number"] and meta["search"]["arm"] == rec["arm"]
     one = cmd("search", "--base", base, "--recipe", "toy", "--trials", 5, "--out", out,
-              "--storage", storage, "--no-defaults", *TINY)
+              "--storage", storage, "--no-defaults", "--rungs", 0, *TINY)
     res = subprocess.run(one, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "4 trials so far, 1 to go" in res.stderr + res.stdout
@@ -155,14 +160,14 @@ def test_no_replay_search_never_replays_and_keeps_its_study_apart(base, tmp_path
     with replay searched is refused (one search space per study), exit 2, one line."""
     out = tmp_path / "run"
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 2, "--out", out,
-               "--no-defaults", "--no-replay", *TINY)
+               "--no-defaults", "--no-replay", "--rungs", 0, *TINY)
     res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 2
     for t in done:
-        assert "replay_fraction" not in t.params
+        assert "finetune.replay.fraction" not in t.params
         arm_dir = Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"])
         assert "replay" not in json.loads((arm_dir / "summary.json").read_text())
     rep = json.loads((out / "report.json").read_text())
@@ -220,7 +225,7 @@ def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path
     trials' old-task values keeps exactly those at or under it."""
     out = tmp_path / "run"
     args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", out,
-               "--no-defaults", *TINY)
+               "--no-defaults", "--rungs", 0, *TINY)
 
     def search(*gate) -> dict:
         res = subprocess.run(args + list(gate), cwd=ROOT, env=ENV, capture_output=True,
@@ -276,3 +281,150 @@ def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
     assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.99),)), rep, (1, 1)) == 1.0
     curve[0]["val"] = m(0.95, 5.0)  # the base's own point is never a candidate
     assert best_alpha(None, rep, (1, 1)) == 0.5
+
+
+def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
+    """Candidates: complete, feasible, and better than the base on the new task. new: the
+    most new-task gain; knee: the front's point farthest from the line between its ends;
+    weight=W: the most W x new + (1 - W) x old, scaled to the candidates' range."""
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.report.search import Rule, candidates, parse_rule
+
+    dirs = (1, 1)  # accuracy on both tasks
+    pts = [(0.95, 0.30), (0.93, 0.70), (0.80, 0.78), (0.60, 0.80), (0.90, 0.20)]
+    trials = [{"number": i, "state": "COMPLETE", "feasible": True, "gains": True,
+               "old": o, "new": n} for i, (o, n) in enumerate(pts)]
+    trials[4]["gains"] = False  # on the base's own new-task value: never a candidate
+    trials.append({"number": 5, "state": "COMPLETE", "feasible": True, "gains": False,
+                   "old": 0.99, "new": 0.0})
+    assert [t["number"] for t in candidates(trials)] == [0, 1, 2, 3]
+    assert recommend(trials, dirs)["number"] == 3  # the most new-task gain
+    # front 0..3 scaled: old (1, .94, .57, 0), new (0, .8, .96, 1); x + y - 1 is largest at 1
+    assert recommend(trials, dirs, parse_rule("knee"))["number"] == 1
+    assert recommend(trials, dirs, parse_rule("weight=0"))["number"] == 0  # the best old
+    assert recommend(trials, dirs, parse_rule("weight=1"))["number"] == 3
+    assert recommend(trials, dirs, parse_rule("Weight=0.3"))["number"] == 1
+    assert str(parse_rule("weight=0.3")) == "weight=0.3" and parse_rule("new") == Rule()
+    for bad in ("best", "weight=2", "weight=x"):
+        with pytest.raises(UserError, match=rf"^--rule {bad}: expected new, knee or weight=W"):
+            parse_rule(bad)
+    assert recommend([trials[4], trials[5]], dirs) is None
+
+
+def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():
+    """A long-tailed new task the base scores 0 on: the gate keeps only α <= 0.2, where the
+    new task is still at the base's 0; those are not candidates, so the trial is the arm
+    (which fails the gate) instead of a 'feasible' copy of the base."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.search import best_alpha
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    curve = [{"alpha": a / 10, "val": m(0.95 - 0.05 * a, 0.0 if a <= 2 else 0.1 * a)}
+             for a in range(11)]
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.95, 0.0),
+           "arms": [{"validation": {"metrics": m(0.45, 1.0), "delta": {}, "flips": {}},
+                     "wise": curve}]}
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.85),)), rep, (1, 1)) == 1.0
+    assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.80),)), rep, (1, 1)) == 0.3
+
+
+def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_path):
+    """Rungs at total/9 and total/3 (first evaluation at or after); at a rung a trial goes on
+    only among the best 1/3 of those that reached it (a new best while fewer than 3 have);
+    fewer gate violations rank first. The values live in the study (user attributes)."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
+
+    h = Halving(startup=1)  # trial 0 is never pruned
+    assert h.rung_batches(90) == [10, 30] and Halving(rungs=0).rung_batches(90) == []
+    assert h.keeps((0, 0.5), []) and not h.keeps((0, 0.4), [(0, 0.5)])
+    assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
+    assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps(
+        {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
+    gate = Gate((Limit("old", "accuracy", "min", 0.85),))
+    study = optuna.create_study(directions=["maximize", "maximize"])
+
+    def run(evals: list[tuple[int, float, float]], halving: Halving = h) -> int | None:
+        trial = study.ask()
+        watch = PruneWatch(trial, halving, tmp_path, gate, {"old": "accuracy",
+                                                            "new": "accuracy"}, 1)
+        watch.on_start(90, 0)
+        try:
+            for batch, old, new in evals:
+                watch.on_evaluation({"batch": batch, "val": {"old": {"accuracy": old},
+                                                              "new": {"accuracy": new}}})
+        except Pruned as e:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            assert study.trials[trial.number].user_attrs["batches"] == e.batch
+            return e.rung
+        study.tell(trial, [0.0, 0.0])
+        return None
+
+    assert run([(5, 0.9, 0.1), (10, 0.9, 0.4), (30, 0.9, 0.6), (90, 0.9, 0.7)]) is None
+    assert Halving().startup == 3
+    assert run([(10, 0.9, 0.3)]) == 0  # worse than the only other one at rung 0
+    assert run([(10, 0.8, 0.9)]) == 0  # learns more, but crosses the gate (0.8 < 0.85)
+    assert run([(12, 0.9, 0.5), (30, 0.9, 0.5)]) == 1  # rung 0 reached at batch 12; 2nd at 1
+    assert study.trials[3].user_attrs["rungs"] == {"0": [0.0, 0.5], "1": [0.0, 0.5]}
+    assert run([(10, 0.9, 0.0), (90, 0.9, 0.0)], Halving(startup=5)) is None  # trial 4 < 5
+
+
+@pytest.mark.e2e
+def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, tmp_path):
+    """Evaluations every 2 of 12 batches: rungs at batches 2 and 4. A pruned trial stops
+    there (its metrics.jsonl ends at that batch), counts toward --trials, and its batches are
+    in the report's compute; the log, the study, the report and each trial's recipe.yaml name
+    every knob by its recipe key."""
+    import yaml
+
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 5, "--out", out,
+               "--no-defaults", "--rule", "knee", *TINY, "eval.every=2")
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 5 and set(states) <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["rule"] == "knee" and rep["pruned"] == states.count("PRUNED")
+    for t in study.trials:
+        batches = [json.loads(line)["batch"] for line in
+                   (Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"]) /
+                    "metrics.jsonl").read_text().splitlines()]
+        assert t.user_attrs["batches"] == batches[-1]
+        if t.state.name == "PRUNED":
+            assert batches[-1] in (2, 4) and "pruned at batch" in t.user_attrs["pruned"]
+        else:
+            assert batches[-1] == 12
+        recipe = yaml.safe_load((Path(t.user_attrs["dir"]) / "recipe.yaml").read_text())
+        for key, value in t.params.items():  # the study's name is the trial recipe's key
+            if key != "arm":
+                node = recipe
+                for part in key.split("."):
+                    node = node[part]
+                assert node == pytest.approx(value)
+                assert f" {key}={value!r}" in res.stderr + res.stdout  # the trial log
+    assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
+    md = (out / "report.md").read_text()
+    assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md
+
+
+def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path):
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.workflows.search import SearchJob, _open_study
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    old = optuna.create_study(storage=url, study_name="goodfit-toy",
+                              directions=["minimize", "minimize"])
+    trial = old.ask()
+    trial.suggest_float("lr", 1e-4, 1e-2)
+    old.tell(trial, [1.0, 1.0])
+    job = SearchJob("toy", tmp_path / "b", tmp_path / "run", 4, storage=url)
+    with pytest.raises(UserError, match=r"study 'goodfit-toy' names its knobs as an older "
+                                        r"goodfit did \(lr, not finetune.optimizer.lr\)"):
+        _open_study(job, (-1, -1), {"recipe": "toy"})

@@ -23,10 +23,11 @@ LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class Search:
-    """How `goodfit search` draws a knob: an Optuna parameter `param` in [low, high], or, for
-    a string knob, one of `choices`."""
+    """How `goodfit search` draws a knob: in [low, high], or, for a string
+    knob, one of `choices`. The study names the parameter by the
+    knob's recipe key (arms/search.py `knob_key`), as the trial log, report and recipe do."""
 
-    param: str  # the study's parameter name (stable: a study continues across versions)
+    param: str  # the name older studies used; kept so plugin declarations still load
     low: float = 0.0
     high: float = 0.0
     log: bool = False

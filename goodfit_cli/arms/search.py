@@ -4,10 +4,16 @@ The arm is drawn from every registered arm (arms.kinds(): the built-ins, then pl
 knobs are those its declaration gives a `Search` range (arms/*.py), written where the recipe
 keeps them (the knob's older `finetune.penalty` / `finetune.goodfit` key, else
 `finetune.arm_args.<arm>.<knob>`). Every arm also draws lr in [lr/10, 10·lr] (log, centred on
-the recipe's), the replay fraction in [0, 0.5] (`finetune.replay.fraction`; a recipe's own
-`max_samples` is kept; `--no-replay`: none). WiSE-FT's α is not drawn: each trial evaluates its
-arm's interpolation curve on validation (evaluations only) and keeps the best α the gate allows
-(workflows/search.py `best_alpha`).
+the recipe's; never 0), the replay fraction in [0, 0.5] (`finetune.replay.fraction`; a
+recipe's own `max_samples` is kept; `--no-replay`: none) and, when the new task's loss is
+cross_entropy, its class balance for a long-tailed new task (`new_task.args.balance`: none,
+reweight or logit_adjust; objectives/standard.py). WiSE-FT's α is not drawn: each trial
+evaluates its arm's interpolation curve on validation (evaluations only) and keeps the best α
+the gate allows (workflows/search.py `best_alpha`).
+
+One name per knob: the study's parameter IS the recipe key the trial's recipe sets
+(`finetune.penalty.ewc`, `finetune.optimizer.lr`), so the trial log, the study, the report and
+the trial's recipe.yaml all say the same; only the arm is `arm`.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodfit_cli.arms import ARMS, Knob, kinds
+from goodfit_cli.objectives.standard import BALANCE
+
+# knobs of every arm
+LR, REPLAY, BALANCED = "finetune.optimizer.lr", "finetune.replay.fraction", "new_task.args.balance"
+
 
 @dataclass
 class Proposal:
@@ -37,24 +48,23 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
     ft = recipe.finetune
     opt = ft.optimizer.name
     kind = trial.suggest_categorical("arm", kinds())
-    lr = trial.suggest_float("lr", ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)
-    over = [f"finetune.optimizer.lr={lr!r}"]
+    knobs = {LR: trial.suggest_float(LR, ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)}
     decl = ARMS.get(kind)
     arm = decl.arm_name(opt, ft.goodfit.main)
     for knob in decl.knobs:
-        r = knob.search
+        r, key = knob.search, knob_key(kind, knob)
         if r is None:
             continue
         if r.choices:
-            value = trial.suggest_categorical(r.param, list(r.choices))
+            knobs[key] = trial.suggest_categorical(key, list(r.choices))
         elif knob.type is int:
-            value = trial.suggest_int(r.param, int(r.low), int(r.high), log=r.log)
+            knobs[key] = trial.suggest_int(key, int(r.low), int(r.high), log=r.log)
         else:
-            value = trial.suggest_float(r.param, r.low, r.high, log=r.log)
-        over.append(f"{knob_key(kind, knob)}={value!r}")
+            knobs[key] = trial.suggest_float(key, r.low, r.high, log=r.log)
+    if recipe.new_task.loss == "cross_entropy":  # class balance, for a long-tailed new task
+        knobs[BALANCED] = trial.suggest_categorical(BALANCED, BALANCE)
     if replay:
-        r = trial.suggest_float("replay_fraction", 0.0, 0.5)
-        over.append(f"finetune.replay.fraction={r!r}")
+        knobs[REPLAY] = trial.suggest_float(REPLAY, 0.0, 0.5)
     elif ft.replay is not None:
-        over.append("finetune.replay.fraction=0.0")
-    return Proposal(arm, over, dict(trial.params))
+        knobs[REPLAY] = 0.0
+    return Proposal(arm, [f"{k}={v!r}" for k, v in knobs.items()], dict(trial.params))

@@ -191,24 +191,30 @@ def search(
     max_new: Optional[list[str]] = MAX_NEW,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
+    rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
+    rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
 ) -> None:
     """Search arms and knobs for the best update the gate allows (see SEARCH_HELP)."""
     from goodfit_cli.workflows.reporting import gate_for
+    from goodfit_cli.report.search import parse_rule
+    from goodfit_cli.workflows.pruning import Halving
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
     from goodfit_cli.trainer.session import Place
 
+    how = parse_rule(rule)  # a bad --rule: one line, before anything runs
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
     rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
-                               study, seed, g, defaults, replay), Place(device, None, data_dir),
-                     ui_for(r.primary))
+                               study, seed, g, defaults, replay, how, Halving(rungs=rungs)),
+                     Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
-    log(f"{rep['complete']} trials complete; recommendation: " + (
+    log(f"{rep['complete']} trials complete, {rep['pruned']} pruned; recommendation "
+        f"(--rule {rep['rule']}): " + (
         "none passes the gate" if rec is None else
         f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}"))
 

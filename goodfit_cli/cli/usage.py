@@ -72,17 +72,29 @@ def _examples(*lines: str) -> str:
     return "\n\n".join(["Examples:", *lines])
 
 
+RULES_HELP = ("new: the most new-task gain (the old task breaks ties); knee: the knee of the "
+              "front (the point farthest from the line between its two ends, both tasks scaled "
+              "to the front's range); weight=W (0 <= W <= 1): the most W x new + (1 - W) x old, "
+              "both scaled to the candidates' range (weight=1 is new, weight=0 the best old)")
+
 SEARCH_HELP = (
     "Search arms and knobs for the best update the gate allows (Optuna, multi-objective).\n\n"
     "Space: the arm (plain, head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc), lr from lr/10 "
     "to 10 lr, each arm's knobs around the recipe's values, the replay fraction from 0 to 0.5 "
     "(--no-replay: none). Each trial then evaluates its arm's WiSE-FT curve (alpha 0.1 to 1.0) "
     "on validation and keeps the best alpha the gate allows.\n\n"
-    "Rule: every choice is made on the validation splits. The recommendation is the finished "
-    "trial with the best new-task primary metric on validation among those that pass the gate "
-    "on validation (the old task breaks ties; without a gate: the best new-task trial). Test "
-    "numbers are reported beside it, never used to choose. A re-run with another gate "
-    "re-judges every finished trial from the stored results.")
+    "Pruning: each trial reports its validation results at its evaluations; at a rung "
+    "(total/9 and total/3 of its batches with --rungs 2) a trial goes on only if it is among "
+    "the best third of the trials that reached it (fewer gate violations first, then the "
+    "new-task metric; the first 3 trials are never pruned); a pruned trial counts toward --trials "
+    "(--rungs 0: no pruning).\n\n"
+    "Rule: every choice is made on the validation splits. The candidates are the finished "
+    "trials that pass the gate on validation and gain on the new task over the base (no trial "
+    "is recommended on the base's own point); --rule picks one: " + RULES_HELP + ". Test "
+    "numbers are reported beside it, never used to choose. A re-run with another gate or rule "
+    "re-judges every finished trial from the stored results.\n\n"
+    "Names: a knob has one name everywhere (the trial log, the study, the report, the trial's "
+    "recipe.yaml): its recipe key, e.g. finetune.penalty.ewc, finetune.optimizer.lr.")
 
 EXAMPLES = {
     "goodfit": _examples("goodfit demo --quick", "goodfit finetune --help"),

@@ -1,4 +1,14 @@
-"""The standard objectives: `mse` (regression) and `cross_entropy` (classification)."""
+"""The standard objectives: `mse` (regression) and `cross_entropy` (classification).
+
+`cross_entropy`'s `balance` arg (the task's `args.balance`, e.g. `new_task.args.balance`) is
+for a long-tailed training split, whatever the arm: every arm trains on the task's loss.
+`reweight`: each class weighted by its inverse frequency in the training labels (N / (K n_c)
+over the K classes present; a class absent from them weighs 1). `logit_adjust` (Menon et al.,
+*Long-tail learning via logit adjustment*, ICLR 2021): the loss reads logits + tau log pi_c, pi
+the training labels' class shares (add-one smoothed over the model's outputs), tau
+`balance_tau` (default 1); predictions read the logits as they are. Evaluation is never
+balanced: the metrics and per-sample losses are the plain ones.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from goodfit_cli.core import metrics as M
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import Metric
 from goodfit_cli.data.augment import random_crop_flip
 from goodfit_cli.data.batch import forward
@@ -30,20 +41,59 @@ class MSE(Objective):
         return {"mse": se, "loss": se}
 
 
+BALANCE = ("none", "reweight", "logit_adjust")  # cross_entropy's `balance`
+
+
 class CrossEntropy(Objective):
     """Classification with cross-entropy: metrics `accuracy`, `loss`.
 
     `augment: true`: uint8 images get a random 4-px-padded crop and flip on the device first.
+    `balance`: none (default), reweight or logit_adjust (the module's docstring).
     """
 
     kind = "classification"
     produces = (Metric("accuracy", True, rate=True, description="share of samples classified right"),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
+    def __init__(self, task, metrics, **args) -> None:
+        super().__init__(task, metrics, **args)
+        self.balance = args.get("balance", "none")
+        where = f"{task.name}_task.args" if task is not None else "args"
+        if self.balance not in BALANCE:
+            raise UserError(f"{where}.balance: expected one of {', '.join(BALANCE)}, got "
+                            f"{self.balance!r}")
+        tau = args.get("balance_tau", 1.0)
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
+            raise UserError(f"{where}.balance_tau: expected a number >= 0, got {tau!r}")
+        self.tau = float(tau)
+        labels = getattr(getattr(task, "train", None), "y", None)
+        if self.balance != "none" and not isinstance(labels, torch.Tensor):
+            raise UserError(f"{where}.balance: needs the training labels in memory (a "
+                            "streamed training split has none to count)")
+        self._labels, self._term = labels, None  # the class weights or logit offsets, once
+
+    def _balanced(self, logits, y):
+        if self._term is None:
+            k = logits.shape[1]
+            counts = torch.bincount(self._labels.flatten().long(), minlength=k)[:k].float()
+            if self.balance == "reweight":
+                present = counts > 0
+                inv = counts.sum() / (present.sum() * counts.clamp(min=1))
+                self._term = torch.where(present, inv, torch.ones_like(counts))
+            else:
+                self._term = self.tau * torch.log((counts + 1) / (counts.sum() + k))
+            self._term = self._term.to(logits.device)
+        if self.balance == "reweight":
+            return F.cross_entropy(logits, y, weight=self._term)
+        return F.cross_entropy(logits + self._term, y)
+
     def loss(self, model, x, y):
         if self.args.get("augment") and isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
             x = random_crop_flip(x, channels_last=True)  # (B, H, W, C) uint8, batched
-        return F.cross_entropy(forward(model, x).float(), y)
+        logits = forward(model, x).float()
+        if self.balance == "none":
+            return F.cross_entropy(logits, y)
+        return self._balanced(logits, y)
 
     def predictions(self, outputs):
         return outputs.argmax(1)

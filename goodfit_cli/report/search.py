@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
@@ -35,13 +37,64 @@ def pareto_front(points: list[dict], dirs: tuple[int, int]) -> list[dict]:
     return sorted(front, key=lambda p: p["old"])
 
 
-def recommend(trials: list[dict], dirs: tuple[int, int]) -> dict | None:
-    """The best new-task candidate among finished trials that pass the gate (old task breaks
-    ties); None when no trial passes."""
-    ok = [t for t in trials if t["state"] == "COMPLETE" and t["feasible"]]
+@dataclass(frozen=True)
+class Rule:
+    """How the recommendation is picked among the candidates (finished trials that pass the
+    gate on validation and gain on the new task): `kind` new | knee | weight."""
+
+    kind: str = "new"
+    weight: float | None = None
+
+    def __str__(self) -> str:
+        return f"weight={self.weight:g}" if self.kind == "weight" else self.kind
+
+
+def parse_rule(text: str) -> Rule:
+    """'new', 'knee' or 'weight=W'; UserError (one line) otherwise."""
+    t = text.strip().lower()
+    if t in ("new", "knee"):
+        return Rule(t)
+    if t.startswith("weight="):
+        try:
+            w = float(t.split("=", 1)[1])
+        except ValueError:
+            w = math.nan
+        if 0 <= w <= 1:
+            return Rule("weight", w)
+    raise UserError(f"--rule {text}: expected new, knee or weight=W with 0 <= W <= 1")
+
+
+def candidates(trials: list[dict]) -> list[dict]:
+    """The finished trials that pass the gate and gain on the new task over the base (a trial
+    on the base's own new-task value learned nothing: `"gains": False`, never recommended)."""
+    return [t for t in trials if t["state"] == "COMPLETE" and t["feasible"]
+            and t.get("gains", True)]
+
+
+def recommend(trials: list[dict], dirs: tuple[int, int], rule: Rule = Rule()) -> dict | None:
+    """The candidate (`candidates`) `rule` picks (ties: the better new task, then the better old
+    task, then the earlier trial); None when there is no candidate."""
+    ok = candidates(trials)
     if not ok:
         return None
-    return max(ok, key=lambda t: (dirs[1] * t["new"], dirs[0] * t["old"], -t["number"]))
+    tie = lambda t: (dirs[1] * t["new"], dirs[0] * t["old"], -t["number"])  # noqa: E731
+    if rule.kind == "new":
+        return max(ok, key=tie)
+    pool = pareto_front(ok, dirs) if rule.kind == "knee" else ok
+    scaled = {}  # each task oriented (higher is better) and scaled to [0, 1] over the pool
+    for i, task in enumerate(("old", "new")):
+        vals = [dirs[i] * t[task] for t in pool]
+        lo, span = min(vals), max(vals) - min(vals)
+        for t in pool:
+            scaled.setdefault(t["number"], []).append((dirs[i] * t[task] - lo) / span
+                                                      if span > 0 else 0.0)
+    if rule.kind == "weight":
+        w = rule.weight
+        return max(pool, key=lambda t: (round(w * scaled[t["number"]][1]
+                                              + (1 - w) * scaled[t["number"]][0], 12), *tie(t)))
+    # knee: farthest from the line through the front's ends (best old: (1, 0); best new:
+    # (0, 1) once scaled), on the side of the ideal point (1, 1)
+    return max(pool, key=lambda t: (round(sum(scaled[t["number"]]) - 1, 12), *tie(t)))
 
 
 def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
@@ -83,22 +136,23 @@ def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
 
 def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
                labels: tuple[str, str], dirs: tuple[int, int], base: dict | None = None,
-               rec: dict | None = None) -> str:
+               rec: dict | None = None, log: bool = True) -> str:
     """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
     default arms as diamonds (hollow: fails the gate) and their WiSE-FT curves, the base as a
-    square and the recommendation ringed; x = old task, y = new task, each on a log scale when
-    its values span 30x or more."""
+    square and the recommendation ringed; x = old task, y = new task, each (with `log`) on a
+    log scale when its values span 30x or more."""
     done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
-    title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)"
+    title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)" + (
+        ", log scale" if log and (_log_axis(xs) or _log_axis(ys)) else "")
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
            f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not xs:
         return "".join(out) + f'<text x="{_W / 2}" y="{_H / 2}">no finished trial</text></svg>'
-    logx, logy = _log_axis(xs), _log_axis(ys)
+    logx, logy = log and _log_axis(xs), log and _log_axis(ys)
     fx = math.log10 if logx else float
     fy = math.log10 if logy else float
     (x0, x1), (y0, y1), pw, ph, px0, py0 = plot_area([fx(x) for x in xs], [fy(y) for y in ys])
@@ -172,22 +226,27 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     m_old, m_new = rep["metrics"]
     title = f"goodfit search: {e(rep['study'])}"
     header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
-              f"{len(rep['trials'])} trials ({rep['complete']} complete). Objectives: old "
-              f"{m_old}, new {m_new}; gate: {rep['gate'] or 'none (every trial is feasible)'}.",
+              f"{len(rep['trials'])} trials ({rep['complete']} complete, "
+              f"{rep.get('pruned', 0)} pruned early; {rep.get('batches', 0)} training batches in "
+              f"all). Objectives: old {m_old}, new {m_new}; gate: "
+              f"{rep['gate'] or 'none (every trial is feasible)'}; rule: "
+              f"{rep.get('rule', 'new')}.",
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
               "splits; the test numbers beside them are for the report only."]
     rec, said = rep["recommendation"], []
     if rec is None:
-        said.append("No finished trial passes the gate: nothing is recommended.")
+        said.append("No finished trial passes the gate and gains on the new task: nothing is "
+                    "recommended.")
     else:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in rec["params"].items())
+                          for k, v in rec["params"].items() if k != "arm")
         test = ""
         if rec.get("test_old") is not None:
             gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
             test = (f"; on test: old {m_old} {rec['test_old']:.4g}, new {m_new} "
                     f"{rec['test_new']:.4g} (gate on test: {gate})")
-        said.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}): on validation old {m_old} "
+        said.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}), by --rule "
+                    f"{rep.get('rule', 'new')}: on validation old {m_old} "
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
                     + ".")
@@ -197,13 +256,20 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                  for name, verdict in rep["against_defaults"].items()]
     val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     front = {p["number"] for p in rep["front"]}
-    tables = [("Trials", ["trial", "state", "arm", "knobs", f"old {m_old} (val)",
+    def judged(t: dict) -> str:
+        if t["state"] != "COMPLETE":
+            return "-"
+        return ("FAIL" if not t["feasible"] else "pass" if t.get("gains", True) else
+                "pass, no new-task gain")
+
+    tables = [("Trials", ["trial", "state", "arm", "knobs", "batches", f"old {m_old} (val)",
                           f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
                           f"new {m_new} (test)"],
                [[str(t["number"]), t["state"], t["arm"],
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items() if k != "arm"),
-                 val(t["old"]), val(t["new"]), "pass" if t["feasible"] else "FAIL",
+                 "-" if t.get("batches") is None else str(t["batches"]),
+                 val(t["old"]), val(t["new"]), judged(t),
                  "*" if t["number"] in front else "", val(t.get("test_old")),
                  val(t.get("test_new"))] for t in rep["trials"]])]
     if rep["defaults"]:
@@ -258,8 +324,9 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     md = render_markdown(rep)
     atomic_write(out / "report.md", md)
     dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
-    svg = pareto_svg(rep["trials"], rep["defaults"], curves,
-                     (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
-                     rep.get("base_point"), rep["recommendation"])
-    html = render_html(rep, svg)
+    args = (rep["trials"], rep["defaults"], curves,
+            (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
+            rep.get("base_point"), rep["recommendation"])
+    linear, log = pareto_svg(*args, log=False), pareto_svg(*args)
+    html = render_html(rep, linear + (log if log != linear else ""))  # log: when it differs
     atomic_write(out / "report.html", html)

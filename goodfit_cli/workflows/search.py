@@ -8,8 +8,15 @@ is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn a
 study lives in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
 any machines, run the same command with the same storage and share one study; a re-run
 continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
-and exports the recommendation (the best new-task trial that passes the gate) to
-RUN/recommended/model.safetensors with its provenance.
+and exports the recommendation (by `--rule`, among the trials that pass the gate and gain on
+the new task) to RUN/recommended/model.safetensors with its provenance.
+
+A trial is pruned early (workflows/pruning.py: successive halving on its periodic validation
+results, gate-aware) when it is not among the best at a rung; a pruned trial counts toward
+--trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
+WiSE α = 0 is never a candidate, and a WiSE point (or arm) whose new-task metric is no better
+than the base's is neither kept as α nor recommended (it counts as a violated limit to the
+sampler).
 
 Every choice is made on the VALIDATION splits: a trial's objectives are its validation
 metrics, its feasibility the gate judged on validation, and the recommendation is chosen among
@@ -41,6 +48,7 @@ from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.report.gate import Gate, describe, evaluate_gate
 from goodfit_cli.report.verdict import point_view
 from goodfit_cli.report.search import (
+    Rule,
     dominance_against,
     pareto_front,
     recommend,
@@ -51,6 +59,7 @@ from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -70,6 +79,8 @@ class SearchJob:
     gate: Gate | None = None
     defaults: bool = True  # also run the recipe's default arms (the reference points)
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
+    rule: Rule = field(default_factory=Rule)  # how the recommendation is picked
+    prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
 
 
 def _storage(url: str) -> Any:
@@ -123,6 +134,9 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
         elif have != v:
             raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
                             f"({have[:16]} != {v[:16]}); use a new --study or --out")
+    if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
+        raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
+                        "did (lr, not finetune.optimizer.lr); use a new --study or --out")
     legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {  # optuna < 5
         "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
     with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
@@ -133,19 +147,22 @@ def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str])
     return study
 
 
-def _states() -> tuple:
-    """The trial states that count toward --trials: finished, or running now."""
-    import optuna
+def _counts(t: Any) -> bool:
+    """Whether trial `t` counts toward --trials: finished, running now, or pruned by the rule
+    (not one that diverged, was interrupted, or was made after the study reached its target)."""
+    state = t.state.name
+    return state in ("COMPLETE", "RUNNING") or (state == "PRUNED" and "pruned" in t.user_attrs)
 
-    return (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+
+def _counted(study: Any) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if _counts(t)]
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
-    done = trial.study.get_trials(deepcopy=False, states=_states())
-    if sum(t.number < trial.number for t in done) >= job.trials:  # others reached the target
+    if sum(t.number < trial.number for t in _counted(trial.study)) >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
@@ -154,20 +171,29 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
     trecipe = load(job.recipe, [*job.overrides, *p.overrides])
-    ui.log(f"trial {trial.number}: {p.arm} " + " ".join(p.overrides))
+    ui.log(f"trial {trial.number}: arm={p.arm} " + " ".join(p.overrides))  # the study's names
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("arm", p.arm)
+    dirs = (direction(prim["old"]), direction(prim["new"]))
+    watch = watching(ui.events_for, lambda inner: PruneWatch(
+        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner))
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
-                                   gate=job.gate), place, ui)
-        alpha = best_alpha(job.gate, rep, (direction(prim["old"]), direction(prim["new"])))
+                                   gate=job.gate), place, Ui(ui.log, watch))
+        alpha = best_alpha(job.gate, rep, dirs)
         trial.set_user_attr("wise_alpha", alpha)
-        ui.log(f"trial {trial.number}: WiSE-FT α {alpha:g} (best on validation within the gate)")
+        ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "
+               "gate)")
         cand_dir = trial_dir / arm_dirname(p.arm)
         if alpha < 1.0:
             cand_dir = trial_dir / "wise"
             rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), alpha, cand_dir, None,
                                job.gate), place, ui)
+    except Pruned as e:  # hopeless at a rung: counted, its batches are the study's compute
+        trial.set_user_attr("pruned", str(e))
+        ui.log(f"trial {trial.number}: {e}")
+        raise optuna.TrialPruned(str(e)) from None
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
@@ -182,12 +208,15 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     views = {"val": {k: arm["validation"][k] for k in ("metrics", "delta", "flips")},
              "test": {k: arm[k] for k in ("metrics", "delta", "flips")}}
     trial.set_user_attr("views", views)  # what any later gate is judged on
+    base_val = pick(rep["base_val_metrics"], prim)
+    trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
     judged = judge(job.gate, views["val"], f"trial {trial.number}")
-    constraint = [float(len(judged["violations"]))]  # <= 0: passes the gate on validation
+    gains = gained(pick(views["val"]["metrics"], prim), base_val, dirs)
+    # <= 0: passes the gate on validation and gains on the new task
+    constraint = [float(len(judged["violations"]) + (not gains))]
     trial.set_user_attr("constraint", constraint)
     if hasattr(trial, "set_constraint"):
         trial.set_constraint("gate_violations", constraint[0])
-    trial.set_user_attr("arm", p.arm)
     trial.set_user_attr("checkpoint", str((cand_dir / "model.safetensors").resolve()))
     trial.set_user_attr("seed", place.seed if place.seed is not None else recipe.seed)
     trial.set_user_attr("metrics", arm["metrics"])
@@ -195,17 +224,33 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     return val["old"][prim["old"]], val["new"][prim["new"]]
 
 
+def pick(metrics: dict, prim: dict[str, str]) -> tuple:
+    """(old, new): each task's primary metric of {"old": {...}, "new": {...}}."""
+    return (metrics.get("old") or {}).get(prim["old"]), (metrics.get("new") or {}).get(prim["new"])
+
+
+def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bool:
+    """Whether `point` (old, new) is better than the base's on the new task (True when the
+    base's is unknown)."""
+    if base is None or base[1] is None or point[1] is None:
+        return base is None or base[1] is None
+    return dirs[1] * (point[1] - base[1]) > 0
+
+
 def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
     """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
-    a candidate) with the best new-task primary metric on validation among the points that
-    pass the gate on validation (old task breaks ties, then the larger α); 1.0 (the arm) when
-    none passes. A point α < 1 has no predictions: a flip-rate limit counts it as failing."""
+    a candidate, nor any point no better than the base on the new task) with the best new-task
+    primary metric on validation among the points that pass the gate on validation (old task
+    breaks ties, then the larger α); 1.0 (the arm) when none passes. A point α < 1 has no
+    predictions: a flip-rate limit counts it as failing."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
+    base = pick(rep["base_val_metrics"], {"old": po, "new": pn})
     ok = []
     for w in arm.get("wise") or []:
         val = w.get("val") or {}
         pt = ((val.get("old") or {}).get(po), (val.get("new") or {}).get(pn))
-        if not 0 < w["alpha"] <= 1 or any(v is None for v in pt):
+        if (not 0 < w["alpha"] <= 1 or any(v is None for v in pt)
+                or not gained(pt, base, dirs)):
             continue
         view = ({"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
                  "flips": arm["validation"]["flips"]} if w["alpha"] == 1 else
@@ -253,6 +298,9 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if job.out.is_symlink() or (job.out.exists() and not job.out.is_dir()):
         raise UserError(f"output path exists and is not a directory: {job.out}")
     check_outputs({}, {"--out": job.out}, {"--base": job.base})
+    if not recipe.finetune.optimizer.lr > 0:  # lr 0 cannot move the new task
+        raise UserError(f"finetune.optimizer.lr {recipe.finetune.optimizer.lr}: goodfit search "
+                        "draws lr around the recipe's, which must be greater than 0")
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
@@ -263,15 +311,18 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     study = _open_study(job, dirs, identity)
     _make_out(job.out)
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
-    states = _states()
-    left = job.trials - len(study.get_trials(deepcopy=False, states=states))
+    left = job.trials - len(_counted(study))
     t0 = time.perf_counter()
     if left > 0:
         ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
         stopped: list[Interrupted] = []
+
+        def enough(study: Any, _: Any) -> None:  # every worker stops at the study's target
+            if len(_counted(study)) >= job.trials:
+                study.stop()
+
         study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
-                       n_trials=left,
-                       callbacks=[optuna.study.MaxTrialsCallback(job.trials, states=states)])
+                       n_trials=left, callbacks=[enough])
         if stopped:  # no report from a study cut short; the same command continues it
             raise stopped[0]
     if job.defaults:
@@ -312,7 +363,6 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                      "recommendation are re-judged from the stored validation results; the "
                      "sampler's constraint for trials run before keeps the old gate")
     study.set_user_attr("gate", gate_now)
-    pick = lambda m: (m["old"][prim["old"]], m["new"][prim["new"]])  # noqa: E731
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
@@ -323,12 +373,16 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                             "validation results (made by an older goodfit); it cannot be judged: "
                             "use a new --out or --study")
         vals = t.values if t.values is not None else (None, None)
-        test = pick(views["test"]["metrics"]) if views else (None, None)
+        test = pick(views["test"]["metrics"], prim) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
                        "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
                                                  if "wise_alpha" in t.user_attrs else {})},
                        "old": vals[0], "new": vals[1],
+                       "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
+                       "batches": t.user_attrs.get("batches"),
+                       **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
+                          else {}),
                        "test_old": test[0], "test_new": test[1],
                        "feasible": bool(views) and judge(job.gate, views["val"],
                                                          f"trial {t.number}")["passed"],
@@ -341,20 +395,24 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
     for a in defaults["arms"]:  # judged like the trials: on validation, with this gate
         v = a.get("validation") or {"metrics": a["metrics"], "delta": a["delta"],
                                     "flips": a["flips"]}
-        refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"]))),
-                     **dict(zip(("test_old", "test_new"), pick(a["metrics"]))),
+        refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"], prim))),
+                     **dict(zip(("test_old", "test_new"), pick(a["metrics"], prim))),
                      "gate": judge(job.gate, v, a["name"])["passed"] if job.gate else None})
     b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
-    base = dict(zip(("old", "new"), pick(b))) if b else None
-    rec = recommend(done, dirs)
+    base = dict(zip(("old", "new"), pick(b, prim))) if b else None
+    rec = recommend(done, dirs, job.rule)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
            "gate": gate_now, "split": "val", "notes": notes, "trials": trials,
-           "complete": len(done), "front": pareto_front([t for t in done if t["feasible"]], dirs),
+           "complete": len(done), "rule": str(job.rule),
+           "pruned": sum("pruned" in t for t in trials),
+           "batches": sum(t["batches"] or 0 for t in trials),
+           "front": pareto_front([t for t in done if t["feasible"]], dirs),
            "defaults": refs, "base_point": base, "recommendation": rec,
            "against_defaults": dominance_against(rec, refs, dirs) if rec else {}}
     if job.gate is None:
-        notes.append("no gate: the recommendation is the best new-task trial, whatever it broke")
+        notes.append("no gate: the rule picks among every trial that gains on the new task, "
+                     "whatever it broke")
     if rec is not None:
         rep.update(_export(job, study, rec))
     return rep

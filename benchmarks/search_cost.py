@@ -1,0 +1,104 @@
+"""A `goodfit search` study's compute in units of one fine-tune (issue 28 item 3).
+
+Pretrains a small toy base, runs a study (`--trials 24`, pruning as `goodfit search` does by
+default, `--no-defaults`), and adds up what its trials did, read from the study and each
+trial's folder:
+
+- training: each trial's batches (the study's `batches` attribute: where it finished or was
+  pruned) x batch_size x 3 sample-forwards (a forward and a backward);
+- evaluation: each evaluation of the model on the validation and test splits of both tasks
+  (the base's at the start, one per metrics.jsonl record, the arm's final one, each WiSE-FT
+  point and, when α < 1, the kept point's export and its base), each the splits' samples in
+  sample-forwards.
+
+One fine-tune is a trial that runs to its end: its arm's batches, its evaluations and its WiSE
+curve (what `goodfit finetune --optimizer X` does for one arm). Also prints the trials' wall
+time over one such fine-tune's (the mean of the completed trials'), a check of the count.
+
+    OMP_NUM_THREADS=1 python benchmarks/search_cost.py --out runs/search-cost
+
+A finished study in --out is reused (a rerun only recounts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SETTING = ["data.args.n_train=2048", "data.args.n_test=256", "data.args.n_val=256",
+           "model.args.hidden=[64, 64]", "pretrain.steps=300", "pretrain.batch_size=64",
+           "finetune.steps=90", "finetune.batch_size=64", "eval.every=5",
+           "checkpoint.every=0", "device=cpu"]
+
+
+def goodfit(*args: object) -> None:
+    subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def trial_cost(t, eval_samples: int) -> tuple[float, float, int]:
+    """(training, evaluation) sample-forwards of one trial, and its evaluations."""
+    import yaml
+
+    d = Path(t.user_attrs["dir"])
+    recipe = yaml.safe_load((d / "recipe.yaml").read_text())
+    arm_dir = next(p for p in d.iterdir() if (p / "metrics.jsonl").exists())
+    evals = 1 + len((arm_dir / "metrics.jsonl").read_text().splitlines())  # base + periodic
+    if t.state.name == "COMPLETE":
+        rep = json.loads((d / "report.json").read_text())
+        evals += 1 + len(rep["arms"][0].get("wise") or [])  # the final one, the WiSE curve
+        if (d / "wise" / "model.safetensors").exists():
+            evals += 2  # the kept point's export measures it and the base
+    train = 3 * recipe["finetune"]["batch_size"] * t.user_attrs["batches"]
+    return float(train), float(evals * eval_samples), evals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("runs/search-cost"))
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--rungs", type=int, default=2)
+    ap.add_argument("--max-old-drop", type=float, default=0.05)
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    import optuna
+
+    over = [*SETTING, *a.overrides]
+    base = a.out / "base" / "model.safetensors"
+    if not base.exists():
+        goodfit("pretrain", "--recipe", "toy", "--out", a.out / "base", *over)
+    run = a.out / "search"
+    goodfit("search", "--base", base, "--recipe", "toy", "--trials", a.trials, "--out", run,
+            "--no-defaults", "--rungs", a.rungs, "--max-old-drop", a.max_old_drop, *over)
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{run / 'study.db'}")
+    trials = [t for t in study.trials if "batches" in t.user_attrs]
+    first = json.loads((Path(trials[0].user_attrs["dir"]) / "run.json").read_text())
+    eval_samples = sum(v["val"] + v["test"] for v in first["validation"].values())
+    costs = {t.number: trial_cost(t, eval_samples) for t in trials}
+    done = [t for t in trials if t.state.name == "COMPLETE"]
+    full = [t for t in done if not (Path(t.user_attrs["dir"]) / "wise").exists()]
+    full = full or done  # one fine-tune: a complete trial, its arm kept (α = 1)
+    one = sum(sum(costs[t.number][:2]) for t in full) / len(full)
+    train = sum(c[0] for c in costs.values())
+    evaluation = sum(c[1] for c in costs.values())
+    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
+    wall_one = sum((t.datetime_complete - t.datetime_start).total_seconds()
+                   for t in done) / len(done)
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned: "
+          + ", ".join(f"{sum(t.user_attrs['batches'] == b for t in pruned)} at batch {b}"
+                      for b in sorted({t.user_attrs['batches'] for t in pruned})) + ")")
+    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {costs[full[0].number][2]} "
+          f"evaluations of {eval_samples} samples = {one:.0f} sample-forwards")
+    print(f"study: training {train:.0f} + evaluation {evaluation:.0f} = {train + evaluation:.0f}"
+          f" sample-forwards")
+    print(f"compute: {(train + evaluation) / one:.2f} fine-tunes (training "
+          f"{train / one:.2f}, evaluation {evaluation / one:.2f}); wall: {wall:.0f} s = "
+          f"{wall / wall_one:.2f} x a complete trial's mean {wall_one:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
