@@ -199,14 +199,16 @@ def search(
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
+    from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place
 
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
-    rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
-                               study, seed, g, defaults, replay), Place(device, None, data_dir),
-                     ui_for(r.primary))
+    with measured_once():  # the base measured once for all trials and their WiSE candidates
+        rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
+                                   storage, study, seed, g, defaults, replay),
+                         Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete; recommendation: " + (
         "none passes the gate" if rec is None else
