@@ -227,7 +227,8 @@ def test_a_run_says_where_its_time_went(table_base, tmp_path):
     assert res.exit_code == 0, res.output
     t = json.loads((tmp_path / "ft" / "timings.json").read_text())
     phases = t["phases_s"]
-    assert set(phases) == {"load", "base_evaluation", "training", "evaluations", "wise", "report"}
+    assert set(phases) == {"load", "base_evaluation", "training", "evaluations", "wise", "report",
+                           "bootstrap"}
     assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
     assert sum(phases.values()) + t["other_s"] == pytest.approx(t["total_s"], abs=0.01)
     assert t["command_over_training"] == pytest.approx(t["total_s"] / phases["training"],

@@ -203,15 +203,18 @@ def search(
     from goodfit_cli.workflows.pruning import Halving
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
+    from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place
 
     how = parse_rule(rule)  # a bad --rule: one line, before anything runs
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
-    rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []), storage,
-                               study, seed, g, defaults, replay, how, Halving(rungs=rungs)),
-                     Place(device, None, data_dir), ui_for(r.primary))
+    with measured_once():  # the base measured once for all trials and their WiSE candidates
+        rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
+                                   storage, study, seed, g, defaults, replay, how,
+                                   Halving(rungs=rungs)),
+                         Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete, {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (

@@ -8,11 +8,13 @@ objectives (`goodfit_cli.objectives.metric`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from goodfit_cli.core.timing import counted
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,17 @@ def flips(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Tensor)
 
 # ---------------------------------------------------------------- bootstrap
 def bootstrap_ci(stat_fn: Callable[..., torch.Tensor], *arrays: torch.Tensor, n_boot: int = 1000,
-                 seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+                 seed: int = 0, alpha: float = 0.05,
+                 draws: dict[tuple[int, int, int], list[torch.Tensor]] | None = None
+                 ) -> tuple[float, float]:
     """Paired percentile bootstrap CI of `stat_fn` over samples.
 
     One index matrix (n_boot, N) is drawn and applied to every array, so paired statistics (arm
     minus base on the same samples) keep their pairing. `stat_fn` is vectorised: it receives
     each array resampled to shape (b, N, ...) and returns (b,) statistics, e.g.
-    `lambda d: d.mean(dim=1)`. Deterministic for a given seed and N.
+    `lambda d: d.mean(dim=1)`. Deterministic for a given seed and N. `draws`, a dict the caller
+    keeps (a report's CIs), holds the index matrices drawn: the next CI over N samples with the
+    same seed reuses them (the same matrix it would draw) instead of drawing again.
     """
     if not arrays:
         raise ValueError("bootstrap_ci needs at least one array")
@@ -121,16 +127,32 @@ def bootstrap_ci(stat_fn: Callable[..., torch.Tensor], *arrays: torch.Tensor, n_
                          f"{[a.shape[0] for a in arrays]}")
     if not 0 < alpha < 1 or n_boot < 1:
         raise ValueError(f"need 0 < alpha < 1 and n_boot >= 1, got alpha={alpha}, n_boot={n_boot}")
+    with counted("bootstrap"):
+        stats = torch.cat([stat_fn(*(a[idx] for a in arrays)).double().reshape(-1)
+                           for idx in _indices(n, n_boot, seed, draws)])           # (n_boot,)
+        q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
+        lo, hi = torch.quantile(stats, q).tolist()
+    return lo, hi
+
+
+_CHUNK = 1 << 24  # indices per drawn matrix: bounds the memory of a bootstrap (and of `draws`)
+
+
+def _indices(n: int, n_boot: int, seed: int,
+             draws: dict[tuple[int, int, int], list[torch.Tensor]] | None) -> Iterator[torch.Tensor]:
+    """The (b, N) index matrices of a bootstrap, chunk by chunk: drawn from a generator seeded
+    with `seed`, or the ones kept in `draws` (only a bootstrap that fits in one chunk is kept)."""
+    key = (n, n_boot, seed)
+    if draws is not None and key in draws:
+        yield from draws[key]
+        return
     gen = torch.Generator().manual_seed(seed)
-    chunk = max(1, min(n_boot, (1 << 24) // n))   # bound memory at ~16M indices per chunk
-    stats = []
+    chunk = max(1, min(n_boot, _CHUNK // n))
     for start in range(0, n_boot, chunk):
         idx = torch.randint(0, n, (min(chunk, n_boot - start), n), generator=gen)  # (b, N)
-        stats.append(stat_fn(*(a[idx] for a in arrays)).double().reshape(-1))
-    stats = torch.cat(stats)                                                        # (n_boot,)
-    q = torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64)
-    lo, hi = torch.quantile(stats, q).tolist()
-    return lo, hi
+        if draws is not None and chunk == n_boot:
+            draws[key] = [idx]
+        yield idx
 
 
 def _mean(x: torch.Tensor) -> torch.Tensor:

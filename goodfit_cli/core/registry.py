@@ -11,6 +11,7 @@ plugins of the same name.
 from __future__ import annotations
 
 import difflib
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Generic, Iterator, TypeVar
@@ -68,7 +69,7 @@ class Registry(Generic[T]):
         """The entry points of this registry's group not shadowed by a built-in name."""
         if self.group is None:
             return {}
-        eps = metadata.entry_points(group=self.group)
+        eps = _entry_points(self.group)
         return {ep.name: ep for ep in eps if ep.name not in self._entries or
                 self._entries[ep.name].origin != "built-in"}
 
@@ -90,6 +91,18 @@ class Registry(Generic[T]):
         return self._entries[ep.name]
 
 
+_SCANNED: dict[tuple[str, tuple[str, ...]], tuple[metadata.EntryPoint, ...]] = {}
+
+
+def _entry_points(group: str) -> tuple[metadata.EntryPoint, ...]:
+    """The group's entry points, scanned once per search path: a scan reads every installed
+    distribution's metadata (tens of ms), and the report asks for a metric's declaration often."""
+    key = (group, tuple(sys.path))
+    if key not in _SCANNED:
+        _SCANNED[key] = tuple(metadata.entry_points(group=group))
+    return _SCANNED[key]
+
+
 def suggest(name: str, choices: list[str]) -> str:
     """'; did you mean 'x'?' when a close match exists, else the list of choices."""
     close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
@@ -100,4 +113,4 @@ def suggest(name: str, choices: list[str]) -> str:
 
 def plugin_names(group: str) -> list[str]:
     """Names installed packages offer in an entry-point group, without importing them."""
-    return sorted(ep.name for ep in metadata.entry_points(group=group))
+    return sorted(ep.name for ep in _entry_points(group))

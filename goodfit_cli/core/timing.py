@@ -3,7 +3,9 @@
 A command is more than its training loop: loading the data and the base, evaluating the base,
 the periodic evaluations, the WiSE curve, the bootstrap and the report. `Phases` adds up wall
 time per phase (perf_counter; results that reach the host, as evaluations do, have synchronised
-the device) so a run can say `command / training` about itself.
+the device) so a run can say `command / training` about itself. A phase timed inside another
+(the bootstrap inside the report: `counted`, for code that does not hold the Phases) is taken
+out of the enclosing one, so the phases never count a second twice.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 TRAINING = "training"
 
@@ -19,6 +22,7 @@ class Phases:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self._inner: list[float] = []  # per open phase: the seconds of the phases inside it
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
@@ -26,10 +30,23 @@ class Phases:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
-            self.add(name, time.perf_counter() - t0)
+            spent = time.perf_counter() - t0
+            self.add(name, spent - self._inner.pop())
+            if self._inner:
+                self._inner[-1] += spent
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Within the block, `counted(name)` blocks are phases of this command."""
+        token = _COUNTING.set(self)
+        try:
+            yield
+        finally:
+            _COUNTING.reset(token)
 
     def record(self) -> dict[str, float | dict[str, float] | None]:
         """{"phases_s": {phase: s}, "total_s": s since the start, "command_over_training"}."""
@@ -46,3 +63,17 @@ class Phases:
         ratio = rec["command_over_training"]
         return (f"time: {parts}; total {rec['total_s']:.1f} s"
                 + (f" ({ratio:.2f}x the training)" if ratio else ""))
+
+
+_COUNTING: ContextVar[Phases | None] = ContextVar("goodfit_phases", default=None)
+
+
+@contextmanager
+def counted(name: str) -> Iterator[None]:
+    """The block as phase `name` of the command whose Phases are counting (else untimed)."""
+    phases = _COUNTING.get()
+    if phases is None:
+        yield
+        return
+    with phases.phase(name):
+        yield

@@ -71,8 +71,10 @@ class InputSpec:
     def _stats(self, x: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         key = (x.device, x.dtype, shape)
         if key not in self._cache:  # once per device/dtype: no host-to-device copy per batch
-            self._cache[key] = (torch.tensor(self.mean, dtype=x.dtype).view(shape).to(x.device),
-                                torch.tensor(self.std, dtype=x.dtype).view(shape).to(x.device))
+            with torch.inference_mode(False):  # kept for training too, even if first made in eval
+                self._cache[key] = (
+                    torch.tensor(self.mean, dtype=x.dtype).view(shape).to(x.device),
+                    torch.tensor(self.std, dtype=x.dtype).view(shape).to(x.device))
         return self._cache[key]
 
     def normalise_images(self, x: torch.Tensor) -> torch.Tensor:

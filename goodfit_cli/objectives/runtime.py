@@ -24,6 +24,7 @@ class TaskRunner:
                                          where=f"{where}{name}_task.loss: ")
         self.kind = self.objective.kind
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.eval_batch: int | None = None  # a smaller evaluation batch that fits (after an OOM)
 
     def autocast(self):
         if self.autocast_dtype is None:  # fp32: no context to enter on every batch
@@ -34,14 +35,26 @@ class TaskRunner:
         with self.autocast():
             return self.objective.loss(model, x, y).float()
 
-    @torch.no_grad()
     def outputs(self, model: nn.Module, split: Split, batch_size: int) -> Tensor:
-        outs = []
-        for i in range(0, len(split), batch_size):
-            with self.autocast():
-                outs.append(self.objective.outputs(model, rows(split.x, slice(i, i + batch_size)))
-                            .float())
-        return torch.cat(outs)
+        """The model's outputs on `split`, in inference mode, `batch_size` samples at a time (on
+        a GPU that runs out of memory: half as many, and this runner keeps the smaller size)."""
+        outs, i, n = [], 0, len(split)
+        with torch.inference_mode():
+            while i < n:
+                step = min(batch_size, self.eval_batch or batch_size)
+                try:
+                    with self.autocast():
+                        outs.append(self.objective.outputs(model, rows(split.x, slice(i, i + step)))
+                                    .float())
+                except torch.cuda.OutOfMemoryError:
+                    if self.device.type != "cuda" or step == 1:
+                        raise
+                    torch.cuda.empty_cache()
+                    self.eval_batch = step // 2
+                    continue
+                i += step
+            out = torch.cat(outs)
+        return out.clone()  # a normal tensor again: the metrics may write into theirs
 
     def evaluate(self, model: nn.Module, split: Split,
                  batch_size: int) -> tuple[dict, Tensor, dict[str, Tensor]]:

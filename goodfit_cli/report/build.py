@@ -38,7 +38,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
             raise ValueError(f"kinds[{task!r}] must be one of {KINDS}, got {kinds.get(task)!r}")
         if not primary.get(task):
             raise ValueError(f"primary[{task!r}] must name the task's primary metric")
-    boot = {"n_boot": n_boot, "seed": seed}
+    boot = {"n_boot": n_boot, "seed": seed, "draws": {}}  # one index matrix per sample count
     base_metrics = {t: _task_metrics(base, t, kinds[t]) for t in TASKS}
     prov = dict(provenance)
     masked = _masked_losses(base_metrics["new"], prov)
@@ -97,6 +97,7 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
     for task in TASKS:
         cis = {}
         b, a = _preds(base, task), _preds(arm, task)
+        both_per_sample = sorted(set(b.get("per_sample", {})) & set(a.get("per_sample", {})))
         if "pred" in b and "pred" in a:
             _same_samples(b["target"], a["target"], arm.name, task)
             if kinds[task] == "classification":
@@ -108,11 +109,11 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
                 confusions[task] = confusion(a)
                 flipped[task] = flipped_examples(b["pred"], a["pred"], b["target"],
                                                  sample_ids.get(task))
-            else:
+            elif "mse" not in both_per_sample:  # else its per-sample values give its CI below
                 res = M.delta_ci_regression(M.per_sample_sq_error(b["pred"], b["target"]),
                                             M.per_sample_sq_error(a["pred"], a["target"]), **boot)
                 cis["mse"] = res["ci"]
-        for metric in set(b.get("per_sample", {})) & set(a.get("per_sample", {})):
+        for metric in both_per_sample:
             cis[metric] = M.delta_ci_regression(b["per_sample"][metric],
                                                 a["per_sample"][metric], **boot)["ci"]
         delta[task] = {}

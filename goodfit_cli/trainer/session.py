@@ -67,6 +67,7 @@ class Session:
     seed: int
     validation: dict[str, dict] = field(default_factory=dict)  # per task: how val was made
     eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
+    data_dir: str | None = None  # where the data was read (the place's, else the recipe's)
 
     def model(self) -> nn.Module:
         """The recipe's model, initialised from the session's seed, on the device."""
@@ -123,9 +124,9 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     dev = resolve_device(place.device or recipe.device)
     if join:
         init_distributed(dev)
-    tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
-                       data_dir=place.data_dir or recipe.data_dir, where=recipe.at("data"),
-                       lazy=True)
+    data_dir = place.data_dir or recipe.data_dir
+    tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed, data_dir=data_dir,
+                       where=recipe.at("data"), lazy=True)
     seed = recipe.seed if place.seed is None else place.seed
     validation = {}
     for k, t in tasks.items():  # seeded by the data's seed: every command carves the same rows
@@ -153,7 +154,7 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
              for k, t in tasks.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
-    return Session(recipe, dev, moved, runners, seed, validation)
+    return Session(recipe, dev, moved, runners, seed, validation, data_dir=data_dir)
 
 
 # what a base folder may set in a dataset's args the recipe leaves unset

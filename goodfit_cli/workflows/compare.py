@@ -37,6 +37,7 @@ from goodfit_cli.models import build_model, own_head
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.trainer.measured import base_key, measure_base
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
@@ -222,7 +223,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             setattr(evaluated, ATTR, own)
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
         with own_head(evaluated, loaded.head_changes) as measured:
-            result = session.measure(evaluated)  # test (the report's), validation (the verdict's)
+            # test (the report's), validation (the verdict's); a base once per command
+            key = base_key(session, evaluated, loaded, measured) if as_base else None
+            result = measure_base(session, evaluated, key)
         if loaded.head_changes:
             head.update(base_head_record(loaded.head_changes, measured))
             for msg in loaded.messages:

@@ -7,6 +7,7 @@ interrupted run from its own run.json and recipe.yaml (`resume_job`).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -29,6 +30,7 @@ from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.trainer.measured import base_key, measure_base, measured_once
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.trainer.session import (
     Place,
@@ -45,7 +47,7 @@ from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
-from goodfit_cli.workflows.wise import mix
+from goodfit_cli.workflows.wise import Mixing
 
 
 @dataclass
@@ -119,7 +121,7 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
         lock, moved = open_run(job.out, overwrite=job.overwrite, resume=job.resume)
         if moved is not None:
             ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
-    with held(lock):
+    with held(lock), measured_once():
         return _finetune(job, place, ui)
 
 
@@ -152,7 +154,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
-        base_metrics, base_preds, base_val, base_val_preds = s.measure(model)
+        key = base_key(s, model, loaded, base_head, recipe.key_map)  # once per command
+        base_metrics, base_preds, base_val, base_val_preds = measure_base(s, model, key)
     head_record = base_head_record(loaded.head_changes, base_head)
     mismatch = base_mismatch(loaded.recorded_metrics, base_metrics["old"], recipe.primary["old"],
                              loaded.input)
@@ -225,10 +228,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     if not main_rank:
         finish()  # waits for rank 0's report, then leaves the group
         return {}
-    model.load_state_dict(base_state)
+    # the α = 0 point is the base as loaded: its measurement, when the head was not changed
+    at_base = None if loaded.head_changes else (base_metrics, base_val)
     with phases.phase("wise"):
-        wise_curves = ({r.name: wise_curve(s, model, base_state, r.dir) for r in results}
-                       if job.wise else {})
+        wise_curves = ({r.name: wise_curve(s, model, base_state, r.dir, at_base=at_base)
+                        for r in results} if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
@@ -242,7 +246,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
     prov["timings"] = phases.record()  # the report's own time is in RUN/timings.json
     try:
-        with phases.phase("report"):
+        with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
             report = make_report(recipe, out, job.base,
                                  (base_metrics, base_preds, base_val, base_val_preds), results,
                                  wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
@@ -256,12 +260,21 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
 
 @torch.no_grad()
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm_dir: Path,
-               alphas: tuple[float, ...] = tuple(i / 10 for i in range(11))) -> list[dict]:
+               alphas: tuple[float, ...] = tuple(i / 10 for i in range(11)),
+               at_base: tuple[dict, dict] | None = None) -> list[dict]:
     """WiSE-FT: evaluate (1−α)·base + α·arm for each α on both tasks (no training), on the
-    test splits (the report's) and the validation splits ("val": what a choice of α reads)."""
+    test splits (the report's) and the validation splits ("val": what a choice of α reads).
+    Each α is mixed into the model's own tensors in place; `at_base`, the base's (test, val)
+    metrics, stands for α = 0 (whose weights are exactly the base's) instead of evaluating it."""
     arm_tensors, _ = ckpt.load_model(arm_dir / "model.safetensors")
+    mixing = Mixing(model, base_state, arm_tensors)
     curve = []
     for a in alphas:
-        model.load_state_dict(mix(base_state, arm_tensors, a))
-        curve.append({"alpha": a, **s.evaluate(model), "val": s.evaluate(model, split="val")})
+        if a == 0 and at_base is not None:
+            test, val = (copy.deepcopy(m) for m in at_base)
+        else:
+            mixing.set(a)
+            test, val = s.evaluate(model), s.evaluate(model, split="val")
+        curve.append({"alpha": a, **test, "val": val})
+    model.load_state_dict(base_state)
     return curve

@@ -24,6 +24,7 @@ from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_pr
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.trainer.measured import base_key, measure_base
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.reporting import finish_report, provenance
@@ -38,6 +39,28 @@ def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
         mixed[k] = (b + alpha * (t.to(b.dtype) - b)) if b.is_floating_point() else (
             t if alpha >= 0.5 else b)
     return mixed
+
+
+class Mixing:
+    """(1 − α)·base + α·arm written into the model's own tensors, for one α after another: the
+    arm's tensors moved to the device and the differences taken once, each α's values exactly
+    those of `mix` (b + α·(arm − b)), with no new model and no load_state_dict."""
+
+    def __init__(self, model: torch.nn.Module, base: dict[str, torch.Tensor],
+                 arm: dict[str, torch.Tensor]) -> None:
+        own = model.state_dict()  # the model's tensors themselves (detached views)
+        missing = [k for k in base if k not in arm]
+        if missing:
+            raise KeyError(missing[0])
+        self.parts = []
+        for k, b in base.items():
+            t = arm[k].to(b.device)
+            self.parts.append((own[k], b, t.to(b.dtype) - b if b.is_floating_point() else t))
+
+    @torch.no_grad()
+    def set(self, alpha: float) -> None:
+        for dest, b, d in self.parts:
+            dest.copy_(b + alpha * d if b.is_floating_point() else (d if alpha >= 0.5 else b))
 
 
 @dataclass
@@ -82,7 +105,9 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                         f"{loaded.sha256[:12]}…, but the run recorded base {str(want)[:12]}…; "
                         "the run folder was changed or the base was replaced")
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    base_measured = s.measure(model)  # test (the report's) and validation (the verdict's)
+    # test (the report's) and validation (the verdict's); in a search, measured by its finetune
+    key = base_key(s, model, loaded, None if loaded.head_changes else "exact")
+    base_measured = measure_base(s, model, key)
     arm_ckpt = arm_dir / "model.safetensors"
     arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
     ckpt.check_finite(arm_tensors, arm_ckpt)

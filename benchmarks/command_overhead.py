@@ -1,0 +1,173 @@
+"""The time around training: `goodfit finetune`'s wall time against its arms' own training.
+
+Each case prepares its data and base outside the measurement (a short `goodfit pretrain`), then
+runs `python -m goodfit_cli finetune` in a fresh process and reads the run's own
+`RUN/timings.json` (goodfit_cli/core/timing.py): the phases (load, base evaluation, training,
+periodic evaluations, WiSE, report and the report's bootstrap) and `command / training`, the
+command's total wall time over its arms' training (issue 28's target: <= 1.10). The process's
+own wall time (interpreter and imports included) is printed beside it.
+
+Cases:
+    toy       the shipped toy recipe reduced to fit: MLP 2-128-128-1, 4 000 / 1 000 samples
+              (`goodfit demo --quick`'s data), arms rmsprop + goodfit, 300 batches each,
+              evaluated every 20 batches
+    resnet18  issue 28's image-folder case: a timm ResNet-18 (random init, pretrained here for
+              `--pretrain-steps` batches on the old classes) on generated 32x32 PNG class
+              folders (4 old + 2 new classes, each a colour-and-stripe pattern under noise: random
+              but learnable; 120 training and 60 test images per class), arms adamw + goodfit,
+              60 batches of 16 each, evaluated every 20 batches
+
+Run from the repository root (each case a few minutes on 2 CPU cores):
+    python benchmarks/command_overhead.py --case toy
+    python benchmarks/command_overhead.py --case resnet18
+    python benchmarks/command_overhead.py --case all --device cuda --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _machine import cpu_model  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY_DATA = ["data.args.n_train=4000", "data.args.n_test=1000", "model.args.hidden=[128, 128]"]
+TOY_BASE = TOY_DATA + ["pretrain.steps=300", "pretrain.scheduler.args.decay_epochs=100"]
+TOY_RUN = TOY_DATA + ["finetune.steps=300", "finetune.scheduler.args.decay_epochs=20",
+                      "eval.every=20", "finetune.arms=[rmsprop, goodfit]"]
+
+OLD, NEW = ("a", "b", "c", "d"), ("e", "f")
+RESNET = """name: resnet18_folders
+seed: 0
+device: {device}
+data_dir: {root}
+model: {{name: timm, args: {{name: resnet18, num_classes: {classes}}}}}
+data:
+  name: imagefolder
+  args:
+    size: 32
+    old: {{train: old_train, test: old_test}}
+    new: {{train: {new}_train, test: {new}_test}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adamw, lr: 1.0e-3}}, steps: {pretrain}, batch_size: 16}}
+finetune:
+  optimizer: {{name: adamw, lr: 1.0e-4}}
+  steps: 60
+  batch_size: 16
+  goodfit: {{n_ref: 1, ref_ratio: 100, projection: global}}
+  arms: [adamw, goodfit]
+eval: {{every: 20, batch_size: 256}}
+"""
+
+
+def image_folders(root: Path, n_train: int, n_test: int) -> None:
+    """32x32 PNGs per class: a class colour and stripe period, plus per-image noise and shift."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for task, names in (("old", OLD), ("new", NEW)):
+        for split, n in (("train", n_train), ("test", n_test)):
+            for c in names:
+                k = (OLD + NEW).index(c)
+                colour = np.array([(60 * k) % 256, (110 + 37 * k) % 256, (200 - 29 * k) % 256])
+                folder = root / f"{task}_{split}" / c
+                folder.mkdir(parents=True, exist_ok=True)
+                cols = np.arange(32)
+                for i in range(n):
+                    stripes = ((cols + rng.integers(0, 8)) // (2 + k) % 2)[None, :, None]
+                    img = colour * (0.6 + 0.4 * stripes) + rng.normal(0, 40, (32, 32, 3))
+                    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                        folder / f"{i:04d}.png")
+
+
+def goodfit(*args: str, timeout: float, env: dict[str, str]) -> float:
+    """Run `python -m goodfit_cli ARGS` in a fresh process; its wall seconds (exit 0 asserted)."""
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "goodfit_cli", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        sys.exit(f"goodfit {' '.join(args)} exited {res.returncode}:\n{res.stdout[-3000:]}"
+                 f"\n{res.stderr[-3000:]}")
+    return wall
+
+
+def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, str],
+             pretrain_steps: int) -> dict:
+    """Prepare the case (not measured), run its finetune; the run's timings plus the wall time."""
+    if case == "toy":
+        goodfit("pretrain", "--recipe", "toy", "--out", str(tmp / "base"), "--device", device,
+                *TOY_BASE, timeout=timeout, env=env)
+        args = ["finetune", "--recipe", "toy", "--base", str(tmp / "base" / "model.safetensors"),
+                "--out", str(tmp / "run"), "--device", device, *TOY_RUN]
+    else:
+        image_folders(tmp, n_train=120, n_test=60)
+        for name, classes, new in (("base", len(OLD), "old"), ("update", len(OLD + NEW), "new")):
+            (tmp / f"{name}.yaml").write_text(RESNET.format(
+                device=device, root=tmp, classes=classes, new=new, pretrain=pretrain_steps))
+        goodfit("pretrain", "--recipe", str(tmp / "base.yaml"), "--out", str(tmp / "base"),
+                timeout=timeout, env=env)
+        args = ["finetune", "--recipe", str(tmp / "update.yaml"),
+                "--base", str(tmp / "base" / "model.safetensors"), "--out", str(tmp / "run")]
+    wall = goodfit(*args, timeout=timeout, env=env)
+    rec = json.loads((tmp / "run" / "timings.json").read_text())
+    return {"case": case, "process_s": wall, **rec}
+
+
+COLUMNS = ("load", "base_evaluation", "evaluations", "wise", "bootstrap", "report")
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| case | process s | total s | training s | command / training | "
+            + " | ".join(c.replace("_", " ") for c in COLUMNS) + " | other |")
+    lines = [head, "|---" + "|---:" * (len(COLUMNS) + 5) + "|"]
+    for r in rows:
+        ph = r["phases_s"]
+        cells = [f"{ph.get(c, 0.0):.2f}" for c in COLUMNS]
+        lines.append(f"| {r['case']} | {r['process_s']:.2f} | {r['total_s']:.2f} | "
+                     f"{ph.get('training', 0.0):.2f} | {r['command_over_training']:.3f} | "
+                     + " | ".join(cells) + f" | {r['other_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=("toy", "resnet18", "all"), default="all")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--pretrain-steps", type=int, default=40,
+                   help="the ResNet-18 base's pretraining batches (not measured)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per goodfit command")
+    p.add_argument("--out", type=Path, help="also append the table to this file")
+    a = p.parse_args()
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cases = ("toy", "resnet18") if a.case == "all" else (a.case,)
+    rows = []
+    for case in cases:
+        with tempfile.TemporaryDirectory(prefix=f"goodfit-overhead-{case}-") as tmp:
+            rows.append(run_case(case, Path(tmp), a.device, a.timeout, env, a.pretrain_steps))
+        r = rows[-1]
+        print(f"{case}: command / training {r['command_over_training']:.3f} "
+              f"(total {r['total_s']:.2f} s, training {r['phases_s'].get('training', 0):.2f} s)",
+              flush=True)
+    import torch
+
+    header = (f"{datetime.date.today()}, {cpu_model()}, torch {torch.__version__}, "
+              f"{a.device}, {torch.get_num_threads()} threads")
+    text = header + "\n\n" + table(rows) + "\n"
+    print("\n" + text)
+    if a.out is not None:
+        with a.out.open("a") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The base's measurements, made once per command and reused.
+
+A command measures the same base more than once: `finetune` for its report, every arm's WiSE-FT
+curve at α = 0, `wise` for its candidate's report, and `search` in every trial (a fine-tune and
+its WiSE candidate). Within `measured_once()` (a command's span: finetune, compare and wise open
+one, and `goodfit search` one around all its trials) the first measurement of a base is kept and
+every later one with the same key is that measurement again: the test and validation metrics
+and predictions, each split evaluated once.
+
+The key is what decides the numbers: the base's weights (their sha256, the key map applied, the
+head's changes and how the head is measured), the data (the recipe's data section, its seed and
+validation carving, the data folder, the validation rows drawn), the inputs fed (the model's
+input statistics), the tasks' objectives, precision, eval batch size and the device. A base
+whose head was re-initialised or grown without a mask is never kept: its measurement depends on
+the fresh rows' initialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict
+from typing import Any
+
+from torch import nn
+
+from goodfit_cli.data.inputs import recorded
+from goodfit_cli.trainer.session import Loaded, Session
+
+Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
+
+_KEPT: ContextVar[dict[str, Measured] | None] = ContextVar("goodfit_base_measured", default=None)
+KEPT_HEADS = ("exact", "rows_dropped")  # heads measured independently of any initialisation
+
+
+@contextmanager
+def measured_once() -> Iterator[None]:
+    """Within the block, a base measured once is not measured again (a nested block shares the
+    outer one's measurements); they are dropped when the outermost block ends."""
+    if _KEPT.get() is not None:
+        yield
+        return
+    token = _KEPT.set({})
+    try:
+        yield
+    finally:
+        _KEPT.reset(token)
+
+
+def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
+             key_map: list | None = None) -> str | None:
+    """The identity of a base's measurement in this session; None: not to be kept (`head` is
+    how own_head measured it, None when it was measured as loaded with a changed head)."""
+    if head not in KEPT_HEADS:
+        return None
+    r = s.recipe
+    ident: dict[str, Any] = {
+        "base_sha256": loaded.sha256, "key_map": key_map or [], "head": head,
+        "head_changes": loaded.head_changes, "input": recorded(model),
+        "model": None if r.model is None else [r.model.name, r.model.args],
+        "data": [r.data.name, r.data.args], "data_seed": r.seed, "data_dir": s.data_dir,
+        "carving": asdict(r.validation), "validation": s.validation,
+        "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
+        "precision": r.precision, "eval_batch_size": r.eval_batch_size,
+        "device": str(s.device)}
+    blob = json.dumps(ident, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def measure_base(s: Session, model: nn.Module, key: str | None) -> Measured:
+    """`s.measure(model)`, or the measurement kept under `key` in this command."""
+    kept = _KEPT.get()
+    if key is None or kept is None:
+        return s.measure(model)
+    if key not in kept:
+        kept[key] = s.measure(model)
+    return tuple(_copy(part) for part in kept[key])  # type: ignore[return-value]
+
+
+def _copy(obj: Any) -> Any:
+    """The nested dicts copied (a caller may add to them), the tensors shared (never written)."""
+    return {k: _copy(v) for k, v in obj.items()} if isinstance(obj, dict) else obj

@@ -1,0 +1,207 @@
+"""The time around training (issue 28 item 2): the base measured once per command and reused
+with the same numbers, the WiSE grid mixed in place with `mix`'s exact values, the bootstrap's
+index matrix drawn once per report with the same CIs, evaluation in inference mode without
+leaking inference tensors, nested phases counted once, entry points scanned once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import runs as runner
+from goodfit_cli.core import metrics as M
+from goodfit_cli.core import registry, timing
+from goodfit_cli.data.inputs import DEFAULT_IMAGE
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.rundir import load_predictions
+from goodfit_cli.objectives import is_rate
+from goodfit_cli.objectives.runtime import TaskRunner
+from goodfit_cli.trainer.measured import measured_once
+from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
+from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.wise import Mixing, mix
+
+TINY = ["data.args.n_train=384", "data.args.n_test=128", "model.args.hidden=[16, 16]",
+        "pretrain.steps=12", "finetune.steps=6", "eval.every=3", "pretrain.batch_size=64",
+        "finetune.batch_size=64", "device=cpu", "finetune.arms=[rmsprop, goodfit]"]
+
+
+def fingerprint(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture
+def evaluations(monkeypatch) -> list[tuple[str, int, str]]:
+    """Every TaskRunner.evaluate call: (task, the split's x storage, the model's weights)."""
+    calls: list[tuple[str, int, str]] = []
+    original = TaskRunner.evaluate
+
+    def counting(self, model, split, batch_size):
+        calls.append((self.name, split.x.data_ptr(), fingerprint(model)))
+        return original(self, model, split, batch_size)
+
+    monkeypatch.setattr(TaskRunner, "evaluate", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("measured")
+    runner.pretrain(load("toy", TINY), d / "base")
+    return d / "base" / "model.safetensors"
+
+
+def base_print(path: Path) -> str:
+    tensors, _ = ckpt.load_model(path)
+    h = hashlib.sha256()
+    for k, v in sorted(tensors.items()):
+        h.update(k.encode() + v.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_base_is_evaluated_once_per_split_and_its_numbers_are_the_recomputed_ones(
+        base, evaluations, tmp_path):
+    """Two arms with their WiSE curves: the base's weights are evaluated once per task and split
+    (4 calls, not 4 more per arm for α = 0); the α = 0 points, base/metrics.json and the base's
+    predictions equal a fresh measurement of the base in a new session, value for value."""
+    report = runner.finetune(load("toy", TINY), base, tmp_path / "ft")
+    on_base = [(task, split) for task, split, weights in evaluations
+               if weights == base_print(base)]
+    assert len(on_base) == 4 and len(set(on_base)) == 4  # old/new x test/val, once each
+    assert len(report["arms"]) == 2 and all(len(a["wise"]) == 11 for a in report["arms"])
+
+    s = open_session(load("toy", TINY), Place("cpu"))
+    model = s.model()
+    load_checkpoint(model, base)
+    metrics, preds, val, val_preds = s.measure(model)
+    stored = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())
+    assert stored["metrics"] == metrics and stored["val_metrics"] == val
+    for name, fresh in (("predictions", preds), ("val_predictions", val_preds)):
+        kept = load_predictions(tmp_path / "ft" / "base" / f"{name}.safetensors")
+        for task in ("old", "new"):
+            assert torch.equal(kept[task]["pred"], fresh[task]["pred"])
+            for m, v in fresh[task]["per_sample"].items():
+                assert torch.equal(kept[task]["per_sample"][m], v)
+    for arm in report["arms"]:
+        point = arm["wise"][0]
+        assert point["alpha"] == 0
+        assert {t: point[t] for t in ("old", "new")} == metrics and point["val"] == val
+
+
+def test_a_command_that_fine_tunes_twice_measures_the_base_once(base, evaluations, tmp_path):
+    """Within one command's measured_once() (what `goodfit search` opens around its trials), a
+    second fine-tune from the same base on the same data evaluates the base zero times and
+    reports the same base numbers; another eval batch size is another key (measured again)."""
+    recipe = load("toy", TINY + ["finetune.arms=[rmsprop]"])
+    with measured_once():
+        first = runner.finetune(recipe, base, tmp_path / "a", wise=False)
+        n = len(evaluations)
+        second = runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]",
+                                                     "finetune.optimizer.lr=1.0e-3"]),
+                                 base, tmp_path / "b", wise=False)
+        assert not [c for c in evaluations[n:] if c[2] == base_print(base)]
+        assert second["base_metrics"] == first["base_metrics"]
+        assert second["base_val_metrics"] == first["base_val_metrics"]
+        n = len(evaluations)
+        runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]", "eval.batch_size=100"]),
+                        base, tmp_path / "c", wise=False)
+        assert len([c for c in evaluations[n:] if c[2] == base_print(base)]) == 4
+
+
+def test_mixing_in_place_gives_mix_exactly():
+    """The WiSE grid's in-place mixing writes the very values `mix` computes (floats: b + α·(a −
+    b); integer buffers from the nearer end) into the model's own tensors."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    model.train()
+    model(torch.randn(8, 3))  # running statistics and a batch counter
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    arm = {k: (v + torch.randn_like(v) if v.is_floating_point() else v + 5)
+           for k, v in base.items()}
+    mixing = Mixing(model, base, arm)
+    for alpha in (0.0, 0.3, 0.5, 0.7, 1.0):
+        mixing.set(alpha)
+        want = mix(base, arm, alpha)
+        got = model.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want), alpha
+
+
+def test_bootstrap_draws_are_reused_with_the_same_intervals(monkeypatch):
+    """A report's CIs share one index matrix per sample count: the intervals are the ones a
+    fresh draw gives, the matrix is drawn once; a bootstrap larger than a chunk is not kept."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(300, generator=g), torch.randn(300, generator=g)
+    draws: dict = {}
+    fresh = [M.bootstrap_ci(M._mean, v, n_boot=200, seed=4) for v in (x, y)]
+    kept = [M.bootstrap_ci(M._mean, v, n_boot=200, seed=4, draws=draws) for v in (x, y)]
+    assert kept == fresh and list(draws) == [(300, 200, 4)]
+    assert M.bootstrap_ci(M._mean, x, n_boot=200, seed=5, draws=draws) == \
+        M.bootstrap_ci(M._mean, x, n_boot=200, seed=5)
+    big: dict = {}
+    monkeypatch.setattr(M, "_CHUNK", 1000)  # 100 resamples of 20 samples do not fit one chunk
+    z = torch.arange(20.0)
+    assert M.bootstrap_ci(M._mean, z, n_boot=100, draws=big) == \
+        M.bootstrap_ci(M._mean, z, n_boot=100) and not big
+
+
+def test_nested_phases_count_each_second_once(monkeypatch):
+    """The bootstrap counted inside the report is taken out of the report's time; outside a
+    counting command `counted` times nothing."""
+    clock = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    phases = timing.Phases()  # t = 0
+    with phases.phase("report"), phases.counting():  # 1 .. 6
+        with timing.counted("bootstrap"):  # 2 .. 3
+            pass
+        with timing.counted("bootstrap"):  # 4 .. 5
+            pass
+    with timing.counted("bootstrap"):  # not counting: untimed
+        pass
+    assert phases.seconds == {"bootstrap": 2.0, "report": 3.0}
+
+
+def test_evaluation_in_inference_mode_leaves_no_inference_tensor():
+    """Outputs come back as normal tensors, and input statistics first made during an
+    evaluation serve training afterwards (autograd through them)."""
+    spec = DEFAULT_IMAGE.with_source("test")
+    with torch.inference_mode():
+        spec.normalise_images(torch.rand(2, 3, 4, 4))
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    mean, std = spec._stats(x, (1, 3, 1, 1))
+    assert not mean.is_inference() and not std.is_inference()
+    ((x - mean) / std).sum().backward()
+    assert x.grad is not None
+
+    recipe = load("toy", TINY)
+    s = open_session(recipe, Place("cpu"))
+    model = s.model()
+    out = s.runners["old"].outputs(model, s.tasks["old"].test, 50)  # 128 samples, 3 batches
+    assert not out.is_inference() and out.shape[0] == 128
+    with torch.no_grad():
+        torch.testing.assert_close(out, model(s.tasks["old"].test.x).float())
+    out.add_(1)  # writable outside inference mode
+
+
+def test_entry_points_are_scanned_once_per_group(monkeypatch):
+    """The report asks a metric's declaration many times; installed distributions' entry
+    points are read once per group (and search path), not at every question."""
+    scans: list[str] = []
+    real = registry.metadata.entry_points
+
+    def counting(**kw):
+        scans.append(kw.get("group"))
+        return real(**kw)
+
+    monkeypatch.setattr(registry.metadata, "entry_points", counting)
+    monkeypatch.setattr(registry, "_SCANNED", {})
+    for _ in range(50):
+        assert is_rate("accuracy") and not is_rate("mse")
+    assert scans and len(scans) == len(set(scans))
