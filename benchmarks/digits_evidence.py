@@ -1,0 +1,225 @@
+"""Evidence on a small real data set: scikit-learn's bundled 8x8 digits, over seeds: mean ± s.e.
+
+Old task: digits 0-7. New task: digits 8 and 9 with a long tail (only TAIL_TRAIN training images
+of digit 8, every training image of 9). For each seed the script
+
+1. writes the data as .npz files (train / val / test, stratified per class, no overlap; the
+   split draws from the seed) and the joint set (old + new training data);
+2. `goodfit pretrain` on the old task (the base) and on the joint set (the joint-training
+   reference: every old and new training image, from scratch, the pretraining settings);
+3. `goodfit finetune` with the recipe's arms (benchmarks/digits.yaml): each arm's test accuracy,
+   and the best WiSE-FT point of their curves, chosen on validation within the gate;
+4. `goodfit search --trials N` with replay searched and with `--no-replay`: the recommendation
+   (chosen on validation, reported on test) and the study's compute in units of one fine-tune
+   (the training batches of its trials and default arms, from their summary.json, over the
+   recipe's batches of one arm);
+
+and prints one Markdown table. Nothing is downloaded (load_digits ships with scikit-learn).
+
+    nice -n 10 python benchmarks/digits_evidence.py --seeds 0 1 2 --trials 24 \\
+        --max-old-drop 0.02 --out runs/digits-evidence
+
+Finished steps are reused (a base with its checkpoint, a fine-tune or study with its report), so
+seeds can run as separate processes and a last call with every seed prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from goodfit_cli.workflows.recipes import load
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/, also when imported by the tests
+from search_table import goodfit, mean_se  # noqa: E402
+
+RECIPE = Path(__file__).with_name("digits.yaml")
+OLD = tuple(range(8))
+NEW = (8, 9)
+TAIL, TAIL_TRAIN = 8, 10  # the new task's rare class and its number of training images
+TEST, VAL = 0.3, 0.2  # per-class shares of the images; the rest is training
+TARGETS = {"no replay": (0.95, 0.70), "replay searched": (0.97, 0.75)}  # goodfit issue 25
+MAX_FINETUNES = 10
+
+
+def split_indices(seed: int, y: np.ndarray) -> dict[str, np.ndarray]:
+    """{"old_train", "old_val", "old_test", "new_train", ...}: sorted indices into `y`. Each
+    class's images are shuffled with `seed` and cut into test, val, train (TEST, VAL, the rest);
+    the rare class keeps TAIL_TRAIN of its training images (its val and test are whole)."""
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {}
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        n_test, n_val = round(TEST * len(idx)), round(VAL * len(idx))
+        cut = {"train": idx[n_test + n_val:], "val": idx[n_test:n_test + n_val],
+               "test": idx[:n_test]}
+        if c == TAIL:
+            cut["train"] = cut["train"][:TAIL_TRAIN]
+        for split, i in cut.items():
+            parts.setdefault(f"{'old' if c in OLD else 'new'}_{split}", []).append(i)
+    return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
+
+
+def split_digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The sets of `split_indices`: (x float32 (N, 64), the pixels in [0, 1]; y int64)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16.0).astype(np.float32)
+    return {k: (x[i], y[i].astype(np.int64)) for k, i in split_indices(seed, y).items()}
+
+
+def write_digits(folder: Path, seed: int) -> dict[str, int]:
+    """The npz files of `split_digits(seed)` in `folder`, plus joint_{train,val}.npz (old + new);
+    returns each file's number of samples."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = split_digits(seed)
+    for split in ("train", "val"):
+        o, n = sets[f"old_{split}"], sets[f"new_{split}"]
+        sets[f"joint_{split}"] = (np.concatenate([o[0], n[0]]), np.concatenate([o[1], n[1]]))
+    for name, (x, y) in sets.items():
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+    return {name: len(y) for name, (_, y) in sets.items()}
+
+
+def best_wise(rep: dict, max_old_drop: float) -> dict:
+    """Among every WiSE-FT point (0 < α <= 1) of every arm of a finetune report: the best new
+    accuracy on validation among those whose validation old accuracy is within the gate (old
+    breaks ties); its test numbers. The same rule as the search's per-trial α."""
+    base_old = rep["base_val_metrics"]["old"]["accuracy"]
+    pts = []
+    for arm in rep["arms"]:
+        for w in arm.get("wise") or []:
+            val, test = w.get("val") or {}, w.get("test") or w
+            if not 0 < w["alpha"] <= 1 or "old" not in val:
+                continue
+            vo, vn = val["old"]["accuracy"], val["new"]["accuracy"]
+            if vo >= base_old - max_old_drop:
+                pts.append((vn, vo, w["alpha"], arm["name"], test))
+    if not pts:
+        return {"name": "none passes the gate"}
+    vn, vo, alpha, name, test = max(pts, key=lambda p: p[:3])
+    return {"name": f"{name} α {alpha:g}", "old": test["old"]["accuracy"],
+            "new": test["new"]["accuracy"]}
+
+
+def study_compute(run: Path, steps: int, one_ft_s: float) -> dict[str, float]:
+    """The study's compute in fine-tunes, from its own records: `batches`, the training batches
+    of its trials (each arm's summary.json) over one arm's `steps`; `with_defaults`, the same
+    plus the recipe's default arms it runs; `wall`, the study's wall time (report.json) over
+    `one_ft_s`, one arm's share of the seed's `goodfit finetune` (training, WiSE-FT curve,
+    report)."""
+    def batches(folder: Path) -> float:
+        return sum(json.loads(p.read_text()).get("batches", 0)
+                   for p in folder.glob("*/summary.json"))
+    trials = sum(batches(t) for t in (run / "trials").glob("trial-*"))
+    wall = json.loads((run / "report.json").read_text())["wall_s"]
+    return {"batches": trials / steps, "with_defaults": (trials + batches(run / "defaults")) / steps,
+            "wall": wall / one_ft_s}
+
+
+def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
+    d = a.out / f"seed{seed}"
+    data = d / "data"
+    write_digits(data, seed)
+    over = [f"seed={seed}", *a.overrides]
+    dd = ["--data-dir", data.resolve()]
+    base = d / "base" / "model.safetensors"
+    if not base.exists():
+        goodfit("pretrain", "--recipe", RECIPE, "--out", d / "base", *dd, *over)
+    joint = d / "joint" / "model.safetensors"
+    if not joint.exists():
+        goodfit("pretrain", "--recipe", RECIPE, "--out", d / "joint", *dd, *over,
+                "data.args.old.train=joint_train.npz", "data.args.old.val=joint_val.npz")
+    if not (d / "joint" / "eval.json").exists():
+        goodfit("eval", "-c", joint, "--recipe", RECIPE, "-o", d / "joint" / "eval.json", *dd)
+    if not (d / "finetune" / "report.json").exists():
+        goodfit("finetune", "--base", base, "--recipe", RECIPE, "--out", d / "finetune", *dd,
+                *over)
+    rows: dict[str, dict] = {}
+    steps = load(str(RECIPE), over).finetune.steps  # one fine-tune's batches
+    ft = json.loads((d / "finetune" / "report.json").read_text())
+    bm = ft["base_metrics"]
+    rows["base (no fine-tune)"] = {"old": bm["old"]["accuracy"], "new": bm["new"]["accuracy"],
+                                   "chose": "-"}
+    for arm in ft["arms"]:
+        m = arm["metrics"]
+        rows[f"recipe arm: {arm['name']}"] = {"old": m["old"]["accuracy"],
+                                             "new": m["new"]["accuracy"], "chose": "- (fixed)"}
+    one_ft_s = json.loads((d / "finetune" / "timings.json").read_text())["total_s"] / len(ft["arms"])
+    w = best_wise(ft, a.max_old_drop)
+    rows["best WiSE-FT point of the arms"] = {**w, "chose": "val"}
+    for label, flag in (("replay searched", []), ("no replay", ["--no-replay"])):
+        run = d / ("search" if not flag else "search-noreplay")
+        done = run / "report.json"
+        if not done.exists() or json.loads(done.read_text())["complete"] < a.trials:
+            goodfit("search", "--base", base, "--recipe", RECIPE, "--trials", a.trials, "--out", run,
+                    "--seed", seed, "--max-old-drop", a.max_old_drop, *flag, *dd, *over)
+        rep = json.loads((run / "report.json").read_text())
+        rec = rep["recommendation"]
+        c = study_compute(run, steps, one_ft_s)
+        if rec is None:  # no trial passes the gate on validation
+            rows[f"recommendation, {label}"] = {"chose": rep["split"], "name": "none passes"}
+            continue
+        rows[f"recommendation, {label}"] = {
+            "old": rec["test_old"], "new": rec["test_new"], "chose": rep["split"],
+            "name": f"{rec['arm']} α {rec['params'].get('wise_alpha', 1):g}",
+            "compute": f"{c['batches']:.1f} ({c['with_defaults']:.1f} with the default arms; "
+                       f"wall {c['wall']:.1f})", "units": c["with_defaults"]}
+    j = json.loads((d / "joint" / "eval.json").read_text())
+    rows["joint training (old + new data, from scratch)"] = {
+        "old": _acc(j, "old"), "new": _acc(j, "new"), "chose": "- (fixed)"}
+    return rows
+
+
+def _acc(ev: dict, task: str) -> float:
+    m = ev.get("metrics", ev)
+    return m[task]["accuracy"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--max-old-drop", type=float, default=0.02)
+    ap.add_argument("--out", type=Path, default=Path("runs/digits-evidence"))
+    ap.add_argument("overrides", nargs="*")
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    per_seed = {seed: run_seed(a, seed) for seed in a.seeds}
+    names = list(per_seed[a.seeds[0]])
+    print("| candidate | old accuracy (digits 0-7, test) | new accuracy (8, 9, test) | chosen on "
+          "| what, per seed | compute (fine-tunes), per seed |\n|---|---|---|---|---|---|")
+    means = {}
+    for n in names:
+        r = [per_seed[s][n] for s in a.seeds]
+        ok = [x for x in r if "old" in x]
+        if ok:
+            means[n] = (sum(x["old"] for x in ok) / len(ok), sum(x["new"] for x in ok) / len(ok))
+        cells = (f"{mean_se([x['old'] for x in ok])} | {mean_se([x['new'] for x in ok])}"
+                 if ok else "- | -")
+        print(f"| {n} (n={len(ok)}) | {cells} | {r[0]['chose']} | "
+              f"{', '.join(x.get('name', '') for x in r).strip(', ') or '-'} | "
+              f"{'; '.join(x['compute'] for x in r if 'compute' in x) or '-'} |")
+    print("\n| seed | old / new test accuracy |\n|---|---|")
+    for s in a.seeds:
+        print(f"| {s} | " + "; ".join(f"{n} {x['old']:.3f} / {x['new']:.3f}"
+                                       for n, x in per_seed[s].items() if "old" in x) + " |")
+    print("\nTargets (means over the seeds, test):")
+    for label, (old, new) in TARGETS.items():
+        got = means.get(f"recommendation, {label}")
+        ok = got is not None and got[0] >= old and got[1] >= new
+        have = f"{got[0]:.3f} / {got[1]:.3f}" if got else "none"
+        print(f"- {label}: old >= {old}, new >= {new}: {have}: {'met' if ok else 'NOT met'}")
+    units = [per_seed[s][f"recommendation, {lb}"].get("units") for s in a.seeds for lb in TARGETS]
+    units = [u for u in units if u is not None]
+    print(f"- compute <= {MAX_FINETUNES} fine-tunes per study: {max(units):.1f} at most (training "
+          f"batches, default arms included): {'met' if max(units) <= MAX_FINETUNES else 'NOT met'}")
+
+if __name__ == "__main__":
+    main()
