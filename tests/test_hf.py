@@ -341,3 +341,23 @@ def test_cli_finetunes_a_bert_folder_on_text_with_replay_streaming_on_two_proces
     batch = dict(tok(["the good game", "awful news report"], return_tensors="pt"))
     same_logits(tmp_path / "run" / "adamw", bert, transformers.AutoModelForSequenceClassification,
                 batch)
+
+
+def test_resume_with_the_recipe_accepts_the_args_taken_from_the_base(tmp_path):
+    """`finetune --recipe R --resume RUN`: data args the run took from the base folder (the
+    tokenizer, an image size; run.json input.from_config) do not make R another recipe; any
+    other difference still does."""
+    from goodfit_cli.workflows.finetune import check_resume_args
+
+    text = RECIPE.format(name="text", data="text", ext="jsonl")
+    (tmp_path / "text.yaml").write_text(text)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"input": {"source": "as stored",
+                                                        "from_config": {"tokenizer": "/b"}}}))
+    saved = parse_recipe(text, str(run / "recipe.yaml"), ["data.args.tokenizer=/b"])
+    check_resume_args(run, saved, str(tmp_path / "text.yaml"), None, False, [])
+    other = parse_recipe(text, str(run / "recipe.yaml"), ["data.args.tokenizer=/b",
+                                                          "data.args.max_length=9"])
+    with pytest.raises(UserError, match=r"data.args.max_length"):
+        check_resume_args(run, other, str(tmp_path / "text.yaml"), None, False, [])

@@ -19,7 +19,7 @@ import torch
 
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Task
-from goodfit_cli.data.imagefolder import _size
+from goodfit_cli.data.imagefolder import image_size
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import labelled_tasks
 from goodfit_cli.data.text import Tokenising, known_labels, texts_of
@@ -73,7 +73,7 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
     if interpolation not in RESAMPLING:
         raise ArgError("interpolation", f"expected one of {', '.join(RESAMPLING)}, got "
                        f"{interpolation!r}")
-    hw = _size(size)
+    hw = image_size(size)
     where, loaded = {}, {}
     for name, spec in (("old", old), ("new", new)):
         where[name] = task_paths(name, spec, ctx, "a folder written by save_to_disk")

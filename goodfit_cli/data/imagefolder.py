@@ -90,7 +90,8 @@ def _class_to_idx(ds) -> dict[str, int]:
     return dict(getattr(reader, "class_to_idx", None) or reader.class_name_to_idx)
 
 
-def _size(size: Any) -> tuple[int, int] | None:
+def image_size(size: Any) -> tuple[int, int] | None:
+    """`size` as (height, width): an int is a square; None stays None."""
     if size is None:
         return None
     if isinstance(size, int) and not isinstance(size, bool) and size > 0:
@@ -124,7 +125,7 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
     """Old and new tasks from image folders or tar shards; `size` resizes (the short side to
     size / crop_pct) and centre-crops; `augment` (timm's training transform) applies to
     training splits in the streaming loader."""
-    hw = _size(size)
+    hw = image_size(size)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
             not 0 < crop_pct <= 1:
         raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")

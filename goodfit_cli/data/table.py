@@ -26,7 +26,7 @@ from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.paths import task_paths
 
 
-def _columns_csv(path: str, key: str) -> dict[str, list[str]]:
+def columns_csv(path: str, key: str) -> dict[str, list[str]]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
@@ -41,7 +41,7 @@ def _columns_csv(path: str, key: str) -> dict[str, list[str]]:
     return {name: [r[j] for r in body] for j, name in enumerate(header)}
 
 
-def _columns_parquet(path: str, key: str) -> dict[str, list[Any]]:
+def columns_parquet(path: str, key: str) -> dict[str, list[Any]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
@@ -65,7 +65,7 @@ def _read(path: str, key: str, label: str, features: Sequence[str] | None) -> tu
     if not os.path.isfile(path):
         raise ArgError(key, f"file not found: {path}")
     parquet = path.lower().endswith((".parquet", ".pq"))
-    cols = _columns_parquet(path, key) if parquet else _columns_csv(path, key)
+    cols = columns_parquet(path, key) if parquet else columns_csv(path, key)
     if label not in cols:
         raise ArgError(key, f"{path} has no label column {label!r} (columns: {', '.join(cols)}); "
                        "set data.args.label")

@@ -28,7 +28,7 @@ import torch
 from goodfit_cli.core.args import ArgError, check_int
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.paths import task_paths
-from goodfit_cli.data.table import _columns_csv, _columns_parquet, labelled_tasks
+from goodfit_cli.data.table import columns_csv, columns_parquet, labelled_tasks
 from goodfit_cli.io import hf
 from goodfit_cli.io.hubdir import resolve_base
 
@@ -36,7 +36,7 @@ PADDING = ("max_length", "longest")
 _DEFAULT_LABEL = re.compile(r"LABEL_[0-9]+")  # transformers' names for unnamed classes
 
 
-def _columns_jsonl(path: str, key: str) -> dict[str, list[Any]]:
+def columns_jsonl(path: str, key: str) -> dict[str, list[Any]]:
     """One JSON object per line (blank lines skipped) -> {column: values}."""
     cols: dict[str, list[Any]] = {}
     try:
@@ -62,10 +62,10 @@ def read_columns(path: str, key: str) -> dict[str, list[Any]]:
         raise ArgError(key, f"file not found: {path}")
     low = path.lower()
     if low.endswith((".parquet", ".pq")):
-        return _columns_parquet(path, key)
+        return columns_parquet(path, key)
     if low.endswith((".jsonl", ".json")):
-        return _columns_jsonl(path, key)
-    return _columns_csv(path, key)
+        return columns_jsonl(path, key)
+    return columns_csv(path, key)
 
 
 def known_labels(folder: Path) -> dict[str, int]:

@@ -101,6 +101,14 @@ def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path 
     saved = json.loads(json.dumps(resumed.raw, default=str))
     if "model" not in given:  # the run took its model from the base folder's config.json
         saved.pop("model", None)
+    try:  # data args the run took from the base folder (size, tokenizer, ...) and --recipe lacks
+        adopted = json.loads((run / "run.json").read_text())["input"].get("from_config") or {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        adopted = {}
+    given_args = (given.get("data") or {}).get("args") or {}
+    for key in adopted:
+        if key not in given_args:
+            ((saved.get("data") or {}).get("args") or {}).pop(key, None)
     diff = describe_difference(run, {"recipe": saved}, {"recipe": given})
     if diff:
         raise UserError(f"--recipe {recipe} is not the recipe of --resume {run}: {diff}; drop "
