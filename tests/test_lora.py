@@ -152,6 +152,10 @@ def test_bert_adapts_query_and_value_by_default_and_merges_to_a_plain_bert():
     model, fresh = tiny_bert()
     assert layers_to_adapt(model, "auto") == [
         f"bert.encoder.layer.{i}.attention.self.{w}" for i in (0, 1) for w in ("query", "value")]
+    wrapped = nn.Module()  # a model that holds the transformers model (as a builder may)
+    wrapped.inner, wrapped.goodfit_head_prefixes = model, ["inner.classifier."]
+    assert layers_to_adapt(wrapped, "auto") == [
+        f"inner.bert.encoder.layer.{i}.attention.self.{w}" for i in (0, 1) for w in ("query", "value")]
     x = {"input_ids": torch.randint(0, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
     base, merged = check_round_trip(model, fresh, x, rank=4, targets="query,dense")
     changed = sorted(k for k in base if not torch.equal(base[k], merged[k]))
