@@ -49,9 +49,9 @@ RECIPE = ROOT / "recipes" / "toy.yaml"
 FULL_LRS = (5e-5, 1.5e-4, 5e-4, 1.5e-3, 5e-3)
 LORA_LRS = (5e-4, 1.5e-3, 5e-3)
 # The reduced toy this machine can run 3 seeds of in ~25 min (docs/results.md says so): a
-# 2-128-128-1 MLP, 10 000 training points per task, 2 000 pretraining and 500 fine-tuning batches.
+# 2-128-128-1 MLP, 10 000 training points per task, 6 000 pretraining and 500 fine-tuning batches.
 REDUCED = ["data.args.n_train=10000", "data.args.n_test=2000", "model.args.hidden=[128, 128]",
-           "pretrain.steps=2000", "finetune.steps=500", "eval.every=100"]
+           "pretrain.steps=6000", "finetune.steps=500", "eval.every=100"]
 QUICK = ["data.args.n_train=2000", "data.args.n_test=500", "model.args.hidden=[64, 64]",
          "pretrain.steps=300", "finetune.steps=60", "eval.every=30",
          "finetune.scheduler.args.decay_epochs=10", "pretrain.scheduler.args.decay_epochs=50"]

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import runs as runner
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -17,7 +18,7 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.lora import Lora, layers_to_adapt
 from goodfit_cli.cli.app import app
 from goodfit_cli.core.args import ArgError
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.models import build_model
 from goodfit_cli.recipe import load_recipe
@@ -151,6 +152,10 @@ def test_bert_adapts_query_and_value_by_default_and_merges_to_a_plain_bert():
     model, fresh = tiny_bert()
     assert layers_to_adapt(model, "auto") == [
         f"bert.encoder.layer.{i}.attention.self.{w}" for i in (0, 1) for w in ("query", "value")]
+    wrapped = nn.Module()  # a model that holds the transformers model (as a builder may)
+    wrapped.inner, wrapped.goodfit_head_prefixes = model, ["inner.classifier."]
+    assert layers_to_adapt(wrapped, "auto") == [
+        f"inner.bert.encoder.layer.{i}.attention.self.{w}" for i in (0, 1) for w in ("query", "value")]
     x = {"input_ids": torch.randint(0, 50, (4, 8)), "attention_mask": torch.ones(4, 8, dtype=torch.long)}
     base, merged = check_round_trip(model, fresh, x, rank=4, targets="query,dense")
     changed = sorted(k for k in base if not torch.equal(base[k], merged[k]))
@@ -211,18 +216,22 @@ TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32,
         "finetune.batch_size=64", "device=cpu"]
 
 
-def test_cli_lora_beside_adamw_with_replay_ema_and_a_gate(tmp_path):
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("base") / "base"
+    res = invoke("pretrain", "--recipe", "toy", "--out", out, *TINY)
+    assert res.exit_code == 0, res.output
+    return out / "model.safetensors"
+
+
+def test_cli_lora_beside_adamw_with_replay_ema_and_a_gate(base, tmp_path):
     """`goodfit finetune --optimizer lora:adamw --optimizer adamw` with replay, an EMA and a
     gate: both arms are judged; LoRA's checkpoint (and its EMA's) has exactly the base's keys
     and shapes, loads into a plain toy MLP and evaluates with `goodfit eval`."""
-    cli = CliRunner()
-
-    def invoke(*args):
-        return cli.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-    res = invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "base", *TINY)
-    assert res.exit_code == 0, res.output
-    base = tmp_path / "base" / "model.safetensors"
     run = tmp_path / "ft"
     res = invoke("finetune", "--base", base, "--recipe", "toy", "--out", run,
                  "--optimizer", "lora:adamw", "--optimizer", "adamw", "--max-old-drop", "1e6",
@@ -249,3 +258,17 @@ def test_cli_lora_beside_adamw_with_replay_ema_and_a_gate(tmp_path):
     res = invoke("eval", "--checkpoint", run / "lora-adamw" / "model.safetensors", "--recipe",
                  "toy", *TINY)
     assert res.exit_code == 0, res.output
+
+
+def test_an_interrupted_lora_run_resumes_bit_for_bit(base, tmp_path):
+    """Interrupted after batch 5 (a state with the adapters in at batch 4) and resumed, the
+    merged checkpoint equals the uninterrupted run's exactly (adapter dropout on: the RNG too)."""
+    recipe = load_recipe(TOY, TINY + ["checkpoint.every=4", "finetune.arm_args.lora.dropout=0.2"])
+    kw = dict(arms=["lora:adamw"], wise=False)
+    runner.finetune(recipe, base, tmp_path / "full", **kw)
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base, tmp_path / "cut", stop_after=5, **kw)
+    runner.finetune(recipe, base, tmp_path / "cut", resume=True, **kw)
+    full, _ = ckpt.load_model(tmp_path / "full" / "lora-adamw" / "model.safetensors")
+    cut, _ = ckpt.load_model(tmp_path / "cut" / "lora-adamw" / "model.safetensors")
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)

@@ -59,6 +59,15 @@ def _named(names: list[str], wanted: list[str]) -> list[str]:
     return [n for n in names if any(n == w or n.endswith("." + w) for w in wanted)]
 
 
+def _model_type(model: nn.Module) -> str | None:
+    """A transformers model's `config.model_type` ("bert"), the model's or a wrapped one's."""
+    for m in model.modules():
+        kind = getattr(getattr(m, "config", None), "model_type", None)
+        if isinstance(kind, str):
+            return kind
+    return None
+
+
 def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
     """The qualified names of the layers `targets` chooses in `model` (see the module's doc);
     ArgError("targets", ...) when it chooses none."""
@@ -70,8 +79,7 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
     if targets == "auto":
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as BY_TYPE
 
-        kind = getattr(getattr(inner, "config", None), "model_type", None)
-        family = BY_TYPE.get(kind) if isinstance(kind, str) else None
+        family = BY_TYPE.get(_model_type(inner))
         convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
         for chosen in (_named(linear, family) if isinstance(family, list) else [],
                        [n for n in linear if n.rpartition(".")[2] == "qkv"], linear, convs):
