@@ -1,4 +1,5 @@
-"""Recipes: YAML -> validated dataclasses (schema.py), with located, typed checks (yamlcheck.py).
+"""Recipes: YAML -> validated dataclasses (schema.py; the stages in stages.py), with located,
+typed checks (yamlcheck.py): each section a dataclass whose `key` fields declare its keys once.
 
 `load_recipe(path, overrides)` is the entry point; errors name the file, line and key.
 """

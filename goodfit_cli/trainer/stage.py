@@ -269,7 +269,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loss, arm_callbacks = built.loss, list(built.callbacks)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
-                     job.stage.accumulate, job.stage.clip.get("norm"), job.stage.clip.get("value"))
+                     job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)
     trained = torch.compile(model) if s.recipe.compile else model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(
