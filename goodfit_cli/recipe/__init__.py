@@ -9,11 +9,7 @@ from goodfit_cli.recipe.schema import (
     LOSSES,
     OPTIMIZERS,
     Component,
-    GoodFitSpec,
-    OptimizerSpec,
     Recipe,
-    SchedulerSpec,
-    StageSpec,
     TaskSpec,
     apply_overrides,
     load_recipe,
@@ -21,6 +17,7 @@ from goodfit_cli.recipe.schema import (
     parse_recipe,
     recipe_dict,
 )
+from goodfit_cli.recipe.stages import GoodFitSpec, OptimizerSpec, SchedulerSpec, StageSpec
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
            "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",

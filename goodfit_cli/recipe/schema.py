@@ -26,14 +26,7 @@ from goodfit_cli.data.validation import Carving
 from goodfit_cli.objectives import produced
 from goodfit_cli.recipe.loader import LOADER
 from goodfit_cli.recipe.sections import VALIDATION, key_map, loss_name
-from goodfit_cli.recipe.stages import (
-    ClipSpec,
-    EarlyStopSpec,
-    GoodFitSpec,
-    OptimizerSpec,
-    SchedulerSpec,
-    StageSpec,
-)
+from goodfit_cli.recipe.stages import StageSpec
 from goodfit_cli.recipe.yamlcheck import (
     Ctx,
     Section,
