@@ -17,6 +17,7 @@ from goodfit_cli.data.sources import DeviceSource
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import OptimizerSpec, SchedulerSpec, StageSpec, parse_recipe
+from goodfit_cli.recipe.stages import ClipSpec
 from goodfit_cli.training import build_optimizer, build_scheduler, parse_arm
 from goodfit_cli.workflows.recipes import shipped_dir
 
@@ -37,7 +38,7 @@ def mse(model, x, y):
 
 
 def stage(name: str, lr: float = 1e-2, **kwargs) -> StageSpec:
-    return StageSpec(OptimizerSpec(name, lr, kwargs), batch_size=8, steps=1)
+    return StageSpec(OptimizerSpec(name, lr, args=kwargs), batch_size=8, steps=1)
 
 
 def run(arm: str, batch: int, accumulate: int, steps: int, **clip) -> nn.Module:
@@ -142,7 +143,7 @@ def test_classic_names_keep_torch_defaults():
 
 def test_no_decay_groups_for_norms_and_biases():
     model = net()
-    st = StageSpec(OptimizerSpec("adamw", 1e-3, {"weight_decay": 0.05}, no_decay_norm_bias=True),
+    st = StageSpec(OptimizerSpec("adamw", 1e-3, weight_decay=0.05, no_decay_norm_bias=True),
                    batch_size=8, steps=1)
     opt = build_optimizer(parse_arm("adamw", st), model, st)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0.05 for p in g["params"]}
@@ -238,7 +239,7 @@ def test_recipe_keys_for_accumulation_clipping_and_no_decay():
                                         "finetune.optimizer.name=lookahead_adamw",
                                         "finetune.optimizer.no_decay_norm_bias=true"])
     ft = r.finetune
-    assert (ft.accumulate, ft.clip, ft.optimizer.name) == (4, {"norm": 1.0}, "lookahead_adamw")
+    assert (ft.accumulate, ft.clip, ft.optimizer.name) == (4, ClipSpec(norm=1.0), "lookahead_adamw")
     assert ft.optimizer.no_decay_norm_bias
     with pytest.raises(UserError, match=r"toy.yaml: override finetune.optimizer.name: unknown "
                                         r"optimizer 'lambb'; did you mean 'lamb'"):

@@ -1,4 +1,5 @@
-"""Recipes: YAML -> validated dataclasses (schema.py), with located, typed checks (yamlcheck.py).
+"""Recipes: YAML -> validated dataclasses (schema.py; the stages in stages.py), with located,
+typed checks (yamlcheck.py): each section a dataclass whose `key` fields declare its keys once.
 
 `load_recipe(path, overrides)` is the entry point; errors name the file, line and key.
 """
@@ -8,11 +9,7 @@ from goodfit_cli.recipe.schema import (
     LOSSES,
     OPTIMIZERS,
     Component,
-    GoodFitSpec,
-    OptimizerSpec,
     Recipe,
-    SchedulerSpec,
-    StageSpec,
     TaskSpec,
     apply_overrides,
     load_recipe,
@@ -20,6 +17,7 @@ from goodfit_cli.recipe.schema import (
     parse_recipe,
     recipe_dict,
 )
+from goodfit_cli.recipe.stages import GoodFitSpec, OptimizerSpec, SchedulerSpec, StageSpec
 
 __all__ = ["LOSSES", "OPTIMIZERS", "SCHEDULERS", "Component", "GoodFitSpec",
            "OptimizerSpec", "Recipe", "SchedulerSpec", "StageSpec", "TaskSpec",

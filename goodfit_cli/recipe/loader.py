@@ -15,15 +15,9 @@ batches (data/stream.py).
 from __future__ import annotations
 
 from goodfit_cli.data.stream import MODES, LoaderSettings
-from goodfit_cli.recipe.yamlcheck import boolean, integer, optional, section, string
+from goodfit_cli.recipe.yamlcheck import boolean, integer, optional, section_for, string
 
-_D = LoaderSettings()
-LOADER = section({"mode": (string(MODES), _D.mode), "workers": (integer(0, 64), _D.workers),
-                  "pin_memory": (optional(boolean), None),
-                  "persistent_workers": (boolean, _D.persistent_workers),
-                  "prefetch": (integer(1), _D.prefetch),
-                  "max_device_bytes": (integer(0), _D.max_device_bytes)})
-
-
-def loader_settings(v: dict | None) -> LoaderSettings:
-    return LoaderSettings(**(v or {}))
+# the defaults are LoaderSettings' own (data/stream.py)
+LOADER = section_for(LoaderSettings, mode=string(MODES), workers=integer(0, 64),
+                     pin_memory=optional(boolean), persistent_workers=boolean,
+                     prefetch=integer(1), max_device_bytes=integer(0))

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodfit_cli.core.registry import plugin_names
+from goodfit_cli.data.validation import Carving
 from goodfit_cli.recipe.yamlcheck import (
     Ctx,
     integer,
     number,
     key,
     optional,
-    section,
+    section_for,
     section_of,
     string,
     type_name,
@@ -95,11 +96,8 @@ def _share(v: Any, ctx: Ctx) -> float:
     return f
 
 
-VALIDATION = section({"fraction": (_share, 0.1), "min_per_class": (integer(1), 1)})
-
-
-def replay_spec(v: dict | None) -> ReplaySpec | None:
-    return None if v is None else ReplaySpec(**v)
+# the defaults are Carving's own (data/validation.py)
+VALIDATION = section_for(Carving, fraction=_share, min_per_class=integer(1))
 
 
 def loss_name(builtin: tuple[str, ...]):

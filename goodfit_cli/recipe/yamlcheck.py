@@ -107,7 +107,10 @@ def boolean(v: Any, ctx: Ctx) -> bool:
 
 
 def optional(inner: Checker) -> Checker:
-    return lambda v, ctx: None if v is None else inner(v, ctx)
+    def check(v: Any, ctx: Ctx) -> Any:
+        return None if v is None else inner(v, ctx)
+    check.inner = inner  # type: ignore[attr-defined]  (a nested section stays findable)
+    return check
 
 
 def mapping_any(v: Any, ctx: Ctx) -> dict:
@@ -126,33 +129,38 @@ def list_of(inner: Checker) -> Checker:
     return check
 
 
-def section(schema: dict[str, tuple[Checker, Any]]) -> Checker:
-    """A mapping with a fixed set of keys: unknown keys fail with "did you mean"."""
+def section(schema: dict[str, Checker]) -> Checker:
+    """A mapping whose keys are known only at run time (the arms' knobs at their older home):
+    unknown keys fail with "did you mean"; a key not given is left out. A section of fixed
+    keys is a dataclass of `key` fields instead (`section_of`)."""
     def check(v: Any, ctx: Ctx) -> dict:
-        if v is None:
-            v = {}
-        if not isinstance(v, dict):
-            raise ctx.fail(f"expected a mapping, got {type_name(v)}")
-        for key in v:
-            if key not in schema:
-                raise ctx.child(key).fail(f"unknown key{suggest(str(key), list(schema))}")
-        out = {}
-        for key, (checker, default) in schema.items():
-            if key in v:
-                out[key] = checker(v[key], ctx.child(key))
-            elif default is REQUIRED:
-                raise ctx.child(key).fail("missing required key")
-            else:  # defaults go through the checker too, so nested sections fill theirs
-                out[key] = None if default is None else checker(copy.deepcopy(default),
-                                                                ctx.child(key))
-        return out
+        v = _mapping(v, ctx, schema)
+        return {k: checker(v[k], ctx.child(k)) for k, checker in schema.items() if k in v}
     return check
 
 
-def key(checker: Checker, default: Any = REQUIRED) -> Any:
-    """A dataclass field that is also a recipe key: its checker and its default, declared once
-    (`section_of` derives the section's checks from the fields; REQUIRED: the key must be given)."""
-    meta = {"check": checker}
+def _mapping(v: Any, ctx: Ctx, keys: Any) -> dict:
+    """`v` as a section's mapping (empty when not given), every key one of `keys`."""
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise ctx.fail(f"expected a mapping, got {type_name(v)}")
+    for k in v:
+        if k not in keys:
+            raise ctx.child(k).fail(f"unknown key{suggest(str(k), list(keys))}")
+    return v
+
+
+def key(checker: Checker, default: Any = REQUIRED, *, factory: Callable[[], Any] | None = None,
+        only: str | None = None, help: str = "") -> Any:
+    """A dataclass field that is also a recipe key, declared once: its checker, its default
+    (REQUIRED: the key must be given; `factory` for a default built afresh, e.g. a nested
+    section's dataclass), the one variant of the section it belongs to (`only`, e.g.
+    "finetune": absent from `section_of(cls, "pretrain")`) and a line of help. `section_of`
+    derives the section's checks from these fields; a field without `key` is no recipe key."""
+    meta = {"check": checker, "only": only, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
     if default is REQUIRED:
         return field(metadata=meta)
     if isinstance(default, (dict, list)):
@@ -160,19 +168,55 @@ def key(checker: Checker, default: Any = REQUIRED) -> Any:
     return field(default=default, metadata=meta)
 
 
-def section_of(cls: type) -> Checker:
-    """The checker of a section declared as a dataclass of `key` fields: its keys, their
-    checks and defaults; the checked mapping builds the dataclass (`cls(**checked)`)."""
-    schema: dict[str, tuple[Checker, Any]] = {}
-    for f in fields(cls):
-        if f.default is not MISSING:
-            default = f.default
-        elif f.default_factory is not MISSING:
-            default = f.default_factory()
-        else:
-            default = REQUIRED
-        schema[f.name] = (f.metadata["check"], default)
-    return section(schema)
+def nested(cls: type, **kw: Any) -> Any:
+    """A key that is a section of its own (a dataclass of `key` fields), defaulting to `cls()`."""
+    return key(section_of(cls), factory=cls, **kw)
+
+
+def keys_of(cls: type, variant: str | None = None) -> dict[str, Any]:
+    """The recipe keys a section dataclass declares, in order: {name: dataclass field}."""
+    return {f.name: f for f in fields(cls)
+            if "check" in f.metadata and f.metadata["only"] in (None, variant)}
+
+
+def has_default(f: Any) -> bool:
+    return f.default is not MISSING or f.default_factory is not MISSING
+
+
+def section_of(cls: type, variant: str | None = None) -> Checker:
+    """The checker of a section declared as a dataclass of `key` fields: unknown keys fail
+    with "did you mean", a required key must be given, every given value goes through its
+    checker, and a key not given takes the dataclass's default (THE default: nothing else
+    holds one). It returns `cls(**checked)`, after the instance's own cross-key checks
+    (`validate(ctx)`, when the class has one)."""
+    return _section(cls, {n: (f.metadata["check"], not has_default(f))
+                          for n, f in keys_of(cls, variant).items()})
+
+
+def section_for(cls: type, **checks: Checker) -> Checker:
+    """`section_of` for a dataclass owned by a lower layer (data/), which cannot import these
+    checkers: one checker per field, the defaults the dataclass's own."""
+    names = [f.name for f in fields(cls)]
+    assert sorted(checks) == sorted(names), f"{cls.__name__}: one checker for each of {names}"
+    return _section(cls, {f.name: (checks[f.name], not has_default(f)) for f in fields(cls)})
+
+
+def _section(cls: type, keys: dict[str, tuple[Checker, bool]]) -> Checker:
+    """{key: (checker, required)} -> the checker that builds `cls` from a mapping."""
+    def check(v: Any, ctx: Ctx) -> Any:
+        v = _mapping(v, ctx, keys)
+        out = {}
+        for name, (checker, required) in keys.items():
+            if name in v:
+                out[name] = checker(v[name], ctx.child(name))
+            elif required:
+                raise ctx.child(name).fail("missing required key")
+        obj = cls(**out)
+        if hasattr(obj, "validate"):
+            obj.validate(ctx)
+        return obj
+    check.section, check.keys = cls, keys  # type: ignore[attr-defined]  (for tests and docs)
+    return check
 
 
 class Section:

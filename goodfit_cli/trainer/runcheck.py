@@ -14,7 +14,7 @@ import torch
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.identity import check_identity, claim, describe_difference
+from goodfit_cli.io.identity import check_identity, claim
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.recipe import Recipe
 

@@ -1,0 +1,163 @@
+"""The engine's hooks for one training run: evaluation on both tasks, metrics.jsonl, resumable
+states on schedule, stop requests; and the run's callbacks (training/callbacks.py: early
+stopping, the plateau watch, GoodFit's cycle statistics, the EMA, tracking) with the states
+they saved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from goodfit_cli.core.distributed import StopFlag, dist_info
+from goodfit_cli.engine import Events, Hooks, LoopState
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import write_jsonl
+from goodfit_cli.io.rundir import state_files
+from goodfit_cli.trainer.job import Log, StageJob
+from goodfit_cli.trainer.measured import Measured
+from goodfit_cli.trainer.session import Session
+from goodfit_cli.trainer.tracking import Tracking
+from goodfit_cli.training import at_anchor, train_mode
+from goodfit_cli.training.callbacks import (
+    Callback,
+    EarlyStopping,
+    Ema,
+    GoodFitCycles,
+    PlateauWatch,
+    states,
+)
+
+
+class StageHooks(Hooks):
+    """The engine's hooks for one run: evaluate on both tasks, write metrics.jsonl at every
+    evaluation and resumable states on schedule (rank 0), stop on a signal; every other
+    feature is one of `callbacks` (training/callbacks.py), whose states it saves by name."""
+
+    def __init__(self, s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
+                 stop: StopFlag, records: list[dict], callbacks: list[Callback]) -> None:
+        self.s, self.model, self.optimizer, self.scheduler = s, model, optimizer, scheduler
+        self.job, self.stop, self.records, self.callbacks = job, stop, records, callbacks
+        self.main_rank = dist_info()[0] == 0
+        self._train_mode = train_mode(job.arm)
+        self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
+
+    def after_step(self, batch: int) -> None:
+        for c in self.callbacks:
+            c.on_step(batch)
+
+    def measured(self, model: nn.Module) -> Measured | None:
+        """The last evaluation's (test metrics, predictions, val metrics, predictions) when
+        `model` still holds exactly the weights it measured (no tensor written since)."""
+        if self.last is None or weights_version(model) != self.last[0]:
+            return None
+        return self.last[1]
+
+    def evaluate(self) -> dict[str, Any]:
+        wanted = any(c.wants_predictions for c in self.callbacks)
+        before = weights_version(self.model)
+        with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
+            evaluated = weights_version(self.model)
+            res, test_preds = self.s.evaluate(self.model, True)  # test: the report's curves
+            val, preds = self.s.evaluate(self.model, True, split="val")
+        # the weights measured, unless the anchor was swapped in for it: the run's result if
+        # nothing changes them before the end (finish measures no model twice)
+        self.last = ((evaluated, ({t: dict(m) for t, m in res.items()}, test_preds,
+                                  {t: dict(m) for t, m in val.items()}, preds))
+                     if evaluated == before == weights_version(self.model) else None)
+        res["val"] = val  # what early stopping and the plateau schedule read (choices: on val)
+        for c in self.callbacks:
+            c.on_evaluate(res, preds if wanted else None)
+        ref_ratio = getattr(self.optimizer, "ref_ratio", None)
+        if ref_ratio:
+            res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
+        return res
+
+    def train_mode(self, model: nn.Module) -> None:
+        self._train_mode(model)
+
+    def should_stop(self, batch: int) -> bool:
+        signalled = self.stop.requested(batch, self.s.device)  # every rank, every batch
+        return signalled or any(c.should_stop() for c in self.callbacks)
+
+    def save_state(self, st: LoopState) -> None:
+        if not self.main_rank:
+            return
+        out = self.job.out
+        ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
+            "loop": st.to_dict()})
+        for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
+            old.unlink(missing_ok=True)
+
+    def record(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self.main_rank:
+            write_jsonl(self.job.out / "metrics.jsonl", self.records)
+        for c in self.callbacks:
+            c.on_record(rec, self.records)
+
+
+
+def weights_version(model: nn.Module) -> list[tuple[int, int]]:
+    """Where each parameter and buffer lives and how often it was written in place: equal
+    lists, the same weights (an optimizer step, load_state_dict or a swap changes it)."""
+    return [(t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())]
+
+def saved_callbacks(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The callbacks' states in a resumable state. States written before callbacks owned
+    theirs kept the EMA's and early stopping's at the top, and LP-FT's step count was the
+    loop's optimizer steps."""
+    if "callbacks" in saved:
+        return saved["callbacks"]
+    loop = saved["loop"]
+    legacy = {k: saved[k] for k in ("ema", "early_stop") if saved.get(k) is not None}
+    legacy["lp_ft"] = {"steps": loop["batch"] - loop.get("skipped", 0)}
+    return legacy
+
+
+class Recording:
+    """Events that write metrics.jsonl at every evaluation, then pass everything on."""
+
+    def __init__(self, hooks: StageHooks, events: Events | None) -> None:
+        self.hooks, self.events = hooks, events
+
+    def on_start(self, total_batches: int, done: int) -> None:
+        if self.events is not None:
+            self.events.on_start(total_batches, done)
+
+    def on_batch(self, batch: int) -> None:
+        if self.events is not None:
+            self.events.on_batch(batch)
+
+    def on_evaluation(self, rec: dict) -> None:
+        self.hooks.record(rec)
+        if self.events is not None:
+            self.events.on_evaluation(rec)
+
+    def on_end(self) -> None:
+        if self.events is not None:
+            self.events.on_end()
+
+
+def callbacks_for(s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
+                  total: int, decay: float | None, log: Log) -> list[Callback]:
+    """The run's features, in the order their hooks run: early stopping (its flip rates and
+    the plateau watch come before anything reads the learning rate), the schedule's watch,
+    GoodFit's cycle statistics, the EMA, tracking (rank 0)."""
+    out: list[Callback] = []
+    if job.stop_rule is not None:
+        out.append(EarlyStopping(job.stop_rule, model, optimizer, total,
+                                 lambda m: log(f"{job.arm.name}: {m}")))
+    if scheduler is not None:  # plateau watches the trained task's primary metric
+        out.append(PlateauWatch(scheduler, job.task, s.recipe.primary[job.task]))
+    out.append(GoodFitCycles(optimizer))
+    if decay:
+        out.append(Ema(model, optimizer, decay, s.evaluate))
+    if dist_info()[0] == 0:
+        out.append(Tracking(job.out, s.recipe.tracking, job.arm.name))
+    return out
