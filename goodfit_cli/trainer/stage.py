@@ -44,6 +44,7 @@ from goodfit_cli.io.rundir import (
 )
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import StageSpec
+from goodfit_cli.trainer.measured import Measured
 from goodfit_cli.trainer.runcheck import claim_stage
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.trainer.tracking import Tracking
@@ -125,22 +126,34 @@ class StageHooks(Hooks):
         self.job, self.stop, self.records, self.callbacks = job, stop, records, callbacks
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
+        self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
+
+    def measured(self, model: nn.Module) -> Measured | None:
+        """The last evaluation's (test metrics, predictions, val metrics, predictions) when
+        `model` still holds exactly the weights it measured (no tensor written since)."""
+        if self.last is None or weights_version(model) != self.last[0]:
+            return None
+        return self.last[1]
 
     def after_step(self, batch: int) -> None:
         for c in self.callbacks:
             c.on_step(batch)
 
     def evaluate(self) -> dict[str, Any]:
-        preds = None
         wanted = any(c.wants_predictions for c in self.callbacks)
+        before = weights_version(self.model)
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
-            res = self.s.evaluate(self.model)  # test: the report's curves
-            val = self.s.evaluate(self.model, with_predictions=wanted, split="val")
-        if wanted:
-            val, preds = val
+            evaluated = weights_version(self.model)
+            res, test_preds = self.s.evaluate(self.model, True)  # test: the report's curves
+            val, preds = self.s.evaluate(self.model, True, split="val")
+        # the weights measured, unless the anchor was swapped in for it: the run's result if
+        # nothing changes them before the end (_finish measures no model twice)
+        self.last = ((evaluated, ({t: dict(m) for t, m in res.items()}, test_preds,
+                                  {t: dict(m) for t, m in val.items()}, preds))
+                     if evaluated == before == weights_version(self.model) else None)
         res["val"] = val  # what early stopping and the plateau schedule read (choices: on val)
         for c in self.callbacks:
-            c.on_evaluate(res, preds)
+            c.on_evaluate(res, preds if wanted else None)
         ref_ratio = getattr(self.optimizer, "ref_ratio", None)
         if ref_ratio:
             res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
@@ -171,6 +184,12 @@ class StageHooks(Hooks):
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
         for c in self.callbacks:
             c.on_record(rec, self.records)
+
+
+def weights_version(model: nn.Module) -> list[tuple[int, int]]:
+    """Where each parameter and buffer lives and how often it was written in place: equal
+    lists, the same weights (an optimizer step, load_state_dict or a swap changes it)."""
+    return [(t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())]
 
 
 def saved_callbacks(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -218,6 +237,7 @@ class Ran:
     records: list[dict]
     sizes: tuple[int, int]
     summary: dict[str, Any]  # replay, cycles (GoodFit), the callbacks' entries, the job's own
+    measured: Measured | None = None  # the final weights' evaluation, made by the loop's last
 
 
 def callbacks_for(s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
@@ -325,7 +345,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         _finish(s, ema.module, optimizer, ema_job(job, records, decay),
                 Ran(st, ema_records(records), sizes, {k: v for k, v in summary.items()
                                                        if k != "early_stop"}))
-    return _finish(s, model, optimizer, job, Ran(st, records, sizes, {**summary, **job.summary}))
+    return _finish(s, model, optimizer, job, Ran(st, records, sizes, {**summary, **job.summary},
+                                                  hooks.measured(model)))
 
 
 def ema_job(job: StageJob, records: list[dict], decay: float) -> StageJob:
@@ -371,7 +392,7 @@ def _finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) ->
         raise Diverged(st.batch, f" of {arm.name}: weights {bad[0]!r} (and {len(bad) - 1} more) "
                                  "are not finite; no checkpoint was written",
                        what="training ended with a non-finite model")
-    final, preds, val, val_preds = s.measure(model)
+    final, preds, val, val_preds = ran.measured or s.measure(model)
     nan_metrics = [f"{t} {m}" for t, d in final.items() for m, v in d.items() if v != v or
                    v in (float("inf"), float("-inf"))]
     if nan_metrics:
