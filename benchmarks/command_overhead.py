@@ -146,9 +146,13 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=40,
                    help="the ResNet-18 base's pretraining batches (not measured)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per goodfit command")
+    p.add_argument("--threads", type=int,
+                   help="OMP_NUM_THREADS for the commands (on shared cores 1 avoids spinning)")
     p.add_argument("--out", type=Path, help="also append the table to this file")
     a = p.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     cases = ("toy", "resnet18") if a.case == "all" else (a.case,)
     rows = []
     for case in cases:
@@ -160,8 +164,9 @@ def main() -> None:
               flush=True)
     import torch
 
+    threads = a.threads or torch.get_num_threads()
     header = (f"{datetime.date.today()}, {cpu_model()}, torch {torch.__version__}, "
-              f"{a.device}, {torch.get_num_threads()} threads")
+              f"{a.device}, {threads} threads")
     text = header + "\n\n" + table(rows) + "\n"
     print("\n" + text)
     if a.out is not None:

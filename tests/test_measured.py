@@ -1,5 +1,6 @@
 """The time around training (issue 28 item 2): the base measured once per command and reused
-with the same numbers, the WiSE grid mixed in place with `mix`'s exact values, the bootstrap's
+with the same numbers, an arm's final weights measured once (the loop's last evaluation), the
+WiSE grid mixed in place with `mix`'s exact values, the bootstrap's
 index matrix drawn once per report with the same CIs, evaluation in inference mode without
 leaking inference tensors, nested phases counted once, entry points scanned once."""
 
@@ -99,7 +100,9 @@ def test_the_base_is_evaluated_once_per_split_and_its_numbers_are_the_recomputed
 def test_a_command_that_fine_tunes_twice_measures_the_base_once(base, evaluations, tmp_path):
     """Within one command's measured_once() (what `goodfit search` opens around its trials), a
     second fine-tune from the same base on the same data evaluates the base zero times and
-    reports the same base numbers; another eval batch size is another key (measured again)."""
+    reports the same base numbers; another eval batch size is another key (measured again).
+    An arm's final weights are evaluated once per split: the loop's last evaluation is its
+    result (no second measurement in _finish)."""
     recipe = load("toy", TINY + ["finetune.arms=[rmsprop]"])
     with measured_once():
         first = runner.finetune(recipe, base, tmp_path / "a", wise=False)
@@ -108,6 +111,8 @@ def test_a_command_that_fine_tunes_twice_measures_the_base_once(base, evaluation
                                                      "finetune.optimizer.lr=1.0e-3"]),
                                  base, tmp_path / "b", wise=False)
         assert not [c for c in evaluations[n:] if c[2] == base_print(base)]
+        final = base_print(tmp_path / "b" / "rmsprop" / "model.safetensors")
+        assert len([c for c in evaluations[n:] if c[2] == final]) == 4  # the loop's last only
         assert second["base_metrics"] == first["base_metrics"]
         assert second["base_val_metrics"] == first["base_val_metrics"]
         n = len(evaluations)
