@@ -88,9 +88,10 @@ def main() -> None:
     wall_one = sum((t.datetime_complete - t.datetime_start).total_seconds()
                    for t in done) / len(done)
     pruned = [t for t in trials if t.state.name == "PRUNED"]
-    print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned: "
-          + ", ".join(f"{sum(t.user_attrs['batches'] == b for t in pruned)} at batch {b}"
-                      for b in sorted({t.user_attrs['batches'] for t in pruned})) + ")")
+    at = ", ".join(f"{sum(t.user_attrs['batches'] == b for t in pruned)} at batch {b}"
+                   for b in sorted({t.user_attrs["batches"] for t in pruned}))
+    print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned"
+          + (f": {at})" if at else ")"))
     print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {costs[full[0].number][2]} "
           f"evaluations of {eval_samples} samples = {one:.0f} sample-forwards")
     print(f"study: training {train:.0f} + evaluation {evaluation:.0f} = {train + evaluation:.0f}"

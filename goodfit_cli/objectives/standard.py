@@ -7,7 +7,8 @@ over the K classes present; a class absent from them weighs 1). `logit_adjust` (
 *Long-tail learning via logit adjustment*, ICLR 2021): the loss reads logits + tau log pi_c, pi
 the training labels' class shares (add-one smoothed over the model's outputs), tau
 `balance_tau` (default 1); predictions read the logits as they are. Evaluation is never
-balanced: the metrics and per-sample losses are the plain ones.
+balanced: the metrics and per-sample losses are the plain ones. The counts are the task's own
+training labels; replayed old-task samples in a batch are weighed by them too.
 """
 
 from __future__ import annotations
