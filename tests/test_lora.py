@@ -204,11 +204,12 @@ def test_a_drawn_lora_trial_is_a_valid_recipe():
     trial = study.ask()
     p = propose(trial, recipe)
     assert p.arm == "lora:rmsprop"
-    assert {"lora_rank", "lora_alpha", "lora_dropout", "lora_targets"} <= set(trial.params)
-    assert trial.params["lora_targets"] in ("auto", "all")
+    key = "finetune.arm_args.lora."  # the study names a knob by its recipe key
+    assert {key + k for k in ("rank", "alpha", "dropout", "targets")} <= set(trial.params)
+    assert trial.params[key + "targets"] in ("auto", "all")
     args = load_recipe(TOY, p.overrides).finetune.arm_args["lora"]
-    assert args["targets"] == trial.params["lora_targets"]
-    assert args["rank"] == trial.params["lora_rank"] and 2 <= args["rank"] <= 64
+    assert args["targets"] == trial.params[key + "targets"]
+    assert args["rank"] == trial.params[key + "rank"] and 2 <= args["rank"] <= 64
 
 
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
