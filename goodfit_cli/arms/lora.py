@@ -10,7 +10,8 @@ when classes were added) that loads without PEFT.
 
 Which layers (`targets`, never a layer of the head):
   auto     the model family's default: a transformers model's attention query and value layers
-           (PEFT's table by `config.model_type`: BERT `query,value`, LLaMA `q_proj,v_proj`, ...);
+           (PEFT's table by `config.model_type`: BERT `query,value`, LLaMA `q_proj,v_proj`, ...;
+           for a family the table lacks (ViT) `q_proj,v_proj`, else `query,value`);
            else the attention `qkv` Linear layers (timm ViTs); else every Linear (MLPs); else,
            for conv nets (timm ResNets, cifar_resnet32), every Conv2d of groups 1 (PEFT's
            Conv2d LoRA: A a conv of the layer's kernel, B a 1x1 conv)
@@ -82,6 +83,10 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
         family = BY_TYPE.get(_model_type(inner))
         convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
         for chosen in (_named(linear, family) if isinstance(family, list) else [],
+                       # a transformers family PEFT's table lacks (ViT), or whose layers
+                       # transformers 5 renamed in memory (attention.query -> q_proj)
+                       _named(linear, ["q_proj", "v_proj"]) if _model_type(inner) else [],
+                       _named(linear, ["query", "value"]) if _model_type(inner) else [],
                        [n for n in linear if n.rpartition(".")[2] == "qkv"], linear, convs):
             if chosen:
                 return chosen
