@@ -159,18 +159,9 @@ def test_a_folder_that_is_not_a_classifier_is_one_line(tmp_path):
 
 def test_a_missing_library_names_the_extra(monkeypatch):
     """Without transformers installed, one line says which extra to install."""
-    import importlib
-
     from goodfit_cli.io import hf
 
-    real = importlib.import_module
-
-    def fake(name, *a, **k):
-        if name == "transformers":
-            raise ImportError(name)
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(importlib, "import_module", fake)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` fails
     with pytest.raises(UserError, match=r"needs the transformers library: pip install 'goodfit\[hf\]'"):
         hf.library("transformers", "x")
 
