@@ -77,9 +77,10 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
               if n and _mergeable(m) and not any(n == h or n.startswith(h + ".") for h in heads)}
     linear = [n for n, m in layers.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     if targets == "auto":
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as BY_TYPE
+        from peft.utils import constants
 
-        family = BY_TYPE.get(_model_type(inner))
+        family = constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+            _model_type(inner))
         convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
         for chosen in (_named(linear, family) if isinstance(family, list) else [],
                        [n for n in linear if n.rpartition(".")[2] == "qkv"], linear, convs):
