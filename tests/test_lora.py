@@ -6,6 +6,7 @@ through the CLI with replay, an EMA and a gate."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,14 @@ def test_targets_name_layers_and_a_wrong_name_is_one_located_line():
         build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0], ft)
     assert str(e.value).startswith("finetune.arm_args.lora:adamw.targets: 'quary' names no "
                                    "layer outside the head"), str(e.value)
+
+
+def test_without_peft_the_arm_stops_with_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    with pytest.raises(UserError, match=r"^arm lora needs PEFT: pip install 'goodfit\[lora\]'$"):
+        Lora().trainable(build_model("mlp", {"in_features": 2, "out_features": 1}))
+    with pytest.raises(ArgError, match="expected auto, linear, all or module names"):
+        layers_to_adapt(build_model("mlp", {"in_features": 2, "out_features": 1}), " , ")
 
 
 def test_the_arm_is_declared_listed_and_its_knobs_checked():

@@ -95,6 +95,8 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
                            "outside its head; try 'auto' or 'all'")
         return chosen
     wanted = [w.strip() for w in targets.split(",") if w.strip()]
+    if not wanted:
+        raise ArgError("targets", f"{targets!r}: expected auto, linear, all or module names a,b")
     for w in wanted:
         if not _named(list(layers), [w]):
             some = ", ".join(list(layers)[:6]) or "none"
