@@ -57,14 +57,13 @@ QUICK = ["data.args.n_train=2000", "data.args.n_test=500", "model.args.hidden=[6
          "finetune.scheduler.args.decay_epochs=10", "pretrain.scheduler.args.decay_epochs=50"]
 
 
-def rows(recipe_lr: float) -> list[tuple[str, str, list[str]]]:
+def rows() -> list[tuple[str, str, list[str]]]:
     """(row key, arm, overrides) of every fine-tune of one seed."""
-    out = [("full_rmsprop", "rmsprop", []),
+    return [("full_rmsprop", "rmsprop", []),
            *((f"full_adamw_lr{lr:g}", "adamw", [f"finetune.optimizer.lr={lr}"]) for lr in FULL_LRS),
            ("head_only", "head_only", []), ("goodfit", "goodfit", []),
            *((f"lora_adamw_lr{lr:g}", "lora:adamw", [f"finetune.optimizer.lr={lr}"])
              for lr in LORA_LRS)]
-    return out
 
 
 def label(key: str, recipe_lr: float, ratio: float) -> str:
@@ -130,7 +129,7 @@ def curve_old_at(curve: list[tuple[float, float]], new: float) -> float | None:
 
 def table(per_seed: dict[int, dict], settings: dict) -> str:
     seeds = sorted(per_seed)
-    keys = ["base", *(k for k, _, _ in rows(settings["lr"]))]
+    keys = ["base", *(k for k, _, _ in rows())]
     lines = ["| row | old MSE | new MSE | full AdamW at equal new MSE: old MSE | below the "
              "full-FT curve (seeds) | on the front (seeds) |", "|---|---:|---:|---:|---:|---:|"]
     for key in keys:
@@ -201,7 +200,7 @@ def main() -> None:
     for seed in range(seeds):
         runs = Runs(work, over, seed, say)
         runs.pretrain()
-        res = {key: runs.finetune(key, arm, extra) for key, arm, extra in rows(settings["lr"])}
+        res = {key: runs.finetune(key, arm, extra) for key, arm, extra in rows()}
         res["base"] = runs.base_metrics()
         per_seed[seed] = res
         say(f"seed {seed} done: " + ", ".join(f"{k} {v['old']:.3g}/{v['new']:.3g}"

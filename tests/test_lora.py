@@ -6,6 +6,7 @@ through the CLI with replay, an EMA and a gate."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,7 @@ def test_timm_resnet_adapts_its_convs_and_keeps_the_fc_head_trainable():
     fresh = timm.create_model("test_resnet", num_classes=3)
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     assert layers_to_adapt(model, "auto") == convs and len(convs) > 5
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 16, 16)
     base, merged = check_round_trip(model, fresh, x, rank=2)
     bn = next(k for k in base if k.endswith("bn1.weight"))
     assert torch.equal(merged[bn], base[bn]) and not torch.equal(merged["fc.weight"],
@@ -126,13 +127,13 @@ def test_timm_vit_adapts_attention_qkv_only():
     import timm
 
     torch.manual_seed(0)
-    model = timm.create_model("test_vit", num_classes=3)
+    model = timm.create_model("test_vit", num_classes=3, img_size=32)
     model.goodfit_head_prefixes = ["head."]
     chosen = layers_to_adapt(model, "auto")
     assert chosen and all(n.endswith("attn.qkv") for n in chosen)
     assert "head" not in layers_to_adapt(model, "linear")
-    fresh = timm.create_model("test_vit", num_classes=3)
-    check_round_trip(model, fresh, torch.randn(2, 3, *model.default_cfg["input_size"][1:]))
+    fresh = timm.create_model("test_vit", num_classes=3, img_size=32)
+    check_round_trip(model, fresh, torch.randn(2, 3, 32, 32))
 
 
 def tiny_bert():
@@ -176,6 +177,14 @@ def test_targets_name_layers_and_a_wrong_name_is_one_located_line():
         build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0], ft)
     assert str(e.value).startswith("finetune.arm_args.lora:adamw.targets: 'quary' names no "
                                    "layer outside the head"), str(e.value)
+
+
+def test_without_peft_the_arm_stops_with_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+    with pytest.raises(UserError, match=r"^arm lora needs PEFT: pip install 'goodfit\[lora\]'$"):
+        Lora().trainable(build_model("mlp", {"in_features": 2, "out_features": 1}))
+    with pytest.raises(ArgError, match="expected auto, linear, all or module names"):
+        layers_to_adapt(build_model("mlp", {"in_features": 2, "out_features": 1}), " , ")
 
 
 def test_the_arm_is_declared_listed_and_its_knobs_checked():

@@ -194,7 +194,7 @@ def test_a_plugin_arm_runs_through_finetune_and_search(site, base):
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{site / 's' / 'study.db'}")
     choices = study.trials[0].distributions["arm"].choices
     assert list(choices) == ["plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal",
-                             "ewc", "shrink"]
+                             "ewc", "lora", "shrink"]
 
 
 def test_a_plugin_metric_works_in_a_recipe_the_report_and_a_gate(site, base):

@@ -78,9 +78,10 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
               if n and _mergeable(m) and not any(n == h or n.startswith(h + ".") for h in heads)}
     linear = [n for n, m in layers.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     if targets == "auto":
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as BY_TYPE
+        from peft.utils import constants
 
-        family = BY_TYPE.get(_model_type(inner))
+        family = constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(
+            _model_type(inner))
         convs = [n for n, m in layers.items() if isinstance(m, nn.Conv2d)]
         for chosen in (_named(linear, family) if isinstance(family, list) else [],
                        # a transformers family PEFT's table lacks (ViT), or whose layers
@@ -99,6 +100,8 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
                            "outside its head; try 'auto' or 'all'")
         return chosen
     wanted = [w.strip() for w in targets.split(",") if w.strip()]
+    if not wanted:
+        raise ArgError("targets", f"{targets!r}: expected auto, linear, all or module names a,b")
     for w in wanted:
         if not _named(list(layers), [w]):
             some = ", ".join(list(layers)[:6]) or "none"
