@@ -50,7 +50,7 @@ LOSSES = ("mse", "cross_entropy", "gmlc", "motion")
 
 # ---------------------------------------------------------------------------------------------
 # the validated recipe: each section a dataclass whose `key` fields are its keys (checker,
-# default, help), from which its checks derive (`section_of`); stages.py holds the stages'
+# default, help), from which its checks derive (`section_of`); the stages are in stages.py
 
 
 def run_name(v: Any, ctx: Ctx) -> str:
