@@ -232,9 +232,9 @@ def pick(metrics: dict, prim: dict[str, str]) -> tuple:
 def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bool:
     """Whether `point` (old, new) is better than the base's on the new task (True when the
     base's is unknown)."""
-    if base is None or base[1] is None or point[1] is None:
-        return base is None or base[1] is None
-    return dirs[1] * (point[1] - base[1]) > 0
+    if base is None or base[1] is None:
+        return True
+    return point[1] is not None and dirs[1] * (point[1] - base[1]) > 0
 
 
 def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
