@@ -123,6 +123,18 @@ def study_compute(run: Path, steps: int, one_ft_s: float) -> dict[str, float]:
             "wall": wall / one_ft_s}
 
 
+def rejudge(run: Path, max_old_drop: float) -> tuple[float, float]:
+    """The test (old, new) of the trial the study would recommend under another gate on the old
+    accuracy, from its stored validation results (the search's rule: best new accuracy on
+    validation within the gate, old breaks ties). Each trial's WiSE-FT α stays the one chosen
+    under the study's own gate."""
+    rep = json.loads((run / "report.json").read_text())
+    floor = rep["base_point"]["old"] - max_old_drop
+    ok = [t for t in rep["trials"] if t["state"] == "COMPLETE" and t["old"] >= floor]
+    best = max(ok, key=lambda t: (t["new"], t["old"]))
+    return best["test_old"], best["test_new"]
+
+
 def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
     d = a.out / f"seed{seed}"
     data = d / "data"
@@ -188,6 +200,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--max-old-drop", type=float, default=0.02)
     ap.add_argument("--out", type=Path, default=Path("runs/digits-evidence"))
+    ap.add_argument("--rejudge", type=float, nargs="*", default=[],
+                    help="also judge the finished studies with these --max-old-drop gates")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -210,6 +224,12 @@ def main() -> None:
     for s in a.seeds:
         print(f"| {s} | " + "; ".join(f"{n} {x['old']:.3f} / {x['new']:.3f}"
                                        for n, x in per_seed[s].items() if "old" in x) + " |")
+    for g in a.rejudge:
+        for label, folder in (("replay searched", "search"), ("no replay", "search-noreplay")):
+            got = [rejudge(a.out / f"seed{s}" / folder, g) for s in a.seeds]
+            print(f"\nRe-judged with --max-old-drop {g:g}, {label}: old "
+                  f"{mean_se([o for o, _ in got])}, new {mean_se([n for _, n in got])} (per seed: "
+                  + ", ".join(f"{o:.3f} / {n:.3f}" for o, n in got) + ")")
     print("\nTargets (means over the seeds, test):")
     for label, (old, new) in TARGETS.items():
         got = means.get(f"recommendation, {label}")
