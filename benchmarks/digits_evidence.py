@@ -110,15 +110,19 @@ def best_wise(rep: dict, max_old_drop: float) -> dict:
 
 def study_compute(run: Path, steps: int, one_ft_s: float) -> dict[str, float]:
     """The study's compute in fine-tunes, from its own records: `batches`, the training batches
-    of its trials (each arm's summary.json) over one arm's `steps`; `with_defaults`, the same
+    of its trials (report.json's `batches`: a pruned trial's up to where it stopped; a study
+    from before pruning: each arm's summary.json) over one arm's `steps`; `with_defaults`, the same
     plus the recipe's default arms it runs; `wall`, the study's wall time (report.json) over
     `one_ft_s`, one arm's share of the seed's `goodfit finetune` (training, WiSE-FT curve,
     report)."""
     def batches(folder: Path) -> float:
         return sum(json.loads(p.read_text()).get("batches", 0)
                    for p in folder.glob("*/summary.json"))
-    trials = sum(batches(t) for t in (run / "trials").glob("trial-*"))
-    wall = json.loads((run / "report.json").read_text())["wall_s"]
+    rep = json.loads((run / "report.json").read_text())
+    trials = rep.get("batches")
+    if trials is None:
+        trials = sum(batches(t) for t in (run / "trials").glob("trial-*"))
+    wall = rep["wall_s"]
     return {"batches": trials / steps, "with_defaults": (trials + batches(run / "defaults")) / steps,
             "wall": wall / one_ft_s}
 
@@ -169,7 +173,8 @@ def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
     for label, flag in (("replay searched", []), ("no replay", ["--no-replay"])):
         run = d / ("search" if not flag else "search-noreplay")
         done = run / "report.json"
-        if not done.exists() or json.loads(done.read_text())["complete"] < a.trials:
+        counted = json.loads(done.read_text()) if done.exists() else {}
+        if counted.get("complete", 0) + counted.get("pruned", 0) < a.trials:  # pruned: counted
             goodfit("search", "--base", base, "--recipe", RECIPE, "--trials", a.trials, "--out", run,
                     "--seed", seed, "--max-old-drop", a.max_old_drop, *flag, *dd, *over)
         rep = json.loads((run / "report.json").read_text())
