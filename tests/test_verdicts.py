@@ -420,14 +420,19 @@ def test_search_checks_out_before_creating_it(tab, tmp_path, where):
 
 def test_search_with_a_hub_folder_base(tab, tmp_path):
     """`search --base DIR` (a model folder): the study's identity is the weights' sha256, the
-    trial runs and the recommendation is exported (before: IsADirectoryError, exit 1)."""
+    trial runs and a recommendation, when there is one, is exported (before: IsADirectoryError,
+    exit 1)."""
     hub = tmp_path / "hub"
     hub.mkdir()
     shutil.copy(tab / "base" / "model.safetensors", hub / "model.safetensors")
     res = invoke("search", "--base", hub, "--recipe", tab / "tab.yaml", "--trials", "1",
                  "--no-defaults", "--out", tmp_path / "s")
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "s" / "recommended" / "model.safetensors").is_file()
+    rep = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert rep["complete"] == 1 and Path(rep["trials"][0]["checkpoint"]).is_file()
+    # a trial that does not gain on the new task is never recommended (the arm drawn may not)
+    exported = (tmp_path / "s" / "recommended" / "model.safetensors").is_file()
+    assert exported == (rep["recommendation"] is not None)
 
 
 # ---------------------------------------------------------------------------------------------
