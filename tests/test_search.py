@@ -267,7 +267,7 @@ def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
     the gate wins, the old task breaking ties; never the base's own point (α = 0); the arm
     itself (α = 1) when no point passes."""
     from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.workflows.search import best_alpha
+    from goodfit_cli.report.trials import best_alpha
 
     def m(o, n):
         return {"old": {"accuracy": o}, "new": {"accuracy": n}}
@@ -319,7 +319,7 @@ def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():
     new task is still at the base's 0; those are not candidates, so the trial is the arm
     (which fails the gate) instead of a 'feasible' copy of the base."""
     from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.workflows.search import best_alpha
+    from goodfit_cli.report.trials import best_alpha
 
     def m(o, n):
         return {"old": {"accuracy": o}, "new": {"accuracy": n}}

@@ -9,7 +9,7 @@ recipe's own `max_samples` is kept; `--no-replay`: none) and, when the new task'
 cross_entropy, its class balance for a long-tailed new task (`new_task.args.balance`: none,
 reweight or logit_adjust; objectives/standard.py). WiSE-FT's α is not drawn: each trial
 evaluates its arm's interpolation curve on validation (evaluations only) and keeps the best α
-the gate allows (workflows/search.py `best_alpha`).
+the gate allows (report/trials.py `best_alpha`).
 
 One name per knob: the study's parameter IS the recipe key the trial's recipe sets
 (`finetune.penalty.ewc`, `finetune.optimizer.lr`), so the trial log, the study, the report and

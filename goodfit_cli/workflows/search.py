@@ -45,8 +45,7 @@ from goodfit_cli.io.atomic import probe_writable, sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import keep_previous
-from goodfit_cli.report.gate import Gate, describe, evaluate_gate
-from goodfit_cli.report.verdict import point_view
+from goodfit_cli.report.gate import Gate, describe
 from goodfit_cli.report.search import (
     Rule,
     dominance_against,
@@ -54,6 +53,7 @@ from goodfit_cli.report.search import (
     recommend,
     write_search_report,
 )
+from goodfit_cli.report.trials import best_alpha, gained, judge, pick
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
@@ -222,49 +222,6 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("metrics", arm["metrics"])
     val = views["val"]["metrics"]  # the objectives: validation, never test
     return val["old"][prim["old"]], val["new"][prim["new"]]
-
-
-def pick(metrics: dict, prim: dict[str, str]) -> tuple:
-    """(old, new): each task's primary metric of {"old": {...}, "new": {...}}."""
-    return (metrics.get("old") or {}).get(prim["old"]), (metrics.get("new") or {}).get(prim["new"])
-
-
-def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bool:
-    """Whether `point` (old, new) is better than the base's on the new task (True when the
-    base's is unknown)."""
-    if base is None or base[1] is None:
-        return True
-    return point[1] is not None and dirs[1] * (point[1] - base[1]) > 0
-
-
-def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
-    """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
-    a candidate, nor any point no better than the base on the new task) with the best new-task
-    primary metric on validation among the points that pass the gate on validation (old task
-    breaks ties, then the larger α); 1.0 (the arm) when none passes. A point α < 1 has no
-    predictions: a flip-rate limit counts it as failing."""
-    arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
-    base = pick(rep["base_val_metrics"], {"old": po, "new": pn})
-    ok = []
-    for w in arm.get("wise") or []:
-        val = w.get("val") or {}
-        pt = ((val.get("old") or {}).get(po), (val.get("new") or {}).get(pn))
-        if (not 0 < w["alpha"] <= 1 or any(v is None for v in pt)
-                or not gained(pt, base, dirs)):
-            continue
-        view = ({"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
-                 "flips": arm["validation"]["flips"]} if w["alpha"] == 1 else
-                point_view(val, rep["base_val_metrics"]))
-        if judge(gate, view, f"WiSE α {w['alpha']:g}")["passed"]:
-            ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
-    return max(ok)[2] if ok else 1.0
-
-
-def judge(gate: Gate | None, view: dict, name: str) -> dict:
-    """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes."""
-    if gate is None:
-        return {"passed": True, "violations": [], "checks": []}
-    return evaluate_gate(gate, {"name": name, **view})
 
 
 def _defaults(job: SearchJob, place: Place, ui: Ui) -> list[str]:
