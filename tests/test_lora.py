@@ -187,6 +187,30 @@ def test_without_peft_the_arm_stops_with_one_line(monkeypatch):
         layers_to_adapt(build_model("mlp", {"in_features": 2, "out_features": 1}), " , ")
 
 
+def test_without_peft_the_search_never_draws_lora(monkeypatch):
+    """A search on a machine without PEFT (`goodfit[search]` only) draws every other arm and
+    never lora (before: its first lora trial ended the study with exit 2; the image's check)."""
+    import optuna
+
+    from goodfit_cli.arms import kinds
+    from goodfit_cli.arms.search import propose
+
+    assert Lora.available()
+    monkeypatch.setitem(sys.modules, "peft", None)
+    assert not Lora.available()
+    recipe = load_recipe(TOY)
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = set()
+    for _ in range(40):
+        trial = study.ask()
+        drawn.add(propose(trial, recipe).arm.split(":")[0])
+        study.tell(trial, [0.0, 0.0])
+    choices = study.trials[0].distributions["arm"].choices
+    assert "lora" not in choices and set(choices) == set(kinds()) - {"lora"}
+    assert not any(a.startswith("lora") for a in drawn)
+
+
 def test_the_arm_is_declared_listed_and_its_knobs_checked():
     rows = {name: desc for name, desc, _ in registry_rows("arms")["arms"]}
     assert "args rank=8, alpha=16.0, dropout=0.0, targets=auto" in rows["lora"]

@@ -131,6 +131,11 @@ class ArmType:
                      for k in self.knobs}
 
     @classmethod
+    def available(cls) -> bool:
+        """Whether the libraries this arm needs are installed (the search draws only those)."""
+        return True
+
+    @classmethod
     def arm_name(cls, optimizer: str, goodfit_main: str | None = None) -> str:
         """The arm's name in a recipe for `optimizer` (what the search proposes)."""
         return optimizer if cls.plain else f"{cls.name}:{optimizer}"

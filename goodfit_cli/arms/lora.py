@@ -146,6 +146,14 @@ class Lora(ArmType):
              "module names a,b", search=Search("lora_targets", choices=("auto", "all"))),
     )
 
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            _peft()
+        except UserError:
+            return False
+        return True
+
     def trainable(self, model: nn.Module) -> None:
         peft = _peft()
         inner = unwrap(model)

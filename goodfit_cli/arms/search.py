@@ -47,7 +47,8 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
     `replay`, the trial replays no old-task samples (a recipe's own `finetune.replay` is off)."""
     ft = recipe.finetune
     opt = ft.optimizer.name
-    kind = trial.suggest_categorical("arm", kinds())
+    # only arms whose libraries are installed (lora without PEFT would end the study)
+    kind = trial.suggest_categorical("arm", [k for k in kinds() if ARMS.get(k).available()])
     knobs = {LR: trial.suggest_float(LR, ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)}
     decl = ARMS.get(kind)
     arm = decl.arm_name(opt, ft.goodfit.main)
