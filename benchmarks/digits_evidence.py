@@ -96,8 +96,8 @@ def best_wise(rep: dict, max_old_drop: float) -> dict:
     for arm in rep["arms"]:
         for w in arm.get("wise") or []:
             val, test = w.get("val") or {}, w.get("test") or w
-            if not 0 < w["alpha"] <= 1 or "old" not in val:
-                continue
+            if not 0 < w["alpha"] <= 1 or "old" not in val or "new" not in test:
+                continue  # since issue 28 the grid is on validation: test at the chosen α only
             vo, vn = val["old"]["accuracy"], val["new"]["accuracy"]
             if vo >= base_old - max_old_drop:
                 pts.append((vn, vo, w["alpha"], arm["name"], test))

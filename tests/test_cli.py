@@ -131,9 +131,13 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
         assert [w["alpha"] for w in wise] == pytest.approx([i / 10 for i in range(11)])
         assert wise[0]["old"]["mse"] == pytest.approx(report["base_metrics"]["old"]["mse"], rel=1e-6)
         assert wise[0]["new"]["mse"] == pytest.approx(report["base_metrics"]["new"]["mse"], rel=1e-6)
-        assert wise[-1]["old"]["mse"] == pytest.approx(arm["metrics"]["old"]["mse"], rel=1e-5)
-        assert wise[-1]["new"]["mse"] == pytest.approx(arm["metrics"]["new"]["mse"], rel=1e-5)
-        assert wise[5]["new"]["mse"] != wise[0]["new"]["mse"]  # the midpoint is a third model
+        for t in ("old", "new"):  # the arm's own measurement
+            assert wise[-1][t]["mse"] == arm["metrics"][t]["mse"]
+            assert wise[-1]["val"][t]["mse"] == arm["validation"]["metrics"][t]["mse"]
+        assert wise[5]["val"]["new"]["mse"] != wise[0]["val"]["new"]["mse"]  # a third model
+        # the grid on validation; test only at α = 0, 1 and the arm's chosen point (if any)
+        tested = [w["alpha"] for w in wise if "new" in w]
+        assert tested[0] == 0 and tested[-1] == 1 and len(tested) <= 3
     res = invoke("eval", "--checkpoint", out / "goodfit" / "model.safetensors", "--recipe",
                  "toy", *TINY)
     assert res.exit_code == 0, res.output

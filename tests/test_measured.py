@@ -210,3 +210,82 @@ def test_entry_points_are_scanned_once_per_group(monkeypatch):
     for _ in range(50):
         assert is_rate("accuracy") and not is_rate("mse")
     assert scans and len(scans) == len(set(scans))
+
+
+def _state_print(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(state.items()):
+        h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_the_wise_grid_is_on_validation_and_only_the_chosen_alpha_on_test(base, monkeypatch,
+                                                                         tmp_path):
+    """The WiSE-FT grid is the choice of α, made on validation: each interior α's weights are
+    evaluated on the validation splits once and on the test splits only when it is the arm's
+    chosen α, the best new-task point on validation that gains over the base and passes the
+    gate there (recomputed here by hand); its test numbers are a fresh measurement's. The test
+    splits see exactly the base (once), each arm's periodic evaluations and its chosen point;
+    α = 1 is the arm's own measurement. Then again under a gate (a ceiling on the old task's
+    mse just below the first choice's): the gate moves the choice, and the test follows it."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.trainer.session import Session
+
+    calls: list[tuple[str, str]] = []
+    original = Session.evaluate
+
+    def counting(self, model, with_predictions=False, split="test"):
+        calls.append((split, fingerprint(model)))
+        return original(self, model, with_predictions, split)
+
+    monkeypatch.setattr(Session, "evaluate", counting)
+    recipe = load("toy", TINY)
+    s = open_session(recipe, Place("cpu"))
+    first = runner.finetune(recipe, base, tmp_path / "ft")
+    chosen = _check_wise(first, calls, None, s, base, tmp_path / "ft")
+    assert chosen, "the toy gains on the new task: a point is chosen"
+    arm, alpha = next(iter(chosen.items()))
+    point = next(w for a in first["arms"] if a["name"] == arm for w in a["wise"]
+                 if w["alpha"] == alpha)
+    limit = point["val"]["old"]["mse"] - 1e-9  # the first choice fails the gate now
+    calls.clear()
+    gated = runner.finetune(recipe, base, tmp_path / "gated",
+                            gate=Gate((Limit("old", "mse", "max", limit),)))
+    again = _check_wise(gated, calls, limit, s, base, tmp_path / "gated")
+    assert again.get(arm) != alpha
+
+
+def _check_wise(report: dict, calls: list, limit: float | None, s, base: Path,
+                out: Path) -> dict[str, float]:
+    """Asserts the grid's evaluations per split and the choice; returns {arm: chosen α}."""
+    base_t, _ = ckpt.load_model(base)
+    base_val = report["base_val_metrics"]
+    model = s.model()
+    tested = [f for split, f in calls if split == "test"]
+    assert tested.count(base_print(base)) == 1
+    chosen_by_arm = {}
+    for arm in report["arms"]:
+        arm_t, _ = ckpt.load_model(out / arm["name"] / "model.safetensors")
+        wise = {round(w["alpha"], 6): w for w in arm["wise"]}
+        summary = json.loads((out / arm["name"] / "summary.json").read_text())
+        assert wise[1.0]["val"] == summary["val_metrics"]  # the arm's own measurement
+        assert {t: wise[1.0][t] for t in ("old", "new")} == summary["metrics"]
+        ok = [(w["val"]["new"]["mse"], w["val"]["old"]["mse"], -a) for a, w in wise.items()
+              if 0 < a < 1 and w["val"]["new"]["mse"] < base_val["new"]["mse"]
+              and (limit is None or w["val"]["old"]["mse"] <= limit)]
+        want = -min(ok)[2] if ok else None
+        assert [a for a, w in wise.items() if w.get("chosen")] == ([want] if ok else [])
+        for a, w in wise.items():
+            if not 0 < a < 1:
+                continue
+            f = _state_print(mix(base_t, arm_t, a))
+            assert calls.count(("val", f)) == 1
+            assert calls.count(("test", f)) == (a == want) == ("new" in w)
+            if a == want:
+                chosen_by_arm[arm["name"]] = w["alpha"]
+                model.load_state_dict(mix(base_t, arm_t, a))
+                assert s.evaluate(model) == {t: w[t] for t in ("old", "new")}
+                assert s.evaluate(model, split="val") == w["val"]
+    # the test splits: the base once, the loop's evaluations (2 per arm), the chosen points
+    assert len(tested) == 1 + 2 * len(report["arms"]) + len(chosen_by_arm)
+    return chosen_by_arm

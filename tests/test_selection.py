@@ -112,11 +112,11 @@ def test_finetune_carves_records_and_reports_both_splits_and_a_verdict(base, tmp
                for t in ("old", "new"))
     v = rep["verdict"]
     assert v["split"] == "val" and [a["name"] for a in v["arms"]] == ["rmsprop", "goodfit"]
-    # the rule, recomputed from the report: best new mse on validation among arms and WiSE
-    # points (all pass a ceiling of 100)
+    # the rule, recomputed from the report: best new mse on validation among arms and the WiSE
+    # points measured on test, each arm's chosen one (all pass a ceiling of 100)
     points = {n: a["validation"]["metrics"]["new"]["mse"] for n, a in arms.items()}
     points.update({f"{n}@wise{w['alpha']:g}": w["val"]["new"]["mse"] for n, a in arms.items()
-                   for w in a["wise"] if 0 < w["alpha"] < 1})
+                   for w in a["wise"] if 0 < w["alpha"] < 1 and w.get("chosen")})
     assert v["ship"]["name"] == min(points, key=points.get)
     md = (out / "report.md").read_text()
     assert "Gate: old mse max 100 (from command-line flags)." in md

@@ -25,6 +25,7 @@ from goodfit_cli.report.sections import (  # verdict: re-exported by the package
     _verdict,
     _verdict_rows,
     _violations,
+    _wise_rows,
     verdict,
 )
 from goodfit_cli.report.svg import line_plot
@@ -64,6 +65,10 @@ def render_markdown(report: dict) -> str:
         out += _md_table(*chosen)
         out += ["", f"Rule: {md_escape(v['rule'])}"] + ([f"Note: {md_escape(v['note'])}."] if v["note"]
                                                     else [])
+    wise = _wise_rows(report)
+    if wise:
+        out += ["", "#### WiSE-FT α (grid on validation; the chosen point also on test)", ""]
+        out += _md_table(*wise)
     stops = _early_stops(report)
     if stops:
         out += ["", "#### Early stopping", ""] + [f"- **{md_escape(n)}**: {md_escape(t)}"
@@ -148,13 +153,34 @@ def _plots(report: dict) -> list[str]:
     if any(a["curve"] for a in report["arms"]):
         plots.append(line_plot(paths, "trade-off path (base → arm)", f"new {pn}", f"old {po}",
                                points=base_pt))
-    wise = [(a["name"], [(w.get("new") or {}).get(pn) for w in a["wise"]],
-             [(w.get("old") or {}).get(po) for w in a["wise"]])
-            for a in report["arms"] if a.get("wise")]
-    if wise:
-        plots.append(line_plot(wise, "WiSE-FT interpolation (α from base to arm)", f"new {pn}",
-                               f"old {po}", points=base_pt))
+    plots += _wise_plot(report, po, pn, base_pt)
     return plots
+
+
+def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[str]:
+    """Each arm's WiSE-FT curve on validation (its grid: where α is chosen), the base's and each
+    arm's chosen point on validation marked; a report made before the grid moved to validation
+    (its points without "val") draws its test curve, as it was."""
+    arms = [a for a in report["arms"] if a.get("wise")]
+    if not arms:
+        return []
+    on_val = all("val" in w for a in arms for w in a["wise"]) and "base_val_metrics" in report
+    split = "val" if on_val else None
+
+    def at(w: dict, task: str, metric: str):
+        return ((w.get(split) if split else w) or {}).get(task, {}).get(metric)
+
+    lines = [(a["name"], [at(w, "new", pn) for w in a["wise"]],
+              [at(w, "old", po) for w in a["wise"]]) for a in arms]
+    if not on_val:
+        return [line_plot(lines, "WiSE-FT interpolation on test (α from base to arm)",
+                          f"new {pn}", f"old {po}", points=base_test)]
+    base = report["base_val_metrics"]
+    points = [("base", base["new"].get(pn), base["old"].get(po))]
+    points += [(f"{a['name']} α {w['alpha']:g} (chosen)", at(w, "new", pn), at(w, "old", po))
+               for a in arms for w in a["wise"] if w.get("chosen")]
+    return [line_plot(lines, "WiSE-FT interpolation on validation (α from base to arm)",
+                      f"new {pn} (val)", f"old {po} (val)", points=points)]
 
 
 def _confusion_html(title: str, conf: dict, limit: int = 30) -> str:
@@ -195,6 +221,10 @@ def render_html(report: dict) -> str:
                   f"<p><b>{_h(_ship_line(report))}</b></p>", _html_table(*chosen),
                   f'<p class="note">Rule: {_h(report["verdict"]["rule"])}'
                   + (f" Note: {_h(note)}." if note else "") + "</p>"]
+    wise = _wise_rows(report)
+    if wise:
+        parts += ["<h2>WiSE-FT α (grid on validation; the chosen point also on test)</h2>",
+                  _html_table(*wise)]
     violations = _violations(report)
     if violations:
         parts.append("<h2>Gate violations</h2><ul>" + "".join(

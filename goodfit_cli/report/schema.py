@@ -39,8 +39,10 @@ _PER_CLASS = {"type": "array", "items": _obj(
 _CURVE_POINT = _obj({}, {"batch": _INT, "main_steps": _INT, "epoch": _NUM_OR_NULL,
                          "old": _METRICS, "new": _METRICS, "train_loss": _NUM_OR_NULL,
                          "lr": _NUM_OR_NULL, "wall_s": _NUM_OR_NULL})
-_WISE = {"type": ["array", "null"],
-         "items": _obj({"alpha": _NUM, "old": _METRICS, "new": _METRICS})}
+_WISE = {"type": ["array", "null"],  # test numbers ("old", "new"): α = 0, 1 and the chosen α
+         "items": _obj({"alpha": _NUM}, {"old": _METRICS, "new": _METRICS,
+                                         "val": _TASK_METRICS,
+                                         "chosen": {"type": "boolean"}})}
 _READOUT = _obj({"metric_new": _STR, "metric_old": _STR, "points": _INT,
                  "values": {"type": "array", "items": _obj({"new": _NUM, "old": _NUM_OR_NULL})}},
                 nullable=True)

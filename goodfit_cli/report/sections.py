@@ -256,6 +256,34 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
     return head, rows
 
 
+def _wise_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
+    """Per arm with a WiSE-FT curve on validation: the α chosen there (the best new-task point
+    that gains over the base and passes the gate; report/trials.py) with its validation and
+    test primaries; the grid's other points are measured on validation only."""
+    arms = [a for a in report["arms"] if a.get("wise") and any("val" in w for w in a["wise"])]
+    if not arms:
+        return None
+    po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
+    head = ["arm", "grid (val)", "chosen α", f"old {po} (val)", f"new {pn} (val)",
+            f"old {po} (test)", f"new {pn} (test)"]
+    rows = []
+    for a in arms:
+        grid = ", ".join(f"{w['alpha']:g}" for w in a["wise"] if 0 < w["alpha"] < 1)
+        w = next((w for w in a["wise"] if w.get("chosen")), None)
+        if w is None:
+            rows.append([(a["name"], ""), (grid, ""), ("none (no interior point gains and "
+                                                       "passes the gate)", "")]
+                        + [(_DASH, "")] * 4)
+            continue
+        val = w.get("val") or {}
+        rows.append([(a["name"], ""), (grid, ""), (f"{w['alpha']:g}", ""),
+                     (fmt_value(po, (val.get("old") or {}).get(po)), ""),
+                     (fmt_value(pn, (val.get("new") or {}).get(pn)), ""),
+                     (fmt_value(po, (w.get("old") or {}).get(po)), ""),
+                     (fmt_value(pn, (w.get("new") or {}).get(pn)), "")])
+    return head, rows
+
+
 def _ship_line(report: dict) -> str | None:
     v = report.get("verdict")
     if not v:

@@ -30,20 +30,35 @@ def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
     breaks ties, then the larger α); 1.0 (the arm) when none passes. A point α < 1 has no
     predictions: a flip-rate limit counts it as failing."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
-    base = pick(rep["base_val_metrics"], {"old": po, "new": pn})
+    view = {"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
+            "flips": arm["validation"]["flips"]}
+    alpha = best_on_validation(gate, arm.get("wise") or [], rep["base_val_metrics"], (po, pn),
+                               dirs, arm_view=view)
+    return 1.0 if alpha is None else alpha
+
+
+def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
+                       prim: tuple[str, str], dirs: tuple[int, int],
+                       arm_view: dict | None = None) -> float | None:
+    """best_alpha's rule on a WiSE-FT curve's validation numbers ({"alpha", "val"} points):
+    the interior points (0 < α < 1), and α = 1 when `arm_view` (the arm's validation view,
+    with its flips) is given; None when no point gains over the base and passes the gate.
+    `goodfit finetune` measures its arms' interior choices on test with this (arm_view None:
+    the arm itself is measured already), so each arm's chosen point has test numbers."""
+    po, pn = prim
+    base = pick(base_val, {"old": po, "new": pn})
     ok = []
-    for w in arm.get("wise") or []:
+    for w in curve:
         val = w.get("val") or {}
         pt = ((val.get("old") or {}).get(po), (val.get("new") or {}).get(pn))
-        if (not 0 < w["alpha"] <= 1 or any(v is None for v in pt)
-                or not gained(pt, base, dirs)):
+        interior = 0 < w["alpha"] < 1
+        if (not (interior or (w["alpha"] == 1 and arm_view is not None))
+                or any(v is None for v in pt) or not gained(pt, base, dirs)):
             continue
-        view = ({"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
-                 "flips": arm["validation"]["flips"]} if w["alpha"] == 1 else
-                point_view(val, rep["base_val_metrics"]))
+        view = point_view(val, base_val) if interior else arm_view
         if judge(gate, view, f"WiSE α {w['alpha']:g}")["passed"]:
             ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
-    return max(ok)[2] if ok else 1.0
+    return max(ok)[2] if ok else None
 
 
 def judge(gate: Gate | None, view: dict, name: str) -> dict:

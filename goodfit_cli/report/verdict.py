@@ -1,9 +1,11 @@
 """The verdict of a finetune or compare report: which candidate is dominated, which one to ship.
 
 Chosen on VALIDATION, confirmed on TEST. The candidates are the report's arms and, for each arm
-with a WiSE-FT curve, its interior points (0 < α < 1: α = 0 is the base, α = 1 the arm). On the
-two primary metrics (old task, new task; each in its own direction), a point dominates another
-when it is at least as good on both and better on one.
+with a WiSE-FT curve, its interior points (0 < α < 1: α = 0 is the base, α = 1 the arm) measured
+on test: `goodfit finetune` evaluates the grid on validation and measures on test only the arm's
+chosen point (report/trials.py `best_on_validation`). On the two primary metrics (old task, new
+task; each in its own direction), a point dominates another when it is at least as good on both
+and better on one.
 
 - For each arm: the arms, WiSE points and the base that dominate it on validation, and whether
   each of them also dominates it on test ("confirmed").
@@ -21,10 +23,11 @@ from typing import Any
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.gate import Gate, evaluate_gate
 
-RULE = ("ship the candidate (an arm, or an interior WiSE-FT point of one) with the best new-task "
-        "{pn} on validation among those that pass the gate on validation (every candidate when "
-        "there is no gate; old-task {po} breaks ties); if none passes, ship nothing and keep the "
-        "base. Test numbers confirm the choice, they never make it.")
+RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
+        "validation) with the best new-task {pn} on validation among those that pass the gate on "
+        "validation (every candidate when there is no gate; old-task {po} breaks ties); if none "
+        "passes, ship nothing and keep the base. Test numbers confirm the choice, they never "
+        "make it.")
 
 
 def directions(report: dict) -> tuple[int, int]:
@@ -74,8 +77,8 @@ def _candidates(report: dict, po: str, pn: str) -> list[dict]:
                     "val": _pair(v["metrics"], po, pn), "test": _pair(a["metrics"], po, pn),
                     "val_view": {"name": a["name"], **v}, "test_view": a})
         for w in a.get("wise") or []:
-            if not 0 < w["alpha"] < 1 or "val" not in w:
-                continue
+            if not 0 < w["alpha"] < 1 or "val" not in w or "new" not in w:
+                continue  # a point measured on validation only: the grid, not a candidate
             name = f"{a['name']}@wise{w['alpha']:g}"
             test = {"old": w.get("old") or {}, "new": w.get("new") or {}}
             out.append({"name": name, "kind": "wise", "arm": a["name"], "alpha": w["alpha"],

@@ -28,8 +28,10 @@ from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
+from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_once
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.trainer.session import (
@@ -239,7 +241,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     # the α = 0 point is the base as loaded: its measurement, when the head was not changed
     at_base = None if loaded.head_changes else (base_metrics, base_val)
     with phases.phase("wise"):
-        wise_curves = ({r.name: wise_curve(s, model, base_state, r.dir, at_base=at_base)
+        wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val, job.gate)
                         for r in results} if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
@@ -266,23 +268,40 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     return report
 
 
+ALPHAS = tuple(i / 10 for i in range(11))  # the WiSE-FT grid: base (0) ... arm (1)
+
+
 @torch.no_grad()
-def wise_curve(s: Session, model: nn.Module, base_state: dict, arm_dir: Path,
-               alphas: tuple[float, ...] = tuple(i / 10 for i in range(11)),
-               at_base: tuple[dict, dict] | None = None) -> list[dict]:
-    """WiSE-FT: evaluate (1−α)·base + α·arm for each α on both tasks (no training), on the
-    test splits (the report's) and the validation splits ("val": what a choice of α reads).
-    Each α is mixed into the model's own tensors in place; `at_base`, the base's (test, val)
-    metrics, stands for α = 0 (whose weights are exactly the base's) instead of evaluating it."""
-    arm_tensors, _ = ckpt.load_model(arm_dir / "model.safetensors")
+def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
+               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None = None,
+               alphas: tuple[float, ...] = ALPHAS) -> list[dict]:
+    """WiSE-FT: (1−α)·base + α·arm for each α (no training). The grid is the choice of α, so
+    it is evaluated on the validation splits ("val") only; the test splits (the report's) are
+    measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
+    that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
+    the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
+    when its weights are exactly the base's; evaluated on validation otherwise). Each α is
+    mixed into the model's own tensors in place."""
+    arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
+    arm_val = arm.summary.get("val_metrics")
     curve = []
     for a in alphas:
         if a == 0 and at_base is not None:
             test, val = (copy.deepcopy(m) for m in at_base)
+            curve.append({"alpha": a, **test, "val": val})
+        elif a == 1 and arm_val is not None:
+            curve.append({"alpha": a, **copy.deepcopy(arm.metrics), "val": copy.deepcopy(arm_val)})
         else:
             mixing.set(a)
-            test, val = s.evaluate(model), s.evaluate(model, split="val")
-        curve.append({"alpha": a, **test, "val": val})
+            curve.append({"alpha": a, "val": s.evaluate(model, split="val")})
+    chosen = best_on_validation(gate, curve, base_val,
+                                (s.recipe.primary["old"], s.recipe.primary["new"]),
+                                (direction(s.recipe.primary["old"]),
+                                 direction(s.recipe.primary["new"])))
+    if chosen is not None:
+        point = next(p for p in curve if p["alpha"] == chosen)
+        mixing.set(chosen)
+        point.update(s.evaluate(model), chosen=True)  # its test numbers, for the report
     model.load_state_dict(base_state)
     return curve
