@@ -39,8 +39,11 @@ def goodfit(*args: object) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def trial_cost(t, eval_samples: int) -> tuple[float, float, int]:
-    """(training, evaluation) sample-forwards of one trial, and its evaluations."""
+def trial_cost(t, eval_samples: int, val_share: float = 1.0) -> tuple[float, float, float]:
+    """(training, evaluation) sample-forwards of one trial, and its evaluations (in units of
+    one evaluation of both splits: a WiSE-FT grid point is measured on validation only, its
+    `val_share` of one; α = 0 and 1 are the base's and the arm's own measurements; the chosen
+    point is measured on test too)."""
     import yaml
 
     d = Path(t.user_attrs["dir"])
@@ -49,7 +52,9 @@ def trial_cost(t, eval_samples: int) -> tuple[float, float, int]:
     evals = 1 + len((arm_dir / "metrics.jsonl").read_text().splitlines())  # base + periodic
     if t.state.name == "COMPLETE":
         rep = json.loads((d / "report.json").read_text())
-        evals += 1 + len(rep["arms"][0].get("wise") or [])  # the final one, the WiSE curve
+        wise = rep["arms"][0].get("wise") or []
+        evals += 1 + sum(val_share if "new" not in w else 1.0  # the final one, the WiSE grid
+                         for w in wise if 0 < w["alpha"] < 1)
         if (d / "wise" / "model.safetensors").exists():
             evals += 2  # the kept point's export measures it and the base
     train = 3 * recipe["finetune"]["batch_size"] * t.user_attrs["batches"]
@@ -77,7 +82,8 @@ def main() -> None:
     trials = [t for t in study.trials if "batches" in t.user_attrs]
     first = json.loads((Path(trials[0].user_attrs["dir"]) / "run.json").read_text())
     eval_samples = sum(v["val"] + v["test"] for v in first["validation"].values())
-    costs = {t.number: trial_cost(t, eval_samples) for t in trials}
+    val_share = sum(v["val"] for v in first["validation"].values()) / eval_samples
+    costs = {t.number: trial_cost(t, eval_samples, val_share) for t in trials}
     done = [t for t in trials if t.state.name == "COMPLETE"]
     full = [t for t in done if not (Path(t.user_attrs["dir"]) / "wise").exists()]
     full = full or done  # one fine-tune: a complete trial, its arm kept (α = 1)
@@ -92,7 +98,7 @@ def main() -> None:
                    for b in sorted({t.user_attrs["batches"] for t in pruned}))
     print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned"
           + (f": {at})" if at else ")"))
-    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {costs[full[0].number][2]} "
+    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {costs[full[0].number][2]:g} "
           f"evaluations of {eval_samples} samples = {one:.0f} sample-forwards")
     print(f"study: training {train:.0f} + evaluation {evaluation:.0f} = {train + evaluation:.0f}"
           f" sample-forwards")
