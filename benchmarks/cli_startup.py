@@ -1,7 +1,9 @@
 """How long `goodfit --help` and `goodfit --version` take to start, against `python -c pass`.
 
 Both commands import no torch (tests/test_architecture.py checks that); this measures what is
-left: Python, Typer, Rich and goodfit's CLI module. Each command runs --reps times, interleaved,
+left: Python, Typer, Rich and goodfit's CLI module. For scale, `import torch` and the imports of
+the commands that read a recipe but train nothing (eval, compare, wise: no torch._dynamo, issue
+28). Each command runs --reps times, interleaved,
 in fresh processes; the table gives medians and the ratio to the bare interpreter.
 
     python benchmarks/cli_startup.py [--reps 15]
@@ -21,6 +23,9 @@ COMMANDS = {
     "goodfit --help": [sys.executable, "-m", "goodfit_cli", "--help"],
     "goodfit --version": [sys.executable, "-m", "goodfit_cli", "--version"],
     "import torch (for scale)": [sys.executable, "-c", "import torch"],
+    "eval/compare/wise imports": [sys.executable, "-c",
+                                  "import goodfit_cli.workflows.evaluate, "
+                                  "goodfit_cli.workflows.compare, goodfit_cli.workflows.wise"],
 }
 
 

@@ -184,6 +184,18 @@ def test_help_and_version_import_no_torch(args):
     assert res.stdout.strip().splitlines()[-1] == "NO-TORCH", res.stdout + res.stderr
 
 
+def test_commands_import_no_dynamo():
+    """torch._dynamo (a third of the import time of a command that reads a recipe, on a CPU) is
+    loaded only when something builds an optimizer (torch's own add_param_group loads it) or
+    compiles: importing the commands' workflows, GoodFit among them, does not load it (GoodFit's
+    step is made compile-disabled at its first call under dynamo: optim/goodfit.py `eager`)."""
+    code = ("import sys\nfrom goodfit_cli.workflows import compare, evaluate, finetune, wise\n"
+            "from goodfit_cli.optim import GoodFit\n"
+            "print('DYNAMO' if 'torch._dynamo' in sys.modules else 'NO-DYNAMO')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.stdout.strip().splitlines()[-1] == "NO-DYNAMO", res.stdout + res.stderr
+
+
 def test_pyproject_lists_every_package():
     """setuptools is given an explicit package list (the recipes live outside goodfit_cli):
     it must name every folder with an __init__.py, and the recipes."""

@@ -22,6 +22,8 @@ between batches (what ``goodfit_cli.integrations`` use for frameworks that call 
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 from collections import OrderedDict, defaultdict
 from typing import Any, Callable, Iterator
 
@@ -33,6 +35,26 @@ from goodfit_cli.optim import functional as kernels
 from goodfit_cli.optim import state as S
 
 ReferenceFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+
+def eager(fn: Callable) -> Callable:
+    """``torch.compiler.disable(fn)``, made at the first call that finds torch._dynamo loaded.
+    Without dynamo nothing can trace `fn`, so it runs as it is. The decorator itself imports
+    dynamo when the class is defined: a third of the import time of every command that reads a
+    recipe (eval, compare, wise), where no optimizer is ever built (building one loads dynamo
+    anyway: torch's add_param_group is dynamo-disabled). Under dynamo the wrapper is traced,
+    finds dynamo loaded and calls the disabled `fn`: a graph break, as with the decorator."""
+    disabled: list[Callable] = []
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if "torch._dynamo" not in sys.modules:
+            return fn(*args, **kwargs)
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+
+    return run
 
 
 class GoodFit(torch.optim.Optimizer):
@@ -63,7 +85,8 @@ class GoodFit(torch.optim.Optimizer):
     Phase mode: call ``step()`` once per batch after ``backward()``. Closure mode:
     ``step(closure)`` runs the rest of the cycle (n_ref + 1 calls of the closure from phase 0) and
     returns the main batch's loss. ``step`` always runs eagerly, also inside ``torch.compile``
-    (it is ``torch.compiler.disable``-d: dynamo loses the phase counter's updates otherwise).
+    (it is ``torch.compiler.disable``-d, see `eager`: dynamo loses the phase counter's updates
+    otherwise).
 
     Note: in the main phase the projected gradient is written into ``p.grad`` before the main step.
     """
@@ -178,7 +201,7 @@ class GoodFit(torch.optim.Optimizer):
                 f"projection={self.projection!r}, main={self.main!r})")
 
     # -- the cycle ----------------------------------------------------------------------------
-    @torch.compiler.disable
+    @eager
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         if self.parked:

@@ -241,8 +241,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     # the α = 0 point is the base as loaded: its measurement, when the head was not changed
     at_base = None if loaded.head_changes else (base_metrics, base_val)
     with phases.phase("wise"):
-        wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val, job.gate)
-                        for r in results} if job.wise else {})
+        wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val,
+                                           job.gate) for r in results} if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
