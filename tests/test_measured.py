@@ -288,4 +288,10 @@ def _check_wise(report: dict, calls: list, limit: float | None, s, base: Path,
                 assert s.evaluate(model, split="val") == w["val"]
     # the test splits: the base once, the loop's evaluations (2 per arm), the chosen points
     assert len(tested) == 1 + 2 * len(report["arms"]) + len(chosen_by_arm)
+    md = (out / "report.md").read_text()  # the report says which split each number is on
+    assert "#### WiSE-FT α (grid on validation; the chosen point also on test)" in md
+    grid = ", ".join(f"{i / 10:g}" for i in range(1, 10))
+    for name, a in chosen_by_arm.items():
+        assert f"| {name} | {grid} | {a:g} |" in md
+    assert "WiSE-FT interpolation on validation" in (out / "report.html").read_text()
     return chosen_by_arm
