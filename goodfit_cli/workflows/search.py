@@ -81,6 +81,7 @@ class SearchJob:
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
     rule: Rule = field(default_factory=Rule)  # how the recommendation is picked
     prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
+    margin: float = 1.0  # the gate on validation: rate limits z standard errors inward
 
 
 def _storage(url: str) -> Any:
@@ -177,11 +178,11 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
     watch = watching(ui.events_for, lambda inner: PruneWatch(
-        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner))
+        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin))
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, Ui(ui.log, watch))
-        alpha = best_alpha(job.gate, rep, dirs)
+        alpha = best_alpha(job.gate, rep, dirs, job.margin)
         trial.set_user_attr("wise_alpha", alpha)
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "
                "gate)")
@@ -210,7 +211,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("views", views)  # what any later gate is judged on
     base_val = pick(rep["base_val_metrics"], prim)
     trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
-    judged = judge(job.gate, views["val"], f"trial {trial.number}")
+    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin)
     gains = gained(pick(views["val"]["metrics"], prim), base_val, dirs)
     # <= 0: passes the gate on validation and gains on the new task
     constraint = [float(len(judged["violations"]) + (not gains))]
@@ -319,7 +320,11 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
         notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
                      "recommendation are re-judged from the stored validation results; the "
                      "sampler's constraint for trials run before keeps the old gate")
+    if study.user_attrs.get("val_margin", job.margin) != job.margin:
+        notes.append(f"the validation margin changed (was {study.user_attrs['val_margin']:g} "
+                     "standard errors): every finished trial is re-judged")
     study.set_user_attr("gate", gate_now)
+    study.set_user_attr("val_margin", job.margin)
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
@@ -341,8 +346,8 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
                           else {}),
                        "test_old": test[0], "test_new": test[1],
-                       "feasible": bool(views) and judge(job.gate, views["val"],
-                                                         f"trial {t.number}")["passed"],
+                       "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
+                                                         f"{t.number}", job.margin)["passed"],
                        "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
                                             ["passed"] if views else None),
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
@@ -354,13 +359,14 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                                     "flips": a["flips"]}
         refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"], prim))),
                      **dict(zip(("test_old", "test_new"), pick(a["metrics"], prim))),
-                     "gate": judge(job.gate, v, a["name"])["passed"] if job.gate else None})
+                     "gate": job.gate and judge(job.gate, v, a["name"], job.margin)["passed"]})
     b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
     base = dict(zip(("old", "new"), pick(b, prim))) if b else None
     rec = recommend(done, dirs, job.rule)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
-           "gate": gate_now, "split": "val", "notes": notes, "trials": trials,
+           "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
+           "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),
            "batches": sum(t["batches"] or 0 for t in trials),
