@@ -338,7 +338,8 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     """Rungs at batches total/9 and total/3; at a rung the watch measures the trial's WiSE-FT
     curve (1 - α)·base + α·now on validation and the trial goes on only among the best 1/3 of
     those that reached it (a new best while fewer than 3 have), by its best point: fewer gate
-    violations, then new. A trial whose raw weights cross the gate (it forgets on the way) but
+    violations, then new, among the points that gain on the new task (ties: the earlier
+    trial). A trial whose raw weights cross the gate (it forgets on the way) but
     whose curve holds a feasible point with more new-task accuracy than a trial that barely
     moved goes on (judged raw, as before, it was pruned); the model's weights and training
     mode are as they were after each measurement. The values live in the study."""
@@ -350,6 +351,7 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert h.keeps((0, 0.5), []) and not h.keeps((0, 0.4), [(0, 0.5)])
     assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
     assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
+    assert not h.keeps((0, 0.0), [(0, 0.0)] * 3) and h.keeps((0, 0.1), [(0, 0.0)] * 3)  # ties
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "metrics.json").write_text(json.dumps(
         {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
@@ -406,6 +408,9 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     # 0.877 passes it no longer, α 0.3 (0.893, new 0.24) does
     run([(1, 1.0, 0.8)], Halving(startup=99), z=1.0)
     assert study.trials[5].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.24])
+    # no point gains on the new task: below every trial with one (1 limit: -2)
+    run([(1, 0.0, 0.0)], Halving(startup=99))
+    assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
 
 
 @pytest.mark.e2e

@@ -14,7 +14,9 @@ A trial's value at a rung is what the search will keep of it at the end, measure
 best point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 0.1 ... 1.0,
 evaluated on the validation splits (evaluations only), each point's value being (minus the
 number of gate limits it violates on validation, with the search's validation margin; its
-new-task primary metric oriented so higher is better), compared as pairs. Judging the raw
+new-task primary metric oriented so higher is better), compared as pairs; only points that
+gain on the new task over the base count (the search keeps no other), a trial with none ranks
+below every trial with one. Judging the raw
 weights instead (α = 1 only, the rule before) dropped slow starters and every trial that
 forgets on the way: on digits without replay the trials that end best (their best feasible
 α 0.5-0.8) cross the gate at every batch of their raw curve, so they ranked below trials that
@@ -65,9 +67,10 @@ class Halving:
 
     def keeps(self, value: tuple, others: list[tuple]) -> bool:
         """Whether a trial with `value` at a rung goes on, `others` the values other trials
-        reached the rung with (higher is better)."""
-        ranked = sorted([*others, value], reverse=True)
-        return value >= ranked[max(len(ranked) // self.eta - 1, 0)]
+        reached the rung with (higher is better): it is among the best 1/eta of them all (at
+        least the best one), a tie going to the trial that reached the rung first (so a run of
+        equal values, hopeless trials at 0, promotes none of the later ones)."""
+        return sum(o >= value for o in others) < max((len(others) + 1) // self.eta, 1)
 
 
 def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,
@@ -161,7 +164,10 @@ class PruneWatch:
                                        self.sizes) for p in points) if v is not None]
         if not values:
             return
-        value = max(values)
+        at_base = self.new_dir * ((base.get("new") or {}).get(self.primary["new"]) or 0.0)
+        gaining = [v for v in values if v[1] > at_base]  # the search keeps no other point
+        worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
+        value = max(gaining) if gaining else (worst, max(values)[1])
         for k in due:
             others = [tuple(t.user_attrs["rungs"][str(k)]) for t in
                       self.trial.study.get_trials(deepcopy=False)
