@@ -396,7 +396,7 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     rungs = study.trials[0].user_attrs["rungs"]
     assert rungs.keys() == {"0", "1"} and rungs["1"] == rungs["0"] == pytest.approx([0.0, 0.3])
     assert measured == [0.0] * 20  # 10 points of the curve at each of the 2 rungs
-    assert Halving().startup == 3
+    assert Halving().startup == 1
     assert run([(1, 0.0, 0.2)]) == 0  # barely moved: worse than the only other one
     # forgets on the way (raw old 0.0 < 0.85: judged raw it ranked below every trial that
     # passes), but α 0.4 keeps old 0.877 with new 0.32: the best point so far, it goes on

@@ -86,7 +86,7 @@ SEARCH_HELP = (
     "Pruning: at a rung (batch total/9 and total/3 with --rungs 2) a trial's WiSE-FT curve "
     "is measured on validation and the trial goes on only if its best point is among the best "
     "third of the trials that reached the rung (fewer gate violations first, then the "
-    "new-task metric; the first 3 trials are never pruned); a pruned trial counts toward --trials "
+    "new-task metric; the first trial is never pruned); a pruned trial counts toward --trials "
     "(--rungs 0: no pruning).\n\n"
     "Margin: a choice on validation is optimistic, so the gate is judged there --val-margin "
     "standard errors inside each limit on an accuracy or flip rate (sqrt(p(1-p)/n) at the "

@@ -7,8 +7,10 @@ batch ceil(total / eta^(rungs - k)), and goes on only if its value there is amon
 fewer than eta have, only a new best goes on). Optuna's own pruners read `trial.report`, which
 multi-objective studies do not have, so the values live in each trial's user attributes
 (`rungs`: {rung: value}) in the study's storage, shared by every worker. The study's first
-`startup` trials are never pruned (they set the rungs' first values and give the front
-complete trials to start from).
+`startup` trials are never pruned (default 1: trial 0 sets the rungs' first values and gives
+the front a complete trial; replaying the six digits studies' stored rung values with 3, the
+two more random draws cost 1.3-1.9 fine-tunes a study and changed no recommendation,
+docs/results.md).
 
 A trial's value at a rung is what the search will keep of it at the end, measured now: the
 best point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 0.1 ... 1.0,
@@ -59,7 +61,7 @@ class Halving:
 
     eta: int = 3
     rungs: int = 2
-    startup: int = 3
+    startup: int = 1  # trial 0 starts the rungs; more cost whole fine-tunes at random
 
     def rung_batches(self, total: int) -> list[int]:
         """The batch each rung starts at, for a trial of `total` batches (ascending)."""
