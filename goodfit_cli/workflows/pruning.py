@@ -101,9 +101,12 @@ class PruneWatch:
 
     def __init__(self, trial: Any, halving: Halving, trial_dir: Path, gate: Gate | None,
                  primary: dict[str, str], new_dir: int, inner: Any = None,
-                 z: float = 0.0) -> None:
+                 z: float = 0.0, protected: bool | None = None) -> None:
         self.trial, self.halving, self.dir, self.gate = trial, halving, trial_dir, gate
         self.primary, self.new_dir, self.inner, self.z = primary, new_dir, inner, z
+        # never pruned: one of the study's first `startup` trials (the search counts only
+        # those that count toward --trials; default: by the trial's number)
+        self.protected = trial.number < halving.startup if protected is None else protected
         self.rungs: list[int] = []
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
@@ -176,8 +179,7 @@ class PruneWatch:
                       if t.number != self.trial.number and str(k) in t.user_attrs.get("rungs", {})]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
-            if self.trial.number >= self.halving.startup and not self.halving.keeps(value,
-                                                                                  others):
+            if not self.protected and not self.halving.keeps(value, others):
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "
                                        f"point is not among the best 1/{self.halving.eta} of "
                                        f"the {len(others) + 1} trials that reached it")

@@ -1,13 +1,12 @@
 """`goodfit search`: find the update that breaks the least, with Optuna.
 
-A multi-objective study (old task's and new task's primary metrics, each in its own direction)
-over arms and their knobs (arms/search.py, from each arm's declaration), with the gate as a constraint (a trial's
-number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
-RUN/trials/trial-NNNN with its arm's WiSE-FT curve; the best α the gate allows on validation
-is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The
-study lives in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
-any machines, run the same command with the same storage and share one study; a re-run
-continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
+A multi-objective study (each task's primary metric, in its own direction) over arms and their
+knobs (arms/search.py, from each arm's declaration), the gate a constraint (a trial's number of
+violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with
+its arm's WiSE-FT curve; the best α the gate allows on validation is the trial's candidate
+(RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The study lives in RUN/study.db
+(SQLite) unless `storage` names another database: any number of workers, on any machines, run
+the same command with the same storage and share one study; a re-run continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
 and exports the recommendation (by `--rule`, among the trials that pass the gate and gain on
 the new task) to RUN/recommended/model.safetensors with its provenance.
 
@@ -163,7 +162,8 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
-    if sum(t.number < trial.number for t in _counted(trial.study)) >= job.trials:  # by others
+    before = sum(t.number < trial.number for t in _counted(trial.study))  # counted trials
+    if before >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
@@ -178,7 +178,8 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
     watch = watching(ui.events_for, lambda inner: PruneWatch(
-        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin))
+        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin,
+        protected=before < job.prune.startup))  # an interrupted trial is not the startup
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, Ui(ui.log, watch))
