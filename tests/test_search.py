@@ -71,9 +71,10 @@ def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
            "metrics": ["mse", "mse"], "gate": "flags", "notes": [], "trials": trials,
            "complete": 3, "front": pareto_front([t for t in trials if t["feasible"]], dirs),
            "defaults": refs, "base_point": {"old": 0.44, "new": 0.98}, "recommendation": rec,
-           "against_defaults": dominance_against(rec, refs, dirs)}
+           "against_defaults": dominance_against(rec, refs, dirs), "val_margin": 1.0}
     write_search_report(rep, tmp_path, [])
     md = (tmp_path / "report.md").read_text()
+    assert "gate: flags, on validation 1 standard error(s) inside each limit on a rate" in md
     assert "- against rmsprop: trade-off (rmsprop fails the gate)" in md
     assert "- against goodfit: dominates" in md  # 0.46 < 0.47 and 0.55 < 0.60
     assert "| base (no fine-tune) | 0.44 | 0.98 | - |" in md
