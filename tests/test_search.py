@@ -71,9 +71,10 @@ def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
            "metrics": ["mse", "mse"], "gate": "flags", "notes": [], "trials": trials,
            "complete": 3, "front": pareto_front([t for t in trials if t["feasible"]], dirs),
            "defaults": refs, "base_point": {"old": 0.44, "new": 0.98}, "recommendation": rec,
-           "against_defaults": dominance_against(rec, refs, dirs)}
+           "against_defaults": dominance_against(rec, refs, dirs), "val_margin": 1.0}
     write_search_report(rep, tmp_path, [])
     md = (tmp_path / "report.md").read_text()
+    assert "gate: flags, on validation 1 standard error(s) inside each limit on a rate" in md
     assert "- against rmsprop: trade-off (rmsprop fails the gate)" in md
     assert "- against goodfit: dominates" in md  # 0.46 < 0.47 and 0.55 < 0.60
     assert "| base (no fine-tune) | 0.44 | 0.98 | - |" in md
@@ -334,10 +335,15 @@ def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():
     assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.80),)), rep, (1, 1)) == 0.3
 
 
-def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_path):
-    """Rungs at total/9 and total/3 (first evaluation at or after); at a rung a trial goes on
-    only among the best 1/3 of those that reached it (a new best while fewer than 3 have);
-    fewer gate violations rank first. The values live in the study (user attributes)."""
+def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_path):
+    """Rungs at batches total/9 and total/3; at a rung the watch measures the trial's WiSE-FT
+    curve (1 - α)·base + α·now on validation and the trial goes on only among the best 1/3 of
+    those that reached it (a new best while fewer than 3 have), by its best point: fewer gate
+    violations, then new, among the points that gain on the new task (ties: the earlier
+    trial). A trial whose raw weights cross the gate (it forgets on the way) but
+    whose curve holds a feasible point with more new-task accuracy than a trial that barely
+    moved goes on (judged raw, as before, it was pruned); the model's weights and training
+    mode are as they were after each measurement. The values live in the study."""
     from goodfit_cli.report.gate import Gate, Limit
     from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
 
@@ -346,21 +352,40 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
     assert h.keeps((0, 0.5), []) and not h.keeps((0, 0.4), [(0, 0.5)])
     assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
     assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
+    assert not h.keeps((0, 0.0), [(0, 0.0)] * 3) and h.keeps((0, 0.1), [(0, 0.0)] * 3)  # ties
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "metrics.json").write_text(json.dumps(
         {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
     gate = Gate((Limit("old", "accuracy", "min", 0.85),))
     study = optuna.create_study(directions=["maximize", "maximize"])
+    model = torch.nn.Linear(2, 1, bias=False)  # weight [forget, learn]; the base: [0, 0]
+    measured = []
 
-    def run(evals: list[tuple[int, float, float]], halving: Halving = h) -> int | None:
+    def evaluate(m):  # old falls with forget^4: the curve keeps it longer than the raw point
+        m.eval()  # as the task runners do
+        f, g = m.weight.detach()[0].tolist()
+        measured.append(f)
+        return {"old": {"accuracy": 0.9 - 0.9 * f ** 4}, "new": {"accuracy": min(g, 1.0)}}
+
+    def run(path: list[tuple[int, float, float]], halving: Halving = h, z: float = 0.0,
+            n: int = 100) -> int | None:
         trial = study.ask()
+        with torch.no_grad():
+            model.weight.zero_()
         watch = PruneWatch(trial, halving, tmp_path, gate, {"old": "accuracy",
-                                                            "new": "accuracy"}, 1)
+                                                            "new": "accuracy"}, 1, z=z)
+        watch.bind(model, evaluate, {"old": n, "new": n})
         watch.on_start(90, 0)
+        model.train()
         try:
-            for batch, old, new in evals:
-                watch.on_evaluation({"batch": batch, "val": {"old": {"accuracy": old},
-                                                              "new": {"accuracy": new}}})
+            for batch in range(1, 91):
+                for b, f, g in path:
+                    if b == batch:
+                        with torch.no_grad():
+                            model.weight.copy_(torch.tensor([[f, g]]))
+                watch.on_batch(batch)
+                assert model.training and model.weight[0].tolist() == pytest.approx(
+                    [w for b, *w in path if b <= batch][-1])
         except Pruned as e:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             assert study.trials[trial.number].user_attrs["batches"] == e.batch
@@ -368,19 +393,31 @@ def test_successive_halving_prunes_gate_aware_from_the_studys_shared_rungs(tmp_p
         study.tell(trial, [0.0, 0.0])
         return None
 
-    assert run([(5, 0.9, 0.1), (10, 0.9, 0.4), (30, 0.9, 0.6), (90, 0.9, 0.7)]) is None
-    assert Halving().startup == 3
-    assert run([(10, 0.9, 0.3)]) == 0  # worse than the only other one at rung 0
-    assert run([(10, 0.8, 0.9)]) == 0  # learns more, but crosses the gate (0.8 < 0.85)
-    assert run([(12, 0.9, 0.5), (30, 0.9, 0.5)]) == 1  # rung 0 reached at batch 12; 2nd at 1
-    assert study.trials[3].user_attrs["rungs"] == {"0": [0.0, 0.5], "1": [0.0, 0.5]}
-    assert run([(10, 0.9, 0.0), (90, 0.9, 0.0)], Halving(startup=5)) is None  # trial 4 < 5
+    assert run([(1, 0.0, 0.3)]) is None  # trial 0: rung values (0, 0.3) at 10 and 30
+    rungs = study.trials[0].user_attrs["rungs"]
+    assert rungs.keys() == {"0", "1"} and rungs["1"] == rungs["0"] == pytest.approx([0.0, 0.3])
+    assert measured == [0.0] * 20  # 10 points of the curve at each of the 2 rungs
+    assert Halving().startup == 1
+    assert run([(1, 0.0, 0.2)]) == 0  # barely moved: worse than the only other one
+    # forgets on the way (raw old 0.0 < 0.85: judged raw it ranked below every trial that
+    # passes), but α 0.4 keeps old 0.877 with new 0.32: the best point so far, it goes on
+    assert run([(1, 1.0, 0.8)]) is None
+    assert study.trials[2].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.32])
+    assert run([(1, 0.0, 0.35), (20, 0.0, 0.1)]) == 1  # the best at rung 0, the worst at 1
+    assert run([(1, 0.0, 0.0)], Halving(startup=5)) is None  # trial 4 < 5: never pruned
+    # the margin: on 100 validation samples the 0.85 floor reads 0.85 + 0.0357; α 0.4's old
+    # 0.877 passes it no longer, α 0.3 (0.893, new 0.24) does
+    run([(1, 1.0, 0.8)], Halving(startup=99), z=1.0)
+    assert study.trials[5].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.24])
+    # no point gains on the new task: below every trial with one (1 limit: -2)
+    run([(1, 0.0, 0.0)], Halving(startup=99))
+    assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
 
 
 @pytest.mark.e2e
 def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, tmp_path):
-    """Evaluations every 2 of 12 batches: rungs at batches 2 and 4. A pruned trial stops
-    there (its metrics.jsonl ends at that batch), counts toward --trials, and its batches are
+    """Rungs at batches 2 and 4 of 12. A pruned trial stops there (its metrics.jsonl ends
+    before that batch), counts toward --trials, and its batches are
     in the report's compute; the log, the study, the report and each trial's recipe.yaml name
     every knob by its recipe key."""
     import yaml
@@ -396,14 +433,14 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
     rep = json.loads((out / "report.json").read_text())
     assert rep["rule"] == "knee" and rep["pruned"] == states.count("PRUNED")
     for t in study.trials:
+        log = Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"]) / "metrics.jsonl"
         batches = [json.loads(line)["batch"] for line in
-                   (Path(t.user_attrs["dir"]) / arm_dirname(t.user_attrs["arm"]) /
-                    "metrics.jsonl").read_text().splitlines()]
-        assert t.user_attrs["batches"] == batches[-1]
-        if t.state.name == "PRUNED":
-            assert batches[-1] in (2, 4) and "pruned at batch" in t.user_attrs["pruned"]
+                   (log.read_text().splitlines() if log.exists() else [])]
+        if t.state.name == "PRUNED":  # at the rung's batch, before that batch's evaluation
+            assert t.user_attrs["batches"] in (2, 4) and "pruned at batch" in t.user_attrs["pruned"]
+            assert all(b < t.user_attrs["batches"] for b in batches)
         else:
-            assert batches[-1] == 12
+            assert batches[-1] == 12 == t.user_attrs["batches"]
         recipe = yaml.safe_load((Path(t.user_attrs["dir"]) / "recipe.yaml").read_text())
         for key, value in t.params.items():  # the study's name is the trial recipe's key
             if key != "arm":

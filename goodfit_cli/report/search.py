@@ -229,7 +229,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
               f"{len(rep['trials'])} trials ({rep['complete']} complete, "
               f"{rep.get('pruned', 0)} pruned early; {rep.get('batches', 0)} training batches in "
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
-              f"{rep['gate'] or 'none (every trial is feasible)'}; rule: "
+              f"{rep['gate'] or 'none (every trial is feasible)'}"
+              f"{_margin(rep.get('val_margin'))}; rule: "
               f"{rep.get('rule', 'new')}.",
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
               "splits; the test numbers beside them are for the report only."]
@@ -330,3 +331,9 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     linear, log = pareto_svg(*args, log=False), pareto_svg(*args)
     html = render_html(rep, linear + (log if log != linear else ""))  # log: when it differs
     atomic_write(out / "report.html", html)
+
+
+def _margin(z: float | None) -> str:
+    """How the gate is read on validation (report/margin.py), for the report's header."""
+    return (f", on validation {z:g} standard error(s) inside each limit on a rate" if z else
+            "")

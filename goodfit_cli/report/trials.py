@@ -7,6 +7,7 @@ another gate (workflows/search.py) needs no retraining.
 from __future__ import annotations
 
 from goodfit_cli.report.gate import Gate, evaluate_gate
+from goodfit_cli.report.margin import sizes, tightened
 from goodfit_cli.report.verdict import point_view
 
 
@@ -23,23 +24,25 @@ def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bo
     return point[1] is not None and dirs[1] * (point[1] - base[1]) > 0
 
 
-def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int]) -> float:
+def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0.0) -> float:
     """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
     a candidate, nor any point no better than the base on the new task) with the best new-task
     primary metric on validation among the points that pass the gate on validation (old task
     breaks ties, then the larger α); 1.0 (the arm) when none passes. A point α < 1 has no
-    predictions: a flip-rate limit counts it as failing."""
+    predictions: a flip-rate limit counts it as failing. `z`: the validation margin
+    (report/margin.py), the sample counts from the arm's validation flips."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
     view = {"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
             "flips": arm["validation"]["flips"]}
     alpha = best_on_validation(gate, arm.get("wise") or [], rep["base_val_metrics"], (po, pn),
-                               dirs, arm_view=view)
+                               dirs, arm_view=view, z=z, n=sizes(arm["validation"]))
     return 1.0 if alpha is None else alpha
 
 
 def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
                        prim: tuple[str, str], dirs: tuple[int, int],
-                       arm_view: dict | None = None) -> float | None:
+                       arm_view: dict | None = None, z: float = 0.0,
+                       n: dict[str, int] | None = None) -> float | None:
     """best_alpha's rule on a WiSE-FT curve's validation numbers ({"alpha", "val"} points):
     the interior points (0 < α < 1), and α = 1 when `arm_view` (the arm's validation view,
     with its flips) is given; None when no point gains over the base and passes the gate.
@@ -56,13 +59,16 @@ def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
                 or any(v is None for v in pt) or not gained(pt, base, dirs)):
             continue
         view = point_view(val, base_val) if interior else arm_view
-        if judge(gate, view, f"WiSE α {w['alpha']:g}")["passed"]:
+        if judge(gate, view, f"WiSE α {w['alpha']:g}", z, n)["passed"]:
             ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
     return max(ok)[2] if ok else None
 
 
-def judge(gate: Gate | None, view: dict, name: str) -> dict:
-    """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes."""
+def judge(gate: Gate | None, view: dict, name: str, z: float = 0.0,
+          n: dict[str, int] | None = None) -> dict:
+    """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes.
+    `z` > 0: each limit on a rate metric moved inward by z standard errors of the view's
+    sample counts (`n`, default its flips'; report/margin.py), for a view a choice reads."""
     if gate is None:
         return {"passed": True, "violations": [], "checks": []}
-    return evaluate_gate(gate, {"name": name, **view})
+    return evaluate_gate(tightened(gate, view, z, n), {"name": name, **view})

@@ -80,6 +80,10 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     built = arm_training(arm, job.stage, job.task, arm_context(s, job, model, optimizer, total),
                          lambda: old_task(s), s.recipe.source)  # at the base, before resuming
     loss, arm_callbacks = built.loss, list(built.callbacks)
+    watch = ui.events(arm.name) if main_rank else None
+    if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
+        watch.bind(model, lambda m: s.evaluate(m, split="val"),
+                   {t: len(s.tasks[t].val.y) for t in ("old", "new")})
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)
@@ -112,7 +116,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     if saved is not None:
         load_states(callbacks, saved_callbacks(saved))
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks)
-    events = Recording(hooks, ui.events(arm.name) if main_rank else None)
+    events = Recording(hooks, watch)
     try:
         st = train(trained, optimizer, scheduler, source, loss, cfg, hooks,
                    events=events, state=loop_state)

@@ -1,21 +1,34 @@
-"""Early pruning of hopeless `goodfit search` trials from their periodic validation results.
+"""Early pruning of hopeless `goodfit search` trials from their validation results at rungs.
 
 Asynchronous successive halving (Li et al., *A System for Massively Parallel Hyperparameter
 Tuning*, MLSys 2020; the rule of Optuna's SuccessiveHalvingPruner): a trial reaches rung k at
-its first evaluation at or after batch total / eta^(rungs - k), and goes on only if its value
-there is among the best 1/eta of the values every trial of the study reached that rung with
-(itself included; while fewer than eta have, only a new best goes on). Optuna's own pruners
-read `trial.report`, which multi-objective studies do not have, so the values live in each
-trial's user attributes (`rungs`: {rung: value}) in the study's storage, shared by every
-worker. The study's first `startup` trials are never pruned (they set the rungs' first values
-and give the front complete trials to start from).
+batch ceil(total / eta^(rungs - k)), and goes on only if its value there is among the best
+1/eta of the values every trial of the study reached that rung with (itself included; while
+fewer than eta have, only a new best goes on). Optuna's own pruners read `trial.report`, which
+multi-objective studies do not have, so the values live in each trial's user attributes
+(`rungs`: {rung: value}) in the study's storage, shared by every worker. The study's first
+`startup` trials are never pruned (default 1: trial 0 sets the rungs' first values and gives
+the front a complete trial; replaying the six digits studies' stored rung values with 3, the
+two more random draws cost 1.3-1.9 fine-tunes a study and changed no recommendation,
+docs/results.md).
 
-A trial's value is gate-aware: (minus the number of gate limits its evaluation violates on
-validation, its new-task primary metric oriented so higher is better), compared as a pair;
-without a gate the first is always 0. The watch is a progress observer of the trial's
-fine-tune (trainer/stage.py hands every evaluation record to `Ui.events`): it raises `Pruned`
-out of the training loop, and the search ends the trial as pruned; a pruned trial counts
-toward `--trials` and its batches toward the study's compute.
+A trial's value at a rung is what the search will keep of it at the end, measured now: the
+best point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 0.1 ... 1.0,
+evaluated on the validation splits (evaluations only), each point's value being (minus the
+number of gate limits it violates on validation, with the search's validation margin; its
+new-task primary metric oriented so higher is better), compared as pairs; only points that
+gain on the new task over the base count (the search keeps no other), a trial with none ranks
+below every trial with one. Judging the raw
+weights instead (α = 1 only, the rule before) dropped slow starters and every trial that
+forgets on the way: on digits without replay the trials that end best (their best feasible
+α 0.5-0.8) cross the gate at every batch of their raw curve, so they ranked below trials that
+had not moved at all (docs/results.md). The watch is a progress observer of the trial's
+fine-tune (trainer/stage.py binds it to the model and the validation evaluation before
+training): at a rung's batch it measures the curve, stores the value and raises `Pruned` out
+of the training loop; the search ends the trial as pruned, it counts toward `--trials` and its
+batches toward the study's compute. The base is the model as bound, after the arm set it up
+(LoRA: its adapters at their start, so the curve interpolates the adapters, a proxy of the
+merged weights' curve); weights whose names or shapes differ from it are judged raw (α = 1).
 """
 
 from __future__ import annotations
@@ -27,7 +40,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goodfit_cli.report.gate import Gate, evaluate_gate
+from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
+
+ALPHAS = tuple(i / 10 for i in range(1, 11))  # the curve measured at a rung (α = 0: the base)
 
 
 class Pruned(Exception):
@@ -45,7 +61,7 @@ class Halving:
 
     eta: int = 3
     rungs: int = 2
-    startup: int = 3
+    startup: int = 1  # trial 0 starts the rungs; more cost whole fine-tunes at random
 
     def rung_batches(self, total: int) -> list[int]:
         """The batch each rung starts at, for a trial of `total` batches (ascending)."""
@@ -53,15 +69,18 @@ class Halving:
 
     def keeps(self, value: tuple, others: list[tuple]) -> bool:
         """Whether a trial with `value` at a rung goes on, `others` the values other trials
-        reached the rung with (higher is better)."""
-        ranked = sorted([*others, value], reverse=True)
-        return value >= ranked[max(len(ranked) // self.eta - 1, 0)]
+        reached the rung with (higher is better): it is among the best 1/eta of them all (at
+        least the best one), a tie going to the trial that reached the rung first (so a run of
+        equal values, hopeless trials at 0, promotes none of the later ones)."""
+        return sum(o >= value for o in others) < max((len(others) + 1) // self.eta, 1)
 
 
 def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,
-             primary: dict[str, str], new_dir: int) -> tuple[float, float] | None:
-    """One evaluation's gate-aware value (see the module's docstring); None when its new-task
-    metric is missing or not finite."""
+             primary: dict[str, str], new_dir: int, z: float = 0.0,
+             n: dict[str, int] | None = None) -> tuple[float, float] | None:
+    """One point's gate-aware value (see the module's docstring; `z`, `n`: the validation
+    margin and sample counts, report/margin.py); None when its new-task metric is missing or
+    not finite."""
     new = (val.get("new") or {}).get(primary["new"])
     if new is None or not math.isfinite(new):
         return None
@@ -69,20 +88,34 @@ def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,
     if gate is not None:
         view = {**point_view({t: val.get(t) or {} for t in ("old", "new")}, base_val),
                 "flips": val.get("flips") or {}}
-        bad = len(evaluate_gate(gate, {"name": "evaluation", **view})["violations"])
+        limits = tightened(gate, view, z, n or {})
+        bad = len(evaluate_gate(limits, {"name": "evaluation", **view})["violations"])
     return (-float(bad), new_dir * float(new))
 
 
 class PruneWatch:
-    """The progress events of one trial's fine-tune (`inner`: the console's, or None): at each
-    rung's evaluation, stores the trial's value and raises `Pruned` when the rule drops it."""
+    """The progress events of one trial's fine-tune (`inner`: the console's, or None): bound
+    to the model, at each rung's batch it measures the trial's WiSE-FT curve on validation,
+    stores the trial's value and raises `Pruned` when the rule drops it. `z`: the validation
+    margin the search judges the gate with."""
 
     def __init__(self, trial: Any, halving: Halving, trial_dir: Path, gate: Gate | None,
-                 primary: dict[str, str], new_dir: int, inner: Any = None) -> None:
+                 primary: dict[str, str], new_dir: int, inner: Any = None,
+                 z: float = 0.0, protected: bool | None = None) -> None:
         self.trial, self.halving, self.dir, self.gate = trial, halving, trial_dir, gate
-        self.primary, self.new_dir, self.inner = primary, new_dir, inner
+        self.primary, self.new_dir, self.inner, self.z = primary, new_dir, inner, z
+        # never pruned: one of the study's first `startup` trials (the search counts only
+        # those that count toward --trials; default: by the trial's number)
+        self.protected = trial.number < halving.startup if protected is None else protected
         self.rungs: list[int] = []
         self.reached: dict[str, list[float]] = {}
+        self.model: Any = None
+
+    def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int]) -> None:
+        """Called before training, the model holding the base's weights: `evaluate(model)` its
+        validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples."""
+        self.model, self.evaluate, self.sizes = model, evaluate, sizes
+        self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_start(self, total_batches: int, done: int) -> None:
         self.rungs = self.halving.rung_batches(total_batches) if self.halving.rungs else []
@@ -92,6 +125,10 @@ class PruneWatch:
     def on_batch(self, batch: int) -> None:
         if self.inner is not None:
             self.inner.on_batch(batch)
+        due = [k for k, b in enumerate(self.rungs) if b == batch and str(k) not in self.reached]
+        if due and self.model is not None:
+            self.trial.set_user_attr("batches", batch)  # the trial's training so far (its cost)
+            self._judge(batch, due, self.curve())
 
     def on_end(self) -> None:
         if self.inner is not None:
@@ -100,26 +137,52 @@ class PruneWatch:
     def on_evaluation(self, rec: dict[str, Any]) -> None:
         if self.inner is not None:
             self.inner.on_evaluation(rec)
-        batch = int(rec["batch"])
-        self.trial.set_user_attr("batches", batch)  # the trial's training so far (its cost)
-        due = [k for k, b in enumerate(self.rungs) if b <= batch and str(k) not in self.reached]
-        if not due:
-            return
+        self.trial.set_user_attr("batches", int(rec["batch"]))
+
+    def curve(self) -> list[dict[str, Any]]:
+        """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS (only α = 1
+        when the weights' names or shapes are not the base's); the model's weights are back
+        exactly as they were after it."""
+        import torch
+
+        now = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        same = now.keys() == self.base.keys() and all(
+            now[k].shape == self.base[k].shape for k in now)
+        own = self.model.state_dict()
+        modes = [(m, m.training) for m in self.model.modules()]  # evaluation switches them
+        points = []
+        with torch.no_grad():
+            for a in ALPHAS if same else (1.0,):
+                for k, b in self.base.items() if same else ():
+                    if b.is_floating_point():
+                        own[k].copy_(b + a * (now[k] - b))
+                points.append(self.evaluate(self.model))
+            for k, v in now.items():
+                own[k].copy_(v)
+        for m, training in modes:
+            m.train(training)
+        return points
+
+    def _judge(self, batch: int, due: list[int], points: list[dict[str, Any]]) -> None:
         base = json.loads((self.dir / "base" / "metrics.json").read_text())["val_metrics"]
-        value = value_of(rec.get("val") or {}, base, self.gate, self.primary, self.new_dir)
-        if value is None:
+        values = [v for v in (value_of(p, base, self.gate, self.primary, self.new_dir, self.z,
+                                       self.sizes) for p in points) if v is not None]
+        if not values:
             return
-        for k in due:  # a rung skipped by a coarse eval.every is reached at the next evaluation
+        at_base = self.new_dir * ((base.get("new") or {}).get(self.primary["new"]) or 0.0)
+        gaining = [v for v in values if v[1] > at_base]  # the search keeps no other point
+        worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
+        value = max(gaining) if gaining else (worst, max(values)[1])
+        for k in due:
             others = [tuple(t.user_attrs["rungs"][str(k)]) for t in
                       self.trial.study.get_trials(deepcopy=False)
                       if t.number != self.trial.number and str(k) in t.user_attrs.get("rungs", {})]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
-            if self.trial.number >= self.halving.startup and not self.halving.keeps(value,
-                                                                                  others):
-                raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): not among the best "
-                                       f"1/{self.halving.eta} of the {len(others) + 1} trials "
-                                       "that reached it")
+            if not self.protected and not self.halving.keeps(value, others):
+                raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "
+                                       f"point is not among the best 1/{self.halving.eta} of "
+                                       f"the {len(others) + 1} trials that reached it")
 
 
 def watching(ui_events: Callable[[str], Any] | None, make: Callable[[Any], PruneWatch]

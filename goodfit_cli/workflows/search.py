@@ -1,13 +1,12 @@
 """`goodfit search`: find the update that breaks the least, with Optuna.
 
-A multi-objective study (old task's and new task's primary metrics, each in its own direction)
-over arms and their knobs (arms/search.py, from each arm's declaration), with the gate as a constraint (a trial's
-number of violated limits; 0 is feasible). Each trial is a complete fine-tuning run in
-RUN/trials/trial-NNNN with its arm's WiSE-FT curve; the best α the gate allows on validation
-is the trial's candidate (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The
-study lives in RUN/study.db (SQLite) unless `storage` names another database: any number of workers, on
-any machines, run the same command with the same storage and share one study; a re-run
-continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
+A multi-objective study (each task's primary metric, in its own direction) over arms and their
+knobs (arms/search.py, from each arm's declaration), the gate a constraint (a trial's number of
+violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with
+its arm's WiSE-FT curve; the best α the gate allows on validation is the trial's candidate
+(RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The study lives in RUN/study.db
+(SQLite) unless `storage` names another database: any number of workers, on any machines, run
+the same command with the same storage and share one study; a re-run continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
 and exports the recommendation (by `--rule`, among the trials that pass the gate and gain on
 the new task) to RUN/recommended/model.safetensors with its provenance.
 
@@ -81,6 +80,7 @@ class SearchJob:
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
     rule: Rule = field(default_factory=Rule)  # how the recommendation is picked
     prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
+    margin: float = 1.0  # the gate on validation: rate limits z standard errors inward
 
 
 def _storage(url: str) -> Any:
@@ -162,7 +162,8 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
-    if sum(t.number < trial.number for t in _counted(trial.study)) >= job.trials:  # by others
+    before = sum(t.number < trial.number for t in _counted(trial.study))  # counted trials
+    if before >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
@@ -177,11 +178,12 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
     watch = watching(ui.events_for, lambda inner: PruneWatch(
-        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner))
+        trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin,
+        protected=before < job.prune.startup))  # an interrupted trial is not the startup
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, Ui(ui.log, watch))
-        alpha = best_alpha(job.gate, rep, dirs)
+        alpha = best_alpha(job.gate, rep, dirs, job.margin)
         trial.set_user_attr("wise_alpha", alpha)
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "
                "gate)")
@@ -210,7 +212,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     trial.set_user_attr("views", views)  # what any later gate is judged on
     base_val = pick(rep["base_val_metrics"], prim)
     trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
-    judged = judge(job.gate, views["val"], f"trial {trial.number}")
+    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin)
     gains = gained(pick(views["val"]["metrics"], prim), base_val, dirs)
     # <= 0: passes the gate on validation and gains on the new task
     constraint = [float(len(judged["violations"]) + (not gains))]
@@ -319,7 +321,11 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
         notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
                      "recommendation are re-judged from the stored validation results; the "
                      "sampler's constraint for trials run before keeps the old gate")
+    if study.user_attrs.get("val_margin", job.margin) != job.margin:
+        notes.append(f"the validation margin changed (was {study.user_attrs['val_margin']:g} "
+                     "standard errors): every finished trial is re-judged")
     study.set_user_attr("gate", gate_now)
+    study.set_user_attr("val_margin", job.margin)
     trials = []
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
@@ -341,8 +347,8 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
                           else {}),
                        "test_old": test[0], "test_new": test[1],
-                       "feasible": bool(views) and judge(job.gate, views["val"],
-                                                         f"trial {t.number}")["passed"],
+                       "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
+                                                         f"{t.number}", job.margin)["passed"],
                        "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
                                             ["passed"] if views else None),
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
@@ -354,13 +360,14 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                                     "flips": a["flips"]}
         refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"], prim))),
                      **dict(zip(("test_old", "test_new"), pick(a["metrics"], prim))),
-                     "gate": judge(job.gate, v, a["name"])["passed"] if job.gate else None})
+                     "gate": job.gate and judge(job.gate, v, a["name"], job.margin)["passed"]})
     b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
     base = dict(zip(("old", "new"), pick(b, prim))) if b else None
     rec = recommend(done, dirs, job.rule)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
-           "gate": gate_now, "split": "val", "notes": notes, "trials": trials,
+           "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
+           "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),
            "batches": sum(t["batches"] or 0 for t in trials),

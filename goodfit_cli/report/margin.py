@@ -1,0 +1,75 @@
+"""A gate judged on validation with a margin for the validation set's size.
+
+A choice made on validation (the search's α per trial, its feasible trials, its
+recommendation) picks, among many candidates, those whose validation value clears a bound; the
+winner's validation value is optimistic, so the same model on the test split lands below the
+bound about half the time when it sat on it. `tightened` moves every limit on a rate metric (a
+share in [0, 1]: accuracy, flip rates) inward by `z` standard errors of a proportion measured on
+the validation split's n samples, sqrt(p (1 - p) / n), with p the value at the bound (for a drop
+or a gain: the base's value moved by the limit). z = 1 (the search's default): a point passes on
+validation only when it clears the bound by one standard error (on 288 validation images and a
+0.95 floor: 0.0128, so the floor read on validation is 0.9628). Limits on other metrics (a loss,
+mse), and any limit whose task has no sample count, are unchanged; z = 0 is the gate itself.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from goodfit_cli.objectives import direction, is_rate
+from goodfit_cli.report.gate import FLIP_METRICS, TASKS, Gate, Limit
+
+
+def sizes(view: dict) -> dict[str, int]:
+    """The number of samples each task's view was measured on (its flip record's n), {} if
+    none is stored (a WiSE point without predictions, a regression task)."""
+    flips = view.get("flips") or {}
+    return {t: int(flips[t]["n"]) for t in TASKS if (flips.get(t) or {}).get("n")}
+
+
+def _se(p: float, n: int) -> float:
+    p = min(max(p, 0.0), 1.0)
+    return math.sqrt(p * (1 - p) / n)
+
+
+def _moved(limit: Limit, n: int, z: float, base: float | None) -> Limit:
+    """`limit` moved inward by z standard errors at its bound (unchanged when its bound needs a
+    base value that is unknown)."""
+    thr, metric = limit.threshold, limit.metric
+    sign = -1 if metric in FLIP_METRICS else direction(metric)  # flip rates: lower is better
+    if limit.bound == "min":
+        return replace(limit, threshold=thr + z * _se(thr, n))
+    if limit.bound == "max":
+        return replace(limit, threshold=thr - z * _se(thr, n))
+    if base is None:
+        return limit
+    if limit.bound == "max_drop":
+        return replace(limit, threshold=thr - z * _se(base - sign * thr, n))
+    if limit.bound == "max_drop_rel":
+        if base == 0:
+            return limit
+        return replace(limit, threshold=thr - z * _se(base - sign * thr * abs(base), n) / abs(base))
+    return replace(limit, threshold=thr + z * _se(base + sign * thr, n))  # min_gain
+
+
+def tightened(gate: Gate | None, view: dict, z: float,
+              n: dict[str, int] | None = None) -> Gate | None:
+    """`gate` with its limits on rate metrics moved inward by `z` standard errors (see the
+    module's docstring) for `view` ({"metrics", "delta", "flips"}: the base's value is the
+    view's metric minus its change); `n` the samples per task (default: the view's flips)."""
+    if gate is None or not z > 0:
+        return gate
+    n = n if n is not None else sizes(view)
+    limits = []
+    for limit in gate.limits:
+        count = n.get(limit.task)
+        if not count or not is_rate(limit.metric):
+            limits.append(limit)
+            continue
+        value = ((view.get("metrics") or {}).get(limit.task) or {}).get(limit.metric)
+        change = (((view.get("delta") or {}).get(limit.task) or {}).get(limit.metric) or {})
+        base = (value - change["value"] if isinstance(value, (int, float))
+                and isinstance(change.get("value"), (int, float)) else None)
+        limits.append(_moved(limit, count, z, base))
+    return replace(gate, limits=tuple(limits))

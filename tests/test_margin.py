@@ -1,0 +1,82 @@
+"""The search's validation margin (report/margin.py): each limit on a rate metric read z
+standard errors inside its bound on validation, and why: choosing the best of many candidates
+on validation lands below a floor on fresh data unless the floor is read with a margin."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from goodfit_cli.report.gate import Gate, Limit
+from goodfit_cli.report.margin import sizes, tightened
+from goodfit_cli.report.trials import best_alpha, judge
+
+
+def view(old: float, base_old: float = 0.986, n: int = 288) -> dict:
+    return {"metrics": {"old": {"accuracy": old, "loss": 0.3}, "new": {"accuracy": 0.7}},
+            "delta": {"old": {"accuracy": {"value": old - base_old, "ci": None}}},
+            "flips": {"old": {"nfr": 0.01, "n": n}, "new": {"n": 71}}}
+
+
+def test_each_rate_limit_moves_inward_by_z_standard_errors_at_its_bound():
+    """Floor 0.95 on 288 samples: + sqrt(.95 x .05 / 288) = 0.01284; a ceiling on nfr moves
+    down; a max drop of 0.02 from a base of 0.986 moves by the standard error at 0.966; a loss
+    limit, and a limit on a task without a sample count, stay; z = 0 is the gate itself."""
+    gate = Gate((Limit("old", "accuracy", "min", 0.95), Limit("old", "nfr", "max", 0.05),
+                 Limit("old", "accuracy", "max_drop", 0.02), Limit("old", "loss", "max", 1.0),
+                 Limit("new", "accuracy", "min", 0.5)))
+    v = view(0.97)
+    assert sizes(v) == {"old": 288, "new": 71}
+    got = [lim.threshold for lim in tightened(gate, v, 1.0).limits]
+    assert got[0] == pytest.approx(0.95 + math.sqrt(0.95 * 0.05 / 288)) == pytest.approx(0.96284,
+                                                                                        abs=1e-5)
+    assert got[1] == pytest.approx(0.05 - math.sqrt(0.05 * 0.95 / 288))
+    assert got[2] == pytest.approx(0.02 - math.sqrt(0.966 * 0.034 / 288))
+    assert got[3] == 1.0
+    assert got[4] == pytest.approx(0.5 + math.sqrt(0.25 / 71))
+    assert tightened(gate, {**v, "flips": {}}, 1.0).limits[0].threshold == 0.95  # no count
+    assert tightened(gate, v, 0.0) is gate and tightened(None, v, 1.0) is None
+    assert tightened(gate, v, 2.0).limits[0].threshold == pytest.approx(0.95 + 2 * 0.012842,
+                                                                         abs=1e-5)
+
+
+def test_judge_and_the_wise_alpha_read_the_floor_with_the_margin():
+    """0.955 clears a 0.95 floor exactly read, not with one standard error (0.9628); the α
+    kept of a WiSE-FT curve is then the one with old >= 0.9628."""
+    gate = Gate((Limit("old", "accuracy", "min", 0.95),))
+    assert judge(gate, view(0.955), "a")["passed"] and not judge(gate, view(0.955), "a", 1.0)[
+        "passed"]
+    assert judge(gate, view(0.965), "a", 1.0)["passed"]
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    curve = [{"alpha": a / 10, "val": m(o, nw)} for a, o, nw in
+             ((0, 0.986, 0.0), (5, 0.97, 0.5), (6, 0.96, 0.6), (7, 0.951, 0.7), (10, 0.3, 0.9))]
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.986, 0.0),
+           "arms": [{"validation": {"metrics": m(0.3, 0.9), "delta": {},
+                                    "flips": {"old": {"n": 288}, "new": {"n": 71}}},
+                     "wise": curve}]}
+    assert best_alpha(gate, rep, (1, 1)) == 0.7
+    assert best_alpha(gate, rep, (1, 1), 1.0) == 0.5
+
+
+def test_the_best_of_many_on_validation_keeps_its_floor_only_with_the_margin():
+    """24 candidates trading old for new (true old accuracy 0.90-0.99), measured on 288
+    validation samples; the best new among those that clear a 0.95 floor on validation. Read
+    exactly, the chosen model's true old accuracy averages below the floor (the winner's
+    curse: 0.941 over 300 draws, 17 % of them at or above it); one standard error inside, above it (0.956, 77 %)."""
+    rng = np.random.default_rng(0)
+    gate = Gate((Limit("old", "accuracy", "min", 0.95),))
+    chosen: dict[float, list[float]] = {0.0: [], 1.0: []}
+    for _ in range(300):
+        true = rng.uniform(0.90, 0.99, 24)
+        seen = rng.binomial(288, true) / 288
+        for z, got in chosen.items():
+            ok = [i for i in range(24) if judge(gate, view(float(seen[i]), 0.986), "c", z)["passed"]]
+            if ok:
+                got.append(true[max(ok, key=lambda i: 1 - true[i])])
+    assert np.mean(chosen[0.0]) < 0.945 and np.mean(chosen[1.0]) > 0.952
