@@ -12,16 +12,24 @@ weights and the batch order):
       full fine-tune, AdamW at the lrs in FULL_LRS (the trade-off curve LoRA is read against)
       head_only (RMSprop), goodfit (RMSprop main, the recipe's ratio)
       lora:adamw (rank 8, alpha 16, targets auto = both hidden Linear layers) at the lrs in LORA_LRS
+    with --full, also: full RMSprop at RMSPROP_LRS (with the recipe's lr: a second curve),
+      lora:rmsprop at LORA_RMSPROP_LRS, lora:adamw rank 32 / alpha 64 at RANK32_LRS
 
-For each row and seed, "full FT at equal gain" is the old-task MSE the full AdamW fine-tune
-curve has at that row's new-task MSE (piecewise linear in log10 new / log10 old between the
-curve's points, sorted by new-task MSE; none when the row's new-task MSE lies outside the
-curve). A row below the curve forgets less than a full fine-tune that learned the new task as
-well. Outputs in --out: results.json (every run, the settings, the machine) and table.md.
+For each row and seed, "full FT at equal gain" is the old-task MSE a full fine-tune curve
+(AdamW; with --full also RMSprop) has at that row's new-task MSE (piecewise linear in log10 new
+/ log10 old between the curve's points, sorted by new-task MSE; none when the row's new-task
+MSE lies outside the curve). A row below the curve forgets less than a full fine-tune that
+learned the new task as well. Outputs in --out: results.json (every run, the settings, the
+machine) and table.md.
 
 Run from the repository root (finished runs are kept under --work and reused):
-    nice python benchmarks/lora_table.py --seeds 3 --out /tmp/lora-table
+    nice python benchmarks/lora_table.py --seeds 3 --out /tmp/lora-table     # reduced toy
+    # the recipe's full size, one process per seed, then the table of the three
+    for k in 0 1 2; do nice python benchmarks/lora_table.py --full --only-seed $k \
+        --work /tmp/goodfit-lora-full & done; wait
+    python benchmarks/lora_table.py --full --seeds 3 --work /tmp/goodfit-lora-full --out /tmp/lora-full
     python benchmarks/lora_table.py --quick              # smoke run (1 seed, tiny)
+--finished-only runs nothing and tables what has finished (rows unfinished on a seed left out).
 """
 
 from __future__ import annotations
@@ -127,10 +135,14 @@ class Runs:
                           Place(device="cpu"), overwrite=True)
             self.say(f"seed {self.seed}: pretrain {dt:.0f} s")
 
-    def finetune(self, key: str, arm: str, extra: list[str]) -> dict[str, Any]:
+    def finetune(self, key: str, arm: str, extra: list[str],
+                 run: bool = True) -> dict[str, Any] | None:
+        """The row's results, run first if unfinished (None then when not `run`)."""
         out = self.dir / key
         arm_dir = out / arm_dirname(arm)
         if not (arm_dir / "summary.json").exists():
+            if not run:
+                return None
             job = FinetuneJob(load_recipe(RECIPE, self.over + extra), self.base, out, [arm],
                               overwrite=True, wise=False)
             _, dt = timed(finetune, job, Place(device="cpu"))
@@ -162,8 +174,10 @@ def curve_old_at(curve: list[tuple[float, float]], new: float) -> float | None:
 def table(per_seed: dict[int, dict], settings: dict) -> str:
     seeds = sorted(per_seed)
     full = settings.get("full", False)
-    named = curves(full)
     keys = order(["base", *(k for k, _, _ in rows(full))])
+    left = [k for k in keys if any(k not in per_seed[s] for s in seeds)]  # --finished-only
+    keys = [k for k in keys if k not in left]
+    named = {n: ks for n, ks in curves(full).items() if not set(ks) & set(left)}
     head = "".join(f" full {n} at equal new MSE: old MSE (row below it: seeds) |" for n in named)
     lines = [f"| row | old MSE | new MSE |{head} on the front (seeds) |",
              "|---|---:|---:|" + "---:|" * len(named) + "---:|"]
@@ -199,7 +213,8 @@ def table(per_seed: dict[int, dict], settings: dict) -> str:
         "curve), mean ± s.e. over the seeds inside the curve's range; in brackets, on how many "
         "of them this row's old-task MSE is lower (it forgets less at the same gain) and how "
         "many seeds lie outside the curve. \"On the front\": on how many seeds no other row is "
-        "at least as good on both tasks and better on one.")
+        "at least as good on both tasks and better on one."
+        + (f" Not finished on every seed, so left out: {', '.join(left)}." if left else ""))
 
 
 def fmt_ms(values: list[float]) -> str:
@@ -213,6 +228,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny model and data, 1 seed")
     ap.add_argument("--full", action="store_true",
                     help="the recipe's full size (no REDUCED overrides) and the --full rows")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="run nothing: the table of the finished runs (a row unfinished on a "
+                    "seed is left out, and named)")
     ap.add_argument("--only-seed", type=int, help="run this seed's runs only (no table): one "
                     "process per seed, then a last call with --seeds reuses them")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -243,8 +261,11 @@ def main() -> None:
     per_seed: dict[int, dict] = {}
     for seed in range(seeds) if args.only_seed is None else [args.only_seed]:
         runs = Runs(work, over, seed, say)
-        runs.pretrain()
-        res = {key: runs.finetune(key, arm, extra) for key, arm, extra in rows(args.full)}
+        if not args.finished_only:
+            runs.pretrain()
+        res = {key: runs.finetune(key, arm, extra, run=not args.finished_only)
+               for key, arm, extra in rows(args.full)}
+        res = {k: v for k, v in res.items() if v is not None}
         res["base"] = runs.base_metrics()
         per_seed[seed] = res
         say(f"seed {seed} done: " + ", ".join(f"{k} {v['old']:.3g}/{v['new']:.3g}"
