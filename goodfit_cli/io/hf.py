@@ -1,6 +1,9 @@
 """The optional Hugging Face libraries (`pip install 'goodfit[hf]'`), imported only when used.
 
 transformers reads a model folder's config and tokenizer; datasets reads a `save_to_disk` folder.
+A checkpoint built from a transformers folder has a folder `from_pretrained` loads beside it
+(`PRETRAINED_DIR`); `copy_pretrained` carries one along when a checkpoint is copied (the search's
+export).
 Every call here stays on the local disk: `local_files_only=True` (nothing is downloaded) and
 `trust_remote_code=False` (no code from a folder runs). A missing library is one line naming
 the extra to install.
@@ -8,14 +11,19 @@ the extra to install.
 
 from __future__ import annotations
 
+import os
+import shutil
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.staging import staged
 
 EXTRA = "pip install 'goodfit[hf]'"
 LOCAL = {"local_files_only": True, "trust_remote_code": False}  # never the network, never code
+PRETRAINED_DIR = "hf"  # <checkpoint's folder>/hf: config.json + model.safetensors (+ tokenizer, ...)
 
 
 def library(name: str, what: str) -> ModuleType:
@@ -58,6 +66,31 @@ def tokenizer(folder: Path, where: str) -> Any:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{where}: no tokenizer could be read from {folder} ({_first_line(e)}); "
                         "save one there with tokenizer.save_pretrained") from None
+
+
+def copy_pretrained(src: Path, dest: Path) -> None:
+    """Copy the from_pretrained folder `src` (its files) to `dest`. A previous folder at `dest`
+    is kept aside first (`<dest>.prev-<time>`, its files linked, copied where links are
+    impossible), as io.rundir.keep_previous keeps a checkpoint; the new set replaces the old one
+    only once complete (io.staging)."""
+    def files(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+
+    if files(dest):
+        aside = dest.with_name(f"{dest.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while aside.exists():
+            aside = dest.with_name(f"{dest.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            n += 1
+        aside.mkdir()
+        for f in files(dest):
+            try:
+                os.link(f, aside / f.name)
+            except OSError:
+                shutil.copy2(f, aside / f.name)
+    with staged(dest, lambda: files(dest)) as stage:
+        for f in files(src):
+            shutil.copyfile(f, stage / f.name)
 
 
 def _first_line(e: BaseException) -> str:

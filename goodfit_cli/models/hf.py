@@ -27,7 +27,7 @@ from goodfit_cli.core.args import ArgError, check_int
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.inputs import IMAGE, spec_of
 from goodfit_cli.io.atomic import write_json
-from goodfit_cli.io.hf import auto_config, library
+from goodfit_cli.io.hf import PRETRAINED_DIR, auto_config, library
 from goodfit_cli.io.hubdir import PROCESSOR, resolve_base
 from goodfit_cli.io.staging import staged
 
@@ -109,6 +109,16 @@ def transformers_model(path: str, num_classes: int, labels: Sequence[str] | None
 def is_transformers(model: nn.Module) -> bool:
     """Whether `model` was built by `transformers_model` (its arms also write a folder)."""
     return getattr(model, SOURCE, None) is not None
+
+
+def pretrained_folder(model: nn.Module, out: Path) -> dict[str, str]:
+    """Beside the checkpoint written to `out`: `out/hf`, the folder from_pretrained loads, when
+    `model` (unwrapped) was built from a transformers folder; the summary's entry naming it
+    ({} for any other model, which gets none)."""
+    if not is_transformers(model):
+        return {}
+    save_folder(model, out / PRETRAINED_DIR)
+    return {"pretrained_folder": str(out / PRETRAINED_DIR)}
 
 
 def save_folder(model: nn.Module, out: Path) -> None:

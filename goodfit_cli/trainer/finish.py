@@ -16,13 +16,10 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json, write_jsonl
 from goodfit_cli.io.rundir import RunResult, keep_previous, save_predictions, state_files
 from goodfit_cli.models import unwrap
-from goodfit_cli.models.hf import is_transformers, save_folder
+from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.trainer.job import Ran, StageJob
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import Arm, describe_optimizer
-
-
-PRETRAINED_DIR = "hf"  # <arm>/hf: config.json + model.safetensors (+ tokenizer, processor)
 
 
 def ema_job(job: StageJob, records: list[dict], decay: float) -> StageJob:
@@ -85,9 +82,7 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary["checkpoint"] = str(out / "model.safetensors")
     summary["sha256"] = sha256_file(out / "model.safetensors")
-    if is_transformers(unwrap(model)):  # also a folder transformers' from_pretrained loads
-        save_folder(unwrap(model), out / PRETRAINED_DIR)
-        summary["pretrained_folder"] = str(out / PRETRAINED_DIR)
+    summary.update(pretrained_folder(unwrap(model), out))  # a transformers model: out/hf too
     summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first
                                for f in ("predictions.safetensors", "val_predictions.safetensors",
                                          "metrics.jsonl")

@@ -41,6 +41,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import probe_writable, sha256_file
+from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import keep_previous
@@ -397,4 +398,7 @@ def _export(job: SearchJob, study: Any, rec: dict) -> dict[str, str]:
     dest.parent.mkdir(exist_ok=True)
     keep_previous(dest)
     ckpt.save_model(dest, tensors, meta)
+    if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
+        copy_pretrained(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR)
+        return {"exported": str(dest), "exported_folder": str(dest.parent / PRETRAINED_DIR)}
     return {"exported": str(dest)}

@@ -21,6 +21,8 @@ from goodfit_cli.data.inputs import recorded
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_predictions
+from goodfit_cli.models import unwrap
+from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
@@ -133,7 +135,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
                "seed": s.seed,
                "checkpoint": str(out / "model.safetensors"),
-               "sha256": sha256_file(out / "model.safetensors")}
+               "sha256": sha256_file(out / "model.safetensors"),
+               **pretrained_folder(unwrap(model), out)}  # a transformers model: out/hf too
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
