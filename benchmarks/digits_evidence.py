@@ -36,7 +36,7 @@ import numpy as np
 from goodfit_cli.workflows.recipes import load
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/, also when imported by the tests
-from search_table import goodfit, mean_se  # noqa: E402
+from search_table import best_wise, goodfit, mean_se  # noqa: E402
 
 RECIPE = Path(__file__).with_name("digits.yaml")
 OLD = tuple(range(8))
@@ -85,27 +85,6 @@ def write_digits(folder: Path, seed: int) -> dict[str, int]:
     for name, (x, y) in sets.items():
         np.savez(folder / f"{name}.npz", x=x, y=y)
     return {name: len(y) for name, (_, y) in sets.items()}
-
-
-def best_wise(rep: dict, max_old_drop: float) -> dict:
-    """Among every WiSE-FT point (0 < α <= 1) of every arm of a finetune report: the best new
-    accuracy on validation among those whose validation old accuracy is within the gate (old
-    breaks ties); its test numbers. The same rule as the search's per-trial α."""
-    base_old = rep["base_val_metrics"]["old"]["accuracy"]
-    pts = []
-    for arm in rep["arms"]:
-        for w in arm.get("wise") or []:
-            val, test = w.get("val") or {}, w.get("test") or w
-            if not 0 < w["alpha"] <= 1 or "old" not in val:
-                continue
-            vo, vn = val["old"]["accuracy"], val["new"]["accuracy"]
-            if vo >= base_old - max_old_drop:
-                pts.append((vn, vo, w["alpha"], arm["name"], test))
-    if not pts:
-        return {"name": "none passes the gate"}
-    vn, vo, alpha, name, test = max(pts, key=lambda p: p[:3])
-    return {"name": f"{name} α {alpha:g}", "old": test["old"]["accuracy"],
-            "new": test["new"]["accuracy"]}
 
 
 def study_compute(run: Path, steps: int, one_ft_s: float) -> dict[str, float]:
@@ -168,7 +147,7 @@ def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
         rows[f"recipe arm: {arm['name']}"] = {"old": m["old"]["accuracy"],
                                              "new": m["new"]["accuracy"], "chose": "- (fixed)"}
     one_ft_s = json.loads((d / "finetune" / "timings.json").read_text())["total_s"] / len(ft["arms"])
-    w = best_wise(ft, a.max_old_drop)
+    w = best_wise(ft, a.max_old_drop, ("accuracy", "accuracy")) or {"name": "none passes the gate"}
     rows["best WiSE-FT point of the arms"] = {**w, "chose": "val"}
     for label, flag in (("replay searched", []), ("no replay", ["--no-replay"])):
         run = d / ("search" if not flag else "search-noreplay")
