@@ -31,10 +31,11 @@ from pathlib import Path
 
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.search import dominates
+from goodfit_cli.workflows.recipes import load
 
 
-def goodfit(*args: object) -> None:
-    subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=True,
+def goodfit(*args: object, check: bool = True) -> None:
+    subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=check,
                    stdout=subprocess.DEVNULL)
 
 
@@ -75,6 +76,27 @@ def test_numbers(e: dict | None) -> dict | None:
             "val_new": e["new"]}
 
 
+def arm_entries(rep: dict, metrics: tuple[str, str]) -> list[tuple[str, dict]]:
+    """The base and each arm of a finetune report: test numbers, the gate judged on
+    validation."""
+    m_old, m_new = metrics
+    bm = rep["base_metrics"]
+    out = [("base (no fine-tune)", {"old": bm["old"][m_old], "new": bm["new"][m_new]})]
+    for arm in rep["arms"]:
+        m, gate = arm["metrics"], arm.get("gate")
+        out.append((arm["name"], {"old": m["old"][m_old], "new": m["new"][m_new],
+                                  **({"gate": gate.get("passed")} if isinstance(gate, dict)
+                                     else {})}))
+    return out
+
+
+def versus(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> str:
+    """a against b: dominates, dominated or trade-off (equal: trade-off)."""
+    if dominates(a, b, dirs):
+        return "dominates"
+    return "dominated" if dominates(b, a, dirs) else "trade-off"
+
+
 def joint(recipe: str, d: Path, over: list[str], key_value: str) -> dict:
     """The joint-training reference of one seed: pretrained from scratch on old + new training
     data (the recipe's pretraining settings, `key_value` switching the data), `goodfit eval`."""
@@ -87,7 +109,7 @@ def joint(recipe: str, d: Path, over: list[str], key_value: str) -> dict:
     ev = json.loads((out / "eval.json").read_text())
     m = ev.get("metrics", ev)
     m_old, m_new = (next(iter(m[t])) for t in ("old", "new"))
-    return {"name": "joint", "old": m["old"][m_old], "new": m["new"][m_new]}
+    return {"name": "from scratch", "old": m["old"][m_old], "new": m["new"][m_new]}
 
 
 def main() -> None:
@@ -102,6 +124,8 @@ def main() -> None:
     ap.add_argument("--joint", default=None, metavar="KEY=VALUE",
                     help="the override that makes the old task's training data old + new "
                          "(toy: data.args.joint=true): adds the joint-training reference")
+    ap.add_argument("--no-search", action="store_true",
+                    help="only the base, the default arms and the references (no study)")
     ap.add_argument("--svg", type=Path, default=None,
                     help="also write the first seed's search plot (from its report.html) here")
     ap.add_argument("overrides", nargs="*")
@@ -115,20 +139,30 @@ def main() -> None:
             over.append(f"{a.data_seed_key}={2 * seed}")
         if not (d / "base" / "model.safetensors").exists():
             goodfit("pretrain", "--recipe", a.recipe, "--out", d / "base", "--seed", seed, *over)
-        goodfit("search", "--base", d / "base" / "model.safetensors", "--recipe", a.recipe,
-                "--trials", a.trials, "--out", d / "search", "--seed", seed,
-                "--max-old-drop", a.max_old_drop, *(["--no-replay"] if a.no_replay else []), *over)
-        rep = json.loads((d / "search" / "report.json").read_text())
-        rec = rep["recommendation"]
-        base = rep.get("base_point")
-        entries = ([("base (no fine-tune)", base)] if base else []) + [("recommendation", rec)]
-        entries += [(r["name"], r) for r in rep["defaults"]]
-        entries = [(n, test_numbers(e)) for n, e in entries]
-        dflt = json.loads((d / "search" / "defaults" / "report.json").read_text())
-        entries.append(("best WiSE-FT point of the arms",
-                        best_wise(dflt, a.max_old_drop, tuple(rep["metrics"]))))
+        dflt_dir = d / "search" / "defaults"
+        if a.no_search:  # the default arms alone, where a later search finds them
+            if not (dflt_dir / "report.json").exists():
+                goodfit("finetune", "--base", d / "base" / "model.safetensors", "--recipe",
+                        a.recipe, "--out", dflt_dir, "--max-old-drop", a.max_old_drop, *over,
+                        check=False)  # exit 1: an arm fails the gate
+            dflt = json.loads((dflt_dir / "report.json").read_text())
+            metrics = tuple(load(a.recipe, over).primary[t] for t in ("old", "new"))
+            rep, entries = None, arm_entries(dflt, metrics)
+        else:
+            goodfit("search", "--base", d / "base" / "model.safetensors", "--recipe", a.recipe,
+                    "--trials", a.trials, "--out", d / "search", "--seed", seed, "--max-old-drop",
+                    a.max_old_drop, *(["--no-replay"] if a.no_replay else []), *over)
+            rep = json.loads((d / "search" / "report.json").read_text())
+            dflt = json.loads((dflt_dir / "report.json").read_text())
+            metrics = tuple(rep["metrics"])
+            entries = [("recommendation", rep["recommendation"])]  # the base: its test numbers
+            entries += [(r["name"], r) for r in rep["defaults"]]
+            entries = arm_entries(dflt, metrics)[:1] + [(n, test_numbers(e)) for n, e in entries]
+        dirs = (direction(metrics[0]), direction(metrics[1]))
+        refs = [("best WiSE-FT point of the arms", best_wise(dflt, a.max_old_drop, metrics))]
         if a.joint:
-            entries.append(("joint training (old + new data)", joint(a.recipe, d, over, a.joint)))
+            refs.append(("joint training (old + new data)", joint(a.recipe, d, over, a.joint)))
+        entries += refs
         for name, e in entries:
             row = rows.setdefault(name, {"old": [], "new": [], "arm": [], "gate": []})
             if e is not None:
@@ -136,11 +170,15 @@ def main() -> None:
                 row["new"].append(e["new"])
                 row["arm"].append(e.get("arm", e.get("name", name)))
                 row["gate"].append(e.get("gate", True if name == "recommendation" else None))
-        for name, verdict in rep["against_defaults"].items():
+        for name, verdict in (rep or {}).get("against_defaults", {}).items():
             rows[name].setdefault("verdict", []).append(verdict)
-        dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
-        done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
-        for r in rep["defaults"]:  # any of the study's trials, gated or not, that dominates it
+        rec = dict(entries).get("recommendation")
+        for name, e in refs:  # on test: the references are not gated
+            if rec is not None and e is not None:
+                rows[name].setdefault("verdict", []).append(
+                    f"{versus((rec['old'], rec['new']), (e['old'], e['new']), dirs)} ({e['name']})")
+        done = [t for t in rep["trials"] if t["state"] == "COMPLETE"] if rep else []
+        for r in (rep or {}).get("defaults", []):  # the study's trials, gated or not, that beat it
             beat = [t for t in done if dominates((t["old"], t["new"]), (r["old"], r["new"]), dirs)]
             ok = [t for t in beat if t["feasible"]]
             rows[r["name"]].setdefault("beaten", []).append(f"{len(beat)} ({len(ok)} gated)")
@@ -148,12 +186,13 @@ def main() -> None:
                                                              False else "")
                  for n, e in entries if e is not None]
         per_seed.append(f"| {seed} | " + "; ".join(cells) + " |")
-    m_old, m_new = rep["metrics"]
+    m_old, m_new = metrics
     print(f"| candidate | old {m_old} | new {m_new} | passes the gate | recommendation vs it "
           "(per seed) | trials that dominate it (of them passing the gate), per seed |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
-        extra = ", ".join(r.get("verdict", [])) or ", ".join(a for a in r["arm"] if a != name)
+        extra = ", ".join(r.get("verdict", [])) or ", ".join(a for a in r["arm"] if a != name
+                                                              and a != "from scratch")
         passed = [g for g in r["gate"] if g is not None]
         gate = f"{sum(passed)} of {len(passed)} seeds" if passed else "-"
         print(f"| {name} (n={len(r['old'])}) | {mean_se(r['old'])} | {mean_se(r['new'])} | {gate} "
