@@ -3,7 +3,7 @@
 The loop (engine.py) starts a source at a saved position (`start(plan, state)`), asks it for the
 next step's batch (`next()`: inputs, targets, on the training device, this rank's share) and, when
 it saves a resumable state, for its position (`state_dict()`); `stop()` ends a run. It knows no
-kind of source. Three are defined:
+kind of source. Four are defined:
 
 - `DeviceSource` (here): a split already on the device, indexed with a seeded permutation per
   epoch (`Order`, the one definition of batch order);
