@@ -67,7 +67,7 @@ def test_balance_terms_and_errors():
         CrossEntropy(task, ["accuracy"], balance="logit_adjust", balance_tau=-1)
 
 
-def test_the_search_draws_the_balance_of_a_classification_new_task(tmp_path):
+def test_the_search_draws_the_balance_and_sampling_of_a_classification_new_task(tmp_path):
     optuna = pytest.importorskip("optuna")
     from goodfit_cli.arms.search import propose
     from goodfit_cli.recipe import load_recipe
@@ -82,12 +82,15 @@ def test_the_search_draws_the_balance_of_a_classification_new_task(tmp_path):
     recipe = load_recipe(tmp_path / "r.yaml")
     study = optuna.create_study(directions=["maximize", "maximize"],
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = set()
+    seen, sampled = set(), set()  # the loss side, and the batches' (tests/test_sampling.py)
     for _ in range(12):
         trial = study.ask()
         p = propose(trial, recipe)
         seen.add(trial.params["new_task.args.balance"])
-        assert load_recipe(tmp_path / "r.yaml", p.overrides).new_task.args["balance"] == \
-            trial.params["new_task.args.balance"]
+        sampled.add(trial.params["finetune.sampling"])
+        got = load_recipe(tmp_path / "r.yaml", p.overrides)
+        assert got.new_task.args["balance"] == trial.params["new_task.args.balance"]
+        assert got.finetune.sampling == trial.params["finetune.sampling"]
         study.tell(trial, [0.0, 0.0])
     assert seen == {"none", "reweight", "logit_adjust"}
+    assert sampled == {"uniform", "balanced", "sqrt"}

@@ -61,6 +61,19 @@ def test_toy_determinism_and_stream_independence():
     assert torch.equal(a["old"].test.x, d["old"].test.x) and torch.equal(a["new"].test.y, d["new"].test.y)
 
 
+def test_toy_joint_puts_both_regions_in_the_old_training_split():
+    """joint: the old task's training split is its own points then the new task's (the
+    joint-training reference, docs/results.md); every other split is unchanged; not a bool: one line."""
+    plain, joint = toy(1), toy(1, joint=True)
+    old = joint["old"].train
+    assert len(old) == 4000 and torch.equal(old.x[:2000], plain["old"].train.x)
+    assert torch.equal(old.x[2000:], plain["new"].train.x) and torch.equal(old.y[2000:], plain["new"].train.y)
+    assert torch.equal(joint["old"].test.x, plain["old"].test.x) and torch.equal(joint["old"].val.y, plain["old"].val.y)
+    assert torch.equal(joint["new"].train.x, plain["new"].train.x)
+    with pytest.raises(UserError, match=r"^r.yaml: data.args.joint: expected true or false, got 'yes'$"):
+        build_data("toy_sin", {"joint": "yes"}, seed=0, data_dir=None, where="r.yaml: data")
+
+
 def test_toy_bad_args():
     """A misspelt argument and a reversed region are UserErrors naming the key."""
     with pytest.raises(UserError, match=r"^r.yaml: data.args: unexpected argument 'n_trian'; did you mean 'n_train'\?$"):

@@ -7,7 +7,8 @@ keeps them (the knob's older `finetune.penalty` / `finetune.goodfit` key, else
 the recipe's; never 0), the replay fraction in [0, 0.5] (`finetune.replay.fraction`; a
 recipe's own `max_samples` is kept; `--no-replay`: none) and, when the new task's loss is
 cross_entropy, its class balance for a long-tailed new task (`new_task.args.balance`: none,
-reweight or logit_adjust; objectives/standard.py). WiSE-FT's α is not drawn: each trial
+reweight or logit_adjust; objectives/standard.py) and the sampling of its batches
+(`finetune.sampling`: uniform, balanced or sqrt; data/sampling.py). WiSE-FT's α is not drawn: each trial
 evaluates its arm's interpolation curve on validation (evaluations only) and keeps the best α
 the gate allows (report/trials.py `best_alpha`).
 
@@ -22,10 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from goodfit_cli.arms import ARMS, Knob, kinds
+from goodfit_cli.data.sampling import SAMPLING
 from goodfit_cli.objectives.standard import BALANCE
 
 # knobs of every arm
 LR, REPLAY, BALANCED = "finetune.optimizer.lr", "finetune.replay.fraction", "new_task.args.balance"
+SAMPLED = "finetune.sampling"
 
 
 @dataclass
@@ -68,4 +71,6 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
         knobs[REPLAY] = trial.suggest_float(REPLAY, 0.0, 0.5)
     elif ft.replay is not None:
         knobs[REPLAY] = 0.0
+    if recipe.new_task.loss == "cross_entropy":  # drawn last: a trial's other draws stay put
+        knobs[SAMPLED] = trial.suggest_categorical(SAMPLED, SAMPLING)
     return Proposal(arm, [f"{k}={v!r}" for k, v in knobs.items()], dict(trial.params))

@@ -3,14 +3,16 @@
 The loop (engine.py) starts a source at a saved position (`start(plan, state)`), asks it for the
 next step's batch (`next()`: inputs, targets, on the training device, this rank's share) and, when
 it saves a resumable state, for its position (`state_dict()`); `stop()` ends a run. It knows no
-kind of source. Three are defined:
+kind of source. Four are defined:
 
 - `DeviceSource` (here): a split already on the device, indexed with a seeded permutation per
   epoch (`Order`, the one definition of batch order);
 - `Streamed` (data/stream.py): a DataLoader whose sampler replays that same order ahead of the
   loop, so workers read while the loop trains;
 - `Mixed` (data/replay.py): another source's batches plus replayed old-task samples drawn in
-  an order of their own (mixing composes two sources' positions into one state).
+  an order of their own (mixing composes two sources' positions into one state);
+- `Weighted` (data/sampling.py): another source whose epochs are drawn by class-balanced
+  weights (`finetune.sampling`) instead of permuted.
 
 A source's state is plain data (tensors, numbers), saved under the loop state's "source" key; a
 source resumed from it yields exactly the batches an uninterrupted run would.
@@ -39,6 +41,7 @@ class Plan:
     rank: int = 0  # data-parallel: this process keeps its contiguous share of every batch
     world: int = 1
     accumulate: int = 1  # micro-batches per step
+    weights: Tensor | None = None  # (N,) per-sample draw weights (data/sampling.py); None: permute
 
 
 class BatchSource(Protocol):
@@ -77,11 +80,14 @@ class Position:
         return cls(d.get("perm"), int(d.get("pos", 0)), int(d.get("epoch", 0)), d.get("gen_state"))
 
 
-def advance(st: Any, gen: torch.Generator, n: int, step: int) -> Tensor:
-    """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends;
-    moves `st` (a Position) past it."""
+def advance(st: Any, gen: torch.Generator, n: int, step: int,
+            weights: Tensor | None = None) -> Tensor:
+    """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends
+    (with `weights`, (N,) on the CPU: n indices drawn with replacement, each in proportion to
+    its weight); moves `st` (a Position) past it."""
     if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
-        st.perm = torch.randperm(n, generator=gen)
+        st.perm = (torch.randperm(n, generator=gen) if weights is None else
+                   torch.multinomial(weights, n, replacement=True, generator=gen))
         st.gen_state = gen.get_state()
         st.pos = 0
         st.epoch += 1
@@ -101,8 +107,9 @@ def seeded(state: Tensor | None, seed: int) -> torch.Generator:
 
 
 class Order:
-    """A split's batch order for one run: each epoch a seeded permutation; `next()` gives this
-    rank's indices of the next global batch of `plan.step` samples."""
+    """A split's batch order for one run: each epoch a seeded permutation (or a weighted draw,
+    `plan.weights`); `next()` gives this rank's indices of the next global batch of `plan.step`
+    samples."""
 
     def __init__(self, n: int, plan: Plan, state: dict[str, Any] | None) -> None:
         self.n, self.plan = n, plan
@@ -110,7 +117,7 @@ class Order:
         self.gen = seeded(self.at.gen_state, plan.seed)
 
     def next(self) -> Tensor:
-        idx = advance(self.at, self.gen, self.n, self.plan.step)  # the global batch
+        idx = advance(self.at, self.gen, self.n, self.plan.step, self.plan.weights)  # global
         if self.plan.world > 1:
             idx = idx.tensor_split(self.plan.world)[self.plan.rank]
         return idx

@@ -123,6 +123,7 @@ class Start:
     batches: int  # how many batches the loop will still draw
     rank: int = 0
     world: int = 1
+    weights: Tensor | None = None  # the plan's draw weights (data/sampling.py)
 
 
 class _Order:
@@ -139,7 +140,7 @@ class _Order:
         else:
             gen.manual_seed(s.seed)
         for _ in range(s.batches):
-            idx = advance(at, gen, self.n, s.step)
+            idx = advance(at, gen, self.n, s.step, s.weights)
             if s.world > 1:
                 idx = idx.tensor_split(s.world)[s.rank]
             yield [(at.epoch, int(i)) for i in idx.tolist()]
@@ -269,7 +270,7 @@ class Streamed:
         """Read from `state` (a state_dict(); None: the beginning) on; call before each run."""
         self.order = Order(len(self.samples), plan, state)
         self._order.start = Start(replace(self.order.at), plan.seed, plan.step, plan.batches,
-                                  plan.rank, plan.world)
+                                  plan.rank, plan.world, plan.weights)
         self._it = iter(self.loader)
 
     def next(self) -> tuple[Inputs, Tensor]:

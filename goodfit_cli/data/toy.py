@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -41,9 +42,12 @@ def toy_sin(
     old_region: Sequence[float] = (-1.0, 1.0),
     new_region: Sequence[float] = (0.8, 1.5),
     n_val: int | None = None,
+    joint: bool = False,
 ) -> dict[str, Task]:
     """Old task on old_region², new on new_region²; noisy training targets, noise-free test
     and validation targets (n_val points, default n_test; 0: carve validation from training).
+    joint: the old task's training split also holds the new task's training points (the
+    joint-training reference of docs/results.md: `goodfit pretrain` on all old and new data).
 
     Each (task, split) has its own random stream, so e.g. n_train changes no test set.
     """
@@ -52,6 +56,8 @@ def toy_sin(
     n_val = n_test if n_val is None else check_int("n_val", n_val, 0)
     noise = check_float("noise", noise, 0.0)
     freq = check_float("freq", freq)
+    if not isinstance(joint, bool):
+        raise ArgError("joint", f"expected true or false, got {joint!r}")
     regions = {"old": _region("old_region", old_region), "new": _region("new_region", new_region)}
     tasks = {}
     for name, region in regions.items():
@@ -60,4 +66,8 @@ def toy_sin(
         val = (sample(n_val, region, freq, 0.0, generator(ctx.seed, *_STREAMS[name, "val"]))
                if n_val else None)
         tasks[name] = Task(name, "regression", train, test, val=val)
+    if joint:
+        old, new = tasks["old"].train, tasks["new"].train
+        tasks["old"] = replace(tasks["old"], train=Split(torch.cat([old.x, new.x]),
+                                                         torch.cat([old.y, new.y])))
     return tasks

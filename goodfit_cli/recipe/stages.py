@@ -21,6 +21,7 @@ from goodfit_cli import arms
 from goodfit_cli.arms import ARMS
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.registry import suggest
+from goodfit_cli.data.sampling import SAMPLING
 from goodfit_cli.recipe.components import SCHEDULERS, unknown_optimizer
 from goodfit_cli.recipe.sections import REPLAY, ReplaySpec
 from goodfit_cli.recipe.yamlcheck import (
@@ -216,6 +217,9 @@ class StageSpec(Section):
     early_stop: EarlyStopSpec = nested(EarlyStopSpec, only="finetune")
     replay: ReplaySpec | None = key(REPLAY, None, only="finetune",
                                     help="old-task samples mixed into every batch")
+    sampling: str = key(string(SAMPLING), "uniform", only="finetune",
+                        help="the new task's batches: uniform, or class-balanced (balanced, "
+                             "sqrt) for a long tail")
     penalty: dict[str, Any] = key(section(legacy_knobs("penalty")), {}, only="finetune",
                                   help="the anti-forgetting arms' knobs at their older home")
 

@@ -63,7 +63,7 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final, "val_metrics": val}
     extra = dict(ran.summary)
-    summary.update({k: extra.pop(k) for k in ("replay", "cycles") if k in extra})
+    summary.update({k: extra.pop(k) for k in ("replay", "sampling", "cycles") if k in extra})
     if world > 1:
         summary["world_size"] = world
     if st.skipped:

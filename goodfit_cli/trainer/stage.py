@@ -19,6 +19,7 @@ from torch import nn
 from goodfit_cli.arms import Context, OldTask
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.data import sampling
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.data.sources import source_of
 from goodfit_cli.engine import LoopConfig, LoopState, batches_per_epoch, train
@@ -62,9 +63,11 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         out.mkdir(parents=True, exist_ok=True)
     budget = stage_for_arm(job.stage, arm)
     data = s.tasks[job.task].train
-    source, replayed = source_of(data), None
+    drawn = job.stage.sampling if job.task == "new" else "uniform"  # class balance: new task
+    new = sampling.weighted(data, drawn, s.recipe.at("finetune.sampling"))
+    source, replayed = source_of(new), None
     if job.stage.replay is not None and job.task == "new":  # old-task samples in every batch
-        source = mix(data, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
+        source = mix(new, s.tasks["old"].train, job.stage.replay, budget["batch_size"], s.seed,
                      s.recipe.at("finetune.replay"))
         replayed = describe(source, job.stage.replay, s.seed)
     new_per_batch = budget["batch_size"] - (replayed["old_per_batch"] if replayed else 0)
@@ -130,6 +133,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     summary: dict[str, Any] = {}
     if replayed:
         summary["replay"] = replayed
+    if drawn != "uniform":
+        summary["sampling"] = sampling.describe(sampling.labels_of(data, ""), drawn, s.seed)
     cycles = {"batches_per_cycle": cycle_length(optimizer), "budget_asked": asked,
               "budget_ran": total, "partial_cycle_dropped": finish_cycle(optimizer)}
     if cycles["batches_per_cycle"] > 1:

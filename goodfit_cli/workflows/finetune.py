@@ -21,6 +21,7 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases
+from goodfit_cli.data import sampling
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import describe_difference
@@ -148,6 +149,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
                + f" from the model folder {job.base}")
     s = open_session(recipe, place)
+    drawn = recipe.finetune.sampling  # class-balanced batches need labels: refused before training
+    sampled = (sampling.describe(sampling.labels_of(s.tasks["new"].train,
+                                                    recipe.at("finetune.sampling")), drawn, s.seed)
+               if drawn != "uniform" else None)
     arm_names = job.arms or recipe.finetune.arms
     parsed = [parse_arm(a, recipe.finetune) for a in arm_names]
     adopted = adopt_base_model(recipe, job.base, s.tasks)
@@ -183,6 +188,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity, "validation": s.validation,
+                                       **({"sampling": sampled} if sampled else {}),
                                        "input": {**(loaded.input or {"source": "as stored"}),
                                                  **({"from_config": geometry} if geometry
                                                     else {})},
