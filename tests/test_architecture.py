@@ -188,7 +188,7 @@ def test_commands_import_no_dynamo():
     """torch._dynamo (a third of the import time of a command that reads a recipe, on a CPU) is
     loaded only when something builds an optimizer (torch's own add_param_group loads it) or
     compiles: importing the commands' workflows, GoodFit among them, does not load it (GoodFit's
-    step is made compile-disabled at its first call under dynamo: optim/goodfit.py `eager`)."""
+    step is made compile-disabled at its first call under dynamo: optim/eager.py `eager`)."""
     code = ("import sys\nfrom goodfit_cli.workflows import compare, evaluate, finetune, wise\n"
             "from goodfit_cli.optim import GoodFit\n"
             "print('DYNAMO' if 'torch._dynamo' in sys.modules else 'NO-DYNAMO')")

@@ -456,7 +456,8 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
 
 def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path):
     from goodfit_cli.core.errors import UserError
-    from goodfit_cli.workflows.search import SearchJob, _open_study
+    from goodfit_cli.workflows.search import SearchJob
+    from goodfit_cli.workflows.study import open_study
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     old = optuna.create_study(storage=url, study_name="goodfit-toy",
@@ -467,4 +468,4 @@ def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path)
     job = SearchJob("toy", tmp_path / "b", tmp_path / "run", 4, storage=url)
     with pytest.raises(UserError, match=r"study 'goodfit-toy' names its knobs as an older "
                                         r"goodfit did \(lr, not finetune.optimizer.lr\)"):
-        _open_study(job, (-1, -1), {"recipe": "toy"})
+        open_study(job, (-1, -1), {"recipe": "toy"})

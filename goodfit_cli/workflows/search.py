@@ -31,7 +31,6 @@ import json
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ from typing import Any
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.objectives import direction
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import probe_writable, sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -61,6 +59,7 @@ from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.study import counted, open_study
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 
@@ -84,86 +83,11 @@ class SearchJob:
     margin: float = 1.0  # the gate on validation: rate limits z standard errors inward
 
 
-def _storage(url: str) -> Any:
-    """Optuna's storage at `url`; its errors (a bad URL, an unreachable server, a missing driver,
-    two workers creating the tables at once) go to the caller."""
-    import optuna
-
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    st = optuna.storages  # a worker that died mid-trial: its trial is retried once, by anyone
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
-        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-                 {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
-        return st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                             grace_period=300, **stale)
-
-
-def _a_race(e: Exception) -> bool:
-    """Whether creating a study failed because another worker was creating it at the same
-    moment (retried), not because the database cannot be used (reported at once)."""
-    import optuna
-
-    text = str(e).lower()
-    return isinstance(e, optuna.exceptions.DuplicatedStudyError) or (
-        type(e).__name__ in ("IntegrityError", "OperationalError")
-        and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text))
-
-
-def _open_study(job: SearchJob, dirs: tuple[int, int], identity: dict[str, str]) -> Any:
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = job.study or f"goodfit-{identity['recipe']}"
-    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
-    for attempt in range(5):  # workers starting together race to create the tables and study
-        try:
-            study = optuna.create_study(
-                storage=_storage(url), study_name=name, load_if_exists=True,
-                directions=["maximize" if d > 0 else "minimize" for d in dirs])
-            break
-        except Exception as e:  # a bad URL, a missing driver: one line at once, no retry
-            if attempt == 4 or not _a_race(e):
-                raise UserError(f"--storage {url}: cannot open the study's database "
-                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-            time.sleep(1 + attempt)
-    for k, v in identity.items():  # one study = one recipe and one base
-        have = study.user_attrs.get(k)
-        if have is None:
-            study.set_user_attr(k, v)
-        elif have != v:
-            raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
-                            f"({have[:16]} != {v[:16]}); use a new --study or --out")
-    if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
-        raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
-                        "did (lr, not finetune.optimizer.lr); use a new --study or --out")
-    legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {  # optuna < 5
-        "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
-    with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.sampler = optuna.samplers.TPESampler(  # a worker joining later draws afresh
-            seed=job.seed * 100_003 + len(study.trials), multivariate=True, group=True, **legacy)
-    study.set_user_attr("storage", redact(url))  # never the password
-    return study
-
-
-def _counts(t: Any) -> bool:
-    """Whether trial `t` counts toward --trials: finished, running now, or pruned by the rule
-    (not one that diverged, was interrupted, or was made after the study reached its target)."""
-    state = t.state.name
-    return state in ("COMPLETE", "RUNNING") or (state == "PRUNED" and "pruned" in t.user_attrs)
-
-
-def _counted(study: Any) -> list:
-    return [t for t in study.get_trials(deepcopy=False) if _counts(t)]
-
-
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
-    before = sum(t.number < trial.number for t in _counted(trial.study))  # counted trials
+    before = sum(t.number < trial.number for t in counted(trial.study))  # counted trials
     if before >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
@@ -268,17 +192,17 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                 "replay": "searched" if job.replay else "off"}  # one search space per study
     if job.storage is None:  # the default study.db lives in --out
         _make_out(job.out)
-    study = _open_study(job, dirs, identity)
+    study = open_study(job, dirs, identity)
     _make_out(job.out)
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
-    left = job.trials - len(_counted(study))
+    left = job.trials - len(counted(study))
     t0 = time.perf_counter()
     if left > 0:
         ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
         stopped: list[Interrupted] = []
 
         def enough(study: Any, _: Any) -> None:  # every worker stops at the study's target
-            if len(_counted(study)) >= job.trials:
+            if len(counted(study)) >= job.trials:
                 study.stop()
 
         study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),

@@ -1,0 +1,89 @@
+"""The Optuna study behind `goodfit search`: its storage (SQLite in RUN or any database URL),
+its creation by workers that start together, the identity it is bound to (one recipe, one base,
+one search space), its sampler, and which of its trials count toward --trials.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.text import redact
+
+def storage(url: str) -> Any:
+    """Optuna's storage at `url`; its errors (a bad URL, an unreachable server, a missing driver,
+    two workers creating the tables at once) go to the caller."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    st = optuna.storages  # a worker that died mid-trial: its trial is retried once, by anyone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
+        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
+                 {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
+        return st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
+                             grace_period=300, **stale)
+
+
+def a_race(e: Exception) -> bool:
+    """Whether creating a study failed because another worker was creating it at the same
+    moment (retried), not because the database cannot be used (reported at once)."""
+    import optuna
+
+    text = str(e).lower()
+    return isinstance(e, optuna.exceptions.DuplicatedStudyError) or (
+        type(e).__name__ in ("IntegrityError", "OperationalError")
+        and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text))
+
+
+def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str]) -> Any:
+    """The study of a search job (workflows/search.py `SearchJob`: its study, storage, out and
+    seed), created or joined, bound to `identity`, with this worker's sampler."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = job.study or f"goodfit-{identity['recipe']}"
+    url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
+    for attempt in range(5):  # workers starting together race to create the tables and study
+        try:
+            study = optuna.create_study(
+                storage=storage(url), study_name=name, load_if_exists=True,
+                directions=["maximize" if d > 0 else "minimize" for d in dirs])
+            break
+        except Exception as e:  # a bad URL, a missing driver: one line at once, no retry
+            if attempt == 4 or not a_race(e):
+                raise UserError(f"--storage {url}: cannot open the study's database "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            time.sleep(1 + attempt)
+    for k, v in identity.items():  # one study = one recipe and one base
+        have = study.user_attrs.get(k)
+        if have is None:
+            study.set_user_attr(k, v)
+        elif have != v:
+            raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
+                            f"({have[:16]} != {v[:16]}); use a new --study or --out")
+    if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
+        raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
+                        "did (lr, not finetune.optimizer.lr); use a new --study or --out")
+    legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {  # optuna < 5
+        "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
+    with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.sampler = optuna.samplers.TPESampler(  # a worker joining later draws afresh
+            seed=job.seed * 100_003 + len(study.trials), multivariate=True, group=True, **legacy)
+    study.set_user_attr("storage", redact(url))  # never the password
+    return study
+
+
+def counts(t: Any) -> bool:
+    """Whether trial `t` counts toward --trials: finished, running now, or pruned by the rule
+    (not one that diverged, was interrupted, or was made after the study reached its target)."""
+    state = t.state.name
+    return state in ("COMPLETE", "RUNNING") or (state == "PRUNED" and "pruned" in t.user_attrs)
+
+
+def counted(study: Any) -> list:
+    return [t for t in study.get_trials(deepcopy=False) if counts(t)]
