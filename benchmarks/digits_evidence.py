@@ -9,13 +9,15 @@ of digit 8, every training image of 9). For each seed the script
    reference: every old and new training image, from scratch, the pretraining settings);
 3. `goodfit finetune` with the recipe's arms (benchmarks/digits.yaml): each arm's test accuracy,
    and the best WiSE-FT point of their curves, chosen on validation within the gate;
-4. `goodfit search --trials N --no-defaults` with replay searched and with `--no-replay`, each
+4. `goodfit search --trials N` (the recipe's default arms its first trials, within its
+   default budget of 10 fine-tunes; `--no-defaults`, `--budget`: the script passes them on) with
+   replay searched and with `--no-replay`, each
    gated as the issue's user would: `--min-old accuracy=F`, F the target's floor (0.97 with
    replay, 0.95 without; the search's default validation margin, 1 standard error): the
    recommendation (chosen on validation, reported on test) and the study's compute in units of
    one fine-tune (the training batches of its trials, from report.json, over the recipe's
-   batches of one arm; the recipe's default arms are not part of the study, the finetune of
-   step 3 trains them once for the table);
+   batches of one arm, the default arms' trials included; the finetune of step 3 trains the
+   arms once more for the table, outside the study);
 
 and prints one Markdown table. Nothing is downloaded (load_digits ships with scikit-learn).
 
@@ -85,8 +87,10 @@ def write_digits(folder: Path, seed: int) -> dict[str, int]:
     for split in ("train", "val"):
         o, n = sets[f"old_{split}"], sets[f"new_{split}"]
         sets[f"joint_{split}"] = (np.concatenate([o[0], n[0]]), np.concatenate([o[1], n[1]]))
-    for name, (x, y) in sets.items():
-        np.savez(folder / f"{name}.npz", x=x, y=y)
+    for name, (x, y) in sets.items():  # atomically: another process may be reading them
+        tmp = folder / f".{name}.{os.getpid()}.npz"
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, folder / f"{name}.npz")
     return {name: len(y) for name, (_, y) in sets.items()}
 
 
@@ -180,12 +184,17 @@ def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
         rows[f"best WiSE-FT point of the arms, old >= {floor}"] = {**best_wise(ft, floor),
                                                                    "chose": "val"}
     for label, flag in (("replay searched", []), ("no replay", ["--no-replay"])):
+        if a.only and label != a.only:
+            continue
         run = d / ("search" if not flag else "search-noreplay")
         done = run / "report.json"
         counted = json.loads(done.read_text()) if done.exists() else {}
-        if counted.get("complete", 0) + counted.get("pruned", 0) < a.trials:  # pruned: counted
+        spent = any("budget left" in n for n in counted.get("notes", []))  # stopped by it
+        if counted.get("complete", 0) + counted.get("pruned", 0) < a.trials and not spent:
             goodfit("search", "--base", base, "--recipe", RECIPE, "--trials", a.trials, "--out", run,
-                    "--seed", seed, "--min-old", f"accuracy={TARGETS[label][0]}", "--no-defaults",
+                    "--seed", seed, "--min-old", f"accuracy={TARGETS[label][0]}",
+                    *(["--no-defaults"] if a.no_defaults else []),
+                    *(["--budget", a.budget] if a.budget is not None else []),
                     *(["--rungs", a.rungs] if a.rungs is not None else []), *flag, *dd, *over)
         rep = json.loads((run / "report.json").read_text())
         rec = rep["recommendation"]
@@ -214,6 +223,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--rungs", type=int, default=None, help="the search's --rungs (default: its own)")
+    ap.add_argument("--no-defaults", action="store_true",
+                    help="the search's --no-defaults (the evidence before the default arms were "
+                         "the study's first trials)")
+    ap.add_argument("--only", choices=list(TARGETS), default=None,
+                    help="run only this study per seed (two processes can share a seed once "
+                         "its base and finetune exist); the table needs every study")
+    ap.add_argument("--budget", default=None, help="the search's --budget (default: its own)")
     ap.add_argument("--out", type=Path, default=Path("runs/digits-evidence"))
     ap.add_argument("--rejudge", type=float, nargs="*", default=[],
                     help="also judge the finished studies with these floors on old accuracy")
@@ -221,6 +237,8 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     per_seed = {seed: run_seed(a, seed) for seed in a.seeds}
+    if a.only:
+        return
     names = list(per_seed[a.seeds[0]])
     print("| candidate | old accuracy (digits 0-7, test) | new accuracy (8, 9, test) | chosen on "
           "| what, per seed | compute (fine-tunes), per seed |\n|---|---|---|---|---|---|")

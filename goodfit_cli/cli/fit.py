@@ -194,6 +194,7 @@ def search(
     rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
     rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
     val_margin: float = typer.Option(1.0, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
+    budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
@@ -202,19 +203,20 @@ def search(
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.report.search import parse_rule
     from goodfit_cli.workflows.pruning import Halving
-    from goodfit_cli.workflows.search import SearchJob
+    from goodfit_cli.workflows.search import SearchJob, parse_budget
     from goodfit_cli.workflows.search import search as run_search
     from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place
 
     how = parse_rule(rule)  # a bad --rule: one line, before anything runs
+    cap = parse_budget(budget)
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
-                                   Halving(rungs=rungs), val_margin),
+                                   Halving(rungs=rungs), val_margin, cap),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete, {rep['pruned']} pruned; recommendation "

@@ -59,6 +59,8 @@ class Mixed:
         accumulated micro-batch), drawn in the pool's own seeded order."""
         x, y = self._inner.next()
         m, k = len(self.old), self.old_per_batch * self._plan.accumulate
+        if k == 0:  # fraction 0 (e.g. a search's trial at the recipe's "no replay")
+            return x, y
         parts = []
         while k > 0:
             if self.perm is None or self.pos >= m:  # a new pass over the pool

@@ -231,7 +231,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{rep['gate'] or 'none (every trial is feasible)'}"
               f"{_margin(rep.get('val_margin'))}; rule: "
-              f"{rep.get('rule', 'new')}.",
+              f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")),
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
               "splits; the test numbers beside them are for the report only."]
     rec, said = rep["recommendation"], []
@@ -246,7 +246,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
             gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
             test = (f"; on test: old {m_old} {rec['test_old']:.4g}, new {m_new} "
                     f"{rec['test_new']:.4g} (gate on test: {gate})")
-        said.append(f"Trial {rec['number']} ({rec['arm']}; {knobs}), by --rule "
+        default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
+        said.append(f"Trial {rec['number']} ({rec['arm']}{default}; {knobs}), by --rule "
                     f"{rep.get('rule', 'new')}: on validation old {m_old} "
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
@@ -279,7 +280,11 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
         if rep.get("base_point"):
             b = rep["base_point"]
             rows.append(["base (no fine-tune)", val(b["old"]), val(b["new"]), "-", "-", "-"])
-        rows += [[r["name"], val(r["old"]), val(r["new"]), gate[r.get("gate")],
+        rows += [[f"{r['name']} (trial {r['number']})" if "number" in r else r["name"],
+                  val(r["old"]), val(r["new"]),
+                  gate[r.get("gate")] if "state" not in r else
+                  (f"{r['state']}" + (f"; new {m_new} {r['rung_new']:.4g} at rung {r['rung']}, "
+                                      "best WiSE-FT point" if "rung" in r else "")),
                   val(r.get("test_old")), val(r.get("test_new"))] for r in rep["defaults"]]
         tables.append(("The recipe's default arms", ["arm", f"old {m_old} (val)",
                                                      f"new {m_new} (val)", "gate (val)",
@@ -325,12 +330,23 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     md = render_markdown(rep)
     atomic_write(out / "report.md", md)
     dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
-    args = (rep["trials"], rep["defaults"], curves,
+    args = (rep["trials"], [r for r in rep["defaults"] if r.get("old") is not None], curves,
             (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
             rep.get("base_point"), rep["recommendation"])
     linear, log = pareto_svg(*args, log=False), pareto_svg(*args)
     html = render_html(rep, linear + (log if log != linear else ""))  # log: when it differs
     atomic_write(out / "report.html", html)
+
+
+def _budget(b: dict | None) -> str:
+    """The budget line: what the study may train and what it trained (default arms included)."""
+    if not b:
+        return ""
+    cap = ("unlimited" if b["finetunes"] is None else
+           f"{b['finetunes']:g} fine-tunes ({b['batches']} batches)")
+    return (f" Budget: {cap}; spent {b['spent_batches']} training batches = "
+            f"{b['spent_finetunes']:.2f} fine-tunes of {b['steps_per_finetune']} batches, the "
+            "recipe's default arms included (evaluations and WiSE-FT points not counted).")
 
 
 def _margin(z: float | None) -> str:

@@ -42,6 +42,7 @@ from typing import Any, Callable
 from goodfit_cli.report.gate import Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
+from goodfit_cli.workflows.budget import Budget, claim
 
 ALPHAS = tuple(i / 10 for i in range(1, 11))  # the curve measured at a rung (α = 0: the base)
 
@@ -101,13 +102,18 @@ class PruneWatch:
 
     def __init__(self, trial: Any, halving: Halving, trial_dir: Path, gate: Gate | None,
                  primary: dict[str, str], new_dir: int, inner: Any = None,
-                 z: float = 0.0, protected: bool | None = None) -> None:
+                 z: float = 0.0, protected: bool | None = None,
+                 budget: Budget | None = None) -> None:
         self.trial, self.halving, self.dir, self.gate = trial, halving, trial_dir, gate
         self.primary, self.new_dir, self.inner, self.z = primary, new_dir, inner, z
         # never pruned: one of the study's first `startup` trials (the search counts only
         # those that count toward --trials; default: by the trial's number)
         self.protected = trial.number < halving.startup if protected is None else protected
+        # the study's budget (workflows/budget.py): promoted past its first rung, the trial
+        # claims the rest of itself, or is pruned there when the budget left cannot cover it
+        self.budget, self.claimed = budget, bool(self.protected)
         self.rungs: list[int] = []
+        self.total = 0
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
 
@@ -119,6 +125,7 @@ class PruneWatch:
 
     def on_start(self, total_batches: int, done: int) -> None:
         self.rungs = self.halving.rung_batches(total_batches) if self.halving.rungs else []
+        self.total = total_batches
         if self.inner is not None:
             self.inner.on_start(total_batches, done)
 
@@ -183,6 +190,12 @@ class PruneWatch:
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "
                                        f"point is not among the best 1/{self.halving.eta} of "
                                        f"the {len(others) + 1} trials that reached it")
+            if self.budget is not None and not self.claimed:
+                if not claim(self.trial, self.total, self.budget):
+                    raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}) by the budget: "
+                                           f"{self.budget.finetunes:g} fine-tunes do not cover "
+                                           f"the rest of this trial ({self.total} batches)")
+                self.claimed = True
 
 
 def watching(ui_events: Callable[[str], Any] | None, make: Callable[[Any], PruneWatch]

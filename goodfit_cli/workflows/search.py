@@ -52,10 +52,13 @@ from goodfit_cli.report.search import (
     write_search_report,
 )
 from goodfit_cli.report.trials import best_alpha, gained, judge, pick
-from goodfit_cli.arms.search import propose
+from goodfit_cli.arms import ARMS
+from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key, propose
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
+from goodfit_cli.training.arms import arm_type, parse_arm
+from goodfit_cli.workflows.budget import Budget, claim, settle, spent
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
@@ -76,11 +79,12 @@ class SearchJob:
     study: str | None = None  # default: goodfit-<recipe name>
     seed: int = 0  # the sampler's seed (plus the number of trials already in the study)
     gate: Gate | None = None
-    defaults: bool = True  # also run the recipe's default arms (the reference points)
+    defaults: bool = True  # the recipe's default arms are the study's first trials
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
     rule: Rule = field(default_factory=Rule)  # how the recommendation is picked
     prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
     margin: float = 1.0  # the gate on validation: rate limits z standard errors inward
+    budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
@@ -93,6 +97,19 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
+    budget = Budget(job.budget, recipe.finetune.steps)
+    protected = before < job.prune.startup  # an interrupted trial is not the startup
+    steps = recipe.finetune.steps
+    first = steps if protected or not job.prune.rungs else job.prune.rung_batches(steps)[0]
+    if budget.batches is not None and (spent(trial.study) + steps > budget.batches
+                                       or not claim(trial, first, budget)):
+        trial.set_user_attr("over_budget", True)  # not run, not counted
+        frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+        fixed = frozen.system_attrs.get("fixed_params")  # an enqueued default arm: it waits on
+        if fixed and "default" in trial.user_attrs:  # for a rerun with a larger budget
+            trial.study.enqueue_trial(fixed, user_attrs={"default": trial.user_attrs["default"]})
+        trial.study.stop()
+        raise optuna.TrialPruned(f"the budget left cannot cover another trial ({steps} batches)")
     prim = recipe.primary
     p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
@@ -104,7 +121,31 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     dirs = (direction(prim["old"]), direction(prim["new"]))
     watch = watching(ui.events_for, lambda inner: PruneWatch(
         trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin,
-        protected=before < job.prune.startup))  # an interrupted trial is not the startup
+        protected=protected, budget=budget))
+    try:
+        return _trained(job, trial, place, ui, trecipe, p, trial_dir, stopped, watch)
+    finally:  # whatever ended it, the trial holds what it trained
+        settle(trial, _batches(trial, trial_dir / arm_dirname(p.arm)))
+
+
+def _batches(trial: Any, arm_dir: Path) -> int:
+    """What a trial trained: its arm's summary.json once it finished, else the batch its
+    last evaluation or rung saw."""
+    summary = arm_dir / "summary.json"
+    if summary.exists():
+        return int(json.loads(summary.read_text()).get("batches", 0))
+    return int(trial.user_attrs.get("batches") or 0)
+
+
+def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: Any,
+             trial_dir: Path, stopped: list[Interrupted], watch: Any) -> tuple:
+    """The trial's fine-tune (`trecipe`: the recipe with its knobs) and WiSE-FT α; its
+    validation objectives."""
+    import optuna
+
+    recipe = trecipe
+    prim = recipe.primary
+    dirs = (direction(prim["old"]), direction(prim["new"]))
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate), place, Ui(ui.log, watch))
@@ -151,18 +192,44 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     return val["old"][prim["old"]], val["new"][prim["new"]]
 
 
-def _defaults(job: SearchJob, place: Place, ui: Ui) -> list[str]:
-    """Run the recipe's default arms once into RUN/defaults (the first worker there claims it)."""
-    d = job.out / "defaults"
-    if (d / "report.json").exists():
-        return []
+def parse_budget(text: str) -> float | None:
+    """--budget: fine-tunes (at least 1: the study's first trial is never pruned), or 0/none:
+    unlimited; a mistake is one line."""
+    if text.strip().lower() in ("none", "0", "0.0"):
+        return None
     try:
-        d.mkdir()
-    except FileExistsError:
-        return [f"the default arms in {d} are unfinished (another worker is running them, or an "
-                "earlier run was cut: delete the folder to run them again)"]
-    finetune(FinetuneJob(load(job.recipe, job.overrides), job.base, d, gate=job.gate), place, ui)
-    return []
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise UserError(f"--budget {text}: a number of fine-tunes, at least 1 (the study's first "
+                        "trial runs whole), or 0 / none for no budget")
+    return value
+
+
+def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The recipe's default arms as trials of the search space (arms/search.py): [(the arm's
+    name in the recipe, its parameters)]: the arm's kind, the recipe's lr and each searched
+    knob at the recipe's value, no replay unless the recipe's own fraction, no class balance
+    unless the recipe's, the recipe's sampling. An arm over another optimizer than the
+    recipe's runs over the recipe's (the search's arms do)."""
+    ft = recipe.finetune
+    out = []
+    for name in ft.arms:
+        arm = parse_arm(name, ft)
+        decl = ARMS.get(arm.kind)
+        if not decl.available():
+            continue
+        args = arm_type(arm, ft).args
+        params: dict[str, Any] = {"arm": arm.kind, LR: ft.optimizer.lr}
+        params.update({knob_key(arm.kind, k): args[k.name] for k in decl.knobs if k.search})
+        if recipe.new_task.loss == "cross_entropy":
+            params[BALANCED] = (recipe.new_task.args or {}).get("balance", "none")
+            params[SAMPLED] = ft.sampling
+        if replay:
+            params[REPLAY] = ft.replay.fraction if ft.replay is not None else 0.0
+        out.append((name, params))
+    return out
 
 
 def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
@@ -189,13 +256,25 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     dirs = (direction(prim["old"]), direction(prim["new"]))
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
-                "replay": "searched" if job.replay else "off"}  # one search space per study
+                "replay": "searched" if job.replay else "off",  # one search space per study
+                "defaults": "first trials" if job.defaults else "off"}
     if job.storage is None:  # the default study.db lives in --out
         _make_out(job.out)
-    study = open_study(job, dirs, identity)
+
+    def enqueue(study: Any) -> None:  # the study's creator only: once, whatever the workers
+        for name, params in default_trials(recipe, job.replay):
+            study.enqueue_trial(params, user_attrs={"default": name})
+
+    study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     _make_out(job.out)
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
     left = job.trials - len(counted(study))
+    budget = Budget(job.budget, recipe.finetune.steps)
+    if budget.batches is not None and left > 0 and (
+            spent(study) + budget.steps > budget.batches):
+        notes.append(f"the budget left cannot cover another trial: {left} of --trials "
+                     f"{job.trials} not run")
+        left = 0
     t0 = time.perf_counter()
     if left > 0:
         ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
@@ -209,15 +288,12 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                        n_trials=left, callbacks=[enough])
         if stopped:  # no report from a study cut short; the same command continues it
             raise stopped[0]
-    if job.defaults:
-        notes += _defaults(job, place, ui)
-    defaults = _defaults_report(job) or {"arms": []}
-    rep = _report(job, study, recipe, dirs, notes, defaults)
+    if any(t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
+        notes.append("the budget left could not cover another trial: the study stopped at "
+                     f"{len(counted(study))} of --trials {job.trials}")
+    rep = _report(job, study, recipe, dirs, notes, budget)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
-    curves = [(a["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
-                           for p in a["wise"] if "val" in p])  # validation, like the trials
-              for a in defaults["arms"] if a.get("wise")]
-    write_search_report(rep, job.out, curves)
+    write_search_report(rep, job.out, _curves(rep, prim))
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
 
@@ -230,15 +306,23 @@ def _make_out(out: Path) -> None:
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
-def _defaults_report(job: SearchJob) -> dict | None:
-    """RUN/defaults/report.json (the recipe's default arms and the base), None until it ran."""
-    path = job.out / "defaults" / "report.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
+    """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials."""
+    curves = []
+    for r in rep["defaults"]:
+        path = Path(r.get("dir") or "") / "report.json"
+        if r.get("old") is None or not path.is_file():
+            continue
+        arm = json.loads(path.read_text())["arms"][0]
+        curves.append((r["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
+                                   for p in arm.get("wise") or [] if "val" in p]))
+    return curves
 
 
 def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
-            notes: list[str], defaults: dict) -> dict[str, Any]:
-    """The study's report; `defaults`: RUN/defaults/report.json ({"arms": []} before it ran)."""
+            notes: list[str], budget: Budget) -> dict[str, Any]:
+    """The study's report: every trial judged with this command's gate, the recipe's default
+    arms (the trials enqueued first) as the reference points, the budget and what was spent."""
     prim = recipe.primary
     gate_now = describe(job.gate)
     judged_with = study.user_attrs.get("gate")
@@ -253,7 +337,9 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
     study.set_user_attr("val_margin", job.margin)
     trials = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus"):  # created after the study reached its target, not run
+        if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget"):  # never run
+            continue
+        if t.state.name == "WAITING":  # an enqueued default arm not run (--trials reached)
             continue
         views = t.user_attrs.get("views")
         if t.state.name == "COMPLETE" and views is None:
@@ -264,6 +350,9 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
+                       **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
+                          else {}),
+                       "base_val": t.user_attrs.get("base_val"),
                        "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
                                                  if "wise_alpha" in t.user_attrs else {})},
                        "old": vals[0], "new": vals[1],
@@ -280,14 +369,23 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        "checkpoint": t.user_attrs.get("checkpoint")})
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs = []
-    for a in defaults["arms"]:  # judged like the trials: on validation, with this gate
-        v = a.get("validation") or {"metrics": a["metrics"], "delta": a["delta"],
-                                    "flips": a["flips"]}
-        refs.append({"name": a["name"], **dict(zip(("old", "new"), pick(v["metrics"], prim))),
-                     **dict(zip(("test_old", "test_new"), pick(a["metrics"], prim))),
-                     "gate": job.gate and judge(job.gate, v, a["name"], job.margin)["passed"]})
-    b = defaults.get("base_val_metrics") or defaults.get("base_metrics")  # the base itself
-    base = dict(zip(("old", "new"), pick(b, prim))) if b else None
+    for t in trials:  # the default arms: trials like the others, judged with this gate
+        if "default" not in t:
+            continue
+        ref = {"name": t["default"], "number": t["number"], "dir": t["dir"],
+               "old": t["old"], "new": t["new"], "test_old": t["test_old"],
+               "test_new": t["test_new"],
+               "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None)}
+        if t["state"] != "COMPLETE":  # pruned at a rung (or diverged): its last rung point
+            ref["state"] = t.get("pruned") or t["state"]
+            rungs = study.trials[t["number"]].user_attrs.get("rungs") or {}
+            if rungs:  # (minus the gate violations, the oriented new-task metric) at the rung
+                k = max(rungs, key=int)
+                ref["rung"], ref["rung_new"] = int(k), dirs[1] * rungs[k][1]
+        refs.append(ref)
+    b = next((t["base_val"] for t in trials if t.get("base_val")), None)  # the base itself
+    base = dict(zip(("old", "new"), b)) if b else None
+    spent_b = sum(t["batches"] or 0 for t in trials)
     rec = recommend(done, dirs, job.rule)
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
@@ -295,10 +393,15 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
            "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),
-           "batches": sum(t["batches"] or 0 for t in trials),
+           "batches": spent_b,
            "front": pareto_front([t for t in done if t["feasible"]], dirs),
+           "budget": {"finetunes": job.budget, "batches": budget.batches,
+                      "steps_per_finetune": budget.steps, "spent_batches": spent_b,
+                      "spent_finetunes": round(spent_b / budget.steps, 4)},
            "defaults": refs, "base_point": base, "recommendation": rec,
-           "against_defaults": dominance_against(rec, refs, dirs) if rec else {}}
+           "against_defaults": dominance_against(
+               rec, [r for r in refs if r["old"] is not None and r["number"] != rec["number"]],
+               dirs) if rec else {}}
     if job.gate is None:
         notes.append("no gate: the rule picks among every trial that gains on the new task, "
                      "whatever it broke")

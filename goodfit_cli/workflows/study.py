@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
@@ -39,19 +39,26 @@ def a_race(e: Exception) -> bool:
         and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text))
 
 
-def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str]) -> Any:
+def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
+               on_create: Callable[[Any], None] | None = None) -> Any:
     """The study of a search job (workflows/search.py `SearchJob`: its study, storage, out and
-    seed), created or joined, bound to `identity`, with this worker's sampler."""
+    seed), created or joined, bound to `identity`, with this worker's sampler. `on_create(study)`
+    runs in the one worker that created the study (the storage's unique study name decides
+    which), after the identity is set: e.g. enqueueing the first trials exactly once."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = job.study or f"goodfit-{identity['recipe']}"
     url = job.storage or f"sqlite:///{(job.out / 'study.db').resolve()}"
+    created = False
     for attempt in range(5):  # workers starting together race to create the tables and study
         try:
-            study = optuna.create_study(
-                storage=storage(url), study_name=name, load_if_exists=True,
-                directions=["maximize" if d > 0 else "minimize" for d in dirs])
+            kw = dict(storage=storage(url), study_name=name,
+                      directions=["maximize" if d > 0 else "minimize" for d in dirs])
+            try:
+                study, created = optuna.create_study(**kw, load_if_exists=False), True
+            except optuna.exceptions.DuplicatedStudyError:  # made before, or by another worker
+                study = optuna.create_study(**kw, load_if_exists=True)
             break
         except Exception as e:  # a bad URL, a missing driver: one line at once, no retry
             if attempt == 4 or not a_race(e):
@@ -75,6 +82,8 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str]) -> Any
         study.sampler = optuna.samplers.TPESampler(  # a worker joining later draws afresh
             seed=job.seed * 100_003 + len(study.trials), multivariate=True, group=True, **legacy)
     study.set_user_attr("storage", redact(url))  # never the password
+    if created and on_create is not None:
+        on_create(study)
     return study
 
 
