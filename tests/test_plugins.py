@@ -187,11 +187,13 @@ def test_a_plugin_arm_runs_through_finetune_and_search(site, base):
     res = goodfit(site, "search", "--base", str(base), "--recipe", "toy", "--trials", "1",
                   "--out", str(site / "s"), *TINY, "finetune.arms=[shrink]")
     assert res.returncode == 0, res.stdout + res.stderr
-    defaults = json.loads((site / "s" / "defaults" / "report.json").read_text())
-    assert [a["name"] for a in defaults["arms"]] == ["shrink"]
+    report = json.loads((site / "s" / "report.json").read_text())
+    assert [r["name"] for r in report["defaults"]] == ["shrink"]  # the study's first trial
     import optuna
 
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{site / 's' / 'study.db'}")
+    assert study.trials[0].user_attrs["default"] == "shrink"
+    assert study.trials[0].params["arm"] == "shrink"
     choices = study.trials[0].distributions["arm"].choices
     assert list(choices) == ["plain", "head_only", "goodfit", "lp_ft", "l2sp", "lwf", "focal",
                              "ewc", "lora", "shrink"]

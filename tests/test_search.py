@@ -469,3 +469,152 @@ def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path)
     with pytest.raises(UserError, match=r"study 'goodfit-toy' names its knobs as an older "
                                         r"goodfit did \(lr, not finetune.optimizer.lr\)"):
         open_study(job, (-1, -1), {"recipe": "toy"})
+
+
+def test_budget_claims_through_the_storage_never_add_up_past_the_budget(tmp_path):
+    """A claim is written, then every claim is read back from the study's storage; one that
+    would take the study past its budget is withdrawn. Two workers (two Study objects on one
+    SQLite file): a claim written by one is seen by the other, so of two claims made at once
+    the later check refuses; a trial that ends holds what it trained."""
+    from goodfit_cli.workflows.budget import Budget, claim, settle, spent
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    one = optuna.create_study(storage=url, study_name="s", directions=["maximize"] * 2)
+    two = optuna.load_study(storage=url, study_name="s")
+    b = Budget(1.5, 20)  # 30 batches
+    assert b.batches == 30 and Budget(None, 20).batches is None and Budget(0.99, 3).batches == 2
+    a = one.ask()
+    assert claim(a, 20, b) and spent(two) == 20
+    c = two.ask()
+    assert not claim(c, 12, b)  # 32 > 30: withdrawn, it holds what it held
+    assert c.user_attrs["claim"] == 0 and spent(one) == 20
+    assert claim(c, 10, b) and spent(one) == 30  # exactly the budget
+    settle(a, 7)  # pruned after 7 batches: the rest of its claim is free again
+    assert spent(two) == 17 and a.user_attrs["batches"] == 7
+    assert claim(c, 23, b) and spent(one) == 30
+    d = one.ask()
+    d.set_user_attr("claim", 1)  # worker one has written its claim and not yet checked it
+    e = two.ask()
+    assert not claim(e, 1, b) and e.user_attrs["claim"] == 0  # it read d's claim: refused
+    assert spent(two) == 31  # d's own check (after its write) reads 31 > 30 and withdraws
+
+
+def test_a_trial_is_promoted_only_while_the_budget_covers_the_rest_of_it(tmp_path):
+    """Kept at its first rung by successive halving, a trial claims the rest of itself; when
+    the budget left does not cover that it is pruned there (its claim stays what it trained),
+    and with the budget covering it, it goes on holding its whole length."""
+    from goodfit_cli.workflows.budget import Budget, spent
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps(
+        {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
+    model = torch.nn.Linear(2, 1, bias=False)
+
+    def evaluate(m):
+        return {"old": {"accuracy": 0.9}, "new": {"accuracy": float(m.weight[0, 1])}}
+
+    def rung0(study, budget, new):  # a trial that reaches batch 10 (rung 0) of 90 with `new`
+        trial = study.ask()
+        trial.set_user_attr("claim", 10)  # what the search claims when the trial starts
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[0.0, new]]))
+        watch = PruneWatch(trial, Halving(), tmp_path, None, {"old": "accuracy",
+                                                              "new": "accuracy"}, 1,
+                           protected=False, budget=budget)
+        watch.bind(model, evaluate, {"old": 100, "new": 100})
+        watch.on_start(90, 0)
+        for batch in range(1, 11):
+            watch.on_batch(batch)
+        return trial
+
+    study = optuna.create_study(directions=["maximize"] * 2)
+    first = study.ask()
+    first.set_user_attr("claim", 90)  # the study's first trial, whole
+    with pytest.raises(Pruned, match=r"pruned at batch 10 \(rung 0\) by the budget: 1.5 "
+                                     r"fine-tunes do not cover the rest of this trial"):
+        rung0(study, Budget(1.5, 90), 0.5)  # a new best, but 90 + 90 > 135
+    assert spent(study) == 100  # 90 + the 10 it trained
+    study2 = optuna.create_study(directions=["maximize"] * 2)
+    study2.ask().set_user_attr("claim", 90)
+    kept = rung0(study2, Budget(2, 90), 0.5)  # 90 + 90 <= 180: promoted, holds all of itself
+    assert kept.user_attrs["claim"] == 90 and spent(study2) == 180
+
+
+def test_budget_flag_and_help():
+    from goodfit_cli.cli.usage import SEARCH_HELP
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.workflows.search import parse_budget
+
+    assert parse_budget("none") is None and parse_budget("0") is None
+    assert parse_budget("10") == 10.0 and parse_budget("2.5") == 2.5
+    for bad in ("0.5", "-3", "ten", "inf", "nan"):
+        with pytest.raises(UserError, match=rf"--budget {bad}: a number of fine-tunes, at least 1"):
+            parse_budget(bad)
+    assert "--budget N (default 10; 0 or none: unlimited)" in SEARCH_HELP
+    assert "the recipe's arms (finetune.arms" in SEARCH_HELP
+
+
+@pytest.mark.e2e
+def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(base, tmp_path):
+    """With the defaults on, the recipe's arms are the study's first trials (their recipe
+    knobs, no replay), counted toward --trials and the budget, and the report's reference
+    points. Nothing the study trains (each trial's metrics log and summary) ever exceeds the
+    budget; it stops short of --trials and says so; a rerun with a larger budget continues, one
+    whose budget is spent runs nothing and says so, and one with --no-defaults is refused."""
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.recipes import load
+    from goodfit_cli.workflows.search import SearchJob, default_trials, search
+
+    out = tmp_path / "run"
+    over = [*TINY, "eval.every=2"]
+    gate = Gate((Limit("old", "mse", "max_drop", 0.05),))
+
+    def run(budget, defaults=True) -> dict:
+        return search(SearchJob("toy", base, out, 10, over, gate=gate, budget=budget,
+                                defaults=defaults))
+
+    def trained() -> int:  # from the trials' own files, not from the study's records
+        total = 0
+        for d in (out / "trials").glob("trial-*"):
+            for arm in d.iterdir():
+                if arm.name in ("base", "wise") or not arm.is_dir():  # evaluations only
+                    continue
+                if (arm / "summary.json").exists():
+                    total += json.loads((arm / "summary.json").read_text())["batches"]
+                elif (arm / "metrics.jsonl").exists():  # pruned: up to its rung
+                    total += max([json.loads(x)["batch"] for x in
+                                  (arm / "metrics.jsonl").read_text().splitlines()] + [0])
+        return total
+
+    rep = run(2.0)  # 24 batches of 12
+    assert rep["budget"] == {"finetunes": 2.0, "batches": 24, "steps_per_finetune": 12,
+                             "spent_batches": rep["batches"],
+                             "spent_finetunes": round(rep["batches"] / 12, 4)}
+    assert trained() <= rep["batches"] <= 24 and len(rep["trials"]) < 10
+    assert any("the study stopped at" in n for n in rep["notes"])
+    defaults = default_trials(load("toy", over), True)
+    assert [name for name, _ in defaults] == ["rmsprop", "head_only", "goodfit"]
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    t0 = study.trials[0]  # the first default arm: the first trial, never pruned
+    assert t0.state.name == "COMPLETE" and t0.user_attrs["default"] == "rmsprop"
+    assert t0.params == defaults[0][1] and t0.params["finetune.replay.fraction"] == 0.0
+    assert rep["defaults"][0]["name"] == "rmsprop" and rep["defaults"][0]["number"] == 0
+    assert rep["defaults"][0]["old"] == t0.values[0]
+    rep = run(4.0)  # 48 batches: the study goes on where it stopped
+    assert trained() <= rep["batches"] <= 48 and len(rep["trials"]) > 1
+    ran = [t for t in study.get_trials() if "default" in t.user_attrs and t.state.name != "WAITING"
+           and not t.user_attrs.get("over_budget")]
+    assert {t.user_attrs["default"] for t in ran} == {"rmsprop", "head_only", "goodfit"}
+    for t in ran:
+        name = t.user_attrs["default"]
+        assert t.params == dict(defaults)[name]
+        ref = next(r for r in rep["defaults"] if r["name"] == name)
+        assert ref["number"] == t.number and ("state" in ref) == (t.state.name == "PRUNED")
+    n = len(rep["trials"])
+    again = run(1.0)  # already spent more than 1 fine-tune: nothing runs, and it says so
+    assert len(again["trials"]) == n and again["batches"] == rep["batches"]
+    assert any("the budget left cannot cover another trial" in x for x in again["notes"])
+    with pytest.raises(UserError, match=r"was made with another defaults \(first trials != off\)"):
+        run(4.0, defaults=False)
