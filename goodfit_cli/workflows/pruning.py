@@ -26,7 +26,8 @@ had not moved at all (docs/results.md). The watch is a progress observer of the 
 fine-tune (trainer/stage.py binds it to the model and the validation evaluation before
 training): at a rung's batch it measures the curve, stores the value and raises `Pruned` out
 of the training loop; the search ends the trial as pruned, it counts toward `--trials` and its
-batches toward the study's compute. The base is the model as bound, after the arm set it up
+batches toward the study's compute. With a budget (workflows/budget.py), a trial kept at its
+first rung claims the rest of itself, and is pruned there when the budget left cannot cover it. The base is the model as bound, after the arm set it up
 (LoRA: its adapters at their start, so the curve interpolates the adapters, a proxy of the
 merged weights' curve); weights whose names or shapes differ from it are judged raw (α = 1).
 """

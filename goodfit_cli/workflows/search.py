@@ -10,6 +10,12 @@ the same command with the same storage and share one study; a re-run continues i
 and exports the recommendation (by `--rule`, among the trials that pass the gate and gain on
 the new task) to RUN/recommended/model.safetensors with its provenance.
 
+The recipe's default arms are the study's first trials (enqueued once, by the worker that
+creates the study): counted toward --trials and the budget, and the report's reference points.
+`--budget` caps what the study trains, in fine-tunes, through claims in the study's storage
+(workflows/budget.py): a trial starts only if the budget left covers it whole, and is promoted
+past a rung only if it covers the rest of it; the study stops short of --trials when spent.
+
 A trial is pruned early (workflows/pruning.py: successive halving on its periodic validation
 results, gate-aware) when it is not among the best at a rung; a pruned trial counts toward
 --trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
