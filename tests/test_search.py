@@ -544,7 +544,7 @@ def test_a_trial_is_promoted_only_while_the_budget_covers_the_rest_of_it(tmp_pat
 def test_budget_flag_and_help():
     from goodfit_cli.cli.usage import SEARCH_HELP
     from goodfit_cli.core.errors import UserError
-    from goodfit_cli.workflows.search import parse_budget
+    from goodfit_cli.workflows.budget import parse_budget
 
     assert parse_budget("none") is None and parse_budget("0") is None
     assert parse_budget("10") == 10.0 and parse_budget("2.5") == 2.5
@@ -565,7 +565,8 @@ def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(ba
     from goodfit_cli.core.errors import UserError
     from goodfit_cli.report.gate import Gate, Limit
     from goodfit_cli.workflows.recipes import load
-    from goodfit_cli.workflows.search import SearchJob, default_trials, search
+    from goodfit_cli.workflows.search import SearchJob, search
+    from goodfit_cli.workflows.study import default_trials
 
     out = tmp_path / "run"
     over = [*TINY, "eval.every=2"]

@@ -203,7 +203,8 @@ def search(
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.report.search import parse_rule
     from goodfit_cli.workflows.pruning import Halving
-    from goodfit_cli.workflows.search import SearchJob, parse_budget
+    from goodfit_cli.workflows.budget import parse_budget
+    from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
     from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place

@@ -23,6 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from goodfit_cli.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -64,3 +66,18 @@ def settle(trial: Any, batches: int) -> None:
     """The trial has ended: it holds what it trained."""
     trial.set_user_attr("batches", batches)
     trial.set_user_attr("claim", batches)
+
+
+def parse_budget(text: str) -> float | None:
+    """--budget: fine-tunes (at least 1: the study's first trial is never pruned), or 0/none:
+    unlimited; a mistake is one line."""
+    if text.strip().lower() in ("none", "0", "0.0"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise UserError(f"--budget {text}: a number of fine-tunes, at least 1 (the study's first "
+                        "trial runs whole), or 0 / none for no budget")
+    return value

@@ -58,17 +58,15 @@ from goodfit_cli.report.search import (
     write_search_report,
 )
 from goodfit_cli.report.trials import best_alpha, gained, judge, pick
-from goodfit_cli.arms import ARMS
-from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key, propose
+from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
-from goodfit_cli.training.arms import arm_type, parse_arm
 from goodfit_cli.workflows.budget import Budget, claim, settle, spent
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.study import counted, open_study
+from goodfit_cli.workflows.study import counted, default_trials, open_study
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 
@@ -196,46 +194,6 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     trial.set_user_attr("metrics", arm["metrics"])
     val = views["val"]["metrics"]  # the objectives: validation, never test
     return val["old"][prim["old"]], val["new"][prim["new"]]
-
-
-def parse_budget(text: str) -> float | None:
-    """--budget: fine-tunes (at least 1: the study's first trial is never pruned), or 0/none:
-    unlimited; a mistake is one line."""
-    if text.strip().lower() in ("none", "0", "0.0"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value >= 1 or value == float("inf"):
-        raise UserError(f"--budget {text}: a number of fine-tunes, at least 1 (the study's first "
-                        "trial runs whole), or 0 / none for no budget")
-    return value
-
-
-def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]]:
-    """The recipe's default arms as trials of the search space (arms/search.py): [(the arm's
-    name in the recipe, its parameters)]: the arm's kind, the recipe's lr and each searched
-    knob at the recipe's value, no replay unless the recipe's own fraction, no class balance
-    unless the recipe's, the recipe's sampling. An arm over another optimizer than the
-    recipe's runs over the recipe's (the search's arms do)."""
-    ft = recipe.finetune
-    out = []
-    for name in ft.arms:
-        arm = parse_arm(name, ft)
-        decl = ARMS.get(arm.kind)
-        if not decl.available():
-            continue
-        args = arm_type(arm, ft).args
-        params: dict[str, Any] = {"arm": arm.kind, LR: ft.optimizer.lr}
-        params.update({knob_key(arm.kind, k): args[k.name] for k in decl.knobs if k.search})
-        if recipe.new_task.loss == "cross_entropy":
-            params[BALANCED] = (recipe.new_task.args or {}).get("balance", "none")
-            params[SAMPLED] = ft.sampling
-        if replay:
-            params[REPLAY] = ft.replay.fraction if ft.replay is not None else 0.0
-        out.append((name, params))
-    return out
 
 
 def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The Optuna study behind `goodfit search`: its storage (SQLite in RUN or any database URL),
 its creation by workers that start together, the identity it is bound to (one recipe, one base,
-one search space), its sampler, and which of its trials count toward --trials.
+one search space), its sampler, its first trials (the recipe's default arms), and which of its
+trials count toward --trials.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ import time
 import warnings
 from typing import Any, Callable
 
+from goodfit_cli.arms import ARMS
+from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
+from goodfit_cli.training.arms import arm_type, parse_arm
+
 
 def storage(url: str) -> Any:
     """Optuna's storage at `url`; its errors (a bad URL, an unreachable server, a missing driver,
@@ -85,6 +90,31 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
     if created and on_create is not None:
         on_create(study)
     return study
+
+
+def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The recipe's default arms as trials of the search space (arms/search.py): [(the arm's
+    name in the recipe, its parameters)]: the arm's kind, the recipe's lr and each searched
+    knob at the recipe's value, no replay unless the recipe's own fraction, no class balance
+    unless the recipe's, the recipe's sampling. An arm over another optimizer than the
+    recipe's runs over the recipe's (the search's arms do)."""
+    ft = recipe.finetune
+    out = []
+    for name in ft.arms:
+        arm = parse_arm(name, ft)
+        decl = ARMS.get(arm.kind)
+        if not decl.available():
+            continue
+        args = arm_type(arm, ft).args
+        params: dict[str, Any] = {"arm": arm.kind, LR: ft.optimizer.lr}
+        params.update({knob_key(arm.kind, k): args[k.name] for k in decl.knobs if k.search})
+        if recipe.new_task.loss == "cross_entropy":
+            params[BALANCED] = (recipe.new_task.args or {}).get("balance", "none")
+            params[SAMPLED] = ft.sampling
+        if replay:
+            params[REPLAY] = ft.replay.fraction if ft.replay is not None else 0.0
+        out.append((name, params))
+    return out
 
 
 def counts(t: Any) -> bool:
