@@ -539,6 +539,22 @@ def test_a_trial_is_promoted_only_while_the_budget_covers_the_rest_of_it(tmp_pat
     study2.ask().set_user_attr("claim", 90)
     kept = rung0(study2, Budget(2, 90), 0.5)  # 90 + 90 <= 180: promoted, holds all of itself
     assert kept.user_attrs["claim"] == 90 and spent(study2) == 180
+    # an arm that rounds its batches up (whole GoodFit cycles: 91 of 90) claims them at its
+    # start; a trial never pruned by the rule is still never run past the budget
+    for cap, held_after in ((1, 90), (2, 91)):
+        study3 = optuna.create_study(directions=["maximize"] * 2)
+        first = study3.ask()
+        first.set_user_attr("claim", 90)  # what the search claimed from finetune.steps
+        watch = PruneWatch(first, Halving(), tmp_path, None, {"old": "accuracy",
+                                                              "new": "accuracy"}, 1,
+                           protected=True, budget=Budget(cap, 90))
+        if cap == 1:
+            with pytest.raises(Pruned, match=r"pruned before training by the budget: 1 "
+                                             r"fine-tunes do not cover its first 91 batches"):
+                watch.on_start(91, 0)
+        else:
+            watch.on_start(91, 0)
+        assert first.user_attrs["claim"] == held_after
 
 
 def test_budget_flag_and_help():

@@ -43,7 +43,7 @@ from typing import Any, Callable
 from goodfit_cli.report.gate import Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
-from goodfit_cli.workflows.budget import Budget, claim
+from goodfit_cli.workflows.budget import Budget, claim, held
 
 ALPHAS = tuple(i / 10 for i in range(1, 11))  # the curve measured at a rung (α = 0: the base)
 
@@ -127,6 +127,13 @@ class PruneWatch:
     def on_start(self, total_batches: int, done: int) -> None:
         self.rungs = self.halving.rung_batches(total_batches) if self.halving.rungs else []
         self.total = total_batches
+        self.claimed = self.claimed or not self.rungs
+        if self.budget is not None:  # the trial's length as the arm rounds it (whole cycles):
+            need = total_batches if self.claimed else self.rungs[0]  # claimed exactly now
+            if need > held(self.trial) and not claim(self.trial, need, self.budget):
+                raise Pruned(done, 0, f"pruned before training by the budget: "
+                                      f"{self.budget.finetunes:g} fine-tunes do not cover its "
+                                      f"first {need} batches")
         if self.inner is not None:
             self.inner.on_start(total_batches, done)
 
