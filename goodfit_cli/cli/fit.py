@@ -189,7 +189,7 @@ def search(
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
-    defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="Also run the recipe's default arms as reference points."),
+    defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="The recipe's default arms are the study's first trials (counted toward --trials and --budget; the reference points)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
     rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
     rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
