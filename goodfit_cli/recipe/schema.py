@@ -112,10 +112,16 @@ class TaskSpec(Section):
                     f"loss {self.loss!r} does not produce metric {m!r}{offer}")
 
 
+CURVES = ("val", "test+val")  # eval.curves
+
+
 @dataclass
 class EvalSpec(Section):
     every: int = key(integer(1), 100, help="batches between evaluations")
     batch_size: int = key(integer(1), 1024)
+    curves: str = key(string(CURVES), "val",
+                      help="the splits each periodic evaluation measures: val (choices and the "
+                           "curves) or test+val (the curves on test too, as before)")
 
 
 @dataclass
@@ -189,6 +195,11 @@ class Recipe(Section):
     @property
     def eval_every(self) -> int:
         return self.eval.every
+
+    @property
+    def curves_on_test(self) -> bool:
+        """Periodic evaluations measure the test splits too (eval.curves: test+val)."""
+        return self.eval.curves == "test+val"
 
     @property
     def eval_batch_size(self) -> int:

@@ -188,6 +188,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity, "validation": s.validation,
+                                       # periodic evaluations: the curves' split (eval.curves)
+                                       "curves_split": "test" if recipe.curves_on_test else "val",
                                        **({"sampling": sampled} if sampled else {}),
                                        "input": {**(loaded.input or {"source": "as stored"}),
                                                  **({"from_config": geometry} if geometry
