@@ -175,6 +175,39 @@ def test_periodic_evaluations_measure_validation_and_test_once_at_the_end(base, 
         assert "new task mse on test vs batches" in html
 
 
+def test_a_trials_wise_candidate_is_the_fine_tunes_measurement_of_its_point(base, split_calls,
+                                                                            tmp_path):
+    """A search's trial (one measured_once(): a fine-tune, then `goodfit wise` of an arm's
+    chosen α) measures that point once: the fine-tune's grid measured it on validation and,
+    chosen, on test; `wise` evaluates nothing (neither the base nor the point) and reports
+    those very numbers and predictions, the ones a fresh `wise` (outside the span) measures."""
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    with measured_once():
+        rep = runner.finetune(load("toy", TINY), base, tmp_path / "ft")
+        name, point = next((a["name"], w) for a in rep["arms"] for w in a["wise"]
+                           if w.get("chosen"))
+        n = len(split_calls)
+        kept = wise(WiseJob(tmp_path / "ft" / name, point["alpha"], tmp_path / "w"))
+        assert split_calls[n:] == []  # the candidate: a cache hit, no evaluation at all
+    mixed = base_print(tmp_path / "w" / "model.safetensors")
+    assert [s for s, f in split_calls if f == mixed] == ["val", "test"]  # the grid, the choice
+    for t in ("old", "new"):  # the report adds the per-sample means ("loss") beside them
+        assert point[t].items() <= kept["arms"][0]["metrics"][t].items()
+        assert point["val"][t].items() <= kept["arms"][0]["validation"]["metrics"][t].items()
+    n = len(split_calls)
+    fresh = wise(WiseJob(tmp_path / "ft" / name, point["alpha"], tmp_path / "w2"))
+    assert sorted(s for s, f in split_calls[n:] if f == mixed) == ["test", "val"]
+    for key in ("metrics", "delta", "flips"):
+        assert fresh["arms"][0][key] == kept["arms"][0][key]
+        assert fresh["arms"][0]["validation"][key] == kept["arms"][0]["validation"][key]
+    for f in ("predictions", "val_predictions"):
+        a = load_predictions(tmp_path / "w" / f"{f}.safetensors")
+        b = load_predictions(tmp_path / "w2" / f"{f}.safetensors")
+        for task in ("old", "new"):
+            assert torch.equal(a[task]["pred"], b[task]["pred"])
+
+
 def test_mixing_in_place_gives_mix_exactly():
     """The WiSE grid's in-place mixing writes the very values `mix` computes (floats: b + α·(a −
     b); integer buffers from the nearer end) into the model's own tensors."""
