@@ -251,7 +251,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     points = None if loaded.head_changes else key  # a chosen point kept for `goodfit wise`
     with phases.phase("wise"):
         wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val,
-                                           job.gate, kept_as=points) for r in results}
+                                           job.gate, recipe.wise_alphas, points)
+                        for r in results}
                        if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
@@ -278,14 +279,12 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     return report
 
 
-ALPHAS = tuple(i / 10 for i in range(11))  # the WiSE-FT grid: base (0) ... arm (1)
-
-
 @torch.no_grad()
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None = None,
-               alphas: tuple[float, ...] = ALPHAS, kept_as: str | None = None) -> list[dict]:
-    """WiSE-FT: (1−α)·base + α·arm for each α (no training). The grid is the choice of α, so
+               alphas: tuple[float, ...], kept_as: str | None = None) -> list[dict]:
+    """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
+    report.wise_grid, 1). The grid is the choice of α, so
     it is evaluated on the validation splits ("val") only; the test splits (the report's) are
     measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
     that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
