@@ -208,6 +208,20 @@ def test_a_trials_wise_candidate_is_the_fine_tunes_measurement_of_its_point(base
             assert torch.equal(a[task]["pred"], b[task]["pred"])
 
 
+def test_the_wise_grid_is_the_recipes(base, split_calls, tmp_path):
+    """report.wise_grid sets the α measured on validation between the ends: [0.25, 0.5] is
+    two validation evaluations of mixed weights (plus the chosen one's test), nothing else."""
+    rep = runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]", "eval.every=6",
+                                              "report.wise_grid=[0.25, 0.5]"]),
+                          base, tmp_path / "ft")
+    wise = rep["arms"][0]["wise"]
+    assert [w["alpha"] for w in wise] == [0.0, 0.25, 0.5, 1.0]
+    ends = {base_print(base), base_print(tmp_path / "ft" / "rmsprop" / "model.safetensors")}
+    mixed = [(split, f) for split, f in split_calls if f not in ends]
+    chosen = [w for w in wise if w.get("chosen")]
+    assert sorted(split for split, _ in mixed) == ["test"] * len(chosen) + ["val", "val"]
+
+
 def test_mixing_in_place_gives_mix_exactly():
     """The WiSE grid's in-place mixing writes the very values `mix` computes (floats: b + α·(a −
     b); integer buffers from the nearer end) into the model's own tensors."""

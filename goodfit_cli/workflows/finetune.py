@@ -281,7 +281,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
 
 @torch.no_grad()
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
-               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None = None,
+               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
                alphas: tuple[float, ...], kept_as: str | None = None) -> list[dict]:
     """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
     report.wise_grid, 1). The grid is the choice of α, so
