@@ -84,8 +84,9 @@ def render_markdown(report: dict) -> str:
         out += _md_table(["arm", "index", "sample", "label", "base -> arm"], flipped)
     readout = _readout_table(report)
     if readout:
-        out += ["", f"#### Trade-off read-out (fit along each arm's path on {_readout_split(report)}; "
-                "— = outside the path)", ""]
+        on = _readout_split(report)
+        out += ["", f"#### Trade-off read-out (fit along each arm's path on {on}; — = outside "
+                "the path)", ""]
         out += _md_table(*readout)
     violations = _violations(report)
     if violations:
@@ -139,8 +140,9 @@ def _kv_table(d: dict) -> str:
 def _readout_split(report: dict) -> str:
     """The split the read-out's paths are on, in words."""
     splits = {a["readout"].get("split", "test") for a in report["arms"] if a.get("readout")}
-    return {"val": "validation", "test": "test"}.get(splits.pop(), "") if len(splits) == 1 \
-        else "validation or test"
+    if len(splits) != 1:
+        return "validation or test"
+    return "validation" if splits.pop() == "val" else "test"
 
 
 def _plots(report: dict) -> list[str]:

@@ -4,7 +4,9 @@ A command measures the same base more than once: `finetune` for its report, ever
 curve at α = 0, `wise` for its candidate's report, and `search` in every trial (a fine-tune and
 its WiSE candidate). A search's trial also measures its WiSE candidate twice: the fine-tune
 measures each arm's chosen α on both splits, and `goodfit wise` of that α would again; the
-fine-tune keeps that point (`keep`, under `point_key`) and `wise` reads it. Within `measured_once()` (a command's span: finetune, compare and wise open
+fine-tune keeps that point (`keep`, under `point_key`) and `wise` reads it.
+
+Within `measured_once()` (a command's span: finetune, compare and wise open
 one, and `goodfit search` one around all its trials) the first measurement of a base is kept and
 every later one with the same key is that measurement again: the test and validation metrics
 and predictions, each split evaluated once.
