@@ -283,6 +283,7 @@ def test_goodfit_arm_evaluates_and_saves_only_anchor_weights(base_ckpt, tmp_path
             .splitlines()]
     assert [r["batch"] for r in recs] == list(range(1, 15))
     by_batch = {r["batch"]: r for r in recs}
+    by_batch = {b: r["val"] for b, r in by_batch.items()}  # periodic evaluations: validation
     for b in (3, 5, 13):  # mid-cycle: the anchor is the weights after main step b - 1
         assert by_batch[b]["old"] == by_batch[b - 1]["old"]
         assert by_batch[b]["new"] == by_batch[b - 1]["new"]

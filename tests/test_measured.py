@@ -53,6 +53,22 @@ def evaluations(monkeypatch) -> list[tuple[str, int, str]]:
     return calls
 
 
+@pytest.fixture
+def split_calls(monkeypatch) -> list[tuple[str, str]]:
+    """Every Session.evaluate call: (split, the model's weights)."""
+    from goodfit_cli.trainer.session import Session
+
+    calls: list[tuple[str, str]] = []
+    original = Session.evaluate
+
+    def counting(self, model, with_predictions=False, split="test"):
+        calls.append((split, fingerprint(model)))
+        return original(self, model, with_predictions, split)
+
+    monkeypatch.setattr(Session, "evaluate", counting)
+    return calls
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("measured")
@@ -119,6 +135,91 @@ def test_a_command_that_fine_tunes_twice_measures_the_base_once(base, evaluation
         runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]", "eval.batch_size=100"]),
                         base, tmp_path / "c", wise=False)
         assert len([c for c in evaluations[n:] if c[2] == base_print(base)]) == 4
+
+
+@pytest.mark.parametrize("curves", ["val", "test+val"])
+def test_periodic_evaluations_measure_validation_and_test_once_at_the_end(base, split_calls,
+                                                                          tmp_path, curves):
+    """Periodic evaluations (eval.every) measure the validation splits only: the records carry
+    "val" and no test numbers, the test splits see the base and the arm's final weights once
+    each, and the report, run.json and plots say the curves are on validation. Under
+    `eval.curves: test+val` every periodic evaluation measures test too (the old behaviour:
+    curves drawn on test), the last one still being the arm's result (no second measurement)."""
+    calls = split_calls
+    recipe = load("toy", TINY + ["finetune.arms=[rmsprop]", f"eval.curves={curves}"])
+    report = runner.finetune(recipe, base, tmp_path / "ft", wise=False)
+    final = base_print(tmp_path / "ft" / "rmsprop" / "model.safetensors")
+    records = [json.loads(x) for x in (tmp_path / "ft" / "rmsprop" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [r["batch"] for r in records] == [3, 6]
+    assert all(set(r["val"]) >= {"old", "new"} for r in records)
+    tested = [f for split, f in calls if split == "test"]
+    validated = [f for split, f in calls if split == "val"]
+    assert validated.count(base_print(base)) == 1 and validated.count(final) == 1
+    assert len(validated) == 3  # the base, batch 3, batch 6 (the arm's result)
+    summary = json.loads((tmp_path / "ft" / "rmsprop" / "summary.json").read_text())
+    assert summary["val_metrics"] == {t: records[-1]["val"][t] for t in ("old", "new")}
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    html = (tmp_path / "ft" / "report.html").read_text()
+    if curves == "val":
+        assert tested == [base_print(base), final]  # test: the base, then the arm's result once
+        assert all("old" not in r and "new" not in r for r in records)
+        assert report["curves_split"] == run["curves_split"] == "val"
+        assert report["arms"][0]["curve_split"] == "val"
+        assert "new task mse on validation vs batches" in html
+        assert "trade-off path on validation" in html
+    else:
+        assert len(tested) == 3 and tested.count(final) == 1  # base, batch 3, batch 6 once
+        assert summary["metrics"] == {t: records[-1][t] for t in ("old", "new")}
+        assert report["curves_split"] == run["curves_split"] == "test"
+        assert "new task mse on test vs batches" in html
+
+
+def test_a_trials_wise_candidate_is_the_fine_tunes_measurement_of_its_point(base, split_calls,
+                                                                            tmp_path):
+    """A search's trial (one measured_once(): a fine-tune, then `goodfit wise` of an arm's
+    chosen α) measures that point once: the fine-tune's grid measured it on validation and,
+    chosen, on test; `wise` evaluates nothing (neither the base nor the point) and reports
+    those very numbers and predictions, the ones a fresh `wise` (outside the span) measures."""
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    with measured_once():
+        rep = runner.finetune(load("toy", TINY), base, tmp_path / "ft")
+        name, point = next((a["name"], w) for a in rep["arms"] for w in a["wise"]
+                           if w.get("chosen"))
+        n = len(split_calls)
+        kept = wise(WiseJob(tmp_path / "ft" / name, point["alpha"], tmp_path / "w"))
+        assert split_calls[n:] == []  # the candidate: a cache hit, no evaluation at all
+    mixed = base_print(tmp_path / "w" / "model.safetensors")
+    assert [s for s, f in split_calls if f == mixed] == ["val", "test"]  # the grid, the choice
+    for t in ("old", "new"):  # the report adds the per-sample means ("loss") beside them
+        assert point[t].items() <= kept["arms"][0]["metrics"][t].items()
+        assert point["val"][t].items() <= kept["arms"][0]["validation"]["metrics"][t].items()
+    n = len(split_calls)
+    fresh = wise(WiseJob(tmp_path / "ft" / name, point["alpha"], tmp_path / "w2"))
+    assert sorted(s for s, f in split_calls[n:] if f == mixed) == ["test", "val"]
+    for key in ("metrics", "delta", "flips"):
+        assert fresh["arms"][0][key] == kept["arms"][0][key]
+        assert fresh["arms"][0]["validation"][key] == kept["arms"][0]["validation"][key]
+    for f in ("predictions", "val_predictions"):
+        a = load_predictions(tmp_path / "w" / f"{f}.safetensors")
+        b = load_predictions(tmp_path / "w2" / f"{f}.safetensors")
+        for task in ("old", "new"):
+            assert torch.equal(a[task]["pred"], b[task]["pred"])
+
+
+def test_the_wise_grid_is_the_recipes(base, split_calls, tmp_path):
+    """report.wise_grid sets the α measured on validation between the ends: [0.25, 0.5] is
+    two validation evaluations of mixed weights (plus the chosen one's test), nothing else."""
+    rep = runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]", "eval.every=6",
+                                              "report.wise_grid=[0.25, 0.5]"]),
+                          base, tmp_path / "ft")
+    wise = rep["arms"][0]["wise"]
+    assert [w["alpha"] for w in wise] == [0.0, 0.25, 0.5, 1.0]
+    ends = {base_print(base), base_print(tmp_path / "ft" / "rmsprop" / "model.safetensors")}
+    mixed = [(split, f) for split, f in split_calls if f not in ends]
+    chosen = [w for w in wise if w.get("chosen")]
+    assert sorted(split for split, _ in mixed) == ["test"] * len(chosen) + ["val", "val"]
 
 
 def test_mixing_in_place_gives_mix_exactly():
@@ -219,26 +320,18 @@ def _state_print(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def test_the_wise_grid_is_on_validation_and_only_the_chosen_alpha_on_test(base, monkeypatch,
+def test_the_wise_grid_is_on_validation_and_only_the_chosen_alpha_on_test(base, split_calls,
                                                                          tmp_path):
     """The WiSE-FT grid is the choice of α, made on validation: each interior α's weights are
     evaluated on the validation splits once and on the test splits only when it is the arm's
     chosen α, the best new-task point on validation that gains over the base and passes the
     gate there (recomputed here by hand); its test numbers are a fresh measurement's. The test
-    splits see exactly the base (once), each arm's periodic evaluations and its chosen point;
+    splits see exactly the base (once), each arm's final weights (once) and its chosen point;
     α = 1 is the arm's own measurement. Then again under a gate (a ceiling on the old task's
     mse just below the first choice's): the gate moves the choice, and the test follows it."""
     from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.trainer.session import Session
 
-    calls: list[tuple[str, str]] = []
-    original = Session.evaluate
-
-    def counting(self, model, with_predictions=False, split="test"):
-        calls.append((split, fingerprint(model)))
-        return original(self, model, with_predictions, split)
-
-    monkeypatch.setattr(Session, "evaluate", counting)
+    calls = split_calls
     recipe = load("toy", TINY)
     s = open_session(recipe, Place("cpu"))
     first = runner.finetune(recipe, base, tmp_path / "ft")
@@ -286,8 +379,12 @@ def _check_wise(report: dict, calls: list, limit: float | None, s, base: Path,
                 model.load_state_dict(mix(base_t, arm_t, a))
                 assert s.evaluate(model) == {t: w[t] for t in ("old", "new")}
                 assert s.evaluate(model, split="val") == w["val"]
-    # the test splits: the base once, the loop's evaluations (2 per arm), the chosen points
-    assert len(tested) == 1 + 2 * len(report["arms"]) + len(chosen_by_arm)
+    # the test splits: the base once, each arm once at the weights it ends with (periodic
+    # evaluations measure validation only: before, the loop's 2 per arm were on test too), the
+    # chosen points
+    for arm in report["arms"]:
+        assert tested.count(base_print(out / arm["name"] / "model.safetensors")) == 1
+    assert len(tested) == 1 + len(report["arms"]) + len(chosen_by_arm)
     md = (out / "report.md").read_text()  # the report says which split each number is on
     assert "#### WiSE-FT α (grid on validation; the chosen point also on test)" in md
     grid = ", ".join(f"{i / 10:g}" for i in range(1, 10))

@@ -91,6 +91,47 @@ def test_bootstrap_is_paired():
     assert lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
 
 
+def test_bootstrap_mean_by_counts_equals_the_gathered_means():
+    """Intervals of means from resample counts (C @ values) equal the gather path's (the same
+    seeded index draw, the means taken of the gathered samples) to 1e-6, for several columns at
+    once and with the count matrix kept in `draws` and reused; another seed moves them."""
+    g = torch.Generator().manual_seed(7)
+    cols = [torch.randn(257, generator=g) * 3 + 1, (torch.rand(257, generator=g) < 0.3).double(),
+            torch.randint(-1, 2, (257,), generator=g).double()]
+    mean = lambda a: a.mean(dim=1)                    # noqa: E731
+    draws: dict = {}
+    for seed in (0, 5):
+        fast = M.bootstrap_mean_cis(cols, n_boot=700, seed=seed, alpha=0.1, draws=draws)
+        slow = [M.bootstrap_ci(mean, c, n_boot=700, seed=seed, alpha=0.1) for c in cols]
+        assert len(fast) == 3
+        for (lo, hi), (slo, shi) in zip(fast, slow):
+            assert lo == pytest.approx(slo, abs=1e-6) and hi == pytest.approx(shi, abs=1e-6)
+            assert lo < hi
+    assert ("counts", 257, 700, 0) in draws and ("counts", 257, 700, 5) in draws
+    counts = draws[("counts", 257, 700, 0)][0]
+    assert counts.shape == (700, 257) and bool((counts.sum(dim=1) == 257).all())  # N per resample
+    assert M.bootstrap_mean_cis(cols, n_boot=700, seed=0, alpha=0.1, draws=draws) == \
+        M.bootstrap_mean_cis(cols, n_boot=700, seed=0, alpha=0.1)  # kept == drawn again
+    assert M.bootstrap_mean_cis(cols[:1], n_boot=700, seed=1)[0] != fast[0]
+
+
+def test_delta_cis_are_the_gathered_intervals():
+    """delta_ci_classification's three intervals and delta_ci_regression's are the gather
+    path's (same seed, same resamples) to 1e-6."""
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 4, (300,), generator=g)
+    base = torch.where(torch.rand(300, generator=g) < 0.7, target, (target + 1) % 4)
+    arm = torch.where(torch.rand(300, generator=g) < 0.75, target, (target + 2) % 4)
+    res = M.delta_ci_classification(base, arm, target, n_boot=400, seed=9)
+    d = (arm == target).double() - (base == target).double()
+    mean = lambda a: a.mean(dim=1)                    # noqa: E731
+    for key, col in (("ci", d), ("nfr_ci", (d < 0).double()), ("pfr_ci", (d > 0).double())):
+        assert res[key] == pytest.approx(M.bootstrap_ci(mean, col, n_boot=400, seed=9), abs=1e-6)
+    e0, e1 = torch.rand(300, generator=g), torch.rand(300, generator=g)
+    assert M.delta_ci_regression(e0, e1, n_boot=400, seed=2)["ci"] == pytest.approx(
+        M.bootstrap_ci(mean, e1 - e0, n_boot=400, seed=2), abs=1e-6)
+
+
 def _ci_width_and_cover(n: int, rep: int, true_delta: float = 0.3) -> tuple[float, bool]:
     g = torch.Generator().manual_seed(1000 + rep)
     base = torch.randn(n, generator=g).abs()                       # (N,) per-sample errors

@@ -182,3 +182,25 @@ def test_a_new_finetune_key_is_one_declaration():
 
 def test_goodfit_section_declares_exactly_the_goodfit_arms_older_keys():
     assert list(keys_of(GoodFitSpec)) == ["main", *legacy_knobs("goodfit")]
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("[0.5, 0.3]", "report.wise_grid.1: must be greater than the α before it (0.5)"),
+    ("[0.2, 1.0]", "report.wise_grid.1: must be between 0 and 1 (exclusive"),
+    ("[0, 0.5]", "report.wise_grid.0: must be between 0 and 1 (exclusive"),
+    ("0.5", "report.wise_grid: expected a list, got"),
+])
+def test_the_wise_grid_and_curves_keys(value, needle):
+    """report.wise_grid: the WiSE-FT α between the ends, increasing (default the 0.1 grid);
+    eval.curves: val (default) or test+val. A bad value is one line naming the key."""
+    default = parse_recipe(MINIMAL, "tiny.yaml")
+    assert default.wise_alphas == tuple(i / 10 for i in range(11))
+    assert default.eval.curves == "val" and not default.curves_on_test
+    coarse = parse_recipe(MINIMAL + "report: {wise_grid: [0.25, 0.5]}\n"
+                          "eval: {curves: test+val}\n", "tiny.yaml")
+    assert coarse.wise_alphas == (0.0, 0.25, 0.5, 1.0) and coarse.curves_on_test
+    with pytest.raises(UserError, match="tiny.yaml:.*eval.curves: unknown value 'test'"):
+        parse_recipe(MINIMAL + "eval: {curves: test}\n", "tiny.yaml")
+    with pytest.raises(UserError) as e:
+        parse_recipe(MINIMAL + f"report: {{wise_grid: {value}}}\n", "tiny.yaml")
+    assert needle in str(e.value) and "\n" not in str(e.value)

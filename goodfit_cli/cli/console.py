@@ -101,7 +101,9 @@ class RichEvents:
         self.info = {"loss": rec.get("train_loss"), "lr": rec.get("lr"),
                      "samples/s": rec.get("samples_per_s"),
                      **{f"{t} {m}": rec[t][m] for t, m in self.primary.items()
-                        if m in (rec.get(t) or {})}}
+                        if m in (rec.get(t) or {})},  # test: eval.curves test+val only
+                     **{f"val {t} {m}": rec["val"][t][m] for t, m in self.primary.items()
+                        if m in ((rec.get("val") or {}).get(t) or {})}}
         if self.json:
             emit("evaluation", run=self.label, **rec)
         if self.progress is not None:

@@ -36,6 +36,7 @@ from goodfit_cli.recipe.yamlcheck import (
     list_of,
     mapping_any,
     nested,
+    number,
     optional,
     parse_yaml,
     section_of,
@@ -112,15 +113,39 @@ class TaskSpec(Section):
                     f"loss {self.loss!r} does not produce metric {m!r}{offer}")
 
 
+CURVES = ("val", "test+val")  # eval.curves
+
+
 @dataclass
 class EvalSpec(Section):
     every: int = key(integer(1), 100, help="batches between evaluations")
     batch_size: int = key(integer(1), 1024)
+    curves: str = key(string(CURVES), "val",
+                      help="the splits each periodic evaluation measures: val (choices and the "
+                           "curves) or test+val (the curves on test too, as before)")
+
+
+WISE_GRID = tuple(i / 10 for i in range(1, 10))  # the WiSE-FT α measured on validation
+
+
+def alpha_grid(v: Any, ctx: Ctx) -> list[float]:
+    """report.wise_grid: increasing α strictly between 0 (the base) and 1 (the arm)."""
+    grid = list_of(number())(v, ctx)
+    for i, a in enumerate(grid):
+        if not 0 < a < 1:
+            raise ctx.child(i).fail(f"must be between 0 and 1 (exclusive: the base and the arm "
+                                    f"are the curve's ends already), got {a:g}")
+        if i and a <= grid[i - 1]:
+            raise ctx.child(i).fail(f"must be greater than the α before it ({grid[i - 1]:g})")
+    return grid
 
 
 @dataclass
 class ReportSpec(Section):
     readout: dict[str, Any] | None = key(optional(mapping_any), None)
+    wise_grid: list[float] = key(alpha_grid, list(WISE_GRID),
+                                 help="the WiSE-FT α between the base (0) and the arm (1) "
+                                      "measured on validation, where each arm's α is chosen")
 
 
 @dataclass
@@ -191,8 +216,18 @@ class Recipe(Section):
         return self.eval.every
 
     @property
+    def curves_on_test(self) -> bool:
+        """Periodic evaluations measure the test splits too (eval.curves: test+val)."""
+        return self.eval.curves == "test+val"
+
+    @property
     def eval_batch_size(self) -> int:
         return self.eval.batch_size
+
+    @property
+    def wise_alphas(self) -> tuple[float, ...]:
+        """The WiSE-FT curve's α: the base (0), report.wise_grid, the arm (1)."""
+        return (0.0, *self.report.wise_grid, 1.0)
 
     @property
     def readout(self) -> dict[str, Any] | None:

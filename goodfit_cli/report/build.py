@@ -61,6 +61,15 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
     val_base = _on_val(base)
     if val_base is not None:  # every choice is made on these; the numbers above are test's
         report["base_val_metrics"] = {t: _task_metrics(val_base, t, kinds[t]) for t in TASKS}
+    for entry, arm in zip(report["arms"], arms):  # the read-out: along the curve's own split
+        split = entry["curve_split"]
+        at_base = report.get("base_val_metrics") if split == "val" else base_metrics
+        entry["readout"] = ({**_readout(at_base, curve_points(arm.curve), readout),
+                             "split": split} if readout and at_base else None)
+    splits = {e["curve_split"] for e in report["arms"] if e["curve"]}
+    report["curves_split"] = splits.pop() if len(splits) == 1 else (
+        "mixed" if splits else None)
+    if val_base is not None:
         for entry, arm in zip(report["arms"], arms):
             val_arm = _on_val(arm)
             if val_arm is not None:
@@ -137,8 +146,8 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
         "confusion": confusions,
         "flipped": flipped,
         "curve": list(arm.curve),
+        "curve_split": curve_split(arm.curve),
         "wise": list(arm.wise) if arm.wise is not None else None,
-        "readout": _readout(base_metrics, arm.curve, readout) if readout else None,
         "provenance": dict(arm.provenance),
     }
 
@@ -211,8 +220,25 @@ def flipped_examples(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: to
     return out
 
 
+def curve_split(curve: list[dict]) -> str:
+    """The split an arm's training curve is drawn on: "test" when its records measured the
+    test splits ("old", "new": eval.curves test+val, or a run made before periodic
+    evaluations moved to validation), else "val" (the default: periodic evaluations measure
+    the validation splits only)."""
+    return "test" if any("old" in r or "new" in r for r in curve) else "val"
+
+
+def curve_points(curve: list[dict]) -> list[dict]:
+    """The curve's records as {"batch", "old", "new"} on its split (curve_split)."""
+    on_val = curve_split(curve) == "val"
+    return [{"batch": r.get("batch", i), "old": ((r.get("val") if on_val else r) or {}).get("old"),
+             "new": ((r.get("val") if on_val else r) or {}).get("new")}
+            for i, r in enumerate(curve)]
+
+
 def _readout(base_metrics: dict, curve: list[dict], spec: dict) -> dict:
-    """Old-task metric read off the arm's path (base point + curve) at given new-task values."""
+    """Old-task metric read off the arm's path (base point + curve, on one split) at given
+    new-task values."""
     mn, mo = spec["metric_new"], spec["metric_old"]
     points = [(base_metrics["new"].get(mn), base_metrics["old"].get(mo))]
     points += [((r.get("new") or {}).get(mn), (r.get("old") or {}).get(mo)) for r in curve]

@@ -28,6 +28,7 @@ from goodfit_cli.report.sections import (  # verdict: re-exported by the package
     _wise_rows,
     verdict,
 )
+from goodfit_cli.report.build import curve_points, curve_split
 from goodfit_cli.report.svg import line_plot
 
 # ---------------------------------------------------------------- Markdown
@@ -83,7 +84,9 @@ def render_markdown(report: dict) -> str:
         out += _md_table(["arm", "index", "sample", "label", "base -> arm"], flipped)
     readout = _readout_table(report)
     if readout:
-        out += ["", "#### Trade-off read-out (fit along each arm's path; — = outside the path)", ""]
+        on = _readout_split(report)
+        out += ["", f"#### Trade-off read-out (fit along each arm's path on {on}; — = outside "
+                "the path)", ""]
         out += _md_table(*readout)
     violations = _violations(report)
     if violations:
@@ -134,26 +137,47 @@ def _kv_table(d: dict) -> str:
     return _html_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(d)])
 
 
+def _readout_split(report: dict) -> str:
+    """The split the read-out's paths are on, in words."""
+    splits = {a["readout"].get("split", "test") for a in report["arms"] if a.get("readout")}
+    if len(splits) != 1:
+        return "validation or test"
+    return "validation" if splits.pop() == "val" else "test"
+
+
 def _plots(report: dict) -> list[str]:
+    """The training curves (each arm's periodic evaluations, on validation unless its records
+    measured test: curve_split) and the trade-off path, then the WiSE-FT curves."""
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
     base = report["base_metrics"]
-    bo, bn = base["old"].get(po), base["new"].get(pn)
+    base_val = report.get("base_val_metrics")
     plots = []
+    arms = [(a, curve_points(a["curve"]), a.get("curve_split") or curve_split(a["curve"]))
+            for a in report["arms"]]
+    drawn = {split for _, c, split in arms if c}
+    on_val = drawn == {"val"}
+    ref_metrics = base_val if on_val else base if drawn <= {"test"} else None  # the base's point
+    word = "validation" if on_val else "test" if drawn <= {"test"} else "validation or test"
+    if len(drawn) > 1:  # runs of both kinds compared: each line says its split
+        arms = [({**a, "name": f"{a['name']} ({split})"}, c, split) for a, c, split in arms]
+    bo = (ref_metrics or {}).get("old", {}).get(po)
+    bn = (ref_metrics or {}).get("new", {}).get(pn)
     for task, metric, ref in (("old", po, bo), ("new", pn, bn)):
-        series = [(a["name"], [r.get("batch", i) for i, r in enumerate(a["curve"])],
-                   [(r.get(task) or {}).get(metric) for r in a["curve"]])
-                  for a in report["arms"]]
+        series = [(a["name"], [r["batch"] for r in c], [(r[task] or {}).get(metric) for r in c])
+                  for a, c, _ in arms]
         if any(s[1] for s in series):
             base_pt = [("base", 0, ref)] if ref is not None else None
-            plots.append(line_plot(series, f"{task} task {metric} vs batches", "batches",
-                                   f"{task} {metric}", points=base_pt))
+            plots.append(line_plot(series, f"{task} task {metric} on {word} vs batches",
+                                   "batches", f"{task} {metric} ({word})", points=base_pt))
     base_pt = [("base", bn, bo)] if bn is not None and bo is not None else None
-    paths = [(a["name"], [bn] + [(r.get("new") or {}).get(pn) for r in a["curve"]],
-              [bo] + [(r.get("old") or {}).get(po) for r in a["curve"]]) for a in report["arms"]]
-    if any(a["curve"] for a in report["arms"]):
-        plots.append(line_plot(paths, "trade-off path (base → arm)", f"new {pn}", f"old {po}",
-                               points=base_pt))
-    plots += _wise_plot(report, po, pn, base_pt)
+    paths = [(a["name"], [bn] + [(r["new"] or {}).get(pn) for r in c],
+              [bo] + [(r["old"] or {}).get(po) for r in c]) for a, c, _ in arms]
+    if any(c for _, c, _ in arms):
+        plots.append(line_plot(paths, f"trade-off path on {word} (base → arm)",
+                               f"new {pn} ({word})", f"old {po} ({word})", points=base_pt))
+    test_pt = ([("base", base["new"].get(pn), base["old"].get(po))]
+               if base["new"].get(pn) is not None and base["old"].get(po) is not None else None)
+    plots += _wise_plot(report, po, pn, test_pt)
     return plots
 
 
@@ -258,8 +282,8 @@ def render_html(report: dict) -> str:
     if readout:
         parts += ["<h2>Trade-off read-out</h2>", _html_table(*readout),
                   '<p class="note">Old-task metric from a least-squares fit along each arm\'s '
-                  "path, read at fixed new-task values; — = outside the path (not extrapolated)."
-                  "</p>"]
+                  f"path on {_readout_split(report)}, read at fixed new-task values; — = outside "
+                  "the path (not extrapolated).</p>"]
     parts += ["<h2>All metrics</h2>", _html_table(*_all_metric_rows(report)),
               "<details><summary>Provenance</summary>",
               _kv_table(report["provenance"])]

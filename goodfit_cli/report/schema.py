@@ -37,7 +37,8 @@ _FLIPS = _obj({"nfr": _NUM, "pfr": _NUM, "n_neg": _INT, "n_pos": _INT, "n": _INT
 _PER_CLASS = {"type": "array", "items": _obj(
     {"class": _INT, "base": _NUM, "arm": _NUM, "delta": _NUM, "count": _INT})}
 _CURVE_POINT = _obj({}, {"batch": _INT, "main_steps": _INT, "epoch": _NUM_OR_NULL,
-                         "old": _METRICS, "new": _METRICS, "train_loss": _NUM_OR_NULL,
+                         "old": _METRICS, "new": _METRICS,  # test: eval.curves test+val only
+                         "val": {"type": "object"}, "train_loss": _NUM_OR_NULL,
                          "lr": _NUM_OR_NULL, "wall_s": _NUM_OR_NULL})
 _WISE = {"type": ["array", "null"],  # test numbers ("old", "new"): α = 0, 1 and the chosen α
          "items": _obj({"alpha": _NUM}, {"old": _METRICS, "new": _METRICS,
@@ -58,7 +59,7 @@ _ARM = _obj({
     "flips": _per_task(_FLIPS), "per_class": _per_task(_PER_CLASS),
     "curve": {"type": "array", "items": _CURVE_POINT}, "wise": _WISE,
     "readout": _READOUT, "provenance": {"type": "object"}, "gate": _GATE,
-})
+}, {"curve_split": {"enum": ["val", "test"]}})  # the split "curve" is drawn on
 _TASK = _obj({"kind": {"enum": ["classification", "regression"]}, "primary": _STR})
 
 REPORT_SCHEMA: dict = {

@@ -35,8 +35,8 @@ def ema_job(job: StageJob, records: list[dict], decay: float) -> StageJob:
 
 def ema_records(records: list[dict]) -> list[dict]:
     """The arm's records with the EMA's metrics in place of the arm's."""
-    return [{**{k: v for k, v in r.items() if k not in ("ema", "val")}, **r["ema"]} for r in records
-            if "ema" in r]
+    return [{**{k: v for k, v in r.items() if k not in ("ema", "val", "old", "new")}, **r["ema"]}
+            for r in records if "ema" in r]
 
 
 def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> RunResult:
@@ -50,6 +50,8 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
                                  "are not finite; no checkpoint was written",
                        what="training ended with a non-finite model")
     final, preds, val, val_preds = ran.measured or s.measure(model)
+    if final is None:  # the last evaluation measured validation only: test, once, here
+        final, preds = s.evaluate(model, True)
     nan_metrics = [f"{t} {m}" for t, d in final.items() for m, v in d.items() if v != v or
                    v in (float("inf"), float("-inf"))]
     if nan_metrics:

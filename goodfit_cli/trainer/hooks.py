@@ -50,22 +50,27 @@ class StageHooks(Hooks):
 
     def measured(self, model: nn.Module) -> Measured | None:
         """The last evaluation's (test metrics, predictions, val metrics, predictions) when
-        `model` still holds exactly the weights it measured (no tensor written since)."""
+        `model` still holds exactly the weights it measured (no tensor written since); the
+        test pair is (None, None) when the evaluation measured validation only."""
         if self.last is None or weights_version(model) != self.last[0]:
             return None
         return self.last[1]
 
     def evaluate(self) -> dict[str, Any]:
+        """The record's measurements: the validation splits ("val", what early stopping, the
+        plateau schedule and the curves read), and the test splits ("old", "new") only under
+        eval.curves: test+val; the test splits are otherwise measured once, at the end."""
         wanted = any(c.wants_predictions for c in self.callbacks)
         before = weights_version(self.model)
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
             evaluated = weights_version(self.model)
-            res, test_preds = self.s.evaluate(self.model, True)  # test: the report's curves
+            res, test_preds = (self.s.evaluate(self.model, True)
+                               if self.s.recipe.curves_on_test else ({}, None))
             val, preds = self.s.evaluate(self.model, True, split="val")
         # the weights measured, unless the anchor was swapped in for it: the run's result if
         # nothing changes them before the end (finish measures no model twice)
-        self.last = ((evaluated, ({t: dict(m) for t, m in res.items()}, test_preds,
-                                  {t: dict(m) for t, m in val.items()}, preds))
+        self.last = ((evaluated, ({t: dict(m) for t, m in res.items()} if res else None,
+                                  test_preds, {t: dict(m) for t, m in val.items()}, preds))
                      if evaluated == before == weights_version(self.model) else None)
         res["val"] = val  # what early stopping and the plateau schedule read (choices: on val)
         for c in self.callbacks:
@@ -101,6 +106,13 @@ class StageHooks(Hooks):
         for c in self.callbacks:
             c.on_record(rec, self.records)
 
+
+
+def periodic(s: Session, model: nn.Module) -> dict[str, Any]:
+    """A periodic evaluation's measurements of `model` in record form: {"val": {...}}, and the
+    test splits' {"old", "new"} beside it under eval.curves: test+val."""
+    out = s.evaluate(model) if s.recipe.curves_on_test else {}
+    return {**out, "val": s.evaluate(model, split="val")}
 
 
 def weights_version(model: nn.Module) -> list[tuple[int, int]]:
@@ -157,7 +169,7 @@ def callbacks_for(s: Session, model: nn.Module, optimizer, scheduler, job: Stage
         out.append(PlateauWatch(scheduler, job.task, s.recipe.primary[job.task]))
     out.append(GoodFitCycles(optimizer))
     if decay:
-        out.append(Ema(model, optimizer, decay, s.evaluate))
+        out.append(Ema(model, optimizer, decay, lambda m: periodic(s, m)))
     if dist_info()[0] == 0:
         out.append(Tracking(job.out, s.recipe.tracking, job.arm.name))
     return out

@@ -2,7 +2,11 @@
 
 A command measures the same base more than once: `finetune` for its report, every arm's WiSE-FT
 curve at α = 0, `wise` for its candidate's report, and `search` in every trial (a fine-tune and
-its WiSE candidate). Within `measured_once()` (a command's span: finetune, compare and wise open
+its WiSE candidate). A search's trial also measures its WiSE candidate twice: the fine-tune
+measures each arm's chosen α on both splits, and `goodfit wise` of that α would again; the
+fine-tune keeps that point (`keep`, under `point_key`) and `wise` reads it.
+
+Within `measured_once()` (a command's span: finetune, compare and wise open
 one, and `goodfit search` one around all its trials) the first measurement of a base is kept and
 every later one with the same key is that measurement again: the test and validation metrics
 and predictions, each split evaluated once.
@@ -70,8 +74,27 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
     return hashlib.sha256(blob).hexdigest()
 
 
+def point_key(base: str | None, arm_sha256: str | None, alpha: float) -> str | None:
+    """The identity of a WiSE-FT point's measurement, (1 − α)·base + α·arm: the base's
+    (base_key: the session, data and base), the arm's checkpoint (its sha256) and α; None
+    when either is unknown (not to be kept)."""
+    if base is None or not arm_sha256:
+        return None
+    blob = json.dumps(["wise", base, arm_sha256, float(alpha)]).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def keep(key: str | None, measured: Measured) -> None:
+    """Keep a measurement made elsewhere (a fine-tune's chosen WiSE-FT point) under `key` for
+    the rest of the command (`goodfit wise` of that point, in a search's trial, reads it)."""
+    kept = _KEPT.get()
+    if key is not None and kept is not None:
+        kept.setdefault(key, measured)
+
+
 def measure_base(s: Session, model: nn.Module, key: str | None) -> Measured:
-    """`s.measure(model)`, or the measurement kept under `key` in this command."""
+    """`s.measure(model)`, or the measurement kept under `key` in this command (a base's, or a
+    WiSE-FT point's: point_key)."""
     kept = _KEPT.get()
     if key is None or kept is None:
         return s.measure(model)

@@ -33,7 +33,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.trials import best_on_validation
-from goodfit_cli.trainer.measured import base_key, measure_base, measured_once
+from goodfit_cli.trainer.measured import base_key, keep, measure_base, measured_once, point_key
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.trainer.session import (
     Place,
@@ -188,6 +188,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity, "validation": s.validation,
+                                       # periodic evaluations: the curves' split (eval.curves)
+                                       "curves_split": "test" if recipe.curves_on_test else "val",
                                        **({"sampling": sampled} if sampled else {}),
                                        "input": {**(loaded.input or {"source": "as stored"}),
                                                  **({"from_config": geometry} if geometry
@@ -246,9 +248,12 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         return {}
     # the α = 0 point is the base as loaded: its measurement, when the head was not changed
     at_base = None if loaded.head_changes else (base_metrics, base_val)
+    points = None if loaded.head_changes else key  # a chosen point kept for `goodfit wise`
     with phases.phase("wise"):
         wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val,
-                                           job.gate) for r in results} if job.wise else {})
+                                           job.gate, recipe.wise_alphas, points)
+                        for r in results}
+                       if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
@@ -274,24 +279,24 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     return report
 
 
-ALPHAS = tuple(i / 10 for i in range(11))  # the WiSE-FT grid: base (0) ... arm (1)
-
-
 @torch.no_grad()
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
-               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None = None,
-               alphas: tuple[float, ...] = ALPHAS) -> list[dict]:
-    """WiSE-FT: (1−α)·base + α·arm for each α (no training). The grid is the choice of α, so
+               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
+               alphas: tuple[float, ...], kept_as: str | None = None) -> list[dict]:
+    """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
+    report.wise_grid, 1). The grid is the choice of α, so
     it is evaluated on the validation splits ("val") only; the test splits (the report's) are
     measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
     that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
     the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
     when its weights are exactly the base's; evaluated on validation otherwise). Each α is
-    mixed into the model's own tensors in place."""
+    mixed into the model's own tensors in place. `kept_as`: the base's key (trainer/measured.py)
+    under which the chosen point's measurement is kept for the command (`goodfit wise` of that
+    point in a search's trial measures nothing again)."""
     arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
     arm_val = arm.summary.get("val_metrics")
-    curve = []
+    curve, val_preds = [], {}
     for a in alphas:
         if a == 0 and at_base is not None:
             test, val = (copy.deepcopy(m) for m in at_base)
@@ -300,7 +305,8 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             curve.append({"alpha": a, **copy.deepcopy(arm.metrics), "val": copy.deepcopy(arm_val)})
         else:
             mixing.set(a)
-            curve.append({"alpha": a, "val": s.evaluate(model, split="val")})
+            val, val_preds[a] = s.evaluate(model, True, split="val")
+            curve.append({"alpha": a, "val": val})
     chosen = best_on_validation(gate, curve, base_val,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
                                 (direction(s.recipe.primary["old"]),
@@ -308,6 +314,9 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     if chosen is not None:
         point = next(p for p in curve if p["alpha"] == chosen)
         mixing.set(chosen)
-        point.update(s.evaluate(model), chosen=True)  # its test numbers, for the report
+        test, preds = s.evaluate(model, True)  # its test numbers, for the report
+        keep(point_key(kept_as, arm.summary.get("sha256"), chosen),
+             (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
+        point.update(test, chosen=True)
     model.load_state_dict(base_state)
     return curve

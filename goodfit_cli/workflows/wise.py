@@ -26,7 +26,7 @@ from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.trainer.measured import base_key, measure_base
+from goodfit_cli.trainer.measured import base_key, measure_base, point_key
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.reporting import finish_report, provenance
@@ -118,12 +118,13 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
-    metrics, preds, val, val_preds = s.measure(model)
+    arm_sha256 = sha256_file(arm_ckpt)  # a search's trial: its fine-tune measured this point
+    metrics, preds, val, val_preds = measure_base(s, model, point_key(key, arm_sha256, job.alpha))
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
-            "wise_of": str(arm_ckpt), "wise_of_sha256": sha256_file(arm_ckpt),
+            "wise_of": str(arm_ckpt), "wise_of_sha256": arm_sha256,
             "metrics": metrics}
     if recorded(model) is not None:
         meta["input"] = recorded(model)
