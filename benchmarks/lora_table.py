@@ -127,16 +127,15 @@ def rows(full: bool | Mode = False) -> list[tuple[str, str, list[str]]]:
     Mode with motion: the --motion rows, the most telling first: a pool runs them in order)."""
     mode = full if isinstance(full, Mode) else Mode(full=full)
     full = mode.full
-    if mode.motion:
-        first, *rest = MOTION_LORA_LRS
-        return [(f"full_adamw_lr{MOTION_LR:g}", "adamw", lr(MOTION_LR)),
-                (f"lora_adamw_lr{first:g}", "lora:adamw", lr(first)),
-                ("head_only", "head_only", []), ("goodfit", "goodfit", []),
-                *((f"full_adamw_lr{v:g}", "adamw", lr(v)) for v in MOTION_FULL_LRS
-                  if v != MOTION_LR),
-                *((f"lora_adamw_lr{v:g}", "lora:adamw", lr(v)) for v in rest),
-                *((f"lora32_adamw_lr{v:g}", "lora:adamw", lr(v) + RANK32)
-                  for v in MOTION_RANK32_LRS)]
+    if mode.motion:  # in the order a pool runs them: the most telling first
+        full_ = {v: (f"full_adamw_lr{v:g}", "adamw", lr(v)) for v in MOTION_FULL_LRS}
+        lora8 = {v: (f"lora_adamw_lr{v:g}", "lora:adamw", lr(v)) for v in MOTION_LORA_LRS}
+        lora32 = {v: (f"lora32_adamw_lr{v:g}", "lora:adamw", lr(v) + RANK32)
+                  for v in MOTION_RANK32_LRS}
+        first = [full_[MOTION_LR], lora8[1e-4], full_[1e-4], lora8[1e-3], full_[3e-5],
+                 ("head_only", "head_only", []), ("goodfit", "goodfit", []), lora32[1e-4],
+                 full_[3e-4], full_[3e-6]]
+        return first + [r for r in [*lora8.values(), *lora32.values()] if r not in first]
     out = [("full_rmsprop", "rmsprop", []),
            *((f"full_adamw_lr{v:g}", "adamw", lr(v)) for v in FULL_LRS),
            ("head_only", "head_only", []), ("goodfit", "goodfit", []),
