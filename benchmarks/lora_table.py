@@ -249,19 +249,20 @@ class Runs:
         return {"old": m["old"][self.mode.metric], "new": m["new"][self.mode.metric]}
 
 
-def wise_point(report: Path, metric: str) -> dict[str, Any] | None:
-    """The WiSE-FT point the fine-tune's report chose on validation (its α, test and validation
-    `metric` on both tasks, and the whole validation curve), or None when no α gained over the
-    base on validation. The workflow chooses among the interior α (0.1 ... 0.9): the arm itself
-    (α = 1) is measured already (report/trials.best_on_validation)."""
+def wise_point(report: Path, metric: str) -> dict[str, Any]:
+    """The fine-tune's WiSE-FT curve from its report: `val_curve`, (α, old, new) `metric` on
+    validation for every α; `chosen`, the point the workflow chose on validation (its α, test
+    and validation `metric` on both tasks), None when no α gained over the base there. The
+    workflow chooses among the interior α (0.1 ... 0.9): the arm itself (α = 1) is measured
+    already (report/trials.best_on_validation)."""
     arm = json.loads(report.read_text())["arms"][0]
-    chosen = next((p for p in arm.get("wise") or [] if p.get("chosen")), None)
-    if chosen is None:
-        return None
-    return {"alpha": chosen["alpha"], "old": chosen["old"][metric], "new": chosen["new"][metric],
-            "val_old": chosen["val"]["old"][metric], "val_new": chosen["val"]["new"][metric],
-            "val_curve": [(p["alpha"], p["val"]["old"][metric], p["val"]["new"][metric])
-                          for p in arm["wise"]]}
+    curve = arm.get("wise") or []
+    c = next((p for p in curve if p.get("chosen")), None)
+    return {"val_curve": [(p["alpha"], p["val"]["old"][metric], p["val"]["new"][metric])
+                          for p in curve],
+            "chosen": None if c is None else {
+                "alpha": c["alpha"], "old": c["old"][metric], "new": c["new"][metric],
+                "val_old": c["val"]["old"][metric], "val_new": c["val"]["new"][metric]}}
 
 
 def curve_old_at(curve: list[tuple[float, float]], new: float) -> float | None:
@@ -336,30 +337,50 @@ def table(per_seed: dict[int, dict], settings: dict) -> str:
 
 
 def wise_table(per_seed: dict[int, dict], settings: dict) -> str:
-    """Each fine-tune's best WiSE-FT point (α chosen on validation) on test, next to the arm."""
+    """Each fine-tune's best WiSE-FT point (α chosen on validation) on test, next to the arm;
+    and, on validation, the row against the recipe's full fine-tune's WiSE-FT curve."""
     seeds = sorted(per_seed)
     mode = Mode(full=settings.get("full", False), motion=settings.get("motion", False))
     u = mode.unit
+    ref = f"full_adamw_lr{settings['lr']:g}"  # the recipe's arm (--motion)
     keys = [k for k in order([k for k, _, _ in rows(mode)])
             if all(k in per_seed[s] and "wise" in per_seed[s][k] for s in seeds)]
     lines = [f"| row | arm: old {u} | arm: new {u} | chosen α (seeds) | best WiSE point: old {u} "
-             f"| best WiSE point: new {u} |", "|---|---:|---:|---|---:|---:|"]
+             f"| best WiSE point: new {u} | validation: the recipe arm's WiSE curve at this "
+             f"row's new {u}: old {u} (row below it: seeds) |", "|---|---:|---:|---|---:|---:|---:|"]
     for key in keys:
-        pts = [per_seed[s][key]["wise"] for s in seeds]
         # no α gaining over the base on validation: the arm's own point stands (α = 1)
-        at = [p or {"alpha": None, "old": per_seed[s][key]["old"], "new": per_seed[s][key]["new"]}
-              for s, p in zip(seeds, pts)]
+        at = [per_seed[s][key]["wise"]["chosen"] or {
+            "alpha": None, "old": per_seed[s][key]["old"], "new": per_seed[s][key]["new"]}
+            for s in seeds]
         alphas = ", ".join("none" if p["alpha"] is None else f"{p['alpha']:g}" for p in at)
+        on_ref, below = [], 0
+        for s in seeds:
+            if key == ref or ref not in per_seed[s]:
+                continue
+            own = next(p for p in per_seed[s][key]["wise"]["val_curve"] if p[0] == 1)
+            c = curve_old_at([(n, o) for _, o, n in per_seed[s][ref]["wise"]["val_curve"]],
+                             own[2])
+            if c is not None:
+                on_ref.append(c)
+                below += own[1] < c
+        cell = "–" if not on_ref else (
+            f"{fmt_ms(on_ref)} ({below} of {len(on_ref)}"
+            + (f"; {len(seeds) - len(on_ref)} outside" if len(on_ref) < len(seeds) else "") + ")")
         lines.append(f"| {label(key, settings['lr'], settings['ratio'], mode.motion)} "
                      f"| {fmt_ms([per_seed[s][key]['old'] for s in seeds])} "
                      f"| {fmt_ms([per_seed[s][key]['new'] for s in seeds])} | {alphas} "
-                     f"| {fmt_ms([p['old'] for p in at])} | {fmt_ms([p['new'] for p in at])} |")
+                     f"| {fmt_ms([p['old'] for p in at])} | {fmt_ms([p['new'] for p in at])} "
+                     f"| {cell} |")
     return "\n".join(lines) + (
         "\n\nWiSE-FT: (1 − α)·base + α·arm for α in 0, 0.1, ..., 1 (workflows.finetune.ALPHAS), "
         "evaluated on the validation splits; the chosen α is the interior point (0 < α < 1; the "
-        "arm itself is α = 1) with the best new-task validation minADE that gains over the base "
+        f"arm itself is α = 1) with the best new-task validation {u} that gains over the base "
         "on validation (no gate; workflows.finetune.wise_curve), measured on test. \"none\": no "
-        "α gained, the arm itself is shown. Mean ± standard error over the seeds.")
+        "α gained, the arm itself is shown. Last column, on validation only (the interior α have "
+        "no test numbers): the old-task value of the recipe arm's WiSE curve (all 11 α) at this "
+        "row's own (α = 1) new-task value, log-log interpolated per seed, and on how many seeds "
+        "the row forgets less. Mean ± standard error over the seeds.")
 
 
 def fmt_ms(values: list[float]) -> str:
