@@ -54,6 +54,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,11 +206,38 @@ class Runs:
         self.over = overrides + mode.seed_overrides(seed)
         self.base = self.dir / "base" / "model.safetensors"
 
+    def scenes(self) -> list[str]:
+        """--motion: the overrides that read this seed's generated scenes from shards, written
+        once under `seed<k>/scenes` (`goodfit data motion-synth`'s writer, one shard per split,
+        so the scenes are those the in-memory generator makes: tests/test_motion.py's shard
+        round trip) instead of generating them again in every run (~2 min of a core each)."""
+        if not self.mode.motion:
+            return []
+        from goodfit_cli.data.motion.synth import write_synthetic
+
+        a = load_recipe(self.mode.recipe, self.over).data.args
+        syn = a["synthetic"]
+        sizes = (a["agents"], a["polylines"], a["points"], a["lights"])
+        out = []
+        for offset, task in enumerate(("old", "new")):
+            d = self.dir / "scenes" / task
+            if not d.exists():  # written beside, then renamed: two jobs may race for it
+                tmp = self.dir / "scenes" / f".{task}-{os.getpid()}"
+                write_synthetic(tmp, a[task], syn["scenes"], syn["test_scenes"],
+                                syn["seed"] + offset, sizes, shard_size=syn["scenes"],
+                                overwrite=True)
+                try:
+                    tmp.rename(d)
+                except OSError:  # the other job's copy is there (the same scenes)
+                    shutil.rmtree(tmp)
+            out.append(f"data.args.{task}={d}")
+        return ["data.args.synthetic=null", *out]
+
     def pretrain(self, joint: bool = False) -> None:
         """The base (`joint`: the joint-training reference, on both tasks' training data)."""
         out = self.dir / ("joint" if joint else "base")
         if not (out / "summary.json").exists():
-            extra = ["data.args.joint=true"] if joint else []
+            extra = (["data.args.joint=true"] if joint else []) + self.scenes()
             _, dt = timed(pretrain, load_recipe(self.mode.recipe, self.over + extra), out,
                           Place(device="cpu"), overwrite=True)
             self.say(f"seed {self.seed}: {'joint training' if joint else 'pretrain'} {dt:.0f} s")
@@ -229,7 +257,8 @@ class Runs:
         if not (arm_dir / "summary.json").exists():
             if not run:
                 return None
-            job = FinetuneJob(load_recipe(self.mode.recipe, self.over + extra), self.base, out,
+            job = FinetuneJob(load_recipe(self.mode.recipe, self.over + extra + self.scenes()),
+                              self.base, out,
                               [arm], overwrite=True, wise=self.mode.motion)
             _, dt = timed(finetune, job, Place(device="cpu"))
             self.say(f"seed {self.seed}: {key} {dt:.0f} s")
