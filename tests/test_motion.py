@@ -233,6 +233,28 @@ def test_shard_round_trip_through_the_cli(tmp_path):
         build_data("motion", {"old": "nope", "new": "ped", **SIZES}, seed=0, data_dir=str(tmp_path))
 
 
+def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
+    """joint: the old task's training split is its car scenes then the pedestrian scenes (the
+    joint-training reference, docs/results.md), no scene of either test split among them; every
+    other split is unchanged; not a bool: one line."""
+    args = {"old": "car", "new": "pedestrian", "synthetic": {"scenes": 32, "test_scenes": 8, "seed": 0}}
+    joint = build_data("motion", {**args, **SIZES, "joint": True}, seed=0, data_dir=None)
+    old, new = tasks["old"].train, tasks["new"].train
+    assert len(joint["old"].train) == 64
+    assert torch.equal(joint["old"].train.x, torch.cat([old.x, new.x]))
+    assert torch.equal(joint["old"].train.y, torch.cat([old.y, new.y]))
+    for name in ("old", "new"):  # the test splits, and the new task, exactly as without joint
+        assert torch.equal(joint[name].test.x, tasks[name].test.x)
+        assert torch.equal(joint[name].test.y, tasks[name].test.y)
+    assert torch.equal(joint["new"].train.x, new.x)
+    train = {tuple(r.tolist()) for r in joint["old"].train.x}
+    assert len(train) == 64  # 32 distinct scenes of each kind
+    assert not train & {tuple(r.tolist()) for t in ("old", "new") for r in tasks[t].test.x}
+    with pytest.raises(UserError, match=r"^r.yaml: data.args.joint: expected true or false, got 1$"):
+        build_data("motion", {**args, **SIZES, "joint": 1}, seed=0, data_dir=None,
+                   where="r.yaml: data")
+
+
 def test_shipped_recipes_share_the_base_and_follow_the_seed():
     """motion_base/car2car/car2ped: one model, old data and pretrain; the seed's settings."""
     raw = {n: yaml.safe_load((RECIPES_DIR / f"motion_{n}.yaml").read_text()) for n in ("base", "car2car", "car2ped")}

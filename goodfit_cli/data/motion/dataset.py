@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Mapping
 
 import torch
@@ -40,6 +41,7 @@ def motion(
     polylines: int = 64,
     points: int = 10,
     lights: int = 4,
+    joint: bool = False,
 ) -> dict[str, Task]:
     """Old and new motion tasks, from shard directories or generated in memory.
 
@@ -48,23 +50,41 @@ def motion(
     types (car | pedestrian) and the scenes are generated here, exactly as
     `goodfit data motion-synth --agents TYPE --seed S` would write them: the old task with seed
     S, the new task with seed S + 1 (so car→car fine-tunes on other scenes).
+    joint: the old task's training split also holds the new task's training scenes (the
+    joint-training reference of docs/results.md: `goodfit pretrain` on all old and new scenes).
     """
     layout = MotionLayout(check_int("agents", agents, 0), check_int("polylines", polylines, 1),
                           check_int("points", points, 1), check_int("lights", lights, 0))
-    tasks = {}
-    if synthetic is not None:
-        from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
+    if not isinstance(joint, bool):
+        raise ArgError("joint", f"expected true or false, got {joint!r}")
+    tasks = _synthetic(synthetic, ctx, old, new, layout) if synthetic is not None else \
+        _shards(ctx, old, new, layout)
+    if joint:
+        a, b = tasks["old"].train, tasks["new"].train
+        tasks["old"] = replace(tasks["old"], train=Split(torch.cat([a.x, b.x]),
+                                                         torch.cat([a.y, b.y])))
+    return tasks
 
-        scenes, test_scenes, seed = _synthetic_args(synthetic, ctx)
-        for offset, (name, kind) in enumerate((("old", old), ("new", new))):
-            if kind not in AGENT_KINDS:
-                raise ArgError(name, f"with synthetic data, expected an agent type "
-                                     f"({' | '.join(AGENT_KINDS)}), got {kind!r}")
-            splits = [_split({k: torch.from_numpy(v) for k, v in
-                              generate(kind, n, seed + offset, split, layout).items()}, layout)
-                      for split, n in (("train", scenes), ("test", test_scenes))]
-            tasks[name] = Task(name, "regression", *splits)
-        return tasks
+
+def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
+               layout: MotionLayout) -> dict[str, Task]:
+    from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
+
+    scenes, test_scenes, seed = _synthetic_args(synthetic, ctx)
+    tasks = {}
+    for offset, (name, kind) in enumerate((("old", old), ("new", new))):
+        if kind not in AGENT_KINDS:
+            raise ArgError(name, f"with synthetic data, expected an agent type "
+                                 f"({' | '.join(AGENT_KINDS)}), got {kind!r}")
+        splits = [_split({k: torch.from_numpy(v) for k, v in
+                          generate(kind, n, seed + offset, split, layout).items()}, layout)
+                  for split, n in (("train", scenes), ("test", test_scenes))]
+        tasks[name] = Task(name, "regression", *splits)
+    return tasks
+
+
+def _shards(ctx: Any, old: str, new: str, layout: MotionLayout) -> dict[str, Task]:
+    tasks = {}
     for name, path in (("old", old), ("new", new)):
         if not isinstance(path, str) or not path:
             raise ArgError(name, f"expected a directory with train/ and test/ shards, got {path!r}")
