@@ -306,3 +306,35 @@ def test_an_interrupted_lora_run_resumes_bit_for_bit(base, tmp_path):
     full, _ = ckpt.load_model(tmp_path / "full" / "lora-adamw" / "model.safetensors")
     cut, _ = ckpt.load_model(tmp_path / "cut" / "lora-adamw" / "model.safetensors")
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+
+
+class _Attending(nn.Module):
+    """A body of nn.MultiheadAttention (as motion_transformer's) and a Linear, then a head."""
+    goodfit_head_prefixes = ("head.",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        y, _ = self.attn(x, x, x)
+        return self.head(self.mix(y).mean(1))
+
+
+def test_multihead_attention_out_proj_is_never_adapted_and_every_adapter_trains():
+    """nn.MultiheadAttention reads out_proj.weight without calling the layer: an adapter there
+    would stay at its start (B = 0) forever. No target choice picks it, and after a backward pass
+    every adapter the arm put in has a gradient."""
+    torch.manual_seed(0)
+    model = _Attending()
+    for targets in ("auto", "linear", "all"):
+        assert layers_to_adapt(model, targets) == ["mix"], targets
+    with pytest.raises(ArgError, match="out_proj"):
+        layers_to_adapt(model, "out_proj")
+    Lora(rank=2).trainable(model)
+    train_a_little(model, torch.randn(4, 3, 8), steps=1)
+    adapters = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    assert adapters and all(p.grad is not None and p.grad.abs().sum() > 0
+                            for n, p in adapters if "lora_B" in n)

@@ -19,6 +19,8 @@ Which layers (`targets`, never a layer of the head):
   all      every layer LoRA can merge back: Linear, Conv1d/2d/3d of groups 1, GPT-2's Conv1D
   a,b,...  module names, matched as PEFT matches them: a module's name or its last dotted parts
 Grouped and depthwise convolutions are never adapted: PEFT cannot merge them into a plain layer.
+Nor is `nn.MultiheadAttention`'s `out_proj`: the module reads that Linear's weight directly, so
+an adapter there would never see a gradient (and its `in_proj` is a bare Parameter, no layer).
 BatchNorm statistics update in training mode, as in a full fine-tune.
 """
 
@@ -74,8 +76,11 @@ def layers_to_adapt(model: nn.Module, targets: str) -> list[str]:
     ArgError("targets", ...) when it chooses none."""
     inner = unwrap(model)
     heads = tuple(p.rstrip(".") for p in head_prefixes(inner))
+    bypassed = {f"{n}.out_proj" for n, m in inner.named_modules()  # read, never called
+                if isinstance(m, nn.MultiheadAttention)}
     layers = {n: m for n, m in inner.named_modules()
-              if n and _mergeable(m) and not any(n == h or n.startswith(h + ".") for h in heads)}
+              if n and _mergeable(m) and n not in bypassed
+              and not any(n == h or n.startswith(h + ".") for h in heads)}
     linear = [n for n, m in layers.items() if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
     if targets == "auto":
         from peft.utils import constants
