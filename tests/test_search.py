@@ -635,3 +635,18 @@ def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(ba
     assert any("the budget left cannot cover another trial" in x for x in again["notes"])
     with pytest.raises(UserError, match=r"was made with another defaults \(first trials != off\)"):
         run(4.0, defaults=False)
+
+
+def test_two_workers_creating_postgresql_tables_at_once_is_a_race_not_a_user_error():
+    """PostgreSQL reports a table another worker created a moment earlier as a
+    ProgrammingError ("relation ... already exists"), seen once in a two-worker test: that is
+    retried; any other ProgrammingError (a permission) is reported at once."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    from goodfit_cli.workflows.study import a_race
+
+    assert a_race(ProgrammingError("CREATE TABLE studies", {},
+                                   Exception('relation "studies" already exists')))
+    assert not a_race(ProgrammingError("CREATE TABLE studies", {},
+                                       Exception("permission denied for schema public")))
+    assert a_race(IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")))

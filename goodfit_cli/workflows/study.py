@@ -41,7 +41,9 @@ def a_race(e: Exception) -> bool:
     text = str(e).lower()
     return isinstance(e, optuna.exceptions.DuplicatedStudyError) or (
         type(e).__name__ in ("IntegrityError", "OperationalError")
-        and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text))
+        and ("unique" in text or "duplicate" in text or "locked" in text or "exists" in text)
+    ) or (type(e).__name__ == "ProgrammingError"  # PostgreSQL: two CREATE TABLE at once
+          and "already exists" in text)
 
 
 def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
