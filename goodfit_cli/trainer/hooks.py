@@ -16,6 +16,7 @@ from goodfit_cli.engine import Events, Hooks, LoopState
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import write_jsonl
 from goodfit_cli.io.rundir import state_files
+from goodfit_cli.models.layout import weights_version
 from goodfit_cli.trainer.job import Log, StageJob
 from goodfit_cli.trainer.measured import Measured
 from goodfit_cli.trainer.session import Session
@@ -114,11 +115,6 @@ def periodic(s: Session, model: nn.Module) -> dict[str, Any]:
     out = s.evaluate(model) if s.recipe.curves_on_test else {}
     return {**out, "val": s.evaluate(model, split="val")}
 
-
-def weights_version(model: nn.Module) -> list[tuple[int, int]]:
-    """Where each parameter and buffer lives and how often it was written in place: equal
-    lists, the same weights (an optimizer step, load_state_dict or a swap changes it)."""
-    return [(t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())]
 
 def saved_callbacks(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The callbacks' states in a resumable state. States written before callbacks owned
