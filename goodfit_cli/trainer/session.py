@@ -68,6 +68,7 @@ class Session:
     seed: int
     validation: dict[str, dict] = field(default_factory=dict)  # per task: how val was made
     eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
+    state_s: float = 0.0  # wall time the training waited for its resumable states (hooks.py)
     data_dir: str | None = None  # where the data was read (the place's, else the recipe's)
     # the model evaluate() runs: a CPU convolutional model's channels-last copy (models/layout.py)
     inference: InferenceTwin = field(default_factory=InferenceTwin, repr=False)
