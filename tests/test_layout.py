@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.data.inputs import ATTR
-from goodfit_cli.models.layout import InferenceTwin, wants_twin, weights_version
+from goodfit_cli.models.layout import MIN_SAMPLES, InferenceTwin, wants_twin, weights_version
 
 
 def convnet(classes: int = 3) -> nn.Module:
@@ -76,3 +76,18 @@ def test_models_the_twin_does_not_pay_for_run_as_they_are():
     assert wants_twin(convnet())
     twins = InferenceTwin()
     assert twins(mlp) is mlp and twins(already) is already
+
+
+def test_a_small_evaluation_runs_the_model_unless_the_twin_is_already_current():
+    """Copying new weights into the twin costs more than a few samples save: below
+    MIN_SAMPLES the model runs as it is, except when the twin already holds its weights."""
+    m = convnet()
+    twins = InferenceTwin()
+    assert twins(m, samples=MIN_SAMPLES - 1) is m  # no twin yet: none is made for a few
+    twin = twins(m, samples=MIN_SAMPLES)
+    assert twin is not m
+    assert twins(m, samples=8) is twin  # current: free to use
+    with torch.no_grad():
+        m[0].weight.add_(1.0)
+    assert twins(m, samples=8) is m  # stale: not worth the copy for 8 samples
+    assert twins(m, samples=10 * MIN_SAMPLES) is twin

@@ -98,7 +98,9 @@ class Session:
         "val", the one choices are made on), and the per-sample predictions when asked."""
         t0 = time.perf_counter()
         out, preds = {}, {}
-        runs = self.inference(model)  # the same weights, in the layout inference is fastest in
+        # the same weights, in the layout inference is fastest in (models/layout.py)
+        samples = sum(len(getattr(self.tasks[t], split)) for t in ("old", "new"))
+        runs = self.inference(model, samples)
         for name in ("old", "new"):
             data = getattr(self.tasks[name], split)
             m, p, per = self.runners[name].evaluate(runs, data, self.recipe.eval_batch_size)
