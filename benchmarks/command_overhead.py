@@ -3,7 +3,8 @@
 Each case prepares its data and base outside the measurement (a short `goodfit pretrain`), then
 runs `python -m goodfit_cli finetune` in a fresh process and reads the run's own
 `RUN/timings.json` (goodfit_cli/core/timing.py): the phases (load, base evaluation, training,
-periodic evaluations, WiSE, report and the report's bootstrap) and `command / training`, the
+periodic evaluations, the time the training waited for its resumable states, WiSE, report and
+the report's bootstrap) and `command / training`, the
 command's total wall time over its arms' training (issue 28's target: <= 1.10). The process's
 own wall time (interpreter and imports included) is printed beside it.
 
@@ -123,7 +124,8 @@ def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, s
     return {"case": case, "process_s": wall, **rec}
 
 
-COLUMNS = ("load", "base_evaluation", "evaluations", "wise", "bootstrap", "report")
+COLUMNS = ("load", "base_evaluation", "evaluations", "state_saves", "wise", "bootstrap",
+           "report")
 
 
 def table(rows: list[dict]) -> str:

@@ -400,3 +400,40 @@ def test_fuzz_load_model_only_user_errors(tmp_path, data):
         _assert_clean(e, p)
     else:
         assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+
+
+def test_state_writer_writes_the_state_as_it_was_when_saved_then_runs_after(tmp_path):
+    """The training goes on while a state is written: the file holds the values at `save`
+    (the tensors were copied), and `after` (the pruning of older states) runs once it is
+    on disk."""
+    w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    state = {"model": {"w": w}, "optimizer": {"state": {0: {"step": torch.tensor(4.0)}}},
+             "loop": {"batch": 3}}
+    seen: list[bool] = []
+    p = tmp_path / "state-00000003.safetensors"
+    writer = ck.StateWriter()
+    writer.save(p, state, after=lambda: seen.append(p.exists()))
+    w.mul_(-1.0)  # the next optimizer step, before the write is done
+    state["optimizer"]["state"][0]["step"] += 1
+    writer.close()
+    back = ck.load_state(p)
+    assert torch.equal(back["model"]["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert back["optimizer"]["state"][0]["step"].item() == 4.0 and back["loop"] == {"batch": 3}
+    assert seen == [True]
+    assert ck.load_state(p).keys() == {"model", "optimizer", "loop"}
+
+
+def test_state_writer_raises_a_failed_write_at_close_unless_the_training_failed(tmp_path):
+    writer = ck.StateWriter()
+    writer.save(tmp_path / "missing" / "state.safetensors", {"x": torch.ones(2)})
+    with pytest.raises(UserError, match="missing"):  # the one line naming the file, as before
+        writer.close()
+    quiet = ck.StateWriter()
+    quiet.save(tmp_path / "missing" / "state.safetensors", {"x": torch.ones(2)})
+    quiet.close(quiet=True)  # the training's own error is the one the user sees
+    again = ck.StateWriter()  # the next save raises the previous write's error
+    again.save(tmp_path / "missing" / "a.safetensors", {"x": torch.ones(2)})
+    with pytest.raises(UserError, match="a.safetensors"):
+        again.save(tmp_path / "b.safetensors", {"x": torch.ones(2)})
+    again.close(quiet=True)
+    assert not (tmp_path / "b.safetensors").exists()

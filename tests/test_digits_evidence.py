@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 
 from goodfit_cli.data import build_data
@@ -79,3 +80,27 @@ def test_best_wise_reads_the_floor_on_validation_with_the_searchs_margin():
     assert ev.best_wise(rep, 0.95) == {"name": "adamw α 0.5", "old": 0.96, "new": 0.45}
     assert ev.best_wise(rep, 0.95, z=0.0)["name"] == "adamw α 0.6"
     assert ev.best_wise(rep, 0.99)["name"] == "none passes the gate"
+
+
+def test_best_wise_considers_every_grid_point_and_measures_the_chosen_one_on_test():
+    """A finetune measures the test splits only at each arm's own chosen α: the reference
+    still chooses among every point on validation (not only those with test numbers), and
+    the one it chooses is measured on test (`goodfit wise`), never read off another point."""
+    rep = {"base_val_metrics": {"old": {"accuracy": 0.986}, "new": {"accuracy": 0.0}},
+           "arms": [{"name": "adamw", "validation": {"flips": {"old": {"n": 288}}},
+                     "wise": [{"alpha": 0.4, "val": {"old": {"accuracy": 0.99},
+                                                     "new": {"accuracy": 0.5}}},
+                              {"alpha": 0.3, "old": {"accuracy": 0.97}, "new": {"accuracy": 0.3},
+                               "val": {"old": {"accuracy": 0.99}, "new": {"accuracy": 0.3}},
+                               "chosen": True}]}]}
+    asked = []
+
+    def measure(arm, alpha):
+        asked.append((arm["name"], alpha))
+        return {"old": {"accuracy": 0.98}, "new": {"accuracy": 0.55}}
+
+    assert ev.best_wise(rep, 0.95, measure=measure) == {"name": "adamw α 0.4", "old": 0.98,
+                                                        "new": 0.55}
+    assert asked == [("adamw", 0.4)]
+    with pytest.raises(ValueError, match="no test numbers"):
+        ev.best_wise(rep, 0.95)

@@ -218,17 +218,17 @@ def test_a_masked_base_loss_is_not_a_number_to_compare(tmp_path):
 
 
 def test_a_run_says_where_its_time_went(table_base, tmp_path):
-    """timings.json and the report: load, base evaluation, training, evaluations, WiSE and
-    report phases that add up (with the rest) to the command's wall time, and the ratio
-    command / training (issue 28 item 1). No wall time is asserted, only the bookkeeping."""
+    """timings.json and the report: load, base evaluation, training, evaluations, the time the
+    training waited for its resumable states, WiSE and report phases that add up (with the
+    rest) to the command's wall time, and the ratio command / training (issue 28 item 1). No wall time is asserted, only the bookkeeping."""
     folder, base = table_base
     res = invoke("finetune", "--base", base, "--recipe", folder / "raw.yaml", "--out",
                  tmp_path / "ft", "device=cpu", "--optimizer", "adamw", "--optimizer", "sgd")
     assert res.exit_code == 0, res.output
     t = json.loads((tmp_path / "ft" / "timings.json").read_text())
     phases = t["phases_s"]
-    assert set(phases) == {"load", "base_evaluation", "training", "evaluations", "wise", "report",
-                           "bootstrap"}
+    assert set(phases) == {"load", "base_evaluation", "training", "evaluations", "state_saves",
+                           "wise", "report", "bootstrap"}
     assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
     assert sum(phases.values()) + t["other_s"] == pytest.approx(t["total_s"], abs=0.01)
     assert t["command_over_training"] == pytest.approx(t["total_s"] / phases["training"],

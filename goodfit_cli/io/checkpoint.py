@@ -16,7 +16,8 @@ import math
 import os
 import shlex
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -299,9 +300,61 @@ def save_state(path: str | os.PathLike, state: Any) -> None:
     Tensors are stored as safetensors (detached, on CPU), the structure as tagged JSON in the
     metadata; the write is atomic. A tensor that appears twice is stored twice.
     """
+    tensors, metadata = _state_parts(state)
+    _save_tensors(path, tensors, metadata)
+
+
+def _state_parts(state: Any) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(the state's tensors by key, the file's metadata: its tagged-JSON skeleton)."""
     tensors: dict[str, torch.Tensor] = {}
     skeleton = json.dumps(_encode(state, tensors, "state"), allow_nan=False)
-    _save_tensors(path, tensors, {"format": STATE_FORMAT, "state": skeleton})
+    return tensors, {"format": STATE_FORMAT, "state": skeleton}
+
+
+class StateWriter:
+    """Training states written behind the training. `save` takes a copy of the state's tensors
+    on the CPU before it returns (the steps that follow cannot change what is written), then
+    writes the file as `save_state` does (atomically: a crash mid-write leaves the previous
+    state the newest complete file) on one background thread, and runs `after` there (the
+    pruning of older states). One write at a time: `save` first waits for the previous one.
+    `close()` returns once everything is on disk and raises a write's error; `close(quiet=True)`
+    (the training itself failed: its error is the one to see) only waits."""
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    def save(self, path: str | os.PathLike, state: Any,
+             after: Callable[[], None] | None = None) -> None:
+        self.wait()
+        tensors, metadata = _state_parts(state)
+        copies = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
+
+        def write() -> None:
+            _save_tensors(path, copies, metadata)
+            if after is not None:
+                after()
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="goodfit-state")
+        self._pending = self._pool.submit(write)
+
+    def wait(self) -> None:
+        """Until the last write is done; its error, if it failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self, quiet: bool = False) -> None:
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001
+            if not quiet:
+                raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
 
 
 def load_state(path: str | os.PathLike) -> Any:

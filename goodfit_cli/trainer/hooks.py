@@ -6,6 +6,9 @@ they saved.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,6 +19,7 @@ from goodfit_cli.engine import Events, Hooks, LoopState
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import write_jsonl
 from goodfit_cli.io.rundir import state_files
+from goodfit_cli.models.layout import weights_version
 from goodfit_cli.trainer.job import Log, StageJob
 from goodfit_cli.trainer.measured import Measured
 from goodfit_cli.trainer.session import Session
@@ -43,6 +47,7 @@ class StageHooks(Hooks):
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
         self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
+        self.states = ckpt.StateWriter()  # resumable states, written behind the training
 
     def after_step(self, batch: int) -> None:
         for c in self.callbacks:
@@ -88,16 +93,38 @@ class StageHooks(Hooks):
         return signalled or any(c.should_stop() for c in self.callbacks)
 
     def save_state(self, st: LoopState) -> None:
+        """A resumable state: copied here, written behind the training (io/checkpoint.py's
+        StateWriter); the time it holds the training up is the session's `state_s`."""
         if not self.main_rank:
             return
-        out = self.job.out
-        ckpt.save_state(out / f"state-{st.batch:08d}.safetensors", {
+        t0 = time.perf_counter()
+        out, keep = self.job.out, self.s.recipe.checkpoint_keep
+
+        def prune() -> None:  # keep the newest K
+            for old in state_files(out)[:-keep]:
+                old.unlink(missing_ok=True)
+
+        self.states.save(out / f"state-{st.batch:08d}.safetensors", {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
-            "loop": st.to_dict()})
-        for old in state_files(out)[:-self.s.recipe.checkpoint_keep]:  # keep the newest K
-            old.unlink(missing_ok=True)
+            "loop": st.to_dict()}, after=prune)
+        self.s.state_s += time.perf_counter() - t0
+
+    @contextmanager
+    def states_written(self) -> Iterator[None]:
+        """Around the training: every state on disk when it ends (a write's error raised then;
+        if the training failed, its own error)."""
+        try:
+            yield
+        except BaseException:
+            self.states.close(quiet=True)
+            raise
+        t0 = time.perf_counter()
+        try:
+            self.states.close()
+        finally:
+            self.s.state_s += time.perf_counter() - t0
 
     def record(self, rec: dict) -> None:
         self.records.append(rec)
@@ -114,11 +141,6 @@ def periodic(s: Session, model: nn.Module) -> dict[str, Any]:
     out = s.evaluate(model) if s.recipe.curves_on_test else {}
     return {**out, "val": s.evaluate(model, split="val")}
 
-
-def weights_version(model: nn.Module) -> list[tuple[int, int]]:
-    """Where each parameter and buffer lives and how often it was written in place: equal
-    lists, the same weights (an optimizer step, load_state_dict or a swap changes it)."""
-    return [(t.data_ptr(), t._version) for t in (*model.parameters(), *model.buffers())]
 
 def saved_callbacks(saved: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The callbacks' states in a resumable state. States written before callbacks owned

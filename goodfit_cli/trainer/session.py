@@ -31,6 +31,7 @@ from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
 from goodfit_cli.io.hf import is_transformers_config
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.hf import folder_state, is_transformers
+from goodfit_cli.models.layout import InferenceTwin
 from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import direction, task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
@@ -67,7 +68,10 @@ class Session:
     seed: int
     validation: dict[str, dict] = field(default_factory=dict)  # per task: how val was made
     eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
+    state_s: float = 0.0  # wall time the training waited for its resumable states (hooks.py)
     data_dir: str | None = None  # where the data was read (the place's, else the recipe's)
+    # the model evaluate() runs: a CPU convolutional model's channels-last copy (models/layout.py)
+    inference: InferenceTwin = field(default_factory=InferenceTwin, repr=False)
 
     def model(self) -> nn.Module:
         """The recipe's model, initialised from the session's seed, on the device."""
@@ -94,9 +98,12 @@ class Session:
         "val", the one choices are made on), and the per-sample predictions when asked."""
         t0 = time.perf_counter()
         out, preds = {}, {}
+        # the same weights, in the layout inference is fastest in (models/layout.py)
+        samples = sum(len(getattr(self.tasks[t], split)) for t in ("old", "new"))
+        runs = self.inference(model, samples)
         for name in ("old", "new"):
             data = getattr(self.tasks[name], split)
-            m, p, per = self.runners[name].evaluate(model, data, self.recipe.eval_batch_size)
+            m, p, per = self.runners[name].evaluate(runs, data, self.recipe.eval_batch_size)
             out[name] = m
             preds[name] = {"pred": p.cpu(), "target": data.y.cpu(),
                            "per_sample": {k: v.cpu() for k, v in per.items()}}

@@ -121,8 +121,9 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks)
     events = Recording(hooks, watch)
     try:
-        st = train(trained, optimizer, scheduler, source, loss, cfg, hooks,
-                   events=events, state=loop_state)
+        with hooks.states_written():  # the states are written behind the training
+            st = train(trained, optimizer, scheduler, source, loss, cfg, hooks,
+                       events=events, state=loop_state)
     except Diverged as e:
         kept = state_files(out)
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"

@@ -231,7 +231,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             for p in model.parameters():
                 p.requires_grad_(True)
             torch.manual_seed(s.seed)
-            t_arm, eval_before = time.perf_counter(), s.eval_s
+            t_arm, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
             try:
                 results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
                                                             meta, stop_rule=rule), stop, ui))
@@ -241,8 +241,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                 e.resume = f"the same command plus --resume {out}"
                 raise
             evaluations = s.eval_s - eval_before  # periodic and final evaluations of the arm
+            saves = s.state_s - state_before  # what its resumable states held the training up
             phases.add("evaluations", evaluations)
-            phases.add(TRAINING, time.perf_counter() - t_arm - evaluations)
+            phases.add("state_saves", saves)
+            phases.add(TRAINING, time.perf_counter() - t_arm - evaluations - saves)
     if not main_rank:
         finish()  # waits for rank 0's report, then leaves the group
         return {}
