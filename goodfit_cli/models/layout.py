@@ -1,6 +1,6 @@
 """Inference in the memory layout the CPU's convolutions are fastest in, without touching the model.
 
-On the CPU, oneDNN's convolutions run channels-last (NHWC) weights 1.4-2.7x faster than the
+On the CPU, oneDNN's convolutions run channels-last (NHWC) weights 1.3-1.8x faster than the
 default NCHW ones at inference (benchmarks/command_overhead.py's ResNet-18, 1 thread), while the
 training step is slower that way, so a CPU model trains in NCHW (on CUDA the session makes the
 model channels-last for both: trainer/session.py). `InferenceTwin` keeps, per model, a
