@@ -402,24 +402,24 @@ def test_fuzz_load_model_only_user_errors(tmp_path, data):
         assert all(isinstance(t, torch.Tensor) for t in tensors.values())
 
 
-def test_state_writer_writes_the_state_as_it_was_when_saved_then_runs_after(tmp_path):
+def test_state_writer_writes_the_state_as_it_was_when_saved_and_prunes_around_it(tmp_path):
     """The training goes on while a state is written: the file holds the values at `save`
-    (the tensors were copied), and `after` (the pruning of older states) runs once it is
-    on disk."""
+    (the tensors were copied), and `prune` (the removal of older states) runs before the
+    write and once it is on disk, so no kill finds more than one state beyond those kept."""
     w = torch.arange(6, dtype=torch.float32).reshape(2, 3)
     state = {"model": {"w": w}, "optimizer": {"state": {0: {"step": torch.tensor(4.0)}}},
              "loop": {"batch": 3}}
     seen: list[bool] = []
     p = tmp_path / "state-00000003.safetensors"
     writer = ck.StateWriter()
-    writer.save(p, state, after=lambda: seen.append(p.exists()))
+    writer.save(p, state, prune=lambda: seen.append(p.exists()))
     w.mul_(-1.0)  # the next optimizer step, before the write is done
     state["optimizer"]["state"][0]["step"] += 1
     writer.close()
     back = ck.load_state(p)
     assert torch.equal(back["model"]["w"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
     assert back["optimizer"]["state"][0]["step"].item() == 4.0 and back["loop"] == {"batch": 3}
-    assert seen == [True]
+    assert seen == [False, True]
     assert ck.load_state(p).keys() == {"model", "optimizer", "loop"}
 
 

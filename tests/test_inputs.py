@@ -231,8 +231,10 @@ def test_a_run_says_where_its_time_went(table_base, tmp_path):
                            "wise", "report", "bootstrap"}
     assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
     assert sum(phases.values()) + t["other_s"] == pytest.approx(t["total_s"], abs=0.01)
-    assert t["command_over_training"] == pytest.approx(t["total_s"] / phases["training"],
-                                                       rel=1e-2)
+    # each figure is rounded to the millisecond; this run trains for a few tens of them
+    total, training, h = t["total_s"], phases["training"], 0.0005
+    assert (total - h) / (training + h) - h <= t["command_over_training"] <= (
+        (total + h) / (training - h) + h)
     report = json.loads((tmp_path / "ft" / "report.json").read_text())
     assert "report" not in report["provenance"]["timings"]["phases_s"]  # written before it
     assert "x the training)" in " ".join(res.output.split())

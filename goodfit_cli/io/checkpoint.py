@@ -315,8 +315,11 @@ class StateWriter:
     """Training states written behind the training. `save` takes a copy of the state's tensors
     on the CPU before it returns (the steps that follow cannot change what is written), then
     writes the file as `save_state` does (atomically: a crash mid-write leaves the previous
-    state the newest complete file) on one background thread, and runs `after` there (the
-    pruning of older states). One write at a time: `save` first waits for the previous one.
+    state the newest complete file) on one background thread. One write at a time: `save`
+    first waits for the previous one. `prune` (the removal of older states) runs before the
+    write, on the caller's thread once the previous write is done, and after it, on the
+    writer's: so at any moment a kill can land, at most one state more than the pruning keeps
+    exists, also when a resumed run starts from a killed run's leftovers.
     `close()` returns once everything is on disk and raises a write's error; `close(quiet=True)`
     (the training itself failed: its error is the one to see) only waits."""
 
@@ -325,15 +328,17 @@ class StateWriter:
         self._pending: Future | None = None
 
     def save(self, path: str | os.PathLike, state: Any,
-             after: Callable[[], None] | None = None) -> None:
+             prune: Callable[[], None] | None = None) -> None:
         self.wait()
+        if prune is not None:
+            prune()
         tensors, metadata = _state_parts(state)
         copies = {k: t.detach().to("cpu", copy=True) for k, t in tensors.items()}
 
         def write() -> None:
             _save_tensors(path, copies, metadata)
-            if after is not None:
-                after()
+            if prune is not None:
+                prune()
 
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="goodfit-state")

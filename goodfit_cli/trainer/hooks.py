@@ -108,7 +108,7 @@ class StageHooks(Hooks):
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
-            "loop": st.to_dict()}, after=prune)
+            "loop": st.to_dict()}, prune=prune)
         self.s.state_s += time.perf_counter() - t0
 
     @contextmanager
