@@ -77,13 +77,13 @@ class InferenceTwin:
         unless the twin already holds its current weights)."""
         if model in self._declined:
             return model
-        if (samples is not None and samples < MIN_SAMPLES
-                and not (self._of is not None and self._of() is model
-                         and weights_version(model) == self._version)):
+        ours = self._of is not None and self._of() is model
+        version = weights_version(model)
+        current = ours and version == self._version
+        if samples is not None and samples < MIN_SAMPLES and not current:
             return model
-        same = self._of is not None and self._of() is model
         structure = _structure(model)
-        if not (same and structure == self._structure):
+        if not (ours and structure == self._structure):
             if not wants_twin(model):
                 self._declined.add(model)
                 return model
@@ -98,12 +98,11 @@ class InferenceTwin:
         twin = self._twin
         if hasattr(model, ATTR):  # the inputs it takes (a checkpoint loaded later may replace it)
             setattr(twin, ATTR, getattr(model, ATTR))
-        version = weights_version(model)
-        if version != self._version:
+        if version != self._version:  # reading the model's tensors leaves their versions alone
             with torch.no_grad():
                 src = (*model.parameters(), *model.buffers())
                 dst = (*twin.parameters(), *twin.buffers())
                 for d, s in zip(dst, src):
                     d.copy_(s)
-            self._version = weights_version(model)
+            self._version = version
         return twin
