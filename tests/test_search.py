@@ -414,6 +414,53 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
 
 
+def test_ties_at_a_rung_go_to_the_lower_new_task_validation_loss(tmp_path):
+    """A flat metric (new-task accuracy 0 at every point of the curve, the base's own value)
+    ranks trials by the new task's mean validation loss at their best point: a later trial
+    whose loss fell further than the first trial's goes on (by accuracy alone the tie went to
+    the earlier trial and pruned it), one whose loss fell less is pruned; an evaluation without
+    a loss keeps the pair (-violations, new)."""
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, value_of
+
+    prim = {"old": "accuracy", "new": "accuracy"}
+    base = {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}
+    assert value_of(base, base, None, prim, 1) == (0.0, 0.0)
+    assert value_of({"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0, "loss": 1.5}},
+                    base, None, prim, 1) == (0.0, 0.0, -1.5)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps({"val_metrics": base}))
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    model = torch.nn.Linear(1, 1, bias=False)  # weight g: the new task's loss is 2 - g
+
+    def evaluate(m):
+        g = m.weight.detach().item()
+        return {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0, "loss": 2.0 - g}}
+
+    def run(g: float) -> int | None:
+        trial = study.ask()
+        with torch.no_grad():
+            model.weight.zero_()
+        watch = PruneWatch(trial, Halving(startup=1), tmp_path, None, prim, 1)
+        watch.bind(model, evaluate, {"old": 100, "new": 100})
+        watch.on_start(90, 0)
+        try:
+            for batch in range(1, 91):
+                with torch.no_grad():
+                    model.weight.fill_(g)
+                watch.on_batch(batch)
+        except Pruned as e:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return e.rung
+        study.tell(trial, [0.9, 0.0])
+        return None
+
+    assert run(0.2) is None  # trial 0: never pruned; no gaining point: (-1, 0, -1.8)
+    assert study.trials[0].user_attrs["rungs"]["0"] == pytest.approx([-1.0, 0.0, -1.8])
+    assert run(0.1) == 0  # loss 1.9 > 1.8: pruned at the first rung
+    assert run(0.5) is None  # loss 1.5: the best at both rungs, it goes on
+    assert study.trials[2].user_attrs["rungs"]["1"] == pytest.approx([-1.0, 0.0, -1.5])
+
+
 @pytest.mark.e2e
 def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, tmp_path):
     """Rungs at batches 2 and 4 of 12. A pruned trial stops there (its metrics.jsonl ends
@@ -452,6 +499,9 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
     assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
     md = (out / "report.md").read_text()
     assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md
+    for t in study.trials:  # (-violations, -new mse, -new validation loss): the toy's loss is
+        for value in t.user_attrs["rungs"].values():  # its mse, measured beside it
+            assert len(value) == 3 and value[2] == pytest.approx(value[1])
 
 
 def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path):

@@ -88,7 +88,7 @@ SEARCH_HELP = (
     "Pruning: at a rung (batch total/9 and total/3 with --rungs 2) a trial's WiSE-FT curve "
     "is measured on validation and the trial goes on only if its best point is among the best "
     "third of the trials that reached the rung (fewer gate violations first, then the "
-    "new-task metric; the first trial is never pruned); a pruned trial counts toward --trials "
+    "new-task metric, then the new task's validation loss; the first trial is never pruned); a pruned trial counts toward --trials "
     "(--rungs 0: no pruning).\n\n"
     "Default arms: with --defaults (the default) the recipe's arms (finetune.arms, at the "
     "recipe's lr and knobs, no replay, no class balance) are the study's first trials: they "

@@ -46,6 +46,17 @@ from goodfit_cli.training.callbacks import Ema, load_states
 __all__ = ["Log", "StageJob", "Ui", "quiet", "run_stage", "saved_callbacks", "total_batches"]
 
 
+
+def with_loss(metrics: dict, preds: dict) -> dict:
+    """`metrics` with each task's mean per-sample loss as "loss" where the objective measures
+    one and the metrics do not already have it (a continuous signal beside a flat metric)."""
+    out = {}
+    for t, m in metrics.items():
+        per = (preds.get(t) or {}).get("per_sample") or {}
+        out[t] = m if "loss" in m or "loss" not in per else {
+            **m, "loss": float(per["loss"].double().mean())}
+    return out
+
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
     """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate)."""
     if budget.get("steps"):
@@ -85,7 +96,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loss, arm_callbacks = built.loss, list(built.callbacks)
     watch = ui.events(arm.name) if main_rank else None
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
-        watch.bind(model, lambda m: s.evaluate(m, split="val"),
+        watch.bind(model, lambda m: with_loss(*s.evaluate(m, True, split="val")),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")})
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
