@@ -1,0 +1,107 @@
+"""Many digits searches, cheaply: the spread of `goodfit search`'s recommendation over seeds,
+repeats and workers (docs/results.md, "Digits over 9 seeds").
+
+For each seed the script writes the digits data and pretrains the base exactly as
+benchmarks/digits_evidence.py does (reused when there), then runs `--reps` studies of
+`--trials` trials, each by `--workers` `goodfit search` processes started one second apart on
+one SQLite study (a study of one worker is deterministic; of two, the order in which the
+workers finish their trials is not, hence repeats). Each study is gated as the issue's user
+would: `--min-old accuracy=F` (F 0.97 with replay, 0.95 with `--no-replay`), the CLI's defaults
+otherwise (default arms, budget 10, rungs 2, margin 1); extra flags after `--` go to the search.
+Prints one line per study (the recommendation's test accuracy, chosen on validation; its
+compute in fine-tunes; complete and pruned trials) and the mean ± standard error.
+
+    OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 3 4 5 6 7 8 \\
+        --out /tmp/digits-studies/replay
+    OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 --workers 2 --reps 3 \\
+        --out /tmp/digits-studies/two-workers
+    OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 3 4 5 6 7 8 \\
+        --out /tmp/digits-studies/no-replay -- --no-replay
+
+Nothing is downloaded (load_digits ships with scikit-learn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/
+from digits_evidence import RECIPE, TARGETS, write_digits  # noqa: E402
+from search_table import goodfit, mean_se  # noqa: E402
+
+
+def base_for(out: Path, seed: int) -> Path:
+    """The seed's data folder and base (pretrained like digits_evidence.py's), made once."""
+    d = out / f"seed{seed}"
+    write_digits(d / "data", seed)
+    base = d / "base" / "model.safetensors"
+    if not base.exists():
+        goodfit("pretrain", "--recipe", RECIPE, "--out", d / "base", "--data-dir",
+                (d / "data").resolve(), f"seed={seed}")
+    return base
+
+
+def study(out: Path, seed: int, run: Path, workers: int, trials: int, extra: list[str]) -> dict:
+    """One study by `workers` processes; its recommendation and compute from report.json."""
+    floor = TARGETS["no replay" if "--no-replay" in extra else "replay searched"][0]
+    d = out / f"seed{seed}"
+    shutil.rmtree(run, ignore_errors=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "goodfit_cli", "search", "--base", str(base_for(out, seed)),
+           "--recipe", str(RECIPE), "--trials", str(trials), "--out", str(run),
+           "--seed", str(seed), "--min-old", f"accuracy={floor}",
+           "--data-dir", str((d / "data").resolve()), *extra, f"seed={seed}"]
+    procs = []
+    for w in range(workers):
+        log = open(f"{run}.worker{w}.log", "w")
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        if w + 1 < workers:
+            time.sleep(1)
+    if any(p.wait() for p in procs):
+        raise SystemExit(f"a worker of {run} failed: see {run}.worker*.log")
+    rep = json.loads((run / "report.json").read_text())
+    rec = rep["recommendation"] or {}
+    return {"seed": seed, "run": str(run), "arm": rec.get("arm", "none passes"),
+            "alpha": (rec.get("params") or {}).get("wise_alpha", 1.0),
+            "old": rec.get("test_old"), "new": rec.get("test_new"),
+            "finetunes": rep["budget"]["spent_finetunes"], "complete": rep["complete"],
+            "pruned": rep["pruned"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--trials", type=int, default=24)
+    ap.add_argument("--out", type=Path, default=Path("runs/digits-studies"))
+    ap.add_argument("extra", nargs="*", help="flags for goodfit search (after --)")
+    a = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    rows = []
+    for s in a.seeds:
+        for r in range(a.reps):
+            row = study(a.out, s, a.out / "studies" / f"seed{s}-rep{r}", a.workers, a.trials,
+                        a.extra)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    (a.out / "studies.json").write_text(json.dumps(rows, indent=1))
+    done = [r for r in rows if r["new"] is not None]
+    print(f"\n{len(rows)} studies ({a.workers} worker(s), seeds {a.seeds}, {a.reps} each); "
+          f"{len(rows) - len(done)} with no recommendation")
+    if done:
+        print(f"old accuracy (test) {mean_se([r['old'] for r in done])}; "
+              f"new accuracy (test) {mean_se([r['new'] for r in done])}; "
+              f"compute {min(r['finetunes'] for r in rows):.2f}-"
+              f"{max(r['finetunes'] for r in rows):.2f} fine-tunes")
+
+
+if __name__ == "__main__":
+    main()
