@@ -46,7 +46,6 @@ from goodfit_cli.training.callbacks import Ema, load_states
 __all__ = ["Log", "StageJob", "Ui", "quiet", "run_stage", "saved_callbacks", "total_batches"]
 
 
-
 def with_loss(metrics: dict, preds: dict) -> dict:
     """`metrics` with each task's mean per-sample loss as "loss" where the objective measures
     one and the metrics do not already have it (a continuous signal beside a flat metric)."""
@@ -56,6 +55,7 @@ def with_loss(metrics: dict, preds: dict) -> dict:
         out[t] = m if "loss" in m or "loss" not in per else {
             **m, "loss": float(per["loss"].double().mean())}
     return out
+
 
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
     """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate)."""

@@ -16,7 +16,7 @@ A trial's value at a rung is what the search will keep of it at the end, measure
 best point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 0.1 ... 1.0,
 evaluated on the validation splits (evaluations only), each point's value being (minus the
 number of gate limits it violates on validation, with the search's validation margin; its
-new-task primary metric oriented so higher is better), compared as pairs; only points that
+new-task primary metric oriented so higher is better), compared in that order; only points that
 gain on the new task over the base count (the search keeps no other), a trial with none ranks
 below every trial with one. Ties (a flat metric: new-task accuracy still 0 at every point of
 many trials early in their training) are broken by the new task's mean validation loss, lower
