@@ -22,12 +22,14 @@ Run from the repository root (each case a few minutes on 2 CPU cores):
     python benchmarks/command_overhead.py --case toy
     python benchmarks/command_overhead.py --case resnet18
     python benchmarks/command_overhead.py --case all --device cuda --out results.md
+    python benchmarks/command_overhead.py --case resnet18 --steps 60 600  # the ratio against length
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import subprocess
@@ -103,7 +105,7 @@ def goodfit(*args: str, timeout: float, env: dict[str, str]) -> float:
 
 
 def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, str],
-             pretrain_steps: int) -> dict:
+             pretrain_steps: int, steps: int | None = None) -> dict:
     """Prepare the case (not measured), run its finetune; the run's timings plus the wall time."""
     if case == "toy":
         goodfit("pretrain", "--recipe", "toy", "--out", str(tmp / "base"), "--device", device,
@@ -119,9 +121,12 @@ def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, s
                 timeout=timeout, env=env)
         args = ["finetune", "--recipe", str(tmp / "update.yaml"),
                 "--base", str(tmp / "base" / "model.safetensors"), "--out", str(tmp / "run")]
+    if steps:  # a longer (or shorter) fine-tune, the evaluation cadence unchanged
+        args.append(f"finetune.steps={steps}")
     wall = goodfit(*args, timeout=timeout, env=env)
     rec = json.loads((tmp / "run" / "timings.json").read_text())
-    return {"case": case, "process_s": wall, **rec}
+    name = case if not steps else f"{case}, {steps} batches"
+    return {"case": name, "process_s": wall, **rec}
 
 
 COLUMNS = ("load", "base_evaluation", "evaluations", "state_saves", "wise", "bootstrap",
@@ -147,6 +152,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--pretrain-steps", type=int, default=40,
                    help="the ResNet-18 base's pretraining batches (not measured)")
+    p.add_argument("--steps", type=int, nargs="+", default=[0],
+                   help="each arm's batches (0: the case's own, 300 toy / 60 resnet18); several "
+                        "values run the case once each (how the ratio moves with the length)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per goodfit command")
     p.add_argument("--threads", type=int,
                    help="OMP_NUM_THREADS for the commands (on shared cores 1 avoids spinning)")
@@ -157,11 +165,12 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(a.threads)
     cases = ("toy", "resnet18") if a.case == "all" else (a.case,)
     rows = []
-    for case in cases:
+    for case, steps in itertools.product(cases, a.steps):
         with tempfile.TemporaryDirectory(prefix=f"goodfit-overhead-{case}-") as tmp:
-            rows.append(run_case(case, Path(tmp), a.device, a.timeout, env, a.pretrain_steps))
+            rows.append(run_case(case, Path(tmp), a.device, a.timeout, env, a.pretrain_steps,
+                                 steps or None))
         r = rows[-1]
-        print(f"{case}: command / training {r['command_over_training']:.3f} "
+        print(f"{r['case']}: command / training {r['command_over_training']:.3f} "
               f"(total {r['total_s']:.2f} s, training {r['phases_s'].get('training', 0):.2f} s)",
               flush=True)
     import torch
