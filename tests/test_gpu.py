@@ -126,3 +126,51 @@ def test_tiny_finetune_on_cuda(tmp_path):
                           device="cuda", log=lambda m: None, wise=False)
     assert {a["name"] for a in rep["arms"]} == {"rmsprop", "head_only", "goodfit"}
     assert rep["provenance"]["device"].startswith("cuda")
+
+
+def test_state_writer_stages_cuda_tensors_as_they_were_at_save(tmp_path):
+    """A state of CUDA tensors (fp32, bf16, a transposed view, 0-dim, empty) is staged through
+    the writer's page-locked buffer by asynchronous copies: the file holds the values at
+    `save` although the kernels queued right after it change every tensor; a larger state
+    grows the buffer, an equal one reuses it."""
+    from goodfit_cli.io import checkpoint as ck
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def state(n: int) -> dict:
+        return {"model": {"w": torch.randn(n, 256, device="cuda", generator=gen),
+                          "h": torch.randn(7, 3, device="cuda", generator=gen).bfloat16(),
+                          "t": torch.randn(5, 9, device="cuda", generator=gen).t()},
+                "optimizer": {"state": {0: {"step": torch.tensor(4, device="cuda"),
+                                            "none": torch.empty(0, device="cuda")}}},
+                "rng": torch.arange(5), "loop": {"batch": n}}
+
+    def on_cpu(s):
+        if isinstance(s, dict):
+            return {k: on_cpu(v) for k, v in s.items()}
+        return s.detach().cpu().clone() if isinstance(s, torch.Tensor) else s
+
+    writer = ck.StateWriter()
+    sizes = []
+    for i, n in enumerate((1024, 4096, 4096)):
+        s = state(n)
+        expected = on_cpu(s)
+        writer.save(tmp_path / f"state-{i}.safetensors", s)
+        for _ in range(50):  # the training's next steps, queued behind the copies
+            s["model"]["w"].mul_(1.01).add_(1.0)
+            s["model"]["h"].add_(1.0)
+            s["model"]["t"].add_(1.0)
+            s["optimizer"]["state"][0]["step"] += 1
+        writer.wait()
+        buffer = writer._staging._buffer
+        assert buffer is not None and buffer.is_pinned()
+        sizes.append((buffer.numel(), buffer.data_ptr()))
+        back = ck.load_state(tmp_path / f"state-{i}.safetensors")
+        assert back["model"].keys() == expected["model"].keys()
+        for k, e in expected["model"].items():
+            assert back["model"][k].dtype == e.dtype and torch.equal(back["model"][k], e), k
+        opt = back["optimizer"]["state"][0]
+        assert opt["step"].item() == 4 and opt["none"].shape == (0,)
+        assert torch.equal(back["rng"], torch.arange(5)) and back["loop"] == {"batch": n}
+    writer.close()
+    assert sizes[1][0] > sizes[0][0] and sizes[2] == sizes[1]
