@@ -13,7 +13,7 @@ of digit 8, every training image of 9). For each seed the script
    default budget of 10 fine-tunes; `--no-defaults`, `--budget`: the script passes them on) with
    replay searched and with `--no-replay`, each
    gated as the issue's user would: `--min-old accuracy=F`, F the target's floor (0.97 with
-   replay, 0.95 without; the search's default validation margin, 1 standard error): the
+   replay, 0.95 without; the search's default validation margin, half a standard error): the
    recommendation (chosen on validation, reported on test) and the study's compute in units of
    one fine-tune (the training batches of its trials, from report.json, over the recipe's
    batches of one arm, the default arms' trials included; the finetune of step 3 trains the
@@ -95,17 +95,20 @@ def write_digits(folder: Path, seed: int) -> dict[str, int]:
     return {name: len(y) for name, (_, y) in sets.items()}
 
 
-def best_wise(rep: dict, floor: float, z: float = 1.0,
+def best_wise(rep: dict, floor: float, z: float | None = None,
               measure: Callable[[dict, float], dict] | None = None) -> dict:
     """Among every WiSE-FT point (0 < α <= 1) of every arm of a finetune report: the best new
     accuracy on validation among those whose validation old accuracy clears `floor` by `z`
-    standard errors (the search's validation margin, report/margin.py; old breaks ties); its
+    standard errors (default: the search's default validation margin, report/margin.py
+    DEFAULT_Z; old breaks ties); its
     test numbers. The same rule as the search's per-trial α. Every point of the grid is a
     candidate: since issue 28 a finetune measures the test splits only at each arm's own chosen
     α (and α 1), so a point chosen here without test numbers is measured by `measure(arm, α)`
     (`goodfit wise`: its {"old": {...}, "new": {...}} on test)."""
     from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.report.margin import sizes, tightened
+    from goodfit_cli.report.margin import DEFAULT_Z, sizes, tightened
+
+    z = DEFAULT_Z if z is None else z
 
     gate = Gate((Limit("old", "accuracy", "min", floor),))
     n = sizes(rep["arms"][0]["validation"])

@@ -7,7 +7,7 @@ benchmarks/digits_evidence.py does (reused when there), then runs `--reps` studi
 one SQLite study (a study of one worker is deterministic; of two, the order in which the
 workers finish their trials is not, hence repeats). Each study is gated as the issue's user
 would: `--min-old accuracy=F` (F 0.97 with replay, 0.95 with `--no-replay`), the CLI's defaults
-otherwise (default arms, budget 10, rungs 2, margin 1); extra flags after `--` go to the search.
+otherwise (default arms, budget 10, rungs 2, margin 0.5); extra flags after `--` go to the search.
 Prints one line per study (the recommendation's test accuracy, chosen on validation; its
 compute in fine-tunes; complete and pruned trials) and the mean ± standard error.
 

@@ -67,8 +67,8 @@ def test_written_files_load_as_the_recipe_reads_them(tmp_path):
 def test_best_wise_reads_the_floor_on_validation_with_the_searchs_margin():
     """The best WiSE-FT point of the recipe's arms, chosen as the search chooses a trial's α:
     the most new accuracy on validation among the points whose validation old accuracy clears
-    the floor by one standard error of the 288 validation images (0.95 -> 0.9628); its test
-    numbers. z = 0 reads the floor as it is."""
+    the floor by the search's default margin, half a standard error of the 288 validation
+    images (0.95 -> 0.9564; z = 1: 0.9628); its test numbers. z = 0 reads the floor as it is."""
     def pt(alpha, vo, vn, to, tn):
         return {"alpha": alpha, "old": {"accuracy": to}, "new": {"accuracy": tn},
                 "val": {"old": {"accuracy": vo}, "new": {"accuracy": vn}}}
@@ -76,8 +76,10 @@ def test_best_wise_reads_the_floor_on_validation_with_the_searchs_margin():
     rep = {"base_val_metrics": {"old": {"accuracy": 0.986}, "new": {"accuracy": 0.0}},
            "arms": [{"name": "adamw", "validation": {"flips": {"old": {"n": 288}}},
                      "wise": [pt(0.0, 0.986, 0.0, 0.99, 0.0), pt(0.5, 0.97, 0.4, 0.96, 0.45),
+                              pt(0.55, 0.96, 0.5, 0.95, 0.52),
                               pt(0.6, 0.955, 0.6, 0.94, 0.62), pt(1.0, 0.1, 0.9, 0.1, 0.9)]}]}
-    assert ev.best_wise(rep, 0.95) == {"name": "adamw α 0.5", "old": 0.96, "new": 0.45}
+    assert ev.best_wise(rep, 0.95) == {"name": "adamw α 0.55", "old": 0.95, "new": 0.52}
+    assert ev.best_wise(rep, 0.95, z=1.0) == {"name": "adamw α 0.5", "old": 0.96, "new": 0.45}
     assert ev.best_wise(rep, 0.95, z=0.0)["name"] == "adamw α 0.6"
     assert ev.best_wise(rep, 0.99)["name"] == "none passes the gate"
 

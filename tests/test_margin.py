@@ -68,10 +68,13 @@ def test_the_best_of_many_on_validation_keeps_its_floor_only_with_the_margin():
     """24 candidates trading old for new (true old accuracy 0.90-0.99), measured on 288
     validation samples; the best new among those that clear a 0.95 floor on validation. Read
     exactly, the chosen model's true old accuracy averages below the floor (the winner's
-    curse: 0.941 over 300 draws, 17 % of them at or above it); one standard error inside, above it (0.956, 77 %)."""
+    curse: 0.941 over 300 draws, 17 % of them at or above it); one standard error inside, above it (0.956, 77 %).
+    Half a standard error (the search's default) lands between (0.948, 45 %): in this worst case,
+    where every one of 24 finished candidates trades old accuracy for new, it does not keep the
+    floor on average (docs/method.md says what it did on real studies)."""
     rng = np.random.default_rng(0)
     gate = Gate((Limit("old", "accuracy", "min", 0.95),))
-    chosen: dict[float, list[float]] = {0.0: [], 1.0: []}
+    chosen: dict[float, list[float]] = {0.0: [], 0.5: [], 1.0: []}
     for _ in range(300):
         true = rng.uniform(0.90, 0.99, 24)
         seen = rng.binomial(288, true) / 288
@@ -80,3 +83,17 @@ def test_the_best_of_many_on_validation_keeps_its_floor_only_with_the_margin():
             if ok:
                 got.append(true[max(ok, key=lambda i: 1 - true[i])])
     assert np.mean(chosen[0.0]) < 0.945 and np.mean(chosen[1.0]) > 0.952
+    assert np.mean(chosen[0.0]) + 0.004 < np.mean(chosen[0.5]) < np.mean(chosen[1.0]) - 0.004
+
+
+def test_the_cli_and_the_search_default_to_the_same_margin():
+    """`goodfit search --val-margin` and SearchJob default to report/margin.py's DEFAULT_Z (the
+    CLI writes the number itself: its --help imports no torch)."""
+    import inspect
+
+    from goodfit_cli.cli import fit
+    from goodfit_cli.report.margin import DEFAULT_Z
+    from goodfit_cli.workflows.search import SearchJob
+
+    option = inspect.signature(fit.search).parameters["val_margin"].default
+    assert option.default == DEFAULT_Z == SearchJob.__dataclass_fields__["margin"].default == 0.5

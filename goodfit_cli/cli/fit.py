@@ -193,7 +193,7 @@ def search(
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
     rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
     rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
-    val_margin: float = typer.Option(1.0, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
+    val_margin: float = typer.Option(0.5, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,

@@ -105,7 +105,7 @@ SEARCH_HELP = (
     "what was spent.\n\n"
     "Margin: a choice on validation is optimistic, so the gate is judged there --val-margin "
     "standard errors inside each limit on an accuracy or flip rate (sqrt(p(1-p)/n) at the "
-    "limit, n the validation samples; default 1; 0: exactly at the limit).\n\n"
+    "limit, n the validation samples; default 0.5; 0: exactly at the limit).\n\n"
     "Rule: every choice is made on the validation splits. The candidates are the finished "
     "trials that pass the gate on validation and gain on the new task over the base (no trial "
     "is recommended on the base's own point); --rule picks one: " + RULES_HELP + ". Test "

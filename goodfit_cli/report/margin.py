@@ -6,10 +6,11 @@ winner's validation value is optimistic, so the same model on the test split lan
 bound about half the time when it sat on it. `tightened` moves every limit on a rate metric (a
 share in [0, 1]: accuracy, flip rates) inward by `z` standard errors of a proportion measured on
 the validation split's n samples, sqrt(p (1 - p) / n), with p the value at the bound (for a drop
-or a gain: the base's value moved by the limit). z = 1 (the search's default): a point passes on
-validation only when it clears the bound by one standard error (on 288 validation images and a
-0.95 floor: 0.0128, so the floor read on validation is 0.9628). Limits on other metrics (a loss,
-mse), and any limit whose task has no sample count, are unchanged; z = 0 is the gate itself.
+or a gain: the base's value moved by the limit). z = 0.5 (the search's default): a point passes on
+validation only when it clears the bound by half a standard error (on 288 validation images and
+a 0.95 floor: 0.0064, so the floor read on validation is 0.9564; z = 1 reads it at 0.9628).
+Limits on other metrics (a loss, mse), and any limit whose task has no sample count, are
+unchanged; z = 0 is the gate itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import replace
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import FLIP_METRICS, TASKS, Gate, Limit
+
+DEFAULT_Z = 0.5  # `goodfit search --val-margin`'s default (docs/method.md: why half)
 
 
 def sizes(view: dict) -> dict[str, int]:

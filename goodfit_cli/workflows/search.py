@@ -50,6 +50,7 @@ from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.report.gate import Gate, describe
+from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.search import (
     Rule,
     dominance_against,
@@ -87,7 +88,7 @@ class SearchJob:
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data
     rule: Rule = field(default_factory=Rule)  # how the recommendation is picked
     prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
-    margin: float = 1.0  # the gate on validation: rate limits z standard errors inward
+    margin: float = DEFAULT_Z  # the gate on validation: rate limits z standard errors inward
     budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
 
 
