@@ -200,16 +200,17 @@ def train(
 
 def _run(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, source: BatchSource,
          loss_fn: Callable, cfg: LoopConfig, hooks: Hooks, events: Events, st: LoopState) -> None:
-    device = source.device
-    # the losses since the last flush stay on the device (one copy per batch, no host sync);
-    # a flush checks them for NaN/Inf before anything is logged or saved, naming the batch
-    losses = torch.empty(cfg.eval_every, dtype=torch.float32, device=device)
-    pending: list[int] = []  # the batch number of each buffered loss
+    # the losses since the last flush stay on the device, each batch's loss tensor kept as it
+    # is (no copy, no host sync); a flush stacks them and checks them for NaN/Inf before
+    # anything is logged or saved, naming the batch
+    losses: list[Tensor] = []
+    pending: list[int] = []  # the batch number of each kept loss
 
     def flush() -> None:
         if not pending:
             return
-        vals = losses[:len(pending)]
+        vals = torch.stack(losses).float()
+        losses.clear()
         finite = torch.isfinite(vals)
         if not bool(finite.all()):
             raise Diverged(pending[int((~finite).nonzero()[0])] + 1)
@@ -255,9 +256,9 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, sou
             if scheduler is not None:
                 scheduler.step()
             hooks.after_step(st.batch + 1)
-            if len(pending) == len(losses):
+            if len(pending) >= cfg.eval_every:
                 flush()
-            losses[len(pending)].copy_(loss.detach(), non_blocking=True)
+            losses.append(loss.detach())
             pending.append(st.batch)
         st.batch += 1
         events.on_batch(st.batch)

@@ -101,12 +101,14 @@ DEFAULT_IMAGE = InputSpec(IMAGE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "default")
 
 def spec_of(model: Any) -> InputSpec | None:
     """The InputSpec set on `model` (through DDP's `module` and torch.compile's `_orig_mod`)."""
-    for _ in range(4):
-        spec = getattr(model, ATTR, None) if isinstance(model, torch.nn.Module) else None
+    for _ in range(4):  # read from the objects' own dicts: it runs every batch, and a missing
+        if not isinstance(model, torch.nn.Module):  # attribute through nn.Module.__getattr__
+            return None  # costs an exception each time
+        spec = vars(model).get(ATTR)
         if spec is not None:
             return spec
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
+        inner = model._modules.get("module") or model._modules.get("_orig_mod")
+        if inner is None:
             return None
         model = inner
     return None
