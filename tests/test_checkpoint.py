@@ -19,6 +19,7 @@ from torch import nn
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import atomic
 from goodfit_cli.io import checkpoint as ck
+from goodfit_cli.io.states import StateWriter
 
 
 def _assert_clean(err: UserError, path) -> None:
@@ -411,7 +412,7 @@ def test_state_writer_writes_the_state_as_it_was_when_saved_and_prunes_around_it
              "loop": {"batch": 3}}
     seen: list[bool] = []
     p = tmp_path / "state-00000003.safetensors"
-    writer = ck.StateWriter()
+    writer = StateWriter()
     writer.save(p, state, prune=lambda: seen.append(p.exists()))
     w.mul_(-1.0)  # the next optimizer step, before the write is done
     state["optimizer"]["state"][0]["step"] += 1
@@ -424,14 +425,14 @@ def test_state_writer_writes_the_state_as_it_was_when_saved_and_prunes_around_it
 
 
 def test_state_writer_raises_a_failed_write_at_close_unless_the_training_failed(tmp_path):
-    writer = ck.StateWriter()
+    writer = StateWriter()
     writer.save(tmp_path / "missing" / "state.safetensors", {"x": torch.ones(2)})
     with pytest.raises(UserError, match="missing"):  # the one line naming the file, as before
         writer.close()
-    quiet = ck.StateWriter()
+    quiet = StateWriter()
     quiet.save(tmp_path / "missing" / "state.safetensors", {"x": torch.ones(2)})
     quiet.close(quiet=True)  # the training's own error is the one the user sees
-    again = ck.StateWriter()  # the next save raises the previous write's error
+    again = StateWriter()  # the next save raises the previous write's error
     again.save(tmp_path / "missing" / "a.safetensors", {"x": torch.ones(2)})
     with pytest.raises(UserError, match="a.safetensors"):
         again.save(tmp_path / "b.safetensors", {"x": torch.ones(2)})

@@ -134,6 +134,7 @@ def test_state_writer_stages_cuda_tensors_as_they_were_at_save(tmp_path):
     `save` although the kernels queued right after it change every tensor; a larger state
     grows the buffer, an equal one reuses it."""
     from goodfit_cli.io import checkpoint as ck
+    from goodfit_cli.io.states import StateWriter
 
     gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -150,7 +151,7 @@ def test_state_writer_stages_cuda_tensors_as_they_were_at_save(tmp_path):
             return {k: on_cpu(v) for k, v in s.items()}
         return s.detach().cpu().clone() if isinstance(s, torch.Tensor) else s
 
-    writer = ck.StateWriter()
+    writer = StateWriter()
     sizes = []
     for i, n in enumerate((1024, 4096, 4096)):
         s = state(n)

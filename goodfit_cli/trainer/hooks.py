@@ -16,9 +16,9 @@ from torch import nn
 
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.engine import Events, Hooks, LoopState
-from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import write_jsonl
 from goodfit_cli.io.rundir import state_files
+from goodfit_cli.io.states import StateWriter
 from goodfit_cli.models.layout import weights_version
 from goodfit_cli.trainer.job import Log, StageJob
 from goodfit_cli.trainer.measured import Measured
@@ -47,7 +47,7 @@ class StageHooks(Hooks):
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
         self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
-        self.states = ckpt.StateWriter()  # resumable states, written behind the training
+        self.states = StateWriter()  # resumable states, written behind the training
 
     def after_step(self, batch: int) -> None:
         for c in self.callbacks:
@@ -93,7 +93,7 @@ class StageHooks(Hooks):
         return signalled or any(c.should_stop() for c in self.callbacks)
 
     def save_state(self, st: LoopState) -> None:
-        """A resumable state: copied here, written behind the training (io/checkpoint.py's
+        """A resumable state: copied here, written behind the training (io/states.py
         StateWriter); the time it holds the training up is the session's `state_s`."""
         if not self.main_rank:
             return
