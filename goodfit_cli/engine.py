@@ -256,7 +256,7 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, sou
             if scheduler is not None:
                 scheduler.step()
             hooks.after_step(st.batch + 1)
-            if len(pending) >= cfg.eval_every:
+            if len(pending) >= min(cfg.eval_every, 1024):  # a bounded list between records
                 flush()
             losses.append(loss.detach())
             pending.append(st.batch)
