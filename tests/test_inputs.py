@@ -302,3 +302,21 @@ def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):
     assert res.exit_code == 0, res.output
     run = json.loads((tmp_path / "ft2" / "run.json").read_text())
     assert run["input"]["from_config"] == {"interpolation": "bicubic", "crop_pct": 0.875}
+
+
+def test_spec_of_finds_the_spec_through_wrappers_and_nothing_on_a_plain_model():
+    """The InputSpec on a model, through a DDP-style `module` and torch.compile's `_orig_mod`
+    (read from the objects' own dicts, as the loop asks every batch); None where none is set."""
+    inner = torch.nn.Linear(2, 1)
+    assert spec_of(inner) is None and spec_of(object()) is None
+    spec = InputSpec("image", (0.5,) * 3, (0.25,) * 3, "recipe")
+    inner.goodfit_input = spec
+
+    class Wrapper(torch.nn.Module):  # as DistributedDataParallel holds the model
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert spec_of(Wrapper(inner)) is spec
+    assert spec_of(torch.compile(Wrapper(inner))) is spec  # nothing is compiled until a call
+    assert spec_of(Wrapper(torch.nn.Linear(2, 1))) is None
