@@ -438,3 +438,25 @@ def test_state_writer_raises_a_failed_write_at_close_unless_the_training_failed(
         again.save(tmp_path / "b.safetensors", {"x": torch.ones(2)})
     again.close(quiet=True)
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_state_writer_reuses_its_cpu_copies_and_each_file_keeps_its_own_state(tmp_path):
+    """A CPU state's tensors are copied into the copies kept from the previous state (no fresh
+    memory per state): the same memory for the same key, shape and dtype, new memory when the
+    shape changes; and every file holds the values of its own state, not the next one's."""
+    w = torch.zeros(3, 4)
+    writer = StateWriter()
+    ptrs: list[list[torch.Tensor]] = []
+    for i in range(3):
+        w.fill_(float(i))
+        writer.save(tmp_path / f"s{i}.safetensors", {"w": w, "step": torch.tensor(i)})
+        ptrs.append([t for t in writer._staging._cpu.values() if t.shape == (3, 4)])
+    writer.wait()
+    grown = torch.zeros(5, 4)
+    writer.save(tmp_path / "s3.safetensors", {"w": grown, "step": torch.tensor(3)})
+    writer.close()
+    for i in range(3):
+        back = ck.load_state(tmp_path / f"s{i}.safetensors")
+        assert torch.equal(back["w"], torch.full((3, 4), float(i))) and back["step"].item() == i
+    assert ck.load_state(tmp_path / "s3.safetensors")["w"].shape == (5, 4)
+    assert len(ptrs[0]) == 1 and ptrs[0][0] is ptrs[1][0] is ptrs[2][0]  # the one kept copy

@@ -71,6 +71,7 @@ class StateWriter:
             if self._pool is not None:
                 self._pool.shutdown()
                 self._pool = None
+            self._staging = _Staging()  # the kept copies are freed with the stage
 
 
 class _Staging:
@@ -80,13 +81,24 @@ class _Staging:
     non-blocking copies on the current device's current stream and one event (tensors on another
     device are copied as CPU ones are); the caller must not stage again
     before the previous copies were used (StateWriter waits for the previous write first).
-    Without CUDA, or where page-locked memory cannot be had, every tensor is copied with
-    `.to("cpu")` before `stage` returns."""
+    CPU tensors are copied before `stage` returns, each into the copy kept from the previous
+    state under its key (same shape and dtype; a new one otherwise); tensors on another device,
+    or CUDA tensors where page-locked memory cannot be had, with `.to("cpu")`."""
 
     ALIGN = 64  # bytes: every tensor's offset in the buffer (any dtype's alignment)
 
     def __init__(self) -> None:
         self._buffer: torch.Tensor | None = None  # uint8, page-locked
+        self._cpu: dict[str, torch.Tensor] = {}  # the last state's copies of CPU tensors, by key
+
+    def _cpu_copy(self, key: str, t: torch.Tensor) -> torch.Tensor:
+        """A copy of CPU tensor `t` in the copy kept from the last state under `key` when it
+        has the same shape and dtype (no fresh memory to fault in: a ResNet-18 state with its
+        AdamW moments is ~180 MB), else in a new one, kept for the next state."""
+        have = self._cpu.get(key)
+        if have is None or have.shape != t.shape or have.dtype != t.dtype:
+            have = self._cpu[key] = torch.empty_like(t, memory_format=torch.contiguous_format)
+        return have.copy_(t)
 
     def _host(self, nbytes: int) -> torch.Tensor | None:
         if self._buffer is None or self._buffer.numel() < nbytes:
@@ -115,6 +127,8 @@ class _Staging:
                 dst = buffer[offsets[k]:offsets[k] + n].view(t.dtype).view(t.shape)
                 dst.copy_(t, non_blocking=True)
                 copies[k] = dst
+            elif t.device.type == "cpu":
+                copies[k] = self._cpu_copy(k, t)
             else:
                 copies[k] = t.to("cpu", copy=True)
         if buffer is None:
