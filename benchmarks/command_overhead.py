@@ -112,16 +112,13 @@ def goodfit(*args: str, timeout: float, env: dict[str, str]) -> float:
 def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, str],
              pretrain_steps: int, steps: int | None = None) -> dict:
     """Prepare the case (not measured), run its finetune; the run's timings plus the wall time."""
-    if case == "toy":
+    if case in ("toy", "toy-recipe"):  # toy-recipe: the fine-tune as shipped, a short pretraining
+        base, run = ((TOY_BASE, TOY_RUN) if case == "toy"
+                     else ([f"pretrain.steps={pretrain_steps}"], []))
         goodfit("pretrain", "--recipe", "toy", "--out", str(tmp / "base"), "--device", device,
-                *TOY_BASE, timeout=timeout, env=env)
+                *base, timeout=timeout, env=env)
         args = ["finetune", "--recipe", "toy", "--base", str(tmp / "base" / "model.safetensors"),
-                "--out", str(tmp / "run"), "--device", device, *TOY_RUN]
-    elif case == "toy-recipe":  # the recipe's fine-tune as shipped; a short pretraining
-        goodfit("pretrain", "--recipe", "toy", "--out", str(tmp / "base"), "--device", device,
-                f"pretrain.steps={pretrain_steps}", timeout=timeout, env=env)
-        args = ["finetune", "--recipe", "toy", "--base", str(tmp / "base" / "model.safetensors"),
-                "--out", str(tmp / "run"), "--device", device]
+                "--out", str(tmp / "run"), "--device", device, *run]
     else:
         image_folders(tmp, n_train=120, n_test=60)
         for name, classes, new in (("base", len(OLD), "old"), ("update", len(OLD + NEW), "new")):
