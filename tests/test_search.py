@@ -700,3 +700,57 @@ def test_two_workers_creating_postgresql_tables_at_once_is_a_race_not_a_user_err
     assert not a_race(ProgrammingError("CREATE TABLE studies", {},
                                        Exception("permission denied for schema public")))
     assert a_race(IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed")))
+
+
+def test_the_budget_left_after_the_trials_reruns_the_best_pruned_trials_whole(base, tmp_path):
+    """Pruning leaves budget over once --trials are done: it goes to re-running pruned trials
+    whole, the latest rung reached and the best value there first, while a whole fine-tune fits.
+    A re-run has its trial's knobs and the study's seed (its training up to the rung is the
+    pruned trial's, evaluation for evaluation), is never pruned, does not count toward --trials,
+    and the study never trains past the budget; --no-reruns spends nothing more."""
+    from goodfit_cli.workflows.search import SearchJob, rerun_candidate, search
+    from goodfit_cli.workflows.study import counted
+
+    over = [*TINY, "eval.every=2"]  # rungs at batches 2 and 4 of 12
+
+    def run(out: Path, reruns: bool) -> tuple[dict, object]:
+        rep = search(SearchJob("toy", base, out, 6, over, defaults=False, budget=5.0,
+                               reruns=reruns))
+        return rep, optuna.load_study(study_name="goodfit-toy",
+                                      storage=f"sqlite:///{out / 'study.db'}")
+
+    plain, ps = run(tmp_path / "plain", False)
+    rep, study = run(tmp_path / "rerun", True)
+    assert not any("rerun_of" in t for t in plain["trials"]) and len(ps.trials) == 6
+    reruns = [t for t in study.trials if "rerun_of" in t.user_attrs]
+    assert reruns and len(counted(study)) == 6 == len(study.trials) - len(reruns)
+    for a, b in zip(ps.trials, study.trials[:6]):  # the study's own trials: the same
+        assert (a.params, a.state, a.user_attrs.get("rungs")) == (
+            b.params, b.state, b.user_attrs.get("rungs"))
+    # the order: by the latest rung reached, then the value there (higher is better)
+    pruned = [t for t in ps.trials if t.state.name == "PRUNED"]
+    order = sorted(pruned, key=lambda t: (max(map(int, t.user_attrs["rungs"])),
+                                          t.user_attrs["rungs"][max(t.user_attrs["rungs"],
+                                                                    key=int)]), reverse=True)
+    assert [t.user_attrs["rerun_of"] for t in reruns] == [t.number for t in order[:len(reruns)]]
+    compared = 0
+    for t in reruns:
+        src = study.trials[t.user_attrs["rerun_of"]]
+        assert t.state.name == "COMPLETE" and t.params == src.params
+        assert t.user_attrs["batches"] == 12 and "pruned" not in t.user_attrs
+        files = [Path(u.user_attrs["dir"]) / arm_dirname(u.user_attrs["arm"]) / "metrics.jsonl"
+                 for u in (src, t)]  # a trial pruned at batch 2 logged no evaluation
+        logs = [{r["batch"]: r for r in map(json.loads, f.read_text().splitlines())}
+                if f.exists() else {} for f in files]
+        compared += len(logs[0])
+        clock = ("samples_per_s", "wall_s")  # all else: the same numbers, batch for batch
+        assert all({k: v for k, v in logs[1][b].items() if k not in clock} ==
+                               {k: v for k, v in row.items() if k not in clock}
+                               for b, row in logs[0].items())
+        assert next(r for r in rep["trials"] if r["number"] == t.number)["rerun_of"] == (
+            src.number)
+    assert compared  # the first re-run reached rung 1 (batch 4): its evaluation at batch 2
+    md = (tmp_path / "rerun" / "report.md").read_text()
+    assert f"| {reruns[0].number} | COMPLETE (re-run of {reruns[0].user_attrs['rerun_of']}) |" in md
+    assert rep["batches"] <= 60 < rep["batches"] + 12 or rerun_candidate(study) is None
+    assert plain["batches"] + 12 * len(reruns) == rep["batches"]

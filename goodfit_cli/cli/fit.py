@@ -195,6 +195,7 @@ def search(
     rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
     val_margin: float = typer.Option(0.5, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
+    reruns: bool = typer.Option(False, "--reruns/--no-reruns", help="Spend the budget left after --trials re-running the best pruned trials whole (see above; default off)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
@@ -217,7 +218,7 @@ def search(
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
-                                   Halving(rungs=rungs), val_margin, cap),
+                                   Halving(rungs=rungs), val_margin, cap, reruns),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete, {rep['pruned']} pruned; recommendation "

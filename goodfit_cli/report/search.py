@@ -267,7 +267,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     tables = [("Trials", ["trial", "state", "arm", "knobs", "batches", f"old {m_old} (val)",
                           f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
                           f"new {m_new} (test)"],
-               [[str(t["number"]), t["state"], t["arm"],
+               [[str(t["number"]), t["state"] + (f" (re-run of {t['rerun_of']})"
+                                                 if "rerun_of" in t else ""), t["arm"],
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items() if k != "arm"),
                  "-" if t.get("batches") is None else str(t["batches"]),

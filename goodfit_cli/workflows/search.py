@@ -18,7 +18,10 @@ past a rung only if it covers the rest of it; the study stops short of --trials 
 
 A trial is pruned early (workflows/pruning.py: successive halving on its periodic validation
 results, gate-aware) when it is not among the best at a rung; a pruned trial counts toward
---trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
+--trials. With `reruns` (--reruns; off by default), the budget left once --trials are done goes
+to re-running pruned trials whole (`rerun_candidate`: the latest rung reached, the best value
+there first; the same knobs and seed, so the same training up to the rung), each a trial of its
+own marked `rerun_of`, never pruned and not counted toward --trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
 WiSE α = 0 is never a candidate, and a WiSE point (or arm) whose new-task metric is no better
 than the base's is neither kept as α nor recommended (it counts as a violated limit to the
 sampler).
@@ -90,6 +93,7 @@ class SearchJob:
     prune: Halving = field(default_factory=Halving)  # Halving(rungs=0): no pruning
     margin: float = DEFAULT_Z  # the gate on validation: rate limits z standard errors inward
     budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
+    reruns: bool = False  # the budget left after --trials re-runs the best pruned trials whole
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
@@ -97,13 +101,20 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     import optuna
 
     before = sum(t.number < trial.number for t in counted(trial.study))  # counted trials
-    if before >= job.trials:  # by others
+    rerun = trial.user_attrs.get("rerun_of")  # a pruned trial re-run whole (`_rerun_pruned`)
+    if rerun is not None and any(t.user_attrs.get("rerun_of") == rerun and t.number < trial.number
+                                 and not t.user_attrs.get("surplus")
+                                 for t in trial.study.get_trials(deepcopy=False)):
+        trial.set_user_attr("surplus", True)  # another worker re-ran it first
+        raise optuna.TrialPruned(f"trial {rerun} is re-run by another worker")
+    if rerun is None and before >= job.trials:  # by others
         trial.set_user_attr("surplus", True)
         trial.study.stop()
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
     budget = Budget(job.budget, recipe.finetune.steps)
-    protected = before < job.prune.startup  # an interrupted trial is not the startup
+    protected = before < job.prune.startup or rerun is not None  # an interrupted trial is
+    # not the startup; a re-run is never pruned (it was, once)
     steps = recipe.finetune.steps
     first = steps if protected or not job.prune.rungs else job.prune.rung_batches(steps)[0]
     if budget.batches is not None and (spent(trial.study) + steps > budget.batches
@@ -253,6 +264,16 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                        n_trials=left, callbacks=[enough])
         if stopped:  # no report from a study cut short; the same command continues it
             raise stopped[0]
+    if job.reruns and len(counted(study)) >= job.trials:
+        stopped = []
+        for n in _rerun_pruned(study, budget):
+            ui.log(f"the budget left covers a whole fine-tune: re-running pruned trial {n} "
+                   "whole (its knobs, the study's seed)")
+            study.enqueue_trial(study.trials[n].params, user_attrs={"rerun_of": n})
+            study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
+                           n_trials=1)
+            if stopped:
+                raise stopped[0]
     if any(t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
         notes.append("the budget left could not cover another trial: the study stopped at "
                      f"{len(counted(study))} of --trials {job.trials}")
@@ -261,6 +282,38 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     write_search_report(rep, job.out, _curves(rep, prim))
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
+
+
+def rerun_candidate(study: Any) -> int | None:
+    """The pruned trial the budget left should finish first: of the trials the rule pruned at a
+    rung (not one pruned before training, diverged or interrupted) and not re-run yet, the one
+    that reached the latest rung, the best value there first (workflows/pruning.py's order)."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("rerun_of") for t in trials}
+    best = None
+    for t in trials:
+        rungs = t.user_attrs.get("rungs") or {}
+        if (t.state.name != "PRUNED" or "pruned" not in t.user_attrs or not rungs
+                or t.number in taken or "rerun_of" in t.user_attrs):
+            continue
+        k = max(rungs, key=int)
+        key = (int(k), tuple(rungs[k]), -t.number)
+        if best is None or key > best[0]:
+            best = (key, t.number)
+    return None if best is None else best[1]
+
+
+def _rerun_pruned(study: Any, budget: Budget) -> Any:
+    """The pruned trials to re-run whole, one at a time, while the budget left covers a whole
+    fine-tune (none without a budget: nothing is left over, and none while a default arm still
+    waits: the study's next trial would be it)."""
+    while budget.batches is not None and spent(study) + budget.steps <= budget.batches:
+        if any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False)):
+            return
+        n = rerun_candidate(study)
+        if n is None:
+            return
+        yield n
 
 
 def _make_out(out: Path) -> None:
@@ -324,6 +377,8 @@ def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
                        "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
                        "batches": t.user_attrs.get("batches"),
                        **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
+                          else {}),
+                       **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
                           else {}),
                        "test_old": test[0], "test_new": test[1],
                        "feasible": bool(views) and judge(job.gate, views["val"], f"trial "

@@ -121,7 +121,10 @@ def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]
 
 def counts(t: Any) -> bool:
     """Whether trial `t` counts toward --trials: finished, running now, or pruned by the rule
-    (not one that diverged, was interrupted, or was made after the study reached its target)."""
+    (not one that diverged, was interrupted, or was made after the study reached its target,
+    nor a pruned trial re-run whole with the budget left: it is that trial again)."""
+    if "rerun_of" in t.user_attrs:
+        return False
     state = t.state.name
     return state in ("COMPLETE", "RUNNING") or (state == "PRUNED" and "pruned" in t.user_attrs)
 
