@@ -754,3 +754,41 @@ def test_the_budget_left_after_the_trials_reruns_the_best_pruned_trials_whole(ba
     assert f"| {reruns[0].number} | COMPLETE (re-run of {reruns[0].user_attrs['rerun_of']}) |" in md
     assert rep["batches"] <= 60 < rep["batches"] + 12 or rerun_candidate(study) is None
     assert plain["batches"] + 12 * len(reruns) == rep["batches"]
+
+
+def test_a_rerun_that_was_interrupted_or_lost_its_worker_leaves_its_trial_to_rerun():
+    """rerun_candidate's order (the latest rung, then the value there) and what holds a pruned
+    trial: a finished, running or diverged re-run does; an interrupted, failed or surplus one
+    does not (the trial is re-run again by the next command); trials pruned before training or
+    diverged are never candidates."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from goodfit_cli.workflows.search import rerun_candidate
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    dist = {"x": FloatDistribution(0, 1)}
+
+    def add(state, number_attrs):
+        study.add_trial(create_trial(state=state, params={"x": 0.5}, distributions=dist,
+                                     values=[0.0, 0.0] if state == TrialState.COMPLETE else None,
+                                     user_attrs=number_attrs))
+
+    rule = "pruned at batch 4"
+    add(TrialState.COMPLETE, {})  # 0
+    add(TrialState.PRUNED, {"pruned": rule, "rungs": {"0": [0, 0.5]}})  # 1: rung 0 only
+    add(TrialState.PRUNED, {"pruned": rule, "rungs": {"0": [0, 0.9], "1": [0, 0.4]}})  # 2
+    add(TrialState.PRUNED, {"pruned": rule, "rungs": {"0": [0, 0.1], "1": [0, 0.6]}})  # 3: first
+    add(TrialState.PRUNED, {"pruned": "pruned before training by the budget"})  # 4: no rungs
+    add(TrialState.PRUNED, {"diverged": "loss nan", "rungs": {"0": [0, 1.0], "1": [0, 1.0]}})
+    assert rerun_candidate(study) == 3
+    for state, attrs in ((TrialState.PRUNED, {"interrupted": "SIGTERM"}), (TrialState.FAIL, {}),
+                         (TrialState.PRUNED, {"surplus": True})):
+        add(state, {"rerun_of": 3, **attrs})
+        assert rerun_candidate(study) == 3, attrs
+    add(TrialState.COMPLETE, {"rerun_of": 3})
+    assert rerun_candidate(study) == 2
+    add(TrialState.PRUNED, {"rerun_of": 2, "diverged": "loss nan"})  # an outcome: it holds
+    assert rerun_candidate(study) == 1
+    add(TrialState.COMPLETE, {"rerun_of": 1})
+    assert rerun_candidate(study) is None

@@ -103,8 +103,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     before = sum(t.number < trial.number for t in counted(trial.study))  # counted trials
     rerun = trial.user_attrs.get("rerun_of")  # a pruned trial re-run whole (`_rerun_pruned`)
     if rerun is not None and any(t.user_attrs.get("rerun_of") == rerun and t.number < trial.number
-                                 and not t.user_attrs.get("surplus")
-                                 for t in trial.study.get_trials(deepcopy=False)):
+                                 and reran(t) for t in trial.study.get_trials(deepcopy=False)):
         trial.set_user_attr("surplus", True)  # another worker re-ran it first
         raise optuna.TrialPruned(f"trial {rerun} is re-run by another worker")
     if rerun is None and before >= job.trials:  # by others
@@ -284,12 +283,20 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     return rep
 
 
+def reran(t: Any) -> bool:
+    """Whether re-run trial `t` holds its pruned trial: running, finished or diverged (an
+    outcome); not one that was interrupted, failed with its worker, or never ran."""
+    return t.state.name in ("COMPLETE", "RUNNING") or (
+        t.state.name == "PRUNED" and "diverged" in t.user_attrs)
+
+
 def rerun_candidate(study: Any) -> int | None:
     """The pruned trial the budget left should finish first: of the trials the rule pruned at a
-    rung (not one pruned before training, diverged or interrupted) and not re-run yet, the one
-    that reached the latest rung, the best value there first (workflows/pruning.py's order)."""
+    rung (not one pruned before training, diverged or interrupted) and not re-run yet (`reran`),
+    the one that reached the latest rung, the best value there first (workflows/pruning.py's
+    order)."""
     trials = study.get_trials(deepcopy=False)
-    taken = {t.user_attrs.get("rerun_of") for t in trials}
+    taken = {t.user_attrs.get("rerun_of") for t in trials if reran(t)}
     best = None
     for t in trials:
         rungs = t.user_attrs.get("rungs") or {}
