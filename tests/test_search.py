@@ -751,6 +751,7 @@ def test_the_budget_left_after_the_trials_reruns_the_best_pruned_trials_whole(ba
             src.number)
     assert compared  # the first re-run reached rung 1 (batch 4): its evaluation at batch 2
     md = (tmp_path / "rerun" / "report.md").read_text()
+    assert f" complete, {len(reruns)} of them re-runs of pruned trials, " in md
     assert f"| {reruns[0].number} | COMPLETE (re-run of {reruns[0].user_attrs['rerun_of']}) |" in md
     assert rep["batches"] <= 60 < rep["batches"] + 12 or rerun_candidate(study) is None
     assert plain["batches"] + 12 * len(reruns) == rep["batches"]

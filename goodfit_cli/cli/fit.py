@@ -221,7 +221,10 @@ def search(
                                    Halving(rungs=rungs), val_margin, cap, reruns),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
-    log(f"{rep['complete']} trials complete, {rep['pruned']} pruned; recommendation "
+    reruns = sum("rerun_of" in t for t in rep["trials"])
+    log(f"{rep['complete']} trials complete" + (f" ({reruns} of them re-runs of pruned trials)"
+                                                 if reruns else "")
+        + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
         "none passes the gate" if rec is None else
         f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}"))

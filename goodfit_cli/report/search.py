@@ -226,8 +226,9 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     m_old, m_new = rep["metrics"]
     title = f"goodfit search: {e(rep['study'])}"
     header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
-              f"{len(rep['trials'])} trials ({rep['complete']} complete, "
-              f"{rep.get('pruned', 0)} pruned early; {rep.get('batches', 0)} training batches in "
+              f"{len(rep['trials'])} trials ({rep['complete']} complete"
+              f"{_reruns(rep['trials'])}, {rep.get('pruned', 0)} pruned early; "
+              f"{rep.get('batches', 0)} training batches in "
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{rep['gate'] or 'none (every trial is feasible)'}"
               f"{_margin(rep.get('val_margin'))}; rule: "
@@ -323,6 +324,12 @@ def render_html(rep: dict[str, Any], svg: str) -> str:
         parts += [f"<h2>{_h(name)}</h2>",
                   _html_table(head, [[(c, "") for c in row] for row in rows])]
     return "\n".join(parts) + "\n</body></html>\n"
+
+
+def _reruns(trials: list[dict]) -> str:
+    """", N of them re-runs of pruned trials" (search --reruns), or nothing."""
+    n = sum("rerun_of" in t for t in trials)
+    return f", {n} of them re-runs of pruned trials" if n else ""
 
 
 def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
