@@ -392,3 +392,24 @@ def _check_wise(report: dict, calls: list, limit: float | None, s, base: Path,
         assert f"| {name} | {grid} | {a:g} |" in md
     assert "WiSE-FT interpolation on validation" in (out / "report.html").read_text()
     return chosen_by_arm
+
+
+def test_a_run_whose_evaluations_cost_a_fifth_of_its_training_names_the_knobs():
+    """The hint after the time line: only when the evaluations and the WiSE-FT grid cost at
+    least a fifth of the training and 5 s; it names each knob at this run's value."""
+    from goodfit_cli.workflows.finetune import evaluation_hint
+
+    def rec(training, evaluations, wise):
+        return {"phases_s": {"load": 1.0, "training": training, "evaluations": evaluations,
+                             "wise": wise}}
+
+    assert evaluation_hint(rec(12.0, 2.2, 2.4), 100, 9) is None  # 4.6 s: under 5 s
+    assert evaluation_hint(rec(100.0, 8.0, 11.0), 100, 9) is None  # 19 %: under a fifth
+    assert evaluation_hint(rec(0.0, 30.0, 0.0), 100, 9) is None  # nothing trained
+    assert evaluation_hint(rec(50.0, 6.0, 6.0), 20, 9) == (
+        "evaluations took 12 s, 24% of the training (6 s periodic and final, 6 s the WiSE-FT "
+        "grid): fewer with a larger eval.every (now 20), a coarser report.wise_grid (now 9 "
+        "points) or --no-wise")
+    assert evaluation_hint(rec(40.0, 12.0, 0.0), 50, None) == (
+        "evaluations took 12 s, 30% of the training (12 s periodic and final): fewer with a "
+        "larger eval.every (now 50)")

@@ -276,9 +276,34 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                  sample_ids=s.sample_ids)
     finally:
         finish()
-    write_json(out / "timings.json", phases.record())
+    record = phases.record()
+    write_json(out / "timings.json", record)
     ui.log(phases.line())
+    hint = evaluation_hint(record, recipe.eval_every,
+                           len(recipe.wise_alphas) - 2 if job.wise else None)
+    if hint:
+        ui.log(hint)
     return report
+
+
+def evaluation_hint(record: dict, every: int, grid: int | None) -> str | None:
+    """One line for a run whose evaluations (periodic and final, and the WiSE-FT grid of `grid`
+    points; None: not run) cost at least a fifth of its training and 5 s or more (a CPU run
+    of a wide model, typically): the knobs that trade them, each at its value in this run;
+    None otherwise. They are what the trust rules ask for (every choice on validation, the
+    report on test), so nothing drops them by itself."""
+    ph = record.get("phases_s") or {}
+    training, periodic, wise = (ph.get(k, 0.0) for k in ("training", "evaluations", "wise"))
+    spent = periodic + wise
+    if not training or spent < max(0.2 * training, 5.0):
+        return None
+    knobs = f"a larger eval.every (now {every})"
+    if grid is not None:
+        knobs += f", a coarser report.wise_grid (now {grid} points) or --no-wise"
+    return (f"evaluations took {spent:.0f} s, {spent / training:.0%} of the training "
+            f"({periodic:.0f} s periodic and final"
+            + (f", {wise:.0f} s the WiSE-FT grid" if grid is not None else "")
+            + f"): fewer with {knobs}")
 
 
 @torch.no_grad()
