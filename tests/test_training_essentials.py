@@ -246,3 +246,46 @@ def test_recipe_keys_for_accumulation_clipping_and_no_decay():
         parse_recipe(text, "toy.yaml", ["finetune.optimizer.name=lambb"])
     with pytest.raises(UserError, match="finetune.clip.norm: must be greater than 0"):
         parse_recipe(text, "toy.yaml", ["finetune.clip.norm=0"])
+
+
+# ------------------------------------------------------------------------------------------
+# torch's fused kernels on the CPU
+
+
+def test_adam_adamw_and_sgd_run_fused_on_the_cpu_unless_the_recipe_says():
+    """On the CPU an Adam, AdamW or SGD the recipe asks neither `fused` nor `foreach` of runs
+    torch's fused kernel (its default steps one tensor at a time), and the arm's summary says
+    so; what the recipe asks is kept; other optimizers, lookahead and parameters off the CPU
+    keep torch's default. The fused step is the same rule: 20 steps end within 1e-6 of the
+    single-tensor ones."""
+    from goodfit_cli.training.arms import describe_optimizer
+    from goodfit_cli.training.optimizers import fuses_on_cpu
+
+    def built(name, **args):
+        st = stage(name, **args)
+        return build_optimizer(parse_arm(name, st), net(), st)
+
+    for name in ("adam", "adamw", "sgd"):
+        opt = built(name)
+        assert opt.defaults["fused"] is True, name
+        assert describe_optimizer(opt)["implementation"] == "fused"
+    assert built("adamw", foreach=True).defaults.get("fused") in (None, False)
+    assert describe_optimizer(built("adamw", foreach=True))["implementation"] == "foreach"
+    assert built("adamw", fused=False).defaults["fused"] is False
+    assert "implementation" not in describe_optimizer(built("adamw", fused=False))
+    assert not built("rmsprop").defaults.get("fused")
+    st = stage("adamw")  # GoodFit over AdamW: its main optimizer fused
+    wrapped = build_optimizer(parse_arm("goodfit:adamw", st), net(), st)
+    assert describe_optimizer(wrapped)["implementation"] == "fused"
+    meta = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not fuses_on_cpu("adamw", {}, meta)  # off the CPU: torch's own default
+    assert not fuses_on_cpu("adamw", {}, [torch.nn.Parameter(torch.zeros(3, dtype=torch.int64),
+                                                             requires_grad=False)])
+    assert not fuses_on_cpu("lookahead_adamw", {}, list(net().parameters()))
+    assert fuses_on_cpu("adamw", {}, list(net().parameters()))
+    for name in ("adamw", "sgd"):  # the same rule, rounded differently
+        fused, single = run(name, 8, 1, 20), net()
+        st = stage(name, fused=False)
+        opt = build_optimizer(parse_arm(name, st), single, st)
+        train(single, opt, None, data(), mse, LoopConfig(20, 8, eval_every=20, seed=0))
+        assert 0 < max_diff(fused, net()) and max_diff(fused, single) < 1e-6, name

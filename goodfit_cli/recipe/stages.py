@@ -143,8 +143,8 @@ class OptimizerSpec(Section):
     no_decay_norm_bias: bool = key(boolean, False,
                                    help="timm's groups: no weight decay on norms and biases")
     args: dict[str, Any] = key(mapping_any, {},
-                               help="any other keyword the optimizer takes (fused: true makes "
-                                    "adam/adamw/sgd steps much faster on the CPU)")
+                               help="any other keyword the optimizer takes (adam/adamw/sgd "
+                                    "run fused on the CPU unless this names fused or foreach)")
 
     @property
     def kwargs(self) -> dict[str, Any]:

@@ -148,6 +148,10 @@ def describe_optimizer(opt: torch.optim.Optimizer) -> dict[str, Any]:
     """What a report and a checkpoint's metadata say about the optimizer that ran."""
     main = getattr(opt, "main", opt)
     d = {"class": type(main).__name__, "lr": main.defaults.get("lr")}
+    for impl in ("fused", "foreach"):  # torch's kernels: the same rule, different rounding
+        if main.defaults.get(impl):
+            d["implementation"] = impl
+            break
     if main is not opt:
         d.update(goodfit={"n_ref": opt.n_ref, "ref_ratio": opt.ref_ratio,
                           "projection": opt.projection})
