@@ -282,6 +282,9 @@ def test_adam_adamw_and_sgd_run_fused_on_the_cpu_unless_the_recipe_says():
     assert not fuses_on_cpu("adamw", {}, [torch.nn.Parameter(torch.zeros(3, dtype=torch.int64),
                                                              requires_grad=False)])
     assert not fuses_on_cpu("lookahead_adamw", {}, list(net().parameters()))
+    emb = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))  # SGD's sparse path
+    opt = build_optimizer(parse_arm("sgd", stage("sgd")), emb, stage("sgd"))
+    assert not opt.defaults.get("fused")
     assert fuses_on_cpu("adamw", {}, list(net().parameters()))
     for name in ("adamw", "sgd"):  # the same rule, rounded differently
         fused, single = run(name, 8, 1, 20), net()

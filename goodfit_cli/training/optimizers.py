@@ -67,7 +67,8 @@ def fuses_on_cpu(name: str, kwargs: dict[str, Any], params: list[torch.Tensor]) 
     `foreach` nor `fused` of, over plain floating-point CPU tensors. On the CPU torch's default
     steps one tensor at a time (a ResNet-18's AdamW step 50 ms, fused 7.5 ms: docs/benchmarks.md);
     on CUDA its default (foreach) is kept, and so is anything sharded (DTensor) or on another
-    device."""
+    device (`create_main` also keeps it for a model with sparse gradients: an Embedding's
+    `sparse=True`)."""
     return (not name.startswith("lookahead_") and optimizer_class(name) in FUSED_ON_CPU
             and "fused" not in kwargs and "foreach" not in kwargs and bool(params)
             and all(type(p) in (torch.Tensor, nn.Parameter) and p.device.type == "cpu"
@@ -82,7 +83,8 @@ def create_main(name: str, spec: OptimizerSpec, model: nn.Module, lr: float) -> 
     kwargs = optimizer_kwargs(name, spec)
     weight_decay = float(kwargs.pop("weight_decay", 0.0))
     params: Any = [p for p in model.parameters() if p.requires_grad]
-    if fuses_on_cpu(name, kwargs, params):
+    sparse = any(getattr(m, "sparse", False) is True for m in model.modules())  # sparse grads
+    if not sparse and fuses_on_cpu(name, kwargs, params):
         kwargs["fused"] = True
     if spec.no_decay_norm_bias and weight_decay > 0:
         params = model  # timm's groups; it skips frozen parameters itself
