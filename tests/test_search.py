@@ -708,7 +708,8 @@ def test_the_budget_left_after_the_trials_reruns_the_best_pruned_trials_whole(ba
     A re-run has its trial's knobs and the study's seed (its training up to the rung is the
     pruned trial's, evaluation for evaluation), is never pruned, does not count toward --trials,
     and the study never trains past the budget; --no-reruns spends nothing more."""
-    from goodfit_cli.workflows.search import SearchJob, rerun_candidate, search
+    from goodfit_cli.workflows.search import SearchJob, search
+    from goodfit_cli.workflows.study import rerun_candidate
     from goodfit_cli.workflows.study import counted
 
     over = [*TINY, "eval.every=2"]  # rungs at batches 2 and 4 of 12
@@ -765,7 +766,7 @@ def test_a_rerun_that_was_interrupted_or_lost_its_worker_leaves_its_trial_to_rer
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from goodfit_cli.workflows.search import rerun_candidate
+    from goodfit_cli.workflows.study import rerun_candidate
 
     study = optuna.create_study(directions=["maximize", "maximize"])
     dist = {"x": FloatDistribution(0, 1)}

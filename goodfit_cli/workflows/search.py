@@ -6,9 +6,10 @@ violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/t
 its arm's WiSE-FT curve; the best α the gate allows on validation is the trial's candidate
 (RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The study lives in RUN/study.db
 (SQLite) unless `storage` names another database: any number of workers, on any machines, run
-the same command with the same storage and share one study; a re-run continues it. After its trials a worker writes RUN/report.{json,md,html} from the whole study
-and exports the recommendation (by `--rule`, among the trials that pass the gate and gain on
-the new task) to RUN/recommended/model.safetensors with its provenance.
+the same command with the same storage and share one study; a re-run continues it. After its
+trials a worker writes RUN/report.{json,md,html} from the whole study (workflows/
+search_report.py) and exports the recommendation (by `--rule`, among the trials that pass the
+gate and gain on the new task) to RUN/recommended/model.safetensors with its provenance.
 
 The recipe's default arms are the study's first trials (enqueued once, by the worker that
 creates the study): counted toward --trials and the budget, and the report's reference points.
@@ -19,9 +20,10 @@ past a rung only if it covers the rest of it; the study stops short of --trials 
 A trial is pruned early (workflows/pruning.py: successive halving on its periodic validation
 results, gate-aware) when it is not among the best at a rung; a pruned trial counts toward
 --trials. With `reruns` (--reruns; off by default), the budget left once --trials are done goes
-to re-running pruned trials whole (`rerun_candidate`: the latest rung reached, the best value
-there first; the same knobs and seed, so the same training up to the rung), each a trial of its
-own marked `rerun_of`, never pruned and not counted toward --trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
+to re-running pruned trials whole (workflows/study.py `rerun_candidate`: the latest rung
+reached, the best value there first; the same knobs and seed, so the same training up to the
+rung), each a trial of its own marked `rerun_of`, never pruned and not counted toward
+--trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
 WiSE α = 0 is never a candidate, and a WiSE point (or arm) whose new-task metric is no better
 than the base's is neither kept as α nor recommended (it counts as a violated limit to the
 sampler).
@@ -37,7 +39,6 @@ re-judges all of them and the recommendation from the stored results (and says s
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -46,21 +47,12 @@ from typing import Any
 
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.objectives import direction
-from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import probe_writable, sha256_file
-from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
+from goodfit_cli.io.atomic import probe_writable
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import keep_previous
-from goodfit_cli.report.gate import Gate, describe
+from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
-from goodfit_cli.report.search import (
-    Rule,
-    dominance_against,
-    pareto_front,
-    recommend,
-    write_search_report,
-)
+from goodfit_cli.report.search import Rule, write_search_report
 from goodfit_cli.report.trials import best_alpha, gained, judge, pick
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.session import Place
@@ -70,7 +62,8 @@ from goodfit_cli.workflows.budget import Budget, claim, settle, spent
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.study import counted, default_trials, open_study
+from goodfit_cli.workflows.search_report import default_curves, study_report
+from goodfit_cli.workflows.study import counted, default_trials, open_study, reran, reruns_due
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 
@@ -265,7 +258,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
             raise stopped[0]
     if job.reruns and len(counted(study)) >= job.trials:
         stopped = []
-        for n in _rerun_pruned(study, budget):
+        for n in reruns_due(study, budget):
             ui.log(f"the budget left covers a whole fine-tune: re-running pruned trial {n} "
                    "whole (its knobs, the study's seed)")
             study.enqueue_trial(study.trials[n].params, user_attrs={"rerun_of": n})
@@ -276,51 +269,11 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if any(t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
         notes.append("the budget left could not cover another trial: the study stopped at "
                      f"{len(counted(study))} of --trials {job.trials}")
-    rep = _report(job, study, recipe, dirs, notes, budget)
+    rep = study_report(job, study, recipe, dirs, notes, budget)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_search_report(rep, job.out, _curves(rep, prim))
+    write_search_report(rep, job.out, default_curves(rep, prim))
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
-
-
-def reran(t: Any) -> bool:
-    """Whether re-run trial `t` holds its pruned trial: running, finished or diverged (an
-    outcome); not one that was interrupted, failed with its worker, or never ran."""
-    return t.state.name in ("COMPLETE", "RUNNING") or (
-        t.state.name == "PRUNED" and "diverged" in t.user_attrs)
-
-
-def rerun_candidate(study: Any) -> int | None:
-    """The pruned trial the budget left should finish first: of the trials the rule pruned at a
-    rung (not one pruned before training, diverged or interrupted) and not re-run yet (`reran`),
-    the one that reached the latest rung, the best value there first (workflows/pruning.py's
-    order)."""
-    trials = study.get_trials(deepcopy=False)
-    taken = {t.user_attrs.get("rerun_of") for t in trials if reran(t)}
-    best = None
-    for t in trials:
-        rungs = t.user_attrs.get("rungs") or {}
-        if (t.state.name != "PRUNED" or "pruned" not in t.user_attrs or not rungs
-                or t.number in taken or "rerun_of" in t.user_attrs):
-            continue
-        k = max(rungs, key=int)
-        key = (int(k), tuple(rungs[k]), -t.number)
-        if best is None or key > best[0]:
-            best = (key, t.number)
-    return None if best is None else best[1]
-
-
-def _rerun_pruned(study: Any, budget: Budget) -> Any:
-    """The pruned trials to re-run whole, one at a time, while the budget left covers a whole
-    fine-tune (none without a budget: nothing is left over, and none while a default arm still
-    waits: the study's next trial would be it)."""
-    while budget.batches is not None and spent(study) + budget.steps <= budget.batches:
-        if any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False)):
-            return
-        n = rerun_candidate(study)
-        if n is None:
-            return
-        yield n
 
 
 def _make_out(out: Path) -> None:
@@ -329,130 +282,3 @@ def _make_out(out: Path) -> None:
         probe_writable(out)
     except OSError as e:
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
-
-
-def _curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
-    """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials."""
-    curves = []
-    for r in rep["defaults"]:
-        path = Path(r.get("dir") or "") / "report.json"
-        if r.get("old") is None or not path.is_file():
-            continue
-        arm = json.loads(path.read_text())["arms"][0]
-        curves.append((r["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
-                                   for p in arm.get("wise") or [] if "val" in p]))
-    return curves
-
-
-def _report(job: SearchJob, study: Any, recipe: Any, dirs: tuple[int, int],
-            notes: list[str], budget: Budget) -> dict[str, Any]:
-    """The study's report: every trial judged with this command's gate, the recipe's default
-    arms (the trials enqueued first) as the reference points, the budget and what was spent."""
-    prim = recipe.primary
-    gate_now = describe(job.gate)
-    judged_with = study.user_attrs.get("gate")
-    if judged_with is not None and judged_with != gate_now:
-        notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
-                     "recommendation are re-judged from the stored validation results; the "
-                     "sampler's constraint for trials run before keeps the old gate")
-    if study.user_attrs.get("val_margin", job.margin) != job.margin:
-        notes.append(f"the validation margin changed (was {study.user_attrs['val_margin']:g} "
-                     "standard errors): every finished trial is re-judged")
-    study.set_user_attr("gate", gate_now)
-    study.set_user_attr("val_margin", job.margin)
-    trials = []
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget"):  # never run
-            continue
-        if t.state.name == "WAITING":  # an enqueued default arm not run (--trials reached)
-            continue
-        views = t.user_attrs.get("views")
-        if t.state.name == "COMPLETE" and views is None:
-            raise UserError(f"study {study.study_name!r}: trial {t.number} has no stored "
-                            "validation results (made by an older goodfit); it cannot be judged: "
-                            "use a new --out or --study")
-        vals = t.values if t.values is not None else (None, None)
-        test = pick(views["test"]["metrics"], prim) if views else (None, None)
-        trials.append({"number": t.number, "state": t.state.name,
-                       "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
-                       **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
-                          else {}),
-                       "base_val": t.user_attrs.get("base_val"),
-                       "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
-                                                 if "wise_alpha" in t.user_attrs else {})},
-                       "old": vals[0], "new": vals[1],
-                       "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
-                       "batches": t.user_attrs.get("batches"),
-                       **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
-                          else {}),
-                       **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
-                          else {}),
-                       "test_old": test[0], "test_new": test[1],
-                       "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
-                                                         f"{t.number}", job.margin)["passed"],
-                       "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
-                                            ["passed"] if views else None),
-                       "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
-                       "checkpoint": t.user_attrs.get("checkpoint")})
-    done = [t for t in trials if t["state"] == "COMPLETE"]
-    refs = []
-    for t in trials:  # the default arms: trials like the others, judged with this gate
-        if "default" not in t:
-            continue
-        ref = {"name": t["default"], "number": t["number"], "dir": t["dir"],
-               "old": t["old"], "new": t["new"], "test_old": t["test_old"],
-               "test_new": t["test_new"],
-               "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None)}
-        if t["state"] != "COMPLETE":  # pruned at a rung (or diverged): its last rung point
-            ref["state"] = t.get("pruned") or t["state"]
-            rungs = study.trials[t["number"]].user_attrs.get("rungs") or {}
-            if rungs:  # (minus the gate violations, the oriented new-task metric) at the rung
-                k = max(rungs, key=int)
-                ref["rung"], ref["rung_new"] = int(k), dirs[1] * rungs[k][1]
-        refs.append(ref)
-    b = next((t["base_val"] for t in trials if t.get("base_val")), None)  # the base itself
-    base = dict(zip(("old", "new"), b)) if b else None
-    spent_b = sum(t["batches"] or 0 for t in trials)
-    rec = recommend(done, dirs, job.rule)
-    rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
-           "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
-           "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
-           "trials": trials,
-           "complete": len(done), "rule": str(job.rule),
-           "pruned": sum("pruned" in t for t in trials),
-           "batches": spent_b,
-           "front": pareto_front([t for t in done if t["feasible"]], dirs),
-           "budget": {"finetunes": job.budget, "batches": budget.batches,
-                      "steps_per_finetune": budget.steps, "spent_batches": spent_b,
-                      "spent_finetunes": round(spent_b / budget.steps, 4)},
-           "defaults": refs, "base_point": base, "recommendation": rec,
-           "against_defaults": dominance_against(
-               rec, [r for r in refs if r["old"] is not None and r["number"] != rec["number"]],
-               dirs) if rec else {}}
-    if job.gate is None:
-        notes.append("no gate: the rule picks among every trial that gains on the new task, "
-                     "whatever it broke")
-    if rec is not None:
-        rep.update(_export(job, study, rec))
-    return rep
-
-
-def _export(job: SearchJob, study: Any, rec: dict) -> dict[str, str]:
-    """The recommendation as RUN/recommended/model.safetensors, with its provenance."""
-    src = Path(rec["checkpoint"] or "")
-    if not src.is_file():
-        return {"export_note": f"{src} is not on this machine (another worker's trial)"}
-    tensors, meta = ckpt.load_model(src)
-    meta = {**meta, "search": {"study": study.study_name, "trial": rec["number"],
-                               "arm": rec["arm"], "knobs": rec["params"], "seed": rec["seed"],
-                               "source": str(src), "source_sha256": sha256_file(src),
-                               "pid": os.getpid()}}
-    meta.pop("format", None)
-    dest = job.out / "recommended" / "model.safetensors"
-    dest.parent.mkdir(exist_ok=True)
-    keep_previous(dest)
-    ckpt.save_model(dest, tensors, meta)
-    if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
-        copy_pretrained(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR)
-        return {"exported": str(dest), "exported_folder": str(dest.parent / PRETRAINED_DIR)}
-    return {"exported": str(dest)}

@@ -1,7 +1,7 @@
 """The Optuna study behind `goodfit search`: its storage (SQLite in RUN or any database URL),
 its creation by workers that start together, the identity it is bound to (one recipe, one base,
-one search space), its sampler, its first trials (the recipe's default arms), and which of its
-trials count toward --trials.
+one search space), its sampler, its first trials (the recipe's default arms), which of its
+trials count toward --trials, and which pruned trials the budget left re-runs (--reruns).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
 from goodfit_cli.training.arms import arm_type, parse_arm
+from goodfit_cli.workflows.budget import Budget, spent
 
 
 def storage(url: str) -> Any:
@@ -131,3 +132,43 @@ def counts(t: Any) -> bool:
 
 def counted(study: Any) -> list:
     return [t for t in study.get_trials(deepcopy=False) if counts(t)]
+
+
+def reran(t: Any) -> bool:
+    """Whether re-run trial `t` holds its pruned trial: running, finished or diverged (an
+    outcome); not one that was interrupted, failed with its worker, or never ran."""
+    return t.state.name in ("COMPLETE", "RUNNING") or (
+        t.state.name == "PRUNED" and "diverged" in t.user_attrs)
+
+
+def rerun_candidate(study: Any) -> int | None:
+    """The pruned trial the budget left should finish first: of the trials the rule pruned at a
+    rung (not one pruned before training, diverged or interrupted) and not re-run yet (`reran`),
+    the one that reached the latest rung, the best value there first (workflows/pruning.py's
+    order)."""
+    trials = study.get_trials(deepcopy=False)
+    taken = {t.user_attrs.get("rerun_of") for t in trials if reran(t)}
+    best = None
+    for t in trials:
+        rungs = t.user_attrs.get("rungs") or {}
+        if (t.state.name != "PRUNED" or "pruned" not in t.user_attrs or not rungs
+                or t.number in taken or "rerun_of" in t.user_attrs):
+            continue
+        k = max(rungs, key=int)
+        key = (int(k), tuple(rungs[k]), -t.number)
+        if best is None or key > best[0]:
+            best = (key, t.number)
+    return None if best is None else best[1]
+
+
+def reruns_due(study: Any, budget: Budget) -> Any:
+    """The pruned trials to re-run whole, one at a time, while the budget left covers a whole
+    fine-tune (none without a budget: nothing is left over, and none while a default arm still
+    waits: the study's next trial would be it)."""
+    while budget.batches is not None and spent(study) + budget.steps <= budget.batches:
+        if any(t.state.name == "WAITING" for t in study.get_trials(deepcopy=False)):
+            return
+        n = rerun_candidate(study)
+        if n is None:
+            return
+        yield n

@@ -1,0 +1,149 @@
+"""The report of a `goodfit search` study, built from what the study stores: every trial judged
+with this command's gate (workflows/search.py's docstring), the recipe's default arms as the
+reference points and their WiSE-FT curves, the budget and what was spent, the recommendation
+exported with its provenance. `job` is the worker's `SearchJob`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
+from goodfit_cli.io.rundir import keep_previous
+from goodfit_cli.report.gate import describe
+from goodfit_cli.report.search import dominance_against, pareto_front, recommend
+from goodfit_cli.report.trials import gained, judge, pick
+from goodfit_cli.workflows.budget import Budget
+
+
+def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
+    """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials."""
+    curves = []
+    for r in rep["defaults"]:
+        path = Path(r.get("dir") or "") / "report.json"
+        if r.get("old") is None or not path.is_file():
+            continue
+        arm = json.loads(path.read_text())["arms"][0]
+        curves.append((r["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
+                                   for p in arm.get("wise") or [] if "val" in p]))
+    return curves
+
+
+def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
+            notes: list[str], budget: Budget) -> dict[str, Any]:
+    """The study's report: every trial judged with this command's gate, the recipe's default
+    arms (the trials enqueued first) as the reference points, the budget and what was spent."""
+    prim = recipe.primary
+    gate_now = describe(job.gate)
+    judged_with = study.user_attrs.get("gate")
+    if judged_with is not None and judged_with != gate_now:
+        notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
+                     "recommendation are re-judged from the stored validation results; the "
+                     "sampler's constraint for trials run before keeps the old gate")
+    if study.user_attrs.get("val_margin", job.margin) != job.margin:
+        notes.append(f"the validation margin changed (was {study.user_attrs['val_margin']:g} "
+                     "standard errors): every finished trial is re-judged")
+    study.set_user_attr("gate", gate_now)
+    study.set_user_attr("val_margin", job.margin)
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget"):  # never run
+            continue
+        if t.state.name == "WAITING":  # an enqueued default arm not run (--trials reached)
+            continue
+        views = t.user_attrs.get("views")
+        if t.state.name == "COMPLETE" and views is None:
+            raise UserError(f"study {study.study_name!r}: trial {t.number} has no stored "
+                            "validation results (made by an older goodfit); it cannot be judged: "
+                            "use a new --out or --study")
+        vals = t.values if t.values is not None else (None, None)
+        test = pick(views["test"]["metrics"], prim) if views else (None, None)
+        trials.append({"number": t.number, "state": t.state.name,
+                       "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
+                       **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
+                          else {}),
+                       "base_val": t.user_attrs.get("base_val"),
+                       "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
+                                                 if "wise_alpha" in t.user_attrs else {})},
+                       "old": vals[0], "new": vals[1],
+                       "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
+                       "batches": t.user_attrs.get("batches"),
+                       **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
+                          else {}),
+                       **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
+                          else {}),
+                       "test_old": test[0], "test_new": test[1],
+                       "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
+                                                         f"{t.number}", job.margin)["passed"],
+                       "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
+                                            ["passed"] if views else None),
+                       "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
+                       "checkpoint": t.user_attrs.get("checkpoint")})
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    refs = []
+    for t in trials:  # the default arms: trials like the others, judged with this gate
+        if "default" not in t:
+            continue
+        ref = {"name": t["default"], "number": t["number"], "dir": t["dir"],
+               "old": t["old"], "new": t["new"], "test_old": t["test_old"],
+               "test_new": t["test_new"],
+               "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None)}
+        if t["state"] != "COMPLETE":  # pruned at a rung (or diverged): its last rung point
+            ref["state"] = t.get("pruned") or t["state"]
+            rungs = study.trials[t["number"]].user_attrs.get("rungs") or {}
+            if rungs:  # (minus the gate violations, the oriented new-task metric) at the rung
+                k = max(rungs, key=int)
+                ref["rung"], ref["rung_new"] = int(k), dirs[1] * rungs[k][1]
+        refs.append(ref)
+    b = next((t["base_val"] for t in trials if t.get("base_val")), None)  # the base itself
+    base = dict(zip(("old", "new"), b)) if b else None
+    spent_b = sum(t["batches"] or 0 for t in trials)
+    rec = recommend(done, dirs, job.rule)
+    rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
+           "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
+           "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
+           "trials": trials,
+           "complete": len(done), "rule": str(job.rule),
+           "pruned": sum("pruned" in t for t in trials),
+           "batches": spent_b,
+           "front": pareto_front([t for t in done if t["feasible"]], dirs),
+           "budget": {"finetunes": job.budget, "batches": budget.batches,
+                      "steps_per_finetune": budget.steps, "spent_batches": spent_b,
+                      "spent_finetunes": round(spent_b / budget.steps, 4)},
+           "defaults": refs, "base_point": base, "recommendation": rec,
+           "against_defaults": dominance_against(
+               rec, [r for r in refs if r["old"] is not None and r["number"] != rec["number"]],
+               dirs) if rec else {}}
+    if job.gate is None:
+        notes.append("no gate: the rule picks among every trial that gains on the new task, "
+                     "whatever it broke")
+    if rec is not None:
+        rep.update(export(job, study, rec))
+    return rep
+
+
+def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
+    """The recommendation as RUN/recommended/model.safetensors, with its provenance."""
+    src = Path(rec["checkpoint"] or "")
+    if not src.is_file():
+        return {"export_note": f"{src} is not on this machine (another worker's trial)"}
+    tensors, meta = ckpt.load_model(src)
+    meta = {**meta, "search": {"study": study.study_name, "trial": rec["number"],
+                               "arm": rec["arm"], "knobs": rec["params"], "seed": rec["seed"],
+                               "source": str(src), "source_sha256": sha256_file(src),
+                               "pid": os.getpid()}}
+    meta.pop("format", None)
+    dest = job.out / "recommended" / "model.safetensors"
+    dest.parent.mkdir(exist_ok=True)
+    keep_previous(dest)
+    ckpt.save_model(dest, tensors, meta)
+    if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
+        copy_pretrained(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR)
+        return {"exported": str(dest), "exported_folder": str(dest.parent / PRETRAINED_DIR)}
+    return {"exported": str(dest)}
