@@ -22,7 +22,7 @@ import torch
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
-from goodfit_cli.workflows.search import _export
+from goodfit_cli.workflows.search_report import export as _export
 
 from tests.test_hf import MEAN, RECIPE, STD, image_npz, same_logits, vit_folder
 
