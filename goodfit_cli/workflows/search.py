@@ -94,7 +94,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     import optuna
 
     before = sum(t.number < trial.number for t in counted(trial.study))  # counted trials
-    rerun = trial.user_attrs.get("rerun_of")  # a pruned trial re-run whole (`_rerun_pruned`)
+    rerun = trial.user_attrs.get("rerun_of")  # a pruned trial re-run whole (`reruns_due`)
     if rerun is not None and any(t.user_attrs.get("rerun_of") == rerun and t.number < trial.number
                                  and reran(t) for t in trial.study.get_trials(deepcopy=False)):
         trial.set_user_attr("surplus", True)  # another worker re-ran it first
