@@ -221,9 +221,8 @@ def search(
                                    Halving(rungs=rungs), val_margin, cap, reruns),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
-    reruns = sum("rerun_of" in t for t in rep["trials"])
-    log(f"{rep['complete']} trials complete" + (f" ({reruns} of them re-runs of pruned trials)"
-                                                 if reruns else "")
+    log(f"{rep['complete']} trials complete" + (f" ({rep['reruns']} of them re-runs of pruned "
+                                                 "trials)" if rep.get("reruns") else "")
         + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
         "none passes the gate" if rec is None else

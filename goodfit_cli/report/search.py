@@ -227,7 +227,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     title = f"goodfit search: {e(rep['study'])}"
     header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
               f"{len(rep['trials'])} trials ({rep['complete']} complete"
-              f"{_reruns(rep['trials'])}, {rep.get('pruned', 0)} pruned early; "
+              f"{_reruns(rep.get('reruns'))}, {rep.get('pruned', 0)} pruned early; "
               f"{rep.get('batches', 0)} training batches in "
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{rep['gate'] or 'none (every trial is feasible)'}"
@@ -326,9 +326,8 @@ def render_html(rep: dict[str, Any], svg: str) -> str:
     return "\n".join(parts) + "\n</body></html>\n"
 
 
-def _reruns(trials: list[dict]) -> str:
+def _reruns(n: int | None) -> str:
     """", N of them re-runs of pruned trials" (search --reruns), or nothing."""
-    n = sum("rerun_of" in t for t in trials)
     return f", {n} of them re-runs of pruned trials" if n else ""
 
 

@@ -111,6 +111,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
            "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),
+           "reruns": sum("rerun_of" in t for t in trials),  # of the complete ones (--reruns)
            "batches": spent_b,
            "front": pareto_front([t for t in done if t["feasible"]], dirs),
            "budget": {"finetunes": job.budget, "batches": budget.batches,
