@@ -20,6 +20,7 @@ import torch
 
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.report.search import (
+    close_calls,
     dominance_against,
     dominates,
     pareto_front,
@@ -52,6 +53,43 @@ def test_front_and_recommendation_follow_each_metrics_direction():
     assert [p["number"] for p in pareto_front(pts[:3], dirs)] == [0, 1]
     assert recommend(pts, dirs)["number"] == 1  # trial 3 is better on new but fails the gate
     assert recommend([pts[3]], dirs) is None
+
+
+def test_close_calls_are_the_candidates_within_one_standard_error_on_validation(tmp_path):
+    """The recommendation's new-task accuracy 0.80 on 100 validation samples: a standard error
+    of 0.0404 (81 of 102 once smoothed). Trials at 0.77 and 0.76 (within it) are close calls,
+    one at 0.75 is not, nor is a trial within it that fails the gate or one that gains nothing;
+    without a sample count (a loss): None. An observed 1.0 still has a standard error."""
+    from goodfit_cli.report.margin import observed_se
+
+    assert observed_se(1.0, 24) == pytest.approx((25 / 26 * 1 / 26 / 24) ** 0.5)
+    assert observed_se(0.0, 24) == pytest.approx(observed_se(1.0, 24))
+    dirs = (1, 1)
+    rows = [(0.95, 0.80, True, True), (0.97, 0.77, True, True), (0.99, 0.76, True, True),
+            (0.99, 0.75, True, True), (0.90, 0.79, False, True), (0.99, 0.78, True, False)]
+    trials = [{"number": i, "state": "COMPLETE", "arm": "adamw", "params": {"arm": "plain"},
+               "old": o, "new": n, "feasible": f, "gains": g, "dir": None, "seed": 0,
+               "checkpoint": None} for i, (o, n, f, g) in enumerate(rows)]
+    rec = recommend(trials, dirs)
+    assert rec["number"] == 0
+    cc = close_calls(rec, trials, 100)
+    assert cc["se"] == pytest.approx((81 / 102 * 21 / 102 / 100) ** 0.5)
+    assert cc["trials"] == [1, 2] and cc["candidates"] == 4
+    assert close_calls(rec, trials, None) is None and close_calls(None, trials, 100) is None
+    assert close_calls(rec, trials, 10_000)["trials"] == []  # 0.004: nothing that close
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "r", "base": "b",
+           "metrics": ["accuracy", "accuracy"], "gate": "flags", "notes": [], "trials": trials,
+           "complete": 6, "front": [], "defaults": [], "base_point": None,
+           "recommendation": rec, "against_defaults": {}, "close_calls": cc}
+    write_search_report(rep, tmp_path, [])
+    md = " ".join((tmp_path / "report.md").read_text().split())
+    assert ("Within validation noise: 2 of the 3 other candidates (trials 1, 2) are within one "
+            "standard error of its validation new accuracy (±0.04 on 100 samples)") in md
+    rep["close_calls"] = close_calls(rec, trials, 10_000)
+    write_search_report(rep, tmp_path, [])
+    md = " ".join((tmp_path / "report.md").read_text().split())
+    assert ("No other candidate is within one standard error of its validation new accuracy "
+            "(±0.004 on 10000 samples).") in md
 
 
 def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):

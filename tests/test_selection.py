@@ -157,6 +157,28 @@ def test_a_val_split_given_by_the_data_is_used_as_is(tmp_path):
     assert summary["epochs"] == round(4 / (32 / 16), 4)  # an epoch is all 32 training samples
 
 
+def test_the_verdict_names_the_candidates_validation_cannot_tell_from_the_shipped_one():
+    """a ships (0.80 new on 100 validation samples: a standard error of 0.0404); b at 0.77 is
+    within it, c at 0.70 is not, nor is d (0.79) which fails the floor; the report says so."""
+    from goodfit_cli.report.sections import _ship_line
+
+    rep = _report({"a": ((0.90, 0.80), (0.90, 0.78), []), "b": ((0.95, 0.77), (0.94, 0.80), []),
+                   "c": ((0.96, 0.70), (0.95, 0.71), []), "d": ((0.80, 0.79), (0.80, 0.79), [])})
+    for a in rep["arms"]:
+        a["validation"]["flips"] = {"old": {"n": 300}, "new": {"n": 100}}
+    v = verdict(rep, Gate((Limit("old", "accuracy", "min", 0.85),)))
+    cc = v["ship"]["close_calls"]
+    assert v["ship"]["name"] == "a" and cc["names"] == ["b"] and cc["n"] == 100
+    assert cc["se"] == pytest.approx((81 / 102 * 21 / 102 / 100) ** 0.5)
+    line = _ship_line({**rep, "verdict": v})
+    assert line.endswith("Within validation noise: b is within one standard error of its "
+                         "validation new accuracy (±0.04 on 100 samples); the validation split "
+                         "cannot tell them apart.")
+    rep["arms"][1]["validation"]["metrics"]["new"]["accuracy"] = 0.75  # now 0.05 below
+    v = verdict(rep, None)  # no gate: d passes, 0.01 below a
+    assert v["ship"]["close_calls"]["names"] == ["d"]
+
+
 def _report(arms: dict, base_val=(0.90, 0.10), base_test=(0.91, 0.12)) -> dict:
     """A report on accuracy (old, new) with arms {name: (val (old, new), test (old, new), wise
     [(alpha, val, test)])}."""
@@ -196,7 +218,7 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert by["plain"]["dominated_by"] == [] and not by["plain"]["passes_gate_val"]
     assert v["ship"] == {"name": "plain@wise0.5", "kind": "wise", "arm": "plain", "alpha": 0.5,
                          "val": {"old": 0.86, "new": 0.60}, "test": {"old": 0.87, "new": 0.58},
-                         "passes_gate_test": True}
+                         "passes_gate_test": True, "close_calls": None}  # no sample counts
     assert verdict(rep, None)["ship"]["name"] == "plain"  # no gate: most new-task gain
     none = verdict(rep, Gate((Limit("old", "accuracy", "min", 0.95),)))
     assert none["ship"] is None

@@ -433,6 +433,13 @@ def test_search_with_a_hub_folder_base(tab, tmp_path):
     # a trial that does not gain on the new task is never recommended (the arm drawn may not)
     exported = (tmp_path / "s" / "recommended" / "model.safetensors").is_file()
     assert exported == (rep["recommendation"] is not None)
+    # how sure the choice is: measured on the new task's validation split, as the run carved it
+    if rep["recommendation"] is None:
+        assert rep["close_calls"] is None
+    else:
+        run = json.loads((Path(rep["trials"][0]["dir"]) / "run.json").read_text())
+        assert rep["close_calls"]["n"] == run["validation"]["new"]["val"] > 0
+        assert rep["close_calls"]["trials"] == []  # the only candidate
 
 
 # ---------------------------------------------------------------------------------------------

@@ -211,6 +211,15 @@ def launch_if_asked(nproc: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
+def _close_calls(ship: dict) -> str:
+    """', N other candidate(s) within one standard error on validation' (report/verdict.py)."""
+    names = (ship.get("close_calls") or {}).get("names")
+    if not names:
+        return ""
+    return (f" ({len(names)} other candidate{'s' if len(names) > 1 else ''} within one "
+            "standard error on validation: see the report)")
+
+
 def print_report(report: dict[str, Any], dest: Path) -> None:
     show(summary_table(report))
     log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
@@ -219,5 +228,6 @@ def print_report(report: dict[str, Any], dest: Path) -> None:
         ship = chosen["ship"]
         log("verdict (chosen on validation): " + (
             "ship nothing, no candidate passes the gate; keep the base" if ship is None else
-            f"ship {printable(ship['name'])}"))  # a file name: no raw control characters
+            f"ship {printable(ship['name'])}"  # a file name: no raw control characters
+            + _close_calls(ship)))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

@@ -226,7 +226,18 @@ def search(
         + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
         "none passes the gate" if rec is None else
-        f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}"))
+        f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}")
+        + _close_line(rep.get("close_calls")))
+
+
+def _close_line(cc: dict | None) -> str:
+    """The search's last line on how many trials the validation split cannot tell from the
+    recommendation (report/search.py close_calls); empty when none or not measured."""
+    if not cc or not cc["trials"]:
+        return ""
+    k = len(cc["trials"])
+    return (f"; {k} other trial{'s' if k > 1 else ''} within one standard error on validation "
+            "(see the report)")
 
 
 @app.command(epilog=EXAMPLES["demo"])

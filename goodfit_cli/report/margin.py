@@ -31,9 +31,17 @@ def sizes(view: dict) -> dict[str, int]:
     return {t: int(flips[t]["n"]) for t in TASKS if (flips.get(t) or {}).get("n")}
 
 
-def _se(p: float, n: int) -> float:
+def proportion_se(p: float, n: int) -> float:
+    """The standard error of a proportion p measured on n samples, sqrt(p (1 - p) / n)."""
     p = min(max(p, 0.0), 1.0)
     return math.sqrt(p * (1 - p) / n)
+
+
+def observed_se(p: float, n: int) -> float:
+    """The standard error of a proportion observed as p on n samples, with the counts
+    Laplace-smoothed ((p n + 1) / (n + 2)) so that an observed 0 or 1 still has one (1 of 24
+    right, or all 24: about 0.04, where the plain formula says 0)."""
+    return proportion_se((min(max(p, 0.0), 1.0) * n + 1) / (n + 2), n)
 
 
 def _moved(limit: Limit, n: int, z: float, base: float | None) -> Limit:
@@ -42,18 +50,19 @@ def _moved(limit: Limit, n: int, z: float, base: float | None) -> Limit:
     thr, metric = limit.threshold, limit.metric
     sign = -1 if metric in FLIP_METRICS else direction(metric)  # flip rates: lower is better
     if limit.bound == "min":
-        return replace(limit, threshold=thr + z * _se(thr, n))
+        return replace(limit, threshold=thr + z * proportion_se(thr, n))
     if limit.bound == "max":
-        return replace(limit, threshold=thr - z * _se(thr, n))
+        return replace(limit, threshold=thr - z * proportion_se(thr, n))
     if base is None:
         return limit
     if limit.bound == "max_drop":
-        return replace(limit, threshold=thr - z * _se(base - sign * thr, n))
+        return replace(limit, threshold=thr - z * proportion_se(base - sign * thr, n))
     if limit.bound == "max_drop_rel":
         if base == 0:
             return limit
-        return replace(limit, threshold=thr - z * _se(base - sign * thr * abs(base), n) / abs(base))
-    return replace(limit, threshold=thr + z * _se(base + sign * thr, n))  # min_gain
+        return replace(limit, threshold=thr - z * proportion_se(base - sign * thr * abs(base), n)
+                       / abs(base))
+    return replace(limit, threshold=thr + z * proportion_se(base + sign * thr, n))  # min_gain
 
 
 def tightened(gate: Gate | None, view: dict, z: float,

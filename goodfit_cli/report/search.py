@@ -19,6 +19,7 @@ from typing import Any
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.report.margin import observed_se
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
@@ -95,6 +96,23 @@ def recommend(trials: list[dict], dirs: tuple[int, int], rule: Rule = Rule()) ->
     # knee: farthest from the line through the front's ends (best old: (1, 0); best new:
     # (0, 1) once scaled), on the side of the ideal point (1, 1)
     return max(pool, key=lambda t: (round(sum(scaled[t["number"]]) - 1, 12), *tie(t)))
+
+
+def close_calls(rec: dict | None, trials: list[dict], n: int | None,
+                z: float = 1.0) -> dict | None:
+    """How sure the choice is: the other candidates (`candidates`) whose new-task validation
+    value lies within `z` standard errors of the recommendation's (margin.observed_se: a proportion
+    observed at the recommendation's value on the new task's `n` validation samples). On a
+    small validation split the best of many trials wins partly by luck (its test value lands
+    below its validation value: docs/results.md, "the winner's curse"), and these are the
+    trials the split cannot tell from it. None without a recommendation or a sample count
+    (the new task's metric is not a rate: a loss, mse)."""
+    if rec is None or not n:
+        return None
+    se = observed_se(rec["new"], n)
+    near = [t["number"] for t in candidates(trials)
+            if t["number"] != rec["number"] and abs(t["new"] - rec["new"]) <= z * se + 1e-12]
+    return {"n": n, "z": z, "se": se, "trials": near, "candidates": len(candidates(trials))}
 
 
 def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
@@ -253,6 +271,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
                     + ".")
+        if rep.get("close_calls"):
+            said.append(_close_calls(rep["close_calls"], m_new))
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         said += [f"against {name}: {verdict}" + (f" ({name} fails the gate)" if name in failed
                                                  else "")
@@ -324,6 +344,20 @@ def render_html(rep: dict[str, Any], svg: str) -> str:
         parts += [f"<h2>{_h(name)}</h2>",
                   _html_table(head, [[(c, "") for c in row] for row in rows])]
     return "\n".join(parts) + "\n</body></html>\n"
+
+
+def _close_calls(cc: dict, m_new: str) -> str:
+    """The report's line on `close_calls`."""
+    z = "one standard error" if cc["z"] == 1 else f"{cc['z']:g} standard errors"
+    within = (f"within {z} of its "
+              f"validation new {m_new} (±{cc['se']:.2g} on {cc['n']} samples)")
+    if not cc["trials"]:
+        return f"No other candidate is {within}."
+    names = ", ".join(map(str, cc["trials"]))
+    return (f"Within validation noise: {len(cc['trials'])} of the {cc['candidates'] - 1} other "
+            f"candidates (trial{'s' if len(cc['trials']) > 1 else ''} {names}) are {within}: "
+            "the validation split cannot tell them apart, and the winner of a close call tends "
+            "to land lower on test than on validation (a larger validation split narrows it).")
 
 
 def _reruns(n: int | None) -> str:

@@ -299,7 +299,21 @@ def _ship_line(report: dict) -> str | None:
     val, test = ship["val"], ship["test"] or {}
     return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'])}, new {pn} "
             f"{fmt_value(pn, val['new'])}; test old {fmt_value(po, test.get('old'))}, new "
-            f"{fmt_value(pn, test.get('new'))} (test gate: {gate}).")
+            f"{fmt_value(pn, test.get('new'))} (test gate: {gate})." + _close(ship, pn))
+
+
+def _close(ship: dict, pn: str) -> str:
+    """What the validation split cannot tell from the shipped candidate (verdict.py)."""
+    cc = ship.get("close_calls")
+    if not cc:
+        return ""
+    within = (f"within one standard error of its validation new {pn} (±{cc['se']:.2g} on "
+              f"{cc['n']} samples)")
+    if not cc["names"]:
+        return f" No other candidate that passes is {within}."
+    return (f" Within validation noise: {', '.join(cc['names'])} "
+            f"{'is' if len(cc['names']) == 1 else 'are'} {within}; the validation split "
+            "cannot tell them apart.")
 
 
 def _flat(d: dict) -> list[tuple[str, str]]:

@@ -20,8 +20,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from goodfit_cli.objectives import direction
+from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
+from goodfit_cli.report.margin import observed_se, sizes
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
@@ -126,13 +127,32 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
                      else (best["test_view"].get("gate") or {}).get("passed"))
         ship = {"name": best["name"], "kind": best["kind"], "arm": best["arm"],
                 "alpha": best.get("alpha"), "val": _point(best["val"]),
-                "test": _point(best["test"]), "passes_gate_test": test_gate}
+                "test": _point(best["test"]), "passes_gate_test": test_gate,
+                "close_calls": _close_calls(report, best, ok, pn)}
     note = None
     if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
         note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
     return {"split": "val", "confirmed_on": "test", "metrics": [po, pn],
             "rule": RULE.format(po=po, pn=pn), "arms": arms, "ship": ship,
             "candidates": len(cands), "note": note}
+
+
+def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | None:
+    """The other passing candidates whose new-task validation value is within one standard
+    error (of a proportion observed at the shipped one's value on the new task's validation samples)
+    of the shipped candidate's: what the validation split cannot tell from it (the search's
+    report/search.py close_calls, over arms and WiSE points). None when the new task's metric
+    is not a rate or no arm stored its validation sample count."""
+    if not is_rate(pn):
+        return None
+    n = next((k for k in (sizes(a.get("validation") or {}).get("new") for a in report["arms"])
+              if k), None)
+    if not n:
+        return None
+    se = observed_se(best["val"][1], n)
+    return {"n": n, "z": 1.0, "se": se,
+            "names": [c["name"] for c in ok
+                      if c is not best and abs(c["val"][1] - best["val"][1]) <= se + 1e-12]}
 
 
 def _point(p: tuple[float, float] | None) -> dict | None:

@@ -17,7 +17,9 @@ from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.report.gate import describe
-from goodfit_cli.report.search import dominance_against, pareto_front, recommend
+from goodfit_cli.objectives import is_rate
+from goodfit_cli.report.margin import sizes
+from goodfit_cli.report.search import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
 
@@ -105,6 +107,10 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     base = dict(zip(("old", "new"), b)) if b else None
     spent_b = sum(t["batches"] or 0 for t in trials)
     rec = recommend(done, dirs, job.rule)
+    n_new = None  # the new task's validation samples, when its metric is a rate
+    if rec is not None and is_rate(prim["new"]):
+        n_new = sizes((study.trials[rec["number"]].user_attrs.get("views") or {})
+                      .get("val") or {}).get("new")
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
@@ -118,6 +124,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                       "steps_per_finetune": budget.steps, "spent_batches": spent_b,
                       "spent_finetunes": round(spent_b / budget.steps, 4)},
            "defaults": refs, "base_point": base, "recommendation": rec,
+           "close_calls": close_calls(rec, done, n_new),
            "against_defaults": dominance_against(
                rec, [r for r in refs if r["old"] is not None and r["number"] != rec["number"]],
                dirs) if rec else {}}
