@@ -225,3 +225,86 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     # dominated on validation but not on test: said so
     rep = _report({"a": ((0.90, 0.50), (0.90, 0.50), []), "b": ((0.91, 0.55), (0.89, 0.55), [])})
     assert verdict(rep, None)["arms"][0]["status"] == "dominated on validation only"
+
+
+def test_validation_gap_flags_a_base_better_on_validation_beyond_noise():
+    """Pooled two-sample z on the base's per-sample old-task values: 48/48 right on validation
+    against 228/240 on test is within noise (z 1.6); 288/288 against 411/433 is not (z 3.9);
+    validation harder than test is never flagged; a loss (lower is better) counts the same way
+    reversed; too few samples or no per-sample values: nothing."""
+    from goodfit_cli.report.splits import validation_gap
+
+    def preds(right: int, n: int, key: str = "accuracy") -> dict:
+        return {"old": {"per_sample": {key: torch.tensor([1.0] * right + [0.0] * (n - right))}}}
+
+    assert validation_gap(preds(228, 240), preds(48, 48), "accuracy", True) is None
+    gap = validation_gap(preds(411, 433), preds(288, 288), "accuracy", True)
+    pooled = torch.tensor([1.0] * 699 + [0.0] * 22).var().item()
+    z = (1 - 411 / 433) / (pooled * (1 / 288 + 1 / 433)) ** 0.5
+    assert gap["z"] == pytest.approx(z, abs=0.01) and 3.5 < z < 4.5
+    assert gap["val"] == 1.0 and gap["test"] == pytest.approx(411 / 433)
+    assert "pretrain the base with this recipe" in gap["message"]
+    assert "`val:` split holds no row" in validation_gap(preds(411, 433), preds(288, 288),
+                                                         "accuracy", False)["message"]
+    assert validation_gap(preds(288, 288), preds(411, 433), "accuracy", True) is None  # harder
+    # a loss: the same counts as errors (1 = wrong) read lower-is-better, by the loss's name
+    wrong = lambda k, n: {"old": {"per_sample": {"loss": torch.tensor(  # noqa: E731
+        [0.0] * k + [1.0] * (n - k))}}}
+    assert validation_gap(wrong(411, 433), wrong(288, 288), "mse", True)["metric"] == "loss"
+    assert validation_gap(preds(4, 9), preds(9, 9), "accuracy", True) is None  # under 10
+    assert validation_gap({"old": {}}, preds(9, 9), "accuracy", True) is None
+
+
+def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_report(tmp_path):
+    """Old task: random labels, so what the base learned of its 96 training rows says nothing
+    about the 96 test rows. Its given `val:` is 48 of its own training rows: the base memorised
+    them, the run says so (one line, run.json, the report's head); with 48 fresh rows as `val:`
+    it says nothing."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 4)).astype(np.float32)
+    y = rng.integers(0, 2, size=240).astype(np.int64)
+    sets = {"tr": (x[:96], y[:96]), "te": (x[96:192], y[96:192]), "leak": (x[:48], y[:48]),
+            "fresh": (x[192:], y[192:])}
+    for name, (a, b) in sets.items():
+        np.savez(tmp_path / f"{name}.npz", x=a, y=b)
+    for name, n in (("ntr", 32), ("nva", 16), ("nte", 16)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.normal(size=(n, 4)).astype(np.float32),
+                 y=np.full(n, 2, dtype=np.int64))
+
+    def recipe(val: str) -> Path:
+        p = tmp_path / f"{val}.yaml"
+        p.write_text(
+            "name: gap\ndevice: cpu\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 4, "
+            "out_features: 3, hidden: [64, 64], norm: none}}\ndata:\n  name: npz\n  args:\n"
+            f"    old: {{train: tr.npz, val: {val}.npz, test: te.npz}}\n"
+            "    new: {train: ntr.npz, val: nva.npz, test: nte.npz}\n"
+            "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+            "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+            "pretrain: {optimizer: {name: adamw, lr: 0.01}, steps: 400, batch_size: 96}\n"
+            "finetune: {optimizer: {name: adamw, lr: 0.001}, steps: 2, batch_size: 16, "
+            "arms: [adamw]}\neval: {every: 2}\n")
+        return p
+
+    assert cli("pretrain", "--recipe", recipe("leak"), "--out", tmp_path / "b").returncode == 0
+    base = tmp_path / "b" / "model.safetensors"
+    res = cli("finetune", "--recipe", recipe("leak"), "--base", base, "--out", tmp_path / "ft",
+              "--no-wise")
+    assert res.returncode == 0, res.stderr
+    gap = json.loads((tmp_path / "ft" / "run.json").read_text())["validation_gap"]
+    assert gap["metric"] == "accuracy" and gap["val"] == 1.0 and gap["test"] < 0.75
+    assert gap["z"] >= 3 and gap["message"] in " ".join(res.stdout.split())
+    assert "`val:` split holds no row the base trained on" in gap["message"]
+    rep = json.loads((tmp_path / "ft" / "report.json").read_text())
+    assert rep["provenance"]["validation_gap"] == gap
+    assert gap["message"][:60] in (tmp_path / "ft" / "report.md").read_text()
+    # a search's trials measure the same base: its report says it once, in its notes
+    res = cli("search", "--recipe", recipe("leak"), "--base", base, "--out", tmp_path / "s",
+              "--trials", "1", "--no-defaults", "--rungs", "0")
+    assert res.returncode == 0, res.stderr
+    notes = json.loads((tmp_path / "s" / "report.json").read_text())["notes"]
+    assert [n for n in notes if "standard errors apart" in n] == [gap["message"]]
+    res = cli("finetune", "--recipe", recipe("fresh"), "--base", base, "--out", tmp_path / "ok",
+              "--no-wise")
+    assert res.returncode == 0, res.stderr
+    assert "validation_gap" not in json.loads((tmp_path / "ok" / "run.json").read_text())
+    assert "standard errors apart" not in res.stdout

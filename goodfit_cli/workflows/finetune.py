@@ -32,6 +32,7 @@ from goodfit_cli.models import own_head
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import base_key, keep, measure_base, measured_once, point_key
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
@@ -176,6 +177,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                              loaded.input)
     if mismatch:
         ui.log(mismatch)
+    gap = validation_gap(base_preds, base_val_preds, recipe.primary["old"],
+                         (s.validation.get("old") or {}).get("source") == "carved")
+    if gap:
+        ui.log(gap["message"])
     if head_record and base_head != "exact":
         ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
@@ -195,6 +200,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                                  **({"from_config": geometry} if geometry
                                                     else {})},
                                        **({"input_warning": mismatch} if mismatch else {}),
+                                       **({"validation_gap": gap} if gap else {}),
                                        **({"preprocessing": s.tasks["old"].preprocessing}
                                           if s.tasks["old"].preprocessing else {}),
                                        **({"base_head": head_record} if head_record else {})})
@@ -264,6 +270,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     prov["input"] = loaded.input or {"source": "as stored"}
     if mismatch:
         prov["input_warning"] = mismatch
+    if gap:
+        prov["validation_gap"] = gap
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}

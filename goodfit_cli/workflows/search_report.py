@@ -131,9 +131,24 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if job.gate is None:
         notes.append("no gate: the rule picks among every trial that gains on the new task, "
                      "whatever it broke")
+    gap = base_gap(trials)
+    if gap:
+        notes.append(gap)
     if rec is not None:
         rep.update(export(job, study, rec))
     return rep
+
+
+def base_gap(trials: list[dict]) -> str | None:
+    """The base's validation-test gap (report/splits.py) as its trials' runs recorded it: every
+    trial measures the same base on the same splits, so the first run that has a run.json
+    speaks for all."""
+    for t in trials:
+        path = Path(t.get("dir") or "") / "run.json"
+        if t.get("dir") and path.is_file():
+            gap = json.loads(path.read_text()).get("validation_gap")
+            return gap["message"] if gap else None
+    return None
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
