@@ -297,6 +297,14 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
     rep = json.loads((tmp_path / "ft" / "report.json").read_text())
     assert rep["provenance"]["validation_gap"] == gap
     assert gap["message"][:60] in (tmp_path / "ft" / "report.md").read_text()
+    # compare: from the run's stored predictions, and from the checkpoints themselves
+    for args in ([tmp_path / "ft"], [base, tmp_path / "ft" / "adamw" / "model.safetensors"]):
+        out = tmp_path / f"cmp{len(args)}"
+        res = cli("compare", *args[:1], *(args[1:] or [tmp_path / "ft"]), "--recipe",
+                  recipe("leak"), "--out", out)
+        assert res.returncode == 0, res.stderr
+        prov = json.loads((out / "report.json").read_text())["provenance"]
+        assert prov["validation_gap"]["z"] == gap["z"], res.stdout
     # a search's trials measure the same base: its report says it once, in its notes
     res = cli("search", "--recipe", recipe("leak"), "--base", base, "--out", tmp_path / "s",
               "--trials", "1", "--no-defaults", "--rungs", "0")

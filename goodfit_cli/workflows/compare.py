@@ -37,6 +37,7 @@ from goodfit_cli.models import build_model, own_head
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
 from goodfit_cli.trainer.stage import Ui
@@ -252,6 +253,11 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             "validation")  # every side was reused from that run: its splits
     if head:
         prov["base_head"] = head
+    sel = (prov.get("validation") or {}).get("old") or {}
+    gap = validation_gap(bp, bvp, recipe.primary["old"], sel.get("source") == "carved")
+    if gap:  # the base did better on validation than on test: choices there are optimistic
+        ui.log(gap["message"])
+        prov["validation_gap"] = gap
     try:
         return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
                              session.sample_ids if session is not None else None)
