@@ -16,8 +16,8 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
-from goodfit_cli.report.gate import describe
 from goodfit_cli.objectives import is_rate
+from goodfit_cli.report.gate import describe
 from goodfit_cli.report.margin import sizes
 from goodfit_cli.report.search import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
