@@ -15,7 +15,7 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Split, Task
-from goodfit_cli.data.validation import Carving, with_validation
+from goodfit_cli.data.validation import Carving, thin_line, with_validation
 from goodfit_cli.report.gate import Gate, Limit
 from goodfit_cli.report.verdict import verdict
 
@@ -49,8 +49,15 @@ def test_carving_is_stratified_with_a_floor_per_class_seeded_and_recorded():
     rows = set(carved.val.x[:, 0].long().tolist())
     assert rows.isdisjoint(carved.train.x[:, 0].long().tolist())
     assert rows | set(carved.train.x[:, 0].long().tolist()) == set(range(60))
+    # classes 2 (none) and 1 (2) have under 5 validation samples: recorded, fewest first
     assert rec == {"source": "carved", "fraction": 0.1, "min_per_class": 2, "stratified": True,
-                   "seed": 0, "train": 53, "val": 7, "test": 3}
+                   "seed": 0, "train": 53, "val": 7, "test": 3, "thin": {"2": 0, "1": 2}}
+    assert thin_line("new", rec) == (
+        "new task: its validation split (7 samples) holds fewer than 5 samples of 2 classes "
+        "(class 2: 0, class 1: 2): the choices made on it barely see them; raise "
+        "data.validation.min_per_class or give a `val:` split with more of them")
+    _, rec = with_validation(labelled({0: 50, 1: 60}), Carving(0.1, 2), seed=0, where="w")
+    assert "thin" not in rec and thin_line("new", rec) is None  # 5 and 6: enough
     again, _ = with_validation(task, Carving(0.1, 2), seed=0, where="w")
     other, _ = with_validation(task, Carving(0.1, 2), seed=1, where="w")
     assert torch.equal(again.val.x, carved.val.x) and not torch.equal(other.val.x, carved.val.x)

@@ -24,6 +24,7 @@ from goodfit_cli.data import batch as B
 from goodfit_cli.data.base import Split, Task, generator
 
 _STREAM = {"old": 9001, "new": 9002}  # the carving's random streams, apart from the builders'
+THIN = 5  # validation samples of a class below which a run says its choices barely see it
 
 
 @dataclass(frozen=True)
@@ -88,15 +89,54 @@ def carve_rows(y: Tensor, kind: str, carving: Carving, seed: int, task: str) -> 
     return torch.cat(picked).sort().values if picked else torch.zeros(0, dtype=torch.long)
 
 
+def thin_classes(task: Task) -> dict[str, int]:
+    """Classification: {class id: its validation samples} for each class of the training split
+    with fewer than THIN of them in the validation split (none included), ascending; {}
+    otherwise. A choice made on validation (WiSE-FT α, the verdict, a search) barely sees such
+    a class: a long tail's rare class carved at 10 % gives one or two."""
+    if task.kind != "classification" or task.val is None:
+        return {}
+    ty, vy = (torch.as_tensor(t.y).reshape(-1) for t in (task.train, task.val))
+    if ty.is_floating_point() or vy.is_floating_point() or len(ty) != len(task.train):
+        return {}  # not one integer label per sample
+    classes, counts = torch.unique(vy.long().cpu(), return_counts=True)
+    have = dict(zip(classes.tolist(), counts.tolist()))
+    thin = {c: have.get(c, 0) for c in torch.unique(ty.long().cpu()).tolist()
+            if have.get(c, 0) < THIN}
+    return {str(c): k for c, k in sorted(thin.items(), key=lambda kv: (kv[1], kv[0]))}
+
+
+def thin_shown(thin: dict[str, int]) -> str:
+    """'class 8: 1, class 3: 2' (the first five; then 'and N more')."""
+    shown = ", ".join(f"class {c}: {k}" for c, k in list(thin.items())[:5])
+    return shown + (f" and {len(thin) - 5} more" if len(thin) > 5 else "")
+
+
+def thin_line(task: str, record: dict) -> str | None:
+    """One line naming a validation split's thin classes (`thin_classes`, in its record), or
+    None."""
+    thin = record.get("thin") or {}
+    if not thin:
+        return None
+    fix = ("raise data.validation.min_per_class or give a `val:` split with more of them"
+           if record.get("source") == "carved" else "give a `val:` split with more of them")
+    return (f"{task} task: its validation split ({record.get('val')} samples) holds fewer than "
+            f"{THIN} samples of {len(thin)} class{'es' if len(thin) > 1 else ''} "
+            f"({thin_shown(thin)}): "
+            f"the choices made on it barely see {'them' if len(thin) > 1 else 'it'}; {fix}")
+
+
 def with_validation(task: Task, carving: Carving, seed: int, where: str) -> tuple[Task, dict]:
     """The task with a validation split (its own, or carved from train), and the record of how
     it was made: {"source": "given"|"carved", "fraction", "min_per_class", "seed", "train",
-    "val", "test"} (sizes in samples). `where` names the recipe key in the one-line error."""
+    "val", "test"} (sizes in samples), plus "thin" ({class: validation samples}) for the
+    classes `thin_classes` names. `where` names the recipe key in the one-line error."""
     if task.val is not None:
         if len(task.val) == 0:
             raise UserError(f"{where}: the {task.name} task's val split has no sample")
+        thin = thin_classes(task)
         return task, {"source": "given", "train": len(task.train), "val": len(task.val),
-                      "test": len(task.test)}
+                      "test": len(task.test), **({"thin": thin} if thin else {})}
     rows = carve_rows(task.train.y, task.kind, carving, seed, task.name)
     if len(rows) == 0:
         raise UserError(f"{where}: cannot carve a validation split from the {task.name} task's "
@@ -108,7 +148,9 @@ def with_validation(task: Task, carving: Carving, seed: int, where: str) -> tupl
     if not isinstance(val, Split):
         val = val.load()  # evaluated in memory, un-augmented, like the test split
     carved = dataclasses.replace(task, train=train, val=val)  # inputs, ids and the rest kept
+    thin = thin_classes(carved)
     return carved, {"source": "carved", "fraction": carving.fraction,
                     "min_per_class": carving.min_per_class if task.kind == "classification"
                     else None, "stratified": task.kind == "classification", "seed": seed,
-                    "train": len(train), "val": len(val), "test": len(task.test)}
+                    "train": len(train), "val": len(val), "test": len(task.test),
+                    **({"thin": thin} if thin else {})}

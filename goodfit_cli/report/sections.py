@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+from goodfit_cli.data.validation import THIN, thin_shown
 from goodfit_cli.objectives import is_rate
 
 _DASH = "—"
@@ -226,6 +227,8 @@ def _header_lines(report: dict) -> list[str]:
 
 def _split_text(v: dict) -> str:
     sizes = f"{v.get('train')} train / {v.get('val')} val / {v.get('test')} test"
+    if v.get("thin"):  # classes the choices barely see (data/validation.py thin_classes)
+        sizes += f"; under {THIN} val samples: {thin_shown(v['thin'])}"
     if v.get("source") == "carved":
         how = "stratified by class" if v.get("stratified") else "random"
         return (f"carved from training ({v['fraction'] * 100:g} %, {how}, seed {v['seed']}; "

@@ -22,6 +22,7 @@ from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases
 from goodfit_cli.data import sampling
+from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import describe_difference
@@ -150,6 +151,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
                + f" from the model folder {job.base}")
     s = open_session(recipe, place)
+    for t in ("old", "new"):  # a class the choices barely see: said once, before training
+        thin = thin_line(t, s.validation.get(t) or {})
+        if thin:
+            ui.log(thin)
     drawn = recipe.finetune.sampling  # class-balanced batches need labels: refused before training
     sampled = (sampling.describe(sampling.labels_of(s.tasks["new"].train,
                                                     recipe.at("finetune.sampling")), drawn, s.seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
@@ -131,24 +132,25 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if job.gate is None:
         notes.append("no gate: the rule picks among every trial that gains on the new task, "
                      "whatever it broke")
-    gap = base_gap(trials)
-    if gap:
-        notes.append(gap)
+    notes += run_notes(trials)
     if rec is not None:
         rep.update(export(job, study, rec))
     return rep
 
 
-def base_gap(trials: list[dict]) -> str | None:
-    """The base's validation-test gap (report/splits.py) as its trials' runs recorded it: every
-    trial measures the same base on the same splits, so the first run that has a run.json
-    speaks for all."""
+def run_notes(trials: list[dict]) -> list[str]:
+    """What the trials' runs said of the splits every choice is made on: the base's
+    validation-test gap (report/splits.py) and the validation splits' thin classes
+    (data/validation.py). Every trial measures the same base on the same splits, so the first
+    run that has a run.json speaks for all."""
     for t in trials:
         path = Path(t.get("dir") or "") / "run.json"
         if t.get("dir") and path.is_file():
-            gap = json.loads(path.read_text()).get("validation_gap")
-            return gap["message"] if gap else None
-    return None
+            run = json.loads(path.read_text())
+            gap = (run.get("validation_gap") or {}).get("message")
+            thin = [thin_line(k, v) for k, v in (run.get("validation") or {}).items()]
+            return [n for n in (gap, *thin) if n]
+    return []
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
