@@ -323,3 +323,19 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
     assert res.returncode == 0, res.stderr
     assert "validation_gap" not in json.loads((tmp_path / "ok" / "run.json").read_text())
     assert "standard errors apart" not in res.stdout
+
+
+def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
+    """run_notes reads the first trial folder that has a run.json (the others measure the same
+    base on the same splits): the base's validation gap, then each task's thin classes."""
+    from goodfit_cli.workflows.search_report import run_notes
+
+    (tmp_path / "t1").mkdir()
+    rec = {"source": "carved", "val": 14, "thin": {"8": 1}}
+    (tmp_path / "t1" / "run.json").write_text(json.dumps({
+        "validation_gap": {"message": "warning: the base scores ..."},
+        "validation": {"old": {"source": "given", "val": 288}, "new": rec}}))
+    trials = [{"dir": None}, {"dir": str(tmp_path / "t0")}, {"dir": str(tmp_path / "t1")}]
+    assert run_notes(trials) == ["warning: the base scores ...", thin_line("new", rec)]
+    assert "class 8: 1" in thin_line("new", rec)
+    assert run_notes(trials[:2]) == []
