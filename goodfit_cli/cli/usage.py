@@ -115,7 +115,9 @@ SEARCH_HELP = (
     "trials that pass the gate on validation and gain on the new task over the base (no trial "
     "is recommended on the base's own point); --rule picks one: " + RULES_HELP + ". Test "
     "numbers are reported beside it, never used to choose. A re-run with another gate or rule "
-    "re-judges every finished trial from the stored results.\n\n"
+    "re-judges every finished trial from the stored results. The report names the close calls: "
+    "the other candidates within one standard error of the recommendation's new-task "
+    "validation accuracy, which the validation split cannot rank against it.\n\n"
     "Names: a knob has one name everywhere (the trial log, the study, the report, the trial's "
     "recipe.yaml): its recipe key, e.g. finetune.penalty.ewc, finetune.optimizer.lr.")
 
