@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import FLIP_METRICS, TASKS, Gate, Limit
@@ -42,6 +43,15 @@ def observed_se(p: float, n: int) -> float:
     Laplace-smoothed ((p n + 1) / (n + 2)) so that an observed 0 or 1 still has one (1 of 24
     right, or all 24: about 0.04, where the plain formula says 0)."""
     return proportion_se((min(max(p, 0.0), 1.0) * n + 1) / (n + 2), n)
+
+
+def within_noise(chosen: float, others: list[tuple[Any, float]], n: int,
+                 z: float = 1.0) -> tuple[float, list[Any]]:
+    """(the standard error `observed_se(chosen, n)`, the keys of `others` ((key, value) pairs)
+    whose value lies within z of them of `chosen`): what a choice's close calls are built of
+    (report/search.py close_calls, report/verdict.py)."""
+    se = observed_se(chosen, n)
+    return se, [k for k, v in others if abs(v - chosen) <= z * se + 1e-12]
 
 
 def _moved(limit: Limit, n: int, z: float, base: float | None) -> Limit:

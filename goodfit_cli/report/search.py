@@ -19,7 +19,7 @@ from typing import Any
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.report.margin import observed_se
+from goodfit_cli.report.margin import within_noise
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
@@ -101,18 +101,18 @@ def recommend(trials: list[dict], dirs: tuple[int, int], rule: Rule = Rule()) ->
 def close_calls(rec: dict | None, trials: list[dict], n: int | None,
                 z: float = 1.0) -> dict | None:
     """How sure the choice is: the other candidates (`candidates`) whose new-task validation
-    value lies within `z` standard errors of the recommendation's (margin.observed_se: a proportion
-    observed at the recommendation's value on the new task's `n` validation samples). On a
+    value lies within `z` standard errors of the recommendation's (margin.within_noise: of a
+    proportion observed at the recommendation's value on the new task's `n` validation samples). On a
     small validation split the best of many trials wins partly by luck (its test value lands
     below its validation value: docs/results.md, "the winner's curse"), and these are the
     trials the split cannot tell from it. None without a recommendation or a sample count
     (the new task's metric is not a rate: a loss, mse)."""
     if rec is None or not n:
         return None
-    se = observed_se(rec["new"], n)
-    near = [t["number"] for t in candidates(trials)
-            if t["number"] != rec["number"] and abs(t["new"] - rec["new"]) <= z * se + 1e-12]
-    return {"n": n, "z": z, "se": se, "trials": near, "candidates": len(candidates(trials))}
+    ok = candidates(trials)
+    se, near = within_noise(rec["new"], [(t["number"], t["new"]) for t in ok
+                                         if t["number"] != rec["number"]], n, z)
+    return {"n": n, "z": z, "se": se, "trials": near, "candidates": len(ok)}
 
 
 def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:

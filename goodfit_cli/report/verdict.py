@@ -22,7 +22,7 @@ from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
-from goodfit_cli.report.margin import observed_se, sizes
+from goodfit_cli.report.margin import sizes, within_noise
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
@@ -149,10 +149,9 @@ def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | No
               if k), None)
     if not n:
         return None
-    se = observed_se(best["val"][1], n)
-    return {"n": n, "z": 1.0, "se": se,
-            "names": [c["name"] for c in ok
-                      if c is not best and abs(c["val"][1] - best["val"][1]) <= se + 1e-12]}
+    se, names = within_noise(best["val"][1], [(c["name"], c["val"][1]) for c in ok
+                                              if c is not best], n)
+    return {"n": n, "z": 1.0, "se": se, "names": names}
 
 
 def _point(p: tuple[float, float] | None) -> dict | None:
