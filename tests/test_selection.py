@@ -314,8 +314,9 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
         assert prov["validation_gap"]["z"] == gap["z"], res.stdout
     # a search's trials measure the same base: its report says it once, in its notes
     res = cli("search", "--recipe", recipe("leak"), "--base", base, "--out", tmp_path / "s",
-              "--trials", "1", "--no-defaults", "--rungs", "0")
+              "--trials", "2", "--no-defaults", "--rungs", "0")
     assert res.returncode == 0, res.stderr
+    assert res.stdout.count("standard errors apart") == 1  # said once, not once per trial
     notes = json.loads((tmp_path / "s" / "report.json").read_text())["notes"]
     assert [n for n in notes if "standard errors apart" in n] == [gap["message"]]
     res = cli("finetune", "--recipe", recipe("fresh"), "--base", base, "--out", tmp_path / "ok",
@@ -339,3 +340,14 @@ def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
     assert run_notes(trials) == ["warning: the base scores ...", thin_line("new", rec)]
     assert "class 8: 1" in thin_line("new", rec)
     assert run_notes(trials[:2]) == []
+
+
+def test_a_line_is_said_once_within_a_command():
+    from goodfit_cli.trainer.measured import first_time, measured_once
+
+    assert first_time("a") and first_time("a")  # outside a command's block: always
+    with measured_once():
+        assert first_time("a") and not first_time("a") and first_time("b")
+        with measured_once():  # nested: the outer block's
+            assert not first_time("b")
+    assert first_time("a")

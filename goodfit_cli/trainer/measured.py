@@ -40,18 +40,35 @@ _KEPT: ContextVar[dict[str, Measured] | None] = ContextVar("goodfit_base_measure
 KEPT_HEADS = ("exact", "rows_dropped")  # heads measured independently of any initialisation
 
 
+_SAID: ContextVar[set[str] | None] = ContextVar("goodfit_said_once", default=None)
+
+
 @contextmanager
 def measured_once() -> Iterator[None]:
     """Within the block, a base measured once is not measured again (a nested block shares the
-    outer one's measurements); they are dropped when the outermost block ends."""
+    outer one's measurements), and a line said through `first_time` is said once; both are
+    dropped when the outermost block ends."""
     if _KEPT.get() is not None:
         yield
         return
-    token = _KEPT.set({})
+    token, said = _KEPT.set({}), _SAID.set(set())
     try:
         yield
     finally:
         _KEPT.reset(token)
+        _SAID.reset(said)
+
+
+def first_time(line: str) -> bool:
+    """Whether `line` is new within the outermost `measured_once` block (always, outside one):
+    what a run says of its base and splits, which each trial of a search would repeat, is
+    logged once per command."""
+    said = _SAID.get()
+    if said is None:
+        return True
+    new = line not in said
+    said.add(line)
+    return new
 
 
 def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,

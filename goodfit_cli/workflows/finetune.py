@@ -35,7 +35,14 @@ from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.report.trials import best_on_validation
-from goodfit_cli.trainer.measured import base_key, keep, measure_base, measured_once, point_key
+from goodfit_cli.trainer.measured import (
+    base_key,
+    first_time,
+    keep,
+    measure_base,
+    measured_once,
+    point_key,
+)
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.trainer.session import (
     Place,
@@ -153,7 +160,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     s = open_session(recipe, place)
     for t in ("old", "new"):  # a class the choices barely see: said once, before training
         thin = thin_line(t, s.validation.get(t) or {})
-        if thin:
+        if thin and first_time(thin):  # a search's trials: once
             ui.log(thin)
     drawn = recipe.finetune.sampling  # class-balanced batches need labels: refused before training
     sampled = (sampling.describe(sampling.labels_of(s.tasks["new"].train,
@@ -184,7 +191,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         ui.log(mismatch)
     gap = validation_gap(base_preds, base_val_preds, recipe.primary["old"],
                          (s.validation.get("old") or {}).get("source") == "carved")
-    if gap:
+    if gap and first_time(gap["message"]):
         ui.log(gap["message"])
     if head_record and base_head != "exact":
         ui.log(f"base measured with {head_record['measured_with']}")
