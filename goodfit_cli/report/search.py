@@ -21,6 +21,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.margin import within_noise
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
+from goodfit_cli.report.sections import within_phrase
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -348,9 +349,7 @@ def render_html(rep: dict[str, Any], svg: str) -> str:
 
 def _close_calls(cc: dict, m_new: str) -> str:
     """The report's line on `close_calls`."""
-    z = "one standard error" if cc["z"] == 1 else f"{cc['z']:g} standard errors"
-    within = (f"within {z} of its "
-              f"validation new {m_new} (±{cc['se']:.2g} on {cc['n']} samples)")
+    within = within_phrase(cc, m_new)
     if not cc["trials"]:
         return f"No other candidate is {within}."
     names = ", ".join(map(str, cc["trials"]))

@@ -306,13 +306,19 @@ def _ship_line(report: dict) -> str | None:
             f"{fmt_value(pn, test.get('new'))} (test gate: {gate})." + _close(ship, pn))
 
 
+def within_phrase(cc: dict, metric: str) -> str:
+    """'within one standard error of its validation new accuracy (±0.054 on 71 samples)': the
+    close calls' bound (report/margin.py within_noise) in words, for the verdict and a search."""
+    z = "one standard error" if cc["z"] == 1 else f"{cc['z']:g} standard errors"
+    return f"within {z} of its validation new {metric} (±{cc['se']:.2g} on {cc['n']} samples)"
+
+
 def _close(ship: dict, pn: str) -> str:
     """What the validation split cannot tell from the shipped candidate (verdict.py)."""
     cc = ship.get("close_calls")
     if not cc:
         return ""
-    within = (f"within one standard error of its validation new {pn} (±{cc['se']:.2g} on "
-              f"{cc['n']} samples)")
+    within = within_phrase(cc, pn)
     if not cc["names"]:
         return f" No other candidate that passes is {within}."
     return (f" Within validation noise: {', '.join(cc['names'])} "
