@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -138,27 +138,33 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    def requested(self, batch: int, device: torch.device) -> bool:
+    def requested(self, batch: int, device: torch.device,
+                  settle: Callable[[], None] | None = None) -> bool:
         """Whether to stop after `batch`.
 
         One process reads its own flag after every batch (no synchronisation). Several processes
         agree every STOP_CHECK_EVERY batches, all at the same batches, with one small all-reduce,
         so a stop costs at most that many extra batches and no batch waits on the host.
         """
-        self.hold_if_asked(batch)
+        self.hold_if_asked(batch, settle=settle)
         if dist_info()[1] == 1:
             return self()
         if batch % STOP_CHECK_EVERY:
             return False
         return any_rank(self(), device)
 
-    def hold_if_asked(self, batch: int, timeout_s: float = 600.0) -> None:
+    def hold_if_asked(self, batch: int, timeout_s: float = 600.0,
+                      settle: Callable[[], None] | None = None) -> None:
         """With GOODFIT_HOLD_AT_BATCH=N, after batch N say "goodfit: holding at batch N" on
         stderr and wait (up to 10 minutes) until a signal arrives. For operators and tests that
-        must interrupt a run at a known batch, whatever the machine's speed."""
+        must interrupt a run at a known batch, whatever the machine's speed. `settle` runs
+        before it says so (the resumable states written behind the training: on disk by then,
+        so what a kill during the hold finds does not depend on the writer's speed)."""
         want = os.environ.get(HOLD_ENV)
         if want is None or not want.isdigit() or int(want) != batch or self():
             return
+        if settle is not None:
+            settle()
         print(f"goodfit: holding at batch {batch}", file=sys.stderr, flush=True)
         deadline = time.monotonic() + timeout_s
         while not self() and time.monotonic() < deadline:

@@ -89,7 +89,8 @@ class StageHooks(Hooks):
         self._train_mode(model)
 
     def should_stop(self, batch: int) -> bool:
-        signalled = self.stop.requested(batch, self.s.device)  # every rank, every batch
+        signalled = self.stop.requested(batch, self.s.device,  # every rank, every batch
+                                        settle=self.states.wait)
         return signalled or any(c.should_stop() for c in self.callbacks)
 
     def save_state(self, st: LoopState) -> None:
