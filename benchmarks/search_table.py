@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 
 from goodfit_cli.objectives import direction
-from goodfit_cli.report.search import dominates
+from goodfit_cli.report.front import dominates
 from goodfit_cli.workflows.recipes import load
 
 

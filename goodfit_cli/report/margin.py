@@ -49,7 +49,7 @@ def within_noise(chosen: float, others: list[tuple[Any, float]], n: int,
                  z: float = 1.0) -> tuple[float, list[Any]]:
     """(the standard error `observed_se(chosen, n)`, the keys of `others` ((key, value) pairs)
     whose value lies within z of them of `chosen`): what a choice's close calls are built of
-    (report/search.py close_calls, report/verdict.py)."""
+    (report/front.py close_calls, report/verdict.py)."""
     se = observed_se(chosen, n)
     return se, [k for k, v in others if abs(v - chosen) <= z * se + 1e-12]
 

@@ -1,4 +1,5 @@
-"""The report of a `goodfit search`: the Pareto front, the recommendation, JSON / Markdown / HTML.
+"""The report of a `goodfit search`: the Pareto front, the recommendation, JSON / Markdown / HTML
+(the front and the rules themselves: report/front.py).
 
 Inputs are plain data: every trial (`{"number", "state", "arm", "params", "old", "new",
 "feasible", "dir", "checkpoint"}`, old/new = each task's primary metric), the recipe's default
@@ -11,126 +12,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.errors import UserError
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
-from goodfit_cli.report.margin import within_noise
+from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.sections import within_phrase
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
-
-
-def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:
-    """a is at least as good as b on both tasks and better on one (dirs: +1 higher is better)."""
-    ge = all(d * x >= d * y for x, y, d in zip(a, b, dirs))
-    return ge and any(d * x > d * y for x, y, d in zip(a, b, dirs))
-
-
-def pareto_front(points: list[dict], dirs: tuple[int, int]) -> list[dict]:
-    """The points (dicts with "old", "new") no other point dominates, sorted by the old task."""
-    pts = [p for p in points if p.get("old") is not None and p.get("new") is not None]
-    front = [p for p in pts if not any(dominates((q["old"], q["new"]), (p["old"], p["new"]), dirs)
-                                       for q in pts if q is not p)]
-    return sorted(front, key=lambda p: p["old"])
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How the recommendation is picked among the candidates (finished trials that pass the
-    gate on validation and gain on the new task): `kind` new | knee | weight."""
-
-    kind: str = "new"
-    weight: float | None = None
-
-    def __str__(self) -> str:
-        return f"weight={self.weight:g}" if self.kind == "weight" else self.kind
-
-
-def parse_rule(text: str) -> Rule:
-    """'new', 'knee' or 'weight=W'; UserError (one line) otherwise."""
-    t = text.strip().lower()
-    if t in ("new", "knee"):
-        return Rule(t)
-    if t.startswith("weight="):
-        try:
-            w = float(t.split("=", 1)[1])
-        except ValueError:
-            w = math.nan
-        if 0 <= w <= 1:
-            return Rule("weight", w)
-    raise UserError(f"--rule {text}: expected new, knee or weight=W with 0 <= W <= 1")
-
-
-def candidates(trials: list[dict]) -> list[dict]:
-    """The finished trials that pass the gate and gain on the new task over the base (a trial
-    on the base's own new-task value learned nothing: `"gains": False`, never recommended)."""
-    return [t for t in trials if t["state"] == "COMPLETE" and t["feasible"]
-            and t.get("gains", True)]
-
-
-def recommend(trials: list[dict], dirs: tuple[int, int], rule: Rule = Rule()) -> dict | None:
-    """The candidate (`candidates`) `rule` picks (ties: the better new task, then the better old
-    task, then the earlier trial); None when there is no candidate."""
-    ok = candidates(trials)
-    if not ok:
-        return None
-    tie = lambda t: (dirs[1] * t["new"], dirs[0] * t["old"], -t["number"])  # noqa: E731
-    if rule.kind == "new":
-        return max(ok, key=tie)
-    pool = pareto_front(ok, dirs) if rule.kind == "knee" else ok
-    scaled = {}  # each task oriented (higher is better) and scaled to [0, 1] over the pool
-    for i, task in enumerate(("old", "new")):
-        vals = [dirs[i] * t[task] for t in pool]
-        lo, span = min(vals), max(vals) - min(vals)
-        for t in pool:
-            scaled.setdefault(t["number"], []).append((dirs[i] * t[task] - lo) / span
-                                                      if span > 0 else 0.0)
-    if rule.kind == "weight":
-        w = rule.weight
-        return max(pool, key=lambda t: (round(w * scaled[t["number"]][1]
-                                              + (1 - w) * scaled[t["number"]][0], 12), *tie(t)))
-    # knee: farthest from the line through the front's ends (best old: (1, 0); best new:
-    # (0, 1) once scaled), on the side of the ideal point (1, 1)
-    return max(pool, key=lambda t: (round(sum(scaled[t["number"]]) - 1, 12), *tie(t)))
-
-
-def close_calls(rec: dict | None, trials: list[dict], n: int | None,
-                z: float = 1.0) -> dict | None:
-    """How sure the choice is: the other candidates (`candidates`) whose new-task validation
-    value lies within `z` standard errors of the recommendation's (margin.within_noise: of a
-    proportion observed at the recommendation's value on the new task's `n` validation samples). On a
-    small validation split the best of many trials wins partly by luck (its test value lands
-    below its validation value: docs/results.md, "the winner's curse"), and these are the
-    trials the split cannot tell from it. None without a recommendation or a sample count
-    (the new task's metric is not a rate: a loss, mse)."""
-    if rec is None or not n:
-        return None
-    ok = candidates(trials)
-    se, near = within_noise(rec["new"], [(t["number"], t["new"]) for t in ok
-                                         if t["number"] != rec["number"]], n, z)
-    return {"n": n, "z": z, "se": se, "trials": near, "candidates": len(ok)}
-
-
-def dominance_against(point: dict, refs: list[dict], dirs: tuple[int, int]) -> dict[str, str]:
-    """For each reference (a default arm): 'dominates', 'dominated' or 'trade-off' on the
-    points' "old"/"new" (validation), then "; on test: ..." when both carry test_old/test_new."""
-    def word(a: tuple, b: tuple) -> str:
-        return ("dominates" if dominates(a, b, dirs) else
-                "dominated" if dominates(b, a, dirs) else "trade-off")
-
-    out = {}
-    for r in refs:
-        out[r["name"]] = word((point["old"], point["new"]), (r["old"], r["new"]))
-        tests = [point.get("test_old"), point.get("test_new"), r.get("test_old"),
-                 r.get("test_new")]
-        if all(v is not None for v in tests):
-            out[r["name"]] += f"; on test: {word(tuple(tests[:2]), tuple(tests[2:]))}"
-    return out
 
 
 def _log_axis(values: list[float]) -> bool:
@@ -251,7 +142,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{rep['gate'] or 'none (every trial is feasible)'}"
               f"{_margin(rep.get('val_margin'))}; rule: "
-              f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")),
+              f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")) + _offset(rep),
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
               "splits; the test numbers beside them are for the report only."]
     rec, said = rep["recommendation"], []
@@ -387,6 +278,18 @@ def _budget(b: dict | None) -> str:
     return (f" Budget: {cap}; spent {b['spent_batches']} training batches = "
             f"{b['spent_finetunes']:.2f} fine-tunes of {b['steps_per_finetune']} batches, the "
             "recipe's default arms included (evaluations and WiSE-FT points not counted).")
+
+
+def _offset(rep: dict) -> str:
+    """The new-class offset's setting, with how many finished trials took one."""
+    if rep.get("new_offset") is None:
+        return ""
+    if not rep["new_offset"]:
+        return " New-class offset: off."
+    took = sum(bool(t["params"].get("new_offset")) for t in rep["trials"]
+               if t["state"] == "COMPLETE")
+    return (" New-class offset: chosen per trial on validation, never losing old-task "
+            f"accuracy there ({took} of {rep['complete']} finished trials took one).")
 
 
 def _margin(z: float | None) -> str:

@@ -141,7 +141,7 @@ def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | No
     """The other passing candidates whose new-task validation value is within one standard
     error (of a proportion observed at the shipped one's value on the new task's validation samples)
     of the shipped candidate's: what the validation split cannot tell from it (the search's
-    report/search.py close_calls, over arms and WiSE points). None when the new task's metric
+    report/front.py close_calls, over arms and WiSE points). None when the new task's metric
     is not a rate or no arm stored its validation sample count."""
     if not is_rate(pn):
         return None
