@@ -211,13 +211,16 @@ def launch_if_asked(nproc: int) -> None:
     raise typer.Exit(subprocess.call(cmd))
 
 
+def close_count(k: int, noun: str) -> str:
+    """'N other <noun>(s) within one standard error on validation': a last line's count of the
+    close calls (report/verdict.py for a verdict's candidates, report/front.py for trials)."""
+    return f"{k} other {noun}{'s' if k > 1 else ''} within one standard error on validation"
+
+
 def _close_calls(ship: dict) -> str:
-    """', N other candidate(s) within one standard error on validation' (report/verdict.py)."""
+    """' (N other candidate(s) within one standard error on validation: see the report)'."""
     names = (ship.get("close_calls") or {}).get("names")
-    if not names:
-        return ""
-    return (f" ({len(names)} other candidate{'s' if len(names) > 1 else ''} within one "
-            "standard error on validation: see the report)")
+    return f" ({close_count(len(names), 'candidate')}: see the report)" if names else ""
 
 
 def print_report(report: dict[str, Any], dest: Path) -> None:

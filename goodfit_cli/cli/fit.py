@@ -39,6 +39,7 @@ from goodfit_cli.cli.base import (
     handled,
     launch_if_asked,
     bounds,
+    close_count,
     load,
     log,
     print_report,
@@ -154,6 +155,7 @@ def wise(
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overwrite: bool = OVERWRITE,
+    new_offset: bool = typer.Option(False, "--new-offset/--no-new-offset", help="Also shift the logits of the new task's own classes by the offset chosen on validation that gains the most on the new task without losing on the old (written into the head's bias; see goodfit search --help)."),
 ) -> None:
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
@@ -164,7 +166,7 @@ def wise(
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
-    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite),
+    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset),
                       Place(device, None, data_dir), ui_for(r.primary))
     if not report:  # a rank other than 0 under torchrun
         return
@@ -196,13 +198,14 @@ def search(
     val_margin: float = typer.Option(0.5, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     reruns: bool = typer.Option(False, "--reruns/--no-reruns", help="Spend the budget left after --trials re-running the best pruned trials whole (see above; default off)."),
+    new_offset: bool = typer.Option(True, "--new-offset/--no-new-offset", help="Let each trial shift the logits of the new task's own classes by an offset chosen on validation (see above; default on)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
 ) -> None:
     """Search arms and knobs for the best update the gate allows (see SEARCH_HELP)."""
     from goodfit_cli.workflows.reporting import gate_for
-    from goodfit_cli.report.search import parse_rule
+    from goodfit_cli.report.front import parse_rule
     from goodfit_cli.workflows.pruning import Halving
     from goodfit_cli.workflows.budget import parse_budget
     from goodfit_cli.workflows.search import SearchJob
@@ -218,7 +221,7 @@ def search(
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
-                                   Halving(rungs=rungs), val_margin, cap, reruns),
+                                   Halving(rungs=rungs), val_margin, cap, reruns, new_offset),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     log(f"{rep['complete']} trials complete" + (f" ({rep['reruns']} of them re-runs of pruned "
@@ -232,12 +235,10 @@ def search(
 
 def _close_line(cc: dict | None) -> str:
     """The search's last line on how many trials the validation split cannot tell from the
-    recommendation (report/search.py close_calls); empty when none or not measured."""
+    recommendation (report/front.py close_calls); empty when none or not measured."""
     if not cc or not cc["trials"]:
         return ""
-    k = len(cc["trials"])
-    return (f"; {k} other trial{'s' if k > 1 else ''} within one standard error on validation "
-            "(see the report)")
+    return f"; {close_count(len(cc['trials']), 'trial')} (see the report)"
 
 
 @app.command(epilog=EXAMPLES["demo"])
