@@ -208,6 +208,24 @@ def test_a_trials_wise_candidate_is_the_fine_tunes_measurement_of_its_point(base
             assert torch.equal(a[task]["pred"], b[task]["pred"])
 
 
+def test_a_trials_point_at_alpha_1_is_the_arms_own_measurement(base, split_calls, tmp_path):
+    """`goodfit wise` of an arm at α = 1 within the fine-tune's span (a search's trial whose
+    best point is the arm, written as its own checkpoint for the new-class offset) evaluates
+    nothing: the point is the arm's tensors exactly, measured by its fine-tune."""
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    with measured_once():
+        rep = runner.finetune(load("toy", TINY + ["finetune.arms=[rmsprop]"]), base,
+                              tmp_path / "ft")
+        n = len(split_calls)
+        kept = wise(WiseJob(tmp_path / "ft" / "rmsprop", 1.0, tmp_path / "w"))
+        assert split_calls[n:] == []
+    assert base_print(tmp_path / "w" / "model.safetensors") == base_print(
+        tmp_path / "ft" / "rmsprop" / "model.safetensors")
+    for t in ("old", "new"):
+        assert rep["arms"][0]["metrics"][t] == kept["arms"][0]["metrics"][t]
+
+
 def test_the_wise_grid_is_the_recipes(base, split_calls, tmp_path):
     """report.wise_grid sets the α measured on validation between the ends: [0.25, 0.5] is
     two validation evaluations of mixed weights (plus the chosen one's test), nothing else."""
@@ -238,6 +256,9 @@ def test_mixing_in_place_gives_mix_exactly():
         want = mix(base, arm, alpha)
         got = model.state_dict()
         assert all(torch.equal(got[k], want[k]) for k in want), alpha
+    # the ends are the tensors themselves, not b + (a - b) rounded
+    assert all(torch.equal(mix(base, arm, 1.0)[k], arm[k]) for k in arm)
+    assert all(torch.equal(mix(base, arm, 0.0)[k], base[k]) for k in base)
 
 
 def test_bootstrap_draws_are_reused_with_the_same_intervals(monkeypatch):

@@ -19,14 +19,14 @@ import pytest
 import torch
 
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.report.search import (
+from goodfit_cli.report.front import (
     close_calls,
     dominance_against,
     dominates,
     pareto_front,
     recommend,
-    write_search_report,
 )
+from goodfit_cli.report.search import write_search_report
 from goodfit_cli.training import arm_dirname
 
 optuna = pytest.importorskip("optuna")
@@ -330,7 +330,7 @@ def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
     most new-task gain; knee: the front's point farthest from the line between its ends;
     weight=W: the most W x new + (1 - W) x old, scaled to the candidates' range."""
     from goodfit_cli.core.errors import UserError
-    from goodfit_cli.report.search import Rule, candidates, parse_rule
+    from goodfit_cli.report.front import Rule, candidates, parse_rule
 
     dirs = (1, 1)  # accuracy on both tasks
     pts = [(0.95, 0.30), (0.93, 0.70), (0.80, 0.78), (0.60, 0.80), (0.90, 0.20)]
@@ -537,6 +537,11 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
     assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
     md = (out / "report.md").read_text()
     assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md
+    # the toy is a regression: no new-class offset, said once for the whole search
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(t.user_attrs["new_offset"] == 0.0 for t in done)
+    said = (res.stderr + res.stdout).count("new-class offset: none (not a classification update)")
+    assert said == 1 and done
     for t in study.trials:  # (-violations, -new mse, -new validation loss): the toy's loss is
         for value in t.user_attrs["rungs"].values():  # its mse, measured beside it
             assert len(value) == 3 and value[2] == pytest.approx(value[1])
@@ -832,3 +837,19 @@ def test_a_rerun_that_was_interrupted_or_lost_its_worker_leaves_its_trial_to_rer
     assert rerun_candidate(study) == 1
     add(TrialState.COMPLETE, {"rerun_of": 1})
     assert rerun_candidate(study) is None
+
+
+def test_the_last_lines_count_the_close_calls():
+    """The commands' last lines: a search's "; N other trial(s) within one standard error on
+    validation (see the report)", a verdict's " (N other candidate(s) ...: see the report)";
+    nothing without close calls."""
+    from goodfit_cli.cli.base import _close_calls
+    from goodfit_cli.cli.fit import _close_line
+
+    assert _close_line({"trials": [3]}) == ("; 1 other trial within one standard error on "
+                                            "validation (see the report)")
+    assert _close_line({"trials": [3, 5]}).startswith("; 2 other trials within")
+    assert _close_line({"trials": []}) == _close_line(None) == ""
+    assert _close_calls({"close_calls": {"names": ["a", "b"]}}) == (
+        " (2 other candidates within one standard error on validation: see the report)")
+    assert _close_calls({"close_calls": {"names": []}}) == _close_calls({}) == ""

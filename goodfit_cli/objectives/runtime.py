@@ -56,15 +56,19 @@ class TaskRunner:
             out = torch.cat(outs)
         return out.clone()  # a normal tensor again: the metrics may write into theirs
 
-    def evaluate(self, model: nn.Module, split: Split,
-                 batch_size: int) -> tuple[dict, Tensor, dict[str, Tensor]]:
-        """(metrics, predictions, per-sample values) of `model` on `split`, in eval mode."""
+    def eval_outputs(self, model: nn.Module, split: Split, batch_size: int) -> Tensor:
+        """`outputs` in eval mode (the model's mode restored after)."""
         was_training = model.training
         model.train(False)  # eval mode
         try:
-            outputs = self.outputs(model, split, batch_size)
+            return self.outputs(model, split, batch_size)
         finally:
             model.train(was_training)
+
+    def evaluate(self, model: nn.Module, split: Split,
+                 batch_size: int) -> tuple[dict, Tensor, dict[str, Tensor]]:
+        """(metrics, predictions, per-sample values) of `model` on `split`, in eval mode."""
+        outputs = self.eval_outputs(model, split, batch_size)
         obj = self.objective
         metrics, per_sample = obj.measure(outputs, split.y)
         return metrics, obj.predictions(outputs), per_sample

@@ -338,8 +338,8 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
     when its weights are exactly the base's; evaluated on validation otherwise). Each α is
     mixed into the model's own tensors in place. `kept_as`: the base's key (trainer/measured.py)
-    under which the chosen point's measurement is kept for the command (`goodfit wise` of that
-    point in a search's trial measures nothing again)."""
+    under which the chosen point's measurement, and the arm's own (α = 1), are kept for the
+    command (`goodfit wise` of that point in a search's trial measures nothing again)."""
     arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
     arm_val = arm.summary.get("val_metrics")
@@ -358,6 +358,10 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
                                 (direction(s.recipe.primary["old"]),
                                  direction(s.recipe.primary["new"])))
+    if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
+        keep(point_key(kept_as, arm.summary.get("sha256"), 1.0),
+             (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
+              arm.val_predictions))
     if chosen is not None:
         point = next(p for p in curve if p["alpha"] == chosen)
         mixing.set(chosen)

@@ -52,7 +52,8 @@ from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
-from goodfit_cli.report.search import Rule, write_search_report
+from goodfit_cli.report.front import Rule
+from goodfit_cli.report.search import write_search_report
 from goodfit_cli.report.trials import best_alpha, gained, judge, pick
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.session import Place
@@ -87,6 +88,7 @@ class SearchJob:
     margin: float = DEFAULT_Z  # the gate on validation: rate limits z standard errors inward
     budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
     reruns: bool = False  # the budget left after --trials re-runs the best pruned trials whole
+    new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
@@ -162,10 +164,15 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "
                "gate)")
         cand_dir = trial_dir / arm_dirname(p.arm)
-        if alpha < 1.0:
-            cand_dir = trial_dir / "wise"
-            rep = wise(WiseJob(trial_dir / arm_dirname(p.arm), alpha, cand_dir, None,
-                               job.gate), place, ui)
+        if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
+            point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,
+                                 new_offset=job.new_offset, margin=job.margin,
+                                 only_if_new=True), place, ui)
+            if point:  # {}: the arm itself (α = 1, no offset), its own folder
+                rep, cand_dir = point, trial_dir / "wise"
+            if job.new_offset:
+                tau = (rep["provenance"].get("new_offset") or {}).get("tau", 0.0) if point else 0.0
+                trial.set_user_attr("new_offset", tau)
     except Pruned as e:  # hopeless at a rung: counted, its batches are the study's compute
         trial.set_user_attr("pruned", str(e))
         ui.log(f"trial {trial.number}: {e}")
@@ -225,7 +232,8 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
                 "replay": "searched" if job.replay else "off",  # one search space per study
-                "defaults": "first trials" if job.defaults else "off"}
+                "defaults": "first trials" if job.defaults else "off",
+                "new_offset": "chosen per trial" if job.new_offset else "off"}
     if job.storage is None:  # the default study.db lives in --out
         _make_out(job.out)
 

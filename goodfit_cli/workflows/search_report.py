@@ -20,9 +20,13 @@ from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
 from goodfit_cli.report.margin import sizes
-from goodfit_cli.report.search import close_calls, dominance_against, pareto_front, recommend
+from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
+
+# what each trial chose on validation after training, shown with its knobs: WiSE-FT's α and the
+# new classes' logit offset (workflows/offset.py)
+CHOSEN = ("wise_alpha", "new_offset")
 
 
 def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
@@ -72,8 +76,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
                           else {}),
                        "base_val": t.user_attrs.get("base_val"),
-                       "params": {**t.params, **({"wise_alpha": t.user_attrs["wise_alpha"]}
-                                                 if "wise_alpha" in t.user_attrs else {})},
+                       "params": {**t.params, **{k: t.user_attrs[k] for k in CHOSEN
+                                                 if k in t.user_attrs}},
                        "old": vals[0], "new": vals[1],
                        "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
                        "batches": t.user_attrs.get("batches"),
@@ -115,6 +119,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
+           "new_offset": job.new_offset,
            "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),

@@ -26,18 +26,24 @@ from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.trainer.measured import base_key, measure_base, point_key
+from goodfit_cli.trainer.measured import base_key, first_time, measure_base, point_key
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
+from goodfit_cli.workflows.offset import choose as choose_offset
+from goodfit_cli.workflows.offset import line as offset_line
 from goodfit_cli.workflows.reporting import finish_report, provenance
 
 
 def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
         alpha: float) -> dict[str, torch.Tensor]:
-    """(1 − α)·base + α·arm for floating tensors; integer ones (counters) from the nearer end."""
+    """(1 − α)·base + α·arm for floating tensors; integer ones (counters) from the nearer end;
+    α = 1 and α = 0 are the ends' tensors exactly (b + (t − b) can round away from t)."""
     mixed = {}
     for k, b in base.items():
         t = arm[k].to(b.device)
+        if alpha in (0.0, 1.0):
+            mixed[k] = (t.to(b.dtype) if alpha else b).clone()
+            continue
         mixed[k] = (b + alpha * (t.to(b.dtype) - b)) if b.is_floating_point() else (
             t if alpha >= 0.5 else b)
     return mixed
@@ -46,7 +52,8 @@ def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
 class Mixing:
     """(1 − α)·base + α·arm written into the model's own tensors, for one α after another: the
     arm's tensors moved to the device and the differences taken once, each α's values exactly
-    those of `mix` (b + α·(arm − b)), with no new model and no load_state_dict."""
+    those of `mix` (b + α·(arm − b); the ends' own tensors at α = 0 and 1), with no new model
+    and no load_state_dict."""
 
     def __init__(self, model: torch.nn.Module, base: dict[str, torch.Tensor],
                  arm: dict[str, torch.Tensor]) -> None:
@@ -57,12 +64,16 @@ class Mixing:
         self.parts = []
         for k, b in base.items():
             t = arm[k].to(b.device)
-            self.parts.append((own[k], b, t.to(b.dtype) - b if b.is_floating_point() else t))
+            self.parts.append((own[k], b, t.to(b.dtype) - b if b.is_floating_point() else t,
+                               arm[k]))  # α = 1: copied from the arm's own tensor, exactly
 
     @torch.no_grad()
     def set(self, alpha: float) -> None:
-        for dest, b, d in self.parts:
-            dest.copy_(b + alpha * d if b.is_floating_point() else (d if alpha >= 0.5 else b))
+        for dest, b, d, t in self.parts:
+            if alpha in (0.0, 1.0):
+                dest.copy_(t if alpha else b)
+            else:
+                dest.copy_(b + alpha * d if b.is_floating_point() else (d if alpha >= 0.5 else b))
 
 
 @dataclass
@@ -76,11 +87,16 @@ class WiseJob:
     gate: Gate | None = None
     junit: Path | None = None
     overwrite: bool = False
+    new_offset: bool = False  # also choose a new-class logit offset on validation (offset.py)
+    margin: float = 0.0  # the offset's gate on validation, z standard errors inward
+    only_if_new: bool = False  # nothing written (out removed, {} returned) when the point is
+    # the arm itself: α = 1 and no offset (a search's trial then keeps the arm's folder)
 
 
 def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
-    """Write DIR/model.safetensors (the α-mix), its predictions, summary and gated report.
-    Rank 0 only (under torchrun the other ranks return {} at once)."""
+    """Write DIR/model.safetensors (the α-mix, and the new-class offset when asked), its
+    predictions, summary and gated report. Rank 0 only (under torchrun the other ranks return
+    {} at once); {} too, nothing written, for `only_if_new` when the point is the arm itself."""
     ui = ui or Ui()
     if not is_main():
         return {}
@@ -119,13 +135,27 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
     arm_sha256 = sha256_file(arm_ckpt)  # a search's trial: its fine-tune measured this point
-    metrics, preds, val, val_preds = measure_base(s, model, point_key(key, arm_sha256, job.alpha))
+    point = point_key(key, arm_sha256, job.alpha)
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
+    offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
+    if job.new_offset:
+        chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin)
+        said = offset_line(chosen)
+        if "classes" in chosen or first_time(said):  # why it cannot apply: once per search
+            ui.log(said)
+        offset = {"new_offset": chosen}
+        if chosen["tau"]:  # another point than the mix: measured as written
+            point, name = None, f"{name}+new{chosen['tau']:+g}"
+    if job.only_if_new and job.alpha == 1.0 and not (offset and offset["new_offset"]["tau"]):
+        if not any(job.out.iterdir()):  # made above, nothing written into it
+            job.out.rmdir()
+        return {}
+    metrics, preds, val, val_preds = measure_base(s, model, point)
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
             "wise_of": str(arm_ckpt), "wise_of_sha256": arm_sha256,
-            "metrics": metrics}
+            "metrics": metrics, **offset}
     if recorded(model) is not None:
         meta["input"] = recorded(model)
     out = job.out
@@ -134,14 +164,14 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
                "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
-               "seed": s.seed,
+               "seed": s.seed, **offset,
                "checkpoint": str(out / "model.safetensors"),
                "sha256": sha256_file(out / "model.safetensors"),
                **pretrained_folder(unwrap(model), out)}  # a transformers model: out/hf too
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
-        "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation}
+        "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset}
     bm, bp, bv, bvp = base_measured
     return finish_report(recipe, out, RunSide("base", str(base), bm, bp, val_metrics=bv,
                                               val_predictions=bvp),

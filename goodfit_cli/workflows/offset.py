@@ -1,0 +1,143 @@
+"""A new-class logit offset: a point beside WiSE-FT's α, chosen on validation, never paid for
+with old-task accuracy on validation.
+
+A fine-tune that adds classes to a shared head (digits 0-7, then 8 and 9) often leaves the new
+classes' logits too low or too high against the old ones: how far, training does not say. Adding
+τ to the head's bias for the new task's own classes (those the old task does not train on) adds
+exactly τ to those logits and nothing else: a checkpoint like any other (`goodfit eval` measures
+it as it is), found without training. `choose` reads each task's validation logits once and
+tries every τ of GRID on them: the chosen τ has the best new-task primary metric of those whose
+old-task primary metric is no worse than at τ = 0 (the point itself), that still gain over the
+base on the new task and pass the gate on validation (with the search's margin); ties go to the
+smallest |τ|, and τ = 0 when nothing gains. The model is then measured again as written, and τ
+is kept only when the head's bias shifted exactly those logits.
+
+Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment") sets a
+class's offset from its training frequency; here one offset for the new classes together is
+read from validation, under the old task's constraint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from goodfit_cli.models import unwrap
+from goodfit_cli.models.heads import head_prefixes
+from goodfit_cli.objectives import direction
+from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.trials import gained, judge, pick
+from goodfit_cli.report.verdict import point_view
+from goodfit_cli.trainer.session import Session
+
+GRID = tuple(i / 4 for i in range(-12, 13))  # τ from -3 to 3 in steps of 0.25 (logit units)
+EXACT = 1e-3  # how far a logit may move from the expected shift (float rounding, not a bug)
+
+
+def new_classes(s: Session) -> list[int] | str:
+    """The class ids the new task trains on and the old task does not, or why there are none
+    to shift (one phrase)."""
+    if any(s.runners[t].kind != "classification" for t in ("old", "new")):
+        return "not a classification update"
+    ids = {}
+    for t in ("old", "new"):
+        task = s.tasks[t]
+        if task.classes is not None:
+            ids[t] = {int(c) for c in task.classes}
+        elif isinstance(getattr(task.train, "y", None), torch.Tensor):
+            ids[t] = {int(c) for c in torch.unique(task.train.y).tolist()}
+        else:
+            return f"the {t} task's classes are unknown (a streamed training split)"
+    own = sorted(ids["new"] - ids["old"])
+    return own if own and ids["old"] else "the new task adds no class of its own"
+
+
+def head_bias(model: nn.Module, width: int) -> tuple[str, nn.Parameter] | str:
+    """(name, parameter) of the head's last bias with one entry per output, or why none."""
+    inner = unwrap(model)
+    try:
+        prefixes = tuple(head_prefixes(inner))
+    except ValueError:
+        return "the model names no head"
+    found = [(n, p) for n, p in inner.named_parameters()
+             if n.startswith(prefixes) and n.endswith("bias") and p.dim() == 1
+             and p.shape[0] == width]
+    return found[-1] if found else f"the head has no bias of {width} entries"
+
+
+def _logits(s: Session, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each task's validation outputs (eval mode, inference)."""
+    return {t: s.runners[t].eval_outputs(model, s.tasks[t].val, s.recipe.eval_batch_size)
+            for t in ("old", "new")}
+
+
+def _measured(s: Session, logits: dict[str, torch.Tensor], classes: list[int],
+              tau: float) -> dict[str, dict]:
+    out = {}
+    for t in ("old", "new"):
+        z = logits[t].clone()
+        z[:, classes] += tau
+        out[t] = s.runners[t].objective.measure(z, s.tasks[t].val.y.to(z.device))[0]
+    return out
+
+
+def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
+           margin: float = 0.0) -> dict[str, Any]:
+    """Choose τ for `model` (as it is now) on the validation splits and write it into the
+    head's bias. The record: {"tau", "classes", "bias", "val": {"at_0", "chosen"}} with τ
+    written, or {"tau": 0.0, "why": ...} when nothing was (see the module)."""
+    classes = new_classes(s)
+    if isinstance(classes, str):
+        return {"tau": 0.0, "why": classes}
+    logits = _logits(s, model)
+    width = logits["new"].shape[1]
+    if max(classes) >= width:
+        return {"tau": 0.0, "why": f"the model has {width} outputs, fewer than the classes"}
+    bias = head_bias(model, width)
+    if isinstance(bias, str):
+        return {"tau": 0.0, "why": bias}
+    prim = s.recipe.primary
+    dirs = (direction(prim["old"]), direction(prim["new"]))
+    n = {t: len(s.tasks[t].val) for t in ("old", "new")}
+    at0 = _measured(s, logits, classes, 0.0)
+    o0, best_new = pick(at0, prim)
+    tau, chosen = 0.0, at0
+    base = pick(base_val, prim)
+    for t in sorted(GRID, key=abs):  # ties: the smallest |τ|
+        m = _measured(s, logits, classes, t)
+        o, nw = pick(m, prim)
+        if (dirs[0] * (o - o0) < -1e-12 or dirs[1] * (nw - best_new) <= 1e-12
+                or not gained((o, nw), base, dirs)
+                or not judge(gate, point_view(m, base_val), f"offset {t:g}", margin, n)["passed"]):
+            continue
+        tau, chosen, best_new = t, m, nw
+    record = {"classes": classes, "bias": bias[0],
+              "val": {"at_0": {k: at0[k][prim[k]] for k in at0},
+                      "chosen": {k: chosen[k][prim[k]] for k in chosen}}}
+    if tau == 0.0:
+        return {"tau": 0.0, "why": "no offset gains on the new task without losing on the old",
+                **record}
+    with torch.no_grad():
+        bias[1][classes] += tau
+    shifted = _logits(s, model)
+    want = {t: logits[t].clone() for t in logits}
+    for t in want:
+        want[t][:, classes] += tau
+    if any((shifted[t] - want[t]).abs().max() > EXACT * (1 + abs(tau)) for t in want):
+        with torch.no_grad():
+            bias[1][classes] -= tau
+        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record}
+    return {"tau": tau, **record}
+
+
+def line(record: dict[str, Any]) -> str:
+    """One line for the log: the offset written and what it did on validation, or why none."""
+    if not record["tau"]:
+        return f"new-class offset: none ({record['why']})"
+    v, shown = record["val"], ", ".join(str(c) for c in record["classes"][:6])
+    more = f" and {len(record['classes']) - 6} more" if len(record["classes"]) > 6 else ""
+    return (f"new-class offset: {record['tau']:+g} on the logits of class {shown}{more} "
+            f"(validation: new {v['at_0']['new']:.4g} -> {v['chosen']['new']:.4g}, "
+            f"old {v['at_0']['old']:.4g} -> {v['chosen']['old']:.4g})")

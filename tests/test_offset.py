@@ -1,0 +1,204 @@
+"""The new-class logit offset (workflows/offset.py): on a shared head that learns two new classes
+in a short fine-tune, `goodfit wise --new-offset` writes τ into the head's bias (the checkpoint
+is the WiSE point with exactly τ added to the new classes' bias entries), τ is the rule's choice
+recomputed here by brute force from the validation logits, the report measures the point as
+written, `goodfit eval` reproduces it, and a search records τ per trial and binds its study to
+the setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.workflows.offset import GRID, line, new_classes
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+OLD, NEW = (0, 1, 2, 3), (4, 5)
+RECIPE = """name: blobs
+seed: 0
+device: cpu
+model: {name: mlp, args: {in_features: 8, out_features: 6, hidden: [32]}}
+data:
+  name: npz
+  args:
+    old: {train: old_train.npz, val: old_val.npz, test: old_test.npz}
+    new: {train: new_train.npz, val: new_val.npz, test: new_test.npz}
+    num_classes: 6
+old_task: {loss: cross_entropy, metrics: [accuracy]}
+new_task: {loss: cross_entropy, metrics: [accuracy]}
+pretrain: {optimizer: {name: adamw, lr: 1.0e-2}, steps: 150, batch_size: 64}
+finetune:
+  optimizer: {name: adamw, lr: 1.0e-2}
+  steps: 12
+  batch_size: 32
+  goodfit: {n_ref: 1, ref_ratio: 100, projection: global}
+  arms: [adamw]
+eval: {every: 6, batch_size: 256}
+checkpoint: {every: 0}
+"""
+
+
+def goodfit(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def blobs(root: Path) -> None:
+    """Six overlapping Gaussian classes in 8 dimensions; 0-3 old, 4 and 5 new (fewer)."""
+    g = np.random.default_rng(0)
+    centres = g.normal(0, 1.6, (6, 8))
+    for task, classes, n in (("old", OLD, (120, 60, 60)), ("new", NEW, (40, 40, 40))):
+        for split, k in zip(("train", "val", "test"), n):
+            y = np.repeat(np.array(classes), k)
+            x = centres[y] + g.normal(0, 1.0, (len(y), 8))
+            np.savez(root / f"{task}_{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("offset")
+    blobs(d)
+    (d / "blobs.yaml").write_text(RECIPE)
+    res = goodfit("pretrain", "--recipe", d / "blobs.yaml", "--out", d / "base",
+                  "--data-dir", d)
+    assert res.returncode == 0, res.stderr
+    res = goodfit("finetune", "--base", d / "base" / "model.safetensors", "--recipe",
+                  d / "blobs.yaml", "--out", d / "ft", "--data-dir", d)
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def test_offset_is_the_rules_choice_written_into_the_heads_bias(made):
+    res = goodfit("wise", made / "ft" / "adamw", "--alpha", "0.8", "--out", made / "w",
+                  "--new-offset", "--data-dir", made)
+    assert res.returncode == 0, res.stderr
+    got, meta = ckpt.load_model(made / "w" / "model.safetensors")
+    rec = meta["new_offset"]
+    tau = rec["tau"]
+    assert rec["classes"] == list(NEW) and rec["bias"] == "head.bias" and tau != 0
+    assert f"new-class offset: {tau:+g} on the logits of class 4, 5" in res.stderr + res.stdout
+    base, _ = ckpt.load_model(made / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(made / "ft" / "adamw" / "model.safetensors")
+    for k in base:  # the WiSE point, and τ on the new classes' bias entries alone
+        want = base[k] + 0.8 * (arm[k] - base[k])
+        if k == "head.bias":
+            want[list(NEW)] += tau
+        torch.testing.assert_close(got[k], want)
+
+    # the rule by brute force on the validation logits of the point without the offset
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.trainer.session import Place, open_session
+
+    s = open_session(load_recipe(made / "blobs.yaml"), Place("cpu", None, str(made)), join=False)
+    model = s.model()
+    point = dict(got)
+    point["head.bias"] = point["head.bias"].clone()
+    point["head.bias"][list(NEW)] -= tau
+    model.load_state_dict(point)
+    model.eval()
+    with torch.no_grad():
+        z = {t: model(s.tasks[t].val.x) for t in ("old", "new")}
+    y = {t: s.tasks[t].val.y for t in ("old", "new")}
+
+    def at(t: float) -> tuple[float, float]:
+        shifted = {k: v.clone() for k, v in z.items()}
+        for v in shifted.values():
+            v[:, list(NEW)] += t
+        return accuracy(shifted["old"], y["old"]), accuracy(shifted["new"], y["new"])
+
+    o0, n0 = at(0.0)
+    base_new = json.loads((made / "ft" / "report.json").read_text())[
+        "base_val_metrics"]["new"]["accuracy"]
+    ok = [(n, -abs(t), t) for t in GRID for o, n in [at(t)] if o >= o0 and n > max(n0, base_new)]
+    assert ok, "the fixture should leave room for an offset"
+    assert tau == max(ok)[2]
+    assert rec["val"]["at_0"] == {"old": pytest.approx(o0), "new": pytest.approx(n0)}
+    assert rec["val"]["chosen"] == {"old": pytest.approx(at(tau)[0]),
+                                    "new": pytest.approx(at(tau)[1])}
+    assert rec["val"]["chosen"]["old"] >= o0 and rec["val"]["chosen"]["new"] > n0
+
+    # the report measured the point as written, and `goodfit eval` reproduces its test numbers
+    report = json.loads((made / "w" / "report.json").read_text())
+    arm_row = report["arms"][0]
+    assert arm_row["name"] == f"adamw@wise0.8+new{tau:+g}"
+    assert arm_row["validation"]["metrics"]["new"]["accuracy"] == pytest.approx(at(tau)[1])
+    summary = json.loads((made / "w" / "summary.json").read_text())
+    assert summary["new_offset"]["tau"] == tau
+    res = goodfit("eval", "--checkpoint", made / "w" / "model.safetensors", "--recipe",
+                  made / "blobs.yaml", "--data-dir", made, "--out", made / "eval.json")
+    assert res.returncode == 0, res.stderr
+    ev = json.loads((made / "eval.json").read_text())["metrics"]
+    for t in ("old", "new"):
+        assert ev[t]["accuracy"] == pytest.approx(arm_row["metrics"][t]["accuracy"])
+
+
+def test_without_the_flag_the_point_is_the_mix_alone(made):
+    res = goodfit("wise", made / "ft" / "adamw", "--alpha", "0.8", "--out", made / "plain",
+                  "--data-dir", made)
+    assert res.returncode == 0, res.stderr
+    got, meta = ckpt.load_model(made / "plain" / "model.safetensors")
+    base, _ = ckpt.load_model(made / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(made / "ft" / "adamw" / "model.safetensors")
+    torch.testing.assert_close(got["head.bias"],
+                               base["head.bias"] + 0.8 * (arm["head.bias"] - base["head.bias"]))
+    assert "new_offset" not in meta and "new-class offset" not in res.stderr + res.stdout
+
+
+def task(kind: str, classes) -> SimpleNamespace:
+    return SimpleNamespace(kind=kind, classes=classes, train=SimpleNamespace(y=None))
+
+
+@pytest.mark.parametrize("kinds,old,new,want", [
+    (("classification", "classification"), [0, 1, 2], [2, 3, 5], [3, 5]),
+    (("classification", "classification"), [0, 1, 2], [1, 2], "adds no class of its own"),
+    (("classification", "classification"), [0, 1], None, "classes are unknown"),
+    (("regression", "regression"), None, None, "not a classification update"),
+])
+def test_new_classes_are_the_new_tasks_own(kinds, old, new, want):
+    s = SimpleNamespace(runners={"old": SimpleNamespace(kind=kinds[0]),
+                                 "new": SimpleNamespace(kind=kinds[1])},
+                        tasks={"old": task(kinds[0], old), "new": task(kinds[1], new)})
+    got = new_classes(s)
+    assert got == want if isinstance(want, list) else want in got
+    if isinstance(want, str):
+        assert line({"tau": 0.0, "why": got}) == f"new-class offset: none ({got})"
+
+
+def test_search_records_the_offset_per_trial_and_binds_the_study_to_it(made):
+    out = made / "search"
+    res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
+                  made / "blobs.yaml", "--trials", "2", "--out", out, "--data-dir", made,
+                  "--rungs", "0", "--budget", "none")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:  # the trial's point is the checkpoint that holds its offset, or the arm
+        _, meta = ckpt.load_model(Path(t["checkpoint"]))  # itself (α = 1, none): no copy
+        moved = t["params"]["new_offset"] != 0 or t["params"]["wise_alpha"] < 1
+        assert (Path(t["checkpoint"]).parent.name == "wise") == moved
+        assert (Path(t["dir"]) / "wise").exists() == moved
+        assert t["params"]["new_offset"] == (meta.get("new_offset") or {}).get("tau", 0.0)
+    took = sum(t["params"]["new_offset"] != 0 for t in done)
+    assert rep["new_offset"] is True
+    assert (f"New-class offset: chosen per trial on validation, never losing old-task accuracy "
+            f"there ({took} of 2 finished trials took one)") in (out / "report.md").read_text()
+    res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
+                  made / "blobs.yaml", "--trials", "3", "--out", out, "--data-dir", made,
+                  "--rungs", "0", "--budget", "none", "--no-new-offset")
+    assert res.returncode == 2 and "new_offset" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
