@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from goodfit_cli.report.gate import Gate, Limit
-from goodfit_cli.report.margin import sizes, tightened
+from goodfit_cli.report.margin import base_outside, pred_sizes, sizes, tightened
 from goodfit_cli.report.trials import best_alpha, judge
 
 
@@ -40,6 +40,33 @@ def test_each_rate_limit_moves_inward_by_z_standard_errors_at_its_bound():
     assert tightened(gate, v, 0.0) is gate and tightened(None, v, 1.0) is None
     assert tightened(gate, v, 2.0).limits[0].threshold == pytest.approx(0.95 + 2 * 0.012842,
                                                                          abs=1e-5)
+
+
+def test_the_base_itself_failing_an_old_task_floor_on_validation_is_named():
+    """A floor of 0.97 against a base reading 0.9617 on 287 validation samples: failed, with the
+    floor as the choices read it (0.97 + 0.5 x sqrt(.97 x .03 / 287) = 0.97503) and the test
+    value quoted; 0.972 passes the floor itself (z = 0) but not with the margin; drops, flip
+    rates and the new task's floor (the fine-tune's to reach) are never the base's to fail; a
+    ceiling on the old loss is."""
+    floor = Limit("old", "accuracy", "min", 0.97)
+    gate = Gate((floor, Limit("old", "accuracy", "max_drop", 0.0), Limit("old", "nfr", "max", 0.0),
+                 Limit("new", "accuracy", "min", 0.7)))
+    base = {"old": {"accuracy": 0.9617, "loss": 0.2}, "new": {"accuracy": 0.0}}
+    got = base_outside(gate, base, 0.5, {"old": 287}, {"old": {"accuracy": 0.993}})
+    assert got["limits"] == ["old accuracy min 0.97"]
+    read = 0.97 + 0.5 * math.sqrt(0.97 * 0.03 / 287)
+    assert f"read there as {read:.4g}" in got["message"] and "0.975" in got["message"]
+    assert "old accuracy 0.9617 on 287 samples (test: 0.993)" in got["message"]
+    near = {"old": {"accuracy": 0.972}}
+    assert base_outside(gate, near, 0.0, {"old": 287}) is None
+    assert base_outside(gate, near, 0.5, {"old": 287})["limits"] == ["old accuracy min 0.97"]
+    assert base_outside(gate, near, 0.5, {}) is None  # no count: the floor itself
+    assert base_outside(Gate(gate.limits[1:]), base, 0.5, {"old": 287}) is None
+    assert base_outside(None, base) is None
+    ceiling = Gate((Limit("old", "loss", "max", 0.1),))
+    assert base_outside(ceiling, base, 0.5, {"old": 287})["limits"] == ["old loss max 0.1"]
+    preds = {"old": {"target": np.zeros(287)}, "new": {"target": np.zeros(72)}}
+    assert pred_sizes(preds) == {"old": 287, "new": 72}
 
 
 def test_judge_and_the_wise_alpha_read_the_floor_with_the_margin():

@@ -324,6 +324,20 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
     assert res.returncode == 0, res.stderr
     assert "validation_gap" not in json.loads((tmp_path / "ok" / "run.json").read_text())
     assert "standard errors apart" not in res.stdout
+    # a floor the base itself fails on validation (random labels: about half right there):
+    # said once by the trials' runs, in the search's notes and on its last line
+    res = cli("search", "--recipe", recipe("fresh"), "--base", base, "--out", tmp_path / "s2",
+              "--trials", "2", "--no-defaults", "--rungs", "0", "--min-old", "accuracy=0.9")
+    assert res.returncode == 0, res.stderr
+    said = " ".join(res.stdout.split())
+    assert said.count("the base itself fails the gate on validation: old accuracy 0.") == 1
+    assert "none passes the gate (the base itself fails it on validation: see the report)" in said
+    rep = json.loads((tmp_path / "s2" / "report.json").read_text())
+    assert rep["base_outside_gate"] == ["old accuracy min 0.9"]
+    note = next(n for n in rep["notes"] if "base itself" in n)
+    assert "on 48 samples" in note and "read there as 0.9" in note  # the margin on 48 rows
+    run = json.loads(next((tmp_path / "s2").glob("trials/*/run.json")).read_text())
+    assert run["base_outside_gate"]["limits"] == ["old accuracy min 0.9"]
 
 
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
@@ -340,6 +354,29 @@ def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
     assert run_notes(trials) == ["warning: the base scores ...", thin_line("new", rec)]
     assert "class 8: 1" in thin_line("new", rec)
     assert run_notes(trials[:2]) == []
+
+
+def test_a_search_judges_the_base_against_the_gate_it_is_judged_with_now(tmp_path):
+    """base_note: the base's old-task validation reading against the gate of this command (a
+    study re-judged under another gate gets the note of that gate), read with the study's margin
+    on the validation count the first run recorded."""
+    from types import SimpleNamespace
+
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.workflows.search_report import base_note
+
+    (tmp_path / "t1").mkdir()
+    (tmp_path / "t1" / "run.json").write_text(json.dumps(
+        {"validation": {"old": {"source": "given", "val": 287}}}))
+    trials = [{"dir": str(tmp_path / "t0")}, {"dir": str(tmp_path / "t1")}]
+    job = lambda floor, z: SimpleNamespace(  # noqa: E731
+        gate=Gate((Limit("old", "accuracy", "min", floor),)), margin=z)
+    assert base_note(trials, job(0.97, 0.5), {"accuracy": 0.9617})["limits"] == [
+        "old accuracy min 0.97"]
+    assert "on 287 samples" in base_note(trials, job(0.97, 0.5), {"accuracy": 0.972})["message"]
+    assert base_note(trials, job(0.97, 0.0), {"accuracy": 0.972}) is None
+    assert base_note(trials, job(0.95, 0.5), {"accuracy": 0.9617}) is None
+    assert base_note(trials, job(0.97, 0.5), None) is None
 
 
 def test_a_line_is_said_once_within_a_command():

@@ -228,7 +228,8 @@ def search(
                                                  "trials)" if rep.get("reruns") else "")
         + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
-        "none passes the gate" if rec is None else
+        ("none passes the gate" + (" (the base itself fails it on validation: see the report)"
+                                   if rep.get("base_outside_gate") else "")) if rec is None else
         f"trial {rec['number']} ({rec['arm']}) -> {rep.get('exported') or rep.get('export_note')}")
         + _close_line(rep.get("close_calls")))
 

@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
-from goodfit_cli.report.gate import FLIP_METRICS, TASKS, Gate, Limit
+from goodfit_cli.report.gate import FLIP_METRICS, TASKS, VALUE_BOUNDS, Gate, Limit, within
 
 DEFAULT_Z = 0.5  # `goodfit search --val-margin`'s default (docs/method.md: why half)
 
@@ -30,6 +30,13 @@ def sizes(view: dict) -> dict[str, int]:
     none is stored (a WiSE point without predictions, a regression task)."""
     flips = view.get("flips") or {}
     return {t: int(flips[t]["n"]) for t in TASKS if (flips.get(t) or {}).get("n")}
+
+
+def pred_sizes(preds: dict) -> dict[str, int]:
+    """The number of samples of each task's predictions ({task: {"target": (N, ...)}}), the
+    counts `sizes` reads from a stored view."""
+    return {t: len(p["target"]) for t, p in preds.items()
+            if isinstance(p, dict) and p.get("target") is not None}
 
 
 def proportion_se(p: float, n: int) -> float:
@@ -95,3 +102,45 @@ def tightened(gate: Gate | None, view: dict, z: float,
                 and isinstance(change.get("value"), (int, float)) else None)
         limits.append(_moved(limit, count, z, base))
     return replace(gate, limits=tuple(limits))
+
+
+def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
+                 n: dict[str, int] | None = None, base_test: dict | None = None) -> dict | None:
+    """The old task's floors and ceilings (not flip rates) that the base itself fails on
+    validation, each read there as the choices read it (moved inward by `z` standard errors of
+    `n`'s sample counts, as `tightened`): then no update passes the gate on validation unless it
+    does better than the base there, however well the base scores on test. {"limits": [names],
+    "message"} or None. `base_val`, `base_test`: {task: {metric: value}}; the test value is only
+    quoted. Drops and gains are read from the base's own value, which passes them; a new task's
+    floor is the fine-tune's to reach."""
+    if gate is None:
+        return None
+    count = (n or {}).get("old")
+    bad = []
+    for limit in gate.limits:
+        value = (base_val.get("old") or {}).get(limit.metric)
+        if (limit.task != "old" or limit.bound not in VALUE_BOUNDS or limit.metric in FLIP_METRICS
+                or not isinstance(value, (int, float))):
+            continue
+        read = (_moved(limit, count, z, None) if count and z > 0 and is_rate(limit.metric)
+                else limit)
+        if within(value, read.threshold, limit.bound):
+            continue
+        test = ((base_test or {}).get("old") or {}).get(limit.metric)
+        bad.append((limit, read, value, test))
+    if not bad:
+        return None
+    said = []
+    for limit, read, value, test in bad:
+        where = f"on {count} samples" if count else "there"
+        moved = (f", read there as {read.threshold:.4g} with the validation margin"
+                 if read.threshold != limit.threshold else "")
+        on_test = f" (test: {test:.4g})" if isinstance(test, (int, float)) else ""
+        said.append(f"old {limit.metric} {value:.4g} {where}{on_test} against "
+                    f"{limit.name}{moved}")
+    return {"limits": [limit.name for limit, *_ in bad],
+            "message": ("warning: the base itself fails the gate on validation: "
+                        + "; ".join(said) + ". No update passes there unless it does better "
+                        "than the base on that metric; a limit read from the base's own "
+                        "validation value (--max-old-drop) does not depend on how hard the "
+                        "validation split is")}

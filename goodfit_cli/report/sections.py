@@ -188,6 +188,7 @@ def _head_notes(report: dict) -> list[str]:
               f"{_stats(fed['std'])} ({fed['source']})."] if fed and "mean" in fed else [])
     notes += [prov["input_warning"]] if prov.get("input_warning") else []
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
+    notes += [prov["base_outside_gate"]["message"]] if prov.get("base_outside_gate") else []
     if not head:
         return notes
     return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [

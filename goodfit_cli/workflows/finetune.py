@@ -33,6 +33,7 @@ from goodfit_cli.models import own_head
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.margin import base_outside, pred_sizes
 from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import (
@@ -75,6 +76,7 @@ class FinetuneJob:
     wise: bool = True  # the WiSE-FT interpolation curve of each arm
     gate: Gate | None = None
     junit: Path | None = None
+    margin: float = 0.0  # the validation margin the gate is read with (a search's --val-margin)
 
 
 def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
@@ -193,6 +195,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                          (s.validation.get("old") or {}).get("source") == "carved")
     if gap and first_time(gap["message"]):
         ui.log(gap["message"])
+    outside = base_outside(job.gate, base_val, job.margin, pred_sizes(base_val_preds),
+                           base_metrics)
+    if outside and first_time(outside["message"]):
+        ui.log(outside["message"])
     if head_record and base_head != "exact":
         ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
@@ -213,6 +219,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                                     else {})},
                                        **({"input_warning": mismatch} if mismatch else {}),
                                        **({"validation_gap": gap} if gap else {}),
+                                       **({"base_outside_gate": outside} if outside else {}),
                                        **({"preprocessing": s.tasks["old"].preprocessing}
                                           if s.tasks["old"].preprocessing else {}),
                                        **({"base_head": head_record} if head_record else {})})
@@ -225,8 +232,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             "val_metrics": base_val,
             "files_sha256": {f: sha256_file(out / "base" / f) for f in
                              ("predictions.safetensors", "val_predictions.safetensors")}})
-    ui.log("base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
-                                for t, d in base_metrics.items()))
+    said = "base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
+                                for t, d in base_metrics.items())
+    if first_time(said):  # a search's trials measure one base: said once
+        ui.log(said)
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": loaded.sha256, "stage": "finetune"}
     if rule is not None:  # the gate's limits are watched against the base, on validation
@@ -284,6 +293,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         prov["input_warning"] = mismatch
     if gap:
         prov["validation_gap"] = gap
+    if outside:
+        prov["base_outside_gate"] = outside
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}

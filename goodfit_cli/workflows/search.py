@@ -158,7 +158,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     dirs = (direction(prim["old"]), direction(prim["new"]))
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
-                                   gate=job.gate), place, Ui(ui.log, watch))
+                                   gate=job.gate, margin=job.margin), place, Ui(ui.log, watch))
         alpha = best_alpha(job.gate, rep, dirs, job.margin)
         trial.set_user_attr("wise_alpha", alpha)
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "

@@ -19,7 +19,7 @@ from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
-from goodfit_cli.report.margin import sizes
+from goodfit_cli.report.margin import base_outside, sizes
 from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
@@ -138,24 +138,46 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         notes.append("no gate: the rule picks among every trial that gains on the new task, "
                      "whatever it broke")
     notes += run_notes(trials)
+    outside = base_note(trials, job, {prim["old"]: base["old"]} if base else None)
+    if outside:  # nothing passes on validation unless it beats the base there
+        notes.append(outside["message"])
+        rep["base_outside_gate"] = outside["limits"]
     if rec is not None:
         rep.update(export(job, study, rec))
     return rep
 
 
-def run_notes(trials: list[dict]) -> list[str]:
-    """What the trials' runs said of the splits every choice is made on: the base's
-    validation-test gap (report/splits.py) and the validation splits' thin classes
-    (data/validation.py). Every trial measures the same base on the same splits, so the first
-    run that has a run.json speaks for all."""
+def first_run(trials: list[dict]) -> dict:
+    """The run.json of the first trial folder that has one ({} if none): every trial measures
+    the same base on the same splits, so it speaks for all."""
     for t in trials:
         path = Path(t.get("dir") or "") / "run.json"
         if t.get("dir") and path.is_file():
-            run = json.loads(path.read_text())
-            gap = (run.get("validation_gap") or {}).get("message")
-            thin = [thin_line(k, v) for k, v in (run.get("validation") or {}).items()]
-            return [n for n in (gap, *thin) if n]
-    return []
+            return json.loads(path.read_text())
+    return {}
+
+
+def run_notes(trials: list[dict]) -> list[str]:
+    """What the trials' runs said of the splits every choice is made on: the base's
+    validation-test gap (report/splits.py) and the validation splits' thin classes
+    (data/validation.py)."""
+    run = first_run(trials)
+    gap = (run.get("validation_gap") or {}).get("message")
+    thin = [thin_line(k, v) for k, v in (run.get("validation") or {}).items()]
+    return [n for n in (gap, *thin) if n]
+
+
+def base_note(trials: list[dict], job: Any, base_old: dict | None) -> dict | None:
+    """Whether the base itself ({metric: value}: its old-task validation reading) fails the
+    gate judged now (a re-judged study's may have changed) on validation, read with the
+    study's margin and the validation sample counts its runs recorded (report/margin.py
+    base_outside)."""
+    if not base_old:
+        return None
+    val = first_run(trials).get("validation") or {}
+    counts = {k: v["val"] for k, v in val.items()
+              if isinstance(v, dict) and isinstance(v.get("val"), int)}
+    return base_outside(job.gate, {"old": base_old}, job.margin, counts)
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
