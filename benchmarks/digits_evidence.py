@@ -35,6 +35,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,38 +54,64 @@ TARGETS = {"no replay": (0.95, 0.70), "replay searched": (0.97, 0.75)}  # goodfi
 MAX_FINETUNES = 10
 
 
-def split_indices(seed: int, y: np.ndarray) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Classes:
+    """Which digits are the old task, which the new, and its rare class (a held-out split of
+    the same images: benchmarks/digits_studies.py --old/--new/--tail/--tail-train)."""
+
+    old: tuple[int, ...] = OLD
+    new: tuple[int, ...] = NEW
+    tail: int = TAIL
+    tail_train: int = TAIL_TRAIN
+
+    def __post_init__(self) -> None:
+        if set(self.old) & set(self.new) or not self.old or not self.new:
+            raise SystemExit(f"old {self.old} and new {self.new}: two disjoint, non-empty sets")
+        if self.tail not in self.new or self.tail_train < 1:
+            raise SystemExit(f"the rare class {self.tail} must be a new class, with >= 1 image")
+
+
+DEFAULT = Classes()
+
+
+def split_indices(seed: int, y: np.ndarray,
+                  classes: Classes = DEFAULT) -> dict[str, np.ndarray]:
     """{"old_train", "old_val", "old_test", "new_train", ...}: sorted indices into `y`. Each
     class's images are shuffled with `seed` and cut into test, val, train (TEST, VAL, the rest);
-    the rare class keeps TAIL_TRAIN of its training images (its val and test are whole)."""
+    the rare class keeps `tail_train` of its training images (its val and test are whole).
+    Digits in neither task are left out."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {}
     for c in range(10):
-        idx = rng.permutation(np.flatnonzero(y == c))
+        idx = rng.permutation(np.flatnonzero(y == c))  # drawn for every digit: the default
+        if c not in classes.old + classes.new:       # split's cuts do not depend on `classes`
+            continue
         n_test, n_val = round(TEST * len(idx)), round(VAL * len(idx))
         cut = {"train": idx[n_test + n_val:], "val": idx[n_test:n_test + n_val],
                "test": idx[:n_test]}
-        if c == TAIL:
-            cut["train"] = cut["train"][:TAIL_TRAIN]
+        if c == classes.tail:
+            cut["train"] = cut["train"][:classes.tail_train]
         for split, i in cut.items():
-            parts.setdefault(f"{'old' if c in OLD else 'new'}_{split}", []).append(i)
+            parts.setdefault(f"{'old' if c in classes.old else 'new'}_{split}", []).append(i)
     return {k: np.sort(np.concatenate(v)) for k, v in parts.items()}
 
 
-def split_digits(seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def split_digits(seed: int,
+                 classes: Classes = DEFAULT) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The sets of `split_indices`: (x float32 (N, 64), the pixels in [0, 1]; y int64)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
-    return {k: (x[i], y[i].astype(np.int64)) for k, i in split_indices(seed, y).items()}
+    return {k: (x[i], y[i].astype(np.int64))
+            for k, i in split_indices(seed, y, classes).items()}
 
 
-def write_digits(folder: Path, seed: int) -> dict[str, int]:
-    """The npz files of `split_digits(seed)` in `folder`, plus joint_{train,val}.npz (old + new);
-    returns each file's number of samples."""
+def write_digits(folder: Path, seed: int, classes: Classes = DEFAULT) -> dict[str, int]:
+    """The npz files of `split_digits(seed, classes)` in `folder`, plus joint_{train,val}.npz
+    (old + new); returns each file's number of samples."""
     folder.mkdir(parents=True, exist_ok=True)
-    sets = split_digits(seed)
+    sets = split_digits(seed, classes)
     for split in ("train", "val"):
         o, n = sets[f"old_{split}"], sets[f"new_{split}"]
         sets[f"joint_{split}"] = (np.concatenate([o[0], n[0]]), np.concatenate([o[1], n[1]]))

@@ -17,6 +17,9 @@ compute in fine-tunes; complete and pruned trials) and the mean ± standard erro
         --out /tmp/digits-studies/two-workers
     OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 3 4 5 6 7 8 \\
         --out /tmp/digits-studies/no-replay -- --no-replay
+    # a held-out class split of the same images: old 2-9, new 0 and 1 (12 training images of 0)
+    OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 3 4 5 6 7 8 \\
+        --old 2 3 4 5 6 7 8 9 --new 0 1 --tail 0 --tail-train 12 --out /tmp/digits-studies/ho1
 
 Nothing is downloaded (load_digits ships with scikit-learn).
 """
@@ -33,14 +36,22 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/
-from digits_evidence import RECIPE, TARGETS, write_digits  # noqa: E402
+from digits_evidence import DEFAULT, RECIPE, TARGETS, Classes, write_digits  # noqa: E402
 from search_table import goodfit, mean_se  # noqa: E402
 
 
-def base_for(out: Path, seed: int) -> Path:
-    """The seed's data folder and base (pretrained like digits_evidence.py's), made once."""
+def base_for(out: Path, seed: int, classes: Classes = DEFAULT) -> Path:
+    """The seed's data folder and base (pretrained like digits_evidence.py's), made once; `out`
+    keeps one class split (classes.json), never a base pretrained on another."""
+    record = out / "classes.json"
+    want = json.dumps(vars(classes), sort_keys=True)
+    if record.exists() and record.read_text() != want:
+        raise SystemExit(f"{out} holds bases of another class split ({record.read_text()}): "
+                         "pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(want)
     d = out / f"seed{seed}"
-    write_digits(d / "data", seed)
+    write_digits(d / "data", seed, classes)
     base = d / "base" / "model.safetensors"
     if not base.exists():
         goodfit("pretrain", "--recipe", RECIPE, "--out", d / "base", "--data-dir",
@@ -48,13 +59,15 @@ def base_for(out: Path, seed: int) -> Path:
     return base
 
 
-def study(out: Path, seed: int, run: Path, workers: int, trials: int, extra: list[str]) -> dict:
+def study(out: Path, seed: int, run: Path, workers: int, trials: int, extra: list[str],
+          classes: Classes = DEFAULT) -> dict:
     """One study by `workers` processes; its recommendation and compute from report.json."""
     floor = TARGETS["no replay" if "--no-replay" in extra else "replay searched"][0]
     d = out / f"seed{seed}"
     shutil.rmtree(run, ignore_errors=True)
     run.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "goodfit_cli", "search", "--base", str(base_for(out, seed)),
+    cmd = [sys.executable, "-m", "goodfit_cli", "search",
+           "--base", str(base_for(out, seed, classes)),
            "--recipe", str(RECIPE), "--trials", str(trials), "--out", str(run),
            "--seed", str(seed), "--min-old", f"accuracy={floor}",
            "--data-dir", str((d / "data").resolve()), *extra, f"seed={seed}"]
@@ -82,14 +95,22 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--out", type=Path, default=Path("runs/digits-studies"))
+    ap.add_argument("--old", type=int, nargs="+", default=list(DEFAULT.old),
+                    help="the old task's digits (default 0-7)")
+    ap.add_argument("--new", type=int, nargs="+", default=list(DEFAULT.new),
+                    help="the new task's digits (default 8 9)")
+    ap.add_argument("--tail", type=int, default=DEFAULT.tail, help="the new task's rare digit")
+    ap.add_argument("--tail-train", type=int, default=DEFAULT.tail_train,
+                    help="its training images")
     ap.add_argument("extra", nargs="*", help="flags for goodfit search (after --)")
     a = ap.parse_args()
+    classes = Classes(tuple(a.old), tuple(a.new), a.tail, a.tail_train)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for s in a.seeds:
         for r in range(a.reps):
             row = study(a.out, s, a.out / "studies" / f"seed{s}-rep{r}", a.workers, a.trials,
-                        a.extra)
+                        a.extra, classes)
             rows.append(row)
             print(json.dumps(row), flush=True)
     (a.out / "studies.json").write_text(json.dumps(rows, indent=1))

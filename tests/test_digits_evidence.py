@@ -5,6 +5,7 @@ through benchmarks/digits.yaml."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from goodfit_cli.recipe import load_recipe
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("digits_evidence", ROOT / "benchmarks" / "digits_evidence.py")
 ev = importlib.util.module_from_spec(spec)
+sys.modules.setdefault("digits_evidence", ev)  # its dataclass looks its module up by name
 spec.loader.exec_module(ev)
 
 
@@ -106,3 +108,24 @@ def test_best_wise_considers_every_grid_point_and_measures_the_chosen_one_on_tes
     assert asked == [("adamw", 0.4)]
     with pytest.raises(ValueError, match="no test numbers"):
         ev.best_wise(rep, 0.95)
+
+
+def test_a_held_out_class_split_of_the_same_images():
+    """Classes: old 2-9, new 0 and 1 with 12 training images of 0; a digit in neither task is
+    left out, and every digit's cut is the default split's (one permutation per digit, drawn
+    whatever the tasks), so old 0-7 with new 8 alone keeps the default's old sets exactly."""
+    _, y = load_digits(return_X_y=True)
+    held = ev.split_indices(0, y, ev.Classes(tuple(range(2, 10)), (0, 1), 0, 12))
+    assert set(y[held["old_train"]]) == set(range(2, 10)) and set(y[held["new_test"]]) == {0, 1}
+    assert int((y[held["new_train"]] == 0).sum()) == 12
+    n1 = int((y == 1).sum())
+    assert int((y[held["new_train"]] == 1).sum()) == n1 - round(0.3 * n1) - round(0.2 * n1)
+    default = ev.split_indices(0, y)
+    fewer = ev.split_indices(0, y, ev.Classes(tuple(range(8)), (8,), 8, 10))
+    assert all(np.array_equal(fewer[f"old_{s}"], default[f"old_{s}"])
+               for s in ("train", "val", "test"))
+    assert set(y[fewer["new_test"]]) == {8}
+    with pytest.raises(SystemExit, match="disjoint"):
+        ev.Classes((0, 1), (1, 2), 2, 5)
+    with pytest.raises(SystemExit, match="rare class 0 must be a new class"):
+        ev.Classes((0, 1), (2, 3), 0, 5)
