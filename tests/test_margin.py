@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from goodfit_cli.report.gate import Gate, Limit
-from goodfit_cli.report.margin import base_outside, pred_sizes, sizes, tightened
+from goodfit_cli.report.margin import (base_outside, floor_slack, observed_se, pred_sizes,
+                                       sizes, tightened)
 from goodfit_cli.report.trials import best_alpha, judge
 
 
@@ -67,6 +68,33 @@ def test_the_base_itself_failing_an_old_task_floor_on_validation_is_named():
     assert base_outside(ceiling, base, 0.5, {"old": 287})["limits"] == ["old loss max 0.1"]
     preds = {"old": {"target": np.zeros(287)}, "new": {"target": np.zeros(72)}}
     assert pred_sizes(preds) == {"old": 287, "new": 72}
+
+
+def test_a_search_report_says_how_far_its_choice_clears_the_old_floor(tmp_path):
+    """0.985 old accuracy on 287 validation samples against a 0.97 floor: 0.015 of slack, in
+    standard errors of that reading (observed_se: 0.0079); a ceiling counts the other way; a
+    drop, another metric, the new task, no count or a loss: nothing. The report says it."""
+    from goodfit_cli.report.search import write_search_report
+
+    gate = Gate((Limit("old", "accuracy", "min", 0.97), Limit("old", "accuracy", "max", 0.99),
+                 Limit("old", "accuracy", "max_drop", 0.01), Limit("old", "nfr", "max", 0.05),
+                 Limit("new", "accuracy", "min", 0.7)))
+    got = floor_slack(gate, "accuracy", 0.985, 287)
+    se = observed_se(0.985, 287)
+    assert [(f["limit"], round(f["slack"], 9)) for f in got] == [
+        ("old accuracy min 0.97", 0.015), ("old accuracy max 0.99", 0.005)]
+    assert got[0]["se"] == se and got[0]["z"] == pytest.approx(0.015 / se) and got[0]["n"] == 287
+    assert floor_slack(gate, "accuracy", 0.985, None) == [] == floor_slack(None, "accuracy", 0.9, 9)
+    assert floor_slack(Gate((Limit("old", "loss", "max", 1.0),)), "loss", 0.5, 287) == []
+    rec = {"number": 0, "arm": "adamw", "params": {"arm": "plain"}, "old": 0.985, "new": 0.8}
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "r", "base": "b",
+           "metrics": ["accuracy", "accuracy"], "gate": "flags", "notes": [], "trials": [],
+           "complete": 1, "front": [], "defaults": [], "base_point": None,
+           "recommendation": rec, "against_defaults": {}, "floor_slack": got[:1]}
+    write_search_report(rep, tmp_path, [])
+    md = " ".join((tmp_path / "report.md").read_text().split())
+    assert (f"Its validation old accuracy clears old accuracy min 0.97 by 0.015, {0.015 / se:.1f} "
+            f"standard errors of that reading (±{se:.2g} on 287 samples)") in md
 
 
 def test_judge_and_the_wise_alpha_read_the_floor_with_the_margin():

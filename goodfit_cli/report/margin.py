@@ -144,3 +144,22 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
                         "than the base on that metric; a limit read from the base's own "
                         "validation value (--max-old-drop) does not depend on how hard the "
                         "validation split is")}
+
+
+def floor_slack(gate: Gate | None, metric: str, value: float | None,
+                n: int | None) -> list[dict[str, Any]]:
+    """How far the chosen point's old-task `value` of `metric` (a rate, read on `n` validation
+    samples) clears each floor or ceiling the gate puts on it, in its own units and in standard
+    errors of that reading (`observed_se`): what fresh data can take back. [] without a gate,
+    a count or a rate."""
+    if gate is None or not n or value is None or not is_rate(metric):
+        return []
+    se = observed_se(value, n)
+    out = []
+    for limit in gate.limits:
+        if limit.task != "old" or limit.metric != metric or limit.bound not in VALUE_BOUNDS:
+            continue
+        slack = (value - limit.threshold) * (1 if limit.bound == "min" else -1)
+        out.append({"limit": limit.name, "slack": slack, "se": se, "n": n,
+                    "z": slack / se if se > 0 else math.inf})
+    return out

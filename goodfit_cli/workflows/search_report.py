@@ -19,7 +19,7 @@ from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
-from goodfit_cli.report.margin import base_outside, sizes
+from goodfit_cli.report.margin import base_outside, floor_slack, sizes
 from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
@@ -112,10 +112,11 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     base = dict(zip(("old", "new"), b)) if b else None
     spent_b = sum(t["batches"] or 0 for t in trials)
     rec = recommend(done, dirs, job.rule)
-    n_new = None  # the new task's validation samples, when its metric is a rate
-    if rec is not None and is_rate(prim["new"]):
-        n_new = sizes((study.trials[rec["number"]].user_attrs.get("views") or {})
-                      .get("val") or {}).get("new")
+    n_val = {}  # each task's validation samples (the recommendation's views)
+    if rec is not None:
+        n_val = sizes((study.trials[rec["number"]].user_attrs.get("views") or {})
+                      .get("val") or {})
+    n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
@@ -131,6 +132,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                       "spent_finetunes": round(spent_b / budget.steps, 4)},
            "defaults": refs, "base_point": base, "recommendation": rec,
            "close_calls": close_calls(rec, done, n_new),
+           "floor_slack": floor_slack(job.gate, prim["old"], (rec or {}).get("old"),
+                                      n_val.get("old")),
            "against_defaults": dominance_against(
                rec, [r for r in refs if r["old"] is not None and r["number"] != rec["number"]],
                dirs) if rec else {}}
