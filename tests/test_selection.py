@@ -167,6 +167,7 @@ def test_a_val_split_given_by_the_data_is_used_as_is(tmp_path):
 def test_the_verdict_names_the_candidates_validation_cannot_tell_from_the_shipped_one():
     """a ships (0.80 new on 100 validation samples: a standard error of 0.0404); b at 0.77 is
     within it, c at 0.70 is not, nor is d (0.79) which fails the floor; the report says so."""
+    from goodfit_cli.report.margin import observed_se
     from goodfit_cli.report.sections import _ship_line
 
     rep = _report({"a": ((0.90, 0.80), (0.90, 0.78), []), "b": ((0.95, 0.77), (0.94, 0.80), []),
@@ -178,6 +179,12 @@ def test_the_verdict_names_the_candidates_validation_cannot_tell_from_the_shippe
     assert v["ship"]["name"] == "a" and cc["names"] == ["b"] and cc["n"] == 100
     assert cc["se"] == pytest.approx((81 / 102 * 21 / 102 / 100) ** 0.5)
     line = _ship_line({**rep, "verdict": v})
+    se = observed_se(0.90, 300)  # a's validation old accuracy, 0.05 above the floor
+    assert v["ship"]["floor_slack"] == [{"limit": "old accuracy min 0.85", "slack":
+                                         pytest.approx(0.05), "se": se, "n": 300,
+                                         "z": pytest.approx(0.05 / se)}]
+    assert (f"Its validation old accuracy clears old accuracy min 0.85 by 0.05, {0.05 / se:.1f} "
+            f"standard errors of that reading (±{se:.2g} on 300 samples)") in line
     assert line.endswith("Within validation noise: b is within one standard error of its "
                          "validation new accuracy (±0.04 on 100 samples); the validation split "
                          "cannot tell them apart.")
@@ -225,7 +232,8 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert by["plain"]["dominated_by"] == [] and not by["plain"]["passes_gate_val"]
     assert v["ship"] == {"name": "plain@wise0.5", "kind": "wise", "arm": "plain", "alpha": 0.5,
                          "val": {"old": 0.86, "new": 0.60}, "test": {"old": 0.87, "new": 0.58},
-                         "passes_gate_test": True, "close_calls": None}  # no sample counts
+                         "passes_gate_test": True, "close_calls": None,  # no sample counts
+                         "floor_slack": []}
     assert verdict(rep, None)["ship"]["name"] == "plain"  # no gate: most new-task gain
     none = verdict(rep, Gate((Limit("old", "accuracy", "min", 0.95),)))
     assert none["ship"] is None

@@ -20,7 +20,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
-from goodfit_cli.report.sections import within_phrase
+from goodfit_cli.report.sections import slack_line, within_phrase
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -163,7 +163,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
                     + ".")
-        said += [_slack(f, m_old) for f in rep.get("floor_slack") or []]
+        said += [slack_line(f, m_old) for f in rep.get("floor_slack") or []]
         if rep.get("close_calls"):
             said.append(_close_calls(rep["close_calls"], m_new))
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
@@ -249,14 +249,6 @@ def _close_calls(cc: dict, m_new: str) -> str:
             f"candidates (trial{'s' if len(cc['trials']) > 1 else ''} {names}) are {within}: "
             "the validation split cannot tell them apart, and the winner of a close call tends "
             "to land lower on test than on validation (a larger validation split narrows it).")
-
-
-def _slack(f: dict, m_old: str) -> str:
-    """The report's line on how far the recommendation clears an old-task floor on validation."""
-    z = f"{f['z']:.1f}"
-    return (f"Its validation old {m_old} clears {f['limit']} by {f['slack']:.2g}, {z} standard "
-            f"error{'' if z == '1.0' else 's'} of that reading (±{f['se']:.2g} on {f['n']} "
-            "samples): fresh data can take that back (the test numbers above are the check).")
 
 
 def _reruns(n: int | None) -> str:

@@ -304,7 +304,18 @@ def _ship_line(report: dict) -> str | None:
     val, test = ship["val"], ship["test"] or {}
     return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'])}, new {pn} "
             f"{fmt_value(pn, val['new'])}; test old {fmt_value(po, test.get('old'))}, new "
-            f"{fmt_value(pn, test.get('new'))} (test gate: {gate})." + _close(ship, pn))
+            f"{fmt_value(pn, test.get('new'))} (test gate: {gate})."
+            + "".join(" " + slack_line(f, po) for f in ship.get("floor_slack") or [])
+            + _close(ship, pn))
+
+
+def slack_line(f: dict, metric: str) -> str:
+    """How far a choice's validation old-task value clears a floor or ceiling, in standard errors
+    of that reading (report/margin.py floor_slack), for the verdict and a search."""
+    z = f"{f['z']:.1f}"
+    return (f"Its validation old {metric} clears {f['limit']} by {f['slack']:.2g}, {z} standard "
+            f"error{'' if z == '1.0' else 's'} of that reading (±{f['se']:.2g} on {f['n']} "
+            "samples): fresh data can take that back (the test numbers are the check).")
 
 
 def within_phrase(cc: dict, metric: str) -> str:

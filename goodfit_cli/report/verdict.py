@@ -22,7 +22,7 @@ from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
-from goodfit_cli.report.margin import sizes, within_noise
+from goodfit_cli.report.margin import floor_slack, sizes, within_noise
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
@@ -128,7 +128,8 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
         ship = {"name": best["name"], "kind": best["kind"], "arm": best["arm"],
                 "alpha": best.get("alpha"), "val": _point(best["val"]),
                 "test": _point(best["test"]), "passes_gate_test": test_gate,
-                "close_calls": _close_calls(report, best, ok, pn)}
+                "close_calls": _close_calls(report, best, ok, pn),
+                "floor_slack": floor_slack(gate, po, best["val"][0], _val_count(report, "old"))}
     note = None
     if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
         note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
@@ -145,13 +146,18 @@ def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | No
     is not a rate or no arm stored its validation sample count."""
     if not is_rate(pn):
         return None
-    n = next((k for k in (sizes(a.get("validation") or {}).get("new") for a in report["arms"])
-              if k), None)
+    n = _val_count(report, "new")
     if not n:
         return None
     se, names = within_noise(best["val"][1], [(c["name"], c["val"][1]) for c in ok
                                               if c is not best], n)
     return {"n": n, "z": 1.0, "se": se, "names": names}
+
+
+def _val_count(report: dict, task: str) -> int | None:
+    """The task's validation sample count, from the first arm that stored one (its flips)."""
+    return next((k for k in (sizes(a.get("validation") or {}).get(task) for a in report["arms"])
+                 if k), None)
 
 
 def _point(p: tuple[float, float] | None) -> dict | None:
