@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from goodfit_cli.report.gate import Gate, Limit
-from goodfit_cli.report.margin import (base_outside, floor_slack, observed_se, pred_sizes,
-                                       sizes, tightened)
+from goodfit_cli.report.margin import (base_outside, base_outside_test, floor_slack, observed_se,
+                                       pred_sizes, sizes, tightened)
 from goodfit_cli.report.trials import best_alpha, judge
 
 
@@ -68,6 +68,14 @@ def test_the_base_itself_failing_an_old_task_floor_on_validation_is_named():
     assert base_outside(ceiling, base, 0.5, {"old": 287})["limits"] == ["old loss max 0.1"]
     preds = {"old": {"target": np.zeros(287)}, "new": {"target": np.zeros(72)}}
     assert pred_sizes(preds) == {"old": 287, "new": 72}
+    # on test, as the report's test gate reads it (no margin): reported, never a choice
+    test = base_outside_test(gate, {"old": {"accuracy": 0.958}}, {"old": 431})
+    assert test["limits"] == ["old accuracy min 0.97"]
+    assert test["message"].startswith("note: the base itself fails the gate on test: old "
+                                      "accuracy 0.958 on 431 samples against old accuracy min "
+                                      "0.97.")
+    assert base_outside_test(gate, {"old": {"accuracy": 0.972}}, {"old": 431}) is None
+    assert base_outside_test(None, {"old": {"accuracy": 0.5}}) is None
 
 
 def test_a_search_report_says_how_far_its_choice_clears_the_old_floor(tmp_path):

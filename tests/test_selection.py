@@ -346,6 +346,9 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
     assert "on 48 samples" in note and "read there as 0.9" in note  # the margin on 48 rows
     run = json.loads(next((tmp_path / "s2").glob("trials/*/run.json")).read_text())
     assert run["base_outside_gate"]["limits"] == ["old accuracy min 0.9"]
+    # and on test (about half right there too): reported beside it, never a choice
+    test_note = next(n for n in rep["notes"] if "fails the gate on test" in n)
+    assert "on 96 samples against old accuracy min 0.9" in test_note
 
 
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):

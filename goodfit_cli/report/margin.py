@@ -104,6 +104,22 @@ def tightened(gate: Gate | None, view: dict, z: float,
     return replace(gate, limits=tuple(limits))
 
 
+def _outside(gate: Gate, values: dict, z: float, count: int | None) -> list[tuple]:
+    """(limit, the limit as read with the margin, the value) for each old-task floor or ceiling
+    (not a flip rate) that `values` ({metric: value}) fails."""
+    bad = []
+    for limit in gate.limits:
+        value = values.get(limit.metric)
+        if (limit.task != "old" or limit.bound not in VALUE_BOUNDS or limit.metric in FLIP_METRICS
+                or not isinstance(value, (int, float))):
+            continue
+        read = (_moved(limit, count, z, None) if count and z > 0 and is_rate(limit.metric)
+                else limit)
+        if not within(value, read.threshold, limit.bound):
+            bad.append((limit, read, value))
+    return bad
+
+
 def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
                  n: dict[str, int] | None = None, base_test: dict | None = None) -> dict | None:
     """The old task's floors and ceilings (not flip rates) that the base itself fails on
@@ -116,25 +132,15 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
     if gate is None:
         return None
     count = (n or {}).get("old")
-    bad = []
-    for limit in gate.limits:
-        value = (base_val.get("old") or {}).get(limit.metric)
-        if (limit.task != "old" or limit.bound not in VALUE_BOUNDS or limit.metric in FLIP_METRICS
-                or not isinstance(value, (int, float))):
-            continue
-        read = (_moved(limit, count, z, None) if count and z > 0 and is_rate(limit.metric)
-                else limit)
-        if within(value, read.threshold, limit.bound):
-            continue
-        test = ((base_test or {}).get("old") or {}).get(limit.metric)
-        bad.append((limit, read, value, test))
+    bad = _outside(gate, base_val.get("old") or {}, z, count)
     if not bad:
         return None
     said = []
-    for limit, read, value, test in bad:
+    for limit, read, value in bad:
         where = f"on {count} samples" if count else "there"
         moved = (f", read there as {read.threshold:.4g} with the validation margin"
                  if read.threshold != limit.threshold else "")
+        test = ((base_test or {}).get("old") or {}).get(limit.metric)
         on_test = f" (test: {test:.4g})" if isinstance(test, (int, float)) else ""
         said.append(f"old {limit.metric} {value:.4g} {where}{on_test} against "
                     f"{limit.name}{moved}")
@@ -144,6 +150,26 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
                         "than the base on that metric; a limit read from the base's own "
                         "validation value (--max-old-drop) does not depend on how hard the "
                         "validation split is")}
+
+
+def base_outside_test(gate: Gate | None, base_test: dict,
+                      n: dict[str, int] | None = None) -> dict | None:
+    """The old task's floors and ceilings the base itself fails on the test split, as the
+    report's test gate reads them (no margin): an update that fails them there may not have
+    broken anything. Reported only; no choice reads it. {"limits", "message"} or None."""
+    if gate is None:
+        return None
+    count = (n or {}).get("old")
+    bad = _outside(gate, base_test.get("old") or {}, 0.0, count)
+    if not bad:
+        return None
+    where = f" on {count} samples" if count else ""
+    said = "; ".join(f"old {limit.metric} {value:.4g}{where} against {limit.name}"
+                     for limit, _, value in bad)
+    return {"limits": [limit.name for limit, *_ in bad],
+            "message": (f"note: the base itself fails the gate on test: {said}. The floor was "
+                        "not met before this update either (test numbers are reported, never "
+                        "used to choose)")}
 
 
 def floor_slack(gate: Gate | None, metric: str, value: float | None,

@@ -188,7 +188,8 @@ def _head_notes(report: dict) -> list[str]:
               f"{_stats(fed['std'])} ({fed['source']})."] if fed and "mean" in fed else [])
     notes += [prov["input_warning"]] if prov.get("input_warning") else []
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
-    notes += [prov["base_outside_gate"]["message"]] if prov.get("base_outside_gate") else []
+    notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test")
+              if prov.get(k)]
     if not head:
         return notes
     return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [

@@ -19,7 +19,7 @@ from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
-from goodfit_cli.report.margin import base_outside, floor_slack, sizes
+from goodfit_cli.report.margin import base_outside, base_outside_test, floor_slack, sizes
 from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
@@ -145,6 +145,9 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if outside:  # nothing passes on validation unless it beats the base there
         notes.append(outside["message"])
         rep["base_outside_gate"] = outside["limits"]
+    outside_test = base_test_note(trials, job)
+    if outside_test:  # reported only
+        notes.append(outside_test["message"])
     if rec is not None:
         rep.update(export(job, study, rec))
     return rep
@@ -177,10 +180,25 @@ def base_note(trials: list[dict], job: Any, base_old: dict | None) -> dict | Non
     base_outside)."""
     if not base_old:
         return None
-    val = first_run(trials).get("validation") or {}
-    counts = {k: v["val"] for k, v in val.items()
-              if isinstance(v, dict) and isinstance(v.get("val"), int)}
-    return base_outside(job.gate, {"old": base_old}, job.margin, counts)
+    return base_outside(job.gate, {"old": base_old}, job.margin, _counts(trials, "val"))
+
+
+def base_test_note(trials: list[dict], job: Any) -> dict | None:
+    """Whether the base itself fails the gate judged now on the test split (reported only:
+    report/margin.py base_outside_test), from the first run's measurement of it."""
+    for t in trials:
+        path = Path(t.get("dir") or "") / "base" / "metrics.json"
+        if t.get("dir") and path.is_file():
+            metrics = json.loads(path.read_text()).get("metrics") or {}
+            return base_outside_test(job.gate, metrics, _counts(trials, "test"))
+    return None
+
+
+def _counts(trials: list[dict], split: str) -> dict[str, int]:
+    """Each task's sample count on `split` ("val", "test"), as the first run recorded it."""
+    rec = first_run(trials).get("validation") or {}
+    return {k: v[split] for k, v in rec.items()
+            if isinstance(v, dict) and isinstance(v.get(split), int)}
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
