@@ -352,9 +352,9 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
 
 
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
-    """run_notes reads the first trial folder that has a run.json (the others measure the same
+    """A search reads the first trial folder that has a run.json (the others measure the same
     base on the same splits): the base's validation gap, then each task's thin classes."""
-    from goodfit_cli.workflows.search_report import run_notes
+    from goodfit_cli.workflows.search_report import first_json, run_notes
 
     (tmp_path / "t1").mkdir()
     rec = {"source": "carved", "val": 14, "thin": {"8": 1}}
@@ -362,9 +362,10 @@ def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
         "validation_gap": {"message": "warning: the base scores ..."},
         "validation": {"old": {"source": "given", "val": 288}, "new": rec}}))
     trials = [{"dir": None}, {"dir": str(tmp_path / "t0")}, {"dir": str(tmp_path / "t1")}]
-    assert run_notes(trials) == ["warning: the base scores ...", thin_line("new", rec)]
+    run = first_json(trials, "run.json")
+    assert run_notes(run) == ["warning: the base scores ...", thin_line("new", rec)]
     assert "class 8: 1" in thin_line("new", rec)
-    assert run_notes(trials[:2]) == []
+    assert first_json(trials[:2], "run.json") == {} and run_notes({}) == []
 
 
 def test_a_search_judges_the_base_against_the_gate_it_is_judged_with_now(tmp_path):
@@ -374,20 +375,20 @@ def test_a_search_judges_the_base_against_the_gate_it_is_judged_with_now(tmp_pat
     from types import SimpleNamespace
 
     from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.workflows.search_report import base_note
+    from goodfit_cli.workflows.search_report import base_note, first_json
 
     (tmp_path / "t1").mkdir()
     (tmp_path / "t1" / "run.json").write_text(json.dumps(
         {"validation": {"old": {"source": "given", "val": 287}}}))
-    trials = [{"dir": str(tmp_path / "t0")}, {"dir": str(tmp_path / "t1")}]
+    run = first_json([{"dir": str(tmp_path / "t0")}, {"dir": str(tmp_path / "t1")}], "run.json")
     job = lambda floor, z: SimpleNamespace(  # noqa: E731
         gate=Gate((Limit("old", "accuracy", "min", floor),)), margin=z)
-    assert base_note(trials, job(0.97, 0.5), {"accuracy": 0.9617})["limits"] == [
+    assert base_note(run, job(0.97, 0.5), {"accuracy": 0.9617})["limits"] == [
         "old accuracy min 0.97"]
-    assert "on 287 samples" in base_note(trials, job(0.97, 0.5), {"accuracy": 0.972})["message"]
-    assert base_note(trials, job(0.97, 0.0), {"accuracy": 0.972}) is None
-    assert base_note(trials, job(0.95, 0.5), {"accuracy": 0.9617}) is None
-    assert base_note(trials, job(0.97, 0.5), None) is None
+    assert "on 287 samples" in base_note(run, job(0.97, 0.5), {"accuracy": 0.972})["message"]
+    assert base_note(run, job(0.97, 0.0), {"accuracy": 0.972}) is None
+    assert base_note(run, job(0.95, 0.5), {"accuracy": 0.9617}) is None
+    assert base_note(run, job(0.97, 0.5), None) is None
 
 
 def test_a_line_is_said_once_within_a_command():

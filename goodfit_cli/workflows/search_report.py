@@ -140,12 +140,14 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if job.gate is None:
         notes.append("no gate: the rule picks among every trial that gains on the new task, "
                      "whatever it broke")
-    notes += run_notes(trials)
-    outside = base_note(trials, job, {prim["old"]: base["old"]} if base else None)
+    run = first_json(trials, "run.json")  # every trial measures one base on the same splits
+    notes += run_notes(run)
+    outside = base_note(run, job, {prim["old"]: base["old"]} if base else None)
     if outside:  # nothing passes on validation unless it beats the base there
         notes.append(outside["message"])
         rep["base_outside_gate"] = outside["limits"]
-    outside_test = base_test_note(trials, job)
+    outside_test = base_outside_test(job.gate, first_json(trials, "base/metrics.json").get(
+        "metrics") or {}, _counts(run, "test"))
     if outside_test:  # reported only
         notes.append(outside_test["message"])
     if rec is not None:
@@ -153,51 +155,39 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     return rep
 
 
-def first_run(trials: list[dict]) -> dict:
-    """The run.json of the first trial folder that has one ({} if none): every trial measures
-    the same base on the same splits, so it speaks for all."""
+def first_json(trials: list[dict], rel: str) -> dict:
+    """The JSON file `rel` of the first trial folder that has one ({} if none): every trial
+    measures the same base on the same splits, so its run.json and base/metrics.json speak for
+    all."""
     for t in trials:
-        path = Path(t.get("dir") or "") / "run.json"
+        path = Path(t.get("dir") or "") / rel
         if t.get("dir") and path.is_file():
             return json.loads(path.read_text())
     return {}
 
 
-def run_notes(trials: list[dict]) -> list[str]:
-    """What the trials' runs said of the splits every choice is made on: the base's
+def run_notes(run: dict) -> list[str]:
+    """What a trial's run.json said of the splits every choice is made on: the base's
     validation-test gap (report/splits.py) and the validation splits' thin classes
     (data/validation.py)."""
-    run = first_run(trials)
     gap = (run.get("validation_gap") or {}).get("message")
     thin = [thin_line(k, v) for k, v in (run.get("validation") or {}).items()]
     return [n for n in (gap, *thin) if n]
 
 
-def base_note(trials: list[dict], job: Any, base_old: dict | None) -> dict | None:
+def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
     """Whether the base itself ({metric: value}: its old-task validation reading) fails the
     gate judged now (a re-judged study's may have changed) on validation, read with the
-    study's margin and the validation sample counts its runs recorded (report/margin.py
-    base_outside)."""
+    study's margin and the validation sample counts `run` (a trial's run.json) recorded
+    (report/margin.py base_outside)."""
     if not base_old:
         return None
-    return base_outside(job.gate, {"old": base_old}, job.margin, _counts(trials, "val"))
+    return base_outside(job.gate, {"old": base_old}, job.margin, _counts(run, "val"))
 
 
-def base_test_note(trials: list[dict], job: Any) -> dict | None:
-    """Whether the base itself fails the gate judged now on the test split (reported only:
-    report/margin.py base_outside_test), from the first run's measurement of it."""
-    for t in trials:
-        path = Path(t.get("dir") or "") / "base" / "metrics.json"
-        if t.get("dir") and path.is_file():
-            metrics = json.loads(path.read_text()).get("metrics") or {}
-            return base_outside_test(job.gate, metrics, _counts(trials, "test"))
-    return None
-
-
-def _counts(trials: list[dict], split: str) -> dict[str, int]:
-    """Each task's sample count on `split` ("val", "test"), as the first run recorded it."""
-    rec = first_run(trials).get("validation") or {}
-    return {k: v[split] for k, v in rec.items()
+def _counts(run: dict, split: str) -> dict[str, int]:
+    """Each task's sample count on `split` ("val", "test"), as `run` recorded it."""
+    return {k: v[split] for k, v in (run.get("validation") or {}).items()
             if isinstance(v, dict) and isinstance(v.get(split), int)}
 
 
