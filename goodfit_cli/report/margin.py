@@ -167,9 +167,9 @@ def base_outside_test(gate: Gate | None, base_test: dict,
     said = "; ".join(f"old {limit.metric} {value:.4g}{where} against {limit.name}"
                      for limit, _, value in bad)
     return {"limits": [limit.name for limit, *_ in bad],
-            "message": (f"note: the base itself fails the gate on test: {said}. The floor was "
-                        "not met before this update either (test numbers are reported, never "
-                        "used to choose)")}
+            "message": (f"note: the base itself fails the gate on test: {said}. It was not "
+                        "met before this update either (test numbers are reported, never used "
+                        "to choose)")}
 
 
 def floor_slack(gate: Gate | None, metric: str, value: float | None,
