@@ -23,6 +23,9 @@ and prints one Markdown table. Nothing is downloaded (load_digits ships with sci
 
     nice -n 10 python benchmarks/digits_evidence.py --seeds 0 1 2 --trials 24 \\
         --out runs/digits-evidence
+    # a held-out class split of the same images (benchmarks/digits_studies.py has the same flags)
+    python benchmarks/digits_evidence.py --seeds 0 1 2 --old 2 3 4 5 6 7 8 9 --new 0 1 \\
+        --tail 0 --tail-train 12 --out runs/digits-evidence-ho1
 
 Finished steps are reused (a base with its checkpoint, a fine-tune or study with its report), so
 seeds can run as separate processes and a last call with every seed prints the table.
@@ -72,6 +75,32 @@ class Classes:
 
 
 DEFAULT = Classes()
+
+
+def claim_split(out: Path, classes: Classes) -> None:
+    """`out` keeps one class split (out/classes.json): never data or bases of another."""
+    record = out / "classes.json"
+    want = json.dumps(vars(classes), sort_keys=True)
+    if record.exists() and record.read_text() != want:
+        raise SystemExit(f"{out} holds bases of another class split ({record.read_text()}): "
+                         "pass another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(want)
+
+
+def add_split_args(ap: argparse.ArgumentParser) -> None:
+    """--old/--new/--tail/--tail-train: the class split (`classes_of` reads them)."""
+    ap.add_argument("--old", type=int, nargs="+", default=list(DEFAULT.old),
+                    help="the old task's digits (default 0-7)")
+    ap.add_argument("--new", type=int, nargs="+", default=list(DEFAULT.new),
+                    help="the new task's digits (default 8 9)")
+    ap.add_argument("--tail", type=int, default=DEFAULT.tail, help="the new task's rare digit")
+    ap.add_argument("--tail-train", type=int, default=DEFAULT.tail_train,
+                    help="its training images")
+
+
+def classes_of(a: argparse.Namespace) -> Classes:
+    return Classes(tuple(a.old), tuple(a.new), a.tail, a.tail_train)
 
 
 def split_indices(seed: int, y: np.ndarray,
@@ -206,7 +235,7 @@ def rejudge(run: Path, floor: float) -> tuple[float, float]:
 def run_seed(a: argparse.Namespace, seed: int) -> dict[str, dict]:
     d = a.out / f"seed{seed}"
     data = d / "data"
-    write_digits(data, seed)
+    write_digits(data, seed, classes_of(a))
     over = [f"seed={seed}", *a.overrides]
     dd = ["--data-dir", data.resolve()]
     base = d / "base" / "model.safetensors"
@@ -285,15 +314,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/digits-evidence"))
     ap.add_argument("--rejudge", type=float, nargs="*", default=[],
                     help="also judge the finished studies with these floors on old accuracy")
+    add_split_args(ap)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    claim_split(a.out, classes_of(a))
     per_seed = {seed: run_seed(a, seed) for seed in a.seeds}
     if a.only:
         return
     names = list(per_seed[a.seeds[0]])
-    print("| candidate | old accuracy (digits 0-7, test) | new accuracy (8, 9, test) | chosen on "
-          "| what, per seed | compute (fine-tunes), per seed |\n|---|---|---|---|---|---|")
+    digits = lambda ds: ", ".join(map(str, ds))  # noqa: E731
+    print(f"| candidate | old accuracy (digits {digits(a.old)}, test) | new accuracy "
+          f"({digits(a.new)}, test) | chosen on | what, per seed | compute (fine-tunes), per "
+          "seed |\n|---|---|---|---|---|---|")
     means = {}
     for n in names:
         r = [per_seed[s][n] for s in a.seeds]

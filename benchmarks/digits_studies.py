@@ -36,20 +36,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))  # benchmarks/
-from digits_evidence import DEFAULT, RECIPE, TARGETS, Classes, write_digits  # noqa: E402
+from digits_evidence import (  # noqa: E402
+    DEFAULT, RECIPE, TARGETS, Classes, add_split_args, claim_split, classes_of, write_digits)
 from search_table import goodfit, mean_se  # noqa: E402
 
 
 def base_for(out: Path, seed: int, classes: Classes = DEFAULT) -> Path:
     """The seed's data folder and base (pretrained like digits_evidence.py's), made once; `out`
     keeps one class split (classes.json), never a base pretrained on another."""
-    record = out / "classes.json"
-    want = json.dumps(vars(classes), sort_keys=True)
-    if record.exists() and record.read_text() != want:
-        raise SystemExit(f"{out} holds bases of another class split ({record.read_text()}): "
-                         "pass another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(want)
+    claim_split(out, classes)
     d = out / f"seed{seed}"
     write_digits(d / "data", seed, classes)
     base = d / "base" / "model.safetensors"
@@ -95,16 +90,10 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--out", type=Path, default=Path("runs/digits-studies"))
-    ap.add_argument("--old", type=int, nargs="+", default=list(DEFAULT.old),
-                    help="the old task's digits (default 0-7)")
-    ap.add_argument("--new", type=int, nargs="+", default=list(DEFAULT.new),
-                    help="the new task's digits (default 8 9)")
-    ap.add_argument("--tail", type=int, default=DEFAULT.tail, help="the new task's rare digit")
-    ap.add_argument("--tail-train", type=int, default=DEFAULT.tail_train,
-                    help="its training images")
+    add_split_args(ap)
     ap.add_argument("extra", nargs="*", help="flags for goodfit search (after --)")
     a = ap.parse_args()
-    classes = Classes(tuple(a.old), tuple(a.new), a.tail, a.tail_train)
+    classes = classes_of(a)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = []
     for s in a.seeds:
