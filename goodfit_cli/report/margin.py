@@ -172,6 +172,17 @@ def base_outside_test(gate: Gate | None, base_test: dict,
                         "to choose)")}
 
 
+def base_against_gate(gate: Gate | None, measured: tuple, z: float = 0.0) -> dict[str, dict]:
+    """The base's own readings against the gate, as provenance entries (only those found):
+    "base_outside_gate" on validation (`base_outside`, read with margin `z`; to be said),
+    "base_outside_gate_test" on test (`base_outside_test`; reported only). `measured`: the
+    base's (test metrics, test predictions, validation metrics, validation predictions)."""
+    metrics, preds, val, val_preds = measured
+    found = {"base_outside_gate": base_outside(gate, val, z, pred_sizes(val_preds), metrics),
+             "base_outside_gate_test": base_outside_test(gate, metrics, pred_sizes(preds))}
+    return {k: v for k, v in found.items() if v}
+
+
 def floor_slack(gate: Gate | None, metric: str, value: float | None,
                 n: int | None) -> list[dict[str, Any]]:
     """How far the chosen point's old-task `value` of `metric` (a rate, read on `n` validation

@@ -37,7 +37,7 @@ from goodfit_cli.models import build_model, own_head
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.report.margin import base_outside, base_outside_test, pred_sizes
+from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
@@ -259,13 +259,10 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     if gap:  # the base did better on validation than on test: choices there are optimistic
         ui.log(gap["message"])
         prov["validation_gap"] = gap
-    outside = base_outside(gate, bv, 0.0, pred_sizes(bvp), bm)
-    if outside:  # the base itself fails a floor there: nothing passes unless it does better
-        ui.log(outside["message"])
-        prov["base_outside_gate"] = outside
-    outside_test = base_outside_test(gate, bm, pred_sizes(bp))
-    if outside_test:  # reported only
-        prov["base_outside_gate_test"] = outside_test
+    against = base_against_gate(gate, (bm, bp, bv, bvp))  # the base itself outside the gate
+    if "base_outside_gate" in against:  # on validation: nothing passes unless it does better
+        ui.log(against["base_outside_gate"]["message"])
+    prov.update(against)
     try:
         return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
                              session.sample_ids if session is not None else None)

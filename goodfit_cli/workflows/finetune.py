@@ -33,7 +33,7 @@ from goodfit_cli.models import own_head
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.report.margin import base_outside, base_outside_test, pred_sizes
+from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import (
@@ -195,11 +195,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                          (s.validation.get("old") or {}).get("source") == "carved")
     if gap and first_time(gap["message"]):
         ui.log(gap["message"])
-    outside = base_outside(job.gate, base_val, job.margin, pred_sizes(base_val_preds),
-                           base_metrics)
+    against = base_against_gate(job.gate, (base_metrics, base_preds, base_val, base_val_preds),
+                                job.margin)  # the base itself outside the gate: provenance
+    outside = against.get("base_outside_gate")  # on validation: said once per command
     if outside and first_time(outside["message"]):
         ui.log(outside["message"])
-    outside_test = base_outside_test(job.gate, base_metrics, pred_sizes(base_preds))
     if head_record and base_head != "exact":
         ui.log(f"base measured with {head_record['measured_with']}")
     if main_rank:
@@ -294,10 +294,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
         prov["input_warning"] = mismatch
     if gap:
         prov["validation_gap"] = gap
-    if outside:
-        prov["base_outside_gate"] = outside
-    if outside_test:  # reported only: the report's test gate, read on the base
-        prov["base_outside_gate_test"] = outside_test
+    prov.update(against)  # the base outside the gate on validation, on test (reported only)
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
