@@ -259,6 +259,16 @@ def test_mixing_in_place_gives_mix_exactly():
     # the ends are the tensors themselves, not b + (a - b) rounded
     assert all(torch.equal(mix(base, arm, 1.0)[k], arm[k]) for k in arm)
     assert all(torch.equal(mix(base, arm, 0.0)[k], base[k]) for k in base)
+    # in half precision and over tensors long enough for the vectorised kernels, too
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        wide = nn.Linear(300, 70).to(dtype)
+        base = {k: v.clone() for k, v in wide.state_dict().items()}
+        arm = {k: v + torch.randn_like(v) for k, v in base.items()}
+        mixing = Mixing(wide, base, arm)
+        for alpha in (0.1, 0.3, 0.7, 0.9):
+            mixing.set(alpha)
+            want = mix(base, arm, alpha)
+            assert all(torch.equal(wide.state_dict()[k], want[k]) for k in want), (dtype, alpha)
 
 
 def test_bootstrap_draws_are_reused_with_the_same_intervals(monkeypatch):

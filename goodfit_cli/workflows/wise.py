@@ -72,8 +72,15 @@ class Mixing:
         for dest, b, d, t in self.parts:
             if alpha in (0.0, 1.0):
                 dest.copy_(t if alpha else b)
+            elif not b.is_floating_point():
+                dest.copy_(d if alpha >= 0.5 else b)
+            elif dest.dtype == b.dtype and dest.device == b.device:
+                # α·d written into the model's tensor, then b added: the same two roundings as
+                # b + α·d (addition commutes exactly), with no temporaries
+                torch.mul(d, alpha, out=dest)
+                dest.add_(b)
             else:
-                dest.copy_(b + alpha * d if b.is_floating_point() else (d if alpha >= 0.5 else b))
+                dest.copy_(b + alpha * d)
 
 
 @dataclass
