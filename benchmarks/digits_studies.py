@@ -74,13 +74,40 @@ def study(out: Path, seed: int, run: Path, workers: int, trials: int, extra: lis
             time.sleep(1)
     if any(p.wait() for p in procs):
         raise SystemExit(f"a worker of {run} failed: see {run}.worker*.log")
+    return read_study(run, seed)
+
+
+def read_study(run: Path, seed: int) -> dict:
+    """A finished study's row: its recommendation (test numbers; the validation old accuracy
+    that chose it), compute, and the base's old accuracy on both splits (a trial's report)."""
     rep = json.loads((run / "report.json").read_text())
     rec = rep["recommendation"] or {}
+    trial = next(iter(sorted(run.glob("trials/trial-*/report.json"))), None)
+    base = json.loads(trial.read_text()) if trial else {}
     return {"seed": seed, "run": str(run), "arm": rec.get("arm", "none passes"),
             "alpha": (rec.get("params") or {}).get("wise_alpha", 1.0),
             "old": rec.get("test_old"), "new": rec.get("test_new"),
             "finetunes": rep["budget"]["spent_finetunes"], "complete": rep["complete"],
-            "pruned": rep["pruned"]}
+            "pruned": rep["pruned"], "val_old": rec.get("old"),
+            "base_val_old": ((base.get("base_val_metrics") or {}).get("old") or {}).get("accuracy"),
+            "base_old": ((base.get("base_metrics") or {}).get("old") or {}).get("accuracy")}
+
+
+def gap_parts(rows: list[dict]) -> dict[str, list[float]]:
+    """Why a recommendation's old accuracy on test differs from what validation read, per
+    study that recommends: "gap" (validation minus test) = "base" (the base's own validation
+    minus test: the validation sample's luck, shared by every candidate of the study) +
+    "choice" (the change from the base on validation minus that on test; its mean is what
+    choosing the best of many candidates on one validation split adds, its spread the noise of
+    a change read on validation)."""
+    parts: dict[str, list[float]] = {"gap": [], "base": [], "choice": []}
+    for r in rows:
+        if None in (r.get("old"), r.get("val_old"), r.get("base_old"), r.get("base_val_old")):
+            continue
+        parts["gap"].append(r["val_old"] - r["old"])
+        parts["base"].append(r["base_val_old"] - r["base_old"])
+        parts["choice"].append((r["val_old"] - r["base_val_old"]) - (r["old"] - r["base_old"]))
+    return parts
 
 
 def main() -> None:
@@ -111,6 +138,10 @@ def main() -> None:
               f"new accuracy (test) {mean_se([r['new'] for r in done])}; "
               f"compute {min(r['finetunes'] for r in rows):.2f}-"
               f"{max(r['finetunes'] for r in rows):.2f} fine-tunes")
+        parts = gap_parts(rows)
+        if len(parts["gap"]) > 1:
+            print("old accuracy, validation minus test (mean ± standard error over the studies): "
+                  + "; ".join(f"{k} {mean_se(v)}" for k, v in parts.items()))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ through benchmarks/digits.yaml."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -129,3 +130,33 @@ def test_a_held_out_class_split_of_the_same_images():
         ev.Classes((0, 1), (1, 2), 2, 5)
     with pytest.raises(SystemExit, match="rare class 0 must be a new class"):
         ev.Classes((0, 1), (2, 3), 0, 5)
+
+
+def test_studies_split_the_old_accuracy_gap_into_base_and_choice(tmp_path):
+    """benchmarks/digits_studies.py: a study's row carries the validation reading that chose the
+    recommendation and the base's old accuracy on both splits; the gap (validation minus test)
+    is the base's own gap plus the choice's; a study that recommends nothing is left out."""
+    spec = importlib.util.spec_from_file_location(
+        "digits_studies", ROOT / "benchmarks" / "digits_studies.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    rows = []
+    for seed, rec in ((0, {"arm": "adamw", "old": 0.985, "new": 0.5, "test_old": 0.95,
+                           "test_new": 0.6, "params": {"wise_alpha": 0.7}}), (1, None)):
+        run = tmp_path / f"seed{seed}"
+        trial = run / "trials" / "trial-0000"
+        trial.mkdir(parents=True)
+        (run / "report.json").write_text(json.dumps(
+            {"recommendation": rec, "budget": {"spent_finetunes": 5.5}, "complete": 2,
+             "pruned": 3}))
+        (trial / "report.json").write_text(json.dumps(
+            {"base_metrics": {"old": {"accuracy": 0.98}},
+             "base_val_metrics": {"old": {"accuracy": 0.99}}}))
+        rows.append(st.read_study(run, seed))
+    assert rows[0]["old"] == 0.95 and rows[0]["val_old"] == 0.985 and rows[0]["alpha"] == 0.7
+    assert (rows[0]["base_old"], rows[0]["base_val_old"]) == (0.98, 0.99)
+    assert rows[1]["arm"] == "none passes" and rows[1]["old"] is None
+    parts = st.gap_parts(rows)
+    assert [len(v) for v in parts.values()] == [1, 1, 1]
+    assert parts["gap"][0] == pytest.approx(0.035) and parts["base"][0] == pytest.approx(0.01)
+    assert parts["choice"][0] == pytest.approx(0.025)  # (0.985 - 0.99) - (0.95 - 0.98)
