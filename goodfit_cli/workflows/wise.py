@@ -53,7 +53,8 @@ class Mixing:
     """(1 − α)·base + α·arm written into the model's own tensors, for one α after another: the
     arm's tensors moved to the device and the differences taken once, each α's values exactly
     those of `mix` (b + α·(arm − b); the ends' own tensors at α = 0 and 1), with no new model
-    and no load_state_dict."""
+    and no load_state_dict. `base` holds tensors of its own (a copy, not the model's: the model's
+    are written)."""
 
     def __init__(self, model: torch.nn.Module, base: dict[str, torch.Tensor],
                  arm: dict[str, torch.Tensor]) -> None:
