@@ -27,6 +27,7 @@ Nothing is downloaded (load_digits ships with scikit-learn).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -110,6 +111,21 @@ def gap_parts(rows: list[dict]) -> dict[str, list[float]]:
     return parts
 
 
+def group_share(rows: list[dict], floor: float, new_target: float) -> float:
+    """The share of all groups of three studies (of different seeds) whose means meet issue 25's
+    targets on test: old accuracy >= `floor` and new >= `new_target`; a study that recommends
+    nothing counts as the base kept (its old accuracy, new 0)."""
+    pts = [(r["old"], r["new"]) if r.get("old") is not None else (r.get("base_old"), 0.0)
+           for r in rows]
+    groups = [g for g in itertools.combinations(range(len(rows)), 3)
+              if len({rows[i]["seed"] for i in g}) == 3 and None not in (pts[i][0] for i in g)]
+    if not groups:
+        return float("nan")
+    meet = sum(sum(pts[i][0] for i in g) / 3 >= floor
+               and sum(pts[i][1] for i in g) / 3 >= new_target for g in groups)
+    return meet / len(groups)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -138,6 +154,9 @@ def main() -> None:
               f"new accuracy (test) {mean_se([r['new'] for r in done])}; "
               f"compute {min(r['finetunes'] for r in rows):.2f}-"
               f"{max(r['finetunes'] for r in rows):.2f} fine-tunes")
+        floor, new_target = TARGETS["no replay" if "--no-replay" in a.extra else "replay searched"]
+        print(f"groups of three seeds meeting issue 25's targets (old >= {floor}, new >= "
+              f"{new_target}, on test): {group_share(rows, floor, new_target):.2f}")
         parts = gap_parts(rows)
         if len(parts["gap"]) > 1:
             print("old accuracy, validation minus test (mean ± standard error over the studies): "

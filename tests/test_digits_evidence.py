@@ -160,3 +160,12 @@ def test_studies_split_the_old_accuracy_gap_into_base_and_choice(tmp_path):
     assert [len(v) for v in parts.values()] == [1, 1, 1]
     assert parts["gap"][0] == pytest.approx(0.035) and parts["base"][0] == pytest.approx(0.01)
     assert parts["choice"][0] == pytest.approx(0.025)  # (0.985 - 0.99) - (0.95 - 0.98)
+    # issue 25's targets on the means of every three studies of different seeds; no
+    # recommendation = the base kept (old 0.99 here, new 0)
+    rows = [{"seed": s, "old": o, "new": n} for s, o, n in
+            ((0, 0.99, 0.8), (1, 0.95, 0.8), (2, 0.98, 0.8), (0, 0.5, 0.9))]
+    rows.insert(3, {"seed": 3, "old": None, "new": None, "base_old": 0.99})
+    # 7 groups of distinct seeds; only {0, 1, 2} (0.9733 / 0.8) meets 0.97 / 0.75
+    assert st.group_share(rows, 0.97, 0.75) == pytest.approx(1 / 7)
+    # new >= 0.5: also {0, 1, 3}, {0, 2, 3}, {1, 2, 3} (new 0.533, old 0.977, 0.987, 0.973)
+    assert st.group_share(rows, 0.97, 0.5) == pytest.approx(4 / 7)
