@@ -82,6 +82,85 @@ def test_imagefolder_bad_inputs(tree):
         build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
 
 
+def noisy_folder(root, n=12, size=(10, 7)):
+    """n distinct noisy PNGs in root/a (and one in root/b), so a misplaced image shows."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        path = root / ("a" if i < n - 1 else "b") / f"{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def samples_of(root, size=None):
+    from goodfit_cli.data.imagefolder import _open
+    from goodfit_cli.data.imagestream import ImageSamples
+    return ImageSamples(_open(str(root), "old.train", size, "bilinear"), {0: 0, 1: 1},
+                        "old.train", size)
+
+
+@pytest.mark.parametrize("size", [None, (5, 5)])
+def test_imagefolder_threaded_load_is_the_sequential_read(tmp_path, size):
+    """`load(threads)` writes every image at its own row: the same tensor as one thread, and
+    the same as reading the images one by one."""
+    noisy_folder(tmp_path)
+    s = samples_of(tmp_path, size)
+    one = s.load(threads=1)
+    for threads in (2, 3, 5):
+        many = s.load(threads=threads)
+        assert torch.equal(many.x, one.x) and torch.equal(many.y, one.y)
+    assert torch.equal(one.x[7], s.read(7, None)) and one.x.shape[0] == 12
+    assert len({bytes(one.x[i].numpy()) for i in range(12)}) == 12  # all distinct
+
+
+def test_imagefolder_threaded_load_names_the_first_bad_image(tmp_path):
+    """Two unreadable images in different threads' runs: the error names the first in the
+    folder's order, as the sequential read does; an image over PIL's pixel limit is refused
+    inside the threads too (the warnings filter is held around them), never a stray warning."""
+    import warnings
+
+    from goodfit_cli.core.args import ArgError
+    noisy_folder(tmp_path)
+    for name in ("03.png", "09.png"):
+        (tmp_path / "a" / name).write_bytes(b"not a png")
+    s = samples_of(tmp_path, (5, 5))
+    for threads in (1, 2, 4):
+        with pytest.raises(ArgError, match=r"cannot read image .*a/03.png: Unidentified"):
+            s.load(threads=threads)
+    noisy_folder(tmp_path)  # all readable again
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning that escaped would fail here too
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", 40)  # 70 pixels: over the limit, under twice it
+        with pytest.raises(ArgError, match=r"image .*a/00.png declares 70 pixels, over PIL's "
+                                           r"safe limit of 40"):
+            s.load(threads=3)
+    assert not any(f[2] is Image.DecompressionBombWarning for f in warnings.filters)
+
+
+def test_imagefolder_reading_threads(tmp_path):
+    """Threads only where they pay: large images in a folder (THREADED_PIXELS), never a tar
+    shard's reader, never more than MAX_THREADS or the CPUs this process may use."""
+    import os
+
+    from goodfit_cli.data import imagestream
+    small, big = tmp_path / "small", tmp_path / "big"
+    noisy_folder(small, n=3)
+    noisy_folder(big, n=3, size=(256, 256))
+    cpus = len(os.sched_getaffinity(0))
+    assert samples_of(small, (5, 5)).reading_threads() == 1
+    assert samples_of(big, (5, 5)).reading_threads() == min(imagestream.MAX_THREADS, cpus)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(imagestream, "MAX_THREADS", 1)
+        assert samples_of(big).reading_threads() == 1
+        mp.setattr(imagestream, "MAX_THREADS", 64)
+        mp.setenv("LOCAL_WORLD_SIZE", str(cpus))  # one CPU per rank
+        assert samples_of(big).reading_threads() == 1
+    with tarfile.open(tmp_path / "big.tar", "w") as tar:
+        tar.add(big, arcname=".")
+    assert samples_of(tmp_path / "big.tar", (5, 5)).reading_threads() == 1
+    assert torch.equal(samples_of(tmp_path / "big.tar", (5, 5)).load().x,
+                       samples_of(big, (5, 5)).load(threads=2).x)
+
+
 def write_csv(path, rows, header=("a", "b", "label")):
     path.write_text("\n".join(",".join(map(str, r)) for r in [header, *rows]) + "\n")
 
