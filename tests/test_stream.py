@@ -143,6 +143,46 @@ def weights(run):
 AUG = "size: 8\n    augment: {scale: [0.5, 1.0], hflip: 0.5, auto_augment: rand-m9-mstd0.5}"
 
 
+@pytest.mark.parametrize("loader", ["{mode: device}", "{mode: stream}"])
+def test_a_command_reads_its_image_folders_once(images, tmp_path, monkeypatch, loader):
+    """Within one command's measured_once() (a search's trials and their WiSE-FT candidates), a
+    second fine-tune of the same data reads no test, validation or device-path training image
+    again: only what its own streaming loader serves; its weights and numbers are those of a
+    fine-tune run alone. Another validation carving is other data: read again."""
+    from goodfit_cli.data.imagestream import ImageSamples
+    from goodfit_cli.trainer.measured import measured_once
+
+    runner.pretrain(recipe(images, loader), tmp_path / "base")
+    base = tmp_path / "base" / "model.safetensors"
+    reads: list[int | None] = []
+    read = ImageSamples.read
+    monkeypatch.setattr(ImageSamples, "read", lambda self, i, epoch, guard=True: (
+        reads.append(epoch), read(self, i, epoch, guard))[1])
+    alone = runner.finetune(recipe(images, loader), base, tmp_path / "alone", wise=False)
+    s = open_session(recipe(images, loader), join=False)
+    splits = ("test", "val") if loader == "{mode: stream}" else ("test", "val", "train")
+    placed = sum(len(getattr(s.tasks[t], split)) for t in ("old", "new") for split in splits)
+    with measured_once():
+        reads.clear()
+        first = runner.finetune(recipe(images, loader), base, tmp_path / "a", wise=False)
+        n_first, streamed = len(reads), len([e for e in reads if e is not None])
+        reads.clear()
+        second = runner.finetune(recipe(images, loader), base, tmp_path / "b", wise=False)
+        assert len(reads) == n_first - placed and placed == 12 + 4 + (0 if streamed else 44)
+        assert len([e for e in reads if e is not None]) == streamed  # its own loader's reads
+        reads.clear()
+        runner.finetune(recipe(images, loader, overrides=["data.validation.fraction=0.2"]), base,
+                        tmp_path / "c", wise=False)
+        # all read again; twice the validation images (8, not 4) taken from training
+        assert len(reads) == n_first + (4 if streamed else 0)
+    for run in (first, second):
+        assert run["base_metrics"] == alone["base_metrics"]
+        assert [a["metrics"] for a in run["arms"]] == [a["metrics"] for a in alone["arms"]]
+    for name in ("a", "b"):
+        kept, fresh = weights(tmp_path / name / "sgd"), weights(tmp_path / "alone" / "sgd")
+        assert all(torch.equal(kept[k], fresh[k]) for k in fresh)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_interrupted_streaming_run_resumes_bit_identical(images, tmp_path, workers):
     """A pretrain streamed with `workers` workers and RandAugment, interrupted after batch 5

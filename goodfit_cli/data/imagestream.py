@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
 
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
@@ -186,22 +187,28 @@ class ImageSamples:
         return x.contiguous()
 
     def load(self, threads: int | None = None) -> Split:
-        """Every selected image, un-augmented, in memory: (N, H, W, 3) uint8 and (N,) labels,
-        written in place (one copy of the split in memory, never a list and its stack). Large
-        images in a folder are read by `threads` threads (None: `reading_threads()`), each a
-        contiguous run of images; the result, and the first bad image's error, are the
-        sequential read's."""
-        n = len(self)
+        """Every selected image, un-augmented, in memory: (N, H, W, 3) uint8 and (N,) labels
+        (`load_rows` of them all)."""
+        return self.load_rows(None, threads)
+
+    def load_rows(self, rows: Tensor | None, threads: int | None = None) -> Split:
+        """Images `rows` (None: all), un-augmented, in memory, written in place (one copy in
+        memory, never a list and its stack). Large images in a folder are read by `threads`
+        threads (None: `reading_threads()`), each a contiguous run of images; the result, and
+        the first bad image's error, are the sequential read's."""
+        idx = list(range(len(self))) if rows is None else [int(r) for r in rows]
+        n = len(idx)
         x = torch.empty((n, *self.shape), dtype=torch.uint8)
         threads = self.reading_threads() if threads is None else threads
 
         def run(lo: int, hi: int, guard: bool = True) -> None:
-            for i in range(lo, hi):
-                x[i] = self.read(i, None, guard)
+            for k in range(lo, hi):
+                x[k] = self.read(idx[k], None, guard)
 
+        y = self.y if rows is None else self.y[rows]
         if threads <= 1 or n < 2:
             run(0, n)
-            return Split(x, self.y)
+            return Split(x, y)
         step = -(-n // (threads * 4))  # a few runs per thread: one slow file delays little
         with bombs_refused(), ThreadPoolExecutor(threads) as pool:
             runs = [pool.submit(run, lo, min(lo + step, n), False) for lo in range(0, n, step)]
@@ -212,7 +219,7 @@ class ImageSamples:
                 for f in runs:
                     f.cancel()
                 raise
-        return Split(x, self.y)
+        return Split(x, y)
 
     def reading_threads(self) -> int:
         """Threads `load()` reads with: 1 for a tar shard (its reader is not thread-safe) or

@@ -61,7 +61,16 @@ class SubsetSamples:
         return self.samples.nbytes() * len(self.rows) // max(1, len(self.samples))
 
     def load(self) -> Split:
-        return Split(B.stack([self.read(i, None) for i in range(len(self))]), self.y)
+        return self.load_rows(None)
+
+    def load_rows(self, rows: Tensor | None) -> Split:
+        """Rows `rows` of this subset (None: all) in memory: read by the whole split's own
+        `load_rows` where it has one (an image folder's threads), else one at a time."""
+        mine = self.rows if rows is None else self.rows[rows]
+        whole = getattr(self.samples, "load_rows", None)
+        if whole is not None:
+            return whole(mine)
+        return Split(B.stack([self.samples.read(int(i), None) for i in mine]), self.samples.y[mine])
 
 
 def _take(train: Any, rows: Tensor) -> Any:

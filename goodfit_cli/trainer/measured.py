@@ -9,7 +9,8 @@ fine-tune keeps that point (`keep`, under `point_key`) and `wise` reads it.
 Within `measured_once()` (a command's span: finetune, compare and wise open
 one, and `goodfit search` one around all its trials) the first measurement of a base is kept and
 every later one with the same key is that measurement again: the test and validation metrics
-and predictions, each split evaluated once.
+and predictions, each split evaluated once. The block also keeps the data a session read for
+the command's later sessions (trainer/session.py `kept_data`).
 
 The key is what decides the numbers: the base's weights (their sha256, the key map applied, the
 head's changes and how the head is measured), the data (the recipe's data section, its seed and
@@ -32,7 +33,7 @@ from typing import Any
 from torch import nn
 
 from goodfit_cli.data.inputs import recorded
-from goodfit_cli.trainer.session import Loaded, Session
+from goodfit_cli.trainer.session import Loaded, Session, kept_data
 
 Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
 
@@ -53,7 +54,8 @@ def measured_once() -> Iterator[None]:
         return
     token, said = _KEPT.set({}), _SAID.set(set())
     try:
-        yield
+        with kept_data():  # and the data read once (trainer/session.py)
+            yield
     finally:
         _KEPT.reset(token)
         _SAID.reset(said)

@@ -5,12 +5,28 @@ A Session is the one place that turns a recipe into tensors and modules; pretrai
 evaluate and compare all start from one. Each task has a validation split (the data's own, or
 carved from training: data.validation) that every choice is made on; `s.validation` records
 how it was made (run.json and the report carry it).
+
+Within `kept_data()` (a command's span, opened by trainer/measured.py's `measured_once`) the data
+a session read is kept for the command's later sessions: a search's trials and their WiSE-FT
+candidates, `compare`'s runs of one recipe, read their image folders once. The key is what
+decides the tensors (the recipe's data section, its seed and validation carving, the data
+folder, the loader settings and the device); what is kept is the data as placed on the device
+(test and validation splits, a training split small enough to live there) and, for a training
+split that streams, its unread samples; every session makes its own streaming loader. The
+tensors are shared, never written (a session's training reads them).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 from pathlib import Path
 
@@ -23,7 +39,7 @@ from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
-from goodfit_cli.data.stream import Streamed, as_samples, streams
+from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -52,6 +68,38 @@ class Place:
         if self.seed is not None and not 0 <= self.seed <= SEED_MAX:
             raise UserError(f"--seed must be between 0 and {SEED_MAX} (what torch.manual_seed "
                             f"takes), got {self.seed}")
+
+
+_KEPT_DATA: ContextVar[dict[str, Any] | None] = ContextVar("goodfit_data_kept", default=None)
+
+
+@contextmanager
+def kept_data() -> Iterator[None]:
+    """Within the block, a session reads the recipe's data only where no earlier session in the
+    block read the same (see the module); a nested block shares the outer one's."""
+    if _KEPT_DATA.get() is not None:
+        yield
+        return
+    token = _KEPT_DATA.set({})
+    try:
+        yield
+    finally:
+        _KEPT_DATA.reset(token)
+
+
+def data_key(recipe: Recipe, data_dir: str | None, device: torch.device) -> str | None:
+    """What decides a session's data on `device`, hashed (None: not hashable as JSON, never
+    kept): the recipe's data section, its seed, validation carving and loader settings (which
+    training split streams), and the folder relative paths resolve against (the data folder,
+    else the working directory)."""
+    try:
+        blob = json.dumps([recipe.data.name, recipe.data.args, recipe.seed,
+                           os.path.abspath(data_dir or os.curdir),
+                           asdict(recipe.validation), asdict(recipe.loader), str(device)],
+                          sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def task_kinds(recipe: Recipe) -> dict[str, str]:
@@ -132,33 +180,48 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     if join:
         init_distributed(dev)
     data_dir = place.data_dir or recipe.data_dir
-    tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed, data_dir=data_dir,
-                       where=recipe.at("data"), lazy=True)
     seed = recipe.seed if place.seed is None else place.seed
-    validation = {}
-    for k, t in tasks.items():  # seeded by the data's seed: every command carves the same rows
-        tasks[k], validation[k] = with_validation(t, recipe.validation, recipe.seed,
-                                                  loc(recipe.at("data"), "validation"))
+    kept = _KEPT_DATA.get()
+    key = data_key(recipe, data_dir, dev) if kept is not None else None
+    if key is not None and key in kept:  # read and placed earlier in this command
+        placed, validation = dict(kept[key][0]), copy.deepcopy(kept[key][1])
+    else:
+        tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
+                           data_dir=data_dir, where=recipe.at("data"), lazy=True)
+        validation = {}
+        for k, t in tasks.items():  # seeded by the data's seed: every command carves the same
+            tasks[k], validation[k] = with_validation(t, recipe.validation, recipe.seed,
+                                                      loc(recipe.at("data"), "validation"))
 
-    def to_dev(t: Inputs) -> Inputs:  # once per run: pinned, asynchronous copies
-        if isinstance(t, dict):
-            return {k: to_dev(v) for k, v in t.items()}
-        if dev.type == "cuda":
-            return t.pin_memory().to(dev, non_blocking=True)
-        return t.to(dev)
+        def to_dev(t: Inputs) -> Inputs:  # once per run: pinned, asynchronous copies
+            if isinstance(t, dict):
+                return {k: to_dev(v) for k, v in t.items()}
+            if dev.type == "cuda":
+                return t.pin_memory().to(dev, non_blocking=True)
+            return t.to(dev)
 
-    def train_split(split) -> Split | Streamed:  # small: on the device; big or augmented: streamed
-        samples = as_samples(split)
-        samples.where = loc(recipe.at("data"), "args")  # a worker's error names the recipe key
-        if streams(samples, recipe.loader, recipe.at("data.loader")):
-            return Streamed(samples, dev, recipe.loader, seed)
-        split = samples.load()
-        return Split(to_dev(split.x), to_dev(split.y))
+        def place_train(split) -> Split | Samples:  # small: on the device; big or augmented:
+            samples = as_samples(split)  # the samples, streamed by each session
+            samples.where = loc(recipe.at("data"), "args")
+            if streams(samples, recipe.loader, recipe.at("data.loader")):
+                return samples
+            loaded = samples.load()
+            return Split(to_dev(loaded.x), to_dev(loaded.y))
 
-    moved = {k: replace(t, train=train_split(t.train),  # names, inputs, ids kept
-                        test=Split(to_dev(t.test.x), to_dev(t.test.y)),
-                        val=Split(to_dev(t.val.x), to_dev(t.val.y)))
-             for k, t in tasks.items()}
+        placed = {k: replace(t, train=place_train(t.train),  # names, inputs, ids kept
+                             test=Split(to_dev(t.test.x), to_dev(t.test.y)),
+                             val=Split(to_dev(t.val.x), to_dev(t.val.y)))
+                  for k, t in tasks.items()}
+        if key is not None:
+            kept[key] = (dict(placed), copy.deepcopy(validation))
+
+    def train_split(split: Split | Samples) -> Split | Streamed:
+        if isinstance(split, Split):  # on the device
+            return split
+        split.where = loc(recipe.at("data"), "args")  # a worker's error names the recipe key
+        return Streamed(split, dev, recipe.loader, seed)
+
+    moved = {k: replace(t, train=train_split(t.train)) for k, t in placed.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
     return Session(recipe, dev, moved, runners, seed, validation, data_dir=data_dir)
