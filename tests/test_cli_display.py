@@ -149,3 +149,123 @@ def test_pretrain_with_log_format_json_prints_only_json_lines(tmp_path):
     assert [e["batch"] for e in events if e["event"] == "evaluation"] == [3, 6]
     table = next(e for e in events if e["event"] == "table")
     assert table["rows"][0]["model"] == "base" and float(table["rows"][0]["old mse"]) > 0
+
+
+class Heard:
+    """A core.progress Listener that records what it hears."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, what, total):
+        self.calls.append(("start", what, total))
+
+    def advance(self, done):
+        self.calls.append(("advance", done))
+
+    def end(self, done):
+        self.calls.append(("end", done))
+
+
+def folder_of(root, n, size=(6, 5)):
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = root / ("a" if i % 2 else "b") / f"{i:03d}.png"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(p)
+    from goodfit_cli.data.imagefolder import _open
+    from goodfit_cli.data.imagestream import ImageSamples
+    return ImageSamples(_open(str(root), "old.test", None, "bilinear"), {0: 0, 1: 1},
+                        "old.test", None)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_reading_an_image_folder_reports_its_progress(tmp_path, threads):
+    """An image folder read into memory says what it reads and how far it got, in order, to
+    the command's listener (every 16 images one at a time; after each run of images with
+    threads), ending at every image; with no listener nothing is called; a bad image ends the
+    work at the images read before it."""
+    from goodfit_cli.core.progress import listening
+
+    samples = folder_of(tmp_path, 40)
+    heard = Heard()
+    with listening(heard):
+        samples.load(threads=threads)
+    assert heard.calls[0] == ("start", "old.test images", 40) and heard.calls[-1] == ("end", 40)
+    done = [c[1] for c in heard.calls if c[0] == "advance"]
+    assert done == sorted(done) and done[-1] == 40
+    assert done[:-1] == ([16, 32] if threads == 1 else [4 * k for k in range(1, 10)])
+    samples.load(threads=threads)  # outside the block: nobody listens (and nothing breaks)
+    assert heard.calls[-1] == ("end", 40)
+    (tmp_path / "b" / "020.png").write_bytes(b"not a png")  # the 31st read (a/ comes first)
+    with listening(heard), pytest.raises(Exception, match="020.png"):
+        samples.load(threads=threads)
+    assert heard.calls[-1] == ("end", 16 if threads == 1 else 28)
+
+
+def test_reading_progress_lines_and_json(capsys):
+    """Without a terminal: nothing for a read shorter than --progress-every, nor for one of
+    fewer than min_items; a long one says a line every every_s seconds of the clock with its
+    ETA, then the time it took; json: the same moments as 'reading' events."""
+    from goodfit_cli.cli.console import ReadingProgress
+
+    def read(fmt, total, per_item_s):
+        clock = Clock()
+        p = ReadingProgress(Display(fmt, 30.0, clock), live=False, min_items=100)
+        p.start("old.test images", total)
+        for done in range(16, total + 1, 16):
+            clock.t += 16 * per_item_s
+            p.advance(done)
+        p.end(total - total % 16)
+
+    read("text", 480, 0.01)  # 4.8 s
+    read("text", 96, 1.0)  # 96 s but under min_items
+    assert capsys.readouterr().out == ""
+    read("text", 480, 0.25)  # 4 s per 16 images: lines at 32 s, 64 s, 96 s; ends at 120 s
+    assert capsys.readouterr().out.splitlines() == [
+        "reading old.test images: 128/480  eta 1m28s",
+        "reading old.test images: 256/480  eta 0m56s",
+        "reading old.test images: 384/480  eta 0m24s",
+        "reading old.test images: 480/480 in 2m00s"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RANK", "1")  # torchrun's rank 1: silent
+        read("text", 480, 0.25)
+    assert capsys.readouterr().out == ""
+    read("json", 480, 0.25)
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e["done"], e["wall_s"]) for e in events] == [
+        ("reading", 128, 32.0), ("reading", 256, 64.0), ("reading", 384, 96.0),
+        ("reading", 480, 120.0)]
+
+
+def test_reading_progress_bar_on_a_terminal_ends_with_the_read(monkeypatch):
+    """On a terminal a long read draws a transient bar that is stopped when it ends; while
+    another live display (a training's bar) is drawn, the read draws inside it (rich >= 14) or
+    nothing (rich 13 refuses a second live display), never failing, and the training's bar
+    stays."""
+    from rich.progress import Progress
+
+    from goodfit_cli.cli import console
+
+    term = Console(file=io.StringIO(), force_terminal=True, width=80)
+    monkeypatch.setattr(console, "out", term)
+    p = console.ReadingProgress(Display("text", 30.0, Clock()), live=True, min_items=10)
+    p.start("new.test images", 40)
+    bar = p.progress
+    assert bar is not None and bar.live.is_started
+    p.advance(20)
+    p.end(40)
+    assert p.progress is None and not bar.live.is_started
+    training = Progress(console=term)
+    training.start()
+    try:
+        p.start("new.test images", 40)
+        bar = p.progress
+        p.advance(20)
+        p.end(40)
+        assert bar is None or not bar.live.is_started
+        assert training.live.is_started
+    finally:
+        training.stop()

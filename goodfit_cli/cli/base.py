@@ -18,6 +18,7 @@ from rich.markup import escape
 from goodfit_cli import __version__
 from goodfit_cli.cli.console import (
     DISPLAY,
+    ReadingProgress,
     RichEvents,
     err,
     log,
@@ -26,6 +27,7 @@ from goodfit_cli.cli.console import (
 )
 from goodfit_cli.cli.usage import EXAMPLES, Group
 from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
+from goodfit_cli.core.progress import listening
 from goodfit_cli.core.text import printable
 
 # Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
@@ -78,7 +80,8 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with listening(ReadingProgress()):  # long reads of data shown (core/progress.py)
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except UserError as e:

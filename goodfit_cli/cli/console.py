@@ -10,6 +10,7 @@ so no cell (no number) is ever cut.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -147,6 +148,72 @@ class RichEvents:
                  wall_s=round(now - self.t0, 3))
         elif self.shown != self.batch:  # where the run ended, unless just said
             self._line(now)
+
+
+class ReadingProgress:
+    """Draws core/progress.py's work (reading an image folder into memory) of at least
+    `min_items` items: a transient bar on a terminal (none while another live display, a
+    training's bar, is drawn); without one a line every `display.every_s` seconds while it lasts
+    (nothing for work done sooner) and a last line with its time once a line was said; json:
+    'reading' events at the same moments. Under torchrun, rank 0 only."""
+
+    def __init__(self, display: Display | None = None, live: bool | None = None,
+                 min_items: int = 256) -> None:
+        self.display, self._live, self.min_items = display or DISPLAY, live, min_items
+        self.active, self.said = False, False
+        self.progress: Progress | None = None
+
+    def start(self, what: str, total: int) -> None:
+        from rich.errors import LiveError
+
+        self.what, self.total, self.said = what, total, False
+        # torchrun's other ranks read the same data: only rank 0 speaks, as for the training
+        self.active = total >= self.min_items and os.environ.get("RANK", "0") == "0"
+        self.json = self.display.format == "json"  # read now: a command sets it after startup
+        self.t0 = self.last = self.display.clock()
+        self.progress = None
+        if not self.active or self.json or not (out.is_terminal if self._live is None
+                                                 else self._live):
+            return
+        bar = Progress(TextColumn(f"reading {escape(what)}"), BarColumn(), MofNCompleteColumn(),
+                       TimeRemainingColumn(), console=out, transient=True)
+        try:
+            bar.start()
+        except LiveError:  # a training's bar is drawn: this read is shown by none
+            self.active = False
+            return
+        self.progress, self.task = bar, bar.add_task(what, total=total)
+
+    def advance(self, done: int) -> None:
+        if not self.active:
+            return
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done)
+            return
+        now = self.display.clock()
+        if now - self.last >= self.display.every_s:
+            self.last = now
+            self._line(done, now)
+
+    def end(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        elif self.active and self.said:
+            self._line(done, self.display.clock(), final=True)
+        self.active = False
+
+    def _line(self, done: int, now: float, final: bool = False) -> None:
+        self.said, spent = True, now - self.t0
+        if self.json:
+            emit("reading", what=self.what, done=done, total=self.total, wall_s=round(spent, 3))
+            return
+        text = f"reading {self.what}: {done:,}/{self.total:,}"
+        if final:
+            text += f" in {_duration(spent)}"
+        elif 0 < done < self.total:
+            text += f"  eta {_duration(spent / done * (self.total - done))}"
+        out.print(escape(text), highlight=False, soft_wrap=True)
 
 
 def log(msg: str, markup: bool = False) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
+from goodfit_cli.core.progress import work
 from goodfit_cli.data.base import Split
 
 # `load()` reads a folder's images with threads when its first image has at least this many
@@ -39,6 +40,7 @@ from goodfit_cli.data.base import Split
 # 224x224 0.57-0.71 of the time; of 128x128, 1.09-1.25; PNGs of 32x32, 2.9-3.6 (slower)
 THREADED_PIXELS = 256 * 256
 MAX_THREADS = 8
+PROGRESS_EVERY = 16  # images between two progress reports of a sequential read
 AUGMENT = {"scale": None, "ratio": None, "hflip": 0.5, "vflip": 0.0, "color_jitter": None,
            "auto_augment": None}  # timm's create_transform arguments, goodfit's defaults
 
@@ -199,26 +201,32 @@ class ImageSamples:
         idx = list(range(len(self))) if rows is None else [int(r) for r in rows]
         n = len(idx)
         x = torch.empty((n, *self.shape), dtype=torch.uint8)
+        y = self.y if rows is None else self.y[rows]
         threads = self.reading_threads() if threads is None else threads
 
-        def run(lo: int, hi: int, guard: bool = True) -> None:
+        def run(lo: int, hi: int, guard: bool = True, advance=None) -> None:
             for k in range(lo, hi):
                 x[k] = self.read(idx[k], None, guard)
+                if advance is not None and (k + 1) % PROGRESS_EVERY == 0:
+                    advance(k + 1)
 
-        y = self.y if rows is None else self.y[rows]
-        if threads <= 1 or n < 2:
-            run(0, n)
-            return Split(x, y)
-        step = -(-n // (threads * 4))  # a few runs per thread: one slow file delays little
-        with bombs_refused(), ThreadPoolExecutor(threads) as pool:
-            runs = [pool.submit(run, lo, min(lo + step, n), False) for lo in range(0, n, step)]
-            try:
-                for f in runs:
-                    f.result()  # in order: the first bad run's first bad image is raised
-            except BaseException:  # a bad image, ^C: the runs not started are not read
-                for f in runs:
-                    f.cancel()
-                raise
+        with work(f"{self.key} images", n) as advance:  # progress, where the CLI shows it
+            if threads <= 1 or n < 2:
+                run(0, n, advance=advance)
+                advance(n)
+                return Split(x, y)
+            step = -(-n // (threads * 4))  # a few runs per thread: one slow file delays little
+            with bombs_refused(), ThreadPoolExecutor(threads) as pool:
+                runs = [pool.submit(run, lo, min(lo + step, n), False)
+                        for lo in range(0, n, step)]
+                try:
+                    for i, f in enumerate(runs):
+                        f.result()  # in order: the first bad run's first bad image is raised
+                        advance(min((i + 1) * step, n))
+                except BaseException:  # a bad image, ^C: the runs not started are not read
+                    for f in runs:
+                        f.cancel()
+                    raise
         return Split(x, y)
 
     def reading_threads(self) -> int:
