@@ -4,9 +4,9 @@ column and a label column (`pip install 'goodfit[hf]'`).
 `load_from_disk` reads the folder's Arrow files (no code, nothing downloaded). An image column
 (PIL images, as the `Image` feature decodes them, CHUNK rows at a time) becomes uint8
 (N, H, W, C) RGB, resized to `size` with `interpolation` when given (a transformers --base's
-image processor sets both when the recipe does not); a text column is tokenised as the text dataset does (data/text.py). A
-`ClassLabel` label column keeps its names; a base folder's label2id, when it names its classes,
-decides the ids first.
+image processor sets both when the recipe does not); a text column is tokenised as the text
+dataset does (data/text.py). A `ClassLabel` label column keeps its names; a base folder's
+label2id, when it names its classes, decides the ids first.
 """
 
 from __future__ import annotations
