@@ -237,25 +237,22 @@ def test_a_save_to_disk_folder_is_data(tmp_path):
         build_data("hf_disk", {**args, "size": None}, seed=0, data_dir=str(tmp_path))
 
 
-def test_a_save_to_disk_folders_images_are_decoded_a_chunk_at_a_time(tmp_path, monkeypatch):
-    """Rows decoded CHUNK at a time (3 here, over 7 images) give the tensor decoding them all at
-    once gave: each row at its place; the progress heard ends at every image; an image of
-    another size in a later chunk is named by its row."""
+def test_a_save_to_disk_folders_image_reading_reports_progress(tmp_path):
+    """20 images decoded row by row into one array (each row at its place), the progress heard
+    every 16 rows and at the end; an image of another size is named by its row."""
     from PIL import Image
 
     from goodfit_cli.core.progress import listening
-    from goodfit_cli.data import hfdisk
 
     rng = np.random.default_rng(1)
-    imgs = [rng.integers(0, 255, (8, 10, 3), dtype=np.uint8) for _ in range(7)]
+    imgs = [rng.integers(0, 255, (8, 10, 3), dtype=np.uint8) for _ in range(20)]
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    labels = [i % 2 for i in range(19)] + [2]
     for name in ("old_train", "old_test", "new_train", "new_test"):
         datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs],
-                                    "label": [0, 1, 0, 1, 0, 1, 2]},
-                                   features=feats).save_to_disk(tmp_path / name)
+                                    "label": labels}, features=feats).save_to_disk(tmp_path / name)
     args = {"old": {"train": "old_train", "test": "old_test"},
             "new": {"train": "new_train", "test": "new_test"}}
-    monkeypatch.setattr(hfdisk, "CHUNK", 3)
     heard = []
 
     class Heard:
@@ -271,12 +268,11 @@ def test_a_save_to_disk_folders_images_are_decoded_a_chunk_at_a_time(tmp_path, m
     with listening(Heard()):
         tasks = build_data("hf_disk", args, seed=0, data_dir=str(tmp_path))
     assert torch.equal(tasks["old"].train.x, torch.from_numpy(np.stack(imgs)))
-    assert heard[:5] == [("old.train images", 7), 3, 6, 7, ("end", 7)]
-    imgs[4] = rng.integers(0, 255, (9, 10, 3), dtype=np.uint8)  # row 4: the second chunk
-    datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs],
-                                "label": [0, 1, 0, 1, 0, 1, 2]},
+    assert heard[:4] == [("old.train images", 20), 16, 20, ("end", 20)]
+    imgs[17] = rng.integers(0, 255, (9, 10, 3), dtype=np.uint8)
+    datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs], "label": labels},
                                features=feats).save_to_disk(tmp_path / "odd")
-    with pytest.raises(UserError, match=r"odd: image 4 is 10x9, image 0 10x8; set data.args.size"):
+    with pytest.raises(UserError, match=r"odd: image 17 is 10x9, image 0 10x8; set data.args"):
         build_data("hf_disk", {**args, "old": {"train": "odd", "test": "old_test"}}, seed=0,
                    data_dir=str(tmp_path))
 

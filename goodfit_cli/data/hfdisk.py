@@ -2,11 +2,11 @@
 column and a label column (`pip install 'goodfit[hf]'`).
 
 `load_from_disk` reads the folder's Arrow files (no code, nothing downloaded). An image column
-(PIL images, as the `Image` feature decodes them, CHUNK rows at a time) becomes uint8
-(N, H, W, C) RGB, resized to `size` with `interpolation` when given (a transformers --base's
-image processor sets both when the recipe does not); a text column is tokenised as the text
-dataset does (data/text.py). A `ClassLabel` label column keeps its names; a base folder's
-label2id, when it names its classes, decides the ids first.
+(PIL images, as the `Image` feature decodes them) becomes uint8 (N, H, W, C) RGB, resized to
+`size` with `interpolation` when given (a transformers --base's image processor sets both when
+the recipe does not); a text column is tokenised as the text dataset does (data/text.py). A
+`ClassLabel` label column keeps its names; a base folder's label2id, when it names its classes,
+decides the ids first.
 """
 
 from __future__ import annotations
@@ -44,33 +44,35 @@ def _load(path: str, key: str) -> Any:
     return ds
 
 
-CHUNK = 256  # rows decoded at a time: the decoded images of one chunk are in memory, not all
+PROGRESS_EVERY = 16  # rows between two progress reports
 
 
-def _images(ds: Any, column: str, path: str, key: str, size: tuple[int, int] | None,
+def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
             interpolation: str) -> torch.Tensor:
-    """The image column of `ds` (decoded by datasets, CHUNK rows at a time) -> uint8
-    (N, H, W, 3), resized to `size` (H, W) when given; progress reported (core/progress.py)."""
+    """PIL images (or arrays; datasets' column, decoded row by row as iterated) -> uint8
+    (N, H, W, 3) written into one array, resized to `size` (H, W) when given; progress
+    reported (core/progress.py)."""
     from PIL import Image
 
     resample = getattr(Image.Resampling, interpolation.upper())
-    n, out = len(ds), None
+    n, out = len(values), None
     with work(f"{key} images", n) as advance:
-        for lo in range(0, n, CHUNK):
-            for i, v in enumerate(ds[lo:lo + CHUNK][column], start=lo):
-                img = v if isinstance(v, Image.Image) else Image.fromarray(
-                    np.asarray(v, dtype=np.uint8))
-                img = img.convert("RGB")
-                if size is not None and img.size != (size[1], size[0]):
-                    img = img.resize((size[1], size[0]), resample)
-                arr = np.asarray(img, dtype=np.uint8)
-                if out is None:
-                    out = np.empty((n, *arr.shape), dtype=np.uint8)
-                elif arr.shape != out.shape[1:]:
-                    raise ArgError(key, f"{path}: image {i} is {arr.shape[1]}x{arr.shape[0]}, "
-                                   f"image 0 {out.shape[2]}x{out.shape[1]}; set data.args.size")
-                out[i] = arr
-            advance(min(lo + CHUNK, n))
+        for i, v in enumerate(values):
+            img = v if isinstance(v, Image.Image) else Image.fromarray(
+                np.asarray(v, dtype=np.uint8))
+            img = img.convert("RGB")
+            if size is not None and img.size != (size[1], size[0]):
+                img = img.resize((size[1], size[0]), resample)
+            arr = np.asarray(img, dtype=np.uint8)
+            if out is None:
+                out = np.empty((n, *arr.shape), dtype=np.uint8)
+            elif arr.shape != out.shape[1:]:
+                raise ArgError(key, f"{path}: image {i} is {arr.shape[1]}x{arr.shape[0]}, "
+                               f"image 0 {out.shape[2]}x{out.shape[1]}; set data.args.size")
+            out[i] = arr
+            if (i + 1) % PROGRESS_EVERY == 0:
+                advance(i + 1)
+        advance(n)
     if out is None:
         raise ArgError(key, f"{path} holds no rows")
     return torch.from_numpy(out)
@@ -118,8 +120,8 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
         record = {**record, "text": column}
         known = known_labels(tokenising.folder)
     else:
-        inputs = {k: _images(ds, column, where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw,
-                             interpolation) for k, ds in loaded.items()}
+        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation)
+                  for k, ds in loaded.items()}
         record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
         known = known_labels(Path(tokenizer)) if tokenizer else {}
     if names and not known:
