@@ -24,6 +24,7 @@ from goodfit_cli.data.stream import (
     TensorSamples,
     _Order,
 )
+from goodfit_cli.data.validation import SubsetSamples
 from goodfit_cli.engine import LoopConfig, train
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.recipe import parse_recipe
@@ -219,6 +220,15 @@ def test_augmentation_is_seeded_by_seed_epoch_and_index(images):
     assert a.shape == (8, 8, 3) and a.dtype == torch.uint8
     plain = s.x[torch.tensor([3])][0]
     assert torch.equal(plain, tasks["old"].train.load().x[3])
+    # rows of a streamed split (a replay pool, a probe): its own rows, in the order asked, read
+    # through the image folder's load_rows (threads where they pay) as one read at a time would
+    idx = torch.tensor([20, 3, 7, 3])
+    one_by_one = torch.stack([tasks["old"].train.read(int(i), None) for i in idx])
+    assert torch.equal(s.x[idx], one_by_one)
+    carved = SubsetSamples(tasks["old"].train, torch.tensor([1, 5, 9, 20]))
+    sub = Streamed(carved, CPU, LoaderSettings(), seed=0)
+    assert torch.equal(sub.x[torch.tensor([3, 0])],
+                       torch.stack([tasks["old"].train.read(i, None) for i in (20, 1)]))
     rng = torch.get_rng_state()
     reading[(1, 4)]
     assert torch.equal(rng, torch.get_rng_state())  # the training process's RNG is untouched
