@@ -202,7 +202,8 @@ class ImageSamples:
         n = len(idx)
         x = torch.empty((n, *self.shape), dtype=torch.uint8)
         y = self.y if rows is None else self.y[rows]
-        threads = self.reading_threads() if threads is None else threads
+        if threads is None:  # a probe of a row or two never pays for threads (nor asks)
+            threads = self.reading_threads() if n >= 2 else 1
 
         def run(lo: int, hi: int, guard: bool = True, advance=None) -> None:
             for k in range(lo, hi):
