@@ -193,7 +193,7 @@ def test_reading_an_image_folder_reports_its_progress(tmp_path, threads):
     heard = Heard()
     with listening(heard):
         samples.load(threads=threads)
-    assert heard.calls[0] == ("start", "old.test images", 40) and heard.calls[-1] == ("end", 40)
+    assert heard.calls[0] == ("start", "reading old.test images", 40) and heard.calls[-1] == ("end", 40)
     done = [c[1] for c in heard.calls if c[0] == "advance"]
     assert done == sorted(done) and done[-1] == 40
     assert done[:-1] == ([16, 32] if threads == 1 else [4 * k for k in range(1, 10)])
@@ -208,13 +208,13 @@ def test_reading_an_image_folder_reports_its_progress(tmp_path, threads):
 def test_reading_progress_lines_and_json(capsys):
     """Without a terminal: nothing for a read shorter than --progress-every, nor for one of
     fewer than min_items; a long one says a line every every_s seconds of the clock with its
-    ETA, then the time it took; json: the same moments as 'reading' events."""
-    from goodfit_cli.cli.console import ReadingProgress
+    ETA, then the time it took; json: the same moments as 'work' events."""
+    from goodfit_cli.cli.console import WorkProgress
 
     def read(fmt, total, per_item_s):
         clock = Clock()
-        p = ReadingProgress(Display(fmt, 30.0, clock), live=False, min_items=100)
-        p.start("old.test images", total)
+        p = WorkProgress(Display(fmt, 30.0, clock), live=False, min_items=100)
+        p.start("reading old.test images", total)
         for done in range(16, total + 1, 16):
             clock.t += 16 * per_item_s
             p.advance(done)
@@ -236,36 +236,63 @@ def test_reading_progress_lines_and_json(capsys):
     read("json", 480, 0.25)
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(e["event"], e["done"], e["wall_s"]) for e in events] == [
-        ("reading", 128, 32.0), ("reading", 256, 64.0), ("reading", 384, 96.0),
-        ("reading", 480, 120.0)]
+        ("work", 128, 32.0), ("work", 256, 64.0), ("work", 384, 96.0), ("work", 480, 120.0)]
 
 
-def test_reading_progress_bar_on_a_terminal_ends_with_the_read(monkeypatch):
-    """On a terminal a long read draws a transient bar that is stopped when it ends; while
-    another live display (a training's bar) is drawn, the read draws inside it (rich >= 14) or
-    nothing (rich 13 refuses a second live display), never failing, and the training's bar
-    stays."""
+def test_a_work_bar_on_a_terminal_waits_its_delay_and_ends_with_the_work(monkeypatch):
+    """On a terminal, work shorter than the delay (2 s of the clock) draws nothing (a short
+    evaluation inside a training); longer work draws a transient bar from that moment, stopped
+    when it ends; while another live display (a training's bar) is drawn, the work draws inside
+    it (rich >= 14) or nothing (rich 13 refuses a second live display), never failing, and the
+    training's bar stays."""
     from rich.progress import Progress
 
     from goodfit_cli.cli import console
 
     term = Console(file=io.StringIO(), force_terminal=True, width=80)
     monkeypatch.setattr(console, "out", term)
-    p = console.ReadingProgress(Display("text", 30.0, Clock()), live=True, min_items=10)
-    p.start("new.test images", 40)
-    bar = p.progress
-    assert bar is not None and bar.live.is_started
-    p.advance(20)
-    p.end(40)
-    assert p.progress is None and not bar.live.is_started
+    clock = Clock()
+    p = console.WorkProgress(Display("text", 30.0, clock), live=True, min_items=10)
+
+    def work(seconds_per_step):
+        p.start("evaluating the old task", 40)
+        for done in (10, 20, 30):
+            clock.t += seconds_per_step
+            p.advance(done)
+            if done == 20:
+                bar = p.progress
+        p.end(40)
+        return bar
+
+    assert work(0.5) is None and term.file.getvalue() == ""
+    bar = work(1.5)  # 3 s at 20 of 40: drawn
+    assert bar is not None and not bar.live.is_started and p.progress is None
     training = Progress(console=term)
     training.start()
     try:
-        p.start("new.test images", 40)
-        bar = p.progress
-        p.advance(20)
-        p.end(40)
+        bar = work(1.5)
         assert bar is None or not bar.live.is_started
         assert training.live.is_started
     finally:
         training.stop()
+
+
+def test_an_evaluation_reports_its_progress_batch_by_batch():
+    """Each task's evaluation says what it evaluates and how far it got after every batch of
+    eval.batch_size, ending at every sample; the numbers equal an evaluation nobody listens to."""
+    from goodfit_cli.core.progress import listening
+    from goodfit_cli.trainer.session import Place, open_session
+    from goodfit_cli.workflows.recipes import load
+
+    s = open_session(load("toy", ["data.args.n_train=256", "data.args.n_test=128",
+                                  "model.args.hidden=[8]", "eval.batch_size=50"]), Place("cpu"),
+                     join=False)
+    model = s.model()
+    heard = Heard()
+    with listening(heard):
+        metrics = s.evaluate(model)
+    assert heard.calls == [("start", "evaluating the old task", 128), ("advance", 50),
+                           ("advance", 100), ("advance", 128), ("end", 128),
+                           ("start", "evaluating the new task", 128), ("advance", 50),
+                           ("advance", 100), ("advance", 128), ("end", 128)]
+    assert metrics == s.evaluate(model)

@@ -268,7 +268,7 @@ def test_a_save_to_disk_folders_image_reading_reports_progress(tmp_path):
     with listening(Heard()):
         tasks = build_data("hf_disk", args, seed=0, data_dir=str(tmp_path))
     assert torch.equal(tasks["old"].train.x, torch.from_numpy(np.stack(imgs)))
-    assert heard[:4] == [("old.train images", 20), 16, 20, ("end", 20)]
+    assert heard[:4] == [("reading old.train images", 20), 16, 20, ("end", 20)]
     imgs[17] = rng.integers(0, 255, (9, 10, 3), dtype=np.uint8)
     datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in imgs], "label": labels},
                                features=feats).save_to_disk(tmp_path / "odd")

@@ -18,8 +18,8 @@ from rich.markup import escape
 from goodfit_cli import __version__
 from goodfit_cli.cli.console import (
     DISPLAY,
-    ReadingProgress,
     RichEvents,
+    WorkProgress,
     err,
     log,
     show,
@@ -80,7 +80,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with listening(ReadingProgress()):  # long reads of data shown (core/progress.py)
+            with listening(WorkProgress()):  # long reads, evaluations shown (core/progress.py)
                 return fn(*args, **kwargs)
         except typer.Exit:
             raise

@@ -150,39 +150,43 @@ class RichEvents:
             self._line(now)
 
 
-class ReadingProgress:
-    """Draws core/progress.py's work (reading an image folder into memory) of at least
-    `min_items` items: a transient bar on a terminal (none while another live display, a
-    training's bar, is drawn); without one a line every `display.every_s` seconds while it lasts
-    (nothing for work done sooner) and a last line with its time once a line was said; json:
-    'reading' events at the same moments. Under torchrun, rank 0 only."""
+class WorkProgress:
+    """Draws core/progress.py's work (reading an image folder, evaluating a large split) of at
+    least `min_items` items: on a terminal a transient bar once it has lasted `delay_s` seconds
+    of the clock (a short evaluation inside a training flashes nothing; none while another live
+    display refuses it: rich 13); without one a line every `display.every_s` seconds while it
+    lasts (nothing for work done sooner) and a last line with its time once a line was said;
+    json: 'work' events at the same moments. Under torchrun, rank 0 only."""
 
     def __init__(self, display: Display | None = None, live: bool | None = None,
-                 min_items: int = 256) -> None:
+                 min_items: int = 256, delay_s: float = 2.0) -> None:
         self.display, self._live, self.min_items = display or DISPLAY, live, min_items
+        self.delay_s = delay_s
         self.active, self.said = False, False
         self.progress: Progress | None = None
 
     def start(self, what: str, total: int) -> None:
-        from rich.errors import LiveError
-
         self.what, self.total, self.said = what, total, False
-        # torchrun's other ranks read the same data: only rank 0 speaks, as for the training
+        # torchrun's other ranks do the same work: only rank 0 speaks, as for the training
         self.active = total >= self.min_items and os.environ.get("RANK", "0") == "0"
         self.json = self.display.format == "json"  # read now: a command sets it after startup
+        self.bar = (self.active and not self.json
+                    and (out.is_terminal if self._live is None else self._live))
         self.t0 = self.last = self.display.clock()
         self.progress = None
-        if not self.active or self.json or not (out.is_terminal if self._live is None
-                                                 else self._live):
-            return
-        bar = Progress(TextColumn(f"reading {escape(what)}"), BarColumn(), MofNCompleteColumn(),
+
+    def _draw(self, done: int) -> None:
+        from rich.errors import LiveError
+
+        bar = Progress(TextColumn(escape(self.what)), BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn(), console=out, transient=True)
         try:
             bar.start()
-        except LiveError:  # a training's bar is drawn: this read is shown by none
+        except LiveError:  # another live display (rich 13): this work is shown by none
             self.active = False
             return
-        self.progress, self.task = bar, bar.add_task(what, total=total)
+        self.progress, self.task = bar, bar.add_task(self.what, total=self.total,
+                                                     completed=done)
 
     def advance(self, done: int) -> None:
         if not self.active:
@@ -191,7 +195,10 @@ class ReadingProgress:
             self.progress.update(self.task, completed=done)
             return
         now = self.display.clock()
-        if now - self.last >= self.display.every_s:
+        if self.bar:
+            if now - self.t0 >= self.delay_s and done < self.total:
+                self._draw(done)
+        elif now - self.last >= self.display.every_s and done < self.total:  # the end says it
             self.last = now
             self._line(done, now)
 
@@ -206,9 +213,9 @@ class ReadingProgress:
     def _line(self, done: int, now: float, final: bool = False) -> None:
         self.said, spent = True, now - self.t0
         if self.json:
-            emit("reading", what=self.what, done=done, total=self.total, wall_s=round(spent, 3))
+            emit("work", what=self.what, done=done, total=self.total, wall_s=round(spent, 3))
             return
-        text = f"reading {self.what}: {done:,}/{self.total:,}"
+        text = f"{self.what}: {done:,}/{self.total:,}"
         if final:
             text += f" in {_duration(spent)}"
         elif 0 < done < self.total:

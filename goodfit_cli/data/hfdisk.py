@@ -56,7 +56,7 @@ def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
 
     resample = getattr(Image.Resampling, interpolation.upper())
     n, out = len(values), None
-    with work(f"{key} images", n) as advance:
+    with work(f"reading {key} images", n) as advance:
         for i, v in enumerate(values):
             img = v if isinstance(v, Image.Image) else Image.fromarray(
                 np.asarray(v, dtype=np.uint8))

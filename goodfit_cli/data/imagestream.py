@@ -211,7 +211,7 @@ class ImageSamples:
                 if advance is not None and (k + 1) % PROGRESS_EVERY == 0:
                     advance(k + 1)
 
-        with work(f"{self.key} images", n) as advance:  # progress, where the CLI shows it
+        with work(f"reading {self.key} images", n) as advance:  # progress, where the CLI shows it
             if threads <= 1 or n < 2:
                 run(0, n, advance=advance)
                 advance(n)

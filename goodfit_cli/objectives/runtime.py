@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from goodfit_cli.core.progress import work
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.batch import rows
 from goodfit_cli.objectives import build_objective
@@ -39,7 +40,8 @@ class TaskRunner:
         """The model's outputs on `split`, in inference mode, `batch_size` samples at a time (on
         a GPU that runs out of memory: half as many, and this runner keeps the smaller size)."""
         outs, i, n = [], 0, len(split)
-        with torch.inference_mode():
+        # progress, where the CLI shows it (a long evaluation only: cli/console.py WorkProgress)
+        with torch.inference_mode(), work(f"evaluating the {self.name} task", n) as advance:
             while i < n:
                 step = min(batch_size, self.eval_batch or batch_size)
                 try:
@@ -53,6 +55,7 @@ class TaskRunner:
                     self.eval_batch = step // 2
                     continue
                 i += step
+                advance(min(i, n))
             out = torch.cat(outs)
         return out.clone()  # a normal tensor again: the metrics may write into theirs
 
