@@ -15,6 +15,11 @@ from contextvars import ContextVar
 from typing import Protocol
 
 
+# items between two reports of work done one item at a time (reading images): a report is a
+# context-variable read and a clock reading, negligible against a read, but not per item
+ITEMS_PER_REPORT = 16
+
+
 class Listener(Protocol):
     def start(self, what: str, total: int) -> None: ...  # `what`: e.g. "old.test images"
     def advance(self, done: int) -> None: ...  # items done so far (never decreasing)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from goodfit_cli.core.args import ArgError
-from goodfit_cli.core.progress import work
+from goodfit_cli.core.progress import ITEMS_PER_REPORT, work
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagefolder import image_size
 from goodfit_cli.data.paths import task_paths
@@ -44,9 +44,6 @@ def _load(path: str, key: str) -> Any:
     return ds
 
 
-PROGRESS_EVERY = 16  # rows between two progress reports
-
-
 def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
             interpolation: str) -> torch.Tensor:
     """PIL images (or arrays; datasets' column, decoded row by row as iterated) -> uint8
@@ -70,7 +67,7 @@ def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
                 raise ArgError(key, f"{path}: image {i} is {arr.shape[1]}x{arr.shape[0]}, "
                                f"image 0 {out.shape[2]}x{out.shape[1]}; set data.args.size")
             out[i] = arr
-            if (i + 1) % PROGRESS_EVERY == 0:
+            if (i + 1) % ITEMS_PER_REPORT == 0:
                 advance(i + 1)
         advance(n)
     if out is None:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError, loc
-from goodfit_cli.core.progress import work
+from goodfit_cli.core.progress import ITEMS_PER_REPORT, work
 from goodfit_cli.data.base import Split
 
 # `load()` reads a folder's images with threads when its first image has at least this many
@@ -40,7 +40,6 @@ from goodfit_cli.data.base import Split
 # 224x224 0.57-0.71 of the time; of 128x128, 1.09-1.25; PNGs of 32x32, 2.9-3.6 (slower)
 THREADED_PIXELS = 256 * 256
 MAX_THREADS = 8
-PROGRESS_EVERY = 16  # images between two progress reports of a sequential read
 AUGMENT = {"scale": None, "ratio": None, "hflip": 0.5, "vflip": 0.0, "color_jitter": None,
            "auto_augment": None}  # timm's create_transform arguments, goodfit's defaults
 
@@ -208,7 +207,7 @@ class ImageSamples:
         def run(lo: int, hi: int, guard: bool = True, advance=None) -> None:
             for k in range(lo, hi):
                 x[k] = self.read(idx[k], None, guard)
-                if advance is not None and (k + 1) % PROGRESS_EVERY == 0:
+                if advance is not None and (k + 1) % ITEMS_PER_REPORT == 0:
                     advance(k + 1)
 
         with work(f"reading {self.key} images", n) as advance:  # progress, where the CLI shows it
