@@ -259,46 +259,96 @@ def test_two_workers_on_a_postgresql_study(base, tmp_path, postgres):
 def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path):
     """Trials are chosen on validation (their objectives are the trial's validation metrics;
     the test ones are stored beside them). The same study re-run with another gate and no
-    trials left re-judges every finished trial and the recommendation from the stored results,
-    and says the gate changed: a ceiling no trial keeps recommends nothing; one between the
-    trials' old-task values keeps exactly those at or under it."""
-    out = tmp_path / "run"
-    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", out,
-               "--no-defaults", "--rungs", 0, *TINY)
+    trials left chooses each finished trial's point again under it (its WiSE-FT α from its own
+    curve; evaluations only) and re-judges every trial and the recommendation, and says the gate
+    changed: a ceiling no point keeps recommends nothing and withdraws the earlier
+    recommendation (kept aside, not shipped); one between the trials' old-task values gives
+    exactly what a fresh study under that gate gives, trial by trial."""
+    from goodfit_cli.report.gate import gate_from_flags
+    from goodfit_cli.report.trials import best_alpha
 
-    def search(*gate) -> dict:
+    out = tmp_path / "run"
+
+    def search(*gate, into: Path = out) -> dict:
+        args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out", into,
+                   "--no-defaults", "--rungs", 0, *TINY)
         res = subprocess.run(args + list(gate), cwd=ROOT, env=ENV, capture_output=True,
                              text=True, timeout=600)
         assert res.returncode == 0, res.stderr
-        return json.loads((out / "report.json").read_text())
+        return json.loads((into / "report.json").read_text())
+
+    def point(t: dict) -> dict:  # the report of the point the trial's checkpoint is
+        wise = Path(t["checkpoint"]).parent / "report.json"
+        return json.loads((wise if wise.exists() else Path(t["dir"]) / "report.json")
+                          .read_text())["arms"][0]
 
     first = search("--max-old", "mse=100")
     assert first["gate"] == "old mse max 100 (from command-line flags)"
     assert all(t["feasible"] for t in first["trials"]) and first["recommendation"] is not None
     for t in first["trials"]:  # old/new: validation; test_old/test_new: test
-        wise = Path(t["checkpoint"]).parent / "report.json"  # a WiSE point's own report
-        report = wise if wise.exists() else Path(t["dir"]) / "report.json"
-        arm = json.loads(report.read_text())["arms"][0]
+        arm = point(t)
         assert (t["old"], t["new"]) == (arm["validation"]["metrics"]["old"]["mse"],
                                         arm["validation"]["metrics"]["new"]["mse"])
         assert (t["test_old"], t["test_new"]) == (arm["metrics"]["old"]["mse"],
                                                   arm["metrics"]["new"]["mse"])
     assert first["recommendation"]["new"] == min(t["new"] for t in first["trials"])
+    assert (out / "recommended" / "model.safetensors").is_file()
     none = search("--max-old", "mse=0")
-    assert [t["old"] for t in none["trials"]] == [t["old"] for t in first["trials"]]  # stored
+    for t in none["trials"]:  # nothing passes: each trial's point is its arm (α = 1)
+        own = json.loads((Path(t["dir"]) / "report.json").read_text())
+        assert t["params"]["wise_alpha"] == 1.0 == best_alpha(
+            gate_from_flags(None, None, "mse", {"max_old": ["mse=0"]}), own, (-1, -1), 0.5)
+        assert (t["old"], t["new"]) == (own["arms"][0]["validation"]["metrics"]["old"]["mse"],
+                                        own["arms"][0]["validation"]["metrics"]["new"]["mse"])
     assert not any(t["feasible"] for t in none["trials"]) and none["recommendation"] is None
+    notes = " ".join(none["notes"])
     assert ("the gate changed (was: old mse max 100 (from command-line flags)): every finished "
-            "trial and the recommendation are re-judged") in " ".join(none["notes"])
+            "trial and the recommendation are re-judged") in notes
+    assert "3 finished trials were chosen under another gate or margin" in notes
+    # the earlier recommendation is no longer where a CI job would pick it up, and not lost
+    assert not (out / "recommended").exists()
+    aside = list(out.glob("recommended.prev-*/model.safetensors"))
+    assert len(aside) == 1 and f"moved from {out / 'recommended'} to {aside[0].parent}" in notes
     cut = sorted(t["old"] for t in first["trials"])[1]
     some = search("--max-old", f"mse={cut!r}")
-    kept = [t["number"] for t in some["trials"] if t["feasible"]]
-    assert kept == [t["number"] for t in first["trials"] if t["old"] <= cut] and len(kept) >= 2
-    # the rule picks among the feasible trials that gain on the new task (never the base's
-    # point); none of them gaining, it recommends nothing
-    gaining = [t for t in some["trials"] if t["feasible"] and t["gains"]]
-    best = min(gaining, key=lambda t: t["new"])["number"] if gaining else None
-    assert (some["recommendation"] or {}).get("number") == best
+    fresh = search("--max-old", f"mse={cut!r}", into=tmp_path / "fresh")
+    keys = ("number", "params", "old", "new", "test_old", "test_new", "feasible", "gains")
+    assert [{k: t[k] for k in keys} for t in some["trials"]] == \
+        [{k: t[k] for k in keys} for t in fresh["trials"]]
+    assert (some["recommendation"] or {}).get("number") == \
+        (fresh["recommendation"] or {}).get("number")
+    for t in some["trials"]:  # the re-chosen point's own files say what the report says
+        arm = point(t)
+        assert (t["old"], t["test_old"]) == (arm["validation"]["metrics"]["old"]["mse"],
+                                             arm["metrics"]["old"]["mse"])
     assert "gate (val)" in (out / "report.md").read_text()
+    # the same gate again: the points chosen under it are reused (checked), nothing evaluated
+    res = subprocess.run(cmd("search", "--base", base, "--recipe", "toy", "--trials", 3, "--out",
+                             out, "--no-defaults", "--rungs", 0, *TINY, "--max-old",
+                             f"mse={cut!r}"), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0 and "choosing its point again" not in res.stderr + res.stdout
+    again = json.loads((out / "report.json").read_text())
+    assert [{k: t[k] for k in keys} for t in again["trials"]] == \
+        [{k: t[k] for k in keys} for t in some["trials"]]
+
+
+def test_search_refuses_an_out_folder_that_holds_no_study(base, tmp_path):
+    """A search writes into an empty folder or its own study's; another command's run folder
+    or a folder of the user's files is refused in one line, and nothing in it changes."""
+    for name, files in (("finetune-run", ["run.json", "report.md"]), ("mine", ["notes.txt"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in files:
+            (folder / f).write_text("kept\n")
+        res = subprocess.run(cmd("search", "--base", base, "--recipe", "toy", "--trials", 1,
+                                 "--out", folder, *TINY), cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 2, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert "is not empty and holds no search study" in res.stderr
+        assert sorted(p.name for p in folder.iterdir()) == sorted(files)
+        assert all((folder / f).read_text() == "kept\n" for f in files)
 
 
 def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
@@ -534,6 +584,11 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
                     node = node[part]
                 assert node == pytest.approx(value)
                 assert f" {key}={value!r}" in res.stderr + res.stdout  # the trial log
+        # the arm: the study's `arm` (its kind) in the log, and the arm it ran, by the recipe
+        # key that names it, in the log and in the trial's recipe.yaml
+        assert recipe["finetune"]["arms"] == [t.user_attrs["arm"]]
+        assert (f"trial {t.number}: arm={t.params['arm']} finetune.arms="
+                f"[{t.user_attrs['arm']!r}] ") in res.stderr + res.stdout
     assert rep["batches"] == sum(t.user_attrs["batches"] for t in study.trials)
     md = (out / "report.md").read_text()
     assert "finetune.optimizer.lr=" in md and "PRUNED" in md and "rule: knee" in md

@@ -79,7 +79,9 @@ RULES_HELP = ("new: the most new-task gain (the old task breaks ties); knee: the
 
 SEARCH_HELP = (
     "Search arms and knobs for the best update the gate allows (Optuna, multi-objective).\n\n"
-    "Space: the arm (plain, head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc), lr from lr/10 "
+    "Space: the arm (plain, head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc; also lora where "
+    "PEFT is installed, the hf extra, and a plugin's arms; the trial's recipe.yaml names the "
+    "arm it ran in finetune.arms), lr from lr/10 "
     "to 10 lr, each arm's knobs around the recipe's values, the replay fraction from 0 to 0.5 "
     "(--no-replay: none); for a cross_entropy new task, its class balance (new_task.args.balance) "
     "and batch sampling (finetune.sampling: uniform, balanced, sqrt). Each trial then evaluates "
@@ -125,7 +127,10 @@ SEARCH_HELP = (
     "the other candidates within one standard error of the recommendation's new-task "
     "validation accuracy, which the validation split cannot rank against it.\n\n"
     "Names: a knob has one name everywhere (the trial log, the study, the report, the trial's "
-    "recipe.yaml): its recipe key, e.g. finetune.penalty.ewc, finetune.optimizer.lr.")
+    "recipe.yaml): its recipe key, e.g. finetune.penalty.ewc, finetune.optimizer.lr; the arm, "
+    "arm (the study's) and finetune.arms (the recipe's). wise_alpha and new_offset are chosen "
+    "after the training, not recipe keys: the trial's wise/ folder holds that point (its "
+    "summary.json: alpha, new_offset).")
 
 EXAMPLES = {
     "goodfit": _examples("goodfit demo --quick", "goodfit finetune --help"),

@@ -151,14 +151,15 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     "recommended.")
     else:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in rec["params"].items() if k != "arm")
+                          for k, v in rec["params"].items())
         test = ""
         if rec.get("test_old") is not None:
             gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
-            test = (f"; on test: old {m_old} {rec['test_old']:.4g}, new {m_new} "
-                    f"{rec['test_new']:.4g} (gate on test: {gate})")
+            test = (f"; on test: old {m_old} {rec['test_old']:.5g}, new {m_new} "
+                    f"{rec['test_new']:.5g} (gate on test: {gate})")
         default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
-        said.append(f"Trial {rec['number']} ({rec['arm']}{default}; {knobs}), by --rule "
+        said.append(f"Trial {rec['number']} (finetune.arms=[{rec['arm']}]{default}; {knobs}), "
+                    f"by --rule "
                     f"{rep.get('rule', 'new')}: on validation old {m_old} "
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
@@ -178,13 +179,14 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
         return ("FAIL" if not t["feasible"] else "pass" if t.get("gains", True) else
                 "pass, no new-task gain")
 
-    tables = [("Trials", ["trial", "state", "arm", "knobs", "batches", f"old {m_old} (val)",
+    tables = [("Trials", ["trial", "state", "finetune.arms", "knobs", "batches",
+                          f"old {m_old} (val)",
                           f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
                           f"new {m_new} (test)"],
                [[str(t["number"]), t["state"] + (f" (re-run of {t['rerun_of']})"
                                                  if "rerun_of" in t else ""), t["arm"],
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                           for k, v in t["params"].items() if k != "arm"),
+                           for k, v in t["params"].items()),
                  "-" if t.get("batches") is None else str(t["batches"]),
                  val(t["old"]), val(t["new"]), judged(t),
                  "*" if t["number"] in front else "", val(t.get("test_old")),
@@ -205,6 +207,14 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                                                      f"new {m_new} (val)", "gate (val)",
                                                      f"old {m_old} (test)",
                                                      f"new {m_new} (test)"], rows))
+    time = rep.get("time") or {}
+    if time.get("phases_s"):
+        total = sum(time["phases_s"].values())
+        tables.append((f"Where the time went (the {time['trials']} trials' own timings.json, "
+                       "summed)", ["phase", "s", "share"],
+                       [[k.replace("_", " "), f"{v:.2f}", f"{v / total:.0%}" if total else "-"]
+                        for k, v in time["phases_s"].items()]
+                       + [["total", f"{total:.2f}", "100%"]]))
     return title, header + [f"- {e(n)}" for n in rep["notes"]], said, tables
 
 

@@ -63,6 +63,7 @@ from goodfit_cli.workflows.budget import Budget, claim, settle, spent
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.rejudge import chosen_under, rechoose, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reran, reruns_due
 from goodfit_cli.workflows.wise import WiseJob, wise
@@ -123,8 +124,10 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     prim = recipe.primary
     p = propose(trial, recipe, replay=job.replay)
     trial_dir = job.out / "trials" / f"trial-{trial.number:04d}"
-    trecipe = load(job.recipe, [*job.overrides, *p.overrides])
-    ui.log(f"trial {trial.number}: arm={p.arm} " + " ".join(p.overrides))  # the study's names
+    ran = f"finetune.arms=[{p.arm!r}]"  # the trial's recipe.yaml says which arm it ran
+    trecipe = load(job.recipe, [*job.overrides, *p.overrides, ran])
+    ui.log(f"trial {trial.number}: arm={trial.params['arm']} {ran} "  # the study's names
+           + " ".join(p.overrides))
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("arm", p.arm)
@@ -188,9 +191,9 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         trial.study.stop()
         raise optuna.TrialPruned("interrupted") from None
     arm = rep["arms"][0]
-    views = {"val": {k: arm["validation"][k] for k in ("metrics", "delta", "flips")},
-             "test": {k: arm[k] for k in ("metrics", "delta", "flips")}}
+    views = views_of(arm)
     trial.set_user_attr("views", views)  # what any later gate is judged on
+    trial.set_user_attr("chosen_under", chosen_under(job.gate, job.margin))  # α's and τ's
     base_val = pick(rep["base_val_metrics"], prim)
     trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
     judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin)
@@ -224,6 +227,9 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if job.out.is_symlink() or (job.out.exists() and not job.out.is_dir()):
         raise UserError(f"output path exists and is not a directory: {job.out}")
     check_outputs({}, {"--out": job.out}, {"--base": job.base})
+    if job.out.is_dir() and not _a_study(job.out):  # another run's folder, or the user's files
+        raise UserError(f"output directory {job.out} already exists, is not empty and holds no "
+                        "search study (study.db, trials/): choose another --out")
     if not recipe.finetune.optimizer.lr > 0:  # lr 0 cannot move the new task
         raise UserError(f"finetune.optimizer.lr {recipe.finetune.optimizer.lr}: goodfit search "
                         "draws lr around the recipe's, which must be greater than 0")
@@ -277,11 +283,63 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if any(t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
         notes.append("the budget left could not cover another trial: the study stopped at "
                      f"{len(counted(study))} of --trials {job.trials}")
-    rep = study_report(job, study, recipe, dirs, notes, budget)
+    rechosen = _rechosen(job, study, dirs, place, ui, notes)
+    rep = study_report(job, study, recipe, dirs, notes, budget, rechosen)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
     write_search_report(rep, job.out, default_curves(rep, prim))
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
     return rep
+
+
+def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, ui: Ui,
+              notes: list[str]) -> dict[int, dict]:
+    """Each finished trial's point chosen again when this command's gate or margin is not the
+    one it was chosen under (workflows/rejudge.py): {trial number: the new point}."""
+    prior = study.user_attrs.get("chosen_under_before")  # what a trial without a record (an
+    if prior is None:  # older goodfit) was chosen under: the study's gate when first re-judged
+        prior = chosen_under(None, DEFAULT_Z)
+        if "gate" in study.user_attrs:  # its limits in words
+            was = study.user_attrs["gate"]
+            prior = {"limits": "" if was == "no gate" else was.rsplit(" (from ", 1)[0],
+                     "margin": float(study.user_attrs.get("val_margin", DEFAULT_Z))}
+        study.set_user_attr("chosen_under_before", prior)
+    out, away = {}, []
+    under = chosen_under(job.gate, job.margin)
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE" or (t.user_attrs.get("chosen_under") or prior) == under:
+            continue
+        if not (Path(t.user_attrs.get("dir") or "") / "report.json").is_file():
+            away.append(t.number)  # another worker's machine: its stored point is judged
+            continue
+        point = rechoose(t, prior, job.gate, job.margin, dirs, job.new_offset, place, ui)
+        if point is not None:
+            out[t.number] = point
+    if away:
+        notes.append(f"trial{'s' if len(away) > 1 else ''} {', '.join(map(str, away))}: "
+                     "not on this machine, so the point chosen under its own gate is judged "
+                     "(run the same command where its folder is to choose it again)")
+    moved = sorted(n for n, p in out.items()
+                   if any(p[k] != v for k, v in p["rechosen_from"].items()))
+    if out:
+        notes.append(f"{len(out)} finished trial{'s were' if len(out) > 1 else ' was'} "
+                     "chosen under another gate or margin: each one's WiSE-FT α"
+                     + (" and new-class offset" if job.new_offset else "")
+                     + " chosen again on validation under this one (evaluations only)"
+                     + (f"; the point moved for trial {', '.join(map(str, moved))}" if moved
+                        else "; no point moved"))
+    return out
+
+
+def _a_study(out: Path) -> bool:
+    """Whether `out` may take this search: empty, or a search's folder (its study.db, or the
+    trials/ of workers sharing a study in another database), nothing of another command's."""
+    names = {p.name for p in out.iterdir()} - {".goodfit.lock"}
+    if not names or (names & {"study.db", "trials"} and "run.json" not in names):
+        return True
+    try:  # a worker that ran no trial of a study kept elsewhere: its report alone
+        return "study" in json.loads((out / "report.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _make_out(out: Path) -> None:

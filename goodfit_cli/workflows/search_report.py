@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,41 +44,47 @@ def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
 
 
 def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
-            notes: list[str], budget: Budget) -> dict[str, Any]:
+                 notes: list[str], budget: Budget,
+                 rechosen: dict[int, dict] | None = None) -> dict[str, Any]:
     """The study's report: every trial judged with this command's gate, the recipe's default
-    arms (the trials enqueued first) as the reference points, the budget and what was spent."""
+    arms (the trials enqueued first) as the reference points, the budget and what was spent.
+    `rechosen`: the trials whose point this command chose again (workflows/rejudge.py), their
+    new point in place of the stored one."""
     prim = recipe.primary
     gate_now = describe(job.gate)
     judged_with = study.user_attrs.get("gate")
     if judged_with is not None and judged_with != gate_now:
         notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
-                     "recommendation are re-judged from the stored validation results; the "
-                     "sampler's constraint for trials run before keeps the old gate")
+                     "recommendation are re-judged on validation; what the old gate decided "
+                     "during training stands (a trial pruned at a rung stays pruned, the "
+                     "sampler's constraint for the trials run before)")
     if study.user_attrs.get("val_margin", job.margin) != job.margin:
         notes.append(f"the validation margin changed (was {study.user_attrs['val_margin']:g} "
                      "standard errors): every finished trial is re-judged")
     study.set_user_attr("gate", gate_now)
     study.set_user_attr("val_margin", job.margin)
-    trials = []
+    trials, seen = [], {}
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget"):  # never run
             continue
         if t.state.name == "WAITING":  # an enqueued default arm not run (--trials reached)
             continue
-        views = t.user_attrs.get("views")
+        attrs = {**t.user_attrs, **(rechosen or {}).get(t.number, {})}
+        views = attrs.get("views")
         if t.state.name == "COMPLETE" and views is None:
             raise UserError(f"study {study.study_name!r}: trial {t.number} has no stored "
                             "validation results (made by an older goodfit); it cannot be judged: "
                             "use a new --out or --study")
-        vals = t.values if t.values is not None else (None, None)
+        vals = attrs.get("values") or (t.values if t.values is not None else (None, None))
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
         trials.append({"number": t.number, "state": t.state.name,
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
                        **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
                           else {}),
                        "base_val": t.user_attrs.get("base_val"),
-                       "params": {**t.params, **{k: t.user_attrs[k] for k in CHOSEN
-                                                 if k in t.user_attrs}},
+                       "params": {**t.params, **{k: attrs[k] for k in CHOSEN if k in attrs}},
+                       **({"rechosen_from": attrs["rechosen_from"]} if "rechosen_from" in attrs
+                          else {}),
                        "old": vals[0], "new": vals[1],
                        "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
                        "batches": t.user_attrs.get("batches"),
@@ -91,7 +98,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
                                             ["passed"] if views else None),
                        "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
-                       "checkpoint": t.user_attrs.get("checkpoint")})
+                       "checkpoint": attrs.get("checkpoint")})
+        seen[t.number] = views
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs = []
     for t in trials:  # the default arms: trials like the others, judged with this gate
@@ -114,8 +122,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     rec = recommend(done, dirs, job.rule)
     n_val = {}  # each task's validation samples (the recommendation's views)
     if rec is not None:
-        n_val = sizes((study.trials[rec["number"]].user_attrs.get("views") or {})
-                      .get("val") or {})
+        n_val = sizes((seen.get(rec["number"]) or {}).get("val") or {})
     n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
@@ -150,9 +157,54 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         "metrics") or {}, _counts(run, "test"))
     if outside_test:  # reported only
         notes.append(outside_test["message"])
+    rep["time"] = trial_time(trials)
     if rec is not None:
         rep.update(export(job, study, rec))
+    else:
+        withdrawn = withdraw(job.out)
+        if withdrawn:
+            notes.append(f"nothing is recommended now: the earlier recommendation was moved "
+                         f"from {job.out / 'recommended'} to {withdrawn}")
     return rep
+
+
+def withdraw(out: Path) -> Path | None:
+    """An earlier recommendation (RUN/recommended, from a run under another gate or rule)
+    moved aside when nothing is recommended now, so that nothing downstream ships it: kept,
+    under RUN/recommended.prev-<time>; None when there was none."""
+    folder = out / "recommended"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return None
+    aside = out / f"recommended.prev-{time.strftime('%Y%m%d-%H%M%S')}"
+    n = 1
+    while aside.exists():
+        aside, n = out / f"recommended.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
+    folder.rename(aside)
+    return aside
+
+
+def trial_time(trials: list[dict]) -> dict:
+    """Where the study's time went: each phase summed over the trials' own timings.json
+    (their fine-tune; a WiSE-FT point's evaluation in its wise/ folder as `wise point`), for
+    the trials whose folders are on this machine."""
+    phases: dict[str, float] = {}
+    timed = 0
+    for t in trials:
+        folder = Path(t.get("dir") or "")
+        if not t.get("dir") or not (folder / "timings.json").is_file():
+            continue
+        timed += 1
+        for rel, rename in (("timings.json", None), ("wise/timings.json", "wise point")):
+            try:
+                rec = json.loads((folder / rel).read_text())
+            except (OSError, ValueError):
+                continue
+            parts = {**rec.get("phases_s", {}), "other": rec.get("other_s", 0.0)}
+            if rename:
+                parts = {rename: sum(parts.values())}
+            for k, v in parts.items():
+                phases[k] = round(phases.get(k, 0.0) + v, 3)
+    return {"trials": timed, "phases_s": phases}
 
 
 def first_json(trials: list[dict], rel: str) -> dict:

@@ -1,0 +1,117 @@
+"""A study re-judged under another gate: each finished trial's point chosen again.
+
+A trial's candidate is not only judged with the gate: it is chosen with it. Its WiSE-FT α is
+the best point of its curve the gate allows on validation (report/trials.py `best_alpha`), and
+its new-class offset τ the best shift that passes the gate there (workflows/offset.py). So a
+re-run of `goodfit search` with another gate (or validation margin) chooses each finished
+trial's point again, on validation, from what the trial stored: the α from its fine-tune's
+report.json (the curve's validation numbers; no evaluation); the point's own numbers, when the
+choice moved or an offset is searched, by `goodfit wise` of the trial's arm at that α into
+RUN/trials/trial-NNNN/wise-<key> (evaluations only, no training; <key> names the gate and
+margin, and a folder made before for the same choice is reused once its files check out). The
+training itself is what the trial's own gate left it: a trial pruned at a rung stays pruned,
+and the sampler's constraints for the trials run before keep the old gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from goodfit_cli.io.atomic import atomic_write, sha256_file
+from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.trials import best_alpha
+from goodfit_cli.trainer.session import Place
+from goodfit_cli.trainer.stage import Ui
+from goodfit_cli.training import arm_dirname
+from goodfit_cli.workflows.wise import WiseJob, wise
+
+
+def chosen_under(gate: Gate | None, margin: float) -> dict[str, Any]:
+    """What a trial's point was chosen under: the gate's limits (not where they came from: the
+    same limits from a file or from flags choose the same point) and the validation margin."""
+    limits = "; ".join(l.name for l in gate.limits) if gate is not None and gate.limits else ""
+    return {"limits": limits, "margin": float(margin)}
+
+
+def _key(under: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(under, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def views_of(arm: dict) -> dict[str, dict]:
+    """A report's arm (or point) as the study stores it: its validation and test views."""
+    return {"val": {k: arm["validation"][k] for k in ("metrics", "delta", "flips")},
+            "test": {k: arm[k] for k in ("metrics", "delta", "flips")}}
+
+
+def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) -> dict | None:
+    """The report of a point made before into `dest` for this very choice (same gate and
+    margin, α, and the arm's checkpoint as it is now), its checkpoint matching its summary
+    ({} when that choice was the arm itself, α = 1 with no offset: nothing written but the
+    record); None otherwise (it is made again)."""
+    try:
+        record = json.loads((dest / "chosen.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or {k: v for k, v in record.items() if k != "arm_itself"} \
+            != {**under, "alpha": alpha, "wise_of_sha256": source_sha}:
+        return None
+    if record.get("arm_itself"):
+        return {}
+    try:
+        rep = json.loads((dest / "report.json").read_text())
+        summary = json.loads((dest / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if ((rep.get("provenance") or {}).get("wise_alpha") != alpha
+            or summary.get("sha256") != sha256_file(dest / "model.safetensors")):
+        return None
+    return rep
+
+
+def rechoose(trial: Any, prior: dict[str, Any], gate: Gate | None, margin: float,
+             dirs: tuple[int, int], new_offset: bool, place: Place, ui: Ui) -> dict | None:
+    """The finished `trial`'s point chosen again under `gate` and `margin` when it was chosen
+    under something else (its own record, or `prior` for a trial that has none): {"views",
+    "values" (the objectives on validation), "wise_alpha", "new_offset" (with `new_offset`),
+    "checkpoint", "rechosen_from"}; None when nothing differs (the stored point stands)."""
+    under = chosen_under(gate, margin)
+    was = trial.user_attrs.get("chosen_under") or prior
+    if was == under:
+        return None
+    folder = Path(trial.user_attrs["dir"])
+    rep = json.loads((folder / "report.json").read_text())  # the trial's fine-tune
+    prim = (rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"])
+    alpha = best_alpha(gate, rep, dirs, margin)
+    arm_dir = folder / arm_dirname(trial.user_attrs["arm"])
+    stored = trial.user_attrs.get("wise_alpha", 1.0)
+    if alpha == stored and not new_offset:  # the same point: its stored views stand
+        return None
+    point, checkpoint, tau = rep, arm_dir / "model.safetensors", 0.0
+    if alpha < 1.0 or new_offset:
+        dest = folder / f"wise-{_key(under)}"
+        source_sha = sha256_file(arm_dir / "model.safetensors")
+        made = _reusable(dest, under, alpha, source_sha)
+        if made is None:
+            ui.log(f"trial {trial.number}: choosing its point again under this gate "
+                   f"(wise_alpha={alpha:g}; evaluations only) into {dest}")
+            made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True,
+                                new_offset=new_offset, margin=margin, only_if_new=True),
+                        place, ui)
+            dest.mkdir(exist_ok=True)  # {} (the arm itself): the record alone
+            atomic_write(dest / "chosen.json", json.dumps(
+                {**under, "alpha": alpha, "wise_of_sha256": source_sha,
+                 "arm_itself": not made}, sort_keys=True) + "\n")
+        if made:  # {}: the arm itself (α = 1, no offset)
+            point, checkpoint = made, dest / "model.safetensors"
+            tau = (made["provenance"].get("new_offset") or {}).get("tau", 0.0)
+    views = views_of(point["arms"][0])
+    val = views["val"]["metrics"]
+    return {"views": views, "values": (val["old"][prim[0]], val["new"][prim[1]]),
+            "wise_alpha": alpha, **({"new_offset": tau} if new_offset else {}),
+            "checkpoint": str(checkpoint.resolve()),
+            "rechosen_from": {"wise_alpha": stored,
+                              **({"new_offset": trial.user_attrs.get("new_offset", 0.0)}
+                                 if new_offset else {})}}
