@@ -265,11 +265,95 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     with pytest.raises(Interrupted):
         runner.finetune(recipe, base_ckpt, tmp_path / "run", arms=["goodfit"], device="cpu",
                         log=lambda m: None, wise=False, stop_after=5)
+    cut = json.loads((tmp_path / "run" / "timings.json").read_text())  # what it spent
+    assert cut["ended"] == "Interrupted" and cut["phases_s"]["training"] > 0
     res = invoke("finetune", "--resume", tmp_path / "run", "--no-wise")
     assert res.exit_code == 0, res.output
     assert "resuming at batch 5/12" in res.output
     summary = json.loads((tmp_path / "run" / "goodfit" / "summary.json").read_text())
     assert summary["batches"] == 12
+    whole = json.loads((tmp_path / "run" / "timings.json").read_text())  # both commands
+    assert whole["commands"] == 2 and "ended" not in whole
+    assert whole["phases_s"]["training"] > cut["phases_s"]["training"]
+    assert whole["total_s"] > cut["total_s"]
+
+
+def test_a_resumed_run_keeps_its_gate_and_its_time(base_ckpt, tmp_path):
+    """`--resume` of a run gated by flags keeps that gate (recorded in run.json) unless given
+    another, and its timings.json adds this command's time to what the earlier one recorded
+    (the training the first command did is not forgotten)."""
+    run = tmp_path / "run"
+    res = invoke("finetune", "--recipe", "toy", "--base", base_ckpt, "--out", run,
+                 "--optimizer", "rmsprop", "--no-wise", "--max-old", "mse=0", *TINY)
+    assert res.exit_code == 3, res.output  # nothing keeps old mse at 0
+    recorded = json.loads((run / "run.json").read_text())["gate"]
+    assert recorded == {"limits": [{"task": "old", "metric": "mse", "max": 0.0}],
+                        "source": "flags"}
+    before = json.loads((run / "timings.json").read_text())
+    assert before["phases_s"]["training"] > 0
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 3, res.output  # the same gate, judged again
+    report = json.loads((run / "report.json").read_text())
+    assert report["gate_limits"] == "old mse max 0 (from command-line flags)"
+    after = json.loads((run / "timings.json").read_text())
+    assert after["commands"] == 2
+    assert after["phases_s"]["training"] == before["phases_s"]["training"]  # none this time
+    assert after["total_s"] > before["total_s"]
+    assert after["phases_s"]["load"] > before["phases_s"]["load"]
+    res = invoke("finetune", "--resume", run, "--no-wise", "--max-old", "mse=100")
+    assert res.exit_code == 0, res.output  # another gate given: it is the one judged
+    assert json.loads((run / "report.json").read_text())["gate_limits"] == \
+        "old mse max 100 (from command-line flags)"
+
+
+def test_an_early_stopping_run_refuses_another_gate_on_resume(base_ckpt, tmp_path):
+    """Arms that stop early by the gate would stop by another rule after a resume with another
+    gate: refused in one line, nothing in the run changed."""
+    over = [*TINY, "finetune.early_stop.gate=true"]
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", over)
+    from goodfit_cli.report.gate import gate_from_flags
+
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base_ckpt, tmp_path / "run", arms=["rmsprop"], device="cpu",
+                        wise=False, stop_after=5,
+                        gate=gate_from_flags(None, None, "mse", {"max_old": ["mse=100"]}))
+    listing = sorted(p.name for p in (tmp_path / "run").iterdir())
+    res = invoke("finetune", "--resume", tmp_path / "run", "--no-wise", "--max-old", "mse=50")
+    assert res.exit_code == 2 and "stop early by the gate they ran with (old mse max 100" \
+        in res.output, res.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == listing
+    res = invoke("finetune", "--resume", tmp_path / "run", "--no-wise")  # its own gate: fine
+    assert res.exit_code == 0, res.output
+
+
+def test_junit_needs_a_gate_and_outputs_replace_only_goodfits_own_files(base_ckpt, tmp_path):
+    """--junit with no gate is one line before anything runs (a CI job would pass on a gate no
+    one set); an output file that goodfit did not write is never overwritten, one it wrote
+    is; a command that fails before writing anything leaves no folder behind."""
+    res = invoke("finetune", "--recipe", "toy", "--base", base_ckpt, "--out", tmp_path / "a",
+                 "--junit", tmp_path / "gate.xml", *TINY)
+    assert res.exit_code == 2 and "there is no gate to write" in res.output, res.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "gate.xml").exists()
+    mine = tmp_path / "mine.txt"
+    mine.write_text("my data\n")
+    res = invoke("finetune", "--recipe", "toy", "--base", base_ckpt, "--out", tmp_path / "b",
+                 "--junit", mine, "--max-old", "mse=100", *TINY)
+    assert res.exit_code == 2 and "a file goodfit did not write is there" in res.output
+    assert mine.read_text() == "my data\n" and not (tmp_path / "b").exists()
+    res = invoke("eval", "--recipe", "toy", "--checkpoint", base_ckpt, "-o", mine, *TINY)
+    assert res.exit_code == 2 and mine.read_text() == "my data\n", res.output
+    out = tmp_path / "eval.json"
+    for _ in range(2):  # its own file: replaced
+        res = invoke("eval", "--recipe", "toy", "--checkpoint", base_ckpt, "-o", out, *TINY)
+        assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["sha256"]
+    res = invoke("finetune", "--recipe", "toy", "--base", tmp_path / "none.safetensors",
+                 "--out", tmp_path / "c", *TINY)
+    assert res.exit_code == 2 and not (tmp_path / "c").exists(), res.output
+    (tmp_path / "d").mkdir()  # the user's own empty folder stays
+    res = invoke("finetune", "--recipe", "toy", "--base", tmp_path / "none.safetensors",
+                 "--out", tmp_path / "d", *TINY)
+    assert res.exit_code == 2 and list((tmp_path / "d").iterdir()) == []
 
 
 def test_goodfit_arm_evaluates_and_saves_only_anchor_weights(base_ckpt, tmp_path):

@@ -127,7 +127,7 @@ def finetune(
                           overwrite=overwrite)
     job.wise = not no_wise
     job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new))
+        min_old, max_old, min_new, max_new), recorded=job.gate, junit=junit)
     job.junit = junit
     if nproc > 1:  # a bad recipe, arm or gate: one line here, before any process starts
         check_stages(job.recipe, job.arms)
@@ -165,7 +165,7 @@ def wise(
 
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new))
+        min_old, max_old, min_new, max_new), junit=junit)
     report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset),
                       Place(device, None, data_dir), ui_for(r.primary))
     if not report:  # a rank other than 0 under torchrun

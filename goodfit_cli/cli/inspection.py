@@ -68,7 +68,7 @@ def compare(
 
     r = load(recipe, None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new))
+        min_old, max_old, min_new, max_new), junit=junit)
     dest = out_dir or default_out(r.name, "compare")
     report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,
                          place=Place(device, None, data_dir), ui=ui_for(r.primary),

@@ -10,10 +10,12 @@ out of the enclosing one, so the phases never count a second twice.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 
 TRAINING = "training"
 
@@ -63,6 +65,33 @@ class Phases:
         ratio = rec["command_over_training"]
         return (f"time: {parts}; total {rec['total_s']:.1f} s"
                 + (f" ({ratio:.2f}x the training)" if ratio else ""))
+
+
+def earlier(path: Path) -> dict | None:
+    """What a resumed run's earlier commands recorded in its timings.json (None when there is
+    none, or it cannot be read: the time is then this command's alone)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def merged(before: dict | None, now: dict) -> dict:
+    """A resumed run's time: what its earlier commands recorded (`before`, their
+    timings.json; None when there is none) plus this command's `now`, phase by phase, with the
+    number of commands; `now` alone when there was nothing before."""
+    if not before or not isinstance(before.get("phases_s"), dict):
+        return now
+    phases = dict(before["phases_s"])
+    for k, v in now["phases_s"].items():
+        phases[k] = round(phases.get(k, 0.0) + v, 3)
+    total = round(before.get("total_s", 0.0) + now["total_s"], 3)
+    training = phases.get(TRAINING, 0.0)
+    return {"phases_s": phases, "other_s": round(before.get("other_s", 0.0) + now["other_s"], 3),
+            "total_s": total,
+            "command_over_training": round(total / training, 3) if training > 0 else None,
+            "commands": int(before.get("commands", 1)) + 1}
 
 
 _COUNTING: ContextVar[Phases | None] = ContextVar("goodfit_phases", default=None)

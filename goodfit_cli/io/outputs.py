@@ -1,9 +1,10 @@
 """No output of a command may replace a checkpoint or any input of the same command.
 
 `check_outputs` runs before a command reads or writes anything: an output file that names an
-existing `.safetensors` file, a symbolic link, or one of the command's inputs is refused; so is
-an output folder that is, or holds, one of its inputs (`--overwrite` would move that input
-aside).
+existing `.safetensors` file, a symbolic link, one of the command's inputs, or an existing file
+goodfit did not write (`ours`: a JUnit file of its gate, a JSON record of its own) is refused;
+so is an output folder that is, or holds, one of its inputs (`--overwrite` would move that
+input aside). A file goodfit wrote before is replaced: a CI job re-runs into the same path.
 """
 
 from __future__ import annotations
@@ -28,6 +29,20 @@ def _inside(inner: Path, folder: Path) -> bool:
     return inner_abs == folder_abs or folder_abs in inner_abs.parents
 
 
+def ours(path: Path) -> bool:
+    """Whether the existing file `path` is empty or one goodfit writes to a path it is given:
+    a gate's JUnit XML (testsuites "goodfit") or a JSON record naming a checkpoint's sha256
+    (`goodfit eval`)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    text = head.lstrip()
+    return (not text or (text.startswith(b"<?xml") and b'<testsuites name="goodfit"' in text)
+            or (text.startswith(b"{") and b'"sha256"' in text))
+
+
 def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None],
                   inputs: dict[str, Path | None]) -> None:
     """`files` / `folders` / `inputs`: option name -> path (None: not given). One UserError
@@ -46,6 +61,9 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None]
         if path.suffix.lower() == ".safetensors" and path.exists():
             raise UserError(f"{opt} {path} is a checkpoint (.safetensors); goodfit never "
                             "overwrites one with another output, choose another path")
+        if path.is_file() and not ours(path):
+            raise UserError(f"{opt} {path}: a file goodfit did not write is there; it would be "
+                            "overwritten, choose another path (or remove it)")
     for opt, folder in folders.items():
         if folder is None:
             continue

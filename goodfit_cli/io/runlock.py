@@ -53,6 +53,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd: int | None = fd
+        self.made = False  # whether open_run made the folder (a failed command removes it)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -86,8 +87,10 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
     if has_content(out) and not (overwrite or resume):
         raise UserError(f"output directory {out} already exists and is not empty "
                         f"(pass --overwrite to start afresh{resume_hint})")
+    existed = out.is_dir()
     _make(out)
     lock = RunLock(out)
+    lock.made = not existed
     moved = None
     if overwrite and has_content(out):
         moved = _aside(out)
@@ -101,14 +104,25 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
         lock.release()
         _make(out)
         lock = RunLock(out)
+        lock.made = True
     return lock, moved
 
 
 @contextlib.contextmanager
 def held(lock: RunLock | None) -> Iterator[None]:
-    """Release `lock` when the block ends, however it ends."""
+    """Release `lock` when the block ends, however it ends. A command that fails before it
+    wrote anything leaves no trace: its lock file goes, and the folder when it made it."""
     try:
         yield
+    except BaseException:
+        if lock is not None and lock.fd is not None and not has_content(lock.folder):
+            try:  # still held: no other run can be using the file
+                (lock.folder / LOCK).unlink()
+                if lock.made:
+                    lock.folder.rmdir()
+            except OSError:
+                pass
+        raise
     finally:
         if lock is not None:
             lock.release()

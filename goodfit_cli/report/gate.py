@@ -72,13 +72,19 @@ def load_gate(path: str | os.PathLike) -> Gate:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read the gate file ({getattr(e, 'strerror', None) or e})")
-    data, _ = parse_yaml(text, str(path))  # the recipe loader's limits: no alias bombs
-    return parse_gate(data, str(path), f"{path}: ")
+    data, marks = parse_yaml(text, str(path))  # the recipe loader's limits: no alias bombs
+
+    def place(i: int) -> str:
+        line, col = marks.get(("limits", i), (None, None))
+        return f"{path}:{line}:{col}: limits[{i}]" if line else f"{path}: limits[{i}]"
+
+    return parse_gate(data, str(path), f"{path}: ", place)
 
 
-def parse_gate(data, source: str, where: str) -> Gate:
+def parse_gate(data, source: str, where: str, place=None) -> Gate:
     """A gate from its mapping {"limits": [...]} (a gate file's content, or a recipe's `gate`
-    section); `where` starts every error's key ("gate.yaml: " or "r.yaml: gate.")."""
+    section); `where` starts every error's key ("gate.yaml: " or "r.yaml: gate."), and
+    `place(i)`, when given, names limit i ('r.yaml:40:7: gate.limits[0]', with its line)."""
     head = where.rstrip(". :")
     if not isinstance(data, dict):
         raise UserError(f"{head}: expected a mapping with a 'limits' list")
@@ -90,8 +96,30 @@ def parse_gate(data, source: str, where: str) -> Gate:
         raise UserError(f"{head}: 'limits' must be a non-empty list of limits")
     limits = []
     for i, entry in enumerate(entries):
-        limits += _parse_limit(entry, f"{where}limits[{i}]")
+        limits += _parse_limit(entry, place(i) if place else f"{where}limits[{i}]")
     return Gate(tuple(limits), source=source)
+
+
+def gate_record(gate: Gate | None) -> dict | None:
+    """A gate as a run records it (run.json "gate"): its limits as a gate file writes them and
+    where they came from; None for no gate. `recorded_gate` reads it back."""
+    if gate is None or not gate.limits:
+        return None
+    return {"limits": [{"task": l.task, "metric": l.metric, l.bound: l.threshold,
+                        **({"require_significant": True} if l.require_significant else {})}
+                       for l in gate.limits], "source": gate.source}
+
+
+def recorded_gate(record, where: str) -> Gate | None:
+    """The gate `gate_record` wrote (None for none); `where` names the file and key for an
+    error (a record changed by hand)."""
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: expected a mapping with 'limits' and 'source'")
+    source = record.get("source", "flags")
+    gate = parse_gate({"limits": record.get("limits")}, str(source), f"{where}.")
+    return Gate(gate.limits, source=str(source))
 
 
 def _short(value) -> str:

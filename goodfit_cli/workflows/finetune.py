@@ -20,7 +20,7 @@ from torch import nn
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
-from goodfit_cli.core.timing import TRAINING, Phases
+from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
@@ -32,7 +32,7 @@ from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
-from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import validation_gap
 from goodfit_cli.report.trials import best_on_validation
@@ -95,6 +95,8 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
                   place.data_dir or saved.get("data_dir"))
     job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
                       resume=True)
+    job.gate = recorded_gate(saved.get("gate"), f"{meta}: gate")  # what it ran with: the
+    # gate a resume keeps unless it is given another
     return job, place
 
 
@@ -138,23 +140,49 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     check_stages(job.recipe, job.arms)  # a bad optimizer or schedule: before anything is written
     check_outputs({"--junit": job.junit}, {"--out": None if job.resume else job.out},
                   {"--base": job.base})
+    if job.resume and job.recipe.finetune.early_stop.gate:
+        was = json.loads((job.out / "run.json").read_text()).get("gate")
+        if was is not None and was != gate_record(job.gate):
+            raise UserError(f"--resume {job.out}: its arms stop early by the gate they ran with "
+                            f"({describe(recorded_gate(was, 'run.json: gate'))}); another gate "
+                            "would stop the rest by another rule: drop the gate flags, or start "
+                            "a new run")
     lock = None
     if is_main():
         lock, moved = open_run(job.out, overwrite=job.overwrite, resume=job.resume)
         if moved is not None:
             ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
+    phases = Phases()  # where the command's time goes (run's timings.json, the report)
     with held(lock), measured_once():
-        return _finetune(job, place, ui)
+        try:
+            return _finetune(job, place, ui, phases)
+        except BaseException as e:  # interrupted, pruned, diverged: the time it spent is kept
+            if is_main() and not isinstance(e, UserError) and (job.out / "run.json").is_file():
+                unfinished(job, phases, e)  # (a refused or failed command changes no file)
+            raise
 
 
-def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
+def unfinished(job: FinetuneJob, phases: Phases, error: BaseException) -> None:
+    """RUN/timings.json of a command that ended before its report (an interruption, a pruned
+    search trial, a diverged arm): its phases so far and how it ended, added to what the run's
+    earlier commands recorded; a resume adds its own. Never raises: the run's own error is
+    what the user sees."""
+    try:
+        write_json(job.out / "timings.json", {
+            **merged(earlier(job.out / "timings.json") if job.resume else None,
+                     phases.record()),
+            "ended": type(error).__name__})
+    except Exception:  # a full disk (UserError from the writer), a damaged folder
+        pass
+
+
+def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> dict[str, Any]:
     recipe, out = job.recipe, job.out
     rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
                      recipe.at("finetune.early_stop"))
     main_rank = is_main()
     if not main_rank:
         ui = Ui(quiet)  # only rank 0 speaks
-    phases = Phases()  # where the command's time goes (run's timings.json, the report)
     geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
     if geometry:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
@@ -212,6 +240,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                        "device": str(s.device),
                                        "data_dir": (place or Place()).data_dir or recipe.data_dir,
                                        "identity": identity, "validation": s.validation,
+                                       "gate": gate_record(job.gate),
                                        # periodic evaluations: the curves' split (eval.curves)
                                        "curves_split": "test" if recipe.curves_on_test else "val",
                                        **({"sampling": sampled} if sampled else {}),
@@ -268,11 +297,12 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
             except Interrupted as e:
                 e.resume = f"the same command plus --resume {out}"
                 raise
-            evaluations = s.eval_s - eval_before  # periodic and final evaluations of the arm
-            saves = s.state_s - state_before  # what its resumable states held the training up
-            phases.add("evaluations", evaluations)
-            phases.add("state_saves", saves)
-            phases.add(TRAINING, time.perf_counter() - t_arm - evaluations - saves)
+            finally:  # an arm cut short (interrupted, pruned) counts what it trained too
+                evaluations = s.eval_s - eval_before  # periodic and final evaluations
+                saves = s.state_s - state_before  # what its resumable states held it up
+                phases.add("evaluations", evaluations)
+                phases.add("state_saves", saves)
+                phases.add(TRAINING, time.perf_counter() - t_arm - evaluations - saves)
     if not main_rank:
         finish()  # waits for rank 0's report, then leaves the group
         return {}
@@ -298,7 +328,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
     if recipe.finetune.replay is not None:  # each arm's summary has the pool and batch shares
         prov["replay"] = {"fraction": recipe.finetune.replay.fraction,
                           "max_samples": recipe.finetune.replay.max_samples, "seed": s.seed}
-    prov["timings"] = phases.record()  # the report's own time is in RUN/timings.json
+    before = earlier(out / "timings.json") if job.resume else None  # a resumed run's others
+    prov["timings"] = merged(before, phases.record())  # the report's own: RUN/timings.json
     try:
         with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
             report = make_report(recipe, out, job.base,
@@ -307,7 +338,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui) -> dict[str, Any]:
                                  sample_ids=s.sample_ids)
     finally:
         finish()
-    record = phases.record()
+    record = merged(before, phases.record())
     write_json(out / "timings.json", record)
     ui.log(phases.line())
     hint = evaluation_hint(record, recipe.eval_every,

@@ -98,22 +98,30 @@ def raise_on_gate_failure(report: dict[str, Any]) -> None:
 
 
 def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
-             max_nfr: float | None, bounds: dict[str, list[str] | None] | None = None
-             ) -> Gate | None:
+             max_nfr: float | None, bounds: dict[str, list[str] | None] | None = None,
+             recorded: Gate | None = None, junit: Path | None = None) -> Gate | None:
     """The gate a command asked for: a gate file, or limits from flags (--max-old-drop,
-    --max-nfr and the absolute `bounds` {"min_old": ["accuracy=0.9"], ...}), or else the
-    recipe's `gate` section, or none. A limit on a metric the recipe's tasks do not measure is
-    a UserError here, before anything runs."""
+    --max-nfr and the absolute `bounds` {"min_old": ["accuracy=0.9"], ...}), or else the gate
+    a resumed run `recorded` (the one its first command ran with), or else the recipe's `gate`
+    section, or none. A limit on a metric the recipe's tasks do not measure is a UserError
+    here, before anything runs; so is a `junit` file asked for with no gate (a CI job would
+    pass on a gate no one set)."""
     flagged = max_old_drop is not None or max_nfr is not None or any((bounds or {}).values())
-    if gate_file is not None:
+    if gate_file is None and not flagged and recorded is not None:
+        gate = recorded
+    elif gate_file is not None:
         if flagged:
             raise UserError("give either --gate or the gate flags (--max-old-drop, --max-nfr, "
                             "--min-old, --max-old, --min-new, --max-new), not both")
         gate = load_gate(gate_file)
     elif not flagged and recipe.gate is not None:  # the recipe's own gate, when none is given
         gate = parse_gate(recipe.gate, f"{recipe.source} (its gate section)",
-                          f"{recipe.at('gate')}.")
+                          f"{recipe.at('gate')}.", lambda i: recipe.locate(("gate", "limits", i)))
     elif not flagged:
+        if junit is not None:
+            raise UserError(f"--junit {junit}: there is no gate to write (give --gate, "
+                            "--max-old-drop, --max-nfr, --min-old, ... or a gate section in the "
+                            "recipe)")
         return None
     else:
         if max_nfr is not None and task_kinds(recipe)["old"] != "classification":
