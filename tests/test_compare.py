@@ -223,3 +223,32 @@ def test_compare_gates_the_update_that_adds_classes(make, tmp_path):
                 update_recipe, "--out", tmp_path / "wrong")
     assert wrong.exit_code == 2, wrong.output
     assert "in the checkpoint but" in wrong.output and "re-initialised" not in wrong.output
+
+
+def test_every_command_says_where_its_time_went(toy_run, tmp_path):
+    """pretrain, finetune, compare and wise each write OUT/timings.json, phases that add up to
+    their total (with `other`), and the reports show the same record as a table."""
+    cand = toy_run["ft"] / "rmsprop" / "model.safetensors"
+    res = run("compare", toy_run["base"], cand, "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    res = run("wise", toy_run["ft"] / "rmsprop", "--alpha", "0.5", "--out", tmp_path / "w")
+    assert res.exit_code == 0, res.output
+    expect = {toy_run["dir"] / "base": {"load", "training", "evaluations", "state_saves"},
+              toy_run["ft"]: {"load", "base_evaluation", "training", "evaluations", "report"},
+              tmp_path / "c": {"load", "base_evaluation", "evaluations", "report"},
+              tmp_path / "w": {"load", "base_evaluation", "evaluations", "report"}}
+    for folder, phases in expect.items():
+        rec = json.loads((folder / "timings.json").read_text())
+        assert phases <= set(rec["phases_s"]), (folder, rec)
+        assert sum(rec["phases_s"].values()) + rec["other_s"] == pytest.approx(
+            rec["total_s"], abs=0.01)
+        assert (rec["command_over_training"] is not None) == ("training" in phases)
+    for folder in (toy_run["ft"], tmp_path / "c", tmp_path / "w"):
+        report = json.loads((folder / "report.json").read_text())
+        shown = report["provenance"]["timings"]  # taken before the report was written
+        md = (folder / "report.md").read_text()
+        assert "#### Where the time went" in md
+        assert f"| load | {shown['phases_s']['load']:.2f} |" in md
+        assert f"| total | {shown['total_s']:.2f} | 100% |" in md
+        assert "<h2>Where the time went</h2>" in (folder / "report.html").read_text()

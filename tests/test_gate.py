@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -265,6 +266,7 @@ def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp
 
     from goodfit_cli.workflows.recipes import load
     from goodfit_cli.workflows.reporting import gate_for
+    from goodfit_cli.workflows.validate import validate
 
     own = "gate={limits: [{task: old, metric: mse, max: 0.5}, {task: new, metric: mse, max_drop: 0}]}"
     r = load("toy", [own])
@@ -273,9 +275,20 @@ def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp
     assert gate.source.endswith("toy.yaml (its gate section)")
     flags = gate_for(r, None, None, None, {"max_old": ["mse=0.7"]})
     assert [l.name for l in flags.limits] == ["old mse max 0.7"] and flags.source == "flags"
-    with pytest.raises(UserError, match=r"toy.yaml: gate.limits\[0\].metric: unknown metric "
-                                         r"'msx'; did you mean 'mse'"):
+    with pytest.raises(UserError, match=r"toy.yaml: override gate.limits\[0\].metric: unknown "
+                                         r"metric 'msx'; did you mean 'mse'"):
         gate_for(load("toy", [own.replace("metric: mse", "metric: msx", 1)]), None, None, None)
+    # written in the file: the limit's own line and column, as every other recipe key
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml").read_text() + (
+        "gate:\n  limits:\n    - {task: old, metric: mse, max: 0.5}\n"
+        "    - {task: old, metric: mse, maxx: 0.4}\n")
+    line = text.count("\n")  # the last limit's line (1-based; the text ends in a newline)
+    (tmp_path / "g.yaml").write_text(text)
+    with pytest.raises(UserError, match=rf"g.yaml:{line}:7: gate.limits\[1\]: unknown key "
+                                        r"'maxx'; did you mean 'max'"):
+        gate_for(load(str(tmp_path / "g.yaml")), None, None, None)
+    with pytest.raises(UserError, match=rf"g.yaml:{line}:7: gate.limits\[1\]: unknown key"):
+        validate(tmp_path / "g.yaml")  # `goodfit validate` checks the gate as a run does
     res = subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
                           "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
                           "gate={limits: [{task: old, metric: accuracy, min: 0.9}]}"],

@@ -226,14 +226,26 @@ def _close_calls(ship: dict) -> str:
     return f" ({close_count(len(names), 'candidate')}: see the report)" if names else ""
 
 
+def _numbers(ship: dict, metrics: list[str]) -> str:
+    """' (validation: old accuracy 0.9512, new accuracy 0.8; test: ...)': the shipped point's
+    primary metrics on the split that chose it and on the one that confirms it."""
+    parts = []
+    for split, label in (("val", "validation"), ("test", "test")):
+        p = ship.get(split)
+        if p and None not in (p.get("old"), p.get("new")):
+            parts.append(f"{label}: old {metrics[0]} {p['old']:.5g}, new {metrics[1]} "
+                         f"{p['new']:.5g}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def print_report(report: dict[str, Any], dest: Path) -> None:
-    show(summary_table(report))
     log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
+    show(summary_table(report))
     chosen = report.get("verdict")
     if chosen:  # chosen on validation (the report says which split and both numbers)
         ship = chosen["ship"]
         log("verdict (chosen on validation): " + (
             "ship nothing, no candidate passes the gate; keep the base" if ship is None else
             f"ship {printable(ship['name'])}"  # a file name: no raw control characters
-            + _close_calls(ship)))
+            + _numbers(ship, chosen.get("metrics") or ["", ""]) + _close_calls(ship)))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

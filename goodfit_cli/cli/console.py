@@ -275,7 +275,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     arms = report["arms"]
     has_flips = any((a.get("flips") or {}).get("old") for a in arms)
     has_gate = any(a.get("gate") for a in arms)
-    t = Table(title="regression report")
+    t = Table(title="regression report (test split)")
     t.add_column("model", no_wrap=True)
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right", no_wrap=True)

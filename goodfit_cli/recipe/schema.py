@@ -210,6 +210,20 @@ class Recipe(Section):
         if not self.finetune.arms:
             self.finetune.arms = [self.finetune.optimizer.name, "goodfit"]
 
+    def locate(self, path: tuple) -> str:
+        """The error location of a value deep in a section the schema keeps as plain data
+        (the gate's limits): 'r.yaml:25:7: gate.limits[0]', the line of the nearest marked key
+        ('r.yaml: override gate' for an override; no line for a recipe not read from text)."""
+        name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
+        marks, overridden = getattr(self, "_marks", ({}, frozenset()))
+        for n in range(len(path), 0, -1):
+            if path[:n] in overridden:
+                return f"{self.source}: override {name}"
+            if path[:n] in marks:
+                line, col = marks[path[:n]]
+                return f"{self.source}:{line}:{col}: {name}"
+        return f"{self.source}: {name}"
+
     # the flat names the code reads
     @property
     def eval_every(self) -> int:
@@ -344,6 +358,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
             and not Path(recipe.data_dir).is_absolute():  # paths resolve relative to the recipe
         recipe.data_dir = str((base_dir / recipe.data_dir).resolve())
     recipe.source, recipe.raw = source, raw
+    object.__setattr__(recipe, "_marks", (marks, overridden))  # not a field: for `locate`
     return recipe
 
 

@@ -49,6 +49,29 @@ def _md_table(head: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
     return lines + ["| " + " | ".join(md_escape(c) for c, _ in row) + " |" for row in rows]
 
 
+def _time_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
+    """Where the command's time went (provenance "timings", core/timing.py): each phase's
+    seconds and share of the total; None when the report has no record."""
+    rec = (report.get("provenance") or {}).get("timings")
+    if not isinstance(rec, dict) or not isinstance(rec.get("phases_s"), dict):
+        return None
+    total = rec.get("total_s") or 0.0
+    phases = {**rec["phases_s"], "other": rec.get("other_s", 0.0)}
+    rows = [[(k.replace("_", " "), ""), (f"{v:.2f}", ""),
+             (f"{v / total:.0%}" if total else "-", "")] for k, v in phases.items()]
+    rows.append([("total", ""), (f"{total:.2f}", ""), ("100%" if total else "-", "")])
+    return ["phase", "s", "share"], rows
+
+
+def _time_note(report: dict) -> str:
+    rec = report["provenance"]["timings"]
+    ratio = rec.get("command_over_training")
+    runs = rec.get("commands", 1)
+    return ((f"Command / training: {ratio:.2f}. " if ratio else "")
+            + (f"Summed over the run's {runs} commands (it was resumed). " if runs > 1 else "")
+            + "The report's own writing is in timings.json beside it.")
+
+
 def render_markdown(report: dict) -> str:
     """A pull-request comment: verdict, base-vs-arms table, regressions, read-out, violations."""
     out = [f"### goodfit: {verdict(report)}", ""]
@@ -94,6 +117,10 @@ def render_markdown(report: dict) -> str:
         out += [f"- **{md_escape(n)}**: {md_escape(v)}" for n, v in violations]
     out += ["", "#### Candidates", ""] + [f"- **{md_escape(n)}**: `{md_escape(c)}`"
                                           for n, c in _candidates(report)]
+    times = _time_rows(report)
+    if times:
+        out += ["", "#### Where the time went", ""] + _md_table(*times)
+        out += ["", md_escape(_time_note(report))]
     out += ["", "<details><summary>All metrics</summary>", ""]
     out += _md_table(*_all_metric_rows(report))
     out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
@@ -284,6 +311,10 @@ def render_html(report: dict) -> str:
                   '<p class="note">Old-task metric from a least-squares fit along each arm\'s '
                   f"path on {_readout_split(report)}, read at fixed new-task values; — = outside "
                   "the path (not extrapolated).</p>"]
+    times = _time_rows(report)
+    if times:
+        parts += ["<h2>Where the time went</h2>", _html_table(*times),
+                  f'<p class="note">{_h(_time_note(report))}</p>']
     parts += ["<h2>All metrics</h2>", _html_table(*_all_metric_rows(report)),
               "<details><summary>Provenance</summary>",
               _kv_table(report["provenance"])]

@@ -71,7 +71,8 @@ def _verdict(report: dict) -> tuple[str, str]:
     failed = [a["name"] for a in gated if not a["gate"]["passed"]]
     if failed:
         return "fail", f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
-    return "pass", f"all {len(gated)} arms passed the gate"
+    return "pass", (f"all {len(gated)} arms passed the gate" if len(gated) > 1
+                    else f"{gated[0]['name']} passed the gate")
 
 
 def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:

@@ -22,8 +22,9 @@ from typing import Any
 
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.timing import Phases
 from goodfit_cli.data.inputs import ATTR, spec_of
-from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import (
     check_stored_metrics,
@@ -176,6 +177,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
              options: tuple[Gate | None, Path | None, Place | None], ui: Ui) -> dict[str, Any]:
     gate, junit, place = options
     t0 = time.perf_counter()
+    phases = Phases()  # where the command's time goes (OUT/timings.json, the report)
     base_side = _sides(base, as_base=True)[0]
     cands = [s for c in candidates for s in _sides(c, as_base=False)]
     names = [c.name for c in cands]
@@ -235,12 +237,15 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             ui.log(f"{side.name} measured with {head['measured_with']}")
         return result
 
-    bm, bp, bv, bvp = measure(base_side, as_base=True)
+    phases.add("load", time.perf_counter() - phases.start)  # the model built
+    with phases.phase("base_evaluation"):  # its loading and data reading counted here
+        bm, bp, bv, bvp = measure(base_side, as_base=True)
     base_run = RunSide("base", str(base_side.checkpoint), bm, bp, val_metrics=bv,
                        val_predictions=bvp)
     arms = []
     for c in cands:
-        m, p, v, vp = measure(c)
+        with phases.phase("evaluations"):
+            m, p, v, vp = measure(c)
         curve = read_jsonl(c.checkpoint.parent / "metrics.jsonl") \
             if c.stored and _unchanged(c, "metrics.jsonl") else []
         arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve, val_metrics=v,
@@ -263,9 +268,14 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     if "base_outside_gate" in against:  # on validation: nothing passes unless it does better
         ui.log(against["base_outside_gate"]["message"])
     prov.update(against)
+    prov["timings"] = phases.record()  # the report's own time: OUT/timings.json
     try:
-        return finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate, junit,
-                             session.sample_ids if session is not None else None)
+        with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
+            report = finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate,
+                                   junit, session.sample_ids if session is not None else None)
+        write_json(out / "timings.json", phases.record())
+        ui.log(phases.line())
+        return report
     except ValueError as e:  # stored predictions from runs on different test data
         raise UserError(f"cannot compare: {e} (were the runs made with another recipe or data? "
                         "pass checkpoints to evaluate them on this recipe)") from None

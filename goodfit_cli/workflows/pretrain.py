@@ -6,12 +6,14 @@ command runs again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
+from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, state_files
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
@@ -25,6 +27,7 @@ from goodfit_cli.training.checks import check_arm
 def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | None = None, *,
              overwrite: bool = False) -> RunResult:
     ui = ui or Ui()
+    phases = Phases()  # where the command's time goes (OUT/timings.json)
     if recipe.pretrain is None:
         raise UserError(f"{recipe.at('pretrain')}: the recipe has no pretrain section; it "
                         "fine-tunes a base from elsewhere (goodfit finetune --base ...)")
@@ -46,7 +49,17 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
             atomic_write(out / "recipe.yaml", recipe.to_yaml())
+        phases.add("load", time.perf_counter() - phases.start)
+        t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
         with stop_on_signals() as stop:
             result = run_stage(s, model, job, stop, ui)
+        evaluations, saves = s.eval_s - eval_before, s.state_s - state_before
+        phases.add("evaluations", evaluations)  # periodic and final, with the checkpoint's
+        phases.add("state_saves", saves)
+        phases.add(TRAINING, time.perf_counter() - t0 - evaluations - saves)
+        if is_main():
+            write_json(out / "timings.json", merged(  # a resumed pretrain: both commands
+                earlier(out / "timings.json") if resume else None, phases.record()))
+            ui.log(phases.line())
         finish()
         return result

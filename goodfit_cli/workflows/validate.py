@@ -16,6 +16,7 @@ from goodfit_cli.models import build_model
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
+from goodfit_cli.workflows.reporting import gate_for
 
 
 def validate(path: Path, overrides: list[str] | None = None, *, data: bool = False,
@@ -31,6 +32,7 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
+    gate_for(r, None, None, None)  # the recipe's own gate: its keys, and metrics it measures
     if data:  # the data on the CPU and the model at its seed: the check a run makes before training
         from goodfit_cli.trainer.session import Place, open_session
 

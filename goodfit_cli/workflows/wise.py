@@ -18,8 +18,10 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.inputs import recorded
+from goodfit_cli.core.timing import Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
+from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_predictions
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.hf import pretrained_folder
@@ -109,6 +111,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     if not is_main():
         return {}
     t0 = time.perf_counter()
+    phases = Phases()  # where the command's time goes (OUT/timings.json, the report)
     arm_dir, run = job.arm_dir, job.arm_dir.parent
     if not 0.0 <= job.alpha <= 1.0:
         raise UserError(f"--alpha {job.alpha}: must be between 0 (the base) and 1 (the arm)")
@@ -120,6 +123,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     place = place or Place()
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
+    check_outputs({"--junit": job.junit}, {"--out": job.out}, {"RUN/ARM": arm_dir})
     prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
     s = open_session(recipe, place, join=False)
     model = s.model()
@@ -133,7 +137,10 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # test (the report's) and validation (the verdict's); in a search, measured by its finetune
     key = base_key(s, model, loaded, None if loaded.head_changes else "exact")
-    base_measured = measure_base(s, model, key)
+    phases.add("load", time.perf_counter() - phases.start)
+    with phases.phase("base_evaluation"):
+        base_measured = measure_base(s, model, key)
+    t_point = time.perf_counter()
     arm_ckpt = arm_dir / "model.safetensors"
     arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
     ckpt.check_finite(arm_tensors, arm_ckpt)
@@ -159,6 +166,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
             job.out.rmdir()
         return {}
     metrics, preds, val, val_preds = measure_base(s, model, point)
+    phases.add("evaluations", time.perf_counter() - t_point)  # the mix, offset and point
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
@@ -179,10 +187,14 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
-        "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset}
+        "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset,
+        "timings": phases.record()}  # the report's own time: OUT/timings.json
     bm, bp, bv, bvp = base_measured
-    return finish_report(recipe, out, RunSide("base", str(base), bm, bp, val_metrics=bv,
-                                              val_predictions=bvp),
-                         [RunSide(name, summary["checkpoint"], metrics, preds, [], None,
-                                  summary, val, val_preds)], s.kinds, prov, job.gate, job.junit,
-                         s.sample_ids)
+    with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
+        report = finish_report(
+            recipe, out, RunSide("base", str(base), bm, bp, val_metrics=bv, val_predictions=bvp),
+            [RunSide(name, summary["checkpoint"], metrics, preds, [], None, summary, val,
+                     val_preds)], s.kinds, prov, job.gate, job.junit, s.sample_ids)
+    write_json(out / "timings.json", phases.record())
+    ui.log(phases.line())
+    return report
