@@ -296,3 +296,32 @@ def test_an_evaluation_reports_its_progress_batch_by_batch():
                            ("start", "evaluating the new task", 128), ("advance", 50),
                            ("advance", 100), ("advance", 128), ("end", 128)]
     assert metrics == s.evaluate(model)
+
+
+def test_the_terminal_states_the_gate_first_and_the_verdicts_numbers_on_both_splits(
+        monkeypatch, tmp_path):
+    """The gate line comes before the table; the verdict names the split that chose it, gives
+    the shipped point's numbers on validation and on test, and says when that point fails the
+    gate on test (the split the exit code reads)."""
+    import goodfit_cli.cli.base as base
+    import goodfit_cli.cli.console as console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buf, width=200, color_system=None))
+    monkeypatch.setattr(console.DISPLAY, "format", "text")  # whatever a test before chose
+    ship = {"name": "rmsprop", "val": {"old": 0.473141, "new": 0.469792},
+            "test": {"old": 0.506081, "new": 0.509431}, "passes_gate_test": False}
+    report = {**REPORT, "gate_limits": "old mse max 0.48 (from command-line flags)",
+              "verdict": {"ship": ship, "metrics": ["mse", "mse"]}}
+    base.print_report(report, tmp_path)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "gate: old mse max 0.48 (from command-line flags)"
+    assert lines[1].strip() == "regression report (test split)"
+    said = next(l for l in lines if l.startswith("verdict"))
+    assert said == ("verdict (chosen on validation): ship rmsprop (validation: old mse 0.47314, "
+                    "new mse 0.46979; test: old mse 0.50608, new mse 0.50943); it FAILS the gate "
+                    "on test (the split the exit code reads)")
+    ship["passes_gate_test"] = True
+    buf.seek(0), buf.truncate()
+    base.print_report(report, tmp_path)
+    assert "FAILS" not in buf.getvalue()

@@ -247,5 +247,7 @@ def print_report(report: dict[str, Any], dest: Path) -> None:
         log("verdict (chosen on validation): " + (
             "ship nothing, no candidate passes the gate; keep the base" if ship is None else
             f"ship {printable(ship['name'])}"  # a file name: no raw control characters
-            + _numbers(ship, chosen.get("metrics") or ["", ""]) + _close_calls(ship)))
+            + _numbers(ship, chosen.get("metrics") or ["", ""]) + _close_calls(ship)
+            + ("; it FAILS the gate on test (the split the exit code reads)"
+               if ship.get("passes_gate_test") is False else "")))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")
