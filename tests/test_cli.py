@@ -80,6 +80,9 @@ def test_validate_data_catches_labels_the_model_cannot_take(tmp_path):
     assert res.exit_code == 2
     assert (f"bad {recipe}: data and {recipe}: model: the new task's train data (inputs (2,) "
             "float32, targets up to 4) does not fit the model 'mlp'") in res.output
+    flat = " ".join(res.output.split())  # what it takes, and how a base for fewer is made
+    assert "its labels need at least 5 outputs (the model's num_classes or out_features): a " \
+        "base for the old classes alone is pretrained with a recipe whose new task reads" in flat
     res = invoke("validate", recipe, "--data", "model.args.out_features=5")
     assert res.exit_code == 0 and res.output.startswith("ok"), res.output
 
@@ -354,6 +357,11 @@ def test_junit_needs_a_gate_and_outputs_replace_only_goodfits_own_files(base_ckp
     res = invoke("finetune", "--recipe", "toy", "--base", tmp_path / "none.safetensors",
                  "--out", tmp_path / "d", *TINY)
     assert res.exit_code == 2 and list((tmp_path / "d").iterdir()) == []
+    (tmp_path / "d" / "run.json").write_text("{}\n")  # a run --overwrite would move aside:
+    res = invoke("finetune", "--recipe", "toy", "--base", tmp_path / "none.safetensors",
+                 "--out", tmp_path / "d", "--overwrite", *TINY)  # back in place on failure
+    assert res.exit_code == 2 and [p.name for p in (tmp_path / "d").iterdir()] == ["run.json"]
+    assert not list(tmp_path.glob("d.prev-*"))
 
 
 def test_goodfit_arm_evaluates_and_saves_only_anchor_weights(base_ckpt, tmp_path):

@@ -46,6 +46,9 @@ def test_compare_run_dir_reuses_predictions_and_matches_finetune_report(toy_run,
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     ft = json.loads((toy_run["ft"] / "report.json").read_text())
     assert [a["name"] for a in rep["arms"]] == ["rmsprop", "goodfit"]
+    # its verdict's rule says what it chose among: the checkpoints, no WiSE-FT point
+    assert rep["verdict"]["rule"].startswith("ship the compared checkpoint with the best")
+    assert "compare measures no WiSE-FT point" in (tmp_path / "c" / "report.md").read_text()
     for a, b in zip(rep["arms"], ft["arms"]):
         assert a["delta"]["old"]["mse"]["value"] == pytest.approx(b["delta"]["old"]["mse"]["value"])
 
@@ -193,6 +196,11 @@ def test_compare_gates_the_update_that_adds_classes(make, tmp_path):
               "--out", tmp_path / "ft", "--no-wise")
     assert res.exit_code == 0, res.output
     ft = json.loads((tmp_path / "ft" / "report.json").read_text())
+    if make is folder_update:  # the folders name the classes: the report's tables say them
+        assert ft["provenance"]["class_names"] == ["a", "b", "c", "d", "e"]
+        from goodfit_cli.report.sections import class_label
+
+        assert class_label(ft, 3) == "3 (d)" and class_label(ft, 7) == "7"
 
     loose = run("compare", tmp_path / "base", tmp_path / "ft", "--recipe", update_recipe,
                 "--max-old-drop", "1", "--out", tmp_path / "loose")
@@ -252,3 +260,35 @@ def test_every_command_says_where_its_time_went(toy_run, tmp_path):
         assert f"| load | {shown['phases_s']['load']:.2f} |" in md
         assert f"| total | {shown['total_s']:.2f} | 100% |" in md
         assert "<h2>Where the time went</h2>" in (folder / "report.html").read_text()
+
+
+def test_wise_of_an_update_that_adds_classes_is_the_point_the_curve_measured(tmp_path):
+    """A 3-class base, its 5-class fine-tune: `goodfit wise` loads the base as the fine-tune
+    did (the base's 3 rows kept, the 2 new rows the model's own at the run's seed), so its
+    checkpoint is (1 - α)·base + α·arm on every tensor the base has, its validation numbers are
+    the curve's point, and the base is measured with its own head (the new rows masked)."""
+    import torch
+
+    from goodfit_cli.io import checkpoint as ckpt
+
+    base_recipe, update_recipe = table_update(tmp_path)
+    assert run("pretrain", "--recipe", base_recipe, "--out", tmp_path / "base").exit_code == 0
+    res = run("finetune", "--recipe", update_recipe, "--base",
+              tmp_path / "base" / "model.safetensors", "--out", tmp_path / "ft")
+    assert res.exit_code == 0, res.output
+    ft = json.loads((tmp_path / "ft" / "report.json").read_text())
+    point = next(p for p in ft["arms"][0]["wise"] if p["alpha"] == 0.5)
+    res = run("wise", tmp_path / "ft" / "adamw", "--alpha", "0.5", "--out", tmp_path / "w")
+    assert res.exit_code == 0, res.output
+    w = json.loads((tmp_path / "w" / "report.json").read_text())
+    for task in ("old", "new"):
+        assert w["arms"][0]["validation"]["metrics"][task]["accuracy"] == \
+            point["val"][task]["accuracy"]
+    assert w["base_val_metrics"] == ft["base_val_metrics"]  # measured with its own head
+    assert w["provenance"]["base_head"]["measured"] == "exact"
+    base, _ = ckpt.load_model(tmp_path / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(tmp_path / "ft" / "adamw" / "model.safetensors")
+    mixed, _ = ckpt.load_model(tmp_path / "w" / "model.safetensors")
+    for k, b in base.items():  # the base's rows of a grown head: the first 3
+        rows = slice(0, b.shape[0])
+        torch.testing.assert_close(mixed[k][rows], b + 0.5 * (arm[k][rows] - b))

@@ -82,6 +82,26 @@ def test_imagefolder_bad_inputs(tree):
         build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
 
 
+def test_a_test_split_must_have_the_training_splits_classes(tree):
+    """A test folder named unlike any training class ('Dog' for 'dog') or a class without its
+    test folder is one line naming the split and the class, not a silent drop: the numbers would
+    be over fewer classes than the task has."""
+    (tree / "old" / "test" / "dog").rename(tree / "old" / "test" / "Dog")
+    with pytest.raises(UserError, match=r"data.args.old.test: class folder 'Dog' is not a class "
+                                        r"of the training split \(its classes: cat, dog\)"):
+        build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
+    (tree / "old" / "test" / "Dog").rename(tree / "old" / "test" / "dog")
+    for f in (tree / "new" / "test" / "fox").iterdir():
+        f.unlink()
+    (tree / "new" / "test" / "fox").rmdir()
+    with pytest.raises(UserError, match=r"data.args.new.test: no folder for class 'fox' \(the "
+                                        r"training split has it\)"):
+        build_data("imagefolder", args(), seed=0, data_dir=str(tree), where="r.yaml: data")
+    a = args()  # a task that selects its classes needs only those
+    a["new"]["classes"] = ["cat"]
+    assert build_data("imagefolder", a, seed=0, data_dir=str(tree))["new"].test.y.tolist() == [0]
+
+
 def noisy_folder(root, n=12, size=(10, 7)):
     """n distinct noisy PNGs in root/a (and one in root/b), so a misplaced image shows."""
     rng = np.random.default_rng(0)

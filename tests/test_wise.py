@@ -62,3 +62,21 @@ def test_wise_gate_violation_exits_3_and_bad_alpha_exits_2(run):
     res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "1.5", "--out", run / "b")
     assert res.returncode == 2 and "--alpha 1.5" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_compare_reuses_a_wise_points_predictions_once_checked(run):
+    """A WiSE-FT point's folder records its prediction files' sha256 like an arm's: compare of
+    its checkpoint reuses them, and evaluates again once one was changed."""
+    res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "0.6", "--out", run / "w6")
+    assert res.returncode == 0, res.stderr
+    recipe = run / "ft" / "recipe.yaml"
+    res = goodfit("compare", run / "ft", run / "w6" / "model.safetensors", "--recipe", recipe,
+                  "--out", run / "c6")
+    assert res.returncode == 0, res.stderr
+    assert "w6: reusing stored metrics and predictions" in res.stderr + res.stdout
+    assert "does not match the sha256" not in res.stderr + res.stdout
+    (run / "w6" / "predictions.safetensors").write_bytes(
+        (run / "w6" / "predictions.safetensors").read_bytes() + b" ")
+    res = goodfit("compare", run / "ft", run / "w6" / "model.safetensors", "--recipe", recipe,
+                  "--out", run / "c7")
+    assert res.returncode == 0 and "does not match the sha256" in res.stderr + res.stdout

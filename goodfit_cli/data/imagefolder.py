@@ -84,6 +84,21 @@ def _check_tar(path: str, key: str) -> None:
                        "<class>/<image> files in it")
 
 
+def _same_classes(ds, train, chosen: list[str], key: str) -> None:
+    """A test or validation split holds a folder for each of the task's classes and none the
+    training split lacks: a misnamed folder ('Zero' for 'zero') would otherwise be dropped, and
+    a missing one would leave the split's numbers over fewer classes, both silently."""
+    found, known = list(_class_to_idx(ds)), _class_to_idx(train)
+    stray = [c for c in found if c not in known]
+    if stray:
+        raise ArgError(key, f"class folder {stray[0]!r} is not a class of the training split "
+                       f"(its classes: {', '.join(known)}); rename or remove it")
+    missing = [c for c in chosen if c not in found]
+    if missing:
+        raise ArgError(key, f"no folder for class {missing[0]!r} (the training split has it): "
+                       "its numbers would leave that class out")
+
+
 def _class_to_idx(ds) -> dict[str, int]:
     """Class name -> timm's index, for a folder reader or a tar reader."""
     reader = ds.reader
@@ -143,6 +158,8 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
     for t in ("old", "new"):
         splits, test_ids = {}, None
         for split, ds in opened[t].items():
+            if split != "train":
+                _same_classes(ds, opened[t]["train"], names[t], f"{t}.{split}")
             remap = {local: ids[c] for c, local in _class_to_idx(ds).items() if c in names[t]}
             samples = ImageSamples(ds, remap, f"{t}.{split}", hw,
                                    augmenting if split == "train" else None)
@@ -151,5 +168,6 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
             if split == "test":
                 test_ids = samples.ids()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
-                        [ids[c] for c in names[t]], splits.get("val"), test_ids=test_ids)
+                        [ids[c] for c in names[t]], splits.get("val"), test_ids=test_ids,
+                        label_names=order)  # the folders' names, by global id
     return tasks

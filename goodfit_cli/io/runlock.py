@@ -54,6 +54,7 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd: int | None = fd
         self.made = False  # whether open_run made the folder (a failed command removes it)
+        self.aside: Path | None = None  # where --overwrite moved the old run (put back then)
 
     def release(self) -> None:
         if self.fd is not None:
@@ -104,14 +105,15 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
         lock.release()
         _make(out)
         lock = RunLock(out)
-        lock.made = True
+        lock.made, lock.aside = True, moved
     return lock, moved
 
 
 @contextlib.contextmanager
 def held(lock: RunLock | None) -> Iterator[None]:
     """Release `lock` when the block ends, however it ends. A command that fails before it
-    wrote anything leaves no trace: its lock file goes, and the folder when it made it."""
+    wrote anything leaves no trace: its lock file goes, the folder when it made it, and a run
+    that --overwrite moved aside comes back to its place."""
     try:
         yield
     except BaseException:
@@ -120,6 +122,9 @@ def held(lock: RunLock | None) -> Iterator[None]:
                 (lock.folder / LOCK).unlink()
                 if lock.made:
                     lock.folder.rmdir()
+                    if lock.aside is not None:
+                        os.rename(lock.aside, lock.folder)
+                        (lock.folder / LOCK).unlink(missing_ok=True)  # ours, taken to move it
             except OSError:
                 pass
         raise

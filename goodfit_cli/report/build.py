@@ -61,6 +61,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
     val_base = _on_val(base)
     if val_base is not None:  # every choice is made on these; the numbers above are test's
         report["base_val_metrics"] = {t: _task_metrics(val_base, t, kinds[t]) for t in TASKS}
+        _masked_losses(report["base_val_metrics"]["new"], prov)  # n/a on validation too
     for entry, arm in zip(report["arms"], arms):  # the read-out: along the curve's own split
         split = entry["curve_split"]
         at_base = report.get("base_val_metrics") if split == "val" else base_metrics

@@ -11,6 +11,7 @@ import re
 
 from goodfit_cli.core.text import printable
 from goodfit_cli.report.sections import (  # verdict: re-exported by the package
+    class_label,
     _all_metric_rows,
     _candidates,
     _early_stops,
@@ -234,10 +235,10 @@ def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[s
                       f"new {pn} (val)", f"old {po} (val)", points=points)]
 
 
-def _confusion_html(title: str, conf: dict, limit: int = 30) -> str:
+def _confusion_html(title: str, conf: dict, report: dict, limit: int = 30) -> str:
     """A confusion matrix (rows: true class, columns: predicted) as a table; big ones as their
-    largest off-diagonal cells."""
-    labels, matrix = conf["labels"], conf["matrix"]
+    largest off-diagonal cells. Classes by id, with their names when the data has them."""
+    labels, matrix = [class_label(report, c) for c in conf["labels"]], conf["matrix"]
     if len(labels) > limit:
         cells = sorted(((matrix[i][j], labels[i], labels[j]) for i in range(len(labels))
                         for j in range(len(labels)) if i != j and matrix[i][j]), reverse=True)
@@ -298,9 +299,9 @@ def render_html(report: dict) -> str:
         parts += ["<h2>Old-task samples each arm broke (first 10 per arm; all counts and the "
                   "first 100 in report.json)</h2>",
                   _html_table(["arm", "index", "sample", "label", "base -> arm"], flipped)]
-    confusions = [_confusion_html(f"base, {t} task", c)
+    confusions = [_confusion_html(f"base, {t} task", c, report)
                   for t, c in report.get("base_confusion", {}).items()]
-    confusions += [_confusion_html(f"{a['name']}, {t} task", c)
+    confusions += [_confusion_html(f"{a['name']}, {t} task", c, report)
                    for a in report["arms"] for t, c in (a.get("confusion") or {}).items()]
     if confusions:
         parts += ["<h2>Confusion matrices (rows: true class, columns: predicted)</h2>",

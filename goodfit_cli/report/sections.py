@@ -122,6 +122,16 @@ def _candidates(report: dict) -> list[tuple[str, str]]:
     return [(a["name"], a["checkpoint"]) for a in report["arms"]]
 
 
+def class_label(report: dict, c) -> str:
+    """A class id as the report shows it: with its name when the data names its classes
+    (provenance "class_names": an image folder's folder names, a table's label names)."""
+    names = (report.get("provenance") or {}).get("class_names") or []
+    try:
+        return f"{c} ({names[int(c)]})" if 0 <= int(c) < len(names) else str(c)
+    except (TypeError, ValueError):
+        return str(c)
+
+
 def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
     """The first old-task samples each arm broke: index, file or row, label, base -> arm."""
     rows = []
@@ -129,7 +139,9 @@ def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
         f = (a.get("flipped") or {}).get("old")
         for e in (f or {}).get("negative", [])[:top]:
             rows.append([(a["name"], ""), (str(e["index"]), ""), (e.get("id") or _DASH, ""),
-                         (str(e["target"]), ""), (f"{e['base']} -> {e['arm']}", "worse")])
+                         (class_label(report, e["target"]), ""),
+                         (f"{class_label(report, e['base'])} -> {class_label(report, e['arm'])}",
+                          "worse")])
     return rows
 
 
@@ -156,7 +168,7 @@ def _per_class_rows(report: dict, top: int = 5) -> list[list[tuple[str, str]]]:
     rows = []
     for a in report["arms"]:
         for r in [r for r in a["per_class"].get("old", []) if r["delta"] < 0][:top]:
-            rows.append([(a["name"], ""), (str(r["class"]), ""),
+            rows.append([(a["name"], ""), (class_label(report, r["class"]), ""),
                          (fmt_value("accuracy", r["base"]), ""),
                          (fmt_value("accuracy", r["arm"]), ""),
                          (fmt_delta("accuracy", r["delta"]), "worse"), (str(r["count"]), "")])

@@ -29,6 +29,14 @@ RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for 
         "validation (every candidate when there is no gate; old-task {po} breaks ties); if none "
         "passes, ship nothing and keep the base. Test numbers confirm the choice, they never "
         "make it.")
+# `goodfit compare` measures the checkpoints it is given, no WiSE-FT point (a point becomes a
+# checkpoint to compare with `goodfit wise`): its verdict may differ from the run's finetune
+COMPARED = ("ship the compared checkpoint with the best new-task {pn} on validation among "
+            "those that pass the gate on validation (every one when there is no gate; old-task "
+            "{po} breaks ties); if none passes, ship nothing and keep the base. compare measures "
+            "no WiSE-FT point (goodfit wise makes one a checkpoint to compare), so a run's "
+            "finetune verdict may ship a point compare does not see. Test numbers confirm the "
+            "choice, they never make it.")
 
 
 def directions(report: dict) -> tuple[int, int]:
@@ -134,7 +142,8 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
     if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
         note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
     return {"split": "val", "confirmed_on": "test", "metrics": [po, pn],
-            "rule": RULE.format(po=po, pn=pn), "arms": arms, "ship": ship,
+            "rule": (COMPARED if (report.get("provenance") or {}).get("command") == "compare"
+                     else RULE).format(po=po, pn=pn), "arms": arms, "ship": ship,
             "candidates": len(cands), "note": note}
 
 

@@ -49,8 +49,22 @@ def check_fits(model: nn.Module, session) -> None:
                         f"{where}: the {name} task's {split_name} data (inputs "
                         f"{B.describe(split.x)}, "
                         f"targets up to {y.max().item()}) does not fit the model "
-                        f"{recipe.model.name!r} ({type(e).__name__}: {first})") from None
+                        f"{recipe.model.name!r} ({type(e).__name__}: {first})"
+                        + _outputs_hint(session, name, int(y.max().item()))) from None
                 if loss.dim() != 0:
                     raise UserError(f"{where}: the {name} task's loss is not a scalar")
     finally:
         model.train(was_training)
+
+
+def _outputs_hint(session, task: str, top: int) -> str:
+    """For a classification task whose labels the model's outputs do not reach: how many it
+    needs, and how a base for an update that adds classes is pretrained."""
+    if session.kinds.get(task) != "classification":
+        return ""
+    hint = (f"; its labels need at least {top + 1} outputs (the model's num_classes or "
+            "out_features)")
+    if task == "new":
+        hint += (": a base for the old classes alone is pretrained with a recipe whose new task "
+                 "reads the old task's data, or with the new classes' outputs already in it")
+    return hint

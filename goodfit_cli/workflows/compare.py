@@ -44,7 +44,7 @@ from goodfit_cli.trainer.measured import base_key, measure_base
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
-from goodfit_cli.workflows.reporting import base_head_record, finish_report
+from goodfit_cli.workflows.reporting import base_head_record, class_names, finish_report
 
 
 @dataclass
@@ -254,6 +254,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
     if session is not None:
         prov["validation"] = session.validation
+        prov.update(class_names(session))
     elif base_side.stored is not None and (base_side.stored.parent.parent / "run.json").is_file():
         prov["validation"] = read_json(base_side.stored.parent.parent / "run.json").get(
             "validation")  # every side was reused from that run: its splits

@@ -262,8 +262,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             "val_metrics": base_val,
             "files_sha256": {f: sha256_file(out / "base" / f) for f in
                              ("predictions.safetensors", "val_predictions.safetensors")}})
-    said = "base: " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
-                                for t, d in base_metrics.items())
+    said = "base (test): " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
+                                       for t, d in base_metrics.items())
     if first_time(said):  # a search's trials measure one base: said once
         ui.log(said)
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,

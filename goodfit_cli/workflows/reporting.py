@@ -35,7 +35,17 @@ def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[
     return {"goodfit": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "recipe": recipe.name, "recipe_source": recipe.source, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
-            "device": str(s.device), "precision": recipe.precision}
+            "device": str(s.device), "precision": recipe.precision,
+            **class_names(s)}
+
+
+def class_names(s: Session) -> dict[str, list[str]]:
+    """{"class_names": [a name per global class id]} when the data names its classes (an
+    image folder's folders, a table's label names), for the report's per-class tables; {}
+    otherwise."""
+    names = getattr(s.tasks.get("new"), "label_names", None) or getattr(
+        s.tasks.get("old"), "label_names", None)
+    return {"class_names": list(names)} if names else {}
 
 
 _MEASURED_WITH = {

@@ -24,6 +24,7 @@ from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_predictions
 from goodfit_cli.models import unwrap
+from goodfit_cli.models.heads import own_head
 from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
@@ -33,7 +34,7 @@ from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.offset import choose as choose_offset
 from goodfit_cli.workflows.offset import line as offset_line
-from goodfit_cli.workflows.reporting import finish_report, provenance
+from goodfit_cli.workflows.reporting import base_head_record, finish_report, provenance
 
 
 def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
@@ -128,7 +129,10 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     s = open_session(recipe, place, join=False)
     model = s.model()
     base = recorded_path(run, saved.get("base"))
-    loaded = load_checkpoint(model, base)
+    # as the run's fine-tune loaded it: its key map, and a head grown for new classes keeps
+    # the base's rows (the new rows at the model's own initial values, the run's seed)
+    loaded = load_checkpoint(model, base, recipe.key_map, where=recipe.at("checkpoint.key_map"),
+                             grow_rows=s.kinds["new"] == "classification")
     want = (saved.get("identity") or {}).get("base_sha256")
     if want and want != loaded.sha256:
         raise UserError(f"{run / 'run.json'}: names {base} as the base, whose sha256 is "
@@ -136,10 +140,11 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                         "the run folder was changed or the base was replaced")
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     # test (the report's) and validation (the verdict's); in a search, measured by its finetune
-    key = base_key(s, model, loaded, None if loaded.head_changes else "exact")
     phases.add("load", time.perf_counter() - phases.start)
-    with phases.phase("base_evaluation"):
+    with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
+        key = base_key(s, model, loaded, base_head, recipe.key_map)  # the fine-tune's key
         base_measured = measure_base(s, model, key)
+    head_record = base_head_record(loaded.head_changes, base_head)
     t_point = time.perf_counter()
     arm_ckpt = arm_dir / "model.safetensors"
     arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
@@ -183,10 +188,14 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                "seed": s.seed, **offset,
                "checkpoint": str(out / "model.safetensors"),
                "sha256": sha256_file(out / "model.safetensors"),
+               "files_sha256": {f: sha256_file(out / f)  # what compare may reuse, checked
+                                for f in ("predictions.safetensors",
+                                          "val_predictions.safetensors")},
                **pretrained_folder(unwrap(model), out)}  # a transformers model: out/hf too
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
+        **({"base_head": head_record} if head_record else {}),
         "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset,
         "timings": phases.record()}  # the report's own time: OUT/timings.json
     bm, bp, bv, bvp = base_measured
