@@ -262,8 +262,8 @@ def test_one_worker_killed_mid_run(base, tmp_path):
 def test_sigint_during_search_then_the_same_command(base, tmp_path):
     """The first trial holds after batch 2 and gets SIGINT: exit 130, one 'interrupted' line
     saying to run the same command again, no report yet. The same command again: exactly 2
-    complete trials (the interrupted one is not counted, none twice), the recommended
-    checkpoint exists and is one of them."""
+    complete trials (the interrupted one is not counted, none twice; it ran again first, with
+    its knobs), the recommended checkpoint exists and is one of them."""
     out, log = tmp_path / "s", tmp_path / "s.log"
     cmd = ["search", "--base", base, "--recipe", "toy", "--trials", "2", "--no-defaults",
            "--rungs", "0", "--out", out, *TINY, "finetune.steps=4"]  # no pruning: 2 complete
@@ -280,7 +280,11 @@ def test_sigint_during_search_then_the_same_command(base, tmp_path):
     complete = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
     assert rep["complete"] == len(complete) == 2
     assert len({t["number"] for t in complete}) == 2
-    assert [t["state"] for t in rep["trials"]].count("PRUNED") == 1
+    assert [t["state"] for t in rep["trials"]].count("INTERRUPTED") == 1
+    first = rep["trials"][0]  # the interrupted trial ran again, first, with its knobs
+    retry = next(t for t in rep["trials"] if t.get("retry_of") == first["number"])
+    assert retry["state"] == "COMPLETE" and {k: v for k, v in retry["params"].items() if k not in
+                                             ("wise_alpha", "new_offset")} == first["params"]
     rec = rep["recommendation"]
     assert rec["number"] in {t["number"] for t in complete}
     assert (out / "recommended" / "model.safetensors").is_file()

@@ -69,10 +69,13 @@ def test_wise_and_the_search_export_write_a_folder_from_pretrained_loads(tmp_pat
     same_logits(job.out / "recommended", vit, auto, {"pixel_values": x})
     files = {p.name: p.read_bytes() for p in (w / "hf").iterdir()}
     assert {p.name: p.read_bytes() for p in (job.out / "recommended" / "hf").iterdir()} == files
-    _export(job, SimpleNamespace(study_name="st"), rec)
+    _export(job, SimpleNamespace(study_name="st"), rec)  # the same again: nothing rewritten
+    assert not list((job.out / "recommended").glob("*.prev-*"))
+    (job.out / "recommended" / "hf" / "config.json").write_text("{}")  # changed: replaced,
+    _export(job, SimpleNamespace(study_name="st"), rec)  # the changed one kept aside
     aside = sorted((job.out / "recommended").glob("hf.prev-*"))
-    assert len(aside) == 1
-    assert {p.name: p.read_bytes() for p in aside[0].iterdir()} == files
+    assert len(aside) == 1 and (aside[0] / "config.json").read_text() == "{}"
+    assert {p.name: p.read_bytes() for p in (job.out / "recommended" / "hf").iterdir()} == files
     same_logits(job.out / "recommended", vit, auto, {"pixel_values": x})
 
 

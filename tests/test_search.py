@@ -908,3 +908,88 @@ def test_the_last_lines_count_the_close_calls():
     assert _close_calls({"close_calls": {"names": ["a", "b"]}}) == (
         " (2 other candidates within one standard error on validation: see the report)")
     assert _close_calls({"close_calls": {"names": []}}) == _close_calls({}) == ""
+
+
+def test_an_interrupted_trial_runs_again_and_a_moved_study_uses_its_own_trials(base, tmp_path):
+    """Ctrl-C after a trial's training (in its WiSE-FT point: a KeyboardInterrupt, no handler
+    of the training's there) stops the study in one line: the trial is not counted, and the
+    next run runs the same trial again first (its knobs), so none is lost; the report says it.
+    The study folder moved elsewhere then works from its own trials (paths resolve against the
+    run, not the ones recorded), and a re-run that recommends the same trial writes nothing new
+    into recommended/."""
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.trainer.stage import Ui
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    out = tmp_path / "run"
+
+    def ctrl_c(msg: str) -> None:  # the moment the first trial's training has ended
+        if "wise_alpha=" in msg:
+            raise KeyboardInterrupt
+
+    job = SearchJob("toy", base, out, 3, [*TINY], defaults=False, budget=None)
+    with pytest.raises(Interrupted) as e:
+        search(job, ui=Ui(ctrl_c))
+    assert "trial 0 is not counted; it runs again first" in e.value.resume
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    first = study.trials[0]
+    assert first.state.name == "PRUNED" and "interrupted" in first.user_attrs
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+    rep = search(job)
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert retry.params == first.params and retry.state.name in ("COMPLETE", "PRUNED")
+    assert rep["interrupted"] == 1 and rep["trials"][0]["state"] == "INTERRUPTED"
+    assert sum(t["state"] != "INTERRUPTED" for t in rep["trials"]) == 3
+    assert "1 interrupted and run again" in (out / "report.md").read_text()
+    assert rep["recommendation"] is not None
+    # the whole study folder moved: its own trials, its own checkpoints
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    job = SearchJob("toy", base, moved, 3, [*TINY], defaults=False, budget=None)
+    again = search(job)
+    assert all(t["dir"].startswith(str(moved)) for t in again["trials"] if t["dir"])
+    assert again["exported"] == str(moved / "recommended" / "model.safetensors")
+    assert again["recommendation"]["checkpoint"].startswith(str(moved))
+    search(job)  # the same recommendation again: nothing new written beside it
+    assert sorted(p.name for p in (moved / "recommended").iterdir()) == ["model.safetensors"]
+
+
+def test_a_plot_zoomed_on_the_trials_when_a_curve_crushes_them():
+    """A default arm's WiSE-FT curve reaching old accuracy 0.03 leaves trials at 0.95-0.97 in a
+    few pixels: the report adds a plot whose axes span the trials, without the far points."""
+    from goodfit_cli.report.search import crushed, pareto_svg
+
+    trials = [{"number": i, "old": o, "new": n, "feasible": True, "arm": "plain"}
+              for i, (o, n) in enumerate([(0.95, 0.80), (0.96, 0.75), (0.97, 0.70)])]
+    curves = [("adamw", [(0.03, 0.99), (0.5, 0.95), (0.955, 0.78)])]
+    assert crushed(trials, [], curves) and not crushed(trials, [], [])
+    zoomed = pareto_svg(trials, [], curves, ("old accuracy", "new accuracy"), (1, 1),
+                        log=False, zoom=True)
+    assert "zoomed on the trials" in zoomed
+    whole = pareto_svg(trials, [], curves, ("old accuracy", "new accuracy"), (1, 1), log=False)
+    assert "zoomed" not in whole
+    # the far curve points are left out: the curve keeps only its point among the trials
+    line = [l for l in zoomed.split("<polyline")[1:] if "WiSE adamw" in l][0]
+    assert line.split('points="')[1].split('"')[0].count(",") == 1
+
+
+def test_a_default_arm_pruned_then_rerun_whole_is_the_reference_by_its_whole_run(base, tmp_path):
+    """With --reruns, a default arm pruned at a rung and re-run whole with the budget left is
+    the report's reference point by that whole run (before: still shown as pruned)."""
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    rep = search(SearchJob("toy", base, tmp_path / "run", 6, [*TINY, "eval.every=2"],
+                           defaults=True, budget=5.0, reruns=True))
+    by = {t["number"]: t for t in rep["trials"]}
+    rerun = {t["rerun_of"]: t for t in rep["trials"] if "rerun_of" in t}
+    cases = [t for t in rep["trials"] if "default" in t and t["number"] in rerun]
+    assert cases  # this configuration prunes head_only (trial 1) and re-runs it whole
+    for t in cases:
+        ref = next(r for r in rep["defaults"] if r["name"] == t["default"])
+        whole = rerun[t["number"]]
+        assert by[t["number"]]["state"] == "PRUNED" and whole["state"] == "COMPLETE"
+        assert (ref["number"], ref["old"], ref["new"], ref["test_old"]) == (
+            whole["number"], whole["old"], whole["new"], whole["test_old"])
+        assert "state" not in ref  # not shown as pruned

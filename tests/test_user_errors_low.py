@@ -243,9 +243,9 @@ def test_demo_accepts_the_overwrite_its_error_suggests(tmp_path):
         pytest.skip("the cheap check below stops at a missing CUDA device")
     line = assert_one_error_line(invoke("demo", "--quick", "--out", out, "--overwrite",
                                         "--device", "cuda"))
-    assert "CUDA is not available" in line, line  # --overwrite parsed, and acted on:
-    (aside,) = out.glob("base.prev-*")
-    assert (aside / "old.txt").read_text() == "kept"
+    assert "CUDA is not available" in line, line  # --overwrite parsed; the run failed before
+    assert (out / "base" / "old.txt").read_text() == "kept"  # writing: the old one is back
+    assert not list(out.glob("base.prev-*"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -224,8 +224,11 @@ def search(
                                    Halving(rungs=rungs), val_margin, cap, reruns, new_offset),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
-    log(f"{rep['complete']} trials complete" + (f" ({rep['reruns']} of them re-runs of pruned "
-                                                 "trials)" if rep.get("reruns") else "")
+    for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too
+        if note.startswith(("the budget", "the gate changed", "nothing is recommended")):
+            log(note)
+    log(f"{rep['complete']} trial{'s' if rep['complete'] != 1 else ''} complete"
+        + (f" ({rep['reruns']} of them re-runs of pruned trials)" if rep.get("reruns") else "")
         + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
         ("none passes the gate" + (" (the base itself fails it on validation: see the report)"

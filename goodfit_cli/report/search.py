@@ -46,17 +46,24 @@ def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
 
 def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
                labels: tuple[str, str], dirs: tuple[int, int], base: dict | None = None,
-               rec: dict | None = None, log: bool = True) -> str:
+               rec: dict | None = None, log: bool = True, zoom: bool = False) -> str:
     """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
     default arms as diamonds (hollow: fails the gate) and their WiSE-FT curves, the base as a
     square and the recommendation ringed; x = old task, y = new task, each (with `log`) on a
-    log scale when its values span 30x or more."""
+    log scale when its values span 30x or more. `zoom`: the axes span the finished trials
+    alone; default arms and curve points outside them are left out."""
     done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
+    if zoom and done:
+        box = _box([(t["old"], t["new"]) for t in done])
+        refs = [r for r in refs if box(r["old"], r["new"])]
+        curves = [(n, [p for p in c if box(*p)]) for n, c in curves]
+        base = base if base and box(base["old"], base["new"]) else None
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
     title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)" + (
-        ", log scale" if log and (_log_axis(xs) or _log_axis(ys)) else "")
+        ", log scale" if log and (_log_axis(xs) or _log_axis(ys)) else "") + (
+        ", zoomed on the trials" if zoom else "")
     out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
            f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
            f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
@@ -137,7 +144,9 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     title = f"goodfit search: {e(rep['study'])}"
     header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
               f"{len(rep['trials'])} trials ({rep['complete']} complete"
-              f"{_reruns(rep.get('reruns'))}, {rep.get('pruned', 0)} pruned early; "
+              f"{_reruns(rep.get('reruns'))}, {rep.get('pruned', 0)} pruned early"
+              + (f", {rep['interrupted']} interrupted and run again" if rep.get("interrupted")
+                 else "") + "; "
               f"{rep.get('batches', 0)} training batches in "
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{rep['gate'] or 'none (every trial is feasible)'}"
@@ -184,7 +193,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                           f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
                           f"new {m_new} (test)"],
                [[str(t["number"]), t["state"] + (f" (re-run of {t['rerun_of']})"
-                                                 if "rerun_of" in t else ""), t["arm"],
+                                                 if "rerun_of" in t else "")
+                 + (f" (retry of {t['retry_of']})" if "retry_of" in t else ""), t["arm"],
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items()),
                  "-" if t.get("batches") is None else str(t["batches"]),
@@ -196,7 +206,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
         rows = []
         if rep.get("base_point"):
             b = rep["base_point"]
-            rows.append(["base (no fine-tune)", val(b["old"]), val(b["new"]), "-", "-", "-"])
+            rows.append(["base (no fine-tune)", val(b["old"]), val(b["new"]), "-",
+                         val(b.get("test_old")), val(b.get("test_new"))])
         rows += [[f"{r['name']} (trial {r['number']})" if "number" in r else r["name"],
                   val(r["old"]), val(r["new"]),
                   gate[r.get("gate")] if "state" not in r else
@@ -266,6 +277,26 @@ def _reruns(n: int | None) -> str:
     return f", {n} of them re-runs of pruned trials" if n else ""
 
 
+def _box(points: list[tuple[float, float]], pad: float = 0.1):
+    """Whether a point lies in the points' bounding box, widened by `pad` of each side."""
+    (x0, x1), (y0, y1) = ((min(v), max(v)) for v in zip(*points))
+    dx, dy = (x1 - x0) * pad or abs(x0) * pad or pad, (y1 - y0) * pad or abs(y0) * pad or pad
+    return lambda x, y: x0 - dx <= x <= x1 + dx and y0 - dy <= y <= y1 + dy
+
+
+def crushed(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
+            share: float = 0.2) -> bool:
+    """Whether the finished trials fill less than `share` of the plot's span on an axis (a
+    default arm's WiSE-FT curve reaching far off): the report then adds a plot zoomed on them."""
+    pts = [(t["old"], t["new"]) for t in trials
+           if t.get("old") is not None and t.get("new") is not None]
+    every = pts + [(r["old"], r["new"]) for r in refs] + [p for _, c in curves for p in c]
+    if len(pts) < 2:
+        return False
+    spans = [(max(v) - min(v)) for v in zip(*pts)], [(max(v) - min(v)) for v in zip(*every)]
+    return any(whole > 0 and part < share * whole for part, whole in zip(*spans))
+
+
 def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
     """report.json, report.md and report.html (with the Pareto plot) into `out`, atomically."""
     atomic_write(out / "report.json", json.dumps(rep, indent=2, default=str))
@@ -276,7 +307,9 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
             (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
             rep.get("base_point"), rep["recommendation"])
     linear, log = pareto_svg(*args, log=False), pareto_svg(*args)
-    html = render_html(rep, linear + (log if log != linear else ""))  # log: when it differs
+    zoomed = pareto_svg(*args, log=False, zoom=True) if crushed(*args[:3]) else ""
+    html = render_html(rep, linear + (log if log != linear else "") + zoomed)  # log: when it
+    # differs; zoomed: when the trials fill a fifth of an axis or less
     atomic_write(out / "report.html", html)
 
 

@@ -29,6 +29,29 @@ from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 
+def trial_folder(out: Path, recorded: str | None) -> Path | None:
+    """A trial's folder, resolved against the study's own run folder: RUN/trials/<its name>
+    when RUN holds it (a study folder copied or moved keeps working from its own trials), else
+    the path the study recorded (another worker's folder on a shared disk)."""
+    if not recorded:
+        return None
+    path = Path(recorded)
+    own = out / "trials" / path.name
+    return own if own.is_dir() else path
+
+
+def rerooted(out: Path, recorded_dir: str | None, path: str | None) -> str | None:
+    """A path the study recorded inside a trial's folder (its checkpoint), resolved as
+    `trial_folder` resolves the folder."""
+    if not path or not recorded_dir:
+        return path
+    folder = trial_folder(out, recorded_dir)
+    try:
+        return str(folder / Path(path).relative_to(recorded_dir))
+    except ValueError:  # not inside it
+        return path
+
+
 def chosen_under(gate: Gate | None, margin: float) -> dict[str, Any]:
     """What a trial's point was chosen under: the gate's limits (not where they came from: the
     same limits from a file or from flags choose the same point) and the validation margin."""
@@ -71,17 +94,17 @@ def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) 
     return rep
 
 
-def rechoose(trial: Any, prior: dict[str, Any], gate: Gate | None, margin: float,
-             dirs: tuple[int, int], new_offset: bool, place: Place, ui: Ui) -> dict | None:
-    """The finished `trial`'s point chosen again under `gate` and `margin` when it was chosen
-    under something else (its own record, or `prior` for a trial that has none): {"views",
+def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
+             margin: float, dirs: tuple[int, int], new_offset: bool, place: Place,
+             ui: Ui) -> dict | None:
+    """The finished `trial`'s point (its folder: `folder`) chosen again under `gate` and
+    `margin` when it was chosen under something else (its own record, or `prior` for a trial that has none): {"views",
     "values" (the objectives on validation), "wise_alpha", "new_offset" (with `new_offset`),
     "checkpoint", "rechosen_from"}; None when nothing differs (the stored point stands)."""
     under = chosen_under(gate, margin)
     was = trial.user_attrs.get("chosen_under") or prior
     if was == under:
         return None
-    folder = Path(trial.user_attrs["dir"])
     rep = json.loads((folder / "report.json").read_text())  # the trial's fine-tune
     prim = (rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"])
     alpha = best_alpha(gate, rep, dirs, margin)

@@ -39,6 +39,7 @@ re-judges all of them and the recommendation from the stored results (and says s
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -63,7 +64,7 @@ from goodfit_cli.workflows.budget import Budget, claim, settle, spent
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.rejudge import chosen_under, rechoose, views_of
+from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reran, reruns_due
 from goodfit_cli.workflows.wise import WiseJob, wise
@@ -183,10 +184,16 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
-    except Interrupted as e:  # SIGINT/SIGTERM: this trial does not count, the study stops
+    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT/SIGTERM, in its training or after
+        # (its evaluations, WiSE-FT, its point): it does not count, the study stops, and the
+        # same trial (its knobs; a default arm stays one) runs again first on the next run
+        if isinstance(e, KeyboardInterrupt):
+            e = Interrupted(signal.SIGINT, trial_dir)
         trial.set_user_attr("interrupted", str(e))
-        e.resume = ("the same command again (the interrupted trial is not counted; a new trial "
-                    "replaces it)")
+        again = {k: v for k, v in trial.user_attrs.items() if k == "default"}
+        trial.study.enqueue_trial(trial.params, user_attrs={**again, "retry_of": trial.number})
+        e.resume = (f"the same command again (trial {trial.number} is not counted; it runs again "
+                    "first, from the start)")
         stopped.append(e)
         trial.study.stop()
         raise optuna.TrialPruned("interrupted") from None
@@ -280,9 +287,15 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                            n_trials=1)
             if stopped:
                 raise stopped[0]
-    if any(t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
+    short = not any(n.startswith("the budget left cannot") for n in notes)  # said once
+    if short and len(counted(study)) < job.trials and any(
+            t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
         notes.append("the budget left could not cover another trial: the study stopped at "
                      f"{len(counted(study))} of --trials {job.trials}")
+    if budget.batches is not None and spent(study) > budget.batches:
+        notes.append(f"the budget is spent beyond this command's --budget {job.budget:g}: "
+                     f"{spent(study)} batches trained against {budget.batches} (an earlier run "
+                     "of the study had a larger budget)")
     rechosen = _rechosen(job, study, dirs, place, ui, notes)
     rep = study_report(job, study, recipe, dirs, notes, budget, rechosen)
     rep["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -308,10 +321,12 @@ def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, u
     for t in study.get_trials(deepcopy=False):
         if t.state.name != "COMPLETE" or (t.user_attrs.get("chosen_under") or prior) == under:
             continue
-        if not (Path(t.user_attrs.get("dir") or "") / "report.json").is_file():
+        folder = trial_folder(job.out, t.user_attrs.get("dir"))
+        if folder is None or not (folder / "report.json").is_file():
             away.append(t.number)  # another worker's machine: its stored point is judged
             continue
-        point = rechoose(t, prior, job.gate, job.margin, dirs, job.new_offset, place, ui)
+        point = rechoose(t, folder, prior, job.gate, job.margin, dirs, job.new_offset, place,
+                         ui)
         if point is not None:
             out[t.number] = point
     if away:

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
@@ -24,6 +26,7 @@ from goodfit_cli.report.margin import base_outside, base_outside_test, floor_sla
 from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
+from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
 # what each trial chose on validation after training, shown with its knobs: WiSE-FT's α and the
 # new classes' logit offset (workflows/offset.py)
@@ -77,7 +80,10 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                             "use a new --out or --study")
         vals = attrs.get("values") or (t.values if t.values is not None else (None, None))
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
-        trials.append({"number": t.number, "state": t.state.name,
+        state = "INTERRUPTED" if "interrupted" in t.user_attrs else t.state.name
+        trials.append({"number": t.number, "state": state,
+                       **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs
+                          else {}),
                        "arm": t.user_attrs.get("arm", t.params.get("arm", "?")),
                        **({"default": t.user_attrs["default"]} if "default" in t.user_attrs
                           else {}),
@@ -97,14 +103,20 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                                                          f"{t.number}", job.margin)["passed"],
                        "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
                                             ["passed"] if views else None),
-                       "dir": t.user_attrs.get("dir"), "seed": t.user_attrs.get("seed"),
-                       "checkpoint": attrs.get("checkpoint")})
+                       "dir": (str(trial_folder(job.out, t.user_attrs["dir"]))
+                               if t.user_attrs.get("dir") else None),
+                       "seed": t.user_attrs.get("seed"),
+                       "checkpoint": rerooted(job.out, t.user_attrs.get("dir"),
+                                              attrs.get("checkpoint"))})
         seen[t.number] = views
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs = []
     for t in trials:  # the default arms: trials like the others, judged with this gate
-        if "default" not in t:
+        if "default" not in t or t["state"] == "INTERRUPTED":  # its retry is the reference
             continue
+        whole = next((r for r in done if r.get("rerun_of") == t["number"]), None)
+        if t["state"] != "COMPLETE" and whole is not None:  # pruned, then re-run whole
+            t = {**whole, "default": t["default"]}  # (--reruns): that run is the reference
         ref = {"name": t["default"], "number": t["number"], "dir": t["dir"],
                "old": t["old"], "new": t["new"], "test_old": t["test_old"],
                "test_new": t["test_new"],
@@ -132,6 +144,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),
            "reruns": sum("rerun_of" in t for t in trials),  # of the complete ones (--reruns)
+           "interrupted": sum(t["state"] == "INTERRUPTED" for t in trials),  # run again
            "batches": spent_b,
            "front": pareto_front([t for t in done if t["feasible"]], dirs),
            "budget": {"finetunes": job.budget, "batches": budget.batches,
@@ -153,8 +166,11 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if outside:  # nothing passes on validation unless it beats the base there
         notes.append(outside["message"])
         rep["base_outside_gate"] = outside["limits"]
-    outside_test = base_outside_test(job.gate, first_json(trials, "base/metrics.json").get(
-        "metrics") or {}, _counts(run, "test"))
+    base_test = first_json(trials, "base/metrics.json").get("metrics") or {}
+    if base and base_test:  # the base's test numbers, beside its validation ones
+        base["test_old"] = (base_test.get("old") or {}).get(prim["old"])
+        base["test_new"] = (base_test.get("new") or {}).get(prim["new"])
+    outside_test = base_outside_test(job.gate, base_test, _counts(run, "test"))
     if outside_test:  # reported only
         notes.append(outside_test["message"])
     rep["time"] = trial_time(trials)
@@ -166,6 +182,22 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
             notes.append(f"nothing is recommended now: the earlier recommendation was moved "
                          f"from {job.out / 'recommended'} to {withdrawn}")
     return rep
+
+
+def _exported(dest: Path, study: str, number: int, src_sha: str, tensors: dict) -> bool:
+    """Whether `dest` already holds this recommendation: the same study's same trial, from a
+    checkpoint with the same sha256, and its tensors those `tensors` (checked, not trusted): a
+    re-run that recommends it again then writes nothing."""
+    if not dest.is_file():
+        return False
+    try:
+        have, meta = ckpt.load_model(dest)
+    except UserError:
+        return False
+    made = meta.get("search") or {}
+    return ((made.get("study"), made.get("trial"), made.get("source_sha256"))
+            == (study, number, src_sha) and have.keys() == tensors.keys()
+            and all(torch.equal(have[k], tensors[k]) for k in tensors))
 
 
 def withdraw(out: Path) -> Path | None:
@@ -248,17 +280,29 @@ def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
     src = Path(rec["checkpoint"] or "")
     if not src.is_file():
         return {"export_note": f"{src} is not on this machine (another worker's trial)"}
-    tensors, meta = ckpt.load_model(src)
-    meta = {**meta, "search": {"study": study.study_name, "trial": rec["number"],
-                               "arm": rec["arm"], "knobs": rec["params"], "seed": rec["seed"],
-                               "source": str(src), "source_sha256": sha256_file(src),
-                               "pid": os.getpid()}}
-    meta.pop("format", None)
+    src_sha = sha256_file(src)
     dest = job.out / "recommended" / "model.safetensors"
-    dest.parent.mkdir(exist_ok=True)
-    keep_previous(dest)
-    ckpt.save_model(dest, tensors, meta)
+    tensors, meta = ckpt.load_model(src)
+    if not _exported(dest, study.study_name, rec["number"], src_sha, tensors):  # else: there
+        meta = {**meta, "search": {"study": study.study_name, "trial": rec["number"],
+                                   "arm": rec["arm"], "knobs": rec["params"],
+                                   "seed": rec["seed"], "source": str(src),
+                                   "source_sha256": src_sha, "pid": os.getpid()}}
+        meta.pop("format", None)
+        dest.parent.mkdir(exist_ok=True)
+        keep_previous(dest)  # another recommendation before: kept aside
+        ckpt.save_model(dest, tensors, meta)
     if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
-        copy_pretrained(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR)
+        if not _same_files(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR):
+            copy_pretrained(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR)
         return {"exported": str(dest), "exported_folder": str(dest.parent / PRETRAINED_DIR)}
     return {"exported": str(dest)}
+
+
+def _same_files(src: Path, dest: Path) -> bool:
+    """Whether folder `dest` holds exactly `src`'s files, byte for byte."""
+    if not dest.is_dir():
+        return False
+    names = sorted(p.name for p in src.iterdir())
+    return names == sorted(p.name for p in dest.iterdir()) and all(
+        (src / n).is_file() and (src / n).read_bytes() == (dest / n).read_bytes() for n in names)
