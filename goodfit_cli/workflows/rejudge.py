@@ -98,9 +98,10 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
              margin: float, dirs: tuple[int, int], new_offset: bool, place: Place,
              ui: Ui) -> dict | None:
     """The finished `trial`'s point (its folder: `folder`) chosen again under `gate` and
-    `margin` when it was chosen under something else (its own record, or `prior` for a trial that has none): {"views",
-    "values" (the objectives on validation), "wise_alpha", "new_offset" (with `new_offset`),
-    "checkpoint", "rechosen_from"}; None when nothing differs (the stored point stands)."""
+    `margin` when it was chosen under something else (its own record, or `prior` for a trial
+    that has none): {"views", "values" (the objectives on validation), "wise_alpha",
+    "new_offset" (with `new_offset`), "checkpoint", "rechosen_from"}; None when nothing
+    differs (the stored point stands)."""
     under = chosen_under(gate, margin)
     was = trial.user_attrs.get("chosen_under") or prior
     if was == under:
