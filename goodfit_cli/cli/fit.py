@@ -77,7 +77,7 @@ def pretrain(
                        overwrite=overwrite)
     if not is_main():
         return
-    show(metrics_table(f"pretrained {r.name}", [("base", res.metrics)], r.primary))
+    show(metrics_table(f"pretrained {r.name} (test split)", [("base", res.metrics)], r.primary))
     log(f"checkpoint: {dest / 'model.safetensors'}")
 
 
