@@ -428,7 +428,7 @@ def _check_wise(report: dict, calls: list, limit: float | None, s, base: Path,
 def test_a_run_whose_evaluations_cost_a_fifth_of_its_training_names_the_knobs():
     """The hint after the time line: only when the evaluations and the WiSE-FT grid cost at
     least a fifth of the training and 5 s; it names each knob at this run's value."""
-    from goodfit_cli.workflows.finetune import evaluation_hint
+    from goodfit_cli.workflows.timings import evaluation_hint
 
     def rec(training, evaluations, wise):
         return {"phases_s": {"load": 1.0, "training": training, "evaluations": evaluations,

@@ -60,6 +60,7 @@ from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
+from goodfit_cli.workflows.timings import evaluation_hint, unfinished
 from goodfit_cli.workflows.wise import Mixing
 
 
@@ -160,20 +161,6 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
             if is_main() and not isinstance(e, UserError) and (job.out / "run.json").is_file():
                 unfinished(job, phases, e)  # (a refused or failed command changes no file)
             raise
-
-
-def unfinished(job: FinetuneJob, phases: Phases, error: BaseException) -> None:
-    """RUN/timings.json of a command that ended before its report (an interruption, a pruned
-    search trial, a diverged arm): its phases so far and how it ended, added to what the run's
-    earlier commands recorded; a resume adds its own. Never raises: the run's own error is
-    what the user sees."""
-    try:
-        write_json(job.out / "timings.json", {
-            **merged(earlier(job.out / "timings.json") if job.resume else None,
-                     phases.record()),
-            "ended": type(error).__name__})
-    except Exception:  # a full disk (UserError from the writer), a damaged folder
-        pass
 
 
 def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> dict[str, Any]:
@@ -346,26 +333,6 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     if hint:
         ui.log(hint)
     return report
-
-
-def evaluation_hint(record: dict, every: int, grid: int | None) -> str | None:
-    """One line for a run whose evaluations (periodic and final, and the WiSE-FT grid of `grid`
-    points; None: not run) cost at least a fifth of its training and 5 s or more (a CPU run
-    of a wide model, typically): the knobs that trade them, each at its value in this run;
-    None otherwise. They are what the trust rules ask for (every choice on validation, the
-    report on test), so nothing drops them by itself."""
-    ph = record.get("phases_s") or {}
-    training, periodic, wise = (ph.get(k, 0.0) for k in ("training", "evaluations", "wise"))
-    spent = periodic + wise
-    if not training or spent < max(0.2 * training, 5.0):
-        return None
-    knobs = f"a larger eval.every (now {every})"
-    if grid is not None:
-        knobs += f", a coarser report.wise_grid (now {grid} points) or --no-wise"
-    return (f"evaluations took {spent:.0f} s, {spent / training:.0%} of the training "
-            f"({periodic:.0f} s periodic and final"
-            + (f", {wise:.0f} s the WiSE-FT grid" if grid is not None else "")
-            + f"): fewer with {knobs}")
 
 
 @torch.no_grad()
