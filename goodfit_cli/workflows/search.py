@@ -31,9 +31,12 @@ sampler).
 Every choice is made on the VALIDATION splits: a trial's objectives are its validation
 metrics, its feasibility the gate judged on validation, and the recommendation is chosen among
 them; each trial's test numbers are stored beside them and reported, never used to choose.
-Each trial keeps its validation and test views (metrics, changes, flips) in the study, so the
-report judges every finished trial with the gate of THIS command: a re-run with another gate
-re-judges all of them and the recommendation from the stored results (and says so).
+Each trial keeps its validation and test views (metrics, changes, flips) in the study, and
+the gate and margin its point was chosen under, so the report judges every finished trial with
+the gate of THIS command: a re-run with another gate or margin first chooses each trial's point
+again under it (workflows/rejudge.py: evaluations only), then re-judges all of them and the
+recommendation (and says so). A trial interrupted (a signal, in its training or after) is not
+counted and is enqueued again with its knobs, so the next run runs it first.
 """
 
 from __future__ import annotations
