@@ -271,3 +271,19 @@ def test_a_metric_that_is_not_a_per_sample_mean_says_it_has_no_ci():
     assert entry["better"] is False
     assert "(no CI: not a per-sample mean)" in render_markdown(rep)
     assert "no_ci" not in rep["arms"][0]["delta"]["old"]["accuracy"]
+
+
+def test_every_confusion_matrix_of_a_task_has_the_same_classes():
+    """The base never predicts class 3 and one arm never predicts class 0: each task's matrices
+    still share their rows and columns (every class any side saw or predicted), the counts
+    unchanged (zero rows and columns added)."""
+    t = torch.tensor([0, 1, 2, 2])
+    base = RunSide("base", "b", {}, {"old": {"pred": torch.tensor([0, 1, 2, 1]), "target": t}})
+    a = RunSide("a", "a", {}, {"old": {"pred": torch.tensor([1, 1, 2, 3]), "target": t}})
+    b = RunSide("b", "b", {}, {"old": {"pred": torch.tensor([0, 2, 2, 2]), "target": t}})
+    rep = build_report(base, [a, b], kinds=CLS, primary=ACC, provenance={})
+    mats = [rep["base_confusion"]["old"]] + [arm["confusion"]["old"] for arm in rep["arms"]]
+    assert all(m["labels"] == [0, 1, 2, 3] for m in mats)
+    assert mats[1]["matrix"] == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
+    assert mats[0]["matrix"][3] == [0, 0, 0, 0] and [row[3] for row in mats[0]["matrix"]] == \
+        [0, 0, 0, 0]

@@ -39,6 +39,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         if not primary.get(task):
             raise ValueError(f"primary[{task!r}] must name the task's primary metric")
     boot = {"n_boot": n_boot, "seed": seed, "draws": {}}  # one index matrix per sample count
+    shared = _classes_seen(base, arms, kinds)  # one label set per task for its matrices
     base_metrics = {t: _task_metrics(base, t, kinds[t]) for t in TASKS}
     prov = dict(provenance)
     masked = _masked_losses(base_metrics["new"], prov)
@@ -53,9 +54,9 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         "tasks": {t: {"kind": kinds[t], "primary": primary[t]} for t in TASKS},
         "base_metrics": base_metrics,
         "base_masked": masked,
-        "base_confusion": {t: confusion(_preds(base, t)) for t in TASKS
+        "base_confusion": {t: confusion(_preds(base, t), shared.get(t)) for t in TASKS
                            if kinds[t] == "classification" and "pred" in _preds(base, t)},
-        "arms": [_arm(base, base_metrics, arm, kinds, readout, boot, sample_ids or {})
+        "arms": [_arm(base, base_metrics, arm, kinds, readout, boot, sample_ids or {}, shared)
                  for arm in arms],
     }
     val_base = _on_val(base)
@@ -100,8 +101,23 @@ def _on_val(side: RunSide) -> RunSide | None:
     return RunSide(side.name, side.checkpoint, side.val_metrics, side.val_predictions)
 
 
+def _classes_seen(base: RunSide, arms: list[RunSide], kinds: dict) -> dict[str, list[int]]:
+    """Each classification task's classes seen as a target or a prediction by the base or any
+    arm: the rows and columns every confusion matrix of that task shows."""
+    out = {}
+    for t in TASKS:
+        if kinds[t] != "classification":
+            continue
+        parts = [p[k].long().cpu().flatten() for side in [base, *arms]
+                 for p in [_preds(side, t)] if "pred" in p for k in ("target", "pred")]
+        if parts:
+            out[t] = torch.unique(torch.cat(parts)).tolist()
+    return out
+
+
 def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: dict | None,
-         boot: dict, sample_ids: dict[str, list[str] | None]) -> dict:
+         boot: dict, sample_ids: dict[str, list[str] | None],
+         shared: dict[str, list[int]] | None = None) -> dict:
     metrics = {t: _task_metrics(arm, t, kinds[t]) for t in TASKS}
     delta, flips, per_class, confusions, flipped = {}, {}, {}, {}, {}
     for task in TASKS:
@@ -116,7 +132,7 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
                 flips[task] = {k: res[k] for k in ("nfr", "pfr", "n_neg", "n_pos", "n",
                                                    "nfr_ci", "pfr_ci")}
                 per_class[task] = _per_class(b["pred"], a["pred"], b["target"])
-                confusions[task] = confusion(a)
+                confusions[task] = confusion(a, (shared or {}).get(task))
                 flipped[task] = flipped_examples(b["pred"], a["pred"], b["target"],
                                                  sample_ids.get(task))
             elif "mse" not in both_per_sample:  # else its per-sample values give its CI below
@@ -196,10 +212,12 @@ def _per_class(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Te
 MAX_FLIPPED = 100  # examples listed per task and direction (the counts are complete)
 
 
-def confusion(preds: dict) -> dict[str, Any]:
-    """{"labels": classes seen as target or prediction, "matrix": counts[target][predicted]}."""
+def confusion(preds: dict, classes: list[int] | None = None) -> dict[str, Any]:
+    """{"labels": classes seen as target or prediction (with `classes`, those too: the same
+    rows and columns for every matrix of one task), "matrix": counts[target][predicted]}."""
     target, pred = preds["target"].long().cpu(), preds["pred"].long().cpu()
-    labels = torch.unique(torch.cat([target, pred]))  # sorted
+    seen = [target, pred] + ([torch.tensor(classes, dtype=torch.long)] if classes else [])
+    labels = torch.unique(torch.cat(seen))  # sorted
     k = len(labels)
     cell = torch.searchsorted(labels, target) * k + torch.searchsorted(labels, pred)
     matrix = torch.bincount(cell, minlength=k * k).view(k, k)
