@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.io.staging import staged
 
 EXTRA = "pip install 'goodfit[hf]'"
@@ -77,11 +77,7 @@ def copy_pretrained(src: Path, dest: Path) -> None:
         return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
 
     if files(dest):
-        aside = dest.with_name(f"{dest.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
-        n = 1
-        while aside.exists():
-            aside = dest.with_name(f"{dest.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-            n += 1
+        aside = aside_path(dest)
         aside.mkdir()
         for f in files(dest):
             try:

@@ -62,7 +62,9 @@ class RunLock:
             self.fd = None
 
 
-def _aside(out: Path) -> Path:
+def aside_path(out: Path) -> Path:
+    """Where `out` (a folder) is kept aside: `<out>.prev-<time>`, `-N` added when that is taken;
+    the one name every command moves or copies an older folder to."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     aside, n = out.with_name(f"{out.name}.prev-{stamp}"), 1
     while aside.exists() or aside.is_symlink():
@@ -94,7 +96,7 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
     lock.made = not existed
     moved = None
     if overwrite and has_content(out):
-        moved = _aside(out)
+        moved = aside_path(out)
         try:
             os.rename(out, moved)  # one atomic step: OUT is whole, or whole aside
         except OSError as e:

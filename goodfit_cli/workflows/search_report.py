@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.rundir import keep_previous
+from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
 from goodfit_cli.report.margin import base_outside, base_outside_test, floor_slack, sizes
@@ -207,10 +207,7 @@ def withdraw(out: Path) -> Path | None:
     folder = out / "recommended"
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
-    aside = out / f"recommended.prev-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while aside.exists():
-        aside, n = out / f"recommended.prev-{time.strftime('%Y%m%d-%H%M%S')}-{n}", n + 1
+    aside = aside_path(folder)
     folder.rename(aside)
     return aside
 
