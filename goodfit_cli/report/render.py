@@ -12,6 +12,7 @@ import re
 from goodfit_cli.core.text import printable
 from goodfit_cli.report.sections import (  # verdict: re-exported by the package
     class_label,
+    time_rows,
     _all_metric_rows,
     _candidates,
     _early_stops,
@@ -56,12 +57,9 @@ def _time_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | 
     rec = (report.get("provenance") or {}).get("timings")
     if not isinstance(rec, dict) or not isinstance(rec.get("phases_s"), dict):
         return None
-    total = rec.get("total_s") or 0.0
-    phases = {**rec["phases_s"], "other": rec.get("other_s", 0.0)}
-    rows = [[(k.replace("_", " "), ""), (f"{v:.2f}", ""),
-             (f"{v / total:.0%}" if total else "-", "")] for k, v in phases.items()]
-    rows.append([("total", ""), (f"{total:.2f}", ""), ("100%" if total else "-", "")])
-    return ["phase", "s", "share"], rows
+    rows = time_rows({**rec["phases_s"], "other": rec.get("other_s", 0.0)},
+                     rec.get("total_s") or 0.0)
+    return ["phase", "s", "share"], [[(c, "") for c in row] for row in rows]
 
 
 def _time_note(report: dict) -> str:

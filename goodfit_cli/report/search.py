@@ -20,7 +20,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import atomic_write
 from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
-from goodfit_cli.report.sections import slack_line, within_phrase
+from goodfit_cli.report.sections import slack_line, time_rows, within_phrase
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -220,12 +220,9 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                                                      f"new {m_new} (test)"], rows))
     time = rep.get("time") or {}
     if time.get("phases_s"):
-        total = sum(time["phases_s"].values())
         tables.append((f"Where the time went (the {time['trials']} trials' own timings.json, "
                        "summed)", ["phase", "s", "share"],
-                       [[k.replace("_", " "), f"{v:.2f}", f"{v / total:.0%}" if total else "-"]
-                        for k, v in time["phases_s"].items()]
-                       + [["total", f"{total:.2f}", "100%"]]))
+                       time_rows(time["phases_s"], sum(time["phases_s"].values()))))
     return title, header + [f"- {e(n)}" for n in rep["notes"]], said, tables
 
 

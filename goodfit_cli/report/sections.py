@@ -354,3 +354,11 @@ def _close(ship: dict, pn: str) -> str:
 
 def _flat(d: dict) -> list[tuple[str, str]]:
     return [(k, v if isinstance(v, str) else json.dumps(v, sort_keys=True)) for k, v in d.items()]
+
+
+def time_rows(phases: dict[str, float], total: float) -> list[list[str]]:
+    """[phase, seconds, share of `total`] per phase, then the total: a "Where the time went"
+    table's rows (the finetune, compare and wise reports; the search's, summed over trials)."""
+    share = lambda v: f"{v / total:.0%}" if total else "-"  # noqa: E731
+    return ([[k.replace("_", " "), f"{v:.2f}", share(v)] for k, v in phases.items()]
+            + [["total", f"{total:.2f}", share(total)]])
