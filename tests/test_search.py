@@ -936,6 +936,10 @@ def test_an_interrupted_trial_runs_again_and_a_moved_study_uses_its_own_trials(b
     assert first.state.name == "PRUNED" and "interrupted" in first.user_attrs
     waiting = [t for t in study.trials if t.state.name == "WAITING"]
     assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+    cut = json.loads((out / "timings.json").read_text())  # what the cut command spent
+    assert cut["ended"] == "Interrupted"
+    assert cut["phases_s"]["training"] == pytest.approx(trained(out), abs=2e-3)
+    assert trained(out) > 0
     rep = search(job)
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
@@ -944,6 +948,13 @@ def test_an_interrupted_trial_runs_again_and_a_moved_study_uses_its_own_trials(b
     assert sum(t["state"] != "INTERRUPTED" for t in rep["trials"]) == 3
     assert "1 interrupted and run again" in (out / "report.md").read_text()
     assert rep["recommendation"] is not None
+    both = json.loads((out / "timings.json").read_text())  # both commands, phase by phase
+    assert both["commands"] == 2 and "ended" not in both
+    assert both["phases_s"]["training"] == pytest.approx(trained(out), abs=4e-3)
+    assert trained(out) > cut["phases_s"]["training"]  # the second command's trials trained
+    assert sum(both["phases_s"].values()) + both["other_s"] == pytest.approx(both["total_s"],
+                                                                             abs=0.01)
+    assert both["command_over_training"] == round(both["total_s"] / trained(out), 3)
     # the whole study folder moved: its own trials, its own checkpoints
     moved = tmp_path / "moved"
     out.rename(moved)
@@ -954,6 +965,12 @@ def test_an_interrupted_trial_runs_again_and_a_moved_study_uses_its_own_trials(b
     assert again["recommendation"]["checkpoint"].startswith(str(moved))
     search(job)  # the same recommendation again: nothing new written beside it
     assert sorted(p.name for p in (moved / "recommended").iterdir()) == ["model.safetensors"]
+
+
+def trained(out: Path) -> float:
+    """The training phase of every trial folder of a study, from their own timings.json."""
+    return sum(json.loads(f.read_text())["phases_s"]["training"]
+               for f in (out / "trials").glob("trial-*/timings.json"))
 
 
 def test_a_plot_zoomed_on_the_trials_when_a_curve_crushes_them():

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
+from goodfit_cli.core.timing import Phases
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import probe_writable
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -70,6 +71,7 @@ from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reran, reruns_due
+from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
 
@@ -96,7 +98,7 @@ class SearchJob:
     new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
 
 
-def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: str,
+def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
                stopped: list[Interrupted]) -> tuple:
     import optuna
 
@@ -133,6 +135,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, recipe_name: st
     ui.log(f"trial {trial.number}: arm={trial.params['arm']} {ran} "  # the study's names
            + " ".join(p.overrides))
     trial.set_user_attr("dir", str(trial_dir.resolve()))
+    folders.append(trial_dir)  # this command's time (RUN/timings.json)
     trial.set_user_attr("host", socket.gethostname())
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
@@ -268,28 +271,13 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                      f"{job.trials} not run")
         left = 0
     t0 = time.perf_counter()
-    if left > 0:
-        ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
-        stopped: list[Interrupted] = []
-
-        def enough(study: Any, _: Any) -> None:  # every worker stops at the study's target
-            if len(counted(study)) >= job.trials:
-                study.stop()
-
-        study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
-                       n_trials=left, callbacks=[enough])
-        if stopped:  # no report from a study cut short; the same command continues it
-            raise stopped[0]
-    if job.reruns and len(counted(study)) >= job.trials:
-        stopped = []
-        for n in reruns_due(study, budget):
-            ui.log(f"the budget left covers a whole fine-tune: re-running pruned trial {n} "
-                   "whole (its knobs, the study's seed)")
-            study.enqueue_trial(study.trials[n].params, user_attrs={"rerun_of": n})
-            study.optimize(lambda t: _run_trial(job, t, place, ui, recipe.name, stopped),
-                           n_trials=1)
-            if stopped:
-                raise stopped[0]
+    phases, ran = Phases(), []  # where this command's time goes (RUN/timings.json)
+    try:
+        with phases.phase("trials"):
+            _trials(job, study, budget, left, place, ui, ran)
+    except BaseException as e:  # an interruption or an error: what it spent is kept
+        search_record(job.out, phases, ran, e)
+        raise
     short = not any(n.startswith("the budget left cannot") for n in notes)  # said once
     if short and len(counted(study)) < job.trials and any(
             t.user_attrs.get("over_budget") for t in study.get_trials(deepcopy=False)):
@@ -299,12 +287,43 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
         notes.append(f"the budget is spent beyond this command's --budget {job.budget:g}: "
                      f"{spent(study)} batches trained against {budget.batches} (an earlier run "
                      "of the study had a larger budget)")
-    rechosen = _rechosen(job, study, dirs, place, ui, notes)
-    rep = study_report(job, study, recipe, dirs, notes, budget, rechosen)
-    rep["wall_s"] = round(time.perf_counter() - t0, 3)
-    write_search_report(rep, job.out, default_curves(rep, prim))
+    with phases.phase("choosing again"):
+        rechosen = _rechosen(job, study, dirs, place, ui, notes)
+    with phases.phase("report"):
+        rep = study_report(job, study, recipe, dirs, notes, budget, rechosen)
+        rep["wall_s"] = round(time.perf_counter() - t0, 3)
+        write_search_report(rep, job.out, default_curves(rep, prim))
     ui.log(f"search report: {job.out / 'report.md'}  {job.out / 'report.html'}")
+    search_record(job.out, phases, ran)
+    ui.log(phases.line())
     return rep
+
+
+def _trials(job: SearchJob, study: Any, budget: Budget, left: int, place: Place, ui: Ui,
+            ran: list[Path]) -> None:
+    """This worker's share of the trials (`left` to go), then pruned trials re-run whole
+    (`--reruns`) with the budget left; raises what stopped a trial short (a signal)."""
+    stopped: list[Interrupted] = []
+    if left > 0:
+        ui.log(f"study {study.study_name}: {job.trials - left} trials so far, {left} to go")
+
+        def enough(study: Any, _: Any) -> None:  # every worker stops at the study's target
+            if len(counted(study)) >= job.trials:
+                study.stop()
+
+        study.optimize(lambda t: _run_trial(job, t, place, ui, ran, stopped),
+                       n_trials=left, callbacks=[enough])
+        if stopped:  # no report from a study cut short; the same command continues it
+            raise stopped[0]
+    if job.reruns and len(counted(study)) >= job.trials:
+        for n in reruns_due(study, budget):
+            ui.log(f"the budget left covers a whole fine-tune: re-running pruned trial {n} "
+                   "whole (its knobs, the study's seed)")
+            study.enqueue_trial(study.trials[n].params, user_attrs={"rerun_of": n})
+            study.optimize(lambda t: _run_trial(job, t, place, ui, ran, stopped),
+                           n_trials=1)
+            if stopped:
+                raise stopped[0]
 
 
 def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, ui: Ui,

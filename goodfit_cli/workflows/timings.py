@@ -4,9 +4,11 @@ the evaluations when they cost much of the training."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-from goodfit_cli.core.timing import Phases, earlier, merged
+from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import write_json
 
 
@@ -42,3 +44,37 @@ def evaluation_hint(record: dict, every: int, grid: int | None) -> str | None:
             f"({periodic:.0f} s periodic and final"
             + (f", {wise:.0f} s the WiSE-FT grid" if grid is not None else "")
             + f"): fewer with {knobs}")
+
+
+def trained_seconds(folders: list[Path]) -> float:
+    """The training phase of the fine-tunes in `folders` (their timings.json: finished, pruned
+    or cut short alike; a folder without one trained nothing that was recorded)."""
+    total = 0.0
+    for folder in folders:
+        try:
+            rec = json.loads((folder / "timings.json").read_text())
+        except (OSError, ValueError):
+            continue
+        total += float((rec.get("phases_s") or {}).get(TRAINING, 0.0))
+    return total
+
+
+def search_record(out: Path, phases: Phases, trials: list[Path],
+                  error: BaseException | None = None) -> dict:
+    """RUN/timings.json of a `goodfit search` command: its phases, the trials it ran split into
+    their arms' `training` (their own timings.json) and `trials besides training` (their
+    evaluations, WiSE-FT points, reports and the sampler), added to what the study's earlier
+    commands in this folder recorded; `ended` when an error cut it short. Never raises: the
+    command's own error or result is what matters."""
+    training = trained_seconds(trials)
+    spent = phases.seconds.pop("trials", 0.0)
+    phases.add("trials besides training", spent - training)
+    phases.add(TRAINING, training)
+    record = merged(earlier(out / "timings.json"), phases.record())
+    if error is not None:
+        record["ended"] = type(error).__name__
+    try:
+        write_json(out / "timings.json", record)
+    except Exception:  # a full disk, a damaged folder
+        pass
+    return record
