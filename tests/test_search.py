@@ -162,6 +162,9 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
     out = tmp_path / "run"
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     two_workers(base, out, storage, trials=4)
+    both = json.loads((out / "timings.json").read_text())  # the two workers' time, in turn
+    assert both["commands"] == 2
+    assert both["phases_s"]["training"] == pytest.approx(trained(out), abs=4e-3)
     study = optuna.load_study(study_name="goodfit-toy", storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(done) == 4 and len({t.number for t in done}) == 4

@@ -133,3 +133,15 @@ def held(lock: RunLock | None) -> Iterator[None]:
     finally:
         if lock is not None:
             lock.release()
+
+
+@contextlib.contextmanager
+def turns(folder: Path) -> Iterator[None]:
+    """The block as one turn of the processes sharing `folder` (a search's workers, which write
+    the same run folder): a blocking exclusive flock on the folder itself, no file made."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

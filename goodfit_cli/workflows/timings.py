@@ -10,6 +10,7 @@ from typing import Any
 
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import write_json
+from goodfit_cli.io.runlock import turns
 
 
 def unfinished(job: Any, phases: Phases, error: BaseException) -> None:
@@ -64,17 +65,19 @@ def search_record(out: Path, phases: Phases, trials: list[Path],
     """RUN/timings.json of a `goodfit search` command: its phases, the trials it ran split into
     their arms' `training` (their own timings.json) and `trials besides training` (their
     evaluations, WiSE-FT points, reports and the sampler), added to what the study's earlier
-    commands in this folder recorded; `ended` when an error cut it short. Never raises: the
-    command's own error or result is what matters."""
+    commands in this folder recorded (workers sharing it take turns); `ended` when an error cut
+    it short. Never raises: the command's own error or result is what matters."""
     training = trained_seconds(trials)
     spent = phases.seconds.pop("trials", 0.0)
     phases.add("trials besides training", spent - training)
     phases.add(TRAINING, training)
-    record = merged(earlier(out / "timings.json"), phases.record())
-    if error is not None:
-        record["ended"] = type(error).__name__
+    now = phases.record()
     try:
-        write_json(out / "timings.json", record)
+        with turns(out):  # the study's workers sharing this folder add theirs in turn
+            record = merged(earlier(out / "timings.json"), now)
+            if error is not None:
+                record["ended"] = type(error).__name__
+            write_json(out / "timings.json", record)
     except Exception:  # a full disk, a damaged folder
-        pass
+        return now
     return record
