@@ -1,12 +1,14 @@
-"""Test helpers: the pretrain and finetune workflows with keyword arguments, and a deterministic
+"""Test helpers: the pretrain and finetune workflows with keyword arguments, a deterministic
 interruption (`stop_after=N`: a real SIGINT raised in this process right after batch N, handled
-by the product's own signal path before the loop checks for a stop)."""
+by the product's own signal path before the loop checks for a stop), and a tiny CSV task."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui, quiet
@@ -69,3 +71,32 @@ def full_and_resumed(recipe, base: Path, tmp: Path, arm: str, stop_after: int) -
     finetune(recipe, base, tmp / "cut", resume=True, **kw)
     return (ckpt.load_model(tmp / "full" / arm / "model.safetensors")[0],
             ckpt.load_model(tmp / "cut" / arm / "model.safetensors")[0])
+
+
+CSV_RECIPE = (
+    "name: csv3\ndata_dir: .\nseed: 0\ndevice: cpu\n"
+    "model: {name: mlp, args: {in_features: 2, out_features: 3, hidden: [8]}}\n"
+    "data: {name: table, args: {old: {train: old_train.csv, test: old_test.csv},\n"
+    "                           new: {train: new_train.csv, test: new_test.csv}}}\n"
+    "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+    "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+    "pretrain: {optimizer: {name: sgd, lr: 0.1}, steps: 20, batch_size: 8}\n"
+    "finetune: {optimizer: {name: sgd, lr: 0.1}, steps: 6, batch_size: 8, arms: [sgd]}\n")
+
+
+def csv_file(path: Path, labels: tuple[int, ...], n: int, seed: int, shift: float = 0.0) -> None:
+    """A CSV task file: two features near the label (plus `shift`), labels drawn from `labels`."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor(labels)[torch.randint(len(labels), (n,), generator=g)]
+    x = y[:, None].float() + 0.3 * torch.randn(n, 2, generator=g) + shift
+    rows = [f"{a:.4f},{b:.4f},{int(c)}" for (a, b), c in zip(x.tolist(), y.tolist())]
+    path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+
+
+def csv_task(folder: Path) -> Path:
+    """A tiny 3-class CSV update in `folder` (old classes 0, 1; new 1, 2): its recipe's path."""
+    for i, (task, labels) in enumerate((("old", (0, 1)), ("new", (1, 2)))):
+        for j, (split, n) in enumerate((("train", 80), ("test", 40))):
+            csv_file(folder / f"{task}_{split}.csv", labels, n, seed=2 * i + j)
+    (folder / "r.yaml").write_text(CSV_RECIPE)
+    return folder / "r.yaml"

@@ -281,6 +281,38 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     assert whole["total_s"] > cut["total_s"]
 
 
+def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_path):
+    """A finished run whose old test file then changed (new features, the same labels): its
+    --resume is refused in one line naming the arm's summary.json (its numbers were measured
+    on the old file), and `compare` of the run measures every side again rather than reusing
+    them; left unchanged, both reuse."""
+    recipe = runner.csv_task(tmp_path)
+    assert invoke("pretrain", "--recipe", recipe, "--out", tmp_path / "base").exit_code == 0
+    run = tmp_path / "run"
+    res = invoke("finetune", "--recipe", recipe, "--base", tmp_path / "base" / "model.safetensors",
+                 "--out", run, "--no-wise")
+    assert res.exit_code == 0, res.output
+    same = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c0",
+                  "--data-dir", tmp_path)
+    assert same.exit_code == 0 and same.output.count("reusing stored") == 2, same.output
+    assert invoke("finetune", "--resume", run, "--no-wise").exit_code == 0
+    before = [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json", "run.json")]
+    runner.csv_file(tmp_path / "old_test.csv", (0, 1), 40, seed=1, shift=5.0)  # labels alike
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 2, res.output
+    assert f"{run / 'sgd' / 'summary.json'}: measured on other test or validation data" in (
+        " ".join(res.output.split()))
+    assert [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json",
+                                            "run.json")] == before  # nothing rewritten
+    res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c",
+                 "--data-dir", tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "reusing stored" not in res.output and res.output.count("evaluating again") == 2
+    stored = json.loads((run / "report.json").read_text())["base_metrics"]["old"]["accuracy"]
+    now = json.loads((tmp_path / "c" / "report.json").read_text())["base_metrics"]
+    assert now["old"]["accuracy"] != stored  # measured on the changed file
+
+
 def test_a_resumed_run_keeps_its_gate_and_its_time(base_ckpt, tmp_path):
     """`--resume` of a run gated by flags keeps that gate (recorded in run.json) unless given
     another, and its timings.json adds this command's time to what the earlier one recorded

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
@@ -51,6 +52,36 @@ def test_compare_run_dir_reuses_predictions_and_matches_finetune_report(toy_run,
     assert "compare measures no WiSE-FT point" in (tmp_path / "c" / "report.md").read_text()
     for a, b in zip(rep["arms"], ft["arms"]):
         assert a["delta"]["old"]["mse"]["value"] == pytest.approx(b["delta"]["old"]["mse"]["value"])
+
+
+def test_compare_reuses_nothing_measured_on_other_data(toy_run, tmp_path):
+    """A recipe whose old task reads other test points than the run's: the run's stored
+    measurements (the base's and both arms') are measured again, never reused, and the report
+    equals one of the same checkpoints with no stored measurements at all."""
+    other = tmp_path / "other.yaml"  # the run's recipe, the old region narrowed
+    doc = yaml.safe_load(toy_run["recipe"].read_text())
+    assert doc["data"]["args"]["old_region"] == [-1.0, 1.0]
+    doc["data"]["args"]["old_region"] = [-0.9, 0.9]
+    other.write_text(yaml.safe_dump(doc))
+    res = run("compare", toy_run["ft"], toy_run["ft"], "--recipe", other, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert "reusing stored" not in res.output
+    assert res.output.count("were not made on this recipe's data") == 3
+    bare = tmp_path / "bare"  # the same checkpoints, nothing stored beside them
+    bare.mkdir()
+    for name, src in (("base", toy_run["base"]),
+                      ("rmsprop", toy_run["ft"] / "rmsprop" / "model.safetensors"),
+                      ("goodfit", toy_run["ft"] / "goodfit" / "model.safetensors")):
+        (bare / f"{name}.safetensors").write_bytes(src.read_bytes())
+    fresh = run("compare", bare / "base.safetensors", bare / "rmsprop.safetensors",
+                bare / "goodfit.safetensors", "--recipe", other, "--out", tmp_path / "f")
+    assert fresh.exit_code == 0, fresh.output
+    got, want = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("c", "f"))
+    stored = json.loads((toy_run["ft"] / "report.json").read_text())
+    assert got["base_metrics"] == want["base_metrics"] != stored["base_metrics"]
+    for a, b in zip(got["arms"], want["arms"]):
+        assert a["metrics"] == b["metrics"]
+        assert a["delta"]["old"]["mse"]["value"] == b["delta"]["old"]["mse"]["value"]
 
 
 def test_compare_checkpoints_evaluates_and_gate_exit_codes(toy_run, tmp_path):

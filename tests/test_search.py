@@ -220,6 +220,30 @@ def test_no_replay_search_never_replays_and_keeps_its_study_apart(base, tmp_path
     assert "was made with another replay (off != searched)" in res.stderr, res.stderr
 
 
+def test_a_study_whose_data_changed_is_refused_before_it_judges_a_trial(tmp_path):
+    """The study records what its trials were measured on (the test and validation splits'
+    contents): run again after the old test file changed (other inputs, the same labels), it
+    refuses in one line rather than report and recommend from numbers of the old file."""
+    import runs
+
+    recipe = runs.csv_task(tmp_path)
+    base = tmp_path / "base"
+    res = subprocess.run(cmd("pretrain", "--recipe", recipe, "--out", base), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    args = cmd("search", "--base", base / "model.safetensors", "--recipe", recipe, "--trials", 1,
+               "--out", tmp_path / "s", "--no-defaults", "--rungs", 0)
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = (tmp_path / "s" / "report.json").read_text()
+    runs.csv_file(tmp_path / "old_test.csv", (0, 1), 40, seed=1, shift=5.0)
+    res = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert ("was made with another data_sha256" in res.stderr
+            and "the test or validation data changed" in res.stderr), res.stderr
+    assert (tmp_path / "s" / "report.json").read_text() == report  # nothing re-reported
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

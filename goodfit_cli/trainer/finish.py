@@ -18,6 +18,7 @@ from goodfit_cli.io.rundir import RunResult, keep_previous, save_predictions, st
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.trainer.job import Ran, StageJob
+from goodfit_cli.trainer.measured import measured_on
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import Arm, describe_optimizer
 
@@ -63,7 +64,8 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
                "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
                "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
-               "metrics": final, "val_metrics": val}
+               "metrics": final, "val_metrics": val,
+               "measured_on": measured_on(s, model)}  # what compare checks before reusing
     extra = dict(ran.summary)
     summary.update({k: extra.pop(k) for k in ("replay", "sampling", "cycles") if k in extra})
     if world > 1:

@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from dataclasses import asdict
 from typing import Any
 
+import torch
 from torch import nn
 
 from goodfit_cli.data.inputs import recorded
@@ -90,6 +91,54 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
         "precision": r.precision, "eval_batch_size": r.eval_batch_size,
         "device": str(s.device)}
     blob = json.dumps(ident, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _tensors(x: Any, name: str) -> list[tuple[str, torch.Tensor]]:
+    if isinstance(x, dict):
+        return [pair for k in sorted(x) for pair in _tensors(x[k], f"{name}.{k}")]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} is not held as tensors")
+    return [(name, x)]
+
+
+def data_digest(s: Session) -> str | None:
+    """The contents of the session's test and validation splits (every input and target tensor,
+    its name, shape and dtype, as read: before any model's normalisation), hashed once per
+    session; None when a split is not held as tensors (then nothing stored is ever reused)."""
+    if s.digest is not None:
+        return s.digest or None
+    h = hashlib.sha256()
+    try:
+        for task in ("old", "new"):
+            for split in ("test", "val"):
+                data = getattr(s.tasks[task], split)
+                where = f"{task}.{split}"
+                for name, t in [*_tensors(data.x, f"{where}.x"), (f"{where}.y", data.y)]:
+                    h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    except (AttributeError, TypeError, RuntimeError):
+        s.digest = ""
+        return None
+    s.digest = h.hexdigest()
+    return s.digest
+
+
+def measured_on(s: Session, model: nn.Module) -> str | None:
+    """What a stored measurement of `model` in session `s` rests on besides the weights: the
+    splits' contents (`data_digest`), the inputs fed (the model's normalisation, as recorded),
+    the tasks' objectives, the recipe's model and precision, hashed. Written beside every stored
+    measurement (an arm's summary.json, a run's base/metrics.json, a WiSE-FT point's); a later
+    command reuses one only where its own session gives the same (compare, a resumed fine-tune).
+    None: not checkable (never reused)."""
+    digest = data_digest(s)
+    if digest is None:
+        return None
+    r = s.recipe
+    blob = json.dumps({"data": digest, "input": recorded(model),
+                       "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
+                       "model": None if r.model is None else [r.model.name, r.model.args],
+                       "precision": r.precision}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 

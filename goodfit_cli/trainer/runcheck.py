@@ -50,3 +50,18 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
                         "so the run cannot be checked before resuming; start afresh with "
                         "--overwrite")
     check_identity(run, saved, current, log)
+
+
+def check_finished_arm(folder: Path, on: str | None) -> None:
+    """Refuse to reuse a finished arm of a resumed run whose measurements were made on other
+    data than this command reads (`on`: trainer/measured.py `measured_on` for the base as
+    loaded, whose inputs every arm keeps): its numbers would sit beside ones measured afresh."""
+    try:
+        had = json.loads((folder / "summary.json").read_text()).get("measured_on")
+    except (OSError, ValueError, AttributeError):
+        had = None
+    if on is None or had != on:
+        raise UserError(f"{folder / 'summary.json'}: measured on other test or validation data, "
+                        "inputs or objectives than this command reads (were the data changed "
+                        "since the run began?) or does not say what on; a resumed run reuses "
+                        "only what it can check: start afresh with --overwrite")

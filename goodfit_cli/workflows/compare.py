@@ -40,8 +40,8 @@ from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import validation_gap
-from goodfit_cli.trainer.measured import base_key, measure_base
-from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session, task_kinds
+from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
+from goodfit_cli.trainer.session import Place, load_checkpoint, open_session, task_kinds
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.reporting import base_head_record, class_names, finish_report
@@ -100,11 +100,18 @@ def _unchanged(side: Side, name: str) -> bool:
     return bool(want) and path.is_file() and sha256_file(path) == want
 
 
-def _reuse(side: Side, sha256: str, log) -> tuple[dict, dict] | None:
+def _reuse(side: Side, sha256: str, on: str | None, log) -> tuple[dict, dict] | None:
     """Stored (metrics, predictions, val metrics, val predictions) when they belong to exactly
-    this checkpoint and the predictions files are the ones recorded with them."""
+    this checkpoint, were measured on what this command measures on (`on`: the splits'
+    contents, the inputs fed, the objectives; trainer/measured.py `measured_on`) and the
+    predictions files are the ones recorded with them."""
     meta = _recorded(side)
     if meta.get("sha256") != sha256 or not isinstance(meta.get("metrics"), dict):
+        return None
+    if on is None or meta.get("measured_on") != on:
+        log(f"{side.name}: the measurements stored in {side.stored} were not made on this "
+            "recipe's data, inputs and objectives (or do not say what they were made on); "
+            "evaluating again")
         return None
     if not _unchanged(side, "predictions.safetensors"):
         log(f"{side.name}: {side.stored.parent / 'predictions.safetensors'} does not match the "
@@ -184,7 +191,6 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     for i, c in enumerate(cands):  # distinct names for the report
         if names.count(c.name) > 1:
             c.name = f"{c.name}#{i + 1}"
-    session: Session | None = None  # the recipe's data, built only if something must be evaluated
     if recipe.model is None:
         raise UserError(f"{recipe.at('model')}: compare needs the recipe to name its model; use "
                         "the recipe.yaml of a run (it names the model it built)")
@@ -192,8 +198,10 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     grows = task_kinds(recipe).get("new") == "classification"  # as finetune loads its base
     head: dict[str, Any] = {}  # the base's head record, when loading changed it
 
+    # the data, read even when every measurement is reused: what they are checked against
+    session = open_session(recipe, place, join=False)
+
     def measure(side: Side, as_base: bool = False) -> tuple[dict, dict, dict, dict]:
-        nonlocal session
         if not side.checkpoint.exists():
             if side.expect:  # a run's base, by the path the run recorded
                 raise UserError(f"{side.stored}: the base it names, {side.checkpoint}, is not "
@@ -213,18 +221,17 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                             f"{side.expect[:12]}…; "
                             "the run folder was changed or the base was replaced (pass the base "
                             "checkpoint itself as BASE)")
-        # a changed head: stored results are the base's own-task ones, not measured this way
-        stored = None if loaded.head_changes else _reuse(side, loaded.sha256, ui.log)
-        if stored is not None:
-            ui.log(f"{side.name}: reusing stored metrics and predictions")
-            return stored
-        if session is None:
-            session = open_session(recipe, place, join=False)
         evaluated = session.model()
         evaluated.load_state_dict(model.state_dict())
         own = spec_of(model)  # fed as it was trained, unless the recipe sets the statistics
         if own is not None and getattr(spec_of(evaluated), "source", None) != "recipe":
             setattr(evaluated, ATTR, own)
+        # a changed head: stored results are the base's own-task ones, not measured this way
+        stored = None if loaded.head_changes else _reuse(
+            side, loaded.sha256, measured_on(session, evaluated), ui.log)
+        if stored is not None:
+            ui.log(f"{side.name}: reusing stored metrics and predictions")
+            return stored
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
         with own_head(evaluated, loaded.head_changes) as measured:
             # test (the report's), validation (the verdict's); a base once per command
@@ -237,8 +244,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             ui.log(f"{side.name} measured with {head['measured_with']}")
         return result
 
-    phases.add("load", time.perf_counter() - phases.start)  # the model built
-    with phases.phase("base_evaluation"):  # its loading and data reading counted here
+    phases.add("load", time.perf_counter() - phases.start)  # the model built, the data read
+    with phases.phase("base_evaluation"):  # its checkpoint's loading counted here
         bm, bp, bv, bvp = measure(base_side, as_base=True)
     base_run = RunSide("base", str(base_side.checkpoint), bm, bp, val_metrics=bv,
                        val_predictions=bvp)
@@ -252,12 +259,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
                             val_predictions=vp))
     prov = {"command": "compare", "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
-    if session is not None:
-        prov["validation"] = session.validation
-        prov.update(class_names(session))
-    elif base_side.stored is not None and (base_side.stored.parent.parent / "run.json").is_file():
-        prov["validation"] = read_json(base_side.stored.parent.parent / "run.json").get(
-            "validation")  # every side was reused from that run: its splits
+    prov["validation"] = session.validation
+    prov.update(class_names(session))
     if head:
         prov["base_head"] = head
     sel = (prov.get("validation") or {}).get("old") or {}
@@ -273,7 +276,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     try:
         with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
             report = finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate,
-                                   junit, session.sample_ids if session is not None else None)
+                                   junit, session.sample_ids)
         write_json(out / "timings.json", phases.record())
         ui.log(phases.line())
         return report

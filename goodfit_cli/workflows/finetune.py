@@ -42,9 +42,15 @@ from goodfit_cli.trainer.measured import (
     keep,
     measure_base,
     measured_once,
+    measured_on,
     point_key,
 )
-from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
+from goodfit_cli.trainer.runcheck import (
+    check_finished_arm,
+    check_resumed_run,
+    claim_stage,
+    run_identity,
+)
 from goodfit_cli.trainer.session import (
     Place,
     Session,
@@ -196,6 +202,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__)
     if main_rank and job.resume:  # before anything in the run is rewritten
         check_resumed_run(out, identity, ui.log)
+        for made in (out / f"{a.dirname}{ema}" for a in parsed for ema in ("", "+ema")):
+            if (made / "summary.json").exists():  # a finished arm: measured on these data?
+                check_finished_arm(made, measured_on(s, model))
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
@@ -246,7 +255,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                          "validation")
         write_json(out / "base" / "metrics.json", {
             "checkpoint": where, "sha256": loaded.sha256, "metrics": base_metrics,
-            "val_metrics": base_val,
+            "val_metrics": base_val, "measured_on": measured_on(s, model),
             "files_sha256": {f: sha256_file(out / "base" / f) for f in
                              ("predictions.safetensors", "val_predictions.safetensors")}})
     said = "base (test): " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())

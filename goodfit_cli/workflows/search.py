@@ -61,7 +61,8 @@ from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
 from goodfit_cli.report.trials import best_alpha, gained, judge, pick
 from goodfit_cli.arms.search import propose
-from goodfit_cli.trainer.session import Place
+from goodfit_cli.trainer.measured import data_digest
+from goodfit_cli.trainer.session import Place, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.budget import Budget, claim, settle, spent
@@ -248,8 +249,12 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                         "draws lr around the recipe's, which must be greater than 0")
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
+    # the splits' contents: a trial's stored numbers are only ever judged on the data they
+    # were measured on (read here once; the trials' sessions reuse it within the command)
+    digest = data_digest(open_session(recipe, place, join=False)) or "not checkable"
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
+                "data_sha256": digest,
                 "replay": "searched" if job.replay else "off",  # one search space per study
                 "defaults": "first trials" if job.defaults else "off",
                 "new_offset": "chosen per trial" if job.new_offset else "off"}

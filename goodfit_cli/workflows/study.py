@@ -78,8 +78,10 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
         if have is None:
             study.set_user_attr(k, v)
         elif have != v:
+            why = (" (the test or validation data changed since its trials were measured)"
+                   if k == "data_sha256" else "")
             raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
-                            f"({have[:16]} != {v[:16]}); use a new --study or --out")
+                            f"({have[:16]} != {v[:16]}){why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
         raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
                         "did (lr, not finetune.optimizer.lr); use a new --study or --out")

@@ -29,7 +29,13 @@ from goodfit_cli.models.hf import pretrained_folder
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.trainer.measured import base_key, first_time, measure_base, point_key
+from goodfit_cli.trainer.measured import (
+    base_key,
+    first_time,
+    measure_base,
+    measured_on,
+    point_key,
+)
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.offset import choose as choose_offset
@@ -185,7 +191,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
     summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
                "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
-               "seed": s.seed, **offset,
+               "measured_on": measured_on(s, model), "seed": s.seed, **offset,
                "checkpoint": str(out / "model.safetensors"),
                "sha256": sha256_file(out / "model.safetensors"),
                "files_sha256": {f: sha256_file(out / f)  # what compare may reuse, checked
