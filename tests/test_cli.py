@@ -313,6 +313,25 @@ def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_pa
     assert now["old"]["accuracy"] != stored  # measured on the changed file
 
 
+def test_a_signal_after_an_arms_last_batch_stops_the_run_before_the_next_arm(base_ckpt,
+                                                                            tmp_path):
+    """SIGINT after the first arm's last batch (its final evaluation still to come): that arm
+    finishes and the run stops there with Interrupted (before: the signal went unread until
+    the next arm had trained a batch, or, after the last arm, was swallowed: exit 0); --resume
+    reuses the finished arm and trains the other."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base_ckpt, run, arms=["rmsprop", "goodfit"], device="cpu",
+                        log=lambda m: None, wise=False, stop_after=recipe.finetune.steps)
+    assert (run / "rmsprop" / "summary.json").exists()
+    assert not (run / "goodfit").exists()  # not started
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 0, res.output
+    assert "rmsprop: already finished" in res.output
+    assert json.loads((run / "goodfit" / "summary.json").read_text())["batches"] == 12
+
+
 def test_a_resumed_run_keeps_its_gate_and_its_time(base_ckpt, tmp_path):
     """`--resume` of a run gated by flags keeps that gate (recorded in run.json) unless given
     another, and its timings.json adds this command's time to what the earlier one recorded

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from goodfit_cli import __version__
-from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
+from goodfit_cli.core.distributed import dist_info, finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
@@ -290,6 +290,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                                             meta, stop_rule=rule), stop, ui))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir))
+                if stop() and dist_info()[1] == 1:  # a signal in its final evaluation: the
+                    raise Interrupted(stop.signum, out)  # arm is done, the run stops here
             except Interrupted as e:
                 e.resume = f"the same command plus --resume {out}"
                 raise
