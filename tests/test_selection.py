@@ -237,6 +237,23 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert verdict(rep, None)["ship"]["name"] == "plain"  # no gate: most new-task gain
     none = verdict(rep, Gate((Limit("old", "accuracy", "min", 0.95),)))
     assert none["ship"] is None
+    assert none["none_because"] == "no candidate passes the gate on validation"
+    # an update that learns nothing new is never shipped, gate or not: the base's own new-task
+    # accuracy (0.10) is not beaten by `keeps` (dominated by the base); `learns` gains, fails
+    rep = _report({"keeps": ((0.88, 0.10), (0.90, 0.12), []),
+                   "learns": ((0.70, 0.60), (0.71, 0.58), [])})
+    assert verdict(rep, None)["ship"]["name"] == "learns"
+    nothing = verdict(rep, floor)  # only `keeps` keeps the floor, and it gains nothing
+    assert nothing["ship"] is None and [a["gains_val"] for a in nothing["arms"]] == [False, True]
+    assert nothing["arms"][0]["dominated_by"] == [{"name": "base", "confirmed_on_test": True}]
+    assert nothing["none_because"] == ("no candidate that passes the gate on validation gains on "
+                                       "the new task over the base there")
+    from goodfit_cli.report.sections import _ship_line
+    assert _ship_line({**rep, "verdict": nothing}).startswith(
+        "Ship nothing: no candidate that passes the gate on validation gains on the new task")
+    rep["arms"].pop()  # no gate, no gain: still nothing
+    assert verdict(rep, None)["none_because"] == ("no candidate gains on the new task over the "
+                                                  "base on validation")
     # dominated on validation but not on test: said so
     rep = _report({"a": ((0.90, 0.50), (0.90, 0.50), []), "b": ((0.91, 0.55), (0.89, 0.55), [])})
     assert verdict(rep, None)["arms"][0]["status"] == "dominated on validation only"

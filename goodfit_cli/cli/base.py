@@ -245,7 +245,8 @@ def print_report(report: dict[str, Any], dest: Path) -> None:
     if chosen:  # chosen on validation (the report says which split and both numbers)
         ship = chosen["ship"]
         log("verdict (chosen on validation): " + (
-            "ship nothing, no candidate passes the gate; keep the base" if ship is None else
+            f"ship nothing, {chosen.get('none_because') or 'no candidate passes the gate'}; "
+            "keep the base" if ship is None else
             f"ship {printable(ship['name'])}"  # a file name: no raw control characters
             + _numbers(ship, chosen.get("metrics") or ["", ""]) + _close_calls(ship)
             + ("; it FAILS the gate on test (the split the exit code reads)"

@@ -310,8 +310,8 @@ def _ship_line(report: dict) -> str | None:
     po, pn = v["metrics"]
     ship = v["ship"]
     if ship is None:
-        return ("Ship nothing: no candidate passes the gate on validation; keep the base "
-                f"({v['candidates']} candidates).")
+        why = v.get("none_because") or "no candidate passes the gate on validation"
+        return f"Ship nothing: {why}; keep the base ({v['candidates']} candidates)."
     what = ship["name"] + (f" (`goodfit wise RUN/{ship['arm']} --alpha {ship['alpha']:g}`)"
                            if ship["kind"] == "wise" else "")
     gate = {True: "passes", False: "FAILS", None: "no gate"}[ship["passes_gate_test"]]

@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from goodfit_cli.report.gate import Gate, evaluate_gate
 from goodfit_cli.report.margin import sizes, tightened
-from goodfit_cli.report.verdict import point_view
+from goodfit_cli.report.verdict import gained, point_view  # noqa: F401  (gained: theirs)
 
 
 def pick(metrics: dict, prim: dict[str, str]) -> tuple:
     """(old, new): each task's primary metric of {"old": {...}, "new": {...}}."""
     return (metrics.get("old") or {}).get(prim["old"]), (metrics.get("new") or {}).get(prim["new"])
-
-
-def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bool:
-    """Whether `point` (old, new) is better than the base's on the new task (True when the
-    base's is unknown)."""
-    if base is None or base[1] is None:
-        return True
-    return point[1] is not None and dirs[1] * (point[1] - base[1]) > 0
 
 
 def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0.0) -> float:

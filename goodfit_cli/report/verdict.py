@@ -10,9 +10,11 @@ and better on one.
 - For each arm: the arms, WiSE points and the base that dominate it on validation, and whether
   each of them also dominates it on test ("confirmed").
 - What to ship (the rule, the same as the search's): among the candidates that pass the gate on
-  validation (every candidate when there is no gate), the best new-task primary metric on
-  validation, the old task's breaking ties; when none passes, ship nothing (keep the base). The
-  test numbers and the test gate of the choice are shown beside it; they do not choose.
+  validation (every candidate when there is no gate) and gain on the new task over the base
+  there, the best new-task primary metric on validation, the old task's breaking ties; when
+  none does, ship nothing (keep the base): an update that learns nothing of the new task is
+  never shipped, whatever it keeps. The test numbers and the test gate of the choice are shown
+  beside it; they do not choose.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ from goodfit_cli.report.margin import floor_slack, sizes, within_noise
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
-        "validation (every candidate when there is no gate; old-task {po} breaks ties); if none "
-        "passes, ship nothing and keep the base. Test numbers confirm the choice, they never "
-        "make it.")
+        "validation (every candidate when there is no gate) and gain on the new task over the "
+        "base there (old-task {po} breaks ties); if none does, ship nothing and keep the base. "
+        "Test numbers confirm the choice, they never make it.")
 # `goodfit compare` measures the checkpoints it is given, no WiSE-FT point (a point becomes a
 # checkpoint to compare with `goodfit wise`): its verdict may differ from the run's finetune
 COMPARED = ("ship the compared checkpoint with the best new-task {pn} on validation among "
-            "those that pass the gate on validation (every one when there is no gate; old-task "
-            "{po} breaks ties); if none passes, ship nothing and keep the base. compare measures "
+            "those that pass the gate on validation (every one when there is no gate) and gain "
+            "on the new task over the base there (old-task {po} breaks ties); if none does, ship "
+            "nothing and keep the base. compare measures "
             "no WiSE-FT point (goodfit wise makes one a checkpoint to compare), so a run's "
             "finetune verdict may ship a point compare does not see. Test numbers confirm the "
             "choice, they never make it.")
@@ -43,6 +46,14 @@ def directions(report: dict) -> tuple[int, int]:
     """(old, new) primary metrics' directions: +1 higher is better, -1 lower is better."""
     return (direction(report["tasks"]["old"]["primary"]),
             direction(report["tasks"]["new"]["primary"]))
+
+
+def gained(point: tuple, base: tuple | list | None, dirs: tuple[int, int]) -> bool:
+    """Whether `point` (old, new) is better than the base's on the new task (True when the
+    base's is unknown)."""
+    if base is None or base[1] is None:
+        return True
+    return point[1] is not None and dirs[1] * (point[1] - base[1]) > 0
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float], dirs: tuple[int, int]) -> bool:
@@ -110,6 +121,7 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
     for c in cands:
         c["passes_val"] = c["val"] is not None and (
             gate is None or evaluate_gate(gate, c["val_view"])["passed"])
+        c["gains_val"] = c["val"] is not None and gained(c["val"], base["val"], dirs)
     arms = []
     for c in [c for c in cands if c["kind"] == "arm"]:
         by = []
@@ -125,8 +137,9 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
         status = ("dominated, confirmed on test" if confirmed else
                   "dominated on validation only" if by else "not dominated")
         arms.append({"name": c["name"], "val": _point(c["val"]), "test": _point(c["test"]),
-                     "passes_gate_val": c["passes_val"], "dominated_by": by, "status": status})
-    ok = [c for c in cands if c["passes_val"]]
+                     "passes_gate_val": c["passes_val"], "gains_val": c["gains_val"],
+                     "dominated_by": by, "status": status})
+    ok = [c for c in cands if c["passes_val"] and c["gains_val"]]
     ship = None
     if ok:
         best = max(ok, key=lambda c: (dirs[1] * c["val"][1], dirs[0] * c["val"][0]))
@@ -141,7 +154,12 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
     note = None
     if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
         note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
-    return {"split": "val", "confirmed_on": "test", "metrics": [po, pn],
+    why = None if ship else (
+        "no candidate passes the gate on validation" if not any(c["passes_val"] for c in cands)
+        else "no candidate that passes the gate on validation gains on the new task over the "
+             "base there" if gate is not None
+        else "no candidate gains on the new task over the base on validation")
+    return {"split": "val", "confirmed_on": "test", "metrics": [po, pn], "none_because": why,
             "rule": (COMPARED if (report.get("provenance") or {}).get("command") == "compare"
                      else RULE).format(po=po, pn=pn), "arms": arms, "ship": ship,
             "candidates": len(cands), "note": note}
