@@ -121,6 +121,10 @@ class LoopState:
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in an epoch of n samples: the last one short, never of one sample (it joins the
+    batch before: data/sources.py `advance`)."""
+    if batch_size > 1 and n > batch_size and n % batch_size == 1:
+        return n // batch_size
     return math.ceil(n / batch_size)
 
 

@@ -142,3 +142,19 @@ def test_the_engine_names_no_kind_of_source():
     assert not {"goodfit_cli.data.replay", "goodfit_cli.data.stream"} & imported
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert not {"Mixed", "Streamed", "DeviceSource", "Split"} & names
+
+
+def test_an_epoch_never_ends_on_a_batch_of_one_sample():
+    """129 samples in batches of 32: 32, 32, 32 and 33 (the last sample joins the batch before:
+    BatchNorm cannot train on one), every sample once per epoch; then the next epoch; the
+    epoch's batch count says 4. 130 samples: 32, 32, 32, 32, 2 as before."""
+    from goodfit_cli.engine import batches_per_epoch
+
+    order = Order(129, Plan(seed=0, step=32, batches=10), None)
+    epoch = [order.next() for _ in range(4)]
+    assert [len(b) for b in epoch] == [32, 32, 32, 33]
+    assert sorted(torch.cat(epoch).tolist()) == list(range(129))
+    assert len(order.next()) == 32 and order.at.epoch == 2
+    assert batches_per_epoch(129, 32) == 4 and batches_per_epoch(130, 32) == 5
+    order = Order(130, Plan(seed=0, step=32, batches=10), None)
+    assert [len(order.next()) for _ in range(5)] == [32, 32, 32, 32, 2]

@@ -84,15 +84,17 @@ def advance(st: Any, gen: torch.Generator, n: int, step: int,
             weights: Tensor | None = None) -> Tensor:
     """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends
     (with `weights`, (N,) on the CPU: n indices drawn with replacement, each in proportion to
-    its weight); moves `st` (a Position) past it."""
+    its weight); moves `st` (a Position) past it. Never a batch of one sample (BatchNorm cannot
+    train on it): when an epoch would end on one, it joins the batch before (`step` + 1)."""
     if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
         st.perm = (torch.randperm(n, generator=gen) if weights is None else
                    torch.multinomial(weights, n, replacement=True, generator=gen))
         st.gen_state = gen.get_state()
         st.pos = 0
         st.epoch += 1
-    idx = st.perm[st.pos:st.pos + step]
-    st.pos += step
+    take = step + 1 if step > 1 and n - (st.pos + step) == 1 else step
+    idx = st.perm[st.pos:st.pos + take]
+    st.pos += take
     return idx
 
 
