@@ -94,3 +94,32 @@ def test_the_search_draws_the_balance_and_sampling_of_a_classification_new_task(
         study.tell(trial, [0.0, 0.0])
     assert seen == {"none", "reweight", "logit_adjust"}
     assert sampled == {"uniform", "balanced", "sqrt"}
+
+
+def test_a_loss_argument_it_does_not_take_or_cannot_use_is_one_line_before_any_run(tmp_path):
+    """A typo in a task's args (`balanse`) trained silently without balancing; an unknown
+    `balance` passed `goodfit validate`. Both are one line naming the key, from validate and
+    from a run (before the run's folder holds anything); mse takes no argument."""
+    import runs
+    from typer.testing import CliRunner
+
+    from goodfit_cli.cli.app import app
+
+    recipe = runs.csv_task(tmp_path)
+    cli = CliRunner()
+    for override, want in (
+            ("new_task.args.balanse=reweight",
+             "new_task.args: unexpected argument 'balanse'; did you mean 'balance'?"),
+            ("new_task.args.balance=bogus",
+             "new_task.args.balance: expected one of none, reweight, logit_adjust, got 'bogus'"),
+            ("old_task.args.balance_tau=-1", "old_task.args.balance_tau: expected a number >= 0")):
+        res = cli.invoke(app, ["validate", str(recipe), override])
+        assert res.exit_code == 2 and want in " ".join(res.output.split()), res.output
+        res = cli.invoke(app, ["pretrain", "--recipe", str(recipe), "--out",
+                               str(tmp_path / "b"), override])
+        assert res.exit_code == 2 and want in " ".join(res.output.split()), res.output
+        assert not (tmp_path / "b").exists()
+    res = cli.invoke(app, ["validate", "toy", "old_task.args.balance=reweight"])
+    assert res.exit_code == 2 and "old_task.args: unexpected argument 'balance'" in res.output
+    assert cli.invoke(app, ["validate", str(recipe), "new_task.args.balance=reweight"]
+                      ).exit_code == 0

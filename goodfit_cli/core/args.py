@@ -28,16 +28,16 @@ class ArgError(UserError):
 
 
 
-def call_with_args(
-    fn: Callable[..., Any], args: Mapping[str, Any] | None, where: str, *leading: Any
-) -> Any:
-    """Call fn(*leading, **args), reporting unknown/missing args and ArgErrors against `where`."""
+def check_arg_names(fn: Callable[..., Any], args: Mapping[str, Any] | None, where: str,
+                    leading: int = 0) -> Mapping[str, Any]:
+    """`args` ({} for None) if fn's signature (past its first `leading` parameters) takes each
+    of them and they hold every required one; else one UserError naming `where`.args."""
     here = loc(where, "args")
     if args is None:
         args = {}
     if not isinstance(args, Mapping):
         raise UserError(f"{here}: expected a mapping of argument names to values, got {type(args).__name__}")
-    params = list(inspect.signature(fn).parameters.values())[len(leading) :]
+    params = list(inspect.signature(fn).parameters.values())[leading:]
     named = [p.name for p in params if p.kind in _NAMED]
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     for key in args:
@@ -48,6 +48,15 @@ def call_with_args(
     for p in params:
         if p.kind in _NAMED and p.default is inspect.Parameter.empty and p.name not in args:
             raise UserError(f"{here}: missing required argument {p.name!r}")
+    return args
+
+
+def call_with_args(
+    fn: Callable[..., Any], args: Mapping[str, Any] | None, where: str, *leading: Any
+) -> Any:
+    """Call fn(*leading, **args), reporting unknown/missing args and ArgErrors against `where`."""
+    here = loc(where, "args")
+    args = check_arg_names(fn, args, where, len(leading))
     try:
         return fn(*leading, **args)
     except ArgError as e:

@@ -28,9 +28,12 @@ from goodfit_cli.objectives.base import (
 
 
 def build_objective(name: str, task: Task, metrics: list[str], args: dict[str, Any],
-                    where: str = "") -> Objective:
+                    where: str = "", args_where: str = "") -> Objective:
+    """The task's objective; `where` locates the loss's name, `args_where` the task (its args
+    are checked first: `Objective.check_args`)."""
     cls = OBJECTIVES.get(name, where)
-    obj = cls(task, metrics, **args)
+    cls.check_args(args, args_where)
+    obj = cls(task, metrics, **(args or {}))
     declared = produced(name, where)
     obj.extras = {m: declared[m] for m in metrics if m in declared and declared[m].compute}
     return obj

@@ -22,6 +22,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import FLIPS, Metric
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Task
+from goodfit_cli.core.args import check_arg_names
 from goodfit_cli.data.batch import forward
 
 
@@ -34,6 +35,13 @@ class Objective:
     def __init__(self, task: Task, metrics: list[str], **args: Any) -> None:
         self.task, self.metric_names, self.args = task, metrics, args
         self.extras: dict[str, Metric] = {}  # registered metrics the recipe asks for (build_objective)
+
+    @classmethod
+    def check_args(cls, args: dict[str, Any] | None, where: str) -> None:
+        """Refuse, in one line naming `where`.args, an argument the objective does not take (by
+        its signature: a typo such as `balanse` never trains silently without it) or a value it
+        cannot take; `goodfit validate` and every run call it before building one."""
+        check_arg_names(cls, args, where, leading=2)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

@@ -22,7 +22,8 @@ class TaskRunner:
                  precision: str = "fp32", where: str = "") -> None:
         self.name, self.spec, self.device = name, spec, device
         self.objective = build_objective(spec.loss, task, spec.metrics, spec.args,
-                                         where=f"{where}{name}_task.loss: ")
+                                         where=f"{where}{name}_task.loss: ",
+                                         args_where=f"{where}{name}_task")
         self.kind = self.objective.kind
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.eval_batch: int | None = None  # a smaller evaluation batch that fits (after an OOM)

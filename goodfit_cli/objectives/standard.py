@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from goodfit_cli.core import metrics as M
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.metrics import Metric
 from goodfit_cli.data.augment import random_crop_flip
 from goodfit_cli.data.batch import forward
@@ -29,6 +29,9 @@ class MSE(Objective):
 
     produces = (Metric("mse", False, description="mean squared error over the outputs"),
                 Metric("loss", False, description="the objective's training loss per sample"))
+
+    def __init__(self, task, metrics) -> None:  # no arguments
+        super().__init__(task, metrics)
 
     def loss(self, model, x, y):
         out = forward(model, x).float()
@@ -56,22 +59,33 @@ class CrossEntropy(Objective):
     produces = (Metric("accuracy", True, rate=True, description="share of samples classified right"),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
-    def __init__(self, task, metrics, **args) -> None:
-        super().__init__(task, metrics, **args)
-        self.balance = args.get("balance", "none")
-        where = f"{task.name}_task.args" if task is not None else "args"
-        if self.balance not in BALANCE:
-            raise UserError(f"{where}.balance: expected one of {', '.join(BALANCE)}, got "
-                            f"{self.balance!r}")
-        tau = args.get("balance_tau", 1.0)
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
-            raise UserError(f"{where}.balance_tau: expected a number >= 0, got {tau!r}")
-        self.tau = float(tau)
+    def __init__(self, task, metrics, balance: str = "none", balance_tau: float = 1.0,
+                 augment: bool = False) -> None:
+        super().__init__(task, metrics, balance=balance, balance_tau=balance_tau, augment=augment)
+        where = f"{task.name}_task" if task is not None else ""
+        self._values(balance, balance_tau, where)
+        self.balance, self.tau = balance, float(balance_tau)
         labels = getattr(getattr(task, "train", None), "y", None)
         if self.balance != "none" and not isinstance(labels, torch.Tensor):
-            raise UserError(f"{where}.balance: needs the training labels in memory (a "
-                            "streamed training split has none to count)")
+            raise UserError(f"{loc(where, 'args') if where else 'args'}.balance: needs the "
+                            "training labels in memory (a streamed training split has none to "
+                            "count)")
         self._labels, self._term = labels, None  # the class weights or logit offsets, once
+
+    @classmethod
+    def check_args(cls, args, where):
+        super().check_args(args, where)
+        args = args or {}
+        cls._values(args.get("balance", "none"), args.get("balance_tau", 1.0), where)
+
+    @staticmethod
+    def _values(balance, tau, where: str) -> None:
+        here = loc(where, "args") if where else "args"
+        if balance not in BALANCE:
+            raise UserError(f"{here}.balance: expected one of {', '.join(BALANCE)}, got "
+                            f"{balance!r}")
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau >= 0:
+            raise UserError(f"{here}.balance_tau: expected a number >= 0, got {tau!r}")
 
     def _balanced(self, logits, y):
         if self._term is None:

@@ -13,6 +13,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import build_model
+from goodfit_cli.objectives import OBJECTIVES
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
@@ -27,6 +28,9 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
     if r.data.name not in DATASETS:
         raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
                         f"{suggest(r.data.name, DATASETS.names())}")
+    for name, task in (("old", r.old_task), ("new", r.new_task)):  # the losses' args
+        OBJECTIVES.get(task.loss, r.at(f"{name}_task.loss")).check_args(
+            task.args, r.at(f"{name}_task"))
     if r.model is None:  # taken from the base folder's config.json at fine-tuning time
         return r
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
