@@ -84,6 +84,21 @@ def test_compare_reuses_nothing_measured_on_other_data(toy_run, tmp_path):
         assert a["delta"]["old"]["mse"]["value"] == b["delta"]["old"]["mse"]["value"]
 
 
+def test_compare_of_a_run_includes_each_arms_ema_candidate(toy_run, tmp_path):
+    """An arm that kept an EMA wrote `<arm>+ema`, a candidate of the run's report: compare of
+    the run has it too, with the run's own numbers (before: run.json's arm names only)."""
+    res = run("finetune", "--base", toy_run["base"], "--recipe", "toy", "--out", tmp_path / "ft",
+              "--optimizer", "rmsprop", "--no-wise", *TINY, "finetune.ema=0.5")
+    assert res.exit_code == 0, res.output
+    res = run("compare", tmp_path / "ft", tmp_path / "ft", "--recipe", tmp_path / "ft" /
+              "recipe.yaml", "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "c" / "report.json").read_text())
+    ran = json.loads((tmp_path / "ft" / "report.json").read_text())
+    assert [a["name"] for a in got["arms"]] == ["rmsprop", "rmsprop+ema"]
+    assert [a["metrics"] for a in got["arms"]] == [a["metrics"] for a in ran["arms"]]
+
+
 def test_compare_checkpoints_evaluates_and_gate_exit_codes(toy_run, tmp_path):
     """Bare checkpoints are evaluated; a strict gate exits 3 and names the metric; a loose one exits 0."""
     cand = toy_run["ft"] / "rmsprop" / "model.safetensors"

@@ -76,8 +76,12 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
         arms = read_json(path / "run.json").get("arms")
         if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
             raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
-        return [Side(a, path / arm_dirname(a) / "model.safetensors",
-                     path / arm_dirname(a) / "summary.json") for a in arms]
+        # each arm, and its averaged weights when it kept an EMA (`<arm>+ema`, a candidate of
+        # its own in the run's report)
+        return [Side(n, path / arm_dirname(n) / "model.safetensors",
+                     path / arm_dirname(n) / "summary.json")
+                for a in arms for n in (a, f"{a}+ema")
+                if n == a or (path / arm_dirname(n) / "summary.json").is_file()]
     if (path / "model.safetensors").exists():
         return _sides(path / "model.safetensors", as_base)
     raise UserError(f"{path}: not a checkpoint or a goodfit run directory "
