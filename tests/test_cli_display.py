@@ -151,6 +151,28 @@ def test_pretrain_with_log_format_json_prints_only_json_lines(tmp_path):
     assert table["rows"][0]["model"] == "base" and float(table["rows"][0]["old mse"]) > 0
 
 
+def test_a_json_table_keeps_every_column_when_headers_repeat(capsys):
+    """Each task's change is headed "Δ": in a json 'table' event each is named with the column
+    before it, so the old task's change is not overwritten by the new task's."""
+    from rich.table import Table
+
+    from goodfit_cli.cli import console
+
+    t = Table(title="t")
+    for h in ("model", "old accuracy", "Δ", "new accuracy", "Δ"):
+        t.add_column(h)
+    t.add_row("adamw", "0.775", "-0.19", "0.91", "+0.91")
+    before = console.DISPLAY.format
+    console.DISPLAY.format = "json"
+    try:
+        console.show(t)
+    finally:
+        console.DISPLAY.format = before
+    [event] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert event["rows"] == [{"model": "adamw", "old accuracy": "0.775", "old accuracy Δ": "-0.19",
+                              "new accuracy": "0.91", "new accuracy Δ": "+0.91"}]
+
+
 class Heard:
     """A core.progress Listener that records what it hears."""
 

@@ -231,6 +231,14 @@ def log(msg: str, markup: bool = False) -> None:
     out.print(msg if markup else escape(msg), highlight=False, soft_wrap=True)
 
 
+def _keys(heads: list[str]) -> list[str]:
+    """A JSON key per column: a header that repeats ("Δ" after each task's metric) is named
+    with the column before it ("old accuracy Δ"), so no column overwrites another."""
+    keys = [f"{heads[i - 1]} {h}" if i and heads.count(h) > 1 else h
+            for i, h in enumerate(heads)]
+    return [k if keys.count(k) == 1 else f"{k} ({i + 1})" for i, k in enumerate(keys)]
+
+
 def show(table: Table, console: Console | None = None) -> None:
     """Print a table whole: as a table when it fits the console's width, else one record per
     line (`title`, then `first cell: header value, ...`); in json mode one 'table' event."""
@@ -239,8 +247,9 @@ def show(table: Table, console: Console | None = None) -> None:
     rows = list(zip(*(list(c.cells) for c in table.columns)))
     title = Text.from_markup(str(table.title or "")).plain
     if DISPLAY.format == "json" and console is out:
-        emit("table", title=title, rows=[{h: Text.from_markup(str(c)).plain for h, c in
-                                          zip(heads, row)} for row in rows])
+        keys = _keys(heads)
+        emit("table", title=title, rows=[{k: Text.from_markup(str(c)).plain for k, c in
+                                          zip(keys, row)} for row in rows])
         return
     wide = console.options.update_width(10 ** 5)
     if Measurement.get(console, wide, table).minimum <= console.width:
