@@ -9,6 +9,7 @@ docs/reliability.md. All processes run with one thread, so the runs are comparab
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -268,10 +269,15 @@ def test_interrupted_pretrain_resumes_by_running_the_same_command(tmp_path):
         runner.pretrain(recipe, tmp_path / "cut", log=lambda m: None, stop_after=5)
     assert info.value.resume == "the same command again" and info.value.exit_code == 130
     assert [p.name for p in states(tmp_path / "cut")] == ["state-00000005.safetensors"]
+    cut = json.loads((tmp_path / "cut" / "timings.json").read_text())  # what it spent
+    assert cut["ended"] == "Interrupted" and cut["phases_s"]["training"] > 0
     cli = CliRunner()
     res = cli.invoke(app, ["pretrain", "--recipe", "toy", "--out", str(tmp_path / "cut"), *TINY])
     assert res.exit_code == 0, res.output
     assert "pretrain: resuming at batch 5/40" in res.output
+    both = json.loads((tmp_path / "cut" / "timings.json").read_text())  # both commands
+    assert both["commands"] == 2 and "ended" not in both
+    assert both["phases_s"]["training"] > cut["phases_s"]["training"]
     res = cli.invoke(app, ["pretrain", "--recipe", "toy", "--out", str(tmp_path / "full"), *TINY])
     assert res.exit_code == 0, res.output
     assert_same(ckpt.load_model(tmp_path / "cut" / "model.safetensors")[0],

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, state_files
@@ -22,6 +23,7 @@ from goodfit_cli.trainer.session import Place, open_session
 from goodfit_cli.trainer.stage import StageJob, Ui, run_stage
 from goodfit_cli.training import Arm
 from goodfit_cli.training.checks import check_arm
+from goodfit_cli.workflows.timings import unfinished
 
 
 def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | None = None, *,
@@ -51,12 +53,22 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
             atomic_write(out / "recipe.yaml", recipe.to_yaml())
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
-        with stop_on_signals() as stop:
-            result = run_stage(s, model, job, stop, ui)
-        evaluations, saves = s.eval_s - eval_before, s.state_s - state_before
-        phases.add("evaluations", evaluations)  # periodic and final, with the checkpoint's
-        phases.add("state_saves", saves)
-        phases.add(TRAINING, time.perf_counter() - t0 - evaluations - saves)
+
+        def spent() -> None:
+            evaluations, saves = s.eval_s - eval_before, s.state_s - state_before
+            phases.add("evaluations", evaluations)  # periodic and final, with the checkpoint's
+            phases.add("state_saves", saves)
+            phases.add(TRAINING, time.perf_counter() - t0 - evaluations - saves)
+
+        try:
+            with stop_on_signals() as stop:
+                result = run_stage(s, model, job, stop, ui)
+        except (Interrupted, Diverged) as e:  # what it trained counts: the re-run adds its own
+            spent()
+            if is_main():
+                unfinished(SimpleNamespace(out=out, resume=resume), phases, e)
+            raise
+        spent()
         if is_main():
             write_json(out / "timings.json", merged(  # a resumed pretrain: both commands
                 earlier(out / "timings.json") if resume else None, phases.record()))
