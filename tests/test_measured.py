@@ -444,3 +444,9 @@ def test_a_run_whose_evaluations_cost_a_fifth_of_its_training_names_the_knobs():
     assert evaluation_hint(rec(40.0, 12.0, 0.0), 50, None) == (
         "evaluations took 12 s, 30% of the training (12 s periodic and final): fewer with a "
         "larger eval.every (now 50)")
+    # no periodic evaluation (4 batches, every 10) and an empty grid: nothing would help
+    assert evaluation_hint(rec(10.0, 6.0, 0.0), 10, 0, steps=4) is None
+    assert evaluation_hint(rec(10.0, 6.0, 3.0), 10, 0, steps=4).endswith(": fewer with --no-wise")
+    assert evaluation_hint(rec(50.0, 6.0, 6.0), 20, 9, steps=60).endswith(
+        "fewer with a larger eval.every (now 20), a coarser report.wise_grid (now 9 points) or "
+        "--no-wise")

@@ -340,7 +340,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     write_json(out / "timings.json", record)
     ui.log(phases.line())
     hint = evaluation_hint(record, recipe.eval_every,
-                           len(recipe.wise_alphas) - 2 if job.wise else None)
+                           len(recipe.wise_alphas) - 2 if job.wise else None,
+                           recipe.finetune.steps)
     if hint:
         ui.log(hint)
     return report

@@ -27,24 +27,31 @@ def unfinished(job: Any, phases: Phases, error: BaseException) -> None:
         pass
 
 
-def evaluation_hint(record: dict, every: int, grid: int | None) -> str | None:
+def evaluation_hint(record: dict, every: int, grid: int | None, steps: int | None = None
+                    ) -> str | None:
     """One line for a run whose evaluations (periodic and final, and the WiSE-FT grid of `grid`
     points; None: not run) cost at least a fifth of its training and 5 s or more (a CPU run
-    of a wide model, typically): the knobs that trade them, each at its value in this run;
-    None otherwise. They are what the trust rules ask for (every choice on validation, the
-    report on test), so nothing drops them by itself."""
+    of a wide model, typically): the knobs that would trade them, each at its value in this run
+    (eval.every only when the arms' `steps` reach it: periodic evaluations ran; a coarser grid
+    only when it has points); None otherwise, or when no knob would help (the final
+    evaluations alone). They are what the trust rules ask for, so nothing drops them by itself."""
     ph = record.get("phases_s") or {}
     training, periodic, wise = (ph.get(k, 0.0) for k in ("training", "evaluations", "wise"))
     spent = periodic + wise
     if not training or spent < max(0.2 * training, 5.0):
         return None
-    knobs = f"a larger eval.every (now {every})"
-    if grid is not None:
-        knobs += f", a coarser report.wise_grid (now {grid} points) or --no-wise"
+    knobs = [f"a larger eval.every (now {every})"] if steps is None or steps >= every else []
+    if grid:
+        knobs.append(f"a coarser report.wise_grid (now {grid} points)")
+    if grid is not None and wise > 0:
+        knobs.append("--no-wise")
+    if not knobs:
+        return None
+    said = knobs[0] if len(knobs) == 1 else ", ".join(knobs[:-1]) + " or " + knobs[-1]
     return (f"evaluations took {spent:.0f} s, {spent / training:.0%} of the training "
             f"({periodic:.0f} s periodic and final"
             + (f", {wise:.0f} s the WiSE-FT grid" if grid is not None else "")
-            + f"): fewer with {knobs}")
+            + f"): fewer with {said}")
 
 
 def trained_seconds(folders: list[Path]) -> float:
