@@ -153,11 +153,11 @@ class Lora(ArmType):
 
     @classmethod
     def available(cls) -> bool:
-        try:
-            _peft()
-        except UserError:
-            return False
-        return True
+        """Whether PEFT is installed, without importing it (which imports transformers: ~3 s
+        that a search paid before its first trial whatever it drew)."""
+        import importlib.util
+
+        return importlib.util.find_spec("peft") is not None
 
     def trainable(self, model: nn.Module) -> None:
         peft = _peft()
