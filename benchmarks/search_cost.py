@@ -6,10 +6,10 @@ trial's folder:
 
 - training: each trial's batches (the study's `batches` attribute: where it finished or was
   pruned) x batch_size x 3 sample-forwards (a forward and a backward);
-- evaluation: each evaluation of the model on the validation and test splits of both tasks
-  (the base's at the start, one per metrics.jsonl record, the arm's final one, each WiSE-FT
-  point and, when α < 1, the kept point's export and its base), each the splits' samples in
-  sample-forwards.
+- evaluation: what each trial evaluated, in sample-forwards of the splits it read (`trial_cost`:
+  the base once per command, the periodic evaluations on validation, the final one on test,
+  the WiSE-FT grid on validation and its chosen point on test, a kept point again only when a
+  new-class offset moved it).
 
 One fine-tune is a trial that runs to its end: its arm's batches, its evaluations and its WiSE
 curve (what `goodfit finetune --optimizer X` does for one arm). Also prints the trials' wall
@@ -39,24 +39,35 @@ def goodfit(*args: object) -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def trial_cost(t, eval_samples: int, val_share: float = 1.0) -> tuple[float, float, float]:
+def trial_cost(t, eval_samples: int, val_share: float = 1.0,
+               base: bool = True) -> tuple[float, float, float]:
     """(training, evaluation) sample-forwards of one trial, and its evaluations (in units of
-    one evaluation of both splits: a WiSE-FT grid point is measured on validation only, its
-    `val_share` of one; α = 0 and 1 are the base's and the arm's own measurements; the chosen
-    point is measured on test too)."""
+    one evaluation of both tasks' validation and test splits): the base (both splits; once per
+    command, so only for the study's first trial, `base`), each periodic evaluation (validation
+    only, its `val_share` of one, unless the run's curves are on test too), the final one (test;
+    validation too unless the last periodic one measured those weights), the WiSE-FT grid's
+    interior points (validation; the chosen one test too; α = 0 and 1 are the base's and the
+    arm's own measurements), and a kept point measured again only when a new-class offset
+    moved it (`goodfit wise` reads the fine-tune's measurement of the point otherwise)."""
     import yaml
 
     d = Path(t.user_attrs["dir"])
     recipe = yaml.safe_load((d / "recipe.yaml").read_text())
     arm_dir = next(p for p in d.iterdir() if (p / "metrics.jsonl").exists())
-    evals = 1 + len((arm_dir / "metrics.jsonl").read_text().splitlines())  # base + periodic
+    run = json.loads((d / "run.json").read_text())
+    per = val_share if run.get("curves_split", "val") == "val" else 1.0
+    records = [json.loads(x) for x in (arm_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = (1.0 if base else 0.0) + per * len(records)
     if t.state.name == "COMPLETE":
         rep = json.loads((d / "report.json").read_text())
+        summary = json.loads((arm_dir / "summary.json").read_text())
+        last = records[-1]["batch"] if records else None
+        evals += (1 - val_share) if last == summary["batches"] and per < 1 else 1.0
         wise = rep["arms"][0].get("wise") or []
-        evals += 1 + sum(val_share if "new" not in w else 1.0  # the final one, the WiSE grid
-                         for w in wise if 0 < w["alpha"] < 1)
-        if (d / "wise" / "model.safetensors").exists():
-            evals += 2  # the kept point's export measures it and the base
+        evals += sum(val_share if "new" not in w else 1.0 for w in wise if 0 < w["alpha"] < 1)
+        point = d / "wise" / "summary.json"
+        if point.exists() and (json.loads(point.read_text()).get("new_offset") or {}).get("tau"):
+            evals += 1.0  # the point with its offset, measured as written
     train = 3 * recipe["finetune"]["batch_size"] * t.user_attrs["batches"]
     return float(train), float(evals * eval_samples), evals
 
@@ -83,11 +94,14 @@ def main() -> None:
     first = json.loads((Path(trials[0].user_attrs["dir"]) / "run.json").read_text())
     eval_samples = sum(v["val"] + v["test"] for v in first["validation"].values())
     val_share = sum(v["val"] for v in first["validation"].values()) / eval_samples
-    costs = {t.number: trial_cost(t, eval_samples, val_share) for t in trials}
+    first_trial = min(t.number for t in trials)  # the base is measured once per command
+    costs = {t.number: trial_cost(t, eval_samples, val_share, base=t.number == first_trial)
+             for t in trials}
     done = [t for t in trials if t.state.name == "COMPLETE"]
     full = [t for t in done if not (Path(t.user_attrs["dir"]) / "wise").exists()]
-    full = full or done  # one fine-tune: a complete trial, its arm kept (α = 1)
-    one = sum(sum(costs[t.number][:2]) for t in full) / len(full)
+    full = full or done  # one fine-tune: a complete trial, its arm kept (α = 1), as a command
+    alone = {t.number: trial_cost(t, eval_samples, val_share) for t in full}  # with its base
+    one = sum(sum(alone[t.number][:2]) for t in full) / len(full)
     train = sum(c[0] for c in costs.values())
     evaluation = sum(c[1] for c in costs.values())
     wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
@@ -98,7 +112,7 @@ def main() -> None:
                    for b in sorted({t.user_attrs["batches"] for t in pruned}))
     print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned"
           + (f": {at})" if at else ")"))
-    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {costs[full[0].number][2]:g} "
+    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {alone[full[0].number][2]:g} "
           f"evaluations of {eval_samples} samples = {one:.0f} sample-forwards")
     print(f"study: training {train:.0f} + evaluation {evaluation:.0f} = {train + evaluation:.0f}"
           f" sample-forwards")
