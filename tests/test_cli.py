@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import runs as runner
 import torch
+import yaml
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
@@ -292,8 +293,9 @@ def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_pa
     res = invoke("finetune", "--recipe", recipe, "--base", tmp_path / "base" / "model.safetensors",
                  "--out", run, "--no-wise")
     assert res.exit_code == 0, res.output
-    same = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c0",
-                  "--data-dir", tmp_path)
+    recorded = yaml.safe_load((run / "recipe.yaml").read_text())  # read from the run, the data
+    assert recorded["data_dir"] == str(tmp_path) and recorded["finetune"]["arms"] == ["sgd"]
+    same = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c0")
     assert same.exit_code == 0 and same.output.count("reusing stored") == 2, same.output
     assert invoke("finetune", "--resume", run, "--no-wise").exit_code == 0
     before = [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json", "run.json")]
@@ -304,8 +306,7 @@ def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_pa
         " ".join(res.output.split()))
     assert [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json",
                                             "run.json")] == before  # nothing rewritten
-    res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c",
-                 "--data-dir", tmp_path)
+    res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c")
     assert res.exit_code == 0, res.output
     assert "reusing stored" not in res.output and res.output.count("evaluating again") == 2
     stored = json.loads((run / "report.json").read_text())["base_metrics"]["old"]["accuracy"]

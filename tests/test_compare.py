@@ -44,6 +44,9 @@ def test_compare_run_dir_reuses_predictions_and_matches_finetune_report(toy_run,
               "--out", tmp_path / "c")
     assert res.exit_code == 0, res.output
     assert res.output.count("reusing stored") == 3  # the base and both arms: no inference
+    # the run's recipe.yaml names the arms it trained (--optimizer), not the recipe's three
+    ran = yaml.safe_load((toy_run["ft"] / "recipe.yaml").read_text())["finetune"]["arms"]
+    assert ran == ["rmsprop", "goodfit"]
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     ft = json.loads((toy_run["ft"] / "report.json").read_text())
     assert [a["name"] for a in rep["arms"]] == ["rmsprop", "goodfit"]

@@ -20,10 +20,11 @@ from goodfit_cli.recipe import Recipe
 
 
 def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
-                 version: str) -> dict[str, Any]:
-    """The identity shared by every arm of one run (the recipe after overrides, as JSON)."""
+                 version: str, arms: list[str] | None = None) -> dict[str, Any]:
+    """The identity shared by every arm of one run (the recipe after overrides as the run
+    records it, `Recipe.recorded`, as JSON)."""
     return {"goodfit_version": version, "base_sha256": base_sha256,
-            "recipe": json.loads(json.dumps(recipe.raw, default=str)), "seed": seed,
+            "recipe": json.loads(json.dumps(recipe.recorded(arms), default=str)), "seed": seed,
             "world_size": dist_info()[1], "torch_threads": torch.get_num_threads()}
 
 

@@ -199,7 +199,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                              grow_rows=s.kinds["new"] == "classification")
     for msg in loaded.messages:
         ui.log(msg)
-    identity = run_identity(recipe, s.seed, loaded.sha256, __version__)
+    identity = run_identity(recipe, s.seed, loaded.sha256, __version__, arm_names)
     if main_rank and job.resume:  # before anything in the run is rewritten
         check_resumed_run(out, identity, ui.log)
         for made in (out / f"{a.dirname}{ema}" for a in parsed for ema in ("", "+ema")):
@@ -230,7 +230,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
-        atomic_write(out / "recipe.yaml", recipe.to_yaml())
+        atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names))  # data_dir resolved
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
