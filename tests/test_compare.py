@@ -50,6 +50,9 @@ def test_compare_run_dir_reuses_predictions_and_matches_finetune_report(toy_run,
     rep = json.loads((tmp_path / "c" / "report.json").read_text())
     ft = json.loads((toy_run["ft"] / "report.json").read_text())
     assert [a["name"] for a in rep["arms"]] == ["rmsprop", "goodfit"]
+    # what each checkpoint was fed (its own statistics; the toy's: as stored)
+    assert rep["provenance"]["inputs"] == {n: {"source": "as stored"}
+                                           for n in ("base", "rmsprop", "goodfit")}
     # its verdict's rule says what it chose among: the checkpoints, no WiSE-FT point
     assert rep["verdict"]["rule"].startswith("ship the compared checkpoint with the best")
     assert "compare measures no WiSE-FT point" in (tmp_path / "c" / "report.md").read_text()

@@ -287,3 +287,19 @@ def test_every_confusion_matrix_of_a_task_has_the_same_classes():
     assert mats[1]["matrix"] == [[0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]]
     assert mats[0]["matrix"][3] == [0, 0, 0, 0] and [row[3] for row in mats[0]["matrix"]] == \
         [0, 0, 0, 0]
+
+
+def test_a_compared_checkpoint_fed_other_statistics_is_named_in_the_report_head():
+    """compare feeds each checkpoint its own input statistics: the base's are the report's
+    'Inputs:' line, and a checkpoint fed others gets a line of its own; alike, nothing more."""
+    from goodfit_cli.report.sections import _head_notes
+
+    base = {"kind": "image", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+            "source": "checkpoint"}
+    other = {**base, "mean": [0.9, 0.9, 0.9]}
+    notes = _head_notes({"provenance": {"input": base, "inputs": {"base": base, "a": base,
+                                                                   "b": other}}})
+    assert notes == ["Inputs: images normalised with mean [0.5, 0.5, 0.5], std [0.25, 0.25, "
+                     "0.25] (checkpoint).",
+                     "Inputs of b: normalised with mean [0.9, 0.9, 0.9], std [0.25, 0.25, 0.25] "
+                     "(checkpoint)."]

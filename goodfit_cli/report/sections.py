@@ -199,6 +199,11 @@ def _head_notes(report: dict) -> list[str]:
     fed = prov.get("input")
     notes = ([f"Inputs: {fed['kind']}s normalised with mean {_stats(fed['mean'])}, std "
               f"{_stats(fed['std'])} ({fed['source']})."] if fed and "mean" in fed else [])
+    others = {n: f for n, f in (prov.get("inputs") or {}).items() if f != fed}
+    notes += [f"Inputs of {n}: " + (f"normalised with mean {_stats(f['mean'])}, std "
+                                    f"{_stats(f['std'])} ({f['source']})." if "mean" in f
+                                    else f"{f.get('source', 'as stored')}.")
+              for n, f in others.items()]  # compare: a checkpoint fed other statistics
     notes += [prov["input_warning"]] if prov.get("input_warning") else []
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
     notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test")

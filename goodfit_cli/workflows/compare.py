@@ -23,7 +23,7 @@ from typing import Any
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.timing import Phases
-from goodfit_cli.data.inputs import ATTR, spec_of
+from goodfit_cli.data.inputs import ATTR, recorded, spec_of
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import (
@@ -201,6 +201,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     model = build_model(recipe.model.name, recipe.model.args, where=recipe.at("model"))
     grows = task_kinds(recipe).get("new") == "classification"  # as finetune loads its base
     head: dict[str, Any] = {}  # the base's head record, when loading changed it
+    fed: dict[str, Any] = {}  # each checkpoint's inputs as fed (its own statistics), by name
 
     # the data, read even when every measurement is reused: what they are checked against
     session = open_session(recipe, place, join=False)
@@ -230,6 +231,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         own = spec_of(model)  # fed as it was trained, unless the recipe sets the statistics
         if own is not None and getattr(spec_of(evaluated), "source", None) != "recipe":
             setattr(evaluated, ATTR, own)
+        fed[side.name] = recorded(evaluated) or {"source": "as stored"}
         # a changed head: stored results are the base's own-task ones, not measured this way
         stored = None if loaded.head_changes else _reuse(
             side, loaded.sha256, measured_on(session, evaluated), ui.log)
@@ -265,6 +267,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
     prov["validation"] = session.validation
     prov.update(class_names(session))
+    prov["input"], prov["inputs"] = fed.get("base"), fed  # each fed as it was trained
     if head:
         prov["base_head"] = head
     sel = (prov.get("validation") or {}).get("old") or {}

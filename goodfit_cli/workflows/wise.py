@@ -203,6 +203,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
         **({"base_head": head_record} if head_record else {}),
         "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset,
+        "input": recorded(model) or {"source": "as stored"},  # fed as the base was trained
         "timings": phases.record()}  # the report's own time: OUT/timings.json
     bm, bp, bv, bvp = base_measured
     with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
