@@ -35,6 +35,7 @@ from torch import nn
 from goodfit_cli.arms.base import ArmType, Knob, Search, register
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.registry import installed
 from goodfit_cli.models import head_prefixes, unwrap
 
 TARGETS = ("auto", "linear", "all")  # the named choices; anything else is a list of names
@@ -155,9 +156,7 @@ class Lora(ArmType):
     def available(cls) -> bool:
         """Whether PEFT is installed, without importing it (which imports transformers: ~3 s
         that a search paid before its first trial whatever it drew)."""
-        import importlib.util
-
-        return importlib.util.find_spec("peft") is not None
+        return installed("peft")
 
     def trainable(self, model: nn.Module) -> None:
         peft = _peft()

@@ -114,3 +114,15 @@ def suggest(name: str, choices: list[str]) -> str:
 def plugin_names(group: str) -> list[str]:
     """Names installed packages offer in an entry-point group, without importing them."""
     return sorted(ep.name for ep in _entry_points(group))
+
+
+def installed(module: str) -> bool:
+    """Whether the package `module` is installed, found without importing it (its distribution
+    of the same name); one whose import is blocked (None in sys.modules) is not."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        metadata.distribution(module)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
