@@ -160,7 +160,11 @@ def test_full_size_totals_and_data_summary_json(full):
                                "--json", f"data.args.imbalance={beta}"], catch_exceptions=False)
         assert res.exit_code == 0, res.output
         s = json.loads(res.output)
-        assert (s["old"]["train"]["samples"], s["new"]["train"]["samples"]) == SEED_TOTALS[beta]
+        # the seed's totals: what trains plus the validation split carved from it
+        assert (s["old"]["train"]["samples"] + s["old"]["val"]["samples"],
+                s["new"]["train"]["samples"] + s["new"]["val"]["samples"]) == SEED_TOTALS[beta]
+        assert s["old"]["validation"]["source"] == "carved"
+        assert s["old"]["validation"]["val"] == s["old"]["val"]["samples"] > 0
         assert (s["old"]["train"]["classes"], s["new"]["train"]["classes"]) == (90, 10)
         assert (s["old"]["test"]["samples"], s["new"]["test"]["samples"]) == (9000, 1000)
         assert s["old"]["num_classes"] == s["new"]["num_classes"] == 100

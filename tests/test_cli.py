@@ -102,6 +102,7 @@ def test_data_summary_json_counts():
     s = json.loads(res.output)
     assert s["old"]["train"]["samples"] == 300 and s["new"]["test"]["samples"] == 70
     assert s["old"]["kind"] == "regression"
+    assert s["new"]["val"]["samples"] == 1000 and s["new"]["validation"]["source"] == "given"
 
 
 def test_pretrain_writes_checkpoint_with_metadata(base_ckpt):

@@ -204,8 +204,10 @@ def data_summary(
     for c in ("task", "kind", "split", "samples", "classes"):
         t.add_column(c)
     for name, s in summary.items():
-        for split in ("train", "test"):
-            t.add_row(name, s["kind"], split, str(s[split]["samples"]), str(s[split]["classes"] or "-"))
+        for split in ("train", "val", "test"):
+            label = split if split != "val" else f"val ({s['validation']['source']})"
+            t.add_row(name, s["kind"], label, str(s[split]["samples"]),
+                      str(s[split]["classes"] or "-"))
     show(t)
 
 

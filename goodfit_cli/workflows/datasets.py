@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from goodfit_cli.core.errors import loc
 from goodfit_cli.data import build_data
+from goodfit_cli.data.validation import with_validation
 from goodfit_cli.data.motion.synth import write_synthetic
 from goodfit_cli.recipe import Recipe
 
@@ -12,8 +14,15 @@ __all__ = ["summary", "write_synthetic"]
 
 
 def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, Any]]:
-    """{task: {"kind", "train": {"samples", "classes"}, "test": {...}}} of the recipe's data."""
+    """{task: {"kind", "train": {"samples", "classes"}, "val": {...}, "test": {...},
+    "validation": how val was made}} of the recipe's data, as a run splits it (a carved
+    validation split taken out of train, as every command carves it)."""
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=recipe.at("data"))
-    return {name: t.summary() for name, t in tasks.items()}
+    out = {}
+    for name, t in tasks.items():
+        t, made = with_validation(t, recipe.validation, recipe.seed,
+                                  loc(recipe.at("data"), "validation"))
+        out[name] = {**t.summary(), "validation": made}
+    return out
 
