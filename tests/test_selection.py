@@ -56,6 +56,7 @@ def test_carving_is_stratified_with_a_floor_per_class_seeded_and_recorded():
         "new task: its validation split (7 samples) holds fewer than 5 samples of 2 classes "
         "(class 2: 0, class 1: 2): the choices made on it barely see them; raise "
         "data.validation.min_per_class or give a `val:` split with more of them")
+    assert "(class 2 (bird): 0, class 1 (cat): 2)" in thin_line("new", rec, ["dog", "cat", "bird"])
     _, rec = with_validation(labelled({0: 50, 1: 60}), Carving(0.1, 2), seed=0, where="w")
     assert "thin" not in rec and thin_line("new", rec) is None  # 5 and 6: enough
     again, _ = with_validation(task, Carving(0.1, 2), seed=0, where="w")

@@ -115,15 +115,20 @@ def thin_classes(task: Task) -> dict[str, int]:
     return {str(c): k for c, k in sorted(thin.items(), key=lambda kv: (kv[1], kv[0]))}
 
 
-def thin_shown(thin: dict[str, int]) -> str:
-    """'class 8: 1, class 3: 2' (the first five; then 'and N more')."""
-    shown = ", ".join(f"class {c}: {k}" for c, k in list(thin.items())[:5])
+def thin_shown(thin: dict[str, int], names: list[str] | None = None) -> str:
+    """'class 8: 1, class 3: 2' (the first five; then 'and N more'), each class with its name
+    when the data names its classes ('class 8 (eight): 1')."""
+    def named(c: str) -> str:
+        i = int(c) if str(c).isdigit() else -1
+        return f"class {c} ({names[i]})" if names and 0 <= i < len(names) else f"class {c}"
+
+    shown = ", ".join(f"{named(c)}: {k}" for c, k in list(thin.items())[:5])
     return shown + (f" and {len(thin) - 5} more" if len(thin) > 5 else "")
 
 
-def thin_line(task: str, record: dict) -> str | None:
-    """One line naming a validation split's thin classes (`thin_classes`, in its record), or
-    None."""
+def thin_line(task: str, record: dict, names: list[str] | None = None) -> str | None:
+    """One line naming a validation split's thin classes (`thin_classes`, in its record; with
+    the data's class `names`), or None."""
     thin = record.get("thin") or {}
     if not thin:
         return None
@@ -131,7 +136,7 @@ def thin_line(task: str, record: dict) -> str | None:
            if record.get("source") == "carved" else "give a `val:` split with more of them")
     return (f"{task} task: its validation split ({record.get('val')} samples) holds fewer than "
             f"{THIN} samples of {len(thin)} class{'es' if len(thin) > 1 else ''} "
-            f"({thin_shown(thin)}): "
+            f"({thin_shown(thin, names)}): "
             f"the choices made on it barely see {'them' if len(thin) > 1 else 'it'}; {fix}")
 
 

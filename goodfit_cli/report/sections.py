@@ -235,9 +235,11 @@ def _header_lines(report: dict) -> list[str]:
     """The gate's limits and the split choices are made on: the top of every report."""
     lines = [f"Gate: {report.get('gate_limits') or 'no gate'}."]
     sel = (report.get("provenance") or {}).get("validation")
+    names = (report.get("provenance") or {}).get("class_names")
     if sel:
         lines.append("Choices (early stopping, plateau, WiSE α, the verdict) are made on "
-                     "validation: " + "; ".join(f"{t} {_split_text(v)}" for t, v in sel.items())
+                     "validation: " + "; ".join(f"{t} {_split_text(v, names)}"
+                                                for t, v in sel.items())
                      + ". Test is measured for the report only.")
     elif "base_val_metrics" in report:
         lines.append("Choices (the verdict) are made on validation; test is measured for the "
@@ -245,10 +247,10 @@ def _header_lines(report: dict) -> list[str]:
     return lines
 
 
-def _split_text(v: dict) -> str:
+def _split_text(v: dict, names: list[str] | None = None) -> str:
     sizes = f"{v.get('train')} train / {v.get('val')} val / {v.get('test')} test"
     if v.get("thin"):  # classes the choices barely see (data/validation.py thin_classes)
-        sizes += f"; under {THIN} val samples: {thin_shown(v['thin'])}"
+        sizes += f"; under {THIN} val samples: {thin_shown(v['thin'], names)}"
     if v.get("source") == "carved":
         how = "stratified by class" if v.get("stratified") else "random"
         return (f"carved from training ({v['fraction'] * 100:g} %, {how}, seed {v['seed']}; "

@@ -65,7 +65,12 @@ from goodfit_cli.training import parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.reporting import base_head_record, make_report, provenance
+from goodfit_cli.workflows.reporting import (
+    base_head_record,
+    class_names,
+    make_report,
+    provenance,
+)
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
 from goodfit_cli.workflows.wise import Mixing
 
@@ -182,7 +187,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                + f" from the model folder {job.base}")
     s = open_session(recipe, place)
     for t in ("old", "new"):  # a class the choices barely see: said once, before training
-        thin = thin_line(t, s.validation.get(t) or {})
+        thin = thin_line(t, s.validation.get(t) or {}, class_names(s).get("class_names"))
         if thin and first_time(thin):  # a search's trials: once
             ui.log(thin)
     drawn = recipe.finetune.sampling  # class-balanced batches need labels: refused before training
