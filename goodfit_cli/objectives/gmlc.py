@@ -94,8 +94,9 @@ class GMLC(CrossEntropy):
                                 f"got {v!r}")
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise UserError(f"loss gmlc: padding must be an integer >= 0, got {padding!r}")
-        super().__init__(task, metrics, alpha=alpha, cls_weight=cls_weight,
-                         contrast_weight=contrast_weight, padding=padding, flip=flip)
+        super().__init__(task, metrics)  # plain cross-entropy's, unbalanced
+        self.args.update(alpha=alpha, cls_weight=cls_weight, contrast_weight=contrast_weight,
+                         padding=padding, flip=flip)
         self.alpha, self.cls_weight, self.contrast_weight = float(alpha), float(cls_weight), float(contrast_weight)
         self.padding, self.flip = padding, bool(flip)
 
