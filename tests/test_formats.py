@@ -48,6 +48,17 @@ def test_imagefolder_global_class_ids(tree):
     assert int(t["new"].train.x[2, 0, 0, 0]) == 30  # the fox pixels, unchanged
 
 
+def test_a_folder_both_tasks_name_is_read_once(tree):
+    """A base's recipe whose new task names the old task's folders (how goodfit pretrains one):
+    each split is read once and shared, the same images and labels; other folders apart."""
+    same = {"train": "old/train", "test": "old/test"}
+    t = build_data("imagefolder", {"old": same, "new": same}, seed=0, data_dir=str(tree))
+    assert t["new"].test is t["old"].test and t["new"].train is t["old"].train
+    assert t["old"].test.y.tolist() == [0, 1]
+    t = build_data("imagefolder", args(), seed=0, data_dir=str(tree))
+    assert t["new"].test is not t["old"].test
+
+
 def test_imagefolder_classes_by_name_and_resize(tree):
     """`classes` picks folders by name; `size` resizes (timm's transform) to 8×8."""
     a = args(size=8)

@@ -146,10 +146,13 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
         raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")
     augmenting = train_transform(augment, hw, interpolation)
     opened: dict[str, dict[str, Any]] = {}
+    where: dict[tuple[str, str], str] = {}  # (task, split): its path
     for name, spec in (("old", old), ("new", new)):
         paths = task_paths(name, spec, ctx, "a class-per-folder directory or a .tar shard")
         opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation, crop_pct)
                         for split, path in paths.items()}
+        where.update({(name, split): str(path) for split, path in paths.items()})
+    read: dict[tuple, Any] = {}  # a folder two tasks name alike (a base's pretrain): read once
     names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])))
              for t, spec in (("old", old), ("new", new))}
     order = names["old"] + [c for c in names["new"] if c not in names["old"]]
@@ -164,7 +167,11 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
             samples = ImageSamples(ds, remap, f"{t}.{split}", hw,
                                    augmenting if split == "train" else None)
             # a caller that can stream (a training session) decides when to read a train split
-            splits[split] = samples if split == "train" and ctx.lazy else samples.load()
+            key = (where[t, split], split == "train", tuple(sorted(remap.items())))
+            if split == "train" and ctx.lazy:
+                splits[split] = samples
+            else:
+                splits[split] = read[key] if key in read else read.setdefault(key, samples.load())
             if split == "test":
                 test_ids = samples.ids()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], len(order),
