@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -39,8 +39,11 @@ def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[st
     claim(folder, ident, has_work, log)
 
 
-def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None]) -> None:
-    """`--resume RUN`: RUN's recorded identity (run.json) must be the current one."""
+def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None],
+                      arms: Iterable[Path] = (), on: str | None = None) -> None:
+    """`--resume RUN`: RUN's recorded identity (run.json) must be the current one, and each
+    finished arm among `arms` (folders) measured on what this command reads (`on`:
+    `check_finished_arm`)."""
     try:
         saved = json.loads((run / "run.json").read_text()).get("identity")
     except (OSError, ValueError, AttributeError) as e:
@@ -51,6 +54,9 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
                         "so the run cannot be checked before resuming; start afresh with "
                         "--overwrite")
     check_identity(run, saved, current, log)
+    for folder in arms:
+        if (folder / "summary.json").exists():
+            check_finished_arm(folder, on)
 
 
 def check_finished_arm(folder: Path, on: str | None) -> None:

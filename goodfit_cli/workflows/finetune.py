@@ -45,12 +45,7 @@ from goodfit_cli.trainer.measured import (
     measured_on,
     point_key,
 )
-from goodfit_cli.trainer.runcheck import (
-    check_finished_arm,
-    check_resumed_run,
-    claim_stage,
-    run_identity,
-)
+from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
 from goodfit_cli.trainer.session import (
     Place,
     Session,
@@ -206,10 +201,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         ui.log(msg)
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__, arm_names)
     if main_rank and job.resume:  # before anything in the run is rewritten
-        check_resumed_run(out, identity, ui.log)
-        for made in (out / f"{a.dirname}{ema}" for a in parsed for ema in ("", "+ema")):
-            if (made / "summary.json").exists():  # a finished arm: measured on these data?
-                check_finished_arm(made, measured_on(s, model))
+        check_resumed_run(out, identity, ui.log,  # and its finished arms' data
+                          [out / f"{a.dirname}{e}" for a in parsed for e in ("", "+ema")],
+                          measured_on(s, model))
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
