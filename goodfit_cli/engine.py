@@ -18,7 +18,6 @@ gradient is accumulated and clipped on its own.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -29,7 +28,7 @@ from torch import Tensor, nn
 from goodfit_cli.core.distributed import mean_over_ranks
 from goodfit_cli.core.errors import Diverged
 from goodfit_cli.data import batch as B
-from goodfit_cli.data.sources import BatchSource, Plan
+from goodfit_cli.data.sources import BatchSource, Plan, epoch_steps
 
 
 class Events(Protocol):
@@ -120,12 +119,10 @@ class LoopState:
         return cls(**{k: d[k] for k in cls.KEYS if k in d}, source=source)
 
 
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    """Batches in an epoch of n samples: the last one short, never of one sample (it joins the
-    batch before: data/sources.py `advance`)."""
-    if batch_size > 1 and n > batch_size and n % batch_size == 1:
-        return n // batch_size
-    return math.ceil(n / batch_size)
+def batches_per_epoch(n: int, batch_size: int, pieces: int = 1) -> int:
+    """Batches in an epoch of n samples, each split into `pieces` (ranks x micro-batches): the
+    last one short, folded into the one before when too short (data/sources.py `advance`)."""
+    return epoch_steps(n, batch_size, pieces)
 
 
 def main_steps(optimizer: torch.optim.Optimizer, batch: int) -> int:

@@ -158,3 +158,12 @@ def test_an_epoch_never_ends_on_a_batch_of_one_sample():
     assert batches_per_epoch(129, 32) == 4 and batches_per_epoch(130, 32) == 5
     order = Order(130, Plan(seed=0, step=32, batches=10), None)
     assert [len(order.next()) for _ in range(5)] == [32, 32, 32, 32, 2]
+    # split into micro-batches (accumulate 2) or ranks (2): a last batch of 2 or 3 would give a
+    # piece of one, so it joins the one before; 4 gives two each and stays
+    for plan, n, sizes in ((Plan(seed=0, step=70, batches=9, accumulate=2), 72, [72]),
+                           (Plan(seed=0, step=35, batches=9, world=2), 73, [35, 38]),
+                           (Plan(seed=0, step=35, batches=9, world=2), 74, [35, 35, 4])):
+        order = Order(n, plan, None)  # rank 0's share: the first of tensor_split's pieces
+        assert [len(order.next()) for _ in sizes] == [-(-s // plan.world) for s in sizes]
+        assert order.steps_per_epoch() == len(sizes) == batches_per_epoch(
+            n, plan.step, plan.world * plan.accumulate)

@@ -80,19 +80,31 @@ class Position:
         return cls(d.get("perm"), int(d.get("pos", 0)), int(d.get("epoch", 0)), d.get("gen_state"))
 
 
+def epoch_steps(n: int, step: int, pieces: int = 1) -> int:
+    """Batches in an epoch of n samples in global batches of `step`, each split into `pieces`
+    (ranks x micro-batches): the last one short, folded into the one before when it is too
+    short to give every piece two samples (`advance`)."""
+    rest = n % step
+    if n > step and 0 < rest < 2 * pieces and step >= 2 * pieces:
+        return n // step
+    return math.ceil(n / step)
+
+
 def advance(st: Any, gen: torch.Generator, n: int, step: int,
-            weights: Tensor | None = None) -> Tensor:
+            weights: Tensor | None = None, pieces: int = 1) -> Tensor:
     """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends
     (with `weights`, (N,) on the CPU: n indices drawn with replacement, each in proportion to
-    its weight); moves `st` (a Position) past it. Never a batch of one sample (BatchNorm cannot
-    train on it): when an epoch would end on one, it joins the batch before (`step` + 1)."""
+    its weight); moves `st` (a Position) past it. The batch is split into `pieces` (ranks x
+    micro-batches), and no piece may hold one sample (BatchNorm cannot train on it): when an
+    epoch would end on a batch too short to give every piece two, it joins the batch before."""
     if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
         st.perm = (torch.randperm(n, generator=gen) if weights is None else
                    torch.multinomial(weights, n, replacement=True, generator=gen))
         st.gen_state = gen.get_state()
         st.pos = 0
         st.epoch += 1
-    take = step + 1 if step > 1 and n - (st.pos + step) == 1 else step
+    rest = n - (st.pos + step)  # what this epoch would have left after the batch
+    take = step + rest if 0 < rest < 2 * pieces and step >= 2 * pieces else step
     idx = st.perm[st.pos:st.pos + take]
     st.pos += take
     return idx
@@ -119,13 +131,14 @@ class Order:
         self.gen = seeded(self.at.gen_state, plan.seed)
 
     def next(self) -> Tensor:
-        idx = advance(self.at, self.gen, self.n, self.plan.step, self.plan.weights)  # global
+        idx = advance(self.at, self.gen, self.n, self.plan.step, self.plan.weights,
+                      self.plan.world * self.plan.accumulate)  # global
         if self.plan.world > 1:
             idx = idx.tensor_split(self.plan.world)[self.plan.rank]
         return idx
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.n / self.plan.step)
+        return epoch_steps(self.n, self.plan.step, self.plan.world * self.plan.accumulate)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class Start:
     rank: int = 0
     world: int = 1
     weights: Tensor | None = None  # the plan's draw weights (data/sampling.py)
+    pieces: int = 1  # ranks x micro-batches a batch is split into (sources.advance)
 
 
 class _Order:
@@ -140,7 +141,7 @@ class _Order:
         else:
             gen.manual_seed(s.seed)
         for _ in range(s.batches):
-            idx = advance(at, gen, self.n, s.step, s.weights)
+            idx = advance(at, gen, self.n, s.step, s.weights, s.pieces)
             if s.world > 1:
                 idx = idx.tensor_split(s.world)[s.rank]
             yield [(at.epoch, int(i)) for i in idx.tolist()]
@@ -274,7 +275,8 @@ class Streamed:
         """Read from `state` (a state_dict(); None: the beginning) on; call before each run."""
         self.order = Order(len(self.samples), plan, state)
         self._order.start = Start(replace(self.order.at), plan.seed, plan.step, plan.batches,
-                                  plan.rank, plan.world, plan.weights)
+                                  plan.rank, plan.world, plan.weights,
+                                  plan.world * plan.accumulate)
         self._it = iter(self.loader)
 
     def next(self) -> tuple[Inputs, Tensor]:

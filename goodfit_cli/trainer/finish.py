@@ -42,7 +42,7 @@ def ema_records(records: list[dict]) -> list[dict]:
 
 def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> RunResult:
     """Check the trained model is finite, evaluate it, and write the arm's files (rank 0)."""
-    st, records, (n_train, batch_size) = ran.st, ran.records, ran.sizes
+    st, records, (n_train, batch_size, pieces) = ran.st, ran.records, ran.sizes
     arm, out = job.arm, job.out
     bad = [k for k, v in model.state_dict().items()
            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -62,7 +62,8 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
     _, world, _ = dist_info()
     summary = {"name": arm.name, "kind": arm.kind, "optimizer": describe_optimizer(optimizer),
                "batches": st.batch, "main_updates": main_steps(optimizer, st.batch),
-               "epochs": round(st.batch / batches_per_epoch(n_train, batch_size), 4),
+               "epochs": round(st.batch / batches_per_epoch(n_train, batch_size, pieces),
+                               4),
                "wall_s": round(st.wall_s, 3), "seed": s.seed, "device": str(s.device),
                "metrics": final, "val_metrics": val,
                "measured_on": measured_on(s, model)}  # what compare checks before reusing

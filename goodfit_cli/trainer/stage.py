@@ -57,11 +57,13 @@ def with_loss(metrics: dict, preds: dict) -> dict:
     return out
 
 
-def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1) -> int:
-    """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate)."""
+def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1, world: int = 1) -> int:
+    """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate,
+    each split over `world` ranks and `accumulate` micro-batches)."""
     if budget.get("steps"):
         return int(budget["steps"])
-    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"] * accumulate)
+    return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"] * accumulate,
+                                                     world * accumulate)
 
 
 def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: Ui) -> RunResult:
@@ -83,7 +85,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         replayed = describe(source, job.stage.replay, s.seed)
     new_per_batch = budget["batch_size"] - (replayed["old_per_batch"] if replayed else 0)
     asked = total_batches({**budget, "batch_size": new_per_batch}, len(data),
-                          job.stage.accumulate)
+                          job.stage.accumulate, world)
     optimizer = build_optimizer(arm, model, job.stage, lr=budget["lr"])  # freezes before DDP wraps
     total = whole_cycles(optimizer, asked)
     if total != asked:
@@ -153,7 +155,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         summary["cycles"] = cycles
     for c in callbacks:  # early stopping puts its best evaluation's weights in the model
         summary.update(c.on_end(model))
-    sizes = (len(data), new_per_batch * job.stage.accumulate)  # new samples per step
+    sizes = (len(data), new_per_batch * job.stage.accumulate,  # new samples per step, and
+             world * job.stage.accumulate)  # the pieces each is split into
     ema = next((c for c in callbacks if isinstance(c, Ema)), None)
     # the models to ship, as the arm makes them (LoRA: adapters merged, the base's layers back)
     summary.update(finish_arm(arm, job.stage, *([ema.module] if ema else []), model))
