@@ -284,35 +284,50 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
 
 
 def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_path):
-    """A finished run whose old test file then changed (new features, the same labels): its
-    --resume is refused in one line naming the arm's summary.json (its numbers were measured
-    on the old file), and `compare` of the run measures every side again rather than reusing
-    them; left unchanged, both reuse."""
+    """A run records the data it read (run.json "data"). After its old test file changed (new
+    features, the same labels) its --resume is refused in one line, before anything is
+    rewritten; a run that recorded none (an older goodfit) is refused by its finished arm's
+    summary.json (measured on the old file); `compare` of the run measures every side again
+    rather than reusing them. Left unchanged, the same command plus --resume (a recipe with a
+    relative data_dir, its recipe.yaml holding it resolved) and compare both reuse. An
+    interrupted arm whose training file then changed is refused too."""
     recipe = runner.csv_task(tmp_path)
     assert invoke("pretrain", "--recipe", recipe, "--out", tmp_path / "base").exit_code == 0
-    run = tmp_path / "run"
-    res = invoke("finetune", "--recipe", recipe, "--base", tmp_path / "base" / "model.safetensors",
-                 "--out", run, "--no-wise")
+    run, base = tmp_path / "run", tmp_path / "base" / "model.safetensors"
+    command = ["finetune", "--recipe", recipe, "--base", base, "--out", run, "--no-wise"]
+    res = invoke(*command)
     assert res.exit_code == 0, res.output
     recorded = yaml.safe_load((run / "recipe.yaml").read_text())  # read from the run, the data
     assert recorded["data_dir"] == str(tmp_path) and recorded["finetune"]["arms"] == ["sgd"]
     same = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c0")
     assert same.exit_code == 0 and same.output.count("reusing stored") == 2, same.output
-    assert invoke("finetune", "--resume", run, "--no-wise").exit_code == 0
+    assert invoke(*command, "--resume", run).exit_code == 0  # what an interruption says to run
     before = [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json", "run.json")]
     runner.csv_file(tmp_path / "old_test.csv", (0, 1), 40, seed=1, shift=5.0)  # labels alike
     res = invoke("finetune", "--resume", run, "--no-wise")
     assert res.exit_code == 2, res.output
-    assert f"{run / 'sgd' / 'summary.json'}: measured on other test or validation data" in (
+    assert f"{run / 'run.json'}: the run read other data than this command reads" in (
         " ".join(res.output.split()))
     assert [(run / f).read_text() for f in ("sgd/summary.json", "base/metrics.json",
                                             "run.json")] == before  # nothing rewritten
+    older = json.loads(before[2])
+    del older["data"]  # as an older goodfit wrote it: the finished arm's record refuses
+    (run / "run.json").write_text(json.dumps(older))
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 2 and (f"{run / 'sgd' / 'summary.json'}: measured on other test or "
+                                   "validation data") in " ".join(res.output.split())
     res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c")
     assert res.exit_code == 0, res.output
     assert "reusing stored" not in res.output and res.output.count("evaluating again") == 2
     stored = json.loads((run / "report.json").read_text())["base_metrics"]["old"]["accuracy"]
     now = json.loads((tmp_path / "c" / "report.json").read_text())["base_metrics"]
     assert now["old"]["accuracy"] != stored  # measured on the changed file
+    cut = tmp_path / "cut"  # an arm interrupted after batch 3, then its training file changed
+    with pytest.raises(Interrupted):
+        runner.finetune(load_recipe(recipe), base, cut, wise=False, stop_after=3)
+    runner.csv_file(tmp_path / "new_train.csv", (2, 1), 80, seed=2)  # its labels swapped
+    res = invoke("finetune", "--resume", cut, "--no-wise")
+    assert res.exit_code == 2 and "the run read other data" in " ".join(res.output.split())
 
 
 def test_a_signal_after_an_arms_last_batch_stops_the_run_before_the_next_arm(base_ckpt,

@@ -74,7 +74,7 @@ def read_identity(folder: Path) -> dict | None:
     return saved
 
 
-def _comparable(ident: dict) -> dict:
+def comparable(ident: dict) -> dict:
     """An identity without what is not the run's identity: where the data folder is (the run
     records it and reads it from there; what a run reuses is checked against its contents) and
     the recipe's list of arms (the run's own list is run.json's; each arm claims its folder)."""
@@ -89,7 +89,7 @@ def _comparable(ident: dict) -> dict:
 
 def check_identity(where: Path, saved: dict, current: dict, warn: Callable[[str], None]) -> None:
     """Refuse to continue `where` unless its recorded identity is the current one."""
-    diff = describe_difference(where, _comparable(saved), _comparable(current))
+    diff = describe_difference(where, comparable(saved), comparable(current))
     if diff:
         raise UserError(f"{diff}; resume only with the same base, recipe and seed, or start "
                         "afresh with --overwrite")

@@ -278,21 +278,25 @@ class Recipe(Section):
         blob = json.dumps(self.raw, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    def recorded(self, arms: list[str] | None = None) -> dict[str, Any]:
+    def recorded(self, arms: list[str] | None = None,
+                 data_dir: str | None = None) -> dict[str, Any]:
         """The recipe as a run records it (its recipe.yaml, its identity): the raw recipe with
-        `data_dir` resolved (a relative one would resolve against the run folder when the copy
-        is read there) and, given `arms`, `finetune.arms` the arms the run trained."""
+        `data_dir` the folder the run read (`data_dir`, an absolute path: --data-dir's; else the
+        recipe's own, resolved: a relative one would resolve against the run folder when the
+        copy is read there) and, given `arms`, `finetune.arms` the arms the run trained."""
         raw = copy.deepcopy(self.raw)
-        if self.data_dir is not None and "data_dir" in raw:
+        if data_dir is not None:
+            raw["data_dir"] = data_dir
+        elif self.data_dir is not None and "data_dir" in raw:
             raw["data_dir"] = self.data_dir
         if arms is not None and isinstance(raw.get("finetune"), dict):
             raw["finetune"]["arms"] = list(arms)
         return raw
 
-    def to_yaml(self, arms: list[str] | None = None) -> str:
+    def to_yaml(self, arms: list[str] | None = None, data_dir: str | None = None) -> str:
         """The recipe a run writes beside its results (`recorded`): read from there (--resume,
         eval, compare, wise) it reads the same data and names what ran."""
-        return yaml.safe_dump(self.recorded(arms), sort_keys=False)
+        return yaml.safe_dump(self.recorded(arms, data_dir), sort_keys=False)
 
     @property
     def primary(self) -> dict[str, str]:

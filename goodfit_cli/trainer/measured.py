@@ -102,26 +102,27 @@ def _tensors(x: Any, name: str) -> list[tuple[str, torch.Tensor]]:
     return [(name, x)]
 
 
-def data_digest(s: Session) -> str | None:
-    """The contents of the session's test and validation splits (every input and target tensor,
+def data_digest(s: Session, splits: tuple[str, ...] = ("test", "val")) -> str | None:
+    """The contents of the session's `splits` of both tasks (every input and target tensor,
     its name, shape and dtype, as read: before any model's normalisation), hashed once per
-    session; None when a split is not held as tensors (then nothing stored is ever reused)."""
-    if s.digest is not None:
-        return s.digest or None
+    session; None when one is not held as tensors (a streamed training split; then nothing
+    stored that rests on it is ever reused)."""
+    if splits in s.digests:
+        return s.digests[splits] or None
     h = hashlib.sha256()
     try:
         for task in ("old", "new"):
-            for split in ("test", "val"):
+            for split in splits:
                 data = getattr(s.tasks[task], split)
                 where = f"{task}.{split}"
                 for name, t in [*_tensors(data.x, f"{where}.x"), (f"{where}.y", data.y)]:
                     h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
                     h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     except (AttributeError, TypeError, RuntimeError):
-        s.digest = ""
+        s.digests[splits] = ""
         return None
-    s.digest = h.hexdigest()
-    return s.digest
+    s.digests[splits] = h.hexdigest()
+    return s.digests[splits]
 
 
 def measured_on(s: Session, model: nn.Module) -> str | None:

@@ -17,6 +17,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.identity import check_identity, claim
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.trainer.measured import data_digest
 
 
 def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
@@ -39,11 +40,23 @@ def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[st
     claim(folder, ident, has_work, log)
 
 
+def data_record(s: Any) -> dict[str, str]:
+    """What a run records of the data it read (run.json "data"): the contents of every split
+    of both tasks, hashed (trainer/measured.py `data_digest`); of the test and validation
+    splits alone when the training split is streamed (not held in memory)."""
+    whole = data_digest(s, ("train", "val", "test"))
+    if whole is not None:
+        return {"sha256": whole, "of": "train, val and test splits"}
+    return {"sha256": data_digest(s) or "not checkable", "of": "val and test splits"}
+
+
 def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None],
-                      arms: Iterable[Path] = (), on: str | None = None) -> None:
-    """`--resume RUN`: RUN's recorded identity (run.json) must be the current one, and each
-    finished arm among `arms` (folders) measured on what this command reads (`on`:
-    `check_finished_arm`)."""
+                      arms: Iterable[Path] = (), on: str | None = None,
+                      data: dict[str, str] | None = None) -> None:
+    """`--resume RUN`: RUN's recorded identity (run.json) must be the current one, the data it
+    read the data this command reads (`data`: `data_record`; a run that recorded none is not
+    checked), and each finished arm among `arms` (folders) measured on what this command
+    reads (`on`: `check_finished_arm`)."""
     try:
         saved = json.loads((run / "run.json").read_text()).get("identity")
     except (OSError, ValueError, AttributeError) as e:
@@ -54,6 +67,13 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
                         "so the run cannot be checked before resuming; start afresh with "
                         "--overwrite")
     check_identity(run, saved, current, log)
+    had = json.loads((run / "run.json").read_text()).get("data")
+    if data is not None and isinstance(had, dict) and had != data:
+        raise UserError(f"{run / 'run.json'}: the run read other data than this command reads "
+                        f"(its {had.get('of')} hash to {str(had.get('sha256'))[:12]}…, now "
+                        f"{data['sha256'][:12]}…): a resumed arm would train or be measured on "
+                        "both; resume with the data it began with, or start afresh with "
+                        "--overwrite")
     for folder in arms:
         if (folder / "summary.json").exists():
             check_finished_arm(folder, on)

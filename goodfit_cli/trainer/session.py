@@ -118,7 +118,7 @@ class Session:
     eval_s: float = 0.0  # wall time spent in evaluate(), for the run's time breakdown
     state_s: float = 0.0  # wall time the training waited for its resumable states (hooks.py)
     data_dir: str | None = None  # where the data was read (the place's, else the recipe's)
-    digest: str | None = None  # its test and val splits' contents (measured.py data_digest)
+    digests: dict = field(default_factory=dict)  # splits' contents (measured.data_digest)
     # the model evaluate() runs: a CPU convolutional model's channels-last copy (models/layout.py)
     inference: InferenceTwin = field(default_factory=InferenceTwin, repr=False)
 

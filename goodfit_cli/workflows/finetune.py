@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
-from goodfit_cli.io.identity import describe_difference
+from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
 from goodfit_cli.io.runlock import held, open_run
@@ -45,7 +46,7 @@ from goodfit_cli.trainer.measured import (
     measured_on,
     point_key,
 )
-from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, run_identity
+from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, data_record, run_identity
 from goodfit_cli.trainer.session import (
     Place,
     Session,
@@ -60,12 +61,7 @@ from goodfit_cli.training import parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.reporting import (
-    base_head_record,
-    class_names,
-    make_report,
-    provenance,
-)
+from goodfit_cli.workflows.reporting import base_head_record, class_names, make_report, provenance
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
 from goodfit_cli.workflows.wise import Mixing
 
@@ -132,7 +128,7 @@ def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path 
     for key in adopted:
         if key not in given_args:
             ((saved.get("data") or {}).get("args") or {}).pop(key, None)
-    diff = describe_difference(run, {"recipe": saved}, {"recipe": given})
+    diff = describe_difference(run, comparable({"recipe": saved}), comparable({"recipe": given}))
     if diff:
         raise UserError(f"--recipe {recipe} is not the recipe of --resume {run}: {diff}; drop "
                         f"--recipe (a resumed run uses {run / 'recipe.yaml'})")
@@ -200,10 +196,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     for msg in loaded.messages:
         ui.log(msg)
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__, arm_names)
+    read = data_record(s)  # the data it reads, as run.json records it
     if main_rank and job.resume:  # before anything in the run is rewritten
-        check_resumed_run(out, identity, ui.log,  # and its finished arms' data
+        check_resumed_run(out, identity, ui.log,  # and the data, its finished arms'
                           [out / f"{a.dirname}{e}" for a in parsed for e in ("", "+ema")],
-                          measured_on(s, model))
+                          measured_on(s, model), read)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
@@ -229,11 +226,13 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
-        atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names))  # data_dir resolved
+        read_from = (os.path.abspath(place.data_dir) if place and place.data_dir
+                     else recipe.data_dir)  # the folder the run read, whatever the cwd later
+        atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
                                        "device": str(s.device),
-                                       "data_dir": (place or Place()).data_dir or recipe.data_dir,
+                                       "data_dir": read_from, "data": read,
                                        "identity": identity, "validation": s.validation,
                                        "gate": gate_record(job.gate),
                                        # periodic evaluations: the curves' split (eval.curves)

@@ -6,6 +6,7 @@ command runs again.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,7 +51,8 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
-            atomic_write(out / "recipe.yaml", recipe.to_yaml())
+            atomic_write(out / "recipe.yaml", recipe.to_yaml(  # the data folder it read
+                None, os.path.abspath(place.data_dir) if place and place.data_dir else None))
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
 
