@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -109,6 +110,21 @@ def data_digest(s: Session, splits: tuple[str, ...] = ("test", "val")) -> str | 
     stored that rests on it is ever reused)."""
     if splits in s.digests:
         return s.digests[splits] or None
+    anchor = getattr(getattr(s.tasks.get("old"), "test", None), "y", None)  # the data kept
+    seen = _DIGESTS.get((id(anchor), splits))  # for the command's later sessions (a search)
+    if seen is not None and seen[0]() is anchor:
+        s.digests[splits] = seen[1]
+        return seen[1] or None
+    s.digests[splits] = _digest(s, splits)
+    if isinstance(anchor, torch.Tensor):
+        _DIGESTS[(id(anchor), splits)] = (weakref.ref(anchor), s.digests[splits])
+    return s.digests[splits] or None
+
+
+_DIGESTS: dict[tuple[int, tuple], tuple[Any, str]] = {}
+
+
+def _digest(s: Session, splits: tuple[str, ...]) -> str:
     h = hashlib.sha256()
     try:
         for task in ("old", "new"):
@@ -119,10 +135,8 @@ def data_digest(s: Session, splits: tuple[str, ...] = ("test", "val")) -> str | 
                     h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
                     h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     except (AttributeError, TypeError, RuntimeError):
-        s.digests[splits] = ""
-        return None
-    s.digests[splits] = h.hexdigest()
-    return s.digests[splits]
+        return ""
+    return h.hexdigest()
 
 
 def measured_on(s: Session, model: nn.Module) -> str | None:
