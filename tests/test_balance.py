@@ -119,6 +119,9 @@ def test_a_loss_argument_it_does_not_take_or_cannot_use_is_one_line_before_any_r
                                str(tmp_path / "b"), override])
         assert res.exit_code == 2 and want in " ".join(res.output.split()), res.output
         assert not (tmp_path / "b").exists()
+    res = cli.invoke(app, ["validate", "cifar_lt", "new_task.args.cls_weigth=1"])  # gmlc's own
+    assert res.exit_code == 2 and "new_task.args: unexpected argument 'cls_weigth'; did you mean " \
+        "'cls_weight'?" in " ".join(res.output.split()), res.output
     res = cli.invoke(app, ["validate", "toy", "old_task.args.balance=reweight"])
     assert res.exit_code == 2 and "old_task.args: unexpected argument 'balance'" in res.output
     assert cli.invoke(app, ["validate", str(recipe), "new_task.args.balance=reweight"]

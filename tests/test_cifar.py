@@ -344,8 +344,15 @@ def test_gmlc_views_and_loss_terms():
     assert torch.allclose(hard, F.cross_entropy(logits[:4], y))
     with pytest.raises(UserError, match="loss gmlc needs model gmlc_net"):
         obj.loss(build_model("cifar_resnet32", {"depth": 8}), x, y)
-    with pytest.raises(UserError, match="loss gmlc: unexpected argument 'alpah'"):
-        GMLC(None, ["accuracy"], alpah=1.0)
+    from goodfit_cli.objectives import build_objective
+
+    with pytest.raises(UserError, match=r"^r.yaml: new_task.args: unexpected argument 'alpah'; "
+                                        r"did you mean 'alpha'\?$"):
+        build_objective("gmlc", None, ["accuracy"], {"alpah": 1.0}, args_where="r.yaml: new_task")
+    with pytest.raises(UserError, match=r"^r.yaml: new_task.args.cls_weight: must be a number "
+                                        r">= 0, got -1$"):
+        build_objective("gmlc", None, ["accuracy"], {"cls_weight": -1},
+                        args_where="r.yaml: new_task")
 
 
 def test_gmlc_net_backbone_errors_name_the_key():

@@ -36,13 +36,12 @@ What is simplified, on purpose:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.args import check_arg_names
+from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.data.augment import cutmix_, draw_mix, mixup_, random_crop_flip
 from goodfit_cli.data.base import Task, to_model_input
 from goodfit_cli.data.inputs import InputSpec, spec_of
@@ -82,23 +81,34 @@ class GMLC(CrossEntropy):
     kind = "classification"
 
     def __init__(self, task: Task, metrics: list[str], alpha: float = 1.0, cls_weight: float = 1.2,
-                 contrast_weight: float = 10.0, padding: int = 4, flip: bool = True,
-                 **unknown: Any) -> None:
-        if unknown:
-            raise UserError(f"loss gmlc: unexpected argument {sorted(unknown)[0]!r} (arguments: "
-                            "alpha, cls_weight, contrast_weight, padding, flip)")
-        for key, v in (("alpha", alpha), ("cls_weight", cls_weight), ("contrast_weight", contrast_weight)):
-            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "alpha" and v == 0)
-            if bad:
-                raise UserError(f"loss gmlc: {key} must be a number {'> 0' if key == 'alpha' else '>= 0'}, "
-                                f"got {v!r}")
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise UserError(f"loss gmlc: padding must be an integer >= 0, got {padding!r}")
+                 contrast_weight: float = 10.0, padding: int = 4, flip: bool = True) -> None:
+        self._gmlc_values(alpha, cls_weight, contrast_weight, padding,
+                          f"{task.name}_task" if task is not None else "")
         super().__init__(task, metrics)  # plain cross-entropy's, unbalanced
         self.args.update(alpha=alpha, cls_weight=cls_weight, contrast_weight=contrast_weight,
                          padding=padding, flip=flip)
         self.alpha, self.cls_weight, self.contrast_weight = float(alpha), float(cls_weight), float(contrast_weight)
         self.padding, self.flip = padding, bool(flip)
+
+    @classmethod
+    def check_args(cls, args, where):
+        check_arg_names(cls, args, where, leading=2)  # its own names (not cross-entropy's)
+        a = args or {}
+        cls._gmlc_values(a.get("alpha", 1.0), a.get("cls_weight", 1.2),
+                         a.get("contrast_weight", 10.0), a.get("padding", 4), where)
+
+    @staticmethod
+    def _gmlc_values(alpha, cls_weight, contrast_weight, padding, where: str) -> None:
+        here = loc(where, "args") if where else "loss gmlc"
+        for key, v in (("alpha", alpha), ("cls_weight", cls_weight),
+                       ("contrast_weight", contrast_weight)):
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
+                key == "alpha" and v == 0)
+            if bad:
+                raise UserError(f"{here}.{key}: must be a number "
+                                f"{'> 0' if key == 'alpha' else '>= 0'}, got {v!r}")
+        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+            raise UserError(f"{here}.padding: must be an integer >= 0, got {padding!r}")
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if not hasattr(model, "heads") or not hasattr(model, "embed"):
