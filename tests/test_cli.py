@@ -343,9 +343,10 @@ def test_a_signal_after_an_arms_last_batch_stops_the_run_before_the_next_arm(bas
                         log=lambda m: None, wise=False, stop_after=recipe.finetune.steps)
     assert (run / "rmsprop" / "summary.json").exists()
     assert not (run / "goodfit").exists()  # not started
-    res = invoke("finetune", "--resume", run, "--no-wise")
+    res = invoke("finetune", "--resume", run)  # its --no-wise is kept (run.json "wise")
     assert res.exit_code == 0, res.output
     assert "rmsprop: already finished" in res.output
+    assert not any(a.get("wise") for a in json.loads((run / "report.json").read_text())["arms"])
     assert json.loads((run / "goodfit" / "summary.json").read_text())["batches"] == 12
 
 

@@ -125,7 +125,8 @@ def finetune(
         r = load(recipe, overrides)
         job = FinetuneJob(r, base, out_dir or default_out(r.name, "finetune"), optimizer or None,
                           overwrite=overwrite)
-    job.wise = not no_wise
+    if no_wise:  # else a fresh run's default (on), a resumed run's own (run.json)
+        job.wise = False
     job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new), recorded=job.gate, junit=junit)
     job.junit = junit

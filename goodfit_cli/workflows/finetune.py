@@ -99,7 +99,8 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
     job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
                       resume=True)
     job.gate = recorded_gate(saved.get("gate"), f"{meta}: gate")  # what it ran with: the
-    # gate a resume keeps unless it is given another
+    # gate a resume keeps unless it is given another; its WiSE-FT curve, unless --no-wise
+    job.wise = saved.get("wise", True) is not False
     return job, place
 
 
@@ -237,6 +238,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                        "gate": gate_record(job.gate),
                                        # periodic evaluations: the curves' split (eval.curves)
                                        "curves_split": "test" if recipe.curves_on_test else "val",
+                                       "wise": job.wise,  # --no-wise: a resume keeps it off
                                        **({"sampling": sampled} if sampled else {}),
                                        "input": {**(loaded.input or {"source": "as stored"}),
                                                  **({"from_config": geometry} if geometry
