@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def test_compare_of_a_run_includes_each_arms_ema_candidate(toy_run, tmp_path):
     ran = json.loads((tmp_path / "ft" / "report.json").read_text())
     assert [a["name"] for a in got["arms"]] == ["rmsprop", "rmsprop+ema"]
     assert [a["metrics"] for a in got["arms"]] == [a["metrics"] for a in ran["arms"]]
+    shutil.rmtree(tmp_path / "ft" / "rmsprop+ema")  # the report names it: missing, not skipped
+    res = run("compare", tmp_path / "ft", tmp_path / "ft", "--recipe", tmp_path / "ft" /
+              "recipe.yaml", "--out", tmp_path / "c2")
+    assert res.exit_code == 2 and "checkpoint not found" in res.output and "+ema" in res.output
 
 
 def test_compare_checkpoints_evaluates_and_gate_exit_codes(toy_run, tmp_path):

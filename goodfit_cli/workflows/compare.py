@@ -77,11 +77,13 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
         if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
             raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
         # each arm, and its averaged weights when it kept an EMA (`<arm>+ema`, a candidate of
-        # its own in the run's report)
+        # its own in the run's report: one the report names and the folder lacks is missing)
+        reported = {a.get("name") for a in (read_json(path / "report.json").get("arms") or [])
+                    if isinstance(a, dict)} if (path / "report.json").is_file() else set()
         return [Side(n, path / arm_dirname(n) / "model.safetensors",
                      path / arm_dirname(n) / "summary.json")
                 for a in arms for n in (a, f"{a}+ema")
-                if n == a or (path / arm_dirname(n) / "summary.json").is_file()]
+                if n == a or n in reported or (path / arm_dirname(n) / "summary.json").is_file()]
     if (path / "model.safetensors").exists():
         return _sides(path / "model.safetensors", as_base)
     raise UserError(f"{path}: not a checkpoint or a goodfit run directory "
