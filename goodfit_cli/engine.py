@@ -120,8 +120,8 @@ class LoopState:
 
 
 def batches_per_epoch(n: int, batch_size: int, pieces: int = 1) -> int:
-    """Batches in an epoch of n samples, each split into `pieces` (ranks x micro-batches): the
-    last one short, folded into the one before when too short (data/sources.py `advance`)."""
+    """Batches in an epoch of n samples, each split over `pieces` ranks: the last one short,
+    folded into the one before when too short (data/sources.py `advance`)."""
     return epoch_steps(n, batch_size, pieces)
 
 
@@ -135,7 +135,8 @@ def backward(model: nn.Module, x: B.Inputs, y: Tensor, loss_fn: Callable, cfg: L
     """Gradients of the step's mean loss over the batch (x, y), accumulated over
     `cfg.accumulate` micro-batches; the loss (detached), or None for a non-finite one under
     nonfinite: skip."""
-    k = cfg.accumulate
+    k = min(cfg.accumulate, len(y) // 2)  # never a micro-batch of one sample (BatchNorm
+    # cannot train on it): an epoch's short last batch is split into fewer, the same gradient
     parts = [(a, b) for a, b in zip(B.chunks(x, k), y.tensor_split(k)) if len(b)] \
         if k > 1 else [(x, y)]
     total = None

@@ -158,12 +158,35 @@ def test_an_epoch_never_ends_on_a_batch_of_one_sample():
     assert batches_per_epoch(129, 32) == 4 and batches_per_epoch(130, 32) == 5
     order = Order(130, Plan(seed=0, step=32, batches=10), None)
     assert [len(order.next()) for _ in range(5)] == [32, 32, 32, 32, 2]
-    # split into micro-batches (accumulate 2) or ranks (2): a last batch of 2 or 3 would give a
-    # piece of one, so it joins the one before; 4 gives two each and stays
-    for plan, n, sizes in ((Plan(seed=0, step=70, batches=9, accumulate=2), 72, [72]),
+    # split over 2 ranks: a last batch of 3 would give a rank one, so it joins the one before;
+    # 4 gives two each and stays; micro-batches (accumulate) leave the order alone
+    for plan, n, sizes in ((Plan(seed=0, step=70, batches=9, accumulate=2), 72, [70, 2]),
                            (Plan(seed=0, step=35, batches=9, world=2), 73, [35, 38]),
                            (Plan(seed=0, step=35, batches=9, world=2), 74, [35, 35, 4])):
         order = Order(n, plan, None)  # rank 0's share: the first of tensor_split's pieces
         assert [len(order.next()) for _ in sizes] == [-(-s // plan.world) for s in sizes]
         assert order.steps_per_epoch() == len(sizes) == batches_per_epoch(
-            n, plan.step, plan.world * plan.accumulate)
+            n, plan.step, plan.world)
+
+
+def test_a_short_batch_is_split_into_fewer_micro_batches_never_one_of_one_sample():
+    """accumulate 2 with a batch of 3 (an epoch's short last one): one micro-batch of 3;
+    accumulate 4 with 5: two, of 3 and 2; with 8: four of 2. The mean loss's gradient is the
+    same however it is split (each part weighted by its size)."""
+    from goodfit_cli.engine import LoopConfig, backward
+
+    model = torch.nn.Linear(2, 1)
+    for k, n, want in ((2, 3, [3]), (4, 5, [3, 2]), (4, 8, [2, 2, 2, 2]), (1, 1, [1])):
+        seen = []
+
+        def loss(m, x, y):
+            seen.append(len(y))
+            return ((m(x).squeeze(1) - y) ** 2).mean()
+
+        x, y = torch.randn(n, 2), torch.randn(n)
+        model.zero_grad()
+        backward(model, x, y, loss, LoopConfig(1, n, 1, 0, accumulate=k))
+        split = model.weight.grad.clone()
+        model.zero_grad()
+        backward(model, x, y, loss, LoopConfig(1, n, 1, 0))
+        assert seen[:len(want)] == want and torch.allclose(split, model.weight.grad, atol=1e-6)

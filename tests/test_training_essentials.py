@@ -62,7 +62,8 @@ def max_diff(a: nn.Module, b: nn.Module) -> float:
 @pytest.mark.parametrize("arm", ["sgd", "adamw", "adan", "goodfit:adamw", "goodfit:sgd"])
 def test_k_accumulated_micro_batches_equal_one_batch_k_times_larger(arm):
     """4 micro-batches of 8 give the weights of batches of 32, to 1e-6, over 8 steps that cross
-    an epoch end (100 samples: steps of 32, 32, 32 then 4 split into four micro-batches of 1).
+    an epoch end (100 samples: steps of 32, 32, 32 then 4, split into two micro-batches of 2:
+    never one of one sample).
     For GoodFit that is 4 cycles: each phase's gradient is accumulated on its own."""
     big = run(arm, 32, 1, 8)
     small = run(arm, 8, 4, 8)

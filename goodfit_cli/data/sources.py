@@ -81,9 +81,9 @@ class Position:
 
 
 def epoch_steps(n: int, step: int, pieces: int = 1) -> int:
-    """Batches in an epoch of n samples in global batches of `step`, each split into `pieces`
-    (ranks x micro-batches): the last one short, folded into the one before when it is too
-    short to give every piece two samples (`advance`)."""
+    """Batches in an epoch of n samples in global batches of `step`, each split over `pieces`
+    ranks: the last one short, folded into the one before when it is too short to give every
+    rank two samples (`advance`)."""
     rest = n % step
     if n > step and 0 < rest < 2 * pieces and step >= 2 * pieces:
         return n // step
@@ -94,9 +94,10 @@ def advance(st: Any, gen: torch.Generator, n: int, step: int,
             weights: Tensor | None = None, pieces: int = 1) -> Tensor:
     """The next global batch (`step` indices), a fresh seeded permutation when an epoch ends
     (with `weights`, (N,) on the CPU: n indices drawn with replacement, each in proportion to
-    its weight); moves `st` (a Position) past it. The batch is split into `pieces` (ranks x
-    micro-batches), and no piece may hold one sample (BatchNorm cannot train on it): when an
-    epoch would end on a batch too short to give every piece two, it joins the batch before."""
+    its weight); moves `st` (a Position) past it. The batch is split over `pieces` ranks, and
+    no rank's share may be one sample (BatchNorm cannot train on it): when an epoch would end
+    on a batch too short to give every rank two, it joins the batch before (micro-batches:
+    engine.backward splits a short batch into fewer)."""
     if st.perm is None or st.pos >= n:  # a new epoch: a fresh order
         st.perm = (torch.randperm(n, generator=gen) if weights is None else
                    torch.multinomial(weights, n, replacement=True, generator=gen))
@@ -132,13 +133,13 @@ class Order:
 
     def next(self) -> Tensor:
         idx = advance(self.at, self.gen, self.n, self.plan.step, self.plan.weights,
-                      self.plan.world * self.plan.accumulate)  # global
+                      self.plan.world)  # global
         if self.plan.world > 1:
             idx = idx.tensor_split(self.plan.world)[self.plan.rank]
         return idx
 
     def steps_per_epoch(self) -> int:
-        return epoch_steps(self.n, self.plan.step, self.plan.world * self.plan.accumulate)
+        return epoch_steps(self.n, self.plan.step, self.plan.world)
 
 
 # ---------------------------------------------------------------------------------------------

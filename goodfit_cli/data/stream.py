@@ -124,7 +124,7 @@ class Start:
     rank: int = 0
     world: int = 1
     weights: Tensor | None = None  # the plan's draw weights (data/sampling.py)
-    pieces: int = 1  # ranks x micro-batches a batch is split into (sources.advance)
+    pieces: int = 1  # the ranks a batch is split over (sources.advance)
 
 
 class _Order:
@@ -275,8 +275,7 @@ class Streamed:
         """Read from `state` (a state_dict(); None: the beginning) on; call before each run."""
         self.order = Order(len(self.samples), plan, state)
         self._order.start = Start(replace(self.order.at), plan.seed, plan.step, plan.batches,
-                                  plan.rank, plan.world, plan.weights,
-                                  plan.world * plan.accumulate)
+                                  plan.rank, plan.world, plan.weights, plan.world)
         self._it = iter(self.loader)
 
     def next(self) -> tuple[Inputs, Tensor]:

@@ -60,6 +60,6 @@ class Ran:
 
     st: LoopState
     records: list[dict]
-    sizes: tuple[int, int, int]  # training samples, samples per step, pieces per step
+    sizes: tuple[int, int, int]  # training samples, samples per step, ranks it is split over
     summary: dict[str, Any]  # replay, cycles (GoodFit), the callbacks' entries, the job's own
     measured: Measured | None = None  # the final weights' evaluation, made by the loop's last

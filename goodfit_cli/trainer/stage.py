@@ -59,11 +59,11 @@ def with_loss(metrics: dict, preds: dict) -> dict:
 
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1, world: int = 1) -> int:
     """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate,
-    each split over `world` ranks and `accumulate` micro-batches)."""
+    each split over `world` ranks)."""
     if budget.get("steps"):
         return int(budget["steps"])
     return int(budget["epochs"]) * batches_per_epoch(n, budget["batch_size"] * accumulate,
-                                                     world * accumulate)
+                                                     world)
 
 
 def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: Ui) -> RunResult:
@@ -155,8 +155,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         summary["cycles"] = cycles
     for c in callbacks:  # early stopping puts its best evaluation's weights in the model
         summary.update(c.on_end(model))
-    sizes = (len(data), new_per_batch * job.stage.accumulate,  # new samples per step, and
-             world * job.stage.accumulate)  # the pieces each is split into
+    sizes = (len(data), new_per_batch * job.stage.accumulate, world)  # new samples per step,
+    # the ranks each is split over
     ema = next((c for c in callbacks if isinstance(c, Ema)), None)
     # the models to ship, as the arm makes them (LoRA: adapters merged, the base's layers back)
     summary.update(finish_arm(arm, job.stage, *([ema.module] if ema else []), model))
