@@ -135,8 +135,11 @@ def backward(model: nn.Module, x: B.Inputs, y: Tensor, loss_fn: Callable, cfg: L
     """Gradients of the step's mean loss over the batch (x, y), accumulated over
     `cfg.accumulate` micro-batches; the loss (detached), or None for a non-finite one under
     nonfinite: skip."""
-    k = min(cfg.accumulate, len(y) // 2)  # never a micro-batch of one sample (BatchNorm
-    # cannot train on it): an epoch's short last batch is split into fewer, the same gradient
+    k = cfg.accumulate  # an epoch's short last batch is split into fewer (the same gradient),
+    # never into micro-batches of one sample (BatchNorm cannot train on it) unless one is what
+    # the recipe's micro-batches hold (batch_size 1 per rank: its memory, as asked)
+    if k > 1 and len(y) < 2 * k and cfg.batch_size >= 2 * cfg.world:
+        k = max(1, len(y) // 2)
     parts = [(a, b) for a, b in zip(B.chunks(x, k), y.tensor_split(k)) if len(b)] \
         if k > 1 else [(x, y)]
     total = None

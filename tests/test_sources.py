@@ -170,9 +170,10 @@ def test_an_epoch_never_ends_on_a_batch_of_one_sample():
 
 
 def test_a_short_batch_is_split_into_fewer_micro_batches_never_one_of_one_sample():
-    """accumulate 2 with a batch of 3 (an epoch's short last one): one micro-batch of 3;
-    accumulate 4 with 5: two, of 3 and 2; with 8: four of 2. The mean loss's gradient is the
-    same however it is split (each part weighted by its size)."""
+    """Micro-batches of 8: accumulate 2 with a batch of 3 (an epoch's short last one): one
+    micro-batch of 3; accumulate 4 with 5: two, of 3 and 2; with 8: four of 2. The mean loss's
+    gradient is the same however it is split (each part weighted by its size). Micro-batches of
+    one that the recipe asks for (batch_size 1) stay as asked."""
     from goodfit_cli.engine import LoopConfig, backward
 
     model = torch.nn.Linear(2, 1)
@@ -185,8 +186,12 @@ def test_a_short_batch_is_split_into_fewer_micro_batches_never_one_of_one_sample
 
         x, y = torch.randn(n, 2), torch.randn(n)
         model.zero_grad()
-        backward(model, x, y, loss, LoopConfig(1, n, 1, 0, accumulate=k))
+        backward(model, x, y, loss, LoopConfig(1, 8, 1, 0, accumulate=k))  # micro-batches of 8
         split = model.weight.grad.clone()
         model.zero_grad()
         backward(model, x, y, loss, LoopConfig(1, n, 1, 0))
         assert seen[:len(want)] == want and torch.allclose(split, model.weight.grad, atol=1e-6)
+    # micro-batches of one asked for (batch_size 1, accumulate 4: memory): kept as asked
+    seen = []
+    backward(model, torch.randn(4, 2), torch.randn(4), loss, LoopConfig(1, 1, 1, 0, accumulate=4))
+    assert seen == [1, 1, 1, 1]
