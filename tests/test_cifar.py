@@ -353,6 +353,11 @@ def test_gmlc_views_and_loss_terms():
                                         r">= 0, got -1$"):
         build_objective("gmlc", None, ["accuracy"], {"cls_weight": -1},
                         args_where="r.yaml: new_task")
+    for bad, want in (({"flip": "false"}, "flip: must be true or false, got 'false'"),
+                      ({"alpha": float("nan")}, "alpha: must be a number > 0, got nan"),
+                      ({"cls_weight": float("inf")}, "cls_weight: must be a number >= 0")):
+        with pytest.raises(UserError, match=f"^r.yaml: new_task.args.{want}"):
+            build_objective("gmlc", None, ["accuracy"], bad, args_where="r.yaml: new_task")
 
 
 def test_gmlc_net_backbone_errors_name_the_key():

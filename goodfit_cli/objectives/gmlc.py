@@ -36,6 +36,7 @@ What is simplified, on purpose:
 
 from __future__ import annotations
 
+import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -82,7 +83,7 @@ class GMLC(CrossEntropy):
 
     def __init__(self, task: Task, metrics: list[str], alpha: float = 1.0, cls_weight: float = 1.2,
                  contrast_weight: float = 10.0, padding: int = 4, flip: bool = True) -> None:
-        self._gmlc_values(alpha, cls_weight, contrast_weight, padding,
+        self._gmlc_values(alpha, cls_weight, contrast_weight, padding, flip,
                           f"{task.name}_task" if task is not None else "")
         super().__init__(task, metrics)  # plain cross-entropy's, unbalanced
         self.args.update(alpha=alpha, cls_weight=cls_weight, contrast_weight=contrast_weight,
@@ -95,20 +96,23 @@ class GMLC(CrossEntropy):
         check_arg_names(cls, args, where, leading=2)  # its own names (not cross-entropy's)
         a = args or {}
         cls._gmlc_values(a.get("alpha", 1.0), a.get("cls_weight", 1.2),
-                         a.get("contrast_weight", 10.0), a.get("padding", 4), where)
+                         a.get("contrast_weight", 10.0), a.get("padding", 4),
+                         a.get("flip", True), where)
 
     @staticmethod
-    def _gmlc_values(alpha, cls_weight, contrast_weight, padding, where: str) -> None:
+    def _gmlc_values(alpha, cls_weight, contrast_weight, padding, flip, where: str) -> None:
         here = loc(where, "args") if where else "loss gmlc"
         for key, v in (("alpha", alpha), ("cls_weight", cls_weight),
                        ("contrast_weight", contrast_weight)):
-            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (
-                key == "alpha" and v == 0)
+            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                0 < v < math.inf if key == "alpha" else 0 <= v < math.inf)  # NaN fails both
             if bad:
                 raise UserError(f"{here}.{key}: must be a number "
                                 f"{'> 0' if key == 'alpha' else '>= 0'}, got {v!r}")
         if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
             raise UserError(f"{here}.padding: must be an integer >= 0, got {padding!r}")
+        if not isinstance(flip, bool):  # bool("false") is True: a quoted value is refused
+            raise UserError(f"{here}.flip: must be true or false, got {flip!r}")
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         if not hasattr(model, "heads") or not hasattr(model, "embed"):
