@@ -330,6 +330,29 @@ def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_pa
     assert res.exit_code == 2 and "the run read other data" in " ".join(res.output.split())
 
 
+def test_a_run_of_a_recipe_without_data_dir_records_where_its_paths_were_read(tmp_path,
+                                                                             monkeypatch):
+    """Relative data paths and no data_dir read against the working directory: the run
+    records it (run.json, recipe.yaml), so --resume and --recipe RUN/recipe.yaml read the same
+    files from anywhere (before: data_dir null, file not found elsewhere)."""
+    recipe = runner.csv_task(tmp_path)
+    recipe.write_text(recipe.read_text().replace("data_dir: .\n", ""))
+    monkeypatch.chdir(tmp_path)
+    assert invoke("pretrain", "--recipe", recipe, "--out", "base").exit_code == 0
+    res = invoke("finetune", "--recipe", recipe, "--base", "base/model.safetensors", "--out",
+                 "run", "--no-wise")
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["data_dir"] == str(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    res = invoke("finetune", "--resume", tmp_path / "run")
+    assert res.exit_code == 0 and "sgd: already finished" in res.output, res.output
+    res = invoke("eval", "--checkpoint", tmp_path / "run" / "sgd" / "model.safetensors",
+                 "--recipe", tmp_path / "run" / "recipe.yaml")
+    assert res.exit_code == 0, res.output
+
+
 def test_a_signal_after_an_arms_last_batch_stops_the_run_before_the_next_arm(base_ckpt,
                                                                             tmp_path):
     """SIGINT after the first arm's last batch (its final evaluation still to come): that arm

@@ -281,9 +281,10 @@ class Recipe(Section):
     def recorded(self, arms: list[str] | None = None,
                  data_dir: str | None = None) -> dict[str, Any]:
         """The recipe as a run records it (its recipe.yaml, its identity): the raw recipe with
-        `data_dir` the folder the run read (`data_dir`, an absolute path: --data-dir's; else the
-        recipe's own, resolved: a relative one would resolve against the run folder when the
-        copy is read there) and, given `arms`, `finetune.arms` the arms the run trained."""
+        `data_dir` the folder its relative paths were read against (`data_dir`, absolute:
+        --data-dir's, the recipe's own or the working directory; else the recipe's own,
+        resolved: a relative one would resolve against the run folder when the copy is read
+        there) and, given `arms`, `finetune.arms` the arms the run trained."""
         raw = copy.deepcopy(self.raw)
         if data_dir is not None:
             raw["data_dir"] = data_dir

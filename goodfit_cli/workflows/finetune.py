@@ -227,8 +227,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
-        read_from = (os.path.abspath(place.data_dir) if place and place.data_dir
-                     else recipe.data_dir)  # the folder the run read, whatever the cwd later
+        read_from = os.path.abspath(place.data_dir if place and place.data_dir else
+                                    recipe.data_dir or os.curdir)  # what relative paths read
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,

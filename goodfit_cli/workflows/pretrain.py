@@ -51,8 +51,9 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
-            atomic_write(out / "recipe.yaml", recipe.to_yaml(  # the data folder it read
-                None, os.path.abspath(place.data_dir) if place and place.data_dir else None))
+            read_from = os.path.abspath(place.data_dir if place and place.data_dir else
+                                        recipe.data_dir or os.curdir)  # what relative paths read
+            atomic_write(out / "recipe.yaml", recipe.to_yaml(None, read_from))
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
 
