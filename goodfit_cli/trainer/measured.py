@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,7 +87,8 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
         "base_sha256": loaded.sha256, "key_map": key_map or [], "head": head,
         "head_changes": loaded.head_changes, "input": recorded(model),
         "model": None if r.model is None else [r.model.name, r.model.args],
-        "data": [r.data.name, r.data.args], "data_seed": r.seed, "data_dir": s.data_dir,
+        "data": [r.data.name, r.data.args], "data_seed": r.seed,
+        "data_dir": os.path.abspath(s.data_dir or os.curdir),  # what relative paths read
         "carving": asdict(r.validation), "validation": s.validation,
         "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
         "precision": r.precision, "eval_batch_size": r.eval_batch_size,
