@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.data.inputs import recorded
-from goodfit_cli.trainer.session import Loaded, Session, kept_data
+from goodfit_cli.trainer.session import Loaded, Session, folder_of, kept_data
 
 Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
 
@@ -88,7 +87,7 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
         "head_changes": loaded.head_changes, "input": recorded(model),
         "model": None if r.model is None else [r.model.name, r.model.args],
         "data": [r.data.name, r.data.args], "data_seed": r.seed,
-        "data_dir": os.path.abspath(s.data_dir or os.curdir),  # what relative paths read
+        "data_dir": folder_of(s.data_dir),  # what relative paths read
         "carving": asdict(r.validation), "validation": s.validation,
         "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
         "precision": r.precision, "eval_batch_size": r.eval_batch_size,

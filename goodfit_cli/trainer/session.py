@@ -87,6 +87,12 @@ def kept_data() -> Iterator[None]:
         _KEPT_DATA.reset(token)
 
 
+def folder_of(data_dir: str | None) -> str:
+    """The folder a recipe's relative data paths read against: `data_dir` (--data-dir's, else
+    the recipe's), else the working directory; absolute, so a run records where it read."""
+    return os.path.abspath(data_dir or os.curdir)
+
+
 def data_key(recipe: Recipe, data_dir: str | None, device: torch.device) -> str | None:
     """What decides a session's data on `device`, hashed (None: not hashable as JSON, never
     kept): the recipe's data section, its seed, validation carving and loader settings (which
@@ -94,7 +100,7 @@ def data_key(recipe: Recipe, data_dir: str | None, device: torch.device) -> str 
     else the working directory)."""
     try:
         blob = json.dumps([recipe.data.name, recipe.data.args, recipe.seed,
-                           os.path.abspath(data_dir or os.curdir),
+                           folder_of(data_dir),
                            asdict(recipe.validation), asdict(recipe.loader), str(device)],
                           sort_keys=True)
     except (TypeError, ValueError):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -53,6 +52,7 @@ from goodfit_cli.trainer.session import (
     adopt_base_inputs,
     adopt_base_model,
     base_mismatch,
+    folder_of,
     load_checkpoint,
     open_session,
 )
@@ -227,8 +227,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # recipe.yaml first: a run.json (what --resume looks for) always has its recipe beside
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
-        read_from = os.path.abspath(place.data_dir if place and place.data_dir else
-                                    recipe.data_dir or os.curdir)  # what relative paths read
+        read_from = folder_of(s.data_dir)  # what relative paths read, absolute
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,

@@ -6,7 +6,6 @@ command runs again.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,7 +19,7 @@ from goodfit_cli.io.rundir import RunResult, state_files
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.runcheck import claim_stage
-from goodfit_cli.trainer.session import Place, open_session
+from goodfit_cli.trainer.session import Place, folder_of, open_session
 from goodfit_cli.trainer.stage import StageJob, Ui, run_stage
 from goodfit_cli.training import Arm
 from goodfit_cli.training.checks import check_arm
@@ -51,9 +50,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
             claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
-            read_from = os.path.abspath(place.data_dir if place and place.data_dir else
-                                        recipe.data_dir or os.curdir)  # what relative paths read
-            atomic_write(out / "recipe.yaml", recipe.to_yaml(None, read_from))
+            atomic_write(out / "recipe.yaml", recipe.to_yaml(None, folder_of(s.data_dir)))
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
 
