@@ -115,14 +115,19 @@ def thin_classes(task: Task) -> dict[str, int]:
     return {str(c): k for c, k in sorted(thin.items(), key=lambda kv: (kv[1], kv[0]))}
 
 
+def class_named(c: Any, names: list[str] | None) -> str:
+    """A class id with the name the data gives it ('8 (eight)'), or the id alone."""
+    try:
+        i = int(c)
+    except (TypeError, ValueError):
+        return str(c)
+    return f"{c} ({names[i]})" if names and 0 <= i < len(names) else str(c)
+
+
 def thin_shown(thin: dict[str, int], names: list[str] | None = None) -> str:
     """'class 8: 1, class 3: 2' (the first five; then 'and N more'), each class with its name
     when the data names its classes ('class 8 (eight): 1')."""
-    def named(c: str) -> str:
-        i = int(c) if str(c).isdigit() else -1
-        return f"class {c} ({names[i]})" if names and 0 <= i < len(names) else f"class {c}"
-
-    shown = ", ".join(f"{named(c)}: {k}" for c, k in list(thin.items())[:5])
+    shown = ", ".join(f"class {class_named(c, names)}: {k}" for c, k in list(thin.items())[:5])
     return shown + (f" and {len(thin) - 5} more" if len(thin) > 5 else "")
 
 

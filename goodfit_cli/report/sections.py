@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from goodfit_cli.data.validation import THIN, thin_shown
+from goodfit_cli.data.validation import THIN, class_named, thin_shown
 from goodfit_cli.objectives import is_rate
 
 _DASH = "—"
@@ -125,11 +125,7 @@ def _candidates(report: dict) -> list[tuple[str, str]]:
 def class_label(report: dict, c) -> str:
     """A class id as the report shows it: with its name when the data names its classes
     (provenance "class_names": an image folder's folder names, a table's label names)."""
-    names = (report.get("provenance") or {}).get("class_names") or []
-    try:
-        return f"{c} ({names[int(c)]})" if 0 <= int(c) < len(names) else str(c)
-    except (TypeError, ValueError):
-        return str(c)
+    return class_named(c, (report.get("provenance") or {}).get("class_names"))
 
 
 def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
