@@ -164,6 +164,29 @@ def test_a_finetune_records_the_sampling_and_resumes_its_batches(long_tail, tmp_
     assert summary["sampling"] == rec and summary["replay"]["old_per_batch"] == 4
 
 
+def test_the_run_and_its_report_state_the_class_balance_trained(long_tail, tmp_path):
+    """run.json and the report's provenance record each task's loss and args; the report says
+    the new task's balance (its loss's and its batches') in one line; none without one."""
+    recipe = load_recipe(long_tail / "r.yaml", ["new_task.args.balance=logit_adjust",
+                                                "new_task.args.balance_tau=0.5"])
+    finetune(recipe, long_tail / "base" / "model.safetensors", tmp_path / "a", wise=False)
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert run["losses"] == {
+        "old": {"loss": "cross_entropy", "args": {}},
+        "new": {"loss": "cross_entropy", "args": {"balance": "logit_adjust", "balance_tau": 0.5}}}
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["provenance"]["losses"] == run["losses"]
+    assert report["provenance"]["sampling"]["how"] == "balanced"
+    line = ("New-task class balance: loss logit_adjust (tau 0.5); batches drawn balanced over its "
+            "classes.")
+    assert line in (tmp_path / "a" / "report.md").read_text()
+    assert line in (tmp_path / "a" / "report.html").read_text()
+    plain = load_recipe(long_tail / "r.yaml", ["finetune.sampling=uniform"])
+    finetune(plain, long_tail / "base" / "model.safetensors", tmp_path / "b", wise=False)
+    assert "class balance" not in (tmp_path / "b" / "report.md").read_text()
+    assert "sampling" not in json.loads((tmp_path / "b" / "report.json").read_text())["provenance"]
+
+
 def test_balanced_sampling_of_a_regression_task_is_one_line(tmp_path):
     recipe = load_recipe(TOY, ["finetune.sampling=sqrt", "data.args.n_train=64",
                                  "data.args.n_test=16", "model.args.hidden=[4]", "device=cpu"])

@@ -201,6 +201,7 @@ def _head_notes(report: dict) -> list[str]:
                                     else f"{f.get('source', 'as stored')}.")
               for n, f in others.items()]  # compare: a checkpoint fed other statistics
     notes += [prov["input_warning"]] if prov.get("input_warning") else []
+    notes += _balance_note(prov)
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
     notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test")
               if prov.get(k)]
@@ -208,6 +209,17 @@ def _head_notes(report: dict) -> list[str]:
         return notes
     return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [
         f"The base is measured with {head['measured_with']}."]
+
+
+def _balance_note(prov: dict) -> list[str]:
+    """The new task's class balance as trained (its loss's `balance`, finetune.sampling), when
+    the run used one: one line."""
+    args = ((prov.get("losses") or {}).get("new") or {}).get("args") or {}
+    drawn = (prov.get("sampling") or {}).get("how")
+    said = ([f"loss {args['balance']} (tau {args.get('balance_tau', 1.0):g})"]
+            if args.get("balance", "none") != "none" else [])
+    said += [f"batches drawn {drawn} over its classes"] if drawn else []
+    return [f"New-task class balance: {'; '.join(said)}."] if said else []
 
 
 def _stats(values: list[float]) -> str:

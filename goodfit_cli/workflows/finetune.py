@@ -61,7 +61,8 @@ from goodfit_cli.training import parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.reporting import base_head_record, class_names, make_report, provenance
+from goodfit_cli.workflows.reporting import base_head_record, class_names, losses
+from goodfit_cli.workflows.reporting import make_report, provenance
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
 from goodfit_cli.workflows.wise import Mixing
 
@@ -238,6 +239,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                        # periodic evaluations: the curves' split (eval.curves)
                                        "curves_split": "test" if recipe.curves_on_test else "val",
                                        "wise": job.wise,  # --no-wise: a resume keeps it off
+                                       "losses": losses(recipe),  # a class balance with them
                                        **({"sampling": sampled} if sampled else {}),
                                        "input": {**(loaded.input or {"source": "as stored"}),
                                                  **({"from_config": geometry} if geometry
@@ -314,6 +316,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
+    prov.update(losses=losses(recipe), **({"sampling": sampled} if sampled else {}))
     if head_record:
         prov["base_head"] = head_record
     prov["input"] = loaded.input or {"source": "as stored"}

@@ -39,6 +39,13 @@ def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[
             **class_names(s)}
 
 
+def losses(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Each task's training loss and its args as trained (a cross_entropy's class balance
+    among them), for run.json and the report."""
+    return {t: {"loss": spec.loss, "args": dict(spec.args or {})}
+            for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
+
+
 def class_names(s: Session) -> dict[str, list[str]]:
     """{"class_names": [a name per global class id]} when the data names its classes (an
     image folder's folders, a table's label names), for the report's per-class tables; {}
