@@ -261,6 +261,29 @@ def test_reading_progress_lines_and_json(capsys):
         ("work", 128, 32.0), ("work", 256, 64.0), ("work", 384, 96.0), ("work", 480, 120.0)]
 
 
+def test_a_read_that_stops_short_never_reads_as_finished(capsys):
+    """A read interrupted (Ctrl-C, a bad image) ends with 'stopped at' in text and
+    "stopped": true in json, not with the line a finished read ends with."""
+    from goodfit_cli.cli.console import WorkProgress
+
+    def read(fmt):
+        clock = Clock()
+        p = WorkProgress(Display(fmt, 30.0, clock), live=False, min_items=100)
+        p.start("reading old.test images", 480)
+        for done in (160, 320):
+            clock.t += 40
+            p.advance(done)
+        p.end(320)
+        return capsys.readouterr().out.splitlines()
+
+    assert read("text") == ["reading old.test images: 160/480  eta 1m20s",
+                            "reading old.test images: 320/480  eta 0m40s",
+                            "reading old.test images: stopped at 320/480 after 1m20s"]
+    events = [json.loads(line) for line in read("json")]
+    assert [(e["done"], e.get("stopped")) for e in events] == [(160, None), (320, None),
+                                                               (320, True)]
+
+
 def test_a_work_bar_on_a_terminal_waits_its_delay_and_ends_with_the_work(monkeypatch):
     """On a terminal, work shorter than the delay (2 s of the clock) draws nothing (a short
     evaluation inside a training); longer work draws a transient bar from that moment, stopped

@@ -213,10 +213,13 @@ class WorkProgress:
     def _line(self, done: int, now: float, final: bool = False) -> None:
         self.said, spent = True, now - self.t0
         if self.json:
-            emit("work", what=self.what, done=done, total=self.total, wall_s=round(spent, 3))
+            emit("work", what=self.what, done=done, total=self.total, wall_s=round(spent, 3),
+                 **({"stopped": True} if final and done < self.total else {}))
             return
         text = f"{self.what}: {done:,}/{self.total:,}"
-        if final:
+        if final and done < self.total:  # raised or interrupted: never read as finished
+            text = f"{self.what}: stopped at {done:,}/{self.total:,} after {_duration(spent)}"
+        elif final:
             text += f" in {_duration(spent)}"
         elif 0 < done < self.total:
             text += f"  eta {_duration(spent / done * (self.total - done))}"
