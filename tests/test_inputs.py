@@ -235,8 +235,16 @@ def test_a_run_says_where_its_time_went(table_base, tmp_path):
     total, training, h = t["total_s"], phases["training"], 0.0005
     assert (total - h) / (training + h) - h <= t["command_over_training"] <= (
         (total + h) / (training - h) + h)
+    arms = t["arms_s"]  # each arm's share of its phases; theirs add up to the phase's
+    assert list(arms) == ["adamw", "sgd"]
+    for phase in ("training", "evaluations", "state_saves", "wise"):
+        assert sum(a[phase] for a in arms.values()) == pytest.approx(phases[phase], abs=0.0025)
     report = json.loads((tmp_path / "ft" / "report.json").read_text())
     assert "report" not in report["provenance"]["timings"]["phases_s"]  # written before it
+    md = (tmp_path / "ft" / "report.md").read_text()
+    assert "| phase | s | share | adamw | sgd |" in md
+    assert f"| training | {phases['training']:.2f} | " in md
+    assert f"| {arms['adamw']['training']:.2f} | {arms['sgd']['training']:.2f} |" in md
     assert "x the training)" in " ".join(res.output.split())
 
 

@@ -305,6 +305,27 @@ def test_nested_phases_count_each_second_once(monkeypatch):
     assert phases.seconds == {"bootstrap": 2.0, "report": 3.0}
 
 
+def test_each_arms_share_of_a_phase_is_kept_and_summed_on_resume(monkeypatch):
+    """`add(..., arm)` and `timed` attribute seconds to an arm without counting them twice in
+    the phase; a resumed run's timings add each arm's phases to its earlier commands'."""
+    clock = iter(range(100))
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: float(next(clock)))
+    phases = timing.Phases()  # t = 0
+    phases.add("training", 4.0, "a")
+    phases.add("training", 2.0, "b")
+    with phases.phase("wise"):  # 1 .. 6
+        assert phases.timed("a", "wise", lambda x: x + 1, 1) == 2  # 2 .. 3
+        phases.timed("b", "wise", lambda: None)  # 4 .. 5
+    assert phases.seconds == {"training": 6.0, "wise": 5.0}
+    rec = phases.record()  # t = 7
+    assert rec["arms_s"] == {"a": {"training": 4.0, "wise": 1.0},
+                             "b": {"training": 2.0, "wise": 1.0}}
+    both = timing.merged({**rec, "arms_s": {"a": {"training": 1.5}, "c": {"wise": 0.5}}}, rec)
+    assert both["arms_s"] == {"a": {"training": 5.5, "wise": 1.0},
+                              "b": {"training": 2.0, "wise": 1.0}, "c": {"wise": 0.5}}
+    assert timing.merged({**rec, "arms_s": ["bad"]}, rec)["arms_s"] == rec["arms_s"]
+
+
 def test_evaluation_in_inference_mode_leaves_no_inference_tensor():
     """Outputs come back as normal tensors, and input statistics first made during an
     evaluation serve training afterwards (autograd through them)."""

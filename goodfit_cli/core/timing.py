@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 TRAINING = "training"
 
@@ -24,10 +27,26 @@ class Phases:
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.arms: dict[str, dict[str, float]] = {}  # each arm's share of the phases
         self._inner: list[float] = []  # per open phase: the seconds of the phases inside it
 
-    def add(self, name: str, seconds: float) -> None:
+    def add(self, name: str, seconds: float, arm: str | None = None) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
+        if arm is not None:
+            self.attribute(arm, name, seconds)
+
+    def attribute(self, arm: str, name: str, seconds: float) -> None:
+        """Count `seconds` of phase `name` (counted there already) as arm `arm`'s too."""
+        own = self.arms.setdefault(arm, {})
+        own[name] = own.get(name, 0.0) + max(0.0, seconds)
+
+    def timed(self, arm: str, name: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args), its time attributed to `arm` as phase `name` (inside that phase)."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.attribute(arm, name, time.perf_counter() - t0)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -50,11 +69,14 @@ class Phases:
         finally:
             _COUNTING.reset(token)
 
-    def record(self) -> dict[str, float | dict[str, float] | None]:
-        """{"phases_s": {phase: s}, "total_s": s since the start, "command_over_training"}."""
+    def record(self) -> dict[str, Any]:
+        """{"phases_s": {phase: s}, "total_s": s since the start, "command_over_training"},
+        and "arms_s": {arm: {phase: s}} when arms were timed."""
         total = time.perf_counter() - self.start
         training = self.seconds.get(TRAINING, 0.0)
+        arms = {a: {k: round(v, 3) for k, v in d.items()} for a, d in self.arms.items()}
         return {"phases_s": {k: round(v, 3) for k, v in self.seconds.items()},
+                **({"arms_s": arms} if arms else {}),
                 "other_s": round(max(0.0, total - sum(self.seconds.values())), 3),
                 "total_s": round(total, 3),
                 "command_over_training": round(total / training, 3) if training > 0 else None}
@@ -86,9 +108,16 @@ def merged(before: dict | None, now: dict) -> dict:
     phases = dict(before["phases_s"])
     for k, v in now["phases_s"].items():
         phases[k] = round(phases.get(k, 0.0) + v, 3)
+    kept = before.get("arms_s") if isinstance(before.get("arms_s"), dict) else {}
+    arms = {a: dict(d) for a, d in kept.items() if isinstance(d, dict)}
+    for a, d in (now.get("arms_s") or {}).items():
+        own = arms.setdefault(a, {})
+        for k, v in d.items():
+            own[k] = round(own.get(k, 0.0) + v, 3)
     total = round(before.get("total_s", 0.0) + now["total_s"], 3)
     training = phases.get(TRAINING, 0.0)
-    return {"phases_s": phases, "other_s": round(before.get("other_s", 0.0) + now["other_s"], 3),
+    return {"phases_s": phases, **({"arms_s": arms} if arms else {}),
+            "other_s": round(before.get("other_s", 0.0) + now["other_s"], 3),
             "total_s": total,
             "command_over_training": round(total / training, 3) if training > 0 else None,
             "commands": int(before.get("commands", 1)) + 1}

@@ -57,9 +57,12 @@ def _time_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | 
     rec = (report.get("provenance") or {}).get("timings")
     if not isinstance(rec, dict) or not isinstance(rec.get("phases_s"), dict):
         return None
-    rows = time_rows({**rec["phases_s"], "other": rec.get("other_s", 0.0)},
-                     rec.get("total_s") or 0.0)
-    return ["phase", "s", "share"], [[(c, "") for c in row] for row in rows]
+    phases = {**rec["phases_s"], "other": rec.get("other_s", 0.0)}
+    rows = time_rows(phases, rec.get("total_s") or 0.0)
+    arms = rec.get("arms_s") if isinstance(rec.get("arms_s"), dict) else {}
+    for row, phase in zip(rows, [*phases, None]):  # each arm's share: a column per arm
+        row += [f"{arms[a][phase]:.2f}" if phase in arms[a] else "" for a in arms]
+    return (["phase", "s", "share", *arms], [[(c, "") for c in row] for row in rows])
 
 
 def _time_note(report: dict) -> str:

@@ -299,9 +299,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             finally:  # an arm cut short (interrupted, pruned) counts what it trained too
                 evaluations = s.eval_s - eval_before  # periodic and final evaluations
                 saves = s.state_s - state_before  # what its resumable states held it up
-                phases.add("evaluations", evaluations)
-                phases.add("state_saves", saves)
-                phases.add(TRAINING, time.perf_counter() - t_arm - evaluations - saves)
+                phases.add("evaluations", evaluations, arm.name)
+                phases.add("state_saves", saves, arm.name)
+                phases.add(TRAINING, time.perf_counter() - t_arm - evaluations - saves, arm.name)
     if not main_rank:
         finish()  # waits for rank 0's report, then leaves the group
         return {}
@@ -309,8 +309,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     at_base = None if loaded.head_changes else (base_metrics, base_val)
     points = None if loaded.head_changes else key  # a chosen point kept for `goodfit wise`
     with phases.phase("wise"):
-        wise_curves = ({r.name: wise_curve(s, model, base_state, r, at_base, base_val,
-                                           job.gate, recipe.wise_alphas, points)
+        wise_curves = ({r.name: phases.timed(r.name, "wise", wise_curve, s, model, base_state, r,
+                                             at_base, base_val, job.gate, recipe.wise_alphas,
+                                             points)
                         for r in results}
                        if job.wise else {})
     model.load_state_dict(base_state)
