@@ -8,6 +8,7 @@ from typing import Any
 
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.timing import Phases
 from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
@@ -41,16 +42,22 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         if geometry:
             ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
                    + f" from the model folder {checkpoint}")
-    s = open_session(recipe, place, join=False)
-    adopt_base_model(recipe, checkpoint, s.tasks)
-    model = s.model()
-    loaded = load_checkpoint(model, checkpoint, recipe.key_map, where=recipe.at("checkpoint.key_map"))
+    phases = Phases()  # where the time went: the JSON's "timings", a line on stderr
+    with phases.phase("load"):
+        s = open_session(recipe, place, join=False)
+        adopt_base_model(recipe, checkpoint, s.tasks)
+        model = s.model()
+        loaded = load_checkpoint(model, checkpoint, recipe.key_map,
+                                 where=recipe.at("checkpoint.key_map"))
     refuse_another_head(recipe, checkpoint, loaded.head_changes)
     for msg in loaded.messages:
         ui.log(msg)
+    with phases.phase("evaluation"):
+        metrics = s.evaluate(model)
     result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,
-              "metrics": s.evaluate(model)}
+              "metrics": metrics, "timings": phases.record()}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
+    ui.log(phases.line())
     return result, dest
 
 
