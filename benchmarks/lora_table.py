@@ -407,7 +407,7 @@ def wise_table(per_seed: dict[int, dict], settings: dict) -> str:
         "\n\nWiSE-FT: (1 − α)·base + α·arm for α in 0, 0.1, ..., 1 (workflows.finetune.ALPHAS), "
         "evaluated on the validation splits; the chosen α is the interior point (0 < α < 1; the "
         f"arm itself is α = 1) with the best new-task validation {u} that gains over the base "
-        "on validation (no gate; workflows.finetune.wise_curve), measured on test. \"none\": no "
+        "on validation (no gate; workflows.wise.wise_curve), measured on test. \"none\": no "
         "α gained, the arm itself is shown. Last column, on validation only (the interior α have "
         "no test numbers): the old-task value of the recipe arm's WiSE curve (all 11 α) at this "
         "row's own (α = 1) new-task value, log-log interpolated per seed, and on how many seeds "

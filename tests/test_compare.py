@@ -349,3 +349,38 @@ def test_wise_of_an_update_that_adds_classes_is_the_point_the_curve_measured(tmp
     for k, b in base.items():  # the base's rows of a grown head: the first 3
         rows = slice(0, b.shape[0])
         torch.testing.assert_close(mixed[k][rows], b + 0.5 * (arm[k][rows] - b))
+
+
+def test_alpha_0_of_an_update_that_adds_classes_is_measured_once_for_all_arms(tmp_path,
+                                                                              monkeypatch):
+    """With a grown head α = 0 is not the base as measured (its new rows are the model's own),
+    so the grid measures it on validation, but it is the same weights for every arm: measured
+    once, each arm's curve holding the same numbers. No weights are evaluated twice on the
+    validation splits in the command."""
+    import hashlib
+
+    from goodfit_cli.trainer.session import Session
+
+    base_recipe, update_recipe = table_update(tmp_path)
+    assert run("pretrain", "--recipe", base_recipe, "--out", tmp_path / "base").exit_code == 0
+    calls: list[tuple[str, str]] = []
+    original = Session.evaluate
+
+    def counting(self, model, with_predictions=False, split="test"):
+        h = hashlib.sha256()
+        for k, v in sorted(model.state_dict().items()):
+            h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+        calls.append((split, h.hexdigest()))
+        return original(self, model, with_predictions, split)
+
+    monkeypatch.setattr(Session, "evaluate", counting)
+    res = run("finetune", "--recipe", update_recipe, "--base",
+              tmp_path / "base" / "model.safetensors", "--out", tmp_path / "ft",
+              "--optimizer", "adamw", "--optimizer", "sgd")
+    assert res.exit_code == 0, res.output
+    ft = json.loads((tmp_path / "ft" / "report.json").read_text())
+    zeros = [next(p for p in a["wise"] if p["alpha"] == 0) for a in ft["arms"]]
+    assert len(zeros) == 2 and zeros[0]["val"] == zeros[1]["val"] and "new" not in zeros[0]
+    assert ft["provenance"]["base_head"]["changes"]  # the head grew: α = 0 was measured
+    val = [f for split, f in calls if split == "val"]
+    assert len(val) == len(set(val))

@@ -7,7 +7,6 @@ interrupted run from its own run.json and recipe.yaml (`resume_job`).
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import dist_info, finish, is_main, stop_on_signals
@@ -23,32 +21,26 @@ from goodfit_cli.core.errors import Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import thin_line
-from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
-from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import validation_gap
-from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
-    keep,
     measure_base,
     measured_once,
     measured_on,
-    point_key,
 )
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, data_record, run_identity
 from goodfit_cli.trainer.session import (
     Place,
-    Session,
     adopt_base_inputs,
     adopt_base_model,
     base_mismatch,
@@ -64,7 +56,7 @@ from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.reporting import base_head_record, class_names, losses
 from goodfit_cli.workflows.reporting import make_report, provenance
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
-from goodfit_cli.workflows.wise import Mixing
+from goodfit_cli.workflows.wise import wise_curve
 
 
 @dataclass
@@ -308,10 +300,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     # the α = 0 point is the base as loaded: its measurement, when the head was not changed
     at_base = None if loaded.head_changes else (base_metrics, base_val)
     points = None if loaded.head_changes else key  # a chosen point kept for `goodfit wise`
+    zero: dict = {}  # else α = 0, the same model for every arm: measured once
     with phases.phase("wise"):
         wise_curves = ({r.name: phases.timed(r.name, "wise", wise_curve, s, model, base_state, r,
                                              at_base, base_val, job.gate, recipe.wise_alphas,
-                                             points)
+                                             points, zero)
                         for r in results}
                        if job.wise else {})
     model.load_state_dict(base_state)
@@ -348,50 +341,3 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     if hint:
         ui.log(hint)
     return report
-
-
-@torch.no_grad()
-def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
-               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
-               alphas: tuple[float, ...], kept_as: str | None = None) -> list[dict]:
-    """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
-    report.wise_grid, 1). The grid is the choice of α, so
-    it is evaluated on the validation splits ("val") only; the test splits (the report's) are
-    measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
-    that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
-    the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
-    when its weights are exactly the base's; evaluated on validation otherwise). Each α is
-    mixed into the model's own tensors in place. `kept_as`: the base's key (trainer/measured.py)
-    under which the chosen point's measurement, and the arm's own (α = 1), are kept for the
-    command (`goodfit wise` of that point in a search's trial measures nothing again)."""
-    arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
-    mixing = Mixing(model, base_state, arm_tensors)
-    arm_val = arm.summary.get("val_metrics")
-    curve, val_preds = [], {}
-    for a in alphas:
-        if a == 0 and at_base is not None:
-            test, val = (copy.deepcopy(m) for m in at_base)
-            curve.append({"alpha": a, **test, "val": val})
-        elif a == 1 and arm_val is not None:
-            curve.append({"alpha": a, **copy.deepcopy(arm.metrics), "val": copy.deepcopy(arm_val)})
-        else:
-            mixing.set(a)
-            val, val_preds[a] = s.evaluate(model, True, split="val")
-            curve.append({"alpha": a, "val": val})
-    chosen = best_on_validation(gate, curve, base_val,
-                                (s.recipe.primary["old"], s.recipe.primary["new"]),
-                                (direction(s.recipe.primary["old"]),
-                                 direction(s.recipe.primary["new"])))
-    if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
-        keep(point_key(kept_as, arm.summary.get("sha256"), 1.0),
-             (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
-              arm.val_predictions))
-    if chosen is not None:
-        point = next(p for p in curve if p["alpha"] == chosen)
-        mixing.set(chosen)
-        test, preds = s.evaluate(model, True)  # its test numbers, for the report
-        keep(point_key(kept_as, arm.summary.get("sha256"), chosen),
-             (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
-        point.update(test, chosen=True)
-    model.load_state_dict(base_state)
-    return curve

@@ -1,18 +1,21 @@
 """`goodfit wise RUN/ARM --alpha A --out DIR`: a point of WiSE-FT's curve as a candidate.
 
 WiSE-FT (Wortsman et al. 2022) interpolates the weights, (1 − α)·base + α·arm. The report of a
-fine-tuning run draws that curve; this workflow turns one α into a checkpoint with provenance
-(the arm, α, both hashes), evaluates it on both tasks and writes a report gated like an arm's.
+fine-tuning run draws that curve (`wise_curve`: the grid on validation, the chosen point on
+test); this workflow turns one α into a checkpoint with provenance (the arm, α, both hashes),
+evaluates it on both tasks and writes a report gated like an arm's.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
@@ -22,21 +25,30 @@ from goodfit_cli.core.timing import Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import prepare_out, read_json, recorded_path, save_predictions
+from goodfit_cli.io.rundir import (
+    RunResult,
+    prepare_out,
+    read_json,
+    recorded_path,
+    save_predictions,
+)
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.heads import own_head
 from goodfit_cli.models.hf import pretrained_folder
+from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
+    keep,
     measure_base,
     measured_on,
     point_key,
 )
-from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
+from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.offset import choose as choose_offset
 from goodfit_cli.workflows.offset import line as offset_line
@@ -214,3 +226,58 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     write_json(out / "timings.json", phases.record())
     ui.log(phases.line())
     return report
+
+
+@torch.no_grad()
+def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
+               at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
+               alphas: tuple[float, ...], kept_as: str | None = None,
+               zero: dict | None = None) -> list[dict]:
+    """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
+    report.wise_grid, 1). The grid is the choice of α, so
+    it is evaluated on the validation splits ("val") only; the test splits (the report's) are
+    measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
+    that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
+    the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
+    when its weights are exactly the base's; evaluated on validation otherwise). Each α is
+    mixed into the model's own tensors in place. `kept_as`: the base's key (trainer/measured.py)
+    under which the chosen point's measurement, and the arm's own (α = 1), are kept for the
+    command (`goodfit wise` of that point in a search's trial measures nothing again). `zero`:
+    a dict the command's arms share, holding α = 0's validation measurement once one arm made
+    it (the base's weights with the head as loaded, the same model for every arm)."""
+    arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
+    mixing = Mixing(model, base_state, arm_tensors)
+    arm_val = arm.summary.get("val_metrics")
+    curve, val_preds = [], {}
+    for a in alphas:
+        if a == 0 and at_base is not None:
+            test, val = (copy.deepcopy(m) for m in at_base)
+            curve.append({"alpha": a, **test, "val": val})
+        elif a == 0 and zero is not None and "val" in zero:  # another arm measured it
+            curve.append({"alpha": a, "val": copy.deepcopy(zero["val"])})
+            val_preds[a] = zero["preds"]
+        elif a == 1 and arm_val is not None:
+            curve.append({"alpha": a, **copy.deepcopy(arm.metrics), "val": copy.deepcopy(arm_val)})
+        else:
+            mixing.set(a)
+            val, val_preds[a] = s.evaluate(model, True, split="val")
+            curve.append({"alpha": a, "val": val})
+            if a == 0 and zero is not None:
+                zero.update(val=copy.deepcopy(val), preds=val_preds[a])
+    chosen = best_on_validation(gate, curve, base_val,
+                                (s.recipe.primary["old"], s.recipe.primary["new"]),
+                                (direction(s.recipe.primary["old"]),
+                                 direction(s.recipe.primary["new"])))
+    if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
+        keep(point_key(kept_as, arm.summary.get("sha256"), 1.0),
+             (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
+              arm.val_predictions))
+    if chosen is not None:
+        point = next(p for p in curve if p["alpha"] == chosen)
+        mixing.set(chosen)
+        test, preds = s.evaluate(model, True)  # its test numbers, for the report
+        keep(point_key(kept_as, arm.summary.get("sha256"), chosen),
+             (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
+        point.update(test, chosen=True)
+    model.load_state_dict(base_state)
+    return curve
