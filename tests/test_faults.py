@@ -288,3 +288,44 @@ def test_sigint_during_search_then_the_same_command(base, tmp_path):
     rec = rep["recommendation"]
     assert rec["number"] in {t["number"] for t in complete}
     assert (out / "recommended" / "model.safetensors").is_file()
+
+
+def _started(out: Path) -> list:
+    """The study's trials in the order they started (requeued copies left out)."""
+    import optuna
+
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    ran = [t for t in study.get_trials(deepcopy=False)
+           if t.datetime_start is not None and not t.user_attrs.get("requeued")]
+    return sorted(ran, key=lambda t: t.datetime_start)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_a_default_arm_cut_short_runs_again_first_and_stays_the_reference(base, tmp_path, how):
+    """Three default arms; the first holds after batch 2, past its first rung (9 batches: rungs
+    at 1 and 3), and gets SIGINT or SIGKILL (its worker dies: the trial is left running). The
+    same command again runs its retry before the other default arms waiting, protected from
+    pruning like the first trial (never judged against its own first attempt), and says so
+    for the dead worker at once (no heartbeat wait); none is counted twice."""
+    out, log = tmp_path / "s", tmp_path / "s.log"
+    cmd = ["search", "--base", base, "--recipe", "toy", "--trials", "3", "--out", out, *TINY,
+           "finetune.steps=9", "finetune.arms=[rmsprop, head_only, goodfit]", "--budget", "none"]
+    p = start(cmd, log, hold=2)
+    wait_for("holding at batch 2", log, p)
+    p.send_signal(getattr(signal, how))
+    assert p.wait(timeout=120) == (130 if how == "SIGINT" else -9), log.read_text()
+    p = start(cmd, log)
+    assert p.wait(timeout=600) == 0, log.read_text()
+    if how == "SIGKILL":
+        assert "trial 0 was left running by a worker that is gone" in log.read_text()
+    first, *rest = _started(out)
+    assert first.number == 0 and first.user_attrs["default"] == "rmsprop"
+    assert first.state.name == ("PRUNED" if how == "SIGINT" else "FAIL")
+    retry = rest[0]  # the first trial of the second command
+    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["default"] == "rmsprop"
+    assert retry.state.name == "COMPLETE" and retry.user_attrs.get("protected") is True
+    assert [t.user_attrs.get("default") for t in rest] == ["rmsprop", "head_only", "goodfit"]
+    rep = json.loads((out / "report.json").read_text())
+    shown = [(t["number"], t["state"]) for t in rep["trials"]]
+    assert shown[0] == (0, "INTERRUPTED" if how == "SIGINT" else "FAIL")
+    assert len(shown) == 4 and sum(s not in ("INTERRUPTED", "FAIL") for _, s in shown) == 3

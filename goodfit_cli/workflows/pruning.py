@@ -199,7 +199,8 @@ class PruneWatch:
         for k in due:
             others = [tuple(t.user_attrs["rungs"][str(k)]) for t in
                       self.trial.study.get_trials(deepcopy=False)
-                      if t.number != self.trial.number and str(k) in t.user_attrs.get("rungs", {})]
+                      if t.number != self.trial.number and str(k) in t.user_attrs.get("rungs", {})
+                      and not gone(t)]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
             if not self.protected and not self.halving.keeps(value, others):
@@ -212,6 +213,12 @@ class PruneWatch:
                                            f"{self.budget.finetunes:g} fine-tunes do not cover "
                                            f"the rest of this trial ({self.total} batches)")
                 self.claimed = True
+
+
+def gone(t: Any) -> bool:
+    """Whether trial `t` ended without an outcome (interrupted, its worker died: it runs again,
+    so a retry is never judged against its own first attempt)."""
+    return t.state.name == "FAIL" or "interrupted" in t.user_attrs
 
 
 def watching(ui_events: Callable[[str], Any] | None, make: Callable[[Any], PruneWatch]

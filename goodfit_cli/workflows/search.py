@@ -42,6 +42,7 @@ counted and is enqueued again with its knobs, so the next run runs it first.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -71,7 +72,8 @@ from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
-from goodfit_cli.workflows.study import counted, default_trials, open_study, reran, reruns_due
+from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
+from goodfit_cli.workflows.study import requeue_first, reruns_due, retry_of
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -115,8 +117,9 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
         raise optuna.TrialPruned(f"the study already has {job.trials} trials")
     recipe = load(job.recipe, job.overrides)
     budget = Budget(job.budget, recipe.finetune.steps)
-    protected = before < job.prune.startup or rerun is not None  # an interrupted trial is
-    # not the startup; a re-run is never pruned (it was, once)
+    # the startup is never pruned, nor a re-run (it was, once), nor a retry of either
+    protected = (before < job.prune.startup or rerun is not None
+                 or bool(trial.user_attrs.get("protected")))
     steps = recipe.finetune.steps
     first = steps if protected or not job.prune.rungs else job.prune.rung_batches(steps)[0]
     if budget.batches is not None and (spent(trial.study) + steps > budget.batches
@@ -138,6 +141,9 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     folders.append(trial_dir)  # this command's time (RUN/timings.json)
     trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())  # a later command sees whether it died (kill -9)
+    if protected:
+        trial.set_user_attr("protected", True)  # and its retry stays so
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
     watch = watching(ui.events_for, lambda inner: PruneWatch(
@@ -197,8 +203,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         if isinstance(e, KeyboardInterrupt):
             e = Interrupted(signal.SIGINT, trial_dir)
         trial.set_user_attr("interrupted", str(e))
-        again = {k: v for k, v in trial.user_attrs.items() if k == "default"}
-        trial.study.enqueue_trial(trial.params, user_attrs={**again, "retry_of": trial.number})
+        requeue_first(trial.study, trial.params, retry_of(trial, "interrupted"))
         e.resume = (f"the same command again (trial {trial.number} is not counted; it runs again "
                     "first, from the start)")
         stopped.append(e)
@@ -267,6 +272,9 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     _make_out(job.out)
+    for n in reclaim_dead(study):  # kill -9: not counted, not waiting for the heartbeat
+        ui.log(f"trial {n} was left running by a worker that is gone: it is not counted and "
+               "runs again first, from the start")
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
     left = job.trials - len(counted(study))
     budget = Budget(job.budget, recipe.finetune.steps)

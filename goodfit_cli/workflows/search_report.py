@@ -68,7 +68,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     study.set_user_attr("val_margin", job.margin)
     trials, seen = [], {}
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget"):  # never run
+        if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget") or t.user_attrs.get(
+                "requeued"):  # never run (requeued: enqueued again behind a retry)
             continue
         if t.state.name == "WAITING":  # an enqueued default arm not run (--trials reached)
             continue

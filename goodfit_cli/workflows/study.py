@@ -25,13 +25,79 @@ def storage(url: str) -> Any:
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
     st = optuna.storages  # a worker that died mid-trial: its trial is retried once, by anyone
+    retry = "heartbeat_stale_trial_callback" if hasattr(  # optuna >= 4.9
+        st, "RetryHeartbeatStaleTrialCallback") else "failed_trial_callback"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        retry = getattr(st, "RetryHeartbeatStaleTrialCallback", None)  # optuna >= 4.9
-        stale = ({"heartbeat_stale_trial_callback": retry(max_retry=1)} if retry else
-                 {"failed_trial_callback": st.RetryFailedTrialCallback(max_retry=1)})
         return st.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=60,
-                             grace_period=300, **stale)
+                             grace_period=300, **{retry: retry_dead})
+
+
+def requeue_first(study: Any, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+    """Enqueue a trial (`params`, user attrs `attrs`) that runs before every trial waiting now:
+    those are taken off the queue (failed, marked `requeued`) and enqueued again behind it, in
+    their order. One another worker has just taken stays its."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    study.enqueue_trial(params, user_attrs=attrs)
+    for t in waiting:
+        try:  # taken from the queue as a worker takes it: atomically, or not at all
+            if not storage.set_trial_state_values(t._trial_id, TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        storage.set_trial_user_attr(t._trial_id, "requeued", True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.enqueue_trial(t.system_attrs.get("fixed_params") or t.params,
+                            user_attrs=dict(t.user_attrs))
+
+
+def retry_of(t: Any, reason: str) -> dict[str, Any]:
+    """A retry's user attrs: the trial's place among the default arms and its protection from
+    pruning, none of its numbers, rungs or budget claims."""
+    keep = {k: t.user_attrs[k] for k in ("default", "protected") if k in t.user_attrs}
+    return {**keep, "retry_of": t.number, "retry_reason": reason}
+
+
+def retry_dead(study: Any, trial: Any) -> None:
+    """A trial whose worker died (kill -9, a lost machine; failed by the heartbeat's grace
+    period, or by `reclaim_dead`) runs again first, once: a retry that dies too is not
+    retried (a trial that kills its worker would loop)."""
+    if trial.user_attrs.get("retry_reason") != "died":
+        requeue_first(study, trial.params, retry_of(trial, "died"))
+
+
+def reclaim_dead(study: Any) -> list[int]:
+    """Trials left RUNNING by a worker of this host whose process is gone (kill -9, a crash):
+    failed now and retried first (`retry_dead`), instead of after the heartbeat's grace period;
+    their numbers. Other hosts' trials wait for the heartbeat."""
+    import os
+    import socket
+
+    from optuna.trial import TrialState
+
+    host, gone = socket.gethostname(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # alive (or its number taken by another process: the heartbeat decides)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        storage = study._storage
+        storage.set_trial_user_attr(t._trial_id, "died", f"its worker (pid {pid}) is gone")
+        storage.set_trial_user_attr(t._trial_id, "claim", int(t.user_attrs.get("batches") or 0))
+        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+            retry_dead(study, t)
+            gone.append(t.number)
+    return gone
 
 
 def a_race(e: Exception) -> bool:
