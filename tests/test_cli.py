@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -148,11 +149,9 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
     assert json.loads((out / "goodfit" / "eval-toy.json").read_text()) == ev
-    times = ev["timings"]  # eval says where its time went too: loading, then the evaluation
-    assert list(times["phases_s"]) == ["load", "evaluation"] and times["phases_s"]["evaluation"] > 0
-    assert sum(times["phases_s"].values()) + times["other_s"] == pytest.approx(
-        times["total_s"], abs=0.002)
-    assert "time: load " in res.stderr and ", evaluation " in res.stderr
+    assert set(ev) == {"checkpoint", "sha256", "recipe", "metrics"}  # the same, run after run
+    assert re.search(r"^time: load \d+\.\d s, evaluation \d+\.\d s; total \d+\.\d s$",
+                     res.stderr, re.M), res.stderr  # where its time went, on stderr
     assert ev["metrics"]["old"]["mse"] == pytest.approx(summary["metrics"]["old"]["mse"], rel=1e-6)
     # head_only: the body is bit-identical to the base
     base_t, _ = ckpt.load_model(base_ckpt)

@@ -42,7 +42,8 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         if geometry:
             ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
                    + f" from the model folder {checkpoint}")
-    phases = Phases()  # where the time went: the JSON's "timings", a line on stderr
+    phases = Phases()  # where the time went: a line on stderr (the JSON stays the numbers
+    # alone, the same for the same checkpoint and data, run after run)
     with phases.phase("load"):
         s = open_session(recipe, place, join=False)
         adopt_base_model(recipe, checkpoint, s.tasks)
@@ -54,8 +55,8 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         ui.log(msg)
     with phases.phase("evaluation"):
         metrics = s.evaluate(model)
-    result = {"checkpoint": str(checkpoint), "sha256": loaded.sha256, "recipe": recipe.name,
-              "metrics": metrics, "timings": phases.record()}
+    result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256, "recipe": recipe.name,
+              "metrics": metrics}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     ui.log(phases.line())
     return result, dest
