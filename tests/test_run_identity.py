@@ -293,6 +293,57 @@ def test_forged_predictions_are_not_reused(tmp_path, bases):
     assert a["arms"] == b["arms"]
 
 
+def test_a_resume_reuses_a_finished_arm_only_as_it_was_recorded(tmp_path, bases):
+    """--resume of a finished run (its report gone) reuses an arm only when every file its
+    numbers rest on is the recorded one: a swapped model, a recorded predictions file deleted
+    beside an edited number, an edited validation number are each refused in one line naming
+    the file, nothing is rewritten; compare refuses the edited validation number too (the
+    verdict is chosen on it)."""
+    base, base2 = bases
+    run = tmp_path / "run"
+    assert invoke("finetune", "--base", base, "--out", run, *FT).exit_code == 0
+    assert invoke("finetune", "--base", base2, "--out", tmp_path / "other", *FT).exit_code == 0
+    arm = run / "rmsprop"
+    summary = json.loads((arm / "summary.json").read_text())
+    assert summary["checkpoint"] == str(arm.resolve() / "model.safetensors")  # never cwd-relative
+
+    def resumed(case: str, change) -> str:
+        copy = tmp_path / case
+        shutil.copytree(run, copy)
+        for f in copy.glob("report.*"):
+            f.unlink()
+        change(copy / "rmsprop")
+        before = snapshot(copy)
+        line = assert_one_error_line(invoke("finetune", "--resume", copy, "--no-wise"))
+        assert_nothing_lost(before, copy)
+        assert not (copy / "report.json").exists()
+        return line
+
+    line = resumed("swapped", lambda a: shutil.copy(tmp_path / "other" / "rmsprop" /
+                                                    "model.safetensors", a / "model.safetensors"))
+    assert "swapped/rmsprop/model.safetensors: does not match the file whose sha256" in line, line
+
+    def missing(a: Path) -> None:
+        (a / "predictions.safetensors").unlink()
+        s = json.loads((a / "summary.json").read_text())
+        s["metrics"]["old"]["mse"] = 0.001
+        (a / "summary.json").write_text(json.dumps(s))
+
+    line = resumed("missing", missing)
+    assert "missing/rmsprop/predictions.safetensors: missing, not the file whose sha256" in line
+
+    def val_edited(a: Path) -> None:
+        s = json.loads((a / "summary.json").read_text())
+        s["val_metrics"]["new"]["mse"] = 0.001
+        (a / "summary.json").write_text(json.dumps(s))
+
+    line = resumed("val", val_edited)
+    assert "summary.json: validation new mse is recorded as 0.001 but its predictions give" in line
+    line = assert_one_error_line(invoke("compare", tmp_path / "val", tmp_path / "val", "--recipe",
+                                        run / "recipe.yaml", "--out", tmp_path / "c"))
+    assert "summary.json: validation new mse is recorded as 0.001" in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. motion-synth --overwrite swaps complete sets
 

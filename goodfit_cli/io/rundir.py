@@ -163,7 +163,8 @@ def recorded_path(folder: Path, value: Any) -> Path:
     return path if path.is_absolute() else folder / path
 
 
-def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict]) -> None:
+def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
+                         split: str = "") -> None:
     """Refuse a record whose metrics are not what its predictions give.
 
     Every metric of an objective is the mean of its per-sample values, which the predictions
@@ -184,7 +185,8 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict]) -> 
                 isinstance(stored, (int, float)) and not isinstance(stored, bool)
                 and math.isclose(float(stored), again, rel_tol=1e-9, abs_tol=1e-12))
             if not same:
-                raise UserError(f"{record}: {task} {name} is recorded as {stored!r} but its "
+                raise UserError(f"{record}: {split}{' ' if split else ''}{task} {name} is "
+                                f"recorded as {stored!r} but its "
                                 f"predictions give {again:.6g}; the record was edited or damaged "
                                 "(pass the checkpoint file itself to evaluate it again)")
 
@@ -194,14 +196,24 @@ def load_result(arm_dir: Path) -> RunResult:
     if not isinstance(summary.get("metrics"), dict) or "name" not in summary:
         raise UserError(f"{arm_dir / 'summary.json'}: no name or metrics; the run folder is "
                         "damaged (start afresh with --overwrite)")
-    for name, want in (summary.get("files_sha256") or {}).items():
+    record = arm_dir / "summary.json"
+    recorded = summary.get("files_sha256") or {}
+    if not isinstance(recorded, dict) or not isinstance(summary.get("val_metrics") or {}, dict):
+        raise UserError(f"{record}: files_sha256 or val_metrics is not a table; the run folder "
+                        "is damaged (start afresh with --overwrite)")
+    # everything the arm's numbers rest on, its weights first: a file recorded and missing, or
+    # not the one recorded, is a folder changed after the run (never reused on faith)
+    model = {"model.safetensors": summary["sha256"]} if "sha256" in summary else {}
+    for name, want in {**model, **recorded}.items():
         path = arm_dir / str(name)
-        if path.is_file() and sha256_file(path) != want:
-            raise UserError(f"{path}: does not match the sha256 recorded in "
-                            f"{arm_dir / 'summary.json'}; the run folder was changed after the "
-                            "run (start afresh with --overwrite)")
+        if not path.is_file() or sha256_file(path) != want:
+            raise UserError(f"{path}: {'does not match' if path.is_file() else 'missing, not'} "
+                            f"the file whose sha256 {record} records; the run folder was changed "
+                            "after the run (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
-    check_stored_metrics(arm_dir / "summary.json", summary["metrics"], preds)
+    val_preds = load_predictions(arm_dir / "val_predictions.safetensors") or None
+    check_stored_metrics(record, summary["metrics"], preds)
+    if summary.get("val_metrics") and val_preds:  # the choices rest on these
+        check_stored_metrics(record, summary["val_metrics"], val_preds, "validation")
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
-                     read_jsonl(arm_dir / "metrics.jsonl"), summary,
-                     load_predictions(arm_dir / "val_predictions.safetensors") or None)
+                     read_jsonl(arm_dir / "metrics.jsonl"), summary, val_preds)

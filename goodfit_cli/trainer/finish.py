@@ -85,7 +85,7 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
-    summary["checkpoint"] = str(out / "model.safetensors")
+    summary["checkpoint"] = str((out / "model.safetensors").resolve())  # never cwd-relative
     summary["sha256"] = sha256_file(out / "model.safetensors")
     summary.update(pretrained_folder(unwrap(model), out))  # a transformers model: out/hf too
     summary["files_sha256"] = {f: sha256_file(out / f)  # what compare may reuse, checked first

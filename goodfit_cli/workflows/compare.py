@@ -102,7 +102,8 @@ def _recorded(side: Side) -> dict:
 def _unchanged(side: Side, name: str) -> bool:
     """Whether the file `name` beside the side's record still has the sha256 recorded for it."""
     path = side.stored.parent / name
-    want = (_recorded(side).get("files_sha256") or {}).get(name)
+    files = _recorded(side).get("files_sha256")
+    want = files.get(name) if isinstance(files, dict) else None
     return bool(want) and path.is_file() and sha256_file(path) == want
 
 
@@ -134,6 +135,7 @@ def _reuse(side: Side, sha256: str, on: str | None, log) -> tuple[dict, dict] | 
             "changed); evaluating again")
         return None
     val_preds = load_predictions(side.stored.parent / "val_predictions.safetensors")
+    check_stored_metrics(side.stored, meta["val_metrics"], val_preds, "validation")  # choices
     return meta["metrics"], preds, meta["val_metrics"], val_preds
 
 

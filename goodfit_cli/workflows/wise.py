@@ -193,7 +193,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
-            "wise_of": str(arm_ckpt), "wise_of_sha256": arm_sha256,
+            "wise_of": str(arm_ckpt.resolve()), "wise_of_sha256": arm_sha256,
             "metrics": metrics, **offset}
     if recorded(model) is not None:
         meta["input"] = recorded(model)
@@ -204,7 +204,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
                "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
                "measured_on": measured_on(s, model), "seed": s.seed, **offset,
-               "checkpoint": str(out / "model.safetensors"),
+               "checkpoint": str((out / "model.safetensors").resolve()),
                "sha256": sha256_file(out / "model.safetensors"),
                "files_sha256": {f: sha256_file(out / f)  # what compare may reuse, checked
                                 for f in ("predictions.safetensors",
