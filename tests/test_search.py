@@ -1037,3 +1037,40 @@ def test_a_default_arm_pruned_then_rerun_whole_is_the_reference_by_its_whole_run
         assert (ref["number"], ref["old"], ref["new"], ref["test_old"]) == (
             whole["number"], whole["old"], whole["new"], whole["test_old"])
         assert "state" not in ref  # not shown as pruned
+
+
+def test_a_trial_checkpoint_changed_after_it_was_measured_is_never_exported(base, tmp_path):
+    """The recommended trial's checkpoint replaced after the study measured it (the base copied
+    over it): the same command again refuses in one line naming the file, before exporting it
+    (RUN/recommended keeps what the study measured); another gate, which mixes each trial's arm
+    again for its WiSE-FT point, refuses an arm whose weights are not its summary's."""
+    import shutil
+
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 2, "--out", out,
+               "--no-defaults", "--rungs", 0, "--max-old", "mse=100", *TINY)
+
+    def search(*extra) -> subprocess.CompletedProcess:
+        return subprocess.run(args + list(extra), cwd=ROOT, env=ENV, capture_output=True,
+                              text=True, timeout=600)
+
+    assert search().returncode == 0
+    rec = json.loads((out / "report.json").read_text())["recommendation"]
+    shipped = (out / "recommended" / "model.safetensors").read_bytes()
+    src = Path(rec["checkpoint"])
+    kept = src.read_bytes()
+    shutil.copy(base, src)
+    res = search()
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (f"{src}: not the checkpoint trial {rec['number']} was measured with"
+            in " ".join(res.stderr.split())), res.stderr
+    assert (out / "recommended" / "model.safetensors").read_bytes() == shipped
+    src.write_bytes(kept)
+    arm = next(p for p in (out / "trials" / "trial-0000").iterdir()
+               if (p / "summary.json").is_file() and p.name not in ("base", "wise")
+               and not p.name.startswith("wise-"))
+    shutil.copy(base, arm / "model.safetensors")
+    res = search("--max-old", "mse=0")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert (f"{arm / 'model.safetensors'}: does not match the file whose sha256"
+            in " ".join(res.stderr.split())), res.stderr

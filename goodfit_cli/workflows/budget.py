@@ -19,8 +19,10 @@ budget; both may withdraw (the budget is then under-used, never over-run).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import UserError
@@ -81,3 +83,12 @@ def parse_budget(text: str) -> float | None:
         raise UserError(f"--budget {text}: a number of fine-tunes, at least 1 (the study's first "
                         "trial runs whole), or 0 / none for no budget")
     return value
+
+
+def trained(trial: Any, arm_dir: Path) -> int:
+    """What a trial trained: its arm's summary.json once it finished, else the batch its
+    last evaluation or rung saw."""
+    summary = arm_dir / "summary.json"
+    if summary.exists():
+        return int(json.loads(summary.read_text()).get("batches", 0))
+    return int(trial.user_attrs.get("batches") or 0)

@@ -135,7 +135,7 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
     val = views["val"]["metrics"]
     return {"views": views, "values": (val["old"][prim[0]], val["new"][prim[1]]),
             "wise_alpha": alpha, **({"new_offset": tau} if new_offset else {}),
-            "checkpoint": str(checkpoint.resolve()),
+            "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "rechosen_from": {"wise_alpha": stored,
                               **({"new_offset": trial.user_attrs.get("new_offset", 0.0)}
                                  if new_offset else {})}}

@@ -53,7 +53,7 @@ from typing import Any
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.objectives import direction
-from goodfit_cli.io.atomic import probe_writable
+from goodfit_cli.io.atomic import probe_writable, sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.report.gate import Gate
@@ -66,7 +66,7 @@ from goodfit_cli.trainer.measured import data_digest
 from goodfit_cli.trainer.session import Place, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
-from goodfit_cli.workflows.budget import Budget, claim, settle, spent
+from goodfit_cli.workflows.budget import Budget, claim, settle, spent, trained
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
@@ -152,16 +152,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
     try:
         return _trained(job, trial, place, ui, trecipe, p, trial_dir, stopped, watch)
     finally:  # whatever ended it, the trial holds what it trained
-        settle(trial, _batches(trial, trial_dir / arm_dirname(p.arm)))
-
-
-def _batches(trial: Any, arm_dir: Path) -> int:
-    """What a trial trained: its arm's summary.json once it finished, else the batch its
-    last evaluation or rung saw."""
-    summary = arm_dir / "summary.json"
-    if summary.exists():
-        return int(json.loads(summary.read_text()).get("batches", 0))
-    return int(trial.user_attrs.get("batches") or 0)
+        settle(trial, trained(trial, trial_dir / arm_dirname(p.arm)))
 
 
 def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: Any,
@@ -223,6 +214,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     if hasattr(trial, "set_constraint"):
         trial.set_constraint("gate_violations", constraint[0])
     trial.set_user_attr("checkpoint", str((cand_dir / "model.safetensors").resolve()))
+    trial.set_user_attr("checkpoint_sha256", sha256_file(cand_dir / "model.safetensors"))
     trial.set_user_attr("seed", place.seed if place.seed is not None else recipe.seed)
     trial.set_user_attr("metrics", arm["metrics"])
     val = views["val"]["metrics"]  # the objectives: validation, never test

@@ -108,7 +108,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                                if t.user_attrs.get("dir") else None),
                        "seed": t.user_attrs.get("seed"),
                        "checkpoint": rerooted(job.out, t.user_attrs.get("dir"),
-                                              attrs.get("checkpoint"))})
+                                              attrs.get("checkpoint")),
+                       "checkpoint_sha256": attrs.get("checkpoint_sha256")})
         seen[t.number] = views
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs = []
@@ -279,6 +280,11 @@ def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
     if not src.is_file():
         return {"export_note": f"{src} is not on this machine (another worker's trial)"}
     src_sha = sha256_file(src)
+    if rec.get("checkpoint_sha256") not in (None, src_sha):  # recorded when it was measured
+        raise UserError(f"{src}: not the checkpoint trial {rec['number']} was measured with (its "
+                        f"sha256 {src_sha[:12]}…, recorded {rec['checkpoint_sha256'][:12]}…); the "
+                        "study folder was changed after the trial: restore it, or start a new "
+                        "--out")
     dest = job.out / "recommended" / "model.safetensors"
     tensors, meta = ckpt.load_model(src)
     if not _exported(dest, study.study_name, rec["number"], src_sha, tensors):  # else: there

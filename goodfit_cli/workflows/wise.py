@@ -173,6 +173,11 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
     arm_sha256 = sha256_file(arm_ckpt)  # a search's trial: its fine-tune measured this point
+    recorded_sha = read_json(arm_dir / "summary.json").get("sha256")
+    if recorded_sha not in (None, arm_sha256):  # the arm's curve and numbers were another's
+        raise UserError(f"{arm_ckpt}: does not match the file whose sha256 "
+                        f"{arm_dir / 'summary.json'} records; the run folder was changed after "
+                        "the run")
     point = point_key(key, arm_sha256, job.alpha)
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
     offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
