@@ -437,8 +437,20 @@ def test_junit_needs_a_gate_and_outputs_replace_only_goodfits_own_files(base_ckp
     mine.write_text("my data\n")
     res = invoke("finetune", "--recipe", "toy", "--base", base_ckpt, "--out", tmp_path / "b",
                  "--junit", mine, "--max-old", "mse=100", *TINY)
-    assert res.exit_code == 2 and "a file goodfit did not write is there" in res.output
+    assert res.exit_code == 2 and "a file is there that is neither a gate's JUnit nor an " \
+        "eval's JSON" in " ".join(res.output.split()), res.output
     assert mine.read_text() == "my data\n" and not (tmp_path / "b").exists()
+    run = tmp_path / "run"  # a run's own records are never an output's to replace
+    assert invoke("finetune", "--recipe", "toy", "--base", base_ckpt, "--out", run,
+                  "--optimizer", "rmsprop", "--no-wise", *TINY).exit_code == 0
+    for own in (run / "rmsprop" / "summary.json", run / "run.json", run / "base" / "metrics.json"):
+        before = own.read_bytes()
+        for args in (["eval", "--recipe", "toy", "--checkpoint", base_ckpt, "-o", own, *TINY],
+                     ["compare", base_ckpt, run, "--recipe", run / "recipe.yaml", "--out",
+                      tmp_path / "c1", "--max-old-drop", "1", "--junit", own]):
+            res = invoke(*args)
+            assert res.exit_code == 2 and "neither a gate's JUnit" in res.output, res.output
+            assert own.read_bytes() == before
     res = invoke("eval", "--recipe", "toy", "--checkpoint", base_ckpt, "-o", mine, *TINY)
     assert res.exit_code == 2 and mine.read_text() == "my data\n", res.output
     out = tmp_path / "eval.json"

@@ -9,6 +9,7 @@ input aside). A file goodfit wrote before is replaced: a CI job re-runs into the
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,18 +30,26 @@ def _inside(inner: Path, folder: Path) -> bool:
     return inner_abs == folder_abs or folder_abs in inner_abs.parents
 
 
+EVAL_KEYS = {"checkpoint", "sha256", "recipe", "metrics"}  # `goodfit eval`'s JSON, exactly
+
+
 def ours(path: Path) -> bool:
     """Whether the existing file `path` is empty or one goodfit writes to a path it is given:
-    a gate's JUnit XML (testsuites "goodfit") or a JSON record naming a checkpoint's sha256
-    (`goodfit eval`)."""
+    a gate's JUnit XML (testsuites "goodfit") or `goodfit eval`'s JSON (its keys exactly).
+    A run's own records (summary.json, run.json, a base's metrics.json) are neither."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
+            head = f.read(1 << 20)
     except OSError:
         return False
     text = head.lstrip()
-    return (not text or (text.startswith(b"<?xml") and b'<testsuites name="goodfit"' in text)
-            or (text.startswith(b"{") and b'"sha256"' in text))
+    if text.startswith(b"{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and set(record) == EVAL_KEYS
+    return not text or (text.startswith(b"<?xml") and b'<testsuites name="goodfit"' in text)
 
 
 def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None],
@@ -62,7 +71,8 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None]
             raise UserError(f"{opt} {path} is a checkpoint (.safetensors); goodfit never "
                             "overwrites one with another output, choose another path")
         if path.is_file() and not ours(path):
-            raise UserError(f"{opt} {path}: a file goodfit did not write is there; it would be "
+            raise UserError(f"{opt} {path}: a file is there that is neither a gate's JUnit "
+                            "nor an eval's JSON (a run's own record, or yours); it would be "
                             "overwritten, choose another path (or remove it)")
     for opt, folder in folders.items():
         if folder is None:
