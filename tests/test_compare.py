@@ -290,6 +290,34 @@ def test_compare_gates_the_update_that_adds_classes(make, tmp_path):
     assert "in the checkpoint but" in wrong.output and "re-initialised" not in wrong.output
 
 
+def test_candidates_from_another_base_are_said_so(toy_run, tmp_path):
+    """Arms fine-tuned from one base compared against another: one line, and a note at the top
+    of the report naming each and the base it began from; none against their own base."""
+    other = tmp_path / "other"
+    assert run("pretrain", "--recipe", "toy", "--out", other, "--seed", "3", *TINY).exit_code == 0
+    res = run("compare", other / "model.safetensors", toy_run["ft"], "--recipe",
+              toy_run["recipe"], "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    sha = ckpt_meta(toy_run["ft"] / "rmsprop" / "model.safetensors")["base_sha256"]
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    assert rep["provenance"]["other_base"]["candidates"] == {"rmsprop": sha, "goodfit": sha}
+    line = (f"Not fine-tuned from this base: rmsprop (began from {sha[:12]}…), goodfit (began "
+            f"from {sha[:12]}…); their changes are measured against "
+            f"{rep['provenance']['base_sha256'][:12]}…, which they never started from.")
+    assert line in " ".join(res.output.split())
+    assert line in (tmp_path / "c" / "report.md").read_text()
+    res = run("compare", toy_run["ft"], toy_run["ft"], "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "own")
+    assert "other_base" not in json.loads((tmp_path / "own" / "report.json").read_text())[
+        "provenance"] and "Not fine-tuned from this base" not in res.output
+
+
+def ckpt_meta(path):
+    from goodfit_cli.io import checkpoint as ckpt
+
+    return ckpt.load_model(path)[1]
+
+
 def test_every_command_says_where_its_time_went(toy_run, tmp_path):
     """pretrain, finetune, compare and wise each write OUT/timings.json, phases that add up to
     their total (with `other`), and the reports show the same record as a table."""

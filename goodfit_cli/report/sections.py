@@ -203,8 +203,8 @@ def _head_notes(report: dict) -> list[str]:
     notes += [prov["input_warning"]] if prov.get("input_warning") else []
     notes += _balance_note(prov)
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
-    notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test")
-              if prov.get(k)]
+    notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test",
+                                           "other_base") if prov.get(k)]
     if not head:
         return notes
     return notes + [f"Base head: {c['message']}." for c in head["changes"]] + [

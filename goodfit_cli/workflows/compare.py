@@ -54,6 +54,7 @@ class Side:
     stored: Path | None = None  # a JSON file with "sha256" and "metrics", beside predictions
     sha256: str | None = None  # of the checkpoint, once read
     expect: str | None = None  # the sha256 the run recorded for it (a run's base)
+    started_from: str | None = None  # the base its fine-tune recorded (its metadata), once read
 
 
 def _sides(path: Path, as_base: bool) -> list[Side]:
@@ -223,7 +224,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         misfit = _misfit(side, loaded.head_changes, loaded.messages, as_base and grows)
         if misfit:  # the recipe's architecture, or exit 2
             raise UserError(misfit)
-        side.sha256 = loaded.sha256
+        side.sha256, side.started_from = loaded.sha256, loaded.started_from
         if side.expect and side.expect != loaded.sha256:
             raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 "
                             f"is {loaded.sha256[:12]}…, but the run recorded base "
@@ -279,6 +280,15 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     if gap:  # the base did better on validation than on test: choices there are optimistic
         ui.log(gap["message"])
         prov["validation_gap"] = gap
+    elsewhere = {c.name: c.started_from for c in cands
+                 if c.started_from not in (None, base_side.sha256)}
+    if elsewhere:  # its Δ and flips are against a model it never started from: said, kept
+        prov["other_base"] = {"candidates": elsewhere, "message": (
+            "Not fine-tuned from this base: " + ", ".join(
+                f"{n} (began from {sha[:12]}…)" for n, sha in elsewhere.items())
+            + f"; their changes are measured against {base_side.sha256[:12]}…, which they "
+            "never started from.")}
+        ui.log(prov["other_base"]["message"])
     against = base_against_gate(gate, (bm, bp, bv, bvp))  # the base itself outside the gate
     if "base_outside_gate" in against:  # on validation: nothing passes unless it does better
         ui.log(against["base_outside_gate"]["message"])
