@@ -1074,3 +1074,22 @@ def test_a_trial_checkpoint_changed_after_it_was_measured_is_never_exported(base
     assert res.returncode == 2, res.stdout + res.stderr
     assert (f"{arm / 'model.safetensors'}: does not match the file whose sha256"
             in " ".join(res.stderr.split())), res.stderr
+
+
+def test_a_trial_no_point_of_which_passes_says_so_and_its_report_reads_the_margin(base,
+                                                                                 tmp_path):
+    """A gate no point keeps (old mse <= 0): the trial keeps the arm itself and says that no
+    point passes, never that it is the best within the gate; the trial's own report reads the
+    gate with the search's validation margin, as the study does."""
+    out = tmp_path / "run"
+    res = subprocess.run(cmd("search", "--base", base, "--recipe", "toy", "--trials", 1,
+                             "--out", out, "--no-defaults", "--rungs", 0, "--max-old", "mse=0",
+                             "--val-margin", "0.25", *TINY),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    said = " ".join((res.stdout + res.stderr).split())
+    assert ("trial 0: wise_alpha=1 (no point passes the gate and gains on validation: the arm "
+            "itself, as the trial's point)") in said, said
+    assert "within the gate" not in said
+    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    assert trial["verdict"]["val_margin"] == 0.25 and trial["verdict"]["ship"] is None

@@ -260,6 +260,27 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert verdict(rep, None)["arms"][0]["status"] == "dominated on validation only"
 
 
+def test_a_verdict_read_with_a_margin_ships_what_the_search_would():
+    """A search's trial reads the gate on validation --val-margin standard errors inside its
+    limits; its own report's verdict reads it the same way (`verdict(..., z)`, the sample counts
+    from the run's validation record): plain@wise0.5 clears the 0.85 floor by 0.01 on 100
+    samples (a standard error of ~0.035), so with a margin of 0.5 it no longer passes and the
+    verdict ships careful; without one, as before."""
+    rep = _report({
+        "plain": ((0.70, 0.80), (0.72, 0.78), [(0.5, (0.86, 0.60), (0.87, 0.58))]),
+        "careful": ((0.90, 0.50), (0.91, 0.52), []),
+    })
+    rep["provenance"] = {"validation": {"old": {"source": "carved", "val": 100},
+                                        "new": {"source": "carved", "val": 100}}}
+    floor = Gate((Limit("old", "accuracy", "min", 0.85),))
+    assert verdict(rep, floor)["ship"]["name"] == "plain@wise0.5"
+    read = verdict(rep, floor, 0.5)
+    assert read["ship"]["name"] == "careful" and read["val_margin"] == 0.5
+    assert read["rule"].endswith("The gate is read on validation 0.5 standard errors inside "
+                                 "each limit on a rate (the search's --val-margin).")
+    assert "val_margin" not in verdict(rep, floor)
+
+
 def test_validation_gap_flags_a_base_better_on_validation_beyond_noise():
     """Pooled two-sample z on the base's per-sample old-task values: 48/48 right on validation
     against 228/240 on test is within noise (z 1.6); 288/288 against 411/433 is not (z 3.9);

@@ -16,11 +16,12 @@ def pick(metrics: dict, prim: dict[str, str]) -> tuple:
     return (metrics.get("old") or {}).get(prim["old"]), (metrics.get("new") or {}).get(prim["new"])
 
 
-def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0.0) -> float:
+def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0.0,
+               none: float | None = 1.0) -> float | None:
     """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
     a candidate, nor any point no better than the base on the new task) with the best new-task
     primary metric on validation among the points that pass the gate on validation (old task
-    breaks ties, then the larger α); 1.0 (the arm) when none passes. A point α < 1 has no
+    breaks ties, then the larger α); `none` (1.0: the arm) when none passes. A point α < 1 has no
     predictions: a flip-rate limit counts it as failing. `z`: the validation margin
     (report/margin.py), the sample counts from the arm's validation flips."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
@@ -28,7 +29,7 @@ def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0
             "flips": arm["validation"]["flips"]}
     alpha = best_on_validation(gate, arm.get("wise") or [], rep["base_val_metrics"], (po, pn),
                                dirs, arm_view=view, z=z, n=sizes(arm["validation"]))
-    return 1.0 if alpha is None else alpha
+    return none if alpha is None else alpha
 
 
 def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,

@@ -24,7 +24,7 @@ from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
-from goodfit_cli.report.margin import floor_slack, sizes, within_noise
+from goodfit_cli.report.margin import floor_slack, sizes, tightened, within_noise
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
@@ -108,9 +108,11 @@ def _candidates(report: dict, po: str, pn: str) -> list[dict]:
     return out
 
 
-def verdict(report: dict, gate: Gate | None) -> dict | None:
+def verdict(report: dict, gate: Gate | None, z: float = 0.0) -> dict | None:
     """{"split", "rule", "gate", "arms": [...], "ship": {...} | None, "note"}; None when the
-    report has no validation measurements (nothing to choose on)."""
+    report has no validation measurements (nothing to choose on). `z`: the gate is read on
+    validation that many standard errors inside its limits on rates (a search's trial: its
+    --val-margin, as the search judges it; report/margin.py)."""
     if "base_val_metrics" not in report:
         return None
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
@@ -118,9 +120,12 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
     cands = _candidates(report, po, pn)
     base = {"name": "base", "kind": "base", "val": _pair(report["base_val_metrics"], po, pn),
             "test": _pair(report["base_metrics"], po, pn)}
+    counts = {t: v["val"] for t, v in ((report.get("provenance") or {}).get("validation")
+                                      or {}).items()
+              if isinstance(v, dict) and isinstance(v.get("val"), int)} or None
     for c in cands:
-        c["passes_val"] = c["val"] is not None and (
-            gate is None or evaluate_gate(gate, c["val_view"])["passed"])
+        c["passes_val"] = c["val"] is not None and (gate is None or evaluate_gate(
+            tightened(gate, c["val_view"], z, counts), c["val_view"])["passed"])
         c["gains_val"] = c["val"] is not None and gained(c["val"], base["val"], dirs)
     arms = []
     for c in [c for c in cands if c["kind"] == "arm"]:
@@ -161,8 +166,10 @@ def verdict(report: dict, gate: Gate | None) -> dict | None:
         else "no candidate gains on the new task over the base on validation")
     return {"split": "val", "confirmed_on": "test", "metrics": [po, pn], "none_because": why,
             "rule": (COMPARED if (report.get("provenance") or {}).get("command") == "compare"
-                     else RULE).format(po=po, pn=pn), "arms": arms, "ship": ship,
-            "candidates": len(cands), "note": note}
+                     else RULE).format(po=po, pn=pn) + (
+                f" The gate is read on validation {z:g} standard errors inside each limit on a "
+                "rate (the search's --val-margin)." if z > 0 else ""), "arms": arms, "ship": ship,
+            "candidates": len(cands), "note": note, **({"val_margin": z} if z > 0 else {})}
 
 
 def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | None:

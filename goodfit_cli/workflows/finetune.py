@@ -304,7 +304,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     with phases.phase("wise"):
         wise_curves = ({r.name: phases.timed(r.name, "wise", wise_curve, s, model, base_state, r,
                                              at_base, base_val, job.gate, recipe.wise_alphas,
-                                             points, zero)
+                                             points, zero, job.margin)
                         for r in results}
                        if job.wise else {})
     model.load_state_dict(base_state)
@@ -329,7 +329,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             report = make_report(recipe, out, job.base,
                                  (base_metrics, base_preds, base_val, base_val_preds), results,
                                  wise_curves, s.kinds, prov, gate=job.gate, junit=job.junit,
-                                 sample_ids=s.sample_ids)
+                                 sample_ids=s.sample_ids, margin=job.margin)
     finally:
         finish()
     record = merged(before, phases.record())

@@ -73,14 +73,16 @@ def base_head_record(changes: list[dict], measured: str) -> dict[str, Any] | Non
 def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
                   kinds: dict[str, str], provenance: dict[str, Any], gate: Gate | None = None,
                   junit: Path | None = None,
-                  sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
-    """Build, gate and write the report; return it (the caller decides on the exit code)."""
+                  sample_ids: dict[str, list[str] | None] | None = None,
+                  margin: float = 0.0) -> dict[str, Any]:
+    """Build, gate and write the report; return it (the caller decides on the exit code).
+    `margin`: the validation margin the verdict reads the gate with (a search's trial)."""
     report = build_report(base, arms, kinds=kinds, primary=recipe.primary,
                           provenance=provenance, readout=recipe.readout,
                           sample_ids=sample_ids)
     report["gate_limits"] = describe(gate)  # stated at the top of every report
     results = apply_gate(gate, report) if gate is not None else {}
-    chosen = verdict(report, gate)  # chosen on validation, confirmed on test
+    chosen = verdict(report, gate, margin)  # chosen on validation, confirmed on test
     if chosen is not None:
         report["verdict"] = jsonable(chosen)
     write_report(report, out)
@@ -94,7 +96,8 @@ def make_report(recipe: Recipe, out: Path, base: Path,
                 results: list[RunResult], wise: dict[str, list[dict]], kinds: dict[str, str],
                 provenance: dict[str, Any], gate: Gate | None = None,
                 junit: Path | None = None,
-                sample_ids: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
+                sample_ids: dict[str, list[str] | None] | None = None,
+                margin: float = 0.0) -> dict[str, Any]:
     """The report of a fine-tuning run, written next to its arms. `measured`: the base's
     (test metrics, test predictions, val metrics, val predictions)."""
     metrics, preds, val, val_preds = measured
@@ -104,7 +107,7 @@ def make_report(recipe: Recipe, out: Path, base: Path,
                     r.curve, wise.get(r.name), r.summary, r.summary.get("val_metrics"),
                     r.val_predictions) for r in results]
     return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit,
-                         sample_ids)
+                         sample_ids, margin)
 
 
 def raise_on_gate_failure(report: dict[str, Any]) -> None:

@@ -167,10 +167,12 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate, margin=job.margin), place, Ui(ui.log, watch))
-        alpha = best_alpha(job.gate, rep, dirs, job.margin)
+        alpha = best_alpha(job.gate, rep, dirs, job.margin, none=None)
+        said = ("best on validation within the gate" if alpha is not None else "no point passes "
+                "the gate and gains on validation: the arm itself, as the trial's point")
+        alpha = 1.0 if alpha is None else alpha
         trial.set_user_attr("wise_alpha", alpha)
-        ui.log(f"trial {trial.number}: wise_alpha={alpha:g} (best on validation within the "
-               "gate)")
+        ui.log(f"trial {trial.number}: wise_alpha={alpha:g} ({said})")
         cand_dir = trial_dir / arm_dirname(p.arm)
         if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,

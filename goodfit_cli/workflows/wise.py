@@ -237,7 +237,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
                alphas: tuple[float, ...], kept_as: str | None = None,
-               zero: dict | None = None) -> list[dict]:
+               zero: dict | None = None, z: float = 0.0) -> list[dict]:
     """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
     report.wise_grid, 1). The grid is the choice of α, so
     it is evaluated on the validation splits ("val") only; the test splits (the report's) are
@@ -249,7 +249,8 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     under which the chosen point's measurement, and the arm's own (α = 1), are kept for the
     command (`goodfit wise` of that point in a search's trial measures nothing again). `zero`:
     a dict the command's arms share, holding α = 0's validation measurement once one arm made
-    it (the base's weights with the head as loaded, the same model for every arm)."""
+    it (the base's weights with the head as loaded, the same model for every arm). `z`: the
+    validation margin the gate is read with (a search's trial: its --val-margin)."""
     arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
     arm_val = arm.summary.get("val_metrics")
@@ -269,10 +270,12 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             curve.append({"alpha": a, "val": val})
             if a == 0 and zero is not None:
                 zero.update(val=copy.deepcopy(val), preds=val_preds[a])
+    counts = {t: v["val"] for t, v in s.validation.items()
+              if isinstance(v, dict) and isinstance(v.get("val"), int)}
     chosen = best_on_validation(gate, curve, base_val,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
                                 (direction(s.recipe.primary["old"]),
-                                 direction(s.recipe.primary["new"])))
+                                 direction(s.recipe.primary["new"])), z=z, n=counts or None)
     if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
         keep(point_key(kept_as, arm.summary.get("sha256"), 1.0),
              (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
