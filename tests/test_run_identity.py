@@ -344,6 +344,56 @@ def test_a_resume_reuses_a_finished_arm_only_as_it_was_recorded(tmp_path, bases)
     assert "summary.json: validation new mse is recorded as 0.001" in line, line
 
 
+def test_an_arm_is_named_by_what_its_checkpoint_holds(tmp_path, bases):
+    """Two arms' folders swapped, or an arm's summary.json renamed: compare and --resume refuse
+    in one line naming the checkpoint and the arm it holds; an arm dropped from run.json's list
+    is never silently left out of compare; a run.json whose arms are not a list is one line."""
+    run = tmp_path / "run"
+    res = invoke("finetune", "--base", bases[0], "--out", run, *FT, "--optimizer", "adamw")
+    assert res.exit_code == 0, res.output
+
+    def changed(case: str, change) -> Path:
+        copy = tmp_path / case
+        shutil.copytree(run, copy)
+        for f in copy.glob("report.*"):
+            f.unlink()
+        change(copy)
+        return copy
+
+    def swap(r: Path) -> None:
+        (r / "rmsprop").rename(r / "tmp")
+        (r / "adamw").rename(r / "rmsprop")
+        (r / "tmp").rename(r / "adamw")
+
+    def rename(r: Path) -> None:
+        s = json.loads((r / "adamw" / "summary.json").read_text())
+        (r / "adamw" / "summary.json").write_text(json.dumps({**s, "name": "rmsprop"}))
+
+    def drop(r: Path) -> None:
+        s = json.loads((r / "run.json").read_text())
+        (r / "run.json").write_text(json.dumps({**s, "arms": ["rmsprop"]}))
+
+    swapped, renamed, dropped = (changed(c, f) for c, f in
+                                 (("swapped", swap), ("renamed", rename), ("dropped", drop)))
+    recipe = run / "recipe.yaml"
+    line = assert_one_error_line(invoke("compare", swapped, swapped, "--recipe", recipe,
+                                        "--out", tmp_path / "c1"))
+    assert "swapped/rmsprop/model.safetensors: holds the weights of arm 'adamw' but the run " \
+        "names it 'rmsprop'" in line, line
+    line = assert_one_error_line(invoke("finetune", "--resume", swapped, "--no-wise"))
+    assert 'swapped/rmsprop was started with arm "adamw" but it is now "rmsprop"' in line, line
+    line = assert_one_error_line(invoke("finetune", "--resume", renamed, "--no-wise"))
+    assert (f"{renamed / 'adamw' / 'model.safetensors'}: holds the weights of arm 'adamw' but "
+            f"{renamed / 'adamw' / 'summary.json'} names it 'rmsprop'") in line, line
+    line = assert_one_error_line(invoke("compare", dropped, dropped, "--recipe", recipe,
+                                        "--out", tmp_path / "c2"))
+    assert f"{dropped / 'adamw'}: a finished arm of this run that" in line, line
+    s = json.loads((run / "run.json").read_text())
+    bad = changed("bad", lambda r: (r / "run.json").write_text(json.dumps({**s, "arms": "adamw"})))
+    line = assert_one_error_line(invoke("finetune", "--resume", bad, "--no-wise"))
+    assert "run.json: no list of arms or no base recorded" in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. motion-synth --overwrite swaps complete sets
 

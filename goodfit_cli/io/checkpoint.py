@@ -232,6 +232,21 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, {key: _json_or_str(value) for key, value in raw.items()}
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file's metadata alone (JSON values decoded), its tensors left unread; {}
+    for a file that cannot be read as one (its reader says why, when it reads it)."""
+    try:
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8))[0]
+            if n > _MAX_HEADER:
+                return {}
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return {}
+    raw = header.get("__metadata__") if isinstance(header, dict) else None
+    return {k: _json_or_str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+
+
 def check_finite(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
     """UserError naming the first floating tensor that holds NaN or Inf, with the count."""
     for name, t in tensors.items():

@@ -210,6 +210,12 @@ def load_result(arm_dir: Path) -> RunResult:
             raise UserError(f"{path}: {'does not match' if path.is_file() else 'missing, not'} "
                             f"the file whose sha256 {record} records; the run folder was changed "
                             "after the run (start afresh with --overwrite)")
+    meta = ckpt.read_metadata(arm_dir / "model.safetensors")
+    held = meta.get("arm") if meta.get("stage") == "finetune" else None  # a wise point: its arm's
+    if isinstance(held, str) and held != summary["name"]:  # renamed, or folders swapped
+        raise UserError(f"{arm_dir / 'model.safetensors'}: holds the weights of arm {held!r} "
+                        f"but {record} names it {summary['name']!r}; the run folder was changed "
+                        "after the run (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
     val_preds = load_predictions(arm_dir / "val_predictions.safetensors") or None
     check_stored_metrics(record, summary["metrics"], preds)

@@ -24,6 +24,7 @@ from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.data.inputs import ATTR, recorded, spec_of
+from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import (
@@ -55,6 +56,7 @@ class Side:
     sha256: str | None = None  # of the checkpoint, once read
     expect: str | None = None  # the sha256 the run recorded for it (a run's base)
     started_from: str | None = None  # the base its fine-tune recorded (its metadata), once read
+    arm: str | None = None  # the arm a run's run.json names for it
 
 
 def _sides(path: Path, as_base: bool) -> list[Side]:
@@ -81,10 +83,18 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
         # its own in the run's report: one the report names and the folder lacks is missing)
         reported = {a.get("name") for a in (read_json(path / "report.json").get("arms") or [])
                     if isinstance(a, dict)} if (path / "report.json").is_file() else set()
-        return [Side(n, path / arm_dirname(n) / "model.safetensors",
-                     path / arm_dirname(n) / "summary.json")
-                for a in arms for n in (a, f"{a}+ema")
-                if n == a or n in reported or (path / arm_dirname(n) / "summary.json").is_file()]
+        sides = [Side(n, path / arm_dirname(n) / "model.safetensors",
+                      path / arm_dirname(n) / "summary.json", arm=n)
+                 for a in arms for n in (a, f"{a}+ema")
+                 if n == a or n in reported or (path / arm_dirname(n) / "summary.json").is_file()]
+        listed = {s.checkpoint.parent.name for s in sides}
+        for d in sorted(p for p in path.iterdir() if p.name not in listed):  # never left out
+            if all((d / f).is_file() for f in ("identity.json", "summary.json",
+                                               "model.safetensors")):
+                raise UserError(f"{d}: a finished arm of this run that {path / 'run.json'} does "
+                                "not list (run.json edited?); the run folder was changed after "
+                                "the run")
+        return sides
     if (path / "model.safetensors").exists():
         return _sides(path / "model.safetensors", as_base)
     raise UserError(f"{path}: not a checkpoint or a goodfit run directory "
@@ -225,6 +235,13 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if misfit:  # the recipe's architecture, or exit 2
             raise UserError(misfit)
         side.sha256, side.started_from = loaded.sha256, loaded.started_from
+        inside = ckpt.read_metadata(side.checkpoint) if side.checkpoint.is_file() else {}
+        named = [side.arm, _recorded(side).get("name")] if side.stored else []
+        wrong = next((n for n in named if n is not None and n != inside.get("arm")), None)
+        if inside.get("stage") == "finetune" and wrong is not None:
+            raise UserError(f"{side.checkpoint}: holds the weights of arm {inside.get('arm')!r} "
+                            f"but the run names it {wrong!r} (folders swapped or renamed?); the "
+                            "run folder was changed after the run")
         if side.expect and side.expect != loaded.sha256:
             raise UserError(f"{side.stored}: names {side.checkpoint} as the base, whose sha256 "
                             f"is {loaded.sha256[:12]}…, but the run recorded base "

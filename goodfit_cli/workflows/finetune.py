@@ -86,6 +86,10 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
     except (OSError, ValueError) as e:
         raise UserError(f"{meta}: cannot read the run's record ({e}); the run folder is damaged, "
                         "start a new run with --out") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("arms"), list) or not all(
+            isinstance(a, str) for a in saved["arms"]) or not isinstance(saved.get("base"), str):
+        raise UserError(f"{meta}: no list of arms or no base recorded; the run folder is damaged, "
+                        "start a new run with --out")
     recipe = load_recipe(run / "recipe.yaml", overrides or [])
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
