@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import runs as runner
 from test_reliability import TINY, assert_nothing_lost, assert_one_error_line, invoke, snapshot
 
@@ -392,6 +393,28 @@ def test_an_arm_is_named_by_what_its_checkpoint_holds(tmp_path, bases):
     bad = changed("bad", lambda r: (r / "run.json").write_text(json.dumps({**s, "arms": "adamw"})))
     line = assert_one_error_line(invoke("finetune", "--resume", bad, "--no-wise"))
     assert "run.json: no list of arms or no base recorded" in line, line
+
+
+def test_a_state_another_run_wrote_is_never_resumed(tmp_path, bases):
+    """Run A (base) and run B (base2) both stopped after batch 6; B's states copied over A's:
+    --resume of A skips them, saying they were written by another run, and trains A from the
+    start, ending with the weights of an uninterrupted run from base."""
+    base, base2 = bases
+    a, b = interrupted(base, tmp_path / "A"), interrupted(base2, tmp_path / "B")
+    for f in (a / "rmsprop").glob("state-*.safetensors"):
+        f.unlink()
+    for f in (b / "rmsprop").glob("state-*.safetensors"):
+        shutil.copy(f, a / "rmsprop" / f.name)
+    res = invoke("finetune", "--resume", a, "--no-wise")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "skipping damaged state state-00000006.safetensors: written by another run" in said
+    assert "resuming at batch" not in said
+    recipe = load_recipe(TOY, [*TINY[:-1], "checkpoint.every=2"])
+    runner.finetune(recipe, base, tmp_path / "full", arms=["rmsprop"], device="cpu", wise=False)
+    full = ckpt.load_model(tmp_path / "full" / "rmsprop" / "model.safetensors")[0]
+    resumed = ckpt.load_model(a / "rmsprop" / "model.safetensors")[0]
+    assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,9 +41,11 @@ class StageHooks(Hooks):
     feature is one of `callbacks` (training/callbacks.py), whose states it saves by name."""
 
     def __init__(self, s: Session, model: nn.Module, optimizer, scheduler, job: StageJob,
-                 stop: StopFlag, records: list[dict], callbacks: list[Callback]) -> None:
+                 stop: StopFlag, records: list[dict], callbacks: list[Callback],
+                 identity: str | None = None) -> None:
         self.s, self.model, self.optimizer, self.scheduler = s, model, optimizer, scheduler
         self.job, self.stop, self.records, self.callbacks = job, stop, records, callbacks
+        self.identity = identity  # what each state records (trainer/runcheck.py)
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
         self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
@@ -109,7 +111,7 @@ class StageHooks(Hooks):
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
-            "loop": st.to_dict()}, prune=prune)
+            "loop": st.to_dict(), "identity": self.identity}, prune=prune)
         self.s.state_s += time.perf_counter() - t0
 
     @contextmanager

@@ -6,6 +6,7 @@ See goodfit_cli.io.identity for what an identity holds and how a difference is w
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -14,7 +15,7 @@ import torch
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.identity import check_identity, claim
+from goodfit_cli.io.identity import check_identity, claim, comparable
 from goodfit_cli.io.rundir import load_result, state_files
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.measured import data_digest
@@ -30,14 +31,26 @@ def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
 
 
 def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None]) -> str:
     """Record this stage's identity in `folder`, or refuse if its states or results are another's.
     `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256)."""
-    ident = run_identity(recipe, seed, meta.get("base_sha256"), meta.get("goodfit_version", ""))
-    ident["arm"] = arm
     has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
         or (folder / "model.safetensors").exists()
-    claim(folder, ident, has_work, log)
+    claim(folder, stage_identity(recipe, seed, arm, meta), has_work, log)
+
+
+def stage_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any]) -> dict[str, Any]:
+    ident = run_identity(recipe, seed, meta.get("base_sha256"), meta.get("goodfit_version", ""))
+    return {**ident, "arm": arm}
+
+
+def state_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any]) -> str:
+    """What decides a stage's training (its recipe as compared, seed, base, arm), hashed: each
+    resumable state records it, so a state another run wrote is never resumed (one copied into
+    the folder: its arm's identity.json is the folder's, the state is not)."""
+    kept = {k: v for k, v in comparable(stage_identity(recipe, seed, arm, meta)).items()
+            if k in ("recipe", "seed", "base_sha256", "arm")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def data_record(s: Any) -> dict[str, str]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from goodfit_cli.arms import Context, OldTask
 from goodfit_cli.core.distributed import StopFlag, dist_info
-from goodfit_cli.core.errors import Diverged, Interrupted
+from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.data import sampling
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.data.sources import source_of
@@ -28,7 +28,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.trainer.finish import ema_job, ema_records, finish
 from goodfit_cli.trainer.hooks import Recording, StageHooks, callbacks_for, saved_callbacks
 from goodfit_cli.trainer.job import Log, Ran, StageJob, Ui, quiet
-from goodfit_cli.trainer.runcheck import claim_stage
+from goodfit_cli.trainer.runcheck import claim_stage, state_identity
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import (
     arm_training,
@@ -111,8 +111,12 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     records: list[dict] = []
     if main_rank:  # only this run's own states are resumed
         claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log)
+    own = state_identity(s.recipe, s.seed, arm.name, job.metadata)  # what its states record
 
     def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried
+        if saved.get("identity") != own:
+            raise UserError("written by another run (another base, recipe, seed or arm), or "
+                            "by a goodfit that did not record one")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
@@ -131,7 +135,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
                                                      decay, log)
     if saved is not None:
         load_states(callbacks, saved_callbacks(saved))
-    hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks)
+    hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks, own)
     events = Recording(hooks, watch)
     try:
         with hooks.states_written():  # the states are written behind the training
