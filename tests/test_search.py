@@ -1066,14 +1066,29 @@ def test_a_trial_checkpoint_changed_after_it_was_measured_is_never_exported(base
             in " ".join(res.stderr.split())), res.stderr
     assert (out / "recommended" / "model.safetensors").read_bytes() == shipped
     src.write_bytes(kept)
+    (out / "recommended" / "eval-toy.json").write_text("{}")  # a user's eval beside it
     arm = next(p for p in (out / "trials" / "trial-0000").iterdir()
                if (p / "summary.json").is_file() and p.name not in ("base", "wise")
                and not p.name.startswith("wise-"))
+    shutil.copy(arm / "model.safetensors", tmp_path / "arm.safetensors")
     shutil.copy(base, arm / "model.safetensors")
     res = search("--max-old", "mse=0")
     assert res.returncode == 2, res.stdout + res.stderr
     assert (f"{arm / 'model.safetensors'}: does not match the file whose sha256"
             in " ".join(res.stderr.split())), res.stderr
+    shutil.copy(tmp_path / "arm.safetensors", arm / "model.safetensors")
+    # RUN/recommended no longer what the study exported (a user's eval beside another model):
+    # the same command exports again, the earlier folder moved aside whole
+    shutil.copy(base, out / "recommended" / "model.safetensors")
+    res = search()
+    assert res.returncode == 0, res.stderr
+    assert not (out / "recommended" / "eval-toy.json").exists()
+    aside = list(out.glob("recommended.prev-*"))
+    assert len(aside) == 1 and (aside[0] / "eval-toy.json").read_text() == "{}"
+    assert (aside[0] / "model.safetensors").read_bytes() == base.read_bytes()
+    again = ckpt.load_model(out / "recommended" / "model.safetensors")[0]
+    first = ckpt.load_model(src)[0]
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
 
 
 def test_a_trial_no_point_of_which_passes_says_so_and_its_report_reads_the_margin(base,

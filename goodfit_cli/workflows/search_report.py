@@ -18,7 +18,6 @@ from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
-from goodfit_cli.io.rundir import keep_previous
 from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
@@ -293,8 +292,8 @@ def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
                                    "seed": rec["seed"], "source": str(src),
                                    "source_sha256": src_sha, "pid": os.getpid()}}
         meta.pop("format", None)
-        dest.parent.mkdir(exist_ok=True)
-        keep_previous(dest)  # another recommendation before: kept aside
+        withdraw(job.out)  # another recommendation before: kept aside whole (its eval JSON,
+        dest.parent.mkdir(exist_ok=True)  # its model folder), nothing of it beside this one
         ckpt.save_model(dest, tensors, meta)
     if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
         if not _same_files(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR):
