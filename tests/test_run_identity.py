@@ -417,6 +417,22 @@ def test_a_state_another_run_wrote_is_never_resumed(tmp_path, bases):
     assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+def test_a_resume_tidies_what_a_killed_process_left(tmp_path, bases):
+    """A process killed while writing base/ (a temp file never renamed, its pid gone) and after
+    an arm's summary (its last state still there): the resume removes both, reuses the arm."""
+    run = tmp_path / "run"
+    assert invoke("finetune", "--base", bases[0], "--out", run, *FT).exit_code == 0
+    for f in run.glob("report.*"):
+        f.unlink()
+    temp = run / "base" / ".val_predictions.safetensors.tmp-999999999-1"
+    temp.write_bytes(b"partial")
+    state = run / "rmsprop" / "state-00000012.safetensors"
+    state.write_bytes(b"left")
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 0 and "rmsprop: already finished" in res.output, res.output
+    assert not temp.exists() and not state.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 7. motion-synth --overwrite swaps complete sets
 

@@ -81,6 +81,14 @@ def remove_stale_temps(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def tidy(folder: Path, states: bool = False) -> None:
+    """A resumed run's folder without what a killed process left: temp files of writes never
+    renamed, and (`states`: an arm whose summary was written) its resumable states."""
+    remove_stale_temps(folder)
+    for f in state_files(folder) if states else []:
+        f.unlink(missing_ok=True)
+
+
 def newest_state(out: Path, log: Log,
                  accept: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
     """The newest state that loads and that `accept` takes (it restores the state, raising on

@@ -24,7 +24,7 @@ from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions
+from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.recipe import Recipe, load_recipe
@@ -225,6 +225,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
         read_from = folder_of(s.data_dir)  # what relative paths read, absolute
+        for d in (out, out / "base"):  # what a process killed mid-write left (never renamed)
+            tidy(d)
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
@@ -272,6 +274,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             if (arm_dir / "summary.json").exists() and (arm_dir / "model.safetensors").exists():
                 if main_rank:  # reused only if this very run made it
                     claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
+                    tidy(arm_dir, states=True)  # a kill after its summary: states, temps
                 results.append(load_result(arm_dir))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir))
