@@ -428,6 +428,15 @@ def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
         with pytest.raises(UserError, match=rf"^--rule {bad}: expected new, knee or weight=W"):
             parse_rule(bad)
     assert recommend([trials[4], trials[5]], dirs) is None
+    # a front of two points has no knee: the tie-break (most new) picks, and the report says so
+    from goodfit_cli.report.front import knee_note
+
+    two = [trials[0], trials[3]]
+    assert recommend(two, dirs, parse_rule("knee"))["number"] == 3
+    assert knee_note(parse_rule("knee"), two, dirs).startswith(
+        "--rule knee: the front has 2 points, so it has no knee")
+    assert knee_note(parse_rule("knee"), trials, dirs) is None  # 4 points: a knee
+    assert knee_note(parse_rule("new"), two, dirs) is None
 
 
 def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():

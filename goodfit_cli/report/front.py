@@ -89,6 +89,18 @@ def recommend(trials: list[dict], dirs: tuple[int, int], rule: Rule = Rule()) ->
     return max(pool, key=lambda t: (round(sum(scaled[t["number"]]) - 1, 12), *tie(t)))
 
 
+def knee_note(rule: Rule, trials: list[dict], dirs: tuple[int, int]) -> str | None:
+    """What --rule knee could not do: a front of fewer than three points has no knee (both ends
+    lie on the line between them), so the tie-break (the most new-task gain) chose; None
+    otherwise."""
+    front = pareto_front(candidates(trials), dirs)
+    if rule.kind != "knee" or not front or len(front) >= 3:
+        return None
+    return (f"--rule knee: the front has {len(front)} point{'s' if len(front) > 1 else ''}, so "
+            "it has no knee (a point off the line between its ends); the tie-break picked the "
+            "one with the most new-task gain")
+
+
 def close_calls(rec: dict | None, trials: list[dict], n: int | None,
                 z: float = 1.0) -> dict | None:
     """How sure the choice is: the other candidates (`candidates`) whose new-task validation

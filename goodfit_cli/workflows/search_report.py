@@ -22,7 +22,8 @@ from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
 from goodfit_cli.report.margin import base_outside, base_outside_test, floor_slack, sizes
-from goodfit_cli.report.front import close_calls, dominance_against, pareto_front, recommend
+from goodfit_cli.report.front import close_calls, dominance_against, knee_note, pareto_front
+from goodfit_cli.report.front import recommend
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.workflows.budget import Budget
 from goodfit_cli.workflows.rejudge import rerooted, trial_folder
@@ -133,6 +134,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     base = dict(zip(("old", "new"), b)) if b else None
     spent_b = sum(t["batches"] or 0 for t in trials)
     rec = recommend(done, dirs, job.rule)
+    notes += [n for n in (knee_note(job.rule, done, dirs),) if n]
     n_val = {}  # each task's validation samples (the recommendation's views)
     if rec is not None:
         n_val = sizes((seen.get(rec["number"]) or {}).get("val") or {})
