@@ -1117,3 +1117,31 @@ def test_a_trial_no_point_of_which_passes_says_so_and_its_report_reads_the_margi
     assert "within the gate" not in said
     trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
     assert trial["verdict"]["val_margin"] == 0.25 and trial["verdict"]["ship"] is None
+
+
+def test_a_study_whose_recipe_changed_only_its_gate_says_so(base, tmp_path):
+    """The study's recipe file edited in its gate: section alone: refused in one line that says
+    only the gate changed and that flags re-judge; another edit: the plain refusal."""
+    from goodfit_cli.workflows.recipes import shipped_dir
+
+    recipe = tmp_path / "toy.yaml"
+    text = (shipped_dir() / "toy.yaml").read_text()
+    recipe.write_text(text + "\ngate: {limits: [{task: old, metric: mse, max_drop: 10.0}]}\n")
+    args = cmd("search", "--base", base, "--recipe", recipe, "--trials", 1, "--out",
+               tmp_path / "run", "--no-defaults", "--rungs", 0, *TINY)
+
+    def search() -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True,
+                              timeout=600)
+
+    assert search().returncode == 0
+    recipe.write_text(text + "\ngate: {limits: [{task: old, metric: mse, max_drop: 1.0}]}\n")
+    res = search()
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "was made with another recipe_sha256" in said, said
+    assert "(only its gate: section changed; give the new limits as flags" in said
+    recipe.write_text(text.replace("seed: 0", "seed: 1") + "\ngate: {limits: [{task: old, "
+                      "metric: mse, max_drop: 10.0}]}\n")
+    res = search()
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "another recipe_sha256" in said and "only its gate" not in said

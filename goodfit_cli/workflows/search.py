@@ -73,7 +73,7 @@ from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
-from goodfit_cli.workflows.study import requeue_first, reruns_due, retry_of
+from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -252,6 +252,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     # were measured on (read here once; the trials' sessions reuse it within the command)
     digest = data_digest(open_session(recipe, place, join=False)) or "not checkable"
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
+                "recipe_sha256_but_gate": but_gate(recipe),  # to say what changed
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
                 "data_sha256": digest,
                 "replay": "searched" if job.replay else "off",  # one search space per study

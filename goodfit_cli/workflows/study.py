@@ -6,6 +6,8 @@ trials count toward --trials, and which pruned trials the budget left re-runs (-
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import warnings
 from typing import Any, Callable
@@ -139,13 +141,18 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
                 raise UserError(f"--storage {url}: cannot open the study's database "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
             time.sleep(1 + attempt)
+    same_but_gate = study.user_attrs.get("recipe_sha256_but_gate") == identity.get(
+        "recipe_sha256_but_gate")
     for k, v in identity.items():  # one study = one recipe and one base
         have = study.user_attrs.get(k)
         if have is None:
             study.set_user_attr(k, v)
         elif have != v:
             why = (" (the test or validation data changed since its trials were measured)"
-                   if k == "data_sha256" else "")
+                   if k == "data_sha256" else " (only its gate: section changed; give the new "
+                   "limits as flags, --max-old-drop, --min-old and the rest: a study re-judges "
+                   "its trials under the flags' gate)" if k == "recipe_sha256" and same_but_gate
+                   else "")
             raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
                             f"({have[:16]} != {v[:16]}){why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
@@ -161,6 +168,13 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
     if created and on_create is not None:
         on_create(study)
     return study
+
+
+def but_gate(recipe: Any) -> str:
+    """The recipe's hash without its gate: section (a study bound to a recipe says when only its
+    gate changed, which flags re-judge)."""
+    raw = {k: v for k, v in recipe.raw.items() if k != "gate"}
+    return hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]]:
