@@ -55,8 +55,8 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
         ui.log(msg)
     with phases.phase("evaluation"):
         metrics = s.evaluate(model)
-    result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256, "recipe": recipe.name,
-              "metrics": metrics}
+    result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256,
+              "recipe": recipe.name, "metrics": metrics}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     ui.log(phases.line())
     return result, dest
