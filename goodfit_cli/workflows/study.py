@@ -79,6 +79,7 @@ def reclaim_dead(study: Any) -> list[int]:
     import os
     import socket
 
+    import optuna
     from optuna.trial import TrialState
 
     host, gone = socket.gethostname(), []
@@ -94,11 +95,16 @@ def reclaim_dead(study: Any) -> list[int]:
         except PermissionError:
             continue
         storage = study._storage
-        storage.set_trial_user_attr(t._trial_id, "died", f"its worker (pid {pid}) is gone")
-        storage.set_trial_user_attr(t._trial_id, "claim", int(t.user_attrs.get("batches") or 0))
-        if storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-            retry_dead(study, t)
-            gone.append(t.number)
+        try:  # another worker starting now may reclaim it first: then it is that worker's
+            storage.set_trial_user_attr(t._trial_id, "died", f"its worker (pid {pid}) is gone")
+            storage.set_trial_user_attr(t._trial_id, "claim", int(t.user_attrs.get("batches")
+                                                                  or 0))
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        retry_dead(study, t)
+        gone.append(t.number)
     return gone
 
 
