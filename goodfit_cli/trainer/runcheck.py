@@ -31,7 +31,7 @@ def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
 
 
 def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
-                log: Callable[[str], None]) -> str:
+                log: Callable[[str], None]) -> None:
     """Record this stage's identity in `folder`, or refuse if its states or results are another's.
     `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256)."""
     has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
