@@ -114,9 +114,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     own = state_identity(s.recipe, s.seed, arm.name, job.metadata)  # what its states record
 
     def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried
-        if saved.get("identity") != own:
-            raise UserError("written by another run (another base, recipe, seed or arm), or "
-                            "by a goodfit that did not record one")
+        if saved.get("identity") not in (None, own):  # None: an older goodfit recorded none
+            raise UserError("written by another run (another base, recipe, seed or arm)")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None and saved.get("scheduler") is not None:
