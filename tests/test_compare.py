@@ -412,3 +412,34 @@ def test_alpha_0_of_an_update_that_adds_classes_is_measured_once_for_all_arms(tm
     assert ft["provenance"]["base_head"]["changes"]  # the head grew: α = 0 was measured
     val = [f for split, f in calls if split == "val"]
     assert len(val) == len(set(val))
+
+
+def test_an_edited_f1_or_balanced_accuracy_is_refused_like_any_stored_metric(tmp_path):
+    """f1 and balanced accuracy are not per-sample means: they are computed again from the
+    stored predictions and targets, so an edited one (test or validation) is refused by compare
+    and by a resume, naming both numbers; the honest run reuses its numbers as before."""
+    base_recipe, update_recipe = table_update(tmp_path)
+    assert run("pretrain", "--recipe", base_recipe, "--out", tmp_path / "base").exit_code == 0
+    extra = ["new_task.metrics=[accuracy, f1]", "old_task.metrics=[accuracy, balanced_accuracy]"]
+    res = run("finetune", "--recipe", update_recipe, "--base",
+              tmp_path / "base" / "model.safetensors", "--out", tmp_path / "ft", *extra)
+    assert res.exit_code == 0, res.output
+    recipe = tmp_path / "ft" / "recipe.yaml"
+    res = run("compare", tmp_path / "ft", tmp_path / "ft", "--recipe", recipe, "--out",
+              tmp_path / "c0")
+    assert res.exit_code == 0 and "adamw: reusing stored" in res.output, res.output
+    for key, split in (("val_metrics", "validation new f1"), ("metrics", "old balanced_accuracy")):
+        shutil.copytree(tmp_path / "ft", tmp_path / key)
+        for f in (tmp_path / key).glob("report.*"):
+            f.unlink()
+        path = tmp_path / key / "adamw" / "summary.json"
+        s = json.loads(path.read_text())
+        task, metric = split.split()[-2:]
+        s[key][task][metric] = 0.99
+        path.write_text(json.dumps(s))
+        for args in (["compare", tmp_path / key, tmp_path / key, "--recipe", recipe, "--out",
+                      tmp_path / f"c-{key}"], ["finetune", "--resume", tmp_path / key]):
+            res = run(*args)
+            said = " ".join(res.output.split())
+            assert res.exit_code == 2 and f"summary.json: {split} is recorded as 0.99 but its " \
+                "predictions give" in said, said

@@ -389,6 +389,23 @@ def test_an_arm_is_named_by_what_its_checkpoint_holds(tmp_path, bases):
     line = assert_one_error_line(invoke("compare", dropped, dropped, "--recipe", recipe,
                                         "--out", tmp_path / "c2"))
     assert f"{dropped / 'adamw'}: a finished arm of this run that" in line, line
+    res = invoke("compare", bases[0], swapped / "rmsprop" / "model.safetensors", "--recipe",
+                 recipe, "--out", tmp_path / "c3")  # a file: named by the record beside it
+    assert res.exit_code == 0, res.output
+    assert [a["name"] for a in json.loads((tmp_path / "c3" / "report.json").read_text())[
+        "arms"]] == ["adamw"]
+    ema = tmp_path / "ema"  # an arm and its EMA candidate swapped: the resume refuses too
+    assert invoke("finetune", "--base", bases[0], "--out", ema, *FT, "finetune.ema=0.5",
+                  "finetune.early_stop.patience=100").exit_code == 0
+    for f in ema.glob("report.*"):
+        f.unlink()
+    for f in ("model.safetensors", "summary.json", "predictions.safetensors",
+              "val_predictions.safetensors", "metrics.jsonl"):  # their files, identity.json kept
+        (ema / "rmsprop" / f).rename(ema / "tmp")
+        (ema / "rmsprop+ema" / f).rename(ema / "rmsprop" / f)
+        (ema / "tmp").rename(ema / "rmsprop+ema" / f)
+    line = assert_one_error_line(invoke("finetune", "--resume", ema, "--no-wise"))
+    assert "rmsprop/summary.json: holds arm 'rmsprop+ema' where the run expects 'rmsprop'" in line
     s = json.loads((run / "run.json").read_text())
     bad = changed("bad", lambda r: (r / "run.json").write_text(json.dumps({**s, "arms": "adamw"})))
     line = assert_one_error_line(invoke("finetune", "--resume", bad, "--no-wise"))

@@ -171,13 +171,18 @@ def recorded_path(folder: Path, value: Any) -> Path:
     return path if path.is_absolute() else folder / path
 
 
+Again = Callable[[str, torch.Tensor, torch.Tensor], "float | None"]  # objectives.recomputed
+
+
 def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
-                         split: str = "") -> None:
+                         split: str = "", again: Again | None = None) -> None:
     """Refuse a record whose metrics are not what its predictions give.
 
     Every metric of an objective is the mean of its per-sample values, which the predictions
-    file holds (and whose sha256 the record holds): a metric edited in the record after the run
-    is one UserError line naming both numbers, never a verdict."""
+    file holds (and whose sha256 the record holds), and a registered one that is not (f1,
+    balanced accuracy) is computed again from its predictions and targets (`again`:
+    objectives.recomputed): a metric edited in the record after the run is one UserError line
+    naming both numbers, never a verdict."""
     if not isinstance(metrics, dict):
         raise UserError(f"{record}: no metrics; the run folder is damaged")
     for task, values in metrics.items():
@@ -186,20 +191,30 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
             raise UserError(f"{record}: metrics.{task} is not a table of metrics; the run folder "
                             "is damaged")
         for name, stored in values.items():
-            if name not in per:
+            task_preds = preds.get(task) or {}
+            if name in per:
+                value = float(per[name].double().mean())
+            elif again is not None and task_preds.get("pred") is not None \
+                    and task_preds.get("target") is not None:  # f1, balanced accuracy
+                value = again(name, task_preds["pred"], task_preds["target"])
+                if value is None:
+                    continue
+            else:
                 continue
-            again = float(per[name].double().mean())
-            same = (stored is None and not math.isfinite(again)) or (
+            same = (stored is None and not math.isfinite(value)) or (
                 isinstance(stored, (int, float)) and not isinstance(stored, bool)
-                and math.isclose(float(stored), again, rel_tol=1e-9, abs_tol=1e-12))
+                and math.isclose(float(stored), value, rel_tol=1e-9, abs_tol=1e-12))
             if not same:
                 raise UserError(f"{record}: {split}{' ' if split else ''}{task} {name} is "
-                                f"recorded as {stored!r} but its "
-                                f"predictions give {again:.6g}; the record was edited or damaged "
-                                "(pass the checkpoint file itself to evaluate it again)")
+                                f"recorded as {stored!r} but its predictions give {value:.6g}; "
+                                "the record was edited or damaged (copy the checkpoint out of "
+                                "its folder to evaluate it afresh)")
 
 
-def load_result(arm_dir: Path) -> RunResult:
+def load_result(arm_dir: Path, again: Again | None = None,
+                expect: str | None = None) -> RunResult:
+    """A finished arm's folder, every file its numbers rest on checked first (`again`: see
+    check_stored_metrics; `expect`: the arm the run expects there)."""
     summary = read_json(arm_dir / "summary.json")
     if not isinstance(summary.get("metrics"), dict) or "name" not in summary:
         raise UserError(f"{arm_dir / 'summary.json'}: no name or metrics; the run folder is "
@@ -226,8 +241,12 @@ def load_result(arm_dir: Path) -> RunResult:
                         "after the run (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
     val_preds = load_predictions(arm_dir / "val_predictions.safetensors") or None
-    check_stored_metrics(record, summary["metrics"], preds)
+    if expect is not None and summary["name"] != expect:  # folders swapped with another's
+        raise UserError(f"{record}: holds arm {summary['name']!r} where the run expects "
+                        f"{expect!r}; the run folder was changed after the run (start afresh "
+                        "with --overwrite)")
+    check_stored_metrics(record, summary["metrics"], preds, again=again)
     if summary.get("val_metrics") and val_preds:  # the choices rest on these
-        check_stored_metrics(record, summary["val_metrics"], val_preds, "validation")
+        check_stored_metrics(record, summary["val_metrics"], val_preds, "validation", again)
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary, val_preds)

@@ -24,6 +24,7 @@ from goodfit_cli.objectives.base import (
     is_rate,
     metric,
     produced,
+    recomputed,
 )
 
 
@@ -45,4 +46,4 @@ def task_kind(loss: str) -> str:
 
 
 __all__ = ["METRICS", "OBJECTIVES", "Objective", "build_objective", "declared", "direction", "is_rate",
-           "metric", "produced", "task_kind"]
+           "metric", "produced", "recomputed", "task_kind"]

@@ -111,6 +111,16 @@ def metric(name: str) -> Metric | None:
     return METRICS.get(name) if name in METRICS else None
 
 
+def recomputed(name: str, pred: Tensor, target: Tensor) -> float | None:
+    """A stored metric that is not a per-sample mean (f1, balanced_accuracy) computed again from
+    stored predictions and targets, as `Objective.measure` computed it; None for a metric that
+    no registered `compute` makes (the objective's own are per-sample means)."""
+    m = METRICS.get(name) if name in METRICS else None
+    if m is None or m.compute is None or m.per_sample_mean:
+        return None
+    return float(m.compute(pred, target))
+
+
 def declared() -> list[str]:
     """Every metric name some objective, registered metric or the report declares."""
     return sorted({m.name for e in OBJECTIVES for m in getattr(e.fn, "produces", ())}

@@ -17,6 +17,7 @@ from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.identity import check_identity, claim, comparable
 from goodfit_cli.io.rundir import load_result, state_files
+from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.measured import data_digest
 
@@ -91,7 +92,8 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
         if (folder / "summary.json").exists():
             check_finished_arm(folder, on)
             if (folder / "model.safetensors").exists():  # reused: every file it rests on is
-                load_result(folder)  # the one recorded (its weights, predictions, numbers)
+                load_result(folder, recomputed)  # the one recorded (its weights,
+                # predictions, numbers)
 
 
 def check_finished_arm(folder: Path, on: str | None) -> None:

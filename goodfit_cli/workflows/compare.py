@@ -36,6 +36,7 @@ from goodfit_cli.io.rundir import (
 )
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import build_model, own_head
+from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
@@ -65,8 +66,11 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
     if path.is_file():
         d = path.parent
         for meta in (d / "summary.json", d / "metrics.json"):
-            if meta.exists():
-                return [Side(d.name if d.name != "base" else "base", path, meta)]
+            if meta.exists():  # an arm is named by its record (its folder may be renamed)
+                named = _recorded(Side("", path, meta)).get("name") \
+                    if meta.name == "summary.json" else None
+                return [Side(named if isinstance(named, str) and named else
+                             d.name if d.name != "base" else "base", path, meta)]
         return [Side(path.stem if path.stem != "model" else d.name, path)]
     if (path / "run.json").exists():  # a fine-tuning run directory
         if as_base:
@@ -139,14 +143,15 @@ def _reuse(side: Side, sha256: str, on: str | None, log) -> tuple[dict, dict] | 
     preds = load_predictions(side.stored.parent / "predictions.safetensors")
     if not preds:
         return None
-    check_stored_metrics(side.stored, meta["metrics"], preds)
+    check_stored_metrics(side.stored, meta["metrics"], preds, again=recomputed)
     if not isinstance(meta.get("val_metrics"), dict) or not _unchanged(
             side, "val_predictions.safetensors"):
         log(f"{side.name}: no validation measurements recorded with it (or their predictions "
             "changed); evaluating again")
         return None
     val_preds = load_predictions(side.stored.parent / "val_predictions.safetensors")
-    check_stored_metrics(side.stored, meta["val_metrics"], val_preds, "validation")  # choices
+    check_stored_metrics(side.stored, meta["val_metrics"], val_preds, "validation",
+                         recomputed)  # the choices rest on these
     return meta["metrics"], preds, meta["val_metrics"], val_preds
 
 

@@ -27,6 +27,7 @@ from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
+from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
 from goodfit_cli.report.margin import base_against_gate
@@ -275,9 +276,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 if main_rank:  # reused only if this very run made it
                     claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
                     tidy(arm_dir, states=True)  # a kill after its summary: states, temps
-                results.append(load_result(arm_dir))
+                results.append(load_result(arm_dir, recomputed, arm.name))
                 if (ema_dir / "summary.json").exists():
-                    results.append(load_result(ema_dir))
+                    results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
                 continue
             model.load_state_dict(base_state)
@@ -289,7 +290,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
                                                             meta, stop_rule=rule), stop, ui))
                 if (ema_dir / "summary.json").exists():
-                    results.append(load_result(ema_dir))
+                    results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
                 if stop() and dist_info()[1] == 1:  # a signal in its final evaluation: the
                     raise Interrupted(stop.signum, out)  # arm is done, the run stops here
             except Interrupted as e:
