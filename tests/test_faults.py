@@ -329,3 +329,5 @@ def test_a_default_arm_cut_short_runs_again_first_and_stays_the_reference(base, 
     shown = [(t["number"], t["state"]) for t in rep["trials"]]
     assert shown[0] == (0, "INTERRUPTED" if how == "SIGINT" else "FAIL")
     assert len(shown) == 4 and sum(s not in ("INTERRUPTED", "FAIL") for _, s in shown) == 3
+    refs = rep["defaults"]  # the default arms' table: the retry, never its first attempt
+    assert [r["number"] for r in refs] == [retry.number, *(t.number for t in rest[1:])]

@@ -114,8 +114,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs = []
     for t in trials:  # the default arms: trials like the others, judged with this gate
-        if "default" not in t or t["state"] == "INTERRUPTED":  # its retry is the reference
-            continue
+        if "default" not in t or t["state"] in ("INTERRUPTED", "FAIL"):  # (its worker died)
+            continue  # its retry is the reference
         whole = next((r for r in done if r.get("rerun_of") == t["number"]), None)
         if t["state"] != "COMPLETE" and whole is not None:  # pruned, then re-run whole
             t = {**whole, "default": t["default"]}  # (--reruns): that run is the reference
