@@ -1145,3 +1145,21 @@ def test_a_study_whose_recipe_changed_only_its_gate_says_so(base, tmp_path):
     res = search()
     said = " ".join(res.stderr.split())
     assert res.returncode == 2 and "another recipe_sha256" in said and "only its gate" not in said
+
+
+def test_a_dead_trial_holds_what_its_folder_shows_it_trained(tmp_path):
+    """A trial whose worker died is charged the later of its last evaluation's batch and its
+    newest resumable state's (the budget counts what it trained, as far as its folder tells)."""
+    from types import SimpleNamespace
+
+    from goodfit_cli.training import arm_dirname
+    from goodfit_cli.workflows.study import _trained_before
+
+    arm = tmp_path / "trial-0000" / arm_dirname("lora:rmsprop")
+    arm.mkdir(parents=True)
+    attrs = {"batches": 20, "dir": str(tmp_path / "trial-0000"), "arm": "lora:rmsprop"}
+    assert _trained_before(SimpleNamespace(user_attrs=attrs)) == 20
+    for b in (10, 30):
+        (arm / f"state-{b:08d}.safetensors").write_bytes(b"")
+    assert _trained_before(SimpleNamespace(user_attrs=attrs)) == 30
+    assert _trained_before(SimpleNamespace(user_attrs={"batches": 5})) == 5

@@ -10,12 +10,15 @@ import hashlib
 import json
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
+from goodfit_cli.io.rundir import state_files
+from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
 from goodfit_cli.workflows.budget import Budget, spent
 
@@ -97,8 +100,7 @@ def reclaim_dead(study: Any) -> list[int]:
         storage = study._storage
         try:  # another worker starting now may reclaim it first: then it is that worker's
             storage.set_trial_user_attr(t._trial_id, "died", f"its worker (pid {pid}) is gone")
-            storage.set_trial_user_attr(t._trial_id, "claim", int(t.user_attrs.get("batches")
-                                                                  or 0))
+            storage.set_trial_user_attr(t._trial_id, "claim", _trained_before(t))
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -106,6 +108,15 @@ def reclaim_dead(study: Any) -> list[int]:
         retry_dead(study, t)
         gone.append(t.number)
     return gone
+
+
+def _trained_before(t: Any) -> int:
+    """What a trial whose worker died trained, as far as its folder tells: the batch of its
+    newest resumable state, or of its last evaluation, whichever is later."""
+    seen = int(t.user_attrs.get("batches") or 0)
+    folder, arm = t.user_attrs.get("dir"), t.user_attrs.get("arm")
+    states = state_files(Path(folder) / arm_dirname(arm)) if folder and arm else []
+    return max([seen] + [int(p.stem.split("-")[-1]) for p in states if p.stem[-1:].isdigit()])
 
 
 def a_race(e: Exception) -> bool:
