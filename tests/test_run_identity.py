@@ -338,6 +338,17 @@ def test_a_resume_reuses_a_finished_arm_only_as_it_was_recorded(tmp_path, bases)
         s["val_metrics"]["new"]["mse"] = 0.001
         (a / "summary.json").write_text(json.dumps(s))
 
+    def unrecorded(a: Path) -> None:  # numbers with nothing left to check them against
+        for f in ("predictions.safetensors", "val_predictions.safetensors"):
+            (a / f).unlink()
+        s = json.loads((a / "summary.json").read_text())
+        s["files_sha256"] = {"metrics.jsonl": s["files_sha256"]["metrics.jsonl"]}
+        s["metrics"]["old"]["mse"] = 0.001
+        (a / "summary.json").write_text(json.dumps(s))
+
+    line = resumed("unrecorded", unrecorded)
+    assert "summary.json: records no sha256 for predictions.safetensors, so its numbers " \
+        "cannot be checked" in line, line
     line = resumed("val", val_edited)
     assert "summary.json: validation new mse is recorded as 0.001 but its predictions give" in line
     line = assert_one_error_line(invoke("compare", tmp_path / "val", tmp_path / "val", "--recipe",
@@ -390,10 +401,10 @@ def test_an_arm_is_named_by_what_its_checkpoint_holds(tmp_path, bases):
                                         "--out", tmp_path / "c2"))
     assert f"{dropped / 'adamw'}: a finished arm of this run that" in line, line
     res = invoke("compare", bases[0], swapped / "rmsprop" / "model.safetensors", "--recipe",
-                 recipe, "--out", tmp_path / "c3")  # a file: named by the record beside it
+                 recipe, "--out", tmp_path / "c3")  # a file: its folder and its record
     assert res.exit_code == 0, res.output
     assert [a["name"] for a in json.loads((tmp_path / "c3" / "report.json").read_text())[
-        "arms"]] == ["adamw"]
+        "arms"]] == ["rmsprop (adamw)"]
     ema = tmp_path / "ema"  # an arm and its EMA candidate swapped: the resume refuses too
     assert invoke("finetune", "--base", bases[0], "--out", ema, *FT, "finetune.ema=0.5",
                   "finetune.early_stop.patience=100").exit_code == 0

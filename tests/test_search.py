@@ -1163,3 +1163,30 @@ def test_a_dead_trial_holds_what_its_folder_shows_it_trained(tmp_path):
         (arm / f"state-{b:08d}.safetensors").write_bytes(b"")
     assert _trained_before(SimpleNamespace(user_attrs=attrs)) == 30
     assert _trained_before(SimpleNamespace(user_attrs={"batches": 5})) == 5
+
+
+def test_a_dead_workers_trial_runs_again_once(tmp_path):
+    """reclaim_dead: a RUNNING trial of this host whose pid is gone is failed and enqueued again
+    ahead of the waiting trials; one that was itself such a retry is failed and not run again
+    (and the caller can say so); a live worker's trial is left alone."""
+    import os
+    import socket
+
+    from goodfit_cli.workflows.study import reclaim_dead, storage
+
+    optuna = pytest.importorskip("optuna")
+    study = optuna.create_study(storage=storage(f"sqlite:///{tmp_path / 's.db'}"),
+                                study_name="s", directions=["maximize", "maximize"])
+    dead = 2 ** 22 + 12345  # above pid_max's usual 4 194 304: no such process
+    made = []
+    for attrs in ({"pid": dead}, {"pid": dead, "retry_reason": "died"}, {"pid": os.getpid()}):
+        t = study.ask()
+        for k, v in {"host": socket.gethostname(), **attrs}.items():
+            t.set_user_attr(k, v)
+        made.append(t.number)
+    study.enqueue_trial({"x": 1}, user_attrs={"default": "adamw"})  # waits behind a retry
+    assert reclaim_dead(study) == [(made[0], True), (made[1], False)]
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states[made[0]] == states[made[1]] == "FAIL" and states[made[2]] == "RUNNING"
+    waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
+    assert [t.user_attrs.get("retry_of") for t in waiting] == [made[0], None]

@@ -172,6 +172,8 @@ def recorded_path(folder: Path, value: Any) -> Path:
 
 
 Again = Callable[[str, torch.Tensor, torch.Tensor], "float | None"]  # objectives.recomputed
+HOW = ("compare: copy the checkpoint out of its folder to evaluate it afresh; a resume: start "
+       "afresh with --overwrite")
 
 
 def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
@@ -190,6 +192,10 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
         if not isinstance(values, dict):
             raise UserError(f"{record}: metrics.{task} is not a table of metrics; the run folder "
                             "is damaged")
+        if values and not preds.get(task):
+            raise UserError(f"{record}: {split}{' ' if split else ''}{task} numbers with no "
+                            "predictions to check them against; the record was edited or "
+                            f"damaged ({HOW})")
         for name, stored in values.items():
             task_preds = preds.get(task) or {}
             if name in per:
@@ -207,8 +213,7 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
             if not same:
                 raise UserError(f"{record}: {split}{' ' if split else ''}{task} {name} is "
                                 f"recorded as {stored!r} but its predictions give {value:.6g}; "
-                                "the record was edited or damaged (copy the checkpoint out of "
-                                "its folder to evaluate it afresh)")
+                                f"the record was edited or damaged ({HOW})")
 
 
 def load_result(arm_dir: Path, again: Again | None = None,
@@ -227,6 +232,13 @@ def load_result(arm_dir: Path, again: Again | None = None,
     # everything the arm's numbers rest on, its weights first: a file recorded and missing, or
     # not the one recorded, is a folder changed after the run (never reused on faith)
     model = {"model.safetensors": summary["sha256"]} if "sha256" in summary else {}
+    needed = ["predictions.safetensors"] + (["val_predictions.safetensors"]
+                                            if summary.get("val_metrics") else [])
+    unrecorded = [f for f in needed if f not in recorded]
+    if unrecorded:  # its numbers could not be checked: never reused on faith
+        raise UserError(f"{record}: records no sha256 for {unrecorded[0]}, so its numbers cannot "
+                        "be checked; the run folder was changed after the run (start afresh "
+                        "with --overwrite)")
     for name, want in {**model, **recorded}.items():
         path = arm_dir / str(name)
         if not path.is_file() or sha256_file(path) != want:
@@ -246,7 +258,7 @@ def load_result(arm_dir: Path, again: Again | None = None,
                         f"{expect!r}; the run folder was changed after the run (start afresh "
                         "with --overwrite)")
     check_stored_metrics(record, summary["metrics"], preds, again=again)
-    if summary.get("val_metrics") and val_preds:  # the choices rest on these
-        check_stored_metrics(record, summary["val_metrics"], val_preds, "validation", again)
+    if summary.get("val_metrics"):  # the choices rest on these
+        check_stored_metrics(record, summary["val_metrics"], val_preds or {}, "validation", again)
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary, val_preds)

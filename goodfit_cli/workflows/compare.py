@@ -66,11 +66,12 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
     if path.is_file():
         d = path.parent
         for meta in (d / "summary.json", d / "metrics.json"):
-            if meta.exists():  # an arm is named by its record (its folder may be renamed)
+            if meta.exists():  # named by its folder, and by its record when that differs
                 named = _recorded(Side("", path, meta)).get("name") \
                     if meta.name == "summary.json" else None
-                return [Side(named if isinstance(named, str) and named else
-                             d.name if d.name != "base" else "base", path, meta)]
+                label = d.name if d.name != "base" else "base"
+                return [Side(f"{label} ({named})" if isinstance(named, str) and named
+                             and named != label else label, path, meta)]
         return [Side(path.stem if path.stem != "model" else d.name, path)]
     if (path / "run.json").exists():  # a fine-tuning run directory
         if as_base:

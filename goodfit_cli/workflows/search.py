@@ -267,9 +267,10 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     _make_out(job.out)
-    for n in reclaim_dead(study):  # kill -9: not counted, not waiting for the heartbeat
+    for n, again in reclaim_dead(study):  # kill -9: not counted, no wait for the heartbeat
         ui.log(f"trial {n} was left running by a worker that is gone: it is not counted and "
-               "runs again first, from the start")
+               + ("runs again first, from the start" if again else "not run again (it was "
+                  "itself the retry of a trial whose worker died)"))
     notes = [] if job.replay else ["--no-replay: no trial replays old-task samples"]
     left = job.trials - len(counted(study))
     budget = Budget(job.budget, recipe.finetune.steps)

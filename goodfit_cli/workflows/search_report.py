@@ -112,9 +112,10 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        "checkpoint_sha256": attrs.get("checkpoint_sha256")})
         seen[t.number] = views
     done = [t for t in trials if t["state"] == "COMPLETE"]
-    refs = []
+    refs, retried = [], {t.get("retry_of") for t in trials}
     for t in trials:  # the default arms: trials like the others, judged with this gate
-        if "default" not in t or t["state"] in ("INTERRUPTED", "FAIL"):  # (its worker died)
+        if "default" not in t or (t["state"] in ("INTERRUPTED", "FAIL")  # (its worker died)
+                                  and t["number"] in retried):
             continue  # its retry is the reference
         whole = next((r for r in done if r.get("rerun_of") == t["number"]), None)
         if t["state"] != "COMPLETE" and whole is not None:  # pruned, then re-run whole

@@ -67,18 +67,20 @@ def retry_of(t: Any, reason: str) -> dict[str, Any]:
     return {**keep, "retry_of": t.number, "retry_reason": reason}
 
 
-def retry_dead(study: Any, trial: Any) -> None:
+def retry_dead(study: Any, trial: Any) -> bool:
     """A trial whose worker died (kill -9, a lost machine; failed by the heartbeat's grace
     period, or by `reclaim_dead`) runs again first, once: a retry that dies too is not
-    retried (a trial that kills its worker would loop)."""
-    if trial.user_attrs.get("retry_reason") != "died":
-        requeue_first(study, trial.params, retry_of(trial, "died"))
+    retried (a trial that kills its worker would loop). Whether it was enqueued again."""
+    if trial.user_attrs.get("retry_reason") == "died":
+        return False
+    requeue_first(study, trial.params, retry_of(trial, "died"))
+    return True
 
 
-def reclaim_dead(study: Any) -> list[int]:
+def reclaim_dead(study: Any) -> list[tuple[int, bool]]:
     """Trials left RUNNING by a worker of this host whose process is gone (kill -9, a crash):
     failed now and retried first (`retry_dead`), instead of after the heartbeat's grace period;
-    their numbers. Other hosts' trials wait for the heartbeat."""
+    (their numbers, whether each runs again). Other hosts' trials wait for the heartbeat."""
     import os
     import socket
 
@@ -100,13 +102,13 @@ def reclaim_dead(study: Any) -> list[int]:
         storage = study._storage
         try:  # another worker starting now may reclaim it first: then it is that worker's
             storage.set_trial_user_attr(t._trial_id, "died", f"its worker (pid {pid}) is gone")
-            storage.set_trial_user_attr(t._trial_id, "claim", _trained_before(t))
+            for attr in ("claim", "batches"):  # what it holds of the budget, and reports
+                storage.set_trial_user_attr(t._trial_id, attr, _trained_before(t))
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry_dead(study, t)
-        gone.append(t.number)
+        gone.append((t.number, retry_dead(study, t)))
     return gone
 
 
