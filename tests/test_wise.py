@@ -73,7 +73,7 @@ def test_compare_reuses_a_wise_points_predictions_once_checked(run):
     res = goodfit("compare", run / "ft", run / "w6" / "model.safetensors", "--recipe", recipe,
                   "--out", run / "c6")
     assert res.returncode == 0, res.stderr
-    assert "w6: reusing stored metrics and predictions" in res.stderr + res.stdout
+    assert "w6 (rmsprop@wise0.6): reusing stored metrics" in res.stderr + res.stdout
     assert "does not match the sha256" not in res.stderr + res.stdout
     (run / "w6" / "predictions.safetensors").write_bytes(
         (run / "w6" / "predictions.safetensors").read_bytes() + b" ")
