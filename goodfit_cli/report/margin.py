@@ -32,6 +32,13 @@ def sizes(view: dict) -> dict[str, int]:
     return {t: int(flips[t]["n"]) for t in TASKS if (flips.get(t) or {}).get("n")}
 
 
+def split_counts(validation: Any, split: str = "val") -> dict[str, int]:
+    """Each task's sample count on `split` ("val", "test") from a run's validation record
+    (run.json / provenance "validation": {task: {"source", "train", "val", "test"}})."""
+    return {t: v[split] for t, v in (validation or {}).items()
+            if isinstance(v, dict) and isinstance(v.get(split), int)}
+
+
 def pred_sizes(preds: dict) -> dict[str, int]:
     """The number of samples of each task's predictions ({task: {"target": (N, ...)}}), the
     counts `sizes` reads from a stored view."""

@@ -24,7 +24,13 @@ from typing import Any
 
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
-from goodfit_cli.report.margin import floor_slack, sizes, tightened, within_noise
+from goodfit_cli.report.margin import (
+    floor_slack,
+    sizes,
+    split_counts,
+    tightened,
+    within_noise,
+)
 
 RULE = ("ship the candidate (an arm, or the WiSE-FT point 0 < α < 1 chosen for it on "
         "validation) with the best new-task {pn} on validation among those that pass the gate on "
@@ -120,9 +126,7 @@ def verdict(report: dict, gate: Gate | None, z: float = 0.0) -> dict | None:
     cands = _candidates(report, po, pn)
     base = {"name": "base", "kind": "base", "val": _pair(report["base_val_metrics"], po, pn),
             "test": _pair(report["base_metrics"], po, pn)}
-    counts = {t: v["val"] for t, v in ((report.get("provenance") or {}).get("validation")
-                                      or {}).items()
-              if isinstance(v, dict) and isinstance(v.get("val"), int)} or None
+    counts = split_counts((report.get("provenance") or {}).get("validation")) or None
     for c in cands:
         c["passes_val"] = c["val"] is not None and (gate is None or evaluate_gate(
             tightened(gate, c["val_view"], z, counts), c["val_view"])["passed"])

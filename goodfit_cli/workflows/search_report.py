@@ -22,6 +22,7 @@ from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.objectives import is_rate
 from goodfit_cli.report.gate import describe
 from goodfit_cli.report.margin import base_outside, base_outside_test, floor_slack, sizes
+from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.front import close_calls, dominance_against, knee_note, pareto_front
 from goodfit_cli.report.front import recommend
 from goodfit_cli.report.trials import gained, judge, pick
@@ -174,7 +175,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if base and base_test:  # the base's test numbers, beside its validation ones
         base["test_old"] = (base_test.get("old") or {}).get(prim["old"])
         base["test_new"] = (base_test.get("new") or {}).get(prim["new"])
-    outside_test = base_outside_test(job.gate, base_test, _counts(run, "test"))
+    outside_test = base_outside_test(job.gate, base_test, split_counts(run.get("validation"), "test"))
     if outside_test:  # reported only
         notes.append(outside_test["message"])
     rep["time"] = trial_time(trials)
@@ -267,13 +268,7 @@ def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
     (report/margin.py base_outside)."""
     if not base_old:
         return None
-    return base_outside(job.gate, {"old": base_old}, job.margin, _counts(run, "val"))
-
-
-def _counts(run: dict, split: str) -> dict[str, int]:
-    """Each task's sample count on `split` ("val", "test"), as `run` recorded it."""
-    return {k: v[split] for k, v in (run.get("validation") or {}).items()
-            if isinstance(v, dict) and isinstance(v.get(split), int)}
+    return base_outside(job.gate, {"old": base_old}, job.margin, split_counts(run.get("validation")))
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:

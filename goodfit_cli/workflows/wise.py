@@ -39,6 +39,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.trials import best_on_validation
 from goodfit_cli.trainer.measured import (
     base_key,
@@ -270,8 +271,7 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             curve.append({"alpha": a, "val": val})
             if a == 0 and zero is not None:
                 zero.update(val=copy.deepcopy(val), preds=val_preds[a])
-    counts = {t: v["val"] for t, v in s.validation.items()
-              if isinstance(v, dict) and isinstance(v.get("val"), int)}
+    counts = split_counts(s.validation)
     chosen = best_on_validation(gate, curve, base_val,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
                                 (direction(s.recipe.primary["old"]),
