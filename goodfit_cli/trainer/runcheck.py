@@ -16,7 +16,7 @@ import torch
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.identity import check_identity, claim, comparable
-from goodfit_cli.io.rundir import load_result, state_files
+from goodfit_cli.io.rundir import RunResult, load_result, state_files
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.measured import data_digest
@@ -66,11 +66,12 @@ def data_record(s: Any) -> dict[str, str]:
 
 def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None],
                       arms: Iterable[Path] = (), on: str | None = None,
-                      data: dict[str, str] | None = None) -> None:
+                      data: dict[str, str] | None = None) -> dict[Path, RunResult]:
     """`--resume RUN`: RUN's recorded identity (run.json) must be the current one, the data it
     read the data this command reads (`data`: `data_record`; a run that recorded none is not
     checked), and each finished arm among `arms` (folders) measured on what this command
-    reads (`on`: `check_finished_arm`)."""
+    reads (`on`: `check_finished_arm`) and resting on the files it recorded (`load_result`).
+    Returns those finished arms, loaded: what the resume reuses (its name checked there)."""
     try:
         saved = json.loads((run / "run.json").read_text()).get("identity")
     except (OSError, ValueError, AttributeError) as e:
@@ -88,12 +89,13 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
                         f"{data['sha256'][:12]}…): a resumed arm would train or be measured on "
                         "both; resume with the data it began with, or start afresh with "
                         "--overwrite")
+    reused = {}
     for folder in arms:
         if (folder / "summary.json").exists():
             check_finished_arm(folder, on)
             if (folder / "model.safetensors").exists():  # reused: every file it rests on is
-                load_result(folder, recomputed)  # the one recorded (its weights,
-                # predictions, numbers)
+                reused[folder] = load_result(folder, recomputed)  # the one recorded
+    return reused
 
 
 def check_finished_arm(folder: Path, on: str | None) -> None:

@@ -102,6 +102,14 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
     return job, place
 
 
+def _loaded(reused: dict[Path, RunResult], folder: Path, name: str) -> RunResult:
+    """A finished arm as the resume's check loaded it (each file hashed once), when it is the
+    arm the run expects there; else loaded (and refused) here."""
+    done = reused.get(folder)
+    return done if done is not None and done.name == name else load_result(folder, recomputed,
+                                                                            name)
+
+
 def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path | None,
                       overwrite: bool, overrides: list[str] | None) -> None:
     """`--resume RUN` continues RUN in RUN with RUN/recipe.yaml: a `--out` elsewhere, an
@@ -196,10 +204,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         ui.log(msg)
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__, arm_names)
     read = data_record(s)  # the data it reads, as run.json records it
+    reused: dict[Path, RunResult] = {}  # finished arms, checked and loaded once
     if main_rank and job.resume:  # before anything in the run is rewritten
-        check_resumed_run(out, identity, ui.log,  # and the data, its finished arms'
-                          [out / f"{a.dirname}{e}" for a in parsed for e in ("", "+ema")],
-                          measured_on(s, model), read)
+        reused = check_resumed_run(out, identity, ui.log,  # and the data, its finished arms'
+                                   [out / f"{a.dirname}{e}" for a in parsed
+                                    for e in ("", "+ema")], measured_on(s, model), read)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
@@ -276,9 +285,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 if main_rank:  # reused only if this very run made it
                     claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
                     tidy(arm_dir, states=True)  # a kill after its summary: states, temps
-                results.append(load_result(arm_dir, recomputed, arm.name))
+                results.append(_loaded(reused, arm_dir, arm.name))
                 if (ema_dir / "summary.json").exists():
-                    results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
+                    results.append(_loaded(reused, ema_dir, f"{arm.name}+ema"))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
                 continue
             model.load_state_dict(base_state)
