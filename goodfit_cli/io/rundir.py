@@ -216,6 +216,14 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
                                 f"the record was edited or damaged ({HOW})")
 
 
+def held_arm(checkpoint: Path) -> str | None:
+    """The arm whose weights a fine-tune's checkpoint holds, as its header records it; None for
+    another checkpoint (a WiSE-FT point names the arm it mixes, not itself; a pretrain none)."""
+    meta = ckpt.read_metadata(checkpoint) if checkpoint.is_file() else {}
+    arm = meta.get("arm") if meta.get("stage") == "finetune" else None
+    return arm if isinstance(arm, str) else None
+
+
 def load_result(arm_dir: Path, again: Again | None = None,
                 expect: str | None = None) -> RunResult:
     """A finished arm's folder, every file its numbers rest on checked first (`again`: see
@@ -245,9 +253,8 @@ def load_result(arm_dir: Path, again: Again | None = None,
             raise UserError(f"{path}: {'does not match' if path.is_file() else 'missing, not'} "
                             f"the file whose sha256 {record} records; the run folder was changed "
                             "after the run (start afresh with --overwrite)")
-    meta = ckpt.read_metadata(arm_dir / "model.safetensors")
-    held = meta.get("arm") if meta.get("stage") == "finetune" else None  # a wise point: its arm's
-    if isinstance(held, str) and held != summary["name"]:  # renamed, or folders swapped
+    held = held_arm(arm_dir / "model.safetensors")
+    if held is not None and held != summary["name"]:  # renamed, or folders swapped
         raise UserError(f"{arm_dir / 'model.safetensors'}: holds the weights of arm {held!r} "
                         f"but {record} names it {summary['name']!r}; the run folder was changed "
                         "after the run (start afresh with --overwrite)")

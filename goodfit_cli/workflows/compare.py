@@ -24,11 +24,11 @@ from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.data.inputs import ATTR, recorded, spec_of
-from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import (
     check_stored_metrics,
+    held_arm,
     load_predictions,
     read_json,
     read_jsonl,
@@ -241,11 +241,11 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if misfit:  # the recipe's architecture, or exit 2
             raise UserError(misfit)
         side.sha256, side.started_from = loaded.sha256, loaded.started_from
-        inside = ckpt.read_metadata(side.checkpoint) if side.checkpoint.is_file() else {}
+        inside = held_arm(side.checkpoint)
         named = [side.arm, _recorded(side).get("name")] if side.stored else []
-        wrong = next((n for n in named if n is not None and n != inside.get("arm")), None)
-        if inside.get("stage") == "finetune" and wrong is not None:
-            raise UserError(f"{side.checkpoint}: holds the weights of arm {inside.get('arm')!r} "
+        wrong = next((n for n in named if n is not None and n != inside), None)
+        if inside is not None and wrong is not None:
+            raise UserError(f"{side.checkpoint}: holds the weights of arm {inside!r} "
                             f"but the run names it {wrong!r} (folders swapped or renamed?); the "
                             "run folder was changed after the run")
         if side.expect and side.expect != loaded.sha256:
