@@ -136,7 +136,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     base = dict(zip(("old", "new"), b)) if b else None
     spent_b = sum(t["batches"] or 0 for t in trials)
     rec = recommend(done, dirs, job.rule)
-    notes += [n for n in (knee_note(job.rule, done, dirs),) if n]
+    knee = knee_note(job.rule, done, dirs)
+    notes += [knee] if knee else []
     n_val = {}  # each task's validation samples (the recommendation's views)
     if rec is not None:
         n_val = sizes((seen.get(rec["number"]) or {}).get("val") or {})
@@ -175,7 +176,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     if base and base_test:  # the base's test numbers, beside its validation ones
         base["test_old"] = (base_test.get("old") or {}).get(prim["old"])
         base["test_new"] = (base_test.get("new") or {}).get(prim["new"])
-    outside_test = base_outside_test(job.gate, base_test, split_counts(run.get("validation"), "test"))
+    outside_test = base_outside_test(job.gate, base_test,
+                                     split_counts(run.get("validation"), "test"))
     if outside_test:  # reported only
         notes.append(outside_test["message"])
     rep["time"] = trial_time(trials)
@@ -268,7 +270,8 @@ def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
     (report/margin.py base_outside)."""
     if not base_old:
         return None
-    return base_outside(job.gate, {"old": base_old}, job.margin, split_counts(run.get("validation")))
+    return base_outside(job.gate, {"old": base_old}, job.margin,
+                        split_counts(run.get("validation")))
 
 
 def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
