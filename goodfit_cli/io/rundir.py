@@ -233,6 +233,10 @@ def load_result(arm_dir: Path, again: Again | None = None,
         raise UserError(f"{arm_dir / 'summary.json'}: no name or metrics; the run folder is "
                         "damaged (start afresh with --overwrite)")
     record = arm_dir / "summary.json"
+    if expect is not None and summary["name"] != expect:  # folders swapped with another's
+        raise UserError(f"{record}: holds arm {summary['name']!r} where the run expects "
+                        f"{expect!r}; the run folder was changed after the run (start afresh "
+                        "with --overwrite)")
     recorded = summary.get("files_sha256") or {}
     if not isinstance(recorded, dict) or not isinstance(summary.get("val_metrics") or {}, dict):
         raise UserError(f"{record}: files_sha256 or val_metrics is not a table; the run folder "
@@ -260,10 +264,6 @@ def load_result(arm_dir: Path, again: Again | None = None,
                         "after the run (start afresh with --overwrite)")
     preds = load_predictions(arm_dir / "predictions.safetensors")
     val_preds = load_predictions(arm_dir / "val_predictions.safetensors") or None
-    if expect is not None and summary["name"] != expect:  # folders swapped with another's
-        raise UserError(f"{record}: holds arm {summary['name']!r} where the run expects "
-                        f"{expect!r}; the run folder was changed after the run (start afresh "
-                        "with --overwrite)")
     check_stored_metrics(record, summary["metrics"], preds, again=again)
     if summary.get("val_metrics"):  # the choices rest on these
         check_stored_metrics(record, summary["val_metrics"], val_preds or {}, "validation", again)
