@@ -182,11 +182,11 @@ def test_search_records_the_offset_per_trial_and_binds_the_study_to_it(made):
     out = made / "search"
     res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
                   made / "blobs.yaml", "--trials", "2", "--out", out, "--data-dir", made,
-                  "--rungs", "0", "--budget", "none")
+                  "--rungs", "0", "--budget", "none", "--offset-after-alpha")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
-    assert len(done) == 2
+    assert len(done) == 2 and rep["offset_with_alpha"] is False
     for t in done:  # the trial's point is the checkpoint that holds its offset, or the arm
         _, meta = ckpt.load_model(Path(t["checkpoint"]))  # itself (α = 1, none): no copy
         moved = t["params"]["new_offset"] != 0 or t["params"]["wise_alpha"] < 1
@@ -202,3 +202,130 @@ def test_search_records_the_offset_per_trial_and_binds_the_study_to_it(made):
                   "--rungs", "0", "--budget", "none", "--no-new-offset")
     assert res.returncode == 2 and "new_offset" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_the_offset_chosen_with_alpha_is_the_grids_best_point_by_brute_force(made):
+    """`alphas` given (a search's --offset-with-alpha): every (α, τ) of the curve's grid competes
+    under the offset's rule, bounded by the old-task value of the α chosen alone."""
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.trainer.session import Place, open_session
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    rep = json.loads((made / "ft" / "report.json").read_text())
+    curve = rep["arms"][0]["wise"]
+    base_new = rep["base_val_metrics"]["new"]["accuracy"]
+    grid = [w["alpha"] for w in curve if w["alpha"] > 0]
+    alone = max((w["val"]["new"]["accuracy"], w["val"]["old"]["accuracy"], w["alpha"])
+                for w in curve if w["alpha"] > 0 and w["val"]["new"]["accuracy"] > base_new)[2]
+    out = wise(WiseJob(made / "ft" / "adamw", alone, made / "joint", None, None,
+                       new_offset=True, alphas=tuple(w["alpha"] for w in curve),
+                       alpha_passed=True), Place("cpu", None, str(made)))
+    rec = out["provenance"]["new_offset"]
+
+    s = open_session(load_recipe(made / "blobs.yaml"), Place("cpu", None, str(made)), join=False)
+    model = s.model()
+    model.eval()
+    base, _ = ckpt.load_model(made / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(made / "ft" / "adamw" / "model.safetensors")
+    y = {t: s.tasks[t].val.y for t in ("old", "new")}
+    z = {}
+    for a in grid:
+        model.load_state_dict({k: arm[k] if a == 1 else base[k] + a * (arm[k] - base[k])
+                               for k in base})
+        with torch.no_grad():
+            z[a] = {t: model(s.tasks[t].val.x) for t in ("old", "new")}
+
+    def at(a: float, t: float) -> tuple[float, float]:
+        shifted = {k: v.clone() for k, v in z[a].items()}
+        for v in shifted.values():
+            v[:, list(NEW)] += t
+        return accuracy(shifted["old"], y["old"]), accuracy(shifted["new"], y["new"])
+
+    o0, n0 = at(alone, 0.0)
+    points = [(n, o, a, -abs(t), t) for a in grid for t in GRID for o, n in [at(a, t)]
+              if (a, t) == (alone, 0.0) or (t != 0 and o >= o0 and n > base_new)]
+    best = max(points)
+    assert (rec["alpha"], rec["tau"]) == (best[2], best[4])
+    assert rec["alpha_alone"] == alone and rec["alpha"] != alone  # the fixture moves α
+    assert rec["val"]["chosen"] == {"old": pytest.approx(best[1]), "new": pytest.approx(best[0])}
+    # the offset chosen after α alone (the rule without `alphas`): never better on validation
+    after = max((n, -abs(t), o) for t in GRID for o, n in [at(alone, t)]
+                if t == 0 or (o >= o0 and n > max(n0, base_new)))
+    assert (best[0], best[1]) != (after[0], after[2])
+    assert best[0] >= after[0] and best[1] >= o0
+
+    # the checkpoint is that point: the mix at the chosen α, τ on the new classes' bias
+    got, meta = ckpt.load_model(made / "joint" / "model.safetensors")
+    assert meta["wise_alpha"] == rec["alpha"] and meta["new_offset"]["tau"] == rec["tau"]
+    for k in base:
+        want = base[k] + rec["alpha"] * (arm[k] - base[k])
+        if k == "head.bias":
+            want[list(NEW)] += rec["tau"]
+        torch.testing.assert_close(got[k], want)
+    summary = json.loads((made / "joint" / "summary.json").read_text())
+    assert summary["alpha"] == rec["alpha"]
+    assert summary["name"] == f"adamw@wise{rec['alpha']:g}+new{rec['tau']:+g}"
+    row = json.loads((made / "joint" / "report.json").read_text())["arms"][0]
+    assert row["validation"]["metrics"]["new"]["accuracy"] == pytest.approx(best[0])
+
+
+def test_a_search_chooses_the_offset_with_alpha_and_binds_the_study_to_it(made):
+    out = made / "search-with-alpha"
+    args = ("search", "--base", made / "base" / "model.safetensors", "--recipe",
+            made / "blobs.yaml", "--out", out, "--data-dir", made, "--rungs", "0",
+            "--budget", "none")
+    res = goodfit(*args, "--trials", "2", "--offset-with-alpha")
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
+    assert len(done) == 2 and rep["offset_with_alpha"] is True
+    moved = 0
+    for t in done:
+        trial = json.loads((Path(t["dir"]) / "report.json").read_text())  # its fine-tune
+        curve, base_new = trial["arms"][0]["wise"], trial["base_val_metrics"]["new"]["accuracy"]
+        alone = max(((w["val"]["new"]["accuracy"], w["val"]["old"]["accuracy"], w["alpha"])
+                     for w in curve if w["alpha"] > 0 and w["val"]["new"]["accuracy"] > base_new),
+                    default=(None, None, 1.0))  # none gains: the arm's α, not a candidate
+        _, meta = ckpt.load_model(Path(t["checkpoint"]))
+        rec = meta.get("new_offset")
+        if rec is None:  # the arm itself: α = 1 alone, and no point beside it
+            assert (t["params"]["wise_alpha"], t["params"]["new_offset"]) == (1.0, 0.0)
+            continue
+        assert rec["alpha_alone"] == alone[2]  # the curve's rule, then α and τ together
+        assert t["params"]["wise_alpha"] == rec["alpha"] == meta["wise_alpha"]
+        assert t["params"]["new_offset"] == rec["tau"]
+        moved += rec["alpha"] != rec["alpha_alone"]
+    assert moved  # the fixture's trials move α with the offset
+    assert "together with its WiSE-FT α" in (out / "report.md").read_text()
+    res = goodfit(*args, "--trials", "3", "--offset-after-alpha")
+    assert res.returncode == 2 and "new_offset" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_study_rejudged_under_another_gate_chooses_alpha_and_offset_as_a_fresh_one(made):
+    """Re-judging a study under another gate chooses each trial's α and τ together again from
+    its arm (evaluations only): trial by trial what a fresh study under that gate chooses; the
+    same gate again reuses those points (checked) and evaluates nothing."""
+    def search(out: Path, floor: str) -> tuple[dict, str]:
+        res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
+                      made / "blobs.yaml", "--out", out, "--data-dir", made, "--rungs", "0",
+                      "--budget", "none", "--trials", "2", "--min-old", f"accuracy={floor}")
+        assert res.returncode == 0, res.stderr
+        return json.loads((out / "report.json").read_text()), res.stderr + res.stdout
+
+    first, _ = search(made / "rejudged", "0.9")
+    some, said = search(made / "rejudged", "0.955")
+    fresh, _ = search(made / "fresh", "0.955")
+    assert "choosing its point again" in said
+    keys = ("number", "params", "old", "new", "test_old", "test_new", "feasible", "gains")
+    assert [{k: t[k] for k in keys} for t in some["trials"]] == \
+        [{k: t[k] for k in keys} for t in fresh["trials"]]
+    assert [t["params"] for t in some["trials"]] != [t["params"] for t in first["trials"]]
+    for t in some["trials"]:  # the point the report names is the checkpoint's
+        _, meta = ckpt.load_model(Path(t["checkpoint"]))
+        assert t["params"]["wise_alpha"] == meta.get("wise_alpha", 1.0)
+        assert t["params"]["new_offset"] == (meta.get("new_offset") or {}).get("tau", 0.0)
+    again, said = search(made / "rejudged", "0.955")
+    assert "choosing its point again" not in said
+    assert [{k: t[k] for k in keys} for t in again["trials"]] == \
+        [{k: t[k] for k in keys} for t in some["trials"]]

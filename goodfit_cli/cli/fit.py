@@ -200,6 +200,7 @@ def search(
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     reruns: bool = typer.Option(False, "--reruns/--no-reruns", help="Spend the budget left after --trials re-running the best pruned trials whole (see above; default off)."),
     new_offset: bool = typer.Option(True, "--new-offset/--no-new-offset", help="Let each trial shift the logits of the new task's own classes by an offset chosen on validation (see above; default on)."),
+    with_alpha: bool = typer.Option(True, "--offset-with-alpha/--offset-after-alpha", help="Choose each trial's new-class offset together with its WiSE-FT alpha (see above; default on; --offset-after-alpha: the offset at the alpha chosen alone, as goodfit did before 2026-12-05)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
@@ -222,7 +223,8 @@ def search(
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
-                                   Halving(rungs=rungs), val_margin, cap, reruns, new_offset),
+                                   Halving(rungs=rungs), val_margin, cap, reruns, new_offset,
+                                   with_alpha),
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too

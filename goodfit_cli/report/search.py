@@ -329,8 +329,10 @@ def _offset(rep: dict) -> str:
         return " New-class offset: off."
     took = sum(bool(t["params"].get("new_offset")) for t in rep["trials"]
                if t["state"] == "COMPLETE")
+    together = (", together with its WiSE-FT α (never below the old-task value of the α "
+                "chosen alone)") if rep.get("offset_with_alpha") else ""
     return (" New-class offset: chosen per trial on validation, never losing old-task "
-            f"accuracy there ({took} of {rep['complete']} finished trials took one).")
+            f"accuracy there{together} ({took} of {rep['complete']} finished trials took one).")
 
 
 def _margin(z: float | None) -> str:

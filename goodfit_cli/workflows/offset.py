@@ -10,7 +10,10 @@ tries every τ of GRID on them: the chosen τ has the best new-task primary metr
 old-task primary metric is no worse than at τ = 0 (the point itself), that still gain over the
 base on the new task and pass the gate on validation (with the search's margin); ties go to the
 smallest |τ|, and τ = 0 when nothing gains. The model is then measured again as written, and τ
-is kept only when the head's bias shifted exactly those logits.
+is kept only when the head's bias shifted exactly those logits. A search chooses τ together
+with its trial's WiSE-FT α (`choose_with_alpha`, its default): every α of the curve with every
+τ, bounded by the old-task value of the α chosen alone, so an α that loses a little new-task
+accuracy but leaves more room for τ can win.
 
 Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment") sets a
 class's offset from its training frequency; here one offset for the new classes together is
@@ -19,7 +22,7 @@ read from validation, under the old task's constraint.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -119,6 +122,15 @@ def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
     if tau == 0.0:
         return {"tau": 0.0, "why": "no offset gains on the new task without losing on the old",
                 **record}
+    if not _shifted_exactly(s, model, bias, logits, classes, tau):
+        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record}
+    return {"tau": tau, **record}
+
+
+def _shifted_exactly(s: Session, model: nn.Module, bias: tuple[str, nn.Parameter],
+                     logits: dict[str, torch.Tensor], classes: list[int], tau: float) -> bool:
+    """Write τ into the head's bias; True when the model's logits moved by τ on `classes` alone
+    (otherwise the bias is restored and False)."""
     with torch.no_grad():
         bias[1][classes] += tau
     shifted = _logits(s, model)
@@ -128,7 +140,74 @@ def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
     if any((shifted[t] - want[t]).abs().max() > EXACT * (1 + abs(tau)) for t in want):
         with torch.no_grad():
             bias[1][classes] -= tau
-        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record}
+        return False
+    return True
+
+
+def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
+                      alphas: tuple[float, ...], start: tuple[float, bool], base_val: dict,
+                      gate: Gate | None, margin: float = 0.0) -> dict[str, Any]:
+    """α and τ chosen together on the validation splits. `start` = (α0, passed): the α the
+    WiSE-FT curve's rule chose alone (report/trials.py; `passed`: whether it passed the gate,
+    else α0 is the arm's 1). Every (α, τ ≠ 0) of `alphas` (those above 0) × GRID competes with
+    (α0, τ = 0) (when it passed) under `choose`'s rule, bounded by α0's old-task value at τ = 0
+    (so the pair is never paid for with old-task accuracy against the α chosen alone): the best
+    new-task primary metric among the points no worse than that on the old task that gain over
+    the base and pass the gate on validation (with the search's margin); ties to the better old
+    task, then the larger α, then the smaller |τ|. Offsets chosen after α (`choose` at α0) are
+    among these points, so the pair is never worse on validation than they are. `mixing()`
+    makes wise.Mixing of this model, which sets each α: one validation pass per α; the chosen
+    α and τ are left written in the model. The record is `choose`'s with "alpha" (the chosen
+    α) and "alpha_alone" (α0); "val"'s "at_0" is (α0, τ = 0)."""
+    alpha0, passed = start
+    keep = {"tau": 0.0, "alpha": alpha0, "alpha_alone": alpha0}  # the model as it came
+    classes = new_classes(s)
+    if isinstance(classes, str):
+        return {**keep, "why": classes}
+    prim = s.recipe.primary
+    dirs = (direction(prim["old"]), direction(prim["new"]))
+    n = {t: len(s.tasks[t].val) for t in ("old", "new")}
+    base = pick(base_val, prim)
+    logits = {alpha0: _logits(s, model)}  # the model comes mixed at α0
+    width = logits[alpha0]["new"].shape[1]
+    bias = head_bias(model, width) if max(classes) < width else (
+        f"the model has {width} outputs, fewer than the classes")
+    if isinstance(bias, str):
+        return {**keep, "why": bias}
+    at0 = _measured(s, logits[alpha0], classes, 0.0)
+    o0 = pick(at0, prim)[0]
+    best = ((dirs[1] * pick(at0, prim)[1], dirs[0] * o0, alpha0, 0.0), alpha0, 0.0, at0) \
+        if passed else None
+    mix = mixing()
+    for a in sorted({a for a in alphas if a > 0} | {alpha0}):
+        if a not in logits:
+            mix.set(a)
+            logits[a] = _logits(s, model)
+        for t in GRID:
+            if t == 0.0:
+                continue  # τ = 0: the curve's rule judged those (α0 is its pick)
+            m = _measured(s, logits[a], classes, t)
+            o, nw = pick(m, prim)
+            if (dirs[0] * (o - o0) < -1e-12 or not gained((o, nw), base, dirs)
+                    or not judge(gate, point_view(m, base_val), f"WiSE α {a:g}, offset {t:g}",
+                                 margin, n)["passed"]):
+                continue
+            rank = (dirs[1] * nw, dirs[0] * o, a, -abs(t))
+            if best is None or rank > best[0]:
+                best = (rank, a, t, m)
+    alpha, tau, chosen = (alpha0, 0.0, at0) if best is None else best[1:]
+    record = {"alpha": alpha, "alpha_alone": alpha0, "classes": classes, "bias": bias[0],
+              "val": {"at_0": {k: at0[k][prim[k]] for k in at0},
+                      "chosen": {k: chosen[k][prim[k]] for k in chosen}}}
+    mix.set(alpha)
+    if tau == 0.0:
+        why = ("no point passes the gate and gains on the new task" if best is None else
+               "no offset at any α gains on the new task over the α chosen alone")
+        return {"tau": 0.0, "why": why, **record}
+    if not _shifted_exactly(s, model, bias, logits[alpha], classes, tau):
+        mix.set(alpha0)
+        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone",
+                **record, "alpha": alpha0}
     return {"tau": tau, **record}
 
 
@@ -138,6 +217,9 @@ def line(record: dict[str, Any]) -> str:
         return f"new-class offset: none ({record['why']})"
     v, shown = record["val"], ", ".join(str(c) for c in record["classes"][:6])
     more = f" and {len(record['classes']) - 6} more" if len(record["classes"]) > 6 else ""
-    return (f"new-class offset: {record['tau']:+g} on the logits of class {shown}{more} "
+    at = ""
+    if record.get("alpha", record.get("alpha_alone")) != record.get("alpha_alone"):
+        at = f" at WiSE α {record['alpha']:g} (chosen with it; alone: {record['alpha_alone']:g})"
+    return (f"new-class offset: {record['tau']:+g} on the logits of class {shown}{more}{at} "
             f"(validation: new {v['at_0']['new']:.4g} -> {v['chosen']['new']:.4g}, "
             f"old {v['at_0']['old']:.4g} -> {v['chosen']['old']:.4g})")

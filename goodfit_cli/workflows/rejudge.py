@@ -78,7 +78,8 @@ def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) 
         record = json.loads((dest / "chosen.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or {k: v for k, v in record.items() if k != "arm_itself"} \
+    if not isinstance(record, dict) or {k: v for k, v in record.items()
+                                        if k not in ("arm_itself", "made_alpha")} \
             != {**under, "alpha": alpha, "wise_of_sha256": source_sha}:
         return None
     if record.get("arm_itself"):
@@ -88,7 +89,7 @@ def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) 
         summary = json.loads((dest / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    if ((rep.get("provenance") or {}).get("wise_alpha") != alpha
+    if ((rep.get("provenance") or {}).get("wise_alpha") != record.get("made_alpha", alpha)
             or summary.get("sha256") != sha256_file(dest / "model.safetensors")):
         return None
     return rep
@@ -96,7 +97,7 @@ def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) 
 
 def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
              margin: float, dirs: tuple[int, int], new_offset: bool, place: Place,
-             ui: Ui) -> dict | None:
+             ui: Ui, with_alpha: bool = False) -> dict | None:
     """The finished `trial`'s point (its folder: `folder`) chosen again under `gate` and
     `margin` when it was chosen under something else (its own record, or `prior` for a trial
     that has none): {"views", "values" (the objectives on validation), "wise_alpha",
@@ -108,7 +109,8 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
         return None
     rep = json.loads((folder / "report.json").read_text())  # the trial's fine-tune
     prim = (rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"])
-    alpha = best_alpha(gate, rep, dirs, margin)
+    alpha = best_alpha(gate, rep, dirs, margin, none=None)
+    passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
     arm_dir = folder / arm_dirname(trial.user_attrs["arm"])
     stored = trial.user_attrs.get("wise_alpha", 1.0)
     if alpha == stored and not new_offset:  # the same point: its stored views stand
@@ -121,15 +123,19 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
         if made is None:
             ui.log(f"trial {trial.number}: choosing its point again under this gate "
                    f"(wise_alpha={alpha:g}; evaluations only) into {dest}")
+            grid = tuple(w["alpha"] for w in rep["arms"][0].get("wise") or [])
             made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True,
-                                new_offset=new_offset, margin=margin, only_if_new=True),
+                                new_offset=new_offset, margin=margin, only_if_new=True,
+                                alphas=grid if with_alpha else None, alpha_passed=passed),
                         place, ui)
             dest.mkdir(exist_ok=True)  # {} (the arm itself): the record alone
             atomic_write(dest / "chosen.json", json.dumps(
                 {**under, "alpha": alpha, "wise_of_sha256": source_sha,
-                 "arm_itself": not made}, sort_keys=True) + "\n")
+                 "arm_itself": not made, **({"made_alpha": made["provenance"]["wise_alpha"]}
+                                            if made else {})}, sort_keys=True) + "\n")
         if made:  # {}: the arm itself (α = 1, no offset)
             point, checkpoint = made, dest / "model.safetensors"
+            alpha = made["provenance"]["wise_alpha"]  # moved when chosen with the offset
             tau = (made["provenance"].get("new_offset") or {}).get("tau", 0.0)
     views = views_of(point["arms"][0])
     val = views["val"]["metrics"]

@@ -99,6 +99,7 @@ class SearchJob:
     budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
     reruns: bool = False  # the budget left after --trials re-runs the best pruned trials whole
     new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
+    with_alpha: bool = True  # and its α is chosen together with that offset (choose_with_alpha)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
@@ -170,16 +171,18 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         alpha = best_alpha(job.gate, rep, dirs, job.margin, none=None)
         said = ("best on validation within the gate" if alpha is not None else "no point passes "
                 "the gate and gains on validation: the arm itself, as the trial's point")
-        alpha = 1.0 if alpha is None else alpha
+        passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
         trial.set_user_attr("wise_alpha", alpha)
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g} ({said})")
         cand_dir = trial_dir / arm_dirname(p.arm)
         if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,
-                                 new_offset=job.new_offset, margin=job.margin,
-                                 only_if_new=True), place, ui)
+                                 new_offset=job.new_offset, margin=job.margin, only_if_new=True,
+                                 alphas=recipe.wise_alphas if job.with_alpha else None,
+                                 alpha_passed=passed), place, ui)
             if point:  # {}: the arm itself (α = 1, no offset), its own folder
                 rep, cand_dir = point, trial_dir / "wise"
+                trial.set_user_attr("wise_alpha", point["provenance"]["wise_alpha"])
             if job.new_offset:
                 tau = (rep["provenance"].get("new_offset") or {}).get("tau", 0.0) if point else 0.0
                 trial.set_user_attr("new_offset", tau)
@@ -257,7 +260,8 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                 "data_sha256": digest,
                 "replay": "searched" if job.replay else "off",  # one search space per study
                 "defaults": "first trials" if job.defaults else "off",
-                "new_offset": "chosen per trial" if job.new_offset else "off"}
+                "new_offset": ("off" if not job.new_offset else "chosen per trial"
+                               + (" with its alpha" if job.with_alpha else ""))}
     if job.storage is None:  # the default study.db lives in --out
         _make_out(job.out)
 
@@ -357,7 +361,7 @@ def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, u
             away.append(t.number)  # another worker's machine: its stored point is judged
             continue
         point = rechoose(t, folder, prior, job.gate, job.margin, dirs, job.new_offset, place,
-                         ui)
+                         ui, job.with_alpha)
         if point is not None:
             out[t.number] = point
     if away:

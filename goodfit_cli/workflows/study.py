@@ -171,7 +171,9 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
                    if k == "data_sha256" else " (only its gate: section changed; give the new "
                    "limits as flags, --max-old-drop, --min-old and the rest: a study re-judges "
                    "its trials under the flags' gate)" if k == "recipe_sha256" and same_but_gate
-                   else "")
+                   else f" ({have!r} against {v!r}: give the flags it was made with, "
+                   "--new-offset or --no-new-offset, --offset-with-alpha or --offset-after-alpha)"
+                   if k == "new_offset" else "")
             raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
                             f"({have[:16]} != {v[:16]}){why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names

@@ -52,6 +52,7 @@ from goodfit_cli.trainer.measured import (
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.workflows.offset import choose as choose_offset
+from goodfit_cli.workflows.offset import choose_with_alpha
 from goodfit_cli.workflows.offset import line as offset_line
 from goodfit_cli.workflows.reporting import base_head_record, finish_report, provenance
 
@@ -121,6 +122,9 @@ class WiseJob:
     margin: float = 0.0  # the offset's gate on validation, z standard errors inward
     only_if_new: bool = False  # nothing written (out removed, {} returned) when the point is
     # the arm itself: α = 1 and no offset (a search's trial then keeps the arm's folder)
+    alphas: tuple[float, ...] | None = None  # with new_offset: α chosen together with τ among
+    # these (offset.choose_with_alpha), `alpha` the one chosen alone, a candidate when it passed
+    alpha_passed: bool = True
 
 
 def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
@@ -172,25 +176,32 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     if missing:
         raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
-    ui.log(f"evaluating (1 - {job.alpha:g}) * base + {job.alpha:g} * {arm_meta.get('arm')}")
     arm_sha256 = sha256_file(arm_ckpt)  # a search's trial: its fine-tune measured this point
     recorded_sha = read_json(arm_dir / "summary.json").get("sha256")
     if recorded_sha not in (None, arm_sha256):  # the arm's curve and numbers were another's
         raise UserError(f"{arm_ckpt}: does not match the file whose sha256 "
                         f"{arm_dir / 'summary.json'} records; the run folder was changed after "
                         "the run")
-    point = point_key(key, arm_sha256, job.alpha)
-    name = f"{arm_meta.get('arm', arm_dir.name)}@wise{job.alpha:g}"
+    alpha = job.alpha  # or the one chosen together with the offset
     offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
     if job.new_offset:
-        chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin)
+        if job.alphas:
+            chosen = choose_with_alpha(s, model, lambda: Mixing(model, base_state, arm_tensors),
+                                       job.alphas, (job.alpha, job.alpha_passed),
+                                       base_measured[2], job.gate, job.margin)
+            alpha = chosen["alpha"]
+        else:
+            chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin)
         said = offset_line(chosen)
         if "classes" in chosen or first_time(said):  # why it cannot apply: once per search
             ui.log(said)
         offset = {"new_offset": chosen}
-        if chosen["tau"]:  # another point than the mix: measured as written
-            point, name = None, f"{name}+new{chosen['tau']:+g}"
-    if job.only_if_new and job.alpha == 1.0 and not (offset and offset["new_offset"]["tau"]):
+    ui.log(f"evaluating (1 - {alpha:g}) * base + {alpha:g} * {arm_meta.get('arm')}")
+    point = point_key(key, arm_sha256, alpha)
+    name = f"{arm_meta.get('arm', arm_dir.name)}@wise{alpha:g}"
+    if offset and offset["new_offset"]["tau"]:  # another point than the mix: measured as written
+        point, name = None, f"{name}+new{offset['new_offset']['tau']:+g}"
+    if job.only_if_new and alpha == 1.0 and not (offset and offset["new_offset"]["tau"]):
         if not any(job.out.iterdir()):  # made above, nothing written into it
             job.out.rmdir()
         return {}
@@ -198,7 +209,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     phases.add("evaluations", time.perf_counter() - t_point)  # the mix, offset and point
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
             "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
-            "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": job.alpha,
+            "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": alpha,
             "wise_of": str(arm_ckpt.resolve()), "wise_of_sha256": arm_sha256,
             "metrics": metrics, **offset}
     if recorded(model) is not None:
@@ -207,7 +218,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
     save_predictions(out / "val_predictions.safetensors", val_preds, "validation")
-    summary = {"name": name, "kind": "wise", "alpha": job.alpha, "arm": meta["arm"],
+    summary = {"name": name, "kind": "wise", "alpha": alpha, "arm": meta["arm"],
                "wise_of": meta["wise_of"], "metrics": metrics, "val_metrics": val,
                "measured_on": measured_on(s, model), "seed": s.seed, **offset,
                "checkpoint": str((out / "model.safetensors").resolve()),
@@ -218,7 +229,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                **pretrained_folder(unwrap(model), out)}  # a transformers model: out/hf too
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
-        "command": "wise", "wise_alpha": job.alpha, "wise_of": meta["wise_of"],
+        "command": "wise", "wise_alpha": alpha, "wise_of": meta["wise_of"],
         **({"base_head": head_record} if head_record else {}),
         "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset,
         "input": recorded(model) or {"source": "as stored"},  # fed as the base was trained
