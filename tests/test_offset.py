@@ -276,6 +276,7 @@ def test_a_search_chooses_the_offset_with_alpha_and_binds_the_study_to_it(made):
             "--budget", "none")
     res = goodfit(*args, "--trials", "2", "--offset-with-alpha")
     assert res.returncode == 0, res.stderr
+    said = res.stderr + res.stdout
     rep = json.loads((out / "report.json").read_text())
     done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
     assert len(done) == 2 and rep["offset_with_alpha"] is True
@@ -295,11 +296,15 @@ def test_a_search_chooses_the_offset_with_alpha_and_binds_the_study_to_it(made):
         assert t["params"]["wise_alpha"] == rec["alpha"] == meta["wise_alpha"]
         assert t["params"]["new_offset"] == rec["tau"]
         moved += rec["alpha"] != rec["alpha_alone"]
+        final = (f"trial {t['number']}: wise_alpha={rec['alpha']:g} with new_offset="
+                 f"{rec['tau']:+g} (chosen together; alone: {rec['alpha_alone']:g})")
+        assert (final in said) == (rec["alpha"] != rec["alpha_alone"])
     assert moved  # the fixture's trials move α with the offset
     assert "together with its WiSE-FT α" in (out / "report.md").read_text()
     res = goodfit(*args, "--trials", "3", "--offset-after-alpha")
-    assert res.returncode == 2 and "new_offset" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert ("made with another new_offset ('chosen per trial with its alpha' against 'chosen per "
+            "trial': give the flags it was made with") in res.stderr
 
 
 def test_a_study_rejudged_under_another_gate_chooses_alpha_and_offset_as_a_fresh_one(made):
@@ -329,3 +334,29 @@ def test_a_study_rejudged_under_another_gate_chooses_alpha_and_offset_as_a_fresh
     assert "choosing its point again" not in said
     assert [{k: t[k] for k in keys} for t in again["trials"]] == \
         [{k: t[k] for k in keys} for t in some["trials"]]
+
+
+def test_an_offset_the_head_cannot_carry_leaves_the_alpha_chosen_alone_as_recorded(
+        made, monkeypatch):
+    """A head whose bias does not shift the logits alone (simulated: the check after writing
+    τ fails) keeps the α chosen alone at τ = 0, and the record says that point's numbers, not
+    those of the pair it gave up."""
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows import offset
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    monkeypatch.setattr(offset, "_shifted_exactly", lambda *args: False)
+    curve = json.loads((made / "ft" / "report.json").read_text())["arms"][0]["wise"]
+    out = wise(WiseJob(made / "ft" / "adamw", 1.0, made / "nocarry", None, None,
+                       new_offset=True, alphas=tuple(w["alpha"] for w in curve),
+                       alpha_passed=True), Place("cpu", None, str(made)))
+    rec = out["provenance"]["new_offset"]
+    assert (rec["tau"], rec["alpha"], rec["alpha_alone"]) == (0.0, 1.0, 1.0)
+    assert "does not shift the logits alone" in rec["why"]
+    assert rec["val"]["chosen"] == rec["val"]["at_0"]
+    got, meta = ckpt.load_model(made / "nocarry" / "model.safetensors")
+    arm, _ = ckpt.load_model(made / "ft" / "adamw" / "model.safetensors")
+    assert meta["wise_alpha"] == 1.0 and all(torch.equal(got[k], arm[k]) for k in arm)
+    row = json.loads((made / "nocarry" / "report.json").read_text())["arms"][0]
+    assert row["validation"]["metrics"]["old"]["accuracy"] == pytest.approx(
+        rec["val"]["at_0"]["old"])

@@ -122,8 +122,9 @@ def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
     if tau == 0.0:
         return {"tau": 0.0, "why": "no offset gains on the new task without losing on the old",
                 **record}
-    if not _shifted_exactly(s, model, bias, logits, classes, tau):
-        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record}
+    if not _shifted_exactly(s, model, bias, logits, classes, tau):  # the point at τ = 0
+        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record,
+                "val": {"at_0": record["val"]["at_0"], "chosen": record["val"]["at_0"]}}
     return {"tau": tau, **record}
 
 
@@ -205,9 +206,10 @@ def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
                "no offset at any α gains on the new task over the α chosen alone")
         return {"tau": 0.0, "why": why, **record}
     if not _shifted_exactly(s, model, bias, logits[alpha], classes, tau):
-        mix.set(alpha0)
-        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone",
-                **record, "alpha": alpha0}
+        mix.set(alpha0)  # the point at (α0, τ = 0), recorded as such
+        return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record,
+                "alpha": alpha0, "val": {"at_0": record["val"]["at_0"],
+                                         "chosen": record["val"]["at_0"]}}
     return {"tau": tau, **record}
 
 

@@ -2,14 +2,15 @@
 
 A multi-objective study (each task's primary metric, in its own direction) over arms and their
 knobs (arms/search.py, from each arm's declaration), the gate a constraint (a trial's number of
-violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with
-its arm's WiSE-FT curve; the best α the gate allows on validation is the trial's candidate
-(RUN/trials/trial-NNNN/wise when α < 1), never drawn as a knob. The study lives in RUN/study.db
-(SQLite) unless `storage` names another database: any number of workers, on any machines, run
-the same command with the same storage and share one study; a re-run continues it. After its
-trials a worker writes RUN/report.{json,md,html} from the whole study (workflows/
-search_report.py) and exports the recommendation (by `--rule`, among the trials that pass the
-gate and gain on the new task) to RUN/recommended/model.safetensors with its provenance.
+violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with its
+arm's WiSE-FT curve; the best α the gate allows on validation, with the new-class offset chosen
+together (workflows/offset.py), is the trial's candidate (RUN/trials/trial-NNNN/wise when not the
+arm itself), never drawn as a knob. The study lives in RUN/study.db (SQLite) unless `storage` names
+another database: any number of workers, on any machines, run the same command with the same
+storage and share one study; a re-run continues it. After its trials a worker writes
+RUN/report.{json,md,html} from the whole study (workflows/search_report.py) and exports the
+recommendation (by `--rule`, among the trials that pass the gate and gain on the new task) to
+RUN/recommended/model.safetensors with its provenance.
 
 The recipe's default arms are the study's first trials (enqueued once, by the worker that
 creates the study): counted toward --trials and the budget, and the report's reference points.
@@ -19,29 +20,27 @@ past a rung only if it covers the rest of it; the study stops short of --trials 
 
 A trial is pruned early (workflows/pruning.py: successive halving on its periodic validation
 results, gate-aware) when it is not among the best at a rung; a pruned trial counts toward
---trials. With `reruns` (--reruns; off by default), the budget left once --trials are done goes
-to re-running pruned trials whole (workflows/study.py `rerun_candidate`: the latest rung
-reached, the best value there first; the same knobs and seed, so the same training up to the
-rung), each a trial of its own marked `rerun_of`, never pruned and not counted toward
---trials. No trial is spent on the base's own point: lr is drawn around the recipe's (> 0),
-WiSE α = 0 is never a candidate, and a WiSE point (or arm) whose new-task metric is no better
-than the base's is neither kept as α nor recommended (it counts as a violated limit to the
-sampler).
+--trials. With `reruns` (--reruns; off by default), the budget left once --trials are done goes to
+re-running pruned trials whole (workflows/study.py `rerun_candidate`: the latest rung reached, the
+best value there first; the same knobs and seed, so the same training up to the rung), each a trial
+of its own marked `rerun_of`, never pruned and not counted toward --trials. No trial is spent on
+the base's own point: lr is drawn around the recipe's (> 0), WiSE α = 0 is never a candidate, and a
+WiSE point (or arm) whose new-task metric is no better than the base's is neither kept as α nor
+recommended (it counts as a violated limit to the sampler).
 
-Every choice is made on the VALIDATION splits: a trial's objectives are its validation
-metrics, its feasibility the gate judged on validation, and the recommendation is chosen among
-them; each trial's test numbers are stored beside them and reported, never used to choose.
-Each trial keeps its validation and test views (metrics, changes, flips) in the study, and
-the gate and margin its point was chosen under, so the report judges every finished trial with
-the gate of THIS command: a re-run with another gate or margin first chooses each trial's point
-again under it (workflows/rejudge.py: evaluations only), then re-judges all of them and the
-recommendation (and says so). A trial interrupted (a signal, in its training or after) is not
-counted and is enqueued again with its knobs, so the next run runs it first.
+Every choice is made on the VALIDATION splits: a trial's objectives are its validation metrics, its
+feasibility the gate judged on validation, and the recommendation is chosen among them; each
+trial's test numbers are stored beside them and reported, never used to choose. Each trial keeps
+its validation and test views (metrics, changes, flips) in the study, and the gate and margin its
+point was chosen under, so the report judges every finished trial with the gate of THIS command: a
+re-run with another gate or margin first chooses each trial's point again under it
+(workflows/rejudge.py: evaluations only), then re-judges all of them and the recommendation (and
+says so). A trial interrupted (a signal, in its training or after) is not counted and is enqueued
+again with its knobs, so the next run runs it first.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -53,7 +52,7 @@ from typing import Any
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.objectives import direction
-from goodfit_cli.io.atomic import probe_writable, sha256_file
+from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.report.gate import Gate
@@ -74,6 +73,7 @@ from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, 
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
+from goodfit_cli.workflows.study import a_study, make_out
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -162,8 +162,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     validation objectives."""
     import optuna
 
-    recipe = trecipe
-    prim = recipe.primary
+    recipe, prim = trecipe, trecipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
@@ -186,6 +185,9 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
             if job.new_offset:
                 tau = (rep["provenance"].get("new_offset") or {}).get("tau", 0.0) if point else 0.0
                 trial.set_user_attr("new_offset", tau)
+                if trial.user_attrs["wise_alpha"] != alpha:  # moved with its offset
+                    ui.log(f"trial {trial.number}: wise_alpha={trial.user_attrs['wise_alpha']:g}"
+                           f" with new_offset={tau:+g} (chosen together; alone: {alpha:g})")
     except Pruned as e:  # hopeless at a rung: counted, its batches are the study's compute
         trial.set_user_attr("pruned", str(e))
         ui.log(f"trial {trial.number}: {e}")
@@ -243,7 +245,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     if job.out.is_symlink() or (job.out.exists() and not job.out.is_dir()):
         raise UserError(f"output path exists and is not a directory: {job.out}")
     check_outputs({}, {"--out": job.out}, {"--base": job.base})
-    if job.out.is_dir() and not _a_study(job.out):  # another run's folder, or the user's files
+    if job.out.is_dir() and not a_study(job.out):  # another run's folder, or the user's files
         raise UserError(f"output directory {job.out} already exists, is not empty and holds no "
                         "search study (study.db, trials/): choose another --out")
     if not recipe.finetune.optimizer.lr > 0:  # lr 0 cannot move the new task
@@ -263,14 +265,14 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                 "new_offset": ("off" if not job.new_offset else "chosen per trial"
                                + (" with its alpha" if job.with_alpha else ""))}
     if job.storage is None:  # the default study.db lives in --out
-        _make_out(job.out)
+        make_out(job.out)
 
     def enqueue(study: Any) -> None:  # the study's creator only: once, whatever the workers
         for name, params in default_trials(recipe, job.replay):
             study.enqueue_trial(params, user_attrs={"default": name})
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
-    _make_out(job.out)
+    make_out(job.out)
     for n, again in reclaim_dead(study):  # kill -9: not counted, no wait for the heartbeat
         ui.log(f"trial {n} was left running by a worker that is gone: it is not counted and "
                + ("runs again first, from the start" if again else "not run again (it was "
@@ -378,23 +380,3 @@ def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, u
                      + (f"; the point moved for trial {', '.join(map(str, moved))}" if moved
                         else "; no point moved"))
     return out
-
-
-def _a_study(out: Path) -> bool:
-    """Whether `out` may take this search: empty, or a search's folder (its study.db, or the
-    trials/ of workers sharing a study in another database), nothing of another command's."""
-    names = {p.name for p in out.iterdir()} - {".goodfit.lock"}
-    if not names or (names & {"study.db", "trials"} and "run.json" not in names):
-        return True
-    try:  # a worker that ran no trial of a study kept elsewhere: its report alone
-        return "study" in json.loads((out / "report.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
-def _make_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe_writable(out)
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None

@@ -17,6 +17,7 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
+from goodfit_cli.io.atomic import probe_writable
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
@@ -174,8 +175,9 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
                    else f" ({have!r} against {v!r}: give the flags it was made with, "
                    "--new-offset or --no-new-offset, --offset-with-alpha or --offset-after-alpha)"
                    if k == "new_offset" else "")
-            raise UserError(f"--storage {url}: study {name!r} was made with another {k} "
-                            f"({have[:16]} != {v[:16]}){why}; use a new --study or --out")
+            differ = "" if k == "new_offset" else f" ({have[:16]} != {v[:16]})"  # said in why
+            raise UserError(f"--storage {url}: study {name!r} was made with another {k}"
+                            f"{differ}{why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
         raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
                         "did (lr, not finetune.optimizer.lr); use a new --study or --out")
@@ -275,3 +277,24 @@ def reruns_due(study: Any, budget: Budget) -> Any:
         if n is None:
             return
         yield n
+
+
+def a_study(out: Path) -> bool:
+    """Whether `out` may take this search: empty, or a search's folder (its study.db, or the
+    trials/ of workers sharing a study in another database), nothing of another command's."""
+    names = {p.name for p in out.iterdir()} - {".goodfit.lock"}
+    if not names or (names & {"study.db", "trials"} and "run.json" not in names):
+        return True
+    try:  # a worker that ran no trial of a study kept elsewhere: its report alone
+        return "study" in json.loads((out / "report.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def make_out(out: Path) -> None:
+    """`out` made and checked writable, or one line why not."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe_writable(out)
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
