@@ -182,7 +182,7 @@ def test_search_records_the_offset_per_trial_and_binds_the_study_to_it(made):
     out = made / "search"
     res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
                   made / "blobs.yaml", "--trials", "2", "--out", out, "--data-dir", made,
-                  "--rungs", "0", "--budget", "none", "--offset-after-alpha")
+                  "--rungs", "0", "--budget", "none")
     assert res.returncode == 0, res.stderr
     rep = json.loads((out / "report.json").read_text())
     done = [t for t in rep["trials"] if t["state"] == "COMPLETE"]
@@ -301,7 +301,7 @@ def test_a_search_chooses_the_offset_with_alpha_and_binds_the_study_to_it(made):
         assert (final in said) == (rec["alpha"] != rec["alpha_alone"])
     assert moved  # the fixture's trials move α with the offset
     assert "together with its WiSE-FT α" in (out / "report.md").read_text()
-    res = goodfit(*args, "--trials", "3", "--offset-after-alpha")
+    res = goodfit(*args, "--trials", "3")  # the default: the offset after α
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
     assert ("made with another new_offset ('chosen per trial with its alpha' against 'chosen per "
             "trial': give the flags it was made with") in res.stderr
@@ -314,7 +314,8 @@ def test_a_study_rejudged_under_another_gate_chooses_alpha_and_offset_as_a_fresh
     def search(out: Path, floor: str) -> tuple[dict, str]:
         res = goodfit("search", "--base", made / "base" / "model.safetensors", "--recipe",
                       made / "blobs.yaml", "--out", out, "--data-dir", made, "--rungs", "0",
-                      "--budget", "none", "--trials", "2", "--min-old", f"accuracy={floor}")
+                      "--budget", "none", "--trials", "2", "--min-old", f"accuracy={floor}",
+                      "--offset-with-alpha")
         assert res.returncode == 0, res.stderr
         return json.loads((out / "report.json").read_text()), res.stderr + res.stdout
 

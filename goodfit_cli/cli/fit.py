@@ -200,7 +200,7 @@ def search(
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     reruns: bool = typer.Option(False, "--reruns/--no-reruns", help="Spend the budget left after --trials re-running the best pruned trials whole (see above; default off)."),
     new_offset: bool = typer.Option(True, "--new-offset/--no-new-offset", help="Let each trial shift the logits of the new task's own classes by an offset chosen on validation (see above; default on)."),
-    with_alpha: bool = typer.Option(True, "--offset-with-alpha/--offset-after-alpha", help="Choose each trial's new-class offset together with its WiSE-FT alpha (see above; default on; --offset-after-alpha: the offset at the alpha chosen alone, as goodfit did before 2026-12-05)."),
+    with_alpha: bool = typer.Option(False, "--offset-with-alpha/--offset-after-alpha", help="Choose each trial's new-class offset together with its WiSE-FT alpha (see above; opt-in: on held-out digits splits it gained nothing over the default, the offset at the alpha chosen alone)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),

@@ -10,10 +10,9 @@ tries every τ of GRID on them: the chosen τ has the best new-task primary metr
 old-task primary metric is no worse than at τ = 0 (the point itself), that still gain over the
 base on the new task and pass the gate on validation (with the search's margin); ties go to the
 smallest |τ|, and τ = 0 when nothing gains. The model is then measured again as written, and τ
-is kept only when the head's bias shifted exactly those logits. A search chooses τ together
-with its trial's WiSE-FT α (`choose_with_alpha`, its default): every α of the curve with every
-τ, bounded by the old-task value of the α chosen alone, so an α that loses a little new-task
-accuracy but leaves more room for τ can win.
+is kept only when the head's bias shifted exactly those logits. `goodfit search
+--offset-with-alpha` (opt-in) chooses τ together with its trial's WiSE-FT α (`choose_with_alpha`):
+every α of the curve with every τ, bounded by the old-task value of the α chosen alone.
 
 Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment") sets a
 class's offset from its training frequency; here one offset for the new classes together is

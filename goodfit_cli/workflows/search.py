@@ -3,8 +3,8 @@
 A multi-objective study (each task's primary metric, in its own direction) over arms and their
 knobs (arms/search.py, from each arm's declaration), the gate a constraint (a trial's number of
 violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with its
-arm's WiSE-FT curve; the best α the gate allows on validation, with the new-class offset chosen
-together (workflows/offset.py), is the trial's candidate (RUN/trials/trial-NNNN/wise when not the
+arm's WiSE-FT curve; the best α the gate allows on validation, with its new-class offset
+(workflows/offset.py), is the trial's candidate (RUN/trials/trial-NNNN/wise when not the
 arm itself), never drawn as a knob. The study lives in RUN/study.db (SQLite) unless `storage` names
 another database: any number of workers, on any machines, run the same command with the same
 storage and share one study; a re-run continues it. After its trials a worker writes
@@ -99,7 +99,7 @@ class SearchJob:
     budget: float | None = 10.0  # the study's compute in fine-tunes (None: unlimited)
     reruns: bool = False  # the budget left after --trials re-runs the best pruned trials whole
     new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
-    with_alpha: bool = True  # and its α is chosen together with that offset (choose_with_alpha)
+    with_alpha: bool = False  # its α chosen together with that offset (choose_with_alpha; opt-in)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
