@@ -9,7 +9,9 @@ trial's folder:
 - evaluation: what each trial evaluated, in sample-forwards of the splits it read (`trial_cost`:
   the base once per command, the periodic evaluations on validation, the final one on test,
   the WiSE-FT grid on validation and its chosen point on test, a kept point again only when a
-  new-class offset moved it).
+  new-class offset moved it). The offset's own validation passes (one per finished trial, one
+  per α of the grid with --offset-with-alpha) are not counted: the toy is a regression, where
+  no offset applies.
 
 One fine-tune is a trial that runs to its end: its arm's batches, its evaluations and its WiSE
 curve (what `goodfit finetune --optimizer X` does for one arm). Also prints the trials' wall
