@@ -361,3 +361,53 @@ def test_an_offset_the_head_cannot_carry_leaves_the_alpha_chosen_alone_as_record
     row = json.loads((made / "nocarry" / "report.json").read_text())["arms"][0]
     assert row["validation"]["metrics"]["old"]["accuracy"] == pytest.approx(
         rec["val"]["at_0"]["old"])
+
+
+def test_a_flip_rate_limit_judges_a_wise_point_by_its_own_flips(made):
+    """Each WiSE-FT point of the curve counts its flips against the base on validation (and the
+    chosen one on test), so a flip-rate limit chooses among points as it judges arms: a loose
+    --max-nfr leaves the choice as it was, one under a point's own rate excludes it."""
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.trainer.session import Place, open_session
+
+    def finetune(out: str, *gate: str) -> dict:
+        res = goodfit("finetune", "--base", made / "base" / "model.safetensors", "--recipe",
+                      made / "blobs.yaml", "--out", made / out, "--data-dir", made, *gate)
+        assert res.returncode in (0, 3), res.stderr
+        return json.loads((made / out / "report.json").read_text())["arms"][0]
+
+    plain = finetune("ft-drop", "--max-old-drop", "0.025")
+    chosen = [w for w in plain["wise"] if w.get("chosen")]
+    assert len(chosen) == 1 and 0 < chosen[0]["alpha"] < 1  # the fixture: an interior point
+    alpha = chosen[0]["alpha"]
+
+    s = open_session(load_recipe(made / "blobs.yaml"), Place("cpu", None, str(made)), join=False)
+    model = s.model()
+    model.eval()
+    base, _ = ckpt.load_model(made / "base" / "model.safetensors")
+    arm, _ = ckpt.load_model(made / "ft-drop" / "adamw" / "model.safetensors")
+
+    def predicted(a: float, split: str) -> dict:
+        model.load_state_dict({k: base[k] + a * (arm[k] - base[k]) for k in base})
+        with torch.no_grad():
+            return {t: model(getattr(s.tasks[t], split).x).argmax(1) for t in ("old", "new")}
+
+    ref = {split: predicted(0.0, split) for split in ("val", "test")}
+    for w in plain["wise"]:
+        if 0 < w["alpha"] < 1:
+            got = predicted(w["alpha"], "val")
+            for t in ("old", "new"):
+                y = s.tasks[t].val.y
+                n_neg = int(((ref["val"][t] == y) & (got[t] != y)).sum())
+                assert w["val_flips"][t]["n_neg"] == n_neg and w["val_flips"][t]["n"] == len(y)
+    got = predicted(alpha, "test")
+    y = s.tasks["old"].test.y
+    assert chosen[0]["flips"]["old"]["nfr"] == pytest.approx(
+        float(((ref["test"]["old"] == y) & (got["old"] != y)).float().mean()))
+
+    loose = finetune("ft-nfr", "--max-old-drop", "0.025", "--max-nfr", "0.5")
+    assert [w["alpha"] for w in loose["wise"] if w.get("chosen")] == [alpha]
+    own = chosen[0]["val_flips"]["old"]["nfr"]
+    assert own > 0  # the fixture: the point breaks some old samples
+    tight = finetune("ft-tight", "--max-old-drop", "0.025", "--max-nfr", f"{own / 2!r}")
+    assert alpha not in [w["alpha"] for w in tight["wise"] if w.get("chosen")]

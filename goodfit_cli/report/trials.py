@@ -21,8 +21,9 @@ def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0
     """The α of the arm's WiSE-FT curve (0 < α <= 1; the base's own point, α = 0, is never
     a candidate, nor any point no better than the base on the new task) with the best new-task
     primary metric on validation among the points that pass the gate on validation (old task
-    breaks ties, then the larger α); `none` (1.0: the arm) when none passes. A point α < 1 has no
-    predictions: a flip-rate limit counts it as failing. `z`: the validation margin
+    breaks ties, then the larger α); `none` (1.0: the arm) when none passes. A point α < 1 is
+    judged with the flips its curve stored ("val_flips"); a flip-rate limit counts one without
+    them (a run of an older goodfit) as failing. `z`: the validation margin
     (report/margin.py), the sample counts from the arm's validation flips."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
     view = {"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
@@ -51,7 +52,7 @@ def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
         if (not (interior or (w["alpha"] == 1 and arm_view is not None))
                 or any(v is None for v in pt) or not gained(pt, base, dirs)):
             continue
-        view = point_view(val, base_val) if interior else arm_view
+        view = point_view(val, base_val, w.get("val_flips")) if interior else arm_view
         if judge(gate, view, f"WiSE α {w['alpha']:g}", z, n)["passed"]:
             ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
     return max(ok)[2] if ok else None

@@ -22,6 +22,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
+from goodfit_cli.core import metrics as M
 from goodfit_cli.objectives import direction, is_rate
 from goodfit_cli.report.gate import Gate, evaluate_gate
 from goodfit_cli.report.margin import (
@@ -79,17 +82,30 @@ def _pair(metrics: dict | None, po: str, pn: str) -> tuple[float, float] | None:
     return pt if _finite(*pt) else None
 
 
-def point_view(metrics: dict, base: dict) -> dict:
-    """A WiSE point as the gate reads an arm: metrics and changes against the base's (no CIs,
-    no flips: a point has no stored predictions)."""
+def point_view(metrics: dict, base: dict, flips: dict | None = None) -> dict:
+    """A WiSE point as the gate reads an arm: metrics and changes against the base's (no CIs),
+    and its flips against the base (`point_flips`) where they were measured: a flip-rate limit
+    counts a point without them as failing."""
     delta = {t: {m: {"value": v - base[t][m], "ci": None, "better": None}
                  for m, v in (metrics.get(t) or {}).items()
                  if _finite(v) and _finite((base.get(t) or {}).get(m))} for t in ("old", "new")}
-    return {"metrics": metrics, "delta": delta, "flips": {}}
+    return {"metrics": metrics, "delta": delta, "flips": flips or {}}
 
 
-def _point_view(name: str, metrics: dict, base: dict) -> dict:
-    return {"name": name, **point_view(metrics, base)}
+def point_flips(base_preds: dict | None, preds: dict, kinds: dict[str, str]) -> dict:
+    """{task: {"nfr", "pfr", "n_neg", "n_pos", "n"}}: a point's predictions against the base's
+    on the same samples, for each classification task (no CIs: a choice reads the value)."""
+    out = {}
+    for t, kind in kinds.items():
+        b, p = (base_preds or {}).get(t), preds.get(t)
+        if (kind == "classification" and b and p and "pred" in b and "pred" in p
+                and torch.equal(b["target"].cpu(), p["target"].cpu())):  # the same samples
+            out[t] = M.flips(b["pred"], p["pred"], b["target"])
+    return out
+
+
+def _point_view(name: str, metrics: dict, base: dict, flips: dict | None = None) -> dict:
+    return {"name": name, **point_view(metrics, base, flips)}
 
 
 def _candidates(report: dict, po: str, pn: str) -> list[dict]:
@@ -109,8 +125,10 @@ def _candidates(report: dict, po: str, pn: str) -> list[dict]:
             test = {"old": w.get("old") or {}, "new": w.get("new") or {}}
             out.append({"name": name, "kind": "wise", "arm": a["name"], "alpha": w["alpha"],
                         "val": _pair(w["val"], po, pn), "test": _pair(test, po, pn),
-                        "val_view": _point_view(name, w["val"], report["base_val_metrics"]),
-                        "test_view": _point_view(name, test, report["base_metrics"])})
+                        "val_view": _point_view(name, w["val"], report["base_val_metrics"],
+                                                w.get("val_flips")),
+                        "test_view": _point_view(name, test, report["base_metrics"],
+                                                 w.get("flips"))})
     return out
 
 

@@ -321,7 +321,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     with phases.phase("wise"):
         wise_curves = ({r.name: phases.timed(r.name, "wise", wise_curve, s, model, base_state, r,
                                              at_base, base_val, job.gate, recipe.wise_alphas,
-                                             points, zero, job.margin)
+                                             points, zero, job.margin,
+                                             (base_preds, base_val_preds))
                         for r in results}
                        if job.wise else {})
     model.load_state_dict(base_state)

@@ -31,7 +31,7 @@ from goodfit_cli.models.heads import head_prefixes
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.trials import gained, judge, pick
-from goodfit_cli.report.verdict import point_view
+from goodfit_cli.report.verdict import point_flips, point_view
 from goodfit_cli.trainer.session import Session
 
 GRID = tuple(i / 4 for i in range(-12, 13))  # τ from -3 to 3 in steps of 0.25 (logit units)
@@ -77,16 +77,32 @@ def _logits(s: Session, model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _measured(s: Session, logits: dict[str, torch.Tensor], classes: list[int],
               tau: float) -> dict[str, dict]:
-    out = {}
+    return _point(s, logits, classes, tau)[0]
+
+
+def _point(s: Session, logits: dict[str, torch.Tensor], classes: list[int],
+           tau: float) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each task's validation metrics at τ, and its predictions (for flips)."""
+    out, preds = {}, {}
     for t in ("old", "new"):
         z = logits[t].clone()
         z[:, classes] += tau
-        out[t] = s.runners[t].objective.measure(z, s.tasks[t].val.y.to(z.device))[0]
-    return out
+        obj, y = s.runners[t].objective, s.tasks[t].val.y.to(z.device)
+        out[t] = obj.measure(z, y)[0]
+        preds[t] = {"pred": obj.predictions(z).cpu(), "target": y.cpu()}
+    return out, preds
+
+
+def _view(s: Session, logits: dict[str, torch.Tensor], classes: list[int], tau: float,
+          base_val: dict, base_preds: dict | None) -> tuple[dict, dict]:
+    """(metrics, the gate's view) of the point at τ: its flips against the base's
+    validation predictions where they are given."""
+    m, preds = _point(s, logits, classes, tau)
+    return m, point_view(m, base_val, point_flips(base_preds, preds, s.kinds))
 
 
 def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
-           margin: float = 0.0) -> dict[str, Any]:
+           margin: float = 0.0, base_preds: dict | None = None) -> dict[str, Any]:
     """Choose τ for `model` (as it is now) on the validation splits and write it into the
     head's bias. The record: {"tau", "classes", "bias", "val": {"at_0", "chosen"}} with τ
     written, or {"tau": 0.0, "why": ...} when nothing was (see the module)."""
@@ -108,11 +124,11 @@ def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
     tau, chosen = 0.0, at0
     base = pick(base_val, prim)
     for t in sorted(GRID, key=abs):  # ties: the smallest |τ|
-        m = _measured(s, logits, classes, t)
+        m, view = _view(s, logits, classes, t, base_val, base_preds)
         o, nw = pick(m, prim)
         if (dirs[0] * (o - o0) < -1e-12 or dirs[1] * (nw - best_new) <= 1e-12
                 or not gained((o, nw), base, dirs)
-                or not judge(gate, point_view(m, base_val), f"offset {t:g}", margin, n)["passed"]):
+                or not judge(gate, view, f"offset {t:g}", margin, n)["passed"]):
             continue
         tau, chosen, best_new = t, m, nw
     record = {"classes": classes, "bias": bias[0],
@@ -146,7 +162,8 @@ def _shifted_exactly(s: Session, model: nn.Module, bias: tuple[str, nn.Parameter
 
 def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
                       alphas: tuple[float, ...], start: tuple[float, bool], base_val: dict,
-                      gate: Gate | None, margin: float = 0.0) -> dict[str, Any]:
+                      gate: Gate | None, margin: float = 0.0,
+                      base_preds: dict | None = None) -> dict[str, Any]:
     """α and τ chosen together on the validation splits. `start` = (α0, passed): the α the
     WiSE-FT curve's rule chose alone (report/trials.py; `passed`: whether it passed the gate,
     else α0 is the arm's 1). Every (α, τ ≠ 0) of `alphas` (those above 0) × GRID competes with
@@ -186,11 +203,11 @@ def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
         for t in GRID:
             if t == 0.0:
                 continue  # τ = 0: the curve's rule judged those (α0 is its pick)
-            m = _measured(s, logits[a], classes, t)
+            m, view = _view(s, logits[a], classes, t, base_val, base_preds)
             o, nw = pick(m, prim)
             if (dirs[0] * (o - o0) < -1e-12 or not gained((o, nw), base, dirs)
-                    or not judge(gate, point_view(m, base_val), f"WiSE α {a:g}, offset {t:g}",
-                                 margin, n)["passed"]):
+                    or not judge(gate, view, f"WiSE α {a:g}, offset {t:g}", margin,
+                                 n)["passed"]):
                 continue
             rank = (dirs[1] * nw, dirs[0] * o, a, -abs(t))
             if best is None or rank > best[0]:

@@ -41,6 +41,7 @@ from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.trials import best_on_validation
+from goodfit_cli.report.verdict import point_flips
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
@@ -188,10 +189,11 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         if job.alphas:
             chosen = choose_with_alpha(s, model, lambda: Mixing(model, base_state, arm_tensors),
                                        job.alphas, (job.alpha, job.alpha_passed),
-                                       base_measured[2], job.gate, job.margin)
+                                       base_measured[2], job.gate, job.margin, base_measured[3])
             alpha = chosen["alpha"]
         else:
-            chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin)
+            chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin,
+                                   base_measured[3])
         said = offset_line(chosen)
         if "classes" in chosen or first_time(said):  # why it cannot apply: once per search
             ui.log(said)
@@ -249,7 +251,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
 def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                at_base: tuple[dict, dict] | None, base_val: dict, gate: Gate | None,
                alphas: tuple[float, ...], kept_as: str | None = None,
-               zero: dict | None = None, z: float = 0.0) -> list[dict]:
+               zero: dict | None = None, z: float = 0.0,
+               base_preds: tuple[dict, dict] | None = None) -> list[dict]:
     """WiSE-FT: (1−α)·base + α·arm for each α (no training; the recipe's `wise_alphas`: 0,
     report.wise_grid, 1). The grid is the choice of α, so
     it is evaluated on the validation splits ("val") only; the test splits (the report's) are
@@ -262,7 +265,10 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     command (`goodfit wise` of that point in a search's trial measures nothing again). `zero`:
     a dict the command's arms share, holding α = 0's validation measurement once one arm made
     it (the base's weights with the head as loaded, the same model for every arm). `z`: the
-    validation margin the gate is read with (a search's trial: its --val-margin)."""
+    validation margin the gate is read with (a search's trial: its --val-margin). `base_preds`:
+    the base's (test, validation) predictions, against which each point's flips are counted
+    ("val_flips" on validation, "flips" on test for the chosen point), so a flip-rate limit
+    judges a point as it judges an arm."""
     arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
     arm_val = arm.summary.get("val_metrics")
@@ -282,6 +288,8 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             curve.append({"alpha": a, "val": val})
             if a == 0 and zero is not None:
                 zero.update(val=copy.deepcopy(val), preds=val_preds[a])
+        if a in val_preds and base_preds is not None:
+            curve[-1]["val_flips"] = point_flips(base_preds[1], val_preds[a], s.kinds)
     counts = split_counts(s.validation)
     chosen = best_on_validation(gate, curve, base_val,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
@@ -298,5 +306,7 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
         keep(point_key(kept_as, arm.summary.get("sha256"), chosen),
              (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
         point.update(test, chosen=True)
+        if base_preds is not None:
+            point["flips"] = point_flips(base_preds[0], preds, s.kinds)
     model.load_state_dict(base_state)
     return curve
