@@ -131,3 +131,28 @@ def test_resumable_state_holds_callbacks_by_name_and_old_layout_resumes(base, tm
     assert recs(tmp_path / "full") == recs(tmp_path / "cut")
     assert recs(tmp_path / "full", ["goodfit"]) == recs(tmp_path / "old", ["goodfit"])
     assert recs(tmp_path / "old")[0]["goodfit"]["cycles"] == 1  # batches 5-6: one cycle
+
+
+def test_a_records_bookkeeping_counts_as_the_evaluations_time_not_the_trainings(tmp_path):
+    """What an evaluation's record costs (metrics.jsonl, the callbacks' on_record: the CSV,
+    TensorBoard, MLflow) is added to the session's evaluation time, which the run's timings
+    subtract from the training's. A callback that takes at least 0.2 s: the lower bound
+    time.sleep guarantees, not a measured speed."""
+    import time
+    from types import SimpleNamespace
+
+    from goodfit_cli.trainer.hooks import StageHooks
+    from goodfit_cli.training.callbacks import Callback
+
+    class Slow(Callback):
+        name = "slow"
+
+        def on_record(self, record, history) -> None:
+            time.sleep(0.2)
+
+    hooks = object.__new__(StageHooks)  # only what record() reads
+    hooks.s, hooks.records, hooks.callbacks = SimpleNamespace(eval_s=1.0), [], [Slow()]
+    hooks.job, hooks.main_rank = SimpleNamespace(out=tmp_path), True
+    hooks.record({"batch": 5, "loss": 0.5})
+    assert hooks.s.eval_s >= 1.2
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"batch": 5, "loss": 0.5}

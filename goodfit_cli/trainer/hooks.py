@@ -67,6 +67,7 @@ class StageHooks(Hooks):
         """The record's measurements: the validation splits ("val", what early stopping, the
         plateau schedule and the curves read), and the test splits ("old", "new") only under
         eval.curves: test+val; the test splits are otherwise measured once, at the end."""
+        t0, counted_before = time.perf_counter(), self.s.eval_s
         wanted = any(c.wants_predictions for c in self.callbacks)
         before = weights_version(self.model)
         with at_anchor(self.optimizer):  # never the displaced weights of a half-done cycle
@@ -85,6 +86,8 @@ class StageHooks(Hooks):
         ref_ratio = getattr(self.optimizer, "ref_ratio", None)
         if ref_ratio:
             res["lr_ref"] = float(self.optimizer.param_groups[0]["lr"]) / ref_ratio
+        # the evaluation's own time, the callbacks' reading of it included (not the training's)
+        self.s.eval_s = counted_before + time.perf_counter() - t0
         return res
 
     def train_mode(self, model: nn.Module) -> None:
@@ -130,11 +133,15 @@ class StageHooks(Hooks):
             self.s.state_s += time.perf_counter() - t0
 
     def record(self, rec: dict) -> None:
+        """Keep an evaluation's record: metrics.jsonl rewritten (atomically) and the callbacks
+        (tracking's metrics.csv, TensorBoard, MLflow); their time counts as the evaluation's."""
+        t0 = time.perf_counter()
         self.records.append(rec)
         if self.main_rank:
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
         for c in self.callbacks:
             c.on_record(rec, self.records)
+        self.s.eval_s += time.perf_counter() - t0
 
 
 
