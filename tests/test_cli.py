@@ -498,3 +498,31 @@ def test_goodfit_arm_evaluates_and_saves_only_anchor_weights(base_ckpt, tmp_path
     odd_w, _ = ckpt.load_model(tmp_path / "odd" / "goodfit" / "model.safetensors")
     even_w, _ = ckpt.load_model(tmp_path / "even" / "goodfit" / "model.safetensors")
     assert all(torch.equal(odd_w[k], even_w[k]) for k in odd_w)
+
+
+def test_a_commands_timings_count_its_start_up_from_the_entry_point(tmp_path):
+    """`goodfit` from its console entry point: the first phase is the command's start-up (the
+    imports, the recipe), so the phases and the rest add up to the command's time from there.
+    Only the bookkeeping is asserted (no wall time), and a lower bound the process itself
+    guarantees: the command took at least as long as its timings say."""
+    import subprocess
+    import sys
+    import time
+
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "goodfit_cli", "pretrain", "--recipe", "toy",
+                          "--out", tmp_path / "b", *TINY, "pretrain.steps=5"],
+                         capture_output=True, text=True, timeout=300)
+    wall = time.perf_counter() - t0
+    assert res.returncode == 0, res.stderr
+    t = json.loads((tmp_path / "b" / "timings.json").read_text())
+    phases = t["phases_s"]
+    assert list(phases)[0] == "start_up" and phases["start_up"] > 0
+    assert sum(phases.values()) + t["other_s"] == pytest.approx(t["total_s"], abs=0.01)
+    assert t["total_s"] <= wall
+    assert "start up" in res.stderr + res.stdout  # the console's time line names it
+    # in-process (a library call, or the CLI app without its entry point): no start-up phase
+    runner.pretrain(load_recipe(RECIPES_DIR / "toy.yaml", TINY + ["pretrain.steps=5"]),
+                    tmp_path / "lib", log=lambda m: None)
+    assert "start_up" not in json.loads((tmp_path / "lib" / "timings.json").read_text())[
+        "phases_s"]

@@ -26,6 +26,9 @@ def main() -> None:
     flushed: the run has already left the process group, and interpreter teardown with the
     collective library's threads still alive can abort a finished run ("terminate called
     without an active exception")."""
+    from goodfit_cli.core.timing import command_started
+
+    command_started()  # the command's timings count its start-up (core/timing.py)
     try:
         app()
     except SystemExit as e:

@@ -1,6 +1,7 @@
 """Where a command's time goes: named phases, and the share that is training.
 
-A command is more than its training loop: loading the data and the base, evaluating the base,
+A command is more than its training loop: its start-up (the imports and the recipe, from the
+CLI's entry point), loading the data and the base, evaluating the base,
 the periodic evaluations, the WiSE curve, the bootstrap and the report. `Phases` adds up wall
 time per phase (perf_counter; results that reach the host, as evaluations do, have synchronised
 the device) so a run can say `command / training` about itself. A phase timed inside another
@@ -23,12 +24,27 @@ T = TypeVar("T")
 TRAINING = "training"
 
 
+START_UP = "start_up"
+_COMMAND_START: list[float] = []  # when the CLI's entry point began (command_started)
+
+
+def command_started() -> None:
+    """Called by the CLI's entry point before anything is imported for the command: the
+    process's first Phases counts the time since as its "start_up" phase (the heavy imports,
+    torch and timm, the recipe read and checked), so its total is the command's."""
+    _COMMAND_START[:] = [time.perf_counter()]
+
+
 class Phases:
     def __init__(self) -> None:
-        self.start = time.perf_counter()
+        self.start = time.perf_counter()  # this command's own phases begin ("load" from here)
         self.seconds: dict[str, float] = {}
         self.arms: dict[str, dict[str, float]] = {}  # each arm's share of the phases
         self._inner: list[float] = []  # per open phase: the seconds of the phases inside it
+        self.began = self.start  # what the total counts from
+        if _COMMAND_START:  # the process's first command (a search's trials have none)
+            self.began = _COMMAND_START.pop()
+            self.seconds[START_UP] = self.start - self.began
 
     def add(self, name: str, seconds: float, arm: str | None = None) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + max(0.0, seconds)
@@ -72,7 +88,7 @@ class Phases:
     def record(self) -> dict[str, Any]:
         """{"phases_s": {phase: s}, "total_s": s since the start, "command_over_training"},
         and "arms_s": {arm: {phase: s}} when arms were timed."""
-        total = time.perf_counter() - self.start
+        total = time.perf_counter() - self.began
         training = self.seconds.get(TRAINING, 0.0)
         arms = {a: {k: round(v, 3) for k, v in d.items()} for a, d in self.arms.items()}
         return {"phases_s": {k: round(v, 3) for k, v in self.seconds.items()},
