@@ -156,3 +156,12 @@ def test_a_records_bookkeeping_counts_as_the_evaluations_time_not_the_trainings(
     hooks.record({"batch": 5, "loss": 0.5})
     assert hooks.s.eval_s >= 1.2
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"batch": 5, "loss": 0.5}
+
+    from goodfit_cli.trainer.hooks import Recording
+
+    class Watch:  # what a search's pruning watch does at an evaluation: write to its study
+        def on_evaluation(self, rec) -> None:
+            time.sleep(0.2)
+
+    Recording(hooks, Watch()).on_evaluation({"batch": 6, "loss": 0.4})
+    assert hooks.s.eval_s >= 1.6  # the record's callback and the watch, both evaluations'

@@ -72,7 +72,8 @@ def aside_path(out: Path) -> Path:
     return aside
 
 
-def _make(out: Path) -> None:
+def make_out(out: Path) -> None:
+    """`out` made and checked writable, or one line why not."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe_writable(out)
@@ -91,7 +92,7 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
         raise UserError(f"output directory {out} already exists and is not empty "
                         f"(pass --overwrite to start afresh{resume_hint})")
     existed = out.is_dir()
-    _make(out)
+    make_out(out)
     lock = RunLock(out)
     lock.made = not existed
     moved = None
@@ -105,7 +106,7 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
                             "(nothing was changed)") from None
         fsync_dir(out.parent)
         lock.release()
-        _make(out)
+        make_out(out)
         lock = RunLock(out)
         lock.made, lock.aside = True, moved
     return lock, moved

@@ -179,9 +179,14 @@ class Recording:
             self.events.on_batch(batch)
 
     def on_evaluation(self, rec: dict) -> None:
+        """The record kept, then passed on (the console, a search's watch writing to its
+        study); all of it is the evaluation's time, not the training's."""
+        s = self.hooks.s
+        t0, counted_before = time.perf_counter(), s.eval_s
         self.hooks.record(rec)
         if self.events is not None:
             self.events.on_evaluation(rec)
+        s.eval_s = counted_before + time.perf_counter() - t0  # what ran inside counted once
 
     def on_end(self) -> None:
         if self.events is not None:

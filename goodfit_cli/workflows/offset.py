@@ -135,8 +135,9 @@ def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
               "val": {"at_0": {k: at0[k][prim[k]] for k in at0},
                       "chosen": {k: chosen[k][prim[k]] for k in chosen}}}
     if tau == 0.0:
-        return {"tau": 0.0, "why": "no offset gains on the new task without losing on the old",
-                **record}
+        why = "no offset gains on the new task without losing on the old" + (
+            " and passes the gate" if gate is not None and gate.limits else "")
+        return {"tau": 0.0, "why": why, **record}
     if not _shifted_exactly(s, model, bias, logits, classes, tau):  # the point at τ = 0
         return {"tau": 0.0, "why": f"{bias[0]} does not shift the logits alone", **record,
                 "val": {"at_0": record["val"]["at_0"], "chosen": record["val"]["at_0"]}}

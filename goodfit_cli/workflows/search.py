@@ -55,6 +55,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
+from goodfit_cli.io.runlock import make_out
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
@@ -73,7 +74,7 @@ from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, 
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
-from goodfit_cli.workflows.study import a_study, make_out
+from goodfit_cli.workflows.study import a_study
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 

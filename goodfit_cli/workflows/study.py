@@ -17,7 +17,6 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
-from goodfit_cli.io.atomic import probe_writable
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
@@ -289,12 +288,3 @@ def a_study(out: Path) -> bool:
         return "study" in json.loads((out / "report.json").read_text())
     except (OSError, ValueError, TypeError):
         return False
-
-
-def make_out(out: Path) -> None:
-    """`out` made and checked writable, or one line why not."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe_writable(out)
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
