@@ -150,14 +150,14 @@ def test_a_records_bookkeeping_counts_as_the_evaluations_time_not_the_trainings(
         def on_record(self, record, history) -> None:
             time.sleep(0.2)
 
+    from goodfit_cli.trainer.hooks import Recording
+
     hooks = object.__new__(StageHooks)  # only what record() reads
     hooks.s, hooks.records, hooks.callbacks = SimpleNamespace(eval_s=1.0), [], [Slow()]
     hooks.job, hooks.main_rank = SimpleNamespace(out=tmp_path), True
-    hooks.record({"batch": 5, "loss": 0.5})
+    Recording(hooks, None).on_evaluation({"batch": 5, "loss": 0.5})  # the engine's way in
     assert hooks.s.eval_s >= 1.2
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"batch": 5, "loss": 0.5}
-
-    from goodfit_cli.trainer.hooks import Recording
 
     class Watch:  # what a search's pruning watch does at an evaluation: write to its study
         def on_evaluation(self, rec) -> None:

@@ -134,14 +134,13 @@ class StageHooks(Hooks):
 
     def record(self, rec: dict) -> None:
         """Keep an evaluation's record: metrics.jsonl rewritten (atomically) and the callbacks
-        (tracking's metrics.csv, TensorBoard, MLflow); their time counts as the evaluation's."""
-        t0 = time.perf_counter()
+        (tracking's metrics.csv, TensorBoard, MLflow); `Recording` counts its time as the
+        evaluation's."""
         self.records.append(rec)
         if self.main_rank:
             write_jsonl(self.job.out / "metrics.jsonl", self.records)
         for c in self.callbacks:
             c.on_record(rec, self.records)
-        self.s.eval_s += time.perf_counter() - t0
 
 
 

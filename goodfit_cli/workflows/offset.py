@@ -101,36 +101,62 @@ def _view(s: Session, logits: dict[str, torch.Tensor], classes: list[int], tau: 
     return m, point_view(m, base_val, point_flips(base_preds, preds, s.kinds))
 
 
+def _shiftable(s: Session, model: nn.Module) -> tuple[list[int], dict, tuple] | str:
+    """(the new task's own classes, the model's validation logits as it is now, the head's
+    bias (name, parameter)), or why no offset can be written (one phrase)."""
+    classes = new_classes(s)
+    if isinstance(classes, str):
+        return classes
+    logits = _logits(s, model)
+    width = logits["new"].shape[1]
+    if max(classes) >= width:
+        return f"the model has {width} outputs, fewer than the classes"
+    bias = head_bias(model, width)
+    return bias if isinstance(bias, str) else (classes, logits, bias)
+
+
+class _Rule:
+    """What every shifted point must meet on validation: no worse on the old task than `o0`,
+    better than the base on the new task, and the gate passed with the search's margin."""
+
+    def __init__(self, s: Session, base_val: dict, gate: Gate | None, margin: float, o0: float,
+                 base_preds: dict | None) -> None:
+        self.s, self.base_val, self.gate, self.margin, self.o0 = s, base_val, gate, margin, o0
+        self.base_preds, self.prim = base_preds, s.recipe.primary
+        self.dirs = (direction(self.prim["old"]), direction(self.prim["new"]))
+        self.base = pick(base_val, self.prim)
+        self.n = {t: len(s.tasks[t].val) for t in ("old", "new")}
+
+    def admits(self, logits: dict, classes: list[int], tau: float,
+               name: str) -> tuple[dict, float, float] | None:
+        """(metrics, old, new) of the point at τ when it meets the rule, else None."""
+        m, view = _view(self.s, logits, classes, tau, self.base_val, self.base_preds)
+        o, nw = pick(m, self.prim)
+        if (self.dirs[0] * (o - self.o0) < -1e-12 or not gained((o, nw), self.base, self.dirs)
+                or not judge(self.gate, view, name, self.margin, self.n)["passed"]):
+            return None
+        return m, o, nw
+
+
 def choose(s: Session, model: nn.Module, base_val: dict, gate: Gate | None,
            margin: float = 0.0, base_preds: dict | None = None) -> dict[str, Any]:
     """Choose τ for `model` (as it is now) on the validation splits and write it into the
     head's bias. The record: {"tau", "classes", "bias", "val": {"at_0", "chosen"}} with τ
     written, or {"tau": 0.0, "why": ...} when nothing was (see the module)."""
-    classes = new_classes(s)
-    if isinstance(classes, str):
-        return {"tau": 0.0, "why": classes}
-    logits = _logits(s, model)
-    width = logits["new"].shape[1]
-    if max(classes) >= width:
-        return {"tau": 0.0, "why": f"the model has {width} outputs, fewer than the classes"}
-    bias = head_bias(model, width)
-    if isinstance(bias, str):
-        return {"tau": 0.0, "why": bias}
+    found = _shiftable(s, model)
+    if isinstance(found, str):
+        return {"tau": 0.0, "why": found}
+    classes, logits, bias = found
     prim = s.recipe.primary
-    dirs = (direction(prim["old"]), direction(prim["new"]))
-    n = {t: len(s.tasks[t].val) for t in ("old", "new")}
     at0 = _measured(s, logits, classes, 0.0)
     o0, best_new = pick(at0, prim)
     tau, chosen = 0.0, at0
-    base = pick(base_val, prim)
+    rule = _Rule(s, base_val, gate, margin, o0, base_preds)
     for t in sorted(GRID, key=abs):  # ties: the smallest |τ|
-        m, view = _view(s, logits, classes, t, base_val, base_preds)
-        o, nw = pick(m, prim)
-        if (dirs[0] * (o - o0) < -1e-12 or dirs[1] * (nw - best_new) <= 1e-12
-                or not gained((o, nw), base, dirs)
-                or not judge(gate, view, f"offset {t:g}", margin, n)["passed"]):
+        point = rule.admits(logits, classes, t, f"offset {t:g}")
+        if point is None or rule.dirs[1] * (point[2] - best_new) <= 1e-12:
             continue
-        tau, chosen, best_new = t, m, nw
+        chosen, best_new, tau = point[0], point[2], t
     record = {"classes": classes, "bias": bias[0],
               "val": {"at_0": {k: at0[k][prim[k]] for k in at0},
                       "chosen": {k: chosen[k][prim[k]] for k in chosen}}}
@@ -178,22 +204,16 @@ def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
     α and τ are left written in the model. The record is `choose`'s with "alpha" (the chosen
     α) and "alpha_alone" (α0); "val"'s "at_0" is (α0, τ = 0)."""
     alpha0, passed = start
-    keep = {"tau": 0.0, "alpha": alpha0, "alpha_alone": alpha0}  # the model as it came
-    classes = new_classes(s)
-    if isinstance(classes, str):
-        return {**keep, "why": classes}
+    found = _shiftable(s, model)  # the model comes mixed at α0
+    if isinstance(found, str):
+        return {"tau": 0.0, "alpha": alpha0, "alpha_alone": alpha0, "why": found}
+    classes, at_alpha0, bias = found
     prim = s.recipe.primary
-    dirs = (direction(prim["old"]), direction(prim["new"]))
-    n = {t: len(s.tasks[t].val) for t in ("old", "new")}
-    base = pick(base_val, prim)
-    logits = {alpha0: _logits(s, model)}  # the model comes mixed at α0
-    width = logits[alpha0]["new"].shape[1]
-    bias = head_bias(model, width) if max(classes) < width else (
-        f"the model has {width} outputs, fewer than the classes")
-    if isinstance(bias, str):
-        return {**keep, "why": bias}
-    at0 = _measured(s, logits[alpha0], classes, 0.0)
+    logits = {alpha0: at_alpha0}
+    at0 = _measured(s, at_alpha0, classes, 0.0)
     o0 = pick(at0, prim)[0]
+    rule = _Rule(s, base_val, gate, margin, o0, base_preds)
+    dirs = rule.dirs
     best = ((dirs[1] * pick(at0, prim)[1], dirs[0] * o0, alpha0, 0.0), alpha0, 0.0, at0) \
         if passed else None
     mix = mixing()
@@ -204,12 +224,10 @@ def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
         for t in GRID:
             if t == 0.0:
                 continue  # τ = 0: the curve's rule judged those (α0 is its pick)
-            m, view = _view(s, logits[a], classes, t, base_val, base_preds)
-            o, nw = pick(m, prim)
-            if (dirs[0] * (o - o0) < -1e-12 or not gained((o, nw), base, dirs)
-                    or not judge(gate, view, f"WiSE α {a:g}, offset {t:g}", margin,
-                                 n)["passed"]):
+            point = rule.admits(logits[a], classes, t, f"WiSE α {a:g}, offset {t:g}")
+            if point is None:
                 continue
+            m, o, nw = point
             rank = (dirs[1] * nw, dirs[0] * o, a, -abs(t))
             if best is None or rank > best[0]:
                 best = (rank, a, t, m)
