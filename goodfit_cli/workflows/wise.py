@@ -201,9 +201,10 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     ui.log(f"evaluating (1 - {alpha:g}) * base + {alpha:g} * {arm_meta.get('arm')}")
     point = point_key(key, arm_sha256, alpha)
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{alpha:g}"
-    if offset and offset["new_offset"]["tau"]:  # another point than the mix: measured as written
-        point, name = None, f"{name}+new{offset['new_offset']['tau']:+g}"
-    if job.only_if_new and alpha == 1.0 and not (offset and offset["new_offset"]["tau"]):
+    tau = offset["new_offset"]["tau"] if offset else 0.0
+    if tau:  # another point than the mix: measured as written
+        point, name = None, f"{name}+new{tau:+g}"
+    if job.only_if_new and alpha == 1.0 and not tau:
         if not any(job.out.iterdir()):  # made above, nothing written into it
             job.out.rmdir()
         return {}
