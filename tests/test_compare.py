@@ -110,6 +110,30 @@ def test_compare_of_a_run_includes_each_arms_ema_candidate(toy_run, tmp_path):
     assert res.exit_code == 2 and "checkpoint not found" in res.output and "+ema" in res.output
 
 
+def test_compare_shows_what_each_candidates_files_record(toy_run, tmp_path):
+    """Each candidate's provenance table holds what its own files record (its summary.json and
+    its run identity: seed, base, recipe, version), as finetune's report does; a bare
+    checkpoint records nothing and gets no table (before: every table was empty)."""
+    bare = tmp_path / "bare.safetensors"
+    shutil.copy(toy_run["ft"] / "goodfit" / "model.safetensors", bare)
+    res = run("compare", toy_run["base"], toy_run["ft"], bare, "--recipe", toy_run["recipe"],
+              "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    ft = json.loads((toy_run["ft"] / "report.json").read_text())
+    got = {a["name"]: a["provenance"] for a in rep["arms"]}
+    assert list(got) == ["rmsprop", "goodfit", "bare"] and got["bare"] == {}
+    for a in ft["arms"]:  # the run's own record of the arm, and where it came from
+        assert {k: got[a["name"]][k] for k in a["provenance"]} == a["provenance"]
+        assert got[a["name"]]["base_sha256"] == rep["provenance"]["base_sha256"]
+        assert got[a["name"]]["recipe"] == "toy" and got[a["name"]]["seed"] == 0
+    for text in ((tmp_path / "c" / "report.md").read_text(),
+                 (tmp_path / "c" / "report.html").read_text()):
+        assert text.count("| seed | 0 |") + text.count("<td>seed</td><td>0</td>") == 2
+        assert "|---|---|\n\n" not in text and "<tbody></tbody>" not in text  # none empty
+        assert "bare.safetensors)" not in text and "bare.safetensors</code>" not in text
+
+
 def test_compare_checkpoints_evaluates_and_gate_exit_codes(toy_run, tmp_path):
     """Bare checkpoints are evaluated; a strict gate exits 3 and names the metric; a loose one exits 0."""
     cand = toy_run["ft"] / "rmsprop" / "model.safetensors"

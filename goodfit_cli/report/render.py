@@ -127,7 +127,7 @@ def render_markdown(report: dict) -> str:
     out += _md_table(*_all_metric_rows(report))
     out += ["", "</details>", "", "<details><summary>Provenance</summary>", ""]
     out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(report["provenance"])])
-    for a in report["arms"]:
+    for a in (a for a in report["arms"] if a.get("provenance")):  # none recorded: no table
         out += ["", f"**{md_escape(a['name'])}** ({md_escape(a['checkpoint'])})", ""]
         out += _md_table(["key", "value"], [[(k, ""), (v, "")] for k, v in _flat(a["provenance"])])
     out += ["", f"Report schema `{report['schema']}`, created {report['created']}.", "",
@@ -320,7 +320,7 @@ def render_html(report: dict) -> str:
     parts += ["<h2>All metrics</h2>", _html_table(*_all_metric_rows(report)),
               "<details><summary>Provenance</summary>",
               _kv_table(report["provenance"])]
-    for a in report["arms"]:
+    for a in (a for a in report["arms"] if a.get("provenance")):  # none recorded: no table
         parts += [f"<h3>{_h(a['name'])} <code>{_h(a['checkpoint'])}</code></h3>",
                   _kv_table(a["provenance"])]
     parts.append(f'<p class="note">schema {_h(report["schema"])}, created {_h(report["created"])}'

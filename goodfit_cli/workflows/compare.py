@@ -115,6 +115,21 @@ def _recorded(side: Side) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _provenance(side: Side) -> dict:
+    """What a candidate's own files record about it, as finetune's report shows an arm: its
+    summary.json when that is this checkpoint's (the sha256 matches), with its run identity's
+    base, recipe and goodfit version; {} for a bare checkpoint or a record of another one."""
+    rec = _recorded(side)
+    if side.stored is None or side.stored.name != "summary.json" or not side.sha256 \
+            or rec.get("sha256") != side.sha256:
+        return {}
+    ident = _recorded(Side(side.name, side.checkpoint, side.stored.parent / "identity.json"))
+    recipe = ident.get("recipe")
+    extra = {"base_sha256": ident.get("base_sha256"), "goodfit_version": ident.get(
+        "goodfit_version"), "recipe": recipe.get("name") if isinstance(recipe, dict) else None}
+    return {**rec, **{k: v for k, v in extra.items() if v is not None and k not in rec}}
+
+
 def _unchanged(side: Side, name: str) -> bool:
     """Whether the file `name` beside the side's record still has the sha256 recorded for it."""
     path = side.stored.parent / name
@@ -289,8 +304,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             m, p, v, vp = measure(c)
         curve = read_jsonl(c.checkpoint.parent / "metrics.jsonl") \
             if c.stored and _unchanged(c, "metrics.jsonl") else []
-        arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve, val_metrics=v,
-                            val_predictions=vp))
+        arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve, provenance=_provenance(c),
+                            val_metrics=v, val_predictions=vp))
     prov = {"command": "compare", "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
     prov["validation"] = session.validation
