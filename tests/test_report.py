@@ -303,3 +303,23 @@ def test_a_compared_checkpoint_fed_other_statistics_is_named_in_the_report_head(
                      "0.25] (checkpoint).",
                      "Inputs of b: normalised with mean [0.9, 0.9, 0.9], std [0.25, 0.25, 0.25] "
                      "(checkpoint)."]
+
+
+def test_the_shipped_wise_points_command_is_a_code_span_in_markdown_and_html(report):
+    """The verdict ships a WiSE point with the command that makes it a checkpoint, meant as a
+    code span: Markdown writes it between plain backticks (before: escaped, `\\``, shown as
+    literal backticks) and HTML as <code>; the rest of the line is escaped as before."""
+    rep = copy.deepcopy(report)
+    point = {"old": 0.9, "new": 0.5}
+    rep["verdict"] = {"metrics": ["accuracy", "accuracy"], "rule": "r", "note": None,
+                      "arms": [], "candidates": 3, "ship": {
+                          "name": "sgd@wise0.5", "kind": "wise", "arm": "sgd", "alpha": 0.5,
+                          "val": point, "test": point, "passes_gate_test": True}}
+    md = [line for line in render_markdown(rep).splitlines() if line.startswith("**Ship")]
+    assert md == ["**Ship sgd@wise0.5 (`goodfit wise RUN/sgd --alpha 0.5`): validation old "
+                  "accuracy 90.00 %, new accuracy 50.00 %; test old 90.00 %, new 50.00 % (test "
+                  "gate: passes).**"]
+    assert "(<code>goodfit wise RUN/sgd --alpha 0.5</code>): validation" in render_html(rep)
+    from goodfit_cli.report.render import md_spans
+    assert md_spans("a `b|c` `d` *e") == "a \\`b\\|c\\` `d` \\*e"  # markup in a span: escaped
+    assert md_spans("a `b") == "a \\`b" and md_spans("`<i>`") == "\\`&lt;i&gt;\\`"

@@ -46,6 +46,26 @@ def md_escape(text) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
+def _spans(text) -> list[tuple[str, bool]]:
+    """Text cut at its `code spans` (a command to run): [(part, is_code)]. Unpaired backticks,
+    or a span's content that escaping would change (markup, a URL, a secret), stay plain text."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:
+        return [(str(text), False)]
+    out = [(p, i % 2 == 1 and p.strip() != "" and md_escape(p) == p) for i, p in enumerate(parts)]
+    return [(p if code or i % 2 == 0 else f"`{p}`", code) for i, (p, code) in enumerate(out)]
+
+
+def md_spans(text) -> str:
+    """md_escape, the text's code spans kept as code spans (their content verbatim)."""
+    return "".join(f"`{p}`" if code else md_escape(p) for p, code in _spans(text))
+
+
+def _h_spans(text) -> str:
+    """_h, the text's code spans written as <code>."""
+    return "".join(f"<code>{_h(p)}</code>" if code else _h(p) for p, code in _spans(text))
+
+
 def _md_table(head: list[str], rows: list[list[tuple[str, str]]]) -> list[str]:
     lines = ["| " + " | ".join(md_escape(h) for h in head) + " |", "|" + "---|" * len(head)]
     return lines + ["| " + " | ".join(md_escape(c) for c, _ in row) + " |" for row in rows]
@@ -87,7 +107,7 @@ def render_markdown(report: dict) -> str:
     if chosen:
         v = report["verdict"]
         out += ["", "#### Verdict (chosen on validation, confirmed on test)", "",
-                f"**{md_escape(_ship_line(report))}**", ""]
+                f"**{md_spans(_ship_line(report))}**", ""]
         out += _md_table(*chosen)
         out += ["", f"Rule: {md_escape(v['rule'])}"] + ([f"Note: {md_escape(v['note'])}."] if v["note"]
                                                     else [])
@@ -271,7 +291,7 @@ def render_html(report: dict) -> str:
     if chosen:
         note = report["verdict"]["note"]
         parts += ["<h2>Verdict (chosen on validation, confirmed on test)</h2>",
-                  f"<p><b>{_h(_ship_line(report))}</b></p>", _html_table(*chosen),
+                  f"<p><b>{_h_spans(_ship_line(report))}</b></p>", _html_table(*chosen),
                   f'<p class="note">Rule: {_h(report["verdict"]["rule"])}'
                   + (f" Note: {_h(note)}." if note else "") + "</p>"]
     wise = _wise_rows(report)
