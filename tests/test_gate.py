@@ -295,3 +295,29 @@ def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "does not measure old accuracy (it measures: mse)" in res.stderr
+
+
+def test_a_flip_rate_limit_on_the_new_task_says_flips_are_the_old_tasks():
+    """A flip-rate limit on the new task is refused for what it is (flips are measured on the
+    old task only), even when both tasks are classification; one on the old task of a
+    regression run says its old task is not classification (before: both read 'flip rates
+    exist only for a classification old task; ... has none'). Each is one line naming the
+    gate's source and the limit."""
+    from goodfit_cli.report.gate import check_metrics, parse_bound
+    cls = {"old": "classification", "new": "classification"}
+    have = {"old": {"accuracy"}, "new": {"accuracy"}}
+    new_pfr = Gate((Limit("new", "pfr", "max", 0.1),), source="g.yaml")
+    with pytest.raises(UserError) as e:
+        check_metrics(new_pfr, have, cls, "recipe r.yaml")
+    assert str(e.value) == ("g.yaml: new pfr max 0.1: flip rates are measured on the old task "
+                            "only (samples the update broke or fixed there), so a limit on the "
+                            "new task is not allowed; give task: old")
+    with pytest.raises(UserError, match=r"^gate flags: new nfr min 0\.2: flip rates are "
+                       r"measured on the old task only .*; use --min-old nfr=0\.2$"):
+        check_metrics(Gate((parse_bound("min_new", "nfr=0.2"),)), have, cls, "the run")
+    check_metrics(Gate((Limit("old", "pfr", "max", 0.1),)), have, cls, "the run")  # allowed
+    reg = {"old": "regression", "new": "classification"}
+    with pytest.raises(UserError) as e:
+        check_metrics(Gate((Limit("old", "nfr", "max", 0.1),)), have, reg, "recipe r.yaml")
+    assert str(e.value) == ("gate flags: old nfr max 0.1: flip rates need a classification old "
+                            "task; recipe r.yaml's old task is regression")

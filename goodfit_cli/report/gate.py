@@ -231,10 +231,16 @@ def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
     src = "gate flags" if gate.source == "flags" else gate.source
     for limit in gate.limits:
         if limit.metric in FLIP_METRICS:
-            if kinds.get(limit.task) == "classification" and limit.task == "old":
+            if limit.task != "old":  # whatever the task's kind: flips are the old task's
+                raise UserError(f"{src}: {limit.name}: flip rates are measured on the old task "
+                                f"only (samples the update broke or fixed there), so a limit on "
+                                f"the {limit.task} task is not allowed; " + (
+                                    f"use --{limit.bound}-old {limit.metric}={limit.threshold:g}"
+                                    if gate.source == "flags" else "give task: old"))
+            if kinds.get("old") == "classification":
                 continue
-            raise UserError(f"{src}: {limit.name}: flip rates exist only for a "
-                            f"classification old task; {what} has none")
+            raise UserError(f"{src}: {limit.name}: flip rates need a classification old task; "
+                            f"{what}'s old task is {kinds.get('old') or 'not classification'}")
         if limit.metric not in have.get(limit.task, set()):
             known = ", ".join(sorted(have.get(limit.task, set()))) or "none"
             raise UserError(f"{src}: {limit.name}: {what} does not measure "
