@@ -118,7 +118,8 @@ def _recorded(side: Side) -> dict:
 def _provenance(side: Side) -> dict:
     """What a candidate's own files record about it, as finetune's report shows an arm: its
     summary.json when that is this checkpoint's (the sha256 matches), with its run identity's
-    base, recipe and goodfit version; {} for a bare checkpoint or a record of another one."""
+    base, recipe and goodfit version; {} for a bare checkpoint or a record of another one. Its
+    recorded numbers are left out: compare measures its own, maybe on other data."""
     rec = _recorded(side)
     if side.stored is None or side.stored.name != "summary.json" or not side.sha256 \
             or rec.get("sha256") != side.sha256:
@@ -127,7 +128,8 @@ def _provenance(side: Side) -> dict:
     recipe = ident.get("recipe")
     extra = {"base_sha256": ident.get("base_sha256"), "goodfit_version": ident.get(
         "goodfit_version"), "recipe": recipe.get("name") if isinstance(recipe, dict) else None}
-    return {**rec, **{k: v for k, v in extra.items() if v is not None and k not in rec}}
+    kept = {k: v for k, v in rec.items() if k not in ("metrics", "val_metrics")}
+    return {**kept, **{k: v for k, v in extra.items() if v is not None and k not in kept}}
 
 
 def _unchanged(side: Side, name: str) -> bool:
