@@ -141,6 +141,16 @@ def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path 
                         f"--recipe (a resumed run uses {run / 'recipe.yaml'})")
 
 
+def _earlier(job: FinetuneJob) -> dict[str, Any]:
+    """What a resumed run's earlier commands recorded in run.json ({} for a fresh run, or one
+    whose run.json cannot be read: check_resumed_run refuses that one)."""
+    try:
+        saved = json.loads((job.out / "run.json").read_text()) if job.resume else {}
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
     """Fine-tune every arm from the base on the new task; write checkpoints and the report.
 
@@ -174,6 +184,11 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
 
 def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> dict[str, Any]:
     recipe, out = job.recipe, job.out
+    had = _earlier(job)  # before run.json is rewritten
+    # the recipe's hash as the run's first command recorded it: a resume reads the run's own
+    # recipe.yaml, whose data_dir and finetune.arms are the run's, so it hashes otherwise
+    recipe_sha = had.get("recipe_sha256")
+    recipe_sha = recipe_sha if isinstance(recipe_sha, str) else recipe.sha256
     rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
                      recipe.at("finetune.early_stop"))
     main_rank = is_main()
@@ -240,6 +255,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
+                                       "recipe_sha256": recipe_sha,
                                        "device": str(s.device),
                                        "data_dir": read_from, "data": read,
                                        "identity": identity, "validation": s.validation,
@@ -271,7 +287,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                        for t, d in base_metrics.items())
     if first_time(said):  # a search's trials measure one base: said once
         ui.log(said)
-    meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe.sha256,
+    meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe_sha,
             "base_sha256": loaded.sha256, "stage": "finetune"}
     if rule is not None:  # the gate's limits are watched against the base, on validation
         rule = replace(rule, base=base_val, base_old=base_val_preds["old"])
@@ -328,6 +344,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
+    prov["recipe_sha256"] = recipe_sha  # every arm's, as the run's first command recorded it
     prov.update(losses=losses(recipe), **({"sampling": sampled} if sampled else {}))
     if head_record:
         prov["base_head"] = head_record

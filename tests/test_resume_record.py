@@ -1,0 +1,50 @@
+"""What a resumed fine-tune records: the same recipe hash in every arm as the run's first
+command recorded, paths into the run folder as it is now (a moved run), and an arm that
+diverged in an earlier command still named when the resume leaves it out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_reliability import TINY, invoke
+
+from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.workflows.recipes import load
+
+FT = ["--recipe", "toy", "--no-wise", *TINY]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("base")
+    res = invoke("pretrain", "--recipe", "toy", "--out", root / "base", *TINY)
+    assert res.exit_code == 0, res.output
+    return root / "base" / "model.safetensors"
+
+
+def recorded_hashes(run: Path) -> dict[str, str]:
+    """Each arm's checkpoint header, run.json and the report: the recipe_sha256 they record."""
+    found = {a: ckpt.read_metadata(run / a / "model.safetensors")["recipe_sha256"]
+             for a in json.loads((run / "run.json").read_text())["arms"]}
+    found["run.json"] = json.loads((run / "run.json").read_text()).get("recipe_sha256")
+    found["report"] = json.loads((run / "report.json").read_text())["provenance"]["recipe_sha256"]
+    return found
+
+
+def test_every_arm_of_a_resumed_run_records_the_recipe_hash_it_began_with(tmp_path, base):
+    """Run with rmsprop, then --resume it adding head_only: the resume reads the run's own
+    recipe.yaml (data_dir and finetune.arms written in), yet head_only's header, run.json and the
+    report record the hash rmsprop recorded, that of the recipe the user gave (before: head_only
+    and the report carried the hash of RUN/recipe.yaml)."""
+    run = tmp_path / "run"
+    res = invoke("finetune", "--base", base, "--out", run, "--optimizer", "rmsprop", *FT)
+    assert res.exit_code == 0, res.output
+    given = load("toy", TINY).sha256
+    assert ckpt.read_metadata(run / "rmsprop" / "model.safetensors")["recipe_sha256"] == given
+    res = invoke("finetune", "--resume", run, "--optimizer", "rmsprop", "--optimizer", "head_only")
+    assert res.exit_code == 0, res.output
+    assert "rmsprop: already finished" in res.output
+    assert recorded_hashes(run) == {"rmsprop": given, "head_only": given, "run.json": given,
+                                    "report": given}
