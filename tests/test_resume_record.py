@@ -5,6 +5,7 @@ diverged in an earlier command still named when the resume leaves it out."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,26 @@ def test_every_arm_of_a_resumed_run_records_the_recipe_hash_it_began_with(tmp_pa
     assert "rmsprop: already finished" in res.output
     assert recorded_hashes(run) == {"rmsprop": given, "head_only": given, "run.json": given,
                                     "report": given}
+
+
+def test_a_moved_run_resumed_records_no_path_to_where_it_was(tmp_path, base):
+    """Run `first`, move it to `moved`, --resume it: no file under `moved` (JSON, reports,
+    checkpoint headers) names a path under `first` (before: the reused arm's summary.json kept
+    its old absolute checkpoint path); compare of the moved run reuses both arms where they are."""
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    res = invoke("finetune", "--base", base, "--out", first, "--optimizer", "rmsprop", *FT)
+    assert res.exit_code == 0, res.output
+    shutil.move(first, moved)
+    res = invoke("finetune", "--resume", moved, "--optimizer", "rmsprop", "--optimizer",
+                 "head_only")
+    assert res.exit_code == 0, res.output
+    assert "rmsprop: already finished" in res.output
+    old = f"{first}/".encode()
+    assert [str(p) for p in moved.rglob("*") if p.is_file() and old in p.read_bytes()] == []
+    summary = json.loads((moved / "rmsprop" / "summary.json").read_text())
+    assert summary["checkpoint"] == str(moved.resolve() / "rmsprop" / "model.safetensors")
+    res = invoke("compare", moved, moved, "--recipe", moved / "recipe.yaml",
+                 "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("reusing stored") == 3  # the base and both arms, where they are now
+    assert str(first) not in (tmp_path / "c" / "report.json").read_text()

@@ -24,7 +24,7 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import probe_writable, sha256_file
+from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
 
 Log = Callable[[str], None]
 
@@ -169,6 +169,23 @@ def recorded_path(folder: Path, value: Any) -> Path:
     relative to the run folder that recorded it, never to the current directory."""
     path = Path(str(value or ""))
     return path if path.is_absolute() else folder / path
+
+
+def relocated(result: RunResult) -> RunResult:
+    """A finished arm reused where its folder is now: a run folder moved since the arm finished
+    keeps the old place in its summary.json, so each path it recorded there (its "checkpoint",
+    a transformers model's "pretrained_folder") becomes the file of that name in the arm's
+    folder as it is now, absolute as the arm wrote it; summary.json is rewritten when one
+    changed (the files whose sha256 it records are not)."""
+    moved = {}
+    for key in ("checkpoint", "pretrained_folder"):
+        was = result.summary.get(key)
+        if isinstance(was, str) and was and str(result.dir.resolve() / Path(was).name) != was:
+            moved[key] = str(result.dir.resolve() / Path(was).name)
+    if moved:
+        result.summary.update(moved)
+        write_json(result.dir / "summary.json", result.summary)
+    return result
 
 
 Again = Callable[[str, torch.Tensor, torch.Tensor], "float | None"]  # objectives.recomputed

@@ -24,7 +24,8 @@ from goodfit_cli.data.validation import thin_line
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, save_predictions, tidy
+from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, relocated
+from goodfit_cli.io.rundir import save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import recomputed
@@ -293,6 +294,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         rule = replace(rule, base=base_val, base_old=base_val_preds["old"])
     results: list[RunResult] = []
     t_start = time.perf_counter()
+    here = relocated if main_rank else (lambda done: done)  # a reused arm of a moved run folder
     with stop_on_signals() as stop:
         for arm in parsed:
             arm_dir = out / arm.dirname
@@ -301,9 +303,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 if main_rank:  # reused only if this very run made it
                     claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
                     tidy(arm_dir, states=True)  # a kill after its summary: states, temps
-                results.append(_loaded(reused, arm_dir, arm.name))
+                results.append(here(_loaded(reused, arm_dir, arm.name)))
                 if (ema_dir / "summary.json").exists():
-                    results.append(_loaded(reused, ema_dir, f"{arm.name}+ema"))
+                    results.append(here(_loaded(reused, ema_dir, f"{arm.name}+ema")))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
                 continue
             model.load_state_dict(base_state)
