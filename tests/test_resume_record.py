@@ -72,3 +72,24 @@ def test_a_moved_run_resumed_records_no_path_to_where_it_was(tmp_path, base):
     assert res.exit_code == 0, res.output
     assert res.output.count("reusing stored") == 3  # the base and both arms, where they are now
     assert str(first) not in (tmp_path / "c" / "report.json").read_text()
+
+
+def test_an_arm_that_diverged_is_named_by_a_resume_without_it(tmp_path, base):
+    """adamw finishes, sgd diverges at lr 1 (exit 4); --resume with adamw alone: the resume says
+    sgd diverged, and run.json and the report still name it, with the batch and no path (before:
+    nothing in the run said it had diverged once the resume dropped it)."""
+    run = tmp_path / "run"
+    res = invoke("finetune", "--base", base, "--out", run, "--optimizer", "adamw", "--optimizer",
+                 "sgd", *FT, "finetune.optimizer.lr=1")
+    assert res.exit_code == 4, res.output
+    (line,) = json.loads((run / "run.json").read_text())["diverged"].values()
+    assert line.startswith("loss is NaN or Inf at batch ") and line.endswith(" of sgd")
+    res = invoke("finetune", "--resume", run, "--optimizer", "adamw")
+    assert res.exit_code == 0, res.output
+    assert f"sgd: diverged in an earlier command of this run ({line}); not among this " \
+           "command's arms" in res.output.replace("\n", " ")
+    assert json.loads((run / "run.json").read_text())["diverged"] == {"sgd": line}
+    report = json.loads((run / "report.json").read_text())
+    assert [a["name"] for a in report["arms"]] == ["adamw"]
+    assert report["provenance"]["diverged"] == {"sgd": line}
+    assert line in (run / "report.md").read_text()

@@ -188,6 +188,18 @@ def relocated(result: RunResult) -> RunResult:
     return result
 
 
+def note_diverged(run: Path, arm: str, message: str | None) -> None:
+    """run.json's "diverged" ({arm: the line its training ended with}): an arm whose training
+    loss became NaN or Inf stays named there until it finishes (`message` None), so that a
+    resume which leaves it out still says it diverged (the report's provenance)."""
+    saved = read_json(run / "run.json")
+    had = saved.pop("diverged", None)
+    had = had if isinstance(had, dict) else {}
+    now = {a: m for a, m in had.items() if a != arm} | ({arm: message} if message else {})
+    if now != had:
+        write_json(run / "run.json", {**saved, **({"diverged": now} if now else {})})
+
+
 Again = Callable[[str, torch.Tensor, torch.Tensor], "float | None"]  # objectives.recomputed
 HOW = ("compare: copy the checkpoint out of its folder to evaluate it afresh; a resume: start "
        "afresh with --overwrite")

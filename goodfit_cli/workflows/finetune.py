@@ -17,7 +17,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import dist_info, finish, is_main, stop_on_signals
-from goodfit_cli.core.errors import Interrupted, UserError
+from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import thin_line
@@ -25,7 +25,7 @@ from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, relocated
-from goodfit_cli.io.rundir import save_predictions, tidy
+from goodfit_cli.io.rundir import note_diverged, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import recomputed
@@ -190,6 +190,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     # recipe.yaml, whose data_dir and finetune.arms are the run's, so it hashes otherwise
     recipe_sha = had.get("recipe_sha256")
     recipe_sha = recipe_sha if isinstance(recipe_sha, str) else recipe.sha256
+    diverged = had.get("diverged") if isinstance(had.get("diverged"), dict) else {}
     rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
                      recipe.at("finetune.early_stop"))
     main_rank = is_main()
@@ -274,7 +275,11 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                        **({"base_outside_gate": outside} if outside else {}),
                                        **({"preprocessing": s.tasks["old"].preprocessing}
                                           if s.tasks["old"].preprocessing else {}),
-                                       **({"base_head": head_record} if head_record else {})})
+                                       **({"base_head": head_record} if head_record else {}),
+                                       **({"diverged": diverged} if diverged else {})})
+        for a, line in diverged.items():  # an earlier command's, until the arm finishes
+            ui.log(f"{a}: diverged in an earlier command of this run ({line})"
+                   + ("" if a in arm_names else "; not among this command's arms"))
         (out / "base").mkdir(exist_ok=True)
         save_predictions(out / "base" / "predictions.safetensors", base_preds)
         save_predictions(out / "base" / "val_predictions.safetensors", base_val_preds,
@@ -318,8 +323,14 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                                             meta, stop_rule=rule), stop, ui))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
+                if main_rank and arm.name in diverged:  # it finished this time
+                    note_diverged(out, arm.name, None)
                 if stop() and dist_info()[1] == 1:  # a signal in its final evaluation: the
                     raise Interrupted(stop.signum, out)  # arm is done, the run stops here
+            except Diverged as e:  # named in run.json: a resume without the arm still says it
+                if main_rank:  # what and when, not where its last state is (a path)
+                    note_diverged(out, arm.name, str(e).split("; ")[0])
+                raise
             except Interrupted as e:
                 e.resume = f"the same command plus --resume {out}"
                 raise
@@ -347,6 +358,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
     prov["validation"] = s.validation
     prov["recipe_sha256"] = recipe_sha  # every arm's, as the run's first command recorded it
+    gone = {a: line for a, line in diverged.items() if a not in arm_names}  # left out: named
+    prov.update({"diverged": gone} if gone else {})
     prov.update(losses=losses(recipe), **({"sampling": sampled} if sampled else {}))
     if head_record:
         prov["base_head"] = head_record
