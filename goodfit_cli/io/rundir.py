@@ -177,12 +177,10 @@ def relocated(result: RunResult) -> RunResult:
     a transformers model's "pretrained_folder") becomes the file of that name in the arm's
     folder as it is now, absolute as the arm wrote it; summary.json is rewritten when one
     changed (the files whose sha256 it records are not)."""
-    moved = {}
-    for key in ("checkpoint", "pretrained_folder"):
-        was = result.summary.get(key)
-        if isinstance(was, str) and was and str(result.dir.resolve() / Path(was).name) != was:
-            moved[key] = str(result.dir.resolve() / Path(was).name)
-    if moved:
+    recorded = {k: v for k, v in result.summary.items()
+                if k in ("checkpoint", "pretrained_folder") and isinstance(v, str) and v}
+    moved = {k: str(result.dir.resolve() / Path(v).name) for k, v in recorded.items()}
+    if moved != recorded:
         result.summary.update(moved)
         write_json(result.dir / "summary.json", result.summary)
     return result
