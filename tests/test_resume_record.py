@@ -93,3 +93,17 @@ def test_an_arm_that_diverged_is_named_by_a_resume_without_it(tmp_path, base):
     assert [a["name"] for a in report["arms"]] == ["adamw"]
     assert report["provenance"]["diverged"] == {"sgd": line}
     assert line in (run / "report.md").read_text()
+
+
+def test_a_relative_out_records_each_arms_checkpoint_against_the_run(tmp_path, base,
+                                                                     monkeypatch):
+    """`--out run` from the run's parent: report.json and report.md name each arm's checkpoint
+    by its absolute path, as its summary.json does (before: "run/rmsprop/model.safetensors",
+    a path that means something only from that working directory)."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke("finetune", "--base", base, "--out", "run", "--optimizer", "rmsprop", *FT)
+    assert res.exit_code == 0, res.output
+    where = str(tmp_path.resolve() / "run" / "rmsprop" / "model.safetensors")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert [a["checkpoint"] for a in report["arms"]] == [where]
+    assert f"`{where}`" in (tmp_path / "run" / "report.md").read_text()

@@ -103,7 +103,8 @@ def make_report(recipe: Recipe, out: Path, base: Path,
     metrics, preds, val, val_preds = measured
     base_side = RunSide("base", str(base), metrics, preds, val_metrics=val,
                         val_predictions=val_preds)
-    arms = [RunSide(r.name, str(r.dir / "model.safetensors"), r.metrics, r.predictions,
+    # absolute, as each arm's summary.json records it: a relative --out depends on the cwd
+    arms = [RunSide(r.name, str(r.dir.resolve() / "model.safetensors"), r.metrics, r.predictions,
                     r.curve, wise.get(r.name), r.summary, r.summary.get("val_metrics"),
                     r.val_predictions) for r in results]
     return finish_report(recipe, out, base_side, arms, kinds, provenance, gate, junit,
