@@ -45,6 +45,9 @@ def test_wise_candidate_is_the_mix_with_the_curves_metrics(run):
     for k in base:
         torch.testing.assert_close(got[k], base[k] + 0.3 * (arm[k] - base[k]))
     assert meta["arm"] == "rmsprop" and meta["wise_alpha"] == 0.3 and meta["stage"] == "wise"
+    # the recipe the arm was trained from, as the run recorded it, not RUN/recipe.yaml's hash
+    trained = ckpt.read_metadata(run / "ft" / "rmsprop" / "model.safetensors")["recipe_sha256"]
+    assert meta["recipe_sha256"] == trained
     curve = json.loads((run / "ft" / "report.json").read_text())["arms"][0]["wise"]
     point = next(p for p in curve if abs(p["alpha"] - 0.3) < 1e-9)
     report = json.loads((run / "w" / "report.json").read_text())

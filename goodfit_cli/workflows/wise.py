@@ -210,8 +210,12 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         return {}
     metrics, preds, val, val_preds = measure_base(s, model, point)
     phases.add("evaluations", time.perf_counter() - t_point)  # the mix, offset and point
+    # the recipe the arm was trained from, as its run recorded it (RUN/recipe.yaml, read here,
+    # has the run's data_dir and arms written in); with overrides, the recipe that ran here
+    ran = arm_meta.get("recipe_sha256") if not job.overrides else None
+    ran = ran if isinstance(ran, str) and ran else recipe.sha256
     meta = {"goodfit_version": __version__, "recipe": recipe.name,
-            "recipe_sha256": recipe.sha256, "base_sha256": loaded.sha256, "stage": "wise",
+            "recipe_sha256": ran, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": alpha,
             "wise_of": str(arm_ckpt.resolve()), "wise_of_sha256": arm_sha256,
             "metrics": metrics, **offset}
@@ -232,7 +236,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
                **pretrained_folder(unwrap(model), out)}  # a transformers model: out/hf too
     write_json(out / "summary.json", summary)
     prov = provenance(recipe, s, loaded.sha256) | {
-        "command": "wise", "wise_alpha": alpha, "wise_of": meta["wise_of"],
+        "command": "wise", "recipe_sha256": ran, "wise_alpha": alpha, "wise_of": meta["wise_of"],
         **({"base_head": head_record} if head_record else {}),
         "wall_s": round(time.perf_counter() - t0, 3), "validation": s.validation, **offset,
         "input": recorded(model) or {"source": "as stored"},  # fed as the base was trained
