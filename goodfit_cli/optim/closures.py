@@ -1,6 +1,7 @@
 """Checks on what ``GoodFit.step(closure)`` is given, in cycle mode (the closure must draw a fresh
-batch on every call). Misuse that can be detected is loud: a framework closure that recomputes
-the current batch raises, a closure that leaves every gradient untouched warns once."""
+batch on every call), and on the gradients ``step`` finds. Misuse that can be detected is loud: a
+framework closure that recomputes the current batch raises, a closure that leaves every gradient
+untouched warns once, a sparse gradient raises."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def refuse_framework_closure(closure: Callable[[], Any]) -> None:
                            "closure recomputes the same batch, so every phase would see one "
                            "batch. Add goodfit_cli.integrations.lightning.GoodFitCallback() to "
                            "the Trainer's callbacks (see docs/integrations.md)")
+
+
+def refuse_sparse(params: Iterable[Tensor]) -> None:
+    """ValueError for a sparse gradient: GoodFit's arithmetic is dense."""
+    for p in params:
+        if p.grad is not None and p.grad.is_sparse:
+            raise ValueError("GoodFit does not support sparse gradients "
+                             f"(parameter of shape {tuple(p.shape)})")

@@ -116,6 +116,7 @@ class GoodFit(torch.optim.Optimizer):
         self._phase = 0
         self._main_steps = 0
         self._touched: set[int] = set()  # indices of params with a gradient this cycle
+        self._anchored: set[int] = set()  # indices whose anchor is this cycle's θ_ref
         self.last_stats: kernels.ProjectionStats | None = None
         self.closure_mode = closure_mode
         self.rest_at_anchor = bool(rest_at_anchor)
@@ -210,13 +211,22 @@ class GoodFit(torch.optim.Optimizer):
 
     def _trainable(self) -> list[tuple[int, Tensor]]:
         """(index in the main optimizer's order, parameter) of every trainable parameter."""
-        out, i = [], 0
-        for group in self.main.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    out.append((i, p))
-                i += 1
-        return out
+        ps = (p for g in self.main.param_groups for p in g["params"])
+        return [(i, p) for i, p in enumerate(ps) if p.requires_grad]
+
+    def _in_cycle(self) -> list[tuple[int, Tensor]]:
+        """(index, parameter) covered by this cycle's anchor. Mid-cycle a parameter unfrozen since
+        the cycle began joins, anchored at its current value; one frozen since stays."""
+        if self._phase == 0:
+            return self._trainable()
+        for i, p in self._trainable():
+            if i not in self._anchored:
+                self._anchor(p).copy_(kernels._local(p))
+                self._anchored.add(i)
+                if self._displaced is not None:  # parked: the model holds its θ′ already
+                    self._displaced[i] = kernels._local(p).clone()
+        ps = (p for g in self.main.param_groups for p in g["params"])
+        return [(i, p) for i, p in enumerate(ps) if i in self._anchored]
 
     def _anchor(self, p: Tensor) -> Tensor:
         st, local = self.state[p], kernels._local(p)  # of the local shard when p is a DTensor (FSDP2)
@@ -228,29 +238,23 @@ class GoodFit(torch.optim.Optimizer):
                 st["anchor"] = torch.zeros_like(local, memory_format=torch.preserve_format)
         return st["anchor"]
 
-    @staticmethod
-    def _check_dense(p: Tensor) -> None:
-        if p.grad is not None and p.grad.is_sparse:
-            raise ValueError("GoodFit does not support sparse gradients "
-                             f"(parameter of shape {tuple(p.shape)})")
-
     def _advance(self) -> None:
-        trainable = self._trainable()
-        for _, p in trainable:
-            self._check_dense(p)
+        cycle, trainable = self._in_cycle(), self._trainable()
+        C.refuse_sparse(p for _, p in trainable)
         if self._phase < self.n_ref:
             self._reference_step(trainable)
             self._phase += 1
             if self.rest_at_anchor:
                 self.park()
         else:
-            self._main_step(trainable)
+            self._main_step(cycle)
             self._phase = 0
             self._main_steps += 1
 
     def _reference_step(self, trainable: list[tuple[int, Tensor]]) -> None:
         if self._phase == 0:  # θ_ref ← θ: the anchor of this cycle
             self._touched = set()
+            self._anchored = {i for i, _ in trainable}
             ps = [p for _, p in trainable]
             anchors = [self._anchor(p) for p in ps]
             if ps:
@@ -268,7 +272,8 @@ class GoodFit(torch.optim.Optimizer):
             if ps:
                 sgd(ps, [p.grad for p in ps], group["lr"] / self.ref_ratio)
 
-    def _main_step(self, trainable: list[tuple[int, Tensor]]) -> None:
+    def _main_step(self, cycle: list[tuple[int, Tensor]]) -> None:
+        trainable = [(i, p) for i, p in cycle if p.requires_grad]  # all of them, mid-cycle
         # a parameter moved by this cycle's reference steps but without a gradient now: g = 0
         for i, p in trainable:
             if p.grad is None and i in self._touched:
@@ -279,9 +284,9 @@ class GoodFit(torch.optim.Optimizer):
             group = kernels.shard_group(ps) if self.process_group == "auto" else self.process_group
             self.last_stats = fn(ps, [p.grad for p in ps], [self._anchor(p) for p in ps],
                                  self.projection, group)
-        # parameters with no gradient in the whole cycle never moved; restore the rest exactly
-        for i, p in trainable:
-            if p.grad is None and "anchor" in self.state[p]:
+        # restore exactly the parameters without a gradient (also those frozen mid-cycle)
+        for i, p in cycle:
+            if (p.grad is None or not p.requires_grad) and "anchor" in self.state[p]:
                 kernels._local(p).copy_(self.state[p]["anchor"])
         self._touched = set()
         self.main.step()
@@ -293,9 +298,9 @@ class GoodFit(torch.optim.Optimizer):
         when already parked). Costs one copy of the trainable weights until ``unpark()``."""
         if self._phase == 0 or self.parked:
             return
-        trainable = self._trainable()
-        self._displaced = {i: kernels._local(p).clone() for i, p in trainable}
-        for _, p in trainable:
+        cycle = self._in_cycle()
+        self._displaced = {i: kernels._local(p).clone() for i, p in cycle}
+        for _, p in cycle:
             kernels._local(p).copy_(self._anchor(p))
 
     @torch.no_grad()
@@ -303,7 +308,7 @@ class GoodFit(torch.optim.Optimizer):
         """Put θ′ back into the model (no-op when not parked): call it before the next forward."""
         if self._displaced is None:
             return
-        for i, p in self._trainable():
+        for i, p in self._in_cycle():
             kernels._local(p).copy_(self._displaced[i])
         self._displaced = None
 
@@ -338,7 +343,7 @@ class GoodFit(torch.optim.Optimizer):
         if self.parked:
             self._displaced = None  # the model already holds θ_ref
         else:
-            for _, p in self._trainable():
+            for _, p in self._in_cycle():
                 kernels._local(p).copy_(self._anchor(p))
         self._phase = 0
         self._touched = set()
@@ -354,7 +359,7 @@ class GoodFit(torch.optim.Optimizer):
         # the same keys at every phase, so one state_dict serves as another's template
         # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
         own = {}
-        for i, p in self._trainable():
+        for i, p in self._in_cycle():
             own[i] = {"anchor": S.like_param(self._anchor(p), p), "touched": i in self._touched}
             if self._displaced is not None:
                 own[i]["displaced"] = S.like_param(self._displaced[i], p)
@@ -377,24 +382,19 @@ class GoodFit(torch.optim.Optimizer):
         if self._ref_opt is not None:
             self._ref_opt.load_state_dict(ref_sd)
         phase = int(scalars["phase"])
-        trainable = self._trainable()
+        trainable = [i for i, _ in self._trainable()]
         if phase > 0:
-            missing = [i for i, _ in trainable if "anchor" not in extras.get(i, {})]
-            if missing:
-                raise ValueError(f"state_dict is mid-cycle but has no anchor for parameter "
-                                 f"{missing[0]}")
+            S.require(extras, trainable, "anchor", "state_dict is mid-cycle but has no anchor")
         displaced = None
         if scalars.get("parked"):
-            missing = [i for i, _ in trainable if "displaced" not in extras.get(i, {})]
-            if missing:
-                raise ValueError(f"state_dict is parked but has no displaced weights for "
-                                 f"parameter {missing[0]}")
-            displaced = {i: kernels._local(extras[i]["displaced"]).clone() for i, _ in trainable}
+            S.require(extras, trainable, "displaced",
+                      "state_dict is parked but has no displaced weights")
+            displaced = {i: kernels._local(e["displaced"]).clone() for i, e in extras.items()
+                         if "displaced" in e}
         self._phase = phase
         self._main_steps = int(scalars["main_steps"])
         self._touched = {i for i, e in extras.items() if e.get("touched")}
         self._displaced = displaced
-        if phase > 0:
-            for i, p in trainable:
-                self._anchor(p).copy_(kernels._local(extras[i]["anchor"]))
-
+        self._anchored = {i for i, e in extras.items() if "anchor" in e} if phase > 0 else set()
+        for i, p in (self._in_cycle() if phase > 0 else []):  # incl. any frozen mid-cycle
+            self._anchor(p).copy_(kernels._local(extras[i]["anchor"]))

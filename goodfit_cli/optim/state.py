@@ -116,3 +116,10 @@ def from_format1(sd: dict[str, Any]) -> tuple[dict, dict | None, dict[str, Any],
     for i in gf.get("touched", []):
         extras.setdefault(int(i), {})["touched"] = True
     return main_sd, ref_sd, scalars, extras
+
+
+def require(extras: dict[int, dict], indices: list[int], key: str, message: str) -> None:
+    """ValueError(`message` + the first of `indices` whose entry in `extras` lacks `key`)."""
+    missing = [i for i in indices if key not in extras.get(i, {})]
+    if missing:
+        raise ValueError(f"{message} for parameter {missing[0]}")
