@@ -30,6 +30,7 @@ from torch import Tensor
 
 from goodfit_cli.optim import closures as C
 from goodfit_cli.optim import functional as kernels
+from goodfit_cli.optim import settings
 from goodfit_cli.optim import state as S
 from goodfit_cli.optim.eager import eager
 
@@ -87,18 +88,7 @@ class GoodFit(torch.optim.Optimizer):
             raise ValueError(f"main must be a torch.optim.Optimizer, got {type(main).__name__}")
         if isinstance(main, GoodFit):
             raise ValueError("main must not itself be a GoodFit optimizer")
-        if isinstance(n_ref, bool) or not isinstance(n_ref, int) or n_ref < 1:
-            raise ValueError(f"Invalid n_ref: {n_ref!r} (an integer >= 1)")
-        if isinstance(ref_ratio, bool) or not isinstance(ref_ratio, (int, float)) or not (
-            ref_ratio > 0 and ref_ratio != float("inf")
-        ):
-            raise ValueError(f"Invalid ref_ratio: {ref_ratio!r} (a finite number > 0)")
-        if projection not in ("global", "tensor"):
-            raise ValueError(f"Invalid projection: {projection!r} (choose 'global' or 'tensor')")
-        if not (reference == "sgd" or callable(reference)):
-            raise ValueError(f"Invalid reference: {reference!r} (use 'sgd' or a callable)")
-        if closure_mode not in ("cycle", "batch"):
-            raise ValueError(f"Invalid closure_mode: {closure_mode!r} (choose 'cycle' or 'batch')")
+        settings.check(n_ref, ref_ratio, projection, reference, closure_mode)
 
         self.main = main
         self.n_ref = n_ref
@@ -175,6 +165,13 @@ class GoodFit(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.main.zero_grad(set_to_none=set_to_none)
+
+    def __getstate__(self) -> dict[str, Any]:  # torch's keeps 3 keys: `main` was lost
+        return self.__dict__.copy()  # (copy.deepcopy and pickle.loads raised AttributeError)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._patch_step_function()
 
     def __repr__(self) -> str:
         return (f"GoodFit(n_ref={self.n_ref}, ref_ratio={self.ref_ratio}, "
