@@ -435,3 +435,35 @@ def test_distributed_checkpoint_round_trip_under_fsdp2(tmp_path):
         assert r["layout"] == ["param_groups", "state"] and r["anchor_is_dtensor"]
         assert torch.equal(r["a"], r["b"])
         torch.testing.assert_close(r["a"].double(), flat(single), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stop", [4, 6])  # mid-cycle (parked inside at_anchor) and at phase 0
+def test_resume_snippet_continues_exactly(tmp_path, stop):
+    """docs/integrations.md's resume snippet: a checkpoint written inside at_anchor() (model =
+    θ_ref, optimizer parked) and loaded into a fresh net and GoodFit, then unpark(), continues
+    bit for bit. Before, the docs said only "save inside at_anchor()": the resumed step() raised
+    (parked), or, with the optimizer state taken outside the block, silently diverged."""
+    bs = batches()
+
+    def run(net, opt, part):
+        for x, y in part:
+            opt.zero_grad(); nn.functional.mse_loss(net(x), y).backward(); opt.step()
+
+    def fresh():
+        net = make_net()
+        return net, GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0)
+
+    whole, whole_opt = fresh()
+    run(whole, whole_opt, bs)
+    net, opt = fresh()
+    run(net, opt, bs[:stop])
+    save, load = snippet("resume").split("ckpt = torch.load(path)")
+    exec(save, {"net": net, "opt": opt, "path": tmp_path / "ck.pt"})
+    with opt.at_anchor():
+        saved = torch.load(tmp_path / "ck.pt")["model"].values()
+        assert torch.equal(flat(net), torch.cat([v.reshape(-1).double() for v in saved]))
+    net2, opt2 = fresh()
+    exec("ckpt = torch.load(path)" + load, {"net": net2, "opt": opt2, "path": tmp_path / "ck.pt",
+                                            "torch": torch})
+    run(net2, opt2, bs[stop:])
+    assert torch.equal(flat(net2), flat(whole))
