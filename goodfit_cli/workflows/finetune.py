@@ -93,6 +93,8 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
         raise UserError(f"{meta}: no list of arms or no base recorded; the run folder is damaged, "
                         "start a new run with --out")
     recipe = load_recipe(run / "recipe.yaml", overrides or [])
+    if not arms and any(o.partition("=")[0].strip() == "finetune.arms" for o in overrides or []):
+        arms = list(recipe.finetune.arms)  # the arms override, as --optimizer (before: ignored)
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
     job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
