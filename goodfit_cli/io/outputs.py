@@ -67,6 +67,8 @@ def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None]
             if _same(path, src):
                 raise UserError(f"{opt} {path} is also this command's {name}; "
                                 "it would be overwritten, choose another path")
+        if path.is_dir():  # else refused only at the end, after the work (before: training)
+            raise UserError(f"{opt} {path} is a directory; give the path of a file to write")
         if path.suffix.lower() == ".safetensors" and path.exists():
             raise UserError(f"{opt} {path} is a checkpoint (.safetensors); goodfit never "
                             "overwrites one with another output, choose another path")
