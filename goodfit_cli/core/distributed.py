@@ -61,8 +61,11 @@ def resolve_device(name: str) -> torch.device:
     _, world, local = dist_info()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device 'cuda' requested but CUDA is not available (use --device cpu)")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise UserError(f"device {name!r}: unknown; choose auto, cpu or cuda (or cuda:N)")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
     if name == "cuda" and world > 1:
         return torch.device("cuda", local)
     return torch.device(name)
