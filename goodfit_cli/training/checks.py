@@ -77,5 +77,12 @@ def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
     if recipe.pretrain is not None:  # a recipe may fine-tune a base from elsewhere
         check_arm(recipe.pretrain, Arm("pretrain", "plain", recipe.pretrain.optimizer.name),
                   recipe.at("pretrain"))
+    seen: dict[str, str] = {}  # folder -> arm: two arms of one folder would train into it
     for name in arms or recipe.finetune.arms:
-        check_arm(recipe.finetune, parse_arm(name, recipe.finetune), recipe.at("finetune"))
+        arm = parse_arm(name, recipe.finetune)
+        if arm.dirname in seen:
+            where = "--optimizer" if arms else recipe.at("finetune.arms")
+            was = f" (as {seen[arm.dirname]!r})" if seen[arm.dirname] != name else ""
+            raise UserError(f"{where}: arm {name!r} is listed twice{was}; give each arm once")
+        seen[arm.dirname] = name
+        check_arm(recipe.finetune, arm, recipe.at("finetune"))
