@@ -161,9 +161,10 @@ def wise(
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
     from goodfit_cli.trainer.session import Place
-    from goodfit_cli.workflows.wise import WiseJob
+    from goodfit_cli.workflows.wise import WiseJob, check_arm_dir
     from goodfit_cli.workflows.wise import wise as run_wise
 
+    check_arm_dir(arm_dir)  # before its run's recipe.yaml is read
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new), junit=junit)

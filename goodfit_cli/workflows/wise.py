@@ -128,6 +128,15 @@ class WiseJob:
     alpha_passed: bool = True
 
 
+def check_arm_dir(arm_dir: Path) -> None:
+    """`arm_dir` is RUN/<arm>, a finished arm: one line naming it otherwise (a run folder given
+    for its arm: before, `recipe not found: recipe.yaml`, read beside the run)."""
+    if not (arm_dir.parent / "run.json").exists() or not (arm_dir / "summary.json").exists():
+        hint = "; give one of its arms, RUN/<arm>" if (arm_dir / "run.json").exists() else ""
+        raise UserError(f"{arm_dir}: not a finished arm of a goodfit fine-tuning run "
+                        f"(expected RUN/<arm>/summary.json and RUN/run.json){hint}")
+
+
 def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict[str, Any]:
     """Write DIR/model.safetensors (the α-mix, and the new-class offset when asked), its
     predictions, summary and gated report. Rank 0 only (under torchrun the other ranks return
@@ -140,9 +149,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     arm_dir, run = job.arm_dir, job.arm_dir.parent
     if not 0.0 <= job.alpha <= 1.0:
         raise UserError(f"--alpha {job.alpha}: must be between 0 (the base) and 1 (the arm)")
-    if not (run / "run.json").exists() or not (arm_dir / "summary.json").exists():
-        raise UserError(f"{arm_dir}: not a finished arm of a goodfit fine-tuning run "
-                        "(expected RUN/<arm>/summary.json and RUN/run.json)")
+    check_arm_dir(arm_dir)
     recipe = load_recipe(run / "recipe.yaml", job.overrides or [])
     saved = read_json(run / "run.json")
     place = place or Place()
