@@ -8,6 +8,7 @@ interrupted run from its own run.json and recipe.yaml (`resume_job`).
 from __future__ import annotations
 
 import json
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -182,6 +183,9 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
         except BaseException as e:  # interrupted, pruned, diverged: the time it spent is kept
             if is_main() and not isinstance(e, UserError) and (job.out / "run.json").is_file():
                 unfinished(job, phases, e)  # (a refused or failed command changes no file)
+                if isinstance(e, KeyboardInterrupt):  # past the arms' signal handling (WiSE,
+                    raise Interrupted(signal.SIGINT, job.out,  # report): say how to go on
+                                      f"the same command plus --resume {job.out}") from None
             raise
 
 
