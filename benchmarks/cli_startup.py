@@ -6,6 +6,12 @@ the commands that read a recipe but train nothing (eval, compare, wise: no torch
 28). Each command runs --reps times, interleaved,
 in fresh processes; the table gives medians and the ratio to the bare interpreter.
 
+A fine-tune's start-up (`timings.json`'s `start_up`, issue 28) is larger: it imports timm, whose
+torchvision imports torch._dynamo, and its first optimizer step would import torch._dynamo
+anyway (every `torch.optim` step does). The last three lines say how much of that a bare
+PyTorch loop pays too: `import torch` and one AdamW step; the same after `import timm`; and
+the modules `goodfit finetune` imports before its first batch, then one step.
+
     python benchmarks/cli_startup.py [--reps 15]
 """
 
@@ -18,6 +24,8 @@ import subprocess
 import sys
 import time
 
+STEP = ("m = torch.nn.Linear(2, 2); o = torch.optim.AdamW(m.parameters()); "
+        "m(torch.ones(1, 2)).sum().backward(); o.step()")
 COMMANDS = {
     "python -c pass": [sys.executable, "-c", "pass"],
     "goodfit --help": [sys.executable, "-m", "goodfit_cli", "--help"],
@@ -26,6 +34,11 @@ COMMANDS = {
     "eval/compare/wise imports": [sys.executable, "-c",
                                   "import goodfit_cli.workflows.evaluate, "
                                   "goodfit_cli.workflows.compare, goodfit_cli.workflows.wise"],
+    "import torch + one AdamW step": [sys.executable, "-c", "import torch; " + STEP],
+    "import timm + one AdamW step": [sys.executable, "-c", "import timm, torch; " + STEP],
+    "finetune imports + one step": [sys.executable, "-c",
+                                    "import goodfit_cli.cli.app, goodfit_cli.workflows.finetune, "
+                                    "goodfit_cli.training.checks, timm.optim, torch; " + STEP],
 }
 
 
