@@ -242,6 +242,11 @@ CASES = [
          ("toy.yaml: override finetune.goodfit.n_ref: must be at least 1, got 0",)),
     Case("batch-size-0", lambda t, b: _pretrain(t, "pretrain.batch_size=0"),
          ("toy.yaml: override pretrain.batch_size: must be at least 1, got 0",)),
+    Case("unknown-arm-in-override",  # the file's line described the list it replaced
+         lambda t, b: _pretrain(t, "finetune.arms=[adamw, nosuch]"),
+         ("toy.yaml: override finetune.arms.1: unknown arm 'nosuch'",)),
+    Case("unknown-section-in-override", lambda t, b: _pretrain(t, "foo.bar=1"),
+         ("toy.yaml: override foo: unknown key (choose from: name,",)),
     Case("unknown-model", lambda t, b: _pretrain(t, "model.name=mpl"),
          ("toy.yaml: model.name: unknown model 'mpl'; did you mean 'mlp'?",)),
     Case("unknown-dataset", lambda t, b: _pretrain(t, "data.name=toy_sn"),

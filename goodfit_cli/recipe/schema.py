@@ -34,6 +34,7 @@ from goodfit_cli.recipe.yamlcheck import (
     integer,
     key,
     list_of,
+    located,
     mapping_any,
     nested,
     number,
@@ -216,13 +217,7 @@ class Recipe(Section):
         ('r.yaml: override gate' for an override; no line for a recipe not read from text)."""
         name = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in path).lstrip(".")
         marks, overridden = getattr(self, "_marks", ({}, frozenset()))
-        for n in range(len(path), 0, -1):
-            if path[:n] in overridden:
-                return f"{self.source}: override {name}"
-            if path[:n] in marks:
-                line, col = marks[path[:n]]
-                return f"{self.source}:{line}:{col}: {name}"
-        return f"{self.source}: {name}"
+        return located(self.source, marks, overridden, path, name)
 
     # the flat names the code reads
     @property

@@ -34,16 +34,26 @@ class Ctx:
 
     def where(self) -> str:
         key = ".".join(str(k) for k in self.path) or "(top level)"
-        for n in range(len(self.path), 0, -1):
-            if self.path[:n] in self.overridden:
-                return f"{self.source}: override {key}"
-            if self.path[:n] in self.marks:
-                line, col = self.marks[self.path[:n]]
-                return f"{self.source}:{line}:{col}: {key}"
-        return f"{self.source}: {key}"
+        return located(self.source, self.marks, self.overridden, self.path, key)
 
     def fail(self, message: str) -> UserError:
         return UserError(f"{self.where()}: {message}")
+
+
+def located(source: str, marks: dict[tuple, tuple[int, int]], overridden: frozenset,
+            path: tuple, name: str) -> str:
+    """Where the value at `path` came from: 'override NAME' when an override set it or a
+    section above it (its file's lines describe the value it replaced) or when it exists only
+    below an override (`foo.bar=1`'s unknown `foo`); else 'FILE:LINE:COL: NAME', the nearest
+    marked key's line; else 'FILE: NAME'."""
+    if any(path[:n] in overridden for n in range(1, len(path) + 1)) or (
+            path and path not in marks and any(o[:len(path)] == path for o in overridden)):
+        return f"{source}: override {name}"
+    for n in range(len(path), 0, -1):
+        if path[:n] in marks:
+            line, col = marks[path[:n]]
+            return f"{source}:{line}:{col}: {name}"
+    return f"{source}: {name}"
 
 
 def type_name(v: Any) -> str:
