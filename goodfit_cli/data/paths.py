@@ -31,4 +31,8 @@ def task_paths(name: str, spec: Any, ctx: Any, what: str) -> dict[str, str]:
         if ctx.data_dir is not None and not os.path.isabs(path):
             path = os.path.join(ctx.data_dir, path)
         paths[split] = path
+    if "val" in paths and os.path.realpath(paths["val"]) == os.path.realpath(paths["test"]):
+        raise ArgError(f"{name}.val", f"{paths['val']} is also the task's test split: choices "
+                       "made on validation would see the test data the report is for; give a "
+                       "split of its own, or leave val out to carve one from train")
     return paths

@@ -1,0 +1,41 @@
+"""A split that silently measures the wrong thing is refused in one line: a `val:` that is the
+test split, a test label the training split lacks (tables, npz), an image folder's classes
+taken from a nested folder, a folder met twice through a symbolic link, an image beside the
+class folders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from goodfit_cli.core.errors import UserError
+from goodfit_cli.data import build_data
+
+
+def npz(path, labels):
+    np.savez(path, x=np.zeros((len(labels), 2), np.float32), y=np.asarray(labels, np.int64))
+
+
+@pytest.fixture
+def npz_dir(tmp_path):
+    for name, labels in (("o_tr", [0, 1] * 4), ("o_te", [0, 1] * 2), ("n_tr", [2, 3] * 4),
+                         ("n_te", [2, 3] * 2), ("n_va", [3, 2] * 2), ("n_typo", [2, 3, 0, 2])):
+        npz(tmp_path / f"{name}.npz", labels)
+    return tmp_path
+
+
+def args(new_test="n_te.npz", **new):
+    return {"old": {"train": "o_tr.npz", "test": "o_te.npz"},
+            "new": {"train": "n_tr.npz", "test": new_test, **new}}
+
+
+def test_a_val_split_that_is_the_test_split_is_refused(npz_dir):
+    given = build_data("npz", args(val="n_va.npz"), seed=0, data_dir=str(npz_dir))
+    assert len(given["new"].val) == 4
+    os.symlink(npz_dir / "n_te.npz", npz_dir / "link.npz")
+    for val in ("n_te.npz", "./n_te.npz", "link.npz"):
+        with pytest.raises(UserError, match=r"^r.yaml: data.args.new.val: .* is also the task's "
+                                            r"test split: .*leave val out to carve one"):
+            build_data("npz", args(val=val), seed=0, data_dir=str(npz_dir), where="r.yaml: data")
