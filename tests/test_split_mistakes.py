@@ -39,3 +39,15 @@ def test_a_val_split_that_is_the_test_split_is_refused(npz_dir):
         with pytest.raises(UserError, match=r"^r.yaml: data.args.new.val: .* is also the task's "
                                             r"test split: .*leave val out to carve one"):
             build_data("npz", args(val=val), seed=0, data_dir=str(npz_dir), where="r.yaml: data")
+
+
+def test_a_test_label_the_training_split_lacks_is_refused(npz_dir):
+    with pytest.raises(UserError, match=r"^data.args.new.test: .*n_typo.npz: label 0 is not a "
+                                        r"label of the task's training split .*n_tr.npz$"):
+        build_data("npz", args("n_typo.npz"), seed=0, data_dir=str(npz_dir), where="data")
+    for name, labels in (("tr", ["fox", "owl"] * 3), ("te", ["fox", "Owl"])):
+        (npz_dir / f"{name}.csv").write_text("f,label\n" + "".join(f"1,{v}\n" for v in labels))
+    table = {"old": {"train": "tr.csv", "test": "tr.csv"}, "new": {"train": "tr.csv",
+                                                                    "test": "te.csv"}}
+    with pytest.raises(UserError, match=r"^data.args.new.test: .*te.csv: label 'Owl' is not"):
+        build_data("table", table, seed=0, data_dir=str(npz_dir), where="data")

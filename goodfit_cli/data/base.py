@@ -8,10 +8,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.batch import Inputs, size, to_model_input
 from goodfit_cli.data.inputs import InputSpec
 
-__all__ = ["Split", "Task", "generator", "to_model_input"]
+__all__ = ["Split", "Task", "generator", "to_model_input", "trained_labels"]
 
 
 @dataclass
@@ -60,3 +61,17 @@ def generator(seed: int, *stream: int) -> torch.Generator:
     """A torch.Generator for one named stream of `seed`, independent of the other streams."""
     state = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)  # 62 bits
+
+
+def trained_labels(task: str, splits: dict[str, Split], files: dict[str, str],
+                   names: list[str] | None = None) -> None:
+    """A test or validation label that the task's training split lacks is refused (naming the
+    file): a misspelt label ('Fox' for 'fox') would otherwise become a class of its own, or
+    another task's class, and the split's numbers would count it silently."""
+    seen = set(splits["train"].y.tolist())
+    for s in ("val", "test"):
+        stray = sorted(set(splits[s].y.tolist()) - seen) if s in splits else []
+        if stray:
+            shown = repr(names[stray[0]]) if names and stray[0] < len(names) else stray[0]
+            raise ArgError(f"{task}.{s}", f"{files[s]}: label {shown} is not a label of the "
+                           f"task's training split {files['train']}")

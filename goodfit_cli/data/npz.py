@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from goodfit_cli.core.args import ArgError, check_int
-from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.base import Split, Task, trained_labels
 from goodfit_cli.data.paths import task_paths
 
 
@@ -75,7 +75,8 @@ def _task(name: str, spec: Any, ctx: Any) -> tuple[dict[str, tuple[np.ndarray, n
 
 def npz(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], num_classes: int | None = None) -> dict[str, Task]:
     """Old and new tasks from .npz files; `classes` keeps only samples with those labels."""
-    loaded = {name: _task(name, spec, ctx) for name, spec in (("old", old), ("new", new))}
+    specs = {"old": old, "new": new}
+    loaded = {name: _task(name, spec, ctx) for name, spec in specs.items()}
     top = max(int(y.max()) + 1 if len(y) else 0 for arrays, _ in loaded.values() for _, y in arrays.values())
     if num_classes is None:
         num_classes = top
@@ -92,6 +93,7 @@ def npz(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], num_classes: i
                     raise ArgError(f"{name}.classes", f"no {split} sample has a label in {classes}")
             xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8 if x.dtype == np.uint8 else np.float32))
             splits[split] = Split(xt, torch.from_numpy(y.astype(np.int64)))
+        trained_labels(name, splits, task_paths(name, specs[name], ctx, ""))
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[name] = Task(name, "classification", splits["train"], splits["test"], num_classes, present,
                            splits.get("val"))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from goodfit_cli.core.args import ArgError
-from goodfit_cli.data.base import Split, Task
+from goodfit_cli.data.base import Split, Task, trained_labels
 from goodfit_cli.data import batch as B
 from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.paths import task_paths
@@ -218,6 +218,7 @@ def labelled_tasks(read: dict[str, dict[str, tuple[Inputs, list[Any]]]],
                 raise ArgError(f"{t}.{s}", "no row has a label of the task's classes")
             kept[s] = np.flatnonzero(keep)
             splits[s] = Split(B.rows(x, torch.from_numpy(kept[s])), torch.from_numpy(y[keep]))
+        trained_labels(t, splits, where[t], named)
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
                         splits.get("val"), test_ids=_row_names(where[t]["test"], kept["test"]),
