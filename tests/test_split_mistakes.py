@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
@@ -51,3 +52,34 @@ def test_a_test_label_the_training_split_lacks_is_refused(npz_dir):
                                                                     "test": "te.csv"}}
     with pytest.raises(UserError, match=r"^data.args.new.test: .*te.csv: label 'Owl' is not"):
         build_data("table", table, seed=0, data_dir=str(npz_dir), where="data")
+
+
+def images(root, names):
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), (len(name) * 20, 0, 0)).save(root / name)
+
+
+def folders(root):
+    return {"old": {"train": str(root / "tr"), "test": str(root / "te")},
+            "new": {"train": str(root / "tr"), "test": str(root / "te")}}
+
+
+def test_image_classes_are_the_folders_under_the_split_at_any_depth(tmp_path):
+    for split in ("tr", "te"):
+        images(tmp_path / split, ["a/0.png", "a/2020/1.png", "b/0.png", "b/2020/1.png"])
+    old = build_data("imagefolder", folders(tmp_path), seed=0, data_dir=None)["old"]
+    assert old.label_names == ["a", "b"] and old.test.y.tolist() == [0, 0, 1, 1]
+    images(tmp_path / "tr", ["stray.png"])
+    with pytest.raises(UserError, match=r"^data.args.old.train: image .*stray.png is not in a "
+                                        r"class folder: expected .*tr/<class>/<image>$"):
+        build_data("imagefolder", folders(tmp_path), seed=0, data_dir=None, where="data")
+
+
+def test_an_image_folder_met_twice_through_a_link_is_refused(tmp_path):
+    for split in ("tr", "te"):
+        images(tmp_path / split, ["a/0.png", "b/0.png"])
+    os.symlink("..", tmp_path / "tr" / "a" / "loop")
+    with pytest.raises(UserError, match=r"^data.args.old.train: folder .*tr/a/loop/a is .*tr/a "
+                                        r"again \(through a symbolic link\)"):
+        build_data("imagefolder", folders(tmp_path), seed=0, data_dir=None, where="data")

@@ -44,6 +44,8 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
     except (tarfile.TarError, ValueError, OSError) as e:
         raise ArgError(key, f"cannot read {path} ({type(e).__name__}: {e}); expected a folder "
                        "or a .tar of <class>/<image> files") from None
+    if os.path.isdir(path):
+        _by_class_folder(ds.reader, path, key)
     classes = _class_to_idx(ds)
     if os.path.isdir(path):
         for name in sorted(os.listdir(path)):
@@ -55,6 +57,32 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
         ds.transform = create_transform((3, *size), is_training=False, crop_pct=crop_pct,
                                         interpolation=interpolation, normalize=False)
     return ds
+
+
+def _by_class_folder(reader, path: str, key: str) -> None:
+    """Each image's class is the folder under the split (`<split>/<class>/...`, any depth), not
+    timm's innermost folder (`a/2020/x.png` and `b/2020/y.png` would both be class '2020'); a
+    folder reached twice through a symbolic link (a loop) is refused: its images would count
+    twice, or endlessly."""
+    from timm.utils.misc import natural_key
+
+    tops, seen, real = [], set(), {}  # real: a folder's real path -> the path it was met by
+    for f, _ in reader.samples:  # timm's os.walk(path): every file name starts with path
+        top, _, rest = f[len(path):].lstrip(os.sep).partition(os.sep)
+        if not rest:  # timm's class '': "no folder for class ''" would follow
+            raise ArgError(key, f"image {f} is not in a class folder: expected "
+                           f"{path}/<class>/<image>")
+        tops.append(top)
+        d = os.path.dirname(f)
+        if d not in seen:
+            seen.add(d)
+            other = real.setdefault(os.path.realpath(d), d)
+            if other != d:
+                raise ArgError(key, f"folder {d} is {other} again (through a symbolic link): "
+                               "its images would count twice; remove the link")
+    idx = {c: i for i, c in enumerate(sorted(set(tops), key=natural_key))}
+    reader.class_to_idx = idx
+    reader.samples = [(f, idx[c]) for (f, _), c in zip(reader.samples, tops)]
 
 
 def _check_tar(path: str, key: str) -> None:
