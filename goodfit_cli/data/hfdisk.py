@@ -21,6 +21,7 @@ from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.progress import ITEMS_PER_REPORT, work
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagefolder import image_size
+from goodfit_cli.data.imagestream import rgb
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import labelled_tasks
 from goodfit_cli.data.text import Tokenising, known_labels, texts_of
@@ -57,7 +58,7 @@ def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
         for i, v in enumerate(values):
             img = v if isinstance(v, Image.Image) else Image.fromarray(
                 np.asarray(v, dtype=np.uint8))
-            img = img.convert("RGB")
+            img = rgb(img)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), resample)
             arr = np.asarray(img, dtype=np.uint8)

@@ -53,6 +53,14 @@ def bombs_refused() -> Iterator[None]:
         yield
 
 
+def rgb(img: Image.Image) -> Image.Image:
+    """`img` as 8-bit RGB; a 16-bit greyscale image (PIL's 'I;16' modes) keeps its top 8 bits
+    (PIL's own conversion clips every value over 255: a mid-grey 16-bit PNG became white)."""
+    if img.mode.startswith("I;16"):
+        img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def read_image(ds, i: int, key: str, guard: bool = True) -> tuple[Image.Image, int]:
     """Sample i of timm's dataset as an RGB image, and its timm class index. `guard`: set the
     bomb filter here (False: the caller holds `bombs_refused`; warnings' filters are not
@@ -61,7 +69,7 @@ def read_image(ds, i: int, key: str, guard: bool = True) -> tuple[Image.Image, i
         raw, target = ds.reader[i]
         # over PIL's pixel limit: refused, never a stray warning; the file closed once decoded
         with contextlib.closing(raw), bombs_refused() if guard else contextlib.nullcontext():
-            return Image.open(raw).convert("RGB"), target
+            return rgb(Image.open(raw)), target
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         n = re.search(r"\((\d+) pixels\)", str(e))
         raise ArgError(key, f"image {ds.filename(i, absolute=True)} declares "
