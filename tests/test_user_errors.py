@@ -153,7 +153,8 @@ def test_npz_data_that_does_not_fit_is_exit_2(tmp_path, case):
                                     np.zeros(0, np.int64)),
     }[case]()
     recipe = _npz_recipe(tmp_path, "{in_features: 2, hidden: [8], out_features: 3}",
-                         (good, good), (bad, good) if case != "empty-split" else (good, bad))
+                         (good, good), (good, bad) if case == "empty-split" else
+                         (bad, bad) if case == "label-above-outputs" else (bad, good))
     line = assert_one_error_line(invoke("pretrain", "--recipe", recipe, "--out", tmp_path / "o",
                                         "pretrain.steps=2", "device=cpu", "eval.every=1"))
     want = {"label-above-outputs": "does not fit the model 'mlp'",
