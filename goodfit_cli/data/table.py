@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import re
+from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,9 @@ def columns_csv(path: str, key: str) -> dict[str, list[str]]:
     if not rows:
         raise ArgError(key, f"{path} is empty; expected a header row of column names")
     header, body = rows[0], [r for r in rows[1:] if r]
+    twice = [c for c, n in Counter(header).items() if n > 1]
+    if twice:  # a dict of columns would keep the last one only
+        raise ArgError(key, f"{path}: column {twice[0]!r} is named twice in the header")
     for i, r in enumerate(body):
         if len(r) != len(header):
             raise ArgError(key, f"{path}: row {i + 2} has {len(r)} cells, the header {len(header)}")
@@ -61,7 +65,9 @@ def _number(value: Any) -> float:
     return out
 
 
-def _read(path: str, key: str, label: str, features: Sequence[str] | None) -> tuple[np.ndarray, list[Any]]:
+def _read(path: str, key: str, label: str,
+          features: Sequence[str] | None) -> tuple[np.ndarray, list[Any], list[str]]:
+    """(features, labels, the file's columns other than the label) of one file."""
     if not os.path.isfile(path):
         raise ArgError(key, f"file not found: {path}")
     parquet = path.lower().endswith((".parquet", ".pq"))
@@ -83,7 +89,7 @@ def _read(path: str, key: str, label: str, features: Sequence[str] | None) -> tu
             except (TypeError, ValueError):
                 raise ArgError(key, f"{path}: row {i + 2 if not parquet else i}, column {c!r}: "
                                f"{v!r} is not a number") from None
-    return x, cols[label]
+    return x, cols[label], [c for c in cols if c != label]
 
 
 _INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
@@ -178,12 +184,24 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
     """Old and new tasks from CSV/Parquet files: `features` columns (default: all but `label`)."""
     if features is not None and (isinstance(features, str) or not isinstance(features, Sequence)):
         raise ArgError("features", f"expected a list of column names, got {features!r}")
+    if features is not None and label in features:
+        raise ArgError("features", f"lists the label column {label!r}: the model would be given "
+                       "the answer")
     read: dict[str, dict[str, tuple[np.ndarray, list[Any]]]] = {}
     where: dict[str, dict[str, str]] = {}
+    first: tuple[str, list[str]] | None = None  # no `features`: the first file's columns, by name
     for name, spec in (("old", old), ("new", new)):
         paths = where[name] = task_paths(name, spec, ctx, "a .csv or .parquet file")
-        read[name] = {split: _read(path, f"{name}.{split}", label, features)
-                      for split, path in paths.items()}
+        read[name] = {}
+        for split, path in paths.items():
+            x, lab, others = _read(path, f"{name}.{split}", label,
+                                   features if features is not None else first and first[1])
+            first = first or (path, others)
+            extra = [c for c in others if c not in first[1]]
+            if features is None and extra:  # a column the first file lacks: which are features?
+                raise ArgError(f"{name}.{split}", f"{path} has column {extra[0]!r}, which "
+                               f"{first[0]} lacks; list the feature columns in data.args.features")
+            read[name][split] = (x, lab)
     return labelled_tasks({t: {s: (torch.from_numpy(x), lab) for s, (x, lab) in sp.items()}
                            for t, sp in read.items()}, where, (old, new), label_names)
 
