@@ -6,6 +6,7 @@ class folders."""
 from __future__ import annotations
 
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -69,6 +70,12 @@ def test_image_classes_are_the_folders_under_the_split_at_any_depth(tmp_path):
     for split in ("tr", "te"):
         images(tmp_path / split, ["a/0.png", "a/2020/1.png", "b/0.png", "b/2020/1.png"])
     old = build_data("imagefolder", folders(tmp_path), seed=0, data_dir=None)["old"]
+    assert old.label_names == ["a", "b"] and old.test.y.tolist() == [0, 0, 1, 1]
+    for split in ("tr", "te"):  # the same trees as tar shards
+        with tarfile.open(tmp_path / f"{split}.tar", "w") as tf:
+            tf.add(tmp_path / split, arcname=".")
+    shards = {"train": str(tmp_path / "tr.tar"), "test": str(tmp_path / "te.tar")}
+    old = build_data("imagefolder", {"old": shards, "new": shards}, seed=0, data_dir=None)["old"]
     assert old.label_names == ["a", "b"] and old.test.y.tolist() == [0, 0, 1, 1]
     images(tmp_path / "tr", ["stray.png"])
     with pytest.raises(UserError, match=r"^data.args.old.train: image .*stray.png is not in a "

@@ -18,6 +18,8 @@ import os
 import tarfile
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagestream import ImageSamples, train_transform
@@ -44,8 +46,7 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
     except (tarfile.TarError, ValueError, OSError) as e:
         raise ArgError(key, f"cannot read {path} ({type(e).__name__}: {e}); expected a folder "
                        "or a .tar of <class>/<image> files") from None
-    if os.path.isdir(path):
-        _by_class_folder(ds.reader, path, key)
+    _by_class_folder(ds.reader, path, key)
     classes = _class_to_idx(ds)
     if os.path.isdir(path):
         for name in sorted(os.listdir(path)):
@@ -60,20 +61,27 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
 
 
 def _by_class_folder(reader, path: str, key: str) -> None:
-    """Each image's class is the folder under the split (`<split>/<class>/...`, any depth), not
-    timm's innermost folder (`a/2020/x.png` and `b/2020/y.png` would both be class '2020'); a
-    folder reached twice through a symbolic link (a loop) is refused: its images would count
-    twice, or endlessly."""
+    """Each image's class is the folder under the split (`<split>/<class>/...`, any depth; a
+    tar's top folder), not timm's innermost folder (`a/2020/x.png` and `b/2020/y.png` would both
+    be class '2020'); a folder reached twice through a symbolic link (a loop) is refused: its
+    images would count twice, or endlessly."""
     from timm.utils.misc import natural_key
 
+    tar = getattr(reader, "root_is_tar", None)  # None: a folder (timm's ReaderImageFolder)
+    if tar is False or (tar and any(s[1] is not None for s in reader.samples)):
+        return  # a tar of tars: timm's own classes
+    names = [s[0].name.removeprefix("./") for s in reader.samples] if tar else \
+        [f[len(path):].lstrip(os.sep) for f, _ in reader.samples]  # os.walk(path): under path
     tops, seen, real = [], set(), {}  # real: a folder's real path -> the path it was met by
-    for f, _ in reader.samples:  # timm's os.walk(path): every file name starts with path
-        top, _, rest = f[len(path):].lstrip(os.sep).partition(os.sep)
+    for i, rel in enumerate(names):
+        top, _, rest = rel.partition("/" if tar else os.sep)
         if not rest:  # timm's class '': "no folder for class ''" would follow
-            raise ArgError(key, f"image {f} is not in a class folder: expected "
-                           f"{path}/<class>/<image>")
+            raise ArgError(key, f"image {os.path.join(path, rel)} is not in a class folder: "
+                           f"expected {path}/<class>/<image>")
         tops.append(top)
-        d = os.path.dirname(f)
+        if tar:
+            continue
+        d = os.path.dirname(reader.samples[i][0])
         if d not in seen:
             seen.add(d)
             other = real.setdefault(os.path.realpath(d), d)
@@ -81,8 +89,12 @@ def _by_class_folder(reader, path: str, key: str) -> None:
                 raise ArgError(key, f"folder {d} is {other} again (through a symbolic link): "
                                "its images would count twice; remove the link")
     idx = {c: i for i, c in enumerate(sorted(set(tops), key=natural_key))}
-    reader.class_to_idx = idx
-    reader.samples = [(f, idx[c]) for (f, _), c in zip(reader.samples, tops)]
+    if tar:
+        reader.targets = np.array([idx[c] for c in tops], dtype=reader.targets.dtype)
+        reader.class_name_to_idx, reader.class_idx_to_name = idx, {i: c for c, i in idx.items()}
+    else:
+        reader.class_to_idx = idx
+        reader.samples = [(f, idx[c]) for (f, _), c in zip(reader.samples, tops)]
 
 
 def _check_tar(path: str, key: str) -> None:
