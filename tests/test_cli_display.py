@@ -10,6 +10,7 @@ import json
 import pytest
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
@@ -370,3 +371,19 @@ def test_the_terminal_states_the_gate_first_and_the_verdicts_numbers_on_both_spl
     buf.seek(0), buf.truncate()
     base.print_report(report, tmp_path)
     assert "FAILS" not in buf.getvalue()
+
+
+def test_a_table_rich_would_cut_short_prints_one_record_per_line():
+    """Rich measures this table as fitting 80 columns (minimum 80) yet draws 'goodfit+e…' and
+    'batches/u…': it is printed one record per line instead, every cell whole."""
+    t = Table(title="regression report (test split)")
+    for h in ("model", "old mse", "Δ", "new mse", "Δ", "batches/upd", "gate"):
+        t.add_column(h, justify="right")
+    t.add_row("goodfit+ema", "0.6159", "+5.516e-05", "0.5038", "-3.801e-05", "20/10", "pass")
+    t.add_row("adamw+ema", "0.6165", "+0.0006601", "0.5035", "-0.0003901", "20/20", "pass")
+    buf = io.StringIO()
+    show(t, Console(file=buf, width=80, color_system=None))
+    text = buf.getvalue()
+    assert "…" not in text
+    assert text.splitlines()[1] == ("goodfit+ema: old mse 0.6159, Δ +5.516e-05, new mse 0.5038, "
+                                    "Δ -3.801e-05, batches/upd 20/10, gate pass")

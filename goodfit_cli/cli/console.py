@@ -242,6 +242,14 @@ def _keys(heads: list[str]) -> list[str]:
     return [k if keys.count(k) == 1 else f"{k} ({i + 1})" for i, k in enumerate(keys)]
 
 
+def _cuts(console: Console, table: Table, cells: list[str]) -> bool:
+    """Whether Rich would end a cell with '…' at the console's width: a table's minimum width
+    can fit while Rich still shrinks a column below its longest word."""
+    drawn = "".join(s.text for line in console.render_lines(table, console.options, pad=False)
+                    for s in line)
+    return "…" in drawn and not any("…" in c for c in cells)
+
+
 def show(table: Table, console: Console | None = None) -> None:
     """Print a table whole: as a table when it fits the console's width, else one record per
     line (`title`, then `first cell: header value, ...`); in json mode one 'table' event."""
@@ -255,7 +263,8 @@ def show(table: Table, console: Console | None = None) -> None:
                                           zip(keys, row)} for row in rows])
         return
     wide = console.options.update_width(10 ** 5)
-    if Measurement.get(console, wide, table).minimum <= console.width:
+    if Measurement.get(console, wide, table).minimum <= console.width and not _cuts(
+            console, table, heads + [str(c) for row in rows for c in row]):
         console.print(table)
         return
     if title:
