@@ -1190,3 +1190,39 @@ def test_a_dead_workers_trial_runs_again_once(tmp_path):
     assert states[made[0]] == states[made[1]] == "FAIL" and states[made[2]] == "RUNNING"
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs.get("retry_of") for t in waiting] == [made[0], None]
+
+
+def test_the_study_report_and_its_export_are_one_turn_of_the_workers(base, tmp_path,
+                                                                     monkeypatch):
+    """Two workers ending together each write RUN/report.* and RUN/recommended/: one moved the
+    other's fresh recommended/ aside while it was written ("cannot write RUN/recommended/
+    model.safetensors: No such file or directory", seen once in CI). The report and its export
+    are one turn of the folder's lock now: checked without timing, by trying the lock from
+    another descriptor while the report is made (flock: a second descriptor is refused even in
+    the same process)."""
+    import fcntl
+
+    from typer.testing import CliRunner
+
+    from goodfit_cli.cli.app import app
+    from goodfit_cli.workflows import search as S
+
+    seen, real = [], S.study_report
+
+    def probing(job, *args, **kwargs):
+        fd = os.open(job.out, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(fd)
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(S, "study_report", probing)
+    res = CliRunner().invoke(app, [str(a) for a in (
+        "search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", tmp_path / "run",
+        "--no-defaults", "--rungs", 0, *TINY)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert seen == ["held"]

@@ -55,7 +55,7 @@ from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.runlock import make_out
+from goodfit_cli.io.runlock import make_out, turns
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
@@ -305,7 +305,9 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                      "of the study had a larger budget)")
     with phases.phase("choosing again"):
         rechosen = _rechosen(job, study, dirs, place, ui, notes)
-    with phases.phase("report"):
+    # one turn of the workers sharing the folder: two ending together each write RUN/report.*
+    # and RUN/recommended/, and one moved the other's fresh recommended/ aside mid-write
+    with phases.phase("report"), turns(job.out):
         rep = study_report(job, study, recipe, dirs, notes, budget, rechosen)
         rep["wall_s"] = round(time.perf_counter() - t0, 3)
         write_search_report(rep, job.out, default_curves(rep, prim))
