@@ -59,12 +59,6 @@ def _read(path: str, key: str) -> tuple[np.ndarray, np.ndarray]:
             raise ArgError(key, f"{path}: uint8 x must be images (N, H, W, C), got shape {x.shape}")
     elif not np.issubdtype(x.dtype, np.floating):
         raise ArgError(key, f"{path}: x must be uint8 images or floats, got {x.dtype}")
-    else:  # NaN, inf, or beyond float32 (inf once cast): training would only say "diverged"
-        bad = ~(np.abs(x) <= np.finfo(np.float32).max)
-        if bad.any():
-            at = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), x.shape))
-            raise ArgError(key, f"{path}: x{list(at)} is {x[at].item()!r}, not a finite "
-                           "float32 number")
     return x, y
 
 
