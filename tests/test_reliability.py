@@ -441,6 +441,9 @@ def test_nonfinite_batch_stop_and_skip(npz_run):
     line = assert_one_error_line(invoke(*args, "--out", npz_run["dir"] / "stop"), code=4)
     assert line.startswith(f"training diverged: loss is NaN or Inf at batch {batch} of sgd; "
                            "no state was saved yet")
+    # the cause named: the data, not the learning rate
+    assert line.endswith("(the new task's training inputs have 1 sample(s) with a NaN or Inf: "
+                         "remove them, or set nonfinite: skip in the recipe)")
     res = invoke(*args, "--out", npz_run["dir"] / "skip", "nonfinite=skip")
     assert res.exit_code == 0, res.output
     summary = json.loads((npz_run["dir"] / "skip" / "sgd" / "summary.json").read_text())

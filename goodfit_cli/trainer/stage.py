@@ -46,6 +46,21 @@ from goodfit_cli.training.callbacks import Ema, load_states
 __all__ = ["Log", "StageJob", "Ui", "quiet", "run_stage", "saved_callbacks", "total_batches"]
 
 
+def nonfinite_inputs(s: Session, tasks: tuple[str, ...]) -> str | None:
+    """Which task's training inputs held in memory have a NaN or Inf ("the new task's training
+    inputs have 1 sample(s) with a NaN or Inf"), or None: a diverged loss's cause when the
+    data, not the learning rate, is what is not finite. `tasks`: those the batches drew on."""
+    for t in tasks:
+        x = getattr(s.tasks[t].train, "x", None)
+        for v in (x.values() if isinstance(x, dict) else [x]):
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel():
+                bad = ~torch.isfinite(v.reshape(len(v), -1)).all(dim=1)
+                if bool(bad.any()):
+                    return (f"the {t} task's training inputs have {int(bad.sum())} sample(s) "
+                            "with a NaN or Inf")
+    return None
+
+
 def with_loss(metrics: dict, preds: dict) -> dict:
     """`metrics` with each task's mean per-sample loss as "loss" where the objective measures
     one and the metrics do not already have it (a continuous signal beside a flat metric)."""
@@ -143,8 +158,11 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     except Diverged as e:
         kept = state_files(out)
         where = f"; the last good state is {kept[-1]}" if kept else "; no state was saved yet"
-        raise Diverged(e.batch, f" of {arm.name}{where} (lower the learning rate, or set "
-                                "nonfinite: skip in the recipe)") from None
+        # looked for only now (no cost to a run that trains), in the tasks the batches drew on
+        bad = nonfinite_inputs(s, ("new", "old") if replayed else ("new",))
+        why = (f"{bad}: remove them, or set nonfinite: skip in the recipe" if bad else
+               "lower the learning rate, or set nonfinite: skip in the recipe")
+        raise Diverged(e.batch, f" of {arm.name}{where} ({why})") from None
     if st.batch < total and not any(c.should_stop() for c in callbacks):
         raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
     summary: dict[str, Any] = {}
