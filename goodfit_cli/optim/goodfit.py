@@ -211,17 +211,20 @@ class GoodFit(torch.optim.Optimizer):
         ps = (p for g in self.main.param_groups for p in g["params"])
         return [(i, p) for i, p in enumerate(ps) if p.requires_grad]
 
-    def _in_cycle(self) -> list[tuple[int, Tensor]]:
-        """(index, parameter) covered by this cycle's anchor. Mid-cycle a parameter unfrozen since
-        the cycle began joins, anchored at its current value; one frozen since stays."""
+    def _in_cycle(self, trainable: list | None = None) -> list[tuple[int, Tensor]]:
+        """(index, parameter) covered by this cycle's anchor (`trainable`: `_trainable()`, read
+        once a step): one unfrozen mid-cycle joins, anchored as it is; one frozen since stays."""
+        trainable = self._trainable() if trainable is None else trainable
         if self._phase == 0:
-            return self._trainable()
-        for i, p in self._trainable():
+            return trainable
+        for i, p in trainable:
             if i not in self._anchored:
                 self._anchor(p).copy_(kernels._local(p))
                 self._anchored.add(i)
                 if self._displaced is not None:  # parked: the model holds its θ′ already
                     self._displaced[i] = kernels._local(p).clone()
+        if len(self._anchored) == len(trainable):  # none frozen since the cycle began
+            return trainable
         ps = (p for g in self.main.param_groups for p in g["params"])
         return [(i, p) for i, p in enumerate(ps) if i in self._anchored]
 
@@ -236,7 +239,7 @@ class GoodFit(torch.optim.Optimizer):
         return st["anchor"]
 
     def _advance(self) -> None:
-        cycle, trainable = self._in_cycle(), self._trainable()
+        cycle = self._in_cycle(trainable := self._trainable())  # the parameters read once
         C.refuse_sparse(p for _, p in trainable)
         if self._phase < self.n_ref:
             self._reference_step(trainable)
