@@ -100,3 +100,25 @@ def csv_task(folder: Path) -> Path:
             csv_file(folder / f"{task}_{split}.csv", labels, n, seed=2 * i + j)
     (folder / "r.yaml").write_text(CSV_RECIPE)
     return folder / "r.yaml"
+
+
+def npz_task(folder: Path, splits: dict[str, tuple], *, pretrain_steps: int = 4,
+             finetune_steps: int = 4, lr: float = 0.01) -> Path:
+    """A 3-class npz update in `folder` with a given val split per task (old classes 0, 1; new
+    class 2): `splits` {"tr", "va", "te", "ntr", "nva", "nte": (x (N, 2) float32, y (N,) int64)}
+    written as <name>.npz, an mlp recipe reading them; the recipe's path."""
+    import numpy as np
+
+    for name, (x, y) in splits.items():
+        np.savez(folder / f"{name}.npz", x=x, y=y)
+    (folder / "r.yaml").write_text(
+        "name: v\ndevice: cpu\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 2, "
+        "out_features: 3, hidden: [8], norm: none}}\ndata:\n  name: npz\n  args:\n    old: "
+        "{train: tr.npz, val: va.npz, test: te.npz}\n    new: {train: ntr.npz, val: nva.npz, "
+        "test: nte.npz}\nold_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        f"pretrain: {{optimizer: {{name: adamw, lr: {lr}}}, steps: {pretrain_steps}, "
+        "batch_size: 16}\n"
+        f"finetune: {{optimizer: {{name: adamw, lr: {lr}}}, steps: {finetune_steps}, "
+        "batch_size: 16, arms: [adamw]}\neval: {every: 4}\n")
+    return folder / "r.yaml"

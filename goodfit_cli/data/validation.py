@@ -145,6 +145,25 @@ def thin_line(task: str, record: dict, names: list[str] | None = None) -> str | 
             f"the choices made on it barely see {'them' if len(thin) > 1 else 'it'}; {fix}")
 
 
+def overlap_line(task: str, record: dict) -> str | None:
+    """One line saying how many of a task's test and validation samples share their inputs with
+    a training (test) sample (`record`'s "overlap": data/overlap.py `shared`), or None."""
+    n = record.get("overlap") or {}
+    said = [f"{n[k]} of its {record.get(split)} {split} samples {what}" for k, split, what in (
+        ("test_in_train", "test", "are training samples"),
+        ("val_in_train", "val", "are training samples"),
+        ("val_in_test", "val", "are test samples")) if n.get(k)]
+    if not said:
+        return None
+    return (f"{task} task: " + "; ".join(said) + " (the same inputs, byte for byte): what they "
+            "measure was trained on (or is tested twice); remove the copies from the data")
+
+
+def split_lines(task: str, record: dict, names: list[str] | None = None) -> list[str]:
+    """What a run says of a task's splits before training: thin classes, shared samples."""
+    return [n for n in (thin_line(task, record, names), overlap_line(task, record)) if n]
+
+
 def with_validation(task: Task, carving: Carving, seed: int, where: str) -> tuple[Task, dict]:
     """The task with a validation split (its own, or carved from train), and the record of how
     it was made: {"source": "given"|"carved", "fraction", "min_per_class", "seed", "train",

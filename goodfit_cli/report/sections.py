@@ -259,6 +259,9 @@ def _split_text(v: dict, names: list[str] | None = None) -> str:
     sizes = f"{v.get('train')} train / {v.get('val')} val / {v.get('test')} test"
     if v.get("thin"):  # classes the choices barely see (data/validation.py thin_classes)
         sizes += f"; under {THIN} val samples: {thin_shown(v['thin'], names)}"
+    if v.get("overlap"):  # test/val samples that are training ones (data/overlap.py)
+        sizes += "; shared inputs: " + ", ".join(f"{n} {k.replace('_', ' ')}"
+                                                  for k, n in v["overlap"].items())
     if v.get("source") == "carved":
         how = "stratified by class" if v.get("stratified") else "random"
         return (f"carved from training ({v['fraction'] * 100:g} %, {how}, seed {v['seed']}; "

@@ -40,6 +40,7 @@ from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
+from goodfit_cli.data.overlap import shared
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -219,6 +220,9 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
                              test=Split(to_dev(t.test.x), to_dev(t.test.y)),
                              val=Split(to_dev(t.val.x), to_dev(t.val.y)))
                   for k, t in tasks.items()}
+        for k, t in placed.items():  # a test or val sample that is a training one: counted
+            if n := shared(t):
+                validation[k]["overlap"] = n
         if key is not None:
             kept[key] = (dict(placed), copy.deepcopy(validation))
 

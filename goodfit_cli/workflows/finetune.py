@@ -21,7 +21,7 @@ from goodfit_cli.core.distributed import dist_info, finish, is_main, stop_on_sig
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
-from goodfit_cli.data.validation import thin_line
+from goodfit_cli.data.validation import split_lines
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
@@ -207,10 +207,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
                + f" from the model folder {job.base}")
     s = open_session(recipe, place)
-    for t in ("old", "new"):  # a class the choices barely see: said once, before training
-        thin = thin_line(t, s.validation.get(t) or {}, class_names(s).get("class_names"))
-        if thin and first_time(thin):  # a search's trials: once
-            ui.log(thin)
+    for t in ("old", "new"):  # thin classes, shared samples: said once, before training
+        for line in split_lines(t, s.validation.get(t) or {}, class_names(s).get("class_names")):
+            if first_time(line):  # a search's trials: once
+                ui.log(line)
     drawn = recipe.finetune.sampling  # class-balanced batches need labels: refused before training
     sampled = (sampling.describe(sampling.labels_of(s.tasks["new"].train,
                                                     recipe.at("finetune.sampling")), drawn, s.seed)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.data.validation import thin_line
+from goodfit_cli.data.validation import split_lines
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
@@ -259,7 +259,7 @@ def run_notes(run: dict) -> list[str]:
     validation-test gap (report/splits.py) and the validation splits' thin classes
     (data/validation.py)."""
     gap = (run.get("validation_gap") or {}).get("message")
-    thin = [thin_line(k, v) for k, v in (run.get("validation") or {}).items()]
+    thin = [n for k, v in (run.get("validation") or {}).items() for n in split_lines(k, v)]
     return [n for n in (gap, *thin) if n]
 
 
