@@ -93,6 +93,8 @@ def test_an_arm_that_diverged_is_named_by_a_resume_without_it(tmp_path, base):
     assert [a["name"] for a in report["arms"]] == ["adamw"]
     assert report["provenance"]["diverged"] == {"sgd": line}
     assert line in (run / "report.md").read_text()
+    notes = " ".join((run / "report.md").read_text().split())  # beside the verdict, in words
+    assert f"Arm sgd diverged in an earlier command of this run ({line}) and was left out" in notes
 
 
 def test_a_relative_out_records_each_arms_checkpoint_against_the_run(tmp_path, base,
