@@ -121,27 +121,16 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
     metrics = {t: _task_metrics(arm, t, kinds[t]) for t in TASKS}
     delta, flips, per_class, confusions, flipped = {}, {}, {}, {}, {}
     for task in TASKS:
-        cis = {}
         b, a = _preds(base, task), _preds(arm, task)
-        both_per_sample = sorted(set(b.get("per_sample", {})) & set(a.get("per_sample", {})))
         if "pred" in b and "pred" in a:
             _same_samples(b["target"], a["target"], arm.name, task)
-            if kinds[task] == "classification":
-                res = M.delta_ci_classification(b["pred"], a["pred"], b["target"], **boot)
-                cis["accuracy"] = res["ci"]
-                flips[task] = {k: res[k] for k in ("nfr", "pfr", "n_neg", "n_pos", "n",
-                                                   "nfr_ci", "pfr_ci")}
-                per_class[task] = _per_class(b["pred"], a["pred"], b["target"])
-                confusions[task] = confusion(a, (shared or {}).get(task))
-                flipped[task] = flipped_examples(b["pred"], a["pred"], b["target"],
-                                                 sample_ids.get(task))
-            elif "mse" not in both_per_sample:  # else its per-sample values give its CI below
-                res = M.delta_ci_regression(M.per_sample_sq_error(b["pred"], b["target"]),
-                                            M.per_sample_sq_error(a["pred"], a["target"]), **boot)
-                cis["mse"] = res["ci"]
-        for metric in both_per_sample:
-            cis[metric] = M.delta_ci_regression(b["per_sample"][metric],
-                                                a["per_sample"][metric], **boot)["ci"]
+        cis, task_flips = paired_cis(b, a, kinds[task], boot)
+        if task_flips is not None:
+            flips[task] = task_flips
+            per_class[task] = _per_class(b["pred"], a["pred"], b["target"])
+            confusions[task] = confusion(a, (shared or {}).get(task))
+            flipped[task] = flipped_examples(b["pred"], a["pred"], b["target"],
+                                             sample_ids.get(task))
         delta[task] = {}
         for metric, value in metrics[task].items():
             ref = base_metrics[task].get(metric)
@@ -167,6 +156,27 @@ def _arm(base: RunSide, base_metrics: dict, arm: RunSide, kinds: dict, readout: 
         "wise": list(arm.wise) if arm.wise is not None else None,
         "provenance": dict(arm.provenance),
     }
+
+
+def paired_cis(b: dict, a: dict, kind: str, boot: dict) -> tuple[dict, dict | None]:
+    """The paired bootstrap CIs of the changes from `b` to `a` (one task's predictions of the
+    base and of a candidate, on the same samples): ({metric: [lo, hi]}, the flips with their
+    CIs for a classification task, else None). `boot`: n_boot, seed, draws (build_report's)."""
+    cis, flips = {}, None
+    both_per_sample = sorted(set(b.get("per_sample", {})) & set(a.get("per_sample", {})))
+    if "pred" in b and "pred" in a:
+        if kind == "classification":
+            res = M.delta_ci_classification(b["pred"], a["pred"], b["target"], **boot)
+            cis["accuracy"] = res["ci"]
+            flips = {k: res[k] for k in ("nfr", "pfr", "n_neg", "n_pos", "n", "nfr_ci", "pfr_ci")}
+        elif "mse" not in both_per_sample:  # else its per-sample values give its CI below
+            cis["mse"] = M.delta_ci_regression(M.per_sample_sq_error(b["pred"], b["target"]),
+                                               M.per_sample_sq_error(a["pred"], a["target"]),
+                                               **boot)["ci"]
+    for metric in both_per_sample:
+        cis[metric] = M.delta_ci_regression(b["per_sample"][metric],
+                                            a["per_sample"][metric], **boot)["ci"]
+    return cis, flips
 
 
 def _preds(side: RunSide, task: str) -> dict:

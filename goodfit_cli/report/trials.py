@@ -52,7 +52,8 @@ def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
         if (not (interior or (w["alpha"] == 1 and arm_view is not None))
                 or any(v is None for v in pt) or not gained(pt, base, dirs)):
             continue
-        view = point_view(val, base_val, w.get("val_flips")) if interior else arm_view
+        view = point_view(val, base_val, w.get("val_flips"), w.get("val_ci")) if interior \
+            else arm_view
         if judge(gate, view, f"WiSE α {w['alpha']:g}", z, n)["passed"]:
             ok.append((dirs[1] * pt[1], dirs[0] * pt[0], w["alpha"]))
     return max(ok)[2] if ok else None

@@ -26,6 +26,7 @@ import torch
 
 from goodfit_cli.core import metrics as M
 from goodfit_cli.objectives import direction, is_rate
+from goodfit_cli.report.build import paired_cis
 from goodfit_cli.report.gate import Gate, evaluate_gate
 from goodfit_cli.report.margin import (
     floor_slack,
@@ -82,30 +83,55 @@ def _pair(metrics: dict | None, po: str, pn: str) -> tuple[float, float] | None:
     return pt if _finite(*pt) else None
 
 
-def point_view(metrics: dict, base: dict, flips: dict | None = None) -> dict:
-    """A WiSE point as the gate reads an arm: metrics and changes against the base's (no CIs),
-    and its flips against the base (`point_flips`) where they were measured: a flip-rate limit
-    counts a point without them as failing."""
-    delta = {t: {m: {"value": v - base[t][m], "ci": None, "better": None}
+def point_view(metrics: dict, base: dict, flips: dict | None = None,
+               cis: dict | None = None) -> dict:
+    """A WiSE point as the gate reads an arm: metrics and changes against the base's (with
+    their CIs where `cis` has them: `point_measure`), and its flips against the base where they
+    were measured: a flip-rate limit counts a point without them as failing."""
+    delta = {t: {m: {"value": v - base[t][m], "ci": ((cis or {}).get(t) or {}).get(m),
+                     "better": None}
                  for m, v in (metrics.get(t) or {}).items()
                  if _finite(v) and _finite((base.get(t) or {}).get(m))} for t in ("old", "new")}
     return {"metrics": metrics, "delta": delta, "flips": flips or {}}
 
 
-def point_flips(base_preds: dict | None, preds: dict, kinds: dict[str, str]) -> dict:
-    """{task: {"nfr", "pfr", "n_neg", "n_pos", "n"}}: a point's predictions against the base's
-    on the same samples, for each classification task (no CIs: a choice reads the value)."""
-    out = {}
+def significance(gate: Gate | None) -> dict | None:
+    """The bootstrap a point's changes get CIs from (the report's own: 1000 paired resamples,
+    seed 0) when `gate` has a limit with require_significant, which reads them as it reads an
+    arm's; None otherwise (a choice then reads the values alone, and nothing is drawn)."""
+    if gate is None or not any(limit.require_significant for limit in gate.limits):
+        return None
+    return {"n_boot": 1000, "seed": 0, "draws": {}}
+
+
+def point_measure(base_preds: dict | None, preds: dict, kinds: dict[str, str],
+                  boot: dict | None = None) -> tuple[dict, dict]:
+    """(flips, CIs) of a point's predictions against the base's on the same samples: flips
+    {task: {"nfr", "pfr", "n_neg", "n_pos", "n"}} for each classification task and, with
+    `boot` (`significance`), their CIs and {task: {metric: [lo, hi]}}, each change's paired
+    bootstrap CI as an arm's (report/build.py `paired_cis`); without, no CIs ({})."""
+    flips, cis = {}, {}
     for t, kind in kinds.items():
         b, p = (base_preds or {}).get(t), preds.get(t)
-        if (kind == "classification" and b and p and "pred" in b and "pred" in p
+        if not (b and p and "pred" in b and "pred" in p
                 and torch.equal(b["target"].cpu(), p["target"].cpu())):  # the same samples
-            out[t] = M.flips(b["pred"], p["pred"], b["target"])
-    return out
+            continue
+        if boot is not None:
+            cis[t], task_flips = paired_cis(b, p, kind, boot)
+            flips.update({t: task_flips} if task_flips is not None else {})
+        elif kind == "classification":
+            flips[t] = M.flips(b["pred"], p["pred"], b["target"])
+    return flips, cis
 
 
-def _point_view(name: str, metrics: dict, base: dict, flips: dict | None = None) -> dict:
-    return {"name": name, **point_view(metrics, base, flips)}
+def point_flips(base_preds: dict | None, preds: dict, kinds: dict[str, str]) -> dict:
+    """`point_measure`'s flips, without CIs (a choice that reads the values alone)."""
+    return point_measure(base_preds, preds, kinds)[0]
+
+
+def _point_view(name: str, metrics: dict, base: dict, flips: dict | None = None,
+                cis: dict | None = None) -> dict:
+    return {"name": name, **point_view(metrics, base, flips, cis)}
 
 
 def _candidates(report: dict, po: str, pn: str) -> list[dict]:
@@ -126,9 +152,9 @@ def _candidates(report: dict, po: str, pn: str) -> list[dict]:
             out.append({"name": name, "kind": "wise", "arm": a["name"], "alpha": w["alpha"],
                         "val": _pair(w["val"], po, pn), "test": _pair(test, po, pn),
                         "val_view": _point_view(name, w["val"], report["base_val_metrics"],
-                                                w.get("val_flips")),
+                                                w.get("val_flips"), w.get("val_ci")),
                         "test_view": _point_view(name, test, report["base_metrics"],
-                                                 w.get("flips"))})
+                                                 w.get("flips"), w.get("ci"))})
     return out
 
 
@@ -179,8 +205,12 @@ def verdict(report: dict, gate: Gate | None, z: float = 0.0) -> dict | None:
                 "close_calls": _close_calls(report, best, ok, pn),
                 "floor_slack": floor_slack(gate, po, best["val"][0], _val_count(report, "old"))}
     note = None
-    if gate is not None and any(l.metric in ("nfr", "pfr") for l in gate.limits):
-        note = "WiSE points have no stored predictions: a flip-rate limit counts them as failing"
+    flip_tasks = {l.task for l in gate.limits if l.metric in ("nfr", "pfr")} if gate else set()
+    blind = [c["name"] for c in cands if c["kind"] == "wise"
+             and not flip_tasks <= set(c["val_view"]["flips"])]
+    if blind:  # a report made before WiSE points counted their flips (or without the base's)
+        note = (f"WiSE points with no flips counted against the base ({', '.join(blind[:3])}"
+                f"{', ...' if len(blind) > 3 else ''}): a flip-rate limit counts them as failing")
     why = None if ship else (
         "no candidate passes the gate on validation" if not any(c["passes_val"] for c in cands)
         else "no candidate that passes the gate on validation gains on the new task over the "

@@ -31,7 +31,7 @@ from goodfit_cli.models.heads import head_prefixes
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.trials import gained, judge, pick
-from goodfit_cli.report.verdict import point_flips, point_view
+from goodfit_cli.report.verdict import point_measure, point_view, significance
 from goodfit_cli.trainer.session import Session
 
 GRID = tuple(i / 4 for i in range(-12, 13))  # τ from -3 to 3 in steps of 0.25 (logit units)
@@ -94,11 +94,12 @@ def _point(s: Session, logits: dict[str, torch.Tensor], classes: list[int],
 
 
 def _view(s: Session, logits: dict[str, torch.Tensor], classes: list[int], tau: float,
-          base_val: dict, base_preds: dict | None) -> tuple[dict, dict]:
+          base_val: dict, base_preds: dict | None, boot: dict | None) -> tuple[dict, dict]:
     """(metrics, the gate's view) of the point at τ: its flips against the base's
-    validation predictions where they are given."""
+    validation predictions where they are given (and CIs, with `boot`: report/verdict.py
+    `significance`)."""
     m, preds = _point(s, logits, classes, tau)
-    return m, point_view(m, base_val, point_flips(base_preds, preds, s.kinds))
+    return m, point_view(m, base_val, *point_measure(base_preds, preds, s.kinds, boot))
 
 
 def _shiftable(s: Session, model: nn.Module) -> tuple[list[int], dict, tuple] | str:
@@ -122,7 +123,7 @@ class _Rule:
     def __init__(self, s: Session, base_val: dict, gate: Gate | None, margin: float, o0: float,
                  base_preds: dict | None) -> None:
         self.s, self.base_val, self.gate, self.margin, self.o0 = s, base_val, gate, margin, o0
-        self.base_preds, self.prim = base_preds, s.recipe.primary
+        self.base_preds, self.prim, self.boot = base_preds, s.recipe.primary, significance(gate)
         self.dirs = (direction(self.prim["old"]), direction(self.prim["new"]))
         self.base = pick(base_val, self.prim)
         self.n = {t: len(s.tasks[t].val) for t in ("old", "new")}
@@ -130,7 +131,7 @@ class _Rule:
     def admits(self, logits: dict, classes: list[int], tau: float,
                name: str) -> tuple[dict, float, float] | None:
         """(metrics, old, new) of the point at τ when it meets the rule, else None."""
-        m, view = _view(self.s, logits, classes, tau, self.base_val, self.base_preds)
+        m, view = _view(self.s, logits, classes, tau, self.base_val, self.base_preds, self.boot)
         o, nw = pick(m, self.prim)
         if (self.dirs[0] * (o - self.o0) < -1e-12 or not gained((o, nw), self.base, self.dirs)
                 or not judge(self.gate, view, name, self.margin, self.n)["passed"]):

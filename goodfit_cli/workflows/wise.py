@@ -41,7 +41,7 @@ from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.trials import best_on_validation
-from goodfit_cli.report.verdict import point_flips
+from goodfit_cli.report.verdict import point_measure, significance
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
@@ -280,11 +280,12 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     validation margin the gate is read with (a search's trial: its --val-margin). `base_preds`:
     the base's (test, validation) predictions, against which each point's flips are counted
     ("val_flips" on validation, "flips" on test for the chosen point), so a flip-rate limit
-    judges a point as it judges an arm."""
+    judges a point as it judges an arm; and, when the gate asks for significance, each change's
+    paired bootstrap CI ("val_ci", "ci"), so require_significant reads a point as an arm."""
     arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
     mixing = Mixing(model, base_state, arm_tensors)
     arm_val = arm.summary.get("val_metrics")
-    curve, val_preds = [], {}
+    curve, val_preds, boot = [], {}, significance(gate)
     for a in alphas:
         if a == 0 and at_base is not None:
             test, val = (copy.deepcopy(m) for m in at_base)
@@ -300,8 +301,9 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             curve.append({"alpha": a, "val": val})
             if a == 0 and zero is not None:
                 zero.update(val=copy.deepcopy(val), preds=val_preds[a])
-        if a in val_preds and base_preds is not None:
-            curve[-1]["val_flips"] = point_flips(base_preds[1], val_preds[a], s.kinds)
+        if a in val_preds and base_preds is not None:  # with CIs where the gate asks them
+            curve[-1]["val_flips"], ci = point_measure(base_preds[1], val_preds[a], s.kinds, boot)
+            curve[-1].update({"val_ci": ci} if ci else {})
     counts = split_counts(s.validation)
     chosen = best_on_validation(gate, curve, base_val,
                                 (s.recipe.primary["old"], s.recipe.primary["new"]),
@@ -319,6 +321,7 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
              (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
         point.update(test, chosen=True)
         if base_preds is not None:
-            point["flips"] = point_flips(base_preds[0], preds, s.kinds)
+            point["flips"], ci = point_measure(base_preds[0], preds, s.kinds, boot)
+            point.update({"ci": ci} if ci else {})
     model.load_state_dict(base_state)
     return curve
