@@ -4,6 +4,7 @@ errors, and help: a text for every parameter, no `<bool>` tags, examples for eve
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 
@@ -135,6 +136,9 @@ def test_every_parameter_has_help_and_every_command_examples():
         res = cli.invoke(app, [*path, "--help"], env={"COLUMNS": "100"})
         assert res.exit_code == 0, res.output
         assert "<bool>" not in res.output and "Examples:" in res.output, path
+        wrapped = [p for p in inspect.cleandoc(cmd.help or "").split("\n\n") if "\n" in p]
+        assert not wrapped, f"goodfit {' '.join(path)}: a paragraph of its help is broken by " \
+            f"hand, which --help prints as is: {wrapped[0][:60]!r}"
 
 
 def test_pretrain_with_log_format_json_prints_only_json_lines(tmp_path):

@@ -104,17 +104,18 @@ def eval_(
     err.print(f"written to {escape(str(dest))}", highlight=False, soft_wrap=True)
 
 
-@app.command(epilog=EXAMPLES["validate"])
+@app.command(epilog=EXAMPLES["validate"], help=(
+    "Check recipes without running them (with --data, also their data against the model).\n\n"
+    "Checked: the schema, registry names, model arguments, each arm's optimizer and schedule; "
+    "with --data the data against the model too: everything that would fail at run time "
+    "before training."))
 @handled
 def validate(recipes: list[str] = typer.Argument(
         ..., help="Recipe files to check, then key.sub=value overrides applied to each."),
         data: bool = typer.Option(False, "--data", help="Also read the data and check that the "
                                   "model takes it (widths, label ids, dtypes)."),
         data_dir: Optional[str] = DATA_DIR) -> None:
-    """Check recipes without running them: schema, registry names, model arguments, each arm's
-    optimizer and schedule; with --data also the data against the model (everything that would
-    fail at run time before training).
-    """
+    """`goodfit validate` (its help above)."""
     from goodfit_cli.workflows.validate import validate as check
 
     overrides = [a for a in recipes if "=" in a]
@@ -136,8 +137,9 @@ def validate(recipes: list[str] = typer.Argument(
 def list_optimizers() -> None:
     """List the optimizers an arm may name (timm's registry).
 
-    Each NAME is an arm (`--optimizer NAME`), `lookahead_NAME` is timm's Lookahead over it, and
-    `goodfit:NAME` is GoodFit over it.
+    Each NAME is an arm (`--optimizer NAME`).
+
+    `lookahead_NAME` is timm's Lookahead over it, and `goodfit:NAME` is GoodFit over it.
     """
     from goodfit_cli.workflows.validate import optimizers
 
