@@ -313,7 +313,7 @@ def test_compile_snippet_matches_eager():
     ns = {"net": make_net(), "batches": batches()}
     exec(snippet("compile"), ns)
     ref_net = make_net()
-    ref = phase_loop(ref_net, GoodFit(torch.optim.AdamW(ref_net.parameters(), lr=1e-2), n_ref=1))
+    phase_loop(ref_net, GoodFit(torch.optim.AdamW(ref_net.parameters(), lr=1e-2), n_ref=1))
     assert (ns["opt"].phase, ns["opt"].main_steps) == (0, 4)
     assert torch.equal(flat(ns["net"]), flat(ref_net))
 
