@@ -88,3 +88,9 @@ def test_finetune_records_says_and_reports_copies_of_training_samples(tmp_path):
     assert "new task: 2 of its 8 test samples are training samples" in said
     report = (tmp_path / "ft" / "report.md").read_text()
     assert "shared inputs: 2 test in train" in report
+    res = cli("data", "summary", "--recipe", recipe)  # what a user looks at before a run
+    assert res.returncode == 0, res.stderr
+    assert "new task: 2 of its 8 test samples are training samples" in " ".join(
+        (res.stdout + res.stderr).split())
+    res = cli("data", "summary", "--recipe", recipe, "--json")
+    assert json.loads(res.stdout)["new"]["validation"]["overlap"] == {"test_in_train": 2}

@@ -6,6 +6,7 @@ from typing import Any
 
 from goodfit_cli.core.errors import loc
 from goodfit_cli.data import build_data
+from goodfit_cli.data.overlap import shared
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.data.motion.synth import write_synthetic
 from goodfit_cli.recipe import Recipe
@@ -23,6 +24,8 @@ def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, 
     for name, t in tasks.items():
         t, made = with_validation(t, recipe.validation, recipe.seed,
                                   loc(recipe.at("data"), "validation"))
+        if n := shared(t):  # test or val samples that are training ones, as a run counts them
+            made["overlap"] = n
         out[name] = {**t.summary(), "validation": made}
     return out
 
