@@ -585,6 +585,54 @@ def test_ties_at_a_rung_go_to_the_lower_new_task_validation_loss(tmp_path):
     assert study.trials[2].user_attrs["rungs"]["1"] == pytest.approx([-1.0, 0.0, -1.5])
 
 
+def test_a_rung_judges_goodfits_anchor_weights_never_the_displaced_ones_mid_cycle(tmp_path):
+    """GoodFit with n_ref 2 (cycles of 3 batches), 12 batches: rungs at batches 2 and 4, both
+    inside a cycle, where the model holds displaced weights. The curve's α = 1 point is the
+    anchor (the base's weights at batch 2, batch 3's at batch 4), as an evaluation sees it;
+    before, the rung measured the displaced weights no one ships."""
+    from goodfit_cli.trainer.job import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+    from goodfit_cli.workflows.pretrain import pretrain
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.recipes import load
+
+    recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
+                          "model.args.hidden=[16]", "finetune.steps=12", "eval.every=6",
+                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
+                          "finetune.goodfit.n_ref=2"])
+    pretrain(recipe, tmp_path / "b", Place(), Ui())
+    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
+    after, judged = {}, []
+
+    class Spy(PruneWatch):
+        def bind(self, model, evaluate, sizes, *anchor):
+            def measured(m):  # the weights each point of the curve is measured with
+                judged.append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
+                return evaluate(m)
+            super().bind(model, measured, sizes, *anchor)
+
+        def on_batch(self, batch):
+            self.batch = batch
+            after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            super().on_batch(batch)
+
+    watches = []
+
+    def watch(label):
+        watches.append(Spy(trial, Halving(startup=1), tmp_path / "ft", None,
+                           {"old": "mse", "new": "mse"}, -1))
+        return watches[-1]
+
+    finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
+                         ["goodfit"], wise=False), Place(), Ui(events_for=watch))
+    raw = judged[9::10]  # α = 1: the 10th point of each rung's curve
+    assert [b for b, _ in raw] == [2, 4]
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(raw[0][1], watches[0].base) and not same(raw[0][1], after[2])
+    assert same(raw[1][1], after[3]) and not same(raw[1][1], after[4])
+
+
 @pytest.mark.e2e
 def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, tmp_path):
     """Rungs at batches 2 and 4 of 12. A pruned trial stops there (its metrics.jsonl ends

@@ -32,6 +32,7 @@ from goodfit_cli.trainer.runcheck import claim_stage, state_identity
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import (
     arm_training,
+    at_anchor,
     build_optimizer,
     build_scheduler,
     cycle_length,
@@ -114,7 +115,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     watch = ui.events(arm.name) if main_rank else None
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
         watch.bind(model, lambda m: with_loss(*s.evaluate(m, True, split="val")),
-                   {t: len(s.tasks[t].val.y) for t in ("old", "new")})
+                   {t: len(s.tasks[t].val.y) for t in ("old", "new")},
+                   lambda: at_anchor(optimizer))  # never GoodFit's displaced weights
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)

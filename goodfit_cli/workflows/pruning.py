@@ -39,6 +39,7 @@ merged weights' curve); weights whose names or shapes differ from it are judged 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -126,10 +127,13 @@ class PruneWatch:
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
 
-    def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int]) -> None:
+    def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
+             anchor: Callable[[], Any] = contextlib.nullcontext) -> None:
         """Called before training, the model holding the base's weights: `evaluate(model)` its
-        validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples."""
-        self.model, self.evaluate, self.sizes = model, evaluate, sizes
+        validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples,
+        `anchor()` a context inside which the model holds the weights a rung judges (GoodFit's
+        anchor: mid-cycle the model holds displaced weights no one ships)."""
+        self.model, self.evaluate, self.sizes, self.anchor = model, evaluate, sizes, anchor
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_start(self, total_batches: int, done: int) -> None:
@@ -164,8 +168,12 @@ class PruneWatch:
 
     def curve(self) -> list[dict[str, Any]]:
         """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS (only α = 1
-        when the weights' names or shapes are not the base's); the model's weights are back
-        exactly as they were after it."""
+        when the weights' names or shapes are not the base's), "now" being the weights at the
+        anchor (`bind`); the model's weights are back exactly as they were after it."""
+        with self.anchor():
+            return self._curve()
+
+    def _curve(self) -> list[dict[str, Any]]:
         import torch
 
         now = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
