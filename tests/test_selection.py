@@ -260,6 +260,23 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert verdict(rep, None)["arms"][0]["status"] == "dominated on validation only"
 
 
+def test_the_verdict_says_a_flip_limit_fails_wise_points_only_when_they_have_no_flips():
+    """A WiSE point judged with its validation flips (what `goodfit finetune` stores) passes
+    a 0.05 NFR limit and is shipped: the verdict does not also say that flip-rate limits
+    count WiSE points as failing (it did whenever the gate had one). A point stored without
+    flips (an older goodfit) fails the limit, and the note says why."""
+    rep = _report({"plain": ((0.70, 0.80), (0.72, 0.78), [(0.5, (0.86, 0.60), (0.87, 0.58))])})
+    nfr = Gate((Limit("old", "nfr", "max", 0.05),))
+    assert verdict(rep, nfr)["ship"] is None  # the arm: no flips; the point: none stored
+    assert verdict(rep, nfr)["note"].startswith("WiSE points with no flips counted against the "
+                                                "base (plain@wise0.5)")
+    flips = {"nfr": 0.01, "pfr": 0.0, "n_neg": 1, "n_pos": 0, "n": 100}
+    rep["arms"][0]["wise"][0].update(val_flips={"old": flips}, flips={"old": flips})
+    v = verdict(rep, nfr)
+    assert v["ship"]["name"] == "plain@wise0.5" and v["ship"]["passes_gate_test"] is True
+    assert v["note"] is None
+
+
 def test_a_verdict_read_with_a_margin_ships_what_the_search_would():
     """A search's trial reads the gate on validation --val-margin standard errors inside its
     limits; its own report's verdict reads it the same way (`verdict(..., z)`, the sample counts
