@@ -43,6 +43,16 @@ def test_a_val_split_that_is_the_test_split_is_refused(npz_dir):
             build_data("npz", args(val=val), seed=0, data_dir=str(npz_dir), where="r.yaml: data")
 
 
+def test_a_val_split_that_is_the_training_split_is_refused(npz_dir):
+    """Every choice read from a `val:` that is the training split (also through a link) would
+    reward memorising it: refused in one line naming the key, like a val that is the test."""
+    os.symlink(npz_dir / "n_tr.npz", npz_dir / "trlink.npz")
+    for val in ("n_tr.npz", "./n_tr.npz", "trlink.npz"):
+        with pytest.raises(UserError, match=r"^r.yaml: data.args.new.val: .* is also the task's "
+                                            r"training split: .*leave val out to carve one"):
+            build_data("npz", args(val=val), seed=0, data_dir=str(npz_dir), where="r.yaml: data")
+
+
 def test_a_test_label_the_training_split_lacks_is_refused(npz_dir):
     with pytest.raises(UserError, match=r"^data.args.new.test: .*n_typo.npz: label 0 is not a "
                                         r"label of the task's training split .*n_tr.npz$"):

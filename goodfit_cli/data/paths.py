@@ -35,4 +35,9 @@ def task_paths(name: str, spec: Any, ctx: Any, what: str) -> dict[str, str]:
         raise ArgError(f"{name}.val", f"{paths['val']} is also the task's test split: choices "
                        "made on validation would see the test data the report is for; give a "
                        "split of its own, or leave val out to carve one from train")
+    if "val" in paths and os.path.realpath(paths["val"]) == os.path.realpath(paths["train"]):
+        raise ArgError(f"{name}.val", f"{paths['val']} is also the task's training split: "
+                       "early stopping, WiSE-FT and the verdict would choose on samples the "
+                       "model trains on; give a split of its own, or leave val out to carve "
+                       "one from train")
     return paths
