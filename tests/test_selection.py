@@ -407,6 +407,53 @@ def test_a_base_that_trained_on_its_validation_rows_is_named_in_the_run_and_repo
     assert "on 96 samples against old accuracy min 0.9" in test_note
 
 
+def test_a_validation_split_carved_from_rows_the_base_trained_on_is_named(tmp_path):
+    """The base's checkpoint records how its run made each validation split. A fine-tune
+    carving the old task's validation otherwise (another seed: most of its rows were the base's
+    training rows; a larger share: some can be) says so in one line, run.json and the report;
+    the same carving, or a smaller share of the same draw (inside the rows the base left out),
+    says nothing; a base that trained on the whole training split (its val: given) is named."""
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.report.splits import carved_elsewhere
+    from runs import finetune, pretrain
+
+    carved = {"source": "carved", "fraction": 0.1, "min_per_class": 1, "stratified": True,
+              "seed": 0, "train": 180, "val": 20, "test": 40}
+    at = lambda **kw: {"old": {**carved, **kw}}  # noqa: E731
+    assert carved_elsewhere(at(), at()) is None and carved_elsewhere(None, at()) is None
+    assert "so it holds rows" in carved_elsewhere(at(), at(seed=1))["message"]
+    assert "so it can hold rows" in carved_elsewhere(at(), at(fraction=0.2, train=170,
+                                                              val=30))["message"]
+    assert carved_elsewhere(at(), at(fraction=0.05, train=190, val=10)) is None
+    given = {"old": {"source": "given", "train": 200, "val": 40, "test": 40}}
+    assert "trained on whole (its val: was given)" in carved_elsewhere(given, at())["message"]
+    assert carved_elsewhere(at(test=50), at(seed=1)) is None  # other data: no way to tell
+    rng = np.random.default_rng(0)
+    for name, n in (("otr", 200), ("ote", 40), ("ntr", 64), ("nte", 16)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.normal(size=(n, 2)).astype(np.float32),
+                 y=rng.integers(0, 2, size=n).astype(np.int64) + 2 * name.startswith("n"))
+    (tmp_path / "r.yaml").write_text(
+        "name: c\ndevice: cpu\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 2, "
+        "out_features: 4, hidden: [8], norm: none}}\ndata:\n  name: npz\n  args:\n"
+        "    old: {train: otr.npz, test: ote.npz}\n    new: {train: ntr.npz, test: nte.npz}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "pretrain: {optimizer: {name: adamw, lr: 0.01}, steps: 4, batch_size: 32}\n"
+        "finetune: {optimizer: {name: adamw, lr: 0.01}, steps: 2, batch_size: 32, "
+        "arms: [adamw]}\neval: {every: 2}\n")
+    pretrain(load_recipe(tmp_path / "r.yaml"), tmp_path / "b")
+    base, said = tmp_path / "b" / "model.safetensors", {"same": [], "seed1": []}
+    for out, over in (("same", []), ("seed1", ["seed=1"])):
+        finetune(load_recipe(tmp_path / "r.yaml", over), base, tmp_path / out, wise=False,
+                 log=said[out].append)
+    run = json.loads((tmp_path / "same" / "run.json").read_text())
+    assert "validation_gap" not in run and not [m for m in said["same"] if "rows the" in m]
+    gap = json.loads((tmp_path / "seed1" / "run.json").read_text())["validation_gap"]
+    assert gap["carving"]["seed"] == 0 and "seed 0, 10 %" in gap["message"]
+    assert [m for m in said["seed1"] if "rows the" in m] == [gap["message"]]
+    assert gap["message"][:60] in (tmp_path / "seed1" / "report.md").read_text()
+
+
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
     """A search reads the first trial folder that has a run.json (the others measure the same
     base on the same splits): the base's validation gap, then each task's thin classes."""

@@ -57,3 +57,43 @@ def validation_gap(test: dict, val: dict, metric: str, carved: bool) -> dict | N
                         "validation rows, or they are easier than test; every choice made on "
                         "old-task validation (the gate there, WiSE-FT α, the verdict, a search's "
                         f"feasibility) is then optimistic on test: {fix}")}
+
+
+def carved_elsewhere(base: dict | None, run: dict) -> dict | None:
+    """Whether this run's old-task validation split, carved from training, holds rows the base
+    trained on: `base` is the validation record its checkpoint carries (how the run that trained
+    it made its splits; None: not a goodfit checkpoint), `run` this run's (`s.validation`). The
+    base kept every training row (its `val:` was given), or carved its own with another seed,
+    or a smaller share or floor, from a training split of the same size. {"carving" (the
+    base's record), "message"} or None (nothing to say, or no way to tell: other data)."""
+    b, r = ((v or {}).get("old") or {} for v in (base, run))
+    if r.get("source") != "carved" or not isinstance(b.get("train"), int):
+        return None
+    n = r["train"] + r["val"]  # the training split this run carved from
+    if b.get("test") != r["test"]:
+        return None  # another data set
+    if b.get("source") == "given" and b["train"] == n:
+        certain, fix = True, "give the old task the `val:` split the base's run was given"
+        then = "from a training split the base trained on whole (its val: was given)"
+    elif b.get("source") == "carved" and b["train"] + (b.get("val") or 0) == n:
+        certain = b.get("seed") != r.get("seed")
+        if not (certain or r["fraction"] > (b.get("fraction") or 0)
+                or (r.get("min_per_class") or 0) > (b.get("min_per_class") or 0)):
+            return None  # the same draw, no larger: within the rows the base left out
+        then = (f"otherwise than the base's run carved its own ({_carving(b)}; this run: "
+                f"{_carving(r)})")
+        fix = ("carve it as the base's run did (its recipe's seed and data.validation) or give "
+               "the old task a `val:` split the base never trained on")
+    else:
+        return None
+    return {"carving": b, "message": (
+        f"warning: the old task's validation split is carved {then}, so it "
+        f"{'holds' if certain else 'can hold'} rows the base trained on: every choice made on "
+        "old-task validation (the gate there, WiSE-FT α, the verdict, a search's "
+        f"feasibility) is then optimistic on test: {fix}")}
+
+
+def _carving(v: dict) -> str:
+    """'seed 0, 10 %, at least 2 per class': how a split was carved."""
+    return f"seed {v.get('seed')}, {(v.get('fraction') or 0) * 100:g} %" + (
+        f", at least {v['min_per_class']} per class" if v.get("min_per_class") else "")

@@ -78,7 +78,8 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
     if dist_info()[0] != 0:
         return result
     meta = {**job.metadata, "arm": arm.name, "optimizer": summary["optimizer"],
-            "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final}
+            "batches": st.batch, "main_updates": summary["main_updates"], "metrics": final,
+            "validation": s.validation}  # which rows it never trained on (a later run checks)
     if recorded(model) is not None:
         meta["input"] = recorded(model)  # what eval, compare and a later fine-tune feed it
     keep_previous(out / "model.safetensors")

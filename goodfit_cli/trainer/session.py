@@ -325,6 +325,7 @@ class Loaded:
     input: dict | None = None  # the inputs the model is fed from now on (InputSpec.to_dict())
     recorded_metrics: dict | None = None  # what the checkpoint says it measured (goodfit's own)
     started_from: str | None = None  # the base sha256 a goodfit fine-tune records it began from
+    validation: dict | None = None  # how its training run made each task's validation split
 
 
 def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *,
@@ -360,10 +361,11 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
                             f"{current.kind}s: kept {current.source}'s")
         else:
             setattr(model, ATTR, own)
-    metrics, began = meta.get("metrics"), meta.get("base_sha256")
+    metrics, began, val = meta.get("metrics"), meta.get("base_sha256"), meta.get("validation")
     return Loaded(Path(path), weights_sha256(files), messages, [c.to_dict() for c in changes],
                   recorded(model), metrics if isinstance(metrics, dict) else None,
-                  began if isinstance(began, str) else None)
+                  began if isinstance(began, str) else None,
+                  val if isinstance(val, dict) else None)
 
 
 def base_mismatch(recorded: dict | None, measured: dict[str, float], metric: str,

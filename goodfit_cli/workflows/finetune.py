@@ -33,7 +33,7 @@ from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
 from goodfit_cli.report.margin import base_against_gate
-from goodfit_cli.report.splits import validation_gap
+from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
@@ -242,8 +242,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                              loaded.input)
     if mismatch:
         ui.log(mismatch)
-    gap = validation_gap(base_preds, base_val_preds, recipe.primary["old"],
-                         (s.validation.get("old") or {}).get("source") == "carved")
+    gap = carved_elsewhere(loaded.validation, s.validation) or validation_gap(  # what it saw
+        base_preds, base_val_preds, recipe.primary["old"],
+        (s.validation.get("old") or {}).get("source") == "carved")
     if gap and first_time(gap["message"]):
         ui.log(gap["message"])
     against = base_against_gate(job.gate, (base_metrics, base_preds, base_val, base_val_preds),
