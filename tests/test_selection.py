@@ -452,6 +452,12 @@ def test_a_validation_split_carved_from_rows_the_base_trained_on_is_named(tmp_pa
     assert gap["carving"]["seed"] == 0 and "seed 0, 10 %" in gap["message"]
     assert [m for m in said["seed1"] if "rows the" in m] == [gap["message"]]
     assert gap["message"][:60] in (tmp_path / "seed1" / "report.md").read_text()
+    from goodfit_cli.workflows.compare import compare  # compare reads the same record
+    for out, over in (("cmp_same", []), ("cmp_seed1", ["seed=1"])):
+        rep = compare(load_recipe(tmp_path / "r.yaml", over), base,
+                      [tmp_path / out[4:] / "adamw" / "model.safetensors"], tmp_path / out)
+        assert rep["provenance"].get("validation_gap", {}).get("message") == (
+            gap["message"] if over else None)
 
 
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):

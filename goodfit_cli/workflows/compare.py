@@ -41,7 +41,7 @@ from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import base_against_gate
-from goodfit_cli.report.splits import validation_gap
+from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session, task_kinds
 from goodfit_cli.trainer.stage import Ui
@@ -240,6 +240,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     grows = task_kinds(recipe).get("new") == "classification"  # as finetune loads its base
     head: dict[str, Any] = {}  # the base's head record, when loading changed it
     fed: dict[str, Any] = {}  # each checkpoint's inputs as fed (its own statistics), by name
+    carvings: dict[str, Any] = {}  # the base's record of its validation splits
 
     # the data, read even when every measurement is reused: what they are checked against
     session = open_session(recipe, place, join=False)
@@ -258,6 +259,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         if misfit:  # the recipe's architecture, or exit 2
             raise UserError(misfit)
         side.sha256, side.started_from = loaded.sha256, loaded.started_from
+        if as_base:  # how the base's own run made its validation splits
+            carvings["base"] = loaded.validation
         inside = held_arm(side.checkpoint)
         named = [side.arm, _recorded(side).get("name")] if side.stored else []
         wrong = next((n for n in named if n is not None and n != inside), None)
@@ -316,7 +319,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     if head:
         prov["base_head"] = head
     sel = (prov.get("validation") or {}).get("old") or {}
-    gap = validation_gap(bp, bvp, recipe.primary["old"], sel.get("source") == "carved")
+    gap = carved_elsewhere(carvings.get("base"), session.validation) or validation_gap(
+        bp, bvp, recipe.primary["old"], sel.get("source") == "carved")
     if gap:  # the base did better on validation than on test: choices there are optimistic
         ui.log(gap["message"])
         prov["validation_gap"] = gap
