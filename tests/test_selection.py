@@ -460,6 +460,50 @@ def test_a_validation_split_carved_from_rows_the_base_trained_on_is_named(tmp_pa
             gap["message"] if over else None)
 
 
+def test_a_wise_points_verdict_reads_the_gate_with_the_searchs_margin(tmp_path):
+    """A search's trial point (`goodfit wise` with its --val-margin) is judged by the search
+    with the gate read 0.5 standard errors inward; its own report's verdict reads it so too. A
+    floor on the new task just under the point's validation value passes it as such, and not
+    with the margin (the verdict then ships nothing); before, the point's report ignored the
+    margin and shipped what the search found infeasible."""
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.wise import WiseJob, wise
+    from runs import finetune, pretrain
+
+    rng = np.random.default_rng(0)
+    for name, n in (("otr", 200), ("ova", 60), ("ote", 60), ("ntr", 200), ("nva", 60),
+                    ("nte", 60)):
+        x = rng.normal(size=(n, 2)).astype(np.float32)
+        y = (x[:, 1] > 0) + 2 if name.startswith("n") else x[:, 0] > 0
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y.astype(np.int64))
+    (tmp_path / "r.yaml").write_text(
+        "name: m\ndevice: cpu\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 2, "
+        "out_features: 4, hidden: [16], norm: none}}\ndata:\n  name: npz\n  args:\n"
+        "    old: {train: otr.npz, val: ova.npz, test: ote.npz}\n"
+        "    new: {train: ntr.npz, val: nva.npz, test: nte.npz}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "pretrain: {optimizer: {name: adamw, lr: 0.02}, steps: 40, batch_size: 32}\n"
+        "finetune: {optimizer: {name: adamw, lr: 0.05}, steps: 40, batch_size: 32, "
+        "arms: [adamw]}\neval: {every: 10}\n")
+    recipe = load_recipe(tmp_path / "r.yaml")
+    pretrain(recipe, tmp_path / "b")
+    finetune(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft", wise=False)
+    arm = tmp_path / "ft" / "adamw"
+    plain = wise(WiseJob(arm, 0.9, tmp_path / "w0"), Place())
+    new = plain["arms"][0]["validation"]["metrics"]["new"]["accuracy"]
+    assert new > plain["base_val_metrics"]["new"]["accuracy"]  # it gains: a candidate
+    floor = Gate((Limit("new", "accuracy", "min", new - 0.001),))
+    for z, passes in ((0.0, True), (0.5, False)):
+        rep = wise(WiseJob(arm, 0.9, tmp_path / f"w{z:g}", gate=floor, margin=z,
+                           overwrite=True), Place())
+        v = rep["verdict"]
+        assert v["arms"][0]["passes_gate_val"] is passes and (v["ship"] is not None) is passes
+        assert v.get("val_margin", 0.0) == z
+
+
 def test_a_search_notes_what_its_first_run_said_of_the_splits(tmp_path):
     """A search reads the first trial folder that has a run.json (the others measure the same
     base on the same splits): the base's validation gap, then each task's thin classes."""

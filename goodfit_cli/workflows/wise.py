@@ -253,7 +253,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         report = finish_report(
             recipe, out, RunSide("base", str(base), bm, bp, val_metrics=bv, val_predictions=bvp),
             [RunSide(name, summary["checkpoint"], metrics, preds, [], None, summary, val,
-                     val_preds)], s.kinds, prov, job.gate, job.junit, s.sample_ids)
+                     val_preds)], s.kinds, prov, job.gate, job.junit, s.sample_ids,
+            job.margin)  # the verdict reads the gate as the search judges it
     write_json(out / "timings.json", phases.record())
     ui.log(phases.line())
     return report
