@@ -237,6 +237,35 @@ def test_a_save_to_disk_folder_is_data(tmp_path):
         build_data("hf_disk", {**args, "size": None}, seed=0, data_dir=str(tmp_path))
 
 
+def test_each_save_to_disk_folder_reads_its_own_classlabel_names(tmp_path):
+    """An old task saved with ClassLabel(cat, dog) and a new one with ClassLabel(fox, owl): the
+    new task's ids 0, 1 are fox and owl (classes 2, 3), never the old task's cat and dog; a
+    ClassLabel id outside its names (-1, datasets' "no label") is one line naming the row."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, names, ys in (("old_train", ["cat", "dog"], [0, 1, 1]),
+                            ("old_test", ["cat", "dog"], [1, 0, 1]),
+                            ("new_train", ["fox", "owl"], [0, 1, 0]),
+                            ("new_test", ["fox", "owl"], [1, 1, 0]),
+                            ("unlabelled", ["fox", "owl"], [0, -1, 1])):
+        feats = datasets.Features({"image": datasets.Image(),
+                                   "label": datasets.ClassLabel(names=names)})
+        imgs = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in ys]
+        datasets.Dataset.from_dict({"image": imgs, "label": ys},
+                                   features=feats).save_to_disk(tmp_path / name)
+    args = {"old": {"train": "old_train", "test": "old_test"},
+            "new": {"train": "new_train", "test": "new_test"}}
+    tasks = build_data("hf_disk", args, seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].train.y.tolist() == [0, 1, 1] and tasks["old"].test.y.tolist() == [1, 0, 1]
+    assert tasks["new"].train.y.tolist() == [2, 3, 2] and tasks["new"].test.y.tolist() == [3, 3, 2]
+    assert tasks["new"].label_names == ["cat", "dog", "fox", "owl"]
+    with pytest.raises(UserError, match=r"new.test: .*unlabelled: row 1, column 'label': class "
+                                        r"id -1 is not one of its 2 ClassLabel names"):
+        build_data("hf_disk", {**args, "new": {"train": "new_train", "test": "unlabelled"}},
+                   seed=0, data_dir=str(tmp_path))
+
+
 def test_a_save_to_disk_folders_image_reading_reports_progress(tmp_path):
     """20 images decoded row by row into one array (each row at its place), the progress heard
     every 16 rows and at the end; an image of another size is named by its row."""

@@ -106,11 +106,19 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
                                f"{', '.join(ds.column_names)}); set data.args.{arg}")
         names = names or getattr(ds.features[label], "names", None)  # a ClassLabel's
 
-    def labels(ds: Any) -> list[Any]:
-        values = ds[label]
-        return [names[v] for v in values] if names else list(values)
+    def labels(ds: Any, key: str, path: str) -> list[Any]:
+        """The split's labels; a ClassLabel's ids become ITS names (each task's own)."""
+        own = getattr(ds.features[label], "names", None) or names
+        values = list(ds[label])
+        if not own:
+            return values
+        bad = next((i for i, v in enumerate(values) if not 0 <= v < len(own)), None)
+        if bad is not None:
+            raise ArgError(key, f"{path}: row {bad}, column {label!r}: class id {values[bad]} "
+                           f"is not one of its {len(own)} ClassLabel names")
+        return [own[v] for v in values]
 
-    raw = {k: labels(ds) for k, ds in loaded.items()}
+    raw = {k: labels(ds, f"{k[0]}.{k[1]}", where[k[0]][k[1]]) for k, ds in loaded.items()}
     if is_text:
         tokenising = Tokenising(tokenizer, max_length, padding, truncation)
         inputs, record = tokenising({k: texts_of(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}",
