@@ -266,6 +266,39 @@ def test_each_save_to_disk_folder_reads_its_own_classlabel_names(tmp_path):
                    seed=0, data_dir=str(tmp_path))
 
 
+def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped(tmp_path):
+    """An Array2D(uint16) image column (rows decoded as Python lists) and a numpy-formatted one
+    are read by their top 8 bits (257 * v -> v), as a 16-bit image file is, never modulo 256
+    (nor a traceback); int64 pixels within 0..255 are kept; float pixels in 0..1 and a 32-bit
+    PIL image (mode I) over 255 are one line naming the row, never truncated or clipped."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    v = rng.integers(0, 256, (4, 6, 6)).astype(np.uint16)
+    folders = {"u16": (datasets.Array2D((6, 6), "uint16"), list(v * 257)),
+               "i64": (datasets.Array2D((6, 6), "int64"), list(v.astype(np.int64))),
+               "unit": (datasets.Array2D((6, 6), "float32"), list(v / 255.0)),
+               "mode_i": (datasets.Image(), [Image.fromarray((a * 257).astype(np.int32))
+                                             for a in v])}
+    for name, (feature, rows) in folders.items():
+        feats = datasets.Features({"image": feature, "label": datasets.Value("int64")})
+        datasets.Dataset.from_dict({"image": rows, "label": [0, 1, 0, 1]},
+                                   features=feats).save_to_disk(tmp_path / name)
+    datasets.load_from_disk(str(tmp_path / "u16")).with_format("numpy").save_to_disk(
+        tmp_path / "u16np")
+    want = torch.from_numpy(np.repeat(v.astype(np.uint8)[..., None], 3, axis=3))
+    for name in ("u16", "u16np", "i64"):
+        split = {"train": name, "test": name}
+        tasks = build_data("hf_disk", {"old": split, "new": split}, seed=0,
+                           data_dir=str(tmp_path))
+        assert torch.equal(tasks["old"].train.x, want), name
+    for name, what in (("unit", r"float64 values 0\.0\.\.0\.9"), ("mode_i", r"int32 values")):
+        split = {"train": name, "test": name}
+        with pytest.raises(UserError, match=rf"{name}: image 0 holds {what}.*; images are read "
+                                            r"as 8-bit: save uint8 \(0..255\) or 16-bit"):
+            build_data("hf_disk", {"old": split, "new": split}, seed=0, data_dir=str(tmp_path))
+
+
 def test_a_save_to_disk_folders_image_reading_reports_progress(tmp_path):
     """20 images decoded row by row into one array (each row at its place), the progress heard
     every 16 rows and at the end; an image of another size is named by its row."""

@@ -45,19 +45,53 @@ def _load(path: str, key: str) -> Any:
     return ds
 
 
+def _declared(feature: Any) -> np.dtype | None:
+    """The integer dtype a column's feature declares (Array2D/3D, a list of Value), or None."""
+    for _ in range(4):
+        name = getattr(feature, "dtype", None)
+        if isinstance(name, str):
+            try:
+                dtype = np.dtype(name)
+            except TypeError:  # the Image feature's "PIL.Image.Image"
+                return None
+            return dtype if dtype.kind in "ui" else None
+        feature = getattr(feature, "feature", None)
+    return None
+
+
+def _pixels(value: Any, dtype: np.dtype | None, i: int, path: str, key: str) -> np.ndarray:
+    """A row's array as uint8: uint8 as it is, uint16 by its top 8 bits (as a 16-bit image file
+    is read: data/imagestream.rgb), any other type only when every value is a whole number in
+    0..255; else an ArgError naming the row (never a cast modulo 256, a clip or a truncation)."""
+    a = np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.uint16:
+        return (a >> 8).astype(np.uint8)
+    if a.dtype.kind in "uifb" and (a.size == 0 or (
+            np.isfinite(a).all() and a.min() >= 0 and a.max() <= 255
+            and (a.dtype.kind != "f" or (a == np.round(a)).all()))):
+        return a.astype(np.uint8)
+    span = f" {a.min()}..{a.max()}" if a.size and a.dtype.kind in "uif" else ""
+    raise ArgError(key, f"{path}: image {i} holds {a.dtype} values{span}; images are read as "
+                   "8-bit: save uint8 (0..255) or 16-bit (uint16) pixels")
+
+
 def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
-            interpolation: str) -> torch.Tensor:
+            interpolation: str, dtype: np.dtype | None = None) -> torch.Tensor:
     """PIL images (or arrays; datasets' column, decoded row by row as iterated) -> uint8
     (N, H, W, 3) written into one array, resized to `size` (H, W) when given; progress
-    reported (core/progress.py)."""
+    reported (core/progress.py). `dtype`: the integer type the column declares."""
     from PIL import Image
 
     resample = getattr(Image.Resampling, interpolation.upper())
     n, out = len(values), None
     with work(f"reading {key} images", n) as advance:
         for i, v in enumerate(values):
+            if isinstance(v, Image.Image) and v.mode in ("I", "F"):  # 32-bit: PIL would clip
+                v = np.asarray(v)
             img = v if isinstance(v, Image.Image) else Image.fromarray(
-                np.asarray(v, dtype=np.uint8))
+                _pixels(v, dtype, i, path, key))
             img = rgb(img)
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), resample)
@@ -126,8 +160,8 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
         record = {**record, "text": column}
         known = known_labels(tokenising.folder)
     else:
-        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation)
-                  for k, ds in loaded.items()}
+        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation,
+                             _declared(ds.features[column])) for k, ds in loaded.items()}
         record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
         known = known_labels(Path(tokenizer)) if tokenizer else {}
     if names and not known:
