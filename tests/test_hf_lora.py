@@ -38,6 +38,8 @@ def test_lora_on_a_vit_folder_merges_into_a_folder_from_pretrained_loads(tmp_pat
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "lora-adamw" / "summary.json").read_text())
     layers = summary["lora"]["layers"]
+    # the arm's from_pretrained folder, absolute as its checkpoint (never "run/lora-adamw/hf")
+    assert summary["pretrained_folder"] == str((tmp_path / "run" / "lora-adamw" / "hf").resolve())
     assert layers and all(n.endswith(("q_proj", "v_proj")) for n in layers), layers
     full, _ = ckpt.load_model(tmp_path / "run" / "adamw" / "model.safetensors")
     lora, _ = ckpt.load_model(tmp_path / "run" / "lora-adamw" / "model.safetensors")

@@ -43,7 +43,10 @@ def test_wise_and_the_search_export_write_a_folder_from_pretrained_loads(tmp_pat
     assert res.exit_code == 0, res.output
     w = tmp_path / "w"
     summary = json.loads((w / "summary.json").read_text())
-    assert summary["pretrained_folder"] == str(Path("w") / "hf")  # as --out names it
+    # absolute, as its "checkpoint" is: a path relative to the directory the command ran in
+    # would resolve elsewhere from anywhere else (the run's files resolve against the run)
+    assert summary["pretrained_folder"] == str((w / "hf").resolve())
+    assert summary["checkpoint"] == str((w / "model.safetensors").resolve())
     config = json.loads((w / "hf" / "config.json").read_text())
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "bird", "3": "LABEL_3", "4": "LABEL_4"}
     assert json.loads((w / "hf" / "preprocessor_config.json").read_text())["image_std"] == STD

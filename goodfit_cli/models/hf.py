@@ -118,7 +118,7 @@ def pretrained_folder(model: nn.Module, out: Path) -> dict[str, str]:
     if not is_transformers(model):
         return {}
     save_folder(model, out / PRETRAINED_DIR)
-    return {"pretrained_folder": str(out / PRETRAINED_DIR)}
+    return {"pretrained_folder": str((out / PRETRAINED_DIR).resolve())}  # never cwd-relative
 
 
 def save_folder(model: nn.Module, out: Path) -> None:
