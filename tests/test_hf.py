@@ -237,6 +237,26 @@ def test_a_save_to_disk_folder_is_data(tmp_path):
         build_data("hf_disk", {**args, "size": None}, seed=0, data_dir=str(tmp_path))
 
 
+def test_a_relative_tokenizer_reads_against_the_data_folder_and_is_recorded_absolute(
+        bert, tmp_path, monkeypatch):
+    """`tokenizer: tok` beside the data, read from another directory with data_dir set: found
+    where the data paths are found (it was looked up in the cwd: "tok is not a folder"), and
+    recorded absolute, so run.json's preprocessing names it from anywhere."""
+    import shutil
+
+    text_jsonl(tmp_path)
+    shutil.copytree(bert, tmp_path / "tok")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    tasks = build_data("text", text_args(tmp_path, tokenizer="tok", max_length=12), seed=0,
+                       data_dir=str(tmp_path))
+    assert tasks["old"].preprocessing["tokenizer"] == str(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path)  # no data_dir: the cwd's folder, still recorded absolute
+    tasks = build_data("text", text_args(tmp_path, tokenizer="tok", max_length=12), seed=0,
+                       data_dir=None)
+    assert tasks["new"].preprocessing["tokenizer"] == str(tmp_path / "tok")
+
+
 def test_each_save_to_disk_folder_reads_its_own_classlabel_names(tmp_path):
     """An old task saved with ClassLabel(cat, dog) and a new one with ClassLabel(fox, owl): the
     new task's ids 0, 1 are fox and owl (classes 2, 3), never the old task's cat and dog; a

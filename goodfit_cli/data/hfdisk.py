@@ -154,7 +154,7 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
 
     raw = {k: labels(ds, f"{k[0]}.{k[1]}", where[k[0]][k[1]]) for k, ds in loaded.items()}
     if is_text:
-        tokenising = Tokenising(tokenizer, max_length, padding, truncation)
+        tokenising = Tokenising(tokenizer, max_length, padding, truncation, ctx.data_dir)
         inputs, record = tokenising({k: texts_of(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}",
                                                  column) for k, ds in loaded.items()})
         record = {**record, "text": column}

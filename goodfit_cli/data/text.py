@@ -6,7 +6,8 @@ else the tokenizer returns), which reaches the model as keywords (data/batch.py)
 both tasks has the same length L, so batches mix (replay) and any split can be stacked: L is
 `max_length` (`padding: max_length`) or the longest tokenised text capped at `max_length`
 (`padding: longest`). A text longer than `max_length` is cut with `truncation: true` (counted
-in the record), refused otherwise. The tokenizer folder is the recipe's `tokenizer:`, or the
+in the record), refused otherwise. The tokenizer folder is the recipe's `tokenizer:` (a
+relative one read against the data folder, as the data paths are; recorded absolute), or the
 --base folder when the recipe leaves it unset (trainer/session.adopt_base_inputs).
 
 Labels are read as the table dataset reads them (data/table.py); names keep the ids the
@@ -83,12 +84,17 @@ def known_labels(folder: Path) -> dict[str, int]:
 class Tokenising:
     """A tokenizer folder and how its texts become fixed-length tensors."""
 
-    def __init__(self, tokenizer: Any, max_length: Any, padding: Any, truncation: Any) -> None:
+    def __init__(self, tokenizer: Any, max_length: Any, padding: Any, truncation: Any,
+                 data_dir: str | None = None) -> None:
         if not isinstance(tokenizer, str) or not tokenizer:
             raise ArgError("tokenizer", "name the transformers model folder whose tokenizer reads "
                            "the text (finetune --base DIR sets it when the recipe does not)")
-        if not Path(tokenizer).is_dir():
-            raise ArgError("tokenizer", f"{tokenizer} is not a folder")
+        path = os.path.expanduser(tokenizer)  # relative: against data_dir, as the data paths
+        if data_dir is not None and not os.path.isabs(path):
+            path = os.path.join(data_dir, path)
+        if not Path(path).is_dir():
+            raise ArgError("tokenizer", f"{path} is not a folder")
+        tokenizer = os.path.abspath(path)  # recorded so: never read against the cwd again
         check_int("max_length", max_length, 1)
         if padding not in PADDING:
             raise ArgError("padding", f"expected one of {', '.join(PADDING)}, got {padding!r}")
@@ -137,7 +143,7 @@ def text(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], text: str = "
          padding: str = "max_length", truncation: bool = True,
          label_names: bool = False) -> dict[str, Task]:
     """Old and new tasks from text files, tokenised by the `tokenizer` folder's tokenizer."""
-    tokenising = Tokenising(tokenizer, max_length, padding, truncation)
+    tokenising = Tokenising(tokenizer, max_length, padding, truncation, ctx.data_dir)
     where: dict[str, dict[str, str]] = {}
     texts: dict[tuple[str, str], list[str]] = {}
     labels: dict[tuple[str, str], list[Any]] = {}
