@@ -257,6 +257,29 @@ def test_a_relative_tokenizer_reads_against_the_data_folder_and_is_recorded_abso
     assert tasks["new"].preprocessing["tokenizer"] == str(tmp_path / "tok")
 
 
+def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
+    """A GPT-2 style tokenizer saved without a pad token: texts cannot be padded to one length,
+    said in one line naming the folder (it was transformers' ValueError, an internal error)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]"] + WORDS)},
+                                     unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    fast.save_pretrained(tmp_path / "nopad")
+    for f in ("config.json", "model.safetensors"):  # a model folder, as data.args.tokenizer is
+        (tmp_path / "nopad" / f).write_bytes((bert / f).read_bytes())
+    text_jsonl(tmp_path)
+    with pytest.raises(UserError, match=r"tokenizer: .*nopad: its tokenizer has no padding token"):
+        build_data("text", text_args(tmp_path, tokenizer=str(tmp_path / "nopad")), seed=0,
+                   data_dir=str(tmp_path))
+    fast.pad_token = "[UNK]"  # with one: read
+    fast.save_pretrained(tmp_path / "nopad")
+    tasks = build_data("text", text_args(tmp_path, tokenizer=str(tmp_path / "nopad"),
+                                         max_length=12), seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].train.x["input_ids"].shape[1] == 12
+
+
 def test_each_save_to_disk_folder_reads_its_own_classlabel_names(tmp_path):
     """An old task saved with ClassLabel(cat, dog) and a new one with ClassLabel(fox, owl): the
     new task's ids 0, 1 are fox and owl (classes 2, 3), never the old task's cat and dog; a

@@ -103,6 +103,10 @@ class Tokenising:
         self.folder, self.max_length = Path(tokenizer), max_length
         self.padding, self.truncation = padding, truncation
         self.tok = hf.tokenizer(self.folder, "data.args.tokenizer")
+        if self.tok.pad_token is None:  # every split is padded to one length
+            raise ArgError("tokenizer", f"{self.folder}: its tokenizer has no padding token, and "
+                           "texts are padded to one length; set one and save it there (e.g. "
+                           "tok.pad_token = tok.eos_token; tok.save_pretrained(folder))")
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tok(texts, truncation=False, padding=False)["input_ids"]]
