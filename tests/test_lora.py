@@ -175,8 +175,12 @@ def test_targets_name_layers_and_a_wrong_name_is_one_located_line():
     ft = load_recipe(TOY, ["finetune.arm_args.lora.targets=quary"]).finetune
     with pytest.raises(UserError) as e:
         build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0], ft)
-    assert str(e.value).startswith("finetune.arm_args.lora:adamw.targets: 'quary' names no "
+    # the key the recipe set (arm_args.lora), not the arm's name (arm_args.lora:adamw)
+    assert str(e.value).startswith("finetune.arm_args.lora.targets: 'quary' names no "
                                    "layer outside the head"), str(e.value)
+    ft = load_recipe(TOY, ["finetune.arm_args.lora:adamw.targets=quary"]).finetune
+    with pytest.raises(UserError, match=r"^finetune.arm_args.lora:adamw.targets: 'quary'"):
+        build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0], ft)
 
 
 def test_without_peft_the_arm_stops_with_one_line(monkeypatch):
@@ -292,6 +296,20 @@ def test_cli_lora_beside_adamw_with_replay_ema_and_a_gate(base, tmp_path):
     res = invoke("eval", "--checkpoint", run / "lora-adamw" / "model.safetensors", "--recipe",
                  "toy", *TINY)
     assert res.exit_code == 0, res.output
+
+
+def test_a_lora_target_naming_no_layer_stops_the_run_before_it_writes(base, tmp_path):
+    """`targets: quary` on the toy MLP: one line naming the recipe key, exit 2, and no run
+    folder (it was found only when the arm's optimizer was built: after the base's measurement,
+    run.json and base/ were written, so the corrected command then needed --overwrite)."""
+    run = tmp_path / "ft"
+    res = invoke("finetune", "--base", base, "--recipe", "toy", "--out", run,
+                 "--optimizer", "lora:adamw", "--no-wise", "finetune.arm_args.lora.targets=quary",
+                 *TINY)
+    assert res.exit_code == 2, res.output
+    said = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(said) == 1 and "finetune.arm_args.lora.targets: 'quary' names no layer" in said[0]
+    assert "base (test)" not in res.output and not run.exists()
 
 
 def test_an_interrupted_lora_run_resumes_bit_for_bit(base, tmp_path):

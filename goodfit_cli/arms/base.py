@@ -141,6 +141,10 @@ class ArmType:
         return optimizer if cls.plain else f"{cls.name}:{optimizer}"
 
     # what trains, and how ------------------------------------------------------------------
+    def check_model(self, model: nn.Module) -> None:
+        """Before a run writes anything: what the arm needs of this model, checked without
+        changing it (ArgError naming the knob; default: nothing)."""
+
     def trainable(self, model: nn.Module) -> None:
         """Before the optimizer is built: freeze what does not train (default: nothing)."""
 

@@ -158,6 +158,10 @@ class Lora(ArmType):
         that a search paid before its first trial whatever it drew)."""
         return installed("peft")
 
+    def check_model(self, model: nn.Module) -> None:
+        _peft()  # installed: else its one line, never auto's ImportError
+        layers_to_adapt(unwrap(model), self.args["targets"])  # a target naming no layer
+
     def trainable(self, model: nn.Module) -> None:
         peft = _peft()
         inner = unwrap(model)

@@ -79,6 +79,21 @@ def arm_type(arm: Arm, stage: StageSpec, where: str = "") -> ArmType:
         raise UserError(f"{loc(where or 'finetune', f'arm_args.{arm.name}')}: {e}") from None
 
 
+def _args_key(arm: Arm, stage: StageSpec, key: str | None) -> str:
+    """Where an arm's arg was set: finetune.arm_args.<exact name> or .<kind> (its default)."""
+    named = key is not None and key in stage.arm_args.get(arm.name, {})
+    return loc("finetune", f"arm_args.{arm.name if named else arm.kind}")
+
+
+def check_arms_on(arms: list[Arm], stage: StageSpec, model: nn.Module) -> None:
+    """Each arm's needs of the real model (LoRA's targets), before a run writes anything."""
+    for arm in arms:
+        try:
+            arm_type(arm, stage).check_model(model)
+        except ArgError as e:
+            raise UserError(f"{_args_key(arm, stage, e.key)}.{e}") from None
+
+
 def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
                     lr: float | None = None) -> torch.optim.Optimizer:
     """The arm's optimizer over the model's trainable parameters (the arm decides which, and
@@ -86,7 +101,7 @@ def build_optimizer(arm: Arm, model: nn.Module, stage: StageSpec,
     try:
         arm_type(arm, stage).trainable(model)
     except ArgError as e:  # e.g. LoRA's targets name no layer of this model
-        raise UserError(f"{loc('finetune', f'arm_args.{arm.name}')}.{e}") from None
+        raise UserError(f"{_args_key(arm, stage, e.key)}.{e}") from None
     return main_optimizer(arm, model, stage, lr)
 
 

@@ -52,7 +52,7 @@ from goodfit_cli.trainer.session import (
     open_session,
 )
 from goodfit_cli.trainer.stage import StageJob, Ui, quiet, run_stage
-from goodfit_cli.training import parse_arm
+from goodfit_cli.training import check_arms_on, parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
@@ -225,6 +225,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                              grow_rows=s.kinds["new"] == "classification")
     for msg in loaded.messages:
         ui.log(msg)
+    check_arms_on(parsed, recipe.finetune, model)  # e.g. LoRA's targets: before any write
     identity = run_identity(recipe, s.seed, loaded.sha256, __version__, arm_names)
     read = data_record(s)  # the data it reads, as run.json records it
     reused: dict[Path, RunResult] = {}  # finished arms, checked and loaded once
