@@ -177,7 +177,8 @@ def test_the_image_processor_sets_mean_std_size_and_interpolation(vit, tmp_path)
     assert (spec.mean, spec.std, spec.source) == (tuple(MEAN), tuple(STD), "preprocessor_config.json")
     assert from_config(None, {**proc, "do_normalize": False}).std == (1.0, 1.0, 1.0)
     recipe = parse_recipe(RECIPE.format(name="r", data="hf_disk", ext="x"), str(tmp_path / "r.yaml"))
-    assert adopt_base_inputs(recipe, vit) == {"size": [32, 32], "interpolation": "bicubic"}
+    assert adopt_base_inputs(recipe, vit) == {"size": [32, 32], "interpolation": "bicubic",
+                                              "labels_from": str(vit.resolve())}
     assert recipe.data.args["size"] == [32, 32]
 
 
@@ -307,6 +308,31 @@ def test_each_save_to_disk_folder_reads_its_own_classlabel_names(tmp_path):
                                         r"id -1 is not one of its 2 ClassLabel names"):
         build_data("hf_disk", {**args, "new": {"train": "new_train", "test": "unlabelled"}},
                    seed=0, data_dir=str(tmp_path))
+
+
+def test_a_classlabel_in_another_order_keeps_the_bases_ids(vit, tmp_path):
+    """The ViT base's label2id is cat 0, dog 1, bird 2; the data's ClassLabel lists bird, cat,
+    dog, fox, owl. A transformers --base sets labels_from, so cat stays 0 (its head row), bird
+    2, and the new fox, owl follow (they were the ClassLabel's ids: bird 0, the base's cat row
+    scored and relabelled as bird, silently)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(
+        names=["bird", "cat", "dog", "fox", "owl"])})
+    for name, cls in (("old_train", [0, 1, 2]), ("old_test", [2, 1, 0]), ("new_train", [3, 4]),
+                      ("new_test", [4, 3])):
+        imgs = [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in cls]
+        datasets.Dataset.from_dict({"image": imgs, "label": cls},
+                                   features=feats).save_to_disk(tmp_path / name)
+    recipe = parse_recipe(RECIPE.format(name="r", data="hf_disk", ext="x").replace(
+        ".x", ""), str(tmp_path / "r.yaml"))
+    adopt_base_inputs(recipe, vit)
+    assert recipe.data.args["labels_from"] == str(vit.resolve())
+    tasks = build_data("hf_disk", recipe.data.args, seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].train.y.tolist() == [2, 0, 1] and tasks["old"].test.y.tolist() == [1, 0, 2]
+    assert tasks["new"].train.y.tolist() == [3, 4] and tasks["new"].test.y.tolist() == [4, 3]
+    assert tasks["old"].label_names == ["cat", "dog", "bird", "fox", "owl"]
 
 
 def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped(tmp_path):

@@ -6,11 +6,12 @@ column and a label column (`pip install 'goodfit[hf]'`).
 `size` with `interpolation` when given (a transformers --base's image processor sets both when
 the recipe does not); a text column is tokenised as the text dataset does (data/text.py). A
 `ClassLabel` label column keeps its names; a base folder's label2id, when it names its classes,
-decides the ids first.
+decides the ids first (`labels_from`, which a transformers --base sets; text: its tokenizer's).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -113,8 +114,10 @@ def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
 def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str | None = None,
             text: str | None = None, label: str = "label", size: Any = None,
             interpolation: str = "bilinear", tokenizer: str | None = None, max_length: int = 128,
-            padding: str = "max_length", truncation: bool = True) -> dict[str, Task]:
-    """Old and new tasks from save_to_disk folders (one per split)."""
+            padding: str = "max_length", truncation: bool = True,
+            labels_from: str | None = None) -> dict[str, Task]:
+    """Old and new tasks from save_to_disk folders (one per split). `labels_from`: a model
+    folder whose config.json label2id gives its classes' ids first (a transformers --base)."""
     if image is not None and text is not None:
         raise ArgError("image", "give image or text, not both")
     if interpolation not in RESAMPLING:
@@ -164,6 +167,13 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
                              _declared(ds.features[column])) for k, ds in loaded.items()}
         record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
         known = known_labels(Path(tokenizer)) if tokenizer else {}
+    if labels_from is not None:  # the base's own ids: its head's rows keep their classes
+        folder = Path(os.path.expanduser(str(labels_from)))  # relative: as the data paths
+        if not folder.is_absolute() and ctx.data_dir is not None:
+            folder = Path(ctx.data_dir) / folder
+        if not folder.is_dir():
+            raise ArgError("labels_from", f"{folder} is not a model folder")
+        known = known_labels(folder) or known
     if names and not known:
         known = {n: i for i, n in enumerate(names)}  # the ClassLabel's own ids
     read = {t: {s: (inputs[(t, s)], raw[(t, s)]) for s in where[t]} for t in where}

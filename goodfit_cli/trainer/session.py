@@ -41,6 +41,7 @@ from goodfit_cli.data.batch import Inputs
 from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.overlap import shared
+from goodfit_cli.data.text import known_labels
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -285,6 +286,8 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
+    elif recipe.data.name == "hf_disk" and files.folder is not None and known_labels(files.folder):
+        found["labels_from"] = str(files.folder.resolve())  # its classes keep their head rows
     args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
     taken = {k: v for k, v in found.items() if k not in args}
     if not taken:
