@@ -258,6 +258,24 @@ def test_a_relative_tokenizer_reads_against_the_data_folder_and_is_recorded_abso
     assert tasks["new"].preprocessing["tokenizer"] == str(tmp_path / "tok")
 
 
+def test_a_tokenizer_saved_on_its_own_reads_text_with_the_bases_label_ids(bert, tmp_path):
+    """`tokenizer: tok`, a folder tokenizer.save_pretrained wrote (no weights, no config.json),
+    beside a --base bert (neg 0, pos 1): the text is read (it stopped with "tok: no
+    model.safetensors in the folder"), and the base's label2id, which adopt_base_inputs hands
+    over as labels_from, keeps neg 0 and pos 1 although the file lists pos first."""
+    text_jsonl(tmp_path)
+    transformers.AutoTokenizer.from_pretrained(bert).save_pretrained(tmp_path / "tok")
+    assert not (tmp_path / "tok" / "config.json").exists()
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl").replace(
+        "args:", "args:\n    tokenizer: tok\n    max_length: 12"), str(tmp_path / "r.yaml"))
+    assert adopt_base_inputs(recipe, bert) == {"labels_from": str(bert.resolve())}
+    tasks = build_data("text", recipe.data.args, seed=0, data_dir=str(tmp_path))
+    first = json.loads((tmp_path / "old_train.jsonl").read_text().splitlines()[0])
+    assert first["label"] == "pos" and tasks["old"].train.y[0] == 1
+    assert tasks["new"].label_names == ["neg", "pos", "sport", "news"]
+    assert tasks["old"].preprocessing["tokenizer"] == str(tmp_path / "tok")
+
+
 def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
     """A GPT-2 style tokenizer saved without a pad token: texts cannot be padded to one length,
     said in one line naming the folder (it was transformers' ValueError, an internal error)."""

@@ -11,7 +11,6 @@ decides the ids first (`labels_from`, which a transformers --base sets; text: it
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,7 +24,7 @@ from goodfit_cli.data.imagefolder import image_size
 from goodfit_cli.data.imagestream import rgb
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import labelled_tasks
-from goodfit_cli.data.text import Tokenising, known_labels, texts_of
+from goodfit_cli.data.text import Tokenising, known_from, texts_of
 from goodfit_cli.io import hf
 
 RESAMPLING = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
@@ -161,19 +160,12 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
         inputs, record = tokenising({k: texts_of(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}",
                                                  column) for k, ds in loaded.items()})
         record = {**record, "text": column}
-        known = known_labels(tokenising.folder)
+        known = known_from(labels_from, ctx.data_dir, tokenising.folder)
     else:
         inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation,
                              _declared(ds.features[column])) for k, ds in loaded.items()}
         record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
-        known = known_labels(Path(tokenizer)) if tokenizer else {}
-    if labels_from is not None:  # the base's own ids: its head's rows keep their classes
-        folder = Path(os.path.expanduser(str(labels_from)))  # relative: as the data paths
-        if not folder.is_absolute() and ctx.data_dir is not None:
-            folder = Path(ctx.data_dir) / folder
-        if not folder.is_dir():
-            raise ArgError("labels_from", f"{folder} is not a model folder")
-        known = known_labels(folder) or known
+        known = known_from(labels_from, ctx.data_dir, Path(tokenizer) if tokenizer else None)
     if names and not known:
         known = {n: i for i, n in enumerate(names)}  # the ClassLabel's own ids
     read = {t: {s: (inputs[(t, s)], raw[(t, s)]) for s in where[t]} for t in where}

@@ -11,9 +11,10 @@ relative one read against the data folder, as the data paths are; recorded absol
 --base folder when the recipe leaves it unset (trainer/session.adopt_base_inputs).
 
 Labels are read as the table dataset reads them (data/table.py); names keep the ids the
-folder's config.json gives them (`label2id`), so a base's classes stay its classes, and new
-names follow. What was done (tokenizer, max_length, padding, truncation, length, truncated
-texts) is the task's `preprocessing`, recorded in run.json.
+folder's config.json gives them (`label2id`; `labels_from`'s, which a --base naming its classes
+sets, else the tokenizer folder's), so a base's classes stay its classes, and new names
+follow. What was done (tokenizer, max_length, padding, truncation, length, truncated texts) is
+the task's `preprocessing`, recorded in run.json.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from goodfit_cli.core.args import ArgError, check_int
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import columns_csv, columns_parquet, labelled_tasks
 from goodfit_cli.io import hf
-from goodfit_cli.io.hubdir import resolve_base
+from goodfit_cli.io.hubdir import CONFIG
 
 PADDING = ("max_length", "longest")
 _DEFAULT_LABEL = re.compile(r"LABEL_[0-9]+")  # transformers' names for unnamed classes
@@ -71,14 +73,35 @@ def read_columns(path: str, key: str) -> dict[str, list[Any]]:
 
 def known_labels(folder: Path) -> dict[str, int]:
     """The class names a model folder's config.json gives (label2id), unless they are
-    transformers' placeholders (LABEL_0, ...)."""
-    config = resolve_base(folder).config or {}
-    label2id = config.get("label2id")
+    transformers' placeholders (LABEL_0, ...); none when the folder has no config.json (a
+    tokenizer saved on its own: its weights are never needed here)."""
+    path = folder / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it as JSON ({e})") from None
+    label2id = config.get("label2id") if isinstance(config, dict) else None
     if not isinstance(label2id, dict) or not all(isinstance(v, int) for v in label2id.values()):
         return {}
     if all(_DEFAULT_LABEL.fullmatch(str(k)) for k in label2id):
         return {}
     return {str(k): v for k, v in label2id.items()}
+
+
+def known_from(labels_from: Any, data_dir: str | None, fallback: Path | None) -> dict[str, int]:
+    """The ids of the classes the model folder `labels_from` names (a relative one read against
+    data_dir, as the data paths are), else those of `fallback` (the tokenizer's folder)."""
+    known = known_labels(fallback) if fallback is not None else {}
+    if labels_from is None:
+        return known
+    if not isinstance(labels_from, str) or not labels_from:
+        raise ArgError("labels_from", f"expected a model folder, got {labels_from!r}")
+    folder = Path(os.path.expanduser(labels_from))
+    if not folder.is_absolute() and data_dir is not None:
+        folder = Path(data_dir) / folder
+    if not folder.is_dir():
+        raise ArgError("labels_from", f"{folder} is not a model folder")
+    return known_labels(folder) or known
 
 
 class Tokenising:
@@ -145,8 +168,9 @@ def texts_of(values: Sequence[Any], path: str, key: str, column: str) -> list[st
 def text(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], text: str = "text",
          label: str = "label", tokenizer: str | None = None, max_length: int = 128,
          padding: str = "max_length", truncation: bool = True,
-         label_names: bool = False) -> dict[str, Task]:
-    """Old and new tasks from text files, tokenised by the `tokenizer` folder's tokenizer."""
+         label_names: bool = False, labels_from: str | None = None) -> dict[str, Task]:
+    """Old and new tasks from text files, tokenised by the `tokenizer` folder's tokenizer; class
+    ids from `labels_from`'s label2id (a base; else the tokenizer folder's) first."""
     tokenising = Tokenising(tokenizer, max_length, padding, truncation, ctx.data_dir)
     where: dict[str, dict[str, str]] = {}
     texts: dict[tuple[str, str], list[str]] = {}
@@ -164,7 +188,8 @@ def text(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], text: str = "
             labels[(name, split)] = cols[label]
     encoded, record = tokenising(texts)
     read = {t: {s: (encoded[(t, s)], labels[(t, s)]) for s in where[t]} for t in where}
-    tasks = labelled_tasks(read, where, (old, new), label_names, known_labels(tokenising.folder))
+    tasks = labelled_tasks(read, where, (old, new), label_names,
+                           known_from(labels_from, ctx.data_dir, tokenising.folder))
     for task in tasks.values():
         task.preprocessing = {**record, "text": text}
     return tasks

@@ -286,8 +286,9 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
-    elif recipe.data.name == "hf_disk" and files.folder is not None and known_labels(files.folder):
-        found["labels_from"] = str(files.folder.resolve())  # its classes keep their head rows
+    if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
+            and known_labels(files.folder)):  # its classes keep their head rows
+        found["labels_from"] = str(files.folder.resolve())
     args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
     taken = {k: v for k, v in found.items() if k not in args}
     if not taken:
