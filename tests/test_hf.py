@@ -386,6 +386,25 @@ def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped
             build_data("hf_disk", {"old": split, "new": split}, seed=0, data_dir=str(tmp_path))
 
 
+def test_a_damaged_save_to_disk_folder_is_one_line(tmp_path):
+    """A folder whose state.json lacks its keys, or whose dataset_info.json is not an object:
+    one line naming the split and the folder (datasets raised KeyError / AttributeError, which
+    reached the CLI as an internal error)."""
+    import shutil
+
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]},
+                               features=feats).save_to_disk(tmp_path / "good")
+    for name, damage in (("nokeys", ("state.json", "{}")), ("info", ("dataset_info.json", "[1]"))):
+        shutil.copytree(tmp_path / "good", tmp_path / name)
+        (tmp_path / name / damage[0]).write_text(damage[1])
+        split = {"train": name, "test": "good"}
+        with pytest.raises(UserError, match=rf"old.train: cannot read .*{name} with datasets."
+                                            r"load_from_disk \((KeyError|AttributeError) "):
+            build_data("hf_disk", {"old": split, "new": {"train": "good", "test": "good"}},
+                       seed=0, data_dir=str(tmp_path))
+
+
 def test_a_save_to_disk_folders_image_reading_reports_progress(tmp_path):
     """20 images decoded row by row into one array (each row at its place), the progress heard
     every 16 rows and at the end; an image of another size is named by its row."""

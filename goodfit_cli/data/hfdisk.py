@@ -36,9 +36,12 @@ def _load(path: str, key: str) -> Any:
         raise ArgError(key, f"{path} is not a folder written by save_to_disk")
     try:
         ds = datasets.load_from_disk(path)
-    except (OSError, ValueError, FileNotFoundError) as e:
-        raise ArgError(key, f"cannot read {path} with datasets.load_from_disk "
-                       f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # a damaged or
+        # foreign state.json / dataset_info.json reaches datasets as KeyError, AttributeError
+        said = (str(e).strip().splitlines() or [""])[0][:160]
+        said = said if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__} {said}"
+        raise ArgError(key, f"cannot read {path} with datasets.load_from_disk ({said.strip()})"
+                       ) from None
     if isinstance(ds, datasets.DatasetDict):
         raise ArgError(key, f"{path} holds the splits {', '.join(ds)}; give one split's folder "
                        f"({path}/{next(iter(ds), 'train')})")
