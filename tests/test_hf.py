@@ -386,6 +386,27 @@ def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped
             build_data("hf_disk", {"old": split, "new": split}, seed=0, data_dir=str(tmp_path))
 
 
+def test_save_to_disk_arrays_of_one_channel_are_read_and_channels_first_refused(tmp_path):
+    """Array3D (H, W, 1) greyscale rows become RGB (each channel the grey value); (3, H, W)
+    channels-first rows are one line naming the shape. Both were PIL's TypeError ("Cannot
+    handle this data type"), an internal error."""
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (4, 6, 6, 1)).astype(np.uint8)
+    for name, shape, rows in (("grey", (6, 6, 1), list(grey)),
+                              ("chw", (3, 6, 6), list(np.moveaxis(np.repeat(grey, 3, 3), 3, 1)))):
+        feats = datasets.Features({"image": datasets.Array3D(shape, "uint8"),
+                                   "label": datasets.Value("int64")})
+        datasets.Dataset.from_dict({"image": rows, "label": [0, 1, 0, 1]},
+                                   features=feats).save_to_disk(tmp_path / name)
+    split = {"train": "grey", "test": "grey"}
+    tasks = build_data("hf_disk", {"old": split, "new": split}, seed=0, data_dir=str(tmp_path))
+    assert torch.equal(tasks["old"].train.x, torch.from_numpy(np.repeat(grey, 3, axis=3)))
+    split = {"train": "chw", "test": "chw"}
+    with pytest.raises(UserError, match=r"chw: image 0 is an array of shape \(3, 6, 6\); an "
+                                        r"image is \(H, W\), \(H, W, 1\)"):
+        build_data("hf_disk", {"old": split, "new": split}, seed=0, data_dir=str(tmp_path))
+
+
 def test_a_damaged_save_to_disk_folder_is_one_line(tmp_path):
     """A folder whose state.json lacks its keys, or whose dataset_info.json is not an object:
     one line naming the split and the folder (datasets raised KeyError / AttributeError, which

@@ -63,10 +63,16 @@ def _declared(feature: Any) -> np.dtype | None:
 
 
 def _pixels(value: Any, dtype: np.dtype | None, i: int, path: str, key: str) -> np.ndarray:
-    """A row's array as uint8: uint8 as it is, uint16 by its top 8 bits (as a 16-bit image file
-    is read: data/imagestream.rgb), any other type only when every value is a whole number in
-    0..255; else an ArgError naming the row (never a cast modulo 256, a clip or a truncation)."""
+    """A row's array (H, W[, 1|3|4]) as uint8: uint8 as it is, uint16 by its top 8 bits (as a
+    16-bit image file is read: data/imagestream.rgb), any other type only when every value is a
+    whole number in 0..255; else an ArgError naming the row (never a cast modulo 256, a clip or
+    a truncation; another shape, channels first, is refused too)."""
     a = np.asarray(value, dtype=dtype) if dtype is not None else np.asarray(value)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]  # greyscale with its channel axis
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ArgError(key, f"{path}: image {i} is an array of shape {tuple(a.shape)}; an image "
+                       "is (H, W), (H, W, 1), (H, W, 3) or (H, W, 4): channels last")
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.uint16:
