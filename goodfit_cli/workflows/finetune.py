@@ -200,8 +200,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
                      recipe.at("finetune.early_stop"))
     main_rank = is_main()
-    if not main_rank:
-        ui = Ui(quiet)  # only rank 0 speaks
+    ui = ui if main_rank else Ui(quiet)  # only rank 0 speaks
     geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
     if geometry:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
