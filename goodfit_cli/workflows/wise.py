@@ -180,16 +180,20 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     arm_ckpt = arm_dir / "model.safetensors"
     arm_tensors, arm_meta = ckpt.load_model(arm_ckpt)
     ckpt.check_finite(arm_tensors, arm_ckpt)
-    missing = [k for k in base_state if k not in arm_tensors]
-    if missing:
-        raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
-    model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     arm_sha256 = sha256_file(arm_ckpt)  # a search's trial: its fine-tune measured this point
     recorded_sha = read_json(arm_dir / "summary.json").get("sha256")
     if recorded_sha not in (None, arm_sha256):  # the arm's curve and numbers were another's
         raise UserError(f"{arm_ckpt}: does not match the file whose sha256 "
                         f"{arm_dir / 'summary.json'} records; the run folder was changed after "
                         "the run")
+    missing = [k for k in base_state if k not in arm_tensors]
+    if missing:
+        raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
+    for k, b in base_state.items():  # before: a RuntimeError from the mix, exit 1
+        if tuple(arm_tensors[k].shape) != tuple(b.shape):
+            raise UserError(f"{arm_ckpt}: tensor {k!r} has shape {tuple(arm_tensors[k].shape)} "
+                            f"in the arm's checkpoint but {tuple(b.shape)} in the recipe's model")
+    model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     alpha = job.alpha  # or the one chosen together with the offset
     offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
     if job.new_offset:
