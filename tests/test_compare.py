@@ -470,3 +470,24 @@ def test_an_edited_f1_or_balanced_accuracy_is_refused_like_any_stored_metric(tmp
             said = " ".join(res.output.split())
             assert res.exit_code == 2 and f"summary.json: {split} is recorded as 0.99 but its " \
                 "predictions give" in said, said
+
+
+@pytest.mark.parametrize("name", ["report.json", "model.safetensors"])
+def test_junit_naming_a_file_the_command_writes_into_out_is_refused(toy_run, tmp_path, name):
+    """`--junit OUT/report.json` (compare) or `--junit OUT/model.safetensors` (wise) would be
+    replaced by the command's own file, then replace it with the XML (before: exit 0 with a
+    report.json, or the wise candidate's checkpoint, holding JUnit XML). Refused in one line
+    before anything is written; a JUnit file named *.xml inside OUT is still written."""
+    if name == "report.json":
+        cmd = ["compare", toy_run["base"], toy_run["ft"], "--recipe", toy_run["recipe"]]
+    else:
+        cmd = ["wise", toy_run["ft"] / "rmsprop", "--alpha", "0.5"]
+    out = tmp_path / "out"
+    res = run(*cmd, "--out", out, "--max-old-drop", "100", "--junit", out / name)
+    assert res.exit_code == 2, res.output
+    assert "--junit" in res.output and "inside --out" in res.output
+    assert "Traceback" not in res.output and not out.exists()
+    res = run(*cmd, "--out", out, "--max-old-drop", "100", "--junit", out / "gate.xml")
+    assert res.exit_code == 0, res.output
+    assert ET.parse(out / "gate.xml").getroot().get("name") == "goodfit"
+    json.loads((out / "report.json").read_text())  # the report, not the XML

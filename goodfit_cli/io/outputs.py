@@ -53,13 +53,23 @@ def ours(path: Path) -> bool:
 
 
 def check_outputs(files: dict[str, Path | None], folders: dict[str, Path | None],
-                  inputs: dict[str, Path | None]) -> None:
+                  inputs: dict[str, Path | None],
+                  writes_into: dict[str, Path | None] | None = None) -> None:
     """`files` / `folders` / `inputs`: option name -> path (None: not given). One UserError
-    line naming the option and the path on the first conflict."""
+    line naming the option and the path on the first conflict. A file inside one of the
+    `folders` (or `writes_into`: a folder the command writes into without owning it, a
+    resumed run) of another option may be only a `*.xml` (a JUnit file): the command writes
+    its own report, records and checkpoints there, which the file would replace."""
     given = {k: v for k, v in inputs.items() if v is not None}
+    filled = {k: v for k, v in {**folders, **(writes_into or {})}.items() if v is not None}
     for opt, path in files.items():
         if path is None:
             continue
+        for fopt, folder in filled.items():
+            if fopt != opt and path.suffix.lower() != ".xml" and _inside(path, folder):
+                raise UserError(f"{opt} {path} is inside {fopt} {folder}, where this command "
+                                "writes its report, records and checkpoints (the file would "
+                                "replace one); name it *.xml there, or choose a path outside")
         if path.is_symlink():
             raise UserError(f"{opt} {path}: refusing to write through a symbolic link "
                             "(remove it, or choose another path)")

@@ -163,7 +163,7 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
     ui = ui or Ui()
     check_stages(job.recipe, job.arms)  # a bad optimizer or schedule: before anything is written
     check_outputs({"--junit": job.junit}, {"--out": None if job.resume else job.out},
-                  {"--base": job.base})
+                  {"--base": job.base}, {"--resume": job.out if job.resume else None})
     if job.resume and job.recipe.finetune.early_stop.gate:
         was = json.loads((job.out / "run.json").read_text()).get("gate")
         if was is not None and was != gate_record(job.gate):
