@@ -491,3 +491,30 @@ def test_junit_naming_a_file_the_command_writes_into_out_is_refused(toy_run, tmp
     assert res.exit_code == 0, res.output
     assert ET.parse(out / "gate.xml").getroot().get("name") == "goodfit"
     json.loads((out / "report.json").read_text())  # the report, not the XML
+
+
+def test_checkpoints_trained_as_another_model_are_said_so(toy_run, tmp_path):
+    """A recipe whose model differs from the one the checkpoints were trained as in an arg that
+    changes no shape (the activation) loads them without a complaint; compare measures them as
+    the recipe's model and says so, naming each side and the arg, in the log and the report's
+    notes and provenance (before: silently measured as another network). The run's own recipe
+    says nothing."""
+    recipe = yaml.safe_load(toy_run["recipe"].read_text())
+    assert recipe["model"]["args"].get("activation", "relu") == "relu"
+    recipe["model"]["args"]["activation"] = "gelu"
+    other = tmp_path / "gelu.yaml"
+    other.write_text(yaml.safe_dump(recipe))
+    res = run("compare", toy_run["base"], toy_run["ft"], "--recipe", other, "--out",
+              tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    said = rep["provenance"]["other_model"]["sides"]
+    assert set(said) == {"base (pretrain)", "rmsprop", "goodfit"}, said
+    assert all("activation 'relu' in its run, 'gelu' in the recipe" in d for d in said.values())
+    assert "Trained as another model" in (tmp_path / "c" / "report.md").read_text()
+    assert "Trained as another model" in res.output
+    res = run("compare", toy_run["base"], toy_run["ft"], "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "same")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "same" / "report.json").read_text())
+    assert "other_model" not in rep["provenance"]

@@ -132,6 +132,27 @@ def _provenance(side: Side) -> dict:
     return {**kept, **{k: v for k, v in extra.items() if v is not None and k not in kept}}
 
 
+def _other_model(side: Side, want: dict) -> str | None:
+    """How the model a side's own run recorded (its identity.json, when its summary.json is this
+    checkpoint's) differs from the recipe's `want` ({"name", "args"}): "activation 'relu' in
+    its run, 'gelu' in the recipe"; None when it records none or the same. Args only one of
+    them gives are left out (a default may be written or not); a shape a difference changes is
+    refused at loading."""
+    if not _provenance(side):
+        return None
+    ident = _recorded(Side(side.name, side.checkpoint, side.stored.parent / "identity.json"))
+    recipe = ident.get("recipe")
+    model = recipe.get("model") if isinstance(recipe, dict) else None
+    if not isinstance(model, dict):
+        return None
+    if model.get("name") != want["name"]:
+        return f"model {model.get('name')!r} in its run, {want['name']!r} in the recipe"
+    have = model.get("args") if isinstance(model.get("args"), dict) else {}
+    diff = [f"{k} {have[k]!r} in its run, {want['args'][k]!r} in the recipe"
+            for k in sorted(set(have) & set(want["args"])) if have[k] != want["args"][k]]
+    return ", ".join(diff) or None
+
+
 def _unchanged(side: Side, name: str) -> bool:
     """Whether the file `name` beside the side's record still has the sha256 recorded for it."""
     path = side.stored.parent / name
@@ -333,6 +354,13 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             + f"; their changes are measured against {base_side.sha256[:12]}…, which they "
             "never started from.")}
         ui.log(prov["other_base"]["message"])
+    want = {"name": recipe.model.name, "args": dict(recipe.model.args or {})}
+    differs = {s.name: d for s in (base_side, *cands) if (d := _other_model(s, want))}
+    if differs:  # weights of the same shapes in another architecture: measured, and said
+        prov["other_model"] = {"sides": differs, "message": (
+            "Trained as another model than the recipe's, measured here as the recipe's (its "
+            "model.args): " + "; ".join(f"{n}: {d}" for n, d in differs.items()) + ".")}
+        ui.log(prov["other_model"]["message"])
     against = base_against_gate(gate, (bm, bp, bv, bvp))  # the base itself outside the gate
     if "base_outside_gate" in against:  # on validation: nothing passes unless it does better
         ui.log(against["base_outside_gate"]["message"])
