@@ -518,3 +518,18 @@ def test_checkpoints_trained_as_another_model_are_said_so(toy_run, tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "same" / "report.json").read_text())
     assert "other_model" not in rep["provenance"]
+
+
+def test_compare_records_absolute_checkpoint_paths(toy_run, tmp_path, monkeypatch):
+    """Relative BASE and CANDIDATE paths are recorded in report.json as absolute paths, as
+    finetune's report records its arms (before: relative to the directory compare ran in, so
+    the report named other files, or none, read from anywhere else)."""
+    monkeypatch.chdir(toy_run["dir"])
+    res = run("compare", "base", Path("ft") / "rmsprop" / "model.safetensors", "--recipe",
+              toy_run["recipe"], "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    want = str((toy_run["ft"] / "rmsprop" / "model.safetensors").resolve())
+    assert [a["checkpoint"] for a in rep["arms"]] == [want]
+    paths = [v for v in json.dumps(rep).split('"') if v.endswith("model.safetensors")]
+    assert paths and all(Path(p).is_absolute() for p in paths), paths

@@ -322,7 +322,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     phases.add("load", time.perf_counter() - phases.start)  # the model built, the data read
     with phases.phase("base_evaluation"):  # its checkpoint's loading counted here
         bm, bp, bv, bvp = measure(base_side, as_base=True)
-    base_run = RunSide("base", str(base_side.checkpoint), bm, bp, val_metrics=bv,
+    # absolute, as finetune's report records its arms: a relative path depends on the cwd
+    base_run = RunSide("base", str(base_side.checkpoint.resolve()), bm, bp, val_metrics=bv,
                        val_predictions=bvp)
     arms = []
     for c in cands:
@@ -330,7 +331,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             m, p, v, vp = measure(c)
         curve = read_jsonl(c.checkpoint.parent / "metrics.jsonl") \
             if c.stored and _unchanged(c, "metrics.jsonl") else []
-        arms.append(RunSide(c.name, str(c.checkpoint), m, p, curve, provenance=_provenance(c),
+        arms.append(RunSide(c.name, str(c.checkpoint.resolve()), m, p, curve,
+                            provenance=_provenance(c),
                             val_metrics=v, val_predictions=vp))
     prov = {"command": "compare", "recipe": recipe.name, "recipe_sha256": recipe.sha256,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
