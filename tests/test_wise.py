@@ -85,10 +85,12 @@ def test_compare_reuses_a_wise_points_predictions_once_checked(run):
     assert res.returncode == 0 and "does not match the sha256" in res.stderr + res.stdout
 
 
-def test_wise_of_an_arm_with_a_wrong_shaped_tensor_is_one_line_exit_2(run, tmp_path):
+@pytest.mark.parametrize("damage", ["shape", "dtype"])
+def test_wise_of_an_arm_with_a_wrong_shaped_tensor_is_one_line_exit_2(run, tmp_path, damage):
     """An arm checkpoint whose tensor has another shape than the recipe's model (its summary's
     sha256 made to match, as an older run's or an edited one's) is one line naming the file
-    and the tensor, exit 2 (before: the mix failed with a RuntimeError, exit 1)."""
+    and the tensor, exit 2 (before: the mix failed with a RuntimeError, exit 1; an integer
+    tensor was mixed in as if it were the arm's floating weights, exit 0)."""
     import shutil
 
     from safetensors.torch import save_file
@@ -99,7 +101,10 @@ def test_wise_of_an_arm_with_a_wrong_shaped_tensor_is_one_line_exit_2(run, tmp_p
     arm = tmp_path / "ft" / "rmsprop"
     tensors, _ = ckpt.load_model(arm / "model.safetensors")
     name = next(k for k, t in tensors.items() if t.ndim == 2)
-    tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 1)
+    if damage == "shape":
+        tensors[name] = torch.zeros(tensors[name].shape[0], tensors[name].shape[1] + 1)
+    else:
+        tensors[name] = tensors[name].long()
     save_file(tensors, str(arm / "model.safetensors"))
     summary = json.loads((arm / "summary.json").read_text())
     summary["sha256"] = sha256_file(arm / "model.safetensors")
@@ -108,4 +113,5 @@ def test_wise_of_an_arm_with_a_wrong_shaped_tensor_is_one_line_exit_2(run, tmp_p
     assert res.returncode == 2, res.stderr
     line = res.stderr.strip().splitlines()[-1]
     assert "Traceback" not in res.stderr and "internal error" not in res.stderr
-    assert str(arm / "model.safetensors") in line and repr(name) in line and "shape" in line
+    assert str(arm / "model.safetensors") in line and repr(name) in line
+    assert ("shape" if damage == "shape" else "int64") in line

@@ -190,9 +190,13 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     if missing:
         raise UserError(f"{arm_ckpt}: has no tensor {missing[0]!r} of the recipe's model")
     for k, b in base_state.items():  # before: a RuntimeError from the mix, exit 1
-        if tuple(arm_tensors[k].shape) != tuple(b.shape):
-            raise UserError(f"{arm_ckpt}: tensor {k!r} has shape {tuple(arm_tensors[k].shape)} "
+        t = arm_tensors[k]
+        if tuple(t.shape) != tuple(b.shape):
+            raise UserError(f"{arm_ckpt}: tensor {k!r} has shape {tuple(t.shape)} "
                             f"in the arm's checkpoint but {tuple(b.shape)} in the recipe's model")
+        if t.is_floating_point() != b.is_floating_point():  # as loading refuses it
+            raise UserError(f"{arm_ckpt}: tensor {k!r} is {str(t.dtype)[6:]} in the arm's "
+                            f"checkpoint but {str(b.dtype)[6:]} in the recipe's model")
     model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
     alpha = job.alpha  # or the one chosen together with the offset
     offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
