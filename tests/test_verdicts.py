@@ -123,6 +123,19 @@ def test_wise_checks_the_recorded_base(run, tmp_path):
     assert "but the run recorded base" in line, line
 
 
+def test_wise_of_a_run_whose_base_moved_names_run_json(run, tmp_path):
+    """A run folder moved with its base (the absolute path run.json records gone): one line
+    naming run.json and the path it records (before: 'checkpoint not found: PATH', with no
+    word of where the path came from)."""
+    meta = json.loads((run / "run.json").read_text())
+    gone = tmp_path / "moved-away" / "model.safetensors"
+    meta["base"] = str(gone)
+    (run / "run.json").write_text(json.dumps(meta))
+    line = assert_one_error_line(invoke("wise", run / "rmsprop", "--alpha", "0.5",
+                                        "--out", tmp_path / "w"))
+    assert str(run / "run.json") in line and str(gone) in line, line
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. stored metrics are the ones the hashed predictions give
 
