@@ -533,3 +533,20 @@ def test_compare_records_absolute_checkpoint_paths(toy_run, tmp_path, monkeypatc
     assert [a["checkpoint"] for a in rep["arms"]] == [want]
     paths = [v for v in json.dumps(rep).split('"') if v.endswith("model.safetensors")]
     assert paths and all(Path(p).is_absolute() for p in paths), paths
+
+
+def test_a_run_json_listing_no_arms_is_refused_not_a_passed_gate(toy_run, tmp_path):
+    """A run folder whose run.json lists no arms gives compare no candidate: before, the gate
+    passed on nothing (exit 0, an empty JUnit file); now one line naming run.json, exit 2."""
+    ft = tmp_path / "ft"
+    shutil.copytree(toy_run["ft"], ft)
+    meta = json.loads((ft / "run.json").read_text())
+    for arm in meta["arms"]:
+        shutil.rmtree(ft / arm)
+    meta["arms"] = []
+    (ft / "run.json").write_text(json.dumps(meta))
+    res = run("compare", toy_run["base"], ft, "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "c", "--max-old-drop", "0", "--junit", tmp_path / "gate.xml")
+    assert res.exit_code == 2, res.output
+    assert str(ft / "run.json") in res.output and "no list of arms" in res.output
+    assert not (tmp_path / "gate.xml").exists()

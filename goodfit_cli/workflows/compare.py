@@ -82,7 +82,8 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
             return [Side("base", recorded_path(path, base.get("checkpoint")), record,
                          expect=expect if isinstance(expect, str) else None)]
         arms = read_json(path / "run.json").get("arms")
-        if not isinstance(arms, list) or not all(isinstance(a, str) for a in arms):
+        if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
+            # an empty list too: no candidate, and a gate would pass on nothing (exit 0)
             raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
         # each arm, and its averaged weights when it kept an EMA (`<arm>+ema`, a candidate of
         # its own in the run's report: one the report names and the folder lacks is missing)
