@@ -321,3 +321,18 @@ def test_a_flip_rate_limit_on_the_new_task_says_flips_are_the_old_tasks():
         check_metrics(Gate((Limit("old", "nfr", "max", 0.1),)), have, reg, "recipe r.yaml")
     assert str(e.value) == ("gate flags: old nfr max 0.1: flip rates need a classification old "
                             "task; recipe r.yaml's old task is regression")
+
+
+def test_no_ci_message_says_why_there_is_none():
+    """A failing require_significant check with no CI says why there is none: a max/min bound
+    on a metric (only nfr and pfr have a CI of their value), or a metric that is not a
+    per-sample mean (before: always '(no predictions)', though the report had them)."""
+    gate = _gate(("old", "mse", "max", 0.05, True))
+    res = evaluate_gate(gate, _arm(old_mse=(0.10, 0.08)))
+    assert res["passed"] is False
+    assert "no predictions" not in res["violations"][0]
+    assert "only on nfr and pfr" in res["violations"][0]
+    arm = _arm(old_acc=0.87, ci=None)
+    arm["delta"]["old"]["accuracy"]["no_ci"] = "not a per-sample mean"
+    res = evaluate_gate(_gate(("old", "accuracy", "max_drop", 0.01, True)), arm)
+    assert res["passed"] is False and "(not a per-sample mean)" in res["violations"][0]

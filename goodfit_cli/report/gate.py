@@ -12,7 +12,8 @@ A gate file:
 Drops and gains are direction-aware (for mse a rise is a drop). With require_significant, a
 failing delta check (max_drop, max_drop_rel, min_gain) counts as a violation only when the
 delta's 95 % CI excludes zero; a failing max/min check only when the value's CI lies wholly
-beyond the bound. A failing check with no CI to test (no predictions) stays a violation.
+beyond the bound (nfr and pfr: other metrics' values have no CI). A failing check with no CI
+to test stays a violation, and its message says why there is none.
 
 Flags give the same limits: --max-old-drop D (the old primary metric's max_drop), --max-nfr R,
 and absolute floors and ceilings --min-old METRIC=V, --max-old METRIC=V, --min-new METRIC=V,
@@ -261,10 +262,10 @@ def _check(limit: Limit, arm: dict) -> dict:
     task, metric, thr = limit.task, limit.metric, limit.threshold
     label = f"{task} {metric}"
 
-    def result(value, passed, message, ci=None, significant=None) -> dict:
+    def result(value, passed, message, ci=None, significant=None, why="no predictions") -> dict:
         if not passed and limit.require_significant:
             if ci is None:
-                message += "; no CI to test significance (no predictions), counted as a violation"
+                message += f"; no CI to test significance ({why}), counted as a violation"
             elif not significant:
                 passed, message = True, message + f"; not significant ({_ci_text(metric, ci)})"
         return {"limit": limit.name, "value": value, "threshold": thr, "passed": passed,
@@ -290,11 +291,13 @@ def _check(limit: Limit, arm: dict) -> dict:
         if not _finite(value):
             return result(None, False, f"{label} is not a finite number for arm "
                           f"{arm['name']!r}: it never passes a gate")
+        why = ("a max or min bound has a CI only on nfr and pfr; use max_drop or min_gain"
+               if metric not in FLIP_METRICS else "no predictions")
         if limit.bound == "max":
             return result(value, within(value, thr, "max"), f"{label} is {shown} (limit "
-                          f"{thr_shown})", ci, ci is not None and ci[0] > thr)
+                          f"{thr_shown})", ci, ci is not None and ci[0] > thr, why)
         return result(value, within(value, thr, "min"), f"{label} is {shown} (at least "
-                      f"{thr_shown})", ci, ci is not None and ci[1] < thr)
+                      f"{thr_shown})", ci, ci is not None and ci[1] < thr, why)
 
     entry = arm.get("delta", {}).get(task, {}).get(metric)
     measured = arm.get("metrics", {}).get(task, {})
@@ -310,6 +313,7 @@ def _check(limit: Limit, arm: dict) -> dict:
     sign = direction(metric)
     d, ci = entry["value"], entry["ci"]
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    why = entry.get("no_ci") or "no predictions"  # f1, balanced_accuracy: not a per-sample mean
     drop = -sign * d                                      # > 0: moved in the bad direction
     if drop > 0:
         change = f"{'dropped' if sign > 0 else 'rose'} {_amount(metric, d)}"
@@ -318,16 +322,16 @@ def _check(limit: Limit, arm: dict) -> dict:
     if limit.bound == "min_gain":
         need = f"{'-' if thr < 0 else ''}{_amount(metric, thr)}"
         return result(-drop, within(-drop, thr, "min"),
-                      f"{label} {change} (needs a gain of at least {need})", ci, significant)
+                      f"{label} {change} (needs a gain of at least {need})", ci, significant, why)
     if limit.bound == "max_drop":
         return result(drop, within(drop, thr, "max"),
-                      f"{label} {change} (limit {_amount(metric, thr)})", ci, significant)
+                      f"{label} {change} (limit {_amount(metric, thr)})", ci, significant, why)
     base = arm["metrics"][task][metric] - d
     if base == 0:
         return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
     rel = drop / abs(base)
     return result(rel, within(rel, thr, "max"), f"{label} {change} = {rel * 100:.2f} % of the base "
-                  f"(limit {thr * 100:.2f} %)", ci, significant)
+                  f"(limit {thr * 100:.2f} %)", ci, significant, why)
 
 
 def _finite(v) -> bool:
