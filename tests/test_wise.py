@@ -115,3 +115,33 @@ def test_wise_of_an_arm_with_a_wrong_shaped_tensor_is_one_line_exit_2(run, tmp_p
     assert "Traceback" not in res.stderr and "internal error" not in res.stderr
     assert str(arm / "model.safetensors") in line and repr(name) in line
     assert ("shape" if damage == "shape" else "int64") in line
+
+
+def test_wise_into_the_base_folder_is_refused_and_the_base_kept(tmp_path):
+    """`goodfit wise RUN/ARM --out BASEDIR --overwrite` (BASEDIR: the folder of the base the
+    run recorded) wrote the point's model.safetensors, summary and predictions over the base's
+    own: the run's base was lost. Refused in one line, nothing changed."""
+    import shutil
+
+    from goodfit_cli.io.atomic import sha256_file
+
+    made = _fresh_run(tmp_path)
+    base = made / "base"
+    before = {p.name: sha256_file(p) for p in base.iterdir() if p.is_file()}
+    res = goodfit("wise", made / "ft" / "rmsprop", "--alpha", "0.5", "--out", base,
+                  "--overwrite")
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "--out" in line and str(base) in line and "base" in line
+    assert {p.name: sha256_file(p) for p in base.iterdir() if p.is_file()} == before
+    shutil.rmtree(made)
+
+
+def _fresh_run(tmp_path: Path) -> Path:
+    """A fresh tiny base and fine-tune (absolute paths, as run.json records them)."""
+    d = tmp_path / "made"
+    assert goodfit("pretrain", "--recipe", "toy", "--out", d / "base", *TINY).returncode == 0
+    res = goodfit("finetune", "--base", d / "base" / "model.safetensors", "--recipe", "toy",
+                  "--out", d / "ft", "--optimizer", "rmsprop", "--no-wise", *TINY)
+    assert res.returncode == 0, res.stderr
+    return d

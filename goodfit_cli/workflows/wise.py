@@ -155,15 +155,17 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     place = place or Place()
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
-    check_outputs({"--junit": job.junit}, {"--out": job.out}, {"RUN/ARM": arm_dir})
-    prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
-    s = open_session(recipe, place, join=False)
-    model = s.model()
     base = recorded_path(run, saved.get("base"))
     if not base.exists():  # before: "checkpoint not found: PATH", no word of where it came from
         raise UserError(f"{run / 'run.json'}: its base {base} is not found (moved or removed "
                         "since the run; a relative path is taken relative to the run folder); "
                         "wise mixes the arm with that base: put it back there")
+    # the base too: `--out BASEDIR --overwrite` wrote the point over the base's checkpoint
+    check_outputs({"--junit": job.junit}, {"--out": job.out},
+                  {"RUN/ARM": arm_dir, "base (RUN/run.json)": base})
+    prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+    s = open_session(recipe, place, join=False)
+    model = s.model()
     # as the run's fine-tune loaded it: its key map, and a head grown for new classes keeps
     # the base's rows (the new rows at the model's own initial values, the run's seed)
     loaded = load_checkpoint(model, base, recipe.key_map, where=recipe.at("checkpoint.key_map"),
