@@ -13,7 +13,6 @@ checkpoint is kept.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
