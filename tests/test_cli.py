@@ -283,8 +283,10 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     assert summary["batches"] == 12
     whole = json.loads((tmp_path / "run" / "timings.json").read_text())  # both commands
     assert whole["commands"] == 2 and "ended" not in whole
+    assert whole["cut_short"] == {"1": "Interrupted"}  # the record still says it was cut short
     assert whole["phases_s"]["training"] > cut["phases_s"]["training"]
     assert whole["total_s"] > cut["total_s"]
+    assert "Command 1 ended Interrupted." in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_path):

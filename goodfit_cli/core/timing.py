@@ -118,9 +118,15 @@ def earlier(path: Path) -> dict | None:
 def merged(before: dict | None, now: dict) -> dict:
     """A resumed run's time: what its earlier commands recorded (`before`, their
     timings.json; None when there is none) plus this command's `now`, phase by phase, with the
-    number of commands; `now` alone when there was nothing before."""
+    number of commands; `now` alone when there was nothing before. How each earlier command
+    that was cut short ended (its record's "ended") is kept in "cut_short" ({command number:
+    how it ended}), so the record of a run finished by a resume still says it was."""
     if not before or not isinstance(before.get("phases_s"), dict):
         return now
+    count = int(before.get("commands", 1))
+    cut = dict(before["cut_short"]) if isinstance(before.get("cut_short"), dict) else {}
+    if isinstance(before.get("ended"), str):
+        cut[str(count)] = before["ended"]
     phases = dict(before["phases_s"])
     for k, v in now["phases_s"].items():
         phases[k] = round(phases.get(k, 0.0) + v, 3)
@@ -136,7 +142,7 @@ def merged(before: dict | None, now: dict) -> dict:
             "other_s": round(before.get("other_s", 0.0) + now["other_s"], 3),
             "total_s": total,
             "command_over_training": round(total / training, 3) if training > 0 else None,
-            "commands": int(before.get("commands", 1)) + 1}
+            "commands": count + 1, **({"cut_short": cut} if cut else {})}
 
 
 _COUNTING: ContextVar[Phases | None] = ContextVar("goodfit_phases", default=None)

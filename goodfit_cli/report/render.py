@@ -89,8 +89,10 @@ def _time_note(report: dict) -> str:
     rec = report["provenance"]["timings"]
     ratio = rec.get("command_over_training")
     runs = rec.get("commands", 1)
+    cut = rec.get("cut_short") if isinstance(rec.get("cut_short"), dict) else {}
     return ((f"Command / training: {ratio:.2f}. " if ratio else "")
             + (f"Summed over the run's {runs} commands (it was resumed). " if runs > 1 else "")
+            + "".join(f"Command {n} ended {how}. " for n, how in cut.items())
             + "The report's own writing is in timings.json beside it.")
 
 
