@@ -43,6 +43,34 @@ def test_csv_tensorboard_and_mlflow_read_back(tmp_path):
     assert run.data.metrics["new/ade_at_3s"] == 4.0
 
 
+
+def test_a_resumed_arm_logs_to_its_own_mlflow_run(tmp_path):
+    """An arm interrupted after batch 7 (its last state at 4, evaluations every 2) and resumed
+    logs on to the MLflow run it began: one run, FINISHED, holding every evaluation (before:
+    a second run with the batches from the resume on, the first left RUNNING)."""
+    mlflow = pytest.importorskip("mlflow")
+    import runs as runner
+
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.workflows.recipes import shipped_dir
+
+    tiny = ["data.args.n_train=256", "data.args.n_test=64", "data.args.n_val=64",
+            "model.args.hidden=[8]", "pretrain.steps=4", "pretrain.batch_size=64",
+            "finetune.steps=12", "finetune.batch_size=64", "device=cpu", "eval.every=2",
+            "checkpoint.every=4", "tracking.mlflow=true"]
+    recipe = load_recipe(shipped_dir() / "toy.yaml", tiny)
+    runner.pretrain(recipe, tmp_path / "base")
+    base, run = tmp_path / "base" / "model.safetensors", tmp_path / "run"
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base, run, arms=["rmsprop"], wise=False, stop_after=7)
+    runner.finetune(recipe, base, run, arms=["rmsprop"], wise=False, resume=True)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("goodfit").experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("rmsprop", "FINISHED")]
+    steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")}
+    assert steps == {2, 4, 6, 8, 10, 12}
+
 def test_ema_is_fed_anchor_weights_only():
     """Under GoodFit (n_ref 1) the EMA moves at main steps only: after a reference step it still
     equals the start, and with decay 0 it equals the anchor after the main step."""

@@ -58,8 +58,16 @@ class Tracker:
             self.mlflow = mlflow.MlflowClient(tracking_uri=uri)
             name = spec.get("mlflow_experiment") or "goodfit"
             exp = self.mlflow.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp else self.mlflow.create_experiment(name)
-            self.run_id = self.mlflow.create_run(exp_id, run_name=run_name).info.run_id
+            self.exp_id = exp.experiment_id if exp else self.mlflow.create_experiment(name)
+        self.run_name = run_name
+        self.run_id: str | None = None  # the MLflow run: made at the first record, or resumed
+
+    def mlflow_run(self) -> str:
+        """The arm's MLflow run: the one a resumed training continues (`run_id`, from its
+        saved state), else a new one, made once."""
+        if self.run_id is None:
+            self.run_id = self.mlflow.create_run(self.exp_id, run_name=self.run_name).info.run_id
+        return self.run_id
 
     def log(self, rec: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """Log `rec`; the CSV is rewritten from `history` (every record so far, `rec` last)."""
@@ -79,18 +87,20 @@ class Tracker:
             self.tb.flush()
         if self.mlflow is not None:
             for k, v in values.items():
-                self.mlflow.log_metric(self.run_id, k.replace("@", "_at_"), v, step=step)
+                self.mlflow.log_metric(self.mlflow_run(), k.replace("@", "_at_"), v, step=step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.mlflow is not None:
-            self.mlflow.set_terminated(self.run_id)
+            self.mlflow.set_terminated(self.mlflow_run())
 
 
 class Tracking(Callback):
-    """The tracker as a training callback: logs every record, closes at the end (its files
-    are rewritten from the records, so it has no state of its own to resume)."""
+    """The tracker as a training callback: logs every record, closes at the end. Its files
+    are rewritten from the records; its state is the MLflow run it logs to, so a resumed
+    training goes on logging to the same run (before: a second run, holding only the records
+    after the resume, beside the first left RUNNING)."""
 
     name = "tracking"
 
@@ -103,3 +113,12 @@ class Tracking(Callback):
     def on_end(self, model: Any) -> dict[str, Any]:
         self.tracker.close()
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        run = self.tracker.run_id if self.tracker.mlflow is not None else None
+        return {"mlflow_run_id": run} if run else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        run = state.get("mlflow_run_id")
+        if self.tracker.mlflow is not None and isinstance(run, str) and run:
+            self.tracker.run_id = run
