@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -378,6 +379,28 @@ def test_a_signal_after_an_arms_last_batch_stops_the_run_before_the_next_arm(bas
     assert not any(a.get("wise") for a in json.loads((run / "report.json").read_text())["arms"])
     assert json.loads((run / "goodfit" / "summary.json").read_text())["batches"] == 12
 
+
+
+def test_a_signal_while_a_resume_reuses_its_finished_arms_stops_the_run(base_ckpt, tmp_path):
+    """SIGINT (raised in this process as the resume says it reuses the finished arm, the
+    product's own handler taking it) stops the run there with Interrupted, naming the resume;
+    the report is not rewritten (before: swallowed, the WiSE-FT curve and report were made
+    and the command ended as if never interrupted, exit 0)."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    run = tmp_path / "run"
+    runner.finetune(recipe, base_ckpt, run, arms=["rmsprop"], device="cpu", wise=False)
+    report = (run / "report.json").read_bytes()
+
+    def log(line: str) -> None:
+        if "already finished" in line:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as e:
+        runner.finetune(recipe, base_ckpt, run, arms=["rmsprop"], device="cpu", wise=False,
+                        resume=True, log=log)
+    assert e.value.resume == f"the same command plus --resume {run}"
+    assert (run / "report.json").read_bytes() == report
+    assert json.loads((run / "timings.json").read_text())["ended"] == "Interrupted"
 
 def test_a_resumed_run_keeps_its_gate_and_its_time(base_ckpt, tmp_path):
     """`--resume` of a run gated by flags keeps that gate (recorded in run.json) unless given

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.errors import Interrupted, UserError
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 TIMEOUT_ENV = "GOODFIT_DIST_TIMEOUT"  # seconds to wait for the other processes (default 300)
@@ -140,6 +140,13 @@ class StopFlag:
 
     def __call__(self) -> bool:
         return self.signum is not None
+
+    def stop_here(self, run_dir, resume: str) -> None:
+        """Raise Interrupted (saying how to go on: `resume`) if a signal came while no training
+        loop was reading the flag (an arm's final evaluation, a finished arm being reused);
+        one process only: several agree on a stop inside the loop."""
+        if self() and dist_info()[1] == 1:
+            raise Interrupted(self.signum, run_dir, resume)
 
     def requested(self, batch: int, device: torch.device,
                   settle: Callable[[], None] | None = None) -> bool:

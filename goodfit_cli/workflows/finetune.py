@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from goodfit_cli import __version__
-from goodfit_cli.core.distributed import dist_info, finish, is_main, stop_on_signals
+from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
@@ -319,6 +319,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 if (ema_dir / "summary.json").exists():
                     results.append(here(_loaded(reused, ema_dir, f"{arm.name}+ema")))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
+                stop.stop_here(out, f"the same command plus --resume {out}")  # (was swallowed)
                 continue
             model.load_state_dict(base_state)
             for p in model.parameters():
@@ -332,8 +333,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                     results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
                 if main_rank and arm.name in diverged:  # it finished this time
                     note_diverged(out, arm.name, None)
-                if stop() and dist_info()[1] == 1:  # a signal in its final evaluation: the
-                    raise Interrupted(stop.signum, out)  # arm is done, the run stops here
+                stop.stop_here(out, f"the same command plus --resume {out}")  # the arm is done
             except Diverged as e:  # named in run.json: a resume without the arm still says it
                 if main_rank:  # what and when, not where its last state is (a path)
                     note_diverged(out, arm.name, str(e).split("; ")[0])
