@@ -586,3 +586,18 @@ def test_resume_finds_the_recipe_data_dir(npz_run):
     a, _ = ckpt.load_model(out / "sgd" / "model.safetensors")
     b, _ = ckpt.load_model(full / "sgd" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_records_its_recipe_file_absolute(npz_run, monkeypatch):
+    """`--resume cut` given relative: the report's provenance names RUN/recipe.yaml absolute
+    (before: "cut/recipe.yaml", which means nothing from the run or from another directory)."""
+    monkeypatch.chdir(npz_run["dir"])
+    res = invoke("finetune", "--recipe", os.path.relpath(npz_run["recipe"]), "--base",
+                 npz_run["base"], "--out", "cut", "--no-wise", "nonfinite=skip")
+    assert res.exit_code == 0, res.output
+    first = json.loads((npz_run["dir"] / "cut" / "report.json").read_text())["provenance"]
+    assert first["recipe_source"] == str(npz_run["recipe"].resolve())
+    res = invoke("finetune", "--resume", "cut", "--no-wise")
+    assert res.exit_code == 0, res.output
+    again = json.loads((npz_run["dir"] / "cut" / "report.json").read_text())["provenance"]
+    assert again["recipe_source"] == str((npz_run["dir"] / "cut" / "recipe.yaml").resolve())

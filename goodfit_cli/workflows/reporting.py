@@ -31,9 +31,13 @@ Predictions = dict[str, dict[str, torch.Tensor]]
 
 
 def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[str, Any]:
-    """What ran: code and library versions, recipe and its hash, base hash, seeds, device."""
+    """What ran: code and library versions, recipe and its hash, base hash, seeds, device.
+    The recipe's file is recorded absolute: as given (`--recipe r.yaml`, `--resume RUN`'s
+    RUN/recipe.yaml) it would depend on the directory the command ran in."""
+    where = Path(recipe.source)
+    source = str(where.resolve()) if where.is_file() else recipe.source
     return {"goodfit": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "recipe": recipe.name, "recipe_source": recipe.source, "recipe_sha256": recipe.sha256,
+            "recipe": recipe.name, "recipe_source": source, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
             "device": str(s.device), "precision": recipe.precision,
             **class_names(s)}
