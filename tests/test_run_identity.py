@@ -461,6 +461,21 @@ def test_a_resume_tidies_what_a_killed_process_left(tmp_path, bases):
     assert not temp.exists() and not state.exists()
 
 
+
+def test_a_resume_tidies_an_ema_folder_too(tmp_path, bases):
+    """The EMA candidate's folder (RUN/<arm>+ema) is written like the arm's: a temp file a
+    killed process left there (its pid gone) is removed by the resume as well (before: only
+    the run's, base/ and the arm's own folders were tidied; it stayed for good)."""
+    run = tmp_path / "run"
+    assert invoke("finetune", "--base", bases[0], "--out", run, *FT,
+                  "finetune.ema=0.9").exit_code == 0
+    temp = run / "rmsprop+ema" / ".model.safetensors.tmp-999999999-1"
+    temp.write_bytes(b"partial")
+    res = invoke("finetune", "--resume", run, "--no-wise")
+    assert res.exit_code == 0 and "rmsprop: already finished" in res.output, res.output
+    assert not temp.exists()
+    assert (run / "rmsprop+ema" / "model.safetensors").is_file()
+
 # ---------------------------------------------------------------------------------------------
 # 7. motion-synth --overwrite swaps complete sets
 

@@ -259,8 +259,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         # it, even after a crash between the two. The recipe's own data_dir is resolved against
         # its file, and --resume reads the copy in `out`: record the resolved one.
         read_from = folder_of(s.data_dir)  # what relative paths read, absolute
-        for d in (out, out / "base"):  # what a process killed mid-write left (never renamed)
-            tidy(d)
+        for d in (out, out / "base", *(out / f"{a.dirname}+ema" for a in parsed)):  # what a
+            tidy(d)  # process killed mid-write left (never renamed); EMA folders too
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
