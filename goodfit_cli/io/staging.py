@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.atomic import fsync_dir
+from goodfit_cli.io.atomic import atomic_write, fsync_dir
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -54,3 +54,12 @@ def staged(out: Path, old_files: Callable[[], list[Path]]) -> Iterator[Path]:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_together(out: Path, texts: dict[str, str]) -> None:
+    """Files `out/NAME` replaced by `texts` ({NAME: text}) as one set (a report's json, md and
+    html): all written in full first, so a failure or an interrupt while writing leaves every
+    old one as it was, never a mix of new and old."""
+    with staged(out, lambda: []) as stage:
+        for name, text in texts.items():
+            atomic_write(stage / name, text)

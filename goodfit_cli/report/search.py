@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from goodfit_cli.objectives import direction
-from goodfit_cli.io.atomic import atomic_write
+from goodfit_cli.io.staging import write_together
 from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.sections import slack_line, time_rows, within_phrase
@@ -295,10 +295,9 @@ def crushed(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]]
 
 
 def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
-    """report.json, report.md and report.html (with the Pareto plot) into `out`, atomically."""
-    atomic_write(out / "report.json", json.dumps(rep, indent=2, default=str))
+    """report.json, report.md and report.html (with the Pareto plot) into `out`, atomically
+    and as one set (rendered first: a failure or an interrupt leaves the old set whole)."""
     md = render_markdown(rep)
-    atomic_write(out / "report.md", md)
     dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
     args = (rep["trials"], [r for r in rep["defaults"] if r.get("old") is not None], curves,
             (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
@@ -307,7 +306,8 @@ def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, 
     zoomed = pareto_svg(*args, log=False, zoom=True) if crushed(*args[:3]) else ""
     html = render_html(rep, linear + (log if log != linear else "") + zoomed)  # log: when it
     # differs; zoomed: when the trials fill a fifth of an axis or less
-    atomic_write(out / "report.html", html)
+    write_together(out, {"report.json": json.dumps(rep, indent=2, default=str),
+                         "report.md": md, "report.html": html})
 
 
 def _budget(b: dict | None) -> str:
