@@ -465,15 +465,19 @@ def test_a_resume_tidies_what_a_killed_process_left(tmp_path, bases):
 def test_a_resume_tidies_an_ema_folder_too(tmp_path, bases):
     """The EMA candidate's folder (RUN/<arm>+ema) is written like the arm's: a temp file a
     killed process left there (its pid gone) is removed by the resume as well (before: only
-    the run's, base/ and the arm's own folders were tidied; it stayed for good)."""
+    the run's, base/ and the arm's own folders were tidied; it stayed for good); so is the
+    staging folder of a report set whose process was killed before its renames."""
     run = tmp_path / "run"
     assert invoke("finetune", "--base", bases[0], "--out", run, *FT,
                   "finetune.ema=0.9").exit_code == 0
     temp = run / "rmsprop+ema" / ".model.safetensors.tmp-999999999-1"
     temp.write_bytes(b"partial")
+    stage = run / ".staging-999999999-ab"  # a report set killed before its renames
+    stage.mkdir()
+    (stage / "report.json").write_text("{}")
     res = invoke("finetune", "--resume", run, "--no-wise")
     assert res.exit_code == 0 and "rmsprop: already finished" in res.output, res.output
-    assert not temp.exists()
+    assert not temp.exists() and not stage.exists()
     assert (run / "rmsprop+ema" / "model.safetensors").is_file()
 
 # ---------------------------------------------------------------------------------------------

@@ -74,11 +74,16 @@ def state_files(out: Path) -> list[Path]:
 
 
 def remove_stale_temps(out: Path) -> None:
-    """Temp files of atomic writes whose process died (SIGKILL, power loss) before the rename."""
+    """Temp files of atomic writes, and staging folders of sets of files (io/staging.py:
+    `.staging-<pid>-<hex>`), whose process died (SIGKILL, power loss) before the rename."""
     for tmp in out.glob(".*.tmp-*") if out.is_dir() else []:
         pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
             tmp.unlink(missing_ok=True)
+    for stage in out.glob(".staging-*") if out.is_dir() else []:
+        pid = stage.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def tidy(folder: Path, states: bool = False) -> None:
