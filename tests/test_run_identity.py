@@ -420,7 +420,14 @@ def test_an_arm_is_named_by_what_its_checkpoint_holds(tmp_path, bases):
     s = json.loads((run / "run.json").read_text())
     bad = changed("bad", lambda r: (r / "run.json").write_text(json.dumps({**s, "arms": "adamw"})))
     line = assert_one_error_line(invoke("finetune", "--resume", bad, "--no-wise"))
-    assert "run.json: no list of arms or no base recorded" in line, line
+    assert "run.json: no list of arms, base, seed or data folder recorded" in line, line
+    for key, value in (("seed", None), ("seed", "0"), ("data_dir", 5)):  # (before: KeyError,
+        edited = {k: v for k, v in s.items() if k != key or value is not None}  # TypeError,
+        if value is not None:  # internal errors)
+            edited[key] = value
+        (bad / "run.json").write_text(json.dumps(edited))
+        line = assert_one_error_line(invoke("finetune", "--resume", bad, "--no-wise"))
+        assert "run.json: no list of arms, base, seed or data folder recorded" in line, line
 
 
 def test_a_state_another_run_wrote_is_never_resumed(tmp_path, bases):

@@ -90,9 +90,10 @@ def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
         raise UserError(f"{meta}: cannot read the run's record ({e}); the run folder is damaged, "
                         "start a new run with --out") from None
     if not isinstance(saved, dict) or not isinstance(saved.get("arms"), list) or not all(
-            isinstance(a, str) for a in saved["arms"]) or not isinstance(saved.get("base"), str):
-        raise UserError(f"{meta}: no list of arms or no base recorded; the run folder is damaged, "
-                        "start a new run with --out")
+            isinstance(a, str) for a in saved["arms"]) or not isinstance(saved.get("base"), str) \
+            or type(saved.get("seed")) is not int or type(saved.get("data_dir") or "") is not str:
+        raise UserError(f"{meta}: no list of arms, base, seed or data folder recorded; the run "
+                        "folder is damaged, start a new run with --out")
     recipe = load_recipe(run / "recipe.yaml", overrides or [])
     if not arms and any(o.partition("=")[0].strip() == "finetune.arms" for o in overrides or []):
         arms = list(recipe.finetune.arms)  # the arms override, as --optimizer (before: ignored)
