@@ -290,6 +290,22 @@ def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     assert "Command 1 ended Interrupted." in (tmp_path / "run" / "report.md").read_text()
 
 
+
+def test_a_resume_with_a_damaged_timings_json_finishes(base_ckpt, tmp_path):
+    """A run's timings.json edited or damaged into non-numbers: a --resume takes it as absent
+    and records this command's time alone, exit 0 (before: 'internal error: TypeError' or
+    ValueError, exit 1, after the report had been written)."""
+    recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)
+    run = tmp_path / "run"
+    runner.finetune(recipe, base_ckpt, run, arms=["rmsprop"], device="cpu", wise=False)
+    for bad in ({"phases_s": {"training": "x"}}, {"phases_s": {}, "commands": "a"},
+                {"phases_s": {}, "arms_s": {"rmsprop": {"training": None}}}):
+        (run / "timings.json").write_text(json.dumps(bad))
+        res = invoke("finetune", "--resume", run)
+        assert res.exit_code == 0, res.output
+        now = json.loads((run / "timings.json").read_text())
+        assert "commands" not in now and now["phases_s"]["load"] > 0
+
 def test_a_resume_or_compare_after_the_data_changed_reuses_no_measurement(tmp_path):
     """A run records the data it read (run.json "data"). After its old test file changed (new
     features, the same labels) its --resume is refused in one line, before anything is

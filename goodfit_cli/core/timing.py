@@ -107,12 +107,23 @@ class Phases:
 
 def earlier(path: Path) -> dict | None:
     """What a resumed run's earlier commands recorded in its timings.json (None when there is
-    none, or it cannot be read: the time is then this command's alone)."""
+    none, or it cannot be read or holds other than numbers where `merged` adds them: the time
+    is then this command's alone, never a crash after the run's report is written)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict) or not isinstance(record.get("phases_s"), dict):
+        return None
+    arms = record.get("arms_s", {})
+    numbers = [*record["phases_s"].values(), record.get("total_s", 0.0),
+               record.get("other_s", 0.0),
+               *(v for d in (arms.values() if isinstance(arms, dict) else [None])
+                 for v in (d.values() if isinstance(d, dict) else [None]))]
+    if not all(type(v) in (int, float) for v in numbers) \
+            or type(record.get("commands", 1)) is not int:  # damaged: as if there were none
+        return None
+    return record
 
 
 def merged(before: dict | None, now: dict) -> dict:
