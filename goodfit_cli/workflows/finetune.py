@@ -111,8 +111,7 @@ def _loaded(reused: dict[Path, RunResult], folder: Path, name: str) -> RunResult
     """A finished arm as the resume's check loaded it (each file hashed once), when it is the
     arm the run expects there; else loaded (and refused) here."""
     done = reused.get(folder)
-    return done if done is not None and done.name == name else load_result(folder, recomputed,
-                                                                            name)
+    return done if done is not None and done.name == name else load_result(folder, recomputed, name)
 
 
 def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path | None,
