@@ -195,8 +195,7 @@ def data_summary(
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Samples and classes per task and split: what a recipe will train and evaluate on."""
-    from goodfit_cli.data.validation import split_lines
-    from goodfit_cli.workflows.datasets import summary as data_of
+    from goodfit_cli.workflows.datasets import notes, summary as data_of
 
     r = load(recipe, overrides)
     summary = data_of(r, data_dir)
@@ -212,9 +211,8 @@ def data_summary(
             t.add_row(name, s["kind"], label, str(s[split]["samples"]),
                       str(s[split]["classes"] or "-"))
     show(t)
-    for name, s in summary.items():  # thin validation classes, test samples that are training's
-        for line in split_lines(name, s["validation"]):
-            log(line)
+    for line in notes(summary):  # thin validation classes, test samples that are training's
+        log(line)
 
 
 @data_app.command("motion-synth", epilog=EXAMPLES["data motion-synth"])

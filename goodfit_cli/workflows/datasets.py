@@ -7,11 +7,11 @@ from typing import Any
 from goodfit_cli.core.errors import loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.overlap import shared
-from goodfit_cli.data.validation import with_validation
+from goodfit_cli.data.validation import split_lines, with_validation
 from goodfit_cli.data.motion.synth import write_synthetic
 from goodfit_cli.recipe import Recipe
 
-__all__ = ["summary", "write_synthetic"]
+__all__ = ["notes", "summary", "write_synthetic"]
 
 
 def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, Any]]:
@@ -29,3 +29,8 @@ def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, 
         out[name] = {**t.summary(), "validation": made}
     return out
 
+
+def notes(summary: dict[str, dict[str, Any]]) -> list[str]:
+    """What a run says of the splits before training (thin validation classes, test or val
+    samples that are training ones), for `summary`'s tasks."""
+    return [n for name, t in summary.items() for n in split_lines(name, t["validation"])]
