@@ -64,3 +64,46 @@ def test_ctrl_c_while_a_resume_rewrites_the_report_keeps_the_old_set(tmp_path, m
     assert any(w.endswith("report.json") for w in written)  # the new json was written (staged)
     assert {f: (run / f).read_bytes() for f in before} == before
     assert not list(run.glob(".staging-*"))
+
+
+SIGTERM_AT = """
+import signal, sys
+import goodfit_cli.workflows.finetune as f
+
+def term(*a, **k):
+    signal.raise_signal(signal.SIGTERM)
+    raise AssertionError("the signal did not stop the command")
+
+setattr(f, sys.argv.pop(1), term)
+from goodfit_cli.cli.app import main
+sys.argv[0] = "goodfit"
+main()
+"""
+
+
+def test_sigterm_outside_training_says_so_and_exits_143(tmp_path):
+    """A SIGTERM (a cancelled CI job) in the base's evaluation, or in the WiSE-FT grid after
+    the arms, is reported like one during an arm: one "interrupted" line, exit 143, and once
+    the run has its run.json, how to resume and the command's time in timings.json (before:
+    the process died of the signal, without a word and without its timings)."""
+    import os
+    import subprocess
+    import sys
+
+    assert invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "base", *TINY).exit_code == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ran = {}
+    for hook in ("measure_base", "wise_curve"):
+        run = tmp_path / hook
+        ran[hook] = subprocess.run(
+            [sys.executable, "-c", SIGTERM_AT, hook, "finetune", "--recipe", "toy", "--base",
+             str(tmp_path / "base" / "model.safetensors"), "--out", str(run), "--optimizer",
+             "rmsprop", *TINY], env=env, capture_output=True, text=True, timeout=300)
+    early, late = ran["measure_base"], ran["wise_curve"]
+    assert early.returncode == 143, early.stderr
+    assert "interrupted" in early.stderr and "Traceback" not in early.stderr
+    assert not (tmp_path / "measure_base" / "run.json").exists()
+    assert late.returncode == 143, late.stderr
+    assert f"--resume {tmp_path / 'wise_curve'}" in late.stderr, late.stderr
+    timings = json.loads((tmp_path / "wise_curve" / "timings.json").read_text())
+    assert timings["ended"] == "Interrupted" and timings["phases_s"]["training"] > 0

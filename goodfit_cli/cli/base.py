@@ -26,7 +26,7 @@ from goodfit_cli.cli.console import (
     summary_table,
 )
 from goodfit_cli.cli.usage import EXAMPLES, Group
-from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError
+from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError, signals_raise
 from goodfit_cli.core.progress import listening
 from goodfit_cli.core.text import printable
 
@@ -80,7 +80,8 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with listening(WorkProgress()):  # long reads, evaluations shown (core/progress.py)
+            # long reads, evaluations shown (core/progress.py); a signal outside training raises
+            with signals_raise(), listening(WorkProgress()):
                 return fn(*args, **kwargs)
         except typer.Exit:
             raise
@@ -102,9 +103,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
             err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. To "
                       f"resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # before anything was saved (a SIGTERM too: 143)
             err.print("[yellow]interrupted[/]")
-            raise typer.Exit(130)
+            raise typer.Exit(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so, and show the traceback on request
             if out_of_memory(e):  # not a bug: a setting this machine cannot hold
                 if STATE["debug"]:

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from goodfit_cli.core.errors import Interrupted, UserError
+from goodfit_cli.core.errors import Interrupted, Signalled, UserError
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 TIMEOUT_ENV = "GOODFIT_DIST_TIMEOUT"  # seconds to wait for the other processes (default 300)
@@ -187,7 +187,7 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
     def handler(signum, _frame):
         if flag.signum is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+            raise Signalled(signum)
         flag.signum = signum
 
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

@@ -4,6 +4,9 @@ imports torch, so `goodfit --help` stays fast."""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from goodfit_cli.core.text import printable
@@ -54,6 +57,42 @@ class Interrupted(Exception):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM where no training loop stops at a batch for it (start-up, the base's
+    evaluation, WiSE-FT, the report): raised where the process is, as Python raises
+    KeyboardInterrupt for SIGINT, so writes in flight are undone and the command can say so and
+    exit 128 + `signum` (before: SIGTERM killed the process without a word)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextmanager
+def signals_raise() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise Signalled (a training loop's own handlers,
+    core.distributed.stop_on_signals, take over while it runs); the old handlers come back
+    after. Outside the main thread (no handlers can be set there) it changes nothing."""
+
+    def handler(signum, _frame):
+        raise Signalled(signum)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            try:
+                signal.signal(s, h)
+            except (ValueError, TypeError):
+                pass
 
 
 def loc(where: str, key: str) -> str:

@@ -184,7 +184,7 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
             if is_main() and not isinstance(e, UserError) and (job.out / "run.json").is_file():
                 unfinished(job, phases, e)  # (a refused or failed command changes no file)
                 if isinstance(e, KeyboardInterrupt):  # past the arms' signal handling (WiSE,
-                    raise Interrupted(signal.SIGINT, job.out,  # report): say how to go on
+                    raise Interrupted(getattr(e, "signum", signal.SIGINT), job.out,  # report)
                                       f"the same command plus --resume {job.out}") from None
             raise
 

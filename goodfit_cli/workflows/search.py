@@ -200,7 +200,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         # (its evaluations, WiSE-FT, its point): it does not count, the study stops, and the
         # same trial (its knobs; a default arm stays one) runs again first on the next run
         if isinstance(e, KeyboardInterrupt):
-            e = Interrupted(signal.SIGINT, trial_dir)
+            e = Interrupted(getattr(e, "signum", signal.SIGINT), trial_dir)
         trial.set_user_attr("interrupted", str(e))
         requeue_first(trial.study, trial.params, retry_of(trial, "interrupted"))
         e.resume = (f"the same command again (trial {trial.number} is not counted; it runs again "

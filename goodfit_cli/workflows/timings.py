@@ -22,7 +22,8 @@ def unfinished(job: Any, phases: Phases, error: BaseException) -> None:
         write_json(job.out / "timings.json", {
             **merged(earlier(job.out / "timings.json") if job.resume else None,
                      phases.record()),
-            "ended": type(error).__name__})
+            "ended": "Interrupted" if isinstance(error, KeyboardInterrupt)  # a signal outside
+            else type(error).__name__})  # the arms' training: an interruption all the same
     except Exception:  # a full disk (UserError from the writer), a damaged folder
         pass
 
