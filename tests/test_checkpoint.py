@@ -460,3 +460,24 @@ def test_state_writer_reuses_its_cpu_copies_and_each_file_keeps_its_own_state(tm
         assert torch.equal(back["w"], torch.full((3, 4), float(i))) and back["step"].item() == i
     assert ck.load_state(tmp_path / "s3.safetensors")["w"].shape == (5, 4)
     assert len(ptrs[0]) == 1 and ptrs[0][0] is ptrs[1][0] is ptrs[2][0]  # the one kept copy
+
+
+def test_the_same_tensors_and_metadata_make_the_same_bytes(tmp_path):
+    """Two writes of the same model and metadata are byte-identical, so a run repeated with the
+    same seed records the same sha256 (before: safetensors wrote the metadata in its hash map's
+    order, another at each write); the metadata reads back unchanged, keys sorted on disk."""
+
+    meta = {k: {"v": i, "s": "é\n\x01"} for i, k in enumerate("hgfedcbaij")}
+    tensors = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.ones(2, dtype=torch.bfloat16)}
+    digests = set()
+    for i in range(6):
+        path = tmp_path / f"m{i}.safetensors"
+        ck.save_model(path, tensors, meta)
+        digests.add(hashlib.sha256(path.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    loaded, read = ck.load_model(tmp_path / "m0.safetensors")
+    assert read == {**meta, "format": ck.FORMAT}
+    assert torch.equal(loaded["w"], tensors["w"]) and torch.equal(loaded["b"], tensors["b"])
+    n = int.from_bytes((tmp_path / "m0.safetensors").read_bytes()[:8], "little")
+    header = json.loads((tmp_path / "m0.safetensors").read_bytes()[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])

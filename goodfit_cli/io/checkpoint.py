@@ -65,11 +65,33 @@ def _save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
             save_file(prepared, tmp, metadata=metadata)
         except SafetensorError as e:  # the Rust writer reports I/O failures this way
             raise OSError(f"safetensors could not write the file ({_one_line(e)})") from e
+        _sort_metadata(tmp)
         with open(tmp, "rb") as f:  # a short write must not be renamed into place
             head = f.read(8)
         header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -8
         if os.path.getsize(tmp) != 8 + header_len + data_bytes:
             raise OSError("the written file is shorter than expected (disk full?)")
+
+
+def _sort_metadata(path: Path) -> None:
+    """The header's metadata in sorted key order, in place: safetensors writes it in its hash
+    map's order, another at every write, so the same tensors and metadata gave files (and
+    sha256s in summary.json) that differed run to run. The same JSON reordered keeps its length,
+    so the data section stays where it is; a header that would not fit is left as written."""
+    with open(path, "r+b") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            return
+        n = struct.unpack("<Q", head)[0]
+        header = json.loads(f.read(n))
+        meta = header.get("__metadata__") if isinstance(header, dict) else None
+        if not isinstance(meta, dict):
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(raw) <= n:
+            f.seek(8)
+            f.write(raw + b" " * (n - len(raw)))  # safetensors pads the header with spaces
 
 
 def save_model(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
