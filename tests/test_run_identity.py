@@ -516,3 +516,32 @@ def test_motion_synth_overwrite_interrupted_keeps_the_old_shards(tmp_path, monke
     assert invoke(*args, "--overwrite", "--seed", "1").exit_code == 0
     after = snapshot(tmp_path)
     assert sorted(after) == sorted(before) and after != before
+
+
+def test_motion_synth_overwrite_refused_midway_through_the_swap_keeps_the_old_shards(
+        tmp_path, monkeypatch):
+    """A rename refused halfway through the swap (the new test shards, once the old shards
+    of both splits are in the staging folder's trash and the new train shards in place):
+    one error line, exit 2, and every old shard back where it was (before: the old shards
+    already moved aside were deleted with the staging folder, a traceback-less internal
+    error)."""
+    out = tmp_path / "ms"
+    args = ["data", "motion-synth", "--out", out, "--agents", "pedestrian", "--scenes", "6",
+            "--test-scenes", "2", "--shard-size", "3", "--max-agents", "2", "--polylines", "4",
+            "--points", "3", "--lights", "1"]
+    assert invoke(*args).exit_code == 0
+    before = snapshot(tmp_path)
+    real = os.replace
+
+    def refused(src, dst):
+        new_file = ".staging-" in str(src) and ".old" not in Path(src).parts
+        if new_file and ".staging-" not in str(dst) and Path(dst).parent.name == "test":
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refused)
+    res = invoke(*args, "--overwrite", "--seed", "1")
+    monkeypatch.setattr(os, "replace", real)
+    assert res.exit_code == 2, res.output
+    assert "the old files were kept" in res.stderr
+    assert snapshot(tmp_path) == before  # every old shard, and no staging folder

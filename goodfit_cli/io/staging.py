@@ -4,7 +4,8 @@
 files; only once the caller's block has finished do they replace the old ones: the old files
 are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
 back for those few renames, and the staging folder (now holding the old files) is removed. If
-the block fails or is interrupted, the staging folder goes and the old files stay as they were.
+the block fails or is interrupted, the staging folder goes and the old files stay as they were;
+if a rename fails halfway through the swap, the old files are moved back first.
 """
 
 from __future__ import annotations
@@ -41,15 +42,31 @@ def staged(out: Path, old_files: Callable[[], list[Path]]) -> Iterator[Path]:
         trash = stage / ".old"
         trash.mkdir()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        moved: list[tuple[Path, Path]] = []  # (an old file, where it waits in the trash)
+        placed: list[Path] = []  # new files already in place
         try:  # only renames in here: nothing slow, nothing that can be half done
-            for i, f in enumerate(old):
-                os.replace(f, trash / f"{i}")
+            for f in old:
+                moved.append((f, trash / f"{len(moved)}"))
+                os.replace(*moved[-1])
             for f in new:
                 dest = out / f.relative_to(stage)
                 dest.parent.mkdir(parents=True, exist_ok=True)
+                if os.path.lexists(dest):  # replaced: kept until the whole set is in place
+                    moved.append((dest, trash / f"{len(moved)}"))
+                    os.replace(*moved[-1])
                 os.replace(f, dest)
+                placed.append(dest)
             for d in {(out / f.relative_to(stage)).parent for f in new}:
                 fsync_dir(d)
+        except OSError as e:  # a rename refused halfway: every old file back where it was
+            for dest in placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(dest)
+            for was, kept in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.replace(kept, was)
+            raise UserError(f"cannot replace the files in {out}: {e.strerror or e} (the old "
+                            "files were kept)") from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
     finally:
