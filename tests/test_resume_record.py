@@ -109,3 +109,35 @@ def test_a_relative_out_records_each_arms_checkpoint_against_the_run(tmp_path, b
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert [a["checkpoint"] for a in report["arms"]] == [where]
     assert f"`{where}`" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_resume_on_another_device_records_every_device(tmp_path, base):
+    """An arm cut short on one device and finished by `--resume --device` on another: its
+    summary.json, run.json and the report's provenance name both devices, in order, beside the
+    last one as "device" (before: "device" alone, the resume's, as if all of it ran there). A
+    resume on the same device records one device, as before."""
+    import runs as runner
+
+    from goodfit_cli.core.errors import Interrupted
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        runner.finetune(load("toy", TINY), base, run, arms=["rmsprop"], wise=False,
+                        stop_after=6)
+    assert json.loads((run / "run.json").read_text())["device"] == "cpu"
+    res = invoke("finetune", "--resume", run, "--device", "cpu:0")
+    assert res.exit_code == 0, res.output
+    assert "resuming at batch 6" in res.output
+    summary = json.loads((run / "rmsprop" / "summary.json").read_text())
+    record = json.loads((run / "run.json").read_text())
+    prov = json.loads((run / "report.json").read_text())["provenance"]
+    for where in (summary, record, prov):
+        assert where["device"] == "cpu:0" and where["devices"] == ["cpu", "cpu:0"], where
+    res = invoke("finetune", "--resume", run, "--device", "cpu:0")  # nothing left to train
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "run.json").read_text())["devices"] == ["cpu", "cpu:0"]
+    other = tmp_path / "other"
+    assert invoke("finetune", "--base", base, "--out", other, "--optimizer", "rmsprop",
+                  *FT).exit_code == 0
+    assert "devices" not in json.loads((other / "rmsprop" / "summary.json").read_text())
+    assert "devices" not in json.loads((other / "run.json").read_text())

@@ -126,6 +126,17 @@ def prepare_out(out: Path, *, overwrite: bool, resume: bool,
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
 
+def devices_used(earlier: dict, device: str) -> dict[str, Any]:
+    """{"device": device} and, when the run's earlier commands (`earlier`: their run.json, or
+    an arm's resumable state) ran on another device, "devices": every device used, in order
+    (a resume on another --device: "device" alone would say it all ran on the last one)."""
+    was = earlier.get("devices") if isinstance(earlier.get("devices"), list) else [
+        earlier.get("device")]
+    devices = [d for d in was if isinstance(d, str)]
+    devices += [] if device in devices[-1:] else [device]
+    return {"device": device, **({"devices": devices} if len(devices) > 1 else {})}
+
+
 def save_predictions(path: Path, preds: dict[str, dict], split: str = "test") -> None:
     """{"old": {"pred", "target", "per_sample": {metric: (N,)}}, "new": ...} → one safetensors
     (`split`: which splits they are of, "test" or "validation")."""

@@ -17,7 +17,7 @@ from torch import nn
 from goodfit_cli.core.distributed import StopFlag, dist_info
 from goodfit_cli.engine import Events, Hooks, LoopState
 from goodfit_cli.io.atomic import write_jsonl
-from goodfit_cli.io.rundir import state_files
+from goodfit_cli.io.rundir import devices_used, state_files
 from goodfit_cli.io.states import StateWriter
 from goodfit_cli.models.layout import weights_version
 from goodfit_cli.trainer.job import Log, StageJob
@@ -46,6 +46,7 @@ class StageHooks(Hooks):
         self.s, self.model, self.optimizer, self.scheduler = s, model, optimizer, scheduler
         self.job, self.stop, self.records, self.callbacks = job, stop, records, callbacks
         self.identity = identity  # what each state records (trainer/runcheck.py)
+        self.devices = devices_used({}, str(s.device))  # what trained it (a resume: stage.py)
         self.main_rank = dist_info()[0] == 0
         self._train_mode = train_mode(job.arm)
         self.last: tuple[list, Measured] | None = None  # the last evaluation's weights, results
@@ -114,7 +115,7 @@ class StageHooks(Hooks):
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "callbacks": states(self.callbacks), "rng": torch.get_rng_state(),
-            "loop": st.to_dict(), "identity": self.identity}, prune=prune)
+            "loop": st.to_dict(), "identity": self.identity, **self.devices}, prune=prune)
         self.s.state_s += time.perf_counter() - t0
 
     @contextmanager

@@ -23,7 +23,7 @@ from goodfit_cli.data import sampling
 from goodfit_cli.data.replay import describe, mix
 from goodfit_cli.data.sources import source_of
 from goodfit_cli.engine import LoopConfig, LoopState, batches_per_epoch, train
-from goodfit_cli.io.rundir import RunResult, newest_state, read_jsonl, state_files
+from goodfit_cli.io.rundir import RunResult, devices_used, newest_state, read_jsonl, state_files
 from goodfit_cli.objectives import direction
 from goodfit_cli.trainer.finish import ema_job, ema_records, finish
 from goodfit_cli.trainer.hooks import Recording, StageHooks, callbacks_for, saved_callbacks
@@ -152,6 +152,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     if saved is not None:
         load_states(callbacks, saved_callbacks(saved))
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks, own)
+    if saved is not None:  # trained on another device before (a resume on another --device)
+        hooks.devices = devices_used(saved, str(s.device))
     events = Recording(hooks, watch)
     try:
         with hooks.states_written():  # the states are written behind the training
@@ -167,7 +169,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Diverged(e.batch, f" of {arm.name}{where} ({why})") from None
     if st.batch < total and not any(c.should_stop() for c in callbacks):
         raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
-    summary: dict[str, Any] = {}
+    summary: dict[str, Any] = {k: v for k, v in hooks.devices.items() if k == "devices"}
     if replayed:
         summary["replay"] = replayed
     if drawn != "uniform":

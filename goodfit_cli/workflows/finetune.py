@@ -26,7 +26,7 @@ from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
 from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, relocated
-from goodfit_cli.io.rundir import note_diverged, save_predictions, tidy
+from goodfit_cli.io.rundir import devices_used, note_diverged, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import recomputed
@@ -265,7 +265,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
         write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
                                        "recipe_sha256": recipe_sha,
-                                       "device": str(s.device),
+                                       **devices_used(had, str(s.device)),
                                        "data_dir": read_from, "data": read,
                                        "identity": identity, "validation": s.validation,
                                        "gate": gate_record(job.gate),
@@ -363,7 +363,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                        if job.wise else {})
     model.load_state_dict(base_state)
     prov = provenance(recipe, s, loaded.sha256) | {"wall_s": round(time.perf_counter() - t_start, 3)}
-    prov["validation"] = s.validation
+    prov.update(validation=s.validation, **devices_used(had, str(s.device)))  # a resume's too
     prov["recipe_sha256"] = recipe_sha  # every arm's, as the run's first command recorded it
     gone = {a: line for a, line in diverged.items() if a not in arm_names}  # left out: named
     prov.update({"diverged": gone} if gone else {})
