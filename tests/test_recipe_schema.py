@@ -204,3 +204,22 @@ def test_the_wise_grid_and_curves_keys(value, needle):
     with pytest.raises(UserError) as e:
         parse_recipe(MINIMAL + f"report: {{wise_grid: {value}}}\n", "tiny.yaml")
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, glued", [
+    ("finetune.replay={fraction:0.25}", "fraction:0.25"),
+    ("finetune.replay={fraction: 0.25, max_samples:100}", "max_samples:100"),
+    ("data.args={n_train:64}", "n_train:64"),  # before: accepted, then 'unexpected argument'
+])
+def test_an_override_mapping_without_a_space_after_the_colon_says_so(override, glued):
+    """YAML reads `{fraction:0.25}` as the key 'fraction:0.25' without a value: the override
+    is refused with a line that says so and how to write it (before: "unknown key
+    'fraction:0.25'; did you mean 'fraction'?", or for data args a run that got that far)."""
+    from goodfit_cli.workflows.recipes import load
+
+    with pytest.raises(UserError) as info:
+        load("toy", [override])
+    name, _, value = glued.partition(":")
+    assert f"{glued!r} reads as one key without a value" in str(info.value)
+    assert f"space after the colon ({name}: {value})" in str(info.value)
+    assert load("toy", [override.replace(glued, f"{name}: {value}")]).raw  # spaced: accepted

@@ -31,6 +31,7 @@ from goodfit_cli.recipe.yamlcheck import (
     Ctx,
     Section,
     boolean,
+    glued_key,
     integer,
     key,
     list_of,
@@ -320,6 +321,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    glued = glued_key(parsed)
+    if glued is not None:  # {fraction:0.25} is {"fraction:0.25": null} to YAML
+        name, _, rest = glued.partition(":")
+        raise UserError(f"override {item!r}: {glued!r} reads as one key without a value; YAML "
+                        f"needs a space after the colon ({name}: {rest})")
     if isinstance(parsed, str):
         try:
             parsed = float(parsed) if parsed.lower() not in ("nan", "inf", "-inf") else parsed

@@ -315,3 +315,19 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict]:
     if node is not None:
         _marks(node, (), marks)
     return data, marks
+
+
+def glued_key(node: Any) -> str | None:
+    """The first mapping key in `node` that is `name:value` with no value: a flow mapping
+    written without the space YAML needs after the colon; None when there is none."""
+    if isinstance(node, list):
+        return next((k for v in node if (k := glued_key(v)) is not None), None)
+    if not isinstance(node, dict):
+        return None
+    for k, v in node.items():
+        name, colon, rest = k.partition(":") if isinstance(k, str) else ("", "", "")
+        if v is None and colon and name.strip() and rest.strip():
+            return k
+        if (inner := glued_key(v)) is not None:
+            return inner
+    return None
