@@ -316,6 +316,23 @@ def test_overwrite_never_clobbers_a_checkpoint(tmp_path, base_bytes):
     ckpt.load_model(out / "model.safetensors")
 
 
+def test_overwrite_then_a_mistake_says_the_old_content_is_back(tmp_path, base_bytes):
+    """--overwrite moves the old run aside, then the recipe is refused before anything is
+    written: the old content goes back, and the output says so after saying where it went
+    (before: only "moved to RUN.prev-<time> (kept)", a folder that no longer exists)."""
+    out = tmp_path / "run"
+    _write(out / "model.safetensors", base_bytes)
+    _write(tmp_path / "base.safetensors", base_bytes)
+    before = snapshot(tmp_path)
+    res = invoke("finetune", "--recipe", "toy", "--base", tmp_path / "base.safetensors",
+                 "--out", out, "--overwrite", *TINY, "data.args.old_region=[1, 0]")
+    assert "old_region" in assert_one_error_line(res)
+    assert_nothing_lost(before, tmp_path)
+    assert not list(tmp_path.glob("run.prev-*"))
+    moved, back = [line for line in res.stdout.splitlines() if line.startswith("--overwrite")]
+    assert moved.endswith("(kept)") and f"{out} was moved back from {tmp_path}" in back, back
+
+
 def _disk_full_on_model_write(monkeypatch) -> None:
     """Writing any model.safetensors fails with ENOSPC after a few bytes (other files write)."""
     real = ckpt.save_file

@@ -19,7 +19,7 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
@@ -113,10 +113,11 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
 
 
 @contextlib.contextmanager
-def held(lock: RunLock | None) -> Iterator[None]:
+def held(lock: RunLock | None, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Release `lock` when the block ends, however it ends. A command that fails before it
     wrote anything leaves no trace: its lock file goes, the folder when it made it, and a run
-    that --overwrite moved aside comes back to its place."""
+    that --overwrite moved aside comes back to its place (`say` tells, when given: the command
+    said where it went)."""
     try:
         yield
     except BaseException:
@@ -128,6 +129,9 @@ def held(lock: RunLock | None) -> Iterator[None]:
                     if lock.aside is not None:
                         os.rename(lock.aside, lock.folder)
                         (lock.folder / LOCK).unlink(missing_ok=True)  # ours, taken to move it
+                        if say is not None:
+                            say(f"--overwrite: nothing was written; the previous content of "
+                                f"{lock.folder} was moved back from {lock.aside}")
             except OSError:
                 pass
         raise

@@ -240,7 +240,7 @@ def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
     lock, moved = open_run(out, overwrite=overwrite, resume=False, resume_hint="")
     if moved is not None:
         ui.log(f"--overwrite: the previous content of {out} was moved to {moved} (kept)")
-    with held(lock):
+    with held(lock, ui.log):
         return _compare(recipe, base, candidates, out, (gate, junit, place), ui)
 
 

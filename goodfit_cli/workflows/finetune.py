@@ -177,7 +177,7 @@ def finetune(job: FinetuneJob, place: Place | None = None, ui: Ui | None = None)
         if moved is not None:
             ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
     phases = Phases()  # where the command's time goes (run's timings.json, the report)
-    with held(lock), measured_once():
+    with held(lock, ui.log), measured_once():
         try:
             return _finetune(job, place, ui, phases)
         except BaseException as e:  # interrupted, pruned, diverged: the time it spent is kept

@@ -41,7 +41,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         lock, moved = open_run(out, overwrite=overwrite, resume=resume, resume_hint="")
         if moved is not None:
             ui.log(f"--overwrite: the previous content of {out} was moved to {moved} (kept)")
-    with held(lock):
+    with held(lock, ui.log):
         s = open_session(recipe, place)
         model = s.model()  # before any file is written: a bad model spec leaves --out empty
         meta = {"goodfit_version": __version__, "recipe": recipe.name,
