@@ -255,6 +255,36 @@ def test_one_worker_killed_mid_run(base, tmp_path):
     assert not (out / "report.json").exists() and not (out / "report.md").exists()
 
 
+def test_sigterm_to_the_nproc_launcher_reaches_every_rank(base, tmp_path):
+    """--nproc 2 holding after batch 2; SIGTERM to the `goodfit` process that launched torchrun
+    (docker stop, a cancelled CI job): it is passed on, every rank saves its state and ends,
+    the launcher exits 143 (before: the launcher died of the signal, or killed torchrun, and
+    the ranks went on training with nobody waiting for them)."""
+    out, log = tmp_path / "run", tmp_path / "n.log"
+    p = start(["finetune", "--nproc", "2", "--base", base, "--out", out, *FT], log, hold=2,
+              env={"GOODFIT_TEST_PARENT": str(os.getpid())})
+    ranks: list[int] = []
+    try:
+        wait_for("holding at batch 2", log, p)
+        ranks = [pid for r in (0, 1) if (pid := _rank_pid(os.getpid(), r)) is not None]
+        assert len(ranks) == 2
+        os.kill(p.pid, signal.SIGTERM)
+        assert p.wait(timeout=180) == 143, log.read_text()
+        t0 = time.monotonic()
+        while any(_rank_pid(os.getpid(), r) for r in (0, 1)) and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
+        assert not any(_rank_pid(os.getpid(), r) for r in (0, 1)), log.read_text()
+        assert "interrupted: state saved" in log.read_text()
+        saved = sorted((out / "rmsprop").glob("state-*.safetensors"))
+        assert saved and ckpt.load_state(saved[-1])["loop"]["batch"] >= 2  # ranks agree later
+    finally:  # never leave a rank holding (the old code did)
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if p.poll() is None:
+            p.kill()
+
+
 # ---------------------------------------------------------------------------------------------
 # SIGINT during search, then the same command again
 

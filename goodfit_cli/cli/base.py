@@ -212,7 +212,15 @@ def launch_if_asked(nproc: int) -> None:
            f"--nproc_per_node={nproc}", "-m", "goodfit_cli", *argv]
     log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} "
         f"-m goodfit_cli {' '.join(argv)}")
-    raise typer.Exit(subprocess.call(cmd))
+    p, signum = subprocess.Popen(cmd), None
+    while True:
+        try:
+            code = p.wait()
+            break
+        except KeyboardInterrupt as e:  # SIGINT/SIGTERM here: torchrun passes it on, and its
+            signum = getattr(e, "signum", 2)  # processes save their states (before: torchrun
+            p.send_signal(signum)  # was killed, its processes left running without it)
+    raise typer.Exit(code if signum is None else 128 + signum)
 
 
 def close_count(k: int, noun: str) -> str:
