@@ -137,6 +137,24 @@ def test_wise_into_the_base_folder_is_refused_and_the_base_kept(tmp_path):
     shutil.rmtree(made)
 
 
+def test_wise_overwrite_moves_the_old_point_aside(run):
+    """`goodfit wise ... --overwrite` replaced the old point's files in place although its help
+    says the old content "is moved aside and kept" (compare and finetune move it): the first
+    point was lost. Now OUT.prev-<time> holds it, byte for byte."""
+    from goodfit_cli.io.atomic import sha256_file
+
+    out = run / "ow"
+    assert goodfit("wise", run / "ft" / "rmsprop", "--alpha", "0.2", "--out", out).returncode == 0
+    first = sha256_file(out / "model.safetensors")
+    res = goodfit("wise", run / "ft" / "rmsprop", "--alpha", "0.7", "--out", out, "--overwrite")
+    assert res.returncode == 0, res.stderr
+    aside = [p for p in run.iterdir() if p.name.startswith("ow.prev-")]
+    assert len(aside) == 1 and str(aside[0]) in res.stdout + res.stderr
+    assert sha256_file(aside[0] / "model.safetensors") == first
+    assert json.loads((aside[0] / "summary.json").read_text())["alpha"] == 0.2
+    assert json.loads((out / "summary.json").read_text())["alpha"] == 0.7
+
+
 def _fresh_run(tmp_path: Path) -> Path:
     """A fresh tiny base and fine-tune (absolute paths, as run.json records them)."""
     d = tmp_path / "made"

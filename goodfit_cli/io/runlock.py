@@ -1,6 +1,6 @@
 """A run folder belongs to one process at a time, and `--overwrite` never reads what was there.
 
-`open_run(out, ...)` is how pretrain, finetune and compare take their `--out`:
+`open_run(out, ...)` is how pretrain, finetune, compare and wise take their `--out`:
 - an exclusive `fcntl.flock` on `OUT/.goodfit.lock` (the kernel drops it when the process ends,
   even on SIGKILL), holding the owner's pid; a second run gets "OUT is in use by process N";
 - with `--overwrite`, a folder that holds anything is renamed aside, whole and atomically, to

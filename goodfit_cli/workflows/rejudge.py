@@ -124,7 +124,7 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
             ui.log(f"trial {trial.number}: choosing its point again under this gate "
                    f"(wise_alpha={alpha:g}; evaluations only) into {dest}")
             grid = tuple(w["alpha"] for w in rep["arms"][0].get("wise") or [])
-            made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True,
+            made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True, in_place=True,
                                 new_offset=new_offset, margin=margin, only_if_new=True,
                                 alphas=grid if with_alpha else None, alpha_passed=passed),
                         place, ui)

@@ -178,6 +178,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,
                                  new_offset=job.new_offset, margin=job.margin, only_if_new=True,
+                                 in_place=True,
                                  alphas=recipe.wise_alphas if job.with_alpha else None,
                                  alpha_passed=passed), place, ui)
             if point:  # {}: the arm itself (α = 1, no offset), its own folder

@@ -25,6 +25,7 @@ from goodfit_cli.core.timing import Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
+from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.io.rundir import (
     RunResult,
     prepare_out,
@@ -118,7 +119,7 @@ class WiseJob:
     overrides: list[str] | None = None  # applied to the run's recipe.yaml
     gate: Gate | None = None
     junit: Path | None = None
-    overwrite: bool = False
+    overwrite: bool = False  # the user's: a non-empty --out is moved aside (OUT.prev-<time>)
     new_offset: bool = False  # also choose a new-class logit offset on validation (offset.py)
     margin: float = 0.0  # the offset's gate on validation, z standard errors inward
     only_if_new: bool = False  # nothing written (out removed, {} returned) when the point is
@@ -126,6 +127,8 @@ class WiseJob:
     alphas: tuple[float, ...] | None = None  # with new_offset: α chosen together with τ among
     # these (offset.choose_with_alpha), `alpha` the one chosen alone, a candidate when it passed
     alpha_passed: bool = True
+    in_place: bool = False  # search and rejudge: their own folder, no lock, nothing moved aside
+    # (with `overwrite`, its files are replaced)
 
 
 def check_arm_dir(arm_dir: Path) -> None:
@@ -163,7 +166,23 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     # the base too: `--out BASEDIR --overwrite` wrote the point over the base's checkpoint
     check_outputs({"--junit": job.junit}, {"--out": job.out},
                   {"RUN/ARM": arm_dir, "base (RUN/run.json)": base})
-    prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+    if job.in_place:  # a search's or rejudge's own folder, written as it is
+        prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+        return _point(job, (recipe, saved, place, base, t0, phases), ui)
+    # the user's --out: locked, and --overwrite moves its old content aside (kept), as compare
+    # and finetune do (before: the files were replaced in place, the old point lost)
+    lock, moved = open_run(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+    if moved is not None:
+        ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
+    with held(lock):
+        return _point(job, (recipe, saved, place, base, t0, phases), ui)
+
+
+def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
+    """The rest of `wise` once its --out is ready: `opened` = (recipe, run.json, place, base,
+    the start time, the phases)."""
+    recipe, saved, place, base, t0, phases = opened
+    arm_dir, run = job.arm_dir, job.arm_dir.parent
     s = open_session(recipe, place, join=False)
     model = s.model()
     # as the run's fine-tune loaded it: its key map, and a head grown for new classes keeps
