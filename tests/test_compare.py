@@ -550,3 +550,23 @@ def test_a_run_json_listing_no_arms_is_refused_not_a_passed_gate(toy_run, tmp_pa
     assert res.exit_code == 2, res.output
     assert str(ft / "run.json") in res.output and "no list of arms" in res.output
     assert not (tmp_path / "gate.xml").exists()
+
+
+def test_a_diverged_arm_is_named_as_diverged_not_as_a_missing_checkpoint(toy_run, tmp_path):
+    """A run whose arm diverged records it in run.json ("diverged") and writes no checkpoint;
+    compare of that run said "checkpoint not found: RUN/<arm>/model.safetensors" and wise "not
+    a finished arm", as if files were lost. Both now say the arm diverged, and why."""
+    d = tmp_path / "D"
+    run("finetune", "--base", toy_run["base"], "--recipe", "toy", "--out", d, "--optimizer",
+        "rmsprop", "--no-wise", *TINY, "finetune.optimizer.lr=1e30")
+    why = json.loads((d / "run.json").read_text())["diverged"]["rmsprop"]
+    assert not (d / "rmsprop" / "model.safetensors").exists()
+    res = run("compare", toy_run["base"], d, "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "c")
+    assert res.exit_code == 2, res.output
+    line = " ".join(res.output.split())
+    assert str(d / "run.json") in line and "'rmsprop' diverged" in line and why in line
+    assert "not found" not in line
+    res = run("wise", d / "rmsprop", "--alpha", "0.5", "--out", tmp_path / "w")
+    assert res.exit_code == 2, res.output
+    assert "'rmsprop' diverged" in " ".join(res.output.split())

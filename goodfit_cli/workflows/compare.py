@@ -81,10 +81,17 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
                 or base.get("sha256")
             return [Side("base", recorded_path(path, base.get("checkpoint")), record,
                          expect=expect if isinstance(expect, str) else None)]
-        arms = read_json(path / "run.json").get("arms")
+        saved = read_json(path / "run.json")
+        arms = saved.get("arms")
         if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
             # an empty list too: no candidate, and a gate would pass on nothing (exit 0)
             raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
+        gone = saved.get("diverged") if isinstance(saved.get("diverged"), dict) else {}
+        for a in arms:  # before: "checkpoint not found: RUN/<arm>/model.safetensors"
+            if a in gone and not (path / arm_dirname(a) / "model.safetensors").is_file():
+                raise UserError(f"{path / 'run.json'}: arm {a!r} diverged ({gone[a]}) and has "
+                                "no checkpoint to compare; pass the run's finished arms as "
+                                "RUN/<arm>")
         # each arm, and its averaged weights when it kept an EMA (`<arm>+ema`, a candidate of
         # its own in the run's report: one the report names and the folder lacks is missing)
         reported = {a.get("name") for a in (read_json(path / "report.json").get("arms") or [])

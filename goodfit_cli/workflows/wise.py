@@ -53,6 +53,7 @@ from goodfit_cli.trainer.measured import (
 )
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
+from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.offset import choose as choose_offset
 from goodfit_cli.workflows.offset import choose_with_alpha
 from goodfit_cli.workflows.offset import line as offset_line
@@ -136,6 +137,12 @@ def check_arm_dir(arm_dir: Path) -> None:
     for its arm: before, `recipe not found: recipe.yaml`, read beside the run)."""
     if not (arm_dir.parent / "run.json").exists() or not (arm_dir / "summary.json").exists():
         hint = "; give one of its arms, RUN/<arm>" if (arm_dir / "run.json").exists() else ""
+        gone = read_json(arm_dir.parent / "run.json").get("diverged") \
+            if (arm_dir.parent / "run.json").is_file() else None
+        arm = next((a for a in gone or {} if arm_dirname(a) == arm_dir.name), None) \
+            if isinstance(gone, dict) else None
+        if arm is not None:  # no checkpoint: its training failed
+            hint = f"; arm {arm!r} diverged ({gone[arm]})"
         raise UserError(f"{arm_dir}: not a finished arm of a goodfit fine-tuning run "
                         f"(expected RUN/<arm>/summary.json and RUN/run.json){hint}")
 
