@@ -150,7 +150,9 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
     assert json.loads((out / "goodfit" / "eval-toy.json").read_text()) == ev
-    assert set(ev) == {"checkpoint", "sha256", "recipe", "metrics"}  # the same, run after run
+    # the same, run after run; "split": which splits the metrics are of
+    assert set(ev) == {"checkpoint", "sha256", "recipe", "split", "metrics"}
+    assert ev["split"] == "test"
     assert re.search(r"^time: load \d+\.\d s, evaluation \d+\.\d s; total \d+\.\d s$",
                      res.stderr, re.M), res.stderr  # where its time went, on stderr
     assert ev["metrics"]["old"]["mse"] == pytest.approx(summary["metrics"]["old"]["mse"], rel=1e-6)

@@ -570,3 +570,31 @@ def test_a_diverged_arm_is_named_as_diverged_not_as_a_missing_checkpoint(toy_run
     res = run("wise", d / "rmsprop", "--alpha", "0.5", "--out", tmp_path / "w")
     assert res.exit_code == 2, res.output
     assert "'rmsprop' diverged" in " ".join(res.output.split())
+
+
+def test_eval_names_its_split_and_says_another_model(toy_run, tmp_path):
+    """`goodfit eval` wrote its test metrics under a bare "metrics" key, naming no split, and
+    measured a checkpoint trained with another activation than the recipe's without a word
+    (compare says so). Its JSON now says "split": "test", and names the other model in the
+    log and under "other_model"; the run's own recipe says nothing."""
+    recipe = yaml.safe_load(toy_run["recipe"].read_text())
+    recipe["model"]["args"]["activation"] = "gelu"
+    other = tmp_path / "gelu.yaml"
+    other.write_text(yaml.safe_dump(recipe))
+    ckpt = toy_run["ft"] / "rmsprop" / "model.safetensors"
+    res = run("eval", "-c", ckpt, "--recipe", other, "-o", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "e.json").read_text())
+    assert got["split"] == "test" and set(got["metrics"]) == {"old", "new"}
+    assert "activation 'relu' in its run, 'gelu' in the recipe" in got["other_model"]
+    assert "trained as another model" in " ".join(res.output.split())
+    res = run("eval", "-c", ckpt, "--recipe", toy_run["recipe"], "-o", tmp_path / "same.json")
+    assert res.exit_code == 0, res.output
+    assert "other_model" not in json.loads((tmp_path / "same.json").read_text())
+    res = run("eval", "-c", ckpt.parent, "--recipe", other, "-o", tmp_path / "dir.json")
+    assert res.exit_code == 0, res.output  # the arm's folder: its record read there
+    assert "activation" in json.loads((tmp_path / "dir.json").read_text())["other_model"]
+    for out in ("e.json", "same.json"):  # an eval's own JSON, with the new keys, is replaced
+        res = run("eval", "-c", ckpt, "--recipe", toy_run["recipe"], "-o", tmp_path / out)
+        assert res.exit_code == 0, res.output
+    assert "other_model" not in json.loads((tmp_path / "e.json").read_text())

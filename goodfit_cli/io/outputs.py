@@ -30,7 +30,8 @@ def _inside(inner: Path, folder: Path) -> bool:
     return inner_abs == folder_abs or folder_abs in inner_abs.parents
 
 
-EVAL_KEYS = {"checkpoint", "sha256", "recipe", "metrics"}  # `goodfit eval`'s JSON, exactly
+EVAL_KEYS = {"checkpoint", "sha256", "recipe", "metrics"}  # `goodfit eval`'s JSON, at least
+EVAL_MAY = {"split", "other_model"}  # and at most these besides (older ones had neither)
 
 
 def ours(path: Path) -> bool:
@@ -48,7 +49,7 @@ def ours(path: Path) -> bool:
             record = json.loads(text)
         except ValueError:
             return False
-        return isinstance(record, dict) and set(record) == EVAL_KEYS
+        return isinstance(record, dict) and EVAL_KEYS <= set(record) <= EVAL_KEYS | EVAL_MAY
     return not text or (text.startswith(b"<?xml") and b'<testsuites name="goodfit"' in text)
 
 

@@ -20,6 +20,7 @@ from goodfit_cli.trainer.session import (
     open_session,
 )
 from goodfit_cli.trainer.stage import Ui
+from goodfit_cli.workflows.compare import Side, _other_model
 
 
 def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
@@ -53,10 +54,19 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     refuse_another_head(recipe, checkpoint, loaded.head_changes)
     for msg in loaded.messages:
         ui.log(msg)
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent  # its arm's record
+    other = _other_model(Side(checkpoint.name, checkpoint, folder / "summary.json",
+                              loaded.sha256), {"name": recipe.model.name, "args": dict(
+                                  recipe.model.args or {})}) if recipe.model else None
+    if other:  # weights of the same shapes in another architecture: measured, and said
+        ui.log(f"{checkpoint}: trained as another model than the recipe's, measured here as the "
+               f"recipe's (its model.args): {other}")
     with phases.phase("evaluation"):
         metrics = s.evaluate(model)
+    # "split": the recipe's test splits (before: a bare "metrics", of no split named)
     result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256,
-              "recipe": recipe.name, "metrics": metrics}
+              "recipe": recipe.name, "split": "test", "metrics": metrics,
+              **({"other_model": other} if other else {})}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     ui.log(phases.line())
     return result, dest
