@@ -598,3 +598,19 @@ def test_eval_names_its_split_and_says_another_model(toy_run, tmp_path):
         res = run("eval", "-c", ckpt, "--recipe", toy_run["recipe"], "-o", tmp_path / out)
         assert res.exit_code == 0, res.output
     assert "other_model" not in json.loads((tmp_path / "e.json").read_text())
+
+
+def test_a_moved_runs_candidates_show_where_they_were_read(toy_run, tmp_path):
+    """A run folder moved after its run: each candidate's provenance row "checkpoint" was copied
+    from its summary.json, naming the old location (a file compare never read, maybe gone or
+    replaced); it now names the file compare read, as the candidate's own "checkpoint" does."""
+    moved = tmp_path / "moved"
+    shutil.copytree(toy_run["ft"], moved)
+    res = run("compare", toy_run["base"], moved, "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "c" / "report.json").read_text())
+    for a in rep["arms"]:
+        want = str((moved / a["name"] / "model.safetensors").resolve())
+        assert a["checkpoint"] == want and a["provenance"]["checkpoint"] == want
+    assert str(toy_run["ft"]) not in (tmp_path / "c" / "report.md").read_text()

@@ -137,6 +137,8 @@ def _provenance(side: Side) -> dict:
     extra = {"base_sha256": ident.get("base_sha256"), "goodfit_version": ident.get(
         "goodfit_version"), "recipe": recipe.get("name") if isinstance(recipe, dict) else None}
     kept = {k: v for k, v in rec.items() if k not in ("metrics", "val_metrics")}
+    if "checkpoint" in kept:  # where it was read (before: where its run wrote it, moved since)
+        kept["checkpoint"] = str(side.checkpoint.resolve())
     return {**kept, **{k: v for k, v in extra.items() if v is not None and k not in kept}}
 
 
