@@ -336,3 +336,25 @@ def test_no_ci_message_says_why_there_is_none():
     arm["delta"]["old"]["accuracy"]["no_ci"] = "not a per-sample mean"
     res = evaluate_gate(_gate(("old", "accuracy", "max_drop", 0.01, True)), arm)
     assert res["passed"] is False and "(not a per-sample mean)" in res["violations"][0]
+
+
+def test_gate_flag_errors_suggest_only_what_fits_the_tasks():
+    """--max-old-drop's error said "e.g. 0.01 = 1 pt" for an mse (points are of a rate), and
+    --min-new nfr=... suggested --min-old nfr=... for a regression old task, a flag that is
+    refused next. Each line now fits the metric and the task."""
+    from goodfit_cli.report.gate import check_metrics
+
+    with pytest.raises(UserError) as e:
+        gate_from_flags(-1.0, None, "mse")
+    assert "old-task mse" in str(e.value) and "pt" not in str(e.value)
+    with pytest.raises(UserError) as e:
+        gate_from_flags(-1.0, None, "accuracy")
+    assert "0.01 = 1 pt" in str(e.value)
+    gate = gate_from_flags(None, None, "mse", {"min_new": ["nfr=0.1"]})
+    have = {"old": {"mse"}, "new": {"mse"}}
+    with pytest.raises(UserError) as e:
+        check_metrics(gate, have, {"old": "regression", "new": "regression"}, "recipe r.yaml")
+    assert "--min-old" not in str(e.value) and "old task is regression" in str(e.value)
+    with pytest.raises(UserError) as e:
+        check_metrics(gate, have, {"old": "classification", "new": "regression"}, "recipe r")
+    assert "use --min-old nfr=0.1" in str(e.value)

@@ -194,8 +194,9 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
     limits = []
     if max_old_drop is not None:
         if not math.isfinite(max_old_drop) or max_old_drop < 0:
+            eg = "0.01 = 1 pt" if is_rate(primary_old) else "0.01"  # points: of a rate only
             raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
-                            f"{primary_old}, e.g. 0.01 = 1 pt), got {max_old_drop}")
+                            f"{primary_old}, e.g. {eg}), got {max_old_drop}")
         direction(primary_old)                       # UserError when its direction is unknown
         limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
     if max_nfr is not None:
@@ -233,11 +234,14 @@ def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
     for limit in gate.limits:
         if limit.metric in FLIP_METRICS:
             if limit.task != "old":  # whatever the task's kind: flips are the old task's
+                hint = (f"use --{limit.bound}-old {limit.metric}={limit.threshold:g}"
+                        if gate.source == "flags" else "give task: old")
+                if kinds.get("old") != "classification":  # no flips there either
+                    hint = (f"nor on the old task here: {what}'s old task is "
+                            f"{kinds.get('old') or 'not classification'}")
                 raise UserError(f"{src}: {limit.name}: flip rates are measured on the old task "
                                 f"only (samples the update broke or fixed there), so a limit on "
-                                f"the {limit.task} task is not allowed; " + (
-                                    f"use --{limit.bound}-old {limit.metric}={limit.threshold:g}"
-                                    if gate.source == "flags" else "give task: old"))
+                                f"the {limit.task} task is not allowed; {hint}")
             if kinds.get("old") == "classification":
                 continue
             raise UserError(f"{src}: {limit.name}: flip rates need a classification old task; "
