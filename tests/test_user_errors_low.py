@@ -274,3 +274,12 @@ def test_resume_with_another_thread_count_warns_and_continues(tmp_path, base):
     assert res.exit_code == 0 and "resuming at batch 6/12" in res.output, res.output
     assert (f"{run}: started with {was} torch threads, now {now}: the result will not be "
             "bit-identical to an uninterrupted run") in res.stdout  # the log's lines
+
+
+def test_eval_out_in_a_folder_not_there_yet_is_made(tmp_path, base):
+    """`goodfit eval --out NEW/e.json` refused a folder that did not exist yet ("No such file or
+    directory") while compare's --junit makes its own; eval now makes it too."""
+    dest = tmp_path / "new" / "sub" / "e.json"
+    res = invoke("eval", "--checkpoint", base, "--recipe", "toy", *TINY, "--out", dest)
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(dest.read_text())["metrics"]) == {"old", "new"}

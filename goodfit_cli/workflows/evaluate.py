@@ -34,7 +34,9 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
     check_outputs({"--out": dest}, {}, {"--checkpoint": checkpoint})
     if checkpoint.exists():  # say it now, not after the evaluation
-        try:
+        try:  # a folder not there yet is made, as compare's --junit makes its own
+            if not dest.parent.exists():
+                dest.parent.mkdir(parents=True)
             probe_writable(dest.parent)
         except OSError as e:
             raise UserError(f"cannot write {dest}: {e.strerror} (pass --out elsewhere)") from None
