@@ -614,3 +614,28 @@ def test_a_moved_runs_candidates_show_where_they_were_read(toy_run, tmp_path):
         want = str((moved / a["name"] / "model.safetensors").resolve())
         assert a["checkpoint"] == want and a["provenance"]["checkpoint"] == want
     assert str(toy_run["ft"]) not in (tmp_path / "c" / "report.md").read_text()
+
+
+def test_compare_loads_the_base_with_the_recipes_key_map(toy_run, tmp_path):
+    """A base saved under other tensor names, renamed by the recipe's checkpoint.key_map (as
+    finetune, wise and eval load it): compare ignored the key map and refused the base as
+    missing every tensor, "rename with checkpoint.key_map in the recipe", which it did. It now
+    measures it exactly as the base under its own names."""
+    from safetensors.torch import load_file, save_file
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({k.replace("body.", "enc."): v for k, v in load_file(toy_run["base"]).items()},
+              foreign)
+    recipe = yaml.safe_load(toy_run["recipe"].read_text())
+    recipe.setdefault("checkpoint", {})["key_map"] = {"^enc\\.": "body."}
+    mapped = tmp_path / "mapped.yaml"
+    mapped.write_text(yaml.safe_dump(recipe))
+    cand = toy_run["ft"] / "rmsprop" / "model.safetensors"
+    res = run("compare", foreign, cand, "--recipe", mapped, "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    res = run("compare", toy_run["base"], cand, "--recipe", toy_run["recipe"], "--out",
+              tmp_path / "own")
+    assert res.exit_code == 0, res.output
+    got, want = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("c", "own"))
+    assert got["base_metrics"] == want["base_metrics"]
+    assert got["arms"][0]["delta"] == want["arms"][0]["delta"]

@@ -285,7 +285,11 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             raise UserError(f"checkpoint not found: {side.checkpoint}")
         if hasattr(model, ATTR):  # each checkpoint brings its own input statistics (or none)
             delattr(model, ATTR)
-        loaded = load_checkpoint(model, side.checkpoint, grow_rows=as_base and grows)
+        # the base as finetune and wise load it: renamed by the recipe's key_map (before:
+        # refused as missing its tensors, "rename with checkpoint.key_map", which it did)
+        key_map = recipe.key_map if as_base else None
+        loaded = load_checkpoint(model, side.checkpoint, key_map, grow_rows=as_base and grows,
+                                 where=recipe.at("checkpoint.key_map"))
         misfit = _misfit(side, loaded.head_changes, loaded.messages, as_base and grows)
         if misfit:  # the recipe's architecture, or exit 2
             raise UserError(misfit)
@@ -320,7 +324,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         ui.log(f"{side.name}: evaluating {side.checkpoint}")
         with own_head(evaluated, loaded.head_changes) as measured:
             # test (the report's), validation (the verdict's); a base once per command
-            key = base_key(session, evaluated, loaded, measured) if as_base else None
+            key = base_key(session, evaluated, loaded, measured, key_map) if as_base else None
             result = measure_base(session, evaluated, key)
         if loaded.head_changes:
             head.update(base_head_record(loaded.head_changes, measured))
