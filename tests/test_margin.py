@@ -160,3 +160,29 @@ def test_the_cli_and_the_search_default_to_the_same_margin():
 
     option = inspect.signature(fit.search).parameters["val_margin"].default
     assert option.default == DEFAULT_Z == SearchJob.__dataclass_fields__["margin"].default == 0.5
+
+
+def test_a_rate_limit_on_a_regression_task_reads_the_margin_with_the_runs_counts():
+    """A regression task (motion: miss@8s, a rate) stores no flips, so the validation sample
+    counts come from the run's validation record: a 0.2 ceiling on 100 samples is read at 0.18
+    with half a standard error, so the α kept is 0.5 (0.15), not 0.7 (0.19), as the verdict
+    and `goodfit finetune`'s WiSE choice read it; without a record, the flips' counts."""
+    from goodfit_cli.report.trials import val_counts
+
+    def m(miss, ade):
+        return {"old": {"ade@8s": 5.0, "miss@8s": miss}, "new": {"ade@8s": ade}}
+
+    gate = Gate((Limit("old", "miss@8s", "max", 0.2),))
+    curve = [{"alpha": a, "val": m(miss, ade)} for a, miss, ade in
+             ((0.5, 0.15, 4.0), (0.7, 0.19, 3.0), (1.0, 0.3, 2.0))]
+    rep = {"tasks": {"old": {"primary": "ade@8s"}, "new": {"primary": "ade@8s"}},
+           "base_val_metrics": m(0.1, 5.0),
+           "provenance": {"validation": {t: {"source": "carved", "train": 900, "val": 100,
+                                             "test": 200} for t in ("old", "new")}},
+           "arms": [{"validation": {"metrics": m(0.3, 2.0), "delta": {}, "flips": {}},
+                     "wise": curve}]}
+    assert val_counts(rep) == {"old": 100, "new": 100}
+    assert best_alpha(gate, rep, (-1, -1)) == 0.7  # no margin
+    assert best_alpha(gate, rep, (-1, -1), 0.5) == 0.5
+    del rep["provenance"]
+    assert val_counts(rep) == {} and best_alpha(gate, rep, (-1, -1), 0.5) == 0.7

@@ -1274,3 +1274,40 @@ def test_the_study_report_and_its_export_are_one_turn_of_the_workers(base, tmp_p
         "--no-defaults", "--rungs", 0, *TINY)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert seen == ["held"]
+
+
+MOTION = [f"{sec}.args.{k}={v}" for sec in ("model", "data")
+          for k, v in {"agents": 4, "polylines": 8, "points": 4, "lights": 2}.items()] + [
+    "model.args.token_dim=16", "model.args.width=32", "model.args.heads=2", "model.args.ffn=64",
+    "model.args.enc_layers=1", "model.args.dec_layers=1", "model.args.head_hidden=32",
+    "data.args.synthetic.scenes=32", "data.args.synthetic.test_scenes=16", "pretrain.steps=16",
+    "pretrain.batch_size=16", "finetune.steps=8", "finetune.batch_size=16", "eval.every=4",
+    "device=cpu"]
+
+
+def test_a_rate_limit_on_a_regression_task_is_judged_with_the_margin(tmp_path):
+    """motion's miss@8s is a rate on a task with no flips: a trial is judged feasible with the
+    validation margin read from its run's validation sample counts (3 samples here), as its
+    own verdict and α are, never exactly: a limit 0.01 inside the trial's value fails it."""
+    recipe = ROOT / "recipes" / "motion_car2ped.yaml"
+    run = lambda *a: subprocess.run(cmd(*a), cwd=ROOT, env=ENV, capture_output=True,  # noqa
+                                    text=True, timeout=600)
+    res = run("pretrain", "--recipe", recipe, "--out", tmp_path / "base", *MOTION)
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "run"
+    search = ("search", "--base", tmp_path / "base" / "model.safetensors", "--recipe", recipe,
+              "--trials", 1, "--out", out, "--no-defaults", "--rungs", 0, "--no-new-offset")
+    res = run(*search, *MOTION)
+    assert res.returncode == 0, res.stderr
+    t = optuna.load_study(study_name="goodfit-motion_car2ped",
+                          storage=f"sqlite:///{out / 'study.db'}").trials[0]
+    v = t.user_attrs["views"]["val"]["metrics"]["old"]["miss@8s"]
+    limit = (["--min-old", f"miss@8s={v - 0.01}"] if v > 0.5
+             else ["--max-old", f"miss@8s={v + 0.01}"])
+    res = run(*search, *limit, "--val-margin", 0, *MOTION)  # read exactly: it passes
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "report.json").read_text())["trials"][0]["feasible"] is True
+    res = run(*search, *limit, *MOTION)  # half a standard error on 3 samples: > 0.01
+    assert res.returncode == 0, res.stderr
+    assert json.loads((out / "report.json").read_text())["trials"][0]["feasible"] is False
+    assert t.user_attrs["val_counts"] == {"old": 3, "new": 3}  # stored with the trial

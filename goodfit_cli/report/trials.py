@@ -7,7 +7,7 @@ another gate (workflows/search.py) needs no retraining.
 from __future__ import annotations
 
 from goodfit_cli.report.gate import Gate, evaluate_gate
-from goodfit_cli.report.margin import sizes, tightened
+from goodfit_cli.report.margin import sizes, split_counts, tightened
 from goodfit_cli.report.verdict import gained, point_view  # noqa: F401  (gained: theirs)
 
 
@@ -24,13 +24,21 @@ def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0
     breaks ties, then the larger α); `none` (1.0: the arm) when none passes. A point α < 1 is
     judged with the flips its curve stored ("val_flips"); a flip-rate limit counts one without
     them (a run of an older goodfit) as failing. `z`: the validation margin
-    (report/margin.py), the sample counts from the arm's validation flips."""
+    (report/margin.py), the sample counts `val_counts(rep)`."""
     arm, po, pn = rep["arms"][0], rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
     view = {"metrics": arm["validation"]["metrics"], "delta": arm["validation"]["delta"],
             "flips": arm["validation"]["flips"]}
     alpha = best_on_validation(gate, arm.get("wise") or [], rep["base_val_metrics"], (po, pn),
-                               dirs, arm_view=view, z=z, n=sizes(arm["validation"]))
+                               dirs, arm_view=view, z=z, n=val_counts(rep))
     return none if alpha is None else alpha
+
+
+def val_counts(rep: dict) -> dict[str, int]:
+    """Each task's validation sample count of a fine-tune's report: its run's validation record
+    (provenance "validation", as the verdict and `goodfit finetune`'s WiSE choice read it;
+    a regression task stores no flips), else its first arm's validation flips."""
+    counts = split_counts((rep.get("provenance") or {}).get("validation"))
+    return counts or sizes(rep["arms"][0].get("validation") or {})
 
 
 def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,

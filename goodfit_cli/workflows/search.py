@@ -60,7 +60,7 @@ from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
-from goodfit_cli.report.trials import best_alpha, gained, judge, pick
+from goodfit_cli.report.trials import best_alpha, gained, judge, pick, val_counts
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.measured import data_digest
 from goodfit_cli.trainer.session import Place, open_session
@@ -169,6 +169,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate, margin=job.margin), place, Ui(ui.log, watch))
         alpha = best_alpha(job.gate, rep, dirs, job.margin, none=None)
+        counts = val_counts(rep)  # each task's validation samples: the margin's n
         said = ("best on validation within the gate" if alpha is not None else "no point passes "
                 "the gate and gains on validation: the arm itself, as the trial's point")
         passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
@@ -213,9 +214,10 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     views = views_of(arm)
     trial.set_user_attr("views", views)  # what any later gate is judged on
     trial.set_user_attr("chosen_under", chosen_under(job.gate, job.margin))  # α's and τ's
+    trial.set_user_attr("val_counts", counts)  # what the margin reads, for any later gate
     base_val = pick(rep["base_val_metrics"], prim)
     trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
-    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin)
+    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin, counts or None)
     gains = gained(pick(views["val"]["metrics"], prim), base_val, dirs)
     # <= 0: passes the gate on validation and gains on the new task
     constraint = [float(len(judged["violations"]) + (not gains))]

@@ -68,6 +68,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     study.set_user_attr("gate", gate_now)
     study.set_user_attr("val_margin", job.margin)
     trials, seen = [], {}
+    study_n = study_counts(job.out, study)  # a trial that stored none (an older goodfit)
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("surplus") or t.user_attrs.get("over_budget") or t.user_attrs.get(
                 "requeued"):  # never run (requeued: enqueued again behind a retry)
@@ -82,6 +83,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                             "use a new --out or --study")
         vals = attrs.get("values") or (t.values if t.values is not None else (None, None))
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
+        n = attrs.get("val_counts") or study_n or (sizes(views["val"]) if views else {})
         state = "INTERRUPTED" if "interrupted" in t.user_attrs else t.state.name
         trials.append({"number": t.number, "state": state,
                        **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs
@@ -102,7 +104,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                           else {}),
                        "test_old": test[0], "test_new": test[1],
                        "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
-                                                         f"{t.number}", job.margin)["passed"],
+                                                         f"{t.number}", job.margin,
+                                                         n or None)["passed"],
                        "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
                                             ["passed"] if views else None),
                        "dir": (str(trial_folder(job.out, t.user_attrs["dir"]))
@@ -111,7 +114,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        "checkpoint": rerooted(job.out, t.user_attrs.get("dir"),
                                               attrs.get("checkpoint")),
                        "checkpoint_sha256": attrs.get("checkpoint_sha256")})
-        seen[t.number] = views
+        seen[t.number] = n
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs, retried = [], {t.get("retry_of") for t in trials}
     for t in trials:  # the default arms: trials like the others, judged with this gate
@@ -138,9 +141,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     rec = recommend(done, dirs, job.rule)
     knee = knee_note(job.rule, done, dirs)
     notes += [knee] if knee else []
-    n_val = {}  # each task's validation samples (the recommendation's views)
-    if rec is not None:
-        n_val = sizes((seen.get(rec["number"]) or {}).get("val") or {})
+    n_val = (seen.get(rec["number"]) or {}) if rec is not None else {}  # validation samples
     n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
@@ -241,6 +242,16 @@ def trial_time(trials: list[dict]) -> dict:
             for k, v in parts.items():
                 phases[k] = round(phases.get(k, 0.0) + v, 3)
     return {"trials": timed, "phases_s": phases}
+
+
+def study_counts(out: Path, study: Any) -> dict[str, int]:
+    """Each task's validation sample count from the first trial folder's run.json (every trial
+    measures the same splits; report/margin.py split_counts); {} when none is on this machine."""
+    for t in study.get_trials(deepcopy=False):
+        folder = trial_folder(out, t.user_attrs.get("dir"))
+        if folder is not None and (folder / "run.json").is_file():
+            return split_counts(json.loads((folder / "run.json").read_text()).get("validation"))
+    return {}
 
 
 def first_json(trials: list[dict], rel: str) -> dict:
