@@ -1311,3 +1311,62 @@ def test_a_rate_limit_on_a_regression_task_is_judged_with_the_margin(tmp_path):
     assert res.returncode == 0, res.stderr
     assert json.loads((out / "report.json").read_text())["trials"][0]["feasible"] is False
     assert t.user_attrs["val_counts"] == {"old": 3, "new": 3}  # stored with the trial
+
+
+def test_a_trials_point_may_be_its_ema_candidate():
+    """finetune.ema: the fine-tune's '<arm>+ema' is a candidate of the trial like the arm: the
+    one whose best point within the gate is best on the new task; the arm when no point of
+    either passes (the arm itself, α = 1), and the arm on a tie."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.report.trials import best_candidate
+
+    def m(o, n):
+        return {"old": {"accuracy": o}, "new": {"accuracy": n}}
+
+    def arm(name, old, new):  # its curve: old falls, new rises linearly to the arm's
+        return {"name": name, "validation": {"metrics": m(old, new), "delta": {}, "flips": {}},
+                "wise": [{"alpha": a / 10, "val": m(0.95 + (old - 0.95) * a / 10, new * a / 10)}
+                         for a in range(11)]}
+
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_val_metrics": m(0.95, 0.0),
+           "arms": [arm("plain:adamw", 0.75, 0.9), arm("plain:adamw+ema", 0.85, 0.8)]}
+    assert best_candidate(None, rep, (1, 1)) == (0, 1.0)  # 0.9 > 0.8
+    floor = Gate((Limit("old", "accuracy", "min", 0.85),))  # arm: α 0.5 (0.45); EMA: α 1
+    assert best_candidate(floor, rep, (1, 1)) == (1, 1.0)
+    assert best_candidate(Gate((Limit("old", "accuracy", "min", 0.99),)), rep, (1, 1)) == (0, None)
+    rep["arms"][1] = arm("plain:adamw+ema", 0.75, 0.9)
+    assert best_candidate(None, rep, (1, 1)) == (0, 1.0)  # a tie: the arm itself
+
+
+def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_path):
+    """A study whose recipe sets finetune.ema: each trial's fine-tune trains '<arm>+ema' too;
+    under a gate where that candidate's best point is the best on validation, the trial's
+    point (its views, checkpoint, knobs) is the EMA's and the recommendation exports it."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.report.trials import best_candidate
+
+    out = tmp_path / "run"
+    args = ("search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", out,
+            "--no-defaults", "--rungs", 0, *TINY, "finetune.ema=0.8")
+    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    assert [a["name"].endswith("+ema") for a in trial["arms"]] == [False, True]
+    # a ceiling on old mse under which the EMA's point is the trial's best
+    ceilings = sorted({w["val"]["old"]["mse"] for a in trial["arms"] for w in a["wise"]})
+    ema = next((c for c in ceilings if best_candidate(
+        Gate((Limit("old", "mse", "max", c),)), trial, (-1, -1))[0] == 1), None)
+    if ema is None:
+        pytest.skip("no gate makes the EMA's point the best of this trial")
+    res = subprocess.run(cmd(*args, "--max-old", f"mse={ema!r}"), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    t = json.loads((out / "report.json").read_text())["trials"][0]
+    assert t["params"]["candidate"] == trial["arms"][1]["name"] and t["feasible"]
+    assert Path(t["checkpoint"]).parent.name.endswith("+ema") or Path(
+        t["checkpoint"]).parent.name.startswith("wise")
+    k, alpha = best_candidate(Gate((Limit("old", "mse", "max", ema),)), trial, (-1, -1))
+    point = next(w for w in trial["arms"][1]["wise"] if w["alpha"] == alpha)
+    assert (t["old"], t["new"]) == (point["val"]["old"]["mse"], point["val"]["new"]["mse"])

@@ -33,6 +33,24 @@ def best_alpha(gate: Gate | None, rep: dict, dirs: tuple[int, int], z: float = 0
     return none if alpha is None else alpha
 
 
+def best_candidate(gate: Gate | None, rep: dict, dirs: tuple[int, int],
+                   z: float = 0.0) -> tuple[int, float | None]:
+    """(the index in rep["arms"], its `best_alpha`) of the fine-tune's candidate whose best
+    point on validation is best: its arm, or its '<arm>+ema' (finetune.ema), by the new task's
+    primary metric, then the old task's, then the arm itself; (0, None) when no point of any
+    passes the gate and gains (the arm itself is the trial's point)."""
+    po, pn = rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"]
+    found = []
+    for i, arm in enumerate(rep["arms"]):
+        alpha = best_alpha(gate, {**rep, "arms": [arm]}, dirs, z, none=None)
+        if alpha is not None:
+            val = next((w["val"] for w in arm.get("wise") or [] if w["alpha"] == alpha and
+                        alpha < 1), arm["validation"]["metrics"])
+            old, new = pick(val, {"old": po, "new": pn})
+            found.append((dirs[1] * new, dirs[0] * old, -i, alpha))
+    return (0, None) if not found else (-max(found)[2], max(found)[3])
+
+
 def val_counts(rep: dict) -> dict[str, int]:
     """Each task's validation sample count of a fine-tune's report: its run's validation record
     (provenance "validation", as the verdict and `goodfit finetune`'s WiSE choice read it;

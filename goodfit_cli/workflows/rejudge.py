@@ -22,7 +22,7 @@ from typing import Any
 
 from goodfit_cli.io.atomic import atomic_write, sha256_file
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.report.trials import best_alpha
+from goodfit_cli.report.trials import best_candidate
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
@@ -101,7 +101,8 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
     """The finished `trial`'s point (its folder: `folder`) chosen again under `gate` and
     `margin` when it was chosen under something else (its own record, or `prior` for a trial
     that has none): {"views", "values" (the objectives on validation), "wise_alpha",
-    "new_offset" (with `new_offset`), "checkpoint", "rechosen_from"}; None when nothing
+    "new_offset" (with `new_offset`), "candidate" (with finetune.ema: the arm or its
+    '<arm>+ema'), "checkpoint", "rechosen_from"}; None when nothing
     differs (the stored point stands)."""
     under = chosen_under(gate, margin)
     was = trial.user_attrs.get("chosen_under") or prior
@@ -109,13 +110,15 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
         return None
     rep = json.loads((folder / "report.json").read_text())  # the trial's fine-tune
     prim = (rep["tasks"]["old"]["primary"], rep["tasks"]["new"]["primary"])
-    alpha = best_alpha(gate, rep, dirs, margin, none=None)
+    k, alpha = best_candidate(gate, rep, dirs, margin)  # the arm, or its '<arm>+ema'
     passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
-    arm_dir = folder / arm_dirname(trial.user_attrs["arm"])
+    cand = rep["arms"][k]["name"]
+    arm_dir = folder / arm_dirname(cand)
     stored = trial.user_attrs.get("wise_alpha", 1.0)
-    if alpha == stored and not new_offset:  # the same point: its stored views stand
+    was_cand = trial.user_attrs.get("candidate", cand if len(rep["arms"]) < 2 else None)
+    if alpha == stored and not new_offset and cand == was_cand:  # its stored views stand
         return None
-    point, checkpoint, tau = rep, arm_dir / "model.safetensors", 0.0
+    point, checkpoint, tau = rep["arms"][k], arm_dir / "model.safetensors", 0.0
     if alpha < 1.0 or new_offset:
         dest = folder / f"wise-{_key(under)}"
         source_sha = sha256_file(arm_dir / "model.safetensors")
@@ -123,7 +126,7 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
         if made is None:
             ui.log(f"trial {trial.number}: choosing its point again under this gate "
                    f"(wise_alpha={alpha:g}; evaluations only) into {dest}")
-            grid = tuple(w["alpha"] for w in rep["arms"][0].get("wise") or [])
+            grid = tuple(w["alpha"] for w in rep["arms"][k].get("wise") or [])
             made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True, in_place=True,
                                 new_offset=new_offset, margin=margin, only_if_new=True,
                                 alphas=grid if with_alpha else None, alpha_passed=passed),
@@ -134,14 +137,16 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
                  "arm_itself": not made, **({"made_alpha": made["provenance"]["wise_alpha"]}
                                             if made else {})}, sort_keys=True) + "\n")
         if made:  # {}: the arm itself (α = 1, no offset)
-            point, checkpoint = made, dest / "model.safetensors"
+            point, checkpoint = made["arms"][0], dest / "model.safetensors"
             alpha = made["provenance"]["wise_alpha"]  # moved when chosen with the offset
             tau = (made["provenance"].get("new_offset") or {}).get("tau", 0.0)
-    views = views_of(point["arms"][0])
+    views = views_of(point)
     val = views["val"]["metrics"]
     return {"views": views, "values": (val["old"][prim[0]], val["new"][prim[1]]),
             "wise_alpha": alpha, **({"new_offset": tau} if new_offset else {}),
+            **({"candidate": cand} if len(rep["arms"]) > 1 else {}),
             "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "rechosen_from": {"wise_alpha": stored,
+                              **({"candidate": was_cand} if len(rep["arms"]) > 1 else {}),
                               **({"new_offset": trial.user_attrs.get("new_offset", 0.0)}
                                  if new_offset else {})}}

@@ -5,9 +5,11 @@ knobs (arms/search.py, from each arm's declaration), the gate a constraint (a tr
 violated limits; 0 is feasible). Each trial is a fine-tuning run in RUN/trials/trial-NNNN with its
 arm's WiSE-FT curve; the best α the gate allows on validation, with its new-class offset
 (workflows/offset.py), is the trial's candidate (RUN/trials/trial-NNNN/wise when not the
-arm itself), never drawn as a knob. The study lives in RUN/study.db (SQLite) unless `storage` names
-another database: any number of workers, on any machines, run the same command with the same
-storage and share one study; a re-run continues it. After its trials a worker writes
+arm itself), never drawn as a knob; with finetune.ema, of the arm or its '<arm>+ema', whichever
+point is best (report/trials.py best_candidate; the knob `candidate` says which). The study
+lives in RUN/study.db (SQLite) unless `storage` names another database: any number of
+workers, on any machines, run the same command with the same storage and share one study; a
+re-run continues it. After its trials a worker writes
 RUN/report.{json,md,html} from the whole study (workflows/search_report.py) and exports the
 recommendation (by `--rule`, among the trials that pass the gate and gain on the new task) to
 RUN/recommended/model.safetensors with its provenance.
@@ -60,7 +62,7 @@ from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
-from goodfit_cli.report.trials import best_alpha, gained, judge, pick, val_counts
+from goodfit_cli.report.trials import best_candidate, gained, judge, pick, val_counts
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.measured import data_digest
 from goodfit_cli.trainer.session import Place, open_session
@@ -168,14 +170,17 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     try:  # the arm and its WiSE-FT curve (evaluations only), then the best α the gate allows
         rep = finetune(FinetuneJob(trecipe, job.base, trial_dir, [p.arm], wise=True,
                                    gate=job.gate, margin=job.margin), place, Ui(ui.log, watch))
-        alpha = best_alpha(job.gate, rep, dirs, job.margin, none=None)
-        counts = val_counts(rep)  # each task's validation samples: the margin's n
+        k, alpha = best_candidate(job.gate, rep, dirs, job.margin)  # the arm or its EMA's
+        counts, cand = val_counts(rep), rep["arms"][k]  # counts: the margin's n per task
+        if len(rep["arms"]) > 1:  # finetune.ema: '<arm>+ema' is a candidate too
+            trial.set_user_attr("candidate", cand["name"])
         said = ("best on validation within the gate" if alpha is not None else "no point passes "
                 "the gate and gains on validation: the arm itself, as the trial's point")
         passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
         trial.set_user_attr("wise_alpha", alpha)
-        ui.log(f"trial {trial.number}: wise_alpha={alpha:g} ({said})")
-        cand_dir = trial_dir / arm_dirname(p.arm)
+        ui.log(f"trial {trial.number}: wise_alpha={alpha:g}"
+               + (f" of {cand['name']}" if k else "") + f" ({said})")
+        cand_dir = trial_dir / arm_dirname(cand["name"])
         if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,
                                  new_offset=job.new_offset, margin=job.margin, only_if_new=True,
@@ -183,7 +188,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
                                  alphas=recipe.wise_alphas if job.with_alpha else None,
                                  alpha_passed=passed), place, ui)
             if point:  # {}: the arm itself (α = 1, no offset), its own folder
-                rep, cand_dir = point, trial_dir / "wise"
+                rep, cand_dir, cand = point, trial_dir / "wise", point["arms"][0]
                 trial.set_user_attr("wise_alpha", point["provenance"]["wise_alpha"])
             if job.new_offset:
                 tau = (rep["provenance"].get("new_offset") or {}).get("tau", 0.0) if point else 0.0
@@ -210,7 +215,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         stopped.append(e)
         trial.study.stop()
         raise optuna.TrialPruned("interrupted") from None
-    arm = rep["arms"][0]
+    arm = cand
     views = views_of(arm)
     trial.set_user_attr("views", views)  # what any later gate is judged on
     trial.set_user_attr("chosen_under", chosen_under(job.gate, job.margin))  # α's and τ's

@@ -30,8 +30,8 @@ from goodfit_cli.workflows.budget import Budget
 from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
 # what each trial chose on validation after training, shown with its knobs: WiSE-FT's α and the
-# new classes' logit offset (workflows/offset.py)
-CHOSEN = ("wise_alpha", "new_offset")
+# new classes' logit offset (workflows/offset.py), with finetune.ema the arm or its EMA
+CHOSEN = ("wise_alpha", "new_offset", "candidate")
 
 
 def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
