@@ -1370,3 +1370,25 @@ def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_pa
     k, alpha = best_candidate(Gate((Limit("old", "mse", "max", ema),)), trial, (-1, -1))
     point = next(w for w in trial["arms"][1]["wise"] if w["alpha"] == alpha)
     assert (t["old"], t["new"]) == (point["val"]["old"]["mse"], point["val"]["new"]["mse"])
+
+
+def test_a_relative_out_and_base_are_recorded_as_absolute_paths(base, tmp_path):
+    """`--out run --base ../base.safetensors` from another directory: the study report's base,
+    trial folders, checkpoints and export (and the export's recorded source) are absolute, so
+    they resolve wherever the report is read from, never against the cwd it was written in."""
+    work = tmp_path / "work"
+    work.mkdir()
+    res = subprocess.run(cmd("search", "--base", os.path.relpath(base, work), "--recipe", "toy",
+                             "--trials", 1, "--out", "run", "--no-defaults", "--rungs", 0,
+                             *TINY), cwd=work, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((work / "run" / "report.json").read_text())
+    t = rep["trials"][0]
+    assert rep["base"] == str(base.resolve())
+    assert t["dir"] == str(work / "run" / "trials" / "trial-0000")
+    assert Path(t["checkpoint"]).is_absolute() and Path(t["checkpoint"]).is_file()
+    if rep["recommendation"] is not None:
+        assert rep["exported"] == str(work / "run" / "recommended" / "model.safetensors")
+        _, meta = ckpt.load_model(work / "run" / "recommended" / "model.safetensors")
+        assert meta["search"]["source"] == t["checkpoint"]

@@ -47,7 +47,7 @@ import os
 import signal
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +282,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     make_out(job.out)
+    job = replace(job, out=job.out.resolve())  # what the report records: never cwd-relative
     for n, again in reclaim_dead(study):  # kill -9: not counted, no wait for the heartbeat
         ui.log(f"trial {n} was left running by a worker that is gone: it is not counted and "
                + ("runs again first, from the start" if again else "not run again (it was "

@@ -144,7 +144,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     n_val = (seen.get(rec["number"]) or {}) if rec is not None else {}  # validation samples
     n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
-           "recipe": recipe.name, "base": str(job.base), "metrics": [prim["old"], prim["new"]],
+           "recipe": recipe.name, "base": str(job.base.resolve()),
+           "metrics": [prim["old"], prim["new"]],
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
            "new_offset": job.new_offset, "offset_with_alpha": job.new_offset and job.with_alpha,
            "trials": trials,
