@@ -1392,3 +1392,48 @@ def test_a_relative_out_and_base_are_recorded_as_absolute_paths(base, tmp_path):
         assert rep["exported"] == str(work / "run" / "recommended" / "model.safetensors")
         _, meta = ckpt.load_model(work / "run" / "recommended" / "model.safetensors")
         assert meta["search"]["source"] == t["checkpoint"]
+
+
+def test_a_rung_judges_the_weights_early_stopping_keeps(tmp_path):
+    """finetune.early_stop: the arm ends with its best evaluation's weights, so a rung judges
+    those (what the trial keeps if it ends now), not the current ones: evaluations at batches
+    3, 6, 9, 12 and a rung at batch 4 measure batch 3's weights (the one evaluation so far);
+    before, batch 4's, which the trial never reports."""
+    from goodfit_cli.trainer.job import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+    from goodfit_cli.workflows.pretrain import pretrain
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.recipes import load
+
+    recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
+                          "model.args.hidden=[16]", "finetune.steps=12", "eval.every=3",
+                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
+                          "finetune.early_stop.patience=5"])
+    pretrain(recipe, tmp_path / "b", Place(), Ui())
+    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
+    after, judged = {}, []
+
+    class Spy(PruneWatch):
+        def bind(self, model, evaluate, sizes, *anchor):
+            def measured(m):  # the weights each point of the curve is measured with
+                judged.append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
+                return evaluate(m)
+            super().bind(model, measured, sizes, *anchor)
+
+        def on_batch(self, batch):
+            self.batch = batch
+            after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            super().on_batch(batch)
+
+    def watch(label):
+        return Spy(trial, Halving(startup=1), tmp_path / "ft", None,
+                   {"old": "mse", "new": "mse"}, -1)
+
+    finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
+                         ["adamw"], wise=False), Place(), Ui(events_for=watch))
+    raw = judged[9::10]  # α = 1: the 10th point of each rung's curve
+    assert [b for b, _ in raw] == [2, 4]
+    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert same(raw[0][1], after[2])  # no evaluation yet: the weights it would end with
+    assert same(raw[1][1], after[3]) and not same(raw[1][1], after[4])

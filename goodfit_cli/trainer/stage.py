@@ -32,7 +32,6 @@ from goodfit_cli.trainer.runcheck import claim_stage, state_identity
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import (
     arm_training,
-    at_anchor,
     build_optimizer,
     build_scheduler,
     cycle_length,
@@ -41,7 +40,7 @@ from goodfit_cli.training import (
     stage_for_arm,
     whole_cycles,
 )
-from goodfit_cli.training.callbacks import Ema, load_states
+from goodfit_cli.training.callbacks import Ema, end_weights, load_states
 
 # what workflows and tests import from here
 __all__ = ["Log", "StageJob", "Ui", "quiet", "run_stage", "saved_callbacks", "total_batches"]
@@ -116,7 +115,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
         watch.bind(model, lambda m: with_loss(*s.evaluate(m, True, split="val")),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")},
-                   lambda: at_anchor(optimizer))  # never GoodFit's displaced weights
+                   lambda: end_weights(model, optimizer, callbacks))  # what it would end
+    # with now: early stopping's best, else the anchor (never GoodFit's displaced weights)
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)

@@ -11,7 +11,8 @@ The protocol (the hooks, `states`, `load_states`) is core/callbacks.py.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -133,5 +134,25 @@ class EarlyStopping(Callback):
         self.best = state["best"]
 
 
-__all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "load_states",
-           "states"]
+@contextlib.contextmanager
+def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
+                callbacks: list[Callback]) -> Iterator[None]:
+    """Inside: the model holds the weights the run would end with if it ended now: early
+    stopping's best evaluation's (EarlyStopping.on_end puts them in the model), else the
+    weights at the anchor (training/cycles.py); the model's own weights are back after it."""
+    best = next((c.best for c in callbacks if isinstance(c, EarlyStopping)
+                 and c.best is not None), None)
+    if best is None:
+        with at_anchor(optimizer):
+            yield
+        return
+    now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best)
+    try:
+        yield
+    finally:
+        model.load_state_dict(now)
+
+
+__all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "end_weights",
+           "load_states", "states"]

@@ -131,8 +131,9 @@ class PruneWatch:
              anchor: Callable[[], Any] = contextlib.nullcontext) -> None:
         """Called before training, the model holding the base's weights: `evaluate(model)` its
         validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples,
-        `anchor()` a context inside which the model holds the weights a rung judges (GoodFit's
-        anchor: mid-cycle the model holds displaced weights no one ships)."""
+        `anchor()` a context inside which the model holds the weights a rung judges, those the
+        trial would end with now (early stopping's best evaluation's; GoodFit's anchor: mid-cycle
+        the model holds displaced weights no one ships)."""
         self.model, self.evaluate, self.sizes, self.anchor = model, evaluate, sizes, anchor
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
