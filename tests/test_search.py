@@ -1437,3 +1437,22 @@ def test_a_rung_judges_the_weights_early_stopping_keeps(tmp_path):
     same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert same(raw[0][1], after[2])  # no evaluation yet: the weights it would end with
     assert same(raw[1][1], after[3]) and not same(raw[1][1], after[4])
+
+
+def test_a_rejudged_trial_whose_checkpoint_is_gone_is_one_line(base, tmp_path):
+    """A study re-run under another gate chooses each trial's point again from its arm's
+    checkpoint: one deleted since is named in one line with exit 2, never an internal error."""
+    out = tmp_path / "run"
+    args = ("search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", out,
+            "--no-defaults", "--rungs", 0, *TINY)
+    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    arm = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())["arms"][0]
+    gone = out / "trials" / "trial-0000" / arm_dirname(arm["name"]) / "model.safetensors"
+    gone.unlink()
+    res = subprocess.run(cmd(*args, "--max-old-drop", "0.3"), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    said = (res.stdout + res.stderr).strip().splitlines()
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert said[-1].startswith(f"error: {gone}: not found") and "internal error" not in said[-1]

@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write, sha256_file
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.trials import best_candidate
@@ -114,6 +115,10 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
     passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
     cand = rep["arms"][k]["name"]
     arm_dir = folder / arm_dirname(cand)
+    if not (arm_dir / "model.safetensors").is_file():  # its point is chosen from it
+        raise UserError(f"{arm_dir / 'model.safetensors'}: not found, the checkpoint trial "
+                        f"{trial.number} was trained into; the study folder was changed after "
+                        "the trial: restore it, or start a new --out")
     stored = trial.user_attrs.get("wise_alpha", 1.0)
     was_cand = trial.user_attrs.get("candidate", cand if len(rep["arms"]) < 2 else None)
     if alpha == stored and not new_offset and cand == was_cand:  # its stored views stand
