@@ -1456,3 +1456,47 @@ def test_a_rejudged_trial_whose_checkpoint_is_gone_is_one_line(base, tmp_path):
     said = (res.stdout + res.stderr).strip().splitlines()
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert said[-1].startswith(f"error: {gone}: not found") and "internal error" not in said[-1]
+
+
+def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
+    """A gate on the old task's flip rate (--max-nfr): each rung point's evaluation counts its
+    flips against the base's validation predictions, so a loose limit (nfr <= 1) passes there
+    as in the search; before, no rung point had flips and each failed it alike."""
+    import numpy as np
+
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.trainer.job import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+    from goodfit_cli.workflows.pretrain import pretrain
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch, value_of
+    from goodfit_cli.workflows.recipes import load
+    from runs import npz_task
+
+    rng = np.random.default_rng(0)
+
+    def split(n, classes):
+        y = rng.choice(classes, n).astype(np.int64)
+        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
+
+    path = npz_task(tmp_path, {"tr": split(64, [0, 1]), "va": split(32, [0, 1]),
+                               "te": split(32, [0, 1]), "ntr": split(64, [2]),
+                               "nva": split(32, [2]), "nte": split(32, [2])},
+                    finetune_steps=12)
+    recipe = load(str(path), [])
+    pretrain(recipe, tmp_path / "b", Place(), Ui())
+    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
+    gate, prim, seen = Gate((Limit("old", "nfr", "max", 1.0),)), recipe.primary, []
+
+    class Spy(PruneWatch):
+        def bind(self, model, evaluate, sizes, *anchor):
+            super().bind(model, lambda m: seen.append(evaluate(m)) or seen[-1], sizes, *anchor)
+
+    finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
+                         ["adamw"], wise=False), Place(),
+             Ui(events_for=lambda label: Spy(trial, Halving(startup=1), tmp_path / "ft", gate,
+                                             prim, 1)))
+    assert len(seen) == 20  # two rungs of 10 points
+    base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
+    assert all(p["flips"]["old"]["n"] == 32 for p in seen)
+    assert all(value_of(p, base, gate, prim, 1)[0] == 0 for p in seen)

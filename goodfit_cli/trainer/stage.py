@@ -25,6 +25,7 @@ from goodfit_cli.data.sources import source_of
 from goodfit_cli.engine import LoopConfig, LoopState, batches_per_epoch, train
 from goodfit_cli.io.rundir import RunResult, devices_used, newest_state, read_jsonl, state_files
 from goodfit_cli.objectives import direction
+from goodfit_cli.report.verdict import point_measure
 from goodfit_cli.trainer.finish import ema_job, ema_records, finish
 from goodfit_cli.trainer.hooks import Recording, StageHooks, callbacks_for, saved_callbacks
 from goodfit_cli.trainer.job import Log, Ran, StageJob, Ui, quiet
@@ -72,6 +73,20 @@ def with_loss(metrics: dict, preds: dict) -> dict:
     return out
 
 
+def rung_evaluation(s: Session, base: nn.Module, flips: bool) -> Any:
+    """A model's validation metrics (`with_loss`) for the search's rungs; with `flips` (a gate
+    on flip rates), each task's flips against `base`'s predictions (evaluated now, before
+    training), which a rung's gate reads as the search does (without them every point failed
+    a flip-rate limit alike)."""
+    at_base = s.evaluate(base, True, split="val")[1] if flips else None
+
+    def evaluate(m: nn.Module) -> dict:
+        metrics, preds = s.evaluate(m, True, split="val")
+        return with_loss(metrics, preds) | (
+            {"flips": point_measure(at_base, preds, s.kinds)[0]} if flips else {})
+    return evaluate
+
+
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1, world: int = 1) -> int:
     """Optimizer steps in the budget (an epoch is n samples in steps of batch_size x accumulate,
     each split over `world` ranks)."""
@@ -113,7 +128,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loss, arm_callbacks = built.loss, list(built.callbacks)
     watch = ui.events(arm.name) if main_rank else None
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
-        watch.bind(model, lambda m: with_loss(*s.evaluate(m, True, split="val")),
+        watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False)),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")},
                    lambda: end_weights(model, optimizer, callbacks))  # what it would end
     # with now: early stopping's best, else the anchor (never GoodFit's displaced weights)

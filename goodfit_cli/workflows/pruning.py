@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from goodfit_cli.report.gate import Gate, evaluate_gate
+from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
 from goodfit_cli.workflows.budget import Budget, claim, held
@@ -126,6 +126,8 @@ class PruneWatch:
         self.total = 0
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
+        # the rungs' evaluations count flips against the base (trainer/stage.py rung_evaluation)
+        self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
              anchor: Callable[[], Any] = contextlib.nullcontext) -> None:
