@@ -35,6 +35,10 @@ batches toward the study's compute. With a budget (workflows/budget.py), a trial
 first rung claims the rest of itself, and is pruned there when the budget left cannot cover it. The base is the model as bound, after the arm set it up
 (LoRA: its adapters at their start, so the curve interpolates the adapters, a proxy of the
 merged weights' curve); weights whose names or shapes differ from it are judged raw (α = 1).
+The weights judged are those the trial would end with now: with finetune.early_stop, its best
+evaluation's so far (training/callbacks.py end_weights). With finetune.ema the trial's point may
+be its '<arm>+ema' (report/trials.py best_candidate), which a rung does not measure: the arm's
+own curve stands for it there.
 """
 
 from __future__ import annotations
