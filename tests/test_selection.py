@@ -553,3 +553,19 @@ def test_a_line_is_said_once_within_a_command():
         with measured_once():  # nested: the outer block's
             assert not first_time("b")
     assert first_time("a")
+
+
+def test_the_verdicts_noise_reads_the_runs_validation_counts_without_stored_flips():
+    """Close calls and floor slack need each task's validation sample count; a regression task
+    (motion's miss rates) stores no flips, so the run's validation record gives it (before:
+    read from flips alone, they were silently left out on regression tasks)."""
+    rep = _report({"plain": ((0.86, 0.60), (0.87, 0.58), []),
+                   "careful": ((0.87, 0.59), (0.86, 0.52), [])})
+    floor = Gate((Limit("old", "accuracy", "min", 0.85),))
+    assert verdict(rep, floor)["ship"]["close_calls"] is None  # no count anywhere: said so
+    rep["provenance"] = {"validation": {"old": {"source": "given", "val": 200},
+                                        "new": {"source": "given", "val": 100}}}
+    ship = verdict(rep, floor)["ship"]
+    assert ship["name"] == "plain" and ship["close_calls"]["n"] == 100
+    assert ship["close_calls"]["names"] == ["careful"]  # 0.59 is within one se (0.049) of 0.60
+    assert [s["n"] for s in ship["floor_slack"]] == [200]

@@ -241,9 +241,11 @@ def _close_calls(report: dict, best: dict, ok: list[dict], pn: str) -> dict | No
 
 
 def _val_count(report: dict, task: str) -> int | None:
-    """The task's validation sample count, from the first arm that stored one (its flips)."""
-    return next((k for k in (sizes(a.get("validation") or {}).get(task) for a in report["arms"])
-                 if k), None)
+    """The task's validation sample count: the run's validation record's (a regression task
+    stores no flips), else the first arm's that stored one (its flips: an older report)."""
+    recorded = split_counts((report.get("provenance") or {}).get("validation")).get(task)
+    return recorded or next((k for k in (sizes(a.get("validation") or {}).get(task)
+                                         for a in report["arms"]) if k), None)
 
 
 def _point(p: tuple[float, float] | None) -> dict | None:
