@@ -353,6 +353,53 @@ def test_a_classlabel_in_another_order_keeps_the_bases_ids(vit, tmp_path):
     assert tasks["old"].label_names == ["cat", "dog", "bird", "fox", "owl"]
 
 
+def image_folders(root: Path, classes: dict[str, list[str]]) -> None:
+    """`root/<split>/<class>/<i>.png`: two random 8x8 images per class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, names in classes.items():
+        for c in names:
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i}.png")
+
+
+def test_image_folders_keep_the_ids_of_the_classes_the_base_names(vit, tmp_path):
+    """The ViT base's label2id is cat 0, dog 1, bird 2; the folders bird, cat, dog were numbered
+    in name order (bird 0: the base's cat row scored bird images, and the exported id2label said
+    bird, silently). A --base naming its classes sets labels_from: cat stays 0, bird 2, the new
+    fox, owl follow; folders bearing none of its names are refused (labels_from: null numbers
+    them in order); a timm folder's label_names count as names too."""
+    import timm
+
+    image_folders(tmp_path, {"old_train": ["bird", "cat", "dog"], "old_test": ["bird", "cat",
+                             "dog"], "new_train": ["fox", "owl"], "new_test": ["fox", "owl"]})
+    recipe = parse_recipe(RECIPE.format(name="r", data="imagefolder", ext="x").replace(
+        ".x", ""), str(tmp_path / "r.yaml"))
+    adopt_base_inputs(recipe, vit)
+    assert recipe.data.args["labels_from"] == str(vit.resolve())
+    tasks = build_data("imagefolder", recipe.data.args, seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].label_names == ["cat", "dog", "bird", "fox", "owl"]
+    assert tasks["old"].test.y.tolist() == [2, 2, 0, 0, 1, 1]  # bird, cat, dog folders
+    assert tasks["new"].test.y.tolist() == [3, 3, 4, 4] and tasks["old"].classes == [2, 0, 1]
+    plain = {**recipe.data.args, "old": {"train": "new_train", "test": "new_test"}}
+    with pytest.raises(UserError, match=r"labels_from: .*no old class folder \(fox, owl\)"):
+        build_data("imagefolder", plain, seed=0, data_dir=str(tmp_path))
+    tasks = build_data("imagefolder", {**plain, "labels_from": None}, seed=0,
+                       data_dir=str(tmp_path))
+    assert tasks["old"].label_names[:2] == ["fox", "owl"]
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=3), str(tmp_path / "t"),
+                            model_config={"label_names": ["dog", "bird", "cat"]},
+                            safe_serialization=True)
+    recipe = parse_recipe(RECIPE.format(name="r", data="imagefolder", ext="x").replace(
+        ".x", ""), str(tmp_path / "r.yaml"))
+    adopt_base_inputs(recipe, tmp_path / "t")
+    tasks = build_data("imagefolder", recipe.data.args, seed=0, data_dir=str(tmp_path))
+    assert tasks["old"].label_names == ["dog", "bird", "cat", "fox", "owl"]
+
+
 def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped(tmp_path):
     """An Array2D(uint16) image column (rows decoded as Python lists) and a numpy-formatted one
     are read by their top 8 bits (257 * v -> v), as a 16-bit image file is, never modulo 256

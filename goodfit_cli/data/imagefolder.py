@@ -8,8 +8,10 @@ split the session streams (data/stream.py), read image by image (data/imagestrea
 `augment` applies timm's training transform; the loop normalises them with `to_model_input`.
 
 Class ids are global: the old task's classes first (its `classes` list, else its train split's
-folder names in natural order), then the new task's classes that are not old ones. A task's
-`classes` list selects folders by name (or by their position as integer ids).
+folder names in natural order), then the new task's classes that are not old ones; a model
+folder that names its classes (`labels_from`, which a --base naming them sets: config.json's
+label2id, timm's label_names) gives its names their ids first, so a base's classes keep their
+head rows. A task's `classes` list selects folders by name (or by their position as integer ids).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagestream import ImageSamples, train_transform
 from goodfit_cli.data.paths import task_paths
+from goodfit_cli.data.text import known_from
 
 
 def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
@@ -174,12 +177,33 @@ def _selected(name: str, spec: Mapping[str, Any], found: list[str]) -> list[str]
     return out
 
 
+def _class_ids(names: dict[str, list[str]], known: Mapping[str, int],
+               labels_from: Any) -> dict[str, int]:
+    """{class name: global id}: the `known` names (a model folder's) keep their ids, the old
+    task's other classes follow, then the new task's. Known names none of the old task's
+    folders bear would leave every old class on a row the base never trained: refused."""
+    old = names["old"]
+    if known and not any(c in known for c in old):
+        shown = ", ".join(list(known)[:5]) + (", ..." if len(known) > 5 else "")
+        raise ArgError("labels_from", f"{labels_from} names its classes ({shown}) and no old "
+                       f"class folder ({', '.join(old[:5])}) is one of them, so the old task "
+                       "would be measured on rows the base never trained; rename the folders "
+                       "to the base's class names, or set data.args.labels_from: null to number "
+                       "the folders in order")
+    ids = dict(known)
+    for c in old + names["new"]:
+        if c not in ids:
+            ids[c] = max(ids.values(), default=-1) + 1
+    return ids
+
+
 def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: Any = None,
                 interpolation: str = "bilinear", augment: Any = None,
-                crop_pct: float = 1.0) -> dict[str, Task]:
+                crop_pct: float = 1.0, labels_from: str | None = None) -> dict[str, Task]:
     """Old and new tasks from image folders or tar shards; `size` resizes (the short side to
     size / crop_pct) and centre-crops; `augment` (timm's training transform) applies to
-    training splits in the streaming loader."""
+    training splits in the streaming loader; `labels_from`: a model folder whose class names
+    keep their ids."""
     hw = image_size(size)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
             not 0 < crop_pct <= 1:
@@ -195,8 +219,9 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
     read: dict[tuple, Any] = {}  # a folder two tasks name alike (a base's pretrain): read once
     names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])))
              for t, spec in (("old", old), ("new", new))}
-    order = names["old"] + [c for c in names["new"] if c not in names["old"]]
-    ids = {c: i for i, c in enumerate(order)}
+    ids = _class_ids(names, known_from(labels_from, ctx.data_dir, None), labels_from)
+    by_id = {i: c for c, i in ids.items()}
+    order = [by_id.get(i, f"LABEL_{i}") for i in range(max(ids.values()) + 1)]
     tasks = {}
     for t in ("old", "new"):
         splits, test_ids = {}, None

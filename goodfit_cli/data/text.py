@@ -72,15 +72,24 @@ def read_columns(path: str, key: str) -> dict[str, list[Any]]:
 
 
 def known_labels(folder: Path) -> dict[str, int]:
-    """The class names a model folder's config.json gives (label2id), unless they are
-    transformers' placeholders (LABEL_0, ...); none when the folder has no config.json (a
-    tokenizer saved on its own: its weights are never needed here)."""
+    """The class names a model folder's config.json gives (label2id; timm's label_names),
+    unless they are transformers' placeholders (LABEL_0, ...); none when the folder has no
+    config.json (a tokenizer saved on its own: its weights are never needed here)."""
     path = folder / CONFIG
     try:
         config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path}: cannot read it as JSON ({e})") from None
-    label2id = config.get("label2id") if isinstance(config, dict) else None
+    config = config if isinstance(config, dict) else {}
+    label2id = config.get("label2id")
+    if label2id is None:  # timm's save_for_hf: label_names, a list or {id: name}
+        names = config.get("label_names")
+        names = dict(enumerate(names)) if isinstance(names, list) else names
+        try:
+            label2id = {str(v): int(k) for k, v in names.items()} if isinstance(
+                names, dict) else None
+        except (TypeError, ValueError):
+            label2id = None
     if not isinstance(label2id, dict) or not all(isinstance(v, int) for v in label2id.values()):
         return {}
     if all(_DEFAULT_LABEL.fullmatch(str(k)) for k in label2id):

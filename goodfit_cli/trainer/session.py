@@ -243,6 +243,7 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
 GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct"),
                      "hf_disk": ("size", "interpolation")}
 TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
+LABELLED_DATASETS = ("text", "hf_disk", "imagefolder")  # ... and a base naming its classes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's
 
@@ -277,16 +278,17 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     """What a base folder says of its inputs, written into the recipe's data args that the
     recipe leaves unset (the recipe as run, recipe.yaml, then says them): an image dataset's
     size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
-    text dataset's tokenizer (the folder itself). Returns {arg: value} taken, or None."""
+    text dataset's tokenizer (the folder itself), a labelled dataset's `labels_from` (the
+    folder, when it names its classes). Returns {arg: value} taken, or None."""
     keys = GEOMETRY_DATASETS.get(recipe.data.name, ())
-    if not keys and recipe.data.name not in TOKENIZED_DATASETS:
+    if not keys and recipe.data.name not in LABELLED_DATASETS:
         return None
     files = resolve_base(Path(base))
     found = {k: v for k, v in _geometry(files).items() if k in keys}
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
-    if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
+    if (recipe.data.name in LABELLED_DATASETS and files.folder is not None
             and known_labels(files.folder)):  # its classes keep their head rows
         found["labels_from"] = str(files.folder.resolve())
     args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
