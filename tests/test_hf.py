@@ -204,7 +204,8 @@ def test_text_is_tokenised_by_the_folders_tokenizer_with_its_label_ids(bert, tmp
     widths = {t.x["input_ids"].shape[1] for task in tasks.values() for t in (task.train, task.test)}
     assert widths == {9}  # the longest text: 9 words, one token each
     assert old.preprocessing == {"tokenizer": str(bert), "max_length": 12, "padding": "longest",
-                                 "truncation": True, "length": 9, "truncated": 0, "text": "text"}
+                                 "truncation": True, "length": 9, "truncated": 0, "pad_token_id": 0,
+                                 "text": "text"}
     cut = build_data("text", text_args(tmp_path, tokenizer=str(bert), max_length=4),
                      seed=0, data_dir=str(tmp_path))
     assert cut["old"].train.x["input_ids"].shape[1] == 4 and cut["old"].preprocessing["truncated"] > 0
@@ -274,6 +275,43 @@ def test_a_tokenizer_saved_on_its_own_reads_text_with_the_bases_label_ids(bert, 
     assert first["label"] == "pos" and tasks["old"].train.y[0] == 1
     assert tasks["new"].label_names == ["neg", "pos", "sport", "news"]
     assert tasks["old"].preprocessing["tokenizer"] == str(tmp_path / "tok")
+
+
+def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
+    """GPT2ForSequenceClassification reads each text's last token that is not the config's
+    pad_token_id; a config saying 0 (<eos>) while the tokenizer pads with 2 (<pad>) read the
+    padding at the end of every text, silently. Refused in one line naming config.json and both
+    ids; with the ids alike the model is built and run.json's preprocessing says the id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
+
+    vocab = {w: i for i, w in enumerate(["<eos>", "<unk>", "<pad>"] + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
+                                                eos_token="<eos>", unk_token="<unk>")
+    text_jsonl(tmp_path)
+    for pad in (0, 2):
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=1, n_head=2,
+                                      n_positions=32, num_labels=2, pad_token_id=pad,
+                                      id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1})
+        folder = tmp_path / f"gpt{pad}"
+        transformers.GPT2ForSequenceClassification(cfg).save_pretrained(folder)
+        fast.save_pretrained(folder)
+        recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                              str(tmp_path / "r.yaml"), ["data.args.max_length=12"])
+        adopt_base_inputs(recipe, folder)
+        s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
+        adopt_base_model(recipe, folder, s.tasks)
+        if pad == 0:
+            with pytest.raises(UserError, match=r"gpt0/config.json: pad_token_id is 0 but the "
+                               r"tokenizer .* pads the texts with id 2"):
+                s.model()
+        else:
+            assert s.model().config.pad_token_id == 2
+            assert s.tasks["old"].preprocessing["pad_token_id"] == 2
 
 
 def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
@@ -598,7 +636,7 @@ def test_cli_finetunes_a_bert_folder_on_text_with_replay_streaming_on_two_proces
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["preprocessing"] == {"tokenizer": str(bert.resolve()), "max_length": 12,
                                     "padding": "max_length", "truncation": True, "length": 12,
-                                    "truncated": 0, "text": "text"}
+                                    "truncated": 0, "pad_token_id": 0, "text": "text"}
     summary = json.loads((tmp_path / "run" / "adamw" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["replay"]["old_per_batch"] == 2
     hf_dir = tmp_path / "run" / "adamw" / "hf"

@@ -13,8 +13,8 @@ relative one read against the data folder, as the data paths are; recorded absol
 Labels are read as the table dataset reads them (data/table.py); names keep the ids the
 folder's config.json gives them (`label2id`; `labels_from`'s, which a --base naming its classes
 sets, else the tokenizer folder's), so a base's classes stay its classes, and new names
-follow. What was done (tokenizer, max_length, padding, truncation, length, truncated texts) is
-the task's `preprocessing`, recorded in run.json.
+follow. What was done (tokenizer, max_length, padding, truncation, length, truncated texts, the
+padding token's id) is the task's `preprocessing`, recorded in run.json.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ class Tokenising:
         cut = sum(n > size for ls in lengths.values() for n in ls)
         return out, {"tokenizer": str(self.folder), "max_length": self.max_length,
                      "padding": self.padding, "truncation": self.truncation, "length": size,
-                     "truncated": int(cut)}
+                     "truncated": int(cut), "pad_token_id": self.tok.pad_token_id}
 
 
 def texts_of(values: Sequence[Any], path: str, key: str, column: str) -> list[str]:

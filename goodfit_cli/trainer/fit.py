@@ -5,6 +5,8 @@ its loss their targets: one training loss is computed (no gradient, eval mode) o
 sample and on the sample with the largest target of each split, so a label at or above the
 model's outputs, a feature width the model does not take, or uint8 images fed to an MLP is one
 UserError naming the recipe's data and model, instead of an internal error or a "diverged" run.
+A transformers model must take the tokenizer's padding id as its own (config.json
+`pad_token_id`): a GPT-2-style classifier reads each text's last token that is not it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import batch as B
 from goodfit_cli.data.base import Split
+from goodfit_cli.models.hf import SOURCE, is_transformers
 
 
 def _probe(split: Split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +33,7 @@ def check_fits(model: nn.Module, session) -> None:
     """Raise one UserError line when the session's data and `model` do not fit."""
     recipe = session.recipe
     where = f"{recipe.at('data')} and {recipe.at('model')}"
+    _check_padding(model, session)
     was_training = model.training
     model.train(False)
     try:
@@ -55,6 +59,23 @@ def check_fits(model: nn.Module, session) -> None:
                     raise UserError(f"{where}: the {name} task's loss is not a scalar")
     finally:
         model.train(was_training)
+
+
+def _check_padding(model: nn.Module, session) -> None:
+    """The texts are padded with the id the transformers model takes for padding."""
+    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
+    if not is_transformers(model) or pad is None:
+        return
+    for task in session.tasks.values():
+        fed = (task.preprocessing or {}).get("pad_token_id")
+        if isinstance(fed, int) and fed != pad:
+            arch = type(model).__name__
+            raise UserError(f"{getattr(model, SOURCE)}/config.json: pad_token_id is {pad} but "
+                            f"the tokenizer {task.preprocessing.get('tokenizer')} pads the "
+                            f"texts with id {fed}: {arch} takes id {pad} for padding (a "
+                            "GPT-2-style classifier reads each text's last token that is not "
+                            f"it), so it would read padding as text; set \"pad_token_id\": "
+                            f"{fed} in config.json, or give the tokenizer that padding token")
 
 
 def _outputs_hint(session, task: str, top: int) -> str:
