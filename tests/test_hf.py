@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from goodfit_cli.cli.app import app
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
-from goodfit_cli.data.inputs import from_config
+from goodfit_cli.data.inputs import from_config, geometry
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.from_config import spec_from_config
@@ -436,6 +436,42 @@ def test_image_folders_keep_the_ids_of_the_classes_the_base_names(vit, tmp_path)
     adopt_base_inputs(recipe, tmp_path / "t")
     tasks = build_data("imagefolder", recipe.data.args, seed=0, data_dir=str(tmp_path))
     assert tasks["old"].label_names == ["dog", "bird", "cat", "fox", "owl"]
+
+
+def test_image_folders_are_resized_and_cropped_as_the_bases_image_processor_does(vit, tmp_path):
+    """A transformers image processor resizes to exactly (height, width), the aspect not kept,
+    and DeiT's then centre-crops to crop_size; imagefolder resized the short side and cropped
+    the centre (a 24x40 image lost its sides) and fed DeiT its 40x40 resize uncropped (refused
+    as not fitting a 32x32 model). The adopted args now give the processor's own pixels (to
+    one level: PIL and torch round apart)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split in ("old_train", "old_test", "new_train", "new_test"):
+        for c in (["bird", "cat", "dog"] if split.startswith("old") else ["fox"]):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)).save(
+                tmp_path / split / c / "0.png")
+    deit = tmp_path / "deit"  # the ViT's files with DeiT's processor: only it is read here
+    deit.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (deit / name).write_bytes((vit / name).read_bytes())
+    transformers.DeiTImageProcessor(size={"height": 40, "width": 40}, resample=3,
+                                    crop_size={"height": 32, "width": 32}).save_pretrained(deit)
+    for base, proc in ((vit, transformers.ViTImageProcessor.from_pretrained(vit)),
+                       (deit, transformers.DeiTImageProcessor.from_pretrained(deit))):
+        recipe = parse_recipe(RECIPE.format(name="r", data="imagefolder", ext="x").replace(
+            ".x", ""), str(tmp_path / "r.yaml"))
+        adopt_base_inputs(recipe, base)
+        test = build_data("imagefolder", recipe.data.args, seed=0,
+                          data_dir=str(tmp_path))["old"].test.x
+        theirs = proc([Image.open(tmp_path / "old_test" / c / "0.png") for c in
+                       ("bird", "cat", "dog")], do_rescale=False, do_normalize=False,
+                      return_tensors="pt")["pixel_values"]
+        assert test.shape == (3, 32, 32, 3)
+        assert (test.permute(0, 3, 1, 2).float() - theirs).abs().max() <= 1, base  # rounding
+    assert geometry({"pretrained_cfg": {"crop_mode": "squash"}}, None) == {"crop_mode": "squash"}
+    assert geometry({"pretrained_cfg": {"crop_mode": "center"}}, None) == {}  # timm's default
 
 
 def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped(tmp_path):

@@ -25,12 +25,13 @@ import numpy as np
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagestream import ImageSamples, train_transform
+from goodfit_cli.data.inputs import CROP_MODES
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.text import known_from
 
 
 def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
-          crop_pct: float = 1.0):
+          crop_pct: float = 1.0, crop_mode: str | None = None):
     """timm's dataset over `path`, the empty class folders checked, with the eval transform."""
     from timm.data import (  # deferred: timm imports slowly
         create_dataset,
@@ -59,6 +60,7 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
         raise ArgError(key, f"{path} holds no images (class-per-folder: {path}/<class>/<image>)")
     if size is not None:
         ds.transform = create_transform((3, *size), is_training=False, crop_pct=crop_pct,
+                                        crop_mode=crop_mode,
                                         interpolation=interpolation, normalize=False)
     return ds
 
@@ -199,21 +201,26 @@ def _class_ids(names: dict[str, list[str]], known: Mapping[str, int],
 
 def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: Any = None,
                 interpolation: str = "bilinear", augment: Any = None,
-                crop_pct: float = 1.0, labels_from: str | None = None) -> dict[str, Task]:
+                crop_pct: float = 1.0, labels_from: str | None = None,
+                crop_mode: str | None = None) -> dict[str, Task]:
     """Old and new tasks from image folders or tar shards; `size` resizes (the short side to
     size / crop_pct) and centre-crops; `augment` (timm's training transform) applies to
     training splits in the streaming loader; `labels_from`: a model folder whose class names
-    keep their ids."""
+    keep their ids; `crop_mode`: timm's eval crop (center, the default; squash: both sides to
+    size / crop_pct, the aspect not kept; border)."""
     hw = image_size(size)
     if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
             not 0 < crop_pct <= 1:
         raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")
+    if crop_mode is not None and crop_mode not in CROP_MODES:
+        raise ArgError("crop_mode", f"expected one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
     augmenting = train_transform(augment, hw, interpolation)
     opened: dict[str, dict[str, Any]] = {}
     where: dict[tuple[str, str], str] = {}  # (task, split): its path
     for name, spec in (("old", old), ("new", new)):
         paths = task_paths(name, spec, ctx, "a class-per-folder directory or a .tar shard")
-        opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation, crop_pct)
+        opened[name] = {split: _open(path, f"{name}.{split}", hw, interpolation, crop_pct,
+                                     crop_mode)
                         for split, path in paths.items()}
         where.update({(name, split): str(path) for split, path in paths.items()})
     read: dict[tuple, Any] = {}  # a folder two tasks name alike (a base's pretrain): read once

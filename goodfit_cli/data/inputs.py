@@ -139,6 +139,54 @@ def from_config(config: dict[str, Any] | None,
     return None
 
 
+# PIL's resampling numbers, as a transformers processor's `resample` gives them
+RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+CROP_MODES = ("center", "squash", "border")  # timm's eval transform's crop_mode
+
+
+def _hw(size: Any) -> tuple[int, int] | None:
+    """A transformers processor's {"height": H, "width": W} as (H, W); None for another form."""
+    if isinstance(size, dict) and all(isinstance(size.get(k), int) and size[k] > 0
+                                      for k in ("height", "width")):
+        return size["height"], size["width"]
+    return None
+
+
+def geometry(config: dict[str, Any] | None, processor: dict[str, Any] | None,
+             crops: bool = True) -> dict[str, Any]:
+    """Input size, interpolation and crop of a model folder: timm's `pretrained_cfg` in
+    config.json (a crop_mode other than centre), else a transformers image processor
+    (preprocessor_config.json): resized to exactly (height, width), the aspect not kept (timm's
+    crop_mode squash), then, with `do_center_crop` and `crops` (a dataset that takes crop_pct),
+    centre-cropped to `crop_size` (size: the crop, crop_pct: its share)."""
+    found: dict[str, Any] = {}
+    cfg = (config or {}).get("pretrained_cfg")
+    if isinstance(cfg, dict):
+        size = cfg.get("input_size")
+        if isinstance(size, (list, tuple)) and len(size) == 3 and all(
+                isinstance(v, int) and v > 0 for v in size):
+            found["size"] = [int(size[1]), int(size[2])]
+        if isinstance(cfg.get("interpolation"), str):
+            found["interpolation"] = cfg["interpolation"]
+        pct = cfg.get("crop_pct")
+        if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
+            found["crop_pct"] = float(pct)
+        if cfg.get("crop_mode") in CROP_MODES[1:]:
+            found["crop_mode"] = cfg["crop_mode"]
+    elif isinstance(processor, dict):
+        size, crop = _hw(processor.get("size")), _hw(processor.get("crop_size"))
+        if size is not None:
+            found["size"], found["crop_mode"] = list(size), "squash"
+            pct = crop[0] / size[0] if crop and crops and processor.get("do_center_crop") else 0
+            if 0 < pct < 1 and math.floor(crop[0] / pct) != size[0]:
+                pct = math.nextafter(pct, 0)  # timm resizes to floor(size / pct)
+            if 0 < pct < 1 and all(math.floor(c / pct) == s for c, s in zip(crop, size)):
+                found["size"], found["crop_pct"] = list(crop), pct  # timm: size / pct, crop
+        if processor.get("resample") in RESAMPLE:
+            found["interpolation"] = RESAMPLE[processor["resample"]]
+    return found
+
+
 def table_statistics(x: torch.Tensor, source: str = "old training split") -> InputSpec:
     """Per-column mean and std of float features (a constant column gets std 1: left centred)."""
     x = x.double()

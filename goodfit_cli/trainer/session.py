@@ -38,7 +38,15 @@ from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.batch import Inputs
-from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, recorded, spec_of
+from goodfit_cli.data.inputs import (
+    ATTR,
+    DEFAULT_IMAGE,
+    InputSpec,
+    from_config,
+    geometry,
+    recorded,
+    spec_of,
+)
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.overlap import shared
 from goodfit_cli.data.text import known_labels
@@ -240,38 +248,11 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
 
 
 # what a base folder may set in a dataset's args the recipe leaves unset
-GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct"),
+GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct", "crop_mode"),
                      "hf_disk": ("size", "interpolation")}
 TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
 LABELLED_DATASETS = ("text", "hf_disk", "imagefolder")  # ... and a base naming its classes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
-RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}  # PIL's
-
-
-def _geometry(files) -> dict[str, Any]:
-    """Input size, interpolation and crop of a model folder: timm's `pretrained_cfg` in
-    config.json, else a transformers image processor (preprocessor_config.json)."""
-    found: dict[str, Any] = {}
-    cfg = (files.config or {}).get("pretrained_cfg")
-    proc = files.processor
-    if isinstance(cfg, dict):
-        size = cfg.get("input_size")
-        if isinstance(size, (list, tuple)) and len(size) == 3 and all(
-                isinstance(v, int) and v > 0 for v in size):
-            found["size"] = [int(size[1]), int(size[2])]
-        if isinstance(cfg.get("interpolation"), str):
-            found["interpolation"] = cfg["interpolation"]
-        pct = cfg.get("crop_pct")
-        if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
-            found["crop_pct"] = float(pct)
-    elif isinstance(proc, dict):
-        size = proc.get("size")
-        if isinstance(size, dict) and all(isinstance(size.get(k), int) and size[k] > 0
-                                          for k in ("height", "width")):
-            found["size"] = [size["height"], size["width"]]
-        if proc.get("resample") in RESAMPLE:
-            found["interpolation"] = RESAMPLE[proc["resample"]]
-    return found
 
 
 def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
@@ -284,7 +265,8 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     if not keys and recipe.data.name not in LABELLED_DATASETS:
         return None
     files = resolve_base(Path(base))
-    found = {k: v for k, v in _geometry(files).items() if k in keys}
+    found = {k: v for k, v in geometry(files.config, files.processor,
+                                       crops="crop_pct" in keys).items() if k in keys}
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
