@@ -314,6 +314,24 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
             assert s.tasks["old"].preprocessing["pad_token_id"] == 2
 
 
+def test_texts_longer_than_the_models_positions_name_max_length(bert, tmp_path):
+    """The default max_length 128 on a BERT of 32 positions failed inside the model, said as
+    data not fitting with a hint that the labels need more outputs; it names
+    data.args.max_length and the config's max_position_embeddings."""
+    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
+
+    text_jsonl(tmp_path)
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                          str(tmp_path / "r.yaml"), ["data.args.max_length=40"])
+    adopt_base_inputs(recipe, bert)
+    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
+    adopt_base_model(recipe, bert, s.tasks)
+    with pytest.raises(UserError, match=r"r.yaml: data.args.max_length: the texts are 40 tokens "
+                       r"but .*config.json max_position_embeddings is 32") as e:
+        s.model()
+    assert "outputs" not in str(e.value)
+
+
 def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
     """A GPT-2 style tokenizer saved without a pad token: texts cannot be padded to one length,
     said in one line naming the folder (it was transformers' ValueError, an internal error)."""

@@ -6,7 +6,8 @@ sample and on the sample with the largest target of each split, so a label at or
 model's outputs, a feature width the model does not take, or uint8 images fed to an MLP is one
 UserError naming the recipe's data and model, instead of an internal error or a "diverged" run.
 A transformers model must take the tokenizer's padding id as its own (config.json
-`pad_token_id`): a GPT-2-style classifier reads each text's last token that is not it.
+`pad_token_id`): a GPT-2-style classifier reads each text's last token that is not it; one that
+fails on texts longer than its `max_position_embeddings` is told to lower max_length.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def check_fits(model: nn.Module, session) -> None:
     """Raise one UserError line when the session's data and `model` do not fit."""
     recipe = session.recipe
     where = f"{recipe.at('data')} and {recipe.at('model')}"
-    _check_padding(model, session)
+    _check_text(model, session)
     was_training = model.training
     model.train(False)
     try:
@@ -49,6 +50,8 @@ def check_fits(model: nn.Module, session) -> None:
                         loss = session.runners[name].loss(model, x, y)
                 except (RuntimeError, IndexError, ValueError, TypeError) as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                    if (long := _too_long(model, session, name)) is not None:
+                        raise UserError(f"{long} ({type(e).__name__}: {first})") from None
                     raise UserError(
                         f"{where}: the {name} task's {split_name} data (inputs "
                         f"{B.describe(split.x)}, "
@@ -61,14 +64,15 @@ def check_fits(model: nn.Module, session) -> None:
         model.train(was_training)
 
 
-def _check_padding(model: nn.Module, session) -> None:
-    """The texts are padded with the id the transformers model takes for padding."""
-    pad = getattr(getattr(model, "config", None), "pad_token_id", None)
-    if not is_transformers(model) or pad is None:
+def _check_text(model: nn.Module, session) -> None:
+    """The texts are no longer than the transformers model's positions and padded with the id
+    it takes for padding."""
+    if not is_transformers(model):
         return
+    pad = getattr(model.config, "pad_token_id", None)
     for task in session.tasks.values():
         fed = (task.preprocessing or {}).get("pad_token_id")
-        if isinstance(fed, int) and fed != pad:
+        if isinstance(fed, int) and pad is not None and fed != pad:
             arch = type(model).__name__
             raise UserError(f"{getattr(model, SOURCE)}/config.json: pad_token_id is {pad} but "
                             f"the tokenizer {task.preprocessing.get('tokenizer')} pads the "
@@ -76,6 +80,19 @@ def _check_padding(model: nn.Module, session) -> None:
                             "GPT-2-style classifier reads each text's last token that is not "
                             f"it), so it would read padding as text; set \"pad_token_id\": "
                             f"{fed} in config.json, or give the tokenizer that padding token")
+
+
+def _too_long(model: nn.Module, session, task: str) -> str | None:
+    """Why a transformers model failed on a task's texts when they are longer than its
+    config.json `max_position_embeddings` (relative positions may read longer: only then)."""
+    most = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    length = (session.tasks[task].preprocessing or {}).get("length")
+    if not is_transformers(model) or not isinstance(most, int) or not isinstance(length, int) \
+            or length <= most:
+        return None
+    return (f"{session.recipe.at('data.args.max_length')}: the texts are {length} tokens but "
+            f"{getattr(model, SOURCE)}/config.json max_position_embeddings is {most}, and the "
+            f"model fails on them; set data.args.max_length to {most} or less")
 
 
 def _outputs_hint(session, task: str, top: int) -> str:
