@@ -332,6 +332,27 @@ def test_texts_longer_than_the_models_positions_name_max_length(bert, tmp_path):
     assert "outputs" not in str(e.value)
 
 
+def test_what_a_measurement_rests_on_includes_the_transformers_config(tmp_path):
+    """compare reused an arm's stored metrics after the base folder's config.json changed what
+    the model computes (hidden_act gelu -> relu; same weights, data and recipe): measured_on
+    hashed the model's name and args (its folder's path), not its config."""
+    from goodfit_cli.trainer.measured import measured_on
+    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
+
+    folder = bert_folder(tmp_path / "bert")
+    text_jsonl(tmp_path)
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                          str(tmp_path / "r.yaml"), ["data.args.max_length=12"])
+    adopt_base_inputs(recipe, folder)
+    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
+    adopt_base_model(recipe, folder, s.tasks)
+    first = measured_on(s, s.model())
+    assert measured_on(s, s.model()) == first  # built again: the same
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    assert measured_on(s, s.model()) != first
+
+
 def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
     """A GPT-2 style tokenizer saved without a pad token: texts cannot be padded to one length,
     said in one line naming the folder (it was transformers' ValueError, an internal error)."""

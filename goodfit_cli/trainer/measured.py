@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.data.inputs import recorded
+from goodfit_cli.models import unwrap
 from goodfit_cli.trainer.session import Loaded, Session, folder_of, kept_data
 
 Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
@@ -143,7 +144,8 @@ def _digest(s: Session, splits: tuple[str, ...]) -> str:
 def measured_on(s: Session, model: nn.Module) -> str | None:
     """What a stored measurement of `model` in session `s` rests on besides the weights: the
     splits' contents (`data_digest`), the inputs fed (the model's normalisation, as recorded),
-    the tasks' objectives, the recipe's model and precision, hashed. Written beside every stored
+    the tasks' objectives, the recipe's model (a transformers model's config too: its folder's
+    config.json decides what it computes) and precision, hashed. Written beside every stored
     measurement (an arm's summary.json, a run's base/metrics.json, a WiSE-FT point's); a later
     command reuses one only where its own session gives the same (compare, a resumed fine-tune).
     None: not checkable (never reused)."""
@@ -151,10 +153,13 @@ def measured_on(s: Session, model: nn.Module) -> str | None:
     if digest is None:
         return None
     r = s.recipe
+    config = getattr(unwrap(model), "config", None)  # a transformers model: its config.json's
     blob = json.dumps({"data": digest, "input": recorded(model),
                        "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
                        "model": None if r.model is None else [r.model.name, r.model.args],
-                       "precision": r.precision}, sort_keys=True, default=str).encode()
+                       "precision": r.precision,
+                       **({"config": config.to_dict()} if hasattr(config, "to_dict") else {})},
+                      sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
