@@ -353,6 +353,33 @@ def test_what_a_measurement_rests_on_includes_the_transformers_config(tmp_path):
     assert measured_on(s, s.model()) != first
 
 
+def test_the_exported_folder_holds_the_tokenizer_that_read_the_texts(bert, tmp_path):
+    """data.args.tokenizer names another folder than the base (its vocabulary swaps good and
+    bad): the arm's hf/ folder held the base's tokenizer files, so from_pretrained users fed
+    the model ids it was not trained on. It holds the tokenizer that read the texts."""
+    from goodfit_cli.models.hf import pretrained_folder
+    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
+
+    tok = json.loads((bert / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text(json.dumps(tok))
+    (tmp_path / "tok" / "tokenizer_config.json").write_bytes(
+        (bert / "tokenizer_config.json").read_bytes())
+    text_jsonl(tmp_path)
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                          str(tmp_path / "r.yaml"), ["data.args.max_length=12",
+                                                     "data.args.tokenizer=tok"])
+    adopt_base_inputs(recipe, bert)
+    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
+    adopt_base_model(recipe, bert, s.tasks)
+    pretrained_folder(s.model(), tmp_path / "out")
+    assert (tmp_path / "out" / "hf" / "tokenizer.json").read_text() == json.dumps(tok)
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "out" / "hf")
+    assert exported("good")["input_ids"] == [vocab["good"]]  # tok's id, not the base's
+
+
 def test_a_tokenizer_without_a_padding_token_is_one_line(bert, tmp_path):
     """A GPT-2 style tokenizer saved without a pad token: texts cannot be padded to one length,
     said in one line naming the folder (it was transformers' ValueError, an internal error)."""

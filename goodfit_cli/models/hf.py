@@ -12,7 +12,8 @@ model return its logits tensor, which is what the objectives take; images arrive
 Label names stay true: class i keeps the base's id2label name for the rows the base had, takes
 the data's name (`labels`) where it gives one, else "LABEL_i"; label2id is its inverse.
 `save_folder` writes a trained model back as a folder `from_pretrained` loads (config.json +
-model.safetensors), with the base folder's tokenizer and image processor files beside it.
+model.safetensors), with the tokenizer files of the folder that read its texts (else the base
+folder's) and the base folder's image processor files beside it.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ from goodfit_cli.io.hubdir import PROCESSOR, resolve_base
 from goodfit_cli.io.staging import staged
 
 SOURCE = "goodfit_hf_folder"  # the model attribute that names the folder it was built from
+TOKENIZER = "goodfit_tokenizer_folder"  # ... and the tokenizer folder its texts were read by
 HEADS = {"ForImageClassification": "AutoModelForImageClassification",
          "ForSequenceClassification": "AutoModelForSequenceClassification"}
 # what a folder carries besides its weights and config: the tokenizer and the processors
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
               "vocab.json", "merges.txt", "added_tokens.json", "spiece.model", "tokenizer.model",
               "sentencepiece.bpe.model", "chat_template.jinja", PROCESSOR, "processor_config.json")
+PROCESSORS = (PROCESSOR, "processor_config.json")  # the rest: the tokenizer's
 
 
 def _logits(_module: nn.Module, _args: Any, output: Any) -> Any:
@@ -123,10 +126,12 @@ def pretrained_folder(model: nn.Module, out: Path) -> dict[str, str]:
 
 def save_folder(model: nn.Module, out: Path) -> None:
     """Write `model` (unwrapped) as a folder from_pretrained loads: config.json (with its
-    id2label), model.safetensors, and the base folder's tokenizer and processor files; an
-    image processor's mean/std become the ones the model was trained with. The new set replaces
+    id2label), model.safetensors, and the base folder's processor files and the tokenizer files
+    of the folder its texts were tokenised by (TOKENIZER, else the base's); an image
+    processor's mean/std become the ones the model was trained with. The new set replaces
     any previous one only once it is complete (io.staging)."""
     source = Path(getattr(model, SOURCE))
+    tokenizer = Path(getattr(model, TOKENIZER, None) or source)
     spec = spec_of(model)
 
     def previous() -> list[Path]:
@@ -137,9 +142,10 @@ def save_folder(model: nn.Module, out: Path) -> None:
     with staged(out, previous) as stage:
         model.save_pretrained(str(stage))
         for name in SIDE_FILES:
-            if (source / name).is_file() and not (stage / name).exists() and not (
+            folder = source if name in PROCESSORS else tokenizer
+            if (folder / name).is_file() and not (stage / name).exists() and not (
                     fed and name == PROCESSOR):
-                shutil.copyfile(source / name, stage / name)
+                shutil.copyfile(folder / name, stage / name)
         if fed:
             write_json(stage / PROCESSOR, {**processor, "image_mean": list(spec.mean),
                                            "image_std": list(spec.std)})

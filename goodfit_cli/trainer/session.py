@@ -56,7 +56,7 @@ from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
 from goodfit_cli.io.hf import is_transformers_config
 from goodfit_cli.models import build_model, head_prefixes
-from goodfit_cli.models.hf import folder_state, is_transformers
+from goodfit_cli.models.hf import TOKENIZER, folder_state, is_transformers
 from goodfit_cli.models.layout import InferenceTwin
 from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import direction, task_kind
@@ -153,6 +153,9 @@ class Session:
             spec = DEFAULT_IMAGE  # what every goodfit model was fed: [-1, 1]
         if spec is not None:
             setattr(m, ATTR, spec)  # a checkpoint loaded later may replace it (load_checkpoint)
+        tokenizer = (self.tasks["old"].preprocessing or {}).get("tokenizer")
+        if tokenizer and is_transformers(m):  # its hf/ folder gets the tokenizer that read
+            setattr(m, TOKENIZER, tokenizer)  # the texts (models/hf.py save_folder)
         if self.device.type == "cuda" and any(isinstance(x, nn.Conv2d) for x in m.modules()):
             m = m.to(memory_format=torch.channels_last)  # NHWC kernels; inputs arrive NHWC
         check_fits(m, self)  # labels, widths and dtypes the model cannot take: exit 2 now
