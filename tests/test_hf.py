@@ -281,7 +281,8 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
     """GPT2ForSequenceClassification reads each text's last token that is not the config's
     pad_token_id; a config saying 0 (<eos>) while the tokenizer pads with 2 (<pad>) read the
     padding at the end of every text, silently. Refused in one line naming config.json and both
-    ids; with the ids alike the model is built and run.json's preprocessing says the id."""
+    ids (no pad_token_id: the line says which to set); with the ids alike the model is built and
+    run.json's preprocessing says the id."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
     from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
@@ -292,7 +293,7 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>",
                                                 eos_token="<eos>", unk_token="<unk>")
     text_jsonl(tmp_path)
-    for pad in (0, 2):
+    for pad in (0, None, 2):
         torch.manual_seed(0)
         cfg = transformers.GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=1, n_head=2,
                                       n_positions=32, num_labels=2, pad_token_id=pad,
@@ -309,6 +310,11 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
             with pytest.raises(UserError, match=r"gpt0/config.json: pad_token_id is 0 but the "
                                r"tokenizer .* pads the texts with id 2"):
                 s.model()
+        elif pad is None:  # GPT-2's own ValueError, once said as labels needing more outputs
+            with pytest.raises(UserError, match=r"gptNone/config.json: no pad_token_id, .*set "
+                               r"\"pad_token_id\": 2 \(the tokenizer's padding id\)") as e:
+                s.model()
+            assert "outputs" not in str(e.value)
         else:
             assert s.model().config.pad_token_id == 2
             assert s.tasks["old"].preprocessing["pad_token_id"] == 2

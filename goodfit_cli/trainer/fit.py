@@ -7,7 +7,7 @@ model's outputs, a feature width the model does not take, or uint8 images fed to
 UserError naming the recipe's data and model, instead of an internal error or a "diverged" run.
 A transformers model must take the tokenizer's padding id as its own (config.json
 `pad_token_id`): a GPT-2-style classifier reads each text's last token that is not it; one that
-fails on texts longer than its `max_position_embeddings` is told to lower max_length.
+fails on texts longer than its `max_position_embeddings`, or without a pad_token_id, is told so.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def check_fits(model: nn.Module, session) -> None:
                         loss = session.runners[name].loss(model, x, y)
                 except (RuntimeError, IndexError, ValueError, TypeError) as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-                    if (long := _too_long(model, session, name)) is not None:
-                        raise UserError(f"{long} ({type(e).__name__}: {first})") from None
+                    if (cause := _text_cause(model, session, name)) is not None:
+                        raise UserError(f"{cause} ({type(e).__name__}: {first})") from None
                     raise UserError(
                         f"{where}: the {name} task's {split_name} data (inputs "
                         f"{B.describe(split.x)}, "
@@ -82,17 +82,25 @@ def _check_text(model: nn.Module, session) -> None:
                             f"{fed} in config.json, or give the tokenizer that padding token")
 
 
-def _too_long(model: nn.Module, session, task: str) -> str | None:
-    """Why a transformers model failed on a task's texts when they are longer than its
-    config.json `max_position_embeddings` (relative positions may read longer: only then)."""
-    most = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    length = (session.tasks[task].preprocessing or {}).get("length")
-    if not is_transformers(model) or not isinstance(most, int) or not isinstance(length, int) \
-            or length <= most:
+def _text_cause(model: nn.Module, session, task: str) -> str | None:
+    """Why a transformers model failed on a task's texts, when the folder's config.json says:
+    texts longer than its `max_position_embeddings` (relative positions may read longer: only
+    then), or no `pad_token_id` (a GPT-2-style classifier needs it to find each text's end)."""
+    if not is_transformers(model):
         return None
-    return (f"{session.recipe.at('data.args.max_length')}: the texts are {length} tokens but "
-            f"{getattr(model, SOURCE)}/config.json max_position_embeddings is {most}, and the "
-            f"model fails on them; set data.args.max_length to {most} or less")
+    most, pad = (getattr(model.config, k, None) for k in ("max_position_embeddings",
+                                                           "pad_token_id"))
+    done = session.tasks[task].preprocessing or {}
+    length, fed = done.get("length"), done.get("pad_token_id")
+    if isinstance(most, int) and isinstance(length, int) and length > most:
+        return (f"{session.recipe.at('data.args.max_length')}: the texts are {length} tokens "
+                f"but {getattr(model, SOURCE)}/config.json max_position_embeddings is {most}, "
+                f"and the model fails on them; set data.args.max_length to {most} or less")
+    if pad is None and isinstance(fed, int):
+        return (f"{getattr(model, SOURCE)}/config.json: no pad_token_id, and "
+                f"{type(model).__name__} fails on padded texts without it; set \"pad_token_id\": "
+                f"{fed} (the tokenizer's padding id) in config.json")
+    return None
 
 
 def _outputs_hint(session, task: str, top: int) -> str:
