@@ -39,7 +39,8 @@ def test_a_points_cis_are_the_ones_an_arm_gets_from_the_same_predictions():
             "new": _preds(target.tolist(), target.tolist())}
     kinds = {"old": "classification", "new": "classification"}
     flips, cis = point_measure(base, cand, kinds, significance(SIG))
-    report = build_report(RunSide("base", "b", {}, base), [RunSide("c", "c", {}, cand)], kinds=kinds,
+    report = build_report(RunSide("base", "b", {}, base), [RunSide("c", "c", {}, cand)],
+                          kinds=kinds,
                           primary={"old": "accuracy", "new": "accuracy"}, provenance={})
     arm = report["arms"][0]
     for t in ("old", "new"):

@@ -17,5 +17,6 @@ from goodfit_cli.training.cycles import at_anchor, cycle_length, finish_cycle, w
 from goodfit_cli.training.schedules import Schedule, build_scheduler
 
 __all__ = ["Schedule", "Arm", "arm_dirname", "arm_names", "arm_training", "build_optimizer",
-           "check_arms_on", "build_scheduler", "describe_optimizer", "finish_arm", "parse_arm", "stage_for_arm",
+           "check_arms_on", "build_scheduler", "describe_optimizer", "finish_arm", "parse_arm",
+           "stage_for_arm",
            "train_mode", "at_anchor", "cycle_length", "finish_cycle", "whole_cycles"]
