@@ -590,6 +590,21 @@ def test_a_rung_judges_goodfits_anchor_weights_never_the_displaced_ones_mid_cycl
     inside a cycle, where the model holds displaced weights. The curve's α = 1 point is the
     anchor (the base's weights at batch 2, batch 3's at batch 4), as an evaluation sees it;
     before, the rung measured the displaced weights no one ships."""
+    raw, after, watches = _rungs_judged(tmp_path, "goodfit", ["eval.every=6",
+                                                              "finetune.goodfit.n_ref=2"])
+    assert [b for b, _ in raw] == [2, 4]
+    assert _same(raw[0][1], watches[0].base) and not _same(raw[0][1], after[2])
+    assert _same(raw[1][1], after[3]) and not _same(raw[1][1], after[4])
+
+
+def _same(a: dict, b: dict) -> bool:
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str]) -> tuple[list, dict, list]:
+    """A 12-batch toy fine-tune of `arm` watched by a pruning watch with rungs at batches 2 and
+    4: (each rung's α = 1 point as (batch, the weights it was measured with), the weights after
+    each batch, the watches)."""
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
@@ -598,12 +613,12 @@ def test_a_rung_judges_goodfits_anchor_weights_never_the_displaced_ones_mid_cycl
     from goodfit_cli.workflows.recipes import load
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
-                          "model.args.hidden=[16]", "finetune.steps=12", "eval.every=6",
+                          "model.args.hidden=[16]", "finetune.steps=12",
                           "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
-                          "finetune.goodfit.n_ref=2"])
+                          *overrides])
     pretrain(recipe, tmp_path / "b", Place(), Ui())
     trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
-    after, judged = {}, []
+    after, judged, watches = {}, [], []
 
     class Spy(PruneWatch):
         def bind(self, model, evaluate, sizes, *anchor):
@@ -617,20 +632,14 @@ def test_a_rung_judges_goodfits_anchor_weights_never_the_displaced_ones_mid_cycl
             after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             super().on_batch(batch)
 
-    watches = []
-
     def watch(label):
         watches.append(Spy(trial, Halving(startup=1), tmp_path / "ft", None,
                            {"old": "mse", "new": "mse"}, -1))
         return watches[-1]
 
     finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
-                         ["goodfit"], wise=False), Place(), Ui(events_for=watch))
-    raw = judged[9::10]  # α = 1: the 10th point of each rung's curve
-    assert [b for b, _ in raw] == [2, 4]
-    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
-    assert same(raw[0][1], watches[0].base) and not same(raw[0][1], after[2])
-    assert same(raw[1][1], after[3]) and not same(raw[1][1], after[4])
+                         [arm], wise=False), Place(), Ui(events_for=watch))
+    return judged[9::10], after, watches  # α = 1: the 10th point of each rung's curve
 
 
 @pytest.mark.e2e
@@ -1399,44 +1408,11 @@ def test_a_rung_judges_the_weights_early_stopping_keeps(tmp_path):
     those (what the trial keeps if it ends now), not the current ones: evaluations at batches
     3, 6, 9, 12 and a rung at batch 4 measure batch 3's weights (the one evaluation so far);
     before, batch 4's, which the trial never reports."""
-    from goodfit_cli.trainer.job import Ui
-    from goodfit_cli.trainer.session import Place
-    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
-    from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
-    from goodfit_cli.workflows.recipes import load
-
-    recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
-                          "model.args.hidden=[16]", "finetune.steps=12", "eval.every=3",
-                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
-                          "finetune.early_stop.patience=5"])
-    pretrain(recipe, tmp_path / "b", Place(), Ui())
-    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
-    after, judged = {}, []
-
-    class Spy(PruneWatch):
-        def bind(self, model, evaluate, sizes, *anchor):
-            def measured(m):  # the weights each point of the curve is measured with
-                judged.append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
-                return evaluate(m)
-            super().bind(model, measured, sizes, *anchor)
-
-        def on_batch(self, batch):
-            self.batch = batch
-            after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            super().on_batch(batch)
-
-    def watch(label):
-        return Spy(trial, Halving(startup=1), tmp_path / "ft", None,
-                   {"old": "mse", "new": "mse"}, -1)
-
-    finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
-                         ["adamw"], wise=False), Place(), Ui(events_for=watch))
-    raw = judged[9::10]  # α = 1: the 10th point of each rung's curve
+    raw, after, _ = _rungs_judged(tmp_path, "adamw", ["eval.every=3",
+                                                      "finetune.early_stop.patience=5"])
     assert [b for b, _ in raw] == [2, 4]
-    same = lambda a, b: all(torch.equal(a[k], b[k]) for k in a)  # noqa: E731
-    assert same(raw[0][1], after[2])  # no evaluation yet: the weights it would end with
-    assert same(raw[1][1], after[3]) and not same(raw[1][1], after[4])
+    assert _same(raw[0][1], after[2])  # no evaluation yet: the weights it would end with
+    assert _same(raw[1][1], after[3]) and not _same(raw[1][1], after[4])
 
 
 def test_a_rejudged_trial_whose_checkpoint_is_gone_is_one_line(base, tmp_path):
