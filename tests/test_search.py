@@ -1379,6 +1379,15 @@ def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_pa
     k, alpha = best_candidate(Gate((Limit("old", "mse", "max", ema),)), trial, (-1, -1))
     point = next(w for w in trial["arms"][1]["wise"] if w["alpha"] == alpha)
     assert (t["old"], t["new"]) == (point["val"]["old"]["mse"], point["val"]["new"]["mse"])
+    # what was recommended and exported is named as the EMA candidate, not its arm
+    ema_name = trial["arms"][1]["name"]
+    rec = json.loads((out / "report.json").read_text())["recommendation"]
+    assert rec["number"] == 0
+    said = (res.stdout + res.stderr).strip().splitlines()
+    assert next(s for s in said if "recommendation (--rule" in s).count(f"({ema_name})") == 1
+    _, meta = ckpt.load_model(out / "recommended" / "model.safetensors")
+    assert meta["search"]["arm"] == ema_name == meta["arm"]
+    assert f"its point {ema_name}" in (out / "report.md").read_text()
 
 
 def test_a_relative_out_and_base_are_recorded_as_absolute_paths(base, tmp_path):

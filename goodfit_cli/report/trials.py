@@ -51,6 +51,12 @@ def best_candidate(gate: Gate | None, rep: dict, dirs: tuple[int, int],
     return (0, None) if not found else (-max(found)[2], max(found)[3])
 
 
+def point_name(t: dict) -> str:
+    """What a search trial's point (its checkpoint, its numbers) is of: with finetune.ema the
+    candidate chosen (its arm or its '<arm>+ema', the knob `candidate`), else its arm."""
+    return (t.get("params") or {}).get("candidate") or t["arm"]
+
+
 def val_counts(rep: dict) -> dict[str, int]:
     """Each task's validation sample count of a fine-tune's report: its run's validation record
     (provenance "validation", as the verdict and `goodfit finetune`'s WiSE choice read it;

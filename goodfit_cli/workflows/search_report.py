@@ -25,7 +25,7 @@ from goodfit_cli.report.margin import base_outside, base_outside_test, floor_sla
 from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.front import close_calls, dominance_against, knee_note, pareto_front
 from goodfit_cli.report.front import recommend
-from goodfit_cli.report.trials import gained, judge, pick
+from goodfit_cli.report.trials import gained, judge, pick, point_name
 from goodfit_cli.workflows.budget import Budget
 from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
@@ -301,7 +301,7 @@ def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
     tensors, meta = ckpt.load_model(src)
     if not _exported(dest, study.study_name, rec["number"], src_sha, tensors):  # else: there
         meta = {**meta, "search": {"study": study.study_name, "trial": rec["number"],
-                                   "arm": rec["arm"], "knobs": rec["params"],
+                                   "arm": point_name(rec), "knobs": rec["params"],
                                    "seed": rec["seed"], "source": str(src),
                                    "source_sha256": src_sha, "pid": os.getpid()}}
         meta.pop("format", None)
