@@ -1485,3 +1485,36 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
     base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
     assert all(p["flips"]["old"]["n"] == 32 for p in seen)
     assert all(value_of(p, base, gate, prim, 1)[0] == 0 for p in seen)
+
+
+def test_a_default_arms_curve_is_its_chosen_candidates(base, tmp_path):
+    """finetune.ema: where a default arm's trial took its point from '<arm>+ema', the report
+    draws that candidate's WiSE-FT curve (named so), the one its point lies on, not the arm's."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.report.trials import best_candidate
+    from goodfit_cli.workflows.search_report import default_curves
+
+    out = tmp_path / "run"
+    args = ("search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", out,
+            "--rungs", 0, *TINY, "finetune.ema=0.8")
+    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    ceilings = sorted({w["val"]["old"]["mse"] for a in trial["arms"] for w in a["wise"]})
+    ema = next((c for c in ceilings if best_candidate(
+        Gate((Limit("old", "mse", "max", c),)), trial, (-1, -1))[0] == 1), None)
+    if ema is None:
+        pytest.skip("no gate makes the EMA's point the best of this trial")
+    res = subprocess.run(cmd(*args, "--max-old", f"mse={ema!r}"), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    rep = json.loads((out / "report.json").read_text())
+    ref = rep["defaults"][0]
+    assert ref["number"] == 0 and ref["candidate"] == trial["arms"][1]["name"]
+    [(label, curve)] = default_curves(rep, {"old": "mse", "new": "mse"})
+    assert label == f"{ref['name']} ({trial['arms'][1]['name']})"
+    assert curve == [(w["val"]["old"]["mse"], w["val"]["new"]["mse"])
+                     for w in trial["arms"][1]["wise"]]
+    assert (ref["old"], ref["new"]) in curve  # the reference point lies on its curve
+    assert f"WiSE {label}" in (out / "report.html").read_text()

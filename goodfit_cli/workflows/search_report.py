@@ -35,15 +35,20 @@ CHOSEN = ("wise_alpha", "new_offset", "candidate")
 
 
 def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
-    """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials."""
+    """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials:
+    each of the candidate its point was chosen from (with finetune.ema its arm or its
+    '<arm>+ema', named beside the arm's when not the arm)."""
     curves = []
     for r in rep["defaults"]:
         path = Path(r.get("dir") or "") / "report.json"
         if r.get("old") is None or not path.is_file():
             continue
-        arm = json.loads(path.read_text())["arms"][0]
-        curves.append((r["name"], [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
-                                   for p in arm.get("wise") or [] if "val" in p]))
+        arms = json.loads(path.read_text())["arms"]
+        cand = r.get("candidate") or arms[0]["name"]
+        arm = next((a for a in arms if a["name"] == cand), arms[0])
+        label = r["name"] if arm is arms[0] else f"{r['name']} ({arm['name']})"
+        curves.append((label, [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
+                               for p in arm.get("wise") or [] if "val" in p]))
     return curves
 
 
@@ -125,6 +130,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         if t["state"] != "COMPLETE" and whole is not None:  # pruned, then re-run whole
             t = {**whole, "default": t["default"]}  # (--reruns): that run is the reference
         ref = {"name": t["default"], "number": t["number"], "dir": t["dir"],
+               **({"candidate": t["params"]["candidate"]} if "candidate" in t["params"]
+                  else {}),  # finetune.ema: the arm or its '<arm>+ema', its point's
                "old": t["old"], "new": t["new"], "test_old": t["test_old"],
                "test_new": t["test_new"],
                "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None)}
