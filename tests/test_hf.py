@@ -774,3 +774,31 @@ def test_resume_with_the_recipe_accepts_the_args_taken_from_the_base(tmp_path):
                                                           "data.args.max_length=9"])
     with pytest.raises(UserError, match=r"data.args.max_length"):
         check_resume_args(run, other, str(tmp_path / "text.yaml"), None, False, [])
+
+
+def test_an_interrupted_arm_is_not_resumed_under_a_changed_transformers_config(tmp_path):
+    """`finetune --resume` continued an interrupted arm after the base folder's config.json
+    changed what the model computes (hidden_act gelu -> relu, same weights): the state's and
+    the arm's identity did not cover the config. Refused in one line; unchanged, it resumes."""
+    import runs as runner
+
+    folder = bert_folder(tmp_path / "bert")
+    text_jsonl(tmp_path)
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                          str(tmp_path / "r.yaml"),
+                          ["data.args.max_length=12", "finetune.steps=6", "checkpoint.every=2"])
+    run = tmp_path / "run"
+    with pytest.raises(Exception) as e:
+        runner.finetune(recipe, folder, run, device="cpu", data_dir=str(tmp_path), stop_after=3,
+                        wise=False)
+    assert type(e.value).__name__ == "Interrupted"
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(json.dumps({**json.loads(config), "hidden_act": "relu"}))
+    with pytest.raises(UserError, match="config.json hashes to"):
+        runner.finetune(recipe, folder, run, device="cpu", data_dir=str(tmp_path), resume=True,
+                        wise=False)
+    (folder / "config.json").write_text(config)
+    said: list[str] = []
+    runner.finetune(recipe, folder, run, device="cpu", data_dir=str(tmp_path), resume=True,
+                    wise=False, log=said.append)
+    assert "adamw: resuming at batch 3/6" in said

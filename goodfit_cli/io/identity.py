@@ -18,7 +18,8 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import write_json
 
 IDENTITY = "identity.json"
-CHECKED = ("base_sha256", "recipe", "seed", "arm", "world_size", "goodfit_version")
+CHECKED = ("base_sha256", "base_config", "recipe", "seed", "arm", "world_size",
+           "goodfit_version")
 
 
 def _short(value: Any) -> str:
@@ -49,6 +50,10 @@ def describe_difference(where: Path, old: dict, new: dict) -> str | None:
         a, b = old.get(key), new.get(key)
         if key == "base_sha256":
             return f"{where} was started from base {_short(a)} but --base is {_short(b)}"
+        if key == "base_config":  # a transformers model's config (trainer/runcheck.py)
+            was = _short(a) if a else "nothing (recorded by an older goodfit)"
+            return (f"{where} was started from a base whose config.json hashes to {was} but "
+                    f"it now hashes to {_short(b) if b else 'nothing'}")
         if key == "recipe":
             k, x, y = _first_difference(a, b) or ("recipe", a, b)
             return (f"{where} was started with recipe key {k} = {_short(x)} but it is now "

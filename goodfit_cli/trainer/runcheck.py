@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
+from torch import nn
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.identity import check_identity, claim, comparable
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
+from goodfit_cli.models import unwrap
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.measured import data_digest
@@ -32,25 +34,40 @@ def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
 
 
 def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], model: nn.Module | None = None) -> None:
     """Record this stage's identity in `folder`, or refuse if its states or results are another's.
-    `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256)."""
+    `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256); `model` the model
+    it trains (a transformers model's config is part of the identity: `model_config`)."""
     has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
         or (folder / "model.safetensors").exists()
-    claim(folder, stage_identity(recipe, seed, arm, meta), has_work, log)
+    claim(folder, stage_identity(recipe, seed, arm, meta, model), has_work, log)
 
 
-def stage_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any]) -> dict[str, Any]:
+def model_config(model: nn.Module | None) -> str | None:
+    """A transformers model's config (what its folder's config.json says it computes: the
+    weights' sha256 does not cover it), hashed; None for any other model."""
+    config = getattr(unwrap(model), "config", None) if model is not None else None
+    if not hasattr(config, "to_dict"):
+        return None
+    blob = json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def stage_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
+                   model: nn.Module | None = None) -> dict[str, Any]:
     ident = run_identity(recipe, seed, meta.get("base_sha256"), meta.get("goodfit_version", ""))
-    return {**ident, "arm": arm}
+    config = model_config(model)
+    return {**ident, "arm": arm, **({"base_config": config} if config else {})}
 
 
-def state_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any]) -> str:
-    """What decides a stage's training (its recipe as compared, seed, base, arm), hashed: each
-    resumable state records it, so a state another run wrote is never resumed (one copied into
-    the folder: its arm's identity.json is the folder's, the state is not)."""
-    kept = {k: v for k, v in comparable(stage_identity(recipe, seed, arm, meta)).items()
-            if k in ("recipe", "seed", "base_sha256", "arm")}
+def state_identity(recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
+                   model: nn.Module | None = None) -> str:
+    """What decides a stage's training (its recipe as compared, seed, base, arm, a transformers
+    model's config), hashed: each resumable state records it, so a state another run wrote is
+    never resumed (one copied into the folder: its arm's identity.json is the folder's, the
+    state is not)."""
+    kept = {k: v for k, v in comparable(stage_identity(recipe, seed, arm, meta, model)).items()
+            if k in ("recipe", "seed", "base_sha256", "arm", "base_config")}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
 
 

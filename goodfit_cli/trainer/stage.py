@@ -142,8 +142,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loop_state = None
     records: list[dict] = []
     if main_rank:  # only this run's own states are resumed
-        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log)
-    own = state_identity(s.recipe, s.seed, arm.name, job.metadata)  # what its states record
+        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log, model)
+    own = state_identity(s.recipe, s.seed, arm.name, job.metadata, model)  # what its states record
 
     def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried
         if saved.get("identity") not in (None, own):  # None: an older goodfit recorded none

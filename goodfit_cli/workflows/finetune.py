@@ -313,7 +313,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             ema_dir = out / f"{arm.dirname}+ema"  # training.arm_dirname of '<arm>+ema'
             if (arm_dir / "summary.json").exists() and (arm_dir / "model.safetensors").exists():
                 if main_rank:  # reused only if this very run made it
-                    claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log)
+                    claim_stage(arm_dir, recipe, s.seed, arm.name, meta, ui.log, model)
                     tidy(arm_dir, states=True)  # a kill after its summary: states, temps
                 results.append(here(_loaded(reused, arm_dir, arm.name)))
                 if (ema_dir / "summary.json").exists():

@@ -49,7 +49,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         job = StageJob(arm, recipe.pretrain, "old", out, meta,  # how its val split was made
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
-            claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log)
+            claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log, model)
             atomic_write(out / "recipe.yaml", recipe.to_yaml(None, folder_of(s.data_dir)))
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
