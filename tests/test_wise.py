@@ -163,3 +163,35 @@ def _fresh_run(tmp_path: Path) -> Path:
                   "--out", d / "ft", "--optimizer", "rmsprop", "--no-wise", *TINY)
     assert res.returncode == 0, res.stderr
     return d
+
+
+def test_wise_refuses_a_run_whose_recipe_or_data_changed_since(run, tmp_path):
+    """`goodfit wise` measured a copied run's arm on the data its edited recipe.yaml named
+    (n_test 256 -> 200), or on data files changed since the run, while its report recorded the
+    arm's recipe_sha256: now one line naming the key or run.json, exit 2, nothing written."""
+    import shutil
+
+    from runs import csv_file, csv_task
+
+    ft = tmp_path / "ft"
+    shutil.copytree(run / "ft", ft)
+    recipe = ft / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace("n_test: 256", "n_test: 200"))
+    res = goodfit("wise", ft / "rmsprop", "--alpha", "0.5", "--out", tmp_path / "w")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "recipe key data.args.n_test = 256 but it is now 200" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "w").exists()
+    data = tmp_path / "csv"
+    data.mkdir()
+    csv_task(data)
+    assert goodfit("pretrain", "--recipe", data / "r.yaml", "--out", data / "base").returncode == 0
+    res = goodfit("finetune", "--base", data / "base" / "model.safetensors", "--recipe",
+                  data / "r.yaml", "--out", data / "run", "--no-wise")
+    assert res.returncode == 0, res.stderr
+    assert goodfit("wise", data / "run" / "sgd", "--alpha", "0.5", "--out",
+                   tmp_path / "w0").returncode == 0  # unchanged: measured
+    csv_file(data / "new_test.csv", (1, 2), 40, seed=9)
+    res = goodfit("wise", data / "run" / "sgd", "--alpha", "0.5", "--out", tmp_path / "w1")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "run.json: the run read other data" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "w1" / "report.json").exists()

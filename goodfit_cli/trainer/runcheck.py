@@ -16,7 +16,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.identity import check_identity, claim, comparable
+from goodfit_cli.io.identity import check_identity, claim, comparable, describe_difference
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
 from goodfit_cli.models import unwrap
 from goodfit_cli.objectives import recomputed
@@ -128,3 +128,27 @@ def check_finished_arm(folder: Path, on: str | None) -> None:
                         "inputs or objectives than this command reads (were the data changed "
                         "since the run began?) or does not say what on; a resumed run reuses "
                         "only what it can check: start afresh with --overwrite")
+
+
+def check_run_source(run: Path, saved: dict[str, Any], recipe: Recipe,
+                     s: Any = None) -> None:
+    """A command that measures a finished run's arm anew from the run's own recipe.yaml
+    (`goodfit wise`): that recipe must still be the one run.json records (its identity's
+    recipe, less data_dir and arms) and, given the session `s`, the data it reads the data the
+    run read (`data_record`; hashed once per command: a search's trials hash nothing again).
+    A run that recorded neither is not checked."""
+    where = run / "recipe.yaml"
+    was = saved.get("identity") if isinstance(saved.get("identity"), dict) else {}
+    if s is None and isinstance(was.get("recipe"), dict):
+        now = json.loads(json.dumps(recipe.recorded(), default=str))
+        diff = describe_difference(run, comparable({"recipe": was["recipe"]}),
+                                   comparable({"recipe": now}))
+        if diff:
+            raise UserError(f"{diff} ({where} was changed after the run: its run.json records "
+                            "the recipe it ran); put it back as it ran")
+    had = saved.get("data")
+    if s is not None and isinstance(had, dict) and had != data_record(s):
+        raise UserError(f"{run / 'run.json'}: the run read other data than {where} reads now "
+                        f"(its {had.get('of')} hash to {str(had.get('sha256'))[:12]}…): the "
+                        "arm would be measured on data it was not chosen on; put the run's "
+                        "data back as it was")

@@ -51,6 +51,7 @@ from goodfit_cli.trainer.measured import (
     measured_on,
     point_key,
 )
+from goodfit_cli.trainer.runcheck import check_run_source
 from goodfit_cli.trainer.session import Place, Session, load_checkpoint, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
@@ -162,6 +163,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     check_arm_dir(arm_dir)
     recipe = load_recipe(run / "recipe.yaml", job.overrides or [])
     saved = read_json(run / "run.json")
+    if not job.overrides:  # RUN/recipe.yaml as the run ran it; its data: in _point
+        check_run_source(run, saved, recipe)
     place = place or Place()
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
                   place.data_dir or saved.get("data_dir"))
@@ -191,6 +194,8 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
     recipe, saved, place, base, t0, phases = opened
     arm_dir, run = job.arm_dir, job.arm_dir.parent
     s = open_session(recipe, place, join=False)
+    if not job.overrides:  # the data the run read (hashed once per command)
+        check_run_source(run, saved, recipe, s)
     model = s.model()
     # as the run's fine-tune loaded it: its key map, and a head grown for new classes keeps
     # the base's rows (the new rows at the model's own initial values, the run's seed)
