@@ -87,6 +87,19 @@ def image_npz(folder: Path) -> None:
                  y=np.resize(np.asarray(cls), n))
 
 
+def text_session(tmp_path: Path, base: Path, overrides: list[str]):
+    """The text recipe over tmp_path's JSONL files with `base` as its --base, opened as a
+    fine-tune opens it (the base's inputs and model adopted): the session."""
+    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
+
+    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
+                          str(tmp_path / "r.yaml"), overrides)
+    adopt_base_inputs(recipe, base)
+    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
+    adopt_base_model(recipe, base, s.tasks)
+    return s
+
+
 def text_jsonl(folder: Path) -> None:
     """Old task: neg/pos reviews (pos listed first); new task: sport/news."""
     rng = np.random.default_rng(0)
@@ -285,8 +298,6 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
     run.json's preprocessing says the id."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
-
     vocab = {w: i for i, w in enumerate(["<eos>", "<unk>", "<pad>"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -301,11 +312,7 @@ def test_a_gpt2_whose_pad_token_id_is_not_the_tokenizers_is_one_line(tmp_path):
         folder = tmp_path / f"gpt{pad}"
         transformers.GPT2ForSequenceClassification(cfg).save_pretrained(folder)
         fast.save_pretrained(folder)
-        recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
-                              str(tmp_path / "r.yaml"), ["data.args.max_length=12"])
-        adopt_base_inputs(recipe, folder)
-        s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
-        adopt_base_model(recipe, folder, s.tasks)
+        s = text_session(tmp_path, folder, ["data.args.max_length=12"])
         if pad == 0:
             with pytest.raises(UserError, match=r"gpt0/config.json: pad_token_id is 0 but the "
                                r"tokenizer .* pads the texts with id 2"):
@@ -324,14 +331,8 @@ def test_texts_longer_than_the_models_positions_name_max_length(bert, tmp_path):
     """The default max_length 128 on a BERT of 32 positions failed inside the model, said as
     data not fitting with a hint that the labels need more outputs; it names
     data.args.max_length and the config's max_position_embeddings."""
-    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
-
     text_jsonl(tmp_path)
-    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
-                          str(tmp_path / "r.yaml"), ["data.args.max_length=40"])
-    adopt_base_inputs(recipe, bert)
-    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
-    adopt_base_model(recipe, bert, s.tasks)
+    s = text_session(tmp_path, bert, ["data.args.max_length=40"])
     with pytest.raises(UserError, match=r"r.yaml: data.args.max_length: the texts are 40 tokens "
                        r"but .*config.json max_position_embeddings is 32") as e:
         s.model()
@@ -343,15 +344,10 @@ def test_what_a_measurement_rests_on_includes_the_transformers_config(tmp_path):
     the model computes (hidden_act gelu -> relu; same weights, data and recipe): measured_on
     hashed the model's name and args (its folder's path), not its config."""
     from goodfit_cli.trainer.measured import measured_on
-    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
 
     folder = bert_folder(tmp_path / "bert")
     text_jsonl(tmp_path)
-    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
-                          str(tmp_path / "r.yaml"), ["data.args.max_length=12"])
-    adopt_base_inputs(recipe, folder)
-    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
-    adopt_base_model(recipe, folder, s.tasks)
+    s = text_session(tmp_path, folder, ["data.args.max_length=12"])
     first = measured_on(s, s.model())
     assert measured_on(s, s.model()) == first  # built again: the same
     config = json.loads((folder / "config.json").read_text())
@@ -364,8 +360,6 @@ def test_the_exported_folder_holds_the_tokenizer_that_read_the_texts(bert, tmp_p
     bad): the arm's hf/ folder held the base's tokenizer files, so from_pretrained users fed
     the model ids it was not trained on. It holds the tokenizer that read the texts."""
     from goodfit_cli.models.hf import pretrained_folder
-    from goodfit_cli.trainer.session import Place, adopt_base_model, open_session
-
     tok = json.loads((bert / "tokenizer.json").read_text())
     vocab = tok["model"]["vocab"]
     vocab["good"], vocab["bad"] = vocab["bad"], vocab["good"]
@@ -374,12 +368,8 @@ def test_the_exported_folder_holds_the_tokenizer_that_read_the_texts(bert, tmp_p
     (tmp_path / "tok" / "tokenizer_config.json").write_bytes(
         (bert / "tokenizer_config.json").read_bytes())
     text_jsonl(tmp_path)
-    recipe = parse_recipe(RECIPE.format(name="r", data="text", ext="jsonl"),
-                          str(tmp_path / "r.yaml"), ["data.args.max_length=12",
+    s = text_session(tmp_path, bert, ["data.args.max_length=12",
                                                      "data.args.tokenizer=tok"])
-    adopt_base_inputs(recipe, bert)
-    s = open_session(recipe, Place(data_dir=str(tmp_path)), join=False)
-    adopt_base_model(recipe, bert, s.tasks)
     pretrained_folder(s.model(), tmp_path / "out")
     assert (tmp_path / "out" / "hf" / "tokenizer.json").read_text() == json.dumps(tok)
     exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "out" / "hf")

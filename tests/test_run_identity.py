@@ -491,13 +491,18 @@ def test_a_resume_tidies_an_ema_folder_too(tmp_path, bases):
 # 7. motion-synth --overwrite swaps complete sets
 
 
+def motion_synth_args(out) -> list:
+    """`goodfit data motion-synth` of a few tiny pedestrian shards into `out`."""
+    return ["data", "motion-synth", "--out", out, "--agents", "pedestrian", "--scenes", "6",
+            "--test-scenes", "2", "--shard-size", "3", "--max-agents", "2", "--polylines", "4",
+            "--points", "3", "--lights", "1"]
+
+
 def test_motion_synth_overwrite_interrupted_keeps_the_old_shards(tmp_path, monkeypatch):
     from goodfit_cli.data.motion import synth
 
     out = tmp_path / "ms"
-    args = ["data", "motion-synth", "--out", out, "--agents", "pedestrian", "--scenes", "6",
-            "--test-scenes", "2", "--shard-size", "3", "--max-agents", "2", "--polylines", "4",
-            "--points", "3", "--lights", "1"]
+    args = motion_synth_args(out)
     assert invoke(*args).exit_code == 0
     before = snapshot(tmp_path)
     real, calls = synth.generate, []
@@ -526,9 +531,7 @@ def test_motion_synth_overwrite_refused_midway_through_the_swap_keeps_the_old_sh
     already moved aside were deleted with the staging folder, a traceback-less internal
     error)."""
     out = tmp_path / "ms"
-    args = ["data", "motion-synth", "--out", out, "--agents", "pedestrian", "--scenes", "6",
-            "--test-scenes", "2", "--shard-size", "3", "--max-agents", "2", "--polylines", "4",
-            "--points", "3", "--lights", "1"]
+    args = motion_synth_args(out)
     assert invoke(*args).exit_code == 0
     before = snapshot(tmp_path)
     real = os.replace

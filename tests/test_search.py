@@ -1348,6 +1348,28 @@ def test_a_trials_point_may_be_its_ema_candidate():
     assert best_candidate(None, rep, (1, 1)) == (0, 1.0)  # a tie: the arm itself
 
 
+def _ema_wins(out: Path, args: tuple) -> tuple[dict, subprocess.CompletedProcess, float]:
+    """Run the study `args` (one trial, finetune.ema set), then again under a ceiling on old
+    mse under which trial 0's '<arm>+ema' point is its best (skipped when none is): (trial 0's
+    report from the first run, the second run, the ceiling)."""
+    from goodfit_cli.report.gate import Gate, Limit
+    from goodfit_cli.report.trials import best_candidate
+
+    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    ceilings = sorted({w["val"]["old"]["mse"] for a in trial["arms"] for w in a["wise"]})
+    ema = next((c for c in ceilings if best_candidate(
+        Gate((Limit("old", "mse", "max", c),)), trial, (-1, -1))[0] == 1), None)
+    if ema is None:
+        pytest.skip("no gate makes the EMA's point the best of this trial")
+    res = subprocess.run(cmd(*args, "--max-old", f"mse={ema!r}"), cwd=ROOT, env=ENV,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return trial, res, ema
+
+
 def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_path):
     """A study whose recipe sets finetune.ema: each trial's fine-tune trains '<arm>+ema' too;
     under a gate where that candidate's best point is the best on validation, the trial's
@@ -1358,20 +1380,8 @@ def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_pa
     out = tmp_path / "run"
     args = ("search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", out,
             "--no-defaults", "--rungs", 0, *TINY, "finetune.ema=0.8")
-    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr
-    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
+    trial, res, ema = _ema_wins(out, args)
     assert [a["name"].endswith("+ema") for a in trial["arms"]] == [False, True]
-    # a ceiling on old mse under which the EMA's point is the trial's best
-    ceilings = sorted({w["val"]["old"]["mse"] for a in trial["arms"] for w in a["wise"]})
-    ema = next((c for c in ceilings if best_candidate(
-        Gate((Limit("old", "mse", "max", c),)), trial, (-1, -1))[0] == 1), None)
-    if ema is None:
-        pytest.skip("no gate makes the EMA's point the best of this trial")
-    res = subprocess.run(cmd(*args, "--max-old", f"mse={ema!r}"), cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
     t = json.loads((out / "report.json").read_text())["trials"][0]
     assert t["params"]["candidate"] == trial["arms"][1]["name"] and t["feasible"]
     assert Path(t["checkpoint"]).parent.name.endswith("+ema") or Path(
@@ -1490,25 +1500,12 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
 def test_a_default_arms_curve_is_its_chosen_candidates(base, tmp_path):
     """finetune.ema: where a default arm's trial took its point from '<arm>+ema', the report
     draws that candidate's WiSE-FT curve (named so), the one its point lies on, not the arm's."""
-    from goodfit_cli.report.gate import Gate, Limit
-    from goodfit_cli.report.trials import best_candidate
     from goodfit_cli.workflows.search_report import default_curves
 
     out = tmp_path / "run"
     args = ("search", "--base", base, "--recipe", "toy", "--trials", 1, "--out", out,
             "--rungs", 0, *TINY, "finetune.ema=0.8")
-    res = subprocess.run(cmd(*args), cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=600)
-    assert res.returncode == 0, res.stderr
-    trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
-    ceilings = sorted({w["val"]["old"]["mse"] for a in trial["arms"] for w in a["wise"]})
-    ema = next((c for c in ceilings if best_candidate(
-        Gate((Limit("old", "mse", "max", c),)), trial, (-1, -1))[0] == 1), None)
-    if ema is None:
-        pytest.skip("no gate makes the EMA's point the best of this trial")
-    res = subprocess.run(cmd(*args, "--max-old", f"mse={ema!r}"), cwd=ROOT, env=ENV,
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
+    trial, res, _ = _ema_wins(out, args)
     rep = json.loads((out / "report.json").read_text())
     ref = rep["defaults"][0]
     assert ref["number"] == 0 and ref["candidate"] == trial["arms"][1]["name"]
