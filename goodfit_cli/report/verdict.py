@@ -124,11 +124,6 @@ def point_measure(base_preds: dict | None, preds: dict, kinds: dict[str, str],
     return flips, cis
 
 
-def point_flips(base_preds: dict | None, preds: dict, kinds: dict[str, str]) -> dict:
-    """`point_measure`'s flips, without CIs (a choice that reads the values alone)."""
-    return point_measure(base_preds, preds, kinds)[0]
-
-
 def _point_view(name: str, metrics: dict, base: dict, flips: dict | None = None,
                 cis: dict | None = None) -> dict:
     return {"name": name, **point_view(metrics, base, flips, cis)}

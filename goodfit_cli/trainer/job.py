@@ -50,6 +50,7 @@ class StageJob:
     out: Path
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
     stop_rule: StopRule | None = None  # early stopping (fine-tuning arms)
+    base_val_preds: dict | None = None  # the base's, measured once per command (a rung's flips)
     summary: dict[str, Any] = field(default_factory=dict)  # more entries for summary.json
 
 

@@ -73,12 +73,13 @@ def with_loss(metrics: dict, preds: dict) -> dict:
     return out
 
 
-def rung_evaluation(s: Session, base: nn.Module, flips: bool) -> Any:
+def rung_evaluation(s: Session, base: nn.Module, flips: bool, at_base: dict | None) -> Any:
     """A model's validation metrics (`with_loss`) for the search's rungs; with `flips` (a gate
-    on flip rates), each task's flips against `base`'s predictions (evaluated now, before
-    training), which a rung's gate reads as the search does (without them every point failed
-    a flip-rate limit alike)."""
-    at_base = s.evaluate(base, True, split="val")[1] if flips else None
+    on flip rates), each task's flips against the base's validation predictions (`at_base`,
+    measured once per command; else `base` evaluated now, before training), which a rung's gate
+    reads as the search does (without them every point failed a flip-rate limit alike)."""
+    if flips and at_base is None:
+        at_base = s.evaluate(base, True, split="val")[1]
 
     def evaluate(m: nn.Module) -> dict:
         metrics, preds = s.evaluate(m, True, split="val")
@@ -128,7 +129,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loss, arm_callbacks = built.loss, list(built.callbacks)
     watch = ui.events(arm.name) if main_rank else None
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
-        watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False)),
+        watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False),
+                                          job.base_val_preds),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")},
                    lambda: end_weights(model, optimizer, callbacks))  # what it would end
     # with now: early stopping's best, else the anchor (never GoodFit's displaced weights)

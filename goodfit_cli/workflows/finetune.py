@@ -327,8 +327,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             torch.manual_seed(s.seed)
             t_arm, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
             try:
-                results.append(run_stage(s, model, StageJob(arm, recipe.finetune, "new", arm_dir,
-                                                            meta, stop_rule=rule), stop, ui))
+                stage = StageJob(arm, recipe.finetune, "new", arm_dir, meta, rule,
+                                 base_val_preds=base_val_preds)  # a rung's flips: against it
+                results.append(run_stage(s, model, stage, stop, ui))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
                 if main_rank and arm.name in diverged:  # it finished this time
@@ -368,8 +369,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     gone = {a: line for a, line in diverged.items() if a not in arm_names}  # left out: named
     prov.update({"diverged": gone} if gone else {})
     prov.update(losses=losses(recipe), **({"sampling": sampled} if sampled else {}))
-    if head_record:
-        prov["base_head"] = head_record
+    prov.update({"base_head": head_record} if head_record else {})
     prov["input"] = loaded.input or {"source": "as stored"}
     if mismatch:
         prov["input_warning"] = mismatch
