@@ -536,6 +536,90 @@ def test_image_folders_are_resized_and_cropped_as_the_bases_image_processor_does
     assert geometry({"pretrained_cfg": {"crop_mode": "center"}}, None) == {}  # timm's default
 
 
+def test_save_to_disk_images_get_the_timm_bases_crop_as_image_folders_do(tmp_path):
+    """A timm folder whose pretrained_cfg says 16x16, bicubic, crop_pct 0.875 (timm's eval
+    transform: the short side to 18, the centre 16x16 cut): hf_disk took only its size and
+    squashed each 20x24 image to 16x16, the aspect lost and nothing cropped, so the model saw
+    other pixels than it was trained on. Now its images are the image folder's, pixel for
+    pixel, and run.json and recipe.yaml say crop_pct and crop_mode."""
+    import timm
+    from PIL import Image
+
+    from goodfit_cli.recipe import load_recipe
+
+    rng = np.random.default_rng(0)
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    for name, cls in (("old_train", ["a", "b"]), ("old_test", ["a", "b"]), ("new_train", ["c"]),
+                      ("new_test", ["c"])):
+        cls = [c for c in cls for _ in range(5)]
+        imgs = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in cls]
+        datasets.Dataset.from_dict({"image": imgs, "label": [ord(c) - 97 for c in cls]},
+                                   features=feats).save_to_disk(tmp_path / name)
+        for i, (c, img) in enumerate(zip(cls, imgs)):  # the same images as image folders
+            (tmp_path / "folders" / name / c).mkdir(parents=True, exist_ok=True)
+            img.save(tmp_path / "folders" / name / c / f"{i}.png")
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=2),
+                            str(tmp_path / "hub"), safe_serialization=True)
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    config["pretrained_cfg"].update(input_size=[3, 16, 16], interpolation="bicubic",
+                                    crop_pct=0.875)
+    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="hf_disk", ext="x").replace(
+        ".x", "").replace("adamw", "sgd").replace("seed: 0\n", "seed: 0\ndata_dir: .\n"))
+    res = CliRunner().invoke(app, ["finetune", "--base", str(tmp_path / "hub"), "--recipe",
+                                   str(tmp_path / "r.yaml"), "--out", str(tmp_path / "ft"),
+                                   "--no-wise"])
+    assert res.exit_code == 0, res.output
+    geometry = {"size": [16, 16], "interpolation": "bicubic", "crop_pct": 0.875,
+                "crop_mode": "center"}
+    run = json.loads((tmp_path / "ft" / "run.json").read_text())
+    assert run["input"]["from_config"] == geometry
+    assert run["preprocessing"] == {"image": "image", **geometry}
+    args = load_recipe(tmp_path / "ft" / "recipe.yaml").data.args
+    disk = build_data("hf_disk", args, seed=0, data_dir=str(tmp_path))
+    folder = build_data("imagefolder", {**args, "old": {"train": "folders/old_train",
+                                                        "test": "folders/old_test"},
+                                        "new": {"train": "folders/new_train",
+                                                "test": "folders/new_test"}},
+                        seed=0, data_dir=str(tmp_path))
+    for t in ("old", "new"):
+        assert disk[t].test.x.shape[1:] == (16, 16, 3)
+        assert torch.equal(disk[t].test.x, folder[t].test.x)
+        assert torch.equal(disk[t].train.x, folder[t].train.x)
+
+
+def test_save_to_disk_images_are_cropped_as_the_bases_image_processor_does(vit, tmp_path):
+    """DeiT's processor resizes to 40x40 and centre-crops 32x32: hf_disk took only the 40x40
+    resize and fed the model uncropped images. Now its pixels are the processor's (to one
+    level: PIL and torch round apart), as imagefolder's are."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(
+        names=["cat", "dog", "bird", "fox"])})
+    imgs = [Image.fromarray(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8)) for _ in range(3)]
+    for name, cls in (("old_train", [0, 1, 2]), ("old_test", [0, 1, 2]), ("new_train", [3]),
+                      ("new_test", [3])):
+        datasets.Dataset.from_dict({"image": imgs[:len(cls)], "label": cls},
+                                   features=feats).save_to_disk(tmp_path / name)
+    deit = tmp_path / "deit"  # the ViT's files with DeiT's processor: only it is read here
+    deit.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (deit / name).write_bytes((vit / name).read_bytes())
+    proc = transformers.DeiTImageProcessor(size={"height": 40, "width": 40}, resample=3,
+                                           crop_size={"height": 32, "width": 32})
+    proc.save_pretrained(deit)
+    recipe = parse_recipe(RECIPE.format(name="r", data="hf_disk", ext="x").replace(
+        ".x", ""), str(tmp_path / "r.yaml"))
+    assert adopt_base_inputs(recipe, deit)["crop_pct"] == pytest.approx(0.8)
+    test = build_data("hf_disk", recipe.data.args, seed=0, data_dir=str(tmp_path))["old"].test.x
+    theirs = proc(imgs, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    assert test.shape == (3, 32, 32, 3)
+    assert (test.permute(0, 3, 1, 2).float() - theirs).abs().max() <= 1
+
+
 def test_save_to_disk_pixels_wider_than_8_bits_are_read_or_refused_never_wrapped(tmp_path):
     """An Array2D(uint16) image column (rows decoded as Python lists) and a numpy-formatted one
     are read by their top 8 bits (257 * v -> v), as a 16-bit image file is, never modulo 256

@@ -2,9 +2,11 @@
 column and a label column (`pip install 'goodfit[hf]'`).
 
 `load_from_disk` reads the folder's Arrow files (no code, nothing downloaded). An image column
-(PIL images, as the `Image` feature decodes them) becomes uint8 (N, H, W, C) RGB, resized to
-`size` with `interpolation` when given (a transformers --base's image processor sets both when
-the recipe does not); a text column is tokenised as the text dataset does (data/text.py). A
+(PIL images, as the `Image` feature decodes them) becomes uint8 (N, H, W, C) RGB, brought to
+`size` by timm's eval transform when given, as imagefolder does: resized to size / `crop_pct`
+(both sides: `crop_mode` squash, the default here; the short side: center), then the centre
+`size` cut (a --base's timm pretrained_cfg or transformers image processor sets what the recipe
+does not); a text column is tokenised as the text dataset does (data/text.py). A
 `ClassLabel` label column keeps its names; a base folder's label2id, when it names its classes,
 decides the ids first (`labels_from`, which a transformers --base sets; text: its tokenizer's).
 """
@@ -20,8 +22,9 @@ import torch
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.core.progress import ITEMS_PER_REPORT, work
 from goodfit_cli.data.base import Task
-from goodfit_cli.data.imagefolder import image_size
+from goodfit_cli.data.imagefolder import eval_transform, image_size
 from goodfit_cli.data.imagestream import rgb
+from goodfit_cli.data.inputs import check_crop
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import labelled_tasks
 from goodfit_cli.data.text import Tokenising, known_from, texts_of
@@ -86,14 +89,13 @@ def _pixels(value: Any, dtype: np.dtype | None, i: int, path: str, key: str) -> 
                    "8-bit: save uint8 (0..255) or 16-bit (uint16) pixels")
 
 
-def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
-            interpolation: str, dtype: np.dtype | None = None) -> torch.Tensor:
+def _images(values: Any, path: str, key: str, transform: Any,
+            dtype: np.dtype | None = None) -> torch.Tensor:
     """PIL images (or arrays; datasets' column, decoded row by row as iterated) -> uint8
-    (N, H, W, 3) written into one array, resized to `size` (H, W) when given; progress
-    reported (core/progress.py). `dtype`: the integer type the column declares."""
+    (N, H, W, 3) written into one array, through `transform` (imagefolder.eval_transform's)
+    when given; progress reported (core/progress.py). `dtype`: the column's integer type."""
     from PIL import Image
 
-    resample = getattr(Image.Resampling, interpolation.upper())
     n, out = len(values), None
     with work(f"reading {key} images", n) as advance:
         for i, v in enumerate(values):
@@ -101,10 +103,9 @@ def _images(values: Any, path: str, key: str, size: tuple[int, int] | None,
                 v = np.asarray(v)
             img = v if isinstance(v, Image.Image) else Image.fromarray(
                 _pixels(v, dtype, i, path, key))
-            img = rgb(img)
-            if size is not None and img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), resample)
-            arr = np.asarray(img, dtype=np.uint8)
+            img = rgb(img) if transform is None else transform(rgb(img))
+            arr = img.permute(1, 2, 0).numpy() if isinstance(img, torch.Tensor) else \
+                np.asarray(img, dtype=np.uint8)
             if out is None:
                 out = np.empty((n, *arr.shape), dtype=np.uint8)
             elif arr.shape != out.shape[1:]:
@@ -123,15 +124,19 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
             text: str | None = None, label: str = "label", size: Any = None,
             interpolation: str = "bilinear", tokenizer: str | None = None, max_length: int = 128,
             padding: str = "max_length", truncation: bool = True,
-            labels_from: str | None = None) -> dict[str, Task]:
+            labels_from: str | None = None, crop_pct: float = 1.0,
+            crop_mode: str | None = None) -> dict[str, Task]:
     """Old and new tasks from save_to_disk folders (one per split). `labels_from`: a model
-    folder whose config.json label2id gives its classes' ids first (a transformers --base)."""
+    folder whose config.json label2id gives its classes' ids first (a transformers --base);
+    `crop_pct`, `crop_mode` (squash unless set): timm's eval crop, as imagefolder's."""
     if image is not None and text is not None:
         raise ArgError("image", "give image or text, not both")
     if interpolation not in RESAMPLING:
         raise ArgError("interpolation", f"expected one of {', '.join(RESAMPLING)}, got "
                        f"{interpolation!r}")
     hw = image_size(size)
+    check_crop(crop_pct, crop_mode)
+    crop_mode = crop_mode or "squash"  # `size` resized to, exactly, as before crop_pct
     where, loaded = {}, {}
     for name, spec in (("old", old), ("new", new)):
         where[name] = task_paths(name, spec, ctx, "a folder written by save_to_disk")
@@ -171,9 +176,11 @@ def hf_disk(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], image: str
         record = {**record, "text": column}
         known = known_from(labels_from, ctx.data_dir, tokenising.folder)
     else:
-        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", hw, interpolation,
+        tf = eval_transform(hw, interpolation, crop_pct, crop_mode)
+        inputs = {k: _images(ds[column], where[k[0]][k[1]], f"{k[0]}.{k[1]}", tf,
                              _declared(ds.features[column])) for k, ds in loaded.items()}
-        record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation}
+        record = {"image": column, "size": list(hw) if hw else None, "interpolation": interpolation,
+                  **({"crop_pct": crop_pct, "crop_mode": crop_mode} if hw else {})}
         known = known_from(labels_from, ctx.data_dir, Path(tokenizer) if tokenizer else None)
     if names and not known:
         known = {n: i for i, n in enumerate(names)}  # the ClassLabel's own ids

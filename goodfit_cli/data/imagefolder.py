@@ -25,7 +25,7 @@ import numpy as np
 from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.imagestream import ImageSamples, train_transform
-from goodfit_cli.data.inputs import CROP_MODES
+from goodfit_cli.data.inputs import check_crop
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.text import known_from
 
@@ -33,10 +33,7 @@ from goodfit_cli.data.text import known_from
 def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
           crop_pct: float = 1.0, crop_mode: str | None = None):
     """timm's dataset over `path`, the empty class folders checked, with the eval transform."""
-    from timm.data import (  # deferred: timm imports slowly
-        create_dataset,
-        create_transform,
-    )
+    from timm.data import create_dataset  # deferred: timm imports slowly
 
     if not os.path.exists(path):
         raise ArgError(key, f"not found: {path}")
@@ -58,11 +55,21 @@ def _open(path: str, key: str, size: tuple[int, int] | None, interpolation: str,
                 raise ArgError(key, f"class folder {os.path.join(path, name)} holds no images")
     if not len(ds):
         raise ArgError(key, f"{path} holds no images (class-per-folder: {path}/<class>/<image>)")
-    if size is not None:
-        ds.transform = create_transform((3, *size), is_training=False, crop_pct=crop_pct,
-                                        crop_mode=crop_mode,
-                                        interpolation=interpolation, normalize=False)
+    ds.transform = eval_transform(size, interpolation, crop_pct, crop_mode)
     return ds
+
+
+def eval_transform(size: tuple[int, int] | None, interpolation: str, crop_pct: float = 1.0,
+                   crop_mode: str | None = None):
+    """timm's eval transform of a PIL image to `size` (H, W) (resized to size / crop_pct, the
+    short side for crop_mode center, both for squash; then the centre `size` cut), uint8 out;
+    None without a size."""
+    if size is None:
+        return None
+    from timm.data import create_transform  # deferred: timm imports slowly
+
+    return create_transform((3, *size), is_training=False, crop_pct=crop_pct,
+                            crop_mode=crop_mode, interpolation=interpolation, normalize=False)
 
 
 def _by_class_folder(reader, path: str, key: str) -> None:
@@ -209,11 +216,7 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
     keep their ids; `crop_mode`: timm's eval crop (center, the default; squash: both sides to
     size / crop_pct, the aspect not kept; border)."""
     hw = image_size(size)
-    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
-            not 0 < crop_pct <= 1:
-        raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")
-    if crop_mode is not None and crop_mode not in CROP_MODES:
-        raise ArgError("crop_mode", f"expected one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
+    check_crop(crop_pct, crop_mode)
     augmenting = train_transform(augment, hw, interpolation)
     opened: dict[str, dict[str, Any]] = {}
     where: dict[tuple[str, str], str] = {}  # (task, split): its path

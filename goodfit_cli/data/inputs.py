@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from goodfit_cli.core.args import ArgError
+
 IMAGE, TABLE = "image", "table"
 ATTR = "goodfit_input"  # the model attribute that holds its InputSpec
 
@@ -153,12 +155,13 @@ def _hw(size: Any) -> tuple[int, int] | None:
 
 
 def geometry(config: dict[str, Any] | None, processor: dict[str, Any] | None,
-             crops: bool = True) -> dict[str, Any]:
+             crops: bool = True, default_crop: str = "center") -> dict[str, Any]:
     """Input size, interpolation and crop of a model folder: timm's `pretrained_cfg` in
-    config.json (a crop_mode other than centre), else a transformers image processor
+    config.json (its crop_mode, centre when unset), else a transformers image processor
     (preprocessor_config.json): resized to exactly (height, width), the aspect not kept (timm's
     crop_mode squash), then, with `do_center_crop` and `crops` (a dataset that takes crop_pct),
-    centre-cropped to `crop_size` (size: the crop, crop_pct: its share)."""
+    centre-cropped to `crop_size` (size: the crop, crop_pct: its share). `crop_mode` is given
+    where it differs from `default_crop`, the one the dataset applies when unset."""
     found: dict[str, Any] = {}
     cfg = (config or {}).get("pretrained_cfg")
     if isinstance(cfg, dict):
@@ -171,8 +174,7 @@ def geometry(config: dict[str, Any] | None, processor: dict[str, Any] | None,
         pct = cfg.get("crop_pct")
         if isinstance(pct, (int, float)) and not isinstance(pct, bool) and 0 < pct <= 1:
             found["crop_pct"] = float(pct)
-        if cfg.get("crop_mode") in CROP_MODES[1:]:
-            found["crop_mode"] = cfg["crop_mode"]
+        found["crop_mode"] = cfg["crop_mode"] if cfg.get("crop_mode") in CROP_MODES else "center"
     elif isinstance(processor, dict):
         size, crop = _hw(processor.get("size")), _hw(processor.get("crop_size"))
         if size is not None:
@@ -184,7 +186,18 @@ def geometry(config: dict[str, Any] | None, processor: dict[str, Any] | None,
                 found["size"], found["crop_pct"] = list(crop), pct  # timm: size / pct, crop
         if processor.get("resample") in RESAMPLE:
             found["interpolation"] = RESAMPLE[processor["resample"]]
+    if found.get("crop_mode") == default_crop:
+        del found["crop_mode"]
     return found
+
+
+def check_crop(crop_pct: Any, crop_mode: Any) -> None:
+    """A dataset's `crop_pct` (a share in (0, 1]) and `crop_mode` (one of CROP_MODES or None)."""
+    if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or \
+            not 0 < crop_pct <= 1:
+        raise ArgError("crop_pct", f"expected a share in (0, 1], got {crop_pct!r}")
+    if crop_mode is not None and crop_mode not in CROP_MODES:
+        raise ArgError("crop_mode", f"expected one of {', '.join(CROP_MODES)}, got {crop_mode!r}")
 
 
 def table_statistics(x: torch.Tensor, source: str = "old training split") -> InputSpec:

@@ -252,7 +252,8 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
 
 # what a base folder may set in a dataset's args the recipe leaves unset
 GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct", "crop_mode"),
-                     "hf_disk": ("size", "interpolation")}
+                     "hf_disk": ("size", "interpolation", "crop_pct", "crop_mode")}
+DEFAULT_CROP = {"hf_disk": "squash"}  # the crop_mode a dataset applies when unset (else center)
 TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
 LABELLED_DATASETS = ("text", "hf_disk", "imagefolder")  # ... and a base naming its classes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
@@ -268,8 +269,9 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     if not keys and recipe.data.name not in LABELLED_DATASETS:
         return None
     files = resolve_base(Path(base))
-    found = {k: v for k, v in geometry(files.config, files.processor,
-                                       crops="crop_pct" in keys).items() if k in keys}
+    found = {k: v for k, v in geometry(files.config, files.processor, crops="crop_pct" in keys,
+                                       default_crop=DEFAULT_CROP.get(recipe.data.name, "center")
+                                       ).items() if k in keys}
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
