@@ -500,6 +500,28 @@ def test_image_folders_keep_the_ids_of_the_classes_the_base_names(vit, tmp_path)
     assert tasks["old"].label_names == ["dog", "bird", "cat", "fox", "owl"]
 
 
+def test_integer_classes_of_image_folders_are_the_bases_label_ids(vit, tmp_path):
+    """The ViT base's label2id is cat 0, dog 1, bird 2; folders bird, cat, dog. `classes: [0,
+    1]` picked the folders at positions 0 and 1 (bird, cat) where a save_to_disk or text
+    source with the same labels_from picks the label ids 0 and 1 (cat, dog). Now the folders
+    the base calls 0 and 1; an id it does not name, or one whose name has no folder, is one
+    line naming the recipe key; without labels_from an integer is still a folder's position."""
+    image_folders(tmp_path, {"old_train": ["bird", "cat", "dog"], "old_test": ["bird", "cat",
+                             "dog"], "new_train": ["cat", "fox"], "new_test": ["cat", "fox"]})
+    args = {"old": {"train": "old_train", "test": "old_test", "classes": [0, 1]},
+            "new": {"train": "new_train", "test": "new_test"}, "labels_from": str(vit.resolve())}
+    old = build_data("imagefolder", args, seed=0, data_dir=str(tmp_path))["old"]
+    assert [old.label_names[i] for i in old.classes] == ["cat", "dog"] and old.classes == [0, 1]
+    for chosen, said in (([0, 3], r"new.classes\[1\]: 3 is not a label id of .*ids 0..2"),
+                         ([2], r"new.classes\[0\]: label id 2 is 'bird' in .* no class folder")):
+        spec = {"old": args["old"], "new": {**args["new"], "classes": chosen}}
+        with pytest.raises(UserError, match=said):
+            build_data("imagefolder", {**args, **spec}, seed=0, data_dir=str(tmp_path))
+    old = build_data("imagefolder", {**args, "labels_from": None}, seed=0,
+                     data_dir=str(tmp_path))["old"]
+    assert [old.label_names[i] for i in old.classes] == ["bird", "cat"]
+
+
 def test_image_folders_are_resized_and_cropped_as_the_bases_image_processor_does(vit, tmp_path):
     """A transformers image processor resizes to exactly (height, width), the aspect not kept,
     and DeiT's then centre-crops to crop_size; imagefolder resized the short side and cropped

@@ -11,7 +11,9 @@ Class ids are global: the old task's classes first (its `classes` list, else its
 folder names in natural order), then the new task's classes that are not old ones; a model
 folder that names its classes (`labels_from`, which a --base naming them sets: config.json's
 label2id, timm's label_names) gives its names their ids first, so a base's classes keep their
-head rows. A task's `classes` list selects folders by name (or by their position as integer ids).
+head rows. A task's `classes` list selects folders by name, or by integer: a label id of
+`labels_from` when it names classes (as text and hf_disk read integers: the class the base
+calls 0), else the folder's position in name order.
 """
 
 from __future__ import annotations
@@ -169,16 +171,30 @@ def image_size(size: Any) -> tuple[int, int] | None:
     raise ArgError("size", f"expected a positive integer or [height, width], got {size!r}")
 
 
-def _selected(name: str, spec: Mapping[str, Any], found: list[str]) -> list[str]:
-    """The task's class names: its `classes` (names, or integer positions in `found`), or all."""
+def _selected(name: str, spec: Mapping[str, Any], found: list[str],
+              known: Mapping[str, int], labels_from: Any) -> list[str]:
+    """The task's class names: its `classes` (folder names, or integer ids), or all. An integer
+    is a label id of `known` (a model folder's, as text and hf_disk read it) when there are
+    such, else a position in `found`; an id `known` lacks is refused (not read as a position)."""
     chosen = spec.get("classes")
     if chosen is None:
         return found
     if isinstance(chosen, (str, bytes)) or not isinstance(chosen, Sequence):
         raise ArgError(f"{name}.classes", f"expected a list of folder names or ids, got {chosen!r}")
+    by_id = {i: c for c, i in known.items()}
     out = []
     for i, c in enumerate(chosen):
-        if isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(found):
+        if isinstance(c, int) and not isinstance(c, bool) and by_id:
+            if c not in by_id:
+                raise ArgError(f"{name}.classes[{i}]", f"{c} is not a label id of {labels_from} "
+                               f"(labels_from: ids {min(by_id)}..{max(by_id)}); give a class "
+                               "it does not name by its folder name")
+            if by_id[c] not in found:
+                raise ArgError(f"{name}.classes[{i}]", f"label id {c} is {by_id[c]!r} in "
+                               f"{labels_from} (labels_from) and no class folder bears that "
+                               f"name (found: {', '.join(found)})")
+            c = by_id[c]
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(found):
             c = found[c]
         if c not in found:
             raise ArgError(f"{name}.classes[{i}]", f"no class folder {c!r} (found: {', '.join(found)})")
@@ -227,9 +243,10 @@ def imagefolder(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], size: 
                         for split, path in paths.items()}
         where.update({(name, split): str(path) for split, path in paths.items()})
     read: dict[tuple, Any] = {}  # a folder two tasks name alike (a base's pretrain): read once
-    names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])))
+    known = known_from(labels_from, ctx.data_dir, None)
+    names = {t: _selected(t, spec, list(_class_to_idx(opened[t]["train"])), known, labels_from)
              for t, spec in (("old", old), ("new", new))}
-    ids = _class_ids(names, known_from(labels_from, ctx.data_dir, None), labels_from)
+    ids = _class_ids(names, known, labels_from)
     by_id = {i: c for c, i in ids.items()}
     order = [by_id.get(i, f"LABEL_{i}") for i in range(max(ids.values()) + 1)]
     tasks = {}
