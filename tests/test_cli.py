@@ -569,3 +569,19 @@ def test_a_commands_timings_count_its_start_up_from_the_entry_point(tmp_path):
                     tmp_path / "lib", log=lambda m: None)
     assert "start_up" not in json.loads((tmp_path / "lib" / "timings.json").read_text())[
         "phases_s"]
+
+
+def test_help_says_where_output_goes_and_that_search_never_exits_3():
+    """The --out defaults are said (finetune, compare), and search's --gate does not promise an
+    exit 3 it never gives (the gate is its trials' constraint; docs/method.md). Read from the
+    options themselves: Rich shortens long words in a narrow terminal."""
+    import typer
+
+    commands = typer.main.get_command(app).commands
+
+    def help_of(cmd: str, opt: str) -> str:
+        return next(p.help for p in commands[cmd].params if opt in getattr(p, "opts", ()))
+
+    assert "default: a new folder in runs/" in help_of("finetune", "--out")
+    assert "default: runs/<recipe>-compare-<time>" in help_of("compare", "--out")
+    assert "never an exit 3" in help_of("search", "--gate")

@@ -170,11 +170,12 @@ RECIPE_OR_RUNS = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)  # finet
 BASE = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors).")
 BASE_OR_RUNS = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with "
                             "--resume, the run's own by default.")
-RUN_DIR = typer.Option(None, "--out", "-o", help="Run directory.")
+RUN_DIR = typer.Option(None, "--out", "-o",
+                       help="Run directory (default: a new folder in runs/ stamped with the time).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Write into a non-empty --out (its old "
                          "content is moved aside and kept).")
 GATE = typer.Option(None, "--gate", help="gate.yaml with limits: exit 3 if one is violated "
-                    "(search: the trials' constraint).")
+                    "(search: the trials' constraint, never an exit 3).")
 JUNIT = typer.Option(None, "--junit", help="Write the gate as JUnit XML: one case per "
                      "candidate and limit.")
 OVERRIDES = typer.Argument(None, help="key.sub=value overrides")
