@@ -585,3 +585,16 @@ def test_help_says_where_output_goes_and_that_search_never_exits_3():
     assert "default: a new folder in runs/" in help_of("finetune", "--out")
     assert "default: runs/<recipe>-compare-<time>" in help_of("compare", "--out")
     assert "never an exit 3" in help_of("search", "--gate")
+
+
+def test_search_help_names_the_extra_that_installs_peft():
+    """`goodfit search --help` says which extra brings the lora arm's PEFT; that extra must be
+    the one pyproject.toml gives PEFT (it named `hf`, which installs transformers only)."""
+    import tomllib
+
+    from goodfit_cli.cli.usage import SEARCH_HELP
+
+    extra = re.search(r"PEFT is installed, the (\w+) extra", SEARCH_HELP).group(1)
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    deps = pyproject["project"]["optional-dependencies"][extra]
+    assert any(d.startswith("peft") for d in deps), (extra, deps)

@@ -80,7 +80,7 @@ RULES_HELP = ("new: the most new-task gain (the old task breaks ties); knee: the
 SEARCH_HELP = (
     "Search arms and knobs for the best update the gate allows (Optuna, multi-objective).\n\n"
     "Space: the arm (plain, head_only, goodfit, lp_ft, l2sp, lwf, focal, ewc; also lora where "
-    "PEFT is installed, the hf extra, and a plugin's arms; the trial's recipe.yaml names the "
+    "PEFT is installed, the lora extra, and a plugin's arms; the trial's recipe.yaml names the "
     "arm it ran in finetune.arms), lr from lr/10 "
     "to 10 lr, each arm's knobs around the recipe's values, the replay fraction from 0 to 0.5 "
     "(--no-replay: none); for a cross_entropy new task, its class balance (new_task.args.balance) "
