@@ -572,8 +572,9 @@ def test_a_commands_timings_count_its_start_up_from_the_entry_point(tmp_path):
 
 
 def test_help_says_where_output_goes_and_that_search_never_exits_3():
-    """The --out defaults are said (finetune, compare), and search's --gate does not promise an
-    exit 3 it never gives (the gate is its trials' constraint; docs/method.md). Read from the
+    """The --out defaults are said (finetune, compare), search's --gate does not promise an
+    exit 3 it never gives (the gate is its trials' constraint; docs/method.md), and --data-dir
+    does not promise $GOODFIT_DATA to every dataset. Read from the
     options themselves: Rich shortens long words in a narrow terminal."""
     import typer
 
@@ -585,6 +586,9 @@ def test_help_says_where_output_goes_and_that_search_never_exits_3():
     assert "default: a new folder in runs/" in help_of("finetune", "--out")
     assert "default: runs/<recipe>-compare-<time>" in help_of("compare", "--out")
     assert "never an exit 3" in help_of("search", "--gate")
+    # $GOODFIT_DATA is read by cifar100_lt alone (data/cifar.py), not by every dataset
+    data_dir = help_of("finetune", "--data-dir")
+    assert "working directory" in data_dir and "cifar100_lt also reads $GOODFIT_DATA" in data_dir
 
 
 def test_search_help_names_the_extra_that_installs_peft():

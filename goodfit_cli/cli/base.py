@@ -145,7 +145,9 @@ def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
 LogFormat = Literal["text", "json"]
 # Options several commands share: one definition each (Typer accepts a shared default object).
 DEVICE = typer.Option(None, "--device", help="auto | cpu | cuda")
-DATA_DIR = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the recipe's data_dir or $GOODFIT_DATA).")
+DATA_DIR = typer.Option(None, "--data-dir", help="Where the recipe's data lives (else the "
+                        "recipe's data_dir, else the working directory; cifar100_lt also "
+                        "reads $GOODFIT_DATA).")
 SEED = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed).")
 NPROC = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel).")
 MAX_OLD_DROP = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute).")
