@@ -378,6 +378,22 @@ def test_search_refuses_an_out_folder_that_holds_no_study(base, tmp_path):
         assert all((folder / f).read_text() == "kept\n" for f in files)
 
 
+def test_search_under_torchrun_is_one_line_before_anything_is_created(tmp_path):
+    """Under torchrun each rank drew its own trial and DDP joined two different models: exit 1
+    with a traceback per rank. A search is one process per worker (--storage shares a study):
+    under torchrun it is refused in one line, --out never created."""
+    env = {**ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    out = tmp_path / "s"
+    res = subprocess.run(cmd("search", "--base", tmp_path / "base.safetensors", "--recipe", "toy",
+                             "--trials", 1, "--out", out, *TINY), cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert "not under torchrun" in res.stderr and "--storage" in res.stderr
+    assert not out.exists()
+
+
 def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
     """α is not drawn: along the arm's curve (validation numbers) the best new-task point within
     the gate wins, the old task breaking ties; never the base's own point (α = 0); the arm

@@ -51,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.objectives import direction
@@ -245,6 +246,9 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
         raise UserError("goodfit search needs Optuna: pip install 'goodfit[search]'") from None
 
     ui, place = ui or Ui(), place or Place()
+    if dist_info()[1] > 1:  # each rank would draw its own trial and DDP would join two models
+        raise UserError("goodfit search runs as one process per worker, not under torchrun: to "
+                        "run trials in parallel, start more workers on one --storage")
     if job.trials < 1:
         raise UserError(f"--trials {job.trials}: must be at least 1")
     if not job.base.exists():
