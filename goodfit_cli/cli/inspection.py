@@ -56,7 +56,8 @@ def compare(
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
     junit: Optional[Path] = JUNIT,
-    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default: runs/<recipe>-compare-<time>)."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Report directory (default: runs/<recipe>-compare-<time>)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overwrite: bool = OVERWRITE,
