@@ -589,6 +589,10 @@ def test_help_says_where_output_goes_and_that_search_never_exits_3():
     # $GOODFIT_DATA is read by cifar100_lt alone (data/cifar.py), not by every dataset
     data_dir = help_of("finetune", "--data-dir")
     assert "working directory" in data_dir and "cifar100_lt also reads $GOODFIT_DATA" in data_dir
+    # a fine-tune's weights come from its base: its seed does not choose "initial weights"
+    assert "Initial weights" in help_of("pretrain", "--seed")
+    assert "Initial weights" not in help_of("finetune", "--seed")
+    assert "the base's" in help_of("finetune", "--seed")
 
 
 def test_search_help_names_the_extra_that_installs_peft():
