@@ -1405,15 +1405,22 @@ def test_a_search_with_ema_keeps_the_ema_candidate_where_it_is_best(base, tmp_pa
     k, alpha = best_candidate(Gate((Limit("old", "mse", "max", ema),)), trial, (-1, -1))
     point = next(w for w in trial["arms"][1]["wise"] if w["alpha"] == alpha)
     assert (t["old"], t["new"]) == (point["val"]["old"]["mse"], point["val"]["new"]["mse"])
-    # what was recommended and exported is named as the EMA candidate, not its arm
-    ema_name = trial["arms"][1]["name"]
-    rec = json.loads((out / "report.json").read_text())["recommendation"]
-    assert rec["number"] == 0
+    # what was recommended and exported is named as the EMA of its arm, not as the arm, by one
+    # name in the console, the trial's log line, report.json, the table and the recommendation
+    ema_name, arm = trial["arms"][1]["name"], trial["arms"][0]["name"]
+    shipped = f"{arm} (EMA)"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["recommendation"]["number"] == 0 and rep["trials"][0]["shipped"] == shipped
     said = (res.stdout + res.stderr).strip().splitlines()
-    assert next(s for s in said if "recommendation (--rule" in s).count(f"({ema_name})") == 1
+    assert f"trial 0, {shipped} -> " in next(s for s in said if "recommendation (--rule" in s)
+    assert any(f"of {shipped}; evaluations only" in s for s in said)  # chosen again under it
     _, meta = ckpt.load_model(out / "recommended" / "model.safetensors")
-    assert meta["search"]["arm"] == ema_name == meta["arm"]
-    assert f"its point {ema_name}" in (out / "report.md").read_text()
+    assert meta["search"]["arm"] == ema_name == meta["arm"]  # the candidate's own name
+    md = (out / "report.md").read_text()
+    assert f"Trial 0, {shipped} (finetune.arms=[{arm}], the exponential moving average" in md
+    row = next(r for r in md.splitlines() if r.startswith("| 0 |"))
+    assert row.split(" | ")[2] == shipped
+    assert shipped in (out / "report.html").read_text()
 
 
 def test_a_relative_out_and_base_are_recorded_as_absolute_paths(base, tmp_path):
@@ -1526,7 +1533,7 @@ def test_a_default_arms_curve_is_its_chosen_candidates(base, tmp_path):
     ref = rep["defaults"][0]
     assert ref["number"] == 0 and ref["candidate"] == trial["arms"][1]["name"]
     [(label, curve)] = default_curves(rep, {"old": "mse", "new": "mse"})
-    assert label == f"{ref['name']} ({trial['arms'][1]['name']})"
+    assert label == f"{ref['name']} (EMA)"
     assert curve == [(w["val"]["old"]["mse"], w["val"]["new"]["mse"])
                      for w in trial["arms"][1]["wise"]]
     assert (ref["old"], ref["new"]) in curve  # the reference point lies on its curve

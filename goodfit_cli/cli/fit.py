@@ -214,7 +214,7 @@ def search(
     from goodfit_cli.workflows.budget import parse_budget
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search
-    from goodfit_cli.report.trials import point_name
+    from goodfit_cli.report.trials import shipped_name
     from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place
 
@@ -239,7 +239,7 @@ def search(
         f"(--rule {rep['rule']}): " + (
         ("none passes the gate" + (" (the base itself fails it on validation: see the report)"
                                    if rep.get("base_outside_gate") else "")) if rec is None else
-        f"trial {rec['number']} ({point_name(rec)}) -> "
+        f"trial {rec['number']}, {shipped_name(rec)} -> "
         f"{rep.get('exported') or rep.get('export_note')}")
         + _close_line(rep.get("close_calls")))
 

@@ -21,7 +21,7 @@ from goodfit_cli.io.staging import write_together
 from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.sections import slack_line, time_rows, within_phrase
-from goodfit_cli.report.trials import point_name
+from goodfit_cli.report.trials import shipped_name
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
 
 
@@ -104,7 +104,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
         fill = "#555" if t["feasible"] else "none"
         out.append(f'<circle cx="{px(t["old"]):.1f}" cy="{py(t["new"]):.1f}" r="4" '
                    f'fill="{fill}" stroke="#555"><title>trial {t["number"]}: '
-                   f'{escape(point_name(t))}</title></circle>')
+                   f'{escape(shipped_name(t))}</title></circle>')
     for label, fill in (("trial: passes gate", "#555"), ("trial: fails gate", "none")):
         out.append(_legend(legend_y, label, f'<circle cx="9" cy="0" r="4" fill="{fill}" '
                                             'stroke="#555"/>'))
@@ -112,7 +112,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     if rec is not None and rec.get("old") is not None:
         out.append(f'<circle cx="{px(rec["old"]):.1f}" cy="{py(rec["new"]):.1f}" r="9" '
                    f'fill="none" stroke="#d62728" stroke-width="2"><title>recommendation: trial '
-                   f'{rec["number"]} ({escape(point_name(rec))})</title></circle>')
+                   f'{rec["number"]} ({escape(shipped_name(rec))})</title></circle>')
         out.append(_legend(legend_y, "recommendation",
                            '<circle cx="9" cy="0" r="7" fill="none" stroke="#d62728" '
                            'stroke-width="2"/>'))
@@ -168,8 +168,10 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
             test = (f"; on test: old {m_old} {rec['test_old']:.5g}, new {m_new} "
                     f"{rec['test_new']:.5g} (gate on test: {gate})")
         default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
-        of = f", its point {point_name(rec)}" if point_name(rec) != rec["arm"] else ""
-        said.append(f"Trial {rec['number']} (finetune.arms=[{rec['arm']}]{default}{of}; {knobs}), "
+        of = (", the exponential moving average of its weights (finetune.ema)"
+              if shipped_name(rec) != rec["arm"] else "")
+        said.append(f"Trial {rec['number']}, {shipped_name(rec)} (finetune.arms=[{rec['arm']}]"
+                    f"{default}{of}; {knobs}), "
                     f"by --rule "
                     f"{rep.get('rule', 'new')}: on validation old {m_old} "
                     f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
@@ -190,13 +192,14 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
         return ("FAIL" if not t["feasible"] else "pass" if t.get("gains", True) else
                 "pass, no new-task gain")
 
-    tables = [("Trials", ["trial", "state", "finetune.arms", "knobs", "batches",
+    tables = [("Trials", ["trial", "state", "arm (or its EMA)", "knobs", "batches",
                           f"old {m_old} (val)",
                           f"new {m_new} (val)", "gate (val)", "front", f"old {m_old} (test)",
                           f"new {m_new} (test)"],
                [[str(t["number"]), t["state"] + (f" (re-run of {t['rerun_of']})"
                                                  if "rerun_of" in t else "")
-                 + (f" (retry of {t['retry_of']})" if "retry_of" in t else ""), t["arm"],
+                 + (f" (retry of {t['retry_of']})" if "retry_of" in t else ""),
+                 shipped_name(t),
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items()),
                  "-" if t.get("batches") is None else str(t["batches"]),

@@ -57,6 +57,19 @@ def point_name(t: dict) -> str:
     return (t.get("params") or {}).get("candidate") or t["arm"]
 
 
+def shipped_name(t: dict) -> str:
+    """What a search trial ships, as the log, the reports and the console name it: its arm,
+    or '<arm> (EMA)' when its point is the arm's '<arm>+ema' candidate (finetune.ema: the
+    exponential moving average of that arm's weights), so no reader takes it for the arm."""
+    return ema_label(t["arm"], point_name(t))
+
+
+def ema_label(arm: str, candidate: str) -> str:
+    """`candidate` (a fine-tune's arm, or its '<arm>+ema') as the reports name it: '<arm>
+    (EMA)' for the arm's EMA, else its own name."""
+    return f"{arm} (EMA)" if candidate == f"{arm}+ema" else candidate
+
+
 def val_counts(rep: dict) -> dict[str, int]:
     """Each task's validation sample count of a fine-tune's report: its run's validation record
     (provenance "validation", as the verdict and `goodfit finetune`'s WiSE choice read it;

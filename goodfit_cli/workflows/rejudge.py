@@ -23,7 +23,7 @@ from typing import Any
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write, sha256_file
 from goodfit_cli.report.gate import Gate
-from goodfit_cli.report.trials import best_candidate
+from goodfit_cli.report.trials import best_candidate, ema_label
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
@@ -129,8 +129,10 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
         source_sha = sha256_file(arm_dir / "model.safetensors")
         made = _reusable(dest, under, alpha, source_sha)
         if made is None:
+            of = ema_label(trial.user_attrs.get("arm", ""), cand) if k else ""
             ui.log(f"trial {trial.number}: choosing its point again under this gate "
-                   f"(wise_alpha={alpha:g}; evaluations only) into {dest}")
+                   f"(wise_alpha={alpha:g}{' of ' + of if of else ''}; evaluations only) "
+                   f"into {dest}")
             grid = tuple(w["alpha"] for w in rep["arms"][k].get("wise") or [])
             made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True, in_place=True,
                                 new_offset=new_offset, margin=margin, only_if_new=True,

@@ -63,7 +63,7 @@ from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
-from goodfit_cli.report.trials import best_candidate, gained, judge, pick, val_counts
+from goodfit_cli.report.trials import best_candidate, ema_label, gained, judge, pick, val_counts
 from goodfit_cli.arms.search import propose
 from goodfit_cli.trainer.measured import data_digest
 from goodfit_cli.trainer.session import Place, open_session
@@ -180,7 +180,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         passed, alpha = alpha is not None, 1.0 if alpha is None else alpha
         trial.set_user_attr("wise_alpha", alpha)
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g}"
-               + (f" of {cand['name']}" if k else "") + f" ({said})")
+               + (f" of {ema_label(p.arm, cand['name'])}" if k else "") + f" ({said})")
         cand_dir = trial_dir / arm_dirname(cand["name"])
         if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,

@@ -25,7 +25,7 @@ from goodfit_cli.report.margin import base_outside, base_outside_test, floor_sla
 from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.front import close_calls, dominance_against, knee_note, pareto_front
 from goodfit_cli.report.front import recommend
-from goodfit_cli.report.trials import gained, judge, pick, point_name
+from goodfit_cli.report.trials import gained, judge, pick, point_name, shipped_name
 from goodfit_cli.workflows.budget import Budget
 from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
@@ -37,7 +37,7 @@ CHOSEN = ("wise_alpha", "new_offset", "candidate")
 def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
     """The WiSE-FT curves (validation, like the trials) of the default arms' finished trials:
     each of the candidate its point was chosen from (with finetune.ema its arm or its
-    '<arm>+ema', named beside the arm's when not the arm)."""
+    '<arm>+ema', named '<default> (EMA)' when not the arm)."""
     curves = []
     for r in rep["defaults"]:
         path = Path(r.get("dir") or "") / "report.json"
@@ -46,7 +46,7 @@ def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
         arms = json.loads(path.read_text())["arms"]
         cand = r.get("candidate") or arms[0]["name"]
         arm = next((a for a in arms if a["name"] == cand), arms[0])
-        label = r["name"] if arm is arms[0] else f"{r['name']} ({arm['name']})"
+        label = r["name"] if arm is arms[0] else f"{r['name']} (EMA)"  # its '<arm>+ema'
         curves.append((label, [(p["val"]["old"][prim["old"]], p["val"]["new"][prim["new"]])
                                for p in arm.get("wise") or [] if "val" in p]))
     return curves
@@ -119,6 +119,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        "checkpoint": rerooted(job.out, t.user_attrs.get("dir"),
                                               attrs.get("checkpoint")),
                        "checkpoint_sha256": attrs.get("checkpoint_sha256")})
+        trials[-1]["shipped"] = shipped_name(trials[-1])  # its arm, or '<arm> (EMA)'
         seen[t.number] = n
     done = [t for t in trials if t["state"] == "COMPLETE"]
     refs, retried = [], {t.get("retry_of") for t in trials}
