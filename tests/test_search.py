@@ -617,10 +617,11 @@ def _same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str]) -> tuple[list, dict, list]:
+def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
+                  seen: list | None = None) -> tuple[list, dict, list]:
     """A 12-batch toy fine-tune of `arm` watched by a pruning watch with rungs at batches 2 and
     4: (each rung's α = 1 point as (batch, the weights it was measured with), the weights after
-    each batch, the watches)."""
+    each batch, the watches); `seen` collects each point's validation metrics."""
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
@@ -640,6 +641,7 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str]) -> tuple[list,
         def bind(self, model, evaluate, sizes, *anchor):
             def measured(m):  # the weights each point of the curve is measured with
                 judged.append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
+                (seen if seen is not None else []).append(evaluate(m))
                 return evaluate(m)
             super().bind(model, measured, sizes, *anchor)
 
@@ -656,6 +658,44 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str]) -> tuple[list,
     finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
                          [arm], wise=False), Place(), Ui(events_for=watch))
     return judged[9::10], after, watches  # α = 1: the 10th point of each rung's curve
+
+
+def test_a_rung_measures_the_ema_candidate_that_would_ship_too(tmp_path):
+    """finetune.ema: a trial's point may be its '<arm>+ema', so at a rung the watch measures
+    the EMA's WiSE-FT curve as well as the arm's (ten more evaluations, the EMA's weights now:
+    neither the arm's nor the base's) and the trial's value there is the best point of either;
+    the EMA's weights are back as they were after it (the '+ema' checkpoint is an unwatched
+    run's). Before, only the arm's curve was measured."""
+    from goodfit_cli.trainer.job import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+    from goodfit_cli.workflows.pruning import value_of
+    from goodfit_cli.workflows.recipes import load
+
+    over = ["eval.every=6", "finetune.ema=0.5"]
+    seen: list = []
+    raw, after, watches = _rungs_judged(tmp_path, "rmsprop", over, seen)
+    assert [b for b, _ in raw] == [2, 2, 4, 4] and len(seen) == 40  # arm, EMA at each rung
+    for (b, arm), (_, ema) in (raw[0:2], raw[2:4]):
+        assert _same(arm, after[b]) and not _same(ema, after[b])
+        assert not _same(ema, watches[0].base)
+    base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
+    prim = {"old": "mse", "new": "mse"}
+    for rung, points in (("0", seen[:20]), ("1", seen[20:])):
+        values = [value_of(p, base, None, prim, -1) for p in points]
+        at_base = -base["new"]["mse"]
+        gaining = [v for v in values if v[1] > at_base]
+        best = max(gaining) if gaining else (-1.0, *max(v[1:] for v in values))
+        assert watches[0].reached[rung] == pytest.approx(list(best))
+    recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
+                          "model.args.hidden=[16]", "finetune.steps=12",
+                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
+                          *over])
+    finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "plain",
+                         ["rmsprop"], wise=False), Place(), Ui())
+    watched, _ = ckpt.load_model(tmp_path / "ft" / "rmsprop+ema" / "model.safetensors")
+    plain, _ = ckpt.load_model(tmp_path / "plain" / "rmsprop+ema" / "model.safetensors")
+    assert _same(watched, plain)
 
 
 @pytest.mark.e2e

@@ -132,8 +132,10 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False),
                                           job.base_val_preds),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")},
-                   lambda: end_weights(model, optimizer, callbacks))  # what it would end
-    # with now: early stopping's best, else the anchor (never GoodFit's displaced weights)
+                   lambda: end_weights(model, optimizer, callbacks),  # what it would end
+                   # with now: early stopping's best, else the anchor (never GoodFit's
+                   # displaced weights); and the EMA's averaged copy, a candidate of its own
+                   lambda: [c.module for c in callbacks if isinstance(c, Ema)])
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)

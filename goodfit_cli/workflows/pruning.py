@@ -37,8 +37,11 @@ first rung claims the rest of itself, and is pruned there when the budget left c
 merged weights' curve); weights whose names or shapes differ from it are judged raw (α = 1).
 The weights judged are those the trial would end with now: with finetune.early_stop, its best
 evaluation's so far (training/callbacks.py end_weights). With finetune.ema the trial's point may
-be its '<arm>+ema' (report/trials.py best_candidate), which a rung does not measure: the arm's
-own curve stands for it there.
+be its '<arm>+ema' (report/trials.py best_candidate), so a rung measures the EMA's curve too
+(the averaged weights the training keeps, between the same base and the EMA now: ten more
+evaluations) and the trial's value there is the best point of either curve, the candidate that
+would ship; before, the arm's own curve stood for the EMA, and a trial whose EMA led was pruned
+by its arm's curve.
 """
 
 from __future__ import annotations
@@ -130,17 +133,22 @@ class PruneWatch:
         self.total = 0
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
+        self.others: Callable[[], list[Any]] = list  # `bind`: the other candidates
         # the rungs' evaluations count flips against the base (trainer/stage.py rung_evaluation)
         self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
-             anchor: Callable[[], Any] = contextlib.nullcontext) -> None:
+             anchor: Callable[[], Any] = contextlib.nullcontext,
+             others: Callable[[], list[Any]] = list) -> None:
         """Called before training, the model holding the base's weights: `evaluate(model)` its
         validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples,
         `anchor()` a context inside which the model holds the weights a rung judges, those the
         trial would end with now (early stopping's best evaluation's; GoodFit's anchor: mid-cycle
-        the model holds displaced weights no one ships)."""
+        the model holds displaced weights no one ships), `others()` the trial's other candidates
+        as modules of the model's weights (finetune.ema: the EMA's averaged copy), each measured
+        on its own curve from the same base."""
         self.model, self.evaluate, self.sizes, self.anchor = model, evaluate, sizes, anchor
+        self.others = others
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_start(self, total_batches: int, done: int) -> None:
@@ -176,25 +184,29 @@ class PruneWatch:
     def curve(self) -> list[dict[str, Any]]:
         """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS (only α = 1
         when the weights' names or shapes are not the base's), "now" being the weights at the
-        anchor (`bind`); the model's weights are back exactly as they were after it."""
+        anchor (`bind`), then those of each other candidate's curve (its weights now); every
+        module's weights are back exactly as they were after it."""
         with self.anchor():
-            return self._curve()
+            points = self._curve(self.model)
+        for other in self.others():
+            points += self._curve(other)
+        return points
 
-    def _curve(self) -> list[dict[str, Any]]:
+    def _curve(self, model: Any) -> list[dict[str, Any]]:
         import torch
 
-        now = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        now = {k: v.detach().clone() for k, v in model.state_dict().items()}
         same = now.keys() == self.base.keys() and all(
             now[k].shape == self.base[k].shape for k in now)
-        own = self.model.state_dict()
-        modes = [(m, m.training) for m in self.model.modules()]  # evaluation switches them
+        own = model.state_dict()
+        modes = [(m, m.training) for m in model.modules()]  # evaluation switches them
         points = []
         with torch.no_grad():
             for a in ALPHAS if same else (1.0,):
                 for k, b in self.base.items() if same else ():
                     if b.is_floating_point():
                         own[k].copy_(b + a * (now[k] - b))
-                points.append(self.evaluate(self.model))
+                points.append(self.evaluate(model))
             for k, v in now.items():
                 own[k].copy_(v)
         for m, training in modes:
@@ -219,8 +231,9 @@ class PruneWatch:
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
             if not self.protected and not self.halving.keeps(value, others):
+                of = " (of its arm's and its EMA's curves)" if self.others() else ""
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "
-                                       f"point is not among the best 1/{self.halving.eta} of "
+                                       f"point{of} is not among the best 1/{self.halving.eta} of "
                                        f"the {len(others) + 1} trials that reached it")
             if self.budget is not None and not self.claimed:
                 if not claim(self.trial, self.total, self.budget):
