@@ -391,3 +391,16 @@ def test_a_table_rich_would_cut_short_prints_one_record_per_line():
     assert "…" not in text
     assert text.splitlines()[1] == ("goodfit+ema: old mse 0.6159, Δ +5.516e-05, new mse 0.5038, "
                                     "Δ -3.801e-05, batches/upd 20/10, gate pass")
+
+
+def test_a_very_long_eta_reads_in_days_or_years():
+    """A run of 10**12 batches showed `eta 1234273h52m`, hours no reader converts at a glance
+    into 140 years; from two days an ETA reads in days and hours, from a year in years."""
+    from goodfit_cli.cli.console import _duration
+
+    assert [_duration(s) for s in (56, 3 * 3600 + 120, 47 * 3600)] == ["0m56s", "3h02m",
+                                                                      "47h00m"]
+    assert _duration(3 * 86400 + 5 * 3600 + 59) == "3d05h"
+    assert _duration(1234273 * 3600) == "141 years"
+    assert _duration(1.8e20 * 3600) == "2.1e+16 years"
+

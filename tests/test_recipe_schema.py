@@ -223,3 +223,30 @@ def test_an_override_mapping_without_a_space_after_the_colon_says_so(override, g
     assert f"{glued!r} reads as one key without a value" in str(info.value)
     assert f"space after the colon ({name}: {value})" in str(info.value)
     assert load("toy", [override.replace(glued, f"{name}: {value}")]).raw  # spaced: accepted
+
+
+@pytest.mark.parametrize("key", ["finetune.steps", "pretrain.steps",
+                                 "finetune.arm_overrides.rmsprop.steps"])
+def test_a_step_count_too_large_to_count_exactly_is_refused_in_one_line(key):
+    """steps (or epochs) past 2**53: a count no longer exact as a float, which the schedule,
+    the cycles' rounding, the ETA and the search's rungs compute with; 10**400 stopped in an
+    internal OverflowError after the base's evaluation. Now one line names the key and the
+    limit (and the value's magnitude, not its 401 digits). Ten million steps, or 2**53 itself,
+    are accepted: a long run is the user's to choose, its ETA says how long."""
+    from goodfit_cli.workflows.recipes import load
+
+    def at(n: int) -> list[str]:
+        if key.startswith("finetune.arm_overrides"):
+            return [f"finetune.arm_overrides={{rmsprop: {{steps: {n}}}}}"]
+        return [f"{key}={n}"]
+
+    for n, got in ((10 ** 400, "about 2**1328"), (2 ** 53 + 1, "9,007,199,254,740,993")):
+        with pytest.raises(UserError) as e:
+            load("toy", at(n))
+        said = str(e.value)
+        assert f"{key}: must be at most 2**53 = 9,007,199,254,740,992, got {got}" in said
+        assert "\n" not in said and len(said) < 300
+    for n in (10 ** 7, 2 ** 53):
+        assert load("toy", at(n)).raw
+    with pytest.raises(UserError, match="finetune.epochs: must be at most 2"):
+        load("toy", ["finetune.steps=null", f"finetune.epochs={10 ** 30}"])

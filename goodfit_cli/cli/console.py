@@ -54,7 +54,14 @@ def emit(event: str, **fields: Any) -> None:
 
 
 def _duration(s: float) -> str:
+    """A time as minutes and seconds, hours and minutes, from two days on days and hours, and
+    from a year on years: an ETA of a run far too long reads as such (not as 1234273h52m)."""
+    if s >= 365.25 * 86400:
+        years = s / (365.25 * 86400)
+        return f"{years:,.0f} years" if years < 1e6 else f"{years:.2g} years"
     s = int(round(s))
+    if s >= 2 * 86400:
+        return f"{s // 86400}d{s // 3600 % 24:02d}h"
     return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 

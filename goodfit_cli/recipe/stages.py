@@ -103,8 +103,26 @@ def arm_args(v: Any, ctx: Ctx) -> dict[str, dict[str, Any]]:
     return out
 
 
+# the most batches (or epochs) a stage may run: past 2**53 a count is no longer exact as a
+# float, which the schedule, the cycles' rounding, the ETA and the search's rungs and budget
+# compute with (10**400 stopped in an internal OverflowError); 2**53 batches at 10,000 a second
+# take 28,000 years, so no real run is refused
+MAX_COUNT = 2 ** 53
+
+
+def count(v: Any, ctx: Ctx) -> int:
+    """A stage's steps or epochs: an integer from 1 to MAX_COUNT."""
+    n = integer(1)(v, ctx)
+    if n > MAX_COUNT:  # its magnitude, never its digits (a huge int has too many to print)
+        got = f"{n:,}" if n.bit_length() <= 64 else f"about 2**{n.bit_length() - 1}"
+        raise ctx.fail(f"must be at most 2**53 = {MAX_COUNT:,}, got {got} (past it a count is "
+                       "not exact in floating point; 2**53 batches at 10,000 a second take "
+                       "28,000 years)")
+    return n
+
+
 # what `finetune.arm_overrides.<arm>` may change for that arm alone
-OVERRIDABLE = {"steps": integer(1), "epochs": integer(1), "batch_size": integer(1),
+OVERRIDABLE = {"steps": count, "epochs": count, "batch_size": integer(1),
                "lr": number(minimum=0.0), "ema": number(positive=True)}
 
 
@@ -202,8 +220,8 @@ class StageSpec(Section):
 
     optimizer: OptimizerSpec = key(section_of(OptimizerSpec))
     batch_size: int = key(integer(1))
-    steps: int | None = key(optional(integer(1)), None, help="batches (give steps or epochs)")
-    epochs: int | None = key(optional(integer(1)), None, help="passes over the training split")
+    steps: int | None = key(optional(count), None, help="batches (give steps or epochs)")
+    epochs: int | None = key(optional(count), None, help="passes over the training split")
     scheduler: SchedulerSpec = nested(SchedulerSpec)
     accumulate: int = key(integer(1), 1, help="micro-batches of batch_size per optimizer step")
     clip: ClipSpec = nested(ClipSpec)
