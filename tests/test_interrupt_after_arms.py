@@ -107,3 +107,38 @@ def test_sigterm_outside_training_says_so_and_exits_143(tmp_path):
     assert f"--resume {tmp_path / 'wise_curve'}" in late.stderr, late.stderr
     timings = json.loads((tmp_path / "wise_curve" / "timings.json").read_text())
     assert timings["ended"] == "Interrupted" and timings["phases_s"]["training"] > 0
+
+
+def test_sigterm_in_the_pretrain_final_evaluation_exits_143_and_the_rerun_reuses_it(
+        tmp_path, monkeypatch):
+    """A SIGTERM as the pretrain measures its trained model (raised from inside its final
+    evaluation) is honoured as a fine-tune's arm honours one: its files are written whole, then
+    "interrupted", exit 143 and timings.json ended Interrupted (before: exit 0, as if no signal
+    came). The same command again reuses the pretrain instead of refusing the folder."""
+    import signal
+
+    import goodfit_cli.trainer.finish as finish_module
+
+    real, base = finish_module.measured_on, tmp_path / "base"
+
+    def term(*a, **k):  # in the final evaluation: after training, before the files
+        signal.raise_signal(signal.SIGTERM)
+        return real(*a, **k)
+
+    args = ["pretrain", "--recipe", "toy", "--out", base, *TINY]
+    with monkeypatch.context() as m:
+        m.setattr(finish_module, "measured_on", term)
+        res = invoke(*args)
+    assert res.exit_code == 143, res.output
+    assert "To resume, run the same command again" in res.stderr, res.stderr
+    assert json.loads((base / "timings.json").read_text())["ended"] == "Interrupted"
+    weights = (base / "model.safetensors").read_bytes()
+    assert json.loads((base / "summary.json").read_text())["name"] == "pretrain"
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert "already finished, reusing" in res.output
+    assert (base / "model.safetensors").read_bytes() == weights
+    timings = json.loads((base / "timings.json").read_text())
+    assert timings["commands"] == 2 and "ended" not in timings
+    res = invoke(*args, "--overwrite")  # a fresh pretrain, the cut one moved aside
+    assert res.exit_code == 0 and "already finished" not in res.output, res.output

@@ -1,11 +1,14 @@
 """`goodfit pretrain`: train the base model on the recipe's OLD task; writes OUT/model.safetensors.
 
 An interrupted pretrain continues from the newest resumable state in its folder when the same
-command runs again.
+command runs again; one interrupted after its training (a signal in the final evaluation: its
+files are written, then it stops, exit 130/143) is reused by that command, as a fine-tune's
+finished arm is.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +18,7 @@ from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import atomic_write, write_json
-from goodfit_cli.io.rundir import RunResult, state_files
+from goodfit_cli.io.rundir import RunResult, load_result, state_files
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.runcheck import claim_stage
@@ -33,7 +36,8 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
     if recipe.pretrain is None:
         raise UserError(f"{recipe.at('pretrain')}: the recipe has no pretrain section; it "
                         "fine-tunes a base from elsewhere (goodfit finetune --base ...)")
-    resume = bool(state_files(out))  # an interrupted pretrain continues from its newest state
+    done = not overwrite and finished_but_cut(out)  # cut after its files: reused
+    resume = done or bool(state_files(out))  # else it continues from its newest state
     arm = Arm("pretrain", "plain", recipe.pretrain.optimizer.name)
     check_arm(recipe.pretrain, arm, recipe.at("pretrain"))  # before anything is written
     lock = None
@@ -62,7 +66,13 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
 
         try:
             with stop_on_signals() as stop:
-                result = run_stage(s, model, job, stop, ui)
+                if done:
+                    result = load_result(out, expect=arm.name)
+                    ui.log(f"{arm.name}: already finished, reusing {out}")
+                else:
+                    result = run_stage(s, model, job, stop, ui)
+                stop.stop_here(out, "the same command again")  # a signal in the final
+                # evaluation (was swallowed: exit 0); its files are whole, the re-run reuses them
         except (Interrupted, Diverged) as e:  # what it trained counts: the re-run adds its own
             spent()
             if is_main():
@@ -75,3 +85,15 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
             ui.log(phases.line())
         finish()
         return result
+
+
+def finished_but_cut(out: Path) -> bool:
+    """Whether `out` holds a pretrain whose files were all written before a signal stopped the
+    command (its timings.json says it ended Interrupted, no resumable state is left)."""
+    if state_files(out) or not (out / "summary.json").is_file() \
+            or not (out / "model.safetensors").is_file():
+        return False
+    try:
+        return json.loads((out / "timings.json").read_text()).get("ended") == "Interrupted"
+    except (OSError, ValueError, AttributeError):
+        return False
