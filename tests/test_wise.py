@@ -191,7 +191,10 @@ def test_wise_refuses_a_run_whose_recipe_or_data_changed_since(run, tmp_path):
     assert goodfit("wise", data / "run" / "sgd", "--alpha", "0.5", "--out",
                    tmp_path / "w0").returncode == 0  # unchanged: measured
     csv_file(data / "new_test.csv", (1, 2), 40, seed=9)
-    res = goodfit("wise", data / "run" / "sgd", "--alpha", "0.5", "--out", tmp_path / "w1")
+    (tmp_path / "keep").mkdir()  # there before: stays; the folders made for --out: removed
+    res = goodfit("wise", data / "run" / "sgd", "--alpha", "0.5", "--out",
+                  tmp_path / "keep" / "new" / "w1")
     assert res.returncode == 2, res.stdout + res.stderr
     assert "run.json: the run read other data" in res.stderr and "Traceback" not in res.stderr
-    assert not (tmp_path / "w1" / "report.json").exists()
+    assert (tmp_path / "keep").is_dir() and not any((tmp_path / "keep").iterdir())  # (before:
+    # keep/new/w1 was left, empty folders made for a command that wrote nothing)

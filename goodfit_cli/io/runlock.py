@@ -54,6 +54,7 @@ class RunLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd: int | None = fd
         self.made = False  # whether open_run made the folder (a failed command removes it)
+        self.parents: list[Path] = []  # the folders above it made too, innermost first
         self.aside: Path | None = None  # where --overwrite moved the old run (put back then)
 
     def release(self) -> None:
@@ -92,9 +93,10 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
         raise UserError(f"output directory {out} already exists and is not empty "
                         f"(pass --overwrite to start afresh{resume_hint})")
     existed = out.is_dir()
+    parents = [p for p in out.absolute().parents if not p.exists()]  # made by make_out too
     make_out(out)
     lock = RunLock(out)
-    lock.made = not existed
+    lock.made, lock.parents = not existed, parents
     moved = None
     if overwrite and has_content(out):
         moved = aside_path(out)
@@ -115,7 +117,8 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
 @contextlib.contextmanager
 def held(lock: RunLock | None, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Release `lock` when the block ends, however it ends. A command that fails before it
-    wrote anything leaves no trace: its lock file goes, the folder when it made it, and a run
+    wrote anything leaves no trace: its lock file goes, the folder when it made it (and the
+    folders above it that it made: `--out a/b/run` with no `a`), and a run
     that --overwrite moved aside comes back to its place (`say` tells, when given: the command
     said where it went)."""
     try:
@@ -126,6 +129,8 @@ def held(lock: RunLock | None, say: Callable[[str], None] | None = None) -> Iter
                 (lock.folder / LOCK).unlink()
                 if lock.made:
                     lock.folder.rmdir()
+                    for parent in lock.parents:  # --out a/b/run with no a: a goes too
+                        parent.rmdir()
                     if lock.aside is not None:
                         os.rename(lock.aside, lock.folder)
                         (lock.folder / LOCK).unlink(missing_ok=True)  # ours, taken to move it
