@@ -71,6 +71,42 @@ def test_a_resumed_arm_logs_to_its_own_mlflow_run(tmp_path):
     steps = {m.step for m in client.get_metric_history(runs[0].info.run_id, "train_loss")}
     assert steps == {2, 4, 6, 8, 10, 12}
 
+def test_a_resumed_arm_logs_each_evaluation_once(tmp_path):
+    """An arm cut short after batch 7 whose state there was never written (as a SIGKILL leaves
+    it: its newest state is at 4) resumes at batch 4 and evaluates batch 6 again: TensorBoard
+    and MLflow, read back with their own readers, hold each step once (before: batch 6 twice
+    in both, the same values)."""
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import runs as runner
+
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.workflows.recipes import shipped_dir
+
+    tiny = ["data.args.n_train=256", "data.args.n_test=64", "data.args.n_val=64",
+            "model.args.hidden=[8]", "pretrain.steps=4", "pretrain.batch_size=64",
+            "finetune.steps=12", "finetune.batch_size=64", "device=cpu", "eval.every=2",
+            "checkpoint.every=4", "tracking.mlflow=true", "tracking.tensorboard=true"]
+    recipe = load_recipe(shipped_dir() / "toy.yaml", tiny)
+    runner.pretrain(recipe, tmp_path / "base")
+    base, run = tmp_path / "base" / "model.safetensors", tmp_path / "run"
+    with pytest.raises(Interrupted):
+        runner.finetune(recipe, base, run, arms=["rmsprop"], wise=False, stop_after=7)
+    (run / "rmsprop" / "state-00000007.safetensors").unlink()  # killed before it was written
+    runner.finetune(recipe, base, run, arms=["rmsprop"], wise=False, resume=True)
+    acc = EventAccumulator(str(run / "rmsprop" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train_loss")] == [2, 4, 6, 8, 10, 12]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{run / 'mlflow.db'}")
+    (one,) = client.search_runs([client.get_experiment_by_name("goodfit").experiment_id])
+    for key in ("train_loss", "val/old/mse"):
+        steps = sorted(m.step for m in client.get_metric_history(one.info.run_id, key))
+        assert steps == [2, 4, 6, 8, 10, 12], key
+
+
 def test_ema_is_fed_anchor_weights_only():
     """Under GoodFit (n_ref 1) the EMA moves at main steps only: after a reference step it still
     equals the start, and with decay 0 it equals the anchor after the main step."""

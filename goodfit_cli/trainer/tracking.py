@@ -8,7 +8,10 @@ record's batch. The CSV is rewritten whole through io.atomic at every record; Te
 `<arm>/tensorboard/`; MLflow (extra `goodfit[mlflow]`) logs to a file store under the run
 folder (SQLite, `<run>/mlflow.db`: MLflow 3 retired its plain-file store) unless the recipe
 gives a tracking URI. Those two files are the
-libraries' own append-only logs, written by their writers.
+libraries' own append-only logs, written by their writers. A resumed training evaluates again
+the batches after its newest state: TensorBoard's writer then purges the steps after it (its
+`purge_step`), and MLflow, whose metrics cannot be deleted, is not sent a (metric, step) the
+run already holds (the same value: a resume is exact), so each evaluation is logged once.
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ class Tracker:
 
     def __init__(self, out: Path, spec: dict[str, Any], run_name: str) -> None:
         self.out = out
-        self.tb = self.mlflow = None
+        self.tb = self.mlflow = self.tb_writer = None
+        self.logged: int | None = None  # the batch of the last record logged (0: none yet)
+        self.resumed: int | None = None  # a resumed training's last record logged before
+        self.held: set[tuple[str, int]] | None = None  # what the resumed MLflow run holds
         if spec.get("tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
                 raise UserError("tracking.tensorboard: TensorBoard is not installed; "
                                 "pip install 'goodfit[tensorboard]'") from None
-            self.tb = SummaryWriter(str(out / "tensorboard"))
+            self.tb_writer = SummaryWriter  # made at the first record: a resume's purge_step
         if spec.get("mlflow"):
             try:
                 import mlflow
@@ -81,17 +87,37 @@ class Tracker:
         w.writeheader()
         w.writerows(rows)
         atomic_write(self.out / "metrics.csv", buf.getvalue())
-        if self.tb is not None:
+        self.logged = step
+        if self.tb_writer is not None:
+            if self.tb is None:  # a resume's events after its state's record: dropped
+                self.tb = self.tb_writer(str(self.out / "tensorboard"), purge_step=None
+                                         if self.resumed is None else self.resumed + 1)
             for k, v in values.items():
                 self.tb.add_scalar(k, v, step)
             self.tb.flush()
         if self.mlflow is not None:
+            held = self.mlflow_held()
             for k, v in values.items():
-                self.mlflow.log_metric(self.mlflow_run(), k.replace("@", "_at_"), v, step=step)
+                key = k.replace("@", "_at_")
+                if (key, step) not in held:
+                    self.mlflow.log_metric(self.mlflow_run(), key, v, step=step)
+
+    def mlflow_held(self) -> set[tuple[str, int]]:
+        """The (metric, step) pairs a resumed MLflow run holds after the resumed record (read
+        once); empty for a run this command began."""
+        if self.held is None:
+            self.held = set()
+            if self.run_id is not None and self.resumed is not None:
+                run = self.mlflow.get_run(self.run_id)
+                self.held = {(k, m.step) for k in run.data.metrics
+                             for m in self.mlflow.get_metric_history(self.run_id, k)
+                             if m.step > self.resumed}
+        return self.held
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         if self.mlflow is not None:
             self.mlflow.set_terminated(self.mlflow_run())
 
@@ -116,9 +142,12 @@ class Tracking(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         run = self.tracker.run_id if self.tracker.mlflow is not None else None
-        return {"mlflow_run_id": run} if run else {}
+        return {**({"mlflow_run_id": run} if run else {}), "logged": self.tracker.logged or 0}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         run = state.get("mlflow_run_id")
         if self.tracker.mlflow is not None and isinstance(run, str) and run:
             self.tracker.run_id = run
+        logged = state.get("logged")  # absent in an older goodfit's state: nothing purged
+        if isinstance(logged, int) and not isinstance(logged, bool):
+            self.tracker.resumed = self.tracker.logged = logged
