@@ -73,6 +73,11 @@ def out_of_memory(e: BaseException) -> bool:
             or (isinstance(e, RuntimeError) and "can't allocate memory" in str(e)))
 
 
+def first_rank() -> bool:
+    """Whether this is the process that speaks: rank 0 under torchrun, or the only one."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Map exceptions to exit codes: UserError 2, out of memory 2, GateFailure 3, interruption
     130/143, bug 1."""
@@ -100,11 +105,13 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                       soft_wrap=True)
             raise typer.Exit(3)
         except Interrupted as e:
-            err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. To "
-                      f"resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
+            if first_rank():  # said once under torchrun (before: once per process)
+                err.print(f"[yellow]interrupted[/]: state saved in {escape(str(e.run_dir))}. "
+                          f"To resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt as e:  # before anything was saved (a SIGTERM too: 143)
-            err.print("[yellow]interrupted[/]")
+            if first_rank():
+                err.print("[yellow]interrupted[/]")
             raise typer.Exit(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so, and show the traceback on request
             if out_of_memory(e):  # not a bug: a setting this machine cannot hold
@@ -214,7 +221,8 @@ def launch_if_asked(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    # torchrun (cli/torchrun.py: quiet when a signal ends it, the processes say so)
+    cmd = [sys.executable, "-m", "goodfit_cli.cli.torchrun", "--standalone",
            f"--nproc_per_node={nproc}", "-m", "goodfit_cli", *argv]
     log(f"launching {nproc} processes: torchrun --standalone --nproc_per_node={nproc} "
         f"-m goodfit_cli {' '.join(argv)}")
