@@ -198,3 +198,10 @@ def test_wise_refuses_a_run_whose_recipe_or_data_changed_since(run, tmp_path):
     assert "run.json: the run read other data" in res.stderr and "Traceback" not in res.stderr
     assert (tmp_path / "keep").is_dir() and not any((tmp_path / "keep").iterdir())  # (before:
     # keep/new/w1 was left, empty folders made for a command that wrote nothing)
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.workflows.wise import WiseJob, wise
+
+    with pytest.raises(UserError, match="the run read other data"):  # a search's own folder
+        wise(WiseJob(data / "run" / "sgd", 0.5, tmp_path / "keep" / "trial" / "wise",
+                     overwrite=True, in_place=True))
+    assert not any((tmp_path / "keep").iterdir())

@@ -8,6 +8,7 @@ evaluates it on both tasks and writes a report gated like an arm's.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass
@@ -177,8 +178,15 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     check_outputs({"--junit": job.junit}, {"--out": job.out},
                   {"RUN/ARM": arm_dir, "base (RUN/run.json)": base})
     if job.in_place:  # a search's or rejudge's own folder, written as it is
+        made = [p for p in (job.out, *job.out.absolute().parents) if not p.exists()]
         prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
-        return _point(job, (recipe, saved, place, base, t0, phases), ui)
+        try:
+            return _point(job, (recipe, saved, place, base, t0, phases), ui)
+        except BaseException:  # a refusal (the run's data changed): the folders made, gone
+            with contextlib.suppress(OSError):
+                for folder in made:  # innermost first; one holding anything stays
+                    folder.rmdir()
+            raise
     # the user's --out: locked, and --overwrite moves its old content aside (kept), as compare
     # and finetune do (before: the files were replaced in place, the old point lost)
     lock, moved = open_run(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
