@@ -639,3 +639,25 @@ def test_compare_loads_the_base_with_the_recipes_key_map(toy_run, tmp_path):
     got, want = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("c", "own"))
     assert got["base_metrics"] == want["base_metrics"]
     assert got["arms"][0]["delta"] == want["arms"][0]["delta"]
+
+
+def test_compare_reuses_a_run_from_a_bare_base(tmp_path):
+    """A base saved by the user's own script (safetensors with no metadata: its image inputs
+    fed with the default statistics) fine-tuned, then the run compared with the same recipe:
+    the arms' and the base's stored measurements are reused. The inputs were the same numbers;
+    only where they were read from differed (the default for the run, the arm's checkpoint for
+    compare), which made compare measure every arm again."""
+    from safetensors.torch import load_file, save_file
+
+    base_recipe, update_recipe = folder_update(tmp_path)
+    assert run("pretrain", "--recipe", base_recipe, "--out", tmp_path / "pre").exit_code == 0
+    bare = tmp_path / "prod.safetensors"  # the user's save_file(model.state_dict())
+    save_file(load_file(tmp_path / "pre" / "model.safetensors"), bare)
+    res = run("finetune", "--recipe", update_recipe, "--base", bare, "--out", tmp_path / "ft",
+              "--no-wise")
+    assert res.exit_code == 0, res.output
+    res = run("compare", bare, tmp_path / "ft", "--recipe", update_recipe,
+              "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    assert "were not made on this recipe's data" not in res.output
+    assert "adamw: reusing stored metrics and predictions" in res.output

@@ -154,7 +154,10 @@ def measured_on(s: Session, model: nn.Module) -> str | None:
         return None
     r = s.recipe
     config = getattr(unwrap(model), "config", None)  # a transformers model: its config.json's
-    blob = json.dumps({"data": digest, "input": recorded(model),
+    # the numbers fed, not where they were read from (a run from a bare base: the default;
+    # compare of its arm: the arm's checkpoint, the same numbers)
+    fed = {k: v for k, v in (recorded(model) or {}).items() if k != "source"} or None
+    blob = json.dumps({"data": digest, "input": fed,
                        "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
                        "model": None if r.model is None else [r.model.name, r.model.args],
                        "precision": r.precision,
