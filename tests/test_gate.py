@@ -358,3 +358,25 @@ def test_gate_flag_errors_suggest_only_what_fits_the_tasks():
     with pytest.raises(UserError) as e:
         check_metrics(gate, have, {"old": "classification", "new": "regression"}, "recipe r")
     assert "use --min-old nfr=0.1" in str(e.value)
+
+
+def test_a_rate_bound_beyond_a_share_is_refused(tmp_path):
+    """5 meant as 5 pts on a share (accuracy, nfr) can never decide the gate: --max-old-drop 5
+    would always pass, --min-new accuracy=90 always fail. One line naming the flag (or the gate
+    file's key); a bound within [0, 1], a gain down to -1 and any bound on mse still load."""
+    with pytest.raises(UserError, match=r"--max-old-drop 5: old-task accuracy is a share in "
+                                        r"\[0, 1\] \(0.05 = 5 pts\), so max_drop 5"):
+        gate_from_flags(5, None, "accuracy")
+    for flag, item in (("max_old", "accuracy=5"), ("min_old", "nfr=2"), ("min_new", "accuracy=90")):
+        name = "--" + flag.replace("_", "-")
+        with pytest.raises(UserError, match=f"{name} '{item}': .* is a share in"):
+            gate_from_flags(None, None, "accuracy", {flag: [item]})
+    path = _write(tmp_path, "limits:\n  - {task: old, metric: accuracy, max_drop: 5}")
+    with pytest.raises(UserError, match=r"gate.yaml:2:5: limits\[0\]\.max_drop: accuracy is a "
+                                        r"share") as err:
+        load_gate(path)
+    assert "\n" not in str(err.value)
+    assert gate_from_flags(1, None, "accuracy").limits[0].threshold == 1
+    assert gate_from_flags(5, None, "mse").limits[0].threshold == 5
+    path.write_text("limits:\n  - {task: new, metric: accuracy, min_gain: -1}")
+    assert load_gate(path).limits[0].threshold == -1

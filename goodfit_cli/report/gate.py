@@ -131,6 +131,15 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _not_a_share(metric: str, bound: str, v: float) -> str | None:
+    """Why `bound` v on a rate (a share in [0, 1]: accuracy, flip rates) can never decide a
+    gate (5 meant as 5 pts: no drop, value or gain of a share goes beyond 1), else None."""
+    if not is_rate(metric) or (-1.0 if bound == "min_gain" else 0.0) <= v <= 1.0:
+        return None
+    return (f"{metric} is a share in [0, 1] (0.05 = 5 pts), so {bound} {v:g} can never be "
+            f"decided by it; give it as a share")
+
+
 def _parse_limit(entry, where: str) -> list[Limit]:
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected a mapping like {{task: old, metric: accuracy, "
@@ -159,6 +168,8 @@ def _parse_limit(entry, where: str) -> list[Limit]:
             raise UserError(f"{where}.{b}: must be >= 0, got {_short(v)}")
         if metric in FLIP_METRICS and b not in VALUE_BOUNDS:
             raise UserError(f"{where}.{b}: flip rate {_short(metric)} takes only 'max' or 'min' bounds")
+        if _not_a_share(metric, b, v):
+            raise UserError(f"{where}.{b}: {_not_a_share(metric, b, v)}")
         limits.append(Limit(task, metric, b, float(v), sig))
     return limits
 
@@ -184,6 +195,8 @@ def parse_bound(flag: str, item: str) -> Limit:
         v = math.nan
     if not math.isfinite(v):
         raise UserError(f"{name} {item!r}: the bound must be a finite number, got {value!r}")
+    if _not_a_share(metric, bound, v):
+        raise UserError(f"{name} {item!r}: {_not_a_share(metric, bound, v)}")
     return Limit(task, metric, bound, v)
 
 
@@ -198,6 +211,9 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
             raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
                             f"{primary_old}, e.g. {eg}), got {max_old_drop}")
         direction(primary_old)                       # UserError when its direction is unknown
+        if _not_a_share(primary_old, "max_drop", max_old_drop):
+            raise UserError(f"--max-old-drop {max_old_drop:g}: old-task "
+                            f"{_not_a_share(primary_old, 'max_drop', max_old_drop)}")
         limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
     if max_nfr is not None:
         if not math.isfinite(max_nfr) or not 0 <= max_nfr <= 1:
