@@ -328,3 +328,36 @@ def test_spec_of_finds_the_spec_through_wrappers_and_nothing_on_a_plain_model():
     assert spec_of(Wrapper(inner)) is spec
     assert spec_of(torch.compile(Wrapper(inner))) is spec  # nothing is compiled until a call
     assert spec_of(Wrapper(torch.nn.Linear(2, 1))) is None
+
+
+@pytest.mark.parametrize("mean, std", [([0.5, 0.5], [0.5, 0.5]), ([0.4, 0.5], [0.2, 0.3])])
+def test_normalize_with_another_count_than_the_channels_is_one_line(tmp_path, mean, std):
+    """normalize with 2 values for RGB images: refused naming data.args.normalize and both
+    counts, before any model is built. Before, equal values (0.5, 0.5) were applied as one
+    scalar to the 3 channels without a word, and others failed as 'does not fit the model ...
+    its labels need at least 3 outputs' (a hint about labels, not channels). The same for a
+    table's features; a count that fits loads."""
+    from goodfit_cli.core.errors import UserError
+    from goodfit_cli.data import build_data
+
+    rng = np.random.default_rng(0)
+    for name, cls in (("o", [0, 1]), ("n", [2])):
+        for split in ("tr", "te"):
+            np.savez(tmp_path / f"{name}{split}.npz", y=np.resize(cls, 6),
+                     x=rng.integers(0, 255, (6, 8, 8, 3), dtype=np.uint8))
+    args = {"old": {"train": "otr.npz", "test": "ote.npz"},
+            "new": {"train": "ntr.npz", "test": "nte.npz"}}
+    with pytest.raises(UserError, match=r"r.yaml: data.args.normalize: 2 values for 3 image "
+                                        r"channels") as err:
+        build_data("npz", {**args, "normalize": {"mean": mean, "std": std}}, seed=0,
+                   data_dir=str(tmp_path), where="r.yaml: data")
+    assert "\n" not in str(err.value)
+    tasks = build_data("npz", {**args, "normalize": {"mean": mean + [0.5], "std": std + [0.5]}},
+                       seed=0, data_dir=str(tmp_path), where="r.yaml: data")
+    assert tasks["old"].input.mean == tuple(mean + [0.5])
+    _tables(tmp_path)
+    table = {"old": {"train": "old_train.csv", "test": "old_test.csv"},
+             "new": {"train": "new_train.csv", "test": "new_test.csv"}}
+    with pytest.raises(UserError, match=r"data.args.normalize: 3 values for 2 table features"):
+        build_data("table", {**table, "normalize": {"mean": [0, 0, 0], "std": [1, 1, 1]}},
+                   seed=0, data_dir=str(tmp_path), where="r.yaml: data")

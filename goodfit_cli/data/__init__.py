@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import torch
+
 from goodfit_cli.core.args import call_with_args
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.registry import Registry
@@ -82,15 +84,32 @@ def input_statistics(tasks: dict[str, Task], normalize: Any, standardize: Any,
                             f"{normalize!r}")
         kind = TABLE if x is not None and x.is_floating_point() else IMAGE
         try:
-            return InputSpec(kind, tuple(normalize["mean"]), tuple(normalize["std"]), "recipe")
+            spec = InputSpec(kind, tuple(normalize["mean"]), tuple(normalize["std"]), "recipe")
         except (TypeError, ValueError) as e:
             raise UserError(f"{where}.normalize: {e}") from None
+        _fits_inputs(spec, tasks, where)
+        return spec
     if standardize:
         if x is None or not x.is_floating_point() or x.ndim != 2:
             raise UserError(f"{where}.standardize: only for tables of float features "
                             "(images: use normalize: {mean: [...], std: [...]})")
         return table_statistics(x)
     return None
+
+
+def _fits_inputs(spec: InputSpec, tasks: dict[str, Task], where: str) -> None:
+    """normalize gives one value per image channel or table feature of the data as read (a
+    split held as a tensor: every test split is); else one UserError line naming both counts
+    (equal values were applied as one scalar to any number of channels)."""
+    x = getattr(tasks["old"].test, "x", None)
+    image = spec.kind == IMAGE
+    if not isinstance(x, torch.Tensor) or x.ndim != (4 if image else 2):
+        return
+    have = x.shape[-1]  # images (N, H, W, C), tables (N, F)
+    if len(spec.mean) != have:
+        what = "image channels" if image else "table features"
+        raise UserError(f"{where}.normalize: {len(spec.mean)} values for {have} {what}; give "
+                        "mean and std one value per channel/feature")
 
 
 __all__ = ["DATASETS", "DataContext", "Split", "Task", "build_data", "to_model_input"]
