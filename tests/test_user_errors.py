@@ -163,6 +163,8 @@ def test_npz_data_that_does_not_fit_is_exit_2(tmp_path, case):
             "uint8-images-into-mlp": "inputs (4, 4, 3) uint8",
             "empty-split": "the new task's test split is empty"}[case]
     assert want in line, line
+    # the labels' hint only where the outputs do not reach them (not for inputs it cannot take)
+    assert ("labels need at least" in line) == (case == "label-above-outputs"), line
 
 
 # ---------------------------------------------------------------------------------------------

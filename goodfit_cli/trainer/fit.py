@@ -57,7 +57,8 @@ def check_fits(model: nn.Module, session) -> None:
                         f"{B.describe(split.x)}, "
                         f"targets up to {y.max().item()}) does not fit the model "
                         f"{recipe.model.name!r} ({type(e).__name__}: {first})"
-                        + _outputs_hint(session, name, int(y.max().item()))) from None
+                        + _outputs_hint(session, name, int(y.max().item()),
+                                        _outputs(model, x))) from None
                 if loss.dim() != 0:
                     raise UserError(f"{where}: the {name} task's loss is not a scalar")
     finally:
@@ -103,10 +104,22 @@ def _text_cause(model: nn.Module, session, task: str) -> str | None:
     return None
 
 
-def _outputs_hint(session, task: str, top: int) -> str:
-    """For a classification task whose labels the model's outputs do not reach: how many it
-    needs, and how a base for an update that adds classes is pretrained."""
-    if session.kinds.get(task) != "classification":
+def _outputs(model: nn.Module, x) -> int | None:
+    """The number of outputs per sample the model gives for `x`; None when it cannot take `x`
+    (then the inputs are what does not fit, not the labels)."""
+    try:
+        with torch.no_grad():
+            out = B.forward(model, x)
+    except (RuntimeError, IndexError, ValueError, TypeError):
+        return None
+    return out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
+
+
+def _outputs_hint(session, task: str, top: int, outputs: int | None) -> str:
+    """For a classification task whose labels the model's outputs (`outputs` per sample) do
+    not reach: how many it needs, and how a base for an update that adds classes is pretrained.
+    Nothing when the model cannot take the inputs or its outputs reach every label."""
+    if session.kinds.get(task) != "classification" or outputs is None or outputs > top:
         return ""
     hint = (f"; its labels need at least {top + 1} outputs (the model's num_classes or "
             "out_features)")
