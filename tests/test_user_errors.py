@@ -71,6 +71,23 @@ def test_recipe_mistakes_are_caught_by_validate_and_before_a_run_writes(tmp_path
     assert not out.exists()
 
 
+def test_validate_catches_a_misspelt_data_argument_without_reading_the_data(tmp_path):
+    """`goodfit validate` (no --data) said ok to a recipe whose data args had `szie` for
+    `size`: only --data or the run met it. Now exit 2, one line naming the file and the key,
+    with the name it was probably meant to be; a missing required one is named too."""
+    bad = tmp_path / "bad.yaml"
+    text = TOY.read_text()
+    assert "old_region:" in text
+    bad.write_text(text.replace("old_region:", "old_regoin:"))
+    line = assert_one_error_line(invoke("validate", bad))
+    assert "bad.yaml" in line and ("data.args: unexpected argument 'old_regoin'; did you mean "
+                                   "'old_region'?") in line, line
+    bad.write_text(text.replace("name: toy_sin", "name: npz"))  # toy's args, npz's names
+    line = assert_one_error_line(invoke("validate", bad))
+    assert "data.args: " in line, line
+    assert invoke("validate", TOY).exit_code == 0
+
+
 def test_validate_catches_a_bad_schedule_in_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TOY.read_text().replace("decay_epochs: 100", "decay_epochs: 0"))

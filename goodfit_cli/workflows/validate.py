@@ -5,10 +5,12 @@ feature widths, label ids below the model's outputs, dtypes, non-empty splits)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from goodfit_cli.core.args import check_arg_names
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.data import DATASETS
@@ -28,6 +30,10 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
     if r.data.name not in DATASETS:
         raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
                         f"{suggest(r.data.name, DATASETS.names())}")
+    args = r.data.args  # their names, as a run checks them when it reads the data
+    if isinstance(args, Mapping):  # (normalize and standardize: for any dataset)
+        args = {k: v for k, v in args.items() if k not in ("normalize", "standardize")}
+    check_arg_names(DATASETS.get(r.data.name, r.at("data.name") + ": "), args, r.at("data"), 1)
     for name, task in (("old", r.old_task), ("new", r.new_task)):  # the losses' args
         OBJECTIVES.get(task.loss, r.at(f"{name}_task.loss")).check_args(
             task.args, r.at(f"{name}_task"))
