@@ -299,3 +299,27 @@ def test_out_of_memory_at_training_time_is_one_line_with_what_to_lower(tmp_path)
     assert line.endswith("Lower the stage's batch_size (its accumulate: K keeps the effective "
                          "batch), eval.batch_size, or the model's size")
     assert not (out / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("command", ["finetune", "eval"])
+def test_a_pickle_base_is_refused_before_the_data_is_read(tmp_path, monkeypatch, command):
+    """A --base (or eval's --checkpoint) that is a torch pickle: its one line, naming the file
+    and the convert command, is all the command says. Before, the data were read first (and
+    their notes printed: thin validation classes) and the refusal came after them."""
+    import torch
+
+    from goodfit_cli.trainer import session
+
+    recipe = runner.csv_task(tmp_path)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "base.pt")
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data were read before the base was checked")
+
+    monkeypatch.setattr(session, "build_data", unread)
+    flag = "--base" if command == "finetune" else "--checkpoint"
+    rest = ["--out", tmp_path / "ft"] if command == "finetune" else []
+    line = assert_one_error_line(invoke(command, flag, tmp_path / "base.pt", "--recipe", recipe,
+                                        *rest))
+    assert "base.pt is a pickle/torch file" in line and "goodfit convert" in line, line
+    assert not (tmp_path / "ft").exists()

@@ -193,8 +193,28 @@ def _parse_header(name: str, raw: bytes, data_len: int) -> dict[str, str]:
     return metadata
 
 
+def check_safetensors(path: str | os.PathLike) -> None:
+    """One UserError line when `path` is not a safetensors file a command can read (missing, a
+    folder, empty, a torch pickle, truncated, a bad header), reading its header alone: what a
+    command checks before it reads its data."""
+    _header(path)
+
+
 def _read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Validate `path` as safetensors, then load it; return (tensors, raw str→str metadata)."""
+    metadata = _header(path)
+    try:
+        tensors = load_file(Path(path), device="cpu")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # includes pyo3's PanicException, a BaseException
+        raise UserError(f"{path}: safetensors could not read it ({_one_line(e)}); the file is "
+                        f"damaged or not a safetensors file") from None
+    return tensors, metadata
+
+
+def _header(path: str | os.PathLike) -> dict[str, str]:
+    """`path` validated as safetensors up to its header; its raw str→str metadata."""
     p, name = Path(path), str(path)
     try:
         if p.is_dir():
@@ -226,15 +246,7 @@ def _read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
             raw = f.read(header_len)
     except OSError as e:
         raise UserError(f"cannot read {name}: {e.strerror or e}") from None
-    metadata = _parse_header(name, raw, size - 8 - header_len)
-    try:
-        tensors = load_file(p, device="cpu")
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # includes pyo3's PanicException, a BaseException
-        raise UserError(f"{name}: safetensors could not read it ({_one_line(e)}); the file is "
-                        f"damaged or not a safetensors file") from None
-    return tensors, metadata
+    return _parse_header(name, raw, size - 8 - header_len)
 
 
 def _json_or_str(value: str) -> Any:

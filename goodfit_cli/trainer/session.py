@@ -264,7 +264,10 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     recipe leaves unset (the recipe as run, recipe.yaml, then says them): an image dataset's
     size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
     text dataset's tokenizer (the folder itself), a labelled dataset's `labels_from` (the
-    folder, when it names its classes). Returns {arg: value} taken, or None."""
+    folder, when it names its classes). Returns {arg: value} taken, or None. A base file that
+    is not safetensors (a pickle, a truncated file) is its one line here, before the data."""
+    if not Path(base).is_dir():
+        ckpt.check_safetensors(base)
     keys = GEOMETRY_DATASETS.get(recipe.data.name, ())
     if not keys and recipe.data.name not in LABELLED_DATASETS:
         return None
