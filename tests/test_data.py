@@ -163,3 +163,30 @@ def test_to_model_input():
     assert torch.allclose(out[0, :, 0, 0], torch.tensor([-1.0, 1.0, 51 / 255 * 2 - 1]))
     f = torch.randn(3, 2)
     assert to_model_input(f) is f
+
+
+def test_data_summary_names_the_thin_classes_as_a_run_does(tmp_path):
+    """`goodfit data summary` says a thin validation class by its id and name ('class 1
+    (dog): 2'), as finetune's line before training says it (before: 'class 1: 2'), and its
+    JSON gives the data's class names."""
+    import json
+
+    from test_reliability import invoke
+
+    for task, names in (("old", ("cat", "dog")), ("new", ("fox",))):
+        for split, n in (("train", 20), ("test", 6)):
+            rows = [f"{i % 7}.0,{i % 3}.0,{names[i % len(names)]}" for i in range(n)]
+            (tmp_path / f"{task}_{split}.csv").write_text("a,b,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: named\ndata_dir: .\nmodel: {name: mlp, args: {in_features: 2, out_features: 3}}\n"
+        "data: {name: table, args: {old: {train: old_train.csv, test: old_test.csv},\n"
+        "                           new: {train: new_train.csv, test: new_test.csv}}}\n"
+        "old_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "new_task: {loss: cross_entropy, metrics: [accuracy]}\n"
+        "finetune: {optimizer: {name: sgd, lr: 0.1}, steps: 2, batch_size: 8, arms: [sgd]}\n")
+    res = invoke("data", "summary", "--recipe", tmp_path / "r.yaml")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "class 0 (cat): 1, class 1 (dog): 1" in said and "class 2 (fox): 2" in said, said
+    res = invoke("data", "summary", "--recipe", tmp_path / "r.yaml", "--json")
+    assert json.loads(res.stdout)["new"]["class_names"] == ["cat", "dog", "fox"]

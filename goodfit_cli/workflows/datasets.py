@@ -16,7 +16,7 @@ __all__ = ["notes", "summary", "write_synthetic"]
 
 def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """{task: {"kind", "train": {"samples", "classes"}, "val": {...}, "test": {...},
-    "validation": how val was made}} of the recipe's data, as a run splits it (a carved
+    "validation": how val was made, "class_names" when the data name their classes}} of the recipe's data, as a run splits it (a carved
     validation split taken out of train, as every command carves it)."""
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=recipe.at("data"))
@@ -26,11 +26,13 @@ def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, 
                                   loc(recipe.at("data"), "validation"))
         if n := shared(t):  # test or val samples that are training ones, as a run counts them
             made["overlap"] = n
-        out[name] = {**t.summary(), "validation": made}
+        out[name] = {**t.summary(), "validation": made,
+                     **({"class_names": list(t.label_names)} if t.label_names else {})}
     return out
 
 
 def notes(summary: dict[str, dict[str, Any]]) -> list[str]:
     """What a run says of the splits before training (thin validation classes, test or val
     samples that are training ones), for `summary`'s tasks."""
-    return [n for name, t in summary.items() for n in split_lines(name, t["validation"])]
+    return [n for name, t in summary.items()
+            for n in split_lines(name, t["validation"], t.get("class_names"))]
