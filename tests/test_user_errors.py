@@ -323,3 +323,24 @@ def test_a_pickle_base_is_refused_before_the_data_is_read(tmp_path, monkeypatch,
                                         *rest))
     assert "base.pt is a pickle/torch file" in line and "goodfit convert" in line, line
     assert not (tmp_path / "ft").exists()
+
+
+def test_an_interrupt_before_anything_was_saved_says_to_run_the_command_again(tmp_path,
+                                                                             monkeypatch):
+    """Ctrl-C before a run folder holds anything (start-up, the data, the base): exit 130 and
+    one line saying nothing was saved and to run the same command again (before: the bare word
+    'interrupted', where the README's exit 130 says a resumable state was saved, so the user
+    tried --resume and was told the folder is not a run)."""
+    from goodfit_cli.workflows import finetune
+
+    recipe = runner.csv_task(tmp_path)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "check_stages", ctrl_c)
+    res = invoke("finetune", "--base", tmp_path / "b.safetensors", "--recipe", recipe, "--out",
+                 tmp_path / "ft")
+    line = assert_one_error_line(res, code=130)
+    assert line == "interrupted before anything was saved: run the same command again", line
+    assert not (tmp_path / "ft").exists()

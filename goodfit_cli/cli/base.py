@@ -110,8 +110,9 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
                           f"To resume, run {escape(e.resume)}", highlight=False, soft_wrap=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt as e:  # before anything was saved (a SIGTERM too: 143)
-            if first_rank():
-                err.print("[yellow]interrupted[/]")
+            if first_rank():  # said once under torchrun
+                err.print("[yellow]interrupted[/] before anything was saved: run the same "
+                          "command again")
             raise typer.Exit(128 + getattr(e, "signum", 2))
         except Exception as e:  # a bug: say so, and show the traceback on request
             if out_of_memory(e):  # not a bug: a setting this machine cannot hold
