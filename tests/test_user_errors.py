@@ -344,3 +344,16 @@ def test_an_interrupt_before_anything_was_saved_says_to_run_the_command_again(tm
     line = assert_one_error_line(res, code=130)
     assert line == "interrupted before anything was saved: run the same command again", line
     assert not (tmp_path / "ft").exists()
+
+
+def test_a_name_in_another_case_is_suggested_as_itself(tmp_path):
+    """--optimizer AdamW (the class's name) suggested 'adam'; now 'adamw', the name in its
+    own case, wherever a registered name is suggested."""
+    from goodfit_cli.core.registry import suggest
+
+    assert suggest("AdamW", ["adam", "adamw", "sgd"]) == "; did you mean 'adamw'?"
+    assert suggest("adamx", ["adam", "adamw"]) == "; did you mean 'adam'?"
+    line = assert_one_error_line(invoke("finetune", "--base", tmp_path / "b.safetensors",
+                                        "--recipe", runner.csv_task(tmp_path), "--out",
+                                        tmp_path / "ft", "--optimizer", "AdamW"))
+    assert "unknown arm 'AdamW'; did you mean 'adamw'?" in line, line

@@ -104,8 +104,10 @@ def _entry_points(group: str) -> tuple[metadata.EntryPoint, ...]:
 
 
 def suggest(name: str, choices: list[str]) -> str:
-    """'; did you mean 'x'?' when a close match exists, else the list of choices."""
-    close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+    """'; did you mean 'x'?' when a close match exists (the same name in another case first:
+    'AdamW' is 'adamw', not 'adam'), else the list of choices."""
+    same = [c for c in choices if c.lower() == str(name).lower()]
+    close = same or difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
     if close:
         return f"; did you mean {close[0]!r}?"
     return f" (choose from: {', '.join(choices)})" if choices else ""
