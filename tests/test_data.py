@@ -190,3 +190,19 @@ def test_data_summary_names_the_thin_classes_as_a_run_does(tmp_path):
     assert "class 0 (cat): 1, class 1 (dog): 1" in said and "class 2 (fox): 2" in said, said
     res = invoke("data", "summary", "--recipe", tmp_path / "r.yaml", "--json")
     assert json.loads(res.stdout)["new"]["class_names"] == ["cat", "dog", "fox"]
+
+
+def test_a_relative_path_not_found_without_data_dir_says_where_it_was_read_from(tmp_path,
+                                                                               monkeypatch):
+    """A recipe without data_dir reads relative paths from the working directory (data.md);
+    run from elsewhere, the one line said only 'not found: data/old/train'. It now names the
+    directory it read from and the three ways to point it at the data."""
+    monkeypatch.chdir(tmp_path)
+    args = {"old": {"train": "data/old/train", "test": "data/old/test"},
+            "new": {"train": "data/new/train", "test": "data/new/test"}}
+    with pytest.raises(UserError) as e:
+        build_data("imagefolder", args, seed=0, data_dir=None, where="r.yaml: data")
+    assert str(e.value).startswith("r.yaml: data.args.old.train: not found: data/old/train (read "
+                                   f"from the working directory {tmp_path}: the recipe has no "
+                                   "data_dir; set data_dir"), str(e.value)
+    assert "--data-dir" in str(e.value) and "\n" not in str(e.value)

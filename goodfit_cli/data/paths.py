@@ -30,6 +30,10 @@ def task_paths(name: str, spec: Any, ctx: Any, what: str) -> dict[str, str]:
         path = os.path.expanduser(path)
         if ctx.data_dir is not None and not os.path.isabs(path):
             path = os.path.join(ctx.data_dir, path)
+        elif what and not os.path.isabs(path) and not os.path.exists(path):
+            raise ArgError(f"{name}.{split}", f"not found: {path} (read from the working "
+                           f"directory {os.getcwd()}: the recipe has no data_dir; set data_dir "
+                           "in the recipe, run from the data's folder or pass --data-dir)")
         paths[split] = path
     if "val" in paths and os.path.realpath(paths["val"]) == os.path.realpath(paths["test"]):
         raise ArgError(f"{name}.val", f"{paths['val']} is also the task's test split: choices "
