@@ -16,8 +16,9 @@ __all__ = ["notes", "summary", "write_synthetic"]
 
 def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, Any]]:
     """{task: {"kind", "train": {"samples", "classes"}, "val": {...}, "test": {...},
-    "validation": how val was made, "class_names" when the data name their classes}} of the recipe's data, as a run splits it (a carved
-    validation split taken out of train, as every command carves it)."""
+    "validation": how val was made, "class_names" when the data name their classes}} of the
+    recipe's data, as a run splits it (a carved validation split taken out of train, as every
+    command carves it)."""
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=recipe.at("data"))
     out = {}
