@@ -13,4 +13,6 @@ def test_wise_of_a_run_folder_names_it_and_asks_for_an_arm(tmp_path):
     (run / "adamw" / "summary.json").write_text("{}")
     line = assert_one_error_line(invoke("wise", run, "--alpha", "0.5", "--out", tmp_path / "w"))
     assert str(run) in line and "not a finished arm" in line and "give one of its arms" in line
+    # the arms it holds, to copy (before: 'RUN/<arm>' alone)
+    assert line.endswith(f"give one of its arms: {run / 'adamw'}"), line
     assert not (tmp_path / "w").exists()

@@ -138,7 +138,10 @@ def check_arm_dir(arm_dir: Path) -> None:
     """`arm_dir` is RUN/<arm>, a finished arm: one line naming it otherwise (a run folder given
     for its arm: before, `recipe not found: recipe.yaml`, read beside the run)."""
     if not (arm_dir.parent / "run.json").exists() or not (arm_dir / "summary.json").exists():
-        hint = "; give one of its arms, RUN/<arm>" if (arm_dir / "run.json").exists() else ""
+        arms = sorted(str(d) for d in arm_dir.iterdir() if (d / "summary.json").is_file()) \
+            if (arm_dir / "run.json").exists() else []  # a run folder given: its arms, named
+        hint = f"; give one of its arms: {', '.join(arms)}" if arms else (
+            "; give one of its arms, RUN/<arm>" if (arm_dir / "run.json").exists() else "")
         gone = read_json(arm_dir.parent / "run.json").get("diverged") \
             if (arm_dir.parent / "run.json").is_file() else None
         arm = next((a for a in gone or {} if arm_dirname(a) == arm_dir.name), None) \
