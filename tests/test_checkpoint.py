@@ -481,3 +481,19 @@ def test_the_same_tensors_and_metadata_make_the_same_bytes(tmp_path):
     n = int.from_bytes((tmp_path / "m0.safetensors").read_bytes()[:8], "little")
     header = json.loads((tmp_path / "m0.safetensors").read_bytes()[8:8 + n])
     assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+
+
+def test_one_missing_or_unexpected_tensor_is_said_in_the_singular():
+    """'1 tensors ... are missing' read as a typo in the one line a user reads; now '1 tensor
+    ... is missing' and '1 tensor in the checkpoint is not in the recipe's model'."""
+    tensors = dict(Net().state_dict())
+    del tensors["body.weight"]
+    with pytest.raises(UserError) as info:
+        ck.load_into_model(Net(), tensors, "m.safetensors", ["fc."])
+    assert str(info.value).startswith("m.safetensors: 1 tensor of the recipe's model is missing "
+                                      "from the checkpoint: body.weight")
+    tensors = {**Net().state_dict(), "extra.w": torch.zeros(1)}
+    with pytest.raises(UserError) as info:
+        ck.load_into_model(Net(), tensors, "m.safetensors", ["fc."])
+    assert str(info.value) == ("m.safetensors: 1 tensor in the checkpoint is not in the recipe's "
+                               "model: extra.w; check the recipe's model")

@@ -141,10 +141,14 @@ def load_into_model(model: nn.Module, tensors: Mapping[str, torch.Tensor],
     if missing:
         head = (f"; the head's {_names(head_missing)} are missing too" if head_missing else "")
         extra = f"; it has instead: {_names(unexpected)}" if unexpected else ""
-        raise UserError(f"{path}: {len(missing)} tensors of the recipe's model are missing from "
-                        f"the checkpoint: {_names(missing)}{head}{extra}{hint}")
+        one = len(missing) == 1
+        raise UserError(f"{path}: {len(missing)} tensor{'' if one else 's'} of the recipe's model "
+                        f"{'is' if one else 'are'} missing from the checkpoint: "
+                        f"{_names(missing)}{head}{extra}{hint}")
     if unexpected:
-        raise UserError(f"{path}: {len(unexpected)} tensors in the checkpoint are not in the "
-                        f"recipe's model: {_names(unexpected)}; check the recipe's model{hint}")
+        one = len(unexpected) == 1
+        raise UserError(f"{path}: {len(unexpected)} tensor{'' if one else 's'} in the checkpoint "
+                        f"{'is' if one else 'are'} not in the recipe's model: "
+                        f"{_names(unexpected)}; check the recipe's model{hint}")
     model.load_state_dict(loaded, strict=True)
     return changes
