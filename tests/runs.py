@@ -122,3 +122,19 @@ def npz_task(folder: Path, splits: dict[str, tuple], *, pretrain_steps: int = 4,
         f"finetune: {{optimizer: {{name: adamw, lr: {lr}}}, steps: {finetune_steps}, "
         "batch_size: 16, arms: [adamw]}\neval: {every: 4}\n")
     return folder / "r.yaml"
+
+
+def timm_hub(folder: Path, classes: int = 2, **pretrained_cfg: Any) -> Path:
+    """A timm `test_resnet` (seed 0) saved as a hub folder (save_for_hf, safetensors) whose
+    config.json pretrained_cfg is updated with `pretrained_cfg`; the folder."""
+    import json
+
+    import timm
+
+    torch.manual_seed(0)
+    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=classes), str(folder),
+                            safe_serialization=True)
+    config = json.loads((folder / "config.json").read_text())
+    config["pretrained_cfg"].update(pretrained_cfg)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder

@@ -564,8 +564,8 @@ def test_save_to_disk_images_get_the_timm_bases_crop_as_image_folders_do(tmp_pat
     squashed each 20x24 image to 16x16, the aspect lost and nothing cropped, so the model saw
     other pixels than it was trained on. Now its images are the image folder's, pixel for
     pixel, and run.json and recipe.yaml say crop_pct and crop_mode."""
-    import timm
     from PIL import Image
+    from runs import timm_hub
 
     from goodfit_cli.recipe import load_recipe
 
@@ -581,13 +581,7 @@ def test_save_to_disk_images_get_the_timm_bases_crop_as_image_folders_do(tmp_pat
         for i, (c, img) in enumerate(zip(cls, imgs)):  # the same images as image folders
             (tmp_path / "folders" / name / c).mkdir(parents=True, exist_ok=True)
             img.save(tmp_path / "folders" / name / c / f"{i}.png")
-    torch.manual_seed(0)
-    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=2),
-                            str(tmp_path / "hub"), safe_serialization=True)
-    config = json.loads((tmp_path / "hub" / "config.json").read_text())
-    config["pretrained_cfg"].update(input_size=[3, 16, 16], interpolation="bicubic",
-                                    crop_pct=0.875)
-    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    timm_hub(tmp_path / "hub", input_size=[3, 16, 16], interpolation="bicubic", crop_pct=0.875)
     (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="hf_disk", ext="x").replace(
         ".x", "").replace("adamw", "sgd").replace("seed: 0\n", "seed: 0\ndata_dir: .\n"))
     res = CliRunner().invoke(app, ["finetune", "--base", str(tmp_path / "hub"), "--recipe",

@@ -252,8 +252,8 @@ def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):
     """A timm folder whose pretrained_cfg says 16x16, bicubic, crop 0.875: an image-folder
     recipe that leaves those unset reads its images that way, run.json and the run's
     recipe.yaml say so, and the same recipe given them keeps its own."""
-    import timm
     from PIL import Image
+    from runs import timm_hub
 
     from goodfit_cli.data import build_data
     from goodfit_cli.recipe import load_recipe
@@ -266,13 +266,7 @@ def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):
                 for i in range(4):
                     Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
                         tmp_path / task / split / c / f"{i}.png")
-    torch.manual_seed(0)
-    timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=2),
-                            str(tmp_path / "hub"), safe_serialization=True)
-    config = json.loads((tmp_path / "hub" / "config.json").read_text())
-    config["pretrained_cfg"].update(input_size=[3, 16, 16], interpolation="bicubic",
-                                    crop_pct=0.875)
-    (tmp_path / "hub" / "config.json").write_text(json.dumps(config))
+    timm_hub(tmp_path / "hub", input_size=[3, 16, 16], interpolation="bicubic", crop_pct=0.875)
     recipe = tmp_path / "img.yaml"
     recipe.write_text(
         "name: img\ndata_dir: .\ndevice: cpu\n"
