@@ -181,6 +181,8 @@ def test_report_has_confusion_flips_with_rows_and_candidate_paths(table_base, tm
     assert "Confusion matrices" in html and "old_test.csv:" in html
     md = (tmp_path / "ft" / "report.md").read_text()
     assert f"**adamw**: `{tmp_path / 'ft' / 'adamw' / 'model.safetensors'}`" in md
+    e = flipped["negative"][0]  # read as plain text: an arrow, not the HTML escape "-&gt;"
+    assert f"| {e['base']} → {e['arm']} |" in md and "&gt;" not in md
 
     # compare labels two candidates from one run apart and names both files
     res = invoke("compare", base, tmp_path / "ft" / "adamw" / "model.safetensors",

@@ -128,7 +128,7 @@ def render_markdown(report: dict) -> str:
     flipped = _flipped_rows(report, top=5)
     if flipped:
         out += ["", "#### Old-task samples each arm broke (first 5; all in report.json)", ""]
-        out += _md_table(["arm", "index", "sample", "label", "base -> arm"], flipped)
+        out += _md_table(["arm", "index", "sample", "label", "base → arm"], flipped)
     readout = _readout_table(report)
     if readout:
         on = _readout_split(report)
@@ -321,7 +321,7 @@ def render_html(report: dict) -> str:
     if flipped:
         parts += ["<h2>Old-task samples each arm broke (first 10 per arm; all counts and the "
                   "first 100 in report.json)</h2>",
-                  _html_table(["arm", "index", "sample", "label", "base -> arm"], flipped)]
+                  _html_table(["arm", "index", "sample", "label", "base → arm"], flipped)]
     confusions = [_confusion_html(f"base, {t} task", c, report)
                   for t, c in report.get("base_confusion", {}).items()]
     confusions += [_confusion_html(f"{a['name']}, {t} task", c, report)

@@ -129,14 +129,14 @@ def class_label(report: dict, c) -> str:
 
 
 def _flipped_rows(report: dict, top: int = 10) -> list[list[tuple[str, str]]]:
-    """The first old-task samples each arm broke: index, file or row, label, base -> arm."""
+    """The first old-task samples each arm broke: index, file or row, label, base → arm."""
     rows = []
     for a in report["arms"]:
         f = (a.get("flipped") or {}).get("old")
         for e in (f or {}).get("negative", [])[:top]:
             rows.append([(a["name"], ""), (str(e["index"]), ""), (e.get("id") or _DASH, ""),
                          (class_label(report, e["target"]), ""),
-                         (f"{class_label(report, e['base'])} -> {class_label(report, e['arm'])}",
+                         (f"{class_label(report, e['base'])} → {class_label(report, e['arm'])}",
                           "worse")])
     return rows
 
