@@ -357,3 +357,22 @@ def test_a_name_in_another_case_is_suggested_as_itself(tmp_path):
                                         "--recipe", runner.csv_task(tmp_path), "--out",
                                         tmp_path / "ft", "--optimizer", "AdamW"))
     assert "unknown arm 'AdamW'; did you mean 'adamw'?" in line, line
+
+
+def test_a_rerun_of_an_interrupted_run_without_resume_says_it_was_interrupted(tmp_path):
+    """The same command again on a run a signal cut short said only 'already exists and is not
+    empty (pass --overwrite ..., or --resume ...)'; it now says the folder holds an interrupted
+    run, and --resume continues it."""
+    from goodfit_cli.core.errors import Interrupted
+
+    recipe = runner.csv_task(tmp_path)
+    base = tmp_path / "base" / "model.safetensors"
+    runner.pretrain(load_recipe(recipe), base.parent)
+    with pytest.raises(Interrupted):
+        runner.finetune(load_recipe(recipe), base, tmp_path / "ft", stop_after=2)
+    args = ("finetune", "--base", base, "--recipe", recipe, "--out", tmp_path / "ft")
+    line = assert_one_error_line(invoke(*args))
+    ft = tmp_path / "ft"
+    assert line == (f"error: output directory {ft} holds a run that was interrupted: continue "
+                    f"it with --resume {ft} (or pass --overwrite to start afresh)"), line
+    assert invoke(*args[:-2], "--resume", ft).exit_code == 0

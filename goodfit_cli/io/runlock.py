@@ -33,6 +33,16 @@ def has_content(out: Path) -> bool:
     return out.is_dir() and any(p.name != LOCK for p in out.iterdir())
 
 
+def was_interrupted(out: Path) -> bool:
+    """Whether `out` holds a run a signal cut short (its timings.json ended "Interrupted")."""
+    import json
+
+    try:
+        return json.loads((out / "timings.json").read_text()).get("ended") == "Interrupted"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class RunLock:
     """An exclusive lock on one run folder; `release()` (or process exit) lets it go."""
 
@@ -90,6 +100,10 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise UserError(f"output path exists and is not a directory: {out}")
     if has_content(out) and not (overwrite or resume):
+        if resume_hint and was_interrupted(out):
+            raise UserError(f"output directory {out} holds a run that was interrupted: "
+                            f"continue it with --resume {out} (or pass --overwrite to start "
+                            "afresh)")
         raise UserError(f"output directory {out} already exists and is not empty "
                         f"(pass --overwrite to start afresh{resume_hint})")
     existed = out.is_dir()
