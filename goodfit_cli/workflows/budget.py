@@ -85,10 +85,11 @@ def parse_budget(text: str) -> float | None:
     return value
 
 
-def trained(trial: Any, arm_dir: Path) -> int:
-    """What a trial trained: its arm's summary.json once it finished, else the batch its
-    last evaluation or rung saw."""
+def trained(trial: Any, arm_dir: Path, seen: int = 0) -> int:
+    """What a trial trained: its arm's summary.json once it finished, else the last batch its
+    training was seen to finish (`seen`; cut short between two evaluations, it trained past
+    the last one) or the batch its last evaluation or rung saw."""
     summary = arm_dir / "summary.json"
     if summary.exists():
         return int(json.loads(summary.read_text()).get("batches", 0))
-    return int(trial.user_attrs.get("batches") or 0)
+    return max(int(trial.user_attrs.get("batches") or 0), int(seen))

@@ -131,6 +131,7 @@ class PruneWatch:
         self.budget, self.claimed = budget, bool(self.protected)
         self.rungs: list[int] = []
         self.total = 0
+        self.seen = 0  # the last batch trained (a trial cut short holds it: budget.trained)
         self.reached: dict[str, list[float]] = {}
         self.model: Any = None
         self.others: Callable[[], list[Any]] = list  # `bind`: the other candidates
@@ -165,6 +166,7 @@ class PruneWatch:
             self.inner.on_start(total_batches, done)
 
     def on_batch(self, batch: int) -> None:
+        self.seen = batch
         if self.inner is not None:
             self.inner.on_batch(batch)
         due = [k for k, b in enumerate(self.rungs) if b == batch and str(k) not in self.reached]
@@ -249,7 +251,13 @@ def gone(t: Any) -> bool:
     return t.state.name == "FAIL" or "interrupted" in t.user_attrs
 
 
-def watching(ui_events: Callable[[str], Any] | None, make: Callable[[Any], PruneWatch]
-             ) -> Callable[[str], PruneWatch]:
-    """A `Ui.events_for` that wraps each run's events (`ui_events(label)`) in a watch."""
-    return lambda label: make(ui_events(label) if ui_events is not None else None)
+def watching(ui_events: Callable[[str], Any] | None, make: Callable[[Any], PruneWatch],
+             made: list[PruneWatch] | None = None) -> Callable[[str], PruneWatch]:
+    """A `Ui.events_for` that wraps each run's events (`ui_events(label)`) in a watch, each
+    also appended to `made` (the caller reads what they saw: `PruneWatch.seen`)."""
+    def events(label: str) -> PruneWatch:
+        w = make(ui_events(label) if ui_events is not None else None)
+        if made is not None:
+            made.append(w)
+        return w
+    return events

@@ -151,13 +151,15 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
         trial.set_user_attr("protected", True)  # and its retry stays so
     trial.set_user_attr("arm", p.arm)
     dirs = (direction(prim["old"]), direction(prim["new"]))
+    watches: list[PruneWatch] = []  # the trial's fine-tune's: the batches it trained
     watch = watching(ui.events_for, lambda inner: PruneWatch(
         trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin,
-        protected=protected, budget=budget))
+        protected=protected, budget=budget), watches)
     try:
         return _trained(job, trial, place, ui, trecipe, p, trial_dir, stopped, watch)
     finally:  # whatever ended it, the trial holds what it trained
-        settle(trial, trained(trial, trial_dir / arm_dirname(p.arm)))
+        settle(trial, trained(trial, trial_dir / arm_dirname(p.arm),
+                              max((w.seen for w in watches), default=0)))
 
 
 def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: Any,

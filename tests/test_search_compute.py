@@ -1,0 +1,59 @@
+"""What a `goodfit search` study counts as trained: the batches its trials actually trained,
+also for a trial cut short between two evaluations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from test_search import ENV, ROOT, TINY, cmd
+
+optuna = pytest.importorskip("optuna")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("search-compute")
+    subprocess.run(cmd("pretrain", "--recipe", "toy", "--out", d / "base", *TINY), cwd=ROOT,
+                   env=ENV, check=True, capture_output=True, timeout=300)
+    return d / "base" / "model.safetensors"
+
+
+def test_a_trial_interrupted_between_evaluations_holds_the_batches_it_trained(
+        base, tmp_path, monkeypatch):
+    """SIGTERM at batch 5 of 12 (evaluations every 6, rungs at 2 and 4): the trainer finishes
+    batch 5, saves its state there and stops. The trial holds 5 batches of the study's compute
+    (its `batches`, the budget's spent, the report's), not 4, the batch its last rung saw
+    (before: what it trained past its last evaluation or rung was missing from the count, and
+    the budget could be over-run by it)."""
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.workflows import pruning
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    seen = pruning.PruneWatch.on_batch
+
+    def on_batch(self, batch: int) -> None:
+        seen(self, batch)
+        if self.trial.number == 0 and batch == 5:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(pruning.PruneWatch, "on_batch", on_batch)
+    out = tmp_path / "run"
+    job = SearchJob("toy", base, out, 1, [*TINY], defaults=False, budget=None)
+    with pytest.raises(Interrupted):
+        search(job)
+    arm_dir = next(p for p in (out / "trials" / "trial-0000").iterdir()
+                   if p.is_dir() and p.name != "base")
+    assert [p.name for p in arm_dir.glob("state-*.safetensors")] == ["state-00000005.safetensors"]
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    cut = study.trials[0]
+    assert "interrupted" in cut.user_attrs
+    assert cut.user_attrs["batches"] == 5 and cut.user_attrs["claim"] == 5
+    monkeypatch.setattr(pruning.PruneWatch, "on_batch", seen)
+    rep = search(job)
+    assert [t["batches"] for t in rep["trials"]] == [5, 12]
+    assert rep["batches"] == 17 and rep["budget"]["spent_batches"] == 17
