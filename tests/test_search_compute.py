@@ -57,3 +57,32 @@ def test_a_trial_interrupted_between_evaluations_holds_the_batches_it_trained(
     rep = search(job)
     assert [t["batches"] for t in rep["trials"]] == [5, 12]
     assert rep["batches"] == 17 and rep["budget"]["spent_batches"] == 17
+
+
+def test_the_same_limits_from_a_gate_file_are_not_a_changed_gate(base, tmp_path):
+    """A study made with `--min-old mse=...`-like flags, re-run with a gate file holding the
+    very same limits: nothing is re-judged (every point stands, as `chosen_under` reads it), so
+    the report must not say "the gate changed ... every finished trial and the recommendation
+    are re-judged" (before: it did, whenever only where the limits came from differed); the
+    report's header names the file. Another limit then says so, as before."""
+    from goodfit_cli.report.gate import gate_from_flags, load_gate
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    out = tmp_path / "run"
+    flags = gate_from_flags(None, None, "mse", {"max_old": ["mse=100"]})
+    first = search(SearchJob("toy", base, out, 1, [*TINY], gate=flags, defaults=False,
+                             budget=None))
+    assert first["gate"] == "old mse max 100 (from command-line flags)"
+    path = tmp_path / "gate.yaml"
+    path.write_text("limits:\n  - {task: old, metric: mse, max: 100}\n")
+    same = search(SearchJob("toy", base, out, 1, [*TINY], gate=load_gate(path), defaults=False,
+                            budget=None))
+    assert same["gate"] == f"old mse max 100 (from {path})"
+    assert not any("gate changed" in n or "chosen under another gate" in n
+                   for n in same["notes"]), same["notes"]
+    assert [t["params"] for t in same["trials"]] == [t["params"] for t in first["trials"]]
+    path.write_text("limits:\n  - {task: old, metric: mse, max: 50}\n")
+    other = search(SearchJob("toy", base, out, 1, [*TINY], gate=load_gate(path),
+                             defaults=False, budget=None))
+    assert any(n.startswith(f"the gate changed (was: old mse max 100 (from {path}))")
+               for n in other["notes"]), other["notes"]

@@ -61,8 +61,9 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     new point in place of the stored one."""
     prim = recipe.primary
     gate_now = describe(job.gate)
-    judged_with = study.user_attrs.get("gate")
-    if judged_with is not None and judged_with != gate_now:
+    judged_with = study.user_attrs.get("gate")  # in words, with where its limits came from:
+    if judged_with is not None and _limits(judged_with) != _limits(gate_now):  # the same limits
+        # from a file instead of flags judge every trial the same (rejudge.py chosen_under)
         notes.append(f"the gate changed (was: {judged_with}): every finished trial and the "
                      "recommendation are re-judged on validation; what the old gate decided "
                      "during training stands (a trial pruned at a rung stays pruned, the "
@@ -199,6 +200,12 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
             notes.append(f"nothing is recommended now: the earlier recommendation was moved "
                          f"from {job.out / 'recommended'} to {withdrawn}")
     return rep
+
+
+def _limits(described: str) -> str:
+    """A gate's limits from its words (report/gate.py describe), without where they came
+    from."""
+    return described.rsplit(" (from ", 1)[0]
 
 
 def _exported(dest: Path, study: str, number: int, src_sha: str, tensors: dict) -> bool:
