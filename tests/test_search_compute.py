@@ -86,3 +86,29 @@ def test_the_same_limits_from_a_gate_file_are_not_a_changed_gate(base, tmp_path)
                              defaults=False, budget=None))
     assert any(n.startswith(f"the gate changed (was: old mse max 100 (from {path}))")
                for n in other["notes"]), other["notes"]
+
+
+def test_an_earlier_recommendation_moved_aside_for_a_new_one_is_said(base, tmp_path):
+    """RUN/recommended holding something else than the study's recommendation (another trial's,
+    from an earlier gate or rule; here a user's copy of the base with an eval beside it): the
+    re-run exports the recommendation and moves the earlier folder aside whole, and says where
+    in the report's notes (the command prints them), as when nothing is recommended any more
+    (before: the folder a CI job picked up changed with no word of it)."""
+    import shutil
+
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    out = tmp_path / "run"
+    job = SearchJob("toy", base, out, 1, [*TINY], defaults=False, budget=None)
+    first = search(job)
+    assert first["recommendation"] is not None and not any("moved" in n for n in first["notes"])
+    shutil.copy(base, out / "recommended" / "model.safetensors")
+    (out / "recommended" / "eval-toy.json").write_text("{}")
+    again = search(job)
+    aside = list(out.glob("recommended.prev-*"))
+    assert len(aside) == 1 and (aside[0] / "eval-toy.json").read_text() == "{}"
+    note = f"the earlier recommendation was moved from {out / 'recommended'} to {aside[0]}"
+    assert any(n.startswith(note) for n in again["notes"]), again["notes"]
+    assert note in (out / "report.md").read_text()
+    search(job)  # the same recommendation again: nothing moved, nothing said
+    assert len(list(out.glob("recommended.prev-*"))) == 1

@@ -231,7 +231,8 @@ def search(
                          Place(device, None, data_dir), ui_for(r.primary))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too
-        if note.startswith(("the budget", "the gate changed", "nothing is recommended")):
+        if note.startswith(("the budget", "the gate changed", "nothing is recommended",
+                            "the earlier recommendation")):
             log(note)
     log(f"{rep['complete']} trial{'s' if rep['complete'] != 1 else ''} complete"
         + (f" ({rep['reruns']} of them re-runs of pruned trials)" if rep.get("reruns") else "")

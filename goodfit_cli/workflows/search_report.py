@@ -193,7 +193,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         notes.append(outside_test["message"])
     rep["time"] = trial_time(trials)
     if rec is not None:
-        rep.update(export(job, study, rec))
+        rep.update(export(job, study, rec, notes))
     else:
         withdrawn = withdraw(job.out)
         if withdrawn:
@@ -301,8 +301,9 @@ def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
                         split_counts(run.get("validation")))
 
 
-def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
-    """The recommendation as RUN/recommended/model.safetensors, with its provenance."""
+def export(job: Any, study: Any, rec: dict, notes: list[str]) -> dict[str, str]:
+    """The recommendation as RUN/recommended/model.safetensors, with its provenance; where an
+    earlier one was moved to make room, said in `notes`."""
     src = Path(rec["checkpoint"] or "")
     if not src.is_file():
         return {"export_note": f"{src} is not on this machine (another worker's trial)"}
@@ -320,8 +321,11 @@ def export(job: Any, study: Any, rec: dict) -> dict[str, str]:
                                    "seed": rec["seed"], "source": str(src),
                                    "source_sha256": src_sha, "pid": os.getpid()}}
         meta.pop("format", None)
-        withdraw(job.out)  # another recommendation before: kept aside whole (its eval JSON,
-        dest.parent.mkdir(exist_ok=True)  # its model folder), nothing of it beside this one
+        aside = withdraw(job.out)  # another recommendation before: kept aside whole (its
+        if aside:  # eval JSON, its model folder), nothing of it beside this one
+            notes.append(f"the earlier recommendation was moved from {job.out / 'recommended'}"
+                         f" to {aside}: {dest} is trial {rec['number']}'s")
+        dest.parent.mkdir(exist_ok=True)
         ckpt.save_model(dest, tensors, meta)
     if (src.parent / PRETRAINED_DIR).is_dir():  # a transformers model: its folder too
         if not _same_files(src.parent / PRETRAINED_DIR, dest.parent / PRETRAINED_DIR):
