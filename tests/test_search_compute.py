@@ -112,3 +112,34 @@ def test_an_earlier_recommendation_moved_aside_for_a_new_one_is_said(base, tmp_p
     assert note in (out / "report.md").read_text()
     search(job)  # the same recommendation again: nothing moved, nothing said
     assert len(list(out.glob("recommended.prev-*"))) == 1
+
+
+def test_a_signal_in_the_batch_a_trial_is_pruned_at_stops_the_search(base, tmp_path,
+                                                                       monkeypatch):
+    """SIGTERM arriving while a trial's rung is judged (the WiSE-FT curve measured at the rung's
+    batch: far longer than a batch), and the trial is pruned there: the study stops with the
+    'interrupted' line and exit 143 like a signal anywhere else, the trial not counted (it runs
+    again first on the next run). Before: the signal was lost with the trial's training loop,
+    and the search went on to run every other trial and exited 0."""
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.workflows import pruning
+    from goodfit_cli.workflows.search import SearchJob, search
+
+    seen = pruning.PruneWatch.on_batch
+
+    def on_batch(self, batch: int) -> None:
+        if self.trial.number == 1 and batch == 2:  # its first rung: a signal, then pruned
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise pruning.Pruned(batch, 0, "pruned at batch 2 (rung 0): by the test")
+        seen(self, batch)
+
+    monkeypatch.setattr(pruning.PruneWatch, "on_batch", on_batch)
+    out = tmp_path / "run"
+    job = SearchJob("toy", base, out, 3, [*TINY], defaults=False, budget=None)
+    with pytest.raises(Interrupted) as e:
+        search(job)
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    ran = [t for t in study.trials if t.state.name != "WAITING"]
+    assert [t.number for t in ran] == [0, 1] and "interrupted" in ran[1].user_attrs
+    assert not (out / "trials" / "trial-0002").exists()

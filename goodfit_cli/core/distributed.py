@@ -198,6 +198,12 @@ def stop_on_signals() -> Iterator[StopFlag]:
         pass
     try:
         yield flag
+    except (Interrupted, KeyboardInterrupt):
+        raise
+    except Exception as e:  # the loop left another way (a search's trial pruned at the rung
+        if flag.signum is None:  # being judged when the signal came): the stop is not lost
+            raise
+        raise Signalled(flag.signum) from e
     finally:
         for s, h in old.items():
             try:
