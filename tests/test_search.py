@@ -1080,6 +1080,7 @@ def test_an_interrupted_trial_runs_again_and_a_moved_study_uses_its_own_trials(b
     with pytest.raises(Interrupted) as e:
         search(job, ui=Ui(ctrl_c))
     assert "trial 0 is not counted; it runs again first" in e.value.resume
+    assert e.value.run_dir == out  # 'state saved in' the study, not the trial it runs again
     study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
     first = study.trials[0]
     assert first.state.name == "PRUNED" and "interrupted" in first.user_attrs

@@ -206,13 +206,13 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     except Diverged as e:  # a diverging lr is an outcome of the search, not an error of it
         trial.set_user_attr("diverged", str(e))
         raise optuna.TrialPruned(f"diverged: {e}") from None
-    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT/SIGTERM, in its training or after
-        # (its evaluations, WiSE-FT, its point): it does not count, the study stops, and the
-        # same trial (its knobs; a default arm stays one) runs again first on the next run
+    except (Interrupted, KeyboardInterrupt) as e:  # SIGINT/SIGTERM, in its training or after:
+        # not counted, the study stops, the same trial (its knobs) runs again first next time
         if isinstance(e, KeyboardInterrupt):
             e = Interrupted(getattr(e, "signum", signal.SIGINT), trial_dir)
         trial.set_user_attr("interrupted", str(e))
         requeue_first(trial.study, trial.params, retry_of(trial, "interrupted"))
+        e.run_dir = job.out  # what is kept: the study's finished trials, not this one's states
         e.resume = (f"the same command again (trial {trial.number} is not counted; it runs again "
                     "first, from the start)")
         stopped.append(e)
