@@ -420,7 +420,7 @@ def test_each_trial_keeps_the_best_wise_alpha_the_gate_allows_on_validation():
 
 def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
     """Candidates: complete, feasible, and better than the base on the new task. new: the
-    most new-task gain; knee: the front's point farthest from the line between its ends;
+    most new-task gain; knee: the front's point farthest beyond the line between its ends;
     weight=W: the most W x new + (1 - W) x old, scaled to the candidates' range."""
     from goodfit_cli.core.errors import UserError
     from goodfit_cli.report.front import Rule, candidates, parse_rule
@@ -436,6 +436,11 @@ def test_the_rule_picks_among_gate_passing_trials_that_gain_on_the_new_task():
     assert recommend(trials, dirs)["number"] == 3  # the most new-task gain
     # front 0..3 scaled: old (1, .94, .57, 0), new (0, .8, .96, 1); x + y - 1 is largest at 1
     assert recommend(trials, dirs, parse_rule("knee"))["number"] == 1
+    # a front bowed towards the worst of both (its middle point below the line between its
+    # ends): the knee is not the point farthest from the line but the end with more new gain
+    bowed = [{**t, "old": o, "new": n} for t, (o, n) in
+             zip(trials, [(0.95, 0.30), (0.70, 0.40), (0.60, 0.80)])]
+    assert recommend(bowed, dirs, parse_rule("knee"))["number"] == 2
     assert recommend(trials, dirs, parse_rule("weight=0"))["number"] == 0  # the best old
     assert recommend(trials, dirs, parse_rule("weight=1"))["number"] == 3
     assert recommend(trials, dirs, parse_rule("Weight=0.3"))["number"] == 1

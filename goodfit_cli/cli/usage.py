@@ -73,8 +73,9 @@ def _examples(*lines: str) -> str:
 
 
 RULES_HELP = ("new: the most new-task gain (the old task breaks ties); knee: the knee of the "
-              "front (the point farthest from the line between its two ends, both tasks scaled "
-              "to the front's range); weight=W (0 <= W <= 1): the most W x new + (1 - W) x old, "
+              "front (the point farthest beyond the line between its two ends towards the best "
+              "of both, both tasks scaled to the front's range; none beyond it: the end with the "
+              "most new-task gain); weight=W (0 <= W <= 1): the most W x new + (1 - W) x old, "
               "both scaled to the candidates' range (weight=1 is new, weight=0 the best old)")
 
 SEARCH_HELP = (
