@@ -97,6 +97,20 @@ def known_labels(folder: Path) -> dict[str, int]:
     return {str(k): v for k, v in label2id.items()}
 
 
+def renamed_row(config: Mapping[str, Any], labels: Any) -> tuple[int, str, str] | None:
+    """(id, data's name, base's name) of the first head row the base's config.json id2label
+    names (not a LABEL_i placeholder) that `labels` (the data's class names, by id) calls
+    otherwise; None when they agree."""
+    base = config.get("id2label")
+    if not isinstance(base, dict) or not isinstance(labels, (list, tuple)):
+        return None
+    for i, name in enumerate(labels):
+        own = base.get(str(i), base.get(i))
+        if own is not None and not _DEFAULT_LABEL.fullmatch(str(own)) and str(name) != str(own):
+            return i, str(name), str(own)
+    return None
+
+
 def known_from(labels_from: Any, data_dir: str | None, fallback: Path | None) -> dict[str, int]:
     """The ids of the classes the model folder `labels_from` names (a relative one read against
     data_dir, as the data paths are), else those of `fallback` (the tokenizer's folder)."""

@@ -49,7 +49,7 @@ from goodfit_cli.data.inputs import (
 )
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.overlap import shared
-from goodfit_cli.data.text import known_labels
+from goodfit_cli.data.text import known_labels, renamed_row
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -302,6 +302,11 @@ def adopt_base_model(recipe: Recipe, base: Path, tasks: dict[str, Task]) -> str 
     if files.config is None:
         raise UserError(f"{recipe.at('model')}: the recipe names no model and {base} has no "
                         "config.json to take it from; name the model in the recipe")
+    if clash := renamed_row(files.config, tasks["new"].label_names):  # rows keep their class
+        given = (recipe.data.args or {}).get("labels_from") or "the data"
+        raise UserError(f"{recipe.at('data.args.labels_from')}: {given} numbers class {clash[0]} "
+                        f"{clash[1]!r} but {files.config_path} id2label names that head row "
+                        f"{clash[2]!r}; give labels_from the base folder (or leave it unset)")
     name, args = spec_from_config(files.config, files.config_path, tasks["new"].num_classes,
                                   tasks["new"].label_names)
     recipe.model = Component(name, args)

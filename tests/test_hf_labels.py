@@ -1,0 +1,49 @@
+"""Class names between the data and a transformers base (issue: a user's labels_from).
+
+The head rows a base folder brings are its classes, named by its config.json id2label. A
+`data.args.labels_from` folder that numbers those names otherwise (another model's label2id,
+neg and pos swapped) trained and measured row 0 as `pos` while the base's row 0 is `neg`, and
+the exported hf/ folder called it `pos`: a silent relabelling. It is one line naming the key,
+the class id and both names.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from goodfit_cli.core.errors import UserError
+
+from tests.test_hf import bert_folder, text_jsonl, text_session
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return bert_folder(tmp_path_factory.mktemp("bert") / "bert")
+
+
+def swapped_folder(bert, path):
+    """bert's config.json with neg and pos swapped: another model's label ids."""
+    path.mkdir()
+    config = json.loads((bert / "config.json").read_text())
+    config["label2id"], config["id2label"] = {"neg": 1, "pos": 0}, {"0": "pos", "1": "neg"}
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_labels_from_naming_the_bases_rows_otherwise_is_one_line(bert, tmp_path):
+    text_jsonl(tmp_path)
+    swapped_folder(bert, tmp_path / "other")
+    with pytest.raises(UserError, match=r"r.yaml: data.args.labels_from: .*other numbers class 0 "
+                       r"'pos' but .*bert/config.json id2label names that head row 'neg'") as e:
+        text_session(tmp_path, bert, ["data.args.labels_from=other"])
+    assert "\n" not in str(e.value)
+
+
+def test_labels_from_agreeing_with_the_base_builds_its_names(bert, tmp_path):
+    text_jsonl(tmp_path)
+    s = text_session(tmp_path, bert, [f"data.args.labels_from={bert}"])
+    assert s.recipe.model.args["labels"] == ["neg", "pos", "sport", "news"]
