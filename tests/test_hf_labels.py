@@ -4,7 +4,8 @@ The head rows a base folder brings are its classes, named by its config.json id2
 `data.args.labels_from` folder that numbers those names otherwise (another model's label2id,
 neg and pos swapped) trained and measured row 0 as `pos` while the base's row 0 is `neg`, and
 the exported hf/ folder called it `pos`: a silent relabelling. It is one line naming the key,
-the class id and both names.
+the class id and both names. A `labels_from` folder that names no classes at all (no
+config.json: a data folder, a typo of the base's) was ignored silently; it is one line too.
 """
 
 from __future__ import annotations
@@ -47,3 +48,10 @@ def test_labels_from_agreeing_with_the_base_builds_its_names(bert, tmp_path):
     text_jsonl(tmp_path)
     s = text_session(tmp_path, bert, [f"data.args.labels_from={bert}"])
     assert s.recipe.model.args["labels"] == ["neg", "pos", "sport", "news"]
+
+
+def test_labels_from_a_folder_naming_no_classes_is_one_line(bert, tmp_path):
+    text_jsonl(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(UserError, match=r"data.args.labels_from: .*data has no config.json"):
+        text_session(tmp_path, bert, ["data.args.labels_from=data"])

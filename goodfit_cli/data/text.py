@@ -124,6 +124,9 @@ def known_from(labels_from: Any, data_dir: str | None, fallback: Path | None) ->
         folder = Path(data_dir) / folder
     if not folder.is_dir():
         raise ArgError("labels_from", f"{folder} is not a model folder")
+    if not (folder / CONFIG).is_file():  # a data folder, a tokenizer's: it numbers nothing
+        raise ArgError("labels_from", f"{folder} has no config.json to number the classes by "
+                       "(its label2id); name the base model's folder, or leave it unset")
     return known_labels(folder) or known
 
 
