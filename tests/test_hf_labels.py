@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from goodfit_cli.cli.app import app
 from goodfit_cli.core.errors import UserError
 
-from tests.test_hf import bert_folder, text_jsonl, text_session
+from tests.test_hf import RECIPE, bert_folder, text_jsonl, text_session
 
 transformers = pytest.importorskip("transformers")
 
@@ -55,3 +57,30 @@ def test_labels_from_a_folder_naming_no_classes_is_one_line(bert, tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(UserError, match=r"data.args.labels_from: .*data has no config.json"):
         text_session(tmp_path, bert, ["data.args.labels_from=data"])
+
+
+def test_validate_data_checks_a_recipe_without_a_model_against_its_base(bert, tmp_path,
+                                                                        monkeypatch):
+    """`goodfit validate text.yaml --data` (no model section: it comes from the base) said "ok"
+    having read nothing, even with a missing file or a max_length beyond the model's positions.
+    Without --base it now says what it lacks; with --base DIR it reads the data and builds the
+    base folder's model as finetune does, so those mistakes are one line there too."""
+    text_jsonl(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="text", ext="jsonl"))
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["validate", "r.yaml", "--data"])
+    assert res.exit_code == 2 and "--base" in res.output and "model" in res.output
+    res = runner.invoke(app, ["validate", "r.yaml"])  # the recipe alone: as before
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["validate", "r.yaml", "--data", "--base", str(bert),
+                              "data.args.max_length=12"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["validate", "r.yaml", "--data", "--base", str(bert),
+                              "data.args.max_length=40"])
+    assert res.exit_code == 2 and "data.args.max_length" in res.output
+    res = runner.invoke(app, ["validate", "r.yaml", "--data", "--base", str(bert),
+                              "data.args.old.train=nope.jsonl", "data.args.max_length=12"])
+    assert res.exit_code == 2 and "nope.jsonl" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["r.yaml"] + [f"{t}_{s}.jsonl" for t in ("old", "new") for s in ("train", "test")])

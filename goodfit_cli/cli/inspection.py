@@ -115,7 +115,11 @@ def validate(recipes: list[str] = typer.Argument(
         ..., help="Recipe files to check, then key.sub=value overrides applied to each."),
         data: bool = typer.Option(False, "--data", help="Also read the data and check that the "
                                   "model takes it (widths, label ids, dtypes)."),
-        data_dir: Optional[str] = DATA_DIR) -> None:
+        data_dir: Optional[str] = DATA_DIR,
+        base: Optional[Path] = typer.Option(
+            None, "--base", "-b", help="The model folder you will fine-tune: its tokenizer, "
+            "input size, class names and (with no model section) architecture, as finetune "
+            "--base takes them.")) -> None:
     """`goodfit validate` (its help above)."""
     from goodfit_cli.workflows.validate import validate as check
 
@@ -123,7 +127,7 @@ def validate(recipes: list[str] = typer.Argument(
     failed = 0
     for path in (Path(a) for a in recipes if "=" not in a):
         try:
-            r = check(path, overrides, data=data, data_dir=data_dir)
+            r = check(path, overrides, data=data, data_dir=data_dir, base=base)
             out.print(f"[green]ok[/]  {escape(str(path))}  ({escape(r.name)})", highlight=False,
                       soft_wrap=True)
         except UserError as e:

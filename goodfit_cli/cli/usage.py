@@ -157,7 +157,8 @@ EXAMPLES = {
     "validate": _examples(
         "goodfit validate recipes/*.yaml",
         "goodfit validate recipes/toy.yaml finetune.optimizer.name=adan finetune.accumulate=4",
-        "goodfit validate my.yaml --data --data-dir /data   # also: does the data fit the model?"),
+        "goodfit validate my.yaml --data --data-dir /data   # also: does the data fit the model?",
+        "goodfit validate text.yaml --data --base bert   # the model is the --base folder's"),
     "wise": _examples(
         "goodfit wise runs/toy-ft/goodfit --alpha 0.3 --out runs/toy-wise",
         "goodfit wise runs/toy-ft/rmsprop --alpha 0.5 --out runs/w --max-old-drop 0.05"),

@@ -23,9 +23,14 @@ from goodfit_cli.workflows.reporting import gate_for
 
 
 def validate(path: Path, overrides: list[str] | None = None, *, data: bool = False,
-             data_dir: str | None = None) -> Recipe:
+             data_dir: str | None = None, base: Path | None = None) -> Recipe:
     """The recipe at `path` if everything the recipe alone decides is right (and, with `data`,
-    its data fits its model); else a UserError."""
+    its data fits its model); else a UserError. `base`: the folder a fine-tune would start from,
+    whose inputs (tokenizer, image size, class names) and, with no model section, architecture
+    the recipe takes as `finetune --base` gives them."""
+    from goodfit_cli.trainer.session import (Place, adopt_base_inputs, adopt_base_model,
+                                             open_session)
+
     r = load(str(path), overrides)
     if r.data.name not in DATASETS:
         raise UserError(f"{r.at('data.name')}: unknown dataset {r.data.name!r}"
@@ -37,16 +42,25 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
     for name, task in (("old", r.old_task), ("new", r.new_task)):  # the losses' args
         OBJECTIVES.get(task.loss, r.at(f"{name}_task.loss")).check_args(
             task.args, r.at(f"{name}_task"))
-    if r.model is None:  # taken from the base folder's config.json at fine-tuning time
+    session = None
+    if base is not None:
+        adopt_base_inputs(r, base)
+    if r.model is None and base is None:  # taken from the base folder's config.json
+        if data:  # at fine-tuning time: there is no model to check the data against
+            raise UserError(f"{r.at('model')}: the recipe names no model (finetune takes it from "
+                            "--base), so --data has none to check the data against; pass "
+                            "--base DIR, the folder you fine-tune")
         return r
+    if r.model is None:
+        session = open_session(r, Place(device="cpu", data_dir=data_dir), join=False)
+        adopt_base_model(r, base, session.tasks)
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
         build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
     gate_for(r, None, None, None)  # the recipe's own gate: its keys, and metrics it measures
     if data:  # the data on the CPU and the model at its seed: the check a run makes before training
-        from goodfit_cli.trainer.session import Place, open_session
-
-        open_session(r, Place(device="cpu", data_dir=data_dir), join=False).model()
+        session = session or open_session(r, Place(device="cpu", data_dir=data_dir), join=False)
+        session.model()
     return r
 
 
