@@ -84,3 +84,18 @@ def test_validate_data_checks_a_recipe_without_a_model_against_its_base(bert, tm
     assert res.exit_code == 2 and "nope.jsonl" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["r.yaml"] + [f"{t}_{s}.jsonl" for t in ("old", "new") for s in ("train", "test")])
+
+
+def test_an_old_task_label_the_base_does_not_know_is_one_line(bert, tmp_path):
+    """An old-task row labelled 'neutral' (a typo, a class of the new data put in the old
+    files) beside a base whose label2id is neg, pos was read as an old class 2 with a fresh head
+    row, and the base was measured wrong on it: one line naming the file and row now. New
+    names in the new task still follow the base's."""
+    text_jsonl(tmp_path)
+    path = tmp_path / "old_train.jsonl"
+    rows = path.read_text().splitlines()
+    rows[3] = json.dumps({**json.loads(rows[3]), "label": "neutral"})
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"data.args.old.train: .*old_train.jsonl: row 4: label "
+                       r"'neutral' is not a class of the base \(its label2id: neg, pos\)"):
+        text_session(tmp_path, bert, ["data.args.max_length=12"])

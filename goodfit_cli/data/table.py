@@ -237,11 +237,28 @@ def labelled_tasks(read: dict[str, dict[str, tuple[Inputs, list[Any]]]],
             kept[s] = np.flatnonzero(keep)
             splits[s] = Split(B.rows(x, torch.from_numpy(kept[s])), torch.from_numpy(y[keep]))
         trained_labels(t, splits, where[t], named)
+        if t == "old" and known and names:
+            _only_known(ys[t], kept, where[t], known, names)
         present = torch.unique(torch.cat([splits["train"].y, splits["test"].y])).tolist()
         tasks[t] = Task(t, "classification", splits["train"], splits["test"], top, present,
                         splits.get("val"), test_ids=_row_names(where[t]["test"], kept["test"]),
                         label_names=named if named and len(named) == top else None)
     return tasks
+
+
+def _only_known(ys: dict[str, list[int]], kept: dict[str, np.ndarray], where: dict[str, str],
+                known: Mapping[str, int], names: Mapping[str, int]) -> None:
+    """The old task is what the base already does: a label name the base's label2id (`known`)
+    lacks has no head row of the base's (a typo, a new class in the old files), refused naming
+    the file and row."""
+    by_id = {i: n for n, i in names.items()}
+    for s, rows in kept.items():
+        for i in rows:
+            if by_id[ys[s][i]] not in known:
+                raise ArgError(f"old.{s}", f"{where[s]}: row {int(i) + first_row(where[s])}: label "
+                               f"{by_id[ys[s][i]]!r} is not a class of the base (its label2id: "
+                               f"{', '.join(known)}); the old task is what the base already does: "
+                               "correct the label, or give the class to the new task")
 
 
 def _row_names(path: str, rows: np.ndarray) -> list[str]:
