@@ -99,3 +99,18 @@ def test_an_old_task_label_the_base_does_not_know_is_one_line(bert, tmp_path):
     with pytest.raises(UserError, match=r"data.args.old.train: .*old_train.jsonl: row 4: label "
                        r"'neutral' is not a class of the base \(its label2id: neg, pos\)"):
         text_session(tmp_path, bert, ["data.args.max_length=12"])
+
+
+def test_a_base_folder_without_its_tokenizer_is_named(bert, tmp_path):
+    """A text recipe over a base folder saved without its tokenizer (model.save_pretrained
+    only) said "data.args.tokenizer: name the transformers model folder ... (finetune --base
+    DIR sets it when the recipe does not)" although --base DIR was given: the line now names
+    the folder and what it lacks."""
+    text_jsonl(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((bert / f).read_bytes())
+    with pytest.raises(UserError, match=r"r.yaml: data.args.tokenizer: the base folder .*bare "
+                       r"has no tokenizer \(tokenizer.json, .*\) to read the text"):
+        text_session(tmp_path, bare, ["data.args.max_length=12"])

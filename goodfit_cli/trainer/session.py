@@ -278,6 +278,11 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     if (recipe.data.name in TOKENIZED_DATASETS and files.folder is not None
             and any((files.folder / f).is_file() for f in TOKENIZER_FILES)):
         found["tokenizer"] = str(files.folder.resolve())
+    elif (recipe.data.name == "text" and files.folder is not None
+          and "tokenizer" not in (recipe.data.args or {})):
+        raise UserError(f"{recipe.at('data.args.tokenizer')}: the base folder {base} has no "
+                        f"tokenizer ({', '.join(TOKENIZER_FILES)}) to read the text; save it "
+                        "there (tokenizer.save_pretrained) or name its folder here")
     if (recipe.data.name in LABELLED_DATASETS and files.folder is not None
             and known_labels(files.folder)):  # its classes keep their head rows
         found["labels_from"] = str(files.folder.resolve())
