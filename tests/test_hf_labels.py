@@ -114,3 +114,17 @@ def test_a_base_folder_without_its_tokenizer_is_named(bert, tmp_path):
     with pytest.raises(UserError, match=r"r.yaml: data.args.tokenizer: the base folder .*bare "
                        r"has no tokenizer \(tokenizer.json, .*\) to read the text"):
         text_session(tmp_path, bare, ["data.args.max_length=12"])
+
+
+def test_data_summary_reads_text_with_the_bases_tokenizer(bert, tmp_path, monkeypatch):
+    """`goodfit data summary --recipe text.yaml` of a recipe whose tokenizer comes from the
+    base could not read the text at all (data.args.tokenizer: name the folder ...); --base DIR
+    reads it as a fine-tune from DIR would, the base's class ids first."""
+    text_jsonl(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="text", ext="jsonl"))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["data", "summary", "--recipe", "r.yaml", "--base", str(bert),
+                                   "--json", "data.args.max_length=12"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["old"]["test"]["samples"] == 16

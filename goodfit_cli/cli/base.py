@@ -181,6 +181,9 @@ RECIPE_HELP = "Recipe YAML (or a shipped name)."
 RECIPE = typer.Option(..., "--recipe", "-r", help=RECIPE_HELP)
 RECIPE_OR_RUNS = typer.Option(None, "--recipe", "-r", help=RECIPE_HELP)  # finetune: --resume has one
 BASE = typer.Option(..., "--base", "-b", help="Base checkpoint (.safetensors).")
+BASE_FOLDER = typer.Option(None, "--base", "-b", help="The model folder you will fine-tune: its "
+                           "tokenizer, input size, class names and (with no model section) "
+                           "architecture, as finetune --base takes them.")
 BASE_OR_RUNS = typer.Option(None, "--base", "-b", help="Base checkpoint (.safetensors); with "
                             "--resume, the run's own by default.")
 RUN_DIR = typer.Option(None, "--out", "-o",

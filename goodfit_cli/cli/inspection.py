@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from goodfit_cli.cli.base import (
+    BASE_FOLDER,
     DATA_DIR,
     DEVICE,
     EXAMPLES,
@@ -116,10 +117,7 @@ def validate(recipes: list[str] = typer.Argument(
         data: bool = typer.Option(False, "--data", help="Also read the data and check that the "
                                   "model takes it (widths, label ids, dtypes)."),
         data_dir: Optional[str] = DATA_DIR,
-        base: Optional[Path] = typer.Option(
-            None, "--base", "-b", help="The model folder you will fine-tune: its tokenizer, "
-            "input size, class names and (with no model section) architecture, as finetune "
-            "--base takes them.")) -> None:
+        base: Optional[Path] = BASE_FOLDER) -> None:
     """`goodfit validate` (its help above)."""
     from goodfit_cli.workflows.validate import validate as check
 
@@ -196,6 +194,7 @@ def list_registries(
 def data_summary(
     recipe: str = RECIPE,
     data_dir: Optional[str] = DATA_DIR,
+    base: Optional[Path] = BASE_FOLDER,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
@@ -203,7 +202,7 @@ def data_summary(
     from goodfit_cli.workflows.datasets import notes, summary as data_of
 
     r = load(recipe, overrides)
-    summary = data_of(r, data_dir)
+    summary = data_of(r, data_dir, base)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return

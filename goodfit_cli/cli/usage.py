@@ -173,7 +173,8 @@ EXAMPLES = {
     "data": _examples("goodfit data summary --recipe toy",
                       "goodfit data motion-synth --out data/motion --scenes 200"),
     "data summary": _examples("goodfit data summary --recipe toy",
-                              "goodfit data summary -r toy --json data.args.n_train=1000"),
+                              "goodfit data summary -r toy --json data.args.n_train=1000",
+                              "goodfit data summary -r text.yaml --base bert   # its tokenizer"),
     "data motion-synth": _examples(
         "goodfit data motion-synth --out data/motion --scenes 200",
         "goodfit data motion-synth -o data/peds --agents pedestrian --scenes 1000 --seed 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from goodfit_cli.core.errors import loc
@@ -14,11 +15,17 @@ from goodfit_cli.recipe import Recipe
 __all__ = ["notes", "summary", "write_synthetic"]
 
 
-def summary(recipe: Recipe, data_dir: str | None = None) -> dict[str, dict[str, Any]]:
+def summary(recipe: Recipe, data_dir: str | None = None,
+            base: Path | None = None) -> dict[str, dict[str, Any]]:
     """{task: {"kind", "train": {"samples", "classes"}, "val": {...}, "test": {...},
     "validation": how val was made, "class_names" when the data name their classes}} of the
     recipe's data, as a run splits it (a carved validation split taken out of train, as every
-    command carves it)."""
+    command carves it); with `base`, read with what that folder gives a fine-tune from it
+    (tokenizer, image size, class names)."""
+    if base is not None:
+        from goodfit_cli.trainer.session import adopt_base_inputs
+
+        adopt_base_inputs(recipe, base)
     tasks = build_data(recipe.data.name, recipe.data.args, seed=recipe.seed,
                        data_dir=data_dir or recipe.data_dir, where=recipe.at("data"))
     out = {}
