@@ -128,3 +128,22 @@ def test_data_summary_reads_text_with_the_bases_tokenizer(bert, tmp_path, monkey
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["old"]["test"]["samples"] == 16
+
+
+def test_validate_names_lora_targets_the_model_lacks(bert, tmp_path, monkeypatch):
+    """`finetune.arm_args.lora.targets: foo` (no such layer) passed `goodfit validate`, with
+    or without --data, and stopped the fine-tune: validate names the key and the layers now."""
+    pytest.importorskip("peft")
+    text_jsonl(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="text", ext="jsonl").replace(
+        "arms: [adamw]", "arms: [adamw, lora]"))
+    monkeypatch.chdir(tmp_path)
+    for data in ([], ["--data"]):
+        res = CliRunner().invoke(app, ["validate", "r.yaml", *data, "--base", str(bert),
+                                       "data.args.max_length=12",
+                                       "finetune.arm_args.lora.targets=foo"])
+        assert res.exit_code == 2, res.output
+        assert "finetune.arm_args.lora.targets: 'foo' names no layer" in res.output
+    res = CliRunner().invoke(app, ["validate", "r.yaml", "--data", "--base", str(bert),
+                                   "data.args.max_length=12"])
+    assert res.exit_code == 0, res.output

@@ -17,6 +17,7 @@ from goodfit_cli.data import DATASETS
 from goodfit_cli.models import build_model
 from goodfit_cli.objectives import OBJECTIVES
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.training import check_arms_on, parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.reporting import gate_for
@@ -55,8 +56,9 @@ def validate(path: Path, overrides: list[str] | None = None, *, data: bool = Fal
         session = open_session(r, Place(device="cpu", data_dir=data_dir), join=False)
         adopt_base_model(r, base, session.tasks)
     with torch.device("meta"):  # shapes only: a huge model allocates nothing
-        build_model(r.model.name, r.model.args, where=r.at("model"))
+        shapes = build_model(r.model.name, r.model.args, where=r.at("model"))
     check_stages(r)  # each arm's optimizer and scheduler, built as a run builds them
+    check_arms_on([parse_arm(a, r.finetune) for a in r.finetune.arms], r.finetune, shapes)
     gate_for(r, None, None, None)  # the recipe's own gate: its keys, and metrics it measures
     if data:  # the data on the CPU and the model at its seed: the check a run makes before training
         session = session or open_session(r, Place(device="cpu", data_dir=data_dir), join=False)
