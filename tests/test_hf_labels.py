@@ -147,3 +147,28 @@ def test_validate_names_lora_targets_the_model_lacks(bert, tmp_path, monkeypatch
     res = CliRunner().invoke(app, ["validate", "r.yaml", "--data", "--base", str(bert),
                                    "data.args.max_length=12"])
     assert res.exit_code == 0, res.output
+
+
+def test_an_old_image_folder_the_base_does_not_name_is_one_line(tmp_path):
+    """A ViT base naming cat, dog, bird and old folders cat, dog, Bird (a typo): 'Bird' became
+    old class 3 with a fresh head row while the base's 'bird' row 2 went unused, silently
+    (only folders bearing none of the names were refused). One line naming the folder now;
+    labels_from: null still numbers the folders in order."""
+    from goodfit_cli.data import build_data
+    from goodfit_cli.recipe import parse_recipe
+    from goodfit_cli.trainer.session import adopt_base_inputs
+
+    from tests.test_hf import image_folders, vit_folder
+
+    vit = vit_folder(tmp_path / "vit")
+    image_folders(tmp_path, {"old_train": ["Bird", "cat", "dog"], "old_test": ["Bird", "cat",
+                             "dog"], "new_train": ["fox", "owl"], "new_test": ["fox", "owl"]})
+    recipe = parse_recipe(RECIPE.format(name="r", data="imagefolder", ext="x").replace(
+        ".x", ""), str(tmp_path / "r.yaml"))
+    adopt_base_inputs(recipe, vit)
+    with pytest.raises(UserError, match=r"labels_from: old class folder 'Bird' is not one of "
+                       r"the classes .*vit names \(cat, dog, bird\)"):
+        build_data("imagefolder", recipe.data.args, seed=0, data_dir=str(tmp_path))
+    tasks = build_data("imagefolder", {**recipe.data.args, "labels_from": None}, seed=0,
+                       data_dir=str(tmp_path))
+    assert tasks["old"].label_names[:3] == ["Bird", "cat", "dog"]

@@ -204,9 +204,10 @@ def _selected(name: str, spec: Mapping[str, Any], found: list[str],
 
 def _class_ids(names: dict[str, list[str]], known: Mapping[str, int],
                labels_from: Any) -> dict[str, int]:
-    """{class name: global id}: the `known` names (a model folder's) keep their ids, the old
-    task's other classes follow, then the new task's. Known names none of the old task's
-    folders bear would leave every old class on a row the base never trained: refused."""
+    """{class name: global id}: the `known` names (a model folder's) keep their ids, the new
+    task's other classes follow. Known names none of the old task's
+    folders bear would leave every old class on a row the base never trained, and an old
+    folder the names lack (a typo) one class: refused."""
     old = names["old"]
     if known and not any(c in known for c in old):
         shown = ", ".join(list(known)[:5]) + (", ..." if len(known) > 5 else "")
@@ -215,6 +216,12 @@ def _class_ids(names: dict[str, list[str]], known: Mapping[str, int],
                        "would be measured on rows the base never trained; rename the folders "
                        "to the base's class names, or set data.args.labels_from: null to number "
                        "the folders in order")
+    if strays := [c for c in old if known and c not in known]:  # a typo ('Bird'): a fresh row
+        named = ", ".join(sorted(known, key=known.get))
+        raise ArgError("labels_from", f"old class folder {strays[0]!r} is not one of the classes "
+                       f"{labels_from} names ({named}), so the base has no row for it; rename "
+                       "the folder to the base's class name, move it to the new task, or set "
+                       "data.args.labels_from: null to number the folders in order")
     ids = dict(known)
     for c in old + names["new"]:
         if c not in ids:
