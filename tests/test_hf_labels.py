@@ -172,3 +172,25 @@ def test_an_old_image_folder_the_base_does_not_name_is_one_line(tmp_path):
     tasks = build_data("imagefolder", {**recipe.data.args, "labels_from": None}, seed=0,
                        data_dir=str(tmp_path))
     assert tasks["old"].label_names[:3] == ["Bird", "cat", "dog"]
+
+
+def test_eval_of_two_model_folders_side_by_side_keeps_both_results(bert, tmp_path, monkeypatch):
+    """`goodfit eval --checkpoint models/a` wrote models/eval-r.json, and so did `--checkpoint
+    models/b`: the second eval replaced the first's result. A folder's result is named after
+    it now (eval-a-r.json, eval-b-r.json); a file's keeps eval-r.json beside it."""
+    import shutil
+
+    text_jsonl(tmp_path)
+    (tmp_path / "r.yaml").write_text(RECIPE.format(name="r", data="text", ext="jsonl").replace(
+        "new: {train: new_train.jsonl, test: new_test.jsonl}",
+        "new: {train: old_train.jsonl, test: old_test.jsonl}"))
+    for name in ("a", "b"):
+        shutil.copytree(bert, tmp_path / "models" / name)
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        res = CliRunner().invoke(app, ["eval", "--checkpoint", f"models/{name}", "--recipe",
+                                       "r.yaml", "data.args.max_length=12"])
+        assert res.exit_code == 0, res.output
+    for name in ("a", "b"):
+        got = json.loads((tmp_path / "models" / f"eval-{name}-r.json").read_text())
+        assert got["checkpoint"] == str(tmp_path / "models" / name)

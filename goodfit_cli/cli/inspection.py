@@ -88,7 +88,9 @@ def eval_(
     recipe: str = RECIPE,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
-    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the JSON here (default: eval-<recipe>.json beside the checkpoint)."),
+    json_out: Optional[Path] = typer.Option(None, "--out", "-o", help=(
+        "Write the JSON here (default: eval-<recipe>.json beside the checkpoint; "
+        "eval-<folder>-<recipe>.json beside a checkpoint folder).")),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Evaluate a checkpoint on the recipe's old and new tasks; print and write the JSON."""

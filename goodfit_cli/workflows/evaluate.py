@@ -26,12 +26,16 @@ from goodfit_cli.workflows.compare import Side, _other_model
 def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
              ui: Ui | None = None, *, out: Path | None = None) -> tuple[dict[str, Any], Path] | None:
     """Evaluate `checkpoint`; write the JSON to `out` (default: eval-<recipe>.json beside the
-    checkpoint). Returns the result and where it went. Under torchrun rank 0 evaluates the
-    whole test sets alone, without a process group; the other ranks return None at once."""
+    checkpoint file, eval-<folder>-<recipe>.json beside a checkpoint folder). Returns the
+    result and where it went. Under torchrun rank 0 evaluates the whole test sets alone,
+    without a process group; the other ranks return None at once."""
     ui = ui or Ui()
     if not is_main():
         return None
-    dest = out or checkpoint.parent / f"eval-{recipe.name}.json"
+    # a folder's (a save_pretrained one, an arm's hf/): named after it, as folders side by
+    # side (models/a, models/b) would write one file, each eval replacing the other's
+    mine = f"eval-{checkpoint.name}-{recipe.name}.json" if checkpoint.is_dir() else None
+    dest = out or checkpoint.parent / (mine or f"eval-{recipe.name}.json")
     check_outputs({"--out": dest}, {}, {"--checkpoint": checkpoint})
     if checkpoint.exists():  # say it now, not after the evaluation
         try:  # a folder not there yet is made, as compare's --junit makes its own
