@@ -181,6 +181,13 @@ def test_targets_name_layers_and_a_wrong_name_is_one_located_line():
     ft = load_recipe(TOY, ["finetune.arm_args.lora:adamw.targets=quary"]).finetune
     with pytest.raises(UserError, match=r"^finetune.arm_args.lora:adamw.targets: 'quary'"):
         build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0], ft)
+    # a YAML list of names is the comma form (it said "expected a string, got [...]")
+    ft = load_recipe(TOY, ["finetune.arm_args.lora.targets=[query, value]"]).finetune
+    assert ft.arm_args["lora"]["targets"] == "query,value"
+    with pytest.raises(UserError, match=r"^finetune.arm_args.lora.targets: 'quary' names no"):
+        build_optimizer(parse_arm("lora:adamw", ft), tiny_bert()[0],
+                        load_recipe(TOY, ["finetune.arm_args.lora.targets=[query, quary]"])
+                        .finetune)
 
 
 def test_without_peft_the_arm_stops_with_one_line(monkeypatch):

@@ -50,10 +50,14 @@ class Knob:
     choices: tuple[str, ...] = ()
     legacy: str | None = None
     search: Search | None = None
+    joins: bool = False  # a str knob of comma-separated names: a YAML list of them reads as one
 
     def check(self, value: Any) -> Any:
         """The value, converted; ArgError (one line, naming the knob) when it does not fit."""
         key = self.name
+        if self.joins and isinstance(value, list) and value and \
+                all(isinstance(v, str) and v and "," not in v for v in value):
+            value = ",".join(value)  # [query, value] is 'query,value'
         if self.type is str:
             if not isinstance(value, str):
                 raise ArgError(key, f"expected a string, got {value!r}")

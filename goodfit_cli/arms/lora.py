@@ -149,7 +149,8 @@ class Lora(ArmType):
         Knob("dropout", float, 0.0, "dropout on the adapters' input while training",
              minimum=0.0, maximum=0.9, search=Search("lora_dropout", 0.0, 0.3)),
         Knob("targets", str, "auto", "layers to adapt: auto (the family's), linear, all, or "
-             "module names a,b", search=Search("lora_targets", choices=("auto", "all"))),
+             "module names a,b (or a list of them)",
+             search=Search("lora_targets", choices=("auto", "all")), joins=True),
     )
 
     @classmethod
