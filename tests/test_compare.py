@@ -661,3 +661,15 @@ def test_compare_reuses_a_run_from_a_bare_base(tmp_path):
     assert res.exit_code == 0, res.output
     assert "were not made on this recipe's data" not in res.output
     assert "adamw: reusing stored metrics and predictions" in res.output
+
+
+def test_a_transformers_folder_of_an_arm_is_named_by_its_arm(tmp_path):
+    """`goodfit compare BASE RUN/lora/hf` named the candidate 'hf' (its folder), the same for
+    every arm's export; it is named by the arm: 'lora/hf'. A plain folder keeps its name."""
+    from goodfit_cli.workflows.compare import _sides
+
+    for folder in (tmp_path / "run" / "lora" / "hf", tmp_path / "mine"):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"")
+    assert [s.name for s in _sides(tmp_path / "run" / "lora" / "hf", False)] == ["lora/hf"]
+    assert [s.name for s in _sides(tmp_path / "mine", False)] == ["mine"]

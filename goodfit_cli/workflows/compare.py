@@ -72,7 +72,8 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
                 label = d.name if d.name != "base" else "base"
                 return [Side(f"{label} ({named})" if isinstance(named, str) and named
                              and named != label else label, path, meta)]
-        return [Side(path.stem if path.stem != "model" else d.name, path)]
+        folder = d.name if d.name != "hf" else f"{d.parent.name}/hf"  # RUN/<arm>/hf: the arm's
+        return [Side(path.stem if path.stem != "model" else folder, path)]
     if (path / "run.json").exists():  # a fine-tuning run directory
         if as_base:
             record = path / "base" / "metrics.json"
