@@ -66,15 +66,15 @@ def test_wise_and_the_search_export_write_a_folder_from_pretrained_loads(tmp_pat
     job.out.mkdir()
     rec = {"checkpoint": str(w / "model.safetensors"), "number": 0, "arm": "adamw", "params": {},
            "seed": 0}
-    got = _export(job, SimpleNamespace(study_name="st"), rec)
+    got = _export(job, SimpleNamespace(study_name="st"), rec, [])
     assert got["exported_folder"] == str(job.out / "recommended" / "hf")
     same_logits(job.out / "recommended", vit, auto, {"pixel_values": x})
     files = {p.name: p.read_bytes() for p in (w / "hf").iterdir()}
     assert {p.name: p.read_bytes() for p in (job.out / "recommended" / "hf").iterdir()} == files
-    _export(job, SimpleNamespace(study_name="st"), rec)  # the same again: nothing rewritten
+    _export(job, SimpleNamespace(study_name="st"), rec, [])  # the same again: nothing rewritten
     assert not list((job.out / "recommended").glob("*.prev-*"))
     (job.out / "recommended" / "hf" / "config.json").write_text("{}")  # changed: replaced,
-    _export(job, SimpleNamespace(study_name="st"), rec)  # the changed one kept aside
+    _export(job, SimpleNamespace(study_name="st"), rec, [])  # the changed one kept aside
     aside = sorted((job.out / "recommended").glob("hf.prev-*"))
     assert len(aside) == 1 and (aside[0] / "config.json").read_text() == "{}"
     assert {p.name: p.read_bytes() for p in (job.out / "recommended" / "hf").iterdir()} == files
@@ -91,6 +91,6 @@ def test_a_checkpoint_of_another_model_gets_no_folder(tmp_path):
     job.out.mkdir()
     got = _export(job, SimpleNamespace(study_name="st"),
                   {"checkpoint": str(tmp_path / "t" / "model.safetensors"), "number": 0,
-                   "arm": "adamw", "params": {}, "seed": 0})
+                   "arm": "adamw", "params": {}, "seed": 0}, [])
     assert got == {"exported": str(job.out / "recommended" / "model.safetensors")}
     assert sorted(p.name for p in (job.out / "recommended").iterdir()) == ["model.safetensors"]
