@@ -110,6 +110,10 @@ def _sides(path: Path, as_base: bool) -> list[Side]:
                                 "the run")
         return sides
     if (path / "model.safetensors").exists():
+        record = any((path / f).exists() for f in ("summary.json", "metrics.json"))
+        described = any((path / f).exists() for f in ("config.json", "preprocessor_config.json"))
+        if described and not record:  # a model folder: read whole, its config.json says how
+            return [Side(path.name, path)]  # its inputs are normalised (the file alone: not)
         return _sides(path / "model.safetensors", as_base)
     raise UserError(f"{path}: not a checkpoint or a goodfit run directory "
                     "(no model.safetensors or run.json)")
@@ -337,6 +341,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     phases.add("load", time.perf_counter() - phases.start)  # the model built, the data read
     with phases.phase("base_evaluation"):  # its checkpoint's loading counted here
         bm, bp, bv, bvp = measure(base_side, as_base=True)
+    base_fed = fed.get(base_side.name)  # before a candidate of the same name replaces it
     # absolute, as finetune's report records its arms: a relative path depends on the cwd
     base_run = RunSide("base", str(base_side.checkpoint.resolve()), bm, bp, val_metrics=bv,
                        val_predictions=bvp)
@@ -353,7 +358,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             "base_sha256": base_side.sha256, "wall_s": round(time.perf_counter() - t0, 3)}
     prov["validation"] = session.validation
     prov.update(class_names(session))
-    prov["input"], prov["inputs"] = fed.get("base"), fed  # each fed as it was trained
+    prov["input"], prov["inputs"] = base_fed, fed  # each fed as it was trained
     if head:
         prov["base_head"] = head
     sel = (prov.get("validation") or {}).get("old") or {}
