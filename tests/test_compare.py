@@ -666,10 +666,10 @@ def test_compare_reuses_a_run_from_a_bare_base(tmp_path):
 def test_a_transformers_folder_of_an_arm_is_named_by_its_arm(tmp_path):
     """`goodfit compare BASE RUN/lora/hf` named the candidate 'hf' (its folder), the same for
     every arm's export; it is named by the arm: 'lora/hf'. A plain folder keeps its name."""
-    from goodfit_cli.workflows.compare import _sides
+    from goodfit_cli.workflows.compare_sides import sides_of
 
     for folder in (tmp_path / "run" / "lora" / "hf", tmp_path / "mine"):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"")
-    assert [s.name for s in _sides(tmp_path / "run" / "lora" / "hf", False)] == ["lora/hf"]
-    assert [s.name for s in _sides(tmp_path / "mine", False)] == ["mine"]
+    assert [s.name for s in sides_of(tmp_path / "run" / "lora" / "hf", False)] == ["lora/hf"]
+    assert [s.name for s in sides_of(tmp_path / "mine", False)] == ["mine"]

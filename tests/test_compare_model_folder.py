@@ -54,8 +54,9 @@ def run(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture
-def hub_case(tmp_path: Path) -> Path:
+def hub_case_of(tmp_path: Path, side: int = 16, **cfg) -> Path:
+    """Image folders of side x side images (classes a, b), a timm hub folder whose
+    pretrained_cfg says 16x16 and MEAN/STD (and `cfg`), and r.yaml (size 16x16)."""
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -65,11 +66,16 @@ def hub_case(tmp_path: Path) -> Path:
                 folder = tmp_path / f"{task}_{split}" / cls
                 folder.mkdir(parents=True)
                 for i in range(3):
-                    img = np.clip(60 + 120 * k + rng.normal(0, 40, (16, 16, 3)), 0, 255)
+                    img = np.clip(60 + 120 * k + rng.normal(0, 40, (side, side, 3)), 0, 255)
                     Image.fromarray(img.astype(np.uint8)).save(folder / f"{i}.png")
-    timm_hub(tmp_path / "hub", input_size=[3, 16, 16], mean=MEAN, std=STD)
+    timm_hub(tmp_path / "hub", input_size=[3, 16, 16], mean=MEAN, std=STD, **cfg)
     (tmp_path / "r.yaml").write_text(RECIPE)
     return tmp_path
+
+
+@pytest.fixture
+def hub_case(tmp_path: Path) -> Path:
+    return hub_case_of(tmp_path)
 
 
 def test_compare_feeds_a_model_folder_its_config_json_statistics(hub_case):
@@ -88,3 +94,24 @@ def test_compare_feeds_a_model_folder_its_config_json_statistics(hub_case):
         own = by_hand(d / "hub", d / f"{t}_test")
         assert rep["base_metrics"][t]["loss"] == pytest.approx(own, rel=1e-5)
         assert rep["arms"][0]["metrics"][t]["loss"] == pytest.approx(own, rel=1e-5)
+
+
+def test_compare_reads_the_images_as_the_model_folder_says_as_finetune_does(tmp_path):
+    """20x20 images, a base folder whose pretrained_cfg says 16x16 (crop_pct 1: the whole
+    image resized), a recipe that names no size: finetune and eval read the images at the
+    folder's 16x16, compare at 20x20, so its base and candidates were measured on other pixels
+    than finetune's report (another loss, and stored arm results not reused). compare takes the
+    folder's size, interpolation and crop as they do (said in its log)."""
+    d = hub_case_of(tmp_path, side=20, crop_pct=1.0)
+    bare = RECIPE.replace("    size: [16, 16]\n", "")
+    (d / "bare.yaml").write_text(bare)
+    sized = "  args:\n    size: [16, 16]\n    interpolation: bilinear\n    crop_pct: 1.0\n"
+    (d / "sized.yaml").write_text(bare.replace("  args:\n", sized, 1))
+    res = run("compare", d / "hub", d / "hub", "--recipe", d / "bare.yaml", "--out", d / "bare")
+    assert res.exit_code == 0, res.output
+    assert "inputs: size [16, 16] from the model folder" in res.output
+    res = run("compare", d / "hub", d / "hub", "--recipe", d / "sized.yaml", "--out", d / "sized")
+    assert res.exit_code == 0, res.output
+    got, want = (json.loads((d / n / "report.json").read_text()) for n in ("bare", "sized"))
+    for t in ("old", "new"):
+        assert got["base_metrics"][t]["loss"] == pytest.approx(want["base_metrics"][t]["loss"])

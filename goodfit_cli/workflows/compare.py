@@ -2,7 +2,9 @@
 
 A side (the base or a candidate) is a `.safetensors` checkpoint, an arm or pretrain directory
 (model.safetensors + summary.json + predictions.safetensors), or a fine-tuning run directory
-(run.json): as BASE it stands for its base model, as a CANDIDATE for each of its arms. Stored
+(run.json): as BASE it stands for its base model, as a CANDIDATE for each of its arms; or a
+model folder (a timm or transformers folder: its config.json feeds it its mean/std, and as BASE
+its input size and crop are taken as finetune takes them, workflows/compare_sides.py). Stored
 metrics and predictions are reused when the checkpoint's sha256 matches the one recorded beside
 them and the predictions (and training curve) match the sha256 recorded with them; otherwise the
 checkpoint is evaluated on the recipe's test splits, and the log says why.
@@ -14,9 +16,7 @@ scored with its own head; the report and its provenance (`base_head`) say so.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,7 @@ from goodfit_cli.io.rundir import (
     check_stored_metrics,
     held_arm,
     load_predictions,
-    read_json,
     read_jsonl,
-    recorded_path,
 )
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import build_model, own_head
@@ -43,89 +41,18 @@ from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
-from goodfit_cli.trainer.session import Place, load_checkpoint, open_session, task_kinds
+from goodfit_cli.trainer.session import (
+    Place,
+    adopt_base_inputs,
+    load_checkpoint,
+    open_session,
+    task_kinds,
+)
 from goodfit_cli.trainer.stage import Ui
-from goodfit_cli.training import arm_dirname
+from goodfit_cli.workflows.compare_sides import Side
+from goodfit_cli.workflows.compare_sides import recorded as _recorded
+from goodfit_cli.workflows.compare_sides import sides_of as _sides
 from goodfit_cli.workflows.reporting import base_head_record, class_names, finish_report
-
-
-@dataclass
-class Side:
-    name: str
-    checkpoint: Path
-    stored: Path | None = None  # a JSON file with "sha256" and "metrics", beside predictions
-    sha256: str | None = None  # of the checkpoint, once read
-    expect: str | None = None  # the sha256 the run recorded for it (a run's base)
-    started_from: str | None = None  # the base its fine-tune recorded (its metadata), once read
-    arm: str | None = None  # the arm a run's run.json names for it
-
-
-def _sides(path: Path, as_base: bool) -> list[Side]:
-    if not path.exists():
-        raise UserError(f"not found: {path} (give a .safetensors checkpoint or a run directory)")
-    if path.is_file():
-        d = path.parent
-        for meta in (d / "summary.json", d / "metrics.json"):
-            if meta.exists():  # named by its folder, and by its record when that differs
-                named = _recorded(Side("", path, meta)).get("name") \
-                    if meta.name == "summary.json" else None
-                label = d.name if d.name != "base" else "base"
-                return [Side(f"{label} ({named})" if isinstance(named, str) and named
-                             and named != label else label, path, meta)]
-        folder = d.name if d.name != "hf" else f"{d.parent.name}/hf"  # RUN/<arm>/hf: the arm's
-        return [Side(path.stem if path.stem != "model" else folder, path)]
-    if (path / "run.json").exists():  # a fine-tuning run directory
-        if as_base:
-            record = path / "base" / "metrics.json"
-            base, ident = read_json(record), read_json(path / "run.json").get("identity")
-            expect = (ident.get("base_sha256") if isinstance(ident, dict) else None) \
-                or base.get("sha256")
-            return [Side("base", recorded_path(path, base.get("checkpoint")), record,
-                         expect=expect if isinstance(expect, str) else None)]
-        saved = read_json(path / "run.json")
-        arms = saved.get("arms")
-        if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):
-            # an empty list too: no candidate, and a gate would pass on nothing (exit 0)
-            raise UserError(f"{path / 'run.json'}: no list of arms; the run folder is damaged")
-        gone = saved.get("diverged") if isinstance(saved.get("diverged"), dict) else {}
-        for a in arms:  # before: "checkpoint not found: RUN/<arm>/model.safetensors"
-            if a in gone and not (path / arm_dirname(a) / "model.safetensors").is_file():
-                raise UserError(f"{path / 'run.json'}: arm {a!r} diverged ({gone[a]}) and has "
-                                "no checkpoint to compare; pass the run's finished arms as "
-                                "RUN/<arm>")
-        # each arm, and its averaged weights when it kept an EMA (`<arm>+ema`, a candidate of
-        # its own in the run's report: one the report names and the folder lacks is missing)
-        reported = {a.get("name") for a in (read_json(path / "report.json").get("arms") or [])
-                    if isinstance(a, dict)} if (path / "report.json").is_file() else set()
-        sides = [Side(n, path / arm_dirname(n) / "model.safetensors",
-                      path / arm_dirname(n) / "summary.json", arm=n)
-                 for a in arms for n in (a, f"{a}+ema")
-                 if n == a or n in reported or (path / arm_dirname(n) / "summary.json").is_file()]
-        listed = {s.checkpoint.parent.name for s in sides}
-        for d in sorted(p for p in path.iterdir() if p.name not in listed):  # never left out
-            if all((d / f).is_file() for f in ("identity.json", "summary.json",
-                                               "model.safetensors")):
-                raise UserError(f"{d}: a finished arm of this run that {path / 'run.json'} does "
-                                "not list (run.json edited?); the run folder was changed after "
-                                "the run")
-        return sides
-    if (path / "model.safetensors").exists():
-        record = any((path / f).exists() for f in ("summary.json", "metrics.json"))
-        described = any((path / f).exists() for f in ("config.json", "preprocessor_config.json"))
-        if described and not record:  # a model folder: read whole, its config.json says how
-            return [Side(path.name, path)]  # its inputs are normalised (the file alone: not)
-        return _sides(path / "model.safetensors", as_base)
-    raise UserError(f"{path}: not a checkpoint or a goodfit run directory "
-                    "(no model.safetensors or run.json)")
-
-
-def _recorded(side: Side) -> dict:
-    """The side's stored record (summary.json or base/metrics.json); {} when absent or damaged."""
-    try:
-        meta = json.loads(side.stored.read_text()) if side.stored else {}
-    except (OSError, ValueError):
-        return {}
-    return meta if isinstance(meta, dict) else {}
 
 
 def _provenance(side: Side) -> dict:
@@ -278,6 +205,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     fed: dict[str, Any] = {}  # each checkpoint's inputs as fed (its own statistics), by name
     carvings: dict[str, Any] = {}  # the base's record of its validation splits
 
+    if base_side.checkpoint.is_dir():  # a model folder: its input size and crop, as finetune
+        for k, v in (adopt_base_inputs(recipe, base_side.checkpoint) or {}).items():  # reads it
+            ui.log(f"inputs: {k} {v} from the model folder {base_side.checkpoint}")
     # the data, read even when every measurement is reused: what they are checked against
     session = open_session(recipe, place, join=False)
 
