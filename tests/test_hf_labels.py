@@ -194,3 +194,14 @@ def test_eval_of_two_model_folders_side_by_side_keeps_both_results(bert, tmp_pat
     for name in ("a", "b"):
         got = json.loads((tmp_path / "models" / f"eval-{name}-r.json").read_text())
         assert got["checkpoint"] == str(tmp_path / "models" / name)
+
+
+def test_a_text_recipe_without_a_tokenizer_says_where_a_runs_is_recorded():
+    """`goodfit eval --checkpoint RUN/<arm>/model.safetensors --recipe text.yaml` (the user's
+    recipe, whose tokenizer the base folder set) said only 'finetune --base DIR sets it'; the
+    line now says the run's recipe.yaml records it."""
+    from goodfit_cli.core.args import ArgError
+    from goodfit_cli.data.text import Tokenising
+
+    with pytest.raises(ArgError, match=r"--recipe RUN/recipe.yaml, which records it\)$"):
+        Tokenising(None, 16, "max_length", True)

@@ -137,7 +137,8 @@ class Tokenising:
                  data_dir: str | None = None) -> None:
         if not isinstance(tokenizer, str) or not tokenizer:
             raise ArgError("tokenizer", "name the transformers model folder whose tokenizer reads "
-                           "the text (finetune --base DIR sets it when the recipe does not)")
+                           "the text (finetune --base DIR sets it when the recipe does not; a "
+                           "run's checkpoint: --recipe RUN/recipe.yaml, which records it)")
         path = os.path.expanduser(tokenizer)  # relative: against data_dir, as the data paths
         if data_dir is not None and not os.path.isabs(path):
             path = os.path.join(data_dir, path)
