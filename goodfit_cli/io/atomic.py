@@ -118,8 +118,33 @@ def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
     atomic_write(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+PROBE = ".goodfit-write-test-"
+
+
 def probe_writable(directory: Path) -> None:
-    """Check that files can be created in `directory` (exclusively, with a random name)."""
-    probe = directory / f".goodfit-write-test-{secrets.token_hex(8)}"
+    """Check that files can be created in `directory` (exclusively, with a random name that
+    holds the pid, so that one a killed process left is known for its: `dead_leftovers`)."""
+    probe = directory / f"{PROBE}{os.getpid()}-{secrets.token_hex(8)}"
     create_exclusive(probe)
     probe.unlink()
+
+
+def _pid_gone(pid: str) -> bool:
+    return pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists()
+
+
+def dead_leftovers(folder: Path) -> list[Path]:
+    """Files in `folder` that a process killed mid-write (SIGKILL, power loss) left and that
+    are never read: temp files of atomic writes (`.NAME.tmp-PID-HEX`) and write probes
+    (`.goodfit-write-test-PID-HEX`) whose process is gone."""
+    found = []
+    for p in folder.iterdir() if folder.is_dir() else []:
+        if p.name.startswith(PROBE):
+            pid = p.name[len(PROBE):].split("-")[0]
+        elif p.name.startswith(".") and ".tmp-" in p.name:
+            pid = p.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        else:
+            continue
+        if _pid_gone(pid) and p.is_file() and not p.is_symlink():
+            found.append(p)
+    return found

@@ -24,7 +24,7 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
+from goodfit_cli.io.atomic import dead_leftovers, probe_writable, sha256_file, write_json
 
 Log = Callable[[str], None]
 
@@ -76,10 +76,8 @@ def state_files(out: Path) -> list[Path]:
 def remove_stale_temps(out: Path) -> None:
     """Temp files of atomic writes, and staging folders of sets of files (io/staging.py:
     `.staging-<pid>-<hex>`), whose process died (SIGKILL, power loss) before the rename."""
-    for tmp in out.glob(".*.tmp-*") if out.is_dir() else []:
-        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            tmp.unlink(missing_ok=True)
+    for tmp in dead_leftovers(out):
+        tmp.unlink(missing_ok=True)
     for stage in out.glob(".staging-*") if out.is_dir() else []:
         pid = stage.name.split("-")[1]
         if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():

@@ -1,0 +1,64 @@
+"""A hard kill (SIGKILL, power loss) at a chosen write point of a command, then the same command.
+
+The child is the product's CLI with `os.replace` and `os.unlink` wrapped: the first call whose
+path contains KILL_BEFORE kills its own process with SIGKILL before the call is made, so the
+kill lands at the same write every time, however busy the machine is.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_reliability import TINY, invoke
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+KILLER = """
+import os, runpy, signal, sys
+mark = os.environ["KILL_BEFORE"]
+def wrap(real):
+    def call(*a, **k):
+        if a and mark in str(a[0]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **k)
+    return call
+os.replace, os.unlink = wrap(os.replace), wrap(os.unlink)
+sys.argv = ["goodfit", *sys.argv[1:]]
+runpy.run_module("goodfit_cli", run_name="__main__")
+"""
+
+
+def goodfit(args: list, kill_before: str | None = None) -> subprocess.CompletedProcess:
+    head = ["-c", KILLER] if kill_before else ["-m", "goodfit_cli"]
+    env = {**ENV, **({"KILL_BEFORE": kill_before} if kill_before else {})}
+    return subprocess.run([sys.executable, *head, *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("kill") / "base"
+    assert invoke("pretrain", "--recipe", "toy", "--out", out, *TINY).exit_code == 0
+    return out / "model.safetensors"
+
+
+@pytest.mark.parametrize("kill_before", [".goodfit-write-test-", ".recipe.yaml.tmp-"])
+def test_a_finetune_killed_before_it_wrote_anything_runs_again_with_the_same_command(
+        tmp_path, base, kill_before):
+    """Killed while probing its --out, or before its first file's rename: the folder holds only
+    the lock and the dead process's probe or temp file, which the same command now sets aside
+    (before: "already exists and is not empty (... or --resume to continue it)", and --resume
+    then "no run.json there")."""
+    out = tmp_path / "run"
+    args = ["finetune", "--recipe", "toy", "--base", base, "--out", out, "--optimizer",
+            "rmsprop", "--no-wise", *TINY]
+    assert goodfit(args, kill_before).returncode == -9
+    assert any(out.iterdir())  # what the killed process left
+    again = goodfit(args)
+    assert again.returncode == 0, again.stderr
+    assert (out / "rmsprop" / "model.safetensors").is_file()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".") and
+                p.name != ".goodfit.lock"]
