@@ -1,12 +1,13 @@
 """A hard kill (SIGKILL, power loss) at a chosen write point of a command, then the same command.
 
 The child is the product's CLI with `os.replace` and `os.unlink` wrapped: the first call whose
-path contains KILL_BEFORE kills its own process with SIGKILL before the call is made, so the
-kill lands at the same write every time, however busy the machine is.
+path matches the regular expression KILL_BEFORE kills its own process with SIGKILL before the
+call is made, so the kill lands at the same write every time, however busy the machine is.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,11 +18,11 @@ from test_reliability import TINY, invoke
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 KILLER = """
-import os, runpy, signal, sys
-mark = os.environ["KILL_BEFORE"]
+import os, re, runpy, signal, sys
+mark = re.compile(os.environ["KILL_BEFORE"])
 def wrap(real):
     def call(*a, **k):
-        if a and mark in str(a[0]):
+        if a and mark.search(str(a[0])):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(*a, **k)
     return call
@@ -45,7 +46,7 @@ def base(tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
-@pytest.mark.parametrize("kill_before", [".goodfit-write-test-", ".recipe.yaml.tmp-"])
+@pytest.mark.parametrize("kill_before", [r"\.goodfit-write-test-", r"\.recipe\.yaml\.tmp-"])
 def test_a_finetune_killed_before_it_wrote_anything_runs_again_with_the_same_command(
         tmp_path, base, kill_before):
     """Killed while probing its --out, or before its first file's rename: the folder holds only
@@ -62,3 +63,43 @@ def test_a_finetune_killed_before_it_wrote_anything_runs_again_with_the_same_com
     assert (out / "rmsprop" / "model.safetensors").is_file()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") and
                 p.name != ".goodfit.lock"]
+
+
+def test_a_kill_while_a_report_set_is_swapped_in_is_finished_not_lost(tmp_path, base):
+    """A resume under another gate rewrites a finished run's report set; killed between moving
+    the old report.json aside and moving the new one in, the run's folder has no report.json
+    and the staging folder holds both. The next command that takes the folder finishes the swap
+    (before: it deleted the staging folder, report.json with it, beside the new report.html and
+    the old report.md)."""
+    from goodfit_cli.io.rundir import remove_stale_temps
+
+    run = tmp_path / "run"
+    args = ["finetune", "--recipe", "toy", "--base", base, "--out", run, "--optimizer",
+            "rmsprop", "--no-wise", *TINY]
+    assert goodfit(args).returncode == 0
+    resume = ["finetune", "--resume", run, "--max-old-drop", "0.5"]
+    assert goodfit(resume, r"\.staging-[^/]*/report\.json$").returncode == -9
+    assert not (run / "report.json").exists()
+    remove_stale_temps(run)  # what a resume or a compare of the run does first
+    assert [(run / f"report.{k}").is_file() for k in ("json", "md", "html")] == [True] * 3
+    assert json.loads((run / "report.json").read_text())["gate_limits"]  # the new set
+    assert not list(run.glob(".staging-*"))
+    again = goodfit(resume)
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_compare_killed_while_writing_its_report_runs_again_with_the_same_command(
+        tmp_path, base):
+    """Killed while its report set was being written into the staging folder, `compare --out`
+    left only that folder (and its lock); the same command now takes the folder (before:
+    "already exists and is not empty", and --overwrite moved the dead staging folder aside)."""
+    run, rep = tmp_path / "run", tmp_path / "rep"
+    assert goodfit(["finetune", "--recipe", "toy", "--base", base, "--out", run, "--optimizer",
+                    "rmsprop", "--no-wise", *TINY]).returncode == 0
+    args = ["compare", "--recipe", run / "recipe.yaml", base, run, "--out", rep]
+    assert goodfit(args, r"/\.report\.md\.tmp-").returncode == -9
+    assert list(rep.glob(".staging-*"))
+    again = goodfit(args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in rep.iterdir()) == [".goodfit.lock", "report.html",
+                                                     "report.json", "report.md", "timings.json"]

@@ -134,17 +134,22 @@ def _pid_gone(pid: str) -> bool:
 
 
 def dead_leftovers(folder: Path) -> list[Path]:
-    """Files in `folder` that a process killed mid-write (SIGKILL, power loss) left and that
-    are never read: temp files of atomic writes (`.NAME.tmp-PID-HEX`) and write probes
-    (`.goodfit-write-test-PID-HEX`) whose process is gone."""
+    """What a process killed mid-write (SIGKILL, power loss) left in `folder`, whose process is
+    gone: temp files of atomic writes (`.NAME.tmp-PID-HEX`), write probes
+    (`.goodfit-write-test-PID-HEX`) and staging folders of sets of files (io/staging.py:
+    `.staging-PID-HEX`, which `staging.settle` finishes or removes)."""
     found = []
     for p in folder.iterdir() if folder.is_dir() else []:
+        if p.is_symlink():
+            continue
         if p.name.startswith(PROBE):
             pid = p.name[len(PROBE):].split("-")[0]
-        elif p.name.startswith(".") and ".tmp-" in p.name:
+        elif p.name.startswith(".staging-") and p.is_dir():
+            pid = p.name.split("-")[1]
+        elif p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
             pid = p.name.rsplit(".tmp-", 1)[1].split("-")[0]
         else:
             continue
-        if _pid_gone(pid) and p.is_file() and not p.is_symlink():
+        if _pid_gone(pid):
             found.append(p)
     return found

@@ -24,7 +24,8 @@ import torch
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
-from goodfit_cli.io.atomic import dead_leftovers, probe_writable, sha256_file, write_json
+from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
+from goodfit_cli.io.staging import settle
 
 Log = Callable[[str], None]
 
@@ -75,13 +76,9 @@ def state_files(out: Path) -> list[Path]:
 
 def remove_stale_temps(out: Path) -> None:
     """Temp files of atomic writes, and staging folders of sets of files (io/staging.py:
-    `.staging-<pid>-<hex>`), whose process died (SIGKILL, power loss) before the rename."""
-    for tmp in dead_leftovers(out):
-        tmp.unlink(missing_ok=True)
-    for stage in out.glob(".staging-*") if out.is_dir() else []:
-        pid = stage.name.split("-")[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(stage, ignore_errors=True)
+    `.staging-<pid>-<hex>`), whose process died (SIGKILL, power loss) before the rename: a
+    staging folder whose swap had begun is swapped in to the end (staging.settle)."""
+    settle(out)
 
 
 def tidy(folder: Path, states: bool = False) -> None:

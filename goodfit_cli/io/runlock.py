@@ -24,6 +24,7 @@ from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import dead_leftovers, fsync_dir, probe_writable
+from goodfit_cli.io.staging import settle
 
 LOCK = ".goodfit.lock"
 
@@ -32,7 +33,7 @@ def has_content(out: Path) -> bool:
     """Whether a run folder holds anything besides its lock file and what a killed process
     left mid-write (`dead_leftovers`: never read; before, a SIGKILL at start-up left a folder
     the same command then refused as "not empty")."""
-    dead = set(dead_leftovers(out))
+    dead = {p for p in dead_leftovers(out) if not (p / ".old").is_dir()}  # a swap begun: not
     return out.is_dir() and any(p.name != LOCK and p not in dead for p in out.iterdir())
 
 
@@ -114,8 +115,7 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
     make_out(out)
     lock = RunLock(out)
     lock.made, lock.parents = not existed, parents
-    for leftover in dead_leftovers(out):  # held: no other goodfit process writes here
-        leftover.unlink(missing_ok=True)
+    settle(out)  # held: no other goodfit process writes here
     moved = None
     if overwrite and has_content(out):
         moved = aside_path(out)

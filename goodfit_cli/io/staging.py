@@ -5,7 +5,11 @@ files; only once the caller's block has finished do they replace the old ones: t
 are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
 back for those few renames, and the staging folder (now holding the old files) is removed. If
 the block fails or is interrupted, the staging folder goes and the old files stay as they were;
-if a rename fails halfway through the swap, the old files are moved back first.
+if a rename fails halfway through the swap, the old files are moved back first. A process killed
+(SIGKILL, power loss) during the swap leaves the staging folder with its `.old` folder: `settle`
+(run when a command takes the folder again) then finishes the swap, since the new set in it
+was complete before the first rename (before: the staging folder was deleted, old files and
+the new ones not yet moved with it, so a report set could be left part old, part missing).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.atomic import atomic_write, fsync_dir
+from goodfit_cli.io.atomic import atomic_write, dead_leftovers, fsync_dir
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -80,3 +84,21 @@ def write_together(out: Path, texts: dict[str, str]) -> None:
     with staged(out, lambda: []) as stage:
         for name, text in texts.items():
             atomic_write(stage / name, text)
+
+
+def settle(out: Path) -> None:
+    """`out` without what a killed process left mid-write: its temp files and write probes are
+    removed, a staging folder whose swap had begun (it holds `.old`) is swapped in to the end,
+    any other (a set not yet complete) is removed."""
+    for left in dead_leftovers(out):
+        if not left.is_dir():
+            left.unlink(missing_ok=True)
+            continue
+        if (left / ".old").is_dir():
+            for f in sorted(p for p in left.rglob("*") if p.is_file()):
+                rel = f.relative_to(left)
+                if rel.parts[0] != ".old" and ".tmp-" not in f.name:
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(f, out / rel)
+            fsync_dir(out)
+        shutil.rmtree(left, ignore_errors=True)
