@@ -103,3 +103,19 @@ def test_a_compare_killed_while_writing_its_report_runs_again_with_the_same_comm
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in rep.iterdir()) == [".goodfit.lock", "report.html",
                                                      "report.json", "report.md", "timings.json"]
+
+
+def test_a_finetune_killed_between_its_recipe_and_its_record_says_to_start_afresh(
+        tmp_path, base):
+    """Killed after RUN/recipe.yaml and before RUN/run.json: --resume cannot continue it and
+    says to start afresh with --overwrite (before: only "not a goodfit run directory", for the
+    folder the same command had just made), which then runs, the dead folder kept aside."""
+    out = tmp_path / "run"
+    args = ["finetune", "--recipe", "toy", "--base", base, "--out", out, "--optimizer",
+            "rmsprop", "--no-wise", *TINY]
+    assert goodfit(args, r"/\.run\.json\.tmp-").returncode == -9
+    resumed = goodfit(["finetune", "--resume", out])
+    assert resumed.returncode == 2 and "use --overwrite" in resumed.stderr, resumed.stderr
+    again = goodfit([*args, "--overwrite"])
+    assert again.returncode == 0, again.stderr
+    assert [p.name for p in tmp_path.glob("run.prev-*/recipe.yaml")] == ["recipe.yaml"]

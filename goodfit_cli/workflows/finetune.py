@@ -81,9 +81,9 @@ class FinetuneJob:
 def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
                arms: list[str] | None = None, base: Path | None = None) -> tuple[FinetuneJob, Place]:
     """The job and place that continue the run in `run`, from its run.json and recipe.yaml."""
-    meta = run / "run.json"
-    if not meta.exists():
-        raise UserError(f"--resume {run}: no run.json there; not a goodfit run directory")
+    if not (meta := run / "run.json").exists():  # or a run killed before it wrote its record
+        raise UserError(f"--resume {run}: no run.json there; not a goodfit run directory, or one "
+                        "whose first command stopped before the run began (use --overwrite)")
     try:
         saved = json.loads(meta.read_text())
     except (OSError, ValueError) as e:
