@@ -119,3 +119,17 @@ def test_a_finetune_killed_between_its_recipe_and_its_record_says_to_start_afres
     again = goodfit([*args, "--overwrite"])
     assert again.returncode == 0, again.stderr
     assert [p.name for p in tmp_path.glob("run.prev-*/recipe.yaml")] == ["recipe.yaml"]
+
+
+def test_a_search_killed_while_probing_its_out_runs_again_with_the_same_command(
+        tmp_path, base):
+    """Killed while checking that --out is writable, a search left its probe file; the same
+    command now runs (before: "holds no search study (study.db, trials/): choose another
+    --out" for the folder it had just made)."""
+    out = tmp_path / "se"
+    args = ["search", "--recipe", "toy", "--base", base, "--out", out, "--trials", "1",
+            "--no-defaults", *TINY]
+    assert goodfit(args, r"\.goodfit-write-test-").returncode == -9
+    again = goodfit(args)
+    assert again.returncode == 0, again.stderr
+    assert (out / "recommended" / "model.safetensors").is_file()

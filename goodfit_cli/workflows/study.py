@@ -17,6 +17,7 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
+from goodfit_cli.io.atomic import dead_leftovers
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
@@ -281,7 +282,8 @@ def reruns_due(study: Any, budget: Budget) -> Any:
 def a_study(out: Path) -> bool:
     """Whether `out` may take this search: empty, or a search's folder (its study.db, or the
     trials/ of workers sharing a study in another database), nothing of another command's."""
-    names = {p.name for p in out.iterdir()} - {".goodfit.lock"}
+    dead = {p.name for p in dead_leftovers(out)}  # what a search killed at its start left
+    names = {p.name for p in out.iterdir()} - {".goodfit.lock"} - dead
     if not names or (names & {"study.db", "trials"} and "run.json" not in names):
         return True
     try:  # a worker that ran no trial of a study kept elsewhere: its report alone
