@@ -133,3 +133,19 @@ def test_a_search_killed_while_probing_its_out_runs_again_with_the_same_command(
     again = goodfit(args)
     assert again.returncode == 0, again.stderr
     assert (out / "recommended" / "model.safetensors").is_file()
+
+
+def test_a_junit_file_killed_mid_write_leaves_no_temp_file_once_written_again(tmp_path, base):
+    """Killed before the rename of its JUnit file, a compare left `.rep.xml.tmp-PID-HEX`
+    beside it, in the user's folder, which no resume tidies; the next write of that file
+    removes it (before: it stayed for good)."""
+    run = tmp_path / "run"
+    assert goodfit(["finetune", "--recipe", "toy", "--base", base, "--out", run, "--optimizer",
+                    "rmsprop", "--no-wise", *TINY]).returncode == 0
+    args = ["compare", "--recipe", run / "recipe.yaml", base, run, "--max-old-drop", "0.5",
+            "--junit", tmp_path / "rep.xml", "--out"]
+    assert goodfit([*args, tmp_path / "rep"], r"/\.rep\.xml\.tmp-").returncode == -9
+    assert list(tmp_path.glob(".rep.xml.tmp-*"))
+    again = goodfit([*args, tmp_path / "rep2"])
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "rep.xml").is_file() and not list(tmp_path.glob(".rep.xml.tmp-*"))

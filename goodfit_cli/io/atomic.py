@@ -73,6 +73,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     refuse_symlink(target)
     tmp = _temp_name(target)
+    prefix = tmp.name.rsplit(".tmp-", 1)[0] + ".tmp-"  # this target's temp files: a killed
+    for left in dead_leftovers(target.parent):  # process's are removed (a JUnit file's too,
+        if left.name.startswith(prefix):  # in a folder no resume tidies)
+            left.unlink(missing_ok=True)
     try:
         create_exclusive(tmp)
         mode = os.stat(tmp).st_mode & 0o777  # 0666 & ~umask
@@ -130,7 +134,16 @@ def probe_writable(directory: Path) -> None:
 
 
 def _pid_gone(pid: str) -> bool:
-    return pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists()
+    """Whether no process `pid` runs on this machine (signal 0: no /proc needed, as on macOS)."""
+    if not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it runs, as another user
+        return False
+    return False
 
 
 def dead_leftovers(folder: Path) -> list[Path]:
