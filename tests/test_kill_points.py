@@ -149,3 +149,20 @@ def test_a_junit_file_killed_mid_write_leaves_no_temp_file_once_written_again(tm
     again = goodfit([*args, tmp_path / "rep2"])
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "rep.xml").is_file() and not list(tmp_path.glob(".rep.xml.tmp-*"))
+
+
+def test_a_search_killed_while_swapping_in_its_report_is_settled_by_the_same_command(
+        tmp_path, base):
+    """Killed between moving its old report.json aside and the new one in, a search left its
+    staging folder (the old files and the new one in it); the same command finishes it and
+    writes the report again (before: the dead staging folder stayed in --out for good)."""
+    out = tmp_path / "se"
+    args = ["search", "--recipe", "toy", "--base", base, "--out", out, "--trials", "1",
+            "--no-defaults", *TINY]
+    assert goodfit(args).returncode == 0  # a study with a report, then the report rewritten
+    assert goodfit(args, r"/se/\.staging-[^/]*/report\.json$").returncode == -9
+    assert list(out.glob(".staging-*"))
+    again = goodfit(args)
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob(".staging-*"))
+    assert all((out / f"report.{k}").is_file() for k in ("json", "md", "html"))

@@ -88,10 +88,13 @@ def aside_path(out: Path) -> Path:
 
 
 def make_out(out: Path) -> None:
-    """`out` made and checked writable, or one line why not."""
+    """`out` made and checked writable, or one line why not; what a killed process left there
+    settled (staging.settle: only the leftovers of processes that are gone, so a search's
+    workers sharing `out` may call it; before, a search left them for good)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe_writable(out)
+        settle(out)
     except OSError as e:
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
 
@@ -115,7 +118,6 @@ def open_run(out: Path, *, overwrite: bool, resume: bool,
     make_out(out)
     lock = RunLock(out)
     lock.made, lock.parents = not existed, parents
-    settle(out)  # held: no other goodfit process writes here
     moved = None
     if overwrite and has_content(out):
         moved = aside_path(out)

@@ -99,6 +99,7 @@ def settle(out: Path) -> None:
                 rel = f.relative_to(left)
                 if rel.parts[0] != ".old" and ".tmp-" not in f.name:
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(f, out / rel)
+                    with contextlib.suppress(FileNotFoundError):  # another settled it first
+                        os.replace(f, out / rel)
             fsync_dir(out)
         shutil.rmtree(left, ignore_errors=True)
