@@ -200,8 +200,10 @@ def stop_on_signals() -> Iterator[StopFlag]:
         yield flag
     except (Interrupted, KeyboardInterrupt):
         raise
-    except Exception as e:  # the loop left another way (a search's trial pruned at the rung
-        if flag.signum is None:  # being judged when the signal came): the stop is not lost
+    except Exception as e:  # the loop left early on purpose (a search's trial pruned at the
+        # rung being judged when the signal came: `ends_loop`): the stop is not lost; an error
+        # (a full disk while the state is written) stays the error the user must see
+        if flag.signum is None or not getattr(e, "ends_loop", False):
             raise
         raise Signalled(flag.signum) from e
     finally:

@@ -64,6 +64,8 @@ ALPHAS = tuple(i / 10 for i in range(1, 11))  # the curve measured at a rung (α
 class Pruned(Exception):
     """Raised by the watch at the evaluation where a trial is pruned."""
 
+    ends_loop = True  # not an error: a signal that came meanwhile still stops the command
+
     def __init__(self, batch: int, rung: int, why: str) -> None:
         super().__init__(why)
         self.batch, self.rung = batch, rung
@@ -206,8 +208,8 @@ class PruneWatch:
         with torch.no_grad():
             for a in ALPHAS if same else (1.0,):
                 for k, b in self.base.items() if same else ():
-                    if b.is_floating_point():
-                        own[k].copy_(b + a * (now[k] - b))
+                    if b.is_floating_point():  # α = 1: the weights themselves, exactly
+                        own[k].copy_(now[k] if a == 1.0 else b + a * (now[k] - b))
                 points.append(self.evaluate(model))
             for k, v in now.items():
                 own[k].copy_(v)
