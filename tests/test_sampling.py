@@ -190,11 +190,13 @@ def test_the_run_and_its_report_state_the_class_balance_trained(long_tail, tmp_p
 def test_balanced_sampling_of_a_regression_task_is_one_line(tmp_path):
     recipe = load_recipe(TOY, ["finetune.sampling=sqrt", "data.args.n_train=64",
                                  "data.args.n_test=16", "model.args.hidden=[4]", "device=cpu"])
-    (tmp_path / "b").mkdir()
+    pretrain(load_recipe(TOY, ["data.args.n_train=64", "data.args.n_test=16",
+                               "model.args.hidden=[4]", "device=cpu", "pretrain.steps=2"]),
+             tmp_path / "b")  # a base that loads: a missing one is refused first
     with pytest.raises(UserError, match=r"finetune.sampling: class-balanced sampling needs a "
                                         r"classification new task \(integer class labels\); set "
                                         r"it to uniform$"):
-        finetune(recipe, tmp_path / "b" / "none.safetensors", tmp_path / "ft")
+        finetune(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft")
     assert not (tmp_path / "ft" / "run.json").exists()
 
 
