@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-from pathlib import Path
 
 import pytest
 
-from test_search import ENV, ROOT, TINY, cmd
+from test_search import TINY, base  # noqa: F401 (base: the module's pretrained toy base)
 
 optuna = pytest.importorskip("optuna")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("search-compute")
-    subprocess.run(cmd("pretrain", "--recipe", "toy", "--out", d / "base", *TINY), cwd=ROOT,
-                   env=ENV, check=True, capture_output=True, timeout=300)
-    return d / "base" / "model.safetensors"
 
 
 def test_a_trial_interrupted_between_evaluations_holds_the_batches_it_trained(
