@@ -74,9 +74,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     refuse_symlink(target)
     tmp = _temp_name(target)
     prefix = tmp.name.rsplit(".tmp-", 1)[0] + ".tmp-"  # this target's temp files: a killed
-    for left in dead_leftovers(target.parent):  # process's are removed (a JUnit file's too,
-        if left.name.startswith(prefix):  # in a folder no resume tidies)
-            left.unlink(missing_ok=True)
+    for left in dead_leftovers(target.parent, prefix):  # process's are removed (a JUnit
+        left.unlink(missing_ok=True)  # file's too, in a folder no resume tidies)
     try:
         create_exclusive(tmp)
         mode = os.stat(tmp).st_mode & 0o777  # 0666 & ~umask
@@ -146,22 +145,26 @@ def _pid_gone(pid: str) -> bool:
     return False
 
 
-def dead_leftovers(folder: Path) -> list[Path]:
+def dead_leftovers(folder: Path, prefix: str = ".") -> list[Path]:
     """What a process killed mid-write (SIGKILL, power loss) left in `folder`, whose process is
     gone: temp files of atomic writes (`.NAME.tmp-PID-HEX`), write probes
     (`.goodfit-write-test-PID-HEX`) and staging folders of sets of files (io/staging.py:
-    `.staging-PID-HEX`, which `staging.settle` finishes or removes)."""
+    `.staging-PID-HEX`, which `staging.settle` finishes or removes); only names that start
+    with `prefix` (an atomic write: its own target's), judged by name before any stat."""
     found = []
     for p in folder.iterdir() if folder.is_dir() else []:
-        if p.is_symlink():
+        name = p.name
+        if not name.startswith(prefix):
             continue
-        if p.name.startswith(PROBE):
-            pid = p.name[len(PROBE):].split("-")[0]
-        elif p.name.startswith(".staging-") and p.is_dir():
-            pid = p.name.split("-")[1]
-        elif p.name.startswith(".") and ".tmp-" in p.name and p.is_file():
-            pid = p.name.rsplit(".tmp-", 1)[1].split("-")[0]
+        if name.startswith(PROBE):
+            pid, kind = name[len(PROBE):].split("-")[0], "file"
+        elif name.startswith(".staging-"):
+            pid, kind = name.split("-")[1], "dir"
+        elif name.startswith(".") and ".tmp-" in name:
+            pid, kind = name.rsplit(".tmp-", 1)[1].split("-")[0], "file"
         else:
+            continue
+        if p.is_symlink() or not (p.is_dir() if kind == "dir" else p.is_file()):
             continue
         if _pid_gone(pid):
             found.append(p)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -39,8 +40,6 @@ def has_content(out: Path) -> bool:
 
 def was_interrupted(out: Path) -> bool:
     """Whether `out` holds a run a signal cut short (its timings.json ended "Interrupted")."""
-    import json
-
     try:
         return json.loads((out / "timings.json").read_text()).get("ended") == "Interrupted"
     except (OSError, ValueError, AttributeError):

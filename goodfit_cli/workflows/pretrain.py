@@ -8,7 +8,6 @@ finished arm is.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +18,7 @@ from goodfit_cli.core.errors import Diverged, Interrupted, UserError
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
-from goodfit_cli.io.runlock import held, open_run
+from goodfit_cli.io.runlock import held, open_run, was_interrupted
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.runcheck import claim_stage
 from goodfit_cli.trainer.session import Place, folder_of, open_session
@@ -90,10 +89,5 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
 def finished_but_cut(out: Path) -> bool:
     """Whether `out` holds a pretrain whose files were all written before a signal stopped the
     command (its timings.json says it ended Interrupted, no resumable state is left)."""
-    if state_files(out) or not (out / "summary.json").is_file() \
-            or not (out / "model.safetensors").is_file():
-        return False
-    try:
-        return json.loads((out / "timings.json").read_text()).get("ended") == "Interrupted"
-    except (OSError, ValueError, AttributeError):
-        return False
+    return not state_files(out) and (out / "summary.json").is_file() \
+        and (out / "model.safetensors").is_file() and was_interrupted(out)
