@@ -606,3 +606,18 @@ def test_search_help_names_the_extra_that_installs_peft():
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     deps = pyproject["project"]["optional-dependencies"][extra]
     assert any(d.startswith("peft") for d in deps), (extra, deps)
+
+
+@pytest.mark.parametrize("recipe, needle", [
+    ("recipes/toy.yaml", "a shipped recipe is named without a path: toy"),  # no checkout here
+    ("tyo", "a shipped recipe's name: cifar_lt, motion_base"),
+])
+def test_missing_recipe_names_the_shipped_ones(recipe, needle, tmp_path, monkeypatch):
+    """Outside the checkout (a container's /workspace, a wheel install) the README's
+    `recipes/toy.yaml` is not there: the one line says the shipped recipe is read by its name."""
+    monkeypatch.chdir(tmp_path)
+    res = cli.invoke(app, ["validate", recipe])
+    text = res.output + (res.stderr if hasattr(res, "stderr") else "")
+    assert res.exit_code == 2 and "recipe not found: " + recipe in text, text
+    assert needle in " ".join(text.split()) and "Traceback" not in text
+    assert not list(tmp_path.iterdir())

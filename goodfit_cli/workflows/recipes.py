@@ -28,8 +28,19 @@ def find_recipe(recipe: str) -> Path:
 
 
 def load(recipe: str, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe by path or shipped name, with `key.sub=value` overrides."""
-    return load_recipe(find_recipe(recipe), overrides or [])
+    """Load a recipe by path or shipped name, with `key.sub=value` overrides. A path that is not
+    there but names a shipped recipe (`recipes/toy.yaml` outside the checkout: in a container, or
+    with the wheel installed) is refused with the name that reads it."""
+    path = find_recipe(recipe)
+    if not path.exists():
+        stem = Path(recipe).stem if Path(recipe).suffix in (".yaml", ".yml") else recipe
+        names = sorted(p.stem for p in shipped_dir().glob("*.yaml"))
+        if stem in names and str(path) != stem:
+            raise UserError(f"recipe not found: {recipe} (a shipped recipe is named "
+                            f"without a path: {stem}; `goodfit recipes` lists them)")
+        raise UserError(f"recipe not found: {recipe} (a path to a YAML file, or a shipped "
+                        f"recipe's name: {', '.join(names)})")
+    return load_recipe(path, overrides or [])
 
 
 def shipped() -> list[tuple[Path, Recipe | UserError]]:
