@@ -37,6 +37,7 @@
 #   PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_CERT (from `pip config`)
 #   OFFLINE=1: no PyPI, only the local sources (the first local index replaces it)
 #   CACHE=1 reuses cached layers (the build time printed is then not a clean build's)
+#     and keeps the builder stages' untagged images for the next build (without it they are removed)
 #   BUILD=0 checks the images already built, without building
 #   KEEP=1 keeps the images (default: kept; KEEP=0 removes them after the checks)
 #   WORK (/var/tmp/goodfit-image): the base's root file system while it is made, the workspaces
@@ -262,6 +263,7 @@ check_image() {  # check_image TARGET IMAGE
 }
 
 # ------------------------------------------------------------------------ the builds and checks
+dangling_images() { "${podman[@]}" images -q --filter dangling=true | sort -u; }
 for target in $TARGETS; do
   image=$IMAGE
   [[ $target == cuda ]] && image=$IMAGE-cuda
@@ -280,10 +282,17 @@ for target in $TARGETS; do
     echo "build-local: building $image (target $target, torch $TORCH_VERSION, torchvision $TORCHVISION_VERSION)"
     start=$SECONDS
     rc=0
+    dangling=$(dangling_images)
     "${podman[@]}" build --format docker --isolation chroot --network host "${limits[@]}" \
       "${cache[@]}" "${mounts[@]}" "${args[@]}" --target "$target" -f "$DOCKERFILE" -t "$image" \
       "$CONTEXT" || rc=$?
     build_s=$((SECONDS - start))
+    # The builder stages stay behind as untagged images (the cuda builder's is ~6 GB), a new set
+    # per clean build: remove the ones this build made, unless CACHE=1 keeps them for the next.
+    if [[ ${CACHE:-0} != 1 ]]; then
+      comm -13 <(echo "$dangling") <(dangling_images) \
+        | xargs -r "${podman[@]}" rmi >/dev/null 2>&1 || true
+    fi
     if [[ $rc != 0 ]]; then
       record "$target build" 0 "podman build exit $rc after ${build_s} s (the build output above says why)"
       continue

@@ -563,3 +563,44 @@ def test_ci_installs_the_readme_way_in_a_fresh_venv_inside_the_clone():
     assert [ln for ln in lines if ln in steps] == steps, lines
     assert not any("--system-site-packages" in ln for ln in lines)
     assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").split()
+
+
+# A podman that builds nothing: `images -q --filter dangling=true` lists `old` before the build
+# and `old` and `builder` after it (the untagged image a builder stage leaves), and every call is
+# logged; with id, chown, runc and debootstrap stubs the script runs its flow as any user.
+FAKE_PODMAN = r"""#!/usr/bin/env bash
+echo "$*" >> "$FAKE/calls"
+args=" $* "
+case $args in
+  *" images -q "*) echo old; [[ -e $FAKE/built ]] && echo builder; exit 0 ;;
+  *" build "*) touch "$FAKE/built"; exit 0 ;;
+  *" image inspect "*) echo 1000000; exit 0 ;;
+  *" rmi "*) exit 0 ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("cache, removed", [("0", True), ("1", False)])
+def test_build_local_removes_only_the_builder_images_its_build_left(tmp_path, cache, removed):
+    """A clean build's builder stages stay behind as untagged images (~6 GB for cuda), one set
+    per run of the script: it removes those its own build made, never an older one, and keeps
+    them under CACHE=1 (the next build reuses them)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("podman", FAKE_PODMAN), ("id", "#!/usr/bin/env bash\necho 0\n"),
+                       ("chown", "#!/usr/bin/env bash\n"), ("runc", "#!/usr/bin/env bash\n"),
+                       ("debootstrap", "#!/usr/bin/env bash\n")):
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "FAKE": str(tmp_path), "TARGETS": "cuda", "CACHE": cache, "WORK": str(tmp_path / "w"),
+           "PIP_INDEX_URL": "https://pypi.example/simple", "PIP_EXTRA_INDEX_URL": "",
+           "PIP_FIND_LINKS": "", "PIP_CERT": ""}
+    res = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert any(" build " in f" {c} " for c in calls), res.stdout + res.stderr
+    rmis = [c for c in calls if " rmi " in f" {c} "]
+    assert ("builder" in " ".join(rmis)) is removed, calls
+    assert not any(" old" in f" {c} " for c in rmis), rmis
