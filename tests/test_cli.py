@@ -271,6 +271,23 @@ def test_compile_true_matches_eager(tmp_path):
     assert compiled.metrics["old"]["mse"] == pytest.approx(eager.metrics["old"]["mse"], rel=1e-3)
 
 
+def test_compile_without_a_cpp_compiler_is_one_line(tmp_path, monkeypatch):
+    """`compile: true` on the CPU where torch's inductor finds no C++ compiler (the images carry
+    none): exit 2 with one line naming the key and the compiler, before the arm trains (before:
+    InvalidCxxCompiler inside the first batch, an internal error, exit 1)."""
+    from torch._inductor import config
+
+    monkeypatch.setattr(config.cpp, "cxx", (None, "no-such-cxx-for-goodfit"))
+    res = invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "c", "device=cpu",
+                 "compile=true", "pretrain.steps=4", "data.args.n_train=64",
+                 "data.args.n_test=32")
+    text = " ".join((res.output + (res.stderr if hasattr(res, "stderr") else "")).split())
+    assert res.exit_code == 2, text
+    assert "compile: true on the CPU needs a C++ compiler" in text
+    assert "no-such-cxx-for-goodfit not found" in text and "Traceback" not in text
+    assert not (tmp_path / "c" / "model.safetensors").exists()
+
+
 def test_cli_resume_needs_only_the_run_dir(base_ckpt, tmp_path):
     """`goodfit finetune --resume RUN` finds the base, arms, seed and recipe in RUN itself."""
     recipe = load_recipe(RECIPES_DIR / "toy.yaml", TINY)

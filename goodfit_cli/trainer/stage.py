@@ -42,6 +42,7 @@ from goodfit_cli.training import (
     whole_cycles,
 )
 from goodfit_cli.training.callbacks import Ema, end_weights, load_states
+from goodfit_cli.training.checks import check_compiler
 
 # what workflows and tests import from here
 __all__ = ["Log", "StageJob", "Ui", "quiet", "run_stage", "saved_callbacks", "total_batches"]
@@ -139,6 +140,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)
+    if s.recipe.compile:
+        check_compiler(s.device)
     trained = torch.compile(model) if s.recipe.compile else model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(

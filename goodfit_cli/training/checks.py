@@ -86,3 +86,20 @@ def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
             raise UserError(f"{where}: arm {name!r} is listed twice{was}; give each arm once")
         seen[arm.dirname] = name
         check_arm(recipe.finetune, arm, recipe.at("finetune"))
+
+
+def check_compiler(device: Any) -> None:
+    """`compile: true` on the CPU: torch's inductor builds C++ with the compiler its config names
+    (`g++`, or $CXX). Without one it fails inside the first training batch, an internal error;
+    here it is one line before the arm trains (the images carry no C++ compiler)."""
+    if getattr(device, "type", device) != "cpu":
+        return
+    import shutil
+
+    from torch._inductor import config
+
+    cxx = next((c for c in reversed(config.cpp.cxx) if c), "g++")
+    if shutil.which(cxx) is None:
+        raise UserError(f"compile: true on the CPU needs a C++ compiler for torch.compile "
+                        f"({cxx} not found; torch reads $CXX): install one, or set compile: false "
+                        "(compile=false on the command line)")
