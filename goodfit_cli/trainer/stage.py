@@ -191,6 +191,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         raise Diverged(e.batch, f" of {arm.name}{where} ({why})") from None
     if st.batch < total and not any(c.should_stop() for c in callbacks):
         raise Interrupted(stop.signum or signal.SIGINT, out)  # the state is saved, nothing else
+    model.zero_grad(set_to_none=True)  # the last step's gradients, a model's size: nothing
+    # after the training reads them (finish, WiSE-FT, the next arm, a search's next trial)
     summary: dict[str, Any] = {k: v for k, v in hooks.devices.items() if k == "devices"}
     if replayed:
         summary["replay"] = replayed
