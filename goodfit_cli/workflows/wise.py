@@ -78,11 +78,12 @@ def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
 
 
 class Mixing:
-    """(1 − α)·base + α·arm written into the model's own tensors, for one α after another: the
-    arm's tensors moved to the device and the differences taken once, each α's values exactly
-    those of `mix` (b + α·(arm − b); the ends' own tensors at α = 0 and 1), with no new model
-    and no load_state_dict. `base` holds tensors of its own (a copy, not the model's: the model's
-    are written)."""
+    """(1 − α)·base + α·arm written into the model's own tensors, for one α after another, each
+    α's values exactly those of `mix` (b + α·(arm − b), computed into the model's tensor: the
+    same roundings; the ends' own tensors at α = 0 and 1), with no new model, no
+    load_state_dict and no stored differences (a model's size each). Holds the arm's tensors
+    (moved to the device; cast to the base's dtype, as `mix` casts them) and `base`, which must
+    hold tensors of its own (a copy, not the model's: the model's are written)."""
 
     def __init__(self, model: torch.nn.Module, base: dict[str, torch.Tensor],
                  arm: dict[str, torch.Tensor]) -> None:
@@ -93,23 +94,23 @@ class Mixing:
         self.parts = []
         for k, b in base.items():
             t = arm[k].to(b.device)
-            self.parts.append((own[k], b, t.to(b.dtype) - b if b.is_floating_point() else t,
-                               arm[k]))  # α = 1: copied from the arm's own tensor, exactly
+            self.parts.append((own[k], b, t.to(b.dtype) if b.is_floating_point() else t))
 
     @torch.no_grad()
     def set(self, alpha: float) -> None:
-        for dest, b, d, t in self.parts:
+        for dest, b, t in self.parts:
             if alpha in (0.0, 1.0):
                 dest.copy_(t if alpha else b)
             elif not b.is_floating_point():
-                dest.copy_(d if alpha >= 0.5 else b)
+                dest.copy_(t if alpha >= 0.5 else b)
             elif dest.dtype == b.dtype and dest.device == b.device:
-                # α·d written into the model's tensor, then b added: the same two roundings as
-                # b + α·d (addition commutes exactly), with no temporaries
-                torch.mul(d, alpha, out=dest)
+                # arm − b, then α·(arm − b), written into the model's tensor, then b added:
+                # the same three roundings as b + α·(arm − b) (addition commutes exactly)
+                torch.sub(t, b, out=dest)
+                dest.mul_(alpha)
                 dest.add_(b)
             else:
-                dest.copy_(b + alpha * d)
+                dest.copy_(b + alpha * (t - b))
 
 
 @dataclass
@@ -245,12 +246,16 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         if t.is_floating_point() != b.is_floating_point():  # as loading refuses it
             raise UserError(f"{arm_ckpt}: tensor {k!r} is {str(t.dtype)[6:]} in the arm's "
                             f"checkpoint but {str(b.dtype)[6:]} in the recipe's model")
-    model.load_state_dict(mix(base_state, arm_tensors, job.alpha))
+    mixing = Mixing(model, base_state, arm_tensors)  # into the model: no mixed copy of it
+    mixing.set(job.alpha)
+    del base_state, arm_tensors  # held by `mixing` alone: freed with it unless α is chosen again
+    if not (job.new_offset and job.alphas):
+        mixing = None
     alpha = job.alpha  # or the one chosen together with the offset
     offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
     if job.new_offset:
         if job.alphas:
-            chosen = choose_with_alpha(s, model, lambda: Mixing(model, base_state, arm_tensors),
+            chosen = choose_with_alpha(s, model, lambda: mixing,
                                        job.alphas, (job.alpha, job.alpha_passed),
                                        base_measured[2], job.gate, job.margin, base_measured[3])
             alpha = chosen["alpha"]
@@ -339,8 +344,7 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     ("val_flips" on validation, "flips" on test for the chosen point), so a flip-rate limit
     judges a point as it judges an arm; and, when the gate asks for significance, each change's
     paired bootstrap CI ("val_ci", "ci"), so require_significant reads a point as an arm."""
-    arm_tensors, _ = ckpt.load_model(arm.dir / "model.safetensors")
-    mixing = Mixing(model, base_state, arm_tensors)
+    mixing = Mixing(model, base_state, ckpt.load_model(arm.dir / "model.safetensors")[0])
     arm_val = arm.summary.get("val_metrics")
     curve, val_preds, boot = [], {}, significance(gate)
     for a in alphas:
