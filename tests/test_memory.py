@@ -87,3 +87,29 @@ def test_wise_holds_the_mixed_model_alone_once_mixed(base, tmp_path, monkeypatch
     monkeypatch.setattr(wise_module, "measure_base", counting)
     wise(WiseJob(tmp_path / "ft" / "rmsprop", 0.5, tmp_path / "w"))
     assert seen == [2, 1], seen  # the base's measurement, then the point's
+
+
+def test_a_trials_prune_watch_lets_the_training_go_when_it_ends(tmp_path):
+    """A search trial's PruneWatch lives to the trial's end (its WiSE-FT curve, its point);
+    once the training ends it holds no copy of the weights and no optimizer (before: the base's
+    copy, and through `anchor` the optimizer with its state, a model's size each)."""
+    import contextlib
+    import types
+    import weakref
+
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+
+    model = nn.Linear(WIDE, WIDE)
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.ones(1, WIDE)).sum().backward()
+    optimizer.step()
+    model.zero_grad(set_to_none=True)
+    watch = PruneWatch(types.SimpleNamespace(number=0), Halving(), tmp_path, None,
+                       {"old": "accuracy", "new": "accuracy"}, 1)
+    anchor = (lambda o: lambda: contextlib.nullcontext(o))(optimizer)  # holds it, as stage's
+    watch.bind(model, lambda m: {}, {"old": 1, "new": 1}, anchor, list)
+    assert copies() == 4  # the model, the base's copy, Adam's two moments
+    gone = weakref.ref(optimizer)
+    del optimizer, anchor
+    watch.on_end()
+    assert gone() is None and copies() == 1  # the model alone

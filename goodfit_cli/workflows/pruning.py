@@ -177,6 +177,11 @@ class PruneWatch:
             self._judge(batch, due, self.curve())
 
     def on_end(self) -> None:
+        # no rung is judged after the training: what `bind` holds is let go (the base's copy;
+        # through `anchor`, the optimizer's state; the EMA's), not kept through the WiSE-FT
+        # curve and the trial's point (before: a model's size each, to the trial's end)
+        self.model, self.evaluate, self.base = None, None, {}
+        self.anchor, self.others = contextlib.nullcontext, list
         if self.inner is not None:
             self.inner.on_end()
 
