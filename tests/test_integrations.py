@@ -151,6 +151,35 @@ def test_lightning_checkpoint_saved_mid_cycle_resumes_identically(tmp_path):
     torch.testing.assert_close(flat(resumed), flat(whole), rtol=0, atol=1e-6)
 
 
+def test_lightning_skipped_batch_is_no_phase(tmp_path):
+    """A training_step that returns None skips its batch (Lightning still calls the optimizer's
+    step, with no gradient): the run equals the phase loop over the 7 other batches (1e-6).
+    Before, it counted as a phase, and as a main phase AdamW stepped on a zero gradient."""
+    from goodfit_cli.integrations.lightning import GoodFitCallback
+
+    ns = {"net": None, "loader": None}
+    exec(snippet("lightning").split("trainer = ")[0], ns)
+
+    class Skipping(ns["Regressor"]):
+        def training_step(self, batch, batch_idx):
+            return None if batch_idx == 2 else super().training_step(batch, batch_idx)
+
+    module = Skipping(make_net())
+    trainer = pl.Trainer(callbacks=[GoodFitCallback()], **lightning_kwargs(tmp_path))
+    trainer.fit(module, DataLoader(TensorDataset(*data()), batch_size=BATCH))
+    ref_net = make_net()
+    ref = GoodFit(torch.optim.AdamW(ref_net.parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0)
+    for k, (x, y) in enumerate(batches()):
+        if k != 2:
+            ref.zero_grad()
+            nn.functional.mse_loss(ref_net(x), y).backward()
+            ref.step()
+    gf = trainer.optimizers[0]
+    assert (gf.phase, gf.main_steps) == (ref.phase, ref.main_steps) == (1, 2)
+    torch.testing.assert_close(flat(module), at_anchor_and_displaced(ref_net, ref)[0], rtol=0,
+                               atol=1e-6)
+
+
 class ManualRegressor(pl.LightningModule):
     def __init__(self, net, clip):
         super().__init__()

@@ -358,6 +358,31 @@ def test_grad_scaler_skipped_step_does_not_advance_phase():
     assert opt.phase == 0 and opt.main_steps == 1
 
 
+@pytest.mark.parametrize("skip_at", [0, 1, 2])
+def test_step_without_any_gradient_changes_nothing(skip_at):
+    """A step() that finds no gradient (a skipped batch: zero_grad, no backward) at phase 0, 1
+    or the main phase leaves weights, phase and AdamW's state as they were, as AdamW alone
+    does; the run then equals one without that call. Before: it counted as a phase, and at the
+    main phase AdamW stepped on a zero gradient (momentum and weight decay moved the weights)."""
+    torch.manual_seed(0)
+    nets = [nn.Linear(4, 2), None]
+    nets[1] = copy.deepcopy(nets[0])
+    opts = [GoodFit(torch.optim.AdamW(n.parameters(), lr=1e-2, weight_decay=0.1), n_ref=2)
+            for n in nets]
+    xs = torch.randn(5, 8, 4)
+    for k, x in enumerate(xs):
+        for skipping, (net, opt) in enumerate(zip(nets, opts)):
+            if skipping and k == skip_at:
+                before = (net.weight.detach().clone(), opt.phase, copy.deepcopy(opt.main.state))
+                opt.zero_grad()
+                opt.step()
+                assert torch.equal(net.weight, before[0]) and opt.phase == before[1]
+                assert str(opt.main.state) == str(before[2])
+            opt.zero_grad(); (net(x) ** 2).mean().backward(); opt.step()
+    assert (opts[0].main_steps, opts[0].phase) == (opts[1].main_steps, opts[1].phase) == (1, 2)
+    assert torch.equal(flat(nets[0].parameters()), flat(nets[1].parameters()))
+
+
 def test_extra_state_is_one_copy_of_trainable_params():
     """GoodFit's own state is exactly one buffer per trainable parameter, of its size and dtype."""
     model, _ = _mlp_case()

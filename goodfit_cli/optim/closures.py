@@ -38,9 +38,14 @@ def refuse_framework_closure(closure: Callable[[], Any]) -> None:
                            "the Trainer's callbacks (see docs/integrations.md)")
 
 
-def refuse_sparse(params: Iterable[Tensor]) -> None:
-    """ValueError for a sparse gradient: GoodFit's arithmetic is dense."""
-    for p in params:
+def any_gradient(params: Iterable[tuple[int, Tensor]]) -> bool:
+    """Whether any of the (index, parameter) pairs holds a gradient; ValueError for a sparse one
+    (GoodFit's arithmetic is dense). None at all is a batch the caller skipped (Lightning's
+    training_step returned None): like torch's own optimizers, ``step`` then changes nothing."""
+    found = False
+    for _, p in params:
         if p.grad is not None and p.grad.is_sparse:
             raise ValueError("GoodFit does not support sparse gradients "
                              f"(parameter of shape {tuple(p.shape)})")
+        found = found or p.grad is not None
+    return found

@@ -62,11 +62,11 @@ class GoodFit(torch.optim.Optimizer):
             ``unpark()`` before the next forward pass. Off by default (it costs one more copy of
             the trainable weights while parked); the integrations turn it on.
 
-    Phase mode: call ``step()`` once per batch after ``backward()``. Closure mode:
-    ``step(closure)`` runs the rest of the cycle (n_ref + 1 calls of the closure from phase 0) and
-    returns the main batch's loss. ``step`` always runs eagerly, also inside ``torch.compile``
-    (it is ``torch.compiler.disable``-d, see `eager`: dynamo loses the phase counter's updates
-    otherwise).
+    Phase mode: call ``step()`` once per batch after ``backward()`` (a call that finds no
+    gradient at all changes nothing and does not advance the cycle). Closure mode: ``step(closure)``
+    runs the rest of the cycle (n_ref + 1 calls of the closure from phase 0) and returns the main
+    batch's loss. ``step`` always runs eagerly, also inside ``torch.compile`` (it is
+    ``torch.compiler.disable``-d, see `eager`: dynamo loses the phase counter's updates otherwise).
 
     Note: in the main phase the projected gradient is written into ``p.grad`` before the main step.
     """
@@ -186,8 +186,7 @@ class GoodFit(torch.optim.Optimizer):
                                "gradient was taken at θ_ref, not at θ′; call unpark() before the "
                                "forward pass")
         if closure is None:
-            self._advance()
-            return None
+            return self._advance()
         if self.closure_mode == "batch":
             with torch.enable_grad():
                 loss = closure()
@@ -239,8 +238,9 @@ class GoodFit(torch.optim.Optimizer):
         return st["anchor"]
 
     def _advance(self) -> None:
-        cycle = self._in_cycle(trainable := self._trainable())  # the parameters read once
-        C.refuse_sparse(p for _, p in trainable)
+        if not C.any_gradient(trainable := self._trainable()):  # the parameters, read once
+            return  # no gradient at all (a skipped batch): no phase, as torch's optimizers do
+        cycle = self._in_cycle(trainable)
         if self._phase < self.n_ref:
             self._reference_step(trainable)
             self._phase += 1
