@@ -406,6 +406,18 @@ def test_bad_arguments_raise_value_error_naming_the_value(kwargs, match):
         GoodFit(torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), **kwargs)
 
 
+def test_maximizing_main_optimizer_is_refused_naming_the_group():
+    """maximize=True in a main group: ValueError naming the group. Before, GoodFit accepted it and
+    its reference step descended the loss the main optimizer ascends (θ′ on the wrong side) and
+    the conflict test used the unnegated gradient."""
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    groups = [{"params": net[0].parameters()}, {"params": net[1].parameters(), "maximize": True}]
+    with pytest.raises(ValueError, match="param group 1 has maximize=True"):
+        GoodFit(torch.optim.SGD(groups, lr=0.1))
+    with pytest.raises(ValueError, match="param group 0 has maximize=True"):
+        GoodFit(torch.optim.AdamW(net.parameters(), lr=0.1, maximize=True))
+
+
 def test_sparse_gradients_are_refused():
     """A sparse gradient raises ValueError."""
     emb = nn.Embedding(10, 3, sparse=True)

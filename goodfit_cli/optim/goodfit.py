@@ -88,7 +88,7 @@ class GoodFit(torch.optim.Optimizer):
             raise ValueError(f"main must be a torch.optim.Optimizer, got {type(main).__name__}")
         if isinstance(main, GoodFit):
             raise ValueError("main must not itself be a GoodFit optimizer")
-        settings.check(n_ref, ref_ratio, projection, reference, closure_mode)
+        settings.check(n_ref, ref_ratio, projection, reference, closure_mode, main.param_groups)
 
         self.main = main
         self.n_ref = n_ref

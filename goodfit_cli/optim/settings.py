@@ -5,8 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 
-def check(n_ref: Any, ref_ratio: Any, projection: Any, reference: Any, closure_mode: Any) -> None:
-    """ValueError for the first argument of ``GoodFit(...)`` that is not a valid setting."""
+def check(n_ref: Any, ref_ratio: Any, projection: Any, reference: Any, closure_mode: Any,
+          groups: list[dict[str, Any]]) -> None:
+    """ValueError for the first argument of ``GoodFit(...)`` that is not a valid setting, or a
+    main optimizer's group (`groups`) with ``maximize=True``: the reference step, the conflict
+    test ⟨Δ, g⟩ < 0 and the projection all descend the loss, so a maximizing main optimizer
+    would take its reference point and projection on the wrong side."""
     if isinstance(n_ref, bool) or not isinstance(n_ref, int) or n_ref < 1:
         raise ValueError(f"Invalid n_ref: {n_ref!r} (an integer >= 1)")
     if isinstance(ref_ratio, bool) or not isinstance(ref_ratio, (int, float)) or not (
@@ -19,3 +23,8 @@ def check(n_ref: Any, ref_ratio: Any, projection: Any, reference: Any, closure_m
         raise ValueError(f"Invalid reference: {reference!r} (use 'sgd' or a callable)")
     if closure_mode not in ("cycle", "batch"):
         raise ValueError(f"Invalid closure_mode: {closure_mode!r} (choose 'cycle' or 'batch')")
+    for i, group in enumerate(groups):
+        if group.get("maximize"):
+            raise ValueError(f"main optimizer's param group {i} has maximize=True, which GoodFit "
+                             "does not support (its reference step and projection descend the "
+                             "loss): minimize the negated objective instead")
