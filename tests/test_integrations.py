@@ -285,6 +285,37 @@ def test_hf_trainer_matches_phase_loop(tmp_path):
     torch.testing.assert_close(flat(model), displaced, rtol=0, atol=1e-6)
 
 
+def test_hf_trainer_resumed_mid_cycle_continues_identically(tmp_path):
+    """A Trainer checkpoint written mid-cycle (save_steps=5 with n_ref=2: phase 2, shuffled
+    batches, accumulation, a schedule) and resumed with resume_from_checkpoint ends exactly where
+    the uninterrupted run ends, anchor and θ′ alike."""
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    from goodfit_cli.integrations.transformers import GoodFitTrainerCallback
+
+    def train(resume=None):
+        model = tiny_bert()
+        opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+        args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                                 gradient_accumulation_steps=2, num_train_epochs=2,
+                                 max_grad_norm=0.5, report_to="none", save_strategy="steps",
+                                 save_steps=5, use_cpu=True, disable_tqdm=True, seed=3)
+        Trainer(model=model, args=args, train_dataset=token_data(), optimizers=(opt, sched),
+                callbacks=[GoodFitTrainerCallback()]).train(resume_from_checkpoint=resume)
+        anchor = flat(model)  # parked: the model holds θ_ref
+        opt.unpark()
+        return (opt.phase, opt.main_steps), (anchor, flat(model))
+
+    whole = train()
+    assert whole[0] == (1, 3)  # 10 optimizer steps: 3 cycles and one reference step
+    resumed = train(str(tmp_path / "checkpoint-5"))  # saved at phase 2, parked
+    assert resumed[0] == whole[0]
+    assert torch.equal(resumed[1][0], whole[1][0]) and torch.equal(resumed[1][1], whole[1][1])
+    assert not torch.equal(whole[1][0], whole[1][1])
+
+
 # ------------------------------------------------------------------------------------------
 # schedulers, compile, EMA
 
