@@ -180,6 +180,51 @@ def test_lightning_skipped_batch_is_no_phase(tmp_path):
                                atol=1e-6)
 
 
+def test_lightning_backbone_finetuning_unfreezes_mid_cycle(tmp_path):
+    """Lightning's BackboneFinetuning adds the backbone's param group at the start of epoch 1,
+    mid-cycle (8 batches, cycles of 3): it joins the cycle, and the run equals the phase loop
+    with the backbone frozen in its own group until then (1e-6). Before: RuntimeError from
+    add_param_group ('call finish_cycle() first')."""
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    from goodfit_cli.integrations.lightning import GoodFitCallback
+
+    class Tuned(pl.LightningModule):
+        def __init__(self, net):
+            super().__init__()
+            self.backbone, self.head = net[:2], net[2]
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.head(self.backbone(x)), y)
+
+        def configure_optimizers(self):
+            return GoodFit(torch.optim.AdamW(self.head.parameters(), lr=1e-2), n_ref=2,
+                           ref_ratio=2.0)
+
+    module = Tuned(make_net())
+    kw = lightning_kwargs(tmp_path)
+    kw["max_epochs"] = 2
+    trainer = pl.Trainer(callbacks=[GoodFitCallback(), BackboneFinetuning(1)], **kw)
+    trainer.fit(module, DataLoader(TensorDataset(*data()), batch_size=BATCH))
+    gf = trainer.optimizers[0]
+    ref_net = make_net()
+    ref_net[0].requires_grad_(False)
+    ref = GoodFit(torch.optim.AdamW([{"params": ref_net[2].parameters()},
+                                     {"params": ref_net[0].parameters(),
+                                      "lr": gf.param_groups[1]["lr"]}], lr=1e-2),
+                  n_ref=2, ref_ratio=2.0)
+    for k, (x, y) in enumerate(batches() * 2):
+        ref_net[0].requires_grad_(k >= len(batches()))
+        ref.zero_grad()
+        nn.functional.mse_loss(ref_net(x), y).backward()
+        ref.step()
+    assert (gf.phase, gf.main_steps) == (ref.phase, ref.main_steps) == (1, 5)
+    torch.testing.assert_close(flat(module), at_anchor_and_displaced(ref_net, ref)[0], rtol=0,
+                               atol=1e-6)
+    assert not torch.equal(flat(module.backbone), flat(make_net()[:2]))
+
+
 class ManualRegressor(pl.LightningModule):
     def __init__(self, net, clip):
         super().__init__()

@@ -77,3 +77,33 @@ def test_freezing_mid_cycle_restores_the_anchor():
     _backward(net, opt, data[2]); opt.step()
     net[0].weight.requires_grad_(False)
     assert opt.finish_cycle() == 1 and torch.equal(net[0].weight, w0)
+
+
+@pytest.mark.parametrize("parked", [False, True])
+def test_add_param_group_mid_cycle_equals_unfreezing_there(parked):
+    """A group added after a reference step (Lightning's BackboneFinetuning does it at an epoch
+    start; parked: the model at the anchor, as under the callbacks) joins the cycle as a
+    parameter unfrozen there would: the run equals one where the group was there from the start,
+    frozen until then (1e-12). Before: RuntimeError, 'call finish_cycle() first'."""
+    data = _batches(7)
+    net, ref = _net(), _net()
+    opt = GoodFit(torch.optim.AdamW(net[2].parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0,
+                  rest_at_anchor=parked)
+    ref[0].requires_grad_(False)
+    ref_opt = GoodFit(torch.optim.AdamW([{"params": ref[2].parameters()},
+                                         {"params": ref[0].parameters(), "lr": 1e-3}], lr=1e-2),
+                      n_ref=2, ref_ratio=2.0)
+    net[0].requires_grad_(False)
+    for k, b in enumerate(data):
+        if k == 4:  # after the first reference step of the second cycle
+            net[0].requires_grad_(True)
+            opt.add_param_group({"params": list(net[0].parameters()), "lr": 1e-3})
+            ref[0].requires_grad_(True)
+        opt.unpark()
+        _backward(net, opt, b); opt.step()
+        _backward(ref, ref_opt, b); ref_opt.step()
+    opt.unpark()
+    assert (opt.phase, opt.main_steps) == (ref_opt.phase, ref_opt.main_steps) == (1, 2)
+    assert not torch.equal(net[0].weight, _net()[0].weight)
+    for p, q in zip(net.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)

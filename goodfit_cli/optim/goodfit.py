@@ -153,15 +153,15 @@ class GoodFit(torch.optim.Optimizer):
         return self._displaced is not None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self._phase > 0:
-            raise RuntimeError(f"add_param_group in the middle of a cycle (phase {self._phase}); "
-                               "call finish_cycle() first")
+        """torch's, also mid-cycle (Lightning's BackboneFinetuning unfreezes at an epoch start):
+        the new parameters join the cycle as they are, as parameters unfrozen mid-cycle do."""
         self.main.add_param_group(param_group)
         for p in self.main.param_groups[-1]["params"]:
             if p.requires_grad:
                 self._anchor(p)
         if self._ref_opt is not None:
             self._ref_opt.add_param_group({"params": list(self.main.param_groups[-1]["params"])})
+        self._in_cycle()  # mid-cycle: their anchor is their value now (not moved by the cycle)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.main.zero_grad(set_to_none=set_to_none)
