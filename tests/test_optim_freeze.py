@@ -107,3 +107,28 @@ def test_add_param_group_mid_cycle_equals_unfreezing_there(parked):
     assert not torch.equal(net[0].weight, _net()[0].weight)
     for p, q in zip(net.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+def test_state_dict_after_unfreezing_mid_cycle_is_plain_tensors_and_resumes():
+    """state_dict() taken after a parameter was unfrozen mid-cycle (before the next step): its
+    anchor is a plain tensor (before: copied with grad mode on, it carried a grad_fn, and
+    copy.deepcopy of the state_dict raised), and a fresh optimizer loading it continues exactly."""
+    import copy
+
+    data = _batches(4)
+    net = _net()
+    net[0].requires_grad_(False)
+    opt = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0)
+    _backward(net, opt, data[0]); opt.step()
+    net[0].requires_grad_(True)
+    sd = opt.state_dict()
+    tensors = [v for e in sd["state"].values() for v in e.values() if torch.is_tensor(v)]
+    assert tensors and not any(t.requires_grad or t.grad_fn is not None for t in tensors)
+    net2 = copy.deepcopy(net)
+    opt2 = GoodFit(torch.optim.AdamW(net2.parameters(), lr=1e-2), n_ref=2, ref_ratio=2.0)
+    opt2.load_state_dict(copy.deepcopy(sd))
+    for b in data[1:]:
+        _backward(net, opt, b); opt.step()
+        _backward(net2, opt2, b); opt2.step()
+    for p, q in zip(net.parameters(), net2.parameters()):
+        assert torch.equal(p, q)

@@ -153,8 +153,7 @@ class GoodFit(torch.optim.Optimizer):
         return self._displaced is not None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """torch's, also mid-cycle (Lightning's BackboneFinetuning unfreezes at an epoch start):
-        the new parameters join the cycle as they are, as parameters unfrozen mid-cycle do."""
+        """torch's; mid-cycle the new parameters join the cycle as they are (as if unfrozen)."""
         self.main.add_param_group(param_group)
         for p in self.main.param_groups[-1]["params"]:
             if p.requires_grad:
@@ -210,6 +209,7 @@ class GoodFit(torch.optim.Optimizer):
         ps = (p for g in self.main.param_groups for p in g["params"])
         return [(i, p) for i, p in enumerate(ps) if p.requires_grad]
 
+    @torch.no_grad()  # also from state_dict(): an anchor copied with grad mode on had a grad_fn
     def _in_cycle(self, trainable: list | None = None) -> list[tuple[int, Tensor]]:
         """(index, parameter) covered by this cycle's anchor (`trainable`: `_trainable()`, read
         once a step): one unfrozen mid-cycle joins, anchored as it is; one frozen since stays."""
