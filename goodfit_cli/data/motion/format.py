@@ -85,20 +85,27 @@ class MotionLayout:
 
     def target(self, fields: Mapping[str, Tensor]) -> Tensor:
         """(N, 80, 3): future (x, y) of the target and its validity (0/1), invalid steps zeroed."""
-        valid = fields["target_future_valid"].float()
-        return torch.cat([fields["target_future"].float() * valid[..., None], valid[..., None]], dim=-1)
+        f = zero_masked({k: fields[k] for k in TARGET_FIELDS})
+        valid = f["target_future_valid"]
+        return torch.cat([f["target_future"], valid[..., None]], dim=-1)
+
+
+MASKED = (("target_history", "target_valid"), ("agents_history", "agents_valid"),
+          ("map_points", "map_valid"), ("lights_state", "lights_valid"),
+          ("target_future", "target_future_valid"))
 
 
 def zero_masked(fields: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A copy with every value under a False mask set to 0 (masks become 0/1 floats)."""
+    """A copy with every value under a False mask set to 0 (masks become 0/1 floats); a NaN or
+    Inf there becomes 0 too (a product with the mask would keep it). Finite values come out
+    bit for bit as value × mask (−0.0 included), so data hashes of earlier runs still match."""
     f = dict(fields)
-    for feat, mask in (("target_history", "target_valid"), ("agents_history", "agents_valid"),
-                       ("map_points", "map_valid"), ("lights_state", "lights_valid"),
-                       ("target_future", "target_future_valid")):
+    for feat, mask in MASKED:
         if feat in f:
             m = f[mask].float()
             f[mask] = m
-            f[feat] = f[feat].float() * m[..., None]
+            v = f[feat].float()
+            f[feat] = torch.where(m[..., None] > 0, v, v.nan_to_num(0.0, 0.0, 0.0) * 0)
     return f
 
 
@@ -152,7 +159,26 @@ def check_fields(fields: Mapping[str, Any], where: str) -> int:
             raise UserError(f"{where}: mask {name!r} must be bool, got {dt}")
         if not is_mask and "float" not in dt:
             raise UserError(f"{where}: field {name!r} must be floating point, got {dt}")
+    _check_finite(fields, where)
     return n
+
+
+def _check_finite(fields: Mapping[str, Any], where: str) -> None:
+    """A NaN or Inf where a value counts (under a True mask, or in a field without one) is a
+    UserError naming the field and the scene; under a False mask it is ignored (zeroed)."""
+    masks = dict(MASKED)
+    for name in MotionLayout().fields():
+        if name.endswith("_valid"):
+            continue
+        bad = ~torch.isfinite(torch.as_tensor(fields[name]))
+        if name in masks:
+            bad &= torch.as_tensor(fields[masks[name]]).bool()[..., None]
+        if bool(bad.any()):
+            scenes = bad.reshape(len(bad), -1).any(1).nonzero()[:, 0]
+            raise UserError(f"{where}: field {name!r} has a NaN or Inf in {len(scenes)} "
+                            f"scene(s), the first at scene {int(scenes[0])}"
+                            + (f" (under a true {masks[name]!r})" if name in masks else "")
+                            + "; values must be finite (see docs/motion-data.md)")
 
 
 class ShardWriter:
