@@ -208,8 +208,25 @@ def test_floor_and_ceiling_flags_and_a_value_exactly_at_a_bound_passes():
     arm = _arm(old_acc=0.9 - 1e-9)
     arm["metrics"]["new"]["mse"] = 0.15 + 1e-9
     res = evaluate_gate(gate, arm)
-    assert res["violations"] == ["old accuracy is 90.00 % (at least 90.00 %)",
-                                 "new mse is 0.15 (limit 0.15)"]
+    assert res["violations"] == ["old accuracy is 89.9999999 % (at least 90.0000000 %)",
+                                 "new mse is 0.150000001 (limit 0.15)"]
+
+
+def test_a_lower_is_better_metric_just_over_its_bound_reads_as_over_it():
+    """Motion metrics (metres, lower is better): a ceiling and a max_drop read the right way
+    at the boundary, and a failure never shows the value equal to its limit."""
+    gate = gate_from_flags(0.0235, None, "ade@8s", {"max_old": ["ade@8s=7.945"]})
+    arm = {"name": "adamw", "metrics": {"old": {"ade@8s": 7.945173}},
+           "delta": {"old": {"ade@8s": {"value": 0.02358, "ci": None, "better": False}}}}
+    res = evaluate_gate(gate, arm)
+    assert res["violations"] == ["old ade@8s rose 0.02358 (limit 0.0235)",
+                                 "old ade@8s is 7.9452 (limit 7.945)"]
+    arm["metrics"]["old"]["ade@8s"] = 7.945  # exactly at the ceiling: passes
+    arm["delta"]["old"]["ade@8s"]["value"] = -0.02358  # fell: an improvement, passes
+    res = evaluate_gate(gate, arm)
+    assert res["passed"], res
+    assert [c["message"] for c in res["checks"]] == ["old ade@8s improved by 0.02358 (limit "
+                                                     "0.0235)", "old ade@8s is 7.945 (limit 7.945)"]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])

@@ -273,6 +273,20 @@ def _amount(metric: str, x: float) -> str:
     return f"{abs(x) * 100:.2f} pts" if is_rate(metric) else f"{abs(x):.4g}"
 
 
+def _shown(metric: str, a: float, b: float, unit: str = " %") -> tuple[str, str]:
+    """a and b as the report shows them (4 significant digits; a rate in % to 2 decimals), with
+    more digits while they would read alike but differ beyond the gate's tolerance (a value
+    just over its limit must not read "7.945 (limit 7.945)")."""
+    rate = is_rate(metric)
+    differ = not within(a, b, "max") or not within(a, b, "min")
+    for extra in range(14):
+        out = tuple(f"{v * 100:.{2 + extra}f}{unit}" if rate else f"{v:.{4 + extra}g}"
+                    for v in (a, b))
+        if out[0] != out[1] or not differ:
+            break
+    return out
+
+
 def _ci_text(metric: str, ci) -> str:
     scale, unit = (100, " pts") if is_rate(metric) else (1, "")
     return f"95 % CI [{ci[0] * scale:.3g}, {ci[1] * scale:.3g}]{unit}"
@@ -306,13 +320,12 @@ def _check(limit: Limit, arm: dict) -> dict:
                               f"{arm['name']!r}: it never passes a gate")
             if value is None:
                 return result(None, False, f"{label}: not in the report for arm {arm['name']!r}")
-        shown, thr_shown = (f"{value * 100:.2f} %", f"{thr * 100:.2f} %") if is_rate(metric) \
-            else (f"{value:.4g}", f"{thr:.4g}")
         if not _finite(value):
             return result(None, False, f"{label} is not a finite number for arm "
                           f"{arm['name']!r}: it never passes a gate")
         why = ("a max or min bound has a CI only on nfr and pfr; use max_drop or min_gain"
                if metric not in FLIP_METRICS else "no predictions")
+        shown, thr_shown = _shown(metric, value, thr)
         if limit.bound == "max":
             return result(value, within(value, thr, "max"), f"{label} is {shown} (limit "
                           f"{thr_shown})", ci, ci is not None and ci[0] > thr, why)
@@ -335,17 +348,19 @@ def _check(limit: Limit, arm: dict) -> dict:
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
     why = entry.get("no_ci") or "no predictions"  # f1, balanced_accuracy: not a per-sample mean
     drop = -sign * d                                      # > 0: moved in the bad direction
+    moved, limit_shown = _shown(metric, abs(d), abs(thr), " pts") \
+        if limit.bound in ("max_drop", "min_gain") else (_amount(metric, d), "")
     if drop > 0:
-        change = f"{'dropped' if sign > 0 else 'rose'} {_amount(metric, d)}"
+        change = f"{'dropped' if sign > 0 else 'rose'} {moved}"
     else:
-        change = f"improved by {_amount(metric, d)}" if drop < 0 else "did not change"
+        change = f"improved by {moved}" if drop < 0 else "did not change"
     if limit.bound == "min_gain":
-        need = f"{'-' if thr < 0 else ''}{_amount(metric, thr)}"
+        need = f"{'-' if thr < 0 else ''}{limit_shown}"
         return result(-drop, within(-drop, thr, "min"),
                       f"{label} {change} (needs a gain of at least {need})", ci, significant, why)
     if limit.bound == "max_drop":
         return result(drop, within(drop, thr, "max"),
-                      f"{label} {change} (limit {_amount(metric, thr)})", ci, significant, why)
+                      f"{label} {change} (limit {limit_shown})", ci, significant, why)
     base = arm["metrics"][task][metric] - d
     if base == 0:
         return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
