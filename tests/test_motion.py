@@ -272,6 +272,22 @@ def test_non_finite_values_one_line_and_masked_ones_zeroed(tmp_path):
     assert bool(torch.signbit(got["agents_history"][1, 2]).all())
 
 
+def test_a_target_not_observed_at_t0_is_one_line(tmp_path):
+    """The frame is the target's pose at t = 0, so target_valid must be true there (the doc's
+    table says so): a scene without it is refused, naming the field, step and scene."""
+    fields = generate("car", 5, 0, "train", MotionLayout(**SIZES))
+    fields["target_valid"][3, 10] = False
+    with pytest.raises(UserError, match=r"^\S+: scenes 0\+: field 'target_valid' is false at the "
+                                        r"current step \(index 10, t = 0\) in 1 scene\(s\), the "
+                                        r"first at scene 3;"):
+        ShardWriter(tmp_path / "w", "train").add_batch(fields)
+    fields["target_valid"][3, 10] = True
+    fields["target_valid"][3, 0] = False  # an earlier step may be missing
+    with ShardWriter(tmp_path / "w", "train") as w:
+        w.add_batch(fields)
+    assert len(read_shards(tmp_path / "w" / "train")["target_valid"]) == 5
+
+
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
     """joint: the old task's training split is its car scenes then the pedestrian scenes (the
     joint-training reference, docs/results.md), no scene of either test split among them; every

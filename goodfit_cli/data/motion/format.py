@@ -160,6 +160,12 @@ def check_fields(fields: Mapping[str, Any], where: str) -> int:
         if not is_mask and "float" not in dt:
             raise UserError(f"{where}: field {name!r} must be floating point, got {dt}")
     _check_finite(fields, where)
+    now = ~torch.as_tensor(fields["target_valid"])[:, HISTORY - 1]
+    if bool(now.any()):
+        raise UserError(f"{where}: field 'target_valid' is false at the current step (index "
+                        f"{HISTORY - 1}, t = 0) in {int(now.sum())} scene(s), the first at scene "
+                        f"{int(now.nonzero()[0, 0])}; the frame is the target's pose observed "
+                        f"then (see docs/motion-data.md)")
     return n
 
 
