@@ -288,6 +288,25 @@ def test_a_target_not_observed_at_t0_is_one_line(tmp_path):
     assert len(read_shards(tmp_path / "w" / "train")["target_valid"]) == 5
 
 
+def test_a_field_with_the_wrong_number_of_dimensions_is_one_line(tmp_path):
+    """A field missing an axis (or a scene written without the scene axis) is named with the
+    documented shape, by the writer and the reader, not an IndexError from the size read-out."""
+    fields = generate("car", 3, 0, "train", MotionLayout(**SIZES))
+    one = {k: v[0] for k, v in fields.items()}
+    with pytest.raises(UserError, match=r"field 'target_history' has shape \(11, 6\), "
+                                        r"expected \(N, 11, 6\): N scenes first"):
+        ShardWriter(tmp_path / "w", "train").add_batch(one)
+    path = tmp_path / "r" / "train" / "shard-00000.safetensors"
+    path.parent.mkdir(parents=True)
+    meta = {"motion_format": "goodfit-motion/1", "split": "train", "first_scene": 0, "scenes": 3}
+    flat = {k: torch.from_numpy(v) for k, v in fields.items()}
+    flat["map_points"] = flat["map_points"][:, 0, 0].contiguous()
+    ckpt.save_model(path, flat, meta)
+    with pytest.raises(UserError, match=rf"^{path}: field 'map_points' has shape \(3, 8\), "
+                                        r"expected \(N, P, L, 8\): N scenes first"):
+        read_shards(path.parent)
+
+
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
     """joint: the old task's training split is its car scenes then the pedestrian scenes (the
     joint-training reference, docs/results.md), no scene of either test split among them; every

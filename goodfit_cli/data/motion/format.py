@@ -146,6 +146,13 @@ def check_fields(fields: Mapping[str, Any], where: str) -> int:
     missing = [k for k in MotionLayout().fields() if k not in fields]
     if missing:
         raise UserError(f"{where}: missing field {missing[0]!r} (see docs/motion-data.md)")
+    symbolic = MotionLayout("A", "P", "L", "K").fields()  # type: ignore[arg-type]
+    for name, shape in symbolic.items():
+        have = tuple(np.shape(fields[name]))
+        if len(have) != 1 + len(shape):
+            want = ", ".join(map(str, ("N", *shape)))
+            raise UserError(f"{where}: field {name!r} has shape {have}, expected ({want}): N "
+                            f"scenes first (see docs/motion-data.md)")
     layout = layout_of(fields)
     n = len(fields["target_history"])
     for name, shape in layout.fields().items():
