@@ -307,6 +307,18 @@ def test_a_field_with_the_wrong_number_of_dimensions_is_one_line(tmp_path):
         read_shards(path.parent)
 
 
+def test_data_sizes_other_than_the_models_name_the_recipe(tmp_path):
+    """data.args.agents 8 against model.args.agents 4: `validate --data` says which recipe and
+    sections, and the model's own reason, in one line (it said only the reason)."""
+    from goodfit_cli.workflows.validate import validate
+
+    path = RECIPES_DIR / "motion_car2ped.yaml"
+    with pytest.raises(UserError, match=rf"^{path}: data and {path}: model: the old task's train "
+                                        r"data does not fit the model 'motion_transformer': "
+                                        r"motion input has shape \(2, \d+\)"):
+        validate(path, [*TINY, "data.args.agents=8"], data=True)
+
+
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
     """joint: the old task's training split is its car scenes then the pedestrian scenes (the
     joint-training reference, docs/results.md), no scene of either test split among them; every

@@ -48,6 +48,9 @@ def check_fits(model: nn.Module, session) -> None:
                 try:
                     with torch.no_grad():
                         loss = session.runners[name].loss(model, x, y)
+                except UserError as e:  # the model's own words (motion: the sizes differ)
+                    raise UserError(f"{where}: the {name} task's {split_name} data does not "
+                                    f"fit the model {recipe.model.name!r}: {e}") from None
                 except (RuntimeError, IndexError, ValueError, TypeError) as e:
                     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
                     if (cause := _text_cause(model, session, name)) is not None:
