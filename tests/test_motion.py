@@ -274,7 +274,8 @@ def test_non_finite_values_one_line_and_masked_ones_zeroed(tmp_path):
 
 def test_a_target_not_observed_at_t0_is_one_line(tmp_path):
     """The frame is the target's pose at t = 0, so target_valid must be true there (the doc's
-    table says so): a scene without it is refused, naming the field, step and scene."""
+    table says so): a scene without it is refused, naming the field, step and scene; so is a
+    target with no valid future step (it would score 0 m, a perfect prediction)."""
     fields = generate("car", 5, 0, "train", MotionLayout(**SIZES))
     fields["target_valid"][3, 10] = False
     with pytest.raises(UserError, match=r"^\S+: scenes 0\+: field 'target_valid' is false at the "
@@ -282,6 +283,11 @@ def test_a_target_not_observed_at_t0_is_one_line(tmp_path):
                                         r"first at scene 3;"):
         ShardWriter(tmp_path / "w", "train").add_batch(fields)
     fields["target_valid"][3, 10] = True
+    fields["target_future_valid"][1] = False  # nothing to score: it would read as 0 m
+    with pytest.raises(UserError, match=r"field 'target_future_valid' has no true step in 1 "
+                                        r"scene\(s\), the first at scene 1;"):
+        ShardWriter(tmp_path / "w", "train").add_batch(fields)
+    fields["target_future_valid"][1, 40:] = True  # lost for the first 4 s: fine
     fields["target_valid"][3, 0] = False  # an earlier step may be missing
     with ShardWriter(tmp_path / "w", "train") as w:
         w.add_batch(fields)

@@ -173,6 +173,12 @@ def check_fields(fields: Mapping[str, Any], where: str) -> int:
                         f"{HISTORY - 1}, t = 0) in {int(now.sum())} scene(s), the first at scene "
                         f"{int(now.nonzero()[0, 0])}; the frame is the target's pose observed "
                         f"then (see docs/motion-data.md)")
+    none = ~torch.as_tensor(fields["target_future_valid"]).reshape(n, -1).any(1)
+    if bool(none.any()):
+        raise UserError(f"{where}: field 'target_future_valid' has no true step in "
+                        f"{int(none.sum())} scene(s), the first at scene "
+                        f"{int(none.nonzero()[0, 0])}; a target without a future to score would "
+                        f"count as a perfect prediction: leave such scenes out")
     return n
 
 
