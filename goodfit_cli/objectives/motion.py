@@ -94,12 +94,13 @@ class Motion(Objective):
     """Multi-modal trajectory prediction: metrics ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse, loss."""
 
     kind = "regression"
-    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h} (best of the modes)")
+    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h}, metres (best mode)")
                   for h in HORIZONS for m, what in (("ade", "mean displacement error"),
                                                     ("fde", "final displacement error"))),
                 Metric("miss@8s", False, rate=True, description="share of samples whose best "
-                       "final displacement at 8s exceeds miss_threshold"),
-                Metric("mse", False, description="mean squared error (motion: of the most likely mode)"),
+                       "final displacement at 8s exceeds miss_threshold (2 m by default)"),
+                Metric("mse", False, description="mean squared error (motion: of the most likely "
+                       "mode, square metres)"),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics, ce_weight: float = 1.0, beta: float = 1.0,
