@@ -325,6 +325,21 @@ def test_data_sizes_other_than_the_models_name_the_recipe(tmp_path):
         validate(path, [*TINY, "data.args.agents=8"], data=True)
 
 
+@pytest.mark.parametrize("extra", [{"standardize": True}, {"normalize": {"mean": [0.0],
+                                                                     "std": [1.0]}}])
+def test_motion_inputs_are_never_normalised(extra):
+    """standardize: true would standardise the packed row, masks included (a True mask that is
+    always 1 became 0, a missing step): refused in one line naming the key."""
+    key = next(iter(extra))
+    args = {"old": "car", "new": "pedestrian", "synthetic": {"scenes": 4, "test_scenes": 2}}
+    with pytest.raises(UserError, match=rf"^r.yaml: data.args.{key}: the motion dataset's rows "
+                                        r"pack metres, m/s, unit vectors and 0/1 masks"):
+        build_data("motion", {**args, **SIZES, **extra}, seed=0, data_dir=None,
+                   where="r.yaml: data")
+    assert build_data("motion", {**args, **SIZES, "standardize": False}, seed=0,
+                      data_dir=None)["old"].input is None
+
+
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
     """joint: the old task's training split is its car scenes then the pedestrian scenes (the
     joint-training reference, docs/results.md), no scene of either test split among them; every

@@ -56,6 +56,10 @@ def build_data(
     args = dict(args or {}) if isinstance(args, Mapping) else args
     normalize = args.pop("normalize", None) if isinstance(args, dict) else None
     standardize = args.pop("standardize", False) if isinstance(args, dict) else False
+    as_stored = getattr(builder, "fed_as_stored", None)  # why its inputs are never normalised
+    if as_stored and (normalize is not None or standardize not in (False, None)):
+        key = "normalize" if normalize is not None else "standardize"
+        raise UserError(f"{loc(where, 'args')}.{key}: {as_stored}")
     tasks = call_with_args(builder, args, where, DataContext(seed, data_dir, lazy))
     assert set(tasks) == {"old", "new"}, f"dataset {name!r} must return old and new tasks"
     spec = input_statistics(tasks, normalize, standardize, loc(where, "args"))

@@ -66,6 +66,11 @@ def motion(
     return tasks
 
 
+motion.fed_as_stored = (  # type: ignore[attr-defined]  # read by build_data
+    "the motion dataset's rows pack metres, m/s, unit vectors and 0/1 masks in one tensor "
+    "(docs/motion-data.md); they are fed to the model as stored, never normalised: remove it")
+
+
 def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
                layout: MotionLayout) -> dict[str, Task]:
     from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
