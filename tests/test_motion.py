@@ -340,6 +340,24 @@ def test_motion_inputs_are_never_normalised(extra):
                       data_dir=None)["old"].input is None
 
 
+def test_a_writer_never_writes_over_shards_already_there(tmp_path):
+    """A converter run twice into one directory overwrote the first run's shards and, writing
+    fewer, left the rest to be read with its own (two runs' scenes mixed): refused, nothing
+    touched."""
+    layout = MotionLayout(**SIZES)
+    with ShardWriter(tmp_path, "train", shard_size=3) as w:
+        w.add_batch(generate("car", 7, 0, "train", layout))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()}
+    assert len(before) == 3
+    with pytest.raises(UserError, match=r"train: already holds 3 shard file\(s\) "
+                                        r"\(shard-00000.safetensors\); write into an empty"):
+        ShardWriter(tmp_path, "train", shard_size=3)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()} == before
+    with ShardWriter(tmp_path, "test") as w:  # the other split's directory is its own
+        w.add_batch(generate("car", 2, 0, "test", layout))
+    assert len(read_shards(tmp_path / "train")["target_type"]) == 7
+
+
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):
     """joint: the old task's training split is its car scenes then the pedestrian scenes (the
     joint-training reference, docs/results.md), no scene of either test split among them; every

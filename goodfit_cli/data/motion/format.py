@@ -229,6 +229,10 @@ class ShardWriter:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create {self.dir}: {e.strerror or e}") from None
+        if existing := shard_files(self.dir):  # overwritten, and any past ours read as data
+            raise UserError(f"{self.dir}: already holds {len(existing)} shard file(s) "
+                            f"({existing[0].name}); write into an empty directory, or remove "
+                            f"them first")
 
     def add(self, scene: Mapping[str, Any]) -> None:
         self.add_batch({k: np.asarray(v)[None] for k, v in scene.items()})
