@@ -98,7 +98,7 @@ def _time_note(report: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     """A pull-request comment: verdict, base-vs-arms table, regressions, read-out, violations."""
-    out = [f"### goodfit: {verdict(report)}", ""]
+    out = [f"### goodfit: {md_escape(verdict(report))}", ""]
     out += [line for text in _header_lines(report) for line in (md_escape(text), "")]
     out += _md_table(*_main_rows(report))
     out += ["", "Δ = arm − base; ▲/▼ is the sign of the change, (better)/(worse) its effect; "
@@ -139,7 +139,7 @@ def render_markdown(report: dict) -> str:
     if violations:
         out += ["", "#### Gate violations", ""]
         out += [f"- **{md_escape(n)}**: {md_escape(v)}" for n, v in violations]
-    out += ["", "#### Candidates", ""] + [f"- **{md_escape(n)}**: `{md_escape(c)}`"
+    out += ["", "#### Candidates", ""] + [f"- **{md_escape(n)}**: {md_spans(f'`{c}`')}"
                                           for n, c in _candidates(report)]
     times = _time_rows(report)
     if times:
