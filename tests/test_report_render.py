@@ -42,3 +42,9 @@ def test_markdown_candidate_path_with_markup_is_not_an_entity_filled_code_span()
     assert not re.search(r"(?<!\\)`[^`]*&(lt|gt|amp);[^`]*(?<!\\)`", md)
     md = render_markdown(_report("a", "runs/a.safetensors"))
     assert "- **a**: `runs/a.safetensors`" in md
+
+
+def test_applying_a_gate_states_it_at_the_top():
+    """a report gated with apply_gate says its limits, not 'no gate', above a FAILED verdict"""
+    md = render_markdown(_report("a", "runs/a.safetensors"))
+    assert md.splitlines()[2] == "Gate: old accuracy max_drop 0.01 (from command-line flags)."

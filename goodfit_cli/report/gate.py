@@ -381,11 +381,13 @@ def evaluate_gate(gate: Gate, report_arm: dict) -> dict:
 
 
 def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
-    """Evaluate every arm of a built report, store each result as arm["gate"], return them.
+    """Evaluate every arm of a built report, store each result as arm["gate"] and the gate in
+    words as report["gate_limits"] (the top of the report), return the results.
     A limit on a metric the report's base does not have is a UserError (exit 2)."""
     kinds = {t: report["tasks"][t]["kind"] for t in TASKS}
     check_metrics(gate, {t: set(report["base_metrics"][t]) for t in TASKS}, kinds, "the run")
     results = {}
     for arm in report["arms"]:
         arm["gate"] = results[arm["name"]] = evaluate_gate(gate, arm)
+    report["gate_limits"] = describe(gate)
     return results
