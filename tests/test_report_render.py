@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 
 import torch
 
 from goodfit_cli.report import RunSide, build_report, render_markdown
 from goodfit_cli.report.gate import apply_gate, gate_from_flags
+from goodfit_cli.report.svg import line_plot
 
 CLS = {"old": "classification", "new": "classification"}
 ACC = {"old": "accuracy", "new": "accuracy"}
@@ -48,3 +50,22 @@ def test_applying_a_gate_states_it_at_the_top():
     """a report gated with apply_gate says its limits, not 'no gate', above a FAILED verdict"""
     md = render_markdown(_report("a", "runs/a.safetensors"))
     assert md.splitlines()[2] == "Gate: old accuracy max_drop 0.01 (from command-line flags)."
+
+
+def _tick_labels(svg: str) -> list[str]:
+    """The y axis's tick labels (the text right-aligned at the left margin)."""
+    root = ET.fromstring(svg)
+    return [t.text for t in root.iter("text") if t.get("text-anchor") == "end"]
+
+
+def test_tick_labels_of_tiny_and_crowded_large_values_are_short_and_distinct():
+    """values around 1e-9 get 1.5e-09, not 0.0000000015 (past the left margin); values a step
+    apart at 1e6 read apart, not all '1e+06'; everyday ranges keep fixed point"""
+    tiny = _tick_labels(line_plot([("a", [0, 1], [1e-9, 3e-9])], "t", "x", "y"))
+    assert tiny == ["1e-09", "1.5e-09", "2e-09", "2.5e-09", "3e-09"]
+    big = _tick_labels(line_plot([("a", [0, 1], [1e6, 1e6 + 1])], "t", "x", "y"))
+    assert len(set(big)) == len(big) and "1000000.4" in big
+    assert _tick_labels(line_plot([("a", [0, 1], [0.38, 0.41])], "t", "x", "y")) == \
+        ["0.38", "0.39", "0.40", "0.41"]
+    assert _tick_labels(line_plot([("a", [0, 1], [12, 30000])], "t", "x", "y")) == \
+        ["0", "10000", "20000", "30000"]

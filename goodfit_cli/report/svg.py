@@ -26,16 +26,22 @@ def _domain(values: list[float]) -> tuple[float, float]:
 
 
 def _ticks(lo: float, hi: float, n: int = 6) -> tuple[list[float], int]:
-    """About n round ticks (1, 2, 5 × 10^k) in [lo, hi], and the decimals to print them with."""
+    """About n round ticks (1, 2, 5 × 10^k) in [lo, hi], and the decimal place of their step
+    (negative for a step of 10 or more): what _fmt prints them with."""
     raw = (hi - lo) / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
     ticks = [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
-    return ticks, max(0, -math.floor(math.log10(step)))
+    return ticks, -math.floor(math.log10(step))
 
 
 def _fmt(v: float, decimals: int) -> str:
-    return f"{v:.3g}" if abs(v) >= 1e6 else f"{v:.{decimals}f}"
+    """A tick label to the step's decimal place: fixed point when that is short, else as many
+    significant digits as tell neighbouring ticks apart (1.5e-09, 1000000.2, 2e+06), so a
+    label fits the margin and no two ticks read the same."""
+    if abs(v) < 1e6 and decimals <= 4 or v == 0:
+        return f"{v:.{max(0, decimals)}f}"
+    return f"{v:.{max(1, math.floor(math.log10(abs(v))) + decimals + 1)}g}"
 
 
 def scales(xd: tuple[float, float], yd: tuple[float, float],
