@@ -404,3 +404,21 @@ def test_a_very_long_eta_reads_in_days_or_years():
     assert _duration(1234273 * 3600) == "141 years"
     assert _duration(1.8e20 * 3600) == "2.1e+16 years"
 
+
+
+def test_the_search_summary_says_when_its_recommendation_fails_the_gate_on_test(
+        monkeypatch, tmp_path):
+    """The report says '(gate on test: FAILS)' beside the recommendation; the terminal's last
+    line says so too (before: only the trial and where it was exported)."""
+    import goodfit_cli.workflows.search as search
+
+    rec = {"number": 0, "arm": "rmsprop", "params": {}, "passes_gate_test": False}
+    rep = {"recommendation": rec, "complete": 1, "pruned": 0, "rule": "new",
+           "exported": "run/recommended/model.safetensors"}
+    monkeypatch.setattr(search, "search", lambda *a, **k: rep)
+    args = ["search", "--recipe", "toy", "--base", "b.safetensors", "--trials", "1", "--out",
+            str(tmp_path / "s"), "--max-old-drop", "0.05"]
+    out = cli.invoke(app, args).output
+    assert "it FAILS the gate on test (see the report)" in out, out
+    rec["passes_gate_test"] = True
+    assert "FAILS" not in cli.invoke(app, args).output

@@ -241,7 +241,9 @@ def search(
         ("none passes the gate" + (" (the base itself fails it on validation: see the report)"
                                    if rep.get("base_outside_gate") else "")) if rec is None else
         f"trial {rec['number']}, {shipped_name(rec)} -> "
-        f"{rep.get('exported') or rep.get('export_note')}")
+        f"{rep.get('exported') or rep.get('export_note')}"
+        + ("; it FAILS the gate on test (see the report)"
+           if rec.get("passes_gate_test") is False else ""))
         + _close_line(rep.get("close_calls")))
 
 
