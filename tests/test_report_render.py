@@ -69,3 +69,23 @@ def test_tick_labels_of_tiny_and_crowded_large_values_are_short_and_distinct():
         ["0.38", "0.39", "0.40", "0.41"]
     assert _tick_labels(line_plot([("a", [0, 1], [12, 30000])], "t", "x", "y")) == \
         ["0", "10000", "20000", "30000"]
+
+
+def test_many_legend_entries_make_the_figure_taller_instead_of_falling_off_it():
+    """20 series: the legend runs past the 340-px plot, so the figure grows to hold it"""
+    series = [(f"arm{i}", [0, 1], [i, i + 1]) for i in range(20)]
+    root = ET.fromstring(line_plot(series, "t", "x", "y"))
+    height = float(root.get("height"))
+    assert root.get("viewBox") == f"0 0 640 {root.get('height')}" and height > 340
+    shifts = [float(g.get("transform").split()[1].rstrip(")")) for g in root.iter("g")]
+    assert len(shifts) == 20 and max(shifts) + 8 <= height
+    assert ET.fromstring(line_plot(series[:3], "t", "x", "y")).get("height") == "340"
+
+
+def test_each_arms_chosen_wise_point_has_its_arms_colour():
+    """the chosen α markers of two arms differ (each its line's colour); the base stays black"""
+    svg = line_plot([("a", [0, 1], [0, 1]), ("b", [0, 1], [1, 0])], "t", "x", "y",
+                    points=[("base", 0, 0), ("a α 0.5 (chosen)", 0.5, 0.5, 0),
+                            ("b α 0.5 (chosen)", 0.5, 0.5, 1)])
+    fills = [p.get("fill") for p in ET.fromstring(svg).iter("path") if p.find("title") is not None]
+    assert fills == ["#000", "#0072B2", "#D55E00"]

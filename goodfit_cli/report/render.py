@@ -252,8 +252,8 @@ def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[s
                           f"new {pn}", f"old {po}", points=base_test)]
     base = report["base_val_metrics"]
     points = [("base", base["new"].get(pn), base["old"].get(po))]
-    points += [(f"{a['name']} α {w['alpha']:g} (chosen)", at(w, "new", pn), at(w, "old", po))
-               for a in arms for w in a["wise"] if w.get("chosen")]
+    points += [(f"{a['name']} α {w['alpha']:g} (chosen)", at(w, "new", pn), at(w, "old", po), i)
+               for i, a in enumerate(arms) for w in a["wise"] if w.get("chosen")]  # its colour
     return [line_plot(lines, "WiSE-FT interpolation on validation (α from base to arm)",
                       f"new {pn} (val)", f"old {po} (val)", points=points)]
 

@@ -62,24 +62,23 @@ def plot_area(xs: Sequence[float], ys: Sequence[float]):
 
 
 def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlabel: str,
-              ylabel: str, points: Sequence[tuple[str, float, float]] | None = None) -> str:
-    """An SVG line plot: one line per (label, xs, ys), plus labelled markers `points`.
+              ylabel: str, points: Sequence[tuple] | None = None) -> str:
+    """An SVG line plot: one line per (label, xs, ys), plus labelled markers `points`, each
+    (label, x, y) (a black diamond) or (label, x, y, i) (a diamond in series i's colour).
 
     Missing (None / NaN) values break a line instead of joining across the gap. Lines with few
-    points also get a dot per point.
+    points also get a dot per point. A legend longer than the figure makes the figure taller.
     """
     points = [p for p in (points or []) if _finite(p[1]) and _finite(p[2])]
     xs_all = [x for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
     ys_all = [y for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
     xs_all += [p[1] for p in points]
     ys_all += [p[2] for p in points]
-    out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
-           f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>',
-           f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    out = [f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
     if not xs_all:
         out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">'
                    'no data</text>')
-        return "".join(out) + "</svg>"
+        return _figure(title, out, _H)
     (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all)
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
@@ -115,12 +114,21 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         out.append(_legend(legend_y, label, f'<line x1="0" y1="0" x2="18" y2="0" '
                                             f'stroke="{colour}" stroke-width="3"/>'))
         legend_y += 18
-    for label, x, y in points:
-        out.append(f'<path d="M{px(x):.1f},{py(y) - 6:.1f} l6,6 l-6,6 l-6,-6 z" fill="#000">'
-                   f'<title>{escape(label)}</title></path>')
-        out.append(_legend(legend_y, label, '<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" fill="#000"/>'))
+    for label, x, y, *of in points:
+        fill = COLOURS[of[0] % len(COLOURS)] if of else "#000"
+        out.append(f'<path d="M{px(x):.1f},{py(y) - 6:.1f} l6,6 l-6,6 l-6,-6 z" fill="{fill}" '
+                   f'stroke="#000"><title>{escape(label)}</title></path>')
+        out.append(_legend(legend_y, label, f'<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" '
+                                            f'fill="{fill}" stroke="#000"/>'))
         legend_y += 18
-    return "".join(out) + "</svg>"
+    return _figure(title, out, max(_H, legend_y))
+
+
+def _figure(title: str, body: list[str], height: float) -> str:
+    """The <svg> around `body`: _W wide, `height` tall (the plot's _H, or more for a legend)."""
+    return (f'<svg class="plot" viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" '
+            f'role="img" font-family="{_FONT}" aria-label="{escape(title)}"><title>'
+            f'{escape(title)}</title>' + "".join(body) + "</svg>")
 
 
 def _legend(y: float, label: str, glyph: str) -> str:
