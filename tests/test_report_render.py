@@ -89,3 +89,21 @@ def test_each_arms_chosen_wise_point_has_its_arms_colour():
                             ("b α 0.5 (chosen)", 0.5, 0.5, 1)])
     fills = [p.get("fill") for p in ET.fromstring(svg).iter("path") if p.find("title") is not None]
     assert fills == ["#000", "#0072B2", "#D55E00"]
+
+
+def test_plot_axes_say_which_way_is_better():
+    """accuracy axes say 'higher is better', mse axes 'lower is better' (the tables say it only
+    through (better)/(worse)); a metric with no declared direction says neither"""
+    from goodfit_cli.report.render import _axis, render_html
+
+    rep = _report("a", "runs/a.safetensors")
+    rep["arms"][0]["curve"] = [{"batch": b, "main_steps": b, "val": {
+        "old": {"accuracy": 0.9 - b / 100}, "new": {"accuracy": 0.5 + b / 100}}}
+        for b in (10, 20)]
+    html = render_html(rep)
+    texts = ["".join(t.itertext()) for svg in re.findall(r"<svg.*?</svg>", html, re.S)
+             for t in ET.fromstring(svg).iter("text")]
+    assert "old accuracy (validation; higher is better)" in texts
+    assert "new accuracy (validation; higher is better)" in texts
+    assert _axis("old", "mse", "val") == "old mse (val; lower is better)"
+    assert _axis("old", "bleu_like", "val") == "old bleu_like (val)"

@@ -10,6 +10,7 @@ import html
 import re
 
 from goodfit_cli.core.text import printable
+from goodfit_cli.objectives import metric as declared_metric
 from goodfit_cli.report.sections import (  # verdict: re-exported by the package
     class_label,
     time_rows,
@@ -219,17 +220,25 @@ def _plots(report: dict) -> list[str]:
         if any(s[1] for s in series):
             base_pt = [("base", 0, ref)] if ref is not None else None
             plots.append(line_plot(series, f"{task} task {metric} on {word} vs batches",
-                                   "batches", f"{task} {metric} ({word})", points=base_pt))
+                                   "batches", _axis(task, metric, word), points=base_pt))
     base_pt = [("base", bn, bo)] if bn is not None and bo is not None else None
     paths = [(a["name"], [bn] + [(r["new"] or {}).get(pn) for r in c],
               [bo] + [(r["old"] or {}).get(po) for r in c]) for a, c, _ in arms]
     if any(c for _, c, _ in arms):
         plots.append(line_plot(paths, f"trade-off path on {word} (base → arm)",
-                               f"new {pn} ({word})", f"old {po} ({word})", points=base_pt))
+                               _axis("new", pn, word), _axis("old", po, word), points=base_pt))
     test_pt = ([("base", base["new"].get(pn), base["old"].get(po))]
                if base["new"].get(pn) is not None and base["old"].get(po) is not None else None)
     plots += _wise_plot(report, po, pn, test_pt)
     return plots
+
+
+def _axis(task: str, metric: str, split: str) -> str:
+    """An axis's label: task, metric, split and which way is better ('old mse (val; lower is
+    better)'); a metric nothing declares a direction for gets none."""
+    m = declared_metric(metric)
+    better = "" if m is None else f"; {'higher' if m.direction > 0 else 'lower'} is better"
+    return f"{task} {metric} ({split}{better})"
 
 
 def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[str]:
@@ -249,13 +258,13 @@ def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[s
               [at(w, "old", po) for w in a["wise"]]) for a in arms]
     if not on_val:
         return [line_plot(lines, "WiSE-FT interpolation on test (α from base to arm)",
-                          f"new {pn}", f"old {po}", points=base_test)]
+                          _axis("new", pn, "test"), _axis("old", po, "test"), points=base_test)]
     base = report["base_val_metrics"]
     points = [("base", base["new"].get(pn), base["old"].get(po))]
     points += [(f"{a['name']} α {w['alpha']:g} (chosen)", at(w, "new", pn), at(w, "old", po), i)
                for i, a in enumerate(arms) for w in a["wise"] if w.get("chosen")]  # its colour
     return [line_plot(lines, "WiSE-FT interpolation on validation (α from base to arm)",
-                      f"new {pn} (val)", f"old {po} (val)", points=points)]
+                      _axis("new", pn, "val"), _axis("old", po, "val"), points=points)]
 
 
 def _confusion_html(title: str, conf: dict, report: dict, limit: int = 30) -> str:
