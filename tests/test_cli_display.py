@@ -94,7 +94,7 @@ def test_a_table_that_does_not_fit_prints_one_record_per_line(width):
         "regression report (test split)",
         "base: old mse 0.01235, new mse 1.235",
         "goodfit:lookahead_adamw: old mse 0.02346, Δ +0.01111, new mse 0.3457, Δ -0.8889, "
-        "batches/upd 1500/750, old NFR 1.23%, gate FAIL"]
+        "batches/upd 1500/750, old NFR 1.23 %, gate FAIL"]
 
 
 def test_a_table_that_fits_is_drawn_as_a_table():
@@ -422,3 +422,41 @@ def test_the_search_summary_says_when_its_recommendation_fails_the_gate_on_test(
     assert "it FAILS the gate on test (see the report)" in out, out
     rec["passes_gate_test"] = True
     assert "FAILS" not in cli.invoke(app, args).output
+
+
+def test_the_terminal_prints_rates_as_the_report_does():
+    """accuracy 0.6 with a change of +0.075 reads '60.00 %' and '+7.50 pts', as in report.md
+    (before: '0.6' and '+0.075' beside an NFR in %); an unchanged metric gets no colour"""
+    rep = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+           "base_metrics": {"old": {"accuracy": 1.0}, "new": {"accuracy": 0.525}},
+           "arms": [{"name": "sgd", "flips": {"old": {"nfr": 0.0}},
+                     "metrics": {"old": {"accuracy": 1.0}, "new": {"accuracy": 0.6}},
+                     "delta": {"old": {"accuracy": {"value": 0.0, "better": False}},
+                               "new": {"accuracy": {"value": 0.075, "better": True}}},
+                     "gate": None}]}
+    buf = io.StringIO()
+    show(summary_table(rep), Console(file=buf, width=40, color_system=None))
+    assert buf.getvalue().splitlines()[1:] == [
+        "base: old accuracy 100.00 %, new accuracy 52.50 %",
+        "sgd: old accuracy 100.00 %, Δ +0.00 pts, new accuracy 60.00 %, Δ +7.50 pts, "
+        "batches/upd -, old NFR 0.00 %"]
+    cells = summary_table(rep).columns[2]._cells
+    assert cells[1] == "+0.00 pts"  # no [red]: the report says '= (same)'
+
+
+def test_the_verdict_line_prints_a_rate_in_percent(monkeypatch, tmp_path):
+    """the shipped point's accuracy reads '95.12 %' as in the report's ship line, not 0.95123"""
+    import goodfit_cli.cli.base as base
+    import goodfit_cli.cli.console as console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buf, width=200, color_system=None))
+    monkeypatch.setattr(console.DISPLAY, "format", "text")
+    ship = {"name": "sgd", "val": {"old": 0.95123, "new": 0.5}, "test": {"old": 0.9, "new": 0.6}}
+    report = {"tasks": {"old": {"primary": "accuracy"}, "new": {"primary": "accuracy"}},
+              "base_metrics": {"old": {"accuracy": 1.0}, "new": {"accuracy": 0.5}}, "arms": [],
+              "verdict": {"ship": ship, "metrics": ["accuracy", "accuracy"]}}
+    base.print_report(report, tmp_path)
+    said = next(l for l in buf.getvalue().splitlines() if l.startswith("verdict"))
+    assert said == ("verdict (chosen on validation): ship sgd (validation: old accuracy 95.12 %, "
+                    "new accuracy 50.00 %; test: old accuracy 90.00 %, new accuracy 60.00 %)")

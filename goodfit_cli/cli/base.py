@@ -254,14 +254,19 @@ def _close_calls(ship: dict) -> str:
 
 
 def _numbers(ship: dict, metrics: list[str]) -> str:
-    """' (validation: old accuracy 0.9512, new accuracy 0.8; test: ...)': the shipped point's
+    """' (validation: old accuracy 95.12 %, new mse 0.8; test: ...)': the shipped point's
     primary metrics on the split that chose it and on the one that confirms it."""
+    from goodfit_cli.objectives import is_rate  # once a report exists
+
+    def num(metric: str, v: float) -> str:  # a rate in % as the report prints it
+        return f"{v * 100:.2f} %" if metric and is_rate(metric) else f"{v:.5g}"
+
     parts = []
     for split, label in (("val", "validation"), ("test", "test")):
         p = ship.get(split)
         if p and None not in (p.get("old"), p.get("new")):
-            parts.append(f"{label}: old {metrics[0]} {p['old']:.5g}, new {metrics[1]} "
-                         f"{p['new']:.5g}")
+            parts.append(f"{label}: old {metrics[0]} {num(metrics[0], p['old'])}, new "
+                         f"{metrics[1]} {num(metrics[1], p['new'])}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

@@ -298,7 +298,13 @@ def _num(value: float | None, spec: str = ".4g") -> str:
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """Base and arms on both tasks, deltas coloured by direction (green better, red worse)."""
+    """Base and arms on both tasks, deltas coloured by direction (green better, red worse),
+    each number as the report prints it (rates in %, their changes in pts)."""
+    from goodfit_cli.report.sections import fmt_delta, fmt_value  # once a report exists
+
+    def num(metric: str, v: float | None) -> str:
+        return _num(v) if v is None else fmt_value(metric, v)
+
     primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
     arms = report["arms"]
     has_flips = any((a.get("flips") or {}).get("old") for a in arms)
@@ -314,24 +320,27 @@ def summary_table(report: dict[str, Any]) -> Table:
     if has_gate:
         t.add_column("gate", no_wrap=True)
     base = report["base_metrics"]
-    t.add_row("base", _num(base["old"].get(primary["old"])), "",
-              _num(base["new"].get(primary["new"])), "", "", *[""] * (has_flips + has_gate))
+    t.add_row("base", num(primary["old"], base["old"].get(primary["old"])), "",
+              num(primary["new"], base["new"].get(primary["new"])), "", "",
+              *[""] * (has_flips + has_gate))
     for arm in arms:
         cells = []
         for task in ("old", "new"):
             m = primary[task]
-            cells.append(_num(arm["metrics"][task].get(m)))
+            cells.append(num(m, arm["metrics"][task].get(m)))
             d = (arm.get("delta") or {}).get(task, {}).get(m)
             if d is None:
                 cells.append("")
-            else:
-                colour = "green" if d.get("better") else "red"
-                cells.append(f"[{colour}]{_num(d['value'], '+.4g')}[/]")
+            elif d["value"] is None or d["value"] == 0 or d.get("better") is None:
+                cells.append(_num(d["value"]) if d["value"] is None else fmt_delta(m, d["value"]))
+            else:  # no colour where the report says '= (same)' or knows no direction
+                colour = "green" if d["better"] else "red"
+                cells.append(f"[{colour}]{fmt_delta(m, d['value'])}[/]")
         p = arm.get("provenance") or {}
         cells.append(f"{p['batches']}/{p['main_updates']}" if "batches" in p else "-")
         if has_flips:
             flips = (arm.get("flips") or {}).get("old")
-            cells.append(f"{flips['nfr']:.2%}" if flips else "-")
+            cells.append(fmt_value("nfr", flips["nfr"]) if flips else "-")
         if has_gate:
             gate = arm.get("gate")
             cells.append("-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"))
