@@ -49,7 +49,8 @@ def test_markdown_candidate_path_with_markup_is_not_an_entity_filled_code_span()
 def test_applying_a_gate_states_it_at_the_top():
     """a report gated with apply_gate says its limits, not 'no gate', above a FAILED verdict"""
     md = render_markdown(_report("a", "runs/a.safetensors"))
-    assert md.splitlines()[2] == "Gate: old accuracy max_drop 0.01 (from command-line flags)."
+    assert md.splitlines()[2] == \
+        "Gate: old accuracy max_drop 0.01 (1.00 pts) (from command-line flags)."
 
 
 def _tick_labels(svg: str) -> list[str]:
@@ -107,3 +108,19 @@ def test_plot_axes_say_which_way_is_better():
     assert "new accuracy (validation; higher is better)" in texts
     assert _axis("old", "mse", "val") == "old mse (val; lower is better)"
     assert _axis("old", "bleu_like", "val") == "old bleu_like (val)"
+
+
+def test_the_gate_at_the_top_reads_its_rate_thresholds_in_the_reports_units():
+    """the tables print accuracy in % and changes in pts, so the gate line says 0.02 is 2.00 pts
+    (not 0.02 pts); a study's older words without the readings are the same limits"""
+    from goodfit_cli.report.gate import describe, gate_from_flags, parse_gate
+    from goodfit_cli.workflows.search_report import _limits
+
+    said = describe(gate_from_flags(0.02, 0.05, "accuracy"))
+    assert said == ("old accuracy max_drop 0.02 (2.00 pts); old nfr max 0.05 (5.00 %) "
+                    "(from command-line flags)")
+    assert _limits(said) == _limits("old accuracy max_drop 0.02; old nfr max 0.05 (from x)")
+    rel = parse_gate({"limits": [{"task": "old", "metric": "mse", "max_drop_rel": 0.1},
+                                 {"task": "new", "metric": "mse", "max": 0.5}]}, "g.yaml", "")
+    assert describe(rel) == "old mse max_drop_rel 0.1 (10.00 % of the base); new mse max 0.5 " \
+        "(from g.yaml)"

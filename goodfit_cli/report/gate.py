@@ -230,7 +230,17 @@ def describe(gate: Gate | None) -> str:
     if gate is None or not gate.limits:
         return "no gate"
     src = "command-line flags" if gate.source == "flags" else gate.source
-    return "; ".join(l.name for l in gate.limits) + f" (from {src})"
+    return "; ".join(l.name + _reading(l) for l in gate.limits) + f" (from {src})"
+
+
+def _reading(limit: Limit) -> str:
+    """A limit's threshold in the report's units, where they differ from the fraction the gate
+    is written in: ' (2.00 pts)', ' (95.00 %)', ' (5.00 % of the base)'; else ''."""
+    if limit.bound == "max_drop_rel":
+        return f" ({limit.threshold * 100:.2f} % of the base)"
+    if not is_rate(limit.metric):
+        return ""
+    return f" ({limit.threshold * 100:.2f} {'pts' if limit.bound in DELTA_BOUNDS else '%'})"
 
 
 def within(value: float, bound: float, side: str) -> bool:

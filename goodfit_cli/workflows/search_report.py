@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -204,8 +205,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
 
 def _limits(described: str) -> str:
     """A gate's limits from its words (report/gate.py describe), without where they came
-    from."""
-    return described.rsplit(" (from ", 1)[0]
+    from and without the thresholds' readings in % or pts (a study's older words lack them)."""
+    return re.sub(r" \(-?[\d.]+ (pts|%|% of the base)\)", "", described.rsplit(" (from ", 1)[0])
 
 
 def _exported(dest: Path, study: str, number: int, src_sha: str, tensors: dict) -> bool:
