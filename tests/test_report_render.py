@@ -124,3 +124,14 @@ def test_the_gate_at_the_top_reads_its_rate_thresholds_in_the_reports_units():
                                  {"task": "new", "metric": "mse", "max": 0.5}]}, "g.yaml", "")
     assert describe(rel) == "old mse max_drop_rel 0.1 (10.00 % of the base); new mse max 0.5 " \
         "(from g.yaml)"
+
+
+def test_the_search_reports_gate_from_a_file_with_markup_in_its_path_is_escaped():
+    """the gate's words name its file; a path holding '<img ...>' stays text in report.md"""
+    from goodfit_cli.report.search import render_markdown as search_markdown
+
+    rep = {"metrics": ["mse", "mse"], "study": "s", "recipe": "toy", "base": "b",
+           "storage": "x", "trials": [], "complete": 0, "recommendation": None, "notes": [],
+           "gate": "old mse max 1 (from /x/<img src=y>/g.yaml)", "front": [], "defaults": []}
+    md = search_markdown(rep)
+    assert "<img" not in md and "gate: old mse max 1 (from /x/&lt;img src=y&gt;/g.yaml)" in md

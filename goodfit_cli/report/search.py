@@ -150,7 +150,7 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                  else "") + "; "
               f"{rep.get('batches', 0)} training batches in "
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
-              f"{rep['gate'] or 'none (every trial is feasible)'}"
+              f"{e(rep['gate']) if rep['gate'] else 'none (every trial is feasible)'}"
               f"{_margin(rep.get('val_margin'))}; rule: "
               f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")) + _offset(rep),
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
