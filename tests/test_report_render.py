@@ -135,3 +135,20 @@ def test_the_search_reports_gate_from_a_file_with_markup_in_its_path_is_escaped(
            "gate": "old mse max 1 (from /x/<img src=y>/g.yaml)", "front": [], "defaults": []}
     md = search_markdown(rep)
     assert "<img" not in md and "gate: old mse max 1 (from /x/&lt;img src=y&gt;/g.yaml)" in md
+
+
+def test_the_verdict_table_says_no_gate_rather_than_passes_when_there_is_none():
+    """with no gate the verdict's 'gate (val)' column read 'passes' for every arm, as if a
+    limit had been checked; it says 'no gate'"""
+    from goodfit_cli.report.render import render_html
+    from goodfit_cli.report.sections import _verdict_rows
+
+    rep = _report("a", "runs/a.safetensors")
+    rep["verdict"] = {"metrics": ["accuracy", "accuracy"], "arms": [
+        {"name": "a", "val": {"old": 0.5, "new": 1.0}, "test": {"old": 0.5, "new": 1.0},
+         "passes_gate_val": True, "dominated_by": [], "status": "not dominated"}],
+        "ship": None, "note": None, "rule": "r", "candidates": 1, "none_because": "x"}
+    assert _verdict_rows(rep)[1][0][5] == ("passes", "")
+    rep["arms"][0]["gate"] = None
+    assert _verdict_rows(rep)[1][0][5] == ("no gate", "")
+    assert "passes" not in render_html(rep).split("Verdict")[1].split("Rule")[0]

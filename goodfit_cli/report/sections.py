@@ -281,6 +281,8 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
     head = ["arm", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
             "gate (val)", "dominated by (val; ✓ = also on test)", "verdict"]
     rows = []
+    gated = any(a.get("gate") for a in report["arms"])  # no gate: nothing to pass
+    gate_cell = lambda ok: ("passes" if ok else "FAILS") if gated else "no gate"  # noqa: E731
     for a in v["arms"]:
         val, test = a["val"] or {}, a["test"] or {}
         names = [d["name"] + (" ✓" if d["confirmed_on_test"] else "")
@@ -291,7 +293,7 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
         rows.append([(a["name"], ""), (fmt_value(po, val.get("old")), ""),
                      (fmt_value(pn, val.get("new")), ""), (fmt_value(po, test.get("old")), ""),
                      (fmt_value(pn, test.get("new")), ""),
-                     ("passes" if a["passes_gate_val"] else "FAILS", ""), (by, ""),
+                     (gate_cell(a["passes_gate_val"]), ""), (by, ""),
                      (a["status"], tone)])
     return head, rows
 
