@@ -152,3 +152,19 @@ def test_the_verdict_table_says_no_gate_rather_than_passes_when_there_is_none():
     rep["arms"][0]["gate"] = None
     assert _verdict_rows(rep)[1][0][5] == ("no gate", "")
     assert "passes" not in render_html(rep).split("Verdict")[1].split("Rule")[0]
+
+
+def test_a_chosen_wise_points_legend_entry_keeps_its_alpha_for_a_long_arm_name():
+    """a legend entry is cut at 20 characters: 'goodfit:lookahead_adamw α 0.3 (chosen)' lost its α
+    there; the α comes first and the arm's colour tells which arm it is"""
+    from goodfit_cli.report.render import render_html
+
+    rep = _report("goodfit:lookahead_adamw", "runs/a.safetensors")
+    rep["base_val_metrics"] = rep["base_metrics"]
+    rep["arms"][0]["wise"] = [{"alpha": a, "old": {"accuracy": 1 - a / 2},
+                               "new": {"accuracy": a}, "chosen": a == 0.3,
+                               "val": {"old": {"accuracy": 1 - a / 2}, "new": {"accuracy": a}}}
+                              for a in (0.0, 0.3, 1.0)]
+    svg = re.findall(r"<svg.*?</svg>", render_html(rep), re.S)[-1]
+    shown = [t.text for t in ET.fromstring(svg).iter("text") if t.get("x") == "24"]
+    assert "α 0.3 chosen: goodf…" in shown

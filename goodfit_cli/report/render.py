@@ -261,8 +261,9 @@ def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[s
                           _axis("new", pn, "test"), _axis("old", po, "test"), points=base_test)]
     base = report["base_val_metrics"]
     points = [("base", base["new"].get(pn), base["old"].get(po))]
-    points += [(f"{a['name']} α {w['alpha']:g} (chosen)", at(w, "new", pn), at(w, "old", po), i)
+    points += [(f"α {w['alpha']:g} chosen: {a['name']}", at(w, "new", pn), at(w, "old", po), i)
                for i, a in enumerate(arms) for w in a["wise"] if w.get("chosen")]  # its colour
+    # α first: a legend entry is cut at 20 characters, the arm is told by the colour
     return [line_plot(lines, "WiSE-FT interpolation on validation (α from base to arm)",
                       _axis("new", pn, "val"), _axis("old", po, "val"), points=points)]
 
