@@ -350,51 +350,29 @@ class GoodFit(torch.optim.Optimizer):
         return dropped
 
     # -- state ----------------------------------------------------------------------------------
+    @eager
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
         """torch's layout, ``{"state": ..., "param_groups": ...}``, with GoodFit's anchor,
-        phase and counters inside (see ``goodfit_cli/optim/state.py``)."""
-        scalars = {"format": S.FORMAT, "n_ref": self.n_ref, "ref_ratio": self.ref_ratio,
-                   "projection": self.projection, "phase": self._phase,
-                   "main_steps": self._main_steps, "parked": self.parked}
-        # the same keys at every phase, so one state_dict serves as another's template
-        # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
-        own = {}
-        for i, p in self._in_cycle():
-            own[i] = {"anchor": S.like_param(self._anchor(p), p), "touched": i in self._touched}
-            if self._displaced is not None:
-                own[i]["displaced"] = S.like_param(self._displaced[i], p)
-        return S.merge(self.main.state_dict(),
-                       None if self._ref_opt is None else self._ref_opt.state_dict(), scalars, own)
+        phase and counters inside (see ``goodfit_cli/optim/state.py``). The hooks registered with
+        ``register_state_dict_pre_hook`` / ``_post_hook`` run as for torch's optimizers."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        sd = S.save(self)
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, sd)
+            sd = sd if result is None else result
+        return sd
 
+    @eager
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
         """Load what ``state_dict()`` returns (format 2) or the format-1 dicts of earlier versions
-        (``{"main", "reference", "goodfit"}``)."""
-        if isinstance(state_dict, dict) and "param_groups" in state_dict and "state" in state_dict:
-            main_sd, ref_sd, scalars, extras = S.split(state_dict)
-        else:
-            main_sd, ref_sd, scalars, extras = S.from_format1(state_dict)
-        if int(scalars["n_ref"]) != self.n_ref:
-            raise ValueError(f"state_dict has n_ref={scalars['n_ref']} but this optimizer has "
-                             f"n_ref={self.n_ref}")
-        if (ref_sd is None) != (self._ref_opt is None):
-            raise ValueError("state_dict and optimizer disagree on the reference optimizer")
-        self.main.load_state_dict(main_sd)
-        if self._ref_opt is not None:
-            self._ref_opt.load_state_dict(ref_sd)
-        phase = int(scalars["phase"])
-        trainable = [i for i, _ in self._trainable()]
-        if phase > 0:
-            S.require(extras, trainable, "anchor", "state_dict is mid-cycle but has no anchor")
-        displaced = None
-        if scalars.get("parked"):
-            S.require(extras, trainable, "displaced",
-                      "state_dict is parked but has no displaced weights")
-            displaced = {i: kernels._local(e["displaced"]).clone() for i, e in extras.items()
-                         if "displaced" in e}
-        self._phase = phase
-        self._main_steps = int(scalars["main_steps"])
-        self._touched = {i for i, e in extras.items() if e.get("touched")}
-        self._displaced = displaced
-        self._anchored = {i for i, e in extras.items() if "anchor" in e} if phase > 0 else set()
-        for i, p in (self._in_cycle() if phase > 0 else []):  # incl. any frozen mid-cycle
-            self._anchor(p).copy_(kernels._local(extras[i]["anchor"]))
+        (``{"main", "reference", "goodfit"}``); the hooks registered with
+        ``register_load_state_dict_pre_hook`` / ``_post_hook`` run as for torch's optimizers.
+        """
+        state_dict = state_dict.copy() if isinstance(state_dict, dict) else state_dict
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            state_dict = state_dict if result is None else result
+        S.load(self, state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)

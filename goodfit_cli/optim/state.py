@@ -25,9 +25,14 @@ Format 1 (``{"main", "reference", "goodfit"}``) is still read by ``GoodFit.load_
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+from goodfit_cli.optim.functional import _local
+
+if TYPE_CHECKING:
+    from goodfit_cli.optim.goodfit import GoodFit
 
 FORMAT = 2
 PREFIX = "goodfit_"  # every key GoodFit adds to torch's layout starts with this
@@ -123,3 +128,51 @@ def require(extras: dict[int, dict], indices: list[int], key: str, message: str)
     missing = [i for i in indices if key not in extras.get(i, {})]
     if missing:
         raise ValueError(f"{message} for parameter {missing[0]}")
+
+
+def save(opt: GoodFit) -> dict[str, Any]:
+    """``opt.state_dict()`` without its hooks: format 2."""
+    scalars = {"format": FORMAT, "n_ref": opt.n_ref, "ref_ratio": opt.ref_ratio,
+               "projection": opt.projection,
+               "phase": opt._phase, "main_steps": opt._main_steps, "parked": opt.parked}
+    # the same keys at every phase, so one state_dict serves as another's template
+    # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
+    own = {}
+    for i, p in opt._in_cycle():
+        own[i] = {"anchor": like_param(opt._anchor(p), p), "touched": i in opt._touched}
+        if opt._displaced is not None:
+            own[i]["displaced"] = like_param(opt._displaced[i], p)
+    return merge(opt.main.state_dict(),
+                 None if opt._ref_opt is None else opt._ref_opt.state_dict(), scalars, own)
+
+
+def load(opt: GoodFit, state_dict: dict[str, Any]) -> None:
+    """``opt.load_state_dict(state_dict)`` without its hooks: format 2 or format 1."""
+    if isinstance(state_dict, dict) and "param_groups" in state_dict and "state" in state_dict:
+        main_sd, ref_sd, scalars, extras = split(state_dict)
+    else:
+        main_sd, ref_sd, scalars, extras = from_format1(state_dict)
+    if int(scalars["n_ref"]) != opt.n_ref:
+        raise ValueError(f"state_dict has n_ref={scalars['n_ref']} but this optimizer has "
+                         f"n_ref={opt.n_ref}")
+    if (ref_sd is None) != (opt._ref_opt is None):
+        raise ValueError("state_dict and optimizer disagree on the reference optimizer")
+    opt.main.load_state_dict(main_sd)
+    if opt._ref_opt is not None:
+        opt._ref_opt.load_state_dict(ref_sd)
+    phase = int(scalars["phase"])
+    trainable = [i for i, _ in opt._trainable()]
+    if phase > 0:
+        require(extras, trainable, "anchor", "state_dict is mid-cycle but has no anchor")
+    displaced = None
+    if scalars.get("parked"):
+        require(extras, trainable, "displaced", "state_dict is parked but has no displaced weights")
+        displaced = {i: _local(e["displaced"]).clone() for i, e in extras.items()
+                     if "displaced" in e}
+    opt._phase = phase
+    opt._main_steps = int(scalars["main_steps"])
+    opt._touched = {i for i, e in extras.items() if e.get("touched")}
+    opt._displaced = displaced
+    opt._anchored = {i for i, e in extras.items() if "anchor" in e} if phase > 0 else set()
+    for i, p in (opt._in_cycle() if phase > 0 else []):  # incl. any frozen mid-cycle
+        opt._anchor(p).copy_(_local(extras[i]["anchor"]))
