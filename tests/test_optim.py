@@ -559,7 +559,8 @@ def test_state_dict_has_torch_layout_with_anchor_and_phase_inside():
     assert [g["lr"] for g in sd["param_groups"]] == [1e-3, 5e-3]
     for g in sd["param_groups"]:
         assert g["goodfit"] == {"format": 2, "n_ref": 2, "ref_ratio": 3.0, "projection": "global",
-                                "phase": 1, "main_steps": 1, "parked": False}
+                                "reference": "sgd", "phase": 1, "main_steps": 1,
+                                "parked": False}
     head_w = sd["state"][len(list(model.backbone.parameters()))]
     assert set(head_w) >= {"step", "exp_avg", "exp_avg_sq", "goodfit_anchor"}
     assert torch.equal(head_w["exp_avg"], opt.main.state[model.head.weight]["exp_avg"])

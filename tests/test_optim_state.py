@@ -85,3 +85,64 @@ def test_removed_state_dict_hook_no_longer_runs():
     handle.remove()
     opt.state_dict()
     assert seen == [1]
+
+
+# ------------------------------------------------------------------------------------------
+# the settings a state is continued under
+
+
+def _saved(n_steps: int, **kw) -> tuple[nn.Module, dict]:
+    net = _net()
+    opt = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, **kw)
+    _steps(net, opt, n_steps)
+    return net, copy.deepcopy(opt.state_dict())
+
+
+@pytest.mark.parametrize("setting, saved, mine", [("ref_ratio", 10.0, 100.0),
+                                                  ("projection", "global", "tensor")])
+def test_mid_cycle_state_under_other_settings_is_refused_naming_both(setting, saved, mine):
+    """A state saved mid-cycle (phase 1 of n_ref=2) continued under another ref_ratio or
+    projection would finish its cycle under other rules: ValueError naming the setting and both
+    values, and nothing is loaded. Before: it loaded silently."""
+    net, sd = _saved(4, **{setting: saved})
+    fresh = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, **{setting: mine})
+    with pytest.raises(ValueError, match=rf"mid-cycle \(phase 1\) with {setting}={saved!r} but "
+                                         rf"this optimizer has {setting}={mine!r}"):
+        fresh.load_state_dict(sd)
+    assert len(fresh.main.state) == 0 and fresh.phase == 0  # nothing half-loaded
+
+
+def test_phase0_state_loads_under_new_ref_ratio_and_projection():
+    """At phase 0 nothing saved depends on ref_ratio or projection: the constructor's apply,
+    and the run continues exactly as one built with them from that state."""
+    net, sd = _saved(3, ref_ratio=10.0)
+    twins = []
+    for _ in range(2):
+        n = _net()
+        n.load_state_dict(net.state_dict())
+        o = GoodFit(torch.optim.AdamW(n.parameters(), lr=1e-2), n_ref=2, ref_ratio=100.0,
+                    projection="tensor")
+        o.load_state_dict(copy.deepcopy(sd))
+        _steps(n, o, 5, seed=4)
+        twins.append((n, o))
+    assert twins[0][1].ref_ratio == 100.0 and twins[0][1].main_steps == 2
+    for a, b in zip(twins[0][0].parameters(), twins[1][0].parameters()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("saved_ref, mine_ref, names", [
+    (_momentum, "sgd", ("custom:SGD", "sgd")),
+    ("sgd", _momentum, ("sgd", "custom:SGD")),
+    (_momentum, lambda ps: torch.optim.Adam(ps, lr=0.0), ("custom:SGD", "custom:Adam")),
+])
+@pytest.mark.parametrize("n_steps", [3, 4])  # phase 0 and mid-cycle
+def test_state_of_another_reference_optimizer_is_refused_naming_both(saved_ref, mine_ref, names,
+                                                                     n_steps):
+    """The reference optimizer's state cannot be continued by another kind of reference step,
+    at any phase: ValueError naming both. Before: a vague message for sgd vs custom, and an SGD
+    reference's state loaded silently into an Adam reference."""
+    net, sd = _saved(n_steps, reference=saved_ref)
+    fresh = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, reference=mine_ref)
+    with pytest.raises(ValueError, match=rf"reference='{names[0]}' but this optimizer has "
+                                         rf"reference='{names[1]}'"):
+        fresh.load_state_dict(sd)

@@ -368,7 +368,11 @@ class GoodFit(torch.optim.Optimizer):
         """Load what ``state_dict()`` returns (format 2) or the format-1 dicts of earlier versions
         (``{"main", "reference", "goodfit"}``); the hooks registered with
         ``register_load_state_dict_pre_hook`` / ``_post_hook`` run as for torch's optimizers.
-        """
+        The main optimizer's group settings (lr, ...) come from the state, as in torch; GoodFit's
+        own settings are this optimizer's constructor arguments. A state it cannot continue under
+        them is refused (ValueError naming the setting and both values): another ``n_ref`` or
+        reference optimizer at any phase, another ``ref_ratio`` or ``projection`` mid-cycle (at
+        phase 0 nothing saved depends on those two, so the new values simply apply)."""
         state_dict = state_dict.copy() if isinstance(state_dict, dict) else state_dict
         for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
             result = pre_hook(self, state_dict)

@@ -11,6 +11,7 @@ Format 2 (written since issue 13) is what every torch optimizer returns, so
                    "goodfit_ref_<key>": ...         (a custom reference optimizer's state)}},
      "param_groups": [{<main optimizer's group>, "params": [...],
                        "goodfit": {"format": 2, "n_ref", "ref_ratio", "projection",
+                                   "reference" ("sgd", or "custom:" + the reference optimizer's class),
                                    "phase", "main_steps", "parked"},
                        "goodfit_reference": {<reference group's settings>} or None}]}
 
@@ -115,6 +116,7 @@ def from_format1(sd: dict[str, Any]) -> tuple[dict, dict | None, dict[str, Any],
         raise ValueError(f"not a GoodFit state_dict (missing {e})") from None
     scalars = {"n_ref": gf["n_ref"], "phase": gf["phase"], "main_steps": gf["main_steps"],
                "parked": False}
+    scalars.update({k: gf[k] for k in ("ref_ratio", "projection") if k in gf})
     extras: dict[int, dict] = {}
     for i, anchor in gf.get("anchor", {}).items():
         extras.setdefault(int(i), {})["anchor"] = anchor
@@ -130,10 +132,15 @@ def require(extras: dict[int, dict], indices: list[int], key: str, message: str)
         raise ValueError(f"{message} for parameter {missing[0]}")
 
 
+def reference_name(opt: GoodFit) -> str:
+    """"sgd" for the default reference step, else "custom:" + the reference optimizer's class."""
+    return "sgd" if opt._ref_opt is None else f"custom:{type(opt._ref_opt).__name__}"
+
+
 def save(opt: GoodFit) -> dict[str, Any]:
     """``opt.state_dict()`` without its hooks: format 2."""
     scalars = {"format": FORMAT, "n_ref": opt.n_ref, "ref_ratio": opt.ref_ratio,
-               "projection": opt.projection,
+               "projection": opt.projection, "reference": reference_name(opt),
                "phase": opt._phase, "main_steps": opt._main_steps, "parked": opt.parked}
     # the same keys at every phase, so one state_dict serves as another's template
     # (torch.distributed.checkpoint loads into one); the anchor matters mid-cycle only
@@ -146,17 +153,37 @@ def save(opt: GoodFit) -> dict[str, Any]:
                  None if opt._ref_opt is None else opt._ref_opt.state_dict(), scalars, own)
 
 
+def check_settings(opt: GoodFit, scalars: dict[str, Any], ref_sd: dict | None) -> None:
+    """ValueError naming the first setting under which the saved state cannot be continued:
+    n_ref or the reference optimizer (its state) at any phase; ref_ratio or projection when the
+    state was saved mid-cycle (its θ′ and the coming main step follow the saved rule). At phase
+    0 nothing saved depends on those two: the constructor's values apply."""
+    phase = int(scalars["phase"])
+    saved_ref = scalars.get("reference", "sgd" if ref_sd is None else "custom")
+    if (ref_sd is None) != (opt._ref_opt is None) or (
+            "reference" in scalars and saved_ref != reference_name(opt)):
+        checks = [("reference", saved_ref, reference_name(opt))]
+    else:
+        checks = []
+    checks.insert(0, ("n_ref", int(scalars["n_ref"]), opt.n_ref))
+    if phase > 0:
+        checks += [(k, scalars[k], getattr(opt, k)) for k in ("ref_ratio", "projection")
+                   if k in scalars]
+    for name, saved, mine in checks:
+        if saved != mine:
+            when = f" mid-cycle (phase {phase})" if name in ("ref_ratio", "projection") else ""
+            raise ValueError(f"state_dict was saved{when} with {name}={saved!r} but this "
+                             f"optimizer has {name}={mine!r}: build GoodFit with {name}={saved!r}"
+                             " to continue it")
+
+
 def load(opt: GoodFit, state_dict: dict[str, Any]) -> None:
     """``opt.load_state_dict(state_dict)`` without its hooks: format 2 or format 1."""
     if isinstance(state_dict, dict) and "param_groups" in state_dict and "state" in state_dict:
         main_sd, ref_sd, scalars, extras = split(state_dict)
     else:
         main_sd, ref_sd, scalars, extras = from_format1(state_dict)
-    if int(scalars["n_ref"]) != opt.n_ref:
-        raise ValueError(f"state_dict has n_ref={scalars['n_ref']} but this optimizer has "
-                         f"n_ref={opt.n_ref}")
-    if (ref_sd is None) != (opt._ref_opt is None):
-        raise ValueError("state_dict and optimizer disagree on the reference optimizer")
+    check_settings(opt, scalars, ref_sd)
     opt.main.load_state_dict(main_sd)
     if opt._ref_opt is not None:
         opt._ref_opt.load_state_dict(ref_sd)
