@@ -606,12 +606,20 @@ def test_format1_state_dict_still_loads_and_continues_bit_identically(reference)
     assert torch.equal(flat(model.parameters()), flat(fresh.parameters()))
 
 
-def test_state_dict_from_another_optimizer_is_refused():
-    """A plain torch optimizer's state_dict is not silently taken for GoodFit's."""
+def test_state_dict_from_another_optimizer_is_refused_saying_what_works():
+    """A plain torch optimizer's state_dict is not silently taken for GoodFit's; the message says
+    how to continue from it (an AdamW warm-up, then GoodFit): opt.main.load_state_dict, which
+    then works and gives the main optimizer that state."""
     model = nn.Linear(2, 2)
-    plain = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="goodfit"):
-        GoodFit(torch.optim.SGD(model.parameters(), lr=0.1)).load_state_dict(plain.state_dict())
+    plain = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 2)).sum().backward()
+    plain.step()
+    opt = GoodFit(torch.optim.AdamW(model.parameters(), lr=0.1))
+    with pytest.raises(ValueError, match=r"goodfit.*opt\.main\.load_state_dict\(\.\.\.\)"):
+        opt.load_state_dict(plain.state_dict())
+    opt.main.load_state_dict(plain.state_dict())
+    exp_avg = lambda o: o.state[model.weight]["exp_avg"]
+    assert torch.equal(exp_avg(opt.main), exp_avg(plain))
 
 
 # ------------------------------------------------------------------------------------------

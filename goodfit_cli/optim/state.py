@@ -75,7 +75,9 @@ def split(sd: dict[str, Any]) -> tuple[dict, dict | None, dict[str, Any], dict[i
     """
     groups = sd["param_groups"]
     if not groups or "goodfit" not in groups[0]:
-        raise ValueError("not a GoodFit state_dict: its param_groups have no 'goodfit' entry")
+        raise ValueError("not a GoodFit state_dict (its param_groups have no 'goodfit' entry): "
+                         "to start GoodFit from the main optimizer's state (e.g. after an AdamW "
+                         "warm-up) load it with opt.main.load_state_dict(...)")
     scalars = dict(groups[0]["goodfit"])
     if int(scalars.get("format", 0)) != FORMAT:
         raise ValueError(f"GoodFit state_dict format {scalars.get('format')!r} is not {FORMAT}")
