@@ -330,6 +330,22 @@ def test_hf_trainer_matches_phase_loop(tmp_path):
     torch.testing.assert_close(flat(model), displaced, rtol=0, atol=1e-6)
 
 
+def test_hf_trainer_without_the_callback_is_refused(tmp_path):
+    """The docs' snippet without callbacks=[GoodFitTrainerCallback()] (5 steps, n_ref=1): the
+    first optimizer step raises a RuntimeError naming the callback, before any weight moves.
+    Before: it trained silently and left trainer.model at the displaced weights θ′."""
+    pytest.importorskip("accelerate")
+    model, dataset = tiny_bert(), token_data()
+    code = snippet("transformers")
+    assert ",\n                  callbacks=[GoodFitTrainerCallback()])" in code
+    code = code.replace(",\n                  callbacks=[GoodFitTrainerCallback()])", ")")
+    ns = {"model": model, "dataset": dataset, "out_dir": str(tmp_path)}
+    with pytest.raises(RuntimeError, match="without GoodFitTrainerCallback"):
+        exec(code, ns)
+    assert (ns["opt"].phase, ns["opt"].main_steps) == (0, 0)
+    assert torch.equal(flat(model), flat(tiny_bert()))
+
+
 def test_hf_trainer_resumed_mid_cycle_continues_identically(tmp_path):
     """A Trainer checkpoint written mid-cycle (save_steps=5 with n_ref=2: phase 2, shuffled
     batches, accumulation, a schedule) and resumed with resume_from_checkpoint ends exactly where

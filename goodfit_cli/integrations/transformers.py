@@ -5,7 +5,8 @@ The Trainer already calls ``optimizer.step()`` once per (accumulated) batch, aft
 which is GoodFit's phase mode. The callback adds the anchor: after a reference step the model
 holds θ_ref (``GoodFit.rest_at_anchor``), so evaluation, ``save_steps`` checkpoints and the
 model left after ``train()`` are what GoodFit has learned; θ′ is put back at the start of each
-optimizer step's first micro-batch.
+optimizer step's first micro-batch. Without the callback GoodFit refuses to be stepped by the
+Trainer (RuntimeError naming it: see ``goodfit_cli.optim.closures``).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ untouched warns once, a sparse gradient raises."""
 from __future__ import annotations
 
 import functools
+import sys
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -36,6 +37,22 @@ def refuse_framework_closure(closure: Callable[[], Any]) -> None:
                            "closure recomputes the same batch, so every phase would see one "
                            "batch. Add goodfit_cli.integrations.lightning.GoodFitCallback() to "
                            "the Trainer's callbacks (see docs/integrations.md)")
+
+
+def refuse_trainer_without_callback() -> None:
+    """transformers' Trainer calls ``step()`` once per (accumulated) batch and then saves,
+    evaluates and returns the model as it is: without GoodFitTrainerCallback (which turns on
+    ``rest_at_anchor``) that is θ′ mid-cycle. Called only when ``rest_at_anchor`` is off: a
+    Trainer's training loop on the stack is then refused."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "transformers.trainer":
+            raise RuntimeError("GoodFit is stepped by transformers' Trainer without "
+                               "GoodFitTrainerCallback: its checkpoints and trained model would "
+                               "hold the displaced weights θ′. Pass callbacks=[goodfit_cli."
+                               "integrations.transformers.GoodFitTrainerCallback()] to the "
+                               "Trainer (see docs/integrations.md)")
+        frame = frame.f_back
 
 
 def any_gradient(params: Iterable[tuple[int, Tensor]]) -> bool:
