@@ -174,9 +174,10 @@ def check_settings(opt: GoodFit, scalars: dict[str, Any], ref_sd: dict | None) -
     for name, saved, mine in checks:
         if saved != mine:
             when = f" mid-cycle (phase {phase})" if name in ("ref_ratio", "projection") else ""
+            fix = "that reference optimizer" if name == "reference" else f"{name}={saved!r}"
             raise ValueError(f"state_dict was saved{when} with {name}={saved!r} but this "
-                             f"optimizer has {name}={mine!r}: build GoodFit with {name}={saved!r}"
-                             " to continue it")
+                             f"optimizer has {name}={mine!r}: build GoodFit with {fix} to "
+                             "continue it")
 
 
 def load(opt: GoodFit, state_dict: dict[str, Any]) -> None:
