@@ -146,3 +146,20 @@ def test_state_of_another_reference_optimizer_is_refused_naming_both(saved_ref, 
     with pytest.raises(ValueError, match=rf"reference='{names[0]}' but this optimizer has "
                                          rf"reference='{names[1]}'"):
         fresh.load_state_dict(sd)
+
+
+def test_format2_state_without_reference_key_still_loads_and_format1_is_checked_too():
+    """A format-2 state written before the "reference" scalar existed still loads; a format-1
+    state ({"main", "reference", "goodfit"}) saved mid-cycle is checked for ref_ratio too."""
+    net, sd = _saved(4, reference=_momentum)
+    for g in sd["param_groups"]:
+        del g["goodfit"]["reference"]
+    fresh = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, reference=_momentum)
+    fresh.load_state_dict(sd)
+    assert fresh.phase == 1
+    gf = {"n_ref": 2, "ref_ratio": 10.0, "projection": "global", "phase": 1, "main_steps": 1,
+          "touched": [], "anchor": {i: p.detach().clone() for i, p in enumerate(net.parameters())}}
+    old = {"main": fresh.main.state_dict(), "reference": None, "goodfit": gf}
+    other = GoodFit(torch.optim.AdamW(net.parameters(), lr=1e-2), n_ref=2, ref_ratio=3.0)
+    with pytest.raises(ValueError, match="ref_ratio=10.0 but this optimizer has ref_ratio=3.0"):
+        other.load_state_dict(old)
