@@ -21,6 +21,8 @@ integers or anything else (DCP uses parameter names): they are matched by positi
 A tensor of a DTensor parameter (FSDP2) is written as a DTensor with the parameter's placements.
 
 Format 1 (``{"main", "reference", "goodfit"}``) is still read by ``GoodFit.load_state_dict``.
+``save`` / ``load`` are ``GoodFit.state_dict`` / ``load_state_dict`` without their hooks; ``load``
+first refuses a state the optimizer's settings cannot continue (``check_settings``).
 """
 
 from __future__ import annotations
