@@ -242,7 +242,8 @@ def test_non_finite_values_one_line_and_masked_ones_zeroed(tmp_path):
     bad = {k: v.copy() for k, v in clean.items()}
     bad["target_future"][4, 7, 1] = np.nan  # target_future_valid is True there
     with pytest.raises(UserError, match=r"field 'target_future' has a NaN or Inf in 1 scene\(s\), "
-                                        r"the first at scene 4 "
+                                        r"the first at scene 4 of the split \(for "
+                                        r"shard-00000.safetensors\) "
                                         r"\(under a true 'target_future_valid'\)"):
         ShardWriter(tmp_path / "w", "train").add_batch(bad)
     path = tmp_path / "r" / "train" / "shard-00000.safetensors"
@@ -278,20 +279,45 @@ def test_a_target_not_observed_at_t0_is_one_line(tmp_path):
     target with no valid future step (it would score 0 m, a perfect prediction)."""
     fields = generate("car", 5, 0, "train", MotionLayout(**SIZES))
     fields["target_valid"][3, 10] = False
-    with pytest.raises(UserError, match=r"^\S+: scenes 0\+: field 'target_valid' is false at the "
+    with pytest.raises(UserError, match=r"^\S+/train: field 'target_valid' is false at the "
                                         r"current step \(index 10, t = 0\) in 1 scene\(s\), the "
-                                        r"first at scene 3;"):
+                                        r"first at scene 3 of the split \(for shard-00000"):
         ShardWriter(tmp_path / "w", "train").add_batch(fields)
     fields["target_valid"][3, 10] = True
     fields["target_future_valid"][1] = False  # nothing to score: it would read as 0 m
     with pytest.raises(UserError, match=r"field 'target_future_valid' has no true step in 1 "
-                                        r"scene\(s\), the first at scene 1;"):
+                                        r"scene\(s\), the first at scene 1 of the split"):
         ShardWriter(tmp_path / "w", "train").add_batch(fields)
     fields["target_future_valid"][1, 40:] = True  # lost for the first 4 s: fine
     fields["target_valid"][3, 0] = False  # an earlier step may be missing
     with ShardWriter(tmp_path / "w", "train") as w:
         w.add_batch(fields)
     assert len(read_shards(tmp_path / "w" / "train")["target_valid"]) == 5
+
+
+def test_a_bad_scene_is_named_by_its_index_in_the_split_and_its_shard(tmp_path):
+    """The scene a message names was counted within the batch or the shard (scene 1 of the
+    third shard, read as "scene 1"): it is the scene's index in the split, with the shard it
+    goes to (writer) or its shard file and index there (reader)."""
+    fields = generate("car", 9, 0, "train", MotionLayout(**SIZES))
+    fields["target_valid"][7, 10] = False
+    with pytest.raises(UserError, match=r"^\S+/w/train: field 'target_valid' is false at the "
+                                        r"current step .* the first at scene 7 of the split "
+                                        r"\(for shard-00002.safetensors\);"):
+        with ShardWriter(tmp_path / "w", "train", shard_size=3) as w:
+            for i in range(0, 9, 3):
+                w.add_batch({k: v[i:i + 3] for k, v in fields.items()})
+    d = tmp_path / "r" / "train"
+    d.mkdir(parents=True)
+    for i in range(3):
+        meta = {"motion_format": "goodfit-motion/1", "split": "train", "first_scene": 3 * i,
+                "scenes": 3}
+        ckpt.save_model(d / f"shard-{i:05d}.safetensors",
+                        {k: torch.from_numpy(v[3 * i:3 * i + 3]) for k, v in fields.items()}, meta)
+    with pytest.raises(UserError, match=rf"^{d}/shard-00002.safetensors: field 'target_valid' "
+                                        r"is false .* the first at scene 7 of the split \(scene "
+                                        r"1 of this shard\);"):
+        read_shards(d)
 
 
 def test_a_field_with_the_wrong_number_of_dimensions_is_one_line(tmp_path):

@@ -141,8 +141,11 @@ def fit_layout(fields: Mapping[str, Tensor], layout: MotionLayout) -> dict[str, 
 # shards: the converter interface
 
 
-def check_fields(fields: Mapping[str, Any], where: str) -> int:
-    """Validate a batch of scenario fields (N, …): names, shapes and dtypes; return N."""
+def check_fields(fields: Mapping[str, Any], where: str, first: int = 0,
+                 shard_size: int | None = None) -> int:
+    """Validate a batch of scenario fields (N, …): names, shapes and dtypes; return N. A scene
+    is named by its index in the split (`first` + its index here); with `shard_size` (a writer)
+    also the shard it goes to, without (a shard read back) its index in the shard."""
     missing = [k for k in MotionLayout().fields() if k not in fields]
     if missing:
         raise UserError(f"{where}: missing field {missing[0]!r} (see docs/motion-data.md)")
@@ -166,23 +169,31 @@ def check_fields(fields: Mapping[str, Any], where: str) -> int:
             raise UserError(f"{where}: mask {name!r} must be bool, got {dt}")
         if not is_mask and "float" not in dt:
             raise UserError(f"{where}: field {name!r} must be floating point, got {dt}")
-    _check_finite(fields, where)
+    at = lambda i: _scene_at(i, first, shard_size)  # noqa: E731
+    _check_finite(fields, where, at)
     now = ~torch.as_tensor(fields["target_valid"])[:, HISTORY - 1]
     if bool(now.any()):
         raise UserError(f"{where}: field 'target_valid' is false at the current step (index "
-                        f"{HISTORY - 1}, t = 0) in {int(now.sum())} scene(s), the first at scene "
-                        f"{int(now.nonzero()[0, 0])}; the frame is the target's pose observed "
-                        f"then (see docs/motion-data.md)")
+                        f"{HISTORY - 1}, t = 0) in {int(now.sum())} scene(s), the first at "
+                        f"{at(int(now.nonzero()[0, 0]))}; the frame is the target's pose "
+                        f"observed then (see docs/motion-data.md)")
     none = ~torch.as_tensor(fields["target_future_valid"]).reshape(n, -1).any(1)
     if bool(none.any()):
         raise UserError(f"{where}: field 'target_future_valid' has no true step in "
-                        f"{int(none.sum())} scene(s), the first at scene "
-                        f"{int(none.nonzero()[0, 0])}; a target without a future to score would "
-                        f"count as a perfect prediction: leave such scenes out")
+                        f"{int(none.sum())} scene(s), the first at {at(int(none.nonzero()[0, 0]))}"
+                        f"; a target without a future to score would count as a perfect "
+                        f"prediction: leave such scenes out")
     return n
 
 
-def _check_finite(fields: Mapping[str, Any], where: str) -> None:
+def _scene_at(i: int, first: int, shard_size: int | None) -> str:
+    """'scene 7 of the split (shard-00002.safetensors)' or '… (scene 1 of this shard)'."""
+    g = first + i
+    return f"scene {g} of the split " + (f"(for {shard_name(g // shard_size)})" if shard_size
+                                         else f"(scene {i} of this shard)")
+
+
+def _check_finite(fields: Mapping[str, Any], where: str, at) -> None:
     """A NaN or Inf where a value counts (under a True mask, or in a field without one) is a
     UserError naming the field and the scene; under a False mask it is ignored (zeroed)."""
     masks = dict(MASKED)
@@ -195,7 +206,7 @@ def _check_finite(fields: Mapping[str, Any], where: str) -> None:
         if bool(bad.any()):
             scenes = bad.reshape(len(bad), -1).any(1).nonzero()[:, 0]
             raise UserError(f"{where}: field {name!r} has a NaN or Inf in {len(scenes)} "
-                            f"scene(s), the first at scene {int(scenes[0])}"
+                            f"scene(s), the first at {at(int(scenes[0]))}"
                             + (f" (under a true {masks[name]!r})" if name in masks else "")
                             + "; values must be finite (see docs/motion-data.md)")
 
@@ -239,7 +250,7 @@ class ShardWriter:
 
     def add_batch(self, fields: Mapping[str, Any]) -> None:
         batch = {k: np.asarray(v) for k, v in fields.items()}
-        n = check_fields(batch, f"{self.dir}: scenes {self.scenes + self.pending}+")
+        n = check_fields(batch, str(self.dir), self.scenes + self.pending, self.shard_size)
         self.buffer.append(batch)
         self.pending += n
         while self.pending >= self.shard_size:
@@ -251,7 +262,7 @@ class ShardWriter:
         rest = {k: v[n:] for k, v in merged.items()}
         self.buffer = [rest] if len(rest["target_history"]) else []
         self.pending -= n
-        path = self.dir / f"shard-{len(self.written):05d}.safetensors"
+        path = self.dir / shard_name(len(self.written))
         meta = {**self.metadata, "motion_format": SHARD_FORMAT, "split": self.split,
                 "first_scene": self.scenes, "scenes": n}
         ckpt.save_model(path, shard, meta)
@@ -271,6 +282,10 @@ class ShardWriter:
             self.close()
 
 
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
 def shard_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("shard-*.safetensors"))
 
@@ -282,13 +297,13 @@ def read_shards(directory: str | os.PathLike) -> dict[str, Tensor]:
     if not files:
         raise UserError(f"{d}: no shard-*.safetensors files; write some with "
                         f"`goodfit data motion-synth --out DIR` or a ShardWriter")
-    parts, layout = [], None
+    parts, layout, first = [], None, 0
     for f in files:
         tensors, meta = ckpt.load_model(f)
         if meta.get("motion_format") != SHARD_FORMAT:
             raise UserError(f"{f}: not a motion shard (metadata motion_format is "
                             f"{meta.get('motion_format')!r}, expected {SHARD_FORMAT!r})")
-        check_fields(tensors, str(f))
+        first += check_fields(tensors, str(f), first)
         if layout is None:
             layout = layout_of(tensors)
         elif layout_of(tensors) != layout:
