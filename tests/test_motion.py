@@ -19,7 +19,14 @@ from goodfit_cli.workflows.recipes import shipped_dir
 RECIPES_DIR = shipped_dir()
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data import build_data
-from goodfit_cli.data.motion.format import FUTURE, MotionLayout, ShardWriter, read_shards
+from goodfit_cli.data.motion.format import (
+    FUTURE,
+    INDEX,
+    MotionLayout,
+    ShardWriter,
+    read_shards,
+    shard_files,
+)
 from goodfit_cli.data.motion.scenes import DT, make_scene
 from goodfit_cli.data.motion.synth import (
     CAR_A_LAT,
@@ -216,7 +223,8 @@ def test_shard_round_trip_through_the_cli(tmp_path):
     res = cli.invoke(app, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert [p.name for p in sorted((out / "train").iterdir())] == [
-        "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors"]
+        "shard-00000.safetensors", "shard-00001.safetensors", "shard-00002.safetensors",
+        "shards.json"]  # the index, written last
     _, meta = ckpt.load_model(out / "train" / "shard-00001.safetensors")
     assert meta["motion_format"] == "goodfit-motion/1" and meta["first_scene"] == 5 and meta["scenes"] == 5
     assert len(read_shards(out / "test")["target_future"]) == 4
@@ -250,6 +258,7 @@ def test_non_finite_values_one_line_and_masked_ones_zeroed(tmp_path):
     path.parent.mkdir(parents=True)
     meta = {"motion_format": "goodfit-motion/1", "split": "train", "first_scene": 0, "scenes": 6}
     ckpt.save_model(path, {k: torch.from_numpy(v) for k, v in bad.items()}, meta)
+    mark_complete(path.parent)
     with pytest.raises(UserError, match=rf"^{path}: field 'target_future' has a NaN or Inf"):
         read_shards(path.parent)
     hidden = {k: v.copy() for k, v in clean.items()}
@@ -314,6 +323,7 @@ def test_a_bad_scene_is_named_by_its_index_in_the_split_and_its_shard(tmp_path):
                 "scenes": 3}
         ckpt.save_model(d / f"shard-{i:05d}.safetensors",
                         {k: torch.from_numpy(v[3 * i:3 * i + 3]) for k, v in fields.items()}, meta)
+    mark_complete(d)
     with pytest.raises(UserError, match=rf"^{d}/shard-00002.safetensors: field 'target_valid' "
                                         r"is false .* the first at scene 7 of the split \(scene "
                                         r"1 of this shard\);"):
@@ -334,6 +344,7 @@ def test_a_field_with_the_wrong_number_of_dimensions_is_one_line(tmp_path):
     flat = {k: torch.from_numpy(v) for k, v in fields.items()}
     flat["map_points"] = flat["map_points"][:, 0, 0].contiguous()
     ckpt.save_model(path, flat, meta)
+    mark_complete(path.parent)
     with pytest.raises(UserError, match=rf"^{path}: field 'map_points' has shape \(3, 8\), "
                                         r"expected \(N, P, L, 8\): N scenes first"):
         read_shards(path.parent)
@@ -374,14 +385,75 @@ def test_a_writer_never_writes_over_shards_already_there(tmp_path):
     with ShardWriter(tmp_path, "train", shard_size=3) as w:
         w.add_batch(generate("car", 7, 0, "train", layout))
     before = {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()}
-    assert len(before) == 3
-    with pytest.raises(UserError, match=r"train: already holds 3 shard file\(s\) "
+    assert len(before) == 4  # 3 shards and their index
+    with pytest.raises(UserError, match=r"train: already holds 4 shard file\(s\) "
                                         r"\(shard-00000.safetensors\); write into an empty"):
         ShardWriter(tmp_path, "train", shard_size=3)
     assert {p.name: p.read_bytes() for p in (tmp_path / "train").iterdir()} == before
     with ShardWriter(tmp_path, "test") as w:  # the other split's directory is its own
         w.add_batch(generate("car", 2, 0, "test", layout))
     assert len(read_shards(tmp_path / "train")["target_type"]) == 7
+
+
+def mark_complete(d):
+    """The index a finished ShardWriter writes last, for shards written by hand."""
+    entries = [{"file": f.name, **ckpt.load_model(f)[1], "bytes": f.stat().st_size}
+               for f in shard_files(d)]
+    (d / INDEX).write_text(json.dumps({
+        "motion_format": "goodfit-motion/1", "split": d.name,
+        "scenes": sum(e["scenes"] for e in entries),
+        "shards": [{k: e[k] for k in ("file", "first_scene", "scenes", "bytes")}
+                   for e in entries]}))
+
+
+def test_a_converter_that_raised_midway_leaves_a_set_the_reader_refuses(tmp_path):
+    """A converter that raised after two of its shards were written left them looking like a
+    whole split (read as 6 scenes): a split is complete only with the index the writer writes
+    last, checked against the shards present (names, sizes, scene counts); without it, or
+    against it, one line naming the folder or file."""
+    layout = MotionLayout(**SIZES)
+    scenes = generate("car", 8, 0, "train", layout)
+    with pytest.raises(RuntimeError, match="log file truncated"):
+        with ShardWriter(tmp_path / "p", "train", shard_size=3) as w:
+            w.add_batch({k: v[:7] for k, v in scenes.items()})
+            raise RuntimeError("log file truncated")
+    d = tmp_path / "p" / "train"
+    assert len(shard_files(d)) == 2 and not (d / INDEX).exists()
+    with pytest.raises(UserError, match=rf"^{d}: no shards.json beside its 2 shard file\(s\): "
+                                        r"the conversion that wrote them did not finish"):
+        read_shards(d)
+    with pytest.raises(UserError, match="did not finish"):  # the dataset reads it the same way
+        build_data("motion", {"old": "p", "new": "p", **SIZES}, seed=0, data_dir=str(tmp_path))
+    with ShardWriter(tmp_path / "c", "train", shard_size=3) as w:
+        w.add_batch(scenes)
+    d = tmp_path / "c" / "train"
+    index = json.loads((d / INDEX).read_text())
+    assert index["scenes"] == 8 and [(e["file"], e["first_scene"], e["scenes"])
+                                     for e in index["shards"]] == [
+        ("shard-00000.safetensors", 0, 3), ("shard-00001.safetensors", 3, 3),
+        ("shard-00002.safetensors", 6, 2)]
+    assert torch.equal(read_shards(d)["target_history"], torch.from_numpy(scenes["target_history"]))
+    with pytest.raises(UserError, match=r"train: already holds 4 shard file"):
+        ShardWriter(tmp_path / "c", "train")  # its index counts too
+    last = d / "shard-00002.safetensors"
+    kept = last.read_bytes()
+    last.unlink()
+    with pytest.raises(UserError, match=rf"^{d}: shard-00002.safetensors is listed in "
+                                        r"shards.json but missing \(1 of 3 shards\)"):
+        read_shards(d)
+    last.write_bytes(kept + b" ")
+    with pytest.raises(UserError, match=rf"^{last}: {len(kept) + 1} bytes, shards.json says "
+                                        rf"{len(kept)}: the file changed"):
+        read_shards(d)
+    last.write_bytes(kept)
+    (d / "shard-00003.safetensors").write_bytes(kept)
+    with pytest.raises(UserError, match=rf"^{d}/shard-00003.safetensors: not listed in "
+                                        r"shards.json \(left by another conversion\?\)"):
+        read_shards(d)
+    (d / "shard-00003.safetensors").unlink()
+    (d / INDEX).write_text("{")
+    with pytest.raises(UserError, match=rf"^{d / INDEX}: not a shard index \(JSONDecodeError"):
+        read_shards(d)
 
 
 def test_joint_puts_both_tasks_scenes_in_the_old_training_split(tasks):

@@ -9,6 +9,7 @@ its target into `y` (N, 80, 3) = (x, y, valid) per future step; the model unpack
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
+from goodfit_cli.io.atomic import write_json
 
 HZ = 10
 HISTORY = 11  # 1.1 s: steps t = -1.0 … 0.0 s; index 10 is the current step
@@ -33,6 +35,7 @@ LIGHT_FEATURES = ("stop_x", "stop_y", *LIGHT_STATES)
 SHARD_FORMAT = "goodfit-motion/1"  # metadata["motion_format"] of every shard
 TARGET_FIELDS = {"target_future": (FUTURE, 2), "target_future_valid": (FUTURE,)}
 SPLITS = ("train", "test")
+INDEX = "shards.json"  # written last, when a ShardWriter closes: the split's set is complete
 
 
 @dataclass(frozen=True)
@@ -235,12 +238,14 @@ class ShardWriter:
         self.buffer: list[dict[str, np.ndarray]] = []
         self.pending = 0
         self.written: list[Path] = []
+        self.counts: list[int] = []
         self.scenes = 0
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create {self.dir}: {e.strerror or e}") from None
-        if existing := shard_files(self.dir):  # overwritten, and any past ours read as data
+        existing = shard_files(self.dir) + [p for p in [self.dir / INDEX] if p.exists()]
+        if existing:  # overwritten, and any past ours read as data
             raise UserError(f"{self.dir}: already holds {len(existing)} shard file(s) "
                             f"({existing[0].name}); write into an empty directory, or remove "
                             f"them first")
@@ -267,11 +272,19 @@ class ShardWriter:
                 "first_scene": self.scenes, "scenes": n}
         ckpt.save_model(path, shard, meta)
         self.written.append(path)
+        self.counts.append(n)
         self.scenes += n
 
     def close(self) -> list[Path]:
+        """Write what is left, then the index that marks the set complete (a converter that
+        raised never gets here: its shards are refused by `read_shards`)."""
         if self.pending:
             self._flush(self.pending)
+        firsts = np.cumsum([0, *self.counts[:-1]]).tolist()
+        write_json(self.dir / INDEX, {
+            "motion_format": SHARD_FORMAT, "split": self.split, "scenes": self.scenes,
+            "shards": [{"file": p.name, "first_scene": f, "scenes": n, "bytes": p.stat().st_size}
+                       for p, f, n in zip(self.written, firsts, self.counts)]})
         return self.written
 
     def __enter__(self) -> "ShardWriter":
@@ -298,18 +311,62 @@ def read_shards(directory: str | os.PathLike) -> dict[str, Tensor]:
         raise UserError(f"{d}: no shard-*.safetensors files; write some with "
                         f"`goodfit data motion-synth --out DIR` or a ShardWriter")
     parts, layout, first = [], None, 0
-    for f in files:
+    for f, entry in zip(files, read_index(d, files)):
         tensors, meta = ckpt.load_model(f)
         if meta.get("motion_format") != SHARD_FORMAT:
             raise UserError(f"{f}: not a motion shard (metadata motion_format is "
                             f"{meta.get('motion_format')!r}, expected {SHARD_FORMAT!r})")
-        first += check_fields(tensors, str(f), first)
+        n = check_fields(tensors, str(f), first)
+        said = (meta.get("first_scene"), meta.get("scenes"), n)
+        if said != (first, entry["scenes"], entry["scenes"]):
+            raise UserError(f"{f}: holds {n} scenes, first_scene {said[0]}, scenes {said[1]} in "
+                            f"its metadata; {d / INDEX} says {entry['scenes']} from scene "
+                            f"{first}: convert the split again")
+        first += n
         if layout is None:
             layout = layout_of(tensors)
         elif layout_of(tensors) != layout:
             raise UserError(f"{f}: sizes {layout_of(tensors)} differ from the first shard's {layout}")
         parts.append(tensors)
     return {k: torch.cat([p[k] for p in parts]) for k in layout.fields()}
+
+
+def read_index(d: Path, files: list[Path]) -> list[dict[str, Any]]:
+    """The entries of `d`'s index, one per shard file present, checked against them (names,
+    sizes, scene counts); a split without its index did not finish converting: refused."""
+    path = d / INDEX
+    if not path.is_file():
+        raise UserError(f"{d}: no {INDEX} beside its {len(files)} shard file(s): the conversion "
+                        f"that wrote them did not finish (or ran before goodfit wrote an index); "
+                        f"convert the split again into an empty directory (`goodfit data "
+                        f"motion-synth --overwrite`, or your ShardWriter)")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+        entries = index["shards"]
+        listed = [str(e["file"]) for e in entries]
+        counts = [int(e["scenes"]) for e in entries]
+        sizes = [int(e["bytes"]) for e in entries]
+        firsts = [int(e["first_scene"]) for e in entries]
+        ok = (index.get("motion_format") == SHARD_FORMAT and index["scenes"] == sum(counts)
+              and firsts == np.cumsum([0, *counts[:-1]]).tolist())
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a shard index ({type(e).__name__}: {e})") from None
+    if not ok:
+        raise UserError(f"{path}: not a {SHARD_FORMAT} shard index (motion_format "
+                        f"{index.get('motion_format')!r}, scenes {index['scenes']!r}, its "
+                        f"shards' scenes {counts} from {firsts})")
+    present = [f.name for f in files]
+    if missing := [n for n in listed if n not in present]:
+        raise UserError(f"{d}: {missing[0]} is listed in {INDEX} but missing ({len(missing)} "
+                        f"of {len(listed)} shards): the set is incomplete")
+    if extra := [n for n in present if n not in listed]:
+        raise UserError(f"{d / extra[0]}: not listed in {INDEX} (left by another conversion?): "
+                        f"remove it, or convert the split again")
+    for f, size in zip(files, [sizes[listed.index(n)] for n in present]):
+        if f.stat().st_size != size:
+            raise UserError(f"{f}: {f.stat().st_size} bytes, {INDEX} says {size}: the file "
+                            f"changed after the conversion finished; convert the split again")
+    return [{"scenes": counts[listed.index(n)]} for n in present]
 
 
 def iter_scenes(fields: Mapping[str, Tensor]) -> Iterator[dict[str, Tensor]]:
