@@ -1049,6 +1049,47 @@ def test_a_rerun_that_was_interrupted_or_lost_its_worker_leaves_its_trial_to_rer
     assert rerun_candidate(study) is None
 
 
+def test_a_failing_trial_arm_and_recommendation_name_the_limits_that_failed(tmp_path):
+    """'gate (val) FAIL' said nothing of which limit failed (the trial's report.json does): the
+    study's report.md, report.html and the last line name each failed limit with its value and
+    limit, for trials, default arms, and the recommendation when it fails on test."""
+    from goodfit_cli.cli.fit import _failures_line
+
+    drop = "old accuracy dropped 3.10 pts (limit 1.00 pts)"
+    trials = [{"number": i, "state": "COMPLETE", "arm": "adamw", "params": {"arm": "plain"},
+               "old": o, "new": n, "feasible": f, "gains": True, "dir": None, "seed": 0,
+               "checkpoint": None, "violations": v, "test_old": 0.9, "test_new": 0.7,
+               "passes_gate_test": f, "violations_test": v}
+              for i, (o, n, f, v) in enumerate([(0.95, 0.8, True, []),
+                                                 (0.90, 0.9, False, [drop, "new nfr is 0.2 "
+                                                                           "(limit 0.1)"])])]
+    rec = {**trials[0], "passes_gate_test": False, "violations_test": [drop]}
+    refs = [{"name": "plain", "number": 1, "old": 0.9, "new": 0.9, "gate": False,
+             "violations": [drop]}]
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "r", "base": "b",
+           "metrics": ["accuracy", "accuracy"], "gate": "flags", "notes": [], "trials": trials,
+           "complete": 2, "front": [], "defaults": refs, "base_point": None,
+           "recommendation": rec, "against_defaults": {}}
+    write_search_report(rep, tmp_path, [])
+    md = (tmp_path / "report.md").read_text()
+    assert "| FAIL: old accuracy dropped 3.10 pts (limit 1.00 pts); new nfr is 0.2 (limit " \
+           "0.1) |" in md
+    assert "| plain (trial 1) | 0.9 | 0.9 | FAIL: old accuracy dropped 3.10 pts" in md
+    assert "(gate on test: FAILS: old accuracy dropped 3.10 pts (limit 1.00 pts))" in md
+    html = (tmp_path / "report.html").read_text()
+    assert "FAIL: old accuracy dropped 3.10 pts (limit 1.00 pts); new nfr is 0.2" in html
+    assert "(gate on test: FAILS: old accuracy dropped 3.10 pts (limit 1.00 pts))" in html
+    assert _failures_line(rep) == f"; it FAILS the gate on test: {drop}"
+    rep["recommendation"] = None
+    assert _failures_line(rep) == (f"; on validation trial 1: {drop}; new nfr is 0.2 "
+                                   "(limit 0.1)")
+    rep["trials"] = [{**trials[1], "number": i} for i in range(5)]
+    assert _failures_line(rep).endswith("| trial 2: " + drop + "; new nfr is 0.2 (limit 0.1); "
+                                        "2 more (see the report)")
+    rep["trials"] = trials[:1]
+    assert _failures_line(rep) == ""
+
+
 def test_the_last_lines_count_the_close_calls():
     """The commands' last lines: a search's "; N other trial(s) within one standard error on
     validation (see the report)", a verdict's " (N other candidate(s) ...: see the report)";
@@ -1237,6 +1278,17 @@ def test_a_trial_no_point_of_which_passes_says_so_and_its_report_reads_the_margi
     assert "within the gate" not in said
     trial = json.loads((out / "trials" / "trial-0000" / "report.json").read_text())
     assert trial["verdict"]["val_margin"] == 0.25 and trial["verdict"]["ship"] is None
+    # the study names the limit that failed on validation, with value and limit, as the
+    # trial's report does (there on test, the split its gate reads)
+    study = json.loads((out / "report.json").read_text())["trials"][0]
+    assert study["violations_test"] == trial["arms"][0]["gate"]["violations"]
+    assert study["violations"] == [f"old mse is {study['old']:.4g} (limit 0)"]
+    value = f"{study['old']:.4g}"
+    assert not study["feasible"] and study["passes_gate_test"] is False
+    assert f"| FAIL: old mse is {value} (limit 0) |" in (out / "report.md").read_text()
+    assert f"FAIL: old mse is {value} (limit 0)" in (out / "report.html").read_text()
+    assert said.endswith(f"none passes the gate (the base itself fails it on validation: see "
+                         f"the report); on validation trial 0: old mse is {value} (limit 0)")
 
 
 def test_a_study_whose_recipe_changed_only_its_gate_says_so(base, tmp_path):

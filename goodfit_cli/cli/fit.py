@@ -241,10 +241,25 @@ def search(
         ("none passes the gate" + (" (the base itself fails it on validation: see the report)"
                                    if rep.get("base_outside_gate") else "")) if rec is None else
         f"trial {rec['number']}, {shipped_name(rec)} -> "
-        f"{rep.get('exported') or rep.get('export_note')}"
-        + ("; it FAILS the gate on test (see the report)"
-           if rec.get("passes_gate_test") is False else ""))
-        + _close_line(rep.get("close_calls")))
+        f"{rep.get('exported') or rep.get('export_note')}")
+        + _close_line(rep.get("close_calls")) + _failures_line(rep))
+
+
+def _failures_line(rep: dict, most: int = 3) -> str:
+    """The limits that failed, with value and limit, where the last line says a gate failed:
+    each finished trial's on validation when nothing is recommended, else the recommendation's
+    on test (reported only); empty when nothing failed."""
+    rec = rep.get("recommendation")
+    if rec is not None:
+        if rec.get("passes_gate_test") is not False:
+            return ""
+        return ("; it FAILS the gate on test: "
+                + "; ".join(rec.get("violations_test") or ["see the report"]))
+    failed = [t for t in rep.get("trials") or [] if t.get("state") == "COMPLETE"
+              and not t.get("feasible") and t.get("violations")]
+    said = [f"trial {t['number']}: {'; '.join(t['violations'])}" for t in failed[:most]]
+    more = f"; {len(failed) - most} more (see the report)" if len(failed) > most else ""
+    return f"; on validation {' | '.join(said)}{more}" if said else ""
 
 
 def _close_line(cc: dict | None) -> str:

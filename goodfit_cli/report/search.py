@@ -164,7 +164,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                           for k, v in rec["params"].items())
         test = ""
         if rec.get("test_old") is not None:
-            gate = {True: "passes", False: "FAILS", None: "-"}[rec.get("passes_gate_test")]
+            gate = {True: "passes", False: failing("FAILS", rec.get("violations_test"), e),
+                    None: "-"}[rec.get("passes_gate_test")]
             test = (f"; on test: old {m_old} {rec['test_old']:.5g}, new {m_new} "
                     f"{rec['test_new']:.5g} (gate on test: {gate})")
         default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
@@ -189,8 +190,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     def judged(t: dict) -> str:
         if t["state"] != "COMPLETE":
             return "-"
-        return ("FAIL" if not t["feasible"] else "pass" if t.get("gains", True) else
-                "pass, no new-task gain")
+        return (failing("FAIL", t.get("violations"), e) if not t["feasible"] else
+                "pass" if t.get("gains", True) else "pass, no new-task gain")
 
     tables = [("Trials", ["trial", "state", "arm (or its EMA)", "knobs", "batches",
                           f"old {m_old} (val)",
@@ -215,7 +216,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                          val(b.get("test_old")), val(b.get("test_new"))])
         rows += [[f"{r['name']} (trial {r['number']})" if "number" in r else r["name"],
                   val(r["old"]), val(r["new"]),
-                  gate[r.get("gate")] if "state" not in r else
+                  (failing("FAIL", r.get("violations"), e) if r.get("gate") is False
+                   else gate[r.get("gate")]) if "state" not in r else
                   (f"{r['state']}" + (f"; new {m_new} {r['rung_new']:.4g} at rung {r['rung']}, "
                                       "best WiSE-FT point" if "rung" in r else "")),
                   val(r.get("test_old")), val(r.get("test_new"))] for r in rep["defaults"]]
@@ -229,6 +231,12 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                        "summed)", ["phase", "s", "share"],
                        time_rows(time["phases_s"], sum(time["phases_s"].values()))))
     return title, header + [f"- {e(n)}" for n in rep["notes"]], said, tables
+
+
+def failing(word: str, violations: list[str] | None, e=str) -> str:
+    """'FAIL: old accuracy dropped 3.10 pts (limit 1.00 pts)': the limits a point failed, each
+    with its value and limit (report/gate.py), or the bare word for a report that has none."""
+    return f"{word}: {e('; '.join(violations))}" if violations else word
 
 
 def render_markdown(rep: dict[str, Any]) -> str:

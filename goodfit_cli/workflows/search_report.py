@@ -92,6 +92,9 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
         n = attrs.get("val_counts") or study_n or (sizes(views["val"]) if views else {})
         state = "INTERRUPTED" if "interrupted" in t.user_attrs else t.state.name
+        on_val = (judge(job.gate, views["val"], f"trial {t.number}", job.margin, n or None)
+                  if views else None)
+        on_test = judge(job.gate, views["test"], f"trial {t.number}") if views else None
         trials.append({"number": t.number, "state": state,
                        **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs
                           else {}),
@@ -110,11 +113,12 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                        **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
                           else {}),
                        "test_old": test[0], "test_new": test[1],
-                       "feasible": bool(views) and judge(job.gate, views["val"], f"trial "
-                                                         f"{t.number}", job.margin,
-                                                         n or None)["passed"],
-                       "passes_gate_test": (judge(job.gate, views["test"], f"trial {t.number}")
-                                            ["passed"] if views else None),
+                       "feasible": bool(on_val) and on_val["passed"],
+                       "passes_gate_test": on_test["passed"] if on_test else None,
+                       # the limits each split failed, with value and limit (the trial's own
+                       # report.json says them too)
+                       "violations": on_val["violations"] if on_val else [],
+                       "violations_test": on_test["violations"] if on_test else [],
                        "dir": (str(trial_folder(job.out, t.user_attrs["dir"]))
                                if t.user_attrs.get("dir") else None),
                        "seed": t.user_attrs.get("seed"),
@@ -137,7 +141,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                   else {}),  # finetune.ema: the arm or its '<arm>+ema', its point's
                "old": t["old"], "new": t["new"], "test_old": t["test_old"],
                "test_new": t["test_new"],
-               "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None)}
+               "gate": (t["feasible"] if t["state"] == "COMPLETE" and job.gate else None),
+               "violations": t["violations"] if t["state"] == "COMPLETE" else []}
         if t["state"] != "COMPLETE":  # pruned at a rung (or diverged): its last rung point
             ref["state"] = t.get("pruned") or t["state"]
             rungs = study.trials[t["number"]].user_attrs.get("rungs") or {}
