@@ -451,6 +451,11 @@ def test_a_converter_that_raised_midway_leaves_a_set_the_reader_refuses(tmp_path
                                         r"shards.json \(left by another conversion\?\)"):
         read_shards(d)
     (d / "shard-00003.safetensors").unlink()
+    index["shards"].append({**index["shards"][-1], "first_scene": 8})  # listed twice
+    index["scenes"] += 2
+    (d / INDEX).write_text(json.dumps(index))
+    with pytest.raises(UserError, match=rf"^{d / INDEX}: not a goodfit-motion/1 shard index"):
+        read_shards(d)
     (d / INDEX).write_text("{")
     with pytest.raises(UserError, match=rf"^{d / INDEX}: not a shard index \(JSONDecodeError"):
         read_shards(d)

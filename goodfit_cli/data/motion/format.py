@@ -348,13 +348,14 @@ def read_index(d: Path, files: list[Path]) -> list[dict[str, Any]]:
         sizes = [int(e["bytes"]) for e in entries]
         firsts = [int(e["first_scene"]) for e in entries]
         ok = (index.get("motion_format") == SHARD_FORMAT and index["scenes"] == sum(counts)
-              and firsts == np.cumsum([0, *counts[:-1]]).tolist())
+              and firsts == np.cumsum([0, *counts[:-1]]).tolist()
+              and len(set(listed)) == len(listed))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: not a shard index ({type(e).__name__}: {e})") from None
     if not ok:
         raise UserError(f"{path}: not a {SHARD_FORMAT} shard index (motion_format "
                         f"{index.get('motion_format')!r}, scenes {index['scenes']!r}, its "
-                        f"shards' scenes {counts} from {firsts})")
+                        f"shards {listed} of {counts} scenes from {firsts})")
     present = [f.name for f in files]
     if missing := [n for n in listed if n not in present]:
         raise UserError(f"{d}: {missing[0]} is listed in {INDEX} but missing ({len(missing)} "
