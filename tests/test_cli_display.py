@@ -460,3 +460,21 @@ def test_the_verdict_line_prints_a_rate_in_percent(monkeypatch, tmp_path):
     said = next(l for l in buf.getvalue().splitlines() if l.startswith("verdict"))
     assert said == ("verdict (chosen on validation): ship sgd (validation: old accuracy 95.12 %, "
                     "new accuracy 50.00 %; test: old accuracy 90.00 %, new accuracy 60.00 %)")
+
+
+def test_the_search_summary_without_a_recommendation_says_passing_is_not_enough(
+        monkeypatch, tmp_path):
+    """A trial that passes the gate but gains nothing on the new task is not recommended; the last
+    line said 'none passes the gate' while the report said 'passes the gate and gains'."""
+    import goodfit_cli.workflows.search as search
+
+    rep = {"recommendation": None, "complete": 1, "pruned": 0, "rule": "new",
+           "trials": [{"number": 0, "state": "COMPLETE", "feasible": True}]}
+    monkeypatch.setattr(search, "search", lambda *a, **k: rep)
+    args = ["search", "--recipe", "toy", "--base", "b.safetensors", "--trials", "1", "--out",
+            str(tmp_path / "s"), "--max-old-drop", "0.05"]
+    out = " ".join(cli.invoke(app, args).output.split())
+    assert "recommendation (--rule new): none passes the gate and gains on the new task" in out
+    rep["base_outside_gate"] = True
+    out = " ".join(cli.invoke(app, args).output.split())
+    assert "none passes the gate (the base itself fails it on validation: see the report)" in out

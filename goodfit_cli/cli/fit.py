@@ -238,8 +238,9 @@ def search(
         + (f" ({rep['reruns']} of them re-runs of pruned trials)" if rep.get("reruns") else "")
         + f", {rep['pruned']} pruned; recommendation "
         f"(--rule {rep['rule']}): " + (
-        ("none passes the gate" + (" (the base itself fails it on validation: see the report)"
-                                   if rep.get("base_outside_gate") else "")) if rec is None else
+        ("none passes the gate (the base itself fails it on validation: see the report)"
+         if rep.get("base_outside_gate") else "none passes the gate and gains on the new task"
+         ) if rec is None else
         f"trial {rec['number']}, {shipped_name(rec)} -> "
         f"{rep.get('exported') or rep.get('export_note')}")
         + _close_line(rep.get("close_calls")) + _failures_line(rep))
