@@ -93,8 +93,8 @@ def test_a_table_that_does_not_fit_prints_one_record_per_line(width):
     assert text.splitlines() == [
         "regression report (test split)",
         "base: old mse 0.01235, new mse 1.235",
-        "goodfit:lookahead_adamw: old mse 0.02346, Δ +0.01111, new mse 0.3457, Δ -0.8889, "
-        "batches/upd 1500/750, old NFR 1.23 %, gate FAIL"]
+        "goodfit:lookahead_adamw: old mse 0.02346, Δ +0.01111 ▲ worse, new mse 0.3457, "
+        "Δ -0.8889 ▼ better, batches/upd 1500/750, old NFR 1.23 %, gate FAIL"]
 
 
 def test_a_table_that_fits_is_drawn_as_a_table():

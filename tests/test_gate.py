@@ -219,14 +219,14 @@ def test_a_lower_is_better_metric_just_over_its_bound_reads_as_over_it():
     arm = {"name": "adamw", "metrics": {"old": {"ade@8s": 7.945173}},
            "delta": {"old": {"ade@8s": {"value": 0.02358, "ci": None, "better": False}}}}
     res = evaluate_gate(gate, arm)
-    assert res["violations"] == ["old ade@8s rose 0.02358 (limit 0.0235)",
-                                 "old ade@8s is 7.9452 (limit 7.945)"]
+    assert res["violations"] == ["old ade@8s rose 0.02358 m (limit 0.0235 m)",
+                                 "old ade@8s is 7.9452 m (limit 7.945 m)"]
     arm["metrics"]["old"]["ade@8s"] = 7.945  # exactly at the ceiling: passes
     arm["delta"]["old"]["ade@8s"]["value"] = -0.02358  # fell: an improvement, passes
     res = evaluate_gate(gate, arm)
     assert res["passed"], res
-    assert [c["message"] for c in res["checks"]] == ["old ade@8s improved by 0.02358 (limit "
-                                                     "0.0235)", "old ade@8s is 7.945 (limit 7.945)"]
+    assert [c["message"] for c in res["checks"]] == [
+        "old ade@8s improved by 0.02358 m (limit 0.0235 m)", "old ade@8s is 7.945 m (limit 7.945 m)"]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), None])

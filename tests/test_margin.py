@@ -56,8 +56,9 @@ def test_the_base_itself_failing_an_old_task_floor_on_validation_is_named():
     got = base_outside(gate, base, 0.5, {"old": 287}, {"old": {"accuracy": 0.993}})
     assert got["limits"] == ["old accuracy min 0.97"]
     read = 0.97 + 0.5 * math.sqrt(0.97 * 0.03 / 287)
-    assert f"read there as {read:.4g}" in got["message"] and "0.975" in got["message"]
-    assert "old accuracy 0.9617 on 287 samples (test: 0.993)" in got["message"]
+    assert f"read there as {read * 100:.2f} %" in got["message"] and "97.50 %" in got["message"]
+    assert ("old accuracy 96.17 % on 287 samples (test: 99.30 %) against old accuracy min 0.97 "
+            "(97.00 %)") in got["message"]
     near = {"old": {"accuracy": 0.972}}
     assert base_outside(gate, near, 0.0, {"old": 287}) is None
     assert base_outside(gate, near, 0.5, {"old": 287})["limits"] == ["old accuracy min 0.97"]
@@ -72,8 +73,8 @@ def test_the_base_itself_failing_an_old_task_floor_on_validation_is_named():
     test = base_outside_test(gate, {"old": {"accuracy": 0.958}}, {"old": 431})
     assert test["limits"] == ["old accuracy min 0.97"]
     assert test["message"].startswith("note: the base itself fails the gate on test: old "
-                                      "accuracy 0.958 on 431 samples against old accuracy min "
-                                      "0.97.")
+                                      "accuracy 95.80 % on 431 samples against old accuracy min "
+                                      "0.97 (97.00 %).")
     assert base_outside_test(gate, {"old": {"accuracy": 0.972}}, {"old": 431}) is None
     assert base_outside_test(None, {"old": {"accuracy": 0.5}}) is None
 
@@ -101,8 +102,9 @@ def test_a_search_report_says_how_far_its_choice_clears_the_old_floor(tmp_path):
            "recommendation": rec, "against_defaults": {}, "floor_slack": got[:1]}
     write_search_report(rep, tmp_path, [])
     md = " ".join((tmp_path / "report.md").read_text().split())
-    assert (f"Its validation old accuracy clears old accuracy min 0.97 by 0.015, {0.015 / se:.1f} "
-            f"standard errors of that reading (±{se:.2g} on 287 samples)") in md
+    assert (f"Its validation old accuracy clears old accuracy min 0.97 by 1.50 pts, "
+            f"{0.015 / se:.1f} standard errors of that reading (±{se * 100:.2f} pts on 287 "
+            "samples)") in md
 
 
 def test_judge_and_the_wise_alpha_read_the_floor_with_the_margin():

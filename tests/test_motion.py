@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -517,7 +518,9 @@ def test_car_to_pedestrian_finetune_every_arm(tmp_path):
             for metric in ("ade@3s", "fde@3s", "ade@8s", "fde@8s", "miss@8s"):
                 assert math.isfinite(arm["metrics"][task][metric])
             assert arm["delta"][task]["ade@8s"]["ci"] is not None
-    assert report["tasks"]["new"] == {"kind": "regression", "primary": "ade@8s"}
+    assert {k: v for k, v in report["tasks"]["new"].items() if k != "units"} == {
+        "kind": "regression", "primary": "ade@8s"}
+    assert report["tasks"]["new"]["units"]["ade@8s"] == "m"  # metadata; the numbers stay floats
     summary = json.loads((tmp_path / "ft" / "goodfit" / "summary.json").read_text())
     assert summary["main_updates"] == 2  # n_ref 3: four batches per main update
     base_t, _ = ckpt.load_model(tmp_path / "base" / "model.safetensors")
@@ -527,3 +530,53 @@ def test_car_to_pedestrian_finetune_every_arm(tmp_path):
     assert not torch.equal(base_t["head.2.weight"], head_t["head.2.weight"])
     full_t, _ = ckpt.load_model(tmp_path / "ft" / "adamw" / "model.safetensors")
     assert not torch.equal(base_t["encoder.0.linear1.weight"], full_t["encoder.0.linear1.weight"])
+
+
+def test_a_motion_run_shows_metres_and_says_better_or_worse_without_colour(tmp_path):
+    """Every value of a motion metric reads in its unit: the pretrain/finetune log lines, the
+    terminal's table (whose Δ says better/worse in words), the verdict line, the gate's
+    message and top line, report.md and report.html; a rate reads in % on the terminal as in
+    report.md; report.json keeps plain floats. A floor on an error gets a note, a ceiling
+    below 0 m one line and exit 2."""
+    cli = CliRunner()
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    res = cli.invoke(app, ["pretrain", "--recipe", "motion_car2ped", "--out", str(base),
+                           "--progress-every", "0", *TINY, "old_task.metrics=[miss@8s,ade@8s]"])
+    assert res.exit_code == 0, res.output
+    shown = " ".join(res.output.split())  # a rate in %, as report.md shows it; metres in m
+    assert re.search(r"val old miss@8s \d{1,3}\.\d\d % val new ade@8s \d+\.?\d* m", shown), shown
+    assert re.search(r"│ base │ \d{1,3}\.\d\d % │ \d+\.?\d* m │|base: old miss@8s \d{1,3}\.\d\d "
+                     r"%, new ade@8s \d+\.?\d* m", shown), shown
+    args = ["finetune", "--base", str(base), "--recipe", "motion_car2ped", "--no-wise",
+            "--progress-every", "100", *TINY, "finetune.arms=[adamw,head_only]"]
+    res = cli.invoke(app, [*args, "--out", str(ft), "--max-old", "ade@8s=-1"])
+    assert res.exit_code == 2 and res.output.strip().splitlines() == [
+        "error: --max-old 'ade@8s=-1': ade@8s is never below 0 m, so max -1 always fails"]
+    assert not ft.exists()
+    res = cli.invoke(app, [*args, "--out", str(ft), "--min-old", "ade@8s=3",
+                           "--max-old-drop", "0.00001"])
+    assert res.exit_code == 3, res.output  # an arm fails the tight drop: the gate's exit
+    out = " ".join(res.output.split())
+    assert ("note: --min-old ade@8s=3 is a floor on a lower-is-better metric: an arm passes "
+            "only with old ade@8s at least 3 m; for the other side use --max-old ade@8s=3") in out
+    assert "gate: old ade@8s max_drop 1e-05 m; old ade@8s min 3 m (from command-line flags)" in out
+    report = json.loads((ft / "report.json").read_text())
+    assert isinstance(report["arms"][0]["metrics"]["old"]["ade@8s"], float)
+    assert report["tasks"]["old"]["units"]["ade@8s"] == "m"
+    for arm in report["arms"]:
+        d = arm["delta"]["old"]["ade@8s"]
+        word = "better" if d["better"] else "worse"
+        assert f"Δ {d['value']:+.4g} m {'▼' if d['value'] < 0 else '▲'} {word}" in out
+        assert f"old ade@8s {arm['metrics']['old']['ade@8s']:.4g} m" in out
+    ship = report["verdict"]["ship"]
+    if ship is not None:
+        assert f"validation: old ade@8s {ship['val']['old']:.5g} m" in out
+    failed = [v for a in report["arms"] for v in a["gate"]["violations"]]
+    assert failed and all(v.endswith(" m (limit 1e-05 m)") for v in failed), failed
+    md = (ft / "report.md").read_text()
+    base_old = report["base_metrics"]["old"]["ade@8s"]
+    assert f"| base | {base_old:.4g} m |" in md
+    assert f"{report['base_metrics']['old']['mse']:.4g} m²" in md
+    assert f"<td>{base_old:.4g} m</td>" in (ft / "report.html").read_text()
+    if ship is not None:
+        assert f"Ship {ship['name']}: validation old ade@8s {ship['val']['old']:.4g} m" in md

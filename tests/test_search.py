@@ -84,12 +84,12 @@ def test_close_calls_are_the_candidates_within_one_standard_error_on_validation(
     write_search_report(rep, tmp_path, [])
     md = " ".join((tmp_path / "report.md").read_text().split())
     assert ("Within validation noise: 2 of the 3 other candidates (trials 1, 2) are within one "
-            "standard error of its validation new accuracy (±0.04 on 100 samples)") in md
+            "standard error of its validation new accuracy (±4.04 pts on 100 samples)") in md
     rep["close_calls"] = close_calls(rec, trials, 10_000)
     write_search_report(rep, tmp_path, [])
     md = " ".join((tmp_path / "report.md").read_text().split())
     assert ("No other candidate is within one standard error of its validation new accuracy "
-            "(±0.004 on 10000 samples).") in md
+            f"(±{rep['close_calls']['se'] * 100:.2f} pts on 10000 samples).") in md
 
 
 def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):

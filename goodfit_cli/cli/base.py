@@ -29,6 +29,7 @@ from goodfit_cli.cli.usage import EXAMPLES, Group
 from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError, signals_raise
 from goodfit_cli.core.progress import listening
 from goodfit_cli.core.text import printable
+from goodfit_cli.core.units import value_text
 
 # Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
 # and `goodfit --version` start fast.
@@ -143,11 +144,19 @@ def load(recipe: str, overrides: list[str] | None):
     return load_recipe(recipe, overrides)
 
 
-def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log):
-    """Log lines and a progress display per run, drawn by Rich."""
+def ui_for(primary: dict[str, str], log_fn: Callable[[str], None] = log,
+           units: dict[str, str] | None = None):
+    """Log lines and a progress display per run, drawn by Rich (`units`: each primary
+    metric's unit, so a rate reads in % as in the reports)."""
     from goodfit_cli.trainer.stage import Ui
 
-    return Ui(log_fn, lambda label: RichEvents(label, primary))
+    return Ui(log_fn, lambda label: RichEvents(label, primary, units=units))
+
+
+def say_gate(gate) -> None:
+    """A note per odd but possible bound of the gate a command runs with (a floor on an error)."""
+    for note in gate.notes() if gate is not None else []:
+        log(note)
 
 
 LogFormat = Literal["text", "json"]
@@ -253,20 +262,15 @@ def _close_calls(ship: dict) -> str:
     return f" ({close_count(len(names), 'candidate')}: see the report)" if names else ""
 
 
-def _numbers(ship: dict, metrics: list[str]) -> str:
-    """' (validation: old accuracy 95.12 %, new mse 0.8; test: ...)': the shipped point's
-    primary metrics on the split that chose it and on the one that confirms it."""
-    from goodfit_cli.objectives import is_rate  # once a report exists
-
-    def num(metric: str, v: float) -> str:  # a rate in % as the report prints it
-        return f"{v * 100:.2f} %" if metric and is_rate(metric) else f"{v:.5g}"
-
+def _numbers(ship: dict, metrics: list[str], units: dict[str, str]) -> str:
+    """' (validation: old accuracy 95.12 %, new ade@8s 7.945 m; test: ...)': the shipped
+    point's primary metrics on the split that chose it and on the one that confirms it."""
     parts = []
     for split, label in (("val", "validation"), ("test", "test")):
         p = ship.get(split)
         if p and None not in (p.get("old"), p.get("new")):
-            parts.append(f"{label}: old {metrics[0]} {num(metrics[0], p['old'])}, new "
-                         f"{metrics[1]} {num(metrics[1], p['new'])}")
+            parts.append(f"{label}: old {metrics[0]} {value_text(p['old'], units['old'], 5)}, "
+                         f"new {metrics[1]} {value_text(p['new'], units['new'], 5)}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -274,13 +278,16 @@ def print_report(report: dict[str, Any], dest: Path) -> None:
     log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
     show(summary_table(report))
     chosen = report.get("verdict")
+    metrics = (chosen or {}).get("metrics") or ["", ""]
     if chosen:  # chosen on validation (the report says which split and both numbers)
         ship = chosen["ship"]
         log("verdict (chosen on validation): " + (
             f"ship nothing, {chosen.get('none_because') or 'no candidate passes the gate'}; "
             "keep the base" if ship is None else
             f"ship {printable(ship['name'])}"  # a file name: no raw control characters
-            + _numbers(ship, chosen.get("metrics") or ["", ""]) + _close_calls(ship)
+            + _numbers(ship, metrics, {t: (report["tasks"][t].get("units") or {}).get(m, "")
+                                       for t, m in zip(("old", "new"), metrics)})
+            + _close_calls(ship)
             + ("; it FAILS the gate on test (the split the exit code reads)"
                if ship.get("passes_gate_test") is False else "")))
     log(f"report: {dest / 'report.md'}  {dest / 'report.html'}")

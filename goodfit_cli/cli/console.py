@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from goodfit_cli.core.text import printable
+from goodfit_cli.core.units import RATE, better_word, delta_text, value_text
 
 out = Console()
 err = Console(stderr=True)
@@ -70,8 +71,10 @@ class RichEvents:
     JSON) every `display.every_s` seconds and one at the end."""
 
     def __init__(self, label: str, primary: dict[str, str], display: Display | None = None,
-                 live: bool | None = None) -> None:
+                 live: bool | None = None, units: dict[str, str] | None = None) -> None:
         self.label, self.primary = label, primary
+        # each task's primary metric's unit (core.units): "share" (shown in %), "m", ""
+        self.units = {k: (units or {}).get(t, "") for t in primary for k in (t, f"val {t}")}
         self.display = display or DISPLAY
         self.json = self.display.format == "json"
         self.live = (out.is_terminal if live is None else live) and not self.json
@@ -129,8 +132,10 @@ class RichEvents:
                 continue
             if k == "samples/s":
                 parts.append(f"{v:,.0f} samples/s")
-            else:
+            elif k in ("loss", "lr"):
                 parts.append(f"{k} {v:.3g}" if k == "lr" else f"{k} {v:.4g}")
+            else:  # "old accuracy 91.25 %", "val new ade@8s 7.945 m": as the reports show it
+                parts.append(f"{k} {value_text(v, self.units.get(k.rsplit(' ', 1)[0], ''))}")
         return "  ".join(parts)
 
     def _line(self, now: float) -> None:
@@ -282,33 +287,37 @@ def show(table: Table, console: Console | None = None) -> None:
                       soft_wrap=True)
 
 
-def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str]) -> Table:
+def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str],
+                  units: dict[str, str] | None = None) -> Table:
+    """Each row's primary metrics, as the reports show them (`units`: the unit per task)."""
     t = Table(title=escape(printable(title)))  # it holds the recipe's name
     t.add_column("model")
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right")
     for name, m in rows:
-        t.add_row(escape(printable(name)), *(f"{m[task].get(primary[task], float('nan')):.4g}" for task in ("old", "new")))
+        t.add_row(escape(printable(name)), *(value_text(m[task].get(primary[task]),
+                                                        (units or {}).get(task, ""))
+                                             for task in ("old", "new")))
     return t
 
 
-def _num(value: float | None, spec: str = ".4g") -> str:
-    """A metric cell; the report stores a NaN metric (a diverged arm) as null."""
-    return "nan" if value is None else format(value, spec)
+def _delta(d: dict, unit: str) -> str:
+    """A Δ cell: the change, and a marker that reads without colour ("▼ better")."""
+    word = better_word(d.get("better"), d["value"])
+    arrow = "=" if word == "same" else "▲" if d["value"] > 0 else "▼"
+    colour = {"better": "green", "worse": "red"}.get(word)
+    text = f"{delta_text(d['value'], unit)} {arrow}{f' {word}' if word else ''}"
+    return f"[{colour}]{escape(text)}[/]" if colour else escape(text)
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """Base and arms on both tasks, deltas coloured by direction (green better, red worse),
-    each number as the report prints it (rates in %, their changes in pts)."""
-    from goodfit_cli.report.sections import fmt_delta, fmt_value  # once a report exists
-
-    def num(metric: str, v: float | None) -> str:
-        return _num(v) if v is None else fmt_value(metric, v)
-
+    """Base and arms on both tasks in their units; each Δ says better or worse in words (and
+    in colour: green better, red worse)."""
     primary = {t: report["tasks"][t]["primary"] for t in ("old", "new")}
     arms = report["arms"]
     has_flips = any((a.get("flips") or {}).get("old") for a in arms)
     has_gate = any(a.get("gate") for a in arms)
+    units = {t: (report["tasks"][t].get("units") or {}).get(primary[t], "") for t in primary}
     t = Table(title="regression report (test split)")
     t.add_column("model", no_wrap=True)
     for task in ("old", "new"):
@@ -320,27 +329,22 @@ def summary_table(report: dict[str, Any]) -> Table:
     if has_gate:
         t.add_column("gate", no_wrap=True)
     base = report["base_metrics"]
-    t.add_row("base", num(primary["old"], base["old"].get(primary["old"])), "",
-              num(primary["new"], base["new"].get(primary["new"])), "", "",
+    t.add_row("base", value_text(base["old"].get(primary["old"]), units["old"]), "",
+              value_text(base["new"].get(primary["new"]), units["new"]), "", "",
               *[""] * (has_flips + has_gate))
     for arm in arms:
         cells = []
         for task in ("old", "new"):
             m = primary[task]
-            cells.append(num(m, arm["metrics"][task].get(m)))
+            cells.append(value_text(arm["metrics"][task].get(m), units[task]))
             d = (arm.get("delta") or {}).get(task, {}).get(m)
-            if d is None:
-                cells.append("")
-            elif d["value"] is None or d["value"] == 0 or d.get("better") is None:
-                cells.append(_num(d["value"]) if d["value"] is None else fmt_delta(m, d["value"]))
-            else:  # no colour where the report says '= (same)' or knows no direction
-                colour = "green" if d["better"] else "red"
-                cells.append(f"[{colour}]{fmt_delta(m, d['value'])}[/]")
+            cells.append("" if d is None else "nan" if d.get("value") is None
+                         else _delta(d, units[task]))
         p = arm.get("provenance") or {}
         cells.append(f"{p['batches']}/{p['main_updates']}" if "batches" in p else "-")
         if has_flips:
             flips = (arm.get("flips") or {}).get("old")
-            cells.append(fmt_value("nfr", flips["nfr"]) if flips else "-")
+            cells.append(value_text(flips["nfr"], RATE) if flips else "-")
         if has_gate:
             gate = arm.get("gate")
             cells.append("-" if not gate else ("[green]pass[/]" if gate["passed"] else "[red]FAIL[/]"))

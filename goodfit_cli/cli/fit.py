@@ -45,6 +45,7 @@ from goodfit_cli.cli.base import (
     log,
     print_report,
     show,
+    say_gate,
     ui_for,
 )
 from goodfit_cli.cli.console import metrics_table
@@ -74,11 +75,12 @@ def pretrain(
     r = load(recipe, overrides)  # a bad recipe: one line here, before any process starts
     launch_if_asked(nproc)
     dest = out_dir or default_out(r.name, "base")
-    res = run_pretrain(r, dest, Place(device, seed, data_dir), ui_for(r.primary),
-                       overwrite=overwrite)
+    res = run_pretrain(r, dest, Place(device, seed, data_dir),
+                       ui_for(r.primary, units=r.units), overwrite=overwrite)
     if not is_main():
         return
-    show(metrics_table(f"pretrained {r.name} (test split)", [("base", res.metrics)], r.primary))
+    show(metrics_table(f"pretrained {r.name} (test split)", [("base", res.metrics)],
+                       r.primary, r.units))
     log(f"checkpoint: {dest / 'model.safetensors'}")
 
 
@@ -130,11 +132,12 @@ def finetune(
         job.wise = False
     job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new), recorded=job.gate, junit=junit)
+    say_gate(job.gate)
     job.junit = junit
     if nproc > 1:  # a bad recipe, arm or gate: one line here, before any process starts
         check_stages(job.recipe, job.arms)
     launch_if_asked(nproc)
-    report = run_finetune(job, place, ui_for(job.recipe.primary))
+    report = run_finetune(job, place, ui_for(job.recipe.primary, units=job.recipe.units))
     if report:  # rank 0
         print_report(report, job.out)
         raise_on_gate_failure(report)
@@ -169,8 +172,9 @@ def wise(
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new), junit=junit)
+    say_gate(g)
     report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset),
-                      Place(device, None, data_dir), ui_for(r.primary))
+                      Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     if not report:  # a rank other than 0 under torchrun
         return
     print_report(report, out_dir)
@@ -223,12 +227,13 @@ def search(
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new))
+    say_gate(g)
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
                                    Halving(rungs=rungs), val_margin, cap, reruns, new_offset,
                                    with_alpha),
-                         Place(device, None, data_dir), ui_for(r.primary))
+                         Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too
         if note.startswith(("the budget", "the gate changed", "nothing is recommended",
@@ -290,5 +295,6 @@ def demo(
     r = demo_recipe(quick)
     dest = out_dir or default_out("demo", "quick" if quick else "full")
     log(f"[bold]goodfit demo[/]: {escape(r.description)}", markup=True)
-    report = run_demo(r, dest, Place(device), ui_for(r.primary), overwrite=overwrite)
+    report = run_demo(r, dest, Place(device), ui_for(r.primary, units=r.units),
+                      overwrite=overwrite)
     print_report(report, dest / "finetune")

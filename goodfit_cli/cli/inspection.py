@@ -37,6 +37,7 @@ from goodfit_cli.cli.base import (
     load,
     log,
     print_report,
+    say_gate,
     show,
     ui_for,
 )
@@ -71,9 +72,10 @@ def compare(
     r = load(recipe, None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new), junit=junit)
+    say_gate(g)
     dest = out_dir or default_out(r.name, "compare")
     report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,
-                         place=Place(device, None, data_dir), ui=ui_for(r.primary),
+                         place=Place(device, None, data_dir), ui=ui_for(r.primary, units=r.units),
                          overwrite=overwrite)
     if not report:  # a rank other than 0 under torchrun
         return

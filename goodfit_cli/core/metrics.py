@@ -8,6 +8,7 @@ objectives (`goodfit_cli.objectives.metric`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -15,19 +16,25 @@ import numpy as np
 import torch
 
 from goodfit_cli.core.timing import counted
+from goodfit_cli.core.units import unit_of
 
 
 @dataclass(frozen=True)
 class Metric:
     """A metric as the objective that produces it declares it (objectives/): its name, whether
     higher is better, whether it is the mean of per-sample values (then the report's paired
-    bootstrap gives its delta a CI), and whether it is a share in [0, 1] (shown in %)."""
+    bootstrap gives its delta a CI), whether it is a share in [0, 1] (shown in %), and its unit
+    ("m", "m²"; "" for none): every report, log line and gate message derives how a value reads
+    from it (`core.units`), and `possible` is the range a value can take (a bound outside it can
+    never decide a gate)."""
 
     name: str
     higher_is_better: bool
     per_sample_mean: bool = True
     rate: bool = False
     description: str = ""
+    unit: str = ""
+    nonnegative: bool = False  # an error, a distance: never below 0 (a rate: always [0, 1])
     # a registered metric (beyond what an objective's per_sample gives): compute(predictions,
     # targets) -> (N,) per-sample values, or the value itself when not a per-sample mean; and
     # the objectives (loss names) or task kinds it applies to
@@ -40,16 +47,28 @@ class Metric:
         return self.compute(pred, target)
 
     @property
+    def measured_in(self) -> str:
+        """Its unit: "share" for a rate (shown in %), else the declared one ("" for none)."""
+        return unit_of(self.unit, self.rate)
+
+    @property
+    def possible(self) -> tuple[float, float]:
+        """(lowest, highest) value the metric can take."""
+        if self.rate:
+            return 0.0, 1.0
+        return (0.0 if self.nonnegative else -math.inf), math.inf
+
+    @property
     def direction(self) -> int:
         """+1 if higher is better, -1 if lower is better."""
         return 1 if self.higher_is_better else -1
 
 
 # The report's own metrics (classification): negative and positive flip rates against the base.
-FLIPS = (Metric("nfr", False, rate=True, description="share of samples the base got right and "
-                "the arm wrong"),
-         Metric("pfr", True, rate=True, description="share of samples the base got wrong and "
-                "the arm right"))
+FLIPS = (Metric("nfr", False, rate=True, unit="share",
+                description="share of samples the base got right and the arm wrong"),
+         Metric("pfr", True, rate=True, unit="share",
+                description="share of samples the base got wrong and the arm right"))
 
 
 # ---------------------------------------------------------------- point metrics

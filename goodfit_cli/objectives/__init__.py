@@ -25,6 +25,9 @@ from goodfit_cli.objectives.base import (
     metric,
     produced,
     recomputed,
+    shown,
+    unit,
+    units,
 )
 
 
@@ -45,5 +48,6 @@ def task_kind(loss: str) -> str:
     return OBJECTIVES.get(loss).kind
 
 
-__all__ = ["METRICS", "OBJECTIVES", "Objective", "build_objective", "declared", "direction", "is_rate",
-           "metric", "produced", "recomputed", "task_kind"]
+__all__ = ["METRICS", "OBJECTIVES", "Objective", "build_objective", "declared", "direction",
+           "is_rate", "metric", "produced", "recomputed", "shown", "task_kind", "unit",
+           "units"]

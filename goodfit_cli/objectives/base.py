@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import FLIPS, Metric
+from goodfit_cli.core.units import value_text
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Task
 from goodfit_cli.core.args import check_arg_names
@@ -134,6 +135,30 @@ def direction(name: str) -> int:
         raise UserError(f"metric {name!r} has no known direction: no objective declares it "
                         f"(declared: {', '.join(declared())})")
     return m.direction
+
+
+def unit(name: str, loss: str | None = None) -> str:
+    """The unit of metric `name` ("share" for a rate, "m", "" for none: `core.units`): as
+    objective `loss` declares it, else as every declaration agrees ("" where they differ: the
+    generic mse has no unit, motion's is m²)."""
+    if loss is not None and loss in OBJECTIVES:
+        m = produced(loss).get(name)
+        if m is not None:
+            return m.measured_in
+    shown = {m.measured_in for m in (*FLIPS, *(e.fn for e in METRICS),
+                                    *(m for e in OBJECTIVES for m in getattr(e.fn, "produces", ())))
+             if m.name == name}
+    return shown.pop() if len(shown) == 1 else ""
+
+
+def shown(name: str, v: float | None, loss: str | None = None) -> str:
+    """A value of metric `name` as every report shows it ('87.50 %', '7.945 m')."""
+    return value_text(v, unit(name, loss))
+
+
+def units(loss: str | None, names) -> dict[str, str]:
+    """{metric: unit} of the `names` a task of objective `loss` reports."""
+    return {n: unit(n, loss) for n in names}
 
 
 def is_rate(name: str) -> bool:

@@ -43,12 +43,12 @@ def _macro_f1(pred: Tensor, y: Tensor) -> Tensor:
 
 
 METRICS.register("mae", "mean absolute error (regression with mse)")(
-    Metric("mae", False, description="mean absolute error", compute=_abs_error,
+    Metric("mae", False, description="mean absolute error", nonnegative=True, compute=_abs_error,
            applies_to=("mse",)))
 METRICS.register("balanced_accuracy", "mean per-class recall (classification; no CI)")(
-    Metric("balanced_accuracy", True, per_sample_mean=False, rate=True,
+    Metric("balanced_accuracy", True, per_sample_mean=False, rate=True, unit="share",
            description="mean per-class recall", compute=_balanced_accuracy,
            applies_to=("classification",)))
 METRICS.register("f1", "macro F1 (classification; no CI)")(
-    Metric("f1", True, per_sample_mean=False, rate=True, description="macro F1",
+    Metric("f1", True, per_sample_mean=False, rate=True, unit="share", description="macro F1",
            compute=_macro_f1, applies_to=("classification",)))

@@ -94,13 +94,15 @@ class Motion(Objective):
     """Multi-modal trajectory prediction: metrics ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse, loss."""
 
     kind = "regression"
-    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h}, metres (best mode)")
+    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h} (best mode)",
+                         unit="m", nonnegative=True)
                   for h in HORIZONS for m, what in (("ade", "mean displacement error"),
                                                     ("fde", "final displacement error"))),
-                Metric("miss@8s", False, rate=True, description="share of samples whose best "
-                       "final displacement at 8s exceeds miss_threshold (2 m by default)"),
+                Metric("miss@8s", False, rate=True, unit="share", description="share of samples "
+                       "whose best final displacement at 8s exceeds miss_threshold (2 m by "
+                       "default)"),
                 Metric("mse", False, description="mean squared error (motion: of the most likely "
-                       "mode, square metres)"),
+                       "mode)", unit="m²", nonnegative=True),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics, ce_weight: float = 1.0, beta: float = 1.0,

@@ -27,7 +27,8 @@ from goodfit_cli.objectives.base import OBJECTIVES, Objective
 class MSE(Objective):
     """Regression with mean squared error: metrics `mse`, `loss`."""
 
-    produces = (Metric("mse", False, description="mean squared error over the outputs"),
+    produces = (Metric("mse", False, description="mean squared error over the outputs",
+                       nonnegative=True),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics) -> None:  # no arguments
@@ -56,7 +57,8 @@ class CrossEntropy(Objective):
     """
 
     kind = "classification"
-    produces = (Metric("accuracy", True, rate=True, description="share of samples classified right"),
+    produces = (Metric("accuracy", True, rate=True, unit="share",
+                       description="share of samples classified right"),
                 Metric("loss", False, description="the objective's training loss per sample"))
 
     def __init__(self, task, metrics, balance: str = "none", balance_tau: float = 1.0,

@@ -23,7 +23,7 @@ from goodfit_cli.core.registry import suggest
 from goodfit_cli.core.text import redact
 from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.data.validation import Carving
-from goodfit_cli.objectives import produced
+from goodfit_cli.objectives import produced, unit
 from goodfit_cli.recipe.loader import LOADER
 from goodfit_cli.recipe.sections import VALIDATION, key_map, loss_name
 from goodfit_cli.recipe.stages import StageSpec
@@ -299,6 +299,15 @@ class Recipe(Section):
     def primary(self) -> dict[str, str]:
         """Each task's primary metric (its first listed): what tables, gates and plots lead with."""
         return {"old": self.old_task.metrics[0], "new": self.new_task.metrics[0]}
+
+    def loss_of(self, task: str) -> str:
+        """The objective of task "old" or "new"."""
+        return (self.old_task if task == "old" else self.new_task).loss
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Each task's primary metric's unit (`core.units`: "share", "m", "")."""
+        return {t: unit(m, self.loss_of(t)) for t, m in self.primary.items()}
 
     def at(self, section: str) -> str:
         """The error location of a section of this recipe: 'recipes/toy.yaml: model'."""

@@ -13,7 +13,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core import metrics as M
-from goodfit_cli.objectives import is_rate
+from goodfit_cli.objectives import is_rate, units
 from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.report.model import RunSide
 
@@ -25,13 +25,16 @@ KINDS = ("classification", "regression")
 def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
                  primary: dict[str, str], provenance: dict, readout: dict | None = None,
                  gate_results: dict[str, dict] | None = None, n_boot: int = 1000,
-                 seed: int = 0, sample_ids: dict[str, list[str] | None] | None = None) -> dict:
+                 seed: int = 0, sample_ids: dict[str, list[str] | None] | None = None,
+                 losses: dict[str, str] | None = None) -> dict:
     """The report: base metrics, and per arm its metrics, deltas (arm - base) with bootstrap CIs,
     flips and per-class deltas (classification), curves, WiSE-FT points, read-out and gate result.
 
     kinds/primary: {"old": ..., "new": ...}. readout: {"metric_new", "metric_old", "at": [...]}.
     gate_results: {arm name: evaluate_gate(...) result}; or call gate.apply_gate afterwards.
     sample_ids: {task: a name per test sample (file path, table row)} for the flipped examples.
+    losses: {task: its objective}: each task's "units" (metadata: how its metrics read) come
+    from that objective's declarations.
     """
     for task in TASKS:
         if kinds.get(task) not in KINDS:
@@ -51,7 +54,10 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
         "schema": SCHEMA_ID,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "provenance": prov,
-        "tasks": {t: {"kind": kinds[t], "primary": primary[t]} for t in TASKS},
+        "tasks": {t: {"kind": kinds[t], "primary": primary[t],
+                      "units": units((losses or {}).get(t),
+                                     [*base_metrics[t], *(f.name for f in M.FLIPS)])}
+                  for t in TASKS},
         "base_metrics": base_metrics,
         "base_masked": masked,
         "base_confusion": {t: confusion(_preds(base, t), shared.get(t)) for t in TASKS

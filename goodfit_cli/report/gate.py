@@ -32,12 +32,14 @@ import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from goodfit_cli.objectives import declared, direction, is_rate
+from goodfit_cli.core.units import RATE, amount_text, ci_text, value_text
+from goodfit_cli.objectives import declared, direction, is_rate, unit
 from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import FLIPS
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.recipe.yamlcheck import parse_yaml
+from goodfit_cli.report.bounds import impossible, odd
 
 TASKS = ("old", "new")
 DELTA_BOUNDS = ("max_drop", "max_drop_rel", "min_gain")
@@ -64,6 +66,11 @@ class Limit:
 class Gate:
     limits: tuple[Limit, ...]
     source: str = "flags"           # the gate file, or "flags"
+
+    def notes(self) -> list[str]:
+        """A line per odd but possible bound (report/bounds.py: a floor on an error)."""
+        return [n for l in self.limits
+                if (n := odd(l.task, l.metric, l.bound, l.threshold, self.source))]
 
 
 # ---------------------------------------------------------------- loading
@@ -131,15 +138,6 @@ def _short(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _not_a_share(metric: str, bound: str, v: float) -> str | None:
-    """Why `bound` v on a rate (a share in [0, 1]: accuracy, flip rates) can never decide a
-    gate (5 meant as 5 pts: no drop, value or gain of a share goes beyond 1), else None."""
-    if not is_rate(metric) or (-1.0 if bound == "min_gain" else 0.0) <= v <= 1.0:
-        return None
-    return (f"{metric} is a share in [0, 1] (0.05 = 5 pts), so {bound} {v:g} can never be "
-            f"decided by it; give it as a share")
-
-
 def _parse_limit(entry, where: str) -> list[Limit]:
     if not isinstance(entry, dict):
         raise UserError(f"{where}: expected a mapping like {{task: old, metric: accuracy, "
@@ -168,8 +166,8 @@ def _parse_limit(entry, where: str) -> list[Limit]:
             raise UserError(f"{where}.{b}: must be >= 0, got {_short(v)}")
         if metric in FLIP_METRICS and b not in VALUE_BOUNDS:
             raise UserError(f"{where}.{b}: flip rate {_short(metric)} takes only 'max' or 'min' bounds")
-        if _not_a_share(metric, b, v):
-            raise UserError(f"{where}.{b}: {_not_a_share(metric, b, v)}")
+        if impossible(metric, b, v):
+            raise UserError(f"{where}.{b}: {impossible(metric, b, v)}")
         limits.append(Limit(task, metric, b, float(v), sig))
     return limits
 
@@ -195,8 +193,8 @@ def parse_bound(flag: str, item: str) -> Limit:
         v = math.nan
     if not math.isfinite(v):
         raise UserError(f"{name} {item!r}: the bound must be a finite number, got {value!r}")
-    if _not_a_share(metric, bound, v):
-        raise UserError(f"{name} {item!r}: {_not_a_share(metric, bound, v)}")
+    if impossible(metric, bound, v):
+        raise UserError(f"{name} {item!r}: {impossible(metric, bound, v)}")
     return Limit(task, metric, bound, v)
 
 
@@ -211,9 +209,9 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
             raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
                             f"{primary_old}, e.g. {eg}), got {max_old_drop}")
         direction(primary_old)                       # UserError when its direction is unknown
-        if _not_a_share(primary_old, "max_drop", max_old_drop):
+        if impossible(primary_old, "max_drop", max_old_drop):
             raise UserError(f"--max-old-drop {max_old_drop:g}: old-task "
-                            f"{_not_a_share(primary_old, 'max_drop', max_old_drop)}")
+                            f"{impossible(primary_old, 'max_drop', max_old_drop)}")
         limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
     if max_nfr is not None:
         if not math.isfinite(max_nfr) or not 0 <= max_nfr <= 1:
@@ -230,17 +228,21 @@ def describe(gate: Gate | None) -> str:
     if gate is None or not gate.limits:
         return "no gate"
     src = "command-line flags" if gate.source == "flags" else gate.source
-    return "; ".join(l.name + _reading(l) for l in gate.limits) + f" (from {src})"
+    return "; ".join(worded(l) for l in gate.limits) + f" (from {src})"
 
 
-def _reading(limit: Limit) -> str:
-    """A limit's threshold in the report's units, where they differ from the fraction the gate
-    is written in: ' (2.00 pts)', ' (95.00 %)', ' (5.00 % of the base)'; else ''."""
-    if limit.bound == "max_drop_rel":
-        return f" ({limit.threshold * 100:.2f} % of the base)"
-    if not is_rate(limit.metric):
-        return ""
-    return f" ({limit.threshold * 100:.2f} {'pts' if limit.bound in DELTA_BOUNDS else '%'})"
+def worded(l: Limit) -> str:
+    """'old ade@8s max 7.9 m', 'old accuracy max_drop 0.01 (1.00 pts)', 'old accuracy
+    max_drop_rel 0.1 (10.00 % of the base)': a limit with its threshold in the report's units."""
+    u, sig = unit(l.metric), " (significant)" if l.require_significant else ""
+    if l.bound == "max_drop_rel":
+        return f"{l.task} {l.metric} {l.bound} {l.threshold:g} ({l.threshold * 100:.2f} % of the " \
+               f"base){sig}"
+    if not u:
+        return l.name
+    said = (amount_text(l.threshold, u) if l.bound in DELTA_BOUNDS else value_text(l.threshold, u))
+    said = f"({'-' * (l.threshold < 0 and l.bound in DELTA_BOUNDS)}{said})" if u == RATE else u
+    return f"{l.task} {l.metric} {l.bound} {l.threshold:g} {said}{sig}"
 
 
 def within(value: float, bound: float, side: str) -> bool:
@@ -279,39 +281,35 @@ def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],
 
 
 # ---------------------------------------------------------------- evaluation
-def _amount(metric: str, x: float) -> str:
-    return f"{abs(x) * 100:.2f} pts" if is_rate(metric) else f"{abs(x):.4g}"
-
-
-def _shown(metric: str, a: float, b: float, unit: str = " %") -> tuple[str, str]:
-    """a and b as the report shows them (4 significant digits; a rate in % to 2 decimals), with
-    more digits while they would read alike but differ beyond the gate's tolerance (a value
-    just over its limit must not read "7.945 (limit 7.945)")."""
-    rate = is_rate(metric)
+def _shown(u: str, a: float, b: float, amounts: bool = False) -> tuple[str, str]:
+    """a and b as the report shows them (`core.units`: 4 significant digits, a rate in % to 2
+    decimals, the unit after), with more digits while they would read alike but differ beyond
+    the gate's tolerance (a value just over its limit must not read "7.945 m (limit 7.945 m)").
+    `amounts`: sizes of changes (pts for a rate)."""
     differ = not within(a, b, "max") or not within(a, b, "min")
     for extra in range(14):
-        out = tuple(f"{v * 100:.{2 + extra}f}{unit}" if rate else f"{v:.{4 + extra}g}"
+        out = tuple(amount_text(v, u, 4 + extra) if amounts else value_text(v, u, 4 + extra)
                     for v in (a, b))
         if out[0] != out[1] or not differ:
             break
     return out
 
 
-def _ci_text(metric: str, ci) -> str:
-    scale, unit = (100, " pts") if is_rate(metric) else (1, "")
-    return f"95 % CI [{ci[0] * scale:.3g}, {ci[1] * scale:.3g}]{unit}"
+def _ci_text(u: str, ci) -> str:
+    return f"95 % CI {ci_text(ci, u)}{' pts' if u == RATE else f' {u}' if u else ''}"
 
 
-def _check(limit: Limit, arm: dict) -> dict:
+def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
     task, metric, thr = limit.task, limit.metric, limit.threshold
     label = f"{task} {metric}"
+    u = ((units or {}).get(task) or {}).get(metric, unit(metric))
 
     def result(value, passed, message, ci=None, significant=None, why="no predictions") -> dict:
         if not passed and limit.require_significant:
             if ci is None:
                 message += f"; no CI to test significance ({why}), counted as a violation"
             elif not significant:
-                passed, message = True, message + f"; not significant ({_ci_text(metric, ci)})"
+                passed, message = True, message + f"; not significant ({_ci_text(u, ci)})"
         return {"limit": limit.name, "value": value, "threshold": thr, "passed": passed,
                 "message": message}
 
@@ -335,7 +333,7 @@ def _check(limit: Limit, arm: dict) -> dict:
                           f"{arm['name']!r}: it never passes a gate")
         why = ("a max or min bound has a CI only on nfr and pfr; use max_drop or min_gain"
                if metric not in FLIP_METRICS else "no predictions")
-        shown, thr_shown = _shown(metric, value, thr)
+        shown, thr_shown = _shown(u, value, thr)
         if limit.bound == "max":
             return result(value, within(value, thr, "max"), f"{label} is {shown} (limit "
                           f"{thr_shown})", ci, ci is not None and ci[0] > thr, why)
@@ -358,8 +356,8 @@ def _check(limit: Limit, arm: dict) -> dict:
     significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
     why = entry.get("no_ci") or "no predictions"  # f1, balanced_accuracy: not a per-sample mean
     drop = -sign * d                                      # > 0: moved in the bad direction
-    moved, limit_shown = _shown(metric, abs(d), abs(thr), " pts") \
-        if limit.bound in ("max_drop", "min_gain") else (_amount(metric, d), "")
+    moved, limit_shown = _shown(u, abs(d), abs(thr), amounts=True) \
+        if limit.bound in ("max_drop", "min_gain") else (amount_text(d, u), "")
     if drop > 0:
         change = f"{'dropped' if sign > 0 else 'rose'} {moved}"
     else:
@@ -383,9 +381,10 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def evaluate_gate(gate: Gate, report_arm: dict) -> dict:
-    """Check one report arm against every limit: {"passed", "checks", "violations"}."""
-    checks = [_check(limit, report_arm) for limit in gate.limits]
+def evaluate_gate(gate: Gate, report_arm: dict, units: dict | None = None) -> dict:
+    """Check one report arm against every limit: {"passed", "checks", "violations"}; `units`
+    {task: {metric: unit}} (a report's), else each metric's declared one."""
+    checks = [_check(limit, report_arm, units) for limit in gate.limits]
     return {"passed": all(c["passed"] for c in checks), "checks": checks,
             "violations": [c["message"] for c in checks if not c["passed"]]}
 
@@ -398,6 +397,7 @@ def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
     check_metrics(gate, {t: set(report["base_metrics"][t]) for t in TASKS}, kinds, "the run")
     results = {}
     for arm in report["arms"]:
-        arm["gate"] = results[arm["name"]] = evaluate_gate(gate, arm)
+        arm["gate"] = results[arm["name"]] = evaluate_gate(
+            gate, arm, {t: report["tasks"][t].get("units") or {} for t in TASKS})
     report["gate_limits"] = describe(gate)
     return results

@@ -19,8 +19,8 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from goodfit_cli.objectives import direction, is_rate
-from goodfit_cli.report.gate import FLIP_METRICS, TASKS, VALUE_BOUNDS, Gate, Limit, within
+from goodfit_cli.objectives import direction, is_rate, shown
+from goodfit_cli.report.gate import FLIP_METRICS, TASKS, VALUE_BOUNDS, Gate, Limit, within, worded
 
 DEFAULT_Z = 0.5  # `goodfit search --val-margin`'s default (docs/method.md: why half)
 
@@ -145,12 +145,12 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
     said = []
     for limit, read, value in bad:
         where = f"on {count} samples" if count else "there"
-        moved = (f", read there as {read.threshold:.4g} with the validation margin"
-                 if read.threshold != limit.threshold else "")
+        moved = (f", read there as {shown(limit.metric, read.threshold)} with the validation "
+                 "margin" if read.threshold != limit.threshold else "")
         test = ((base_test or {}).get("old") or {}).get(limit.metric)
-        on_test = f" (test: {test:.4g})" if isinstance(test, (int, float)) else ""
-        said.append(f"old {limit.metric} {value:.4g} {where}{on_test} against "
-                    f"{limit.name}{moved}")
+        on_test = f" (test: {shown(limit.metric, test)})" if isinstance(test, (int, float)) else ""
+        said.append(f"old {limit.metric} {shown(limit.metric, value)} {where}{on_test} against "
+                    f"{worded(limit)}{moved}")
     return {"limits": [limit.name for limit, *_ in bad],
             "message": ("warning: the base itself fails the gate on validation: "
                         + "; ".join(said) + ". No update passes there unless it does better "
@@ -171,7 +171,8 @@ def base_outside_test(gate: Gate | None, base_test: dict,
     if not bad:
         return None
     where = f" on {count} samples" if count else ""
-    said = "; ".join(f"old {limit.metric} {value:.4g}{where} against {limit.name}"
+    said = "; ".join(f"old {limit.metric} {shown(limit.metric, value)}{where} against "
+                     f"{worded(limit)}"
                      for limit, _, value in bad)
     return {"limits": [limit.name for limit, *_ in bad],
             "message": (f"note: the base itself fails the gate on test: {said}. It was not "

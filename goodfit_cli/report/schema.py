@@ -60,7 +60,8 @@ _ARM = _obj({
     "curve": {"type": "array", "items": _CURVE_POINT}, "wise": _WISE,
     "readout": _READOUT, "provenance": {"type": "object"}, "gate": _GATE,
 }, {"curve_split": {"enum": ["val", "test"]}})  # the split "curve" is drawn on
-_TASK = _obj({"kind": {"enum": ["classification", "regression"]}, "primary": _STR})
+_TASK = _obj({"kind": {"enum": ["classification", "regression"]}, "primary": _STR},
+             {"units": {"type": "object", "additionalProperties": _STR}})  # metadata: text only
 
 REPORT_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",

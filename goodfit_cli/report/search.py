@@ -16,7 +16,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from goodfit_cli.objectives import direction
+from goodfit_cli.core.units import value_text
+from goodfit_cli.objectives import direction, unit
 from goodfit_cli.io.staging import write_together
 from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
@@ -142,6 +143,9 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     what report.md and report.html both show. `e` escapes the names and paths the user chose
     (Markdown: md_escape, so no HTML, link or secret reaches a PR; HTML escapes later)."""
     m_old, m_new = rep["metrics"]
+    u = {t: (rep.get("units") or {}).get(t, unit(m)) for t, m in (("old", m_old), ("new", m_new))}
+    vo, vn = (lambda v: value_text(v, u["old"], missing="-")), (  # noqa: E731
+        lambda v: value_text(v, u["new"], missing="-"))
     title = f"goodfit search: {e(rep['study'])}"
     header = [f"Recipe {e(rep['recipe'])}, base {e(rep['base'])}, storage {e(rep['storage'])}; "
               f"{len(rep['trials'])} trials ({rep['complete']} complete"
@@ -166,8 +170,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
         if rec.get("test_old") is not None:
             gate = {True: "passes", False: failing("FAILS", rec.get("violations_test"), e),
                     None: "-"}[rec.get("passes_gate_test")]
-            test = (f"; on test: old {m_old} {rec['test_old']:.5g}, new {m_new} "
-                    f"{rec['test_new']:.5g} (gate on test: {gate})")
+            test = (f"; on test: old {m_old} {value_text(rec['test_old'], u['old'], 5)}, new "
+                    f"{m_new} {value_text(rec['test_new'], u['new'], 5)} (gate on test: {gate})")
         default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
         of = (", the exponential moving average of its weights (finetune.ema)"
               if shipped_name(rec) != rec["arm"] else "")
@@ -175,17 +179,16 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     f"{default}{of}; {knobs}), "
                     f"by --rule "
                     f"{rep.get('rule', 'new')}: on validation old {m_old} "
-                    f"{rec['old']:.4g}, new {m_new} {rec['new']:.4g}{test}; exported to "
+                    f"{vo(rec['old'])}, new {m_new} {vn(rec['new'])}{test}; exported to "
                     + e(rep.get("exported") or f"not exported ({rep.get('export_note', '')})")
                     + ".")
-        said += [slack_line(f, m_old) for f in rep.get("floor_slack") or []]
+        said += [slack_line(f, m_old, u["old"]) for f in rep.get("floor_slack") or []]
         if rep.get("close_calls"):
-            said.append(_close_calls(rep["close_calls"], m_new))
+            said.append(_close_calls(rep["close_calls"], m_new, u["new"]))
         failed = {r["name"] for r in rep["defaults"] if r.get("gate") is False}
         said += [f"against {name}: {verdict}" + (f" ({name} fails the gate)" if name in failed
                                                  else "")
                  for name, verdict in rep["against_defaults"].items()]
-    val = lambda v: "-" if v is None else f"{v:.4g}"  # noqa: E731
     front = {p["number"] for p in rep["front"]}
     def judged(t: dict) -> str:
         if t["state"] != "COMPLETE":
@@ -204,23 +207,23 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items()),
                  "-" if t.get("batches") is None else str(t["batches"]),
-                 val(t["old"]), val(t["new"]), judged(t),
-                 "*" if t["number"] in front else "", val(t.get("test_old")),
-                 val(t.get("test_new"))] for t in rep["trials"]])]
+                 vo(t["old"]), vn(t["new"]), judged(t),
+                 "*" if t["number"] in front else "", vo(t.get("test_old")),
+                 vn(t.get("test_new"))] for t in rep["trials"]])]
     if rep["defaults"]:
         gate = {True: "pass", False: "FAIL", None: "-"}
         rows = []
         if rep.get("base_point"):
             b = rep["base_point"]
-            rows.append(["base (no fine-tune)", val(b["old"]), val(b["new"]), "-",
-                         val(b.get("test_old")), val(b.get("test_new"))])
+            rows.append(["base (no fine-tune)", vo(b["old"]), vn(b["new"]), "-",
+                         vo(b.get("test_old")), vn(b.get("test_new"))])
         rows += [[f"{r['name']} (trial {r['number']})" if "number" in r else r["name"],
-                  val(r["old"]), val(r["new"]),
+                  vo(r["old"]), vn(r["new"]),
                   (failing("FAIL", r.get("violations"), e) if r.get("gate") is False
                    else gate[r.get("gate")]) if "state" not in r else
-                  (f"{r['state']}" + (f"; new {m_new} {r['rung_new']:.4g} at rung {r['rung']}, "
+                  (f"{r['state']}" + (f"; new {m_new} {vn(r['rung_new'])} at rung {r['rung']}, "
                                       "best WiSE-FT point" if "rung" in r else "")),
-                  val(r.get("test_old")), val(r.get("test_new"))] for r in rep["defaults"]]
+                  vo(r.get("test_old")), vn(r.get("test_new"))] for r in rep["defaults"]]
         tables.append(("The recipe's default arms", ["arm", f"old {m_old} (val)",
                                                      f"new {m_new} (val)", "gate (val)",
                                                      f"old {m_old} (test)",
@@ -270,9 +273,9 @@ def render_html(rep: dict[str, Any], svg: str) -> str:
     return "\n".join(parts) + "\n</body></html>\n"
 
 
-def _close_calls(cc: dict, m_new: str) -> str:
+def _close_calls(cc: dict, m_new: str, shown: str | None = None) -> str:
     """The report's line on `close_calls`."""
-    within = within_phrase(cc, m_new)
+    within = within_phrase(cc, m_new, shown)
     if not cc["trials"]:
         return f"No other candidate is {within}."
     names = ", ".join(map(str, cc["trials"]))

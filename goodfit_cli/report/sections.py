@@ -9,46 +9,47 @@ from __future__ import annotations
 import json
 
 from goodfit_cli.data.validation import THIN, class_named, thin_shown
-from goodfit_cli.objectives import is_rate
+from goodfit_cli.core.units import amount_text, better_word, ci_text, delta_text, value_text
+from goodfit_cli.objectives import unit
 
 _DASH = "—"
 
 
 # ---------------------------------------------------------------- formatting shared by both
-def fmt_value(metric: str, v: float | None) -> str:
-    if v is None:
-        return _DASH
-    return f"{v * 100:.2f} %" if is_rate(metric) else f"{v:.4g}"
+def unit_in(report: dict, task: str, metric: str) -> str:
+    """The unit of `metric` on `task` (the report's "units": from the task's objective;
+    a report written before them: from the declarations)."""
+    shown = ((report.get("tasks") or {}).get(task) or {}).get("units") or {}
+    return shown[metric] if metric in shown else unit(metric)
 
 
-def fmt_delta(metric: str, d: float) -> str:
-    return f"{d * 100:+.2f} pts" if is_rate(metric) else f"{d:+.4g}"
+def fmt_value(metric: str, v: float | None, shown: str | None = None) -> str:
+    """'87.50 %', '7.945 m', '0.1234': as the metric's unit (`shown`, else its declaration)."""
+    return value_text(v, unit(metric) if shown is None else shown, missing=_DASH)
 
 
-def fmt_ci(metric: str, ci: list | None) -> str:
-    if not ci:
-        return ""
-    scale, f = (100, ".2f") if is_rate(metric) else (1, ".3g")
-    return f"[{ci[0] * scale:{f}}, {ci[1] * scale:{f}}]"
+def fmt_delta(metric: str, d: float, shown: str | None = None) -> str:
+    return delta_text(d, unit(metric) if shown is None else shown)
+
+
+def fmt_ci(metric: str, ci: list | None, shown: str | None = None) -> str:
+    return ci_text(ci, unit(metric) if shown is None else shown)
 
 
 def _marker(entry: dict) -> str:
     """'▲ (better)', '▼ (worse)', '= (same)': the arrow is the sign, the word the direction."""
-    if entry["value"] == 0:
-        return "= (same)"
-    arrow = "▲" if entry["value"] > 0 else "▼"
-    if entry["better"] is None:
-        return arrow
-    return f"{arrow} ({'better' if entry['better'] else 'worse'})"
+    word = better_word(entry["better"], entry["value"])
+    arrow = "=" if word == "same" else "▲" if entry["value"] > 0 else "▼"
+    return f"{arrow} ({word})" if word else arrow
 
 
-def _delta_text(metric: str, entry: dict | None) -> str:
+def _delta_text(metric: str, entry: dict | None, shown: str | None = None) -> str:
     if entry is None:
         return _DASH
-    ci = fmt_ci(metric, entry["ci"])
+    ci = fmt_ci(metric, entry["ci"], shown)
     if not ci and entry.get("no_ci"):  # e.g. balanced_accuracy: no paired bootstrap applies
         ci = f"(no CI: {entry['no_ci']})"
-    return f"{fmt_delta(metric, entry['value'])} {_marker(entry)}" + (f" {ci}" if ci else "")
+    return f"{fmt_delta(metric, entry['value'], shown)} {_marker(entry)}" + (f" {ci}" * bool(ci))
 
 
 def _tone(entry: dict | None) -> str:
@@ -86,14 +87,16 @@ def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
     head += ["batches / updates"] * has_compute
     head += ["NFR (old)", "PFR (old)"] * has_flips + ["gate"] * has_gate
     base = report["base_metrics"]
-    rows = [[("base", ""), (fmt_value(po, base["old"].get(po)), ""), ("", ""),
+    uo, un = unit_in(report, "old", po), unit_in(report, "new", pn)
+    rows = [[("base", ""), (fmt_value(po, base["old"].get(po), uo), ""), ("", ""),
              (_base_new(report, pn), ""), ("", "")]
             + [("", "")] * (has_compute + 2 * has_flips + has_gate)]
     for a in report["arms"]:
         do, dn = a["delta"]["old"].get(po), a["delta"]["new"].get(pn)
-        row = [(a["name"], ""), (fmt_value(po, a["metrics"]["old"].get(po)), ""),
-               (_delta_text(po, do), _tone(do)), (fmt_value(pn, a["metrics"]["new"].get(pn)), ""),
-               (_delta_text(pn, dn), _tone(dn))]
+        row = [(a["name"], ""), (fmt_value(po, a["metrics"]["old"].get(po), uo), ""),
+               (_delta_text(po, do, uo), _tone(do)),
+               (fmt_value(pn, a["metrics"]["new"].get(pn), un), ""),
+               (_delta_text(pn, dn, un), _tone(dn))]
         if has_compute:
             p = a.get("provenance", {})
             row.append((f"{p.get('batches', _DASH)} / {p.get('main_updates', _DASH)}", ""))
@@ -114,7 +117,8 @@ def _base_new(report: dict, metric: str) -> str:
     """The base's new-task value; n/a for a loss measured through a masked head."""
     if metric in report.get("base_masked", []):
         return "n/a (masked head)"
-    return fmt_value(metric, report["base_metrics"]["new"].get(metric))
+    return fmt_value(metric, report["base_metrics"]["new"].get(metric),
+                     unit_in(report, "new", metric))
 
 
 def _candidates(report: dict) -> list[tuple[str, str]]:
@@ -149,13 +153,14 @@ def _all_metric_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]
         for a in report["arms"]:
             names += [m for m in a["metrics"][task] if m not in names]
         for m in names:
+            u = unit_in(report, task, m)
             value = (_base_new(report, m) if task == "new" else
-                     fmt_value(m, report["base_metrics"][task].get(m)))
+                     fmt_value(m, report["base_metrics"][task].get(m), u))
             row = [(task, ""), (m, ""), (value, "")]
             for a in report["arms"]:
                 d = a["delta"][task].get(m)
-                text = fmt_value(m, a["metrics"][task].get(m))
-                row.append((text + (f" ({_delta_text(m, d)})" if d else ""), _tone(d)))
+                text = fmt_value(m, a["metrics"][task].get(m), u)
+                row.append((text + (f" ({_delta_text(m, d, u)})" if d else ""), _tone(d)))
             rows.append(row)
     return head, rows
 
@@ -177,8 +182,11 @@ def _readout_table(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]
         return None
     ro = arms[0]["readout"]
     mn, mo = ro["metric_new"], ro["metric_old"]
-    head = ["arm"] + [f"old {mo} at new {mn} = {fmt_value(mn, v['new'])}" for v in ro["values"]]
-    rows = [[(a["name"], "")] + [(fmt_value(mo, v["old"]), "") for v in a["readout"]["values"]]
+    uo, un = unit_in(report, "old", mo), unit_in(report, "new", mn)
+    head = ["arm"] + [f"old {mo} at new {mn} = {fmt_value(mn, v['new'], un)}"
+                      for v in ro["values"]]
+    rows = [[(a["name"], "")] + [(fmt_value(mo, v["old"], uo), "")
+                                 for v in a["readout"]["values"]]
             for a in arms]
     return head, rows
 
@@ -278,6 +286,7 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
     if not v:
         return None
     po, pn = v["metrics"]
+    uo, un = unit_in(report, "old", po), unit_in(report, "new", pn)
     head = ["arm", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
             "gate (val)", "dominated by (val; ✓ = also on test)", "verdict"]
     rows = []
@@ -290,9 +299,10 @@ def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]
         by = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "") \
             if names else _DASH
         tone = "worse" if a["dominated_by"] else "better"
-        rows.append([(a["name"], ""), (fmt_value(po, val.get("old")), ""),
-                     (fmt_value(pn, val.get("new")), ""), (fmt_value(po, test.get("old")), ""),
-                     (fmt_value(pn, test.get("new")), ""),
+        rows.append([(a["name"], ""), (fmt_value(po, val.get("old"), uo), ""),
+                     (fmt_value(pn, val.get("new"), un), ""),
+                     (fmt_value(po, test.get("old"), uo), ""),
+                     (fmt_value(pn, test.get("new"), un), ""),
                      (gate_cell(a["passes_gate_val"]), ""), (by, ""),
                      (a["status"], tone)])
     return head, rows
@@ -306,6 +316,7 @@ def _wise_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | 
     if not arms:
         return None
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
+    uo, un = unit_in(report, "old", po), unit_in(report, "new", pn)
     head = ["arm", "grid (val)", "chosen α", f"old {po} (val)", f"new {pn} (val)",
             f"old {po} (test)", f"new {pn} (test)"]
     rows = []
@@ -319,10 +330,10 @@ def _wise_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | 
             continue
         val = w.get("val") or {}
         rows.append([(a["name"], ""), (grid, ""), (f"{w['alpha']:g}", ""),
-                     (fmt_value(po, (val.get("old") or {}).get(po)), ""),
-                     (fmt_value(pn, (val.get("new") or {}).get(pn)), ""),
-                     (fmt_value(po, (w.get("old") or {}).get(po)), ""),
-                     (fmt_value(pn, (w.get("new") or {}).get(pn)), "")])
+                     (fmt_value(po, (val.get("old") or {}).get(po), uo), ""),
+                     (fmt_value(pn, (val.get("new") or {}).get(pn), un), ""),
+                     (fmt_value(po, (w.get("old") or {}).get(po), uo), ""),
+                     (fmt_value(pn, (w.get("new") or {}).get(pn), un), "")])
     return head, rows
 
 
@@ -339,35 +350,38 @@ def _ship_line(report: dict) -> str | None:
                            if ship["kind"] == "wise" else "")
     gate = {True: "passes", False: "FAILS", None: "no gate"}[ship["passes_gate_test"]]
     val, test = ship["val"], ship["test"] or {}
-    return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'])}, new {pn} "
-            f"{fmt_value(pn, val['new'])}; test old {fmt_value(po, test.get('old'))}, new "
-            f"{fmt_value(pn, test.get('new'))} (test gate: {gate})."
-            + "".join(" " + slack_line(f, po) for f in ship.get("floor_slack") or [])
-            + _close(ship, pn))
+    uo, un = unit_in(report, "old", po), unit_in(report, "new", pn)
+    return (f"Ship {what}: validation old {po} {fmt_value(po, val['old'], uo)}, new {pn} "
+            f"{fmt_value(pn, val['new'], un)}; test old {fmt_value(po, test.get('old'), uo)}, "
+            f"new {fmt_value(pn, test.get('new'), un)} (test gate: {gate})."
+            + "".join(" " + slack_line(f, po, uo) for f in ship.get("floor_slack") or [])
+            + _close(ship, pn, un))
 
 
-def slack_line(f: dict, metric: str) -> str:
+def slack_line(f: dict, metric: str, shown: str | None = None) -> str:
     """How far a choice's validation old-task value clears a floor or ceiling, in standard errors
     of that reading (report/margin.py floor_slack), for the verdict and a search."""
-    z = f"{f['z']:.1f}"
-    return (f"Its validation old {metric} clears {f['limit']} by {f['slack']:.2g}, {z} standard "
-            f"error{'' if z == '1.0' else 's'} of that reading (±{f['se']:.2g} on {f['n']} "
+    z, u = f"{f['z']:.1f}", unit(metric) if shown is None else shown
+    return (f"Its validation old {metric} clears {f['limit']} by {amount_text(f['slack'], u, 2)}, "
+            f"{z} standard error{'' if z == '1.0' else 's'} of that reading "
+            f"(±{amount_text(f['se'], u, 2)} on {f['n']} "
             "samples): fresh data can take that back (the test numbers are the check).")
 
 
-def within_phrase(cc: dict, metric: str) -> str:
-    """'within one standard error of its validation new accuracy (±0.054 on 71 samples)': the
+def within_phrase(cc: dict, metric: str, shown: str | None = None) -> str:
+    """'within one standard error of its validation new accuracy (±5.4 pts on 71 samples)': the
     close calls' bound (report/margin.py within_noise) in words, for the verdict and a search."""
     z = "one standard error" if cc["z"] == 1 else f"{cc['z']:g} standard errors"
-    return f"within {z} of its validation new {metric} (±{cc['se']:.2g} on {cc['n']} samples)"
+    se = amount_text(cc["se"], unit(metric) if shown is None else shown, 2)
+    return f"within {z} of its validation new {metric} (±{se} on {cc['n']} samples)"
 
 
-def _close(ship: dict, pn: str) -> str:
+def _close(ship: dict, pn: str, shown: str | None = None) -> str:
     """What the validation split cannot tell from the shipped candidate (verdict.py)."""
     cc = ship.get("close_calls")
     if not cc:
         return ""
-    within = within_phrase(cc, pn)
+    within = within_phrase(cc, pn, shown)
     if not cc["names"]:
         return f" No other candidate that passes is {within}."
     return (f" Within validation noise: {', '.join(cc['names'])} "

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from goodfit_cli.objectives import direction
+from goodfit_cli.objectives import direction, shown
 
 GAP_Z = 3.0  # standard errors in validation's favour from which the gap is reported
 MIN_SAMPLES = 10  # per split: fewer and nothing is said
@@ -52,8 +52,8 @@ def validation_gap(test: dict, val: dict, metric: str, carved: bool) -> dict | N
            "with this recipe (its carved rows are left out of training)" if carved else
            "check that the old task's `val:` split holds no row the base trained on")
     return {"metric": key, "val": mv, "test": mt, "z": round(z, 2),
-            "message": (f"warning: the base scores old {key} {mv:.4g} on validation and {mt:.4g} "
-                        f"on test, {z:.1f} standard errors apart: it has probably trained on the "
+            "message": (f"warning: the base scores old {key} {shown(key, mv)} on validation and "
+                        f"{shown(key, mt)} on test, {z:.1f} standard errors apart: it has probably trained on the "
                         "validation rows, or they are easier than test; every choice made on "
                         "old-task validation (the gate there, WiSE-FT α, the verdict, a search's "
                         f"feasibility) is then optimistic on test: {fix}")}

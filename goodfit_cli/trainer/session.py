@@ -59,7 +59,7 @@ from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.hf import TOKENIZER, folder_state, is_transformers
 from goodfit_cli.models.layout import InferenceTwin
 from goodfit_cli.models.from_config import spec_from_config
-from goodfit_cli.objectives import direction, task_kind
+from goodfit_cli.objectives import direction, shown, task_kind
 from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.recipe import Component, Recipe
 from goodfit_cli.recipe.schema import SEED_MAX
@@ -391,6 +391,7 @@ def base_mismatch(recorded: dict | None, measured: dict[str, float], metric: str
         return None
     fed = (f"{inputs['source']} mean {inputs['mean']} std {inputs['std']}" if inputs else
            "as stored")
-    return (f"warning: the base measures old {metric} {now:.4g} here but its checkpoint recorded "
-            f"{then:.4g}: its inputs probably differ from its training (fed: {fed}); set "
+    return (f"warning: the base measures old {metric} {shown(metric, now)} here but its "
+            f"checkpoint recorded {shown(metric, then)}: its inputs probably differ from its "
+            f"training (fed: {fed}); set "
             "data.args.normalize or check the data before trusting this run")

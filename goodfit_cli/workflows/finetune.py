@@ -29,7 +29,7 @@ from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, relocat
 from goodfit_cli.io.rundir import devices_used, note_diverged, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
-from goodfit_cli.objectives import recomputed
+from goodfit_cli.objectives import recomputed, shown
 from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
 from goodfit_cli.report.margin import base_against_gate
@@ -296,8 +296,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             "val_metrics": base_val, "measured_on": measured_on(s, model),
             "files_sha256": {f: sha256_file(out / "base" / f) for f in
                              ("predictions.safetensors", "val_predictions.safetensors")}})
-    said = "base (test): " + "  ".join(f"{t} " + ", ".join(f"{m} {v:.4g}" for m, v in d.items())
-                                       for t, d in base_metrics.items())
+    said = "base (test): " + "  ".join(f"{t} " + ", ".join(f"{m} {shown(m, v, recipe.loss_of(t))}"
+                                       for m, v in d.items()) for t, d in base_metrics.items())
     if first_time(said):  # a search's trials measure one base: said once
         ui.log(said)
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe_sha,

@@ -13,7 +13,7 @@ from goodfit_cli.core.registry import suggest
 from goodfit_cli.arms import ARMS, ArmType, Knob, kinds
 from goodfit_cli.data import DATASETS
 from goodfit_cli.models import MODELS
-from goodfit_cli.objectives import OBJECTIVES, declared, metric, produced
+from goodfit_cli.objectives import OBJECTIVES, declared, metric, produced, unit
 from goodfit_cli.recipe import SCHEDULERS
 from goodfit_cli.training.optimizers import optimizer_table
 
@@ -43,8 +43,17 @@ def metric_row(name: str) -> tuple[str, str, str]:
     losses = [e.name for e in OBJECTIVES if name in produced(e.name)]
     text = (f"{'higher' if m.higher_is_better else 'lower'} is better; "
             f"{'paired bootstrap CI' if m.per_sample_mean else 'no CI (not a per-sample mean)'}"
+            + _unit_said(name, losses)
             + (f"; {m.description}" if m.description else ""))
     return name, text, ", ".join(losses) if losses else "the report (flips)"
+
+
+def _unit_said(name: str, losses: list[str]) -> str:
+    """'; unit m', or per objective where they differ ('; unit m² (motion), none (mse)')."""
+    by = {loss: unit(name, loss) or "none" for loss in losses} or {"": unit(name) or "none"}
+    if len(set(by.values())) > 1:
+        return "; unit " + ", ".join(f"{u} ({loss})" for loss, u in by.items())
+    return "" if set(by.values()) == {"none"} else f"; unit {next(iter(by.values()))}"
 
 
 def arm_description(arm: type[ArmType]) -> str:

@@ -83,7 +83,8 @@ def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
     `margin`: the validation margin the verdict reads the gate with (a search's trial)."""
     report = build_report(base, arms, kinds=kinds, primary=recipe.primary,
                           provenance=provenance, readout=recipe.readout,
-                          sample_ids=sample_ids)
+                          sample_ids=sample_ids, losses={"old": recipe.old_task.loss,
+                                                         "new": recipe.new_task.loss})
     report["gate_limits"] = describe(gate)  # stated at the top of every report
     results = apply_gate(gate, report) if gate is not None else {}
     chosen = verdict(report, gate, margin)  # chosen on validation, confirmed on test

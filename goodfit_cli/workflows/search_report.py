@@ -160,7 +160,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
            "recipe": recipe.name, "base": str(job.base.resolve()),
-           "metrics": [prim["old"], prim["new"]],
+           "metrics": [prim["old"], prim["new"]], "units": recipe.units,  # text only
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
            "new_offset": job.new_offset, "offset_with_alpha": job.new_offset and job.with_alpha,
            "trials": trials,
@@ -210,8 +210,11 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
 
 def _limits(described: str) -> str:
     """A gate's limits from its words (report/gate.py describe), without where they came
-    from and without the thresholds' readings in % or pts (a study's older words lack them)."""
-    return re.sub(r" \(-?[\d.]+ (pts|%|% of the base)\)", "", described.rsplit(" (from ", 1)[0])
+    from and without the thresholds' readings in % or pts and their units ('max 7.9 m'): a
+    study's older words lack them."""
+    words = re.sub(r" \(-?[\d.]+ (pts|%|% of the base)\)", "", described.rsplit(" (from ", 1)[0])
+    return re.sub(r"( (?:max|min|max_drop|min_gain) -?[\d.e+-]+) [^\s;()]+(?=;|$| \()", r"\1",
+                  words)
 
 
 def _exported(dest: Path, study: str, number: int, src_sha: str, tensors: dict) -> bool:
