@@ -438,10 +438,10 @@ def test_the_terminal_prints_rates_as_the_report_does():
     show(summary_table(rep), Console(file=buf, width=40, color_system=None))
     assert buf.getvalue().splitlines()[1:] == [
         "base: old accuracy 100.00 %, new accuracy 52.50 %",
-        "sgd: old accuracy 100.00 %, Δ +0.00 pts, new accuracy 60.00 %, Δ +7.50 pts, "
-        "batches/upd -, old NFR 0.00 %"]
+        "sgd: old accuracy 100.00 %, Δ +0.00 pts = same, new accuracy 60.00 %, Δ +7.50 pts ▲ "
+        "better, batches/upd -, old NFR 0.00 %"]
     cells = summary_table(rep).columns[2]._cells
-    assert cells[1] == "+0.00 pts"  # no [red]: the report says '= (same)'
+    assert cells[1] == "+0.00 pts = same"  # no [red]: the report says '= (same)'
 
 
 def test_the_verdict_line_prints_a_rate_in_percent(monkeypatch, tmp_path):

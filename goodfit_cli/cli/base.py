@@ -29,7 +29,7 @@ from goodfit_cli.cli.usage import EXAMPLES, Group
 from goodfit_cli.core.errors import Diverged, GateFailure, Interrupted, UserError, signals_raise
 from goodfit_cli.core.progress import listening
 from goodfit_cli.core.text import printable
-from goodfit_cli.core.units import value_text
+from goodfit_cli.core.units import RATE, value_text
 
 # Workflows (and torch with them) are imported inside each command, so that `goodfit --help`
 # and `goodfit --version` start fast.
@@ -265,16 +265,22 @@ def _close_calls(ship: dict) -> str:
 def _numbers(ship: dict, metrics: list[str], units: dict[str, str]) -> str:
     """' (validation: old accuracy 95.12 %, new ade@8s 7.945 m; test: ...)': the shipped
     point's primary metrics on the split that chose it and on the one that confirms it."""
+
+    def num(v: float, unit: str) -> str:  # a rate in % to 2 decimals, as the report's ship line
+        return value_text(v, unit, 4 if unit == RATE else 5)
+
     parts = []
     for split, label in (("val", "validation"), ("test", "test")):
         p = ship.get(split)
         if p and None not in (p.get("old"), p.get("new")):
-            parts.append(f"{label}: old {metrics[0]} {value_text(p['old'], units['old'], 5)}, "
-                         f"new {metrics[1]} {value_text(p['new'], units['new'], 5)}")
+            parts.append(f"{label}: old {metrics[0]} {num(p['old'], units['old'])}, "
+                         f"new {metrics[1]} {num(p['new'], units['new'])}")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
+    from goodfit_cli.report.sections import unit_in  # once a report exists (report imports torch)
+
     log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
     show(summary_table(report))
     chosen = report.get("verdict")
@@ -285,7 +291,7 @@ def print_report(report: dict[str, Any], dest: Path) -> None:
             f"ship nothing, {chosen.get('none_because') or 'no candidate passes the gate'}; "
             "keep the base" if ship is None else
             f"ship {printable(ship['name'])}"  # a file name: no raw control characters
-            + _numbers(ship, metrics, {t: (report["tasks"][t].get("units") or {}).get(m, "")
+            + _numbers(ship, metrics, {t: unit_in(report, t, m)
                                        for t, m in zip(("old", "new"), metrics)})
             + _close_calls(ship)
             + ("; it FAILS the gate on test (the split the exit code reads)"

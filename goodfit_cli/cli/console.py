@@ -317,7 +317,9 @@ def summary_table(report: dict[str, Any]) -> Table:
     arms = report["arms"]
     has_flips = any((a.get("flips") or {}).get("old") for a in arms)
     has_gate = any(a.get("gate") for a in arms)
-    units = {t: (report["tasks"][t].get("units") or {}).get(primary[t], "") for t in primary}
+    from goodfit_cli.report.sections import unit_in  # once a report exists (report imports torch)
+
+    units = {t: unit_in(report, t, primary[t]) for t in primary}  # an older report: declared
     t = Table(title="regression report (test split)")
     t.add_column("model", no_wrap=True)
     for task in ("old", "new"):

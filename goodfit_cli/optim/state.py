@@ -28,14 +28,13 @@ first refuses a state the optimizer's settings cannot continue (``check_settings
 from __future__ import annotations
 
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor
 
 from goodfit_cli.optim.functional import _local
 
-if TYPE_CHECKING:
-    from goodfit_cli.optim.goodfit import GoodFit
+GoodFit = Any  # the optimizer these functions serve (optim/goodfit.py imports this module)
 
 FORMAT = 2
 PREFIX = "goodfit_"  # every key GoodFit adds to torch's layout starts with this
