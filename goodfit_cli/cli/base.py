@@ -279,7 +279,7 @@ def _numbers(ship: dict, metrics: list[str], units: dict[str, str]) -> str:
 
 
 def print_report(report: dict[str, Any], dest: Path) -> None:
-    from goodfit_cli.report.sections import unit_in  # once a report exists (report imports torch)
+    from goodfit_cli.report.reading import unit_in  # once a report exists (it imports torch)
 
     log(f"gate: {printable(report.get('gate_limits') or 'no gate')}")
     show(summary_table(report))

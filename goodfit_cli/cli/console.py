@@ -317,7 +317,7 @@ def summary_table(report: dict[str, Any]) -> Table:
     arms = report["arms"]
     has_flips = any((a.get("flips") or {}).get("old") for a in arms)
     has_gate = any(a.get("gate") for a in arms)
-    from goodfit_cli.report.sections import unit_in  # once a report exists (report imports torch)
+    from goodfit_cli.report.reading import unit_in  # once a report exists (it imports torch)
 
     units = {t: unit_in(report, t, primary[t]) for t in primary}  # an older report: declared
     t = Table(title="regression report (test split)")

@@ -29,48 +29,25 @@ from __future__ import annotations
 import math
 import os
 import reprlib
-from dataclasses import dataclass
 from pathlib import Path
 
 from goodfit_cli.core.units import RATE, amount_text, ci_text, value_text
 from goodfit_cli.objectives import declared, direction, is_rate, unit
 from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.core.metrics import FLIPS
 from goodfit_cli.core.registry import suggest
 from goodfit_cli.recipe.yamlcheck import parse_yaml
-from goodfit_cli.report.bounds import impossible, odd
-
-TASKS = ("old", "new")
-DELTA_BOUNDS = ("max_drop", "max_drop_rel", "min_gain")
-VALUE_BOUNDS = ("max", "min")
-LIMIT_KEYS = ("task", "metric", *DELTA_BOUNDS, *VALUE_BOUNDS, "require_significant")
-FLIP_METRICS = tuple(m.name for m in FLIPS)  # the report's own (core.metrics.FLIPS)
-
-
-@dataclass(frozen=True)
-class Limit:
-    task: str                       # "old" or "new"
-    metric: str                     # a report metric, or nfr / pfr
-    bound: str                      # one of DELTA_BOUNDS + VALUE_BOUNDS
-    threshold: float
-    require_significant: bool = False
-
-    @property
-    def name(self) -> str:
-        sig = " (significant)" if self.require_significant else ""
-        return f"{self.task} {self.metric} {self.bound} {self.threshold:g}{sig}"
-
-
-@dataclass(frozen=True)
-class Gate:
-    limits: tuple[Limit, ...]
-    source: str = "flags"           # the gate file, or "flags"
-
-    def notes(self) -> list[str]:
-        """A line per odd but possible bound (report/bounds.py: a floor on an error)."""
-        return [n for l in self.limits
-                if (n := odd(l.task, l.metric, l.bound, l.threshold, self.source))]
+from goodfit_cli.report.bounds import impossible
+from goodfit_cli.report.limits import (  # noqa: F401  (what importers of gate read)
+    DELTA_BOUNDS,
+    FLIP_METRICS,
+    LIMIT_KEYS,
+    TASKS,
+    VALUE_BOUNDS,
+    Gate,
+    Limit,
+    within,
+)
 
 
 # ---------------------------------------------------------------- loading
@@ -243,15 +220,6 @@ def worded(l: Limit) -> str:
     said = (amount_text(l.threshold, u) if l.bound in DELTA_BOUNDS else value_text(l.threshold, u))
     said = f"({'-' * (l.threshold < 0 and l.bound in DELTA_BOUNDS)}{said})" if u == RATE else u
     return f"{l.task} {l.metric} {l.bound} {l.threshold:g} {said}{sig}"
-
-
-def within(value: float, bound: float, side: str) -> bool:
-    """value <= bound (side "max") or value >= bound ("min"), up to 1e-12 x max(1, |bound|);
-    False for a non-finite value."""
-    if not math.isfinite(value):
-        return False
-    tol = 1e-12 * max(1.0, abs(bound))
-    return value <= bound + tol if side == "max" else value >= bound - tol
 
 
 def check_metrics(gate: Gate, have: dict[str, set[str]], kinds: dict[str, str],

@@ -1,5 +1,6 @@
-"""The pieces of a report both renderers show: formatted values and deltas, the main table's
-rows, the verdict, the notes, the candidates, the flipped examples and the confusion matrices.
+"""The pieces of a report both renderers show (values and deltas read as report/reading.py
+words them): the main table's rows, the verdict, the notes, the candidates, the flipped
+examples and the confusion matrices.
 
 render.py lays them out as Markdown and as HTML; nothing here writes a file.
 """
@@ -9,54 +10,17 @@ from __future__ import annotations
 import json
 
 from goodfit_cli.data.validation import THIN, class_named, thin_shown
-from goodfit_cli.core.units import amount_text, better_word, ci_text, delta_text, value_text
+from goodfit_cli.core.units import amount_text
 from goodfit_cli.objectives import unit
-
-_DASH = "—"
-
-
-# ---------------------------------------------------------------- formatting shared by both
-def unit_in(report: dict, task: str, metric: str) -> str:
-    """The unit of `metric` on `task` (the report's "units": from the task's objective;
-    a report written before them: from the declarations)."""
-    shown = ((report.get("tasks") or {}).get(task) or {}).get("units") or {}
-    return shown[metric] if metric in shown else unit(metric)
-
-
-def fmt_value(metric: str, v: float | None, shown: str | None = None) -> str:
-    """'87.50 %', '7.945 m', '0.1234': as the metric's unit (`shown`, else its declaration)."""
-    return value_text(v, unit(metric) if shown is None else shown, missing=_DASH)
-
-
-def fmt_delta(metric: str, d: float, shown: str | None = None) -> str:
-    return delta_text(d, unit(metric) if shown is None else shown)
-
-
-def fmt_ci(metric: str, ci: list | None, shown: str | None = None) -> str:
-    return ci_text(ci, unit(metric) if shown is None else shown)
-
-
-def _marker(entry: dict) -> str:
-    """'▲ (better)', '▼ (worse)', '= (same)': the arrow is the sign, the word the direction."""
-    word = better_word(entry["better"], entry["value"])
-    arrow = "=" if word == "same" else "▲" if entry["value"] > 0 else "▼"
-    return f"{arrow} ({word})" if word else arrow
-
-
-def _delta_text(metric: str, entry: dict | None, shown: str | None = None) -> str:
-    if entry is None:
-        return _DASH
-    ci = fmt_ci(metric, entry["ci"], shown)
-    if not ci and entry.get("no_ci"):  # e.g. balanced_accuracy: no paired bootstrap applies
-        ci = f"(no CI: {entry['no_ci']})"
-    return f"{fmt_delta(metric, entry['value'], shown)} {_marker(entry)}" + (f" {ci}" * bool(ci))
-
-
-def _tone(entry: dict | None) -> str:
-    if entry is None or entry["value"] == 0 or entry["better"] is None:
-        return ""
-    return "better" if entry["better"] else "worse"
-
+from goodfit_cli.report.reading import (
+    _DASH,
+    _delta_text,
+    _tone,
+    fmt_ci,
+    fmt_delta,
+    fmt_value,
+    unit_in,
+)
 
 def verdict(report: dict) -> str:
     """One line: all arms passed / which failed the gate / no gate."""
