@@ -7,11 +7,11 @@ Format 2 (written since issue 13) is what every torch optimizer returns, so
     {"state": {i: {<main optimizer's state of parameter i>,
                    "goodfit_anchor": θ_ref          (meaningful mid-cycle; stale at phase 0),
                    "goodfit_touched": bool          (moved by this cycle's reference steps),
-                   "goodfit_displaced": θ′          (only while the weights are parked at the anchor),
+                   "goodfit_displaced": θ′          (only while the weights are parked),
                    "goodfit_ref_<key>": ...         (a custom reference optimizer's state)}},
      "param_groups": [{<main optimizer's group>, "params": [...],
                        "goodfit": {"format": 2, "n_ref", "ref_ratio", "projection",
-                                   "reference" ("sgd", or "custom:" + the reference optimizer's class),
+                                   "reference" ("sgd", or "custom:<the reference's class>"),
                                    "phase", "main_steps", "parked"},
                        "goodfit_reference": {<reference group's settings>} or None}]}
 

@@ -53,7 +53,8 @@ def validation_gap(test: dict, val: dict, metric: str, carved: bool) -> dict | N
            "check that the old task's `val:` split holds no row the base trained on")
     return {"metric": key, "val": mv, "test": mt, "z": round(z, 2),
             "message": (f"warning: the base scores old {key} {shown(key, mv)} on validation and "
-                        f"{shown(key, mt)} on test, {z:.1f} standard errors apart: it has probably trained on the "
+                        f"{shown(key, mt)} on test, {z:.1f} standard errors apart: it has "
+                        "probably trained on the "
                         "validation rows, or they are easier than test; every choice made on "
                         "old-task validation (the gate there, WiSE-FT α, the verdict, a search's "
                         f"feasibility) is then optimistic on test: {fix}")}
