@@ -94,8 +94,11 @@ def test_fsdp2_sharded_params_match_single_process(tmp_path):
     single = torch.cat([v.reshape(-1) for v in model.state_dict().values()])
     torch.testing.assert_close(r0["w"], single, rtol=1e-5, atol=1e-5)
     expected = torch.stack([opt.last_stats.dot, opt.last_stats.delta_norm])
-    for r in (r0, r1):  # every rank saw the whole-model ⟨g, Δ⟩ and ‖Δ‖, not its shard's
-        torch.testing.assert_close(r["stats"], expected, rtol=1e-5, atol=1e-9)
+    # every rank saw the whole-model ⟨g, Δ⟩ and ‖Δ‖, not its shard's (which would be off by a
+    # large fraction); float32 sums in another order differ by ~1e-5 of |⟨g, Δ⟩| (2.8e-5 read on
+    # an AMD EPYC), so 1e-4: a shard's value still fails it
+    for r in (r0, r1):
+        torch.testing.assert_close(r["stats"], expected, rtol=1e-4, atol=1e-9)
 
 
 def _failing_worker(rank: int, world: int, out_dir: str) -> None:
