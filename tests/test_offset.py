@@ -411,3 +411,15 @@ def test_a_flip_rate_limit_judges_a_wise_point_by_its_own_flips(made):
     assert own > 0  # the fixture: the point breaks some old samples
     tight = finetune("ft-tight", "--max-old-drop", "0.025", "--max-nfr", f"{own / 2!r}")
     assert alpha not in [w["alpha"] for w in tight["wise"] if w.get("chosen")]
+
+
+def test_the_offset_line_names_each_metric_and_reads_it_in_its_unit():
+    """As the reports read them: a rate in %, the metric named (not bare shares 'new 0.8')."""
+    rec = {"tau": 0.5, "classes": [4, 5], "val": {"at_0": {"old": 0.9, "new": 0.8},
+                                                  "chosen": {"old": 0.9, "new": 0.85}}}
+    got = line(rec, {"old": "accuracy", "new": "balanced_accuracy"},
+               {"old": "share", "new": "share"})
+    assert got == ("new-class offset: +0.5 on the logits of class 4, 5 (validation: new "
+                   "balanced_accuracy 80.00 % -> 85.00 %, old accuracy 90.00 % -> 90.00 %)")
+    # without recorded units: the metrics' declarations (accuracy is a rate)
+    assert "old accuracy 90.00 % -> 90.00 %" in line(rec, {"old": "accuracy", "new": "f1"})

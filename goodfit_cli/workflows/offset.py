@@ -28,7 +28,8 @@ from torch import nn
 
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.heads import head_prefixes
-from goodfit_cli.objectives import direction
+from goodfit_cli.core.units import value_text
+from goodfit_cli.objectives import direction, unit
 from goodfit_cli.report.gate import Gate
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.report.verdict import point_measure, point_view, significance
@@ -249,8 +250,10 @@ def choose_with_alpha(s: Session, model: nn.Module, mixing: Callable[[], Any],
     return {"tau": tau, **record}
 
 
-def line(record: dict[str, Any]) -> str:
-    """One line for the log: the offset written and what it did on validation, or why none."""
+def line(record: dict[str, Any], metrics: dict[str, str] | None = None,
+         units: dict[str, str] | None = None) -> str:
+    """One line for the log: the offset written and what it did on validation, or why none;
+    each task's primary metric (`metrics`) named and read in its unit (`units`: a rate in %)."""
     if not record["tau"]:
         return f"new-class offset: none ({record['why']})"
     v, shown = record["val"], ", ".join(str(c) for c in record["classes"][:6])
@@ -258,6 +261,12 @@ def line(record: dict[str, Any]) -> str:
     at = ""
     if record.get("alpha", record.get("alpha_alone")) != record.get("alpha_alone"):
         at = f" at WiSE α {record['alpha']:g} (chosen with it; alone: {record['alpha_alone']:g})"
+
+    def moved(t: str) -> str:
+        u = (units or {}).get(t) or (unit(metrics[t]) if metrics else "")
+        name = f"{t} {metrics[t]}" if metrics else t
+        return (f"{name} {value_text(v['at_0'][t], u)} -> "
+                f"{value_text(v['chosen'][t], u)}")
+
     return (f"new-class offset: {record['tau']:+g} on the logits of class {shown}{more}{at} "
-            f"(validation: new {v['at_0']['new']:.4g} -> {v['chosen']['new']:.4g}, "
-            f"old {v['at_0']['old']:.4g} -> {v['chosen']['old']:.4g})")
+            f"(validation: {moved('new')}, {moved('old')})")

@@ -262,7 +262,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         else:
             chosen = choose_offset(s, model, base_measured[2], job.gate, job.margin,
                                    base_measured[3])
-        said = offset_line(chosen)
+        said = offset_line(chosen, s.recipe.primary, s.recipe.units)
         if "classes" in chosen or first_time(said):  # why it cannot apply: once per search
             ui.log(said)
         offset = {"new_offset": chosen}
