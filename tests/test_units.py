@@ -29,6 +29,15 @@ def test_units_are_declared_once_and_listed():
     assert "; unit m² (motion), none (mse);" in rows["mse"] and "unit" not in rows["loss"]
 
 
+def test_metrics_list_each_objectives_own_description_where_they_differ():
+    """The generic mse is not described as motion's ('of the most likely mode'): each
+    objective's declaration is shown with its name; one shared description once."""
+    rows = {name: text for name, text, _ in registry_rows("metrics")["metrics"]}
+    assert rows["mse"].endswith("; mean squared error (motion: of the most likely mode) "
+                                "(motion); mean squared error over the outputs (mse)")
+    assert rows["accuracy"].endswith("; unit share; share of samples classified right")
+
+
 def test_log_lines_show_a_rate_in_percent_and_a_distance_in_metres(capsys):
     """The progress line shows accuracy 0.9125 as 91.25 % (as report.md does) and ade as m."""
     ev = RichEvents("goodfit", {"old": "accuracy", "new": "ade@8s"},

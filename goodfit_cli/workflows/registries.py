@@ -44,7 +44,7 @@ def metric_row(name: str) -> tuple[str, str, str]:
     text = (f"{'higher' if m.higher_is_better else 'lower'} is better; "
             f"{'paired bootstrap CI' if m.per_sample_mean else 'no CI (not a per-sample mean)'}"
             + _unit_said(name, losses)
-            + (f"; {m.description}" if m.description else ""))
+            + _description_said(name, losses, m.description))
     return name, text, ", ".join(losses) if losses else "the report (flips)"
 
 
@@ -54,6 +54,17 @@ def _unit_said(name: str, losses: list[str]) -> str:
     if len(set(by.values())) > 1:
         return "; unit " + ", ".join(f"{u} ({loss})" for loss, u in by.items())
     return "" if set(by.values()) == {"none"} else f"; unit {next(iter(by.values()))}"
+
+
+def _description_said(name: str, losses: list[str], first: str) -> str:
+    """'; what it is', or per objective where their declarations differ ('; mean squared error
+    over the outputs (mse); mean squared error (motion: ...) (motion)')."""
+    by: dict[str, list[str]] = {}
+    for loss in losses:
+        by.setdefault(produced(loss)[name].description, []).append(loss)
+    if len(by) > 1:
+        return "".join(f"; {d or 'no description'} ({', '.join(ls)})" for d, ls in by.items())
+    return f"; {first}" if first else ""
 
 
 def arm_description(arm: type[ArmType]) -> str:
