@@ -4,6 +4,8 @@ weights, says why in summary.json and the report, and resumes to the same result
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -72,6 +74,18 @@ def test_gate_stops_when_an_old_limit_is_crossed_and_best_keeps_the_gate():
     assert not es.observe(rec(10, 1.0, old=0.65))  # better on new, but it broke the old task
     assert es.stopped_at == 10 and es.best_batch == 5 and es.best == 1.5
     assert es.reason == "old-task gate limit crossed at batch 10: old mse rose 0.15 (limit 0.1)"
+
+
+def test_gate_messages_read_in_the_units_of_the_tasks_objectives():
+    """motion's mse is in m² (the generic mse has no unit): the stop reason reads as the
+    report's gate message does for that task."""
+    gate = gate_from_flags(0.1, None, "mse")
+    for loss, want in (("motion", "rose 0.15 m² (limit 0.1 m²)"),
+                       ("mse", "rose 0.15 (limit 0.1)")):
+        rule = stop_rule({"gate": True}, "mse", gate, "x", lambda t, loss=loss: loss)
+        es = EarlyStop(dataclasses.replace(rule, base={"old": {"mse": 0.5}, "new": {"mse": 2.0}}))
+        es.observe(rec(10, 1.0, old=0.65))
+        assert es.reason == f"old-task gate limit crossed at batch 10: old mse {want}"
 
 
 def test_gate_watches_the_negative_flip_rate_against_the_base_predictions():

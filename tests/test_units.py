@@ -91,6 +91,34 @@ def test_gate_messages_carry_the_unit():
                               "min 0.9 (90.00 %) (from command-line flags)")
 
 
+def test_gate_messages_read_in_the_units_of_the_tasks_objectives():
+    """mse is in m² on a motion task, bare on an mse task: the search's judgement, the gate in
+    words and the base-outside-the-gate warning read it as the report's gate messages do."""
+    from goodfit_cli.report.gate import apply_gate, units_of
+    from goodfit_cli.report.margin import base_outside
+    from goodfit_cli.report.trials import judge
+
+    gate = gate_from_flags(0.01, None, "mse", {"max_old": ["mse=0.5"]})
+    view = {"metrics": {"old": {"mse": 0.6}, "new": {}},
+            "delta": {"old": {"mse": {"value": 0.02, "ci": None, "better": False}}}}
+    for loss, u in (("motion", " m²"), ("mse", "")):
+        units = units_of(gate, lambda t, loss=loss: loss)
+        assert units == {"old": {"mse": u.strip()}}
+        assert judge(gate, view, "trial 0", units=units)["violations"] == [
+            f"old mse rose 0.02{u} (limit 0.01{u})", f"old mse is 0.6{u} (limit 0.5{u})"]
+        assert describe(gate, units) == (f"old mse max_drop 0.01{u}; old mse max 0.5{u} (from "
+                                         "command-line flags)")
+        warned = base_outside(gate, {"old": {"mse": 0.6}}, units=units)["message"]
+        assert f"old mse 0.6{u} there against old mse max 0.5{u}" in warned
+    report = {"tasks": {"old": {"kind": "regression", "units": {"mse": "m²"}},
+                        "new": {"kind": "regression", "units": {}}},
+              "base_metrics": {"old": {"mse": 0.5}, "new": {}},
+              "arms": [{"name": "a", **view}]}
+    apply_gate(gate, report)
+    assert report["gate_limits"] == ("old mse max_drop 0.01 m²; old mse max 0.5 m² (from "
+                                     "command-line flags)")
+
+
 @pytest.mark.parametrize("flag,item,said", [
     ("max_old", "ade@8s=-1", "ade@8s is never below 0 m, so max -1 always fails"),
     ("min_old", "fde@3s=-0.5", "fde@3s is never below 0 m, so min -0.5 always passes"),

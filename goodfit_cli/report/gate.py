@@ -30,6 +30,7 @@ import math
 import os
 import reprlib
 from pathlib import Path
+from typing import Callable
 
 from goodfit_cli.core.units import RATE, amount_text, ci_text, value_text
 from goodfit_cli.objectives import declared, direction, is_rate, unit
@@ -200,18 +201,26 @@ def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_o
     return Gate(tuple(limits), source="flags")
 
 
-def describe(gate: Gate | None) -> str:
-    """The gate in words for the top of a report: its limits and where they came from."""
+def describe(gate: Gate | None, units: dict | None = None) -> str:
+    """The gate in words for the top of a report: its limits and where they came from;
+    `units` as `worded`'s."""
     if gate is None or not gate.limits:
         return "no gate"
     src = "command-line flags" if gate.source == "flags" else gate.source
-    return "; ".join(worded(l) for l in gate.limits) + f" (from {src})"
+    return "; ".join(worded(l, units) for l in gate.limits) + f" (from {src})"
 
 
-def worded(l: Limit) -> str:
+def _unit(units: dict | None, task: str, metric: str) -> str:
+    """The unit of `metric` on `task` in `units` ({task: {metric: unit}}: the task's objective's
+    declaration, `units_of`), else as every declaration agrees (`objectives.unit`)."""
+    return ((units or {}).get(task) or {}).get(metric, unit(metric))
+
+
+def worded(l: Limit, units: dict | None = None) -> str:
     """'old ade@8s max 7.9 m', 'old accuracy max_drop 0.01 (1.00 pts)', 'old accuracy
-    max_drop_rel 0.1 (10.00 % of the base)': a limit with its threshold in the report's units."""
-    u, sig = unit(l.metric), " (significant)" if l.require_significant else ""
+    max_drop_rel 0.1 (10.00 % of the base)': a limit with its threshold in the report's units
+    (`units`: {task: {metric: unit}}, see `_unit`)."""
+    u, sig = _unit(units, l.task, l.metric), " (significant)" if l.require_significant else ""
     if l.bound == "max_drop_rel":
         return f"{l.task} {l.metric} {l.bound} {l.threshold:g} ({l.threshold * 100:.2f} % of the " \
                f"base){sig}"
@@ -270,7 +279,7 @@ def _ci_text(u: str, ci) -> str:
 def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
     task, metric, thr = limit.task, limit.metric, limit.threshold
     label = f"{task} {metric}"
-    u = ((units or {}).get(task) or {}).get(metric, unit(metric))
+    u = _unit(units, task, metric)
 
     def result(value, passed, message, ci=None, significant=None, why="no predictions") -> dict:
         if not passed and limit.require_significant:
@@ -357,6 +366,22 @@ def evaluate_gate(gate: Gate, report_arm: dict, units: dict | None = None) -> di
             "violations": [c["message"] for c in checks if not c["passed"]]}
 
 
+def units_of(gate: Gate | None, loss_of: Callable[[str], str | None]
+             ) -> dict[str, dict[str, str]]:
+    """{task: {metric: unit}} of the gate's limits as each task's objective (`loss_of(task)`,
+    e.g. Recipe.loss_of) declares them: what a gate message reads in (motion's mse in m², the
+    generic one bare)."""
+    out: dict[str, dict[str, str]] = {}
+    for l in gate.limits if gate is not None else ():
+        out.setdefault(l.task, {})[l.metric] = unit(l.metric, loss_of(l.task))
+    return out
+
+
+def report_units(report: dict) -> dict[str, dict[str, str]]:
+    """{task: {metric: unit}} a built report recorded (empty for a report without them)."""
+    return {t: (report.get("tasks") or {}).get(t, {}).get("units") or {} for t in TASKS}
+
+
 def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
     """Evaluate every arm of a built report, store each result as arm["gate"] and the gate in
     words as report["gate_limits"] (the top of the report), return the results.
@@ -365,7 +390,6 @@ def apply_gate(gate: Gate, report: dict) -> dict[str, dict]:
     check_metrics(gate, {t: set(report["base_metrics"][t]) for t in TASKS}, kinds, "the run")
     results = {}
     for arm in report["arms"]:
-        arm["gate"] = results[arm["name"]] = evaluate_gate(
-            gate, arm, {t: report["tasks"][t].get("units") or {} for t in TASKS})
-    report["gate_limits"] = describe(gate)
+        arm["gate"] = results[arm["name"]] = evaluate_gate(gate, arm, report_units(report))
+    report["gate_limits"] = describe(gate, report_units(report))
     return results

@@ -19,7 +19,8 @@ import math
 from dataclasses import replace
 from typing import Any
 
-from goodfit_cli.objectives import direction, is_rate, shown
+from goodfit_cli.core.units import value_text
+from goodfit_cli.objectives import direction, is_rate, unit
 from goodfit_cli.report.gate import FLIP_METRICS, TASKS, VALUE_BOUNDS, Gate, Limit, within, worded
 
 DEFAULT_Z = 0.5  # `goodfit search --val-margin`'s default (docs/method.md: why half)
@@ -128,14 +129,15 @@ def _outside(gate: Gate, values: dict, z: float, count: int | None) -> list[tupl
 
 
 def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
-                 n: dict[str, int] | None = None, base_test: dict | None = None) -> dict | None:
+                 n: dict[str, int] | None = None, base_test: dict | None = None,
+                 units: dict | None = None) -> dict | None:
     """The old task's floors and ceilings (not flip rates) that the base itself fails on
     validation, each read there as the choices read it (moved inward by `z` standard errors of
     `n`'s sample counts, as `tightened`): then no update passes the gate on validation unless it
     does better than the base there, however well the base scores on test. {"limits": [names],
     "message"} or None. `base_val`, `base_test`: {task: {metric: value}}; the test value is only
     quoted. Drops and gains are read from the base's own value, which passes them; a new task's
-    floor is the fine-tune's to reach."""
+    floor is the fine-tune's to reach. `units`: {task: {metric: unit}} (gate.units_of)."""
     if gate is None:
         return None
     count = (n or {}).get("old")
@@ -144,13 +146,14 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
         return None
     said = []
     for limit, read, value in bad:
+        u = _old_unit(units, limit.metric)
         where = f"on {count} samples" if count else "there"
-        moved = (f", read there as {shown(limit.metric, read.threshold)} with the validation "
+        moved = (f", read there as {value_text(read.threshold, u)} with the validation "
                  "margin" if read.threshold != limit.threshold else "")
         test = ((base_test or {}).get("old") or {}).get(limit.metric)
-        on_test = f" (test: {shown(limit.metric, test)})" if isinstance(test, (int, float)) else ""
-        said.append(f"old {limit.metric} {shown(limit.metric, value)} {where}{on_test} against "
-                    f"{worded(limit)}{moved}")
+        on_test = f" (test: {value_text(test, u)})" if isinstance(test, (int, float)) else ""
+        said.append(f"old {limit.metric} {value_text(value, u)} {where}{on_test} against "
+                    f"{worded(limit, units)}{moved}")
     return {"limits": [limit.name for limit, *_ in bad],
             "message": ("warning: the base itself fails the gate on validation: "
                         + "; ".join(said) + ". No update passes there unless it does better "
@@ -159,8 +162,12 @@ def base_outside(gate: Gate | None, base_val: dict, z: float = 0.0,
                         "validation split is")}
 
 
+def _old_unit(units: dict | None, metric: str) -> str:
+    return ((units or {}).get("old") or {}).get(metric, unit(metric))
+
+
 def base_outside_test(gate: Gate | None, base_test: dict,
-                      n: dict[str, int] | None = None) -> dict | None:
+                      n: dict[str, int] | None = None, units: dict | None = None) -> dict | None:
     """The old task's floors and ceilings the base itself fails on the test split, as the
     report's test gate reads them (no margin): an update that fails them there may not have
     broken anything. Reported only; no choice reads it. {"limits", "message"} or None."""
@@ -171,8 +178,8 @@ def base_outside_test(gate: Gate | None, base_test: dict,
     if not bad:
         return None
     where = f" on {count} samples" if count else ""
-    said = "; ".join(f"old {limit.metric} {shown(limit.metric, value)}{where} against "
-                     f"{worded(limit)}"
+    said = "; ".join(f"old {limit.metric} {value_text(value, _old_unit(units, limit.metric))}"
+                     f"{where} against {worded(limit, units)}"
                      for limit, _, value in bad)
     return {"limits": [limit.name for limit, *_ in bad],
             "message": (f"note: the base itself fails the gate on test: {said}. It was not "
@@ -180,14 +187,18 @@ def base_outside_test(gate: Gate | None, base_test: dict,
                         "to choose)")}
 
 
-def base_against_gate(gate: Gate | None, measured: tuple, z: float = 0.0) -> dict[str, dict]:
+def base_against_gate(gate: Gate | None, measured: tuple, z: float = 0.0,
+                      units: dict | None = None) -> dict[str, dict]:
     """The base's own readings against the gate, as provenance entries (only those found):
     "base_outside_gate" on validation (`base_outside`, read with margin `z`; to be said),
     "base_outside_gate_test" on test (`base_outside_test`; reported only). `measured`: the
-    base's (test metrics, test predictions, validation metrics, validation predictions)."""
+    base's (test metrics, test predictions, validation metrics, validation predictions);
+    `units`: {task: {metric: unit}} the messages read in (gate.units_of)."""
     metrics, preds, val, val_preds = measured
-    found = {"base_outside_gate": base_outside(gate, val, z, pred_sizes(val_preds), metrics),
-             "base_outside_gate_test": base_outside_test(gate, metrics, pred_sizes(preds))}
+    found = {"base_outside_gate": base_outside(gate, val, z, pred_sizes(val_preds), metrics,
+                                               units),
+             "base_outside_gate_test": base_outside_test(gate, metrics, pred_sizes(preds),
+                                                         units)}
     return {k: v for k, v in found.items() if v}
 
 

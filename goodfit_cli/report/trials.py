@@ -105,10 +105,11 @@ def best_on_validation(gate: Gate | None, curve: list[dict], base_val: dict,
 
 
 def judge(gate: Gate | None, view: dict, name: str, z: float = 0.0,
-          n: dict[str, int] | None = None) -> dict:
+          n: dict[str, int] | None = None, units: dict | None = None) -> dict:
     """The gate's result on one stored view ({"metrics", "delta", "flips"}); no gate: passes.
     `z` > 0: each limit on a rate metric moved inward by z standard errors of the view's
-    sample counts (`n`, default its flips'; report/margin.py), for a view a choice reads."""
+    sample counts (`n`, default its flips'; report/margin.py), for a view a choice reads.
+    `units`: {task: {metric: unit}} the messages read in (gate.units_of: the objectives')."""
     if gate is None:
         return {"passed": True, "violations": [], "checks": []}
-    return evaluate_gate(tightened(gate, view, z, n), {"name": name, **view})
+    return evaluate_gate(tightened(gate, view, z, n), {"name": name, **view}, units)

@@ -21,14 +21,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from goodfit_cli.core import metrics as M
 from goodfit_cli.objectives import direction
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
+from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate, units_of
 
 
 @dataclass
@@ -42,16 +42,18 @@ class StopRule:
     gate: Gate | None = None  # its old-task limits are watched at every evaluation
     base: dict[str, dict[str, float]] = field(default_factory=dict)
     base_old: dict[str, torch.Tensor] | None = None
+    units: dict[str, dict[str, str]] = field(default_factory=dict)  # gate.units_of: messages'
 
     @property
     def needs_predictions(self) -> bool:
         return self.gate is not None and any(l.metric in FLIP_METRICS for l in self.gate.limits)
 
 
-def stop_rule(spec: dict[str, Any], metric: str, gate: Gate | None, where: str
-              ) -> StopRule | None:
+def stop_rule(spec: dict[str, Any], metric: str, gate: Gate | None, where: str,
+              loss_of: Callable[[str], str] | None = None) -> StopRule | None:
     """The rule a recipe's `finetune.early_stop` section asks for (None when it asks nothing),
-    still without the base's metrics. `where` names the section in errors."""
+    still without the base's metrics. `where` names the section in errors; `loss_of` each
+    task's objective (the gate messages read in its units, as the report's)."""
     if not spec or (spec.get("patience") is None and not spec.get("gate")):
         return None
     watched = None
@@ -62,7 +64,8 @@ def stop_rule(spec: dict[str, Any], metric: str, gate: Gate | None, where: str
             raise UserError(f"{where}.gate: true needs an old-task gate limit (--gate FILE, "
                             "--max-old-drop or --max-nfr)")
         watched = Gate(limits, gate.source)
-    return StopRule(metric, spec.get("patience"), float(spec.get("min_delta") or 0.0), watched)
+    return StopRule(metric, spec.get("patience"), float(spec.get("min_delta") or 0.0), watched,
+                    units=units_of(watched, loss_of or (lambda t: None)))
 
 
 def flips_of(rule: StopRule, preds: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -120,7 +123,7 @@ class EarlyStop:
                  for t in metrics}
         arm = {"name": "this arm", "metrics": metrics, "delta": delta,
                "flips": val.get("flips") or {}}
-        return evaluate_gate(gate, arm)["violations"]
+        return evaluate_gate(gate, arm, self.rule.units)["violations"]
 
     @property
     def stopped(self) -> bool:

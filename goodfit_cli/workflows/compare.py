@@ -37,7 +37,7 @@ from goodfit_cli.models import build_model, own_head
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
-from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.gate import Gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
@@ -313,7 +313,8 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
             "Trained as another model than the recipe's, measured here as the recipe's (its "
             "model.args): " + "; ".join(f"{n}: {d}" for n, d in differs.items()) + ".")}
         ui.log(prov["other_model"]["message"])
-    against = base_against_gate(gate, (bm, bp, bv, bvp))  # the base itself outside the gate
+    against = base_against_gate(gate, (bm, bp, bv, bvp), 0.0,
+                                units_of(gate, recipe.loss_of))  # the base itself outside the gate
     if "base_outside_gate" in against:  # on validation: nothing passes unless it does better
         ui.log(against["base_outside_gate"]["message"])
     prov.update(against)

@@ -31,7 +31,7 @@ from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import recomputed, shown
 from goodfit_cli.recipe import Recipe, load_recipe
-from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate
+from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import (
@@ -198,7 +198,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     recipe_sha = recipe_sha if isinstance(recipe_sha, str) else recipe.sha256
     diverged = had.get("diverged") if isinstance(had.get("diverged"), dict) else {}
     rule = stop_rule(recipe.finetune.early_stop, recipe.primary["new"], job.gate,
-                     recipe.at("finetune.early_stop"))
+                     recipe.at("finetune.early_stop"), recipe.loss_of)
     main_rank = is_main()
     ui = ui if main_rank else Ui(quiet)  # only rank 0 speaks
     geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
@@ -248,7 +248,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     if gap and first_time(gap["message"]):
         ui.log(gap["message"])
     against = base_against_gate(job.gate, (base_metrics, base_preds, base_val, base_val_preds),
-                                job.margin)  # the base itself outside the gate: provenance
+                                job.margin, units_of(job.gate, recipe.loss_of))  # provenance
     outside = against.get("base_outside_gate")  # on validation: said once per command
     if outside and first_time(outside["message"]):
         ui.log(outside["message"])

@@ -59,7 +59,7 @@ from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.runlock import make_out, turns
-from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.gate import Gate, units_of
 from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
@@ -225,7 +225,8 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
     trial.set_user_attr("val_counts", counts)  # what the margin reads, for any later gate
     base_val = pick(rep["base_val_metrics"], prim)
     trial.set_user_attr("base_val", base_val)  # whether it gains on the new task, for any gate
-    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin, counts or None)
+    judged = judge(job.gate, views["val"], f"trial {trial.number}", job.margin, counts or None,
+                   units_of(job.gate, recipe.loss_of))
     gains = gained(pick(views["val"]["metrics"], prim), base_val, dirs)
     # <= 0: passes the gate on validation and gains on the new task
     constraint = [float(len(judged["violations"]) + (not gains))]

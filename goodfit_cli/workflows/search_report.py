@@ -21,7 +21,7 @@ from goodfit_cli.io.atomic import sha256_file
 from goodfit_cli.io.hf import PRETRAINED_DIR, copy_pretrained
 from goodfit_cli.io.runlock import aside_path
 from goodfit_cli.objectives import is_rate
-from goodfit_cli.report.gate import describe
+from goodfit_cli.report.gate import describe, units_of
 from goodfit_cli.report.margin import base_outside, base_outside_test, floor_slack, sizes
 from goodfit_cli.report.margin import split_counts
 from goodfit_cli.report.front import close_calls, dominance_against, knee_note, pareto_front
@@ -61,7 +61,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     `rechosen`: the trials whose point this command chose again (workflows/rejudge.py), their
     new point in place of the stored one."""
     prim = recipe.primary
-    gate_now = describe(job.gate)
+    units = units_of(job.gate, recipe.loss_of)  # the messages'
+    gate_now = describe(job.gate, units)
     judged_with = study.user_attrs.get("gate")  # in words, with where its limits came from:
     if judged_with is not None and _limits(judged_with) != _limits(gate_now):  # the same limits
         # from a file instead of flags judge every trial the same (rejudge.py chosen_under)
@@ -92,9 +93,10 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         test = pick(views["test"]["metrics"], prim) if views else (None, None)
         n = attrs.get("val_counts") or study_n or (sizes(views["val"]) if views else {})
         state = "INTERRUPTED" if "interrupted" in t.user_attrs else t.state.name
-        on_val = (judge(job.gate, views["val"], f"trial {t.number}", job.margin, n or None)
-                  if views else None)
-        on_test = judge(job.gate, views["test"], f"trial {t.number}") if views else None
+        on_val = (judge(job.gate, views["val"], f"trial {t.number}", job.margin, n or None,
+                        units) if views else None)
+        on_test = (judge(job.gate, views["test"], f"trial {t.number}", units=units)
+                   if views else None)
         trials.append({"number": t.number, "state": state,
                        **({"retry_of": t.user_attrs["retry_of"]} if "retry_of" in t.user_attrs
                           else {}),
@@ -185,7 +187,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                      "whatever it broke")
     run = first_json(trials, "run.json")  # every trial measures one base on the same splits
     notes += run_notes(run)
-    outside = base_note(run, job, {prim["old"]: base["old"]} if base else None)
+    outside = base_note(run, job, {prim["old"]: base["old"]} if base else None, units)
     if outside:  # nothing passes on validation unless it beats the base there
         notes.append(outside["message"])
         rep["base_outside_gate"] = outside["limits"]
@@ -194,7 +196,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
         base["test_old"] = (base_test.get("old") or {}).get(prim["old"])
         base["test_new"] = (base_test.get("new") or {}).get(prim["new"])
     outside_test = base_outside_test(job.gate, base_test,
-                                     split_counts(run.get("validation"), "test"))
+                                     split_counts(run.get("validation"), "test"), units)
     if outside_test:  # reported only
         notes.append(outside_test["message"])
     rep["time"] = trial_time(trials)
@@ -299,7 +301,8 @@ def run_notes(run: dict) -> list[str]:
     return [n for n in (gap, *thin) if n]
 
 
-def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
+def base_note(run: dict, job: Any, base_old: dict | None,
+              units: dict | None = None) -> dict | None:
     """Whether the base itself ({metric: value}: its old-task validation reading) fails the
     gate judged now (a re-judged study's may have changed) on validation, read with the
     study's margin and the validation sample counts `run` (a trial's run.json) recorded
@@ -307,7 +310,7 @@ def base_note(run: dict, job: Any, base_old: dict | None) -> dict | None:
     if not base_old:
         return None
     return base_outside(job.gate, {"old": base_old}, job.margin,
-                        split_counts(run.get("validation")))
+                        split_counts(run.get("validation")), units=units)
 
 
 def export(job: Any, study: Any, rec: dict, notes: list[str]) -> dict[str, str]:
