@@ -104,10 +104,77 @@ def test_plot_axes_say_which_way_is_better():
     html = render_html(rep)
     texts = ["".join(t.itertext()) for svg in re.findall(r"<svg.*?</svg>", html, re.S)
              for t in ET.fromstring(svg).iter("text")]
-    assert "old accuracy (validation; higher is better)" in texts
-    assert "new accuracy (validation; higher is better)" in texts
-    assert _axis("old", "mse", "val") == "old mse (val; lower is better)"
-    assert _axis("old", "bleu_like", "val") == "old bleu_like (val)"
+    assert "old accuracy, share (validation; higher is better)" in texts
+    assert "new accuracy, share (validation; higher is better)" in texts
+    assert _axis(rep, "old", "mse", "val") == "old mse (val; lower is better)"
+    assert _axis(rep, "old", "bleu_like", "val") == "old bleu_like (val)"
+
+
+def test_plot_axes_carry_the_metrics_unit_as_the_report_recorded_it():
+    """'old ade@8s, m (...)'; motion's mse in m² where the report recorded it, bare otherwise."""
+    from goodfit_cli.report.render import _axis
+
+    rep = {"tasks": {"old": {"units": {"ade@8s": "m", "mse": "m²"}}, "new": {"units": {}}}}
+    assert _axis(rep, "old", "ade@8s", "val") == "old ade@8s, m (val; lower is better)"
+    assert _axis(rep, "old", "mse", "test") == "old mse, m² (test; lower is better)"
+    assert _axis(rep, "new", "mse", "test") == "new mse (test; lower is better)"
+    assert _axis({}, "new", "fde@3s", "val") == "new fde@3s, m (val; lower is better)"
+
+
+def _svg_texts(svg: str) -> tuple[float, list[tuple[str, str]]]:
+    root = ET.fromstring(svg)
+    return float(root.get("height")), [("".join(t.itertext()), t.get("transform") or "")
+                                       for t in root.iter("text")]
+
+
+def _fits(svg: str) -> bool:
+    """Every rotated (y-axis) label lies inside the figure's height, at 0.6 em (7.2 px at 12 px)
+    a character."""
+    height, texts = _svg_texts(svg)
+    for text, tr in texts:
+        if "rotate(-90)" in tr:
+            centre = float(re.search(r"translate\(\S+ ([\d.]+)\)", tr).group(1))
+            if centre - len(text) * 3.6 < 0 or centre + len(text) * 3.6 > height:
+                return False
+    return True
+
+
+def test_trade_off_plots_put_old_on_x_and_fit_long_y_labels():
+    """The finetune/compare trade-off and WiSE plots read as the search's Pareto plot: old task
+    on x, new task on y; a long y label ('new balanced_accuracy, share (validation or test;
+    higher is better)') makes the figure taller instead of running past it."""
+    from goodfit_cli.report.render import render_html
+    from goodfit_cli.report.search import pareto_svg
+
+    rep = _report("a", "runs/a.safetensors")
+    rep["arms"][0]["curve"] = [{"batch": b, "main_steps": b, "val": {
+        "old": {"accuracy": 0.9 - b / 100}, "new": {"accuracy": 0.5 + b / 100}}}
+        for b in (10, 20)]
+    rep["base_val_metrics"] = {"old": {"accuracy": 0.95}, "new": {"accuracy": 0.4}}
+    html = render_html(rep)
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    trade = next(s for s in svgs if "trade-off path" in s)
+    _, texts = _svg_texts(trade)
+    x_label = next(t for t, tr in texts if t.startswith(("old", "new")) and not tr)
+    y_label = next(t for t, tr in texts if "rotate(-90)" in tr)
+    assert x_label.startswith("old accuracy") and y_label.startswith("new accuracy")
+    # the base (old 0.95, the best old value; new 0.4, the worst new) is right of and below
+    # every point of the path: on x the old task, on y the new (y grows downward in pixels)
+    base = next(p for p in ET.fromstring(trade).iter("path") if p.find("title") is not None
+                and p.find("title").text == "base")
+    bx, by = (float(v) for v in re.match(r"M([\d.]+),([\d.]+)", base.get("d")).groups())
+    line = next(ET.fromstring(trade).iter("polyline")).get("points").split()
+    xy = [tuple(float(v) for v in p.split(",")) for p in line[1:]]  # the arm's evaluations
+    assert all(bx > x and by + 6 > y for x, y in xy)
+    long = "new balanced_accuracy, share (validation or test; higher is better)"
+    plot = line_plot([("a", [0.1, 0.2], [0.3, 0.4])], "t", "old accuracy, share", long)
+    assert _fits(plot) and _svg_texts(plot)[0] > 340
+    assert _fits(line_plot([("a", [0.1, 0.2], [0.3, 0.4])], "t", "x", "new mse (val)"))
+    trials = [{"number": 0, "old": 0.9, "new": 0.6, "feasible": True, "arm": "adamw",
+               "params": {}}]
+    par = pareto_svg(trials, [], [], ("old accuracy, share", "new balanced_accuracy, share "
+                                      "(validation or test; measured twice)"), (1, 1))
+    assert _fits(par)
 
 
 def test_the_gate_at_the_top_reads_its_rate_thresholds_in_the_reports_units():
@@ -168,3 +235,13 @@ def test_a_chosen_wise_points_legend_entry_keeps_its_alpha_for_a_long_arm_name()
     svg = re.findall(r"<svg.*?</svg>", render_html(rep), re.S)[-1]
     shown = [t.text for t in ET.fromstring(svg).iter("text") if t.get("x") == "24"]
     assert "α 0.3 chosen: goodf…" in shown
+
+
+def test_the_search_plots_axes_carry_the_primary_metrics_units():
+    """'old ade@8s, m' on x, 'new accuracy, share' on y (a study saved before units: the
+    metrics' declarations)."""
+    from goodfit_cli.report.search import _labels
+
+    assert _labels({"metrics": ["ade@8s", "accuracy"], "units": {"old": "m", "new": "share"}}
+                   ) == ("old ade@8s, m", "new accuracy, share")
+    assert _labels({"metrics": ["mse", "fde@3s"]}) == ("old mse", "new fde@3s, m")

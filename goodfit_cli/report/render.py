@@ -32,6 +32,7 @@ from goodfit_cli.report.sections import (  # verdict: re-exported by the package
     verdict,
 )
 from goodfit_cli.report.build import curve_points, curve_split
+from goodfit_cli.report.reading import unit_in
 from goodfit_cli.report.svg import line_plot
 
 # ---------------------------------------------------------------- Markdown
@@ -199,7 +200,8 @@ def _readout_split(report: dict) -> str:
 
 def _plots(report: dict) -> list[str]:
     """The training curves (each arm's periodic evaluations, on validation unless its records
-    measured test: curve_split) and the trade-off path, then the WiSE-FT curves."""
+    measured test: curve_split) and the trade-off path, then the WiSE-FT curves; a trade-off
+    is drawn old task on x, new task on y, as the search's Pareto plot."""
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
     base = report["base_metrics"]
     base_val = report.get("base_val_metrics")
@@ -220,25 +222,28 @@ def _plots(report: dict) -> list[str]:
         if any(s[1] for s in series):
             base_pt = [("base", 0, ref)] if ref is not None else None
             plots.append(line_plot(series, f"{task} task {metric} on {word} vs batches",
-                                   "batches", _axis(task, metric, word), points=base_pt))
-    base_pt = [("base", bn, bo)] if bn is not None and bo is not None else None
-    paths = [(a["name"], [bn] + [(r["new"] or {}).get(pn) for r in c],
-              [bo] + [(r["old"] or {}).get(po) for r in c]) for a, c, _ in arms]
+                                   "batches", _axis(report, task, metric, word), points=base_pt))
+    base_pt = [("base", bo, bn)] if bn is not None and bo is not None else None
+    paths = [(a["name"], [bo] + [(r["old"] or {}).get(po) for r in c],
+              [bn] + [(r["new"] or {}).get(pn) for r in c]) for a, c, _ in arms]
     if any(c for _, c, _ in arms):
         plots.append(line_plot(paths, f"trade-off path on {word} (base → arm)",
-                               _axis("new", pn, word), _axis("old", po, word), points=base_pt))
-    test_pt = ([("base", base["new"].get(pn), base["old"].get(po))]
+                               _axis(report, "old", po, word), _axis(report, "new", pn, word),
+                               points=base_pt))
+    test_pt = ([("base", base["old"].get(po), base["new"].get(pn))]
                if base["new"].get(pn) is not None and base["old"].get(po) is not None else None)
     plots += _wise_plot(report, po, pn, test_pt)
     return plots
 
 
-def _axis(task: str, metric: str, split: str) -> str:
-    """An axis's label: task, metric, split and which way is better ('old mse (val; lower is
-    better)'); a metric nothing declares a direction for gets none."""
+def _axis(report: dict, task: str, metric: str, split: str) -> str:
+    """An axis's label: task, metric, its unit where it has one (a rate's is "share": the axis
+    reads in shares, the tables in %), split and which way is better ('old ade@8s, m (val;
+    lower is better)'); a metric nothing declares a direction for gets none."""
     m = declared_metric(metric)
     better = "" if m is None else f"; {'higher' if m.direction > 0 else 'lower'} is better"
-    return f"{task} {metric} ({split}{better})"
+    u = unit_in(report, task, metric)
+    return f"{task} {metric}{f', {u}' if u else ''} ({split}{better})"
 
 
 def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[str]:
@@ -254,18 +259,20 @@ def _wise_plot(report: dict, po: str, pn: str, base_test: list | None) -> list[s
     def at(w: dict, task: str, metric: str):
         return ((w.get(split) if split else w) or {}).get(task, {}).get(metric)
 
-    lines = [(a["name"], [at(w, "new", pn) for w in a["wise"]],
-              [at(w, "old", po) for w in a["wise"]]) for a in arms]
+    lines = [(a["name"], [at(w, "old", po) for w in a["wise"]],
+              [at(w, "new", pn) for w in a["wise"]]) for a in arms]
     if not on_val:
         return [line_plot(lines, "WiSE-FT interpolation on test (α from base to arm)",
-                          _axis("new", pn, "test"), _axis("old", po, "test"), points=base_test)]
+                          _axis(report, "old", po, "test"), _axis(report, "new", pn, "test"),
+                          points=base_test)]
     base = report["base_val_metrics"]
-    points = [("base", base["new"].get(pn), base["old"].get(po))]
-    points += [(f"α {w['alpha']:g} chosen: {a['name']}", at(w, "new", pn), at(w, "old", po), i)
+    points = [("base", base["old"].get(po), base["new"].get(pn))]
+    points += [(f"α {w['alpha']:g} chosen: {a['name']}", at(w, "old", po), at(w, "new", pn), i)
                for i, a in enumerate(arms) for w in a["wise"] if w.get("chosen")]  # its colour
     # α first: a legend entry is cut at 20 characters, the arm is told by the colour
     return [line_plot(lines, "WiSE-FT interpolation on validation (α from base to arm)",
-                      _axis("new", pn, "val"), _axis("old", po, "val"), points=points)]
+                      _axis(report, "old", po, "val"), _axis(report, "new", pn, "val"),
+                      points=points)]
 
 
 def _confusion_html(title: str, conf: dict, report: dict, limit: int = 30) -> str:

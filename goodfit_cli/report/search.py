@@ -23,7 +23,8 @@ from goodfit_cli.report.front import pareto_front
 from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.sections import slack_line, time_rows, within_phrase
 from goodfit_cli.report.trials import shipped_name
-from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks, plot_area
+from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks
+from goodfit_cli.report.svg import height_for, plot_area
 
 
 def _log_axis(values: list[float]) -> bool:
@@ -66,15 +67,22 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)" + (
         ", log scale" if log and (_log_axis(xs) or _log_axis(ys)) else "") + (
         ", zoomed on the trials" if zoom else "")
-    out = [f'<svg class="plot" viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
-           f'font-family="{_FONT}" aria-label="{escape(title)}"><title>{escape(title)}</title>'
-           f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    logx, logy = log and _log_axis(xs), log and _log_axis(ys)
+    better = lambda d: "higher is better" if d > 0 else "lower is better"  # noqa: E731
+    scale = lambda log: ", log scale" if log else ""  # noqa: E731
+    ylabel = f"{labels[1]} ({better(dirs[1])}{scale(logy)})"
+    height = height_for(ylabel) if xs else _H
+    out = [f'<svg class="plot" viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" '
+           f'role="img" font-family="{_FONT}" aria-label="{escape(title)}"><title>'
+           f'{escape(title)}</title><text x="{_L}" y="18" font-size="14" font-weight="bold">'
+           f'{escape(title)}</text>']
     if not xs:
         return "".join(out) + f'<text x="{_W / 2}" y="{_H / 2}">no finished trial</text></svg>'
-    logx, logy = log and _log_axis(xs), log and _log_axis(ys)
+
     fx = math.log10 if logx else float
     fy = math.log10 if logy else float
-    (x0, x1), (y0, y1), pw, ph, px0, py0 = plot_area([fx(x) for x in xs], [fy(y) for y in ys])
+    (x0, x1), (y0, y1), pw, ph, px0, py0 = plot_area([fx(x) for x in xs], [fy(y) for y in ys],
+                                                     height)
     px = lambda x: px0(fx(x))  # noqa: E731
     py = lambda y: py0(fy(y))  # noqa: E731
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
@@ -83,12 +91,10 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     out += [f'<line x1="{_L}" y1="{py0(t):.1f}" x2="{_L + pw}" y2="{py0(t):.1f}" stroke="#eee"/>'
             f'<text x="{_L - 6}" y="{py0(t) + 4:.1f}" font-size="11" text-anchor="end">'
             f'{lab}</text>' for t, lab in _axis_ticks(y0, y1, logy)]
-    better = lambda d: "higher is better" if d > 0 else "lower is better"  # noqa: E731
-    scale = lambda log: ", log scale" if log else ""  # noqa: E731
-    out.append(f'<text x="{_L + pw / 2}" y="{_H - 8}" font-size="12" text-anchor="middle">'
+    out.append(f'<text x="{_L + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
                f'{escape(labels[0])} ({better(dirs[0])}{scale(logx)})</text>'
                f'<text transform="translate(14 {_T + ph / 2}) rotate(-90)" font-size="12" '
-               f'text-anchor="middle">{escape(labels[1])} ({better(dirs[1])}{scale(logy)})</text>')
+               f'text-anchor="middle">{escape(ylabel)}</text>')
     legend_y = _T + 8
     lines = [("Pareto front", [(p["old"], p["new"]) for p in pareto_front(
         [t for t in done if t["feasible"]], dirs)])] + [(f"WiSE {n}", c) for n, c in curves]
@@ -310,13 +316,21 @@ def crushed(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]]
     return any(whole > 0 and part < share * whole for part, whole in zip(*spans))
 
 
+def _labels(rep: dict[str, Any]) -> tuple[str, str]:
+    """The axes' names with each primary metric's unit: ('old ade@8s, m', 'new accuracy,
+    share'); x is the old task, y the new (as every report's trade-off plot)."""
+    u = rep.get("units") or {}
+    return tuple(f"{t} {m}" + (f", {s}" if (s := u.get(t, unit(m))) else "")  # type: ignore
+                 for t, m in zip(("old", "new"), rep["metrics"]))
+
+
 def write_search_report(rep: dict[str, Any], out: Path, curves: list[tuple[str, list]]) -> None:
     """report.json, report.md and report.html (with the Pareto plot) into `out`, atomically
     and as one set (rendered first: a failure or an interrupt leaves the old set whole)."""
     md = render_markdown(rep)
     dirs = (direction(rep["metrics"][0]), direction(rep["metrics"][1]))
     args = (rep["trials"], [r for r in rep["defaults"] if r.get("old") is not None], curves,
-            (f"old {rep['metrics'][0]}", f"new {rep['metrics'][1]}"), dirs,
+            _labels(rep), dirs,
             rep.get("base_point"), rep["recommendation"])
     linear, log = pareto_svg(*args, log=False), pareto_svg(*args)
     zoomed = pareto_svg(*args, log=False, zoom=True) if crushed(*args[:3]) else ""

@@ -12,6 +12,7 @@ from html import escape
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _W, _H = 640, 340                          # whole figure
 _L, _R, _T, _B = 64, 170, 30, 46           # margins; the legend lives in the right margin
+_CHAR = 7.2                                # px per character of a 12-px label (generous)
 _FONT = "system-ui, -apple-system, Segoe UI, Roboto, DejaVu Sans, sans-serif"
 
 
@@ -52,11 +53,18 @@ def scales(xd: tuple[float, float], yd: tuple[float, float],
             lambda y: top + ph - (y - y0) / (y1 - y0) * ph)
 
 
-def plot_area(xs: Sequence[float], ys: Sequence[float]):
-    """The plotting box for these values: x and y domains, width, height, and the two value ->
-    pixel maps, ((x0, x1), (y0, y1), pw, ph, px, py). Shared by every plot of the report."""
+def height_for(ylabel: str) -> float:
+    """The figure's height: _H, or more when the (rotated) y-axis label would not fit beside
+    the plot area (a long metric name with its split and direction)."""
+    return max(_H, _T + _B + len(ylabel) * _CHAR + 12)
+
+
+def plot_area(xs: Sequence[float], ys: Sequence[float], height: float = _H):
+    """The plotting box for these values in a figure `height` tall: x and y domains, width,
+    height, and the two value -> pixel maps, ((x0, x1), (y0, y1), pw, ph, px, py). Shared by
+    every plot of the report."""
     (x0, x1), (y0, y1) = _domain(xs), _domain(ys)
-    pw, ph = _W - _L - _R, _H - _T - _B
+    pw, ph = _W - _L - _R, height - _T - _B
     px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
     return (x0, x1), (y0, y1), pw, ph, px, py
 
@@ -67,7 +75,8 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
     (label, x, y) (a black diamond) or (label, x, y, i) (a diamond in series i's colour).
 
     Missing (None / NaN) values break a line instead of joining across the gap. Lines with few
-    points also get a dot per point. A legend longer than the figure makes the figure taller.
+    points also get a dot per point. A legend longer than the figure, or a y label longer than
+    its side, makes the figure taller.
     """
     points = [p for p in (points or []) if _finite(p[1]) and _finite(p[2])]
     xs_all = [x for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
@@ -79,7 +88,8 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">'
                    'no data</text>')
         return _figure(title, out, _H)
-    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all)
+    height = height_for(ylabel)
+    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all, height)
     out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
     for t in ticks:
@@ -91,7 +101,7 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         out.append(f'<line x1="{_L}" y1="{py(t):.1f}" x2="{_L + pw}" y2="{py(t):.1f}" '
                    f'stroke="#eee"/><text x="{_L - 6}" y="{py(t) + 4:.1f}" font-size="11" '
                    f'text-anchor="end">{_fmt(t, dec)}</text>')
-    out.append(f'<text x="{_L + pw / 2}" y="{_H - 8}" font-size="12" text-anchor="middle">'
+    out.append(f'<text x="{_L + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
                f'{escape(xlabel)}</text><text transform="translate(14 {_T + ph / 2}) rotate(-90)" '
                f'font-size="12" text-anchor="middle">{escape(ylabel)}</text>')
     legend_y = _T + 8
@@ -121,7 +131,7 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
         out.append(_legend(legend_y, label, f'<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" '
                                             f'fill="{fill}" stroke="#000"/>'))
         legend_y += 18
-    return _figure(title, out, max(_H, legend_y))
+    return _figure(title, out, max(height, legend_y))
 
 
 def _figure(title: str, body: list[str], height: float) -> str:
