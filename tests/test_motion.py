@@ -173,6 +173,53 @@ def test_metrics_on_hand_made_trajectories():
     assert torch.equal(pred[0, :, :2], a1.reshape(FUTURE, 2)) and torch.all(pred[..., 2] == 1)
 
 
+def test_a_sample_without_steps_in_a_window_is_left_out_of_that_window():
+    """A sample with no valid step up to 3 s has nothing to measure at 3 s: its ade/fde@3s are
+    NaN and the 3 s means are over the other samples (it once scored 0 m and pulled the mean
+    down); the 8 s metrics still count it. The paired bootstrap leaves it out alike, the run
+    folder's check accepts that mean, and a window no sample reaches reads NaN, never 0."""
+    from goodfit_cli.core import metrics as M
+    from goodfit_cli.io.rundir import check_stored_metrics
+    from goodfit_cli.report.build import paired_cis
+    t = torch.arange(1, FUTURE + 1, dtype=torch.float64)
+    truth = torch.stack([t, torch.zeros_like(t)], -1)
+    y = torch.cat([truth, torch.ones(FUTURE, 1, dtype=torch.float64)], -1).repeat(3, 1, 1)
+    y[2, :30, 2] = 0  # sample 3: first seen after 3 s
+    y[2, :30, :2] = 0
+    lateral = torch.tensor([1.0, 3.0, 5.0])  # every step of sample i is lateral[i] m off
+
+    def outputs(shift: float) -> torch.Tensor:
+        traj = truth[None].repeat(3, 1, 1).clone()
+        traj[..., 1] = (lateral + shift)[:, None]
+        return torch.cat([traj.reshape(3, 1, -1), torch.zeros(3, 1, 1)], -1)  # one mode
+
+    obj = Motion(None, ["ade@3s", "fde@3s", "ade@8s", "miss@8s"])
+    per = obj.per_sample(outputs(0.0), y)
+    assert math.isnan(per["ade@3s"][2]) and math.isnan(per["fde@3s"][2])
+    assert per["ade@8s"].tolist() == pytest.approx([1.0, 3.0, 5.0])
+    values, _ = obj.measure(outputs(0.0), y)
+    assert values["ade@3s"] == pytest.approx(2.0) and values["fde@3s"] == pytest.approx(2.0)
+    assert values["ade@8s"] == pytest.approx(3.0) and values["miss@8s"] == pytest.approx(2 / 3)
+    # base vs arm 1 m further off everywhere: Δ ade@3s is 1 m exactly, CI [1, 1], not NaN
+    b = {"per_sample": per}
+    a = {"per_sample": obj.per_sample(outputs(1.0), y)}
+    cis, _ = paired_cis(b, a, "regression", {"n_boot": 50, "seed": 0})
+    assert cis["ade@3s"] == pytest.approx((1.0, 1.0)) and cis["ade@8s"] == pytest.approx((1.0, 1.0))
+    check_stored_metrics(tmp := "run.json", {"old": values}, {"old": b})  # matches: no error
+    with pytest.raises(UserError, match="ade@3s is recorded as 1.0"):
+        check_stored_metrics(tmp, {"old": {**values, "ade@3s": 1.0}}, {"old": b})
+    # nobody reaches 3 s: NaN (stored as null, fails every gate), never 0 m
+    y[:, :30, 2] = 0
+    values, per = obj.measure(outputs(0.0), y)
+    assert math.isnan(values["ade@3s"]) and math.isnan(values["fde@3s"])
+    assert M.delta_ci_regression(per["ade@3s"], per["ade@3s"], partial=True)["ci"] is None
+    # a measured sample whose outputs are not finite scores +inf (a miss), never left out
+    bad = outputs(0.0)
+    bad[0, 0, :-1] = torch.nan  # every position
+    per = obj.per_sample(bad, y)
+    assert per["ade@8s"][0] == math.inf and per["miss@8s"][0] == 1.0
+
+
 def test_generator_is_deterministic_per_seed():
     """Same seed → identical scenarios, whatever the batch; another seed → other scenarios."""
     a = generate("car", 6, seed=3, layout=MotionLayout(**SIZES))

@@ -134,11 +134,13 @@ def base_was_right(objective: Any, outputs: Tensor, y: Tensor,
 @torch.no_grad()
 def base_median_error(teacher: nn.Module, objective: Any, x: Tensor, y: Tensor,
                       chunk: int = 4096) -> float:
-    """The median over (x, y) of the base's per-sample primary error."""
+    """The median over (x, y) of the base's per-sample primary error (over the samples it
+    measures: a motion horizon's NaN, a sample with nothing to measure, is left out; such a
+    sample never counts as one the base got right)."""
     name = objective.metric_names[0]
     errs = [objective.per_sample_values(objective.outputs(teacher, x[i:i + chunk]).float(),
                                  y[i:i + chunk])[name].reshape(-1) for i in range(0, len(x), chunk)]
-    return float(torch.cat(errs).median())
+    return float(torch.cat(errs).nanmedian())
 
 
 class LinearProbeFirst(Callback):

@@ -26,7 +26,9 @@ class Metric:
     bootstrap gives its delta a CI), whether it is a share in [0, 1] (shown in %), and its unit
     ("m", "m²"; "" for none): every report, log line and gate message derives how a value reads
     from it (`core.units`), and `possible` is the range a value can take (a bound outside it can
-    never decide a gate)."""
+    never decide a gate). `partial`: a sample may have nothing to measure (a motion horizon
+    with no valid target step): its per-sample value is NaN and it counts in neither the mean
+    (`sample_mean`) nor the paired bootstrap (`delta_ci_regression`)."""
 
     name: str
     higher_is_better: bool
@@ -35,6 +37,7 @@ class Metric:
     description: str = ""
     unit: str = ""
     nonnegative: bool = False  # an error, a distance: never below 0 (a rate: always [0, 1])
+    partial: bool = False  # NaN per-sample values are samples with nothing to measure
     # a registered metric (beyond what an objective's per_sample gives): compute(predictions,
     # targets) -> (N,) per-sample values, or the value itself when not a per-sample mean; and
     # the objectives (loss names) or task kinds it applies to
@@ -122,6 +125,15 @@ def flips(base_pred: torch.Tensor, arm_pred: torch.Tensor, target: torch.Tensor)
     n_neg = int((base_ok & ~arm_ok).sum())
     n_pos = int((~base_ok & arm_ok).sum())
     return {"nfr": n_neg / n, "pfr": n_pos / n, "n_neg": n_neg, "n_pos": n_pos, "n": n}
+
+
+def sample_mean(values: torch.Tensor, partial: bool = False) -> float:
+    """The mean of (N,) per-sample values; `partial` (Metric.partial): over the samples with
+    something to measure (non-NaN), NaN when none has, never 0."""
+    v = values.double().reshape(-1)
+    if partial:
+        v = v[~v.isnan()]
+    return float(v.mean()) if v.numel() else math.nan
 
 
 # ---------------------------------------------------------------- bootstrap
@@ -230,9 +242,18 @@ def delta_ci_classification(base_pred: torch.Tensor, arm_pred: torch.Tensor, tar
     return out
 
 
-def delta_ci_regression(base_err: torch.Tensor, arm_err: torch.Tensor, **boot) -> dict:
-    """Delta of the mean per-sample error (arm - base) with a paired bootstrap CI."""
-    d = arm_err.double().reshape(-1) - base_err.double().reshape(-1)   # (N,)
+def delta_ci_regression(base_err: torch.Tensor, arm_err: torch.Tensor, partial: bool = False,
+                        **boot) -> dict:
+    """Delta of the mean per-sample error (arm - base) with a paired bootstrap CI. `partial`
+    (Metric.partial): samples NaN on either side had nothing to measure and are left out of
+    both (as of `sample_mean`); none left: delta NaN and no CI."""
+    base, arm = base_err.double().reshape(-1), arm_err.double().reshape(-1)
+    if partial:
+        keep = ~(base.isnan() | arm.isnan())
+        base, arm = base[keep], arm[keep]
+        if not keep.any():
+            return {"delta": math.nan, "ci": None}
+    d = arm - base   # (N,)
     return {"delta": d.mean().item(), "ci": bootstrap_mean_cis([d], **boot)[0]}
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.metrics import sample_mean
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
 from goodfit_cli.io.staging import settle
@@ -222,7 +223,8 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
     file holds (and whose sha256 the record holds), and a registered one that is not (f1,
     balanced accuracy) is computed again from its predictions and targets (`again`:
     objectives.recomputed): a metric edited in the record after the run is one UserError line
-    naming both numbers, never a verdict."""
+    naming both numbers, never a verdict. Per-sample values with NaN may also be a `partial`
+    metric's (core.metrics.Metric), whose mean leaves those samples out: either mean matches."""
     if not isinstance(metrics, dict):
         raise UserError(f"{record}: no metrics; the run folder is damaged")
     for task, values in metrics.items():
@@ -238,6 +240,9 @@ def check_stored_metrics(record: Path, metrics: Any, preds: dict[str, dict],
             task_preds = preds.get(task) or {}
             if name in per:
                 value = float(per[name].double().mean())
+                if math.isnan(value) and isinstance(stored, (int, float)) \
+                        and not isinstance(stored, bool) and math.isfinite(stored):
+                    value = sample_mean(per[name], partial=True)  # NaN: nothing measured
             elif again is not None and task_preds.get("pred") is not None \
                     and task_preds.get("target") is not None:  # f1, balanced accuracy
                 value = again(name, task_preds["pred"], task_preds["target"])

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.core.metrics import FLIPS, Metric
+from goodfit_cli.core.metrics import FLIPS, Metric, sample_mean
 from goodfit_cli.core.units import value_text
 from goodfit_cli.core.registry import Registry
 from goodfit_cli.data.base import Task
@@ -56,7 +56,8 @@ class Objective:
         return outputs
 
     def per_sample(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """metric → (N,) values whose mean is the metric (the metrics of `produces`)."""
+        """metric → (N,) values whose mean is the metric (the metrics of `produces`; a
+        `partial` one's NaN values are samples with nothing to measure, left out of its mean)."""
         raise NotImplementedError
 
     def measure(self, outputs: Tensor, y: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -72,8 +73,9 @@ class Objective:
                     per[name] = value.reshape(len(y))
                 else:
                     whole[name] = float(value)
-        values = {m: float(per[m].double().mean()) if m in per else whole[m]
-                  for m in self.metric_names if m in per or m in whole}
+        declared = {m.name: m for m in self.produces} | self.extras
+        values = {m: sample_mean(per[m], m in declared and declared[m].partial) if m in per
+                  else whole[m] for m in self.metric_names if m in per or m in whole}
         return values, per
 
     def metrics(self, outputs: Tensor, y: Tensor) -> dict[str, float]:

@@ -12,10 +12,14 @@ Per sample, with d_m(t) = ‖mode m at step t − truth at t‖ over valid steps
   miss@8s = 1 if fde@8s > miss_threshold (2 m) else 0
   mse = squared error of the most likely mode, mean over valid steps and both coordinates
   loss = the training loss of that sample
-A sample without a valid step up to the horizon scores 0 there (writers should not store such
-targets; the generator never does). `predictions` are the most likely mode's (x, y) with a third
-channel of ones, (N, T, 3) like y, so the report's generic regression path lines up; its `mse`
-is then replaced by the masked one above.
+A sample without a valid step up to a horizon has nothing to measure there: its ade/fde (and
+miss) at that horizon are NaN, and it counts in neither that metric's mean nor its paired
+bootstrap (`Metric.partial`: the mean is over the samples with a valid step in the window; NaN,
+stored as null, when none has). A sample measured with non-finite outputs scores +inf (a miss),
+never NaN, so a model that fails is not left out. The generator never writes a target without a
+valid step up to 3 s. `predictions` are the most likely mode's (x, y) with a third channel of
+ones, (N, T, 3) like y, so the report's generic regression path lines up; its `mse` is then
+replaced by the masked one above.
 """
 
 from __future__ import annotations
@@ -68,8 +72,15 @@ def per_sample_loss(outputs: Tensor, y: Tensor, ce_weight: float = 1.0,
     return reg + ce_weight * F.cross_entropy(logits, best, reduction="none")
 
 
+def _measured(value: Tensor, has: Tensor) -> Tensor:
+    """`value` where the sample has a valid step in the window (+inf for a non-finite model
+    output there), NaN where it has none: nothing to measure."""
+    return torch.where(has, value.nan_to_num(nan=torch.inf), torch.nan)
+
+
 def motion_metrics(outputs: Tensor, y: Tensor, miss_threshold: float = 2.0) -> dict[str, Tensor]:
-    """{ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse}: (N,) float64 each."""
+    """{ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse}: (N,) float64 each (NaN: see the module
+    docstring)."""
     traj, logits = split_outputs(outputs.double())
     y = y.double()
     d, valid = displacement(traj, y)
@@ -81,9 +92,10 @@ def motion_metrics(outputs: Tensor, y: Tensor, miss_threshold: float = 2.0) -> d
         ade = d[..., :horizon].sum(2) / n.clamp(min=1)[:, None]  # (N, M)
         last = (steps[:horizon] * v).argmax(1)  # (N,) index of the last valid step ≤ horizon
         fde = d.gather(2, last[:, None, None].expand(-1, d.shape[1], 1))[..., 0]  # (N, M)
-        out[f"ade@{name}"] = ade.min(1).values * (n > 0)
-        out[f"fde@{name}"] = fde.min(1).values * (n > 0)
-    out["miss@8s"] = (out["fde@8s"] > miss_threshold).double()
+        out[f"ade@{name}"] = _measured(ade.min(1).values, n > 0)
+        out[f"fde@{name}"] = _measured(fde.min(1).values, n > 0)
+    fde8 = out["fde@8s"]
+    out["miss@8s"] = (fde8 > miss_threshold).double().masked_fill(fde8.isnan(), torch.nan)
     top = traj[torch.arange(len(traj), device=y.device), logits.argmax(1)]  # (N, T, 2)
     se = ((top - y[..., :2]) ** 2).sum(-1) * valid
     out["mse"] = se.sum(1) / (2 * valid.sum(1).clamp(min=1))
@@ -94,13 +106,14 @@ class Motion(Objective):
     """Multi-modal trajectory prediction: metrics ade@3s, fde@3s, ade@8s, fde@8s, miss@8s, mse, loss."""
 
     kind = "regression"
-    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h} (best mode)",
-                         unit="m", nonnegative=True)
+    produces = (*(Metric(f"{m}@{h}", False, description=f"{what} at {h} (best mode; over the "
+                         "samples with a valid step by then)", unit="m", nonnegative=True,
+                         partial=True)
                   for h in HORIZONS for m, what in (("ade", "mean displacement error"),
                                                     ("fde", "final displacement error"))),
                 Metric("miss@8s", False, rate=True, unit="share", description="share of samples "
                        "whose best final displacement at 8s exceeds miss_threshold (2 m by "
-                       "default)"),
+                       "default)", partial=True),
                 Metric("mse", False, description="mean squared error (motion: of the most likely "
                        "mode)", unit="m²", nonnegative=True),
                 Metric("loss", False, description="the objective's training loss per sample"))

@@ -180,9 +180,15 @@ def paired_cis(b: dict, a: dict, kind: str, boot: dict) -> tuple[dict, dict | No
                                                M.per_sample_sq_error(a["pred"], a["target"]),
                                                **boot)["ci"]
     for metric in both_per_sample:
-        cis[metric] = M.delta_ci_regression(b["per_sample"][metric],
-                                            a["per_sample"][metric], **boot)["ci"]
+        cis[metric] = M.delta_ci_regression(b["per_sample"][metric], a["per_sample"][metric],
+                                            _partial(metric), **boot)["ci"]
     return cis, flips
+
+
+def _partial(metric: str) -> bool:
+    """Whether `metric`'s NaN per-sample values are samples with nothing to measure."""
+    declared = declaration(metric)
+    return declared is not None and declared.partial
 
 
 def _preds(side: RunSide, task: str) -> dict:
@@ -198,7 +204,7 @@ def _task_metrics(side: RunSide, task: str, kind: str) -> dict[str, float]:
         else:
             out["mse"] = M.mse(p["pred"], p["target"])
     for metric, values in p.get("per_sample", {}).items():
-        out[metric] = values.double().mean().item()
+        out[metric] = M.sample_mean(values, _partial(metric))
     out.update({k: _number(v) for k, v in (side.metrics.get(task) or {}).items()})
     return out
 
