@@ -346,6 +346,26 @@ def test_hf_trainer_without_the_callback_is_refused(tmp_path):
     assert torch.equal(flat(model), flat(tiny_bert()))
 
 
+def test_hf_trainer_with_rest_at_anchor_but_no_callback_names_the_callback(tmp_path):
+    """GoodFit(rest_at_anchor=True) by hand, without GoodFitTrainerCallback: the first step is a
+    reference step that parks at the anchor; nothing unparks, so the second step raises naming
+    the callback (before: "call unpark()", which a Trainer's user cannot act on), and no main
+    step was taken on a gradient from the anchor."""
+    pytest.importorskip("accelerate")
+    model, dataset = tiny_bert(), token_data()
+    code = snippet("transformers")
+    code = code.replace(",\n                  callbacks=[GoodFitTrainerCallback()])", ")")
+    code = code.replace("ref_ratio=10.0)", "ref_ratio=10.0, rest_at_anchor=True)")
+    assert "rest_at_anchor=True" in code and "callbacks" not in code
+    ns = {"model": model, "dataset": dataset, "out_dir": str(tmp_path)}
+    with pytest.raises(RuntimeError, match=r"without GoodFitTrainerCallback: nothing unparks "
+                       r".*callbacks=\[goodfit_cli\.integrations\.transformers\."
+                       r"GoodFitTrainerCallback\(\)\]"):
+        exec(code, ns)
+    assert (ns["opt"].phase, ns["opt"].main_steps) == (1, 0) and ns["opt"].parked
+    assert torch.equal(flat(model), flat(tiny_bert()))  # parked: the model holds the anchor
+
+
 def test_hf_trainer_resumed_mid_cycle_continues_identically(tmp_path):
     """A Trainer checkpoint written mid-cycle (save_steps=5 with n_ref=2: phase 2, shuffled
     batches, accumulation, a schedule) and resumed with resume_from_checkpoint ends exactly where

@@ -39,17 +39,21 @@ def refuse_framework_closure(closure: Callable[[], Any]) -> None:
                            "the Trainer's callbacks (see docs/integrations.md)")
 
 
-def refuse_trainer_without_callback() -> None:
+def refuse_trainer_without_callback(parked: bool = False) -> None:
     """transformers' Trainer calls ``step()`` once per (accumulated) batch and then saves,
     evaluates and returns the model as it is: without GoodFitTrainerCallback (which turns on
-    ``rest_at_anchor``) that is θ′ mid-cycle. Called only when ``rest_at_anchor`` is off: a
-    Trainer's training loop on the stack is then refused."""
+    ``rest_at_anchor``) that is θ′ mid-cycle. Called when ``rest_at_anchor`` is off, and when
+    ``step()`` finds the weights still parked (`parked`: ``rest_at_anchor`` was turned on by
+    hand and nothing unparks them before the forward pass, the callback's job): a Trainer's
+    training loop on the stack is then refused, naming the callback."""
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_globals.get("__name__") == "transformers.trainer":
+            why = ("nothing unparks the weights before each forward pass, so the gradient would "
+                   "be taken at the anchor θ_ref" if parked else "its checkpoints and trained "
+                   "model would hold the displaced weights θ′")
             raise RuntimeError("GoodFit is stepped by transformers' Trainer without "
-                               "GoodFitTrainerCallback: its checkpoints and trained model would "
-                               "hold the displaced weights θ′. Pass callbacks=[goodfit_cli."
+                               f"GoodFitTrainerCallback: {why}. Pass callbacks=[goodfit_cli."
                                "integrations.transformers.GoodFitTrainerCallback()] to the "
                                "Trainer (see docs/integrations.md)")
         frame = frame.f_back

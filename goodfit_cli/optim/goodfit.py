@@ -181,6 +181,7 @@ class GoodFit(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         if self.parked:
+            C.refuse_trainer_without_callback(parked=True)  # the usual way to get here
             raise RuntimeError("GoodFit.step() while the weights are parked at the anchor: the "
                                "gradient was taken at θ_ref, not at θ′; call unpark() before the "
                                "forward pass")
