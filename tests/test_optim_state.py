@@ -34,6 +34,38 @@ def _momentum(ps):
 # hooks
 
 
+def test_step_hooks_fire_once_per_optimizer_that_steps():
+    """As the GoodFit docstring says (and as torch's ZeroRedundancyOptimizer does): hooks on
+    GoodFit run once per step(); torch's global step hooks run with GoodFit on every step() and,
+    nested inside, with the main optimizer in the main phase only (n_ref=2: calls 1, 2 are
+    reference steps, call 3 the main one); the main optimizer's own hooks run once per main step."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    net = _net()
+    main = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    opt = GoodFit(main, n_ref=2)
+    calls: list[tuple[str, str]] = []
+    name = {id(opt): "goodfit", id(main): "main"}
+    handles = [register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("pre", name[id(o)]))),
+               register_optimizer_step_post_hook(
+                   lambda o, a, k: calls.append(("post", name[id(o)])))]
+    handles += [opt.register_step_pre_hook(lambda o, a, k: calls.append(("own", "goodfit"))),
+                main.register_step_pre_hook(lambda o, a, k: calls.append(("own", "main")))]
+    try:
+        per_call = []
+        for _ in range(3):
+            _steps(net, opt, 1)
+            per_call.append(list(calls))
+            calls.clear()
+    finally:
+        for h in handles:
+            h.remove()
+    reference = [("pre", "goodfit"), ("own", "goodfit"), ("post", "goodfit")]
+    assert per_call[:2] == [reference, reference]
+    assert per_call[2] == [("pre", "goodfit"), ("own", "goodfit"), ("pre", "main"),
+                           ("own", "main"), ("post", "main"), ("post", "goodfit")]
+
+
 @pytest.mark.parametrize("opt_cls", ["goodfit", "adamw"])
 def test_state_dict_hooks_run_in_torchs_order_with_torchs_semantics(opt_cls):
     """state_dict pre/post hooks and load_state_dict pre/post hooks run as on torch's AdamW

@@ -69,6 +69,13 @@ class GoodFit(torch.optim.Optimizer):
     ``torch.compiler.disable``-d, see `eager`: dynamo loses the phase counter's updates otherwise).
 
     Note: in the main phase the projected gradient is written into ``p.grad`` before the main step.
+
+    Step hooks: those registered on GoodFit (``register_step_pre_hook`` / ``_post_hook``) run
+    once per ``step()`` call. torch's global ones (``torch.optim.optimizer.
+    register_optimizer_step_pre_hook`` / ``_post_hook``) run for every optimizer that steps, as
+    with torch's ZeroRedundancyOptimizer: with GoodFit on each ``step()``, and again, nested
+    inside it, with the main optimizer in the main phase (and with a ``reference`` optimizer in
+    each reference step). A global hook that counts steps should look at its optimizer argument.
     """
 
     def __init__(
