@@ -218,8 +218,7 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         stopped.append(e)
         trial.study.stop()
         raise optuna.TrialPruned("interrupted") from None
-    arm = cand
-    views = views_of(arm)
+    arm, views = cand, views_of(cand)
     trial.set_user_attr("views", views)  # what any later gate is judged on
     trial.set_user_attr("chosen_under", chosen_under(job.gate, job.margin))  # α's and τ's
     trial.set_user_attr("val_counts", counts)  # what the margin reads, for any later gate
