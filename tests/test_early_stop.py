@@ -184,3 +184,13 @@ def test_resumed_early_stopping_run_ends_identical(base_ckpt, tmp_path):
     assert all(torch.equal(full[k], cut[k]) for k in full)
     es = json.loads((tmp_path / "cut" / "goodfit" / "summary.json").read_text())["early_stop"]
     assert es["stopped_at"] == 6 and es["best_batch"] == 3
+
+
+def test_the_plateau_reason_reads_a_rate_as_the_report_does():
+    """accuracy 0.85 then 0.84 with patience 1: the reason said 'best 0.85' and 'by more than
+    0.01' beside reports that print 85.00 % and pts; it reads in the metric's unit now."""
+    es = EarlyStop(StopRule("accuracy", patience=1, min_delta=0.01))
+    for b, v in ((10, 0.85), (20, 0.84)):
+        es.observe({"batch": b, "val": {"old": {"accuracy": 0.9}, "new": {"accuracy": v}}})
+    assert es.reason == ("new accuracy did not improve by more than 1.00 pts for 1 evaluation "
+                         "(best 85.00 % at batch 10)")

@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 
 from goodfit_cli.core import metrics as M
-from goodfit_cli.objectives import direction
+from goodfit_cli.core.units import amount_text, value_text
+from goodfit_cli.objectives import direction, unit
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate, units_of
 
@@ -64,8 +65,11 @@ def stop_rule(spec: dict[str, Any], metric: str, gate: Gate | None, where: str,
             raise UserError(f"{where}.gate: true needs an old-task gate limit (--gate FILE, "
                             "--max-old-drop or --max-nfr)")
         watched = Gate(limits, gate.source)
+    loss_of = loss_of or (lambda t: None)
+    units = units_of(watched, loss_of)
+    units.setdefault("new", {})[metric] = unit(metric, loss_of("new"))  # the plateau's words
     return StopRule(metric, spec.get("patience"), float(spec.get("min_delta") or 0.0), watched,
-                    units=units_of(watched, loss_of or (lambda t: None)))
+                    units=units)
 
 
 def flips_of(rule: StopRule, preds: dict[str, dict]) -> dict[str, dict[str, float]]:
@@ -104,10 +108,12 @@ class EarlyStop:
             return True
         self.bad += 1
         if self.rule.patience is not None and self.bad >= self.rule.patience:
+            u = self.rule.units.get("new", {}).get(self.rule.metric)  # as the report reads it
+            u = unit(self.rule.metric) if u is None else u  # a rule made by hand: declared
             self._stop(batch, f"new {self.rule.metric} did not improve by more than "
-                              f"{self.rule.min_delta:g} for {self.bad} evaluation"
-                              f"{'s' * (self.bad != 1)} (best {self.best:.4g} at batch "
-                              f"{self.best_batch})")
+                              f"{amount_text(self.rule.min_delta, u)} for {self.bad} evaluation"
+                              f"{'s' * (self.bad != 1)} (best {value_text(self.best, u)} at "
+                              f"batch {self.best_batch})")
         return False
 
     def _stop(self, batch: int, reason: str) -> None:
