@@ -1074,7 +1074,7 @@ def test_a_failing_trial_arm_and_recommendation_name_the_limits_that_failed(tmp_
     md = (tmp_path / "report.md").read_text()
     assert "| FAIL: old accuracy dropped 3.10 pts (limit 1.00 pts); new nfr is 0.2 (limit " \
            "0.1) |" in md
-    assert "| plain (trial 1) | 0.9 | 0.9 | FAIL: old accuracy dropped 3.10 pts" in md
+    assert "| plain (trial 1) | 90.00 % | 90.00 % | FAIL: old accuracy dropped 3.10 pts" in md
     assert "(gate on test: FAILS: old accuracy dropped 3.10 pts (limit 1.00 pts))" in md
     html = (tmp_path / "report.html").read_text()
     assert "FAIL: old accuracy dropped 3.10 pts (limit 1.00 pts); new nfr is 0.2" in html
