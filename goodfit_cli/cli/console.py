@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from goodfit_cli.core.text import printable
-from goodfit_cli.core.units import RATE, better_word, delta_text, value_text
+from goodfit_cli.core.units import RATE, delta_text, marker, value_text
 
 out = Console()
 err = Console(stderr=True)
@@ -303,8 +303,7 @@ def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, s
 
 def _delta(d: dict, unit: str) -> str:
     """A Δ cell: the change, and a marker that reads without colour ("▼ better")."""
-    word = better_word(d.get("better"), d["value"])
-    arrow = "=" if word == "same" else "▲" if d["value"] > 0 else "▼"
+    arrow, word = marker(d.get("better"), d["value"])
     colour = {"better": "green", "worse": "red"}.get(word)
     text = f"{delta_text(d['value'], unit)} {arrow}{f' {word}' if word else ''}"
     return f"[{colour}]{escape(text)}[/]" if colour else escape(text)

@@ -56,3 +56,10 @@ def better_word(better: bool | None, value: float) -> str:
     if value == 0:
         return "same"
     return "" if better is None else ("better" if better else "worse")
+
+
+def marker(better: bool | None, value: float) -> tuple[str, str]:
+    """(arrow, word) of a change: the arrow its sign ('▲', '▼', '=' when unchanged), the word
+    its direction (`better_word`); the report and the terminal draw both from here."""
+    word = better_word(better, value)
+    return ("=" if word == "same" else "▲" if value > 0 else "▼"), word

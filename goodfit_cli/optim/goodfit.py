@@ -192,8 +192,8 @@ class GoodFit(torch.optim.Optimizer):
             raise RuntimeError("GoodFit.step() while the weights are parked at the anchor: the "
                                "gradient was taken at θ_ref, not at θ′; call unpark() before the "
                                "forward pass")
-        if not self.rest_at_anchor:  # a framework that saves between steps must park
-            C.refuse_trainer_without_callback()
+        if not self.rest_at_anchor and self._phase == 0:  # a framework that saves between
+            C.refuse_trainer_without_callback()  # steps must park; a cycle's first step is enough
         if closure is None:
             return self._advance()
         if self.closure_mode == "batch":

@@ -4,7 +4,7 @@ a metric (a report written before units: the metric's declaration)."""
 
 from __future__ import annotations
 
-from goodfit_cli.core.units import better_word, ci_text, delta_text, value_text
+from goodfit_cli.core.units import ci_text, delta_text, marker, value_text
 from goodfit_cli.objectives import unit
 
 _DASH = "—"
@@ -32,8 +32,7 @@ def fmt_ci(metric: str, ci: list | None, shown: str | None = None) -> str:
 
 def _marker(entry: dict) -> str:
     """'▲ (better)', '▼ (worse)', '= (same)': the arrow is the sign, the word the direction."""
-    word = better_word(entry["better"], entry["value"])
-    arrow = "=" if word == "same" else "▲" if entry["value"] > 0 else "▼"
+    arrow, word = marker(entry["better"], entry["value"])
     return f"{arrow} ({word})" if word else arrow
 
 
