@@ -110,6 +110,17 @@ RUN groupadd --gid 10001 goodfit \
     && mkdir /workspace \
     && chown goodfit:goodfit /workspace
 
+# torch.compile builds native code in both images: on the CPU inductor compiles C++ with g++,
+# on the GPU triton compiles a small launcher with the C compiler; both with Python's headers
+# (the slim bases have them, a Debian python3 base gets them here). So a recipe's
+# `compile: true` runs on a CPU runner as on a GPU one.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc g++ libc6-dev \
+    && if [ ! -e "$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; \
+       then apt-get install -y --no-install-recommends python3-dev; fi \
+    && rm -rf /var/lib/apt/lists/*
+
 # Numeric, so that Kubernetes runAsNonRoot can verify it and `docker run --user` is easy to match.
 USER 10001:10001
 WORKDIR /workspace
@@ -122,15 +133,6 @@ CMD ["--help"]
 
 # ---------------------------------------------------------------------------------- cuda
 FROM runtime AS cuda
-# triton (torch.compile on the GPU) compiles a small launcher with the system C compiler and
-# Python's headers; the slim bases have the headers, a Debian python3 base gets them here.
-USER 0:0
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && if [ ! -e "$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ]; \
-       then apt-get install -y --no-install-recommends python3-dev; fi \
-    && rm -rf /var/lib/apt/lists/*
 COPY --from=builder-cuda /opt/venv /opt/venv
 # What the NVIDIA container toolkit exposes when a runner does not set it (--gpus all does).
 ENV NVIDIA_VISIBLE_DEVICES=all \
@@ -138,10 +140,11 @@ ENV NVIDIA_VISIBLE_DEVICES=all \
 LABEL dev.goodfit.torch-build="cuda"
 USER 10001:10001
 # The proof, as the image's user: the build fails unless torchvision's compiled ops, timm,
-# optuna, goodfit and triton's C compiler work here (docker/check-stack.py; --gpu on a GPU).
+# optuna, goodfit, triton's C compiler and a compiled CPU function work here
+# (docker/check-stack.py; --gpu on a GPU).
 ARG TORCH_VERSION
 ARG TORCHVISION_VERSION
-RUN python /opt/venv/check-stack.py cuda "${TORCH_VERSION}" "${TORCHVISION_VERSION}"
+RUN python /opt/venv/check-stack.py cuda "${TORCH_VERSION}" "${TORCHVISION_VERSION}" --compile
 
 # ---------------------------------------------------------------------------------- cpu
 # The last stage, so a plain `docker build .` makes the CPU image.
@@ -150,4 +153,4 @@ COPY --from=builder-cpu /opt/venv /opt/venv
 LABEL dev.goodfit.torch-build="cpu"
 ARG TORCH_VERSION
 ARG TORCHVISION_VERSION
-RUN python /opt/venv/check-stack.py cpu "${TORCH_VERSION}" "${TORCHVISION_VERSION}"
+RUN python /opt/venv/check-stack.py cpu "${TORCH_VERSION}" "${TORCHVISION_VERSION}" --compile

@@ -6,10 +6,12 @@ Run as the last step of each image the Dockerfile builds, so a torchvision built
 torch (its compiled ops do not load: "operator torchvision::nms does not exist") fails the build
 instead of becoming an image. Checked: torch and torchvision have the pinned public versions;
 torchvision's compiled ops run (`torchvision.ops.nms` on three boxes keeps boxes 0 and 2); torch
-is the variant's build (cpu: no CUDA; cuda: a CUDA build, with triton, a C compiler and
-Python's headers for compiled steps); timm builds and runs a ResNet-18; optuna (goodfit search)
-and goodfit import. It needs no GPU and no network. With --gpu it also runs one compiled bf16 channels_last training
-step on the GPU (docker/build-local.sh runs that where a GPU is present).
+is the variant's build (cpu: no CUDA; cuda: a CUDA build, with triton and a C compiler); both
+have a C++ compiler and Python's headers for compiled steps; timm builds and runs a ResNet-18;
+optuna (goodfit search) and goodfit import. It needs no GPU and no network. With --compile it
+also compiles a small function with torch.compile on the CPU and checks its values against
+eager's (the Dockerfile passes it: tens of seconds); with --gpu it runs one compiled bf16
+channels_last training step on the GPU (docker/build-local.sh runs that where a GPU is present).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import sys
 import sysconfig
 
 
-def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False) -> list[str]:
+def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False,
+          compiled: bool = False) -> list[str]:
     """The problems found, one line each; [] when the stack is whole."""
     problems: list[str] = []
     try:
@@ -51,9 +54,11 @@ def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False) ->
             problems.append(f"cuda image: triton does not import ({e})")
         if not any(shutil.which(c) for c in ("cc", "gcc")):
             problems.append("cuda image: no C compiler (triton builds its launcher with one)")
-        include = sysconfig.get_paths()["include"]
-        if not os.path.exists(os.path.join(include, "Python.h")):
-            problems.append(f"cuda image: no Python.h in {include} (triton's launcher needs it)")
+    if not shutil.which(os.environ.get("CXX") or "g++"):
+        problems.append(f"{variant} image: no C++ compiler (torch.compile on the CPU builds C++)")
+    include = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        problems.append(f"{variant} image: no Python.h in {include} (compiled steps need it)")
     try:
         import timm
         model = timm.create_model("resnet18", pretrained=False, num_classes=3).eval()
@@ -68,9 +73,24 @@ def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False) ->
             __import__(module)
         except Exception as e:  # noqa: BLE001
             problems.append(f"{module} does not import: {type(e).__name__}: {e}")
+    if compiled and not problems:
+        problems += cpu_compiled()
     if gpu and not problems:
         problems += gpu_step()
     return problems
+
+
+def cpu_compiled() -> list[str]:
+    """A function compiled by torch.compile on the CPU (inductor's C++) gives eager's values."""
+    import torch
+    try:
+        x = torch.linspace(-2.0, 2.0, 64)
+        got = torch.compile(lambda t: torch.sin(t) * 2 + t.relu())(x)
+        if not torch.allclose(got, torch.sin(x) * 2 + x.relu()):
+            return ["--compile: the compiled CPU function's values differ from eager's"]
+    except Exception as e:  # noqa: BLE001
+        return [f"--compile: torch.compile on the CPU failed: {type(e).__name__}: {e}"]
+    return []
 
 
 def gpu_step() -> list[str]:
@@ -99,13 +119,13 @@ def gpu_step() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    gpu = "--gpu" in argv
-    args = [a for a in argv if a != "--gpu"]
+    gpu, compiled = "--gpu" in argv, "--compile" in argv
+    args = [a for a in argv if a not in ("--gpu", "--compile")]
     if len(args) != 3 or args[0] not in ("cpu", "cuda"):
-        print("usage: check-stack.py cpu|cuda TORCH_VERSION TORCHVISION_VERSION [--gpu]",
-              file=sys.stderr)
+        print("usage: check-stack.py cpu|cuda TORCH_VERSION TORCHVISION_VERSION [--compile] "
+              "[--gpu]", file=sys.stderr)
         return 2
-    problems = check(*args, gpu=gpu)
+    problems = check(*args, gpu=gpu, compiled=compiled)
     for p in problems:
         print(f"check-stack: {p}", file=sys.stderr)
     if problems:
@@ -114,6 +134,7 @@ def main(argv: list[str]) -> int:
     import torchvision
     print(f"check-stack: ok: {args[0]} image, torch {torch.__version__} "
           f"(CUDA {torch.version.cuda}), torchvision {torchvision.__version__}, nms ran, timm ran"
+          + (", compiled CPU function ran" if compiled else "")
           + (", compiled bf16 step on the GPU ran" if gpu else ""))
     return 0
 

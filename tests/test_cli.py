@@ -272,8 +272,8 @@ def test_compile_true_matches_eager(tmp_path):
 
 
 def test_compile_without_a_cpp_compiler_is_one_line(tmp_path, monkeypatch):
-    """`compile: true` on the CPU where torch's inductor finds no C++ compiler (the images carry
-    none): exit 2 with one line naming the key and the compiler, before the arm trains (before:
+    """`compile: true` on the CPU where torch's inductor finds no C++ compiler (a machine without
+    one): exit 2 with one line naming the key and the compiler, before the arm trains (before:
     InvalidCxxCompiler inside the first batch, an internal error, exit 1)."""
     from torch._inductor import config
 

@@ -196,7 +196,7 @@ def test_header_and_ci_doc_show_both_targets():
 @pytest.mark.parametrize("target", TARGETS)
 def test_image_runs_goodfit_as_non_root(target):
     """Each image's last USER is numeric and not root, set before `ENTRYPOINT ["goodfit"]`; it
-    has a WORKDIR. (The cuda stage switches to root only to install the C compiler.)"""
+    has a WORKDIR. (The runtime stage is root only to install the compilers.)"""
     ins = image(target)
     names = [i for i, _ in ins]
     assert "USER" in names and "ENTRYPOINT" in names and "WORKDIR" in names
@@ -204,6 +204,21 @@ def test_image_runs_goodfit_as_non_root(target):
     assert re.fullmatch(r"[1-9]\d*:\d+", user), user
     assert names.index("USER") < names.index("ENTRYPOINT")
     assert json.loads([a for i, a in ins if i == "ENTRYPOINT"][-1]) == ["goodfit"]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_image_has_the_compilers_torch_compile_needs(target):
+    """Both images install g++ (inductor's C++ on the CPU) and gcc (triton's launcher on the
+    GPU) with the C library's headers, as root, before the non-root USER: `compile: true`
+    runs on a CPU runner in either image (the build proves it: check-stack --compile)."""
+    ins = image(target)
+    installs = [cmd for i, a in ins if i == "RUN" for cmd in commands(a)
+                if cmd[:2] == ["apt-get", "install"]]
+    assert installs, f"the {target} image installs no packages"
+    assert {"gcc", "g++", "libc6-dev"} <= set(installs[0]), installs[0]
+    first_install = next(k for k, (i, a) in enumerate(ins) if i == "RUN" and "apt-get" in a)
+    users = [k for k, (i, _) in enumerate(ins) if i == "USER"]
+    assert users and users[0] > first_install, "the compilers are installed as root"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -231,7 +246,8 @@ def test_builder_installs_the_wheel_with_search_and_the_image_proves_the_stack(t
     ins = image(target)
     last, arg = ins[-1]
     assert last == "RUN" and [resolve(t, ARGS) for t in shlex.split(arg)] == [
-        "python", "/opt/venv/check-stack.py", target, ARGS["TORCH_VERSION"], ARGS["TORCHVISION_VERSION"]]
+        "python", "/opt/venv/check-stack.py", target, ARGS["TORCH_VERSION"], ARGS["TORCHVISION_VERSION"],
+        "--compile"]
     assert "COPY" in [i for i, _ in ins[:-1]], "the check runs after the venv arrives"
     user = [a for i, a in ins[:-1] if i == "USER"][-1]
     assert re.fullmatch(r"[1-9]\d*:\d+", user), f"the check runs as {user}"

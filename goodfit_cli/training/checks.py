@@ -91,7 +91,7 @@ def check_stages(recipe: Recipe, arms: list[str] | None = None) -> None:
 def check_compiler(device: Any) -> None:
     """`compile: true` on the CPU: torch's inductor builds C++ with the compiler its config names
     (`g++`, or $CXX). Without one it fails inside the first training batch, an internal error;
-    here it is one line before the arm trains (the images carry no C++ compiler)."""
+    here it is one line before the arm trains (the Docker images carry g++; a machine may not)."""
     if getattr(device, "type", device) != "cpu":
         return
     import shutil
