@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 
 
 def check(variant: str, want_torch: str, want_vision: str, gpu: bool = False,
@@ -93,6 +94,14 @@ def cpu_compiled() -> list[str]:
     return []
 
 
+def inductor_folder() -> str:
+    """Where torch's inductor keeps its files by default (torch/_inductor/runtime/
+    cache_dir_utils.py): read before torch is imported, since importing it creates the folder."""
+    import getpass
+    import tempfile
+    return os.path.join(tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}")
+
+
 def gpu_step() -> list[str]:
     """One compiled bf16 channels_last training step of a small CNN on the GPU."""
     import torch
@@ -125,7 +134,18 @@ def main(argv: list[str]) -> int:
         print("usage: check-stack.py cpu|cuda TORCH_VERSION TORCHVISION_VERSION [--compile] "
               "[--gpu]", file=sys.stderr)
         return 2
-    problems = check(*args, gpu=gpu, compiled=compiled)
+    # --compile: inductor's files (its cache, ~150 MB of precompiled headers) go to a folder
+    # of the check's own, removed at the end, and the default folder too when the check made
+    # it: nothing of the check stays in the image, nothing of a user's cache is touched
+    folder, made = inductor_folder(), not os.path.exists(inductor_folder())
+    with tempfile.TemporaryDirectory(prefix="check-stack-") as cache:
+        if compiled:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        try:
+            problems = check(*args, gpu=gpu, compiled=compiled)
+        finally:
+            if compiled and made:
+                shutil.rmtree(folder, ignore_errors=True)
     for p in problems:
         print(f"check-stack: {p}", file=sys.stderr)
     if problems:
