@@ -60,6 +60,11 @@ class Objective:
         `partial` one's NaN values are samples with nothing to measure, left out of its mean)."""
         raise NotImplementedError
 
+    def unmeasured(self, metric: str, y: Any) -> str | None:
+        """Why `metric` has nothing to measure on targets `y` (a `partial` metric none of whose
+        samples has anything in its window: every value NaN), None when it measures something."""
+        return None
+
     def measure(self, outputs: Tensor, y: Tensor) -> tuple[dict[str, float], dict[str, Tensor]]:
         """(the recipe's metrics, every per-sample value): `per_sample` plus the registered
         metrics asked for; one that is not a per-sample mean has a value and no per-sample."""

@@ -135,6 +135,15 @@ class Motion(Objective):
         top = traj[torch.arange(len(traj), device=traj.device), logits.argmax(1)]  # (N, T, 2)
         return torch.cat([top, torch.ones_like(top[..., :1])], -1)  # (N, T, 3)
 
+    def unmeasured(self, metric: str, y: Any) -> str | None:
+        horizon = HORIZONS.get(metric.partition("@")[2]) if "@" in metric else None
+        if horizon is None or not isinstance(y, Tensor) or y.ndim != 3 or y.shape[-1] != 3:
+            return None
+        if len(y) and bool((y[:, :horizon, 2] > 0.5).any()):
+            return None
+        return (f"no sample has a valid step within {metric.partition('@')[2]} (the first "
+                f"{horizon} steps)")
+
     def per_sample(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
         out = motion_metrics(outputs, y, self.miss_threshold)
         out["loss"] = per_sample_loss(outputs, y, self.ce_weight, self.beta).double()

@@ -76,3 +76,16 @@ class TaskRunner:
         obj = self.objective
         metrics, per_sample = obj.measure(outputs, split.y)
         return metrics, obj.predictions(outputs), per_sample
+
+
+def check_measured(runner: TaskRunner, metric: str, val: Split, where: str) -> None:
+    """Refuse, in one line, a task whose primary metric has nothing to measure on its validation
+    split (every value NaN): early stopping, the plateau schedule, the WiSE α and the gate's
+    validation margin all decide on it, and a NaN would be neither best nor worst."""
+    why = runner.objective.unmeasured(metric, val.y)
+    if why:
+        from goodfit_cli.core.errors import UserError
+
+        raise UserError(f"{where}{runner.name}_task.metrics[0]: {metric!r} has nothing to "
+                        f"measure on the {runner.name} task's validation split ({why}); every "
+                        "choice reads it: list first a metric that split measures")

@@ -60,7 +60,7 @@ from goodfit_cli.models.hf import TOKENIZER, folder_state, is_transformers
 from goodfit_cli.models.layout import InferenceTwin
 from goodfit_cli.models.from_config import spec_from_config
 from goodfit_cli.objectives import direction, shown, task_kind
-from goodfit_cli.objectives.runtime import TaskRunner
+from goodfit_cli.objectives.runtime import TaskRunner, check_measured
 from goodfit_cli.recipe import Component, Recipe
 from goodfit_cli.recipe.schema import SEED_MAX
 from goodfit_cli.trainer.fit import check_fits
@@ -247,6 +247,8 @@ def open_session(recipe: Recipe, place: Place | None = None, *, join: bool = Tru
     moved = {k: replace(t, train=train_split(t.train)) for k, t in placed.items()}
     runners = {t: TaskRunner(t, spec, moved[t], dev, recipe.precision, where=f"{recipe.source}: ")
                for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
+    for t, r in runners.items():  # what every choice decides on measures something
+        check_measured(r, recipe.primary[t], moved[t].val, f"{recipe.source}: ")
     return Session(recipe, dev, moved, runners, seed, validation, data_dir=data_dir)
 
 

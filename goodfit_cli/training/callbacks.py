@@ -112,7 +112,10 @@ class EarlyStopping(Callback):
             result["val"]["flips"] = flips_of(self.early.rule, preds)  # on validation
 
     def on_record(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        if self.early.observe(record):
+        kept = self.early.observe(record)
+        if self.early.note:
+            self.log(self.early.note)
+        if kept:
             with at_anchor(self.optimizer):  # keep the weights this evaluation saw
                 self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 

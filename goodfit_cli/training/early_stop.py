@@ -89,10 +89,12 @@ class EarlyStop:
         self.bad = 0  # evaluations since the last improvement
         self.reason: str | None = None  # why it stopped; None while it runs
         self.stopped_at: int | None = None
+        self.note: str | None = None  # why the latest evaluation was skipped (the caller logs it)
 
     def observe(self, rec: dict[str, Any]) -> bool:
         """Take one evaluation record (batch, and "val": {old, new, flips}, the validation
         metrics it decides on); True if its weights are the best so far (the caller keeps them)."""
+        self.note = None
         if self.reason is not None:
             return False
         val = rec.get("val") or {}
@@ -101,7 +103,9 @@ class EarlyStop:
         if violations:
             self._stop(batch, f"old-task gate limit crossed at batch {batch}: {violations[0]}")
             return False
-        if value is None or not math.isfinite(value):
+        if value is None or not math.isfinite(value):  # said, never kept nor counted
+            self.note = (f"evaluation at batch {batch}: new {self.rule.metric} is {value} on "
+                         "validation; early stopping neither keeps nor counts it")
             return False
         if self.best is None or (value - self.best) * self.sign > self.rule.min_delta:
             self.best, self.best_batch, self.bad = float(value), batch, 0

@@ -17,6 +17,7 @@ torch's ReduceLROnPlateau under timm's argument names: timm's own does not save 
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -43,8 +44,9 @@ class Schedule:
             self.inner.step()
 
     def observe(self, value: float | None) -> None:
-        """An evaluation of the watched metric (only plateau acts on it)."""
-        if self.kind == "plateau" and value is not None:
+        """An evaluation of the watched metric (only plateau acts on it; a missing or NaN value,
+        nothing measured, is skipped: torch's ReduceLROnPlateau would count it as no better)."""
+        if self.kind == "plateau" and value is not None and not math.isnan(value):
             self.evaluations += 1
             self.inner.step(value)
 
