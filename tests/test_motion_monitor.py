@@ -71,3 +71,29 @@ def test_the_plateau_schedule_does_not_count_a_nan_as_no_better():
     s.observe(math.nan)
     assert opt.param_groups[0]["lr"] == 1.0 and s.evaluations == 1
 
+
+def test_a_shard_rewritten_with_the_same_size_is_refused(tmp_path):
+    """The index records each shard's sha256: a shard whose bytes changed after the conversion
+    (here one float of a target flipped, the size unchanged) is refused in one line naming it."""
+    import json
+
+    from goodfit_cli.data.motion.format import INDEX, read_shards
+    from goodfit_cli.io import checkpoint as ckpt
+
+    write(tmp_path, "car", "car", late=False)
+    split = tmp_path / "car" / "train"
+    shard = split / "shard-00000.safetensors"
+    size = shard.stat().st_size
+    tensors, meta = ckpt.load_model(shard)
+    tensors["target_future"][0, 0, 0] += 1.0
+    ckpt.save_model(shard, tensors, meta)
+    assert shard.stat().st_size == size
+    with pytest.raises(UserError, match=rf"^{shard}: its contents are not those {INDEX} "
+                                        r"records \(sha256 [0-9a-f]{12}…\): the file changed"):
+        read_shards(split)
+    index = json.loads((split / INDEX).read_text())  # an older goodfit's index: by size only
+    for e in index["shards"]:
+        del e["sha256"]
+    (split / INDEX).write_text(json.dumps(index))
+    assert float(read_shards(split)["target_future"][0, 0, 0]) == float(
+        tensors["target_future"][0, 0, 0])
