@@ -19,7 +19,7 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.optim import GoodFit
 from goodfit_cli.recipe import load_recipe
 from goodfit_cli.trainer.stage import saved_callbacks
-from goodfit_cli.training.callbacks import GoodFitCycles, load_states, states
+from goodfit_cli.training.callbacks import Callback, GoodFitCycles, load_states, states
 from goodfit_cli.workflows.recipes import shipped_dir
 
 TOY = shipped_dir() / "toy.yaml"
@@ -165,3 +165,44 @@ def test_a_records_bookkeeping_counts_as_the_evaluations_time_not_the_trainings(
 
     Recording(hooks, Watch()).on_evaluation({"batch": 6, "loss": 0.4})
     assert hooks.s.eval_s >= 1.6  # the record's callback and the watch, both evaluations'
+
+
+class _Steps(Callback):
+    name = "steps_seen"
+
+    def __init__(self, seen: list) -> None:
+        self.seen = seen
+
+    def on_step(self, batch: int) -> None:
+        self.seen.append(batch)
+
+
+def test_on_step_fires_once_per_goodfit_cycle_after_its_main_step(tmp_path, monkeypatch):
+    """A callback's `on_step` is the contract's "after each update of the weights": with GoodFit
+    (n_ref 2: three batches a cycle) at batches 3, 6, 9, 12, never after a reference step (the
+    model then holds displaced weights); with a plain optimizer after every batch."""
+    from goodfit_cli.arms import Built
+    from goodfit_cli.arms.base import ARMS
+    from goodfit_cli.core.registry import Entry
+    from goodfit_cli.arms.goodfit import GoodFit as GoodFitArm
+
+    seen: dict[str, list] = {"steps_goodfit": [], "steps_plain": []}
+
+    def counted(name: str, parent: type) -> type:
+        class Counted(parent):
+            def build(self, ctx):
+                return Built(ctx.loss, [_Steps(seen[name])])
+        Counted.name, Counted.plain = name, False  # a named arm over the recipe's optimizer
+        return Counted
+
+    from goodfit_cli.arms.plain import Plain
+
+    for name, parent in (("steps_goodfit", GoodFitArm), ("steps_plain", Plain)):
+        monkeypatch.setitem(ARMS._entries, name, Entry(name, counted(name, parent), "test"))
+    recipe = load_recipe(TOY, [*TINY, "finetune.arm_args.steps_goodfit.n_ref=2"])
+    base = tmp_path / "base"
+    runner.pretrain(recipe, base, log=lambda m: None)
+    runner.finetune(recipe, base / "model.safetensors", tmp_path / "ft",
+                    arms=["steps_goodfit", "steps_plain"], log=lambda m: None, wise=False)
+    assert seen["steps_goodfit"] == [3, 6, 9, 12]
+    assert seen["steps_plain"] == list(range(1, 13))

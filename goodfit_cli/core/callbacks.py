@@ -7,7 +7,11 @@ Kept here, below every package that defines one, so none of them imports another
 
 Hooks (all optional; the base class does nothing):
 
-    on_step(batch)                  after each optimizer step (batch: batches done)
+    on_step(batch)                  after each update of the weights (batch: batches done,
+                                    skipped ones not counted): every optimizer step, but with
+                                    GoodFit once per cycle, after its main step (its n_ref
+                                    reference steps leave displaced weights θ′ no feature should
+                                    read); torch's global step hooks are GoodFit's docstring's
     on_evaluate(result, preds)      add entries to an evaluation's result {"old", "new",
                                     "val", ...}; `preds` are the VALIDATION predictions when
                                     any callback sets `wants_predictions`, else None

@@ -32,6 +32,7 @@ from goodfit_cli.training.callbacks import (
     GoodFitCycles,
     PlateauWatch,
     states,
+    step_callbacks,
 )
 
 
@@ -53,8 +54,7 @@ class StageHooks(Hooks):
         self.states = StateWriter()  # resumable states, written behind the training
 
     def after_step(self, batch: int) -> None:
-        for c in self.callbacks:
-            c.on_step(batch)
+        step_callbacks(self.callbacks, self.optimizer, batch)  # GoodFit: main steps only
 
     def measured(self, model: nn.Module) -> Measured | None:
         """The last evaluation's (test metrics, predictions, val metrics, predictions) when

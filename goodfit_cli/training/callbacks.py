@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from goodfit_cli.core.callbacks import Callback, load_states, states
-from goodfit_cli.training.averaging import AnchorEma, CycleStats
+from goodfit_cli.training.averaging import AnchorEma, CycleStats, at_cycle_end
 from goodfit_cli.training.cycles import at_anchor
 from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of
 
@@ -137,6 +137,15 @@ class EarlyStopping(Callback):
         self.best = state["best"]
 
 
+def step_callbacks(callbacks: list[Callback], optimizer: torch.optim.Optimizer,
+                   batch: int) -> None:
+    """Each callback's `on_step` after an optimizer step that updated the weights: every step,
+    but with GoodFit only its cycle's main step (the model then holds the anchor again)."""
+    if at_cycle_end(optimizer):
+        for c in callbacks:
+            c.on_step(batch)
+
+
 @contextlib.contextmanager
 def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
                 callbacks: list[Callback]) -> Iterator[None]:
@@ -158,4 +167,4 @@ def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 
 __all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "end_weights",
-           "load_states", "states"]
+           "load_states", "states", "step_callbacks"]
