@@ -128,6 +128,17 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def agreed_signal(signum: int | None, device: torch.device) -> int | None:
+    """The largest signal number any rank got (None when none got one), on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return signum
+    t = torch.tensor([float(signum or 0)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item()) or None
+
+
 STOP_CHECK_EVERY = 8  # batches between the ranks' agreement on a stop request (several processes)
 HOLD_ENV = "GOODFIT_HOLD_AT_BATCH"  # see StopFlag.hold_if_asked
 
@@ -141,12 +152,20 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.signum is not None
 
-    def stop_here(self, run_dir, resume: str) -> None:
+    def stop_here(self, run_dir, resume: str, device: torch.device | None = None) -> None:
         """Raise Interrupted (saying how to go on: `resume`) if a signal came while no training
-        loop was reading the flag (an arm's final evaluation, a finished arm being reused);
-        one process only: several agree on a stop inside the loop."""
-        if self() and dist_info()[1] == 1:
-            raise Interrupted(self.signum, run_dir, resume)
+        loop was reading the flag (an arm's final evaluation, a finished arm being reused).
+        Several processes (every rank calls it at the same point, after the same arm) agree
+        first, with one small all-reduce on `device`, so that all stop there together, with
+        the signal one of them got (before: they went on, to the next arm or the report, until
+        torchrun killed them)."""
+        if dist_info()[1] == 1:
+            if self():
+                raise Interrupted(self.signum, run_dir, resume)
+            return
+        signum = agreed_signal(self.signum, device or torch.device("cpu"))
+        if signum:
+            raise Interrupted(signum, run_dir, resume)
 
     def requested(self, batch: int, device: torch.device,
                   settle: Callable[[], None] | None = None) -> bool:

@@ -319,7 +319,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                 if (ema_dir / "summary.json").exists():
                     results.append(here(_loaded(reused, ema_dir, f"{arm.name}+ema")))
                 ui.log(f"{arm.name}: already finished, reusing {arm_dir}")
-                stop.stop_here(out, f"the same command plus --resume {out}")  # (was swallowed)
+                stop.stop_here(out, f"the same command plus --resume {out}", s.device)
                 continue
             model.load_state_dict(base_state)
             for p in model.parameters():
@@ -334,7 +334,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                     results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))
                 if main_rank and arm.name in diverged:  # it finished this time
                     note_diverged(out, arm.name, None)
-                stop.stop_here(out, f"the same command plus --resume {out}")  # the arm is done
+                stop.stop_here(out, f"the same command plus --resume {out}", s.device)  # all ranks
             except Diverged as e:  # named in run.json: a resume without the arm still says it
                 if main_rank:  # what and when, not where its last state is (a path)
                     note_diverged(out, arm.name, str(e).split("; ")[0])

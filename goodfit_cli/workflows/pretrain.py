@@ -70,7 +70,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
                     ui.log(f"{arm.name}: already finished, reusing {out}")
                 else:
                     result = run_stage(s, model, job, stop, ui)
-                stop.stop_here(out, "the same command again")  # a signal in the final
+                stop.stop_here(out, "the same command again", s.device)  # a signal in the final
                 # evaluation (was swallowed: exit 0); its files are whole, the re-run reuses them
         except (Interrupted, Diverged) as e:  # what it trained counts: the re-run adds its own
             spent()
