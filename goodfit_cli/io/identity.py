@@ -99,9 +99,16 @@ def check_identity(where: Path, saved: dict, current: dict, warn: Callable[[str]
         raise UserError(f"{diff}; resume only with the same base, recipe and seed, or start "
                         "afresh with --overwrite")
     if saved.get("torch_threads") != current.get("torch_threads"):
-        warn(f"{where}: started with {saved.get('torch_threads')} torch threads, now "
-             f"{current.get('torch_threads')}: the result will not be bit-identical to an "
-             "uninterrupted run")
+        run = where.parent if (where.parent / "run.json").is_file() else where  # RUN/<arm>: RUN
+        said = (f"{run}: started with {saved.get('torch_threads')} torch threads, now "
+                f"{current.get('torch_threads')}: the result will not be bit-identical to an "
+                "uninterrupted run")
+        if said not in _THREADS_SAID:  # once per run folder, not again for each of its arms
+            _THREADS_SAID.add(said)
+            warn(said)
+
+
+_THREADS_SAID: set[str] = set()  # the thread-count lines this process has said
 
 
 def claim(folder: Path, current: dict, has_work: bool, warn: Callable[[str], None]) -> None:
