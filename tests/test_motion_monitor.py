@@ -44,7 +44,8 @@ def test_a_primary_metric_with_an_empty_window_on_validation_is_one_line(tmp_pat
     write(tmp_path, "late", "pedestrian", late=True)
     with pytest.raises(UserError, match=r"new_task\.metrics\[0\]: 'ade@3s' has nothing to "
                                         r"measure on the new task's validation split \(no "
-                                        r"sample has a valid step within 3s"):
+                                        r"sample has a valid step within 3s, its first 30 "
+                                        r"steps\); every choice reads it"):
         open_session(recipe_for(tmp_path, "ade@3s"))
     s = open_session(recipe_for(tmp_path, "ade@8s"))  # the 8 s window has steps: runs
     assert s.runners["new"].objective.unmeasured("ade@3s", s.tasks["new"].val.y) is not None

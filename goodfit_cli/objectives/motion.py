@@ -141,8 +141,8 @@ class Motion(Objective):
             return None
         if len(y) and bool((y[:, :horizon, 2] > 0.5).any()):
             return None
-        return (f"no sample has a valid step within {metric.partition('@')[2]} (the first "
-                f"{horizon} steps)")
+        window = metric.partition("@")[2]
+        return f"no sample has a valid step within {window}, its first {horizon} steps"
 
     def per_sample(self, outputs: Tensor, y: Tensor) -> dict[str, Tensor]:
         out = motion_metrics(outputs, y, self.miss_threshold)
