@@ -584,6 +584,19 @@ def test_relative_paths_resolve_against_the_recipe_file(npz_run, tmp_path, monke
     assert new["train"]["samples"] + new["val"]["samples"] == 64 and new["val"]["samples"] > 0
 
 
+def test_a_data_dir_override_resolves_against_the_working_directory(npz_run, tmp_path,
+                                                                     monkeypatch):
+    """`data_dir=data` typed on the command line means ./data, where the user runs the command
+    (before: the recipe's folder, `directory not found: <recipe folder>/data`); written in the
+    recipe it still means the recipe's folder."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "data").mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+    recipe = npz_run["recipe"]
+    assert load_recipe(recipe, ["data_dir=data"]).data_dir == str(elsewhere / "data")
+    assert load_recipe(recipe).data_dir == str(recipe.parent / "data")
+
+
 def test_resume_finds_the_recipe_data_dir(npz_run):
     """A fine-tune resumed with --resume reads RUN/recipe.yaml, a copy in another directory; the
     recipe's relative data_dir still means the directory beside the original recipe."""

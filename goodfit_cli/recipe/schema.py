@@ -197,7 +197,8 @@ class Recipe(Section):
     device: str = key(string(("auto", "cpu", "cuda")), "auto")
     precision: str = key(string(("fp32", "bf16", "fp16")), "fp32")
     data_dir: str | None = key(optional(string()), None,
-                               help="relative paths resolve against the recipe's folder")
+                               help="relative paths resolve against the recipe's folder (given "
+                                    "as an override: the working directory)")
     compile: bool = key(boolean, False, help="torch.compile the model for training")
     tracking: TrackingSpec = nested(TrackingSpec)
     source: str = "<recipe>"  # the file it came from
@@ -382,9 +383,11 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     # overridden keys are reported as overrides, not by a line of the file
     overridden = frozenset(tuple(parse_override(item)[0]) for item in overrides or [])
     recipe = TOP(raw, Ctx(source, marks, (), overridden))
-    if recipe.data_dir is not None and base_dir is not None \
-            and not Path(recipe.data_dir).is_absolute():  # paths resolve relative to the recipe
-        recipe.data_dir = str((base_dir / recipe.data_dir).resolve())
+    if recipe.data_dir is not None and not Path(recipe.data_dir).is_absolute():
+        if ("data_dir",) in overridden:  # typed on the command line: the working directory's
+            recipe.data_dir = str(Path(recipe.data_dir).resolve())
+        elif base_dir is not None:  # written in the recipe: relative to the recipe's folder
+            recipe.data_dir = str((base_dir / recipe.data_dir).resolve())
     recipe.source, recipe.raw = source, raw
     object.__setattr__(recipe, "_marks", (marks, overridden))  # not a field: for `locate`
     return recipe
