@@ -93,7 +93,7 @@ class SearchJob:
     overrides: list[str] = field(default_factory=list)
     storage: str | None = None  # an Optuna RDB URL; default sqlite:///RUN/study.db
     study: str | None = None  # default: goodfit-<recipe name>
-    seed: int = 0  # the sampler's seed (plus the number of trials already in the study)
+    seed: int = 0  # the sampler's seed (each trial's draw: it and the trial's place)
     gate: Gate | None = None
     defaults: bool = True  # the recipe's default arms are the study's first trials
     replay: bool = True  # search the replay fraction; False: no trial replays old-task data

@@ -22,6 +22,7 @@ from goodfit_cli.io.rundir import state_files
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
 from goodfit_cli.workflows.budget import Budget, spent
+from goodfit_cli.workflows.sampler import sampler
 
 
 def storage(url: str) -> Any:
@@ -185,8 +186,9 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
         "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
     with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.sampler = optuna.samplers.TPESampler(  # a worker joining later draws afresh
-            seed=job.seed * 100_003 + len(study.trials), multivariate=True, group=True, **legacy)
+        # reseeded at each trial from its place in the study: a continued study draws what an
+        # uninterrupted one would (workflows/sampler.py)
+        study.sampler = sampler(job.seed, multivariate=True, group=True, **legacy)
     study.set_user_attr("storage", redact(url))  # never the password
     if created and on_create is not None:
         on_create(study)
