@@ -95,3 +95,31 @@ def test_a_study_whose_worker_was_killed_draws_what_an_uninterrupted_one_does(tm
     assert [t.values for t in cut.trials if t.state.name == "COMPLETE"] == [
         t.values for t in whole.trials]
 
+
+def test_a_dead_trials_folder_keeps_nothing_its_worker_was_writing(tmp_path):
+    """kill -9 while a trial wrote its report (a staging folder holding a temp file) and a
+    checkpoint (a temp file beside it): the next command, reclaiming the trial, removes both
+    and keeps the trial's complete files; a live worker's trial folder is left as it is."""
+    from goodfit_cli.workflows.study import reclaim_dead, storage
+
+    study = optuna.create_study(storage=storage(f"sqlite:///{tmp_path / 's.db'}"),
+                                study_name="s", directions=["maximize", "maximize"])
+    dead = 2 ** 22 + 12345  # no such process
+    folders = {}
+    for pid in (dead, os.getpid()):
+        t = study.ask()
+        folder = tmp_path / f"trial-{t.number:04d}"
+        arm = folder / "adamw"
+        stage = folder / f".staging-{pid}-0123456789abcdef"
+        stage.mkdir(parents=True)
+        (stage / f".report.json.tmp-{pid}-0123456789abcdef").write_text("{")
+        arm.mkdir()
+        (arm / "summary.json").write_text("{}")
+        (arm / f".model.safetensors.tmp-{pid}-0123456789abcdef").write_bytes(b"half")
+        for k, v in {"host": socket.gethostname(), "pid": pid, "dir": str(folder)}.items():
+            t.set_user_attr(k, v)
+        folders[pid] = folder
+    assert [n for n, _ in reclaim_dead(study)] == [0]
+    left = sorted(p.relative_to(folders[dead]).as_posix() for p in folders[dead].rglob("*"))
+    assert left == ["adamw", "adamw/summary.json"]
+    assert len(list(folders[os.getpid()].rglob("*"))) == 5  # the live worker's: untouched

@@ -103,3 +103,15 @@ def settle(out: Path) -> None:
                         os.replace(f, out / rel)
             fsync_dir(out)
         shutil.rmtree(left, ignore_errors=True)
+
+
+def settle_tree(folder: Path) -> None:
+    """`settle` for `folder` and every folder under it (links not followed): a run a killed
+    process left and no command takes again (a search's dead trial, whose retry runs in a
+    folder of its own) keeps no temp file or staging folder of that process."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    settle(folder)
+    for sub in sorted(folder.iterdir()):
+        if sub.is_dir() and not sub.is_symlink():
+            settle_tree(sub)

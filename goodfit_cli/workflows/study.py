@@ -19,6 +19,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import dead_leftovers
 from goodfit_cli.io.rundir import state_files
+from goodfit_cli.io.staging import settle_tree
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
 from goodfit_cli.workflows.budget import Budget, spent
@@ -81,8 +82,10 @@ def retry_dead(study: Any, trial: Any) -> bool:
 
 def reclaim_dead(study: Any) -> list[tuple[int, bool]]:
     """Trials left RUNNING by a worker of this host whose process is gone (kill -9, a crash):
-    failed now and retried first (`retry_dead`), instead of after the heartbeat's grace period;
-    (their numbers, whether each runs again). Other hosts' trials wait for the heartbeat."""
+    failed now and retried first (`retry_dead`), instead of after the heartbeat's grace period,
+    their folders rid of what the dead worker was writing (temp files, staging folders: kept
+    complete files stay); (their numbers, whether each runs again). Other hosts' trials wait
+    for the heartbeat (their folders are theirs)."""
     import os
     import socket
 
@@ -111,6 +114,8 @@ def reclaim_dead(study: Any) -> list[tuple[int, bool]]:
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
         gone.append((t.number, retry_dead(study, t)))
+        if t.user_attrs.get("dir"):  # what it was writing when killed: its retry runs elsewhere
+            settle_tree(Path(t.user_attrs["dir"]))
     return gone
 
 
