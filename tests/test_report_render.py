@@ -222,8 +222,9 @@ def test_the_verdict_table_says_no_gate_rather_than_passes_when_there_is_none():
 
 
 def test_a_chosen_wise_points_legend_entry_keeps_its_alpha_for_a_long_arm_name():
-    """a legend entry is cut at 20 characters: 'goodfit:lookahead_adamw α 0.3 (chosen)' lost its α
-    there; the α comes first and the arm's colour tells which arm it is"""
+    """a legend entry is cut where it would pass the figure's edge (18 characters; 20 before,
+    which passed it by the plots' own estimate): 'goodfit:lookahead_adamw α 0.3 (chosen)' lost its
+    α there; the α comes first and the arm's colour tells which arm it is"""
     from goodfit_cli.report.render import render_html
 
     rep = _report("goodfit:lookahead_adamw", "runs/a.safetensors")
@@ -234,7 +235,7 @@ def test_a_chosen_wise_points_legend_entry_keeps_its_alpha_for_a_long_arm_name()
                               for a in (0.0, 0.3, 1.0)]
     svg = re.findall(r"<svg.*?</svg>", render_html(rep), re.S)[-1]
     shown = [t.text for t in ET.fromstring(svg).iter("text") if t.get("x") == "24"]
-    assert "α 0.3 chosen: goodf…" in shown
+    assert "α 0.3 chosen: goo…" in shown
 
 
 def test_the_search_plots_axes_carry_the_primary_metrics_units():

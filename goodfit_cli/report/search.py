@@ -24,7 +24,7 @@ from goodfit_cli.report.render import _CSS, _h, _html_table, md_escape
 from goodfit_cli.report.sections import slack_line, time_rows, within_phrase
 from goodfit_cli.report.trials import shipped_name
 from goodfit_cli.report.svg import _FONT, _H, _L, _T, _W, COLOURS, _fmt, _legend, _ticks
-from goodfit_cli.report.svg import height_for, plot_area
+from goodfit_cli.report.svg import axis_labels, height_for, plot_area, text_width, title_lines
 
 
 def _log_axis(values: list[float]) -> bool:
@@ -71,31 +71,31 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     better = lambda d: "higher is better" if d > 0 else "lower is better"  # noqa: E731
     scale = lambda log: ", log scale" if log else ""  # noqa: E731
     ylabel = f"{labels[1]} ({better(dirs[1])}{scale(logy)})"
-    height = height_for(ylabel) if xs else _H
+    heading, drop = title_lines(title)  # a long title: more lines, the plot lower
+    top = _T + drop
+    height = (height_for(ylabel) if xs else _H) + drop
     out = [f'<svg class="plot" viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" '
            f'role="img" font-family="{_FONT}" aria-label="{escape(title)}"><title>'
-           f'{escape(title)}</title><text x="{_L}" y="18" font-size="14" font-weight="bold">'
-           f'{escape(title)}</text>']
+           f'{escape(title)}</title>', *heading]
     if not xs:
-        return "".join(out) + f'<text x="{_W / 2}" y="{_H / 2}">no finished trial</text></svg>'
+        return "".join(out) + (f'<text x="{_W / 2}" y="{top + 120}" text-anchor="middle">'
+                               'no finished trial</text></svg>')
 
     fx = math.log10 if logx else float
     fy = math.log10 if logy else float
     (x0, x1), (y0, y1), pw, ph, px0, py0 = plot_area([fx(x) for x in xs], [fy(y) for y in ys],
-                                                     height)
+                                                     height, top)
     px = lambda x: px0(fx(x))  # noqa: E731
     py = lambda y: py0(fy(y))  # noqa: E731
-    out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    out += [f'<text x="{px0(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">'
+    out.append(f'<rect x="{_L}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    out += [f'<text x="{px0(t):.1f}" y="{top + ph + 16}" font-size="11" text-anchor="middle">'
             f'{lab}</text>' for t, lab in _axis_ticks(x0, x1, logx)]
     out += [f'<line x1="{_L}" y1="{py0(t):.1f}" x2="{_L + pw}" y2="{py0(t):.1f}" stroke="#eee"/>'
             f'<text x="{_L - 6}" y="{py0(t) + 4:.1f}" font-size="11" text-anchor="end">'
             f'{lab}</text>' for t, lab in _axis_ticks(y0, y1, logy)]
-    out.append(f'<text x="{_L + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
-               f'{escape(labels[0])} ({better(dirs[0])}{scale(logx)})</text>'
-               f'<text transform="translate(14 {_T + ph / 2}) rotate(-90)" font-size="12" '
-               f'text-anchor="middle">{escape(ylabel)}</text>')
-    legend_y = _T + 8
+    out.append(axis_labels(f"{labels[0]} ({better(dirs[0])}{scale(logx)})", ylabel, height,
+                           top + ph / 2))
+    legend_y = top + 8
     lines = [("Pareto front", [(p["old"], p["new"]) for p in pareto_front(
         [t for t in done if t["feasible"]], dirs)])] + [(f"WiSE {n}", c) for n, c in curves]
     for i, (label, pts) in enumerate(lines):
@@ -128,8 +128,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
         fill = "none" if r.get("gate") is False else "#000"
         out.append(f'<path d="M{px(r["old"]):.1f},{py(r["new"]) - 6:.1f} l6,6 l-6,6 l-6,-6 z" '
                    f'fill="{fill}" stroke="#000"><title>{escape(r["name"])}</title></path>'
-                   f'<text x="{px(r["old"]) + 8:.1f}" y="{py(r["new"]) - 6:.1f}" '
-                   f'font-size="11">{escape(r["name"])}</text>')
+                   + _mark_label(px(r["old"]), py(r["new"]) - 6, r["name"]))
     if refs:
         for label, fill in (("default arm: passes", "#000"), ("default arm: fails", "none")):
             out.append(_legend(legend_y, label, f'<path d="M9,-6 l6,6 l-6,6 l-6,-6 z" '
@@ -142,6 +141,15 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
         out.append(_legend(legend_y, "base (no fine-tune)", '<rect x="4" y="-5" width="10" '
                            'height="10" fill="#fff" stroke="#000" stroke-width="2"/>'))
     return "".join(out) + "</svg>"
+
+
+def _mark_label(x: float, y: float, name: str) -> str:
+    """A default arm's name beside its diamond: to its right, or to its left where it would
+    pass the figure's right edge."""
+    right = x + 8 + text_width(name, 11) <= _W - 2
+    anchor = "" if right else ' text-anchor="end"'
+    return (f'<text x="{x + 8 if right else x - 8:.1f}" y="{y:.1f}" font-size="11"{anchor}>'
+            f'{escape(name)}</text>')
 
 
 def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], list[tuple]]:

@@ -12,7 +12,10 @@ from html import escape
 COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _W, _H = 640, 340                          # whole figure
 _L, _R, _T, _B = 64, 170, 30, 46           # margins; the legend lives in the right margin
-_CHAR = 7.2                                # px per character of a 12-px label (generous)
+_EM = 0.6                                  # a character's width in em (generous)
+_CHAR = 12 * _EM                           # px per character of a 12-px label
+_BOLD = 1.1                                # a bold character is wider
+_LINE = 18                                 # px from one line of a title to the next
 _FONT = "system-ui, -apple-system, Segoe UI, Roboto, DejaVu Sans, sans-serif"
 
 
@@ -53,19 +56,72 @@ def scales(xd: tuple[float, float], yd: tuple[float, float],
             lambda y: top + ph - (y - y0) / (y1 - y0) * ph)
 
 
+def text_width(text: str, size: float, bold: bool = False) -> float:
+    """A text's estimated width in px at `size` px (every character counted at _EM em: wide
+    enough for the usual sans-serif fonts)."""
+    return len(text) * size * _EM * (_BOLD if bold else 1.0)
+
+
+def wrap(text: str, size: float, room: float, bold: bool = False) -> list[str]:
+    """`text` in lines no wider than `room` px (estimated: `text_width`), broken after a comma
+    where one fits, else at a space; a word wider than `room` alone is cut short with '…'."""
+    most = max(2, int(room / (size * _EM * (_BOLD if bold else 1.0))))
+    lines, rest = [], text.strip()
+    while len(rest) > most:
+        head = rest[:most + 1]
+        comma, space = head.rfind(", ") + 1, head.rfind(" ")
+        cut = comma if comma > most // 2 else space
+        if cut <= 0:  # one word wider than the room
+            word, _, rest = rest.partition(" ")
+            lines.append(word[:most - 1] + "…")
+            continue
+        lines.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    return lines + ([rest] if rest else [])
+
+
+def title_lines(title: str) -> tuple[list[str], float]:
+    """A figure's title as the <text> lines that fit its width from the plot's left edge, and
+    how much lower than _T its plot starts (one _LINE per line past the first)."""
+    lines = wrap(title, 14, _W - _L - 4, bold=True)
+    body = [f'<text x="{_L}" y="{18 + i * _LINE}" font-size="14" font-weight="bold">'
+            f'{escape(line)}</text>' for i, line in enumerate(lines)]
+    return body, _LINE * (len(lines) - 1)
+
+
+def fitted(text: str, size: float, centre: float) -> tuple[float, float, str]:
+    """A one-line label centred near `centre` that stays inside the figure: (its x, its font
+    size, its text): moved in, then smaller down to 9 px, then cut short with '…'."""
+    while size > 9 and text_width(text, size) > _W - 4:
+        size -= 0.5
+    most = int((_W - 4) / (size * _EM))
+    text = text if len(text) <= most else text[:most - 1] + "…"
+    half = text_width(text, size) / 2
+    return min(max(centre, half + 2), _W - half - 2), size, text
+
+
+def axis_labels(xlabel: str, ylabel: str, height: float, middle: float) -> str:
+    """The x-axis label under the plot (`fitted`: it stays inside the figure) and the y-axis
+    label turned up beside it, centred at `middle` (height_for: it fits the figure's height)."""
+    x, size, text = fitted(xlabel, 12, _L + (_W - _L - _R) / 2)
+    return (f'<text x="{x:.1f}" y="{height - 8}" font-size="{size:g}" text-anchor="middle">'
+            f'{escape(text)}</text><text transform="translate(14 {middle}) rotate(-90)" '
+            f'font-size="12" text-anchor="middle">{escape(ylabel)}</text>')
+
+
 def height_for(ylabel: str) -> float:
     """The figure's height: _H, or more when the (rotated) y-axis label would not fit beside
     the plot area (a long metric name with its split and direction)."""
     return max(_H, _T + _B + len(ylabel) * _CHAR + 12)
 
 
-def plot_area(xs: Sequence[float], ys: Sequence[float], height: float = _H):
-    """The plotting box for these values in a figure `height` tall: x and y domains, width,
-    height, and the two value -> pixel maps, ((x0, x1), (y0, y1), pw, ph, px, py). Shared by
-    every plot of the report."""
+def plot_area(xs: Sequence[float], ys: Sequence[float], height: float = _H, top: float = _T):
+    """The plotting box for these values in a figure `height` tall, its top at `top` (lower
+    under a title of several lines): x and y domains, width, height, and the two value -> pixel
+    maps, ((x0, x1), (y0, y1), pw, ph, px, py). Shared by every plot of the report."""
     (x0, x1), (y0, y1) = _domain(xs), _domain(ys)
-    pw, ph = _W - _L - _R, height - _T - _B
-    px, py = scales((x0, x1), (y0, y1), (_L, _T, pw, ph))
+    pw, ph = _W - _L - _R, height - top - _B
+    px, py = scales((x0, x1), (y0, y1), (_L, top, pw, ph))
     return (x0, x1), (y0, y1), pw, ph, px, py
 
 
@@ -83,28 +139,27 @@ def line_plot(series: Sequence[tuple[str, Sequence, Sequence]], title: str, xlab
     ys_all = [y for _, xs, ys in series for x, y in zip(xs, ys) if _finite(x) and _finite(y)]
     xs_all += [p[1] for p in points]
     ys_all += [p[2] for p in points]
-    out = [f'<text x="{_L}" y="18" font-size="14" font-weight="bold">{escape(title)}</text>']
+    out, drop = title_lines(title)
+    top = _T + drop
     if not xs_all:
         out.append(f'<text x="{_W / 2}" y="{_H / 2}" text-anchor="middle" fill="#666">'
                    'no data</text>')
-        return _figure(title, out, _H)
-    height = height_for(ylabel)
-    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all, height)
-    out.append(f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+        return _figure(title, out, _H + drop)
+    height = height_for(ylabel) + drop
+    (x0, x1), (y0, y1), pw, ph, px, py = plot_area(xs_all, ys_all, height, top)
+    out.append(f'<rect x="{_L}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
     ticks, dec = _ticks(x0, x1)
     for t in ticks:
-        out.append(f'<line x1="{px(t):.1f}" y1="{_T + ph}" x2="{px(t):.1f}" y2="{_T + ph + 4}" '
-                   f'stroke="#999"/><text x="{px(t):.1f}" y="{_T + ph + 16}" font-size="11" '
+        out.append(f'<line x1="{px(t):.1f}" y1="{top + ph}" x2="{px(t):.1f}" y2="{top + ph + 4}" '
+                   f'stroke="#999"/><text x="{px(t):.1f}" y="{top + ph + 16}" font-size="11" '
                    f'text-anchor="middle">{_fmt(t, dec)}</text>')
     ticks, dec = _ticks(y0, y1)
     for t in ticks:
         out.append(f'<line x1="{_L}" y1="{py(t):.1f}" x2="{_L + pw}" y2="{py(t):.1f}" '
                    f'stroke="#eee"/><text x="{_L - 6}" y="{py(t) + 4:.1f}" font-size="11" '
                    f'text-anchor="end">{_fmt(t, dec)}</text>')
-    out.append(f'<text x="{_L + pw / 2}" y="{height - 8}" font-size="12" text-anchor="middle">'
-               f'{escape(xlabel)}</text><text transform="translate(14 {_T + ph / 2}) rotate(-90)" '
-               f'font-size="12" text-anchor="middle">{escape(ylabel)}</text>')
-    legend_y = _T + 8
+    out.append(axis_labels(xlabel, ylabel, height, top + ph / 2))
+    legend_y = top + 8
     for i, (label, xs, ys) in enumerate(series):
         colour = COLOURS[i % len(COLOURS)]
         segments, seg = [], []
@@ -142,6 +197,9 @@ def _figure(title: str, body: list[str], height: float) -> str:
 
 
 def _legend(y: float, label: str, glyph: str) -> str:
-    short = label if len(label) <= 20 else label[:19] + "…"
+    """A legend row: `glyph` and `label`, cut short with '…' where it would pass the figure's
+    right edge (the whole label is its tooltip)."""
+    most = int((_R - 12 - 24 - 2) / _CHAR)  # 18 characters
+    short = label if len(label) <= most else label[:most - 1] + "…"
     return (f'<g transform="translate({_W - _R + 12} {y})">{glyph}<text x="24" y="4" '
             f'font-size="12">{escape(short)}<title>{escape(label)}</title></text></g>')
