@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,7 +275,9 @@ def main() -> None:
                  f"{rec['new']:.4g}" if rec else "") + "".join(f"; {n}" for n in rep["notes"]))
     if a.svg and reps.get(a.seeds[0]):
         html = (a.out / f"seed{a.seeds[0]}" / "search" / "report.html").read_text()
-        a.svg.write_text(html[html.index("<svg"):html.index("</svg>") + 6] + "\n")
+        svgs = re.findall(r"<svg class=\"plot\".*?</svg>", html, re.S)  # linear, log, zoomed
+        a.svg.write_text(next((s for s in svgs if "log scale" in s.split("</title>")[0]),
+                              svgs[0]) + "\n")  # the log-scale plot where there is one
 
 
 if __name__ == "__main__":

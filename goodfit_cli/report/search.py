@@ -49,12 +49,14 @@ def _axis_ticks(lo: float, hi: float, log: bool) -> list[tuple[float, str]]:
 
 def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, list]],
                labels: tuple[str, str], dirs: tuple[int, int], base: dict | None = None,
-               rec: dict | None = None, log: bool = True, zoom: bool = False) -> str:
+               rec: dict | None = None, log: bool = True, zoom: bool = False,
+               split: str = "validation") -> str:
     """Every trial (filled: passes the gate; hollow: fails it), the front as a line, the
     default arms as diamonds (hollow: fails the gate) and their WiSE-FT curves, the base as a
     square and the recommendation ringed; x = old task, y = new task, each (with `log`) on a
     log scale when its values span 30x or more. `zoom`: the axes span the finished trials
-    alone; default arms and curve points outside them are left out."""
+    alone; default arms and curve points outside them are left out. `split`: what the values
+    are measured on, as the title says (a study's objectives: validation)."""
     done = [t for t in trials if t.get("old") is not None and t.get("new") is not None]
     if zoom and done:
         box = _box([(t["old"], t["new"]) for t in done])
@@ -64,7 +66,7 @@ def pareto_svg(trials: list[dict], refs: list[dict], curves: list[tuple[str, lis
     marks = refs + ([base] if base else [])
     xs = [t["old"] for t in done] + [r["old"] for r in marks] + [p[0] for _, c in curves for p in c]
     ys = [t["new"] for t in done] + [r["new"] for r in marks] + [p[1] for _, c in curves for p in c]
-    title = "search: trials, Pareto front, default arms, WiSE-FT curves (validation)" + (
+    title = f"search: trials, Pareto front, default arms, WiSE-FT curves ({split})" + (
         ", log scale" if log and (_log_axis(xs) or _log_axis(ys)) else "") + (
         ", zoomed on the trials" if zoom else "")
     logx, logy = log and _log_axis(xs), log and _log_axis(ys)
