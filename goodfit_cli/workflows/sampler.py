@@ -61,7 +61,7 @@ def sampler(seed: int, **kwargs: Any) -> Any:
             place = sum(stands(t) for t in study.get_trials(deepcopy=False)
                         if t.number < trial.number)
             s = place_seed(seed, place)
-            self._rng.rng.seed(s)  # TPE's own draws
+            getattr(self._rng, "rng", self._rng).seed(s)  # TPE's own draws (a LazyRandomState)
             self._random_sampler = RandomSampler(seed=s)  # its startup trials' draws
             super().before_trial(study, trial)
 
