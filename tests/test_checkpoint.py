@@ -142,9 +142,34 @@ def test_atomic_write_enospc_on_fsync(tmp_path, monkeypatch):
 def test_atomic_path_temp_name(tmp_path):
     """atomic_path yields a hidden temp file in the target's directory."""
     with atomic.atomic_path(tmp_path / "x.json") as tmp:
-        assert tmp.parent == tmp_path and tmp.name.startswith(f".x.json.tmp-{os.getpid()}-")
+        assert tmp.parent == tmp_path and tmp.name.startswith(
+            f".x.json.tmp-{os.getpid()}-{atomic.pid_space()}-")
         tmp.write_text("{}")
     assert (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_leftovers_of_another_host_or_container_are_never_judged_dead(tmp_path):
+    """A folder shared between machines or containers (each with its own pids) holds temp files
+    of live writers elsewhere, named by pids that do not exist here: only a leftover of this
+    pid space whose pid is gone is dead (before: judged by the pid alone, so a worker's temp
+    file on a shared volume was deleted under it); the older `PID-RANDOM` names stay judged."""
+    gone = 2 ** 22 + 12345  # above pid_max's usual 4 194 304: no such process
+    other = "0" * 8 if atomic.pid_space() != "0" * 8 else "1" * 8
+    names = {"mine": f".r.json.tmp-{gone}-{atomic.pid_space()}-{'a' * 16}",
+             "other": f".r.json.tmp-{gone}-{other}-{'b' * 16}",
+             "older": f".r.json.tmp-{gone}-{'c' * 16}",
+             "alive": f".r.json.tmp-{os.getpid()}-{atomic.pid_space()}-{'d' * 16}",
+             "probe": f"{atomic.PROBE}{gone}-{other}-{'e' * 16}"}
+    for name in names.values():
+        (tmp_path / name).write_text("x")
+    (tmp_path / f".staging-{gone}-{other}-{'f' * 16}").mkdir()
+    (tmp_path / f".staging-{gone}-{atomic.pid_space()}-{'f' * 16}").mkdir()
+    dead = sorted(p.name for p in atomic.dead_leftovers(tmp_path))
+    assert dead == sorted([names["mine"], names["older"],
+                           f".staging-{gone}-{atomic.pid_space()}-{'f' * 16}"])
+    atomic.atomic_write(tmp_path / "r.json", "{}")  # tidies its own target's dead ones only
+    assert sorted(p.name for p in tmp_path.glob(".r.json.tmp-*")) == sorted(
+        [names["other"], names["alive"]])
 
 
 def test_missing_file_and_directory(tmp_path):

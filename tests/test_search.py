@@ -1351,15 +1351,17 @@ def test_a_dead_workers_trial_runs_again_once(tmp_path):
                                 study_name="s", directions=["maximize", "maximize"])
     dead = 2 ** 22 + 12345  # above pid_max's usual 4 194 304: no such process
     made = []
-    for attrs in ({"pid": dead}, {"pid": dead, "retry_reason": "died"}, {"pid": os.getpid()}):
-        t = study.ask()
+    for attrs in ({"pid": dead}, {"pid": dead, "retry_reason": "died"}, {"pid": os.getpid()},
+                  {"pid": dead, "pid_space": "another"}):  # the same host name, another
+        t = study.ask()  # container's pids (host networking): not judged here
         for k, v in {"host": socket.gethostname(), **attrs}.items():
             t.set_user_attr(k, v)
         made.append(t.number)
     study.enqueue_trial({"x": 1}, user_attrs={"default": "adamw"})  # waits behind a retry
     assert reclaim_dead(study) == [(made[0], True), (made[1], False)]
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
-    assert states[made[0]] == states[made[1]] == "FAIL" and states[made[2]] == "RUNNING"
+    assert states[made[0]] == states[made[1]] == "FAIL"
+    assert states[made[2]] == states[made[3]] == "RUNNING"
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert [t.user_attrs.get("retry_of") for t in waiting] == [made[0], None]
 

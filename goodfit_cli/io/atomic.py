@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,33 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def pid_space() -> str:
+    """8 hex digits naming where this process's pid means something: the host and its pid
+    namespace. A folder shared between machines (NFS) or containers (a volume: each container
+    has its own pids) holds files named by pids of other spaces, which a check of the pid here
+    would wrongly find dead (before: a live worker's temp file deleted under it)."""
+    global _SPACE
+    if _SPACE is None:
+        try:
+            ns = os.readlink("/proc/self/ns/pid")
+        except OSError:  # no /proc (macOS): the host alone
+            ns = ""
+        _SPACE = hashlib.sha256(f"{socket.gethostname()}|{ns}".encode()).hexdigest()[:8]
+    return _SPACE
+
+
+_SPACE: str | None = None
+
+
+def owner_tag() -> str:
+    """`PID-SPACE-RANDOM`: what a temp file, write probe or staging folder is named by, so that
+    `dead_leftovers` knows whose it is (and a name is never reused)."""
+    return f"{os.getpid()}-{pid_space()}-{secrets.token_hex(8)}"
+
+
 def _temp_name(target: Path) -> Path:
-    """`.NAME.tmp-PID-RANDOM` beside the target; NAME shortened so the whole stays legal."""
-    suffix = f".tmp-{os.getpid()}-{secrets.token_hex(8)}"
+    """`.NAME.tmp-PID-SPACE-RANDOM` beside the target; NAME shortened so the whole stays legal."""
+    suffix = f".tmp-{owner_tag()}"
     stem = target.name
     room = _NAME_MAX - len(suffix.encode()) - 1
     while len(stem.encode("utf-8", "surrogateescape")) > room:
@@ -126,14 +151,21 @@ PROBE = ".goodfit-write-test-"
 
 def probe_writable(directory: Path) -> None:
     """Check that files can be created in `directory` (exclusively, with a random name that
-    holds the pid, so that one a killed process left is known for its: `dead_leftovers`)."""
-    probe = directory / f"{PROBE}{os.getpid()}-{secrets.token_hex(8)}"
+    holds the pid and its pid space, so that one a killed process left is known for its:
+    `dead_leftovers`)."""
+    probe = directory / f"{PROBE}{owner_tag()}"
     create_exclusive(probe)
     probe.unlink()
 
 
-def _pid_gone(pid: str) -> bool:
-    """Whether no process `pid` runs on this machine (signal 0: no /proc needed, as on macOS)."""
+def _owner_gone(tag: str) -> bool:
+    """Whether the process a leftover's `PID-SPACE-RANDOM` (older: `PID-RANDOM`) names is gone:
+    only a pid of this pid space is checked (signal 0: no /proc needed, as on macOS); one of
+    another host or container is never judged here."""
+    parts = tag.split("-")
+    if len(parts) >= 3 and parts[1] != pid_space():
+        return False
+    pid = parts[0]
     if not pid.isdigit() or int(pid) in (0, os.getpid()):
         return False
     try:
@@ -147,9 +179,9 @@ def _pid_gone(pid: str) -> bool:
 
 def dead_leftovers(folder: Path, prefix: str = ".") -> list[Path]:
     """What a process killed mid-write (SIGKILL, power loss) left in `folder`, whose process is
-    gone: temp files of atomic writes (`.NAME.tmp-PID-HEX`), write probes
-    (`.goodfit-write-test-PID-HEX`) and staging folders of sets of files (io/staging.py:
-    `.staging-PID-HEX`, which `staging.settle` finishes or removes); only names that start
+    gone: temp files of atomic writes (`.NAME.tmp-PID-SPACE-HEX`), write probes
+    (`.goodfit-write-test-PID-SPACE-HEX`) and staging folders of sets of files (io/staging.py:
+    `.staging-PID-SPACE-HEX`, which `staging.settle` finishes or removes); only names that start
     with `prefix` (an atomic write: its own target's), judged by name before any stat."""
     found = []
     for p in folder.iterdir() if folder.is_dir() else []:
@@ -157,15 +189,15 @@ def dead_leftovers(folder: Path, prefix: str = ".") -> list[Path]:
         if not name.startswith(prefix):
             continue
         if name.startswith(PROBE):
-            pid, kind = name[len(PROBE):].split("-")[0], "file"
+            tag, kind = name[len(PROBE):], "file"
         elif name.startswith(".staging-"):
-            pid, kind = name.split("-")[1], "dir"
+            tag, kind = name[len(".staging-"):], "dir"
         elif name.startswith(".") and ".tmp-" in name:
-            pid, kind = name.rsplit(".tmp-", 1)[1].split("-")[0], "file"
+            tag, kind = name.rsplit(".tmp-", 1)[1], "file"
         else:
             continue
         if p.is_symlink() or not (p.is_dir() if kind == "dir" else p.is_file()):
             continue
-        if _pid_gone(pid):
+        if _owner_gone(tag):
             found.append(p)
     return found

@@ -1,7 +1,7 @@
 """Replace a set of files in a folder by a complete new set, never leaving neither.
 
-`staged(out)` yields a hidden folder beside the files (`OUT/.staging-<pid>-<random>`) for the new
-files; only once the caller's block has finished do they replace the old ones: the old files
+`staged(out)` yields a hidden folder beside the files (`OUT/.staging-<pid>-<space>-<random>`,
+io/atomic.py `owner_tag`) for the new files; only once the caller's block has finished do they replace the old ones: the old files
 are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
 back for those few renames, and the staging folder (now holding the old files) is removed. If
 the block fails or is interrupted, the staging folder goes and the old files stay as they were;
@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.io.atomic import atomic_write, dead_leftovers, fsync_dir
+from goodfit_cli.io.atomic import atomic_write, dead_leftovers, fsync_dir, owner_tag
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
@@ -35,7 +34,7 @@ def staged(out: Path, old_files: Callable[[], list[Path]]) -> Iterator[Path]:
     set does not replace are removed."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        stage = out / f".staging-{os.getpid()}-{secrets.token_hex(8)}"
+        stage = out / f".staging-{owner_tag()}"
         stage.mkdir()
     except OSError as e:
         raise UserError(f"cannot write to {out}: {e.strerror or e}") from None

@@ -43,9 +43,7 @@ again with its knobs, so the next run runs it first.
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -77,7 +75,7 @@ from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, 
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
-from goodfit_cli.workflows.study import a_study
+from goodfit_cli.workflows.study import a_study, mark_worker
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -145,8 +143,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
            + " ".join(p.overrides))
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     folders.append(trial_dir)  # this command's time (RUN/timings.json)
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())  # a later command sees whether it died (kill -9)
+    mark_worker(trial)  # a later command sees whether its worker died (kill -9)
     if protected:
         trial.set_user_attr("protected", True)  # and its retry stays so
     trial.set_user_attr("arm", p.arm)

@@ -17,7 +17,7 @@ from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.text import redact
-from goodfit_cli.io.atomic import dead_leftovers
+from goodfit_cli.io.atomic import dead_leftovers, pid_space
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.io.staging import settle_tree
 from goodfit_cli.training import arm_dirname
@@ -80,6 +80,17 @@ def retry_dead(study: Any, trial: Any) -> bool:
     return True
 
 
+def mark_worker(trial: Any) -> None:
+    """Record on `trial` (an optuna.Trial) the worker running it: host, pid and pid space (the
+    host's or a container's pids), for `reclaim_dead`."""
+    import os
+    import socket
+
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    trial.set_user_attr("pid_space", pid_space())
+
+
 def reclaim_dead(study: Any) -> list[tuple[int, bool]]:
     """Trials left RUNNING by a worker of this host whose process is gone (kill -9, a crash):
     failed now and retried first (`retry_dead`), instead of after the heartbeat's grace period,
@@ -94,8 +105,9 @@ def reclaim_dead(study: Any) -> list[tuple[int, bool]]:
 
     host, gone = socket.gethostname(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") != host or not isinstance(pid, int) or pid == os.getpid():
+        pid, space = t.user_attrs.get("pid"), t.user_attrs.get("pid_space", pid_space())
+        if t.user_attrs.get("host") != host or space != pid_space() \
+                or not isinstance(pid, int) or pid == os.getpid():  # another container's pids
             continue
         try:
             os.kill(pid, 0)
