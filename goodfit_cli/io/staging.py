@@ -1,8 +1,8 @@
 """Replace a set of files in a folder by a complete new set, never leaving neither.
 
 `staged(out)` yields a hidden folder beside the files (`OUT/.staging-<pid>-<space>-<random>`,
-io/atomic.py `owner_tag`) for the new files; only once the caller's block has finished do they replace the old ones: the old files
-are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
+io/atomic.py `owner_tag`) for the new files; only once the caller's block has finished do they
+replace the old ones: the old files are moved into the staging folder, the new ones moved into place, with SIGINT and SIGTERM held
 back for those few renames, and the staging folder (now holding the old files) is removed. If
 the block fails or is interrupted, the staging folder goes and the old files stay as they were;
 if a rename fails halfway through the swap, the old files are moved back first. A process killed
