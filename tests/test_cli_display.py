@@ -141,6 +141,22 @@ def test_every_parameter_has_help_and_every_command_examples():
             f"hand, which --help prints as is: {wrapped[0][:60]!r}"
 
 
+def test_no_help_text_is_eaten_as_rich_markup():
+    """--help renders each text with Rich markup on: a bracketed word that reads as a tag is
+    dropped (`data motion-synth --test-scenes` printed "Test scenes ." for "Test scenes
+    [default: scenes/10].")."""
+    from rich.text import Text
+
+    root = typer.main.get_command(app)
+    for path, cmd in [((), root), *commands(root)]:
+        texts = [cmd.help or "", cmd.epilog or "", *(getattr(p, "help", None) or ""
+                                                      for p in cmd.params)]
+        for text in texts:
+            assert Text.from_markup(text).plain == text, f"goodfit {' '.join(path)}: {text!r}"
+    res = cli.invoke(app, ["data", "motion-synth", "--help"], env={"COLUMNS": "200"})
+    assert "scenes/10" in res.output, res.output
+
+
 def test_pretrain_with_log_format_json_prints_only_json_lines(tmp_path):
     """A real run: every stdout line is a JSON object (log lines, the run's events, the table)."""
     tiny = ["data.args.n_train=256", "data.args.n_test=64", "model.args.hidden=[8]",

@@ -229,7 +229,8 @@ def data_motion_synth(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Directory; train/ and test/ shards go inside."),
     agents: str = typer.Option("car", "--agents", help="Target agents: car | pedestrian."),
     scenes: int = typer.Option(1000, "--scenes", help="Training scenes."),
-    test_scenes: Optional[int] = typer.Option(None, "--test-scenes", help="Test scenes [default: scenes/10]."),
+    test_scenes: Optional[int] = typer.Option(
+        None, "--test-scenes", help="Test scenes (default: --scenes/10, at least 1)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the scenes."),
     shard_size: int = typer.Option(1000, "--shard-size", help="Scenes per shard file."),
     max_agents: int = typer.Option(16, "--max-agents", help="Nearby agents kept per scene."),
