@@ -286,7 +286,7 @@ def demo(
     progress_every: float = PROGRESS_EVERY,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """The toy recipe end to end: pretrain, fine-tune (baseline, head only, GoodFit), report."""
+    """The toy recipe, pretraining cut to 3,000 batches: pretrain, fine-tune (3 arms), report."""
     from goodfit_cli.workflows.demo import demo as run_demo
     from goodfit_cli.workflows.demo import demo_recipe
     from goodfit_cli.trainer.session import Place
