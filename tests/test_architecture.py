@@ -13,8 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+    import tomli as tomllib
+
 import pytest
-import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "goodfit_cli"
@@ -203,3 +207,25 @@ def test_pyproject_lists_every_package():
     on_disk = {module_name(p) for p in PKG.rglob("__init__.py")}
     assert set(conf["packages"]) == on_disk | {"goodfit_cli.recipes"}
     assert conf["package-dir"] == {"goodfit_cli.recipes": "recipes"}
+
+
+def test_tomllib_is_imported_with_the_fallback_python_3_10_needs():
+    """pyproject.toml allows Python 3.10, which has no tomllib: every `import tomllib` (tests
+    read pyproject.toml) sits in a try that falls back to tomli, which the dev extra installs
+    there (before: test_architecture.py, test_docker.py and test_cli.py failed to import on
+    3.10, so the README's `pip install -e ".[dev]" && python -m pytest` failed there)."""
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert conf["requires-python"] == ">=3.10"
+    assert any(d.replace(" ", "").startswith("tomli>=2;python_version<'3.11'")
+               for d in conf["optional-dependencies"]["dev"])
+    bare = []
+    for path in sorted([*PKG.rglob("*.py"), *(ROOT / "tests").glob("*.py")]):
+        tree = ast.parse(path.read_text(), str(path))
+        guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try)
+                   and any(isinstance(h.type, ast.Name) and h.type.id in
+                           ("ModuleNotFoundError", "ImportError") for h in t.handlers)
+                   for n in t.body}
+        bare += [f"{path.relative_to(ROOT)}:{n.lineno}" for n in ast.walk(tree)
+                 if isinstance(n, ast.Import) and any(a.name == "tomllib" for a in n.names)
+                 and id(n) not in guarded]
+    assert not bare, bare

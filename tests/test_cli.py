@@ -615,7 +615,10 @@ def test_help_says_where_output_goes_and_that_search_never_exits_3():
 def test_search_help_names_the_extra_that_installs_peft():
     """`goodfit search --help` says which extra brings the lora arm's PEFT; that extra must be
     the one pyproject.toml gives PEFT (it named `hf`, which installs transformers only)."""
-    import tomllib
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+        import tomli as tomllib
 
     from goodfit_cli.cli.usage import SEARCH_HELP
 

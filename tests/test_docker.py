@@ -27,8 +27,12 @@ import sysconfig
 from importlib import metadata
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the dev extra installs tomli
+    import tomli as tomllib
+
 import pytest
-import tomllib
 
 import goodfit_cli
 
