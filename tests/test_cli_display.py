@@ -494,3 +494,11 @@ def test_the_search_summary_without_a_recommendation_says_passing_is_not_enough(
     rep["base_outside_gate"] = True
     out = " ".join(cli.invoke(app, args).output.split())
     assert "none passes the gate (the base itself fails it on validation: see the report)" in out
+
+
+def test_finetune_optimizer_help_says_it_replaces_the_recipes_arms():
+    """`--optimizer rmsprop --optimizer goodfit` trains those two arms, not the recipe's
+    finetune.arms as well; its help said only "An arm; repeat for more."."""
+    res = cli.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
+    line = next(x for x in res.output.splitlines() if "--optimizer" in x)
+    assert "replaces the recipe's finetune.arms" in line, line

@@ -89,7 +89,9 @@ def pretrain(
 def finetune(
     base: Optional[Path] = BASE_OR_RUNS,
     recipe: Optional[str] = RECIPE_OR_RUNS,
-    optimizer: Optional[list[str]] = typer.Option(None, "--optimizer", help="An arm; repeat for more."),
+    optimizer: Optional[list[str]] = typer.Option(
+        None, "--optimizer",
+        help="An arm (`goodfit list arms`); repeat for more; replaces the recipe's finetune.arms."),
     out_dir: Optional[Path] = RUN_DIR,
     seed: Optional[int] = FT_SEED,
     device: Optional[str] = DEVICE,
