@@ -250,3 +250,20 @@ def test_a_step_count_too_large_to_count_exactly_is_refused_in_one_line(key):
         assert load("toy", at(n)).raw
     with pytest.raises(UserError, match="finetune.epochs: must be at most 2"):
         load("toy", ["finetune.steps=null", f"finetune.epochs={10 ** 30}"])
+
+
+def test_report_readout_keys_are_checked_when_the_recipe_is_read():
+    """report.readout was any mapping: a typo (`metric_nwe`) passed `goodfit validate` and the
+    fine-tune ended, after all its training, in `internal error: KeyError: 'metric_new'` (exit
+    1). Its keys are now a section: the typo is one line naming it, before anything runs."""
+    from goodfit_cli.recipe import load_recipe
+
+    with pytest.raises(UserError, match=r"report\.readout\.metric_nwe: unknown key; did you mean "
+                                        r"'metric_new'\?"):
+        load_recipe("recipes/toy.yaml", ["report.readout={metric_nwe: mse, at: [0.5]}"])
+    with pytest.raises(UserError, match=r"report\.readout\.at\.0: expected a number"):
+        load_recipe("recipes/toy.yaml",
+                    ["report.readout={metric_new: mse, metric_old: mse, at: [low]}"])
+    r = load_recipe("recipes/cifar_lt.yaml")
+    assert r.readout == {"metric_new": "accuracy", "metric_old": "accuracy",
+                         "at": [0.40, 0.35, 0.30], "degree": 2}

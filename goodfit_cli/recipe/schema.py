@@ -25,7 +25,7 @@ from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.data.validation import Carving
 from goodfit_cli.objectives import produced, unit
 from goodfit_cli.recipe.loader import LOADER
-from goodfit_cli.recipe.sections import VALIDATION, key_map, loss_name
+from goodfit_cli.recipe.sections import READOUT, VALIDATION, key_map, loss_name
 from goodfit_cli.recipe.stages import StageSpec
 from goodfit_cli.recipe.yamlcheck import (
     Ctx,
@@ -144,7 +144,7 @@ def alpha_grid(v: Any, ctx: Ctx) -> list[float]:
 
 @dataclass
 class ReportSpec(Section):
-    readout: dict[str, Any] | None = key(optional(mapping_any), None)
+    readout: Any = key(READOUT, None, help="see recipe/sections.py ReadoutSpec")
     wise_grid: list[float] = key(alpha_grid, list(WISE_GRID),
                                  help="the WiSE-FT α between the base (0) and the arm (1) "
                                       "measured on validation, where each arm's α is chosen")
@@ -242,7 +242,7 @@ class Recipe(Section):
 
     @property
     def readout(self) -> dict[str, Any] | None:
-        return self.report.readout
+        return None if self.report.readout is None else asdict(self.report.readout)
 
     @property
     def checkpoint_every(self) -> int:

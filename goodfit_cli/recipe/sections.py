@@ -32,9 +32,11 @@ from goodfit_cli.core.registry import plugin_names
 from goodfit_cli.data.validation import Carving
 from goodfit_cli.recipe.yamlcheck import (
     Ctx,
+    Section,
     integer,
-    number,
     key,
+    list_of,
+    number,
     optional,
     section_for,
     section_of,
@@ -94,6 +96,20 @@ def _share(v: Any, ctx: Ctx) -> float:
     if not 0 < f < 1:
         raise ctx.fail(f"must be between 0 and 1 (a share of the training split), got {f}")
     return f
+
+
+@dataclass
+class ReadoutSpec(Section):
+    """report.readout: the old-task metric read off each arm's trade-off path at given values
+    of the new-task metric (report/build.py `_readout`)."""
+
+    metric_new: str = key(string())
+    metric_old: str = key(string())
+    at: list[float] = key(list_of(number()), help="new-task values to read the old metric at")
+    degree: int = key(integer(1), 2, help="degree of the polynomial fitted to the path")
+
+
+READOUT = optional(section_of(ReadoutSpec))
 
 
 # the defaults are Carving's own (data/validation.py)
