@@ -144,14 +144,42 @@ def test_gate_drop_is_direction_aware_for_mse():
 
 
 def test_gate_require_significant():
-    """with require_significant a failing drop counts only when its CI excludes zero."""
+    """with require_significant a failing drop counts only when its CI lies wholly beyond the
+    limit (its lower end above max_drop)."""
     gate = _gate(("old", "accuracy", "max_drop", 0.01, True))
     noisy = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.06, 0.01]))
     assert noisy["passed"] is True and "not significant" in noisy["checks"][0]["message"]
-    real = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.05, -0.01]))
+    real = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.05, -0.02]))
     assert real["passed"] is False
+    # a real drop (its CI excludes zero) that may still be within the limit: within noise of
+    # it, so it passes (before: counted, as any drop whose CI excluded zero)
+    near = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.055, -0.005]))
+    assert near["passed"] is True and "not significant" in near["checks"][0]["message"]
+    rel = _gate(("old", "accuracy", "max_drop_rel", 0.02, True))  # 0.03 / 0.90 = 3.3 %
+    assert evaluate_gate(rel, _arm(old_acc=0.87, ci=[-0.05, -0.01]))["passed"] is True
+    assert evaluate_gate(rel, _arm(old_acc=0.87, ci=[-0.05, -0.02]))["passed"] is False
     no_ci = evaluate_gate(gate, _arm(old_acc=0.87, ci=None))
     assert no_ci["passed"] is False and "no CI to test significance" in no_ci["violations"][0]
+
+
+def test_min_gain_with_require_significant_fails_an_update_that_changes_nothing():
+    """min_gain 2 pts "unless within noise" (docs/ci.md's example): an update that changes
+    nothing (its gain's CI [0, 0]) falls short beyond noise and fails (before: counted only
+    when the CI excluded zero, so no change passed any min_gain); a noisy gain whose CI reaches
+    the 2 pts passes; a small real gain whose CI stays under them fails."""
+    gate = _gate(("new", "accuracy", "min_gain", 0.02, True))
+
+    def arm(gain, ci):
+        a = _arm(new_acc=0.30 + gain, base_new=0.30)
+        a["delta"]["new"]["accuracy"]["ci"] = ci
+        return a
+
+    same = evaluate_gate(gate, arm(0.0, [0.0, 0.0]))
+    assert same["passed"] is False
+    assert same["violations"] == ["new accuracy did not change (needs a gain of at least 2.00 pts)"]
+    assert evaluate_gate(gate, arm(0.01, [-0.03, 0.05]))["passed"] is True
+    assert evaluate_gate(gate, arm(0.01, [0.005, 0.015]))["passed"] is False
+    assert evaluate_gate(gate, arm(0.03, [0.0, 0.06]))["passed"] is True
 
 
 def test_gate_missing_metric_is_a_failed_check():

@@ -10,9 +10,11 @@ A gate file:
          require_significant: true}
 
 Drops and gains are direction-aware (for mse a rise is a drop). With require_significant, a
-failing delta check (max_drop, max_drop_rel, min_gain) counts as a violation only when the
-delta's 95 % CI excludes zero; a failing max/min check only when the value's CI lies wholly
-beyond the bound (nfr and pfr: other metrics' values have no CI). A failing check with no CI
+failing check counts as a violation only when its 95 % CI lies wholly beyond the limit: a
+drop's (max_drop, max_drop_rel) lower end above the limit, a gain's (min_gain) upper end below
+the gain required, a value's (max/min; nfr and pfr: other metrics' values have no CI) whole
+interval past the bound. (Until 2026-12-06 a delta check counted when its CI excluded zero, so
+an update that changed nothing passed any min_gain.) A failing check with no CI
 to test stays a violation, and its message says why there is none.
 
 Flags give the same limits: --max-old-drop D (the old primary metric's max_drop), --max-nfr R,
@@ -330,7 +332,9 @@ def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
                       f"{label}: not in the report for arm {arm['name']!r} or the base")
     sign = direction(metric)
     d, ci = entry["value"], entry["ci"]
-    significant = ci is not None and (ci[0] > 0 or ci[1] < 0)
+    # the drop's CI (> 0: the bad direction); a failing check counts when it lies wholly beyond
+    # the limit: a drop's lower end above max_drop, a gain's upper end below min_gain
+    drop_ci = sorted((-sign * ci[0], -sign * ci[1])) if ci is not None else None
     why = entry.get("no_ci") or "no predictions"  # f1, balanced_accuracy: not a per-sample mean
     drop = -sign * d                                      # > 0: moved in the bad direction
     moved, limit_shown = _shown(u, abs(d), abs(thr), amounts=True) \
@@ -342,16 +346,18 @@ def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
     if limit.bound == "min_gain":
         need = f"{'-' if thr < 0 else ''}{limit_shown}"
         return result(-drop, within(-drop, thr, "min"),
-                      f"{label} {change} (needs a gain of at least {need})", ci, significant, why)
+                      f"{label} {change} (needs a gain of at least {need})", ci,
+                      drop_ci is not None and -drop_ci[0] < thr, why)
     if limit.bound == "max_drop":
-        return result(drop, within(drop, thr, "max"),
-                      f"{label} {change} (limit {limit_shown})", ci, significant, why)
+        return result(drop, within(drop, thr, "max"), f"{label} {change} (limit {limit_shown})",
+                      ci, drop_ci is not None and drop_ci[0] > thr, why)
     base = arm["metrics"][task][metric] - d
     if base == 0:
         return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
     rel = drop / abs(base)
     return result(rel, within(rel, thr, "max"), f"{label} {change} = {rel * 100:.2f} % of the base "
-                  f"(limit {thr * 100:.2f} %)", ci, significant, why)
+                  f"(limit {thr * 100:.2f} %)", ci,
+                  drop_ci is not None and drop_ci[0] / abs(base) > thr, why)
 
 
 def _finite(v) -> bool:
