@@ -244,6 +244,41 @@ def test_a_study_whose_data_changed_is_refused_before_it_judges_a_trial(tmp_path
     assert (tmp_path / "s" / "report.json").read_text() == report  # nothing re-reported
 
 
+def test_a_study_whose_training_data_changed_is_refused(tmp_path):
+    """The study records what its trials were trained on too (every split's contents): run
+    again after a training file changed (the test and validation files as they were), it
+    refuses in one line rather than add trials trained on other data beside the old ones."""
+    import numpy as np
+    from runs import npz_task
+
+    rng = np.random.default_rng(0)
+
+    def split(n, classes):
+        y = rng.choice(classes, n).astype(np.int64)
+        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
+
+    data = {"tr": split(64, [0, 1]), "va": split(32, [0, 1]), "te": split(32, [0, 1]),
+            "ntr": split(64, [2]), "nva": split(32, [2]), "nte": split(32, [2])}
+    recipe = npz_task(tmp_path, data)
+    res = subprocess.run(cmd("pretrain", "--recipe", recipe, "--out", tmp_path / "base"),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    args = lambda n: cmd("search", "--base", tmp_path / "base" / "model.safetensors",  # noqa: E731
+                         "--recipe", recipe, "--trials", n, "--out", tmp_path / "s",
+                         "--no-defaults", "--rungs", 0)
+    res = subprocess.run(args(1), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    report = (tmp_path / "s" / "report.json").read_text()
+    x, y = data["ntr"]
+    np.savez(tmp_path / "ntr.npz", x=x + 3.0, y=y)  # the new task's training file, same name
+    res = subprocess.run(args(2), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr
+    assert ("was made with another train_sha256" in res.stderr
+            and "the training data changed since its trials were trained" in res.stderr), \
+        res.stderr
+    assert (tmp_path / "s" / "report.json").read_text() == report  # nothing re-reported
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -63,7 +63,6 @@ from goodfit_cli.report.front import Rule
 from goodfit_cli.report.search import write_search_report
 from goodfit_cli.report.trials import best_candidate, ema_label, gained, judge, pick, val_counts
 from goodfit_cli.arms.search import propose
-from goodfit_cli.trainer.measured import data_digest
 from goodfit_cli.trainer.session import Place, open_session
 from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
@@ -75,7 +74,7 @@ from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, 
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
-from goodfit_cli.workflows.study import a_study, mark_worker
+from goodfit_cli.workflows.study import a_study, data_identity, mark_worker
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
 
@@ -265,13 +264,13 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                         "draws lr around the recipe's, which must be greater than 0")
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
-    # the splits' contents: a trial's stored numbers are only ever judged on the data they
-    # were measured on (read here once; the trials' sessions reuse it within the command)
-    digest = data_digest(open_session(recipe, place, join=False)) or "not checkable"
+    # the splits' contents: a trial is only ever judged with trials trained and measured on
+    # the same data (read here once; the trials' sessions reuse it within the command)
+    data = data_identity(open_session(recipe, place, join=False))
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "recipe_sha256_but_gate": but_gate(recipe),  # to say what changed
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
-                "data_sha256": digest,
+                **data,  # data_sha256 (test and validation), train_sha256
                 "replay": "searched" if job.replay else "off",  # one search space per study
                 "defaults": "first trials" if job.defaults else "off",
                 "new_offset": ("off" if not job.new_offset else "chosen per trial"

@@ -20,6 +20,8 @@ from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import dead_leftovers, pid_space
 from goodfit_cli.io.rundir import state_files
 from goodfit_cli.io.staging import settle_tree
+from goodfit_cli.trainer.measured import data_digest
+from goodfit_cli.trainer.runcheck import data_record
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.training.arms import arm_type, parse_arm
 from goodfit_cli.workflows.budget import Budget, spent
@@ -187,9 +189,11 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
             study.set_user_attr(k, v)
         elif have != v:
             why = (" (the test or validation data changed since its trials were measured)"
-                   if k == "data_sha256" else " (only its gate: section changed; give the new "
-                   "limits as flags, --max-old-drop, --min-old and the rest: a study re-judges "
-                   "its trials under the flags' gate)" if k == "recipe_sha256" and same_but_gate
+                   if k == "data_sha256" else " (the training data changed since its trials "
+                   "were trained)" if k == "train_sha256" else " (only its gate: section "
+                   "changed; give the new limits as flags, --max-old-drop, --min-old and the "
+                   "rest: a study re-judges its trials under the flags' gate)"
+                   if k == "recipe_sha256" and same_but_gate
                    else f" ({have!r} against {v!r}: give the flags it was made with, "
                    "--new-offset or --no-new-offset, --offset-with-alpha or --offset-after-alpha)"
                    if k == "new_offset" else "")
@@ -210,6 +214,16 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
     if created and on_create is not None:
         on_create(study)
     return study
+
+
+def data_identity(s: Any) -> dict[str, str]:
+    """What a study's trials rest on, for its identity: the test and validation splits'
+    contents (`data_sha256`: what they were measured on) and every split's (`train_sha256`:
+    what they were trained on; the test and validation splits' alone when training streams),
+    hashed (trainer/measured.py `data_digest`). A study made before records the second at its
+    next run."""
+    return {"data_sha256": data_digest(s) or "not checkable",
+            "train_sha256": data_record(s)["sha256"]}
 
 
 def but_gate(recipe: Any) -> str:
