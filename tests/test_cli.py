@@ -610,6 +610,20 @@ def test_help_says_where_output_goes_and_that_search_never_exits_3():
     assert "Initial weights" in help_of("pretrain", "--seed")
     assert "Initial weights" not in help_of("finetune", "--seed")
     assert "the base's" in help_of("finetune", "--seed")
+    # the data a fine-tune reads follows the recipe's seed, not --seed (every command reads the
+    # same splits: trainer/session.py), and the help says so
+    assert "Seeds generated data" not in help_of("finetune", "--seed")
+    assert "generated data and the validation carving follow the recipe's seed" in help_of(
+        "finetune", "--seed")
+    from goodfit_cli.trainer.measured import data_digest
+    from goodfit_cli.trainer.session import Place, open_session
+    from goodfit_cli.workflows.recipes import load
+
+    recipe = load("toy", ["data.args.n_train=64", "data.args.n_test=32", "data.args.n_val=16",
+                          "device=cpu"])
+    digests = {data_digest(open_session(recipe, Place(seed=s), join=False),
+                           ("train", "val", "test")) for s in (0, 3)}
+    assert len(digests) == 1, digests
 
 
 def test_search_help_names_the_extra_that_installs_peft():

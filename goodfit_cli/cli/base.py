@@ -167,8 +167,8 @@ DATA_DIR = typer.Option(None, "--data-dir", help="Where the recipe's data lives 
                         "reads $GOODFIT_DATA).")
 SEED = typer.Option(None, "--seed", help="Initial weights and batch order (default: the recipe's seed).")
 FT_SEED = typer.Option(None, "--seed", help=(
-    "Seeds generated data, the validation carving, the batch order and new head rows (the other "
-    "weights are the base's; default: the recipe's seed)."))
+    "Seeds the batch order and new head rows (the other weights are the base's; generated data "
+    "and the validation carving follow the recipe's seed; default: the recipe's seed)."))
 NPROC = typer.Option(1, "--nproc", min=1, help="Processes (torchrun, DistributedDataParallel).")
 MAX_OLD_DROP = typer.Option(None, "--max-old-drop", help="Gate: largest allowed drop of the old task's primary metric (absolute).")
 MAX_NFR = typer.Option(None, "--max-nfr", help="Gate: largest allowed negative flip rate on the old task.")
