@@ -151,7 +151,14 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     ev = json.loads(res.stdout)
     assert json.loads((out / "goodfit" / "eval-toy.json").read_text()) == ev
     # the same, run after run; "split": which splits the metrics are of
-    assert set(ev) == {"checkpoint", "sha256", "recipe", "split", "metrics"}
+    assert set(ev) == {"checkpoint", "sha256", "recipe", "recipe_sha256", "measured_on",
+                       "goodfit_version", "split", "metrics"}
+    # which recipe and data it measured on: a recipe's name alone does not say (the arm's
+    # own summary was measured on the same: its measured_on is the eval's)
+    from goodfit_cli.workflows.recipes import load
+
+    assert ev["recipe_sha256"] == load("toy", TINY).sha256
+    assert ev["measured_on"] == summary["measured_on"] and ev["goodfit_version"]
     assert ev["split"] == "test"
     assert re.search(r"^time: load \d+\.\d s, evaluation \d+\.\d s; total \d+\.\d s$",
                      res.stderr, re.M), res.stderr  # where its time went, on stderr

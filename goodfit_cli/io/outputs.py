@@ -31,7 +31,8 @@ def _inside(inner: Path, folder: Path) -> bool:
 
 
 EVAL_KEYS = {"checkpoint", "sha256", "recipe", "metrics"}  # `goodfit eval`'s JSON, at least
-EVAL_MAY = {"split", "other_model"}  # and at most these besides (older ones had neither)
+EVAL_MAY = {"split", "other_model", "recipe_sha256", "measured_on",  # and at most these
+            "goodfit_version"}  # besides (older ones had none of them)
 
 
 def ours(path: Path) -> bool:

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
+from goodfit_cli.trainer.measured import measured_on
 from goodfit_cli.trainer.session import (
     Place,
     adopt_base_inputs,
@@ -70,8 +72,12 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     with phases.phase("evaluation"):
         metrics = s.evaluate(model)
     # "split": the recipe's test splits (before: a bare "metrics", of no split named)
+    # what was measured, with what: the recipe as read (after overrides; its name alone does
+    # not say which), the data, inputs and objectives (`measured_on`) and goodfit's version
     result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256,
-              "recipe": recipe.name, "split": "test", "metrics": metrics,
+              "recipe": recipe.name, "recipe_sha256": recipe.sha256,
+              "measured_on": measured_on(s, model), "goodfit_version": __version__,
+              "split": "test", "metrics": metrics,
               **({"other_model": other} if other else {})}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")
     ui.log(phases.line())
