@@ -142,6 +142,38 @@ def test_pretrain_resumes_only_its_own_states(tmp_path, change, needle):
     assert_nothing_lost(before, tmp_path)
 
 
+def test_pretrain_resumes_only_on_the_data_it_began_with(tmp_path):
+    """An interrupted pretrain re-run after a training file changed in place (same name, other
+    contents) resumed its state and trained on both; a fine-tune's resume refuses it (run.json's
+    data), a pretrain has no run.json: its identity.json records the data now. Exit 2 naming
+    it, nothing lost; with the data put back it resumes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def split(n, classes):
+        y = rng.choice(classes, n).astype(np.int64)
+        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
+
+    data = {"tr": split(64, [0, 1]), "va": split(32, [0, 1]), "te": split(32, [0, 1]),
+            "ntr": split(64, [2]), "nva": split(32, [2]), "nte": split(32, [2])}
+    recipe = runner.npz_task(tmp_path, data, pretrain_steps=20)
+    out = tmp_path / "p"
+    with pytest.raises(Exception) as e:
+        runner.pretrain(load_recipe(recipe, []), out, stop_after=5)
+    assert type(e.value).__name__ == "Interrupted" and list(out.glob("state-*.safetensors"))
+    x, y = data["tr"]
+    np.savez(tmp_path / "tr.npz", x=x + 3.0, y=y)  # the old task's training file, same name
+    before = snapshot(tmp_path)
+    line = assert_one_error_line(invoke("pretrain", "--recipe", recipe, "--out", out))
+    assert f"error: {out} was started on data whose train, val and test splits hash to" in line
+    assert "(were the data changed since?)" in line, line
+    assert_nothing_lost(before, tmp_path)
+    np.savez(tmp_path / "tr.npz", x=x, y=y)
+    res = invoke("pretrain", "--recipe", recipe, "--out", out)
+    assert res.exit_code == 0 and "resuming at batch 5/20" in res.output, res.output
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. one run per folder
 

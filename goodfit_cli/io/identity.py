@@ -1,11 +1,12 @@
 """What a run is, so that only the same run is ever resumed or reused.
 
-A run's identity is the base checkpoint's sha256, the recipe after overrides, the seed, the arm,
-the number of processes and goodfit's version. Each arm folder (and a pretrain's folder) records
-it in `identity.json` before its first state; a resumable state or a finished arm is reused only
-when the identity recorded beside it equals the current one, and otherwise the run stops with one
-line naming what differs ("RUN was started from base e731… but --base is fa0c…"). The torch
-thread count is recorded too, but only warned about: it changes rounding, not what the run is.
+A run's identity is the base checkpoint's sha256, the recipe after overrides, the data it reads
+(its splits' contents, hashed), the seed, the arm, the number of processes and goodfit's version.
+Each arm folder (and a pretrain's folder) records it in `identity.json` before its first state;
+a resumable state or a finished arm is reused only when the identity recorded beside it equals
+the current one, and otherwise the run stops with one line naming what differs ("RUN was started
+from base e731… but --base is fa0c…"). The torch thread count is recorded too, but only warned
+about: it changes rounding, not what the run is.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import write_json
 
 IDENTITY = "identity.json"
-CHECKED = ("base_sha256", "base_config", "recipe", "seed", "arm", "world_size",
+CHECKED = ("base_sha256", "base_config", "recipe", "data", "seed", "arm", "world_size",
            "goodfit_version")
 
 
@@ -48,6 +49,12 @@ def describe_difference(where: Path, old: dict, new: dict) -> str | None:
         if old.get(key) == new.get(key):
             continue
         a, b = old.get(key), new.get(key)
+        if key == "data" and not (isinstance(a, dict) and isinstance(b, dict)):
+            continue  # recorded by an older goodfit (or not given): not checked
+        if key == "data":  # the contents of the splits it reads (trainer/runcheck.py)
+            return (f"{where} was started on data whose {a.get('of')} hash to "
+                    f"{str(a.get('sha256'))[:12]}… but they now hash to "
+                    f"{str(b.get('sha256'))[:12]}… (were the data changed since?)")
         if key == "base_sha256":
             return f"{where} was started from base {_short(a)} but --base is {_short(b)}"
         if key == "base_config":  # a transformers model's config (trainer/runcheck.py)

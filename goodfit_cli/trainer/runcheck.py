@@ -34,13 +34,16 @@ def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
 
 
 def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[str, Any],
-                log: Callable[[str], None], model: nn.Module | None = None) -> None:
+                log: Callable[[str], None], model: nn.Module | None = None,
+                data: dict[str, str] | None = None) -> None:
     """Record this stage's identity in `folder`, or refuse if its states or results are another's.
     `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256); `model` the model
-    it trains (a transformers model's config is part of the identity: `model_config`)."""
+    it trains (a transformers model's config is part of the identity: `model_config`); `data`
+    what it reads (`data_record`: a pretrain has no run.json to record it)."""
     has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
         or (folder / "model.safetensors").exists()
-    claim(folder, stage_identity(recipe, seed, arm, meta, model), has_work, log)
+    ident = stage_identity(recipe, seed, arm, meta, model)
+    claim(folder, {**ident, "data": data} if data else ident, has_work, log)
 
 
 def model_config(model: nn.Module | None) -> str | None:

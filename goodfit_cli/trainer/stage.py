@@ -29,7 +29,7 @@ from goodfit_cli.report.verdict import point_measure
 from goodfit_cli.trainer.finish import ema_job, ema_records, finish
 from goodfit_cli.trainer.hooks import Recording, StageHooks, callbacks_for, saved_callbacks
 from goodfit_cli.trainer.job import Log, Ran, StageJob, Ui, quiet
-from goodfit_cli.trainer.runcheck import claim_stage, state_identity
+from goodfit_cli.trainer.runcheck import claim_stage, data_record, state_identity
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.training import (
     arm_training,
@@ -149,7 +149,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     loop_state = None
     records: list[dict] = []
     if main_rank:  # only this run's own states are resumed
-        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log, model)
+        claim_stage(out, s.recipe, s.seed, arm.name, job.metadata, log, model, data_record(s))
     own = state_identity(s.recipe, s.seed, arm.name, job.metadata, model)  # what its states record
 
     def restore(saved: dict) -> None:  # raises on a state that does not fit: an older one is tried

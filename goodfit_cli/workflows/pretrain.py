@@ -20,7 +20,7 @@ from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
 from goodfit_cli.io.runlock import held, open_run, was_interrupted
 from goodfit_cli.recipe import Recipe
-from goodfit_cli.trainer.runcheck import claim_stage
+from goodfit_cli.trainer.runcheck import claim_stage, data_record
 from goodfit_cli.trainer.session import Place, folder_of, open_session
 from goodfit_cli.trainer.stage import StageJob, Ui, run_stage
 from goodfit_cli.training import Arm
@@ -52,7 +52,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         job = StageJob(arm, recipe.pretrain, "old", out, meta,  # how its val split was made
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused
-            claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log, model)
+            claim_stage(out, recipe, s.seed, job.arm.name, meta, ui.log, model, data_record(s))
             atomic_write(out / "recipe.yaml", recipe.to_yaml(None, folder_of(s.data_dir)))
         phases.add("load", time.perf_counter() - phases.start)
         t0, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
