@@ -33,6 +33,7 @@ from goodfit_cli.data.base import Task
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import columns_csv, columns_parquet, labelled_tasks
 from goodfit_cli.io import hf
+from goodfit_cli.io.checkpoint import read_metadata
 from goodfit_cli.io.hubdir import CONFIG
 
 PADDING = ("max_length", "longest")
@@ -74,7 +75,13 @@ def read_columns(path: str, key: str) -> dict[str, list[Any]]:
 def known_labels(folder: Path) -> dict[str, int]:
     """The class names a model folder's config.json gives (label2id; timm's label_names),
     unless they are transformers' placeholders (LABEL_0, ...); none when the folder has no
-    config.json (a tokenizer saved on its own: its weights are never needed here)."""
+    config.json (a tokenizer saved on its own: its weights are never needed here). A file is
+    a goodfit checkpoint: the `class_names` its metadata records (one per head row)."""
+    if folder.is_file():
+        names = read_metadata(folder).get("class_names")
+        names = names if isinstance(names, list) else []
+        return {str(n): i for i, n in enumerate(names)
+                if isinstance(n, str) and not _DEFAULT_LABEL.fullmatch(n)}
     path = folder / CONFIG
     try:
         config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -122,8 +129,13 @@ def known_from(labels_from: Any, data_dir: str | None, fallback: Path | None) ->
     folder = Path(os.path.expanduser(labels_from))
     if not folder.is_absolute() and data_dir is not None:
         folder = Path(data_dir) / folder
+    if folder.is_file():  # a goodfit checkpoint: the class names it was trained with
+        if not (named := known_labels(folder)):
+            raise ArgError("labels_from", f"{folder} records no class_names (a checkpoint goodfit "
+                           "writes from data that names its classes does); name a model folder")
+        return named
     if not folder.is_dir():
-        raise ArgError("labels_from", f"{folder} is not a model folder")
+        raise ArgError("labels_from", f"{folder} is not a model folder or goodfit checkpoint")
     if not (folder / CONFIG).is_file():  # a data folder, a tokenizer's: it numbers nothing
         raise ArgError("labels_from", f"{folder} has no config.json to number the classes by "
                        "(its label2id); name the base model's folder, or leave it unset")

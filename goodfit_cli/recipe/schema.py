@@ -25,7 +25,7 @@ from goodfit_cli.data.stream import LoaderSettings
 from goodfit_cli.data.validation import Carving
 from goodfit_cli.objectives import produced, unit
 from goodfit_cli.recipe.loader import LOADER
-from goodfit_cli.recipe.sections import READOUT, VALIDATION, key_map, loss_name
+from goodfit_cli.recipe.sections import READOUT, VALIDATION, key_map, loss_name, one_old_task
 from goodfit_cli.recipe.stages import StageSpec
 from goodfit_cli.recipe.yamlcheck import (
     Ctx,
@@ -382,6 +382,7 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: list[str] | Non
     raw = apply_overrides(data, overrides or [])
     # overridden keys are reported as overrides, not by a line of the file
     overridden = frozenset(tuple(parse_override(item)[0]) for item in overrides or [])
+    one_old_task(raw, Ctx(source, marks, (), overridden))  # before "unknown key old_tasks"
     recipe = TOP(raw, Ctx(source, marks, (), overridden))
     if recipe.data_dir is not None and not Path(recipe.data_dir).is_absolute():
         if ("data_dir",) in overridden:  # typed on the command line: the working directory's

@@ -121,3 +121,23 @@ def loss_name(builtin: tuple[str, ...]):
     def check(v: Any, ctx: Ctx) -> str:
         return string((*builtin, *plugin_names("goodfit.objectives")))(v, ctx)
     return check
+
+
+ONE_OLD_TASK = ("a recipe has one old task: to gate an update on several (v0's and v1's), put "
+                "their data in one old task, or run compare once per old task with a recipe "
+                "each (docs/ci.md, 'Updating a model again')")
+
+
+def one_old_task(raw: dict, ctx: Ctx) -> None:
+    """Several old tasks, however spelled (a list under old_task, an `old_tasks` key, a second
+    task `old2` in data.args beside `old`), are one line saying a recipe has one."""
+    if isinstance(raw.get("old_task"), list):
+        raise ctx.child("old_task").fail(ONE_OLD_TASK)
+    for k in raw:
+        if isinstance(k, str) and k != "old_task" and re.fullmatch(r"old_?tasks?\w*", k):
+            raise ctx.child(k).fail(ONE_OLD_TASK)
+    args = raw["data"].get("args") if isinstance(raw.get("data"), dict) else None
+    for k, v in (args or {}).items() if isinstance(args, dict) else ():
+        if isinstance(k, str) and k != "old" and k.startswith("old") and isinstance(v, dict) \
+                and "train" in v:  # a task's splits (not toy's old_region)
+            raise ctx.child("data").child("args").child(k).fail(ONE_OLD_TASK)

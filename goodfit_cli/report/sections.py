@@ -176,7 +176,7 @@ def _head_notes(report: dict) -> list[str]:
     notes += _balance_note(prov)
     notes += [prov["validation_gap"]["message"]] if prov.get("validation_gap") else []
     notes += [prov[k]["message"] for k in ("base_outside_gate", "base_outside_gate_test",
-                                           "other_base", "other_model") if prov.get(k)]
+                                           "ancestor", "other_base", "other_model") if prov.get(k)]
     notes += [f"Arm {a} diverged in an earlier command of this run ({line}) and was left out: "
               "it is no candidate of this report's verdict."
               for a, line in (prov.get("diverged") or {}).items()]

@@ -266,7 +266,8 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     recipe leaves unset (the recipe as run, recipe.yaml, then says them): an image dataset's
     size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
     text dataset's tokenizer (the folder itself), a labelled dataset's `labels_from` (the
-    folder, when it names its classes). Returns {arg: value} taken, or None. A base file that
+    folder, or goodfit checkpoint, when it names its classes). Returns {arg: value} taken, or
+    None. A base file that
     is not safetensors (a pickle, a truncated file) is its one line here, before the data."""
     if not Path(base).is_dir():
         ckpt.check_safetensors(base)
@@ -285,9 +286,9 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
         raise UserError(f"{recipe.at('data.args.tokenizer')}: the base folder {base} has no "
                         f"tokenizer ({', '.join(TOKENIZER_FILES)}) to read the text; save it "
                         "there (tokenizer.save_pretrained) or name its folder here")
-    if (recipe.data.name in LABELLED_DATASETS and files.folder is not None
-            and known_labels(files.folder)):  # its classes keep their head rows
-        found["labels_from"] = str(files.folder.resolve())
+    named = files.folder if files.folder is not None else Path(base)  # a folder, a checkpoint
+    if recipe.data.name in LABELLED_DATASETS and known_labels(named):  # classes keep their rows
+        found["labels_from"] = str(named.resolve())
     args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
     taken = {k: v for k, v in found.items() if k not in args}
     if not taken:

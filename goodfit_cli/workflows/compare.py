@@ -42,6 +42,7 @@ from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
 from goodfit_cli.trainer.session import (
+    LABELLED_DATASETS,
     Place,
     adopt_base_inputs,
     load_checkpoint,
@@ -49,10 +50,11 @@ from goodfit_cli.trainer.session import (
     task_kinds,
 )
 from goodfit_cli.trainer.stage import Ui
-from goodfit_cli.workflows.compare_sides import Side
+from goodfit_cli.workflows.compare_sides import Side, check_classes, widest_classes
 from goodfit_cli.workflows.compare_sides import recorded as _recorded
 from goodfit_cli.workflows.compare_sides import sides_of as _sides
-from goodfit_cli.workflows.reporting import base_head_record, class_names, finish_report
+from goodfit_cli.workflows.reporting import (base_head_record, class_names, finish_report,
+                                              lineage)
 
 
 def _provenance(side: Side) -> dict:
@@ -208,8 +210,16 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     if base_side.checkpoint.is_dir():  # a model folder: its input size and crop, as finetune
         for k, v in (adopt_base_inputs(recipe, base_side.checkpoint) or {}).items():  # reads it
             ui.log(f"inputs: {k} {v} from the model folder {base_side.checkpoint}")
+    args = recipe.data.args if isinstance(recipe.data.args, dict) else {}
+    widest = widest_classes([base_side, *cands])  # a class keeps its row along the updates
+    if recipe.data.name in LABELLED_DATASETS and "labels_from" not in args and widest:
+        recipe.data.args = {**args, "labels_from": str(widest.resolve())}
+        recipe.raw.setdefault("data", {}).setdefault("args", {})["labels_from"] = str(widest)
+        ui.log(f"inputs: labels_from {widest} (the class names its checkpoint records)")
     # the data, read even when every measurement is reused: what they are checked against
     session = open_session(recipe, place, join=False)
+    check_classes([base_side, *cands], class_names(session).get("class_names"),
+                  recipe.at("data.args.labels_from"))
 
     def measure(side: Side, as_base: bool = False) -> tuple[dict, dict, dict, dict]:
         if not side.checkpoint.exists():
@@ -299,12 +309,23 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         prov["validation_gap"] = gap
     elsewhere = {c.name: c.started_from for c in cands
                  if c.started_from not in (None, base_side.sha256)}
+    later = {c.name: lineage(c.checkpoint).index(base_side.sha256) + 1 for c in cands  # v2, v0
+             if c.name in elsewhere and base_side.sha256 in lineage(c.checkpoint)}
+    hint = (f" ({base} as BASE stands for the base of that run: give {base}/<arm> to compare "
+            "with its fine-tune)" if (base / "run.json").is_file() else "")
+    if later:  # an update of an update of this base: its changes since this base, said
+        prov["ancestor"] = {"candidates": later, "message": "Updated from this base more than "
+                            "once: " + ", ".join(f"{n} ({k} updates since it, its lineage says)"
+                                                 for n, k in later.items())
+                            + f"; their changes are measured since this base{hint}."}
+        ui.log(prov["ancestor"]["message"])
+    elsewhere = {n: sha for n, sha in elsewhere.items() if n not in later}
     if elsewhere:  # its Δ and flips are against a model it never started from: said, kept
         prov["other_base"] = {"candidates": elsewhere, "message": (
             "Not fine-tuned from this base: " + ", ".join(
                 f"{n} (began from {sha[:12]}…)" for n, sha in elsewhere.items())
             + f"; their changes are measured against {base_side.sha256[:12]}…, which they "
-            "never started from.")}
+            f"never started from{hint}.")}
         ui.log(prov["other_base"]["message"])
     want = {"name": recipe.model.name, "args": dict(recipe.model.args or {})}
     differs = {s.name: d for s in (base_side, *cands) if (d := _other_model(s, want))}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.io.checkpoint import read_metadata
 from goodfit_cli.io.rundir import read_json, recorded_path
 from goodfit_cli.training import arm_dirname
 
@@ -90,3 +91,39 @@ def recorded(side: Side) -> dict:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def recorded_classes(checkpoint: Path) -> list[str]:
+    """The class names a goodfit checkpoint records, one per head row; [] when none."""
+    names = read_metadata(checkpoint).get("class_names") if checkpoint.is_file() else None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) else []
+
+
+def widest_classes(sides: list[Side]) -> Path | None:
+    """The checkpoint whose recorded class names extend every other side's (v2's [bird, cat,
+    dog, ant, eel] over v0's [bird, cat, dog]): the data numbered by it measures every side on
+    its own rows. None when no side records them; one line when two name a row otherwise."""
+    best, widest = None, []
+    for s in sides:
+        names = recorded_classes(s.checkpoint)
+        clash = next((i for i, (a, b) in enumerate(zip(widest, names)) if a != b), None)
+        if clash is not None:
+            raise UserError(f"{s.checkpoint}: its head row {clash} is class {names[clash]!r} but "
+                            f"{best} has {widest[clash]!r} there; they number their classes "
+                            "otherwise, so one recipe cannot measure both on their own rows")
+        if len(names) > len(widest):
+            best, widest = s.checkpoint, names
+    return best
+
+
+def check_classes(sides: list[Side], numbered: list[str] | None, where: str) -> None:
+    """One line when the data numbers a class otherwise than a side's checkpoint recorded (a
+    recipe's labels_from naming another model): its rows would be read as other classes."""
+    for s in sides:
+        names = recorded_classes(s.checkpoint)
+        clash = next((i for i, (a, b) in enumerate(zip(names, numbered or [])) if a != b), None)
+        if clash is not None:
+            raise UserError(f"{where}: the data numbers class {clash} {numbered[clash]!r} but "
+                            f"{s.checkpoint} was trained with {names[clash]!r} on that head row; "
+                            "leave data.args.labels_from unset (compare numbers the classes as "
+                            "the checkpoints record them) or name one of them")

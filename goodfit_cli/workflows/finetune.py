@@ -56,7 +56,7 @@ from goodfit_cli.training import check_arms_on, parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.reporting import base_head_record, class_names, losses
+from goodfit_cli.workflows.reporting import base_head_record, carried, class_names, losses
 from goodfit_cli.workflows.reporting import make_report, provenance
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
 from goodfit_cli.workflows.wise import wise_curve
@@ -301,7 +301,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     if first_time(said):  # a search's trials measure one base: said once
         ui.log(said)
     meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe_sha,
-            "base_sha256": loaded.sha256, "stage": "finetune"}
+            "base_sha256": loaded.sha256, "stage": "finetune", **carried(s, loaded)}
     if rule is not None:  # the gate's limits are watched against the base, on validation
         rule = replace(rule, base=base_val, base_old=base_val_preds["old"])
     results: list[RunResult] = []

@@ -25,6 +25,7 @@ from goodfit_cli.trainer.session import Place, folder_of, open_session
 from goodfit_cli.trainer.stage import StageJob, Ui, run_stage
 from goodfit_cli.training import Arm
 from goodfit_cli.training.checks import check_arm
+from goodfit_cli.workflows.reporting import class_names
 from goodfit_cli.workflows.timings import unfinished
 
 
@@ -48,7 +49,8 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
         s = open_session(recipe, place)
         model = s.model()  # before any file is written: a bad model spec leaves --out empty
         meta = {"goodfit_version": __version__, "recipe": recipe.name,
-                "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None}
+                "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None,
+                **class_names(s)}  # the next fine-tune numbers these classes as it did
         job = StageJob(arm, recipe.pretrain, "old", out, meta,  # how its val split was made
                        summary={"validation": s.validation})
         if is_main():  # before recipe.yaml is replaced: states of another run are refused

@@ -10,6 +10,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core.errors import GateFailure, UserError
+from goodfit_cli.io.checkpoint import read_metadata
 from goodfit_cli.io.rundir import RunResult
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide, build_report, write_report
@@ -25,7 +26,7 @@ from goodfit_cli.report.gate import (
 )
 from goodfit_cli.report.verdict import verdict
 from goodfit_cli.report.junit import write_junit
-from goodfit_cli.trainer.session import Session, task_kinds
+from goodfit_cli.trainer.session import Loaded, Session, task_kinds
 
 Predictions = dict[str, dict[str, torch.Tensor]]
 
@@ -48,6 +49,23 @@ def losses(recipe: Recipe) -> dict[str, dict[str, Any]]:
     among them), for run.json and the report."""
     return {t: {"loss": spec.loss, "args": dict(spec.args or {})}
             for t, spec in (("old", recipe.old_task), ("new", recipe.new_task))}
+
+
+def lineage(checkpoint: Path) -> list[str]:
+    """The sha256 of the models a goodfit checkpoint was fine-tuned from, nearest first (v2:
+    [v1, v0]): its `lineage` metadata, else as far as its `base_sha256` goes; [] for another
+    file or a folder."""
+    meta = read_metadata(checkpoint) if Path(checkpoint).is_file() else {}
+    before = meta.get("lineage")
+    if isinstance(before, list) and all(isinstance(h, str) for h in before):
+        return before
+    return [meta["base_sha256"]] if isinstance(meta.get("base_sha256"), str) else []
+
+
+def carried(s: Session, base: Loaded) -> dict[str, Any]:
+    """What a fine-tune's checkpoint carries forward to the next update from its `base`: its
+    `class_names` (the next fine-tune numbers them alike) and its `lineage`."""
+    return {**class_names(s), "lineage": [base.sha256, *lineage(base.path)]}
 
 
 def class_names(s: Session) -> dict[str, list[str]]:

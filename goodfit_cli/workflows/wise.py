@@ -59,7 +59,8 @@ from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.offset import choose as choose_offset
 from goodfit_cli.workflows.offset import choose_with_alpha
 from goodfit_cli.workflows.offset import line as offset_line
-from goodfit_cli.workflows.reporting import base_head_record, finish_report, provenance
+from goodfit_cli.workflows.reporting import (base_head_record, carried, finish_report,
+                                              provenance)
 
 
 def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
@@ -286,7 +287,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
             "recipe_sha256": ran, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": alpha,
             "wise_of": str(arm_ckpt.resolve()), "wise_of_sha256": arm_sha256,
-            "metrics": metrics, **offset}
+            "metrics": metrics, **offset, **carried(s, loaded)}
     if recorded(model) is not None:
         meta["input"] = recorded(model)
     out = job.out
