@@ -377,13 +377,16 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
                   val if isinstance(val, dict) else None)
 
 
-def base_mismatch(recorded: dict | None, measured: dict[str, float], metric: str,
-                  inputs: dict | None) -> str | None:
-    """A loud line when the base measures far below what its own checkpoint recorded on the old
-    task (a rate 0.1 lower, an error twice as high): its inputs probably differ from training."""
-    old = (recorded or {}).get("old")
+def base_mismatch(loaded: Loaded, measured: dict[str, float], metric: str,
+                  validation: dict) -> str | None:
+    """A loud line when the base measures far below what its checkpoint recorded on the old task
+    (a rate 0.1 lower, an error twice as high): its inputs probably differ from training. None
+    when that old test split had another size (an update's update: v2's old task is not v1's)."""
+    old, inputs = (loaded.recorded_metrics or {}).get("old"), loaded.input
     then, now = (old.get(metric) if isinstance(old, dict) else None), measured.get(metric)
-    if not isinstance(then, (int, float)) or not isinstance(now, (int, float)):
+    n = [((v or {}).get("old") or {}).get("test") for v in (loaded.validation, validation)]
+    if not isinstance(then, (int, float)) or not isinstance(now, (int, float)) or (
+            None not in n and n[0] != n[1]):
         return None
     try:
         up = direction(metric) > 0
@@ -392,8 +395,7 @@ def base_mismatch(recorded: dict | None, measured: dict[str, float], metric: str
     worse = (now < then - 0.1) if up else (now > 2 * then + 1e-12)
     if not worse and now == now:
         return None
-    fed = (f"{inputs['source']} mean {inputs['mean']} std {inputs['std']}" if inputs else
-           "as stored")
+    fed = f"{inputs['source']} mean {inputs['mean']} std {inputs['std']}" if inputs else "as stored"
     return (f"warning: the base measures old {metric} {shown(metric, now)} here but its "
             f"checkpoint recorded {shown(metric, then)}: its inputs probably differ from its "
             f"training (fed: {fed}); set "

@@ -238,8 +238,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         key = base_key(s, model, loaded, base_head, recipe.key_map)  # once per command
         base_metrics, base_preds, base_val, base_val_preds = measure_base(s, model, key)
     head_record = base_head_record(loaded.head_changes, base_head)
-    mismatch = base_mismatch(loaded.recorded_metrics, base_metrics["old"], recipe.primary["old"],
-                             loaded.input)
+    mismatch = base_mismatch(loaded, base_metrics["old"], recipe.primary["old"],
+                             s.validation)  # not on another old task (an update's update)
     if mismatch:
         ui.log(mismatch)
     gap = carved_elsewhere(loaded.validation, s.validation) or validation_gap(  # what it saw
