@@ -176,3 +176,13 @@ def test_no_input_warning_when_the_old_task_grew_since_the_base(chain):
     """v1 recorded 100 % on v0's old task; v2's old task adds ant, which v1 never learnt (75 %
     there). That is no sign of wrongly fed inputs: the warning said it was."""
     assert "inputs probably differ" not in (chain / "v2.log").read_text()
+
+
+def test_a_run_folder_as_finetune_base_names_its_arms_models(chain, tmp_path):
+    """`finetune --base runs/v1` (the run, not its arm) said only 'no model.safetensors in the
+    folder'; it names the arms' models to pass."""
+    res = CliRunner().invoke(app, ["finetune", "--base", str(chain / "v1"), "--recipe",
+                                   str(chain / "v2.yaml"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2, res.output
+    assert (f"it is a fine-tuning run folder: pass an arm's model "
+            f"({chain / 'v1/adamw/model.safetensors'})") in " ".join(res.output.split())

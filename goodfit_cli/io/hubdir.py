@@ -94,7 +94,11 @@ def resolve_base(path: Path) -> BaseFiles:
     else:
         found = sorted(p.name for p in folder.glob("*.safetensors"))
         pickled = [n for n in ("pytorch_model.bin", "model.pt", "model.pth") if (folder / n).exists()]
-        hint = (f"; it has {', '.join(found)}: pass that file" if found else
+        arms = sorted(str(d / WEIGHTS) for d in folder.iterdir() if (d / WEIGHTS).is_file()) \
+            if (folder / "run.json").is_file() else []  # a fine-tuning run: its arms' models
+        hint = (f"; it is a fine-tuning run folder: pass an arm's model ({', '.join(arms)})"
+                if arms else
+                f"; it has {', '.join(found)}: pass that file" if found else
                 f"; it has {pickled[0]}, a pickle: goodfit convert "
                 f"{shlex.quote(str(folder / pickled[0]))} {shlex.quote(str(folder / WEIGHTS))}"
                 if pickled else "")
