@@ -186,3 +186,49 @@ def test_a_run_folder_as_finetune_base_names_its_arms_models(chain, tmp_path):
     assert res.exit_code == 2, res.output
     assert (f"it is a fine-tuning run folder: pass an arm's model "
             f"({chain / 'v1/adamw/model.safetensors'})") in " ".join(res.output.split())
+
+
+TABLE = """name: {name}
+seed: 0
+device: cpu
+data_dir: .
+model: {{name: mlp, args: {{in_features: 2, out_features: {out}, hidden: [16], norm: none}}}}
+data:
+  name: table
+  args:
+    old: {{train: {old}_train.csv, test: {old}_test.csv}}
+    new: {{train: {new}_train.csv, test: {new}_test.csv}}
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adamw, lr: 1.0e-2}}, steps: 60, batch_size: 16}}
+finetune: {{optimizer: {{name: adamw, lr: 1.0e-4}}, steps: 2, batch_size: 16, arms: [adamw]}}
+eval: {{every: 2, batch_size: 256}}
+"""
+
+
+def test_a_tables_named_class_keeps_its_row_across_updates(tmp_path):
+    """A table's string labels were numbered in order of first appearance: v2's old table,
+    whose first rows are ant, made ant class 0 (v1's row 3) and v1 measured 3 % there."""
+    import json
+    rng = np.random.default_rng(0)
+    for name, classes, n in (("old", ["bird", "cat", "dog"], 45), ("a", ["ant"], 15),
+                             ("b", ["eel"], 15), ("olda", ["ant", "bird", "cat", "dog"], 60)):
+        for split in ("train", "test"):
+            lines = ["x1,x2,label"]
+            for i in range(n):
+                c = classes[i % len(classes)]
+                a = list(COLOURS).index(c) * 2 * np.pi / 5
+                x = 3 * np.array([np.cos(a), np.sin(a)]) + rng.normal(0, 0.5, 2)
+                lines.append(f"{x[0]:.4f},{x[1]:.4f},{c}")
+            (tmp_path / f"{name}_{split}.csv").write_text("\n".join(lines) + "\n")
+    for name, out, old, new in (("v0", 3, "old", "old"), ("v1", 4, "old", "a"),
+                                ("v2", 5, "olda", "b")):
+        (tmp_path / f"{name}.yaml").write_text(TABLE.format(name=name, out=out, old=old, new=new))
+    run(tmp_path, "pretrain", "--recipe", str(tmp_path / "v0.yaml"), "--out", str(tmp_path / "v0"))
+    run(tmp_path, "finetune", "--base", str(tmp_path / "v0/model.safetensors"), "--recipe",
+        str(tmp_path / "v1.yaml"), "--out", str(tmp_path / "v1"), "--no-wise")
+    run(tmp_path, "finetune", "--base", str(tmp_path / "v1/adamw/model.safetensors"), "--recipe",
+        str(tmp_path / "v2.yaml"), "--out", str(tmp_path / "v2"), "--no-wise")
+    report = json.loads((tmp_path / "v2/report.json").read_text())
+    assert report["provenance"]["class_names"] == ["bird", "cat", "dog", "ant", "eel"]
+    assert report["base_metrics"]["old"]["accuracy"] >= 0.7  # bird, cat, dog on their rows

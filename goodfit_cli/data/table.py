@@ -24,6 +24,7 @@ from goodfit_cli.core.args import ArgError
 from goodfit_cli.data.base import Split, Task, trained_labels
 from goodfit_cli.data import batch as B
 from goodfit_cli.data.batch import Inputs
+from goodfit_cli.data.labels import known_from
 from goodfit_cli.data.paths import task_paths
 
 
@@ -180,8 +181,11 @@ def _label_ids(labels: dict[str, dict[str, tuple[str, int, list[Any]]]],
 
 
 def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str = "label",
-          features: Sequence[str] | None = None, label_names: bool = False) -> dict[str, Task]:
-    """Old and new tasks from CSV/Parquet files: `features` columns (default: all but `label`)."""
+          features: Sequence[str] | None = None, label_names: bool = False,
+          labels_from: str | None = None) -> dict[str, Task]:
+    """Old and new tasks from CSV/Parquet files: `features` columns (default: all but `label`);
+    `labels_from`: a model folder or goodfit checkpoint whose class names keep their ids (a
+    --base naming its classes sets it), the other names numbered after them."""
     if features is not None and (isinstance(features, str) or not isinstance(features, Sequence)):
         raise ArgError("features", f"expected a list of column names, got {features!r}")
     if features is not None and label in features:
@@ -203,7 +207,8 @@ def table(ctx: Any, old: Mapping[str, Any], new: Mapping[str, Any], label: str =
                                f"{first[0]} lacks; list the feature columns in data.args.features")
             read[name][split] = (x, lab)
     return labelled_tasks({t: {s: (torch.from_numpy(x), lab) for s, (x, lab) in sp.items()}
-                           for t, sp in read.items()}, where, (old, new), label_names)
+                           for t, sp in read.items()}, where, (old, new), label_names,
+                          known_from(labels_from, ctx.data_dir, None))
 
 
 def labelled_tasks(read: dict[str, dict[str, tuple[Inputs, list[Any]]]],

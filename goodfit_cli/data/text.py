@@ -21,23 +21,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from goodfit_cli.core.args import ArgError, check_int
-from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.base import Task
 from goodfit_cli.data.paths import task_paths
 from goodfit_cli.data.table import columns_csv, columns_parquet, labelled_tasks
 from goodfit_cli.io import hf
-from goodfit_cli.io.checkpoint import read_metadata
-from goodfit_cli.io.hubdir import CONFIG
+from goodfit_cli.data.labels import DEFAULT_LABEL as _DEFAULT_LABEL
+from goodfit_cli.data.labels import known_from
 
 PADDING = ("max_length", "longest")
-_DEFAULT_LABEL = re.compile(r"LABEL_[0-9]+")  # transformers' names for unnamed classes
 
 
 def columns_jsonl(path: str, key: str) -> dict[str, list[Any]]:
@@ -72,38 +69,6 @@ def read_columns(path: str, key: str) -> dict[str, list[Any]]:
     return columns_csv(path, key)
 
 
-def known_labels(folder: Path) -> dict[str, int]:
-    """The class names a model folder's config.json gives (label2id; timm's label_names),
-    unless they are transformers' placeholders (LABEL_0, ...); none when the folder has no
-    config.json (a tokenizer saved on its own: its weights are never needed here). A file is
-    a goodfit checkpoint: the `class_names` its metadata records (one per head row)."""
-    if folder.is_file():
-        names = read_metadata(folder).get("class_names")
-        names = names if isinstance(names, list) else []
-        return {str(n): i for i, n in enumerate(names)
-                if isinstance(n, str) and not _DEFAULT_LABEL.fullmatch(n)}
-    path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path}: cannot read it as JSON ({e})") from None
-    config = config if isinstance(config, dict) else {}
-    label2id = config.get("label2id")
-    if label2id is None:  # timm's save_for_hf: label_names, a list or {id: name}
-        names = config.get("label_names")
-        names = dict(enumerate(names)) if isinstance(names, list) else names
-        try:
-            label2id = {str(v): int(k) for k, v in names.items()} if isinstance(
-                names, dict) else None
-        except (TypeError, ValueError):
-            label2id = None
-    if not isinstance(label2id, dict) or not all(isinstance(v, int) for v in label2id.values()):
-        return {}
-    if all(_DEFAULT_LABEL.fullmatch(str(k)) for k in label2id):
-        return {}
-    return {str(k): v for k, v in label2id.items()}
-
-
 def renamed_row(config: Mapping[str, Any], labels: Any) -> tuple[int, str, str] | None:
     """(id, data's name, base's name) of the first head row the base's config.json id2label
     names (not a LABEL_i placeholder) that `labels` (the data's class names, by id) calls
@@ -116,30 +81,6 @@ def renamed_row(config: Mapping[str, Any], labels: Any) -> tuple[int, str, str] 
         if own is not None and not _DEFAULT_LABEL.fullmatch(str(own)) and str(name) != str(own):
             return i, str(name), str(own)
     return None
-
-
-def known_from(labels_from: Any, data_dir: str | None, fallback: Path | None) -> dict[str, int]:
-    """The ids of the classes the model folder `labels_from` names (a relative one read against
-    data_dir, as the data paths are), else those of `fallback` (the tokenizer's folder)."""
-    known = known_labels(fallback) if fallback is not None else {}
-    if labels_from is None:
-        return known
-    if not isinstance(labels_from, str) or not labels_from:
-        raise ArgError("labels_from", f"expected a model folder, got {labels_from!r}")
-    folder = Path(os.path.expanduser(labels_from))
-    if not folder.is_absolute() and data_dir is not None:
-        folder = Path(data_dir) / folder
-    if folder.is_file():  # a goodfit checkpoint: the class names it was trained with
-        if not (named := known_labels(folder)):
-            raise ArgError("labels_from", f"{folder} records no class_names (a checkpoint goodfit "
-                           "writes from data that names its classes does); name a model folder")
-        return named
-    if not folder.is_dir():
-        raise ArgError("labels_from", f"{folder} is not a model folder or goodfit checkpoint")
-    if not (folder / CONFIG).is_file():  # a data folder, a tokenizer's: it numbers nothing
-        raise ArgError("labels_from", f"{folder} has no config.json to number the classes by "
-                       "(its label2id); name the base model's folder, or leave it unset")
-    return known_labels(folder) or known
 
 
 class Tokenising:

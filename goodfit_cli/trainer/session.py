@@ -49,7 +49,8 @@ from goodfit_cli.data.inputs import (
 )
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.overlap import shared
-from goodfit_cli.data.text import known_labels, renamed_row
+from goodfit_cli.data.labels import known_labels
+from goodfit_cli.data.text import renamed_row
 from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
@@ -257,7 +258,7 @@ GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct", "crop_
                      "hf_disk": ("size", "interpolation", "crop_pct", "crop_mode")}
 DEFAULT_CROP = {"hf_disk": "squash"}  # the crop_mode a dataset applies when unset (else center)
 TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
-LABELLED_DATASETS = ("text", "hf_disk", "imagefolder")  # ... and a base naming its classes
+LABELLED_DATASETS = ("text", "hf_disk", "imagefolder", "table")  # ... and a base naming its classes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -267,8 +268,7 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
     text dataset's tokenizer (the folder itself), a labelled dataset's `labels_from` (the
     folder, or goodfit checkpoint, when it names its classes). Returns {arg: value} taken, or
-    None. A base file that
-    is not safetensors (a pickle, a truncated file) is its one line here, before the data."""
+    None. A base file not safetensors (a pickle, a truncated file) is one line, before the data."""
     if not Path(base).is_dir():
         ckpt.check_safetensors(base)
     keys = GEOMETRY_DATASETS.get(recipe.data.name, ())
