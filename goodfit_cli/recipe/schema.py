@@ -27,24 +27,9 @@ from goodfit_cli.objectives import produced, unit
 from goodfit_cli.recipe.loader import LOADER
 from goodfit_cli.recipe.sections import READOUT, VALIDATION, key_map, loss_name, one_old_task
 from goodfit_cli.recipe.stages import StageSpec
-from goodfit_cli.recipe.yamlcheck import (
-    Ctx,
-    Section,
-    boolean,
-    glued_key,
-    integer,
-    key,
-    list_of,
-    located,
-    mapping_any,
-    nested,
-    number,
-    optional,
-    parse_yaml,
-    section_of,
-    string,
-    type_name,
-)
+from goodfit_cli.recipe.yamlcheck import Ctx, Section, boolean, glued_key, integer, key, list_of
+from goodfit_cli.recipe.yamlcheck import located, mapping_any, nested, number, optional
+from goodfit_cli.recipe.yamlcheck import parse_yaml, section_of, string, type_name
 
 OPTIMIZERS = ("sgd", "adamw", "adam", "rmsprop")  # the classic four; any timm name works too
 SEED_MAX = 2**64 - 1  # the largest seed torch.manual_seed takes

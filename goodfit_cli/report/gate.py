@@ -13,9 +13,8 @@ Drops and gains are direction-aware (for mse a rise is a drop). With require_sig
 failing check counts as a violation only when its 95 % CI lies wholly beyond the limit: a
 drop's (max_drop, max_drop_rel) lower end above the limit, a gain's (min_gain) upper end below
 the gain required, a value's (max/min; nfr and pfr: other metrics' values have no CI) whole
-interval past the bound. (Until 2026-12-06 a delta check counted when its CI excluded zero, so
-an update that changed nothing passed any min_gain.) A failing check with no CI
-to test stays a violation, and its message says why there is none.
+interval past the bound (until 2026-12-06 a delta check counted when its CI excluded zero).
+A failing check with no CI to test stays a violation, and its message says why there is none.
 
 Flags give the same limits: --max-old-drop D (the old primary metric's max_drop), --max-nfr R,
 and absolute floors and ceilings --min-old METRIC=V, --max-old METRIC=V, --min-new METRIC=V,

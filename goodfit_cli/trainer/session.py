@@ -38,15 +38,8 @@ from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.base import Split, Task
 from goodfit_cli.data.batch import Inputs
-from goodfit_cli.data.inputs import (
-    ATTR,
-    DEFAULT_IMAGE,
-    InputSpec,
-    from_config,
-    geometry,
-    recorded,
-    spec_of,
-)
+from goodfit_cli.data.inputs import ATTR, DEFAULT_IMAGE, InputSpec, from_config, geometry
+from goodfit_cli.data.inputs import recorded, spec_of
 from goodfit_cli.data.stream import Samples, Streamed, as_samples, streams
 from goodfit_cli.data.overlap import shared
 from goodfit_cli.data.labels import known_labels
@@ -258,7 +251,7 @@ GEOMETRY_DATASETS = {"imagefolder": ("size", "interpolation", "crop_pct", "crop_
                      "hf_disk": ("size", "interpolation", "crop_pct", "crop_mode")}
 DEFAULT_CROP = {"hf_disk": "squash"}  # the crop_mode a dataset applies when unset (else center)
 TOKENIZED_DATASETS = ("text", "hf_disk")  # datasets whose args take a tokenizer folder
-LABELLED_DATASETS = ("text", "hf_disk", "imagefolder", "table")  # ... and a base naming its classes
+LABELLED_DATASETS = ("text", "hf_disk", "imagefolder", "table")  # ... and a base naming classes
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
@@ -267,8 +260,8 @@ def adopt_base_inputs(recipe: Recipe, base: Path) -> dict[str, Any] | None:
     recipe leaves unset (the recipe as run, recipe.yaml, then says them): an image dataset's
     size, interpolation and crop (timm's `pretrained_cfg`, a transformers image processor), a
     text dataset's tokenizer (the folder itself), a labelled dataset's `labels_from` (the
-    folder, or goodfit checkpoint, when it names its classes). Returns {arg: value} taken, or
-    None. A base file not safetensors (a pickle, a truncated file) is one line, before the data."""
+    folder, or goodfit checkpoint, naming its classes). Returns {arg: value} taken, or None. A
+    base file not safetensors (a pickle, a truncated file) is one line, before the data."""
     if not Path(base).is_dir():
         ckpt.check_safetensors(base)
     keys = GEOMETRY_DATASETS.get(recipe.data.name, ())
