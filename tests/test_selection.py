@@ -233,6 +233,7 @@ def test_verdict_dominance_on_validation_confirmed_on_test_and_the_ship_rule():
     assert by["careful"]["dominated_by"] == [{"name": "plain@wise0.5", "confirmed_on_test": True}]
     assert by["careful"]["status"] == "dominated, confirmed on test"
     assert by["plain"]["dominated_by"] == [] and not by["plain"]["passes_gate_val"]
+    assert v["ship"].pop("gate")["passed"] is True  # the point's test gate, as an arm's
     assert v["ship"] == {"name": "plain@wise0.5", "kind": "wise", "arm": "plain", "alpha": 0.5,
                          "val": {"old": 0.86, "new": 0.60}, "test": {"old": 0.87, "new": 0.58},
                          "passes_gate_test": True, "close_calls": None,  # no sample counts

@@ -142,7 +142,7 @@ def finetune(
     report = run_finetune(job, place, ui_for(job.recipe.primary, units=job.recipe.units))
     if report:  # rank 0
         print_report(report, job.out)
-        raise_on_gate_failure(report)
+        raise_on_gate_failure(report, shipped=True)  # the arms, and what the verdict ships
 
 
 @app.command(epilog=EXAMPLES["wise"])

@@ -153,11 +153,13 @@ def _candidates(report: dict, po: str, pn: str) -> list[dict]:
     return out
 
 
-def verdict(report: dict, gate: Gate | None, z: float = 0.0) -> dict | None:
+def verdict(report: dict, gate: Gate | None, z: float = 0.0,
+            units: dict | None = None) -> dict | None:
     """{"split", "rule", "gate", "arms": [...], "ship": {...} | None, "note"}; None when the
     report has no validation measurements (nothing to choose on). `z`: the gate is read on
     validation that many standard errors inside its limits on rates (a search's trial: its
-    --val-margin, as the search judges it; report/margin.py)."""
+    --val-margin, as the search judges it; report/margin.py). `units`: the report's, for the
+    messages of a shipped WiSE point's test gate (`ship["gate"]`, as an arm's)."""
     if "base_val_metrics" not in report:
         return None
     po, pn = report["tasks"]["old"]["primary"], report["tasks"]["new"]["primary"]
@@ -191,14 +193,16 @@ def verdict(report: dict, gate: Gate | None, z: float = 0.0) -> dict | None:
     ship = None
     if ok:
         best = max(ok, key=lambda c: (dirs[1] * c["val"][1], dirs[0] * c["val"][0]))
-        test_gate = (None if gate is None else
-                     evaluate_gate(gate, best["test_view"])["passed"] if best["kind"] == "wise"
+        point_gate = (evaluate_gate(gate, best["test_view"], units)
+                      if gate is not None and best["kind"] == "wise" else None)
+        test_gate = (None if gate is None else point_gate["passed"] if point_gate is not None
                      else (best["test_view"].get("gate") or {}).get("passed"))
         ship = {"name": best["name"], "kind": best["kind"], "arm": best["arm"],
                 "alpha": best.get("alpha"), "val": _point(best["val"]),
                 "test": _point(best["test"]), "passes_gate_test": test_gate,
                 "close_calls": _close_calls(report, best, ok, pn),
-                "floor_slack": floor_slack(gate, po, best["val"][0], _val_count(report, "old"))}
+                "floor_slack": floor_slack(gate, po, best["val"][0], _val_count(report, "old")),
+                **({"gate": point_gate} if point_gate is not None else {})}  # judged as an arm
     note = None
     flip_tasks = {l.task for l in gate.limits if l.metric in ("nfr", "pfr")} if gate else set()
     blind = [c["name"] for c in cands if c["kind"] == "wise"
@@ -245,3 +249,20 @@ def _val_count(report: dict, task: str) -> int | None:
 
 def _point(p: tuple[float, float] | None) -> dict | None:
     return None if p is None else {"old": p[0], "new": p[1]}
+
+
+def shipped_checks(v: dict | None, gated: bool) -> dict[str, dict]:
+    """What `goodfit finetune` gates besides its arms (each arm's result is its own): the
+    WiSE-FT point its verdict ships, judged on test as an arm ({"<arm>@wise<α>": result}), or,
+    when the verdict ships nothing, a failed check "verdict" (the report says keep the base:
+    a CI job must not pass it as an update to merge). {} without a gate, a verdict, or when
+    it ships an arm (the arm's own result says it)."""
+    if not gated or not v:
+        return {}
+    ship = v.get("ship")
+    if ship is None:
+        why = v.get("none_because") or "no candidate passes the gate on validation"
+        msg = f"the verdict ships nothing: {why}; keep the base"
+        return {"verdict": {"passed": False, "violations": [msg], "checks": [
+            {"limit": "ships a candidate", "passed": False, "message": msg}]}}
+    return {ship["name"]: ship["gate"]} if isinstance(ship.get("gate"), dict) else {}

@@ -23,8 +23,9 @@ from goodfit_cli.report.gate import (
     gate_from_flags,
     load_gate,
     parse_gate,
+    report_units,
 )
-from goodfit_cli.report.verdict import verdict
+from goodfit_cli.report.verdict import shipped_checks, verdict
 from goodfit_cli.report.junit import write_junit
 from goodfit_cli.trainer.session import Loaded, Session, task_kinds
 
@@ -105,9 +106,11 @@ def finish_report(recipe: Recipe, out: Path, base: RunSide, arms: list[RunSide],
                                                          "new": recipe.new_task.loss})
     report["gate_limits"] = describe(gate)  # stated at the top of every report
     results = apply_gate(gate, report) if gate is not None else {}
-    chosen = verdict(report, gate, margin)  # chosen on validation, confirmed on test
-    if chosen is not None:
+    chosen = verdict(report, gate, margin, report_units(report))  # chosen on validation,
+    if chosen is not None:  # confirmed on test
         report["verdict"] = jsonable(chosen)
+    if provenance.get("command") not in ("compare", "wise"):  # finetune: what ships, gated
+        results.update(shipped_checks(report.get("verdict"), gate is not None))
     write_report(report, out)
     if junit is not None and gate is not None:
         write_junit(junit, results)
@@ -134,10 +137,18 @@ def make_report(recipe: Recipe, out: Path, base: Path,
                          sample_ids, margin)
 
 
-def raise_on_gate_failure(report: dict[str, Any]) -> None:
-    failed = [a for a in report["arms"] if a.get("gate") and not a["gate"]["passed"]]
+def raise_on_gate_failure(report: dict[str, Any], shipped: bool = False) -> None:
+    """GateFailure (exit 3) naming every arm that breaks a limit on test and, with `shipped`
+    (`goodfit finetune`), the verdict's choice: a WiSE-FT point it ships that breaks one, or
+    no choice at all (keep the base) under a gate (report/verdict.py `shipped_checks`)."""
+    failed = [(a["name"], a["gate"]) for a in report["arms"]
+              if a.get("gate") and not a["gate"]["passed"]]
+    if shipped:
+        gated = any(a.get("gate") for a in report["arms"])
+        failed += [(n, r) for n, r in shipped_checks(report.get("verdict"), gated).items()
+                   if not r["passed"]]
     if failed:
-        lines = [f"{a['name']}: {'; '.join(a['gate']['violations'])}" for a in failed]
+        lines = [f"{name}: {'; '.join(r['violations'])}" for name, r in failed]
         raise GateFailure(" | ".join(lines))
 
 
