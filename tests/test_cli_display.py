@@ -45,6 +45,20 @@ def drive(fmt: str, last: int) -> None:
     ev.on_end()
 
 
+def records(text: str, width: int) -> list[str]:
+    """The lines of a table printed one record per line, each record joined again from the
+    lines it goes on over (indented by two spaces), none of which is wider than `width`."""
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width, lines
+    out: list[str] = []
+    for line in lines:
+        if line.startswith("  ") and out:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
 def test_plain_progress_lines_every_n_seconds_of_the_clock(capsys):
     """Lines at 35 s (batch 5) and 70 s (batch 10), not at every batch or evaluation; the end
     adds none when its batch was just shown. ETA = 7 s a batch x batches left."""
@@ -84,24 +98,43 @@ REPORT = {
 
 @pytest.mark.parametrize("width", [40, 80])
 def test_a_table_that_does_not_fit_prints_one_record_per_line(width):
-    """At 40 and 80 columns the summary does not fit: each row is one line, no '…', every
-    number whole."""
+    """At 40 and 80 columns the summary does not fit: each row begins a line, no '…', every
+    number whole, and no line wider than the console: a record goes on below between two
+    cells, indented (before: one 125-character line the terminal wrapped mid-cell)."""
     buf = io.StringIO()
     show(summary_table(REPORT), Console(file=buf, width=width, color_system=None))
     text = buf.getvalue()
     assert "…" not in text
-    assert text.splitlines() == [
+    assert records(text, width) == [
         "regression report (test split)",
         "base: old mse 0.01235, new mse 1.235",
         "goodfit:lookahead_adamw: old mse 0.02346, Δ +0.01111 ▲ worse, new mse 0.3457, "
         "Δ -0.8889 ▼ better, batches/upd 1500/750, old NFR 1.23 %, gate FAIL"]
+    if width == 80:  # broken between two cells, never within one
+        assert text.splitlines()[2:] == [
+            "goodfit:lookahead_adamw: old mse 0.02346, Δ +0.01111 ▲ worse, new mse 0.3457,",
+            "  Δ -0.8889 ▼ better, batches/upd 1500/750, old NFR 1.23 %, gate FAIL"]
+
+
+def test_the_demo_summary_with_three_arms_is_a_table_at_80_columns():
+    """Base and three arms with a Δ marker each ("▲ worse") fit 80 columns as a table (no
+    outer frame, two spaces between columns); before, 85 columns, so one record per line."""
+    arms = [{**REPORT["arms"][0], "name": n, "flips": {}, "gate": None}
+            for n in ("rmsprop", "head_only", "goodfit")]
+    buf = io.StringIO()
+    show(summary_table({**REPORT, "arms": arms}), Console(file=buf, width=80, color_system=None))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in buf.getvalue()
+    assert lines[1].split() == ["model", "old", "mse", "Δ", "new", "mse", "Δ", "batches/upd"]
+    assert lines[-1].split() == ["goodfit", "0.02346", "+0.01111", "▲", "worse", "0.3457",
+                                 "-0.8889", "▼", "better", "1500/750"]
 
 
 def test_a_table_that_fits_is_drawn_as_a_table():
     buf = io.StringIO()
     show(summary_table(REPORT), Console(file=buf, width=120, color_system=None))
     text = buf.getvalue()
-    assert "┃ model" in text and "FAIL" in text and "…" not in text
+    assert text.splitlines()[1].startswith("model  ") and "FAIL" in text and "…" not in text
 
 
 def test_usage_errors_are_one_line_with_exit_2():
@@ -405,7 +438,7 @@ def test_a_table_rich_would_cut_short_prints_one_record_per_line():
     show(t, Console(file=buf, width=80, color_system=None))
     text = buf.getvalue()
     assert "…" not in text
-    assert text.splitlines()[1] == ("goodfit+ema: old mse 0.6159, Δ +5.516e-05, new mse 0.5038, "
+    assert records(text, 80)[1] == ("goodfit+ema: old mse 0.6159, Δ +5.516e-05, new mse 0.5038, "
                                     "Δ -3.801e-05, batches/upd 20/10, gate pass")
 
 
@@ -452,7 +485,7 @@ def test_the_terminal_prints_rates_as_the_report_does():
                      "gate": None}]}
     buf = io.StringIO()
     show(summary_table(rep), Console(file=buf, width=40, color_system=None))
-    assert buf.getvalue().splitlines()[1:] == [
+    assert records(buf.getvalue(), 40)[1:] == [
         "base: old accuracy 100.00 %, new accuracy 52.50 %",
         "sgd: old accuracy 100.00 %, Δ +0.00 pts = same, new accuracy 60.00 %, Δ +7.50 pts ▲ "
         "better, batches/upd -, old NFR 0.00 %"]

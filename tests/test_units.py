@@ -9,6 +9,7 @@ import io
 
 import pytest
 from rich.console import Console
+from test_cli_display import records
 
 from goodfit_cli.cli.console import Display, RichEvents, show, summary_table
 from goodfit_cli.core.errors import UserError
@@ -70,7 +71,7 @@ def test_the_terminal_delta_says_better_or_worse_without_colour():
     """Without colour, '-0.056' on an error is told apart from a loss: '▼ better' in words."""
     buf = io.StringIO()
     show(summary_table(REPORT), Console(file=buf, width=60, color_system=None))
-    assert buf.getvalue().splitlines() == [
+    assert records(buf.getvalue(), 60) == [
         "regression report (test split)",
         "base: old ade@8s 8 m, new accuracy 50.00 %",
         "adamw: old ade@8s 7.944 m, Δ -0.056 m ▼ better, new accuracy 55.00 %, Δ +5.00 pts ▲ "

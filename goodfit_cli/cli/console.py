@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.measure import Measurement
@@ -282,9 +283,24 @@ def show(table: Table, console: Console | None = None) -> None:
     if title:
         console.print(escape(title), highlight=False, soft_wrap=True)
     for row in rows:  # cells are markup (colours); headers are plain text
-        rest = ", ".join(f"{escape(h)} {c}" for h, c in zip(heads[1:], row[1:]) if str(c))
-        console.print(f"{row[0]}: {rest}" if rest else str(row[0]), highlight=False,
-                      soft_wrap=True)
+        cells = [f"{escape(h)} {c}" for h, c in zip(heads[1:], row[1:]) if str(c)]
+        for line in _record_lines(str(row[0]), cells, console.width):
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+def _record_lines(first: str, cells: list[str], width: int) -> list[str]:
+    """One record, `first: cell, cell, ...`, broken between cells so that no line is wider
+    than `width` (the terminal would wrap it mid-cell): a line that is full goes on below,
+    indented by two spaces. A cell wider than a line alone stays whole on its own line."""
+    lines, line = [], f"{first}:" if cells else first
+    for i, cell in enumerate(cells):
+        last = "" if i == len(cells) - 1 else ","  # a line that goes on ends with its comma
+        if Text.from_markup(f"{line} {cell}{last}").cell_len <= width or not line.strip():
+            line = f"{line} {cell}{last}"
+        else:
+            lines.append(line)
+            line = f"  {cell}{last}"
+    return [*lines, line]
 
 
 def metrics_table(title: str, rows: list[tuple[str, dict]], primary: dict[str, str],
@@ -319,7 +335,9 @@ def summary_table(report: dict[str, Any]) -> Table:
     from goodfit_cli.report.reading import unit_in  # once a report exists (it imports torch)
 
     units = {t: unit_in(report, t, primary[t]) for t in primary}  # an older report: declared
-    t = Table(title="regression report (test split)")
+    # no outer frame and two spaces between columns: base and three arms fit 80 columns
+    t = Table(title="regression report (test split)", box=box.SIMPLE_HEAD, show_edge=False,
+              pad_edge=False, padding=(0, 1, 0, 0))
     t.add_column("model", no_wrap=True)
     for task in ("old", "new"):
         t.add_column(f"{task} {primary[task]}", justify="right", no_wrap=True)
