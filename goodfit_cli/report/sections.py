@@ -319,7 +319,16 @@ def _ship_line(report: dict) -> str | None:
             f"{fmt_value(pn, val['new'], un)}; test old {fmt_value(po, test.get('old'), uo)}, "
             f"new {fmt_value(pn, test.get('new'), un)} (test gate: {gate})."
             + "".join(" " + slack_line(f, po, uo) for f in ship.get("floor_slack") or [])
-            + _close(ship, pn, un))
+            + _close(ship, pn, un) + _tied(ship))
+
+
+def _tied(ship: dict) -> str:
+    """The candidates exactly equal to the shipped one on validation (verdict.py)."""
+    tied = ship.get("tied_with")
+    if not tied:
+        return ""
+    return (f" Tied on validation with {', '.join(tied)} (the same old and new values): the "
+            "first in the report's order is shipped; validation cannot choose between them.")
 
 
 def slack_line(f: dict, metric: str, shown: str | None = None) -> str:

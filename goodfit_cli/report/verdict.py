@@ -11,8 +11,9 @@ and better on one.
   each of them also dominates it on test ("confirmed").
 - What to ship (the rule, the same as the search's): among the candidates that pass the gate on
   validation (every candidate when there is no gate) and gain on the new task over the base
-  there, the best new-task primary metric on validation, the old task's breaking ties; when
-  none does, ship nothing (keep the base): an update that learns nothing of the new task is
+  there, the best new-task primary metric on validation, the old task's breaking ties (an
+  exact tie on both: the first in the report's order, an arm before its WiSE points, and the
+  others named, `tied_with`; equal points never dominate each other); when none does, ship nothing (keep the base): an update that learns nothing of the new task is
   never shipped, whatever it keeps. The test numbers and the test gate of the choice are shown
   beside it; they do not choose.
 """
@@ -192,7 +193,8 @@ def verdict(report: dict, gate: Gate | None, z: float = 0.0,
     ok = [c for c in cands if c["passes_val"] and c["gains_val"]]
     ship = None
     if ok:
-        best = max(ok, key=lambda c: (dirs[1] * c["val"][1], dirs[0] * c["val"][0]))
+        best = max(ok, key=lambda c: (dirs[1] * c["val"][1], dirs[0] * c["val"][0]))  # the
+        tied = [c["name"] for c in ok if c is not best and c["val"] == best["val"]]  # first
         point_gate = (evaluate_gate(gate, best["test_view"], units)
                       if gate is not None and best["kind"] == "wise" else None)
         test_gate = (None if gate is None else point_gate["passed"] if point_gate is not None
@@ -202,7 +204,8 @@ def verdict(report: dict, gate: Gate | None, z: float = 0.0,
                 "test": _point(best["test"]), "passes_gate_test": test_gate,
                 "close_calls": _close_calls(report, best, ok, pn),
                 "floor_slack": floor_slack(gate, po, best["val"][0], _val_count(report, "old")),
-                **({"gate": point_gate} if point_gate is not None else {})}  # judged as an arm
+                **({"gate": point_gate} if point_gate is not None else {}),  # judged as an arm
+                **({"tied_with": tied} if tied else {})}  # equal on validation: report order
     note = None
     flip_tasks = {l.task for l in gate.limits if l.metric in ("nfr", "pfr")} if gate else set()
     blind = [c["name"] for c in cands if c["kind"] == "wise"
