@@ -166,3 +166,38 @@ def test_a_search_killed_while_swapping_in_its_report_is_settled_by_the_same_com
     assert again.returncode == 0, again.stderr
     assert not list(out.glob(".staging-*"))
     assert all((out / f"report.{k}").is_file() for k in ("json", "md", "html"))
+
+
+def test_a_compare_or_wise_killed_after_its_first_file_runs_again_with_the_same_command(
+        tmp_path, base):
+    """Killed after its report set and before timings.json (compare), or after model.safetensors
+    and before its predictions (wise), the command's --out holds its own unfinished output and
+    the mark it wrote first; the same command runs again over it (before: "already exists and
+    is not empty (pass --overwrite ...)"). Another command over it, or a file the command does
+    not write, is one line and nothing is lost; a finished run leaves no mark."""
+    run, rep, point = tmp_path / "run", tmp_path / "rep", tmp_path / "point"
+    assert goodfit(["finetune", "--recipe", "toy", "--base", base, "--out", run, "--optimizer",
+                    "rmsprop", "--no-wise", *TINY]).returncode == 0
+    args = ["compare", "--recipe", run / "recipe.yaml", base, run, "--out", rep]
+    assert goodfit(args, r"/\.timings\.json\.tmp-").returncode == -9
+    assert (rep / "report.json").is_file() and (rep / ".goodfit.incomplete").is_file()
+    other = goodfit([*args, "--max-old-drop", "0.5"])
+    assert other.returncode == 2 and "unfinished output of another goodfit command" in \
+        other.stderr, other.stderr
+    (rep / "notes.txt").write_text("mine")
+    mine = goodfit(args)
+    assert mine.returncode == 2 and "'notes.txt', which it does not write" in mine.stderr
+    (rep / "notes.txt").unlink()
+    again = goodfit(args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in rep.iterdir()) == [".goodfit.lock", "report.html",
+                                                     "report.json", "report.md", "timings.json"]
+    done = goodfit(args)  # finished: an ordinary non-empty folder again
+    assert done.returncode == 2 and "already exists and is not empty" in done.stderr
+
+    wise = ["wise", run / "rmsprop", "--alpha", "0.5", "--out", point]
+    assert goodfit(wise, r"/\.predictions\.safetensors\.tmp-").returncode == -9
+    assert (point / "model.safetensors").is_file()
+    again = goodfit(wise)
+    assert again.returncode == 0, again.stderr
+    assert (point / "report.json").is_file() and not (point / ".goodfit.incomplete").exists()

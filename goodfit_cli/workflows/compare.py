@@ -32,7 +32,7 @@ from goodfit_cli.io.rundir import (
     load_predictions,
     read_jsonl,
 )
-from goodfit_cli.io.runlock import held, open_run
+from goodfit_cli.io.runlock import Rerun, command_digest, held, open_run
 from goodfit_cli.models import build_model, own_head
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
@@ -55,6 +55,8 @@ from goodfit_cli.workflows.compare_sides import recorded as _recorded
 from goodfit_cli.workflows.compare_sides import sides_of as _sides
 from goodfit_cli.workflows.reporting import (base_head_record, class_names, finish_report,
                                               lineage)
+
+WRITES = frozenset({"report.json", "report.md", "report.html", "timings.json"})  # into --out
 
 
 def _provenance(side: Side) -> dict:
@@ -180,7 +182,10 @@ def compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path, *,
         return {}
     inputs = {"base": base} | {f"candidate {c}": c for c in candidates}
     check_outputs({"--junit": junit}, {"--out": out}, inputs)
-    lock, moved = open_run(out, overwrite=overwrite, resume=False, resume_hint="")
+    again = Rerun(command_digest("compare", recipe.sha256, base.resolve(),
+                                 [c.resolve() for c in candidates], gate, junit and
+                                 junit.resolve(), place), WRITES)  # killed: the same runs again
+    lock, moved = open_run(out, overwrite=overwrite, resume=False, resume_hint="", rerun=again)
     if moved is not None:
         ui.log(f"--overwrite: the previous content of {out} was moved to {moved} (kept)")
     with held(lock, ui.log):

@@ -26,7 +26,7 @@ from goodfit_cli.core.timing import Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.runlock import held, open_run
+from goodfit_cli.io.runlock import Rerun, command_digest, held, open_run
 from goodfit_cli.io.rundir import (
     RunResult,
     prepare_out,
@@ -113,6 +113,9 @@ class Mixing:
             else:
                 dest.copy_(b + alpha * (t - b))
 
+WRITES = frozenset({"model.safetensors", "predictions.safetensors", "summary.json", "report.json",
+                    "val_predictions.safetensors", "report.md", "report.html", "timings.json"})
+
 
 @dataclass
 class WiseJob:
@@ -194,7 +197,11 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
             raise
     # the user's --out: locked, and --overwrite moves its old content aside (kept), as compare
     # and finetune do (before: the files were replaced in place, the old point lost)
-    lock, moved = open_run(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
+    again = Rerun(command_digest("wise", arm_dir.resolve(), job.alpha, job.overrides,
+                                 job.gate, job.junit and job.junit.resolve(), job.new_offset,
+                                 job.margin, place), WRITES)  # killed: the same runs again
+    lock, moved = open_run(job.out, overwrite=job.overwrite, resume=False, resume_hint="",
+                           rerun=again)
     if moved is not None:
         ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
     with held(lock):
