@@ -673,3 +673,49 @@ def test_a_transformers_folder_of_an_arm_is_named_by_its_arm(tmp_path):
         (folder / "model.safetensors").write_bytes(b"")
     assert [s.name for s in sides_of(tmp_path / "run" / "lora" / "hf", False)] == ["lora/hf"]
     assert [s.name for s in sides_of(tmp_path / "mine", False)] == ["mine"]
+
+
+def test_model_args_spelled_otherwise_are_the_same_model_and_other_args_are_not(toy_run,
+                                                                                  tmp_path):
+    """The run's recipe with its model.args in another order and each default given where it
+    was omitted (or omitted where it was given) is the same model: compare reuses every stored
+    measurement (before: all evaluated again, "not made on this recipe's data, inputs and
+    objectives"). Another activation is another model: evaluated again, and said."""
+    import yaml
+
+    from goodfit_cli.models.base import args_as_built
+
+    raw = yaml.safe_load(toy_run["recipe"].read_text())
+    args = raw["model"]["args"]
+    spelled = dict(reversed(list(args.items())))
+    for k, default in (("norm", "layernorm"), ("activation", "relu")):
+        if spelled.get(k) == default:
+            del spelled[k]
+        elif k not in spelled:
+            spelled[k] = default
+    assert args_as_built("mlp", spelled) == args_as_built("mlp", args)
+    same, other = tmp_path / "same.yaml", tmp_path / "other.yaml"
+    same.write_text(yaml.safe_dump({**raw, "model": {"name": "mlp", "args": spelled}}))
+    other.write_text(yaml.safe_dump({**raw, "model": {"name": "mlp", "args": {
+        **args, "activation": "gelu"}}}))
+    res = run("compare", toy_run["ft"], toy_run["ft"], "--recipe", same, "--out", tmp_path / "s")
+    assert res.exit_code == 0, res.output
+    assert res.output.count("reusing stored") == 3 and "evaluating" not in res.output
+    res = run("compare", toy_run["ft"], toy_run["ft"], "--recipe", other, "--out", tmp_path / "o")
+    assert res.exit_code == 0, res.output
+    assert "reusing stored" not in res.output and "'relu' in its run, 'gelu' in the recipe" in \
+        res.output
+
+
+def test_args_as_built_reads_numbers_and_defaults_by_meaning():
+    """1.0 is 1, a tuple a list, key order nothing, a default given is one omitted; True is
+    not 1, another value is another model."""
+    from goodfit_cli.models.base import args_as_built
+
+    a = args_as_built("mlp", {"in_features": 2.0, "out_features": 1, "hidden": (500, 500.0)})
+    assert a == args_as_built("mlp", {"out_features": 1, "in_features": 2}) == {
+        "in_features": 2, "out_features": 1}
+    assert json.dumps(args_as_built("mlp", {"in_features": True})) != json.dumps(
+        args_as_built("mlp", {"in_features": 1}))  # hashed as JSON: true is not 1
+    assert args_as_built("mlp", {"hidden": [500]}) == {"hidden": [500]}
+    assert args_as_built("no-such-model", {"x": 1.0}) == {"x": 1}

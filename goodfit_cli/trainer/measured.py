@@ -36,6 +36,7 @@ from torch import nn
 
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.models import unwrap
+from goodfit_cli.models.base import args_as_built
 from goodfit_cli.trainer.session import Loaded, Session, folder_of, kept_data
 
 Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
@@ -86,7 +87,8 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
     ident: dict[str, Any] = {
         "base_sha256": loaded.sha256, "key_map": key_map or [], "head": head,
         "head_changes": loaded.head_changes, "input": recorded(model),
-        "model": None if r.model is None else [r.model.name, r.model.args],
+        "model": None if r.model is None else [r.model.name, args_as_built(r.model.name,
+                                                                           r.model.args)],
         "data": [r.data.name, r.data.args], "data_seed": r.seed,
         "data_dir": folder_of(s.data_dir),  # what relative paths read
         "carving": asdict(r.validation), "validation": s.validation,
@@ -141,14 +143,24 @@ def _digest(s: Session, splits: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def measured_on(s: Session, model: nn.Module) -> str | None:
+def measured_ons(s: Session, model: nn.Module) -> tuple[str, ...] | None:
+    """Every `measured_on` a stored measurement of `model` in `s` may carry and be reused:
+    this goodfit's, and the one an earlier goodfit wrote (the recipe's model args hashed as
+    spelled: a run it began is still resumed, its arms still reused). None: not checkable."""
+    now = measured_on(s, model)
+    return None if now is None else tuple(dict.fromkeys((now, measured_on(s, model, True))))
+
+
+def measured_on(s: Session, model: nn.Module, spelled: bool = False) -> str | None:
     """What a stored measurement of `model` in session `s` rests on besides the weights: the
     splits' contents (`data_digest`), the inputs fed (the model's normalisation, as recorded),
     the tasks' objectives, the recipe's model (a transformers model's config too: its folder's
     config.json decides what it computes) and precision, hashed. Written beside every stored
     measurement (an arm's summary.json, a run's base/metrics.json, a WiSE-FT point's); a later
     command reuses one only where its own session gives the same (compare, a resumed fine-tune).
-    None: not checkable (never reused)."""
+    The model's args count as they build it (`args_as_built`: key order, 1 vs 1.0, a default
+    given or omitted never count; before, each re-measured), `spelled` as written (what
+    goodfit wrote before). None: not checkable (never reused)."""
     digest = data_digest(s)
     if digest is None:
         return None
@@ -159,7 +171,9 @@ def measured_on(s: Session, model: nn.Module) -> str | None:
     fed = {k: v for k, v in (recorded(model) or {}).items() if k != "source"} or None
     blob = json.dumps({"data": digest, "input": fed,
                        "tasks": [[t.loss, t.metrics, t.args] for t in (r.old_task, r.new_task)],
-                       "model": None if r.model is None else [r.model.name, r.model.args],
+                       "model": None if r.model is None else [r.model.name, r.model.args if
+                                                              spelled else args_as_built(
+                                                                  r.model.name, r.model.args)],
                        "precision": r.precision,
                        **({"config": config.to_dict()} if hasattr(config, "to_dict") else {})},
                       sort_keys=True, default=str).encode()

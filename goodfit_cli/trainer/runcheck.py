@@ -85,7 +85,7 @@ def data_record(s: Any) -> dict[str, str]:
 
 
 def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], None],
-                      arms: Iterable[Path] = (), on: str | None = None,
+                      arms: Iterable[Path] = (), on: tuple[str, ...] | None = None,
                       data: dict[str, str] | None = None) -> dict[Path, RunResult]:
     """`--resume RUN`: RUN's recorded identity (run.json) must be the current one, the data it
     read the data this command reads (`data`: `data_record`; a run that recorded none is not
@@ -118,7 +118,7 @@ def check_resumed_run(run: Path, current: dict[str, Any], log: Callable[[str], N
     return reused
 
 
-def check_finished_arm(folder: Path, on: str | None) -> None:
+def check_finished_arm(folder: Path, on: tuple[str, ...] | None) -> None:
     """Refuse to reuse a finished arm of a resumed run whose measurements were made on other
     data than this command reads (`on`: trainer/measured.py `measured_on` for the base as
     loaded, whose inputs every arm keeps): its numbers would sit beside ones measured afresh."""
@@ -126,7 +126,7 @@ def check_finished_arm(folder: Path, on: str | None) -> None:
         had = json.loads((folder / "summary.json").read_text()).get("measured_on")
     except (OSError, ValueError, AttributeError):
         had = None
-    if on is None or had != on:
+    if on is None or had not in on:
         raise UserError(f"{folder / 'summary.json'}: measured on other test or validation data, "
                         "inputs or objectives than this command reads (were the data changed "
                         "since the run began?) or does not say what on; a resumed run reuses "

@@ -40,7 +40,7 @@ from goodfit_cli.report import RunSide
 from goodfit_cli.report.gate import Gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
-from goodfit_cli.trainer.measured import base_key, measure_base, measured_on
+from goodfit_cli.trainer.measured import base_key, measure_base, measured_ons
 from goodfit_cli.trainer.session import (
     LABELLED_DATASETS,
     Place,
@@ -107,7 +107,8 @@ def _unchanged(side: Side, name: str) -> bool:
     return bool(want) and path.is_file() and sha256_file(path) == want
 
 
-def _reuse(side: Side, sha256: str, on: str | None, log) -> tuple[dict, dict] | None:
+def _reuse(side: Side, sha256: str, on: tuple[str, ...] | None,
+           log) -> tuple[dict, dict] | None:
     """Stored (metrics, predictions, val metrics, val predictions) when they belong to exactly
     this checkpoint, were measured on what this command measures on (`on`: the splits'
     contents, the inputs fed, the objectives; trainer/measured.py `measured_on`) and the
@@ -115,7 +116,7 @@ def _reuse(side: Side, sha256: str, on: str | None, log) -> tuple[dict, dict] | 
     meta = _recorded(side)
     if meta.get("sha256") != sha256 or not isinstance(meta.get("metrics"), dict):
         return None
-    if on is None or meta.get("measured_on") != on:
+    if on is None or meta.get("measured_on") not in on:  # `measured_ons`
         log(f"{side.name}: the measurements stored in {side.stored} were not made on this "
             "recipe's data, inputs and objectives (or do not say what they were made on); "
             "evaluating again")
@@ -267,7 +268,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         fed[side.name] = recorded(evaluated) or {"source": "as stored"}
         # a changed head: stored results are the base's own-task ones, not measured this way
         stored = None if loaded.head_changes else _reuse(
-            side, loaded.sha256, measured_on(session, evaluated), ui.log)
+            side, loaded.sha256, measured_ons(session, evaluated), ui.log)
         if stored is not None:
             ui.log(f"{side.name}: reusing stored metrics and predictions")
             return stored

@@ -34,13 +34,8 @@ from goodfit_cli.recipe import Recipe, load_recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
-from goodfit_cli.trainer.measured import (
-    base_key,
-    first_time,
-    measure_base,
-    measured_once,
-    measured_on,
-)
+from goodfit_cli.trainer.measured import base_key, first_time, measure_base, measured_once
+from goodfit_cli.trainer.measured import measured_on, measured_ons
 from goodfit_cli.trainer.runcheck import check_resumed_run, claim_stage, data_record, run_identity
 from goodfit_cli.trainer.session import (
     Place,
@@ -231,7 +226,7 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
     if main_rank and job.resume:  # before anything in the run is rewritten
         reused = check_resumed_run(out, identity, ui.log,  # and the data, its finished arms'
                                    [out / f"{a.dirname}{e}" for a in parsed
-                                    for e in ("", "+ema")], measured_on(s, model), read)
+                                    for e in ("", "+ema")], measured_ons(s, model), read)
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     phases.add("load", time.perf_counter() - phases.start)
     with phases.phase("base_evaluation"), own_head(model, loaded.head_changes) as base_head:
