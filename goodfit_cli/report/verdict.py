@@ -13,9 +13,10 @@ and better on one.
   validation (every candidate when there is no gate) and gain on the new task over the base
   there, the best new-task primary metric on validation, the old task's breaking ties (an
   exact tie on both: the first in the report's order, an arm before its WiSE points, and the
-  others named, `tied_with`; equal points never dominate each other); when none does, ship nothing (keep the base): an update that learns nothing of the new task is
-  never shipped, whatever it keeps. The test numbers and the test gate of the choice are shown
-  beside it; they do not choose.
+  others named, `tied_with`; equal points never dominate each other); when none does, ship
+  nothing (keep the base): an update that learns nothing of the new task is never shipped,
+  whatever it keeps. The test numbers and the test gate of the choice are shown beside it;
+  they do not choose.
 """
 
 from __future__ import annotations
