@@ -262,6 +262,26 @@ def test_demo_quick(tmp_path):
     report = json.loads((tmp_path / "demo" / "finetune" / "report.json").read_text())
     assert {a["name"] for a in report["arms"]} == {"rmsprop", "head_only", "goodfit"}
     assert (tmp_path / "demo" / "finetune" / "report.html").exists()
+    # under the demo's gate (old mse at most 1.5 x the base's), recorded in the run's recipe:
+    # the verdict ships a candidate that passes it on validation, and the arms are judged
+    recorded = yaml.safe_load((tmp_path / "demo" / "finetune" / "recipe.yaml").read_text())
+    assert recorded["gate"] == {"limits": [{"task": "old", "metric": "mse", "max_drop_rel": 0.5}]}
+    assert "gate: old mse max_drop_rel 0.5" in res.output
+    assert all(a["gate"]["passed"] in (True, False) for a in report["arms"])
+    ship = report["verdict"]["ship"]
+    assert ship is not None and ship["val"]["old"] <= 1.5 * report["base_val_metrics"]["old"]["mse"]
+    assert report["gate_limits"] and "gate" in ship  # judged on test too (shown, not chosen)
+
+
+def test_a_gate_given_as_an_override_says_so():
+    """A recipe's gate given on the command line (`gate={limits: ...}`) is named as that, not as
+    the recipe file's gate section (which the file may not have)."""
+    from goodfit_cli.workflows.reporting import gate_for
+
+    over = ["gate={limits: [{task: old, metric: mse, max_drop_rel: 0.5}]}"]
+    gate = gate_for(load_recipe(RECIPES_DIR / "toy.yaml", over), None, None, None)
+    assert gate.source == f"{RECIPES_DIR / 'toy.yaml'} (an override of its gate)"
+    assert gate.limits[0].bound == "max_drop_rel" and gate.limits[0].threshold == 0.5
 
 
 def test_compile_true_matches_eager(tmp_path):

@@ -288,7 +288,9 @@ def demo(
     progress_every: float = PROGRESS_EVERY,
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """The toy recipe, pretraining cut to 3,000 batches: pretrain, fine-tune (3 arms), report."""
+    """The toy recipe: pretrain, fine-tune 3 arms under a gate (old mse at most 1.5x), report.
+
+    The verdict ships the update that learns most within the gate; exit code 0 either way."""
     from goodfit_cli.workflows.demo import demo as run_demo
     from goodfit_cli.workflows.demo import demo_recipe
     from goodfit_cli.trainer.session import Place

@@ -170,7 +170,9 @@ def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
                             "--min-old, --max-old, --min-new, --max-new), not both")
         gate = load_gate(gate_file)
     elif not flagged and recipe.gate is not None:  # the recipe's own gate, when none is given
-        gate = parse_gate(recipe.gate, f"{recipe.source} (its gate section)",
+        given = "an override of its gate" if ("gate",) in getattr(recipe, "_marks", ((), ()))[1] \
+            else "its gate section"
+        gate = parse_gate(recipe.gate, f"{recipe.source} ({given})",
                           f"{recipe.at('gate')}.", lambda i: recipe.locate(("gate", "limits", i)))
     elif not flagged:
         if junit is not None:
