@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
+from goodfit_cli.core.source import source_sha256
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.models import build_model
 from goodfit_cli.trainer.session import load_checkpoint
@@ -152,13 +153,14 @@ def test_finetune_eval_and_report(base_ckpt, tmp_path):
     assert json.loads((out / "goodfit" / "eval-toy.json").read_text()) == ev
     # the same, run after run; "split": which splits the metrics are of
     assert set(ev) == {"checkpoint", "sha256", "recipe", "recipe_sha256", "measured_on",
-                       "goodfit_version", "split", "metrics"}
+                       "goodfit_version", "goodfit_source_sha256", "split", "metrics"}
     # which recipe and data it measured on: a recipe's name alone does not say (the arm's
     # own summary was measured on the same: its measured_on is the eval's)
     from goodfit_cli.workflows.recipes import load
 
     assert ev["recipe_sha256"] == load("toy", TINY).sha256
     assert ev["measured_on"] == summary["measured_on"] and ev["goodfit_version"]
+    assert ev["goodfit_source_sha256"] == source_sha256()  # which code measured it
     assert ev["split"] == "test"
     assert re.search(r"^time: load \d+\.\d s, evaluation \d+\.\d s; total \d+\.\d s$",
                      res.stderr, re.M), res.stderr  # where its time went, on stderr

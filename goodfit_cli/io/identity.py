@@ -1,7 +1,9 @@
 """What a run is, so that only the same run is ever resumed or reused.
 
 A run's identity is the base checkpoint's sha256, the recipe after overrides, the data it reads
-(its splits' contents, hashed), the seed, the arm, the number of processes and goodfit's version.
+(its splits' contents, hashed), the seed, the arm, the number of processes, goodfit's version
+and goodfit's own source, hashed (core/source.py: the code that ran, which the version alone
+does not say).
 Each arm folder (and a pretrain's folder) records it in `identity.json` before its first state;
 a resumable state or a finished arm is reused only when the identity recorded beside it equals
 the current one, and otherwise the run stops with one line naming what differs ("RUN was started
@@ -16,11 +18,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY
 from goodfit_cli.io.atomic import write_json
 
 IDENTITY = "identity.json"
 CHECKED = ("base_sha256", "base_config", "recipe", "data", "seed", "arm", "world_size",
-           "goodfit_version")
+           "goodfit_version", KEY)
+CODE_CHANGED = " (the code changed since)"  # how a difference in goodfit's source ends
 
 
 def _short(value: Any) -> str:
@@ -55,6 +59,11 @@ def describe_difference(where: Path, old: dict, new: dict) -> str | None:
             return (f"{where} was started on data whose {a.get('of')} hash to "
                     f"{str(a.get('sha256'))[:12]}… but they now hash to "
                     f"{str(b.get('sha256'))[:12]}… (were the data changed since?)")
+        if key == KEY and not (isinstance(a, str) and isinstance(b, str)):
+            continue  # recorded by an older goodfit (or not given): not checked
+        if key == KEY:
+            return (f"{where} was started with goodfit source {_short(a)} but it is now "
+                    f"{_short(b)}{CODE_CHANGED}")
         if key == "base_sha256":
             return f"{where} was started from base {_short(a)} but --base is {_short(b)}"
         if key == "base_config":  # a transformers model's config (trainer/runcheck.py)
@@ -102,6 +111,8 @@ def comparable(ident: dict) -> dict:
 def check_identity(where: Path, saved: dict, current: dict, warn: Callable[[str], None]) -> None:
     """Refuse to continue `where` unless its recorded identity is the current one."""
     diff = describe_difference(where, comparable(saved), comparable(current))
+    if diff and diff.endswith(CODE_CHANGED):  # no resume with this code
+        raise UserError(f"{diff[:-1]}; start afresh with --overwrite, or a new --out)")
     if diff:
         raise UserError(f"{diff}; resume only with the same base, recipe and seed, or start "
                         "afresh with --overwrite")

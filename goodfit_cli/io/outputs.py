@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -32,7 +33,7 @@ def _inside(inner: Path, folder: Path) -> bool:
 
 EVAL_KEYS = {"checkpoint", "sha256", "recipe", "metrics"}  # `goodfit eval`'s JSON, at least
 EVAL_MAY = {"split", "other_model", "recipe_sha256", "measured_on",  # and at most these
-            "goodfit_version"}  # besides (older ones had none of them)
+            "goodfit_version", KEY}  # besides (older ones had none of them)
 
 
 def ours(path: Path) -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.io.identity import check_identity, claim, comparable, describe_difference
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
 from goodfit_cli.models import unwrap
@@ -27,8 +28,9 @@ from goodfit_cli.trainer.measured import data_digest
 def run_identity(recipe: Recipe, seed: int, base_sha256: str | None,
                  version: str, arms: list[str] | None = None) -> dict[str, Any]:
     """The identity shared by every arm of one run (the recipe after overrides as the run
-    records it, `Recipe.recorded`, as JSON)."""
-    return {"goodfit_version": version, "base_sha256": base_sha256,
+    records it, `Recipe.recorded`, as JSON); the code that runs it: goodfit's `version` and
+    its source as this process runs it, hashed (core/source.py)."""
+    return {"goodfit_version": version, KEY: source_sha256(), "base_sha256": base_sha256,
             "recipe": json.loads(json.dumps(recipe.recorded(arms), default=str)), "seed": seed,
             "world_size": dist_info()[1], "torch_threads": torch.get_num_threads()}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.data.inputs import ATTR, recorded, spec_of
 from goodfit_cli.io.atomic import sha256_file, write_json
@@ -62,8 +63,9 @@ WRITES = frozenset({"report.json", "report.md", "report.html", "timings.json"}) 
 def _provenance(side: Side) -> dict:
     """What a candidate's own files record about it, as finetune's report shows an arm: its
     summary.json when that is this checkpoint's (the sha256 matches), with its run identity's
-    base, recipe and goodfit version; {} for a bare checkpoint or a record of another one. Its
-    recorded numbers are left out: compare measures its own, maybe on other data."""
+    base, recipe, goodfit version and source hash; {} for a bare checkpoint or a record of
+    another one. Its recorded numbers are left out: compare measures its own, maybe on other
+    data."""
     rec = _recorded(side)
     if side.stored is None or side.stored.name != "summary.json" or not side.sha256 \
             or rec.get("sha256") != side.sha256:
@@ -71,7 +73,8 @@ def _provenance(side: Side) -> dict:
     ident = _recorded(Side(side.name, side.checkpoint, side.stored.parent / "identity.json"))
     recipe = ident.get("recipe")
     extra = {"base_sha256": ident.get("base_sha256"), "goodfit_version": ident.get(
-        "goodfit_version"), "recipe": recipe.get("name") if isinstance(recipe, dict) else None}
+        "goodfit_version"), KEY: ident.get(KEY),  # the code that trained it (newer runs)
+        "recipe": recipe.get("name") if isinstance(recipe, dict) else None}
     kept = {k: v for k, v in rec.items() if k not in ("metrics", "val_metrics")}
     if "checkpoint" in kept:  # where it was read (before: where its run wrote it, moved since)
         kept["checkpoint"] = str(side.checkpoint.resolve())

@@ -9,6 +9,7 @@ from typing import Any
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
@@ -77,6 +78,7 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     result = {"checkpoint": str(checkpoint.resolve()), "sha256": loaded.sha256,
               "recipe": recipe.name, "recipe_sha256": recipe.sha256,
               "measured_on": measured_on(s, model), "goodfit_version": __version__,
+              KEY: source_sha256(),
               "split": "test", "metrics": metrics,
               **({"other_model": other} if other else {})}
     atomic_write(dest, json.dumps(result, indent=2) + "\n")

@@ -19,6 +19,7 @@ import torch
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import split_lines
@@ -295,8 +296,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                        for m, v in d.items()) for t, d in base_metrics.items())
     if first_time(said):  # a search's trials measure one base: said once
         ui.log(said)
-    meta = {"goodfit_version": __version__, "recipe": recipe.name, "recipe_sha256": recipe_sha,
-            "base_sha256": loaded.sha256, "stage": "finetune", **carried(s, loaded)}
+    meta = {"goodfit_version": __version__, KEY: source_sha256(), "recipe": recipe.name,
+            "recipe_sha256": recipe_sha, "base_sha256": loaded.sha256, "stage": "finetune",
+            **carried(s, loaded)}
     if rule is not None:  # the gate's limits are watched against the base, on validation
         rule = replace(rule, base=base_val, base_old=base_val_preds["old"])
     results: list[RunResult] = []

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import finish, is_main, stop_on_signals
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.io.atomic import atomic_write, write_json
 from goodfit_cli.io.rundir import RunResult, load_result, state_files
@@ -48,7 +49,7 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
     with held(lock, ui.log):
         s = open_session(recipe, place)
         model = s.model()  # before any file is written: a bad model spec leaves --out empty
-        meta = {"goodfit_version": __version__, "recipe": recipe.name,
+        meta = {"goodfit_version": __version__, KEY: source_sha256(), "recipe": recipe.name,
                 "recipe_sha256": recipe.sha256, "stage": "pretrain", "base_sha256": None,
                 **class_names(s)}  # the next fine-tune numbers these classes as it did
         job = StageJob(arm, recipe.pretrain, "old", out, meta,  # how its val split was made

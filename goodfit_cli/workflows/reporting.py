@@ -10,6 +10,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core.errors import GateFailure, UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.io.checkpoint import read_metadata
 from goodfit_cli.io.rundir import RunResult
 from goodfit_cli.recipe import Recipe
@@ -38,7 +39,8 @@ def provenance(recipe: Recipe, s: Session, base_sha: str | None = None) -> dict[
     RUN/recipe.yaml) it would depend on the directory the command ran in."""
     where = Path(recipe.source)
     source = str(where.resolve()) if where.is_file() else recipe.source
-    return {"goodfit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+    return {"goodfit": __version__, KEY: source_sha256(), "torch": torch.__version__,
+            "python": platform.python_version(),
             "recipe": recipe.name, "recipe_source": source, "recipe_sha256": recipe.sha256,
             "base_sha256": base_sha, "seed": s.seed, "data_seed": recipe.seed,
             "device": str(s.device), "precision": recipe.precision,

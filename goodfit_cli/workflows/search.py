@@ -51,6 +51,7 @@ from typing import Any
 
 from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import Diverged, Interrupted, UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.objectives import direction
 from goodfit_cli.io.atomic import sha256_file
@@ -270,6 +271,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "recipe_sha256_but_gate": but_gate(recipe),  # to say what changed
                 "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
+                KEY: source_sha256(),  # the code its trials run: one per study
                 **data,  # data_sha256 (test and validation), train_sha256
                 "replay": "searched" if job.replay else "off",  # one search space per study
                 "defaults": "first trials" if job.defaults else "off",

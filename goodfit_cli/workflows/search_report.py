@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY
 from goodfit_cli.data.validation import split_lines
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file
@@ -161,6 +162,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
     n_val = (seen.get(rec["number"]) or {}) if rec is not None else {}  # validation samples
     n_new = n_val.get("new") if is_rate(prim["new"]) else None
     rep = {"study": study.study_name, "storage": study.user_attrs.get("storage"),
+           KEY: study.user_attrs.get(KEY),  # the code its trials ran (study.py checks it)
            "recipe": recipe.name, "base": str(job.base.resolve()),
            "metrics": [prim["old"], prim["new"]], "units": recipe.units,  # text only
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,

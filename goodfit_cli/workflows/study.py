@@ -1,7 +1,8 @@
 """The Optuna study behind `goodfit search`: its storage (SQLite in RUN or any database URL),
 its creation by workers that start together, the identity it is bound to (one recipe, one base,
-one search space), its sampler, its first trials (the recipe's default arms), which of its
-trials count toward --trials, and which pruned trials the budget left re-runs (--reruns).
+one search space, one code: goodfit's source, hashed), its sampler, its first trials (the
+recipe's default arms), which of its trials count toward --trials, and which pruned trials the
+budget left re-runs (--reruns).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from goodfit_cli.arms import ARMS
 from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY
 from goodfit_cli.core.text import redact
 from goodfit_cli.io.atomic import dead_leftovers, pid_space
 from goodfit_cli.io.rundir import state_files
@@ -187,6 +189,10 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
         have = study.user_attrs.get(k)
         if have is None:
             study.set_user_attr(k, v)
+        elif have != v and k == KEY:  # goodfit's own source (core/source.py)
+            raise UserError(f"--storage {url}: study {name!r} was made with goodfit source "
+                            f"{have[:4]}… but it is now {v[:4]}… (the code changed since its "
+                            "trials ran; use a new --study or --out)")
         elif have != v:
             why = (" (the test or validation data changed since its trials were measured)"
                    if k == "data_sha256" else " (the training data changed since its trials "

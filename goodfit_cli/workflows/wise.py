@@ -22,6 +22,7 @@ from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.data.inputs import recorded
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import Phases
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
@@ -290,7 +291,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
     # has the run's data_dir and arms written in); with overrides, the recipe that ran here
     ran = arm_meta.get("recipe_sha256") if not job.overrides else None
     ran = ran if isinstance(ran, str) and ran else recipe.sha256
-    meta = {"goodfit_version": __version__, "recipe": recipe.name,
+    meta = {"goodfit_version": __version__, KEY: source_sha256(), "recipe": recipe.name,
             "recipe_sha256": ran, "base_sha256": loaded.sha256, "stage": "wise",
             "arm": arm_meta.get("arm", arm_dir.name), "wise_alpha": alpha,
             "wise_of": str(arm_ckpt.resolve()), "wise_of_sha256": arm_sha256,
