@@ -135,6 +135,13 @@ def test_a_study_continued_under_other_code_is_refused(tmp_path, monkeypatch):
     assert (f"study 'goodfit-toy' was made with goodfit source {now[:4]}… but it is now 9b1c… "
             "(the code changed since its trials ran; use a new --study or --out)") in line, line
     assert_nothing_lost(before, tmp_path)
+    (arm,) = [p.parent for p in (out / "trials").glob("trial-0000/*/identity.json")]
+    res = invoke("compare", tmp_path / "base" / "model.safetensors", arm, "--recipe",
+                 arm.parent / "recipe.yaml", "--out", tmp_path / "C")
+    assert res.exit_code == 0, res.output  # the code it ran, and the code its candidate's
+    report = json.loads((tmp_path / "C" / "report.json").read_text())  # run recorded
+    assert report["provenance"]["goodfit_source_sha256"] == OTHER
+    assert [a["provenance"]["goodfit_source_sha256"] for a in report["arms"]] == [now]
     job = SimpleNamespace(study=None, storage=f"sqlite:///{tmp_path / 'old.db'}", out=tmp_path,
                           seed=0)
     open_study(job, (1, 1), {"recipe": "toy"})  # an older goodfit's study: no hash

@@ -13,6 +13,7 @@ import torch
 
 from goodfit_cli import __version__
 from goodfit_cli.core import metrics as M
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.objectives import is_rate, units
 from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.report.model import RunSide
@@ -46,6 +47,7 @@ def build_report(base: RunSide, arms: list[RunSide], *, kinds: dict[str, str],
     base_metrics = {t: _task_metrics(base, t, kinds[t]) for t in TASKS}
     prov = dict(provenance)
     masked = _masked_losses(base_metrics["new"], prov)
+    prov.setdefault(KEY, source_sha256())  # the code that made it (core/source.py), any command
     prov.setdefault("versions", {"goodfit": __version__, "torch": torch.__version__,
                                  "numpy": np.__version__, "python": platform.python_version()})
     prov.setdefault("bootstrap", {"n_boot": n_boot, "seed": seed, "alpha": 0.05,
