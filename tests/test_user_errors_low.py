@@ -283,3 +283,21 @@ def test_eval_out_in_a_folder_not_there_yet_is_made(tmp_path, base):
     res = invoke("eval", "--checkpoint", base, "--recipe", "toy", *TINY, "--out", dest)
     assert res.exit_code == 0, res.output
     assert set(json.loads(dest.read_text())["metrics"]) == {"old", "new"}
+
+
+def test_an_option_given_twice_is_one_line_naming_both_values(tmp_path):
+    """`compare A B --recipe v2.yaml --recipe v1.yaml` ran v1.yaml (click keeps the last value)
+    with no word: an option taking one value, given twice in any spelling, is a usage error
+    naming both values, before anything runs; repeatable options and what follows `--` are not
+    counted."""
+    out = tmp_path / "out"
+    for spelled in (["--recipe", "toy", "--recipe", "digits"], ["--recipe=toy", "-rdigits"],
+                    ["-r", "toy", "--recipe=digits"]):
+        line = assert_one_error_line(invoke("finetune", "--base", tmp_path / "none.safetensors",
+                                            *spelled, "--out", out))
+        assert line == "error: --recipe given 2 times (toy, digits): it takes one value; " \
+            "give it once", line
+        assert not out.exists()
+    res = invoke("finetune", "--base", tmp_path / "none.safetensors", "--recipe", "toy",
+                 "--optimizer", "sgd", "--optimizer", "adamw", "--out", out)
+    assert res.exit_code == 2 and "checkpoint not found" in res.output  # repeatable: went on

@@ -44,6 +44,12 @@ class Group(TyperGroup):
             _quiet_flags(cmd.get_params(ctx))
         return cmd
 
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if cmd is not None and not isinstance(cmd, Group):
+            given_twice(cmd, rest)
+        return name, cmd, rest
+
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
         if not standalone_mode:
             return super().main(*args, standalone_mode=False, **kwargs)
@@ -65,6 +71,33 @@ class Group(TyperGroup):
                 sys.exit(1)
             raise
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def given_twice(cmd: Any, args: list[str]) -> None:
+    """An option that takes one value, given more than once (`--recipe a.yaml --recipe b.yaml`):
+    a usage error naming both, not click's silent "the last one wins" (a job that ran another
+    recipe than the user meant). Repeatable options and flags are left alone; so is what
+    follows `--`."""
+    import typer  # its click (its own copy from 0.20, else click): UsageError is a base of
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+    args = args[:args.index("--")] if "--" in args else args
+    for p in cmd.params:
+        if getattr(p, "param_type_name", "") != "option" or p.multiple or p.is_flag \
+                or getattr(p, "count", False):
+            continue
+        names = set(p.opts) | set(p.secondary_opts)
+        values = []
+        for i, a in enumerate(args):
+            if a in names:  # --recipe X, -r X
+                values.append(args[i + 1] if i + 1 < len(args) else "")
+            elif a.startswith("--") and a.partition("=")[0] in names:  # --recipe=X
+                values.append(a.partition("=")[2])
+            elif not a.startswith("--") and a[:2] in names:  # -rX
+                values.append(a[2:])
+        if len(values) > 1:
+            raise usage_error(f"{max(p.opts, key=len)} given {len(values)} times "
+                             f"({', '.join(values)}): it takes one value; give it once")
 
 
 def _examples(*lines: str) -> str:
