@@ -317,7 +317,7 @@ def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp
     r = load("toy", [own])
     gate = gate_for(r, None, None, None)
     assert [l.name for l in gate.limits] == ["old mse max 0.5", "new mse max_drop 0"]
-    assert gate.source.endswith("toy.yaml (its gate section)")
+    assert gate.source.endswith("toy.yaml (an override of its gate)")  # given on the command line
     flags = gate_for(r, None, None, None, {"max_old": ["mse=0.7"]})
     assert [l.name for l in flags.limits] == ["old mse max 0.7"] and flags.source == "flags"
     with pytest.raises(UserError, match=r"toy.yaml: override gate.limits\[0\].metric: unknown "
@@ -334,6 +334,9 @@ def test_a_recipe_gate_section_is_the_gate_unless_flags_or_a_file_replace_it(tmp
         gate_for(load(str(tmp_path / "g.yaml")), None, None, None)
     with pytest.raises(UserError, match=rf"g.yaml:{line}:7: gate.limits\[1\]: unknown key"):
         validate(tmp_path / "g.yaml")  # `goodfit validate` checks the gate as a run does
+    (tmp_path / "ok.yaml").write_text(text.replace("maxx", "max"))  # in the file: so named
+    assert gate_for(load(str(tmp_path / "ok.yaml")), None, None, None).source.endswith(
+        "ok.yaml (its gate section)")
     res = subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
                           "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
                           "gate={limits: [{task: old, metric: accuracy, min: 0.9}]}"],
