@@ -522,3 +522,25 @@ def test_one_missing_or_unexpected_tensor_is_said_in_the_singular():
         ck.load_into_model(Net(), tensors, "m.safetensors", ["fc."])
     assert str(info.value) == ("m.safetensors: 1 tensor in the checkpoint is not in the recipe's "
                                "model: extra.w; check the recipe's model")
+
+
+def test_in_place_out_with_only_dead_leftovers_is_taken_as_open_run_takes_it(tmp_path):
+    """`wise` in place (a search's trial folder, rejudge) opens its folder with prepare_out: one
+    holding only what a killed process left mid-write (a temp file, a staging folder) is not
+    "not empty", as open_run judges it, and those leftovers are removed (before: refused);
+    a live writer's temp file, or any other file, still makes it not empty."""
+    from goodfit_cli.io.rundir import prepare_out
+
+    gone = 2 ** 22 + 12345  # above pid_max's usual 4 194 304: no such process
+    out = tmp_path / "wise"
+    out.mkdir()
+    temp = out / f".metrics.json.tmp-{gone}-{atomic.pid_space()}-{'a' * 16}"
+    temp.write_text("x")
+    (out / f".staging-{gone}-{atomic.pid_space()}-{'b' * 16}").mkdir()
+    prepare_out(out, overwrite=False, resume=False, resume_hint="")
+    assert sorted(p.name for p in out.iterdir()) == []
+    live = out / f".metrics.json.tmp-{os.getpid()}-{atomic.pid_space()}-{'c' * 16}"
+    live.write_text("x")
+    with pytest.raises(UserError, match="already exists and is not empty"):
+        prepare_out(out, overwrite=False, resume=False, resume_hint="")
+    assert live.exists()

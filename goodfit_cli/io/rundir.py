@@ -26,6 +26,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import sample_mean
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
+from goodfit_cli.io.runlock import has_content
 from goodfit_cli.io.staging import settle
 
 Log = Callable[[str], None]
@@ -110,13 +111,17 @@ def newest_state(out: Path, log: Log,
 
 def prepare_out(out: Path, *, overwrite: bool, resume: bool,
                 resume_hint: str = ", or --resume to continue it") -> None:
+    """Check and make `out`, written in place (no lock, nothing moved aside): "not empty" as
+    open_run judges it, so what a killed process left mid-write (`dead_leftovers`) does not
+    count (before: a folder holding only those was refused), and it is removed here."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output path exists and is not a directory: {out}")
-    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+    if has_content(out) and not (overwrite or resume):
         raise UserError(f"output directory {out} already exists and is not empty "
                         f"(pass --overwrite to write into it{resume_hint})")
     try:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
         probe_writable(out)
     except OSError as e:
         raise UserError(f"cannot write to output directory {out}: {e.strerror}") from None
