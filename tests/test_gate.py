@@ -428,3 +428,31 @@ def test_a_rate_bound_beyond_a_share_is_refused(tmp_path):
     assert gate_from_flags(5, None, "mse").limits[0].threshold == 5
     path.write_text("limits:\n  - {task: new, metric: accuracy, min_gain: -1}")
     assert load_gate(path).limits[0].threshold == -1
+
+
+def test_a_readout_on_a_metric_the_run_does_not_measure_is_exit_2(tmp_path):
+    """report.readout reads the old metric off each arm's path at values of the new one: one
+    naming a metric a task does not measure is refused before anything runs, naming the key and
+    what the task measures (before: accepted, and the report's read-out table had no values)."""
+    import subprocess
+    import sys
+
+    from goodfit_cli.workflows.validate import validate
+
+    text = (Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml").read_text() + (
+        "report:\n  readout: {metric_new: mse, metric_old: accuracy, at: [0.5]}\n")
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(UserError, match=r"r.yaml:\d+:\d+: report.readout.metric_old: the old "
+                                        r"task does not measure 'accuracy' \(it measures: mse\)"):
+        validate(tmp_path / "r.yaml")
+    good = validate(Path(__file__).resolve().parents[1] / "recipes" / "toy.yaml",
+                    ["report.readout={metric_new: mse, metric_old: mse, at: [0.5]}"])
+    assert good.readout["metric_old"] == "mse"
+    res = subprocess.run([sys.executable, "-m", "goodfit_cli", "finetune", "--recipe", "toy",
+                          "--base", tmp_path / "none.safetensors", "--out", tmp_path / "o",
+                          "report.readout={metric_new: accuracy, metric_old: mse, at: [0.5]}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert ("override report.readout.metric_new: the new task does not measure 'accuracy' "
+            "(it measures: mse)") in res.stderr, res.stderr
+    assert not (tmp_path / "o").exists()

@@ -162,7 +162,8 @@ def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
     a resumed run `recorded` (the one its first command ran with), or else the recipe's `gate`
     section, or none. A limit on a metric the recipe's tasks do not measure is a UserError
     here, before anything runs; so is a `junit` file asked for with no gate (a CI job would
-    pass on a gate no one set)."""
+    pass on a gate no one set). So is a report.readout naming a metric it does not measure."""
+    check_readout(recipe)
     flagged = max_old_drop is not None or max_nfr is not None or any((bounds or {}).values())
     if gate_file is None and not flagged and recorded is not None:
         gate = recorded
@@ -191,6 +192,18 @@ def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
     check_metrics(gate, {t: measured_metrics(recipe, t, kinds[t]) for t in kinds}, kinds,
                   f"recipe {recipe.source}")
     return gate
+
+
+def check_readout(recipe: Recipe) -> None:
+    """A UserError (exit 2) when report.readout names a metric its task does not measure
+    (before: accepted, and the report's read-out table had no values)."""
+    spec, kinds = recipe.readout, task_kinds(recipe)
+    for task, key in (("new", "metric_new"), ("old", "metric_old")):
+        if spec is not None and spec[key] not in (have := measured_metrics(recipe, task,
+                                                                          kinds[task])):
+            raise UserError(f"{recipe.locate(('report', 'readout', key))}: the {task} task "
+                            f"does not measure {spec[key]!r} (it measures: "
+                            f"{', '.join(sorted(have))})")
 
 
 def measured_metrics(recipe: Recipe, task: str, kind: str) -> set[str]:
