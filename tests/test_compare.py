@@ -520,6 +520,27 @@ def test_checkpoints_trained_as_another_model_are_said_so(toy_run, tmp_path):
     assert "other_model" not in rep["provenance"]
 
 
+def test_an_arg_given_on_one_side_only_counts_at_its_default(toy_run, tmp_path):
+    """The note compares the model's args as built (their builder's defaults filled): a base
+    trained with `activation: gelu` compared under a recipe that omits `activation` (relu by
+    default) is named, while the toy base (`activation: relu` written) is not (before: args only
+    one side gave were skipped, so the gelu side was measured as relu without a word)."""
+    gelu = tmp_path / "gelu"
+    res = run("pretrain", "--recipe", "toy", "--out", gelu, *TINY, "model.args.activation=gelu")
+    assert res.exit_code == 0, res.output
+    recipe = yaml.safe_load(toy_run["recipe"].read_text())
+    assert recipe["model"]["args"].pop("activation") == "relu"
+    omitted = tmp_path / "omitted.yaml"
+    omitted.write_text(yaml.safe_dump(recipe))
+    res = run("compare", toy_run["base"], gelu / "model.safetensors", "--recipe", omitted,
+              "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output
+    said = json.loads((tmp_path / "c" / "report.json").read_text())["provenance"]["other_model"]
+    assert said["sides"] == {
+        "gelu (pretrain)": "activation 'gelu' in its run, 'relu' (its default) in the recipe"}
+    assert "Trained as another model" in res.output
+
+
 def test_compare_records_absolute_checkpoint_paths(toy_run, tmp_path, monkeypatch):
     """Relative BASE and CANDIDATE paths are recorded in report.json as absolute paths, as
     finetune's report records its arms (before: relative to the directory compare ran in, so

@@ -41,6 +41,17 @@ def _spelled(v: Any) -> Any:
     return v
 
 
+def arg_defaults(name: str) -> dict[str, Any]:
+    """The defaults of the registered model `name`'s builder, spelled as `_spelled` spells a
+    recipe value ({} for an unknown model or a builder with no signature)."""
+    try:
+        params = inspect.signature(MODELS.get(name, "")).parameters
+    except Exception:
+        return {}
+    return {k: _spelled(p.default) for k, p in params.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def args_as_built(name: str, args: Mapping[str, Any] | None) -> dict[str, Any]:
     """The model's `args` as they build it, spelled one way (`_spelled`), an argument given at
     its builder's default left out as if omitted; key order never counts (JSON, sorted). What a

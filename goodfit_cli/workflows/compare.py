@@ -16,6 +16,7 @@ scored with its own head; the report and its provenance (`base_head`) say so.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from goodfit_cli.io.rundir import (
 )
 from goodfit_cli.io.runlock import Rerun, command_digest, held, open_run
 from goodfit_cli.models import build_model, own_head
+from goodfit_cli.models.base import arg_defaults, args_as_built
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.report import RunSide
@@ -84,9 +86,11 @@ def _provenance(side: Side) -> dict:
 def _other_model(side: Side, want: dict) -> str | None:
     """How the model a side's own run recorded (its identity.json, when its summary.json is this
     checkpoint's) differs from the recipe's `want` ({"name", "args"}): "activation 'relu' in
-    its run, 'gelu' in the recipe"; None when it records none or the same. Args only one of
-    them gives are left out (a default may be written or not); a shape a difference changes is
-    refused at loading."""
+    its run, 'gelu' in the recipe"; None when it records none or the same. The args count as
+    built (`args_as_built`): an arg one of them leaves out is its builder's default there, so
+    `activation: relu` matches an omitted one (relu by default) and `gelu` against an omitted
+    one is named (before: args only one of them gave were skipped). A shape a difference
+    changes is refused at loading."""
     if not _provenance(side):
         return None
     ident = _recorded(Side(side.name, side.checkpoint, side.stored.parent / "identity.json"))
@@ -97,8 +101,18 @@ def _other_model(side: Side, want: dict) -> str | None:
     if model.get("name") != want["name"]:
         return f"model {model.get('name')!r} in its run, {want['name']!r} in the recipe"
     have = model.get("args") if isinstance(model.get("args"), dict) else {}
-    diff = [f"{k} {have[k]!r} in its run, {want['args'][k]!r} in the recipe"
-            for k in sorted(set(have) & set(want["args"])) if have[k] != want["args"][k]]
+    name, defaults = want["name"], arg_defaults(want["name"])
+    built = args_as_built(name, have), args_as_built(name, want["args"])
+
+    def shown(args: dict, k: str) -> str:
+        return repr(args[k]) if k in args else f"{defaults.get(k)!r} (its default)"
+
+    def spelled(args: dict, k: str) -> str | None:  # None: left at its default
+        return json.dumps(args[k], sort_keys=True, default=repr) if k in args else None
+
+    diff = [f"{k} {shown(have, k)} in its run, {shown(want['args'], k)} in the recipe"
+            for k in sorted(set(built[0]) | set(built[1]))
+            if spelled(built[0], k) != spelled(built[1], k)]
     return ", ".join(diff) or None
 
 
