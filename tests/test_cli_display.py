@@ -535,3 +535,38 @@ def test_finetune_optimizer_help_says_it_replaces_the_recipes_arms():
     res = cli.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
     line = next(x for x in res.output.splitlines() if "--optimizer" in x)
     assert "replaces the recipe's finetune.arms" in line, line
+
+
+def test_long_log_lines_wrap_at_words_within_the_width_and_json_stays_one_line(monkeypatch):
+    """On an 80-column terminal a log line longer than the console (a verdict, a time line, a
+    progress line) goes on below, indented, broken after '; ' or ', ' or at a space, never mid-
+    word and never past the width (before: printed as one line, which the terminal broke
+    anywhere, mid-word); --log-format json stays one record per line."""
+    from goodfit_cli.cli import console
+
+    term = Console(file=io.StringIO(), force_terminal=True, width=80, color_system=None)
+    monkeypatch.setattr(console, "out", term)
+    verdict = ("verdict (chosen on validation): ship 'goodfit' at wise_alpha=0.7: old mse "
+               "0.1234 (+0.0100 vs the base, within the gate: max 1.5x); new mse 0.4567 (-0.3012 "
+               "vs the base); the best new mse on validation of the 3 arms [/tmp/x]")
+    console.log(verdict)
+    lines = term.file.getvalue().splitlines()
+    assert lines == [
+        "verdict (chosen on validation): ship 'goodfit' at wise_alpha=0.7: old mse 0.1234",
+        "  (+0.0100 vs the base, within the gate: max 1.5x);",
+        "  new mse 0.4567 (-0.3012 vs the base); the best new mse on validation of the 3",
+        "  arms [/tmp/x]"]
+    assert " ".join(line.strip() for line in lines) == verdict  # no word cut, no text lost
+    term.file.seek(0), term.file.truncate()
+    ev = RichEvents("an-arm-with-a-long-name", {"old": "mse", "new": "mse"},
+                    Display("text", 30.0, Clock()), live=False)
+    ev.on_start(20, 0)
+    ev.on_batch(1), ev.on_evaluation(REC), ev.on_end()
+    lines = term.file.getvalue().splitlines()
+    assert lines == ["an-arm-with-a-long-name: batch 1/20  loss 0.1235  lr 0.0005  "
+                     "12,346 samples/s", "  old mse 0.5  new mse 0.25  eta 0m00s"]
+    term.file.seek(0), term.file.truncate()
+    monkeypatch.setattr(console.DISPLAY, "format", "json")
+    console.log(verdict)
+    (line,) = term.file.getvalue().splitlines()
+    assert json.loads(line) == {"event": "log", "message": verdict}

@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from goodfit_cli.cli.lines import wrap_lines
 from goodfit_cli.core.text import printable
 from goodfit_cli.core.units import RATE, delta_text, marker, value_text
 
@@ -149,7 +150,7 @@ class RichEvents:
         text = f"{self.label}: batch {self.batch}/{self.total}"
         text += f"  {self._info()}" if self.info else ""
         text += f"  eta {_duration(eta)}" if eta is not None and self.batch < self.total else ""
-        out.print(escape(text), highlight=False, soft_wrap=True)
+        say(Text(text))
 
     def on_end(self) -> None:
         if self.progress is not None:
@@ -236,7 +237,7 @@ class WorkProgress:
             text += f" in {_duration(spent)}"
         elif 0 < done < self.total:
             text += f"  eta {_duration(spent / done * (self.total - done))}"
-        out.print(escape(text), highlight=False, soft_wrap=True)
+        say(Text(text))
 
 
 def log(msg: str, markup: bool = False) -> None:
@@ -244,7 +245,20 @@ def log(msg: str, markup: bool = False) -> None:
     if DISPLAY.format == "json":
         emit("log", message=Text.from_markup(msg).plain if markup else msg)
         return
-    out.print(msg if markup else escape(msg), highlight=False, soft_wrap=True)
+    say(Text.from_markup(msg) if markup else Text(msg))
+
+
+def say(text: Text, console: Console | None = None) -> None:
+    """Print a line of text: on a terminal (or a width COLUMNS sets), one wider than the console
+    is broken at '; ' or ', ' or a space, never past the width (`wrap_lines`), so the terminal
+    does not break it mid-word; piped (a CI log, no COLUMNS) it stays one line to grep."""
+    console = console or out
+    lines = [text]
+    if console.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+        lines = [line for part in text.split("\n", allow_blank=True)
+                 for line in wrap_lines(part, console.width)]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _keys(heads: list[str]) -> list[str]:
