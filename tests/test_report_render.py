@@ -215,9 +215,9 @@ def test_the_verdict_table_says_no_gate_rather_than_passes_when_there_is_none():
         {"name": "a", "val": {"old": 0.5, "new": 1.0}, "test": {"old": 0.5, "new": 1.0},
          "passes_gate_val": True, "dominated_by": [], "status": "not dominated"}],
         "ship": None, "note": None, "rule": "r", "candidates": 1, "none_because": "x"}
-    assert _verdict_rows(rep)[1][0][5] == ("passes", "")
+    assert _verdict_rows(rep)[1][-1][5] == ("passes", "")  # row 0: the base
     rep["arms"][0]["gate"] = None
-    assert _verdict_rows(rep)[1][0][5] == ("no gate", "")
+    assert _verdict_rows(rep)[1][-1][5] == ("no gate", "")
     assert "passes" not in render_html(rep).split("Verdict")[1].split("Rule")[0]
 
 
@@ -246,3 +246,27 @@ def test_the_search_plots_axes_carry_the_primary_metrics_units():
     assert _labels({"metrics": ["ade@8s", "accuracy"], "units": {"old": "m", "new": "share"}}
                    ) == ("old ade@8s, m", "new accuracy, share")
     assert _labels({"metrics": ["mse", "fde@3s"]}) == ("old mse", "new fde@3s, m")
+
+
+def test_the_verdict_table_shows_the_bases_validation_and_test_numbers():
+    """the verdict is read against the base on validation (its gate, its gain, 'dominated by
+    base'), but the table had only the arms: the base's validation numbers were in no table of
+    report.md or report.html, so a reader could not check a 'gate (val)' cell. Its first row is
+    the base now, with the numbers the verdict compared against."""
+    from goodfit_cli.report.render import render_html
+    from goodfit_cli.report.sections import _verdict_rows
+
+    rep = _report("a", "runs/a.safetensors")
+    rep["base_val_metrics"] = {"old": {"accuracy": 0.625}, "new": {"accuracy": 0.375}}
+    rep["base_metrics"]["old"]["accuracy"] = 0.75
+    rep["verdict"] = {"metrics": ["accuracy", "accuracy"], "arms": [
+        {"name": "a", "val": {"old": 0.5, "new": 1.0}, "test": {"old": 0.5, "new": 1.0},
+         "passes_gate_val": False, "dominated_by": [], "status": "not dominated"}],
+        "ship": None, "note": None, "rule": "r", "candidates": 1, "none_because": "x"}
+    rows = _verdict_rows(rep)[1]
+    assert [c for c, _ in rows[0][:5]] == ["base", "62.50 %", "37.50 %", "75.00 %", "0.00 %"]
+    assert [c for c, _ in rows[1][:2]] == ["a", "50.00 %"]
+    md = render_markdown(rep).split("#### Verdict")[1].split("Rule:")[0]
+    assert "| base | 62.50 % | 37.50 % | 75.00 % | 0.00 % |" in md
+    html = render_html(rep).split("Verdict")[1].split("Rule")[0]
+    assert "62.50 %" in html and "37.50 %" in html

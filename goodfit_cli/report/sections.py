@@ -245,17 +245,22 @@ def _split_text(v: dict, names: list[str] | None = None) -> str:
 
 
 def _verdict_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]] | None:
-    """Per arm: validation and test primaries, the gate on validation, what dominates it."""
+    """The base (what the verdict compares against on validation), then per arm: validation and
+    test primaries, the gate on validation, what dominates it."""
     v = report.get("verdict")
     if not v:
         return None
     po, pn = v["metrics"]
     uo, un = unit_in(report, "old", po), unit_in(report, "new", pn)
-    head = ["arm", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
+    head = ["model", f"old {po} (val)", f"new {pn} (val)", f"old {po} (test)", f"new {pn} (test)",
             "gate (val)", "dominated by (val; ✓ = also on test)", "verdict"]
-    rows = []
     gated = any(a.get("gate") for a in report["arms"])  # no gate: nothing to pass
     gate_cell = lambda ok: ("passes" if ok else "FAILS") if gated else "no gate"  # noqa: E731
+    bv, bt = report.get("base_val_metrics") or {}, report.get("base_metrics") or {}
+    rows = [[("base", "")] + [(fmt_value(m, (side.get(t) or {}).get(m), u), "")  # the reference
+                              for side in (bv, bt) for t, m, u in (("old", po, uo),
+                                                                    ("new", pn, un))]
+            + [(_DASH, ""), (_DASH, ""), ("the reference (kept when nothing ships)", "")]]
     for a in v["arms"]:
         val, test = a["val"] or {}, a["test"] or {}
         names = [d["name"] + (" ✓" if d["confirmed_on_test"] else "")
