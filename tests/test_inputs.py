@@ -17,6 +17,7 @@ import pytest
 import torch
 from test_reliability import invoke
 
+from goodfit_cli.core import timing
 from goodfit_cli.data.inputs import InputSpec, spec_of
 from goodfit_cli.io import checkpoint as ckpt
 
@@ -247,7 +248,11 @@ def test_a_run_says_where_its_time_went(table_base, tmp_path):
     assert "| phase | s | share | adamw | sgd |" in md
     assert f"| training | {phases['training']:.2f} | " in md
     assert f"| {arms['adamw']['training']:.2f} | {arms['sgd']['training']:.2f} |" in md
-    assert "x the training)" in " ".join(res.output.split())
+    said = " ".join(res.output.split())  # the terminal's time line reads timings.json's numbers
+    assert f"total {t['total_s']:.1f} s ({t['command_over_training']:.2f}x the training)" in said
+    line = timing.Phases().line({"phases_s": {"load": 0.3, "training": 2.0}, "total_s": 3.7,
+                                 "command_over_training": 1.85})  # the record given, as it is
+    assert line == "time: load 0.3 s, training 2.0 s; total 3.7 s (1.85x the training)"
 
 
 def test_a_folder_base_brings_its_input_size_interpolation_and_crop(tmp_path):

@@ -97,8 +97,12 @@ class Phases:
                 "total_s": round(total, 3),
                 "command_over_training": round(total / training, 3) if training > 0 else None}
 
-    def line(self) -> str:
-        rec = self.record()
+    def line(self, rec: dict[str, Any] | None = None) -> str:
+        """The terminal's time line: of `rec`, the record the command wrote to its timings.json
+        (this command's own, before a resume's merge), so the two say the same numbers; a fresh
+        record() reads the clock again, later (before 2026-12-06 the line did: demo --quick
+        printed 1.86x the training beside a timings.json of 1.831)."""
+        rec = self.record() if rec is None else rec
         parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in rec["phases_s"].items())
         ratio = rec["command_over_training"]
         return (f"time: {parts}; total {rec['total_s']:.1f} s"

@@ -367,8 +367,9 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         with phases.phase("report"), phases.counting():  # the bootstrap: a phase of its own
             report = finish_report(recipe, out, base_run, arms, task_kinds(recipe), prov, gate,
                                    junit, session.sample_ids)
-        write_json(out / "timings.json", phases.record())
-        ui.log(phases.line())
+        now = phases.record()
+        write_json(out / "timings.json", now)
+        ui.log(phases.line(now))
         return report
     except ValueError as e:  # stored predictions from runs on different test data
         raise UserError(f"cannot compare: {e} (were the runs made with another recipe or data? "

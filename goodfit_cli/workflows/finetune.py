@@ -386,9 +386,10 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                                  sample_ids=s.sample_ids, margin=job.margin)
     finally:
         finish()
-    record = merged(before, phases.record())
+    now = phases.record()
+    record = merged(before, now)
     write_json(out / "timings.json", record)
-    ui.log(phases.line())
+    ui.log(phases.line(now))
     hint = evaluation_hint(record, recipe.eval_every,
                            len(recipe.wise_alphas) - 2 if job.wise else None,
                            recipe.finetune.steps)

@@ -82,9 +82,10 @@ def pretrain(recipe: Recipe, out: Path, place: Place | None = None, ui: Ui | Non
             raise
         spent()
         if is_main():
+            now = phases.record()
             write_json(out / "timings.json", merged(  # a resumed pretrain: both commands
-                earlier(out / "timings.json") if resume else None, phases.record()))
-            ui.log(phases.line())
+                earlier(out / "timings.json") if resume else None, now))
+            ui.log(phases.line(now))
         finish()
         return result
 

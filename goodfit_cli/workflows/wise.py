@@ -325,8 +325,9 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
             [RunSide(name, summary["checkpoint"], metrics, preds, [], None, summary, val,
                      val_preds)], s.kinds, prov, job.gate, job.junit, s.sample_ids,
             job.margin)  # the verdict reads the gate as the search judges it
-    write_json(out / "timings.json", phases.record())
-    ui.log(phases.line())
+    now = phases.record()
+    write_json(out / "timings.json", now)
+    ui.log(phases.line(now))
     return report
 
 
