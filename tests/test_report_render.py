@@ -219,6 +219,7 @@ def test_the_verdict_table_says_no_gate_rather_than_passes_when_there_is_none():
     rep["arms"][0]["gate"] = None
     assert _verdict_rows(rep)[1][-1][5] == ("no gate", "")
     assert "passes" not in render_html(rep).split("Verdict")[1].split("Rule")[0]
+    assert "**Ship nothing: x; keep the base (1 candidate).**" in render_markdown(rep)
 
 
 def test_a_chosen_wise_points_legend_entry_keeps_its_alpha_for_a_long_arm_name():

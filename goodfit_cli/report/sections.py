@@ -314,7 +314,8 @@ def _ship_line(report: dict) -> str | None:
     ship = v["ship"]
     if ship is None:
         why = v.get("none_because") or "no candidate passes the gate on validation"
-        return f"Ship nothing: {why}; keep the base ({v['candidates']} candidates)."
+        k = v["candidates"]
+        return f"Ship nothing: {why}; keep the base ({k} candidate{'' if k == 1 else 's'})."
     what = ship["name"] + (f" (`goodfit wise RUN/{ship['arm']} --alpha {ship['alpha']:g}`)"
                            if ship["kind"] == "wise" else "")
     gate = {True: "passes", False: "FAILS", None: "no gate"}[ship["passes_gate_test"]]
