@@ -495,3 +495,21 @@ def test_checkpoints_and_predictions_are_0644_under_umask_022(tmp_path):
     assert res.exit_code == 0, res.output
     for f in ("model.safetensors", "predictions.safetensors", "summary.json"):
         assert (tmp_path / "b" / f).stat().st_mode & 0o777 == 0o644, f
+
+
+def test_a_checkpoint_that_does_not_fit_the_recipe_names_the_recipe_its_run_was_made_with(
+        made, tmp_path):
+    """demo --quick's base is smaller than the shipped toy recipe's model, so `eval -r toy` of
+    it (or of an arm) said only that a tensor's shape differs 'in the recipe's model'; the line
+    now names the recipe.yaml its run wrote. A bare file names nothing more."""
+    base, arm = made["base"], made["run"] / "rmsprop" / "model.safetensors"
+    for ckpt, made_by in ((base, base.parent), (arm, made["run"])):
+        line = assert_one_error_line(invoke("eval", "-c", ckpt, "-r", "toy", "device=cpu"))
+        assert "has shape (32, 2) in the checkpoint but (500, 2) in the recipe's model" in line
+        assert line.endswith(f"; {made_by / 'recipe.yaml'} is the recipe its run was made with "
+                             "(give it as --recipe)"), line
+    (tmp_path / "bare").mkdir()
+    shutil.copy(base, tmp_path / "bare" / "model.safetensors")
+    line = assert_one_error_line(invoke("eval", "-c", tmp_path / "bare" / "model.safetensors",
+                                        "-r", "toy", "device=cpu"))
+    assert line.endswith("(500, 2) in the recipe's model"), line

@@ -317,3 +317,16 @@ def load_result(arm_dir: Path, again: Again | None = None,
         check_stored_metrics(record, summary["val_metrics"], val_preds or {}, "validation", again)
     return RunResult(summary["name"], arm_dir, summary["metrics"], preds,
                      read_jsonl(arm_dir / "metrics.jsonl"), summary, val_preds)
+
+
+def made_with(checkpoint: Path) -> str:
+    """'; D/recipe.yaml is the recipe its run was made with (...)' for a checkpoint of a run's
+    folder (pretrain's OUT, a fine-tune's RUN/<arm>: its summary.json beside it), else '': the
+    hint of a checkpoint that does not fit the recipe's model (demo --quick's base is smaller
+    than the shipped toy recipe's)."""
+    folder = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    for run in (folder, folder.parent) if (folder / "summary.json").is_file() else (folder,):
+        if (run / "recipe.yaml").is_file():
+            return (f"; {run / 'recipe.yaml'} is the recipe its run was made with (give it as "
+                    "--recipe)")
+    return ""

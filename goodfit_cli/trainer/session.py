@@ -48,6 +48,7 @@ from goodfit_cli.data.validation import with_validation
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.keymap import apply_key_map, compile_key_map, strip_wrappers
+from goodfit_cli.io.rundir import made_with
 from goodfit_cli.io.hf import is_transformers_config
 from goodfit_cli.models import build_model, head_prefixes
 from goodfit_cli.models.hf import TOKENIZER, folder_state, is_transformers
@@ -351,7 +352,11 @@ def load_checkpoint(model: nn.Module, path: Path, key_map: list | None = None, *
         messages.append(f"{path}: stripped the wrapper prefix {''.join(stripped)!r} from every "
                         "checkpoint key")
     tensors = apply_key_map(tensors, compile_key_map(key_map or [], where), str(path))
-    changes = ckpt.load_into_model(model, tensors, path, head_prefixes(model), grow_rows=grow_rows)
+    try:
+        changes = ckpt.load_into_model(model, tensors, path, head_prefixes(model),
+                                       grow_rows=grow_rows)
+    except UserError as e:  # another model than the recipe's: name the recipe that made it
+        raise UserError(f"{e}{made_with(Path(path))}") from None
     messages += [str(c) for c in changes]
     # fed as it was trained: the statistics the checkpoint records, unless the recipe sets them
     own = (InputSpec.from_dict(meta.get("input"), "checkpoint")
