@@ -23,21 +23,39 @@ from goodfit_cli.report.reading import (
 )
 
 def verdict(report: dict) -> str:
-    """One line: all arms passed / which failed the gate / no gate."""
+    """One line: all arms passed / which failed the gate / no gate; then what the verdict ships."""
     return _verdict(report)[1]
 
 
 def _verdict(report: dict) -> tuple[str, str]:
-    """("pass" | "fail" | "none", the verdict line)."""
+    """("pass" | "fail" | "none", the verdict line): the arms against the gate, then what the
+    report's verdict ships and whether that passes the gate on test, so a reader whose arms
+    failed learns in the first line whether something within the gate ships."""
     arms = report["arms"]
     gated = [a for a in arms if a.get("gate")]
     if not gated:
-        return "none", f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
-    failed = [a["name"] for a in gated if not a["gate"]["passed"]]
-    if failed:
-        return "fail", f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
-    return "pass", (f"all {len(gated)} arms passed the gate" if len(gated) > 1
-                    else f"{gated[0]['name']} passed the gate")
+        tone = "none"
+        line = f"{len(arms)} arm{'s' * (len(arms) != 1)} compared with the base (no gate)"
+    elif failed := [a["name"] for a in gated if not a["gate"]["passed"]]:
+        tone = "fail"
+        line = f"gate FAILED for {', '.join(failed)} ({len(failed)} of {len(gated)} arms)"
+    else:
+        tone = "pass"
+        line = (f"all {len(gated)} arms passed the gate" if len(gated) > 1
+                else f"{gated[0]['name']} passed the gate")
+    return tone, line + _ships(report)
+
+
+def _ships(report: dict) -> str:
+    """'; ships X (passes the gate on test)' / '; ships nothing: keep the base', or ''."""
+    v = report.get("verdict")
+    if not v:
+        return ""
+    ship = v.get("ship")
+    if ship is None:
+        return "; the verdict ships nothing: keep the base"
+    gate = {True: " (passes the gate on test)", False: " (FAILS the gate on test)"}
+    return f"; the verdict ships {ship['name']}{gate.get(ship.get('passes_gate_test'), '')}"
 
 
 def _main_rows(report: dict) -> tuple[list[str], list[list[tuple[str, str]]]]:
