@@ -19,6 +19,10 @@ import torch
 from safetensors.torch import load_file
 from test_reliability import assert_one_error_line, invoke
 
+from goodfit_cli import __version__
+from goodfit_cli.core.source import source_sha256
+from goodfit_cli.io.atomic import sha256_file
+from goodfit_cli.io.checkpoint import read_metadata
 from goodfit_cli.models import build_model
 
 TOY_TINY = ["data.args.n_train=64", "data.args.n_test=32", "model.args.hidden=[8, 8]", "device=cpu"]
@@ -40,6 +44,11 @@ def test_flat_and_nested_state_dicts(tmp_path):
     res = invoke("convert", tmp_path / "flat.pth", tmp_path / "flat.safetensors")
     assert res.exit_code == 0, res.output
     _same(load_file(tmp_path / "flat.safetensors"), sd)
+    # the file says what wrote it, as a run's checkpoints do: the version and the code's hash
+    meta = read_metadata(tmp_path / "flat.safetensors")
+    assert meta["goodfit_version"] == __version__
+    assert meta["goodfit_source_sha256"] == source_sha256()
+    assert meta["source_sha256"] == sha256_file(tmp_path / "flat.pth")
 
     # the most common layout: weights under "model" beside the epoch and the optimizer's state
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, momentum=0.9)

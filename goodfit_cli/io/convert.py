@@ -154,10 +154,12 @@ def load_weights(source: Path, key: str | None = None,
 
 
 def save_converted(dest: Path, source: Path, where: str | None, tensors: dict[str, torch.Tensor],
-                   stripped: list[str]) -> Converted:
-    """Write `tensors` to `dest` (atomically), recording the source file and its hash."""
+                   stripped: list[str], written_by: dict[str, str] | None = None) -> Converted:
+    """Write `tensors` to `dest` (atomically), recording the source file and its hash, and
+    `written_by` (the code that wrote it: goodfit_version, goodfit_source_sha256)."""
     digest = sha256_file(source)
-    meta: dict[str, Any] = {"converted_from": os.path.basename(source), "source_sha256": digest}
+    meta: dict[str, Any] = {"converted_from": os.path.basename(source), "source_sha256": digest,
+                            **(written_by or {})}
     if where:
         meta["source_key"] = where
     if stripped:

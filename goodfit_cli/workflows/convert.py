@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
+from goodfit_cli import __version__
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.io import convert as conv
 from goodfit_cli.io.atomic import write_json
 from goodfit_cli.io.hubdir import CONFIG, WEIGHTS
@@ -85,7 +87,8 @@ def convert(job: ConvertJob) -> dict[str, Any]:
     config = _check_arch(job.arch, tensors, job.source) if folder else None
     if folder:
         job.dest.mkdir(parents=True, exist_ok=True)
-    done = conv.save_converted(weights, job.source, where, tensors, stripped)
+    done = conv.save_converted(weights, job.source, where, tensors, stripped,  # what wrote it
+                               {"goodfit_version": __version__, KEY: source_sha256()})
     if config is not None:
         write_json(job.dest / CONFIG, config)
     return {"source": str(job.source), "dest": str(job.dest), "weights": str(weights),
