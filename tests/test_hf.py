@@ -850,7 +850,7 @@ def test_resume_with_the_recipe_accepts_the_args_taken_from_the_base(tmp_path):
     """`finetune --recipe R --resume RUN`: data args the run took from the base folder (the
     tokenizer, an image size; run.json input.from_config) do not make R another recipe; any
     other difference still does."""
-    from goodfit_cli.workflows.finetune import check_resume_args
+    from goodfit_cli.workflows.resume import check_resume_args
 
     text = RECIPE.format(name="text", data="text", ext="jsonl")
     (tmp_path / "text.yaml").write_text(text)

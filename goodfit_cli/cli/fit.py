@@ -114,8 +114,9 @@ def finetune(
 ) -> None:
     """Fine-tune the base on the NEW task with each arm; write checkpoints and a report."""
     from goodfit_cli.training.checks import check_stages
-    from goodfit_cli.workflows.finetune import FinetuneJob, check_resume_args, resume_job
+    from goodfit_cli.workflows.finetune import FinetuneJob
     from goodfit_cli.workflows.finetune import finetune as run_finetune
+    from goodfit_cli.workflows.resume import check_resume_args, resume_job
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
     from goodfit_cli.trainer.session import Place
 

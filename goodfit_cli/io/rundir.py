@@ -26,6 +26,7 @@ from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.metrics import sample_mean
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import probe_writable, sha256_file, write_json
+from goodfit_cli.io.hubdir import resolve_base, weights_sha256
 from goodfit_cli.io.runlock import has_content
 from goodfit_cli.io.staging import settle
 
@@ -186,6 +187,62 @@ def recorded_path(folder: Path, value: Any) -> Path:
     relative to the run folder that recorded it, never to the current directory."""
     path = Path(str(value or ""))
     return path if path.is_absolute() else folder / path
+
+
+def beside_run(run: Path, path: str | Path) -> str | None:
+    """`path` (absolute) relative to the run folder `run`, as a run records it beside the
+    absolute one (a project folder moved or mounted elsewhere with its base, data and runs);
+    None when the two are not on one tree (another drive)."""
+    here, there = run.resolve(), Path(path)
+    return os.path.relpath(there, here) if there.anchor == here.anchor else None
+
+
+def moved_with_run(run: Path, record: dict[str, Any], key: str,
+                   matches: Callable[[Path], bool], log: Log, how: str,
+                   name: str | None = None) -> Path:
+    """A path a run recorded (`record[key]`, in run.json or base/metrics.json): where it was
+    when it still exists there; else, when the run folder was moved or copied together with it,
+    the path recorded relative to the run (`<key>_relative`, `beside_run`), taken only when
+    `matches` finds there the content the run recorded (`how`: in words), and said in one log
+    line (`name`: what it is, `key` by default); else the recorded path (its reader says it is
+    not found). Never the current directory's."""
+    recorded = recorded_path(run, record.get(key))
+    rel = record.get(f"{key}_relative")
+    if recorded.exists() or not isinstance(rel, str) or not rel:
+        return recorded
+    there = Path(os.path.normpath(run.resolve() / rel))
+    if there == recorded or not there.exists():
+        return recorded
+    if not matches(there):
+        log(f"{run}: its {name or key} {recorded} is not found, and {there} (where it was "
+            "relative to the run) holds other content than the run recorded: not used")
+        return recorded
+    log(f"{run}: its {name or key} {recorded} is not found; using {there}, where it was "
+        f"relative to the run ({how})")
+    return there
+
+
+def moved_base(run: Path, record: dict[str, Any], key: str, expect: Any, log: Log) -> Path:
+    """The base a run recorded (`record[key]`), or the one moved with the run (moved_with_run)
+    whose weights hash to `expect`, the base_sha256 the run recorded (none: never moved)."""
+    def same(path: Path) -> bool:
+        try:
+            return isinstance(expect, str) and weights_sha256(resolve_base(path)) == expect
+        except (UserError, OSError):
+            return False
+    return moved_with_run(run, record, key, same, log, "its sha256 is the run's base_sha256",
+                          "base")
+
+
+def moved_data_dir(run: Path, saved: dict[str, Any], log: Log) -> Path:
+    """The data folder run.json records, or the one moved with the run (moved_with_run) when
+    the run recorded its data's hash ("data"): the caller reads it and refuses it unless it
+    hashes to that (trainer/runcheck.py); a run that recorded none: never moved."""
+    had = saved.get("data")
+    checkable = isinstance(had, dict) and isinstance(had.get("sha256"), str) \
+        and had["sha256"] != "not checkable"
+    return moved_with_run(run, saved, "data_dir", lambda _: checkable, log,
+                          "its data is refused unless it hashes to the run's record")
 
 
 def relocated(result: RunResult) -> RunResult:

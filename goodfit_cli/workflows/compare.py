@@ -215,7 +215,7 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
     gate, junit, place = options
     t0 = time.perf_counter()
     phases = Phases()  # where the command's time goes (OUT/timings.json, the report)
-    base_side = _sides(base, as_base=True)[0]
+    base_side = _sides(base, as_base=True, log=ui.log)[0]  # a base moved with its run: said
     cands = [s for c in candidates for s in _sides(c, as_base=False)]
     names = [c.name for c in cands]
     for i, c in enumerate(cands):  # distinct names for the report

@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.checkpoint import read_metadata
-from goodfit_cli.io.rundir import read_json, recorded_path
+from goodfit_cli.io.rundir import moved_base, read_json
 from goodfit_cli.training import arm_dirname
 
 
@@ -25,7 +26,7 @@ class Side:
     arm: str | None = None  # the arm a run's run.json names for it
 
 
-def sides_of(path: Path, as_base: bool) -> list[Side]:
+def sides_of(path: Path, as_base: bool, log: Callable[[str], None] = lambda _: None) -> list[Side]:
     if not path.exists():
         raise UserError(f"not found: {path} (give a .safetensors checkpoint or a run directory)")
     if path.is_file():
@@ -45,8 +46,9 @@ def sides_of(path: Path, as_base: bool) -> list[Side]:
             base, ident = read_json(record), read_json(path / "run.json").get("identity")
             expect = (ident.get("base_sha256") if isinstance(ident, dict) else None) \
                 or base.get("sha256")
-            return [Side("base", recorded_path(path, base.get("checkpoint")), record,
-                         expect=expect if isinstance(expect, str) else None)]
+            expect = expect if isinstance(expect, str) else None  # moved with the run: found
+            return [Side("base", moved_base(path, base, "checkpoint", expect, log), record,
+                         expect=expect)]
         saved = read_json(path / "run.json")
         arms = saved.get("arms")
         if not isinstance(arms, list) or not arms or not all(isinstance(a, str) for a in arms):

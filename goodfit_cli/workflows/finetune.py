@@ -2,7 +2,7 @@
 
 The run folder (see goodfit_cli.io.rundir) holds the recipe as run, run.json, the base's
 metrics and predictions, one folder per arm and the report. `--resume RUN` continues an
-interrupted run from its own run.json and recipe.yaml (`resume_job`).
+interrupted run from its own run.json and recipe.yaml (workflows/resume.py `resume_job`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,13 @@ from goodfit_cli.core.timing import TRAINING, Phases, earlier, merged
 from goodfit_cli.data import sampling
 from goodfit_cli.data.validation import split_lines
 from goodfit_cli.io.atomic import atomic_write, sha256_file, write_json
-from goodfit_cli.io.identity import comparable, describe_difference
 from goodfit_cli.io.outputs import check_outputs
-from goodfit_cli.io.rundir import RunResult, load_result, recorded_path, relocated
+from goodfit_cli.io.rundir import RunResult, beside_run, load_result, relocated
 from goodfit_cli.io.rundir import devices_used, note_diverged, save_predictions, tidy
 from goodfit_cli.io.runlock import held, open_run
 from goodfit_cli.models import own_head
 from goodfit_cli.objectives import recomputed, shown
-from goodfit_cli.recipe import Recipe, load_recipe
+from goodfit_cli.recipe import Recipe
 from goodfit_cli.report.gate import Gate, describe, gate_record, recorded_gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
@@ -51,7 +50,6 @@ from goodfit_cli.trainer.stage import StageJob, Ui, quiet, run_stage
 from goodfit_cli.training import check_arms_on, parse_arm
 from goodfit_cli.training.checks import check_stages
 from goodfit_cli.training.early_stop import stop_rule
-from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.reporting import base_head_record, carried, class_names, losses
 from goodfit_cli.workflows.reporting import make_report, provenance
 from goodfit_cli.workflows.timings import evaluation_hint, unfinished
@@ -72,35 +70,7 @@ class FinetuneJob:
     gate: Gate | None = None
     junit: Path | None = None
     margin: float = 0.0  # the validation margin the gate is read with (a search's --val-margin)
-
-
-def resume_job(run: Path, overrides: list[str] | None, place: Place, *,
-               arms: list[str] | None = None, base: Path | None = None) -> tuple[FinetuneJob, Place]:
-    """The job and place that continue the run in `run`, from its run.json and recipe.yaml."""
-    if not (meta := run / "run.json").exists():  # or a run killed before it wrote its record
-        raise UserError(f"--resume {run}: no run.json there; not a goodfit run directory, or one "
-                        "whose first command stopped before the run began (use --overwrite)")
-    try:
-        saved = json.loads(meta.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{meta}: cannot read the run's record ({e}); the run folder is damaged, "
-                        "start a new run with --out") from None
-    if not isinstance(saved, dict) or not isinstance(saved.get("arms"), list) or not all(
-            isinstance(a, str) for a in saved["arms"]) or not isinstance(saved.get("base"), str) \
-            or type(saved.get("seed")) is not int or type(saved.get("data_dir") or "") is not str:
-        raise UserError(f"{meta}: no list of arms, base, seed or data folder recorded; the run "
-                        "folder is damaged, start a new run with --out")
-    recipe = load_recipe(run / "recipe.yaml", overrides or [])
-    if not arms and any(o.partition("=")[0].strip() == "finetune.arms" for o in overrides or []):
-        arms = list(recipe.finetune.arms)  # the arms override, as --optimizer (before: ignored)
-    place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
-                  place.data_dir or saved.get("data_dir"))
-    job = FinetuneJob(recipe, base or recorded_path(run, saved["base"]), run, arms or saved["arms"],
-                      resume=True)
-    job.gate = recorded_gate(saved.get("gate"), f"{meta}: gate")  # what it ran with: the
-    # gate a resume keeps unless it is given another; its WiSE-FT curve, unless --no-wise
-    job.wise = saved.get("wise", True) is not False
-    return job, place
+    notes: list[str] = field(default_factory=list)  # what a resume found moved with the run
 
 
 def _loaded(reused: dict[Path, RunResult], folder: Path, name: str) -> RunResult:
@@ -108,37 +78,6 @@ def _loaded(reused: dict[Path, RunResult], folder: Path, name: str) -> RunResult
     arm the run expects there; else loaded (and refused) here."""
     done = reused.get(folder)
     return done if done is not None and done.name == name else load_result(folder, recomputed, name)
-
-
-def check_resume_args(run: Path, resumed: Recipe, recipe: str | None, out: Path | None,
-                      overwrite: bool, overrides: list[str] | None) -> None:
-    """`--resume RUN` continues RUN in RUN with RUN/recipe.yaml: a `--out` elsewhere, an
-    `--overwrite`, or a `--recipe` that is not that recipe (after the same overrides) would be
-    silently ignored, so each is refused. The same command plus `--resume RUN` passes."""
-    if out is not None and out.resolve() != run.resolve():
-        raise UserError(f"--out {out} conflicts with --resume {run}: a resumed run writes into "
-                        "its own folder; drop --out")
-    if overwrite:
-        raise UserError(f"--overwrite conflicts with --resume {run}: --resume continues the run, "
-                        "--overwrite starts it afresh; pass one of them")
-    if recipe is None:
-        return
-    given = json.loads(json.dumps(load(recipe, overrides).raw, default=str))
-    saved = json.loads(json.dumps(resumed.raw, default=str))
-    if "model" not in given:  # the run took its model from the base folder's config.json
-        saved.pop("model", None)
-    try:  # data args the run took from the base folder (size, tokenizer, ...) and --recipe lacks
-        adopted = json.loads((run / "run.json").read_text())["input"].get("from_config") or {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        adopted = {}
-    given_args = (given.get("data") or {}).get("args") or {}
-    for key in adopted:
-        if key not in given_args:
-            ((saved.get("data") or {}).get("args") or {}).pop(key, None)
-    diff = describe_difference(run, comparable({"recipe": saved}), comparable({"recipe": given}))
-    if diff:
-        raise UserError(f"--recipe {recipe} is not the recipe of --resume {run}: {diff}; drop "
-                        f"--recipe (a resumed run uses {run / 'recipe.yaml'})")
 
 
 def _earlier(job: FinetuneJob) -> dict[str, Any]:
@@ -197,6 +136,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
                      recipe.at("finetune.early_stop"), recipe.loss_of)
     main_rank = is_main()
     ui = ui if main_rank else Ui(quiet)  # only rank 0 speaks
+    for line in job.notes:
+        ui.log(line)
     geometry = adopt_base_inputs(recipe, job.base)  # before the data is read: its size, crop
     if geometry:
         ui.log("inputs: " + ", ".join(f"{k} {v}" for k, v in geometry.items())
@@ -259,7 +200,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             tidy(d)  # process killed mid-write left (never renamed); EMA folders too
         atomic_write(out / "recipe.yaml", recipe.to_yaml(arm_names, read_from))
         where = str(job.base.resolve())  # absolute: a relative path would depend on the cwd
-        write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed,
+        near = {f"{k}_relative": r for k, v in (("base", where), ("data_dir", read_from))
+                if (r := beside_run(out, v)) is not None}  # a project folder moved whole
+        write_json(out / "run.json", {"base": where, "arms": arm_names, "seed": s.seed, **near,
                                        "recipe_sha256": recipe_sha,
                                        **devices_used(had, str(s.device)),
                                        "data_dir": read_from, "data": read,
@@ -288,7 +231,9 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
         save_predictions(out / "base" / "val_predictions.safetensors", base_val_preds,
                          "validation")
         write_json(out / "base" / "metrics.json", {
-            "checkpoint": where, "sha256": loaded.sha256, "metrics": base_metrics,
+            "checkpoint": where, **({"checkpoint_relative": near["base_relative"]} if
+                                    "base_relative" in near else {}),
+            "sha256": loaded.sha256, "metrics": base_metrics,
             "val_metrics": base_val, "measured_on": measured_on(s, model),
             "files_sha256": {f: sha256_file(out / "base" / f) for f in
                              ("predictions.safetensors", "val_predictions.safetensors")}})

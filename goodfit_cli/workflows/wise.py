@@ -30,9 +30,10 @@ from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.runlock import Rerun, command_digest, held, open_run
 from goodfit_cli.io.rundir import (
     RunResult,
+    moved_base,
+    moved_data_dir,
     prepare_out,
     read_json,
-    recorded_path,
     save_predictions,
 )
 from goodfit_cli.models import unwrap
@@ -176,9 +177,11 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     if not job.overrides:  # RUN/recipe.yaml as the run ran it; its data: in _point
         check_run_source(run, saved, recipe)
     place = place or Place()
+    moved = None if place.data_dir or not saved.get("data_dir") else str(  # with the run
+        moved_data_dir(run, saved, ui.log))
     place = Place(place.device, saved["seed"] if place.seed is None else place.seed,
-                  place.data_dir or saved.get("data_dir"))
-    base = recorded_path(run, saved.get("base"))
+                  place.data_dir or moved)
+    base = moved_base(run, saved, "base", (saved.get("identity") or {}).get("base_sha256"), ui.log)
     if not base.exists():  # before: "checkpoint not found: PATH", no word of where it came from
         raise UserError(f"{run / 'run.json'}: its base {base} is not found (moved or removed "
                         "since the run; a relative path is taken relative to the run folder); "
@@ -190,7 +193,7 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
         made = [p for p in (job.out, *job.out.absolute().parents) if not p.exists()]
         prepare_out(job.out, overwrite=job.overwrite, resume=False, resume_hint="")
         try:
-            return _point(job, (recipe, saved, place, base, t0, phases), ui)
+            return _point(job, (recipe, saved, place, base, t0, phases, moved), ui)
         except BaseException:  # a refusal (the run's data changed): the folders made, gone
             with contextlib.suppress(OSError):
                 for folder in made:  # innermost first; one holding anything stays
@@ -206,17 +209,17 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     if moved is not None:
         ui.log(f"--overwrite: the previous content of {job.out} was moved to {moved} (kept)")
     with held(lock):
-        return _point(job, (recipe, saved, place, base, t0, phases), ui)
+        return _point(job, (recipe, saved, place, base, t0, phases, moved), ui)
 
 
 def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
     """The rest of `wise` once its --out is ready: `opened` = (recipe, run.json, place, base,
-    the start time, the phases)."""
-    recipe, saved, place, base, t0, phases = opened
+    the start time, the phases, the data folder found moved with the run or None)."""
+    recipe, saved, place, base, t0, phases, moved = opened
     arm_dir, run = job.arm_dir, job.arm_dir.parent
     s = open_session(recipe, place, join=False)
-    if not job.overrides:  # the data the run read (hashed once per command)
-        check_run_source(run, saved, recipe, s)
+    if not job.overrides or moved not in (None, saved.get("data_dir")):  # or moved with it
+        check_run_source(run, saved, recipe, s)  # the data the run read (hashed once)
     model = s.model()
     # as the run's fine-tune loaded it: its key map, and a head grown for new classes keeps
     # the base's rows (the new rows at the model's own initial values, the run's seed)
