@@ -141,3 +141,33 @@ def test_a_resume_on_another_device_records_every_device(tmp_path, base):
                   *FT).exit_code == 0
     assert "devices" not in json.loads((other / "rmsprop" / "summary.json").read_text())
     assert "devices" not in json.loads((other / "run.json").read_text())
+
+
+def test_a_resume_that_finishes_an_older_goodfits_arm_records_the_code_that_finished_it(
+        tmp_path, base):
+    """rmsprop finished and sgd cut short, both recorded by an older goodfit (identity.json
+    without goodfit_source_sha256); --resume finishes sgd: its identity.json gains the key, this
+    code's, every key it had kept as it was (before: the old record, so compare's provenance
+    could not say which code finished the arm); rmsprop, reused as finished, is left as it was."""
+    import runs as runner
+
+    from goodfit_cli.core.errors import Interrupted
+    from goodfit_cli.core.source import KEY, source_sha256
+
+    run = tmp_path / "run"
+    assert invoke("finetune", "--base", base, "--out", run, "--optimizer", "rmsprop",
+                  *FT).exit_code == 0
+    with pytest.raises(Interrupted):
+        runner.finetune(load("toy", TINY), base, run, arms=["rmsprop", "sgd"], wise=False,
+                        resume=True, stop_after=6)
+    older = {}
+    for arm in ("rmsprop", "sgd"):  # as an older goodfit wrote them
+        ident = json.loads((run / arm / "identity.json").read_text())
+        older[arm] = {k: v for k, v in ident.items() if k != KEY}
+        (run / arm / "identity.json").write_text(json.dumps(older[arm]))
+    res = invoke("finetune", "--resume", run)
+    assert res.exit_code == 0, res.output
+    assert "resuming at batch 6" in res.output and "rmsprop: already finished" in res.output
+    finished = json.loads((run / "sgd" / "identity.json").read_text())
+    assert finished == {**older["sgd"], KEY: source_sha256()}
+    assert json.loads((run / "rmsprop" / "identity.json").read_text()) == older["rmsprop"]

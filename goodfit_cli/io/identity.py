@@ -129,10 +129,14 @@ def check_identity(where: Path, saved: dict, current: dict, warn: Callable[[str]
 _THREADS_SAID: set[str] = set()  # the thread-count lines this process has said
 
 
-def claim(folder: Path, current: dict, has_work: bool, warn: Callable[[str], None]) -> None:
+def claim(folder: Path, current: dict, has_work: bool, warn: Callable[[str], None],
+          continues: bool = False) -> None:
     """Record `current` in a fresh folder, or check it against the folder's record.
 
-    `has_work`: the folder holds states or results that would be reused."""
+    `has_work`: the folder holds states or results that would be reused. `continues`: this
+    command trains on in it (a resume that finishes it): the keys of `current` that an older
+    goodfit's record lacks (goodfit_source_sha256, ...) are added to it, those it had never
+    changed (they were checked), so the record names the code that finished it too."""
     saved = read_identity(folder)
     if saved is None:
         if has_work:
@@ -141,3 +145,6 @@ def claim(folder: Path, current: dict, has_work: bool, warn: Callable[[str], Non
         write_json(folder / IDENTITY, current)
         return
     check_identity(folder, saved, current, warn)
+    lacked = {k: v for k, v in current.items() if k not in saved}
+    if continues and lacked:
+        write_json(folder / IDENTITY, {**saved, **lacked})

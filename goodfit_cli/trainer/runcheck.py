@@ -42,10 +42,10 @@ def claim_stage(folder: Path, recipe: Recipe, seed: int, arm: str, meta: dict[st
     `meta` is the stage's checkpoint metadata (goodfit_version, base_sha256); `model` the model
     it trains (a transformers model's config is part of the identity: `model_config`); `data`
     what it reads (`data_record`: a pretrain has no run.json to record it)."""
-    has_work = bool(state_files(folder)) or (folder / "summary.json").exists() \
-        or (folder / "model.safetensors").exists()
-    ident = stage_identity(recipe, seed, arm, meta, model)
-    claim(folder, {**ident, "data": data} if data else ident, has_work, log)
+    finished = (folder / "summary.json").exists()
+    has_work = bool(state_files(folder)) or finished or (folder / "model.safetensors").exists()
+    ident = stage_identity(recipe, seed, arm, meta, model)  # trained on: its record completed
+    claim(folder, {**ident, "data": data} if data else ident, has_work, log, not finished)
 
 
 def model_config(model: nn.Module | None) -> str | None:
