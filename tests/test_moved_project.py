@@ -1,6 +1,6 @@
 """A project folder moved whole, `proj/{base.safetensors, data/, runs/r1}`: run.json records the
-base and data folder beside their absolute paths relative to the run, so `wise`, `compare` and
-`finetune --resume` of the moved run find them where they are now, each said in one line, and
+base and data folder beside their absolute paths relative to the run, so `wise`, `compare`,
+`eval` (with the run's recipe.yaml) and `finetune --resume` of the moved run find them where they are now, each said in one line, and
 only where their content is what the run recorded (a base with other weights, or other data, is
 never used)."""
 
@@ -83,10 +83,14 @@ def test_wise_compare_and_resume_find_the_base_and_data_moved_with_the_run(moved
     assert f"using {copy / 'data'}, where it was relative to the run" in said
     assert ckpt.read_metadata(tmp_path / "w" / "model.safetensors")["base_sha256"] == \
         json.loads((run / "run.json").read_text())["identity"]["base_sha256"]
-    res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--data-dir",
-                 copy / "data", "--out", tmp_path / "c")
-    assert res.exit_code == 0, res.output  # before: checkpoint not found (the base)
-    assert f"using {copy / 'base.safetensors'}" in _said(res.output)
+    res = invoke("compare", run, run, "--recipe", run / "recipe.yaml", "--out", tmp_path / "c")
+    assert res.exit_code == 0, res.output  # before: checkpoint not found (the base), then the
+    said = _said(res.output)  # run's recipe.yaml named its data folder where it was
+    assert f"using {copy / 'base.safetensors'}" in said and f"using {copy / 'data'}" in said
+    res = invoke("eval", "--checkpoint", run / "adamw" / "model.safetensors", "--recipe",
+                 run / "recipe.yaml", "--out", tmp_path / "e.json")
+    assert res.exit_code == 0, res.output
+    assert f"using {copy / 'data'}" in _said(res.output)
     res = invoke("finetune", "--resume", run, "--optimizer", "adamw", "--optimizer", "sgd")
     assert res.exit_code == 0, res.output  # before: checkpoint not found
     assert "adamw: already finished" in res.output
@@ -117,4 +121,8 @@ def test_a_base_or_data_moved_with_other_content_is_never_used(moved, tmp_path):
     res = invoke("finetune", "--resume", run, "--optimizer", "adamw", "--optimizer", "sgd")
     assert res.exit_code != 0
     assert "the run read other data than this command reads" in _said(res.output)
+    res = invoke("eval", "--checkpoint", run / "adamw" / "model.safetensors", "--recipe",
+                 run / "recipe.yaml", "--out", tmp_path / "e.json")
+    assert res.exit_code != 0 and not (tmp_path / "e.json").exists()
+    assert "are not the data the run read" in _said(res.output)
     assert not (run / "sgd" / "model.safetensors").exists()

@@ -18,7 +18,7 @@ from goodfit_cli.core.distributed import dist_info
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.io.identity import check_identity, claim, comparable, describe_difference
-from goodfit_cli.io.rundir import RunResult, load_result, state_files
+from goodfit_cli.io.rundir import RunResult, load_result, moved_data_dir, read_json, state_files
 from goodfit_cli.models import unwrap
 from goodfit_cli.objectives import recomputed
 from goodfit_cli.recipe import Recipe
@@ -157,3 +157,29 @@ def check_run_source(run: Path, saved: dict[str, Any], recipe: Recipe,
                         f"(its {had.get('of')} hash to {str(had.get('sha256'))[:12]}…): the "
                         "arm would be measured on data it was not chosen on; put the run's "
                         "data back as it was")
+
+
+def run_data_moved(recipe: Recipe, given: str | None,
+                   log: Callable[[str], None]) -> tuple[str | None, dict | None]:
+    """A run's own recipe.yaml (beside its run.json) given to compare or eval with no
+    --data-dir, after the project folder moved: the data folder it names is gone, so the one
+    moved with the run (io/rundir.py moved_data_dir), and the data record (run.json "data")
+    the data read there must hash to (`check_moved_data`); (None, None) otherwise."""
+    if given or not recipe.data_dir or Path(recipe.data_dir).exists():
+        return None, None
+    run = Path(recipe.source).parent
+    saved = read_json(run / "run.json") if (run / "run.json").is_file() else {}
+    if not saved or saved.get("data_dir") != recipe.data_dir:
+        return None, None
+    there = str(moved_data_dir(run, saved, log))
+    return (there, saved["data"]) if there != recipe.data_dir else (None, None)
+
+
+def check_moved_data(s: Any, had: dict | None, where: str) -> None:
+    """Refuse a data folder taken where it moved with its run (`run_data_moved`) unless the
+    data read there are what the run recorded (`data_record`)."""
+    if had is not None and data_record(s) != had:
+        raise UserError(f"{where}: the data read from {s.data_dir} (moved with the run) are not "
+                        f"the data the run read (its {had.get('of')} hash to "
+                        f"{str(had.get('sha256'))[:12]}…); give the run's data with --data-dir")
+

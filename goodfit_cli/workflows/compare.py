@@ -44,6 +44,7 @@ from goodfit_cli.report.gate import Gate, units_of
 from goodfit_cli.report.margin import base_against_gate
 from goodfit_cli.report.splits import carved_elsewhere, validation_gap
 from goodfit_cli.trainer.measured import base_key, measure_base, measured_ons
+from goodfit_cli.trainer.runcheck import check_moved_data, run_data_moved
 from goodfit_cli.trainer.session import (
     LABELLED_DATASETS,
     Place,
@@ -240,7 +241,11 @@ def _compare(recipe: Recipe, base: Path, candidates: list[Path], out: Path,
         recipe.raw.setdefault("data", {}).setdefault("args", {})["labels_from"] = str(widest)
         ui.log(f"inputs: labels_from {widest} (the class names its checkpoint records)")
     # the data, read even when every measurement is reused: what they are checked against
+    moved, had = run_data_moved(recipe, place and place.data_dir, ui.log)  # RUN/recipe.yaml
+    place = Place(place.device, place.seed, moved) if place and moved else (
+        Place(data_dir=moved) if moved else place)
     session = open_session(recipe, place, join=False)
+    check_moved_data(session, had, recipe.source)  # other data there: never measured
     check_classes([base_side, *cands], class_names(session).get("class_names"),
                   recipe.at("data.args.labels_from"))
 

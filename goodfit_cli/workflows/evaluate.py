@@ -15,6 +15,7 @@ from goodfit_cli.io.atomic import atomic_write, probe_writable
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.measured import measured_on
+from goodfit_cli.trainer.runcheck import check_moved_data, run_data_moved
 from goodfit_cli.trainer.session import (
     Place,
     adopt_base_inputs,
@@ -55,7 +56,11 @@ def evaluate(recipe: Recipe, checkpoint: Path, place: Place | None = None,
     phases = Phases()  # where the time went: a line on stderr (the JSON stays the numbers
     # alone, the same for the same checkpoint and data, run after run)
     with phases.phase("load"):
+        moved, had = run_data_moved(recipe, place and place.data_dir, ui.log)  # RUN/recipe.yaml
+        place = Place(place.device, place.seed, moved) if place and moved else (
+            Place(data_dir=moved) if moved else place)
         s = open_session(recipe, place, join=False)
+        check_moved_data(s, had, recipe.source)  # other data there: never measured
         adopt_base_model(recipe, checkpoint, s.tasks)
         model = s.model()
         loaded = load_checkpoint(model, checkpoint, recipe.key_map,
