@@ -28,14 +28,8 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.io.atomic import sha256_file, write_json
 from goodfit_cli.io.outputs import check_outputs
 from goodfit_cli.io.runlock import Rerun, command_digest, held, open_run
-from goodfit_cli.io.rundir import (
-    RunResult,
-    moved_base,
-    moved_data_dir,
-    prepare_out,
-    read_json,
-    save_predictions,
-)
+from goodfit_cli.io.rundir import RunResult, moved_base, moved_data_dir, prepare_out, read_json
+from goodfit_cli.io.rundir import save_predictions
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.heads import own_head
 from goodfit_cli.models.hf import pretrained_folder
