@@ -269,6 +269,7 @@ def test_demo_quick(tmp_path):
     recorded = yaml.safe_load((tmp_path / "demo" / "finetune" / "recipe.yaml").read_text())
     assert recorded["gate"] == {"limits": [{"task": "old", "metric": "mse", "max_drop_rel": 0.5}]}
     assert "gate: old mse max_drop_rel 0.5" in res.output
+    assert "(from goodfit demo (its gate, in the run's recipe.yaml))" in res.output
     assert all(a["gate"]["passed"] in (True, False) for a in report["arms"])
     ship = report["verdict"]["ship"]
     assert ship is not None and ship["val"]["old"] <= 1.5 * report["base_val_metrics"]["old"]["mse"]

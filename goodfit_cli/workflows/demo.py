@@ -3,8 +3,11 @@ task, write the report."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from goodfit_cli.recipe import Recipe
 from goodfit_cli.trainer.session import Place
@@ -41,6 +44,8 @@ def demo(recipe: Recipe, out: Path, place: Place | None = None,
     With `overwrite`, each of the two folders that holds anything is moved aside and kept."""
     ui = ui or Ui()
     gate = gate_for(recipe, None, None, None)  # the recipe's (DEMO_GATE, an override)
+    if gate is not None and recipe.gate == yaml.safe_load(DEMO_GATE.partition("=")[2]):  # not
+        gate = replace(gate, source="goodfit demo (its gate, in the run's recipe.yaml)")  # toy's
     ui.log(f"step 1/2: pretrain the base on the old task -> {out / 'base'}")
     pretrain(recipe, out / "base", place, ui, overwrite=overwrite)
     ui.log(f"step 2/2: fine-tune on the new task with {', '.join(recipe.finetune.arms)}")
