@@ -102,6 +102,21 @@ def csv_task(folder: Path) -> Path:
     return folder / "r.yaml"
 
 
+def blob_splits(seed: int = 0) -> dict[str, tuple]:
+    """`npz_task`'s splits: two old classes (0, 1) and one new (2), blobs in 2-D, 64 training and
+    32 validation and test rows per task."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def split(n, classes):
+        y = rng.choice(classes, n).astype(np.int64)
+        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
+
+    return {"tr": split(64, [0, 1]), "va": split(32, [0, 1]), "te": split(32, [0, 1]),
+            "ntr": split(64, [2]), "nva": split(32, [2]), "nte": split(32, [2])}
+
+
 def npz_task(folder: Path, splits: dict[str, tuple], *, pretrain_steps: int = 4,
              finetune_steps: int = 4, lr: float = 0.01) -> Path:
     """A 3-class npz update in `folder` with a given val split per task (old classes 0, 1; new

@@ -149,14 +149,7 @@ def test_pretrain_resumes_only_on_the_data_it_began_with(tmp_path):
     it, nothing lost; with the data put back it resumes."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-
-    def split(n, classes):
-        y = rng.choice(classes, n).astype(np.int64)
-        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
-
-    data = {"tr": split(64, [0, 1]), "va": split(32, [0, 1]), "te": split(32, [0, 1]),
-            "ntr": split(64, [2]), "nva": split(32, [2]), "nte": split(32, [2])}
+    data = runner.blob_splits()
     recipe = runner.npz_task(tmp_path, data, pretrain_steps=20)
     out = tmp_path / "p"
     with pytest.raises(Exception) as e:

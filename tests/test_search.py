@@ -249,16 +249,9 @@ def test_a_study_whose_training_data_changed_is_refused(tmp_path):
     again after a training file changed (the test and validation files as they were), it
     refuses in one line rather than add trials trained on other data beside the old ones."""
     import numpy as np
-    from runs import npz_task
+    from runs import blob_splits, npz_task
 
-    rng = np.random.default_rng(0)
-
-    def split(n, classes):
-        y = rng.choice(classes, n).astype(np.int64)
-        return (rng.normal(size=(n, 2)) + y[:, None] * 1.5).astype(np.float32), y
-
-    data = {"tr": split(64, [0, 1]), "va": split(32, [0, 1]), "te": split(32, [0, 1]),
-            "ntr": split(64, [2]), "nva": split(32, [2]), "nte": split(32, [2])}
+    data = blob_splits()
     recipe = npz_task(tmp_path, data)
     res = subprocess.run(cmd("pretrain", "--recipe", recipe, "--out", tmp_path / "base"),
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
