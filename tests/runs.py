@@ -102,6 +102,46 @@ def csv_task(folder: Path) -> Path:
     return folder / "r.yaml"
 
 
+BLOBS_RECIPE = """name: blobs
+seed: 0
+device: cpu
+model: {{name: mlp, args: {{in_features: 8, out_features: 6, hidden: [{hidden}]}}}}
+data:
+  name: npz
+  args:
+    old: {{train: old_train.npz, val: old_val.npz, test: old_test.npz}}
+    new: {{train: new_train.npz, val: new_val.npz, test: new_test.npz}}
+    num_classes: 6
+old_task: {{loss: cross_entropy, metrics: [accuracy]}}
+new_task: {{loss: cross_entropy, metrics: [accuracy]}}
+pretrain: {{optimizer: {{name: adamw, lr: 1.0e-2}}, steps: {pretrain_steps}, batch_size: 64}}
+finetune:{finetune}
+eval: {{every: {every}, batch_size: 256}}
+checkpoint: {{every: 0}}
+"""
+
+
+def blobs_recipe(hidden: int, pretrain_steps: int, finetune: str, every: int) -> str:
+    """The recipe of `gaussian_blobs`' data (an npz update of an 8-16-6 mlp, old classes 0-3,
+    new 4 and 5): `finetune` the section's YAML after `finetune:`."""
+    return BLOBS_RECIPE.format(hidden=hidden, pretrain_steps=pretrain_steps, finetune=finetune,
+                               every=every)
+
+
+def gaussian_blobs(root: Path, old_n: tuple[int, int, int], new_n: tuple[int, int, int]) -> None:
+    """Six overlapping Gaussian classes in 8 dimensions; 0-3 old, 4 and 5 new: `old_n` and
+    `new_n` rows a class in train, val and test, written as {old,new}_{train,val,test}.npz."""
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    centres = g.normal(0, 1.6, (6, 8))
+    for task, classes, n in (("old", (0, 1, 2, 3), old_n), ("new", (4, 5), new_n)):
+        for split, k in zip(("train", "val", "test"), n):
+            y = np.repeat(np.array(classes), k)
+            x = centres[y] + g.normal(0, 1.0, (len(y), 8))
+            np.savez(root / f"{task}_{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+
+
 def blob_splits(seed: int = 0) -> dict[str, tuple]:
     """`npz_task`'s splits: two old classes (0, 1) and one new (2), blobs in 2-D, 64 training and
     32 validation and test rows per task."""

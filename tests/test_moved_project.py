@@ -12,37 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import runs as runner
 from test_reliability import invoke
 
 from goodfit_cli.io import checkpoint as ckpt
 
-RECIPE = """name: blobs
-seed: 0
-device: cpu
-model: {name: mlp, args: {in_features: 8, out_features: 6, hidden: [16]}}
-data:
-  name: npz
-  args:
-    old: {train: old_train.npz, val: old_val.npz, test: old_test.npz}
-    new: {train: new_train.npz, val: new_val.npz, test: new_test.npz}
-    num_classes: 6
-old_task: {loss: cross_entropy, metrics: [accuracy]}
-new_task: {loss: cross_entropy, metrics: [accuracy]}
-pretrain: {optimizer: {name: adamw, lr: 1.0e-2}, steps: 20, batch_size: 64}
-finetune: {optimizer: {name: adamw, lr: 1.0e-2}, steps: 4, batch_size: 32, arms: [adamw]}
-eval: {every: 2, batch_size: 256}
-checkpoint: {every: 0}
-"""
+RECIPE = runner.blobs_recipe(
+    16, 20, " {optimizer: {name: adamw, lr: 1.0e-2}, steps: 4, batch_size: 32, arms: [adamw]}", 2)
 
 
 def blobs(root: Path) -> None:
-    g = np.random.default_rng(0)
-    centres = g.normal(0, 1.6, (6, 8))
-    for task, classes, n in (("old", (0, 1, 2, 3), (80, 40, 40)), ("new", (4, 5), (30, 30, 30))):
-        for split, k in zip(("train", "val", "test"), n):
-            y = np.repeat(np.array(classes), k)
-            x = centres[y] + g.normal(0, 1.0, (len(y), 8))
-            np.savez(root / f"{task}_{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+    runner.gaussian_blobs(root, (80, 40, 40), (30, 30, 30))
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
+import runs as runner
 import torch
 
 from goodfit_cli.io import checkpoint as ckpt
@@ -24,28 +24,12 @@ from goodfit_cli.workflows.offset import GRID, line, new_classes
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 OLD, NEW = (0, 1, 2, 3), (4, 5)
-RECIPE = """name: blobs
-seed: 0
-device: cpu
-model: {name: mlp, args: {in_features: 8, out_features: 6, hidden: [32]}}
-data:
-  name: npz
-  args:
-    old: {train: old_train.npz, val: old_val.npz, test: old_test.npz}
-    new: {train: new_train.npz, val: new_val.npz, test: new_test.npz}
-    num_classes: 6
-old_task: {loss: cross_entropy, metrics: [accuracy]}
-new_task: {loss: cross_entropy, metrics: [accuracy]}
-pretrain: {optimizer: {name: adamw, lr: 1.0e-2}, steps: 150, batch_size: 64}
-finetune:
+RECIPE = runner.blobs_recipe(32, 150, """
   optimizer: {name: adamw, lr: 1.0e-2}
   steps: 12
   batch_size: 32
   goodfit: {n_ref: 1, ref_ratio: 100, projection: global}
-  arms: [adamw]
-eval: {every: 6, batch_size: 256}
-checkpoint: {every: 0}
-"""
+  arms: [adamw]""", 6)
 
 
 def goodfit(*args) -> subprocess.CompletedProcess:
@@ -55,13 +39,7 @@ def goodfit(*args) -> subprocess.CompletedProcess:
 
 def blobs(root: Path) -> None:
     """Six overlapping Gaussian classes in 8 dimensions; 0-3 old, 4 and 5 new (fewer)."""
-    g = np.random.default_rng(0)
-    centres = g.normal(0, 1.6, (6, 8))
-    for task, classes, n in (("old", OLD, (120, 60, 60)), ("new", NEW, (40, 40, 40))):
-        for split, k in zip(("train", "val", "test"), n):
-            y = np.repeat(np.array(classes), k)
-            x = centres[y] + g.normal(0, 1.0, (len(y), 8))
-            np.savez(root / f"{task}_{split}.npz", x=x.astype(np.float32), y=y.astype(np.int64))
+    runner.gaussian_blobs(root, (120, 60, 60), (40, 40, 40))
 
 
 @pytest.fixture(scope="module")
