@@ -92,6 +92,35 @@ def test_close_calls_are_the_candidates_within_one_standard_error_on_validation(
             f"(±{rep['close_calls']['se'] * 100:.2f} pts on 10000 samples).") in md
 
 
+def test_the_report_names_the_replay_reference_as_such(tmp_path):
+    """A recommended replay reference is said to be the study's replay reference, not one of
+    the recipe's default arms, and the reference table's title names it."""
+    dirs = (+1, +1)
+    trials = [{"number": i, "state": "COMPLETE", "arm": "adamw", "params": {"arm": "plain"},
+               "old": 0.98, "new": n, "feasible": True, "dir": None, "seed": 0,
+               "checkpoint": None, **({"default": d} if d else {})}
+              for i, (n, d) in enumerate([(0.3, "adamw"), (0.8, "adamw+replay"), (0.5, None)])]
+    refs = [{"name": t["default"], "number": t["number"], "old": t["old"], "new": t["new"],
+             "gate": True} for t in trials[:2]]
+    rec = recommend(trials, dirs)
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "digits", "base": "b",
+           "metrics": ["accuracy", "accuracy"], "gate": "flags", "notes": [], "trials": trials,
+           "complete": 3, "front": pareto_front(trials, dirs), "defaults": refs,
+           "recommendation": rec, "against_defaults": dominance_against(rec, refs, dirs)}
+    write_search_report(rep, tmp_path, [])
+    md = (tmp_path / "report.md").read_text()
+    assert rec["number"] == 1 and ("the study's replay reference adamw+replay (the recipe's "
+                                   "first arm, replaying old data)") in md
+    assert "the recipe's default arm adamw+replay" not in md
+    assert "## The recipe's default arms and the replay reference" in md
+    refs.pop()
+    rep.update(defaults=refs, recommendation=trials[0],
+               against_defaults=dominance_against(trials[0], refs, dirs))
+    write_search_report(rep, tmp_path, [])
+    md = (tmp_path / "report.md").read_text()
+    assert "the recipe's default arm adamw;" in md and "## The recipe's default arms\n" in md
+
+
 def test_search_report_marks_the_gate_the_base_and_the_recommendation(tmp_path):
     """report.md gives each default arm's gate result and the base; the plot rings the
     recommended trial, draws a default arm that fails the gate hollow and the base as a square."""
@@ -902,13 +931,38 @@ def test_budget_flag_and_help():
     assert "the recipe's arms (finetune.arms" in SEARCH_HELP
 
 
+def test_a_search_of_replay_adds_a_replay_reference_that_is_never_pruned():
+    """Where the search draws replay and the recipe replays nothing of its own, the study's
+    first trials are the recipe's arms (no replay) and then the first arm again with the replay
+    fraction at the top of its range, named '<arm>+replay' and protected from pruning; with
+    --no-replay, or a recipe that replays already, there is no such trial."""
+    from goodfit_cli.arms.search import REPLAY, REPLAY_MAX
+    from goodfit_cli.workflows.recipes import load
+    from goodfit_cli.workflows.study import default_trials, enqueue_defaults, replay_reference
+
+    recipe = load(str(ROOT / "benchmarks" / "digits.yaml"), [])
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    enqueue_defaults(study, recipe, True)
+    waiting = study.get_trials(deepcopy=False)
+    assert [t.user_attrs["default"] for t in waiting] == [
+        "adamw", "head_only", "goodfit", "adamw+replay"]
+    first, ref = waiting[0].system_attrs["fixed_params"], waiting[3].system_attrs["fixed_params"]
+    assert ref == {**first, REPLAY: REPLAY_MAX} and first[REPLAY] == 0.0 and REPLAY_MAX == 0.5
+    assert [bool(t.user_attrs.get("protected")) for t in waiting] == [False] * 3 + [True]
+    assert replay_reference(recipe, False) is None
+    assert len(default_trials(recipe, True)) == 3  # the recipe's arms, as before
+    replaying = load(str(ROOT / "benchmarks" / "digits.yaml"), ["finetune.replay={fraction: 0.2}"])
+    assert replay_reference(replaying, True) is None
+
+
 @pytest.mark.e2e
 def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(base, tmp_path):
     """With the defaults on, the recipe's arms are the study's first trials (their recipe
-    knobs, no replay), counted toward --trials and the budget, and the report's reference
-    points. Nothing the study trains (each trial's metrics log and summary) ever exceeds the
-    budget; it stops short of --trials and says so; a rerun with a larger budget continues, one
-    whose budget is spent runs nothing and says so, and one with --no-defaults is refused."""
+    knobs, no replay), then the replay reference (never pruned: it trains whole), counted
+    toward --trials and the budget, and the report's reference points. Nothing the study
+    trains (each trial's metrics log and summary) ever exceeds the budget; it stops short of
+    --trials and says so; a rerun with a larger budget continues, one whose budget is spent
+    runs nothing and says so, and one with --no-defaults is refused."""
     from goodfit_cli.core.errors import UserError
     from goodfit_cli.report.gate import Gate, Limit
     from goodfit_cli.workflows.recipes import load
@@ -954,7 +1008,12 @@ def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(ba
     assert trained() <= rep["batches"] <= 48 and len(rep["trials"]) > 1
     ran = [t for t in study.get_trials() if "default" in t.user_attrs and t.state.name != "WAITING"
            and not t.user_attrs.get("over_budget")]
-    assert {t.user_attrs["default"] for t in ran} == {"rmsprop", "head_only", "goodfit"}
+    assert {t.user_attrs["default"] for t in ran} == {"rmsprop", "head_only", "goodfit",
+                                                      "rmsprop+replay"}
+    ref = next(t for t in ran if t.user_attrs["default"] == "rmsprop+replay")
+    assert ref.state.name == "COMPLETE" and ref.user_attrs["protected"] is True
+    assert ref.params["finetune.replay.fraction"] == 0.5 and ref.user_attrs["batches"] == 12
+    defaults.append(("rmsprop+replay", {**defaults[0][1], "finetune.replay.fraction": 0.5}))
     for t in ran:
         name = t.user_attrs["default"]
         assert t.params == dict(defaults)[name]

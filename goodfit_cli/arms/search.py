@@ -29,6 +29,7 @@ from goodfit_cli.objectives.standard import BALANCE
 # knobs of every arm
 LR, REPLAY, BALANCED = "finetune.optimizer.lr", "finetune.replay.fraction", "new_task.args.balance"
 SAMPLED = "finetune.sampling"
+REPLAY_MAX = 0.5  # the top of the replay fraction's range (the search's replay reference's)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
     if recipe.new_task.loss == "cross_entropy":  # class balance, for a long-tailed new task
         knobs[BALANCED] = trial.suggest_categorical(BALANCED, BALANCE)
     if replay:
-        knobs[REPLAY] = trial.suggest_float(REPLAY, 0.0, 0.5)
+        knobs[REPLAY] = trial.suggest_float(REPLAY, 0.0, REPLAY_MAX)
     elif ft.replay is not None:
         knobs[REPLAY] = 0.0
     if recipe.new_task.loss == "cross_entropy":  # drawn last: a trial's other draws stay put

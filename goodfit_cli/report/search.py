@@ -188,7 +188,10 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                     None: "-"}[rec.get("passes_gate_test")]
             test = (f"; on test: old {m_old} {value_text(rec['test_old'], u['old'], 5)}, new "
                     f"{m_new} {value_text(rec['test_new'], u['new'], 5)} (gate on test: {gate})")
-        default = f", the recipe's default arm {rec['default']}" if rec.get("default") else ""
+        d = rec.get("default") or ""
+        default = (f", the study's replay reference {d} (the recipe's first arm, replaying old "
+                   "data)" if d.endswith("+replay") else
+                   f", the recipe's default arm {d}" if d else "")
         of = (", the exponential moving average of its weights (finetune.ema)"
               if shipped_name(rec) != rec["arm"] else "")
         said.append(f"Trial {rec['number']}, {shipped_name(rec)} (finetune.arms=[{rec['arm']}]"
@@ -240,7 +243,9 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                   (f"{r['state']}" + (f"; new {m_new} {vn(r['rung_new'])} at rung {r['rung']}, "
                                       "best WiSE-FT point" if "rung" in r else "")),
                   vo(r.get("test_old")), vn(r.get("test_new"))] for r in rep["defaults"]]
-        tables.append(("The recipe's default arms", ["arm", f"old {m_old} (val)",
+        ref = " and the replay reference" * any(r["name"].endswith("+replay")
+                                                for r in rep["defaults"])
+        tables.append((f"The recipe's default arms{ref}", ["arm", f"old {m_old} (val)",
                                                      f"new {m_new} (val)", "gate (val)",
                                                      f"old {m_old} (test)",
                                                      f"new {m_new} (test)"], rows))

@@ -73,7 +73,7 @@ from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
-from goodfit_cli.workflows.study import counted, default_trials, open_study, reclaim_dead, reran
+from goodfit_cli.workflows.study import counted, enqueue_defaults, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
 from goodfit_cli.workflows.study import a_study, data_identity, mark_worker
 from goodfit_cli.workflows.timings import search_record
@@ -131,7 +131,8 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         fixed = frozen.system_attrs.get("fixed_params")  # an enqueued default arm: it waits on
         if fixed and "default" in trial.user_attrs:  # for a rerun with a larger budget
-            trial.study.enqueue_trial(fixed, user_attrs={"default": trial.user_attrs["default"]})
+            trial.study.enqueue_trial(fixed, user_attrs={  # (the replay reference: protected)
+                k: trial.user_attrs[k] for k in ("default", "protected") if k in trial.user_attrs})
         trial.study.stop()
         raise optuna.TrialPruned(f"the budget left cannot cover another trial ({steps} batches)")
     prim = recipe.primary
@@ -281,8 +282,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
         make_out(job.out)
 
     def enqueue(study: Any) -> None:  # the study's creator only: once, whatever the workers
-        for name, params in default_trials(recipe, job.replay):
-            study.enqueue_trial(params, user_attrs={"default": name})
+        enqueue_defaults(study, recipe, job.replay)
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     make_out(job.out)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goodfit_cli.arms import ARMS
-from goodfit_cli.arms.search import BALANCED, LR, REPLAY, SAMPLED, knob_key
+from goodfit_cli.arms.search import BALANCED, LR, REPLAY, REPLAY_MAX, SAMPLED, knob_key
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.source import KEY
 from goodfit_cli.core.text import redact
@@ -262,6 +262,32 @@ def default_trials(recipe: Any, replay: bool) -> list[tuple[str, dict[str, Any]]
             params[REPLAY] = ft.replay.fraction if ft.replay is not None else 0.0
         out.append((name, params))
     return out
+
+
+def replay_reference(recipe: Any, replay: bool) -> tuple[str, dict[str, Any]] | None:
+    """The search's replay reference, where it searches replay and the recipe replays nothing
+    of its own: the recipe's first default arm as a trial with the replay fraction at the top
+    of its range (REPLAY_MAX), named '<arm>+replay'; None otherwise. Rehearsal of old data is
+    the strong baseline of continual learning (Chaudhry et al., *On Tiny Episodic Memories in
+    Continual Learning*, 2019), and early in its training it can read worse at a rung than
+    trials that learn the new task at the old task's cost, so it is never pruned
+    (`enqueue_defaults`; docs/results.md, "A replay reference")."""
+    ft = recipe.finetune
+    first = default_trials(recipe, replay)[:1]
+    if not replay or not first or (ft.replay is not None and ft.replay.fraction > 0):
+        return None
+    name, params = first[0]
+    return f"{name}+replay", {**params, REPLAY: REPLAY_MAX}
+
+
+def enqueue_defaults(study: Any, recipe: Any, replay: bool) -> None:
+    """The study's first trials (done once, by the worker that creates it): the recipe's
+    default arms, then the replay reference (`replay_reference`), which is never pruned."""
+    for name, params in default_trials(recipe, replay):
+        study.enqueue_trial(params, user_attrs={"default": name})
+    ref = replay_reference(recipe, replay)
+    if ref is not None:
+        study.enqueue_trial(ref[1], user_attrs={"default": ref[0], "protected": True})
 
 
 def counts(t: Any) -> bool:
