@@ -74,7 +74,7 @@ from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, enqueue_defaults, open_study, reclaim_dead, reran
-from goodfit_cli.workflows.study import but_gate, requeue_first, reruns_due, retry_of
+from goodfit_cli.workflows.study import but_gate, enqueued_as, requeue_first, reruns_due, retry_of
 from goodfit_cli.workflows.study import a_study, data_identity, mark_worker
 from goodfit_cli.workflows.timings import search_record
 from goodfit_cli.workflows.wise import WiseJob, wise
@@ -131,8 +131,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
         frozen = trial.study.get_trials(deepcopy=False)[trial.number]
         fixed = frozen.system_attrs.get("fixed_params")  # an enqueued default arm: it waits on
         if fixed and "default" in trial.user_attrs:  # for a rerun with a larger budget
-            trial.study.enqueue_trial(fixed, user_attrs={  # (the replay reference: protected)
-                k: trial.user_attrs[k] for k in ("default", "protected") if k in trial.user_attrs})
+            trial.study.enqueue_trial(fixed, user_attrs=enqueued_as(trial))
         trial.study.stop()
         raise optuna.TrialPruned(f"the budget left cannot cover another trial ({steps} batches)")
     prim = recipe.primary

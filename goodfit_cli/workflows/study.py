@@ -67,11 +67,16 @@ def requeue_first(study: Any, params: dict[str, Any], attrs: dict[str, Any]) -> 
                             user_attrs=dict(t.user_attrs))
 
 
+def enqueued_as(t: Any) -> dict[str, Any]:
+    """What an enqueued first trial carries to a trial that stands for it (a retry; one put
+    back when the budget cannot cover it): its place among the default arms (or as the replay
+    reference) and its protection from pruning."""
+    return {k: t.user_attrs[k] for k in ("default", "protected") if k in t.user_attrs}
+
+
 def retry_of(t: Any, reason: str) -> dict[str, Any]:
-    """A retry's user attrs: the trial's place among the default arms and its protection from
-    pruning, none of its numbers, rungs or budget claims."""
-    keep = {k: t.user_attrs[k] for k in ("default", "protected") if k in t.user_attrs}
-    return {**keep, "retry_of": t.number, "retry_reason": reason}
+    """A retry's user attrs: `enqueued_as`, none of its numbers, rungs or budget claims."""
+    return {**enqueued_as(t), "retry_of": t.number, "retry_reason": reason}
 
 
 def retry_dead(study: Any, trial: Any) -> bool:
