@@ -22,10 +22,13 @@ __all__ = ["app", "data_app", "main"]
 
 
 def main() -> None:
-    """The console entry point. Under torchrun a rank leaves with os._exit once its output is
-    flushed: the run has already left the process group, and interpreter teardown with the
-    collective library's threads still alive can abort a finished run ("terminate called
-    without an active exception")."""
+    """The console entry point. A command that finished (any exit code) leaves through
+    `leave`: interpreter teardown after torch, timm and torchvision are imported takes about a
+    second of the command's wall time (docs/benchmarks.md), and nothing of the run is left to
+    it. Under torchrun a rank leaves with os._exit once its output is flushed: the run has
+    already left the process group, and interpreter teardown with the collective library's
+    threads still alive can abort a finished run ("terminate called without an active
+    exception")."""
     from goodfit_cli.core.timing import command_started
 
     command_started()  # the command's timings count its start-up (core/timing.py)
@@ -37,7 +40,34 @@ def main() -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+        if e.code is None or isinstance(e.code, int):
+            leave(code)
         raise
+
+
+def leave(code: int) -> None:
+    """End the process now with `code`, as the interpreter would but without its teardown
+    (freeing every module and object one by one): the atexit handlers run (a tracker's, the
+    temporary folders' finalizers, multiprocessing's), then the standard streams are flushed
+    and the process exits. Returns without doing anything, for the interpreter's own exit,
+    where something may still need it: a non-daemon thread alive (a state still being written;
+    the interpreter joins it first), or a tracer or profiler set (coverage, cProfile: they
+    write their results after this function returns)."""
+    import atexit
+    import threading
+
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+           if t is not threading.main_thread()):
+        return
+    atexit._run_exitfuncs()  # what the interpreter runs at exit, in the same (reverse) order
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: the interpreter would not report it either
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
