@@ -116,7 +116,8 @@ def test_a_pretrain_rerun_after_the_code_changed_is_refused(tmp_path, monkeypatc
 def test_a_study_continued_under_other_code_is_refused(tmp_path, monkeypatch):
     """A search study records the code its trials ran; continued under other code: exit 2,
     one line, its report as it was. A study made by an older goodfit (no hash) records it at
-    its next run and goes on."""
+    its next run and goes on while no trial has run; one whose trials ran is refused (its
+    trials' code is unknown)."""
     from goodfit_cli.workflows.study import open_study
 
     assert invoke("pretrain", "--recipe", "toy", "--out", tmp_path / "base",
@@ -149,3 +150,10 @@ def test_a_study_continued_under_other_code_is_refused(tmp_path, monkeypatch):
     assert study.user_attrs["goodfit_source_sha256"] == OTHER
     with pytest.raises(UserError, match="was made with goodfit source 9b1c… but it is now 3fa2…"):
         open_study(job, (1, 1), {"recipe": "toy", "goodfit_source_sha256": "3fa2" + "0" * 60})
+    job = SimpleNamespace(**{**vars(job), "storage": f"sqlite:///{tmp_path / 'older.db'}"})
+    older = open_study(job, (1, 1), {"recipe": "toy"})  # an older goodfit's study ...
+    older.tell(older.ask(), [0.5, 0.5])  # ... with a trial it ran
+    with pytest.raises(UserError, match="study 'goodfit-toy' has trials from an older goodfit "
+                       "that did not record their goodfit_source_sha256"):
+        open_study(job, (1, 1), {"recipe": "toy", "goodfit_source_sha256": OTHER})
+    assert "goodfit_source_sha256" not in open_study(job, (1, 1), {"recipe": "toy"}).user_attrs

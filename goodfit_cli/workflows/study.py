@@ -190,9 +190,15 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
             time.sleep(1 + attempt)
     same_but_gate = study.user_attrs.get("recipe_sha256_but_gate") == identity.get(
         "recipe_sha256_but_gate")
+    # a key an older goodfit did not record is recorded now only while no trial has run:
+    # recorded after, it would vouch for trials it never saw
+    ran = any(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False))
+    unrecorded = []
     for k, v in identity.items():  # one study = one recipe and one base
         have = study.user_attrs.get(k)
-        if have is None:
+        if have is None and ran:
+            unrecorded.append(k)
+        elif have is None:
             study.set_user_attr(k, v)
         elif have != v and k == KEY:  # goodfit's own source (core/source.py)
             raise UserError(f"--storage {url}: study {name!r} was made with goodfit source "
@@ -214,6 +220,10 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
         raise UserError(f"--storage {url}: study {name!r} names its knobs as an older goodfit "
                         "did (lr, not finetune.optimizer.lr); use a new --study or --out")
+    if unrecorded:
+        raise UserError(f"--storage {url}: study {name!r} has trials from an older goodfit that "
+                        f"did not record their {unrecorded[0]}, so they cannot be checked "
+                        "against this run's; use a new --study or --out")
     legacy = {} if hasattr(optuna.trial.Trial, "set_constraint") else {  # optuna < 5
         "constraints_func": lambda t: t.user_attrs.get("constraint", [0.0])}
     with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
