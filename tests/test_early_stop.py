@@ -5,8 +5,8 @@ weights, says why in summary.json and the report, and resumes to the same result
 from __future__ import annotations
 
 import dataclasses
-
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -50,6 +50,25 @@ def test_plateau_counts_evaluations_without_an_improvement_beyond_min_delta():
     s = es.summary(100)
     assert s["stopped_at"] == 40 and s["budget"] == 100 and s["best"] == {"mse": 0.8}
     assert s["checkpoint"] == "weights of the best evaluation (batch 20)"
+
+
+def test_an_infinite_mse_counts_as_no_improvement_and_is_never_kept():
+    """+inf mse (lower is better) is the worst value: it counts toward the patience (as the
+    plateau schedule reads it) and is never the best; NaN stays neither kept nor counted."""
+    es = EarlyStop(StopRule("mse", patience=2))
+    assert not es.observe(rec(10, math.inf)) and es.bad == 1 and es.best is None
+    assert es.note is None
+    assert not es.observe(rec(20, math.nan)) and es.bad == 1 and "neither keeps" in es.note
+    assert es.observe(rec(30, 0.5)) and es.bad == 0 and es.best_batch == 30
+    assert not es.observe(rec(40, math.inf)) and not es.stopped
+    assert not es.observe(rec(50, math.inf))
+    assert es.stopped and es.stopped_at == 50 and es.best == 0.5 and es.best_batch == 30
+    assert es.reason.endswith("for 2 evaluations (best 0.5 at batch 30)")
+    never = EarlyStop(StopRule("mse", patience=1))  # nothing finite before it stops
+    never.observe(rec(10, math.inf))
+    assert never.stopped and never.best_batch is None
+    assert never.reason.endswith("for 1 evaluation (best none kept)")
+    assert never.summary(20)["checkpoint"] == "weights where it stopped (no evaluation was kept)"
 
 
 def test_plateau_on_a_higher_is_better_metric_and_without_patience():

@@ -103,21 +103,27 @@ class EarlyStop:
         if violations:
             self._stop(batch, f"old-task gate limit crossed at batch {batch}: {violations[0]}")
             return False
-        if value is None or not math.isfinite(value):  # said, never kept nor counted
+        # NaN (nothing measured) and an infinity on the good side: said, never kept nor
+        # counted; an infinity on the bad side (an mse that overflowed) is the worst value, so
+        # it counts as no improvement (as the plateau schedule reads it) and is never kept
+        worst = value is not None and math.isinf(value) and value * self.sign < 0
+        if value is None or (not math.isfinite(value) and not worst):
             self.note = (f"evaluation at batch {batch}: new {self.rule.metric} is {value} on "
                          "validation; early stopping neither keeps nor counts it")
             return False
-        if self.best is None or (value - self.best) * self.sign > self.rule.min_delta:
+        if not worst and (self.best is None
+                          or (value - self.best) * self.sign > self.rule.min_delta):
             self.best, self.best_batch, self.bad = float(value), batch, 0
             return True
         self.bad += 1
         if self.rule.patience is not None and self.bad >= self.rule.patience:
             u = self.rule.units.get("new", {}).get(self.rule.metric)  # as the report reads it
             u = unit(self.rule.metric) if u is None else u  # a rule made by hand: declared
+            best = ("none kept" if self.best is None else
+                    f"{value_text(self.best, u)} at batch {self.best_batch}")
             self._stop(batch, f"new {self.rule.metric} did not improve by more than "
                               f"{amount_text(self.rule.min_delta, u)} for {self.bad} evaluation"
-                              f"{'s' * (self.bad != 1)} (best {value_text(self.best, u)} at "
-                              f"batch {self.best_batch})")
+                              f"{'s' * (self.bad != 1)} (best {best})")
         return False
 
     def _stop(self, batch: int, reason: str) -> None:
@@ -147,7 +153,7 @@ class EarlyStop:
                 "best": None if self.best is None else {self.rule.metric: self.best},
                 "checkpoint": (f"weights of the best evaluation (batch {self.best_batch})"
                                if self.best_batch is not None else
-                               "weights where it stopped (no evaluation kept the gate)")}
+                               "weights where it stopped (no evaluation was kept)")}
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best, "best_batch": self.best_batch, "bad": self.bad}
