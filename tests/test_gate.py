@@ -220,6 +220,18 @@ def test_write_junit(tmp_path):
     assert message == "old accuracy dropped 5.00 pts (limit 1.00 pts)"
 
 
+def test_junit_classnames_keep_dots_and_spaces_out_of_the_arms_part(tmp_path):
+    """A CI system reads a classname's dots as packages: a WiSE-FT point (goodfit@wise0.3) or
+    a compared folder with a space in its name stays one class, named in the property "arm"."""
+    gate = gate_from_flags(0.01, None, "accuracy")
+    results = {name: evaluate_gate(gate, {**_arm(old_acc=0.85), "name": name})
+               for name in ("goodfit@wise0.3", "my run. v2")}
+    write_junit(tmp_path / "j.xml", results)
+    cases = ET.parse(tmp_path / "j.xml").getroot().findall("testsuite/testcase")
+    assert [c.get("classname") for c in cases] == ["goodfit.goodfit@wise0_3", "goodfit.my_run_v2"]
+    assert [c.find("properties/property").get("value") for c in cases] == list(results)
+
+
 def test_floor_and_ceiling_flags_and_a_value_exactly_at_a_bound_passes():
     """--min-old accuracy=0.9 and --max-new mse=0.15: a value at the bound passes even when
     floating point lands a hair beyond it (0.1 * 9 summed is 0.8999999999999999, 0.1 + 0.05 is

@@ -41,7 +41,8 @@ def test_a_shipped_wise_point_that_breaks_the_gate_on_test_fails_the_job(tmp_pat
     suite = ET.parse(tmp_path / "j.xml").getroot()
     assert suite.get("tests") == "3" and suite.get("failures") == "1"
     failed = suite.find(".//failure/..")
-    assert failed.get("classname") == "goodfit.plain@wise0.5"
+    assert failed.get("classname") == "goodfit.plain@wise0_5"  # no dot inside the arm's part
+    assert failed.find("properties/property").attrib == {"name": "arm", "value": "plain@wise0.5"}
     with pytest.raises(GateFailure, match=r"plain@wise0\.5: old accuracy"):
         raise_on_gate_failure(rep, shipped=True)
     raise_on_gate_failure(rep)  # compare and wise: their arms only, as before
