@@ -156,7 +156,11 @@ def test_gate_require_significant():
     near = evaluate_gate(gate, _arm(old_acc=0.87, ci=[-0.055, -0.005]))
     assert near["passed"] is True and "not significant" in near["checks"][0]["message"]
     rel = _gate(("old", "accuracy", "max_drop_rel", 0.02, True))  # 0.03 / 0.90 = 3.3 %
-    assert evaluate_gate(rel, _arm(old_acc=0.87, ci=[-0.05, -0.01]))["passed"] is True
+    within_noise = evaluate_gate(rel, _arm(old_acc=0.87, ci=[-0.05, -0.01]))
+    assert within_noise["passed"] is True  # the CI read in the limit's units too
+    assert within_noise["checks"][0]["message"] == (
+        "old accuracy dropped 3.00 pts = 3.33 % of the base (limit 2.00 %); not significant "
+        "(95 % CI [-5.00, -1.00] pts; the drop's: [1.11, 5.56] % of the base)")
     assert evaluate_gate(rel, _arm(old_acc=0.87, ci=[-0.05, -0.02]))["passed"] is False
     no_ci = evaluate_gate(gate, _arm(old_acc=0.87, ci=None))
     assert no_ci["passed"] is False and "no CI to test significance" in no_ci["violations"][0]

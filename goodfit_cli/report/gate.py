@@ -282,12 +282,14 @@ def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
     label = f"{task} {metric}"
     u = _unit(units, task, metric)
 
-    def result(value, passed, message, ci=None, significant=None, why="no predictions") -> dict:
+    def result(value, passed, message, ci=None, significant=None, why="no predictions",
+               ci_said: str | None = None) -> dict:
         if not passed and limit.require_significant:
             if ci is None:
                 message += f"; no CI to test significance ({why}), counted as a violation"
             elif not significant:
-                passed, message = True, message + f"; not significant ({_ci_text(u, ci)})"
+                passed, message = True, message + (f"; not significant "
+                                                   f"({ci_said or _ci_text(u, ci)})")
         return {"limit": limit.name, "value": value, "threshold": thr, "passed": passed,
                 "message": message}
 
@@ -354,9 +356,12 @@ def _check(limit: Limit, arm: dict, units: dict | None = None) -> dict:
     if base == 0:
         return result(None, False, f"{label}: base value is 0, a relative drop is undefined")
     rel = drop / abs(base)
+    rel_ci = None if drop_ci is None else [x / abs(base) for x in drop_ci]  # the limit's units
+    said = None if rel_ci is None else (f"{_ci_text(u, ci)}; the drop's: [{rel_ci[0] * 100:.2f}, "
+                                        f"{rel_ci[1] * 100:.2f}] % of the base")
     return result(rel, within(rel, thr, "max"), f"{label} {change} = {rel * 100:.2f} % of the base "
-                  f"(limit {thr * 100:.2f} %)", ci,
-                  drop_ci is not None and drop_ci[0] / abs(base) > thr, why)
+                  f"(limit {thr * 100:.2f} %)", ci, rel_ci is not None and rel_ci[0] > thr, why,
+                  said)
 
 
 def _finite(v) -> bool:
