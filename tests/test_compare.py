@@ -137,6 +137,29 @@ def test_compare_shows_what_each_candidates_files_record(toy_run, tmp_path):
         assert "bare.safetensors)" not in text and "bare.safetensors</code>" not in text
 
 
+def test_compare_gates_a_drop_relative_to_the_base_from_a_flag(toy_run, tmp_path):
+    """--max-old-drop-rel mse=R: the old mse may rise by at most R times the base's; between
+    the two limits around the measured rise, one passes and one fails (exit 3)."""
+    cand = toy_run["ft"] / "rmsprop" / "model.safetensors"
+
+    def compare(limit: float, out: str):
+        return run("compare", toy_run["base"], cand, "--recipe", toy_run["recipe"],
+                   "--max-old-drop-rel", f"mse={limit!r}", "--out", tmp_path / out)
+
+    above = compare(1e9, "above")
+    assert above.exit_code == 0, above.output
+    rep = json.loads((tmp_path / "above" / "report.json").read_text())
+    rise = rep["arms"][0]["delta"]["old"]["mse"]["value"] / rep["base_metrics"]["old"]["mse"]
+    assert rise > 0 and rep["gate_limits"].startswith("old mse max_drop_rel 1e+09")
+    assert compare(rise * 1.01, "loose").exit_code == 0
+    strict = compare(rise * 0.99, "strict")
+    assert strict.exit_code == 3, strict.output
+    assert f"{rise * 100:.2f} % of the base" in strict.output
+    bad = compare(-0.1, "bad")
+    assert bad.exit_code == 2 and "--max-old-drop-rel 'mse=-0.1': a drop relative to the base " \
+        "is a share >= 0" in bad.output
+
+
 def test_compare_checkpoints_evaluates_and_gate_exit_codes(toy_run, tmp_path):
     """Bare checkpoints are evaluated; a strict gate exits 3 and names the metric; a loose one exits 0."""
     cand = toy_run["ft"] / "rmsprop" / "model.safetensors"

@@ -176,11 +176,13 @@ MIN_OLD = typer.Option(None, "--min-old", metavar="METRIC=V", help="Gate: floor 
 MAX_OLD = typer.Option(None, "--max-old", metavar="METRIC=V", help="Gate: ceiling on an old-task metric, e.g. mse=0.05; repeatable.")
 MIN_NEW = typer.Option(None, "--min-new", metavar="METRIC=V", help="Gate: floor on a new-task metric; repeatable.")
 MAX_NEW = typer.Option(None, "--max-new", metavar="METRIC=V", help="Gate: ceiling on a new-task metric; repeatable.")
+MAX_OLD_DROP_REL = typer.Option(None, "--max-old-drop-rel", metavar="METRIC=V", help="Gate: largest allowed drop of an old-task metric relative to the base's value, e.g. mse=0.1 (10 % worse); repeatable.")
 
 
-def bounds(min_old, max_old, min_new, max_new) -> dict[str, list[str] | None]:
-    """The absolute gate flags as reporting.gate_for takes them."""
-    return {"min_old": min_old, "max_old": max_old, "min_new": min_new, "max_new": max_new}
+def bounds(min_old, max_old, min_new, max_new, max_old_drop_rel) -> dict[str, list[str] | None]:
+    """The METRIC=V gate flags as reporting.gate_for takes them."""
+    return {"min_old": min_old, "max_old": max_old, "min_new": min_new, "max_new": max_new,
+            "max_old_drop_rel": max_old_drop_rel}
 
 
 LOG_FORMAT = typer.Option("text", "--log-format",

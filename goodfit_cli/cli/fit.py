@@ -22,6 +22,7 @@ from goodfit_cli.cli.base import (
     MAX_NFR,
     MAX_OLD,
     MAX_OLD_DROP,
+    MAX_OLD_DROP_REL,
     MIN_NEW,
     MIN_OLD,
     NPROC,
@@ -106,6 +107,7 @@ def finetune(
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
+    max_old_drop_rel: Optional[list[str]] = MAX_OLD_DROP_REL,
     junit: Optional[Path] = JUNIT,
     nproc: int = NPROC,
     log_format: LogFormat = LOG_FORMAT,
@@ -134,7 +136,7 @@ def finetune(
     if no_wise:  # else a fresh run's default (on), a resumed run's own (run.json)
         job.wise = False
     job.gate = gate_for(job.recipe, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new), recorded=job.gate, junit=junit)
+        min_old, max_old, min_new, max_new, max_old_drop_rel), recorded=job.gate, junit=junit)
     say_gate(job.gate)
     job.junit = junit
     if nproc > 1:  # a bad recipe, arm or gate: one line here, before any process starts
@@ -159,6 +161,7 @@ def wise(
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
+    max_old_drop_rel: Optional[list[str]] = MAX_OLD_DROP_REL,
     junit: Optional[Path] = JUNIT,
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
@@ -174,7 +177,7 @@ def wise(
     check_arm_dir(arm_dir)  # before its run's recipe.yaml is read
     r = load(str(arm_dir.parent / "recipe.yaml"), None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new), junit=junit)
+        min_old, max_old, min_new, max_new, max_old_drop_rel), junit=junit)
     say_gate(g)
     report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset),
                       Place(device, None, data_dir), ui_for(r.primary, units=r.units))
@@ -201,6 +204,7 @@ def search(
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
+    max_old_drop_rel: Optional[list[str]] = MAX_OLD_DROP_REL,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="The recipe's default arms are the study's first trials (counted toward --trials and --budget; the reference points)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
     rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
@@ -229,7 +233,7 @@ def search(
     cap = parse_budget(budget)
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new))
+        min_old, max_old, min_new, max_new, max_old_drop_rel))
     say_gate(g)
     with measured_once():  # the base measured once for all trials and their WiSE candidates
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),

@@ -22,6 +22,7 @@ from goodfit_cli.cli.base import (
     MAX_NFR,
     MAX_OLD,
     MAX_OLD_DROP,
+    MAX_OLD_DROP_REL,
     MIN_NEW,
     MIN_OLD,
     OVERRIDES,
@@ -57,6 +58,7 @@ def compare(
     max_old: Optional[list[str]] = MAX_OLD,
     min_new: Optional[list[str]] = MIN_NEW,
     max_new: Optional[list[str]] = MAX_NEW,
+    max_old_drop_rel: Optional[list[str]] = MAX_OLD_DROP_REL,
     junit: Optional[Path] = JUNIT,
     out_dir: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Report directory (default: runs/<recipe>-compare-<time>)."),
@@ -71,7 +73,7 @@ def compare(
 
     r = load(recipe, None)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
-        min_old, max_old, min_new, max_new), junit=junit)
+        min_old, max_old, min_new, max_new, max_old_drop_rel), junit=junit)
     say_gate(g)
     dest = out_dir or default_out(r.name, "compare")
     report = run_compare(r, base, list(candidates), dest, gate=g, junit=junit,

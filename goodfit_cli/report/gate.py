@@ -152,7 +152,7 @@ def _parse_limit(entry, where: str) -> list[Limit]:
 
 
 BOUND_FLAGS = {"min_old": ("old", "min"), "max_old": ("old", "max"), "min_new": ("new", "min"),
-               "max_new": ("new", "max")}
+               "max_new": ("new", "max"), "max_old_drop_rel": ("old", "max_drop_rel")}
 
 
 def parse_bound(flag: str, item: str) -> Limit:
@@ -172,6 +172,9 @@ def parse_bound(flag: str, item: str) -> Limit:
         v = math.nan
     if not math.isfinite(v):
         raise UserError(f"{name} {item!r}: the bound must be a finite number, got {value!r}")
+    if bound == "max_drop_rel" and v < 0:
+        raise UserError(f"{name} {item!r}: a drop relative to the base is a share >= 0 (0.1 = "
+                        "10 % of the base's value)")
     if impossible(metric, bound, v):
         raise UserError(f"{name} {item!r}: {impossible(metric, bound, v)}")
     return Limit(task, metric, bound, v)
@@ -180,7 +183,8 @@ def parse_bound(flag: str, item: str) -> Limit:
 def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_old: str,
                     bounds: dict[str, list[str] | None] | None = None) -> Gate:
     """A gate from --max-old-drop (absolute, in old-task primary-metric units), --max-nfr and the
-    absolute bounds {"min_old": ["accuracy=0.9", ...], "max_old": [...], "min_new", "max_new"}."""
+    bounds {"min_old": ["accuracy=0.9", ...], "max_old": [...], "min_new", "max_new"} (absolute)
+    and "max_old_drop_rel" (["mse=0.1"]: a drop of at most 10 % of the base's value)."""
     limits = []
     if max_old_drop is not None:
         if not math.isfinite(max_old_drop) or max_old_drop < 0:

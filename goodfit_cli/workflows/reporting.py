@@ -170,7 +170,8 @@ def gate_for(recipe: Recipe, gate_file: Path | None, max_old_drop: float | None,
     elif gate_file is not None:
         if flagged:
             raise UserError("give either --gate or the gate flags (--max-old-drop, --max-nfr, "
-                            "--min-old, --max-old, --min-new, --max-new), not both")
+                            "--min-old, --max-old, --min-new, --max-new, --max-old-drop-rel), "
+                            "not both")
         gate = load_gate(gate_file)
     elif not flagged and recipe.gate is not None:  # the recipe's own gate, when none is given
         given = "an override of its gate" if ("gate",) in getattr(recipe, "_marks", ((), ()))[1] \
