@@ -935,7 +935,8 @@ def test_a_search_of_replay_adds_a_replay_reference_that_is_never_pruned():
     """Where the search draws replay and the recipe replays nothing of its own, the study's
     first trials are the recipe's arms (no replay) and then the first arm again with the replay
     fraction at the top of its range, named '<arm>+replay' and protected from pruning; with
-    --no-replay, or a recipe that replays already, there is no such trial."""
+    --no-replay, --no-replay-reference or a recipe that replays already, there is no such
+    trial."""
     from goodfit_cli.arms.search import REPLAY, REPLAY_MAX
     from goodfit_cli.workflows.recipes import load
     from goodfit_cli.workflows.study import default_trials, enqueue_defaults, replay_reference
@@ -951,8 +952,35 @@ def test_a_search_of_replay_adds_a_replay_reference_that_is_never_pruned():
     assert [bool(t.user_attrs.get("protected")) for t in waiting] == [False] * 3 + [True]
     assert replay_reference(recipe, False) is None
     assert len(default_trials(recipe, True)) == 3  # the recipe's arms, as before
+    without = optuna.create_study(directions=["maximize", "maximize"])
+    enqueue_defaults(without, recipe, True, reference=False)  # --no-replay-reference
+    assert [t.user_attrs["default"] for t in without.get_trials(deepcopy=False)] == [
+        "adamw", "head_only", "goodfit"]
     replaying = load(str(ROOT / "benchmarks" / "digits.yaml"), ["finetune.replay={fraction: 0.2}"])
     assert replay_reference(replaying, True) is None
+
+
+def test_no_replay_reference_runs_the_default_arms_alone_and_is_part_of_the_study(base, tmp_path):
+    """`goodfit search --no-replay-reference`: the study's first trials are the recipe's three
+    arms and no '<arm>+replay'; the study records it, and continuing it with the reference is
+    refused in one line (its first trials would differ)."""
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 4, "--out", out,
+               "--rungs", 0, "--budget", "none", *TINY)
+    res = subprocess.run(args + ["--no-replay-reference"], cwd=ROOT, env=ENV, text=True,
+                         capture_output=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.user_attrs.get("default") for t in study.trials] == [
+        "rmsprop", "head_only", "goodfit", None]  # the fourth drawn by the sampler
+    assert study.user_attrs["defaults"] == "first trials, no replay reference"
+    again = subprocess.run(cmd("search", "--base", base, "--recipe", "toy", "--trials", 5,
+                               "--out", out, "--rungs", 0, "--budget", "none", *TINY),
+                           cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=600)
+    assert again.returncode == 2
+    assert ("was made with another defaults ('first trials, no replay reference' against "
+            "'first trials': give the flags it was made with, --defaults or --no-defaults, "
+            "--replay-reference or --no-replay-reference)") in again.stderr
 
 
 @pytest.mark.e2e
@@ -1023,7 +1051,8 @@ def test_default_arms_are_the_first_trials_and_the_budget_holds_across_reruns(ba
     again = run(1.0)  # already spent more than 1 fine-tune: nothing runs, and it says so
     assert len(again["trials"]) == n and again["batches"] == rep["batches"]
     assert any("the budget left cannot cover another trial" in x for x in again["notes"])
-    with pytest.raises(UserError, match=r"was made with another defaults \(first trials != off\)"):
+    with pytest.raises(UserError,
+                       match=r"was made with another defaults \('first trials' against 'off'"):
         run(4.0, defaults=False)
 
 

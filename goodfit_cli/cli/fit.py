@@ -207,6 +207,7 @@ def search(
     max_old_drop_rel: Optional[list[str]] = MAX_OLD_DROP_REL,
     defaults: bool = typer.Option(True, "--defaults/--no-defaults", help="The recipe's default arms are the study's first trials (counted toward --trials and --budget; the reference points)."),
     replay: bool = typer.Option(True, "--replay/--no-replay", help="Search the replay fraction of old-task samples (--no-replay: trials never replay old data)."),
+    reference: bool = typer.Option(True, "--replay-reference/--no-replay-reference", help="After the default arms, the replay reference: the first arm with replay 0.5, never pruned (see above; default on where replay is searched)."),
     rule: str = typer.Option("new", "--rule", help="How the recommendation is picked among the trials that pass the gate and gain on the new task: new, knee or weight=W (see above)."),
     rungs: int = typer.Option(2, "--rungs", min=0, help="Successive-halving rungs at which a trial may be pruned (0: no pruning)."),
     val_margin: float = typer.Option(0.5, "--val-margin", min=0.0, help="Judge the gate on validation this many standard errors inside each limit on an accuracy or rate (0: exactly at the limit)."),
@@ -239,7 +240,7 @@ def search(
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
                                    Halving(rungs=rungs), val_margin, cap, reruns, new_offset,
-                                   with_alpha),
+                                   with_alpha, reference),
                          Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too

@@ -102,6 +102,7 @@ class SearchJob:
     reruns: bool = False  # the budget left after --trials re-runs the best pruned trials whole
     new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
     with_alpha: bool = False  # its α chosen together with that offset (choose_with_alpha; opt-in)
+    reference: bool = True  # after the default arms, the replay reference (replay_reference)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
@@ -274,14 +275,15 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                 KEY: source_sha256(),  # the code its trials run: one per study
                 **data,  # data_sha256 (test and validation), train_sha256
                 "replay": "searched" if job.replay else "off",  # one search space per study
-                "defaults": "first trials" if job.defaults else "off",
+                "defaults": ("off" if not job.defaults else "first trials" if job.reference
+                             else "first trials, no replay reference"),
                 "new_offset": ("off" if not job.new_offset else "chosen per trial"
                                + (" with its alpha" if job.with_alpha else ""))}
     if job.storage is None:  # the default study.db lives in --out
         make_out(job.out)
 
     def enqueue(study: Any) -> None:  # the study's creator only: once, whatever the workers
-        enqueue_defaults(study, recipe, job.replay)
+        enqueue_defaults(study, recipe, job.replay, job.reference)
 
     study = open_study(job, dirs, identity, enqueue if job.defaults else None)
     make_out(job.out)

@@ -213,8 +213,10 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
                    if k == "recipe_sha256" and same_but_gate
                    else f" ({have!r} against {v!r}: give the flags it was made with, "
                    "--new-offset or --no-new-offset, --offset-with-alpha or --offset-after-alpha)"
-                   if k == "new_offset" else "")
-            differ = "" if k == "new_offset" else f" ({have[:16]} != {v[:16]})"  # said in why
+                   if k == "new_offset" else f" ({have!r} against {v!r}: give the flags it was "
+                   "made with, --defaults or --no-defaults, --replay-reference or "
+                   "--no-replay-reference)" if k == "defaults" else "")
+            differ = "" if k in ("new_offset", "defaults") else f" ({have[:16]} != {v[:16]})"
             raise UserError(f"--storage {url}: study {name!r} was made with another {k}"
                             f"{differ}{why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
@@ -295,12 +297,13 @@ def replay_reference(recipe: Any, replay: bool) -> tuple[str, dict[str, Any]] | 
     return f"{name}+replay", {**params, REPLAY: REPLAY_MAX}
 
 
-def enqueue_defaults(study: Any, recipe: Any, replay: bool) -> None:
+def enqueue_defaults(study: Any, recipe: Any, replay: bool, reference: bool = True) -> None:
     """The study's first trials (done once, by the worker that creates it): the recipe's
-    default arms, then the replay reference (`replay_reference`), which is never pruned."""
+    default arms, then (`reference`) the replay reference (`replay_reference`), which is never
+    pruned."""
     for name, params in default_trials(recipe, replay):
         study.enqueue_trial(params, user_attrs={"default": name})
-    ref = replay_reference(recipe, replay)
+    ref = replay_reference(recipe, replay) if reference else None
     if ref is not None:
         study.enqueue_trial(ref[1], user_attrs={"default": ref[0], "protected": True})
 
