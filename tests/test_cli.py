@@ -500,7 +500,7 @@ def test_an_early_stopping_run_refuses_another_gate_on_resume(base_ckpt, tmp_pat
     gate: refused in one line, nothing in the run changed."""
     over = [*TINY, "finetune.early_stop.gate=true"]
     recipe = load_recipe(RECIPES_DIR / "toy.yaml", over)
-    from goodfit_cli.report.gate import gate_from_flags
+    from goodfit_cli.report.gate_flags import gate_from_flags
 
     with pytest.raises(Interrupted):
         runner.finetune(recipe, base_ckpt, tmp_path / "run", arms=["rmsprop"], device="cpu",

@@ -16,7 +16,8 @@ import torch
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.recipe import load_recipe
-from goodfit_cli.report.gate import Gate, Limit, gate_from_flags
+from goodfit_cli.report.gate import Gate, Limit
+from goodfit_cli.report.gate_flags import gate_from_flags
 from goodfit_cli.training.early_stop import EarlyStop, StopRule, flips_of, stop_rule
 from goodfit_cli.workflows.recipes import shipped_dir
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.report.gate import Gate, Limit, evaluate_gate, gate_from_flags, load_gate
+from goodfit_cli.report.gate import Gate, Limit, evaluate_gate, load_gate
+from goodfit_cli.report.gate_flags import gate_from_flags
 from goodfit_cli.report.junit import write_junit
 
 
@@ -367,7 +368,8 @@ def test_a_flip_rate_limit_on_the_new_task_says_flips_are_the_old_tasks():
     regression run says its old task is not classification (before: both read 'flip rates
     exist only for a classification old task; ... has none'). Each is one line naming the
     gate's source and the limit."""
-    from goodfit_cli.report.gate import check_metrics, parse_bound
+    from goodfit_cli.report.gate import check_metrics
+    from goodfit_cli.report.gate_flags import parse_bound
     cls = {"old": "classification", "new": "classification"}
     have = {"old": {"accuracy"}, "new": {"accuracy"}}
     new_pfr = Gate((Limit("new", "pfr", "max", 0.1),), source="g.yaml")

@@ -18,7 +18,8 @@ from goodfit_cli.report import (
     validate_report,
     write_report,
 )
-from goodfit_cli.report.gate import apply_gate, gate_from_flags
+from goodfit_cli.report.gate import apply_gate
+from goodfit_cli.report.gate_flags import gate_from_flags
 from goodfit_cli.report.svg import line_plot
 
 CLS = {"old": "classification", "new": "classification"}

@@ -8,7 +8,8 @@ import xml.etree.ElementTree as ET
 import torch
 
 from goodfit_cli.report import RunSide, build_report, render_markdown
-from goodfit_cli.report.gate import apply_gate, gate_from_flags
+from goodfit_cli.report.gate import apply_gate
+from goodfit_cli.report.gate_flags import gate_from_flags
 from goodfit_cli.report.svg import line_plot
 
 CLS = {"old": "classification", "new": "classification"}
@@ -180,7 +181,8 @@ def test_trade_off_plots_put_old_on_x_and_fit_long_y_labels():
 def test_the_gate_at_the_top_reads_its_rate_thresholds_in_the_reports_units():
     """the tables print accuracy in % and changes in pts, so the gate line says 0.02 is 2.00 pts
     (not 0.02 pts); a study's older words without the readings are the same limits"""
-    from goodfit_cli.report.gate import describe, gate_from_flags, parse_gate
+    from goodfit_cli.report.gate import describe, parse_gate
+    from goodfit_cli.report.gate_flags import gate_from_flags
     from goodfit_cli.workflows.search_report import _limits
 
     said = describe(gate_from_flags(0.02, 0.05, "accuracy"))

@@ -348,7 +348,7 @@ def test_another_gate_rejudges_every_trial_and_the_recommendation(base, tmp_path
     changed: a ceiling no point keeps recommends nothing and withdraws the earlier
     recommendation (kept aside, not shipped); one between the trials' old-task values gives
     exactly what a fresh study under that gate gives, trial by trial."""
-    from goodfit_cli.report.gate import gate_from_flags
+    from goodfit_cli.report.gate_flags import gate_from_flags
     from goodfit_cli.report.trials import best_alpha
 
     out = tmp_path / "run"

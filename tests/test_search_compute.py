@@ -55,7 +55,8 @@ def test_the_same_limits_from_a_gate_file_are_not_a_changed_gate(base, tmp_path)
     the report must not say "the gate changed ... every finished trial and the recommendation
     are re-judged" (before: it did, whenever only where the limits came from differed); the
     report's header names the file. Another limit then says so, as before."""
-    from goodfit_cli.report.gate import gate_from_flags, load_gate
+    from goodfit_cli.report.gate import load_gate
+    from goodfit_cli.report.gate_flags import gate_from_flags
     from goodfit_cli.workflows.search import SearchJob, search
 
     out = tmp_path / "run"

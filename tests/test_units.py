@@ -13,8 +13,10 @@ from test_cli_display import records
 
 from goodfit_cli.cli.console import Display, RichEvents, show, summary_table
 from goodfit_cli.core.errors import UserError
-from goodfit_cli.report.gate import Gate, Limit, describe, evaluate_gate, gate_from_flags
-from goodfit_cli.report.gate import parse_bound, parse_gate
+from goodfit_cli.report.gate import Gate, Limit, describe, evaluate_gate
+from goodfit_cli.report.gate_flags import gate_from_flags
+from goodfit_cli.report.gate import parse_gate
+from goodfit_cli.report.gate_flags import parse_bound
 from goodfit_cli.workflows.registries import registry_rows
 
 

@@ -16,9 +16,10 @@ the gain required, a value's (max/min; nfr and pfr: other metrics' values have n
 interval past the bound (until 2026-12-06 a delta check counted when its CI excluded zero).
 A failing check with no CI to test stays a violation, and its message says why there is none.
 
-Flags give the same limits: --max-old-drop D (the old primary metric's max_drop), --max-nfr R,
-and absolute floors and ceilings --min-old METRIC=V, --max-old METRIC=V, --min-new METRIC=V,
---max-new METRIC=V (repeatable). Boundaries: a value exactly at a bound passes; every
+Flags give the same limits (report/gate_flags.py): --max-old-drop D (the old primary metric's
+max_drop), --max-nfr R, absolute floors and ceilings --min-old METRIC=V, --max-old METRIC=V,
+--min-new METRIC=V, --max-new METRIC=V and relative drops --max-old-drop-rel METRIC=V
+(repeatable). Boundaries: a value exactly at a bound passes; every
 comparison allows a tolerance of 1e-12 x max(1, |bound|) (`within`), so 0.9 typed on the
 command line passes an accuracy computed as 0.9000000000000001 or 0.8999999999999999. A
 non-finite value (NaN, inf; stored as null in a report) never passes, and a limit on a metric
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from goodfit_cli.core.units import RATE, amount_text, ci_text, value_text
-from goodfit_cli.objectives import declared, direction, is_rate, unit
+from goodfit_cli.objectives import declared, direction, unit
 from goodfit_cli.objectives import metric as declaration
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.registry import suggest
@@ -149,61 +150,6 @@ def _parse_limit(entry, where: str) -> list[Limit]:
             raise UserError(f"{where}.{b}: {impossible(metric, b, v)}")
         limits.append(Limit(task, metric, b, float(v), sig))
     return limits
-
-
-BOUND_FLAGS = {"min_old": ("old", "min"), "max_old": ("old", "max"), "min_new": ("new", "min"),
-               "max_new": ("new", "max"), "max_old_drop_rel": ("old", "max_drop_rel")}
-
-
-def parse_bound(flag: str, item: str) -> Limit:
-    """'accuracy=0.90' given to --min-old (flag "min_old") -> Limit(old, accuracy, min, 0.9)."""
-    task, bound = BOUND_FLAGS[flag]
-    name = "--" + flag.replace("_", "-")
-    metric, sep, value = str(item).partition("=")
-    metric = metric.strip()
-    if not sep or not metric:
-        raise UserError(f"{name} {item!r}: expected METRIC=VALUE, e.g. {name} accuracy=0.9")
-    if not (metric in FLIP_METRICS or declaration(metric) is not None):
-        known = sorted({*declared(), *FLIP_METRICS})
-        raise UserError(f"{name} {item!r}: unknown metric {metric!r}{suggest(metric, known)}")
-    try:
-        v = float(value)
-    except ValueError:
-        v = math.nan
-    if not math.isfinite(v):
-        raise UserError(f"{name} {item!r}: the bound must be a finite number, got {value!r}")
-    if bound == "max_drop_rel" and v < 0:
-        raise UserError(f"{name} {item!r}: a drop relative to the base is a share >= 0 (0.1 = "
-                        "10 % of the base's value)")
-    if impossible(metric, bound, v):
-        raise UserError(f"{name} {item!r}: {impossible(metric, bound, v)}")
-    return Limit(task, metric, bound, v)
-
-
-def gate_from_flags(max_old_drop: float | None, max_nfr: float | None, primary_old: str,
-                    bounds: dict[str, list[str] | None] | None = None) -> Gate:
-    """A gate from --max-old-drop (absolute, in old-task primary-metric units), --max-nfr and the
-    bounds {"min_old": ["accuracy=0.9", ...], "max_old": [...], "min_new", "max_new"} (absolute)
-    and "max_old_drop_rel" (["mse=0.1"]: a drop of at most 10 % of the base's value)."""
-    limits = []
-    if max_old_drop is not None:
-        if not math.isfinite(max_old_drop) or max_old_drop < 0:
-            eg = "0.01 = 1 pt" if is_rate(primary_old) else "0.01"  # points: of a rate only
-            raise UserError(f"--max-old-drop must be a number >= 0 (absolute drop in old-task "
-                            f"{primary_old}, e.g. {eg}), got {max_old_drop}")
-        direction(primary_old)                       # UserError when its direction is unknown
-        if impossible(primary_old, "max_drop", max_old_drop):
-            raise UserError(f"--max-old-drop {max_old_drop:g}: old-task "
-                            f"{impossible(primary_old, 'max_drop', max_old_drop)}")
-        limits.append(Limit("old", primary_old, "max_drop", float(max_old_drop)))
-    if max_nfr is not None:
-        if not math.isfinite(max_nfr) or not 0 <= max_nfr <= 1:
-            raise UserError(f"--max-nfr must be a share in [0, 1] (0.05 = 5 % of old-task "
-                            f"samples flipped to wrong), got {max_nfr}")
-        limits.append(Limit("old", "nfr", "max", float(max_nfr)))
-    for flag, items in (bounds or {}).items():
-        limits += [parse_bound(flag, item) for item in items or []]
-    return Gate(tuple(limits), source="flags")
 
 
 def describe(gate: Gate | None, units: dict | None = None) -> str:

@@ -21,11 +21,11 @@ from goodfit_cli.report.gate import (
     apply_gate,
     check_metrics,
     describe,
-    gate_from_flags,
     load_gate,
     parse_gate,
     report_units,
 )
+from goodfit_cli.report.gate_flags import gate_from_flags
 from goodfit_cli.report.verdict import shipped_checks, verdict
 from goodfit_cli.report.junit import write_junit
 from goodfit_cli.trainer.session import Loaded, Session, task_kinds
