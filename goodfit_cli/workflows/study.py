@@ -67,6 +67,13 @@ def requeue_first(study: Any, params: dict[str, Any], attrs: dict[str, Any]) -> 
                             user_attrs=dict(t.user_attrs))
 
 
+# the identity keys a study's flags set, and those flags: a study continued with others is
+# refused in a line that names both values and the flags
+FLAGS_OF = {"new_offset": "--new-offset or --no-new-offset, --offset-with-alpha or "
+                          "--offset-after-alpha",
+            "defaults": "--defaults or --no-defaults, --replay-reference or --no-replay-reference"}
+
+
 def enqueued_as(t: Any) -> dict[str, Any]:
     """What an enqueued first trial carries to a trial that stands for it (a retry; one put
     back when the budget cannot cover it): its place among the default arms (or as the replay
@@ -212,11 +219,8 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
                    "rest: a study re-judges its trials under the flags' gate)"
                    if k == "recipe_sha256" and same_but_gate
                    else f" ({have!r} against {v!r}: give the flags it was made with, "
-                   "--new-offset or --no-new-offset, --offset-with-alpha or --offset-after-alpha)"
-                   if k == "new_offset" else f" ({have!r} against {v!r}: give the flags it was "
-                   "made with, --defaults or --no-defaults, --replay-reference or "
-                   "--no-replay-reference)" if k == "defaults" else "")
-            differ = "" if k in ("new_offset", "defaults") else f" ({have[:16]} != {v[:16]})"
+                   f"{FLAGS_OF[k]})" if k in FLAGS_OF else "")
+            differ = "" if k in FLAGS_OF else f" ({have[:16]} != {v[:16]})"  # said in why
             raise UserError(f"--storage {url}: study {name!r} was made with another {k}"
                             f"{differ}{why}; use a new --study or --out")
     if any("lr" in t.params for t in study.get_trials(deepcopy=False)):  # knobs' old names
