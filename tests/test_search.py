@@ -537,6 +537,29 @@ def test_best_alpha_never_keeps_a_point_that_does_not_gain_on_the_new_task():
     assert best_alpha(Gate((Limit("old", "accuracy", "min", 0.80),)), rep, (1, 1)) == 0.3
 
 
+def _forgetting_case(tmp_path: Path) -> tuple:
+    """A trial's folder whose base reads old accuracy 0.9 and new 0 on validation, a floor of
+    0.85 on old accuracy, a two-objective study and a model whose weight is [forget, learn]
+    (the base: [0, 0])."""
+    from goodfit_cli.report.gate import Gate, Limit
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "metrics.json").write_text(json.dumps(
+        {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
+    return (Gate((Limit("old", "accuracy", "min", 0.85),)),
+            optuna.create_study(directions=["maximize", "maximize"]),
+            torch.nn.Linear(2, 1, bias=False))
+
+
+def _step(model: torch.nn.Module, path: list[tuple[int, float, float]], batch: int) -> None:
+    """Where `path` has an entry (batch, forget, learn) for `batch`, the model's weight becomes
+    [forget, learn] (a `_forgetting_case` trial's training)."""
+    for b, f, g in path:
+        if b == batch:
+            with torch.no_grad():
+                model.weight.copy_(torch.tensor([[f, g]]))
+
+
 def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_path):
     """Rungs at batches total/9 and total/3; at a rung the watch measures the trial's WiSE-FT
     curve (1 - α)·base + α·now on validation and the trial goes on only among the best 1/3 of
@@ -546,7 +569,6 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     whose curve holds a feasible point with more new-task accuracy than a trial that barely
     moved goes on (judged raw, as before, it was pruned); the model's weights and training
     mode are as they were after each measurement. The values live in the study."""
-    from goodfit_cli.report.gate import Gate, Limit
     from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
 
     h = Halving(startup=1)  # trial 0 is never pruned
@@ -555,12 +577,7 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
     assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
     assert not h.keeps((0, 0.0), [(0, 0.0)] * 3) and h.keeps((0, 0.1), [(0, 0.0)] * 3)  # ties
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "metrics.json").write_text(json.dumps(
-        {"val_metrics": {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}}))
-    gate = Gate((Limit("old", "accuracy", "min", 0.85),))
-    study = optuna.create_study(directions=["maximize", "maximize"])
-    model = torch.nn.Linear(2, 1, bias=False)  # weight [forget, learn]; the base: [0, 0]
+    gate, study, model = _forgetting_case(tmp_path)  # weight [forget, learn]; base [0, 0]
     measured = []
 
     def evaluate(m):  # old falls with forget^4: the curve keeps it longer than the raw point
@@ -581,10 +598,7 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
         model.train()
         try:
             for batch in range(1, 91):
-                for b, f, g in path:
-                    if b == batch:
-                        with torch.no_grad():
-                            model.weight.copy_(torch.tensor([[f, g]]))
+                _step(model, path, batch)
                 watch.on_batch(batch)
                 assert model.training and model.weight[0].tolist() == pytest.approx(
                     [w for b, *w in path if b <= batch][-1])
@@ -614,6 +628,104 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     # no point gains on the new task: below every trial with one (1 limit: -2)
     run([(1, 0.0, 0.0)], Halving(startup=99))
     assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
+
+
+def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(tmp_path):
+    """With `keep` (the search's default) a trial whose best WiSE-FT point at a rung is better
+    than the best point of its end weights' curve, judged the same way (the gate on
+    validation, then new), ends with that rung's weights: its fine-tune's last callback
+    (`settler`) puts them in the model and the arm's summary names the batch; one that ended
+    better keeps its end weights, and without `keep` nothing is kept or settled."""
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+
+    gate, study, model = _forgetting_case(tmp_path)  # weight [forget, learn]; base [0, 0]
+
+    def evaluate(m):
+        f, g = m.weight.detach()[0].tolist()
+        return {"old": {"accuracy": 0.9 - 0.9 * f ** 4}, "new": {"accuracy": min(g, 1.0)}}
+
+    def run(path: list[tuple[int, float, float]], keep: bool = True) -> tuple[PruneWatch, dict]:
+        trial = study.ask()
+        with torch.no_grad():
+            model.weight.zero_()
+        watch = PruneWatch(trial, Halving(startup=99), tmp_path, gate,
+                           {"old": "accuracy", "new": "accuracy"}, 1, keep=keep)
+        watch.bind(model, evaluate, {"old": 100, "new": 100})
+        watch.on_start(90, 0)
+        for batch in range(1, 91):
+            _step(model, path, batch)
+            watch.on_batch(batch)
+        watch.on_end()
+        settler = watch.settler()
+        said = settler.on_end(model) if settler is not None else {}
+        study.tell(trial, [0.0, 0.0])
+        return watch, said
+
+    # rung 0 (batch 10): no forgetting, new 0.6; then it forgets (f = 2): at rung 1 and at the
+    # end only α <= 0.24 keeps old >= 0.85, so the curve's best feasible new is 0.18
+    watch, said = run([(1, 0.0, 0.6), (20, 2.0, 0.9)])
+    assert model.weight[0].tolist() == pytest.approx([0.0, 0.6])  # rung 0's weights
+    assert said["rung_weights"]["batch"] == 10 and said["rung_weights"]["rung"] == 0
+    assert said["rung_weights"]["value"] == pytest.approx([0.0, 0.6])
+    assert said["rung_weights"]["end_value"] == pytest.approx([0.0, 0.18])
+    assert study.trials[0].user_attrs["weights_batch"] == 10
+    assert watch.kept is None and watch.model is None  # nothing held after it settled
+    # the end is the best: the trial keeps its end weights
+    watch, said = run([(1, 0.0, 0.3), (40, 0.0, 0.7)])
+    assert said == {} and model.weight[0].tolist() == pytest.approx([0.0, 0.7])
+    assert "weights_batch" not in study.trials[1].user_attrs
+    # a tie with the end (the same point at every rung and at the end): the end's
+    watch, said = run([(1, 0.0, 0.6)])
+    assert said == {} and "weights_batch" not in study.trials[2].user_attrs
+    # without keep: no weights held at a rung, no settler, the end weights
+    watch, said = run([(1, 0.0, 0.6), (20, 2.0, 0.9)], keep=False)
+    assert watch.settler() is None and said == {} and watch.model is None
+    assert model.weight[0].tolist() == pytest.approx([2.0, 0.9])
+
+
+def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weights(tmp_path):
+    """A real 12-batch toy fine-tune watched with `keep` (rungs at batches 2 and 4): where the
+    rung at batch 2 ranks best (a watch whose value prefers earlier batches stands for a trial
+    that forgets on), the arm's checkpoint is batch 2's weights, not the end's, its provenance
+    names the batch and its report says so."""
+    from safetensors.torch import load_file
+
+    from goodfit_cli.trainer.job import Ui
+    from goodfit_cli.trainer.session import Place
+    from goodfit_cli.workflows.finetune import FinetuneJob, finetune
+    from goodfit_cli.workflows.pretrain import pretrain
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.recipes import load
+
+    recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
+                          "model.args.hidden=[16]", "finetune.steps=12", "eval.every=6",
+                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu"])
+    pretrain(recipe, tmp_path / "b", Place(), Ui())
+    trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
+    after = {}
+
+    class Earlier(PruneWatch):  # the earlier the batch, the better its curve's best point
+        def value(self, points):
+            return (0.0, -float(self.seen))
+
+        def on_batch(self, batch):
+            after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            super().on_batch(batch)
+
+    def watch(label):
+        return Earlier(trial, Halving(startup=1), tmp_path / "ft", None,
+                       {"old": "mse", "new": "mse"}, -1, keep=True)
+
+    rep = finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
+                               ["adamw"], wise=False), Place(), Ui(events_for=watch))
+    arm = rep["arms"][0]
+    saved = load_file(str(tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors"))
+    assert all(torch.equal(saved[k], after[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], after[12][k]) for k in saved)
+    assert arm["provenance"]["rung_weights"]["batch"] == 2
+    assert trial.user_attrs["weights_batch"] == 2
+    said = (tmp_path / "ft" / "report.md").read_text()
+    assert "the weights of batch 2 (the search's rung 0)" in said
 
 
 def test_ties_at_a_rung_go_to_the_lower_new_task_validation_loss(tmp_path):
@@ -981,6 +1093,36 @@ def test_no_replay_reference_runs_the_default_arms_alone_and_is_part_of_the_stud
     assert ("was made with another defaults ('first trials, no replay reference' against "
             "'first trials': give the flags it was made with, --defaults or --no-defaults, "
             "--replay-reference or --no-replay-reference)") in again.stderr
+
+
+def test_rung_weights_is_part_of_the_study_and_a_kept_rung_is_what_the_trial_reports(
+        base, tmp_path):
+    """`goodfit search` (--rung-weights, the default): the study records it (its trials' points
+    may be a rung's weights), a trial that ended with a rung's weights says the same batch in
+    the study and in its arm's provenance, and continuing the study with --end-weights is
+    refused in one line."""
+    out = tmp_path / "run"
+    args = cmd("search", "--base", base, "--recipe", "toy", "--trials", 4, "--out", out,
+               "--budget", "none", "--no-defaults", *TINY)
+    res = subprocess.run(args, cwd=ROOT, env=ENV, text=True, capture_output=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["trial_weights"] == "a rung's or the end's"
+    listed = {t["number"]: t for t in json.loads((out / "report.json").read_text())["trials"]}
+    for t in study.trials:
+        assert listed[t.number].get("weights_batch") == t.user_attrs.get("weights_batch")
+        if t.state.name == "COMPLETE":
+            arm = json.loads((Path(t.user_attrs["dir"]) / "report.json").read_text())["arms"][0]
+            kept = arm["provenance"].get("rung_weights")
+            assert (kept or {}).get("batch") == t.user_attrs.get("weights_batch")
+            if kept:
+                assert t.user_attrs["rungs"][str(kept["rung"])][:2] == kept["value"][:2]
+    again = subprocess.run(args + ["--end-weights"], cwd=ROOT, env=ENV, text=True,
+                           capture_output=True, timeout=600)
+    assert again.returncode == 2
+    assert ("was made with another trial_weights (\"a rung's or the end's\" against \"the "
+            "end's\": give the flags it was made with, --rung-weights or --end-weights)"
+            ) in again.stderr
 
 
 @pytest.mark.e2e

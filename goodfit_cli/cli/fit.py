@@ -214,6 +214,7 @@ def search(
     budget: str = typer.Option("10", "--budget", help="The study's compute in fine-tunes (one: the recipe's finetune.steps batches), the default arms included; 0 or none: unlimited (see above)."),
     reruns: bool = typer.Option(False, "--reruns/--no-reruns", help="Spend the budget left after --trials re-running the best pruned trials whole (see above; default off)."),
     new_offset: bool = typer.Option(True, "--new-offset/--no-new-offset", help="Let each trial shift the logits of the new task's own classes by an offset chosen on validation (see above; default on)."),
+    rung_weights: bool = typer.Option(True, "--rung-weights/--end-weights", help="A trial may end with the weights it had at a pruning rung, where their best WiSE-FT point on validation beat its end weights' (see above; --end-weights: always its end's)."),
     with_alpha: bool = typer.Option(False, "--offset-with-alpha/--offset-after-alpha", help="Choose each trial's new-class offset together with its WiSE-FT alpha (see above; opt-in: on held-out digits splits it gained nothing over the default, the offset at the alpha chosen alone)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
@@ -240,7 +241,7 @@ def search(
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
                                    Halving(rungs=rungs), val_margin, cap, reruns, new_offset,
-                                   with_alpha, reference),
+                                   with_alpha, reference, rung_weights),
                          Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too

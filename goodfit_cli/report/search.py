@@ -225,7 +225,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                  shipped_name(t),
                  ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in t["params"].items()),
-                 "-" if t.get("batches") is None else str(t["batches"]),
+                 "-" if t.get("batches") is None else str(t["batches"])
+                 + (f" (weights of {t['weights_batch']})" if "weights_batch" in t else ""),
                  vo(t["old"]), vn(t["new"]), judged(t),
                  "*" if t["number"] in front else "", vo(t.get("test_old")),
                  vn(t.get("test_new"))] for t in rep["trials"]])]

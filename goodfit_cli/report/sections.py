@@ -12,15 +12,8 @@ import json
 from goodfit_cli.data.validation import THIN, class_named, thin_shown
 from goodfit_cli.core.units import amount_text
 from goodfit_cli.objectives import unit
-from goodfit_cli.report.reading import (
-    _DASH,
-    _delta_text,
-    _tone,
-    fmt_ci,
-    fmt_delta,
-    fmt_value,
-    unit_in,
-)
+from goodfit_cli.report.reading import (_DASH, _delta_text, _tone, fmt_ci, fmt_delta,
+                                        fmt_value, unit_in)
 
 def verdict(report: dict) -> str:
     """One line: all arms passed / which failed the gate / no gate; then what the verdict ships."""
@@ -221,14 +214,19 @@ def _stats(values: list[float]) -> str:
 
 
 def _early_stops(report: dict) -> list[tuple[str, str]]:
-    """(arm, why it stopped and where its checkpoint is from) for arms with early stopping."""
+    """(arm, why it stopped and where its checkpoint is from) for arms with early stopping, or
+    that a search trial's rung ended with (workflows/pruning.py PruneWatch.settle)."""
     rows = []
     for a in report["arms"]:
-        e = (a.get("provenance") or {}).get("early_stop")
+        e, r = ((a.get("provenance") or {}).get(k) for k in ("early_stop", "rung_weights"))
         if e:
             where = (f"stopped at batch {e['stopped_at']} of {e['budget']}: "
                      if e.get("stopped_at") is not None else "")
             rows.append((a["name"], f"{where}{e['reason']}; checkpoint: {e['checkpoint']}"))
+        if r:
+            rows.append((a["name"], f"checkpoint: the weights of batch {r['batch']} (the "
+                         f"search's rung {r['rung']}), whose best WiSE-FT point on validation "
+                         "beat the end weights'"))
     return rows
 
 

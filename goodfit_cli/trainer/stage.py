@@ -173,6 +173,9 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
                                                      decay, log)
     if saved is not None:
         load_states(callbacks, saved_callbacks(saved))
+    settler = watch.settler() if hasattr(watch, "settler") else None
+    if settler is not None:  # the search's: a rung's weights, when better than the end's, after
+        callbacks.append(settler)  # every other callback's (early stopping's best) on_end
     hooks = StageHooks(s, model, optimizer, scheduler, job, stop, records, callbacks, own)
     if saved is not None:  # trained on another device before (a resume on another --device)
         hooks.devices = devices_used(saved, str(s.device))

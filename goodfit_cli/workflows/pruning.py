@@ -42,6 +42,13 @@ be its '<arm>+ema' (report/trials.py best_candidate), so a rung measures the EMA
 evaluations) and the trial's value there is the best point of either curve, the candidate that
 would ship; before, the arm's own curve stood for the EMA, and a trial whose EMA led was pruned
 by its arm's curve.
+
+A trial's value at a rung is not a lower bound of its end's: without old data it forgets as it
+trains. With `keep` (the search's --rung-weights, the default) the watch keeps a host copy of the
+weights of its best rung so far, and after the training (`settler`: the last callback, early
+stopping's best already in the model) measures the end weights' curve the same way: where the
+rung's point is strictly better (fewer violations, then the new-task metric), the model takes
+the rung's weights and the arm's summary names the batch (`rung_weights`). Not with an EMA.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from goodfit_cli.core.callbacks import Callback
 from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
@@ -122,7 +130,7 @@ class PruneWatch:
     def __init__(self, trial: Any, halving: Halving, trial_dir: Path, gate: Gate | None,
                  primary: dict[str, str], new_dir: int, inner: Any = None,
                  z: float = 0.0, protected: bool | None = None,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, keep: bool = False) -> None:
         self.trial, self.halving, self.dir, self.gate = trial, halving, trial_dir, gate
         self.primary, self.new_dir, self.inner, self.z = primary, new_dir, inner, z
         # never pruned: one of the study's first `startup` trials (the search counts only
@@ -139,6 +147,9 @@ class PruneWatch:
         self.others: Callable[[], list[Any]] = list  # `bind`: the other candidates
         # the rungs' evaluations count flips against the base (trainer/stage.py rung_evaluation)
         self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
+        # `keep`: the trial may end with the weights of a rung whose best point beat the end's
+        # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights) so far
+        self.keep, self.kept = keep, None
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
              anchor: Callable[[], Any] = contextlib.nullcontext,
@@ -174,16 +185,62 @@ class PruneWatch:
         due = [k for k, b in enumerate(self.rungs) if b == batch and str(k) not in self.reached]
         if due and self.model is not None:
             self.trial.set_user_attr("batches", batch)  # the trial's training so far (its cost)
-            self._judge(batch, due, self.curve())
+            value = self._judge(batch, due, self.curve())
+            if self.keep and value is not None and not self.others() and (
+                    self.kept is None or value[:2] > self.kept[0][:2]):  # not by loss alone
+                with self.anchor():  # the weights the rung judged, a copy on the host
+                    weights = {k: v.detach().to("cpu", copy=True)
+                               for k, v in self.model.state_dict().items()}
+                self.kept = (value, batch, due[-1], weights)
 
     def on_end(self) -> None:
         # no rung is judged after the training: what `bind` holds is let go (the base's copy;
         # through `anchor`, the optimizer's state; the EMA's), not kept through the WiSE-FT
-        # curve and the trial's point (before: a model's size each, to the trial's end)
-        self.model, self.evaluate, self.base = None, None, {}
-        self.anchor, self.others = contextlib.nullcontext, list
+        # curve and the trial's point (before: a model's size each, to the trial's end); with a
+        # rung's weights kept, once `settle` has compared them with the end's
+        if self.kept is None:
+            self.release()
         if self.inner is not None:
             self.inner.on_end()
+
+    def settler(self) -> Callback | None:
+        """The callback that settles a kept rung's weights, last of the training's."""
+        return KeepRung(self) if self.keep else None
+
+    def release(self) -> None:
+        self.model, self.evaluate, self.base, self.kept = None, None, {}, None
+        self.anchor, self.others = contextlib.nullcontext, list
+
+    def settle(self, model: Any) -> dict[str, Any]:
+        """After the training and its callbacks (early stopping's best is in `model`): when
+        the best point of a rung's curve is better than the best of the end weights' curve,
+        judged the same way, `model` takes that rung's weights; the arm's summary says which."""
+        kept, self.kept = self.kept, None
+        if kept is None or self.evaluate is None:
+            self.release()
+            return {}
+        end = self.value(self._curve(model))
+        value, batch, rung, weights = kept
+        self.release()
+        if end is not None and end[:2] >= value[:2]:  # the end's unless the rung's is better
+            return {}  # on the gate or the new task (a tie on both: the end's, whatever loss)
+        model.load_state_dict(weights)
+        self.trial.set_user_attr("weights_batch", batch)
+        return {"rung_weights": {"batch": batch, "rung": rung, "value": list(value),
+                                 "end_value": None if end is None else list(end)}}
+
+    def value(self, points: list[dict[str, Any]]) -> tuple | None:
+        """A curve's value (the module's docstring): its best gaining point's, else below
+        every trial with one; None when no point has a finite new-task metric."""
+        base = json.loads((self.dir / "base" / "metrics.json").read_text())["val_metrics"]
+        values = [v for v in (value_of(p, base, self.gate, self.primary, self.new_dir, self.z,
+                                       self.sizes) for p in points) if v is not None]
+        if not values:
+            return None
+        at_base = self.new_dir * ((base.get("new") or {}).get(self.primary["new"]) or 0.0)
+        gaining = [v for v in values if v[1] > at_base]  # the search keeps no other point
+        worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
+        return max(gaining) if gaining else (worst, *max(v[1:] for v in values))
 
     def on_evaluation(self, rec: dict[str, Any]) -> None:
         if self.inner is not None:
@@ -222,16 +279,10 @@ class PruneWatch:
             m.train(training)
         return points
 
-    def _judge(self, batch: int, due: list[int], points: list[dict[str, Any]]) -> None:
-        base = json.loads((self.dir / "base" / "metrics.json").read_text())["val_metrics"]
-        values = [v for v in (value_of(p, base, self.gate, self.primary, self.new_dir, self.z,
-                                       self.sizes) for p in points) if v is not None]
-        if not values:
-            return
-        at_base = self.new_dir * ((base.get("new") or {}).get(self.primary["new"]) or 0.0)
-        gaining = [v for v in values if v[1] > at_base]  # the search keeps no other point
-        worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
-        value = max(gaining) if gaining else (worst, *max(v[1:] for v in values))
+    def _judge(self, batch: int, due: list[int], points: list[dict[str, Any]]) -> tuple | None:
+        value = self.value(points)
+        if value is None:
+            return None
         for k in due:
             others = [tuple(t.user_attrs["rungs"][str(k)]) for t in
                       self.trial.study.get_trials(deepcopy=False)
@@ -250,6 +301,19 @@ class PruneWatch:
                                            f"{self.budget.finetunes:g} fine-tunes do not cover "
                                            f"the rest of this trial ({self.total} batches)")
                 self.claimed = True
+        return value
+
+
+class KeepRung(Callback):
+    """The last of a trial's training callbacks (trainer/stage.py): `PruneWatch.settle`."""
+
+    name = "keep_rung"
+
+    def __init__(self, watch: PruneWatch) -> None:
+        self.watch = watch
+
+    def on_end(self, model: Any) -> dict[str, Any]:
+        return self.watch.settle(model)
 
 
 def gone(t: Any) -> bool:

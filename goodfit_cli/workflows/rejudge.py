@@ -23,6 +23,7 @@ from typing import Any
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io.atomic import atomic_write, sha256_file
 from goodfit_cli.report.gate import Gate
+from goodfit_cli.report.margin import DEFAULT_Z
 from goodfit_cli.report.trials import best_candidate, ema_label
 from goodfit_cli.trainer.session import Place
 from goodfit_cli.trainer.stage import Ui
@@ -157,3 +158,47 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
                               **({"candidate": was_cand} if len(rep["arms"]) > 1 else {}),
                               **({"new_offset": trial.user_attrs.get("new_offset", 0.0)}
                                  if new_offset else {})}}
+
+
+def rechosen_all(job: Any, study: Any, dirs: tuple[int, int], place: Place, ui: Ui,
+                 notes: list[str]) -> dict[int, dict]:
+    """Each finished trial's point chosen again (`rechoose`) when the gate or margin of this
+    command's `job` (a SearchJob) is not the one it was chosen under: {trial number: the new
+    point}; what was done is said in `notes`. A trial that ended with a rung's weights
+    (pruning.py PruneWatch.settle) keeps them: its α and offset are chosen again on them."""
+    prior = study.user_attrs.get("chosen_under_before")  # what a trial without a record (an
+    if prior is None:  # older goodfit) was chosen under: the study's gate when first re-judged
+        prior = chosen_under(None, DEFAULT_Z)
+        if "gate" in study.user_attrs:  # its limits in words
+            was = study.user_attrs["gate"]
+            prior = {"limits": "" if was == "no gate" else was.rsplit(" (from ", 1)[0],
+                     "margin": float(study.user_attrs.get("val_margin", DEFAULT_Z))}
+        study.set_user_attr("chosen_under_before", prior)
+    out, away = {}, []
+    under = chosen_under(job.gate, job.margin)
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name != "COMPLETE" or (t.user_attrs.get("chosen_under") or prior) == under:
+            continue
+        folder = trial_folder(job.out, t.user_attrs.get("dir"))
+        if folder is None or not (folder / "report.json").is_file():
+            away.append(t.number)  # another worker's machine: its stored point is judged
+            continue
+        point = rechoose(t, folder, prior, job.gate, job.margin, dirs, job.new_offset, place,
+                         ui, job.with_alpha)
+        if point is not None:
+            out[t.number] = point
+    if away:
+        notes.append(f"trial{'s' if len(away) > 1 else ''} {', '.join(map(str, away))}: "
+                     "not on this machine, so the point chosen under its own gate is judged "
+                     "(run the same command where its folder is to choose it again)")
+    moved = sorted(n for n, p in out.items()
+                   if any(p[k] != v for k, v in p["rechosen_from"].items()))
+    if out:
+        notes.append(f"{len(out)} finished trial{'s were' if len(out) > 1 else ' was'} "
+                     "chosen under another gate or margin: each one's WiSE-FT α"
+                     + (" and new-class offset" if job.new_offset else "")
+                     + " chosen again on validation under this one (evaluations only; a "
+                     "trial's weights, a rung's or its end's, stay as first chosen)"
+                     + (f"; the point moved for trial {', '.join(map(str, moved))}" if moved
+                        else "; no point moved"))
+    return out

@@ -71,7 +71,7 @@ from goodfit_cli.workflows.budget import Budget, claim, settle, spent, trained
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
 from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.rejudge import chosen_under, rechoose, trial_folder, views_of
+from goodfit_cli.workflows.rejudge import chosen_under, rechosen_all, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
 from goodfit_cli.workflows.study import counted, enqueue_defaults, open_study, reclaim_dead, reran
 from goodfit_cli.workflows.study import but_gate, enqueued_as, requeue_first, reruns_due, retry_of
@@ -103,6 +103,7 @@ class SearchJob:
     new_offset: bool = True  # each trial's point may shift its new classes' logits (offset.py)
     with_alpha: bool = False  # its α chosen together with that offset (choose_with_alpha; opt-in)
     reference: bool = True  # after the default arms, the replay reference (replay_reference)
+    rung_weights: bool = True  # a trial may end with a rung's weights (pruning.py PruneWatch)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
@@ -152,7 +153,7 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
     watches: list[PruneWatch] = []  # the trial's fine-tune's: the batches it trained
     watch = watching(ui.events_for, lambda inner: PruneWatch(
         trial, job.prune, trial_dir, job.gate, prim, dirs[1], inner, job.margin,
-        protected=protected, budget=budget), watches)
+        protected=protected, budget=budget, keep=job.rung_weights), watches)
     try:
         return _trained(job, trial, place, ui, trecipe, p, trial_dir, stopped, watch)
     finally:  # whatever ended it, the trial holds what it trained
@@ -277,6 +278,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                 "replay": "searched" if job.replay else "off",  # one search space per study
                 "defaults": ("off" if not job.defaults else "first trials" if job.reference
                              else "first trials, no replay reference"),
+                "trial_weights": "a rung's or the end's" if job.rung_weights else "the end's",
                 "new_offset": ("off" if not job.new_offset else "chosen per trial"
                                + (" with its alpha" if job.with_alpha else ""))}
     if job.storage is None:  # the default study.db lives in --out
@@ -318,7 +320,7 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                      f"{spent(study)} batches trained against {budget.batches} (an earlier run "
                      "of the study had a larger budget)")
     with phases.phase("choosing again"):
-        rechosen = _rechosen(job, study, dirs, place, ui, notes)
+        rechosen = rechosen_all(job, study, dirs, place, ui, notes)
     # one turn of the workers sharing the folder: two ending together each write RUN/report.*
     # and RUN/recommended/, and one moved the other's fresh recommended/ aside mid-write
     with phases.phase("report"), turns(job.out):
@@ -356,44 +358,3 @@ def _trials(job: SearchJob, study: Any, budget: Budget, left: int, place: Place,
                            n_trials=1)
             if stopped:
                 raise stopped[0]
-
-
-def _rechosen(job: SearchJob, study: Any, dirs: tuple[int, int], place: Place, ui: Ui,
-              notes: list[str]) -> dict[int, dict]:
-    """Each finished trial's point chosen again when this command's gate or margin is not the
-    one it was chosen under (workflows/rejudge.py): {trial number: the new point}."""
-    prior = study.user_attrs.get("chosen_under_before")  # what a trial without a record (an
-    if prior is None:  # older goodfit) was chosen under: the study's gate when first re-judged
-        prior = chosen_under(None, DEFAULT_Z)
-        if "gate" in study.user_attrs:  # its limits in words
-            was = study.user_attrs["gate"]
-            prior = {"limits": "" if was == "no gate" else was.rsplit(" (from ", 1)[0],
-                     "margin": float(study.user_attrs.get("val_margin", DEFAULT_Z))}
-        study.set_user_attr("chosen_under_before", prior)
-    out, away = {}, []
-    under = chosen_under(job.gate, job.margin)
-    for t in study.get_trials(deepcopy=False):
-        if t.state.name != "COMPLETE" or (t.user_attrs.get("chosen_under") or prior) == under:
-            continue
-        folder = trial_folder(job.out, t.user_attrs.get("dir"))
-        if folder is None or not (folder / "report.json").is_file():
-            away.append(t.number)  # another worker's machine: its stored point is judged
-            continue
-        point = rechoose(t, folder, prior, job.gate, job.margin, dirs, job.new_offset, place,
-                         ui, job.with_alpha)
-        if point is not None:
-            out[t.number] = point
-    if away:
-        notes.append(f"trial{'s' if len(away) > 1 else ''} {', '.join(map(str, away))}: "
-                     "not on this machine, so the point chosen under its own gate is judged "
-                     "(run the same command where its folder is to choose it again)")
-    moved = sorted(n for n, p in out.items()
-                   if any(p[k] != v for k, v in p["rechosen_from"].items()))
-    if out:
-        notes.append(f"{len(out)} finished trial{'s were' if len(out) > 1 else ' was'} "
-                     "chosen under another gate or margin: each one's WiSE-FT α"
-                     + (" and new-class offset" if job.new_offset else "")
-                     + " chosen again on validation under this one (evaluations only)"
-                     + (f"; the point moved for trial {', '.join(map(str, moved))}" if moved
-                        else "; no point moved"))
-    return out

@@ -71,7 +71,8 @@ def requeue_first(study: Any, params: dict[str, Any], attrs: dict[str, Any]) -> 
 # refused in a line that names both values and the flags
 FLAGS_OF = {"new_offset": "--new-offset or --no-new-offset, --offset-with-alpha or "
                           "--offset-after-alpha",
-            "defaults": "--defaults or --no-defaults, --replay-reference or --no-replay-reference"}
+            "defaults": "--defaults or --no-defaults, --replay-reference or --no-replay-reference",
+            "trial_weights": "--rung-weights or --end-weights"}
 
 
 def enqueued_as(t: Any) -> dict[str, Any]:
