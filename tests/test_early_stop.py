@@ -171,6 +171,9 @@ def test_arm_stops_and_keeps_its_best_evaluations_anchor_weights(base_ckpt, tmp_
     md = (tmp_path / "es" / "report.md").read_text()
     assert "#### Early stopping" in md and f"**{arm}**: stopped at batch 6 of 12" in md
     assert rep["arms"][0]["provenance"]["early_stop"]["best_batch"] == 3
+    meta = ckpt.read_metadata(out / "model.safetensors")  # its header says whose weights
+    assert meta["batches"] == 6
+    assert meta["weights_from"] == "weights of the best evaluation (batch 3)"
     if arm == "goodfit":
         short = load_recipe(TOY, TINY + ["finetune.steps=2"])
         runner.finetune(short, base_ckpt, tmp_path / "two", arms=[arm], wise=False)

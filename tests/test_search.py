@@ -724,6 +724,8 @@ def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weight
     assert not all(torch.equal(saved[k], after[12][k]) for k in saved)
     assert arm["provenance"]["rung_weights"]["batch"] == 2
     assert trial.user_attrs["weights_batch"] == 2
+    meta = ckpt.read_metadata(tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors")
+    assert meta["batches"] == 12 and meta["weights_from"] == "the search's rung 0 (batch 2)"
     said = (tmp_path / "ft" / "report.md").read_text()
     assert "the weights of batch 2 (the search's rung 0)" in said
 

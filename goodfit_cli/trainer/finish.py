@@ -82,6 +82,10 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
             "validation": s.validation}  # which rows it never trained on (a later run checks)
     if recorded(model) is not None:
         meta["input"] = recorded(model)  # what eval, compare and a later fine-tune feed it
+    rung, stop = summary.get("rung_weights"), summary.get("early_stop") or {}
+    if rung or stop.get("best_batch") is not None:  # the weights are not the last batch's
+        meta["weights_from"] = (f"the search's rung {rung['rung']} (batch {rung['batch']})"
+                                if rung else stop["checkpoint"])
     keep_previous(out / "model.safetensors")
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)
