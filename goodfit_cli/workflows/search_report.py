@@ -110,8 +110,9 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                           else {}),
                        "old": vals[0], "new": vals[1],
                        "gains": gained((vals[0], vals[1]), t.user_attrs.get("base_val"), dirs),
-                       "batches": t.user_attrs.get("batches"),  # trained; the weights: a rung's
-                       **{k: attrs[k] for k in ("weights_batch",) if k in attrs},
+                       "batches": t.user_attrs.get("batches"),  # trained (its compute)
+                       **({"weights_batch": attrs["weights_batch"]}  # a rung's weights kept
+                          if "weights_batch" in attrs else {}),
                        **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
                           else {}),
                        **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
