@@ -72,11 +72,12 @@ def test_a_study_whose_worker_was_killed_draws_what_an_uninterrupted_one_does(tm
     """12 trials (TPE draws from the history after 10), the worker of the 6th killed (-9)
     mid-trial: the next command fails it, runs it again first (`reclaim_dead`) and goes on
     drawing what the study run in one go draws, values and all."""
+    from goodfit_cli.report.front import Rule
     from goodfit_cli.workflows.study import open_study, reclaim_dead
 
     def opened(name: str):
         job = SimpleNamespace(study=None, storage=f"sqlite:///{tmp_path / name}.db",
-                              out=tmp_path, seed=3)
+                              out=tmp_path, seed=3, rule=Rule())
         return open_study(job, (1, 1), {"recipe": "toy"})
 
     whole = opened("whole")

@@ -22,6 +22,7 @@ from goodfit_cli.core import source
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.recipe import load_recipe
+from goodfit_cli.report.front import Rule
 from goodfit_cli.workflows.recipes import shipped_dir
 
 TOY = shipped_dir() / "toy.yaml"
@@ -144,7 +145,7 @@ def test_a_study_continued_under_other_code_is_refused(tmp_path, monkeypatch):
     assert report["provenance"]["goodfit_source_sha256"] == OTHER
     assert [a["provenance"]["goodfit_source_sha256"] for a in report["arms"]] == [now]
     job = SimpleNamespace(study=None, storage=f"sqlite:///{tmp_path / 'old.db'}", out=tmp_path,
-                          seed=0)
+                          seed=0, rule=Rule())
     open_study(job, (1, 1), {"recipe": "toy"})  # an older goodfit's study: no hash
     study = open_study(job, (1, 1), {"recipe": "toy", "goodfit_source_sha256": OTHER})
     assert study.user_attrs["goodfit_source_sha256"] == OTHER

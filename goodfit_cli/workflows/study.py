@@ -236,8 +236,10 @@ def open_study(job: Any, dirs: tuple[int, int], identity: dict[str, str],
     with warnings.catch_warnings():  # multivariate/group TPE: "experimental" since optuna 2
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # reseeded at each trial from its place in the study: a continued study draws what an
-        # uninterrupted one would (workflows/sampler.py)
-        study.sampler = sampler(job.seed, multivariate=True, group=True, **legacy)
+        # uninterrupted one would (workflows/sampler.py); under --rule new it sees the old
+        # task's objective as one value above the gate (the rule's own view)
+        study.sampler = sampler(job.seed, flat_old=job.rule.kind == "new", multivariate=True,
+                                group=True, **legacy)
     study.set_user_attr("storage", redact(url))  # never the password
     if created and on_create is not None:
         on_create(study)
