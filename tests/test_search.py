@@ -644,13 +644,14 @@ def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(t
         f, g = m.weight.detach()[0].tolist()
         return {"old": {"accuracy": 0.9 - 0.9 * f ** 4}, "new": {"accuracy": min(g, 1.0)}}
 
-    def run(path: list[tuple[int, float, float]], keep: bool = True) -> tuple[PruneWatch, dict]:
+    def run(path: list[tuple[int, float, float]], keep: bool = True,
+            held=lambda: None) -> tuple[PruneWatch, dict]:
         trial = study.ask()
         with torch.no_grad():
             model.weight.zero_()
         watch = PruneWatch(trial, Halving(startup=99), tmp_path, gate,
                            {"old": "accuracy", "new": "accuracy"}, 1, keep=keep)
-        watch.bind(model, evaluate, {"old": 100, "new": 100})
+        watch.bind(model, evaluate, {"old": 100, "new": 100}, held=held)
         watch.on_start(90, 0)
         for batch in range(1, 91):
             _step(model, path, batch)
@@ -666,6 +667,7 @@ def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(t
     watch, said = run([(1, 0.0, 0.6), (20, 2.0, 0.9)])
     assert model.weight[0].tolist() == pytest.approx([0.0, 0.6])  # rung 0's weights
     assert said["rung_weights"]["batch"] == 10 and said["rung_weights"]["rung"] == 0
+    assert said["rung_weights"]["rung_batch"] == 10
     assert said["rung_weights"]["value"] == pytest.approx([0.0, 0.6])
     assert said["rung_weights"]["end_value"] == pytest.approx([0.0, 0.18])
     assert study.trials[0].user_attrs["weights_batch"] == 10
@@ -677,19 +679,22 @@ def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(t
     # a tie with the end (the same point at every rung and at the end): the end's
     watch, said = run([(1, 0.0, 0.6)])
     assert said == {} and "weights_batch" not in study.trials[2].user_attrs
+    # the weights the rung judged were early stopping's best evaluation's (batch 6): the
+    # summary and the study name their batch, and the rung's beside it
+    watch, said = run([(1, 0.0, 0.6), (20, 2.0, 0.9)], held=lambda: 6)
+    assert (said["rung_weights"]["batch"], said["rung_weights"]["rung_batch"]) == (6, 10)
+    assert study.trials[3].user_attrs["weights_batch"] == 6
     # without keep: no weights held at a rung, no settler, the end weights
     watch, said = run([(1, 0.0, 0.6), (20, 2.0, 0.9)], keep=False)
     assert watch.settler() is None and said == {} and watch.model is None
     assert model.weight[0].tolist() == pytest.approx([2.0, 0.9])
 
 
-def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weights(tmp_path):
-    """A real 12-batch toy fine-tune watched with `keep` (rungs at batches 2 and 4): where the
-    rung at batch 2 ranks best (a watch whose value prefers earlier batches stands for a trial
-    that forgets on), the arm's checkpoint is batch 2's weights, not the end's, its provenance
-    names the batch and its report says so."""
-    from safetensors.torch import load_file
-
+def _settling_finetune(tmp_path: Path, *over: str) -> tuple:
+    """A real 12-batch toy fine-tune (adamw; `over`: more recipe overrides) watched with
+    `keep`, rungs at batches 2 and 4, by a watch whose value prefers earlier batches (a trial
+    that forgets on): (its arm's report entry, the trial, the weights after each batch, the
+    arm's checkpoint path)."""
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
@@ -699,7 +704,8 @@ def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weight
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
                           "model.args.hidden=[16]", "finetune.steps=12", "eval.every=6",
-                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu"])
+                          "pretrain.batch_size=64", "finetune.batch_size=32", "device=cpu",
+                          *over])
     pretrain(recipe, tmp_path / "b", Place(), Ui())
     trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
     after = {}
@@ -719,15 +725,48 @@ def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weight
     rep = finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
                                ["adamw"], wise=False), Place(), Ui(events_for=watch))
     arm = rep["arms"][0]
-    saved = load_file(str(tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors"))
+    return arm, trial, after, tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors"
+
+
+def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weights(tmp_path):
+    """Where the rung at batch 2 ranks best (`_settling_finetune`), the arm's checkpoint is
+    batch 2's weights, not the end's, its provenance names the batch and its report says so."""
+    from safetensors.torch import load_file
+
+    arm, trial, after, path = _settling_finetune(tmp_path)
+    saved = load_file(str(path))
     assert all(torch.equal(saved[k], after[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], after[12][k]) for k in saved)
     assert arm["provenance"]["rung_weights"]["batch"] == 2
     assert trial.user_attrs["weights_batch"] == 2
-    meta = ckpt.read_metadata(tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors")
+    meta = ckpt.read_metadata(path)
     assert meta["batches"] == 12 and meta["weights_from"] == "the search's rung 0 (batch 2)"
     said = (tmp_path / "ft" / "report.md").read_text()
     assert "the weights of batch 2 (the search's rung 0)" in said
+
+
+def test_a_rung_with_early_stopping_keeps_and_names_early_stoppings_best_then(tmp_path):
+    """With finetune.early_stop a rung judges the weights the trial would end with then, early
+    stopping's best evaluation's: where that rung wins, the checkpoint is those weights (batch
+    1 here: a min_delta no later evaluation clears) and its header, provenance, study and
+    report name their batch beside the rung's (batch 2), not the rung's alone."""
+    from safetensors.torch import load_file
+
+    arm, trial, after, path = _settling_finetune(
+        tmp_path, "eval.every=1", "finetune.early_stop.min_delta=1e9",
+        "finetune.early_stop.patience=99")  # never stops
+    saved = load_file(str(path))
+    assert all(torch.equal(saved[k], after[1][k]) for k in saved)
+    assert not all(torch.equal(saved[k], after[2][k]) for k in saved)
+    said = arm["provenance"]["rung_weights"]
+    assert (said["batch"], said["rung_batch"], said["rung"]) == (1, 2, 0)
+    assert trial.user_attrs["weights_batch"] == 1
+    assert ckpt.read_metadata(path)["weights_from"] == (
+        "the search's rung 0 (batch 2): early stopping's best evaluation then (batch 1)")
+    report = (tmp_path / "ft" / "report.md").read_text()
+    assert ("the weights of batch 1 (the search's rung 0 at batch 2, early stopping's best "
+            "then)") in report
+    assert "checkpoint: weights of the best evaluation" not in report  # the rung's, not that
 
 
 def test_ties_at_a_rung_go_to_the_lower_new_task_validation_loss(tmp_path):

@@ -222,11 +222,14 @@ def _early_stops(report: dict) -> list[tuple[str, str]]:
         if e:
             where = (f"stopped at batch {e['stopped_at']} of {e['budget']}: "
                      if e.get("stopped_at") is not None else "")
-            rows.append((a["name"], f"{where}{e['reason']}; checkpoint: {e['checkpoint']}"))
+            kept = "" if r else f"; checkpoint: {e['checkpoint']}"  # else the rung's (below)
+            rows.append((a["name"], f"{where}{e['reason']}{kept}"))
         if r:
+            at = r.get("rung_batch", r["batch"])  # early stopping's best then, if earlier
+            then = "" if at == r["batch"] else f" at batch {at}, early stopping's best then"
             rows.append((a["name"], f"checkpoint: the weights of batch {r['batch']} (the "
-                         f"search's rung {r['rung']}), whose best WiSE-FT point on validation "
-                         "beat the end weights'"))
+                         f"search's rung {r['rung']}{then}), whose best WiSE-FT point on "
+                         "validation beat the end weights'"))
     return rows
 
 

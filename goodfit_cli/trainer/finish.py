@@ -83,9 +83,13 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
     if recorded(model) is not None:
         meta["input"] = recorded(model)  # what eval, compare and a later fine-tune feed it
     rung, stop = summary.get("rung_weights"), summary.get("early_stop") or {}
-    if rung or stop.get("best_batch") is not None:  # the weights are not the last batch's
-        meta["weights_from"] = (f"the search's rung {rung['rung']} (batch {rung['batch']})"
-                                if rung else stop["checkpoint"])
+    if rung:  # the weights are not the last batch's: a rung's (early stopping's best then)
+        at = rung.get("rung_batch", rung["batch"])
+        meta["weights_from"] = (f"the search's rung {rung['rung']} (batch {at})"
+                                + ("" if at == rung["batch"] else ": early stopping's best "
+                                   f"evaluation then (batch {rung['batch']})"))
+    elif stop.get("best_batch") is not None:  # or early stopping's best evaluation's
+        meta["weights_from"] = stop["checkpoint"]
     keep_previous(out / "model.safetensors")
     ckpt.save_model(out / "model.safetensors", model.state_dict(), meta)
     save_predictions(out / "predictions.safetensors", preds)

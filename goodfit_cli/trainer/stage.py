@@ -41,7 +41,7 @@ from goodfit_cli.training import (
     stage_for_arm,
     whole_cycles,
 )
-from goodfit_cli.training.callbacks import Ema, end_weights, load_states
+from goodfit_cli.training.callbacks import Ema, end_batch, end_weights, load_states
 from goodfit_cli.training.checks import check_compiler
 
 # what workflows and tests import from here
@@ -136,7 +136,8 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
                    lambda: end_weights(model, optimizer, callbacks),  # what it would end
                    # with now: early stopping's best, else the anchor (never GoodFit's
                    # displaced weights); and the EMA's averaged copy, a candidate of its own
-                   lambda: [c.module for c in callbacks if isinstance(c, Ema)])
+                   lambda: [c.module for c in callbacks if isinstance(c, Ema)],
+                   lambda: end_batch(callbacks))  # the batch of those weights
     cfg = LoopConfig(total, budget["batch_size"], min(s.recipe.eval_every, total), s.seed,
                      s.recipe.checkpoint_every, rank, world, s.recipe.nonfinite,
                      job.stage.accumulate, job.stage.clip.norm, job.stage.clip.value)

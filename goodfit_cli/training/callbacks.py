@@ -166,5 +166,12 @@ def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
         model.load_state_dict(now)
 
 
-__all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "end_weights",
-           "load_states", "states", "step_callbacks"]
+def end_batch(callbacks: list[Callback]) -> int | None:
+    """The batch of the weights `end_weights` holds where they are not the last batch's: early
+    stopping's best evaluation's; None otherwise."""
+    return next((c.early.best_batch for c in callbacks if isinstance(c, EarlyStopping)
+                 and c.best is not None), None)
+
+
+__all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "end_batch",
+           "end_weights", "load_states", "states", "step_callbacks"]

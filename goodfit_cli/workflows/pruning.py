@@ -148,21 +148,24 @@ class PruneWatch:
         # the rungs' evaluations count flips against the base (trainer/stage.py rung_evaluation)
         self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
         # `keep`: the trial may end with the weights of a rung whose best point beat the end's
-        # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights) so far
+        # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights, the weights'
+        # batch) so far
         self.keep, self.kept = keep, None
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
              anchor: Callable[[], Any] = contextlib.nullcontext,
-             others: Callable[[], list[Any]] = list) -> None:
+             others: Callable[[], list[Any]] = list,
+             held: Callable[[], int | None] = lambda: None) -> None:
         """Called before training, the model holding the base's weights: `evaluate(model)` its
         validation metrics {"old": {...}, "new": {...}}, `sizes` each task's validation samples,
         `anchor()` a context inside which the model holds the weights a rung judges, those the
         trial would end with now (early stopping's best evaluation's; GoodFit's anchor: mid-cycle
         the model holds displaced weights no one ships), `others()` the trial's other candidates
         as modules of the model's weights (finetune.ema: the EMA's averaged copy), each measured
-        on its own curve from the same base."""
+        on its own curve from the same base; `held()` the batch of the weights `anchor` holds
+        where they are not the last batch's (early stopping's best evaluation), else None."""
         self.model, self.evaluate, self.sizes, self.anchor = model, evaluate, sizes, anchor
-        self.others = others
+        self.others, self.held = others, held
         self.base = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_start(self, total_batches: int, done: int) -> None:
@@ -191,7 +194,8 @@ class PruneWatch:
                 with self.anchor():  # the weights the rung judged, a copy on the host
                     weights = {k: v.detach().to("cpu", copy=True)
                                for k, v in self.model.state_dict().items()}
-                self.kept = (value, batch, due[-1], weights)
+                of = self.held()  # early stopping's best evaluation's, or this batch's
+                self.kept = (value, batch, due[-1], weights, batch if of is None else of)
 
     def on_end(self) -> None:
         # no rung is judged after the training: what `bind` holds is let go (the base's copy;
@@ -209,7 +213,7 @@ class PruneWatch:
 
     def release(self) -> None:
         self.model, self.evaluate, self.base, self.kept = None, None, {}, None
-        self.anchor, self.others = contextlib.nullcontext, list
+        self.anchor, self.others, self.held = contextlib.nullcontext, list, lambda: None
 
     def settle(self, model: Any) -> dict[str, Any]:
         """After the training and its callbacks (early stopping's best is in `model`): when
@@ -220,13 +224,14 @@ class PruneWatch:
             self.release()
             return {}
         end = self.value(self._curve(model))
-        value, batch, rung, weights = kept
+        value, at, rung, weights, batch = kept  # `batch`: the weights', `at`: the rung's
         self.release()
         if end is not None and end[:2] >= value[:2]:  # the end's unless the rung's is better
             return {}  # on the gate or the new task (a tie on both: the end's, whatever loss)
         model.load_state_dict(weights)
         self.trial.set_user_attr("weights_batch", batch)
-        return {"rung_weights": {"batch": batch, "rung": rung, "value": list(value),
+        return {"rung_weights": {"batch": batch, "rung": rung, "rung_batch": at,
+                                 "value": list(value),
                                  "end_value": None if end is None else list(end)}}
 
     def value(self, points: list[dict[str, Any]]) -> tuple | None:
