@@ -965,6 +965,18 @@ def test_a_search_prunes_hopeless_trials_counts_them_and_names_knobs_once(base, 
     for t in study.trials:  # (-violations, -new mse, -new validation loss): the toy's loss is
         for value in t.user_attrs["rungs"].values():  # its mse, measured beside it
             assert len(value) == 3 and value[2] == pytest.approx(value[1])
+    # a pruned trial's row shows what it was pruned on: its last rung's best WiSE-FT point
+    by = {t["number"]: t for t in rep["trials"]}
+    for t in study.trials:
+        if t.state.name != "PRUNED":
+            assert "rung" not in by[t.number]
+            continue
+        k = max(t.user_attrs["rungs"], key=int)
+        value, row = t.user_attrs["rungs"][k], by[t.number]
+        assert (row["rung"], row["rung_new"]) == (int(k), pytest.approx(-value[1]))  # its mse
+        assert row["rung_violations"] == (0 if value[0] == 0 else None)  # no gate: 0 limits
+        said = "pass" if value[0] == 0 else "no new-task gain"
+        assert f"| {row['rung_new']:.4g} at rung {k} | at rung {k}: {said} |" in md, md
 
 
 def test_a_study_whose_knobs_have_the_old_names_is_refused_in_one_line(tmp_path):

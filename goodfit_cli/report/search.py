@@ -210,8 +210,11 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                  for name, verdict in rep["against_defaults"].items()]
     front = {p["number"] for p in rep["front"]}
     def judged(t: dict) -> str:
-        if t["state"] != "COMPLETE":
-            return "-"
+        if t["state"] != "COMPLETE":  # pruned: its best WiSE-FT point at its last rung
+            n = t.get("rung_violations", "-")
+            return ("-" if "rung" not in t else f"at rung {t['rung']}: " + (
+                "no new-task gain" if n is None else "pass" if n == 0 else
+                f"{n} limit{'s' * (n > 1)} crossed"))
         return (failing("FAIL", t.get("violations"), e) if not t["feasible"] else
                 "pass" if t.get("gains", True) else "pass, no new-task gain")
 
@@ -227,7 +230,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
                            for k, v in t["params"].items()),
                  "-" if t.get("batches") is None else str(t["batches"])
                  + (f" (weights of {t['weights_batch']})" if "weights_batch" in t else ""),
-                 vo(t["old"]), vn(t["new"]), judged(t),
+                 vo(t["old"]), vn(t["new"]) if "rung" not in t else
+                 f"{vn(t['rung_new'])} at rung {t['rung']}", judged(t),
                  "*" if t["number"] in front else "", vo(t.get("test_old")),
                  vn(t.get("test_new"))] for t in rep["trials"]])]
     if rep["defaults"]:

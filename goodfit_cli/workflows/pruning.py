@@ -295,6 +295,8 @@ class PruneWatch:
                       and not gone(t)]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
+            # how many limits the values were judged on (below them: no point gained)
+            self.trial.set_user_attr("rung_limits", len(self.gate.limits) if self.gate else 0)
             if not self.protected and not self.halving.keeps(value, others):
                 of = " (of its arm's and its EMA's curves)" if self.others() else ""
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "

@@ -115,6 +115,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                           if "weights_batch" in attrs else {}),
                        **({"pruned": t.user_attrs["pruned"]} if "pruned" in t.user_attrs
                           else {}),
+                       **at_rung(t, dirs[1]),  # what the pruner judged a pruned trial by
                        **({"rerun_of": t.user_attrs["rerun_of"]} if "rerun_of" in t.user_attrs
                           else {}),
                        "test_old": test[0], "test_new": test[1],
@@ -150,10 +151,8 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
                "violations": t["violations"] if t["state"] == "COMPLETE" else []}
         if t["state"] != "COMPLETE":  # pruned at a rung (or diverged): its last rung point
             ref["state"] = t.get("pruned") or t["state"]
-            rungs = study.trials[t["number"]].user_attrs.get("rungs") or {}
-            if rungs:  # (minus the gate violations, the oriented new-task metric) at the rung
-                k = max(rungs, key=int)
-                ref["rung"], ref["rung_new"] = int(k), dirs[1] * rungs[k][1]
+            if "rung" in t:
+                ref["rung"], ref["rung_new"] = t["rung"], t["rung_new"]
         refs.append(ref)
     b = next((t["base_val"] for t in trials if t.get("base_val")), None)  # the base itself
     base = dict(zip(("old", "new"), b)) if b else None
@@ -212,6 +211,21 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
             notes.append(f"nothing is recommended now: the earlier recommendation was moved "
                          f"from {job.out / 'recommended'} to {withdrawn}")
     return rep
+
+
+def at_rung(t: Any, new_dir: int) -> dict[str, Any]:
+    """A trial that did not finish (pruned): its last rung's value as the pruner judged it
+    (workflows/pruning.py `value_of`: minus the gate limits its best WiSE-FT point crossed on
+    validation, the oriented new-task metric), as {"rung", "rung_new", "rung_violations"};
+    `rung_violations` None where no point of its curve gained on the new task. {} otherwise."""
+    rungs = t.user_attrs.get("rungs") or {}
+    if t.state.name == "COMPLETE" or not rungs:
+        return {}
+    k = max(rungs, key=int)
+    value, limits = rungs[k], t.user_attrs.get("rung_limits")
+    bad = -int(value[0])
+    return {"rung": int(k), "rung_new": new_dir * value[1],
+            "rung_violations": bad if limits is None or bad <= limits else None}
 
 
 def _limits(described: str) -> str:
