@@ -1360,6 +1360,44 @@ def test_a_rerun_that_was_interrupted_or_lost_its_worker_leaves_its_trial_to_rer
     assert rerun_candidate(study) is None
 
 
+def test_a_pruned_trials_row_says_what_its_last_rung_was_judged_by(tmp_path):
+    """A pruned trial's value at its last rung (minus the limits its best point crossed, the
+    oriented new-task metric; below minus the limits: no point gained) is its row's new-task
+    value and gate, as the pruner read them; a trial pruned before training has none."""
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from goodfit_cli.workflows.search_report import at_rung
+
+    def pruned(attrs):
+        return create_trial(state=TrialState.PRUNED, params={"x": 0.5},
+                            distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs)
+
+    two = {"rung_limits": 2}  # judged on a gate of two limits
+    seen = [at_rung(pruned({"rungs": {"0": [0.0, 0.4], "1": [-1.0, 0.7, -0.2]}, **two}), 1),
+            at_rung(pruned({"rungs": {"0": [0.0, 0.5]}, **two}), 1),
+            at_rung(pruned({"rungs": {"0": [-3.0, 0.1]}, **two}), 1),  # no point gained
+            at_rung(pruned({"rungs": {"0": [0.0, -2.5]}, "rung_limits": 0}), -1),  # an mse
+            at_rung(pruned({"pruned": "pruned before training by the budget"}), 1)]
+    assert seen == [{"rung": 1, "rung_new": 0.7, "rung_violations": 1},
+                    {"rung": 0, "rung_new": 0.5, "rung_violations": 0},
+                    {"rung": 0, "rung_new": 0.1, "rung_violations": None},
+                    {"rung": 0, "rung_new": 2.5, "rung_violations": 0}, {}]
+    trials = [{"number": i, "state": "PRUNED", "arm": "adamw", "params": {"arm": "plain"},
+               "old": None, "new": None, "feasible": False, "batches": 4, "dir": None,
+               **r} for i, r in enumerate(seen[:3] + seen[4:])]
+    rep = {"study": "s", "storage": "sqlite:///x", "recipe": "r", "base": "b",
+           "metrics": ["accuracy", "accuracy"], "gate": "flags", "notes": [], "trials": trials,
+           "complete": 0, "front": [], "defaults": [], "base_point": None,
+           "recommendation": None, "against_defaults": {}}
+    write_search_report(rep, tmp_path, [])
+    md = (tmp_path / "report.md").read_text()
+    assert "| - | 70.00 % at rung 1 | at rung 1: 1 limit crossed |" in md
+    assert "| - | 50.00 % at rung 0 | at rung 0: pass |" in md
+    assert "| - | 10.00 % at rung 0 | at rung 0: no new-task gain |" in md
+    assert "| 3 | PRUNED | adamw | arm=plain | 4 | - | - | - |" in md
+
+
 def test_a_failing_trial_arm_and_recommendation_name_the_limits_that_failed(tmp_path):
     """'gate (val) FAIL' said nothing of which limit failed (the trial's report.json does): the
     study's report.md, report.html and the last line name each failed limit with its value and

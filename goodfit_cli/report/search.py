@@ -211,10 +211,11 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
     front = {p["number"] for p in rep["front"]}
     def judged(t: dict) -> str:
         if t["state"] != "COMPLETE":  # pruned: its best WiSE-FT point at its last rung
-            n = t.get("rung_violations", "-")
-            return ("-" if "rung" not in t else f"at rung {t['rung']}: " + (
-                "no new-task gain" if n is None else "pass" if n == 0 else
-                f"{n} limit{'s' * (n > 1)} crossed"))
+            if "rung" not in t:
+                return "-"
+            n = t["rung_violations"]
+            return f"at rung {t['rung']}: " + ("no new-task gain" if n is None else "pass"
+                                               if n == 0 else f"{n} limit{'s' * (n > 1)} crossed")
         return (failing("FAIL", t.get("violations"), e) if not t["feasible"] else
                 "pass" if t.get("gains", True) else "pass, no new-task gain")
 
