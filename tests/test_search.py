@@ -1367,7 +1367,7 @@ def test_a_pruned_trials_row_says_what_its_last_rung_was_judged_by(tmp_path):
     from optuna.distributions import FloatDistribution
     from optuna.trial import TrialState, create_trial
 
-    from goodfit_cli.workflows.search_report import at_rung
+    from goodfit_cli.workflows.pruning import at_rung
 
     def pruned(attrs):
         return create_trial(state=TrialState.PRUNED, params={"x": 0.5},

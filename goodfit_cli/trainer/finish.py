@@ -84,7 +84,7 @@ def finish(s: Session, model: nn.Module, optimizer, job: StageJob, ran: Ran) -> 
         meta["input"] = recorded(model)  # what eval, compare and a later fine-tune feed it
     rung, stop = summary.get("rung_weights"), summary.get("early_stop") or {}
     if rung:  # the weights are not the last batch's: a rung's (early stopping's best then)
-        at = rung.get("rung_batch", rung["batch"])
+        at = rung["rung_batch"]
         meta["weights_from"] = (f"the search's rung {rung['rung']} (batch {at})"
                                 + ("" if at == rung["batch"] else ": early stopping's best "
                                    f"evaluation then (batch {rung['batch']})"))

@@ -152,14 +152,13 @@ def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
     """Inside: the model holds the weights the run would end with if it ended now: early
     stopping's best evaluation's (EarlyStopping.on_end puts them in the model), else the
     weights at the anchor (training/cycles.py); the model's own weights are back after it."""
-    best = next((c.best for c in callbacks if isinstance(c, EarlyStopping)
-                 and c.best is not None), None)
-    if best is None:
+    stop = _holding(callbacks)
+    if stop is None:
         with at_anchor(optimizer):
             yield
         return
     now = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    model.load_state_dict(best)
+    model.load_state_dict(stop.best)
     try:
         yield
     finally:
@@ -169,8 +168,14 @@ def end_weights(model: nn.Module, optimizer: torch.optim.Optimizer,
 def end_batch(callbacks: list[Callback]) -> int | None:
     """The batch of the weights `end_weights` holds where they are not the last batch's: early
     stopping's best evaluation's; None otherwise."""
-    return next((c.early.best_batch for c in callbacks if isinstance(c, EarlyStopping)
-                 and c.best is not None), None)
+    stop = _holding(callbacks)
+    return stop.early.best_batch if stop is not None else None
+
+
+def _holding(callbacks: list[Callback]) -> EarlyStopping | None:
+    """The early stopping among `callbacks` that holds its best evaluation's weights."""
+    return next((c for c in callbacks if isinstance(c, EarlyStopping) and c.best is not None),
+                None)
 
 
 __all__ = ["Callback", "Ema", "EarlyStopping", "GoodFitCycles", "PlateauWatch", "end_batch",

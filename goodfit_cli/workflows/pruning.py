@@ -121,6 +121,21 @@ def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,
     return (-float(bad), new_dir * float(new), *tie)
 
 
+def at_rung(t: Any, new_dir: int) -> dict[str, Any]:
+    """A trial that did not finish (pruned): its last rung's value as the pruner judged it
+    (`value_of`, `PruneWatch.value`: minus the gate limits its best WiSE-FT point crossed on
+    validation, the oriented new-task metric), for the search's report, as {"rung", "rung_new", "rung_violations"};
+    `rung_violations` None where no point of its curve gained on the new task. {} otherwise."""
+    rungs = t.user_attrs.get("rungs") or {}
+    if t.state.name == "COMPLETE" or not rungs:
+        return {}
+    k = max(rungs, key=int)
+    value, limits = rungs[k], t.user_attrs.get("rung_limits")
+    bad = -int(value[0])
+    return {"rung": int(k), "rung_new": new_dir * value[1],
+            "rung_violations": bad if limits is None or bad <= limits else None}
+
+
 class PruneWatch:
     """The progress events of one trial's fine-tune (`inner`: the console's, or None): bound
     to the model, at each rung's batch it measures the trial's WiSE-FT curve on validation,
@@ -288,6 +303,8 @@ class PruneWatch:
         value = self.value(points)
         if value is None:
             return None
+        # how many limits the values are judged on (below them: no point gained; `at_rung`)
+        self.trial.set_user_attr("rung_limits", len(self.gate.limits) if self.gate else 0)
         for k in due:
             others = [tuple(t.user_attrs["rungs"][str(k)]) for t in
                       self.trial.study.get_trials(deepcopy=False)
@@ -295,8 +312,6 @@ class PruneWatch:
                       and not gone(t)]
             self.reached[str(k)] = list(value)
             self.trial.set_user_attr("rungs", self.reached)
-            # how many limits the values were judged on (below them: no point gained)
-            self.trial.set_user_attr("rung_limits", len(self.gate.limits) if self.gate else 0)
             if not self.protected and not self.halving.keeps(value, others):
                 of = " (of its arm's and its EMA's curves)" if self.others() else ""
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "

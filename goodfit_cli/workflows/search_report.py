@@ -29,6 +29,7 @@ from goodfit_cli.report.front import close_calls, dominance_against, knee_note, 
 from goodfit_cli.report.front import recommend
 from goodfit_cli.report.trials import gained, judge, pick, point_name, shipped_name
 from goodfit_cli.workflows.budget import Budget
+from goodfit_cli.workflows.pruning import at_rung
 from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
 # what each trial chose on validation after training, shown with its knobs: WiSE-FT's α and the
@@ -211,21 +212,6 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
             notes.append(f"nothing is recommended now: the earlier recommendation was moved "
                          f"from {job.out / 'recommended'} to {withdrawn}")
     return rep
-
-
-def at_rung(t: Any, new_dir: int) -> dict[str, Any]:
-    """A trial that did not finish (pruned): its last rung's value as the pruner judged it
-    (workflows/pruning.py `value_of`: minus the gate limits its best WiSE-FT point crossed on
-    validation, the oriented new-task metric), as {"rung", "rung_new", "rung_violations"};
-    `rung_violations` None where no point of its curve gained on the new task. {} otherwise."""
-    rungs = t.user_attrs.get("rungs") or {}
-    if t.state.name == "COMPLETE" or not rungs:
-        return {}
-    k = max(rungs, key=int)
-    value, limits = rungs[k], t.user_attrs.get("rung_limits")
-    bad = -int(value[0])
-    return {"rung": int(k), "rung_new": new_dir * value[1],
-            "rung_violations": bad if limits is None or bad <= limits else None}
 
 
 def _limits(described: str) -> str:
