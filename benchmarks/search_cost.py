@@ -1,25 +1,25 @@
 """A `goodfit search` study's compute in units of one fine-tune (issue 28 item 3).
 
 Pretrains a small toy base, runs a study (`--trials 24`, pruning as `goodfit search` does by
-default, `--no-defaults`), and adds up what its trials did, read from the study and each
-trial's folder:
+default, `--no-defaults`) and one `goodfit finetune` of the recipe's first arm (the unit), each
+in a process whose every evaluation is counted as it runs (`Session.evaluate` wrapped: the
+samples of the split it measured), and adds up:
 
 - training: each trial's batches (the study's `batches` attribute: where it finished or was
   pruned) x batch_size x 3 sample-forwards (a forward and a backward);
-- evaluation: what each trial evaluated, in sample-forwards of the splits it read (`trial_cost`:
-  the base once per command, the periodic evaluations on validation, the final one on test,
-  the WiSE-FT grid on validation and its chosen point on test, a kept point again only when a
-  new-class offset moved it). The offset's own validation passes (one per finished trial, one
-  per α of the grid with --offset-with-alpha) are not counted: the toy is a regression, where
-  no offset applies.
+- evaluation: the samples of every evaluation the command made: the base, periodic
+  evaluations, each rung's WiSE-FT curve, a trial's end curve against its kept rung, the
+  WiSE-FT grid, the chosen points on test, the new-class offset's validation passes
+  (workflows/offset.py `_logits`; none on the toy, a regression).
 
-One fine-tune is a trial that runs to its end: its arm's batches, its evaluations and its WiSE
-curve (what `goodfit finetune --optimizer X` does for one arm). Also prints the trials' wall
-time over one such fine-tune's (the mean of the completed trials'), a check of the count.
+One fine-tune is `goodfit finetune` of one arm with the same settings: its batches and every
+evaluation it made (the base, the periodic ones, the final one, its WiSE-FT grid). Also prints
+the trials' wall time over that command's own (its total less its start-up), a check of the
+count.
 
     OMP_NUM_THREADS=1 python benchmarks/search_cost.py --out runs/search-cost
 
-A finished study in --out is reused (a rerun only recounts).
+A finished study or fine-tune in --out is reused with its count (a rerun only recounts).
 """
 
 from __future__ import annotations
@@ -35,92 +35,125 @@ SETTING = ["data.args.n_train=2048", "data.args.n_test=256", "data.args.n_val=25
            "finetune.steps=90", "finetune.batch_size=64", "eval.every=5",
            "checkpoint.every=0", "device=cpu"]
 
+# the CLI with every evaluation counted: argv[1] the file the counts go to, then goodfit's
+COUNTING = """
+import atexit, collections, json, sys
+from goodfit_cli.trainer import session
+samples, calls = collections.Counter(), collections.Counter()
+evaluate = session.Session.evaluate
+def counted(self, model, with_predictions=False, split="test"):
+    samples[split] += sum(len(getattr(self.tasks[t], split)) for t in ("old", "new"))
+    calls[split] += 1
+    return evaluate(self, model, with_predictions, split)
+session.Session.evaluate = counted
+from goodfit_cli.workflows import offset
+logits = offset._logits
+def counted_logits(s, model):  # the new-class offset's validation pass
+    samples["val"] += sum(len(s.tasks[t].val) for t in ("old", "new"))
+    calls["val"] += 1
+    return logits(s, model)
+offset._logits = counted_logits
+out = sys.argv[1]
+atexit.register(lambda: open(out, "w").write(json.dumps({"samples": samples, "calls": calls})))
+from goodfit_cli.cli.app import main
+sys.argv = ["goodfit", *sys.argv[2:]]
+main()
+"""
 
-def goodfit(*args: object) -> None:
-    subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], check=True,
+
+def goodfit(*args: object, count: Path | None = None) -> dict | None:
+    """Runs goodfit; with `count`, its evaluations counted into that file (read back)."""
+    head = ["-c", COUNTING, str(count)] if count else ["-m", "goodfit_cli"]
+    subprocess.run([sys.executable, *head, *map(str, args)], check=True,
                    stdout=subprocess.DEVNULL)
+    return json.loads(count.read_text()) if count else None
 
 
-def trial_cost(t, eval_samples: int, val_share: float = 1.0,
-               base: bool = True) -> tuple[float, float, float]:
-    """(training, evaluation) sample-forwards of one trial, and its evaluations (in units of
-    one evaluation of both tasks' validation and test splits): the base (both splits; once per
-    command, so only for the study's first trial, `base`), each periodic evaluation (validation
-    only, its `val_share` of one, unless the run's curves are on test too), the final one (test;
-    validation too unless the last periodic one measured those weights), the WiSE-FT grid's
-    interior points (validation; the chosen one test too; α = 0 and 1 are the base's and the
-    arm's own measurements), and a kept point measured again only when a new-class offset
-    moved it (`goodfit wise` reads the fine-tune's measurement of the point otherwise)."""
-    import yaml
+def counted(run: Path, *args: object) -> dict:
+    """The evaluations of the command that wrote `run` (`args`), run now unless it has."""
+    count = run.with_name(run.name + ".count.json")
+    if not count.exists() or not (run / "timings.json").exists():
+        return goodfit(*args, "--out", run, count=count)
+    return json.loads(count.read_text())
 
-    d = Path(t.user_attrs["dir"])
-    recipe = yaml.safe_load((d / "recipe.yaml").read_text())
-    arm_dir = next(p for p in d.iterdir() if (p / "metrics.jsonl").exists())
-    run = json.loads((d / "run.json").read_text())
-    per = val_share if run.get("curves_split", "val") == "val" else 1.0
-    records = [json.loads(x) for x in (arm_dir / "metrics.jsonl").read_text().splitlines()]
-    evals = (1.0 if base else 0.0) + per * len(records)
-    if t.state.name == "COMPLETE":
-        rep = json.loads((d / "report.json").read_text())
-        summary = json.loads((arm_dir / "summary.json").read_text())
-        last = records[-1]["batch"] if records else None
-        evals += (1 - val_share) if last == summary["batches"] and per < 1 else 1.0
-        wise = rep["arms"][0].get("wise") or []
-        evals += sum(val_share if "new" not in w else 1.0 for w in wise if 0 < w["alpha"] < 1)
-        point = d / "wise" / "summary.json"
-        if point.exists() and (json.loads(point.read_text()).get("new_offset") or {}).get("tau"):
-            evals += 1.0  # the point with its offset, measured as written
-    train = 3 * recipe["finetune"]["batch_size"] * t.user_attrs["batches"]
-    return float(train), float(evals * eval_samples), evals
+
+def case(a: argparse.Namespace) -> tuple[list, list, list]:
+    """(the base and recipe flags, the search's flags, overrides) of `--case`: the toy setting
+    (--no-defaults, --max-old-drop) or the digits studies' (benchmarks/digits_studies.py: its
+    data and base for --seed, dev split, the CLI's defaults, the issue's floor)."""
+    if a.case == "toy":
+        over = [*SETTING, *a.overrides]
+        base = a.out / "base" / "model.safetensors"
+        if not base.exists():
+            goodfit("pretrain", "--recipe", "toy", "--out", a.out / "base", *over)
+        return (["--base", base, "--recipe", "toy"],
+                ["--no-defaults", "--max-old-drop", a.max_old_drop], over)
+    sys.path.insert(0, str(Path(__file__).parent))
+    from digits_evidence import RECIPE, TARGETS
+    from digits_studies import base_for
+
+    floor = TARGETS["no replay" if a.no_replay else "replay searched"][0]
+    data = (a.out / f"seed{a.seed}" / "data").resolve()
+    return (["--base", base_for(a.out, a.seed), "--recipe", RECIPE, "--data-dir", data],
+            ["--seed", a.seed, "--min-old", f"accuracy={floor}"],
+            [*a.overrides, f"seed={a.seed}"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--case", choices=("toy", "digits"), default="toy")
     ap.add_argument("--out", type=Path, default=Path("runs/search-cost"))
     ap.add_argument("--trials", type=int, default=24)
     ap.add_argument("--rungs", type=int, default=2)
-    ap.add_argument("--max-old-drop", type=float, default=0.05)
-    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--max-old-drop", type=float, default=0.05, help="toy: the gate")
+    ap.add_argument("--seed", type=int, default=0, help="digits: the data and base's seed")
+    ap.add_argument("--unit-arm", help="the arm of the one fine-tune (the recipe's first)")
+    ap.add_argument("--no-replay", action="store_true", help="the search's --no-replay")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides")
     a = ap.parse_args()
-    import optuna
+    import yaml
 
-    over = [*SETTING, *a.overrides]
-    base = a.out / "base" / "model.safetensors"
-    if not base.exists():
-        goodfit("pretrain", "--recipe", "toy", "--out", a.out / "base", *over)
-    run = a.out / "search"
-    goodfit("search", "--base", base, "--recipe", "toy", "--trials", a.trials, "--out", run,
-            "--no-defaults", "--rungs", a.rungs, "--max-old-drop", a.max_old_drop, *over)
-    study = optuna.load_study(study_name="goodfit-toy", storage=f"sqlite:///{run / 'study.db'}")
-    trials = [t for t in study.trials if "batches" in t.user_attrs]
-    first = json.loads((Path(trials[0].user_attrs["dir"]) / "run.json").read_text())
-    eval_samples = sum(v["val"] + v["test"] for v in first["validation"].values())
-    val_share = sum(v["val"] for v in first["validation"].values()) / eval_samples
-    first_trial = min(t.number for t in trials)  # the base is measured once per command
-    costs = {t.number: trial_cost(t, eval_samples, val_share, base=t.number == first_trial)
-             for t in trials}
-    done = [t for t in trials if t.state.name == "COMPLETE"]
-    full = [t for t in done if not (Path(t.user_attrs["dir"]) / "wise").exists()]
-    full = full or done  # one fine-tune: a complete trial, its arm kept (α = 1), as a command
-    alone = {t.number: trial_cost(t, eval_samples, val_share) for t in full}  # with its base
-    one = sum(sum(alone[t.number][:2]) for t in full) / len(full)
-    train = sum(c[0] for c in costs.values())
-    evaluation = sum(c[1] for c in costs.values())
-    wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials)
-    wall_one = sum((t.datetime_complete - t.datetime_start).total_seconds()
-                   for t in done) / len(done)
-    pruned = [t for t in trials if t.state.name == "PRUNED"]
-    at = ", ".join(f"{sum(t.user_attrs['batches'] == b for t in pruned)} at batch {b}"
-                   for b in sorted({t.user_attrs["batches"] for t in pruned}))
+    where, flags, over = case(a)
+    flags += ["--no-replay"] if a.no_replay else []
+    run, unit = a.out / "search", a.out / "finetune"
+    searched = counted(run, "search", *where, "--trials", a.trials, "--rungs", a.rungs, *flags,
+                       *over)
+    from goodfit_cli.workflows.recipes import load
+
+    recipe_name = str(where[where.index("--recipe") + 1])
+    arm = a.unit_arm or load(recipe_name, [str(o) for o in over]).finetune.arms[0]
+    alone = counted(unit, "finetune", *where, f"finetune.arms=[{arm}]", *over)
+    rep = json.loads((run / "report.json").read_text())
+    trials = [t for t in rep["trials"] if t.get("batches")]
+    size = {t["number"]: yaml.safe_load((Path(t["dir"]) / "recipe.yaml").read_text())
+            ["finetune"]["batch_size"] for t in trials}
+    train = sum(3 * size[t["number"]] * t["batches"] for t in trials)
+    evaluation = sum(searched["samples"].values())
+    summary = json.loads(next(unit.glob("*/summary.json")).read_text())
+    recipe = yaml.safe_load((unit / "recipe.yaml").read_text())
+    one_train = 3 * recipe["finetune"]["batch_size"] * summary["batches"]
+    one = one_train + sum(alone["samples"].values())
+    done = [t for t in trials if t["state"] == "COMPLETE"]
+    pruned = [t for t in trials if t["state"] == "PRUNED"]
+    at = ", ".join(f"{sum(t['batches'] == b for t in pruned)} at batch {b}"
+                   for b in sorted({t["batches"] for t in pruned}))
     print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned"
           + (f": {at})" if at else ")"))
-    print(f"one fine-tune: {full[0].user_attrs['batches']} batches, {alone[full[0].number][2]:g} "
-          f"evaluations of {eval_samples} samples = {one:.0f} sample-forwards")
-    print(f"study: training {train:.0f} + evaluation {evaluation:.0f} = {train + evaluation:.0f}"
-          f" sample-forwards")
-    print(f"compute: {(train + evaluation) / one:.2f} fine-tunes (training "
-          f"{train / one:.2f}, evaluation {evaluation / one:.2f}); wall: {wall:.0f} s = "
-          f"{wall / wall_one:.2f} x a complete trial's mean {wall_one:.1f} s")
+    calls = " + ".join(f"{n} on {split}" for split, n in sorted(alone["calls"].items()))
+    print(f"one fine-tune ({arm}): {summary['batches']} batches = {one_train} training + "
+          f"{one - one_train} evaluation sample-forwards ({calls} evaluations)")
+    calls = " + ".join(f"{n} on {split}" for split, n in sorted(searched["calls"].items()))
+    print(f"study: training {train} + evaluation {evaluation} sample-forwards ({calls} "
+          "evaluations)")
+    print(f"compute: {(train + evaluation) / one:.2f} fine-tunes (training {train / one:.2f}, "
+          f"evaluation {evaluation / one:.2f}); the budget's count, training batches only: "
+          f"{rep['budget']['spent_finetunes']:.2f}")
+    timed = {k: json.loads((d / "timings.json").read_text()) for k, d in
+             (("search", run), ("finetune", unit))}
+    own = {k: t["total_s"] - t["phases_s"].get("start_up", 0.0) for k, t in timed.items()}
+    ratio = own["search"] / own["finetune"]
+    print(f"wall, less start-up: study {own['search']:.1f} s = {ratio:.2f} x the fine-tune's "
+          f"{own['finetune']:.1f} s")
 
 
 if __name__ == "__main__":
