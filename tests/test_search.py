@@ -612,7 +612,8 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert run([(1, 0.0, 0.3)]) is None  # trial 0: rung values (0, 0.3) at 10 and 30
     rungs = study.trials[0].user_attrs["rungs"]
     assert rungs.keys() == {"0", "1"} and rungs["1"] == rungs["0"] == pytest.approx([0.0, 0.3])
-    assert measured == [0.0] * 20  # 10 points of the curve at each of the 2 rungs
+    # at each of the 2 rungs 0.2, 0.4, ... 1.0, then the best's neighbour 0.9 (1.1 is not one)
+    assert measured == [0.0] * 12
     assert Halving().startup == 1
     assert run([(1, 0.0, 0.2)]) == 0  # barely moved: worse than the only other one
     # forgets on the way (raw old 0.0 < 0.85: judged raw it ranked below every trial that
@@ -623,8 +624,13 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert run([(1, 0.0, 0.0)], Halving(startup=5)) is None  # trial 4 < 5: never pruned
     # the margin: on 100 validation samples the 0.85 floor reads 0.85 + 0.0357; α 0.4's old
     # 0.877 passes it no longer, α 0.3 (0.893, new 0.24) does
+    # α 0.3 is not among 0.2, 0.4, ... 1.0 (their best: 0.2, new 0.16): its neighbours are
+    # measured next, 0.1 and 0.3, so the rung's value is the whole 0.1 grid's best
+    measured.clear()
     run([(1, 1.0, 0.8)], Halving(startup=99), z=1.0)
     assert study.trials[5].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.24])
+    assert sorted(measured[:7]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])
+    assert len(measured) == 14  # 7 points at each rung
     # no point gains on the new task: below every trial with one (1 limit: -2)
     run([(1, 0.0, 0.0)], Halving(startup=99))
     assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
@@ -835,8 +841,10 @@ def _same(a: dict, b: dict) -> bool:
 def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
                   seen: list | None = None) -> tuple[list, dict, list]:
     """A 12-batch toy fine-tune of `arm` watched by a pruning watch with rungs at batches 2 and
-    4: (each rung's α = 1 point as (batch, the weights it was measured with), the weights after
-    each batch, the watches); `seen` collects each point's validation metrics."""
+    4: (each curve's α = 1 point as (batch, the weights it was measured with), the weights after
+    each batch, the watches); `seen` collects each curve's points' validation metrics (a list
+    per curve)."""
+    from goodfit_cli.workflows.pruning import ALPHAS
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
@@ -852,14 +860,21 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
     trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
     after, judged, watches = {}, [], []
 
+    curves: list[list] = []
+
     class Spy(PruneWatch):
         def bind(self, model, evaluate, sizes, *anchor):
             def measured(m):  # the weights each point of the curve is measured with
-                judged.append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
-                (seen if seen is not None else []).append(evaluate(m))
+                judged[-1].append((self.batch, {k: v.clone() for k, v in m.state_dict().items()}))
+                curves[-1].append(evaluate(m))
                 return evaluate(m)
             super().bind(model, measured, sizes, *anchor)
             self.bound_base = self.base  # (the watch lets it go when the training ends)
+
+        def _curve(self, model):
+            judged.append([])
+            curves.append([])
+            return super()._curve(model)
 
         def on_batch(self, batch):
             self.batch = batch
@@ -873,12 +888,15 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
 
     finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
                          [arm], wise=False), Place(), Ui(events_for=watch))
-    return judged[9::10], after, watches  # α = 1: the 10th point of each rung's curve
+    if seen is not None:
+        seen.extend(curves)
+    # α = 1: the last of ALPHAS, measured before the best point's neighbours
+    return [c[len(ALPHAS) - 1] for c in judged], after, watches
 
 
 def test_a_rung_measures_the_ema_candidate_that_would_ship_too(tmp_path):
     """finetune.ema: a trial's point may be its '<arm>+ema', so at a rung the watch measures
-    the EMA's WiSE-FT curve as well as the arm's (ten more evaluations, the EMA's weights now:
+    the EMA's WiSE-FT curve as well as the arm's (5-7 more evaluations, the EMA's weights now:
     neither the arm's nor the base's) and the trial's value there is the best point of either;
     the EMA's weights are back as they were after it (the '+ema' checkpoint is an unwatched
     run's). Before, only the arm's curve was measured."""
@@ -891,13 +909,13 @@ def test_a_rung_measures_the_ema_candidate_that_would_ship_too(tmp_path):
     over = ["eval.every=6", "finetune.ema=0.5"]
     seen: list = []
     raw, after, watches = _rungs_judged(tmp_path, "rmsprop", over, seen)
-    assert [b for b, _ in raw] == [2, 2, 4, 4] and len(seen) == 40  # arm, EMA at each rung
+    assert [b for b, _ in raw] == [2, 2, 4, 4] and len(seen) == 4  # arm, EMA at each rung
     for (b, arm), (_, ema) in (raw[0:2], raw[2:4]):
         assert _same(arm, after[b]) and not _same(ema, after[b])
         assert not _same(ema, watches[0].bound_base)
     base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
     prim = {"old": "mse", "new": "mse"}
-    for rung, points in (("0", seen[:20]), ("1", seen[20:])):
+    for rung, points in (("0", seen[0] + seen[1]), ("1", seen[2] + seen[3])):
         values = [value_of(p, base, None, prim, -1) for p in points]
         at_base = -base["new"]["mse"]
         gaining = [v for v in values if v[1] > at_base]
@@ -1964,7 +1982,7 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
                          ["adamw"], wise=False), Place(),
              Ui(events_for=lambda label: Spy(trial, Halving(startup=1), tmp_path / "ft", gate,
                                              prim, 1)))
-    assert len(seen) == 20  # two rungs of 10 points
+    assert 10 <= len(seen) <= 14  # two rungs of 5 points and their best's neighbours
     base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
     assert all(p["flips"]["old"]["n"] == 32 for p in seen)
     assert all(value_of(p, base, gate, prim, 1)[0] == 0 for p in seen)
