@@ -844,12 +844,11 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
     4: (each curve's α = 1 point as (batch, the weights it was measured with), the weights after
     each batch, the watches); `seen` collects each curve's points' validation metrics (a list
     per curve)."""
-    from goodfit_cli.workflows.pruning import ALPHAS
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
     from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.pruning import ALPHAS, Halving, PruneWatch
     from goodfit_cli.workflows.recipes import load
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
@@ -859,8 +858,7 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
     pretrain(recipe, tmp_path / "b", Place(), Ui())
     trial = optuna.create_study(directions=["maximize", "maximize"]).ask()
     after, judged, watches = {}, [], []
-
-    curves: list[list] = []
+    curves: list[list] = []  # each curve's points' metrics (`judged`: their weights)
 
     class Spy(PruneWatch):
         def bind(self, model, evaluate, sizes, *anchor):
