@@ -1,7 +1,8 @@
 """A `goodfit search` study's compute in units of one fine-tune (issue 28 item 3).
 
-Pretrains a small toy base, runs a study (`--trials 24`, pruning as `goodfit search` does by
-default, `--no-defaults`) and one `goodfit finetune` of the recipe's first arm (the unit), each
+Pretrains a small toy base (`--case toy`; `--case digits`: the digits studies' data and base,
+below), runs a study (`--trials 24`, pruning as `goodfit search` does by default;
+`--no-defaults` on the toy) and one `goodfit finetune` of the recipe's first arm (the unit), each
 in a process whose every evaluation is counted as it runs (`Session.evaluate` wrapped: the
 samples of the split it measured), and adds up:
 
@@ -70,11 +71,18 @@ def goodfit(*args: object, count: Path | None = None) -> dict | None:
 
 
 def counted(run: Path, *args: object) -> dict:
-    """The evaluations of the command that wrote `run` (`args`), run now unless it has."""
-    count = run.with_name(run.name + ".count.json")
+    """The evaluations of the command that wrote `run` (`args`), run now unless it has; a run
+    made with other arguments is refused, never recounted as this one."""
+    count, asked = run.with_name(run.name + ".count.json"), [str(a) for a in args]
     if not count.exists() or not (run / "timings.json").exists():
-        return goodfit(*args, "--out", run, count=count)
-    return json.loads(count.read_text())
+        made = goodfit(*args, "--out", run, count=count)
+        count.write_text(json.dumps({**made, "args": asked}))
+        return made
+    made = json.loads(count.read_text())
+    if made.get("args") != asked:
+        raise SystemExit(f"{run} was made with other arguments ({made.get('args')}); "
+                         "use another --out")
+    return made
 
 
 def case(a: argparse.Namespace) -> tuple[list, list, list]:
