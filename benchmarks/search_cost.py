@@ -15,8 +15,9 @@ samples of the split it measured), and adds up:
 
 One fine-tune is `goodfit finetune` of one arm with the same settings: its batches and every
 evaluation it made (the base, the periodic ones, the final one, its WiSE-FT grid). Also prints
-the trials' wall time over that command's own (its total less its start-up), a check of the
-count.
+the study's wall time over that command's (each less its start-up): on these two cases, whose
+models train 200 batches in a fraction of a second, that ratio is the study's per-trial fixed
+work, not its compute.
 
     OMP_NUM_THREADS=1 python benchmarks/search_cost.py --out runs/search-cost
 
