@@ -56,9 +56,11 @@ def counted_logits(s, model):  # the new-class offset's validation pass
     return logits(s, model)
 offset._logits = counted_logits
 out = sys.argv[1]
-atexit.register(lambda: open(out, "w").write(json.dumps({"samples": samples, "calls": calls})))
+args = sys.argv[2:]
+atexit.register(lambda: open(out, "w").write(
+    json.dumps({"samples": samples, "calls": calls, "args": args})))
 from goodfit_cli.cli.app import main
-sys.argv = ["goodfit", *sys.argv[2:]]
+sys.argv = ["goodfit", *args]
 main()
 """
 
@@ -74,11 +76,9 @@ def goodfit(*args: object, count: Path | None = None) -> dict | None:
 def counted(run: Path, *args: object) -> dict:
     """The evaluations of the command that wrote `run` (`args`), run now unless it has; a run
     made with other arguments is refused, never recounted as this one."""
-    count, asked = run.with_name(run.name + ".count.json"), [str(a) for a in args]
+    count, asked = run.with_name(run.name + ".count.json"), [*map(str, args), "--out", str(run)]
     if not count.exists() or not (run / "timings.json").exists():
-        made = goodfit(*args, "--out", run, count=count)
-        count.write_text(json.dumps({**made, "args": asked}))
-        return made
+        return goodfit(*args, "--out", run, count=count)  # the count records its arguments
     made = json.loads(count.read_text())
     if made.get("args") != asked:
         raise SystemExit(f"{run} was made with other arguments ({made.get('args')}); "

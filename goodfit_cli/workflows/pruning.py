@@ -170,6 +170,7 @@ class PruneWatch:
         # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights, the weights'
         # batch) so far
         self.keep, self.kept = keep, None
+        self.base_val: dict | None = None  # the base's validation metrics, read once
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
              anchor: Callable[[], Any] = contextlib.nullcontext,
@@ -256,7 +257,10 @@ class PruneWatch:
     def value(self, points: list[dict[str, Any]]) -> tuple | None:
         """A curve's value (the module's docstring): its best gaining point's, else below
         every trial with one; None when no point has a finite new-task metric."""
-        base = json.loads((self.dir / "base" / "metrics.json").read_text())["val_metrics"]
+        if self.base_val is None:  # written before training, read once per trial
+            self.base_val = json.loads((self.dir / "base" / "metrics.json").read_text())[
+                "val_metrics"]
+        base = self.base_val
         values = [v for v in (value_of(p, base, self.gate, self.primary, self.new_dir, self.z,
                                        self.sizes) for p in points) if v is not None]
         if not values:

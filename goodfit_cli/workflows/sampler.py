@@ -84,6 +84,7 @@ def _with_rungs(trials: list) -> list:
     for t in trials:
         for k, v in t.user_attrs.get("rungs", {}).items():
             at.setdefault(k, []).append(tuple(v))
+    ranked = {k: sorted(v) for k, v in at.items()}  # each rung's values, worst first
     out = []
     for t in trials:
         rungs = t.user_attrs.get("rungs", {})
@@ -92,7 +93,7 @@ def _with_rungs(trials: list) -> list:
             continue
         k = max(rungs, key=int)
         seen = copy.copy(t)
-        seen.intermediate_values = {int(k): float(sorted(at[k]).index(tuple(rungs[k])))}
+        seen.intermediate_values = {int(k): float(ranked[k].index(tuple(rungs[k])))}
         out.append(seen)
     return out
 
