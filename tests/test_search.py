@@ -696,11 +696,12 @@ def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(t
     assert model.weight[0].tolist() == pytest.approx([2.0, 0.9])
 
 
-def _settling_finetune(tmp_path: Path, *over: str) -> tuple:
+def _settling_finetune(tmp_path: Path, *over: str, wise: bool = False,
+                       later: bool = False) -> tuple:
     """A real 12-batch toy fine-tune (adamw; `over`: more recipe overrides) watched with
     `keep`, rungs at batches 2 and 4, by a watch whose value prefers earlier batches (a trial
-    that forgets on): (its arm's report entry, the trial, the weights after each batch, the
-    arm's checkpoint path)."""
+    that forgets on; `later`: later ones, the end wins), its WiSE-FT grid with `wise`: (its
+    arm's report entry, the trial, the weights after each batch, the arm's checkpoint path)."""
     from goodfit_cli.trainer.job import Ui
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
@@ -718,7 +719,7 @@ def _settling_finetune(tmp_path: Path, *over: str) -> tuple:
 
     class Earlier(PruneWatch):  # the earlier the batch, the better its curve's best point
         def value(self, points):
-            return (0.0, -float(self.seen))
+            return (0.0, float(self.seen) if later else -float(self.seen))
 
         def on_batch(self, batch):
             after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -729,7 +730,7 @@ def _settling_finetune(tmp_path: Path, *over: str) -> tuple:
                        {"old": "mse", "new": "mse"}, -1, keep=True)
 
     rep = finetune(FinetuneJob(recipe, tmp_path / "b" / "model.safetensors", tmp_path / "ft",
-                               ["adamw"], wise=False), Place(), Ui(events_for=watch))
+                               ["adamw"], wise=wise), Place(), Ui(events_for=watch))
     arm = rep["arms"][0]
     return arm, trial, after, tmp_path / "ft" / arm_dirname(arm["name"]) / "model.safetensors"
 
@@ -749,6 +750,37 @@ def test_a_fine_tune_that_settles_on_a_rung_writes_and_reports_that_rungs_weight
     assert meta["batches"] == 12 and meta["weights_from"] == "the search's rung 0 (batch 2)"
     said = (tmp_path / "ft" / "report.md").read_text()
     assert "the weights of batch 2 (the search's rung 0)" in said
+
+
+@pytest.mark.parametrize("later", [False, True])
+def test_the_wise_grid_reuses_the_curve_a_kept_rung_was_compared_with(tmp_path, monkeypatch,
+                                                                     later):
+    """A trial with a kept rung measures a curve of the weights it ends with (the rung's
+    at the rung, or the end's against it): those points are not measured again, neither by the
+    arm's finish (α = 1 on validation) nor by its WiSE-FT grid, whose numbers are the ones
+    measuring them again gives, for the rung's weights (`later` False) and the end's."""
+    from goodfit_cli.trainer.session import Session
+    from goodfit_cli.workflows.pruning import PruneWatch
+
+    evaluate, counted = Session.evaluate, []
+
+    def counting(self, model, with_predictions=False, split="test"):
+        counted.append(split)
+        return evaluate(self, model, with_predictions, split)
+
+    monkeypatch.setattr(Session, "evaluate", counting)
+    arm, *_ = _settling_finetune(tmp_path / "reused", wise=True, later=later)
+    reused = counted.count("val")
+    counted.clear()
+    monkeypatch.setattr(PruneWatch, "measured_end", lambda self, model: None)
+    again, *_ = _settling_finetune(tmp_path / "again", wise=True, later=later)
+    assert ("rung_weights" in arm["provenance"]) is not later
+    assert [p["alpha"] for p in arm["wise"]] == [p["alpha"] for p in again["wise"]]
+    assert [p["val"] for p in arm["wise"]] == [p["val"] for p in again["wise"]]
+    assert arm["validation"] == again["validation"] and arm["metrics"] == again["metrics"]
+    # α = 0.2, 0.4, ... 1 and the neighbours of the first best, 0.1 and 0.3 (this watch's
+    # value ties every point): the grid's six and the finish's α = 1
+    assert counted.count("val") - reused == 7
 
 
 def test_a_rung_with_early_stopping_keeps_and_names_early_stoppings_best_then(tmp_path):
@@ -869,10 +901,10 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
             super().bind(model, measured, sizes, *anchor)
             self.bound_base = self.base  # (the watch lets it go when the training ends)
 
-        def _curve(self, model):
+        def _curve(self, model, raw=None):
             judged.append([])
             curves.append([])
-            return super()._curve(model)
+            return super()._curve(model, raw)
 
         def on_batch(self, batch):
             self.batch = batch

@@ -52,6 +52,9 @@ class RunResult:
     curve: list[dict] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)  # "val_metrics": on the val splits
     val_predictions: dict[str, dict[str, torch.Tensor]] | None = None
+    # WiSE-FT points of these weights (from the grid's base) measured on validation during the
+    # training (a search's rung watch): {α: (metrics, predictions)}, which the grid reuses
+    val_curve: dict[float, tuple[dict, dict]] | None = None
 
 
 def keep_previous(path: Path) -> None:

@@ -51,6 +51,7 @@ class StageJob:
     metadata: dict[str, Any] = field(default_factory=dict)  # written into the model's header
     stop_rule: StopRule | None = None  # early stopping (fine-tuning arms)
     base_val_preds: dict | None = None  # the base's, measured once per command (a rung's flips)
+    base_state: dict | None = None  # the WiSE-FT grid's base (finetune's copy, not the model's)
     summary: dict[str, Any] = field(default_factory=dict)  # more entries for summary.json
 
 

@@ -84,9 +84,18 @@ def rung_evaluation(s: Session, base: nn.Module, flips: bool, at_base: dict | No
 
     def evaluate(m: nn.Module) -> dict:
         metrics, preds = s.evaluate(m, True, split="val")
+        evaluate.last = ({t: dict(v) for t, v in metrics.items()}, preds)  # as measured
         return with_loss(metrics, preds) | (
             {"flips": point_measure(at_base, preds, s.kinds)[0]} if flips else {})
+    evaluate.last = None
     return evaluate
+
+
+def holds(model: nn.Module, state: dict[str, torch.Tensor] | None) -> bool:
+    """Whether `model` holds exactly `state`'s tensors (names, shapes and values)."""
+    own = model.state_dict()
+    return state is not None and own.keys() == state.keys() and all(
+        own[k].shape == v.shape and torch.equal(own[k], v) for k, v in state.items())
 
 
 def total_batches(budget: dict[str, Any], n: int, accumulate: int = 1, world: int = 1) -> int:
@@ -129,6 +138,9 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
                          lambda: old_task(s), s.recipe.source)  # at the base, before resuming
     loss, arm_callbacks = built.loss, list(built.callbacks)
     watch = ui.events(arm.name) if main_rank else None
+    # the watch's curves mix from the WiSE-FT grid's own base (finetune's) unless the arm
+    # changed the model before training (LoRA's adapters): then its end curve is not reused
+    fresh = hasattr(watch, "measured_end") and holds(model, job.base_state)
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
         watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False),
                                           job.base_val_preds),
@@ -217,8 +229,18 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
         finish(s, ema.module, optimizer, ema_job(job, records, decay),
                 Ran(st, ema_records(records), sizes, {k: v for k, v in summary.items()
                                                        if k != "early_stop"}))
-    return finish(s, model, optimizer, job, Ran(st, records, sizes, {**summary, **job.summary},
-                                                 hooks.measured(model)))
+    # the end weights' curve the watch measured (a kept rung compared with them), when the
+    # model still holds those weights: its α = 1 is the finish's validation measurement, its
+    # other points the WiSE-FT grid's (measured once, not again)
+    curve = watch.measured_end(model) if hasattr(watch, "measured_end") else None
+    measured = hooks.measured(model)
+    if measured is None and curve and 1.0 in curve:
+        measured = (None, None, *curve[1.0])  # finish measures test only
+    result = finish(s, model, optimizer, job, Ran(st, records, sizes, {**summary, **job.summary},
+                                                  measured))
+    if fresh and curve:
+        result.val_curve = {a: p for a, p in curve.items() if a != 1.0}
+    return result
 
 
 def arm_context(s: Session, job: StageJob, model: nn.Module, optimizer, total: int) -> Context:

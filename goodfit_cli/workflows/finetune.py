@@ -270,7 +270,8 @@ def _finetune(job: FinetuneJob, place: Place | None, ui: Ui, phases: Phases) -> 
             t_arm, eval_before, state_before = time.perf_counter(), s.eval_s, s.state_s
             try:
                 stage = StageJob(arm, recipe.finetune, "new", arm_dir, meta, rule,
-                                 base_val_preds=base_val_preds)  # a rung's flips: against it
+                                 base_val_preds=base_val_preds,  # a rung's flips: against it
+                                 base_state=base_state)  # a rung's curve: from it
                 results.append(run_stage(s, model, stage, stop, ui))
                 if (ema_dir / "summary.json").exists():
                     results.append(load_result(ema_dir, recomputed, f"{arm.name}+ema"))

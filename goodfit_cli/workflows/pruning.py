@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from goodfit_cli.core.callbacks import Callback
+from goodfit_cli.models.layout import weights_version
 from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
@@ -168,9 +169,12 @@ class PruneWatch:
         self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
         # `keep`: the trial may end with the weights of a rung whose best point beat the end's
         # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights, the weights'
-        # batch) so far
+        # batch, their curve's measurements) so far
         self.keep, self.kept = keep, None
         self.base_val: dict | None = None  # the base's validation metrics, read once
+        # `settle` kept the end weights: (their weights_version, {α: (val metrics, predictions)})
+        # of the curve it measured, which the trial's finish and WiSE-FT grid read (`measured_end`)
+        self.end_measured: tuple[Any, dict] | None = None
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
              anchor: Callable[[], Any] = contextlib.nullcontext,
@@ -208,14 +212,15 @@ class PruneWatch:
         due = [k for k, b in enumerate(self.rungs) if b == batch and str(k) not in self.reached]
         if due and self.model is not None:
             self.trial.set_user_attr("batches", batch)  # the trial's training so far (its cost)
-            value = self._judge(batch, due, self.curve())
+            raw: dict[float, tuple[dict, dict]] = {}  # the judged weights' own curve
+            value = self._judge(batch, due, self.curve(raw))
             if self.keep and value is not None and not self.others() and (
                     self.kept is None or value[:2] > self.kept[0][:2]):  # not by loss alone
                 with self.anchor():  # the weights the rung judged, a copy on the host
                     weights = {k: v.detach().to("cpu", copy=True)
                                for k, v in self.model.state_dict().items()}
                 of = self.held()  # early stopping's best evaluation's, or this batch's
-                self.kept = (value, batch, due[-1], weights, batch if of is None else of)
+                self.kept = (value, batch, due[-1], weights, batch if of is None else of, raw)
 
     def on_end(self) -> None:
         # no rung is judged after the training: what `bind` holds is let go (the base's copy;
@@ -238,21 +243,32 @@ class PruneWatch:
     def settle(self, model: Any) -> dict[str, Any]:
         """After the training and its callbacks (early stopping's best is in `model`): when
         the best point of a rung's curve is better than the best of the end weights' curve,
-        judged the same way, `model` takes that rung's weights; the arm's summary says which."""
+        judged the same way, `model` takes that rung's weights; the arm's summary says which.
+        The curve measured of the weights kept is handed on (`measured_end`)."""
         kept, self.kept = self.kept, None
         if kept is None or self.evaluate is None:
             self.release()
             return {}
-        end = self.value(self._curve(model))
-        value, at, rung, weights, batch = kept  # `batch`: the weights', `at`: the rung's
+        raw: dict[float, tuple[dict, dict]] = {}
+        end = self.value(self._curve(model, raw))
+        value, at, rung, weights, batch, at_rung = kept  # `batch`: the weights', `at`: rung's
         self.release()
         if end is not None and end[:2] >= value[:2]:  # the end's unless the rung's is better
+            self.end_measured = (weights_version(model), raw)
             return {}  # on the gate or the new task (a tie on both: the end's, whatever loss)
         model.load_state_dict(weights)
+        self.end_measured = (weights_version(model), at_rung)  # the rung measured their curve
         self.trial.set_user_attr("weights_batch", batch)
         return {"rung_weights": {"batch": batch, "rung": rung, "rung_batch": at,
                                  "value": list(value),
                                  "end_value": None if end is None else list(end)}}
+
+    def measured_end(self, model: Any) -> dict[float, tuple[dict, dict]] | None:
+        """The end weights' curve as `settle` measured it, {α: (validation metrics, predictions)}
+        of (1 - α)·base + α·weights, when `model` still holds exactly those weights (nothing
+        written since: trainer/stage.py reads it once, after the arm's finish); else None."""
+        made, self.end_measured = self.end_measured, None
+        return made[1] if made is not None and weights_version(model) == made[0] else None
 
     def value(self, points: list[dict[str, Any]]) -> tuple | None:
         """A curve's value (the module's docstring): its best gaining point's, else below
@@ -275,19 +291,22 @@ class PruneWatch:
             self.inner.on_evaluation(rec)
         self.trial.set_user_attr("batches", int(rec["batch"]))
 
-    def curve(self) -> list[dict[str, Any]]:
+    def curve(self, raw: dict | None = None) -> list[dict[str, Any]]:
         """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS and the best
         one's neighbours at ±STEP, in order of α (only α = 1 when the weights' names or shapes
         are not the base's), "now" being the weights at the
-        anchor (`bind`), then those of each other candidate's curve (its weights now); every
-        module's weights are back exactly as they were after it."""
+        anchor (`bind`; their raw measurements into `raw`, see `_curve`), then those of each
+        other candidate's curve (its weights now); every module's weights are back exactly as
+        they were after it."""
         with self.anchor():
-            points = self._curve(self.model)
+            points = self._curve(self.model, raw)
         for other in self.others():
             points += self._curve(other)
         return points
 
-    def _curve(self, model: Any) -> list[dict[str, Any]]:
+    def _curve(self, model: Any, raw: dict | None = None) -> list[dict[str, Any]]:
+        """One model's curve (see `curve`); `raw`, when given, gets each α's (validation
+        metrics, predictions) as the evaluation measured them (`evaluate.last`)."""
         import torch
 
         now = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -298,10 +317,14 @@ class PruneWatch:
         points: dict[float, dict[str, Any]] = {}
 
         def measure(a: float) -> None:
-            for k, b in self.base.items() if same else ():
+            for k, b in self.base.items() if same else ():  # workflows/wise.py `Mixing`'s
                 if b.is_floating_point():  # α = 1: the weights themselves, exactly
                     own[k].copy_(now[k] if a == 1.0 else b + a * (now[k] - b))
+                else:  # counters: the nearer end's
+                    own[k].copy_(now[k] if a >= 0.5 else b)
             points[a] = self.evaluate(model)
+            if raw is not None and getattr(self.evaluate, "last", None) is not None:
+                raw[round(a, 6)] = self.evaluate.last
 
         with torch.no_grad():
             for a in ALPHAS if same else (1.0,):

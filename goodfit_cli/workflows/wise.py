@@ -340,7 +340,8 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
     measured for the arm's chosen point alone (`best_on_validation`: the best new-task point
     that gains over the base and passes `gate` on validation; marked "chosen"), besides α = 1,
     the arm (its own measurement), and α = 0, the base (`at_base`, its (test, val) metrics,
-    when its weights are exactly the base's; evaluated on validation otherwise). Each α is
+    when its weights are exactly the base's; evaluated on validation otherwise), and the points
+    `arm.val_curve` holds (measured during a search trial's training), read not measured. Each α is
     mixed into the model's own tensors in place. `kept_as`: the base's key (trainer/measured.py)
     under which the chosen point's measurement, and the arm's own (α = 1), are kept for the
     command (`goodfit wise` of that point in a search's trial measures nothing again). `zero`:
@@ -363,6 +364,9 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
             val_preds[a] = zero["preds"]
         elif a == 1 and arm_val is not None:
             curve.append({"alpha": a, **copy.deepcopy(arm.metrics), "val": copy.deepcopy(arm_val)})
+        elif round(a, 6) in (arm.val_curve or {}):  # measured during the training (a rung watch)
+            val, val_preds[a] = arm.val_curve[round(a, 6)]
+            curve.append({"alpha": a, "val": copy.deepcopy(val)})
         else:
             mixing.set(a)
             val, val_preds[a] = s.evaluate(model, True, split="val")
