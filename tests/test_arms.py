@@ -115,3 +115,23 @@ def test_the_search_space_is_the_declarations():
     assert any(o.startswith("finetune.goodfit.n_ref=") for o in seen["goodfit"].overrides)
     for p in seen.values():  # every proposal is a valid recipe
         load_recipe(TOY, p.overrides)
+        assert p.outside == []
+
+
+def test_an_enqueued_value_outside_the_searched_range_runs_and_is_named_not_warned():
+    """A default arm enqueued with its recipe's value (motion_car2ped's GoodFit n_ref 3) where
+    the study draws 1-2: the trial runs that value, and the proposal names it for the search's
+    log instead of Optuna's UserWarning on the console."""
+    import warnings
+
+    import optuna
+
+    from goodfit_cli.arms.search import propose
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    study.enqueue_trial({"arm": "goodfit", "finetune.goodfit.n_ref": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        p = propose(study.ask(), load_recipe(TOY))
+    assert "finetune.goodfit.n_ref=3" in p.overrides
+    assert p.outside == ["finetune.goodfit.n_ref=3 (searched 1-2)"]

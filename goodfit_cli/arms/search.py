@@ -19,7 +19,8 @@ the trial's recipe.yaml all say the same; only the arm is `arm`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 from goodfit_cli.arms import ARMS, Knob, kinds
@@ -39,6 +40,8 @@ class Proposal:
     arm: str
     overrides: list[str]
     params: dict[str, Any]
+    outside: list[str] = field(default_factory=list)  # "key=value (searched low-high)": an
+    # enqueued trial's own value outside the range the study draws from (a default arm's)
 
 
 def knob_key(kind: str, knob: Knob) -> str:
@@ -56,16 +59,22 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
     knobs = {LR: trial.suggest_float(LR, ft.optimizer.lr / 10, ft.optimizer.lr * 10, log=True)}
     decl = ARMS.get(kind)
     arm = decl.arm_name(opt, ft.goodfit.main)
+    outside = []
     for knob in decl.knobs:
         r, key = knob.search, knob_key(kind, knob)
         if r is None:
             continue
         if r.choices:
             knobs[key] = trial.suggest_categorical(key, list(r.choices))
-        elif knob.type is int:
-            knobs[key] = trial.suggest_int(key, int(r.low), int(r.high), log=r.log)
-        else:
-            knobs[key] = trial.suggest_float(key, r.low, r.high, log=r.log)
+            continue
+        with warnings.catch_warnings():  # an enqueued value outside the range: said below,
+            warnings.filterwarnings("ignore", "Fixed parameter .* is out of range")  # not
+            if knob.type is int:  # as Optuna's warning
+                knobs[key] = trial.suggest_int(key, int(r.low), int(r.high), log=r.log)
+            else:
+                knobs[key] = trial.suggest_float(key, r.low, r.high, log=r.log)
+        if not r.low <= knobs[key] <= r.high:
+            outside.append(f"{key}={knobs[key]!r} (searched {r.low:g}-{r.high:g})")
     if recipe.new_task.loss == "cross_entropy":  # class balance, for a long-tailed new task
         knobs[BALANCED] = trial.suggest_categorical(BALANCED, BALANCE)
     if replay:
@@ -74,4 +83,4 @@ def propose(trial: Any, recipe: Any, replay: bool = True) -> Proposal:
         knobs[REPLAY] = 0.0
     if recipe.new_task.loss == "cross_entropy":  # drawn last: a trial's other draws stay put
         knobs[SAMPLED] = trial.suggest_categorical(SAMPLED, SAMPLING)
-    return Proposal(arm, [f"{k}={v!r}" for k, v in knobs.items()], dict(trial.params))
+    return Proposal(arm, [f"{k}={v!r}" for k, v in knobs.items()], dict(trial.params), outside)

@@ -143,6 +143,9 @@ def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[P
     trecipe = load(job.recipe, [*job.overrides, *p.overrides, ran])
     ui.log(f"trial {trial.number}: arm={trial.params['arm']} {ran} "  # the study's names
            + " ".join(p.overrides))
+    if p.outside:  # a default arm's own value, which the sampler never draws
+        ui.log(f"trial {trial.number} runs {', '.join(p.outside)} as enqueued: outside the "
+               "range the study draws from")
     trial.set_user_attr("dir", str(trial_dir.resolve()))
     folders.append(trial_dir)  # this command's time (RUN/timings.json)
     mark_worker(trial)  # a later command sees whether its worker died (kill -9)
