@@ -672,6 +672,20 @@ def test_search_help_names_the_extra_that_installs_peft():
     assert any(d.startswith("peft") for d in deps), (extra, deps)
 
 
+def test_a_folder_named_like_a_shipped_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """`--recipe toy` where the working directory holds a folder `toy` (a run's) reads the
+    shipped recipe (before: "toy: is a directory, expected a recipe YAML file"); a folder with
+    no shipped recipe of its name is still refused in one line."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "mine").mkdir()
+    res = cli.invoke(app, ["validate", "toy"])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["validate", "mine"])
+    text = res.output + (res.stderr if hasattr(res, "stderr") else "")
+    assert res.exit_code == 2 and "mine: is a directory" in text and "Traceback" not in text
+
+
 @pytest.mark.parametrize("recipe, needle", [
     ("recipes/toy.yaml", "a shipped recipe is named without a path: toy"),  # no checkout here
     ("tyo", "a shipped recipe's name: cifar_lt, motion_base"),

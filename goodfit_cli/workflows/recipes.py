@@ -19,9 +19,10 @@ def shipped_dir() -> Path:
 
 
 def find_recipe(recipe: str) -> Path:
-    """A path, or the name of a shipped recipe ('toy' -> .../recipes/toy.yaml)."""
+    """A path, or the name of a shipped recipe ('toy' -> .../recipes/toy.yaml; also where the
+    working directory holds a folder of that name, a run's say: a folder is never a recipe)."""
     p = Path(recipe)
-    if p.exists() or p.suffix in (".yaml", ".yml"):
+    if p.is_file() or p.suffix in (".yaml", ".yml"):
         return p
     shipped = shipped_dir() / f"{recipe}.yaml"
     return shipped if shipped.exists() else p
