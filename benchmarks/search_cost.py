@@ -11,7 +11,9 @@ samples of the split it measured), and adds up:
 - evaluation: the samples of every evaluation the command made: the base, periodic
   evaluations, each rung's WiSE-FT curve, a trial's end curve against its kept rung, the
   WiSE-FT grid, the chosen points on test, the new-class offset's validation passes
-  (workflows/offset.py `_logits`; none on the toy, a regression).
+  (workflows/offset.py `_logits`; none on the toy, a regression). They are also printed by
+  what made them (the function on the call stack: rungs' curves, end curves, WiSE-FT grids,
+  periodic, finish, base, offset).
 
 One fine-tune is `goodfit finetune` of one arm with the same settings: its batches and every
 evaluation it made (the base, the periodic ones, the final one, its WiSE-FT grid). Also prints
@@ -39,13 +41,19 @@ SETTING = ["data.args.n_train=2048", "data.args.n_test=256", "data.args.n_val=25
 
 # the CLI with every evaluation counted: argv[1] the file the counts go to, then goodfit's
 COUNTING = """
-import atexit, collections, json, sys
+import atexit, collections, json, sys, traceback
 from goodfit_cli.trainer import session
-samples, calls = collections.Counter(), collections.Counter()
+samples, calls, where = collections.Counter(), collections.Counter(), collections.Counter()
+WHERE = (("settle", "end curves"), ("on_batch", "rungs' curves"), ("wise_curve", "WiSE-FT grids"),
+         ("record", "periodic"), ("finish", "finish"), ("measure_base", "base"))
+def caller():  # what made this evaluation, by the first function of WHERE on the stack
+    names = {f.name for f in traceback.extract_stack()}
+    return next((label for name, label in WHERE if name in names), "other")
 evaluate = session.Session.evaluate
 def counted(self, model, with_predictions=False, split="test"):
     samples[split] += sum(len(getattr(self.tasks[t], split)) for t in ("old", "new"))
     calls[split] += 1
+    where[f"{caller()} ({split})"] += 1
     return evaluate(self, model, with_predictions, split)
 session.Session.evaluate = counted
 from goodfit_cli.workflows import offset
@@ -53,12 +61,13 @@ logits = offset._logits
 def counted_logits(s, model):  # the new-class offset's validation pass
     samples["val"] += sum(len(s.tasks[t].val) for t in ("old", "new"))
     calls["val"] += 1
+    where["offset (val)"] += 1
     return logits(s, model)
 offset._logits = counted_logits
 out = sys.argv[1]
 args = sys.argv[2:]
 atexit.register(lambda: open(out, "w").write(
-    json.dumps({"samples": samples, "calls": calls, "args": args})))
+    json.dumps({"samples": samples, "calls": calls, "where": where, "args": args})))
 from goodfit_cli.cli.app import main
 sys.argv = ["goodfit", *args]
 main()
@@ -154,6 +163,9 @@ def main() -> None:
     calls = " + ".join(f"{n} on {split}" for split, n in sorted(searched["calls"].items()))
     print(f"study: training {train} + evaluation {evaluation} sample-forwards ({calls} "
           "evaluations)")
+    made = sorted((searched.get("where") or {}).items(), key=lambda kv: -kv[1])
+    print("the study's evaluations by what made them: "
+          + ", ".join(f"{label} {n}" for label, n in made))
     print(f"compute: {(train + evaluation) / one:.2f} fine-tunes (training {train / one:.2f}, "
           f"evaluation {evaluation / one:.2f}); the budget's count, training batches only: "
           f"{rep['budget']['spent_finetunes']:.2f}")
