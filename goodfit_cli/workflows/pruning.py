@@ -69,6 +69,7 @@ from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
 from goodfit_cli.workflows.budget import Budget, claim, held
+from goodfit_cli.workflows.wise import Mixing
 
 ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)  # a rung's curve (α = 0: the base), then the best's
 STEP = 0.1  # neighbours at this distance: the 0.1 grid's best where the best lies between
@@ -315,13 +316,13 @@ class PruneWatch:
         own = model.state_dict()
         modes = [(m, m.training) for m in model.modules()]  # evaluation switches them
         points: dict[float, dict[str, Any]] = {}
+        # the WiSE-FT grid's own mix (α = 1: the weights themselves, exactly; counters from
+        # the nearer end), so a point measured here is the grid's point (`measured_end`)
+        mixing = Mixing(model, self.base, now) if same else None
 
         def measure(a: float) -> None:
-            for k, b in self.base.items() if same else ():  # workflows/wise.py `Mixing`'s
-                if b.is_floating_point():  # α = 1: the weights themselves, exactly
-                    own[k].copy_(now[k] if a == 1.0 else b + a * (now[k] - b))
-                else:  # counters: the nearer end's
-                    own[k].copy_(now[k] if a >= 0.5 else b)
+            if mixing is not None:
+                mixing.set(a)
             points[a] = self.evaluate(model)
             if raw is not None and getattr(self.evaluate, "last", None) is not None:
                 raw[round(a, 6)] = self.evaluate.last
