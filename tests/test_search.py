@@ -612,8 +612,9 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert run([(1, 0.0, 0.3)]) is None  # trial 0: rung values (0, 0.3) at 10 and 30
     rungs = study.trials[0].user_attrs["rungs"]
     assert rungs.keys() == {"0", "1"} and rungs["1"] == rungs["0"] == pytest.approx([0.0, 0.3])
-    # at each of the 2 rungs 0.2, 0.4, ... 1.0, then the best's neighbour 0.9 (1.1 is not one)
-    assert measured == [0.0] * 12
+    # at each of the 2 rungs α = 1 alone: it gains within the gate, and a point nearer the
+    # base has the new task no better (before: 0.2, 0.4, ... 1.0 and 0.9, 12 evaluations)
+    assert measured == [0.0] * 2
     assert Halving().startup == 1
     assert run([(1, 0.0, 0.2)]) == 0  # barely moved: worse than the only other one
     # forgets on the way (raw old 0.0 < 0.85: judged raw it ranked below every trial that
@@ -624,13 +625,14 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert run([(1, 0.0, 0.0)], Halving(startup=5)) is None  # trial 4 < 5: never pruned
     # the margin: on 100 validation samples the 0.85 floor reads 0.85 + 0.0357; α 0.4's old
     # 0.877 passes it no longer, α 0.3 (0.893, new 0.24) does
-    # α 0.3 is not among 0.2, 0.4, ... 1.0 (their best: 0.2, new 0.16): its neighbours are
-    # measured next, 0.1 and 0.3, so the rung's value is the whole 0.1 grid's best
+    # α 0.3 is not among 1.0, 0.8, ... 0.2 (measured from 1 down to the first within the
+    # gate, 0.2, new 0.16): its neighbour above, 0.3, is measured next (below it the new task
+    # is no better), so the rung's value is the whole 0.1 grid's best
     measured.clear()
     run([(1, 1.0, 0.8)], Halving(startup=99), z=1.0)
     assert study.trials[5].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.24])
-    assert sorted(measured[:7]) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0])
-    assert len(measured) == 14  # 7 points at each rung
+    assert measured[:6] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.3])
+    assert len(measured) == 12  # 6 points at each rung
     # no point gains on the new task: below every trial with one (1 limit: -2)
     run([(1, 0.0, 0.0)], Halving(startup=99))
     assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
@@ -718,8 +720,8 @@ def _settling_finetune(tmp_path: Path, *over: str, wise: bool = False,
     after = {}
 
     class Earlier(PruneWatch):  # the earlier the batch, the better its curve's best point
-        def value(self, points):
-            return (0.0, float(self.seen) if later else -float(self.seen))
+        def value(self, points):  # (no point within the gate: every curve is measured whole)
+            return (-1.0, float(self.seen) if later else -float(self.seen))
 
         def on_batch(self, batch):
             after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -758,7 +760,10 @@ def test_the_wise_grid_reuses_the_curve_a_kept_rung_was_compared_with(tmp_path, 
     """A trial with a kept rung measures a curve of the weights it ends with (the rung's
     at the rung, or the end's against it): those points are not measured again, neither by the
     arm's finish (α = 1 on validation) nor by its WiSE-FT grid, whose numbers are the ones
-    measuring them again gives, for the rung's weights (`later` False) and the end's."""
+    measuring them again gives, for the rung's weights (`later` False) and the end's; and the
+    end weights' α = 1 is the training's last evaluation (of the same weights), not measured
+    again for the curve."""
+    from goodfit_cli.trainer import stage
     from goodfit_cli.trainer.session import Session
     from goodfit_cli.workflows.pruning import PruneWatch
 
@@ -772,15 +777,24 @@ def test_the_wise_grid_reuses_the_curve_a_kept_rung_was_compared_with(tmp_path, 
     arm, *_ = _settling_finetune(tmp_path / "reused", wise=True, later=later)
     reused = counted.count("val")
     counted.clear()
+    rung_evaluation = stage.rung_evaluation  # the end curve's α = 1 measured, not the last
+    monkeypatch.setattr(stage, "rung_evaluation",  # evaluation's numbers of those weights
+                        lambda s, base, flips, at_base, known=None: rung_evaluation(
+                            s, base, flips, at_base))
+    unknown, *_ = _settling_finetune(tmp_path / "unknown", wise=True, later=later)
+    assert counted.count("val") - reused == 1
+    assert unknown["wise"] == arm["wise"] and unknown["validation"] == arm["validation"]
+    counted.clear()
+    monkeypatch.setattr(stage, "rung_evaluation", rung_evaluation)
     monkeypatch.setattr(PruneWatch, "measured_end", lambda self, model: None)
     again, *_ = _settling_finetune(tmp_path / "again", wise=True, later=later)
     assert ("rung_weights" in arm["provenance"]) is not later
     assert [p["alpha"] for p in arm["wise"]] == [p["alpha"] for p in again["wise"]]
     assert [p["val"] for p in arm["wise"]] == [p["val"] for p in again["wise"]]
     assert arm["validation"] == again["validation"] and arm["metrics"] == again["metrics"]
-    # α = 0.2, 0.4, ... 1 and the neighbours of the first best, 0.1 and 0.3 (this watch's
-    # value ties every point): the grid's six and the finish's α = 1
-    assert counted.count("val") - reused == 7
+    # α = 1, 0.8, ... 0.2 and the neighbour of the first best, 0.9 (this watch's value ties
+    # every point and none is within the gate): the grid's five and the finish's α = 1
+    assert counted.count("val") - reused == 6
 
 
 def test_a_rung_with_early_stopping_keeps_and_names_early_stoppings_best_then(tmp_path):
@@ -880,7 +894,7 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
     from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import ALPHAS, Halving, PruneWatch
+    from goodfit_cli.workflows.pruning import Halving, PruneWatch
     from goodfit_cli.workflows.recipes import load
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
@@ -920,8 +934,8 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
                          [arm], wise=False), Place(), Ui(events_for=watch))
     if seen is not None:
         seen.extend(curves)
-    # α = 1: the last of ALPHAS, measured before the best point's neighbours
-    return [c[len(ALPHAS) - 1] for c in judged], after, watches
+    # α = 1: the first point of a curve (measured from α = 1 down)
+    return [c[0] for c in judged], after, watches
 
 
 def test_a_rung_measures_the_ema_candidate_that_would_ship_too(tmp_path):
@@ -2012,7 +2026,9 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
                          ["adamw"], wise=False), Place(),
              Ui(events_for=lambda label: Spy(trial, Halving(startup=1), tmp_path / "ft", gate,
                                              prim, 1)))
-    assert 10 <= len(seen) <= 14  # two rungs of 5 points and their best's neighbours
+    # a rung per point from α = 1 down to the first within the gate (here α = 1, every point's
+    # flips counted and within the limit)
+    assert len(seen) == 2
     base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
     assert all(p["flips"]["old"]["n"] == 32 for p in seen)
     assert all(value_of(p, base, gate, prim, 1)[0] == 0 for p in seen)

@@ -11,7 +11,7 @@ writes and speaks. The job, the Ui and what a run did are trainer/job.py's.
 from __future__ import annotations
 
 import signal
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -74,16 +74,21 @@ def with_loss(metrics: dict, preds: dict) -> dict:
     return out
 
 
-def rung_evaluation(s: Session, base: nn.Module, flips: bool, at_base: dict | None) -> Any:
+def rung_evaluation(s: Session, base: nn.Module, flips: bool, at_base: dict | None,
+                    known: Callable[[nn.Module], Any] = lambda m: None) -> Any:
     """A model's validation metrics (`with_loss`) for the search's rungs; with `flips` (a gate
     on flip rates), each task's flips against the base's validation predictions (`at_base`,
     measured once per command; else `base` evaluated now, before training), which a rung's gate
-    reads as the search does (without them every point failed a flip-rate limit alike)."""
+    reads as the search does (without them every point failed a flip-rate limit alike).
+    `known(m)`: the training's last evaluation of `m` (StageHooks.measured: None unless `m`
+    holds exactly the weights it measured), whose validation pass is then not made again."""
     if flips and at_base is None:
         at_base = s.evaluate(base, True, split="val")[1]
 
     def evaluate(m: nn.Module) -> dict:
-        metrics, preds = s.evaluate(m, True, split="val")
+        last = known(m)
+        metrics, preds = (last[2], last[3]) if last is not None and last[2] is not None else (
+            s.evaluate(m, True, split="val"))
         evaluate.last = ({t: dict(v) for t, v in metrics.items()}, preds)  # as measured
         return with_loss(metrics, preds) | (
             {"flips": point_measure(at_base, preds, s.kinds)[0]} if flips else {})
@@ -143,7 +148,7 @@ def run_stage(s: Session, model: nn.Module, job: StageJob, stop: StopFlag, ui: U
     fresh = hasattr(watch, "measured_end") and holds(model, job.base_state)
     if hasattr(watch, "bind"):  # the search's pruning watch measures the model at its rungs
         watch.bind(model, rung_evaluation(s, model, getattr(watch, "wants_flips", False),
-                                          job.base_val_preds),
+                                          job.base_val_preds, lambda m: hooks.measured(m)),
                    {t: len(s.tasks[t].val.y) for t in ("old", "new")},
                    lambda: end_weights(model, optimizer, callbacks),  # what it would end
                    # with now: early stopping's best, else the anchor (never GoodFit's

@@ -8,43 +8,38 @@ fewer than eta have, only a new best goes on). Optuna's own pruners read `trial.
 multi-objective studies do not have, so the values live in each trial's user attributes
 (`rungs`: {rung: value}) in the study's storage, shared by every worker. The study's first
 `startup` trials are never pruned (default 1: trial 0 sets the rungs' first values and gives
-the front a complete trial; replaying the six digits studies' stored rung values with 3, the
-two more random draws cost 1.3-1.9 fine-tunes a study and changed no recommendation,
-docs/results.md).
+the front a complete trial; more cost fine-tunes and changed no recommendation, docs/results.md).
 
-A trial's value at a rung is what the search will keep of it at the end, measured now: the
-best point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 0.2, 0.4, ...
-1.0 and then the best of those points' two neighbours at ±0.1 (five to seven evaluations, not
-the ten of the whole 0.1 grid: on the digits studies the same recommendation in 68 of 72
-studies, and the rung curves were most of a study's evaluations, docs/results.md), evaluated on
-the validation splits (evaluations only), each point's value being (minus the number of gate
-limits it violates on validation, with the search's validation margin; its
-new-task primary metric oriented so higher is better), compared in that order; only points that
-gain on the new task over the base count (the search keeps no other), a trial with none ranks
-below every trial with one. Ties (a flat metric: new-task accuracy still 0 at every point of
-many trials early in their training) are broken by the new task's mean validation loss, lower
-first (among trials with no gaining point: their best (metric, loss) anywhere on the curve):
-without it the first of the tied trials went on and every later one was pruned, whatever it
-had learned (digits with replay, seed 5: 14 of 24 trials with no gaining point at rung 0, 22
-pruned, the recommendation 0.085 new accuracy; with it 0.660, docs/results.md). Judging the raw
-weights instead (α = 1 only, the rule before) dropped slow starters and every trial that
-forgets on the way: on digits without replay the trials that end best (their best feasible
-α 0.5-0.8) cross the gate at every batch of their raw curve, so they ranked below trials that
-had not moved at all (docs/results.md). The watch is a progress observer of the trial's
-fine-tune (trainer/stage.py binds it to the model and the validation evaluation before
-training): at a rung's batch it measures the curve, stores the value and raises `Pruned` out
-of the training loop; the search ends the trial as pruned, it counts toward `--trials` and its
-batches toward the study's compute. With a budget (workflows/budget.py), a trial kept at its
-first rung claims the rest of itself, and is pruned there when the budget left cannot cover it. The base is the model as bound, after the arm set it up
-(LoRA: its adapters at their start, so the curve interpolates the adapters, a proxy of the
-merged weights' curve); weights whose names or shapes differ from it are judged raw (α = 1).
-The weights judged are those the trial would end with now: with finetune.early_stop, its best
-evaluation's so far (training/callbacks.py end_weights). With finetune.ema the trial's point may
-be its '<arm>+ema' (report/trials.py best_candidate), so a rung measures the EMA's curve too
-(the averaged weights the training keeps, between the same base and the EMA now: 5-7 more
-evaluations) and the trial's value there is the best point of either curve, the candidate that
-would ship; before, the arm's own curve stood for the EMA, and a trial whose EMA led was pruned
-by its arm's curve.
+A trial's value at a rung is what the search will keep of it at the end, measured now: the best
+point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 1.0, 0.8, ... 0.2 in
+that order down to the first point that gains on the new task within the gate, then the best
+point's neighbour above it at +0.1 (its two at ±0.1 where no point is within the gate): one to
+seven evaluations, not the ten of the whole 0.1 grid (the rung curves were most of a study's
+evaluations, docs/results.md). Below a point within the gate the curve is not measured: nearer
+the base the new task gains no more (the curve's assumption; where it did, the rung undervalues
+the trial). The end weights' α = 1 is the training's last evaluation where the model still holds
+those weights (not measured again). Evaluated on the validation splits, each point's value is
+(minus the number of gate limits it violates on validation, with the search's validation margin;
+its new-task primary metric oriented so higher is better), compared in that order; only points
+that gain on the new task over the base count (the search keeps no other), a trial with none
+ranks below every trial with one. Ties (a flat metric: new-task accuracy still 0 at every point
+of many trials early in their training) are broken by the new task's mean validation loss, lower
+first (among trials with no gaining point: their best (metric, loss) anywhere on the curve;
+docs/results.md: without it the first of the tied trials went on; judging the raw weights
+instead dropped slow starters and every trial that forgets on the way). The watch is a progress
+observer of the trial's fine-tune (trainer/stage.py binds it to the model and the validation
+evaluation before training): at a rung's batch it measures the curve, stores the value and
+raises `Pruned` out of the training loop; the search ends the trial as pruned, it counts toward
+`--trials` and its batches toward the study's compute. With a budget (workflows/budget.py), a
+trial kept at its first rung claims the rest of itself, and is pruned there when the budget left
+cannot cover it. The base is the model as bound, after the arm set it up (LoRA: its adapters at
+their start, so the curve interpolates the adapters, a proxy of the merged weights' curve);
+weights whose names or shapes differ from it are judged raw (α = 1). The weights judged are
+those the trial would end with now: with finetune.early_stop, its best evaluation's so far
+(training/callbacks.py end_weights). With finetune.ema the trial's point may be its '<arm>+ema'
+(report/trials.py best_candidate), so a rung measures the EMA's curve too (between the same base
+and the EMA now: 1-7 more evaluations) and the trial's value there is the best point of either
+curve, the candidate that would ship.
 
 A trial's value at a rung is not a lower bound of its end's: without old data it forgets as it
 trains. With `keep` (the search's --rung-weights, the default) the watch keeps a host copy of the
@@ -71,8 +66,8 @@ from goodfit_cli.report.verdict import point_view
 from goodfit_cli.workflows.budget import Budget, claim, held
 from goodfit_cli.workflows.wise import Mixing
 
-ALPHAS = (0.2, 0.4, 0.6, 0.8, 1.0)  # a rung's curve (α = 0: the base), then the best's
-STEP = 0.1  # neighbours at this distance: the 0.1 grid's best where the best lies between
+ALPHAS = (1.0, 0.8, 0.6, 0.4, 0.2)  # a rung's curve, in this order (α = 0: the base), then
+STEP = 0.1  # the best's neighbours at this distance: the 0.1 grid's best
 
 
 class Pruned(Exception):
@@ -154,11 +149,9 @@ class PruneWatch:
                  budget: Budget | None = None, keep: bool = False) -> None:
         self.trial, self.halving, self.dir, self.gate = trial, halving, trial_dir, gate
         self.primary, self.new_dir, self.inner, self.z = primary, new_dir, inner, z
-        # never pruned: one of the study's first `startup` trials (the search counts only
-        # those that count toward --trials; default: by the trial's number)
+        # never pruned: one of the study's first `startup` trials (default: by its number)
         self.protected = trial.number < halving.startup if protected is None else protected
-        # the study's budget (workflows/budget.py): promoted past its first rung, the trial
-        # claims the rest of itself, or is pruned there when the budget left cannot cover it
+        # the study's budget (workflows/budget.py): claimed past the first rung (the docstring)
         self.budget, self.claimed = budget, bool(self.protected)
         self.rungs: list[int] = []
         self.total = 0
@@ -168,13 +161,11 @@ class PruneWatch:
         self.others: Callable[[], list[Any]] = list  # `bind`: the other candidates
         # the rungs' evaluations count flips against the base (trainer/stage.py rung_evaluation)
         self.wants_flips = gate is not None and any(l.metric in FLIP_METRICS for l in gate.limits)
-        # `keep`: the trial may end with the weights of a rung whose best point beat the end's
-        # (`KeepRung`); `kept`: the best rung's (value, batch, rung, weights, the weights'
-        # batch, their curve's measurements) so far
+        # `keep`: the trial may end with a rung's weights (`KeepRung`); `kept`: the best rung's
+        # (value, batch, rung, weights, the weights' batch, their curve's measurements) so far
         self.keep, self.kept = keep, None
         self.base_val: dict | None = None  # the base's validation metrics, read once
-        # `settle` kept the end weights: (their weights_version, {α: (val metrics, predictions)})
-        # of the curve it measured, which the trial's finish and WiSE-FT grid read (`measured_end`)
+        # (weights_version, {α: (val metrics, predictions)}) of the curve `settle` measured
         self.end_measured: tuple[Any, dict] | None = None
 
     def bind(self, model: Any, evaluate: Callable[[Any], dict], sizes: dict[str, int],
@@ -287,14 +278,20 @@ class PruneWatch:
         worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
         return max(gaining) if gaining else (worst, *max(v[1:] for v in values))
 
+    def within(self, point: dict[str, Any]) -> bool:
+        """Whether `point` gains on the new task and keeps every limit of the gate."""
+        v = self.value([point])
+        return v is not None and v[0] == 0
+
     def on_evaluation(self, rec: dict[str, Any]) -> None:
         if self.inner is not None:
             self.inner.on_evaluation(rec)
         self.trial.set_user_attr("batches", int(rec["batch"]))
 
     def curve(self, raw: dict | None = None) -> list[dict[str, Any]]:
-        """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS and the best
-        one's neighbours at ±STEP, in order of α (only α = 1 when the weights' names or shapes
+        """The validation metrics of (1 - α)·base + α·now for each α of ALPHAS down to the first
+        point within the gate and the best one's neighbour(s) at ±STEP (the module's
+        docstring), in order of α (only α = 1 when the weights' names or shapes
         are not the base's), "now" being the weights at the
         anchor (`bind`; their raw measurements into `raw`, see `_curve`), then those of each
         other candidate's curve (its weights now); every module's weights are back exactly as
@@ -316,13 +313,15 @@ class PruneWatch:
         own = model.state_dict()
         modes = [(m, m.training) for m in model.modules()]  # evaluation switches them
         points: dict[float, dict[str, Any]] = {}
+        written: list[float] = []  # the α written into the model (none: it holds `now`)
         # the WiSE-FT grid's own mix (α = 1: the weights themselves, exactly; counters from
         # the nearer end), so a point measured here is the grid's point (`measured_end`)
         mixing = Mixing(model, self.base, now) if same else None
 
         def measure(a: float) -> None:
-            if mixing is not None:
+            if mixing is not None and (points or a != 1.0):  # α = 1 first: the model, unwritten
                 mixing.set(a)
+                written.append(a)
             points[a] = self.evaluate(model)
             if raw is not None and getattr(self.evaluate, "last", None) is not None:
                 raw[round(a, 6)] = self.evaluate.last
@@ -330,13 +329,16 @@ class PruneWatch:
         with torch.no_grad():
             for a in ALPHAS if same else (1.0,):
                 measure(a)
+                if self.within(points[a]):  # nothing nearer the base gains more (docstring)
+                    break
             if same:  # the best point's neighbours on the 0.1 grid (the first best, on a tie)
                 best = max(points, key=lambda a: self.value([points[a]]) or (-math.inf,))
-                for a in (round(best - STEP, 6), round(best + STEP, 6)):
+                near = (best + STEP,) if self.within(points[best]) else (best - STEP, best + STEP)
+                for a in (round(a, 6) for a in near):
                     if 0 < a < 1 and a not in points:
                         measure(a)
-            for k, v in now.items():
-                own[k].copy_(v)
+            for k, v in now.items() if written else ():  # (unwritten: a later read of
+                own[k].copy_(v)  # the same weights, StageHooks.measured, still knows them)
         for m, training in modes:
             m.train(training)
         return [points[a] for a in sorted(points)]
