@@ -2026,8 +2026,7 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
                          ["adamw"], wise=False), Place(),
              Ui(events_for=lambda label: Spy(trial, Halving(startup=1), tmp_path / "ft", gate,
                                              prim, 1)))
-    # a rung per point from α = 1 down to the first within the gate (here α = 1, every point's
-    # flips counted and within the limit)
+    # one point at each rung: α = 1, the first measured, within the gate (its flips counted)
     assert len(seen) == 2
     base = json.loads((tmp_path / "ft" / "base" / "metrics.json").read_text())["val_metrics"]
     assert all(p["flips"]["old"]["n"] == 32 for p in seen)
