@@ -19,6 +19,14 @@ Cases:
               5 000 samples, arms rmsprop + head_only + goodfit, 1 500 batches of 256 each,
               evaluated every 100 batches); its base pretrained for `--pretrain-steps` batches
               (not measured; not in `all`)
+    motion    the shipped car -> pedestrian recipe (recipes/motion_car2ped.yaml) at
+              benchmarks/motion_table.py's reduced sizes (a 2-layer decoder of width 64, 8
+              agents, 16 polylines; 2 000 + 500 scenes per task, generated in memory by the
+              command: the load phase), arms adamw + head_only + goodfit, 600 batches of 64
+              each, evaluated every 300 batches; its base pretrained for 300 batches (not
+              measured; not in `all`). With --shards the scenes are written once (`goodfit
+              data motion-synth`'s writer, not measured) and the fine-tune reads them
+              (docs/motion-data.md's advice for repeated runs)
     resnet18  issue 28's image-folder case: a timm ResNet-18 (random init, pretrained here for
               `--pretrain-steps` batches on the old classes) on generated 32x32 PNG class
               folders (4 old + 2 new classes, each a colour-and-stripe pattern under noise: random
@@ -28,6 +36,7 @@ Cases:
 Run from the repository root (each case a few minutes on 2 CPU cores):
     python benchmarks/command_overhead.py --case toy
     python benchmarks/command_overhead.py --case resnet18
+    python benchmarks/command_overhead.py --case motion [--shards]
     python benchmarks/command_overhead.py --case all --device cuda --out results.md
     python benchmarks/command_overhead.py --case resnet18 --steps 60 600  # the ratio against length
 """
@@ -112,9 +121,22 @@ def goodfit(*args: str, timeout: float, env: dict[str, str]) -> float:
 
 
 def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, str],
-             pretrain_steps: int, steps: int | None = None) -> dict:
+             pretrain_steps: int, steps: int | None = None, shards: bool = False) -> dict:
     """Prepare the case (not measured), run its finetune; the run's timings plus the wall time."""
-    if case in ("toy", "toy-recipe"):  # toy-recipe: the fine-tune as shipped, a short pretraining
+    if case == "motion":  # motion_table's reduced sizes; the scenes made by each command
+        from motion_table import SCALE
+
+        over = ["device=" + device, "checkpoint.every=0", *SCALE]
+        goodfit("pretrain", "--recipe", "motion_car2ped", "--out", str(tmp / "base"), *over,
+                "pretrain.steps=300", timeout=timeout, env=env)
+        if shards:  # the same scenes, written once (benchmarks/search_table.py --shards)
+            from search_table import shards as written
+
+            over += written("motion_car2ped", tmp, over)
+        args = ["finetune", "--recipe", "motion_car2ped", "--base",
+                str(tmp / "base" / "model.safetensors"), "--out", str(tmp / "run"), *over,
+                "finetune.steps=600", "eval.every=300"]
+    elif case in ("toy", "toy-recipe"):  # toy-recipe: the fine-tune as shipped, a short pretraining
         base, run = ((TOY_BASE, TOY_RUN) if case == "toy"
                      else ([f"pretrain.steps={pretrain_steps}"], []))
         goodfit("pretrain", "--recipe", "toy", "--out", str(tmp / "base"), "--device", device,
@@ -134,7 +156,7 @@ def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, s
         args.append(f"finetune.steps={steps}")
     wall = goodfit(*args, timeout=timeout, env=env)
     rec = json.loads((tmp / "run" / "timings.json").read_text())
-    name = case if not steps else f"{case}, {steps} batches"
+    name = (f"{case}, from shards" if shards else case) + (f", {steps} batches" if steps else "")
     return {"case": name, "process_s": wall, **rec}
 
 
@@ -162,14 +184,18 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--case", choices=("toy", "toy-recipe", "resnet18", "all"), default="all")
+    p.add_argument("--case", choices=("toy", "toy-recipe", "resnet18", "motion", "all"),
+                   default="all")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--pretrain-steps", type=int, default=40,
                    help="the base's pretraining batches for resnet18 and toy-recipe (not "
                         "measured)")
     p.add_argument("--steps", type=int, nargs="+", default=[0],
-                   help="each arm's batches (0: the case's own, 300 toy / 60 resnet18); several "
+                   help="each arm's batches (0: the case's own, 300 toy / 60 resnet18 / 600 "
+                        "motion); several "
                         "values run the case once each (how the ratio moves with the length)")
+    p.add_argument("--shards", action="store_true",
+                   help="motion: the fine-tune reads its scenes from shards written once")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per goodfit command")
     p.add_argument("--threads", type=int,
                    help="OMP_NUM_THREADS for the commands (on shared cores 1 avoids spinning)")
@@ -183,7 +209,7 @@ def main() -> None:
     for case, steps in itertools.product(cases, a.steps):
         with tempfile.TemporaryDirectory(prefix=f"goodfit-overhead-{case}-") as tmp:
             rows.append(run_case(case, Path(tmp), a.device, a.timeout, env, a.pretrain_steps,
-                                 steps or None))
+                                 steps or None, a.shards))
         r = rows[-1]
         print(f"{r['case']}: command / training {r['command_over_training']:.3f} "
               f"(total {r['total_s']:.2f} s, training {r['phases_s'].get('training', 0):.2f} s)",

@@ -73,19 +73,22 @@ motion.fed_as_stored = (  # type: ignore[attr-defined]  # read by build_data
 
 def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
                layout: MotionLayout) -> dict[str, Task]:
-    from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
+    from goodfit_cli.data.motion.parallel import generate_all
+    from goodfit_cli.data.motion.synth import AGENT_KINDS
 
     scenes, test_scenes, seed = _synthetic_args(synthetic, ctx)
-    tasks = {}
-    for offset, (name, kind) in enumerate((("old", old), ("new", new))):
+    kinds = (("old", old), ("new", new))
+    for name, kind in kinds:
         if kind not in AGENT_KINDS:
             raise ArgError(name, f"with synthetic data, expected an agent type "
                                  f"({' | '.join(AGENT_KINDS)}), got {kind!r}")
-        splits = [_split({k: torch.from_numpy(v) for k, v in
-                          generate(kind, n, seed + offset, split, layout).items()}, layout)
-                  for split, n in (("train", scenes), ("test", test_scenes))]
-        tasks[name] = Task(name, "regression", *splits)
-    return tasks
+    # every split of both tasks at once, in as many processes as pay (data/motion/parallel.py)
+    jobs = [(kind, n, seed + offset, split, 0) for offset, (_, kind) in enumerate(kinds)
+            for split, n in (("train", scenes), ("test", test_scenes))]
+    made = iter(generate_all(jobs, layout))
+    return {name: Task(name, "regression", *[
+        _split({k: torch.from_numpy(v) for k, v in next(made).items()}, layout)
+        for _ in ("train", "test")]) for name, _ in kinds}
 
 
 def _shards(ctx: Any, old: str, new: str, layout: MotionLayout) -> dict[str, Task]:

@@ -338,6 +338,8 @@ def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | 
                              ("--points", sizes[2], 1), ("--lights", sizes[3], 0)):
         if value < low:
             raise UserError(f"{name} must be at least {low}, got {value}")
+    from goodfit_cli.data.motion.parallel import generate_all  # (it imports this module)
+
     layout = MotionLayout(*sizes)
     existing = [f for split in SPLITS for f in shard_files(out / split)]
     if existing and not overwrite:
@@ -349,9 +351,9 @@ def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | 
         for split, n in (("train", scenes), ("test", test_scenes)):
             meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
             with ShardWriter(stage, split, shard_size, meta) as w:
-                for start in range(0, n, shard_size):
-                    w.add_batch(generate(agent_type, min(shard_size, n - start), seed, split,
-                                         layout, start))
+                for start in range(0, n, shard_size):  # a shard's scenes in as many processes
+                    job = (agent_type, min(shard_size, n - start), seed, split, start)  # as pay
+                    w.add_batch(generate_all([job], layout)[0])
                     log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
             counts[split] = n
     return counts
