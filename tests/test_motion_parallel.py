@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,20 @@ def test_workers_make_exactly_the_scenes_one_process_makes():
     assert heard.said[-1] == ("end", total)
     done = [d for kind, *rest in heard.said if kind == "advance" for d in rest]
     assert done == sorted(done) and done[-1] == total and len(done) == 3  # a report per range
+
+
+def test_a_signal_during_the_generation_leaves_no_worker_behind():
+    """Ctrl-C reaches the command while the workers generate (here: at the first range done):
+    it goes on up, the ranges not started are dropped and every worker is joined."""
+
+    class Stopped(Heard):
+        def advance(self, done):
+            raise KeyboardInterrupt
+
+    before = set(multiprocessing.active_children())  # any other test's
+    with listening(Stopped()), pytest.raises(KeyboardInterrupt):
+        generate_all([("car", 6 * CHUNK, 0, "train", 0)], LAYOUT, processes=2)
+    assert set(multiprocessing.active_children()) <= before
 
 
 def test_an_error_in_a_worker_reaches_the_caller():

@@ -5,12 +5,13 @@ range it is generated in. `generate_all` cuts a command's scenes (each task's tr
 split) into ranges of CHUNK scenes, generates them in up to one worker per CPU (the CPUs this
 process may run on, shared among torchrun's ranks on the machine) and copies each range into
 place. Generation is numpy and Python, one CPU per process: a shipped motion recipe's 44 000
-scenes took ~7 minutes in one process on an AMD EPYC (docs/benchmarks.md). Below MIN_SCENES,
+scenes take about 5 minutes in one process on an AMD EPYC (docs/benchmarks.md). Below MIN_SCENES,
 on one CPU, or where no worker can be started (a daemonic process: a DataLoader worker), one
 process generates them, range by range. The workers are forked (they start with this
 process's modules: nothing imported again) and leave the terminal's Ctrl-C, which reaches the
 whole process group, to this process; their ranges come back through the pool's pipe (plain
-numpy arrays between goodfit's own processes: nothing read from a file is unpickled).
+numpy arrays between goodfit's own processes: nothing read from a file is unpickled). On an
+error or a signal the ranges not started are dropped and the workers joined after their range.
 """
 
 from __future__ import annotations
@@ -80,7 +81,6 @@ def generate_all(jobs: list[Job], layout: MotionLayout,
         pool = ProcessPoolExecutor(min(processes, len(parts)),
                                    mp_context=multiprocessing.get_context("fork"),
                                    initializer=_quiet)
-        running: dict = {}
         try:
             running = {pool.submit(_range, jobs[p[0]], p[1], p[2], sizes): p for p in parts}
             while running:
@@ -90,6 +90,6 @@ def generate_all(jobs: list[Job], layout: MotionLayout,
                     place(part, f.result())
                     done += part[2]
                     advance(done)
-        finally:  # an error or a signal: the ranges not started are dropped
-            pool.shutdown(wait=not running, cancel_futures=True)
+        finally:  # an error or a signal: the ranges not started are dropped, the workers end
+            pool.shutdown(wait=True, cancel_futures=True)  # their range (~1 s) and are joined
     return outs
