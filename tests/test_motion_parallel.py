@@ -74,10 +74,14 @@ def test_how_many_processes(monkeypatch):
     monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: set(range(6)),
                         raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(parallel.sys, "platform", "linux")
     assert workers(MIN_SCENES - 1) == 1  # a few seconds in this process
     assert workers(MIN_SCENES) == min(6, -(-MIN_SCENES // CHUNK))
     assert workers(100 * CHUNK) == 6  # one per CPU this process may run on
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks share the CPUs
     assert workers(100 * CHUNK) == 3
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "6")
+    assert workers(100 * CHUNK) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setattr(parallel.sys, "platform", "darwin")  # no fork there: this process
     assert workers(100 * CHUNK) == 1

@@ -6,8 +6,8 @@ split) into ranges of CHUNK scenes, generates them in up to one worker per CPU (
 process may run on, shared among torchrun's ranks on the machine) and copies each range into
 place. Generation is numpy and Python, one CPU per process: a shipped motion recipe's 44 000
 scenes take about 5 minutes in one process on an AMD EPYC (docs/benchmarks.md). Below MIN_SCENES,
-on one CPU, or where no worker can be started (a daemonic process: a DataLoader worker), one
-process generates them, range by range. The workers are forked (they start with this
+on one CPU, off Linux (forking is not safe on macOS), or where no worker can be started (a
+daemonic process: a DataLoader worker), one process generates them, range by range. The workers are forked (they start with this
 process's modules: nothing imported again) and leave the terminal's Ctrl-C, which reaches the
 whole process group, to this process; their ranges come back through the pool's pipe (plain
 numpy arrays between goodfit's own processes: nothing read from a file is unpickled). On an
@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
 import numpy as np
@@ -36,7 +37,7 @@ Job = tuple[str, int, int, str, int]  # (agent type, scenes, seed, split, first 
 def workers(total: int) -> int:
     """How many processes generate `total` scenes (1: this one alone)."""
     if (total < MIN_SCENES or multiprocessing.current_process().daemon
-            or "fork" not in multiprocessing.get_all_start_methods()):
+            or not sys.platform.startswith("linux")):  # fork elsewhere: not safe (macOS)
         return 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     local = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's ranks on this machine
