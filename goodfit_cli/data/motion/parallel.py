@@ -5,13 +5,15 @@ range it is generated in. `generate_all` cuts a command's scenes (each task's tr
 split) into ranges of CHUNK scenes, generates them in up to one worker per CPU (the CPUs this
 process may run on, shared among torchrun's ranks on the machine) and copies each range into
 place. Generation is numpy and Python, one CPU per process: a shipped motion recipe's 44 000
-scenes take about 5 minutes in one process on an AMD EPYC (docs/benchmarks.md). Below MIN_SCENES,
-on one CPU, off Linux (forking is not safe on macOS), or where no worker can be started (a
-daemonic process: a DataLoader worker), one process generates them, range by range. The workers are forked (they start with this
-process's modules: nothing imported again) and leave the terminal's Ctrl-C, which reaches the
-whole process group, to this process; their ranges come back through the pool's pipe (plain
-numpy arrays between goodfit's own processes: nothing read from a file is unpickled). On an
-error or a signal the ranges not started are dropped and the workers joined after their range.
+scenes take about 5 minutes in one process on an AMD EPYC (docs/benchmarks.md).
+
+Below MIN_SCENES, on one CPU, off Linux (forking is not safe on macOS), or where no worker can
+be started (a daemonic process: a DataLoader worker), one process generates them, range by
+range. The workers are forked (they start with this process's modules: nothing imported again)
+and leave the terminal's Ctrl-C, which reaches the whole process group, to this process; their
+ranges come back through the pool's pipe (plain numpy arrays between goodfit's own processes:
+nothing read from a file is unpickled). On an error or a signal the ranges not started are
+dropped and the workers joined after their range.
 """
 
 from __future__ import annotations
