@@ -215,7 +215,7 @@ class Runs:
         round trip) instead of generating them again in every run (~2 min of a core each)."""
         if not self.mode.motion:
             return []
-        from goodfit_cli.data.motion.synth import write_synthetic
+        from goodfit_cli.data.motion.generation import write_synthetic
 
         a = load_recipe(self.mode.recipe, self.over).data.args
         syn = a["synthetic"]

@@ -134,7 +134,7 @@ def shards(recipe: str, d: Path, over: list[str]) -> list[str]:
     """--shards (the motion source): the overrides that read this seed's generated scenes from
     shards in `d`/scenes, written once (`goodfit data motion-synth`'s writer, one shard per
     split: the scenes the in-memory generator makes, tests/test_motion.py's round trip)."""
-    from goodfit_cli.data.motion.synth import write_synthetic
+    from goodfit_cli.data.motion.generation import write_synthetic
 
     a = load(recipe, over).data.args
     syn, sizes = a["synthetic"], (a["agents"], a["polylines"], a["points"], a["lights"])

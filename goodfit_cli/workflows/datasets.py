@@ -9,7 +9,7 @@ from goodfit_cli.core.errors import loc
 from goodfit_cli.data import build_data
 from goodfit_cli.data.overlap import shared
 from goodfit_cli.data.validation import split_lines, with_validation
-from goodfit_cli.data.motion.synth import write_synthetic
+from goodfit_cli.data.motion.generation import write_synthetic
 from goodfit_cli.recipe import Recipe
 
 __all__ = ["notes", "summary", "write_synthetic"]

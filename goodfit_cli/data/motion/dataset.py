@@ -73,7 +73,7 @@ motion.fed_as_stored = (  # type: ignore[attr-defined]  # read by build_data
 
 def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
                layout: MotionLayout) -> dict[str, Task]:
-    from goodfit_cli.data.motion.parallel import generate_all
+    from goodfit_cli.data.motion.generation import generate_all
     from goodfit_cli.data.motion.synth import AGENT_KINDS
 
     scenes, test_scenes, seed = _synthetic_args(synthetic, ctx)
@@ -82,7 +82,7 @@ def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
         if kind not in AGENT_KINDS:
             raise ArgError(name, f"with synthetic data, expected an agent type "
                                  f"({' | '.join(AGENT_KINDS)}), got {kind!r}")
-    # every split of both tasks at once, in as many processes as pay (data/motion/parallel.py)
+    # every split of both tasks at once, in as many processes as pay (data/motion/generation.py)
     jobs = [(kind, n, seed + offset, split, 0) for offset, (_, kind) in enumerate(kinds)
             for split, n in (("train", scenes), ("test", test_scenes))]
     made = iter(generate_all(jobs, layout))

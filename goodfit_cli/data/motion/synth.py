@@ -1,6 +1,6 @@
 """Synthetic motion scenarios: simulate scenes from motion_scenes.py at 10 Hz and write them in
-the documented tensor format (data/motion.py), in memory (`generate`) or as shards
-(`write_synthetic`).
+the documented tensor format (data/motion.py), in memory (`generate`: a range of scenes;
+generation.py makes a command's scenes in worker processes and writes them as shards).
 
 The simulation is vectorised over a batch of scenes (numpy); every agent moves along its route:
 
@@ -17,19 +17,10 @@ target-centric scenarios with observation noise and occlusions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from goodfit_cli.core.errors import UserError
-from goodfit_cli.data.motion.format import (
-    FUTURE,
-    HISTORY,
-    SPLITS,
-    MotionLayout,
-    ShardWriter,
-    shard_files,
-)
+from goodfit_cli.data.motion.format import FUTURE, HISTORY, MotionLayout
 from goodfit_cli.data.motion.scenes import (
     BURN,
     DT,
@@ -41,7 +32,6 @@ from goodfit_cli.data.motion.scenes import (
     make_scene,
     resample,
 )
-from goodfit_cli.io.staging import staged
 
 AGENT_KINDS = ("car", "pedestrian")
 MAP_SPACING = 2.0  # map polyline points (m)
@@ -322,38 +312,3 @@ def generate(agent_type: str, scenes: int, seed: int, split: str = "train",
         for j, (sc, r) in enumerate(zip(scs, rngs)):
             scenario(sc, sim, j, r, want, layout, out, b0 + j)
     return out
-
-
-def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | None, seed: int,
-                    sizes: tuple[int, int, int, int] = (16, 64, 10, 4), shard_size: int = 1000,
-                    overwrite: bool = False, log=lambda _m: None) -> dict[str, int]:
-    """`goodfit data motion-synth`: train and test shards of `agent_type` scenarios under `out`;
-    sizes = (agents, polylines, points, lights) stored per scene."""
-    if agent_type not in AGENT_KINDS:
-        raise UserError(f"--agents: expected one of {' | '.join(AGENT_KINDS)}, got {agent_type!r}")
-    test_scenes = max(1, scenes // 10) if test_scenes is None else test_scenes
-    for name, value, low in (("--scenes", scenes, 1), ("--test-scenes", test_scenes, 1),
-                             ("--seed", seed, 0), ("--shard-size", shard_size, 1),
-                             ("--max-agents", sizes[0], 0), ("--polylines", sizes[1], 1),
-                             ("--points", sizes[2], 1), ("--lights", sizes[3], 0)):
-        if value < low:
-            raise UserError(f"{name} must be at least {low}, got {value}")
-    from goodfit_cli.data.motion.parallel import generate_all  # (it imports this module)
-
-    layout = MotionLayout(*sizes)
-    existing = [f for split in SPLITS for f in shard_files(out / split)]
-    if existing and not overwrite:
-        raise UserError(f"{out} already holds shards ({existing[0]}); pass --overwrite to replace them")
-    counts = {}
-    # the new shards are written beside the old ones and swapped in only once all are complete
-    old = lambda: [f for split in SPLITS for f in shard_files(out / split)]
-    with staged(out, old) as stage:
-        for split, n in (("train", scenes), ("test", test_scenes)):
-            meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
-            with ShardWriter(stage, split, shard_size, meta) as w:
-                for start in range(0, n, shard_size):  # a shard's scenes in as many processes
-                    job = (agent_type, min(shard_size, n - start), seed, split, start)  # as pay
-                    w.add_batch(generate_all([job], layout)[0])
-                    log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
-            counts[split] = n
-    return counts

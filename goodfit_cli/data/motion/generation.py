@@ -1,4 +1,6 @@
-"""Synthetic motion scenes generated in worker processes: the same arrays as in one process.
+"""A command's synthetic motion scenes, generated in worker processes (`generate_all`: the same
+arrays as in one process) and, for `goodfit data motion-synth`, written as shards
+(`write_synthetic`).
 
 Every scene draws from its own random stream (synth.py), so a scene does not depend on the
 range it is generated in. `generate_all` cuts a command's scenes (each task's training and test
@@ -23,12 +25,15 @@ import os
 import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
 
 import numpy as np
 
+from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.progress import work
-from goodfit_cli.data.motion.format import MotionLayout
-from goodfit_cli.data.motion.synth import generate
+from goodfit_cli.data.motion.format import SPLITS, MotionLayout, ShardWriter, shard_files
+from goodfit_cli.data.motion.synth import AGENT_KINDS, generate
+from goodfit_cli.io.staging import staged
 
 CHUNK = 128  # scenes per range: a multiple of generate's batch; ~1-2 s of one worker
 MIN_SCENES = 512  # below (a few seconds in one process): the forks and copies would not pay
@@ -96,3 +101,36 @@ def generate_all(jobs: list[Job], layout: MotionLayout,
         finally:  # an error or a signal: the ranges not started are dropped, the workers end
             pool.shutdown(wait=True, cancel_futures=True)  # their range (~1 s) and are joined
     return outs
+
+
+def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | None, seed: int,
+                    sizes: tuple[int, int, int, int] = (16, 64, 10, 4), shard_size: int = 1000,
+                    overwrite: bool = False, log=lambda _m: None) -> dict[str, int]:
+    """`goodfit data motion-synth`: train and test shards of `agent_type` scenarios under `out`;
+    sizes = (agents, polylines, points, lights) stored per scene."""
+    if agent_type not in AGENT_KINDS:
+        raise UserError(f"--agents: expected one of {' | '.join(AGENT_KINDS)}, got {agent_type!r}")
+    test_scenes = max(1, scenes // 10) if test_scenes is None else test_scenes
+    for name, value, low in (("--scenes", scenes, 1), ("--test-scenes", test_scenes, 1),
+                             ("--seed", seed, 0), ("--shard-size", shard_size, 1),
+                             ("--max-agents", sizes[0], 0), ("--polylines", sizes[1], 1),
+                             ("--points", sizes[2], 1), ("--lights", sizes[3], 0)):
+        if value < low:
+            raise UserError(f"{name} must be at least {low}, got {value}")
+    layout = MotionLayout(*sizes)
+    existing = [f for split in SPLITS for f in shard_files(out / split)]
+    if existing and not overwrite:
+        raise UserError(f"{out} already holds shards ({existing[0]}); pass --overwrite to replace them")
+    counts = {}
+    # the new shards are written beside the old ones and swapped in only once all are complete
+    old = lambda: [f for split in SPLITS for f in shard_files(out / split)]
+    with staged(out, old) as stage:
+        for split, n in (("train", scenes), ("test", test_scenes)):
+            meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
+            with ShardWriter(stage, split, shard_size, meta) as w:
+                for start in range(0, n, shard_size):  # a shard's scenes in as many processes
+                    job = (agent_type, min(shard_size, n - start), seed, split, start)  # as pay
+                    w.add_batch(generate_all([job], layout)[0])
+                    log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
+            counts[split] = n
+    return counts

@@ -1,4 +1,4 @@
-"""Synthetic motion scenes generated in worker processes (data/motion/parallel.py)."""
+"""Synthetic motion scenes generated in worker processes (data/motion/generation.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from goodfit_cli.core.progress import listening
-from goodfit_cli.data.motion import parallel
+from goodfit_cli.data.motion import generation
 from goodfit_cli.data.motion.format import MotionLayout
-from goodfit_cli.data.motion.parallel import CHUNK, MIN_SCENES, generate_all, workers
+from goodfit_cli.data.motion.generation import CHUNK, MIN_SCENES, generate_all, workers
 from goodfit_cli.data.motion.synth import generate
 
 LAYOUT = MotionLayout(agents=4, polylines=8, points=4, lights=2)
@@ -71,10 +71,10 @@ def test_an_error_in_a_worker_reaches_the_caller():
 
 
 def test_how_many_processes(monkeypatch):
-    monkeypatch.setattr(parallel.os, "sched_getaffinity", lambda _pid: set(range(6)),
+    monkeypatch.setattr(generation.os, "sched_getaffinity", lambda _pid: set(range(6)),
                         raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    monkeypatch.setattr(parallel.sys, "platform", "linux")
+    monkeypatch.setattr(generation.sys, "platform", "linux")
     assert workers(MIN_SCENES - 1) == 1  # a few seconds in this process
     assert workers(MIN_SCENES) == min(6, -(-MIN_SCENES // CHUNK))
     assert workers(100 * CHUNK) == 6  # one per CPU this process may run on
@@ -83,5 +83,5 @@ def test_how_many_processes(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "6")
     assert workers(100 * CHUNK) == 1
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
-    monkeypatch.setattr(parallel.sys, "platform", "darwin")  # no fork there: this process
+    monkeypatch.setattr(generation.sys, "platform", "darwin")  # no fork there: this process
     assert workers(100 * CHUNK) == 1
