@@ -524,13 +524,13 @@ def motion_synth_args(out) -> list:
 
 
 def test_motion_synth_overwrite_interrupted_keeps_the_old_shards(tmp_path, monkeypatch):
-    from goodfit_cli.data.motion import synth
+    from goodfit_cli.data.motion import generation
 
     out = tmp_path / "ms"
     args = motion_synth_args(out)
     assert invoke(*args).exit_code == 0
     before = snapshot(tmp_path)
-    real, calls = synth.generate, []
+    real, calls = generation.generate, []
 
     def interrupted_generate(*a, **k):
         calls.append(1)
@@ -538,11 +538,11 @@ def test_motion_synth_overwrite_interrupted_keeps_the_old_shards(tmp_path, monke
             raise KeyboardInterrupt  # a SIGINT between two shards
         return real(*a, **k)
 
-    monkeypatch.setattr(synth, "generate", interrupted_generate)
+    monkeypatch.setattr(generation, "generate", interrupted_generate)
     res = invoke(*args, "--overwrite", "--seed", "1")
     assert res.exit_code == 130
     assert snapshot(tmp_path) == before  # the old shards, and nothing else (no staging left)
-    monkeypatch.setattr(synth, "generate", real)
+    monkeypatch.setattr(generation, "generate", real)
     assert invoke(*args, "--overwrite", "--seed", "1").exit_code == 0
     after = snapshot(tmp_path)
     assert sorted(after) == sorted(before) and after != before
