@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_an_error_in_a_worker_reaches_the_caller():
 
 
 def test_how_many_processes(monkeypatch):
-    monkeypatch.setattr(generation.os, "sched_getaffinity", lambda _pid: set(range(6)),
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(6)),
                         raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     monkeypatch.setattr(generation.sys, "platform", "linux")

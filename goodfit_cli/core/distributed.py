@@ -57,6 +57,16 @@ def is_main() -> bool:
     return dist_info()[0] == 0
 
 
+def cpus_per_rank() -> int:
+    """The CPUs this process may run on, divided among torchrun's ranks on this machine
+    (LOCAL_WORLD_SIZE); at least 1. How many threads or worker processes a rank's data
+    reading may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
+    return max(1, (cpus or 1) // ranks)
+
+
 def resolve_device(name: str) -> torch.device:
     _, world, local = dist_info()
     if name == "auto":

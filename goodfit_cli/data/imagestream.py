@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor
 
 from goodfit_cli.core.args import ArgError
+from goodfit_cli.core.distributed import cpus_per_rank
 from goodfit_cli.core.errors import UserError, loc
 from goodfit_cli.core.progress import ITEMS_PER_REPORT, work
 from goodfit_cli.data.base import Split
@@ -254,7 +255,4 @@ class ImageSamples:
             return 1  # the sequential read names it
         if w * h < THREADED_PIXELS:
             return 1
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        local = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's ranks on this machine
-        ranks = int(local) if local.isdigit() and int(local) > 0 else 1
-        return max(1, min(MAX_THREADS, (cpus or 1) // ranks))
+        return min(MAX_THREADS, cpus_per_rank())  # torchrun's ranks share the CPUs

@@ -21,7 +21,6 @@ dropped and the workers joined after their range.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from goodfit_cli.core.distributed import cpus_per_rank
 from goodfit_cli.core.errors import UserError
 from goodfit_cli.core.progress import work
 from goodfit_cli.data.motion.format import SPLITS, MotionLayout, ShardWriter, shard_files
@@ -46,10 +46,7 @@ def workers(total: int) -> int:
     if (total < MIN_SCENES or multiprocessing.current_process().daemon
             or not sys.platform.startswith("linux")):  # fork elsewhere: not safe (macOS)
         return 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    local = os.environ.get("LOCAL_WORLD_SIZE", "1")  # torchrun's ranks on this machine
-    ranks = int(local) if local.isdigit() and int(local) > 0 else 1
-    return max(1, min((cpus or 1) // ranks, -(-total // CHUNK)))
+    return min(cpus_per_rank(), -(-total // CHUNK))  # torchrun's ranks share the CPUs
 
 
 def _quiet() -> None:
