@@ -117,7 +117,8 @@ def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | 
     layout = MotionLayout(*sizes)
     existing = [f for split in SPLITS for f in shard_files(out / split)]
     if existing and not overwrite:
-        raise UserError(f"{out} already holds shards ({existing[0]}); pass --overwrite to replace them")
+        raise UserError(f"{out} already holds shards ({existing[0]}); pass --overwrite to "
+                        "replace them")
     counts = {}
     # the new shards are written beside the old ones and swapped in only once all are complete
     old = lambda: [f for split in SPLITS for f in shard_files(out / split)]
@@ -125,8 +126,8 @@ def write_synthetic(out: Path, agent_type: str, scenes: int, test_scenes: int | 
         for split, n in (("train", scenes), ("test", test_scenes)):
             meta = {"source": "goodfit data motion-synth", "agent_type": agent_type, "seed": seed}
             with ShardWriter(stage, split, shard_size, meta) as w:
-                for start in range(0, n, shard_size):  # a shard's scenes in as many processes
-                    job = (agent_type, min(shard_size, n - start), seed, split, start)  # as pay
+                for start in range(0, n, shard_size):  # a shard's scenes: in workers
+                    job = (agent_type, min(shard_size, n - start), seed, split, start)
                     w.add_batch(generate_all([job], layout)[0])
                     log(f"{split}: {min(start + shard_size, n)}/{n} scenes")
             counts[split] = n
