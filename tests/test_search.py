@@ -193,6 +193,8 @@ def test_two_workers_share_one_sqlite_study_and_a_rerun_continues(base, tmp_path
     two_workers(base, out, storage, trials=4)
     both = json.loads((out / "timings.json").read_text())  # the two workers' time, in turn
     assert both["commands"] == 2
+    # the data read (and the base hashed) is a phase of its own, not the imports' start-up
+    assert {"start_up", "load"} <= set(both["phases_s"])
     assert both["phases_s"]["training"] == pytest.approx(trained(out), abs=4e-3)
     study = optuna.load_study(study_name="goodfit-toy", storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]

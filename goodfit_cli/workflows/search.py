@@ -270,12 +270,15 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                         "draws lr around the recipe's, which must be greater than 0")
     prim = recipe.primary
     dirs = (direction(prim["old"]), direction(prim["new"]))
-    # the splits' contents: a trial is only ever judged with trials trained and measured on
-    # the same data (read here once; the trials' sessions reuse it within the command)
-    data = data_identity(open_session(recipe, place, join=False))
+    phases, ran = Phases(), []  # where this command's time goes (RUN/timings.json)
+    with phases.phase("load"):  # the data (generated, for a motion recipe) and the base, hashed
+        # the splits' contents: a trial is only ever judged with trials trained and measured on
+        # the same data (read here once; the trials' sessions reuse it within the command)
+        data = data_identity(open_session(recipe, place, join=False))
+        base_sha256 = weights_sha256(resolve_base(job.base))  # a file or a hub folder
     identity = {"recipe": recipe.name, "recipe_sha256": recipe.sha256,
                 "recipe_sha256_but_gate": but_gate(recipe),  # to say what changed
-                "base_sha256": weights_sha256(resolve_base(job.base)),  # a file or a hub folder
+                "base_sha256": base_sha256,
                 KEY: source_sha256(),  # the code its trials run: one per study
                 **data,  # data_sha256 (test and validation), train_sha256
                 "replay": "searched" if job.replay else "off",  # one search space per study
@@ -306,7 +309,6 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                      f"{job.trials} not run")
         left = 0
     t0 = time.perf_counter()
-    phases, ran = Phases(), []  # where this command's time goes (RUN/timings.json)
     try:
         with phases.phase("trials"):
             _trials(job, study, budget, left, place, ui, ran)
