@@ -1,6 +1,7 @@
 """Test helpers: the pretrain and finetune workflows with keyword arguments, a deterministic
 interruption (`stop_after=N`: a real SIGINT raised in this process right after batch N, handled
-by the product's own signal path before the loop checks for a stop), and a tiny CSV task."""
+by the product's own signal path before the loop checks for a stop), a tiny CSV task, and a
+progress listener that records what it hears."""
 
 from __future__ import annotations
 
@@ -15,6 +16,22 @@ from goodfit_cli.trainer.stage import Ui, quiet
 from goodfit_cli.workflows.finetune import FinetuneJob
 from goodfit_cli.workflows.finetune import finetune as _finetune
 from goodfit_cli.workflows.pretrain import pretrain as _pretrain
+
+
+class Heard:
+    """A core.progress Listener that records what it hears."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, what, total):
+        self.calls.append(("start", what, total))
+
+    def advance(self, done):
+        self.calls.append(("advance", done))
+
+    def end(self, done):
+        self.calls.append(("end", done))
 
 
 class StopAfter:

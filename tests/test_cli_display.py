@@ -12,6 +12,7 @@ import pytest
 import typer
 from rich.console import Console
 from rich.table import Table
+from runs import Heard
 from typer.testing import CliRunner
 
 from goodfit_cli.cli.app import app
@@ -225,22 +226,6 @@ def test_a_json_table_keeps_every_column_when_headers_repeat(capsys):
     [event] = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert event["rows"] == [{"model": "adamw", "old accuracy": "0.775", "old accuracy Δ": "-0.19",
                               "new accuracy": "0.91", "new accuracy Δ": "+0.91"}]
-
-
-class Heard:
-    """A core.progress Listener that records what it hears."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple] = []
-
-    def start(self, what, total):
-        self.calls.append(("start", what, total))
-
-    def advance(self, done):
-        self.calls.append(("advance", done))
-
-    def end(self, done):
-        self.calls.append(("end", done))
 
 
 def folder_of(root, n, size=(6, 5)):

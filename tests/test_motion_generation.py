@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from runs import Heard
 
 from goodfit_cli.core.progress import listening
 from goodfit_cli.data.motion import generation
@@ -17,20 +18,6 @@ from goodfit_cli.data.motion.synth import generate
 LAYOUT = MotionLayout(agents=4, polylines=8, points=4, lights=2)
 # ranges of both lengths (a whole CHUNK and a rest), a split that starts past scene 0
 JOBS = [("car", CHUNK + 22, 3, "train", 0), ("pedestrian", 40, 4, "test", 7)]
-
-
-class Heard:
-    def __init__(self) -> None:
-        self.said: list[tuple] = []
-
-    def start(self, what, total):
-        self.said.append(("start", what, total))
-
-    def advance(self, done):
-        self.said.append(("advance", done))
-
-    def end(self, done):
-        self.said.append(("end", done))
 
 
 def test_workers_make_exactly_the_scenes_one_process_makes():
@@ -46,9 +33,9 @@ def test_workers_make_exactly_the_scenes_one_process_makes():
             assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
             assert np.array_equal(one[k], want[k]), k
     total = sum(j[1] for j in JOBS)
-    assert heard.said[0] == ("start", "synthetic motion scenes", total)
-    assert heard.said[-1] == ("end", total)
-    done = [d for kind, *rest in heard.said if kind == "advance" for d in rest]
+    assert heard.calls[0] == ("start", "synthetic motion scenes", total)
+    assert heard.calls[-1] == ("end", total)
+    done = [d for kind, *rest in heard.calls if kind == "advance" for d in rest]
     assert done == sorted(done) and done[-1] == total and len(done) == 3  # a report per range
 
 

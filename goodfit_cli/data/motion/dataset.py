@@ -85,10 +85,10 @@ def _synthetic(synthetic: Any, ctx: Any, old: str, new: str,
     # every split of both tasks at once, in as many processes as pay (data/motion/generation.py)
     jobs = [(kind, n, seed + offset, split, 0) for offset, (_, kind) in enumerate(kinds)
             for split, n in (("train", scenes), ("test", test_scenes))]
-    made = iter(generate_all(jobs, layout))
-    return {name: Task(name, "regression", *[
-        _split({k: torch.from_numpy(v) for k, v in next(made).items()}, layout)
-        for _ in ("train", "test")]) for name, _ in kinds}
+    splits = [_split({k: torch.from_numpy(v) for k, v in made.items()}, layout)
+              for made in generate_all(jobs, layout)]  # old train, old test, new train, new test
+    return {name: Task(name, "regression", *splits[2 * i:2 * i + 2])
+            for i, (name, _) in enumerate(kinds)}
 
 
 def _shards(ctx: Any, old: str, new: str, layout: MotionLayout) -> dict[str, Task]:
