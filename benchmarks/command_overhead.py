@@ -16,9 +16,9 @@ measured as `python -c` processes (the median of three) that import torch and ma
 optimizer (torch.optim imports torch._dynamo when an optimizer is made; the timm case also
 imports timm and makes its ResNet-18), ended by `os._exit` as goodfit ends a command, less
 the wall time of `python -c pass` (the interpreter's own start, which `command / training`
-does not count either). "training + floor" is (training + floor) /
-training: the ratio of a program that did nothing but start and train. Where it is above 1.10,
-no program meets issue 28's target on that case on that machine.
+does not count either). "training + floor" is (training + floor) / training: the ratio of
+such a program that did nothing but start and train. Where it is above 1.10, no such program
+meets issue 28's target on that case on that machine.
 
 Cases:
     toy       the shipped toy recipe reduced to fit: MLP 2-128-128-1, 4 000 / 1 000 samples
@@ -131,7 +131,7 @@ def goodfit(*args: str, timeout: float, env: dict[str, str]) -> float:
     return wall
 
 
-FLOOR = {  # each case's start before its first batch, for any PyTorch program (the docstring)
+FLOOR = {  # each case's start before its first batch in a torch.optim program (the docstring)
     "toy": "import torch; torch.optim.RMSprop(torch.nn.Linear(2, 1).parameters())",
     "resnet18": "import timm, torch; torch.optim.AdamW(timm.create_model('resnet18').parameters())",
     "motion": "import torch; torch.optim.AdamW(torch.nn.Linear(2, 1).parameters())",
