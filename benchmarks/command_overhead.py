@@ -138,6 +138,9 @@ FLOOR = {  # each case's start before its first batch in a torch.optim program (
 }
 
 
+FLOORS: dict[str, float] = {}  # measured once per FLOOR key (not again for each --steps value)
+
+
 def pytorch_floor(case: str, env: dict[str, str], n: int = 3) -> float:
     """The median wall seconds of `python -c FLOOR[case]` less that of `python -c pass`."""
     def wall(code: str) -> float:
@@ -145,10 +148,12 @@ def pytorch_floor(case: str, env: dict[str, str], n: int = 3) -> float:
         subprocess.run([sys.executable, "-c", code], env=env, check=True)
         return time.perf_counter() - t0
 
-    code = FLOOR["toy" if case.startswith("toy") else case] + "; import os; os._exit(0)"  # no
-    # interpreter teardown (about a second once torch is loaded; goodfit skips it too)
-    return (statistics.median(wall(code) for _ in range(n))
-            - statistics.median(wall("pass") for _ in range(n)))
+    key = "toy" if case.startswith("toy") else case
+    if key not in FLOORS:  # os._exit: no interpreter teardown (about a second once torch is
+        code = FLOOR[key] + "; import os; os._exit(0)"  # loaded; goodfit skips it too)
+        FLOORS[key] = (statistics.median(wall(code) for _ in range(n))
+                       - statistics.median(wall("pass") for _ in range(n)))
+    return FLOORS[key]
 
 
 def run_case(case: str, tmp: Path, device: str, timeout: float, env: dict[str, str],

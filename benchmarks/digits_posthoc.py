@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from digits_studies import group_share  # noqa: E402
 from search_table import mean_se  # noqa: E402
 
 from goodfit_cli.models.mlp import mlp  # noqa: E402
+from goodfit_cli.report.margin import proportion_se  # noqa: E402
 
 MODEL = mlp(**yaml.safe_load(Path(RECIPE).read_text())["model"]["args"])
 NEW_TARGET = dict(TARGETS.values())  # issue 25's new-task target for each floor
@@ -49,6 +49,10 @@ def accuracy(sd: dict, xy: tuple) -> float:
 
 def mix(base: dict, arm: dict, a: float) -> dict:
     return {k: base[k] + a * (arm[k] - base[k]) for k in base}
+
+
+def average(sds: list[dict]) -> dict:
+    return {k: sum(s[k] for s in sds) / len(sds) for k in sds[0]}
 
 
 def refined(t: dict, base: dict, D: dict, floor: float, gain_over: float, steps: int) -> dict:
@@ -81,12 +85,10 @@ def soup(rec: dict, done: list[dict], D: dict, floor: float) -> tuple[float, flo
         if t["number"] == rec["number"]:
             continue
         trial = [*kept, sds[t["number"]]]
-        avg = {k: sum(s[k] for s in trial) / len(trial) for k in trial[0]}
-        o, n = accuracy(avg, D["old", "val"]), accuracy(avg, D["new", "val"])
+        o, n = accuracy(average(trial), D["old", "val"]), accuracy(average(trial), D["new", "val"])
         if o >= floor and n > best:
             kept, best = trial, n
-    avg = {k: sum(s[k] for s in kept) / len(kept) for k in kept[0]}
-    return accuracy(avg, D["old", "test"]), accuracy(avg, D["new", "test"])
+    return accuracy(average(kept), D["old", "test"]), accuracy(average(kept), D["new", "test"])
 
 
 def main() -> None:
@@ -105,8 +107,8 @@ def main() -> None:
                 for split in ("val", "test"):
                     z = np.load(folder / seed / "data" / f"{task}_{split}.npz")
                     D[task, split] = (torch.from_numpy(z["x"]), torch.from_numpy(z["y"]))
-            n = len(D["old", "val"][1])  # the margin's floor on validation (report/margin.py)
-            floor = a.floor + rep["val_margin"] * math.sqrt(a.floor * (1 - a.floor) / n)
+            # the floor as the study read it on validation (report/margin.py `tightened`)
+            floor = a.floor + rep["val_margin"] * proportion_se(a.floor, len(D["old", "val"][1]))
             base = load_file(folder / seed / "base" / "model.safetensors")
             done = [t for t in rep["trials"] if t.get("feasible") and t.get("gains")]
             rec, bp = rep["recommendation"], rep["base_point"]
