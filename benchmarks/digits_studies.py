@@ -9,7 +9,9 @@ workers finish their trials is not, hence repeats). Each study is gated as the i
 would: `--min-old accuracy=F` (F 0.97 with replay, 0.95 with `--no-replay`), the CLI's defaults
 otherwise (default arms, budget 10, rungs 2, margin 0.5); extra flags after `--` go to the search.
 Prints one line per study (the recommendation's test accuracy, chosen on validation; its
-compute in fine-tunes; complete and pruned trials) and the mean ± standard error.
+compute in fine-tunes; complete and pruned trials; each arm's trials) and the mean ± standard
+error, and where the studies' trials went: each arm's trials that ran, and of them the finished
+ones within the gate on validation.
 
     OMP_NUM_THREADS=1 python benchmarks/digits_studies.py --seeds 0 1 2 3 4 5 6 7 8 \\
         --out /tmp/digits-studies/replay
@@ -91,7 +93,34 @@ def read_study(run: Path, seed: int) -> dict:
             "finetunes": rep["budget"]["spent_finetunes"], "complete": rep["complete"],
             "pruned": rep["pruned"], "val_old": rec.get("old"),
             "base_val_old": ((base.get("base_val_metrics") or {}).get("old") or {}).get("accuracy"),
-            "base_old": ((base.get("base_metrics") or {}).get("old") or {}).get("accuracy")}
+            "base_old": ((base.get("base_metrics") or {}).get("old") or {}).get("accuracy"),
+            "arms": arm_draws(rep)}
+
+
+def arm_draws(rep: dict) -> dict[str, list[int]]:
+    """Where a study's trials went: for each arm, [trials that ran (finished or pruned),
+    finished trials that pass the gate on validation (the candidates)]."""
+    out: dict[str, list[int]] = {}
+    for t in rep.get("trials", []):
+        arm = (t.get("params") or {}).get("arm")
+        if arm is None or t.get("state") not in ("COMPLETE", "PRUNED"):
+            continue
+        n = out.setdefault(arm, [0, 0])
+        n[0] += 1
+        n[1] += t["state"] == "COMPLETE" and bool(t.get("feasible"))
+    return out
+
+
+def arms_line(rows: list[dict]) -> str:
+    """The studies' arm draws summed, the most drawn first: 'ewc 91 (44), plain 83 (23)'."""
+    total: dict[str, list[int]] = {}
+    for r in rows:
+        for arm, (ran, passed) in (r.get("arms") or {}).items():
+            n = total.setdefault(arm, [0, 0])
+            n[0] += ran
+            n[1] += passed
+    order = sorted(total, key=lambda a: (-total[a][0], a))
+    return ", ".join(f"{a} {total[a][0]} ({total[a][1]})" for a in order)
 
 
 def gap_parts(rows: list[dict]) -> dict[str, list[float]]:
@@ -157,6 +186,7 @@ def main() -> None:
         floor, new_target = TARGETS["no replay" if "--no-replay" in a.extra else "replay searched"]
         print(f"groups of three seeds meeting issue 25's targets (old >= {floor}, new >= "
               f"{new_target}, on test): {group_share(rows, floor, new_target):.2f}")
+        print("trials per arm (finished within the gate on validation): " + arms_line(rows))
         parts = gap_parts(rows)
         if len(parts["gap"]) > 1:
             print("old accuracy, validation minus test (mean ± standard error over the studies): "

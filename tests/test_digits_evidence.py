@@ -169,3 +169,31 @@ def test_studies_split_the_old_accuracy_gap_into_base_and_choice(tmp_path):
     assert st.group_share(rows, 0.97, 0.75) == pytest.approx(1 / 7)
     # new >= 0.5: also {0, 1, 3}, {0, 2, 3}, {1, 2, 3} (new 0.533, old 0.977, 0.987, 0.973)
     assert st.group_share(rows, 0.97, 0.5) == pytest.approx(4 / 7)
+
+
+def test_studies_say_where_their_trials_went(tmp_path):
+    """benchmarks/digits_studies.py: each study's row counts, per arm, the trials that ran
+    (finished or pruned; not one left waiting or failed) and the finished ones that pass the gate
+    on validation; the summary line sums them over the studies, the most drawn arm first."""
+    spec = importlib.util.spec_from_file_location(
+        "digits_studies", ROOT / "benchmarks" / "digits_studies.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+
+    def trial(arm, state, feasible=False):
+        return {"params": {"arm": arm}, "state": state, "feasible": feasible}
+
+    rows = []
+    for seed, trials in ((0, [trial("plain", "COMPLETE", True), trial("ewc", "PRUNED"),
+                              trial("ewc", "COMPLETE", True), trial("goodfit", "WAITING"),
+                              trial("goodfit", "FAIL"), trial("plain", "COMPLETE", False)]),
+                         (1, [trial("ewc", "COMPLETE", True), trial("goodfit", "PRUNED")])):
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        (run / "report.json").write_text(json.dumps(
+            {"recommendation": None, "budget": {"spent_finetunes": 1.0}, "complete": 1,
+             "pruned": 1, "trials": trials}))
+        rows.append(st.read_study(run, seed))
+    assert rows[0]["arms"] == {"plain": [2, 1], "ewc": [2, 1]}
+    assert rows[1]["arms"] == {"ewc": [1, 1], "goodfit": [1, 0]}
+    assert st.arms_line(rows) == "ewc 3 (2), plain 2 (1), goodfit 1 (0)"
