@@ -85,6 +85,13 @@ def test_close_calls_are_the_candidates_within_one_standard_error_on_validation(
     md = " ".join((tmp_path / "report.md").read_text().split())
     assert ("Within validation noise: 2 of the 3 other candidates (trials 1, 2) are within one "
             "standard error of its validation new accuracy (±4.04 pts on 100 samples)") in md
+    for cc_trials, candidates, said in (([2], 4, "1 of the 3 other candidates (trial 2) is"),
+                                        ([1], 2, "the other candidate (trial 1) is")):
+        rep["close_calls"] = {**cc, "trials": cc_trials, "candidates": candidates}
+        write_search_report(rep, tmp_path, [])
+        md = " ".join((tmp_path / "report.md").read_text().split())
+        assert f"Within validation noise: {said} within one standard error" in md
+        assert "cannot tell it from the recommendation" in md
     rep["close_calls"] = close_calls(rec, trials, 10_000)
     write_search_report(rep, tmp_path, [])
     md = " ".join((tmp_path / "report.md").read_text().split())

@@ -305,11 +305,14 @@ def _close_calls(cc: dict, m_new: str, shown: str | None = None) -> str:
     within = within_phrase(cc, m_new, shown)
     if not cc["trials"]:
         return f"No other candidate is {within}."
-    names = ", ".join(map(str, cc["trials"]))
-    return (f"Within validation noise: {len(cc['trials'])} of the {cc['candidates'] - 1} other "
-            f"candidates (trial{'s' if len(cc['trials']) > 1 else ''} {names}) are {within}: "
-            "the validation split cannot tell them apart, and the winner of a close call tends "
-            "to land lower on test than on validation (a larger validation split narrows it).")
+    n, others = len(cc["trials"]), cc["candidates"] - 1
+    names = f"trial{'s' if n > 1 else ''} {', '.join(map(str, cc['trials']))}"
+    who = (f"the other candidate ({names}) is" if others == 1 else
+           f"{n} of the {others} other candidates ({names}) {'are' if n > 1 else 'is'}")
+    return (f"Within validation noise: {who} {within}: the validation split cannot tell "
+            f"{'them' if n > 1 else 'it'} from the recommendation, and the winner of a close "
+            "call tends to land lower on test than on validation (a larger validation split "
+            "narrows it).")
 
 
 def _reruns(n: int | None) -> str:
