@@ -586,6 +586,9 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert h.keeps((0, 0.45), [(0, 0.5), (0, 0.1), (0, 0.2), (0, 0.3), (0, 0.2)])  # 2nd of 6
     assert not h.keeps((0, 0.9), [(0, 0.1)] * 5 + [(0, 0.95), (0, 0.92)])  # 3rd of 8
     assert not h.keeps((0, 0.0), [(0, 0.0)] * 3) and h.keeps((0, 0.1), [(0, 0.0)] * 3)  # ties
+    assert h.kept(2) == ("the best of the 2 trials that reached it (the best 1/3 go on, at "
+                         "least one)")
+    assert h.kept(8).startswith("among the best 2 of the 8 trials that reached it")
     gate, study, model = _forgetting_case(tmp_path)  # weight [forget, learn]; base [0, 0]
     measured = []
 

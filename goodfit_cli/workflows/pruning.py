@@ -100,6 +100,13 @@ class Halving:
         equal values, hopeless trials at 0, promotes none of the later ones)."""
         return sum(o >= value for o in others) < max((len(others) + 1) // self.eta, 1)
 
+    def kept(self, n: int) -> str:
+        """Which of `n` trials at a rung go on, in words (the pruned trial's reason)."""
+        keep = max(n // self.eta, 1)
+        among = (f"the best of the {n} trials" if keep == 1 else
+                 f"among the best {keep} of the {n} trials")
+        return f"{among} that reached it (the best 1/{self.eta} go on, at least one)"
+
 
 def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,
              primary: dict[str, str], new_dir: int, z: float = 0.0,
@@ -359,8 +366,7 @@ class PruneWatch:
             if not self.protected and not self.halving.keeps(value, others):
                 of = " (of its arm's and its EMA's curves)" if self.others() else ""
                 raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}): its best WiSE-FT "
-                                       f"point{of} is not among the best 1/{self.halving.eta} of "
-                                       f"the {len(others) + 1} trials that reached it")
+                                       f"point{of} is not {self.halving.kept(len(others) + 1)}")
             if self.budget is not None and not self.claimed:
                 if not claim(self.trial, self.total, self.budget):
                     raise Pruned(batch, k, f"pruned at batch {batch} (rung {k}) by the budget: "
