@@ -98,11 +98,15 @@ class Halving:
         reached the rung with (higher is better): it is among the best 1/eta of them all (at
         least the best one), a tie going to the trial that reached the rung first (so a run of
         equal values, hopeless trials at 0, promotes none of the later ones)."""
-        return sum(o >= value for o in others) < max((len(others) + 1) // self.eta, 1)
+        return sum(o >= value for o in others) < self.quota(len(others) + 1)
+
+    def quota(self, n: int) -> int:
+        """How many of `n` trials at a rung go on: the best 1/eta, at least one."""
+        return max(n // self.eta, 1)
 
     def kept(self, n: int) -> str:
         """Which of `n` trials at a rung go on, in words (the pruned trial's reason)."""
-        keep = max(n // self.eta, 1)
+        keep = self.quota(n)
         among = (f"the best of the {n} trials" if keep == 1 else
                  f"among the best {keep} of the {n} trials")
         return f"{among} that reached it (the best 1/{self.eta} go on, at least one)"
