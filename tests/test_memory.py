@@ -97,7 +97,8 @@ def test_a_trials_prune_watch_lets_the_training_go_when_it_ends(tmp_path):
     import types
     import weakref
 
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch
 
     model = nn.Linear(WIDE, WIDE)
     optimizer = torch.optim.Adam(model.parameters())

@@ -578,7 +578,8 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     whose curve holds a feasible point with more new-task accuracy than a trial that barely
     moved goes on (judged raw, as before, it was pruned); the model's weights and training
     mode are as they were after each measurement. The values live in the study."""
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch, Pruned
 
     h = Halving(startup=1)  # trial 0 is never pruned
     assert h.rung_batches(90) == [10, 30] and Halving(rungs=0).rung_batches(90) == []
@@ -656,7 +657,8 @@ def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(t
     validation, then new), ends with that rung's weights: its fine-tune's last callback
     (`settler`) puts them in the model and the arm's summary names the batch; one that ended
     better keeps its end weights, and without `keep` nothing is kept or settled."""
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch
 
     gate, study, model = _forgetting_case(tmp_path)  # weight [forget, learn]; base [0, 0]
 
@@ -720,7 +722,8 @@ def _settling_finetune(tmp_path: Path, *over: str, wise: bool = False,
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
     from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch
     from goodfit_cli.workflows.recipes import load
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
@@ -839,7 +842,8 @@ def test_ties_at_a_rung_go_to_the_lower_new_task_validation_loss(tmp_path):
     whose loss fell further than the first trial's goes on (by accuracy alone the tie went to
     the earlier trial and pruned it), one whose loss fell less is pruned; an evaluation without
     a loss keeps the pair (-violations, new)."""
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, value_of
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch, Pruned, value_of
 
     prim = {"old": "accuracy", "new": "accuracy"}
     base = {"old": {"accuracy": 0.9}, "new": {"accuracy": 0.0}}
@@ -906,7 +910,8 @@ def _rungs_judged(tmp_path: Path, arm: str, overrides: list[str],
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
     from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch
     from goodfit_cli.workflows.recipes import load
 
     recipe = load("toy", ["data.args.n_train=256", "data.args.n_test=64", "pretrain.steps=8",
@@ -1103,7 +1108,8 @@ def test_a_trial_is_promoted_only_while_the_budget_covers_the_rest_of_it(tmp_pat
     the budget left does not cover that it is pruned there (its claim stays what it trained),
     and with the budget covering it, it goes on holding its whole length."""
     from goodfit_cli.workflows.budget import Budget, spent
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch, Pruned
 
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "metrics.json").write_text(json.dumps(
@@ -2011,7 +2017,8 @@ def test_a_rung_counts_flips_for_a_gate_on_flip_rates(tmp_path):
     from goodfit_cli.trainer.session import Place
     from goodfit_cli.workflows.finetune import FinetuneJob, finetune
     from goodfit_cli.workflows.pretrain import pretrain
-    from goodfit_cli.workflows.pruning import Halving, PruneWatch, value_of
+    from goodfit_cli.workflows.halving import Halving
+    from goodfit_cli.workflows.pruning import PruneWatch, value_of
     from goodfit_cli.workflows.recipes import load
     from runs import npz_task
 

@@ -32,7 +32,7 @@ def drawn(out_or_study) -> list[dict]:
 def test_a_search_interrupted_and_continued_draws_what_an_uninterrupted_one_does(tmp_path):
     from goodfit_cli.core.errors import Interrupted
     from goodfit_cli.trainer.stage import Ui
-    from goodfit_cli.workflows.pruning import Halving
+    from goodfit_cli.workflows.halving import Halving
     from goodfit_cli.workflows.search import SearchJob, search
 
     subprocess.run([sys.executable, "-m", "goodfit_cli", "pretrain", "--recipe", "toy", "--out",

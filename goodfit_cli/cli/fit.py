@@ -223,7 +223,7 @@ def search(
     """Search arms and knobs for the best update the gate allows (see SEARCH_HELP)."""
     from goodfit_cli.workflows.reporting import gate_for
     from goodfit_cli.report.front import parse_rule
-    from goodfit_cli.workflows.pruning import Halving
+    from goodfit_cli.workflows.halving import Halving
     from goodfit_cli.workflows.budget import parse_budget
     from goodfit_cli.workflows.search import SearchJob
     from goodfit_cli.workflows.search import search as run_search

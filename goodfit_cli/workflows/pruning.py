@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +63,7 @@ from goodfit_cli.report.gate import FLIP_METRICS, Gate, evaluate_gate
 from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
 from goodfit_cli.workflows.budget import Budget, claim, held
+from goodfit_cli.workflows.halving import Halving
 from goodfit_cli.workflows.wise import Mixing
 
 ALPHAS = (1.0, 0.8, 0.6, 0.4, 0.2)  # a rung's curve, in this order (α = 0: the base), then
@@ -78,38 +78,6 @@ class Pruned(Exception):
     def __init__(self, batch: int, rung: int, why: str) -> None:
         super().__init__(why)
         self.batch, self.rung = batch, rung
-
-
-@dataclass(frozen=True)
-class Halving:
-    """The pruner: `eta` (keep the best 1/eta at each rung), `rungs` (how many rungs before
-    the end; 0: no pruning) and `startup` (the study's first trials, never pruned)."""
-
-    eta: int = 3
-    rungs: int = 2
-    startup: int = 1  # trial 0 starts the rungs; more cost whole fine-tunes at random
-
-    def rung_batches(self, total: int) -> list[int]:
-        """The batch each rung starts at, for a trial of `total` batches (ascending)."""
-        return [max(1, math.ceil(total / self.eta ** (self.rungs - k))) for k in range(self.rungs)]
-
-    def keeps(self, value: tuple, others: list[tuple]) -> bool:
-        """Whether a trial with `value` at a rung goes on, `others` the values other trials
-        reached the rung with (higher is better): it is among the best 1/eta of them all (at
-        least the best one), a tie going to the trial that reached the rung first (so a run of
-        equal values, hopeless trials at 0, promotes none of the later ones)."""
-        return sum(o >= value for o in others) < self.quota(len(others) + 1)
-
-    def quota(self, n: int) -> int:
-        """How many of `n` trials at a rung go on: the best 1/eta, at least one."""
-        return max(n // self.eta, 1)
-
-    def kept(self, n: int) -> str:
-        """Which of `n` trials at a rung go on, in words (the pruned trial's reason)."""
-        keep = self.quota(n)
-        among = (f"the best of the {n} trials" if keep == 1 else
-                 f"among the best {keep} of the {n} trials")
-        return f"{among} that reached it (the best 1/{self.eta} go on, at least one)"
 
 
 def value_of(val: dict[str, Any], base_val: dict[str, Any], gate: Gate | None,

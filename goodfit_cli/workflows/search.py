@@ -69,7 +69,8 @@ from goodfit_cli.trainer.stage import Ui
 from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.budget import Budget, claim, settle, spent, trained
 from goodfit_cli.workflows.finetune import FinetuneJob, finetune
-from goodfit_cli.workflows.pruning import Halving, PruneWatch, Pruned, watching
+from goodfit_cli.workflows.halving import Halving
+from goodfit_cli.workflows.pruning import PruneWatch, Pruned, watching
 from goodfit_cli.workflows.recipes import load
 from goodfit_cli.workflows.rejudge import chosen_under, rechosen_all, views_of
 from goodfit_cli.workflows.search_report import default_curves, study_report
