@@ -85,10 +85,12 @@ def soup(rec: dict, done: list[dict], D: dict, floor: float) -> tuple[float, flo
         if t["number"] == rec["number"]:
             continue
         trial = [*kept, sds[t["number"]]]
-        o, n = accuracy(average(trial), D["old", "val"]), accuracy(average(trial), D["new", "val"])
+        avg = average(trial)
+        o, n = accuracy(avg, D["old", "val"]), accuracy(avg, D["new", "val"])
         if o >= floor and n > best:
             kept, best = trial, n
-    return accuracy(average(kept), D["old", "test"]), accuracy(average(kept), D["new", "test"])
+    avg = average(kept)
+    return accuracy(avg, D["old", "test"]), accuracy(avg, D["new", "test"])
 
 
 def main() -> None:

@@ -1,10 +1,7 @@
 """Early pruning of hopeless `goodfit search` trials from their validation results at rungs.
 
-Asynchronous successive halving (Li et al., *A System for Massively Parallel Hyperparameter
-Tuning*, MLSys 2020; the rule of Optuna's SuccessiveHalvingPruner): a trial reaches rung k at
-batch ceil(total / eta^(rungs - k)), and goes on only if its value there is among the best
-1/eta of the values every trial of the study reached that rung with (itself included; while
-fewer than eta have, only a new best goes on). Optuna's own pruners read `trial.report`, which
+The rule is asynchronous successive halving (workflows/halving.py: the rungs' batches, how many
+of the trials that reached a rung go on). Optuna's own pruners read `trial.report`, which
 multi-objective studies do not have, so the values live in each trial's user attributes
 (`rungs`: {rung: value}) in the study's storage, shared by every worker. The study's first
 `startup` trials are never pruned (default 1: trial 0 sets the rungs' first values and gives
