@@ -96,7 +96,8 @@ def soup(rec: dict, done: list[dict], D: dict, floor: float) -> tuple[float, flo
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", type=Path, nargs="+")
-    ap.add_argument("--floor", type=float, required=True, help="the studies' --min-old floor")
+    ap.add_argument("--floor", type=float, required=True, choices=sorted(NEW_TARGET),
+                    help="the studies' --min-old floor (0.97 with replay, 0.95 without)")
     ap.add_argument("--steps", type=int, default=3, help="bisections of a refined α")
     a = ap.parse_args()
     rows: dict[str, list] = {"main": [], "refine": [], "soup": []}
