@@ -8,6 +8,8 @@ samples of the split it measured), and adds up:
 
 - training: each trial's batches (the study's `batches` attribute: where it finished or was
   pruned) x batch_size x 3 sample-forwards (a forward and a backward);
+- Fisher estimates: EWC's and the Fisher-weighted point's (workflows/fisher.py), each batch
+  x batch_size x 3 sample-forwards, with the training;
 - evaluation: the samples of every evaluation the command made: the base, periodic
   evaluations, each rung's WiSE-FT curve, a trial's end curve against its kept rung, the
   WiSE-FT grid, the chosen points on test, the new-class offset's validation passes
@@ -44,7 +46,7 @@ COUNTING = """
 import atexit, collections, json, sys, traceback
 from goodfit_cli.trainer import session
 samples, calls, where = collections.Counter(), collections.Counter(), collections.Counter()
-WHERE = (("settle", "end curves"), ("on_batch", "rungs' curves"), ("wise_curve", "WiSE-FT grids"),
+WHERE = (("admitted", "Fisher-weighted points"), ("settle", "end curves"), ("on_batch", "rungs' curves"), ("wise_curve", "WiSE-FT grids"),
          ("record", "periodic"), ("finish", "finish"), ("measure_base", "base"))
 def caller():  # what made this evaluation, by the first function of WHERE on the stack
     names = {f.name for f in traceback.extract_stack()}
@@ -64,6 +66,19 @@ def counted_logits(s, model):  # the new-class offset's validation pass
     where["offset (val)"] += 1
     return logits(s, model)
 offset._logits = counted_logits
+import importlib
+def counted_fisher(fisher):  # a Fisher's gradient passes: a forward and a backward per sample
+    def run(model, old, batches, *rest):
+        samples["fisher"] += 3 * batches * old.batch_size
+        calls["fisher"] += 1
+        return fisher(model, old, batches, *rest)
+    return run
+for name in ("goodfit_cli.arms.ewc", "goodfit_cli.workflows.fisher"):  # EWC's, the point's
+    try:
+        mod = importlib.import_module(name)
+    except ImportError:  # a goodfit without the weighted point
+        continue
+    mod.diagonal_fisher = counted_fisher(mod.diagonal_fisher)
 out = sys.argv[1]
 args = sys.argv[2:]
 atexit.register(lambda: open(out, "w").write(
@@ -145,24 +160,29 @@ def main() -> None:
     trials = [t for t in rep["trials"] if t.get("batches")]
     size = {t["number"]: yaml.safe_load((Path(t["dir"]) / "recipe.yaml").read_text())
             ["finetune"]["batch_size"] for t in trials}
-    train = sum(3 * size[t["number"]] * t["batches"] for t in trials)
-    evaluation = sum(searched["samples"].values())
+    fisher = searched["samples"].get("fisher", 0)  # gradient passes, counted as training
+    train = sum(3 * size[t["number"]] * t["batches"] for t in trials) + fisher
+    evaluation = sum(v for k, v in searched["samples"].items() if k != "fisher")
     summary = json.loads(next(unit.glob("*/summary.json")).read_text())
     recipe = yaml.safe_load((unit / "recipe.yaml").read_text())
     one_train = 3 * recipe["finetune"]["batch_size"] * summary["batches"]
-    one = one_train + sum(alone["samples"].values())
+    one_train += alone["samples"].get("fisher", 0)
+    one = one_train + sum(v for k, v in alone["samples"].items() if k != "fisher")
     done = [t for t in trials if t["state"] == "COMPLETE"]
     pruned = [t for t in trials if t["state"] == "PRUNED"]
     at = ", ".join(f"{sum(t['batches'] == b for t in pruned)} at batch {b}"
                    for b in sorted({t["batches"] for t in pruned}))
     print(f"trials: {len(trials)} ({len(done)} complete, {len(pruned)} pruned"
           + (f": {at})" if at else ")"))
-    calls = " + ".join(f"{n} on {split}" for split, n in sorted(alone["calls"].items()))
+    calls = " + ".join(f"{n} on {split}" for split, n in sorted(alone["calls"].items())
+                       if split != "fisher")
     print(f"one fine-tune ({arm}): {summary['batches']} batches = {one_train} training + "
           f"{one - one_train} evaluation sample-forwards ({calls} evaluations)")
-    calls = " + ".join(f"{n} on {split}" for split, n in sorted(searched["calls"].items()))
-    print(f"study: training {train} + evaluation {evaluation} sample-forwards ({calls} "
-          "evaluations)")
+    calls = " + ".join(f"{n} on {split}" for split, n in sorted(searched["calls"].items())
+                       if split != "fisher")
+    print(f"study: training {train} (of them {fisher} in "
+          f"{searched['calls'].get('fisher', 0)} Fisher estimates) + evaluation {evaluation} "
+          f"sample-forwards ({calls} evaluations)")
     made = sorted((searched.get("where") or {}).items(), key=lambda kv: -kv[1])
     print("the study's evaluations by what made them: "
           + ", ".join(f"{label} {n}" for label, n in made))

@@ -25,7 +25,7 @@ from goodfit_cli.objectives.runtime import TaskRunner
 from goodfit_cli.trainer.measured import measured_once
 from goodfit_cli.trainer.session import Place, load_checkpoint, open_session
 from goodfit_cli.workflows.recipes import load
-from goodfit_cli.workflows.wise import Mixing, mix
+from goodfit_cli.workflows.mixing import Mixing, mix
 
 TINY = ["data.args.n_train=384", "data.args.n_test=128", "model.args.hidden=[16, 16]",
         "pretrain.steps=12", "finetune.steps=6", "eval.every=3", "pretrain.batch_size=64",

@@ -30,11 +30,13 @@ def body_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             if p.requires_grad and not n.startswith(prefixes)]
 
 
-def diagonal_fisher(model: nn.Module, old: Any, batches: int) -> list[Tensor]:
-    """Mean of the squared old-task batch gradients of the body, at the model's current
-    weights (the base), over `batches` seeded batches; scaled to mean 1 over all elements."""
+def diagonal_fisher(model: nn.Module, old: Any, batches: int,
+                    params: list[nn.Parameter] | None = None) -> list[Tensor]:
+    """Mean of the squared old-task batch gradients of `params` (default: the body's), at the
+    model's current weights (the base), over `batches` seeded batches; scaled to mean 1 over
+    all elements."""
     inner = unwrap(model)
-    params = [p for _, p in body_parameters(model)]
+    params = [p for _, p in body_parameters(model)] if params is None else params
     fisher = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(old.seed)
     order = torch.randperm(len(old.y), generator=gen)

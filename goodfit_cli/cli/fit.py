@@ -167,6 +167,7 @@ def wise(
     data_dir: Optional[str] = DATA_DIR,
     overwrite: bool = OVERWRITE,
     new_offset: bool = typer.Option(False, "--new-offset/--no-new-offset", help="Also shift the logits of the new task's own classes by the offset chosen on validation that gains the most on the new task without losing on the old (written into the head's bias; see goodfit search --help)."),
+    fisher: bool = typer.Option(False, "--fisher/--no-fisher", help="Also try the points that weigh the arm's change by the old task's Fisher, base + a(arm - base)/(1 + b F) for b 0.3, 1 and 3, each b's line from a = 1 down the WiSE-FT grid to its first point within the gate on validation: the best of them replaces --alpha where it is better on the new task there (see goodfit search --help)."),
 ) -> None:
     """A WiSE-FT point of an arm as a candidate checkpoint, evaluated and gated like an arm."""
     from goodfit_cli.workflows.reporting import gate_for, raise_on_gate_failure
@@ -179,7 +180,8 @@ def wise(
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new, max_old_drop_rel), junit=junit)
     say_gate(g)
-    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset),
+    report = run_wise(WiseJob(arm_dir, alpha, out_dir, None, g, junit, overwrite, new_offset,
+                              fisher=fisher),
                       Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     if not report:  # a rank other than 0 under torchrun
         return
@@ -216,6 +218,7 @@ def search(
     new_offset: bool = typer.Option(True, "--new-offset/--no-new-offset", help="Let each trial shift the logits of the new task's own classes by an offset chosen on validation (see above; default on)."),
     rung_weights: bool = typer.Option(True, "--rung-weights/--end-weights", help="A trial may end with the weights it had at a pruning rung, where their best WiSE-FT point on validation beat its end weights' (see above; --end-weights: always its end's)."),
     with_alpha: bool = typer.Option(False, "--offset-with-alpha/--offset-after-alpha", help="Choose each trial's new-class offset together with its WiSE-FT alpha (see above; opt-in: on held-out digits splits it gained nothing over the default, the offset at the alpha chosen alone)."),
+    fisher: Optional[bool] = typer.Option(None, "--fisher/--no-fisher", help="Let each trial's point weigh its change from the base by the old task's Fisher, alpha chosen with beta on validation (see above; default on, off with --offset-with-alpha)."),
     device: Optional[str] = DEVICE,
     data_dir: Optional[str] = DATA_DIR,
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides of the recipe"),
@@ -233,6 +236,9 @@ def search(
 
     how = parse_rule(rule)  # a bad --rule: one line, before anything runs
     cap = parse_budget(budget)
+    if fisher and with_alpha:
+        raise UserError("--fisher and --offset-with-alpha: a trial's alpha is chosen with one or "
+                        "the other; give --no-fisher or --offset-after-alpha")
     r = load(recipe, overrides)
     g = gate_for(r, gate, max_old_drop, max_nfr, bounds(
         min_old, max_old, min_new, max_new, max_old_drop_rel))
@@ -241,7 +247,8 @@ def search(
         rep = run_search(SearchJob(recipe, base, out_dir, trials, list(overrides or []),
                                    storage, study, seed, g, defaults, replay, how,
                                    Halving(rungs=rungs), val_margin, cap, reruns, new_offset,
-                                   with_alpha, reference, rung_weights),
+                                   with_alpha, reference, rung_weights,
+                                   fisher=not with_alpha if fisher is None else fisher),
                          Place(device, None, data_dir), ui_for(r.primary, units=r.units))
     rec = rep["recommendation"]
     for note in rep.get("notes") or []:  # the budget, a changed gate, ...: said here too

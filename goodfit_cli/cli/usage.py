@@ -121,6 +121,15 @@ SEARCH_HELP = (
     "and batch sampling (finetune.sampling: uniform, balanced, sqrt). Each trial then evaluates "
     "its arm's WiSE-FT curve (alpha 0.1 to 1.0) "
     "on validation and keeps the best alpha the gate allows.\n\n"
+    "Fisher-weighted point: each finished trial also tries base + alpha (arm - base) / (1 + "
+    "beta F), F the base's diagonal Fisher on the old task (EWC's, over every weight: 16 "
+    "old-task training batches, read, never trained on; scaled to mean 1) for beta 0.3, 1 and "
+    "3, each beta's line walked from alpha 1 down the WiSE-FT grid to its first point that "
+    "passes the gate on validation: a weight the old task leans on stays nearer the base. The "
+    "best of those on the new task replaces the alpha chosen alone where it is better on "
+    "validation (one validation pass per point walked, no training; none without old-task "
+    "training data; --no-fisher: off, and off with --offset-with-alpha). The trial's knobs "
+    "show beta as fisher_beta (0: the alpha chosen alone).\n\n"
     "New-class offset: when the new task trains classes the old one does not (a shared "
     "classification head), each trial's chosen point may add an offset tau (-3 to 3 in "
     "steps of 0.25) to those classes' logits, written into the head's bias: the tau with the "
@@ -174,9 +183,9 @@ SEARCH_HELP = (
     "validation accuracy, which the validation split cannot rank against it.\n\n"
     "Names: a knob has one name everywhere (the trial log, the study, the report, the trial's "
     "recipe.yaml): its recipe key, e.g. finetune.penalty.ewc, finetune.optimizer.lr; the arm, "
-    "arm (the study's) and finetune.arms (the recipe's). wise_alpha and new_offset are chosen "
-    "after the training, not recipe keys: the trial's wise/ folder holds that point (its "
-    "summary.json: alpha, new_offset).")
+    "arm (the study's) and finetune.arms (the recipe's). wise_alpha, fisher_beta and new_offset "
+    "are chosen after the training, not recipe keys: the trial's wise/ folder holds that point "
+    "(its summary.json: alpha, fisher, new_offset).")
 
 EXAMPLES = {
     "goodfit": _examples("goodfit demo --quick", "goodfit finetune --help"),

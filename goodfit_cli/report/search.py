@@ -172,7 +172,8 @@ def _sections(rep: dict[str, Any], e=str) -> tuple[str, list[str], list[str], li
               f"all). Objectives: old {m_old}, new {m_new}; gate: "
               f"{e(rep['gate']) if rep['gate'] else 'none (every trial is feasible)'}"
               f"{_margin(rep.get('val_margin'))}; rule: "
-              f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")) + _offset(rep),
+              f"{rep.get('rule', 'new')}." + _budget(rep.get("budget")) + _fisher(rep)
+              + _offset(rep),
               "Every choice (objectives, gate, front, recommendation) is made on the validation "
               "splits; the test numbers beside them are for the report only."]
     rec, said = rep["recommendation"], []
@@ -373,6 +374,19 @@ def _budget(b: dict | None) -> str:
     return (f" Budget: {cap}; spent {b['spent_batches']} training batches = "
             f"{b['spent_finetunes']:.2f} fine-tunes of {b['steps_per_finetune']} batches, the "
             "recipe's default arms included (evaluations and WiSE-FT points not counted).")
+
+
+def _fisher(rep: dict) -> str:
+    """The Fisher-weighted point's setting, with how many finished trials took one."""
+    if rep.get("fisher") is None:
+        return ""
+    if not rep["fisher"]:
+        return " Fisher-weighted point: off."
+    took = sum(bool(t["params"].get("fisher_beta")) for t in rep["trials"]
+               if t["state"] == "COMPLETE")
+    return (" Fisher-weighted point: each trial's change from the base weighed by the old "
+            "task's Fisher where that is better on validation, α chosen with β "
+            f"({took} of {rep['complete']} finished trials took one).")
 
 
 def _offset(rep: dict) -> str:

@@ -61,7 +61,7 @@ from goodfit_cli.report.margin import tightened
 from goodfit_cli.report.verdict import point_view
 from goodfit_cli.workflows.budget import Budget, claim, held
 from goodfit_cli.workflows.halving import Halving
-from goodfit_cli.workflows.wise import Mixing
+from goodfit_cli.workflows.mixing import Mixing
 
 ALPHAS = (1.0, 0.8, 0.6, 0.4, 0.2)  # a rung's curve, in this order (α = 0: the base), then
 STEP = 0.1  # the best's neighbours at this distance: the 0.1 grid's best

@@ -99,13 +99,13 @@ def _reusable(dest: Path, under: dict[str, Any], alpha: float, source_sha: str) 
 
 def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
              margin: float, dirs: tuple[int, int], new_offset: bool, place: Place,
-             ui: Ui, with_alpha: bool = False) -> dict | None:
+             ui: Ui, with_alpha: bool = False, fisher: bool = False) -> dict | None:
     """The finished `trial`'s point (its folder: `folder`) chosen again under `gate` and
     `margin` when it was chosen under something else (its own record, or `prior` for a trial
     that has none): {"views", "values" (the objectives on validation), "wise_alpha",
-    "new_offset" (with `new_offset`), "candidate" (with finetune.ema: the arm or its
-    '<arm>+ema'), "checkpoint", "rechosen_from"}; None when nothing
-    differs (the stored point stands)."""
+    "new_offset" (with `new_offset`), "fisher_beta" (with `fisher`), "candidate" (with
+    finetune.ema: the arm or its '<arm>+ema'), "checkpoint", "rechosen_from"}; None when
+    nothing differs (the stored point stands)."""
     under = chosen_under(gate, margin)
     was = trial.user_attrs.get("chosen_under") or prior
     if was == under:
@@ -122,10 +122,10 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
                         "the trial: restore it, or start a new --out")
     stored = trial.user_attrs.get("wise_alpha", 1.0)
     was_cand = trial.user_attrs.get("candidate", cand if len(rep["arms"]) < 2 else None)
-    if alpha == stored and not new_offset and cand == was_cand:  # its stored views stand
+    if alpha == stored and not (new_offset or fisher) and cand == was_cand:  # they stand
         return None
-    point, checkpoint, tau = rep["arms"][k], arm_dir / "model.safetensors", 0.0
-    if alpha < 1.0 or new_offset:
+    point, checkpoint, tau, beta = rep["arms"][k], arm_dir / "model.safetensors", 0.0, 0.0
+    if alpha < 1.0 or new_offset or fisher:
         dest = folder / f"wise-{_key(under)}"
         source_sha = sha256_file(arm_dir / "model.safetensors")
         made = _reusable(dest, under, alpha, source_sha)
@@ -137,7 +137,8 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
             grid = tuple(w["alpha"] for w in rep["arms"][k].get("wise") or [])
             made = wise(WiseJob(arm_dir, alpha, dest, None, gate, overwrite=True, in_place=True,
                                 new_offset=new_offset, margin=margin, only_if_new=True,
-                                alphas=grid if with_alpha else None, alpha_passed=passed),
+                                alphas=grid if with_alpha else None, alpha_passed=passed,
+                                fisher=fisher),
                         place, ui)
             dest.mkdir(exist_ok=True)  # {} (the arm itself): the record alone
             atomic_write(dest / "chosen.json", json.dumps(
@@ -148,16 +149,20 @@ def rechoose(trial: Any, folder: Path, prior: dict[str, Any], gate: Gate | None,
             point, checkpoint = made["arms"][0], dest / "model.safetensors"
             alpha = made["provenance"]["wise_alpha"]  # moved when chosen with the offset
             tau = (made["provenance"].get("new_offset") or {}).get("tau", 0.0)
+            beta = (made["provenance"].get("fisher") or {}).get("beta", 0.0)
     views = views_of(point)
     val = views["val"]["metrics"]
     return {"views": views, "values": (val["old"][prim[0]], val["new"][prim[1]]),
             "wise_alpha": alpha, **({"new_offset": tau} if new_offset else {}),
+            **({"fisher_beta": beta} if fisher else {}),
             **({"candidate": cand} if len(rep["arms"]) > 1 else {}),
             "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
             "rechosen_from": {"wise_alpha": stored,
                               **({"candidate": was_cand} if len(rep["arms"]) > 1 else {}),
                               **({"new_offset": trial.user_attrs.get("new_offset", 0.0)}
-                                 if new_offset else {})}}
+                                 if new_offset else {}),
+                              **({"fisher_beta": trial.user_attrs.get("fisher_beta", 0.0)}
+                                 if fisher else {})}}
 
 
 def rechosen_all(job: Any, study: Any, dirs: tuple[int, int], place: Place, ui: Ui,
@@ -184,7 +189,7 @@ def rechosen_all(job: Any, study: Any, dirs: tuple[int, int], place: Place, ui: 
             away.append(t.number)  # another worker's machine: its stored point is judged
             continue
         point = rechoose(t, folder, prior, job.gate, job.margin, dirs, job.new_offset, place,
-                         ui, job.with_alpha)
+                         ui, job.with_alpha, job.fisher)
         if point is not None:
             out[t.number] = point
     if away:
@@ -197,6 +202,7 @@ def rechosen_all(job: Any, study: Any, dirs: tuple[int, int], place: Place, ui: 
         notes.append(f"{len(out)} finished trial{'s were' if len(out) > 1 else ' was'} "
                      "chosen under another gate or margin: each one's WiSE-FT α"
                      + (" and new-class offset" if job.new_offset else "")
+                     + (" and Fisher weighting" if job.fisher else "")
                      + " chosen again on validation under this one (evaluations only; a "
                      "trial's weights, a rung's or its end's, stay as first chosen)"
                      + (f"; the point moved for trial {', '.join(map(str, moved))}" if moved

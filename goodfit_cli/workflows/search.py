@@ -105,6 +105,7 @@ class SearchJob:
     with_alpha: bool = False  # its α chosen together with that offset (choose_with_alpha; opt-in)
     reference: bool = True  # after the default arms, the replay reference (replay_reference)
     rung_weights: bool = True  # a trial may end with a rung's weights (pruning.py PruneWatch)
+    fisher: bool = True  # its α chosen with a weighting by the old task's Fisher (fisher.py)
 
 
 def _run_trial(job: SearchJob, trial: Any, place: Place, ui: Ui, folders: list[Path],
@@ -187,21 +188,26 @@ def _trained(job: SearchJob, trial: Any, place: Place, ui: Ui, trecipe: Any, p: 
         ui.log(f"trial {trial.number}: wise_alpha={alpha:g}"
                + (f" of {ema_label(p.arm, cand['name'])}" if k else "") + f" ({said})")
         cand_dir = trial_dir / arm_dirname(cand["name"])
-        if alpha < 1.0 or job.new_offset:  # the point as its own checkpoint (and its offset)
+        if alpha < 1.0 or job.new_offset or job.fisher:  # the point as its own checkpoint
             point = wise(WiseJob(cand_dir, alpha, trial_dir / "wise", None, job.gate,
                                  new_offset=job.new_offset, margin=job.margin, only_if_new=True,
                                  in_place=True,
                                  alphas=recipe.wise_alphas if job.with_alpha else None,
-                                 alpha_passed=passed), place, ui)
+                                 alpha_passed=passed, fisher=job.fisher), place, ui)
             if point:  # {}: the arm itself (α = 1, no offset), its own folder
                 rep, cand_dir, cand = point, trial_dir / "wise", point["arms"][0]
                 trial.set_user_attr("wise_alpha", point["provenance"]["wise_alpha"])
+            if job.fisher:  # 0: the α chosen alone (WiSE-FT's point)
+                trial.set_user_attr("fisher_beta", (rep["provenance"].get("fisher") or {}).get(
+                    "beta", 0.0) if point else 0.0)
             if job.new_offset:
                 tau = (rep["provenance"].get("new_offset") or {}).get("tau", 0.0) if point else 0.0
                 trial.set_user_attr("new_offset", tau)
-                if trial.user_attrs["wise_alpha"] != alpha:  # moved with its offset
-                    ui.log(f"trial {trial.number}: wise_alpha={trial.user_attrs['wise_alpha']:g}"
-                           f" with new_offset={tau:+g} (chosen together; alone: {alpha:g})")
+            if trial.user_attrs["wise_alpha"] != alpha:  # moved with β, or with its offset
+                with_ = (f"fisher_beta={trial.user_attrs['fisher_beta']:g}" if job.fisher else
+                         f"new_offset={trial.user_attrs.get('new_offset', 0.0):+g}")
+                ui.log(f"trial {trial.number}: wise_alpha={trial.user_attrs['wise_alpha']:g} "
+                       f"with {with_} (chosen together; alone: {alpha:g})")
     except Pruned as e:  # hopeless at a rung: counted, its batches are the study's compute
         trial.set_user_attr("pruned", str(e))
         ui.log(f"trial {trial.number}: {e}")
@@ -287,7 +293,8 @@ def search(job: SearchJob, place: Place | None = None, ui: Ui | None = None) -> 
                              else "first trials, no replay reference"),
                 "trial_weights": "a rung's or the end's" if job.rung_weights else "the end's",
                 "new_offset": ("off" if not job.new_offset else "chosen per trial"
-                               + (" with its alpha" if job.with_alpha else ""))}
+                               + (" with its alpha" if job.with_alpha else "")),
+                "fisher": "chosen per trial with its alpha" if job.fisher else "off"}
     if job.storage is None:  # the default study.db lives in --out
         make_out(job.out)
 

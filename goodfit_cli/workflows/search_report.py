@@ -34,7 +34,7 @@ from goodfit_cli.workflows.rejudge import rerooted, trial_folder
 
 # what each trial chose on validation after training, shown with its knobs: WiSE-FT's α and the
 # new classes' logit offset (workflows/offset.py), with finetune.ema the arm or its EMA
-CHOSEN = ("wise_alpha", "new_offset", "candidate")
+CHOSEN = ("wise_alpha", "fisher_beta", "new_offset", "candidate")
 
 
 def default_curves(rep: dict, prim: dict) -> list[tuple[str, list]]:
@@ -169,6 +169,7 @@ def study_report(job: Any, study: Any, recipe: Any, dirs: tuple[int, int],
            "metrics": [prim["old"], prim["new"]], "units": recipe.units,  # text only
            "gate": gate_now, "split": "val", "val_margin": job.margin, "notes": notes,
            "new_offset": job.new_offset, "offset_with_alpha": job.new_offset and job.with_alpha,
+           "fisher": job.fisher,
            "trials": trials,
            "complete": len(done), "rule": str(job.rule),
            "pruned": sum("pruned" in t for t in trials),

@@ -72,7 +72,8 @@ def requeue_first(study: Any, params: dict[str, Any], attrs: dict[str, Any]) -> 
 FLAGS_OF = {"new_offset": "--new-offset or --no-new-offset, --offset-with-alpha or "
                           "--offset-after-alpha",
             "defaults": "--defaults or --no-defaults, --replay-reference or --no-replay-reference",
-            "trial_weights": "--rung-weights or --end-weights"}
+            "trial_weights": "--rung-weights or --end-weights",
+            "fisher": "--fisher or --no-fisher"}
 
 
 def enqueued_as(t: Any) -> dict[str, Any]:

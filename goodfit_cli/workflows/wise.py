@@ -55,59 +55,13 @@ from goodfit_cli.training import arm_dirname
 from goodfit_cli.workflows.offset import choose as choose_offset
 from goodfit_cli.workflows.offset import choose_with_alpha
 from goodfit_cli.workflows.offset import line as offset_line
+from goodfit_cli.workflows.fisher import base_fisher
+from goodfit_cli.workflows.fisher import choose as choose_fisher
+from goodfit_cli.workflows.fisher import line as fisher_line
+from goodfit_cli.workflows.mixing import Mixing
 from goodfit_cli.workflows.reporting import (base_head_record, carried, finish_report,
                                               provenance)
 
-
-def mix(base: dict[str, torch.Tensor], arm: dict[str, torch.Tensor],
-        alpha: float) -> dict[str, torch.Tensor]:
-    """(1 − α)·base + α·arm for floating tensors; integer ones (counters) from the nearer end;
-    α = 1 and α = 0 are the ends' tensors exactly (b + (t − b) can round away from t)."""
-    mixed = {}
-    for k, b in base.items():
-        t = arm[k].to(b.device)
-        if alpha in (0.0, 1.0):
-            mixed[k] = (t.to(b.dtype) if alpha else b).clone()
-            continue
-        mixed[k] = (b + alpha * (t.to(b.dtype) - b)) if b.is_floating_point() else (
-            t if alpha >= 0.5 else b)
-    return mixed
-
-
-class Mixing:
-    """(1 − α)·base + α·arm written into the model's own tensors, for one α after another, each
-    α's values exactly those of `mix` (b + α·(arm − b), computed into the model's tensor: the
-    same roundings; the ends' own tensors at α = 0 and 1), with no new model, no
-    load_state_dict and no stored differences (a model's size each). Holds the arm's tensors
-    (moved to the device; cast to the base's dtype, as `mix` casts them) and `base`, which must
-    hold tensors of its own (a copy, not the model's: the model's are written)."""
-
-    def __init__(self, model: torch.nn.Module, base: dict[str, torch.Tensor],
-                 arm: dict[str, torch.Tensor]) -> None:
-        own = model.state_dict()  # the model's tensors themselves (detached views)
-        missing = [k for k in base if k not in arm]
-        if missing:
-            raise KeyError(missing[0])
-        self.parts = []
-        for k, b in base.items():
-            t = arm[k].to(b.device)
-            self.parts.append((own[k], b, t.to(b.dtype) if b.is_floating_point() else t))
-
-    @torch.no_grad()
-    def set(self, alpha: float) -> None:
-        for dest, b, t in self.parts:
-            if alpha in (0.0, 1.0):
-                dest.copy_(t if alpha else b)
-            elif not b.is_floating_point():
-                dest.copy_(t if alpha >= 0.5 else b)
-            elif dest.dtype == b.dtype and dest.device == b.device:
-                # arm − b, then α·(arm − b), written into the model's tensor, then b added:
-                # the same three roundings as b + α·(arm − b) (addition commutes exactly)
-                torch.sub(t, b, out=dest)
-                dest.mul_(alpha)
-                dest.add_(b)
-            else:
-                dest.copy_(b + alpha * (t - b))
 
 WRITES = frozenset({"model.safetensors", "predictions.safetensors", "summary.json", "report.json",
                     "val_predictions.safetensors", "report.md", "report.html", "timings.json"})
@@ -131,6 +85,8 @@ class WiseJob:
     alphas: tuple[float, ...] | None = None  # with new_offset: α chosen together with τ among
     # these (offset.choose_with_alpha), `alpha` the one chosen alone, a candidate when it passed
     alpha_passed: bool = True
+    fisher: bool = False  # also the points weighted by the old task's Fisher (fisher.py), α
+    # chosen with β; not with `alphas`
     in_place: bool = False  # search and rejudge: their own folder, no lock, nothing moved aside
     # (with `overwrite`, its files are replaced)
 
@@ -163,6 +119,9 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     t0 = time.perf_counter()
     phases = Phases()  # where the command's time goes (OUT/timings.json, the report)
     arm_dir, run = job.arm_dir, job.arm_dir.parent
+    if job.fisher and job.alphas:
+        raise UserError("a Fisher-weighted point and α chosen together with the offset are one "
+                        "or the other (--no-fisher, or --offset-after-alpha)")
     if not 0.0 <= job.alpha <= 1.0:
         raise UserError(f"--alpha {job.alpha}: must be between 0 (the base) and 1 (the arm)")
     check_arm_dir(arm_dir)
@@ -197,7 +156,8 @@ def wise(job: WiseJob, place: Place | None = None, ui: Ui | None = None) -> dict
     # and finetune do (before: the files were replaced in place, the old point lost)
     again = Rerun(command_digest("wise", arm_dir.resolve(), job.alpha, job.overrides,
                                  job.gate, job.junit and job.junit.resolve(), job.new_offset,
-                                 job.margin, place), WRITES)  # killed: the same runs again
+                                 job.margin, place, *(["fisher"] if job.fisher else [])),
+                  WRITES)  # killed: the same runs again
     lock, moved = open_run(job.out, overwrite=job.overwrite, resume=False, resume_hint="",
                            rerun=again)
     if moved is not None:
@@ -252,16 +212,29 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         if t.is_floating_point() != b.is_floating_point():  # as loading refuses it
             raise UserError(f"{arm_ckpt}: tensor {k!r} is {str(t.dtype)[6:]} in the arm's "
                             f"checkpoint but {str(b.dtype)[6:]} in the recipe's model")
-    mixing = Mixing(model, base_state, arm_tensors)  # into the model: no mixed copy of it
+    fisher = base_fisher(s, model) if job.fisher else {}  # at the base's weights
+    mixing = Mixing(model, base_state, arm_tensors,  # into the model: no mixed copy of it
+                    fisher if isinstance(fisher, dict) else None)
     mixing.set(job.alpha)
     del base_state, arm_tensors  # held by `mixing` alone: freed with it unless α is chosen again
+    alpha = job.alpha  # or the one chosen with a Fisher weighting, or with the offset
+    offset: dict[str, Any] = {}  # the records under "fisher" and "new_offset" in header,
+    # summary and provenance
+    if fisher:  # its record under "fisher"; a phrase: why there is no such point
+        weighted = choose_fisher(s, model, mixing, recipe.wise_alphas,
+                                 (job.alpha, job.alpha_passed), base_measured[2], job.gate,
+                                 job.margin, base_measured[3]) if isinstance(fisher, dict) \
+            else fisher
+        if isinstance(weighted, dict) or first_time(fisher_line(weighted)):
+            ui.log(fisher_line(weighted))
+        if isinstance(weighted, dict):
+            alpha, offset = weighted["alpha"], {"fisher": weighted}
+    beta = offset["fisher"]["beta"] if offset else 0.0
     if not (job.new_offset and job.alphas):
         mixing = None
-    alpha = job.alpha  # or the one chosen together with the offset
-    offset: dict[str, Any] = {}  # the record under "new_offset" in header, summary, provenance
     if job.new_offset:
         if job.alphas:
-            chosen = choose_with_alpha(s, model, lambda: mixing,
+            chosen = choose_with_alpha(s, model, lambda: mixing,  # never with `fisher`
                                        job.alphas, (job.alpha, job.alpha_passed),
                                        base_measured[2], job.gate, job.margin, base_measured[3])
             alpha = chosen["alpha"]
@@ -271,14 +244,17 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         said = offset_line(chosen, s.recipe.primary, s.recipe.units)
         if "classes" in chosen or first_time(said):  # why it cannot apply: once per search
             ui.log(said)
-        offset = {"new_offset": chosen}
-    ui.log(f"evaluating (1 - {alpha:g}) * base + {alpha:g} * {arm_meta.get('arm')}")
+        offset["new_offset"] = chosen
+    ui.log(f"evaluating (1 - {alpha:g}) * base + {alpha:g} * {arm_meta.get('arm')}"
+           + (f", weighted by the old task's Fisher (β {beta:g})" if beta else ""))
     point = point_key(key, arm_sha256, alpha)
     name = f"{arm_meta.get('arm', arm_dir.name)}@wise{alpha:g}"
-    tau = offset["new_offset"]["tau"] if offset else 0.0
-    if tau:  # another point than the mix: measured as written
+    tau = offset["new_offset"]["tau"] if "new_offset" in offset else 0.0
+    if beta:  # another point than the mix: measured as written
+        point, name = None, f"{name}+fisher{beta:g}"
+    if tau:
         point, name = None, f"{name}+new{tau:+g}"
-    if job.only_if_new and alpha == 1.0 and not tau:
+    if job.only_if_new and alpha == 1.0 and not tau and not beta:
         if not any(job.out.iterdir()):  # made above, nothing written into it
             job.out.rmdir()
         return {}
