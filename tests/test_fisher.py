@@ -188,3 +188,30 @@ def test_a_search_records_beta_per_trial_and_binds_its_study(made):
     assert res.returncode != 0 and not (made / "s2").exists()
     lines = [x for x in (res.stderr + res.stdout).splitlines() if x.strip()]
     assert len(lines) == 1 and "--no-fisher or --offset-after-alpha" in lines[0]
+
+
+def test_the_fisher_is_estimated_once_per_command(made, monkeypatch):
+    """Within a command (`measured_once`: a search's trials share one) the same base, data and
+    seed give one estimate; another base key, or another command, estimates again."""
+    from goodfit_cli.recipe import load_recipe
+    from goodfit_cli.trainer.measured import measured_once
+    from goodfit_cli.trainer.session import Place, open_session
+    from goodfit_cli.workflows import fisher as F
+
+    calls = []
+    real = F.diagonal_fisher
+    monkeypatch.setattr(F, "diagonal_fisher", lambda *a: calls.append(1) or real(*a))
+    s = open_session(load_recipe(made / "blobs.yaml"), Place("cpu", None, str(made)),
+                     join=False)
+    model = s.model()
+    with measured_once():
+        first = F.base_fisher(s, model, "base-a")
+        assert F.base_fisher(s, model, "base-a") is first and len(calls) == 1
+        other = F.base_fisher(s, model, "base-b")
+        assert other is not first and len(calls) == 2
+        assert all(torch.equal(first[k], other[k]) for k in first)  # the same weights
+    again = F.base_fisher(s, model, "base-a")
+    assert again is not first and len(calls) == 3
+    assert set(first) == {n for n, _ in model.named_parameters()}  # the head's too
+    mean = sum(float(f.sum()) for f in first.values()) / sum(f.numel() for f in first.values())
+    assert mean == pytest.approx(1.0)

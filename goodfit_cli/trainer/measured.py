@@ -198,6 +198,12 @@ def keep(key: str | None, measured: Measured) -> None:
         kept.setdefault(key, measured)
 
 
+def kept(key: str | None) -> Any:
+    """What this command kept under `key` (`keep`), or None: nothing measured for it."""
+    store = _KEPT.get()
+    return None if key is None or store is None else store.get(key)
+
+
 def measure_base(s: Session, model: nn.Module, key: str | None) -> Measured:
     """`s.measure(model)`, or the measurement kept under `key` in this command (a base's, or a
     WiSE-FT point's: point_key)."""

@@ -13,11 +13,14 @@ search's margin): along a line the new task gains with α and the old task loses
 is the line's best in the rule's sense, found in a few passes instead of the grid's ten. Those
 points compete with the α chosen alone (β = 0) under that choice's rule: the best new-task
 primary metric on validation, the old task breaking ties, the α chosen alone keeping any tie.
-Evaluations only: one validation pass per point walked.
+Evaluations only: one validation pass per point walked (the α chosen alone is the fine-tune's
+own measurement, kept), and F estimated once per command (a search's trials share it).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
@@ -27,6 +30,7 @@ from goodfit_cli.arms.terms import diagonal_fisher
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.report.verdict import point_measure, point_view, significance
+from goodfit_cli.trainer.measured import keep, kept
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.trainer.stage import old_task
 
@@ -34,26 +38,37 @@ BETAS = (0.3, 1.0, 3.0)  # β of θ(α, β), F scaled to mean 1
 BATCHES = 16  # old-task batches that estimate F (EWC's default)
 
 
-def base_fisher(s: Session, model: nn.Module) -> dict[str, torch.Tensor] | str:
+def base_fisher(s: Session, model: nn.Module,
+                base: str | None = None) -> dict[str, torch.Tensor] | str:
     """{state_dict key: F} of `model` as it is now (the base's weights), or why there is none
-    (one phrase)."""
+    (one phrase). `base`: the base's measurement key (trainer/measured.py `base_key`): the
+    same base, data and seed give the same F, estimated once per command (a search's trials
+    share it) and kept for the command's span."""
     old = old_task(s)
     if old is None:
         return "the recipe's old task has no training data to estimate its Fisher from"
+    key = None if base is None else hashlib.sha256(json.dumps(
+        ["fisher", base, old.seed, old.batch_size, BATCHES]).encode()).hexdigest()
+    if kept(key) is not None:
+        return kept(key)
     named = [(n, p) for n, p in model.named_parameters()
              if p.requires_grad and p.is_floating_point()]
     fisher = diagonal_fisher(model, old, BATCHES, [p for _, p in named])
-    return {n: f.detach() for (n, _), f in zip(named, fisher)}
+    out = {n: f.detach() for (n, _), f in zip(named, fisher)}
+    keep(key, out)
+    return out
 
 
 @torch.no_grad()
 def choose(s: Session, model: nn.Module, mixing: Any, alphas: tuple[float, ...],
            start: tuple[float, bool], base_val: dict, gate: Any, margin: float = 0.0,
-           base_preds: dict | None = None) -> dict[str, Any]:
+           base_preds: dict | None = None, at_alpha0: tuple | None = None) -> dict[str, Any]:
     """α and β chosen on the validation splits (see the module); `mixing` a workflows.mixing
     Mixing holding the base's Fisher, `start` = (α0, passed): the α the WiSE-FT curve's rule
     chose alone and whether it passed the gate (else α0 is the arm's 1 and only a weighted point
-    that passes can replace it). The chosen point is left written in the model. The record:
+    that passes can replace it); `at_alpha0`: that point's (validation metrics, predictions)
+    when measured already (the fine-tune's, kept). The chosen point is left written in the
+    model. The record:
     {"alpha", "beta" (0: the α chosen alone), "alpha_alone", "betas", "batches", "val": the
     chosen point's primary metrics on validation, or None when nothing passed}."""
     alpha0, passed = start
@@ -62,8 +77,8 @@ def choose(s: Session, model: nn.Module, mixing: Any, alphas: tuple[float, ...],
     base, boot = pick(base_val, prim), significance(gate)
     n = {t: len(s.tasks[t].val) for t in ("old", "new")}
 
-    def admitted(name: str) -> tuple | None:
-        val, preds = s.evaluate(model, True, split="val")
+    def admitted(name: str, measured: tuple | None = None) -> tuple | None:
+        val, preds = measured or s.evaluate(model, True, split="val")
         point = pick(val, prim)
         if not gained(point, base, dirs):
             return None
@@ -75,7 +90,7 @@ def choose(s: Session, model: nn.Module, mixing: Any, alphas: tuple[float, ...],
     best = None
     if passed:
         mixing.set(alpha0)
-        found = admitted(f"WiSE α {alpha0:g}")
+        found = admitted(f"WiSE α {alpha0:g}", at_alpha0)
         best = found and (found[0], alpha0, 0.0, found[1])
     for beta in BETAS:  # each β's line from α = 1 down to its first point that is admitted
         for a in sorted((a for a in alphas if a > 0), reverse=True):

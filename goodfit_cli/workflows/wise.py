@@ -44,6 +44,7 @@ from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
     keep,
+    kept,
     measure_base,
     measured_on,
     point_key,
@@ -212,7 +213,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         if t.is_floating_point() != b.is_floating_point():  # as loading refuses it
             raise UserError(f"{arm_ckpt}: tensor {k!r} is {str(t.dtype)[6:]} in the arm's "
                             f"checkpoint but {str(b.dtype)[6:]} in the recipe's model")
-    fisher = base_fisher(s, model) if job.fisher else {}  # at the base's weights
+    fisher = base_fisher(s, model, key) if job.fisher else {}  # at the base's weights
     mixing = Mixing(model, base_state, arm_tensors,  # into the model: no mixed copy of it
                     fisher if isinstance(fisher, dict) else None)
     mixing.set(job.alpha)
@@ -221,10 +222,11 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
     offset: dict[str, Any] = {}  # the records under "fisher" and "new_offset" in header,
     # summary and provenance
     if fisher:  # its record under "fisher"; a phrase: why there is no such point
+        at0 = kept(point_key(key, arm_sha256, job.alpha))  # the fine-tune's measurement of α
         weighted = choose_fisher(s, model, mixing, recipe.wise_alphas,
                                  (job.alpha, job.alpha_passed), base_measured[2], job.gate,
-                                 job.margin, base_measured[3]) if isinstance(fisher, dict) \
-            else fisher
+                                 job.margin, base_measured[3], at0 and at0[2:]) \
+            if isinstance(fisher, dict) else fisher
         if isinstance(weighted, dict) or first_time(fisher_line(weighted)):
             ui.log(fisher_line(weighted))
         if isinstance(weighted, dict):
