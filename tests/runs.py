@@ -5,7 +5,10 @@ progress listener that records what it hears."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,14 @@ class StopAfter:
 
     def on_end(self) -> None:
         pass
+
+
+def cli(*args: object) -> subprocess.CompletedProcess:
+    """`goodfit ARGS` in a child process run from the repository root, one thread, its output
+    captured (what a user's shell would see)."""
+    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def ui(log=quiet, stop_after: int | None = None) -> Ui:

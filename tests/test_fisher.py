@@ -7,9 +7,7 @@ the setting and refuses it with the offset chosen with α."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,6 @@ from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.workflows.fisher import BATCHES, BETAS
 from goodfit_cli.workflows.mixing import Mixing
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 RECIPE = runner.blobs_recipe(32, 150, """
   optimizer: {name: adamw, lr: 3.0e-2}
   steps: 16
@@ -30,9 +26,7 @@ RECIPE = runner.blobs_recipe(32, 150, """
   arms: [adamw]""", 6)
 
 
-def goodfit(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+goodfit = runner.cli  # `goodfit ARGS` in a child process (tests/runs.py)
 
 
 def test_mixing_writes_the_fisher_weighted_point_and_wise_at_beta_0():

@@ -8,9 +8,6 @@ the setting."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,8 +18,6 @@ import torch
 from goodfit_cli.io import checkpoint as ckpt
 from goodfit_cli.workflows.offset import GRID, line, new_classes
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 OLD, NEW = (0, 1, 2, 3), (4, 5)
 RECIPE = runner.blobs_recipe(32, 150, """
   optimizer: {name: adamw, lr: 1.0e-2}
@@ -32,9 +27,7 @@ RECIPE = runner.blobs_recipe(32, 150, """
   arms: [adamw]""", 6)
 
 
-def goodfit(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, env=ENV)
+goodfit = runner.cli  # `goodfit ARGS` in a child process (tests/runs.py)
 
 
 def blobs(root: Path) -> None:

@@ -4,26 +4,20 @@ WiSE-FT curve at that α, its header records the arm and α, and a violated gate
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import runs as runner
 import torch
 
 from goodfit_cli.io import checkpoint as ckpt
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.args.n_train=512", "data.args.n_test=256", "model.args.hidden=[32, 32]",
         "pretrain.steps=24", "finetune.steps=12", "eval.every=6", "pretrain.batch_size=64",
         "finetune.batch_size=64", "device=cpu"]
 
 
-def goodfit(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "goodfit_cli", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+goodfit = runner.cli  # `goodfit ARGS` in a child process (tests/runs.py)
 
 
 @pytest.fixture(scope="module")
