@@ -225,31 +225,30 @@ def _budget(b: dict | None) -> str:
             "recipe's default arms included (evaluations and WiSE-FT points not counted).")
 
 
-def _fisher(rep: dict) -> str:
-    """The Fisher-weighted point's setting, with how many finished trials took one."""
-    if rep.get("fisher") is None:
+def _choice(rep: dict, setting: str, knob: str, name: str, what: str) -> str:
+    """A choice each trial may take after its training (the report's `setting`, the trials'
+    `knob`): in words (`what`), with how many finished trials took one."""
+    if rep.get(setting) is None:
         return ""
-    if not rep["fisher"]:
-        return " Fisher-weighted point: off."
-    took = sum(bool(t["params"].get("fisher_beta")) for t in rep["trials"]
-               if t["state"] == "COMPLETE")
-    return (" Fisher-weighted point: each trial's change from the base weighed by the old "
-            "task's Fisher where that is better on validation, α chosen with β "
-            f"({took} of {rep['complete']} finished trials took one).")
+    if not rep[setting]:
+        return f" {name}: off."
+    took = sum(bool(t["params"].get(knob)) for t in rep["trials"] if t["state"] == "COMPLETE")
+    return f" {name}: {what} ({took} of {rep['complete']} finished trials took one)."
+
+
+def _fisher(rep: dict) -> str:
+    """The Fisher-weighted point's setting (the trials' knob: fisher_beta)."""
+    return _choice(rep, "fisher", "fisher_beta", "Fisher-weighted point", "each trial's change "
+                   "from the base weighed by the old task's Fisher where that is better on "
+                   "validation, α chosen with β")
 
 
 def _offset(rep: dict) -> str:
-    """The new-class offset's setting, with how many finished trials took one."""
-    if rep.get("new_offset") is None:
-        return ""
-    if not rep["new_offset"]:
-        return " New-class offset: off."
-    took = sum(bool(t["params"].get("new_offset")) for t in rep["trials"]
-               if t["state"] == "COMPLETE")
+    """The new-class offset's setting."""
     together = (", together with its WiSE-FT α (never below the old-task value of the α "
                 "chosen alone)") if rep.get("offset_with_alpha") else ""
-    return (" New-class offset: chosen per trial on validation, never losing old-task "
-            f"accuracy there{together} ({took} of {rep['complete']} finished trials took one).")
+    return _choice(rep, "new_offset", "new_offset", "New-class offset", "chosen per trial on "
+                   f"validation, never losing old-task accuracy there{together}")
 
 
 def _margin(z: float | None) -> str:

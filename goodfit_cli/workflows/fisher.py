@@ -49,8 +49,8 @@ def base_fisher(s: Session, model: nn.Module,
         return "the recipe's old task has no training data to estimate its Fisher from"
     key = None if base is None else hashlib.sha256(json.dumps(
         ["fisher", base, old.seed, old.batch_size, BATCHES]).encode()).hexdigest()
-    if kept(key) is not None:
-        return kept(key)
+    if (known := kept(key)) is not None:
+        return known
     named = [(n, p) for n, p in model.named_parameters()
              if p.requires_grad and p.is_floating_point()]
     fisher = diagonal_fisher(model, old, BATCHES, [p for _, p in named])
