@@ -9,7 +9,8 @@ samples of the split it measured), and adds up:
 - training: each trial's batches (the study's `batches` attribute: where it finished or was
   pruned) x batch_size x 3 sample-forwards (a forward and a backward);
 - Fisher estimates: EWC's and the Fisher-weighted point's (workflows/fisher.py), each batch
-  x batch_size x 3 sample-forwards, with the training;
+  x batch_size x 3 sample-forwards, with the training (the gradient passes a command made:
+  arms/terms.py `gradient_passes`; at one base, once per command since they are shared);
 - evaluation: the samples of every evaluation the command made: the base, periodic
   evaluations, each rung's WiSE-FT curve, a trial's end curve against its kept rung, the
   WiSE-FT grid, the chosen points on test, the new-class offset's validation passes
@@ -73,12 +74,16 @@ def counted_fisher(fisher):  # a Fisher's gradient passes: a forward and a backw
         calls["fisher"] += 1
         return fisher(model, old, batches, *rest)
     return run
-for name in ("goodfit_cli.arms.ewc", "goodfit_cli.workflows.fisher"):  # EWC's, the point's
-    try:
-        mod = importlib.import_module(name)
-    except ImportError:  # a goodfit without the weighted point
-        continue
-    mod.diagonal_fisher = counted_fisher(mod.diagonal_fisher)
+from goodfit_cli.arms import terms
+if hasattr(terms, "gradient_passes"):  # the passes themselves (a command computes them once)
+    terms.gradient_passes = counted_fisher(terms.gradient_passes)
+else:  # before: each estimate, EWC's and the weighted point's, computed its own
+    for name in ("goodfit_cli.arms.ewc", "goodfit_cli.workflows.fisher"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:  # a goodfit without the weighted point
+            continue
+        mod.diagonal_fisher = counted_fisher(mod.diagonal_fisher)
 out = sys.argv[1]
 args = sys.argv[2:]
 atexit.register(lambda: open(out, "w").write(

@@ -184,28 +184,53 @@ def test_a_search_records_beta_per_trial_and_binds_its_study(made):
     assert len(lines) == 1 and "--no-fisher or --offset-after-alpha" in lines[0]
 
 
-def test_the_fisher_is_estimated_once_per_command(made, monkeypatch):
-    """Within a command (`measured_once`: a search's trials share one) the same base, data and
-    seed give one estimate; another base key, or another command, estimates again."""
+def test_the_old_tasks_squared_gradients_are_computed_once_per_command(made, monkeypatch):
+    """Within a command (`measured_once`: a search's trials share one) EWC's Fisher (the
+    body's) and the Fisher-weighted point's (every tensor, the head's too) at the same base
+    come from one pass over the old task's batches, each equal bit for bit to the rule computed
+    for its own tensors alone; changed weights, or another command, compute again."""
+    from goodfit_cli.arms import terms
     from goodfit_cli.recipe import load_recipe
     from goodfit_cli.trainer.measured import measured_once
     from goodfit_cli.trainer.session import Place, open_session
+    from goodfit_cli.trainer.stage import old_task
     from goodfit_cli.workflows import fisher as F
 
     calls = []
-    real = F.diagonal_fisher
-    monkeypatch.setattr(F, "diagonal_fisher", lambda *a: calls.append(1) or real(*a))
+    real = terms.gradient_passes
+    monkeypatch.setattr(terms, "gradient_passes", lambda *a: calls.append(1) or real(*a))
     s = open_session(load_recipe(made / "blobs.yaml"), Place("cpu", None, str(made)),
                      join=False)
-    model = s.model()
+    model, old = s.model(), old_task(s)
+    body = [p for _, p in terms.body_parameters(model)]
+    every = [p for p in model.parameters()]
+    assert 0 < len(body) < len(every)
+
+    def rule(params):  # the mean squared gradient over 16 seeded batches, scaled to mean 1
+        sq = [torch.zeros_like(p) for p in params]
+        order = torch.randperm(len(old.y), generator=torch.Generator().manual_seed(old.seed))
+        model.eval()
+        for b in range(16):
+            idx = order[(b * old.batch_size) % len(order):][:old.batch_size]
+            grads = torch.autograd.grad(old.loss(model, old.x[idx], old.y[idx]), params)
+            for f, g in zip(sq, grads):
+                f.add_(g.square(), alpha=1.0 / 16)
+        scale = sum(f.numel() for f in sq) / sum(float(f.sum()) for f in sq)
+        return [f.mul(scale) for f in sq]
+
     with measured_once():
-        first = F.base_fisher(s, model, "base-a")
-        assert F.base_fisher(s, model, "base-a") is first and len(calls) == 1
-        other = F.base_fisher(s, model, "base-b")
-        assert other is not first and len(calls) == 2
-        assert all(torch.equal(first[k], other[k]) for k in first)  # the same weights
-    again = F.base_fisher(s, model, "base-a")
-    assert again is not first and len(calls) == 3
-    assert set(first) == {n for n, _ in model.named_parameters()}  # the head's too
-    mean = sum(float(f.sum()) for f in first.values()) / sum(f.numel() for f in first.values())
-    assert mean == pytest.approx(1.0)
+        ewc = terms.diagonal_fisher(model, old, 16)  # an EWC trial's build
+        point = F.base_fisher(s, model)  # the weighted point's, later in the command
+        again = terms.diagonal_fisher(model, old_task(s), 16)  # another trial's
+        assert len(calls) == 1
+        kept = body[0].detach().clone()
+        body[0].data.add_(0.01)
+        terms.diagonal_fisher(model, old, 16)  # another base: computed
+        body[0].data.copy_(kept)
+        assert len(calls) == 2
+    terms.diagonal_fisher(model, old, 16)  # another command
+    assert len(calls) == 3
+    assert all(torch.equal(a, b) for a, b in zip(ewc, rule(body)))
+    assert all(torch.equal(a, b) for a, b in zip(again, ewc))
+    assert set(point) == {n for n, _ in model.named_parameters()}
+    assert all(torch.equal(point[n], f) for n, f in zip(point, rule(every)))

@@ -84,13 +84,16 @@ class Knob:
 
 @dataclass
 class OldTask:
-    """What an arm that needs old-task data gets: the old task's loss and training data."""
+    """What an arm that needs old-task data gets: the old task's loss and training data.
+    `loss_key`: what decides the loss besides the model and the rows (the task's objective,
+    precision, device), hashed; None: computations on it are never shared (arms/terms.py)."""
 
     loss: LossFn
     x: Tensor
     y: Tensor
     batch_size: int
     seed: int
+    loss_key: str | None = None
 
 
 @dataclass

@@ -11,15 +11,19 @@ every rank, and the student's extra forward runs on the unwrapped module.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from goodfit_cli.arms.base import LossFn
-from goodfit_cli.data import batch as B
-from goodfit_cli.models import head_prefixes, unwrap
 from goodfit_cli.core.callbacks import Callback
+from goodfit_cli.core.memo import recall, remember, store
+from goodfit_cli.data import batch as B
+from goodfit_cli.data.inputs import recorded
+from goodfit_cli.models import head_prefixes, unwrap
 
 
 def body_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -34,17 +38,47 @@ def diagonal_fisher(model: nn.Module, old: Any, batches: int,
                     params: list[nn.Parameter] | None = None) -> list[Tensor]:
     """Mean of the squared old-task batch gradients of `params` (default: the body's), at the
     model's current weights (the base), over `batches` seeded batches; scaled to mean 1 over
-    all elements."""
-    inner = unwrap(model)
+    all elements. Within a command (core/memo.py) the squared gradients at one base are
+    computed once for every trainable tensor and each caller takes its own (every EWC trial of
+    a search, and the Fisher-weighted point's: workflows/fisher.py)."""
     params = [p for _, p in body_parameters(model)] if params is None else params
+    fisher = squared_gradients(model, old, batches, params)
+    total = sum(float(f.sum()) for f in fisher)
+    count = sum(f.numel() for f in fisher)
+    scale = count / total if total > 0 else 1.0
+    return [f.mul(scale) for f in fisher]  # a new tensor each: the kept ones stay unscaled
+
+
+def squared_gradients(model: nn.Module, old: Any, batches: int,
+                      params: list[nn.Parameter]) -> list[Tensor]:
+    """The unscaled mean squared gradients of `diagonal_fisher`, for `params`; kept for the
+    command under `_fisher_key` (never written by a caller) with those of every other trainable
+    tensor of the model, computed in the same pass (a tensor's gradient does not depend on
+    which others are asked for)."""
+    inner = unwrap(model)
+    names = {id(p): n for n, p in inner.named_parameters()}
+    key = _fisher_key(model, old, batches)
+    known = recall(key) or {}
+    if all(names.get(id(p)) in known for p in params):
+        return [known[names[id(p)]] for p in params]
+    asked = {id(p) for p in params}
+    every = [p for p in inner.parameters()
+             if id(p) in asked or (p.requires_grad and p.is_floating_point())]
+    fisher = gradient_passes(inner, old, batches, every)
+    computed = {id(p): f for p, f in zip(every, fisher)}
+    remember(key, {names[id(p)]: f for p, f in zip(every, fisher) if id(p) in names})
+    return [computed[id(p)] for p in params]
+
+
+def gradient_passes(inner: nn.Module, old: Any, batches: int,
+                    params: list[nn.Parameter]) -> list[Tensor]:
+    """The computation itself: the mean over `batches` seeded old-task batches of each of
+    `params`' squared gradient, at the model's weights, in eval mode."""
     fisher = [torch.zeros_like(p) for p in params]
-    gen = torch.Generator().manual_seed(old.seed)
-    order = torch.randperm(len(old.y), generator=gen)
     was_training = inner.training
     inner.train(False)  # the base as it is evaluated: no dropout, frozen batch statistics
     try:
-        for b in range(batches):
-            idx = order[(b * old.batch_size) % len(order):][:old.batch_size].to(old.y.device)
+        for idx in _batches(old, batches):
             grads = torch.autograd.grad(old.loss(inner, B.rows(old.x, idx), old.y[idx]), params,
                                         allow_unused=True)
             for f, g in zip(fisher, grads):
@@ -52,10 +86,41 @@ def diagonal_fisher(model: nn.Module, old: Any, batches: int,
                     f.add_(g.detach().square(), alpha=1.0 / batches)
     finally:
         inner.train(was_training)
-    total = sum(float(f.sum()) for f in fisher)
-    count = sum(f.numel() for f in fisher)
-    scale = count / total if total > 0 else 1.0
-    return [f.mul_(scale) for f in fisher]
+    return fisher
+
+
+def _batches(old: Any, batches: int) -> list[Tensor]:
+    """The rows of each of the `batches` batches, drawn from the old task's seed."""
+    order = torch.randperm(len(old.y), generator=torch.Generator().manual_seed(old.seed))
+    return [order[(b * old.batch_size) % len(order):][:old.batch_size].to(old.y.device)
+            for b in range(batches)]
+
+
+def _fisher_key(model: nn.Module, old: Any, batches: int) -> str | None:
+    """What decides the squared gradients, hashed: the model's every tensor (its state, bytes),
+    which of them train, the inputs it is fed (its normalisation), the old task's loss and the
+    rows of the batches drawn; None outside a command's memo or for a loss of unknown identity
+    (then nothing is kept)."""
+    if store() is None or getattr(old, "loss_key", None) is None:
+        return None
+    inner = unwrap(model)
+    h = hashlib.sha256(json.dumps(
+        ["squared_gradients", old.loss_key, old.seed, old.batch_size, len(old.y), batches,
+         recorded(model), [(n, p.requires_grad) for n, p in inner.named_parameters()]],
+        default=str).encode())
+    rows = torch.cat(_batches(old, batches))
+    for name, t in [*inner.state_dict().items(), *_named(B.rows(old.x, rows), "x"),
+                    ("y", old.y[rows])]:
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _named(x: Any, name: str) -> list[tuple[str, Tensor]]:
+    """A batch's input tensors with their names (a dict of inputs: each, in key order)."""
+    if isinstance(x, dict):
+        return [pair for k in sorted(x) for pair in _named(x[k], f"{name}.{k}")]
+    return [(name, x)]
 
 
 class Pull:

@@ -4,7 +4,7 @@ A command measures the same base more than once: `finetune` for its report, ever
 curve at α = 0, `wise` for its candidate's report, and `search` in every trial (a fine-tune and
 its WiSE candidate). A search's trial also measures its WiSE candidate twice: the fine-tune
 measures each arm's chosen α on both splits, and `goodfit wise` of that α would again; the
-fine-tune keeps that point (`keep`, under `point_key`) and `wise` reads it.
+fine-tune keeps that point (core/memo.py `remember`, under `point_key`) and `wise` reads it.
 
 Within `measured_once()` (a command's span: finetune, compare and wise open
 one, and `goodfit search` one around all its trials) the first measurement of a base is kept and
@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from goodfit_cli.core.memo import command_memo, store
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.base import args_as_built
@@ -41,7 +42,6 @@ from goodfit_cli.trainer.session import Loaded, Session, folder_of, kept_data
 
 Measured = tuple[dict, dict, dict, dict]  # test metrics, test predictions, val metrics, val preds
 
-_KEPT: ContextVar[dict[str, Measured] | None] = ContextVar("goodfit_base_measured", default=None)
 KEPT_HEADS = ("exact", "rows_dropped")  # heads measured independently of any initialisation
 
 
@@ -53,16 +53,16 @@ def measured_once() -> Iterator[None]:
     """Within the block, a base measured once is not measured again (a nested block shares the
     outer one's measurements), and a line said through `first_time` is said once; both are
     dropped when the outermost block ends."""
-    if _KEPT.get() is not None:
-        yield
-        return
-    token, said = _KEPT.set({}), _SAID.set(set())
-    try:
-        with kept_data():  # and the data read once (trainer/session.py)
+    with command_memo() as outermost:  # the command's store (core/memo.py)
+        if not outermost:
             yield
-    finally:
-        _KEPT.reset(token)
-        _SAID.reset(said)
+            return
+        said = _SAID.set(set())
+        try:
+            with kept_data():  # and the data read once (trainer/session.py)
+                yield
+        finally:
+            _SAID.reset(said)
 
 
 def first_time(line: str) -> bool:
@@ -190,24 +190,10 @@ def point_key(base: str | None, arm_sha256: str | None, alpha: float) -> str | N
     return hashlib.sha256(blob).hexdigest()
 
 
-def keep(key: str | None, measured: Measured) -> None:
-    """Keep a measurement made elsewhere (a fine-tune's chosen WiSE-FT point) under `key` for
-    the rest of the command (`goodfit wise` of that point, in a search's trial, reads it)."""
-    kept = _KEPT.get()
-    if key is not None and kept is not None:
-        kept.setdefault(key, measured)
-
-
-def kept(key: str | None) -> Any:
-    """What this command kept under `key` (`keep`), or None: nothing measured for it."""
-    store = _KEPT.get()
-    return None if key is None or store is None else store.get(key)
-
-
 def measure_base(s: Session, model: nn.Module, key: str | None) -> Measured:
     """`s.measure(model)`, or the measurement kept under `key` in this command (a base's, or a
     WiSE-FT point's: point_key)."""
-    kept = _KEPT.get()
+    kept = store()
     if key is None or kept is None:
         return s.measure(model)
     if key not in kept:

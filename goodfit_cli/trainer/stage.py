@@ -10,6 +10,8 @@ writes and speaks. The job, the Ui and what a run did are trainer/job.py's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
 from typing import Any, Callable
 
@@ -260,7 +262,11 @@ def old_task(s: Session) -> OldTask | None:
     old_train = s.tasks["old"].train
     if len(old_train) == 0:
         return None
-    return OldTask(s.runners["old"].loss, old_train.x, old_train.y, s.recipe.finetune.batch_size,
-                   s.seed)
+    r = s.recipe  # what decides the loss besides the model and the rows (arms/terms.py)
+    loss_key = hashlib.sha256(json.dumps(
+        [r.old_task.loss, r.old_task.metrics, r.old_task.args, r.data.name, r.data.args,
+         r.precision, str(s.device)], sort_keys=True, default=str).encode()).hexdigest()
+    return OldTask(s.runners["old"].loss, old_train.x, old_train.y, r.finetune.batch_size,
+                   s.seed, loss_key)
 
 

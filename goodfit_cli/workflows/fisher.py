@@ -14,13 +14,12 @@ is the line's best in the rule's sense, found in a few passes instead of the gri
 points compete with the α chosen alone (β = 0) under that choice's rule: the best new-task
 primary metric on validation, the old task breaking ties, the α chosen alone keeping any tie.
 Evaluations only: one validation pass per point walked (the α chosen alone is the fine-tune's
-own measurement, kept), and F estimated once per command (a search's trials share it).
+own measurement, kept), and F estimated once per command (a search's trials, EWC's among them,
+share it: arms/terms.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 import torch
@@ -30,7 +29,6 @@ from goodfit_cli.arms.terms import diagonal_fisher
 from goodfit_cli.objectives import direction
 from goodfit_cli.report.trials import gained, judge, pick
 from goodfit_cli.report.verdict import point_measure, point_view, significance
-from goodfit_cli.trainer.measured import keep, kept
 from goodfit_cli.trainer.session import Session
 from goodfit_cli.trainer.stage import old_task
 
@@ -38,25 +36,17 @@ BETAS = (0.3, 1.0, 3.0)  # β of θ(α, β), F scaled to mean 1
 BATCHES = 16  # old-task batches that estimate F (EWC's default)
 
 
-def base_fisher(s: Session, model: nn.Module,
-                base: str | None = None) -> dict[str, torch.Tensor] | str:
+def base_fisher(s: Session, model: nn.Module) -> dict[str, torch.Tensor] | str:
     """{state_dict key: F} of `model` as it is now (the base's weights), or why there is none
-    (one phrase). `base`: the base's measurement key (trainer/measured.py `base_key`): the
-    same base, data and seed give the same F, estimated once per command (a search's trials
-    share it) and kept for the command's span."""
+    (one phrase). The squared gradients are computed once per command at the same base
+    (arms/terms.py: a search's trials, its EWC trials' too, share them)."""
     old = old_task(s)
     if old is None:
         return "the recipe's old task has no training data to estimate its Fisher from"
-    key = None if base is None else hashlib.sha256(json.dumps(
-        ["fisher", base, old.seed, old.batch_size, BATCHES]).encode()).hexdigest()
-    if (known := kept(key)) is not None:
-        return known
     named = [(n, p) for n, p in model.named_parameters()
              if p.requires_grad and p.is_floating_point()]
     fisher = diagonal_fisher(model, old, BATCHES, [p for _, p in named])
-    out = {n: f.detach() for (n, _), f in zip(named, fisher)}
-    keep(key, out)
-    return out
+    return {n: f.detach() for (n, _), f in zip(named, fisher)}
 
 
 @torch.no_grad()

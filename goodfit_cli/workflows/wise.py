@@ -21,6 +21,7 @@ from torch import nn
 from goodfit_cli import __version__
 from goodfit_cli.core.distributed import is_main
 from goodfit_cli.core.errors import UserError
+from goodfit_cli.core.memo import recall, remember
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.core.source import KEY, source_sha256
 from goodfit_cli.core.timing import Phases
@@ -43,8 +44,6 @@ from goodfit_cli.report.verdict import point_measure, significance
 from goodfit_cli.trainer.measured import (
     base_key,
     first_time,
-    keep,
-    kept,
     measure_base,
     measured_on,
     point_key,
@@ -213,7 +212,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
         if t.is_floating_point() != b.is_floating_point():  # as loading refuses it
             raise UserError(f"{arm_ckpt}: tensor {k!r} is {str(t.dtype)[6:]} in the arm's "
                             f"checkpoint but {str(b.dtype)[6:]} in the recipe's model")
-    fisher = base_fisher(s, model, key) if job.fisher else {}  # at the base's weights
+    fisher = base_fisher(s, model) if job.fisher else {}  # at the base's weights
     mixing = Mixing(model, base_state, arm_tensors,  # into the model: no mixed copy of it
                     fisher if isinstance(fisher, dict) else None)
     mixing.set(job.alpha)
@@ -222,7 +221,7 @@ def _point(job: WiseJob, opened: tuple, ui: Ui) -> dict[str, Any]:
     offset: dict[str, Any] = {}  # the records under "fisher" and "new_offset" in header,
     # summary and provenance
     if fisher:  # its record under "fisher"; a phrase: why there is no such point
-        at0 = kept(point_key(key, arm_sha256, job.alpha))  # the fine-tune's measurement of α
+        at0 = recall(point_key(key, arm_sha256, job.alpha))  # the fine-tune's measurement of α
         weighted = choose_fisher(s, model, mixing, recipe.wise_alphas,
                                  (job.alpha, job.alpha_passed), base_measured[2], job.gate,
                                  job.margin, base_measured[3], at0 and at0[2:]) \
@@ -360,14 +359,14 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                                 (direction(s.recipe.primary["old"]),
                                  direction(s.recipe.primary["new"])), z=z, n=counts or None)
     if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
-        keep(point_key(kept_as, arm.summary.get("sha256"), 1.0),
+        remember(point_key(kept_as, arm.summary.get("sha256"), 1.0),
              (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
               arm.val_predictions))
     if chosen is not None:
         point = next(p for p in curve if p["alpha"] == chosen)
         mixing.set(chosen)
         test, preds = s.evaluate(model, True)  # its test numbers, for the report
-        keep(point_key(kept_as, arm.summary.get("sha256"), chosen),
+        remember(point_key(kept_as, arm.summary.get("sha256"), chosen),
              (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
         point.update(test, chosen=True)
         if base_preds is not None:
