@@ -52,21 +52,23 @@ def diagonal_fisher(model: nn.Module, old: Any, batches: int,
 def squared_gradients(model: nn.Module, old: Any, batches: int,
                       params: list[nn.Parameter]) -> list[Tensor]:
     """The unscaled mean squared gradients of `diagonal_fisher`, for `params`; kept for the
-    command under `_fisher_key` (never written by a caller) with those of every other trainable
-    tensor of the model, computed in the same pass (a tensor's gradient does not depend on
-    which others are asked for)."""
+    command under `_fisher_key` (never written by a caller; in host memory, copied to the
+    device on a later call) with those of every other trainable tensor of the model, computed
+    in the same pass (a tensor's gradient does not depend on which others are asked for)."""
     inner = unwrap(model)
     names = {id(p): n for n, p in inner.named_parameters()}
     key = _fisher_key(model, old, batches)
     known = recall(key) or {}
     if all(names.get(id(p)) in known for p in params):
-        return [known[names[id(p)]] for p in params]
+        return [known[names[id(p)]].to(p.device) for p in params]
     asked = {id(p) for p in params}
     every = [p for p in inner.parameters()
              if id(p) in asked or (p.requires_grad and p.is_floating_point())]
     fisher = gradient_passes(inner, old, batches, every)
     computed = {id(p): f for p, f in zip(every, fisher)}
-    remember(key, {names[id(p)]: f for p, f in zip(every, fisher) if id(p) in names})
+    if key is not None:  # kept in host memory: never a model's size more on the device
+        remember(key, {names[id(p)]: f.to("cpu") for p, f in zip(every, fisher)
+                       if id(p) in names})
     return [computed[id(p)] for p in params]
 
 
