@@ -646,9 +646,12 @@ def test_successive_halving_judges_each_rung_on_the_trials_best_wise_point(tmp_p
     assert study.trials[5].user_attrs["rungs"]["0"] == pytest.approx([0.0, 0.24])
     assert measured[:6] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2, 0.3])
     assert len(measured) == 12  # 6 points at each rung
-    # no point gains on the new task: below every trial with one (1 limit: -2)
+    # no point gains on the new task: below every trial with one (1 limit: -2); α = 1 gains
+    # nothing, so nearer the base nothing does (the curve's assumption): one point per rung
+    measured.clear()
     run([(1, 0.0, 0.0)], Halving(startup=99))
     assert study.trials[6].user_attrs["rungs"]["0"] == pytest.approx([-2.0, 0.0])
+    assert len(measured) == 2  # before: six at each rung (five and the best one's neighbour)
 
 
 def test_a_trial_ends_with_a_rungs_weights_when_their_best_point_beat_the_ends(tmp_path):
@@ -737,6 +740,9 @@ def _settling_finetune(tmp_path: Path, *over: str, wise: bool = False,
     class Earlier(PruneWatch):  # the earlier the batch, the better its curve's best point
         def value(self, points):  # (no point within the gate: every curve is measured whole)
             return (-1.0, float(self.seen) if later else -float(self.seen))
+
+        def gains(self, point):  # every point gains on the new task
+            return True
 
         def on_batch(self, batch):
             after[batch] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -1624,7 +1630,7 @@ def test_a_default_arm_pruned_then_rerun_whole_is_the_reference_by_its_whole_run
     from goodfit_cli.workflows.search import SearchJob, search
 
     rep = search(SearchJob("toy", base, tmp_path / "run", 6, [*TINY, "eval.every=2"],
-                           defaults=True, budget=5.0, reruns=True))
+                           defaults=True, budget=6.0, reruns=True))
     by = {t["number"]: t for t in rep["trials"]}
     rerun = {t["rerun_of"]: t for t in rep["trials"] if "rerun_of" in t}
     cases = [t for t in rep["trials"] if "default" in t and t["number"] in rerun]

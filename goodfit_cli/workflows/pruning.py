@@ -12,31 +12,33 @@ point of its WiSE-FT curve at that batch, (1 - α)·base + α·weights for α = 
 that order down to the first point that gains on the new task within the gate, then the best
 point's neighbour above it at +0.1 (its two at ±0.1 where no point is within the gate): one to
 seven evaluations, not the ten of the whole 0.1 grid (the rung curves were most of a study's
-evaluations, docs/results.md). Below a point within the gate the curve is not measured: nearer
-the base the new task gains no more (the curve's assumption; where it did, the rung undervalues
-the trial). The end weights' α = 1 is the training's last evaluation where the model still holds
-those weights (not measured again). Evaluated on the validation splits, each point's value is
-(minus the number of gate limits it violates on validation, with the search's validation margin;
-its new-task primary metric oriented so higher is better), compared in that order; only points
-that gain on the new task over the base count (the search keeps no other), a trial with none
-ranks below every trial with one. Ties (a flat metric: new-task accuracy still 0 at every point
-of many trials early in their training) are broken by the new task's mean validation loss, lower
-first (among trials with no gaining point: their best (metric, loss) anywhere on the curve;
-docs/results.md: without it the first of the tied trials went on; judging the raw weights
-instead dropped slow starters and every trial that forgets on the way). The watch is a progress
-observer of the trial's fine-tune (trainer/stage.py binds it to the model and the validation
-evaluation before training): at a rung's batch it measures the curve, stores the value and
-raises `Pruned` out of the training loop; the search ends the trial as pruned, it counts toward
-`--trials` and its batches toward the study's compute. With a budget (workflows/budget.py), a
-trial kept at its first rung claims the rest of itself, and is pruned there when the budget left
-cannot cover it. The base is the model as bound, after the arm set it up (LoRA: its adapters at
-their start, so the curve interpolates the adapters, a proxy of the merged weights' curve);
-weights whose names or shapes differ from it are judged raw (α = 1). The weights judged are
-those the trial would end with now: with finetune.early_stop, its best evaluation's so far
-(training/callbacks.py end_weights). With finetune.ema the trial's point may be its '<arm>+ema'
-(report/trials.py best_candidate), so a rung measures the EMA's curve too (between the same base
-and the EMA now: 1-7 more evaluations) and the trial's value there is the best point of either
-curve, the candidate that would ship.
+evaluations, docs/results.md). Below a point within the gate the curve is not measured: nearer the
+base the new task gains no more (the curve's assumption; where it did, the rung undervalues the
+trial). By the same assumption, where α = 1 itself gains nothing (a trial that has not yet learned
+the new task: most first rungs without old data) the curve is that one point, not seven
+(docs/benchmarks.md). The end weights' α = 1 is the training's last evaluation where the model
+still holds those weights (not measured again). Evaluated on the validation splits, each point's
+value is (minus the number of gate limits it violates on validation, with the search's validation
+margin; its new-task primary metric oriented so higher is better), compared in that order; only
+points that gain on the new task over the base count (the search keeps no other), a trial with none
+ranks below every trial with one. Ties (a flat metric: new-task accuracy still 0 at every point of
+many trials early in their training) are broken by the new task's mean validation loss, lower first
+(among trials with no gaining point: their best (metric, loss) on the curve measured, α = 1's where
+α = 1 gains nothing; docs/results.md: without it the first of the tied trials went on; judging the
+raw weights instead dropped slow starters and every trial that forgets on the way). The watch is a
+progress observer of the trial's fine-tune (trainer/stage.py binds it to the model and the
+validation evaluation before training): at a rung's batch it measures the curve, stores the value
+and raises `Pruned` out of the training loop; the search ends the trial as pruned, it counts toward
+`--trials` and its batches toward the study's compute. With a budget (workflows/budget.py), a trial
+kept at its first rung claims the rest of itself, and is pruned there when the budget left cannot
+cover it. The base is the model as bound, after the arm set it up (LoRA: its adapters at their
+start, so the curve interpolates the adapters, a proxy of the merged weights' curve); weights whose
+names or shapes differ from it are judged raw (α = 1). The weights judged are those the trial would
+end with now: with finetune.early_stop, its best evaluation's so far (training/callbacks.py
+end_weights). With finetune.ema the trial's point may be its '<arm>+ema' (report/trials.py
+best_candidate), so a rung measures the EMA's curve too (between the same base and the EMA now: 1-7
+more evaluations) and the trial's value there is the best point of either curve, the candidate that
+would ship.
 
 A trial's value at a rung is not a lower bound of its end's: without old data it forgets as it
 trains. With `keep` (the search's --rung-weights, the default) the watch keeps a host copy of the
@@ -251,8 +253,16 @@ class PruneWatch:
             return None
         at_base = self.new_dir * ((base.get("new") or {}).get(self.primary["new"]) or 0.0)
         gaining = [v for v in values if v[1] > at_base]  # the search keeps no other point
-        worst = -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
-        return max(gaining) if gaining else (worst, *max(v[1:] for v in values))
+        return max(gaining) if gaining else (self.worst(), *max(v[1:] for v in values))
+
+    def worst(self) -> float:
+        """The first element of the value of a curve with no gaining point (below any other)."""
+        return -float(len(self.gate.limits) + 1 if self.gate is not None else 1)
+
+    def gains(self, point: dict[str, Any]) -> bool:
+        """Whether `point` gains on the new task over the base (within the gate or not)."""
+        v = self.value([point])
+        return v is not None and v[0] > self.worst()
 
     def within(self, point: dict[str, Any]) -> bool:
         """Whether `point` gains on the new task and keeps every limit of the gate."""
@@ -306,6 +316,9 @@ class PruneWatch:
             for a in ALPHAS if same else (1.0,):
                 measure(a)
                 if self.within(points[a]):  # nothing nearer the base gains more (docstring)
+                    break
+                if a == 1.0 and not self.gains(points[a]):  # nor gains at all (docstring)
+                    same = False  # no neighbours either
                     break
             if same:  # the best point's neighbours on the 0.1 grid (the first best, on a tie)
                 best = max(points, key=lambda a: self.value([points[a]]) or (-math.inf,))
