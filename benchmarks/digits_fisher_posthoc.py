@@ -16,6 +16,7 @@ Fisher-weighted point"). Pruned trials, rung weights and the replay reference's 
 not re-read: an emulation of the study's choice, not the study.
 
     python benchmarks/digits_fisher_posthoc.py --floor 0.95 D [D ...]   # D: a --out folder
+    python benchmarks/digits_fisher_posthoc.py --floor 0.95 --betas 0.3 1 3 10 -- D   # another set
 
 Nothing is trained: the trials' checkpoints, the seed's base and data are read as stored.
 """
@@ -67,7 +68,8 @@ def fisher(base: dict, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     return {n: f * scale for n, f in F.items()}
 
 
-def study(run: Path, data: Path, base: dict, new: list[int], floor: float, seed: int) -> dict:
+def study(run: Path, data: Path, base: dict, new: list[int], floor: float, seed: int,
+          betas: tuple[float, ...] = BETAS) -> dict:
     D = {k: load(data / f"{k}.npz") for k in (*SPLITS, "old_train")}
     F = fisher(base, *D["old_train"], seed)
     bar = floor + 0.5 * math.sqrt(floor * (1 - floor) / len(D["old_val"][1]))
@@ -76,7 +78,7 @@ def study(run: Path, data: Path, base: dict, new: list[int], floor: float, seed:
         if ckpt.parent.name.startswith("wise"):
             continue
         arm = load_file(ckpt)
-        for beta in (0.0, *BETAS):
+        for beta in (0.0, *betas):
             for a in ALPHAS:
                 MODEL.load_state_dict({k: base[k] + a * (arm[k] - base[k]) / (1 + beta * F[k])
                                        for k in base})
@@ -102,12 +104,12 @@ def study(run: Path, data: Path, base: dict, new: list[int], floor: float, seed:
         floor), against each β's line walked from α = 1 down to its first point within it;
         then the study's best of those."""
         ok = []
-        for i in range(0, len(pts), 10 * (1 + len(BETAS))):  # one trial's points
-            trial = pts[i:i + 10 * (1 + len(BETAS))]
+        for i in range(0, len(pts), 10 * (1 + len(betas))):  # one trial's points
+            trial = pts[i:i + 10 * (1 + len(betas))]
             alone = [(p, a) for p in trial[:10] for a in [acc(p[2], 0.0)] if a["old_val"] >= bar]
             if alone:
                 ok.append(max(alone, key=lambda e: (e[1]["new_val"], e[1]["old_val"])))
-            for j in range(1, 1 + len(BETAS)):
+            for j in range(1, 1 + len(betas)):
                 for p in reversed(trial[10 * j:10 * (j + 1)]):  # α = 1 down
                     a = acc(p[2], 0.0)
                     if a["old_val"] >= bar:
@@ -129,6 +131,8 @@ def study(run: Path, data: Path, base: dict, new: list[int], floor: float, seed:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--floor", type=float, required=True, choices=(0.95, 0.97))
+    ap.add_argument("--betas", type=float, nargs="+", default=list(BETAS),
+                    help="the β of the weighted point's lines (default: the search's)")
     ap.add_argument("folders", nargs="+", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -139,7 +143,7 @@ def main() -> None:
             seed = int(seed_dir.name[4:])
             run = out / "studies" / f"seed{seed}-rep0"
             base = load_file(seed_dir / "base" / "model.safetensors")
-            r = study(run, seed_dir / "data", base, new, args.floor, seed)
+            r = study(run, seed_dir / "data", base, new, args.floor, seed, tuple(args.betas))
             rows.append(r)
             print(json.dumps({"seed": seed, **{k: v and {x: round(y, 4) for x, y in v.items()}
                                                for k, v in r.items()}}), flush=True)
