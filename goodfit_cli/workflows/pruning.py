@@ -15,7 +15,7 @@ seven evaluations, not the ten of the whole 0.1 grid (the rung curves were most 
 evaluations, docs/results.md). Below a point within the gate the curve is not measured: nearer the
 base the new task gains no more (the curve's assumption; where it did, the rung undervalues the
 trial). By the same assumption, where α = 1 itself gains nothing (a trial that has not yet learned
-the new task: most first rungs without old data) the curve is that one point, not seven
+the new task: many first rungs without old data) the curve is that one point, not six or seven
 (docs/benchmarks.md). The end weights' α = 1 is the training's last evaluation where the model
 still holds those weights (not measured again). Evaluated on the validation splits, each point's
 value is (minus the number of gate limits it violates on validation, with the search's validation
