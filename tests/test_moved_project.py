@@ -53,7 +53,9 @@ def _said(output: str) -> str:
 
 
 def test_wise_compare_and_resume_find_the_base_and_data_moved_with_the_run(moved, tmp_path):
-    copy = tmp_path / "copy"  # the fixture's project stays as moved for the other test
+    # the fixture's project stays as moved for the other test; a name that makes every line
+    # naming a path wider than 80 columns: piped, each is still one line (cli/console.py say)
+    copy = tmp_path / ("copy-" + "x" * 80)
     shutil.copytree(moved, copy)
     run = copy / "runs" / "r1"
     res = invoke("wise", run / "adamw", "--alpha", "0.5", "--out", tmp_path / "w")

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from goodfit_cli.cli.base import (
     BASE_FOLDER,
@@ -42,7 +43,7 @@ from goodfit_cli.cli.base import (
     show,
     ui_for,
 )
-from goodfit_cli.cli.console import out
+from goodfit_cli.cli.console import out, say
 
 
 @app.command(epilog=EXAMPLES["compare"])
@@ -104,7 +105,7 @@ def eval_(
 
     r = load(recipe, overrides)
     done = evaluate(r, checkpoint, Place(device, None, data_dir),
-                    Ui(lambda m: err.print(escape(m), highlight=False)), out=json_out)
+                    Ui(lambda m: say(Text(m), err)), out=json_out)  # piped: one line each
     if done is None:  # a rank other than 0 under torchrun
         return
     res, dest = done
