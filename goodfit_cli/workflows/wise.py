@@ -360,14 +360,14 @@ def wise_curve(s: Session, model: nn.Module, base_state: dict, arm: RunResult,
                                  direction(s.recipe.primary["new"])), z=z, n=counts or None)
     if arm_val is not None and arm.val_predictions is not None:  # α = 1: the arm as measured
         remember(point_key(kept_as, arm.summary.get("sha256"), 1.0),
-             (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
-              arm.val_predictions))
+                 (copy.deepcopy(arm.metrics), arm.predictions, copy.deepcopy(arm_val),
+                  arm.val_predictions))
     if chosen is not None:
         point = next(p for p in curve if p["alpha"] == chosen)
         mixing.set(chosen)
         test, preds = s.evaluate(model, True)  # its test numbers, for the report
         remember(point_key(kept_as, arm.summary.get("sha256"), chosen),
-             (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
+                 (copy.deepcopy(test), preds, copy.deepcopy(point["val"]), val_preds[chosen]))
         point.update(test, chosen=True)
         if base_preds is not None:
             point["flips"], ci = point_measure(base_preds[0], preds, s.kinds, boot)
