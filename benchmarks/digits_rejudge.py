@@ -12,7 +12,8 @@ each column's mean, the share of 3-seed groups meeting issue 25's targets and th
 (docs/results.md, "Tried, not adopted: a second margin where it can be met").
 
     python benchmarks/digits_rejudge.py --studies D --out O --fallback -- --val-margin 1
-    python benchmarks/digits_rejudge.py --studies D --out O -- --min-new accuracy=0.75 --rule weight=0
+    python benchmarks/digits_rejudge.py --studies D --out O \
+        -- --min-new accuracy=0.75 --rule weight=0
 
 `--no-replay` is read from the study folder's name ending in "nr" or given with `--no-replay`.
 """
