@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from goodfit_cli.arms.base import LossFn
 from goodfit_cli.core.callbacks import Callback
-from goodfit_cli.core.memo import recall, remember, store
+from goodfit_cli.core.memo import hash_tensors, named_tensors, recall, remember, store
 from goodfit_cli.data import batch as B
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.models import head_prefixes, unwrap
@@ -111,18 +111,9 @@ def _fisher_key(model: nn.Module, old: Any, batches: int) -> str | None:
          recorded(model), [(n, p.requires_grad) for n, p in inner.named_parameters()]],
         default=str).encode())
     rows = torch.cat(_batches(old, batches))
-    for name, t in [*inner.state_dict().items(), *_named(B.rows(old.x, rows), "x"),
-                    ("y", old.y[rows])]:
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    hash_tensors(h, [*inner.state_dict().items(), *named_tensors(B.rows(old.x, rows), "x"),
+                     ("y", old.y[rows])])
     return h.hexdigest()
-
-
-def _named(x: Any, name: str) -> list[tuple[str, Tensor]]:
-    """A batch's input tensors with their names (a dict of inputs: each, in key order)."""
-    if isinstance(x, dict):
-        return [pair for k in sorted(x) for pair in _named(x[k], f"{name}.{k}")]
-    return [(name, x)]
 
 
 class Pull:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from goodfit_cli.core.memo import command_memo, store
+from goodfit_cli.core.memo import command_memo, hash_tensors, named_tensors, store
 from goodfit_cli.data.inputs import recorded
 from goodfit_cli.models import unwrap
 from goodfit_cli.models.base import args_as_built
@@ -99,14 +99,6 @@ def base_key(s: Session, model: nn.Module, loaded: Loaded, head: str | None,
     return hashlib.sha256(blob).hexdigest()
 
 
-def _tensors(x: Any, name: str) -> list[tuple[str, torch.Tensor]]:
-    if isinstance(x, dict):
-        return [pair for k in sorted(x) for pair in _tensors(x[k], f"{name}.{k}")]
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} is not held as tensors")
-    return [(name, x)]
-
-
 def data_digest(s: Session, splits: tuple[str, ...] = ("test", "val")) -> str | None:
     """The contents of the session's `splits` of both tasks (every input and target tensor,
     its name, shape and dtype, as read: before any model's normalisation), hashed once per
@@ -135,9 +127,7 @@ def _digest(s: Session, splits: tuple[str, ...]) -> str:
             for split in splits:
                 data = getattr(s.tasks[task], split)
                 where = f"{task}.{split}"
-                for name, t in [*_tensors(data.x, f"{where}.x"), (f"{where}.y", data.y)]:
-                    h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-                    h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+                hash_tensors(h, [*named_tensors(data.x, f"{where}.x"), (f"{where}.y", data.y)])
     except (AttributeError, TypeError, RuntimeError):
         return ""
     return h.hexdigest()
